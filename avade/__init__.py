@@ -1,0 +1,28 @@
+"""avade: hybrid likelihood/adversarial generative image models as a zoo of pluggable components.
+
+Light on import: nothing here imports torch, so ``avade list-components`` starts fast.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from avade.errors import AvadeError, ConfigError, RegistryError
+from avade.hookspecs import hookimpl
+from avade.registry import create, get_registry, list_components
+
+try:
+    __version__ = version("avade")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "AvadeError",
+    "ConfigError",
+    "RegistryError",
+    "__version__",
+    "create",
+    "get_registry",
+    "hookimpl",
+    "list_components",
+]

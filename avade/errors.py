@@ -1,0 +1,57 @@
+"""One error family: every failure a user can cause is an :class:`AvadeError` with a one-line message.
+
+The CLI prints ``error: <message>`` and exits non-zero for these; anything else is a bug and shows a
+traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AvadeError(Exception):
+    """Base class: a user-facing error whose ``str`` is a complete one-line explanation."""
+
+
+class RegistryError(AvadeError):
+    """Unknown component, duplicate registration, or a broken registration."""
+
+
+class ConfigError(AvadeError):
+    """A component config or recipe value is invalid. ``path`` is the dotted key path."""
+
+    def __init__(self, message: str, path: str = "", source: str | None = None) -> None:
+        self.path = path
+        self.source = source
+        self.detail = message
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = ": ".join(p for p in (self.source, self.path) if p)
+        return f"{where}: {self.detail}" if where else self.detail
+
+    def located(self, source: str | None = None, prefix: str = "") -> ConfigError:
+        """The same error with a file name and/or a key-path prefix added."""
+        path = ".".join(p for p in (prefix, self.path) if p)
+        return ConfigError(self.detail, path=path, source=source or self.source)
+
+
+class DataError(AvadeError):
+    """A dataset is missing or unreadable."""
+
+
+class CheckpointError(AvadeError):
+    """A checkpoint is missing, corrupt, or belongs to another recipe."""
+
+
+class TrainingError(AvadeError):
+    """Training cannot continue (e.g. too many consecutive non-finite steps)."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
+    """A ``" (did you mean 'x'?)"`` suffix, or ``""`` when nothing is close."""
+    close = difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"

@@ -1,0 +1,30 @@
+"""Batch normalization after a layer."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import nn
+
+from avade.schema import between
+
+
+@attrs.define
+class BatchNormConfig:
+    """``momentum`` of the running statistics."""
+
+    momentum: float = attrs.field(default=0.1, validator=between(0.0, 1.0))
+
+
+class BatchNormed(nn.Module):
+    """``BN(layer(x))`` over channels (2d for conv outputs, 1d for linear)."""
+
+    def __init__(self, cfg: BatchNormConfig, *, layer: nn.Module, num_classes: int | None = None) -> None:
+        super().__init__()
+        self.layer = layer
+        out = layer.weight.shape[0]
+        self.norm = nn.BatchNorm2d(out, momentum=cfg.momentum) if isinstance(layer, nn.Conv2d) else \
+            nn.BatchNorm1d(out, momentum=cfg.momentum)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.norm(self.layer(x))

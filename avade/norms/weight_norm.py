@@ -1,0 +1,42 @@
+"""Weight normalization (Salimans & Kingma, 2016) through torch's parametrization API."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+
+@attrs.define
+class WeightNormConfig:
+    """``init_scale``: scale of the data-dependent init (0 disables it; the paper's IAF uses it)."""
+
+    init_scale: float = attrs.field(default=0.0, metadata={"help": "data-dependent init scale; 0 = off"})
+
+
+class WeightNorm(nn.Module):
+    """``w = g v / ||v||`` per output channel; optional data-dependent init of g and bias on first batch."""
+
+    def __init__(self, cfg: WeightNormConfig, *, layer: nn.Module, num_classes: int | None = None) -> None:
+        super().__init__()
+        self.layer = parametrizations.weight_norm(layer, name="weight", dim=0)
+        self.init_scale = cfg.init_scale
+        self.register_buffer("initialized", torch.tensor(cfg.init_scale == 0.0))
+
+    @torch.no_grad()
+    def _data_init(self, x: torch.Tensor) -> None:
+        out = self.layer(x)
+        dims = [d for d in range(out.dim()) if d != 1]
+        mean, std = out.mean(dims), out.std(dims) + 1e-6
+        scale = self.init_scale / std
+        g = self.layer.parametrizations.weight.original0
+        g.mul_(scale.view_as(g))
+        if self.layer.bias is not None:
+            self.layer.bias.copy_((self.layer.bias - mean) * scale)
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training and not bool(self.initialized):
+            self._data_init(x)
+        return self.layer(x)

@@ -1,0 +1,6 @@
+"""Package placeholder; filled in by its component modules."""
+
+
+def register(registry):
+    """Register this package's components."""
+

@@ -1,0 +1,340 @@
+"""The component registry, filled through pluggy from the ``avade`` entry-point group.
+
+One way to register (``registry.register``), one way to build (``create``), one way to look
+(``list_components('*iaf*')``). The built-in components arrive through the same entry point and hook
+as any third-party plugin, so nothing here knows about them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import importlib.metadata as metadata
+import inspect
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import pluggy
+
+from avade import hookspecs
+from avade.errors import ConfigError, RegistryError, did_you_mean
+from avade.schema import structure
+
+KINDS: tuple[str, ...] = (
+    "flow",
+    "posterior",
+    "encoder",
+    "decoder",
+    "discriminator",
+    "norm",
+    "dataset",
+    "metric",
+)
+ENTRY_POINT_GROUP = "avade"
+DISABLE_ENV = "AVADE_DISABLE_PLUGINS"
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded; the rest of avade keeps working."""
+
+
+def _resolve(ref: Any, what: str) -> Any:
+    """``"package.module:attr"`` -> the object (lazy so that listing components stays cheap)."""
+    if not isinstance(ref, str):
+        return ref
+    module_name, _, attr = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split(".") if attr else ():
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise RegistryError(f"{what}: cannot import {ref!r} ({type(exc).__name__}: {exc})") from None
+    return obj
+
+
+@attrs.define(eq=False)
+class ComponentInfo:
+    """One registration: what it is, how to build it, what it accepts, and who provides it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any] | str
+    config: type | str | None
+    summary: str
+    dist: str
+    version: str
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.kind} '{self.name}'"
+
+    @property
+    def provider(self) -> str:
+        return f"{self.dist} {self.version}".strip()
+
+    def load_factory(self) -> Callable[..., Any]:
+        self.factory = _resolve(self.factory, self.qualname)
+        return self.factory  # type: ignore[return-value]
+
+    def load_config(self) -> type | None:
+        self.config = _resolve(self.config, self.qualname)
+        if self.config is not None and not attrs.has(self.config):  # type: ignore[arg-type]
+            raise RegistryError(f"{self.qualname} from {self.provider}: config schema must be an attrs class")
+        return self.config  # type: ignore[return-value]
+
+    def context_params(self) -> list[str]:
+        """Keyword arguments the factory accepts besides the config (e.g. ``in_shape`` for flows)."""
+        params = list(inspect.signature(self.load_factory()).parameters.values())
+        if self.load_config() is not None and params:
+            params = params[1:]
+        return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+@attrs.frozen
+class PluginFailure:
+    """A plugin that failed to import or to register."""
+
+    dist: str
+    entry_point: str
+    reason: str
+
+
+@attrs.frozen
+class PluginRecord:
+    """A plugin that was loaded."""
+
+    dist: str
+    version: str
+    entry_point: str
+    count: int
+
+
+class Registry:
+    """All registered components, keyed by (kind, name)."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], ComponentInfo] = {}
+        self.conflicts: dict[tuple[str, str], list[ComponentInfo]] = {}
+        self.failures: list[PluginFailure] = []
+        self.plugins: list[PluginRecord] = []
+        self._provider: tuple[str, str] = ("__main__", "")
+        self._collect_conflicts = False
+
+    # -- registration ------------------------------------------------------------------------------
+    def register(
+        self,
+        kind: str,
+        name: str,
+        *,
+        factory: Callable[..., Any] | str,
+        config: type | str | None = None,
+        summary: str = "",
+    ) -> ComponentInfo:
+        """Register a component.
+
+        ``factory(config, **context)`` builds it (``factory(**context)`` when ``config`` is None);
+        ``config`` is an attrs class of its settings (defaults and types). Either may be a lazy
+        ``"module:attr"`` string. ``summary`` is one line shown by ``avade list-components``.
+        """
+        dist, version = self._provider
+        if not isinstance(kind, str) or not kind or kind != kind.lower() or " " in kind:
+            raise RegistryError(f"{dist}: invalid component kind {kind!r}; use lowercase, e.g. one of {KINDS}")
+        if not isinstance(name, str) or not name or name != name.lower() or "_" in name or " " in name:
+            raise RegistryError(f"{dist}: invalid component name {name!r}; names are lowercase with dashes")
+        info = ComponentInfo(kind, name, factory, config, summary.strip().splitlines()[0] if summary else "",
+                             dist, version)
+        key = (kind, name)
+        if key in self._items:
+            first = self._items[key]
+            message = (
+                f"{kind} '{name}' is registered twice: by {first.provider} and by {info.provider}; "
+                f"uninstall one or disable it with {DISABLE_ENV}={info.dist}"
+            )
+            if not self._collect_conflicts:
+                raise RegistryError(message)
+            self.conflicts.setdefault(key, [first]).append(info)
+            warnings.warn(message, PluginWarning, stacklevel=2)
+            return info
+        self._items[key] = info
+        return info
+
+    def unregister(self, kind: str, name: str) -> None:
+        self._items.pop((kind, name), None)
+        self.conflicts.pop((kind, name), None)
+
+    # -- lookup ------------------------------------------------------------------------------------
+    def kinds(self) -> list[str]:
+        return sorted({k for k, _ in self._items} | set(KINDS))
+
+    def get(self, kind: str, name: str) -> ComponentInfo:
+        """The registration for (kind, name), or a RegistryError with close matches."""
+        key = (kind, name)
+        if key in self.conflicts:
+            providers = " and ".join(i.provider for i in self.conflicts[key])
+            raise RegistryError(
+                f"{kind} '{name}' is provided by both {providers}; disable one with {DISABLE_ENV}=<dist>"
+            )
+        if key in self._items:
+            return self._items[key]
+        if kind not in self.kinds():
+            raise RegistryError(f"unknown component kind {kind!r}{did_you_mean(kind, self.kinds())}; "
+                                f"kinds: {', '.join(self.kinds())}")
+        names = [n for k, n in self._items if k == kind]
+        raise RegistryError(
+            f"unknown {kind} '{name}'{did_you_mean(str(name), names)}; "
+            f"see all with `avade list-components --kind {kind}`"
+        )
+
+    def list(self, kind: str | None = None, pattern: str | None = None) -> list[ComponentInfo]:
+        """Registrations sorted by (kind, name), filtered by kind and a glob like ``'*iaf*'``."""
+        if kind is not None and kind not in self.kinds():
+            raise RegistryError(f"unknown component kind {kind!r}{did_you_mean(kind, self.kinds())}; "
+                                f"kinds: {', '.join(self.kinds())}")
+        out = [
+            info
+            for (k, n), info in sorted(self._items.items())
+            if (kind is None or k == kind) and (pattern is None or fnmatch.fnmatchcase(n, pattern))
+        ]
+        return out
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._items
+
+    # -- building ----------------------------------------------------------------------------------
+    def validate(self, kind: str, name: str, data: dict[str, Any] | None, path: str = "",
+                 source: str | None = None, context: Iterable[str] = ()) -> Any:
+        """Validate a config table for (kind, name); returns the config instance (or None)."""
+        info = self.get(kind, name)
+        cfg_cls = info.load_config()
+        data = dict(data or {})
+        if cfg_cls is None:
+            if data:
+                key = sorted(data)[0]
+                raise ConfigError(f"{info.qualname} takes no options", path=_join(path, key), source=source)
+            return None
+        return structure(cfg_cls, data, path=path, source=source)
+
+    def create(self, kind: str, name: str, **kwargs: Any) -> Any:
+        """Build (kind, name): keys of its config schema are validated; the rest go to the factory."""
+        info = self.get(kind, name)
+        cfg_cls = info.load_config()
+        context_names = info.context_params()
+        fields = [f.name for f in attrs.fields(cfg_cls)] if cfg_cls is not None else []
+        cfg_data = {k: v for k, v in kwargs.items() if k in fields}
+        context = {k: v for k, v in kwargs.items() if k not in fields}
+        for key in context:
+            if key not in context_names:
+                raise ConfigError(f"unknown option{did_you_mean(key, fields + context_names)}; "
+                                  f"options: {', '.join(fields + context_names)}", path=f"{kind}.{name}.{key}")
+        cfg = self.validate(kind, name, cfg_data, path=f"{kind}.{name}")
+        return self.build(info, cfg, **context)
+
+    def build(self, info: ComponentInfo, cfg: Any, **context: Any) -> Any:
+        """Call the factory with an already validated config."""
+        factory = info.load_factory()
+        return factory(**context) if info.load_config() is None else factory(cfg, **context)
+
+    # -- plugins -----------------------------------------------------------------------------------
+    def add_plugin(self, plugin: Any, dist: str, version: str = "", entry_point: str = "") -> bool:
+        """Run one plugin's ``avade_register`` hook; on failure roll back and record a warning."""
+        pm = _plugin_manager()
+        before = set(self._items)
+        self._provider = (dist, version)
+        self._collect_conflicts = True
+        try:
+            if not hasattr(plugin, "avade_register"):
+                raise RegistryError("it defines no `avade_register(registry)` hook")
+            pm.register(plugin, name=f"{dist}:{entry_point}:{id(plugin)}")
+            for impl in pm.hook.avade_register.get_hookimpls():
+                if impl.plugin is plugin:
+                    impl.function(registry=self)
+        except Exception as exc:
+            for key in set(self._items) - before:
+                del self._items[key]
+            reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RegistryError) else str(exc)
+            self._fail(dist, entry_point, reason)
+            return False
+        finally:
+            self._provider = ("__main__", "")
+            self._collect_conflicts = False
+            if pm.is_registered(plugin):
+                pm.unregister(plugin)
+        self.plugins.append(PluginRecord(dist, version, entry_point, len(set(self._items) - before)))
+        return True
+
+    def _fail(self, dist: str, entry_point: str, reason: str) -> None:
+        reason = " ".join(reason.split())
+        self.failures.append(PluginFailure(dist, entry_point, reason))
+        warnings.warn(f"plugin '{dist}' failed to load and is skipped: {reason}", PluginWarning, stacklevel=3)
+
+    def load_entry_points(self, disabled: Iterable[str] = ()) -> None:
+        """Load every plugin in the ``avade`` entry-point group, each isolated from the others."""
+        blocked = {d.strip().lower() for d in disabled if d.strip()}
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
+            dist = ep.dist.name if ep.dist is not None else ep.name
+            version = ep.dist.version if ep.dist is not None else ""
+            if dist.lower() in blocked or ep.name.lower() in blocked:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                self._fail(dist, ep.name, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
+                continue
+            self.add_plugin(plugin, dist, version, ep.name)
+
+
+def _builtin_first(ep: metadata.EntryPoint) -> tuple[int, str]:
+    # Built-ins load first so that a conflicting third-party name is the one reported and skipped.
+    return (0 if ep.value.startswith("avade.") else 1, ep.value)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+_PM: pluggy.PluginManager | None = None
+
+
+def _plugin_manager() -> pluggy.PluginManager:
+    global _PM
+    if _PM is None:
+        _PM = pluggy.PluginManager(hookspecs.PROJECT)
+        _PM.add_hookspecs(hookspecs)
+    return _PM
+
+
+_REGISTRY: Registry | None = None
+
+
+def disabled_plugins() -> list[str]:
+    """Plugin names blocked through ``AVADE_DISABLE_PLUGINS`` (comma separated)."""
+    return [p for p in os.environ.get(DISABLE_ENV, "").split(",") if p.strip()]
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loaded from entry points on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        registry = Registry()
+        registry.load_entry_points(disabled_plugins())
+        _REGISTRY = registry
+    return _REGISTRY
+
+
+def reset_registry(registry: Registry | None = None) -> None:
+    """Forget the cached registry (or install ``registry``); the next use reloads entry points."""
+    global _REGISTRY
+    _REGISTRY = registry
+
+
+def create(kind: str, name: str, **config: Any) -> Any:
+    """Build a registered component: ``create("flow", "realnvp", in_shape=(3, 32, 32), scales=2)``."""
+    return get_registry().create(kind, name, **config)
+
+
+def list_components(pattern: str | None = None, kind: str | None = None) -> list[str]:
+    """Names like ``"flow/realnvp"`` matching a glob (timm style): ``list_components('*iaf*')``."""
+    return [f"{i.kind}/{i.name}" for i in get_registry().list(kind=kind, pattern=pattern)]
