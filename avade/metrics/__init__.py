@@ -1,6 +1,31 @@
-"""Package placeholder; filled in by its component modules."""
+"""Evaluation metrics (kind ``metric``): BPD, FID, KID, IS, PRD, GAN-test and GAN-train.
+
+A metric factory is ``Class(cfg)``; the object has ``name`` and ``compute(ctx) -> dict[str, float]``
+where ``ctx`` follows :class:`avade.metrics.context.EvalContext`. Inception-based metrics load their
+weights offline only (see :mod:`avade.metrics.features`). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 
-def register(registry):
-    """Register this package's components."""
-
+def register(registry: Any) -> None:
+    """Register the built-in metrics."""
+    r = registry.register
+    m = "avade.metrics"
+    r("metric", "bpd", factory=f"{m}.bpd:BPD", config=f"{m}.bpd:BPDConfig",
+      summary="Bits per dimension of the real test data under the model (optionally importance-weighted).")
+    r("metric", "fid", factory=f"{m}.fid:FID", config=f"{m}.fid:FIDConfig",
+      summary="Fréchet Inception Distance of samples to real data (offline Inception weights, cached stats).")
+    r("metric", "kid", factory=f"{m}.kid:KID", config=f"{m}.kid:KIDConfig",
+      summary="Kernel Inception Distance: polynomial-kernel MMD² over random subsets (mean and std).")
+    r("metric", "is", factory=f"{m}.inception_score:InceptionScore",
+      config=f"{m}.inception_score:InceptionScoreConfig",
+      summary="Inception Score of samples (needs Inception weights with the classifier head).")
+    r("metric", "prd", factory=f"{m}.prd:PRD", config=f"{m}.prd:PRDConfig",
+      summary="Precision/recall for distributions (Sajjadi et al. 2018): F_8, F_1/8, AUC and a PRD plot.")
+    r("metric", "gan-test", factory=f"{m}.gan_test:GanTest", config=f"{m}.gan_test:GanTestConfig",
+      summary="GAN-test (%): classifier trained on real data, accuracy on class-conditional samples.")
+    r("metric", "gan-train", factory=f"{m}.gan_test:GanTrain", config=f"{m}.gan_test:GanTrainConfig",
+      summary="GAN-train (%): classifier trained on class-conditional samples, accuracy on real test data.")

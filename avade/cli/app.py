@@ -1,0 +1,291 @@
+"""``avade`` CLI: list-components, doctor, recipe check/show/run, eval, sample, study.
+
+User errors (:class:`~avade.errors.AvadeError`) print one ``error: ...`` line and exit with code 2;
+unexpected exceptions print one line too and exit 1 -- ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from avade import __version__
+from avade.errors import AvadeError
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+_DEBUG = {"on": False}
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+class _Group(typer.core.TyperGroup):
+    """Turns errors into one line and an exit code (the traceback only with ``--debug``)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except BrokenPipeError:  # `avade ... | head`: the reader left; nothing to report
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush at exit
+            raise typer.Exit(0) from None
+        except AvadeError as exc:
+            if _DEBUG["on"]:
+                raise
+            _fail(str(exc), 2)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as exc:
+            if _DEBUG["on"] or type(exc).__module__.split(".")[0] in ("typer", "click"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
+                  "and please report it)", 1)
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Hybrid likelihood/adversarial generative image models (AV-ADE and relatives).")
+recipe_app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, help="Check, show and run TOML recipes.")
+study_app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, help="Evaluation studies from the paper.")
+app.add_typer(recipe_app, name="recipe")
+app.add_typer(study_app, name="study")
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: Any = None) -> None:
+    err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"avade {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    disable_plugins: Annotated[str, typer.Option("--disable-plugins", metavar="NAMES",
+                                                 help="Comma-separated plugins not to load.")] = "",
+) -> None:
+    """Hybrid likelihood/adversarial generative image models."""
+    _DEBUG["on"] = debug
+    warnings.showwarning = _show_warning
+    if disable_plugins:
+        from avade.registry import DISABLE_ENV, reset_registry
+
+        current = [p for p in os.environ.get(DISABLE_ENV, "").split(",") if p]
+        os.environ[DISABLE_ENV] = ",".join(current + disable_plugins.split(","))
+        reset_registry()
+
+
+SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE",
+                                                     help="Override a recipe key (TOML value syntax).")]
+
+
+# -- components --------------------------------------------------------------------------------------
+
+
+@app.command("list-components")
+def list_components(
+    pattern: Annotated[str | None, typer.Argument(help="Glob on names, e.g. '*iaf*'.")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only this kind.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    schema: Annotated[bool, typer.Option("--schema", help="Include each config schema (imports the "
+                                                          "components).")] = False,
+) -> None:
+    """List registered components: kind, name, provider (distribution + version), summary."""
+    from avade.registry import get_registry
+
+    registry = get_registry()
+    items = registry.list(kind=kind, pattern=pattern)
+    if as_json:
+        rows = []
+        for info in items:
+            row: dict[str, Any] = {"kind": info.kind, "name": info.name, "dist": info.dist,
+                                   "version": info.version, "summary": info.summary}
+            if schema:
+                from avade.schema import describe
+
+                cfg = info.load_config()
+                row["config"] = describe(cfg) if cfg is not None else []
+            rows.append(row)
+        failures = [{"dist": f.dist, "entry_point": f.entry_point, "reason": f.reason} for f in registry.failures]
+        print(json.dumps({"components": rows, "failed_plugins": failures}, indent=2, default=str))
+        return
+    table = Table(title=f"avade components ({len(items)})", title_justify="left")
+    for col in ("kind", "name", "provider", "summary"):
+        table.add_column(col, overflow="fold")
+    for info in items:
+        table.add_row(info.kind, info.name, info.provider, info.summary)
+    out.print(table)
+    for failure in registry.failures:
+        err.print(f"[yellow]plugin {failure.dist} not loaded:[/] {failure.reason}", highlight=False)
+
+
+@app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+           recipe: Annotated[Path | None, typer.Option("--recipe", help="Check this recipe's dataset root.")]
+           = None) -> None:
+    """What to know before a long run: versions, devices, plugins, datasets, metric weights."""
+    from avade.cli.doctor import collect, render
+
+    report = collect(recipe)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        render(report, out)
+
+
+# -- recipes -----------------------------------------------------------------------------------------
+
+
+@recipe_app.command("check")
+def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
+                 overrides: SetOption = None) -> None:
+    """Validate a recipe (and every sweep variant); exit 0 or one clear error."""
+    from avade.recipe import expand_sweep, load_recipe
+
+    recipe = load_recipe(file, overrides or [])
+    variants = expand_sweep(recipe)
+    extra = f", {len(variants)} sweep variants" if recipe.sweep is not None else ""
+    out.print(f"[green]ok[/]: {recipe.name} ({recipe.variant} on {recipe.data.options.name}{extra})")
+
+
+@recipe_app.command("show")
+def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
+                overrides: SetOption = None,
+                variants: Annotated[bool, typer.Option("--variants", help="List the sweep's variants.")]
+                = False,
+                as_json: Annotated[bool, typer.Option("--json", help="JSON instead of TOML/table.")] = False,
+                ) -> None:
+    """Print the fully resolved recipe as TOML (or the variants a sweep expands to)."""
+    from avade.recipe import expand_sweep, load_recipe, recipe_to_dict, recipe_to_toml
+
+    recipe = load_recipe(file, overrides or [])
+    if variants:
+        expanded = expand_sweep(recipe)
+        if as_json:
+            print(json.dumps([{"name": v.name, "overrides": v.overrides} for v in expanded], indent=2))
+            return
+        table = Table(title=f"{recipe.name}: {len(expanded)} variant(s)", title_justify="left")
+        table.add_column("name")
+        table.add_column("overrides")
+        for v in expanded:
+            table.add_row(v.name, " ".join(f"{k}={json.dumps(val)}" for k, val in v.overrides.items()) or "-")
+        out.print(table)
+        return
+    if as_json:
+        print(json.dumps(recipe_to_dict(recipe), indent=2))
+    else:
+        print(recipe_to_toml(recipe), end="")
+
+
+@recipe_app.command("run")
+def recipe_run(
+    file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
+    overrides: SetOption = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default "
+                                                 "runs/<recipe>/<time>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")]
+    = False,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda (overrides "
+                                               "train.device).")] = None,
+) -> None:
+    """Train a recipe (each sweep variant in its own run directory)."""
+    from avade.train.run import run_recipe_file
+
+    run_recipe_file(file, overrides or [], out_dir=out_dir, resume=resume, device=device, console=out)
+
+
+# -- runs --------------------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    metrics: Annotated[str | None, typer.Option("--metrics", "-m", help="Comma-separated, e.g. "
+                                                "bpd,fid,kid,prd (default: the recipe's).")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", help="Samples for sample-based metrics.")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Evaluate a run's last checkpoint; writes eval.json (and plots) into the run directory."""
+    from avade.evaluate import evaluate_run
+
+    results = evaluate_run(run_dir, metrics.split(",") if metrics else None, samples=samples, device=device,
+                           console=err if as_json else out)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        table = Table(title=f"eval: {run_dir}", title_justify="left")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in results.items():
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        out.print(table)
+
+
+@app.command()
+def sample(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    n: Annotated[int, typer.Option("-n", help="Number of images.")] = 64,
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG file for the grid.")] = Path("samples.png"),
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Prior temperature.")] = 1.0,
+    reconstructions: Annotated[bool, typer.Option("--reconstructions", help="Test images and their "
+                                                  "reconstructions instead.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Write a grid of samples (or reconstructions) from a run's last checkpoint."""
+    from avade.evaluate import sample_run
+
+    path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
+                      seed=seed, device=device)
+    out.print(f"wrote {path}")
+
+
+@study_app.command("subsets")
+def study_subsets(
+    dataset: Annotated[str, typer.Option("--data", help="Dataset name.")] = "natural-patches",
+    overrides: SetOption = None,
+    fractions: Annotated[str, typer.Option("--fractions", help="Comma-separated subset fractions.")]
+    = "1.0,0.8,0.6,0.4,0.2,0.1,0.05",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSON here.")] = None,
+) -> None:
+    """Table 7: FID/IS of random subsets of the real data against the full set."""
+    from avade.evaluate import subset_study_cli
+
+    rows = subset_study_cli(dataset, overrides or [], [float(f) for f in fractions.split(",")],
+                            console=err if as_json else out)
+    if output is not None:
+        output.write_text(json.dumps(rows, indent=2))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table(title=f"subset study on {dataset}", title_justify="left")
+        for col in rows[0]:
+            table.add_column(col, justify="right")
+        for row in rows:
+            table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+        out.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="avade")

@@ -1,0 +1,238 @@
+"""The dataset interface every ``dataset`` component serves, and the helpers the built-in ones share.
+
+A dataset factory is ``Class(cfg, *, split)`` with ``split`` in ``{"train", "test"}``; the result is an
+:class:`ImageDataset`: items are ``(uint8 tensor [C, H, W] in 0..255, int label)`` (label ``-1`` when the
+data is unlabeled). Images stay 8-bit on purpose: dequantization and scaling belong to the model, whose
+log-determinant must account for them (DESIGN.md: BPD is a bound on the 8-bit data).
+
+All transforms here are deterministic (no random augmentation): the same config gives the same tensors.
+Resizing is bilinear with antialiasing (PIL's ``BILINEAR`` filter, to within one intensity level).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from avade.errors import DataError
+
+Split = Literal["train", "test"]
+SPLITS: tuple[str, ...] = ("train", "test")
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+)
+# Fallback suggestion in "not found" messages: a dataset that always works offline.
+OFFLINE_FALLBACK = "natural-patches"
+
+
+class ImageDataset(Dataset):
+    """A dataset of 8-bit images: ``shape`` is (C, H, W); ``num_classes`` is 0 when unlabeled."""
+
+    shape: tuple[int, int, int]
+    num_classes: int = 0
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        """``(uint8 [C, H, W] in 0..255, label)``; label is ``-1`` for unlabeled data."""
+        raise NotImplementedError
+
+    def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """All data at once as ``(uint8 [N, C, H, W], int64 [N])`` when held in memory, else None.
+
+        Trainers index batches straight from these tensors (no DataLoader) when they are available.
+        """
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={len(self)}, shape={self.shape}, num_classes={self.num_classes})"
+
+
+class TensorImageDataset(ImageDataset):
+    """An in-memory dataset over ``images`` (uint8 [N, C, H, W]) and ``labels`` (int64 [N], or None)."""
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int = 0
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if labels is None:
+            labels = torch.full((images.shape[0],), -1, dtype=torch.int64)
+        labels = labels.to(torch.int64)
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape [{images.shape[0]}], got {tuple(labels.shape)}")
+        self.images = images.contiguous()
+        self.labels = labels.contiguous()
+        self.shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
+        self.num_classes = int(num_classes)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images, self.labels
+
+
+class FileImageDataset(ImageDataset):
+    """Images read from files on demand: center square crop (side ``crop``, default the short side),
+    then resize to ``resolution``; ``channels`` 3 converts to RGB, 1 to grayscale.
+
+    With ``in_memory=True`` every file is decoded once at construction and :meth:`as_tensors` serves them.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        labels: Sequence[int] | None,
+        *,
+        num_classes: int,
+        resolution: int,
+        channels: int = 3,
+        crop: int | None = None,
+        in_memory: bool = False,
+    ) -> None:
+        self.files = [Path(f) for f in files]
+        self.labels = list(labels) if labels is not None else [-1] * len(self.files)
+        if len(self.labels) != len(self.files):
+            raise ValueError("files and labels differ in length")
+        self.num_classes = int(num_classes)
+        self.resolution = int(resolution)
+        self.channels = int(channels)
+        self.crop = crop
+        self.shape = (self.channels, self.resolution, self.resolution)
+        self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+        if in_memory:
+            images = torch.empty((len(self.files), *self.shape), dtype=torch.uint8)
+            for i in range(len(self.files)):
+                images[i] = self._load(i)
+            self._tensors = (images, torch.tensor(self.labels, dtype=torch.int64))
+
+    def _load(self, i: int) -> torch.Tensor:
+        return load_image(self.files[i], self.resolution, channels=self.channels, crop=self.crop)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self._tensors is not None:
+            return self._tensors[0][i], int(self._tensors[1][i])
+        return self._load(i), int(self.labels[i])
+
+    def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self._tensors
+
+
+# --- transforms -----------------------------------------------------------------------------------
+
+
+def center_crop_resize(images: torch.Tensor, resolution: int, crop: int | None = None) -> torch.Tensor:
+    """Center square crop then resize to ``resolution`` × ``resolution``, for uint8 [C, H, W] or [N, C, H, W].
+
+    ``crop`` is the side of the square cut from the center (default: the shorter side, i.e. the largest
+    centered square); it is clipped to the image. Resizing is bilinear with antialiasing.
+    """
+    h, w = int(images.shape[-2]), int(images.shape[-1])
+    side = min(h, w) if crop is None else min(int(crop), h, w)
+    if (h, w) != (side, side):
+        images = TF.center_crop(images, [side, side])
+    return resize(images, resolution)
+
+
+def resize(images: torch.Tensor, resolution: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize uint8 images ``[C, H, W]`` or ``[N, C, H, W]`` to a square ``resolution`` (bilinear, antialias).
+
+    Batches are processed in chunks so that big datasets do not need a float copy of everything.
+    """
+    if tuple(images.shape[-2:]) == (resolution, resolution):
+        return images
+    if images.dim() == 3:
+        return _resize(images, resolution)
+    out = torch.empty((images.shape[0], images.shape[1], resolution, resolution), dtype=images.dtype)
+    for start in range(0, images.shape[0], chunk):
+        out[start : start + chunk] = _resize(images[start : start + chunk].contiguous(), resolution)
+    return out
+
+
+def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    return TF.resize(
+        images, [resolution, resolution], interpolation=InterpolationMode.BILINEAR, antialias=True
+    )
+
+
+def pil_to_uint8(img: Image.Image, channels: int = 3) -> torch.Tensor:
+    """A PIL image as a uint8 tensor [C, H, W] (RGB for 3 channels, luminance for 1)."""
+    img = img.convert("RGB" if channels == 3 else "L")
+    return TF.pil_to_tensor(img)
+
+
+def load_image(path: Path, resolution: int, channels: int = 3, crop: int | None = None) -> torch.Tensor:
+    """Decode an image file into uint8 [C, resolution, resolution] (center crop + resize)."""
+    try:
+        with Image.open(path) as img:
+            tensor = pil_to_uint8(img, channels)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+    return center_crop_resize(tensor, resolution, crop)
+
+
+# --- locating data --------------------------------------------------------------------------------
+
+
+def expand_root(root: str) -> Path:
+    """``~`` and ``$VARS`` expanded; the directory a dataset looks under."""
+    return Path(os.path.expandvars(os.path.expanduser(root)))
+
+
+def check_split(split: str) -> str:
+    """Reject anything but "train" / "test" (a programming error, not a user one)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split
+
+
+def list_images(folder: Path, recursive: bool = True) -> list[Path]:
+    """Image files under ``folder`` (by extension, hidden files skipped), sorted by path."""
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p
+        for p in folder.glob(pattern)
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    )
+
+
+def missing_data(
+    dataset: str, searched: Sequence[Path | str], *, download: bool, what: str = "", source: str = ""
+) -> DataError:
+    """The one-line "not found" error: which dataset, every path searched, and how to fix it.
+
+    ``download``: whether ``data.download=true`` can fetch it; ``source``: where to get it by hand otherwise.
+    """
+    paths = ", ".join(str(p) for p in searched)
+    fixes = ["set data.root=<the folder that holds it>"]
+    if download:
+        fixes.append("set data.download=true to fetch it (needs network)")
+    elif source:
+        fixes.append(f"get it from {source} (data.download cannot fetch it)")
+    fixes.append(f"or use the built-in offline data with --set data.name={OFFLINE_FALLBACK}")
+    detail = f" {what}" if what else ""
+    return DataError(f"dataset '{dataset}'{detail} not found (searched: {paths}); {', '.join(fixes)}")

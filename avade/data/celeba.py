@@ -1,0 +1,115 @@
+"""``celeba``: CelebA aligned faces, center crop 140×140 then resize to 64×64 (the customary preprocessing).
+
+Layouts under ``root`` (the first match wins):
+
+- torchvision's: ``<root>/celeba/img_align_celeba/*.jpg``, with ``<root>/celeba/list_eval_partition.txt``
+  when present (train = partition 0, test = partition 2; the validation partition 1 is not served);
+- a plain folder of images, ``<root>/celeba/*.jpg`` (or ``img_align_celeba/`` without the partition
+  file): files sorted by name, the last ``test_fraction`` of them are the test split, which matches the
+  official partition's order-based cut for the original file names.
+
+Only the images are read, not the attribute/landmark files that ``torchvision.datasets.CelebA`` requires;
+``download = true`` uses torchvision's downloader (Google Drive, needs network) and then reads the same
+layout. Transform (deterministic): a centered ``crop`` × ``crop`` square (clipped to the image), then a
+bilinear, antialiased resize to ``resolution``. Unlabeled. Decoded on access unless ``in_memory = true``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from avade.data.base import FileImageDataset, check_split, expand_root, list_images, missing_data
+from avade.errors import DataError
+from avade.schema import between, ge
+
+NAME = "celeba"
+PARTITION_FILE = "list_eval_partition.txt"
+_PARTITION = {"train": "0", "test": "2"}
+
+
+@attrs.define
+class CelebAConfig:
+    """CelebA under ``root``; see the module docstring for the layouts and the split."""
+
+    root: str = attrs.field(default="~/data", metadata={"help": "folder holding celeba/"})
+    resolution: int = attrs.field(default=64, validator=between(4, 512), metadata={"help": "image side"})
+    crop: int = attrs.field(default=140, validator=ge(1), metadata={"help": "side of the centered crop"})
+    test_fraction: float = attrs.field(
+        default=0.1,
+        validator=between(0.0, 0.5),
+        metadata={"help": "plain-folder layout only: share held out for test"},
+    )
+    in_memory: bool = attrs.field(default=False, metadata={"help": "decode all images once at start"})
+    download: bool = attrs.field(default=False, metadata={"help": "fetch with torchvision if missing"})
+
+
+def candidates(cfg: CelebAConfig) -> list[Path]:
+    """Folders searched for the images, in order."""
+    base = expand_root(cfg.root) / "celeba"
+    return [base / "img_align_celeba", base]
+
+
+def locate(cfg: CelebAConfig, split: str) -> list[Path]:
+    """The image files of ``split``; :class:`~avade.errors.DataError` naming every folder searched."""
+    check_split(split)
+    for folder in candidates(cfg):
+        files = list_images(folder, recursive=False) if folder.is_dir() else []
+        if files:
+            return _split(cfg, folder, files, split)
+    raise missing_data(NAME, candidates(cfg), download=True)
+
+
+def _split(cfg: CelebAConfig, folder: Path, files: list[Path], split: str) -> list[Path]:
+    partition = (
+        folder.parent / PARTITION_FILE if folder.name == "img_align_celeba" else folder / PARTITION_FILE
+    )
+    if partition.is_file():
+        keep = set()
+        for line in partition.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == _PARTITION[split]:
+                keep.add(parts[0])
+        chosen = [f for f in files if f.name in keep]
+    else:
+        n_test = max(1, round(len(files) * cfg.test_fraction)) if len(files) > 1 and cfg.test_fraction else 0
+        chosen = files[: len(files) - n_test] if split == "train" else files[len(files) - n_test :]
+    if not chosen:
+        raise DataError(
+            f"dataset 'celeba': the {split} split of {folder} is empty "
+            f"(partition file: {partition if partition.is_file() else 'none'}); "
+            "add images or set data.test_fraction"
+        )
+    return chosen
+
+
+class CelebA(FileImageDataset):
+    """CelebA faces, center-cropped and resized (module docstring)."""
+
+    def __init__(self, cfg: CelebAConfig, *, split: str = "train") -> None:
+        check_split(split)
+        try:
+            files = locate(cfg, split)
+        except DataError:
+            if not cfg.download:
+                raise
+            _download(cfg)
+            files = locate(cfg, split)
+        super().__init__(
+            files, None, num_classes=0, resolution=cfg.resolution, crop=cfg.crop, in_memory=cfg.in_memory
+        )
+        self.split = split
+
+
+def _download(cfg: CelebAConfig) -> None:
+    from torchvision.datasets import CelebA as TorchvisionCelebA
+
+    root = expand_root(cfg.root)
+    try:
+        TorchvisionCelebA(str(root), split="all", target_type=[], download=True)
+    except Exception as exc:  # network, quota (Google Drive) or extraction failures
+        raise DataError(
+            f"dataset 'celeba': download into {root / 'celeba'} failed ({type(exc).__name__}: {exc}); "
+            "download img_align_celeba.zip by hand and unzip it there"
+        ) from None

@@ -1,0 +1,145 @@
+"""``image-folder``: any folder of images (``<root>/<folder>``), optionally with one subfolder per class.
+
+Split: when the folder holds both ``train/`` and ``test/`` subfolders they are the splits. Otherwise
+each image goes to the test split when a hash of its path relative to the folder falls below
+``test_fraction`` (SHA-1, so the assignment is stable across runs and machines, and adding images never
+moves the others between splits).
+
+Labels: when ``labels = true`` and the split folder holds only subfolders (no loose images), each
+first-level subfolder is a class (sorted by name, label = index, like torchvision's ``ImageFolder``), with
+the class list taken from the train side; otherwise every image below the folder, at any depth, is used
+unlabeled. Images are converted to RGB (or grayscale for ``channels = 1``), center-cropped to a square of
+side ``crop`` (default: the short side) and resized bilinearly with antialiasing to ``resolution``.
+Decoded on access unless ``in_memory = true``. There is nothing to download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+from avade.data.base import FileImageDataset, check_split, expand_root, list_images, missing_data
+from avade.errors import DataError
+from avade.schema import between, ge
+
+NAME = "image-folder"
+
+
+@attrs.define
+class ImageFolderConfig:
+    """A folder of images; see the module docstring for the split and the labels."""
+
+    root: str = attrs.field(
+        default="~/data", metadata={"help": "base folder; `folder` is looked up under it"}
+    )
+    folder: str = attrs.field(
+        default="images", metadata={"help": "image folder, relative to root or absolute"}
+    )
+    resolution: int = attrs.field(default=64, validator=between(4, 1024), metadata={"help": "image side"})
+    channels: Literal[1, 3] = attrs.field(default=3, metadata={"help": "3 = RGB, 1 = grayscale"})
+    labels: bool = attrs.field(default=True, metadata={"help": "use class subfolders as labels when present"})
+    test_fraction: float = attrs.field(
+        default=0.1,
+        validator=between(0.0, 0.9),
+        metadata={"help": "share held out for test when there is no test/ folder"},
+    )
+    crop: int | None = attrs.field(
+        default=None,
+        validator=ge(1),
+        metadata={"help": "side of the centered square crop; default the short side"},
+    )
+    in_memory: bool = attrs.field(default=False, metadata={"help": "decode all images once at start"})
+    download: bool = attrs.field(default=False, metadata={"help": "unused (nothing to download)"})
+
+
+@attrs.frozen
+class Listing:
+    """What a split of an image folder holds."""
+
+    files: list[Path]
+    labels: list[int] | None
+    classes: list[str]
+
+
+def folder_path(cfg: ImageFolderConfig) -> Path:
+    """``<root>/<folder>`` (``folder`` may be absolute)."""
+    return expand_root(cfg.root) / expand_root(cfg.folder)
+
+
+def _classes(base: Path, labeled: bool) -> list[str]:
+    if not labeled or list_images(base, recursive=False):
+        return []
+    subdirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return [d.name for d in subdirs if list_images(d)]
+
+
+def _test_share(path: Path, base: Path) -> float:
+    digest = hashlib.sha1(path.relative_to(base).as_posix().encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def locate(cfg: ImageFolderConfig, split: str) -> Listing:
+    """The files (and labels) of ``split``; :class:`~avade.errors.DataError` naming the folder when empty."""
+    base = folder_path(cfg)
+    check_split(split)
+    if not base.is_dir() or not list_images(base):
+        raise missing_data(NAME, [base], download=False)
+    explicit = (base / "train").is_dir() and (base / "test").is_dir()
+    train_base = base / "train" if explicit else base
+    classes = _classes(train_base, cfg.labels)
+    split_base = (base / split) if explicit else base
+    if classes:
+        files, labels = [], []
+        for index, name in enumerate(classes):
+            found = list_images(split_base / name) if (split_base / name).is_dir() else []
+            files += found
+            labels += [index] * len(found)
+        if explicit:
+            stray = [
+                d.name
+                for d in split_base.iterdir()
+                if d.is_dir() and d.name not in classes and list_images(d)
+            ]
+            if stray:
+                raise DataError(
+                    f"dataset '{NAME}': {split_base} has class folders {stray} that {train_base} lacks; "
+                    "give both splits the same class subfolders"
+                )
+    else:
+        files, labels = list_images(split_base), None
+    if not explicit:
+        keep = [(_test_share(f, base) < cfg.test_fraction) == (split == "test") for f in files]
+        files = [f for f, k in zip(files, keep, strict=True) if k]
+        labels = [lab for lab, k in zip(labels, keep, strict=True) if k] if labels is not None else None
+    if not files:
+        how = (
+            f"{split_base} has no images"
+            if explicit
+            else f"test_fraction={cfg.test_fraction} leaves it empty"
+        )
+        raise DataError(
+            f"dataset '{NAME}': the {split} split of {base} is empty ({how}); "
+            "add images, create train/ and test/ subfolders, or set data.test_fraction"
+        )
+    return Listing(files, labels, classes)
+
+
+class ImageFolder(FileImageDataset):
+    """Images of a folder, split and labeled as in the module docstring; ``classes`` names the labels."""
+
+    def __init__(self, cfg: ImageFolderConfig, *, split: str = "train") -> None:
+        listing = locate(cfg, split)
+        super().__init__(
+            listing.files,
+            listing.labels,
+            num_classes=len(listing.classes),
+            resolution=cfg.resolution,
+            channels=cfg.channels,
+            crop=cfg.crop,
+            in_memory=cfg.in_memory,
+        )
+        self.split = split
+        self.classes = listing.classes

@@ -1,0 +1,182 @@
+"""``lsun``: one LSUN scene category (bedroom, tower, church_outdoor, ...), center-cropped and resized.
+
+Two layouts are accepted under ``root`` (the first one found wins, image folders first):
+
+- an image-folder export: ``<root>/lsun/<category>/`` (train) and ``<root>/lsun/<category>_val/`` (test),
+  any depth of subfolders, any common image format (the official export script writes ``.webp``);
+- the official LMDB databases: ``<root>/lsun/<category>_train_lmdb`` / ``<category>_val_lmdb``, or the same
+  names directly in ``<root>`` (torchvision's layout). Reading them needs the optional package ``lmdb``
+  (``pip install lmdb`` or ``pip install avade[lsun]``).
+
+avade reads LMDB itself rather than through ``torchvision.datasets.LSUN``, which writes a pickle cache of
+the keys into the current directory. The key list is read once per construction (a few seconds for the
+largest categories). LSUN cannot be downloaded through torchvision: get it with the LSUN project's
+download script. Transform (deterministic): largest centered square crop, then a bilinear, antialiased
+resize to ``resolution``. Items are decoded on access (``as_tensors`` is None), so the data may be large.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import numpy as np
+import torch
+from PIL import Image
+
+from avade.data.base import (
+    FileImageDataset,
+    ImageDataset,
+    center_crop_resize,
+    check_split,
+    expand_root,
+    list_images,
+    missing_data,
+    pil_to_uint8,
+)
+from avade.errors import DataError
+from avade.schema import between
+
+NAME = "lsun"
+SOURCE = "the LSUN download script (github.com/fyu/lsun)"
+CATEGORIES: tuple[str, ...] = (
+    "bedroom",
+    "tower",
+    "bridge",
+    "kitchen",
+    "church_outdoor",
+    "living_room",
+    "dining_room",
+    "classroom",
+    "conference_room",
+    "restaurant",
+)
+Category = Literal[
+    "bedroom",
+    "tower",
+    "bridge",
+    "kitchen",
+    "church_outdoor",
+    "living_room",
+    "dining_room",
+    "classroom",
+    "conference_room",
+    "restaurant",
+]
+
+
+@attrs.define
+class LsunConfig:
+    """One LSUN category under ``root``; see the module docstring for the layouts."""
+
+    root: str = attrs.field(
+        default="~/data", metadata={"help": "folder holding lsun/ (or the *_lmdb folders)"}
+    )
+    category: Category = attrs.field(default="bedroom", metadata={"help": "scene category"})
+    resolution: int = attrs.field(
+        default=64,
+        validator=between(4, 512),
+        metadata={"help": "image side after center crop (64 or 128 customary)"},
+    )
+    download: bool = attrs.field(
+        default=False, metadata={"help": "unsupported for LSUN (no torchvision downloader)"}
+    )
+
+
+def candidates(cfg: LsunConfig, split: str) -> list[tuple[str, Path]]:
+    """``(layout, path)`` pairs searched for ``split``, in order of preference."""
+    root = expand_root(cfg.root)
+    folder = cfg.category if check_split(split) == "train" else f"{cfg.category}_val"
+    db = f"{cfg.category}_{'train' if split == 'train' else 'val'}_lmdb"
+    return [("folder", root / "lsun" / folder), ("lmdb", root / "lsun" / db), ("lmdb", root / db)]
+
+
+def locate(cfg: LsunConfig, split: str) -> tuple[str, Path]:
+    """The layout and path ``split`` reads; :class:`~avade.errors.DataError` naming every path searched."""
+    searched = candidates(cfg, split)
+    for layout, path in searched:
+        if path.is_dir():
+            if layout == "lmdb":
+                _import_lmdb(path)  # fail now, with the fix, rather than at the first item
+            return layout, path
+    what = f"category '{cfg.category}' ({split} split)"
+    raise missing_data(NAME, [p for _, p in searched], download=False, what=what, source=SOURCE)
+
+
+def _import_lmdb(path: Path) -> Any:
+    try:
+        import lmdb  # optional dependency: only LSUN's LMDB layout needs it
+    except ImportError:
+        raise DataError(
+            f"dataset 'lsun': {path} is an LMDB database but the Python package 'lmdb' is not installed; "
+            "run `pip install lmdb` (or `pip install avade[lsun]`), or export the images to a folder"
+        ) from None
+    return lmdb
+
+
+# One read-only environment per database, opened on first use. LMDB refuses to open a database twice in
+# a process and its handles must not cross a fork, so they are all closed just before the process forks
+# (DataLoader workers): the children open their own, and the parent reopens on its next read.
+_ENVS: dict[str, Any] = {}
+
+
+def _env(path: Path) -> Any:
+    key = str(path)
+    if key not in _ENVS:
+        lmdb = _import_lmdb(path)
+        _ENVS[key] = lmdb.open(key, readonly=True, lock=False, readahead=False, meminit=False)
+    return _ENVS[key]
+
+
+def _close_all() -> None:
+    while _ENVS:
+        _ENVS.popitem()[1].close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_close_all)
+
+
+class LmdbImages(ImageDataset):
+    """Images stored as encoded bytes in an LMDB database, decoded on access; unlabeled."""
+
+    def __init__(self, path: Path, resolution: int) -> None:
+        self.path = Path(path)
+        self.resolution = int(resolution)
+        self.shape = (3, self.resolution, self.resolution)
+        self.num_classes = 0
+        with _env(self.path).begin(write=False) as txn:
+            keys = list(txn.cursor().iternext(keys=True, values=False))
+        # A fixed-width bytes array is far smaller than millions of Python bytes objects (LSUN's keys are
+        # hex digests, so numpy's stripping of trailing NUL bytes cannot alter them).
+        self.keys = np.array(keys, dtype=bytes)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with _env(self.path).begin(write=False) as txn:
+            buf = txn.get(bytes(self.keys[i]))
+        if buf is None:
+            raise DataError(
+                f"dataset 'lsun': key {self.keys[i]!r} vanished from {self.path}; is it being rewritten?"
+            )
+        with Image.open(io.BytesIO(buf)) as img:
+            return center_crop_resize(pil_to_uint8(img), self.resolution), -1
+
+
+def lsun_dataset(cfg: LsunConfig, *, split: str = "train") -> ImageDataset:
+    """Build the LSUN ``category`` split from whichever layout is found (module docstring)."""
+    layout, path = locate(cfg, check_split(split))
+    if layout == "lmdb":
+        return LmdbImages(path, cfg.resolution)
+    files = list_images(path)
+    if not files:
+        raise DataError(
+            f"dataset 'lsun': {path} contains no image files (.webp, .jpg, .png, ...); "
+            "put the exported images there or point data.root at the folder holding lsun/"
+        )
+    return FileImageDataset(files, None, num_classes=0, resolution=cfg.resolution)

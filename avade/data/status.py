@@ -1,0 +1,80 @@
+"""``dataset_status``: is a dataset's data present at its configured root? (for ``avade doctor``)
+
+Nothing is loaded: each dataset module provides ``locate(cfg, split)``, which finds the files a split
+would read, or raises :class:`~avade.errors.DataError` with the paths it searched and the fix. A plugin
+dataset can take part by defining ``locate`` the same way in the module of its factory; without one its
+status is reported as unchecked.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from avade.errors import AvadeError
+
+_SPLITS = ("train", "test")
+
+
+def _config(info: Any, cfg: Any) -> Any:
+    cfg_cls = info.load_config()
+    if cfg is None or isinstance(cfg, Mapping):
+        from avade.registry import get_registry
+
+        return get_registry().validate(info.kind, info.name, dict(cfg or {}), path="data")
+    if cfg_cls is not None and not isinstance(cfg, cfg_cls):
+        raise TypeError(f"cfg must be a {cfg_cls.__name__}, a mapping or None; got {type(cfg).__name__}")
+    return cfg
+
+
+def _paths(found: Any) -> list[Any]:
+    if attrs.has(type(found)) and hasattr(found, "files"):
+        return list(found.files)
+    if isinstance(found, tuple) and len(found) == 2 and isinstance(found[0], str):  # (layout, where)
+        where = found[1]
+        return list(where) if isinstance(where, list) else [where]
+    return list(found) if isinstance(found, list | tuple) else [found]
+
+
+def _describe(found: Any) -> str:
+    paths = _paths(found)
+    if not paths:
+        return "generated, nothing to read"
+    if len(paths) == 1:
+        return str(paths[0])
+    if all(isinstance(p, Path) for p in paths):
+        common = Path(os.path.commonpath([str(p) for p in paths]))
+        return f"{len(paths)} files under {common}"
+    return ", ".join(str(p) for p in paths)
+
+
+def dataset_status(name: str, cfg: Any = None) -> tuple[bool, str]:
+    """``(present, one-line message)`` for dataset ``name`` with config ``cfg``.
+
+    ``cfg`` is the dataset's config instance, a mapping of its keys (validated, e.g. a recipe's
+    ``[data]`` table without ``name``), or None for the defaults. Both splits must be found for
+    ``present``; the message says where they are, or what is missing and how to fix it.
+    """
+    from avade.registry import get_registry
+
+    try:
+        info = get_registry().get("dataset", name)
+        config = _config(info, cfg)
+        factory = info.load_factory()
+        locate = getattr(inspect.getmodule(factory), "locate", None)
+    except AvadeError as exc:
+        return False, str(exc)
+    if not callable(locate):
+        return True, f"dataset '{name}': no presence check available (it is checked when loaded)"
+    parts = []
+    for split in _SPLITS:
+        try:
+            parts.append(f"{split}: {_describe(locate(config, split))}")
+        except AvadeError as exc:
+            return False, str(exc)
+    return True, f"dataset '{name}': " + "; ".join(parts)

@@ -1,0 +1,98 @@
+"""``stl10``: STL-10 (96×96 RGB) through torchvision, served at 48×48 by default (also 64, or any side ≤ 96).
+
+On disk: ``<root>/stl10_binary/`` as torchvision downloads it (``train_X.bin``, ``train_y.bin``,
+``unlabeled_X.bin``, ``test_X.bin``, ``test_y.bin``). ``train_split`` picks what the train split serves:
+``"unlabeled"`` (100,000 images, the usual choice for unconditional models), ``"train"`` (5,000 labeled)
+or ``"train+unlabeled"``; the test split is always the 8,000 labeled test images. Labels are kept only
+when ``train_split = "train"`` (``num_classes`` 10); otherwise everything is unlabeled (``num_classes`` 0,
+label -1) so that both splits agree.
+
+As for CIFAR-10, loading checks that the needed files are present instead of hashing them (torchvision
+would hash the 2.6 GB unlabeled file on every start; it verifies the archive when downloading).
+Transform: a bilinear, antialiased resize of the whole image to ``resolution`` (no crop, no augmentation).
+The whole split is held in memory at the served resolution (the unlabeled set at 48×48: about 0.7 GB).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import attrs
+import numpy as np
+import torch
+from torchvision.datasets import STL10
+
+from avade.data.base import TensorImageDataset, check_split, expand_root, missing_data, resize
+from avade.errors import DataError
+from avade.schema import between
+
+FOLDER = "stl10_binary"
+NAME = "stl10"
+_FILES = {
+    "train": ("train_X.bin", "train_y.bin"),
+    "unlabeled": ("unlabeled_X.bin",),
+    "train+unlabeled": ("train_X.bin", "train_y.bin", "unlabeled_X.bin"),
+    "test": ("test_X.bin", "test_y.bin"),
+}
+
+
+@attrs.define
+class Stl10Config:
+    """STL-10 under ``root``; see the module docstring."""
+
+    root: str = attrs.field(default="~/data", metadata={"help": "folder holding stl10_binary/"})
+    resolution: int = attrs.field(
+        default=48, validator=between(4, 96), metadata={"help": "image side (48 or 64 customary; 96 native)"}
+    )
+    train_split: Literal["unlabeled", "train", "train+unlabeled"] = attrs.field(
+        default="unlabeled", metadata={"help": "what the train split serves"}
+    )
+    download: bool = attrs.field(default=False, metadata={"help": "fetch with torchvision if missing"})
+
+
+def _tv_split(cfg: Stl10Config, split: str) -> str:
+    return cfg.train_split if split == "train" else "test"
+
+
+class _PresenceCheckedSTL10(STL10):
+    """torchvision's STL10 checking only that this split's files exist (module docstring)."""
+
+    def _check_integrity(self) -> bool:
+        return all(os.path.isfile(os.path.join(self.root, FOLDER, f)) for f in _FILES[self.split])
+
+
+def locate(cfg: Stl10Config, split: str) -> list[Path]:
+    """The files ``split`` reads; :class:`~avade.errors.DataError` naming them when any is missing."""
+    folder = expand_root(cfg.root) / FOLDER
+    files = [folder / f for f in _FILES[_tv_split(cfg, check_split(split))]]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise missing_data(NAME, [missing[0] if folder.is_dir() else folder], download=True)
+    return files
+
+
+class Stl10(TensorImageDataset):
+    """STL-10 in memory at ``resolution``."""
+
+    def __init__(self, cfg: Stl10Config, *, split: str = "train") -> None:
+        check_split(split)
+        root = expand_root(cfg.root)
+        if not cfg.download:
+            locate(cfg, split)
+        try:
+            # With download=true torchvision fetches and verifies the archive unless the files are there.
+            tv = _PresenceCheckedSTL10(str(root), split=_tv_split(cfg, split), download=cfg.download)
+        except Exception as exc:  # network failures, truncated or foreign files
+            action = "download or loading" if cfg.download else "loading"
+            raise DataError(
+                f"dataset 'stl10': {action} failed in {root / FOLDER} ({type(exc).__name__}: {exc}); "
+                "delete that folder and download it again (data.download=true, needs network)"
+            ) from None
+        labeled = cfg.train_split == "train"
+        images = resize(torch.from_numpy(np.asarray(tv.data)), cfg.resolution)
+        del tv.data  # the 96×96 copy can be large (2.6 GB for the unlabeled set)
+        labels = torch.from_numpy(np.asarray(tv.labels, dtype=np.int64)) if labeled else None
+        super().__init__(images, labels, num_classes=10 if labeled else 0)
+        self.split = split

@@ -1,0 +1,241 @@
+"""Evaluation of runs: ``avade eval``, ``avade sample``, metrics during training, the Table 7 study.
+
+:class:`RunContext` implements :class:`avade.metrics.context.EvalContext` over a model and its
+datasets, so every metric component works the same during training and from the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from rich.console import Console
+
+from avade.errors import CheckpointError, ConfigError
+from avade.models import GenerativeModel, build_model
+from avade.recipe import load_recipe
+from avade.recipe.schema import ComponentRef, Recipe
+from avade.registry import get_registry
+from avade.train import checkpoint as ckpt
+from avade.train.data import eval_batches
+from avade.train.rundir import RunDir, write_json
+
+
+@attrs.define
+class RunContext:
+    """The evaluation environment of one model (see EvalContext)."""
+
+    model: GenerativeModel
+    recipe: Recipe
+    train_set: Any
+    test_set: Any
+    device: torch.device
+    out_dir: Path
+    cache_dir: Path
+    options: dict[str, Any] = attrs.Factory(dict)
+    seed: int = 0
+
+    @property
+    def dataset_key(self) -> str:
+        ref = self.recipe.data.dataset
+        shape = "x".join(str(s) for s in self.train_set.shape)
+        config = repr(ref.config) if ref is not None else ""
+        return f"{self.recipe.data.options.name}/{shape}/{abs(hash(config)) % 10**8:08d}"
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.train_set.num_classes)
+
+    def _split(self, split: str) -> Any:
+        if split not in ("train", "test"):
+            raise ConfigError(f"unknown split '{split}'; use train or test")
+        return self.train_set if split == "train" else self.test_set
+
+    def real_batches(self, split: str, n: int | None = None, batch_size: int = 100
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        seen = 0
+        for x, y in eval_batches(self._split(split), batch_size):
+            if n is not None and seen >= n:
+                return
+            if n is not None and seen + x.shape[0] > n:
+                x, y = x[: n - seen], y[: n - seen]
+            seen += x.shape[0]
+            yield x, y
+
+    @torch.no_grad()
+    def sample_batches(self, n: int, batch_size: int = 100, labels: torch.Tensor | None = None
+                       ) -> Iterator[torch.Tensor]:
+        self.model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            lab = labels[start:start + m].to(self.device) if labels is not None else None
+            yield self.model.sample(m, lab, generator=gen).cpu()
+
+    @torch.inference_mode()
+    def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
+        self.model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(12345)
+        total, count = 0.0, 0
+        for x, y in eval_batches(self._split(split), self.recipe.data.options.eval_batch_size):
+            x = x.to(self.device)
+            lab = y.to(self.device) if self.model.num_classes else None
+            out = self.model.log_likelihood(x, lab, gen, importance_samples)
+            total += float(out["bpd"].double().sum())
+            count += x.shape[0]
+        key = "bpd" if importance_samples == 1 else f"bpd_iw{importance_samples}"
+        return {key: total / max(count, 1)}
+
+
+def _metric_config(ref: ComponentRef | None, name: str, samples: int | None) -> Any:
+    registry = get_registry()
+    config = ref.config if ref is not None else registry.validate("metric", name, {}, path=f"eval.{name}")
+    if samples is not None and config is not None and hasattr(config, "samples"):
+        config = attrs.evolve(config, samples=samples)
+    return config
+
+
+def run_metrics(ctx: RunContext, names: Sequence[str], recipe: Recipe, samples: int | None = None,
+                console: Console | None = None) -> dict[str, float]:
+    """Compute registered metrics by name with the recipe's per-metric settings."""
+    registry = get_registry()
+    results: dict[str, float] = {}
+    for name in names:
+        info = registry.get("metric", name)
+        config = _metric_config(recipe.eval.settings.get(name), name, samples)
+        metric = registry.build(info, config)
+        if console is not None:
+            console.print(f"computing {name} ...")
+        results.update(metric.compute(ctx))
+    return results
+
+
+def compute_metrics(trainer: Any, names: Sequence[str]) -> dict[str, float]:
+    """Metrics during/after training (called by the trainer on the main process)."""
+    ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, trainer.test_set, trainer.device,
+                     trainer.run.root, trainer.run.cache.absolute(), _options(trainer.recipe), trainer.cfg.seed)
+    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+    return run_metrics(ctx, names, trainer.recipe)
+
+
+def _options(recipe: Recipe) -> dict[str, Any]:
+    return {"inception_weights": recipe.eval.inception_weights} if recipe.eval.inception_weights else {}
+
+
+def load_run(run_dir: Path, device: str = "auto") -> RunContext:
+    """Rebuild a run's model from ``recipe.toml`` and its newest checkpoint."""
+    from avade.train.trainer import load_datasets, resolve_device
+
+    run = RunDir(Path(run_dir))
+    if not run.recipe.is_file():
+        raise CheckpointError(f"{run.root} is not a run directory (no recipe.toml); pass the --out of "
+                              "`avade recipe run`")
+    recipe = load_recipe(run.recipe)
+    checkpoints = ckpt.list_checkpoints(run.checkpoints)
+    if not checkpoints:
+        raise CheckpointError(f"{run.root} has no checkpoint yet (checkpoints/ is empty)")
+    data = ckpt.read_checkpoint(checkpoints[-1])
+    dev = resolve_device(device)
+    train_set, test_set = load_datasets(recipe)
+    model = build_model(recipe, train_set.shape, train_set.num_classes)
+    missing, unexpected = model.load_state_dict(data["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {checkpoints[-1]} does not fit the run's recipe")
+    model.to(dev).eval()
+    run.cache.mkdir(exist_ok=True)
+    return RunContext(model, recipe, train_set, test_set, dev, run.root, run.cache.absolute(), _options(recipe),
+                      recipe.train.seed)
+
+
+def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
+                 device: str = "auto", console: Console | None = None) -> dict[str, float]:
+    """``avade eval``: compute metrics on a run's newest checkpoint and write ``eval.json``."""
+    ctx = load_run(run_dir, device)
+    names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
+    registry = get_registry()
+    for name in names:
+        registry.get("metric", name)  # fail fast on a typo, before any work
+    results = run_metrics(ctx, names, ctx.recipe, samples, console)
+    write_json(RunDir(Path(run_dir)).eval, results)
+    return results
+
+
+def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), temperature: float = 1.0,
+               reconstructions: bool = False, seed: int = 0, device: str = "auto") -> Path:
+    """``avade sample``: a PNG grid of samples (or test images next to their reconstructions)."""
+    from torchvision.utils import save_image
+
+    if n < 1:
+        raise ConfigError(f"-n must be at least 1, got {n}")
+    ctx = load_run(run_dir, device)
+    model = ctx.model
+    gen = torch.Generator(device=ctx.device).manual_seed(seed)
+    torch.manual_seed(seed)
+    nrow = max(1, int(n**0.5))
+    if reconstructions:
+        x, y = next(ctx.real_batches("test", n, batch_size=n))
+        x = x.to(ctx.device)
+        recon = model.reconstruct(x, y.to(ctx.device) if model.num_classes else None, gen)
+        images = torch.stack([x, recon], 1).flatten(0, 1)
+        nrow = 2 * max(1, int((n / 2) ** 0.5))
+    else:
+        labels = (torch.arange(n, device=ctx.device) % model.num_classes) if model.num_classes else None
+        images = model.sample(n, labels, temperature=temperature, generator=gen)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.float() / 255.0, output, nrow=nrow)
+    return output
+
+
+def subset_study_cli(dataset: str, overrides: Sequence[str], fractions: Sequence[float],
+                     console: Console | None = None, options: Mapping[str, Any] | None = None
+                     ) -> list[dict[str, float]]:
+    """``avade study subsets``: Table 7 on a dataset (``--set`` keys are the dataset's own config)."""
+    from avade.metrics.subset_study import subset_study
+    from avade.recipe.load import parse_override
+
+    registry = get_registry()
+    info = registry.get("dataset", dataset)
+    config = registry.validate("dataset", dataset, dict(parse_override(o) for o in overrides), path="data")
+    train_set = registry.build(info, config, split="train")
+    ctx = _DataOnlyContext(train_set, dataset, dict(options or {}))
+    return subset_study(ctx, list(fractions), split="train")
+
+
+@attrs.define
+class _DataOnlyContext:
+    """EvalContext over real data only (no model), for studies of the data itself."""
+
+    data: Any
+    name: str
+    options: dict[str, Any]
+    device: torch.device = attrs.Factory(lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    out_dir: Path = Path(".")
+    cache_dir: Path = attrs.Factory(lambda: Path.home() / ".cache" / "avade")
+
+    @property
+    def dataset_key(self) -> str:
+        return f"{self.name}/{'x'.join(map(str, self.data.shape))}"
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.data.num_classes)
+
+    def real_batches(self, split: str, n: int | None = None, batch_size: int = 100
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        seen = 0
+        for x, y in eval_batches(self.data, batch_size):
+            if n is not None and seen >= n:
+                return
+            seen += x.shape[0]
+            yield x, y
+
+    def sample_batches(self, n: int, batch_size: int = 100, labels: torch.Tensor | None = None
+                       ) -> Iterator[torch.Tensor]:
+        raise ConfigError("this study has no model to sample from")
+
+    def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
+        raise ConfigError("this study has no model")

@@ -1,0 +1,69 @@
+"""Activation normalization as a flow (Glow): a per-channel affine map with data-dependent init."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from avade.flows.base import Flow, Shape, check_in_shape
+from avade.schema import gt
+
+
+@attrs.define
+class ActNormConfig:
+    """``data_init``: set bias/scale from the first training batch; ``eps`` guards that init's std."""
+
+    data_init: bool = True
+    eps: float = attrs.field(default=1e-6, validator=gt(0.0))
+
+
+class ActNorm(Flow):
+    """``y = (x + b) * exp(s)`` per channel; ``logdet = H * W * sum(s)``.
+
+    On the first forward in training mode ``b`` and ``s`` are set so that this batch's output has zero
+    mean and unit standard deviation per channel. The ``initialized`` buffer records that in the
+    state dict, so a loaded model is not re-initialised.
+    """
+
+    def __init__(self, cfg: ActNormConfig | None = None, *, in_shape: Shape) -> None:
+        cfg = cfg or ActNormConfig()
+        c, h, w = check_in_shape(in_shape, "actnorm")
+        super().__init__((c, h, w))
+        self.bias = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.eps = cfg.eps
+        self.register_buffer("initialized", torch.tensor(not cfg.data_init))
+        # Python-side mirror of `initialized`: reading the buffer is a host sync on GPU, so it is read
+        # at most once (and again after a state-dict load), not on every forward.
+        self._known_initialized = False
+
+    @torch.no_grad()
+    def _data_init(self, x: torch.Tensor) -> None:
+        dims = (0, 2, 3)
+        self.bias.copy_(-x.mean(dims, keepdim=True))
+        self.log_scale.copy_(-torch.log(x.std(dims, keepdim=True, correction=0) + self.eps))
+        self.initialized.fill_(True)
+
+    def _maybe_init(self, x: torch.Tensor) -> None:
+        if self._known_initialized:
+            return
+        if not bool(self.initialized):
+            self._data_init(x)
+        self._known_initialized = True
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._known_initialized = False
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training:
+            self._maybe_init(x)
+        y = (x + self.bias) * self.log_scale.exp()
+        logdet = (self.log_scale.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+        return y, logdet
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y * torch.exp(-self.log_scale) - self.bias

@@ -1,0 +1,121 @@
+"""Affine coupling (Real-NVP / Glow): half of the input is scaled and shifted as a function of the other.
+
+The log-scale is bounded: ``log s = b * tanh(raw)`` with a learned per-channel bound ``b`` (initialised
+to 1), as in the Real-NVP reference. Why tanh rather than Glow's ``s = sigmoid(raw + 2)``:
+
+- it is symmetric, so *both* directions stay tame. In AV-ADE the inverse runs on decoder outputs
+  (samples ``mu(z)``) that may lie off the training distribution; the inverse multiplies by
+  ``exp(-log s)``, which a sigmoid scale leaves unbounded (``1/sigmoid`` explodes) but tanh bounds by
+  ``exp(b)``;
+- with the zero-initialised last layer, ``tanh(0) = 0`` makes the coupling exactly the identity at
+  init (a sigmoid scale starts at 0.88, not 1), so a freshly built flow is the identity map.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import torch
+from torch import nn
+
+from avade.errors import ConfigError
+from avade.flows.base import Flow, Shape, check_in_shape
+from avade.flows.st_nets import ConvST, ResNetST
+from avade.schema import ge
+
+
+@attrs.define
+class AffineCouplingConfig:
+    """Which half is transformed (``mask``, ``reverse``) and the s/t network that transforms it.
+
+    ``mask``: ``checkerboard`` (pixels where ``(i + j)`` is even condition, the others are transformed)
+    or ``channel`` (first half of the channels conditions the second). ``reverse`` swaps the roles.
+    ``net``: ``resnet`` (Real-NVP: ``blocks`` residual blocks) or ``conv`` (Glow: 3 convolutions).
+    ``norm``: the registered normalization of the network's convolutions; ``batch_norm`` adds batch
+    norm inside the network (Real-NVP uses both batch norm and weight norm).
+    """
+
+    mask: Literal["checkerboard", "channel"] = "checkerboard"
+    reverse: bool = False
+    net: Literal["resnet", "conv"] = "resnet"
+    hidden: int = attrs.field(default=64, validator=ge(1))
+    blocks: int = attrs.field(default=2, validator=ge(0))
+    norm: str = "weight-norm"
+    batch_norm: bool = True
+
+
+def checkerboard(h: int, w: int, parity: int) -> torch.Tensor:
+    """``[1, 1, h, w]`` mask that is 1 where ``(i + j) % 2 == parity``."""
+    i = torch.arange(h).view(-1, 1)
+    j = torch.arange(w).view(1, -1)
+    return ((i + j) % 2 == parity).to(torch.get_default_dtype()).view(1, 1, h, w)
+
+
+class AffineCoupling(Flow):
+    """``y_b = x_b * exp(log s(x_a)) + t(x_a)``, ``y_a = x_a``; ``logdet = sum(log s)``.
+
+    Starts as the identity (zero-initialised last layer). In training mode with batch norm inside the
+    network, forward and inverse of the same batch still invert exactly: the network only ever sees the
+    conditioning half, which both directions share.
+    """
+
+    def __init__(self, cfg: AffineCouplingConfig | None = None, *, in_shape: Shape) -> None:
+        cfg = cfg or AffineCouplingConfig()
+        c, h, w = check_in_shape(in_shape, "affine-coupling")
+        super().__init__((c, h, w))
+        self.checker = cfg.mask == "checkerboard"
+        self.reverse = cfg.reverse
+        if self.checker:
+            net_in, transformed = c, c
+            mask = checkerboard(h, w, 1 if cfg.reverse else 0)
+            # Masks are fixed: buffers (moved with the module, not saved), not recomputed per call.
+            self.register_buffer("mask", mask, persistent=False)
+            self.register_buffer("inv_mask", 1.0 - mask, persistent=False)
+        else:
+            if c < 2:
+                raise ConfigError(f"affine-coupling: a channel mask needs at least 2 channels, got in_shape "
+                                  f"{(c, h, w)}; use mask = \"checkerboard\"", path="mask")
+            self.split = c // 2
+            cond = self.split if not cfg.reverse else c - self.split
+            net_in, transformed = cond, c - cond
+        self.transformed = transformed
+        if cfg.net == "resnet":
+            self.net: nn.Module = ResNetST(net_in, 2 * transformed, hidden=cfg.hidden, blocks=cfg.blocks,
+                                           norm=cfg.norm, batch_norm=cfg.batch_norm)
+        else:
+            self.net = ConvST(net_in, 2 * transformed, hidden=cfg.hidden, norm=cfg.norm,
+                              batch_norm=cfg.batch_norm)
+        self.scale_bound = nn.Parameter(torch.ones(1, transformed, 1, 1))
+
+    def _log_scale_shift(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(cond)
+        raw, shift = h[:, : self.transformed], h[:, self.transformed:]
+        return self.scale_bound * torch.tanh(raw), shift
+
+    def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditioning, transformed) channel halves."""
+        a, b = x[:, : self.split], x[:, self.split:]
+        return (b, a) if self.reverse else (a, b)
+
+    def _join(self, cond: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+        return torch.cat((trans, cond) if self.reverse else (cond, trans), dim=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.checker:
+            log_s, shift = self._log_scale_shift(x * self.mask)
+            # Zeroing log s and t on the conditioning pixels makes y = x there exactly.
+            log_s, shift = log_s * self.inv_mask, shift * self.inv_mask
+            return x * log_s.exp() + shift, log_s.sum(dim=(1, 2, 3))
+        cond, trans = self._halves(x)
+        log_s, shift = self._log_scale_shift(cond)
+        return self._join(cond, trans * log_s.exp() + shift), log_s.sum(dim=(1, 2, 3))
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        if self.checker:
+            log_s, shift = self._log_scale_shift(y * self.mask)
+            log_s, shift = log_s * self.inv_mask, shift * self.inv_mask
+            return (y - shift) * torch.exp(-log_s)
+        cond, trans = self._halves(y)
+        log_s, shift = self._log_scale_shift(cond)
+        return self._join(cond, (trans - shift) * torch.exp(-log_s))

@@ -1,0 +1,26 @@
+"""The identity flow: no feature map, for tests and ablations."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from avade.flows.base import Flow, Shape, check_in_shape
+
+
+@attrs.define
+class IdentityConfig:
+    """No options."""
+
+
+class IdentityFlow(Flow):
+    """``y = x`` with ``logdet = 0``."""
+
+    def __init__(self, cfg: IdentityConfig | None = None, *, in_shape: Shape) -> None:
+        super().__init__(check_in_shape(in_shape, "identity"))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x.new_zeros(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y

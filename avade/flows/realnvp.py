@@ -1,0 +1,84 @@
+"""Real-NVP (Dinh, Sohl-Dickstein & Bengio, 2017) as the AV-ADE feature map f."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from avade.errors import ConfigError
+from avade.flows.base import Flow, FlowSequence, Shape, check_in_shape
+from avade.flows.coupling import AffineCoupling, AffineCouplingConfig
+from avade.flows.factor_out import FactorOut
+from avade.flows.squeeze import Squeeze, Unsqueeze
+from avade.schema import ge
+
+CHANNEL_COUPLINGS = 3  # per non-final scale, as in Real-NVP
+
+
+@attrs.define
+class RealNVPConfig:
+    """Defaults are the AV-ADE paper's f: 3 coupling layers, 1 scale, 2 residual blocks, BN + weight norm.
+
+    ``scales``: number of scales (H and W must be divisible by ``2**(scales-1)``); ``layers``:
+    checkerboard couplings per scale; ``blocks``/``hidden``: residual blocks and channels of each s/t
+    network; ``norm``: normalization of its convolutions; ``batch_norm``: batch norm inside it.
+    """
+
+    scales: int = attrs.field(default=1, validator=ge(1))
+    blocks: int = attrs.field(default=2, validator=ge(1))
+    layers: int = attrs.field(default=3, validator=ge(1))
+    hidden: int = attrs.field(default=64, validator=ge(1))
+    norm: str = "weight-norm"
+    batch_norm: bool = True
+
+
+def max_scales(h: int, w: int) -> int:
+    """The largest ``scales`` for which ``2**(scales-1)`` divides both ``h`` and ``w``."""
+    s = 1
+    while h % 2**s == 0 and w % 2**s == 0:
+        s += 1
+    return s
+
+
+class RealNVP(Flow):
+    """Per scale: ``layers`` checkerboard couplings with alternating masks; then, except at the last
+    scale, squeeze, 3 channel-wise couplings (alternating) and factor out half the channels, which skip
+    the coarser scales. Factored-out parts are re-assembled, so ``y`` has the shape of ``x``.
+    """
+
+    def __init__(self, cfg: RealNVPConfig | None = None, *, in_shape: Shape) -> None:
+        cfg = cfg or RealNVPConfig()
+        c, h, w = check_in_shape(in_shape, "realnvp")
+        factor = 2 ** (cfg.scales - 1)
+        if h % factor or w % factor:
+            raise ConfigError(
+                f"realnvp with scales={cfg.scales} needs H and W divisible by 2**(scales-1) = {factor}, "
+                f"got in_shape {(c, h, w)}; use scales <= {max_scales(h, w)} or another resolution",
+                path="scales")
+        super().__init__((c, h, w))
+        self.cfg = cfg
+        self.body = self._scale((c, h, w), cfg.scales)
+
+    def _coupling(self, shape: Shape, mask: str, reverse: bool) -> AffineCoupling:
+        cfg = self.cfg
+        coupling = AffineCouplingConfig(mask=mask, reverse=reverse, net="resnet", hidden=cfg.hidden,
+                                        blocks=cfg.blocks, norm=cfg.norm, batch_norm=cfg.batch_norm)
+        return AffineCoupling(coupling, in_shape=shape)
+
+    def _scale(self, shape: Shape, remaining: int) -> Flow:
+        layers = range(self.cfg.layers)
+        flows: list[Flow] = [self._coupling(shape, "checkerboard", i % 2 == 1) for i in layers]
+        if remaining > 1:
+            squeeze = Squeeze(in_shape=shape)
+            sq = squeeze.out_shape
+            flows.append(squeeze)
+            flows += [self._coupling(sq, "channel", i % 2 == 1) for i in range(CHANNEL_COUPLINGS)]
+            inner = self._scale((sq[0] // 2, sq[1], sq[2]), remaining - 1)
+            flows += [FactorOut(sq, inner=inner), Unsqueeze(sq)]
+        return FlowSequence(flows)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.body(x)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return self.body.inverse(y)

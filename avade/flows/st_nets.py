@@ -1,0 +1,90 @@
+"""The networks that compute a coupling's log-scale and shift from the conditioning half.
+
+Both end in a zero-initialised plain convolution so that every coupling starts as the identity. It is
+deliberately not normalized: weight norm of an all-zero weight is 0/0, and a norm after it would undo
+the zero init.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avade.errors import ConfigError, RegistryError
+from avade.nn import normed
+
+
+def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Conv2d:
+    """A convolution whose weight and bias start at exactly zero."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def checked_norm(norm: str) -> str:
+    """``norm`` if it is a registered normalization, else a ConfigError on the ``norm`` key."""
+    from avade.registry import get_registry
+
+    try:
+        get_registry().get("norm", norm)
+    except RegistryError as exc:
+        raise ConfigError(str(exc), path="norm") from None
+    return norm
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> nn.Module:
+    return normed(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), norm)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation residual block ``h + conv(relu(bn(conv(relu(bn(h))))))`` (Real-NVP)."""
+
+    def __init__(self, channels: int, norm: str, batch_norm: bool) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+        self.conv1 = _conv(channels, channels, 3, norm)
+        self.bn2 = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+        self.conv2 = _conv(channels, channels, 3, norm)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        r = self.conv1(F.relu(self.bn1(h)))
+        r = self.conv2(F.relu(self.bn2(r)))
+        return h + r
+
+
+class ResNetST(nn.Module):
+    """Real-NVP's s/t network: conv3x3, ``blocks`` residual blocks of ``hidden`` channels, zero conv3x3."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, hidden: int, blocks: int, norm: str,
+                 batch_norm: bool) -> None:
+        super().__init__()
+        self.inp = _conv(in_channels, hidden, 3, checked_norm(norm))
+        self.blocks = nn.ModuleList(ResidualBlock(hidden, norm, batch_norm) for _ in range(blocks))
+        self.out_bn = nn.BatchNorm2d(hidden) if batch_norm else nn.Identity()
+        self.out = zero_conv(hidden, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(F.relu(self.out_bn(h)))
+
+
+class ConvST(nn.Module):
+    """Glow's s/t network: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero conv3x3, ``hidden`` channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, hidden: int, norm: str,
+                 batch_norm: bool = False) -> None:
+        super().__init__()
+        self.conv1 = _conv(in_channels, hidden, 3, checked_norm(norm))
+        self.bn1 = nn.BatchNorm2d(hidden) if batch_norm else nn.Identity()
+        self.conv2 = _conv(hidden, hidden, 1, norm)
+        self.bn2 = nn.BatchNorm2d(hidden) if batch_norm else nn.Identity()
+        self.out = zero_conv(hidden, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = F.relu(self.bn2(self.conv2(h)))
+        return self.out(h)

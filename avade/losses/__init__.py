@@ -1,0 +1,1 @@
+"""Training losses: coverage (likelihood) and quality (adversarial) criteria."""

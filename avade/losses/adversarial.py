@@ -1,0 +1,237 @@
+"""The quality-driven (adversarial) criterion L_Q: loss kinds, gradient penalty, collapse watch.
+
+Conventions: a discriminator returns raw scores ``s(x)`` of shape ``[B]`` (logits, no sigmoid).
+The losses are plain functions of those scores so that the trainer stays a thin caller::
+
+    d_loss = discriminator_loss(kind, D(x), D(x_fake.detach())) + gradient_penalty(D, x, x_fake, weight=gp)
+    g_loss = generator_loss(kind, D(x_fake))
+
+The gradient penalty is added by the caller for every kind (``gp_weight = 0`` disables it).
+
+Reading of the paper for ``kind = "paper"``. The AV-ADE main text defines the quality-driven loss
+through a discriminator ``D(x) = sigmoid(s(x))`` trained to tell real from generated images:
+``L_Q(p_theta) = -E_{p_theta}[ln D(x) / (1 - D(x))] = -E_{p_theta}[s(x)]``; with the optimal
+``D* = p*/(p* + p_theta)`` this is ``KL(p_theta || p*)``, the quality-driven (mode-seeking)
+counterpart of the coverage-driven likelihood. (That equation is in the main text, recalled here;
+the appendix in ``shared/seed`` only fixes the rest.) Appendix B.3, eq. 11-13, regularizes that
+discriminator with the WGAN-GP gradient penalty ``lambda * E[(||grad D(x_hat)||_2 - 1)^2]`` on
+interpolates, added "to the loss used to train the discriminator"; appendix C sets lambda = 100 and
+one D step per G step. Hence ``"paper"`` = logistic (cross-entropy) discriminator loss + GP(100),
+and generator loss ``-E[s(x_fake)]``. It differs from ``"wgan"`` only in the discriminator loss
+(logistic instead of the linear critic loss): with the same generator loss, the score is a
+log density ratio rather than a Wasserstein potential.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+
+from avade.errors import ConfigError, DataError, did_you_mean
+
+AdvLoss = Literal["wgan", "nonsaturating", "hinge", "paper"]
+ADV_LOSSES: tuple[str, ...] = get_args(AdvLoss)
+PAPER_GP_WEIGHT = 100.0
+"""lambda of eq. 11 in the paper (appendix C: "gradient penalty with coefficient 100")."""
+
+__all__ = [
+    "ADV_LOSSES",
+    "PAPER_GP_WEIGHT",
+    "AdvLoss",
+    "CollapseDetector",
+    "collapse_detector",
+    "discriminator_loss",
+    "generator_loss",
+    "gradient_penalty",
+    "trivial_discriminator_loss",
+]
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in ADV_LOSSES:
+        raise ConfigError(f"unknown adversarial loss {kind!r}{did_you_mean(str(kind), ADV_LOSSES)}; "
+                          f"choose one of {', '.join(ADV_LOSSES)}", path="adv_loss")
+    return kind
+
+
+def discriminator_loss(kind: AdvLoss | str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's loss (to minimize) from raw scores on real and generated images.
+
+    - ``wgan``: ``E[s(fake)] - E[s(real)]`` (critic of Arjovsky et al.; pair it with the GP).
+    - ``nonsaturating`` and ``paper``: logistic loss ``E[softplus(-s(real))] + E[softplus(s(fake))]``,
+      i.e. binary cross-entropy of ``sigmoid(s)`` with labels real = 1, fake = 0.
+    - ``hinge``: ``E[relu(1 - s(real))] + E[relu(1 + s(fake))]``.
+
+    Every kind decreases when real scores go up and generated scores go down.
+    """
+    kind = _check_kind(kind)
+    if kind == "wgan":
+        return d_fake.mean() - d_real.mean()
+    if kind == "hinge":
+        return F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+    return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+
+
+def generator_loss(kind: AdvLoss | str, d_fake: torch.Tensor) -> torch.Tensor:
+    """The generator's quality loss L_Q (to minimize) from raw scores on its samples.
+
+    - ``wgan``, ``hinge``: ``-E[s(fake)]``.
+    - ``nonsaturating``: ``E[softplus(-s(fake))] = -E[ln sigmoid(s(fake))]`` (Goodfellow et al.).
+    - ``paper``: ``-E[ln D/(1 - D)] = -E[s(fake)]``, an estimate of ``KL(p_theta || p*)`` (see module doc).
+    """
+    kind = _check_kind(kind)
+    if kind == "nonsaturating":
+        return F.softplus(-d_fake).mean()
+    return -d_fake.mean()
+
+
+def trivial_discriminator_loss(kind: AdvLoss | str) -> float:
+    """The discriminator loss of a constant, input-blind discriminator at its best constant.
+
+    ``2 ln 2`` for the logistic kinds (score 0), ``2`` for hinge (any score in [-1, 1]), ``0`` for
+    wgan. A discriminator whose loss sits there has learned nothing about real vs generated.
+    """
+    kind = _check_kind(kind)
+    return {"wgan": 0.0, "hinge": 2.0}.get(kind, 2.0 * math.log(2.0))
+
+
+def gradient_penalty(
+    discriminator: Callable[..., torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    y: torch.Tensor | None = None,
+    weight: float = PAPER_GP_WEIGHT,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``weight * E[(||grad_x_hat D(x_hat)||_2 - 1)^2]`` on ``x_hat = eps x + (1 - eps) x_tilde`` (eq. 11-13).
+
+    ``eps ~ U[0, 1]`` is drawn once per sample (from ``generator`` when given, for reproducible
+    penalties). ``real`` and ``fake`` are detached: the penalty trains the discriminator only, never
+    the generator that produced ``fake``. The inner gradient keeps its graph (``create_graph``) so
+    that backpropagating the penalty reaches the discriminator's parameters. Labels ``y`` are passed
+    to a conditional discriminator as ``discriminator(x_hat, y)``.
+
+    The per-sample gradient is read off ``grad(sum_i D(x_hat_i))``, which assumes each score depends
+    on its own image only (true without batch-statistics normalization in the discriminator).
+    """
+    if real.shape != fake.shape:
+        raise DataError(f"gradient penalty: real and generated batches differ in shape, "
+                        f"{list(real.shape)} vs {list(fake.shape)}")
+    batch = real.shape[0]
+    device = generator.device if generator is not None else real.device
+    eps = torch.rand((batch,) + (1,) * (real.dim() - 1), generator=generator, device=device,
+                     dtype=real.dtype).to(real.device)
+    # enable_grad: the penalty must be differentiable even if a caller evaluates it under no_grad.
+    with torch.enable_grad():
+        x_hat = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)
+        scores = discriminator(x_hat) if y is None else discriminator(x_hat, y)
+        (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+        # The tiny constant keeps the norm differentiable where the gradient vanishes (d sqrt at 0).
+        norm = grad.flatten(1).pow(2).sum(dim=1).add(1e-12).sqrt()
+        return weight * (norm - 1.0).pow(2).mean()
+
+
+def _scalar(value: torch.Tensor | float) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().mean())
+    return float(value)
+
+
+class CollapseDetector:
+    """Watches discriminator scores and losses; returns a one-line warning when D collapses.
+
+    Feed it once per discriminator step with :meth:`update`. Criteria, over the last ``window``
+    steps (the first two need a full window):
+
+    1. **runaway gap**: the window mean of ``mean D(real) - mean D(fake)`` exceeds ``max_gap``.
+       D separates real from generated images outright, so the generator's quality signal
+       saturates or explodes (the paper saw this with adversarial weights well below 10). Scores
+       are logits: a gap of 50 means D is certain to about ``1e-11``; for a WGAN critic under a
+       gradient penalty it means the gap outgrew the typical real-to-sample distance.
+    2. **stuck at the trivial optimum**: the scores (and the loss, when given) move by at most
+       ``flat_tol`` across the window while the mean gap is within ``flat_tol`` of 0. D has become
+       input-blind (a constant: dead units, zero learning rate); its loss then sits at
+       :func:`trivial_discriminator_loss` and the generator gets no quality signal.
+    3. **non-finite**: a score or the loss is NaN or infinite (reported at once).
+
+    :meth:`update` returns the warning only when a collapse starts or changes cause (not on every
+    step while it lasts); :attr:`reason` holds the current message and :attr:`cause` its kind
+    (``"gap"``, ``"stuck"`` or ``"non-finite"``), both None while D looks healthy.
+    """
+
+    def __init__(self, window: int = 100, max_gap: float = 50.0, flat_tol: float = 1e-3,
+                 kind: AdvLoss | str | None = None) -> None:
+        if window < 2:
+            raise ConfigError(f"expected a window of at least 2 steps, got {window}", path="window")
+        if max_gap <= 0 or flat_tol < 0:
+            raise ConfigError(f"expected max_gap > 0 and flat_tol >= 0, got {max_gap} and {flat_tol}")
+        self.window = window
+        self.max_gap = max_gap
+        self.flat_tol = flat_tol
+        self.kind = _check_kind(kind) if kind is not None else None
+        self.steps = 0
+        self.reason: str | None = None
+        self.cause: str | None = None
+        self._real: deque[float] = deque(maxlen=window)
+        self._fake: deque[float] = deque(maxlen=window)
+        self._loss: deque[float] = deque(maxlen=window)
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether the latest update found a collapse."""
+        return self.reason is not None
+
+    def update(self, d_real: torch.Tensor | float, d_fake: torch.Tensor | float,
+               d_loss: torch.Tensor | float | None = None, step: int | None = None) -> str | None:
+        """Record one discriminator step; a one-line warning if a collapse starts, else None."""
+        self.steps += 1
+        at = self.steps if step is None else step
+        real, fake = _scalar(d_real), _scalar(d_fake)
+        loss = None if d_loss is None else _scalar(d_loss)
+        values = (real, fake) if loss is None else (real, fake, loss)
+        if not all(math.isfinite(v) for v in values):
+            return self._report(
+                "non-finite", f"discriminator collapse at step {at}: non-finite scores or loss "
+                f"(D(real) {real:.4g}, D(fake) {fake:.4g}, loss {loss}); lower the learning rate "
+                "or check the inputs")
+        self._real.append(real)
+        self._fake.append(fake)
+        if loss is not None:
+            self._loss.append(loss)
+        if len(self._real) < self.window:
+            return self._report(None, None)
+        gap = (sum(self._real) - sum(self._fake)) / self.window
+        if gap > self.max_gap:
+            return self._report(
+                "gap", f"discriminator collapse at step {at}: mean D(real)-D(fake) = {gap:.3g} over the last "
+                f"{self.window} steps exceeds {self.max_gap:g}; D wins outright - raise adv_weight "
+                "(paper: 10-100) or gp_weight, or lower the discriminator's learning rate")
+        series = [self._real, self._fake] + ([self._loss] if len(self._loss) == self.window else [])
+        if abs(gap) <= self.flat_tol and all(max(s) - min(s) <= self.flat_tol for s in series):
+            trivial = ""
+            if self.kind is not None and len(self._loss) == self.window:
+                mean_loss = sum(self._loss) / self.window
+                trivial = (f"; loss {mean_loss:.4g} vs {trivial_discriminator_loss(self.kind):.4g} "
+                           "for a constant D")
+            return self._report(
+                "stuck", f"discriminator collapse at step {at}: D's scores have not moved for "
+                f"{self.window} steps and do not separate real from generated (gap {gap:.2g}){trivial}; "
+                "D is input-blind - check its learning rate, initialization and normalization")
+        return self._report(None, None)
+
+    def _report(self, cause: str | None, message: str | None) -> str | None:
+        # Warn on the rising edge only: a collapse lasting 10k steps should not flood the log.
+        fresh = cause is not None and cause != self.cause
+        self.cause, self.reason = cause, message
+        return message if fresh else None
+
+
+def collapse_detector(window: int = 100, max_gap: float = 50.0, flat_tol: float = 1e-3,
+                      kind: AdvLoss | str | None = None) -> CollapseDetector:
+    """A fresh :class:`CollapseDetector` (see there for the criteria)."""
+    return CollapseDetector(window=window, max_gap=max_gap, flat_tol=flat_tol, kind=kind)

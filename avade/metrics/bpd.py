@@ -1,0 +1,29 @@
+"""Bits per dimension of real data under the model (the coverage measure), from the model code."""
+
+from __future__ import annotations
+
+import attrs
+
+from avade.metrics.context import EvalContext
+from avade.schema import ge
+
+
+@attrs.define
+class BPDConfig:
+    """``importance_samples`` > 1 uses the importance-weighted bound (tighter, k times the cost)."""
+
+    importance_samples: int = attrs.field(default=1, validator=ge(1))
+    split: str = "test"
+
+
+class BPD:
+    """Metric ``bpd``: whatever ``ctx.bpd`` returns (at least ``{"bpd": ...}``)."""
+
+    name = "bpd"
+
+    def __init__(self, cfg: BPDConfig) -> None:
+        self.cfg = cfg
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        out = ctx.bpd(split=self.cfg.split, importance_samples=self.cfg.importance_samples)
+        return {k: float(v) for k, v in out.items()}

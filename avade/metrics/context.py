@@ -1,0 +1,50 @@
+"""What a metric may ask of the evaluation run: real data, model samples, the model's BPD, and places.
+
+The lead's evaluation code implements :class:`EvalContext`; metrics only code against this Protocol, so
+tests can hand them a small fake.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor, device
+
+
+@runtime_checkable
+class EvalContext(Protocol):
+    """The evaluation environment of one run.
+
+    Attributes:
+        device: where networks (feature extractors, classifiers) run.
+        out_dir: existing folder for plots and other files.
+        cache_dir: existing folder where reference statistics may be cached.
+        dataset_key: identifies the data (e.g. ``"natural-patches/test/32"``); part of cache keys.
+        num_classes: number of classes, 0 if the data is unlabeled.
+        options: eval-wide options, e.g. ``{"inception_weights": "/path/to/file"}`` (may be empty).
+    """
+
+    device: device
+    out_dir: pathlib.Path
+    cache_dir: pathlib.Path
+    dataset_key: str
+    num_classes: int
+    options: Mapping[str, Any]
+
+    def real_batches(
+        self, split: str, n: int | None = None, batch_size: int = 100
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Real images as uint8 ``[B, C, H, W]`` with int64 labels ``[B]`` (first ``n``, or all)."""
+        ...
+
+    def sample_batches(
+        self, n: int, batch_size: int = 100, labels: Tensor | None = None
+    ) -> Iterator[Tensor]:
+        """``n`` model samples, uint8 ``[B, C, H, W]``; conditional on ``labels`` (in order) if given."""
+        ...
+
+    def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
+        """The model's bits per dimension on ``split`` (keys chosen by the model code, e.g. ``"bpd"``)."""
+        ...

@@ -1,0 +1,73 @@
+"""Fréchet Inception Distance (Heusel et al. 2017; AV-ADE appendix D, eq. 15).
+
+``d² = ||m_r - m_g||² + Tr(C_r + C_g - 2 (C_r C_g)^{1/2})`` between Gaussians fitted to pool3 features
+of real images and of model samples.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import Tensor
+
+from avade.metrics.context import EvalContext
+from avade.metrics.features import get_extractor, warn_if_not_reference
+from avade.metrics.reference import real_stats, sample_features
+from avade.metrics.stats import gaussian_stats
+from avade.schema import ge
+
+__all__ = ["FID", "FIDConfig", "fid_from_features", "frechet_distance", "gaussian_stats"]
+
+
+def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), computed in float64.
+
+    ``Tr (C1 C2)^{1/2}`` is taken as ``Tr (C1^{1/2} C2 C1^{1/2})^{1/2}`` (same eigenvalues): that matrix
+    is symmetric positive semi-definite, so ``eigh`` is stable and no complex round-off (as with
+    ``sqrtm`` or ``eigvals(C1 C2)``) appears; tiny negative eigenvalues from round-off are clipped.
+    """
+    m1, m2 = (torch.as_tensor(t).to(torch.float64) for t in (mu1, mu2))
+    s1, s2 = (torch.as_tensor(t).to(torch.float64) for t in (sigma1, sigma2))
+    if m1.shape != m2.shape or s1.shape != s2.shape or s1.shape != (m1.numel(), m1.numel()):
+        raise ValueError(f"mismatched statistics: mu {tuple(m1.shape)} vs {tuple(m2.shape)}, "
+                         f"sigma {tuple(s1.shape)} vs {tuple(s2.shape)}")
+    s2 = s2.to(s1.device)
+    evals, evecs = torch.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
+    middle = root1 @ s2 @ root1
+    trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    diff = m1 - m2.to(m1.device)
+    return float(diff @ diff + s1.trace() + s2.trace() - 2 * trace_sqrt)
+
+
+def fid_from_features(real: Tensor, fake: Tensor) -> float:
+    """FID between two feature sets ``[N, D]`` and ``[M, D]``."""
+    return frechet_distance(*gaussian_stats(real), *gaussian_stats(fake))
+
+
+@attrs.define
+class FIDConfig:
+    """FID of ``samples`` model samples against the real ``split`` (all of it, or ``real_samples``)."""
+
+    samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "model samples"})
+    split: str = attrs.field(default="test", metadata={"help": "real split for the reference statistics"})
+    real_samples: int | None = attrs.field(default=None, validator=ge(2),
+                                           metadata={"help": "real images used; none = the whole split"})
+    batch_size: int = attrs.field(default=100, validator=ge(1))
+
+
+class FID:
+    """Metric ``fid``: returns ``{"fid": value}``; real statistics are cached in ``ctx.cache_dir``."""
+
+    name = "fid"
+
+    def __init__(self, cfg: FIDConfig) -> None:
+        self.cfg = cfg
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        cfg = self.cfg
+        extractor = get_extractor(ctx.options, ctx.device)
+        warn_if_not_reference(extractor, "FID")
+        mu_r, sigma_r = real_stats(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size)
+        fake = sample_features(ctx, extractor, cfg.samples, cfg.batch_size).features
+        return {"fid": frechet_distance(mu_r, sigma_r, *gaussian_stats(fake))}

@@ -1,0 +1,181 @@
+"""GAN-test and GAN-train (Shmelkov et al. 2018; AV-ADE appendix E.1, Table 8), in percent.
+
+- GAN-test: a classifier trained on real labeled images, evaluated on class-conditional samples (the
+  label asked for is the target). Sensitive to sample quality. Also reported: that classifier's
+  accuracy on the real test split (``gan_test_real``), the reference point.
+- GAN-train: a classifier trained on class-conditional samples, evaluated on the real test split.
+  Sensitive to coverage/diversity as well.
+
+The classifier is a small CNN (three 3x3 conv layers with batch norm, global average pooling, linear),
+trained with Adam; everything is seeded so a run on the CPU is reproducible. By default samples are
+asked for with the labels of the real split they stand in for (GAN-test: the test labels; GAN-train:
+the training labels), so the class balance matches the data; ``samples = N`` instead draws N labels
+from that split's labels.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avade.errors import AvadeError
+from avade.metrics.context import EvalContext
+from avade.schema import ge, gt
+
+__all__ = ["GanTest", "GanTestConfig", "GanTrain", "GanTrainConfig", "SmallClassifier", "accuracy",
+           "train_classifier"]
+
+
+@attrs.define
+class GanTestConfig:
+    """Classifier size and training, and which splits/how many samples to use."""
+
+    epochs: int = attrs.field(default=10, validator=ge(1))
+    width: int = attrs.field(default=32, validator=ge(1), metadata={"help": "channels of the first conv"})
+    lr: float = attrs.field(default=1e-3, validator=gt(0))
+    weight_decay: float = attrs.field(default=0.0, validator=ge(0))
+    batch_size: int = attrs.field(default=64, validator=ge(1))
+    seed: int = 0
+    samples: int | None = attrs.field(default=None, validator=ge(1),
+                                      metadata={"help": "none = as many as the real split's images"})
+    train_split: str = "train"
+    test_split: str = "test"
+    sample_batch_size: int = attrs.field(default=100, validator=ge(1))
+
+
+@attrs.define
+class GanTrainConfig(GanTestConfig):
+    """Same options as GAN-test; here the classifier is trained on the samples."""
+
+
+class SmallClassifier(nn.Module):
+    """conv(w) -> conv(2w, stride 2) -> conv(4w, stride 2), each with batch norm and ReLU; pool; linear."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for i, cout in enumerate((width, 2 * width, 4 * width)):
+            layers += [nn.Conv2d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                       nn.BatchNorm2d(cout), nn.ReLU()]
+            cin = cout
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of uint8 images ``[B, C, H, W]`` (scaled to [-1, 1] here)."""
+        return self.head(self.features(x.float() / 127.5 - 1.0))
+
+
+def train_classifier(images: Tensor, labels: Tensor, num_classes: int, cfg: GanTestConfig,
+                     device: torch.device | str = "cpu") -> SmallClassifier:
+    """Train a :class:`SmallClassifier` on uint8 ``images`` and int64 ``labels``; returns it in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        # Seed the init without touching the caller's global RNG state.
+        torch.manual_seed(cfg.seed)
+        model = SmallClassifier(images.shape[1], num_classes, cfg.width)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(images)
+    with torch.enable_grad():
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                if len(idx) < 2:  # batch norm needs two examples
+                    continue
+                loss = F.cross_entropy(model(images[idx].to(device)), labels[idx].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    return model.eval()
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu",
+             batch_size: int = 500) -> float:
+    """Fraction of ``images`` that ``model`` classifies as ``labels``."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        logits = model(images[start:start + batch_size].to(device))
+        correct += int((logits.argmax(dim=1).cpu() == labels[start:start + batch_size]).sum())
+    return correct / max(len(images), 1)
+
+
+def _need_labels(ctx: EvalContext, metric: str) -> int:
+    if ctx.num_classes <= 0:
+        raise AvadeError(f"{metric} needs labeled data and a class-conditional model, but dataset "
+                         f"{ctx.dataset_key!r} has no classes; remove {metric!r} from eval.metrics")
+    return ctx.num_classes
+
+
+def _real(ctx: EvalContext, split: str, batch_size: int) -> tuple[Tensor, Tensor]:
+    xs, ys = [], []
+    for x, y in ctx.real_batches(split, batch_size=batch_size):
+        xs.append(x.cpu())
+        ys.append(y.cpu().long())
+    if not xs:
+        raise AvadeError(f"{ctx.dataset_key}: split {split!r} is empty")
+    images, labels = torch.cat(xs), torch.cat(ys)
+    if int(labels.min()) < 0 or int(labels.max()) >= ctx.num_classes:
+        raise AvadeError(f"{ctx.dataset_key}: labels of split {split!r} are outside [0, {ctx.num_classes})")
+    return images, labels
+
+
+def _sample_labels(real_labels: Tensor, n: int | None, seed: int) -> Tensor:
+    if n is None:
+        return real_labels.clone()
+    gen = torch.Generator().manual_seed(seed)
+    return real_labels[torch.randint(len(real_labels), (n,), generator=gen)]
+
+
+def _samples(ctx: EvalContext, labels: Tensor, batch_size: int, like: Tensor) -> Tensor:
+    xs = [x.cpu() for x in ctx.sample_batches(len(labels), batch_size=batch_size, labels=labels)]
+    images = torch.cat(xs) if xs else torch.empty(0, dtype=torch.uint8)
+    if len(images) != len(labels) or images.shape[1:] != like.shape[1:]:
+        raise AvadeError(f"the model gave samples of shape {tuple(images.shape)} for {len(labels)} labels; "
+                         f"expected [{len(labels)}, {', '.join(map(str, like.shape[1:]))}]")
+    return images
+
+
+class GanTest:
+    """Metric ``gan-test``: ``{"gan_test": %, "gan_test_real": %}``."""
+
+    name = "gan-test"
+
+    def __init__(self, cfg: GanTestConfig) -> None:
+        self.cfg = cfg
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        cfg = self.cfg
+        num_classes = _need_labels(ctx, self.name)
+        train_x, train_y = _real(ctx, cfg.train_split, cfg.sample_batch_size)
+        test_x, test_y = _real(ctx, cfg.test_split, cfg.sample_batch_size)
+        model = train_classifier(train_x, train_y, num_classes, cfg, ctx.device)
+        labels = _sample_labels(test_y, cfg.samples, cfg.seed)
+        samples = _samples(ctx, labels, cfg.sample_batch_size, like=test_x)
+        return {"gan_test": 100.0 * accuracy(model, samples, labels, ctx.device),
+                "gan_test_real": 100.0 * accuracy(model, test_x, test_y, ctx.device)}
+
+
+class GanTrain:
+    """Metric ``gan-train``: ``{"gan_train": %}``."""
+
+    name = "gan-train"
+
+    def __init__(self, cfg: GanTrainConfig) -> None:
+        self.cfg = cfg
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        cfg = self.cfg
+        num_classes = _need_labels(ctx, self.name)
+        _, train_y = _real(ctx, cfg.train_split, cfg.sample_batch_size)
+        test_x, test_y = _real(ctx, cfg.test_split, cfg.sample_batch_size)
+        labels = _sample_labels(train_y, cfg.samples, cfg.seed)
+        samples = _samples(ctx, labels, cfg.sample_batch_size, like=test_x)
+        model = train_classifier(samples, labels, num_classes, cfg, ctx.device)
+        return {"gan_train": 100.0 * accuracy(model, test_x, test_y, ctx.device)}

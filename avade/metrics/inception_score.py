@@ -1,0 +1,61 @@
+"""Inception Score (Salimans et al. 2016; AV-ADE appendix D, eq. 14): ``exp E_x KL(p(y|x) || p(y))``.
+
+Computed on ``splits`` consecutive chunks of the samples; the mean and the population standard deviation
+over chunks are reported, as in the original code.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import Tensor
+
+from avade.metrics.context import EvalContext
+from avade.metrics.features import get_extractor, require_probs, warn_if_not_reference
+from avade.metrics.reference import sample_features
+from avade.schema import ge
+
+__all__ = ["InceptionScore", "InceptionScoreConfig", "inception_score"]
+
+
+def inception_score(probs: Tensor, splits: int = 10) -> tuple[float, float]:
+    """IS mean and std from class probabilities ``[N, K]`` (rows sum to 1), over ``splits`` chunks."""
+    p = torch.as_tensor(probs).to(torch.float64)
+    if p.dim() != 2 or p.shape[0] < splits:
+        raise ValueError(f"need probabilities [N >= splits={splits}, K], got {tuple(p.shape)}")
+    scores = []
+    for chunk in torch.tensor_split(p, splits):
+        marginal = chunk.mean(dim=0, keepdim=True)
+        # xlogy: 0 * log 0 = 0 for classes a network gives exactly zero probability.
+        kl = (torch.xlogy(chunk, chunk) - chunk * torch.log(marginal.clamp_min(1e-300))).sum(dim=1)
+        scores.append(torch.exp(kl.mean()))
+    values = torch.stack(scores)
+    return float(values.mean()), float(values.std(unbiased=False))
+
+
+@attrs.define
+class InceptionScoreConfig:
+    """IS of ``samples`` model samples in ``splits`` chunks."""
+
+    samples: int = attrs.field(default=50000, validator=ge(2))
+    splits: int = attrs.field(default=10, validator=ge(1))
+    batch_size: int = attrs.field(default=100, validator=ge(1))
+
+
+class InceptionScore:
+    """Metric ``is``: returns ``{"is_mean", "is_std"}``; needs weights with the classifier head."""
+
+    name = "is"
+
+    def __init__(self, cfg: InceptionScoreConfig) -> None:
+        self.cfg = cfg
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        cfg = self.cfg
+        extractor = get_extractor(ctx.options, ctx.device)
+        require_probs(extractor)
+        warn_if_not_reference(extractor, "IS")
+        probs = sample_features(ctx, extractor, cfg.samples, cfg.batch_size, probs=True).probs
+        assert probs is not None
+        mean, std = inception_score(probs, cfg.splits)
+        return {"is_mean": mean, "is_std": std}

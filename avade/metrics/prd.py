@@ -1,0 +1,190 @@
+"""Precision and recall for distributions (Sajjadi et al. 2018; AV-ADE appendix E.2, Figure 19).
+
+The pool3 features of real images and of an equal number of samples are clustered together (k-means,
+20 clusters); the two histograms over clusters are discrete distributions P (real) and Q (model). For
+each slope ``lambda = tan(angle)`` on an equiangular grid over (0, pi/2):
+
+    precision(lambda) = sum_i min(lambda P_i, Q_i),     recall(lambda) = precision(lambda) / lambda.
+
+The curve is averaged over independent clusterings. Summaries: max F_8 (weights recall: how much of
+the data the model covers) and max F_1/8 (weights precision: sample quality), and the area under the
+precision-recall curve (1 for identical distributions, 0 for disjoint supports).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from collections.abc import Mapping
+
+import attrs
+import numpy as np
+import torch
+from torch import Tensor
+
+from avade.errors import AvadeError
+from avade.metrics.context import EvalContext
+from avade.metrics.features import get_extractor, warn_if_not_reference
+from avade.metrics.reference import real_features, sample_features
+from avade.schema import ge, gt
+
+__all__ = [
+    "PRD",
+    "PRDConfig",
+    "max_f_beta",
+    "plot_prd",
+    "prd_auc",
+    "prd_curve",
+    "prd_from_features",
+]
+
+Curve = tuple[np.ndarray, np.ndarray]
+
+
+def prd_curve(eval_dist: np.ndarray, ref_dist: np.ndarray, num_angles: int = 1001,
+              epsilon: float = 1e-10) -> Curve:
+    """PRD curve ``(precision, recall)`` of the discrete distribution ``eval_dist`` w.r.t. ``ref_dist``.
+
+    Angles run from ``epsilon`` to ``pi/2 - epsilon`` (the end points themselves give 0/0), so precision
+    is non-decreasing and recall non-increasing along the returned arrays.
+    """
+    if num_angles < 3:
+        raise ValueError(f"num_angles must be >= 3, got {num_angles}")
+    q = np.asarray(eval_dist, dtype=np.float64)[None, :]
+    p = np.asarray(ref_dist, dtype=np.float64)[None, :]
+    slopes = np.tan(np.linspace(epsilon, math.pi / 2 - epsilon, num_angles))[:, None]
+    precision = np.minimum(p * slopes, q).sum(axis=1)
+    recall = precision / slopes[:, 0]
+    # Round-off can push a value a hair above 1 (e.g. identical distributions); both are probabilities.
+    return np.clip(precision, 0.0, 1.0), np.clip(recall, 0.0, 1.0)
+
+
+def _histograms(eval_feats: np.ndarray, ref_feats: np.ndarray, num_clusters: int, seed: int) -> Curve:
+    from sklearn.cluster import MiniBatchKMeans
+
+    data = np.concatenate([eval_feats, ref_feats])
+    labels = MiniBatchKMeans(n_clusters=num_clusters, n_init=10, random_state=seed).fit(data).labels_
+    eval_hist = np.bincount(labels[: len(eval_feats)], minlength=num_clusters) / len(eval_feats)
+    ref_hist = np.bincount(labels[len(eval_feats):], minlength=num_clusters) / len(ref_feats)
+    return eval_hist, ref_hist
+
+
+def prd_from_features(eval_feats: Tensor | np.ndarray, ref_feats: Tensor | np.ndarray, num_clusters: int = 20,
+                      num_angles: int = 1001, num_runs: int = 10, seed: int = 0) -> Curve:
+    """PRD curve of model features ``eval_feats`` against real ``ref_feats``, averaged over ``num_runs``
+    k-means clusterings of their union (run ``i`` is seeded with ``seed + i``).
+
+    Both sets must have the same size: otherwise the clustering is biased towards the larger one.
+    """
+    ev = np.asarray(torch.as_tensor(eval_feats).double().cpu())
+    ref = np.asarray(torch.as_tensor(ref_feats).double().cpu())
+    if len(ev) != len(ref):
+        raise ValueError(f"PRD needs as many samples as real images, got {len(ev)} and {len(ref)}")
+    if len(ev) + len(ref) < num_clusters:
+        raise ValueError(f"PRD needs at least num_clusters={num_clusters} points, got {len(ev) + len(ref)}")
+    precisions, recalls = [], []
+    for run in range(num_runs):
+        eval_hist, ref_hist = _histograms(ev, ref, num_clusters, seed + run)
+        precision, recall = prd_curve(eval_hist, ref_hist, num_angles)
+        precisions.append(precision)
+        recalls.append(recall)
+    return np.mean(precisions, axis=0), np.mean(recalls, axis=0)
+
+
+def max_f_beta(precision: np.ndarray, recall: np.ndarray, beta: float = 8.0,
+               epsilon: float = 1e-10) -> tuple[float, float]:
+    """``(max F_beta, max F_1/beta)`` over the curve; ``F_b = (1 + b²) p r / (b² p + r)``."""
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    p, r = np.asarray(precision, dtype=np.float64), np.asarray(recall, dtype=np.float64)
+
+    def f(b: float) -> float:
+        return float(np.max((1 + b**2) * p * r / (b**2 * p + r + epsilon)))
+
+    return f(beta), f(1.0 / beta)
+
+
+def prd_auc(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Area under the precision-recall curve (precision integrated over recall), in [0, 1].
+
+    The curve is closed with its end points on the axes: ``(0, p_max)`` and ``(r_max, 0)`` are where it
+    tends as the angle reaches pi/2 and 0.
+    """
+    p, r = np.asarray(precision, dtype=np.float64), np.asarray(recall, dtype=np.float64)
+    order = np.argsort(r, kind="stable")
+    r_sorted = np.concatenate([[0.0], r[order], [r.max()]])
+    p_sorted = np.concatenate([[p[order][0]], p[order], [0.0]])
+    area = float(np.sum((r_sorted[1:] - r_sorted[:-1]) * (p_sorted[1:] + p_sorted[:-1]) / 2))
+    return min(max(area, 0.0), 1.0)
+
+
+def plot_prd(curves: Mapping[str, Curve], path: str | pathlib.Path, title: str | None = None,
+             dpi: int = 150) -> pathlib.Path:
+    """Save several PRD curves ``{label: (precision, recall)}`` on one plot as a PNG; returns the path."""
+    from matplotlib.figure import Figure
+
+    # A bare Figure (no pyplot) renders PNG with the Agg canvas whatever the global backend is, and
+    # leaves no global state or open windows behind.
+    fig = Figure(figsize=(4.0, 4.0), dpi=dpi)
+    ax = fig.add_subplot(111)
+    for label, (precision, recall) in curves.items():
+        auc = prd_auc(precision, recall)
+        ax.plot(recall, precision, label=f"{label} (AUC {auc:.3f})", alpha=0.7, linewidth=2.5)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("Recall")
+    ax.set_ylabel("Precision")
+    if title:
+        ax.set_title(title)
+    if curves:
+        ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+@attrs.define
+class PRDConfig:
+    """PRD of model samples against the real ``split`` (the paper clusters training images with samples)."""
+
+    samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "real images = samples"})
+    split: str = "train"
+    num_clusters: int = attrs.field(default=20, validator=ge(2))
+    num_angles: int = attrs.field(default=1001, validator=ge(3))
+    num_runs: int = attrs.field(default=10, validator=ge(1))
+    beta: float = attrs.field(default=8.0, validator=gt(0))
+    seed: int = 0
+    plot: bool = attrs.field(default=True, metadata={"help": "write prd.png and prd_curve.json to out_dir"})
+    label: str = attrs.field(default="model", metadata={"help": "legend label of the curve"})
+    batch_size: int = attrs.field(default=100, validator=ge(1))
+
+
+class PRD:
+    """Metric ``prd``: returns ``{"prd_f8", "prd_f1_8", "prd_auc"}``; writes ``prd.png`` and
+    ``prd_curve.json`` (precision, recall lists, for combining runs with :func:`plot_prd`)."""
+
+    name = "prd"
+
+    def __init__(self, cfg: PRDConfig) -> None:
+        self.cfg = cfg
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        cfg = self.cfg
+        extractor = get_extractor(ctx.options, ctx.device)
+        warn_if_not_reference(extractor, "PRD")
+        real = real_features(ctx, extractor, cfg.split, cfg.samples, cfg.batch_size).features
+        if len(real) * 2 < cfg.num_clusters:
+            raise AvadeError(f"prd: {len(real)} real images are too few for num_clusters={cfg.num_clusters}")
+        fake = sample_features(ctx, extractor, len(real), cfg.batch_size).features
+        precision, recall = prd_from_features(fake, real, cfg.num_clusters, cfg.num_angles, cfg.num_runs,
+                                              cfg.seed)
+        f_beta, f_inv = max_f_beta(precision, recall, cfg.beta)
+        if cfg.plot:
+            out = pathlib.Path(ctx.out_dir)
+            plot_prd({cfg.label: (precision, recall)}, out / "prd.png")
+            (out / "prd_curve.json").write_text(json.dumps(
+                {"label": cfg.label, "precision": precision.tolist(), "recall": recall.tolist()}))
+        return {"prd_f8": f_beta, "prd_f1_8": f_inv, "prd_auc": prd_auc(precision, recall)}

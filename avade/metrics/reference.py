@@ -1,0 +1,102 @@
+"""Features of real data (cached as safetensors) and of model samples.
+
+Real-data features depend only on the data, the split, the extractor weights and how many images were
+used, so they are cached in ``ctx.cache_dir`` under a name built from ``(dataset_key, split, extractor
+hash, count)``. Two files per key: ``*.stats.safetensors`` (FID's float64 mean and covariance, small) and
+``*.features.safetensors`` (the features, plus class probabilities when the extractor has them, for
+KID, PRD and IS). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+import attrs
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from avade.errors import AvadeError
+from avade.metrics.context import EvalContext
+from avade.metrics.features import FeatureExtractor, extract
+from avade.metrics.stats import gaussian_stats
+
+__all__ = ["FeatureSet", "cache_path", "real_features", "real_stats", "sample_features"]
+
+
+@attrs.define
+class FeatureSet:
+    """Features ``[N, D]`` (float32) of real images or samples; class probabilities ``[N, K]`` (float64)."""
+
+    features: Tensor
+    probs: Tensor | None = None
+
+
+def cache_path(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None,
+               what: str) -> pathlib.Path:
+    """``cache_dir/ref-<dataset>-<split>-<hash>-<n|all>.<what>.safetensors`` (file-name safe);
+    ``what`` is ``"stats"`` or ``"features"``."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{ctx.dataset_key}-{split}").strip("_")
+    count = n if n is not None else "all"
+    return pathlib.Path(ctx.cache_dir) / f"ref-{slug}-{extractor.hash}-{count}.{what}.safetensors"
+
+
+def _meta(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None,
+          count: int) -> dict[str, str]:
+    return {"dataset_key": ctx.dataset_key, "split": split, "extractor": extractor.name,
+            "extractor_hash": extractor.hash, "requested": str(n), "count": str(count)}
+
+
+def _save(tensors: dict[str, Tensor], path: pathlib.Path, meta: dict[str, str]) -> None:
+    # Write then rename, so a crash never leaves a truncated cache file behind.
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def _compute(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None,
+             batch_size: int) -> FeatureSet:
+    images = (x for x, _ in ctx.real_batches(split, n=n, batch_size=batch_size))
+    feats, probs = extract(extractor, images,
+                           device=ctx.device, total=n, description=f"features of real {split}",
+                           probs=extractor.has_probs)
+    if len(feats) < 2:
+        raise AvadeError(f"{ctx.dataset_key}: split {split!r} has {len(feats)} image(s); metrics need >= 2")
+    meta = _meta(ctx, extractor, split, n, len(feats))
+    tensors = {"features": feats} | ({"probs": probs} if probs is not None else {})
+    _save(tensors, cache_path(ctx, extractor, split, n, "features"), meta)
+    mu, sigma = gaussian_stats(feats)
+    _save({"mu": mu, "sigma": sigma}, cache_path(ctx, extractor, split, n, "stats"), meta)
+    return FeatureSet(feats, probs)
+
+
+def real_features(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None = None,
+                  batch_size: int = 100) -> FeatureSet:
+    """Features of the first ``n`` (all if None) real images of ``split``, from the cache when present."""
+    path = cache_path(ctx, extractor, split, n, "features")
+    if path.is_file():
+        data = load_file(str(path))
+        if not extractor.has_probs or "probs" in data:
+            return FeatureSet(data["features"], data.get("probs"))
+    return _compute(ctx, extractor, split, n, batch_size)
+
+
+def real_stats(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None = None,
+               batch_size: int = 100) -> tuple[Tensor, Tensor]:
+    """FID reference statistics (float64 mean ``[D]``, covariance ``[D, D]``), from the cache when present."""
+    path = cache_path(ctx, extractor, split, n, "stats")
+    if path.is_file():
+        data = load_file(str(path))
+        return data["mu"], data["sigma"]
+    return gaussian_stats(_compute(ctx, extractor, split, n, batch_size).features)
+
+
+def sample_features(ctx: EvalContext, extractor: FeatureExtractor, n: int, batch_size: int = 100,
+                    probs: bool = False, labels: Tensor | None = None) -> FeatureSet:
+    """Features (and class probabilities if asked) of ``n`` fresh model samples."""
+    feats, p = extract(extractor, ctx.sample_batches(n, batch_size=batch_size, labels=labels),
+                       device=ctx.device, total=n, description="features of samples", probs=probs)
+    if len(feats) < 2:
+        raise AvadeError(f"metrics need at least 2 samples, got {len(feats)}")
+    return FeatureSet(feats, p)

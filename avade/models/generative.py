@@ -1,0 +1,209 @@
+"""The generative model of every variant: [preprocess -> flow f] -> VAE (encoder, latents, decoder).
+
+One class serves AV-ADE, V-ADE (with f), AV-GDE, VAE (pixel space) and GAN (decoder used as a
+generator from the prior). Which losses are applied is the trainer's business (Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from avade.models.likelihood import (
+    discretized_logistic_log_prob,
+    gaussian_log_prob,
+    sample_discretized_logistic,
+)
+from avade.models.preprocess import Preprocess, to_uint8
+
+
+class GenerativeModel(nn.Module):
+    """Feature map f (optional) + hierarchical VAE over features + learned decoder scale.
+
+    ``discriminator`` is held here only so that one state dict checkpoints the whole model; it is
+    never called by this class.
+    """
+
+    def __init__(
+        self,
+        *,
+        variant: str,
+        data_shape: tuple[int, int, int],
+        preprocess: Preprocess,
+        flow: nn.Module | None,
+        encoder: nn.Module,
+        posterior: nn.Module,
+        decoder: nn.Module,
+        discriminator: nn.Module | None = None,
+        num_classes: int = 0,
+        likelihood: str = "gaussian",
+        sigma: str = "channel",
+        sigma_init: float = 1.0,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.variant = variant
+        self.data_shape = tuple(data_shape)
+        self.preprocess = preprocess
+        self.flow = flow
+        self.encoder = encoder
+        self.posterior = posterior
+        self.decoder = decoder
+        self.discriminator = discriminator
+        self.num_classes = int(num_classes)
+        self.likelihood = likelihood
+        self.temperature = float(temperature)
+        channels = self.data_shape[0] if sigma == "channel" else 1
+        self.log_sigma = nn.Parameter(torch.full((channels, 1, 1), math.log(sigma_init)))
+        self.num_stages = len(encoder.stage_shapes)
+        self._latent_stages = frozenset(posterior.stage_ids)
+
+    @property
+    def dims(self) -> int:
+        """D, the number of dimensions of one image."""
+        return math.prod(self.data_shape)
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """Everything but the discriminator (the flow included)."""
+        skip = {id(p) for p in self.discriminator.parameters()} if self.discriminator is not None else set()
+        return [p for p in self.parameters() if id(p) not in skip]
+
+    def _labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        return labels if self.num_classes and labels is not None else None
+
+    # -- the VAE over features ----------------------------------------------------------------------
+    def _top_down(self, batch: int, hs: list[torch.Tensor] | None, labels: torch.Tensor | None,
+                  temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the decoder's top-down pass; returns (mean, log_q, log_p) summed over latent groups."""
+        d = self.decoder.initial_state(batch)
+        log_q = d.new_zeros(batch)
+        log_p = d.new_zeros(batch)
+        for i in reversed(range(self.num_stages)):
+            if i in self._latent_stages:
+                d, lq, lp = self.posterior.forward_stage(i, d, hs[i] if hs is not None else None, temperature)
+                log_q = log_q + lq
+                log_p = log_p + lp
+            d = self.decoder.forward_stage(i, d, labels)
+        return self.decoder.head(d, labels), log_q, log_p
+
+    def features(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dequantized image u -> (f(preprocess(u)), total log|det|)."""
+        y, logdet = self.preprocess(u)
+        if self.flow is not None:
+            y, logdet_f = self.flow(y)
+            logdet = logdet + logdet_f
+        return y, logdet
+
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, importance_samples: int = 1
+                       ) -> dict[str, torch.Tensor]:
+        """Per-sample bound on log p(x) for uint8 images ``x``; ``bpd`` is in bits per dimension.
+
+        With ``importance_samples = k > 1`` the bound is the k-sample importance-weighted one (tighter).
+        """
+        labels = self._labels(labels)
+        batch = x.shape[0]
+        u = self.preprocess.dequantize(x, generator)
+        feat, logdet = self.features(u)
+        k = int(importance_samples)
+        feat_k = feat.repeat(k, *([1] * (feat.dim() - 1))) if k > 1 else feat
+        labels_k = labels.repeat(k) if (labels is not None and k > 1) else labels
+        hs = self.encoder(feat_k, labels_k)
+        mean, log_q, log_p = self._top_down(feat_k.shape[0], hs, labels_k, 1.0)
+        if self.likelihood == "discretized-logistic":
+            x_k = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
+            log_px_z = discretized_logistic_log_prob(x_k, mean, self.log_sigma)
+            logdet = torch.zeros_like(logdet)  # exact discrete likelihood: no dequantization bound
+        else:
+            log_px_z = gaussian_log_prob(feat_k, mean, self.log_sigma)
+        log_w = (log_px_z + log_p - log_q).view(k, batch)
+        elbo = torch.logsumexp(log_w, 0) - math.log(k) if k > 1 else log_w[0]
+        log_px = elbo + logdet
+        bpd = -log_px / (self.dims * math.log(2.0))
+        return {
+            "bpd": bpd,
+            "log_px": log_px,
+            "recon": log_px_z.view(k, batch).mean(0),
+            "kl": (log_q - log_p).view(k, batch).mean(0),
+            "logdet": logdet,
+            "mean": mean[:batch],
+        }
+
+    # -- generation ---------------------------------------------------------------------------------
+    def decode_prior(self, n: int, labels: torch.Tensor | None = None,
+                     temperature: float | None = None) -> torch.Tensor:
+        """Decoder means for n latent samples from the prior."""
+        t = self.temperature if temperature is None else temperature
+        mean, _, _ = self._top_down(n, None, self._labels(labels), t)
+        return mean
+
+    def _noise(self, mean: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if self.variant == "gan":
+            return mean  # the GAN uses the decoder mean as its sample
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + self.log_sigma.exp() * eps
+
+    def to_image(self, feat: torch.Tensor, flow_grad: bool = True) -> torch.Tensor:
+        """Feature space -> u in [0, 256) through f^-1; ``flow_grad=False`` keeps f's parameters out
+        of the graph (gradients still flow to ``feat``)."""
+        y = feat
+        if self.flow is not None:
+            if flow_grad:
+                y = self.flow.inverse(feat)
+            else:
+                params = {k: v.detach() for k, v in self.flow.named_parameters()}
+                buffers = dict(self.flow.named_buffers())
+                y = _inverse_with(self.flow, params, buffers, feat)
+        return self.preprocess.inverse(y)
+
+    def generate(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 flow_grad: bool = True, temperature: float | None = None) -> torch.Tensor:
+        """Differentiable samples u in [0, 256) (Algorithm 1: prior -> mean -> Gaussian -> f^-1)."""
+        mean = self.decode_prior(n, labels, temperature)
+        if self.likelihood == "discretized-logistic":
+            return sample_discretized_logistic(mean, self.log_sigma, generator)
+        return self.to_image(self._noise(mean, generator), flow_grad=flow_grad)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None, temperature: float | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """n uint8 images from the model."""
+        return to_uint8(self.generate(n, labels, generator, temperature=temperature))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 reconstructions of uint8 images: x -> f -> q(z|x) -> mean (+ noise) -> f^-1."""
+        labels = self._labels(labels)
+        u = self.preprocess.dequantize(x, generator)
+        feat, _ = self.features(u)
+        hs = self.encoder(feat, labels)
+        mean, _, _ = self._top_down(x.shape[0], hs, labels, 1.0)
+        if self.likelihood == "discretized-logistic":
+            return to_uint8(sample_discretized_logistic(mean, self.log_sigma, generator))
+        return to_uint8(self.to_image(self._noise(mean, generator)))
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant!r}, data_shape={self.data_shape}, likelihood={self.likelihood!r}"
+
+
+def _inverse_with(flow: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                  feat: torch.Tensor) -> Any:
+    """``flow.inverse(feat)`` evaluated with the given (detached) parameters."""
+    return functional_call(_InverseCall(flow), {**{f"flow.{k}": v for k, v in params.items()},
+                                                **{f"flow.{k}": v for k, v in buffers.items()}}, (feat,))
+
+
+class _InverseCall(nn.Module):
+    """Exposes ``flow.inverse`` as ``forward`` so that torch.func can swap in detached parameters."""
+
+    def __init__(self, flow: nn.Module) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.flow.inverse(feat)

@@ -1,0 +1,66 @@
+"""The encoder/decoder interfaces the VAE model drives (bottom-up pass, then a top-down pass by stages).
+
+``stage_shapes`` lists ``(C, H, W)`` per stage, index 0 = bottom (finest), last = top (coarsest). The
+model runs::
+
+    hs = encoder(x, y)                                  # one feature map per stage
+    d = decoder.initial_state(B)                        # learned constant at the top stage
+    for i in reversed(range(len(stage_shapes))):
+        if i in posterior.stage_ids:
+            d, log_q, log_p = posterior.forward_stage(i, d, hs[i], T)
+        d = decoder.forward_stage(i, d, y)              # stage i -> stage i-1 (stage 0 keeps its shape)
+    mean = decoder.head(d, y)                           # [B, *out_shape]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avade.errors import ConfigError
+from avade.nets.shapes import Shape, as_shape, check_stages
+
+
+class Encoder(nn.Module):
+    """Bottom-up deterministic pass: ``forward(x, y=None)`` -> one feature map per stage, bottom to top."""
+
+    stage_shapes: list[Shape]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+class Decoder(nn.Module):
+    """Top-down pass by stages: a learned top state, one block per stage, and an output head.
+
+    Subclasses fill ``self.stages`` (one module with ``forward(d, y)`` per stage) and ``self.out`` (the
+    head conv applied to ``elu(d)``). The head gives the Gaussian *mean* of the data (or flow features);
+    the model owns the scale.
+    """
+
+    def __init__(self, stage_shapes: list[Shape], out_shape: Shape, who: str) -> None:
+        super().__init__()
+        self.stage_shapes = check_stages(stage_shapes, who)
+        self.out_shape = as_shape(out_shape, f"{who}: out_shape")
+        if self.stage_shapes[0][1:] != self.out_shape[1:]:
+            raise ConfigError(
+                f"{who}: the finest stage is {self.stage_shapes[0][1]}x{self.stage_shapes[0][2]} but the "
+                f"output is {self.out_shape[1]}x{self.out_shape[2]}; stage 0 must have the output resolution"
+            )
+        # A learned constant rather than zeros, so that gradients reach the first layers that read it.
+        self.top = nn.Parameter(torch.randn(1, *self.stage_shapes[-1]))
+        self.stages = nn.ModuleList()
+        self.out: nn.Module
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """The top-down state at the top stage: ``[batch, *stage_shapes[-1]]``."""
+        return self.top.expand(batch, -1, -1, -1)
+
+    def forward_stage(self, i: int, d: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Block ``i``: a state of shape ``stage_shapes[i]`` -> ``stage_shapes[i-1]`` (stage 0 keeps it)."""
+        return self.stages[i](d, y)
+
+    def head(self, d: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage-0 state -> the output mean, ``[B, *out_shape]``."""
+        return self.out(F.elu(d), y)

@@ -1,0 +1,89 @@
+"""A plain strided conv encoder and its mirror decoder (kinds ``encoder``/``decoder``, name ``conv``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import torch
+from torch import nn
+
+from avade.errors import ConfigError
+from avade.nets.base import Decoder, Encoder
+from avade.nets.blocks import Act, Chain, Upsample, ZeroScaled, conv
+from avade.nets.shapes import Shape, as_shape, check_divisible, upsample_factor
+
+
+def _check_channels(_inst: object, attr: attrs.Attribute, value: tuple[int, ...]) -> None:
+    if not value or min(value) < 1:
+        raise ConfigError(f"expected a non-empty list of positive ints, got {list(value)!r}", path=attr.name)
+
+
+@attrs.define
+class ConvEncoderConfig:
+    """Channels per stage (stage 0 keeps the input resolution, each later stage halves it) and the norm."""
+
+    channels: tuple[int, ...] = attrs.field(default=(32, 64, 128), validator=_check_channels,
+                                            metadata={"help": "channels per stage, finest first"})
+    norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
+
+
+class ConvEncoder(Encoder):
+    """``h_0 = conv3x3(x)``, ``h_i = conv3x3_stride2(elu(h_{i-1}))``: one feature map per stage."""
+
+    def __init__(self, cfg: ConvEncoderConfig, *, in_shape: Sequence[int],
+                 num_classes: int | None = None) -> None:
+        super().__init__()
+        in_shape = as_shape(in_shape, "encoder 'conv': in_shape")
+        self.stage_shapes = self.compute_stage_shapes(cfg, in_shape)
+        c_prev = in_shape[0]
+        layers = []
+        for i, c in enumerate(cfg.channels):
+            layer = conv(c_prev, c, 3, stride=1 if i == 0 else 2, norm=cfg.norm, num_classes=num_classes)
+            layers.append(layer if i == 0 else Chain(Act(), layer))
+            c_prev = c
+        self.stages = nn.ModuleList(layers)
+
+    @staticmethod
+    def compute_stage_shapes(cfg: ConvEncoderConfig, in_shape: Sequence[int]) -> list[Shape]:
+        """The stage layout for ``in_shape`` without building the network (ConfigError if indivisible)."""
+        shape = as_shape(in_shape, "encoder 'conv': in_shape")
+        check_divisible(shape, len(cfg.channels), "encoder 'conv'")
+        _, h, w = shape
+        return [(c, h // 2**i, w // 2**i) for i, c in enumerate(cfg.channels)]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        hs = []
+        for stage in self.stages:
+            x = stage(x, y)
+            hs.append(x)
+        return hs
+
+
+@attrs.define
+class ConvDecoderConfig:
+    """``norm`` of every conv; ``init_zero_head``: start with a zero output mean (a gain that starts at 0)."""
+
+    norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
+    init_zero_head: bool = attrs.field(default=False, metadata={"help": "output mean starts at 0"})
+
+
+class ConvDecoder(Decoder):
+    """Mirror of :class:`ConvEncoder`: per stage ``conv3x3(upsample(elu(d)))``; head ``conv3x3(elu(d))``.
+
+    Nearest upsampling followed by a conv stands in for the transposed conv: same receptive field, no
+    checkerboard artifacts, and it works with every norm (conditional weight norm included).
+    """
+
+    def __init__(self, cfg: ConvDecoderConfig, *, stage_shapes: Sequence[Sequence[int]],
+                 out_shape: Sequence[int], num_classes: int | None = None) -> None:
+        super().__init__(stage_shapes, out_shape, "decoder 'conv'")  # type: ignore[arg-type]
+        shapes = self.stage_shapes
+        for i, (c, _, _) in enumerate(shapes):
+            lower = shapes[max(i - 1, 0)]
+            factor = upsample_factor(lower, shapes[i], "decoder 'conv'") if i else 1
+            self.stages.append(Chain(Act(), Upsample(factor),
+                                   conv(c, lower[0], 3, norm=cfg.norm, num_classes=num_classes)))
+        head = conv(shapes[0][0], self.out_shape[0], 3, norm=cfg.norm, num_classes=num_classes)
+        self.out = ZeroScaled(head, self.out_shape[0]) if cfg.init_zero_head else head
+

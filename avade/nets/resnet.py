@@ -1,0 +1,100 @@
+"""The residual generator of AV-ADE Table 6b (kinds ``encoder``/``decoder``, name ``resnet``).
+
+Encoder: conv3x3 ``stem`` -> block ``channels[0]`` -> block down ``channels[1]`` -> ... ; the output of
+every stage is one ``h_i``. Decoder: the mirror, up ``channels[-1]`` -> ... -> block ``channels[0]`` ->
+conv3x3 to the output channels. With the defaults at 32x32: stages (32,32,32), (64,16,16), (128,8,8),
+(256,4,4), as in the paper. The latent groups (the stochastic half of an "IAF block") are inserted
+between decoder stages by the posterior (:mod:`avade.posteriors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import torch
+
+from avade.nets.base import Decoder, Encoder
+from avade.nets.blocks import Chain, ResBlock, ZeroScaled, conv
+from avade.nets.conv import _check_channels
+from avade.nets.shapes import Shape, as_shape, check_divisible, upsample_factor
+from avade.schema import ge
+
+
+@attrs.define
+class ResNetEncoderConfig:
+    """Stage channels (each stage after the first halves the resolution), stem width, blocks per stage."""
+
+    channels: tuple[int, ...] = attrs.field(default=(32, 64, 128, 256), validator=_check_channels,
+                                            metadata={"help": "channels per stage, finest first"})
+    stem: int = attrs.field(default=16, validator=ge(1), metadata={"help": "channels of the conv3x3 stem"})
+    blocks_per_stage: int = attrs.field(default=1, validator=ge(1), metadata={"help": "blocks per stage"})
+    norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
+
+
+class ResNetEncoder(Encoder):
+    """Bottom-up residual pass; ``forward(x, y)`` returns the output of each stage, finest first."""
+
+    def __init__(self, cfg: ResNetEncoderConfig, *, in_shape: Sequence[int],
+                 num_classes: int | None = None) -> None:
+        super().__init__()
+        in_shape = as_shape(in_shape, "encoder 'resnet': in_shape")
+        self.stage_shapes = self.compute_stage_shapes(cfg, in_shape)
+        opts = {"norm": cfg.norm, "num_classes": num_classes}
+        self.stem = conv(in_shape[0], cfg.stem, 3, **opts)
+        stages = []
+        c_prev = cfg.stem
+        for i, c in enumerate(cfg.channels):
+            blocks = [ResBlock(c_prev, c, resample="down" if i else "none", **opts)]
+            blocks += [ResBlock(c, c, **opts) for _ in range(cfg.blocks_per_stage - 1)]
+            stages.append(Chain(*blocks))
+            c_prev = c
+        self.stages = torch.nn.ModuleList(stages)
+
+    @staticmethod
+    def compute_stage_shapes(cfg: ResNetEncoderConfig, in_shape: Sequence[int]) -> list[Shape]:
+        """The stage layout for ``in_shape`` without building the network (ConfigError if indivisible)."""
+        shape = as_shape(in_shape, "encoder 'resnet': in_shape")
+        check_divisible(shape, len(cfg.channels), "encoder 'resnet'")
+        _, h, w = shape
+        return [(c, h // 2**i, w // 2**i) for i, c in enumerate(cfg.channels)]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        x = self.stem(x, y)
+        hs = []
+        for stage in self.stages:
+            x = stage(x, y)
+            hs.append(x)
+        return hs
+
+
+@attrs.define
+class ResNetDecoderConfig:
+    """Residual blocks per stage, the norm, and ``init_zero_head`` (start with a zero output mean)."""
+
+    blocks_per_stage: int = attrs.field(default=1, validator=ge(1), metadata={"help": "blocks per stage"})
+    norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
+    init_zero_head: bool = attrs.field(default=False, metadata={"help": "output mean starts at 0"})
+
+
+class ResNetDecoder(Decoder):
+    """Top-down residual pass: stage ``i > 0`` = ``blocks_per_stage - 1`` blocks, then a block up to stage
+    ``i-1``; stage 0 = ``blocks_per_stage`` blocks; head = conv3x3(elu(d)) to the output channels.
+
+    The layout comes from ``stage_shapes`` (normally the encoder's), so any resolution the encoder accepts
+    works here too.
+    """
+
+    def __init__(self, cfg: ResNetDecoderConfig, *, stage_shapes: Sequence[Sequence[int]],
+                 out_shape: Sequence[int], num_classes: int | None = None) -> None:
+        super().__init__(stage_shapes, out_shape, "decoder 'resnet'")  # type: ignore[arg-type]
+        opts = {"norm": cfg.norm, "num_classes": num_classes}
+        shapes = self.stage_shapes
+        for i, (c, _, _) in enumerate(shapes):
+            blocks = [ResBlock(c, c, **opts) for _ in range(cfg.blocks_per_stage - (1 if i else 0))]
+            if i:
+                factor = upsample_factor(shapes[i - 1], shapes[i], "decoder 'resnet'")
+                blocks.append(ResBlock(c, shapes[i - 1][0], resample="up", factor=factor, **opts))
+            self.stages.append(Chain(*blocks))
+        head = conv(shapes[0][0], self.out_shape[0], 3, **opts)
+        self.out = ZeroScaled(head, self.out_shape[0]) if cfg.init_zero_head else head

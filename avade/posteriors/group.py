@@ -1,0 +1,97 @@
+"""One latent group at one decoder stage: prior p(z|d), posterior q(z|h,d) (+ optional IAF), merge into d."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avade.nets.blocks import ZeroScaled, conv
+from avade.posteriors.flow import IAFFlow
+from avade.posteriors.gaussian import gaussian_kl, normal_log_prob, soft_clamp, standard_log_prob
+
+
+class LatentSample(NamedTuple):
+    """A sampled latent ``z`` ([B, Z, H, W]) and its log-densities under q and p ([B] each)."""
+
+    z: torch.Tensor
+    log_q: torch.Tensor
+    log_p: torch.Tensor
+
+
+class LatentGroup(nn.Module):
+    """The latent variables of one stage with ``channels`` state channels and ``latent`` latent channels.
+
+    - prior ``p(z|d) = N(mu_p, sigma_p)`` from ``conv3x3(elu(d))``, scaled by a gain that starts at 0 so
+      that the prior starts at N(0, I) (at the top stage ``d`` is the decoder's learned constant, so this
+      is a learned prior there);
+    - posterior ``q(z|h,d) = N(mu_q, sigma_q)`` from ``conv3x3(elu([h, d]))`` (eq. 7-8), relative to the
+      prior when ``residual`` (``mu_q = mu_p + dmu``, ``log sigma_q = log sigma_p + dlog sigma``); its
+      sample optionally goes through ``iaf_steps`` IAF steps whose context also comes from that conv;
+    - merge: ``d + conv3x3(z)``.
+    """
+
+    def __init__(self, channels: int, latent: int, *, norm: str = "weight-norm",
+                 num_classes: int | None = None, iaf_steps: int = 0, iaf_hidden: int = 64,
+                 iaf_kernel: int = 3, residual: bool = False) -> None:
+        super().__init__()
+        self.latent = latent
+        self.residual = residual
+        self.context = iaf_hidden if iaf_steps else 0
+        opts = {"norm": norm, "num_classes": num_classes}
+        self.prior = ZeroScaled(conv(channels, 2 * latent, 3, **opts), 2 * latent)
+        self.posterior = conv(2 * channels, 2 * latent + self.context, 3, **opts)
+        self.flow = IAFFlow(latent, iaf_hidden, self.context, iaf_steps, iaf_kernel) if iaf_steps else None
+        self.merge = conv(latent, channels, 3, **opts)
+
+    def prior_params(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu_p, log sigma_p)`` of p(z|d)."""
+        mu, s = self.prior(F.elu(d)).chunk(2, dim=1)
+        return mu, soft_clamp(s)
+
+    def posterior_params(self, d: torch.Tensor, h: torch.Tensor,
+                         prior: tuple[torch.Tensor, torch.Tensor] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(mu_q, log sigma_q, context)`` of the Gaussian base of q(z|h,d) (context: None without IAF)."""
+        out = self.posterior(F.elu(torch.cat([h, d], dim=1)))
+        mu, s, ctx = out.split([self.latent, self.latent, self.context], dim=1)
+        if self.residual:
+            mu_p, log_sigma_p = prior if prior is not None else self.prior_params(d)
+            mu, s = mu_p + mu, log_sigma_p + s
+        return mu, soft_clamp(s), (ctx if self.context else None)
+
+    def sample(self, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0,
+               noise: torch.Tensor | None = None) -> LatentSample:
+        """Sample z from q(z|h,d), or from p(z|d) with its std times ``temperature`` when ``h`` is None.
+
+        ``noise`` (standard normal, shape of z) replaces the random draw, e.g. for fixed-noise grids. The
+        returned log_p is under the untempered prior; log_q is 0 for prior samples.
+        """
+        mu_p, log_sigma_p = self.prior_params(d)
+        eps = torch.randn_like(mu_p) if noise is None else noise
+        if h is None:
+            z = mu_p + temperature * torch.exp(log_sigma_p) * eps
+            return LatentSample(z, z.new_zeros(z.shape[0]), normal_log_prob(z, mu_p, log_sigma_p))
+        mu_q, log_sigma_q, ctx = self.posterior_params(d, h, (mu_p, log_sigma_p))
+        z = mu_q + torch.exp(log_sigma_q) * eps
+        log_q = standard_log_prob(eps, log_sigma_q)
+        if self.flow is not None:
+            z, logdet = self.flow(z, ctx)
+            log_q = log_q - logdet
+        return LatentSample(z, log_q, normal_log_prob(z, mu_p, log_sigma_p))
+
+    def analytic_kl(self, d: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Closed-form ``KL(q(z|h,d) || p(z|d))`` per sample ([B]); only without IAF."""
+        if self.flow is not None:
+            raise ValueError("the KL of an IAF posterior has no closed form; use log_q - log_p of a sample")
+        mu_p, log_sigma_p = self.prior_params(d)
+        mu_q, log_sigma_q, _ = self.posterior_params(d, h, (mu_p, log_sigma_p))
+        return gaussian_kl(mu_q, log_sigma_q, mu_p, log_sigma_p)
+
+    def forward(self, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(d + merge(z), log_q, log_p)``."""
+        s = self.sample(d, h, temperature)
+        return d + self.merge(s.z), s.log_q, s.log_p

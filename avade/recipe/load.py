@@ -1,0 +1,338 @@
+"""Read recipes: TOML -> ``extends`` deep merge -> ``--set`` overrides -> validated :class:`Recipe`.
+
+Every error is a :class:`~avade.errors.ConfigError` naming the file the offending key came from and
+its full key path, e.g. ``recipes/x.toml: model.flow.scales: expected int, got "two"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from avade.errors import AvadeError, ConfigError, did_you_mean
+from avade.recipe.schema import (
+    ADVERSARIAL_VARIANTS,
+    DEFAULT_COMPONENTS,
+    FLOW_VARIANTS,
+    MODEL_COMPONENTS,
+    ComponentRef,
+    DataOptions,
+    DataSection,
+    EvalSection,
+    ModelOptions,
+    ModelSection,
+    Recipe,
+    SweepSection,
+    TrainSection,
+)
+from avade.registry import get_registry
+from avade.schema import structure
+
+TOP_LEVEL_KEYS = ("name", "description", "extends", "model", "data", "train", "eval", "sweep")
+NONE_NAME = "none"  # `name = "none"` removes a component table inherited through `extends`
+
+Origins = dict[tuple[str, ...], str]
+
+
+# -- reading and merging -----------------------------------------------------------------------------
+
+
+def _read_toml(path: Path, display: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"recipe file not found: {display}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read recipe {display}: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", source=display) from None
+
+
+def _record(data: Mapping[str, Any], source: str, origins: Origins, prefix: tuple[str, ...] = ()) -> None:
+    for key, value in data.items():
+        path = (*prefix, str(key))
+        origins[path] = source
+        if isinstance(value, Mapping):
+            _record(value, source, origins, path)
+
+
+def _is_component_table(path: tuple[str, ...]) -> bool:
+    return len(path) == 2 and path[0] == "model" and path[1] in MODEL_COMPONENTS
+
+
+def deep_merge(base: dict[str, Any], child: Mapping[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``child`` over ``base``: tables merge key by key, everything else (arrays too) is replaced.
+
+    A component table whose ``name`` changes is replaced whole: the old component's options mean
+    nothing to the new one.
+    """
+    out = dict(base)
+    for key, value in child.items():
+        sub = (*path, key)
+        old = out.get(key)
+        same_component = not (
+            _is_component_table(sub) and isinstance(old, Mapping) and isinstance(value, Mapping)
+            and "name" in value and value.get("name") != old.get("name")
+        )
+        if isinstance(old, Mapping) and isinstance(value, Mapping) and same_component:
+            out[key] = deep_merge(dict(old), value, sub)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def read_recipe_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Origins]:
+    """The recipe at ``path`` merged over everything it ``extends`` (recursively), with key origins."""
+    path = Path(path).expanduser()
+    display = _display(path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(_display(p) for p in (*_chain, resolved))
+        raise ConfigError(f"`extends` forms a cycle: {cycle}", path="extends", source=display)
+    data = _read_toml(path, display)
+    origins: Origins = {}
+    merged: dict[str, Any] = {}
+    parents = data.pop("extends", None)
+    if parents is not None:
+        if isinstance(parents, str):
+            parents = [parents]
+        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+            raise ConfigError("expected a relative file path (or a list of them)", path="extends", source=display)
+        for parent in parents:
+            parent_path = (path.parent / parent)
+            if not parent_path.exists():
+                raise ConfigError(f"extended recipe not found: {_display(parent_path)}", path="extends",
+                                  source=display)
+            parent_data, parent_origins = read_recipe_tree(parent_path, (*_chain, resolved))
+            merged = deep_merge(merged, parent_data)
+            origins.update(parent_origins)
+        merged.pop("name", None)  # a name is never inherited: it defaults to this file's stem
+    merged = deep_merge(merged, data)
+    _record(data, display, origins)
+    return merged, origins
+
+
+# -- overrides ---------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"model.flow.scales=2"`` -> ``("model.flow.scales", 2)``. Values use TOML syntax; a bare word
+    that is not valid TOML is taken as a string (``data.name=natural-patches``)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, Any]],
+                    origins: Origins | None = None, source: str = "--set") -> dict[str, Any]:
+    """Set dotted keys in a copy of ``raw``. Setting ``<component>.name`` to another component drops
+    the previous component's options."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        parts = key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"cannot set {key}: {'.'.join(parts[: i + 1])} is not a table", source=source)
+            node = child
+        last = parts[-1]
+        if last == "name" and len(parts) >= 2 and node.get("name") not in (None, value) and (
+            _is_component_table(tuple(parts[:-1])) or tuple(parts[:-1]) == ("data",)
+        ):
+            keep = {} if parts[0] == "model" else {k: v for k, v in node.items() if k in _LOADER_KEYS}
+            node.clear()
+            node.update(keep)
+        node[last] = value
+        if origins is not None:
+            origins[tuple(parts)] = source
+    return out
+
+
+_LOADER_KEYS = {f.name for f in attrs.fields(DataOptions)}
+
+
+# -- validation --------------------------------------------------------------------------------------
+
+
+def _table(value: Any, path: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"expected a table, got {value!r}", path=path)
+    return dict(value)
+
+
+def _component(kind: str, table: Any, path: str) -> ComponentRef | None:
+    """Validate a component table ``{name = ..., <config>}`` (or the shorthand ``"name"``)."""
+    if isinstance(table, str):
+        table = {"name": table}
+    table = _table(table, path)
+    name = table.pop("name", None)
+    if name is None:
+        raise ConfigError(f"missing `name` (choose a {kind}; see `avade list-components --kind {kind}`)",
+                          path=path)
+    if not isinstance(name, str):
+        raise ConfigError(f"expected a {kind} name (string), got {name!r}", path=f"{path}.name")
+    if name == NONE_NAME:
+        return None
+    registry = get_registry()
+    try:
+        registry.get(kind, name)
+    except AvadeError as exc:
+        raise ConfigError(str(exc), path=f"{path}.name") from None
+    config = registry.validate(kind, name, table, path=path)
+    return ComponentRef(name, config)
+
+
+def _model(raw: Any) -> ModelSection:
+    table = _table(raw, "model")
+    component_tables = {k: table.pop(k) for k in list(table) if k in MODEL_COMPONENTS}
+    options = structure(ModelOptions, table, path="model")
+    variant = options.variant
+    refs: dict[str, ComponentRef | None] = {}
+    for key, kind in MODEL_COMPONENTS.items():
+        needed = {
+            "flow": variant in FLOW_VARIANTS,
+            "discriminator": variant in ADVERSARIAL_VARIANTS,
+        }.get(key, True)
+        if key in component_tables:
+            ref = _component(kind, component_tables[key], f"model.{key}")
+        else:
+            ref = _component(kind, DEFAULT_COMPONENTS[key], f"model.{key}") if needed else None
+        if ref is not None and not needed:
+            why = "has no flow f" if key == "flow" else "has no discriminator (no L_Q)"
+            raise ConfigError(
+                f"variant '{variant}' {why}; remove [model.{key}] or set model.{key}.name = \"none\"",
+                path=f"model.{key}")
+        if ref is None and needed:
+            raise ConfigError(f"variant '{variant}' needs a {kind}; choose one with model.{key}.name",
+                              path=f"model.{key}.name")
+        refs[key] = ref
+    if options.likelihood == "discretized-logistic" and refs["flow"] is not None:
+        raise ConfigError("discretized-logistic needs pixel space: use it without a flow (vae/av-gde) "
+                          "or set likelihood = \"gaussian\"", path="model.likelihood")
+    return ModelSection(options=options, **refs)
+
+
+def _data(raw: Any) -> DataSection:
+    table = _table(raw, "data")
+    loader = {k: table.pop(k) for k in list(table) if k in _LOADER_KEYS}
+    options = structure(DataOptions, loader, path="data")
+    dataset = _component("dataset", {"name": options.name, **table}, "data")
+    return DataSection(options=options, dataset=dataset)
+
+
+_EVAL_FIELDS = [f.name for f in attrs.fields(EvalSection) if f.name != "settings"]
+
+
+def _eval(raw: Any) -> EvalSection:
+    table = _table(raw, "eval")
+    registry = get_registry()
+    metric_names = [i.name for i in registry.list(kind="metric")]
+    tables = {}
+    for key in list(table):
+        if key not in _EVAL_FIELDS:
+            if key not in metric_names:
+                raise ConfigError(f"unknown key{did_you_mean(key, _EVAL_FIELDS + metric_names)}; valid keys: "
+                                  f"{', '.join(_EVAL_FIELDS)} or a metric's table", path=f"eval.{key}")
+            tables[key] = table.pop(key)
+    section = structure(EvalSection, table, path="eval")
+    for i, metric in enumerate(section.metrics):
+        if metric not in metric_names:
+            raise ConfigError(f"unknown metric '{metric}'{did_you_mean(metric, metric_names)}; see "
+                              "`avade list-components --kind metric`", path=f"eval.metrics[{i}]")
+    settings = {}
+    for metric in sorted(set(section.metrics) | set(tables)):
+        ref = _component("metric", {"name": metric, **_table(tables.get(metric), f"eval.{metric}")},
+                         f"eval.{metric}")
+        assert ref is not None
+        settings[metric] = ref
+    section.settings = settings
+    return section
+
+
+def _sweep(raw: Any) -> SweepSection | None:
+    if raw is None:
+        return None
+    sweep = structure(SweepSection, _table(raw, "sweep"), path="sweep")
+    for key, values in sweep.grid.items():
+        if not values:
+            raise ConfigError("a grid axis needs at least one value", path=f"sweep.grid.{key}")
+    if not sweep.grid and not sweep.combos:
+        raise ConfigError("a [sweep] needs `grid` and/or `combos`", path="sweep")
+    return sweep
+
+
+def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_name: str = "recipe",
+                     origins: Origins | None = None) -> Recipe:
+    """Validate a merged recipe mapping into a :class:`Recipe` (errors name file and key path)."""
+    try:
+        if not isinstance(raw, Mapping):
+            raise ConfigError("a recipe must be a TOML table")
+        raw = dict(raw)
+        raw.pop("extends", None)
+        for key in raw:
+            if key not in TOP_LEVEL_KEYS:
+                raise ConfigError(f"unknown top-level key{did_you_mean(key, TOP_LEVEL_KEYS)}; valid keys: "
+                                  f"{', '.join(TOP_LEVEL_KEYS)}", path=key)
+        name = raw.get("name", default_name)
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"expected a non-empty string, got {name!r}", path="name")
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            raise ConfigError(f"expected a string, got {description!r}", path="description")
+        return Recipe(
+            name=name,
+            description=description,
+            model=_model(raw.get("model")),
+            data=_data(raw.get("data")),
+            train=structure(TrainSection, _table(raw.get("train"), "train"), path="train"),
+            eval=_eval(raw.get("eval")),
+            sweep=_sweep(raw.get("sweep")),
+            source=source,
+        )
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, path=exc.path, source=_origin(exc.path, origins) or source) from None
+
+
+def _origin(path: str, origins: Origins | None) -> str | None:
+    """The file that set the longest prefix of ``path`` (so extended recipes are blamed correctly)."""
+    if not origins or not path:
+        return None
+    parts = tuple(path.replace("[", ".[").split("."))
+    for n in range(len(parts), 0, -1):
+        if parts[:n] in origins:
+            return origins[parts[:n]]
+    return None
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    """Load, merge, override and validate the recipe at ``path``."""
+    path = Path(path)
+    raw, origins = read_recipe_tree(path)
+    raw = apply_overrides(raw, overrides, origins)
+    return recipe_from_dict(raw, source=_display(path), default_name=path.stem, origins=origins)

@@ -1,0 +1,165 @@
+"""The one recipe schema. Component tables are validated by the schema their component registers."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from avade.schema import between, ge, gt
+
+Variant = Literal["av-ade", "v-ade", "av-gde", "vae", "gan"]
+#: Variants whose generator works in the feature space of an invertible flow f.
+FLOW_VARIANTS = ("av-ade", "v-ade")
+#: Variants trained with the quality-driven (adversarial) loss L_Q.
+ADVERSARIAL_VARIANTS = ("av-ade", "av-gde", "gan")
+#: Variants trained with the coverage-driven (likelihood) loss L_C.
+LIKELIHOOD_VARIANTS = ("av-ade", "v-ade", "av-gde", "vae")
+
+#: Component tables of [model] and their registry kind.
+MODEL_COMPONENTS = {
+    "flow": "flow",
+    "encoder": "encoder",
+    "posterior": "posterior",
+    "decoder": "decoder",
+    "discriminator": "discriminator",
+}
+#: Component chosen when a recipe leaves a table out (None = absent unless the variant needs it).
+DEFAULT_COMPONENTS: dict[str, str] = {
+    "flow": "realnvp",
+    "encoder": "resnet",
+    "posterior": "topdown",
+    "decoder": "resnet",
+    "discriminator": "resnet",
+}
+
+
+@attrs.define(eq=True)
+class ComponentRef:
+    """A component chosen by ``name`` plus its validated config (an attrs instance, or None)."""
+
+    name: str
+    config: Any = None
+
+
+@attrs.define
+class ModelOptions:
+    """Model-level settings of ``[model]`` besides the component tables."""
+
+    variant: Variant = "av-ade"
+    likelihood: Literal["gaussian", "discretized-logistic"] = attrs.field(
+        default="gaussian", metadata={"help": "decoder density; discretized-logistic only without a flow"})
+    sigma: Literal["scalar", "channel"] = attrs.field(
+        default="channel", metadata={"help": "learned decoder scale: one scalar or one per channel"})
+    sigma_init: float = attrs.field(default=1.0, validator=gt(0.0))
+    logit_alpha: float = attrs.field(
+        default=0.05, validator=between(0.0, 0.49),
+        metadata={"help": "x -> logit(alpha + (1-2 alpha) x) before f (Real-NVP); 0 = no logit"})
+    conditional: bool = attrs.field(
+        default=False, metadata={"help": "class-conditional generator and discriminator (needs labels)"})
+    temperature: float = attrs.field(default=1.0, validator=gt(0.0), metadata={"help": "sampling temperature"})
+
+
+@attrs.define
+class ModelSection:
+    """``[model]``: the variant, its options and its components."""
+
+    options: ModelOptions = attrs.Factory(ModelOptions)
+    flow: ComponentRef | None = None
+    encoder: ComponentRef | None = None
+    posterior: ComponentRef | None = None
+    decoder: ComponentRef | None = None
+    discriminator: ComponentRef | None = None
+
+    @property
+    def variant(self) -> str:
+        return self.options.variant
+
+
+@attrs.define
+class DataOptions:
+    """Loader settings of ``[data]``; every other key there is the dataset's own config."""
+
+    name: str = "natural-patches"
+    batch_size: int = attrs.field(default=64, validator=ge(1))
+    eval_batch_size: int = attrs.field(default=256, validator=ge(1))
+    num_workers: int = attrs.field(default=0, validator=ge(0))
+
+
+@attrs.define
+class DataSection:
+    """``[data]``: which dataset, its config, and how it is batched."""
+
+    options: DataOptions = attrs.Factory(DataOptions)
+    dataset: ComponentRef | None = None
+
+
+@attrs.define
+class TrainSection:
+    """``[train]``: Algorithm 1's loop settings (paper defaults)."""
+
+    steps: int = attrs.field(default=100_000, validator=ge(1))
+    optimizer: Literal["adamax", "adam"] = "adamax"
+    lr: float = attrs.field(default=0.002, validator=gt(0.0))
+    d_lr: float | None = attrs.field(default=None, validator=gt(0.0),
+                                     metadata={"help": "discriminator lr; defaults to lr"})
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    checkpoint_every: int = attrs.field(default=1000, validator=ge(1))
+    keep_checkpoints: int = attrs.field(default=3, validator=ge(1))
+    log_every: int = attrs.field(default=50, validator=ge(1))
+    sample_every: int = attrs.field(default=1000, validator=ge(1))
+    adv_weight: float = attrs.field(default=100.0, validator=ge(0.0))
+    gp_weight: float = attrs.field(default=100.0, validator=ge(0.0))
+    adv_loss: Literal["paper", "wgan", "nonsaturating", "hinge"] = "paper"
+    d_steps: int = attrs.field(default=1, validator=ge(1), metadata={"help": "D updates per G update"})
+    flow_adv_grad: bool = attrs.field(
+        default=False, metadata={"help": "let L_Q train the flow f too (paper: f gets L_C only)"})
+    warmup_steps: int = attrs.field(default=0, validator=ge(0),
+                                    metadata={"help": "MLE-only steps before joint training (app. F)"})
+    grad_clip: float | None = attrs.field(default=None, validator=gt(0.0))
+    max_bad_steps: int = attrs.field(default=20, validator=ge(1),
+                                     metadata={"help": "stop after this many consecutive non-finite steps"})
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = attrs.field(
+        default="fp32", metadata={"help": "bf16 autocast on CUDA (flows stay fp32)"})
+    compile: bool = False
+    eval_batches: int = attrs.field(default=0, validator=ge(0),
+                                    metadata={"help": "test batches for the final BPD; 0 = whole test split"})
+
+
+@attrs.define
+class EvalSection:
+    """``[eval]``: metrics computed during training (``every``) and at the end; per-metric tables."""
+
+    metrics: list[str] = attrs.Factory(lambda: ["bpd"])
+    every: int = attrs.field(default=0, validator=ge(0), metadata={"help": "0 = only at the end"})
+    importance_samples: int = attrs.field(default=1, validator=ge(1))
+    inception_weights: str | None = None
+    settings: dict[str, ComponentRef] = attrs.Factory(dict)
+
+
+@attrs.define
+class SweepSection:
+    """``[sweep]``: ``grid`` (cartesian product) and/or ``combos`` (explicit list of overrides)."""
+
+    grid: dict[str, list[Any]] = attrs.Factory(dict)
+    combos: list[dict[str, Any]] = attrs.Factory(list)
+
+
+@attrs.define
+class Recipe:
+    """A fully resolved recipe (after ``extends`` and overrides)."""
+
+    name: str
+    description: str = ""
+    model: ModelSection = attrs.Factory(ModelSection)
+    data: DataSection = attrs.Factory(DataSection)
+    train: TrainSection = attrs.Factory(TrainSection)
+    eval: EvalSection = attrs.Factory(EvalSection)
+    sweep: SweepSection | None = None
+    source: str | None = attrs.field(default=None, eq=False)
+
+    @property
+    def variant(self) -> str:
+        return self.model.options.variant

@@ -1,0 +1,70 @@
+"""Expand a ``[sweep]`` into named variants (grid = cartesian product; combos = explicit list)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any
+
+import attrs
+
+from avade.errors import ConfigError
+from avade.recipe.load import apply_overrides, recipe_from_dict
+from avade.recipe.schema import Recipe
+from avade.recipe.write import recipe_to_dict
+
+
+@attrs.frozen
+class Variant:
+    """One run of a sweep: its name, the overrides that make it, and the validated recipe."""
+
+    name: str
+    overrides: dict[str, Any]
+    recipe: Recipe
+
+
+def _slug(value: Any) -> str:
+    text = str(value).lower() if not isinstance(value, float) else f"{value:g}"
+    return re.sub(r"[^a-z0-9.]+", "-", text).strip("-") or "x"
+
+
+def variant_name(base: str, overrides: dict[str, Any]) -> str:
+    """``av_ade_t9`` + ``{"model.flow.scales": 2, "model.flow.blocks": 4}`` -> ``av_ade_t9-scales2-blocks4``."""
+    parts = [f"{key.rsplit('.', 1)[-1]}{_slug(value)}" for key, value in overrides.items()]
+    return "-".join([base, *parts])
+
+
+def sweep_overrides(recipe: Recipe) -> list[dict[str, Any]]:
+    """The override dicts a recipe's sweep expands to (``[{}]`` without a sweep)."""
+    sweep = recipe.sweep
+    if sweep is None:
+        return [{}]
+    grid_keys = list(sweep.grid)
+    grid = [dict(zip(grid_keys, values, strict=True))
+            for values in itertools.product(*(sweep.grid[k] for k in grid_keys))] if grid_keys else [{}]
+    combos = sweep.combos or [{}]
+    return [{**combo, **point} for combo in combos for point in grid]
+
+
+def expand_sweep(recipe: Recipe) -> list[Variant]:
+    """Every variant of ``recipe``, each validated (errors name the sweep entry)."""
+    if recipe.sweep is None:
+        return [Variant(recipe.name, {}, recipe)]
+    base = recipe_to_dict(recipe)
+    base.pop("sweep")
+    variants, seen = [], set()
+    for i, overrides in enumerate(sweep_overrides(recipe)):
+        name = variant_name(recipe.name, overrides)
+        try:
+            raw = apply_overrides(base, list(overrides.items()))
+            raw["name"] = name
+            variant = recipe_from_dict(raw, source=recipe.source)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep variant {i} ({name}): {exc.detail}", path=exc.path,
+                              source=recipe.source) from None
+        if name in seen:
+            raise ConfigError(f"two sweep variants are both named {name!r}; make the combos distinct",
+                              path="sweep", source=recipe.source)
+        seen.add(name)
+        variants.append(Variant(name, overrides, variant))
+    return variants

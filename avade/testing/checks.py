@@ -1,0 +1,353 @@
+"""Per-kind conformance checks (shapes, gradients, invertibility, log-det, safetensors round trip)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from avade.errors import AvadeError, DataError
+from avade.registry import Registry, get_registry
+
+Shape = tuple[int, int, int]
+#: Input shapes tried in order until the component builds (plugins may constrain resolution).
+FLOW_SHAPES: Sequence[Shape] = ((3, 4, 4), (3, 8, 8), (2, 8, 8), (3, 16, 16))
+IMAGE_SHAPES: Sequence[Shape] = ((3, 16, 16), (3, 32, 32))
+
+
+def _fail(what: str, message: str) -> None:
+    raise AssertionError(f"{what}: {message}")
+
+
+def _build_first(registry: Registry, kind: str, name: str, shapes: Sequence[Shape], config: dict[str, Any],
+                 key: str = "in_shape", **context: Any) -> tuple[nn.Module, Shape]:
+    errors = []
+    for shape in shapes:
+        try:
+            return registry.create(kind, name, **{key: shape}, **context, **config), shape
+        except AvadeError as exc:  # a documented refusal (e.g. resolution not divisible): try the next shape
+            errors.append(f"{shape}: {exc}")
+    _fail(f"{kind} '{name}'", "does not build for any test shape: " + "; ".join(errors))
+    raise AssertionError  # unreachable
+
+
+def _roundtrip(module: nn.Module, rebuild: Callable[[], nn.Module], run: Callable[[nn.Module], torch.Tensor],
+               what: str) -> None:
+    """Weights saved with safetensors and loaded into a fresh instance give the same outputs."""
+    module.eval()
+    expected = run(module)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.safetensors"
+        save_model(module, str(path))
+        fresh = rebuild()
+        missing, unexpected = load_model(fresh, str(path), strict=True)
+        if missing or unexpected:
+            _fail(what, f"safetensors round trip lost tensors: missing {missing}, unexpected {unexpected}")
+    fresh.eval()
+    got = run(fresh)
+    if not torch.allclose(expected, got, atol=1e-10, rtol=1e-8):
+        _fail(what, "outputs differ after a safetensors save/load round trip (state not in state_dict?)")
+
+
+def _gradients(module: nn.Module, loss: torch.Tensor, what: str) -> None:
+    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not params:
+        return
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    missing = [n for n, p in params if p.grad is None]
+    if missing:
+        _fail(what, f"no gradient reaches parameters {missing[:5]}")
+    bad = [n for n, p in params if not torch.isfinite(p.grad).all()]
+    if bad:
+        _fail(what, f"non-finite gradients in {bad[:5]}")
+    if all(float(p.grad.abs().sum()) == 0.0 for _, p in params):
+        _fail(what, "every parameter gradient is zero")
+
+
+def _perturb(module: nn.Module, seed: int = 0) -> None:
+    """Zero-initialised last layers make a fresh flow the identity; perturb so checks see real maps."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+# -- flows -------------------------------------------------------------------------------------------
+
+
+def check_flow(name: str, registry: Registry | None = None, **config: Any) -> None:
+    """Shapes, exact invertibility (float64), log-det vs the brute-force Jacobian, gradients, round trip."""
+    registry = registry or get_registry()
+    what = f"flow '{name}'"
+    torch.manual_seed(0)
+    flow, shape = _build_first(registry, "flow", name, FLOW_SHAPES, config)
+    flow = flow.double()
+    x = torch.randn(4, *shape, dtype=torch.float64)
+    flow.train()
+    flow(x)  # data-dependent initialisation happens here
+    _perturb(flow)
+    flow.eval()
+    y, logdet = flow(x)
+    if y.shape[0] != x.shape[0] or y[0].numel() != x[0].numel():
+        _fail(what, f"forward maps {tuple(x.shape)} -> {tuple(y.shape)}; a flow keeps the batch and dimension")
+    if tuple(logdet.shape) != (x.shape[0],):
+        _fail(what, f"logdet has shape {tuple(logdet.shape)}, expected [batch] = ({x.shape[0]},)")
+    x_back = flow.inverse(y)
+    err = float((x_back - x).abs().max())
+    if err > 1e-8:
+        _fail(what, f"inverse(forward(x)) differs from x by {err:.2e} (float64)")
+    x1 = x[:1]
+
+    def f(v: torch.Tensor) -> torch.Tensor:
+        return flow(v.view(1, *shape))[0].flatten()
+
+    jac = torch.autograd.functional.jacobian(f, x1.flatten())
+    brute = torch.linalg.slogdet(jac)[1]
+    if abs(float(brute - logdet[0])) > 1e-6 * max(1.0, abs(float(brute))):
+        _fail(what, f"logdet {float(logdet[0]):.8f} != log|det J| {float(brute):.8f} from autograd")
+    flow.train()
+    out, ld = flow(x)
+    _gradients(flow, out.pow(2).mean() + ld.mean(), what)
+
+    def rebuild() -> nn.Module:
+        return registry.create("flow", name, in_shape=shape, **config).double()
+
+    _roundtrip(flow, rebuild, lambda m: torch.cat([m(x)[0].flatten(), m(x)[1]]), what)
+
+
+# -- VAE parts ---------------------------------------------------------------------------------------
+
+
+def _reference_encoder(registry: Registry, name: str, shape: Shape) -> nn.Module:
+    enc = name if ("encoder", name) in registry else "conv"
+    return registry.create("encoder", enc, in_shape=shape)
+
+
+def check_encoder(name: str, registry: Registry | None = None, **config: Any) -> None:
+    """One feature map per stage with the advertised ``stage_shapes``; gradients; round trip."""
+    registry = registry or get_registry()
+    what = f"encoder '{name}'"
+    torch.manual_seed(0)
+    enc, shape = _build_first(registry, "encoder", name, IMAGE_SHAPES, config)
+    x = torch.randn(3, *shape)
+    enc.train()
+    hs = enc(x)
+    stages = [tuple(s) for s in enc.stage_shapes]
+    if len(hs) != len(stages):
+        _fail(what, f"returned {len(hs)} feature maps for {len(stages)} stages")
+    for i, (h, s) in enumerate(zip(hs, stages, strict=True)):
+        if tuple(h.shape[1:]) != s:
+            _fail(what, f"stage {i} feature has shape {tuple(h.shape[1:])}, stage_shapes says {s}")
+    _gradients(enc, sum(h.pow(2).mean() for h in hs), what)
+    _roundtrip(enc, lambda: registry.create("encoder", name, in_shape=shape, **config),
+               lambda m: torch.cat([h.flatten() for h in m(x)]), what)
+
+
+def check_decoder(name: str, registry: Registry | None = None, **config: Any) -> None:
+    """Top-down stages map stage i to stage i-1 and the head gives ``out_shape``; gradients; round trip."""
+    registry = registry or get_registry()
+    what = f"decoder '{name}'"
+    torch.manual_seed(0)
+    shape = IMAGE_SHAPES[0]
+    stages = [tuple(s) for s in _reference_encoder(registry, name, shape).stage_shapes]
+    dec = registry.create("decoder", name, stage_shapes=stages, out_shape=shape, **config)
+
+    def run(m: nn.Module) -> torch.Tensor:
+        d = m.initial_state(2)
+        for i in reversed(range(len(stages))):
+            if tuple(d.shape[1:]) != stages[i]:
+                _fail(what, f"state entering stage {i} has shape {tuple(d.shape[1:])}, expected {stages[i]}")
+            d = m.forward_stage(i, d)
+        return m.head(d)
+
+    dec.train()
+    mean = run(dec)
+    if tuple(mean.shape[1:]) != shape:
+        _fail(what, f"head output {tuple(mean.shape[1:])} != out_shape {shape}")
+    _gradients(dec, mean.pow(2).mean(), what)
+    _roundtrip(dec, lambda: registry.create("decoder", name, stage_shapes=stages, out_shape=shape, **config),
+               lambda m: run(m).flatten(), what)
+
+
+def check_posterior(name: str, registry: Registry | None = None, **config: Any) -> None:
+    """Each latent stage returns (d_new, log_q, log_p) with d's shape, finite [B] densities; prior mode has
+    log_q = 0; gradients; round trip."""
+    registry = registry or get_registry()
+    what = f"posterior '{name}'"
+    torch.manual_seed(0)
+    stages = [tuple(s) for s in _reference_encoder(registry, "conv", IMAGE_SHAPES[0]).stage_shapes]
+    post = registry.create("posterior", name, stage_shapes=stages, **config)
+    ids = list(post.stage_ids)
+    if not ids or any(not 0 <= i < len(stages) for i in ids):
+        _fail(what, f"stage_ids {ids} must be a non-empty subset of 0..{len(stages) - 1}")
+    batch = 3
+    ds = {i: torch.randn(batch, *stages[i]) for i in ids}
+    hs = {i: torch.randn(batch, *stages[i]) for i in ids}
+    post.train()
+    total = torch.zeros(())
+    for i in ids:
+        d_new, log_q, log_p = post.forward_stage(i, ds[i], hs[i], 1.0)
+        if tuple(d_new.shape) != tuple(ds[i].shape):
+            _fail(what, f"stage {i}: d_new has shape {tuple(d_new.shape)}, expected {tuple(ds[i].shape)}")
+        for label, t in (("log_q", log_q), ("log_p", log_p)):
+            if tuple(t.shape) != (batch,) or not torch.isfinite(t).all():
+                _fail(what, f"stage {i}: {label} must be finite with shape [batch], got {tuple(t.shape)}")
+        total = total + d_new.pow(2).mean() + (log_q - log_p).mean()
+        _, prior_q, _ = post.forward_stage(i, ds[i], None, 1.0)
+        if float(prior_q.abs().max()) != 0.0:
+            _fail(what, f"stage {i}: sampling from the prior must return log_q = 0")
+    _gradients(post, total, what)
+
+    def run(m: nn.Module) -> torch.Tensor:
+        torch.manual_seed(1)
+        return torch.cat([torch.cat([t.flatten() for t in m.forward_stage(i, ds[i], hs[i], 1.0)]) for i in ids])
+
+    _roundtrip(post, lambda: registry.create("posterior", name, stage_shapes=stages, **config), run, what)
+
+
+# -- discriminators and norms ------------------------------------------------------------------------
+
+
+def check_discriminator(name: str, registry: Registry | None = None, **config: Any) -> None:
+    """Scores of shape [B] at 32 and 64, finite input gradients, a conditional variant, round trip."""
+    registry = registry or get_registry()
+    what = f"discriminator '{name}'"
+    for res in (32, 64):
+        torch.manual_seed(0)
+        shape = (3, res, res)
+        disc = registry.create("discriminator", name, in_shape=shape, **config)
+        x = torch.rand(4, *shape).mul(2).sub(1).requires_grad_(True)
+        out = disc(x)
+        if tuple(out.shape) != (4,):
+            _fail(what, f"at {res}x{res} output has shape {tuple(out.shape)}, expected [batch] = (4,)")
+        (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        if not torch.isfinite(grad).all() or float(grad.detach().abs().sum()) == 0.0:
+            _fail(what, f"at {res}x{res} the gradient w.r.t. the input is zero or not finite")
+        _gradients(disc, disc(x.detach()).mean() + grad.pow(2).mean(), what)
+    cond = registry.create("discriminator", name, in_shape=(3, 32, 32), num_classes=10, **config)
+    x = torch.rand(4, 3, 32, 32)
+    if tuple(cond(x, torch.tensor([0, 1, 2, 3])).shape) != (4,):
+        _fail(what, "the class-conditional variant must return [batch] scores for (x, y)")
+    _roundtrip(cond, lambda: registry.create("discriminator", name, in_shape=(3, 32, 32), num_classes=10,
+                                             **config), lambda m: m(x, torch.tensor([0, 1, 2, 3])), what)
+
+
+def check_norm(name: str, registry: Registry | None = None, **config: Any) -> None:
+    """Wrapped conv keeps its output shape with and without labels; gradients reach the layer."""
+    registry = registry or get_registry()
+    what = f"norm '{name}'"
+    torch.manual_seed(0)
+    layer = registry.create("norm", name, layer=nn.Conv2d(3, 5, 3, padding=1), num_classes=4, **config)
+    x = torch.randn(6, 3, 8, 8)
+    layer.train()
+    for y in (None, torch.tensor([0, 1, 2, 3, 0, 1])):
+        out = layer(x, y)
+        if tuple(out.shape) != (6, 5, 8, 8):
+            _fail(what, f"output shape {tuple(out.shape)} != (6, 5, 8, 8)")
+    _gradients(layer, layer(x).pow(2).mean() + layer(x, torch.tensor([0, 1, 2, 3, 0, 1])).pow(2).mean(), what)
+
+
+# -- data and metrics --------------------------------------------------------------------------------
+
+
+def check_dataset(name: str, registry: Registry | None = None, **config: Any) -> None:
+    """Builds from defaults (or refuses with a DataError when its files are absent); items are uint8 CHW."""
+    registry = registry or get_registry()
+    what = f"dataset '{name}'"
+    try:
+        ds = registry.create("dataset", name, split="test", **config)
+    except DataError as exc:
+        if "\n" in str(exc) or not str(exc):
+            _fail(what, "a missing dataset must be reported in one non-empty line")
+        return
+    if len(ds) < 1:
+        _fail(what, "is empty")
+    x, label = ds[0]
+    if x.dtype != torch.uint8 or tuple(x.shape) != tuple(ds.shape):
+        _fail(what, f"item 0 is {x.dtype} {tuple(x.shape)}, expected uint8 {tuple(ds.shape)}")
+    if not isinstance(label, int):
+        _fail(what, f"labels must be python ints, got {type(label).__name__}")
+
+
+def check_metric(name: str, registry: Registry | None = None, **config: Any) -> None:
+    """Builds from its default config and exposes ``name`` and ``compute(ctx)``."""
+    registry = registry or get_registry()
+    metric = registry.create("metric", name, **config)
+    if not callable(getattr(metric, "compute", None)) or not isinstance(getattr(metric, "name", None), str):
+        _fail(f"metric '{name}'", "needs a `name` string and a `compute(ctx)` method")
+
+
+CHECKS: dict[str, Callable[..., None]] = {
+    "flow": check_flow,
+    "encoder": check_encoder,
+    "decoder": check_decoder,
+    "posterior": check_posterior,
+    "discriminator": check_discriminator,
+    "norm": check_norm,
+    "dataset": check_dataset,
+    "metric": check_metric,
+}
+
+#: Components whose default config is too large for a quick check; conformance uses these instead.
+SMALL_CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
+    ("flow", "realnvp"): {"hidden": 8, "blocks": 1},
+    ("flow", "glow"): {"hidden": 8, "steps": 2, "scales": 2},
+    ("flow", "affine-coupling"): {"hidden": 8, "blocks": 1},
+    ("flow", "nice"): {"hidden": 8},
+    ("encoder", "resnet"): {"channels": [8, 16], "stem": 4},
+    ("encoder", "conv"): {"channels": [8, 16]},
+    ("posterior", "iaf"): {"latent_channels": 4, "iaf_hidden": 8},
+    ("posterior", "topdown"): {"latent_channels": 4, "iaf_hidden": 8, "iaf_steps": 1},
+    ("posterior", "diagonal"): {"latent_channels": 4},
+    ("discriminator", "dcgan"): {"channels": [8, 16, 32]},
+    ("discriminator", "resnet"): {"stem": 4, "channels": [8, 16, 16, 16]},
+    ("discriminator", "sngan"): {"channels": [8, 8, 8, 8]},
+}
+
+
+def check_component(kind: str, name: str, registry: Registry | None = None, **config: Any) -> None:
+    """Run the checks for ``kind`` on (kind, name); with no config, a small known config or the defaults."""
+    if kind not in CHECKS:
+        raise AssertionError(f"no conformance checks for kind '{kind}'; kinds: {', '.join(CHECKS)}")
+    registry = registry or get_registry()
+    registry.get(kind, name)
+    if not config:
+        config = SMALL_CONFIGS.get((kind, name), {})
+    CHECKS[kind](name, registry=registry, **config)
+
+
+def check_module(kind: str, factory: Callable[..., Any], config: Any = None, name: str = "candidate") -> None:
+    """Check an unregistered factory (e.g. while developing) by registering it in a scratch registry."""
+    registry = Registry()
+    registry.register(kind, name, factory=factory, config=type(config) if config is not None else None)
+    # Re-use the norms etc. of the real registry for anything the candidate builds internally.
+    for info in get_registry().list():
+        if (info.kind, info.name) != (kind, name):
+            registry._items[(info.kind, info.name)] = info
+    from avade.schema import unstructure
+
+    CHECKS[kind](name, registry=registry, **(unstructure(config) if config is not None else {}))
+
+
+def check_distribution(dist: str, registry: Registry | None = None) -> list[str]:
+    """Run :func:`check_component` on every component the distribution ``dist`` registers."""
+    registry = registry or get_registry()
+    items = [i for i in registry.list() if i.dist == dist and i.kind in CHECKS]
+    if not items:
+        failures = [f.reason for f in registry.failures if f.dist == dist]
+        raise AssertionError(f"distribution '{dist}' registers no checkable component"
+                             + (f" (it failed to load: {failures[0]})" if failures else ""))
+    for info in items:
+        check_component(info.kind, info.name, registry)
+    return [f"{i.kind}/{i.name}" for i in items]
+
+
+def component_ids(kind: str | None = None) -> list[tuple[str, str]]:
+    """(kind, name) of every registered checkable component, for ``pytest.mark.parametrize``."""
+    return [(i.kind, i.name) for i in get_registry().list(kind=kind) if i.kind in CHECKS]

@@ -1,0 +1,181 @@
+"""Checkpoints: safetensors for tensors, JSON for the rest; atomic (temp dir + rename); no pickle.
+
+A checkpoint is a directory ``step_XXXXXXXX/`` holding ``model.safetensors``, ``optimizer.safetensors``
+(every optimizer's state tensors), ``rng.safetensors`` (torch/CUDA generator states) and
+``state.json`` (step, data position, python/numpy RNG states, optimizer hyper-parameters, the
+resolved recipe and its fingerprint). It only becomes visible under its final name once complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from avade.errors import CheckpointError
+
+FORMAT = 1
+_PREFIX = "step_"
+
+
+def fingerprint(recipe_dict: dict[str, Any]) -> str:
+    """What must match for a checkpoint to be resumable: the model and the data, not the budget."""
+    key = {"model": recipe_dict.get("model"), "data": {k: v for k, v in recipe_dict.get("data", {}).items()
+                                                       if k not in ("num_workers", "eval_batch_size")}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def optimizer_to_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state -> flat tensors (for safetensors) + JSON-able hyper-parameters."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{name}.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def optimizer_from_tensors(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    prefix = f"{name}."
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            idx, field = key[len(prefix):].split(".", 1)
+            state.setdefault(int(idx), {})[field] = value
+    for key, value in meta.get("scalars", {}).items():
+        idx, field = key.split(".", 1)
+        state.setdefault(int(idx), {})[field] = value
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    meta = {
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = meta["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+                    generators: dict[str, torch.Generator], state: dict[str, Any], keep: int = 3) -> Path:
+    """Write ``directory/step_XXXXXXXX`` atomically and prune all but the newest ``keep``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{_PREFIX}{step:08d}"
+    tmp = directory / f".tmp-{_PREFIX}{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(model_tensors, tmp / "model.safetensors")
+    opt_tensors: dict[str, torch.Tensor] = {}
+    opt_meta: dict[str, Any] = {}
+    for name, opt in optimizers.items():
+        t, m = optimizer_to_tensors(name, opt)
+        opt_tensors.update(t)
+        opt_meta[name] = m
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    rng_tensors, rng_meta = _rng_state()
+    for name, gen in generators.items():
+        rng_tensors[f"gen_{name}"] = gen.get_state()
+    save_file(rng_tensors, tmp / "rng.safetensors")
+    payload = {"format": FORMAT, "step": step, "optimizers": opt_meta, "rng": rng_meta, **state}
+    (tmp / "state.json").write_text(json.dumps(payload, default=str), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories are ignored)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Read and check a checkpoint directory; CheckpointError if anything is missing or corrupt."""
+    files = {n: path / f"{n}.safetensors" for n in ("model", "optimizer", "rng")}
+    state_file = path / "state.json"
+    for f in (*files.values(), state_file):
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: {f.name} is missing; delete it to resume "
+                                  "from the previous one")
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "step" not in state:
+        raise CheckpointError(f"checkpoint {path} has an unknown format; it was not written by this avade")
+    tensors = {}
+    for name, f in files.items():
+        try:
+            tensors[name] = load_file(f)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {f.name} cannot be read "
+                                  f"({' '.join(str(exc).split())[:120]}); delete it or resume from an older one") from None
+    return {"state": state, **tensors}
+
+
+def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+            generators: dict[str, torch.Generator], path: Path) -> None:
+    """Load weights, optimizer states and every RNG state from a checkpoint read by :func:`read_checkpoint`."""
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {' '.join(str(exc).split())[:200]}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not fit this model (missing {len(missing)} / unexpected "
+                              f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]})")
+    meta = ckpt["state"]["optimizers"]
+    for name, opt in optimizers.items():
+        if name not in meta:
+            raise CheckpointError(f"checkpoint {path} has no state for optimizer '{name}'")
+        try:
+            optimizer_from_tensors(name, opt, ckpt["optimizer"], meta[name])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path}: optimizer '{name}' state does not fit ({exc})") from None
+    _set_rng_state(ckpt["rng"], ckpt["state"]["rng"])
+    for name, gen in generators.items():
+        key = f"gen_{name}"
+        if key in ckpt["rng"]:
+            gen.set_state(ckpt["rng"][key])

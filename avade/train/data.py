@@ -1,0 +1,97 @@
+"""Deterministic, resumable batches: the order of batch ``step`` depends only on (seed, step).
+
+Epoch e visits the training set in the order ``randperm(N, seed + e)``; the last incomplete batch is
+dropped. Batch ``step`` can therefore be produced without replaying earlier ones, which is what makes
+resuming exact. Under data parallelism each rank takes its slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from avade.errors import ConfigError
+
+
+class _StepSampler(Sampler[list[int]]):
+    def __init__(self, stream: BatchStream, start: int) -> None:
+        self.stream, self.start = stream, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start
+        while True:
+            yield self.stream.indices(step).tolist()
+            step += 1
+
+
+class BatchStream:
+    """Batches of (uint8 images, int64 labels) for training steps 0, 1, 2, ..."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 num_workers: int = 0, device: torch.device | None = None) -> None:
+        self.dataset = dataset
+        self.n = len(dataset)  # type: ignore[arg-type]
+        if batch_size % world:
+            raise ConfigError(f"batch size {batch_size} is not divisible by the {world} processes",
+                              path="data.batch_size")
+        if self.n < batch_size:
+            raise ConfigError(f"the training split has {self.n} images, fewer than one batch of {batch_size}; "
+                              "lower data.batch_size", path="data.batch_size")
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.per_rank = batch_size // world
+        self.per_epoch = self.n // batch_size
+        self.num_workers = num_workers
+        self.device = device or torch.device("cpu")
+        self._perm: tuple[int, torch.Tensor] | None = None
+        tensors = getattr(dataset, "as_tensors", lambda: None)()
+        self._tensors = tensors
+
+    def _epoch_perm(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=g))
+        return self._perm[1]
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Dataset indices of this rank's share of global batch ``step``."""
+        epoch, j = divmod(step, self.per_epoch)
+        start = j * self.batch_size + self.rank * self.per_rank
+        return self._epoch_perm(epoch)[start:start + self.per_rank]
+
+    def batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches for steps ``start, start + 1, ...`` on the stream's device."""
+        pin = self.device.type == "cuda"
+        if self._tensors is not None:
+            images, labels = self._tensors
+            step = start
+            while True:
+                idx = self.indices(step)
+                x, y = images[idx], labels[idx]
+                yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+                step += 1
+        loader: Any = DataLoader(self.dataset, batch_sampler=_StepSampler(self, start),
+                                 num_workers=self.num_workers, pin_memory=pin,
+                                 persistent_workers=self.num_workers > 0)
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=pin), torch.as_tensor(y).to(self.device, non_blocking=pin)
+
+
+def eval_batches(dataset: Dataset, batch_size: int, limit: int = 0, num_workers: int = 0
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The dataset in order, in batches (the last one may be short); ``limit`` batches at most (0 = all)."""
+    tensors = getattr(dataset, "as_tensors", lambda: None)()
+    if tensors is not None:
+        images, labels = tensors
+        for i, start in enumerate(range(0, len(images), batch_size)):
+            if limit and i >= limit:
+                return
+            yield images[start:start + batch_size], labels[start:start + batch_size]
+        return
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for i, (x, y) in enumerate(loader):
+        if limit and i >= limit:
+            return
+        yield x, torch.as_tensor(y)

@@ -1,0 +1,79 @@
+"""Data parallelism under torchrun: one process per device, gradients averaged after each backward.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK. We average gradients with one flattened all-reduce per
+optimizer step rather than wrapping in DistributedDataParallel: Algorithm 1 calls the model several
+times per step (likelihood pass, sampling pass, discriminator on reals, fakes and interpolates) and
+the gradient penalty needs double backward, both of which DDP's reducer does not support. The maths
+is the same as DDP's (mean of per-rank gradients); NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import attrs
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+@attrs.frozen
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the torchrun job if there is one (no-op for a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    return DistInfo(rank, world, local)
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
+    """Replace each gradient by its mean over the processes (one all-reduce)."""
+    if not info.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= info.world
+    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        g.copy_(synced)
+
+
+def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
+    """Make every process start from rank 0's weights and buffers."""
+    if not info.enabled:
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+def all_mean(value: float, info: DistInfo, device: torch.device) -> float:
+    """Mean of a scalar over processes (for logging/eval)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item() / info.world)

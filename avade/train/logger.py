@@ -1,0 +1,56 @@
+"""metrics.jsonl (one JSON object per logged step) and TensorBoard events when available."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from avade.train.rundir import RunDir
+
+
+class MetricsLogger:
+    """Appends ``{"step": s, ...}`` lines; mirrors scalars to TensorBoard if it is installed."""
+
+    def __init__(self, run: RunDir, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path = run.metrics
+        self._tb: Any = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(run.tensorboard))
+            except ImportError:  # tensorboard is optional
+                self._tb = None
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, **clean}) + "\n")
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, int | float) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    @staticmethod
+    def truncate(path: Path, step: int) -> None:
+        """Drop lines logged after ``step`` (they are replayed after a resume)."""
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+        path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")

@@ -1,0 +1,76 @@
+"""``avade recipe run``: one recipe, or every variant of its sweep, each in its own run directory."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from avade.errors import ConfigError
+from avade.recipe import expand_sweep, load_recipe
+from avade.recipe.schema import Recipe
+from avade.train.rundir import default_run_dir, latest_run_dir, write_json
+
+
+def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: str | None = None,
+               console: Console | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train one (non-sweep) recipe into ``out_dir``; returns its summary."""
+    from avade.train.trainer import Trainer
+
+    console = console or Console(stderr=True)
+    trainer = Trainer(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)
+    console.print(f"[bold]{recipe.name}[/] ({recipe.variant}) -> {out_dir} on {trainer.device}")
+    summary = trainer.fit()
+    if trainer.dist.is_main:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float))
+        console.print(f"[green]done[/]: {recipe.name}: {shown}")
+    return summary
+
+
+def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | None = None, resume: bool = False,
+                    device: str | None = None, console: Console | None = None, progress: bool = True
+                    ) -> list[dict[str, Any]]:
+    """Load, expand and train; a sweep also writes ``sweep_summary.{csv,json}`` and prints a table."""
+    console = console or Console(stderr=True)
+    recipe = load_recipe(file, overrides)
+    variants = expand_sweep(recipe)
+    if out_dir is None:
+        out_dir = latest_run_dir(recipe.name) if resume else None
+        if out_dir is None:
+            if resume:
+                raise ConfigError(f"--resume: no earlier run of '{recipe.name}' under runs/; pass --out RUN_DIR")
+            out_dir = default_run_dir(recipe.name)
+    if recipe.sweep is None:
+        return [run_recipe(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)]
+    summaries = []
+    for variant in variants:
+        summary = run_recipe(variant.recipe, out_dir / variant.name, resume=resume, device=device,
+                             console=console, progress=progress)
+        summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
+    write_sweep_summary(out_dir, summaries, console)
+    return summaries
+
+
+def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Console) -> None:
+    """sweep_summary.json/.csv and a rich table with BPD and the other metrics."""
+    write_json(out_dir / "sweep_summary.json", rows)
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys and not isinstance(row[k], dict | list)]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    (out_dir / "sweep_summary.csv").write_text(buf.getvalue(), encoding="utf-8")
+    table = Table(title=f"sweep: {out_dir}", title_justify="left")
+    shown = [k for k in keys if k not in ("recipe", "variant", "device")]
+    for k in shown:
+        table.add_column(k, justify="right")
+    for row in rows:
+        table.add_row(*(f"{row[k]:.4f}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in shown))
+    console.print(table)

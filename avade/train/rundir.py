@@ -1,0 +1,93 @@
+"""The one run-directory layout (DESIGN contract 6).
+
+    <run>/recipe.toml      resolved recipe
+    <run>/metrics.jsonl    one JSON object per logged step
+    <run>/summary.json     final metrics (incl. test ``bpd``)
+    <run>/checkpoints/     step_XXXXXXXX/{model,optimizer,rng}.safetensors + state.json (no pickle)
+    <run>/samples/         sample and reconstruction grids (PNG)
+    <run>/tb/              TensorBoard events (when tensorboard is installed)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class RunDir:
+    """Paths of one run."""
+
+    root: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.root / "recipe.toml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def make(self) -> RunDir:
+        for p in (self.root, self.checkpoints, self.samples):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def default_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path:
+    """``runs/<recipe>/<YYYYmmdd-HHMMSS>``."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return base / recipe_name / stamp
+
+
+def latest_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path | None:
+    """The newest run of a recipe under ``runs/`` (for ``--resume`` without ``--out``)."""
+    parent = base / recipe_name
+    runs = sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    return runs[-1] if runs else None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file + rename so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)

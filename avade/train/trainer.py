@@ -1,0 +1,336 @@
+"""The one training loop: Algorithm 1 of the paper, for every variant.
+
+Per step: (1) if the variant has L_Q: ``d_steps`` discriminator updates on real images vs samples,
+with the gradient penalty; (2) one generator update on ``L_C + adv_weight * L_Q`` (L_C only for
+V-ADE/VAE and during MLE warm-up, L_Q only for GAN). L_C is ``-log p(x)`` in nats per image (batch
+mean), so ``adv_weight`` (paper: 10-100) weighs the adversarial term against the full likelihood.
+With ``train.flow_adv_grad = false`` (paper) L_Q's gradient stops at f's parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from avade.errors import CheckpointError, ConfigError, TrainingError
+from avade.losses.adversarial import CollapseDetector, discriminator_loss, generator_loss, gradient_penalty
+from avade.models import GenerativeModel, build_model
+from avade.models.preprocess import to_unit
+from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, Recipe
+from avade.recipe.write import recipe_to_dict, recipe_to_toml
+from avade.registry import get_registry
+from avade.train import checkpoint as ckpt
+from avade.train.data import BatchStream, eval_batches
+from avade.train.distributed import (
+    DistInfo,
+    all_mean,
+    average_gradients,
+    broadcast_parameters,
+    init_distributed,
+)
+from avade.train.logger import MetricsLogger
+from avade.train.rundir import RunDir, write_json
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu",
+                          path="train.device")
+    return torch.device(name)
+
+
+def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
+    """(train, test) datasets of a recipe."""
+    registry = get_registry()
+    ref = recipe.data.dataset
+    assert ref is not None
+    info = registry.get("dataset", ref.name)
+    return registry.build(info, ref.config, split="train"), registry.build(info, ref.config, split="test")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
+                   betas: tuple[float, float]) -> torch.optim.Optimizer:
+    cls = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam}[name]
+    return cls(params, lr=lr, betas=betas)
+
+
+class Trainer:
+    """Trains one recipe into one run directory (see :mod:`avade.train.rundir`)."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, *, resume: bool = False, device: str | None = None,
+                 console: Console | None = None, progress: bool = True) -> None:
+        self.recipe = recipe
+        self.cfg = recipe.train
+        self.run = RunDir(Path(run_dir))
+        self.console = console or Console(stderr=True)
+        self.progress = progress
+        self.device = resolve_device(device or self.cfg.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.recipe_dict = recipe_to_dict(recipe)
+        self.fingerprint = ckpt.fingerprint(self.recipe_dict)
+        self._check_run_dir(resume)
+        seed_everything(self.cfg.seed + self.dist.rank)
+        self.train_set, self.test_set = load_datasets(recipe)
+        self.model: GenerativeModel = build_model(recipe, self.train_set.shape, self.train_set.num_classes)
+        self.model.to(self.device)
+        broadcast_parameters(self.model, self.dist)
+        self.likelihood = recipe.variant in LIKELIHOOD_VARIANTS
+        self.adversarial = recipe.variant in ADVERSARIAL_VARIANTS
+        self.opt_g = make_optimizer(self.cfg.optimizer, self.model.generator_parameters(), self.cfg.lr,
+                                    self.cfg.betas)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {"generator": self.opt_g}
+        if self.adversarial:
+            assert self.model.discriminator is not None
+            self.opt_d = make_optimizer(self.cfg.optimizer, list(self.model.discriminator.parameters()),
+                                        self.cfg.d_lr or self.cfg.lr, self.cfg.betas)
+            self.optimizers["discriminator"] = self.opt_d
+            self.collapse = CollapseDetector(kind=self.cfg.adv_loss)
+        # Own generators: dequantization/penalty noise stays reproducible and is checkpointed.
+        self.noise = torch.Generator(device=self.device).manual_seed(self.cfg.seed * 7919 + self.dist.rank)
+        self.generators = {"noise": self.noise}
+        self.stream = BatchStream(self.train_set, recipe.data.options.batch_size, self.cfg.seed, self.dist.rank,
+                                  self.dist.world, recipe.data.options.num_workers, self.device)
+        self.step = 0
+        self.bad_steps = 0
+        if resume:
+            self._resume()
+        if self.cfg.compile:
+            for m in (self.model.flow, self.model.encoder, self.model.decoder, self.model.discriminator):
+                if m is not None:
+                    m.compile()
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if self.cfg.precision == "bf16" and self.device.type == "cuda" else contextlib.nullcontext())
+
+    # -- run directory / resume ----------------------------------------------------------------------
+    def _check_run_dir(self, resume: bool) -> None:
+        existing = ckpt.list_checkpoints(self.run.checkpoints)
+        if existing and not resume:
+            raise CheckpointError(f"run directory {self.run.root} already holds checkpoints; continue it with "
+                                  "--resume or choose another --out")
+        if self.dist.is_main:
+            self.run.make()
+            if not (resume and self.run.recipe.exists()):
+                self.run.recipe.write_text(recipe_to_toml(self.recipe), encoding="utf-8")
+
+    def _resume(self) -> None:
+        existing = ckpt.list_checkpoints(self.run.checkpoints)
+        if not existing:
+            self.console.print(f"no checkpoint in {self.run.checkpoints}: starting from step 0")
+            return
+        path = existing[-1]
+        data = ckpt.read_checkpoint(path)
+        state = data["state"]
+        if state.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(f"checkpoint {path} was written by another recipe ('{state.get('recipe_name')}',"
+                                  " different model or data); resume it with its own recipe.toml or start a new "
+                                  "run with another --out")
+        ckpt.restore(data, self.model, self.optimizers, self.generators, path)
+        self.step = int(state["step"])
+        self.bad_steps = int(state.get("bad_steps", 0))
+        if self.dist.is_main:
+            MetricsLogger.truncate(self.run.metrics, self.step)
+        self.console.print(f"resumed from {path} (step {self.step})")
+
+    def save(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        return ckpt.save_checkpoint(
+            self.run.checkpoints, self.step, self.model, self.optimizers, self.generators,
+            {"fingerprint": self.fingerprint, "recipe_name": self.recipe.name, "recipe": self.recipe_dict,
+             "bad_steps": self.bad_steps, "world": self.dist.world},
+            keep=self.cfg.keep_checkpoints)
+
+    # -- one step of Algorithm 1 ---------------------------------------------------------------------
+    def _finite_update(self, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                       loss: torch.Tensor) -> bool:
+        """Backward, average, clip, and step -- unless the loss or a gradient is not finite."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(params, self.dist)
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            opt.zero_grad(set_to_none=True)
+            return False
+        opt.step()
+        return True
+
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One step of Algorithm 1 on a batch of uint8 images; returns the logged scalars."""
+        model, cfg = self.model, self.cfg
+        model.train()
+        n = x.shape[0]
+        labels_in = labels if model.num_classes else None
+        logs: dict[str, float] = {}
+        ok = True
+        adversarial_now = self.adversarial and (self.step >= cfg.warmup_steps or not self.likelihood)
+        if adversarial_now:
+            disc = model.discriminator
+            assert disc is not None
+            d_params = list(disc.parameters())
+            real = to_unit(model.preprocess.dequantize(x, self.noise))
+            for _ in range(cfg.d_steps):
+                with torch.no_grad(), self.autocast:
+                    fake = to_unit(model.generate(n, labels_in, self.noise, flow_grad=False))
+                with self.autocast:
+                    d_real, d_fake = disc(real, labels_in), disc(fake.float(), labels_in)
+                    d_loss = discriminator_loss(cfg.adv_loss, d_real, d_fake)
+                gp = gradient_penalty(disc, real, fake.float(), labels_in, cfg.gp_weight, self.noise) \
+                    if cfg.gp_weight > 0 else d_loss.new_zeros(())
+                ok &= self._finite_update(self.opt_d, d_params, d_loss + gp)
+            logs.update(d_loss=d_loss.item(), gp=gp.item(), d_real=d_real.mean().item(), d_fake=d_fake.mean().item())
+            warning = self.collapse.update(logs["d_real"], logs["d_fake"], logs["d_loss"], step=self.step)
+            if warning and self.dist.is_main:
+                self.console.print(f"[yellow]warning:[/] {warning}")
+        g_params = model.generator_parameters()
+        loss = x.new_zeros((), dtype=torch.float32)
+        with self.autocast:
+            if self.likelihood:
+                out = model.log_likelihood(x, labels_in, self.noise)
+                l_c = -out["log_px"].mean()
+                loss = loss + l_c
+                logs.update(l_c=l_c.item(), bpd=out["bpd"].mean().item(), kl=out["kl"].mean().item())
+            if adversarial_now:
+                disc = model.discriminator
+                assert disc is not None
+                disc.requires_grad_(False)
+                try:
+                    fake = to_unit(model.generate(n, labels_in, self.noise, flow_grad=cfg.flow_adv_grad))
+                    l_q = generator_loss(cfg.adv_loss, disc(fake.float(), labels_in))
+                finally:
+                    disc.requires_grad_(True)
+                weight = 1.0 if not self.likelihood else cfg.adv_weight
+                loss = loss + weight * l_q
+                logs["l_q"] = l_q.item()
+        ok &= self._finite_update(self.opt_g, g_params, loss)
+        logs["loss"] = loss.item()
+        logs["finite"] = float(ok)
+        return logs
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def test_bpd(self, importance_samples: int = 1, limit: int | None = None) -> float:
+        """Mean bits/dim on the test split (deterministic noise: same value for the same weights)."""
+        self.model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(12345)
+        total, count = 0.0, 0
+        bs = self.recipe.data.options.eval_batch_size
+        lim = self.cfg.eval_batches if limit is None else limit
+        for x, y in eval_batches(self.test_set, bs, lim):
+            x, y = x.to(self.device), y.to(self.device)
+            out = self.model.log_likelihood(x, y if self.model.num_classes else None, gen, importance_samples)
+            total += float(out["bpd"].double().sum())
+            count += x.shape[0]
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def write_grids(self, tag: str) -> None:
+        """Sample and reconstruction grids as PNG under samples/."""
+        if not self.dist.is_main:
+            return
+        from torchvision.utils import save_image
+
+        self.model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(777)
+        n = 64
+        labels = (torch.arange(n, device=self.device) % self.model.num_classes) if self.model.num_classes else None
+        samples = self.model.sample(n, labels, generator=gen)
+        save_image(samples.float() / 255.0, self.run.samples / f"samples_{tag}.png", nrow=8)
+        if self.likelihood:
+            x, y = next(eval_batches(self.test_set, 32))
+            x = x.to(self.device)
+            recon = self.model.reconstruct(x, y.to(self.device) if self.model.num_classes else None, gen)
+            pairs = torch.stack([x, recon], 1).flatten(0, 1)
+            save_image(pairs.float() / 255.0, self.run.samples / f"reconstructions_{tag}.png", nrow=8)
+        self.model.train()
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.steps``, checkpointing, logging and sampling; returns the summary."""
+        cfg = self.cfg
+        logger = MetricsLogger(self.run, enabled=self.dist.is_main)
+        start_step, t0 = self.step, time.perf_counter()
+        images = 0
+        batches = self.stream.batches(self.step)
+        from avade.train.progress import TrainProgress
+
+        with TrainProgress(self.console, total=cfg.steps, start=self.step,
+                           enabled=self.progress and self.dist.is_main) as bar:
+            while self.step < cfg.steps:
+                x, y = next(batches)
+                logs = self.train_step(x, y)
+                self.step += 1
+                images += x.shape[0] * self.dist.world
+                if logs["finite"]:
+                    self.bad_steps = 0
+                else:
+                    self.bad_steps += 1
+                    if self.dist.is_main:
+                        self.console.print(f"[yellow]warning:[/] step {self.step}: non-finite loss or gradient, "
+                                           f"update skipped ({self.bad_steps} in a row)")
+                    if self.bad_steps >= cfg.max_bad_steps:
+                        last = ckpt.list_checkpoints(self.run.checkpoints)
+                        where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
+                        logger.close()
+                        raise TrainingError(f"training stopped at step {self.step}: {self.bad_steps} consecutive "
+                                            f"non-finite steps (lower train.lr or set train.grad_clip); {where}")
+                elapsed = time.perf_counter() - t0
+                logs["images_per_s"] = images / max(elapsed, 1e-9)
+                bar.update(self.step, logs)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    logger.log(self.step, logs)
+                if self.step % cfg.sample_every == 0:
+                    self.write_grids(f"{self.step:08d}")
+                if self.recipe.eval.every and self.step % self.recipe.eval.every == 0 and self.step < cfg.steps:
+                    logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
+                if self.bad_steps == 0 and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+                    self.save()
+        self.write_grids("final")
+        summary: dict[str, Any] = {"recipe": self.recipe.name, "variant": self.recipe.variant, "steps": self.step,
+                                   "train_images_per_s": images / max(time.perf_counter() - t0, 1e-9)
+                                   if self.step > start_step else None, "device": str(self.device)}
+        results = self.evaluate(final=True)
+        summary.update(results)
+        if self.dist.is_main:
+            write_json(self.run.summary, summary)
+            logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
+        logger.close()
+        return summary
+
+    def evaluate(self, final: bool = False) -> dict[str, float]:
+        """The recipe's eval metrics on the current weights (``bpd`` on the test split always)."""
+        results = {"bpd": all_mean(self.test_bpd(), self.dist, self.device)} if self.likelihood else {}
+        if self.recipe.eval.importance_samples > 1 and self.likelihood:
+            results[f"bpd_iw{self.recipe.eval.importance_samples}"] = all_mean(
+                self.test_bpd(self.recipe.eval.importance_samples), self.dist, self.device)
+        others = [m for m in self.recipe.eval.metrics if m != "bpd"]
+        if others and self.dist.is_main:
+            from avade.evaluate import compute_metrics
+
+            results.update(compute_metrics(self, others))
+        self.model.train()
+        return results
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})

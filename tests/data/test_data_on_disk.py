@@ -1,0 +1,298 @@
+"""On-disk datasets, each fed tiny files written in the test in the dataset's real format (no network)."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import avade
+from avade.errors import DataError
+
+
+def rgb_images(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Distinct random uint8 HWC images."""
+    return np.random.default_rng(seed).integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+
+
+def max_abs_diff(tensor: torch.Tensor, image: Image.Image) -> int:
+    """Largest pixel difference between a uint8 [C, H, W] tensor and a PIL image."""
+    expected = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    return int((tensor.int() - expected.int()).abs().max())
+
+
+def save_png(path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+# --- cifar10 --------------------------------------------------------------------------------------
+
+
+def write_fake_cifar10(root, per_batch: int = 3, test: int = 4) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """torchvision's "python version" layout: pickled dicts with 'data' [N, 3072] and 'labels'."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    written = {}
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, name in enumerate(names):
+        n = test if name == "test_batch" else per_batch
+        data = rgb_images(n, 32, 32, seed=k).transpose(0, 3, 1, 2).reshape(n, 3072)
+        labels = [(k + i) % 10 for i in range(n)]
+        with open(folder / name, "wb") as fh:
+            pickle.dump({"data": data, "labels": labels, "batch_label": name}, fh, protocol=2)
+        written[name] = (data, labels)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, fh, protocol=2)
+    return written
+
+
+def test_cifar10_loads_through_torchvision(tmp_path):
+    written = write_fake_cifar10(tmp_path)
+    train = avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
+    test = avade.create("dataset", "cifar10", split="test", root=str(tmp_path))
+    assert len(train) == 15 and len(test) == 4 and train.shape == (3, 32, 32) and train.num_classes == 10
+    assert train.classes[3] == "class3"
+    images, labels = train.as_tensors()
+    expected = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)]).reshape(-1, 3, 32, 32)
+    assert torch.equal(images, torch.from_numpy(expected))
+    assert labels.tolist() == [lab for i in range(1, 6) for lab in written[f"data_batch_{i}"][1]]
+    x, y = test[2]
+    assert torch.equal(x, torch.from_numpy(written["test_batch"][0][2].reshape(3, 32, 32)))
+    assert y == written["test_batch"][1][2]
+
+
+def test_cifar10_other_resolution_is_resized(tmp_path):
+    write_fake_cifar10(tmp_path)
+    ds = avade.create("dataset", "cifar10", split="test", root=str(tmp_path), resolution=16)
+    assert ds.shape == (3, 16, 16) and ds.as_tensors()[0].shape == (4, 3, 16, 16)
+
+
+def test_cifar10_missing_names_the_path(tmp_path):
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
+    message = str(err.value)
+    assert str(tmp_path / "cifar-10-batches-py") in message
+    assert "data.root=" in message and "data.download=true" in message and "natural-patches" in message
+    assert "\n" not in message
+
+
+def test_cifar10_partial_download_names_the_missing_file(tmp_path):
+    write_fake_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_4").unlink()
+    with pytest.raises(DataError, match="data_batch_4"):
+        avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
+    assert len(avade.create("dataset", "cifar10", split="test", root=str(tmp_path))) == 4
+
+
+# --- stl10 ----------------------------------------------------------------------------------------
+
+
+def write_stl10_bin(path, n: int, seed: int) -> np.ndarray:
+    """STL-10's binary layout: column-major 96x96 planes; returns the images as [N, 3, 96, 96]."""
+    images = rgb_images(n, 96, 96, seed).transpose(0, 3, 1, 2)  # [N, 3, H, W]
+    images.transpose(0, 1, 3, 2).tofile(path)  # stored with H and W swapped
+    return images
+
+
+def test_stl10_unlabeled_train_and_labeled_test(tmp_path):
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    unlabeled = write_stl10_bin(folder / "unlabeled_X.bin", 3, seed=1)
+    write_stl10_bin(folder / "test_X.bin", 2, seed=2)
+    np.array([1, 10], dtype=np.uint8).tofile(folder / "test_y.bin")
+    train = avade.create("dataset", "stl10", split="train", root=str(tmp_path), resolution=96)
+    assert len(train) == 3 and train.num_classes == 0 and train[0][1] == -1
+    assert torch.equal(train.as_tensors()[0], torch.from_numpy(unlabeled))
+    test = avade.create("dataset", "stl10", split="test", root=str(tmp_path))  # default 48
+    assert test.shape == (3, 48, 48) and len(test) == 2 and test.num_classes == 0
+    with pytest.raises(DataError, match=r"train_X\.bin"):
+        avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split="train")
+
+
+# --- image-folder ---------------------------------------------------------------------------------
+
+
+def test_image_folder_with_classes_and_hash_split(tmp_path):
+    arrays = rgb_images(24, 20, 30, seed=3)
+    for i, a in enumerate(arrays):
+        save_png(tmp_path / "imgs" / ("cat" if i % 2 else "dog") / f"{i:03d}.png", a)
+    kwargs = {"root": str(tmp_path), "folder": "imgs", "resolution": 8, "test_fraction": 0.25}
+    train = avade.create("dataset", "image-folder", split="train", **kwargs)
+    test = avade.create("dataset", "image-folder", split="test", **kwargs)
+    assert train.classes == ["cat", "dog"] and train.num_classes == 2 and test.num_classes == 2
+    assert len(train) + len(test) == 24 and len(test) >= 1 and len(train) >= 12
+    assert not set(train.files) & set(test.files)
+    x, y = train[0]
+    assert (
+        x.dtype == torch.uint8
+        and x.shape == (3, 8, 8)
+        and y == train.classes.index(train.files[0].parent.name)
+    )
+    assert train.as_tensors() is None
+    again = avade.create("dataset", "image-folder", split="test", **kwargs)
+    assert again.files == test.files
+
+
+def test_image_folder_center_crop_resize_matches_pil(tmp_path):
+    array = rgb_images(1, 20, 30, seed=4)[0]
+    save_png(tmp_path / "one" / "a.png", array)
+    save_png(tmp_path / "one" / "b.png", array)
+    ds = avade.create(
+        "dataset",
+        "image-folder",
+        split="train",
+        root=str(tmp_path),
+        folder="one",
+        resolution=10,
+        test_fraction=0.0,
+        in_memory=True,
+    )
+    expected = Image.fromarray(array[:, 5:25]).resize((10, 10), Image.Resampling.BILINEAR)
+    assert torch.equal(ds[0][0], torch.from_numpy(np.array(expected)).permute(2, 0, 1))
+    images, labels = ds.as_tensors()
+    assert images.shape == (2, 3, 10, 10) and labels.tolist() == [-1, -1] and ds.num_classes == 0
+
+
+def test_image_folder_explicit_train_test_and_gray(tmp_path):
+    for split, n in (("train", 3), ("test", 2)):
+        for i, a in enumerate(rgb_images(n, 12, 12, seed=n)):
+            save_png(tmp_path / "data" / split / f"{i}.png", a)
+    test = avade.create(
+        "dataset", "image-folder", split="test", root=str(tmp_path), folder="data", resolution=12, channels=1
+    )
+    assert len(test) == 2 and test.shape == (1, 12, 12) and test.num_classes == 0
+
+
+def test_image_folder_missing(tmp_path):
+    with pytest.raises(DataError, match=str(tmp_path / "images")):
+        avade.create("dataset", "image-folder", split="train", root=str(tmp_path))
+
+
+# --- imagenet (downsampled) -----------------------------------------------------------------------
+
+
+def write_npz(path, n: int, r: int, seed: int, first_label: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    images = rgb_images(n, r, r, seed).transpose(0, 3, 1, 2)  # R, G, B planes after one another
+    labels = np.arange(first_label, first_label + n) % 1000 + 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, data=images.reshape(n, 3 * r * r), labels=labels.tolist(), mean=np.zeros(3 * r * r))
+    return images, labels
+
+
+def test_imagenet_npz_batches(tmp_path):
+    folder = tmp_path / "Imagenet32_train_npz"
+    parts = {
+        k: write_npz(folder / f"train_data_batch_{k}.npz", 2, 32, seed=k, first_label=10 * k)
+        for k in (1, 2, 10)
+    }
+    val_images, val_labels = write_npz(tmp_path / "Imagenet32_val_npz" / "val_data.npz", 3, 32, seed=7)
+    train = avade.create("dataset", "imagenet", split="train", root=str(tmp_path))
+    test = avade.create("dataset", "imagenet", split="test", root=str(tmp_path))
+    images, labels = train.as_tensors()
+    order = (1, 2, 10)  # numeric, not lexicographic (batch_10 last)
+    assert torch.equal(images, torch.from_numpy(np.concatenate([parts[k][0] for k in order])))
+    assert labels.tolist() == (np.concatenate([parts[k][1] for k in order]) - 1).tolist()
+    assert train.num_classes == 1000 and train.shape == (3, 32, 32)
+    x, y = test[1]
+    assert torch.equal(x, torch.from_numpy(val_images[1])) and y == int(val_labels[1]) - 1
+
+
+def test_imagenet_image_folder_layout_and_wrong_resolution(tmp_path):
+    for i, a in enumerate(rgb_images(3, 32, 32, seed=9)):
+        save_png(tmp_path / "imagenet32" / "valid_32x32" / f"{i}.png", a)
+    test = avade.create("dataset", "imagenet", split="test", root=str(tmp_path))
+    assert len(test) == 3 and test.num_classes == 0 and test[0][0].shape == (3, 32, 32)
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "imagenet", split="test", root=str(tmp_path), resolution=64)
+    assert str(tmp_path / "imagenet64" / "valid_64x64") in str(err.value)
+    write_npz(tmp_path / "imagenet64" / "val_data.npz", 2, 32, seed=1)  # 32x32 data in the 64 folder
+    with pytest.raises(DataError, match=r"data\.resolution"):
+        avade.create("dataset", "imagenet", split="test", root=str(tmp_path), resolution=64)
+
+
+# --- celeba ---------------------------------------------------------------------------------------
+
+
+def test_celeba_torchvision_layout_with_partition(tmp_path):
+    base = tmp_path / "celeba"
+    arrays = rgb_images(5, 218, 178, seed=11)
+    for i, a in enumerate(arrays):
+        save_png(base / "img_align_celeba" / f"{i + 1:06d}.png", a)  # lossless, to compare pixels
+    names = [f"{i + 1:06d}.png" for i in range(5)]
+    (base / "list_eval_partition.txt").write_text(
+        "".join(f"{n} {p}\n" for n, p in zip(names, [0, 0, 1, 2, 2], strict=True))
+    )
+    train = avade.create("dataset", "celeba", split="train", root=str(tmp_path))
+    test = avade.create("dataset", "celeba", split="test", root=str(tmp_path))
+    assert [f.name for f in train.files] == names[:2] and [f.name for f in test.files] == names[3:]
+    crop = arrays[3][39:179, 19:159]  # the centered 140x140 square of a 218x178 image
+    expected = Image.fromarray(crop).resize((64, 64), Image.Resampling.BILINEAR)
+    # PIL and torch round a few pixels differently; a misplaced crop would differ everywhere.
+    assert max_abs_diff(test[0][0], expected) <= 1
+
+
+def test_celeba_plain_folder_holds_out_the_last_files(tmp_path):
+    for i, a in enumerate(rgb_images(10, 50, 40, seed=12)):
+        save_png(tmp_path / "celeba" / f"{i:03d}.jpg", a)  # a real (lossy) JPEG
+    test = avade.create("dataset", "celeba", split="test", root=str(tmp_path), resolution=16, crop=30)
+    train = avade.create("dataset", "celeba", split="train", root=str(tmp_path), resolution=16, crop=30)
+    assert [f.name for f in test.files] == ["009.jpg"] and len(train) == 9
+    assert test[0][0].shape == (3, 16, 16)
+
+
+def test_celeba_missing(tmp_path):
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "celeba", split="train", root=str(tmp_path))
+    assert str(tmp_path / "celeba" / "img_align_celeba") in str(err.value)
+
+
+# --- lsun -----------------------------------------------------------------------------------------
+
+
+def test_lsun_exported_folder(tmp_path):
+    for split in ("church_outdoor", "church_outdoor_val"):
+        for i, a in enumerate(rgb_images(2, 40, 60, seed=13)):
+            save_png(tmp_path / "lsun" / split / "a" / f"{i}.png", a)
+    ds = avade.create("dataset", "lsun", split="test", root=str(tmp_path), category="church_outdoor")
+    assert len(ds) == 2 and ds[1][0].shape == (3, 64, 64) and ds[1][1] == -1 and ds.num_classes == 0
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "lsun", split="train", root=str(tmp_path), category="bedroom")
+    message = str(err.value)
+    assert str(tmp_path / "lsun" / "bedroom") in message and "bedroom_train_lmdb" in message
+
+
+def test_lsun_lmdb_without_the_package_says_how_to_fix(tmp_path, monkeypatch):
+    (tmp_path / "tower_val_lmdb").mkdir()
+    monkeypatch.setitem(sys.modules, "lmdb", None)  # makes `import lmdb` fail
+    with pytest.raises(DataError, match="pip install lmdb"):
+        avade.create("dataset", "lsun", split="test", root=str(tmp_path), category="tower")
+
+
+def test_lsun_lmdb_reader(tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    import io
+
+    arrays = rgb_images(3, 48, 64, seed=14)
+    (tmp_path / "lsun").mkdir()
+    env = lmdb.open(str(tmp_path / "lsun" / "kitchen_val_lmdb"), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i, a in enumerate(arrays):
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="PNG")
+            txn.put(f"{i:040x}".encode(), buf.getvalue())
+    env.close()
+    ds = avade.create("dataset", "lsun", split="test", root=str(tmp_path), category="kitchen", resolution=16)
+    assert len(ds) == 3 and ds.as_tensors() is None
+    expected = Image.fromarray(arrays[2][:, 8:56]).resize((16, 16), Image.Resampling.BILINEAR)
+    assert max_abs_diff(ds[2][0], expected) <= 1
+    clone = pickle.loads(pickle.dumps(ds))  # what spawned DataLoader workers receive
+    assert torch.equal(clone[0][0], ds[0][0])
+    # Forked workers after the parent has read: each must open the database itself.
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
+    (batch, labels), *_ = list(loader)
+    assert torch.equal(batch[2], ds[2][0]) and labels.tolist() == [-1, -1, -1]

@@ -1,0 +1,156 @@
+"""Adversarial losses: gradient penalty values and gradient routing, loss signs, collapse detection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from avade.errors import ConfigError
+from avade.losses.adversarial import (
+    ADV_LOSSES,
+    CollapseDetector,
+    collapse_detector,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+    trivial_discriminator_loss,
+)
+
+
+class LinearD(nn.Module):
+    """D(x) = <w, x> + b: its input gradient is w everywhere, so GP = weight * (||w|| - 1)^2."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(shape, dtype=torch.float64))
+        self.b = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.w).flatten(1).sum(1) + self.b
+
+
+def test_gradient_penalty_matches_hand_value_and_trains_only_d() -> None:
+    torch.manual_seed(0)
+    shape = (2, 3, 3)
+    d = LinearD(shape)
+    g = nn.Linear(4, 18, dtype=torch.float64)  # a stand-in generator
+    z = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    fake = g(z).view(5, *shape)
+    real = torch.randn(5, *shape, dtype=torch.float64)
+
+    gp = gradient_penalty(d, real, fake, weight=100.0)
+    w_norm = d.w.detach().norm()
+    assert gp.item() == pytest.approx(100.0 * (w_norm.item() - 1.0) ** 2, rel=1e-9)
+
+    gp.backward()
+    # d/dw [lambda (||w|| - 1)^2] = 2 lambda (||w|| - 1) w / ||w||; b does not enter the gradient.
+    expected = 2 * 100.0 * (w_norm - 1.0) * d.w.detach() / w_norm
+    torch.testing.assert_close(d.w.grad, expected)
+    assert d.b.grad is None or d.b.grad.abs().item() == 0.0
+    assert z.grad is None
+    assert all(p.grad is None for p in g.parameters())
+
+
+def test_gradient_penalty_interpolates_per_sample_with_the_given_generator() -> None:
+    # D(x) = ||x||^2 / 2 has gradient x_hat, so GP = mean((||x_hat|| - 1)^2) exposes eps.
+    def d(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x.flatten(1).pow(2).sum(1)
+
+    torch.manual_seed(1)
+    real = torch.randn(4, 1, 2, 2, dtype=torch.float64)
+    fake = torch.randn(4, 1, 2, 2, dtype=torch.float64)
+    gp = gradient_penalty(d, real, fake, weight=3.0, generator=torch.Generator().manual_seed(7))
+    eps = torch.rand(4, generator=torch.Generator().manual_seed(7), dtype=torch.float64).view(4, 1, 1, 1)
+    x_hat = eps * real + (1 - eps) * fake
+    expected = 3.0 * (x_hat.flatten(1).norm(dim=1) - 1).pow(2).mean()
+    assert gp.item() == pytest.approx(expected.item(), rel=1e-9)
+    again = gradient_penalty(d, real, fake, weight=3.0, generator=torch.Generator().manual_seed(7))
+    assert again.item() == gp.item()
+    # Distinct per-sample eps: a single shared eps would give a different value.
+    shared = eps[:1].expand_as(eps)
+    x_shared = shared * real + (1 - shared) * fake
+    assert 3.0 * (x_shared.flatten(1).norm(dim=1) - 1).pow(2).mean().item() != pytest.approx(gp.item())
+
+
+def test_gradient_penalty_passes_labels_and_works_under_no_grad() -> None:
+    seen = {}
+
+    def d(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        seen["y"] = y
+        return x.flatten(1).sum(1) * (1 + y.double())
+
+    real, fake = torch.zeros(2, 1, 1, 1, dtype=torch.float64), torch.ones(2, 1, 1, 1, dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    with torch.no_grad():
+        gp = gradient_penalty(d, real, fake, y=y, weight=1.0)
+    assert seen["y"] is y
+    # gradients 1 and 3 -> ((1-1)^2 + (3-1)^2) / 2 = 2
+    assert gp.item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("kind", ADV_LOSSES)
+def test_loss_signs(kind: str) -> None:
+    # Scores inside the hinge margin so that every kind has a non-zero slope.
+    d_real = torch.tensor([0.3, -0.2], requires_grad=True)
+    d_fake = torch.tensor([-0.1, 0.4], requires_grad=True)
+    discriminator_loss(kind, d_real, d_fake).backward()
+    assert (d_real.grad < 0).all(), "D loss must decrease when real scores go up"
+    assert (d_fake.grad > 0).all(), "D loss must increase when generated scores go up"
+
+    d_fake2 = d_fake.detach().clone().requires_grad_(True)
+    generator_loss(kind, d_fake2).backward()
+    assert (d_fake2.grad < 0).all(), "G loss must decrease when its samples score higher"
+
+
+def test_loss_values() -> None:
+    r, f = torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 3.0])
+    assert discriminator_loss("wgan", r, f).item() == pytest.approx(1.0 - 1.0)
+    assert discriminator_loss("hinge", r, f).item() == pytest.approx((0 + 1) / 2 + (0 + 4) / 2)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    expected = bce(r, torch.ones(2)) + bce(f, torch.zeros(2))
+    for kind in ("nonsaturating", "paper"):
+        assert discriminator_loss(kind, r, f).item() == pytest.approx(expected.item())
+    # paper: L_Q = -E[ln D/(1-D)] = -E[logit]
+    assert generator_loss("paper", f).item() == pytest.approx(-1.0)
+    assert generator_loss("nonsaturating", f).item() == pytest.approx(bce(f, torch.ones(2)).item())
+    zero = torch.zeros(3)
+    for kind in ADV_LOSSES:
+        assert discriminator_loss(kind, zero, zero).item() == pytest.approx(trivial_discriminator_loss(kind))
+    assert trivial_discriminator_loss("paper") == pytest.approx(2 * math.log(2))
+
+
+def test_unknown_loss_kind_is_a_readable_config_error() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'hinge'"):
+        discriminator_loss("hinje", torch.zeros(1), torch.zeros(1))
+
+
+def test_collapse_detector_flags_runaway_gap_once() -> None:
+    det = collapse_detector(window=5, max_gap=10.0)
+    messages = [det.update(torch.tensor([1.0, 1.2]), torch.tensor([-1.0]), 0.5) for _ in range(10)]
+    assert messages == [None] * 10 and not det.collapsed
+    messages = [det.update(30.0, -30.0, 0.0) for _ in range(10)]
+    fired = [m for m in messages if m is not None]
+    assert len(fired) == 1 and "\n" not in fired[0] and "exceeds 10" in fired[0]
+    assert det.collapsed and det.cause == "gap"
+    for _ in range(5):
+        det.update(1.0, -1.0, 0.5)
+    assert not det.collapsed
+
+
+def test_collapse_detector_flags_constant_discriminator() -> None:
+    det = CollapseDetector(window=4, kind="paper")
+    torch.manual_seed(0)
+    for _ in range(8):  # a healthy, moving D
+        assert det.update(torch.randn(3) + 1, torch.randn(3) - 1, torch.rand(())) is None
+    out = [det.update(0.0, 0.0, 2 * math.log(2)) for _ in range(4)]
+    assert out[:3] == [None] * 3 and out[3] is not None
+    assert det.cause == "stuck" and "1.386" in out[3]
+
+
+def test_collapse_detector_flags_non_finite_at_once() -> None:
+    det = CollapseDetector(window=50)
+    assert det.update(float("nan"), 0.0) is not None
+    assert det.cause == "non-finite"
