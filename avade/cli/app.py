@@ -56,8 +56,10 @@ class _Group(typer.core.TyperGroup):
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hybrid likelihood/adversarial generative image models (AV-ADE and relatives).")
-recipe_app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, help="Check, show and run TOML recipes.")
-study_app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, help="Evaluation studies from the paper.")
+recipe_app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False,
+                         help="Check, show and run TOML recipes.")
+study_app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False,
+                        help="Evaluation studies from the paper.")
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(study_app, name="study")
 

@@ -143,7 +143,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt: state.json is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json is not valid JSON ({exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "step" not in state:
         raise CheckpointError(f"checkpoint {path} has an unknown format; it was not written by this avade")
     tensors = {}
@@ -151,8 +151,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         try:
             tensors[name] = load_file(f)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint {path} is corrupt: {f.name} cannot be read "
-                                  f"({' '.join(str(exc).split())[:120]}); delete it or resume from an older one") from None
+            detail = " ".join(str(exc).split())[:120]
+            raise CheckpointError(f"checkpoint {path} is corrupt: {f.name} cannot be read ({detail}); "
+                                  "delete it or resume from an older one") from None
     return {"state": state, **tensors}
 
 
@@ -162,7 +163,8 @@ def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, 
     try:
         missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit this model: {' '.join(str(exc).split())[:200]}") from None
+        detail = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {detail}") from None
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit this model (missing {len(missing)} / unexpected "
                               f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]})")
