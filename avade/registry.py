@@ -122,6 +122,7 @@ class Registry:
         self.plugins: list[PluginRecord] = []
         self._provider: tuple[str, str] = ("__main__", "")
         self._collect_conflicts = False
+        self._pending_warnings: list[str] = []
 
     # -- registration ------------------------------------------------------------------------------
     def register(
@@ -156,7 +157,9 @@ class Registry:
             if not self._collect_conflicts:
                 raise RegistryError(message)
             self.conflicts.setdefault(key, [first]).append(info)
-            warnings.warn(message, PluginWarning, stacklevel=2)
+            # Reported once the plugin's hook has finished: a plugin that then fails is rolled back
+            # (conflict included) and gets one warning only, its failure.
+            self._pending_warnings.append(message)
             return info
         self._items[key] = info
         return info
@@ -184,7 +187,7 @@ class Registry:
                                 f"kinds: {', '.join(self.kinds())}")
         names = [n for k, n in self._items if k == kind]
         raise RegistryError(
-            f"unknown {kind} '{name}'{did_you_mean(str(name), names)}; "
+            f"unknown {kind} {name!r}{did_you_mean(str(name), names)}; "
             f"see all with `avade list-components --kind {kind}`"
         )
 
@@ -242,26 +245,35 @@ class Registry:
         """Run one plugin's ``avade_register`` hook; on failure roll back and record a warning."""
         pm = _plugin_manager()
         before = set(self._items)
+        conflicts_before = {key: list(infos) for key, infos in self.conflicts.items()}
         self._provider = (dist, version)
         self._collect_conflicts = True
+        self._pending_warnings = []
         try:
             if not hasattr(plugin, "avade_register"):
                 raise RegistryError("it defines no `avade_register(registry)` hook")
             pm.register(plugin, name=f"{dist}:{entry_point}:{id(plugin)}")
-            for impl in pm.hook.avade_register.get_hookimpls():
-                if impl.plugin is plugin:
-                    impl.function(registry=self)
+            impls = [impl for impl in pm.hook.avade_register.get_hookimpls() if impl.plugin is plugin]
+            if not impls:
+                # pluggy ignores functions without the marker: say so instead of registering nothing.
+                raise RegistryError("its `avade_register` is not decorated with `@avade.hookimpl`")
+            for impl in impls:
+                impl.function(registry=self)
         except Exception as exc:
             for key in set(self._items) - before:
                 del self._items[key]
+            self.conflicts = conflicts_before
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RegistryError) else str(exc)
             self._fail(dist, entry_point, reason)
             return False
         finally:
             self._provider = ("__main__", "")
             self._collect_conflicts = False
+            pending, self._pending_warnings = self._pending_warnings, []
             if pm.is_registered(plugin):
                 pm.unregister(plugin)
+        for message in pending:
+            warnings.warn(message, PluginWarning, stacklevel=2)
         self.plugins.append(PluginRecord(dist, version, entry_point, len(set(self._items) - before)))
         return True
 

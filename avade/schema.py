@@ -92,7 +92,7 @@ def _sequence_hook_factory(t: Any) -> Callable[[Any, Any], Any]:
             try:
                 out.append(item if item_t is Any else _converter.structure(item, item_t))
             except Exception as exc:
-                raise _to_config_error(exc).located(prefix=f"[{i}]") from None
+                raise _prefixed(_to_config_error(exc), f"[{i}]") from None
         return origin(out)
 
     return hook
@@ -114,7 +114,7 @@ def _dict_hook_factory(t: Any) -> Callable[[Any, Any], Any]:
             try:
                 out[str(k)] = v if value_t is Any else _converter.structure(v, value_t)
             except Exception as exc:
-                raise _to_config_error(exc).located(prefix=str(k)) from None
+                raise _prefixed(_to_config_error(exc), str(k)) from None
         return out
 
     return hook
@@ -182,6 +182,11 @@ _converter.register_structure_hook_factory(_is_dict, _dict_hook_factory)
 _converter.register_structure_hook_factory(_is_attrs_class, _attrs_hook_factory)
 
 
+def _prefixed(err: ConfigError, prefix: str) -> ConfigError:
+    """``err`` one level down: ``betas`` + ``[1]`` -> ``betas[1]`` (list indices take no dot)."""
+    return ConfigError(err.detail, path=_join(prefix, err.path), source=err.source)
+
+
 def _to_config_error(exc: BaseException) -> ConfigError:
     """Flatten cattrs' exception groups into the first error, with its key path."""
     if isinstance(exc, ConfigError):
@@ -196,7 +201,7 @@ def _to_config_error(exc: BaseException) -> ConfigError:
             prefix = getattr(note, "name", None)
             if prefix is None:
                 prefix = f"[{getattr(note, 'index', '?')}]"
-            return _to_config_error(sub).located(prefix=prefix)
+            return _prefixed(_to_config_error(sub), prefix)
         for sub in without_notes:
             return _to_config_error(sub)
     if isinstance(exc, BaseExceptionGroup):
@@ -285,7 +290,8 @@ def ge(bound: float) -> Callable[[Any, attrs.Attribute, Any], None]:
     """attrs validator: value >= bound."""
 
     def check(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
-        if value is not None and value < bound:
+        # Written as `not (value >= bound)` so that NaN fails too.
+        if value is not None and not value >= bound:
             raise ConfigError(f"expected a number >= {bound}, got {_got(value)}", path=attr.name)
 
     return check
@@ -295,7 +301,7 @@ def gt(bound: float) -> Callable[[Any, attrs.Attribute, Any], None]:
     """attrs validator: value > bound."""
 
     def check(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
-        if value is not None and value <= bound:
+        if value is not None and not value > bound:
             raise ConfigError(f"expected a number > {bound}, got {_got(value)}", path=attr.name)
 
     return check

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from avade import __version__
@@ -26,7 +27,8 @@ _DEBUG = {"on": False}
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    # Escaped: a message quoting user text such as "[/x]" must not be read as rich markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -66,7 +68,7 @@ app.add_typer(study_app, name="study")
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
                   line: Any = None) -> None:
-    err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", markup=True, highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -132,10 +134,10 @@ def list_components(
     for col in ("kind", "name", "provider", "summary"):
         table.add_column(col, overflow="fold")
     for info in items:
-        table.add_row(info.kind, info.name, info.provider, info.summary)
+        table.add_row(info.kind, info.name, escape(info.provider), escape(info.summary))
     out.print(table)
     for failure in registry.failures:
-        err.print(f"[yellow]plugin {failure.dist} not loaded:[/] {failure.reason}", highlight=False)
+        err.print(f"[yellow]plugin {escape(failure.dist)} not loaded:[/] {escape(failure.reason)}", highlight=False)
 
 
 @app.command()
@@ -187,7 +189,8 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
         table.add_column("name")
         table.add_column("overrides")
         for v in expanded:
-            table.add_row(v.name, " ".join(f"{k}={json.dumps(val)}" for k, val in v.overrides.items()) or "-")
+            table.add_row(escape(v.name),
+                          escape(" ".join(f"{k}={json.dumps(val)}" for k, val in v.overrides.items()) or "-"))
         out.print(table)
         return
     if as_json:

@@ -26,17 +26,7 @@ from avade.errors import DataError
 
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".ppm",
-)
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # Fallback suggestion in "not found" messages: a dataset that always works offline.
 OFFLINE_FALLBACK = "natural-patches"
 
@@ -68,9 +58,7 @@ class ImageDataset(Dataset):
 class TensorImageDataset(ImageDataset):
     """An in-memory dataset over ``images`` (uint8 [N, C, H, W]) and ``labels`` (int64 [N], or None)."""
 
-    def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int = 0
-    ) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int = 0) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if labels is None:
@@ -174,9 +162,7 @@ def resize(images: torch.Tensor, resolution: int, chunk: int = 4096) -> torch.Te
 
 
 def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    return TF.resize(
-        images, [resolution, resolution], interpolation=InterpolationMode.BILINEAR, antialias=True
-    )
+    return TF.resize(images, [resolution, resolution], interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
 def pil_to_uint8(img: Image.Image, channels: int = 3) -> torch.Tensor:
@@ -191,7 +177,7 @@ def load_image(path: Path, resolution: int, channels: int = 3, crop: int | None 
         with Image.open(path) as img:
             tensor = pil_to_uint8(img, channels)
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+        raise DataError(f"cannot read image {path}: {describe_error(exc)}; remove or replace the file") from None
     return center_crop_resize(tensor, resolution, crop)
 
 
@@ -218,6 +204,11 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
         for p in folder.glob(pattern)
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
     )
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"Type: message"`` on one line (errors from libraries may span several)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def missing_data(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import attrs
 
-from avade.data.base import FileImageDataset, check_split, expand_root, list_images, missing_data
+from avade.data.base import FileImageDataset, check_split, describe_error, expand_root, list_images, missing_data
 from avade.errors import DataError
 from avade.schema import between, ge
 
@@ -62,9 +62,7 @@ def locate(cfg: CelebAConfig, split: str) -> list[Path]:
 
 
 def _split(cfg: CelebAConfig, folder: Path, files: list[Path], split: str) -> list[Path]:
-    partition = (
-        folder.parent / PARTITION_FILE if folder.name == "img_align_celeba" else folder / PARTITION_FILE
-    )
+    partition = folder.parent / PARTITION_FILE if folder.name == "img_align_celeba" else folder / PARTITION_FILE
     if partition.is_file():
         keep = set()
         for line in partition.read_text().splitlines():
@@ -96,9 +94,7 @@ class CelebA(FileImageDataset):
                 raise
             _download(cfg)
             files = locate(cfg, split)
-        super().__init__(
-            files, None, num_classes=0, resolution=cfg.resolution, crop=cfg.crop, in_memory=cfg.in_memory
-        )
+        super().__init__(files, None, num_classes=0, resolution=cfg.resolution, crop=cfg.crop, in_memory=cfg.in_memory)
         self.split = split
 
 
@@ -110,6 +106,6 @@ def _download(cfg: CelebAConfig) -> None:
         TorchvisionCelebA(str(root), split="all", target_type=[], download=True)
     except Exception as exc:  # network, quota (Google Drive) or extraction failures
         raise DataError(
-            f"dataset 'celeba': download into {root / 'celeba'} failed ({type(exc).__name__}: {exc}); "
+            f"dataset 'celeba': download into {root / 'celeba'} failed ({describe_error(exc)}); "
             "download img_align_celeba.zip by hand and unzip it there"
         ) from None

@@ -86,9 +86,7 @@ class Digits(TensorImageDataset):
     """The digits as an in-memory labeled dataset (10 classes); ``indices`` are rows of ``load_digits()``."""
 
     def __init__(self, cfg: DigitsConfig, *, split: str = "train") -> None:
-        images, labels, indices = _build(
-            cfg.resolution, cfg.channels, cfg.test_fraction, cfg.seed, check_split(split)
-        )
+        images, labels, indices = _build(cfg.resolution, cfg.channels, cfg.test_fraction, cfg.seed, check_split(split))
         super().__init__(images.clone(), labels.clone(), num_classes=10)
         self.split = split
         self.indices = indices.clone()

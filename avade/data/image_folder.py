@@ -32,12 +32,8 @@ NAME = "image-folder"
 class ImageFolderConfig:
     """A folder of images; see the module docstring for the split and the labels."""
 
-    root: str = attrs.field(
-        default="~/data", metadata={"help": "base folder; `folder` is looked up under it"}
-    )
-    folder: str = attrs.field(
-        default="images", metadata={"help": "image folder, relative to root or absolute"}
-    )
+    root: str = attrs.field(default="~/data", metadata={"help": "base folder; `folder` is looked up under it"})
+    folder: str = attrs.field(default="images", metadata={"help": "image folder, relative to root or absolute"})
     resolution: int = attrs.field(default=64, validator=between(4, 1024), metadata={"help": "image side"})
     channels: Literal[1, 3] = attrs.field(default=3, metadata={"help": "3 = RGB, 1 = grayscale"})
     labels: bool = attrs.field(default=True, metadata={"help": "use class subfolders as labels when present"})
@@ -98,11 +94,7 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
             files += found
             labels += [index] * len(found)
         if explicit:
-            stray = [
-                d.name
-                for d in split_base.iterdir()
-                if d.is_dir() and d.name not in classes and list_images(d)
-            ]
+            stray = [d.name for d in split_base.iterdir() if d.is_dir() and d.name not in classes and list_images(d)]
             if stray:
                 raise DataError(
                     f"dataset '{NAME}': {split_base} has class folders {stray} that {train_base} lacks; "
@@ -115,11 +107,7 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
         files = [f for f, k in zip(files, keep, strict=True) if k]
         labels = [lab for lab, k in zip(labels, keep, strict=True) if k] if labels is not None else None
     if not files:
-        how = (
-            f"{split_base} has no images"
-            if explicit
-            else f"test_fraction={cfg.test_fraction} leaves it empty"
-        )
+        how = f"{split_base} has no images" if explicit else f"test_fraction={cfg.test_fraction} leaves it empty"
         raise DataError(
             f"dataset '{NAME}': the {split} split of {base} is empty ({how}); "
             "add images, create train/ and test/ subfolders, or set data.test_fraction"

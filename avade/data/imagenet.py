@@ -30,6 +30,7 @@ from avade.data.base import (
     ImageDataset,
     TensorImageDataset,
     check_split,
+    describe_error,
     expand_root,
     list_images,
     missing_data,
@@ -45,9 +46,7 @@ NUM_CLASSES = 1000
 class ImageNetConfig:
     """Downsampled ImageNet under ``root``; see the module docstring for the layouts."""
 
-    root: str = attrs.field(
-        default="~/data", metadata={"help": "folder holding imagenet<R>/ (or the npz folders)"}
-    )
+    root: str = attrs.field(default="~/data", metadata={"help": "folder holding imagenet<R>/ (or the npz folders)"})
     resolution: int = attrs.field(
         default=32, validator=one_of(32, 64), metadata={"help": "32 or 64: which downsampled version is read"}
     )
@@ -97,40 +96,43 @@ def locate(cfg: ImageNetConfig, split: str) -> tuple[str, list[Path]]:
             if path.is_dir():
                 return layout, [path]
     what = f"{cfg.resolution}x{cfg.resolution} ({split} split)"
-    raise missing_data(
-        NAME, searched, download=False, what=what, source="image-net.org (Downsampled ImageNet)"
-    )
+    raise missing_data(NAME, searched, download=False, what=what, source="image-net.org (Downsampled ImageNet)")
+
+
+def _read(f: Path, key: str) -> np.ndarray:
+    try:
+        with np.load(f, allow_pickle=False) as npz:
+            return np.asarray(npz[key])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(
+            f"dataset 'imagenet': cannot read {f} ({describe_error(exc)}); "
+            "expected an npz file with arrays 'data' and 'labels'"
+        ) from None
 
 
 def _load_npz(files: list[Path], r: int) -> tuple[torch.Tensor, torch.Tensor]:
-    arrays = []
-    for f in files:
-        try:
-            with np.load(f, allow_pickle=False) as npz:
-                data, labels = npz["data"], np.asarray(npz["labels"], dtype=np.int64).reshape(-1)
-        except (OSError, ValueError, KeyError) as exc:
+    # Labels first (small), so that the images go straight into one preallocated tensor: holding every
+    # file's array and then concatenating would need twice the memory (32 GB for ImageNet-64).
+    labels = [_read(f, "labels").astype(np.int64).reshape(-1) for f in files]
+    images = torch.empty((sum(len(lab) for lab in labels), 3, r, r), dtype=torch.uint8)
+    start = 0
+    for f, lab in zip(files, labels, strict=True):
+        data = _read(f, "data")
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * r * r or len(lab) != len(data):
             raise DataError(
-                f"dataset 'imagenet': cannot read {f} ({type(exc).__name__}: {exc}); "
-                "expected an npz file with arrays 'data' and 'labels'"
-            ) from None
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * r * r or len(labels) != len(data):
-            raise DataError(
-                f"dataset 'imagenet': {f} holds data {data.dtype} {data.shape} and {len(labels)} labels; "
+                f"dataset 'imagenet': {f} holds data {data.dtype} {data.shape} and {len(lab)} labels; "
                 f"expected uint8 [N, {3 * r * r}] for {r}x{r} images; check data.resolution"
             )
-        arrays.append((data, labels))
-    images = torch.empty((sum(len(d) for d, _ in arrays), 3, r, r), dtype=torch.uint8)
-    start = 0
-    for data, _ in arrays:
         images[start : start + len(data)] = torch.from_numpy(data.reshape(-1, 3, r, r))
         start += len(data)
-    labels = torch.from_numpy(np.concatenate([lab for _, lab in arrays])) - 1  # the files count from 1
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= NUM_CLASSES):
+        del data
+    targets = torch.from_numpy(np.concatenate(labels)) - 1  # the files count from 1
+    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= NUM_CLASSES):
         raise DataError(
             f"dataset 'imagenet': labels in {files[0].parent} are outside 1..{NUM_CLASSES}; "
             "expected the 1-based labels of the downsampled-ImageNet npz files"
         )
-    return images, labels
+    return images, targets
 
 
 def imagenet_dataset(cfg: ImageNetConfig, *, split: str = "train") -> ImageDataset:
@@ -142,7 +144,6 @@ def imagenet_dataset(cfg: ImageNetConfig, *, split: str = "train") -> ImageDatas
     files = list_images(found[0])
     if not files:
         raise DataError(
-            f"dataset 'imagenet': {found[0]} contains no image files; "
-            "put the downsampled images there or set data.root"
+            f"dataset 'imagenet': {found[0]} contains no image files; put the downsampled images there or set data.root"
         )
     return FileImageDataset(files, None, num_classes=0, resolution=cfg.resolution, in_memory=cfg.in_memory)

@@ -72,18 +72,14 @@ Category = Literal[
 class LsunConfig:
     """One LSUN category under ``root``; see the module docstring for the layouts."""
 
-    root: str = attrs.field(
-        default="~/data", metadata={"help": "folder holding lsun/ (or the *_lmdb folders)"}
-    )
+    root: str = attrs.field(default="~/data", metadata={"help": "folder holding lsun/ (or the *_lmdb folders)"})
     category: Category = attrs.field(default="bedroom", metadata={"help": "scene category"})
     resolution: int = attrs.field(
         default=64,
         validator=between(4, 512),
         metadata={"help": "image side after center crop (64 or 128 customary)"},
     )
-    download: bool = attrs.field(
-        default=False, metadata={"help": "unsupported for LSUN (no torchvision downloader)"}
-    )
+    download: bool = attrs.field(default=False, metadata={"help": "unsupported for LSUN (no torchvision downloader)"})
 
 
 def candidates(cfg: LsunConfig, split: str) -> list[tuple[str, Path]]:
@@ -161,9 +157,7 @@ class LmdbImages(ImageDataset):
         with _env(self.path).begin(write=False) as txn:
             buf = txn.get(bytes(self.keys[i]))
         if buf is None:
-            raise DataError(
-                f"dataset 'lsun': key {self.keys[i]!r} vanished from {self.path}; is it being rewritten?"
-            )
+            raise DataError(f"dataset 'lsun': key {self.keys[i]!r} vanished from {self.path}; is it being rewritten?")
         with Image.open(io.BytesIO(buf)) as img:
             return center_crop_resize(pil_to_uint8(img), self.resolution), -1
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torchvision.datasets import STL10
 
-from avade.data.base import TensorImageDataset, check_split, expand_root, missing_data, resize
+from avade.data.base import TensorImageDataset, check_split, describe_error, expand_root, missing_data, resize
 from avade.errors import DataError
 from avade.schema import between
 
@@ -87,7 +87,7 @@ class Stl10(TensorImageDataset):
         except Exception as exc:  # network failures, truncated or foreign files
             action = "download or loading" if cfg.download else "loading"
             raise DataError(
-                f"dataset 'stl10': {action} failed in {root / FOLDER} ({type(exc).__name__}: {exc}); "
+                f"dataset 'stl10': {action} failed in {root / FOLDER} ({describe_error(exc)}); "
                 "delete that folder and download it again (data.download=true, needs network)"
             ) from None
         labeled = cfg.train_split == "train"

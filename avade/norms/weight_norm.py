@@ -5,6 +5,8 @@ from __future__ import annotations
 import attrs
 import torch
 from torch import nn
+
+from avade.norms._init_flag import InitFlag
 from torch.nn.utils import parametrizations
 
 
@@ -22,7 +24,7 @@ class WeightNorm(nn.Module):
         super().__init__()
         self.layer = parametrizations.weight_norm(layer, name="weight", dim=0)
         self.init_scale = cfg.init_scale
-        self.register_buffer("initialized", torch.tensor(cfg.init_scale == 0.0))
+        self.initialized = InitFlag(cfg.init_scale == 0.0)
 
     @torch.no_grad()
     def _data_init(self, x: torch.Tensor) -> None:
@@ -34,7 +36,7 @@ class WeightNorm(nn.Module):
         g.mul_(scale.view_as(g))
         if self.layer.bias is not None:
             self.layer.bias.copy_((self.layer.bias - mean) * scale)
-        self.initialized.fill_(True)
+        self.initialized.set()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.training and not bool(self.initialized):

@@ -95,6 +95,13 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # e.g. a name too long for the file system: not a usable recipe either
+        return False
+
+
 def read_recipe_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Origins]:
     """The recipe at ``path`` merged over everything it ``extends`` (recursively), with key origins."""
     path = Path(path).expanduser()
@@ -114,7 +121,7 @@ def read_recipe_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[d
             raise ConfigError("expected a relative file path (or a list of them)", path="extends", source=display)
         for parent in parents:
             parent_path = (path.parent / parent)
-            if not parent_path.exists():
+            if not _is_file(parent_path):
                 raise ConfigError(f"extended recipe not found: {_display(parent_path)}", path="extends",
                                   source=display)
             parent_data, parent_origins = read_recipe_tree(parent_path, (*_chain, resolved))
@@ -242,7 +249,17 @@ def _data(raw: Any) -> DataSection:
     table = _table(raw, "data")
     loader = {k: table.pop(k) for k in list(table) if k in _LOADER_KEYS}
     options = structure(DataOptions, loader, path="data")
-    dataset = _component("dataset", {"name": options.name, **table}, "data")
+    try:
+        dataset = _component("dataset", {"name": options.name, **table}, "data")
+    except ConfigError as exc:
+        key = exc.path.removeprefix("data.")
+        if not exc.detail.startswith("unknown key") or "." in key:
+            raise
+        # [data] mixes loader keys and the dataset's own: suggest from both (`batchsize` -> `batch_size`).
+        cfg_cls = get_registry().get("dataset", options.name).load_config()
+        fields = sorted(_LOADER_KEYS) + ([f.name for f in attrs.fields(cfg_cls)] if cfg_cls is not None else [])
+        raise ConfigError(f"unknown key{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}",
+                          path=exc.path) from None
     return DataSection(options=options, dataset=dataset)
 
 
@@ -316,7 +333,16 @@ def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_
             source=source,
         )
     except ConfigError as exc:
-        raise ConfigError(exc.detail, path=exc.path, source=_origin(exc.path, origins) or source) from None
+        raise ConfigError(one_line(exc.detail), path=one_line(exc.path),
+                          source=_origin(exc.path, origins) or source) from None
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped: TOML quoted keys and strings may
+    hold them, and an error message must stay on one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _origin(path: str, origins: Origins | None) -> str | None:
@@ -333,6 +359,10 @@ def _origin(path: str, origins: Origins | None) -> str | None:
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     """Load, merge, override and validate the recipe at ``path``."""
     path = Path(path)
-    raw, origins = read_recipe_tree(path)
-    raw = apply_overrides(raw, overrides, origins)
+    try:
+        raw, origins = read_recipe_tree(path)
+        raw = apply_overrides(raw, overrides, origins)
+    except ConfigError as exc:
+        raise ConfigError(one_line(exc.detail), path=one_line(exc.path),
+                          source=one_line(exc.source) if exc.source else exc.source) from None
     return recipe_from_dict(raw, source=_display(path), default_name=path.stem, origins=origins)

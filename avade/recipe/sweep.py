@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from avade.errors import ConfigError
-from avade.recipe.load import apply_overrides, recipe_from_dict
+from avade.recipe.load import apply_overrides, one_line, recipe_from_dict
 from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
 
@@ -60,10 +60,10 @@ def expand_sweep(recipe: Recipe) -> list[Variant]:
             raw["name"] = name
             variant = recipe_from_dict(raw, source=recipe.source)
         except ConfigError as exc:
-            raise ConfigError(f"sweep variant {i} ({name}): {exc.detail}", path=exc.path,
+            raise ConfigError(one_line(f"sweep variant {i} ({name}): {exc.detail}"), path=one_line(exc.path),
                               source=recipe.source) from None
         if name in seen:
-            raise ConfigError(f"two sweep variants are both named {name!r}; make the combos distinct",
+            raise ConfigError(one_line(f"two sweep variants are both named {name!r}; make the combos distinct"),
                               path="sweep", source=recipe.source)
         seen.add(name)
         variants.append(Variant(name, overrides, variant))

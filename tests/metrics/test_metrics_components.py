@@ -1,0 +1,109 @@
+"""Metric components end to end on a fake EvalContext: FID/KID/IS/BPD, the reference cache, registration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from metric_helpers import FakeContext, natural_crops, noise_images
+from safetensors import safe_open
+
+import avade
+from avade.errors import ConfigError
+from avade.metrics.bpd import BPD, BPDConfig
+from avade.metrics.fid import FID, FIDConfig
+from avade.metrics.inception_score import InceptionScore, InceptionScoreConfig
+from avade.metrics.kid import KID, KIDConfig
+from avade.metrics.random_features import RandomConvFeatures
+from avade.metrics.subset_study import subset_study
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*test-only feature extractor:UserWarning")
+
+REAL = natural_crops(80, seed=0)
+LABELS = torch.zeros(80, dtype=torch.long)
+
+
+def _ctx(tmp_path, sampler, **kw) -> FakeContext:
+    options = {"feature_extractor": RandomConvFeatures(dim=24, seed=0)}
+    return FakeContext(tmp_path, {"test": (REAL, LABELS), "train": (REAL, LABELS)}, sampler=sampler,
+                       options=options, dataset_key="natural-patches/test/32", **kw)
+
+
+def test_fid_component_uses_and_reuses_the_cache(tmp_path) -> None:
+    ctx = _ctx(tmp_path, lambda n, labels: REAL[:n])
+    fid = FID(FIDConfig(samples=80, batch_size=32))
+    with pytest.warns(UserWarning, match="test-only"):
+        first = fid.compute(ctx)
+    assert abs(first["fid"]) < 1e-6  # the "samples" are the real images
+    assert ctx.real_calls == 1
+    assert fid.compute(ctx) == first
+    assert ctx.real_calls == 1  # second time from the cache
+    files = sorted(p.name for p in ctx.cache_dir.iterdir())
+    assert len(files) == 2 and all(f.endswith(".safetensors") for f in files)
+    assert any("rc" in f and "natural-patches_test_32-test" in f and "-all." in f for f in files)
+    stats = next(ctx.cache_dir.glob("*.stats.safetensors"))
+    with safe_open(str(stats), "pt") as f:
+        assert f.metadata()["count"] == "80" and f.get_tensor("sigma").dtype == torch.float64
+    # Another sample count of real data is another cache entry.
+    FID(FIDConfig(samples=40, real_samples=40)).compute(ctx)
+    assert ctx.real_calls == 2
+
+
+def test_fid_kid_grow_from_photographs_to_noise(tmp_path) -> None:
+    same = _ctx(tmp_path / "a", lambda n, labels: natural_crops(n, seed=1))
+    noise = _ctx(tmp_path / "b", lambda n, labels: noise_images(n, seed=1))
+    fid_same = FID(FIDConfig(samples=80)).compute(same)["fid"]
+    fid_noise = FID(FIDConfig(samples=80)).compute(noise)["fid"]
+    assert 0.0 < fid_same < fid_noise / 5
+    kid_cfg = KIDConfig(samples=80, subsets=10, subset_size=50)
+    kid_same, kid_noise = KID(kid_cfg).compute(same), KID(kid_cfg).compute(noise)
+    assert set(kid_same) == {"kid_mean", "kid_std"}
+    assert kid_same["kid_mean"] < kid_noise["kid_mean"] / 5
+    assert KID(kid_cfg).compute(same) == kid_same  # seeded subsets
+
+
+def test_inception_score_component(tmp_path) -> None:
+    ctx = _ctx(tmp_path, lambda n, labels: natural_crops(n, seed=2))
+    out = InceptionScore(InceptionScoreConfig(samples=50, splits=5)).compute(ctx)
+    assert out["is_mean"] >= 1.0 and out["is_std"] >= 0.0
+
+
+def test_bpd_component_passes_options_through(tmp_path) -> None:
+    ctx = _ctx(tmp_path, None)
+    assert BPD(BPDConfig(importance_samples=8, split="valid")).compute(ctx) == {"bpd": pytest.approx(3.58)}
+    assert ctx.bpd_calls == [("valid", 8)]
+
+
+def test_subset_study_table7_shape(tmp_path) -> None:
+    ctx = _ctx(tmp_path, None)
+    rows = subset_study(ctx, split="train", is_splits=4)
+    assert [r["fraction"] for r in rows] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.1, 0.05])
+    assert rows[0]["fid"] == pytest.approx(0.0, abs=1e-6)  # the full set against itself
+    assert rows[-1]["fid"] > rows[1]["fid"] > 0.0  # smaller subsets drift further
+    assert all("is_mean" in r for r in rows)
+    counts = subset_study(ctx, sizes=[80, 40, 0.25], split="train")
+    assert [r["size"] for r in counts] == [80.0, 40.0, 20.0]
+    with pytest.raises(avade.AvadeError, match="subset size"):
+        subset_study(ctx, sizes=[500], split="train")
+
+
+def test_all_metrics_are_registered_and_validated() -> None:
+    names = {c.split("/")[1] for c in avade.list_components(kind="metric")}
+    assert {"bpd", "fid", "kid", "is", "prd", "gan-test", "gan-train"} <= names
+    for name in ("bpd", "fid", "kid", "is", "prd", "gan-test", "gan-train"):
+        metric = avade.create("metric", name)
+        assert metric.name == name and callable(metric.compute)
+    assert avade.create("metric", "fid", samples=500, split="train").cfg.samples == 500
+    with pytest.raises(ConfigError, match="samples"):
+        avade.create("metric", "fid", samples=0)
+    with pytest.raises(ConfigError, match="num_clusters"):
+        avade.create("metric", "prd", num_clusters="20")
+
+
+def test_metrics_package_does_not_import_torch() -> None:
+    code = ("import sys, avade.metrics; from avade.registry import Registry; r = Registry(); "
+            "avade.metrics.register(r); print('torch' in sys.modules, len(r.list('metric')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "7"]

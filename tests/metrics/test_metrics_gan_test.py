@@ -1,0 +1,52 @@
+"""GAN-test / GAN-train on scikit-learn digits, with real images standing in for class-conditional samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from metric_helpers import FakeContext, pool_sampler
+
+from avade.errors import AvadeError
+from avade.metrics.gan_test import GanTest, GanTestConfig, GanTrain, GanTrainConfig, accuracy, train_classifier
+
+FAST = {"epochs": 4, "width": 16}
+
+
+def test_gan_test_with_real_samples_is_the_real_accuracy(tmp_path, digits) -> None:
+    # "Samples" = the real test images for the requested labels, so GAN-test must equal the accuracy of
+    # the same classifier on the real test split.
+    ctx = FakeContext(tmp_path, digits, sampler=pool_sampler(*digits["test"]), num_classes=10)
+    out = GanTest(GanTestConfig(**FAST)).compute(ctx)
+    assert out["gan_test"] == out["gan_test_real"]
+    assert out["gan_test_real"] > 85.0
+    model = train_classifier(*digits["train"], 10, GanTestConfig(**FAST))
+    # Seeded: training again outside the metric gives exactly the same classifier accuracy.
+    assert out["gan_test_real"] == pytest.approx(100 * accuracy(model, *digits["test"]))
+
+
+def test_gan_train_with_real_samples_matches_a_real_classifier(tmp_path, digits) -> None:
+    ctx = FakeContext(tmp_path, digits, sampler=pool_sampler(*digits["train"]), num_classes=10)
+    out = GanTrain(GanTrainConfig(**FAST)).compute(ctx)
+    real = 100 * accuracy(train_classifier(*digits["train"], 10, GanTestConfig(**FAST)), *digits["test"])
+    assert out["gan_train"] > 85.0
+    assert out["gan_train"] == pytest.approx(real, abs=3.0)
+
+
+def test_gan_train_on_bad_samples_is_near_chance(tmp_path, digits) -> None:
+    blank = lambda n, labels: torch.zeros(n, 1, 8, 8, dtype=torch.uint8)  # noqa: E731
+    ctx = FakeContext(tmp_path, digits, sampler=blank, num_classes=10)
+    out = GanTrain(GanTrainConfig(samples=300, **FAST)).compute(ctx)
+    assert out["gan_train"] < 25.0
+
+
+def test_needs_labels_and_matching_samples(tmp_path, digits) -> None:
+    ctx = FakeContext(tmp_path, digits, sampler=pool_sampler(*digits["test"]), num_classes=0,
+                      dataset_key="natural-patches/test/32")
+    for metric in (GanTest(GanTestConfig(**FAST)), GanTrain(GanTrainConfig(**FAST))):
+        with pytest.raises(AvadeError, match="needs labeled data") as info:
+            metric.compute(ctx)
+        assert "\n" not in str(info.value)
+    rgb = lambda n, labels: torch.zeros(n, 3, 8, 8, dtype=torch.uint8)  # noqa: E731
+    ctx = FakeContext(tmp_path, digits, sampler=rgb, num_classes=10)
+    with pytest.raises(AvadeError, match="samples of shape"):
+        GanTest(GanTestConfig(**FAST)).compute(ctx)

@@ -1,0 +1,248 @@
+"""The ``avade`` command line through typer's CliRunner (plus one real process for ``--debug``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+import avade
+from avade.cli.app import app
+from avade.registry import DISABLE_ENV, KINDS
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
+TYPO = '[model.flow]\nname = "realnvp"\nscalse = 2\n'
+SWEEP = f"""
+extends = "{QUICKSTART.as_posix()}"
+[sweep]
+grid = {{"model.flow.scales" = [1, 2], "model.flow.blocks" = [1, 2]}}
+"""
+Write = Callable[[str, str], Path]
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_one_line_error(result: Result, *needles: str) -> str:
+    assert result.exit_code not in (0, 1), (result.exit_code, result.output)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+def components(*args: str) -> list[dict[str, str]]:
+    result = run("list-components", "--json", *args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["failed_plugins"] == []
+    return data["components"]
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"avade {avade.__version__}"
+
+
+def test_no_arguments_shows_help() -> None:
+    result = run()
+    assert "list-components" in result.output and "recipe" in result.output
+
+
+def test_list_components_table() -> None:
+    result = run("list-components")
+    assert result.exit_code == 0
+    for text in ("kind", "provider", "realnvp", "topdown", "natural-patches", f"avade {avade.__version__}"):
+        assert text in result.stdout
+
+
+def test_list_components_kind_and_glob() -> None:
+    result = run("list-components", "--kind", "posterior")
+    assert result.exit_code == 0
+    assert "topdown" in result.stdout and "realnvp" not in result.stdout
+    assert [c["name"] for c in components("*iaf*")] == ["iaf"]
+    assert {c["kind"] for c in components("--kind", "flow")} == {"flow"}
+    assert [c["name"] for c in components("glo*", "--kind", "flow")] == ["glow"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_list_components_json_every_builtin_kind(kind: str) -> None:
+    rows = components("--kind", kind)
+    builtin = [r for r in rows if r["dist"] == "avade"]
+    assert builtin, f"no built-in {kind}"
+    for row in rows:
+        assert set(row) >= {"kind", "name", "dist", "version", "summary"}
+        assert row["kind"] == kind and row["summary"]
+        assert row["name"] == row["name"].lower() and "_" not in row["name"]
+    assert all(r["version"] == avade.__version__ for r in builtin)
+
+
+def test_list_components_json_schema() -> None:
+    (row,) = components("realnvp", "--kind", "flow", "--schema")
+    fields = {f["name"]: f for f in row["config"]}
+    assert fields["scales"]["type"] == "int" and "default" in fields["blocks"]
+
+
+def test_list_components_shows_the_example_plugin() -> None:
+    try:
+        metadata.distribution("avade-nice")
+    except metadata.PackageNotFoundError:
+        pytest.skip("the example plugin avade-nice is not installed (pip install -e plugins/avade-nice)")
+    rows = {(r["kind"], r["name"]): r for r in components()}
+    assert rows[("flow", "nice")]["dist"] == "avade-nice"
+    assert rows[("discriminator", "sngan")]["dist"] == "avade-nice"
+    assert rows[("flow", "nice")]["version"] == metadata.version("avade-nice")
+
+
+def test_disable_plugins_option(fresh_registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("avade_nice", reason="the example plugin avade-nice is not installed")
+    monkeypatch.setenv(DISABLE_ENV, "")  # restored after the test: the option writes to os.environ
+    result = run("--disable-plugins", "avade-nice", "list-components", "--json", "--kind", "flow")
+    assert result.exit_code == 0
+    names = [c["name"] for c in json.loads(result.stdout)["components"]]
+    assert "nice" not in names and "realnvp" in names
+
+
+def test_unknown_kind_is_one_line() -> None:
+    assert_one_line_error(run("list-components", "--kind", "flw"), "unknown component kind 'flw'",
+                          "did you mean 'flow'")
+
+
+def test_unknown_command_exits_nonzero() -> None:
+    result = run("no-such-command")
+    assert result.exit_code != 0
+    assert "No such command" in result.output
+
+
+def test_doctor_json() -> None:
+    result = run("doctor", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["versions"]["avade"] == avade.__version__
+    assert report["versions"]["python"].startswith(f"{sys.version_info.major}.{sys.version_info.minor}")
+    assert isinstance(report["devices"]["cuda_available"], bool) and report["devices"]["cpu_threads"] >= 1
+    loaded = {p["dist"]: p for p in report["plugins"]["loaded"]}
+    assert loaded["avade"]["count"] >= 30 and report["plugins"]["failed"] == []
+    datasets = {d["name"]: d for d in report["datasets"]}
+    assert datasets["natural-patches"]["present"] and datasets["digits"]["present"]
+    assert set(datasets) == {c["name"] for c in components("--kind", "dataset")}
+    assert all(isinstance(d["message"], str) and d["message"] for d in datasets.values())
+    weights = report["weights"]
+    assert isinstance(weights["available"], bool) and weights["message"]
+    assert weights["available"] == (weights["path"] is not None)
+
+
+def test_doctor_with_recipe_and_missing_weights(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AVADE_INCEPTION_WEIGHTS", str(write("nothing-here.txt", "").parent / "absent.pt"))
+    recipe = write("cifar.toml", f'extends = "{QUICKSTART.as_posix()}"\n[data]\nname = "cifar10"\n'
+                                 f'root = "{(QUICKSTART.parent / "no-such-root").as_posix()}"\nresolution = 32\n')
+    result = run("doctor", "--json", "--recipe", str(recipe))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["recipe"]["ok"] and report["recipe"]["dataset"] == "cifar10"
+    cifar = {d["name"]: d for d in report["datasets"]}["cifar10"]
+    assert cifar["config"] == "recipe" and not cifar["present"] and "no-such-root" in cifar["message"]
+    assert not report["weights"]["available"] and "AVADE_INCEPTION_WEIGHTS" in report["weights"]["message"]
+
+
+def test_doctor_screen(write: Write) -> None:
+    result = run("doctor", "--recipe", str(write("typo.toml", TYPO)))
+    assert result.exit_code == 0, result.output
+    for text in ("system", "plugins", "datasets", "Inception weights", "natural-patches", "invalid",
+                 "did you mean 'scales'"):
+        assert text in result.stdout
+
+
+def test_recipe_check_ok() -> None:
+    result = run("recipe", "check", str(QUICKSTART))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("ok: quickstart")
+
+
+def test_recipe_check_typo_is_one_line_without_traceback(write: Write) -> None:
+    line = assert_one_line_error(run("recipe", "check", str(write("typo.toml", TYPO))),
+                                 "model.flow.scalse", "did you mean 'scales'", "typo.toml")
+    assert line.count("error:") == 1
+
+
+def test_recipe_check_set_overrides() -> None:
+    assert run("recipe", "check", str(QUICKSTART), "--set", "train.steps=5", "-s", "data.name=digits"
+               ).exit_code == 0
+    assert_one_line_error(run("recipe", "check", str(QUICKSTART), "--set", "train.steps=zero"),
+                          "--set: train.steps", "expected int")
+
+
+def test_recipe_check_missing_file(tmp_path: Path) -> None:
+    assert_one_line_error(run("recipe", "check", str(tmp_path / "absent.toml")), "recipe file not found")
+
+
+def test_error_text_is_not_rich_markup(write: Write) -> None:
+    line = assert_one_line_error(run("recipe", "check", str(write("markup.toml", '"[/x]" = 1\n'))))
+    assert "[/x]: unknown top-level key" in line
+
+
+def test_recipe_show_is_toml(write: Write) -> None:
+    result = run("recipe", "show", str(QUICKSTART), "--set", "train.steps=7")
+    assert result.exit_code == 0, result.output
+    data = tomllib.loads(result.stdout)
+    assert data["name"] == "quickstart" and data["train"]["steps"] == 7
+    assert data["model"]["flow"]["name"] == "realnvp"
+    # What `show` prints is itself a valid recipe that resolves to the same thing.
+    again = run("recipe", "show", str(write("shown.toml", result.stdout)))
+    assert again.exit_code == 0 and again.stdout == result.stdout
+
+
+def test_recipe_show_json() -> None:
+    result = run("recipe", "show", str(QUICKSTART), "--json")
+    assert json.loads(result.stdout)["model"]["variant"] == "av-ade"
+
+
+def test_recipe_show_variants(write: Write) -> None:
+    path = write("grid.toml", SWEEP)
+    result = run("recipe", "show", str(path), "--variants")
+    assert result.exit_code == 0, result.output
+    for name in ("grid-scales1-blocks1", "grid-scales1-blocks2", "grid-scales2-blocks1", "grid-scales2-blocks2"):
+        assert name in result.stdout
+    as_json = json.loads(run("recipe", "show", str(path), "--variants", "--json").stdout)
+    assert [v["name"] for v in as_json] == ["grid-scales1-blocks1", "grid-scales1-blocks2", "grid-scales2-blocks1",
+                                            "grid-scales2-blocks2"]
+    assert as_json[3]["overrides"] == {"model.flow.scales": 2, "model.flow.blocks": 2}
+    check = run("recipe", "check", str(path))
+    assert check.exit_code == 0 and "4 sweep variants" in check.stdout
+
+
+def test_invalid_sweep_variant_is_one_line(write: Write) -> None:
+    path = write("bad.toml", SWEEP.replace("[1, 2]}", "[1, 0]}"))
+    assert_one_line_error(run("recipe", "check", str(path)), "sweep variant 1", "model.flow.blocks")
+
+
+def test_debug_raises_instead(write: Write) -> None:
+    path = write("typo.toml", TYPO)
+    result = run("--debug", "recipe", "check", str(path))
+    assert result.exit_code != 0
+    assert isinstance(result.exception, avade.ConfigError)
+
+
+def test_debug_shows_traceback_in_a_real_process(write: Write) -> None:
+    path = write("typo.toml", TYPO)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "avade", "recipe", "check", str(path)]
+    plain = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert plain.returncode == 2
+    assert "Traceback" not in plain.stderr and plain.stderr.strip().count("\n") == 0
+    debug = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, env=env, timeout=120)
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr and "ConfigError" in debug.stderr and "scalse" in debug.stderr

@@ -1,0 +1,124 @@
+"""Every registered component (plugins included) passes the conformance kit, and the kit catches
+deliberately broken components."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import pytest
+import torch
+from torch import nn
+
+from avade.testing import check_component, check_module, component_ids
+
+
+@pytest.mark.parametrize("kind, name", component_ids(), ids=[f"{k}/{n}" for k, n in component_ids()])
+def test_registered_component_conforms(kind: str, name: str) -> None:
+    check_component(kind, name)
+
+
+def test_component_ids_cover_every_kind() -> None:
+    kinds = {k for k, _ in component_ids()}
+    assert kinds == {"flow", "posterior", "encoder", "decoder", "discriminator", "norm", "dataset", "metric"}
+
+
+# -- deliberately broken components ------------------------------------------------------------------
+
+
+@attrs.define
+class AffineConfig:
+    """Element-wise affine flow y = x * exp(s) + b, with switchable defects."""
+
+    logdet_offset: float = 0.0
+    inverse_offset: float = 0.0
+
+
+class ElementwiseAffine(nn.Module):
+    """A correct flow when both offsets are 0."""
+
+    def __init__(self, cfg: AffineConfig, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.log_scale = nn.Parameter(torch.zeros(in_shape))
+        self.shift = nn.Parameter(torch.zeros(in_shape))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = x * self.log_scale.exp() + self.shift
+        logdet = self.log_scale.sum().expand(x.shape[0]) + self.cfg.logdet_offset
+        return y, logdet
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.shift) * (-self.log_scale).exp() + self.cfg.inverse_offset
+
+
+@attrs.define
+class ScoreConfig:
+    """Plain conv discriminator; ``keep_dim`` returns [B, 1] instead of [B]."""
+
+    keep_dim: bool = False
+
+
+class TinyDiscriminator(nn.Module):
+    def __init__(self, cfg: ScoreConfig, *, in_shape: tuple[int, int, int], num_classes: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.conv = nn.Conv2d(in_shape[0], 4, 3, stride=2, padding=1)
+        self.out = nn.Linear(4, 1)
+        self.embed = nn.Embedding(num_classes, 4) if num_classes else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        score = self.out(h)
+        if self.embed is not None and y is not None:
+            score = score + (self.embed(y) * h).sum(1, keepdim=True)
+        return score if self.cfg.keep_dim else score.squeeze(1)
+
+
+@attrs.define
+class StagesConfig:
+    """Two-stage conv encoder; ``lie`` makes ``stage_shapes`` disagree with what forward returns."""
+
+    lie: bool = False
+
+
+class TinyEncoder(nn.Module):
+    def __init__(self, cfg: StagesConfig, *, in_shape: tuple[int, int, int], num_classes: int | None = None) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        self.down1 = nn.Conv2d(c, 4, 3, stride=2, padding=1)
+        self.down2 = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.stage_shapes = [(4, h // 2, w // 2), (8, h // 4, w // 4)]
+        if cfg.lie:
+            self.stage_shapes[1] = (8, h // 2, w // 2)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        h1 = torch.relu(self.down1(x))
+        return [h1, self.down2(h1)]
+
+
+def test_kit_accepts_the_correct_versions() -> None:
+    check_module("flow", ElementwiseAffine, AffineConfig(), name="good-affine")
+    check_module("discriminator", TinyDiscriminator, ScoreConfig(), name="good-disc")
+    check_module("encoder", TinyEncoder, StagesConfig(), name="good-encoder")
+
+
+@pytest.mark.parametrize(
+    "kind, factory, config, name, expected",
+    [
+        ("flow", ElementwiseAffine, AffineConfig(logdet_offset=math.pi), "off-logdet", r"logdet .* != log\|det J\|"),
+        ("flow", ElementwiseAffine, AffineConfig(inverse_offset=1e-3), "bad-inverse", r"inverse\(forward\(x\)\)"),
+        ("discriminator", TinyDiscriminator, ScoreConfig(keep_dim=True), "column-scores", r"\(4, 1\).*\[batch\]"),
+        ("encoder", TinyEncoder, StagesConfig(lie=True), "lying-stages", r"stage 1 .*stage_shapes says"),
+    ],
+)
+def test_kit_catches_broken_components(kind: str, factory: Any, config: Any, name: str, expected: str) -> None:
+    with pytest.raises(AssertionError, match=expected) as info:
+        check_module(kind, factory, config, name=name)
+    assert f"{kind} '{name}'" in str(info.value)
+
+
+def test_check_component_refuses_unknown_kind() -> None:
+    with pytest.raises(AssertionError, match="no conformance checks for kind"):
+        check_component("sampler", "x")

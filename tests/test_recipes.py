@@ -1,0 +1,378 @@
+"""Recipes: round trip, ``extends`` deep merge, error locations, ``--set`` overrides, sweeps."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from avade.errors import ConfigError
+from avade.recipe import (
+    Recipe,
+    expand_sweep,
+    load_recipe,
+    parse_override,
+    recipe_from_dict,
+    recipe_to_dict,
+    recipe_to_toml,
+)
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("**/*.toml"))
+Write = Callable[[str, str], Path]
+
+BASE = """
+description = "base"
+[model]
+variant = "av-ade"
+[model.flow]
+name = "realnvp"
+scales = 2
+blocks = 1
+hidden = 8
+[model.encoder]
+name = "resnet"
+channels = [8, 16]
+[model.discriminator]
+name = "dcgan"
+channels = [8, 16, 32]
+[data]
+name = "natural-patches"
+resolution = 16
+batch_size = 8
+[train]
+steps = 10
+lr = 0.002
+betas = [0.5, 0.9]
+[eval]
+metrics = ["bpd"]
+"""
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from the recipes' folder, so that messages show short relative file names."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def base(write: Write) -> Path:
+    return write("base.toml", BASE)
+
+
+def config_error(path: Path, overrides: tuple[str, ...] = ()) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path, overrides)
+    assert "\n" not in str(info.value)
+    return info.value
+
+
+# -- round trip --------------------------------------------------------------------------------------
+
+
+def test_recipes_folder_is_not_empty() -> None:
+    assert RECIPES, "recipes/*.toml: nothing to test"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_round_trip(path: Path, write: Write) -> None:
+    recipe = load_recipe(path)
+    text = recipe_to_toml(recipe)
+    tomllib.loads(text)
+    again = load_recipe(write(f"{path.stem}.toml", text))
+    assert again == recipe
+    assert recipe_to_toml(again) == text
+    assert expand_sweep(recipe)  # every variant validates
+
+
+def test_round_trip_keeps_overrides_and_sweep(base: Path, write: Write) -> None:
+    child = write("child.toml", 'extends = "base.toml"\n[sweep]\ngrid = {"model.flow.scales" = [1, 2]}\n')
+    recipe = load_recipe(child, ["train.seed=7", "model.posterior.name=diagonal"])
+    again = load_recipe(write("again.toml", recipe_to_toml(recipe)))
+    assert again == recipe and again.train.seed == 7 and again.model.posterior.name == "diagonal"
+    assert again.sweep is not None and again.sweep.grid == {"model.flow.scales": [1, 2]}
+    assert recipe_from_dict(recipe_to_dict(recipe)) == recipe
+
+
+def test_name_defaults_to_file_stem_and_is_not_inherited(base: Path, write: Write) -> None:
+    write("named.toml", 'name = "parent-name"\n' + BASE)
+    assert load_recipe(base).name == "base"
+    assert load_recipe(write("kid.toml", 'extends = "named.toml"\n')).name == "kid"
+
+
+# -- extends ----------------------------------------------------------------------------------------
+
+
+def test_extends_deep_merge(base: Path, write: Write) -> None:
+    child = write("child.toml", """
+extends = "base.toml"
+[model.flow]
+blocks = 3
+[train]
+lr = 0.001
+betas = [0.0]
+""")
+    with pytest.raises(ConfigError, match=r"child.toml: train.betas: expected a list of 2 items"):
+        load_recipe(child)  # arrays are replaced, not merged element by element
+    child.write_text(child.read_text().replace("[0.0]", "[0.0, 0.99]"))
+    recipe = load_recipe(child)
+    flow = recipe.model.flow
+    assert flow is not None and flow.name == "realnvp"
+    assert (flow.config.scales, flow.config.blocks, flow.config.hidden) == (2, 3, 8)  # tables merge
+    assert recipe.train.lr == 0.001 and recipe.train.steps == 10  # child overrides, the rest inherited
+    assert recipe.train.betas == (0.0, 0.99)
+    assert recipe.description == "base"
+    assert recipe.model.encoder.config.channels == (8, 16)
+
+
+def test_changing_a_component_name_replaces_the_table(base: Path, write: Write) -> None:
+    child = write("child.toml", 'extends = "base.toml"\n[model.discriminator]\nname = "resnet"\n')
+    disc = load_recipe(child).model.discriminator
+    assert disc is not None and disc.name == "resnet"
+    # dcgan's channels were not carried over into resnet's config: resnet's defaults apply.
+    default = load_recipe(child, ["model.discriminator.name=resnet"]).model.discriminator
+    assert disc.config.channels != (8, 16, 32) and disc.config == default.config
+
+
+def test_name_none_removes_an_inherited_component(base: Path, write: Write) -> None:
+    child = write("gan.toml", """
+extends = "base.toml"
+[model]
+variant = "gan"
+[model.flow]
+name = "none"
+""")
+    recipe = load_recipe(child)
+    assert recipe.variant == "gan" and recipe.model.flow is None
+    assert recipe.model.discriminator is not None and recipe.model.discriminator.name == "dcgan"
+    # Without removing it, the inherited flow is an error that says how to fix it.
+    child.write_text('extends = "base.toml"\n[model]\nvariant = "gan"\n')
+    err = config_error(child)
+    assert err.path == "model.flow" and 'model.flow.name = "none"' in str(err)
+
+
+def test_extends_chain_of_three(base: Path, write: Write) -> None:
+    write("mid.toml", 'extends = "base.toml"\n[train]\nsteps = 20\nseed = 3\n')
+    leaf = write("sub/leaf.toml", 'extends = "../mid.toml"\n[train]\nseed = 4\n')
+    recipe = load_recipe(leaf)
+    assert (recipe.train.steps, recipe.train.seed, recipe.train.lr) == (20, 4, 0.002)
+
+
+def test_extends_list_merges_in_order(base: Path, write: Write) -> None:
+    write("fast.toml", "[train]\nsteps = 5\nseed = 1\n")
+    child = write("child.toml", 'extends = ["base.toml", "fast.toml"]\n[train]\nseed = 2\n')
+    recipe = load_recipe(child)
+    assert (recipe.train.steps, recipe.train.seed, recipe.train.lr) == (5, 2, 0.002)
+
+
+def test_extends_cycle_is_named(write: Write) -> None:
+    write("a.toml", 'extends = "b.toml"\n')
+    write("b.toml", 'extends = "c.toml"\n')
+    c = write("c.toml", 'extends = "a.toml"\n')
+    err = config_error(c)
+    assert "cycle" in str(err)
+    assert "c.toml -> a.toml -> b.toml -> c.toml" in str(err)
+    assert err.path == "extends"
+
+
+def test_extends_self_is_a_cycle(write: Write) -> None:
+    me = write("me.toml", 'extends = "me.toml"\n')
+    assert "me.toml -> me.toml" in str(config_error(me))
+
+
+def test_missing_parent_is_named(write: Write) -> None:
+    child = write("child.toml", 'extends = "nowhere.toml"\n')
+    err = config_error(child)
+    assert "extended recipe not found" in str(err) and "nowhere.toml" in str(err)
+    assert err.source is not None and err.source.endswith("child.toml")
+
+
+@pytest.mark.parametrize("value", ["3", "[1, 2]", "{a = 1}", '["base.toml", 5]'])
+def test_extends_must_be_paths(value: str, write: Write) -> None:
+    err = config_error(write("x.toml", f"extends = {value}\n"))
+    assert err.path == "extends"
+
+
+def test_error_names_the_file_that_set_the_key(write: Write) -> None:
+    write("parent.toml", BASE.replace("scales = 2", "scalse = 2"))
+    child = write("child.toml", 'extends = "parent.toml"\n[train]\nsteps = 5\n')
+    err = config_error(child)
+    assert err.source is not None and err.source.endswith("parent.toml")
+    assert "model.flow.scalse" in str(err) and "did you mean 'scales'" in str(err)
+    assert str(err).startswith("parent.toml: model.flow.scalse: ")
+    # A bad value the child sets is blamed on the child, even for a key the parent also sets.
+    write("good.toml", BASE)
+    child.write_text('extends = "good.toml"\n[train]\nsteps = "many"\n')
+    err = config_error(child)
+    assert str(err).startswith('child.toml: train.steps: expected int, got "many"')
+    # ... and a bad value inherited untouched is blamed on the parent, also inside a list.
+    write("good.toml", BASE.replace("betas = [0.5, 0.9]", 'betas = [0.5, "x"]'))
+    err = config_error(child, ("train.steps=3",))
+    assert str(err).startswith('good.toml: train.betas[1]: expected float, got "x"')
+
+
+def test_invalid_toml_names_the_file(write: Write) -> None:
+    err = config_error(write("broken.toml", "[model\nvariant = 1\n"))
+    assert "invalid TOML" in str(err) and err.source is not None and err.source.endswith("broken.toml")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert "recipe file not found" in str(config_error(tmp_path / "absent.toml"))
+
+
+# -- key errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, path, hint",
+    [
+        ('[model.flow]\nname = "realnvp"\nscalse = 2\n', "model.flow.scalse", "did you mean 'scales'"),
+        ('[trian]\nsteps = 2\n', "trian", "did you mean 'train'"),
+        ('[train]\nstesp = 2\n', "train.stesp", "did you mean 'steps'"),
+        ('[model]\nvarient = "vae"\n', "model.varient", "did you mean 'variant'"),
+        ('[model]\nvariant = "av_ade"\n', "model.variant", "did you mean 'av-ade'"),
+        ('[model.flow]\nname = "realnvpp"\n', "model.flow.name", "did you mean 'realnvp'"),
+        ('[data]\nname = "natural-patchs"\n', "data.name", "did you mean 'natural-patches'"),
+        ('[data]\nbatchsize = 2\n', "data.batchsize", "did you mean 'batch_size'"),
+        ('[eval]\nmetrics = ["bpd", "fdi"]\n', "eval.metrics[1]", "did you mean 'fid'"),
+    ],
+)
+def test_typo_gives_full_path_and_suggestion(text: str, path: str, hint: str, write: Write) -> None:
+    err = config_error(write("typo.toml", text))
+    assert path in str(err)
+    assert hint in str(err)
+    assert str(err).startswith(f"{err.source}: ")
+
+
+def test_component_table_needs_a_name(write: Write) -> None:
+    err = config_error(write("x.toml", "[model.flow]\nscales = 2\n"))
+    assert err.path == "model.flow" and "missing `name`" in str(err) and "--kind flow" in str(err)
+
+
+# -- --set overrides --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("model.flow.scales=2", ("model.flow.scales", 2)),
+        ("train.lr=1e-3", ("train.lr", 0.001)),
+        ("train.betas=[0.5, 0.99]", ("train.betas", [0.5, 0.99])),
+        ('data.name="digits"', ("data.name", "digits")),
+        ("data.name=natural-patches", ("data.name", "natural-patches")),  # bare string
+        ("train.compile=true", ("train.compile", True)),
+        (" eval.metrics = [\"bpd\"] ", ("eval.metrics", ["bpd"])),
+        ("name=a=b", ("name", "a=b")),
+    ],
+)
+def test_parse_override(text: str, expected: tuple[str, object]) -> None:
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text", ["noequals", "=3", "a..b=1", ".a=1"])
+def test_parse_override_rejects_malformed(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
+        parse_override(text)
+
+
+def test_set_overrides(base: Path) -> None:
+    recipe = load_recipe(base, ["model.flow.scales=3", "train.lr=1e-3", "data.name=digits",
+                                "train.betas=[0.1, 0.2]", "model.variant=v-ade", "model.discriminator.name=none"])
+    assert recipe.model.flow.config.scales == 3 and recipe.model.flow.config.hidden == 8
+    assert recipe.train.lr == 0.001 and recipe.train.betas == (0.1, 0.2)
+    assert recipe.data.options.name == "digits" and recipe.data.options.batch_size == 8  # loader keys kept
+    assert recipe.variant == "v-ade" and recipe.model.discriminator is None
+
+
+def test_set_component_name_drops_old_options(base: Path) -> None:
+    recipe = load_recipe(base, ["model.flow.name=glow"])
+    flow = recipe.model.flow
+    assert flow is not None and flow.name == "glow"
+    assert flow.config == load_recipe(base, ["model.flow.name=glow", "model.flow.name=glow"]).model.flow.config
+    assert not hasattr(flow.config, "blocks")
+    # Options given after the switch apply to the new component.
+    assert load_recipe(base, ["model.flow.name=glow", "model.flow.steps=2"]).model.flow.config.steps == 2
+
+
+def test_set_errors_name_set_and_path(base: Path) -> None:
+    err = config_error(base, ("model.flow.scalse=2",))
+    assert err.source == "--set"
+    assert "model.flow.scalse" in str(err) and "did you mean 'scales'" in str(err)
+    err = config_error(base, ("train.betas=[0.5, \"x\"]",))
+    assert err.path == "train.betas[1]" and err.source == "--set"
+    err = config_error(base, ("train.lr.x=1",))
+    assert "cannot set train.lr.x: train.lr is not a table" in str(err)
+
+
+# -- sweeps -----------------------------------------------------------------------------------------
+
+
+def sweep(write: Write, body: str, name: str = "x") -> Recipe:
+    return load_recipe(write(f"{name}.toml", f'extends = "base.toml"\n[sweep]\n{body}\n'))
+
+
+def test_grid_is_the_cartesian_product(base: Path, write: Write) -> None:
+    recipe = sweep(write, 'grid = {"model.flow.scales" = [1, 2], "model.flow.blocks" = [2, 4, 6]}')
+    variants = expand_sweep(recipe)
+    assert [v.name for v in variants] == [
+        f"x-scales{s}-blocks{b}" for s in (1, 2) for b in (2, 4, 6)
+    ]
+    for v in variants:
+        cfg = v.recipe.model.flow.config
+        assert (cfg.scales, cfg.blocks) == (v.overrides["model.flow.scales"], v.overrides["model.flow.blocks"])
+        assert cfg.hidden == 8 and v.recipe.sweep is None and v.recipe.name == v.name
+
+
+def test_explicit_combos_table9(base: Path, write: Write) -> None:
+    pairs = [(1, 2), (2, 2), (2, 4), (3, 3)]
+    combos = ", ".join(f'{{"model.flow.scales" = {s}, "model.flow.blocks" = {b}}}' for s, b in pairs)
+    variants = expand_sweep(sweep(write, f"combos = [{combos}]", name="t9"))
+    assert [v.name for v in variants] == [f"t9-scales{s}-blocks{b}" for s, b in pairs]
+    assert [(v.recipe.model.flow.config.scales, v.recipe.model.flow.config.blocks) for v in variants] == pairs
+
+
+def test_combos_and_grid_combined(base: Path, write: Write) -> None:
+    recipe = sweep(write, 'combos = [{"model.flow.scales" = 1}, {"model.flow.scales" = 3}]\n'
+                          'grid = {"train.seed" = [0, 1]}')
+    variants = expand_sweep(recipe)
+    assert [v.name for v in variants] == ["x-scales1-seed0", "x-scales1-seed1", "x-scales3-seed0", "x-scales3-seed1"]
+    assert [v.recipe.train.seed for v in variants] == [0, 1, 0, 1]
+
+
+def test_no_sweep_is_one_variant(base: Path) -> None:
+    recipe = load_recipe(base)
+    (variant,) = expand_sweep(recipe)
+    assert variant.name == "base" and variant.overrides == {} and variant.recipe == recipe
+
+
+def test_duplicate_variant_names_are_rejected(base: Path, write: Write) -> None:
+    recipe = sweep(write, 'combos = [{"model.flow.scales" = 2}, {"model.flow.scales" = 2}]')
+    with pytest.raises(ConfigError, match="two sweep variants are both named 'x-scales2'"):
+        expand_sweep(recipe)
+
+
+def test_invalid_variant_names_its_index(base: Path, write: Write) -> None:
+    recipe = sweep(write, 'combos = [{"model.flow.scales" = 1}, {"model.flow.scales" = 0}]')
+    with pytest.raises(ConfigError) as info:
+        expand_sweep(recipe)
+    assert "sweep variant 1 (x-scales0)" in str(info.value)
+    assert info.value.path == "model.flow.scales" and "expected a number >= 1" in str(info.value)
+    recipe = sweep(write, 'grid = {"model.flow.scalse" = [1]}', name="y")
+    with pytest.raises(ConfigError, match=r"sweep variant 0 .*did you mean 'scales'"):
+        expand_sweep(recipe)
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        ("grid = {}", "needs `grid` and/or `combos`"),
+        ('grid = {"train.seed" = []}', "at least one value"),
+        ('grid = {"train.seed" = 3}', "expected a list"),
+        ("combos = [1]", "expected a table"),
+        ("grdi = {}", "did you mean 'grid'"),
+    ],
+)
+def test_malformed_sweep(base: Path, write: Write, body: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        sweep(write, body)

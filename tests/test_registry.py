@@ -1,0 +1,404 @@
+"""The registry: register/create, helpful lookups, duplicates, and isolated plugin loading."""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import sys
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+import attrs
+import pytest
+
+import avade
+from avade import hookimpl
+from avade.errors import ConfigError, RegistryError
+from avade.registry import DISABLE_ENV, PluginWarning, Registry, get_registry, list_components
+from avade.schema import ge
+
+
+@attrs.define
+class ToyConfig:
+    """A config schema with the usual field types."""
+
+    scales: int = attrs.field(default=1, validator=ge(1))
+    width: float = 1.0
+    mode: Literal["fast", "exact"] = "fast"
+
+
+class Toy:
+    """A factory taking the validated config plus one context keyword."""
+
+    def __init__(self, cfg: ToyConfig, *, in_shape: tuple[int, int, int] = (3, 8, 8)) -> None:
+        self.cfg = cfg
+        self.in_shape = in_shape
+
+
+def toy_registry() -> Registry:
+    registry = Registry()
+    registry.register("flow", "toy", factory=Toy, config=ToyConfig, summary="A toy.\nSecond line ignored.")
+    registry.register("flow", "toy-two", factory=Toy, config=ToyConfig)
+    return registry
+
+
+def plugin(name: str, register: Callable[[Any], None]) -> types.ModuleType:
+    """A module object that looks like an installed plugin."""
+    module = types.ModuleType(name)
+
+    @hookimpl
+    def avade_register(registry: Any) -> None:
+        register(registry)
+
+    module.avade_register = avade_register  # type: ignore[attr-defined]
+    return module
+
+
+def registering(*names: str, kind: str = "flow", fail: BaseException | None = None) -> Callable[[Any], None]:
+    def register(registry: Any) -> None:
+        for name in names:
+            registry.register(kind, name, factory=Toy, config=ToyConfig)
+        if fail is not None:
+            raise fail
+
+    return register
+
+
+def plugin_warnings(record: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, PluginWarning)]
+
+
+# -- register / create / lookup ---------------------------------------------------------------------
+
+
+def test_register_and_create_validates_config_and_passes_context() -> None:
+    registry = toy_registry()
+    obj = registry.create("flow", "toy", scales=3, width=2, in_shape=(1, 4, 4))
+    assert isinstance(obj, Toy)
+    assert obj.cfg == ToyConfig(scales=3, width=2.0, mode="fast")
+    assert isinstance(obj.cfg.width, float)
+    assert obj.in_shape == (1, 4, 4)
+    assert registry.get("flow", "toy").summary == "A toy."
+
+
+def test_create_builds_builtin_flows() -> None:
+    flow = avade.create("flow", "realnvp", in_shape=(3, 8, 8), hidden=8, blocks=1)
+    assert flow.__class__.__name__ and callable(flow.inverse)
+
+
+def test_unknown_name_suggests_close_matches_and_the_list_command() -> None:
+    with pytest.raises(RegistryError) as info:
+        toy_registry().get("flow", "toyy")
+    message = str(info.value)
+    assert "unknown flow 'toyy'" in message
+    assert "did you mean 'toy'" in message
+    assert "`avade list-components --kind flow`" in message
+
+
+def test_unknown_builtin_name_via_create() -> None:
+    with pytest.raises(RegistryError, match=r"did you mean 'realnvp'.*list-components --kind flow"):
+        avade.create("flow", "realnvpp", in_shape=(3, 8, 8))
+
+
+def test_unknown_kind_suggests_and_lists_kinds() -> None:
+    with pytest.raises(RegistryError) as info:
+        toy_registry().get("flw", "toy")
+    assert "unknown component kind 'flw'" in str(info.value)
+    assert "did you mean 'flow'" in str(info.value)
+    assert "posterior" in str(info.value)  # the valid kinds are listed
+    with pytest.raises(RegistryError, match="unknown component kind"):
+        toy_registry().list(kind="flw")
+
+
+@pytest.mark.parametrize("kind, name", [("Flow", "x"), ("flow", "My_Flow"), ("flow", "a b"), ("flow", "")])
+def test_invalid_kind_or_name_is_refused(kind: str, name: str) -> None:
+    with pytest.raises(RegistryError, match="invalid component"):
+        Registry().register(kind, name, factory=Toy)
+
+
+def test_direct_duplicate_registration_names_both_distributions() -> None:
+    registry = Registry()
+    assert registry.add_plugin(plugin("first", registering("dup")), dist="first-dist", version="1.0")
+    with pytest.raises(RegistryError) as info:
+        registry.register("flow", "dup", factory=Toy, config=ToyConfig)
+    message = str(info.value)
+    assert "flow 'dup' is registered twice" in message
+    assert "first-dist 1.0" in message and "__main__" in message
+    assert DISABLE_ENV in message
+    # The first registration is untouched.
+    assert registry.get("flow", "dup").dist == "first-dist"
+
+
+def test_create_rejects_unknown_option_with_suggestion() -> None:
+    with pytest.raises(ConfigError) as info:
+        toy_registry().create("flow", "toy", scals=2)
+    assert info.value.path == "flow.toy.scals"
+    assert "did you mean 'scales'" in str(info.value)
+    assert "in_shape" in str(info.value)  # context keywords are listed as valid options too
+
+
+@pytest.mark.parametrize(
+    "options, path, expected",
+    [
+        ({"scales": "two"}, "flow.toy.scales", 'expected int, got "two"'),
+        ({"scales": 2.5}, "flow.toy.scales", "expected int, got 2.5"),
+        ({"scales": True}, "flow.toy.scales", "expected int, got True"),
+        ({"scales": 0}, "flow.toy.scales", "expected a number >= 1"),
+        ({"width": "1.0"}, "flow.toy.width", "expected float"),
+        ({"mode": "exakt"}, "flow.toy.mode", "did you mean 'exact'"),
+    ],
+)
+def test_create_validates_types_with_path(options: dict[str, Any], path: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        toy_registry().create("flow", "toy", **options)
+    assert info.value.path == path
+    assert expected in str(info.value)
+    assert str(info.value).startswith(path + ":")
+
+
+def test_builtin_create_reports_path_for_wrong_type() -> None:
+    with pytest.raises(ConfigError) as info:
+        avade.create("flow", "realnvp", in_shape=(3, 8, 8), scales="two")
+    assert info.value.path == "flow.realnvp.scales"
+    assert 'expected int, got "two"' in str(info.value)
+
+
+def test_component_without_config_takes_no_options() -> None:
+    registry = Registry()
+    registry.register("metric", "plain", factory=lambda: "built")
+    assert registry.create("metric", "plain") == "built"
+    with pytest.raises(ConfigError, match="unknown option"):
+        registry.create("metric", "plain", anything=1)
+
+
+def test_broken_lazy_reference_is_a_registry_error() -> None:
+    registry = Registry()
+    registry.register("flow", "ghost", factory="avade_no_such_module:Flow", config="avade_no_such_module:Cfg")
+    with pytest.raises(RegistryError, match="flow 'ghost': cannot import 'avade_no_such_module:Cfg'"):
+        registry.create("flow", "ghost")
+
+
+def test_list_components_glob_and_kind_filter() -> None:
+    assert list_components("*iaf*") == ["posterior/iaf"]
+    flows = list_components(kind="flow")
+    assert "flow/realnvp" in flows and all(n.startswith("flow/") for n in flows)
+    assert list_components("real*", kind="flow") == ["flow/realnvp"]
+    assert list_components("zzz-no-match*") == []
+    everything = list_components()
+    assert everything == sorted(everything, key=lambda s: tuple(s.split("/")))
+
+
+# -- plugin loading -----------------------------------------------------------------------------------
+
+
+def test_add_plugin_records_dist_version_and_count() -> None:
+    registry = Registry()
+    assert registry.add_plugin(plugin("p", registering("a-flow", "b-flow")), dist="p-dist", version="0.3",
+                               entry_point="p")
+    assert registry.plugins[-1].dist == "p-dist" and registry.plugins[-1].count == 2
+    info = registry.get("flow", "a-flow")
+    assert (info.dist, info.version, info.provider) == ("p-dist", "0.3", "p-dist 0.3")
+
+
+def test_conflicting_plugin_warns_and_the_name_errors_naming_both() -> None:
+    registry = Registry()
+    registry.add_plugin(plugin("a", registering("shared", "only-a")), dist="dist-a", version="1.0")
+    with pytest.warns(PluginWarning) as record:
+        ok = registry.add_plugin(plugin("b", registering("shared", "only-b")), dist="dist-b", version="2.0")
+    assert ok
+    messages = plugin_warnings(record.list)
+    assert len(messages) == 1
+    assert "dist-a 1.0" in messages[0] and "dist-b 2.0" in messages[0]
+    with pytest.raises(RegistryError) as info:
+        registry.get("flow", "shared")
+    assert "dist-a 1.0" in str(info.value) and "dist-b 2.0" in str(info.value)
+    # Everything else from both plugins still works.
+    assert registry.create("flow", "only-a").cfg == ToyConfig()
+    assert registry.create("flow", "only-b").cfg == ToyConfig()
+
+
+@pytest.mark.parametrize("cause", ["raise", "not-decorated", "no-hook", "bad-signature"])
+def test_failing_plugin_is_one_warning_and_rolled_back(cause: str) -> None:
+    registry = Registry()
+    registry.add_plugin(plugin("good", registering("kept")), dist="good-dist", version="1.0")
+    if cause == "raise":
+        # Registers a new name, then conflicts, then fails: all of it must be undone.
+        bad: Any = plugin("bad", registering("partial", "kept", fail=ValueError("boom in hook")))
+        expected = "ValueError: boom in hook"
+    elif cause == "not-decorated":
+        bad = types.ModuleType("bad")
+        bad.avade_register = registering("partial")  # type: ignore[attr-defined]
+        expected = "not decorated with `@avade.hookimpl`"
+    elif cause == "no-hook":
+        bad = types.SimpleNamespace()
+        expected = "defines no `avade_register(registry)` hook"
+    else:
+        bad = types.ModuleType("bad")
+
+        @hookimpl
+        def avade_register(reg: Any) -> None:  # wrong argument name: pluggy refuses it
+            registering("partial")(reg)
+
+        bad.avade_register = avade_register  # type: ignore[attr-defined]
+        expected = "PluginValidationError"
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert not registry.add_plugin(bad, dist="bad-dist", version="9.9", entry_point="bad")
+    messages = plugin_warnings(record)
+    assert len(messages) == 1, messages
+    assert "plugin 'bad-dist' failed to load" in messages[0] and expected in messages[0]
+    assert [f.dist for f in registry.failures] == ["bad-dist"]
+    assert ("flow", "partial") not in registry
+    assert registry.conflicts == {}
+    assert registry.create("flow", "kept").cfg == ToyConfig()
+    assert [p.dist for p in registry.plugins] == ["good-dist"]
+
+
+class FakeDist:
+    def __init__(self, name: str, version: str) -> None:
+        self.name, self.version = name, version
+
+
+def fake_entry_point(name: str, value: str, dist: str, version: str = "1.0") -> Any:
+    ep = metadata.EntryPoint(name=name, value=value, group="avade")
+    return types.SimpleNamespace(name=ep.name, value=ep.value, dist=FakeDist(dist, version), load=ep.load)
+
+
+@pytest.fixture
+def fake_plugins(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Entry points: the real built-ins, a working plugin, one failing on import, one failing in its hook."""
+    real = [ep for ep in metadata.entry_points(group="avade") if ep.value.startswith("avade.")]
+    monkeypatch.setitem(sys.modules, "fake_good_plugin", plugin("fake_good_plugin", registering("fake-flow")))
+    monkeypatch.setitem(sys.modules, "fake_hook_fails",
+                        plugin("fake_hook_fails", registering("half-flow", fail=RuntimeError("hook exploded"))))
+    eps = [
+        *real,
+        fake_entry_point("good", "fake_good_plugin", "fake-good"),
+        fake_entry_point("broken", "fake_no_such_module_xyz", "fake-broken"),
+        fake_entry_point("hook", "fake_hook_fails", "fake-hook"),
+    ]
+
+    def entry_points(**kwargs: Any) -> list[Any]:
+        assert kwargs == {"group": "avade"}
+        return eps
+
+    monkeypatch.setattr("avade.registry.metadata.entry_points", entry_points)
+    return eps
+
+
+def test_entry_point_loading_isolates_failures(fake_plugins: list[Any]) -> None:
+    registry = Registry()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        registry.load_entry_points()
+    messages = plugin_warnings(record)
+    assert len(messages) == 2, messages
+    (import_msg,) = [m for m in messages if "fake-broken" in m]
+    assert "import of 'fake_no_such_module_xyz' failed" in import_msg and "ModuleNotFoundError" in import_msg
+    (hook_msg,) = [m for m in messages if "fake-hook" in m]
+    assert "RuntimeError: hook exploded" in hook_msg
+    assert {f.dist for f in registry.failures} == {"fake-broken", "fake-hook"}
+    assert ("flow", "half-flow") not in registry
+    assert registry.get("flow", "fake-flow").dist == "fake-good"
+    # The built-ins still load and build.
+    assert registry.get("flow", "realnvp").dist == "avade"
+    assert registry.create("norm", "none", layer=__import__("torch").nn.Conv2d(1, 1, 1)) is not None
+    assert "avade" in [p.dist for p in registry.plugins]
+
+
+def test_entry_points_can_be_disabled(fake_plugins: list[Any]) -> None:
+    registry = Registry()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        registry.load_entry_points(disabled=["fake-broken", " HOOK ", "fake-good"])  # dist or entry-point name
+    assert plugin_warnings(record) == []
+    assert registry.failures == []
+    assert ("flow", "fake-flow") not in registry
+
+
+def test_env_variable_disables_a_plugin(fake_plugins: list[Any], fresh_registry: None,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DISABLE_ENV, "fake-good,fake-broken,fake-hook")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)  # nothing left to fail
+        registry = get_registry()
+    assert ("flow", "fake-flow") not in registry
+    assert ("flow", "realnvp") in registry
+
+
+def test_env_variable_disables_the_installed_example_plugin(fresh_registry: None,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("avade_nice", reason="the example plugin plugins/avade-nice is not installed")
+    assert ("flow", "nice") in get_registry()
+    monkeypatch.setenv(DISABLE_ENV, "avade-nice")
+    avade.registry.reset_registry()
+    assert ("flow", "nice") not in get_registry()
+    assert "flow/nice" not in list_components("nic*")
+    with pytest.raises(RegistryError, match="unknown flow 'nice'"):
+        avade.create("flow", "nice", in_shape=(3, 8, 8))
+
+
+# -- the example plugin plugins/avade-nice -----------------------------------------------------------
+
+NICE_RECIPE = """
+[model]
+variant = "av-ade"
+[model.flow]
+name = "nice"
+couplings = 2
+hidden = 8
+[model.encoder]
+name = "conv"
+channels = [8, 16]
+[model.posterior]
+name = "diagonal"
+latent_channels = 4
+[model.decoder]
+name = "conv"
+[model.discriminator]
+name = "sngan"
+channels = [8, 8]
+down = [true, true]
+[data]
+name = "natural-patches"
+resolution = 16
+"""
+
+
+@pytest.fixture
+def nice_plugin() -> None:
+    try:
+        metadata.distribution("avade-nice")
+    except metadata.PackageNotFoundError:
+        pytest.skip("the example plugin avade-nice is not installed (pip install -e plugins/avade-nice)")
+
+
+def test_example_plugin_components_come_from_its_distribution(nice_plugin: None) -> None:
+    registry = get_registry()
+    assert registry.get("flow", "nice").dist == "avade-nice"
+    assert registry.get("discriminator", "sngan").dist == "avade-nice"
+    record = [p for p in registry.plugins if p.dist == "avade-nice"]
+    assert record and record[0].count == 2 and record[0].version == metadata.version("avade-nice")
+
+
+def test_recipe_with_plugin_flow_validates_and_builds(nice_plugin: None, tmp_path: Any) -> None:
+    import torch
+
+    from avade.models import build_model
+    from avade.recipe import load_recipe
+
+    path = tmp_path / "nice.toml"
+    path.write_text(NICE_RECIPE, encoding="utf-8")
+    recipe = load_recipe(path)
+    assert recipe.model.flow is not None and recipe.model.flow.name == "nice"
+    assert recipe.model.flow.config.couplings == 2
+    with pytest.raises(ConfigError, match=r"model.flow.coupling.*did you mean 'couplings'"):
+        load_recipe(path, ["model.flow.coupling=3"])
+    torch.manual_seed(0)
+    model = build_model(recipe, (3, 16, 16))
+    assert type(model.flow).__module__.startswith("avade_nice")
+    assert type(model.discriminator).__module__.startswith("avade_nice")
+    x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    out = model.log_likelihood(x)
+    assert out["bpd"].shape == (2,) and torch.isfinite(out["bpd"]).all()

@@ -1,0 +1,129 @@
+"""The training loop: it learns, logs, checkpoints, samples, and refuses what it must refuse."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_recipe
+
+from avade.errors import CheckpointError, TrainingError
+from avade.train import checkpoint as ckpt
+from avade.train.trainer import Trainer
+
+
+def test_loss_decreases_and_run_dir_layout(tmp_path):
+    recipe = tiny_recipe("model.variant=v-ade", "model.discriminator.name=none", "train.steps=40",
+                         "train.log_every=5", "train.sample_every=20", "train.checkpoint_every=20")
+    trainer = Trainer(recipe, tmp_path, progress=False)
+    before = trainer.test_bpd()
+    summary = trainer.fit()
+    assert math.isfinite(summary["bpd"])
+    assert summary["bpd"] < before - 0.5, (before, summary["bpd"])
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [line["step"] for line in lines if "bpd" in line]
+    assert steps[:3] == [5, 10, 15]
+    assert (tmp_path / "recipe.toml").is_file()
+    assert json.loads((tmp_path / "summary.json").read_text())["bpd"] == pytest.approx(summary["bpd"])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000020", "step_00000040"]
+    assert (tmp_path / "samples" / "samples_00000020.png").is_file()
+    assert (tmp_path / "samples" / "reconstructions_final.png").is_file()
+
+
+def test_checkpoint_has_no_pickle_and_keeps_last_n(tmp_path):
+    recipe = tiny_recipe("train.steps=8", "train.checkpoint_every=2", "train.keep_checkpoints=2")
+    Trainer(recipe, tmp_path, progress=False).fit()
+    kept = ckpt.list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in kept] == ["step_00000006", "step_00000008"]
+    files = sorted(f.name for f in kept[-1].iterdir())
+    assert files == ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
+    state = json.loads((kept[-1] / "state.json").read_text())
+    assert state["step"] == 8 and set(state["optimizers"]) == {"generator", "discriminator"}
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    recipe = tiny_recipe("train.steps=2")
+    Trainer(recipe, tmp_path, progress=False).fit()
+    with pytest.raises(CheckpointError, match="--resume"):
+        Trainer(recipe, tmp_path, progress=False)
+
+
+def test_resume_in_process_is_bit_identical(tmp_path):
+    full = tiny_recipe("train.steps=6")
+    Trainer(full, tmp_path / "a", progress=False).fit()
+    Trainer(tiny_recipe("train.steps=4"), tmp_path / "b", progress=False).fit()
+    Trainer(full, tmp_path / "b", resume=True, progress=False).fit()
+    a = ckpt.read_checkpoint(tmp_path / "a" / "checkpoints" / "step_00000006")
+    b = ckpt.read_checkpoint(tmp_path / "b" / "checkpoints" / "step_00000006")
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["optimizer"]:
+        assert torch.equal(a["optimizer"][key], b["optimizer"][key]), key
+
+
+def test_checkpoint_from_another_recipe_is_refused(tmp_path):
+    Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
+    other = tiny_recipe("train.steps=4", "model.flow.hidden=6")
+    with pytest.raises(CheckpointError, match="another recipe"):
+        Trainer(other, tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncate_model", "garbage_state", "missing_rng"])
+def test_corrupt_checkpoint_is_refused(tmp_path, damage):
+    recipe = tiny_recipe("train.steps=2")
+    Trainer(recipe, tmp_path, progress=False).fit()
+    path = tmp_path / "checkpoints" / "step_00000002"
+    if damage == "truncate_model":
+        data = (path / "model.safetensors").read_bytes()
+        (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "garbage_state":
+        (path / "state.json").write_text("{not json")
+    else:
+        (path / "rng.safetensors").unlink()
+    with pytest.raises(CheckpointError) as info:
+        Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+    recipe = tiny_recipe("model.variant=v-ade", "model.discriminator.name=none", "train.steps=20",
+                         "train.checkpoint_every=2", "train.max_bad_steps=3")
+    trainer = Trainer(recipe, tmp_path, progress=False)
+    original = trainer.model.log_likelihood
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 4:  # steps 5.. produce NaN
+            out = {**out, "log_px": out["log_px"] * float("nan")}
+        return out
+
+    monkeypatch.setattr(trainer.model, "log_likelihood", poisoned)
+    good = None
+    with pytest.raises(TrainingError, match="3 consecutive non-finite") as info:
+        good = trainer.fit()
+    assert good is None
+    assert "step_00000004" in str(info.value)
+    last = ckpt.read_checkpoint(tmp_path / "checkpoints" / "step_00000004")
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")][-1] == "step_00000004"
+
+
+def test_skipped_step_leaves_weights_untouched(tmp_path, monkeypatch):
+    recipe = tiny_recipe("model.variant=v-ade", "model.discriminator.name=none")
+    trainer = Trainer(recipe, tmp_path, progress=False)
+    x, y = next(trainer.stream.batches(0))
+    trainer.train_step(x, y)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if v.is_floating_point()}
+    original = trainer.model.log_likelihood
+    monkeypatch.setattr(trainer.model, "log_likelihood",
+                        lambda *a, **k: (lambda o: {**o, "log_px": o["log_px"] * float("inf")})(original(*a, **k)))
+    logs = trainer.train_step(x, y)
+    assert logs["finite"] == 0.0
+    params = dict(trainer.model.named_parameters())
+    for name in params:
+        assert torch.equal(params[name].detach(), before[name]), name
