@@ -5,9 +5,9 @@ from __future__ import annotations
 import attrs
 import torch
 from torch import nn
+from torch.nn.utils import parametrizations
 
 from avade.norms._init_flag import InitFlag
-from torch.nn.utils import parametrizations
 
 
 @attrs.define

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("avade_nice")
 
-from avade.testing import check_distribution  # noqa: E402
+from avade.testing import check_distribution
 
 
 def test_avade_nice_conforms():
