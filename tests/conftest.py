@@ -1,4 +1,8 @@
-"""Fixtures shared by the platform tests (registry, recipes, CLI, conformance)."""
+"""Suite-wide settings and fixtures shared by the platform tests (registry, recipes, CLI, conformance).
+
+Torch runs single-threaded: the suite's tensors are tiny, and on a 2-core CI machine running two
+pytest workers, intra-op threading makes them several times slower, not faster.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 from avade.registry import DISABLE_ENV, reset_registry
 
@@ -30,3 +37,8 @@ def write(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return _write
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

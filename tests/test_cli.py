@@ -246,3 +246,47 @@ def test_debug_shows_traceback_in_a_real_process(write: Write) -> None:
     debug = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, env=env, timeout=120)
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr and "ConfigError" in debug.stderr and "scalse" in debug.stderr
+
+
+def test_doctor_reports_cuda_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA branch, faked (CI has no GPU): device names, memory, cuDNN version, and the screen."""
+    import types
+
+    import torch
+    from rich.console import Console
+
+    from avade.cli.doctor import collect, render
+
+    props = types.SimpleNamespace(name="Fake GPU [x]", total_memory=80 * 2**30, major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
+    report = collect(None)
+    devices = report["devices"]
+    assert devices["cuda_available"] and devices["cudnn_version"] == 91000
+    assert [d["name"] for d in devices["devices"]] == ["Fake GPU [x]"] * 2
+    assert devices["devices"][1] == {"index": 1, "name": "Fake GPU [x]", "memory_gib": 80.0, "capability": "9.0"}
+    console = Console(record=True, width=120)
+    render(report, console)
+    text = console.export_text()
+    assert "cuda:1" in text and "Fake GPU [x], 80.0 GiB, sm 9.0" in text and "cuDNN 91000" in text
+
+
+def test_doctor_lists_failed_plugins(fresh_registry: None) -> None:
+    import types
+    import warnings
+
+    from avade.registry import PluginWarning, Registry, reset_registry
+
+    registry = Registry()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        registry.add_plugin(types.SimpleNamespace(), dist="broken-dist", version="0.1", entry_point="broken")
+    reset_registry(registry)
+    report = json.loads(run("doctor", "--json").stdout)
+    assert report["plugins"]["failed"] == [{"dist": "broken-dist", "entry_point": "broken",
+                                            "reason": "it defines no `avade_register(registry)` hook"}]
+    screen = run("doctor").stdout
+    assert "broken-dist" in screen and "failed" in screen and "1 plugin(s) failed to load" in screen
