@@ -33,7 +33,10 @@ class ConfigError(AvadeError):
 
     def located(self, source: str | None = None, prefix: str = "") -> ConfigError:
         """The same error with a file name and/or a key-path prefix added."""
-        path = ".".join(p for p in (prefix, self.path) if p)
+        if prefix and self.path.startswith("["):
+            path = prefix + self.path
+        else:
+            path = ".".join(p for p in (prefix, self.path) if p)
         return ConfigError(self.detail, path=path, source=source or self.source)
 
 

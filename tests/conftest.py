@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(1)
-
 from avade.registry import DISABLE_ENV, reset_registry
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
     if tuple(logdet.shape) != (x.shape[0],):
         _fail(what, f"logdet has shape {tuple(logdet.shape)}, expected [batch] = ({x.shape[0]},)")
     x_back = flow.inverse(y)
-    err = float((x_back - x).abs().max())
+    err = float((x_back - x).detach().abs().max())
     if err > 1e-8:
         _fail(what, f"inverse(forward(x)) differs from x by {err:.2e} (float64)")
     x1 = x[:1]
@@ -108,7 +108,8 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
         return flow(v.view(1, *shape))[0].flatten()
 
     jac = torch.autograd.functional.jacobian(f, x1.flatten())
-    brute = torch.linalg.slogdet(jac)[1]
+    brute = torch.linalg.slogdet(jac)[1].detach()
+    logdet = logdet.detach()
     if abs(float(brute - logdet[0])) > 1e-6 * max(1.0, abs(float(brute))):
         _fail(what, f"logdet {float(logdet[0]):.8f} != log|det J| {float(brute):.8f} from autograd")
     flow.train()
@@ -125,8 +126,9 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
 
 
 def _reference_encoder(registry: Registry, name: str, shape: Shape) -> nn.Module:
+    """The same-named encoder (small config) gives a decoder/posterior a realistic stage layout."""
     enc = name if ("encoder", name) in registry else "conv"
-    return registry.create("encoder", enc, in_shape=shape)
+    return registry.create("encoder", enc, in_shape=shape, **SMALL_CONFIGS.get(("encoder", enc), {}))
 
 
 def check_encoder(name: str, registry: Registry | None = None, **config: Any) -> None:

@@ -269,8 +269,10 @@ class Trainer:
         """Train to ``train.steps``, checkpointing, logging and sampling; returns the summary."""
         cfg = self.cfg
         logger = MetricsLogger(self.run, enabled=self.dist.is_main)
-        start_step, t0 = self.step, time.perf_counter()
-        images = 0
+        start_step = self.step
+        # The untrained model's test BPD, so a summary shows what training bought.
+        initial = self.test_bpd() if self.likelihood and self.step == 0 else None
+        t0, images = time.perf_counter(), 0
         batches = self.stream.batches(self.step)
         from avade.train.progress import TrainProgress
 
@@ -309,15 +311,17 @@ class Trainer:
         summary: dict[str, Any] = {"recipe": self.recipe.name, "variant": self.recipe.variant, "steps": self.step,
                                    "train_images_per_s": images / max(time.perf_counter() - t0, 1e-9)
                                    if self.step > start_step else None, "device": str(self.device)}
-        results = self.evaluate(final=True)
+        results = self.evaluate()
         summary.update(results)
+        if initial is not None:
+            summary["bpd_untrained"] = initial
         if self.dist.is_main:
             write_json(self.run.summary, summary)
             logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
         logger.close()
         return summary
 
-    def evaluate(self, final: bool = False) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float]:
         """The recipe's eval metrics on the current weights (``bpd`` on the test split always)."""
         results = {"bpd": all_mean(self.test_bpd(), self.dist, self.device)} if self.likelihood else {}
         if self.recipe.eval.importance_samples > 1 and self.likelihood:
