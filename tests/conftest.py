@@ -6,6 +6,7 @@ pytest workers, intra-op threading makes them several times slower, not faster.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +16,16 @@ import torch
 from avade.registry import DISABLE_ENV, reset_registry
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _no_onednn() -> Iterator[None]:
+    """oneDNN spends seconds building kernels for every new layer shape on its first call; the suite
+    sees hundreds of shapes once each, so plain ATen kernels (same results up to rounding) are faster."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "TF32 on top of oneDNN" notice when toggling the flags
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ generator from the prior). Which losses are applied is the trainer's business (A
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -175,13 +177,20 @@ class GenerativeModel(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, temperature: float | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """n uint8 images from the model."""
-        return to_uint8(self.generate(n, labels, generator, temperature=temperature))
+        """n uint8 images from the model; with ``generator`` the result depends on it alone (the
+        global RNG, which the latent layers draw from, is forked and re-seeded from it, then restored)."""
+        if generator is None:
+            return to_uint8(self.generate(n, labels, None, temperature=temperature))
+        with _seeded_from(generator):
+            return to_uint8(self.generate(n, labels, generator, temperature=temperature))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 reconstructions of uint8 images: x -> f -> q(z|x) -> mean (+ noise) -> f^-1."""
+        if generator is not None:
+            with _seeded_from(generator):
+                return self.reconstruct(x, labels)
         labels = self._labels(labels)
         u = self.preprocess.dequantize(x, generator)
         feat, _ = self.features(u)
@@ -193,6 +202,17 @@ class GenerativeModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, data_shape={self.data_shape}, likelihood={self.likelihood!r}"
+
+
+@contextlib.contextmanager
+def _seeded_from(generator: torch.Generator) -> Iterator[None]:
+    """Run with the global RNG seeded from ``generator`` and restore it afterwards, so that sampling
+    is reproducible and does not disturb the training RNG stream (exact resume)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    devices = [generator.device] if generator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _full_precision(t: torch.Tensor) -> Any:

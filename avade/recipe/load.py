@@ -173,6 +173,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
             keep = {} if parts[0] == "model" else {k: v for k, v in node.items() if k in _LOADER_KEYS}
             node.clear()
             node.update(keep)
+            _drop_sweep_axes(out, ".".join(parts[:-1]), keep={"name", *keep})
         node[last] = value
         if origins is not None:
             origins[tuple(parts)] = source
@@ -180,6 +181,32 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
 
 
 _LOADER_KEYS = {f.name for f in attrs.fields(DataOptions)}
+
+
+def _drop_sweep_axes(raw: dict[str, Any], table: str, keep: set[str]) -> None:
+    """A switched component's options are gone, so sweep axes over them go too (e.g. an LSUN
+    ``data.category`` grid under ``--set data.name=natural-patches``)."""
+    sweep = raw.get("sweep")
+    if not isinstance(sweep, dict):
+        return
+
+    def stale(key: Any) -> bool:
+        return isinstance(key, str) and key.startswith(f"{table}.") and key[len(table) + 1:] not in keep
+
+    grid = sweep.get("grid")
+    if isinstance(grid, dict):
+        for key in [k for k in grid if stale(k)]:
+            del grid[key]
+    combos = sweep.get("combos")
+    if isinstance(combos, list):
+        unique: list[Any] = []
+        for combo in combos:
+            combo = {k: v for k, v in combo.items() if not stale(k)} if isinstance(combo, dict) else combo
+            if combo not in unique:
+                unique.append(combo)
+        sweep["combos"] = [c for c in unique if c != {}] if len(unique) > 1 else unique
+    if not sweep.get("grid") and not any(sweep.get("combos") or []):
+        del raw["sweep"]
 
 
 # -- validation --------------------------------------------------------------------------------------

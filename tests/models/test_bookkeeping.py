@@ -92,3 +92,16 @@ def test_sampling_and_reconstruction_shapes():
     assert samples.dtype == torch.uint8 and samples.shape == (6, 2, 4, 4)
     x = torch.randint(0, 256, (3, 2, 4, 4), dtype=torch.uint8)
     assert model.reconstruct(x).shape == x.shape
+
+
+def test_sampling_with_a_generator_is_reproducible_and_leaves_the_global_rng_alone():
+    model = _analytic_model(0.05, "identity")
+    with torch.no_grad():
+        for p in model.posterior.parameters():  # a prior that depends on the latents' draw
+            p.add_(0.1)
+    state = torch.get_rng_state()
+    a = model.sample(4, generator=torch.Generator().manual_seed(5))
+    b = model.sample(4, generator=torch.Generator().manual_seed(5))
+    c = model.sample(4, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), state)

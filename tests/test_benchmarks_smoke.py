@@ -1,0 +1,114 @@
+"""Smoke tests of the benchmark suite (benchmarks/): it runs and writes the JSON it documents.
+
+Never asserts on timing values -- only on structure, and on numbers that do not depend on the
+machine (parameter counts, FLOPs, finite likelihoods).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks/ lives at the repository root, next to tests/
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import flows, runner  # noqa: E402
+from benchmarks.common import make_settings  # noqa: E402
+
+SIDE_KEYS = {"params", "bpd_init", "timing", "images_per_s", "flops_per_image", "flop_s", "memory"}
+
+
+def tiny_cases() -> list[flows.FlowCase]:
+    return [
+        flows.FlowCase("glow", "glow", levels=2, steps=1, hidden=4, size=8, batch=2),
+        flows.FlowCase("realnvp", "realnvp", levels=1, steps=2, hidden=4, blocks=1, size=8, batch=2,
+                       norm="weight-norm"),
+    ]
+
+
+def render_text(tables: list) -> str:
+    buf = io.StringIO()
+    console = Console(file=buf, width=200)
+    for t in tables:
+        console.print(t)
+    return buf.getvalue()
+
+
+def test_runner_startup_quick_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "startup", "--quick", "--device", "cpu",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "startup" in proc.stdout and "targets" in proc.stdout  # the tables were printed
+    data = json.loads(out.read_text())
+    assert data["schema"] == 1 and data["errors"] == {}
+    assert {"torch_threads", "cpu_count", "device", "torch", "quick", "loadavg_start"} <= set(data["meta"])
+    assert data["meta"]["quick"] is True and data["meta"]["device"] == "cpu"
+    startup = data["benchmarks"]["startup"]
+    commands = startup["commands"]
+    assert {"avade list-components", "avade recipe check recipes/quickstart.toml"} <= set(commands)
+    for c in commands.values():
+        assert {"cmd", "best_s", "median_s", "runs", "times_s"} <= set(c) and len(c["times_s"]) == c["runs"]
+    heavy = startup["imports"]["heavy_imported"]
+    assert {"torch", "torchvision", "sklearn"} <= set(heavy) and all(isinstance(v, bool) for v in heavy.values())
+    assert startup["imports"]["modules_imported"] > 0
+    assert startup["imports"]["slowest_top_level_imports_ms"]
+    names = [t["target"] for t in data["targets"]]
+    assert any("list-components" in n for n in names)
+    assert all(t["met"] is None for t in data["targets"])  # --quick numbers are never judged against targets
+
+
+def test_flows_avade_alone_on_tiny_shapes() -> None:
+    settings = make_settings("cpu", quick=True, warmup=0, repeats=1)
+    result = flows.run(settings, cases=tiny_cases(), baseline=False)
+    assert result["baseline"] is None and "note" in result
+    assert set(result["cases"]) == {"glow", "realnvp"}
+    for case in result["cases"].values():
+        assert set(case["sides"]) == {"avade"} and "speedup" not in case
+        side = case["sides"]["avade"]
+        assert set(side) >= SIDE_KEYS
+        assert side["params"] > 0 and side["flops_per_image"] > 0 and math.isfinite(side["bpd_init"])
+        assert {"peak_mb", "method"} <= set(side["memory"])
+        assert {"median_s", "times_s", "repeats"} <= set(side["timing"])
+    assert "glow" in render_text(flows.render(result))
+
+
+def test_flows_against_normflows_on_tiny_shapes() -> None:
+    pytest.importorskip("normflows", reason="normflows not installed (pip install -e '.[bench]')")
+    settings = make_settings("cpu", quick=True, warmup=0, repeats=1)
+    result = flows.run(settings, cases=tiny_cases())
+    assert result["baseline"] == "normflows"
+    for case in result["cases"].values():
+        assert set(case["sides"]) == {"avade", "normflows"}
+        assert set(case["sides"]["normflows"]) >= SIDE_KEYS
+        assert {"speedup", "memory_ratio", "flops_ratio", "check"} <= set(case)
+        check = case["check"]
+        assert set(check) == {"param_rel_diff", "params_match", "bpd_ratio", "ll_same_order"}
+        assert math.isfinite(case["sides"]["normflows"]["bpd_init"])
+        assert isinstance(check["params_match"], bool) and isinstance(check["ll_same_order"], bool)
+    text = render_text(flows.render(result))
+    assert "same function class" in text and "normflows" in text
+
+
+def test_cuda_request_without_cuda_skips_cleanly(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: nothing to skip")
+    out = tmp_path / "cuda.json"
+    assert runner.main(["--device", "cuda", "--only", "flows", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert "skipped" in data and data["benchmarks"] == {}
+
+
+def test_unknown_benchmark_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        runner.parse_args(["--only", "flows,nope"])
+    assert exc.value.code == 2 and "nope" in capsys.readouterr().err
