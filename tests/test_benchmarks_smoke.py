@@ -90,7 +90,7 @@ def test_flows_against_normflows_on_tiny_shapes() -> None:
     for case in result["cases"].values():
         assert set(case["sides"]) == {"avade", "normflows"}
         assert set(case["sides"]["normflows"]) >= SIDE_KEYS
-        assert {"speedup", "memory_ratio", "flops_ratio", "check"} <= set(case)
+        assert {"speedup", "speedup_best", "memory_ratio", "flops_ratio", "check"} <= set(case)
         check = case["check"]
         assert set(check) == {"param_rel_diff", "params_match", "bpd_ratio", "ll_same_order"}
         assert math.isfinite(case["sides"]["normflows"]["bpd_init"])

@@ -8,25 +8,13 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from tiny_recipes import tiny_dict
 from typer.testing import CliRunner
 
 from avade.cli.app import app
 from avade.metrics.features import weights_path
 
-TINY = {
-    "name": "tiny",
-    "model": {
-        "variant": "av-ade",
-        "flow": {"name": "realnvp", "hidden": 4, "blocks": 1, "layers": 2},
-        "encoder": {"name": "conv", "channels": [4, 8]},
-        "posterior": {"name": "topdown", "latent_channels": 2},
-        "decoder": {"name": "conv"},
-        "discriminator": {"name": "dcgan", "channels": [4, 8]},
-    },
-    "data": {"name": "synthetic", "size": 64, "test_size": 16, "resolution": 8, "batch_size": 8},
-    "train": {"steps": 3, "log_every": 1, "checkpoint_every": 3, "sample_every": 1000},
-}
-
+TINY = tiny_dict("train.steps=3", "train.checkpoint_every=3")
 runner = CliRunner()
 
 

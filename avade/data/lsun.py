@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import attrs
 import numpy as np
@@ -42,18 +42,6 @@ from avade.schema import between
 
 NAME = "lsun"
 SOURCE = "the LSUN download script (github.com/fyu/lsun)"
-CATEGORIES: tuple[str, ...] = (
-    "bedroom",
-    "tower",
-    "bridge",
-    "kitchen",
-    "church_outdoor",
-    "living_room",
-    "dining_room",
-    "classroom",
-    "conference_room",
-    "restaurant",
-)
 Category = Literal[
     "bedroom",
     "tower",
@@ -66,6 +54,7 @@ Category = Literal[
     "conference_room",
     "restaurant",
 ]
+CATEGORIES: tuple[str, ...] = get_args(Category)
 
 
 @attrs.define

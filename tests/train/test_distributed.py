@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
-from train_helpers import tiny_dict, tiny_recipe
+from tiny_recipes import tiny_dict, tiny_recipe
 
 from avade.models import build_model
 from avade.train.distributed import DistInfo, average_gradients

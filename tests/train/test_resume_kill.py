@@ -11,7 +11,7 @@ import time
 import pytest
 import tomli_w
 import torch
-from train_helpers import tiny_dict
+from tiny_recipes import tiny_dict
 
 from avade.train import checkpoint as ckpt
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from train_helpers import tiny_recipe
+from tiny_recipes import tiny_recipe
 
 from avade.errors import CheckpointError, TrainingError
 from avade.train import checkpoint as ckpt
