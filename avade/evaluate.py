@@ -6,6 +6,8 @@ datasets, so every metric component works the same during training and from the 
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ class RunContext:
         ref = self.recipe.data.dataset
         shape = "x".join(str(s) for s in self.train_set.shape)
         config = repr(ref.config) if ref is not None else ""
-        return f"{self.recipe.data.options.name}/{shape}/{abs(hash(config)) % 10**8:08d}"
+        return f"{self.recipe.data.options.name}/{shape}/{hashlib.sha1(config.encode()).hexdigest()[:8]}"
 
     @property
     def num_classes(self) -> int:
@@ -116,9 +118,15 @@ def run_metrics(ctx: RunContext, names: Sequence[str], recipe: Recipe, samples: 
 def compute_metrics(trainer: Any, names: Sequence[str]) -> dict[str, float]:
     """Metrics during/after training (called by the trainer on the main process)."""
     ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, trainer.test_set, trainer.device,
-                     trainer.run.root, trainer.run.cache.absolute(), _options(trainer.recipe), trainer.cfg.seed)
-    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+                     trainer.run.root, cache_dir(), _options(trainer.recipe), trainer.cfg.seed)
     return run_metrics(ctx, names, trainer.recipe)
+
+
+def cache_dir() -> Path:
+    """Reference statistics of real data are shared by every run: ``$AVADE_CACHE`` or ~/.cache/avade."""
+    path = Path(os.environ.get("AVADE_CACHE", Path.home() / ".cache" / "avade")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _options(recipe: Recipe) -> dict[str, Any]:
@@ -145,8 +153,7 @@ def load_run(run_dir: Path, device: str = "auto") -> RunContext:
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {checkpoints[-1]} does not fit the run's recipe")
     model.to(dev).eval()
-    run.cache.mkdir(exist_ok=True)
-    return RunContext(model, recipe, train_set, test_set, dev, run.root, run.cache.absolute(), _options(recipe),
+    return RunContext(model, recipe, train_set, test_set, dev, run.root, cache_dir(), _options(recipe),
                       recipe.train.seed)
 
 
@@ -214,7 +221,7 @@ class _DataOnlyContext:
     options: dict[str, Any]
     device: torch.device = attrs.Factory(lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir: Path = Path(".")
-    cache_dir: Path = attrs.Factory(lambda: Path.home() / ".cache" / "avade")
+    cache_dir: Path = attrs.Factory(cache_dir)
 
     @property
     def dataset_key(self) -> str:

@@ -6,6 +6,8 @@ pytest workers, intra-op threading makes them several times slower, not faster.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,8 @@ import torch
 from avade.registry import DISABLE_ENV, reset_registry
 
 torch.set_num_threads(1)
+# Reference statistics (FID etc.) are cached per user; tests keep theirs out of ~/.cache.
+os.environ.setdefault("AVADE_CACHE", tempfile.mkdtemp(prefix="avade-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

@@ -53,10 +53,6 @@ class RunDir:
     def eval(self) -> Path:
         return self.root / "eval.json"
 
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
     def make(self) -> RunDir:
         for p in (self.root, self.checkpoints, self.samples):
             p.mkdir(parents=True, exist_ok=True)
