@@ -116,7 +116,10 @@ class Trainer:
         if resume:
             self._resume()
         if self.cfg.compile:
-            for m in (self.model.flow, self.model.encoder, self.model.decoder, self.model.discriminator):
+            # In-place nn.Module.compile keeps state-dict keys (checkpoints stay portable). The critic
+            # is compiled only without the gradient penalty: AOT autograd has no double backward.
+            critic = self.model.discriminator if self.cfg.gp_weight == 0 else None
+            for m in (self.model.flow, self.model.encoder, self.model.posterior, self.model.decoder, critic):
                 if m is not None:
                     m.compile()
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
