@@ -29,14 +29,17 @@ from avade.schema import ge
 class AffineCouplingConfig:
     """Which half is transformed (``mask``, ``reverse``) and the s/t network that transforms it.
 
-    ``mask``: ``checkerboard`` (pixels where ``(i + j)`` is even condition, the others are transformed)
-    or ``channel`` (first half of the channels conditions the second). ``reverse`` swaps the roles.
+    ``mask``: ``checkerboard`` (pixels where ``(i + j)`` is even condition, the others are transformed;
+    the network sees the masked full-resolution input, as in the Real-NVP reference),
+    ``checkerboard-packed`` (the same split, but each half is packed into an ``H x W/2`` tensor so the
+    network does half the work; its convolutions see a differently arranged neighbourhood) or
+    ``channel`` (first half of the channels conditions the second). ``reverse`` swaps the roles.
     ``net``: ``resnet`` (Real-NVP: ``blocks`` residual blocks) or ``conv`` (Glow: 3 convolutions).
     ``norm``: the registered normalization of the network's convolutions; ``batch_norm`` adds batch
     norm inside the network (Real-NVP uses both batch norm and weight norm).
     """
 
-    mask: Literal["checkerboard", "channel"] = "checkerboard"
+    mask: Literal["checkerboard", "checkerboard-packed", "channel"] = "checkerboard"
     reverse: bool = False
     net: Literal["resnet", "conv"] = "resnet"
     hidden: int = attrs.field(default=64, validator=ge(1))
@@ -65,8 +68,16 @@ class AffineCoupling(Flow):
         c, h, w = check_in_shape(in_shape, "affine-coupling")
         super().__init__((c, h, w))
         self.checker = cfg.mask == "checkerboard"
+        self.packed = cfg.mask == "checkerboard-packed"
         self.reverse = cfg.reverse
-        if self.checker:
+        if self.packed:
+            if w % 2:
+                raise ConfigError(f"affine-coupling: checkerboard-packed needs an even width, got in_shape "
+                                  f"{(c, h, w)}", path="mask")
+            self.parity = 1 if cfg.reverse else 0
+            self.register_buffer("odd_rows", (torch.arange(h) % 2 == 1).view(1, 1, h, 1), persistent=False)
+            net_in, transformed = c, c
+        elif self.checker:
             net_in, transformed = c, c
             mask = checkerboard(h, w, 1 if cfg.reverse else 0)
             # Masks are fixed: buffers (moved with the module, not saved), not recomputed per call.
@@ -101,7 +112,26 @@ class AffineCoupling(Flow):
     def _join(self, cond: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
         return torch.cat((trans, cond) if self.reverse else (cond, trans), dim=1)
 
+    def _pack(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checkerboard halves as (conditioning, transformed), each ``[B, C, H, W/2]``."""
+        b, c, h, w = x.shape
+        pairs = x.view(b, c, h, w // 2, 2)
+        first, second = pairs[..., self.parity], pairs[..., 1 - self.parity]
+        # On odd rows the checkerboard shifts by one pixel, so the two slots swap roles.
+        return torch.where(self.odd_rows, second, first), torch.where(self.odd_rows, first, second)
+
+    def _unpack(self, cond: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+        first = torch.where(self.odd_rows, trans, cond)
+        second = torch.where(self.odd_rows, cond, trans)
+        pairs = (first, second) if self.parity == 0 else (second, first)
+        b, c, h, half = cond.shape
+        return torch.stack(pairs, dim=-1).view(b, c, h, 2 * half)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.packed:
+            cond, trans = self._pack(x)
+            log_s, shift = self._log_scale_shift(cond)
+            return self._unpack(cond, trans * log_s.exp() + shift), log_s.sum(dim=(1, 2, 3))
         if self.checker:
             log_s, shift = self._log_scale_shift(x * self.mask)
             # Zeroing log s and t on the conditioning pixels makes y = x there exactly.
@@ -112,6 +142,10 @@ class AffineCoupling(Flow):
         return self._join(cond, trans * log_s.exp() + shift), log_s.sum(dim=(1, 2, 3))
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            cond, trans = self._pack(y)
+            log_s, shift = self._log_scale_shift(cond)
+            return self._unpack(cond, (trans - shift) * torch.exp(-log_s))
         if self.checker:
             log_s, shift = self._log_scale_shift(y * self.mask)
             log_s, shift = log_s * self.inv_mask, shift * self.inv_mask

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 import torch
 
@@ -30,6 +32,9 @@ class RealNVPConfig:
     hidden: int = attrs.field(default=64, validator=ge(1))
     norm: str = "weight-norm"
     batch_norm: bool = True
+    checkerboard: Literal["masked", "packed"] = attrs.field(
+        default="masked", metadata={"help": "masked: full-resolution s/t nets (Real-NVP reference); packed: "
+                                            "each half packed to H x W/2, half the FLOPs"})
 
 
 def max_scales(h: int, w: int) -> int:
@@ -67,7 +72,8 @@ class RealNVP(Flow):
 
     def _scale(self, shape: Shape, remaining: int) -> Flow:
         layers = range(self.cfg.layers)
-        flows: list[Flow] = [self._coupling(shape, "checkerboard", i % 2 == 1) for i in layers]
+        mask = "checkerboard" if self.cfg.checkerboard == "masked" else "checkerboard-packed"
+        flows: list[Flow] = [self._coupling(shape, mask, i % 2 == 1) for i in layers]
         if remaining > 1:
             squeeze = Squeeze(in_shape=shape)
             sq = squeeze.out_shape

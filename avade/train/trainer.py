@@ -182,32 +182,40 @@ class Trainer:
         return True
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One step of Algorithm 1 on a batch of uint8 images; returns the logged scalars."""
+        """One step of Algorithm 1 on a batch of uint8 images; returns the logged scalars.
+
+        One set of samples serves both updates, as in Algorithm 1: the discriminator sees them
+        detached, then (the generator being unchanged by the D update) the generator's L_Q
+        backpropagates through the same samples. Extra D steps (``d_steps > 1``) draw fresh ones.
+        """
         model, cfg = self.model, self.cfg
         model.train()
         n = x.shape[0]
         labels_in = labels if model.num_classes else None
-        logs: dict[str, float] = {}
+        scalars: dict[str, torch.Tensor] = {}
         ok = True
         adversarial_now = self.adversarial and (self.step >= cfg.warmup_steps or not self.likelihood)
+        fake = None
         if adversarial_now:
             disc = model.discriminator
             assert disc is not None
             d_params = list(disc.parameters())
             real = to_unit(model.preprocess.dequantize(x, self.noise))
-            for _ in range(cfg.d_steps):
-                with torch.no_grad(), self.autocast:
-                    fake = to_unit(model.generate(n, labels_in, self.noise, flow_grad=False))
+            with self.autocast:
+                fake = to_unit(model.generate(n, labels_in, self.noise, flow_grad=cfg.flow_adv_grad)).float()
+            for i in range(cfg.d_steps):
+                if i == 0:
+                    fake_d = fake.detach()
+                else:
+                    with torch.no_grad(), self.autocast:
+                        fake_d = to_unit(model.generate(n, labels_in, self.noise, flow_grad=False)).float()
                 with self.autocast:
-                    d_real, d_fake = disc(real, labels_in), disc(fake.float(), labels_in)
+                    d_real, d_fake = disc(real, labels_in), disc(fake_d, labels_in)
                     d_loss = discriminator_loss(cfg.adv_loss, d_real, d_fake)
-                gp = gradient_penalty(disc, real, fake.float(), labels_in, cfg.gp_weight, self.noise) \
+                gp = gradient_penalty(disc, real, fake_d, labels_in, cfg.gp_weight, self.noise) \
                     if cfg.gp_weight > 0 else d_loss.new_zeros(())
                 ok &= self._finite_update(self.opt_d, d_params, d_loss + gp)
-            logs.update(d_loss=d_loss.item(), gp=gp.item(), d_real=d_real.mean().item(), d_fake=d_fake.mean().item())
-            warning = self.collapse.update(logs["d_real"], logs["d_fake"], logs["d_loss"], step=self.step)
-            if warning and self.dist.is_main:
-                self.console.print(f"[yellow]warning:[/] {warning}")
+            scalars.update(d_loss=d_loss, gp=gp, d_real=d_real.mean(), d_fake=d_fake.mean())
         g_params = model.generator_parameters()
         loss = x.new_zeros((), dtype=torch.float32)
         with self.autocast:
@@ -215,22 +223,28 @@ class Trainer:
                 out = model.log_likelihood(x, labels_in, self.noise)
                 l_c = -out["log_px"].mean()
                 loss = loss + l_c
-                logs.update(l_c=l_c.item(), bpd=out["bpd"].mean().item(), kl=out["kl"].mean().item())
-            if adversarial_now:
+                scalars.update(l_c=l_c, bpd=out["bpd"].mean(), kl=out["kl"].mean())
+            if fake is not None:
                 disc = model.discriminator
                 assert disc is not None
                 disc.requires_grad_(False)
                 try:
-                    fake = to_unit(model.generate(n, labels_in, self.noise, flow_grad=cfg.flow_adv_grad))
-                    l_q = generator_loss(cfg.adv_loss, disc(fake.float(), labels_in))
+                    l_q = generator_loss(cfg.adv_loss, disc(fake, labels_in))
                 finally:
                     disc.requires_grad_(True)
                 weight = 1.0 if not self.likelihood else cfg.adv_weight
                 loss = loss + weight * l_q
-                logs["l_q"] = l_q.item()
+                scalars["l_q"] = l_q
         ok &= self._finite_update(self.opt_g, g_params, loss)
-        logs["loss"] = loss.item()
+        scalars["loss"] = loss
+        # One device-to-host transfer for all logged values (each .item() would be a sync on GPU).
+        values = torch.stack([t.detach().float().reshape(()) for t in scalars.values()]).tolist()
+        logs = dict(zip(scalars, values, strict=True))
         logs["finite"] = float(ok)
+        if adversarial_now:
+            warning = self.collapse.update(logs["d_real"], logs["d_fake"], logs["d_loss"], step=self.step)
+            if warning and self.dist.is_main:
+                self.console.print(f"[yellow]warning:[/] {warning}")
         return logs
 
     # -- evaluation ----------------------------------------------------------------------------------

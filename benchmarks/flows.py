@@ -1,0 +1,278 @@
+"""Benchmark 1: avade's Glow and Real-NVP against PyPI ``normflows`` at equal configuration.
+
+Both sides get the same input (dequantized, logit-preprocessed synthetic images), the same batch and
+the same work per iteration: zero the gradients, ``loss = -mean log p(x)`` under a standard normal
+(avade) or the model's own base distributions (normflows), ``loss.backward()``. No optimizer step.
+
+Before timing, the two are checked to be the same function class: trainable parameter counts within
+``PARAM_TOLERANCE`` and initial log-likelihoods (after ActNorm's data-dependent init on the same
+batch) within a factor ``LL_FACTOR``.
+
+Equivalences:
+
+- **Glow**: normflows' ``MultiscaleFlow`` of ``GlowBlock``s built as in its Glow example (levels,
+  steps per level, hidden width, LU 1x1 convs, channel split, sigmoid scale). avade factors out
+  through a learned conditional prior (a zero-init conv); normflows through per-level diagonal
+  Gaussians -- a few thousand parameters either way.
+- **Real-NVP**: ``layers`` checkerboard ``AffineCouplingBlock``s (alternating parity, ``exp`` scale)
+  whose s/t network is a ``ConvResidualNet`` with ``blocks`` residual blocks of ``hidden`` channels and
+  batch norm, like avade's ResNet s/t network. Note: normflows' checkerboard split *packs* the
+  conditioning pixels into a ``[B, C, H, W/2]`` tensor, so its s/t networks run on half the pixels;
+  avade's runs on the masked full-resolution input (about twice the conv FLOPs). The table therefore
+  also reports FLOPs per image and achieved FLOP/s for both sides.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from rich.markup import escape
+from torch import nn
+
+from benchmarks.common import (
+    WARM_CALLS,
+    Settings,
+    best_speedup,
+    characterize,
+    measure,
+    ops_table,
+    paired_speedup,
+    table,
+    top_ops,
+)
+
+PARAM_TOLERANCE = 0.05  # relative difference of trainable parameter counts
+LL_FACTOR = 3.0  # "same order": initial bits/dim within this factor
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class FlowCase:
+    """One flow configuration, built identically (as far as the libraries allow) on both sides.
+
+    ``levels``: Glow levels / Real-NVP scales; ``steps``: Glow steps per level / Real-NVP checkerboard
+    couplings; ``blocks``: residual blocks of Real-NVP's s/t network; ``norm``: avade's normalization
+    of the s/t convolutions (normflows has none).
+    """
+
+    name: str
+    kind: str  # "glow" | "realnvp"
+    levels: int
+    steps: int
+    hidden: int
+    blocks: int = 2
+    norm: str = "none"
+    checkerboard: str = "masked"  # avade's Real-NVP: "masked" (reference) or "packed" (normflows-like work)
+    channels: int = 3
+    size: int = 32
+    batch: int = 64
+
+
+def default_cases(quick: bool) -> list[FlowCase]:
+    """Glow at avade's defaults, and Real-NVP as av_ade_wg_rd's f with and without weight norm."""
+    cases = [
+        FlowCase("glow", "glow", levels=3, steps=8, hidden=128),
+        FlowCase("realnvp", "realnvp", levels=1, steps=3, hidden=64, blocks=2, norm="weight-norm"),
+        FlowCase("realnvp norm=none", "realnvp", levels=1, steps=3, hidden=64, blocks=2, norm="none"),
+        # The same split with each checkerboard half packed to H x W/2: the work normflows does.
+        FlowCase("realnvp packed", "realnvp", levels=1, steps=3, hidden=64, blocks=2, norm="weight-norm",
+                 checkerboard="packed"),
+    ]
+    if quick:
+        cases = [replace(c, size=16, batch=8, hidden=min(c.hidden, 32), steps=min(c.steps, 4),
+                         levels=min(c.levels, 2)) for c in cases]
+    return cases
+
+
+# -- builders -------------------------------------------------------------------------------------
+
+
+def build_avade(case: FlowCase) -> nn.Module:
+    """The avade flow of ``case`` through the public registry."""
+    import avade
+
+    shape = (case.channels, case.size, case.size)
+    if case.kind == "glow":
+        return avade.create("flow", "glow", in_shape=shape, scales=case.levels, steps=case.steps,
+                            hidden=case.hidden, lu=True, norm=case.norm)
+    return avade.create("flow", "realnvp", in_shape=shape, scales=case.levels, layers=case.steps,
+                        blocks=case.blocks, hidden=case.hidden, norm=case.norm, batch_norm=True,
+                        checkerboard=case.checkerboard)
+
+
+def build_normflows(case: FlowCase) -> nn.Module:
+    """normflows' equivalent of ``case`` (a ``MultiscaleFlow``; see the module docstring)."""
+    import normflows as nf
+
+    c, s = case.channels, case.size
+    if case.kind == "glow":
+        levels = case.levels
+        q0, merges, flows = [], [], []
+        for i in range(levels):  # level 0 is the coarsest, as in normflows' Glow example
+            level = [nf.flows.GlowBlock(c * 2 ** (levels + 1 - i), case.hidden, split_mode="channel", scale=True)
+                     for _ in range(case.steps)]
+            flows.append([*level, nf.flows.Squeeze()])
+            if i > 0:
+                merges.append(nf.flows.Merge())
+                shape = (c * 2 ** (levels - i), s // 2 ** (levels - i), s // 2 ** (levels - i))
+            else:
+                shape = (c * 2 ** (levels + 1), s // 2**levels, s // 2**levels)
+            q0.append(nf.distributions.DiagGaussian(shape))
+        return nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
+    if case.levels != 1:
+        raise ValueError("the normflows Real-NVP baseline is single-scale (levels=1), like av_ade_wg_rd's f")
+    couplings = []
+    for i in range(case.steps):
+        net = nf.nets.ConvResidualNet(c, 2 * c, case.hidden, num_blocks=case.blocks, use_batch_norm=True)
+        mode = "checkerboard_inv" if i % 2 else "checkerboard"
+        couplings.append(nf.flows.AffineCouplingBlock(net, scale=True, scale_map="exp", split_mode=mode))
+    return nf.MultiscaleFlow([nf.distributions.DiagGaussian((c, s, s))], [couplings], [], class_cond=False)
+
+
+def avade_log_prob(flow: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) per sample (nats) of an avade flow under a standard normal on its output."""
+    y, logdet = flow(x)
+    return -0.5 * (y.float().pow(2) + LOG_2PI).flatten(1).sum(1) + logdet.float()
+
+
+def normflows_log_prob(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.log_prob(x, None)
+
+
+def flow_input(case: FlowCase, device: torch.device) -> torch.Tensor:
+    """Synthetic 8-bit images, dequantized and logit-preprocessed as AV-ADE feeds its flow."""
+    from avade.data.synthetic import SyntheticConfig, generate
+    from avade.models.preprocess import Preprocess
+
+    cfg = SyntheticConfig(size=case.batch, resolution=case.size, channels=case.channels)  # type: ignore[arg-type]
+    images, _ = generate(cfg, "train")
+    gen = torch.Generator().manual_seed(0)
+    pre = Preprocess(0.05)
+    y, _ = pre(pre.dequantize(images, gen))
+    return y.to(device)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# -- one case -------------------------------------------------------------------------------------
+
+
+def _step(model: nn.Module, log_prob: Callable[[nn.Module, torch.Tensor], torch.Tensor], x: torch.Tensor,
+          settings: Settings) -> Callable[[], None]:
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        with settings.autocast():
+            loss = -log_prob(model, x).mean()
+        loss.backward()
+
+    return step
+
+
+def _bpd(model: nn.Module, log_prob: Callable[[nn.Module, torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(-log_prob(model, x).double().mean() / (x[0].numel() * math.log(2.0)))
+
+
+def run_case(case: FlowCase, settings: Settings, baseline: bool = True) -> dict[str, Any]:
+    """Verify and time one case; ``baseline=False`` times avade alone (normflows not installed)."""
+    torch.manual_seed(0)
+    x = flow_input(case, settings.device)
+    sides: dict[str, tuple[nn.Module, Callable[[nn.Module, torch.Tensor], torch.Tensor]]] = {
+        "avade": (build_avade(case).to(settings.device).train(), avade_log_prob)}
+    if baseline:
+        sides["normflows"] = (build_normflows(case).to(settings.device).train(), normflows_log_prob)
+    out: dict[str, Any] = {"case": asdict(case), "sides": {}}
+    steps = {name: _step(m, lp, x, settings) for name, (m, lp) in sides.items()}
+    for step in steps.values():
+        step()  # data-dependent ActNorm init on this batch before the likelihood check
+    for name, (model, log_prob) in sides.items():
+        out["sides"][name] = {"params": count_params(model), "bpd_init": _bpd(model, log_prob, x)}
+    measured = {name: characterize(step, settings.device) for name, step in steps.items()}
+    timings = measure(steps, settings, warmup=max(settings.warmup - WARM_CALLS, 0))
+    for name, step in steps.items():
+        side = out["sides"][name]
+        flops, memory = measured[name]
+        t = timings[name]
+        side.update(timing=t.to_dict(), images_per_s=case.batch / t.median, flops_per_image=flops / case.batch,
+                    flop_s=flops / t.median, memory=memory)
+        if settings.profile:
+            side["top_ops"] = top_ops(step, settings.device)
+    if baseline:
+        a, b = out["sides"]["avade"], out["sides"]["normflows"]
+        param_diff = abs(a["params"] - b["params"]) / b["params"]
+        ll_ratio = a["bpd_init"] / b["bpd_init"] if b["bpd_init"] else math.inf
+        out["check"] = {
+            "param_rel_diff": param_diff,
+            "params_match": param_diff <= PARAM_TOLERANCE,
+            "bpd_ratio": ll_ratio,
+            "ll_same_order": bool(math.isfinite(ll_ratio) and 1 / LL_FACTOR <= ll_ratio <= LL_FACTOR),
+        }
+        out["speedup"] = paired_speedup(timings["avade"], timings["normflows"])  # avade / normflows images/s
+        out["speedup_best"] = best_speedup(timings["avade"], timings["normflows"])
+        out["memory_ratio"] = (a["memory"]["peak_mb"] / b["memory"]["peak_mb"]) if b["memory"]["peak_mb"] else None
+        out["flops_ratio"] = a["flops_per_image"] / b["flops_per_image"] if b["flops_per_image"] else None
+    return out
+
+
+def normflows_available() -> bool:
+    try:
+        import normflows  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run(settings: Settings, cases: Sequence[FlowCase] | None = None, baseline: bool | None = None) -> dict[str, Any]:
+    """All cases; the normflows side is skipped (and said so) when normflows is not installed."""
+    have = normflows_available()
+    baseline = have if baseline is None else (baseline and have)
+    cases = list(cases) if cases is not None else default_cases(settings.quick)
+    result: dict[str, Any] = {"baseline": "normflows" if baseline else None, "cases": {}}
+    if not baseline:
+        result["note"] = ("normflows is not installed (pip install -e '.[bench]'): avade timed alone"
+                          if not have else "baseline disabled")
+    with warnings.catch_warnings():
+        # normflows' LU 1x1 conv calls torch.lu, deprecated in torch: not ours to fix, not worth a screenful.
+        warnings.filterwarnings("ignore", message=r"torch\.lu is deprecated")
+        for case in cases:
+            result["cases"][case.name] = run_case(case, settings, baseline=baseline)
+    return result
+
+
+def render(result: dict[str, Any]) -> list[Any]:
+    """Tables: throughput/memory ratio per case, the equivalence check, and profiles if any."""
+    rows, checks, tables = [], [], []
+    for name, r in result["cases"].items():
+        a, b = r["sides"]["avade"], r["sides"].get("normflows")
+        c = r["case"]
+        shape = f"{c['batch']}x{c['channels']}x{c['size']}x{c['size']}"
+        rows.append([name, shape, a["images_per_s"], b["images_per_s"] if b else None, r.get("speedup"),
+                     r.get("speedup_best"),
+                     a["memory"]["peak_mb"], b["memory"]["peak_mb"] if b else None, r.get("memory_ratio"),
+                     a["flops_per_image"] / 1e9, b["flops_per_image"] / 1e9 if b else None,
+                     a["flop_s"] / 1e9, b["flop_s"] / 1e9 if b else None])
+        if "check" in r:
+            k = r["check"]
+            checks.append([name, a["params"], b["params"], k["param_rel_diff"], k["params_match"], a["bpd_init"],
+                           b["bpd_init"], k["ll_same_order"]])
+        for side, data in r["sides"].items():
+            if "top_ops" in data:
+                tables.append(ops_table(f"top ops, {name} fwd+bwd, {side}", data["top_ops"]))
+    main = table("flows: forward+backward, avade vs normflows (ratio = avade/normflows images/s: median of "
+                 "paired rounds, and of best times)",
+                 ["case", "batch shape", "avade img/s", "nf img/s", "ratio", "ratio best", "avade MiB", "nf MiB",
+                  "mem ratio", "avade GFLOP/img", "nf GFLOP/img", "avade GFLOP/s", "nf GFLOP/s"], rows,
+                 caption=escape(result["note"]) if result.get("note") else None)
+    out = [main]
+    if checks:
+        out.append(table("flows: same function class? (trainable params; bits/dim at init, same batch)",
+                         ["case", "avade params", "normflows params", "rel diff", "match", "avade bpd", "nf bpd",
+                          "same order"], checks))
+    return out + tables

@@ -1,0 +1,159 @@
+"""The command line: ``python -m benchmarks [--only ...] [--quick] [--device ...] [--out ...]``.
+
+Runs the selected benchmarks in this one process, prints each one's tables as it finishes, writes
+one JSON file (rewritten after every benchmark, so a crash keeps what was measured), and ends with
+the targets table. A benchmark that fails is recorded under ``errors`` and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+BENCHMARKS = {
+    "flows": "benchmarks.flows",
+    "train": "benchmarks.train",
+    "eval": "benchmarks.evaluation",
+    "scaling": "benchmarks.scaling",
+    "startup": "benchmarks.startup",
+}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# The targets the lead optimizes against (reported, never enforced).
+FLOW_SPEEDUP_TARGET = 1.5  # avade / normflows fwd+bwd images/s, CPU
+TRAIN_PEAK_TARGET = 0.40  # train step FLOP/s as a fraction of the measured GEMM peak, CPU
+STARTUP_TARGET_S = 1.5  # `avade list-components` wall time
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(BENCHMARKS),
+                   help=f"comma-separated subset of: {', '.join(BENCHMARKS)} (default: all)")
+    p.add_argument("--quick", action="store_true", help="tiny shapes and few iterations: a smoke test, not numbers")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto = cuda when available (default)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16 = autocast to bfloat16 on CUDA (ignored on CPU, as in the trainer)")
+    p.add_argument("--profile", action="store_true",
+                   help="also record torch.profiler top ops (flows, train) and a train-step breakdown")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls before timing (default 2, quick 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls, median reported (default 5, quick 2)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON output (default: benchmarks/results/<time>-<device>[-quick].json)")
+    args = p.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in BENCHMARKS]
+    if unknown or not only:
+        p.error(f"--only: unknown benchmark(s) {', '.join(unknown) or '(none given)'}; choose from "
+                f"{', '.join(BENCHMARKS)}")
+    args.only = only
+    return args
+
+
+def targets(results: dict[str, Any], device: str, quick: bool = False) -> list[dict[str, Any]]:
+    """Each target with the measured value and whether it is met (None: the target is for CPU runs, or
+    this is a --quick run, whose tiny shapes say nothing about the targets)."""
+    cpu = device == "cpu" and not quick
+    out: list[dict[str, Any]] = []
+    bench = results["benchmarks"]
+    for name, case in bench.get("flows", {}).get("cases", {}).items():
+        if case.get("speedup") is not None:
+            out.append({"target": f"flows {name}: fwd+bwd images/s >= {FLOW_SPEEDUP_TARGET}x normflows (CPU)",
+                        "value": case["speedup"], "met": case["speedup"] >= FLOW_SPEEDUP_TARGET if cpu else None})
+    for name, r in bench.get("train", {}).get("recipes", {}).items():
+        frac = r.get("fraction_of_peak")
+        if frac is not None:
+            out.append({"target": f"train {name}: step FLOP/s >= {TRAIN_PEAK_TARGET:.0%} of GEMM peak (CPU)",
+                        "value": frac, "met": frac >= TRAIN_PEAK_TARGET if cpu else None})
+    lc = bench.get("startup", {}).get("commands", {}).get("avade list-components")
+    if lc:
+        out.append({"target": f"`avade list-components` best wall < {STARTUP_TARGET_S} s", "value": lc["best_s"],
+                    "met": lc["best_s"] < STARTUP_TARGET_S if not quick else None})
+    return out
+
+
+def write(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    import torch
+
+    from benchmarks.common import environment, gemm_peak, make_settings, table
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or RESULTS / f"{stamp}-{device}{'-quick' if args.quick else ''}.json"
+    results: dict[str, Any] = {"schema": 1, "argv": sys.argv[1:] if argv is None else argv, "benchmarks": {},
+                               "errors": {}}
+    if device == "cuda" and not torch.cuda.is_available():
+        reason = "--device cuda but no CUDA GPU is available: nothing benchmarked (use --device cpu)"
+        console.print(f"[yellow]skipped:[/] {reason}")
+        results["skipped"] = reason
+        write(out, results)
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = make_settings(device, quick=args.quick, precision=args.precision, profile=args.profile,
+                             warmup=args.warmup, repeats=args.repeats)
+    results["meta"] = environment(settings)
+    if args.precision == "bf16" and not settings.bf16:
+        console.print("[yellow]note:[/] bf16 autocast applies on CUDA only; this CPU run is fp32")
+    meta = results["meta"]
+    console.print(f"[bold]avade benchmarks[/] on {meta.get('device_name', device)}: torch {meta['torch']}, "
+                  f"{meta['torch_threads']} threads / {meta['cpu_count']} CPUs, load {meta['loadavg_start']}, "
+                  f"{'quick' if args.quick else 'full'} -> {out}")
+    if "train" in args.only:
+        results["gemm_peak"] = gemm_peak(settings)
+        g = results["gemm_peak"]
+        console.print(f"GEMM peak ({g['dtype']}, {g['n']}x{g['n']}): {g['peak_flop_s'] / 1e9:.1f} GFLOP/s by "
+                      f"{g['peak_source']} (torch.mm: {g['mm_peak_flop_s'] / 1e9:.1f} GFLOP/s)")
+    for name in args.only:
+        console.rule(name)
+        module = importlib.import_module(BENCHMARKS[name])
+        kwargs = {"gemm": results["gemm_peak"]} if name == "train" else {}
+        t0 = time.perf_counter()
+        try:
+            result = module.run(settings, **kwargs)
+        except Exception as exc:  # one broken benchmark must not cost the others' numbers
+            results["errors"][name] = "".join(traceback.format_exception(exc))
+            console.print(f"[red]error in {name}:[/] {type(exc).__name__}: {exc}")
+            write(out, results)
+            continue
+        result["wall_s"] = time.perf_counter() - t0
+        results["benchmarks"][name] = result
+        for t in module.render(result):
+            console.print(t)
+        write(out, results)
+    results["targets"] = targets(results, device, args.quick)
+    meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    meta["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if results["targets"]:
+        console.rule("targets")
+        console.print(table("targets (measured in this run; met = n/a for --quick runs and for targets of another "
+                            "device)",
+                            ["target", "value", "met"],
+                            [[t["target"], t["value"], "n/a" if t["met"] is None else t["met"]]
+                             for t in results["targets"]]))
+    write(out, results)
+    console.print(f"results: {out}")
+    return 1 if results["errors"] else 0
