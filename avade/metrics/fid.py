@@ -36,8 +36,12 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     root1 = (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
     middle = root1 @ s2 @ root1
     trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    # Traces from the same clipped spectra as the square roots: with few samples the covariances are
+    # rank-deficient and their round-off negatives would otherwise leave FID(x, x) visibly off zero.
+    trace1 = evals.clamp(min=0).sum()
+    trace2 = torch.linalg.eigvalsh((s2 + s2.T) / 2).clamp(min=0).sum()
     diff = m1 - m2.to(m1.device)
-    return float(diff @ diff + s1.trace() + s2.trace() - 2 * trace_sqrt)
+    return max(float(diff @ diff + trace1 + trace2 - 2 * trace_sqrt), 0.0)
 
 
 def fid_from_features(real: Tensor, fake: Tensor) -> float:

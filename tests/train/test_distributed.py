@@ -80,3 +80,64 @@ def test_torchrun_two_processes_train(tmp_path):
     assert summary["steps"] == 3
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000003" / "state.json").read_text())
     assert state["world"] == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _av_ade_worker(rank, port, out):
+    """One AV-ADE train_step (D update with GP, then G update) under a 2-process gloo job, recording
+    each update's local (pre-average) gradients."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    import avade.train.trainer as trainer_module
+
+    local: list[dict[int, torch.Tensor]] = []
+    average = trainer_module.average_gradients
+
+    def recording(params, info):
+        params = list(params)
+        local.append({id(p): p.grad.detach().clone() for p in params if p.grad is not None})
+        average(params, info)
+
+    trainer_module.average_gradients = recording
+    try:
+        trainer = trainer_module.Trainer(tiny_recipe("train.steps=1"), os.path.join(out, "run"), progress=False,
+                                         device="cpu")
+        names = {id(p): n for n, p in trainer.model.named_parameters()}
+        save_file({n: p.detach().clone() for n, p in trainer.model.named_parameters()},
+                  os.path.join(out, f"init{rank}.safetensors"))
+        x, y = next(trainer.stream.batches(0))
+        trainer.train_step(x, y)
+        for i, grads in enumerate(local):  # 0: discriminator update, 1: generator update
+            save_file({names[k]: g for k, g in grads.items()}, os.path.join(out, f"grads{i}_{rank}.safetensors"))
+        save_file({n: p.detach().clone() for n, p in trainer.model.named_parameters()},
+                  os.path.join(out, f"final{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_av_ade_step_on_two_gloo_processes_equals_the_mean_of_shard_gradients(tmp_path):
+    mp.spawn(_av_ade_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    init = load_file(str(tmp_path / "init0.safetensors"))
+    assert init.keys() == load_file(str(tmp_path / "init1.safetensors")).keys()
+    final = [load_file(str(tmp_path / f"final{r}.safetensors")) for r in range(WORLD)]
+    cfg = tiny_recipe().train
+    for update in (0, 1):
+        shards = [load_file(str(tmp_path / f"grads{update}_{r}.safetensors")) for r in range(WORLD)]
+        assert shards[0].keys() == shards[1].keys() and shards[0]
+        assert any(not torch.equal(shards[0][k], shards[1][k]) for k in shards[0]), "shards saw the same data"
+        params = {k: torch.nn.Parameter(init[k].clone()) for k in shards[0]}
+        opt = torch.optim.Adamax(list(params.values()), lr=cfg.lr, betas=cfg.betas)
+        for k, p in params.items():
+            p.grad = (shards[0][k] + shards[1][k]) / WORLD
+        opt.step()
+        for k, p in params.items():
+            for r in range(WORLD):
+                torch.testing.assert_close(final[r][k], p.detach(), rtol=1e-5, atol=1e-7, msg=f"{k} rank {r}")
