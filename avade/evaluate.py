@@ -58,14 +58,7 @@ class RunContext:
 
     def real_batches(self, split: str, n: int | None = None, batch_size: int = 100
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        seen = 0
-        for x, y in eval_batches(self._split(split), batch_size):
-            if n is not None and seen >= n:
-                return
-            if n is not None and seen + x.shape[0] > n:
-                x, y = x[: n - seen], y[: n - seen]
-            seen += x.shape[0]
-            yield x, y
+        return first_images(self._split(split), n, batch_size)
 
     @torch.no_grad()
     def sample_batches(self, n: int, batch_size: int = 100, labels: torch.Tensor | None = None
@@ -77,19 +70,23 @@ class RunContext:
             lab = labels[start:start + m].to(self.device) if labels is not None else None
             yield self.model.sample(m, lab, generator=gen).cpu()
 
-    @torch.inference_mode()
     def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
-        self.model.eval()
-        gen = torch.Generator(device=self.device).manual_seed(12345)
-        total, count = 0.0, 0
-        for x, y in eval_batches(self._split(split), self.recipe.data.options.eval_batch_size):
-            x = x.to(self.device)
-            lab = y.to(self.device) if self.model.num_classes else None
-            out = self.model.log_likelihood(x, lab, gen, importance_samples)
-            total += float(out["bpd"].double().sum())
-            count += x.shape[0]
+        batches = eval_batches(self._split(split), self.recipe.data.options.eval_batch_size,
+                               self.recipe.train.eval_batches)
         key = "bpd" if importance_samples == 1 else f"bpd_iw{importance_samples}"
-        return {key: total / max(count, 1)}
+        return {key: self.model.mean_bpd(batches, importance_samples)}
+
+
+def first_images(dataset: Any, n: int | None, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n`` images of a dataset (all when None), in batches."""
+    seen = 0
+    for x, y in eval_batches(dataset, batch_size):
+        if n is not None and seen >= n:
+            return
+        if n is not None and seen + x.shape[0] > n:
+            x, y = x[: n - seen], y[: n - seen]
+        seen += x.shape[0]
+        yield x, y
 
 
 def _metric_config(ref: ComponentRef | None, name: str, samples: int | None) -> Any:
@@ -122,6 +119,12 @@ def compute_metrics(trainer: Any, names: Sequence[str]) -> dict[str, float]:
     return run_metrics(ctx, names, trainer.recipe)
 
 
+def _resolve_device(name: str) -> torch.device:
+    from avade.train.trainer import resolve_device
+
+    return resolve_device(name)
+
+
 def cache_dir() -> Path:
     """Reference statistics of real data are shared by every run: ``$AVADE_CACHE`` or ~/.cache/avade."""
     path = Path(os.environ.get("AVADE_CACHE", Path.home() / ".cache" / "avade")).expanduser()
@@ -149,9 +152,7 @@ def load_run(run_dir: Path, device: str = "auto") -> RunContext:
     dev = resolve_device(device)
     train_set, test_set = load_datasets(recipe)
     model = build_model(recipe, train_set.shape, train_set.num_classes)
-    missing, unexpected = model.load_state_dict(data["model"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {checkpoints[-1]} does not fit the run's recipe")
+    ckpt.load_weights(model, data["model"], checkpoints[-1])
     model.to(dev).eval()
     return RunContext(model, recipe, train_set, test_set, dev, run.root, cache_dir(), _options(recipe),
                       recipe.train.seed)
@@ -180,7 +181,6 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
     ctx = load_run(run_dir, device)
     model = ctx.model
     gen = torch.Generator(device=ctx.device).manual_seed(seed)
-    torch.manual_seed(seed)
     nrow = max(1, int(n**0.5))
     if reconstructions:
         x, y = next(ctx.real_batches("test", n, batch_size=n))
@@ -208,7 +208,7 @@ def subset_study_cli(dataset: str, overrides: Sequence[str], fractions: Sequence
     info = registry.get("dataset", dataset)
     config = registry.validate("dataset", dataset, dict(parse_override(o) for o in overrides), path="data")
     train_set = registry.build(info, config, split="train")
-    ctx = _DataOnlyContext(train_set, dataset, dict(options or {}))
+    ctx = _DataOnlyContext(train_set, dataset, dict(options or {}), config=config)
     return subset_study(ctx, list(fractions), split="train")
 
 
@@ -219,13 +219,15 @@ class _DataOnlyContext:
     data: Any
     name: str
     options: dict[str, Any]
-    device: torch.device = attrs.Factory(lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir: Path = Path(".")
     cache_dir: Path = attrs.Factory(cache_dir)
+    device: torch.device = attrs.Factory(lambda: _resolve_device("auto"))
+    config: Any = None
 
     @property
     def dataset_key(self) -> str:
-        return f"{self.name}/{'x'.join(map(str, self.data.shape))}"
+        config = hashlib.sha1(repr(self.config).encode()).hexdigest()[:8]
+        return f"{self.name}/{'x'.join(map(str, self.data.shape))}/{config}"
 
     @property
     def num_classes(self) -> int:
@@ -233,12 +235,7 @@ class _DataOnlyContext:
 
     def real_batches(self, split: str, n: int | None = None, batch_size: int = 100
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        seen = 0
-        for x, y in eval_batches(self.data, batch_size):
-            if n is not None and seen >= n:
-                return
-            seen += x.shape[0]
-            yield x, y
+        return first_images(self.data, n, batch_size)
 
     def sample_batches(self, n: int, batch_size: int = 100, labels: torch.Tensor | None = None
                        ) -> Iterator[torch.Tensor]:

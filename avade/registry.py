@@ -50,7 +50,7 @@ def _resolve(ref: Any, what: str) -> Any:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split(".") if attr else ():
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # a plugin module may raise anything while importing
         raise RegistryError(f"{what}: cannot import {ref!r} ({type(exc).__name__}: {exc})") from None
     return obj
 
@@ -145,7 +145,7 @@ class Registry:
             raise RegistryError(f"{dist}: invalid component kind {kind!r}; use lowercase, e.g. one of {KINDS}")
         if not isinstance(name, str) or not name or name != name.lower() or "_" in name or " " in name:
             raise RegistryError(f"{dist}: invalid component name {name!r}; names are lowercase with dashes")
-        info = ComponentInfo(kind, name, factory, config, summary.strip().splitlines()[0] if summary else "",
+        info = ComponentInfo(kind, name, factory, config, summary.strip().splitlines()[0] if summary.strip() else "",
                              dist, version)
         key = (kind, name)
         if key in self._items:

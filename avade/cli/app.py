@@ -276,8 +276,13 @@ def study_subsets(
     """Table 7: FID/IS of random subsets of the real data against the full set."""
     from avade.evaluate import subset_study_cli
 
-    rows = subset_study_cli(dataset, overrides or [], [float(f) for f in fractions.split(",")],
-                            console=err if as_json else out)
+    try:
+        values = [float(f) for f in fractions.split(",")]
+    except ValueError:
+        raise AvadeError(f"--fractions expects comma-separated numbers such as 1.0,0.5, got {fractions!r}") from None
+    rows = subset_study_cli(dataset, overrides or [], values, console=err if as_json else out)
+    if not rows:
+        raise AvadeError("the subset study produced no rows; pass at least one fraction")
     if output is not None:
         output.write_text(json.dumps(rows, indent=2))
     if as_json:

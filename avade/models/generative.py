@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -90,7 +90,9 @@ class GenerativeModel(nn.Module):
                 log_q = log_q + lq
                 log_p = log_p + lp
             d = self.decoder.forward_stage(i, d, labels)
-        return self.decoder.head(d, labels), log_q, log_p
+        with _full_precision(d):  # the mean sets the likelihood floor: no bf16 rounding there
+            mean = self.decoder.head(d.float(), labels)
+        return mean, log_q, log_p
 
     def features(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dequantized image u -> (f(preprocess(u)), total log|det|)."""
@@ -135,6 +137,25 @@ class GenerativeModel(nn.Module):
             "logdet": logdet,
             "mean": mean[:batch],
         }
+
+    @torch.inference_mode()
+    def mean_bpd(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], importance_samples: int = 1,
+                 seed: int = 12345) -> float:
+        """Mean bits/dim over ``batches`` of (uint8 images, labels). All noise (dequantization and
+        latents) comes from ``seed``, so the same weights give the same value and the training RNG
+        stream is left untouched."""
+        self.eval()
+        device = self.log_sigma.device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        count = 0
+        with _seeded_from(gen):
+            for x, y in batches:
+                labels = y.to(device) if self.num_classes else None
+                out = self.log_likelihood(x.to(device), labels, gen, importance_samples)
+                total += out["bpd"].double().sum()
+                count += x.shape[0]
+        return float(total) / max(count, 1)
 
     # -- generation ---------------------------------------------------------------------------------
     def decode_prior(self, n: int, labels: torch.Tensor | None = None,
@@ -209,7 +230,8 @@ def _seeded_from(generator: torch.Generator) -> Iterator[None]:
     """Run with the global RNG seeded from ``generator`` and restore it afterwards, so that sampling
     is reproducible and does not disturb the training RNG stream (exact resume)."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-    devices = [generator.device] if generator.device.type == "cuda" else []
+    # torch.manual_seed reseeds every CUDA device, so every initialised one is restored afterwards.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield

@@ -276,6 +276,9 @@ def _data(raw: Any) -> DataSection:
     table = _table(raw, "data")
     loader = {k: table.pop(k) for k in list(table) if k in _LOADER_KEYS}
     options = structure(DataOptions, loader, path="data")
+    if options.name == NONE_NAME:
+        raise ConfigError("every recipe needs a dataset; see `avade list-components --kind dataset`",
+                          path="data.name")
     try:
         dataset = _component("dataset", {"name": options.name, **table}, "data")
     except ConfigError as exc:

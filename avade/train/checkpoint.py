@@ -29,8 +29,11 @@ _PREFIX = "step_"
 
 def fingerprint(recipe_dict: dict[str, Any]) -> str:
     """What must match for a checkpoint to be resumable: the model and the data, not the budget."""
-    key = {"model": recipe_dict.get("model"), "data": {k: v for k, v in recipe_dict.get("data", {}).items()
-                                                       if k not in ("num_workers", "eval_batch_size")}}
+    model = {k: v for k, v in recipe_dict.get("model", {}).items() if k != "temperature"}
+    data = {k: v for k, v in recipe_dict.get("data", {}).items()
+            if k not in ("num_workers", "eval_batch_size", "root", "download")}
+    # The optimizer's kind decides the layout of its saved state.
+    key = {"model": model, "data": data, "optimizer": recipe_dict.get("train", {}).get("optimizer")}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -87,7 +90,8 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
     torch.set_rng_state(tensors["torch_cpu"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+        for i, state in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, i)
     n = meta["numpy"]
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
     p = meta["python"]
@@ -117,12 +121,25 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
     save_file(rng_tensors, tmp / "rng.safetensors")
     payload = {"format": FORMAT, "step": step, "optimizers": opt_meta, "rng": rng_meta, **state}
     (tmp / "state.json").write_text(json.dumps(payload, default=str), encoding="utf-8")
+    for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
     if final.exists():
-        shutil.rmtree(final)
+        _discard(final)
     os.replace(tmp, final)
     for old in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
+    for stale in directory.glob(".tmp-*"):  # left by a process killed while writing
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _discard(path: Path) -> None:
+    """Rename out of the ``step_*`` namespace first, so a kill mid-delete never leaves a partial one."""
+    trash = path.with_name(f".tmp-trash-{path.name}-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -157,17 +174,22 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return {"state": state, **tensors}
 
 
-def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-            generators: dict[str, torch.Generator], path: Path) -> None:
-    """Load weights, optimizer states and every RNG state from a checkpoint read by :func:`read_checkpoint`."""
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Model weights from a checkpoint; CheckpointError (one line) when they do not fit."""
     try:
-        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"checkpoint {path} does not fit this model: {detail}") from None
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit this model (missing {len(missing)} / unexpected "
                               f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]})")
+
+
+def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+            generators: dict[str, torch.Generator], path: Path) -> None:
+    """Load weights, optimizer states and every RNG state from a checkpoint read by :func:`read_checkpoint`."""
+    load_weights(model, ckpt["model"], path)
     meta = ckpt["state"]["optimizers"]
     for name, opt in optimizers.items():
         if name not in meta:
@@ -180,4 +202,9 @@ def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, 
     for name, gen in generators.items():
         key = f"gen_{name}"
         if key in ckpt["rng"]:
-            gen.set_state(ckpt["rng"][key])
+            try:
+                gen.set_state(ckpt["rng"][key])
+            except RuntimeError:
+                raise CheckpointError(f"checkpoint {path} was written on another device type (its '{name}' "
+                                      f"random state does not fit a {gen.device.type} generator); resume with "
+                                      "the device it was trained on") from None

@@ -1,6 +1,6 @@
 """Deterministic, resumable batches: the order of batch ``step`` depends only on (seed, step).
 
-Epoch e visits the training set in the order ``randperm(N, seed + e)``; the last incomplete batch is
+Epoch e visits the training set in the order ``randperm(N)`` seeded by ``(seed, e)``; the last incomplete batch is
 dropped. Batch ``step`` can therefore be produced without replaying earlier ones, which is what makes
 resuming exact. Under data parallelism each rank takes its slice of the same global batch.
 """
@@ -72,9 +72,11 @@ class BatchStream:
                 x, y = images[idx], labels[idx]
                 yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
                 step += 1
+        # An explicit generator: creating the iterator must not draw from the global RNG (exact resume).
         loader: Any = DataLoader(self.dataset, batch_sampler=_StepSampler(self, start),
                                  num_workers=self.num_workers, pin_memory=pin,
-                                 persistent_workers=self.num_workers > 0)
+                                 persistent_workers=self.num_workers > 0,
+                                 generator=torch.Generator().manual_seed(self.seed))
         for x, y in loader:
             yield x.to(self.device, non_blocking=pin), torch.as_tensor(y).to(self.device, non_blocking=pin)
 

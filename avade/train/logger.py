@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from avade.train.rundir import RunDir
+from avade.train.rundir import RunDir, atomic_write_text
 
 
 class MetricsLogger:
@@ -53,4 +53,4 @@ class MetricsLogger:
                     keep.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
-        path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
+        atomic_write_text(path, "".join(f"{line}\n" for line in keep))

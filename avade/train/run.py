@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
     console = console or Console(stderr=True)
     recipe = load_recipe(file, overrides)
     variants = expand_sweep(recipe)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if out_dir is None and distributed:
+        raise ConfigError("under torchrun pass --out RUN_DIR: every process must write to the same run directory")
     if out_dir is None:
         out_dir = latest_run_dir(recipe.name) if resume else None
         if out_dir is None:
@@ -52,7 +56,8 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         summary = run_recipe(variant.recipe, out_dir / variant.name, resume=resume, device=device,
                              console=console, progress=progress)
         summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
-    write_sweep_summary(out_dir, summaries, console)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_sweep_summary(out_dir, summaries, console)
     return summaries
 
 

@@ -38,7 +38,7 @@ from avade.train.distributed import (
     init_distributed,
 )
 from avade.train.logger import MetricsLogger
-from avade.train.rundir import RunDir, write_json
+from avade.train.rundir import RunDir, atomic_write_text, write_json
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,11 +94,10 @@ class Trainer:
         self.model: GenerativeModel = build_model(recipe, self.train_set.shape, self.train_set.num_classes)
         self.model.to(self.device)
         self._make_run_dir(resume)  # only once data and model exist: a bad recipe leaves no empty run behind
-        broadcast_parameters(self.model, self.dist)
         self.likelihood = recipe.variant in LIKELIHOOD_VARIANTS
         self.adversarial = recipe.variant in ADVERSARIAL_VARIANTS
-        self.opt_g = make_optimizer(self.cfg.optimizer, self.model.generator_parameters(), self.cfg.lr,
-                                    self.cfg.betas)
+        self.g_params = self.model.generator_parameters()
+        self.opt_g = make_optimizer(self.cfg.optimizer, self.g_params, self.cfg.lr, self.cfg.betas)
         self.optimizers: dict[str, torch.optim.Optimizer] = {"generator": self.opt_g}
         if self.adversarial:
             assert self.model.discriminator is not None
@@ -115,6 +114,8 @@ class Trainer:
         self.bad_steps = 0
         if resume:
             self._resume()
+        if self.dist.enabled:
+            self._sync_replicas()
         if self.cfg.compile:
             # In-place nn.Module.compile keeps state-dict keys (checkpoints stay portable). The critic
             # is compiled only without the gradient penalty: AOT autograd has no double backward.
@@ -135,13 +136,16 @@ class Trainer:
     def _make_run_dir(self, resume: bool) -> None:
         if self.dist.is_main:
             self.run.make()
-            if not (resume and self.run.recipe.exists()):
-                self.run.recipe.write_text(recipe_to_toml(self.recipe), encoding="utf-8")
+            # On --resume too: a resumed run may change train settings (e.g. more steps); the fingerprint
+            # check guarantees that the model and data are the same.
+            atomic_write_text(self.run.recipe, recipe_to_toml(self.recipe))
 
     def _resume(self) -> None:
         existing = ckpt.list_checkpoints(self.run.checkpoints)
         if not existing:
             self.console.print(f"no checkpoint in {self.run.checkpoints}: starting from step 0")
+            if self.dist.is_main:
+                MetricsLogger.truncate(self.run.metrics, 0)
             return
         path = existing[-1]
         data = ckpt.read_checkpoint(path)
@@ -156,6 +160,24 @@ class Trainer:
         if self.dist.is_main:
             MetricsLogger.truncate(self.run.metrics, self.step)
         self.console.print(f"resumed from {path} (step {self.step})")
+
+    def _sync_replicas(self) -> None:
+        """Data parallel: identical replicas after data-dependent initialisation, distinct noise per rank.
+
+        Actnorm / weight-norm initialise from the first batch each rank sees, so one forward runs first
+        and rank 0's weights and buffers are then broadcast. After a resume every rank reseeds from
+        (seed, step, rank): only rank 0's random state is checkpointed.
+        """
+        if self.step == 0:
+            x, y = next(self.stream.batches(0))
+            self.model.train()
+            with torch.no_grad():
+                self.model.log_likelihood(x, y if self.model.num_classes else None, self.noise)
+        broadcast_parameters(self.model, self.dist)
+        if self.step > 0:
+            seed = (self.cfg.seed * 1_000_003 + self.step) * 101 + self.dist.rank
+            seed_everything(seed)
+            self.noise.manual_seed(seed)
 
     def save(self) -> Path | None:
         if not self.dist.is_main:
@@ -175,7 +197,9 @@ class Trainer:
         average_gradients(params, self.dist)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
-        if not (torch.isfinite(loss) and torch.isfinite(norm)):
+        # The norm of the averaged gradients: one host sync, and every rank takes the same decision.
+        # A non-finite loss gives non-finite gradients, so it is caught here too.
+        if not torch.isfinite(norm):
             opt.zero_grad(set_to_none=True)
             return False
         opt.step()
@@ -186,7 +210,8 @@ class Trainer:
 
         One set of samples serves both updates, as in Algorithm 1: the discriminator sees them
         detached, then (the generator being unchanged by the D update) the generator's L_Q
-        backpropagates through the same samples. Extra D steps (``d_steps > 1``) draw fresh ones.
+        backpropagates through the same samples. Extra D steps (``d_steps > 1``) draw fresh samples
+        (against the same real batch).
         """
         model, cfg = self.model, self.cfg
         model.train()
@@ -199,7 +224,7 @@ class Trainer:
         if adversarial_now:
             disc = model.discriminator
             assert disc is not None
-            d_params = list(disc.parameters())
+            d_params = self.opt_d.param_groups[0]["params"]
             real = to_unit(model.preprocess.dequantize(x, self.noise))
             with self.autocast:
                 fake = to_unit(model.generate(n, labels_in, self.noise, flow_grad=cfg.flow_adv_grad)).float()
@@ -216,7 +241,6 @@ class Trainer:
                     if cfg.gp_weight > 0 else d_loss.new_zeros(())
                 ok &= self._finite_update(self.opt_d, d_params, d_loss + gp)
             scalars.update(d_loss=d_loss, gp=gp, d_real=d_real.mean(), d_fake=d_fake.mean())
-        g_params = model.generator_parameters()
         loss = x.new_zeros((), dtype=torch.float32)
         with self.autocast:
             if self.likelihood:
@@ -235,7 +259,7 @@ class Trainer:
                 weight = 1.0 if not self.likelihood else cfg.adv_weight
                 loss = loss + weight * l_q
                 scalars["l_q"] = l_q
-        ok &= self._finite_update(self.opt_g, g_params, loss)
+        ok &= self._finite_update(self.opt_g, self.g_params, loss)
         scalars["loss"] = loss
         # One device-to-host transfer for all logged values (each .item() would be a sync on GPU).
         values = torch.stack([t.detach().float().reshape(()) for t in scalars.values()]).tolist()
@@ -248,20 +272,11 @@ class Trainer:
         return logs
 
     # -- evaluation ----------------------------------------------------------------------------------
-    @torch.inference_mode()
     def test_bpd(self, importance_samples: int = 1, limit: int | None = None) -> float:
-        """Mean bits/dim on the test split (deterministic noise: same value for the same weights)."""
-        self.model.eval()
-        gen = torch.Generator(device=self.device).manual_seed(12345)
-        total, count = 0.0, 0
-        bs = self.recipe.data.options.eval_batch_size
+        """Mean bits/dim on the test split (``train.eval_batches`` batches; 0 = all)."""
         lim = self.cfg.eval_batches if limit is None else limit
-        for x, y in eval_batches(self.test_set, bs, lim):
-            x, y = x.to(self.device), y.to(self.device)
-            out = self.model.log_likelihood(x, y if self.model.num_classes else None, gen, importance_samples)
-            total += float(out["bpd"].double().sum())
-            count += x.shape[0]
-        return total / max(count, 1)
+        batches = eval_batches(self.test_set, self.recipe.data.options.eval_batch_size, lim)
+        return self.model.mean_bpd(batches, importance_samples)
 
     @torch.no_grad()
     def write_grids(self, tag: str) -> None:

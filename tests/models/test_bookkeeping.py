@@ -105,3 +105,16 @@ def test_sampling_with_a_generator_is_reproducible_and_leaves_the_global_rng_alo
     c = model.sample(4, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_mean_bpd_is_deterministic_and_leaves_the_global_rng_alone():
+    model = _analytic_model(0.05, "identity")
+    with torch.no_grad():
+        for p in model.posterior.parameters():  # latents now matter
+            p.add_(0.1)
+    x = torch.randint(0, 256, (6, 2, 4, 4), dtype=torch.uint8)
+    batches = [(x[:3], torch.zeros(3)), (x[3:], torch.zeros(3))]
+    state = torch.get_rng_state()
+    first = model.mean_bpd(batches)
+    assert model.mean_bpd(batches) == first
+    assert torch.equal(torch.get_rng_state(), state)

@@ -129,3 +129,19 @@ def test_skipped_step_leaves_weights_untouched(tmp_path, monkeypatch):
     params = dict(trainer.model.named_parameters())
     for name in params:
         assert torch.equal(params[name].detach(), before[name]), name
+
+
+def test_resume_with_another_optimizer_is_refused_but_more_steps_are_fine(tmp_path):
+    Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
+    with pytest.raises(CheckpointError, match="another recipe"):
+        Trainer(tiny_recipe("train.steps=4", "train.optimizer=adam"), tmp_path, resume=True, progress=False)
+    trainer = Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
+    assert trainer.step == 2
+    assert "steps = 4" in (tmp_path / "recipe.toml").read_text()  # the run directory says what ran
+
+
+def test_fresh_start_in_a_run_dir_without_checkpoints_drops_stale_metrics(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 7, "loss": 1.0}\n')
+    Trainer(tiny_recipe("train.steps=1"), tmp_path, resume=True, progress=False).fit()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert 7 not in steps and steps[0] == 1
