@@ -11,7 +11,7 @@ from torch import nn
 from avade.errors import ConfigError
 from avade.nets.base import Decoder, Encoder
 from avade.nets.blocks import Act, Chain, Upsample, ZeroScaled, conv
-from avade.nets.shapes import Shape, as_shape, check_divisible, upsample_factor
+from avade.nets.shapes import Shape, as_shape, halving_stages, upsample_factor
 
 
 def _check_channels(_inst: object, attr: attrs.Attribute, value: tuple[int, ...]) -> None:
@@ -47,10 +47,7 @@ class ConvEncoder(Encoder):
     @staticmethod
     def compute_stage_shapes(cfg: ConvEncoderConfig, in_shape: Sequence[int]) -> list[Shape]:
         """The stage layout for ``in_shape`` without building the network (ConfigError if indivisible)."""
-        shape = as_shape(in_shape, "encoder 'conv': in_shape")
-        check_divisible(shape, len(cfg.channels), "encoder 'conv'")
-        _, h, w = shape
-        return [(c, h // 2**i, w // 2**i) for i, c in enumerate(cfg.channels)]
+        return halving_stages(cfg.channels, in_shape, "encoder 'conv'")
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
         hs = []

@@ -17,7 +17,7 @@ import torch
 from avade.nets.base import Decoder, Encoder
 from avade.nets.blocks import Chain, ResBlock, ZeroScaled, conv
 from avade.nets.conv import _check_channels
-from avade.nets.shapes import Shape, as_shape, check_divisible, upsample_factor
+from avade.nets.shapes import Shape, as_shape, halving_stages, upsample_factor
 from avade.schema import ge
 
 
@@ -54,10 +54,7 @@ class ResNetEncoder(Encoder):
     @staticmethod
     def compute_stage_shapes(cfg: ResNetEncoderConfig, in_shape: Sequence[int]) -> list[Shape]:
         """The stage layout for ``in_shape`` without building the network (ConfigError if indivisible)."""
-        shape = as_shape(in_shape, "encoder 'resnet': in_shape")
-        check_divisible(shape, len(cfg.channels), "encoder 'resnet'")
-        _, h, w = shape
-        return [(c, h // 2**i, w // 2**i) for i, c in enumerate(cfg.channels)]
+        return halving_stages(cfg.channels, in_shape, "encoder 'resnet'")
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
         x = self.stem(x, y)

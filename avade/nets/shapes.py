@@ -49,3 +49,12 @@ def check_stages(stage_shapes: Sequence[Sequence[int]], who: str) -> list[Shape]
     if not shapes:
         raise ConfigError(f"{who}: stage_shapes is empty; the encoder must have at least one stage")
     return shapes
+
+
+def halving_stages(channels: Sequence[int], in_shape: Sequence[int], who: str) -> list[Shape]:
+    """Stage layout of an encoder whose stage 0 keeps the resolution and each later stage halves it
+    (ConfigError if the resolution is not divisible)."""
+    shape = as_shape(in_shape, f"{who}: in_shape")
+    check_divisible(shape, len(channels), who)
+    _, h, w = shape
+    return [(c, h // 2**i, w // 2**i) for i, c in enumerate(channels)]
