@@ -117,7 +117,9 @@ class GenerativeModel(nn.Module):
         k = int(importance_samples)
         feat_k = feat.repeat(k, *([1] * (feat.dim() - 1))) if k > 1 else feat
         labels_k = labels.repeat(k) if (labels is not None and k > 1) else labels
-        hs = self.encoder(feat_k, labels_k)
+        # The bottom-up pass is deterministic: run it once and repeat its features for the k samples.
+        hs = [h.repeat(k, *([1] * (h.dim() - 1))) for h in self.encoder(feat, labels)] if k > 1 \
+            else self.encoder(feat, labels)
         mean, log_q, log_p = self._top_down(feat_k.shape[0], hs, labels_k, 1.0)
         if self.likelihood == "discretized-logistic":
             x_k = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
