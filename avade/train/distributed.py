@@ -48,6 +48,14 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank, world, local)
 
 
+def shutdown_distributed() -> None:
+    """Leave the job cleanly: wait for every process, then tear the process group down (a process
+    that exits while a peer still holds the connection can abort the peer)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def average_gradients(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
     """Replace each gradient by its mean over the processes (one all-reduce)."""
     if not info.enabled:

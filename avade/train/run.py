@@ -15,6 +15,7 @@ from rich.table import Table
 from avade.errors import ConfigError
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
+from avade.train.distributed import shutdown_distributed
 from avade.train.rundir import default_run_dir, latest_run_dir, write_json
 
 
@@ -49,16 +50,19 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
             if resume:
                 raise ConfigError(f"--resume: no earlier run of '{recipe.name}' under runs/; pass --out RUN_DIR")
             out_dir = default_run_dir(recipe.name)
-    if recipe.sweep is None:
-        return [run_recipe(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)]
-    summaries = []
-    for variant in variants:
-        summary = run_recipe(variant.recipe, out_dir / variant.name, resume=resume, device=device,
-                             console=console, progress=progress)
-        summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
-    if int(os.environ.get("RANK", "0")) == 0:
-        write_sweep_summary(out_dir, summaries, console)
-    return summaries
+    try:
+        if recipe.sweep is None:
+            return [run_recipe(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)]
+        summaries = []
+        for variant in variants:
+            summary = run_recipe(variant.recipe, out_dir / variant.name, resume=resume, device=device,
+                                 console=console, progress=progress)
+            summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
+        if int(os.environ.get("RANK", "0")) == 0:
+            write_sweep_summary(out_dir, summaries, console)
+        return summaries
+    finally:
+        shutdown_distributed()
 
 
 def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Console) -> None:
