@@ -23,12 +23,24 @@ from avade.nets.shapes import Shape, as_shape, check_stages
 
 
 class Encoder(nn.Module):
-    """Bottom-up deterministic pass: ``forward(x, y=None)`` -> one feature map per stage, bottom to top."""
+    """Bottom-up deterministic pass: ``forward(x, y=None)`` -> one feature map per stage, bottom to top.
+
+    Subclasses fill ``self.stages`` (modules with ``forward(x, y)``, one per stage) and may set
+    ``self.stem`` (applied before the first stage).
+    """
 
     stage_shapes: list[Shape]
+    stages: nn.ModuleList
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
-        raise NotImplementedError
+        stem = self._modules.get("stem")  # optional submodule (a class default would shadow it)
+        if stem is not None:
+            x = stem(x, y)
+        hs = []
+        for stage in self.stages:
+            x = stage(x, y)
+            hs.append(x)
+        return hs
 
 
 class Decoder(nn.Module):

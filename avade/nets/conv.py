@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import attrs
-import torch
 from torch import nn
 
 from avade.errors import ConfigError
@@ -48,13 +47,6 @@ class ConvEncoder(Encoder):
     def compute_stage_shapes(cfg: ConvEncoderConfig, in_shape: Sequence[int]) -> list[Shape]:
         """The stage layout for ``in_shape`` without building the network (ConfigError if indivisible)."""
         return halving_stages(cfg.channels, in_shape, "encoder 'conv'")
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
-        hs = []
-        for stage in self.stages:
-            x = stage(x, y)
-            hs.append(x)
-        return hs
 
 
 @attrs.define

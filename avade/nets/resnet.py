@@ -56,14 +56,6 @@ class ResNetEncoder(Encoder):
         """The stage layout for ``in_shape`` without building the network (ConfigError if indivisible)."""
         return halving_stages(cfg.channels, in_shape, "encoder 'resnet'")
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
-        x = self.stem(x, y)
-        hs = []
-        for stage in self.stages:
-            x = stage(x, y)
-            hs.append(x)
-        return hs
-
 
 @attrs.define
 class ResNetDecoderConfig:
