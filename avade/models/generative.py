@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from avade.models.likelihood import (
     discretized_logistic_log_prob,
@@ -21,6 +20,7 @@ from avade.models.likelihood import (
     sample_discretized_logistic,
 )
 from avade.models.preprocess import Preprocess, to_uint8
+from avade.nn import frozen
 
 
 class GenerativeModel(nn.Module):
@@ -186,16 +186,20 @@ class GenerativeModel(nn.Module):
         assert self.flow is not None
         if flow_grad:
             return self.flow.inverse(feat)
-        params = {k: v.detach() for k, v in self.flow.named_parameters()}
-        return _inverse_with(self.flow, params, dict(self.flow.named_buffers()), feat)
+        with frozen(self.flow):
+            return self.flow.inverse(feat)
+
+    def _sample_from_mean(self, mean: torch.Tensor, generator: torch.Generator | None,
+                          flow_grad: bool = True) -> torch.Tensor:
+        """Decoder mean -> u in [0, 256): discretized logistic, or Gaussian noise then f^-1."""
+        if self.likelihood == "discretized-logistic":
+            return sample_discretized_logistic(mean, self.log_sigma, generator)
+        return self.to_image(self._noise(mean, generator), flow_grad=flow_grad)
 
     def generate(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  flow_grad: bool = True, temperature: float | None = None) -> torch.Tensor:
         """Differentiable samples u in [0, 256) (Algorithm 1: prior -> mean -> Gaussian -> f^-1)."""
-        mean = self.decode_prior(n, labels, temperature)
-        if self.likelihood == "discretized-logistic":
-            return sample_discretized_logistic(mean, self.log_sigma, generator)
-        return self.to_image(self._noise(mean, generator), flow_grad=flow_grad)
+        return self._sample_from_mean(self.decode_prior(n, labels, temperature), generator, flow_grad)
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, temperature: float | None = None,
@@ -219,9 +223,7 @@ class GenerativeModel(nn.Module):
         feat, _ = self.features(u)
         hs = self.encoder(feat, labels)
         mean, _, _ = self._top_down(x.shape[0], hs, labels, 1.0)
-        if self.likelihood == "discretized-logistic":
-            return to_uint8(sample_discretized_logistic(mean, self.log_sigma, generator))
-        return to_uint8(self.to_image(self._noise(mean, generator)))
+        return to_uint8(self._sample_from_mean(mean, generator))
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, data_shape={self.data_shape}, likelihood={self.likelihood!r}"
@@ -242,21 +244,3 @@ def _seeded_from(generator: torch.Generator) -> Iterator[None]:
 def _full_precision(t: torch.Tensor) -> Any:
     """Flows stay in float32 under bf16 autocast: their log-determinants and inverses need it."""
     return torch.autocast(t.device.type, enabled=False)
-
-
-def _inverse_with(flow: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
-                  feat: torch.Tensor) -> Any:
-    """``flow.inverse(feat)`` evaluated with the given (detached) parameters."""
-    return functional_call(_InverseCall(flow), {**{f"flow.{k}": v for k, v in params.items()},
-                                                **{f"flow.{k}": v for k, v in buffers.items()}}, (feat,))
-
-
-class _InverseCall(nn.Module):
-    """Exposes ``flow.inverse`` as ``forward`` so that torch.func can swap in detached parameters."""
-
-    def __init__(self, flow: nn.Module) -> None:
-        super().__init__()
-        self.flow = flow
-
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        return self.flow.inverse(feat)

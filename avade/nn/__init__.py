@@ -1,5 +1,5 @@
 """Shared neural-network building blocks used by the components."""
 
-from avade.nn.layers import normed
+from avade.nn.layers import frozen, normed
 
-__all__ = ["normed"]
+__all__ = ["frozen", "normed"]

@@ -25,6 +25,7 @@ from avade.errors import CheckpointError, ConfigError, TrainingError
 from avade.losses.adversarial import CollapseDetector, discriminator_loss, generator_loss, gradient_penalty
 from avade.models import GenerativeModel, build_model
 from avade.models.preprocess import to_unit
+from avade.nn import frozen
 from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, Recipe
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
 from avade.registry import get_registry
@@ -251,11 +252,8 @@ class Trainer:
             if fake is not None:
                 disc = model.discriminator
                 assert disc is not None
-                disc.requires_grad_(False)
-                try:
+                with frozen(disc):
                     l_q = generator_loss(cfg.adv_loss, disc(fake, labels_in))
-                finally:
-                    disc.requires_grad_(True)
                 weight = 1.0 if not self.likelihood else cfg.adv_weight
                 loss = loss + weight * l_q
                 scalars["l_q"] = l_q
