@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from avade.errors import ConfigError
+from avade.flows.affine_ops import affine_forward, affine_inverse
 from avade.flows.base import Flow, Shape, check_in_shape
 from avade.flows.st_nets import ConvST, ResNetST
 from avade.schema import ge
@@ -99,11 +100,6 @@ class AffineCoupling(Flow):
                               batch_norm=cfg.batch_norm)
         self.scale_bound = nn.Parameter(torch.ones(1, transformed, 1, 1))
 
-    def _log_scale_shift(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.net(cond)
-        raw, shift = h[:, : self.transformed], h[:, self.transformed:]
-        return self.scale_bound * torch.tanh(raw), shift
-
     def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(conditioning, transformed) channel halves."""
         a, b = x[:, : self.split], x[:, self.split:]
@@ -130,26 +126,20 @@ class AffineCoupling(Flow):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.packed:
             cond, trans = self._pack(x)
-            log_s, shift = self._log_scale_shift(cond)
-            return self._unpack(cond, trans * log_s.exp() + shift), log_s.sum(dim=(1, 2, 3))
+            y, logdet = affine_forward(self.net(cond), trans, self.scale_bound)
+            return self._unpack(cond, y), logdet
         if self.checker:
-            log_s, shift = self._log_scale_shift(x * self.mask)
-            # Zeroing log s and t on the conditioning pixels makes y = x there exactly.
-            log_s, shift = log_s * self.inv_mask, shift * self.inv_mask
-            return x * log_s.exp() + shift, log_s.sum(dim=(1, 2, 3))
+            # Zeroing log s and t on the conditioning pixels (inv_mask = 0) makes y = x there exactly.
+            return affine_forward(self.net(x * self.mask), x, self.scale_bound, self.inv_mask)
         cond, trans = self._halves(x)
-        log_s, shift = self._log_scale_shift(cond)
-        return self._join(cond, trans * log_s.exp() + shift), log_s.sum(dim=(1, 2, 3))
+        y, logdet = affine_forward(self.net(cond), trans, self.scale_bound)
+        return self._join(cond, y), logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         if self.packed:
             cond, trans = self._pack(y)
-            log_s, shift = self._log_scale_shift(cond)
-            return self._unpack(cond, (trans - shift) * torch.exp(-log_s))
+            return self._unpack(cond, affine_inverse(self.net(cond), trans, self.scale_bound))
         if self.checker:
-            log_s, shift = self._log_scale_shift(y * self.mask)
-            log_s, shift = log_s * self.inv_mask, shift * self.inv_mask
-            return (y - shift) * torch.exp(-log_s)
+            return affine_inverse(self.net(y * self.mask), y, self.scale_bound, self.inv_mask)
         cond, trans = self._halves(y)
-        log_s, shift = self._log_scale_shift(cond)
-        return self._join(cond, (trans - shift) * torch.exp(-log_s))
+        return self._join(cond, affine_inverse(self.net(cond), trans, self.scale_bound))
