@@ -268,9 +268,9 @@ def top_ops(fn: Fn, device: torch.device, limit: int = 15) -> list[dict[str, Any
 def gemm_peak(settings: Settings) -> dict[str, Any]:
     """FLOP/s of a large square GEMM: the reference for "fraction of peak".
 
-    CUDA: a bf16 ``torch.mm``. CPU: an fp32 ``torch.mm`` *and* the same GEMM as a oneDNN 1x1
-    convolution (``[1, n, n, 1]`` input, ``n x n`` kernel: ``n^3`` multiply-adds); the peak is the
-    faster of the two. Why both: torch.mm goes to the BLAS (MKL), which on some CPUs (e.g. AMD EPYC
+    CUDA: a bf16 ``torch.mm``. CPU: an fp32 ``torch.mm``, the same GEMM as a oneDNN 1x1 convolution
+    (``[1, n, n, 1]`` input, ``n x n`` kernel: ``n^3`` multiply-adds) in NCHW and in channels-last,
+    and a channels-last 3x3 convolution of 256 channels; the peak is the fastest. Why all: torch.mm goes to the BLAS (MKL), which on some CPUs (e.g. AMD EPYC
     with AVX-512) runs a narrower code path than oneDNN, the library that runs every convolution, so
     torch.mm alone can be half the FLOP/s a convolution reaches and "fraction of peak" would exceed 1.
     """
@@ -282,15 +282,28 @@ def gemm_peak(settings: Settings) -> dict[str, Any]:
     a = torch.randn(n, n, device=settings.device, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=settings.device, dtype=dtype, generator=gen)
     fns: dict[str, Fn] = {"torch.mm": lambda: torch.mm(a, b)}
+    flops = {"torch.mm": 2.0 * n**3}
     if not settings.cuda and torch.backends.mkldnn.is_available():
+        conv = torch.nn.functional.conv2d
+        cl = torch.channels_last
         x, w = a.view(1, n, n, 1), b.view(n, n, 1, 1)
-        fns["oneDNN conv1x1"] = lambda: torch.nn.functional.conv2d(x, w)
+        x_cl, w_cl = x.contiguous(memory_format=cl), w.contiguous(memory_format=cl)
+        fns["oneDNN conv1x1"] = lambda: conv(x, w)
+        fns["oneDNN conv1x1 channels-last"] = lambda: conv(x_cl, w_cl)
+        # A 3x3 convolution re-reads each input 9 times: the highest arithmetic intensity of any
+        # kernel the models run, so the best FLOP/s a convolution can reach here.
+        c, s = (64, 16) if settings.quick else (256, 32)
+        x3 = torch.randn(16, c, s, s, generator=gen).contiguous(memory_format=cl)
+        w3 = torch.randn(c, c, 3, 3, generator=gen).contiguous(memory_format=cl)
+        fns["oneDNN conv3x3 channels-last"] = lambda: conv(x3, w3, padding=1)
+        flops.update({"oneDNN conv1x1": 2.0 * n**3, "oneDNN conv1x1 channels-last": 2.0 * n**3,
+                      "oneDNN conv3x3 channels-last": 2.0 * 16 * s * s * c * c * 9})
     timings = measure(fns, settings, warmup=2, repeats=repeats)
-    flops = 2.0 * n**3
-    kernels = {name: {"peak_flop_s": flops / min(t.times), "median_flop_s": flops / t.median, **t.to_dict()}
+    kernels = {name: {"flops": flops[name], "peak_flop_s": flops[name] / min(t.times),
+                      "median_flop_s": flops[name] / t.median, **t.to_dict()}
                for name, t in timings.items()}
     source = max(kernels, key=lambda k: kernels[k]["peak_flop_s"])
-    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "flops": flops,
+    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "flops": kernels[source]["flops"],
             "peak_flop_s": kernels[source]["peak_flop_s"], "peak_source": source,
             "mm_peak_flop_s": kernels["torch.mm"]["peak_flop_s"], "kernels": kernels}
 

@@ -70,7 +70,6 @@ class ResNetST(nn.Module):
         self.out_bn = nn.BatchNorm2d(hidden) if batch_norm else nn.Identity()
         self.out = zero_conv(hidden, out_channels)
         self.fresh = batch_norm
-        self.to(memory_format=torch.channels_last)  # weights in the layout the convolutions run in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.inp(to_channels_last(x))
@@ -90,7 +89,6 @@ class ConvST(nn.Module):
         self.conv2 = _conv(hidden, hidden, 1, norm)
         self.bn2 = nn.BatchNorm2d(hidden) if batch_norm else nn.Identity()
         self.out = zero_conv(hidden, out_channels)
-        self.to(memory_format=torch.channels_last)  # weights in the layout the convolutions run in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In-place ReLUs: their inputs are fresh conv / batch-norm outputs (one allocation less each).

@@ -141,23 +141,31 @@ class GenerativeModel(nn.Module):
         }
 
     @torch.inference_mode()
-    def mean_bpd(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], importance_samples: int = 1,
-                 seed: int = 12345) -> float:
-        """Mean bits/dim over ``batches`` of (uint8 images, labels). All noise (dequantization and
-        latents) comes from ``seed``, so the same weights give the same value and the training RNG
-        stream is left untouched."""
+    def bpd_sum(self, batches: Iterable[tuple[int, torch.Tensor, torch.Tensor]], importance_samples: int = 1,
+                seed: int = 12345) -> tuple[float, int]:
+        """(sum of bits/dim, number of images) over indexed batches ``(i, uint8 images, labels)``.
+
+        Batch ``i``'s noise (dequantization and latents) comes from ``(seed, i)`` alone, so the same
+        weights give the same value, the training RNG stream is left untouched, and batches split over
+        processes sum to the single-process value."""
         self.eval()
         device = self.log_sigma.device
-        gen = torch.Generator(device=device).manual_seed(seed)
         total = torch.zeros((), dtype=torch.float64, device=device)
         count = 0
-        with _seeded_from(gen):
-            for x, y in batches:
+        for i, x, y in batches:
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+            with _seeded_from(gen):
                 labels = y.to(device) if self.num_classes else None
                 out = self.log_likelihood(x.to(device), labels, gen, importance_samples)
-                total += out["bpd"].double().sum()
-                count += x.shape[0]
-        return float(total) / max(count, 1)
+            total += out["bpd"].double().sum()
+            count += x.shape[0]
+        return float(total), count
+
+    def mean_bpd(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], importance_samples: int = 1,
+                 seed: int = 12345) -> float:
+        """Mean bits/dim over ``batches`` of (uint8 images, labels), deterministic as :meth:`bpd_sum`."""
+        total, count = self.bpd_sum(((i, x, y) for i, (x, y) in enumerate(batches)), importance_samples, seed)
+        return total / max(count, 1)
 
     # -- generation ---------------------------------------------------------------------------------
     def decode_prior(self, n: int, labels: torch.Tensor | None = None,

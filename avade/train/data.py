@@ -7,6 +7,7 @@ resuming exact. Under data parallelism each rank takes its slice of the same glo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,16 +85,26 @@ class BatchStream:
 def eval_batches(dataset: Dataset, batch_size: int, limit: int = 0, num_workers: int = 0
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The dataset in order, in batches (the last one may be short); ``limit`` batches at most (0 = all)."""
+    for _, x, y in indexed_batches(dataset, batch_size, limit, num_workers):
+        yield x, y
+
+
+def indexed_batches(dataset: Dataset, batch_size: int, limit: int = 0, num_workers: int = 0,
+                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(i, images, labels)`` for the dataset's batches in order (``limit`` at most, 0 = all), keeping
+    only batches ``i = rank, rank + world, ...`` for ``shard = (rank, world)``: each process of a
+    data-parallel job evaluates its share, and only its share is ever loaded."""
+    rank, world = shard
+    n = len(dataset)  # type: ignore[arg-type]
+    total = math.ceil(n / batch_size)
+    mine = range(rank, min(total, limit) if limit else total, world)
     tensors = getattr(dataset, "as_tensors", lambda: None)()
     if tensors is not None:
         images, labels = tensors
-        for i, start in enumerate(range(0, len(images), batch_size)):
-            if limit and i >= limit:
-                return
-            yield images[start:start + batch_size], labels[start:start + batch_size]
+        for i in mine:
+            yield i, images[i * batch_size:(i + 1) * batch_size], labels[i * batch_size:(i + 1) * batch_size]
         return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for i, (x, y) in enumerate(loader):
-        if limit and i >= limit:
-            return
-        yield x, torch.as_tensor(y)
+    sampler = [list(range(i * batch_size, min((i + 1) * batch_size, n))) for i in mine]
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+    for i, (x, y) in zip(mine, loader, strict=True):
+        yield i, x, torch.as_tensor(y)

@@ -78,10 +78,10 @@ def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
         dist.broadcast(t.data, src=0)
 
 
-def all_mean(value: float, info: DistInfo, device: torch.device) -> float:
-    """Mean of a scalar over processes (for logging/eval)."""
+def all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Elementwise sums of ``values`` over processes (float64, one all-reduce)."""
     if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t.item() / info.world)
+    return t.tolist()

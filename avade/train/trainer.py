@@ -30,10 +30,10 @@ from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, Recip
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
 from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
-from avade.train.data import BatchStream, eval_batches
+from avade.train.data import BatchStream, eval_batches, indexed_batches
 from avade.train.distributed import (
     DistInfo,
-    all_mean,
+    all_sum,
     average_gradients,
     broadcast_parameters,
     init_distributed,
@@ -271,10 +271,14 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------------
     def test_bpd(self, importance_samples: int = 1, limit: int | None = None) -> float:
-        """Mean bits/dim on the test split (``train.eval_batches`` batches; 0 = all)."""
+        """Mean bits/dim on the test split (``train.eval_batches`` batches; 0 = all). Under data
+        parallelism each process evaluates every world-th batch and the sums are reduced: the same
+        value as one process computes, in 1/world of the time."""
         lim = self.cfg.eval_batches if limit is None else limit
-        batches = eval_batches(self.test_set, self.recipe.data.options.eval_batch_size, lim)
-        return self.model.mean_bpd(batches, importance_samples)
+        batches = indexed_batches(self.test_set, self.recipe.data.options.eval_batch_size, lim,
+                                  shard=(self.dist.rank, self.dist.world))
+        total, count = all_sum(list(self.model.bpd_sum(batches, importance_samples)), self.dist, self.device)
+        return total / max(count, 1)
 
     @torch.no_grad()
     def write_grids(self, tag: str) -> None:
@@ -356,10 +360,10 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """The recipe's eval metrics on the current weights (``bpd`` on the test split always)."""
-        results = {"bpd": all_mean(self.test_bpd(), self.dist, self.device)} if self.likelihood else {}
+        results = {"bpd": self.test_bpd()} if self.likelihood else {}
         if self.recipe.eval.importance_samples > 1 and self.likelihood:
-            results[f"bpd_iw{self.recipe.eval.importance_samples}"] = all_mean(
-                self.test_bpd(self.recipe.eval.importance_samples), self.dist, self.device)
+            results[f"bpd_iw{self.recipe.eval.importance_samples}"] = self.test_bpd(
+                self.recipe.eval.importance_samples)
         others = [m for m in self.recipe.eval.metrics if m != "bpd"]
         if others and self.dist.is_main:
             from avade.evaluate import compute_metrics

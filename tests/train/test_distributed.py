@@ -141,3 +141,48 @@ def test_av_ade_step_on_two_gloo_processes_equals_the_mean_of_shard_gradients(tm
         for k, p in params.items():
             for r in range(WORLD):
                 torch.testing.assert_close(final[r][k], p.detach(), rtol=1e-5, atol=1e-7, msg=f"{k} rank {r}")
+
+
+EVAL_OVERRIDES = ("data.test_size=40", "data.eval_batch_size=8")  # 5 batches: 3 on rank 0, 2 on rank 1
+
+
+def _eval_worker(rank, port, out):
+    """The test BPD of a 2-process job, and which batches this rank evaluated."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from avade.train.trainer import Trainer
+
+    try:
+        trainer = Trainer(tiny_recipe(*EVAL_OVERRIDES), os.path.join(out, "run"), progress=False, device="cpu")
+        seen: list[int] = []
+        bpd_sum = trainer.model.bpd_sum
+
+        def recording(batches, *args):
+            return bpd_sum(((seen.append(i), (i, x, y))[1] for i, x, y in batches), *args)
+
+        trainer.model.bpd_sum = recording
+        value = trainer.test_bpd()
+        save_file({n: t.detach().clone() for n, t in trainer.model.state_dict().items()},
+                  os.path.join(out, f"weights{rank}.safetensors"))
+        with open(os.path.join(out, f"eval{rank}.json"), "w") as f:
+            json.dump({"bpd": value, "batches": seen}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_test_bpd_is_sharded_over_processes_and_equals_one_process(tmp_path):
+    mp.spawn(_eval_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    results = [json.loads((tmp_path / f"eval{r}.json").read_text()) for r in range(WORLD)]
+    assert [r["batches"] for r in results] == [[0, 2, 4], [1, 3]]  # each batch once, on one process
+    assert results[0]["bpd"] == results[1]["bpd"]
+    # One process, the same weights, every batch: the same value.
+    recipe = tiny_recipe(*EVAL_OVERRIDES)
+    from avade.train.data import eval_batches
+    from avade.train.trainer import load_datasets
+
+    train, test = load_datasets(recipe)
+    model = build_model(recipe, train.shape, train.num_classes)
+    model.load_state_dict(load_file(str(tmp_path / "weights0.safetensors")))
+    single = model.mean_bpd(eval_batches(test, recipe.data.options.eval_batch_size))
+    assert single == pytest.approx(results[0]["bpd"], rel=1e-12)
