@@ -266,13 +266,14 @@ def top_ops(fn: Fn, device: torch.device, limit: int = 15) -> list[dict[str, Any
 
 
 def gemm_peak(settings: Settings) -> dict[str, Any]:
-    """FLOP/s of a large square GEMM: the reference for "fraction of peak".
+    """FLOP/s of the fastest large GEMM-like kernel: the reference for "fraction of peak".
 
     CUDA: a bf16 ``torch.mm``. CPU: an fp32 ``torch.mm``, the same GEMM as a oneDNN 1x1 convolution
     (``[1, n, n, 1]`` input, ``n x n`` kernel: ``n^3`` multiply-adds) in NCHW and in channels-last,
-    and a channels-last 3x3 convolution of 256 channels; the peak is the fastest. Why all: torch.mm goes to the BLAS (MKL), which on some CPUs (e.g. AMD EPYC
-    with AVX-512) runs a narrower code path than oneDNN, the library that runs every convolution, so
-    torch.mm alone can be half the FLOP/s a convolution reaches and "fraction of peak" would exceed 1.
+    and a channels-last 3x3 convolution of 256 channels; the peak is the fastest. Why not torch.mm
+    alone: it goes to the BLAS (MKL), which on some CPUs (e.g. AMD EPYC with AVX-512) runs a narrower
+    code path than oneDNN, the library that runs every convolution, so torch.mm can be half the FLOP/s
+    a convolution reaches and "fraction of peak" would exceed 1.
     """
     if settings.cuda:
         n, dtype, repeats = (4096 if settings.quick else 8192), torch.bfloat16, 20
