@@ -327,33 +327,6 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameter numbers (malloc.h)
-
-
-def pin_malloc() -> str:
-    """Fix glibc malloc's thresholds for this process; returns what was done.
-
-    By default glibc adapts its mmap threshold to the sizes freed so far and returns freed memory
-    to the OS, so whether a fresh multi-megabyte activation costs a page fault per 4 KiB page
-    depends on the whole allocation history of the process. Where page faults are expensive (VMs,
-    sandboxes) that moved the same workload by 20-30 % between runs, and unevenly between the two
-    sides of a comparison. Pinned: blocks up to 32 MiB come from the heap and freed memory is kept,
-    so every timed call sees the same allocator (tensor memory, which is what the tables report,
-    is unaffected).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version.restype = ctypes.c_char_p
-        glibc = libc.gnu_get_libc_version().decode()
-    except (OSError, AttributeError):
-        return "system (not glibc)"
-    ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**62) == 1
-    return f"pinned (glibc {glibc})" if ok else f"system (glibc {glibc} refused mallopt)"
-
-
 def environment(settings: Settings) -> dict[str, Any]:
     """Where and how the numbers were taken (everything a reader needs to compare two runs)."""
     env: dict[str, Any] = {

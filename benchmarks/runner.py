@@ -50,9 +50,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls before timing (default 2, quick 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls, median reported (default 5, quick 2)")
-    p.add_argument("--malloc", choices=("pinned", "system"), default="pinned",
-                   help="pinned (default): fixed glibc malloc thresholds, so page-fault costs do not depend "
-                        "on the process's allocation history; system: glibc's adaptive defaults")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON output (default: benchmarks/results/<time>-<device>[-quick].json)")
     args = p.parse_args(argv)
@@ -99,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 160)
     import torch
 
-    from benchmarks.common import environment, gemm_peak, make_settings, pin_malloc, table
-
-    malloc = pin_malloc() if args.malloc == "pinned" else "system"
+    from benchmarks.common import environment, gemm_peak, make_settings, table
 
     device = args.device
     if device == "auto":
@@ -121,13 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = make_settings(device, quick=args.quick, precision=args.precision, profile=args.profile,
                              warmup=args.warmup, repeats=args.repeats)
     results["meta"] = environment(settings)
-    results["meta"]["malloc"] = malloc
     if args.precision == "bf16" and not settings.bf16:
         console.print("[yellow]note:[/] bf16 autocast applies on CUDA only; this CPU run is fp32")
     meta = results["meta"]
     console.print(f"[bold]avade benchmarks[/] on {meta.get('device_name', device)}: torch {meta['torch']}, "
                   f"{meta['torch_threads']} threads / {meta['cpu_count']} CPUs, load {meta['loadavg_start']}, "
-                  f"malloc {malloc}, {'quick' if args.quick else 'full'} -> {out}")
+                  f"{'quick' if args.quick else 'full'} -> {out}")
     if "train" in args.only:
         results["gemm_peak"] = gemm_peak(settings)
         g = results["gemm_peak"]

@@ -15,11 +15,11 @@ model runs::
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from avade.errors import ConfigError
 from avade.nets.shapes import Shape, as_shape, check_stages
+from avade.nn import elu
 
 
 class Encoder(nn.Module):
@@ -75,4 +75,4 @@ class Decoder(nn.Module):
 
     def head(self, d: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Stage-0 state -> the output mean, ``[B, *out_shape]``."""
-        return self.out(F.elu(d), y)
+        return self.out(elu(d), y)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avade.nn import normed
+from avade.nn import elu, normed
 
 
 def conv(c_in: int, c_out: int, kernel: int = 3, *, stride: int = 1, norm: str = "weight-norm",
@@ -61,10 +61,10 @@ class ResBlock(nn.Module):
         self.skip = conv(c_in, c_out, 1, norm=norm, num_classes=num_classes) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = F.elu(x)
+        h = elu(x)
         if self.resample == "up" and self.factor > 1:
             h = F.interpolate(h, scale_factor=self.factor, mode="nearest")
-        h = self.conv2(F.elu(self.conv1(h, y)), y)
+        h = self.conv2(elu(self.conv1(h, y)), y)
         if self.resample == "down" and self.factor > 1:
             x = F.avg_pool2d(x, self.factor)
         if self.skip is not None:
@@ -91,7 +91,7 @@ class Act(nn.Module):
     """ELU that accepts (and ignores) labels, to sit inside :class:`Chain`."""
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return F.elu(x)
+        return elu(x)
 
 
 class Upsample(nn.Module):

@@ -1,5 +1,6 @@
 """Shared neural-network building blocks used by the components."""
 
+from avade.nn.activations import elu
 from avade.nn.layers import frozen, normed
 
-__all__ = ["frozen", "normed"]
+__all__ = ["elu", "frozen", "normed"]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from avade.nn import elu
 from avade.posteriors.made import MaskedConv2d, hidden_degrees
 
 #: Added to ``s`` so that ``sigma`` starts near sigmoid(2) = 0.88: each step begins close to the
@@ -45,8 +46,8 @@ class IAFStep(nn.Module):
         h = self.inp(z)
         if self.ctx is not None and context is not None:
             h = h + self.ctx(context)
-        h = self.mid(F.elu(h))
-        m, s = self.out(F.elu(h)).chunk(2, dim=1)
+        h = self.mid(elu(h))
+        m, s = self.out(elu(h)).chunk(2, dim=1)
         s = s + FORGET_BIAS
         gate = torch.sigmoid(s)
         return gate * z + (1 - gate) * m, F.logsigmoid(s).flatten(1).sum(1)

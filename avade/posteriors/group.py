@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from avade.nets.blocks import ZeroScaled, conv
+from avade.nn import elu
 from avade.posteriors.flow import IAFFlow
 from avade.posteriors.gaussian import gaussian_kl, normal_log_prob, soft_clamp, standard_log_prob
 
@@ -48,14 +48,14 @@ class LatentGroup(nn.Module):
 
     def prior_params(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu_p, log sigma_p)`` of p(z|d)."""
-        mu, s = self.prior(F.elu(d)).chunk(2, dim=1)
+        mu, s = self.prior(elu(d)).chunk(2, dim=1)
         return mu, soft_clamp(s)
 
     def posterior_params(self, d: torch.Tensor, h: torch.Tensor,
                          prior: tuple[torch.Tensor, torch.Tensor] | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(mu_q, log sigma_q, context)`` of the Gaussian base of q(z|h,d) (context: None without IAF)."""
-        out = self.posterior(F.elu(torch.cat([h, d], dim=1)))
+        out = self.posterior(elu(torch.cat([h, d], dim=1)))
         mu, s, ctx = out.split([self.latent, self.latent, self.context], dim=1)
         if self.residual:
             mu_p, log_sigma_p = prior if prior is not None else self.prior_params(d)

@@ -185,4 +185,6 @@ def test_test_bpd_is_sharded_over_processes_and_equals_one_process(tmp_path):
     model = build_model(recipe, train.shape, train.num_classes)
     model.load_state_dict(load_file(str(tmp_path / "weights0.safetensors")))
     single = model.mean_bpd(eval_batches(test, recipe.data.options.eval_batch_size))
-    assert single == pytest.approx(results[0]["bpd"], rel=1e-12)
+    # Float rounding only (the workers run oneDNN convolutions, the test process does not); other noise
+    # for a batch, or a batch missing or counted twice, moves the value by 1e-4 or more (measured).
+    assert single == pytest.approx(results[0]["bpd"], rel=1e-6)
