@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
-from typing import Literal, get_args
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -223,6 +223,21 @@ class CollapseDetector:
                 f"{self.window} steps and do not separate real from generated (gap {gap:.2g}){trivial}; "
                 "D is input-blind - check its learning rate, initialization and normalization")
         return self._report(None, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The window and the current verdict, JSON-serializable (kept in checkpoints, so a resumed
+        run warns exactly as the uninterrupted one would)."""
+        return {"steps": self.steps, "cause": self.cause, "reason": self.reason, "real": list(self._real),
+                "fake": list(self._fake), "loss": list(self._loss)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (a longer saved window keeps its latest values)."""
+        self.steps = int(state["steps"])
+        self.cause, self.reason = state["cause"], state["reason"]
+        for name in ("real", "fake", "loss"):
+            window: deque[float] = getattr(self, f"_{name}")
+            window.clear()
+            window.extend(float(v) for v in state[name])
 
     def _report(self, cause: str | None, message: str | None) -> str | None:
         # Warn on the rising edge only: a collapse lasting 10k steps should not flood the log.

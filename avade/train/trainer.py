@@ -100,6 +100,7 @@ class Trainer:
         self.g_params = self.model.generator_parameters()
         self.opt_g = make_optimizer(self.cfg.optimizer, self.g_params, self.cfg.lr, self.cfg.betas)
         self.optimizers: dict[str, torch.optim.Optimizer] = {"generator": self.opt_g}
+        self.collapse: CollapseDetector | None = None
         if self.adversarial:
             assert self.model.discriminator is not None
             self.opt_d = make_optimizer(self.cfg.optimizer, list(self.model.discriminator.parameters()),
@@ -158,6 +159,8 @@ class Trainer:
         ckpt.restore(data, self.model, self.optimizers, self.generators, path)
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
+        if self.collapse is not None and state.get("collapse"):
+            self.collapse.load_state_dict(state["collapse"])
         if self.dist.is_main:
             MetricsLogger.truncate(self.run.metrics, self.step)
         self.console.print(f"resumed from {path} (step {self.step})")
@@ -186,7 +189,8 @@ class Trainer:
         return ckpt.save_checkpoint(
             self.run.checkpoints, self.step, self.model, self.optimizers, self.generators,
             {"fingerprint": self.fingerprint, "recipe_name": self.recipe.name, "recipe": self.recipe_dict,
-             "bad_steps": self.bad_steps, "world": self.dist.world},
+             "bad_steps": self.bad_steps, "world": self.dist.world,
+             "collapse": self.collapse.state_dict() if self.collapse is not None else None},
             keep=self.cfg.keep_checkpoints)
 
     # -- one step of Algorithm 1 ---------------------------------------------------------------------
@@ -263,7 +267,7 @@ class Trainer:
         values = torch.stack([t.detach().float().reshape(()) for t in scalars.values()]).tolist()
         logs = dict(zip(scalars, values, strict=True))
         logs["finite"] = float(ok)
-        if adversarial_now:
+        if adversarial_now and self.collapse is not None:
             warning = self.collapse.update(logs["d_real"], logs["d_fake"], logs["d_loss"], step=self.step)
             if warning and self.dist.is_main:
                 self.console.print(f"[yellow]warning:[/] {warning}")

@@ -154,3 +154,20 @@ def test_collapse_detector_flags_non_finite_at_once() -> None:
     det = CollapseDetector(window=50)
     assert det.update(float("nan"), 0.0) is not None
     assert det.cause == "non-finite"
+
+
+def test_collapse_detector_state_round_trip_continues_identically() -> None:
+    import json
+
+    feed = [(1.0 + 0.01 * i, -1.0 - 0.01 * i, 0.5) for i in range(7)] + [(80.0, -80.0, 0.1)] * 6
+    whole = CollapseDetector(window=4, kind="paper")
+    first = CollapseDetector(window=4, kind="paper")
+    for r, f, loss in feed[:5]:
+        whole.update(r, f, loss)
+        first.update(r, f, loss)
+    resumed = CollapseDetector(window=4, kind="paper")
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))  # as it travels in state.json
+    outputs = [(whole.update(r, f, loss), resumed.update(r, f, loss)) for r, f, loss in feed[5:]]
+    assert any(a is not None for a, _ in outputs), "the feed must trigger a collapse warning"
+    assert all(a == b for a, b in outputs)
+    assert whole.state_dict() == resumed.state_dict()

@@ -54,6 +54,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}:{key}"
+    # The collapse detector's window too (not restored, the resumed run's would hold only its own steps).
+    assert a["state"]["collapse"]["steps"] == STEPS
+    assert a["state"]["collapse"] == b["state"]["collapse"]
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in
              (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps), "metrics.jsonl must not repeat the replayed steps"
