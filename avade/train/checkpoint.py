@@ -1,9 +1,9 @@
 """Checkpoints: safetensors for tensors, JSON for the rest; atomic (temp dir + rename); no pickle.
 
 A checkpoint is a directory ``step_XXXXXXXX/`` holding ``model.safetensors``, ``optimizer.safetensors``
-(every optimizer's state tensors), ``rng.safetensors`` (torch/CUDA generator states) and
-``state.json`` (step, data position, python/numpy RNG states, optimizer hyper-parameters, the
-resolved recipe and its fingerprint). It only becomes visible under its final name once complete.
+(every optimizer's state tensors), ``rng.safetensors`` (torch/CUDA generator states of every process
+of the job) and ``state.json`` (step, data position, python/numpy RNG states, optimizer
+hyper-parameters, the resolved recipe and its fingerprint). It only becomes visible under its final name once complete.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save, save_file
 
 from avade.errors import CheckpointError
 
@@ -98,9 +98,30 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
     random.setstate((p[0], tuple(p[1]), p[2]))
 
 
+def rng_bundle(generators: dict[str, torch.Generator]) -> bytes:
+    """This process's whole random state (torch CPU/CUDA, numpy, python, ``generators``) as bytes:
+    a safetensors blob with the JSON part in its metadata, so it can travel between processes
+    (data parallelism: every rank's state goes into rank 0's checkpoint) without pickle."""
+    tensors, meta = _rng_state()
+    for name, gen in generators.items():
+        tensors[f"gen_{name}"] = gen.get_state()
+    return save(tensors, metadata={"meta": json.dumps(meta)})
+
+
+def _unbundle(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    # safetensors layout: 8-byte little-endian header length, then the JSON header (with __metadata__).
+    header_len = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + header_len])
+    return load(blob), json.loads(header["__metadata__"]["meta"])
+
+
 def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                    generators: dict[str, torch.Generator], state: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``directory/step_XXXXXXXX`` atomically and prune all but the newest ``keep``."""
+                    rng: list[bytes], state: dict[str, Any], keep: int = 3) -> Path:
+    """Write ``directory/step_XXXXXXXX`` atomically and prune all but the newest ``keep``.
+
+    ``rng``: :func:`rng_bundle` of every process, rank 0 first. Rank 0's state is stored under plain
+    names (the single-process layout), rank ``r``'s under ``rank{r}.`` names and ``state["rng_ranks"]``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{_PREFIX}{step:08d}"
     tmp = directory / f".tmp-{_PREFIX}{step:08d}-{os.getpid()}"
@@ -115,11 +136,15 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
         opt_tensors.update(t)
         opt_meta[name] = m
     save_file(opt_tensors, tmp / "optimizer.safetensors")
-    rng_tensors, rng_meta = _rng_state()
-    for name, gen in generators.items():
-        rng_tensors[f"gen_{name}"] = gen.get_state()
+    rng_tensors, rng_meta = _unbundle(rng[0])
+    rank_metas = []
+    for r, blob in enumerate(rng[1:], start=1):
+        tensors, meta = _unbundle(blob)
+        rng_tensors.update({f"rank{r}.{k}": v for k, v in tensors.items()})
+        rank_metas.append(meta)
     save_file(rng_tensors, tmp / "rng.safetensors")
-    payload = {"format": FORMAT, "step": step, "optimizers": opt_meta, "rng": rng_meta, **state}
+    payload = {"format": FORMAT, "step": step, "optimizers": opt_meta, "rng": rng_meta, "rng_ranks": rank_metas,
+               **state}
     (tmp / "state.json").write_text(json.dumps(payload, default=str), encoding="utf-8")
     for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
         with f.open("rb") as fh:
@@ -187,8 +212,10 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
 
 
 def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-            generators: dict[str, torch.Generator], path: Path) -> None:
-    """Load weights, optimizer states and every RNG state from a checkpoint read by :func:`read_checkpoint`."""
+            generators: dict[str, torch.Generator], path: Path, rank: int = 0) -> bool:
+    """Load weights, optimizer states and process ``rank``'s RNG states from a checkpoint read by
+    :func:`read_checkpoint`. Returns False when the checkpoint has no random state for ``rank`` (it
+    was written by a job with fewer processes): the caller then has to seed that process itself."""
     load_weights(model, ckpt["model"], path)
     meta = ckpt["state"]["optimizers"]
     for name, opt in optimizers.items():
@@ -198,13 +225,24 @@ def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, 
             optimizer_from_tensors(name, opt, ckpt["optimizer"], meta[name])
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {path}: optimizer '{name}' state does not fit ({exc})") from None
-    _set_rng_state(ckpt["rng"], ckpt["state"]["rng"])
+    if rank == 0:
+        tensors = {k: v for k, v in ckpt["rng"].items() if not k.startswith("rank")}
+        rng_meta = ckpt["state"]["rng"]
+    else:
+        prefix = f"rank{rank}."
+        tensors = {k.removeprefix(prefix): v for k, v in ckpt["rng"].items() if k.startswith(prefix)}
+        metas = ckpt["state"].get("rng_ranks", [])
+        if not tensors or len(metas) < rank:
+            return False
+        rng_meta = metas[rank - 1]
+    _set_rng_state(tensors, rng_meta)
     for name, gen in generators.items():
         key = f"gen_{name}"
-        if key in ckpt["rng"]:
+        if key in tensors:
             try:
-                gen.set_state(ckpt["rng"][key])
+                gen.set_state(tensors[key])
             except RuntimeError:
                 raise CheckpointError(f"checkpoint {path} was written on another device type (its '{name}' "
                                       f"random state does not fit a {gen.device.type} generator); resume with "
                                       "the device it was trained on") from None
+    return True

@@ -85,3 +85,18 @@ def all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[f
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_gather_bytes(blob: bytes, info: DistInfo, device: torch.device) -> list[bytes]:
+    """Every process's ``blob``, in rank order (two collectives: the lengths, then the padded bytes)."""
+    if not info.enabled:
+        return [blob]
+    length = torch.tensor([len(blob)], dtype=torch.int64, device=device)
+    lengths = [torch.empty_like(length) for _ in range(info.world)]
+    dist.all_gather(lengths, length)
+    size = max(int(n) for n in lengths)
+    padded = torch.zeros(size, dtype=torch.uint8, device=device)
+    padded[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(device)
+    gathered = [torch.empty_like(padded) for _ in range(info.world)]
+    dist.all_gather(gathered, padded)
+    return [bytes(t[: int(n)].cpu().numpy()) for t, n in zip(gathered, lengths, strict=True)]

@@ -33,6 +33,7 @@ from avade.train import checkpoint as ckpt
 from avade.train.data import BatchStream, eval_batches, indexed_batches
 from avade.train.distributed import (
     DistInfo,
+    all_gather_bytes,
     all_sum,
     average_gradients,
     broadcast_parameters,
@@ -114,6 +115,7 @@ class Trainer:
                                   self.dist.world, recipe.data.options.num_workers, self.device)
         self.step = 0
         self.bad_steps = 0
+        self.rng_restored = False  # set by _resume: this process's random state came from the checkpoint
         if resume:
             self._resume()
         if self.dist.enabled:
@@ -156,7 +158,8 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} was written by another recipe ('{state.get('recipe_name')}',"
                                   " different model or data); resume it with its own recipe.toml or start a new "
                                   "run with another --out")
-        ckpt.restore(data, self.model, self.optimizers, self.generators, path)
+        self.rng_restored = ckpt.restore(data, self.model, self.optimizers, self.generators, path,
+                                         self.dist.rank)
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         if self.collapse is not None and state.get("collapse"):
@@ -169,8 +172,9 @@ class Trainer:
         """Data parallel: identical replicas after data-dependent initialisation, distinct noise per rank.
 
         Actnorm / weight-norm initialise from the first batch each rank sees, so one forward runs first
-        and rank 0's weights and buffers are then broadcast. After a resume every rank reseeds from
-        (seed, step, rank): only rank 0's random state is checkpointed.
+        and rank 0's weights and buffers are then broadcast. A resumed process restores its own random
+        state from the checkpoint; one the checkpoint has none for (the job grew) reseeds from
+        (seed, step, rank).
         """
         if self.step == 0:
             x, y = next(self.stream.batches(0))
@@ -178,16 +182,18 @@ class Trainer:
             with torch.no_grad():
                 self.model.log_likelihood(x, y if self.model.num_classes else None, self.noise)
         broadcast_parameters(self.model, self.dist)
-        if self.step > 0:
+        if self.step > 0 and not self.rng_restored:
             seed = (self.cfg.seed * 1_000_003 + self.step) * 101 + self.dist.rank
             seed_everything(seed)
             self.noise.manual_seed(seed)
 
     def save(self) -> Path | None:
+        """Checkpoint (written by rank 0; every process must call it: their random states are gathered)."""
+        rng = all_gather_bytes(ckpt.rng_bundle(self.generators), self.dist, self.device)
         if not self.dist.is_main:
             return None
         return ckpt.save_checkpoint(
-            self.run.checkpoints, self.step, self.model, self.optimizers, self.generators,
+            self.run.checkpoints, self.step, self.model, self.optimizers, rng,
             {"fingerprint": self.fingerprint, "recipe_name": self.recipe.name, "recipe": self.recipe_dict,
              "bad_steps": self.bad_steps, "world": self.dist.world,
              "collapse": self.collapse.state_dict() if self.collapse is not None else None},

@@ -145,3 +145,18 @@ def test_fresh_start_in_a_run_dir_without_checkpoints_drops_stale_metrics(tmp_pa
     Trainer(tiny_recipe("train.steps=1"), tmp_path, resume=True, progress=False).fit()
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert 7 not in steps and steps[0] == 1
+
+
+def test_rng_of_a_rank_the_checkpoint_lacks_is_reported(tmp_path):
+    # A single-process checkpoint holds rank 0's random state only: a process of a larger job learns
+    # that it must seed itself (the trainer then reseeds it from (seed, step, rank)).
+    recipe = tiny_recipe("train.steps=2")
+    trainer = Trainer(recipe, tmp_path, progress=False)
+    trainer.fit()
+    data = ckpt.read_checkpoint(tmp_path / "checkpoints" / "step_00000002")
+    assert data["state"]["rng_ranks"] == []
+    args = (data, trainer.model, trainer.optimizers, trainer.generators, tmp_path)
+    assert ckpt.restore(*args, rank=0) is True
+    state = trainer.noise.get_state()
+    assert ckpt.restore(*args, rank=1) is False
+    assert torch.equal(trainer.noise.get_state(), state), "nothing of rank 0's state is applied to rank 1"
