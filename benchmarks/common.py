@@ -2,10 +2,11 @@
 
 Methods (also in benchmarks/README.md):
 
-- **time**: ``warmup`` untimed calls, then ``repeats`` timed calls; the median is reported. When two
-  implementations are compared they are timed *interleaved* (A, B, A, B, ...) in the same process, and
-  the ratio is the median of the per-pair ratios, so a load change on the machine hits both sides.
-  On CUDA the device is synchronized before the clock starts and before it stops.
+- **time**: ``warmup`` untimed calls, then ``repeats`` timed calls; the median is reported. Two
+  implementations compared in one process are timed *interleaved* (A, B, A, B, ...) and the ratio is
+  the median of the per-pair ratios; the flow benchmark times each side in fresh processes of its
+  own instead (see benchmarks/flows.py). On CUDA the device is synchronized before the clock starts
+  and before it stops.
 - **peak memory**: one extra untimed call. CUDA: ``torch.cuda.max_memory_allocated`` minus the memory
   allocated before the call. CPU: the torch profiler's memory events (``profile_memory=True``): the
   maximum of the running sum of every CPU allocation (+) and free (-) during the call, i.e. the peak
@@ -14,8 +15,8 @@ Methods (also in benchmarks/README.md):
 - **FLOPs**: ``torch.utils.flop_counter.FlopCounterMode`` over one call: matmul/conv (and their
   backward) FLOPs only -- elementwise work is not counted, so FLOP/s is a lower bound of the work done.
 - **GEMM peak**: a large square ``torch.mm`` (fp32 on CPU, bf16 on CUDA) timed in the same run, and on
-  CPU the same GEMM as a oneDNN 1x1 convolution; the faster one's best (not median) time is the peak,
-  so "fraction of peak" is conservative (see :func:`gemm_peak`).
+  CPU oneDNN 1x1 and 3x3 convolutions; the fastest one's best (not median) time is the peak, so
+  "fraction of peak" is conservative (see :func:`gemm_peak`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Settings:
     profile: bool = False
     warmup: int = 2
     repeats: int = 5
+    isolate: bool = True  # flows: time each side in fresh processes (see benchmarks/README.md, Methods)
+    malloc: str = "tuned"  # "tuned" | "system": glibc malloc settings of those processes
 
     @property
     def cuda(self) -> bool:
@@ -71,7 +74,8 @@ class Settings:
 
 
 def make_settings(device: str = "cpu", quick: bool = False, precision: str = "fp32", profile: bool = False,
-                  warmup: int | None = None, repeats: int | None = None) -> Settings:
+                  warmup: int | None = None, repeats: int | None = None, isolate: bool = True,
+                  malloc: str = "tuned") -> Settings:
     """Settings with the quick/full defaults for warm-up and repeats."""
     return Settings(
         device=torch.device(device),
@@ -80,7 +84,15 @@ def make_settings(device: str = "cpu", quick: bool = False, precision: str = "fp
         profile=profile,
         warmup=warmup if warmup is not None else (1 if quick else 2),
         repeats=repeats if repeats is not None else (2 if quick else 5),
+        isolate=isolate,
+        malloc=malloc,
     )
+
+
+# glibc reads these at start-up: blocks up to 32 MiB come from the heap, and freed memory is kept
+# (no trimming, 64 MiB of slack), so a warmed-up process stops taking page faults on fresh activations.
+TUNED_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(4 * 2**30),
+                    "MALLOC_TOP_PAD_": str(64 * 2**20)}
 
 
 def sync(device: torch.device) -> None:

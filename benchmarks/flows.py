@@ -4,7 +4,9 @@ Both sides get the same input (dequantized, logit-preprocessed synthetic images)
 the same work per iteration: zero the gradients, ``loss = -mean log p(x)`` under a standard normal
 (avade) or the model's own base distributions (normflows), ``loss.backward()``. No optimizer step.
 
-Before timing, the two are checked to be the same function class: trainable parameter counts within
+Each side is timed in fresh processes of its own with fixed glibc malloc settings
+(:func:`isolated_timings`; why: benchmarks/README.md, Methods). Before timing, the two are checked
+to be the same function class: trainable parameter counts within
 ``PARAM_TOLERANCE`` and initial log-likelihoods (after ActNorm's data-dependent init on the same
 batch) within a factor ``LL_FACTOR``.
 
@@ -24,7 +26,11 @@ Equivalences:
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -35,10 +41,14 @@ from rich.markup import escape
 from torch import nn
 
 from benchmarks.common import (
+    ROOT,
+    TUNED_MALLOC_ENV,
     WARM_CALLS,
     Settings,
+    Timing,
     best_speedup,
     characterize,
+    make_settings,
     measure,
     ops_table,
     paired_speedup,
@@ -180,28 +190,70 @@ def _bpd(model: nn.Module, log_prob: Callable[[nn.Module, torch.Tensor], torch.T
         return float(-log_prob(model, x).double().mean() / (x[0].numel() * math.log(2.0)))
 
 
+SIDES = {"avade": (build_avade, avade_log_prob), "normflows": (build_normflows, normflows_log_prob)}
+ROUNDS = 3  # fresh processes per side (1 with --quick)
+
+
+def _worker(spec: dict[str, Any]) -> None:
+    """One side of one case in this (fresh) process: warm up, time, print the times as JSON."""
+    settings = make_settings(spec["device"], precision=spec["precision"], warmup=spec["warmup"],
+                             repeats=spec["repeats"])
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    case = FlowCase(**spec["case"])
+    build, log_prob = SIDES[spec["side"]]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.lu is deprecated")
+        step = _step(build(case).to(settings.device).train(), log_prob, flow_input(case, settings.device), settings)
+        timing = measure({"side": step}, settings)["side"]
+    print(json.dumps({"times_s": timing.times}))
+
+
+def isolated_timings(case: FlowCase, sides: Sequence[str], settings: Settings) -> dict[str, Timing]:
+    """Each side timed in ``ROUNDS`` fresh processes of its own, alternating (A B, B A, A B), all times
+    pooled. A process only ever sees one library's allocations, so neither side's page faults depend on
+    what the other allocated (see benchmarks/README.md, Methods)."""
+    env = {**os.environ, **(TUNED_MALLOC_ENV if settings.malloc == "tuned" else {})}
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    for r in range(1 if settings.quick else ROUNDS):
+        for side in (sides if r % 2 == 0 else list(reversed(sides))):
+            spec = {"case": asdict(case), "side": side, "device": str(settings.device),
+                    "precision": settings.precision, "warmup": settings.warmup, "repeats": settings.repeats,
+                    "threads": torch.get_num_threads()}
+            done = subprocess.run([sys.executable, "-m", "benchmarks.flows", "--worker", json.dumps(spec)],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+            if done.returncode != 0:
+                raise RuntimeError(f"flow benchmark worker ({case.name}, {side}) failed: "
+                                   f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
+            times[side] += json.loads(done.stdout.strip().splitlines()[-1])["times_s"]
+    return {side: Timing(t) for side, t in times.items()}
+
+
 def run_case(case: FlowCase, settings: Settings, baseline: bool = True) -> dict[str, Any]:
     """Verify and time one case; ``baseline=False`` times avade alone (normflows not installed)."""
     torch.manual_seed(0)
     x = flow_input(case, settings.device)
-    sides: dict[str, tuple[nn.Module, Callable[[nn.Module, torch.Tensor], torch.Tensor]]] = {
-        "avade": (build_avade(case).to(settings.device).train(), avade_log_prob)}
-    if baseline:
-        sides["normflows"] = (build_normflows(case).to(settings.device).train(), normflows_log_prob)
-    out: dict[str, Any] = {"case": asdict(case), "sides": {}}
+    names = ["avade", "normflows"] if baseline else ["avade"]
+    sides = {name: (SIDES[name][0](case).to(settings.device).train(), SIDES[name][1]) for name in names}
+    out: dict[str, Any] = {"case": asdict(case), "sides": {},
+                           "timing": "isolated processes" if settings.isolate else "one process, interleaved"}
     steps = {name: _step(m, lp, x, settings) for name, (m, lp) in sides.items()}
     for step in steps.values():
         step()  # data-dependent ActNorm init on this batch before the likelihood check
     for name, (model, log_prob) in sides.items():
         out["sides"][name] = {"params": count_params(model), "bpd_init": _bpd(model, log_prob, x)}
     measured = {name: characterize(step, settings.device) for name, step in steps.items()}
-    timings = measure(steps, settings, warmup=max(settings.warmup - WARM_CALLS, 0))
+    # Also timed here, interleaved in this one process (JSON only: see "Allocator" in the README).
+    together = measure(steps, settings, warmup=max(settings.warmup - WARM_CALLS, 0))
+    timings = isolated_timings(case, names, settings) if settings.isolate else together
     for name, step in steps.items():
         side = out["sides"][name]
         flops, memory = measured[name]
         t = timings[name]
         side.update(timing=t.to_dict(), images_per_s=case.batch / t.median, flops_per_image=flops / case.batch,
-                    flop_s=flops / t.median, memory=memory)
+                    flop_s=flops / t.median, memory=memory,
+                    images_per_s_same_process=case.batch / together[name].median)
         if settings.profile:
             side["top_ops"] = top_ops(step, settings.device)
     if baseline:
@@ -214,8 +266,14 @@ def run_case(case: FlowCase, settings: Settings, baseline: bool = True) -> dict[
             "bpd_ratio": ll_ratio,
             "ll_same_order": bool(math.isfinite(ll_ratio) and 1 / LL_FACTOR <= ll_ratio <= LL_FACTOR),
         }
-        out["speedup"] = paired_speedup(timings["avade"], timings["normflows"])  # avade / normflows images/s
+        # avade / normflows images/s: ratio of the pooled medians (isolated processes cannot be paired
+        # call by call), or the median of per-round ratios when both run in this process.
+        if settings.isolate:
+            out["speedup"] = timings["normflows"].median / timings["avade"].median
+        else:
+            out["speedup"] = paired_speedup(timings["avade"], timings["normflows"])
         out["speedup_best"] = best_speedup(timings["avade"], timings["normflows"])
+        out["speedup_same_process"] = paired_speedup(together["avade"], together["normflows"])
         out["memory_ratio"] = (a["memory"]["peak_mb"] / b["memory"]["peak_mb"]) if b["memory"]["peak_mb"] else None
         out["flops_ratio"] = a["flops_per_image"] / b["flops_per_image"] if b["flops_per_image"] else None
     return out
@@ -234,7 +292,8 @@ def run(settings: Settings, cases: Sequence[FlowCase] | None = None, baseline: b
     have = normflows_available()
     baseline = have if baseline is None else (baseline and have)
     cases = list(cases) if cases is not None else default_cases(settings.quick)
-    result: dict[str, Any] = {"baseline": "normflows" if baseline else None, "cases": {}}
+    result: dict[str, Any] = {"baseline": "normflows" if baseline else None, "cases": {},
+                              "isolate": settings.isolate, "malloc": settings.malloc, "quick": settings.quick}
     if not baseline:
         result["note"] = ("normflows is not installed (pip install -e '.[bench]'): avade timed alone"
                           if not have else "baseline disabled")
@@ -265,8 +324,10 @@ def render(result: dict[str, Any]) -> list[Any]:
         for side, data in r["sides"].items():
             if "top_ops" in data:
                 tables.append(ops_table(f"top ops, {name} fwd+bwd, {side}", data["top_ops"]))
-    main = table("flows: forward+backward, avade vs normflows (ratio = avade/normflows images/s: median of "
-                 "paired rounds, and of best times)",
+    how = (f"each side timed in {1 if result.get('quick') else ROUNDS} fresh process(es) of its own, "
+           f"malloc {result.get('malloc', 'tuned')}" if result.get("isolate", True)
+           else "both timed interleaved in this process")
+    main = table(f"flows: forward+backward, avade vs normflows (ratio = avade/normflows images/s; {how})",
                  ["case", "batch shape", "avade img/s", "nf img/s", "ratio", "ratio best", "avade MiB", "nf MiB",
                   "mem ratio", "avade GFLOP/img", "nf GFLOP/img", "avade GFLOP/s", "nf GFLOP/s"], rows,
                  caption=escape(result["note"]) if result.get("note") else None)
@@ -276,3 +337,9 @@ def render(result: dict[str, Any]) -> list[Any]:
                          ["case", "avade params", "normflows params", "rel diff", "match", "avade bpd", "nf bpd",
                           "same order"], checks))
     return out + tables
+
+
+if __name__ == "__main__":  # a timing worker: python -m benchmarks.flows --worker '<json spec>'
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        sys.exit("usage: python -m benchmarks.flows --worker '<json spec>' (started by the flows benchmark)")
+    _worker(json.loads(sys.argv[2]))

@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls before timing (default 2, quick 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls, median reported (default 5, quick 2)")
+    p.add_argument("--timing", choices=("isolated", "same-process"), default="isolated",
+                   help="flows: time each side in fresh processes of its own (default), or both interleaved "
+                        "in this process")
+    p.add_argument("--malloc", choices=("tuned", "system"), default="tuned",
+                   help="glibc malloc settings of the isolated flow processes: tuned (default: freed memory "
+                        "is kept, no page faults once warm) or system (glibc's adaptive defaults)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON output (default: benchmarks/results/<time>-<device>[-quick].json)")
     args = p.parse_args(argv)
@@ -114,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = make_settings(device, quick=args.quick, precision=args.precision, profile=args.profile,
-                             warmup=args.warmup, repeats=args.repeats)
+                             warmup=args.warmup, repeats=args.repeats, isolate=args.timing == "isolated",
+                             malloc=args.malloc)
     results["meta"] = environment(settings)
+    results["meta"].update(timing=args.timing, malloc=args.malloc)
     if args.precision == "bf16" and not settings.bf16:
         console.print("[yellow]note:[/] bf16 autocast applies on CUDA only; this CPU run is fp32")
     meta = results["meta"]
