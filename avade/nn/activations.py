@@ -18,13 +18,16 @@ import torch.nn.functional as F
 
 
 class _ELU(torch.autograd.Function):
+    generate_vmap_rule = True  # torch.func transforms (vmap, jacrev) work through it
+
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor) -> torch.Tensor:
         # elu(x) = max(x, exp(min(x, 0)) - 1), since exp(x) - 1 >= x everywhere: one buffer, in place.
-        out = torch.clamp(x, max=0.0).exp_().sub_(1.0)
-        torch.maximum(out, x, out=out)
-        ctx.save_for_backward(out)
-        return out
+        return x.clamp(max=0.0).exp_().sub_(1.0).clamp_min_(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
@@ -33,5 +36,8 @@ class _ELU(torch.autograd.Function):
 
 
 def elu(x: torch.Tensor) -> torch.Tensor:
-    """``F.elu(x)`` (alpha 1), computed from ``exp`` on CPU (see the module docstring)."""
+    """``F.elu(x)`` (alpha 1), computed from ``exp`` on CPU (see the module docstring).
+
+    Unlike ``F.elu``, the backward reads the *output*: modify the result in place and autograd
+    raises (as for ``F.relu``); take a copy first."""
     return _ELU.apply(x) if x.device.type == "cpu" else F.elu(x)

@@ -17,9 +17,15 @@ import torch
 class _ChannelsLast(torch.autograd.Function):
     """``x`` as channels-last; the gradient leaves in ``x``'s own (contiguous) format."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last)
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return _in_format(x, torch.channels_last)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        pass
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
@@ -27,15 +33,41 @@ class _ChannelsLast(torch.autograd.Function):
 
 
 class _Contiguous(torch.autograd.Function):
-    """``x`` as contiguous NCHW; the gradient leaves channels-last, as ``x`` was produced."""
+    """``x`` as contiguous NCHW; the gradient leaves in the format ``x`` had."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor) -> torch.Tensor:
         return x.contiguous()
 
     @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        ctx.channels_last = _strictly_channels_last(inputs[0])
+
+    @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous(memory_format=torch.channels_last)
+        return _in_format(grad, torch.channels_last) if ctx.channels_last else grad
+
+
+def _in_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    try:
+        return x.contiguous(memory_format=memory_format)
+    except RuntimeError as exc:  # inside torch.func.vmap formats cannot be set (nor do they matter)
+        if "vmap" not in str(exc):
+            raise
+        return x
+
+
+def _strictly_channels_last(x: torch.Tensor) -> bool:
+    """Channels-last and not also contiguous (with C = 1 or 1x1 maps a tensor is both, and its
+    gradient is expected contiguous)."""
+    try:
+        return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    except RuntimeError as exc:
+        if "vmap" not in str(exc):
+            raise
+        return False
 
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,8 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     torch.set_rng_state(tensors["torch_cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    cuda_keys = sorted((k for k in tensors if k.startswith("torch_cuda_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    cuda = [tensors[k] for k in cuda_keys]  # by device index (as strings, "torch_cuda_10" < "torch_cuda_2")
     if cuda and torch.cuda.is_available():
         for i, state in enumerate(cuda[: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(state, i)

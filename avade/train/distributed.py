@@ -78,6 +78,15 @@ def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
         dist.broadcast(t.data, src=0)
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's buffers on every process (batch-norm running statistics drift apart per rank in
+    training; evaluation must use one set, the one the checkpoint keeps)."""
+    if not info.enabled:
+        return
+    for t in module.buffers():
+        dist.broadcast(t.data, src=0)
+
+
 def all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
     """Elementwise sums of ``values`` over processes (float64, one all-reduce)."""
     if not info.enabled:

@@ -36,6 +36,7 @@ from avade.train.distributed import (
     all_gather_bytes,
     all_sum,
     average_gradients,
+    broadcast_buffers,
     broadcast_parameters,
     init_distributed,
 )
@@ -282,8 +283,10 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------------------
     def test_bpd(self, importance_samples: int = 1, limit: int | None = None) -> float:
         """Mean bits/dim on the test split (``train.eval_batches`` batches; 0 = all). Under data
-        parallelism each process evaluates every world-th batch and the sums are reduced: the same
-        value as one process computes, in 1/world of the time."""
+        parallelism each process evaluates every world-th batch with rank 0's buffers (batch-norm
+        statistics) and the sums are reduced: the value one process computes from the checkpoint, in
+        1/world of the time."""
+        broadcast_buffers(self.model, self.dist)
         lim = self.cfg.eval_batches if limit is None else limit
         batches = indexed_batches(self.test_set, self.recipe.data.options.eval_batch_size, lim,
                                   shard=(self.dist.rank, self.dist.world))

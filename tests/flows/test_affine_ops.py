@@ -72,3 +72,41 @@ def test_only_logdet_used_and_inputs_without_grad() -> None:
     (g_h,) = torch.autograd.grad(logdet.sum(), (h,))
     _, logdet_ref = affine_forward_reference(h, x.detach(), bound)
     torch.testing.assert_close(g_h, torch.autograd.grad(logdet_ref.sum(), (h,))[0])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_double_backward_when_only_the_transformed_half_requires_grad(masked: bool) -> None:
+    h, x, bound, mask = _inputs(masked)
+    h, bound = h.detach(), bound.detach()
+
+    def fwd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return affine_forward(h, x, bound, mask)
+
+    assert torch.autograd.gradgradcheck(lambda t: fwd(t)[0], (x,))
+    assert torch.autograd.gradgradcheck(lambda t: affine_inverse(h, t, bound, mask), (x,))
+
+
+def test_torch_func_and_vectorized_jacobians_work_through_a_coupling() -> None:
+    import avade
+
+    flow = avade.create("flow", "affine-coupling", in_shape=(2, 2, 2), hidden=4, blocks=1, batch_norm=False)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(1, 2, 2, 2)
+
+    def f(v: torch.Tensor) -> torch.Tensor:
+        return flow(v.view(1, 2, 2, 2))[0].reshape(-1)
+
+    want = torch.autograd.functional.jacobian(f, x.reshape(-1))
+    torch.testing.assert_close(torch.func.jacrev(f)(x.reshape(-1)), want)
+    torch.testing.assert_close(torch.autograd.functional.jacobian(f, x.reshape(-1), vectorize=True), want)
+
+
+def test_compiles_without_graph_breaks() -> None:
+    h, x, bound, mask = _inputs(True)
+    fn = torch.compile(lambda h, x, b: affine_forward(h, x, b, mask), backend="aot_eager", fullgraph=True)
+    y, logdet = fn(h, x, bound)
+    torch.testing.assert_close(y, affine_forward_reference(h, x, bound, mask)[0])
+    (y.sum() + logdet.sum()).backward()
+    assert h.grad is not None and x.grad is not None and bound.grad is not None

@@ -41,3 +41,9 @@ def test_other_devices_use_torchs_kernel(monkeypatch) -> None:
 
     monkeypatch.setattr(activations._ELU, "apply", cpu_path_only)
     assert elu(torch.empty(2, 3, device="meta")).device.type == "meta"
+
+
+def test_torch_func_transforms() -> None:
+    x = torch.randn(5, dtype=torch.float64)
+    torch.testing.assert_close(torch.func.vmap(elu)(x.view(5, 1)).view(5), F.elu(x))
+    torch.testing.assert_close(torch.func.jacrev(elu)(x), torch.func.jacrev(F.elu)(x))

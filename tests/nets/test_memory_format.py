@@ -48,3 +48,14 @@ def test_coupling_networks_keep_the_callers_format() -> None:
     assert y.is_contiguous()
     (y.square().sum() - logdet.sum()).backward()
     assert x.grad is not None and x.grad.is_contiguous()
+
+
+def test_single_channel_gradient_stays_in_the_callers_format() -> None:
+    # [B, 1, H, W] is both contiguous and channels-last: nothing to convert back on the way in.
+    x = torch.randn(2, 1, 4, 4, requires_grad=True)
+    w = torch.randn(1, 1, 3, 3)
+    seen = {}
+    h = F.conv2d(to_channels_last(x), w, padding=1)
+    h.register_hook(lambda g: seen.setdefault("h", g))
+    to_contiguous(h).backward(torch.randn(2, 1, 4, 4))
+    assert seen["h"].is_contiguous()

@@ -143,7 +143,10 @@ def test_av_ade_step_on_two_gloo_processes_equals_the_mean_of_shard_gradients(tm
                 torch.testing.assert_close(final[r][k], p.detach(), rtol=1e-5, atol=1e-7, msg=f"{k} rank {r}")
 
 
-EVAL_OVERRIDES = ("data.test_size=40", "data.eval_batch_size=8")  # 5 batches: 3 on rank 0, 2 on rank 1
+# 5 test batches: 3 on rank 0, 2 on rank 1; 3 training steps first (V-ADE: the likelihood alone moves
+# the flow's batch-norm statistics, differently on each rank).
+EVAL_OVERRIDES = ("data.test_size=40", "data.eval_batch_size=8", "train.steps=3", "model.variant=v-ade",
+                  "model.discriminator.name=none")
 
 
 def _eval_worker(rank, port, out):
@@ -155,6 +158,7 @@ def _eval_worker(rank, port, out):
 
     try:
         trainer = Trainer(tiny_recipe(*EVAL_OVERRIDES), os.path.join(out, "run"), progress=False, device="cpu")
+        trainer.fit()  # a few steps, so each rank's batch-norm running statistics are its own
         seen: list[int] = []
         bpd_sum = trainer.model.bpd_sum
 
