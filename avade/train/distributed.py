@@ -74,8 +74,9 @@ def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
     """Make every process start from rank 0's weights and buffers."""
     if not info.enabled:
         return
-    for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src=0)
+    for p in module.parameters():
+        dist.broadcast(p.data, src=0)
+    broadcast_buffers(module, info)
 
 
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
