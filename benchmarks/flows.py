@@ -22,6 +22,11 @@ Equivalences:
   conditioning pixels into a ``[B, C, H, W/2]`` tensor, so its s/t networks run on half the pixels;
   avade's runs on the masked full-resolution input (about twice the conv FLOPs). The table therefore
   also reports FLOPs per image and achieved FLOP/s for both sides.
+
+A case with ``compile`` set (``glow compiled``) times avade's flow compiled in place with
+``nn.Module.compile(backend=...)`` -- what ``train.compile = true`` does -- after one eager step (the
+data-dependent init). Its baseline is normflows at its fastest: normflows is timed both eager and
+compiled the same way, and the faster of the two is the denominator (both are in the JSON).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from benchmarks.common import (
     measure,
     ops_table,
     paired_speedup,
+    peak_memory,
     table,
     top_ops,
 )
@@ -81,12 +87,15 @@ class FlowCase:
     channels: int = 3
     size: int = 32
     batch: int = 64
+    compile: str = ""  # torch.compile backend for avade's flow ("" = eager); see the module docstring
 
 
 def default_cases(quick: bool) -> list[FlowCase]:
     """Glow at avade's defaults, and Real-NVP as av_ade_wg_rd's f with and without weight norm."""
     cases = [
         FlowCase("glow", "glow", levels=3, steps=8, hidden=128),
+        # As trained with `train.compile = true`, against normflows' faster mode (eager or compiled).
+        FlowCase("glow compiled", "glow", levels=3, steps=8, hidden=128, compile="inductor"),
         FlowCase("realnvp", "realnvp", levels=1, steps=3, hidden=64, blocks=2, norm="weight-norm"),
         FlowCase("realnvp norm=none", "realnvp", levels=1, steps=3, hidden=64, blocks=2, norm="none"),
         # The same split with each checkerboard half packed to H x W/2: the work normflows does.
@@ -191,31 +200,60 @@ def _bpd(model: nn.Module, log_prob: Callable[[nn.Module, torch.Tensor], torch.T
 
 
 SIDES = {"avade": (build_avade, avade_log_prob), "normflows": (build_normflows, normflows_log_prob)}
+COMPILED = " compiled"  # suffix of a timed side whose model is compiled, e.g. "avade compiled"
 ROUNDS = 3  # fresh processes per side (1 with --quick)
 
 
+def timed_sides(case: FlowCase, baseline: bool) -> list[str]:
+    """The sides timed for ``case``: the two libraries eager, or (``case.compile``) avade compiled
+    against normflows both eager and compiled."""
+    if not case.compile:
+        return ["avade", "normflows"] if baseline else ["avade"]
+    return ["avade" + COMPILED, "normflows", "normflows" + COMPILED] if baseline else ["avade" + COMPILED]
+
+
+def prepare_side(side: str, case: FlowCase, settings: Settings) -> Callable[[], None]:
+    """The timed step of ``side`` ("avade", "normflows compiled", ...): a freshly built model on the
+    benchmark input. A compiled side runs one eager step first (data-dependent init), then compiles in
+    place with ``case.compile`` as the backend."""
+    compiled = side.endswith(COMPILED)
+    build, log_prob = SIDES[side.removesuffix(COMPILED)]
+    model = build(case).to(settings.device).train()
+    step = _step(model, log_prob, flow_input(case, settings.device), settings)
+    if compiled:
+        step()
+        model.compile(backend=case.compile)
+    return step
+
+
 def _worker(spec: dict[str, Any]) -> None:
-    """One side of one case in this (fresh) process: warm up, time, print the times as JSON."""
+    """One side of one case in this (fresh) process: warm up, time, print the times (and, for a
+    compiled side, its peak memory) as JSON."""
     settings = make_settings(spec["device"], precision=spec["precision"], warmup=spec["warmup"],
                              repeats=spec["repeats"])
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     case = FlowCase(**spec["case"])
-    build, log_prob = SIDES[spec["side"]]
+    report: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"torch\.lu is deprecated")
-        step = _step(build(case).to(settings.device).train(), log_prob, flow_input(case, settings.device), settings)
-        timing = measure({"side": step}, settings)["side"]
-    print(json.dumps({"times_s": timing.times}))
+        step = prepare_side(spec["side"], case, settings)
+        report["times_s"] = measure({"side": step}, settings)["side"].times
+        if spec["side"].endswith(COMPILED):
+            report["memory"] = peak_memory(step, settings.device)
+    print(json.dumps(report))
 
 
-def isolated_timings(case: FlowCase, sides: Sequence[str], settings: Settings) -> dict[str, Timing]:
+def isolated_timings(case: FlowCase, sides: Sequence[str], settings: Settings
+                     ) -> tuple[dict[str, Timing], dict[str, dict[str, Any]]]:
     """Each side timed in ``ROUNDS`` fresh processes of its own, alternating (A B, B A, A B), all times
     pooled. A process only ever sees one library's allocations, so neither side's page faults depend on
-    what the other allocated (see benchmarks/README.md, Methods)."""
+    what the other allocated (see benchmarks/README.md, Methods). Also returns the peak memory the
+    last process of each compiled side measured."""
     env = {**os.environ, **(TUNED_MALLOC_ENV if settings.malloc == "tuned" else {})}
     times: dict[str, list[float]] = {side: [] for side in sides}
+    memory: dict[str, dict[str, Any]] = {}
     for r in range(1 if settings.quick else ROUNDS):
         for side in (sides if r % 2 == 0 else list(reversed(sides))):
             spec = {"case": asdict(case), "side": side, "device": str(settings.device),
@@ -226,35 +264,63 @@ def isolated_timings(case: FlowCase, sides: Sequence[str], settings: Settings) -
             if done.returncode != 0:
                 raise RuntimeError(f"flow benchmark worker ({case.name}, {side}) failed: "
                                    f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
-            times[side] += json.loads(done.stdout.strip().splitlines()[-1])["times_s"]
-    return {side: Timing(t) for side, t in times.items()}
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+            times[side] += report["times_s"]
+            if "memory" in report:
+                memory[side] = report["memory"]
+    return {side: Timing(t) for side, t in times.items()}, memory
 
 
 def run_case(case: FlowCase, settings: Settings, baseline: bool = True) -> dict[str, Any]:
-    """Verify and time one case; ``baseline=False`` times avade alone (normflows not installed)."""
+    """Verify and time one case; ``baseline=False`` times avade alone (normflows not installed).
+
+    The equivalence check, FLOPs (compiling does not change them) and, for eager cases, peak memory
+    and the same-process timings come from eager models built here; the timings from
+    :func:`isolated_timings` (always, for a compiled case: compiling in this process would leave the
+    compiler's state behind for the cases after it).
+    """
     torch.manual_seed(0)
     x = flow_input(case, settings.device)
     names = ["avade", "normflows"] if baseline else ["avade"]
     sides = {name: (SIDES[name][0](case).to(settings.device).train(), SIDES[name][1]) for name in names}
+    isolate = settings.isolate or bool(case.compile)
     out: dict[str, Any] = {"case": asdict(case), "sides": {},
-                           "timing": "isolated processes" if settings.isolate else "one process, interleaved"}
+                           "timing": "isolated processes" if isolate else "one process, interleaved"}
     steps = {name: _step(m, lp, x, settings) for name, (m, lp) in sides.items()}
     for step in steps.values():
         step()  # data-dependent ActNorm init on this batch before the likelihood check
     for name, (model, log_prob) in sides.items():
         out["sides"][name] = {"params": count_params(model), "bpd_init": _bpd(model, log_prob, x)}
     measured = {name: characterize(step, settings.device) for name, step in steps.items()}
-    # Also timed here, interleaved in this one process (JSON only: see "Allocator" in the README).
-    together = measure(steps, settings, warmup=max(settings.warmup - WARM_CALLS, 0))
-    timings = isolated_timings(case, names, settings) if settings.isolate else together
+    together: dict[str, Timing] = {}
+    if not case.compile:
+        # Also timed here, interleaved in this one process (JSON only: see "Allocator" in the README).
+        together = measure(steps, settings, warmup=max(settings.warmup - WARM_CALLS, 0))
+    timed = timed_sides(case, baseline)
+    if isolate:
+        timings, compiled_memory = isolated_timings(case, timed, settings)
+    else:
+        timings, compiled_memory = together, {}
+    if case.compile and baseline:
+        # normflows at its fastest: every mode stays in the JSON, the faster one is the baseline.
+        modes = {side: timings[side] for side in timed if side.startswith("normflows")}
+        out["normflows_modes"] = {side: {"images_per_s": case.batch / t.median, "timing": t.to_dict()}
+                                  for side, t in modes.items()}
+        fastest = min(modes, key=lambda side: modes[side].median)
+        out["baseline_mode"] = "compiled" if fastest.endswith(COMPILED) else "eager"
     for name, step in steps.items():
         side = out["sides"][name]
+        timed_name = name if not case.compile else (
+            name + COMPILED if name == "avade" else
+            ("normflows" + COMPILED if out.get("baseline_mode") == "compiled" else "normflows"))
         flops, memory = measured[name]
-        t = timings[name]
+        t = timings[timed_name]
         side.update(timing=t.to_dict(), images_per_s=case.batch / t.median, flops_per_image=flops / case.batch,
-                    flop_s=flops / t.median, memory=memory,
-                    images_per_s_same_process=case.batch / together[name].median)
-        if settings.profile:
+                    flop_s=flops / t.median, memory=compiled_memory.get(timed_name, memory),
+                    mode="compiled" if timed_name.endswith(COMPILED) else "eager")
+        if name in together:
+            side["images_per_s_same_process"] = case.batch / together[name].median
+        if settings.profile and not case.compile:
             side["top_ops"] = top_ops(step, settings.device)
     if baseline:
         a, b = out["sides"]["avade"], out["sides"]["normflows"]
@@ -266,14 +332,13 @@ def run_case(case: FlowCase, settings: Settings, baseline: bool = True) -> dict[
             "bpd_ratio": ll_ratio,
             "ll_same_order": bool(math.isfinite(ll_ratio) and 1 / LL_FACTOR <= ll_ratio <= LL_FACTOR),
         }
+        ta, tb = Timing(a["timing"]["times_s"]), Timing(b["timing"]["times_s"])
         # avade / normflows images/s: ratio of the pooled medians (isolated processes cannot be paired
         # call by call), or the median of per-round ratios when both run in this process.
-        if settings.isolate:
-            out["speedup"] = timings["normflows"].median / timings["avade"].median
-        else:
-            out["speedup"] = paired_speedup(timings["avade"], timings["normflows"])
-        out["speedup_best"] = best_speedup(timings["avade"], timings["normflows"])
-        out["speedup_same_process"] = paired_speedup(together["avade"], together["normflows"])
+        out["speedup"] = tb.median / ta.median if isolate else paired_speedup(ta, tb)
+        out["speedup_best"] = best_speedup(ta, tb)
+        if together:
+            out["speedup_same_process"] = paired_speedup(together["avade"], together["normflows"])
         out["memory_ratio"] = (a["memory"]["peak_mb"] / b["memory"]["peak_mb"]) if b["memory"]["peak_mb"] else None
         out["flops_ratio"] = a["flops_per_image"] / b["flops_per_image"] if b["flops_per_image"] else None
     return out
@@ -307,7 +372,7 @@ def run(settings: Settings, cases: Sequence[FlowCase] | None = None, baseline: b
 
 def render(result: dict[str, Any]) -> list[Any]:
     """Tables: throughput/memory ratio per case, the equivalence check, and profiles if any."""
-    rows, checks, tables = [], [], []
+    rows, checks, tables, notes = [], [], [], []
     for name, r in result["cases"].items():
         a, b = r["sides"]["avade"], r["sides"].get("normflows")
         c = r["case"]
@@ -321,6 +386,11 @@ def render(result: dict[str, Any]) -> list[Any]:
             k = r["check"]
             checks.append([name, a["params"], b["params"], k["param_rel_diff"], k["params_match"], a["bpd_init"],
                            b["bpd_init"], k["ll_same_order"]])
+        if "normflows_modes" in r:
+            seen = ", ".join(f"{side.removeprefix('normflows').strip() or 'eager'} {m['images_per_s']:.0f} img/s"
+                             for side, m in r["normflows_modes"].items())
+            notes.append(f"{name}: avade compiled ({r['case']['compile']}) vs normflows {seen}; the faster "
+                         f"({r['baseline_mode']}) is the baseline")
         for side, data in r["sides"].items():
             if "top_ops" in data:
                 tables.append(ops_table(f"top ops, {name} fwd+bwd, {side}", data["top_ops"]))
@@ -330,7 +400,7 @@ def render(result: dict[str, Any]) -> list[Any]:
     main = table(f"flows: forward+backward, avade vs normflows (ratio = avade/normflows images/s; {how})",
                  ["case", "batch shape", "avade img/s", "nf img/s", "ratio", "ratio best", "avade MiB", "nf MiB",
                   "mem ratio", "avade GFLOP/img", "nf GFLOP/img", "avade GFLOP/s", "nf GFLOP/s"], rows,
-                 caption=escape(result["note"]) if result.get("note") else None)
+                 caption=escape("; ".join([*([result["note"]] if result.get("note") else []), *notes])) or None)
     out = [main]
     if checks:
         out.append(table("flows: same function class? (trainable params; bits/dim at init, same batch)",

@@ -32,6 +32,8 @@ def tiny_cases() -> list[flows.FlowCase]:
         flows.FlowCase("glow", "glow", levels=2, steps=1, hidden=4, size=8, batch=2),
         flows.FlowCase("realnvp", "realnvp", levels=1, steps=2, hidden=4, blocks=1, size=8, batch=2,
                        norm="weight-norm"),
+        # aot_eager traces forward and backward as inductor would, without compiling C++ (seconds, not minutes).
+        flows.FlowCase("glow compiled", "glow", levels=2, steps=1, hidden=4, size=8, batch=2, compile="aot_eager"),
     ]
 
 
@@ -71,11 +73,12 @@ def test_flows_avade_alone_on_tiny_shapes() -> None:
     settings = make_settings("cpu", quick=True, warmup=0, repeats=1)
     result = flows.run(settings, cases=tiny_cases(), baseline=False)
     assert result["baseline"] is None and "note" in result
-    assert set(result["cases"]) == {"glow", "realnvp"}
-    for case in result["cases"].values():
+    assert set(result["cases"]) == {"glow", "realnvp", "glow compiled"}
+    for name, case in result["cases"].items():
         assert set(case["sides"]) == {"avade"} and "speedup" not in case
         side = case["sides"]["avade"]
         assert set(side) >= SIDE_KEYS
+        assert side["mode"] == ("compiled" if name.endswith("compiled") else "eager")
         assert side["params"] > 0 and side["flops_per_image"] > 0 and math.isfinite(side["bpd_init"])
         assert {"peak_mb", "method"} <= set(side["memory"])
         assert {"median_s", "times_s", "repeats"} <= set(side["timing"])
@@ -95,8 +98,17 @@ def test_flows_against_normflows_on_tiny_shapes() -> None:
         assert set(check) == {"param_rel_diff", "params_match", "bpd_ratio", "ll_same_order"}
         assert math.isfinite(case["sides"]["normflows"]["bpd_init"])
         assert isinstance(check["params_match"], bool) and isinstance(check["ll_same_order"], bool)
+    compiled = result["cases"]["glow compiled"]
+    # normflows timed in both modes; the faster is the baseline, and the table says which it was.
+    assert set(compiled["normflows_modes"]) == {"normflows", "normflows compiled"}
+    fastest = min(compiled["normflows_modes"].values(), key=lambda m: m["timing"]["median_s"])
+    assert compiled["sides"]["normflows"]["timing"] == fastest["timing"]
+    assert compiled["sides"]["avade"]["mode"] == "compiled"
+    assert compiled["sides"]["normflows"]["mode"] == compiled["baseline_mode"]
+    assert compiled["sides"]["avade"]["memory"]["peak_mb"] >= 0
     text = render_text(flows.render(result))
     assert "same function class" in text and "normflows" in text
+    assert "avade compiled (aot_eager) vs normflows eager" in text and "is the baseline" in text
 
 
 def test_cuda_request_without_cuda_skips_cleanly(tmp_path: Path) -> None:
