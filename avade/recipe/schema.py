@@ -123,7 +123,11 @@ class TrainSection:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = attrs.field(
         default="fp32", metadata={"help": "bf16 autocast on CUDA (flows stay fp32)"})
-    compile: bool = False
+    compile: bool = attrs.field(
+        default=False, metadata={"help": "torch.compile the networks in place (minutes to start; on CPU it pays "
+                                         "for flows, not for a whole AV-ADE step: benchmarks/README.md)"})
+    compile_backend: str = attrs.field(
+        default="inductor", metadata={"help": "torch.compile backend for train.compile (aot_eager: trace only)"})
     eval_batches: int = attrs.field(default=0, validator=ge(0),
                                     metadata={"help": "test batches for the final BPD; 0 = whole test split"})
 

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,32 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
     return cls(params, lr=lr, betas=betas, foreach=True)
 
 
+def compile_in_place(module: torch.nn.Module, backend: str, methods: Sequence[str] = ("inverse",),
+                     forward: bool = True) -> None:
+    """Compile ``module``'s forward (``nn.Module.compile``) and those of ``methods`` it has.
+
+    In place, so state-dict keys do not change: checkpoints stay portable between compiled and eager
+    runs. A flow's inverse is compiled with its forward: an eager inverse next to a compiled forward
+    breaks batch norm, whose running statistics the compiled forward updates in place while the
+    eager inverse's backward still holds them (autograd refuses).
+    """
+    if forward:
+        module.compile(backend=backend)
+    for name in methods:
+        method = getattr(module, name, None)
+        if callable(method) and not isinstance(method, torch.nn.Module):
+            setattr(module, name, torch.compile(method, backend=backend))
+
+
+def check_compile_backend(backend: str) -> None:
+    """ConfigError unless ``backend`` is a registered torch.compile backend."""
+    import torch._dynamo
+
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ConfigError(f"unknown torch.compile backend {backend!r}; choose one of "
+                          f"{', '.join(torch._dynamo.list_backends())}", path="train.compile_backend")
+
+
 class Trainer:
     """Trains one recipe into one run directory (see :mod:`avade.train.rundir`)."""
 
@@ -94,6 +121,8 @@ class Trainer:
         self.recipe_dict = recipe_to_dict(recipe)
         self.fingerprint = ckpt.fingerprint(self.recipe_dict)
         self._check_run_dir(resume)
+        if self.cfg.compile:
+            check_compile_backend(self.cfg.compile_backend)
         seed_everything(self.cfg.seed + self.dist.rank)
         self.train_set, self.test_set = load_datasets(recipe)
         self.model: GenerativeModel = build_model(recipe, self.train_set.shape, self.train_set.num_classes)
@@ -124,14 +153,21 @@ class Trainer:
         if self.dist.enabled:
             self._sync_replicas()
         if self.cfg.compile:
-            # In-place nn.Module.compile keeps state-dict keys (checkpoints stay portable). The critic
-            # is compiled only without the gradient penalty: AOT autograd has no double backward.
-            critic = self.model.discriminator if self.cfg.gp_weight == 0 else None
-            for m in (self.model.flow, self.model.encoder, self.model.posterior, self.model.decoder, critic):
-                if m is not None:
-                    m.compile()
+            self._compile()
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.cfg.precision == "bf16" and self.device.type == "cuda" else contextlib.nullcontext())
+
+    def _compile(self) -> None:
+        """``train.compile``: compile in place (see :func:`compile_in_place`) the model's two entry points
+        (the likelihood, and sampling), whose graphs take in the encoder, the posterior and decoder
+        stages and the flow; and the networks themselves for calls outside those. The critic only
+        without the gradient penalty: AOT autograd has no double backward."""
+        backend = self.cfg.compile_backend
+        critic = self.model.discriminator if self.cfg.gp_weight == 0 else None
+        for m in (self.model.flow, self.model.encoder, critic):
+            if m is not None:
+                compile_in_place(m, backend)
+        compile_in_place(self.model, backend, methods=("log_likelihood", "generate"), forward=False)
 
     # -- run directory / resume ----------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> None:
