@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from avade.errors import ConfigError, RegistryError
-from avade.nn import normed
+from avade.nn import Conv2d, normed
 from avade.nn.memory_format import to_channels_last, to_contiguous
 
 
 def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Conv2d:
     """A convolution whose weight and bias start at exactly zero."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+    conv = Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv
@@ -36,7 +36,7 @@ def checked_norm(norm: str) -> str:
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> nn.Module:
-    return normed(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), norm)
+    return normed(Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), norm)
 
 
 class ResidualBlock(nn.Module):

@@ -1,0 +1,58 @@
+"""avade.nn.Conv2d: nn.Conv2d's parameters and numbers, eager and compiled (where its bias is a separate add)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from avade.nn import Conv2d, normed
+
+
+def _pair(norm: str) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    ours = normed(Conv2d(3, 5, 3, padding=1), norm)
+    ref = normed(nn.Conv2d(3, 5, 3, padding=1), norm)
+    ref.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        for p in ours.parameters():  # a non-zero bias, so that its gradient path is exercised
+            p.add_(0.1)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+@pytest.mark.parametrize("norm", ["none", "weight-norm"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_matches_nn_conv2d(norm: str, compiled: bool) -> None:
+    ours, ref = _pair(norm)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    torch._dynamo.reset()
+    run = torch.compile(ours, backend="aot_eager", fullgraph=True) if compiled else ours
+    y, y_ref = run(x), ref(x_ref)
+    (y.relu().square().sum()).backward()
+    (y_ref.relu().square().sum()).backward()
+    if compiled:
+        torch.testing.assert_close(y, y_ref)
+    else:
+        assert torch.equal(y, y_ref)  # eager is nn.Conv2d's own call
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    for (name, p), p_ref in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, p_ref.grad, msg=name)
+
+
+def test_bias_is_a_separate_add_only_while_compiling() -> None:
+    conv = Conv2d(2, 4, 1)
+    graphs: list[torch.fx.GraphModule] = []
+
+    def capture(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> torch.fx.GraphModule:
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    torch.compile(conv, backend=capture, fullgraph=True)(torch.randn(1, 2, 3, 3))
+    calls = [n for n in graphs[0].graph.nodes if n.op == "call_function"]
+    conv_call = next(n for n in calls if "conv2d" in str(n.target))
+    assert conv_call.args[2] is None  # no bias inside the convolution
+    assert any("add" in str(n.target) for n in calls)
