@@ -74,8 +74,10 @@ class InvConv(Flow):
         return torch.linalg.solve_triangular(upper, y, upper=True)
 
     def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
-        if torch.is_grad_enabled():
-            return compute()  # autograd needs a fresh graph
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            # Autograd needs a fresh graph; a compiled graph computes W in place of a lookup (the
+            # cache key, storage pointers and version counters, would be a guard failing every step).
+            return compute()
         # Parameters change in place (optimizer, load_state_dict: version bump) or are replaced
         # (.to(), .double(): new storage); either changes the key.
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device)

@@ -19,5 +19,6 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is not None and torch.compiler.is_compiling():
-            return self._conv_forward(x, self.weight, None) + self.bias.view(1, -1, 1, 1)
+            y = self._conv_forward(x, self.weight, None)
+            return y + self.bias.to(y.dtype).view(1, -1, 1, 1)  # autocast: y may be bf16, as eager's would be
         return super().forward(x)
