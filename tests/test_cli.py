@@ -185,6 +185,15 @@ def test_recipe_check_set_overrides() -> None:
                           "--set: train.steps", "expected int")
 
 
+def test_recipe_check_knows_the_compile_backends() -> None:
+    assert run("recipe", "check", str(QUICKSTART), "--set", "train.compile=true",
+               "--set", "train.compile_backend=aot_eager").exit_code == 0
+    assert_one_line_error(run("recipe", "check", str(QUICKSTART), "--set", "train.compile=true",
+                              "--set", "train.compile_backend=fastest"),
+                          "quickstart.toml: train.compile_backend: unknown torch.compile backend 'fastest'",
+                          "inductor")
+
+
 def test_recipe_check_missing_file(tmp_path: Path) -> None:
     assert_one_line_error(run("recipe", "check", str(tmp_path / "absent.toml")), "recipe file not found")
 

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from avade import __version__
-from avade.errors import AvadeError
+from avade.errors import AvadeError, ConfigError
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -165,6 +165,14 @@ def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")]
 
     recipe = load_recipe(file, overrides or [])
     variants = expand_sweep(recipe)
+    for v in variants:
+        if v.recipe.train.compile:  # the backend list needs torch._dynamo: only imported when asked for
+            from avade.train.compiling import check_compile_backend
+
+            try:
+                check_compile_backend(v.recipe.train.compile_backend)
+            except ConfigError as exc:
+                raise exc.located(source=str(file)) from None
     extra = f", {len(variants)} sweep variants" if recipe.sweep is not None else ""
     out.print(f"[green]ok[/]: {recipe.name} ({recipe.variant} on {recipe.data.options.name}{extra})")
 

@@ -14,7 +14,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, Recip
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
 from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
+from avade.train.compiling import check_compile_backend, compile_in_place
 from avade.train.data import BatchStream, eval_batches, indexed_batches
 from avade.train.distributed import (
     DistInfo,
@@ -76,32 +76,6 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
     # foreach (multi-tensor) updates on CPU too, where torch defaults to a per-parameter loop: the same
     # numbers (bit for bit), about 40 % less optimizer time for the many small tensors of these models.
     return cls(params, lr=lr, betas=betas, foreach=True)
-
-
-def compile_in_place(module: torch.nn.Module, backend: str, methods: Sequence[str] = ("inverse",),
-                     forward: bool = True) -> None:
-    """Compile ``module``'s forward (``nn.Module.compile``) and those of ``methods`` it has.
-
-    In place, so state-dict keys do not change: checkpoints stay portable between compiled and eager
-    runs. A flow's inverse is compiled with its forward: an eager inverse next to a compiled forward
-    breaks batch norm, whose running statistics the compiled forward updates in place while the
-    eager inverse's backward still holds them (autograd refuses).
-    """
-    if forward:
-        module.compile(backend=backend)
-    for name in methods:
-        method = getattr(module, name, None)
-        if callable(method) and not isinstance(method, torch.nn.Module):
-            setattr(module, name, torch.compile(method, backend=backend))
-
-
-def check_compile_backend(backend: str) -> None:
-    """ConfigError unless ``backend`` is a registered torch.compile backend."""
-    import torch._dynamo
-
-    if backend not in torch._dynamo.list_backends(exclude_tags=()):
-        raise ConfigError(f"unknown torch.compile backend {backend!r}; choose one of "
-                          f"{', '.join(torch._dynamo.list_backends())}", path="train.compile_backend")
 
 
 class Trainer:
@@ -150,24 +124,30 @@ class Trainer:
         self.rng_restored = False  # set by _resume: this process's random state came from the checkpoint
         if resume:
             self._resume()
+        if self.step == 0:
+            self._data_init()
         if self.dist.enabled:
             self._sync_replicas()
+        # What train_step calls: the model's methods, or compiled versions of them (train.compile).
+        self.log_likelihood = self.model.log_likelihood
+        self.generate = self.model.generate
         if self.cfg.compile:
             self._compile()
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.cfg.precision == "bf16" and self.device.type == "cuda" else contextlib.nullcontext())
 
     def _compile(self) -> None:
-        """``train.compile``: compile in place (see :func:`compile_in_place`) the model's two entry points
-        (the likelihood, and sampling), whose graphs take in the encoder, the posterior and decoder
-        stages and the flow; and the networks themselves for calls outside those. The critic only
-        without the gradient penalty: AOT autograd has no double backward."""
+        """``train.compile``: the flow (forward and inverse), the encoder and, without the gradient
+        penalty, the critic are compiled in place (AOT autograd has no double backward); the model's
+        two entry points into everything else (likelihood, sampling) are compiled for ``train_step``
+        only, so that evaluation and sampling outside training keep the eager model's random streams."""
         backend = self.cfg.compile_backend
         critic = self.model.discriminator if self.cfg.gp_weight == 0 else None
         for m in (self.model.flow, self.model.encoder, critic):
             if m is not None:
                 compile_in_place(m, backend)
-        compile_in_place(self.model, backend, methods=("log_likelihood", "generate"), forward=False)
+        self.log_likelihood = torch.compile(self.model.log_likelihood, backend=backend)
+        self.generate = torch.compile(self.model.generate, backend=backend)
 
     # -- run directory / resume ----------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> None:
@@ -207,19 +187,23 @@ class Trainer:
             MetricsLogger.truncate(self.run.metrics, self.step)
         self.console.print(f"resumed from {path} (step {self.step})")
 
-    def _sync_replicas(self) -> None:
-        """Data parallel: identical replicas after data-dependent initialisation, distinct noise per rank.
+    def _data_init(self) -> None:
+        """A fresh run starts with one no-grad likelihood pass on the first batch: the data-dependent
+        initialisation of ActNorm and weight norm happens there, before any step (as in the Glow and
+        Real-NVP reference code), so no step mutates parameters a graph of that same step holds --
+        which compiled steps (``train.compile``) cannot tolerate -- and replicas can be synchronised
+        right after it."""
+        x, y = next(self.stream.batches(0))
+        self.model.train()
+        with torch.no_grad():
+            self.model.log_likelihood(x, y if self.model.num_classes else None, self.noise)
 
-        Actnorm / weight-norm initialise from the first batch each rank sees, so one forward runs first
-        and rank 0's weights and buffers are then broadcast. A resumed process restores its own random
-        state from the checkpoint; one the checkpoint has none for (the job grew) reseeds from
-        (seed, step, rank).
+    def _sync_replicas(self) -> None:
+        """Data parallel: identical replicas after data-dependent initialisation (:meth:`_data_init`,
+        on the first batch each rank sees: rank 0's weights and buffers are broadcast), distinct noise
+        per rank. A resumed process restores its own random state from the checkpoint; one the
+        checkpoint has none for (the job grew) reseeds from (seed, step, rank).
         """
-        if self.step == 0:
-            x, y = next(self.stream.batches(0))
-            self.model.train()
-            with torch.no_grad():
-                self.model.log_likelihood(x, y if self.model.num_classes else None, self.noise)
         broadcast_parameters(self.model, self.dist)
         if self.step > 0 and not self.rng_restored:
             seed = (self.cfg.seed * 1_000_003 + self.step) * 101 + self.dist.rank
@@ -277,13 +261,13 @@ class Trainer:
             d_params = self.opt_d.param_groups[0]["params"]
             real = to_unit(model.preprocess.dequantize(x, self.noise))
             with self.autocast:
-                fake = to_unit(model.generate(n, labels_in, self.noise, flow_grad=cfg.flow_adv_grad)).float()
+                fake = to_unit(self.generate(n, labels_in, self.noise, flow_grad=cfg.flow_adv_grad)).float()
             for i in range(cfg.d_steps):
                 if i == 0:
                     fake_d = fake.detach()
                 else:
                     with torch.no_grad(), self.autocast:
-                        fake_d = to_unit(model.generate(n, labels_in, self.noise, flow_grad=False)).float()
+                        fake_d = to_unit(self.generate(n, labels_in, self.noise, flow_grad=False)).float()
                 with self.autocast:
                     d_real, d_fake = disc(real, labels_in), disc(fake_d, labels_in)
                     d_loss = discriminator_loss(cfg.adv_loss, d_real, d_fake)
@@ -294,7 +278,7 @@ class Trainer:
         loss = x.new_zeros((), dtype=torch.float32)
         with self.autocast:
             if self.likelihood:
-                out = model.log_likelihood(x, labels_in, self.noise)
+                out = self.log_likelihood(x, labels_in, self.noise)
                 l_c = -out["log_px"].mean()
                 loss = loss + l_c
                 scalars.update(l_c=l_c, bpd=out["bpd"].mean(), kl=out["kl"].mean())

@@ -93,7 +93,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     recipe = tiny_recipe("model.variant=v-ade", "model.discriminator.name=none", "train.steps=20",
                          "train.checkpoint_every=2", "train.max_bad_steps=3")
     trainer = Trainer(recipe, tmp_path, progress=False)
-    original = trainer.model.log_likelihood
+    original = trainer.log_likelihood  # what train_step calls (the model's method, or its compiled version)
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -105,7 +105,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
             out = {**out, "log_px": out["log_px"] * float("nan")}
         return out
 
-    monkeypatch.setattr(trainer.model, "log_likelihood", poisoned)
+    monkeypatch.setattr(trainer, "log_likelihood", poisoned)
     good = None
     with pytest.raises(TrainingError, match="3 consecutive non-finite") as info:
         good = trainer.fit()
@@ -122,8 +122,8 @@ def test_skipped_step_leaves_weights_untouched(tmp_path, monkeypatch):
     x, y = next(trainer.stream.batches(0))
     trainer.train_step(x, y)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items() if v.is_floating_point()}
-    original = trainer.model.log_likelihood
-    monkeypatch.setattr(trainer.model, "log_likelihood",
+    original = trainer.log_likelihood
+    monkeypatch.setattr(trainer, "log_likelihood",
                         lambda *a, **k: (lambda o: {**o, "log_px": o["log_px"] * float("inf")})(original(*a, **k)))
     logs = trainer.train_step(x, y)
     assert logs["finite"] == 0.0
@@ -163,24 +163,47 @@ def test_rng_of_a_rank_the_checkpoint_lacks_is_reported(tmp_path):
     assert torch.equal(trainer.noise.get_state(), state), "nothing of rank 0's state is applied to rank 1"
 
 
-def test_compiled_training_matches_eager(tmp_path):
-    # aot_eager traces forward and backward exactly as inductor would but runs the same kernels as
-    # eager, so the compiled run must reproduce the eager one (same checkpoint keys, same values to
-    # float tolerance), including the data-dependent init of the first compiled step.
-    eager = tiny_recipe("train.steps=3", "train.checkpoint_every=3")
-    compiled = tiny_recipe("train.steps=3", "train.checkpoint_every=3", "train.compile=true",
-                           "train.compile_backend=aot_eager")
-    Trainer(eager, tmp_path / "eager", progress=False).fit()
+@pytest.fixture
+def fresh_dynamo():
+    """Compiled state (caches, counters) neither leaks into nor out of a test."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    trainer = Trainer(compiled, tmp_path / "compiled", progress=False)
-    trainer.fit()
-    # Not only forward: the flow's inverse and the model's entry points (what train_step calls) too.
-    for method in (trainer.model.flow.inverse, trainer.model.log_likelihood, trainer.model.generate):
-        assert not inspect.ismethod(method)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 3
-    a = ckpt.read_checkpoint(tmp_path / "eager" / "checkpoints" / "step_00000003")
-    b = ckpt.read_checkpoint(tmp_path / "compiled" / "checkpoints" / "step_00000003")
+    yield torch._dynamo.utils.counters
+    torch._dynamo.reset()
+
+
+FLOWS = {"realnvp": (), "glow": ("model.flow.name=glow", "model.flow.scales=2", "model.flow.steps=2",
+                                   "model.flow.hidden=4")}
+
+
+@pytest.mark.parametrize("flow", list(FLOWS))
+def test_compiled_training_matches_eager(tmp_path, fresh_dynamo, flow):
+    # aot_eager traces forward and backward exactly as inductor would but runs the same kernels as
+    # eager, so the compiled run must reproduce the eager one (same checkpoint keys, same values to
+    # float tolerance). Real-NVP has batch norm (running statistics updated in both directions), Glow
+    # ActNorm and cached 1x1-conv weights; d_steps=2 also takes the no-grad sampling path.
+    common = ("train.steps=4", "train.checkpoint_every=4", "train.d_steps=2", *FLOWS[flow])
+    torch._dynamo.config.recompile_limit, limit = 64, torch._dynamo.config.recompile_limit
+    try:
+        Trainer(tiny_recipe(*common), tmp_path / "eager", progress=False).fit()
+        trainer = Trainer(tiny_recipe(*common, "train.compile=true", "train.compile_backend=aot_eager"),
+                          tmp_path / "compiled", progress=False)
+        trainer.fit()
+        # The flow both ways and train_step's entry points run compiled; the model's own methods
+        # (evaluation, sampling outside training) stay eager.
+        assert not inspect.ismethod(trainer.model.flow.inverse)
+        assert not inspect.ismethod(trainer.log_likelihood) and not inspect.ismethod(trainer.generate)
+        assert inspect.ismethod(trainer.model.log_likelihood) and inspect.ismethod(trainer.model.generate)
+        graphs = fresh_dynamo["stats"]["unique_graphs"]
+        assert graphs >= 3
+        # Further steps (new weights, new batches) reuse the compiled graphs: nothing recompiles per step.
+        for _, (x, y) in zip(range(3), trainer.stream.batches(trainer.step), strict=False):
+            trainer.train_step(x, y)
+        assert fresh_dynamo["stats"]["unique_graphs"] == graphs
+    finally:
+        torch._dynamo.config.recompile_limit = limit
+    a = ckpt.read_checkpoint(tmp_path / "eager" / "checkpoints" / "step_00000004")
+    b = ckpt.read_checkpoint(tmp_path / "compiled" / "checkpoints" / "step_00000004")
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-5, msg=key)
