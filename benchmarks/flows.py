@@ -24,9 +24,11 @@ Equivalences:
   also reports FLOPs per image and achieved FLOP/s for both sides.
 
 A case with ``compile`` set (``glow compiled``) times avade's flow compiled in place with
-``nn.Module.compile(backend=...)`` -- what ``train.compile = true`` does -- after one eager step (the
-data-dependent init). Its baseline is normflows at its fastest: normflows is timed both eager and
-compiled the same way, and the faster of the two is the denominator (both are in the JSON).
+``nn.Module.compile(backend=...)`` after one eager step (the data-dependent init) -- as
+``train.compile = true`` compiles the flow after the trainer's eager initialisation pass. Its baseline
+is normflows at its fastest: normflows is timed both eager and compiled the same way, and the faster
+of the two is the denominator (both are in the JSON; if normflows cannot be compiled, eager it is and
+the error is recorded). ``--quick`` traces compiled cases with ``aot_eager`` (no C++ compilation).
 """
 
 from __future__ import annotations
@@ -102,9 +104,9 @@ def default_cases(quick: bool) -> list[FlowCase]:
         FlowCase("realnvp packed", "realnvp", levels=1, steps=3, hidden=64, blocks=2, norm="weight-norm",
                  checkerboard="packed"),
     ]
-    if quick:
+    if quick:  # a smoke test of every code path: compiled cases trace (aot_eager) but generate no C++
         cases = [replace(c, size=16, batch=8, hidden=min(c.hidden, 32), steps=min(c.steps, 4),
-                         levels=min(c.levels, 2)) for c in cases]
+                         levels=min(c.levels, 2), compile=c.compile and "aot_eager") for c in cases]
     return cases
 
 
@@ -201,6 +203,8 @@ def _bpd(model: nn.Module, log_prob: Callable[[nn.Module, torch.Tensor], torch.T
 
 SIDES = {"avade": (build_avade, avade_log_prob), "normflows": (build_normflows, normflows_log_prob)}
 COMPILED = " compiled"  # suffix of a timed side whose model is compiled, e.g. "avade compiled"
+# Sides whose failure does not fail the case: compiling normflows is only tried to find its fastest mode.
+OPTIONAL_SIDES = frozenset({"normflows" + COMPILED})
 ROUNDS = 3  # fresh processes per side (1 with --quick)
 
 
@@ -223,6 +227,7 @@ def prepare_side(side: str, case: FlowCase, settings: Settings) -> Callable[[], 
     if compiled:
         step()
         model.compile(backend=case.compile)
+        step()  # compiles forward and backward: never part of a timed call, whatever --warmup says
     return step
 
 
@@ -241,7 +246,7 @@ def _worker(spec: dict[str, Any]) -> None:
         step = prepare_side(spec["side"], case, settings)
         report["times_s"] = measure({"side": step}, settings)["side"].times
         if spec["side"].endswith(COMPILED):
-            report["memory"] = peak_memory(step, settings.device)
+            report["memory"] = {**peak_memory(step, settings.device), "measured_in": "timing worker"}
     print(json.dumps(report))
 
 
@@ -250,25 +255,33 @@ def isolated_timings(case: FlowCase, sides: Sequence[str], settings: Settings
     """Each side timed in ``ROUNDS`` fresh processes of its own, alternating (A B, B A, A B), all times
     pooled. A process only ever sees one library's allocations, so neither side's page faults depend on
     what the other allocated (see benchmarks/README.md, Methods). Also returns the peak memory the
-    last process of each compiled side measured."""
+    last process of each compiled side measured, or ``{"error": ...}`` for an optional side
+    (:data:`OPTIONAL_SIDES`) that failed; any other failure raises."""
     env = {**os.environ, **(TUNED_MALLOC_ENV if settings.malloc == "tuned" else {})}
     times: dict[str, list[float]] = {side: [] for side in sides}
     memory: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}  # optional sides that could not run: their error's last line
     for r in range(1 if settings.quick else ROUNDS):
         for side in (sides if r % 2 == 0 else list(reversed(sides))):
             spec = {"case": asdict(case), "side": side, "device": str(settings.device),
                     "precision": settings.precision, "warmup": settings.warmup, "repeats": settings.repeats,
                     "threads": torch.get_num_threads()}
+            if side in failed:
+                continue
             done = subprocess.run([sys.executable, "-m", "benchmarks.flows", "--worker", json.dumps(spec)],
                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
             if done.returncode != 0:
-                raise RuntimeError(f"flow benchmark worker ({case.name}, {side}) failed: "
-                                   f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
+                why = f"{(done.stderr.strip().splitlines() or [f'exit code {done.returncode}'])[-1]}"
+                if side not in OPTIONAL_SIDES:
+                    raise RuntimeError(f"flow benchmark worker ({case.name}, {side}) failed: {why}")
+                failed[side] = why
+                continue
             report = json.loads(done.stdout.strip().splitlines()[-1])
             times[side] += report["times_s"]
             if "memory" in report:
                 memory[side] = report["memory"]
-    return {side: Timing(t) for side, t in times.items()}, memory
+    timings = {side: Timing(t) for side, t in times.items() if side not in failed}
+    return timings, {**memory, **{side: {"error": why} for side, why in failed.items()}}
 
 
 def run_case(case: FlowCase, settings: Settings, baseline: bool = True) -> dict[str, Any]:
@@ -301,11 +314,13 @@ def run_case(case: FlowCase, settings: Settings, baseline: bool = True) -> dict[
         timings, compiled_memory = isolated_timings(case, timed, settings)
     else:
         timings, compiled_memory = together, {}
+    modes: dict[str, Timing] = {}
     if case.compile and baseline:
         # normflows at its fastest: every mode stays in the JSON, the faster one is the baseline.
-        modes = {side: timings[side] for side in timed if side.startswith("normflows")}
+        modes = {side: timings[side] for side in timed if side.startswith("normflows") and side in timings}
         out["normflows_modes"] = {side: {"images_per_s": case.batch / t.median, "timing": t.to_dict()}
                                   for side, t in modes.items()}
+        out["normflows_modes"].update({side: m for side, m in compiled_memory.items() if "error" in m})
         fastest = min(modes, key=lambda side: modes[side].median)
         out["baseline_mode"] = "compiled" if fastest.endswith(COMPILED) else "eager"
     for name, step in steps.items():
@@ -336,7 +351,8 @@ def run_case(case: FlowCase, settings: Settings, baseline: bool = True) -> dict[
         # avade / normflows images/s: ratio of the pooled medians (isolated processes cannot be paired
         # call by call), or the median of per-round ratios when both run in this process.
         out["speedup"] = tb.median / ta.median if isolate else paired_speedup(ta, tb)
-        out["speedup_best"] = best_speedup(ta, tb)
+        # Best against best: normflows' fastest call in whichever mode it came.
+        out["speedup_best"] = best_speedup(ta, Timing([t for m in modes.values() for t in m.times]) if modes else tb)
         if together:
             out["speedup_same_process"] = paired_speedup(together["avade"], together["normflows"])
         out["memory_ratio"] = (a["memory"]["peak_mb"] / b["memory"]["peak_mb"]) if b["memory"]["peak_mb"] else None
@@ -366,7 +382,10 @@ def run(settings: Settings, cases: Sequence[FlowCase] | None = None, baseline: b
         # normflows' LU 1x1 conv calls torch.lu, deprecated in torch: not ours to fix, not worth a screenful.
         warnings.filterwarnings("ignore", message=r"torch\.lu is deprecated")
         for case in cases:
-            result["cases"][case.name] = run_case(case, settings, baseline=baseline)
+            try:
+                result["cases"][case.name] = run_case(case, settings, baseline=baseline)
+            except Exception as exc:  # one failing case (e.g. no C++ compiler for inductor) keeps the others
+                result.setdefault("errors", {})[case.name] = f"{type(exc).__name__}: {exc}"
     return result
 
 
@@ -387,7 +406,8 @@ def render(result: dict[str, Any]) -> list[Any]:
             checks.append([name, a["params"], b["params"], k["param_rel_diff"], k["params_match"], a["bpd_init"],
                            b["bpd_init"], k["ll_same_order"]])
         if "normflows_modes" in r:
-            seen = ", ".join(f"{side.removeprefix('normflows').strip() or 'eager'} {m['images_per_s']:.0f} img/s"
+            seen = ", ".join(f"{side.removeprefix('normflows').strip() or 'eager'} "
+                             + (f"{m['images_per_s']:.0f} img/s" if "error" not in m else f"failed ({m['error']})")
                              for side, m in r["normflows_modes"].items())
             notes.append(f"{name}: avade compiled ({r['case']['compile']}) vs normflows {seen}; the faster "
                          f"({r['baseline_mode']}) is the baseline")
@@ -396,12 +416,14 @@ def render(result: dict[str, Any]) -> list[Any]:
                 tables.append(ops_table(f"top ops, {name} fwd+bwd, {side}", data["top_ops"]))
     how = (f"each side timed in {1 if result.get('quick') else ROUNDS} fresh process(es) of its own, "
            f"malloc {result.get('malloc', 'tuned')}" if result.get("isolate", True)
-           else "both timed interleaved in this process")
+           else "both timed interleaved in this process; compiled cases in fresh processes")
     main = table(f"flows: forward+backward, avade vs normflows (ratio = avade/normflows images/s; {how})",
                  ["case", "batch shape", "avade img/s", "nf img/s", "ratio", "ratio best", "avade MiB", "nf MiB",
                   "mem ratio", "avade GFLOP/img", "nf GFLOP/img", "avade GFLOP/s", "nf GFLOP/s"], rows,
                  caption=escape("; ".join([*([result["note"]] if result.get("note") else []), *notes])) or None)
     out = [main]
+    for name, error in result.get("errors", {}).items():
+        out.append(f"[red]flows {escape(name)} failed:[/] {escape(error)}")
     if checks:
         out.append(table("flows: same function class? (trainable params; bits/dim at init, same batch)",
                          ["case", "avade params", "normflows params", "rel diff", "match", "avade bpd", "nf bpd",

@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         result["wall_s"] = time.perf_counter() - t0
         results["benchmarks"][name] = result
+        for part, error in result.get("errors", {}).items():  # a failed part (e.g. one flow case) fails the run
+            results["errors"][f"{name}: {part}"] = error
         for t in module.render(result):
             console.print(t)
         write(out, results)
