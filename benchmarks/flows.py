@@ -271,7 +271,7 @@ def isolated_timings(case: FlowCase, sides: Sequence[str], settings: Settings
             done = subprocess.run([sys.executable, "-m", "benchmarks.flows", "--worker", json.dumps(spec)],
                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
             if done.returncode != 0:
-                why = f"{(done.stderr.strip().splitlines() or [f'exit code {done.returncode}'])[-1]}"
+                why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
                 if side not in OPTIONAL_SIDES:
                     raise RuntimeError(f"flow benchmark worker ({case.name}, {side}) failed: {why}")
                 failed[side] = why
@@ -314,6 +314,8 @@ def run_case(case: FlowCase, settings: Settings, baseline: bool = True) -> dict[
         timings, compiled_memory = isolated_timings(case, timed, settings)
     else:
         timings, compiled_memory = together, {}
+    # Which timed side each library's reported figures come from.
+    reported = {name: name + COMPILED if case.compile and name == "avade" else name for name in names}
     modes: dict[str, Timing] = {}
     if case.compile and baseline:
         # normflows at its fastest: every mode stays in the JSON, the faster one is the baseline.
@@ -323,11 +325,10 @@ def run_case(case: FlowCase, settings: Settings, baseline: bool = True) -> dict[
         out["normflows_modes"].update({side: m for side, m in compiled_memory.items() if "error" in m})
         fastest = min(modes, key=lambda side: modes[side].median)
         out["baseline_mode"] = "compiled" if fastest.endswith(COMPILED) else "eager"
+        reported["normflows"] = fastest
     for name, step in steps.items():
         side = out["sides"][name]
-        timed_name = name if not case.compile else (
-            name + COMPILED if name == "avade" else
-            ("normflows" + COMPILED if out.get("baseline_mode") == "compiled" else "normflows"))
+        timed_name = reported[name]
         flops, memory = measured[name]
         t = timings[timed_name]
         side.update(timing=t.to_dict(), images_per_s=case.batch / t.median, flops_per_image=flops / case.batch,

@@ -124,7 +124,7 @@ class TrainSection:
     precision: Literal["fp32", "bf16"] = attrs.field(
         default="fp32", metadata={"help": "bf16 autocast on CUDA (flows stay fp32)"})
     compile: bool = attrs.field(
-        default=False, metadata={"help": "torch.compile the networks in place (minutes to start; on CPU it pays "
+        default=False, metadata={"help": "torch.compile the networks in place (~1 min to start on CPU; pays "
                                          "for flows, not for a whole AV-ADE step: benchmarks/README.md)"})
     compile_backend: str = attrs.field(
         default="inductor", metadata={"help": "torch.compile backend for train.compile (aot_eager: trace only)"})
