@@ -6,7 +6,9 @@ pytest workers, intra-op threading makes them several times slower, not faster.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -18,8 +20,12 @@ import torch
 from avade.registry import DISABLE_ENV, reset_registry
 
 torch.set_num_threads(1)
-# Reference statistics (FID etc.) are cached per user; tests keep theirs out of ~/.cache.
-os.environ.setdefault("AVADE_CACHE", tempfile.mkdtemp(prefix="avade-test-cache-"))
+# Reference statistics (FID etc.) are cached per user; tests keep theirs out of ~/.cache, in a
+# directory of this process that goes with it (each holds ~100 MB of covariance files).
+if "AVADE_CACHE" not in os.environ:
+    _test_cache = tempfile.mkdtemp(prefix="avade-test-cache-")
+    os.environ["AVADE_CACHE"] = _test_cache
+    atexit.register(shutil.rmtree, _test_cache, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -73,7 +73,8 @@ def test_torchrun_two_processes_train(tmp_path):
     recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=3", "train.checkpoint_every=3")))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "avade", "recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # TMPDIR: torchrun's elastic agent leaves a directory behind in the temp dir it is given.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
