@@ -110,6 +110,9 @@ def default_cases(quick: bool) -> list[FlowCase]:
     return cases
 
 
+CASE_NAMES = tuple(c.name for c in default_cases(quick=False))  # what `--cases` accepts
+
+
 # -- builders -------------------------------------------------------------------------------------
 
 
@@ -369,11 +372,15 @@ def normflows_available() -> bool:
     return True
 
 
-def run(settings: Settings, cases: Sequence[FlowCase] | None = None, baseline: bool | None = None) -> dict[str, Any]:
-    """All cases; the normflows side is skipped (and said so) when normflows is not installed."""
+def run(settings: Settings, cases: Sequence[FlowCase] | None = None, baseline: bool | None = None,
+        names: Sequence[str] | None = None) -> dict[str, Any]:
+    """All cases (or those of ``names``); the normflows side is skipped (and said so) when normflows is
+    not installed."""
     have = normflows_available()
     baseline = have if baseline is None else (baseline and have)
     cases = list(cases) if cases is not None else default_cases(settings.quick)
+    if names is not None:
+        cases = [c for c in cases if c.name in names]
     result: dict[str, Any] = {"baseline": "normflows" if baseline else None, "cases": {},
                               "isolate": settings.isolate, "malloc": settings.malloc, "quick": settings.quick}
     if not baseline:

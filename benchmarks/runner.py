@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(BENCHMARKS),
                    help=f"comma-separated subset of: {', '.join(BENCHMARKS)} (default: all)")
+    p.add_argument("--cases", default=None,
+                   help="flows: comma-separated subset of its cases, e.g. 'glow,glow compiled' (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few iterations: a smoke test, not numbers")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = cuda when available (default)")
@@ -65,6 +67,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--only: unknown benchmark(s) {', '.join(unknown) or '(none given)'}; choose from "
                 f"{', '.join(BENCHMARKS)}")
     args.only = only
+    if args.cases is not None:
+        if "flows" not in only:
+            p.error("--cases selects flow cases: add flows to --only")
+        from benchmarks.flows import CASE_NAMES
+
+        args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+        unknown = [c for c in args.cases if c not in CASE_NAMES]
+        if unknown or not args.cases:
+            p.error(f"--cases: unknown flow case(s) {', '.join(map(repr, unknown)) or '(none given)'}; choose from "
+                    f"{', '.join(map(repr, CASE_NAMES))}")
     return args
 
 
@@ -139,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         console.rule(name)
         module = importlib.import_module(BENCHMARKS[name])
         kwargs = {"gemm": results["gemm_peak"]} if name == "train" else {}
+        if name == "flows" and args.cases:
+            kwargs["names"] = args.cases
         t0 = time.perf_counter()
         try:
             result = module.run(settings, **kwargs)

@@ -158,3 +158,22 @@ def test_unknown_benchmark_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit) as exc:
         runner.parse_args(["--only", "flows,nope"])
     assert exc.value.code == 2 and "nope" in capsys.readouterr().err
+
+
+def test_cases_selects_flow_cases_by_name() -> None:
+    args = runner.parse_args(["--only", "flows", "--cases", "glow, glow compiled"])
+    assert args.cases == ["glow", "glow compiled"]
+    settings = make_settings("cpu", quick=True, warmup=0, repeats=1)
+    result = flows.run(settings, cases=tiny_cases(), baseline=False, names=["realnvp"])
+    assert set(result["cases"]) == {"realnvp"}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--only", "flows", "--cases", "glow,nope"], "'nope'"),
+    (["--only", "train", "--cases", "glow"], "add flows to --only"),
+])
+def test_bad_cases_are_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        runner.parse_args(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err
