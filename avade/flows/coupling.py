@@ -136,10 +136,12 @@ class AffineCoupling(Flow):
         return self._join(cond, y), logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        # Sampling (the inverse direction) must not move the batch-norm running statistics, which
+        # eval mode uses for the likelihood of data.
         if self.packed:
             cond, trans = self._pack(y)
-            return self._unpack(cond, affine_inverse(self.net(cond), trans, self.scale_bound))
+            return self._unpack(cond, affine_inverse(self.net(cond, update_stats=False), trans, self.scale_bound))
         if self.checker:
-            return affine_inverse(self.net(y * self.mask), y, self.scale_bound, self.inv_mask)
+            return affine_inverse(self.net(y * self.mask, update_stats=False), y, self.scale_bound, self.inv_mask)
         cond, trans = self._halves(y)
-        return self._join(cond, affine_inverse(self.net(cond), trans, self.scale_bound))
+        return self._join(cond, affine_inverse(self.net(cond, update_stats=False), trans, self.scale_bound))

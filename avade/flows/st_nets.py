@@ -24,6 +24,15 @@ def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.C
     return conv
 
 
+def batch_norm(bn: nn.Module, x: torch.Tensor, update_stats: bool) -> torch.Tensor:
+    """``bn(x)``; with ``update_stats=False`` a training-mode batch norm still normalizes with the
+    batch's statistics but leaves its running statistics alone (the coupling's inverse in training:
+    the running statistics, used in eval mode, must describe data, not the model's samples)."""
+    if update_stats or not isinstance(bn, nn.BatchNorm2d) or not bn.training:
+        return bn(x)
+    return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+
+
 def checked_norm(norm: str) -> str:
     """``norm`` if it is a registered normalization, else a ConfigError on the ``norm`` key."""
     from avade.registry import get_registry
@@ -50,12 +59,12 @@ class ResidualBlock(nn.Module):
         self.conv2 = _conv(channels, channels, 3, norm)
         self.fresh = batch_norm
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         # ReLU in place wherever its input is a fresh tensor nobody else needs (a conv or batch-norm
         # output): one large allocation less per activation. Without batch norm, bn1(h) is h itself,
         # which the skip connection still needs.
-        r = self.conv1(F.relu(self.bn1(h), inplace=self.fresh))
-        r = self.conv2(F.relu(self.bn2(r), inplace=True))
+        r = self.conv1(F.relu(batch_norm(self.bn1, h, update_stats), inplace=self.fresh))
+        r = self.conv2(F.relu(batch_norm(self.bn2, r, update_stats), inplace=True))
         return h + r
 
 
@@ -71,11 +80,12 @@ class ResNetST(nn.Module):
         self.out = zero_conv(hidden, out_channels)
         self.fresh = batch_norm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """``update_stats=False``: batch norms leave their running statistics alone (see :func:`batch_norm`)."""
         h = self.inp(to_channels_last(x))
         for block in self.blocks:
-            h = block(h)
-        return to_contiguous(self.out(F.relu(self.out_bn(h), inplace=self.fresh)))
+            h = block(h, update_stats)
+        return to_contiguous(self.out(F.relu(batch_norm(self.out_bn, h, update_stats), inplace=self.fresh)))
 
 
 class ConvST(nn.Module):
@@ -90,8 +100,9 @@ class ConvST(nn.Module):
         self.bn2 = nn.BatchNorm2d(hidden) if batch_norm else nn.Identity()
         self.out = zero_conv(hidden, out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """``update_stats=False``: batch norms leave their running statistics alone (see :func:`batch_norm`)."""
         # In-place ReLUs: their inputs are fresh conv / batch-norm outputs (one allocation less each).
-        h = F.relu(self.bn1(self.conv1(to_channels_last(x))), inplace=True)
-        h = F.relu(self.bn2(self.conv2(h)), inplace=True)
+        h = F.relu(batch_norm(self.bn1, self.conv1(to_channels_last(x)), update_stats), inplace=True)
+        h = F.relu(batch_norm(self.bn2, self.conv2(h), update_stats), inplace=True)
         return to_contiguous(self.out(h))
