@@ -39,7 +39,12 @@ def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
 
 def sample_discretized_logistic(mean: torch.Tensor, log_scale: torch.Tensor,
                                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample 8-bit values (as u in [0, 256)) from the discretized logistic."""
+    """Sample 8-bit values (as u in [0, 256)) from the discretized logistic.
+
+    The rounding to a bin is straight-through: the values are the rounded ones, the gradient is the
+    continuous logistic sample's, so an adversarial loss on these samples (AV-GDE, GAN) reaches the
+    decoder (rounding's own gradient is zero almost everywhere)."""
     noise = torch.rand(mean.shape, generator=generator, device=mean.device).clamp(1e-5, 1 - 1e-5)
     c = mean + log_scale.expand_as(mean).exp() * (torch.log(noise) - torch.log1p(-noise))
-    return ((c.clamp(-1, 1) + 1.0) * 127.5).round() + 0.5
+    v = (c.clamp(-1, 1) + 1.0) * 127.5
+    return v + (v.round() - v).detach() + 0.5

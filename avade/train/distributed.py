@@ -76,6 +76,9 @@ def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
         return
     for p in module.parameters():
         dist.broadcast(p.data, src=0)
+        # Writes through .data do not bump the version counter; caches keyed on it (the 1x1 conv's
+        # no-grad weight cache) must see the new values.
+        torch.autograd.graph.increment_version(p)
     broadcast_buffers(module, info)
 
 
@@ -86,6 +89,7 @@ def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
         return
     for t in module.buffers():
         dist.broadcast(t.data, src=0)
+        torch.autograd.graph.increment_version(t)
 
 
 def all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:

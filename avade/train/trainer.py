@@ -177,8 +177,19 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} was written by another recipe ('{state.get('recipe_name')}',"
                                   " different model or data); resume it with its own recipe.toml or start a new "
                                   "run with another --out")
+        # The optimizers' hyper-parameters (lr, d_lr, betas) come from this recipe, their state from the
+        # checkpoint: resuming with a lower train.lr must train with it.
+        wanted = {name: [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+                  for name, opt in self.optimizers.items()}
         self.rng_restored = ckpt.restore(data, self.model, self.optimizers, self.generators, path,
                                          self.dist.rank)
+        for name, opt in self.optimizers.items():
+            for group, hyper in zip(opt.param_groups, wanted[name], strict=True):
+                changed = {k: (group.get(k), v) for k, v in hyper.items() if group.get(k) != v}
+                for key, (old, new) in changed.items():
+                    if key in ("lr", "betas") and self.dist.is_main:
+                        self.console.print(f"{name} optimizer: {key} {new} from the recipe (checkpoint had {old})")
+                group.update(hyper)
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         if self.collapse is not None and state.get("collapse"):
@@ -188,15 +199,20 @@ class Trainer:
         self.console.print(f"resumed from {path} (step {self.step})")
 
     def _data_init(self) -> None:
-        """A fresh run starts with one no-grad likelihood pass on the first batch: the data-dependent
-        initialisation of ActNorm and weight norm happens there, before any step (as in the Glow and
+        """A fresh run starts with one no-grad likelihood pass (and, for adversarial variants, one
+        critic pass on the real images) on the first batch: the data-dependent initialisation of
+        ActNorm and weight norm happens there, before any step (as in the Glow and
         Real-NVP reference code), so no step mutates parameters a graph of that same step holds --
         which compiled steps (``train.compile``) cannot tolerate -- and replicas can be synchronised
         right after it."""
         x, y = next(self.stream.batches(0))
+        labels = y if self.model.num_classes else None
         self.model.train()
         with torch.no_grad():
-            self.model.log_likelihood(x, y if self.model.num_classes else None, self.noise)
+            self.model.log_likelihood(x, labels, self.noise)
+            disc = self.model.discriminator
+            if self.adversarial and disc is not None:  # e.g. an actnorm critic initialises on real images
+                disc(to_unit(self.model.preprocess.dequantize(x, self.noise)), labels)
 
     def _sync_replicas(self) -> None:
         """Data parallel: identical replicas after data-dependent initialisation (:meth:`_data_init`,
@@ -261,13 +277,16 @@ class Trainer:
             d_params = self.opt_d.param_groups[0]["params"]
             real = to_unit(model.preprocess.dequantize(x, self.noise))
             with self.autocast:
-                fake = to_unit(self.generate(n, labels_in, self.noise, flow_grad=cfg.flow_adv_grad)).float()
+                # Untempered prior (Algorithm 1); model.temperature is for sampling only.
+                fake = to_unit(self.generate(n, labels_in, self.noise, flow_grad=cfg.flow_adv_grad,
+                                             temperature=1.0)).float()
             for i in range(cfg.d_steps):
                 if i == 0:
                     fake_d = fake.detach()
                 else:
                     with torch.no_grad(), self.autocast:
-                        fake_d = to_unit(self.generate(n, labels_in, self.noise, flow_grad=False)).float()
+                        fake_d = to_unit(self.generate(n, labels_in, self.noise, flow_grad=False,
+                                                       temperature=1.0)).float()
                 with self.autocast:
                     d_real, d_fake = disc(real, labels_in), disc(fake_d, labels_in)
                     d_loss = discriminator_loss(cfg.adv_loss, d_real, d_fake)

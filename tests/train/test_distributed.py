@@ -223,3 +223,29 @@ def test_distributed_resume_is_bit_identical(tmp_path):
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}:{key}"
+
+
+def _broadcast_worker(rank, store, out):
+    """Each rank fills the 1x1 conv's no-grad weight cache with its own weights, then takes rank 0's."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        from avade import create
+        from avade.train.distributed import broadcast_parameters
+
+        torch.manual_seed(rank)  # different weights per rank
+        flow = create("flow", "invconv", in_shape=(4, 2, 2), lu=True)
+        x = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(7))
+        with torch.no_grad():
+            flow(x)  # caches this rank's W
+            broadcast_parameters(flow, DistInfo(rank, WORLD, 0))
+            y, _ = flow(x)
+        save_file({"y": y}, os.path.join(out, f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_broadcast_parameters_invalidate_weight_caches(tmp_path):
+    mp.spawn(_broadcast_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
+    y0, y1 = (load_file(str(tmp_path / f"rank{r}.safetensors"))["y"] for r in range(WORLD))
+    assert torch.equal(y0, y1)

@@ -1,0 +1,64 @@
+"""What a training step and a resume mean: hyper-parameters on resume, the prior L_Q samples from,
+critics with data-dependent init, and conditional sampling for metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_recipes import tiny_recipe
+
+from avade.norms.actnorm_layer import ActNormed
+from avade.train.trainer import Trainer
+
+
+def test_resume_trains_with_the_recipes_learning_rates(tmp_path, capsys):
+    Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
+    trainer = Trainer(tiny_recipe("train.steps=4", "train.lr=0.0001", "train.d_lr=0.00005", "train.betas=[0.0, 0.9]"),
+                      tmp_path, resume=True, progress=False)
+    assert trainer.step == 2
+    assert [g["lr"] for g in trainer.opt_g.param_groups] == [0.0001]
+    assert [g["lr"] for g in trainer.opt_d.param_groups] == [0.00005]
+    assert trainer.opt_g.param_groups[0]["betas"] == (0.0, 0.9)
+    assert trainer.opt_g.state  # ... while the moments come from the checkpoint
+    assert "lr 0.0001 from the recipe (checkpoint had 0.002)" in capsys.readouterr().err
+
+
+def test_unchanged_recipe_resumes_with_the_same_hyper_parameters(tmp_path):
+    Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
+    trainer = Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
+    assert trainer.opt_g.param_groups[0]["lr"] == tiny_recipe().train.lr
+
+
+def test_adversarial_samples_come_from_the_untempered_prior(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_recipe("model.temperature=0.5"), tmp_path, progress=False)
+    seen: list[float | None] = []
+    generate = trainer.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("temperature"))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "generate", spy)
+    trainer.train_step(*next(trainer.stream.batches(0)))
+    assert seen == [1.0]
+
+
+def test_a_critic_with_data_dependent_init_is_initialised_before_the_first_step(tmp_path):
+    # Before any step, so data-parallel replicas are synchronised after it (rank 0's init everywhere).
+    trainer = Trainer(tiny_recipe("model.discriminator.norm=actnorm"), tmp_path, progress=False)
+    layers = [m for m in trainer.model.discriminator.modules() if isinstance(m, ActNormed)]
+    assert layers and all(bool(m.initialized) for m in layers)
+    assert trainer.step == 0
+
+
+@pytest.mark.parametrize("variant", ["av-gde", "gan"])
+def test_discretized_logistic_samples_carry_the_adversarial_gradient(tmp_path, variant):
+    recipe = tiny_recipe(f"model.variant={variant!r}", "model.flow.name='none'",
+                         "model.likelihood='discretized-logistic'")
+    trainer = Trainer(recipe, tmp_path, progress=False)
+    model = trainer.model
+    u = model.generate(4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(u, u.floor() + 0.5)  # bin centres: the values are the rounded ones
+    u.sum().backward()
+    grads = [p.grad for p in model.generator_parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
