@@ -22,7 +22,7 @@ from avade.recipe import load_recipe
 from avade.recipe.schema import ComponentRef, Recipe
 from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
-from avade.train.data import eval_batches
+from avade.train.data import eval_batches, subset_batches
 from avade.train.rundir import RunDir, write_json
 
 
@@ -58,11 +58,26 @@ class RunContext:
 
     def real_batches(self, split: str, n: int | None = None, batch_size: int = 100
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return first_images(self._split(split), n, batch_size)
+        return subset_batches(self._split(split), n, batch_size)
+
+    def class_labels(self, n: int) -> torch.Tensor:
+        """``n`` labels drawn (seeded) from the training split's labels: a class-conditional model is
+        sampled with the data's class balance (uniform when the split's labels are not at hand)."""
+        gen = torch.Generator().manual_seed(self.seed + 2)
+        known = getattr(self.train_set, "labels", None)
+        if known is not None:
+            known = torch.as_tensor(known, dtype=torch.int64)
+            known = known[(known >= 0) & (known < self.model.num_classes)]
+        if known is None or len(known) == 0:
+            return torch.randint(self.model.num_classes, (n,), generator=gen)
+        return known[torch.randint(len(known), (n,), generator=gen)]
 
     @torch.no_grad()
     def sample_batches(self, n: int, batch_size: int = 100, labels: torch.Tensor | None = None
                        ) -> Iterator[torch.Tensor]:
+        if labels is None and self.model.num_classes:
+            # Training always conditions on a class; the unconditional path was never trained.
+            labels = self.class_labels(n)
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         for start in range(0, n, batch_size):
@@ -75,18 +90,6 @@ class RunContext:
                                self.recipe.train.eval_batches)
         key = "bpd" if importance_samples == 1 else f"bpd_iw{importance_samples}"
         return {key: self.model.mean_bpd(batches, importance_samples)}
-
-
-def first_images(dataset: Any, n: int | None, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``n`` images of a dataset (all when None), in batches."""
-    seen = 0
-    for x, y in eval_batches(dataset, batch_size):
-        if n is not None and seen >= n:
-            return
-        if n is not None and seen + x.shape[0] > n:
-            x, y = x[: n - seen], y[: n - seen]
-        seen += x.shape[0]
-        yield x, y
 
 
 def _metric_config(ref: ComponentRef | None, name: str, samples: int | None) -> Any:
@@ -235,7 +238,7 @@ class _DataOnlyContext:
 
     def real_batches(self, split: str, n: int | None = None, batch_size: int = 100
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return first_images(self.data, n, batch_size)
+        return subset_batches(self.data, n, batch_size)
 
     def sample_batches(self, n: int, batch_size: int = 100, labels: torch.Tensor | None = None
                        ) -> Iterator[torch.Tensor]:

@@ -36,13 +36,15 @@ class EvalContext(Protocol):
     def real_batches(
         self, split: str, n: int | None = None, batch_size: int = 100
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Real images as uint8 ``[B, C, H, W]`` with int64 labels ``[B]`` (first ``n``, or all)."""
+        """Real images as uint8 ``[B, C, H, W]`` with int64 labels ``[B]``: all, or a fixed random
+        subset of ``n`` (the same for every call with the same ``n``)."""
         ...
 
     def sample_batches(
         self, n: int, batch_size: int = 100, labels: Tensor | None = None
     ) -> Iterator[Tensor]:
-        """``n`` model samples, uint8 ``[B, C, H, W]``; conditional on ``labels`` (in order) if given."""
+        """``n`` model samples, uint8 ``[B, C, H, W]``; conditional on ``labels`` (in order) if given
+        (a class-conditional model without them is sampled with the data's class balance)."""
         ...
 
     def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:

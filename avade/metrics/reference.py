@@ -35,10 +35,11 @@ class FeatureSet:
 
 def cache_path(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None,
                what: str) -> pathlib.Path:
-    """``cache_dir/ref-<dataset>-<split>-<hash>-<n|all>.<what>.safetensors`` (file-name safe);
-    ``what`` is ``"stats"`` or ``"features"``."""
+    """``cache_dir/ref-<dataset>-<split>-<hash>-<rand{n}|all>.<what>.safetensors`` (file-name safe);
+    ``what`` is ``"stats"`` or ``"features"``. ``rand{n}``: the seeded random subset of ``n`` images
+    (:func:`avade.train.data.subset_batches`)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{ctx.dataset_key}-{split}").strip("_")
-    count = n if n is not None else "all"
+    count = f"rand{n}" if n is not None else "all"
     return pathlib.Path(ctx.cache_dir) / f"ref-{slug}-{extractor.hash}-{count}.{what}.safetensors"
 
 

@@ -84,27 +84,61 @@ class BatchStream:
 
 def eval_batches(dataset: Dataset, batch_size: int, limit: int = 0, num_workers: int = 0
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The dataset in order, in batches (the last one may be short); ``limit`` batches at most (0 = all)."""
+    """The dataset in order, in batches (the last one may be short); ``limit`` batches at most (0 = all),
+    from a fixed random subset when that leaves images out (see :func:`indexed_batches`)."""
     for _, x, y in indexed_batches(dataset, batch_size, limit, num_workers):
         yield x, y
 
 
+def subset_indices(n: int, count: int, seed: int = 0) -> torch.Tensor:
+    """``count`` of the indices ``0..n-1``, drawn at random (fixed by ``seed``) and sorted: a part of a
+    dataset that stands for all of it. The first images would not: class-sorted datasets (image folders,
+    one per class) would be represented by their first classes only."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
+
 def indexed_batches(dataset: Dataset, batch_size: int, limit: int = 0, num_workers: int = 0,
-                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """``(i, images, labels)`` for the dataset's batches in order (``limit`` at most, 0 = all), keeping
-    only batches ``i = rank, rank + world, ...`` for ``shard = (rank, world)``: each process of a
-    data-parallel job evaluates its share, and only its share is ever loaded."""
+                    shard: tuple[int, int] = (0, 1), seed: int = 0
+                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(i, images, labels)`` for the dataset's batches (``limit`` at most, 0 = all), keeping only
+    batches ``i = rank, rank + world, ...`` for ``shard = (rank, world)``: each process of a
+    data-parallel job evaluates its share, and only its share is ever loaded. A ``limit`` that leaves
+    images out takes its batches from a random subset (:func:`subset_indices` with ``seed``)."""
     rank, world = shard
     n = len(dataset)  # type: ignore[arg-type]
     total = math.ceil(n / batch_size)
-    mine = range(rank, min(total, limit) if limit else total, world)
+    count = min(total, limit) if limit else total
+    keep = subset_indices(n, count * batch_size, seed) if count < total else None
+    yield from _batches_of(dataset, keep, n, batch_size, range(rank, count, world), num_workers)
+
+
+def _batches_of(dataset: Dataset, keep: torch.Tensor | None, n: int, batch_size: int, which: range,
+                num_workers: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Batches ``which`` of the images ``keep`` (all ``n`` when None), in that order."""
     tensors = getattr(dataset, "as_tensors", lambda: None)()
     if tensors is not None:
         images, labels = tensors
-        for i in mine:
-            yield i, images[i * batch_size:(i + 1) * batch_size], labels[i * batch_size:(i + 1) * batch_size]
+        for i in which:
+            part = slice(i * batch_size, (i + 1) * batch_size)
+            if keep is None:
+                yield i, images[part], labels[part]
+            else:
+                yield i, images[keep[part]], labels[keep[part]]
         return
-    sampler = [list(range(i * batch_size, min((i + 1) * batch_size, n))) for i in mine]
+    order = keep.tolist() if keep is not None else range(n)
+    sampler = [list(order[i * batch_size:(i + 1) * batch_size]) for i in which]
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
-    for i, (x, y) in zip(mine, loader, strict=True):
+    for i, (x, y) in zip(which, loader, strict=True):
         yield i, x, torch.as_tensor(y)
+
+
+def subset_batches(dataset: Dataset, n: int | None, batch_size: int, seed: int = 0
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` images of the dataset (all when None or more than it has), in batches: a random subset
+    fixed by ``seed`` (:func:`subset_indices`), so that reference statistics computed from part of a
+    dataset represent all of it."""
+    total = len(dataset)  # type: ignore[arg-type]
+    keep = subset_indices(total, n, seed) if n is not None and n < total else None
+    count = len(keep) if keep is not None else total
+    for _, x, y in _batches_of(dataset, keep, total, batch_size, range(math.ceil(count / batch_size)), 0):
+        yield x, y

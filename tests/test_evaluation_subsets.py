@@ -1,0 +1,84 @@
+"""Which images and labels evaluation uses: random subsets of a split (not its first, possibly
+class-sorted, images) and the data's class balance for a class-conditional model's samples."""
+
+from __future__ import annotations
+
+import torch
+from tiny_recipes import tiny_recipe
+
+from avade.data.base import TensorImageDataset
+from avade.evaluate import RunContext
+from avade.train.data import eval_batches, indexed_batches, subset_batches
+from avade.train.trainer import Trainer
+
+
+def _class_sorted(per_class: int = 30, classes: int = 3) -> TensorImageDataset:
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    images = labels.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).to(torch.uint8).contiguous()
+    return TensorImageDataset(images, labels, num_classes=classes)
+
+
+class _Files(torch.utils.data.Dataset):
+    """The same data without ``as_tensors`` (the DataLoader path of file-backed datasets)."""
+
+    def __init__(self, data: TensorImageDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.data[i]
+
+
+def test_a_subset_of_a_class_sorted_split_covers_its_classes():
+    data = _class_sorted()
+    for dataset in (data, _Files(data)):
+        labels = torch.cat([y for _, y in subset_batches(dataset, 30, batch_size=7)])
+        assert len(labels) == 30 and set(labels.tolist()) == {0, 1, 2}
+        again = torch.cat([y for _, y in subset_batches(dataset, 30, batch_size=30)])
+        assert torch.equal(labels, again)  # fixed by the seed, whatever the batch size
+        images = torch.cat([x for x, _ in subset_batches(dataset, 30, batch_size=7)])
+        assert torch.equal(images[:, 0, 0, 0].long(), labels)  # images and labels stay paired
+
+
+def test_all_or_more_than_all_is_the_whole_split_in_order():
+    data = _class_sorted()
+    for n in (None, 90, 500):
+        labels = torch.cat([y for _, y in subset_batches(data, n, batch_size=16)])
+        assert torch.equal(labels, data.labels)
+
+
+def test_a_batch_limit_evaluates_a_random_subset():
+    data = _class_sorted()
+    labels = torch.cat([y for _, y in eval_batches(data, 10, limit=3)])
+    assert len(labels) == 30 and set(labels.tolist()) == {0, 1, 2}
+    full = torch.cat([y for _, y in eval_batches(data, 10)])
+    assert torch.equal(full, data.labels)
+    # Sharded, the processes' batches are the same subset between them.
+    shards = [[i for i, _, _ in indexed_batches(data, 10, 3, shard=(r, 2))] for r in range(2)]
+    assert shards == [[0, 2], [1]]
+    by_shard = torch.cat([y for r in range(2) for _, _, y in indexed_batches(data, 10, 3, shard=(r, 2))])
+    assert sorted(by_shard.tolist()) == sorted(labels.tolist())
+
+
+def test_a_conditional_model_is_sampled_with_the_datas_class_balance(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_recipe("model.conditional=true", "data.num_classes=4"), tmp_path, progress=False)
+    assert trainer.model.num_classes == 4
+    ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, trainer.test_set, trainer.device,
+                     tmp_path, tmp_path)
+    given: list[torch.Tensor | None] = []
+    sample = trainer.model.sample
+
+    def spy(n, labels=None, **kwargs):
+        given.append(labels)
+        return sample(n, labels, **kwargs)
+
+    monkeypatch.setattr(trainer.model, "sample", spy)
+    assert sum(len(x) for x in ctx.sample_batches(10, batch_size=4)) == 10
+    assert len(given) == 3 and all(g is not None for g in given)
+    drawn = ctx.class_labels(4000)
+    train = trainer.train_set.labels
+    expected = torch.bincount(train, minlength=4).double() / len(train)
+    torch.testing.assert_close(torch.bincount(drawn, minlength=4).double() / 4000, expected, atol=0.03, rtol=0)
+    assert torch.equal(drawn, ctx.class_labels(4000))  # seeded
