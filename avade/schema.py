@@ -8,6 +8,7 @@ coercion: ``"3"`` is not an int and ``3.5`` is not an int either.
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -286,13 +287,17 @@ def describe(cls: type) -> list[dict[str, Any]]:
 # --- validators with readable messages -------------------------------------------------------------
 
 
+def _number(value: Any) -> str:
+    return "a finite number" if isinstance(value, float) and math.isinf(value) else "a number"
+
+
 def ge(bound: float) -> Callable[[Any, attrs.Attribute, Any], None]:
     """attrs validator: value >= bound."""
 
     def check(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
-        # Written as `not (value >= bound)` so that NaN fails too.
-        if value is not None and not value >= bound:
-            raise ConfigError(f"expected a number >= {bound}, got {_got(value)}", path=attr.name)
+        # Written as `not (value >= bound)` so that NaN fails too; infinity is no setting either.
+        if value is not None and not (value >= bound and math.isfinite(value)):
+            raise ConfigError(f"expected {_number(value)} >= {bound}, got {_got(value)}", path=attr.name)
 
     return check
 
@@ -301,8 +306,8 @@ def gt(bound: float) -> Callable[[Any, attrs.Attribute, Any], None]:
     """attrs validator: value > bound."""
 
     def check(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
-        if value is not None and not value > bound:
-            raise ConfigError(f"expected a number > {bound}, got {_got(value)}", path=attr.name)
+        if value is not None and not (value > bound and math.isfinite(value)):
+            raise ConfigError(f"expected {_number(value)} > {bound}, got {_got(value)}", path=attr.name)
 
     return check
 

@@ -376,3 +376,29 @@ def test_invalid_variant_names_its_index(base: Path, write: Write) -> None:
 def test_malformed_sweep(base: Path, write: Write, body: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         sweep(write, body)
+
+
+@pytest.mark.parametrize(("override", "where", "words"), [
+    ('name="../../escaped"', "name", "not a plain name"),
+    ('name="/abs/path"', "name", "not a plain name"),
+    ("train.lr=inf", "train.lr", "finite"),
+    ("train.adv_weight=inf", "train.adv_weight", "finite"),
+    ("train.betas=[0.9, 1.5]", "train.betas[1]", "[0, 1)"),
+])
+def test_values_no_run_can_use_are_refused(override: str, where: str, words: str) -> None:
+    from tiny_recipes import tiny_recipe
+
+    with pytest.raises(ConfigError) as info:
+        tiny_recipe(override)
+    assert where in str(info.value) and words in str(info.value)
+
+
+def test_a_file_stem_that_is_no_plain_name_becomes_one(tmp_path: Path) -> None:
+    import tomli_w
+    from tiny_recipes import tiny_dict
+
+    recipe = tiny_dict()
+    del recipe["name"]
+    path = tmp_path / "my recipe (v2).toml"
+    path.write_text(tomli_w.dumps(recipe))
+    assert load_recipe(path).name == "my-recipe-v2"

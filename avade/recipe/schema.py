@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import attrs
 
+from avade.errors import ConfigError
 from avade.schema import between, ge, gt
 
 Variant = Literal["av-ade", "v-ade", "av-gde", "vae", "gan"]
@@ -94,6 +95,13 @@ class DataSection:
     dataset: ComponentRef | None = None
 
 
+def _betas(_inst: object, attr: attrs.Attribute, value: tuple[float, float]) -> None:
+    """Adam's betas: two numbers in [0, 1)."""
+    for i, beta in enumerate(value):
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"expected a number in [0, 1), got {beta}", path=f"{attr.name}[{i}]")
+
+
 @attrs.define
 class TrainSection:
     """``[train]``: Algorithm 1's loop settings (paper defaults)."""
@@ -103,7 +111,7 @@ class TrainSection:
     lr: float = attrs.field(default=0.002, validator=gt(0.0))
     d_lr: float | None = attrs.field(default=None, validator=gt(0.0),
                                      metadata={"help": "discriminator lr; defaults to lr"})
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
     seed: int = 0
     checkpoint_every: int = attrs.field(default=1000, validator=ge(1))
     keep_checkpoints: int = attrs.field(default=3, validator=ge(1))
