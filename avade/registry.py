@@ -20,7 +20,7 @@ import attrs
 import pluggy
 
 from avade import hookspecs
-from avade.errors import ConfigError, RegistryError, did_you_mean
+from avade.errors import AvadeError, ConfigError, RegistryError, did_you_mean
 from avade.schema import structure
 
 KINDS: tuple[str, ...] = (
@@ -35,6 +35,7 @@ KINDS: tuple[str, ...] = (
 )
 ENTRY_POINT_GROUP = "avade"
 DISABLE_ENV = "AVADE_DISABLE_PLUGINS"
+BUILTIN_DIST = "avade"  # the distribution whose entry point registers the built-in components
 
 
 class PluginWarning(UserWarning):
@@ -238,7 +239,16 @@ class Registry:
     def build(self, info: ComponentInfo, cfg: Any, **context: Any) -> Any:
         """Call the factory with an already validated config."""
         factory = info.load_factory()
-        return factory(**context) if info.load_config() is None else factory(cfg, **context)
+        try:
+            return factory(**context) if info.load_config() is None else factory(cfg, **context)
+        except AvadeError:
+            raise
+        except Exception as exc:
+            if info.dist == BUILTIN_DIST:  # avade's own factories failing is avade's bug: keep the traceback
+                raise
+            raise RegistryError(f"{info.qualname} (from plugin {info.provider}) failed to build: "
+                                f"{type(exc).__name__}: {exc}; fix or disable that plugin "
+                                f"(--disable-plugins / {DISABLE_ENV})") from exc
 
     # -- plugins -----------------------------------------------------------------------------------
     def add_plugin(self, plugin: Any, dist: str, version: str = "", entry_point: str = "") -> bool:

@@ -402,3 +402,26 @@ def test_recipe_with_plugin_flow_validates_and_builds(nice_plugin: None, tmp_pat
     x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     out = model.log_likelihood(x)
     assert out["bpd"].shape == (2,) and torch.isfinite(out["bpd"]).all()
+
+
+def _exploding(cfg: ToyConfig) -> Any:
+    raise ValueError("factory exploded")
+
+
+def test_a_plugin_factory_that_raises_is_named_in_one_error() -> None:
+    registry = Registry()
+    registry.add_plugin(plugin("boom", lambda r: r.register("flow", "boom", factory=_exploding, config=ToyConfig)),
+                        dist="boom-dist", version="0.1")
+    with pytest.raises(RegistryError) as info:
+        registry.create("flow", "boom")
+    message = str(info.value)
+    assert "flow 'boom'" in message and "boom-dist 0.1" in message and "factory exploded" in message
+    assert DISABLE_ENV in message and isinstance(info.value.__cause__, ValueError)
+
+
+def test_a_builtin_factory_bug_is_not_blamed_on_a_plugin() -> None:
+    registry = Registry()
+    registry.add_plugin(plugin("builtins", lambda r: r.register("flow", "own", factory=_exploding, config=ToyConfig)),
+                        dist="avade", version="0.1")
+    with pytest.raises(ValueError, match="factory exploded"):
+        registry.create("flow", "own")
