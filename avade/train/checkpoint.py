@@ -175,6 +175,12 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint directory's name says (``step_00000120`` -> 120; -1 if it says none)."""
+    digits = path.name[len(_PREFIX):]
+    return int(digits) if digits.isdigit() else -1
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Read and check a checkpoint directory; CheckpointError if anything is missing or corrupt."""
     files = {n: path / f"{n}.safetensors" for n in ("model", "optimizer", "rng")}

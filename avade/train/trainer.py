@@ -155,6 +155,10 @@ class Trainer:
         if existing and not resume:
             raise CheckpointError(f"run directory {self.run.root} already holds checkpoints; continue it with "
                                   "--resume or choose another --out")
+        step = ckpt.checkpoint_step(existing[-1]) if existing else 0
+        if resume and step > self.cfg.steps:  # checked before anything in the run directory is rewritten
+            raise CheckpointError(f"the run in {self.run.root} is already at step {step}, beyond train.steps = "
+                                  f"{self.cfg.steps}; raise train.steps to train on (or evaluate it with `avade eval`)")
 
     def _make_run_dir(self, resume: bool) -> None:
         if self.dist.is_main:
@@ -404,12 +408,24 @@ class Trainer:
                                    if self.step > start_step else None, "device": str(self.device)}
         results = self.evaluate()
         summary.update(results)
+        if initial is None and self.run.summary.is_file():  # resumed: keep what the first start measured
+            try:
+                initial = json.loads(self.run.summary.read_text(encoding="utf-8")).get("bpd_untrained")
+            except (OSError, ValueError, AttributeError):
+                initial = None
         if initial is not None:
             summary["bpd_untrained"] = initial
         if self.dist.is_main:
             write_json(self.run.summary, summary)
             logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
         logger.close()
+        broken = sorted(k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v))
+        if self.bad_steps or broken:
+            last = ckpt.list_checkpoints(self.run.checkpoints)
+            where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written"
+            what = (f"the last {self.bad_steps} step(s) were non-finite" if self.bad_steps
+                    else f"the trained model's {', '.join(broken)} is not finite")
+            raise TrainingError(f"training diverged: {what} (lower train.lr or set train.grad_clip); {where}")
         return summary
 
     def evaluate(self) -> dict[str, float]:
