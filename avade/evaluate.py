@@ -19,7 +19,7 @@ from rich.console import Console
 from avade.errors import CheckpointError, ConfigError
 from avade.models import GenerativeModel, build_model
 from avade.recipe import load_recipe
-from avade.recipe.schema import ComponentRef, Recipe
+from avade.recipe.schema import LIKELIHOOD_VARIANTS, ComponentRef, Recipe
 from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
 from avade.train.data import eval_batches, subset_batches
@@ -86,6 +86,9 @@ class RunContext:
             yield self.model.sample(m, lab, generator=gen).cpu()
 
     def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
+        if self.recipe.variant not in LIKELIHOOD_VARIANTS:
+            raise ConfigError(f"variant '{self.recipe.variant}' is trained without a likelihood term, so bpd is "
+                              "undefined for it; evaluate it with sample metrics, e.g. --metrics fid,kid,is")
         batches = eval_batches(self._split(split), self.recipe.data.options.eval_batch_size,
                                self.recipe.train.eval_batches)
         key = "bpd" if importance_samples == 1 else f"bpd_iw{importance_samples}"
@@ -166,6 +169,12 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
     """``avade eval``: compute metrics on a run's newest checkpoint and write ``eval.json``."""
     ctx = load_run(run_dir, device)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
+    if not metrics and ctx.recipe.variant not in LIKELIHOOD_VARIANTS:
+        # As in training: the default metric (bpd) does not apply to a model without a likelihood.
+        names = [m for m in names if m != "bpd"]
+        if not names:
+            raise ConfigError(f"variant '{ctx.recipe.variant}' has no likelihood, so the recipe's eval.metrics "
+                              "(bpd) do not apply; choose sample metrics, e.g. --metrics fid,kid,is")
     registry = get_registry()
     for name in names:
         registry.get("metric", name)  # fail fast on a typo, before any work

@@ -121,3 +121,78 @@ def test_study_subsets_table7(tmp_path: Path) -> None:
     assert [r["size"] for r in rows] == [48.0, 24.0, 12.0]
     assert rows[0]["fid"] == pytest.approx(0.0, abs=1e-6)  # the full set against itself
     assert rows[2]["fid"] > rows[1]["fid"] > 0  # fewer images, further from the full set
+
+
+# -- bad inputs: one line, exit 2, nothing touched ---------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ["--device", "tpu"],
+    ["--device", "cuda:7"],
+    ["-o", "grid.txt"],
+    ["-o", "noext"],
+    ["--temperature", "nan"],
+    ["--temperature", "-1"],
+])
+def test_sample_rejects_bad_options_in_one_line(run_dir: Path, tmp_path: Path, args: list[str]) -> None:
+    argv = ["sample", str(run_dir), "-n", "4", *args]
+    if "-o" not in args:
+        argv += ["-o", str(tmp_path / "x.png")]
+    result, out = _invoke(*argv)
+    assert result.exit_code == 2, out
+    assert out.startswith("error:") and len(out.strip().splitlines()) == 1 and "internal error" not in out
+
+
+def test_sample_into_a_directory_or_an_unwritable_place(run_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "dir.png").mkdir()
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "dir.png"))
+    assert result.exit_code == 2 and "is a directory" in out
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(blocker / "x.png"), "--device", "cpu")
+    assert result.exit_code == 2 and str(blocker) in out and "internal error" not in out
+
+
+def test_eval_rejects_bad_options(run_dir: Path) -> None:
+    for args, words in ((["--samples", "0"], "at least 2"), (["--metrics", ""], "at least one metric"),
+                        (["--device", "CPU2"], "--device")):
+        result, out = _invoke("eval", str(run_dir), *args)
+        assert result.exit_code == 2 and words in out, out
+
+
+def test_run_out_onto_a_file_is_one_line(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(TINY))
+    (tmp_path / "afile").write_text("keep me")
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "afile"), "--device", "cpu")
+    assert result.exit_code == 2 and "afile" in out and "internal error" not in out, out
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_resume_below_the_runs_step_is_refused_untouched(run_dir: Path) -> None:
+    before = (run_dir / "recipe.toml").read_text()
+    result, out = _invoke("recipe", "run", str(run_dir / "recipe.toml"), "--out", str(run_dir), "--resume",
+                          "--set", "train.steps=2")
+    assert result.exit_code == 2 and "already at step 3" in out, out
+    assert (run_dir / "recipe.toml").read_text() == before
+
+
+def test_diverging_run_fails_and_its_summary_stays_strict_json(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=3", "train.lr=1e30", "train.max_bad_steps=10")))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 2 and "diverged" in out and "train.lr" in out, out
+    summary = (tmp_path / "run" / "summary.json").read_text()
+    assert "NaN" not in summary and json.loads(summary)["steps"] == 3
+
+
+def test_gan_runs_have_no_bpd(tmp_path: Path) -> None:
+    gan = tiny_dict("train.steps=2", "train.checkpoint_every=2", "model.variant='gan'", "model.flow.name='none'")
+    recipe = tmp_path / "gan.toml"
+    recipe.write_text(tomli_w.dumps(gan))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    assert "bpd" not in json.loads((tmp_path / "run" / "summary.json").read_text())
+    for args in ([], ["--metrics", "bpd"]):
+        result, out = _invoke("eval", str(tmp_path / "run"), *args, "--device", "cpu")
+        assert result.exit_code == 2 and "likelihood" in out and "fid" in out, out

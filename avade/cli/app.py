@@ -7,6 +7,7 @@ unexpected exceptions print one line too and exit 1 -- ``--debug`` shows the tra
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import warnings
@@ -49,6 +50,11 @@ class _Group(typer.core.TyperGroup):
             _fail(str(exc), 2)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except OSError as exc:  # a path that cannot be read or written: the environment, not avade
+            if _DEBUG["on"]:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc} (check the path and its permissions)", 2)
         except Exception as exc:
             if _DEBUG["on"] or type(exc).__module__.split(".")[0] in ("typer", "click"):
                 raise
@@ -64,6 +70,19 @@ study_app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enab
                         help="Evaluation studies from the paper.")
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(study_app, name="study")
+
+
+DEVICES = ("auto", "cpu", "cuda")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _device(value: str | None, option: str = "--device") -> str | None:
+    """``value`` if it names a device avade runs on (case-insensitive), else a one-line error."""
+    if value is None:
+        return None
+    if value.lower() not in DEVICES:
+        raise AvadeError(f"{option}: expected one of {', '.join(DEVICES)}, got {value!r}")
+    return value.lower()
 
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
@@ -221,7 +240,7 @@ def recipe_run(
     """Train a recipe (each sweep variant in its own run directory)."""
     from avade.train.run import run_recipe_file
 
-    run_recipe_file(file, overrides or [], out_dir=out_dir, resume=resume, device=device, console=out)
+    run_recipe_file(file, overrides or [], out_dir=out_dir, resume=resume, device=_device(device), console=out)
 
 
 # -- runs --------------------------------------------------------------------------------------------
@@ -240,7 +259,13 @@ def evaluate(
     """Evaluate a run's last checkpoint; writes eval.json (and plots) into the run directory."""
     from avade.evaluate import evaluate_run
 
-    results = evaluate_run(run_dir, metrics.split(",") if metrics else None, samples=samples, device=device,
+    if samples is not None and samples < 2:
+        raise AvadeError(f"--samples: sample-based metrics need at least 2 samples, got {samples}")
+    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None
+    if names is not None and not names:
+        raise AvadeError("--metrics: give at least one metric, e.g. --metrics bpd,fid (or leave it out for the "
+                         "recipe's eval.metrics)")
+    results = evaluate_run(run_dir, names, samples=samples, device=_device(device),
                            console=err if as_json else out)
     if as_json:
         print(json.dumps(results, indent=2))
@@ -267,8 +292,14 @@ def sample(
     """Write a grid of samples (or reconstructions) from a run's last checkpoint."""
     from avade.evaluate import sample_run
 
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise AvadeError(f"--temperature: expected a number > 0 (1 = the prior itself), got {temperature}")
+    if output.suffix.lower() not in IMAGE_SUFFIXES:
+        raise AvadeError(f"-o: {output} is not an image file name; end it in {' or '.join(IMAGE_SUFFIXES)}")
+    if output.is_dir():
+        raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'samples.png'}")
     path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
-                      seed=seed, device=device)
+                      seed=seed, device=_device(device))
     out.print(f"wrote {path}")
 
 
