@@ -93,6 +93,11 @@ class ComponentInfo:
             params = params[1:]
         return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
+    def required_context(self) -> list[str]:
+        """The context keywords the factory cannot do without (no default), e.g. a flow's ``in_shape``."""
+        params = inspect.signature(self.load_factory()).parameters
+        return [n for n in self.context_params() if params[n].default is inspect.Parameter.empty]
+
 
 @attrs.frozen
 class PluginFailure:
@@ -233,6 +238,11 @@ class Registry:
             if key not in context_names:
                 raise ConfigError(f"unknown option{did_you_mean(key, fields + context_names)}; "
                                   f"options: {', '.join(fields + context_names)}", path=f"{kind}.{name}.{key}")
+        missing = [k for k in info.required_context() if k not in context]
+        if missing:
+            hint = ", e.g. in_shape=(3, 32, 32)" if "in_shape" in missing else ""
+            raise ConfigError(f"{info.qualname} needs the keyword argument(s) {', '.join(missing)}{hint}",
+                              path=f"{kind}.{name}")
         cfg = self.validate(kind, name, cfg_data, path=f"{kind}.{name}")
         return self.build(info, cfg, **context)
 

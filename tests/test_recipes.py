@@ -402,3 +402,15 @@ def test_a_file_stem_that_is_no_plain_name_becomes_one(tmp_path: Path) -> None:
     path = tmp_path / "my recipe (v2).toml"
     path.write_text(tomli_w.dumps(recipe))
     assert load_recipe(path).name == "my-recipe-v2"
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("model.flw.scales=2", "did you mean 'flow'"),
+    ("TRAIN.steps=3", "unknown top-level key"),
+    ('extends="other.toml"', "extends cannot be set with --set"),
+])
+def test_override_mistakes_are_blamed_on_the_override(override: str, words: str) -> None:
+    quickstart = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
+    with pytest.raises(ConfigError) as info:
+        load_recipe(quickstart, [override])
+    assert str(info.value).startswith("--set") and words in str(info.value) and "quickstart.toml" not in str(info.value)

@@ -425,3 +425,8 @@ def test_a_builtin_factory_bug_is_not_blamed_on_a_plugin() -> None:
                         dist="avade", version="0.1")
     with pytest.raises(ValueError, match="factory exploded"):
         registry.create("flow", "own")
+
+
+def test_create_without_a_required_context_names_it() -> None:
+    with pytest.raises(ConfigError, match=r"needs the keyword argument\(s\) in_shape, e.g. in_shape="):
+        avade.create("flow", "realnvp")

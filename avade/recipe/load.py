@@ -167,11 +167,16 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
         parts = key.split(".")
+        if parts[0] == "extends":  # parents are merged when the file is read, before any override
+            raise ConfigError("extends cannot be set with --set; write it in the recipe file (or a recipe that "
+                              "extends it)", source=source)
         node = out
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+                if origins is not None:  # a table only this override made: errors in it are the override's
+                    origins[tuple(parts[: i + 1])] = source
             elif not isinstance(child, dict):
                 raise ConfigError(f"cannot set {key}: {'.'.join(parts[: i + 1])} is not a table", source=source)
             node = child
@@ -254,6 +259,11 @@ def _component(kind: str, table: Any, path: str) -> ComponentRef | None:
 def _model(raw: Any) -> ModelSection:
     table = _table(raw, "model")
     component_tables = {k: table.pop(k) for k in list(table) if k in MODEL_COMPONENTS}
+    option_keys = [f.name for f in attrs.fields(ModelOptions)]
+    for key, value in table.items():  # a mistyped component table: suggest among tables and options
+        if key not in option_keys and isinstance(value, dict):
+            raise ConfigError(f"unknown table{did_you_mean(key, list(MODEL_COMPONENTS))}; component tables: "
+                              f"{', '.join(MODEL_COMPONENTS)}", path=f"model.{key}")
     options = structure(ModelOptions, table, path="model")
     variant = options.variant
     refs: dict[str, ComponentRef | None] = {}
