@@ -379,8 +379,6 @@ def test_malformed_sweep(base: Path, write: Write, body: str, match: str) -> Non
 
 
 @pytest.mark.parametrize(("override", "where", "words"), [
-    ('name="../../escaped"', "name", "not a plain name"),
-    ('name="/abs/path"', "name", "not a plain name"),
     ("train.lr=inf", "train.lr", "finite"),
     ("train.adv_weight=inf", "train.adv_weight", "finite"),
     ("train.betas=[0.9, 1.5]", "train.betas[1]", "[0, 1)"),
@@ -414,3 +412,12 @@ def test_override_mistakes_are_blamed_on_the_override(override: str, words: str)
     with pytest.raises(ConfigError) as info:
         load_recipe(quickstart, [override])
     assert str(info.value).startswith("--set") and words in str(info.value) and "quickstart.toml" not in str(info.value)
+
+
+def test_a_name_that_is_no_plain_name_still_runs_under_runs() -> None:
+    from avade.train.rundir import default_run_dir, latest_run_dir
+
+    for name in ("../../escaped", "/abs/path", ".."):
+        path = default_run_dir(name)
+        assert path.parts[0] == "runs" and ".." not in path.parts and len(path.parts) == 3
+    assert latest_run_dir("../nothing-here") is None

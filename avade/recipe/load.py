@@ -35,12 +35,10 @@ from avade.registry import get_registry
 from avade.schema import structure
 
 TOP_LEVEL_KEYS = ("name", "description", "extends", "model", "data", "train", "eval", "sweep")
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def _plain_name(text: str) -> str:
-    """``text`` made a plain name (a file stem such as "my recipe" -> "my-recipe")."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lstrip("._") or "recipe"
+def plain_name(text: str) -> str:
+    """``text`` as a plain file name: letters, digits, ``-_.``, no leading dot ("my recipe" -> "my-recipe",
+    "../x" -> "x"), so that it can name a directory without leaving its parent."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "recipe"
 
 
 NONE_NAME = "none"  # `name = "none"` removes a component table inherited through `extends`
@@ -365,13 +363,9 @@ def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_
             if key not in TOP_LEVEL_KEYS:
                 raise ConfigError(f"unknown top-level key{did_you_mean(key, TOP_LEVEL_KEYS)}; valid keys: "
                                   f"{', '.join(TOP_LEVEL_KEYS)}", path=key)
-        name = raw["name"] if "name" in raw else _plain_name(default_name)
+        name = raw["name"] if "name" in raw else plain_name(default_name)
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"expected a non-empty string, got {name!r}", path="name")
-        if not _PLAIN_NAME.fullmatch(name):
-            # The name becomes a directory (runs/<name>/<time>): no path separators, no "..".
-            raise ConfigError(f"{name!r} is not a plain name: use letters, digits, '-', '_' and '.', starting "
-                              f"with a letter or digit, e.g. {_plain_name(name)!r}", path="name")
         description = raw.get("description", "")
         if not isinstance(description, str):
             raise ConfigError(f"expected a string, got {description!r}", path="description")

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from avade.errors import ConfigError
-from avade.recipe.load import apply_overrides, one_line, recipe_from_dict
+from avade.recipe.load import apply_overrides, one_line, plain_name, recipe_from_dict
 from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
 
@@ -31,7 +31,7 @@ def _slug(value: Any) -> str:
 def variant_name(base: str, overrides: dict[str, Any]) -> str:
     """``av_ade_t9`` + ``{"model.flow.scales": 2, "model.flow.blocks": 4}`` -> ``av_ade_t9-scales2-blocks4``."""
     parts = [f"{key.rsplit('.', 1)[-1]}{_slug(value)}" for key, value in overrides.items()]
-    return "-".join([base, *parts])
+    return plain_name("-".join([base, *parts]))  # it names the variant's directory: no path separators
 
 
 def sweep_overrides(recipe: Recipe) -> list[dict[str, Any]]:

@@ -19,6 +19,8 @@ from typing import Any
 
 import attrs
 
+from avade.recipe.load import plain_name
+
 
 @attrs.frozen
 class RunDir:
@@ -61,14 +63,15 @@ class RunDir:
 
 
 def default_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path:
-    """``runs/<recipe>/<YYYYmmdd-HHMMSS>``."""
+    """``runs/<recipe>/<YYYYmmdd-HHMMSS>``; a name that is not a plain file name is made one, so the run
+    stays under ``runs/`` (``name = "../x"`` -> ``runs/x/...``)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return base / recipe_name / stamp
+    return base / plain_name(recipe_name) / stamp
 
 
 def latest_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path | None:
     """The newest run of a recipe under ``runs/`` (for ``--resume`` without ``--out``)."""
-    parent = base / recipe_name
+    parent = base / plain_name(recipe_name)
     runs = sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
     return runs[-1] if runs else None
 
@@ -87,6 +90,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def _finite(obj: Any) -> Any:
+    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:  # numpy / torch scalars
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
