@@ -14,6 +14,7 @@ from torch import nn
 from avade.errors import ConfigError, RegistryError
 from avade.nn import Conv2d, normed
 from avade.nn.memory_format import to_channels_last, to_contiguous
+from avade.norms.batch_norm import BatchNormed
 
 
 def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Conv2d:
@@ -31,6 +32,14 @@ def batch_norm(bn: nn.Module, x: torch.Tensor, update_stats: bool) -> torch.Tens
     if update_stats or not isinstance(bn, nn.BatchNorm2d) or not bn.training:
         return bn(x)
     return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+
+
+def layer(module: nn.Module, x: torch.Tensor, update_stats: bool) -> torch.Tensor:
+    """``module(x)`` for a (normalized) convolution; a ``batch-norm``-normalized one honours
+    ``update_stats`` like :func:`batch_norm`."""
+    if not update_stats and isinstance(module, BatchNormed):
+        return batch_norm(module.norm, module.layer(x), update_stats)
+    return module(x)
 
 
 def checked_norm(norm: str) -> str:
@@ -63,8 +72,8 @@ class ResidualBlock(nn.Module):
         # ReLU in place wherever its input is a fresh tensor nobody else needs (a conv or batch-norm
         # output): one large allocation less per activation. Without batch norm, bn1(h) is h itself,
         # which the skip connection still needs.
-        r = self.conv1(F.relu(batch_norm(self.bn1, h, update_stats), inplace=self.fresh))
-        r = self.conv2(F.relu(batch_norm(self.bn2, r, update_stats), inplace=True))
+        r = layer(self.conv1, F.relu(batch_norm(self.bn1, h, update_stats), inplace=self.fresh), update_stats)
+        r = layer(self.conv2, F.relu(batch_norm(self.bn2, r, update_stats), inplace=True), update_stats)
         return h + r
 
 
@@ -82,7 +91,7 @@ class ResNetST(nn.Module):
 
     def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         """``update_stats=False``: batch norms leave their running statistics alone (see :func:`batch_norm`)."""
-        h = self.inp(to_channels_last(x))
+        h = layer(self.inp, to_channels_last(x), update_stats)
         for block in self.blocks:
             h = block(h, update_stats)
         return to_contiguous(self.out(F.relu(batch_norm(self.out_bn, h, update_stats), inplace=self.fresh)))
@@ -103,6 +112,7 @@ class ConvST(nn.Module):
     def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         """``update_stats=False``: batch norms leave their running statistics alone (see :func:`batch_norm`)."""
         # In-place ReLUs: their inputs are fresh conv / batch-norm outputs (one allocation less each).
-        h = F.relu(batch_norm(self.bn1, self.conv1(to_channels_last(x)), update_stats), inplace=True)
-        h = F.relu(batch_norm(self.bn2, self.conv2(h), update_stats), inplace=True)
+        h = F.relu(batch_norm(self.bn1, layer(self.conv1, to_channels_last(x), update_stats), update_stats),
+                   inplace=True)
+        h = F.relu(batch_norm(self.bn2, layer(self.conv2, h, update_stats), update_stats), inplace=True)
         return to_contiguous(self.out(h))

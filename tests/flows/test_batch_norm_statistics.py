@@ -12,10 +12,12 @@ def _stats(flow: torch.nn.Module) -> list[torch.Tensor]:
     return [t.clone() for name, t in flow.named_buffers() if name.endswith(("running_mean", "running_var"))]
 
 
-@pytest.mark.parametrize("checkerboard", ["masked", "packed"])
-def test_inverse_in_training_leaves_running_statistics_alone(checkerboard):
+@pytest.mark.parametrize(("checkerboard", "norm"), [("masked", "weight-norm"), ("packed", "weight-norm"),
+                                                     ("masked", "batch-norm")])
+def test_inverse_in_training_leaves_running_statistics_alone(checkerboard, norm):
+    # batch-norm as the convolutions' registered norm too, not only the s/t nets' own layers
     flow = create("flow", "realnvp", in_shape=(3, 8, 8), scales=2, blocks=1, hidden=8, batch_norm=True,
-                  checkerboard=checkerboard).train()
+                  checkerboard=checkerboard, norm=norm).train()
     x = torch.randn(6, 3, 8, 8)
     before = _stats(flow)
     assert before
