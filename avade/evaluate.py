@@ -85,10 +85,14 @@ class RunContext:
             lab = labels[start:start + m].to(self.device) if labels is not None else None
             yield self.model.sample(m, lab, generator=gen).cpu()
 
-    def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
+    def bpd_defined(self) -> None:
+        """A ConfigError unless the model has a likelihood (a GAN has none)."""
         if self.recipe.variant not in LIKELIHOOD_VARIANTS:
             raise ConfigError(f"variant '{self.recipe.variant}' is trained without a likelihood term, so bpd is "
                               "undefined for it; evaluate it with sample metrics, e.g. --metrics fid,kid,is")
+
+    def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
+        self.bpd_defined()
         batches = eval_batches(self._split(split), self.recipe.data.options.eval_batch_size,
                                self.recipe.train.eval_batches)
         key = "bpd" if importance_samples == 1 else f"bpd_iw{importance_samples}"
@@ -178,6 +182,8 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
     registry = get_registry()
     for name in names:
         registry.get("metric", name)  # fail fast on a typo, before any work
+    if "bpd" in names:
+        ctx.bpd_defined()  # ... and on bpd for a model without a likelihood
     results = run_metrics(ctx, names, ctx.recipe, samples, console)
     write_json(RunDir(Path(run_dir)).eval, results)
     return results

@@ -196,3 +196,38 @@ def test_gan_runs_have_no_bpd(tmp_path: Path) -> None:
     for args in ([], ["--metrics", "bpd"]):
         result, out = _invoke("eval", str(tmp_path / "run"), *args, "--device", "cpu")
         assert result.exit_code == 2 and "likelihood" in out and "fid" in out, out
+
+
+def test_sample_writes_any_format_pillow_can(run_dir: Path, tmp_path: Path) -> None:
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "g.webp"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    assert (tmp_path / "g.webp").read_bytes()[8:12] == b"WEBP"
+
+
+def test_an_indexed_cuda_device_is_understood(run_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the point is the message without a GPU")
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "x.png"), "--device", "cuda:1")
+    assert result.exit_code == 2 and "no CUDA GPU" in out and "cuda:1" in out, out
+
+
+def test_bpd_for_a_gan_fails_before_any_other_metric(tmp_path: Path) -> None:
+    gan = tiny_dict("train.steps=1", "train.checkpoint_every=1", "model.variant='gan'", "model.flow.name='none'")
+    recipe = tmp_path / "gan.toml"
+    recipe.write_text(tomli_w.dumps(gan))
+    assert _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")[0].exit_code == 0
+    result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "is,bpd", "--device", "cpu")
+    assert result.exit_code == 2 and "likelihood" in out and "computing" not in out, out
+
+
+def test_a_sweep_goes_on_past_a_diverged_variant(tmp_path: Path) -> None:
+    sweep = tiny_dict("train.steps=2", "train.checkpoint_every=2", "train.max_bad_steps=10")
+    sweep["sweep"] = {"grid": {"train.lr": [1e30, 0.001]}}
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps(sweep))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 2 and "1 of 2 sweep variants failed" in out, out
+    rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
+    assert len(rows) == 2 and "diverged" in rows[0]["error"] and rows[1]["bpd"] > 0

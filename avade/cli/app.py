@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -53,8 +54,9 @@ class _Group(typer.core.TyperGroup):
         except OSError as exc:  # a path that cannot be read or written: the environment, not avade
             if _DEBUG["on"]:
                 raise
-            where = f"{exc.filename}: " if exc.filename else ""
-            _fail(f"{where}{exc.strerror or exc} (check the path and its permissions)", 2)
+            if exc.filename:
+                _fail(f"{exc.filename}: {exc.strerror or exc} (check the path and its permissions)", 2)
+            _fail(f"{exc.strerror or exc}", 2)
         except Exception as exc:
             if _DEBUG["on"] or type(exc).__module__.split(".")[0] in ("typer", "click"):
                 raise
@@ -73,16 +75,25 @@ app.add_typer(study_app, name="study")
 
 
 DEVICES = ("auto", "cpu", "cuda")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def _device(value: str | None, option: str = "--device") -> str | None:
-    """``value`` if it names a device avade runs on (case-insensitive), else a one-line error."""
+def _device(value: str | None, indexed: bool = False) -> str | None:
+    """``value`` if it names a device avade runs on (case-insensitive; ``indexed``: ``cuda:N`` too, for
+    commands that load a run), else a one-line error."""
     if value is None:
         return None
-    if value.lower() not in DEVICES:
-        raise AvadeError(f"{option}: expected one of {', '.join(DEVICES)}, got {value!r}")
-    return value.lower()
+    name = value.lower()
+    if name in DEVICES or (indexed and re.fullmatch(r"cuda:\d+", name)):
+        return name
+    allowed = ", ".join(DEVICES) + (" or cuda:N" if indexed else "")
+    raise AvadeError(f"--device: expected {allowed}, got {value!r}")
+
+
+def _image_suffixes() -> set[str]:
+    """File suffixes Pillow can write (what the grid is saved with)."""
+    from PIL import Image
+
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
 
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
@@ -265,7 +276,7 @@ def evaluate(
     if names is not None and not names:
         raise AvadeError("--metrics: give at least one metric, e.g. --metrics bpd,fid (or leave it out for the "
                          "recipe's eval.metrics)")
-    results = evaluate_run(run_dir, names, samples=samples, device=_device(device),
+    results = evaluate_run(run_dir, names, samples=samples, device=_device(device, indexed=True),
                            console=err if as_json else out)
     if as_json:
         print(json.dumps(results, indent=2))
@@ -294,12 +305,12 @@ def sample(
 
     if not (math.isfinite(temperature) and temperature > 0):
         raise AvadeError(f"--temperature: expected a number > 0 (1 = the prior itself), got {temperature}")
-    if output.suffix.lower() not in IMAGE_SUFFIXES:
-        raise AvadeError(f"-o: {output} is not an image file name; end it in {' or '.join(IMAGE_SUFFIXES)}")
+    if output.suffix.lower() not in _image_suffixes():
+        raise AvadeError(f"-o: {output} has no image suffix Pillow can write; end it in .png (or .jpg, .webp, ...)")
     if output.is_dir():
         raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'samples.png'}")
     path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
-                      seed=seed, device=_device(device))
+                      seed=seed, device=_device(device, indexed=True))
     out.print(f"wrote {path}")
 
 

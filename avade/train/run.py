@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from avade.errors import ConfigError
+from avade.errors import ConfigError, TrainingError
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
 from avade.train.distributed import shutdown_distributed
@@ -53,13 +53,21 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
     try:
         if recipe.sweep is None:
             return [run_recipe(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)]
-        summaries = []
+        summaries, failed = [], []
         for variant in variants:
-            summary = run_recipe(variant.recipe, out_dir / variant.name, resume=resume, device=device,
-                                 console=console, progress=progress)
+            try:
+                summary = run_recipe(variant.recipe, out_dir / variant.name, resume=resume, device=device,
+                                     console=console, progress=progress)
+            except TrainingError as exc:  # one diverged variant must not cost the others (an lr sweep)
+                console.print(f"[red]{variant.name}:[/] {exc}")
+                failed.append(variant.name)
+                summary = {"error": str(exc)}
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
         if int(os.environ.get("RANK", "0")) == 0:
             write_sweep_summary(out_dir, summaries, console)
+        if failed:
+            raise TrainingError(f"{len(failed)} of {len(variants)} sweep variants failed ({', '.join(failed)}); "
+                                f"see {out_dir / 'sweep_summary.json'}")
         return summaries
     finally:
         shutdown_distributed()

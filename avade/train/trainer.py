@@ -49,10 +49,14 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu",
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but no CUDA GPU is available; use --device cpu",
                           path="train.device")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}' requested but this machine has {torch.cuda.device_count()} CUDA "
+                          "GPU(s)", path="train.device")
+    return device
 
 
 def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
@@ -419,7 +423,7 @@ class Trainer:
             write_json(self.run.summary, summary)
             logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
         logger.close()
-        broken = sorted(k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v))
+        broken = sorted(k for k, v in results.items() if _not_finite(v))
         if self.bad_steps or broken:
             last = ckpt.list_checkpoints(self.run.checkpoints)
             where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written"
@@ -441,6 +445,14 @@ class Trainer:
             results.update(compute_metrics(self, others))
         self.model.train()
         return results
+
+
+def _not_finite(value: Any) -> bool:
+    """Whether a metric value (Python, numpy or 0-d torch number) is NaN or infinite."""
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def summary_line(summary: dict[str, Any]) -> str:

@@ -62,3 +62,15 @@ def test_discretized_logistic_samples_carry_the_adversarial_gradient(tmp_path, v
     u.sum().backward()
     grads = [p.grad for p in model.generator_parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_summaries_are_strict_json_whatever_the_number_type(tmp_path):
+    import json
+
+    import numpy as np
+
+    from avade.train.rundir import write_json
+
+    write_json(tmp_path / "s.json", {"a": np.float32("nan"), "b": torch.tensor(float("inf")), "c": [1.0, float("nan")],
+                                     "d": np.float32(1.5)})
+    assert json.loads((tmp_path / "s.json").read_text()) == {"a": None, "b": None, "c": [1.0, None], "d": 1.5}
