@@ -251,7 +251,7 @@ class Registry:
         factory = info.load_factory()
         try:
             return factory(**context) if info.load_config() is None else factory(cfg, **context)
-        except AvadeError:
+        except (AvadeError, OSError):  # a bad setting or a missing/unreadable file: the user's to fix
             raise
         except Exception as exc:
             if info.dist == BUILTIN_DIST:  # avade's own factories failing is avade's bug: keep the traceback
