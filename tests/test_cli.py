@@ -299,3 +299,22 @@ def test_doctor_lists_failed_plugins(fresh_registry: None) -> None:
                                             "reason": "it defines no `avade_register(registry)` hook"}]
     screen = run("doctor").stdout
     assert "broken-dist" in screen and "failed" in screen and "1 plugin(s) failed to load" in screen
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["recipe", "check", "--bogus"], "No such option: --bogus (see '"),
+    (["sample", "-n", "abc", "x"], "Invalid value for '-n'"),
+    (["--bogus"], "No such option: --bogus"),
+    (["eval"], "Missing argument"),
+    (["recipe", "nope"], "No such command 'nope'"),
+])
+def test_command_line_mistakes_are_one_line(args: list[str], words: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.output.startswith("error:") and len(result.output.strip().splitlines()) == 1, result.output
+    assert words in result.output
+
+
+def test_a_group_alone_still_shows_its_help() -> None:
+    result = run("recipe")
+    assert result.exit_code == 2 and "Usage" in result.output and "check" in result.output

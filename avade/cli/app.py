@@ -34,14 +34,36 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+try:  # recent Typer parses with its own copy of click, whose exceptions are not the `click` package's
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older Typer
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
+
+def _usage_error(exc: Any) -> None:
+    """A command-line mistake (unknown option, bad value) as one line, exit 2, as every other error."""
+    if isinstance(exc, NoArgsIsHelpError):  # `avade recipe` alone: the help it asks for
+        raise exc
+    where = exc.ctx.command_path if exc.ctx is not None else "avade"
+    _fail(f"{exc.format_message()} (see '{where} --help')", 2)
+
+
 class _Group(typer.core.TyperGroup):
     """Turns errors into one line and an exit code (the traceback only with ``--debug``)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except UsageError as exc:
+            _usage_error(exc)
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort):
             raise
+        except UsageError as exc:  # a subcommand's own options
+            _usage_error(exc)
         except BrokenPipeError:  # `avade ... | head`: the reader left; nothing to report
             sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush at exit
             raise typer.Exit(0) from None
