@@ -231,3 +231,14 @@ def test_a_sweep_goes_on_past_a_diverged_variant(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "1 of 2 sweep variants failed" in out, out
     rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
     assert len(rows) == 2 and "diverged" in rows[0]["error"] and rows[1]["bpd"] > 0
+
+
+def test_a_run_that_cannot_start_leaves_no_run_directory(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("data.batch_size=1000")))  # more than the split holds
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 2 and "batch" in out, out
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()  # ... but a directory the user made stays
+    result, _ = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "mine"), "--device", "cpu")
+    assert result.exit_code == 2 and (tmp_path / "mine").is_dir()

@@ -167,6 +167,12 @@ def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
 
 def pil_to_uint8(img: Image.Image, channels: int = 3) -> torch.Tensor:
     """A PIL image as a uint8 tensor [C, H, W] (RGB for 3 channels, luminance for 1)."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit (or 32-bit integer) grayscale: PIL's convert clips to 255 instead of scaling.
+        top = 65535 if img.mode.startswith("I;16") else img.getextrema()[1]
+        scale = 1.0 if top <= 255 else 1 / 256 if top <= 65535 else 255 / top
+        img = img.point(lambda v: v * scale, "I") if scale != 1.0 else img
+        img = img.convert("L")
     img = img.convert("RGB" if channels == 3 else "L")
     return TF.pil_to_tensor(img)
 

@@ -19,6 +19,7 @@ center-cropped and resized). Neither version has a torchvision downloader; get i
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import attrs
@@ -65,7 +66,12 @@ def _npz_files(folder: Path, split: str) -> list[Path]:
         match = re.search(r"(\d+)\.npz$", p.name)
         return int(match.group(1)) if match else 0
 
-    return sorted(files, key=batch_number)  # numerically: batch_10 after batch_9
+    files = sorted(files, key=batch_number)  # numerically: batch_10 after batch_9
+    missing = sorted(set(range(1, max(map(batch_number, files), default=0) + 1)) - set(map(batch_number, files)))
+    if missing:  # an interrupted download or copy: training on part of the set would go unnoticed
+        raise DataError(f"dataset 'imagenet': {folder} lacks train_data_batch_{', '.join(map(str, missing))}.npz "
+                        f"of train_data_batch_1..{batch_number(files[-1])}.npz; copy the missing files")
+    return files
 
 
 def candidates(cfg: ImageNetConfig, split: str) -> list[tuple[str, Path]]:
@@ -103,7 +109,7 @@ def _read(f: Path, key: str) -> np.ndarray:
     try:
         with np.load(f, allow_pickle=False) as npz:
             return np.asarray(npz[key])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated npz: BadZipFile
         raise DataError(
             f"dataset 'imagenet': cannot read {f} ({describe_error(exc)}); "
             "expected an npz file with arrays 'data' and 'labels'"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,15 @@ def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: s
     from avade.train.trainer import Trainer
 
     console = console or Console(stderr=True)
-    trainer = Trainer(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)
+    fresh = not out_dir.exists()
+    try:
+        trainer = Trainer(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)
+    except BaseException:
+        # A run that could not start (unreadable images, a batch larger than the split, ...) leaves no
+        # half-made run directory behind -- unless it was there before or already holds a checkpoint.
+        if fresh and out_dir.is_dir() and not any((out_dir / "checkpoints").glob("step_*")):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     console.print(f"[bold]{recipe.name}[/] ({recipe.variant}) -> {out_dir} on {trainer.device}")
     summary = trainer.fit()
     if trainer.dist.is_main:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from avade.errors import CheckpointError, ConfigError, TrainingError
+from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, TrainingError
 from avade.losses.adversarial import CollapseDetector, discriminator_loss, generator_loss, gradient_penalty
 from avade.models import GenerativeModel, build_model
 from avade.models.preprocess import to_unit
@@ -65,7 +65,15 @@ def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
     ref = recipe.data.dataset
     assert ref is not None
     info = registry.get("dataset", ref.name)
-    return registry.build(info, ref.config, split="train"), registry.build(info, ref.config, split="test")
+    try:
+        return registry.build(info, ref.config, split="train"), registry.build(info, ref.config, split="test")
+    except (AvadeError, OSError):
+        raise
+    except Exception as exc:  # a file the loader cannot parse (truncated archive, wrong encoding, bad shapes)
+        root = getattr(ref.config, "root", None)
+        where = f" under {root}" if root else ""
+        raise DataError(f"dataset '{ref.name}'{where} could not be read: {type(exc).__name__}: {exc}; check or "
+                        "replace its files") from exc
 
 
 def seed_everything(seed: int) -> None:

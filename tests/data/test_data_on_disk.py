@@ -182,12 +182,13 @@ def write_npz(path, n: int, r: int, seed: int, first_label: int = 1) -> tuple[np
 
 def test_imagenet_npz_batches(tmp_path):
     folder = tmp_path / "Imagenet32_train_npz"
-    parts = {k: write_npz(folder / f"train_data_batch_{k}.npz", 2, 32, seed=k, first_label=10 * k) for k in (1, 2, 10)}
+    parts = {k: write_npz(folder / f"train_data_batch_{k}.npz", 1, 32, seed=k, first_label=10 * k)
+             for k in range(1, 11)}
     val_images, val_labels = write_npz(tmp_path / "Imagenet32_val_npz" / "val_data.npz", 3, 32, seed=7)
     train = avade.create("dataset", "imagenet", split="train", root=str(tmp_path))
     test = avade.create("dataset", "imagenet", split="test", root=str(tmp_path))
     images, labels = train.as_tensors()
-    order = (1, 2, 10)  # numeric, not lexicographic (batch_10 last)
+    order = range(1, 11)  # numeric, not lexicographic (batch_10 last)
     assert torch.equal(images, torch.from_numpy(np.concatenate([parts[k][0] for k in order])))
     assert labels.tolist() == (np.concatenate([parts[k][1] for k in order]) - 1).tolist()
     assert train.num_classes == 1000 and train.shape == (3, 32, 32)
@@ -302,3 +303,40 @@ def test_unreadable_files_raise_one_line_data_errors(tmp_path):
     ds = avade.create("dataset", "image-folder", split="train", root=str(tmp_path), folder="imgs", test_fraction=0.0)
     with pytest.raises(DataError, match=r"bad\.png"):
         ds[[f.name for f in ds.files].index("bad.png")]
+
+
+def test_imagenet_with_a_missing_or_truncated_batch_is_one_data_error(tmp_path):
+    folder = tmp_path / "Imagenet32_train_npz"
+    for k in (1, 2, 4):
+        write_npz(folder / f"train_data_batch_{k}.npz", 1, 32, seed=k)
+    with pytest.raises(DataError, match=r"lacks train_data_batch_3\.npz"):
+        avade.create("dataset", "imagenet", split="train", root=str(tmp_path))
+    val = tmp_path / "Imagenet32_val_npz" / "val_data.npz"
+    write_npz(val, 2, 32, seed=7)
+    val.write_bytes(val.read_bytes()[:100])  # an interrupted copy
+    with pytest.raises(DataError, match="cannot read"):
+        avade.create("dataset", "imagenet", split="test", root=str(tmp_path))
+
+
+def test_16_bit_grayscale_images_are_scaled_not_clipped(tmp_path):
+    from avade.data.base import load_image
+
+    Image.fromarray(np.full((4, 4), 30000, dtype=np.uint16)).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    x = load_image(tmp_path / "g16.png", 4)
+    assert x.shape == (3, 4, 4) and int(x.min()) == int(x.max()) == 30000 // 256
+
+
+def test_a_file_the_loader_cannot_parse_is_a_data_error_naming_the_dataset(tmp_path):
+    from tiny_recipes import tiny_recipe
+
+    from avade.train.trainer import load_datasets
+
+    write_fake_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    entry = pickle.loads(batch.read_bytes())
+    entry["labels"] = entry["labels"][:-1]  # one label short
+    batch.write_bytes(pickle.dumps(entry, protocol=2))
+    recipe = tiny_recipe("data.name='cifar10'", f"data.root={str(tmp_path)!r}", "data.resolution=8")
+    with pytest.raises(DataError, match=r"dataset 'cifar10' under .* could not be read: ValueError"):
+        load_datasets(recipe)
