@@ -182,7 +182,7 @@ def load_image(path: Path, resolution: int, channels: int = 3, crop: int | None 
     try:
         with Image.open(path) as img:
             tensor = pil_to_uint8(img, channels)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {describe_error(exc)}; remove or replace the file") from None
     return center_crop_resize(tensor, resolution, crop)
 
@@ -203,12 +203,14 @@ def check_split(split: str) -> str:
 
 
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:
-    """Image files under ``folder`` (by extension, hidden files skipped), sorted by path."""
+    """Image files under ``folder`` (by extension; hidden files and folders such as
+    ``.ipynb_checkpoints`` skipped), sorted by path."""
     pattern = "**/*" if recursive else "*"
     return sorted(
         p
         for p in folder.glob(pattern)
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
 

@@ -3,10 +3,12 @@
 Layouts under ``root`` (the first match wins):
 
 - torchvision's: ``<root>/celeba/img_align_celeba/*.jpg``, with ``<root>/celeba/list_eval_partition.txt``
-  when present (train = partition 0, test = partition 2; the validation partition 1 is not served);
-- a plain folder of images, ``<root>/celeba/*.jpg`` (or ``img_align_celeba/`` without the partition
-  file): files sorted by name, the last ``test_fraction`` of them are the test split, which matches the
-  official partition's order-based cut for the original file names.
+  (or Kaggle's ``list_eval_partition.csv``) when present: train = partition 0, test = partition 2; the
+  validation partition 1 is not served;
+- a plain folder of images, ``<root>/celeba/*.jpg`` (or ``img_align_celeba/`` without a partition
+  file): files sorted by name, the last ``test_fraction`` of them are the test split. This is *not* the
+  official split (whose test part is the last 19,962 files, with 19,867 validation files before them);
+  add the partition file for that.
 
 Only the images are read, not the attribute/landmark files that ``torchvision.datasets.CelebA`` requires;
 ``download = true`` uses torchvision's downloader (Google Drive, needs network) and then reads the same
@@ -61,12 +63,27 @@ def locate(cfg: CelebAConfig, split: str) -> list[Path]:
     raise missing_data(NAME, candidates(cfg), download=True)
 
 
+def partition_file(folder: Path) -> Path:
+    """The official partition next to the images: ``list_eval_partition.txt`` (torchvision, Google Drive)
+    or ``.csv`` (the Kaggle copy, ``image_id,partition`` with a header); the .txt path when neither exists."""
+    base = folder.parent if folder.name == "img_align_celeba" else folder
+    for name in (PARTITION_FILE, PARTITION_FILE.replace(".txt", ".csv")):
+        if (base / name).is_file():
+            return base / name
+    return base / PARTITION_FILE
+
+
 def _split(cfg: CelebAConfig, folder: Path, files: list[Path], split: str) -> list[Path]:
-    partition = folder.parent / PARTITION_FILE if folder.name == "img_align_celeba" else folder / PARTITION_FILE
+    partition = partition_file(folder)
     if partition.is_file():
         keep = set()
-        for line in partition.read_text().splitlines():
-            parts = line.split()
+        try:
+            text = partition.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"dataset 'celeba': {partition} is not a text file ({exc.reason}); replace it with "
+                            "the official list_eval_partition.txt") from None
+        for line in text.splitlines():
+            parts = line.replace(",", " ").split()
             if len(parts) == 2 and parts[1] == _PARTITION[split]:
                 keep.add(parts[0])
         chosen = [f for f in files if f.name in keep]

@@ -340,3 +340,26 @@ def test_a_file_the_loader_cannot_parse_is_a_data_error_naming_the_dataset(tmp_p
     recipe = tiny_recipe("data.name='cifar10'", f"data.root={str(tmp_path)!r}", "data.resolution=8")
     with pytest.raises(DataError, match=r"dataset 'cifar10' under .* could not be read: ValueError"):
         load_datasets(recipe)
+
+
+def test_celeba_kaggle_csv_partition_gives_the_official_split(tmp_path):
+    base = tmp_path / "celeba"
+    names = [f"{i + 1:06d}.jpg" for i in range(5)]
+    for name, a in zip(names, rgb_images(5, 30, 30, seed=3), strict=True):
+        save_png(base / "img_align_celeba" / name, a)
+    (base / "list_eval_partition.csv").write_text(
+        "image_id,partition\n" + "".join(f"{n},{p}\n" for n, p in zip(names, [0, 2, 1, 0, 2], strict=True)))
+    kw = {"root": str(tmp_path), "resolution": 8, "crop": 20}
+    assert [f.name for f in avade.create("dataset", "celeba", split="train", **kw).files] == [names[0], names[3]]
+    assert [f.name for f in avade.create("dataset", "celeba", split="test", **kw).files] == [names[1], names[4]]
+    (base / "list_eval_partition.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DataError, match="not a text file"):
+        avade.create("dataset", "celeba", split="train", **kw)
+
+
+def test_image_listings_skip_hidden_folders(tmp_path):
+    from avade.data.base import list_images
+
+    for rel in ("a/1.png", "a/.ipynb_checkpoints/1-checkpoint.png", ".cache/2.png", "b/.hidden.png"):
+        save_png(tmp_path / rel, rgb_images(1, 4, 4, seed=0)[0])
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["a/1.png"]
