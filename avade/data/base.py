@@ -214,6 +214,13 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     )
 
 
+def repair_hint(exc: BaseException) -> str:
+    """How to fix a dataset whose files failed to load: permissions, or a fresh copy."""
+    if isinstance(exc, PermissionError):
+        return "make its files readable (check their permissions)"
+    return "delete that folder and download it again (data.download=true, needs network)"
+
+
 def describe_error(exc: BaseException) -> str:
     """``"Type: message"`` on one line (errors from libraries may span several)."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())

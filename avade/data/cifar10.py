@@ -21,7 +21,15 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10
 
-from avade.data.base import TensorImageDataset, check_split, describe_error, expand_root, missing_data, resize
+from avade.data.base import (
+    TensorImageDataset,
+    check_split,
+    describe_error,
+    expand_root,
+    missing_data,
+    repair_hint,
+    resize,
+)
 from avade.errors import DataError
 from avade.schema import between
 
@@ -88,7 +96,7 @@ class Cifar10(TensorImageDataset):
             action = "download or loading" if cfg.download else "loading"
             raise DataError(
                 f"dataset 'cifar10': {action} failed in {root / FOLDER} ({describe_error(exc)}); "
-                "delete that folder and download it again (data.download=true, needs network)"
+                f"{repair_hint(exc)}"
             ) from None
         images = torch.from_numpy(np.ascontiguousarray(tv.data.transpose(0, 3, 1, 2)))  # HWC -> CHW
         super().__init__(resize(images, cfg.resolution), torch.as_tensor(tv.targets), num_classes=10)

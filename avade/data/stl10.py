@@ -24,7 +24,15 @@ import numpy as np
 import torch
 from torchvision.datasets import STL10
 
-from avade.data.base import TensorImageDataset, check_split, describe_error, expand_root, missing_data, resize
+from avade.data.base import (
+    TensorImageDataset,
+    check_split,
+    describe_error,
+    expand_root,
+    missing_data,
+    repair_hint,
+    resize,
+)
 from avade.errors import DataError
 from avade.schema import between
 
@@ -88,7 +96,7 @@ class Stl10(TensorImageDataset):
             action = "download or loading" if cfg.download else "loading"
             raise DataError(
                 f"dataset 'stl10': {action} failed in {root / FOLDER} ({describe_error(exc)}); "
-                "delete that folder and download it again (data.download=true, needs network)"
+                f"{repair_hint(exc)}"
             ) from None
         labeled = cfg.train_split == "train"
         images = resize(torch.from_numpy(np.asarray(tv.data)), cfg.resolution)

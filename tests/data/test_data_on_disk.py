@@ -363,3 +363,17 @@ def test_image_listings_skip_hidden_folders(tmp_path):
     for rel in ("a/1.png", "a/.ipynb_checkpoints/1-checkpoint.png", ".cache/2.png", "b/.hidden.png"):
         save_png(tmp_path / rel, rgb_images(1, 4, 4, seed=0)[0])
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["a/1.png"]
+
+
+def test_an_unreadable_cifar_file_asks_for_permissions_not_a_new_download(tmp_path, monkeypatch):
+    import avade.data.cifar10 as cifar10
+
+    write_fake_cifar10(tmp_path)
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "cifar-10-batches-py" / "data_batch_1"))
+
+    monkeypatch.setattr(cifar10, "_PresenceCheckedCIFAR10", unreadable)
+    with pytest.raises(DataError, match="check their permissions") as err:
+        avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
+    assert "download it again" not in str(err.value)
