@@ -89,9 +89,30 @@ def candidates(cfg: ImageNetConfig, split: str) -> list[tuple[str, Path]]:
 
 
 def locate(cfg: ImageNetConfig, split: str) -> tuple[str, list[Path]]:
-    """The layout and the files (npz) or folder ``split`` reads; DataError naming every path searched."""
+    """The layout and the files (npz) or folder ``split`` reads; DataError naming every path searched.
+
+    The test split is read in the layout the training split was found in: the npz release and the
+    PixelRNN image folders are downsampled differently, so mixing them would measure test BPD on other
+    data than the model was trained on."""
+    if split != "test":
+        return _locate(cfg, split)
+    try:
+        train_layout, train_found = _locate(cfg, "train")
+    except DataError:
+        return _locate(cfg, split)  # a test split alone (evaluation only): nothing to match
+    layout, found = _locate(cfg, split, prefer=train_layout)
+    if train_layout != layout:
+        train_at = train_found[0].parent if train_layout == "npz" else train_found[0]
+        raise DataError(f"dataset 'imagenet': the train split is the {train_layout} layout ({train_at}) but the "
+                        f"test split found is the {layout} layout ({found[0]}); they are downsampled "
+                        "differently: put the matching test files next to the training ones")
+    return layout, found
+
+
+def _locate(cfg: ImageNetConfig, split: str, prefer: str | None = None) -> tuple[str, list[Path]]:
     searched = []
-    for layout, path in candidates(cfg, split):
+    # Candidates in the layout ``prefer`` names first (a stable sort keeps the order within a layout).
+    for layout, path in sorted(candidates(cfg, split), key=lambda c: c[0] != prefer if prefer else 0):
         if layout == "npz":
             files = _npz_files(path, split) if path.is_dir() else []
             searched.append(path / ("train_data_batch_*.npz" if split == "train" else "val_data.npz"))

@@ -377,3 +377,21 @@ def test_an_unreadable_cifar_file_asks_for_permissions_not_a_new_download(tmp_pa
     with pytest.raises(DataError, match="check their permissions") as err:
         avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
     assert "download it again" not in str(err.value)
+
+
+def test_imagenet_test_split_follows_the_training_layout(tmp_path):
+    for k in (1, 2):
+        write_npz(tmp_path / "Imagenet32_train_npz" / f"train_data_batch_{k}.npz", 1, 32, seed=k)
+    for i, a in enumerate(rgb_images(2, 32, 32, seed=5)):
+        save_png(tmp_path / "valid_32x32" / f"{i}.png", a)  # the PixelRNN folder: other downsampling
+    with pytest.raises(DataError, match=r"train split is the npz layout .* test split found is the folder layout"):
+        avade.create("dataset", "imagenet", split="test", root=str(tmp_path))
+    write_npz(tmp_path / "Imagenet32_val_npz" / "val_data.npz", 3, 32, seed=7)
+    assert len(avade.create("dataset", "imagenet", split="test", root=str(tmp_path))) == 3
+    # Train from the folder layout: its test folder wins over an npz test file.
+    other = tmp_path / "other"
+    for split in ("train_32x32", "valid_32x32"):
+        for i, a in enumerate(rgb_images(2, 32, 32, seed=6)):
+            save_png(other / split / f"{i}.png", a)
+    write_npz(other / "Imagenet32_val_npz" / "val_data.npz", 3, 32, seed=7)
+    assert len(avade.create("dataset", "imagenet", split="test", root=str(other))) == 2
