@@ -35,15 +35,15 @@ from avade.registry import get_registry
 from avade.schema import structure
 
 TOP_LEVEL_KEYS = ("name", "description", "extends", "model", "data", "train", "eval", "sweep")
+NONE_NAME = "none"  # `name = "none"` removes a component table inherited through `extends`
+
+Origins = dict[tuple[str, ...], str]
+
+
 def plain_name(text: str) -> str:
     """``text`` as a plain file name: letters, digits, ``-_.``, no leading dot ("my recipe" -> "my-recipe",
     "../x" -> "x"), so that it can name a directory without leaving its parent."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "recipe"
-
-
-NONE_NAME = "none"  # `name = "none"` removes a component table inherited through `extends`
-
-Origins = dict[tuple[str, ...], str]
 
 
 # -- reading and merging -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from avade.train.rundir import RunDir, atomic_write_text
+from avade.train.rundir import RunDir, atomic_write_text, json_safe
 
 
 class MetricsLogger:
@@ -28,9 +28,8 @@ class MetricsLogger:
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
         with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": step, **clean}) + "\n")
+            fh.write(json.dumps({"step": step, **json_safe(values)}) + "\n")
         if self._tb is not None:
             for k, v in values.items():
                 if isinstance(v, int | float) and math.isfinite(v):

@@ -16,8 +16,9 @@ from rich.table import Table
 from avade.errors import ConfigError, TrainingError
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
+from avade.train.checkpoint import list_checkpoints
 from avade.train.distributed import shutdown_distributed
-from avade.train.rundir import default_run_dir, latest_run_dir, write_json
+from avade.train.rundir import RunDir, default_run_dir, latest_run_dir, write_json
 
 
 def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: str | None = None,
@@ -32,7 +33,7 @@ def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: s
     except BaseException:
         # A run that could not start (unreadable images, a batch larger than the split, ...) leaves no
         # half-made run directory behind -- unless it was there before or already holds a checkpoint.
-        if fresh and out_dir.is_dir() and not any((out_dir / "checkpoints").glob("step_*")):
+        if fresh and out_dir.is_dir() and not list_checkpoints(RunDir(out_dir).checkpoints):
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     console.print(f"[bold]{recipe.name}[/] ({recipe.variant}) -> {out_dir} on {trainer.device}")

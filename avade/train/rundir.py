@@ -85,19 +85,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     """``data`` as strict JSON (non-finite numbers become null, as in metrics.jsonl), written atomically."""
-    atomic_write_text(path, json.dumps(_finite(data), indent=2, sort_keys=False, default=_json_default,
+    atomic_write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False, default=_json_default,
                                        allow_nan=False) + "\n")
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """``obj`` with numpy/torch scalars as Python numbers and non-finite numbers as None (JSON null)."""
     if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:  # numpy / torch scalars
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 

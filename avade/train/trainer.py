@@ -201,10 +201,10 @@ class Trainer:
                                          self.dist.rank)
         for name, opt in self.optimizers.items():
             for group, hyper in zip(opt.param_groups, wanted[name], strict=True):
-                changed = {k: (group.get(k), v) for k, v in hyper.items() if group.get(k) != v}
-                for key, (old, new) in changed.items():
-                    if key in ("lr", "betas") and self.dist.is_main:
-                        self.console.print(f"{name} optimizer: {key} {new} from the recipe (checkpoint had {old})")
+                for key in ("lr", "betas"):
+                    if group.get(key) != hyper.get(key) and self.dist.is_main:
+                        self.console.print(f"{name} optimizer: {key} {hyper.get(key)} from the recipe "
+                                           f"(checkpoint had {group.get(key)})")
                 group.update(hyper)
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
@@ -398,11 +398,10 @@ class Trainer:
                         self.console.print(f"[yellow]warning:[/] step {self.step}: non-finite loss or gradient, "
                                            f"update skipped ({self.bad_steps} in a row)")
                     if self.bad_steps >= cfg.max_bad_steps:
-                        last = ckpt.list_checkpoints(self.run.checkpoints)
-                        where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
                         logger.close()
                         raise TrainingError(f"training stopped at step {self.step}: {self.bad_steps} consecutive "
-                                            f"non-finite steps (lower train.lr or set train.grad_clip); {where}")
+                                            f"non-finite steps (lower train.lr or set train.grad_clip); "
+                                            f"{self._last_good_checkpoint()}")
                 elapsed = time.perf_counter() - t0
                 logs["images_per_s"] = images / max(elapsed, 1e-9)
                 bar.update(self.step, logs)
@@ -433,12 +432,16 @@ class Trainer:
         logger.close()
         broken = sorted(k for k, v in results.items() if _not_finite(v))
         if self.bad_steps or broken:
-            last = ckpt.list_checkpoints(self.run.checkpoints)
-            where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written"
             what = (f"the last {self.bad_steps} step(s) were non-finite" if self.bad_steps
                     else f"the trained model's {', '.join(broken)} is not finite")
-            raise TrainingError(f"training diverged: {what} (lower train.lr or set train.grad_clip); {where}")
+            raise TrainingError(f"training diverged: {what} (lower train.lr or set train.grad_clip); "
+                                f"{self._last_good_checkpoint()}")
         return summary
+
+    def _last_good_checkpoint(self) -> str:
+        """Where a diverged run can be resumed from, for its error message."""
+        last = ckpt.list_checkpoints(self.run.checkpoints)
+        return f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
 
     def evaluate(self) -> dict[str, float]:
         """The recipe's eval metrics on the current weights (``bpd`` on the test split always)."""
