@@ -12,11 +12,12 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner, Result
 
 import avade
 from avade.cli.app import app
-from avade.registry import DISABLE_ENV, KINDS
+from avade.registry import DISABLE_ENV, KINDS, get_registry
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
 TYPO = '[model.flow]\nname = "realnvp"\nscalse = 2\n'
@@ -318,3 +319,33 @@ def test_command_line_mistakes_are_one_line(args: list[str], words: str) -> None
 def test_a_group_alone_still_shows_its_help() -> None:
     result = run("recipe")
     assert result.exit_code == 2 and "Usage" in result.output and "check" in result.output
+
+
+def test_recipe_check_builds_the_model_for_the_data_shape() -> None:
+    assert_one_line_error(run("recipe", "check", str(QUICKSTART), "--set", "data.resolution=7"),
+                          "quickstart.toml: model.encoder", "resolution 7x7 is not divisible by 4")
+
+
+def test_recipe_check_names_the_sweep_variant_whose_model_fails(write: Write) -> None:
+    path = write("res.toml", f'extends = "{QUICKSTART.as_posix()}"\n[sweep]\ngrid = {{"data.resolution" = [16, 6]}}\n')
+    assert_one_line_error(run("recipe", "check", str(path)),
+                          "sweep variant 1 (res-resolution6)", "not divisible by 4")
+
+
+class _ShapeBugFlow(torch.nn.Module):
+    """A flow that builds but cannot run: its forward multiplies mismatched matrices."""
+
+    def __init__(self, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.out_shape = in_shape
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x.flatten(1) @ torch.zeros(5, 1)
+
+
+def test_recipe_check_runs_the_model_once(fresh_registry: None, write: Write) -> None:
+    get_registry().register("flow", "shape-bug", factory=_ShapeBugFlow, config=None)
+    path = write("bug.toml", f'extends = "{QUICKSTART.as_posix()}"\n[model.flow]\nname = "shape-bug"\n')
+    assert_one_line_error(run("recipe", "check", str(path)),
+                          "bug.toml: model: the model does not run on 3x16x16 images (likelihood failed:",
+                          "mat1 and mat2 shapes cannot be multiplied")

@@ -212,12 +212,20 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 @recipe_app.command("check")
 def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
                  overrides: SetOption = None) -> None:
-    """Validate a recipe (and every sweep variant); exit 0 or one clear error."""
+    """Validate a recipe (and every sweep variant): its keys and values, then its model, built and run
+    once on two random images of the dataset's shape; exit 0 or one clear error."""
+    from avade.models.build import check_model
     from avade.recipe import expand_sweep, load_recipe
 
     recipe = load_recipe(file, overrides or [])
     variants = expand_sweep(recipe)
-    for v in variants:
+    checked: set[str] = set()
+    for i, v in enumerate(variants):
+        try:
+            check_model(v.recipe, seen=checked)
+        except ConfigError as exc:
+            where = f"sweep variant {i} ({v.name}): " if recipe.sweep is not None else ""
+            raise ConfigError(where + exc.detail, path=exc.path, source=str(file)) from None
         if v.recipe.train.compile:  # the backend list needs torch._dynamo: only imported when asked for
             from avade.train.compiling import check_compile_backend
 

@@ -28,7 +28,10 @@ def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.C
 def batch_norm(bn: nn.Module, x: torch.Tensor, update_stats: bool) -> torch.Tensor:
     """``bn(x)``; with ``update_stats=False`` a training-mode batch norm still normalizes with the
     batch's statistics but leaves its running statistics alone (the coupling's inverse in training:
-    the running statistics, used in eval mode, must describe data, not the model's samples)."""
+    the running statistics, used in eval mode, must describe data, not the model's samples). Batch
+    statistics in both directions are what the reference Real-NVP does for its s/t networks (their
+    batch norms take the same ``train`` flag forward and in reverse), and they keep the training-mode
+    inverse exact."""
     if update_stats or not isinstance(bn, nn.BatchNorm2d) or not bn.training:
         return bn(x)
     return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)

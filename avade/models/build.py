@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import torch
 
 from avade.errors import ConfigError
 from avade.models.generative import GenerativeModel
-from avade.models.preprocess import Preprocess
+from avade.models.preprocess import Preprocess, to_unit
 from avade.recipe.schema import ComponentRef, Recipe
+from avade.recipe.write import recipe_to_dict
 from avade.registry import get_registry
 
 
@@ -61,3 +65,46 @@ def build_model(recipe: Recipe, data_shape: tuple[int, int, int], num_classes: i
         sigma_init=opts.sigma_init,
         temperature=opts.temperature,
     )
+
+
+def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = None) -> None:
+    """Build ``recipe``'s model for its dataset's image shape and run it once, without gradients, on two
+    random images: likelihood, sampling and the critic. Shape mismatches between components (e.g. a
+    resolution the encoder cannot halve) surface as a :class:`ConfigError` here instead of at ``run``.
+
+    Nothing is read or written. The shape comes from the dataset config's ``resolution`` and
+    ``channels`` (3 when absent); a dataset config without ``resolution`` is not checked. The class
+    count is the config's ``num_classes`` if it has one, else ``num_classes`` as a stand-in (the real
+    count is only known once the dataset is loaded). ``seen`` (shared across a sweep's variants) skips a
+    model and shape already checked, e.g. variants that differ only in the dataset's category.
+    """
+    dataset = recipe.data.dataset
+    cfg = dataset.config if dataset is not None else None
+    resolution = getattr(cfg, "resolution", None)
+    if not isinstance(resolution, int):
+        return
+    shape = (int(getattr(cfg, "channels", 3)), resolution, resolution)
+    classes = int(getattr(cfg, "num_classes", num_classes))
+    if seen is not None:
+        key = json.dumps([recipe_to_dict(recipe)["model"], shape, classes], sort_keys=True, default=str)
+        if key in seen:
+            return
+        seen.add(key)
+    model = build_model(recipe, shape, classes)
+    labels = torch.arange(2) % max(model.num_classes, 1) if model.num_classes else None
+    x = torch.randint(0, 256, (2, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    step = "likelihood"
+    try:
+        with torch.no_grad():
+            if model.variant != "gan":
+                model.log_likelihood(x, labels)
+            step = "sampling"
+            samples = to_unit(model.generate(2, labels, temperature=1.0))
+            if model.discriminator is not None:
+                step = "critic"
+                model.discriminator(samples, labels)
+    except (RuntimeError, ValueError) as exc:  # torch reports shape mismatches as these
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"the model does not run on {shape[0]}x{shape[1]}x{shape[2]} images ({step} failed: "
+                          f"{detail}); check the components' channels and stages against data.resolution",
+                          path="model", source=recipe.source) from None
