@@ -75,6 +75,10 @@ class RunContext:
     @torch.no_grad()
     def sample_batches(self, n: int, batch_size: int = 100, labels: torch.Tensor | None = None
                        ) -> Iterator[torch.Tensor]:
+        if labels is not None and not self.model.num_classes:
+            raise ConfigError("class-conditional samples were asked for, but the model is not class-conditional "
+                              "(model.conditional = false); train one with model.conditional = true, or drop "
+                              "the metric that needs them")
         if labels is None and self.model.num_classes:
             # Training always conditions on a class; the unconditional path was never trained.
             labels = self.class_labels(n)
@@ -112,10 +116,15 @@ def run_metrics(ctx: RunContext, names: Sequence[str], recipe: Recipe, samples: 
     """Compute registered metrics by name with the recipe's per-metric settings."""
     registry = get_registry()
     results: dict[str, float] = {}
+    metrics = []
     for name in names:
         info = registry.get("metric", name)
-        config = _metric_config(recipe.eval.settings.get(name), name, samples)
-        metric = registry.build(info, config)
+        metric = registry.build(info, _metric_config(recipe.eval.settings.get(name), name, samples))
+        if getattr(metric, "needs_conditional", False) and not ctx.model.num_classes:
+            raise ConfigError(f"metric '{name}' scores class-conditional samples, but this model is not "
+                              "class-conditional (model.conditional = false); leave it out of the metrics")
+        metrics.append((name, metric))
+    for name, metric in metrics:  # every metric is checked before the first one runs
         if console is not None:
             console.print(f"computing {name} ...")
         results.update(metric.compute(ctx))

@@ -3,11 +3,13 @@ class-sorted, images) and the data's class balance for a class-conditional model
 
 from __future__ import annotations
 
+import pytest
 import torch
 from tiny_recipes import tiny_recipe
 
 from avade.data.base import TensorImageDataset
-from avade.evaluate import RunContext
+from avade.errors import ConfigError
+from avade.evaluate import RunContext, run_metrics
 from avade.train.data import eval_batches, indexed_batches, subset_batches
 from avade.train.trainer import Trainer
 
@@ -82,3 +84,19 @@ def test_a_conditional_model_is_sampled_with_the_datas_class_balance(tmp_path, m
     expected = torch.bincount(train, minlength=4).double() / len(train)
     torch.testing.assert_close(torch.bincount(drawn, minlength=4).double() / 4000, expected, atol=0.03, rtol=0)
     assert torch.equal(drawn, ctx.class_labels(4000))  # seeded
+
+
+def test_class_conditional_metrics_refuse_an_unconditional_model(tmp_path):
+    # gan-test / gan-train on an unconditional model used to score unconditional samples against the
+    # labels asked for (chance accuracy, no error): refused at recipe load, before any metric runs, and
+    # wherever labels are asked of such a model.
+    with pytest.raises(ConfigError, match=r"eval.metrics\[1\]: metric 'gan-test' scores class-conditional"):
+        tiny_recipe("data.num_classes=4", 'eval.metrics=["bpd", "gan-test"]')
+    trainer = Trainer(tiny_recipe("data.num_classes=4"), tmp_path, progress=False)
+    assert trainer.model.num_classes == 0 and trainer.train_set.num_classes == 4
+    ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, trainer.test_set, trainer.device,
+                     tmp_path, tmp_path)
+    with pytest.raises(ConfigError, match="metric 'gan-train' scores class-conditional samples"):
+        run_metrics(ctx, ["bpd", "gan-train"], trainer.recipe)
+    with pytest.raises(ConfigError, match="the model is not class-conditional"):
+        next(ctx.sample_batches(2, labels=torch.zeros(2, dtype=torch.int64)))

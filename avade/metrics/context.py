@@ -44,7 +44,8 @@ class EvalContext(Protocol):
         self, n: int, batch_size: int = 100, labels: Tensor | None = None
     ) -> Iterator[Tensor]:
         """``n`` model samples, uint8 ``[B, C, H, W]``; conditional on ``labels`` (in order) if given
-        (a class-conditional model without them is sampled with the data's class balance)."""
+        (a class-conditional model without them is sampled with the data's class balance). Labels for
+        a model that is not class-conditional are an error, not silently ignored."""
         ...
 
     def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:

@@ -146,6 +146,7 @@ class GanTest:
     """Metric ``gan-test``: ``{"gan_test": %, "gan_test_real": %}``."""
 
     name = "gan-test"
+    needs_conditional = True  # checked before any metric runs (recipe load, run_metrics)
 
     def __init__(self, cfg: GanTestConfig) -> None:
         self.cfg = cfg
@@ -166,6 +167,7 @@ class GanTrain:
     """Metric ``gan-train``: ``{"gan_train": %}``."""
 
     name = "gan-train"
+    needs_conditional = True  # checked before any metric runs (recipe load, run_metrics)
 
     def __init__(self, cfg: GanTrainConfig) -> None:
         self.cfg = cfg

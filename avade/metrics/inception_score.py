@@ -24,7 +24,10 @@ def inception_score(probs: Tensor, splits: int = 10) -> tuple[float, float]:
     if p.dim() != 2 or p.shape[0] < splits:
         raise ValueError(f"need probabilities [N >= splits={splits}, K], got {tuple(p.shape)}")
     scores = []
-    for chunk in torch.tensor_split(p, splits):
+    # Split bounds i*N//splits as in the reference code (OpenAI's, torch-fidelity): the same chunks, so
+    # the same score, when N is not a multiple of splits.
+    bounds = [i * len(p) // splits for i in range(splits + 1)]
+    for chunk in (p[bounds[i]:bounds[i + 1]] for i in range(splits)):
         marginal = chunk.mean(dim=0, keepdim=True)
         # xlogy: 0 * log 0 = 0 for classes a network gives exactly zero probability.
         kl = (torch.xlogy(chunk, chunk) - chunk * torch.log(marginal.clamp_min(1e-300))).sum(dim=1)

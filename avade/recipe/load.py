@@ -369,7 +369,7 @@ def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_
         description = raw.get("description", "")
         if not isinstance(description, str):
             raise ConfigError(f"expected a string, got {description!r}", path="description")
-        return Recipe(
+        recipe = Recipe(
             name=name,
             description=description,
             model=_model(raw.get("model")),
@@ -379,9 +379,23 @@ def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_
             sweep=_sweep(raw.get("sweep")),
             source=source,
         )
+        _check_metrics_fit_model(recipe.eval.metrics, recipe.model)
+        return recipe
     except ConfigError as exc:
         raise ConfigError(one_line(exc.detail), path=one_line(exc.path),
                           source=_origin(exc.path, origins) or source) from None
+
+
+def _check_metrics_fit_model(metrics: list[str], model: ModelSection) -> None:
+    """Metrics of class-conditional samples (``needs_conditional``) need a class-conditional model."""
+    if model.options.conditional:
+        return
+    registry = get_registry()
+    for i, name in enumerate(metrics):
+        if getattr(registry.get("metric", name).load_factory(), "needs_conditional", False):
+            raise ConfigError(f"metric '{name}' scores class-conditional samples, but model.conditional = false; "
+                              "set model.conditional = true (with a labelled dataset) or remove it",
+                              path=f"eval.metrics[{i}]")
 
 
 def one_line(text: str) -> str:

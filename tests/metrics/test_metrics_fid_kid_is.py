@@ -101,3 +101,18 @@ def test_inception_score_extremes() -> None:
     two = torch.eye(k)[torch.arange(200) % 2]
     assert inception_score(two, splits=4)[0] == pytest.approx(2.0, rel=1e-9)
     assert not math.isnan(inception_score(torch.softmax(torch.randn(100, k), 1), splits=10)[1])
+
+
+@pytest.mark.parametrize("n", [1000, 1003, 57])
+def test_inception_score_splits_as_the_reference_code(n) -> None:
+    # OpenAI's and torch-fidelity's chunks are [i*N//splits, (i+1)*N//splits): the same score for any N.
+    probs = torch.softmax(3 * torch.randn(n, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64), 1)
+    scores = []
+    for i in range(10):
+        part = probs[i * n // 10:(i + 1) * n // 10]
+        kl = (part * (part.log() - part.mean(0, keepdim=True).log())).sum(1)
+        scores.append(kl.mean().exp())
+    reference = torch.stack(scores)
+    mean, std = inception_score(probs, splits=10)
+    assert mean == pytest.approx(float(reference.mean()), rel=1e-12)
+    assert std == pytest.approx(float(reference.std(unbiased=False)), rel=1e-9)
