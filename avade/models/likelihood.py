@@ -43,8 +43,13 @@ def sample_discretized_logistic(mean: torch.Tensor, log_scale: torch.Tensor,
 
     The rounding to a bin is straight-through: the values are the rounded ones, the gradient is the
     continuous logistic sample's, so an adversarial loss on these samples (AV-GDE, GAN) reaches the
-    decoder (rounding's own gradient is zero almost everywhere)."""
+    decoder (rounding's own gradient is zero almost everywhere). Each value is then dequantized with
+    uniform noise in its bin, as real images are before the critic sees them (``Preprocess.dequantize``):
+    otherwise every generated pixel would sit at its bin's centre, a cue for the critic that has nothing
+    to do with the image. The noise stays below 1 - 2^-10 so that ``to_uint8``'s floor gives back the
+    sampled bin exactly in float32."""
     noise = torch.rand(mean.shape, generator=generator, device=mean.device).clamp(1e-5, 1 - 1e-5)
     c = mean + log_scale.expand_as(mean).exp() * (torch.log(noise) - torch.log1p(-noise))
     v = (c.clamp(-1, 1) + 1.0) * 127.5
-    return v + (v.round() - v).detach() + 0.5
+    within_bin = torch.rand(mean.shape, generator=generator, device=mean.device) * (1.0 - 2.0 ** -10)
+    return v + (v.round() - v).detach() + within_bin.to(v.dtype)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from avade.models import build_model
-from avade.models.likelihood import discretized_logistic_log_prob, gaussian_log_prob
-from avade.models.preprocess import Preprocess
+from avade.models.likelihood import discretized_logistic_log_prob, gaussian_log_prob, sample_discretized_logistic
+from avade.models.preprocess import Preprocess, to_uint8
 from avade.recipe.load import recipe_from_dict
 
 
@@ -118,3 +118,18 @@ def test_mean_bpd_is_deterministic_and_leaves_the_global_rng_alone():
     first = model.mean_bpd(batches)
     assert model.mean_bpd(batches) == first
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_discretized_logistic_samples_are_dequantized_within_their_bin():
+    # The critic sees real images as x + U[0, 1): generated ones must not all sit at their bin's centre.
+    mean = torch.linspace(-1.2, 1.2, 4096).view(1, 1, 64, 64)
+    log_scale = torch.full((1, 1, 1), -3.0)
+    u = sample_discretized_logistic(mean, log_scale, torch.Generator().manual_seed(0))
+    noise = torch.rand(mean.shape, generator=torch.Generator().manual_seed(0)).clamp(1e-5, 1 - 1e-5)
+    bins = ((mean + log_scale.exp() * (noise.log() - (-noise).log1p())).clamp(-1, 1) + 1.0) * 127.5
+    bins = bins.round()
+    assert torch.equal(u.floor(), bins)  # the sampled bin, also at 0 and 255
+    assert torch.equal(to_uint8(u), bins.to(torch.uint8))
+    assert {0.0, 255.0} <= set(bins.unique().tolist())
+    frac = u - bins
+    assert 0.27 < float(frac.std()) < 0.31  # U[0, 1): std 1/sqrt(12) = 0.289

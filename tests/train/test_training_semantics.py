@@ -58,7 +58,7 @@ def test_discretized_logistic_samples_carry_the_adversarial_gradient(tmp_path, v
     trainer = Trainer(recipe, tmp_path, progress=False)
     model = trainer.model
     u = model.generate(4, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(u, u.floor() + 0.5)  # bin centres: the values are the rounded ones
+    assert float((u - u.floor()).std()) > 0.1  # dequantized within their bins, as real images are
     u.sum().backward()
     grads = [p.grad for p in model.generator_parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
