@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from rich.console import Console
 from tiny_recipes import tiny_dict
 from typer.testing import CliRunner
 
 from avade.cli.app import app
 from avade.metrics.features import weights_path
+from avade.train.run import write_sweep_summary
 
 TINY = tiny_dict("train.steps=3", "train.checkpoint_every=3")
 runner = CliRunner()
@@ -242,3 +244,17 @@ def test_a_run_that_cannot_start_leaves_no_run_directory(tmp_path: Path) -> None
     (tmp_path / "mine").mkdir()  # ... but a directory the user made stays
     result, _ = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "mine"), "--device", "cpu")
     assert result.exit_code == 2 and (tmp_path / "mine").is_dir()
+
+
+def test_a_two_axis_sweep_summary_shows_the_main_metric_as_a_grid(tmp_path: Path) -> None:
+    rows = [{"name": f"t-s{s}-b{b}", "model.flow.scales": s, "model.flow.blocks": b, "bpd": 5.0 + s + b / 10}
+            for s in (1, 2) for b in (1, 2, 4)]
+    rows[-1] = {"name": "t-s2-b4", "model.flow.scales": 2, "model.flow.blocks": 4, "error": "diverged"}
+    console = Console(record=True, width=160)
+    write_sweep_summary(tmp_path, rows, console, axes=["model.flow.scales", "model.flow.blocks"])
+    text = console.export_text()
+    assert "bpd: scales (rows) x blocks (columns)" in text
+    grid = text[text.index("bpd: scales"):].splitlines()
+    cells = [[c.strip() for c in line.split("│")[1:5]] for line in grid if line.count("│") >= 5]
+    assert cells == [["1", "6.1000", "6.2000", "6.4000"], ["2", "7.1000", "7.2000", "error"]]
+    assert json.loads((tmp_path / "sweep_summary.json").read_text()) == rows

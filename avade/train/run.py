@@ -74,7 +74,7 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
                 summary = {"error": str(exc)}
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
         if int(os.environ.get("RANK", "0")) == 0:
-            write_sweep_summary(out_dir, summaries, console)
+            write_sweep_summary(out_dir, summaries, console, axes=list(variants[0].overrides))
         if failed:
             raise TrainingError(f"{len(failed)} of {len(variants)} sweep variants failed ({', '.join(failed)}); "
                                 f"see {out_dir / 'sweep_summary.json'}")
@@ -83,8 +83,10 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         shutdown_distributed()
 
 
-def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Console) -> None:
-    """sweep_summary.json/.csv and a rich table with BPD and the other metrics."""
+def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Console,
+                        axes: Sequence[str] = ()) -> None:
+    """sweep_summary.json/.csv and a rich table with BPD and the other metrics; for a two-axis grid
+    (the paper's scales x blocks ablation) also the main metric as a grid, rows by the first axis."""
     write_json(out_dir / "sweep_summary.json", rows)
     keys: list[str] = []
     for row in rows:
@@ -94,10 +96,39 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
     writer.writeheader()
     writer.writerows(rows)
     (out_dir / "sweep_summary.csv").write_text(buf.getvalue(), encoding="utf-8")
+    headers = _short_headers(keys)
     table = Table(title=f"sweep: {out_dir}", title_justify="left")
     shown = [k for k in keys if k not in ("recipe", "variant", "device")]
     for k in shown:
-        table.add_column(k, justify="right")
+        table.add_column(headers[k], justify="left" if k == "name" else "right", overflow="fold")
     for row in rows:
-        table.add_row(*(f"{row[k]:.4f}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in shown))
+        table.add_row(*(_cell(row.get(k)) for k in shown))
     console.print(table)
+    metric = next((m for m in ("bpd", "fid", "is_mean") if any(isinstance(r.get(m), float) for r in rows)), None)
+    if len(axes) == 2 and metric is not None:
+        console.print(_grid(rows, axes, metric, headers))
+
+
+def _short_headers(keys: Sequence[str]) -> dict[str, str]:
+    """A dotted override key by its last part (``model.flow.scales`` -> ``scales``) where that is unique."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: short if last.count(short) == 1 else k for k, short in zip(keys, last, strict=True)}
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def _grid(rows: list[dict[str, Any]], axes: Sequence[str], metric: str, headers: dict[str, str]) -> Table:
+    """``metric`` with the first axis' values as rows and the second's as columns (failed: "error")."""
+    first, second = axes
+    row_values = list(dict.fromkeys(r.get(first) for r in rows))
+    col_values = list(dict.fromkeys(r.get(second) for r in rows))
+    cells = {(r.get(first), r.get(second)): ("error" if "error" in r else _cell(r.get(metric))) for r in rows}
+    grid = Table(title=f"{metric}: {headers[first]} (rows) x {headers[second]} (columns)", title_justify="left")
+    grid.add_column(headers[first], justify="right")
+    for c in col_values:
+        grid.add_column(f"{headers[second]} = {c}", justify="right")
+    for r in row_values:
+        grid.add_row(str(r), *(cells.get((r, c), "-") for c in col_values))
+    return grid
