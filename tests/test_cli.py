@@ -349,3 +349,11 @@ def test_recipe_check_runs_the_model_once(fresh_registry: None, write: Write) ->
     assert_one_line_error(run("recipe", "check", str(path)),
                           "bug.toml: model: the model does not run on 3x16x16 images (likelihood failed:",
                           "mat1 and mat2 shapes cannot be multiplied")
+
+
+def test_list_components_says_when_nothing_matches() -> None:
+    result = run("list-components", "*flow*")
+    assert result.exit_code == 0
+    assert "no component name matches '*flow*'; to list every flow, use --kind flow" in result.stderr
+    assert "no component name matches 'zzz'\n" in run("list-components", "zzz").stderr
+    assert "no component" not in run("list-components", "glow*").stderr

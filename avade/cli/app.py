@@ -188,6 +188,10 @@ def list_components(
     for info in items:
         table.add_row(info.kind, info.name, escape(info.provider), escape(info.summary))
     out.print(table)
+    if not items and pattern is not None:
+        bare = pattern.strip("*?")
+        hint = f"; to list every {bare}, use --kind {bare}" if bare in registry.kinds() and kind is None else ""
+        err.print(f"no component name matches {escape(pattern)!r}{escape(hint)}", highlight=False)
     for failure in registry.failures:
         err.print(f"[yellow]plugin {escape(failure.dist)} not loaded:[/] {escape(failure.reason)}", highlight=False)
 
