@@ -40,6 +40,7 @@ from avade.data.base import (
     check_split,
     describe_error,
     expand_root,
+    folder_entries,
     list_images,
     missing_data,
 )
@@ -91,7 +92,7 @@ def _batch_files(folders: list[Path], split: str) -> list[Path]:
     numbered: dict[int, Path] = {}
     ext = ""
     for folder in folders:
-        found = [(m, p) for p in folder.iterdir() if (m := BATCH.fullmatch(p.name)) and p.is_file()]
+        found = [(m, Path(e.path)) for e in folder_entries(folder) if (m := BATCH.fullmatch(e.name)) and e.is_file()]
         ext = ".npz" if any(m.group(2) for m, _ in found) else ""
         for m, path in found:
             if (m.group(2) or "") != ext:
