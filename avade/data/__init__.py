@@ -65,7 +65,7 @@ def register(registry: Any) -> None:
         "imagenet",
         factory="avade.data.imagenet:imagenet_dataset",
         config="avade.data.imagenet:ImageNetConfig",
-        summary="Downsampled ImageNet 32x32/64x64 (npz batches with labels, or image folders).",
+        summary="Downsampled ImageNet 32x32/64x64 (npz or pickle batches with labels, or image folders).",
     )
     r(
         "dataset",

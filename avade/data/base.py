@@ -12,6 +12,7 @@ Resizing is bilinear with antialiasing (PIL's ``BILINEAR`` filter, to within one
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -204,14 +205,39 @@ def check_split(split: str) -> str:
 
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     """Image files under ``folder`` (by extension; hidden files and folders such as
-    ``.ipynb_checkpoints`` skipped), sorted by path."""
-    pattern = "**/*" if recursive else "*"
-    return sorted(
-        p
-        for p in folder.glob(pattern)
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    ``.ipynb_checkpoints`` skipped; symlinked files kept, symlinked folders not entered), sorted by path.
+
+    [] when ``folder`` is not a directory. A folder below it that cannot be read is a DataError (see
+    :func:`folder_entries`), where a glob would skip it and the data would be incomplete without a word.
+    """
+    if not folder.is_dir():
+        return []
+    found: list[Path] = []
+    pending = [folder]
+    while pending:
+        for entry in folder_entries(pending.pop()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    pending.append(Path(entry.path))
+            elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
+                found.append(Path(entry.path))
+    return sorted(found)
+
+
+def folder_entries(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``folder`` (``os.scandir``); a one-line DataError naming it when it cannot be read."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except PermissionError as exc:
+        raise DataError(
+            f"cannot read the data folder {folder} ({describe_error(exc)}); fix its permissions "
+            f"(e.g. chmod -R u+rX {shlex.quote(str(folder))}) or move it out of the data"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"cannot read the data folder {folder} ({describe_error(exc)}); check the disk") from None
 
 
 def repair_hint(exc: BaseException) -> str:

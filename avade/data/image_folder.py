@@ -21,7 +21,14 @@ from typing import Literal
 
 import attrs
 
-from avade.data.base import FileImageDataset, check_split, expand_root, list_images, missing_data
+from avade.data.base import (
+    FileImageDataset,
+    check_split,
+    expand_root,
+    folder_entries,
+    list_images,
+    missing_data,
+)
 from avade.errors import DataError
 from avade.schema import between, ge
 
@@ -68,7 +75,7 @@ def folder_path(cfg: ImageFolderConfig) -> Path:
 def _classes(base: Path, labeled: bool) -> list[str]:
     if not labeled or list_images(base, recursive=False):
         return []
-    subdirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    subdirs = sorted(Path(d.path) for d in folder_entries(base) if d.is_dir() and not d.name.startswith("."))
     return [d.name for d in subdirs if list_images(d)]
 
 
@@ -94,7 +101,11 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
             files += found
             labels += [index] * len(found)
         if explicit:
-            stray = [d.name for d in split_base.iterdir() if d.is_dir() and d.name not in classes and list_images(d)]
+            stray = [
+                d.name
+                for d in folder_entries(split_base)
+                if d.is_dir() and d.name not in classes and list_images(Path(d.path))
+            ]
             if stray:
                 raise DataError(
                     f"dataset '{NAME}': {split_base} has class folders {stray} that {train_base} lacks; "

@@ -3,11 +3,15 @@
 Two layouts are accepted under ``root`` (``R`` = resolution; the first match wins):
 
 - the batch format of Chrabaszcz et al. (2017, image-net.org "Downsampled ImageNet"): files
-  ``train_data_batch_1.npz`` … ``train_data_batch_10.npz`` and ``val_data.npz``, each with ``data``
-  (uint8 [N, 3·R·R], the R, G and B planes one after another) and ``labels`` (1..1000), in
-  ``<root>/imagenet<R>/``, ``<root>/Imagenet<R>_train_npz/`` / ``Imagenet<R>_val_npz/``, or
-  ``<root>/Imagenet<R>_train/`` / ``Imagenet<R>_val/``. Served in memory with labels 0..999
-  (1,000 classes); ImageNet-64 needs about 16 GB of RAM this way.
+  ``train_data_batch_1`` … ``train_data_batch_10`` and ``val_data``, each with ``data`` (uint8 [N, 3·R·R],
+  the R, G and B planes one after another) and ``labels`` (1..1000), as ``.npz`` or as the extensionless
+  pickled dicts of the "pickle" download (read with an unpickler that builds nothing but numpy arrays and
+  builtins). Looked for in ``<root>/imagenet<R>/``, ``<root>/Imagenet<R>_train_npz/`` /
+  ``Imagenet<R>_val_npz/``, or ``<root>/Imagenet<R>_train/`` / ``Imagenet<R>_val/``: the folders the official
+  archives unpack to. ImageNet-64's training set comes in two archives, used together:
+  ``Imagenet64_train_part1_npz/`` (batches 1..5) and ``Imagenet64_train_part2_npz/`` (6..10), or
+  ``Imagenet64_train_part1/`` and ``Imagenet64_train_part2/``. A missing batch or part is an error. Served
+  in memory with labels 0..999 (1,000 classes); ImageNet-64 needs about 16 GB of RAM this way.
 - image folders as in van den Oord et al. (2016) (the "PixelRNN" version, unlabeled):
   ``<root>/imagenet<R>/train_<R>x<R>/`` and ``valid_<R>x<R>/``, or the same folders directly in ``<root>``.
   Decoded on access; ``in_memory = true`` loads them all once.
@@ -18,9 +22,12 @@ center-cropped and resized). Neither version has a torchvision downloader; get i
 
 from __future__ import annotations
 
+import codecs
+import pickle
 import re
 import zipfile
 from pathlib import Path
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -33,6 +40,7 @@ from avade.data.base import (
     check_split,
     describe_error,
     expand_root,
+    folder_entries,
     list_images,
     missing_data,
 )
@@ -47,7 +55,7 @@ NUM_CLASSES = 1000
 class ImageNetConfig:
     """Downsampled ImageNet under ``root``; see the module docstring for the layouts."""
 
-    root: str = attrs.field(default="~/data", metadata={"help": "folder holding imagenet<R>/ (or the npz folders)"})
+    root: str = attrs.field(default="~/data", metadata={"help": "folder holding imagenet<R>/ or Imagenet<R>_*/"})
     resolution: int = attrs.field(
         default=32, validator=one_of(32, 64), metadata={"help": "32 or 64: which downsampled version is read"}
     )
@@ -57,43 +65,83 @@ class ImageNetConfig:
     download: bool = attrs.field(default=False, metadata={"help": "unsupported (no torchvision downloader)"})
 
 
-def _npz_files(folder: Path, split: str) -> list[Path]:
+BATCH = re.compile(r"train_data_batch_(\d+)(\.npz)?")
+LAYOUT_NAMES = {"batches": "batch-file (npz or pickle)", "folder": "image-folder"}
+
+
+def _batch_files(folders: list[Path], split: str) -> list[Path]:
+    """The batch files of ``split`` in ``folders`` (all of them: the parts of one training set), sorted
+    by batch number; [] when none of the folders exists. Each folder is read as .npz when it holds any,
+    else as the pickle release's extensionless files. DataError when a part or a batch is missing."""
+    present = [f for f in folders if f.is_dir()]
+    if not present:
+        return []
+    if len(present) < len(folders):  # ImageNet-64 is two archives: half of it would train unnoticed
+        absent = [f for f in folders if f not in present]
+        raise DataError(
+            f"dataset 'imagenet': found {', '.join(map(str, present))} but not {', '.join(map(str, absent))}; "
+            f"the {split} set comes in {len(folders)} parts: unpack {', '.join(f.name + '.zip' for f in absent)} "
+            f"into {absent[0].parent}"
+        )
     if split == "test":
-        return [folder / "val_data.npz"] if (folder / "val_data.npz").is_file() else []
-    files = [p for p in folder.glob("train_data_batch_*.npz") if p.is_file()]
-
-    def batch_number(p: Path) -> int:
-        match = re.search(r"(\d+)\.npz$", p.name)
-        return int(match.group(1)) if match else 0
-
-    files = sorted(files, key=batch_number)  # numerically: batch_10 after batch_9
-    missing = sorted(set(range(1, max(map(batch_number, files), default=0) + 1)) - set(map(batch_number, files)))
+        for folder in folders:
+            for name in ("val_data.npz", "val_data"):
+                if (folder / name).is_file():
+                    return [folder / name]
+        return []
+    numbered: dict[int, Path] = {}
+    ext = ""
+    for folder in folders:
+        found = [(m, Path(e.path)) for e in folder_entries(folder) if (m := BATCH.fullmatch(e.name)) and e.is_file()]
+        ext = ".npz" if any(m.group(2) for m, _ in found) else ""
+        for m, path in found:
+            if (m.group(2) or "") != ext:
+                continue
+            if int(m.group(1)) in numbered:
+                raise DataError(f"dataset 'imagenet': {path} and {numbered[int(m.group(1))]} are both batch "
+                                f"{m.group(1)}; keep one of them")
+            numbered[int(m.group(1))] = path
+        if not found and len(folders) > 1:  # an empty part: its batches would be missed without a gap
+            raise DataError(f"dataset 'imagenet': {folder} holds no train_data_batch_<k>[.npz] files; "
+                            f"unpack {folder.name}.zip into {folder.parent} again")
+    if not numbered:
+        return []
+    missing = sorted(set(range(1, max(numbered) + 1)) - set(numbered))
     if missing:  # an interrupted download or copy: training on part of the set would go unnoticed
-        raise DataError(f"dataset 'imagenet': {folder} lacks train_data_batch_{', '.join(map(str, missing))}.npz "
-                        f"of train_data_batch_1..{batch_number(files[-1])}.npz; copy the missing files")
-    return files
+        where = " and ".join(map(str, folders))
+        names = ", ".join(f"train_data_batch_{k}{ext}" for k in missing)
+        raise DataError(f"dataset 'imagenet': {where} lacks {names} of train_data_batch_1..{max(numbered)}{ext}; "
+                        "copy the missing files")
+    return [numbered[k] for k in sorted(numbered)]  # numerically: batch_10 after batch_9
 
 
-def candidates(cfg: ImageNetConfig, split: str) -> list[tuple[str, Path]]:
-    """``(layout, path)`` pairs searched for ``split``, in order of preference."""
+def candidates(cfg: ImageNetConfig, split: str) -> list[tuple[str, list[Path]]]:
+    """``(layout, folders)`` searched for ``split``, in order of preference; a "batches" candidate with
+    several folders is one training set unpacked from several archives (ImageNet-64's two parts)."""
     root, r = expand_root(cfg.root), cfg.resolution
     part = "train" if check_split(split) == "train" else "val"
     folder = f"train_{r}x{r}" if split == "train" else f"valid_{r}x{r}"
+    batch_folders = [[root / f"imagenet{r}"], [root / f"Imagenet{r}_{part}_npz"], [root / f"Imagenet{r}_{part}"]]
+    if split == "train" and r == 64:  # the official archives of ImageNet-64: two parts, npz or pickle
+        batch_folders.insert(2, [root / f"Imagenet{r}_train_part{k}_npz" for k in (1, 2)])
+        batch_folders.append([root / f"Imagenet{r}_train_part{k}" for k in (1, 2)])
     return [
-        ("npz", root / f"imagenet{r}"),
-        ("npz", root / f"Imagenet{r}_{part}_npz"),
-        ("npz", root / f"Imagenet{r}_{part}"),
-        ("folder", root / f"imagenet{r}" / folder),
-        ("folder", root / folder),
+        *(("batches", folders) for folders in batch_folders),
+        ("folder", [root / f"imagenet{r}" / folder]),
+        ("folder", [root / folder]),
     ]
 
 
-def locate(cfg: ImageNetConfig, split: str) -> tuple[str, list[Path]]:
-    """The layout and the files (npz) or folder ``split`` reads; DataError naming every path searched.
+def _where(found: list[Path]) -> str:
+    return ", ".join(sorted({str(f.parent) for f in found}))
 
-    The test split is read in the layout the training split was found in: the npz release and the
-    PixelRNN image folders are downsampled differently, so mixing them would measure test BPD on other
-    data than the model was trained on."""
+
+def locate(cfg: ImageNetConfig, split: str) -> tuple[str, list[Path]]:
+    """The layout and the batch files or the image folder ``split`` reads; DataError naming every path searched.
+
+    The test split is read in the layout the training split was found in: the batch release (npz or
+    pickle, the same arrays) and the PixelRNN image folders are downsampled differently, so mixing them
+    would measure test BPD on other data than the model was trained on."""
     if split != "test":
         return _locate(cfg, split)
     try:
@@ -102,49 +150,103 @@ def locate(cfg: ImageNetConfig, split: str) -> tuple[str, list[Path]]:
         return _locate(cfg, split)  # a test split alone (evaluation only): nothing to match
     layout, found = _locate(cfg, split, prefer=train_layout)
     if train_layout != layout:
-        train_at = train_found[0].parent if train_layout == "npz" else train_found[0]
-        raise DataError(f"dataset 'imagenet': the train split is the {train_layout} layout ({train_at}) but the "
-                        f"test split found is the {layout} layout ({found[0]}); they are downsampled "
-                        "differently: put the matching test files next to the training ones")
+        train_at = _where(train_found) if train_layout == "batches" else train_found[0]
+        raise DataError(
+            f"dataset 'imagenet': the train split is in the {LAYOUT_NAMES[train_layout]} layout ({train_at}) but "
+            f"the test split found is in the {LAYOUT_NAMES[layout]} layout ({found[0]}); they are downsampled "
+            "differently: put the matching test files next to the training ones"
+        )
     return layout, found
 
 
 def _locate(cfg: ImageNetConfig, split: str, prefer: str | None = None) -> tuple[str, list[Path]]:
     searched = []
     # Candidates in the layout ``prefer`` names first (a stable sort keeps the order within a layout).
-    for layout, path in sorted(candidates(cfg, split), key=lambda c: c[0] != prefer if prefer else 0):
-        if layout == "npz":
-            files = _npz_files(path, split) if path.is_dir() else []
-            searched.append(path / ("train_data_batch_*.npz" if split == "train" else "val_data.npz"))
+    for layout, folders in sorted(candidates(cfg, split), key=lambda c: c[0] != prefer if prefer else 0):
+        if layout == "batches":
+            files = _batch_files(folders, split)
+            pattern = "train_data_batch_<k>[.npz]" if split == "train" else "val_data[.npz]"
+            searched += [f"{folder}/{pattern}" for folder in folders]
             if files:
                 return layout, files
         else:
-            searched.append(path)
-            if path.is_dir():
-                return layout, [path]
+            searched += folders
+            if folders[0].is_dir():
+                return layout, folders
     what = f"{cfg.resolution}x{cfg.resolution} ({split} split)"
     raise missing_data(NAME, searched, download=False, what=what, source="image-net.org (Downsampled ImageNet)")
 
 
-def _read(f: Path, key: str) -> np.ndarray:
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles builtins and numpy arrays only: any other global (a function to call, a class to build)
+    is refused, so a crafted file cannot run code. The pickle release holds dicts of arrays and lists."""
+
+    _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles written by Python 3
+        **{
+            (f"{package}.{module}", name): obj
+            for package in ("numpy.core", "numpy._core")  # numpy 1 and numpy 2 write different paths
+            for module, name, obj in (
+                ("multiarray", "_reconstruct", np.empty(0).__reduce__()[0]),
+                ("multiarray", "scalar", np.int64(0).__reduce__()[0]),
+                ("numeric", "_frombuffer", np.empty(0).__reduce_ex__(5)[0]),  # protocol 5
+            )
+        },
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a data file") from None
+
+
+# What a damaged file raises: a truncated npz BadZipFile; a damaged pickle any of the others.
+_UNREADABLE = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError,
+               pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def _read(f: Path, *keys: str) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of one batch file: an .npz (only those arrays are read), or a pickled dict."""
+    expected = "an npz file" if f.suffix == ".npz" else "a pickled dict"
     try:
-        with np.load(f, allow_pickle=False) as npz:
-            return np.asarray(npz[key])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated npz: BadZipFile
+        if f.suffix == ".npz":
+            with np.load(f, allow_pickle=False) as npz:
+                return {k: np.asarray(npz[k]) for k in keys}
+        with open(f, "rb") as fh:
+            # encoding: Python 2 pickles (keys as str, array bytes as latin-1 str), as numpy documents.
+            batch = _ArrayUnpickler(fh, encoding="latin1").load()
+        if not isinstance(batch, dict):
+            raise TypeError(f"holds a {type(batch).__name__}")
+        return {k: np.asarray(batch[k]) for k in keys}
+    except _UNREADABLE as exc:
         raise DataError(
             f"dataset 'imagenet': cannot read {f} ({describe_error(exc)}); "
-            "expected an npz file with arrays 'data' and 'labels'"
+            f"expected {expected} with arrays 'data' and 'labels'"
         ) from None
 
 
-def _load_npz(files: list[Path], r: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_batches(files: list[Path], r: int) -> tuple[torch.Tensor, torch.Tensor]:
     # Labels first (small), so that the images go straight into one preallocated tensor: holding every
-    # file's array and then concatenating would need twice the memory (32 GB for ImageNet-64).
-    labels = [_read(f, "labels").astype(np.int64).reshape(-1) for f in files]
+    # file's array and then concatenating would need twice the memory (32 GB for ImageNet-64). A pickle
+    # is read whole, so pickles are read twice, except the last one, whose images are kept.
+    labels, kept = [], {}
+    for f in files:
+        kept.clear()
+        arrays = _read(f, "labels") if f.suffix == ".npz" else _read(f, "labels", "data")
+        if arrays["labels"].size and arrays["labels"].dtype.kind not in "iu":
+            raise DataError(f"dataset 'imagenet': the labels in {f} are {arrays['labels'].dtype}, not integers; "
+                            "expected the 1-based class numbers of the downsampled-ImageNet files")
+        labels.append(arrays["labels"].astype(np.int64).reshape(-1))
+        if "data" in arrays:
+            kept[f] = arrays["data"]
+        del arrays
     images = torch.empty((sum(len(lab) for lab in labels), 3, r, r), dtype=torch.uint8)
     start = 0
     for f, lab in zip(files, labels, strict=True):
-        data = _read(f, "data")
+        data = kept.pop(f) if f in kept else _read(f, "data")["data"]
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * r * r or len(lab) != len(data):
             raise DataError(
                 f"dataset 'imagenet': {f} holds data {data.dtype} {data.shape} and {len(lab)} labels; "
@@ -156,8 +258,8 @@ def _load_npz(files: list[Path], r: int) -> tuple[torch.Tensor, torch.Tensor]:
     targets = torch.from_numpy(np.concatenate(labels)) - 1  # the files count from 1
     if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= NUM_CLASSES):
         raise DataError(
-            f"dataset 'imagenet': labels in {files[0].parent} are outside 1..{NUM_CLASSES}; "
-            "expected the 1-based labels of the downsampled-ImageNet npz files"
+            f"dataset 'imagenet': labels in {_where(files)} are outside 1..{NUM_CLASSES}; "
+            "expected the 1-based labels of the downsampled-ImageNet batch files"
         )
     return images, targets
 
@@ -165,8 +267,8 @@ def _load_npz(files: list[Path], r: int) -> tuple[torch.Tensor, torch.Tensor]:
 def imagenet_dataset(cfg: ImageNetConfig, *, split: str = "train") -> ImageDataset:
     """Build the split from whichever layout is found (module docstring)."""
     layout, found = locate(cfg, check_split(split))
-    if layout == "npz":
-        images, labels = _load_npz(found, cfg.resolution)
+    if layout == "batches":
+        images, labels = _load_batches(found, cfg.resolution)
         return TensorImageDataset(images, labels, num_classes=NUM_CLASSES)
     files = list_images(found[0])
     if not files:

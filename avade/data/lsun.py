@@ -5,8 +5,9 @@ Two layouts are accepted under ``root`` (the first one found wins, image folders
 - an image-folder export: ``<root>/lsun/<category>/`` (train) and ``<root>/lsun/<category>_val/`` (test),
   any depth of subfolders, any common image format (the official export script writes ``.webp``);
 - the official LMDB databases: ``<root>/lsun/<category>_train_lmdb`` / ``<category>_val_lmdb``, or the same
-  names directly in ``<root>`` (torchvision's layout). Reading them needs the optional package ``lmdb``
-  (``pip install lmdb`` or ``pip install avade[lsun]``).
+  names directly in ``<root>`` (torchvision's layout): the folders the download's zip files unpack to, each
+  holding ``data.mdb``, whose keys are image ids and values the encoded images (WebP). Items come in key
+  order. Reading them needs the optional package ``lmdb`` (``pip install lmdb`` or ``pip install avade[lsun]``).
 
 avade reads LMDB itself rather than through ``torchvision.datasets.LSUN``, which writes a pickle cache of
 the keys into the current directory. The key list is read once per construction (a few seconds for the
@@ -25,13 +26,14 @@ from typing import Any, Literal, get_args
 import attrs
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from avade.data.base import (
     FileImageDataset,
     ImageDataset,
     center_crop_resize,
     check_split,
+    describe_error,
     expand_root,
     list_images,
     missing_data,
@@ -86,6 +88,11 @@ def locate(cfg: LsunConfig, split: str) -> tuple[str, Path]:
         if path.is_dir():
             if layout == "lmdb":
                 _import_lmdb(path)  # fail now, with the fix, rather than at the first item
+                if not (path / "data.mdb").is_file():  # an interrupted unzip, or a folder made by hand
+                    raise DataError(
+                        f"dataset 'lsun': {path} is not an LMDB database (it has no data.mdb); "
+                        f"unzip {path.name}.zip from {SOURCE} into {path.parent} again, or remove the folder"
+                    )
             return layout, path
     what = f"category '{cfg.category}' ({split} split)"
     raise missing_data(NAME, [p for _, p in searched], download=False, what=what, source=SOURCE)
@@ -126,29 +133,67 @@ if hasattr(os, "register_at_fork"):
 
 
 class LmdbImages(ImageDataset):
-    """Images stored as encoded bytes in an LMDB database, decoded on access; unlabeled."""
+    """Images stored as encoded bytes in an LMDB database, decoded on access; unlabeled.
+
+    Items follow the database's key order (LMDB sorts keys bytewise), so the order is the same on every
+    run and machine. Keys are any bytes: they are kept concatenated, with their end offsets.
+    """
 
     def __init__(self, path: Path, resolution: int) -> None:
         self.path = Path(path)
         self.resolution = int(resolution)
         self.shape = (3, self.resolution, self.resolution)
         self.num_classes = 0
-        with _env(self.path).begin(write=False) as txn:
-            keys = list(txn.cursor().iternext(keys=True, values=False))
-        # A fixed-width bytes array is far smaller than millions of Python bytes objects (LSUN's keys are
-        # hex digests, so numpy's stripping of trailing NUL bytes cannot alter them).
-        self.keys = np.array(keys, dtype=bytes)
+        lmdb = _import_lmdb(self.path)
+        try:
+            with _env(self.path).begin(write=False) as txn:
+                keys = list(txn.cursor().iternext(keys=True, values=False))
+        except lmdb.Error as exc:
+            raise DataError(
+                f"dataset 'lsun': cannot open {self.path} as an LMDB database ({describe_error(exc)}); "
+                "check that its files are readable, or download and unzip it again"
+            ) from None
+        if not keys:
+            raise DataError(f"dataset 'lsun': the LMDB database {self.path} holds no images; download it again")
+        # One bytes object and an offset array are far smaller than millions of Python bytes objects,
+        # and unlike a fixed-width numpy bytes array they keep keys that end in NUL bytes intact.
+        self._keys = b"".join(keys)
+        self._ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self._ends)
+
+    def key(self, i: int) -> bytes:
+        """The database key of item ``i``."""
+        i = range(len(self))[i]  # negative indices count from the end; IndexError past it
+        return self._keys[int(self._ends[i - 1]) if i else 0 : int(self._ends[i])]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        key = self.key(i)
         with _env(self.path).begin(write=False) as txn:
-            buf = txn.get(bytes(self.keys[i]))
+            buf = txn.get(key)
         if buf is None:
-            raise DataError(f"dataset 'lsun': key {self.keys[i]!r} vanished from {self.path}; is it being rewritten?")
-        with Image.open(io.BytesIO(buf)) as img:
-            return center_crop_resize(pil_to_uint8(img), self.resolution), -1
+            raise DataError(f"dataset 'lsun': key {_show(key)} vanished from {self.path}; is it being rewritten?")
+        try:
+            with Image.open(io.BytesIO(buf)) as img:
+                tensor = pil_to_uint8(img)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            if isinstance(exc, UnidentifiedImageError):  # its own message names only an anonymous buffer
+                why = "no format Pillow can decode"
+                fix = "unless Pillow lacks WebP support (PIL.features.check('webp')), the database is damaged"
+            else:
+                why, fix = describe_error(exc), "the database is damaged"
+            raise DataError(
+                f"dataset 'lsun': the entry with key {_show(key)} in {self.path} is not a readable image "
+                f"({why}); {fix}: download and unzip it again"
+            ) from None
+        return center_crop_resize(tensor, self.resolution), -1
+
+
+def _show(key: bytes) -> str:
+    """A key for messages: its text when printable ASCII (LSUN's hex ids), else ``0x`` and its hex digits."""
+    text = key.decode("ascii", errors="replace")
+    return repr(text) if text.isprintable() and text.isascii() else f"0x{key.hex()}"
 
 
 def lsun_dataset(cfg: LsunConfig, *, split: str = "train") -> ImageDataset:

@@ -384,7 +384,7 @@ def test_imagenet_test_split_follows_the_training_layout(tmp_path):
         write_npz(tmp_path / "Imagenet32_train_npz" / f"train_data_batch_{k}.npz", 1, 32, seed=k)
     for i, a in enumerate(rgb_images(2, 32, 32, seed=5)):
         save_png(tmp_path / "valid_32x32" / f"{i}.png", a)  # the PixelRNN folder: other downsampling
-    with pytest.raises(DataError, match=r"train split is the npz layout .* test split found is the folder layout"):
+    with pytest.raises(DataError, match=r"train split is in the batch-file .* test split found is in the image-folder"):
         avade.create("dataset", "imagenet", split="test", root=str(tmp_path))
     write_npz(tmp_path / "Imagenet32_val_npz" / "val_data.npz", 3, 32, seed=7)
     assert len(avade.create("dataset", "imagenet", split="test", root=str(tmp_path))) == 3

@@ -1,0 +1,106 @@
+"""A data folder that cannot be read stops loading with a one-line DataError; it is never skipped.
+
+The suite may run as root, for whom ``chmod 000`` blocks nothing: ``os.scandir`` (what the listings use) is
+patched to refuse the folders instead, as it does for other users.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import avade
+from avade.data.base import list_images
+from avade.errors import DataError
+
+
+def save_png(path: Path, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def deny(monkeypatch):
+    """``deny(folder, ...)``: ``os.scandir`` raises PermissionError for those folders from now on."""
+    real = os.scandir
+    denied: set[str] = set()
+
+    def scandir(path=".", *args, **kwargs):
+        if os.path.abspath(os.fspath(path)) in denied:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return lambda *folders: denied.update(os.path.abspath(f) for f in folders)
+
+
+def check_names_folder(err: pytest.ExceptionInfo, folder: Path) -> None:
+    message = str(err.value)
+    assert str(folder) in message and "permissions" in message and "\n" not in message
+
+
+def test_list_images_refuses_an_unreadable_subfolder_at_any_depth(tmp_path, deny):
+    for rel in ("a/1.png", "a/deep/2.png", "b/3.png"):
+        save_png(tmp_path / rel)
+    assert len(list_images(tmp_path)) == 3
+    deny(tmp_path / "a" / "deep")
+    with pytest.raises(DataError) as err:
+        list_images(tmp_path)
+    check_names_folder(err, tmp_path / "a" / "deep")
+    assert [p.name for p in list_images(tmp_path / "b")] == ["3.png"]  # other folders still list
+    assert list_images(tmp_path / "missing") == []  # absent is not unreadable: callers report it
+    deny(tmp_path)
+    with pytest.raises(DataError) as err:
+        list_images(tmp_path, recursive=False)
+    check_names_folder(err, tmp_path)
+
+
+def test_image_folder_with_an_unreadable_class_folder(tmp_path, deny):
+    for i in range(4):
+        save_png(tmp_path / "imgs" / ("cat" if i % 2 else "dog") / f"{i}.png", seed=i)
+    kw = {"split": "train", "root": str(tmp_path), "folder": "imgs", "test_fraction": 0.0}
+    assert avade.create("dataset", "image-folder", **kw).classes == ["cat", "dog"]
+    deny(tmp_path / "imgs" / "dog")
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "image-folder", **kw)
+    check_names_folder(err, tmp_path / "imgs" / "dog")
+
+
+def test_image_folder_with_an_unreadable_test_folder(tmp_path, deny):
+    for split in ("train", "test"):
+        save_png(tmp_path / "data" / split / "cat" / "0.png")
+    deny(tmp_path / "data" / "test")
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "image-folder", split="test", root=str(tmp_path), folder="data")
+    check_names_folder(err, tmp_path / "data" / "test")
+
+
+def test_lsun_export_and_imagenet_batches_in_unreadable_folders(tmp_path, deny):
+    for part in ("a", "b"):
+        save_png(tmp_path / "lsun" / "tower" / part / "0.png")
+    folder = tmp_path / "Imagenet32_train_npz"
+    folder.mkdir()
+    deny(tmp_path / "lsun" / "tower" / "b", folder)
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "lsun", split="train", root=str(tmp_path), category="tower")
+    check_names_folder(err, tmp_path / "lsun" / "tower" / "b")
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "imagenet", split="train", root=str(tmp_path))
+    check_names_folder(err, folder)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any folder")
+def test_a_real_unreadable_folder(tmp_path):
+    save_png(tmp_path / "a" / "0.png")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b").chmod(0)
+    try:
+        with pytest.raises(DataError) as err:
+            list_images(tmp_path)
+        check_names_folder(err, tmp_path / "b")
+    finally:
+        (tmp_path / "b").chmod(0o755)
