@@ -205,7 +205,8 @@ def check_split(split: str) -> str:
 
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     """Image files under ``folder`` (by extension; hidden files and folders such as
-    ``.ipynb_checkpoints`` skipped; symlinked files kept, symlinked folders not entered), sorted by path.
+    ``.ipynb_checkpoints`` skipped; symlinks followed, as torchvision's ImageFolder does, each folder
+    entered once so a link loop ends), sorted by path.
 
     [] when ``folder`` is not a directory. A folder below it that cannot be read is a DataError (see
     :func:`folder_entries`), where a glob would skip it and the data would be incomplete without a word.
@@ -214,12 +215,15 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
         return []
     found: list[Path] = []
     pending = [folder]
+    entered = {os.path.realpath(folder)}
     while pending:
         for entry in folder_entries(pending.pop()):
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir(follow_symlinks=False):
-                if recursive:
+            if entry.is_dir():
+                real = os.path.realpath(entry.path)
+                if recursive and real not in entered:
+                    entered.add(real)
                     pending.append(Path(entry.path))
             elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
                 found.append(Path(entry.path))
