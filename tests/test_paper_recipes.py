@@ -61,7 +61,7 @@ def test_the_recipe_set_is_complete() -> None:
         "paper/vae_cifar10.toml", "paper/av_ade_stl10.toml", "paper/av_ade_lsun_64.toml",
         "paper/av_ade_lsun_128.toml", "paper/av_ade_imagenet32.toml", "paper/av_ade_imagenet64.toml",
         "paper/av_ade_celeba64.toml", "paper/cond_av_ade_cifar10.toml", "paper/cond_gan_cifar10.toml",
-        "paper/table9a_av_ade.toml", "paper/table9b_v_ade.toml",
+        "paper/table9a_av_ade.toml", "paper/table9b_v_ade.toml", "paper/av_ade_iaf_rd.toml",
     }
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
@@ -126,7 +126,8 @@ def test_lsun_sweep_can_be_narrowed_on_the_command_line() -> None:
 
 @pytest.mark.parametrize("path", [MAIN, RECIPES / "v_ade.toml", RECIPES / "vae.toml"], ids=rel)
 def test_recipe_trains_a_step_on_natural_patches(path: Path, tmp_path: Path) -> None:
-    recipe = load_recipe(path, [*NATURAL, "data.resolution=16", "data.batch_size=4", "train.device=cpu"])
+    recipe = load_recipe(path, [*NATURAL, "data.resolution=16", "data.batch_size=4", "train.device=cpu",
+                                "train.warmup_steps=0"])
     trainer = Trainer(recipe, tmp_path / "run", progress=False)
     logs = trainer.train_step(*next(trainer.stream.batches(0)))
     assert logs["finite"] == 1.0
@@ -152,6 +153,7 @@ def test_main_recipe_has_the_appendix_c_settings() -> None:
     t = r.train
     assert (t.optimizer, t.lr, tuple(t.betas)) == ("adamax", 0.002, (0.9, 0.999))
     assert (t.gp_weight, t.adv_weight, t.d_steps, t.flow_adv_grad) == (100.0, 100.0, 1, False)
+    assert 0 < t.warmup_steps < t.steps  # appendix F: maximum likelihood first
     assert t.steps > t.checkpoint_every > 0 and t.sample_every <= t.steps
     d = r.data
     assert (d.options.name, d.dataset.config.resolution, d.options.batch_size) == ("cifar10", 32, 64)
@@ -264,3 +266,13 @@ def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
     assert str(empty) in text  # the path searched
     assert "data.root" in text and "data.download" in text  # how to fix
     assert not isinstance(result.exception, ConfigError | KeyError)  # handled, not raised
+
+
+def test_iaf_variant_has_one_weight_normalized_iaf_step_per_group() -> None:
+    r = load_recipe(RECIPES / "paper" / "av_ade_iaf_rd.toml")
+    post = r.model.posterior
+    assert r.variant == "av-ade" and post.name == "topdown"
+    assert post.config.iaf_steps == 1 and post.config.norm == "weight-norm"  # appendix B.2 and C
+    model = build(r)
+    groups = list(model.posterior.groups.values())
+    assert len(groups) > 0 and all(len(g.flow.steps) == 1 for g in groups)
