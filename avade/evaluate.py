@@ -20,6 +20,7 @@ from avade.errors import CheckpointError, ConfigError
 from avade.models import GenerativeModel, build_model
 from avade.recipe import load_recipe
 from avade.recipe.schema import LIKELIHOOD_VARIANTS, ComponentRef, Recipe
+from avade.recipe.write import recipe_to_dict
 from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
 from avade.train.data import eval_batches, subset_batches
@@ -168,6 +169,12 @@ def load_run(run_dir: Path, device: str = "auto") -> RunContext:
     if not checkpoints:
         raise CheckpointError(f"{run.root} has no checkpoint yet (checkpoints/ is empty)")
     data = ckpt.read_checkpoint(checkpoints[-1])
+    if data["state"].get("fingerprint") != ckpt.fingerprint(recipe_to_dict(recipe)):
+        # e.g. recipe.toml edited by hand: the weights would be evaluated as another model (a wrong
+        # logit_alpha still loads, and gives a wrong BPD).
+        raise CheckpointError(f"{run.recipe} no longer describes the model of {checkpoints[-1]} (model or data "
+                              "settings changed since it was written); put back the recipe it was trained with "
+                              f"(a copy is in {checkpoints[-1] / 'state.json'}, under \"recipe\")")
     dev = resolve_device(device)
     train_set, test_set = load_datasets(recipe)
     model = build_model(recipe, train_set.shape, train_set.num_classes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,14 @@ def test_rerun_into_the_same_directory_is_refused(run_dir: Path) -> None:
 
 
 def test_resume_at_the_end_is_a_no_op(run_dir: Path) -> None:
+    # e.g. the finished variants of an interrupted sweep: no final evaluation again, no output rewritten
+    before = {name: (run_dir / name).read_bytes() for name in ("summary.json", "metrics.jsonl", "recipe.toml")}
+    grid = (run_dir / "samples" / "samples_final.png").stat().st_mtime_ns
     result, out = _invoke("recipe", "run", str(run_dir / "recipe.toml"), "--out", str(run_dir), "--resume")
     assert result.exit_code == 0, out
-    assert "resumed from" in out
+    assert "resumed from" in out and "already finished at step 3" in out
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    assert (run_dir / "samples" / "samples_final.png").stat().st_mtime_ns == grid
 
 
 def test_eval_json_and_eval_file(run_dir: Path) -> None:
@@ -258,3 +264,70 @@ def test_a_two_axis_sweep_summary_shows_the_main_metric_as_a_grid(tmp_path: Path
     cells = [[c.strip() for c in line.split("│")[1:5]] for line in grid if line.count("│") >= 5]
     assert cells == [["1", "6.1000", "6.2000", "6.4000"], ["2", "7.1000", "7.2000", "error"]]
     assert json.loads((tmp_path / "sweep_summary.json").read_text()) == rows
+
+
+def test_a_refused_resume_leaves_recipe_toml_and_eval_as_they_were(run_dir: Path, tmp_path: Path) -> None:
+    before = (run_dir / "recipe.toml").read_text()
+    result, out = _invoke("recipe", "run", str(run_dir / "recipe.toml"), "--out", str(run_dir), "--resume",
+                          "--set", "model.logit_alpha=0.2")
+    assert result.exit_code == 2 and "written by another recipe" in out, out
+    assert (run_dir / "recipe.toml").read_text() == before  # its advice, "use its own recipe.toml", still works
+
+
+def test_eval_refuses_a_recipe_toml_that_no_longer_matches_the_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    text = (copy / "recipe.toml").read_text()
+    assert "logit_alpha = 0.05" in text
+    (copy / "recipe.toml").write_text(text.replace("logit_alpha = 0.05", "logit_alpha = 0.2"))
+    (copy / "eval.json").unlink(missing_ok=True)
+    result, out = _invoke("eval", str(copy), "--metrics", "bpd", "--device", "cpu")
+    assert result.exit_code == 2 and "no longer describes the model of" in out and "state.json" in out, out
+    assert not (copy / "eval.json").exists()
+
+
+def test_a_fresh_run_replaces_what_a_run_without_checkpoints_left(tmp_path: Path) -> None:
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "metrics.jsonl").write_text('{"step": 5, "bpd": NaN}\n{"step": 10, "bpd": NaN}\n')
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(TINY))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(out_dir), "--device", "cpu")
+    assert result.exit_code == 0, out
+    steps = [json.loads(line)["step"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and 10 not in steps
+
+
+def test_extending_a_finished_run_keeps_one_final_record_and_bpd_untrained(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(TINY))
+    out_dir = tmp_path / "run"
+    assert _invoke("recipe", "run", str(recipe), "--out", str(out_dir), "--device", "cpu")[0].exit_code == 0
+    untrained = json.loads((out_dir / "summary.json").read_text())["bpd_untrained"]
+    (out_dir / "summary.json").unlink()  # as if killed before the end: bpd_untrained comes from the checkpoint
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(out_dir), "--device", "cpu", "--resume",
+                          "--set", "train.steps=6", "--set", "train.checkpoint_every=6")
+    assert result.exit_code == 0, out
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    finals = [r["step"] for r in records if any(k.startswith("final/") for k in r)]
+    assert finals == [6]
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["bpd_untrained"] == untrained
+
+
+def test_a_corrupt_checkpoint_names_the_older_one_to_fall_back_to(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=4", "train.checkpoint_every=2")))
+    out_dir = tmp_path / "run"
+    assert _invoke("recipe", "run", str(recipe), "--out", str(out_dir), "--device", "cpu")[0].exit_code == 0
+    newest = out_dir / "checkpoints" / "step_00000004"
+    state = json.loads((newest / "state.json").read_text())
+    for broken in ({**state, "step": "abc"}, {**state, "rng": {**state["rng"], "numpy": [1]}}):
+        (newest / "state.json").write_text(json.dumps(broken))
+        for args in (["recipe", "run", str(recipe), "--out", str(out_dir), "--resume", "--set", "train.steps=6"],
+                     ["eval", str(out_dir), "--metrics", "bpd", "--device", "cpu"]):
+            result, out = _invoke(*args)
+            if args[0] == "eval" and broken["step"] == 4:
+                continue  # eval reads weights only: the random state does not matter to it
+            assert result.exit_code == 2, out
+            assert "internal error" not in out and "delete step_00000004 to resume from step_00000002" in out, out

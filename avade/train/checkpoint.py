@@ -181,20 +181,32 @@ def checkpoint_step(path: Path) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
+def fallback_hint(path: Path) -> str:
+    """What to do about a broken checkpoint: delete it, naming the older one a resume would then use."""
+    older = [p for p in list_checkpoints(path.parent) if checkpoint_step(p) < checkpoint_step(path)]
+    if older:
+        return f"delete {path.name} to resume from {older[-1].name}, the newest older checkpoint"
+    return f"delete {path.name} (no older checkpoint: the run would start again from step 0)"
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Read and check a checkpoint directory; CheckpointError if anything is missing or corrupt."""
     files = {n: path / f"{n}.safetensors" for n in ("model", "optimizer", "rng")}
     state_file = path / "state.json"
     for f in (*files.values(), state_file):
         if not f.is_file():
-            raise CheckpointError(f"checkpoint {path} is incomplete: {f.name} is missing; delete it to resume "
-                                  "from the previous one")
+            raise CheckpointError(f"checkpoint {path} is incomplete: {f.name} is missing; {fallback_hint(path)}")
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt: state.json is not valid JSON ({exc})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json is not valid JSON ({exc}); "
+                              f"{fallback_hint(path)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "step" not in state:
         raise CheckpointError(f"checkpoint {path} has an unknown format; it was not written by this avade")
+    step = state["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json's step is {step!r}, not a count of "
+                              f"steps; {fallback_hint(path)}")
     tensors = {}
     for name, f in files.items():
         try:
@@ -202,7 +214,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             detail = " ".join(str(exc).split())[:120]
             raise CheckpointError(f"checkpoint {path} is corrupt: {f.name} cannot be read ({detail}); "
-                                  "delete it or resume from an older one") from None
+                                  f"{fallback_hint(path)}") from None
     return {"state": state, **tensors}
 
 
@@ -224,17 +236,19 @@ def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, 
     :func:`read_checkpoint`. Returns False when the checkpoint has no random state for ``rank`` (it
     was written by a job with fewer processes): the caller then has to seed that process itself."""
     load_weights(model, ckpt["model"], path)
-    meta = ckpt["state"]["optimizers"]
+    meta = ckpt["state"].get("optimizers")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json has no optimizer table; {fallback_hint(path)}")
     for name, opt in optimizers.items():
         if name not in meta:
             raise CheckpointError(f"checkpoint {path} has no state for optimizer '{name}'")
         try:
             optimizer_from_tensors(name, opt, ckpt["optimizer"], meta[name])
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {path}: optimizer '{name}' state does not fit ({exc})") from None
     if rank == 0:
         tensors = {k: v for k, v in ckpt["rng"].items() if not k.startswith("rank")}
-        rng_meta = ckpt["state"]["rng"]
+        rng_meta = ckpt["state"].get("rng")
     else:
         prefix = f"rank{rank}."
         tensors = {k.removeprefix(prefix): v for k, v in ckpt["rng"].items() if k.startswith(prefix)}
@@ -242,7 +256,11 @@ def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, 
         if not tensors or len(metas) < rank:
             return False
         rng_meta = metas[rank - 1]
-    _set_rng_state(tensors, rng_meta)
+    try:
+        _set_rng_state(tensors, rng_meta)  # type: ignore[arg-type]  # a missing table fails inside, as corrupt
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its random state cannot be restored ({exc}); "
+                              f"{fallback_hint(path)}") from None
     for name, gen in generators.items():
         key = f"gen_{name}"
         if key in tensors:

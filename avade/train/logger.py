@@ -13,7 +13,7 @@ from avade.train.rundir import RunDir, atomic_write_text, json_safe
 class MetricsLogger:
     """Appends ``{"step": s, ...}`` lines; mirrors scalars to TensorBoard if it is installed."""
 
-    def __init__(self, run: RunDir, enabled: bool = True) -> None:
+    def __init__(self, run: RunDir, enabled: bool = True, start_step: int = 0) -> None:
         self.enabled = enabled
         self.path = run.metrics
         self._tb: Any = None
@@ -21,7 +21,9 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run.tensorboard))
+                # purge_step: TensorBoard drops what earlier writers logged after ``start_step`` (the
+                # steps a resume replays, or a whole earlier attempt that left no checkpoint).
+                self._tb = SummaryWriter(str(run.tensorboard), purge_step=start_step + 1)
             except ImportError:  # tensorboard is optional
                 self._tb = None
 
@@ -42,13 +44,17 @@ class MetricsLogger:
 
     @staticmethod
     def truncate(path: Path, step: int) -> None:
-        """Drop lines logged after ``step`` (they are replayed after a resume)."""
+        """Drop lines logged after ``step`` (they are replayed after a resume) and the ``final/`` results
+        of a finished run (a resumed run logs its own at its new end); ``step = -1`` drops every line."""
         if not path.exists():
             return
         keep = []
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    continue
+                if record.get("step", 0) <= step and not any(str(k).startswith("final/") for k in record):
                     keep.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash

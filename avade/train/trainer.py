@@ -134,8 +134,10 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.rng_restored = False  # set by _resume: this process's random state came from the checkpoint
+        self.bpd_untrained: float | None = None  # the test BPD before training (checkpointed)
         if resume:
             self._resume()
+        self._write_recipe(fresh=self.step == 0)  # only now: a refused resume leaves the run as it was
         if self.step == 0:
             self._data_init()
         if self.dist.enabled:
@@ -175,16 +177,20 @@ class Trainer:
     def _make_run_dir(self, resume: bool) -> None:
         if self.dist.is_main:
             self.run.make()
-            # On --resume too: a resumed run may change train settings (e.g. more steps); the fingerprint
-            # check guarantees that the model and data are the same.
+
+    def _write_recipe(self, fresh: bool) -> None:
+        """recipe.toml; a fresh start also drops the metrics a run without checkpoints left behind. On
+        --resume too: a resumed run may change train settings (e.g. more steps); the fingerprint check
+        (done before this) guarantees that the model and data are the same."""
+        if self.dist.is_main:
+            if fresh:
+                MetricsLogger.truncate(self.run.metrics, -1)
             atomic_write_text(self.run.recipe, recipe_to_toml(self.recipe))
 
     def _resume(self) -> None:
         existing = ckpt.list_checkpoints(self.run.checkpoints)
         if not existing:
             self.console.print(f"no checkpoint in {self.run.checkpoints}: starting from step 0")
-            if self.dist.is_main:
-                MetricsLogger.truncate(self.run.metrics, 0)
             return
         path = existing[-1]
         data = ckpt.read_checkpoint(path)
@@ -208,9 +214,11 @@ class Trainer:
                 group.update(hyper)
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
+        untrained = state.get("bpd_untrained")
+        self.bpd_untrained = float(untrained) if isinstance(untrained, int | float) else None
         if self.collapse is not None and state.get("collapse"):
             self.collapse.load_state_dict(state["collapse"])
-        if self.dist.is_main:
+        if self.dist.is_main and self._finished_summary() is None:  # a finished run is left as it is
             MetricsLogger.truncate(self.run.metrics, self.step)
         self.console.print(f"resumed from {path} (step {self.step})")
 
@@ -251,7 +259,7 @@ class Trainer:
         return ckpt.save_checkpoint(
             self.run.checkpoints, self.step, self.model, self.optimizers, rng,
             {"fingerprint": self.fingerprint, "recipe_name": self.recipe.name, "recipe": self.recipe_dict,
-             "bad_steps": self.bad_steps, "world": self.dist.world,
+             "bad_steps": self.bad_steps, "world": self.dist.world, "bpd_untrained": self.bpd_untrained,
              "collapse": self.collapse.state_dict() if self.collapse is not None else None},
             keep=self.cfg.keep_checkpoints)
 
@@ -376,10 +384,17 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to ``train.steps``, checkpointing, logging and sampling; returns the summary."""
         cfg = self.cfg
-        logger = MetricsLogger(self.run, enabled=self.dist.is_main)
+        finished = self._finished_summary()
+        if finished is not None:
+            if self.dist.is_main:
+                self.console.print(f"{self.run.root} already finished at step {self.step} (summary.json); nothing "
+                                   "to do: raise train.steps to train on, or `avade eval` it")
+            return finished
+        logger = MetricsLogger(self.run, enabled=self.dist.is_main, start_step=self.step)
         start_step = self.step
         # The untrained model's test BPD, so a summary shows what training bought.
-        initial = self.test_bpd() if self.likelihood and self.step == 0 else None
+        if self.likelihood and self.step == 0:
+            self.bpd_untrained = self.test_bpd()
         t0, images = time.perf_counter(), 0
         batches = self.stream.batches(self.step)
         from avade.train.progress import TrainProgress
@@ -420,11 +435,9 @@ class Trainer:
                                    if self.step > start_step else None, "device": str(self.device)}
         results = self.evaluate()
         summary.update(results)
-        if initial is None and self.run.summary.is_file():  # resumed: keep what the first start measured
-            try:
-                initial = json.loads(self.run.summary.read_text(encoding="utf-8")).get("bpd_untrained")
-            except (OSError, ValueError, AttributeError):
-                initial = None
+        initial = self.bpd_untrained
+        if initial is None and self.run.summary.is_file():  # a checkpoint from before bpd_untrained was kept
+            initial = self._read_summary().get("bpd_untrained")
         if initial is not None:
             summary["bpd_untrained"] = initial
         if self.dist.is_main:
@@ -438,6 +451,21 @@ class Trainer:
             raise TrainingError(f"training diverged: {what} (lower train.lr or set train.grad_clip); "
                                 f"{self._last_good_checkpoint()}")
         return summary
+
+    def _read_summary(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.run.summary.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _finished_summary(self) -> dict[str, Any] | None:
+        """summary.json when a resumed run already finished at ``train.steps`` (e.g. the done variants of an
+        interrupted sweep): its final evaluation is not run again, nor its outputs rewritten."""
+        if self.step < self.cfg.steps or not self.run.summary.is_file():
+            return None
+        summary = self._read_summary()
+        return summary if summary.get("steps") == self.step else None
 
     def _last_good_checkpoint(self) -> str:
         """Where a diverged run can be resumed from, for its error message."""

@@ -214,3 +214,26 @@ def test_unknown_compile_backend_is_refused_before_the_run_dir_exists(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.compile_backend: unknown torch\.compile backend 'fastest'"):
         Trainer(recipe, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_drops_the_steps_a_resume_replays(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from avade.train.logger import MetricsLogger
+    from avade.train.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.make()
+    first = MetricsLogger(run)
+    for step in range(1, 11):
+        first.log(step, {"bpd": float(step)})
+    first.close()
+    resumed = MetricsLogger(run, start_step=5)  # resumed from the checkpoint of step 5
+    for step in range(6, 9):
+        resumed.log(step, {"bpd": 100.0 + step})
+    resumed.close()
+    events = EventAccumulator(str(run.tensorboard))
+    events.Reload()
+    series = [(e.step, e.value) for e in events.Scalars("bpd")]
+    assert series == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 9)]
