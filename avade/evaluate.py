@@ -7,6 +7,7 @@ datasets, so every metric component works the same during training and from the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ class RunContext:
     cache_dir: Path
     options: dict[str, Any] = attrs.Factory(dict)
     seed: int = 0
+    checkpoint: Path | None = None  # the checkpoint the weights came from
 
     @property
     def dataset_key(self) -> str:
@@ -156,8 +158,23 @@ def _options(recipe: Recipe) -> dict[str, Any]:
     return {"inception_weights": recipe.eval.inception_weights} if recipe.eval.inception_weights else {}
 
 
-def load_run(run_dir: Path, device: str = "auto") -> RunContext:
-    """Rebuild a run's model from ``recipe.toml`` and its newest checkpoint."""
+def select_checkpoint(run: RunDir, checkpoint: str | int | None = None) -> Path:
+    """The newest checkpoint of ``run``, or the one of step ``checkpoint`` (``30000`` or ``step_00030000``)."""
+    checkpoints = ckpt.list_checkpoints(run.checkpoints)
+    if not checkpoints:
+        raise CheckpointError(f"{run.root} has no checkpoint yet (checkpoints/ is empty)")
+    if checkpoint is None:
+        return checkpoints[-1]
+    text = str(checkpoint).strip().removeprefix("step_")
+    by_step = {ckpt.checkpoint_step(p): p for p in checkpoints}
+    if text.isdigit() and int(text) in by_step:
+        return by_step[int(text)]
+    steps = ", ".join(str(s) for s in sorted(by_step))
+    raise CheckpointError(f"--checkpoint {checkpoint}: {run.checkpoints} has no such checkpoint; its steps are {steps}")
+
+
+def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None = None) -> RunContext:
+    """Rebuild a run's model from ``recipe.toml`` and its newest checkpoint (or that of step ``checkpoint``)."""
     from avade.train.trainer import load_datasets, resolve_device
 
     run = RunDir(Path(run_dir))
@@ -165,29 +182,30 @@ def load_run(run_dir: Path, device: str = "auto") -> RunContext:
         raise CheckpointError(f"{run.root} is not a run directory (no recipe.toml); pass the --out of "
                               "`avade recipe run`")
     recipe = load_recipe(run.recipe)
-    checkpoints = ckpt.list_checkpoints(run.checkpoints)
-    if not checkpoints:
-        raise CheckpointError(f"{run.root} has no checkpoint yet (checkpoints/ is empty)")
-    data = ckpt.read_checkpoint(checkpoints[-1])
+    chosen = select_checkpoint(run, checkpoint)
+    data = ckpt.read_checkpoint(chosen)
     if data["state"].get("fingerprint") != ckpt.fingerprint(recipe_to_dict(recipe)):
         # e.g. recipe.toml edited by hand: the weights would be evaluated as another model (a wrong
         # logit_alpha still loads, and gives a wrong BPD).
-        raise CheckpointError(f"{run.recipe} no longer describes the model of {checkpoints[-1]} (model or data "
+        raise CheckpointError(f"{run.recipe} no longer describes the model of {chosen} (model or data "
                               "settings changed since it was written); put back the recipe it was trained with "
-                              f"(a copy is in {checkpoints[-1] / 'state.json'}, under \"recipe\")")
+                              f"(a copy is in {chosen / 'state.json'}, under \"recipe\")")
     dev = resolve_device(device)
     train_set, test_set = load_datasets(recipe)
     model = build_model(recipe, train_set.shape, train_set.num_classes)
-    ckpt.load_weights(model, data["model"], checkpoints[-1])
+    ckpt.load_weights(model, data["model"], chosen)
     model.to(dev).eval()
     return RunContext(model, recipe, train_set, test_set, dev, run.root, cache_dir(), _options(recipe),
-                      recipe.train.seed)
+                      recipe.train.seed, chosen)
 
 
 def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
-                 device: str = "auto", console: Console | None = None) -> dict[str, float]:
-    """``avade eval``: compute metrics on a run's newest checkpoint and write ``eval.json``."""
-    ctx = load_run(run_dir, device)
+                 device: str = "auto", console: Console | None = None, checkpoint: str | int | None = None
+                 ) -> dict[str, float]:
+    """``avade eval``: compute metrics on a run's newest checkpoint (or that of step ``checkpoint``) and
+    record them in ``eval.json`` with the checkpoint and its step; results of earlier calls on the same
+    checkpoint are kept (``--metrics bpd`` after ``--metrics fid`` keeps the FID)."""
+    ctx = load_run(run_dir, device, checkpoint)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
     if not metrics and ctx.recipe.variant not in LIKELIHOOD_VARIANTS:
         # As in training: the default metric (bpd) does not apply to a model without a likelihood.
@@ -201,18 +219,34 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
     if "bpd" in names:
         ctx.bpd_defined()  # ... and on bpd for a model without a likelihood
     results = run_metrics(ctx, names, ctx.recipe, samples, console)
-    write_json(RunDir(Path(run_dir)).eval, results)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process evaluates; one writes
+        _record_eval(RunDir(Path(run_dir)).eval, ctx.checkpoint, results)
     return results
 
 
+def _record_eval(path: Path, checkpoint: Path | None, results: dict[str, float]) -> None:
+    name = checkpoint.name if checkpoint is not None else None
+    record: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = None
+        if isinstance(earlier, dict) and earlier.get("checkpoint") == name:
+            record = earlier
+    record.update({"checkpoint": name, "step": ckpt.checkpoint_step(checkpoint) if checkpoint else None, **results})
+    write_json(path, record)
+
+
 def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), temperature: float = 1.0,
-               reconstructions: bool = False, seed: int = 0, device: str = "auto") -> Path:
+               reconstructions: bool = False, seed: int = 0, device: str = "auto",
+               checkpoint: str | int | None = None) -> Path:
     """``avade sample``: a PNG grid of samples (or test images next to their reconstructions)."""
     from torchvision.utils import save_image
 
     if n < 1:
         raise ConfigError(f"-n must be at least 1, got {n}")
-    ctx = load_run(run_dir, device)
+    ctx = load_run(run_dir, device, checkpoint)
     model = ctx.model
     gen = torch.Generator(device=ctx.device).manual_seed(seed)
     nrow = max(1, int(n**0.5))

@@ -65,7 +65,7 @@ def test_eval_json_and_eval_file(run_dir: Path) -> None:
     assert result.exit_code == 0, out
     data = json.loads(out[out.index("{"):])
     assert data["bpd"] > 0
-    assert json.loads((run_dir / "eval.json").read_text()) == data
+    assert json.loads((run_dir / "eval.json").read_text()) == {"checkpoint": "step_00000003", "step": 3, **data}
 
 
 def test_eval_unknown_metric_suggests(run_dir: Path) -> None:
@@ -331,3 +331,27 @@ def test_a_corrupt_checkpoint_names_the_older_one_to_fall_back_to(tmp_path: Path
                 continue  # eval reads weights only: the random state does not matter to it
             assert result.exit_code == 2, out
             assert "internal error" not in out and "delete step_00000004 to resume from step_00000002" in out, out
+
+
+def test_eval_and_sample_take_an_older_checkpoint_and_eval_json_says_which(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=4", "train.checkpoint_every=2")))
+    run = tmp_path / "run"
+    assert _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")[0].exit_code == 0
+    result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu")
+    assert result.exit_code == 0, out
+    newest = json.loads((run / "eval.json").read_text())
+    assert (newest["checkpoint"], newest["step"]) == ("step_00000004", 4) and newest["bpd"] > 0
+    (run / "eval.json").write_text(json.dumps({**newest, "fid": 12.5}))  # an earlier call's metric ...
+    assert _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu")[0].exit_code == 0
+    assert json.loads((run / "eval.json").read_text())["fid"] == 12.5  # ... kept for the same checkpoint
+    result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu", "--checkpoint", "2")
+    assert result.exit_code == 0, out
+    older = json.loads((run / "eval.json").read_text())
+    assert (older["checkpoint"], older["step"]) == ("step_00000002", 2) and "fid" not in older
+    assert older["bpd"] != newest["bpd"]
+    result, out = _invoke("sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png"), "--checkpoint",
+                          "step_00000002", "--device", "cpu")
+    assert result.exit_code == 0 and (tmp_path / "s.png").is_file(), out
+    result, out = _invoke("eval", str(run), "--checkpoint", "3", "--device", "cpu")
+    assert result.exit_code == 2 and "has no such checkpoint; its steps are 2, 4" in out, out

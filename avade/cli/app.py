@@ -148,6 +148,8 @@ def _root(
         reset_registry()
 
 
+CheckpointOption = Annotated[str | None, typer.Option(
+    "--checkpoint", metavar="STEP", help="The checkpoint of this step (e.g. 30000) instead of the newest.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE",
                                                      help="Override a recipe key (TOML value syntax).")]
 
@@ -300,8 +302,9 @@ def evaluate(
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    checkpoint: CheckpointOption = None,
 ) -> None:
-    """Evaluate a run's last checkpoint; writes eval.json (and plots) into the run directory."""
+    """Evaluate a run's last checkpoint (or --checkpoint STEP); records eval.json (and plots) in the run."""
     from avade.evaluate import evaluate_run
 
     if samples is not None and samples < 2:
@@ -311,7 +314,7 @@ def evaluate(
         raise AvadeError("--metrics: give at least one metric, e.g. --metrics bpd,fid (or leave it out for the "
                          "recipe's eval.metrics)")
     results = evaluate_run(run_dir, names, samples=samples, device=_device(device, indexed=True),
-                           console=err if as_json else out)
+                           console=err if as_json else out, checkpoint=checkpoint)
     if as_json:
         print(json.dumps(results, indent=2))
     else:
@@ -333,8 +336,9 @@ def sample(
                                                   "reconstructions instead.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    checkpoint: CheckpointOption = None,
 ) -> None:
-    """Write a grid of samples (or reconstructions) from a run's last checkpoint."""
+    """Write a grid of samples (or reconstructions) from a run's last checkpoint (or --checkpoint STEP)."""
     from avade.evaluate import sample_run
 
     if not (math.isfinite(temperature) and temperature > 0):
@@ -344,7 +348,7 @@ def sample(
     if output.is_dir():
         raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'samples.png'}")
     path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
-                      seed=seed, device=_device(device, indexed=True))
+                      seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint)
     out.print(f"wrote {path}")
 
 
