@@ -36,7 +36,8 @@ def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: s
         if fresh and out_dir.is_dir() and not list_checkpoints(RunDir(out_dir).checkpoints):
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
-    console.print(f"[bold]{recipe.name}[/] ({recipe.variant}) -> {out_dir} on {trainer.device}")
+    if trainer.dist.is_main:
+        console.print(f"[bold]{recipe.name}[/] ({recipe.variant}) -> {out_dir} on {trainer.device}")
     summary = trainer.fit()
     if trainer.dist.is_main:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float))

@@ -190,7 +190,8 @@ class Trainer:
     def _resume(self) -> None:
         existing = ckpt.list_checkpoints(self.run.checkpoints)
         if not existing:
-            self.console.print(f"no checkpoint in {self.run.checkpoints}: starting from step 0")
+            if self.dist.is_main:
+                self.console.print(f"no checkpoint in {self.run.checkpoints}: starting from step 0")
             return
         path = existing[-1]
         data = ckpt.read_checkpoint(path)
@@ -220,7 +221,8 @@ class Trainer:
             self.collapse.load_state_dict(state["collapse"])
         if self.dist.is_main and self._finished_summary() is None:  # a finished run is left as it is
             MetricsLogger.truncate(self.run.metrics, self.step)
-        self.console.print(f"resumed from {path} (step {self.step})")
+        if self.dist.is_main:
+            self.console.print(f"resumed from {path} (step {self.step})")
 
     def _data_init(self) -> None:
         """A fresh run starts with one no-grad likelihood pass (and, for adversarial variants, one
@@ -422,7 +424,7 @@ class Trainer:
                 logs["images_per_s"] = images / max(elapsed, 1e-9)
                 bar.update(self.step, logs)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    logger.log(self.step, logs)
+                    logger.log(self.step, self._global_logs(logs))
                 if self.step % cfg.sample_every == 0:
                     self.write_grids(f"{self.step:08d}")
                 if self.recipe.eval.every and self.step % self.recipe.eval.every == 0 and self.step < cfg.steps:
@@ -451,6 +453,15 @@ class Trainer:
             raise TrainingError(f"training diverged: {what} (lower train.lr or set train.grad_clip); "
                                 f"{self._last_good_checkpoint()}")
         return summary
+
+    def _global_logs(self, logs: dict[str, Any]) -> dict[str, Any]:
+        """Under data parallelism, the step's values averaged over the processes (each saw part of the
+        batch); every process must call it. ``images_per_s`` is already the whole job's."""
+        if not self.dist.enabled:
+            return logs
+        keys = [k for k, v in logs.items() if k != "images_per_s" and isinstance(v, float)]
+        sums = all_sum([logs[k] for k in keys], self.dist, self.device)
+        return {**logs, **{k: total / self.dist.world for k, total in zip(keys, sums, strict=True)}}
 
     def _read_summary(self) -> dict[str, Any]:
         try:

@@ -249,3 +249,27 @@ def test_broadcast_parameters_invalidate_weight_caches(tmp_path):
     mp.spawn(_broadcast_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
     y0, y1 = (load_file(str(tmp_path / f"rank{r}.safetensors"))["y"] for r in range(WORLD))
     assert torch.equal(y0, y1)
+
+
+def _logging_worker(rank, port, out):
+    """Each rank reports its own made-up loss: the logged value must be their mean, not rank 0's."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from avade.train.trainer import Trainer
+
+    try:
+        trainer = Trainer(tiny_recipe(*EVAL_OVERRIDES, "train.log_every=1"), os.path.join(out, "run"),
+                          progress=False, device="cpu")
+        trainer.train_step = lambda x, y: {"loss": 10.0 * (rank + 1), "bpd": 4.0 + rank, "finite": 1.0}
+        trainer.fit()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_logged_values_are_the_mean_over_processes(tmp_path):
+    mp.spawn(_logging_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(r["loss"] == 15.0 and r["bpd"] == 4.5 and r["finite"] == 1.0 for r in steps)
