@@ -71,7 +71,11 @@ class ResNetDecoder(Decoder):
     ``i-1``; stage 0 = ``blocks_per_stage`` blocks; head = conv3x3(elu(d)) to the output channels.
 
     The layout comes from ``stage_shapes`` (normally the encoder's), so any resolution the encoder accepts
-    works here too.
+    works here too. Reading of Table 6b (one block per row, as in the encoder column): "IAF block up 256"
+    is the 4x4 stage's block, which takes that stage's 256 channels (where its latents live, as in the
+    bidirectional IAF-VAE, whose top-down blocks mirror the bottom-up ones) up to 8x8 and 128 channels;
+    "up 128" and "up 64" likewise; "IAF block 32" works at 32x32. ``blocks_per_stage = 2`` adds a block
+    at each stage's own resolution and width before its up block.
     """
 
     def __init__(self, cfg: ResNetDecoderConfig, *, stage_shapes: Sequence[Sequence[int]],
