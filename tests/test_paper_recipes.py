@@ -238,6 +238,7 @@ def test_table9_sweeps_are_the_papers_pairs(name: str, variant: str, pairs: list
         assert v.recipe.model.flow.config.layers == 3
         assert v.recipe.data.options.name == "cifar10" and v.recipe.data.dataset.config.resolution == 32
         assert (v.recipe.model.discriminator is not None) == (variant == "av-ade")
+    assert all(v.recipe.model.flow.config.hidden_growth == 2 for v in variants)  # the reference's widths
     if variant == "av-ade":  # appendix F: MLE first, then coverage and quality
         assert variants[0].recipe.train.warmup_steps > 0
 

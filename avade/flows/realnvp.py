@@ -23,7 +23,9 @@ class RealNVPConfig:
 
     ``scales``: number of scales (H and W must be divisible by ``2**(scales-1)``); ``layers``:
     checkerboard couplings per scale; ``blocks``/``hidden``: residual blocks and channels of each s/t
-    network; ``norm``: normalization of its convolutions; ``batch_norm``: batch norm inside it.
+    network; ``norm``: normalization of its convolutions; ``batch_norm``: batch norm inside it;
+    ``hidden_growth``: 2 widens the s/t networks as the Real-NVP reference does, ``hidden * 2**k`` at
+    scale ``k`` and twice that in its channel-wise couplings (1 keeps ``hidden`` everywhere).
     """
 
     scales: int = attrs.field(default=1, validator=ge(1))
@@ -32,6 +34,8 @@ class RealNVPConfig:
     hidden: int = attrs.field(default=64, validator=ge(1))
     norm: str = "weight-norm"
     batch_norm: bool = True
+    hidden_growth: Literal[1, 2] = attrs.field(
+        default=1, metadata={"help": "2 = reference widths: hidden*2**scale, x2 in channel couplings"})
     checkerboard: Literal["masked", "packed"] = attrs.field(
         default="masked", metadata={"help": "masked: full-resolution s/t nets (Real-NVP reference); packed: "
                                             "each half packed to H x W/2, half the FLOPs"})
@@ -64,21 +68,23 @@ class RealNVP(Flow):
         self.cfg = cfg
         self.body = self._scale((c, h, w), cfg.scales)
 
-    def _coupling(self, shape: Shape, mask: str, reverse: bool) -> AffineCoupling:
+    def _coupling(self, shape: Shape, mask: str, reverse: bool, hidden: int) -> AffineCoupling:
         cfg = self.cfg
-        coupling = AffineCouplingConfig(mask=mask, reverse=reverse, net="resnet", hidden=cfg.hidden,
+        coupling = AffineCouplingConfig(mask=mask, reverse=reverse, net="resnet", hidden=hidden,
                                         blocks=cfg.blocks, norm=cfg.norm, batch_norm=cfg.batch_norm)
         return AffineCoupling(coupling, in_shape=shape)
 
     def _scale(self, shape: Shape, remaining: int) -> Flow:
-        layers = range(self.cfg.layers)
-        mask = "checkerboard" if self.cfg.checkerboard == "masked" else "checkerboard-packed"
-        flows: list[Flow] = [self._coupling(shape, mask, i % 2 == 1) for i in layers]
+        cfg = self.cfg
+        hidden = cfg.hidden * cfg.hidden_growth ** (cfg.scales - remaining)
+        mask = "checkerboard" if cfg.checkerboard == "masked" else "checkerboard-packed"
+        flows: list[Flow] = [self._coupling(shape, mask, i % 2 == 1, hidden) for i in range(cfg.layers)]
         if remaining > 1:
             squeeze = Squeeze(in_shape=shape)
             sq = squeeze.out_shape
             flows.append(squeeze)
-            flows += [self._coupling(sq, "channel", i % 2 == 1) for i in range(CHANNEL_COUPLINGS)]
+            flows += [self._coupling(sq, "channel", i % 2 == 1, hidden * cfg.hidden_growth)
+                      for i in range(CHANNEL_COUPLINGS)]
             inner = self._scale((sq[0] // 2, sq[1], sq[2]), remaining - 1)
             flows += [FactorOut(sq, inner=inner), Unsqueeze(sq)]
         return FlowSequence(flows)

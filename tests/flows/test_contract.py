@@ -120,3 +120,24 @@ def test_in_shape_is_validated(bad) -> None:
 def test_in_shape_may_be_a_list() -> None:
     flow = avade.create("flow", "realnvp", in_shape=[1, 4, 4], hidden=8, blocks=1)
     assert flow.in_shape == flow.out_shape == (1, 4, 4)
+
+
+@pytest.mark.parametrize("growth", [1, 2])
+def test_realnvp_widens_its_st_networks_as_the_reference(growth, perturb) -> None:
+    flow = avade.create("flow", "realnvp", in_shape=(3, 16, 16), scales=3, hidden=8, blocks=1,
+                        hidden_growth=growth)
+    widths = [m.net.out.in_channels for m in flow.modules() if type(m).__name__ == "AffineCoupling"]
+    # per scale k: 3 checkerboard couplings (8 * growth**k), then (k < 2) 3 channel-wise ones (twice that)
+    g = growth
+    assert widths == [8] * 3 + [8 * g] * 3 + [8 * g] * 3 + [8 * g * g] * 3 + [8 * g * g] * 3
+    perturb(flow, 0.05)
+    flow.eval()
+    x = torch.randn(2, 3, 16, 16)
+    y, logdet = flow(x)
+    torch.testing.assert_close(flow.inverse(y), x, rtol=0, atol=1e-5)
+    assert logdet.shape == (2,)
+
+
+def test_realnvp_hidden_growth_is_1_or_2() -> None:
+    with pytest.raises(avade.ConfigError, match="hidden_growth"):
+        avade.create("flow", "realnvp", in_shape=(3, 8, 8), hidden_growth=3)
