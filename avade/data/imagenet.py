@@ -66,6 +66,7 @@ class ImageNetConfig:
 
 
 BATCH = re.compile(r"train_data_batch_(\d+)(\.npz)?")
+TRAIN_BATCHES = 10  # train_data_batch_1..10 in the 32x32 and the 64x64 release
 LAYOUT_NAMES = {"batches": "batch-file (npz or pickle)", "folder": "image-folder"}
 
 
@@ -106,11 +107,14 @@ def _batch_files(folders: list[Path], split: str) -> list[Path]:
                             f"unpack {folder.name}.zip into {folder.parent} again")
     if not numbered:
         return []
-    missing = sorted(set(range(1, max(numbered) + 1)) - set(numbered))
-    if missing:  # an interrupted download or copy: training on part of the set would go unnoticed
+    # Both releases have exactly TRAIN_BATCHES training batches: a missing one (an interrupted download
+    # or copy, a half-unpacked part) would otherwise train on part of the set without a word.
+    last = max(TRAIN_BATCHES, max(numbered))
+    missing = sorted(set(range(1, last + 1)) - set(numbered))
+    if missing:
         where = " and ".join(map(str, folders))
         names = ", ".join(f"train_data_batch_{k}{ext}" for k in missing)
-        raise DataError(f"dataset 'imagenet': {where} lacks {names} of train_data_batch_1..{max(numbered)}{ext}; "
+        raise DataError(f"dataset 'imagenet': {where} lacks {names} of train_data_batch_1..{last}{ext}; "
                         "copy the missing files")
     return [numbered[k] for k in sorted(numbered)]  # numerically: batch_10 after batch_9
 

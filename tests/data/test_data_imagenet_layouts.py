@@ -68,6 +68,11 @@ def test_a_missing_part_or_batch_of_imagenet64_is_named(tmp_path, fmt):
         f.unlink()
     with pytest.raises(DataError, match=rf"Imagenet64_train_part2{suffix} holds no train_data_batch"):
         avade.create("dataset", "imagenet", **kw)
+    write_batch(part2, "train_data_batch_6", fmt, 1, 64, seed=6)  # part 2 only partly unpacked
+    with pytest.raises(DataError, match=rf"lacks train_data_batch_7{ext}, .*train_data_batch_10{ext} of "):
+        avade.create("dataset", "imagenet", **kw)
+    for f in part2.iterdir():
+        f.unlink()
     part2.rmdir()  # only the first archive unpacked: half the training set
     with pytest.raises(DataError) as err:
         avade.create("dataset", "imagenet", **kw)
@@ -76,15 +81,16 @@ def test_a_missing_part_or_batch_of_imagenet64_is_named(tmp_path, fmt):
 
 
 def test_pickle_train_split_pairs_with_either_batch_format_but_not_folders(tmp_path):
-    write_batch(tmp_path / "Imagenet32_train", "train_data_batch_1", "pickle", 2, 32, seed=1)
+    for k in range(1, 11):
+        write_batch(tmp_path / "Imagenet32_train", f"train_data_batch_{k}", "pickle", 1, 32, seed=k)
     (tmp_path / "valid_32x32").mkdir()
     with pytest.raises(DataError, match=r"train split is in the batch-file .* test split found is in the image-folder"):
         avade.create("dataset", "imagenet", split="test", root=str(tmp_path))
     val_x, _ = write_batch(tmp_path / "Imagenet32_val_npz", "val_data", "npz", 2, 32, seed=5)  # same arrays
     test = avade.create("dataset", "imagenet", split="test", root=str(tmp_path))
     assert torch.equal(test.as_tensors()[0], torch.from_numpy(val_x))
-    write_batch(tmp_path / "Imagenet32_train", "train_data_batch_3", "pickle", 1, 32, seed=3)
-    with pytest.raises(DataError, match=r"Imagenet32_train lacks train_data_batch_2 of train_data_batch_1\.\.3;"):
+    (tmp_path / "Imagenet32_train" / "train_data_batch_2").unlink()
+    with pytest.raises(DataError, match=r"Imagenet32_train lacks train_data_batch_2 of train_data_batch_1\.\.10;"):
         avade.create("dataset", "imagenet", split="train", root=str(tmp_path))
 
 

@@ -307,10 +307,14 @@ def test_unreadable_files_raise_one_line_data_errors(tmp_path):
 
 def test_imagenet_with_a_missing_or_truncated_batch_is_one_data_error(tmp_path):
     folder = tmp_path / "Imagenet32_train_npz"
-    for k in (1, 2, 4):
+    for k in (1, 2, 4, 5, 6, 7, 8, 9):
         write_npz(folder / f"train_data_batch_{k}.npz", 1, 32, seed=k)
-    with pytest.raises(DataError, match=r"lacks train_data_batch_3\.npz"):
+    # a gap, and the missing last batch (both releases have 10)
+    with pytest.raises(DataError, match=r"lacks train_data_batch_3\.npz, train_data_batch_10\.npz of "
+                                        r"train_data_batch_1\.\.10\.npz"):
         avade.create("dataset", "imagenet", split="train", root=str(tmp_path))
+    write_npz(folder / "train_data_batch_3.npz", 1, 32, seed=3)
+    write_npz(folder / "train_data_batch_10.npz", 1, 32, seed=10)
     val = tmp_path / "Imagenet32_val_npz" / "val_data.npz"
     write_npz(val, 2, 32, seed=7)
     val.write_bytes(val.read_bytes()[:100])  # an interrupted copy
@@ -380,7 +384,7 @@ def test_an_unreadable_cifar_file_asks_for_permissions_not_a_new_download(tmp_pa
 
 
 def test_imagenet_test_split_follows_the_training_layout(tmp_path):
-    for k in (1, 2):
+    for k in range(1, 11):
         write_npz(tmp_path / "Imagenet32_train_npz" / f"train_data_batch_{k}.npz", 1, 32, seed=k)
     for i, a in enumerate(rgb_images(2, 32, 32, seed=5)):
         save_png(tmp_path / "valid_32x32" / f"{i}.png", a)  # the PixelRNN folder: other downsampling
