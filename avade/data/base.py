@@ -205,8 +205,8 @@ def check_split(split: str) -> str:
 
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     """Image files under ``folder`` (by extension; hidden files and folders such as
-    ``.ipynb_checkpoints`` skipped; symlinks followed, as torchvision's ImageFolder does, each folder
-    entered once so a link loop ends), sorted by path.
+    ``.ipynb_checkpoints`` skipped; symlinks followed, as torchvision's ImageFolder does, except a link
+    back to a folder it sits in, so a link loop ends), sorted by path.
 
     [] when ``folder`` is not a directory. A folder below it that cannot be read is a DataError (see
     :func:`folder_entries`), where a glob would skip it and the data would be incomplete without a word.
@@ -214,17 +214,17 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     if not folder.is_dir():
         return []
     found: list[Path] = []
-    pending = [folder]
-    entered = {os.path.realpath(folder)}
+    # (folder, the real paths of it and the folders above it): only a link to one of those is a loop.
+    pending = [(folder, frozenset({os.path.realpath(folder)}))]
     while pending:
-        for entry in folder_entries(pending.pop()):
+        current, above = pending.pop()
+        for entry in folder_entries(current):
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():
                 real = os.path.realpath(entry.path)
-                if recursive and real not in entered:
-                    entered.add(real)
-                    pending.append(Path(entry.path))
+                if recursive and real not in above:
+                    pending.append((Path(entry.path), above | {real}))
             elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
                 found.append(Path(entry.path))
     return sorted(found)

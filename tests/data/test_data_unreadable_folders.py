@@ -106,7 +106,7 @@ def test_a_real_unreadable_folder(tmp_path):
         (tmp_path / "b").chmod(0o755)
 
 
-def test_symlinked_folders_are_followed_once(tmp_path: Path) -> None:
+def test_symlinked_folders_are_followed_but_loops_end(tmp_path: Path) -> None:
     # Data assembled from links (class folders on other disks) is common; torchvision follows them.
     elsewhere = tmp_path / "elsewhere" / "cats"
     elsewhere.mkdir(parents=True)
@@ -116,4 +116,5 @@ def test_symlinked_folders_are_followed_once(tmp_path: Path) -> None:
     Image.new("RGB", (4, 4)).save(root / "dogs" / "b.png")
     (root / "cats").symlink_to(elsewhere, target_is_directory=True)
     (root / "dogs" / "loop").symlink_to(root, target_is_directory=True)  # a loop ends
-    assert list_images(root) == [root / "cats" / "a.png", root / "dogs" / "b.png"]
+    (root / "kittens").symlink_to(elsewhere, target_is_directory=True)  # a second link to the same folder
+    assert list_images(root) == [root / "cats" / "a.png", root / "dogs" / "b.png", root / "kittens" / "a.png"]
