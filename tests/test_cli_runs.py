@@ -355,3 +355,13 @@ def test_eval_and_sample_take_an_older_checkpoint_and_eval_json_says_which(tmp_p
     assert result.exit_code == 0 and (tmp_path / "s.png").is_file(), out
     result, out = _invoke("eval", str(run), "--checkpoint", "3", "--device", "cpu")
     assert result.exit_code == 2 and "has no such checkpoint; its steps are 2, 4" in out, out
+
+
+def test_the_sweep_grid_takes_list_values(tmp_path: Path) -> None:
+    rows = [{"name": f"v{i}", "model.encoder.channels": ch, "train.seed": seed, "bpd": 6.0 + i}
+            for i, (ch, seed) in enumerate([([4, 8], 0), ([4, 8], 1), ([8, 8], 0), ([8, 8], 1)])]
+    console = Console(record=True, width=160)
+    write_sweep_summary(tmp_path, rows, console, axes=["model.encoder.channels", "train.seed"])
+    grid = console.export_text().split("bpd: channels (rows) x seed (columns)")[1].splitlines()
+    cells = [[c.strip() for c in line.split("│")[1:4]] for line in grid if line.count("│") >= 4]
+    assert cells == [["[4, 8]", "6.0000", "7.0000"], ["[8, 8]", "8.0000", "9.0000"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -90,12 +91,12 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
     (the paper's scales x blocks ablation) also the main metric as a grid, rows by the first axis."""
     write_json(out_dir / "sweep_summary.json", rows)
     keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys and not isinstance(row[k], dict | list)]
+    for row in rows:  # the sweep's own axes always; other list/table values (results) only in the JSON
+        keys += [k for k in row if k not in keys and (k in axes or not isinstance(row[k], dict | list))]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
     (out_dir / "sweep_summary.csv").write_text(buf.getvalue(), encoding="utf-8")
     headers = _short_headers(keys)
     table = Table(title=f"sweep: {out_dir}", title_justify="left")
@@ -117,19 +118,31 @@ def _short_headers(keys: Sequence[str]) -> dict[str, str]:
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value)
     return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def _csv_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, dict | list) else value
 
 
 def _grid(rows: list[dict[str, Any]], axes: Sequence[str], metric: str, headers: dict[str, str]) -> Table:
     """``metric`` with the first axis' values as rows and the second's as columns (failed: "error")."""
     first, second = axes
-    row_values = list(dict.fromkeys(r.get(first) for r in rows))
-    col_values = list(dict.fromkeys(r.get(second) for r in rows))
-    cells = {(r.get(first), r.get(second)): ("error" if "error" in r else _cell(r.get(metric))) for r in rows}
-    grid = Table(title=f"{metric}: {headers[first]} (rows) x {headers[second]} (columns)", title_justify="left")
+
+    def key(value: Any) -> str:  # override values may be lists or tables (unhashable)
+        return _cell(value)
+
+    row_values = list(dict.fromkeys(key(r.get(first)) for r in rows))
+    col_values = list(dict.fromkeys(key(r.get(second)) for r in rows))
+    cells = {(key(r.get(first)), key(r.get(second))): "error" if "error" in r else _cell(r.get(metric))
+             for r in rows}
+    title = f"{metric}: {headers[first]} (rows) x {headers[second]} (columns)"
+    grid = Table(title=title, title_justify="left", min_width=len(title))
     grid.add_column(headers[first], justify="right")
     for c in col_values:
         grid.add_column(f"{headers[second]} = {c}", justify="right")
     for r in row_values:
-        grid.add_row(str(r), *(cells.get((r, c), "-") for c in col_values))
+        grid.add_row(r, *(cells.get((r, c), "-") for c in col_values))
     return grid
