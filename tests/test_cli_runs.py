@@ -53,7 +53,8 @@ def test_resume_at_the_end_is_a_no_op(run_dir: Path) -> None:
     # e.g. the finished variants of an interrupted sweep: no final evaluation again, no output rewritten
     before = {name: (run_dir / name).read_bytes() for name in ("summary.json", "metrics.jsonl", "recipe.toml")}
     grid = (run_dir / "samples" / "samples_final.png").stat().st_mtime_ns
-    result, out = _invoke("recipe", "run", str(run_dir / "recipe.toml"), "--out", str(run_dir), "--resume")
+    result, out = _invoke("recipe", "run", str(run_dir / "recipe.toml"), "--out", str(run_dir), "--resume",
+                          "--set", "train.lr=0.5")  # recipe.toml must not claim settings it never trained with
     assert result.exit_code == 0, out
     assert "resumed from" in out and "already finished at step 3" in out
     assert {name: (run_dir / name).read_bytes() for name in before} == before
@@ -365,3 +366,15 @@ def test_the_sweep_grid_takes_list_values(tmp_path: Path) -> None:
     grid = console.export_text().split("bpd: channels (rows) x seed (columns)")[1].splitlines()
     cells = [[c.strip() for c in line.split("│")[1:4]] for line in grid if line.count("│") >= 4]
     assert cells == [["[4, 8]", "6.0000", "7.0000"], ["[8, 8]", "8.0000", "9.0000"]]
+
+
+def test_a_run_whose_end_failed_is_not_taken_for_finished(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps({**summary, "bpd": None, "error": "training diverged: ..."}))
+    result, out = _invoke("recipe", "run", str(copy / "recipe.toml"), "--out", str(copy), "--resume")
+    assert result.exit_code == 0, out
+    assert "already finished" not in out
+    again = json.loads((copy / "summary.json").read_text())
+    assert "error" not in again and again["bpd"] > 0  # the final evaluation ran again

@@ -137,7 +137,10 @@ class Trainer:
         self.bpd_untrained: float | None = None  # the test BPD before training (checkpointed)
         if resume:
             self._resume()
-        self._write_recipe(fresh=self.step == 0)  # only now: a refused resume leaves the run as it was
+        # A finished run that is resumed (a done sweep variant) is left exactly as it is.
+        self.finished: dict[str, Any] | None = self._finished_summary()
+        if self.finished is None:
+            self._write_recipe(fresh=self.step == 0)  # only now: a refused resume leaves the run as it was
         if self.step == 0:
             self._data_init()
         if self.dist.enabled:
@@ -386,12 +389,11 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to ``train.steps``, checkpointing, logging and sampling; returns the summary."""
         cfg = self.cfg
-        finished = self._finished_summary()
-        if finished is not None:
+        if self.finished is not None:
             if self.dist.is_main:
                 self.console.print(f"{self.run.root} already finished at step {self.step} (summary.json); nothing "
                                    "to do: raise train.steps to train on, or `avade eval` it")
-            return finished
+            return self.finished
         logger = MetricsLogger(self.run, enabled=self.dist.is_main, start_step=self.step)
         start_step = self.step
         # The untrained model's test BPD, so a summary shows what training bought.
@@ -442,16 +444,20 @@ class Trainer:
             initial = self._read_summary().get("bpd_untrained")
         if initial is not None:
             summary["bpd_untrained"] = initial
+        broken = sorted(k for k, v in results.items() if _not_finite(v))
+        error = None
+        if self.bad_steps or broken:
+            what = (f"the last {self.bad_steps} step(s) were non-finite" if self.bad_steps
+                    else f"the trained model's {', '.join(broken)} is not finite")
+            error = (f"training diverged: {what} (lower train.lr or set train.grad_clip); "
+                     f"{self._last_good_checkpoint()}")
+            summary["error"] = error  # a resume must not take this run for a finished one
         if self.dist.is_main:
             write_json(self.run.summary, summary)
             logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
         logger.close()
-        broken = sorted(k for k, v in results.items() if _not_finite(v))
-        if self.bad_steps or broken:
-            what = (f"the last {self.bad_steps} step(s) were non-finite" if self.bad_steps
-                    else f"the trained model's {', '.join(broken)} is not finite")
-            raise TrainingError(f"training diverged: {what} (lower train.lr or set train.grad_clip); "
-                                f"{self._last_good_checkpoint()}")
+        if error is not None:
+            raise TrainingError(error)
         return summary
 
     def _global_logs(self, logs: dict[str, Any]) -> dict[str, Any]:
@@ -476,7 +482,7 @@ class Trainer:
         if self.step < self.cfg.steps or not self.run.summary.is_file():
             return None
         summary = self._read_summary()
-        return summary if summary.get("steps") == self.step else None
+        return summary if summary.get("steps") == self.step and "error" not in summary else None
 
     def _last_good_checkpoint(self) -> str:
         """Where a diverged run can be resumed from, for its error message."""
