@@ -167,7 +167,7 @@ def select_checkpoint(run: RunDir, checkpoint: str | int | None = None) -> Path:
         return checkpoints[-1]
     text = str(checkpoint).strip().removeprefix("step_")
     by_step = {ckpt.checkpoint_step(p): p for p in checkpoints}
-    if text.isdigit() and int(text) in by_step:
+    if text.isdecimal() and text.isascii() and int(text) in by_step:
         return by_step[int(text)]
     steps = ", ".join(str(s) for s in sorted(by_step))
     raise CheckpointError(f"--checkpoint {checkpoint}: {run.checkpoints} has no such checkpoint; its steps are {steps}")

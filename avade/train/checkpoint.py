@@ -182,10 +182,17 @@ def checkpoint_step(path: Path) -> int:
 
 
 def fallback_hint(path: Path) -> str:
-    """What to do about a broken checkpoint: delete it, naming the older one a resume would then use."""
-    older = [p for p in list_checkpoints(path.parent) if checkpoint_step(p) < checkpoint_step(path)]
+    """What to do about a broken checkpoint: for the newest, delete it (naming the one a resume would then
+    use); for an older one (``--checkpoint``), pick another."""
+    step = checkpoint_step(path)
+    others = [p for p in list_checkpoints(path.parent) if p != path]
+    if any(checkpoint_step(p) > step for p in others):
+        steps = ", ".join(str(checkpoint_step(p)) for p in others)
+        return f"pick another with --checkpoint STEP (steps: {steps})"
+    older = [p for p in others if checkpoint_step(p) < step]
     if older:
-        return f"delete {path.name} to resume from {older[-1].name}, the newest older checkpoint"
+        return (f"delete {path.name} to resume from {older[-1].name}, the newest older checkpoint (or evaluate "
+                f"that one with --checkpoint {checkpoint_step(older[-1])})")
     return f"delete {path.name} (no older checkpoint: the run would start again from step 0)"
 
 
