@@ -114,20 +114,27 @@ def _metric_config(ref: ComponentRef | None, name: str, samples: int | None) -> 
     return config
 
 
-def run_metrics(ctx: RunContext, names: Sequence[str], recipe: Recipe, samples: int | None = None,
-                console: Console | None = None) -> dict[str, float]:
-    """Compute registered metrics by name with the recipe's per-metric settings."""
+def build_metrics(names: Sequence[str], recipe: Recipe, model_classes: int, samples: int | None = None
+                  ) -> list[tuple[str, Any]]:
+    """The metrics ``names`` built with the recipe's settings, each checked against the model before any
+    runs: one that ``needs_conditional`` samples needs a class-conditional model (``model_classes > 0``)."""
     registry = get_registry()
-    results: dict[str, float] = {}
     metrics = []
     for name in names:
-        info = registry.get("metric", name)
-        metric = registry.build(info, _metric_config(recipe.eval.settings.get(name), name, samples))
-        if getattr(metric, "needs_conditional", False) and not ctx.model.num_classes:
+        metric = registry.build(registry.get("metric", name),
+                                _metric_config(recipe.eval.settings.get(name), name, samples))
+        if getattr(metric, "needs_conditional", False) and not model_classes:
             raise ConfigError(f"metric '{name}' scores class-conditional samples, but this model is not "
                               "class-conditional (model.conditional = false); leave it out of the metrics")
         metrics.append((name, metric))
-    for name, metric in metrics:  # every metric is checked before the first one runs
+    return metrics
+
+
+def run_metrics(ctx: RunContext, names: Sequence[str], recipe: Recipe, samples: int | None = None,
+                console: Console | None = None) -> dict[str, float]:
+    """Compute registered metrics by name with the recipe's per-metric settings."""
+    results: dict[str, float] = {}
+    for name, metric in build_metrics(names, recipe, ctx.model.num_classes, samples):
         if console is not None:
             console.print(f"computing {name} ...")
         results.update(metric.compute(ctx))

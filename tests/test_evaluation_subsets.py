@@ -10,6 +10,7 @@ from tiny_recipes import tiny_recipe
 from avade.data.base import TensorImageDataset
 from avade.errors import ConfigError
 from avade.evaluate import RunContext, run_metrics
+from avade.registry import get_registry
 from avade.train.data import eval_batches, indexed_batches, subset_batches
 from avade.train.trainer import Trainer
 
@@ -100,3 +101,21 @@ def test_class_conditional_metrics_refuse_an_unconditional_model(tmp_path):
         run_metrics(ctx, ["bpd", "gan-train"], trainer.recipe)
     with pytest.raises(ConfigError, match="the model is not class-conditional"):
         next(ctx.sample_batches(2, labels=torch.zeros(2, dtype=torch.int64)))
+
+
+def test_a_plugin_metric_built_by_a_function_is_checked_before_training(tmp_path, fresh_registry):
+    class NeedsClasses:
+        name = "needs-classes"
+        needs_conditional = True
+
+        def compute(self, ctx):
+            raise AssertionError("must not run")
+
+    def factory(cfg=None):  # a function factory: recipe load cannot see the attribute
+        return NeedsClasses()
+
+    get_registry().register("metric", "needs-classes", factory=factory, config=None)
+    recipe = tiny_recipe("data.num_classes=4", 'eval.metrics=["bpd", "needs-classes"]')
+    with pytest.raises(ConfigError, match="metric 'needs-classes' scores class-conditional samples"):
+        Trainer(recipe, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

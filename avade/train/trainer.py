@@ -113,6 +113,9 @@ class Trainer:
         self.train_set, self.test_set = load_datasets(recipe)
         self.model: GenerativeModel = build_model(recipe, self.train_set.shape, self.train_set.num_classes)
         self.model.to(self.device)
+        from avade.evaluate import build_metrics  # the recipe's eval metrics must fit the model: fail before step 0
+
+        build_metrics(recipe.eval.metrics, recipe, self.model.num_classes)
         self._make_run_dir(resume)  # only once data and model exist: a bad recipe leaves no empty run behind
         self.likelihood = recipe.variant in LIKELIHOOD_VARIANTS
         self.adversarial = recipe.variant in ADVERSARIAL_VARIANTS
