@@ -357,3 +357,14 @@ def test_list_components_says_when_nothing_matches() -> None:
     assert "no component name matches '*flow*'; to list every flow, use --kind flow" in result.stderr
     assert "no component name matches 'zzz'\n" in run("list-components", "zzz").stderr
     assert "no component" not in run("list-components", "glow*").stderr
+
+
+class _IndexBugFlow(_ShapeBugFlow):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x.new_zeros(x.shape[0])[[x.shape[0] + 5]]
+
+
+def test_recipe_check_reports_any_failure_of_the_dry_run_in_one_line(fresh_registry: None, write: Write) -> None:
+    get_registry().register("flow", "index-bug", factory=_IndexBugFlow, config=None)
+    path = write("bug.toml", f'extends = "{QUICKSTART.as_posix()}"\n[model.flow]\nname = "index-bug"\n')
+    assert_one_line_error(run("recipe", "check", str(path)), "(likelihood failed: IndexError:")

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from avade.errors import ConfigError
+from avade.errors import AvadeError, ConfigError
 from avade.models.generative import GenerativeModel
 from avade.models.preprocess import Preprocess, to_unit
 from avade.recipe.schema import ComponentRef, Recipe
@@ -103,8 +103,11 @@ def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = N
             if model.discriminator is not None:
                 step = "critic"
                 model.discriminator(samples, labels)
-    except (RuntimeError, ValueError) as exc:  # torch reports shape mismatches as these
+    except AvadeError:
+        raise
+    except Exception as exc:  # torch reports shape mismatches as RuntimeError/ValueError; plugins, anything
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = detail if isinstance(exc, RuntimeError | ValueError) else f"{type(exc).__name__}: {detail}"
         raise ConfigError(f"the model does not run on {shape[0]}x{shape[1]}x{shape[2]} images ({step} failed: "
                           f"{detail}); check the components' channels and stages against data.resolution",
                           path="model", source=recipe.source) from None
