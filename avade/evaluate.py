@@ -6,6 +6,7 @@ datasets, so every metric component works the same during training and from the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from avade.recipe.write import recipe_to_dict
 from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
 from avade.train.data import eval_batches, subset_batches
+from avade.train.distributed import is_main_process
 from avade.train.rundir import RunDir, write_json
 
 
@@ -226,23 +228,44 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
     if "bpd" in names:
         ctx.bpd_defined()  # ... and on bpd for a model without a likelihood
     results = run_metrics(ctx, names, ctx.recipe, samples, console)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process evaluates; one writes
+    if is_main_process():  # under torchrun every process evaluates; one writes
         _record_eval(RunDir(Path(run_dir)).eval, ctx.checkpoint, results)
     return results
 
 
 def _record_eval(path: Path, checkpoint: Path | None, results: dict[str, float]) -> None:
+    """Merge ``results`` into eval.json when it holds the same checkpoint's, under a lock: two ``avade
+    eval`` at once (say fid and bpd on two GPUs) both land. The trainer drops an eval.json that training
+    since made stale."""
     name = checkpoint.name if checkpoint is not None else None
-    record: dict[str, Any] = {}
-    if path.is_file():
+    with _locked(path.with_name(f".{path.name}.lock")):
+        record: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                earlier = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                earlier = None
+            if isinstance(earlier, dict) and earlier.get("checkpoint") == name:
+                record = earlier
+        step = ckpt.checkpoint_step(checkpoint) if checkpoint else None
+        record.update({"checkpoint": name, "step": step, **results})
+        write_json(path, record)
+
+
+@contextlib.contextmanager
+def _locked(lock_file: Path) -> Iterator[None]:
+    """An exclusive advisory lock (POSIX ``flock``; elsewhere none)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(lock_file, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            earlier = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            earlier = None
-        if isinstance(earlier, dict) and earlier.get("checkpoint") == name:
-            record = earlier
-    record.update({"checkpoint": name, "step": ckpt.checkpoint_step(checkpoint) if checkpoint else None, **results})
-    write_json(path, record)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), temperature: float = 1.0,

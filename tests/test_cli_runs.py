@@ -291,12 +291,14 @@ def test_a_fresh_run_replaces_what_a_run_without_checkpoints_left(tmp_path: Path
     out_dir = tmp_path / "run"
     out_dir.mkdir()
     (out_dir / "metrics.jsonl").write_text('{"step": 5, "bpd": NaN}\n{"step": 10, "bpd": NaN}\n')
+    (out_dir / "eval.json").write_text('{"checkpoint": "step_00000003", "step": 3, "fid": 1.0}')
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(tomli_w.dumps(TINY))
     result, out = _invoke("recipe", "run", str(recipe), "--out", str(out_dir), "--device", "cpu")
     assert result.exit_code == 0, out
     steps = [json.loads(line)["step"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and 10 not in steps
+    assert not (out_dir / "eval.json").exists()  # it described other weights named step_00000003
 
 
 def test_extending_a_finished_run_keeps_one_final_record_and_bpd_untrained(tmp_path: Path) -> None:

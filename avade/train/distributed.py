@@ -35,6 +35,11 @@ class DistInfo:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a single process (from the environment: no process group needed)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the torchrun job if there is one (no-op for a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

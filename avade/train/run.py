@@ -18,7 +18,7 @@ from avade.errors import ConfigError, TrainingError
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
 from avade.train.checkpoint import list_checkpoints
-from avade.train.distributed import shutdown_distributed
+from avade.train.distributed import is_main_process, shutdown_distributed
 from avade.train.rundir import RunDir, default_run_dir, latest_run_dir, write_json
 
 
@@ -75,7 +75,7 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
                 failed.append(variant.name)
                 summary = {"error": str(exc)}
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
-        if int(os.environ.get("RANK", "0")) == 0:
+        if is_main_process():
             write_sweep_summary(out_dir, summaries, console, axes=list(variants[0].overrides))
         if failed:
             raise TrainingError(f"{len(failed)} of {len(variants)} sweep variants failed ({', '.join(failed)}); "

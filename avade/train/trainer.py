@@ -191,7 +191,18 @@ class Trainer:
         if self.dist.is_main:
             if fresh:
                 MetricsLogger.truncate(self.run.metrics, -1)
+            self._drop_stale_eval()
             atomic_write_text(self.run.recipe, recipe_to_toml(self.recipe))
+
+    def _drop_stale_eval(self) -> None:
+        """eval.json of a checkpoint beyond this start (an earlier attempt, or steps about to be retrained)
+        would describe other weights than the checkpoint of that name will hold."""
+        try:
+            step = json.loads(self.run.eval.read_text(encoding="utf-8")).get("step")
+        except (OSError, ValueError, AttributeError):
+            return
+        if not isinstance(step, int) or step > self.step:
+            self.run.eval.unlink(missing_ok=True)
 
     def _resume(self) -> None:
         existing = ckpt.list_checkpoints(self.run.checkpoints)
