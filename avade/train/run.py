@@ -108,7 +108,12 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
     console.print(table)
     metric = next((m for m in ("bpd", "fid", "is_mean") if any(isinstance(r.get(m), float) for r in rows)), None)
     if len(axes) == 2 and metric is not None:
-        console.print(_grid(rows, axes, metric, headers))
+        try:
+            grid = _grid(rows, axes, metric, headers)
+        except Exception as exc:  # a view of what is already written: it must not fail the sweep
+            console.print(f"[yellow]warning:[/] no {metric} grid ({type(exc).__name__}: {exc})")
+        else:
+            console.print(grid)
 
 
 def _short_headers(keys: Sequence[str]) -> dict[str, str]:
