@@ -10,6 +10,7 @@ import torch
 from avade.errors import AvadeError, ConfigError
 from avade.models.generative import GenerativeModel
 from avade.models.preprocess import Preprocess, to_unit
+from avade.nn.layers import norm_options
 from avade.recipe.schema import ComponentRef, Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.registry import get_registry
@@ -34,8 +35,15 @@ def build_model(recipe: Recipe, data_shape: tuple[int, int, int], num_classes: i
         raise ConfigError(f"model.conditional = true needs a labelled dataset; '{recipe.data.options.name}' "
                           "has no labels", path="model.conditional", source=recipe.source)
     classes = num_classes if opts.conditional else 0
-    cond = classes or None
     shape = tuple(int(s) for s in data_shape)
+    with norm_options(opts.norm_options):
+        return _assemble(recipe, shape, classes)
+
+
+def _assemble(recipe: Recipe, shape: tuple[int, ...], classes: int) -> GenerativeModel:
+    model = recipe.model
+    opts = model.options
+    cond = classes or None
     flow = _build("flow", model.flow, "model.flow", in_shape=shape)
     out_shape = tuple(getattr(flow, "out_shape", shape)) if flow is not None else shape
     if out_shape != shape:

@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import contextvars
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from torch import nn
 
+_NORM_OPTIONS: contextvars.ContextVar[Mapping[str, Mapping[str, Any]] | None] = contextvars.ContextVar(
+    "avade_norm_options", default=None)
+
+
+@contextlib.contextmanager
+def norm_options(options: Mapping[str, Mapping[str, Any]]) -> Iterator[None]:
+    """Within the block, every :func:`normed` layer of a norm named in ``options`` gets those options
+    (a recipe's ``model.norm_options``: e.g. weight norm's data-dependent init in every component)."""
+    token = _NORM_OPTIONS.set(options)
+    try:
+        yield
+    finally:
+        _NORM_OPTIONS.reset(token)
+
 
 def normed(layer: nn.Module, norm: str = "weight-norm", num_classes: int | None = None,
            **options: Any) -> nn.Module:
-    """Wrap ``layer`` in the registered norm ``norm``; the result has ``forward(x, y=None)``."""
+    """Wrap ``layer`` in the registered norm ``norm``; the result has ``forward(x, y=None)``. Options
+    given here win over those of an enclosing :func:`norm_options`."""
     from avade.registry import get_registry
 
-    return get_registry().create("norm", norm, layer=layer, num_classes=num_classes, **options)
+    merged = {**(_NORM_OPTIONS.get() or {}).get(norm, {}), **options}
+    return get_registry().create("norm", norm, layer=layer, num_classes=num_classes, **merged)
 
 
 @contextlib.contextmanager

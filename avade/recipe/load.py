@@ -263,6 +263,9 @@ def _model(raw: Any) -> ModelSection:
             raise ConfigError(f"unknown table{did_you_mean(key, list(MODEL_COMPONENTS))}; component tables: "
                               f"{', '.join(MODEL_COMPONENTS)}", path=f"model.{key}")
     options = structure(ModelOptions, table, path="model")
+    registry = get_registry()
+    for norm, norm_table in options.norm_options.items():  # validated here, applied by build_model
+        registry.validate("norm", norm, norm_table, path=f"model.norm_options.{norm}")
     variant = options.variant
     refs: dict[str, ComponentRef | None] = {}
     for key, kind in MODEL_COMPONENTS.items():

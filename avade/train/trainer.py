@@ -244,8 +244,8 @@ class Trainer:
     def _data_init(self) -> None:
         """A fresh run starts with one no-grad likelihood pass (and, for adversarial variants, one
         critic pass on the real images) on the first batch: the data-dependent initialisation of
-        ActNorm (and of weight norm, for a registered norm built with ``init_scale > 0``; the
-        built-in ``weight-norm`` has it off) happens there, before any step (as in the Glow and
+        ActNorm (and of weight norm when ``model.norm_options`` gives ``weight-norm`` an
+        ``init_scale > 0``; off by default) happens there, before any step (as in the Glow and
         Real-NVP reference code), so no step mutates parameters a graph of that same step holds --
         which compiled steps (``train.compile``) cannot tolerate -- and replicas can be synchronised
         right after it."""

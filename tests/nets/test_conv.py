@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import avade
 from avade.nn import Conv2d, normed
 
 
@@ -56,3 +57,15 @@ def test_bias_is_a_separate_add_only_while_compiling() -> None:
     conv_call = next(n for n in calls if "conv2d" in str(n.target))
     assert conv_call.args[2] is None  # no bias inside the convolution
     assert any("add" in str(n.target) for n in calls)
+
+
+def test_weight_norm_data_dependent_init_standardizes_the_first_batch():
+    layer = torch.nn.Conv2d(3, 8, 3, padding=1)
+    wn = avade.create("norm", "weight-norm", layer=layer, init_scale=0.1).train()
+    x = torch.randn(16, 3, 8, 8) * 3 + 1
+    out = wn(x)  # the first training call initialises g and the bias from this batch
+    torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std((0, 2, 3)), torch.full((8,), 0.1), atol=1e-3, rtol=0)
+    assert bool(wn.initialized)
+    again = wn(x * 2)  # ... and only the first
+    assert float(again.std()) > 0.15

@@ -237,3 +237,15 @@ def test_tensorboard_drops_the_steps_a_resume_replays(tmp_path):
     events.Reload()
     series = [(e.step, e.value) for e in events.Scalars("bpd")]
     assert series == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 9)]
+
+
+def test_norm_options_reach_every_weight_norm_and_its_data_dependent_init_runs(tmp_path):
+    recipe = tiny_recipe("model.norm_options.weight-norm.init_scale=0.1")
+    assert recipe.model.options.norm_options == {"weight-norm": {"init_scale": 0.1}}
+    trainer = Trainer(recipe, tmp_path / "run", progress=False)
+    layers = [m for m in trainer.model.modules() if type(m).__name__ == "WeightNorm"]
+    assert layers and all(m.init_scale == 0.1 and bool(m.initialized) for m in layers)
+    plain = Trainer(tiny_recipe(), tmp_path / "plain", progress=False)
+    assert all(m.init_scale == 0.0 for m in plain.model.modules() if type(m).__name__ == "WeightNorm")
+    with pytest.raises(ConfigError, match=r"model.norm_options.weight-norm.init_scal: unknown key"):
+        tiny_recipe("model.norm_options.weight-norm.init_scal=0.1")
