@@ -26,6 +26,9 @@ def register(registry: Any) -> None:
       summary="The identity map (y = x, logdet 0), for tests and ablations.")
     r("flow", "actnorm", factory="avade.flows.actnorm:ActNorm", config="avade.flows.actnorm:ActNormConfig",
       summary="Per-channel affine flow with data-dependent init (Glow's actnorm).")
+    r("flow", "batch-norm", factory="avade.flows.batch_norm:BatchNormFlow",
+      config="avade.flows.batch_norm:BatchNormFlowConfig",
+      summary="Batch normalization as a flow (Real-NVP's normalization of each coupling's output).")
     r("flow", "invconv", factory="avade.flows.invconv:InvConv", config="avade.flows.invconv:InvConvConfig",
       summary="Invertible 1x1 convolution, optionally LU-decomposed (Glow).")
     r("flow", "squeeze", factory="avade.flows.squeeze:Squeeze", config="avade.flows.squeeze:SqueezeConfig",

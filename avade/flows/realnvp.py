@@ -9,6 +9,7 @@ import torch
 
 from avade.errors import ConfigError
 from avade.flows.base import Flow, FlowSequence, Shape, check_in_shape
+from avade.flows.batch_norm import BatchNormFlow
 from avade.flows.coupling import AffineCoupling, AffineCouplingConfig
 from avade.flows.factor_out import FactorOut
 from avade.flows.squeeze import Squeeze, Unsqueeze
@@ -25,7 +26,9 @@ class RealNVPConfig:
     checkerboard couplings per scale; ``blocks``/``hidden``: residual blocks and channels of each s/t
     network; ``norm``: normalization of its convolutions; ``batch_norm``: batch norm inside it;
     ``hidden_growth``: 2 widens the s/t networks as the Real-NVP reference does, ``hidden * 2**k`` at
-    scale ``k`` and twice that in its channel-wise couplings (1 keeps ``hidden`` everywhere).
+    scale ``k`` and twice that in its channel-wise couplings (1 keeps ``hidden`` everywhere);
+    ``out_batch_norm``: batch normalization as a flow after every coupling, as the reference's ``bn_out``
+    (the ``batch-norm`` flow: exactly invertible in eval mode only).
     """
 
     scales: int = attrs.field(default=1, validator=ge(1))
@@ -34,6 +37,8 @@ class RealNVPConfig:
     hidden: int = attrs.field(default=64, validator=ge(1))
     norm: str = "weight-norm"
     batch_norm: bool = True
+    out_batch_norm: bool = attrs.field(
+        default=False, metadata={"help": "batch norm as a flow after each coupling (reference bn_out)"})
     hidden_growth: Literal[1, 2] = attrs.field(
         default=1, metadata={"help": "2 = reference widths: hidden*2**scale, x2 in channel couplings"})
     checkerboard: Literal["masked", "packed"] = attrs.field(
@@ -68,11 +73,12 @@ class RealNVP(Flow):
         self.cfg = cfg
         self.body = self._scale((c, h, w), cfg.scales)
 
-    def _coupling(self, shape: Shape, mask: str, reverse: bool, hidden: int) -> AffineCoupling:
+    def _coupling(self, shape: Shape, mask: str, reverse: bool, hidden: int) -> Flow:
         cfg = self.cfg
         coupling = AffineCouplingConfig(mask=mask, reverse=reverse, net="resnet", hidden=hidden,
                                         blocks=cfg.blocks, norm=cfg.norm, batch_norm=cfg.batch_norm)
-        return AffineCoupling(coupling, in_shape=shape)
+        layer = AffineCoupling(coupling, in_shape=shape)
+        return FlowSequence([layer, BatchNormFlow(in_shape=shape)]) if cfg.out_batch_norm else layer
 
     def _scale(self, shape: Shape, remaining: int) -> Flow:
         cfg = self.cfg
