@@ -193,7 +193,7 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None =
     recipe = load_recipe(run.recipe)
     chosen = select_checkpoint(run, checkpoint)
     data = ckpt.read_checkpoint(chosen)
-    if data["state"].get("fingerprint") != ckpt.fingerprint(recipe_to_dict(recipe)):
+    if not ckpt.same_model(data["state"], recipe_to_dict(recipe)):
         # e.g. recipe.toml edited by hand: the weights would be evaluated as another model (a wrong
         # logit_alpha still loads, and gives a wrong BPD).
         raise CheckpointError(f"{run.recipe} no longer describes the model of {chosen} (model or data "

@@ -384,3 +384,31 @@ def test_a_run_whose_end_failed_is_not_taken_for_finished(run_dir: Path, tmp_pat
     assert "already finished" not in out
     again = json.loads((copy / "summary.json").read_text())
     assert "error" not in again and again["bpd"] > 0  # the final evaluation ran again
+
+
+def test_runs_written_before_a_new_defaulted_key_still_resume_and_evaluate(tmp_path: Path) -> None:
+    # A newer avade adds keys with defaults (e.g. model.norm_options, realnvp.out_batch_norm): the
+    # fingerprint stored in an older checkpoint was computed without them.
+    from avade.train import checkpoint as ckpt
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=2", "train.checkpoint_every=2")))
+    run = tmp_path / "run"
+    assert _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")[0].exit_code == 0
+    state_file = run / "checkpoints" / "step_00000002" / "state.json"
+    state = json.loads(state_file.read_text())
+    old = json.loads(json.dumps(state["recipe"]))
+    old["model"].pop("norm_options")
+    old["model"]["flow"].pop("out_batch_norm")
+    old["model"]["flow"].pop("hidden_growth")
+    assert ckpt.fingerprint(old) != state["fingerprint"]
+    state_file.write_text(json.dumps({**state, "recipe": old, "fingerprint": ckpt.fingerprint(old)}))
+    result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu")
+    assert result.exit_code == 0, out
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu", "--resume",
+                          "--set", "train.steps=3")
+    assert result.exit_code == 0 and "resumed from" in out, out
+    # ... while a real change of the model is still refused
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu", "--resume",
+                          "--set", "train.steps=4", "--set", "model.flow.hidden=16")
+    assert result.exit_code == 2 and "written by another recipe" in out, out

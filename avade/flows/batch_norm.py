@@ -42,9 +42,11 @@ class BatchNormFlow(Flow):
         if self.training:
             mean = x.mean((0, 2, 3), keepdim=True)
             var = x.var((0, 2, 3), keepdim=True, correction=0)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+            # New tensors, not in-place updates: a compiled inverse may hold the old ones for its backward.
+            self.running_mean = torch.lerp(self.running_mean, mean.detach().to(self.running_mean.dtype),
+                                           self.momentum)
+            self.running_var = torch.lerp(self.running_var, var.detach().to(self.running_var.dtype),
+                                          self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
         log_std = 0.5 * torch.log(var + self.eps)

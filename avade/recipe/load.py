@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from avade.errors import AvadeError, ConfigError, did_you_mean
+from avade.errors import AvadeError, ConfigError, RegistryError, did_you_mean
 from avade.recipe.schema import (
     ADVERSARIAL_VARIANTS,
     DEFAULT_COMPONENTS,
@@ -32,7 +32,7 @@ from avade.recipe.schema import (
     TrainSection,
 )
 from avade.registry import get_registry
-from avade.schema import structure
+from avade.schema import structure, unstructure
 
 TOP_LEVEL_KEYS = ("name", "description", "extends", "model", "data", "train", "eval", "sweep")
 NONE_NAME = "none"  # `name = "none"` removes a component table inherited through `extends`
@@ -264,8 +264,15 @@ def _model(raw: Any) -> ModelSection:
                               f"{', '.join(MODEL_COMPONENTS)}", path=f"model.{key}")
     options = structure(ModelOptions, table, path="model")
     registry = get_registry()
+    normalized = {}
     for norm, norm_table in options.norm_options.items():  # validated here, applied by build_model
-        registry.validate("norm", norm, norm_table, path=f"model.norm_options.{norm}")
+        try:
+            cfg = registry.validate("norm", norm, norm_table, path=f"model.norm_options.{norm}")
+        except RegistryError as exc:
+            raise ConfigError(str(exc), path=f"model.norm_options.{norm}") from None
+        if norm_table:  # canonical values (1 and 1.0 alike) and no empty tables: one model, one fingerprint
+            normalized[norm] = unstructure(cfg) if cfg is not None else {}
+    options.norm_options = normalized
     variant = options.variant
     refs: dict[str, ComponentRef | None] = {}
     for key, kind in MODEL_COMPONENTS.items():

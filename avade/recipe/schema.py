@@ -60,8 +60,9 @@ class ModelOptions:
         default=False, metadata={"help": "class-conditional generator and discriminator (needs labels)"})
     temperature: float = attrs.field(default=1.0, validator=gt(0.0), metadata={"help": "sampling temperature"})
     norm_options: dict[str, dict[str, Any]] = attrs.field(
-        factory=dict, metadata={"help": "options of a registered norm wherever the model uses it, e.g. "
-                                        "{\"weight-norm\" = {init_scale = 0.1}}: data-dependent init"})
+        factory=dict, metadata={"help": "options of a registered norm wherever a component's `norm` "
+                                        "names it, e.g. {\"weight-norm\" = {init_scale = 0.1}}: "
+                                        "data-dependent init"})
 
 
 @attrs.define

@@ -37,6 +37,25 @@ def fingerprint(recipe_dict: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def same_model(state: dict[str, Any], recipe_dict: dict[str, Any]) -> bool:
+    """Whether a checkpoint's ``state`` was written for the model and data of ``recipe_dict``. A recipe
+    saved by an older avade lacks keys added since (with defaults); it is re-read with today's schema
+    before its fingerprint is compared, so new defaults do not orphan old runs."""
+    wanted = fingerprint(recipe_dict)
+    if state.get("fingerprint") == wanted:
+        return True
+    saved = state.get("recipe")
+    if not isinstance(saved, dict):
+        return False
+    from avade.errors import AvadeError
+    from avade.recipe import recipe_from_dict, recipe_to_dict
+
+    try:
+        return fingerprint(recipe_to_dict(recipe_from_dict(saved))) == wanted
+    except AvadeError:  # e.g. a component that no longer exists
+        return False
+
+
 def optimizer_to_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Optimizer state -> flat tensors (for safetensors) + JSON-able hyper-parameters."""
     sd = opt.state_dict()

@@ -97,6 +97,16 @@ def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
         torch.autograd.graph.increment_version(t)
 
 
+def average_tensors(tensors: list[torch.Tensor], info: DistInfo) -> list[torch.Tensor]:
+    """The mean of each tensor over processes, as new tensors (one all-reduce for all of them)."""
+    if not info.enabled or not tensors:
+        return tensors
+    flat = _flatten_dense_tensors([t.detach() for t in tensors]).clone()
+    dist.all_reduce(flat)
+    flat /= info.world
+    return list(_unflatten_dense_tensors(flat, tensors))
+
+
 def all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
     """Elementwise sums of ``values`` over processes (float64, one all-reduce)."""
     if not info.enabled:

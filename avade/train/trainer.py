@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, TrainingError
+from avade.flows.batch_norm import BatchNormFlow
 from avade.losses.adversarial import CollapseDetector, discriminator_loss, generator_loss, gradient_penalty
 from avade.models import GenerativeModel, build_model
 from avade.models.preprocess import to_unit
@@ -37,6 +38,7 @@ from avade.train.distributed import (
     all_gather_bytes,
     all_sum,
     average_gradients,
+    average_tensors,
     broadcast_buffers,
     broadcast_parameters,
     init_distributed,
@@ -213,7 +215,7 @@ class Trainer:
         path = existing[-1]
         data = ckpt.read_checkpoint(path)
         state = data["state"]
-        if state.get("fingerprint") != self.fingerprint:
+        if not ckpt.same_model(state, self.recipe_dict):
             raise CheckpointError(f"checkpoint {path} was written by another recipe ('{state.get('recipe_name')}',"
                                   " different model or data); resume it with its own recipe.toml or start a new "
                                   "run with another --out")
@@ -354,6 +356,7 @@ class Trainer:
                 loss = loss + weight * l_q
                 scalars["l_q"] = l_q
         ok &= self._finite_update(self.opt_g, self.g_params, loss)
+        self._sync_flow_statistics()
         scalars["loss"] = loss
         # One device-to-host transfer for all logged values (each .item() would be a sync on GPU).
         values = torch.stack([t.detach().float().reshape(()) for t in scalars.values()]).tolist()
@@ -473,6 +476,20 @@ class Trainer:
         if error is not None:
             raise TrainingError(error)
         return summary
+
+    def _sync_flow_statistics(self) -> None:
+        """Data parallel: the running averages of the batch-norm flows, with which f^-1 turns samples into
+        images, averaged over the processes after every step. An exponential average is linear, so this
+        is the average of the processes' batch statistics; every replica inverts with the same f, and
+        the checkpoint (rank 0's) holds what every process had, so a resume continues identically."""
+        if not self.dist.enabled:
+            return
+        layers = [m for m in self.model.modules() if isinstance(m, BatchNormFlow)]
+        if not layers:
+            return
+        mean = average_tensors([t for m in layers for t in (m.running_mean, m.running_var)], self.dist)
+        for i, m in enumerate(layers):
+            m.running_mean, m.running_var = mean[2 * i], mean[2 * i + 1]
 
     def _global_logs(self, logs: dict[str, Any]) -> dict[str, Any]:
         """Under data parallelism, the step's values averaged over the processes (each saw part of the

@@ -46,3 +46,19 @@ def test_realnvp_normalizes_every_coupling_output_when_asked() -> None:
 def test_momentum_is_validated() -> None:
     with pytest.raises(avade.ConfigError, match="momentum"):
         avade.create("flow", "batch-norm", in_shape=(3, 4, 4), momentum=1.5)
+
+
+def test_a_compiled_inverse_then_forward_then_backward_in_training() -> None:
+    # The generator's step: samples through f^-1 (running averages), then the likelihood's forward
+    # updates those averages, then one backward through both. A compiled inverse must not hold the
+    # buffers the forward replaces.
+    torch.manual_seed(0)
+    flow = avade.create("flow", "realnvp", in_shape=(3, 8, 8), scales=1, layers=2, blocks=1, hidden=8,
+                        out_batch_norm=True).train()
+    inverse = torch.compile(flow.inverse, backend="aot_eager")
+    forward = torch.compile(flow, backend="aot_eager")
+    for _ in range(2):
+        sample = inverse(torch.randn(4, 3, 8, 8, requires_grad=True))
+        y, logdet = forward(torch.randn(4, 3, 8, 8))
+        (sample.square().mean() + y.square().mean() - logdet.mean()).backward()
+    assert all(p.grad is not None for p in flow.parameters() if p.requires_grad)

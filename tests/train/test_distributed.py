@@ -273,3 +273,32 @@ def test_logged_values_are_the_mean_over_processes(tmp_path):
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert all(r["loss"] == 15.0 and r["bpd"] == 4.5 and r["finite"] == 1.0 for r in steps)
+
+
+def _flow_statistics_worker(rank, port, out):
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from avade.flows.batch_norm import BatchNormFlow
+    from avade.train.trainer import Trainer
+
+    try:
+        trainer = Trainer(tiny_recipe(*EVAL_OVERRIDES, "model.flow.out_batch_norm=true"), os.path.join(out, "run"),
+                          progress=False, device="cpu")
+        x, y = next(trainer.stream.batches(0))
+        trainer.train_step(x, y)
+        layers = [m for m in trainer.model.modules() if isinstance(m, BatchNormFlow)]
+        buffers = {f"{i}.{n}": getattr(m, n).clone() for i, m in enumerate(layers)
+                   for n in ("running_mean", "running_var")}
+        save_file(buffers, os.path.join(out, f"bn{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batch_norm_flow_statistics_are_the_same_on_every_process(tmp_path):
+    # f^-1 turns samples into images with these running averages: every replica must use the same ones.
+    mp.spawn(_flow_statistics_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    first, second = (load_file(str(tmp_path / f"bn{r}.safetensors")) for r in range(WORLD))
+    assert first and first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], torch.zeros_like(first[k])) for k in first if k.endswith("mean"))

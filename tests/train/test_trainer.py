@@ -249,3 +249,10 @@ def test_norm_options_reach_every_weight_norm_and_its_data_dependent_init_runs(t
     assert all(m.init_scale == 0.0 for m in plain.model.modules() if type(m).__name__ == "WeightNorm")
     with pytest.raises(ConfigError, match=r"model.norm_options.weight-norm.init_scal: unknown key"):
         tiny_recipe("model.norm_options.weight-norm.init_scal=0.1")
+    with pytest.raises(ConfigError, match=r"model.norm_options.weight-nrm: unknown norm 'weight-nrm'"):
+        tiny_recipe("model.norm_options.weight-nrm.init_scale=0.1")
+    # one model, one fingerprint: canonical values, no empty tables
+    as_int = tiny_recipe("model.norm_options.weight-norm.init_scale=1")
+    assert as_int.model.options.norm_options == tiny_recipe("model.norm_options.weight-norm.init_scale=1.0"
+                                                            ).model.options.norm_options
+    assert tiny_recipe("model.norm_options.weight-norm={}").model.options.norm_options == {}
