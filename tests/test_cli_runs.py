@@ -412,3 +412,12 @@ def test_runs_written_before_a_new_defaulted_key_still_resume_and_evaluate(tmp_p
     result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu", "--resume",
                           "--set", "train.steps=4", "--set", "model.flow.hidden=16")
     assert result.exit_code == 2 and "written by another recipe" in out, out
+
+
+def test_the_sweep_tables_print_values_that_look_like_markup(tmp_path: Path) -> None:
+    rows = [{"name": f"v{i}", "data.root": root, "train.seed": 0, "bpd": 6.0 + i}
+            for i, root in enumerate(["x[/y]", "[bold]z"])]
+    console = Console(record=True, width=160)
+    write_sweep_summary(tmp_path, rows, console, axes=["data.root", "train.seed"])
+    text = console.export_text()
+    assert "x[/y]" in text and "[bold]z" in text

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from avade.errors import ConfigError, TrainingError
@@ -99,12 +100,12 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
     writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
     (out_dir / "sweep_summary.csv").write_text(buf.getvalue(), encoding="utf-8")
     headers = _short_headers(keys)
-    table = Table(title=f"sweep: {out_dir}", title_justify="left")
+    table = Table(title=escape(f"sweep: {out_dir}"), title_justify="left")
     shown = [k for k in keys if k not in ("recipe", "variant", "device")]
     for k in shown:
-        table.add_column(headers[k], justify="left" if k == "name" else "right", overflow="fold")
+        table.add_column(escape(headers[k]), justify="left" if k == "name" else "right", overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(row.get(k)) for k in shown))
+        table.add_row(*(escape(_cell(row.get(k))) for k in shown))
     console.print(table)
     metric = next((m for m in ("bpd", "fid", "is_mean") if any(isinstance(r.get(m), float) for r in rows)), None)
     if len(axes) == 2 and metric is not None:
@@ -144,10 +145,10 @@ def _grid(rows: list[dict[str, Any]], axes: Sequence[str], metric: str, headers:
     cells = {(key(r.get(first)), key(r.get(second))): "error" if "error" in r else _cell(r.get(metric))
              for r in rows}
     title = f"{metric}: {headers[first]} (rows) x {headers[second]} (columns)"
-    grid = Table(title=title, title_justify="left", min_width=len(title))
-    grid.add_column(headers[first], justify="right")
+    grid = Table(title=escape(title), title_justify="left", min_width=len(title))
+    grid.add_column(escape(headers[first]), justify="right")
     for c in col_values:
-        grid.add_column(f"{headers[second]} = {c}", justify="right")
+        grid.add_column(escape(f"{headers[second]} = {c}"), justify="right")
     for r in row_values:
-        grid.add_row(r, *(cells.get((r, c), "-") for c in col_values))
+        grid.add_row(escape(r), *(escape(cells.get((r, c), "-")) for c in col_values))
     return grid
