@@ -83,6 +83,13 @@ def test_torchrun_two_processes_train(tmp_path):
     assert state["world"] == 2
 
 
+def _join_job(rank: int, port: int) -> None:
+    """This spawned process as rank ``rank`` of a torchrun-like 2-process job (one thread each)."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
 def _free_port() -> int:
     import socket
 
@@ -94,9 +101,7 @@ def _free_port() -> int:
 def _av_ade_worker(rank, port, out):
     """One AV-ADE train_step (D update with GP, then G update) under a 2-process gloo job, recording
     each update's local (pre-average) gradients."""
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    _join_job(rank, port)
     import avade.train.trainer as trainer_module
 
     local: list[dict[int, torch.Tensor]] = []
@@ -152,9 +157,7 @@ EVAL_OVERRIDES = ("data.test_size=40", "data.eval_batch_size=8", "train.steps=3"
 
 def _eval_worker(rank, port, out):
     """The test BPD of a 2-process job, and which batches this rank evaluated."""
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    _join_job(rank, port)
     from avade.train.trainer import Trainer
 
     try:
@@ -197,9 +200,7 @@ def test_test_bpd_is_sharded_over_processes_and_equals_one_process(tmp_path):
 
 def _fit_worker(rank, port, run_dir, steps, resume):
     """A 2-process tiny AV-ADE run to ``steps`` (checkpoints every 2 steps), optionally resumed."""
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    _join_job(rank, port)
     from avade.train.trainer import Trainer
 
     try:
@@ -253,9 +254,7 @@ def test_broadcast_parameters_invalidate_weight_caches(tmp_path):
 
 def _logging_worker(rank, port, out):
     """Each rank reports its own made-up loss: the logged value must be their mean, not rank 0's."""
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    _join_job(rank, port)
     from avade.train.trainer import Trainer
 
     try:
@@ -276,9 +275,7 @@ def test_logged_values_are_the_mean_over_processes(tmp_path):
 
 
 def _flow_statistics_worker(rank, port, out):
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    _join_job(rank, port)
     from avade.flows.batch_norm import BatchNormFlow
     from avade.train.trainer import Trainer
 
