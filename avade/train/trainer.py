@@ -272,8 +272,10 @@ class Trainer:
             seed_everything(seed)
             self.noise.manual_seed(seed)
 
-    def save(self) -> Path | None:
-        """Checkpoint (written by rank 0; every process must call it: their random states are gathered)."""
+    def save(self, train_bpd: float | None = None) -> Path | None:
+        """Checkpoint (written by rank 0; every process must call it: their random states are gathered).
+        ``train_bpd``, the step's training bits/dim, is recorded so that a diverged run can show which
+        checkpoint was still sound."""
         rng = all_gather_bytes(ckpt.rng_bundle(self.generators), self.dist, self.device)
         if not self.dist.is_main:
             return None
@@ -281,6 +283,7 @@ class Trainer:
             self.run.checkpoints, self.step, self.model, self.optimizers, rng,
             {"fingerprint": self.fingerprint, "recipe_name": self.recipe.name, "recipe": self.recipe_dict,
              "bad_steps": self.bad_steps, "world": self.dist.world, "bpd_untrained": self.bpd_untrained,
+             "train_bpd": train_bpd,
              "collapse": self.collapse.state_dict() if self.collapse is not None else None},
             keep=self.cfg.keep_checkpoints)
 
@@ -449,7 +452,7 @@ class Trainer:
                 if self.recipe.eval.every and self.step % self.recipe.eval.every == 0 and self.step < cfg.steps:
                     logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
                 if self.bad_steps == 0 and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
-                    self.save()
+                    self.save(logs.get("bpd"))
         self.write_grids("final")
         summary: dict[str, Any] = {"recipe": self.recipe.name, "variant": self.recipe.variant, "steps": self.step,
                                    "train_images_per_s": images / max(time.perf_counter() - t0, 1e-9)
@@ -516,9 +519,21 @@ class Trainer:
         return summary if summary.get("steps") == self.step and "error" not in summary else None
 
     def _last_good_checkpoint(self) -> str:
-        """Where a diverged run can be resumed from, for its error message."""
+        """Where a diverged run can be resumed from, for its error message: the newest checkpoints with
+        the training bits/dim of their step. A checkpoint is only written after a finite step, but the
+        loss may already have been running away: the figures show which one was still sound."""
         last = ckpt.list_checkpoints(self.run.checkpoints)
-        return f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
+        if not last:
+            return "no checkpoint was written yet"
+        shown = []
+        for path in last[-3:]:
+            try:
+                bpd = json.loads((path / "state.json").read_text(encoding="utf-8")).get("train_bpd")
+            except (OSError, ValueError, AttributeError):
+                bpd = None
+            shown.append(f"{path.name} (train bpd {bpd:.4g})" if isinstance(bpd, int | float) else path.name)
+        return (f"newest checkpoints in {self.run.checkpoints}: {', '.join(shown)}; to resume from an older one, "
+                "delete those after it, then --resume")
 
     def evaluate(self) -> dict[str, float]:
         """The recipe's eval metrics on the current weights (``bpd`` on the test split always)."""

@@ -256,3 +256,15 @@ def test_norm_options_reach_every_weight_norm_and_its_data_dependent_init_runs(t
     assert as_int.model.options.norm_options == tiny_recipe("model.norm_options.weight-norm.init_scale=1.0"
                                                             ).model.options.norm_options
     assert tiny_recipe("model.norm_options.weight-norm={}").model.options.norm_options == {}
+
+
+def test_a_divergence_message_lists_the_newest_checkpoints_with_their_training_bpd(tmp_path):
+    trainer = Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2"), tmp_path / "run", progress=False)
+    trainer.fit()
+    states = [json.loads((tmp_path / "run" / "checkpoints" / f"step_0000000{s}" / "state.json").read_text())
+              for s in (2, 4)]
+    assert all(isinstance(st["train_bpd"], float) and math.isfinite(st["train_bpd"]) for st in states)
+    message = trainer._last_good_checkpoint()
+    assert (f"step_00000002 (train bpd {states[0]['train_bpd']:.4g}), "
+            f"step_00000004 (train bpd {states[1]['train_bpd']:.4g})") in message
+    assert "delete those after it, then --resume" in message
