@@ -228,7 +228,7 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
     if "bpd" in names:
         ctx.bpd_defined()  # ... and on bpd for a model without a likelihood
     results = run_metrics(ctx, names, ctx.recipe, samples, console)
-    if is_main_process():  # under torchrun every process evaluates; one writes
+    if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
         _record_eval(RunDir(Path(run_dir)).eval, ctx.checkpoint, results)
     return results
 

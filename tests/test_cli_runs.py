@@ -421,3 +421,14 @@ def test_the_sweep_tables_print_values_that_look_like_markup(tmp_path: Path) -> 
     write_sweep_summary(tmp_path, rows, console, axes=["data.root", "train.seed"])
     text = console.export_text()
     assert "x[/y]" in text and "[bold]z" in text
+
+
+def test_eval_and_sample_run_on_rank_0_only_under_torchrun(run_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    (run_dir / "eval.json").unlink(missing_ok=True)
+    result, out = _invoke("eval", str(run_dir), "--metrics", "bpd", "--device", "cpu")
+    assert result.exit_code == 0 and not (run_dir / "eval.json").exists(), out
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "s.png"), "--device", "cpu")
+    assert result.exit_code == 0 and not (tmp_path / "s.png").exists(), out

@@ -306,6 +306,10 @@ def evaluate(
 ) -> None:
     """Evaluate a run's last checkpoint (or --checkpoint STEP); records eval.json (and plots) in the run."""
     from avade.evaluate import evaluate_run
+    from avade.train.distributed import is_main_process
+
+    if not is_main_process():  # single-process work: under torchrun, rank 0 does it and the others stop
+        return
 
     if samples is not None and samples < 2:
         raise AvadeError(f"--samples: sample-based metrics need at least 2 samples, got {samples}")
@@ -340,6 +344,10 @@ def sample(
 ) -> None:
     """Write a grid of samples (or reconstructions) from a run's last checkpoint (or --checkpoint STEP)."""
     from avade.evaluate import sample_run
+    from avade.train.distributed import is_main_process
+
+    if not is_main_process():  # single-process work: under torchrun, rank 0 does it and the others stop
+        return
 
     if not (math.isfinite(temperature) and temperature > 0):
         raise AvadeError(f"--temperature: expected a number > 0 (1 = the prior itself), got {temperature}")
