@@ -24,6 +24,12 @@ def norm_options(options: Mapping[str, Mapping[str, Any]]) -> Iterator[None]:
         _NORM_OPTIONS.reset(token)
 
 
+def norm_option(norm: str, key: str, default: Any) -> Any:
+    """Option ``key`` of norm ``norm`` from an enclosing :func:`norm_options` (``default`` outside one);
+    for layers that normalize their weights themselves (IAF's masked convolutions)."""
+    return (_NORM_OPTIONS.get() or {}).get(norm, {}).get(key, default)
+
+
 def normed(layer: nn.Module, norm: str = "weight-norm", num_classes: int | None = None,
            **options: Any) -> nn.Module:
     """Wrap ``layer`` in the registered norm ``norm``; the result has ``forward(x, y=None)``. Options

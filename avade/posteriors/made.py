@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avade.nn.layers import norm_option
+from avade.norms._init_flag import InitFlag
+
 
 def autoregressive_mask(kernel: int, in_degrees: torch.Tensor, out_degrees: torch.Tensor,
                         strict: bool) -> torch.Tensor:
@@ -43,12 +46,17 @@ class MaskedConv2d(nn.Module):
     """A weight-normalized conv (``w = g * (m v) / ||m v||``) whose kernel is masked by ``m``.
 
     Weight norm is built in rather than taken from :func:`avade.nn.normed`: the paper uses weight norm
-    only in IAF, and a generic norm wrapper (e.g. conditional weight norm) may bypass the mask.
+    only in IAF, and a generic norm wrapper (e.g. conditional weight norm) may bypass the mask. It still
+    takes weight norm's data-dependent init, ``init_scale`` from a recipe's ``model.norm_options``
+    (``"weight-norm"``), as the IAF reference code initialises its layers.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, in_degrees: torch.Tensor,
                  out_degrees: torch.Tensor, *, strict: bool) -> None:
         super().__init__()
+        self.init_scale = float(norm_option("weight-norm", "init_scale", 0.0))
+        # Only with an init to do: a flag in every state dict would not load older checkpoints.
+        self.initialized = InitFlag(False) if self.init_scale > 0 else None
         self.register_buffer("mask", autoregressive_mask(kernel, in_degrees, out_degrees, strict))
         v = torch.empty(c_out, c_in, kernel, kernel)
         nn.init.kaiming_uniform_(v, a=math.sqrt(5))
@@ -68,5 +76,18 @@ class MaskedConv2d(nn.Module):
         # Rows masked entirely (kernel 1, first output channel) have no direction; they stay zero.
         return w * (self.g / self._norm(w).clamp_min(1e-12)).view(-1, 1, 1, 1)
 
+    @torch.no_grad()
+    def _data_init(self, x: torch.Tensor) -> None:
+        """Scale g and set the bias so that this batch's outputs have mean 0 and std ``init_scale``."""
+        out = F.conv2d(x, self.weight(), self.bias, padding=self.padding)
+        mean, std = out.mean((0, 2, 3)), out.std((0, 2, 3)) + 1e-6
+        scale = self.init_scale / std
+        self.g.mul_(scale)
+        self.bias.copy_((self.bias - mean) * scale)
+        assert self.initialized is not None
+        self.initialized.set()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.initialized is not None and self.training and not bool(self.initialized):
+            self._data_init(x)
         return F.conv2d(x, self.weight(), self.bias, padding=self.padding)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_recipes import tiny_recipe
 from torch.autograd.functional import jacobian
 from torch.distributions import Normal
 
@@ -82,3 +83,31 @@ def test_posterior_log_density_through_the_flow(name: str, opts: dict) -> None:
     torch.testing.assert_close(s.log_p, Normal(mu_p, log_sigma_p.exp()).log_prob(s.z).flatten(1).sum(1))
     with pytest.raises(ValueError, match="closed form"):
         post.analytic_kl(1, d, h)
+
+
+def test_masked_convs_take_weight_norms_data_dependent_init_from_norm_options() -> None:
+    from avade.nn.layers import norm_options
+    from avade.posteriors.made import MaskedConv2d, hidden_degrees
+
+    order = torch.arange(4)
+    hid = hidden_degrees(16, 4)
+    plain = MaskedConv2d(4, 16, 3, order, hid, strict=False)
+    assert plain.initialized is None and "initialized.done" not in plain.state_dict()  # old checkpoints load
+    with norm_options({"weight-norm": {"init_scale": 0.1}}):
+        conv = MaskedConv2d(4, 16, 3, order, hid, strict=False).train()
+    x = torch.randn(32, 4, 6, 6) * 2 + 1
+    out = conv(x)  # the first training call initialises g and the bias from this batch
+    torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std((0, 2, 3)), torch.full((16,), 0.1), atol=1e-3, rtol=0)
+    assert bool(conv.initialized)
+    assert float(conv(x * 3).std()) > 0.2  # ... and only the first
+
+
+def test_an_iaf_model_initialises_every_masked_conv_before_training(tmp_path) -> None:
+    from avade.posteriors.made import MaskedConv2d
+    from avade.train.trainer import Trainer
+
+    recipe = tiny_recipe("model.posterior.iaf_steps=1", "model.norm_options.weight-norm.init_scale=0.1")
+    trainer = Trainer(recipe, tmp_path / "run", progress=False)
+    masked = [m for m in trainer.model.modules() if isinstance(m, MaskedConv2d)]
+    assert masked and all(m.initialized is not None and bool(m.initialized) for m in masked)
