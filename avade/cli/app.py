@@ -240,7 +240,7 @@ def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")]
             except ConfigError as exc:
                 raise exc.located(source=str(file)) from None
     extra = f", {len(variants)} sweep variants" if recipe.sweep is not None else ""
-    out.print(f"[green]ok[/]: {recipe.name} ({recipe.variant} on {recipe.data.options.name}{extra})")
+    out.print(f"[green]ok[/]: {escape(recipe.name)} ({recipe.variant} on {escape(recipe.data.options.name)}{extra})")
 
 
 @recipe_app.command("show")
@@ -259,7 +259,7 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
         if as_json:
             print(json.dumps([{"name": v.name, "overrides": v.overrides} for v in expanded], indent=2))
             return
-        table = Table(title=f"{recipe.name}: {len(expanded)} variant(s)", title_justify="left")
+        table = Table(title=escape(f"{recipe.name}: {len(expanded)} variant(s)"), title_justify="left")
         table.add_column("name")
         table.add_column("overrides")
         for v in expanded:
@@ -322,7 +322,7 @@ def evaluate(
     if as_json:
         print(json.dumps(results, indent=2))
     else:
-        table = Table(title=f"eval: {run_dir}", title_justify="left")
+        table = Table(title=escape(f"eval: {run_dir}"), title_justify="left")
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in results.items():
@@ -357,7 +357,7 @@ def sample(
         raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'samples.png'}")
     path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
                       seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint)
-    out.print(f"wrote {path}")
+    out.print(f"wrote {escape(str(path))}")
 
 
 @study_app.command("subsets")
@@ -384,7 +384,7 @@ def study_subsets(
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
-        table = Table(title=f"subset study on {dataset}", title_justify="left")
+        table = Table(title=escape(f"subset study on {dataset}"), title_justify="left")
         for col in rows[0]:
             table.add_column(col, justify="right")
         for row in rows:

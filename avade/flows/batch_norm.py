@@ -43,16 +43,20 @@ class BatchNormFlow(Flow):
             mean = x.mean((0, 2, 3), keepdim=True)
             var = x.var((0, 2, 3), keepdim=True, correction=0)
             # New tensors, not in-place updates: a compiled inverse may hold the old ones for its backward.
-            self.running_mean = torch.lerp(self.running_mean, mean.detach().to(self.running_mean.dtype),
-                                           self.momentum)
-            self.running_var = torch.lerp(self.running_var, var.detach().to(self.running_var.dtype),
-                                          self.momentum)
+            self.running_mean = self._averaged(self.running_mean, mean)
+            self.running_var = self._averaged(self.running_var, var)
         else:
             mean, var = self.running_mean, self.running_var
         log_std = 0.5 * torch.log(var + self.eps)
         y = (x - mean) * torch.exp(-log_std)
         logdet = (-log_std.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
         return y, logdet
+
+    def _averaged(self, running: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """The running average moved towards ``batch``; left as it was where the batch's value is not
+        finite (the trainer skips such a step; its statistics must not poison f^-1 for good)."""
+        new = torch.lerp(running, batch.detach().to(running.dtype), self.momentum)
+        return torch.where(torch.isfinite(new), new, running)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return y * torch.sqrt(self.running_var + self.eps) + self.running_mean

@@ -270,8 +270,10 @@ def _model(raw: Any) -> ModelSection:
             cfg = registry.validate("norm", norm, norm_table, path=f"model.norm_options.{norm}")
         except RegistryError as exc:
             raise ConfigError(str(exc), path=f"model.norm_options.{norm}") from None
-        if norm_table:  # canonical values (1 and 1.0 alike) and no empty tables: one model, one fingerprint
-            normalized[norm] = unstructure(cfg) if cfg is not None else {}
+        # Canonical values (1 and 1.0 alike), and no table that only restates the defaults: one model,
+        # one fingerprint.
+        if cfg is not None and cfg != registry.validate("norm", norm, {}):
+            normalized[norm] = unstructure(cfg)
     options.norm_options = normalized
     variant = options.variant
     refs: dict[str, ComponentRef | None] = {}

@@ -39,11 +39,12 @@ def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: s
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     if trainer.dist.is_main:
-        console.print(f"[bold]{recipe.name}[/] ({recipe.variant}) -> {out_dir} on {trainer.device}")
+        console.print(f"[bold]{escape(recipe.name)}[/] ({recipe.variant}) -> {escape(str(out_dir))} "
+                      f"on {trainer.device}")
     summary = trainer.fit()
     if trainer.dist.is_main:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float))
-        console.print(f"[green]done[/]: {recipe.name}: {shown}")
+        console.print(f"[green]done[/]: {escape(recipe.name)}: {shown}")
     return summary
 
 
@@ -72,7 +73,7 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
                 summary = run_recipe(variant.recipe, out_dir / variant.name, resume=resume, device=device,
                                      console=console, progress=progress)
             except TrainingError as exc:  # one diverged variant must not cost the others (an lr sweep)
-                console.print(f"[red]{variant.name}:[/] {exc}")
+                console.print(f"[red]{escape(variant.name)}:[/] {escape(str(exc))}")
                 failed.append(variant.name)
                 summary = {"error": str(exc)}
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
@@ -112,7 +113,7 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
         try:
             grid = _grid(rows, axes, metric, headers)
         except Exception as exc:  # a view of what is already written: it must not fail the sweep
-            console.print(f"[yellow]warning:[/] no {metric} grid ({type(exc).__name__}: {exc})")
+            console.print(f"[yellow]warning:[/] no {metric} grid ({type(exc).__name__}: {escape(str(exc))})")
         else:
             console.print(grid)
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
@@ -210,7 +211,7 @@ class Trainer:
         existing = ckpt.list_checkpoints(self.run.checkpoints)
         if not existing:
             if self.dist.is_main:
-                self.console.print(f"no checkpoint in {self.run.checkpoints}: starting from step 0")
+                self.console.print(f"no checkpoint in {escape(str(self.run.checkpoints))}: starting from step 0")
             return
         path = existing[-1]
         data = ckpt.read_checkpoint(path)
@@ -241,7 +242,7 @@ class Trainer:
         if self.dist.is_main and self._finished_summary() is None:  # a finished run is left as it is
             MetricsLogger.truncate(self.run.metrics, self.step)
         if self.dist.is_main:
-            self.console.print(f"resumed from {path} (step {self.step})")
+            self.console.print(f"resumed from {escape(str(path))} (step {self.step})")
 
     def _data_init(self) -> None:
         """A fresh run starts with one no-grad likelihood pass (and, for adversarial variants, one
@@ -411,8 +412,8 @@ class Trainer:
         cfg = self.cfg
         if self.finished is not None:
             if self.dist.is_main:
-                self.console.print(f"{self.run.root} already finished at step {self.step} (summary.json); nothing "
-                                   "to do: raise train.steps to train on, or `avade eval` it")
+                self.console.print(f"{escape(str(self.run.root))} already finished at step {self.step} "
+                                   "(summary.json); nothing to do: raise train.steps to train on, or `avade eval` it")
             return self.finished
         logger = MetricsLogger(self.run, enabled=self.dist.is_main, start_step=self.step)
         start_step = self.step
@@ -452,7 +453,7 @@ class Trainer:
                 if self.recipe.eval.every and self.step % self.recipe.eval.every == 0 and self.step < cfg.steps:
                     logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
                 if self.bad_steps == 0 and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
-                    self.save(logs.get("bpd"))
+                    self.save(self._global_logs(logs).get("bpd"))  # every process gets here together
         self.write_grids("final")
         summary: dict[str, Any] = {"recipe": self.recipe.name, "variant": self.recipe.variant, "steps": self.step,
                                    "train_images_per_s": images / max(time.perf_counter() - t0, 1e-9)

@@ -62,3 +62,14 @@ def test_a_compiled_inverse_then_forward_then_backward_in_training() -> None:
         y, logdet = forward(torch.randn(4, 3, 8, 8))
         (sample.square().mean() + y.square().mean() - logdet.mean()).backward()
     assert all(p.grad is not None for p in flow.parameters() if p.requires_grad)
+
+
+def test_a_non_finite_batch_leaves_the_running_averages_alone() -> None:
+    bn = avade.create("flow", "batch-norm", in_shape=(2, 2, 2)).train()
+    bn(torch.randn(8, 2, 2, 2))
+    before = bn.running_mean.clone(), bn.running_var.clone()
+    x = torch.randn(8, 2, 2, 2)
+    x[0, 0, 0, 0] = float("nan")  # channel 0 of this batch is NaN, channel 1 is fine
+    bn(x)
+    assert torch.equal(bn.running_mean[0, 0], before[0][0, 0]) and torch.equal(bn.running_var[0, 0], before[1][0, 0])
+    assert not torch.equal(bn.running_mean[0, 1], before[0][0, 1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -229,6 +230,8 @@ def test_tensorboard_drops_the_steps_a_resume_replays(tmp_path):
     for step in range(1, 11):
         first.log(step, {"bpd": float(step)})
     first.close()
+    # Event files are read in name order, which starts with the creation second: a resume is a later one.
+    time.sleep(1.1)
     resumed = MetricsLogger(run, start_step=5)  # resumed from the checkpoint of step 5
     for step in range(6, 9):
         resumed.log(step, {"bpd": 100.0 + step})
@@ -256,6 +259,7 @@ def test_norm_options_reach_every_weight_norm_and_its_data_dependent_init_runs(t
     assert as_int.model.options.norm_options == tiny_recipe("model.norm_options.weight-norm.init_scale=1.0"
                                                             ).model.options.norm_options
     assert tiny_recipe("model.norm_options.weight-norm={}").model.options.norm_options == {}
+    assert tiny_recipe("model.norm_options.weight-norm.init_scale=0").model.options.norm_options == {}  # defaults
 
 
 def test_a_divergence_message_lists_the_newest_checkpoints_with_their_training_bpd(tmp_path):
