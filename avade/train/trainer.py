@@ -141,10 +141,10 @@ class Trainer:
         self.bad_steps = 0
         self.rng_restored = False  # set by _resume: this process's random state came from the checkpoint
         self.bpd_untrained: float | None = None  # the test BPD before training (checkpointed)
+        # summary.json of a resumed run that already finished (a done sweep variant): left exactly as it is.
+        self.finished: dict[str, Any] | None = None
         if resume:
             self._resume()
-        # A finished run that is resumed (a done sweep variant) is left exactly as it is.
-        self.finished: dict[str, Any] | None = self._finished_summary()
         if self.finished is None:
             self._write_recipe(fresh=self.step == 0)  # only now: a refused resume leaves the run as it was
         if self.step == 0:
@@ -239,7 +239,8 @@ class Trainer:
         self.bpd_untrained = float(untrained) if isinstance(untrained, int | float) else None
         if self.collapse is not None and state.get("collapse"):
             self.collapse.load_state_dict(state["collapse"])
-        if self.dist.is_main and self._finished_summary() is None:  # a finished run is left as it is
+        self.finished = self._finished_summary()
+        if self.dist.is_main and self.finished is None:  # a finished run is left as it is
             MetricsLogger.truncate(self.run.metrics, self.step)
         if self.dist.is_main:
             self.console.print(f"resumed from {escape(str(path))} (step {self.step})")
@@ -446,14 +447,18 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 logs["images_per_s"] = images / max(elapsed, 1e-9)
                 bar.update(self.step, logs)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    logger.log(self.step, self._global_logs(logs))
+                log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                save_now = self.bad_steps == 0 and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps)
+                # One all-reduce per step that needs the job's values; every process gets here together.
+                job_logs = self._global_logs(logs) if log_now or save_now else logs
+                if log_now:
+                    logger.log(self.step, job_logs)
                 if self.step % cfg.sample_every == 0:
                     self.write_grids(f"{self.step:08d}")
                 if self.recipe.eval.every and self.step % self.recipe.eval.every == 0 and self.step < cfg.steps:
                     logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
-                if self.bad_steps == 0 and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
-                    self.save(self._global_logs(logs).get("bpd"))  # every process gets here together
+                if save_now:
+                    self.save(job_logs.get("bpd"))
         self.write_grids("final")
         summary: dict[str, Any] = {"recipe": self.recipe.name, "variant": self.recipe.variant, "steps": self.step,
                                    "train_images_per_s": images / max(time.perf_counter() - t0, 1e-9)
