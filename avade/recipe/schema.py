@@ -118,7 +118,12 @@ class TrainSection:
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
     seed: int = 0
     checkpoint_every: int = attrs.field(default=1000, validator=ge(1))
-    keep_checkpoints: int = attrs.field(default=3, validator=ge(1))
+    keep_checkpoints: int = attrs.field(default=3, validator=ge(1),
+                                        metadata={"help": "how many of the newest checkpoints to keep"})
+    keep_every: int = attrs.field(
+        default=0, validator=ge(0),
+        metadata={"help": "also keep, for good, every checkpoint whose step is a multiple of this (a multiple "
+                          "of checkpoint_every); 0 = only the newest keep_checkpoints"})
     log_every: int = attrs.field(default=50, validator=ge(1))
     sample_every: int = attrs.field(default=1000, validator=ge(1))
     adv_weight: float = attrs.field(default=100.0, validator=ge(0.0))
@@ -142,6 +147,12 @@ class TrainSection:
         default="inductor", metadata={"help": "torch.compile backend for train.compile (aot_eager: trace only)"})
     eval_batches: int = attrs.field(default=0, validator=ge(0),
                                     metadata={"help": "test batches for the final BPD; 0 = whole test split"})
+
+    def __attrs_post_init__(self) -> None:
+        if self.keep_every % self.checkpoint_every:
+            raise ConfigError(f"{self.keep_every} is not a multiple of train.checkpoint_every "
+                              f"({self.checkpoint_every}), so no checkpoint would land on it; use a multiple "
+                              "of it, or 0", path="keep_every")
 
 
 @attrs.define

@@ -141,8 +141,9 @@ def _unbundle(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                    rng: list[bytes], state: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``directory/step_XXXXXXXX`` atomically and prune all but the newest ``keep``.
+                    rng: list[bytes], state: dict[str, Any], keep: int = 3, keep_every: int = 0) -> Path:
+    """Write ``directory/step_XXXXXXXX`` atomically and prune all but the newest ``keep`` and, with
+    ``keep_every``, the milestones (steps that are multiples of it: :func:`is_milestone`).
 
     ``rng``: :func:`rng_bundle` of every process, rank 0 first. Rank 0's state is stored under plain
     names (the single-process layout), rank ``r``'s under ``rank{r}.`` names and ``state["rng_ranks"]``.
@@ -178,7 +179,8 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
         _discard(final)
     os.replace(tmp, final)
     for old in list_checkpoints(directory)[:-keep]:
-        _discard(old)
+        if not is_milestone(old, keep_every):
+            _discard(old)
     for stale in directory.glob(".tmp-*"):  # left by a process killed while writing
         if stale != tmp:
             shutil.rmtree(stale, ignore_errors=True)
@@ -197,6 +199,12 @@ def list_checkpoints(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+
+
+def is_milestone(path: Path, keep_every: int) -> bool:
+    """Whether checkpoint ``path`` is kept for good under ``train.keep_every`` (0: none is)."""
+    step = checkpoint_step(path)
+    return keep_every > 0 and step > 0 and step % keep_every == 0
 
 
 def checkpoint_step(path: Path) -> int:

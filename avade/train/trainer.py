@@ -287,7 +287,7 @@ class Trainer:
              "bad_steps": self.bad_steps, "world": self.dist.world, "bpd_untrained": self.bpd_untrained,
              "train_bpd": train_bpd,
              "collapse": self.collapse.state_dict() if self.collapse is not None else None},
-            keep=self.cfg.keep_checkpoints)
+            keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every)
 
     # -- one step of Algorithm 1 ---------------------------------------------------------------------
     def _finite_update(self, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
@@ -531,15 +531,11 @@ class Trainer:
         last = ckpt.list_checkpoints(self.run.checkpoints)
         if not last:
             return "no checkpoint was written yet"
-        shown = []
-        for path in last[-3:]:
-            try:
-                bpd = json.loads((path / "state.json").read_text(encoding="utf-8")).get("train_bpd")
-            except (OSError, ValueError, AttributeError):
-                bpd = None
-            shown.append(f"{path.name} (train bpd {bpd:.4g})" if isinstance(bpd, int | float) else path.name)
-        return (f"newest checkpoints in {self.run.checkpoints}: {', '.join(shown)}; to resume from an older one, "
-                "delete those after it, then --resume")
+        shown = [_with_train_bpd(path) for path in last[-3:]]
+        milestones = [_with_train_bpd(p) for p in last[:-3] if ckpt.is_milestone(p, self.cfg.keep_every)]
+        older = f"; older ones kept (train.keep_every): {', '.join(milestones[-3:])}" if milestones else ""
+        return (f"newest checkpoints in {self.run.checkpoints}: {', '.join(shown)}{older}; to resume from an "
+                "older one, delete those after it, then --resume")
 
     def evaluate(self) -> dict[str, float]:
         """The recipe's eval metrics on the current weights (``bpd`` on the test split always)."""
@@ -554,6 +550,15 @@ class Trainer:
             results.update(compute_metrics(self, others))
         self.model.train()
         return results
+
+
+def _with_train_bpd(path: Path) -> str:
+    """A checkpoint's name with the training bits/dim of its step (from its state.json), if recorded."""
+    try:
+        bpd = json.loads((path / "state.json").read_text(encoding="utf-8")).get("train_bpd")
+    except (OSError, ValueError, AttributeError):
+        bpd = None
+    return f"{path.name} (train bpd {bpd:.4g})" if isinstance(bpd, int | float) else path.name
 
 
 def _not_finite(value: Any) -> bool:

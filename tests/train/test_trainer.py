@@ -45,6 +45,19 @@ def test_checkpoint_has_no_pickle_and_keeps_last_n(tmp_path):
     assert state["step"] == 8 and set(state["optimizers"]) == {"generator", "discriminator"}
 
 
+def test_keep_every_keeps_milestone_checkpoints_for_good(tmp_path):
+    recipe = tiny_recipe("train.steps=12", "train.checkpoint_every=2", "train.keep_checkpoints=2",
+                         "train.keep_every=4")
+    trainer = Trainer(recipe, tmp_path, progress=False)
+    trainer.fit()
+    kept = [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")]
+    assert kept == ["step_00000004", "step_00000008", "step_00000010", "step_00000012"]
+    # a diverged run's message names the older milestones too, as places to fall back to
+    assert "older ones kept (train.keep_every): step_00000004 (train bpd" in trainer._last_good_checkpoint()
+    with pytest.raises(ConfigError, match=r"train.keep_every: 3 is not a multiple of train.checkpoint_every"):
+        tiny_recipe("train.checkpoint_every=2", "train.keep_every=3")
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     recipe = tiny_recipe("train.steps=2")
     Trainer(recipe, tmp_path, progress=False).fit()
