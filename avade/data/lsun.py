@@ -94,6 +94,11 @@ def locate(cfg: LsunConfig, split: str) -> tuple[str, Path]:
                         f"unzip {path.name}.zip from {SOURCE} into {path.parent} again, or remove the folder"
                     )
             return layout, path
+    for layout, path in searched:  # the download, not yet unzipped
+        archive = path.with_name(f"{path.name}.zip")
+        if layout == "lmdb" and archive.is_file():
+            raise DataError(f"dataset 'lsun': found {archive} but not the folder it unzips to; unzip it in place "
+                            f"(`unzip {archive.name}` in {archive.parent})")
     what = f"category '{cfg.category}' ({split} split)"
     raise missing_data(NAME, [p for _, p in searched], download=False, what=what, source=SOURCE)
 

@@ -260,6 +260,13 @@ def test_lsun_exported_folder(tmp_path):
     assert str(tmp_path / "lsun" / "bedroom") in message and "bedroom_train_lmdb" in message
 
 
+def test_lsun_download_left_zipped_says_to_unzip_it(tmp_path):
+    (tmp_path / "lsun").mkdir()
+    (tmp_path / "lsun" / "tower_val_lmdb.zip").write_bytes(b"PK")
+    with pytest.raises(DataError, match=r"found .*tower_val_lmdb\.zip but not the folder it unzips to; unzip it"):
+        avade.create("dataset", "lsun", split="test", root=str(tmp_path), category="tower")
+
+
 def test_lsun_lmdb_without_the_package_says_how_to_fix(tmp_path, monkeypatch):
     (tmp_path / "tower_val_lmdb").mkdir()
     monkeypatch.setitem(sys.modules, "lmdb", None)  # makes `import lmdb` fail
