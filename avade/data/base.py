@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -178,11 +178,22 @@ def pil_to_uint8(img: Image.Image, channels: int = 3) -> torch.Tensor:
     return TF.pil_to_tensor(img)
 
 
+_ORIENTATION = 0x0112  # the EXIF tag
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` as viewers show it: a camera's EXIF orientation applied (photos from phones are often
+    stored sideways with a tag saying so; torchvision ignores it, which trains on rotated images)."""
+    if img.getexif().get(_ORIENTATION, 1) in (0, 1):
+        return img
+    return ImageOps.exif_transpose(img)
+
+
 def load_image(path: Path, resolution: int, channels: int = 3, crop: int | None = None) -> torch.Tensor:
     """Decode an image file into uint8 [C, resolution, resolution] (center crop + resize)."""
     try:
         with Image.open(path) as img:
-            tensor = pil_to_uint8(img, channels)
+            tensor = pil_to_uint8(upright(img), channels)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {describe_error(exc)}; remove or replace the file") from None
     return center_crop_resize(tensor, resolution, crop)

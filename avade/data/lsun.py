@@ -38,6 +38,7 @@ from avade.data.base import (
     list_images,
     missing_data,
     pil_to_uint8,
+    upright,
 )
 from avade.errors import DataError
 from avade.schema import between
@@ -181,7 +182,7 @@ class LmdbImages(ImageDataset):
             raise DataError(f"dataset 'lsun': key {_show(key)} vanished from {self.path}; is it being rewritten?")
         try:
             with Image.open(io.BytesIO(buf)) as img:
-                tensor = pil_to_uint8(img)
+                tensor = pil_to_uint8(upright(img))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             if isinstance(exc, UnidentifiedImageError):  # its own message names only an anonymous buffer
                 why = "no format Pillow can decode"

@@ -154,6 +154,24 @@ def test_image_folder_center_crop_resize_matches_pil(tmp_path):
     assert images.shape == (2, 3, 10, 10) and labels.tolist() == [-1, -1] and ds.num_classes == 0
 
 
+def test_images_are_loaded_upright_by_their_exif_orientation(tmp_path):
+    from PIL import Image
+
+    from avade.data.base import load_image
+
+    array = rgb_images(1, 20, 30, seed=21)[0]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: "rotate 90 degrees clockwise to view"
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(array).save(tmp_path / "imgs" / "a.png", exif=exif)
+    Image.fromarray(array).save(tmp_path / "imgs" / "b.png")
+    upright = torch.from_numpy(np.rot90(array, k=-1).copy()).permute(2, 0, 1)  # 30 x 20, center crop 20
+    assert torch.equal(load_image(tmp_path / "imgs" / "a.png", 20),
+                       upright[:, 5:25, :])
+    assert torch.equal(load_image(tmp_path / "imgs" / "b.png", 20),
+                       torch.from_numpy(array).permute(2, 0, 1)[:, :, 5:25])
+
+
 def test_image_folder_explicit_train_test_and_gray(tmp_path):
     for split, n in (("train", 3), ("test", 2)):
         for i, a in enumerate(rgb_images(n, 12, 12, seed=n)):
