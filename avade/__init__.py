@@ -6,6 +6,7 @@ Light on import: nothing here imports torch, so ``avade list-components`` starts
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from avade.errors import AvadeError, ConfigError, RegistryError
 from avade.hookspecs import hookimpl
@@ -25,4 +26,14 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "list_components",
+    "load_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: it needs torch, which `import avade` must not import.
+    if name == "load_model":
+        from avade.evaluate import load_model
+
+        return load_model
+    raise AttributeError(f"module 'avade' has no attribute {name!r}")

@@ -182,11 +182,27 @@ def select_checkpoint(run: RunDir, checkpoint: str | int | None = None) -> Path:
     raise CheckpointError(f"--checkpoint {checkpoint}: {run.checkpoints} has no such checkpoint; its steps are {steps}")
 
 
-def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None = None) -> RunContext:
-    """Rebuild a run's model from ``recipe.toml`` and its newest checkpoint (or that of step ``checkpoint``)."""
+def load_model(run_dir: str | Path, device: str = "auto", checkpoint: str | int | None = None
+               ) -> tuple[GenerativeModel, Recipe, Path]:
+    """A trained model, in eval mode on ``device``, from a run directory: rebuilt from its ``recipe.toml``
+    with the weights of its newest checkpoint (or of step ``checkpoint``). Returns the model, the recipe
+    and the checkpoint directory. The dataset is not needed (checkpoints record the image shape and class
+    count the model was built for; one written before they did is rebuilt from the dataset).
+
+    >>> model, recipe, _ = avade.load_model("runs/quickstart/latest")
+    >>> images = model.sample(16, temperature=0.9)   # uint8 [16, C, H, W]
+    """
+    model, recipe, chosen, _ = _load(Path(run_dir), device, checkpoint, datasets=False)
+    return model, recipe, chosen
+
+
+def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bool
+          ) -> tuple[GenerativeModel, Recipe, Path, tuple[Any, Any] | None]:
+    """The model (eval mode, on ``device``), recipe and checkpoint of a run, and its (train, test) datasets
+    when ``datasets`` is set or the checkpoint does not say what the model was built for."""
     from avade.train.trainer import load_datasets, resolve_device
 
-    run = RunDir(Path(run_dir))
+    run = RunDir(run_dir)
     if not run.recipe.is_file():
         raise CheckpointError(f"{run.root} is not a run directory (no recipe.toml); pass the --out of "
                               "`avade recipe run`")
@@ -200,12 +216,25 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None =
                               "settings changed since it was written); put back the recipe it was trained with "
                               f"(a copy is in {chosen / 'state.json'}, under \"recipe\")")
     dev = resolve_device(device)
-    train_set, test_set = load_datasets(recipe)
-    model = build_model(recipe, train_set.shape, train_set.num_classes)
+    shape, classes = data["state"].get("data_shape"), data["state"].get("num_classes")
+    sets = load_datasets(recipe) if datasets or shape is None or classes is None else None
+    if shape is None or classes is None:  # a checkpoint from before they were recorded
+        assert sets is not None
+        shape, classes = sets[0].shape, sets[0].num_classes
+    model = build_model(recipe, tuple(shape), int(classes))
     ckpt.load_weights(model, data["model"], chosen)
     model.to(dev).eval()
-    return RunContext(model, recipe, train_set, test_set, dev, run.root, cache_dir(), _options(recipe),
-                      recipe.train.seed, chosen)
+    return model, recipe, chosen, sets
+
+
+def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None = None) -> RunContext:
+    """Rebuild a run's model from ``recipe.toml`` and its newest checkpoint (or that of step ``checkpoint``),
+    with its datasets, for evaluation (:func:`load_model` for the model alone)."""
+    model, recipe, chosen, sets = _load(Path(run_dir), device, checkpoint, datasets=True)
+    assert sets is not None
+    train_set, test_set = sets
+    return RunContext(model, recipe, train_set, test_set, next(model.parameters()).device, Path(run_dir),
+                      cache_dir(), _options(recipe), recipe.train.seed, chosen)
 
 
 def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
@@ -276,18 +305,20 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
 
     if n < 1:
         raise ConfigError(f"-n must be at least 1, got {n}")
-    ctx = load_run(run_dir, device, checkpoint)
-    model = ctx.model
-    gen = torch.Generator(device=ctx.device).manual_seed(seed)
+    # Samples need only the model (a run copied without its data can be sampled); reconstructions need test images.
+    model, _, _, sets = _load(Path(run_dir), device, checkpoint, datasets=reconstructions)
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
     nrow = max(1, int(n**0.5))
     if reconstructions:
-        x, y = next(ctx.real_batches("test", n, batch_size=n))
-        x = x.to(ctx.device)
-        recon = model.reconstruct(x, y.to(ctx.device) if model.num_classes else None, gen)
+        assert sets is not None
+        x, y = next(subset_batches(sets[1], n, batch_size=n))
+        x = x.to(dev)
+        recon = model.reconstruct(x, y.to(dev) if model.num_classes else None, gen)
         images = torch.stack([x, recon], 1).flatten(0, 1)
         nrow = 2 * max(1, int((n / 2) ** 0.5))
     else:
-        labels = (torch.arange(n, device=ctx.device) % model.num_classes) if model.num_classes else None
+        labels = (torch.arange(n, device=dev) % model.num_classes) if model.num_classes else None
         images = model.sample(n, labels, temperature=temperature, generator=gen)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -443,3 +443,39 @@ def test_paths_that_look_like_markup_are_printed(tmp_path: Path) -> None:
     assert result.exit_code == 0 and str(run) in out, out
     result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu")
     assert result.exit_code == 0 and "internal error" not in out, out
+
+
+def test_a_run_is_loaded_and_sampled_without_its_dataset(run_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import avade
+    import avade.train.trainer as trainer_module
+    from avade.errors import DataError
+
+    def no_data(recipe: object) -> None:
+        raise DataError("dataset 'synthetic' not found (gone)")
+
+    monkeypatch.setattr(trainer_module, "load_datasets", no_data)
+    model, recipe, chosen = avade.load_model(run_dir, device="cpu")
+    assert not model.training and chosen.name == "step_00000003" and recipe.name == TINY["name"]
+    images = model.sample(4, temperature=0.9)
+    assert images.dtype == torch.uint8 and images.shape[0] == 4
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "s.png"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "r.png"), "--device", "cpu",
+                          "--reconstructions")  # these need test images
+    assert result.exit_code != 0 and "not found (gone)" in out
+    # A checkpoint written before the model's input shape was recorded is rebuilt from the dataset.
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    state_file = old / "checkpoints" / "step_00000003" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["data_shape"], state["num_classes"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(DataError, match="gone"):
+        avade.load_model(old, device="cpu")
+    monkeypatch.undo()
+    again, _, _ = avade.load_model(old, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(),
+                                                  strict=True))

@@ -286,6 +286,8 @@ class Trainer:
             {"fingerprint": self.fingerprint, "recipe_name": self.recipe.name, "recipe": self.recipe_dict,
              "bad_steps": self.bad_steps, "world": self.dist.world, "bpd_untrained": self.bpd_untrained,
              "train_bpd": train_bpd,
+             # what the model was built for, so that it can be rebuilt without the dataset (avade.load_model)
+             "data_shape": list(self.train_set.shape), "num_classes": int(self.train_set.num_classes),
              "collapse": self.collapse.state_dict() if self.collapse is not None else None},
             keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every)
 
