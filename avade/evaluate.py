@@ -297,19 +297,31 @@ def _locked(lock_file: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+SAMPLE_BATCH = 100  # images per model call when sampling
+
+
 def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), temperature: float = 1.0,
                reconstructions: bool = False, seed: int = 0, device: str = "auto",
-               checkpoint: str | int | None = None) -> Path:
-    """``avade sample``: a PNG grid of samples (or test images next to their reconstructions)."""
+               checkpoint: str | int | None = None, batch_size: int = SAMPLE_BATCH) -> Path:
+    """``avade sample``: a PNG grid of samples (or test images next to their reconstructions), or with an
+    ``.npz`` output all ``n`` samples as a uint8 ``[n, H, W, C]`` array ``arr_0`` (the layout external FID
+    tools read; ``labels`` beside it for a class-conditional model), written atomically."""
     from torchvision.utils import save_image
 
     if n < 1:
         raise ConfigError(f"-n must be at least 1, got {n}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    output = Path(output)
+    as_array = output.suffix.lower() == ".npz"
+    if as_array and reconstructions:
+        raise ConfigError("--reconstructions writes an image grid; give -o a .png (or another image) file")
     # Samples need only the model (a run copied without its data can be sampled); reconstructions need test images.
     model, _, _, sets = _load(Path(run_dir), device, checkpoint, datasets=reconstructions)
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     nrow = max(1, int(n**0.5))
+    labels = (torch.arange(n, device=dev) % model.num_classes) if model.num_classes else None
     if reconstructions:
         assert sets is not None
         x, y = next(subset_batches(sets[1], n, batch_size=n))
@@ -318,12 +330,33 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
         images = torch.stack([x, recon], 1).flatten(0, 1)
         nrow = 2 * max(1, int((n / 2) ** 0.5))
     else:
-        labels = (torch.arange(n, device=dev) % model.num_classes) if model.num_classes else None
-        images = model.sample(n, labels, temperature=temperature, generator=gen)
-    output = Path(output)
+        with torch.inference_mode():
+            images = torch.cat([
+                model.sample(min(batch_size, n - start), labels[start:start + batch_size] if labels is not None
+                             else None, temperature=temperature, generator=gen).cpu()
+                for start in range(0, n, batch_size)])
     output.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.float() / 255.0, output, nrow=nrow)
+    if as_array:
+        _save_npz(output, images, labels)
+    else:
+        save_image(images.float() / 255.0, output, nrow=nrow)
     return output
+
+
+def _save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> None:
+    """``images`` (uint8 NCHW) as ``arr_0`` (NHWC) [and ``labels``] in ``path``, replaced atomically."""
+    import numpy as np
+
+    arrays = {"arr_0": images.permute(0, 2, 3, 1).contiguous().numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            np.savez(fh, **arrays)  # a file object: savez would append .npz to a name
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def subset_study_cli(dataset: str, overrides: Sequence[str], fractions: Sequence[float],

@@ -479,3 +479,29 @@ def test_a_run_is_loaded_and_sampled_without_its_dataset(run_dir: Path, tmp_path
     again, _, _ = avade.load_model(old, device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(),
                                                   strict=True))
+
+
+def test_sample_to_npz_writes_every_sample_as_a_uint8_nhwc_array(run_dir: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    import avade
+
+    out_file = tmp_path / "s.npz"
+    result, out = _invoke("sample", str(run_dir), "-n", "7", "-o", str(out_file), "--device", "cpu",
+                          "--batch-size", "3", "--seed", "5")
+    assert result.exit_code == 0, out
+    with np.load(out_file) as data:
+        assert set(data.files) == {"arr_0"}  # unconditional: no labels
+        array = data["arr_0"]
+    model, _, _ = avade.load_model(run_dir, device="cpu")
+    assert array.dtype == np.uint8 and array.shape == (7, *model.sample(1).permute(0, 2, 3, 1).shape[1:])
+    gen = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        first = model.sample(3, temperature=1.0, generator=gen)
+    assert np.array_equal(array[:3], first.permute(0, 2, 3, 1).numpy())  # batches continue one stream
+    assert [p.name for p in tmp_path.iterdir()] == ["s.npz"]  # written atomically: no temporary left
+    for args, message in ((["--reconstructions"], "--reconstructions writes an image grid"),
+                          (["--batch-size", "0"], "--batch-size must be at least 1")):
+        result, out = _invoke("sample", str(run_dir), "-o", str(tmp_path / "x.npz"), "--device", "cpu", *args)
+        assert result.exit_code != 0 and message in out and len(out.strip().splitlines()) == 1, out

@@ -334,15 +334,19 @@ def evaluate(
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     n: Annotated[int, typer.Option("-n", help="Number of images.")] = 64,
-    output: Annotated[Path, typer.Option("-o", "--output", help="PNG file for the grid.")] = Path("samples.png"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Image file for the grid (.png, .jpg, ...), "
+                                         "or .npz: all n samples as uint8 [n, H, W, C] under arr_0 (the "
+                                         "layout external FID tools read).")] = Path("samples.png"),
     temperature: Annotated[float, typer.Option("--temperature", "-t", help="Prior temperature.")] = 1.0,
     reconstructions: Annotated[bool, typer.Option("--reconstructions", help="Test images and their "
                                                   "reconstructions instead.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     checkpoint: CheckpointOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per model call.")] = 100,
 ) -> None:
-    """Write a grid of samples (or reconstructions) from a run's last checkpoint (or --checkpoint STEP)."""
+    """Write a grid of samples (or reconstructions), or an .npz of samples, from a run's last checkpoint (or
+    --checkpoint STEP)."""
     from avade.evaluate import sample_run
     from avade.train.distributed import is_main_process
 
@@ -351,12 +355,13 @@ def sample(
 
     if not (math.isfinite(temperature) and temperature > 0):
         raise AvadeError(f"--temperature: expected a number > 0 (1 = the prior itself), got {temperature}")
-    if output.suffix.lower() not in _image_suffixes():
-        raise AvadeError(f"-o: {output} has no image suffix Pillow can write; end it in .png (or .jpg, .webp, ...)")
+    if output.suffix.lower() not in {*_image_suffixes(), ".npz"}:
+        raise AvadeError(f"-o: {output} has no image suffix Pillow can write; end it in .png (or .jpg, .webp, "
+                         "...), or in .npz for an array of samples")
     if output.is_dir():
         raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'samples.png'}")
     path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
-                      seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint)
+                      seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint, batch_size=batch_size)
     out.print(f"wrote {escape(str(path))}")
 
 
