@@ -6,17 +6,21 @@ of real images and of model samples.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import attrs
 import torch
 from torch import Tensor
 
+from avade.errors import ConfigError
 from avade.metrics.context import EvalContext
-from avade.metrics.features import get_extractor, warn_if_not_reference
+from avade.metrics.features import extract, get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_stats, sample_features
 from avade.metrics.stats import gaussian_stats
 from avade.schema import ge
 
-__all__ = ["FID", "FIDConfig", "fid_from_features", "frechet_distance", "gaussian_stats"]
+__all__ = ["FID", "FIDConfig", "fid_from_features", "frechet_distance", "gaussian_stats", "load_reference_stats"]
 
 
 def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
@@ -58,6 +62,38 @@ class FIDConfig:
     real_samples: int | None = attrs.field(default=None, validator=ge(2),
                                            metadata={"help": "real images used; none = the whole split"})
     batch_size: int = attrs.field(default=100, validator=ge(1))
+    reference: str | None = attrs.field(
+        default=None, metadata={"help": "a .npz of published real statistics, `mu` [D] and `sigma` [D, D] (as "
+                                        "TTUR, pytorch-fid and clean-fid write them); replaces split and "
+                                        "real_samples"})
+
+
+def load_reference_stats(path: str) -> tuple[Tensor, Tensor]:
+    """``(mu, sigma)`` from a statistics ``.npz`` (no pickle); a ConfigError naming what is wrong."""
+    import numpy as np
+
+    where = "eval.fid.reference"
+    file = Path(os.path.expandvars(os.path.expanduser(path)))
+    try:
+        loaded = np.load(file, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError("a single array, not an .npz archive")
+        with loaded as data:
+            missing = {"mu", "sigma"} - set(data.files)
+            if missing:
+                raise ConfigError(f"{file} holds {', '.join(sorted(data.files)) or 'no arrays'}, not "
+                                  f"{' and '.join(sorted(missing))}; give FID statistics saved as mu and sigma",
+                                  path=where)
+            mu, sigma = torch.from_numpy(data["mu"]).double(), torch.from_numpy(data["sigma"]).double()
+    except (OSError, ValueError, EOFError) as exc:  # missing, unreadable, not an npz, or pickled arrays
+        raise ConfigError(f"cannot read FID statistics {file}: {exc}; give a .npz with mu and sigma",
+                          path=where) from None
+    if mu.dim() != 1 or sigma.shape != (mu.numel(), mu.numel()):
+        raise ConfigError(f"{file}: mu {tuple(mu.shape)} and sigma {tuple(sigma.shape)} are not a mean [D] and "
+                          "covariance [D, D]", path=where)
+    if not (torch.isfinite(mu).all() and torch.isfinite(sigma).all()):
+        raise ConfigError(f"{file}: mu or sigma holds NaN or infinite values", path=where)
+    return mu, sigma
 
 
 class FID:
@@ -72,6 +108,16 @@ class FID:
         cfg = self.cfg
         extractor = get_extractor(ctx.options, ctx.device)
         warn_if_not_reference(extractor, "FID")
-        mu_r, sigma_r = real_stats(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size)
+        if cfg.reference is not None:
+            mu_r, sigma_r = load_reference_stats(cfg.reference)
+            # Checked on one blank image before thousands of samples are drawn.
+            blank = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+            dims = extract(extractor, [blank], device=ctx.device, description="probe")[0].shape[1]
+            if dims != mu_r.numel():
+                raise ConfigError(f"{cfg.reference} has statistics of {mu_r.numel()}-dimensional features, but "
+                                  f"the feature extractor ({extractor.name}) gives {dims}; use statistics of the "
+                                  "same network (Inception pool3: 2048)", path="eval.fid.reference")
+        else:
+            mu_r, sigma_r = real_stats(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size)
         fake = sample_features(ctx, extractor, cfg.samples, cfg.batch_size).features
         return {"fid": frechet_distance(mu_r, sigma_r, *gaussian_stats(fake))}

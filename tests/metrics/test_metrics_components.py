@@ -107,3 +107,33 @@ def test_metrics_package_does_not_import_torch() -> None:
             "avade.metrics.register(r); print('torch' in sys.modules, len(r.list('metric')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "7"]
+
+
+def test_fid_against_published_reference_statistics(tmp_path) -> None:
+    import numpy as np
+
+    from avade.metrics.stats import gaussian_stats
+
+    ctx = _ctx(tmp_path, lambda n, labels: natural_crops(n, seed=1))
+    own = FID(FIDConfig(samples=80)).compute(ctx)["fid"]
+    # The statistics of the same real images, saved as TTUR / pytorch-fid / clean-fid do: the same FID.
+    feats = RandomConvFeatures(dim=24, seed=0)(REAL)
+    mu, sigma = gaussian_stats(feats)
+    np.savez(tmp_path / "stats.npz", mu=mu.numpy(), sigma=sigma.numpy())
+    calls = ctx.real_calls
+    published = FID(FIDConfig(samples=80, reference=str(tmp_path / "stats.npz"))).compute(ctx)["fid"]
+    assert published == pytest.approx(own, rel=1e-6) and ctx.real_calls == calls  # no real images read
+    np.savez(tmp_path / "wrong_dims.npz", mu=np.zeros(5), sigma=np.eye(5))
+    np.savez(tmp_path / "no_sigma.npz", mu=mu.numpy())
+    np.savez(tmp_path / "nan.npz", mu=np.full(24, np.nan), sigma=np.eye(24))
+    np.save(tmp_path / "pickled.npy", np.array([{"mu": 1}], dtype=object))
+    np.save(tmp_path / "bare.npy", np.zeros(3))
+    for name, message in (("wrong_dims.npz", "5-dimensional features, but the feature extractor"),
+                          ("no_sigma.npz", "holds mu, not sigma"),
+                          ("nan.npz", "NaN or infinite"),
+                          ("pickled.npy", "cannot read FID statistics"),
+                          ("bare.npy", "a single array, not an .npz archive"),
+                          ("missing.npz", "cannot read FID statistics")):
+        with pytest.raises(ConfigError, match=message) as err:
+            FID(FIDConfig(samples=80, reference=str(tmp_path / name))).compute(ctx)
+        assert "eval.fid.reference" in str(err.value) and "\n" not in str(err.value)
