@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import torch
@@ -44,6 +44,7 @@ class RunContext:
     options: dict[str, Any] = attrs.Factory(dict)
     seed: int = 0
     checkpoint: Path | None = None  # the checkpoint the weights came from
+    weights: str = "last"  # "ema": the run's averaged weights (train.ema_decay)
 
     @property
     def dataset_key(self) -> str:
@@ -182,24 +183,33 @@ def select_checkpoint(run: RunDir, checkpoint: str | int | None = None) -> Path:
     raise CheckpointError(f"--checkpoint {checkpoint}: {run.checkpoints} has no such checkpoint; its steps are {steps}")
 
 
-def load_model(run_dir: str | Path, device: str = "auto", checkpoint: str | int | None = None
-               ) -> tuple[GenerativeModel, Recipe, Path]:
+def load_model(run_dir: str | Path, device: str = "auto", checkpoint: str | int | None = None,
+               ema: bool = True) -> tuple[GenerativeModel, Recipe, Path]:
     """A trained model, in eval mode on ``device``, from a run directory: rebuilt from its ``recipe.toml``
-    with the weights of its newest checkpoint (or of step ``checkpoint``). Returns the model, the recipe
-    and the checkpoint directory. The dataset is not needed (checkpoints record the image shape and class
-    count the model was built for; one written before they did is rebuilt from the dataset).
+    with the weights of its newest checkpoint (or of step ``checkpoint``); a run trained with
+    ``train.ema_decay`` gives its averaged weights (``ema=False``: the last iterate). Returns the model,
+    the recipe and the checkpoint directory. The dataset is not needed (checkpoints record the image shape
+    and class count the model was built for; one written before they did is rebuilt from the dataset).
 
     >>> model, recipe, _ = avade.load_model("runs/quickstart/latest")
     >>> images = model.sample(16, temperature=0.9)   # uint8 [16, C, H, W]
     """
-    model, recipe, chosen, _ = _load(Path(run_dir), device, checkpoint, datasets=False)
-    return model, recipe, chosen
+    loaded = _load(Path(run_dir), device, checkpoint, datasets=False, ema=ema)
+    return loaded.model, loaded.recipe, loaded.checkpoint
 
 
-def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bool
-          ) -> tuple[GenerativeModel, Recipe, Path, tuple[Any, Any] | None]:
+class _Loaded(NamedTuple):
+    model: GenerativeModel
+    recipe: Recipe
+    checkpoint: Path
+    datasets: tuple[Any, Any] | None  # (train, test)
+    weights: str  # "ema" (the averaged weights) or "last"
+
+
+def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bool, ema: bool = True) -> _Loaded:
     """The model (eval mode, on ``device``), recipe and checkpoint of a run, and its (train, test) datasets
     when ``datasets`` is set or the checkpoint does not say what the model was built for."""
+    from avade.train.ema import apply_average
     from avade.train.trainer import load_datasets, resolve_device
 
     run = RunDir(run_dir)
@@ -223,27 +233,35 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
         shape, classes = sets[0].shape, sets[0].num_classes
     model = build_model(recipe, tuple(shape), int(classes))
     ckpt.load_weights(model, data["model"], chosen)
+    weights = "last"
+    if ema and "ema" in data:
+        apply_average(model, model.generator_parameters(), data["ema"], chosen)
+        weights = "ema"
     model.to(dev).eval()
-    return model, recipe, chosen, sets
+    return _Loaded(model, recipe, chosen, sets, weights)
 
 
-def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None = None) -> RunContext:
+def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None = None,
+             ema: bool = True) -> RunContext:
     """Rebuild a run's model from ``recipe.toml`` and its newest checkpoint (or that of step ``checkpoint``),
     with its datasets, for evaluation (:func:`load_model` for the model alone)."""
-    model, recipe, chosen, sets = _load(Path(run_dir), device, checkpoint, datasets=True)
-    assert sets is not None
-    train_set, test_set = sets
-    return RunContext(model, recipe, train_set, test_set, next(model.parameters()).device, Path(run_dir),
-                      cache_dir(), _options(recipe), recipe.train.seed, chosen)
+    loaded = _load(Path(run_dir), device, checkpoint, datasets=True, ema=ema)
+    assert loaded.datasets is not None
+    train_set, test_set = loaded.datasets
+    recipe = loaded.recipe
+    return RunContext(loaded.model, recipe, train_set, test_set, next(loaded.model.parameters()).device,
+                      Path(run_dir), cache_dir(), _options(recipe), recipe.train.seed, loaded.checkpoint,
+                      loaded.weights)
 
 
 def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
-                 device: str = "auto", console: Console | None = None, checkpoint: str | int | None = None
-                 ) -> dict[str, float]:
-    """``avade eval``: compute metrics on a run's newest checkpoint (or that of step ``checkpoint``) and
-    record them in ``eval.json`` with the checkpoint and its step; results of earlier calls on the same
-    checkpoint are kept (``--metrics bpd`` after ``--metrics fid`` keeps the FID)."""
-    ctx = load_run(run_dir, device, checkpoint)
+                 device: str = "auto", console: Console | None = None, checkpoint: str | int | None = None,
+                 ema: bool = True) -> dict[str, float]:
+    """``avade eval``: compute metrics on a run's newest checkpoint (or that of step ``checkpoint``; its
+    averaged weights when it has them, unless ``ema=False``) and record them in ``eval.json`` with the
+    checkpoint, its step and which weights; results of earlier calls on the same checkpoint and weights
+    are kept (``--metrics bpd`` after ``--metrics fid`` keeps the FID)."""
+    ctx = load_run(run_dir, device, checkpoint, ema)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
     if not metrics and ctx.recipe.variant not in LIKELIHOOD_VARIANTS:
         # As in training: the default metric (bpd) does not apply to a model without a likelihood.
@@ -258,11 +276,11 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
         ctx.bpd_defined()  # ... and on bpd for a model without a likelihood
     results = run_metrics(ctx, names, ctx.recipe, samples, console)
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
-        _record_eval(RunDir(Path(run_dir)).eval, ctx.checkpoint, results)
+        _record_eval(RunDir(Path(run_dir)).eval, ctx.checkpoint, results, ctx.weights)
     return results
 
 
-def _record_eval(path: Path, checkpoint: Path | None, results: dict[str, float]) -> None:
+def _record_eval(path: Path, checkpoint: Path | None, results: dict[str, float], weights: str = "last") -> None:
     """Merge ``results`` into eval.json when it holds the same checkpoint's, under a lock: two ``avade
     eval`` at once (say fid and bpd on two GPUs) both land. The trainer drops an eval.json that training
     since made stale."""
@@ -274,10 +292,11 @@ def _record_eval(path: Path, checkpoint: Path | None, results: dict[str, float])
                 earlier = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 earlier = None
-            if isinstance(earlier, dict) and earlier.get("checkpoint") == name:
+            if (isinstance(earlier, dict) and earlier.get("checkpoint") == name
+                    and earlier.get("weights", "last") == weights):
                 record = earlier
         step = ckpt.checkpoint_step(checkpoint) if checkpoint else None
-        record.update({"checkpoint": name, "step": step, **results})
+        record.update({"checkpoint": name, "step": step, "weights": weights, **results})
         write_json(path, record)
 
 
@@ -302,7 +321,7 @@ SAMPLE_BATCH = 100  # images per model call when sampling
 
 def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), temperature: float = 1.0,
                reconstructions: bool = False, seed: int = 0, device: str = "auto",
-               checkpoint: str | int | None = None, batch_size: int = SAMPLE_BATCH) -> Path:
+               checkpoint: str | int | None = None, batch_size: int = SAMPLE_BATCH, ema: bool = True) -> Path:
     """``avade sample``: a PNG grid of samples (or test images next to their reconstructions), or with an
     ``.npz`` output all ``n`` samples as a uint8 ``[n, H, W, C]`` array ``arr_0`` (the layout external FID
     tools read; ``labels`` beside it for a class-conditional model), written atomically."""
@@ -317,7 +336,8 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
     if as_array and reconstructions:
         raise ConfigError("--reconstructions writes an image grid; give -o a .png (or another image) file")
     # Samples need only the model (a run copied without its data can be sampled); reconstructions need test images.
-    model, _, _, sets = _load(Path(run_dir), device, checkpoint, datasets=reconstructions)
+    loaded = _load(Path(run_dir), device, checkpoint, datasets=reconstructions, ema=ema)
+    model, sets = loaded.model, loaded.datasets
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     nrow = max(1, int(n**0.5))

@@ -66,7 +66,8 @@ def test_eval_json_and_eval_file(run_dir: Path) -> None:
     assert result.exit_code == 0, out
     data = json.loads(out[out.index("{"):])
     assert data["bpd"] > 0
-    assert json.loads((run_dir / "eval.json").read_text()) == {"checkpoint": "step_00000003", "step": 3, **data}
+    assert json.loads((run_dir / "eval.json").read_text()) == {"checkpoint": "step_00000003", "step": 3,
+                                                               "weights": "last", **data}
 
 
 def test_eval_unknown_metric_suggests(run_dir: Path) -> None:

@@ -150,6 +150,9 @@ def _root(
 
 CheckpointOption = Annotated[str | None, typer.Option(
     "--checkpoint", metavar="STEP", help="The checkpoint of this step (e.g. 30000) instead of the newest.")]
+EmaOption = Annotated[bool, typer.Option(
+    "--ema/--no-ema", help="The averaged weights of a run trained with train.ema_decay (--no-ema: the last "
+    "iterate).")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE",
                                                      help="Override a recipe key (TOML value syntax).")]
 
@@ -303,6 +306,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     checkpoint: CheckpointOption = None,
+    ema: EmaOption = True,
 ) -> None:
     """Evaluate a run's last checkpoint (or --checkpoint STEP); records eval.json (and plots) in the run."""
     from avade.evaluate import evaluate_run
@@ -318,7 +322,7 @@ def evaluate(
         raise AvadeError("--metrics: give at least one metric, e.g. --metrics bpd,fid (or leave it out for the "
                          "recipe's eval.metrics)")
     results = evaluate_run(run_dir, names, samples=samples, device=_device(device, indexed=True),
-                           console=err if as_json else out, checkpoint=checkpoint)
+                           console=err if as_json else out, checkpoint=checkpoint, ema=ema)
     if as_json:
         print(json.dumps(results, indent=2))
     else:
@@ -344,6 +348,7 @@ def sample(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     checkpoint: CheckpointOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per model call.")] = 100,
+    ema: EmaOption = True,
 ) -> None:
     """Write a grid of samples (or reconstructions), or an .npz of samples, from a run's last checkpoint (or
     --checkpoint STEP)."""
@@ -361,7 +366,8 @@ def sample(
     if output.is_dir():
         raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'samples.png'}")
     path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
-                      seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint, batch_size=batch_size)
+                      seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint, batch_size=batch_size,
+                      ema=ema)
     out.print(f"wrote {escape(str(path))}")
 
 

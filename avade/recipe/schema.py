@@ -106,6 +106,12 @@ def _betas(_inst: object, attr: attrs.Attribute, value: tuple[float, float]) -> 
             raise ConfigError(f"expected a number in [0, 1), got {beta}", path=f"{attr.name}[{i}]")
 
 
+def _unit_interval(_inst: object, attr: attrs.Attribute, value: float) -> None:
+    """A decay: a number in [0, 1)."""
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"expected a number in [0, 1), got {value}", path=attr.name)
+
+
 @attrs.define
 class TrainSection:
     """``[train]``: Algorithm 1's loop settings (paper defaults)."""
@@ -147,6 +153,13 @@ class TrainSection:
         default="inductor", metadata={"help": "torch.compile backend for train.compile (aot_eager: trace only)"})
     eval_batches: int = attrs.field(default=0, validator=ge(0),
                                     metadata={"help": "test batches for the final BPD; 0 = whole test split"})
+    ema_decay: float = attrs.field(
+        default=0.0, validator=_unit_interval,
+        metadata={"help": "keep an exponential moving average of the generator's weights with this decay "
+                          "(e.g. 0.999) and evaluate and sample with it; 0 = off"})
+    ema_start: int = attrs.field(
+        default=0, validator=ge(0),
+        metadata={"help": "steps before the average starts (it copies the weights until then)"})
 
     def __attrs_post_init__(self) -> None:
         if self.keep_every % self.checkpoint_every:

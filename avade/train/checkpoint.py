@@ -141,9 +141,11 @@ def _unbundle(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                    rng: list[bytes], state: dict[str, Any], keep: int = 3, keep_every: int = 0) -> Path:
+                    rng: list[bytes], state: dict[str, Any], keep: int = 3, keep_every: int = 0,
+                    ema: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``directory/step_XXXXXXXX`` atomically and prune all but the newest ``keep`` and, with
-    ``keep_every``, the milestones (steps that are multiples of it: :func:`is_milestone`).
+    ``keep_every``, the milestones (steps that are multiples of it: :func:`is_milestone`). ``ema``: the
+    generator's averaged weights (``train.ema_decay``), written as ``ema.safetensors``.
 
     ``rng``: :func:`rng_bundle` of every process, rank 0 first. Rank 0's state is stored under plain
     names (the single-process layout), rank ``r``'s under ``rank{r}.`` names and ``state["rng_ranks"]``.
@@ -169,6 +171,8 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
         rng_tensors.update({f"rank{r}.{k}": v for k, v in tensors.items()})
         rank_metas.append(meta)
     save_file(rng_tensors, tmp / "rng.safetensors")
+    if ema is not None:
+        save_file(ema, tmp / "ema.safetensors")
     payload = {"format": FORMAT, "step": step, "optimizers": opt_meta, "rng": rng_meta, "rng_ranks": rank_metas,
                **state}
     (tmp / "state.json").write_text(json.dumps(payload, default=str), encoding="utf-8")
@@ -229,12 +233,16 @@ def fallback_hint(path: Path) -> str:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Read and check a checkpoint directory; CheckpointError if anything is missing or corrupt."""
+    """Read and check a checkpoint directory; CheckpointError if anything is missing or corrupt. The
+    result holds ``state`` (state.json) and the tensors of ``model``, ``optimizer``, ``rng`` and, when the
+    run averaged its weights, ``ema``."""
     files = {n: path / f"{n}.safetensors" for n in ("model", "optimizer", "rng")}
     state_file = path / "state.json"
     for f in (*files.values(), state_file):
         if not f.is_file():
             raise CheckpointError(f"checkpoint {path} is incomplete: {f.name} is missing; {fallback_hint(path)}")
+    if (path / "ema.safetensors").is_file():  # written with train.ema_decay
+        files["ema"] = path / "ema.safetensors"
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

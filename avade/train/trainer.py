@@ -44,6 +44,7 @@ from avade.train.distributed import (
     broadcast_parameters,
     init_distributed,
 )
+from avade.train.ema import WeightAverage
 from avade.train.logger import MetricsLogger
 from avade.train.rundir import RunDir, atomic_write_text, write_json
 
@@ -143,6 +144,7 @@ class Trainer:
         self.bpd_untrained: float | None = None  # the test BPD before training (checkpointed)
         # summary.json of a resumed run that already finished (a done sweep variant): left exactly as it is.
         self.finished: dict[str, Any] | None = None
+        self._saved_average: tuple[dict[str, torch.Tensor], Path] | None = None  # from a resumed checkpoint
         if resume:
             self._resume()
         if self.finished is None:
@@ -151,6 +153,8 @@ class Trainer:
             self._data_init()
         if self.dist.enabled:
             self._sync_replicas()
+        # The weight average starts from the initialised (and synced) weights, or continues the checkpoint's.
+        self.ema = self._weight_average()
         # What train_step calls: the model's methods, or compiled versions of them (train.compile).
         self.log_likelihood = self.model.log_likelihood
         self.generate = self.model.generate
@@ -158,6 +162,25 @@ class Trainer:
             self._compile()
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.cfg.precision == "bf16" and self.device.type == "cuda" else contextlib.nullcontext())
+
+    def _weight_average(self) -> WeightAverage | None:
+        """``train.ema_decay``: the generator's weight average, continued from a resumed checkpoint's (one
+        without an average, or a fresh start, starts it from the current weights)."""
+        if not self.cfg.ema_decay:
+            return None
+        ema = WeightAverage(self.model, self.g_params, self.cfg.ema_decay, self.cfg.ema_start)
+        if self._saved_average is not None:
+            ema.load_state_dict(*self._saved_average)
+        elif self.step > 0 and self.dist.is_main:
+            self.console.print(f"the checkpoint of step {self.step} has no weight average: train.ema_decay "
+                               "starts one from its weights")
+        self._saved_average = None
+        return ema
+
+    def averaged(self) -> contextlib.AbstractContextManager[None]:
+        """A block in which the model holds the generator's averaged weights (``train.ema_decay``; with
+        no average, the model as it is)."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
     def _compile(self) -> None:
         """``train.compile``: the flow (forward and inverse), the encoder and, without the gradient
@@ -239,6 +262,8 @@ class Trainer:
         self.bpd_untrained = float(untrained) if isinstance(untrained, int | float) else None
         if self.collapse is not None and state.get("collapse"):
             self.collapse.load_state_dict(state["collapse"])
+        if "ema" in data:
+            self._saved_average = (data["ema"], path)
         self.finished = self._finished_summary()
         if self.dist.is_main and self.finished is None:  # a finished run is left as it is
             MetricsLogger.truncate(self.run.metrics, self.step)
@@ -289,7 +314,8 @@ class Trainer:
              # what the model was built for, so that it can be rebuilt without the dataset (avade.load_model)
              "data_shape": list(self.train_set.shape), "num_classes": int(self.train_set.num_classes),
              "collapse": self.collapse.state_dict() if self.collapse is not None else None},
-            keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every)
+            keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every,
+            ema=self.ema.state_dict() if self.ema is not None else None)
 
     # -- one step of Algorithm 1 ---------------------------------------------------------------------
     def _finite_update(self, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
@@ -390,9 +416,13 @@ class Trainer:
 
     @torch.no_grad()
     def write_grids(self, tag: str) -> None:
-        """Sample and reconstruction grids as PNG under samples/."""
+        """Sample and reconstruction grids as PNG under samples/ (with the averaged weights, if any)."""
         if not self.dist.is_main:
             return
+        with self.averaged():
+            self._write_grids(tag)
+
+    def _write_grids(self, tag: str) -> None:
         from torchvision.utils import save_image
 
         self.model.eval()
@@ -433,6 +463,8 @@ class Trainer:
                 x, y = next(batches)
                 logs = self.train_step(x, y)
                 self.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.step)
                 images += x.shape[0] * self.dist.world
                 if logs["finite"]:
                     self.bad_steps = 0
@@ -466,6 +498,8 @@ class Trainer:
                                    "train_images_per_s": images / max(time.perf_counter() - t0, 1e-9)
                                    if self.step > start_step else None, "device": str(self.device)}
         results = self.evaluate()
+        if self.ema is not None:  # the results are the averaged weights'
+            summary["weights"] = "ema"
         summary.update(results)
         initial = self.bpd_untrained
         if initial is None and self.run.summary.is_file():  # a checkpoint from before bpd_untrained was kept
@@ -540,7 +574,12 @@ class Trainer:
                 "older one, delete those after it, then --resume")
 
     def evaluate(self) -> dict[str, float]:
-        """The recipe's eval metrics on the current weights (``bpd`` on the test split always)."""
+        """The recipe's eval metrics (``bpd`` on the test split always), with the averaged weights if the
+        run keeps an average (``train.ema_decay``), else the current ones."""
+        with self.averaged():
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, float]:
         results = {"bpd": self.test_bpd()} if self.likelihood else {}
         if self.recipe.eval.importance_samples > 1 and self.likelihood:
             results[f"bpd_iw{self.recipe.eval.importance_samples}"] = self.test_bpd(
