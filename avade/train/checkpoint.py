@@ -196,7 +196,10 @@ def list_checkpoints(directory: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary directories are ignored)."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)]
+    # By step, not by name: past step 99,999,999 the name has nine digits and would sort first, and
+    # pruning (which keeps the last ones) would delete the newest checkpoint.
+    return sorted(found, key=lambda p: (checkpoint_step(p), p.name))
 
 
 def checkpoint_step(path: Path) -> int:

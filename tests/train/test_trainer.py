@@ -45,6 +45,12 @@ def test_checkpoint_has_no_pickle_and_keeps_last_n(tmp_path):
     assert state["step"] == 8 and set(state["optimizers"]) == {"generator", "discriminator"}
 
 
+def test_checkpoints_are_listed_by_step_past_eight_digits(tmp_path):
+    for name in ("step_100000000", "step_99999999", "step_00000005"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000005", "step_99999999", "step_100000000"]
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     recipe = tiny_recipe("train.steps=2")
     Trainer(recipe, tmp_path, progress=False).fit()
