@@ -562,7 +562,3 @@ def _not_finite(value: Any) -> bool:
         return not math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
-
-
-def summary_line(summary: dict[str, Any]) -> str:
-    return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
