@@ -78,6 +78,7 @@ def optimizer_to_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[st
 
 def optimizer_from_tensors(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                            meta: dict[str, Any]) -> None:
+    """The inverse of :func:`optimizer_to_tensors`: load optimizer ``name``'s saved state into ``opt``."""
     state: dict[int, dict[str, Any]] = {}
     prefix = f"{name}."
     for key, value in tensors.items():

@@ -80,6 +80,7 @@ def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (numpy's takes the seed modulo 2**32)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -87,6 +88,7 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
                    betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """The ``train.optimizer`` named ``name`` (adamax or adam) over ``params``."""
     cls = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam}[name]
     # foreach (multi-tensor) updates on CPU too, where torch defaults to a per-parameter loop: the same
     # numbers (bit for bit), about 40 % less optimizer time for the many small tensors of these models.
