@@ -13,7 +13,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, overload
 
 import typer
 from rich.console import Console
@@ -28,7 +28,7 @@ err = Console(stderr=True, soft_wrap=True)
 _DEBUG = {"on": False}
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     # Escaped: a message quoting user text such as "[/x]" must not be read as rich markup.
     err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code)
@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - older Typer
     from click.exceptions import NoArgsIsHelpError, UsageError
 
 
-def _usage_error(exc: Any) -> None:
+def _usage_error(exc: Any) -> NoReturn:
     """A command-line mistake (unknown option, bad value) as one line, exit 2, as every other error."""
     if isinstance(exc, NoArgsIsHelpError):  # `avade recipe` alone: the help it asks for
         raise exc
@@ -97,6 +97,14 @@ app.add_typer(study_app, name="study")
 
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+@overload
+def _device(value: str, indexed: bool = False) -> str: ...
+
+
+@overload
+def _device(value: None, indexed: bool = False) -> None: ...
 
 
 def _device(value: str | None, indexed: bool = False) -> str | None:

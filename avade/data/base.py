@@ -15,7 +15,6 @@ import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 from PIL import Image, ImageOps
@@ -25,7 +24,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from avade.errors import DataError
 
-Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # Fallback suggestion in "not found" messages: a dataset that always works offline.

@@ -164,7 +164,7 @@ def locate(cfg: ImageNetConfig, split: str) -> tuple[str, list[Path]]:
 
 
 def _locate(cfg: ImageNetConfig, split: str, prefer: str | None = None) -> tuple[str, list[Path]]:
-    searched = []
+    searched: list[Path | str] = []
     # Candidates in the layout ``prefer`` names first (a stable sort keeps the order within a layout).
     for layout, folders in sorted(candidates(cfg, split), key=lambda c: c[0] != prefer if prefer else 0):
         if layout == "batches":
@@ -236,7 +236,8 @@ def _load_batches(files: list[Path], r: int) -> tuple[torch.Tensor, torch.Tensor
     # Labels first (small), so that the images go straight into one preallocated tensor: holding every
     # file's array and then concatenating would need twice the memory (32 GB for ImageNet-64). A pickle
     # is read whole, so pickles are read twice, except the last one, whose images are kept.
-    labels, kept = [], {}
+    labels: list[np.ndarray] = []
+    kept: dict[Path, np.ndarray] = {}
     for f in files:
         kept.clear()
         arrays = _read(f, "labels") if f.suffix == ".npz" else _read(f, "labels", "data")

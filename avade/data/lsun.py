@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import attrs
 import numpy as np
@@ -57,7 +57,6 @@ Category = Literal[
     "conference_room",
     "restaurant",
 ]
-CATEGORIES: tuple[str, ...] = get_args(Category)
 
 
 @attrs.define

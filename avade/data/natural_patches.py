@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from avade.data.base import TensorImageDataset, check_split
+from avade.data.base import TensorImageDataset, check_split, describe_error
 from avade.errors import ConfigError, DataError
 from avade.schema import between, ge
 
@@ -91,15 +91,22 @@ class NaturalPatchesConfig:
 
 
 def _read_photo(package: str, filename: str) -> np.ndarray | None:
-    """The bundled photograph as uint8 [H, W, 3], or None when this install does not ship it."""
+    """The bundled photograph as uint8 [H, W, 3], or None when this install does not ship it.
+
+    A file that is there but cannot be decoded is a DataError: skipping it would quietly build the
+    split from fewer photographs, another dataset under the same name."""
     try:
         ref = resources.files(package).joinpath(filename)
         if not ref.is_file():
             return None
-        with ref.open("rb") as fh, Image.open(fh) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except (ModuleNotFoundError, FileNotFoundError, OSError):
         return None
+    try:
+        with ref.open("rb") as fh, Image.open(fh) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"dataset 'natural-patches': the bundled photograph {package}/{filename} cannot be read "
+                        f"({describe_error(exc)}); reinstall {package.split('.')[0]}") from None
 
 
 @functools.cache

@@ -73,7 +73,8 @@ class RealNVP(Flow):
         self.cfg = cfg
         self.body = self._scale((c, h, w), cfg.scales)
 
-    def _coupling(self, shape: Shape, mask: str, reverse: bool, hidden: int) -> Flow:
+    def _coupling(self, shape: Shape, mask: Literal["checkerboard", "checkerboard-packed", "channel"],
+                  reverse: bool, hidden: int) -> Flow:
         cfg = self.cfg
         coupling = AffineCouplingConfig(mask=mask, reverse=reverse, net="resnet", hidden=hidden,
                                         blocks=cfg.blocks, norm=cfg.norm, batch_norm=cfg.batch_norm)
@@ -83,7 +84,8 @@ class RealNVP(Flow):
     def _scale(self, shape: Shape, remaining: int) -> Flow:
         cfg = self.cfg
         hidden = cfg.hidden * cfg.hidden_growth ** (cfg.scales - remaining)
-        mask = "checkerboard" if cfg.checkerboard == "masked" else "checkerboard-packed"
+        mask: Literal["checkerboard", "checkerboard-packed"] = (
+            "checkerboard" if cfg.checkerboard == "masked" else "checkerboard-packed")
         flows: list[Flow] = [self._coupling(shape, mask, i % 2 == 1, hidden) for i in range(cfg.layers)]
         if remaining > 1:
             squeeze = Squeeze(in_shape=shape)

@@ -10,6 +10,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from avade.errors import ConfigError
 from avade.metrics.context import EvalContext
 from avade.metrics.features import get_extractor, require_probs, warn_if_not_reference
 from avade.metrics.reference import sample_features
@@ -51,6 +52,11 @@ class InceptionScore:
     name = "is"
 
     def __init__(self, cfg: InceptionScoreConfig) -> None:
+        # Checked when the metric is built (before training starts, or before `avade eval` samples):
+        # inception_score() would only refuse the combination after every sample was drawn.
+        if cfg.samples < cfg.splits:
+            raise ConfigError(f"{cfg.samples} samples cannot be cut into splits = {cfg.splits} chunks; raise "
+                              "samples (or --samples) or lower splits", path="eval.is.samples")
         self.cfg = cfg
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -20,7 +20,7 @@ FLOW_SHAPES: Sequence[Shape] = ((3, 4, 4), (3, 8, 8), (2, 8, 8), (3, 16, 16))
 IMAGE_SHAPES: Sequence[Shape] = ((3, 16, 16), (3, 32, 32))
 
 
-def _fail(what: str, message: str) -> None:
+def _fail(what: str, message: str) -> NoReturn:
     raise AssertionError(f"{what}: {message}")
 
 

@@ -78,6 +78,7 @@ def optimizer_to_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[st
 
 def optimizer_from_tensors(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                            meta: dict[str, Any]) -> None:
+    """The inverse of :func:`optimizer_to_tensors`: load optimizer ``name``'s saved state into ``opt``."""
     state: dict[int, dict[str, Any]] = {}
     prefix = f"{name}."
     for key, value in tensors.items():
@@ -202,7 +203,10 @@ def list_checkpoints(directory: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary directories are ignored)."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)]
+    # By step, not by name: past step 99,999,999 the name has nine digits and would sort first, and
+    # pruning (which keeps the last ones) would delete the newest checkpoint.
+    return sorted(found, key=lambda p: (checkpoint_step(p), p.name))
 
 
 def is_milestone(path: Path, keep_every: int) -> bool:

@@ -81,6 +81,7 @@ def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (numpy's takes the seed modulo 2**32)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -88,6 +89,7 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
                    betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """The ``train.optimizer`` named ``name`` (adamax or adam) over ``params``."""
     cls = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam}[name]
     # foreach (multi-tensor) updates on CPU too, where torch defaults to a per-parameter loop: the same
     # numbers (bit for bit), about 40 % less optimizer time for the many small tensors of these models.
@@ -608,7 +610,3 @@ def _not_finite(value: Any) -> bool:
         return not math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
-
-
-def summary_line(summary: dict[str, Any]) -> str:
-    return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import avade
+from avade.data import natural_patches
 from avade.data.digits import Digits, DigitsConfig
 from avade.data.natural_patches import NaturalPatches, NaturalPatchesConfig, _build
 from avade.data.synthetic import Synthetic, SyntheticConfig
-from avade.errors import ConfigError
+from avade.errors import ConfigError, DataError
 
 
 def check_well_formed(ds, channels: int, resolution: int, labeled: bool) -> None:
@@ -81,6 +82,16 @@ def test_natural_patches_cache_is_not_shared_mutably():
     first = NaturalPatches(cfg)
     first.images.zero_()
     assert int(NaturalPatches(cfg).images.max()) > 0
+
+
+def test_natural_patches_unreadable_bundled_photograph_is_an_error_not_a_missing_one(tmp_path, monkeypatch):
+    # A photograph this install lacks is skipped; one that is there but corrupt must not be, or the
+    # split would silently be built from fewer photographs.
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    monkeypatch.setattr(natural_patches.resources, "files", lambda package: tmp_path)
+    assert natural_patches._read_photo("skimage.data", "absent.png") is None
+    with pytest.raises(DataError, match=r"broken\.png cannot be read"):
+        natural_patches._read_photo("skimage.data", "broken.png")
 
 
 def test_natural_patches_other_resolution_and_validation():

@@ -70,6 +70,13 @@ def test_inception_score_component(tmp_path) -> None:
     assert out["is_mean"] >= 1.0 and out["is_std"] >= 0.0
 
 
+def test_inception_score_with_fewer_samples_than_splits_is_a_config_error() -> None:
+    # e.g. `avade eval -m is --samples 5`: an error naming the settings, not a ValueError after sampling
+    with pytest.raises(ConfigError, match="splits = 10"):
+        InceptionScore(InceptionScoreConfig(samples=5, splits=10))
+    InceptionScore(InceptionScoreConfig(samples=10, splits=10))
+
+
 def test_bpd_component_passes_options_through(tmp_path) -> None:
     ctx = _ctx(tmp_path, None)
     assert BPD(BPDConfig(importance_samples=8, split="valid")).compute(ctx) == {"bpd": pytest.approx(3.58)}

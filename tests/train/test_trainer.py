@@ -58,6 +58,12 @@ def test_keep_every_keeps_milestone_checkpoints_for_good(tmp_path):
         tiny_recipe("train.checkpoint_every=2", "train.keep_every=3")
 
 
+def test_checkpoints_are_listed_by_step_past_eight_digits(tmp_path):
+    for name in ("step_100000000", "step_99999999", "step_00000005"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000005", "step_99999999", "step_100000000"]
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     recipe = tiny_recipe("train.steps=2")
     Trainer(recipe, tmp_path, progress=False).fit()
