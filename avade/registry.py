@@ -156,6 +156,13 @@ class Registry:
         key = (kind, name)
         if key in self._items:
             first = self._items[key]
+            if self._collect_conflicts and first.dist == BUILTIN_DIST and info.dist != BUILTIN_DIST:
+                # A plugin cannot shadow (or, by making the name ambiguous, break) a built-in that
+                # recipes rely on: its registration is the one skipped, the built-in keeps working.
+                self._pending_warnings.append(
+                    f"{kind} '{name}' from {info.provider} is skipped: the name belongs to the built-in "
+                    f"{kind} of {first.provider}; the plugin must register it under another name")
+                return info
             message = (
                 f"{kind} '{name}' is registered twice: by {first.provider} and by {info.provider}; "
                 f"uninstall one or disable it with {DISABLE_ENV}={info.dist}"

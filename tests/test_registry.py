@@ -218,6 +218,23 @@ def test_conflicting_plugin_warns_and_the_name_errors_naming_both() -> None:
     assert registry.create("flow", "only-b").cfg == ToyConfig()
 
 
+def test_plugin_reusing_a_builtin_name_is_skipped_and_the_builtin_keeps_working() -> None:
+    import avade.builtin
+
+    registry = Registry()
+    registry.add_plugin(avade.builtin, dist="avade", version="0.1.0", entry_point="avade")
+    with pytest.warns(PluginWarning) as record:
+        ok = registry.add_plugin(plugin("b", registering("realnvp", "only-b")), dist="dist-b", version="2.0")
+    assert ok
+    (message,) = plugin_warnings(record.list)
+    assert "flow 'realnvp' from dist-b 2.0 is skipped" in message and "avade 0.1.0" in message
+    assert registry.conflicts == {}
+    assert registry.get("flow", "realnvp").dist == "avade"
+    assert registry.create("flow", "realnvp", in_shape=(3, 8, 8), hidden=8, blocks=1) is not None
+    assert registry.create("flow", "only-b").cfg == ToyConfig()
+    assert registry.plugins[-1].count == 1
+
+
 @pytest.mark.parametrize("cause", ["raise", "not-decorated", "no-hook", "bad-signature"])
 def test_failing_plugin_is_one_warning_and_rolled_back(cause: str) -> None:
     registry = Registry()
