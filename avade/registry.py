@@ -42,7 +42,7 @@ class PluginWarning(UserWarning):
     """A plugin could not be loaded; the rest of avade keeps working."""
 
 
-def _resolve(ref: Any, what: str) -> Any:
+def _resolve(ref: Any, what: str, hint: str = "") -> Any:
     """``"package.module:attr"`` -> the object (lazy so that listing components stays cheap)."""
     if not isinstance(ref, str):
         return ref
@@ -52,7 +52,7 @@ def _resolve(ref: Any, what: str) -> Any:
         for part in attr.split(".") if attr else ():
             obj = getattr(obj, part)
     except Exception as exc:  # a plugin module may raise anything while importing
-        raise RegistryError(f"{what}: cannot import {ref!r} ({type(exc).__name__}: {exc})") from None
+        raise RegistryError(f"{what}: cannot import {ref!r} ({type(exc).__name__}: {exc}){hint}") from None
     return obj
 
 
@@ -76,14 +76,22 @@ class ComponentInfo:
     def provider(self) -> str:
         return f"{self.dist} {self.version}".strip()
 
+    def _blame(self) -> tuple[str, str]:
+        """(what, hint) for errors in a lazy reference: a plugin's is named, with how to get rid of it."""
+        if self.dist in (BUILTIN_DIST, "__main__"):
+            return self.qualname, ""
+        return (f"{self.qualname} (from plugin {self.provider})",
+                f"; fix or disable that plugin (--disable-plugins / {DISABLE_ENV})")
+
     def load_factory(self) -> Callable[..., Any]:
-        self.factory = _resolve(self.factory, self.qualname)
+        self.factory = _resolve(self.factory, *self._blame())
         return self.factory  # type: ignore[return-value]
 
     def load_config(self) -> type | None:
-        self.config = _resolve(self.config, self.qualname)
+        self.config = _resolve(self.config, *self._blame())
         if self.config is not None and not attrs.has(self.config):  # type: ignore[arg-type]
-            raise RegistryError(f"{self.qualname} from {self.provider}: config schema must be an attrs class")
+            what, hint = self._blame()
+            raise RegistryError(f"{what}: config schema must be an attrs class, got {self.config!r}{hint}")
         return self.config  # type: ignore[return-value]
 
     def context_params(self) -> list[str]:

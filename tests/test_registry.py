@@ -179,6 +179,22 @@ def test_broken_lazy_reference_is_a_registry_error() -> None:
         registry.create("flow", "ghost")
 
 
+def test_broken_lazy_reference_of_a_plugin_names_the_plugin() -> None:
+    registry = Registry()
+
+    def register(reg: Any) -> None:
+        reg.register("flow", "ghost", factory="avade_no_such_module:Flow", config="avade_no_such_module:Cfg")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)  # registering lazily is fine; using it is not
+        assert registry.add_plugin(plugin("p", register), dist="ghost-dist", version="0.2")
+    with pytest.raises(RegistryError) as info:
+        registry.create("flow", "ghost")
+    message = str(info.value)
+    assert message.startswith("flow 'ghost' (from plugin ghost-dist 0.2): cannot import 'avade_no_such_module:Cfg'")
+    assert DISABLE_ENV in message and "\n" not in message
+
+
 def test_list_components_glob_and_kind_filter() -> None:
     assert list_components("*iaf*") == ["posterior/iaf"]
     flows = list_components(kind="flow")
