@@ -155,8 +155,11 @@ class Registry:
         ``"module:attr"`` string. ``summary`` is one line shown by ``avade list-components``.
         """
         dist, version = self._provider
-        if not isinstance(kind, str) or not kind or kind != kind.lower() or " " in kind:
-            raise RegistryError(f"{dist}: invalid component kind {kind!r}; use lowercase, e.g. one of {KINDS}")
+        if not isinstance(kind, str) or kind not in KINDS:
+            # Nothing would ever build a component of another kind: a typo ("flows") must not pass silently.
+            raise RegistryError(f"{dist}: invalid component kind {kind!r}"
+                                f"{did_you_mean(kind, KINDS) if isinstance(kind, str) else ''}; "
+                                f"kinds: {', '.join(KINDS)}")
         if not isinstance(name, str) or not name or name != name.lower() or "_" in name or " " in name:
             raise RegistryError(f"{dist}: invalid component name {name!r}; names are lowercase with dashes")
         info = ComponentInfo(kind, name, factory, config, summary.strip().splitlines()[0] if summary.strip() else "",

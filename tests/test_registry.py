@@ -15,7 +15,7 @@ import pytest
 import avade
 from avade import hookimpl
 from avade.errors import ConfigError, RegistryError
-from avade.registry import DISABLE_ENV, PluginWarning, Registry, get_registry, list_components
+from avade.registry import DISABLE_ENV, KINDS, PluginWarning, Registry, get_registry, list_components
 from avade.schema import ge
 
 
@@ -111,10 +111,21 @@ def test_unknown_kind_suggests_and_lists_kinds() -> None:
         toy_registry().list(kind="flw")
 
 
-@pytest.mark.parametrize("kind, name", [("Flow", "x"), ("flow", "My_Flow"), ("flow", "a b"), ("flow", "")])
+@pytest.mark.parametrize("kind, name", [("Flow", "x"), ("flow", "My_Flow"), ("flow", "a b"), ("flow", ""),
+                                        ("flows", "x"), ("sampler", "x")])
 def test_invalid_kind_or_name_is_refused(kind: str, name: str) -> None:
     with pytest.raises(RegistryError, match="invalid component"):
         Registry().register(kind, name, factory=Toy)
+
+
+def test_a_typo_in_the_kind_fails_the_plugin_with_a_suggestion() -> None:
+    registry = Registry()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert not registry.add_plugin(plugin("p", registering("my-flow", kind="flows")), dist="p-dist")
+    (message,) = plugin_warnings(record)
+    assert "invalid component kind 'flows' (did you mean 'flow'?)" in message
+    assert registry.kinds() == sorted(KINDS)
 
 
 def test_direct_duplicate_registration_names_both_distributions() -> None:
