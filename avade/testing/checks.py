@@ -59,6 +59,9 @@ def _gradients(module: nn.Module, loss: torch.Tensor, what: str) -> None:
     if not params:
         return
     module.zero_grad(set_to_none=True)
+    if not loss.requires_grad:  # everything detached: say so instead of torch's "does not require grad"
+        _fail(what, f"no gradient reaches parameters {[n for n, _ in params][:5]} (the outputs are detached "
+                    "from them: no_grad, .detach() or .data?)")
     loss.backward()
     missing = [n for n, p in params if p.grad is None]
     if missing:
