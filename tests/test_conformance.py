@@ -113,6 +113,8 @@ def test_kit_accepts_the_correct_versions() -> None:
     [
         ("flow", ElementwiseAffine, AffineConfig(logdet_offset=math.pi), "off-logdet", r"logdet .* != log\|det J\|"),
         ("flow", ElementwiseAffine, AffineConfig(inverse_offset=1e-3), "bad-inverse", r"inverse\(forward\(x\)\)"),
+        ("flow", ElementwiseAffine, AffineConfig(detach_logdet=True), "detached-logdet",
+         r"gradient of logdet w.r.t. parameter 'log_scale' differs"),
         ("flow", ElementwiseAffine, AffineConfig(detach_all=True), "frozen", r"no gradient reaches parameters"),
         ("discriminator", TinyDiscriminator, ScoreConfig(keep_dim=True), "column-scores", r"\(4, 1\).*\[batch\]"),
         ("encoder", TinyEncoder, StagesConfig(lie=True), "lying-stages", r"stage 1 .*stage_shapes says"),
