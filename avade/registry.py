@@ -296,7 +296,10 @@ class Registry:
                 # pluggy ignores functions without the marker: say so instead of registering nothing.
                 raise RegistryError("its `avade_register` is not decorated with `@avade.hookimpl`")
             for impl in impls:
-                impl.function(registry=self)
+                returned = impl.function(registry=self)
+                if returned is not None:  # e.g. a list of components: avade would silently register nothing
+                    raise RegistryError(f"its `avade_register` returned a {type(returned).__name__}; it must "
+                                        "call registry.register(...) for each component and return None")
         except Exception as exc:
             for key in set(self._items) - before:
                 del self._items[key]

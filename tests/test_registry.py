@@ -262,7 +262,7 @@ def test_plugin_reusing_a_builtin_name_is_skipped_and_the_builtin_keeps_working(
     assert registry.plugins[-1].count == 1
 
 
-@pytest.mark.parametrize("cause", ["raise", "not-decorated", "no-hook", "bad-signature"])
+@pytest.mark.parametrize("cause", ["raise", "not-decorated", "no-hook", "bad-signature", "returns"])
 def test_failing_plugin_is_one_warning_and_rolled_back(cause: str) -> None:
     registry = Registry()
     registry.add_plugin(plugin("good", registering("kept")), dist="good-dist", version="1.0")
@@ -277,6 +277,16 @@ def test_failing_plugin_is_one_warning_and_rolled_back(cause: str) -> None:
     elif cause == "no-hook":
         bad = types.SimpleNamespace()
         expected = "defines no `avade_register(registry)` hook"
+    elif cause == "returns":
+        bad = types.ModuleType("bad")
+
+        @hookimpl
+        def avade_register(registry: Any) -> Any:  # returns its components instead of registering them all
+            registering("partial")(registry)
+            return [("flow", "other", Toy)]
+
+        bad.avade_register = avade_register  # type: ignore[attr-defined]
+        expected = "`avade_register` returned a list; it must call registry.register"
     else:
         bad = types.ModuleType("bad")
 
