@@ -42,7 +42,7 @@ class PluginWarning(UserWarning):
     """A plugin could not be loaded; the rest of avade keeps working."""
 
 
-def _resolve(ref: Any, what: str) -> Any:
+def _resolve(ref: Any, what: str, hint: str = "") -> Any:
     """``"package.module:attr"`` -> the object (lazy so that listing components stays cheap)."""
     if not isinstance(ref, str):
         return ref
@@ -52,7 +52,7 @@ def _resolve(ref: Any, what: str) -> Any:
         for part in attr.split(".") if attr else ():
             obj = getattr(obj, part)
     except Exception as exc:  # a plugin module may raise anything while importing
-        raise RegistryError(f"{what}: cannot import {ref!r} ({type(exc).__name__}: {exc})") from None
+        raise RegistryError(f"{what}: cannot import {ref!r} ({type(exc).__name__}: {exc}){hint}") from None
     return obj
 
 
@@ -76,14 +76,22 @@ class ComponentInfo:
     def provider(self) -> str:
         return f"{self.dist} {self.version}".strip()
 
+    def _blame(self) -> tuple[str, str]:
+        """(what, hint) for errors in a lazy reference: a plugin's is named, with how to get rid of it."""
+        if self.dist in (BUILTIN_DIST, "__main__"):
+            return self.qualname, ""
+        return (f"{self.qualname} (from plugin {self.provider})",
+                f"; fix or disable that plugin (--disable-plugins / {DISABLE_ENV})")
+
     def load_factory(self) -> Callable[..., Any]:
-        self.factory = _resolve(self.factory, self.qualname)
+        self.factory = _resolve(self.factory, *self._blame())
         return self.factory  # type: ignore[return-value]
 
     def load_config(self) -> type | None:
-        self.config = _resolve(self.config, self.qualname)
+        self.config = _resolve(self.config, *self._blame())
         if self.config is not None and not attrs.has(self.config):  # type: ignore[arg-type]
-            raise RegistryError(f"{self.qualname} from {self.provider}: config schema must be an attrs class")
+            what, hint = self._blame()
+            raise RegistryError(f"{what}: config schema must be an attrs class, got {self.config!r}{hint}")
         return self.config  # type: ignore[return-value]
 
     def context_params(self) -> list[str]:
@@ -147,8 +155,11 @@ class Registry:
         ``"module:attr"`` string. ``summary`` is one line shown by ``avade list-components``.
         """
         dist, version = self._provider
-        if not isinstance(kind, str) or not kind or kind != kind.lower() or " " in kind:
-            raise RegistryError(f"{dist}: invalid component kind {kind!r}; use lowercase, e.g. one of {KINDS}")
+        if not isinstance(kind, str) or kind not in KINDS:
+            # Nothing would ever build a component of another kind: a typo ("flows") must not pass silently.
+            raise RegistryError(f"{dist}: invalid component kind {kind!r}"
+                                f"{did_you_mean(kind, KINDS) if isinstance(kind, str) else ''}; "
+                                f"kinds: {', '.join(KINDS)}")
         if not isinstance(name, str) or not name or name != name.lower() or "_" in name or " " in name:
             raise RegistryError(f"{dist}: invalid component name {name!r}; names are lowercase with dashes")
         info = ComponentInfo(kind, name, factory, config, summary.strip().splitlines()[0] if summary.strip() else "",
@@ -156,6 +167,13 @@ class Registry:
         key = (kind, name)
         if key in self._items:
             first = self._items[key]
+            if self._collect_conflicts and first.dist == BUILTIN_DIST and info.dist != BUILTIN_DIST:
+                # A plugin cannot shadow (or, by making the name ambiguous, break) a built-in that
+                # recipes rely on: its registration is the one skipped, the built-in keeps working.
+                self._pending_warnings.append(
+                    f"{kind} '{name}' from {info.provider} is skipped: the name belongs to the built-in "
+                    f"{kind} of {first.provider}; the plugin must register it under another name")
+                return info
             message = (
                 f"{kind} '{name}' is registered twice: by {first.provider} and by {info.provider}; "
                 f"uninstall one or disable it with {DISABLE_ENV}={info.dist}"
@@ -278,7 +296,10 @@ class Registry:
                 # pluggy ignores functions without the marker: say so instead of registering nothing.
                 raise RegistryError("its `avade_register` is not decorated with `@avade.hookimpl`")
             for impl in impls:
-                impl.function(registry=self)
+                returned = impl.function(registry=self)
+                if returned is not None:  # e.g. a list of components: avade would silently register nothing
+                    raise RegistryError(f"its `avade_register` returned a {type(returned).__name__}; it must "
+                                        "call registry.register(...) for each component and return None")
         except Exception as exc:
             for key in set(self._items) - before:
                 del self._items[key]

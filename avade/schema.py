@@ -202,6 +202,8 @@ def _to_config_error(exc: BaseException) -> ConfigError:
             prefix = getattr(note, "name", None)
             if prefix is None:
                 prefix = f"[{getattr(note, 'index', '?')}]"
+            if isinstance(sub, KeyError):  # the note already names the missing key; its args repeat it
+                return ConfigError("missing required key", path=prefix)
             return _prefixed(_to_config_error(sub), prefix)
         for sub in without_notes:
             return _to_config_error(sub)

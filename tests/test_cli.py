@@ -10,6 +10,7 @@ import tomllib
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -95,6 +96,33 @@ def test_list_components_json_schema() -> None:
     (row,) = components("realnvp", "--kind", "flow", "--schema")
     fields = {f["name"]: f for f in row["config"]}
     assert fields["scales"]["type"] == "int" and "default" in fields["blocks"]
+
+
+def test_list_components_schema_survives_a_plugin_with_a_broken_schema(fresh_registry: None) -> None:
+    import types
+    import warnings
+
+    from avade.registry import PluginWarning, Registry, reset_registry
+
+    registry = Registry()
+    for plugin in get_registry().plugins:  # the real components ...
+        registry.plugins.append(plugin)
+    for info in get_registry().list():
+        registry._items[(info.kind, info.name)] = info
+
+    @avade.hookimpl
+    def avade_register(registry: Any) -> None:  # ... plus one whose config is no attrs class
+        registry.register("flow", "bad-schema", factory="builtins:dict", config="builtins:dict")
+
+    registry.add_plugin(types.SimpleNamespace(avade_register=avade_register), dist="bad-dist", version="0.1")
+    reset_registry(registry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        result = run("list-components", "--json", "--schema", "--kind", "flow")
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)["components"]}
+    assert "must be an attrs class" in rows["bad-schema"]["config_error"] and rows["bad-schema"]["config"] is None
+    assert any(f["name"] == "scales" for f in rows["realnvp"]["config"])
 
 
 def test_list_components_shows_the_example_plugin() -> None:

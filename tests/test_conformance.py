@@ -33,6 +33,8 @@ class AffineConfig:
 
     logdet_offset: float = 0.0
     inverse_offset: float = 0.0
+    detach_logdet: bool = False  # right value, no gradient: the likelihood's Jacobian term stops training
+    detach_all: bool = False  # the parameters get no gradient at all
 
 
 class ElementwiseAffine(nn.Module):
@@ -45,9 +47,11 @@ class ElementwiseAffine(nn.Module):
         self.shift = nn.Parameter(torch.zeros(in_shape))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = x * self.log_scale.exp() + self.shift
-        logdet = self.log_scale.sum().expand(x.shape[0]) + self.cfg.logdet_offset
-        return y, logdet
+        log_scale, shift = (self.log_scale.detach(), self.shift.detach()) if self.cfg.detach_all else (
+            self.log_scale, self.shift)
+        y = x * log_scale.exp() + shift
+        logdet = log_scale.sum().expand(x.shape[0]) + self.cfg.logdet_offset
+        return y, logdet.detach() if self.cfg.detach_logdet else logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return (y - self.shift) * (-self.log_scale).exp() + self.cfg.inverse_offset
@@ -109,6 +113,9 @@ def test_kit_accepts_the_correct_versions() -> None:
     [
         ("flow", ElementwiseAffine, AffineConfig(logdet_offset=math.pi), "off-logdet", r"logdet .* != log\|det J\|"),
         ("flow", ElementwiseAffine, AffineConfig(inverse_offset=1e-3), "bad-inverse", r"inverse\(forward\(x\)\)"),
+        ("flow", ElementwiseAffine, AffineConfig(detach_logdet=True), "detached-logdet",
+         r"gradient of logdet w.r.t. parameter 'log_scale' differs"),
+        ("flow", ElementwiseAffine, AffineConfig(detach_all=True), "frozen", r"no gradient reaches parameters"),
         ("discriminator", TinyDiscriminator, ScoreConfig(keep_dim=True), "column-scores", r"\(4, 1\).*\[batch\]"),
         ("encoder", TinyEncoder, StagesConfig(lie=True), "lying-stages", r"stage 1 .*stage_shapes says"),
     ],

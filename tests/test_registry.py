@@ -15,7 +15,7 @@ import pytest
 import avade
 from avade import hookimpl
 from avade.errors import ConfigError, RegistryError
-from avade.registry import DISABLE_ENV, PluginWarning, Registry, get_registry, list_components
+from avade.registry import DISABLE_ENV, KINDS, PluginWarning, Registry, get_registry, list_components
 from avade.schema import ge
 
 
@@ -111,10 +111,21 @@ def test_unknown_kind_suggests_and_lists_kinds() -> None:
         toy_registry().list(kind="flw")
 
 
-@pytest.mark.parametrize("kind, name", [("Flow", "x"), ("flow", "My_Flow"), ("flow", "a b"), ("flow", "")])
+@pytest.mark.parametrize("kind, name", [("Flow", "x"), ("flow", "My_Flow"), ("flow", "a b"), ("flow", ""),
+                                        ("flows", "x"), ("sampler", "x")])
 def test_invalid_kind_or_name_is_refused(kind: str, name: str) -> None:
     with pytest.raises(RegistryError, match="invalid component"):
         Registry().register(kind, name, factory=Toy)
+
+
+def test_a_typo_in_the_kind_fails_the_plugin_with_a_suggestion() -> None:
+    registry = Registry()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert not registry.add_plugin(plugin("p", registering("my-flow", kind="flows")), dist="p-dist")
+    (message,) = plugin_warnings(record)
+    assert "invalid component kind 'flows' (did you mean 'flow'?)" in message
+    assert registry.kinds() == sorted(KINDS)
 
 
 def test_direct_duplicate_registration_names_both_distributions() -> None:
@@ -179,6 +190,22 @@ def test_broken_lazy_reference_is_a_registry_error() -> None:
         registry.create("flow", "ghost")
 
 
+def test_broken_lazy_reference_of_a_plugin_names_the_plugin() -> None:
+    registry = Registry()
+
+    def register(reg: Any) -> None:
+        reg.register("flow", "ghost", factory="avade_no_such_module:Flow", config="avade_no_such_module:Cfg")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)  # registering lazily is fine; using it is not
+        assert registry.add_plugin(plugin("p", register), dist="ghost-dist", version="0.2")
+    with pytest.raises(RegistryError) as info:
+        registry.create("flow", "ghost")
+    message = str(info.value)
+    assert message.startswith("flow 'ghost' (from plugin ghost-dist 0.2): cannot import 'avade_no_such_module:Cfg'")
+    assert DISABLE_ENV in message and "\n" not in message
+
+
 def test_list_components_glob_and_kind_filter() -> None:
     assert list_components("*iaf*") == ["posterior/iaf"]
     flows = list_components(kind="flow")
@@ -218,7 +245,24 @@ def test_conflicting_plugin_warns_and_the_name_errors_naming_both() -> None:
     assert registry.create("flow", "only-b").cfg == ToyConfig()
 
 
-@pytest.mark.parametrize("cause", ["raise", "not-decorated", "no-hook", "bad-signature"])
+def test_plugin_reusing_a_builtin_name_is_skipped_and_the_builtin_keeps_working() -> None:
+    import avade.builtin
+
+    registry = Registry()
+    registry.add_plugin(avade.builtin, dist="avade", version="0.1.0", entry_point="avade")
+    with pytest.warns(PluginWarning) as record:
+        ok = registry.add_plugin(plugin("b", registering("realnvp", "only-b")), dist="dist-b", version="2.0")
+    assert ok
+    (message,) = plugin_warnings(record.list)
+    assert "flow 'realnvp' from dist-b 2.0 is skipped" in message and "avade 0.1.0" in message
+    assert registry.conflicts == {}
+    assert registry.get("flow", "realnvp").dist == "avade"
+    assert registry.create("flow", "realnvp", in_shape=(3, 8, 8), hidden=8, blocks=1) is not None
+    assert registry.create("flow", "only-b").cfg == ToyConfig()
+    assert registry.plugins[-1].count == 1
+
+
+@pytest.mark.parametrize("cause", ["raise", "not-decorated", "no-hook", "bad-signature", "returns"])
 def test_failing_plugin_is_one_warning_and_rolled_back(cause: str) -> None:
     registry = Registry()
     registry.add_plugin(plugin("good", registering("kept")), dist="good-dist", version="1.0")
@@ -233,6 +277,16 @@ def test_failing_plugin_is_one_warning_and_rolled_back(cause: str) -> None:
     elif cause == "no-hook":
         bad = types.SimpleNamespace()
         expected = "defines no `avade_register(registry)` hook"
+    elif cause == "returns":
+        bad = types.ModuleType("bad")
+
+        @hookimpl
+        def avade_register(registry: Any) -> Any:  # returns its components instead of registering them all
+            registering("partial")(registry)
+            return [("flow", "other", Toy)]
+
+        bad.avade_register = avade_register  # type: ignore[attr-defined]
+        expected = "`avade_register` returned a list; it must call registry.register"
     else:
         bad = types.ModuleType("bad")
 

@@ -113,6 +113,28 @@ def test_list_element_paths_use_brackets() -> None:
     assert error({"names": ["a", "b", 3]}).path == "cfg.names[2]"
 
 
+@attrs.define
+class Required:
+    """A plugin config with a field that has no default."""
+
+    size: int
+    rate: float = 1.0
+
+
+@attrs.define
+class HoldsRequired:
+    inner: Required = attrs.Factory(lambda: Required(1))
+
+
+def test_missing_required_key_names_it_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        structure(Required, {"rate": 2.0}, path="model.flow")
+    assert str(info.value) == "model.flow.size: missing required key"
+    with pytest.raises(ConfigError) as info:
+        structure(HoldsRequired, {"inner": {}}, path="model")
+    assert info.value.path == "model.inner.size"
+
+
 def test_unknown_keys_suggest_and_list_valid_keys() -> None:
     err = error({"cuont": 2})
     assert err.path == "cfg.cuont"

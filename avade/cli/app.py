@@ -177,7 +177,7 @@ def list_components(
                                                           "components).")] = False,
 ) -> None:
     """List registered components: kind, name, provider (distribution + version), summary."""
-    from avade.registry import get_registry
+    from avade.registry import PluginWarning, get_registry
 
     registry = get_registry()
     items = registry.list(kind=kind, pattern=pattern)
@@ -189,8 +189,14 @@ def list_components(
             if schema:
                 from avade.schema import describe
 
-                cfg = info.load_config()
-                row["config"] = describe(cfg) if cfg is not None else []
+                try:
+                    cfg = info.load_config()
+                except AvadeError as exc:  # one plugin's broken schema must not hide every other component
+                    row["config"] = None
+                    row["config_error"] = str(exc)
+                    warnings.warn(str(exc), PluginWarning, stacklevel=1)
+                else:
+                    row["config"] = describe(cfg) if cfg is not None else []
             rows.append(row)
         failures = [{"dist": f.dist, "entry_point": f.entry_point, "reason": f.reason} for f in registry.failures]
         print(json.dumps({"components": rows, "failed_plugins": failures}, indent=2, default=str))

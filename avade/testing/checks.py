@@ -59,6 +59,9 @@ def _gradients(module: nn.Module, loss: torch.Tensor, what: str) -> None:
     if not params:
         return
     module.zero_grad(set_to_none=True)
+    if not loss.requires_grad:  # everything detached: say so instead of torch's "does not require grad"
+        _fail(what, f"no gradient reaches parameters {[n for n, _ in params][:5]} (the outputs are detached "
+                    "from them: no_grad, .detach() or .data?)")
     loss.backward()
     missing = [n for n, p in params if p.grad is None]
     if missing:
@@ -112,6 +115,7 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
     logdet = logdet.detach()
     if abs(float(brute - logdet[0])) > 1e-6 * max(1.0, abs(float(brute))):
         _fail(what, f"logdet {float(logdet[0]):.8f} != log|det J| {float(brute):.8f} from autograd")
+    _check_logdet_gradient(flow, f, x1, shape, what)
     flow.train()
     out, ld = flow(x)
     _gradients(flow, out.pow(2).mean() + ld.mean(), what)
@@ -120,6 +124,31 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
         return registry.create("flow", name, in_shape=shape, **config).double()
 
     _roundtrip(flow, rebuild, lambda m: torch.cat([m(x)[0].flatten(), m(x)[1]]), what)
+
+
+def _check_logdet_gradient(flow: nn.Module, f: Callable[[torch.Tensor], torch.Tensor], x1: torch.Tensor,
+                           shape: Shape, what: str) -> None:
+    """The log-det trains the flow's parameters as log|det J| would: a right value computed under
+    ``no_grad`` or ``.detach()`` passes the value check but silently drops the likelihood's Jacobian term."""
+    named = [(n, p) for n, p in flow.named_parameters() if p.requires_grad]
+    if not named:
+        return
+    params = [p for _, p in named]
+    jac = torch.autograd.functional.jacobian(f, x1.flatten(), create_graph=True)
+    brute = torch.linalg.slogdet(jac)[1]
+    if not brute.requires_grad:
+        return  # log|det J| does not depend on any parameter (e.g. additive couplings)
+    expected = torch.autograd.grad(brute, params, allow_unused=True)
+    logdet = flow(x1.view(1, *shape))[1][0]
+    got = (torch.autograd.grad(logdet, params, allow_unused=True) if logdet.requires_grad
+           else [None] * len(params))
+    for (n, _), e, g in zip(named, expected, got, strict=True):
+        e = torch.zeros(()) if e is None else e.detach()
+        g = torch.zeros(()) if g is None else g.detach()
+        err = float((e - g).abs().max())
+        if err > 1e-6 * max(1.0, float(e.abs().max())):
+            _fail(what, f"the gradient of logdet w.r.t. parameter '{n}' differs from that of log|det J| by "
+                        f"{err:.2e} (is the log-det computed under no_grad or detached?)")
 
 
 # -- VAE parts ---------------------------------------------------------------------------------------
