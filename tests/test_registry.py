@@ -484,3 +484,17 @@ def test_a_builtin_factory_bug_is_not_blamed_on_a_plugin() -> None:
 def test_create_without_a_required_context_names_it() -> None:
     with pytest.raises(ConfigError, match=r"needs the keyword argument\(s\) in_shape, e.g. in_shape="):
         avade.create("flow", "realnvp")
+
+
+def test_list_components_names_each_failed_plugin_once(fake_plugins: list[Any], fresh_registry: None) -> None:
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(app, ["list-components", "*fake*"])
+    assert result.exit_code == 0, result.output
+    assert not [m for m in plugin_warnings(record) if "failed to load" in m]  # not also as a warning
+    assert result.output.count("fake-broken") == 1 and result.output.count("fake-hook") == 1, result.output
+    assert "plugin fake-broken not loaded" in result.output and "fake-flow" in result.output

@@ -179,7 +179,9 @@ def list_components(
     """List registered components: kind, name, provider (distribution + version), summary."""
     from avade.registry import PluginWarning, get_registry
 
-    registry = get_registry()
+    with warnings.catch_warnings():  # failed plugins are listed once, after the table (or in the JSON)
+        warnings.filterwarnings("ignore", message=r"plugin '.*' failed to load", category=PluginWarning)
+        registry = get_registry()
     items = registry.list(kind=kind, pattern=pattern)
     if as_json:
         rows = []
