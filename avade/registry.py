@@ -326,7 +326,16 @@ class Registry:
     def load_entry_points(self, disabled: Iterable[str] = ()) -> None:
         """Load every plugin in the ``avade`` entry-point group, each isolated from the others."""
         blocked = {d.strip().lower() for d in disabled if d.strip()}
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
+        found = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first)
+        if not any(ep.value == BUILTIN_MODULE for ep in found):
+            # avade imported from a source tree that is not installed (or whose metadata another
+            # distribution shadows): its own entry point is missing, so the built-ins register directly.
+            import importlib
+
+            from avade import __version__
+
+            self.add_plugin(importlib.import_module(BUILTIN_MODULE), "avade", __version__, "avade")
+        for ep in found:
             dist = ep.dist.name if ep.dist is not None else ep.name
             version = ep.dist.version if ep.dist is not None else ""
             if dist.lower() in blocked or ep.name.lower() in blocked:
@@ -337,6 +346,9 @@ class Registry:
                 self._fail(dist, ep.name, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
                 continue
             self.add_plugin(plugin, dist, version, ep.name)
+
+
+BUILTIN_MODULE = "avade.builtin"  # the module behind avade's own entry point
 
 
 def _builtin_first(ep: metadata.EntryPoint) -> tuple[int, str]:

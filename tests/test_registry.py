@@ -498,3 +498,14 @@ def test_list_components_names_each_failed_plugin_once(fake_plugins: list[Any], 
     assert not [m for m in plugin_warnings(record) if "failed to load" in m]  # not also as a warning
     assert result.output.count("fake-broken") == 1 and result.output.count("fake-hook") == 1, result.output
     assert "plugin fake-broken not loaded" in result.output and "fake-flow" in result.output
+
+
+def test_built_ins_register_without_their_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    # avade run from a source tree that was never installed: no entry points at all
+    monkeypatch.setattr("avade.registry.metadata.entry_points", lambda **kwargs: [])
+    registry = Registry()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        registry.load_entry_points()
+    assert plugin_warnings(record) == [] and registry.failures == []
+    assert registry.get("flow", "realnvp").dist == "avade" and registry.get("metric", "fid").dist == "avade"
