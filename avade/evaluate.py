@@ -168,6 +168,18 @@ def _options(recipe: Recipe) -> dict[str, Any]:
     return {"inception_weights": recipe.eval.inception_weights} if recipe.eval.inception_weights else {}
 
 
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """The steps of a run's checkpoints, oldest first (``avade eval --checkpoint all``)."""
+    run = RunDir(Path(run_dir))
+    if not run.recipe.is_file():
+        raise CheckpointError(f"{run.root} is not a run directory (no recipe.toml); pass the --out of "
+                              "`avade recipe run`")
+    steps = [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(run.checkpoints)]
+    if not steps:
+        raise CheckpointError(f"{run.root} has no checkpoint yet (checkpoints/ is empty)")
+    return steps
+
+
 def select_checkpoint(run: RunDir, checkpoint: str | int | None = None) -> Path:
     """The newest checkpoint of ``run``, or the one of step ``checkpoint`` (``30000`` or ``step_00030000``)."""
     checkpoints = ckpt.list_checkpoints(run.checkpoints)

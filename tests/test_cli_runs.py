@@ -506,3 +506,20 @@ def test_sample_to_npz_writes_every_sample_as_a_uint8_nhwc_array(run_dir: Path, 
                           (["--batch-size", "0"], "--batch-size must be at least 1")):
         result, out = _invoke("sample", str(run_dir), "-o", str(tmp_path / "x.npz"), "--device", "cpu", *args)
         assert result.exit_code != 0 and message in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=2", "train.checkpoint_every=1")))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    result, out = _invoke("eval", str(tmp_path / "run"), "--checkpoint", "all", "--metrics", "bpd", "--json",
+                          "--device", "cpu")
+    assert result.exit_code == 0, out
+    rows = json.loads(out[out.index("["):])
+    assert [row["step"] for row in rows] == [1, 2]
+    result, out = _invoke("eval", str(tmp_path / "run"), "--checkpoint", "1", "--metrics", "bpd", "--json",
+                          "--device", "cpu")
+    assert json.loads(out[out.index("{"):])["bpd"] == rows[0]["bpd"] != rows[1]["bpd"]
+    result, out = _invoke("eval", str(tmp_path), "--checkpoint", "all", "--device", "cpu")
+    assert result.exit_code != 0 and "is not a run directory" in out and len(out.strip().splitlines()) == 1

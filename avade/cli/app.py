@@ -126,6 +126,13 @@ def _image_suffixes() -> set[str]:
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
 
 
+def _cell(value: Any) -> str:
+    """A table cell: floats to 4 decimals, nothing for a missing value."""
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else escape(str(value))
+
+
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
                   line: Any = None) -> None:
     err.print(f"[yellow]warning:[/] {escape(str(message))}", markup=True, highlight=False)
@@ -321,11 +328,13 @@ def evaluate(
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
-    checkpoint: CheckpointOption = None,
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", metavar="STEP|all", help="The checkpoint of this step (e.g. 30000) instead of the newest; "
+        "'all': every checkpoint kept, oldest first (a metric against training steps).")] = None,
     ema: EmaOption = True,
 ) -> None:
-    """Evaluate a run's last checkpoint (or --checkpoint STEP); records eval.json (and plots) in the run."""
-    from avade.evaluate import evaluate_run
+    """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run."""
+    from avade.evaluate import checkpoint_steps, evaluate_run
     from avade.train.distributed import is_main_process
 
     if not is_main_process():  # single-process work: under torchrun, rank 0 does it and the others stop
@@ -337,6 +346,21 @@ def evaluate(
     if names is not None and not names:
         raise AvadeError("--metrics: give at least one metric, e.g. --metrics bpd,fid (or leave it out for the "
                          "recipe's eval.metrics)")
+    if checkpoint is not None and checkpoint.strip().lower() == "all":
+        rows = [{"step": step, **evaluate_run(run_dir, names, samples=samples, device=_device(device, indexed=True),
+                                              console=err, checkpoint=step, ema=ema)}
+                for step in checkpoint_steps(run_dir)]
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table(title=escape(f"eval: {run_dir} (every checkpoint)"), title_justify="left")
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        for column in columns:
+            table.add_column(escape(column), justify="right")
+        for row in rows:
+            table.add_row(*(_cell(row.get(column)) for column in columns))
+        out.print(table)
+        return
     results = evaluate_run(run_dir, names, samples=samples, device=_device(device, indexed=True),
                            console=err if as_json else out, checkpoint=checkpoint, ema=ema)
     if as_json:
