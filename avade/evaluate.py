@@ -298,13 +298,18 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
 def subset_study_cli(dataset: str, overrides: Sequence[str], fractions: Sequence[float],
                      console: Console | None = None, options: Mapping[str, Any] | None = None
                      ) -> list[dict[str, float]]:
-    """``avade study subsets``: Table 7 on a dataset (``--set`` keys are the dataset's own config)."""
+    """``avade study subsets``: Table 7 on a dataset (``--set`` keys are the dataset's own config, given
+    as ``resolution=16`` or, as in a recipe, ``data.resolution=16``)."""
     from avade.metrics.subset_study import subset_study
     from avade.recipe.load import parse_override
 
     registry = get_registry()
     info = registry.get("dataset", dataset)
-    config = registry.validate("dataset", dataset, dict(parse_override(o) for o in overrides), path="data")
+    settings = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        settings[key.removeprefix("data.")] = value
+    config = registry.validate("dataset", dataset, settings, path="data")
     train_set = registry.build(info, config, split="train")
     ctx = _DataOnlyContext(train_set, dataset, dict(options or {}), config=config)
     return subset_study(ctx, list(fractions), split="train")

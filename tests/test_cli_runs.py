@@ -443,3 +443,18 @@ def test_paths_that_look_like_markup_are_printed(tmp_path: Path) -> None:
     assert result.exit_code == 0 and str(run) in out, out
     result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu")
     assert result.exit_code == 0 and "internal error" not in out, out
+
+
+def test_study_subsets_takes_dataset_keys_with_or_without_data_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import avade.metrics.subset_study as study
+
+    seen = []
+    monkeypatch.setattr(study, "subset_study", lambda ctx, fractions, split: seen.append(ctx.config) or
+                        [{"size": 8.0, "fraction": 1.0, "fid": 0.0}])
+    result, out = _invoke("study", "subsets", "--data", "synthetic", "--set", "data.resolution=16",
+                          "--set", "size=8", "--fractions", "1.0", "--json")
+    assert result.exit_code == 0, out
+    assert seen[0].resolution == 16 and seen[0].size == 8
+    result, out = _invoke("study", "subsets", "--data", "synthetic", "--set", "data.resolutio=16")
+    assert result.exit_code == 2 and "data.resolutio:" in out and "data.data" not in out, out
+

@@ -363,7 +363,9 @@ def sample(
 @study_app.command("subsets")
 def study_subsets(
     dataset: Annotated[str, typer.Option("--data", help="Dataset name.")] = "natural-patches",
-    overrides: SetOption = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", metavar="KEY=VALUE", help="Override a key of the dataset's config, e.g. resolution=16 "
+                                                 "(or data.resolution=16; TOML value syntax).")] = None,
     fractions: Annotated[str, typer.Option("--fractions", help="Comma-separated subset fractions.")]
     = "1.0,0.8,0.6,0.4,0.2,0.1,0.05",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
