@@ -458,3 +458,19 @@ def test_study_subsets_takes_dataset_keys_with_or_without_data_prefix(monkeypatc
     result, out = _invoke("study", "subsets", "--data", "synthetic", "--set", "data.resolutio=16")
     assert result.exit_code == 2 and "data.resolutio:" in out and "data.data" not in out, out
 
+
+def test_study_subsets_checks_its_output_path_before_the_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    import avade.evaluate
+
+    calls = []
+    monkeypatch.setattr(avade.evaluate, "subset_study_cli", lambda *a, **k: calls.append(a) or
+                        [{"size": 8.0, "fraction": 1.0, "fid": 0.0}])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for bad in (blocker / "study.json", tmp_path):  # under a file; a directory
+        result, out = _invoke("study", "subsets", "--data", "synthetic", "-o", str(bad))
+        assert result.exit_code == 2 and out.startswith("error: ") and len(out.strip().splitlines()) == 1, out
+    assert calls == []  # refused before the (possibly long) study ran
+    result, out = _invoke("study", "subsets", "--data", "synthetic", "-o", str(tmp_path / "new" / "s.json"))
+    assert result.exit_code == 0 and (tmp_path / "new" / "s.json").is_file(), out

@@ -378,6 +378,10 @@ def study_subsets(
         values = [float(f) for f in fractions.split(",")]
     except ValueError:
         raise AvadeError(f"--fractions expects comma-separated numbers such as 1.0,0.5, got {fractions!r}") from None
+    if output is not None:  # before the study, not after it: a path that cannot be written loses nothing
+        if output.is_dir():
+            raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'study.json'}")
+        output.parent.mkdir(parents=True, exist_ok=True)
     rows = subset_study_cli(dataset, overrides or [], values, console=err if as_json else out)
     if not rows:
         raise AvadeError("the subset study produced no rows; pass at least one fraction")
