@@ -162,11 +162,15 @@ def list_components(
     pattern: Annotated[str | None, typer.Argument(help="Glob on names, e.g. '*iaf*'.")] = None,
     kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only this kind.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    schema: Annotated[bool, typer.Option("--schema", help="Include each config schema (imports the "
-                                                          "components).")] = False,
+    schema: Annotated[bool, typer.Option("--schema", help="With --json: include each config schema (imports "
+                                                          "the components).")] = False,
 ) -> None:
     """List registered components: kind, name, provider (distribution + version), summary."""
     from avade.registry import get_registry
+
+    if schema and not as_json:  # the table has no room for schemas: say so rather than drop the flag
+        raise AvadeError("--schema adds each config schema to the JSON output: use it with --json "
+                         "(avade list-components --json --schema)")
 
     registry = get_registry()
     items = registry.list(kind=kind, pattern=pattern)
