@@ -305,9 +305,13 @@ class Registry:
     def load_entry_points(self, disabled: Iterable[str] = ()) -> None:
         """Load every plugin in the ``avade`` entry-point group, each isolated from the others."""
         blocked = {d.strip().lower() for d in disabled if d.strip()}
+        known: set[str] = set()  # the names `disabled` may use: distributions and entry points, lowercase
+        dists: set[str] = set()
         for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
             dist = ep.dist.name if ep.dist is not None else ep.name
             version = ep.dist.version if ep.dist is not None else ""
+            known.update((dist.lower(), ep.name.lower()))
+            dists.add(dist)
             if dist.lower() in blocked or ep.name.lower() in blocked:
                 continue
             try:
@@ -316,6 +320,10 @@ class Registry:
                 self._fail(dist, ep.name, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
                 continue
             self.add_plugin(plugin, dist, version, ep.name)
+        for name in sorted(blocked - known):  # a typo would otherwise leave the plugin loaded, silently
+            warnings.warn(f"{DISABLE_ENV} / --disable-plugins names '{name}', which is no installed plugin"
+                          f"{did_you_mean(name, sorted(dists))}; installed: {', '.join(sorted(dists))}",
+                          PluginWarning, stacklevel=2)
 
 
 def _builtin_first(ep: metadata.EntryPoint) -> tuple[int, str]:
