@@ -199,7 +199,10 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None =
         raise CheckpointError(f"{run.recipe} no longer describes the model of {chosen} (model or data "
                               "settings changed since it was written); put back the recipe it was trained with "
                               f"(a copy is in {chosen / 'state.json'}, under \"recipe\")")
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except ConfigError as exc:  # the device comes from --device here, not from the recipe's train.device
+        raise ConfigError(exc.detail, path="--device") from None
     train_set, test_set = load_datasets(recipe)
     model = build_model(recipe, train_set.shape, train_set.num_classes)
     ckpt.load_weights(model, data["model"], chosen)

@@ -220,6 +220,10 @@ def test_an_indexed_cuda_device_is_understood(run_dir: Path, tmp_path: Path) -> 
         pytest.skip("the point is the message without a GPU")
     result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "x.png"), "--device", "cuda:1")
     assert result.exit_code == 2 and "no CUDA GPU" in out and "cuda:1" in out, out
+    # named as what the user typed: --device (eval and sample have no recipe key train.device to set)
+    assert out.startswith("error: --device:") and "train.device" not in out, out
+    result, out = _invoke("eval", str(run_dir), "--metrics", "bpd", "--device", "cuda")
+    assert result.exit_code == 2 and out.startswith("error: --device:") and "train.device" not in out, out
 
 
 def test_bpd_for_a_gan_fails_before_any_other_metric(tmp_path: Path) -> None:
