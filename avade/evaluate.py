@@ -237,7 +237,10 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
         raise CheckpointError(f"{run.recipe} no longer describes the model of {chosen} (model or data "
                               "settings changed since it was written); put back the recipe it was trained with "
                               f"(a copy is in {chosen / 'state.json'}, under \"recipe\")")
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except ConfigError as exc:  # the device comes from --device here, not from the recipe's train.device
+        raise ConfigError(exc.detail, path="--device") from None
     shape, classes = data["state"].get("data_shape"), data["state"].get("num_classes")
     sets = load_datasets(recipe) if datasets or shape is None or classes is None else None
     if shape is None or classes is None:  # a checkpoint from before they were recorded
@@ -394,13 +397,18 @@ def _save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> 
 def subset_study_cli(dataset: str, overrides: Sequence[str], fractions: Sequence[float],
                      console: Console | None = None, options: Mapping[str, Any] | None = None
                      ) -> list[dict[str, float]]:
-    """``avade study subsets``: Table 7 on a dataset (``--set`` keys are the dataset's own config)."""
+    """``avade study subsets``: Table 7 on a dataset (``--set`` keys are the dataset's own config, given
+    as ``resolution=16`` or, as in a recipe, ``data.resolution=16``)."""
     from avade.metrics.subset_study import subset_study
     from avade.recipe.load import parse_override
 
     registry = get_registry()
     info = registry.get("dataset", dataset)
-    config = registry.validate("dataset", dataset, dict(parse_override(o) for o in overrides), path="data")
+    settings = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        settings[key.removeprefix("data.")] = value
+    config = registry.validate("dataset", dataset, settings, path="data")
     train_set = registry.build(info, config, split="train")
     ctx = _DataOnlyContext(train_set, dataset, dict(options or {}), config=config)
     return subset_study(ctx, list(fractions), split="train")

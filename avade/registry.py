@@ -326,6 +326,8 @@ class Registry:
     def load_entry_points(self, disabled: Iterable[str] = ()) -> None:
         """Load every plugin in the ``avade`` entry-point group, each isolated from the others."""
         blocked = {d.strip().lower() for d in disabled if d.strip()}
+        known: set[str] = set()  # the names `disabled` may use: distributions and entry points, lowercase
+        dists: set[str] = set()
         found = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first)
         if not any(ep.value == BUILTIN_MODULE for ep in found):
             # avade imported from a source tree that is not installed (or whose metadata another
@@ -335,9 +337,13 @@ class Registry:
             from avade import __version__
 
             self.add_plugin(importlib.import_module(BUILTIN_MODULE), "avade", __version__, "avade")
+            known.add("avade")
+            dists.add("avade")
         for ep in found:
             dist = ep.dist.name if ep.dist is not None else ep.name
             version = ep.dist.version if ep.dist is not None else ""
+            known.update((dist.lower(), ep.name.lower()))
+            dists.add(dist)
             if dist.lower() in blocked or ep.name.lower() in blocked:
                 continue
             try:
@@ -346,6 +352,10 @@ class Registry:
                 self._fail(dist, ep.name, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
                 continue
             self.add_plugin(plugin, dist, version, ep.name)
+        for name in sorted(blocked - known):  # a typo would otherwise leave the plugin loaded, silently
+            warnings.warn(f"{DISABLE_ENV} / --disable-plugins names '{name}', which is no installed plugin"
+                          f"{did_you_mean(name, sorted(dists))}; installed: {', '.join(sorted(dists))}",
+                          PluginWarning, stacklevel=2)
 
 
 BUILTIN_MODULE = "avade.builtin"  # the module behind avade's own entry point

@@ -61,6 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None,
                    help="JSON output (default: benchmarks/results/<time>-<device>[-quick].json)")
     args = p.parse_args(argv)
+    for option, value, least in (("--threads", args.threads, 1), ("--warmup", args.warmup, 0),
+                                 ("--repeats", args.repeats, 1)):
+        if value is not None and value < least:  # else a traceback (threads) or a silent change of the count
+            p.error(f"{option}: expected a whole number >= {least}, got {value}")
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in BENCHMARKS]
     if unknown or not only:
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         results["skipped"] = reason
         write(out, results)
         return 0
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     settings = make_settings(device, quick=args.quick, precision=args.precision, profile=args.profile,
                              warmup=args.warmup, repeats=args.repeats, isolate=args.timing == "isolated",

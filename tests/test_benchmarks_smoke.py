@@ -177,3 +177,18 @@ def test_bad_cases_are_usage_errors(argv: list[str], message: str, capsys: pytes
         runner.parse_args(argv)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--threads", "0"], "--threads"),
+    (["--threads", "-1"], "--threads"),
+    (["--warmup", "-1"], "--warmup"),
+    (["--repeats", "0"], "--repeats"),
+])
+def test_counts_out_of_range_are_usage_errors(argv: list[str], message: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        runner.parse_args(["--only", "startup", *argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and ">=" in err
+    assert runner.parse_args(["--warmup", "0", "--repeats", "1", "--threads", "1"]).warmup == 0

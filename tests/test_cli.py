@@ -396,3 +396,8 @@ def test_recipe_check_reports_any_failure_of_the_dry_run_in_one_line(fresh_regis
     get_registry().register("flow", "index-bug", factory=_IndexBugFlow, config=None)
     path = write("bug.toml", f'extends = "{QUICKSTART.as_posix()}"\n[model.flow]\nname = "index-bug"\n')
     assert_one_line_error(run("recipe", "check", str(path)), "(likelihood failed: IndexError:")
+
+
+def test_schema_without_json_is_one_line_error() -> None:
+    assert_one_line_error(run("list-components", "--kind", "flow", "--schema"), "--schema", "--json")
+    assert components("--kind", "posterior", "--schema")[0]["config"]  # with --json: the schemas

@@ -221,6 +221,10 @@ def test_an_indexed_cuda_device_is_understood(run_dir: Path, tmp_path: Path) -> 
         pytest.skip("the point is the message without a GPU")
     result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "x.png"), "--device", "cuda:1")
     assert result.exit_code == 2 and "no CUDA GPU" in out and "cuda:1" in out, out
+    # named as what the user typed: --device (eval and sample have no recipe key train.device to set)
+    assert out.startswith("error: --device:") and "train.device" not in out, out
+    result, out = _invoke("eval", str(run_dir), "--metrics", "bpd", "--device", "cuda")
+    assert result.exit_code == 2 and out.startswith("error: --device:") and "train.device" not in out, out
 
 
 def test_bpd_for_a_gan_fails_before_any_other_metric(tmp_path: Path) -> None:
@@ -523,3 +527,34 @@ def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path) -> None:
     assert json.loads(out[out.index("{"):])["bpd"] == rows[0]["bpd"] != rows[1]["bpd"]
     result, out = _invoke("eval", str(tmp_path), "--checkpoint", "all", "--device", "cpu")
     assert result.exit_code != 0 and "is not a run directory" in out and len(out.strip().splitlines()) == 1
+
+
+def test_study_subsets_takes_dataset_keys_with_or_without_data_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import avade.metrics.subset_study as study
+
+    seen = []
+    monkeypatch.setattr(study, "subset_study", lambda ctx, fractions, split: seen.append(ctx.config) or
+                        [{"size": 8.0, "fraction": 1.0, "fid": 0.0}])
+    result, out = _invoke("study", "subsets", "--data", "synthetic", "--set", "data.resolution=16",
+                          "--set", "size=8", "--fractions", "1.0", "--json")
+    assert result.exit_code == 0, out
+    assert seen[0].resolution == 16 and seen[0].size == 8
+    result, out = _invoke("study", "subsets", "--data", "synthetic", "--set", "data.resolutio=16")
+    assert result.exit_code == 2 and "data.resolutio:" in out and "data.data" not in out, out
+
+
+def test_study_subsets_checks_its_output_path_before_the_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    import avade.evaluate
+
+    calls = []
+    monkeypatch.setattr(avade.evaluate, "subset_study_cli", lambda *a, **k: calls.append(a) or
+                        [{"size": 8.0, "fraction": 1.0, "fid": 0.0}])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for bad in (blocker / "study.json", tmp_path):  # under a file; a directory
+        result, out = _invoke("study", "subsets", "--data", "synthetic", "-o", str(bad))
+        assert result.exit_code == 2 and out.startswith("error: ") and len(out.strip().splitlines()) == 1, out
+    assert calls == []  # refused before the (possibly long) study ran
+    result, out = _invoke("study", "subsets", "--data", "synthetic", "-o", str(tmp_path / "new" / "s.json"))
+    assert result.exit_code == 0 and (tmp_path / "new" / "s.json").is_file(), out

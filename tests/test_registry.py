@@ -371,6 +371,18 @@ def test_entry_points_can_be_disabled(fake_plugins: list[Any]) -> None:
     assert ("flow", "fake-flow") not in registry
 
 
+
+def test_disabling_a_plugin_that_is_not_installed_warns_with_a_suggestion(fake_plugins: list[Any]) -> None:
+    registry = Registry()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        registry.load_entry_points(disabled=["fake-gooood", "fake-broken", "hook"])  # a typo, two right names
+    messages = plugin_warnings(record)
+    assert len(messages) == 1, messages
+    assert "'fake-gooood'" in messages[0] and "did you mean 'fake-good'" in messages[0]
+    assert "installed: " in messages[0] and "fake-broken" in messages[0]
+    assert ("flow", "fake-flow") in registry  # the typo disabled nothing
+
 def test_env_variable_disables_a_plugin(fake_plugins: list[Any], fresh_registry: None,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DISABLE_ENV, "fake-good,fake-broken,fake-hook")

@@ -180,11 +180,15 @@ def list_components(
     pattern: Annotated[str | None, typer.Argument(help="Glob on names, e.g. '*iaf*'.")] = None,
     kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only this kind.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    schema: Annotated[bool, typer.Option("--schema", help="Include each config schema (imports the "
-                                                          "components).")] = False,
+    schema: Annotated[bool, typer.Option("--schema", help="With --json: include each config schema (imports "
+                                                          "the components).")] = False,
 ) -> None:
     """List registered components: kind, name, provider (distribution + version), summary."""
     from avade.registry import PluginWarning, get_registry
+
+    if schema and not as_json:  # the table has no room for schemas: say so rather than drop the flag
+        raise AvadeError("--schema adds each config schema to the JSON output: use it with --json "
+                         "(avade list-components --json --schema)")
 
     with warnings.catch_warnings():  # failed plugins are listed once, after the table (or in the JSON)
         warnings.filterwarnings("ignore", message=r"plugin '.*' failed to load", category=PluginWarning)
@@ -414,7 +418,9 @@ def sample(
 @study_app.command("subsets")
 def study_subsets(
     dataset: Annotated[str, typer.Option("--data", help="Dataset name.")] = "natural-patches",
-    overrides: SetOption = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", metavar="KEY=VALUE", help="Override a key of the dataset's config, e.g. resolution=16 "
+                                                 "(or data.resolution=16; TOML value syntax).")] = None,
     fractions: Annotated[str, typer.Option("--fractions", help="Comma-separated subset fractions.")]
     = "1.0,0.8,0.6,0.4,0.2,0.1,0.05",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -427,6 +433,10 @@ def study_subsets(
         values = [float(f) for f in fractions.split(",")]
     except ValueError:
         raise AvadeError(f"--fractions expects comma-separated numbers such as 1.0,0.5, got {fractions!r}") from None
+    if output is not None:  # before the study, not after it: a path that cannot be written loses nothing
+        if output.is_dir():
+            raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'study.json'}")
+        output.parent.mkdir(parents=True, exist_ok=True)
     rows = subset_study_cli(dataset, overrides or [], values, console=err if as_json else out)
     if not rows:
         raise AvadeError("the subset study produced no rows; pass at least one fraction")
