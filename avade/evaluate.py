@@ -18,7 +18,7 @@ import attrs
 import torch
 from rich.console import Console
 
-from avade.errors import CheckpointError, ConfigError
+from avade.errors import AvadeError, CheckpointError, ConfigError
 from avade.models import GenerativeModel, build_model
 from avade.recipe import load_recipe
 from avade.recipe.schema import LIKELIHOOD_VARIANTS, ComponentRef, Recipe
@@ -159,8 +159,14 @@ def _resolve_device(name: str) -> torch.device:
 
 def cache_dir() -> Path:
     """Reference statistics of real data are shared by every run: ``$AVADE_CACHE`` or ~/.cache/avade."""
-    path = Path(os.environ.get("AVADE_CACHE", Path.home() / ".cache" / "avade")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    configured = os.environ.get("AVADE_CACHE")
+    path = Path(configured or Path.home() / ".cache" / "avade").expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = "AVADE_CACHE" if configured else "the default cache folder"
+        raise AvadeError(f"{where}: cannot use {path} as the folder for cached reference statistics "
+                         f"({exc.strerror or exc}); point AVADE_CACHE at a writable folder") from None
     return path
 
 

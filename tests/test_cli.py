@@ -189,7 +189,8 @@ def test_doctor_with_recipe_and_missing_weights(write: Write, monkeypatch: pytes
 
 def test_doctor_screen(write: Write) -> None:
     result = run("doctor", "--recipe", str(write("typo.toml", TYPO)))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # the full report, then a failing exit: the recipe is invalid
+    assert run("doctor", "--recipe", str(QUICKSTART)).exit_code == 0
     for text in ("system", "plugins", "datasets", "Inception weights", "natural-patches", "invalid",
                  "did you mean 'scales'"):
         assert text in result.stdout
@@ -401,3 +402,10 @@ def test_recipe_check_reports_any_failure_of_the_dry_run_in_one_line(fresh_regis
 def test_schema_without_json_is_one_line_error() -> None:
     assert_one_line_error(run("list-components", "--kind", "flow", "--schema"), "--schema", "--json")
     assert components("--kind", "posterior", "--schema")[0]["config"]  # with --json: the schemas
+
+
+def test_a_recipe_path_that_is_a_folder_or_not_utf8_says_what_to_do(tmp_path: Path) -> None:
+    assert_one_line_error(run("recipe", "check", str(tmp_path)), "is a folder; give a recipe .toml file")
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    assert_one_line_error(run("recipe", "check", str(latin1)), "is not UTF-8 text", "save it as UTF-8")

@@ -128,7 +128,7 @@ def test_study_subsets_table7(tmp_path: Path) -> None:
                           "--fractions", "1.0,0.5,0.25", "--json", "-o", str(out_file))
     assert result.exit_code == 0, out
     rows = json.loads(out_file.read_text())
-    assert [r["size"] for r in rows] == [48.0, 24.0, 12.0]
+    assert [r["size"] for r in rows] == [48, 24, 12] and all(isinstance(r["size"], int) for r in rows)
     assert rows[0]["fid"] == pytest.approx(0.0, abs=1e-6)  # the full set against itself
     assert rows[2]["fid"] > rows[1]["fid"] > 0  # fewer images, further from the full set
 
@@ -558,3 +558,11 @@ def test_study_subsets_checks_its_output_path_before_the_study(tmp_path: Path, m
     assert calls == []  # refused before the (possibly long) study ran
     result, out = _invoke("study", "subsets", "--data", "synthetic", "-o", str(tmp_path / "new" / "s.json"))
     assert result.exit_code == 0 and (tmp_path / "new" / "s.json").is_file(), out
+
+
+def test_an_avade_cache_that_is_a_file_is_named(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setenv("AVADE_CACHE", str(afile))
+    result, out = _invoke("eval", str(run_dir), "--metrics", "bpd", "--device", "cpu")
+    assert result.exit_code == 2 and "AVADE_CACHE: cannot use" in out and len(out.strip().splitlines()) == 1, out

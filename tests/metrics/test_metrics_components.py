@@ -91,7 +91,7 @@ def test_subset_study_table7_shape(tmp_path) -> None:
     assert rows[-1]["fid"] > rows[1]["fid"] > 0.0  # smaller subsets drift further
     assert all("is_mean" in r for r in rows)
     counts = subset_study(ctx, sizes=[80, 40, 0.25], split="train")
-    assert [r["size"] for r in counts] == [80.0, 40.0, 20.0]
+    assert [r["size"] for r in counts] == [80, 40, 20]
     with pytest.raises(avade.AvadeError, match="subset size"):
         subset_study(ctx, sizes=[500], split="train")
 

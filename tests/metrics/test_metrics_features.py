@@ -79,8 +79,11 @@ def test_bad_weight_paths(monkeypatch, tmp_path) -> None:
         get_extractor({})
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model at all")
-    with pytest.raises(AvadeError, match="neither a TorchScript file nor"):
+    with pytest.raises(AvadeError, match=r"^eval.inception_weights: .*junk.pt is neither a TorchScript file nor"):
         get_extractor({"inception_weights": str(junk)})
+    monkeypatch.setenv(features.WEIGHTS_ENV, str(junk))  # the error names the setting the file came from
+    with pytest.raises(AvadeError, match=rf"^{features.WEIGHTS_ENV}: .*junk.pt is neither a TorchScript file"):
+        get_extractor({})
     with pytest.raises(AvadeError, match="FeatureExtractor instance"):
         get_extractor({"feature_extractor": "random"})
 
