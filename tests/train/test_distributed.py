@@ -299,3 +299,29 @@ def test_batch_norm_flow_statistics_are_the_same_on_every_process(tmp_path):
     assert first and first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert any(not torch.equal(first[k], torch.zeros_like(first[k])) for k in first if k.endswith("mean"))
+
+
+def test_process_group_waits_out_a_long_rank0_evaluation(monkeypatch):
+    # Rank 0 alone computes FID & co. while the others wait in their next collective: NCCL's default
+    # 10-minute watchdog would abort the job. The process group gets a long, settable timeout.
+    import datetime
+
+    from avade.errors import ConfigError
+    from avade.train import distributed
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(kw))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.init_distributed("cpu") == DistInfo(1, 2, 1)
+    assert calls == [{"backend": "gloo", "timeout": datetime.timedelta(minutes=distributed.DEFAULT_TIMEOUT_MIN)}]
+    assert calls[0]["timeout"] > datetime.timedelta(minutes=30)
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "7.5")
+    assert distributed.collective_timeout() == datetime.timedelta(minutes=7.5)
+    for bad in ("0", "-3", "soon", "nan", "inf"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(ConfigError, match=distributed.TIMEOUT_ENV):
+            distributed.collective_timeout()
