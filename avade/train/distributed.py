@@ -75,11 +75,15 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank, world, local)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait: bool = True) -> None:
     """Leave the job cleanly: wait for every process, then tear the process group down (a process
-    that exits while a peer still holds the connection can abort the peer)."""
+    that exits while a peer still holds the connection can abort the peer). ``wait=False`` (leaving on
+    an error) skips the barrier: the error may have struck this process alone (rank 0's evaluation,
+    say) while its peers wait in another collective, which a barrier would not match -- the job would
+    hang until the collective timeout instead of failing now (torchrun stops the peers)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
