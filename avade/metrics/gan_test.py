@@ -73,8 +73,10 @@ def train_classifier(images: Tensor, labels: Tensor, num_classes: int, cfg: GanT
                      device: torch.device | str = "cpu") -> SmallClassifier:
     """Train a :class:`SmallClassifier` on uint8 ``images`` and int64 ``labels``; returns it in eval mode."""
     with torch.random.fork_rng(devices=[]):
-        # Seed the init without touching the caller's global RNG state.
-        torch.manual_seed(cfg.seed)
+        # Seed the init (drawn on the CPU) without touching the caller's global RNG state: the CPU
+        # generator alone, as fork_rng(devices=[]) restores only that one (torch.manual_seed would also
+        # reseed every CUDA device, and the training process's CUDA noise would restart after each eval).
+        torch.default_generator.manual_seed(cfg.seed)
         model = SmallClassifier(images.shape[1], num_classes, cfg.width)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

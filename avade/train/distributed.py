@@ -9,6 +9,7 @@ is the same as DDP's (mean of per-rank gradients); NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Iterable
 
@@ -16,6 +17,8 @@ import attrs
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from avade.errors import ConfigError
 
 
 @attrs.frozen
@@ -40,6 +43,25 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+TIMEOUT_ENV = "AVADE_DIST_TIMEOUT_MIN"
+DEFAULT_TIMEOUT_MIN = 120.0
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a process waits in a collective for the others: ``$AVADE_DIST_TIMEOUT_MIN`` minutes,
+    default 120. Rank 0 alone computes the sample metrics (FID, KID, IS, PRD, GAN-test) and writes
+    checkpoints and grids while the other ranks wait in their next collective; NCCL's own default (10
+    minutes) would have its watchdog abort the whole job during a long evaluation."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        minutes = float(text) if text else DEFAULT_TIMEOUT_MIN
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0 or minutes == float("inf"):
+        raise ConfigError(f"{TIMEOUT_ENV}={text!r}: give the collective timeout as a positive number of minutes")
+    return datetime.timedelta(minutes=minutes)
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the torchrun job if there is one (no-op for a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -49,15 +71,19 @@ def init_distributed(device_type: str) -> DistInfo:
     if device_type == "cuda":  # before the process group, so that its communicator binds to this GPU
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=collective_timeout())
     return DistInfo(rank, world, local)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait: bool = True) -> None:
     """Leave the job cleanly: wait for every process, then tear the process group down (a process
-    that exits while a peer still holds the connection can abort the peer)."""
+    that exits while a peer still holds the connection can abort the peer). ``wait=False`` (leaving on
+    an error) skips the barrier: the error may have struck this process alone (rank 0's evaluation,
+    say) while its peers wait in another collective, which a barrier would not match -- the job would
+    hang until the collective timeout instead of failing now (torchrun stops the peers)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -83,8 +83,11 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
             raise TrainingError(f"{len(failed)} of {len(variants)} sweep variants failed ({', '.join(failed)}); "
                                 f"see {out_dir / 'sweep_summary.json'}")
         return summaries
+    except BaseException:
+        shutdown_distributed(wait=False)
+        raise
     finally:
-        shutdown_distributed()
+        shutdown_distributed()  # (a no-op after the line above)
 
 
 def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Console,

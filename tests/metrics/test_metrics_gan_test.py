@@ -50,3 +50,19 @@ def test_needs_labels_and_matching_samples(tmp_path, digits) -> None:
     ctx = FakeContext(tmp_path, digits, sampler=rgb, num_classes=10)
     with pytest.raises(AvadeError, match="samples of shape"):
         GanTest(GanTestConfig(**FAST)).compute(ctx)
+
+
+def test_classifier_training_leaves_every_global_generator_alone(digits, monkeypatch) -> None:
+    # Runs inside training (rank 0's evaluation): reseeding the CUDA generators there would restart the
+    # training noise after every evaluation. On a CPU machine torch.manual_seed only queues the CUDA
+    # reseed, so the call itself is what is checked.
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    before = torch.get_rng_state()
+    x, y = digits["train"]
+    first = train_classifier(x[:64], y[:64], 10, GanTestConfig(epochs=1, width=4))
+    again = train_classifier(x[:64], y[:64], 10, GanTestConfig(epochs=1, width=4))
+    assert reseeded == []
+    assert torch.equal(torch.get_rng_state(), before)
+    for a, b in zip(first.parameters(), again.parameters(), strict=True):  # still seeded
+        assert torch.equal(a, b)

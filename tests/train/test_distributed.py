@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -81,6 +82,31 @@ def test_torchrun_two_processes_train(tmp_path):
     assert summary["steps"] == 3
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000003" / "state.json").read_text())
     assert state["world"] == 2
+
+
+
+@pytest.mark.slow
+def test_torchrun_error_on_rank0_alone_fails_the_job_at_once(tmp_path):
+    # Rank 0 alone computes the sample metrics; when that fails (here: no Inception weights) rank 1 is
+    # already waiting in the next step's all-reduce. Leaving through a barrier would hang the job until
+    # the collective timeout; it must fail now, with rank 0's error.
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=6", "train.checkpoint_every=6", "eval.every=2",
+                                              'eval.metrics=["bpd", "kid"]')))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "avade", "recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+           "AVADE_INCEPTION_WEIGHTS": str(tmp_path / "missing.pt")}
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        out, err = job.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)  # the workers too, not only torchrun
+        job.communicate()
+        pytest.fail("the job hung after rank 0's error")
+    assert job.returncode != 0
+    assert "Inception weights file not found" in out + err
 
 
 def _join_job(rank: int, port: int) -> None:
@@ -299,3 +325,29 @@ def test_batch_norm_flow_statistics_are_the_same_on_every_process(tmp_path):
     assert first and first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert any(not torch.equal(first[k], torch.zeros_like(first[k])) for k in first if k.endswith("mean"))
+
+
+def test_process_group_waits_out_a_long_rank0_evaluation(monkeypatch):
+    # Rank 0 alone computes FID & co. while the others wait in their next collective: NCCL's default
+    # 10-minute watchdog would abort the job. The process group gets a long, settable timeout.
+    import datetime
+
+    from avade.errors import ConfigError
+    from avade.train import distributed
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(kw))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.init_distributed("cpu") == DistInfo(1, 2, 1)
+    assert calls == [{"backend": "gloo", "timeout": datetime.timedelta(minutes=distributed.DEFAULT_TIMEOUT_MIN)}]
+    assert calls[0]["timeout"] > datetime.timedelta(minutes=30)
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "7.5")
+    assert distributed.collective_timeout() == datetime.timedelta(minutes=7.5)
+    for bad in ("0", "-3", "soon", "nan", "inf"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(ConfigError, match=distributed.TIMEOUT_ENV):
+            distributed.collective_timeout()
