@@ -133,6 +133,20 @@ def build_metrics(names: Sequence[str], recipe: Recipe, model_classes: int, samp
     return metrics
 
 
+def check_inception_weights(metrics: list[tuple[str, Any]], recipe: Recipe) -> None:
+    """Before a training run: the Inception weights that its eval metrics (``uses_inception``) will need
+    are found and load (with the classifier head for ``needs_probs``), so a missing or broken file fails
+    at step 0, not at the first evaluation hours later."""
+    used = [metric for _, metric in metrics if getattr(metric, "uses_inception", False)]
+    if not used:
+        return
+    from avade.metrics.features import get_extractor, require_probs
+
+    extractor = get_extractor(_options(recipe), "cpu")
+    if any(getattr(metric, "needs_probs", False) for metric in used):
+        require_probs(extractor)
+
+
 def run_metrics(ctx: RunContext, names: Sequence[str], recipe: Recipe, samples: int | None = None,
                 console: Console | None = None) -> dict[str, float]:
     """Compute registered metrics by name with the recipe's per-metric settings."""

@@ -57,6 +57,7 @@ def trainer_for(path: Path, settings: Settings, resolution: int, batch: int,
     # The train split must hold at least one batch; the images themselves are never used (see random_batch).
     overrides = ["data.name=synthetic", f"data.resolution={resolution}", f"data.size={max(batch, 16)}",
                  "data.test_size=16", f"data.batch_size={batch}", "train.warmup_steps=0",
+                 'eval.metrics=["bpd"]',  # the step alone: no Inception weights needed
                  f"train.precision={settings.precision}", *extra]
     recipe = load_recipe(path, overrides)
     with tempfile.TemporaryDirectory(prefix="avade-bench-") as run_dir:

@@ -100,6 +100,7 @@ class FID:
     """Metric ``fid``: returns ``{"fid": value}``; real statistics are cached in ``ctx.cache_dir``."""
 
     name = "fid"
+    uses_inception = True  # the Inception weights are checked before training starts
 
     def __init__(self, cfg: FIDConfig) -> None:
         self.cfg = cfg

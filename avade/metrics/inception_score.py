@@ -50,6 +50,8 @@ class InceptionScore:
     """Metric ``is``: returns ``{"is_mean", "is_std"}``; needs weights with the classifier head."""
 
     name = "is"
+    uses_inception = True  # the Inception weights are checked before training starts
+    needs_probs = True  # ... with its classifier head
 
     def __init__(self, cfg: InceptionScoreConfig) -> None:
         # Checked when the metric is built (before training starts, or before `avade eval` samples):

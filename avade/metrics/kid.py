@@ -83,6 +83,7 @@ class KID:
     """Metric ``kid``: returns ``{"kid_mean", "kid_std"}``."""
 
     name = "kid"
+    uses_inception = True  # the Inception weights are checked before training starts
 
     def __init__(self, cfg: KIDConfig) -> None:
         self.cfg = cfg

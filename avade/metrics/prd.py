@@ -171,6 +171,7 @@ class PRD:
     ``prd_curve.json`` (precision, recall lists, for combining runs with :func:`plot_prd`)."""
 
     name = "prd"
+    uses_inception = True  # the Inception weights are checked before training starts
 
     def __init__(self, cfg: PRDConfig) -> None:
         self.cfg = cfg

@@ -119,9 +119,10 @@ class Trainer:
         self.train_set, self.test_set = load_datasets(recipe)
         self.model: GenerativeModel = build_model(recipe, self.train_set.shape, self.train_set.num_classes)
         self.model.to(self.device)
-        from avade.evaluate import build_metrics  # the recipe's eval metrics must fit the model: fail before step 0
+        from avade.evaluate import build_metrics, check_inception_weights
 
-        build_metrics(recipe.eval.metrics, recipe, self.model.num_classes)
+        # The recipe's eval metrics must fit the model, and find their weights: fail before step 0.
+        check_inception_weights(build_metrics(recipe.eval.metrics, recipe, self.model.num_classes), recipe)
         self._make_run_dir(resume)  # only once data and model exist: a bad recipe leaves no empty run behind
         self.likelihood = recipe.variant in LIKELIHOOD_VARIANTS
         self.adversarial = recipe.variant in ADVERSARIAL_VARIANTS

