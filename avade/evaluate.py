@@ -226,7 +226,7 @@ def load_model(run_dir: str | Path, device: str = "auto", checkpoint: str | int 
     >>> model, recipe, _ = avade.load_model("runs/quickstart/latest")
     >>> images = model.sample(16, temperature=0.9)   # uint8 [16, C, H, W]
     """
-    loaded = _load(Path(run_dir), device, checkpoint, datasets=False, ema=ema)
+    loaded = _load(Path(run_dir), device, checkpoint, datasets=False, ema=ema, library=True)
     return loaded.model, loaded.recipe, loaded.checkpoint
 
 
@@ -238,9 +238,11 @@ class _Loaded(NamedTuple):
     weights: str  # "ema" (the averaged weights) or "last"
 
 
-def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bool, ema: bool = True) -> _Loaded:
+def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bool, ema: bool = True,
+          library: bool = False) -> _Loaded:
     """The model (eval mode, on ``device``), recipe and checkpoint of a run, and its (train, test) datasets
-    when ``datasets`` is set or the checkpoint does not say what the model was built for."""
+    when ``datasets`` is set or the checkpoint does not say what the model was built for. On CUDA the run's
+    ``train.tf32`` is applied, unless ``library`` (:func:`load_model` leaves global settings alone)."""
     from avade.train.ema import apply_average
     from avade.train.trainer import load_datasets, resolve_device
 
@@ -266,6 +268,10 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     if shape is None or classes is None:  # a checkpoint from before they were recorded
         assert sets is not None
         shape, classes = sets[0].shape, sets[0].num_classes
+    if dev.type == "cuda" and not library:  # the CLI evaluates with the precision the run trained with
+        from avade.train.trainer import configure_tf32
+
+        configure_tf32(recipe.train.tf32)
     model = build_model(recipe, tuple(shape), int(classes))
     ckpt.load_weights(model, data["model"], chosen)
     weights = "last"

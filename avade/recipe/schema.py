@@ -146,6 +146,10 @@ class TrainSection:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = attrs.field(
         default="fp32", metadata={"help": "bf16 autocast on CUDA (flows stay fp32)"})
+    tf32: bool = attrs.field(
+        default=False, metadata={"help": "CUDA: fp32 convolutions and matmuls on TF32 tensor cores (faster on "
+                                         "Ampere and later, ~1e-3 relative error: the flows' 1x1 convolutions no "
+                                         "longer invert exactly); false = IEEE fp32"})
     compile: bool = attrs.field(
         default=False, metadata={"help": "torch.compile the networks in place (~1 min to start on CPU; pays "
                                          "for flows, not for a whole AV-ADE step: benchmarks/README.md)"})

@@ -80,6 +80,14 @@ def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
                         "replace its files") from exc
 
 
+def configure_tf32(enabled: bool) -> None:
+    """``train.tf32`` for CUDA fp32 convolutions and matmuls: TF32 tensor cores, or IEEE fp32 (torch's
+    per-backend settings; the legacy ``allow_tf32`` flags must not be mixed with them)."""
+    mode = "tf32" if enabled else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+
+
 def seed_everything(seed: int) -> None:
     """Seed python's, numpy's and torch's global generators (numpy's takes the seed modulo 2**32)."""
     random.seed(seed)
@@ -110,6 +118,8 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        if self.device.type == "cuda":
+            configure_tf32(self.cfg.tf32)
         self.recipe_dict = recipe_to_dict(recipe)
         self.fingerprint = ckpt.fingerprint(self.recipe_dict)
         self._check_run_dir(resume)

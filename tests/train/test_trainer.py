@@ -305,3 +305,17 @@ def test_missing_inception_weights_fail_before_step_0(tmp_path, monkeypatch):
     with pytest.raises(AvadeError, match=r"no Inception weights for FID/KID/IS/PRD"):
         Trainer(tiny_recipe('eval.metrics=["kid"]'), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_tf32_is_set_with_the_per_backend_api_only():
+    from avade.train.trainer import configure_tf32
+
+    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    try:
+        configure_tf32(True)
+        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32",) * 2
+        configure_tf32(False)
+        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee",) * 2
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
+    assert tiny_recipe().train.tf32 is False  # exact fp32 unless the recipe opts in
