@@ -18,6 +18,7 @@ import attrs
 import torch
 from rich.console import Console
 
+from avade.atomic_files import replaced_atomically
 from avade.errors import AvadeError, CheckpointError, ConfigError
 from avade.models import GenerativeModel, build_model
 from avade.recipe import load_recipe
@@ -411,13 +412,8 @@ def _save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> 
     arrays = {"arr_0": images.permute(0, 2, 3, 1).contiguous().numpy()}
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            np.savez(fh, **arrays)  # a file object: savez would append .npz to a name
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replaced_atomically(path) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, **arrays)  # a file object: savez would append .npz to a name
 
 
 def subset_study_cli(dataset: str, overrides: Sequence[str], fractions: Sequence[float],

@@ -9,7 +9,6 @@ KID, PRD and IS). No pickle anywhere.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 
@@ -17,6 +16,7 @@ import attrs
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from avade.atomic_files import replaced_atomically
 from avade.errors import AvadeError
 from avade.metrics.context import EvalContext
 from avade.metrics.features import FeatureExtractor, extract
@@ -51,9 +51,8 @@ def _meta(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | No
 
 def _save(tensors: dict[str, Tensor], path: pathlib.Path, meta: dict[str, str]) -> None:
     # Write then rename, so a crash never leaves a truncated cache file behind.
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
 def _compute(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None,

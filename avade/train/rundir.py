@@ -3,9 +3,11 @@
     <run>/recipe.toml      resolved recipe
     <run>/metrics.jsonl    one JSON object per logged step
     <run>/summary.json     final metrics (incl. test ``bpd``)
-    <run>/checkpoints/     step_XXXXXXXX/{model,optimizer,rng}.safetensors + state.json (no pickle)
+    <run>/checkpoints/     step_XXXXXXXX/{model,optimizer,rng}.safetensors + state.json (no pickle),
+                           and ema.safetensors with train.ema_decay
     <run>/samples/         sample and reconstruction grids (PNG)
     <run>/tb/              TensorBoard events (when tensorboard is installed)
+    <run>/eval.json        ``avade eval``: the checkpoint, step and weights evaluated, and its metrics
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from avade.atomic_files import replaced_atomically
 from avade.recipe.load import plain_name
 
 
@@ -78,9 +80,8 @@ def latest_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path | None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file + rename so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: Path, data: Any) -> None:
