@@ -126,13 +126,6 @@ def _image_suffixes() -> set[str]:
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
 
 
-def _cell(value: Any) -> str:
-    """A table cell: floats to 4 decimals, nothing for a missing value."""
-    if value is None:
-        return ""
-    return f"{value:.4f}" if isinstance(value, float) else escape(str(value))
-
-
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
                   line: Any = None) -> None:
     err.print(f"[yellow]warning:[/] {escape(str(message))}", markup=True, highlight=False)
@@ -342,6 +335,7 @@ def evaluate(
     """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run."""
     from avade.evaluate import checkpoint_steps, evaluate_run
     from avade.train.distributed import is_main_process
+    from avade.train.run import cell_text
 
     if not is_main_process():  # single-process work: under torchrun, rank 0 does it and the others stop
         return
@@ -364,7 +358,7 @@ def evaluate(
         for column in columns:
             table.add_column(escape(column), justify="right")
         for row in rows:
-            table.add_row(*(_cell(row.get(column)) for column in columns))
+            table.add_row(*(escape(cell_text(row.get(column))) for column in columns))
         out.print(table)
         return
     results = evaluate_run(run_dir, names, samples=samples, device=_device(device, indexed=True),
@@ -376,7 +370,7 @@ def evaluate(
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in results.items():
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+            table.add_row(escape(key), escape(cell_text(value)))
         out.print(table)
 
 
@@ -430,6 +424,7 @@ def study_subsets(
 ) -> None:
     """Table 7: FID/IS of random subsets of the real data against the full set."""
     from avade.evaluate import subset_study_cli
+    from avade.train.run import cell_text
 
     try:
         values = [float(f) for f in fractions.split(",")]
@@ -451,7 +446,7 @@ def study_subsets(
         for col in rows[0]:
             table.add_column(col, justify="right")
         for row in rows:
-            table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+            table.add_row(*(escape(cell_text(v)) for v in row.values()))
         out.print(table)
 
 

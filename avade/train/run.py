@@ -109,7 +109,7 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
     for k in shown:
         table.add_column(escape(headers[k]), justify="left" if k == "name" else "right", overflow="fold")
     for row in rows:
-        table.add_row(*(escape(_cell(row.get(k))) for k in shown))
+        table.add_row(*(escape(cell_text(row.get(k))) for k in shown))
     console.print(table)
     metric = next((m for m in ("bpd", "fid", "is_mean") if any(isinstance(r.get(m), float) for r in rows)), None)
     if len(axes) == 2 and metric is not None:
@@ -127,7 +127,8 @@ def _short_headers(keys: Sequence[str]) -> dict[str, str]:
     return {k: short if last.count(short) == 1 else k for k, short in zip(keys, last, strict=True)}
 
 
-def _cell(value: Any) -> str:
+def cell_text(value: Any) -> str:
+    """A value as a table cell: floats to 4 decimals, lists and tables as JSON, nothing for None."""
     if isinstance(value, dict | list):
         return json.dumps(value)
     return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
@@ -142,11 +143,11 @@ def _grid(rows: list[dict[str, Any]], axes: Sequence[str], metric: str, headers:
     first, second = axes
 
     def key(value: Any) -> str:  # override values may be lists or tables (unhashable)
-        return _cell(value)
+        return cell_text(value)
 
     row_values = list(dict.fromkeys(key(r.get(first)) for r in rows))
     col_values = list(dict.fromkeys(key(r.get(second)) for r in rows))
-    cells = {(key(r.get(first)), key(r.get(second))): "error" if "error" in r else _cell(r.get(metric))
+    cells = {(key(r.get(first)), key(r.get(second))): "error" if "error" in r else cell_text(r.get(metric))
              for r in rows}
     title = f"{metric}: {headers[first]} (rows) x {headers[second]} (columns)"
     grid = Table(title=escape(title), title_justify="left", min_width=len(title))
