@@ -41,11 +41,6 @@ class WeightAverage:
         else:
             self._lerp(self.shadow, current, None)
 
-    @torch.no_grad()
-    def reset(self) -> None:
-        """Restart the average from the current weights."""
-        torch._foreach_copy_(self.shadow, [p.detach() for p in self.params])
-
     @contextmanager
     def applied(self) -> Iterator[None]:
         """The model holds the averaged weights inside the block, its own again after it (copied in
