@@ -307,6 +307,26 @@ def test_missing_inception_weights_fail_before_step_0(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
+def test_a_broken_fid_reference_fails_before_step_0(tmp_path, monkeypatch):
+    import numpy as np
+
+    from avade.metrics import features
+    from avade.metrics.random_features import RandomConvFeatures
+
+    monkeypatch.setattr(features, "get_extractor", lambda options, device="cpu": RandomConvFeatures(dim=24, seed=0))
+    for stats, message in ((None, "cannot read FID statistics"), (5, "5-dimensional features")):
+        path = tmp_path / f"stats_{stats}.npz"
+        if stats is not None:
+            np.savez(path, mu=np.zeros(stats), sigma=np.eye(stats))
+        recipe = tiny_recipe('eval.metrics=["bpd", "fid"]', f'eval.fid={{samples=16, reference="{path}"}}')
+        with pytest.raises(ConfigError, match=rf"eval.fid.reference: .*{message}"):
+            Trainer(recipe, tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()  # before step 0 (it failed only at the final evaluation)
+    np.savez(tmp_path / "good.npz", mu=np.zeros(24), sigma=np.eye(24))
+    Trainer(tiny_recipe('eval.metrics=["fid"]', f'eval.fid={{samples=16, reference="{tmp_path / "good.npz"}"}}'),
+            tmp_path / "run", progress=False)
+
+
 def test_tf32_is_set_with_the_per_backend_api_only():
     from avade.train.trainer import configure_tf32
 
