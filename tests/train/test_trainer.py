@@ -64,6 +64,22 @@ def test_checkpoints_are_listed_by_step_past_eight_digits(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000005", "step_99999999", "step_100000000"]
 
 
+def test_a_copy_beside_the_checkpoints_is_neither_listed_nor_pruned(tmp_path):
+    import shutil
+
+    from avade.evaluate import checkpoint_steps
+
+    Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2"), tmp_path, progress=False).fit()
+    backup = tmp_path / "checkpoints" / "step_00000004.bak"  # e.g. kept before trying another train.lr
+    shutil.copytree(tmp_path / "checkpoints" / "step_00000004", backup)
+    (tmp_path / "checkpoints" / "step_\u00b2").mkdir()  # a digit that int() does not take
+    assert checkpoint_steps(tmp_path) == [2, 4]  # avade eval --checkpoint all
+    Trainer(tiny_recipe("train.steps=8", "train.checkpoint_every=2", "train.keep_checkpoints=1"), tmp_path,
+            resume=True, progress=False).fit()
+    assert backup.is_dir()  # pruning deleted it as the "oldest" checkpoint (step -1)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000008"]
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     recipe = tiny_recipe("train.steps=2")
     Trainer(recipe, tmp_path, progress=False).fit()
