@@ -136,8 +136,9 @@ def build_metrics(names: Sequence[str], recipe: Recipe, model_classes: int, samp
 
 def check_inception_weights(metrics: list[tuple[str, Any]], recipe: Recipe) -> None:
     """Before a training run: the Inception weights that its eval metrics (``uses_inception``) will need
-    are found and load (with the classifier head for ``needs_probs``), so a missing or broken file fails
-    at step 0, not at the first evaluation hours later."""
+    are found and load (with the classifier head for ``needs_probs``), and a metric's reference statistics
+    (``check_reference``: ``[eval.fid] reference``) read and fit them, so a missing or broken file fails at
+    step 0, not at the first evaluation hours later."""
     used = [metric for _, metric in metrics if getattr(metric, "uses_inception", False)]
     if not used:
         return
@@ -146,6 +147,10 @@ def check_inception_weights(metrics: list[tuple[str, Any]], recipe: Recipe) -> N
     extractor = get_extractor(_options(recipe), "cpu")
     if any(getattr(metric, "needs_probs", False) for metric in used):
         require_probs(extractor)
+    for metric in used:  # e.g. [eval.fid] reference: the statistics file is there, readable and fits
+        check_reference = getattr(metric, "check_reference", None)
+        if check_reference is not None:
+            check_reference(extractor)
 
 
 def run_metrics(ctx: RunContext, names: Sequence[str], recipe: Recipe, samples: int | None = None,

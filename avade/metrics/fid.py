@@ -15,7 +15,7 @@ from torch import Tensor
 
 from avade.errors import ConfigError
 from avade.metrics.context import EvalContext
-from avade.metrics.features import extract, get_extractor, warn_if_not_reference
+from avade.metrics.features import FeatureExtractor, extract, get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_stats, sample_features
 from avade.metrics.stats import gaussian_stats
 from avade.schema import ge
@@ -105,20 +105,27 @@ class FID:
     def __init__(self, cfg: FIDConfig) -> None:
         self.cfg = cfg
 
+    def check_reference(self, extractor: FeatureExtractor, device: torch.device | str = "cpu"
+                        ) -> tuple[Tensor, Tensor] | None:
+        """``reference``'s ``(mu, sigma)``, checked against ``extractor``'s feature size on one blank image
+        (before any sample is drawn; a training run calls it before step 0). None without a reference."""
+        if self.cfg.reference is None:
+            return None
+        mu_r, sigma_r = load_reference_stats(self.cfg.reference)
+        blank = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+        dims = extract(extractor, [blank], device=device, description="probe")[0].shape[1]
+        if dims != mu_r.numel():
+            raise ConfigError(f"{self.cfg.reference} has statistics of {mu_r.numel()}-dimensional features, but "
+                              f"the feature extractor ({extractor.name}) gives {dims}; use statistics of the "
+                              "same network (Inception pool3: 2048)", path="eval.fid.reference")
+        return mu_r, sigma_r
+
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         cfg = self.cfg
         extractor = get_extractor(ctx.options, ctx.device)
         warn_if_not_reference(extractor, "FID")
-        if cfg.reference is not None:
-            mu_r, sigma_r = load_reference_stats(cfg.reference)
-            # Checked on one blank image before thousands of samples are drawn.
-            blank = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
-            dims = extract(extractor, [blank], device=ctx.device, description="probe")[0].shape[1]
-            if dims != mu_r.numel():
-                raise ConfigError(f"{cfg.reference} has statistics of {mu_r.numel()}-dimensional features, but "
-                                  f"the feature extractor ({extractor.name}) gives {dims}; use statistics of the "
-                                  "same network (Inception pool3: 2048)", path="eval.fid.reference")
-        else:
-            mu_r, sigma_r = real_stats(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size)
+        reference = self.check_reference(extractor, ctx.device)
+        mu_r, sigma_r = (reference if reference is not None
+                         else real_stats(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size))
         fake = sample_features(ctx, extractor, cfg.samples, cfg.batch_size).features
         return {"fid": frechet_distance(mu_r, sigma_r, *gaussian_stats(fake))}

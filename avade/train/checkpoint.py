@@ -200,10 +200,13 @@ def _discard(path: Path) -> None:
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary directories are ignored)."""
+    """Complete checkpoints, oldest first (temporary directories are ignored, and so are other folders
+    such as a user's copy ``step_00000400.bak``: pruning must not delete them, nor ``avade eval --checkpoint
+    all`` trip over them)."""
     if not directory.is_dir():
         return []
-    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)]
+    found = [p for p in directory.iterdir()
+             if p.is_dir() and p.name.startswith(_PREFIX) and checkpoint_step(p) >= 0]
     # By step, not by name: past step 99,999,999 the name has nine digits and would sort first, and
     # pruning (which keeps the last ones) would delete the newest checkpoint.
     return sorted(found, key=lambda p: (checkpoint_step(p), p.name))
@@ -218,7 +221,7 @@ def is_milestone(path: Path, keep_every: int) -> bool:
 def checkpoint_step(path: Path) -> int:
     """The step a checkpoint directory's name says (``step_00000120`` -> 120; -1 if it says none)."""
     digits = path.name[len(_PREFIX):]
-    return int(digits) if digits.isdigit() else -1
+    return int(digits) if digits.isdecimal() and digits.isascii() else -1
 
 
 def fallback_hint(path: Path) -> str:

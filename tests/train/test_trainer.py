@@ -64,6 +64,22 @@ def test_checkpoints_are_listed_by_step_past_eight_digits(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000005", "step_99999999", "step_100000000"]
 
 
+def test_a_copy_beside_the_checkpoints_is_neither_listed_nor_pruned(tmp_path):
+    import shutil
+
+    from avade.evaluate import checkpoint_steps
+
+    Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2"), tmp_path, progress=False).fit()
+    backup = tmp_path / "checkpoints" / "step_00000004.bak"  # e.g. kept before trying another train.lr
+    shutil.copytree(tmp_path / "checkpoints" / "step_00000004", backup)
+    (tmp_path / "checkpoints" / "step_\u00b2").mkdir()  # a digit that int() does not take
+    assert checkpoint_steps(tmp_path) == [2, 4]  # avade eval --checkpoint all
+    Trainer(tiny_recipe("train.steps=8", "train.checkpoint_every=2", "train.keep_checkpoints=1"), tmp_path,
+            resume=True, progress=False).fit()
+    assert backup.is_dir()  # pruning deleted it as the "oldest" checkpoint (step -1)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000008"]
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     recipe = tiny_recipe("train.steps=2")
     Trainer(recipe, tmp_path, progress=False).fit()
@@ -305,6 +321,26 @@ def test_missing_inception_weights_fail_before_step_0(tmp_path, monkeypatch):
     with pytest.raises(AvadeError, match=r"no Inception weights for FID/KID/IS/PRD"):
         Trainer(tiny_recipe('eval.metrics=["kid"]'), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_a_broken_fid_reference_fails_before_step_0(tmp_path, monkeypatch):
+    import numpy as np
+
+    from avade.metrics import features
+    from avade.metrics.random_features import RandomConvFeatures
+
+    monkeypatch.setattr(features, "get_extractor", lambda options, device="cpu": RandomConvFeatures(dim=24, seed=0))
+    for stats, message in ((None, "cannot read FID statistics"), (5, "5-dimensional features")):
+        path = tmp_path / f"stats_{stats}.npz"
+        if stats is not None:
+            np.savez(path, mu=np.zeros(stats), sigma=np.eye(stats))
+        recipe = tiny_recipe('eval.metrics=["bpd", "fid"]', f'eval.fid={{samples=16, reference="{path}"}}')
+        with pytest.raises(ConfigError, match=rf"eval.fid.reference: .*{message}"):
+            Trainer(recipe, tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()  # before step 0 (it failed only at the final evaluation)
+    np.savez(tmp_path / "good.npz", mu=np.zeros(24), sigma=np.eye(24))
+    Trainer(tiny_recipe('eval.metrics=["fid"]', f'eval.fid={{samples=16, reference="{tmp_path / "good.npz"}"}}'),
+            tmp_path / "run", progress=False)
 
 
 def test_tf32_is_set_with_the_per_backend_api_only():
