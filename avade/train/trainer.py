@@ -81,11 +81,12 @@ def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
 
 
 def configure_tf32(enabled: bool) -> None:
-    """``train.tf32`` for CUDA fp32 convolutions and matmuls: TF32 tensor cores, or IEEE fp32 (torch's
-    per-backend settings; the legacy ``allow_tf32`` flags must not be mixed with them)."""
-    mode = "tf32" if enabled else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = mode
-    torch.backends.cudnn.conv.fp32_precision = mode
+    """``train.tf32`` for CUDA fp32 convolutions and matmuls: TF32 tensor cores, or IEEE fp32. Set through
+    the ``allow_tf32`` flags: with them every TF32 setting stays readable, old and new API alike (after
+    the per-backend ``fp32_precision`` setters, reading ``cudnn.allow_tf32`` or the matmul precision
+    raises, and torch.compile's autotuning reads them)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def seed_everything(seed: int) -> None:

@@ -343,15 +343,16 @@ def test_a_broken_fid_reference_fails_before_step_0(tmp_path, monkeypatch):
             tmp_path / "run", progress=False)
 
 
-def test_tf32_is_set_with_the_per_backend_api_only():
+def test_tf32_settings_stay_readable_through_every_api():
     from avade.train.trainer import configure_tf32
 
-    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
-        configure_tf32(True)
-        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32",) * 2
-        configure_tf32(False)
-        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee",) * 2
+        for enabled, precision in ((True, "tf32"), (False, "ieee")):
+            configure_tf32(enabled)
+            assert torch.backends.cuda.matmul.allow_tf32 is enabled and torch.backends.cudnn.allow_tf32 is enabled
+            assert torch.backends.cuda.matmul.fp32_precision == precision
+            torch.get_float32_matmul_precision()  # torch.compile's autotuning reads it: must not raise
     finally:
-        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
     assert tiny_recipe().train.tf32 is False  # exact fp32 unless the recipe opts in
