@@ -195,7 +195,7 @@ def _options(recipe: Recipe) -> dict[str, Any]:
 
 
 def checkpoint_steps(run_dir: str | Path) -> list[int]:
-    """The steps of a run's checkpoints, oldest first (``avade eval --checkpoint all``)."""
+    """The steps of a run's checkpoints, oldest first (:func:`evaluate_checkpoints`)."""
     run = RunDir(Path(run_dir))
     if not run.recipe.is_file():
         raise CheckpointError(f"{run.root} is not a run directory (no recipe.toml); pass the --out of "
@@ -308,6 +308,32 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
     averaged weights when it has them, unless ``ema=False``) and record them in ``eval.json`` with the
     checkpoint, its step and which weights; results of earlier calls on the same checkpoint and weights
     are kept (``--metrics bpd`` after ``--metrics fid`` keeps the FID)."""
+    return _evaluate(run_dir, metrics, samples, device, console, checkpoint, ema)[0]
+
+
+def evaluate_checkpoints(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
+                         device: str = "auto", console: Console | None = None, ema: bool = True
+                         ) -> list[dict[str, Any]]:
+    """``avade eval --checkpoint all``: :func:`evaluate_run` on every checkpoint kept, oldest first; one row
+    per checkpoint (``step``, ``weights``, the metrics). One removed meanwhile (pruned by a training run
+    still going) is skipped with a warning rather than losing the rows computed so far."""
+    rows = []
+    for step in checkpoint_steps(run_dir):
+        try:
+            results, weights = _evaluate(run_dir, metrics, samples, device, console, step, ema)
+        except CheckpointError:
+            if any(ckpt.checkpoint_step(p) == step for p in ckpt.list_checkpoints(RunDir(Path(run_dir)).checkpoints)):
+                raise
+            if console is not None:
+                console.print(f"[yellow]warning:[/] checkpoint of step {step} was removed meanwhile; skipped")
+            continue
+        rows.append({"step": step, "weights": weights, **results})
+    return rows
+
+
+def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None, device: str,
+              console: Console | None, checkpoint: str | int | None, ema: bool) -> tuple[dict[str, float], str]:
+    """:func:`evaluate_run`'s results and which weights they are of ("ema" or "last")."""
     ctx = load_run(run_dir, device, checkpoint, ema)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
     if not metrics and ctx.recipe.variant not in LIKELIHOOD_VARIANTS:
@@ -324,7 +350,7 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
     results = run_metrics(ctx, names, ctx.recipe, samples, console)
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
         _record_eval(RunDir(Path(run_dir)).eval, ctx.checkpoint, results, ctx.weights)
-    return results
+    return results, ctx.weights
 
 
 def _record_eval(path: Path, checkpoint: Path | None, results: dict[str, float], weights: str = "last") -> None:

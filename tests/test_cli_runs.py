@@ -512,7 +512,7 @@ def test_sample_to_npz_writes_every_sample_as_a_uint8_nhwc_array(run_dir: Path, 
         assert result.exit_code != 0 and message in out and len(out.strip().splitlines()) == 1, out
 
 
-def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path) -> None:
+def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=2", "train.checkpoint_every=1")))
     result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
@@ -521,12 +521,21 @@ def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path) -> None:
                           "--device", "cpu")
     assert result.exit_code == 0, out
     rows = json.loads(out[out.index("["):])
-    assert [row["step"] for row in rows] == [1, 2]
+    assert [(row["step"], row["weights"]) for row in rows] == [(1, "last"), (2, "last")]
     result, out = _invoke("eval", str(tmp_path / "run"), "--checkpoint", "1", "--metrics", "bpd", "--json",
                           "--device", "cpu")
     assert json.loads(out[out.index("{"):])["bpd"] == rows[0]["bpd"] != rows[1]["bpd"]
     result, out = _invoke("eval", str(tmp_path), "--checkpoint", "all", "--device", "cpu")
     assert result.exit_code != 0 and "is not a run directory" in out and len(out.strip().splitlines()) == 1
+    # a checkpoint pruned meanwhile (a training run still going) is skipped, the others are kept
+    import avade.evaluate
+
+    real_steps = avade.evaluate.checkpoint_steps
+    monkeypatch.setattr(avade.evaluate, "checkpoint_steps", lambda run: [*real_steps(run), 7])
+    result, out = _invoke("eval", str(tmp_path / "run"), "--checkpoint", "all", "--metrics", "bpd", "--json",
+                          "--device", "cpu")
+    assert result.exit_code == 0 and "checkpoint of step 7 was removed meanwhile; skipped" in out, out
+    assert [row["step"] for row in json.loads(out[out.index("["):])] == [1, 2]
 
 
 def test_study_subsets_takes_dataset_keys_with_or_without_data_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

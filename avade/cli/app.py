@@ -333,7 +333,7 @@ def evaluate(
     ema: EmaOption = True,
 ) -> None:
     """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run."""
-    from avade.evaluate import checkpoint_steps, evaluate_run
+    from avade.evaluate import evaluate_checkpoints, evaluate_run
     from avade.train.distributed import is_main_process
     from avade.train.run import cell_text
 
@@ -347,9 +347,8 @@ def evaluate(
         raise AvadeError("--metrics: give at least one metric, e.g. --metrics bpd,fid (or leave it out for the "
                          "recipe's eval.metrics)")
     if checkpoint is not None and checkpoint.strip().lower() == "all":
-        rows = [{"step": step, **evaluate_run(run_dir, names, samples=samples, device=_device(device, indexed=True),
-                                              console=err, checkpoint=step, ema=ema)}
-                for step in checkpoint_steps(run_dir)]
+        rows = evaluate_checkpoints(run_dir, names, samples=samples, device=_device(device, indexed=True),
+                                    console=err, ema=ema)
         if as_json:
             print(json.dumps(rows, indent=2))
             return
