@@ -31,6 +31,15 @@ from avade.train.distributed import is_main_process
 from avade.train.rundir import RunDir, write_json
 
 
+def dataset_key(name: str, shape: Sequence[int], config: Any) -> str:
+    """What identifies a dataset's images in cache keys (cached reference features): its name, image shape,
+    config and how its files are decoded (:data:`~avade.data.base.DECODING_VERSION`)."""
+    from avade.data.base import DECODING_VERSION
+
+    digest = hashlib.sha1(f"{config!r}/decoding{DECODING_VERSION}".encode()).hexdigest()[:8]
+    return f"{name}/{'x'.join(map(str, shape))}/{digest}"
+
+
 @attrs.define
 class RunContext:
     """The evaluation environment of one model (see EvalContext)."""
@@ -50,9 +59,7 @@ class RunContext:
     @property
     def dataset_key(self) -> str:
         ref = self.recipe.data.dataset
-        shape = "x".join(str(s) for s in self.train_set.shape)
-        config = repr(ref.config) if ref is not None else ""
-        return f"{self.recipe.data.options.name}/{shape}/{hashlib.sha1(config.encode()).hexdigest()[:8]}"
+        return dataset_key(self.recipe.data.options.name, self.train_set.shape, ref.config if ref is not None else "")
 
     @property
     def num_classes(self) -> int:
@@ -481,8 +488,7 @@ class _DataOnlyContext:
 
     @property
     def dataset_key(self) -> str:
-        config = hashlib.sha1(repr(self.config).encode()).hexdigest()[:8]
-        return f"{self.name}/{'x'.join(map(str, self.data.shape))}/{config}"
+        return dataset_key(self.name, self.data.shape, self.config)
 
     @property
     def num_classes(self) -> int:

@@ -119,3 +119,15 @@ def test_a_plugin_metric_built_by_a_function_is_checked_before_training(tmp_path
     with pytest.raises(ConfigError, match="metric 'needs-classes' scores class-conditional samples"):
         Trainer(recipe, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_cached_real_features_are_keyed_by_how_files_are_decoded(monkeypatch) -> None:
+    import avade.data.base
+    from avade.evaluate import dataset_key
+
+    key = dataset_key("image-folder", (3, 32, 32), {"folder": "photos"})
+    assert key == dataset_key("image-folder", (3, 32, 32), {"folder": "photos"})
+    assert key.startswith("image-folder/3x32x32/")
+    assert key != dataset_key("image-folder", (3, 32, 32), {"folder": "other"})
+    monkeypatch.setattr(avade.data.base, "DECODING_VERSION", avade.data.base.DECODING_VERSION + 1)
+    assert key != dataset_key("image-folder", (3, 32, 32), {"folder": "photos"})  # e.g. EXIF now applied

@@ -177,6 +177,9 @@ def pil_to_uint8(img: Image.Image, channels: int = 3) -> torch.Tensor:
 
 
 _ORIENTATION = 0x0112  # the EXIF tag
+# Part of the cache keys of features of real data: bump it whenever decoding changes what images a file
+# gives (2: EXIF orientation applied), so that statistics cached from the old pixels are not reused.
+DECODING_VERSION = 2
 
 
 def upright(img: Image.Image) -> Image.Image:
