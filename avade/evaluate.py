@@ -220,10 +220,10 @@ def select_checkpoint(run: RunDir, checkpoint: str | int | None = None) -> Path:
         raise CheckpointError(f"{run.root} has no checkpoint yet (checkpoints/ is empty)")
     if checkpoint is None:
         return checkpoints[-1]
-    text = str(checkpoint).strip().removeprefix("step_")
     by_step = {ckpt.checkpoint_step(p): p for p in checkpoints}
-    if text.isdecimal() and text.isascii() and int(text) in by_step:
-        return by_step[int(text)]
+    wanted = ckpt.parse_step(str(checkpoint))
+    if wanted in by_step:
+        return by_step[wanted]
     steps = ", ".join(str(s) for s in sorted(by_step))
     raise CheckpointError(f"--checkpoint {checkpoint}: {run.checkpoints} has no such checkpoint; its steps are {steps}")
 

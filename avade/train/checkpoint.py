@@ -220,7 +220,13 @@ def is_milestone(path: Path, keep_every: int) -> bool:
 
 def checkpoint_step(path: Path) -> int:
     """The step a checkpoint directory's name says (``step_00000120`` -> 120; -1 if it says none)."""
-    digits = path.name[len(_PREFIX):]
+    return parse_step(path.name) if path.name.startswith(_PREFIX) else -1
+
+
+def parse_step(text: str) -> int:
+    """A step as users and directory names write it (``120``, ``step_00000120`` -> 120); -1 for anything
+    else (ASCII digits only: ``int`` would take other scripts' digits too)."""
+    digits = text.strip().removeprefix(_PREFIX)
     return int(digits) if digits.isdecimal() and digits.isascii() else -1
 
 
