@@ -201,12 +201,23 @@ def _options(recipe: Recipe) -> dict[str, Any]:
     return {"inception_weights": recipe.eval.inception_weights} if recipe.eval.inception_weights else {}
 
 
+def _not_a_run(root: Path) -> CheckpointError:
+    """The error for a folder without recipe.toml; a sweep's --out (its runs one level down) names them."""
+    try:
+        runs = sorted(p for p in Path(root).iterdir() if (p / "recipe.toml").is_file())
+    except OSError:
+        runs = []
+    if runs:
+        return CheckpointError(f"{root} is not a run directory but holds {len(runs)} run(s) (a sweep's --out); "
+                               f"pass one of them, e.g. {runs[0]}")
+    return CheckpointError(f"{root} is not a run directory (no recipe.toml); pass the --out of `avade recipe run`")
+
+
 def checkpoint_steps(run_dir: str | Path) -> list[int]:
     """The steps of a run's checkpoints, oldest first (:func:`evaluate_checkpoints`)."""
     run = RunDir(Path(run_dir))
     if not run.recipe.is_file():
-        raise CheckpointError(f"{run.root} is not a run directory (no recipe.toml); pass the --out of "
-                              "`avade recipe run`")
+        raise _not_a_run(run.root)
     steps = [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(run.checkpoints)]
     if not steps:
         raise CheckpointError(f"{run.root} has no checkpoint yet (checkpoints/ is empty)")
@@ -261,8 +272,7 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
 
     run = RunDir(run_dir)
     if not run.recipe.is_file():
-        raise CheckpointError(f"{run.root} is not a run directory (no recipe.toml); pass the --out of "
-                              "`avade recipe run`")
+        raise _not_a_run(run.root)
     recipe = load_recipe(run.recipe)
     chosen = select_checkpoint(run, checkpoint)
     data = ckpt.read_checkpoint(chosen)

@@ -215,6 +215,17 @@ def test_recipe_check_set_overrides() -> None:
                           "--set: train.steps", "expected int")
 
 
+def test_recipe_check_reads_the_fid_reference_statistics(tmp_path: Path) -> None:
+    import numpy as np
+
+    np.savez(tmp_path / "stats.npz", mu=np.zeros(4), sigma=np.eye(4))
+    assert run("recipe", "check", str(QUICKSTART), "--set", f'eval.fid.reference="{tmp_path / "stats.npz"}"'
+               ).exit_code == 0
+    assert_one_line_error(run("recipe", "check", str(QUICKSTART), "--set",
+                              f'eval.fid.reference="{tmp_path / "missing.npz"}"'),
+                          "eval.fid.reference: cannot read FID statistics", "missing.npz")
+
+
 def test_recipe_check_knows_the_compile_backends() -> None:
     assert run("recipe", "check", str(QUICKSTART), "--set", "train.compile=true",
                "--set", "train.compile_backend=aot_eager").exit_code == 0

@@ -527,6 +527,8 @@ def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path, monkeypat
     assert json.loads(out[out.index("{"):])["bpd"] == rows[0]["bpd"] != rows[1]["bpd"]
     result, out = _invoke("eval", str(tmp_path), "--checkpoint", "all", "--device", "cpu")
     assert result.exit_code != 0 and "is not a run directory" in out and len(out.strip().splitlines()) == 1
+    # tmp_path holds the run one level down, as a sweep's --out does: the error names it
+    assert "holds 1 run(s) (a sweep's --out); pass one of them" in " ".join(out.split())
     # a checkpoint pruned meanwhile (a training run still going) is skipped, the others are kept
     import avade.evaluate
 

@@ -181,6 +181,13 @@ class Trainer:
         """``train.ema_decay``: the generator's weight average, continued from a resumed checkpoint's (one
         without an average, or a fresh start, starts it from the current weights)."""
         if not self.cfg.ema_decay:
+            if self._saved_average is not None and self.dist.is_main:
+                # Resumed without the run's --set train.ema_decay: say so, as for a changed lr, rather than
+                # silently evaluating (and saving) the last iterate from here on.
+                self.console.print(f"the checkpoint of step {self.step} has a weight average, but train.ema_decay "
+                                   "is 0: it is dropped and the last iterate is used from here on (set "
+                                   "train.ema_decay to continue it)")
+            self._saved_average = None
             return None
         ema = WeightAverage(self.model, self.g_params, self.cfg.ema_decay, self.cfg.ema_start)
         if self._saved_average is not None:

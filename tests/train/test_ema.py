@@ -86,6 +86,18 @@ def test_turning_the_average_on_at_a_resume_starts_it_from_the_checkpoint(tmp_pa
     assert all(torch.equal(s, p) for s, p in zip(trainer.ema.shadow, trainer.g_params, strict=True))
 
 
+def test_turning_the_average_off_at_a_resume_says_so(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    Trainer(tiny_recipe("train.steps=2", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path,
+            progress=False).fit()
+    console = Console(record=True, width=200)
+    trainer = Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2"), tmp_path, resume=True,
+                      console=console, progress=False)
+    assert trainer.ema is None
+    assert "has a weight average, but train.ema_decay is 0: it is dropped" in console.export_text()
+
+
 def test_an_average_that_does_not_fit_is_a_one_line_checkpoint_error(tmp_path: Path) -> None:
     Trainer(tiny_recipe("train.steps=2", "train.ema_decay=0.5"), tmp_path, progress=False).fit()
     path = ckpt.list_checkpoints(tmp_path / "checkpoints")[-1] / "ema.safetensors"
