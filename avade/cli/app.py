@@ -259,14 +259,14 @@ def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")]
             raise ConfigError(where + exc.detail, path=exc.path, source=str(file)) from None
         # A statistics file the recipe names ([eval.fid] reference) is read as `recipe run` reads it before
         # step 0 (without the Inception net): a missing or malformed one fails here too, not only there.
-        for ref in v.recipe.eval.settings.values():
-            if getattr(ref.config, "reference", None):
-                from avade.metrics.fid import load_reference_stats
+        fid = v.recipe.eval.settings.get("fid")
+        if fid is not None and getattr(fid.config, "reference", None):
+            from avade.metrics.fid import load_reference_stats
 
-                try:
-                    load_reference_stats(ref.config.reference)
-                except ConfigError as exc:
-                    raise exc.located(source=str(file)) from None
+            try:
+                load_reference_stats(fid.config.reference)
+            except ConfigError as exc:
+                raise exc.located(source=str(file)) from None
         if v.recipe.train.compile:  # the backend list needs torch._dynamo: only imported when asked for
             from avade.train.compiling import check_compile_backend
 
