@@ -163,12 +163,25 @@ def check_inception_weights(metrics: list[tuple[str, Any]], recipe: Recipe) -> N
 def run_metrics(ctx: RunContext, names: Sequence[str], recipe: Recipe, samples: int | None = None,
                 console: Console | None = None) -> dict[str, float]:
     """Compute registered metrics by name with the recipe's per-metric settings."""
+    return _compute(ctx, build_metrics(names, recipe, ctx.model.num_classes, samples), console)
+
+
+def _compute(ctx: RunContext, metrics: list[tuple[str, Any]], console: Console | None) -> dict[str, float]:
     results: dict[str, float] = {}
-    for name, metric in build_metrics(names, recipe, ctx.model.num_classes, samples):
+    for name, metric in metrics:
         if console is not None:
             console.print(f"computing {name} ...")
         results.update(metric.compute(ctx))
     return results
+
+
+def metric_settings(metrics: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Each built metric's config as plain data (sample counts, split, reference file, ...), for the record
+    of what a value was computed with; a metric whose ``cfg`` is no attrs instance is left out."""
+    from avade.schema import unstructure
+
+    return {name: unstructure(metric.cfg) for name, metric in metrics
+            if attrs.has(type(getattr(metric, "cfg", None)))}
 
 
 def compute_metrics(trainer: Any, names: Sequence[str]) -> dict[str, float]:
@@ -364,16 +377,18 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
         registry.get("metric", name)  # fail fast on a typo, before any work
     if "bpd" in names:
         ctx.bpd_defined()  # ... and on bpd for a model without a likelihood
-    results = run_metrics(ctx, names, ctx.recipe, samples, console)
+    metrics_built = build_metrics(names, ctx.recipe, ctx.model.num_classes, samples)
+    results = _compute(ctx, metrics_built, console)
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
-        _record_eval(RunDir(Path(run_dir)).eval, ctx.checkpoint, results, ctx.weights)
+        _record_eval(RunDir(Path(run_dir)).eval, ctx.checkpoint, results, ctx.weights, metric_settings(metrics_built))
     return results, ctx.weights
 
 
-def _record_eval(path: Path, checkpoint: Path | None, results: dict[str, float], weights: str = "last") -> None:
-    """Merge ``results`` into eval.json when it holds the same checkpoint's, under a lock: two ``avade
-    eval`` at once (say fid and bpd on two GPUs) both land. The trainer drops an eval.json that training
-    since made stale."""
+def _record_eval(path: Path, checkpoint: Path | None, results: dict[str, float], weights: str = "last",
+                 settings: dict[str, Any] | None = None) -> None:
+    """Merge ``results`` (and the ``settings`` each metric ran with, under ``"settings"``) into eval.json
+    when it holds the same checkpoint's, under a lock: two ``avade eval`` at once (say fid and bpd on two
+    GPUs) both land. The trainer drops an eval.json that training since made stale."""
     name = checkpoint.name if checkpoint is not None else None
     with _locked(path.with_name(f".{path.name}.lock")):
         record: dict[str, Any] = {}
@@ -387,6 +402,7 @@ def _record_eval(path: Path, checkpoint: Path | None, results: dict[str, float],
                 record = earlier
         step = ckpt.checkpoint_step(checkpoint) if checkpoint else None
         record.update({"checkpoint": name, "step": step, "weights": weights, **results})
+        record["settings"] = {**record.get("settings", {}), **(settings or {})}
         write_json(path, record)
 
 

@@ -66,8 +66,9 @@ def test_eval_json_and_eval_file(run_dir: Path) -> None:
     assert result.exit_code == 0, out
     data = json.loads(out[out.index("{"):])
     assert data["bpd"] > 0
-    assert json.loads((run_dir / "eval.json").read_text()) == {"checkpoint": "step_00000003", "step": 3,
-                                                               "weights": "last", **data}
+    assert json.loads((run_dir / "eval.json").read_text()) == {
+        "checkpoint": "step_00000003", "step": 3, "weights": "last", **data,
+        "settings": {"bpd": {"importance_samples": 1, "split": "test"}}}  # what each value was computed with
 
 
 def test_eval_unknown_metric_suggests(run_dir: Path) -> None:
@@ -96,6 +97,8 @@ def test_eval_fid_kid_prd_with_offline_weights(run_dir: Path) -> None:
     data = json.loads(out[out.index("{"):])
     assert data["fid"] > 0 and {"kid_mean", "prd_f8", "prd_f1_8", "prd_auc"} <= set(data)
     assert (run_dir / "prd.png").is_file()
+    settings = json.loads((run_dir / "eval.json").read_text())["settings"]
+    assert settings["fid"]["samples"] == settings["kid"]["samples"] == 16  # which --samples the values used
 
 
 def test_sweep_run_writes_one_directory_per_variant_and_a_summary(tmp_path: Path) -> None:
