@@ -7,7 +7,7 @@
                            and ema.safetensors with train.ema_decay
     <run>/samples/         sample and reconstruction grids (PNG)
     <run>/tb/              TensorBoard events (when tensorboard is installed)
-    <run>/eval.json        ``avade eval``: the checkpoint, step and weights evaluated, and its metrics
+    <run>/eval.json        ``avade eval``: the checkpoint, step and weights evaluated, its metrics and their settings
 """
 
 from __future__ import annotations
