@@ -336,9 +336,9 @@ class Registry:
 
             from avade import __version__
 
-            self.add_plugin(importlib.import_module(BUILTIN_MODULE), "avade", __version__, "avade")
-            known.add("avade")
-            dists.add("avade")
+            self.add_plugin(importlib.import_module(BUILTIN_MODULE), BUILTIN_DIST, __version__, BUILTIN_DIST)
+            known.add(BUILTIN_DIST)
+            dists.add(BUILTIN_DIST)
         for ep in found:
             dist = ep.dist.name if ep.dist is not None else ep.name
             version = ep.dist.version if ep.dist is not None else ""
