@@ -580,3 +580,11 @@ def test_an_avade_cache_that_is_a_file_is_named(run_dir: Path, tmp_path: Path, m
     monkeypatch.setenv("AVADE_CACHE", str(afile))
     result, out = _invoke("eval", str(run_dir), "--metrics", "bpd", "--device", "cpu")
     assert result.exit_code == 2 and "AVADE_CACHE: cannot use" in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_the_done_line_says_when_the_figures_are_of_averaged_weights(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=2", "train.ema_decay=0.5")))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    assert "(averaged weights)" in out.strip().splitlines()[-1]

@@ -44,7 +44,8 @@ def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: s
     summary = trainer.fit()
     if trainer.dist.is_main:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float))
-        console.print(f"[green]done[/]: {escape(recipe.name)}: {shown}")
+        weights = " (averaged weights)" if summary.get("weights") == "ema" else ""
+        console.print(f"[green]done[/]: {escape(recipe.name)}: {shown}{weights}")
     return summary
 
 
