@@ -366,6 +366,10 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
     """:func:`evaluate_run`'s results and which weights they are of ("ema" or "last")."""
     ctx = load_run(run_dir, device, checkpoint, ema)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
+    if not names:
+        example = "bpd,fid" if ctx.recipe.variant in LIKELIHOOD_VARIANTS else "fid,kid,is"
+        raise ConfigError(f"nothing to evaluate: the run's recipe has an empty eval.metrics; choose metrics, e.g. "
+                          f"--metrics {example}")
     if not metrics and ctx.recipe.variant not in LIKELIHOOD_VARIANTS:
         # As in training: the default metric (bpd) does not apply to a model without a likelihood.
         names = [m for m in names if m != "bpd"]

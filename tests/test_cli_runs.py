@@ -588,3 +588,13 @@ def test_the_done_line_says_when_the_figures_are_of_averaged_weights(tmp_path: P
     result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
     assert result.exit_code == 0, out
     assert "(averaged weights)" in out.strip().splitlines()[-1]
+
+
+def test_eval_of_a_run_without_eval_metrics_asks_for_some(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=1", "eval.metrics=[]")))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    result, out = _invoke("eval", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 2 and "nothing to evaluate" in out and "--metrics bpd,fid" in out, out
+    assert not (tmp_path / "run" / "eval.json").exists()
