@@ -52,6 +52,11 @@ class TrainingError(AvadeError):
     """Training cannot continue (e.g. too many consecutive non-finite steps)."""
 
 
+class StoppedError(AvadeError):
+    """Training was asked to stop (SIGTERM) and stopped at a step boundary, checkpoint saved; a sweep stops
+    with it rather than going on to its next variant."""
+
+
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
     """A ``" (did you mean 'x'?)"`` suffix, or ``""`` when nothing is close."""
     close = difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)

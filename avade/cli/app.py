@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from avade import __version__
-from avade.errors import AvadeError, ConfigError
+from avade.errors import AvadeError, ConfigError, StoppedError
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -67,6 +68,8 @@ class _Group(typer.core.TyperGroup):
         except BrokenPipeError:  # `avade ... | head`: the reader left; nothing to report
             sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush at exit
             raise typer.Exit(0) from None
+        except StoppedError as exc:  # SIGTERM honoured: the conventional exit status of a terminated process
+            _fail(str(exc), 128 + signal.SIGTERM)
         except AvadeError as exc:
             if _DEBUG["on"]:
                 raise

@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, TrainingError
+from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
 from avade.losses.adversarial import CollapseDetector, discriminator_loss, generator_loss, gradient_penalty
 from avade.models import GenerativeModel, build_model
@@ -46,6 +46,7 @@ from avade.train.distributed import (
 )
 from avade.train.ema import WeightAverage
 from avade.train.logger import MetricsLogger
+from avade.train.preemption import StopRequest, stop_on_sigterm
 from avade.train.rundir import RunDir, atomic_write_text, write_json
 
 
@@ -479,7 +480,7 @@ class Trainer:
         from avade.train.progress import TrainProgress
 
         with TrainProgress(self.console, total=cfg.steps, start=self.step,
-                           enabled=self.progress and self.dist.is_main) as bar:
+                           enabled=self.progress and self.dist.is_main) as bar, stop_on_sigterm() as stop:
             while self.step < cfg.steps:
                 x, y = next(batches)
                 logs = self.train_step(x, y)
@@ -503,7 +504,9 @@ class Trainer:
                 logs["images_per_s"] = images / max(elapsed, 1e-9)
                 bar.update(self.step, logs)
                 log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
-                save_now = self.bad_steps == 0 and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps)
+                stopping = self._stop_requested(stop)
+                save_now = self.bad_steps == 0 and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+                                                    or stopping)
                 # One all-reduce per step that needs the job's values; every process gets here together.
                 job_logs = self._global_logs(logs) if log_now or save_now else logs
                 if log_now:
@@ -514,6 +517,12 @@ class Trainer:
                     logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
                 if save_now:
                     self.save(job_logs.get("bpd"))
+                if stopping and self.step < cfg.steps:
+                    logger.close()
+                    saved = (f"checkpoint step_{self.step:08d} saved" if save_now
+                             else f"no checkpoint: the last step was not finite; {self._last_good_checkpoint()}")
+                    raise StoppedError(f"stopped by {stop.signal or 'a signal to another process'} at step "
+                                        f"{self.step} of {cfg.steps}: {saved}; continue with --resume")
         self.write_grids("final")
         summary: dict[str, Any] = {"recipe": self.recipe.name, "variant": self.recipe.variant, "steps": self.step,
                                    "train_images_per_s": images / max(time.perf_counter() - t0, 1e-9)
@@ -542,6 +551,14 @@ class Trainer:
         if error is not None:
             raise TrainingError(error)
         return summary
+
+    def _stop_requested(self, stop: StopRequest) -> bool:
+        """Whether to stop after this step (SIGTERM). Under data parallelism every process must decide
+        the same at the same step (the checkpoint is a collective): one all-reduce of the flags per step."""
+        wanted = stop.signal is not None
+        if not self.dist.enabled:
+            return wanted
+        return all_sum([float(wanted)], self.dist, self.device)[0] > 0
 
     def _sync_flow_statistics(self) -> None:
         """Data parallel: the running averages of the batch-norm flows, with which f^-1 turns samples into

@@ -60,3 +60,33 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in
              (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps), "metrics.jsonl must not repeat the replayed steps"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX")
+def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resume_is_bit_identical(tmp_path):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict(f"train.steps={STEPS}", "train.checkpoint_every=1000",
+                                              "train.log_every=1")))
+    ref, stopped = tmp_path / "ref", tmp_path / "stopped"
+    subprocess.run(_cmd(recipe, ref), check=True, env=_env(), capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(_cmd(recipe, stopped), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.monotonic() + 240
+    metrics = stopped / "metrics.jsonl"  # a line per step: training has started
+    while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    kept = ckpt.list_checkpoints(stopped / "checkpoints")
+    assert len(kept) == 1 and 0 < ckpt.checkpoint_step(kept[0]) < STEPS, out  # saved at the stop, not at 1000
+    assert f"stopped by SIGTERM at step {ckpt.checkpoint_step(kept[0])} of {STEPS}" in out and "--resume" in out
+
+    subprocess.run(_cmd(recipe, stopped, "--resume"), check=True, env=_env(), capture_output=True, timeout=300)
+    a = ckpt.read_checkpoint(ref / "checkpoints" / f"step_{STEPS:08d}")
+    b = ckpt.read_checkpoint(stopped / "checkpoints" / f"step_{STEPS:08d}")
+    for part in ("model", "optimizer"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}:{key}"
