@@ -356,3 +356,32 @@ def test_process_group_waits_out_a_long_rank0_evaluation(monkeypatch):
         monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
         with pytest.raises(ConfigError, match=distributed.TIMEOUT_ENV):
             distributed.collective_timeout()
+
+
+@pytest.mark.slow
+def test_torchrun_sigterm_stops_every_process_at_one_step_with_a_checkpoint(tmp_path):
+    import time
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=400", "train.checkpoint_every=1000", "train.log_every=1")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "avade", "recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 200
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and job.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to both processes
+    try:
+        out, _ = job.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.communicate()
+        pytest.fail("the job hung after SIGTERM")
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert len(kept) == 1, out  # one checkpoint: both processes stopped after the same step
+    step = int(kept[0].removeprefix("step_"))
+    assert out.count(f"stopped by SIGTERM at step {step} of 400") >= 1, out
+    assert json.loads((tmp_path / "run" / "checkpoints" / kept[0] / "state.json").read_text())["world"] == 2
