@@ -28,14 +28,31 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def _reference_run(tmp_path, *overrides):
+    """A tiny recipe of ``STEPS`` steps and its uninterrupted run (``tmp_path/ref``)."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict(f"train.steps={STEPS}", *overrides)))
+    subprocess.run(_cmd(recipe, tmp_path / "ref"), check=True, env=_env(), capture_output=True, timeout=300)
+    return recipe, tmp_path / "ref"
+
+
+def _final_checkpoints(ref, other):
+    """The last checkpoints of two runs, read."""
+    return (ckpt.read_checkpoint(ref / "checkpoints" / f"step_{STEPS:08d}"),
+            ckpt.read_checkpoint(other / "checkpoints" / f"step_{STEPS:08d}"))
+
+
+def _assert_same_weights(a, b):
+    for part in ("model", "optimizer"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}:{key}"
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(tomli_w.dumps(tiny_dict(f"train.steps={STEPS}", "train.checkpoint_every=10",
-                                              "train.log_every=10")))
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(_cmd(recipe, ref), check=True, env=_env(), capture_output=True, timeout=300)
-
+    recipe, ref = _reference_run(tmp_path, "train.checkpoint_every=10", "train.log_every=10")
+    killed = tmp_path / "killed"
     proc = subprocess.Popen(_cmd(recipe, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     first = killed / "checkpoints" / "step_00000010"
@@ -48,12 +65,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert done and done[-1].name != f"step_{STEPS:08d}"
 
     subprocess.run(_cmd(recipe, killed, "--resume"), check=True, env=_env(), capture_output=True, timeout=300)
-    a = ckpt.read_checkpoint(ref / "checkpoints" / f"step_{STEPS:08d}")
-    b = ckpt.read_checkpoint(killed / "checkpoints" / f"step_{STEPS:08d}")
-    for part in ("model", "optimizer"):
-        assert a[part].keys() == b[part].keys()
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}:{key}"
+    a, b = _final_checkpoints(ref, killed)
+    _assert_same_weights(a, b)
     # The collapse detector's window too (not restored, the resumed run's would hold only its own steps).
     assert a["state"]["collapse"]["steps"] == STEPS
     assert a["state"]["collapse"] == b["state"]["collapse"]
@@ -64,12 +77,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX")
 def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resume_is_bit_identical(tmp_path):
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(tomli_w.dumps(tiny_dict(f"train.steps={STEPS}", "train.checkpoint_every=1000",
-                                              "train.log_every=1")))
-    ref, stopped = tmp_path / "ref", tmp_path / "stopped"
-    subprocess.run(_cmd(recipe, ref), check=True, env=_env(), capture_output=True, timeout=300)
-
+    recipe, ref = _reference_run(tmp_path, "train.checkpoint_every=1000", "train.log_every=1")
+    stopped = tmp_path / "stopped"
     proc = subprocess.Popen(_cmd(recipe, stopped), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     deadline = time.monotonic() + 240
@@ -85,8 +94,4 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resume_is_bit_identical(t
     assert f"stopped by SIGTERM at step {ckpt.checkpoint_step(kept[0])} of {STEPS}" in out and "--resume" in out
 
     subprocess.run(_cmd(recipe, stopped, "--resume"), check=True, env=_env(), capture_output=True, timeout=300)
-    a = ckpt.read_checkpoint(ref / "checkpoints" / f"step_{STEPS:08d}")
-    b = ckpt.read_checkpoint(stopped / "checkpoints" / f"step_{STEPS:08d}")
-    for part in ("model", "optimizer"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}:{key}"
+    _assert_same_weights(*_final_checkpoints(ref, stopped))
