@@ -53,8 +53,13 @@ class TrainingError(AvadeError):
 
 
 class StoppedError(AvadeError):
-    """Training was asked to stop (SIGTERM) and stopped at a step boundary, checkpoint saved; a sweep stops
-    with it rather than going on to its next variant."""
+    """Training was asked to stop (SIGTERM, or a first Ctrl-C) and stopped at a step boundary, checkpoint
+    saved; a sweep stops with it rather than going on to its next variant. ``signal_name`` is the signal
+    that asked (``"SIGTERM"`` when another process of the job was signalled)."""
+
+    def __init__(self, message: str, signal_name: str = "SIGTERM") -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:

@@ -68,8 +68,8 @@ class _Group(typer.core.TyperGroup):
         except BrokenPipeError:  # `avade ... | head`: the reader left; nothing to report
             sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush at exit
             raise typer.Exit(0) from None
-        except StoppedError as exc:  # SIGTERM honoured: the conventional exit status of a terminated process
-            _fail(str(exc), 128 + signal.SIGTERM)
+        except StoppedError as exc:  # the conventional exit status of a process ended by that signal
+            _fail(str(exc), 128 + signal.Signals[exc.signal_name])
         except AvadeError as exc:
             if _DEBUG["on"]:
                 raise

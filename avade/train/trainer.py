@@ -46,7 +46,7 @@ from avade.train.distributed import (
 )
 from avade.train.ema import WeightAverage
 from avade.train.logger import MetricsLogger
-from avade.train.preemption import StopRequest, stop_on_sigterm
+from avade.train.preemption import StopRequest, stop_on_signals
 from avade.train.rundir import RunDir, atomic_write_text, write_json
 
 
@@ -480,7 +480,8 @@ class Trainer:
         from avade.train.progress import TrainProgress
 
         with TrainProgress(self.console, total=cfg.steps, start=self.step,
-                           enabled=self.progress and self.dist.is_main) as bar, stop_on_sigterm() as stop:
+                           enabled=self.progress and self.dist.is_main) as bar, \
+                stop_on_signals(announce=self.dist.is_main) as stop:
             while self.step < cfg.steps:
                 x, y = next(batches)
                 logs = self.train_step(x, y)
@@ -522,7 +523,8 @@ class Trainer:
                     saved = (f"checkpoint step_{self.step:08d} saved" if save_now
                              else f"no checkpoint: the last step was not finite; {self._last_good_checkpoint()}")
                     raise StoppedError(f"stopped by {stop.signal or 'a signal to another process'} at step "
-                                        f"{self.step} of {cfg.steps}: {saved}; continue with --resume")
+                                       f"{self.step} of {cfg.steps}: {saved}; continue with --resume",
+                                       signal_name=stop.signal or "SIGTERM")
         self.write_grids("final")
         summary: dict[str, Any] = {"recipe": self.recipe.name, "variant": self.recipe.variant, "steps": self.step,
                                    "train_images_per_s": images / max(time.perf_counter() - t0, 1e-9)

@@ -358,8 +358,13 @@ def test_process_group_waits_out_a_long_rank0_evaluation(monkeypatch):
             distributed.collective_timeout()
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background test runner may have it ignored
+
+
 @pytest.mark.slow
-def test_torchrun_sigterm_stops_every_process_at_one_step_with_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["SIGTERM to torchrun", "Ctrl-C to the process group"])
+def test_torchrun_stop_signal_stops_every_process_at_one_step_with_a_checkpoint(tmp_path, ctrl_c):
     import time
 
     recipe = tmp_path / "tiny.toml"
@@ -368,20 +373,23 @@ def test_torchrun_sigterm_stops_every_process_at_one_step_with_a_checkpoint(tmp_
            "-m", "avade", "recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           start_new_session=True)
+                           start_new_session=True, preexec_fn=_default_sigint)
     metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 200
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and job.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.05)
-    job.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to both processes
+    if ctrl_c:  # as a terminal does: to every process, and torchrun passes it on once more
+        os.killpg(job.pid, signal.SIGINT)
+    else:
+        job.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to both processes
     try:
         out, _ = job.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         os.killpg(job.pid, signal.SIGKILL)
         job.communicate()
-        pytest.fail("the job hung after SIGTERM")
+        pytest.fail("the job hung after the signal")
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert len(kept) == 1, out  # one checkpoint: both processes stopped after the same step
     step = int(kept[0].removeprefix("step_"))
-    assert out.count(f"stopped by SIGTERM at step {step} of 400") >= 1, out
+    assert out.count(f"stopped by {'SIGINT' if ctrl_c else 'SIGTERM'} at step {step} of 400") >= 1, out
     assert json.loads((tmp_path / "run" / "checkpoints" / kept[0] / "state.json").read_text())["world"] == 2

@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL and resumed ends bit-identical to an uninterrupted run (CPU, fixed seed)."""
+"""A run killed with SIGKILL, or stopped by SIGTERM or Ctrl-C, and resumed ends bit-identical to an
+uninterrupted run (CPU, fixed seed)."""
 
 from __future__ import annotations
 
@@ -75,23 +76,30 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert steps == sorted(steps), "metrics.jsonl must not repeat the replayed steps"
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX")
-def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resume_is_bit_identical(tmp_path):
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background test runner may have it ignored
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM and SIGINT are POSIX")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_signal_stops_at_a_step_with_a_checkpoint_and_resume_is_bit_identical(tmp_path, signum):
     recipe, ref = _reference_run(tmp_path, "train.checkpoint_every=1000", "train.log_every=1")
     stopped = tmp_path / "stopped"
     proc = subprocess.Popen(_cmd(recipe, stopped), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 240
     metrics = stopped / "metrics.jsonl"  # a line per step: training has started
     while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert proc.returncode == 128 + signum, out
     kept = ckpt.list_checkpoints(stopped / "checkpoints")
     assert len(kept) == 1 and 0 < ckpt.checkpoint_step(kept[0]) < STEPS, out  # saved at the stop, not at 1000
-    assert f"stopped by SIGTERM at step {ckpt.checkpoint_step(kept[0])} of {STEPS}" in out and "--resume" in out
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} at step {ckpt.checkpoint_step(kept[0])} of {STEPS}" in out and "--resume" in out
+    assert ("press Ctrl-C again" in out) == (signum == signal.SIGINT), out
 
     subprocess.run(_cmd(recipe, stopped, "--resume"), check=True, env=_env(), capture_output=True, timeout=300)
     _assert_same_weights(*_final_checkpoints(ref, stopped))

@@ -1,0 +1,58 @@
+"""The signal handling of the training loop: SIGTERM and a first Ctrl-C ask for a stop at the next step
+boundary; a second Ctrl-C quits at once; an ignored SIGINT stays ignored; the handlers are restored."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import pytest
+
+from avade.train.preemption import stop_on_signals
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+def _raise(signum):
+    os.kill(os.getpid(), signum)
+
+
+def test_sigterm_and_a_first_ctrl_c_only_ask_for_a_stop(capsys):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with stop_on_signals() as stop:
+        _raise(signal.SIGTERM)
+        assert stop.signal == "SIGTERM"
+        _raise(signal.SIGTERM)  # a repeated SIGTERM changes nothing
+        _raise(signal.SIGINT)
+        assert stop.signal == "SIGTERM", "the first signal is the one reported"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert "press Ctrl-C again to quit now" in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_quits_at_once():
+    with stop_on_signals(announce=False, repeat_window_s=0.0) as stop:
+        _raise(signal.SIGINT)
+        assert stop.signal == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            _raise(signal.SIGINT)
+
+
+def test_a_repeat_within_the_window_is_the_same_request():
+    # torchrun forwards the terminal's Ctrl-C to workers that received it already
+    with stop_on_signals(announce=False, repeat_window_s=60.0) as stop:
+        _raise(signal.SIGINT)
+        _raise(signal.SIGINT)
+        assert stop.signal == "SIGINT"
+
+
+def test_an_ignored_sigint_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_on_signals(announce=False, repeat_window_s=0.0) as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            _raise(signal.SIGINT)
+            _raise(signal.SIGINT)
+            assert stop.signal is None
+    finally:
+        signal.signal(signal.SIGINT, previous)
