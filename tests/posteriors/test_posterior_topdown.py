@@ -98,3 +98,72 @@ def test_analytic_kl_matches_the_estimate_on_average() -> None:
         kl = post.analytic_kl(2, d[:1], h[:1])
     est = lq - lp
     assert abs(est.mean() - kl[0]) < 5 * est.std() / 4000**0.5
+
+
+def _model(iaf_steps: int = 0):
+    from avade.models.generative import GenerativeModel
+    from avade.models.preprocess import Preprocess
+
+    enc = avade.create("encoder", "conv", in_shape=(3, 8, 8), channels=[s[0] for s in STAGES])
+    return GenerativeModel(variant="vae", data_shape=(3, 8, 8), preprocess=Preprocess(0.0, logit=False),
+                           flow=None, encoder=enc, posterior=make(iaf_steps=iaf_steps),
+                           decoder=avade.create("decoder", "conv", stage_shapes=STAGES, out_shape=(3, 8, 8)))
+
+
+def _record_groups(post) -> tuple[list, list]:
+    """Hooks recording, per call of each group, its inputs ``(i, d, h)`` and the sampled ``z``."""
+    inputs, zs = [], []
+    for i in post.stage_ids:
+        group = post.group(i)
+        group.register_forward_pre_hook(lambda _m, args, i=i: inputs.append((i, args[0], args[1])))
+        group.merge.register_forward_pre_hook(lambda _m, args: zs.append(args[0]))
+    return inputs, zs
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_prior_samples_through_the_model_have_the_priors_moments(temperature: float) -> None:
+    """Generation (the model's top-down pass, h = None): every group's z_i is mu_p(d) + T sigma_p(d) eps
+    given the state above it, and log_p is the untempered prior's density of that z."""
+    torch.manual_seed(4)
+    model = _model()
+    post = model.posterior
+    n = 6000
+    with torch.no_grad():
+        _, lq0, _ = model._top_down(n, None, None, temperature)  # at init every prior is N(0, I)
+        assert (lq0 == 0).all()
+        for i in post.stage_ids:
+            post.group(i).prior.scale.normal_(0, 0.5)  # priors now depend on the latents above
+        inputs, zs = _record_groups(post)
+        _, log_q, log_p = model._top_down(n, None, None, temperature)
+    assert [i for i, _, _ in inputs] == [2, 1, 0] and all(h is None for _, _, h in inputs)
+    total = torch.zeros(n)
+    for (i, d, _), z in zip(inputs, zs, strict=True):
+        mu_p, log_sigma_p = post.group(i).prior_params(d)
+        if i != 2:  # the top prior reads the learned constant; the lower ones the samples above
+            assert mu_p.std(0).mean() > 0.01
+        std_resid = (z - mu_p) / log_sigma_p.exp()
+        assert abs(float(std_resid.mean())) < 0.01
+        assert float(std_resid.std()) == pytest.approx(temperature, rel=0.01)
+        total += Normal(mu_p, log_sigma_p.exp()).log_prob(z).flatten(1).sum(1)
+    assert (log_q == 0).all()
+    torch.testing.assert_close(log_p, total)
+
+
+def test_model_kl_is_the_sum_of_per_group_kls() -> None:
+    """The model's single-sample KL averages to the sum over groups of each group's closed-form KL
+    given the state above it (E[log q - log p] = sum_i E[KL_i])."""
+    torch.manual_seed(6)
+    model = _model()
+    post = model.posterior
+    n = 4000
+    x = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8).expand(n, -1, -1, -1)
+    with torch.no_grad():
+        for i in post.stage_ids:
+            post.group(i).prior.scale.normal_(0, 0.5)
+        inputs, _ = _record_groups(post)
+        out = model.log_likelihood(x)
+        per_group = [post.analytic_kl(i, d, h) for i, d, h in inputs]
+    assert len(per_group) == 3 and all((k > 0).all() for k in per_group)
+    diff = out["kl"] - sum(per_group)
+    assert abs(float(diff.mean())) < 5 * float(diff.std()) / n**0.5
+    torch.testing.assert_close(out["log_px"], out["recon"] - out["kl"] + out["logdet"])
