@@ -17,6 +17,10 @@ class DiagonalConfig:
     latent_channels: int = attrs.field(default=32, validator=ge(1), metadata={"help": "z channels per group"})
     norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of the convs"})
     residual: bool = attrs.field(default=False, metadata={"help": "q parametrized relative to the prior"})
+    free_bits: float = attrs.field(
+        default=0.0, validator=ge(0.0),
+        metadata={"help": "free bits (openai/iaf kl_min): nats per latent channel and group below which the "
+                          "batch-average KL gets no gradient; 0 = off; the reported bound is unchanged"})
 
 
 class DiagonalPosterior(LatentModel):
@@ -25,5 +29,5 @@ class DiagonalPosterior(LatentModel):
     def __init__(self, cfg: DiagonalConfig, *, stage_shapes: Sequence[Sequence[int]],
                  num_classes: int | None = None) -> None:
         super().__init__(stage_shapes, [len(stage_shapes) - 1], latent_channels=cfg.latent_channels,
-                         norm=cfg.norm, num_classes=num_classes, residual=cfg.residual,
+                         norm=cfg.norm, num_classes=num_classes, residual=cfg.residual, free_bits=cfg.free_bits,
                          who="posterior 'diagonal'")

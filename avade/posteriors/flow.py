@@ -40,9 +40,10 @@ class IAFStep(nn.Module):
         self.mid = MaskedConv2d(hidden, hidden, kernel, hid, hid, strict=False)
         self.out = MaskedConv2d(hidden, 2 * latent, kernel, hid, self.order.repeat(2), strict=True)
 
-    def forward(self, z: torch.Tensor, context: torch.Tensor | None = None
+    def forward(self, z: torch.Tensor, context: torch.Tensor | None = None, elementwise: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z_new, log|det dz_new/dz|)`` with the log-determinant of shape ``[B]``."""
+        """``(z_new, log|det dz_new/dz|)`` with the log-determinant of shape ``[B]`` (``elementwise``: its
+        terms ``log sigma``, shaped like ``z``)."""
         h = self.inp(z)
         if self.ctx is not None and context is not None:
             h = h + self.ctx(context)
@@ -50,7 +51,8 @@ class IAFStep(nn.Module):
         m, s = self.out(elu(h)).chunk(2, dim=1)
         s = s + FORGET_BIAS
         gate = torch.sigmoid(s)
-        return gate * z + (1 - gate) * m, F.logsigmoid(s).flatten(1).sum(1)
+        log_gate = F.logsigmoid(s)
+        return gate * z + (1 - gate) * m, (log_gate if elementwise else log_gate.flatten(1).sum(1))
 
 
 class IAFFlow(nn.Module):
@@ -62,10 +64,10 @@ class IAFFlow(nn.Module):
             IAFStep(latent, hidden, context, kernel, reverse=bool(t % 2)) for t in range(steps)
         )
 
-    def forward(self, z: torch.Tensor, context: torch.Tensor | None = None
+    def forward(self, z: torch.Tensor, context: torch.Tensor | None = None, elementwise: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = z.new_zeros(z.shape[0])
+        logdet = torch.zeros_like(z) if elementwise else z.new_zeros(z.shape[0])
         for step in self.steps:
-            z, ld = step(z, context)
+            z, ld = step(z, context, elementwise)
             logdet = logdet + ld
         return z, logdet

@@ -21,15 +21,18 @@ def _sum(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).sum(1)
 
 
-def normal_log_prob(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    """``log N(z; mu, exp(log_sigma)^2)`` summed over all but the batch dimension: ``[B]``."""
-    eps = (z - mu) * torch.exp(-log_sigma)
-    return _sum(-0.5 * eps.square() - log_sigma - 0.5 * LOG_2PI)
+def normal_log_prob(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor,
+                    elementwise: bool = False) -> torch.Tensor:
+    """``log N(z; mu, exp(log_sigma)^2)`` summed over all but the batch dimension: ``[B]`` (``elementwise``:
+    not summed, shaped like ``z``)."""
+    return standard_log_prob((z - mu) * torch.exp(-log_sigma), log_sigma, elementwise)
 
 
-def standard_log_prob(eps: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    """``log N(mu + sigma eps; mu, sigma^2)`` from the noise ``eps`` itself (no cancellation): ``[B]``."""
-    return _sum(-0.5 * eps.square() - log_sigma - 0.5 * LOG_2PI)
+def standard_log_prob(eps: torch.Tensor, log_sigma: torch.Tensor, elementwise: bool = False) -> torch.Tensor:
+    """``log N(mu + sigma eps; mu, sigma^2)`` from the noise ``eps`` itself (no cancellation): ``[B]``
+    (``elementwise``: not summed)."""
+    lp = -0.5 * eps.square() - log_sigma - 0.5 * LOG_2PI
+    return lp if elementwise else _sum(lp)
 
 
 def gaussian_kl(mu_q: torch.Tensor, log_sigma_q: torch.Tensor, mu_p: torch.Tensor,

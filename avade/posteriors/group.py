@@ -30,15 +30,20 @@ class LatentGroup(nn.Module):
     - posterior ``q(z|h,d) = N(mu_q, sigma_q)`` from ``conv3x3(elu([h, d]))`` (eq. 7-8), relative to the
       prior when ``residual`` (``mu_q = mu_p + dmu``, ``log sigma_q = log sigma_p + dlog sigma``); its
       sample optionally goes through ``iaf_steps`` IAF steps whose context also comes from that conv;
-    - merge: ``d + conv3x3(z)``.
+    - merge: ``d + conv3x3(z)``;
+    - ``free_bits`` > 0 (the "free bits" of Kingma et al. 2016, openai/iaf's ``kl_min``): in a training pass
+      with gradients, a latent channel whose KL (summed over positions, averaged over the batch) is below
+      ``free_bits`` nats gets no KL gradient, the gradient of ``sum_c max(KL_c, free_bits)``. Only the
+      gradient changes: ``log_q`` keeps its value, so the reported bound stays the true ELBO.
     """
 
     def __init__(self, channels: int, latent: int, *, norm: str = "weight-norm",
                  num_classes: int | None = None, iaf_steps: int = 0, iaf_hidden: int = 64,
-                 iaf_kernel: int = 3, residual: bool = False) -> None:
+                 iaf_kernel: int = 3, residual: bool = False, free_bits: float = 0.0) -> None:
         super().__init__()
         self.latent = latent
         self.residual = residual
+        self.free_bits = float(free_bits)
         self.context = iaf_hidden if iaf_steps else 0
         opts = {"norm": norm, "num_classes": num_classes}
         self.prior = ZeroScaled(conv(channels, 2 * latent, 3, **opts), 2 * latent)
@@ -69,18 +74,24 @@ class LatentGroup(nn.Module):
         ``noise`` (standard normal, shape of z) replaces the random draw, e.g. for fixed-noise grids. The
         returned log_p is under the untempered prior; log_q is 0 for prior samples.
         """
+        return self._draw(d, h, temperature, noise, elementwise=False)
+
+    def _draw(self, d: torch.Tensor, h: torch.Tensor | None, temperature: float,
+              noise: torch.Tensor | None, elementwise: bool) -> LatentSample:
+        """:meth:`sample`, with log_q and log_p per element (shaped like z) when ``elementwise``."""
         mu_p, log_sigma_p = self.prior_params(d)
         eps = torch.randn_like(mu_p) if noise is None else noise
         if h is None:
             z = mu_p + temperature * torch.exp(log_sigma_p) * eps
-            return LatentSample(z, z.new_zeros(z.shape[0]), normal_log_prob(z, mu_p, log_sigma_p))
+            log_q = torch.zeros_like(z) if elementwise else z.new_zeros(z.shape[0])
+            return LatentSample(z, log_q, normal_log_prob(z, mu_p, log_sigma_p, elementwise))
         mu_q, log_sigma_q, ctx = self.posterior_params(d, h, (mu_p, log_sigma_p))
         z = mu_q + torch.exp(log_sigma_q) * eps
-        log_q = standard_log_prob(eps, log_sigma_q)
+        log_q = standard_log_prob(eps, log_sigma_q, elementwise)
         if self.flow is not None:
-            z, logdet = self.flow(z, ctx)
+            z, logdet = self.flow(z, ctx, elementwise)
             log_q = log_q - logdet
-        return LatentSample(z, log_q, normal_log_prob(z, mu_p, log_sigma_p))
+        return LatentSample(z, log_q, normal_log_prob(z, mu_p, log_sigma_p, elementwise))
 
     def analytic_kl(self, d: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Closed-form ``KL(q(z|h,d) || p(z|d))`` per sample ([B]); only without IAF."""
@@ -93,5 +104,18 @@ class LatentGroup(nn.Module):
     def forward(self, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(d + merge(z), log_q, log_p)``."""
-        s = self.sample(d, h, temperature)
-        return d + self.merge(s.z), s.log_q, s.log_p
+        if h is None or self.free_bits <= 0 or not (self.training and torch.is_grad_enabled()):
+            s = self.sample(d, h, temperature)
+            return d + self.merge(s.z), s.log_q, s.log_p
+        s = self._draw(d, h, temperature, None, elementwise=True)
+        log_q = s.log_q.flatten(1).sum(1) - free_bits_gradient(s.log_q - s.log_p, self.free_bits)
+        return d + self.merge(s.z), log_q, s.log_p.flatten(1).sum(1)
+
+
+def free_bits_gradient(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """Per sample ([B]), a term of value 0 whose gradient is that of the KL of the channels of ``kl``
+    ([B, Z, H, W], per element) whose KL (summed over positions, averaged over the batch) is below
+    ``free_bits``: subtracted from log q, it removes their KL gradient (free bits)."""
+    per_channel = kl.flatten(2).sum(2)  # [B, Z]
+    below = (per_channel.detach().mean(0) < free_bits).to(per_channel.dtype)
+    return ((per_channel - per_channel.detach()) * below).sum(1)

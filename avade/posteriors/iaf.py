@@ -23,6 +23,10 @@ class IAFConfig:
         default=3, metadata={"help": "IAF kernel: 1 = channel-autoregressive, 3/5 = also over positions"})
     norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of the convs"})
     residual: bool = attrs.field(default=False, metadata={"help": "q parametrized relative to the prior"})
+    free_bits: float = attrs.field(
+        default=0.0, validator=ge(0.0),
+        metadata={"help": "free bits (openai/iaf kl_min): nats per latent channel and group below which the "
+                          "batch-average KL gets no gradient; 0 = off; the reported bound is unchanged"})
 
 
 class IAFPosterior(LatentModel):
@@ -34,4 +38,4 @@ class IAFPosterior(LatentModel):
         super().__init__(stage_shapes, [len(stage_shapes) - 1], latent_channels=cfg.latent_channels,
                          norm=cfg.norm, num_classes=num_classes, iaf_steps=cfg.iaf_steps,
                          iaf_hidden=cfg.iaf_hidden, iaf_kernel=cfg.iaf_kernel, residual=cfg.residual,
-                         who="posterior 'iaf'")
+                         free_bits=cfg.free_bits, who="posterior 'iaf'")
