@@ -20,6 +20,7 @@ from avade.recipe.schema import (
     ADVERSARIAL_VARIANTS,
     DEFAULT_COMPONENTS,
     FLOW_VARIANTS,
+    LIKELIHOOD_VARIANTS,
     MODEL_COMPONENTS,
     ComponentRef,
     DataOptions,
@@ -398,6 +399,10 @@ def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_
             source=source,
         )
         _check_metrics_fit_model(recipe.eval.metrics, recipe.model)
+        if recipe.train.kl_warmup_steps and recipe.variant not in LIKELIHOOD_VARIANTS:
+            raise ConfigError(f"variant '{recipe.variant}' has no KL term to warm up; remove "
+                              "train.kl_warmup_steps, or train a variant with latents (av-ade, v-ade, av-gde, vae)",
+                              path="train.kl_warmup_steps")
         return recipe
     except ConfigError as exc:
         raise ConfigError(one_line(exc.detail), path=one_line(exc.path),

@@ -140,6 +140,10 @@ class TrainSection:
         default=False, metadata={"help": "let L_Q train the flow f too (paper: f gets L_C only)"})
     warmup_steps: int = attrs.field(default=0, validator=ge(0),
                                     metadata={"help": "MLE-only steps before joint training (app. F)"})
+    kl_warmup_steps: int = attrs.field(
+        default=0, validator=ge(0),
+        metadata={"help": "KL warm-up (annealing): the KL term of L_C is weighted (step + 1) / this, up to 1, in "
+                          "the training objective (the logged bound stays the true one); 0 = off (the paper)"})
     grad_clip: float | None = attrs.field(default=None, validator=gt(0.0))
     max_bad_steps: int = attrs.field(default=20, validator=ge(1),
                                      metadata={"help": "stop after this many consecutive non-finite steps"})

@@ -356,6 +356,12 @@ class Trainer:
         opt.step()
         return True
 
+    def kl_weight(self) -> float:
+        """The KL term's weight in the objective at this step: ``(step + 1) / train.kl_warmup_steps`` up to 1
+        (1 without warm-up). A function of the step alone, so a resumed run continues the same schedule."""
+        warmup = self.cfg.kl_warmup_steps
+        return 1.0 if not warmup else min(1.0, (self.step + 1) / warmup)
+
     def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One step of Algorithm 1 on a batch of uint8 images; returns the logged scalars.
 
@@ -400,8 +406,13 @@ class Trainer:
             if self.likelihood:
                 out = self.log_likelihood(x, labels_in, self.noise)
                 l_c = -out["log_px"].mean()
-                loss = loss + l_c
-                scalars.update(l_c=l_c, bpd=out["bpd"].mean(), kl=out["kl"].mean())
+                kl = out["kl"].mean()
+                kl_weight = self.kl_weight()
+                # KL warm-up: the objective weighs the KL by kl_weight; l_c and bpd are logged as the true bound.
+                loss = loss + (l_c if kl_weight == 1.0 else l_c - (1.0 - kl_weight) * kl)
+                scalars.update(l_c=l_c, bpd=out["bpd"].mean(), kl=kl)
+                if kl_weight < 1.0:
+                    scalars["kl_weight"] = kl.new_tensor(kl_weight)
             if fake is not None:
                 disc = model.discriminator
                 assert disc is not None
