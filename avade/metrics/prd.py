@@ -47,10 +47,13 @@ def prd_curve(eval_dist: np.ndarray, ref_dist: np.ndarray, num_angles: int = 100
     """PRD curve ``(precision, recall)`` of the discrete distribution ``eval_dist`` w.r.t. ``ref_dist``.
 
     Angles run from ``epsilon`` to ``pi/2 - epsilon`` (the end points themselves give 0/0), so precision
-    is non-decreasing and recall non-increasing along the returned arrays.
+    is non-decreasing and recall non-increasing along the returned arrays. ``epsilon`` must be in
+    (0, 0.1), as in the reference code.
     """
     if num_angles < 3:
         raise ValueError(f"num_angles must be >= 3, got {num_angles}")
+    if not 0.0 < epsilon < 0.1:  # 0 gives the slope 0 (recall 0/0 = nan); >= pi/4 reverses the grid
+        raise ValueError(f"epsilon must be in (0, 0.1), got {epsilon}")
     q = np.asarray(eval_dist, dtype=np.float64)[None, :]
     p = np.asarray(ref_dist, dtype=np.float64)[None, :]
     slopes = np.tan(np.linspace(epsilon, math.pi / 2 - epsilon, num_angles))[:, None]

@@ -190,3 +190,11 @@ def test_prd_from_features_follows_the_reference_clustering() -> None:
     precision, recall = prd_from_features(torch.as_tensor(ev), ref, seed=7)
     np.testing.assert_allclose(precision, np.mean(precisions, axis=0), rtol=0, atol=1e-12)
     np.testing.assert_allclose(recall, np.mean(recalls, axis=0), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, -1e-3, 0.1, 1.0, math.nan])
+def test_prd_curve_refuses_an_epsilon_outside_the_reference_range(epsilon: float) -> None:
+    # epsilon = 0 gives the slope 0 and recall 0/0 = nan (and a nan F_8); epsilon >= pi/4 reverses the
+    # grid. The reference accepts 0 < epsilon < 0.1.
+    with pytest.raises(ValueError, match="epsilon"):
+        prd_curve(np.array([0.5, 0.5]), np.array([0.5, 0.5]), epsilon=epsilon)
