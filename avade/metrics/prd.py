@@ -111,14 +111,17 @@ def max_f_beta(precision: np.ndarray, recall: np.ndarray, beta: float = 8.0,
 def prd_auc(precision: np.ndarray, recall: np.ndarray) -> float:
     """Area under the precision-recall curve (precision integrated over recall), in [0, 1].
 
-    The curve is closed with its end points on the axes: ``(0, p_max)`` and ``(r_max, 0)`` are where it
-    tends as the angle reaches pi/2 and 0.
+    The points are taken in curve order, as :func:`prd_curve` returns them (either direction), and
+    joined by chords; the curve is closed with its end points on the axes: ``(0, p_max)`` and
+    ``(r_max, 0)`` are where it tends as the angle reaches pi/2 and 0. (Sorting the points by recall
+    instead would scramble the many slopes whose recall is ``r_max`` up to round-off.)
     """
     p, r = np.asarray(precision, dtype=np.float64), np.asarray(recall, dtype=np.float64)
-    order = np.argsort(r, kind="stable")
-    r_sorted = np.concatenate([[0.0], r[order], [r.max()]])
-    p_sorted = np.concatenate([[p[order][0]], p[order], [0.0]])
-    area = float(np.sum((r_sorted[1:] - r_sorted[:-1]) * (p_sorted[1:] + p_sorted[:-1]) / 2))
+    if r[0] > r[-1]:  # walk from the steep end (recall ~ 0) to the flat end (precision ~ 0)
+        p, r = p[::-1], r[::-1]
+    r_path = np.concatenate([[0.0], r, [r[-1]]])
+    p_path = np.concatenate([[p[0]], p, [0.0]])
+    area = float(np.sum((r_path[1:] - r_path[:-1]) * (p_path[1:] + p_path[:-1]) / 2))
     return min(max(area, 0.0), 1.0)
 
 

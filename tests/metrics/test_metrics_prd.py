@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -198,3 +199,40 @@ def test_prd_curve_refuses_an_epsilon_outside_the_reference_range(epsilon: float
     # grid. The reference accepts 0 < epsilon < 0.1.
     with pytest.raises(ValueError, match="epsilon"):
         prd_curve(np.array([0.5, 0.5]), np.array([0.5, 0.5]), epsilon=epsilon)
+
+
+def _exact_area(q: np.ndarray, p: np.ndarray) -> float:
+    """Area under the exact PRD curve, ``integral alpha d(beta)`` over lambda from infinity to 0.
+
+    Between consecutive ratios ``Q(i)/P(i)``, ``alpha = lambda A + B`` and ``beta = A + B/lambda`` with
+    ``A = sum P(i)`` over ``lambda P(i) < Q(i)`` and ``B = sum Q(i)`` over the rest, so the piece over
+    ``[lo, hi]`` is ``A B log(hi/lo) + B^2 (1/lo - 1/hi)``.
+    """
+    ratios = sorted({qi / pi for qi, pi in zip(q.tolist(), p.tolist(), strict=True) if pi > 0 and qi > 0})
+    edges = [0.0, *ratios, math.inf]
+    area = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        mid = hi / 2 if lo == 0 else (2 * lo if hi == math.inf else math.sqrt(lo * hi))
+        a = math.fsum(pi for qi, pi in zip(q, p, strict=True) if mid * pi < qi)
+        b = math.fsum(qi for qi, pi in zip(q, p, strict=True) if mid * pi >= qi)
+        if b > 0:  # b = 0 below the smallest ratio: alpha = 0 there
+            area += b * b / lo if hi == math.inf else a * b * math.log(hi / lo) + b * b * (1 / lo - 1 / hi)
+    return area
+
+
+def test_prd_auc_is_the_area_under_the_curve() -> None:
+    p = np.array([0.2, 0.3, 0.5])
+    assert _exact_area(p, p) == pytest.approx(1.0, abs=1e-12)
+    # Identical distributions: the curve is the square's two sides, area 1 (the recall of every slope
+    # below 1 is 1 up to round-off; ordering the points by those values used to lose 1e-3 of it).
+    assert prd_auc(*prd_curve(p, p)) == pytest.approx(1.0, abs=1e-9)
+    rng = np.random.default_rng(4)
+    for trial in range(60):
+        k = int(rng.integers(2, 25))
+        q, p = _random_pair(rng, k, zeros=trial % 2 == 1)
+        precision, recall = prd_curve(q, p)
+        # 1001 angles: the chords between grid points lose ~1e-6 of the area on these histograms (the
+        # points ordered by recall were up to 6e-4 off).
+        assert prd_auc(precision, recall) == pytest.approx(_exact_area(q, p), abs=1e-4), f"trial {trial}"
+        # Either direction along the curve gives the same area.
+        assert prd_auc(precision[::-1], recall[::-1]) == pytest.approx(prd_auc(precision, recall), abs=1e-15)
