@@ -20,7 +20,7 @@ denominator. Deliberate differences:
 - unequal set sizes are always refused (the reference's ``enforce_balance=False`` is not offered);
 - the area under the curve is avade's own summary, not the reference's.
 
-The mini-batch size is scikit-learn's default, as in the reference: 1024 since scikit-learn 1.2, 100 when
+The mini-batch size is scikit-learn's default, as in the reference: 1024 since scikit-learn 1.0, 100 when
 the reference was written, so clusterings (not the algorithm) differ slightly from 2018 numbers.
 """
 
