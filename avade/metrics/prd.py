@@ -9,6 +9,19 @@ each slope ``lambda = tan(angle)`` on an equiangular grid over (0, pi/2):
 The curve is averaged over independent clusterings. Summaries: max F_8 (weights recall: how much of
 the data the model covers) and max F_1/8 (weights precision: sample quality), and the area under the
 precision-recall curve (1 for identical distributions, 0 for disjoint supports).
+
+The computation follows the authors' code (``prd_score.py`` of msmsajjadi/precision-recall-distributions):
+1001 angles, epsilon 1e-10, the union of both sets clustered by scikit-learn's ``MiniBatchKMeans`` with
+``n_init=10`` and its other defaults, the curves of 10 clusterings averaged, F_beta with 1e-10 in the
+denominator. Deliberate differences:
+
+- each clustering is seeded (run ``i`` with ``seed + i``), so the metric is reproducible; the reference
+  leaves k-means unseeded;
+- unequal set sizes are always refused (the reference's ``enforce_balance=False`` is not offered);
+- the area under the curve is avade's own summary, not the reference's.
+
+The mini-batch size is scikit-learn's default, as in the reference: 1024 since scikit-learn 1.0, 100 when
+the reference was written, so clusterings (not the algorithm) differ slightly from 2018 numbers.
 """
 
 from __future__ import annotations
@@ -47,10 +60,13 @@ def prd_curve(eval_dist: np.ndarray, ref_dist: np.ndarray, num_angles: int = 100
     """PRD curve ``(precision, recall)`` of the discrete distribution ``eval_dist`` w.r.t. ``ref_dist``.
 
     Angles run from ``epsilon`` to ``pi/2 - epsilon`` (the end points themselves give 0/0), so precision
-    is non-decreasing and recall non-increasing along the returned arrays.
+    is non-decreasing and recall non-increasing along the returned arrays. ``epsilon`` must be in
+    (0, 0.1), as in the reference code.
     """
     if num_angles < 3:
         raise ValueError(f"num_angles must be >= 3, got {num_angles}")
+    if not 0.0 < epsilon < 0.1:  # 0 gives the slope 0 (recall 0/0 = nan); >= pi/4 reverses the grid
+        raise ValueError(f"epsilon must be in (0, 0.1), got {epsilon}")
     q = np.asarray(eval_dist, dtype=np.float64)[None, :]
     p = np.asarray(ref_dist, dtype=np.float64)[None, :]
     slopes = np.tan(np.linspace(epsilon, math.pi / 2 - epsilon, num_angles))[:, None]
@@ -108,14 +124,17 @@ def max_f_beta(precision: np.ndarray, recall: np.ndarray, beta: float = 8.0,
 def prd_auc(precision: np.ndarray, recall: np.ndarray) -> float:
     """Area under the precision-recall curve (precision integrated over recall), in [0, 1].
 
-    The curve is closed with its end points on the axes: ``(0, p_max)`` and ``(r_max, 0)`` are where it
-    tends as the angle reaches pi/2 and 0.
+    The points are taken in curve order, as :func:`prd_curve` returns them (either direction), and
+    joined by chords; the curve is closed with its end points on the axes: ``(0, p_max)`` and
+    ``(r_max, 0)`` are where it tends as the angle reaches pi/2 and 0. (Sorting the points by recall
+    instead would scramble the many slopes whose recall is ``r_max`` up to round-off.)
     """
     p, r = np.asarray(precision, dtype=np.float64), np.asarray(recall, dtype=np.float64)
-    order = np.argsort(r, kind="stable")
-    r_sorted = np.concatenate([[0.0], r[order], [r.max()]])
-    p_sorted = np.concatenate([[p[order][0]], p[order], [0.0]])
-    area = float(np.sum((r_sorted[1:] - r_sorted[:-1]) * (p_sorted[1:] + p_sorted[:-1]) / 2))
+    if r[0] > r[-1]:  # walk from the steep end (recall ~ 0) to the flat end (precision ~ 0)
+        p, r = p[::-1], r[::-1]
+    r_path = np.concatenate([[0.0], r, [r[-1]]])
+    p_path = np.concatenate([[p[0]], p, [0.0]])
+    area = float(np.sum((r_path[1:] - r_path[:-1]) * (p_path[1:] + p_path[:-1]) / 2))
     return min(max(area, 0.0), 1.0)
 
 

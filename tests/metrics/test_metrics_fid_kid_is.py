@@ -116,3 +116,40 @@ def test_inception_score_splits_as_the_reference_code(n) -> None:
     mean, std = inception_score(probs, splits=10)
     assert mean == pytest.approx(float(reference.mean()), rel=1e-12)
     assert std == pytest.approx(float(reference.std(unbiased=False)), rel=1e-9)
+
+
+def test_inception_score_equals_torchmetrics_on_the_same_logits() -> None:
+    # torchmetrics' InceptionScore shuffles the rows (torch.randperm on the global generator), cuts them
+    # with Tensor.chunk and reports the unbiased std; with N a multiple of splits, chunk's pieces are the
+    # reference's [i*N//splits, (i+1)*N//splits), so avade on the same permutation gives the same mean,
+    # and its population std (np.std, as OpenAI's code) times sqrt(S/(S-1)) is torchmetrics' std.
+    import warnings
+
+    from torchmetrics.image.inception import InceptionScore as TMInceptionScore
+
+    n, k, splits = 1000, 37, 10
+    logits = 3 * torch.randn(n, k, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "will save all extracted features in buffer"
+        tm = TMInceptionScore(feature=_Identity(k), splits=splits)
+    tm.update(logits)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        tm_mean, tm_std = tm.compute()
+        torch.manual_seed(5)
+        order = torch.randperm(n)
+    mean, std = inception_score(torch.softmax(logits[order], dim=1), splits=splits)
+    assert mean == pytest.approx(float(tm_mean), rel=1e-12)
+    assert std * math.sqrt(splits / (splits - 1)) == pytest.approx(float(tm_std), rel=1e-9)
+
+    # OpenAI's improved-gan inception_score.py, written out in numpy: exp(mean_x KL(p(y|x) || p(y))) per
+    # split, p(y) the split's mean; np.mean and np.std (population) over the splits.
+    probs = torch.softmax(logits, dim=1).numpy()
+    scores = []
+    for i in range(splits):
+        part = probs[i * n // splits:(i + 1) * n // splits]
+        kl = (part * (np.log(part) - np.log(part.mean(axis=0, keepdims=True)))).sum(axis=1).mean()
+        scores.append(np.exp(kl))
+    mean, std = inception_score(torch.softmax(logits, dim=1), splits=splits)
+    assert mean == pytest.approx(float(np.mean(scores)), rel=1e-12)
+    assert std == pytest.approx(float(np.std(scores)), rel=1e-9)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from metric_helpers import FakeContext, pool_sampler
+from torch import Tensor
 
 from avade.errors import AvadeError
 from avade.metrics.gan_test import GanTest, GanTestConfig, GanTrain, GanTrainConfig, accuracy, train_classifier
@@ -66,3 +67,67 @@ def test_classifier_training_leaves_every_global_generator_alone(digits, monkeyp
     assert torch.equal(torch.get_rng_state(), before)
     for a, b in zip(first.parameters(), again.parameters(), strict=True):  # still seeded
         assert torch.equal(a, b)
+
+
+def test_which_data_each_classifier_sees(tmp_path, digits, monkeypatch) -> None:
+    # Shmelkov et al. 2018: GAN-test = accuracy on samples of a classifier trained on the real training
+    # set; GAN-train = accuracy on the real test set of a classifier trained on samples.
+    import avade.metrics.gan_test as gan_test
+
+    calls: list[tuple[str, Tensor, Tensor]] = []
+    real_train = gan_test.train_classifier
+    real_accuracy = gan_test.accuracy
+
+    def spy_train(images: Tensor, labels: Tensor, *args, **kwargs):
+        calls.append(("train", images, labels))
+        return real_train(images, labels, *args, **kwargs)
+
+    def spy_accuracy(model, images: Tensor, labels: Tensor, *args, **kwargs) -> float:
+        calls.append(("eval", images, labels))
+        return real_accuracy(model, images, labels, *args, **kwargs)
+
+    monkeypatch.setattr(gan_test, "train_classifier", spy_train)
+    monkeypatch.setattr(gan_test, "accuracy", spy_accuracy)
+    (train_x, train_y), (test_x, test_y) = digits["train"], digits["test"]
+    asked: list[Tensor] = []
+
+    def sampler(n: int, labels: Tensor | None) -> Tensor:
+        assert labels is not None  # class-conditional
+        asked.append(labels.clone())
+        return 255 - pool_sampler(*digits["test"])(n, labels)  # recognisably not real images
+
+    ctx = FakeContext(tmp_path, digits, sampler=sampler, num_classes=10)
+    GanTest(GanTestConfig(epochs=1, width=4)).compute(ctx)
+    (kind, x, y), (kind2, sx, sy), (kind3, rx, ry) = calls
+    assert kind == "train" and torch.equal(x, train_x) and torch.equal(y, train_y)
+    assert kind2 == "eval" and torch.equal(sy, asked[0]) and torch.equal(sy, test_y)  # test labels asked
+    assert torch.equal(sx, 255 - pool_sampler(*digits["test"])(len(sy), sy))
+    assert kind3 == "eval" and torch.equal(rx, test_x) and torch.equal(ry, test_y)
+
+    calls.clear()
+    GanTrain(GanTrainConfig(epochs=1, width=4)).compute(ctx)
+    (kind, sx, sy), (kind2, x, y) = calls
+    assert kind == "train" and torch.equal(sy, asked[1]) and torch.equal(sy, train_y)  # train labels asked
+    assert torch.equal(sx, 255 - pool_sampler(*digits["test"])(len(sy), sy))
+    assert kind2 == "eval" and torch.equal(x, test_x) and torch.equal(y, test_y)
+
+
+def test_mode_collapse_keeps_gan_test_and_lowers_gan_train(tmp_path, digits) -> None:
+    # One real image per class for every request: perfect quality (GAN-test high) and no diversity
+    # (GAN-train well below the real classifier). Samples of the wrong class: GAN-test near 0.
+    train_x, train_y = digits["train"]
+    first = torch.stack([(train_y == c).nonzero()[0, 0] for c in range(10)])
+
+    def collapsed(n: int, labels: Tensor | None) -> Tensor:
+        assert labels is not None
+        return train_x[first[labels]]
+
+    ctx = FakeContext(tmp_path, digits, sampler=collapsed, num_classes=10)
+    gt = GanTest(GanTestConfig(**FAST)).compute(ctx)
+    gtr = GanTrain(GanTrainConfig(**FAST)).compute(ctx)
+    assert gt["gan_test"] > 95.0 and gt["gan_test_real"] > 85.0
+    assert gtr["gan_train"] < gt["gan_test_real"] - 15.0
+
+    shifted = FakeContext(tmp_path, digits, sampler=lambda n, labels: collapsed(n, (labels + 1) % 10),
+                          num_classes=10)
+    assert GanTest(GanTestConfig(**FAST)).compute(shifted)["gan_test"] < 10.0
