@@ -47,6 +47,9 @@ class AffineCouplingConfig:
     blocks: int = attrs.field(default=2, validator=ge(0))
     norm: str = "weight-norm"
     batch_norm: bool = True
+    logscale_factor: float = attrs.field(
+        default=0.0, validator=ge(0.0),
+        metadata={"help": "> 0: the network's zero conv gets Glow's output scale exp(factor * logs)"})
 
 
 def checkerboard(h: int, w: int, parity: int) -> torch.Tensor:
@@ -94,10 +97,11 @@ class AffineCoupling(Flow):
         self.transformed = transformed
         if cfg.net == "resnet":
             self.net: nn.Module = ResNetST(net_in, 2 * transformed, hidden=cfg.hidden, blocks=cfg.blocks,
-                                           norm=cfg.norm, batch_norm=cfg.batch_norm)
+                                           norm=cfg.norm, batch_norm=cfg.batch_norm,
+                                           logscale_factor=cfg.logscale_factor)
         else:
             self.net = ConvST(net_in, 2 * transformed, hidden=cfg.hidden, norm=cfg.norm,
-                              batch_norm=cfg.batch_norm)
+                              batch_norm=cfg.batch_norm, logscale_factor=cfg.logscale_factor)
         self.scale_bound = nn.Parameter(torch.ones(1, transformed, 1, 1))
 
     def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
