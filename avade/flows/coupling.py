@@ -1,7 +1,11 @@
 """Affine coupling (Real-NVP / Glow): half of the input is scaled and shifted as a function of the other.
 
 The log-scale is bounded: ``log s = b * tanh(raw)`` with a learned per-channel bound ``b`` (initialised
-to 1), as in the Real-NVP reference. Why tanh rather than Glow's ``s = sigmoid(raw + 2)``:
+to 1). The Real-NVP reference bounds it the same way but with one scalar ``b`` per coupling, initialised
+to 0 in its checkerboard couplings and to 1 in its channel couplings (its last layer is not zero-init,
+so ``b = 0`` is what starts those couplings at the identity); here the zero-initialised last layer does
+that for every coupling, and a per-channel ``b`` contains the scalar one. Why tanh rather than Glow's
+``s = sigmoid(raw + 2)``:
 
 - it is symmetric, so *both* directions stay tame. In AV-ADE the inverse runs on decoder outputs
   (samples ``mu(z)``) that may lie off the training distribution; the inverse multiplies by

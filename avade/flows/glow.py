@@ -54,6 +54,17 @@ class Glow(Flow):
     through the learned prior ``(z2 - mu(z1)) * exp(-logs(z1))``. Everything is re-assembled (and
     unsqueezed) so ``y`` has the shape of ``x``; a standard normal on ``y`` is Glow's prior at the
     splits.
+
+    As in the reference code (openai/glow): actnorm's data-dependent init (population std, eps
+    1e-6), the LU-decomposed 1x1 convolution from a random rotation (fixed ``P`` and ``sign(s)``,
+    learned ``log|s|``), the coupling network (conv3x3-actnorm-ReLU-conv1x1-actnorm-ReLU-zero conv3x3),
+    the logscale factor 3, the split prior (zero conv3x3 on the kept half), the squeeze order and the
+    first half of the channels conditioning the second. Deliberate differences: the coupling's scale
+    is ``exp(b * tanh(raw))``, not ``sigmoid(raw + 2)`` (see :mod:`avade.flows.coupling`) and the shift
+    is added after scaling (the same family of maps); the networks' outputs are split in halves, not
+    interleaved (a relabelling of a zero-initialised layer's outputs); convolutions zero-pad without
+    Glow's extra "edge" input channel; there is no learned top prior (``learntop``, off by default in
+    Glow): in AV-ADE the VAE models ``y``; the reference's plain (non-LU) 1x1 conv is ``lu = false``.
     """
 
     def __init__(self, cfg: GlowConfig | None = None, *, in_shape: Shape) -> None:

@@ -100,7 +100,13 @@ class ResidualBlock(nn.Module):
 
 
 class ResNetST(nn.Module):
-    """Real-NVP's s/t network: conv3x3, ``blocks`` residual blocks of ``hidden`` channels, zero conv3x3."""
+    """Real-NVP's s/t network: conv3x3, ``blocks`` residual blocks of ``hidden`` channels, zero conv3x3.
+
+    Simpler than the Real-NVP reference code's ``resnet`` (tensorflow/models, research/real_nvp), which
+    also batch-normalizes its input and feeds ``relu([2 x, -2 x])`` plus the checkerboard mask as an
+    extra channel, sums 1x1 "skip" convolutions of every block's output, and ends in a weight-normed
+    1x1 convolution (not zero-initialised; its coupling's scalar tanh bound starts at 0 instead).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, *, hidden: int, blocks: int, norm: str,
                  batch_norm: bool, logscale_factor: float = 0.0) -> None:
