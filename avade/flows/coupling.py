@@ -1,7 +1,11 @@
 """Affine coupling (Real-NVP / Glow): half of the input is scaled and shifted as a function of the other.
 
 The log-scale is bounded: ``log s = b * tanh(raw)`` with a learned per-channel bound ``b`` (initialised
-to 1), as in the Real-NVP reference. Why tanh rather than Glow's ``s = sigmoid(raw + 2)``:
+to 1). The Real-NVP reference bounds it the same way but with one scalar ``b`` per coupling, initialised
+to 0 in its checkerboard couplings and to 1 in its channel couplings (its last layer is not zero-init,
+so ``b = 0`` is what starts those couplings at the identity); here the zero-initialised last layer does
+that for every coupling, and a per-channel ``b`` contains the scalar one. Why tanh rather than Glow's
+``s = sigmoid(raw + 2)``:
 
 - it is symmetric, so *both* directions stay tame. In AV-ADE the inverse runs on decoder outputs
   (samples ``mu(z)``) that may lie off the training distribution; the inverse multiplies by
@@ -47,6 +51,9 @@ class AffineCouplingConfig:
     blocks: int = attrs.field(default=2, validator=ge(0))
     norm: str = "weight-norm"
     batch_norm: bool = True
+    logscale_factor: float = attrs.field(
+        default=0.0, validator=ge(0.0),
+        metadata={"help": "> 0: the network's zero conv gets Glow's output scale exp(factor * logs)"})
 
 
 def checkerboard(h: int, w: int, parity: int) -> torch.Tensor:
@@ -94,10 +101,11 @@ class AffineCoupling(Flow):
         self.transformed = transformed
         if cfg.net == "resnet":
             self.net: nn.Module = ResNetST(net_in, 2 * transformed, hidden=cfg.hidden, blocks=cfg.blocks,
-                                           norm=cfg.norm, batch_norm=cfg.batch_norm)
+                                           norm=cfg.norm, batch_norm=cfg.batch_norm,
+                                           logscale_factor=cfg.logscale_factor)
         else:
             self.net = ConvST(net_in, 2 * transformed, hidden=cfg.hidden, norm=cfg.norm,
-                              batch_norm=cfg.batch_norm)
+                              batch_norm=cfg.batch_norm, logscale_factor=cfg.logscale_factor)
         self.scale_bound = nn.Parameter(torch.ones(1, transformed, 1, 1))
 
     def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

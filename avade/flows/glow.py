@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import torch
 
 from avade.errors import ConfigError
-from avade.flows.actnorm import ActNorm
+from avade.flows.actnorm import ActNorm, ActNormConfig
 from avade.flows.base import Flow, FlowSequence, Shape, check_in_shape
 from avade.flows.coupling import AffineCoupling, AffineCouplingConfig
 from avade.flows.factor_out import FactorOut
 from avade.flows.invconv import InvConv, InvConvConfig
 from avade.flows.split_prior import LearnedSplitPrior
 from avade.flows.squeeze import Squeeze, Unsqueeze
+from avade.nn.layers import current_norm_options, norm_options
 from avade.schema import ge
 
 
@@ -21,14 +24,28 @@ class GlowConfig:
     """``scales`` levels (H and W must be divisible by ``2**scales``), each with ``steps`` flow steps.
 
     A step is actnorm, invertible 1x1 conv (``lu``: LU-decomposed) and a channel-wise affine coupling
-    whose network has ``hidden`` channels and ``norm`` on its convolutions.
+    whose network has ``hidden`` channels and ``norm`` on its two hidden convolutions (``actnorm``, as
+    in Glow's reference code; ``none`` keeps their biases only, as normflows' Glow does).
+    ``logscale_factor``: Glow's log-scale parametrisation, 3 as in the reference: every actnorm
+    learns ``log s / 3`` and the zero-initialised convolutions (the coupling networks' last layer, the
+    split priors) scale their output by a learned ``exp(3 * logs)``; 0 turns both off.
     """
 
     scales: int = attrs.field(default=3, validator=ge(1))
     steps: int = attrs.field(default=8, validator=ge(1))
     hidden: int = attrs.field(default=128, validator=ge(1))
     lu: bool = True
-    norm: str = "none"
+    norm: str = "actnorm"
+    logscale_factor: float = attrs.field(
+        default=3.0, validator=ge(0.0),
+        metadata={"help": "Glow's log-scale factor for actnorms and zero convs (reference 3; 0 = off)"})
+
+
+def _with_actnorm_factor(factor: float) -> dict[str, dict[str, Any]]:
+    """The enclosing norm options (a recipe's ``model.norm_options``) with actnorm's logscale factor."""
+    current = {k: dict(v) for k, v in current_norm_options().items()}
+    current.setdefault("actnorm", {})["logscale_factor"] = factor
+    return current
 
 
 class Glow(Flow):
@@ -37,6 +54,17 @@ class Glow(Flow):
     through the learned prior ``(z2 - mu(z1)) * exp(-logs(z1))``. Everything is re-assembled (and
     unsqueezed) so ``y`` has the shape of ``x``; a standard normal on ``y`` is Glow's prior at the
     splits.
+
+    As in the reference code (openai/glow): actnorm's data-dependent init (population std, eps
+    1e-6), the LU-decomposed 1x1 convolution from a random rotation (fixed ``P`` and ``sign(s)``,
+    learned ``log|s|``), the coupling network (conv3x3-actnorm-ReLU-conv1x1-actnorm-ReLU-zero conv3x3),
+    the logscale factor 3, the split prior (zero conv3x3 on the kept half), the squeeze order and the
+    first half of the channels conditioning the second. Deliberate differences: the coupling's scale
+    is ``exp(b * tanh(raw))``, not ``sigmoid(raw + 2)`` (see :mod:`avade.flows.coupling`) and the shift
+    is added after scaling (the same family of maps); the networks' outputs are split in halves, not
+    interleaved (a relabelling of a zero-initialised layer's outputs); convolutions zero-pad without
+    Glow's extra "edge" input channel; there is no learned top prior (``learntop``, off by default in
+    Glow): in AV-ADE the VAE models ``y``; the reference's plain (non-LU) 1x1 conv is ``lu = false``.
     """
 
     def __init__(self, cfg: GlowConfig | None = None, *, in_shape: Shape) -> None:
@@ -56,10 +84,14 @@ class Glow(Flow):
 
     def _step(self, shape: Shape) -> list[Flow]:
         cfg = self.cfg
+        factor = cfg.logscale_factor
         coupling = AffineCouplingConfig(mask="channel", net="conv", hidden=cfg.hidden, norm=cfg.norm,
-                                        batch_norm=False)
-        return [ActNorm(in_shape=shape), InvConv(InvConvConfig(lu=cfg.lu), in_shape=shape),
-                AffineCoupling(coupling, in_shape=shape)]
+                                        batch_norm=False, logscale_factor=factor)
+        # The coupling network's actnorms (norm="actnorm") take the same factor, as in Glow's conv2d.
+        with norm_options(_with_actnorm_factor(factor or 1.0)):
+            layer = AffineCoupling(coupling, in_shape=shape)
+        return [ActNorm(ActNormConfig(logscale_factor=factor or 1.0), in_shape=shape),
+                InvConv(InvConvConfig(lu=cfg.lu), in_shape=shape), layer]
 
     def _level(self, shape: Shape, remaining: int) -> Flow:
         squeeze = Squeeze(in_shape=shape)
@@ -70,7 +102,8 @@ class Glow(Flow):
         if remaining > 1:
             keep = sq[0] // 2
             inner = self._level((keep, sq[1], sq[2]), remaining - 1)
-            flows.append(FactorOut(sq, inner=inner, transform=LearnedSplitPrior(keep, sq[0] - keep)))
+            prior = LearnedSplitPrior(keep, sq[0] - keep, logscale_factor=self.cfg.logscale_factor)
+            flows.append(FactorOut(sq, inner=inner, transform=prior))
         flows.append(Unsqueeze(sq))
         return FlowSequence(flows)
 

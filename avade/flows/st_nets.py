@@ -17,9 +17,28 @@ from avade.nn.memory_format import to_channels_last, to_contiguous
 from avade.norms.batch_norm import BatchNormed
 
 
-def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Conv2d:
-    """A convolution whose weight and bias start at exactly zero."""
-    conv = Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+class ScaledZeroConv(Conv2d):
+    """Glow's ``conv2d_zeros``: a zero-initialised convolution whose output is multiplied by a learned
+    per-channel ``exp(logscale_factor * logs)`` (``logs`` starts at 0, so the scale starts at 1). The
+    factor (3 in Glow) lets the output scale move ``logscale_factor`` times faster under Adam-type
+    optimisers."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, logscale_factor: float) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.logscale_factor = float(logscale_factor)
+        self.logs = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y * torch.exp(self.logs * self.logscale_factor).to(y.dtype).view(1, -1, 1, 1)
+
+
+def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 3, logscale_factor: float = 0.0
+              ) -> nn.Conv2d:
+    """A convolution whose weight and bias start at exactly zero; with ``logscale_factor > 0`` it is
+    Glow's :class:`ScaledZeroConv` (a learned output scale ``exp(logscale_factor * logs)``)."""
+    conv = (ScaledZeroConv(in_channels, out_channels, kernel_size, logscale_factor) if logscale_factor > 0
+            else Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2))
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv
@@ -81,15 +100,21 @@ class ResidualBlock(nn.Module):
 
 
 class ResNetST(nn.Module):
-    """Real-NVP's s/t network: conv3x3, ``blocks`` residual blocks of ``hidden`` channels, zero conv3x3."""
+    """Real-NVP's s/t network: conv3x3, ``blocks`` residual blocks of ``hidden`` channels, zero conv3x3.
+
+    Simpler than the Real-NVP reference code's ``resnet`` (tensorflow/models, research/real_nvp), which
+    also batch-normalizes its input and feeds ``relu([2 x, -2 x])`` plus the checkerboard mask as an
+    extra channel, sums 1x1 "skip" convolutions of every block's output, and ends in a weight-normed
+    1x1 convolution (not zero-initialised; its coupling's scalar tanh bound starts at 0 instead).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, *, hidden: int, blocks: int, norm: str,
-                 batch_norm: bool) -> None:
+                 batch_norm: bool, logscale_factor: float = 0.0) -> None:
         super().__init__()
         self.inp = _conv(in_channels, hidden, 3, checked_norm(norm))
         self.blocks = nn.ModuleList(ResidualBlock(hidden, norm, batch_norm) for _ in range(blocks))
         self.out_bn = nn.BatchNorm2d(hidden) if batch_norm else nn.Identity()
-        self.out = zero_conv(hidden, out_channels)
+        self.out = zero_conv(hidden, out_channels, logscale_factor=logscale_factor)
         self.fresh = batch_norm
 
     def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
@@ -101,16 +126,19 @@ class ResNetST(nn.Module):
 
 
 class ConvST(nn.Module):
-    """Glow's s/t network: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero conv3x3, ``hidden`` channels."""
+    """Glow's s/t network: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero conv3x3, ``hidden`` channels.
+
+    Glow normalizes the two hidden convolutions with actnorm (``norm="actnorm"``, Glow's default) and
+    scales the zero conv's output by ``exp(3 * logs)`` (``logscale_factor=3``)."""
 
     def __init__(self, in_channels: int, out_channels: int, *, hidden: int, norm: str,
-                 batch_norm: bool = False) -> None:
+                 batch_norm: bool = False, logscale_factor: float = 0.0) -> None:
         super().__init__()
         self.conv1 = _conv(in_channels, hidden, 3, checked_norm(norm))
         self.bn1 = nn.BatchNorm2d(hidden) if batch_norm else nn.Identity()
         self.conv2 = _conv(hidden, hidden, 1, norm)
         self.bn2 = nn.BatchNorm2d(hidden) if batch_norm else nn.Identity()
-        self.out = zero_conv(hidden, out_channels)
+        self.out = zero_conv(hidden, out_channels, logscale_factor=logscale_factor)
 
     def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         """``update_stats=False``: batch norms leave their running statistics alone (see :func:`batch_norm`)."""

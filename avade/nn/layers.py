@@ -24,6 +24,11 @@ def norm_options(options: Mapping[str, Mapping[str, Any]]) -> Iterator[None]:
         _NORM_OPTIONS.reset(token)
 
 
+def current_norm_options() -> Mapping[str, Mapping[str, Any]]:
+    """The options of the enclosing :func:`norm_options` block (empty outside one)."""
+    return _NORM_OPTIONS.get() or {}
+
+
 def norm_option(norm: str, key: str, default: Any) -> Any:
     """Option ``key`` of norm ``norm`` from an enclosing :func:`norm_options` (``default`` outside one);
     for layers that normalize their weights themselves (IAF's masked convolutions)."""

@@ -7,17 +7,21 @@ import torch
 from torch import nn
 
 from avade.norms._init_flag import InitFlag
+from avade.schema import gt
 
 
 @attrs.define
 class ActNormLayerConfig:
-    """``scale``: the output standard deviation the data-dependent init aims for."""
+    """``scale``: the output standard deviation the data-dependent init aims for; ``logscale_factor``:
+    the learned parameter is ``log s / logscale_factor`` (Glow's actnorm: 3; 1: ``log s`` itself)."""
 
     scale: float = 1.0
+    logscale_factor: float = attrs.field(default=1.0, validator=gt(0.0))
 
 
 class ActNormed(nn.Module):
-    """``(layer(x) + b) * s`` per channel, with b and s initialised from the first training batch."""
+    """``(layer(x) + b) * s`` per channel, with b and s initialised from the first training batch so that
+    its output has mean 0 and (population) standard deviation ``scale``, as Glow's actnorm."""
 
     def __init__(self, cfg: ActNormLayerConfig, *, layer: nn.Module, num_classes: int | None = None) -> None:
         super().__init__()
@@ -26,6 +30,7 @@ class ActNormed(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out))
         self.log_scale = nn.Parameter(torch.zeros(out))
         self.target = cfg.scale
+        self.logscale_factor = float(cfg.logscale_factor)
         self.initialized = InitFlag(False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -35,6 +40,8 @@ class ActNormed(nn.Module):
             with torch.no_grad():
                 dims = [d for d in range(h.dim()) if d != 1]
                 self.bias.copy_(-h.mean(dims))
-                self.log_scale.copy_(torch.log(self.target / (h.std(dims) + 1e-6)))
+                std = h.std(dims, correction=0)
+                self.log_scale.copy_(torch.log(self.target / (std + 1e-6)) / self.logscale_factor)
                 self.initialized.set()
-        return (h + self.bias.view(shape)) * self.log_scale.exp().view(shape)
+        log_s = self.log_scale if self.logscale_factor == 1.0 else self.log_scale * self.logscale_factor
+        return (h + self.bias.view(shape)) * log_s.exp().view(shape)

@@ -1,0 +1,109 @@
+"""Glow as in its reference code (openai/glow model.py, tfops.py): the details a user expects of "Glow"."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import avade
+from avade.flows.actnorm import ActNorm
+from avade.flows.coupling import AffineCoupling
+from avade.flows.split_prior import LearnedSplitPrior
+from avade.flows.st_nets import ConvST, ScaledZeroConv
+from avade.nn.layers import norm_options, normed
+from avade.norms.actnorm_layer import ActNormed
+
+
+def _glow(**cfg):
+    return avade.create("flow", "glow", in_shape=(3, 8, 8), scales=2, steps=2, hidden=8, **cfg)
+
+
+def test_coupling_networks_use_actnorm_by_default() -> None:
+    """Glow's f(): conv3x3 -> actnorm -> ReLU -> conv1x1 -> actnorm -> ReLU -> zero conv3x3."""
+    nets = [m for m in _glow().modules() if isinstance(m, ConvST)]
+    assert nets
+    for net in nets:
+        assert isinstance(net.conv1, ActNormed) and isinstance(net.conv2, ActNormed)
+        assert net.conv1.layer.kernel_size == (3, 3) and net.conv2.layer.kernel_size == (1, 1)
+        assert net.conv1.logscale_factor == 3.0 and net.conv2.logscale_factor == 3.0
+        assert isinstance(net.out, ScaledZeroConv) and net.out.kernel_size == (3, 3)
+    # norm = "none" is still available (normflows' Glow, the benchmarks).
+    assert not any(isinstance(m, ActNormed) for m in _glow(norm="none").modules())
+
+
+def test_actnormed_init_uses_population_std() -> None:
+    """Glow's actnorm divides by sqrt(mean((x - mean)^2)) + 1e-6: the output's population std is 1."""
+    layer = avade.create("norm", "actnorm", layer=torch.nn.Conv2d(2, 4, 1)).train()
+    h = layer(torch.randn(2, 2, 3, 3) * 5 + 1)
+    torch.testing.assert_close(h.mean((0, 2, 3)), torch.zeros(4), atol=1e-12, rtol=0)
+    torch.testing.assert_close(h.std((0, 2, 3), correction=0), torch.ones(4), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["flow", "norm"])
+def test_actnorm_logscale_factor(kind) -> None:
+    """log s = 3 * parameter: the same init, but d(log s)/d(parameter) = 3."""
+    x = torch.randn(4, 3, 5, 5) * 3 + 2
+    if kind == "flow":
+        plain = avade.create("flow", "actnorm", in_shape=(3, 5, 5)).train()
+        glow = avade.create("flow", "actnorm", in_shape=(3, 5, 5), logscale_factor=3.0).train()
+        y_plain, ld_plain = plain(x)
+        y_glow, ld_glow = glow(x)
+        torch.testing.assert_close(ld_glow, ld_plain)
+        ld_glow.sum().backward()
+        torch.testing.assert_close(glow.log_scale.grad, torch.full_like(glow.log_scale, 3.0 * 25 * 4))
+    else:
+        plain = normed(torch.nn.Conv2d(3, 3, 1), "actnorm").train()
+        with norm_options({"actnorm": {"logscale_factor": 3.0}}):
+            glow = normed(torch.nn.Conv2d(3, 3, 1), "actnorm").train()
+        glow.layer.load_state_dict(plain.layer.state_dict())
+        y_plain, y_glow = plain(x), glow(x)
+        torch.testing.assert_close(glow.log_scale * 3.0, plain.log_scale)
+    torch.testing.assert_close(y_glow, y_plain)
+
+
+def test_zero_convs_have_glow_output_scale() -> None:
+    """conv2d_zeros: zero weight and bias, output times exp(3 * logs) with logs = 0 at init."""
+    flow = _glow()
+    priors = [m for m in flow.modules() if isinstance(m, LearnedSplitPrior)]
+    couplings = [m for m in flow.modules() if isinstance(m, AffineCoupling)]
+    assert priors and couplings
+    for conv in [p.conv for p in priors] + [c.net.out for c in couplings]:
+        assert isinstance(conv, ScaledZeroConv)
+        assert conv.logscale_factor == 3.0 and conv.kernel_size == (3, 3)
+        assert not conv.weight.any() and not conv.bias.any() and not conv.logs.any()
+        with torch.no_grad():
+            conv.bias.fill_(0.5)
+            conv.logs.fill_(0.1)
+        out = conv(torch.randn(2, conv.in_channels, 4, 4))
+        torch.testing.assert_close(out, torch.full_like(out, 0.5 * torch.exp(torch.tensor(0.3)).item()))
+    flow_actnorms = [m for m in flow.modules() if isinstance(m, ActNorm)]
+    assert flow_actnorms and all(m.logscale_factor == 3.0 for m in flow_actnorms)
+
+
+def test_logscale_factor_zero_is_the_plain_parametrisation() -> None:
+    flow = _glow(logscale_factor=0.0)
+    assert not any(isinstance(m, ScaledZeroConv) for m in flow.modules())
+    assert all(m.logscale_factor == 1.0 for m in flow.modules() if isinstance(m, ActNorm | ActNormed))
+
+
+def test_glow_keeps_enclosing_norm_options() -> None:
+    """Glow adds actnorm's factor to a recipe's norm options instead of replacing them."""
+    with norm_options({"actnorm": {"scale": 2.0}, "weight-norm": {"data_init": True}}):
+        flow = _glow()
+    layers = [m for m in flow.modules() if isinstance(m, ActNormed)]
+    assert layers and all(m.target == 2.0 and m.logscale_factor == 3.0 for m in layers)
+
+
+def test_default_glow_inverts_exactly_after_training_steps() -> None:
+    flow = _glow().train()
+    x = torch.randn(8, 3, 8, 8)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    for _ in range(3):
+        y, logdet = flow(x)
+        loss = 0.5 * (y**2).sum((1, 2, 3)).mean() - logdet.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    flow.eval()
+    y, _ = flow(x)
+    torch.testing.assert_close(flow.inverse(y), x)
