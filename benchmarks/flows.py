@@ -93,7 +93,7 @@ class FlowCase:
 
 
 def default_cases(quick: bool) -> list[FlowCase]:
-    """Glow at avade's defaults, and Real-NVP as av_ade_wg_rd's f with and without weight norm."""
+    """Glow as normflows builds it, and Real-NVP as av_ade_wg_rd's f with and without weight norm."""
     cases = [
         FlowCase("glow", "glow", levels=3, steps=8, hidden=128),
         # As trained with `train.compile = true`, against normflows' faster mode (eager or compiled).
@@ -122,8 +122,10 @@ def build_avade(case: FlowCase) -> nn.Module:
 
     shape = (case.channels, case.size, case.size)
     if case.kind == "glow":
+        # normflows' GlowBlock has neither actnorm in its networks nor Glow's logscale factor (avade's
+        # defaults, as openai/glow): both off here, for equal configuration.
         return avade.create("flow", "glow", in_shape=shape, scales=case.levels, steps=case.steps,
-                            hidden=case.hidden, lu=True, norm=case.norm)
+                            hidden=case.hidden, lu=True, norm=case.norm, logscale_factor=0.0)
     return avade.create("flow", "realnvp", in_shape=shape, scales=case.levels, layers=case.steps,
                         blocks=case.blocks, hidden=case.hidden, norm=case.norm, batch_norm=True,
                         checkerboard=case.checkerboard)
