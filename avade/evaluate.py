@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 
 from avade.atomic_files import replaced_atomically
+from avade.data.base import class_counts
 from avade.errors import AvadeError, CheckpointError, ConfigError
 from avade.models import GenerativeModel, build_model
 from avade.recipe import load_recipe
@@ -38,6 +39,14 @@ def dataset_key(name: str, shape: Sequence[int], config: Any) -> str:
 
     digest = hashlib.sha1(f"{config!r}/decoding{DECODING_VERSION}".encode()).hexdigest()[:8]
     return f"{name}/{'x'.join(map(str, shape))}/{digest}"
+
+
+def draw_class_labels(counts: Sequence[int] | None, num_classes: int, n: int, seed: int) -> torch.Tensor:
+    """``n`` class labels drawn independently (seeded) in the proportions of ``counts`` (uniformly when it
+    is None): evaluation and ``avade sample -o X.npz`` draw the same labels from the same counts and seed."""
+    weights = (torch.as_tensor(counts, dtype=torch.float64) if counts and sum(counts) > 0
+               else torch.ones(num_classes, dtype=torch.float64))
+    return torch.multinomial(weights, n, replacement=True, generator=torch.Generator().manual_seed(seed))
 
 
 @attrs.define
@@ -75,16 +84,9 @@ class RunContext:
         return subset_batches(self._split(split), n, batch_size)
 
     def class_labels(self, n: int) -> torch.Tensor:
-        """``n`` labels drawn (seeded) from the training split's labels: a class-conditional model is
-        sampled with the data's class balance (uniform when the split's labels are not at hand)."""
-        gen = torch.Generator().manual_seed(self.seed + 2)
-        known = getattr(self.train_set, "labels", None)
-        if known is not None:
-            known = torch.as_tensor(known, dtype=torch.int64)
-            known = known[(known >= 0) & (known < self.model.num_classes)]
-        if known is None or len(known) == 0:
-            return torch.randint(self.model.num_classes, (n,), generator=gen)
-        return known[torch.randint(len(known), (n,), generator=gen)]
+        """``n`` labels drawn (seeded) with the training split's class balance, for a class-conditional
+        model (uniform when the split's labels are not at hand)."""
+        return draw_class_labels(class_counts(self.train_set), self.model.num_classes, n, self.seed + 2)
 
     @torch.no_grad()
     def sample_batches(self, n: int, batch_size: int = 100, labels: torch.Tensor | None = None
@@ -273,6 +275,7 @@ class _Loaded(NamedTuple):
     checkpoint: Path
     datasets: tuple[Any, Any] | None  # (train, test)
     weights: str  # "ema" (the averaged weights) or "last"
+    class_counts: list[int] | None  # the training split's labels per class, as recorded by the checkpoint
 
 
 def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bool, ema: bool = True,
@@ -315,7 +318,10 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
         apply_average(model, model.generator_parameters(), data["ema"], chosen)
         weights = "ema"
     model.to(dev).eval()
-    return _Loaded(model, recipe, chosen, sets, weights)
+    counts = data["state"].get("class_counts")
+    if counts is None and sets is not None:  # a checkpoint from before they were recorded
+        counts = class_counts(sets[0])
+    return _Loaded(model, recipe, chosen, sets, weights, counts)
 
 
 def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None = None,
@@ -434,7 +440,8 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
                checkpoint: str | int | None = None, batch_size: int = SAMPLE_BATCH, ema: bool = True) -> Path:
     """``avade sample``: a PNG grid of samples (or test images next to their reconstructions), or with an
     ``.npz`` output all ``n`` samples as a uint8 ``[n, H, W, C]`` array ``arr_0`` (the layout external FID
-    tools read; ``labels`` beside it for a class-conditional model), written atomically."""
+    tools read; for a class-conditional model ``labels`` beside it, drawn with the training split's class
+    balance as evaluation draws them), written atomically."""
     from torchvision.utils import save_image
 
     if n < 1:
@@ -451,7 +458,13 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     nrow = max(1, int(n**0.5))
-    labels = (torch.arange(n, device=dev) % model.num_classes) if model.num_classes else None
+    labels = None
+    if model.num_classes and as_array:
+        # The training split's class balance, drawn as evaluation draws them (seeded one above the noise):
+        # `--seed <train.seed + 1>` gives the samples `avade eval` scores.
+        labels = draw_class_labels(loaded.class_counts, model.num_classes, n, seed + 1).to(dev)
+    elif model.num_classes:  # a grid shows the classes in turn
+        labels = torch.arange(n, device=dev) % model.num_classes
     if reconstructions:
         assert sets is not None
         x, y = next(subset_batches(sets[1], n, batch_size=n))

@@ -515,6 +515,50 @@ def test_sample_to_npz_writes_every_sample_as_a_uint8_nhwc_array(run_dir: Path, 
         assert result.exit_code != 0 and message in out and len(out.strip().splitlines()) == 1, out
 
 
+def test_npz_of_a_conditional_model_holds_the_samples_evaluation_scores(tmp_path: Path) -> None:
+    """Its labels follow the training split's class balance (recorded in the checkpoint, so the data is
+    not needed), drawn as evaluation draws them: `--seed <train.seed + 1>` writes the evaluated samples."""
+    import numpy as np
+    import torch
+
+    from avade.evaluate import load_run
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("model.conditional=true", "train.steps=2", "train.seed=3")))
+    run = tmp_path / "run"
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")
+    assert result.exit_code == 0, out
+    ctx = load_run(run, device="cpu")
+    counts = torch.bincount(torch.as_tensor(ctx.train_set.labels), minlength=ctx.num_classes).tolist()
+    state = json.loads((run / "checkpoints" / "step_00000002" / "state.json").read_text())
+    assert state["class_counts"] == counts and sum(counts) == len(ctx.train_set)
+    out_file = tmp_path / "s.npz"
+    result, out = _invoke("sample", str(run), "-n", "40", "-o", str(out_file), "--device", "cpu", "--seed", "4")
+    assert result.exit_code == 0, out
+    with np.load(out_file) as data:
+        images, labels = data["arr_0"], data["labels"]
+    assert np.array_equal(labels, ctx.class_labels(40).numpy())
+    evaluated = torch.cat(list(ctx.sample_batches(40)))
+    assert np.array_equal(images, evaluated.permute(0, 2, 3, 1).numpy())
+
+
+def test_class_labels_are_drawn_in_the_proportions_of_the_counts() -> None:
+    from avade.evaluate import draw_class_labels
+
+    labels = draw_class_labels([900, 0, 100], 3, 20000, seed=0)
+    share = torch_bincount_share(labels, 3)
+    assert share[1] == 0 and abs(share[0] - 0.9) < 0.01 and abs(share[2] - 0.1) < 0.01
+    assert labels.equal(draw_class_labels([900, 0, 100], 3, 20000, seed=0))  # seeded
+    uniform = torch_bincount_share(draw_class_labels(None, 4, 20000, seed=1), 4)
+    assert all(abs(x - 0.25) < 0.02 for x in uniform)
+
+
+def torch_bincount_share(labels, n: int) -> list[float]:
+    import torch
+
+    return (torch.bincount(labels, minlength=n).double() / len(labels)).tolist()
+
+
 def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=2", "train.checkpoint_every=1")))

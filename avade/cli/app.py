@@ -392,7 +392,8 @@ def sample(
     n: Annotated[int, typer.Option("-n", help="Number of images.")] = 64,
     output: Annotated[Path, typer.Option("-o", "--output", help="Image file for the grid (.png, .jpg, ...), "
                                          "or .npz: all n samples as uint8 [n, H, W, C] under arr_0 (the "
-                                         "layout external FID tools read).")] = Path("samples.png"),
+                                         "layout external FID tools read; a class-conditional model's labels, "
+                                         "with the training class balance, under labels).")] = Path("samples.png"),
     temperature: Annotated[float, typer.Option("--temperature", "-t", help="Prior temperature.")] = 1.0,
     reconstructions: Annotated[bool, typer.Option("--reconstructions", help="Test images and their "
                                                   "reconstructions instead.")] = False,

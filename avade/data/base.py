@@ -15,6 +15,7 @@ import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageOps
@@ -130,6 +131,17 @@ class FileImageDataset(ImageDataset):
 
 
 # --- transforms -----------------------------------------------------------------------------------
+
+
+def class_counts(dataset: Any) -> list[int] | None:
+    """How many images of ``dataset`` each of its ``num_classes`` classes has (unlabeled ones, -1, left
+    out), from its ``labels``; None for unlabeled data."""
+    labels, num_classes = getattr(dataset, "labels", None), int(getattr(dataset, "num_classes", 0))
+    if labels is None or num_classes <= 0:
+        return None
+    known = torch.as_tensor(labels, dtype=torch.int64)
+    known = known[(known >= 0) & (known < num_classes)]
+    return torch.bincount(known, minlength=num_classes).tolist() if len(known) else None
 
 
 def center_crop_resize(images: torch.Tensor, resolution: int, crop: int | None = None) -> torch.Tensor:

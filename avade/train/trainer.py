@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from avade.data.base import class_counts
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
 from avade.losses.adversarial import CollapseDetector, discriminator_loss, generator_loss, gradient_penalty
@@ -129,6 +130,8 @@ class Trainer:
             check_compile_backend(self.cfg.compile_backend)
         seed_everything(self.cfg.seed + self.dist.rank)
         self.train_set, self.test_set = load_datasets(recipe)
+        # recorded in checkpoints: a conditional model is then sampled with the data's balance without the data
+        self.class_counts = class_counts(self.train_set)
         self.model: GenerativeModel = build_model(recipe, self.train_set.shape, self.train_set.num_classes)
         self.model.to(self.device)
         from avade.evaluate import build_metrics, check_inception_weights
@@ -335,6 +338,7 @@ class Trainer:
              "train_bpd": train_bpd,
              # what the model was built for, so that it can be rebuilt without the dataset (avade.load_model)
              "data_shape": list(self.train_set.shape), "num_classes": int(self.train_set.num_classes),
+             "class_counts": self.class_counts,
              "collapse": self.collapse.state_dict() if self.collapse is not None else None},
             keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every,
             ema=self.ema.state_dict() if self.ema is not None else None)
