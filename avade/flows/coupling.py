@@ -4,7 +4,11 @@ The log-scale is bounded: ``log s = b * tanh(raw)`` with a learned per-channel b
 to 1). The Real-NVP reference bounds it the same way but with one scalar ``b`` per coupling, initialised
 to 0 in its checkerboard couplings and to 1 in its channel couplings (its last layer is not zero-init,
 so ``b = 0`` is what starts those couplings at the identity); here the zero-initialised last layer does
-that for every coupling, and a per-channel ``b`` contains the scalar one. Why tanh rather than Glow's
+that for every coupling, and a per-channel ``b`` contains the scalar one. With ``net = "reference"``
+(the reference's own s/t network, :class:`~avade.flows.st_nets.ReferenceST`) the bound is the
+reference's: one scalar per coupling, 0 at init in checkerboard couplings (which therefore start as a
+volume-preserving shift ``y = x + t(x_a)``, log-det exactly 0) and 1 in channel couplings (which start
+with ``|log s| < 1``). Why tanh rather than Glow's
 ``s = sigmoid(raw + 2)``:
 
 - it is symmetric, so *both* directions stay tame. In AV-ADE the inverse runs on decoder outputs
@@ -26,7 +30,7 @@ from torch import nn
 from avade.errors import ConfigError
 from avade.flows.affine_ops import affine_forward, affine_inverse
 from avade.flows.base import Flow, Shape, check_in_shape
-from avade.flows.st_nets import ConvST, ResNetST
+from avade.flows.st_nets import ConvST, ReferenceST, ResNetST
 from avade.schema import ge
 
 
@@ -39,14 +43,17 @@ class AffineCouplingConfig:
     ``checkerboard-packed`` (the same split, but each half is packed into an ``H x W/2`` tensor so the
     network does half the work; its convolutions see a differently arranged neighbourhood) or
     ``channel`` (first half of the channels conditions the second). ``reverse`` swaps the roles.
-    ``net``: ``resnet`` (Real-NVP: ``blocks`` residual blocks) or ``conv`` (Glow: 3 convolutions).
+    ``net``: ``resnet`` (Real-NVP: ``blocks`` residual blocks), ``reference`` (the Real-NVP reference
+    code's network: input batch norm, concat-ReLU, the mask as an input channel in masked checkerboard
+    couplings, summed 1x1 skips, weight-normed output; scalar tanh bound, see the module docstring) or
+    ``conv`` (Glow: 3 convolutions).
     ``norm``: the registered normalization of the network's convolutions; ``batch_norm`` adds batch
     norm inside the network (Real-NVP uses both batch norm and weight norm).
     """
 
     mask: Literal["checkerboard", "checkerboard-packed", "channel"] = "checkerboard"
     reverse: bool = False
-    net: Literal["resnet", "conv"] = "resnet"
+    net: Literal["resnet", "conv", "reference"] = "resnet"
     hidden: int = attrs.field(default=64, validator=ge(1))
     blocks: int = attrs.field(default=2, validator=ge(0))
     norm: str = "weight-norm"
@@ -66,7 +73,8 @@ def checkerboard(h: int, w: int, parity: int) -> torch.Tensor:
 class AffineCoupling(Flow):
     """``y_b = x_b * exp(log s(x_a)) + t(x_a)``, ``y_a = x_a``; ``logdet = sum(log s)``.
 
-    Starts as the identity (zero-initialised last layer). In training mode with batch norm inside the
+    Starts as the identity (zero-initialised last layer; with ``net = "reference"``, see the module
+    docstring). In training mode with batch norm inside the
     network, forward and inverse of the same batch still invert exactly: the network only ever sees the
     conditioning half, which both directions share.
     """
@@ -103,10 +111,29 @@ class AffineCoupling(Flow):
             self.net: nn.Module = ResNetST(net_in, 2 * transformed, hidden=cfg.hidden, blocks=cfg.blocks,
                                            norm=cfg.norm, batch_norm=cfg.batch_norm,
                                            logscale_factor=cfg.logscale_factor)
+        elif cfg.net == "reference":
+            if cfg.logscale_factor > 0:
+                raise ConfigError('logscale_factor applies to a zero-initialised last layer; net = "reference" '
+                                  "has none", path="logscale_factor")
+            # The reference doubles the batch-normalized input in its checkerboard couplings only, and
+            # gives the mask as an input channel where the network sees the masked full-size input.
+            self.net = ReferenceST(net_in, 2 * transformed, hidden=cfg.hidden, blocks=cfg.blocks, norm=cfg.norm,
+                                   batch_norm=cfg.batch_norm, mask=self.mask if self.checker else None,
+                                   input_scale=1.0 if cfg.mask == "channel" else 2.0)
         else:
             self.net = ConvST(net_in, 2 * transformed, hidden=cfg.hidden, norm=cfg.norm,
                               batch_norm=cfg.batch_norm, logscale_factor=cfg.logscale_factor)
-        self.scale_bound = nn.Parameter(torch.ones(1, transformed, 1, 1))
+        if cfg.net == "reference":
+            # One scalar per coupling: 0 in checkerboard couplings, 1 in channel couplings (the reference's
+            # ``rescaling_scale`` and ``scale``), broadcast to the channels by ``_bound``.
+            self.scale_bound = nn.Parameter(torch.full((1, 1, 1, 1), 1.0 if cfg.mask == "channel" else 0.0))
+        else:
+            self.scale_bound = nn.Parameter(torch.ones(1, transformed, 1, 1))
+
+    def _bound(self) -> torch.Tensor:
+        """The tanh bound per transformed channel (``[1, T, 1, 1]``; a scalar bound is broadcast)."""
+        b = self.scale_bound
+        return b if b.shape[1] == self.transformed else b.expand(1, self.transformed, 1, 1)
 
     def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(conditioning, transformed) channel halves."""
@@ -134,13 +161,13 @@ class AffineCoupling(Flow):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.packed:
             cond, trans = self._pack(x)
-            y, logdet = affine_forward(self.net(cond), trans, self.scale_bound)
+            y, logdet = affine_forward(self.net(cond), trans, self._bound())
             return self._unpack(cond, y), logdet
         if self.checker:
             # Zeroing log s and t on the conditioning pixels (inv_mask = 0) makes y = x there exactly.
-            return affine_forward(self.net(x * self.mask), x, self.scale_bound, self.inv_mask)
+            return affine_forward(self.net(x * self.mask), x, self._bound(), self.inv_mask)
         cond, trans = self._halves(x)
-        y, logdet = affine_forward(self.net(cond), trans, self.scale_bound)
+        y, logdet = affine_forward(self.net(cond), trans, self._bound())
         return self._join(cond, y), logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
@@ -148,8 +175,8 @@ class AffineCoupling(Flow):
         # eval mode uses for the likelihood of data.
         if self.packed:
             cond, trans = self._pack(y)
-            return self._unpack(cond, affine_inverse(self.net(cond, update_stats=False), trans, self.scale_bound))
+            return self._unpack(cond, affine_inverse(self.net(cond, update_stats=False), trans, self._bound()))
         if self.checker:
-            return affine_inverse(self.net(y * self.mask, update_stats=False), y, self.scale_bound, self.inv_mask)
+            return affine_inverse(self.net(y * self.mask, update_stats=False), y, self._bound(), self.inv_mask)
         cond, trans = self._halves(y)
-        return self._join(cond, affine_inverse(self.net(cond, update_stats=False), trans, self.scale_bound))
+        return self._join(cond, affine_inverse(self.net(cond, update_stats=False), trans, self._bound()))

@@ -28,7 +28,10 @@ class RealNVPConfig:
     ``hidden_growth``: 2 widens the s/t networks as the Real-NVP reference does, ``hidden * 2**k`` at
     scale ``k`` and twice that in its channel-wise couplings (1 keeps ``hidden`` everywhere);
     ``out_batch_norm``: batch normalization as a flow after every coupling, as the reference's ``bn_out``
-    (the ``batch-norm`` flow: exactly invertible in eval mode only).
+    (the ``batch-norm`` flow: exactly invertible in eval mode only); ``net``: the s/t network, ``resnet``
+    (avade's simpler residual network, every coupling starts as the identity) or ``reference`` (the
+    Real-NVP reference code's network and scalar tanh bound: see
+    :class:`~avade.flows.st_nets.ReferenceST`).
     """
 
     scales: int = attrs.field(default=1, validator=ge(1))
@@ -44,6 +47,9 @@ class RealNVPConfig:
     checkerboard: Literal["masked", "packed"] = attrs.field(
         default="masked", metadata={"help": "masked: full-resolution s/t nets (Real-NVP reference); packed: "
                                             "each half packed to H x W/2, half the FLOPs"})
+    net: Literal["resnet", "reference"] = attrs.field(
+        default="resnet", metadata={"help": "s/t network: resnet (avade's, zero-init output) or reference "
+                                            "(the Real-NVP reference code's: concat-ReLU, mask channel, skips)"})
 
 
 def max_scales(h: int, w: int) -> int:
@@ -76,7 +82,7 @@ class RealNVP(Flow):
     def _coupling(self, shape: Shape, mask: Literal["checkerboard", "checkerboard-packed", "channel"],
                   reverse: bool, hidden: int) -> Flow:
         cfg = self.cfg
-        coupling = AffineCouplingConfig(mask=mask, reverse=reverse, net="resnet", hidden=hidden,
+        coupling = AffineCouplingConfig(mask=mask, reverse=reverse, net=cfg.net, hidden=hidden,
                                         blocks=cfg.blocks, norm=cfg.norm, batch_norm=cfg.batch_norm)
         layer = AffineCoupling(coupling, in_shape=shape)
         return FlowSequence([layer, BatchNormFlow(in_shape=shape)]) if cfg.out_batch_norm else layer

@@ -1,8 +1,10 @@
 """The networks that compute a coupling's log-scale and shift from the conditioning half.
 
-Both end in a zero-initialised plain convolution so that every coupling starts as the identity. It is
-deliberately not normalized: weight norm of an all-zero weight is 0/0, and a norm after it would undo
-the zero init.
+:class:`ResNetST` and :class:`ConvST` end in a zero-initialised plain convolution so that every
+coupling starts as the identity. It is deliberately not normalized: weight norm of an all-zero weight
+is 0/0, and a norm after it would undo the zero init. :class:`ReferenceST`, the Real-NVP reference
+code's network, ends in a weight-normed convolution instead, and its coupling's scalar tanh bound does
+that job where the reference needs it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from avade.errors import ConfigError, RegistryError
 from avade.nn import Conv2d, normed
 from avade.nn.memory_format import to_channels_last, to_contiguous
 from avade.norms.batch_norm import BatchNormed
+from avade.norms.weight_norm import WeightNorm
 
 
 class ScaledZeroConv(Conv2d):
@@ -105,7 +108,8 @@ class ResNetST(nn.Module):
     Simpler than the Real-NVP reference code's ``resnet`` (tensorflow/models, research/real_nvp), which
     also batch-normalizes its input and feeds ``relu([2 x, -2 x])`` plus the checkerboard mask as an
     extra channel, sums 1x1 "skip" convolutions of every block's output, and ends in a weight-normed
-    1x1 convolution (not zero-initialised; its coupling's scalar tanh bound starts at 0 instead).
+    1x1 convolution (not zero-initialised; its coupling's scalar tanh bound starts at 0 instead). That
+    network is :class:`ReferenceST` (``net = "reference"``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, hidden: int, blocks: int, norm: str,
@@ -147,3 +151,114 @@ class ConvST(nn.Module):
                    inplace=True)
         h = F.relu(batch_norm(self.bn2, layer(self.conv2, h, update_stats), update_stats), inplace=True)
         return to_contiguous(self.out(h))
+
+
+# -- the Real-NVP reference network (net = "reference") ----------------------------------------------
+
+
+class ShiftBatchNorm(nn.BatchNorm2d):
+    """Batch norm with a learned shift but no learned scale (the reference's ``batch_norm(...,
+    scale=False)``, used for every batch norm of its s/t networks), ``eps`` 1e-4, momentum 0.1 (its
+    ``decay=.1``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, eps=1e-4, momentum=0.1, affine=False)
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+
+def _ref_conv(in_channels: int, out_channels: int, kernel_size: int, norm: str, *, bias: bool,
+              scale: bool) -> nn.Module:
+    """The reference's ``conv_layer`` under the registered ``norm``: weights uniform in
+    ``±sqrt(2 / in_channels)``, zero bias. Under ``weight-norm``, the magnitude ``g`` starts at the
+    reference's ``stddev * sqrt(fan_in / 12)`` where it has one (``scale=True``) and is fixed at 1 where
+    it has none (``scale=False``: the weight is the unit-norm direction ``v / ||v||``)."""
+    conv = Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+    stddev = (2.0 / in_channels) ** 0.5
+    with torch.no_grad():
+        nn.init.uniform_(conv.weight, -stddev, stddev)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+    module = normed(conv, norm)
+    if isinstance(module, WeightNorm):
+        g = module.layer.parametrizations.weight.original0
+        with torch.no_grad():
+            g.fill_(stddev * (in_channels * kernel_size**2 / 12.0) ** 0.5 if scale else 1.0)
+        g.requires_grad_(scale)
+    return module
+
+
+class ReferenceResidualBlock(nn.Module):
+    """The reference's ``residual_block`` (no bottleneck): ``h + out(relu(bn_0(h_0(relu(bn_in(h))))))``
+    with 3x3 convolutions; ``h_0`` has no bias (batch norm follows) and no weight-norm magnitude."""
+
+    def __init__(self, channels: int, norm: str, batch_norm: bool) -> None:
+        super().__init__()
+        self.bn_in = ShiftBatchNorm(channels) if batch_norm else nn.Identity()
+        self.h_0 = _ref_conv(channels, channels, 3, norm, bias=not batch_norm, scale=False)
+        self.bn_0 = ShiftBatchNorm(channels) if batch_norm else nn.Identity()
+        self.out = _ref_conv(channels, channels, 3, norm, bias=True, scale=True)
+        self.fresh = batch_norm
+
+    def forward(self, h: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        r = layer(self.h_0, F.relu(batch_norm(self.bn_in, h, update_stats), inplace=self.fresh), update_stats)
+        r = layer(self.out, F.relu(batch_norm(self.bn_0, r, update_stats), inplace=True), update_stats)
+        return h + r
+
+
+class ReferenceST(nn.Module):
+    """The s/t network of the Real-NVP reference code (tensorflow/models, research/real_nvp:
+    ``masked_conv_aff_coupling`` / ``conv_ch_aff_coupling`` around ``resnet`` with ``skip=True``):
+
+    - ``bn_in``: batch norm of the (masked) conditioning input, shift but no scale; in checkerboard
+      couplings its output is doubled (``res *= 2.``; the channel couplings do not double);
+    - concat-ReLU: ``relu([h, -h])``, plus the checkerboard mask as one more input channel in masked
+      checkerboard couplings (``mask``; ``2 C + 1`` input channels, else ``2 C``);
+    - ``h_in``: conv3x3 to ``hidden`` channels (bias, weight-norm direction only), then ``blocks``
+      :class:`ReferenceResidualBlock`;
+    - skip connections: 1x1 convolutions of ``h_in``'s output and of every block's output, summed;
+    - ``bn_pre_out`` -> ReLU -> a weight-normed 1x1 output convolution, *not* zero-initialised.
+
+    So unlike :class:`ResNetST` a fresh network's output is not zero: its coupling starts at the
+    identity through its scalar tanh bound instead (see :class:`~avade.flows.coupling.AffineCoupling`).
+    Without ``batch_norm`` there is no ``bn_in``, no doubling and ``h_0`` gets a bias, as in the
+    reference. Differences: PyTorch's running variance is unbiased (the reference's is biased; eval
+    mode only), and ``blocks = 0`` (the reference's plain two-convolution network) is not offered.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, hidden: int, blocks: int, norm: str,
+                 batch_norm: bool, mask: torch.Tensor | None = None, input_scale: float = 1.0) -> None:
+        super().__init__()
+        if blocks < 1:
+            raise ConfigError("net = \"reference\" needs blocks >= 1 (the reference's resnet)", path="blocks")
+        checked_norm(norm)
+        self.bn_in = ShiftBatchNorm(in_channels) if batch_norm else nn.Identity()
+        self.input_scale = float(input_scale) if batch_norm else 1.0
+        if mask is not None:
+            self.register_buffer("mask", mask, persistent=False)
+        else:
+            self.mask = None
+        net_in = 2 * in_channels + (mask is not None)
+        self.h_in = _ref_conv(net_in, hidden, 3, norm, bias=True, scale=False)
+        self.skip_in = _ref_conv(hidden, hidden, 1, norm, bias=True, scale=True)
+        self.blocks = nn.ModuleList(ReferenceResidualBlock(hidden, norm, batch_norm) for _ in range(blocks))
+        self.skips = nn.ModuleList(_ref_conv(hidden, hidden, 1, norm, bias=True, scale=True)
+                                   for _ in range(blocks))
+        self.bn_pre_out = ShiftBatchNorm(hidden) if batch_norm else nn.Identity()
+        self.out = _ref_conv(hidden, out_channels, 1, norm, bias=True, scale=True)
+
+    def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """``update_stats=False``: batch norms leave their running statistics alone (see :func:`batch_norm`)."""
+        h = batch_norm(self.bn_in, x, update_stats)
+        if self.input_scale != 1.0:
+            h = h * self.input_scale
+        parts = [F.relu(h), F.relu(-h)]
+        if self.mask is not None:
+            parts.append(self.mask.to(h.dtype).expand(h.shape[0], 1, *h.shape[2:]))
+        h = layer(self.h_in, to_channels_last(torch.cat(parts, dim=1)), update_stats)
+        out = layer(self.skip_in, h, update_stats)
+        for block, skip in zip(self.blocks, self.skips, strict=True):
+            h = block(h, update_stats)
+            out = out + layer(skip, h, update_stats)
+        out = F.relu(batch_norm(self.bn_pre_out, out, update_stats), inplace=not isinstance(
+            self.bn_pre_out, nn.Identity))
+        return to_contiguous(layer(self.out, out, update_stats))

@@ -12,12 +12,14 @@ def _stats(flow: torch.nn.Module) -> list[torch.Tensor]:
     return [t.clone() for name, t in flow.named_buffers() if name.endswith(("running_mean", "running_var"))]
 
 
-@pytest.mark.parametrize(("checkerboard", "norm"), [("masked", "weight-norm"), ("packed", "weight-norm"),
-                                                     ("masked", "batch-norm")])
-def test_inverse_in_training_leaves_running_statistics_alone(checkerboard, norm):
+@pytest.mark.parametrize(("checkerboard", "norm", "net"), [
+    ("masked", "weight-norm", "resnet"), ("packed", "weight-norm", "resnet"), ("masked", "batch-norm", "resnet"),
+    ("masked", "weight-norm", "reference"), ("packed", "weight-norm", "reference"),
+    ("masked", "batch-norm", "reference")])
+def test_inverse_in_training_leaves_running_statistics_alone(checkerboard, norm, net):
     # batch-norm as the convolutions' registered norm too, not only the s/t nets' own layers
     flow = create("flow", "realnvp", in_shape=(3, 8, 8), scales=2, blocks=1, hidden=8, batch_norm=True,
-                  checkerboard=checkerboard, norm=norm).train()
+                  checkerboard=checkerboard, norm=norm, net=net).train()
     x = torch.randn(6, 3, 8, 8)
     before = _stats(flow)
     assert before

@@ -66,6 +66,7 @@ def test_glow_default_config_builds_on_32x32() -> None:
     [
         ("realnvp", {"scales": 0}, "scales"),
         ("realnvp", {"norm": "weight-nrom"}, "norm"),
+        ("realnvp", {"net": "refrence"}, "net"),
         ("glow", {"steps": 0}, "steps"),
         ("affine-coupling", {"mask": "diagonal"}, "mask"),
     ],

@@ -95,10 +95,11 @@ def test_identity_flow() -> None:
     assert torch.equal(logdet, torch.zeros(3))
 
 
-def test_inverse_is_exact_in_train_mode_with_batch_norm(perturb) -> None:
+@pytest.mark.parametrize("net", ["resnet", "reference"])
+def test_inverse_is_exact_in_train_mode_with_batch_norm(net, perturb) -> None:
     # The s/t network only sees the conditioning half, which forward and inverse share, so the batch
     # statistics are the same in both directions.
-    flow = avade.create("flow", "realnvp", in_shape=IN_SHAPE, scales=2, hidden=8, blocks=1)
+    flow = avade.create("flow", "realnvp", in_shape=IN_SHAPE, scales=2, hidden=8, blocks=1, net=net)
     perturb(flow, 0.05)
     flow.train()
     x = torch.randn(5, *IN_SHAPE)

@@ -16,17 +16,20 @@ def _check(flow, x, warm_up, perturb, brute_logdet, *, train: bool = False) -> N
     torch.testing.assert_close(logdet[0], brute_logdet(flow, x), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("net", ["resnet", "reference"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("scales", [1, 2])
 @pytest.mark.parametrize("blocks", [1, 2])
-def test_realnvp_logdet(channels, scales, blocks, warm_up, perturb, brute_logdet) -> None:
-    flow = avade.create("flow", "realnvp", in_shape=(channels, 4, 4), scales=scales, blocks=blocks, hidden=8)
+def test_realnvp_logdet(channels, scales, blocks, net, warm_up, perturb, brute_logdet) -> None:
+    flow = avade.create("flow", "realnvp", in_shape=(channels, 4, 4), scales=scales, blocks=blocks, hidden=8,
+                        net=net)
     _check(flow, torch.randn(1, channels, 4, 4), warm_up, perturb, brute_logdet)
 
 
-def test_realnvp_logdet_in_train_mode(warm_up, perturb, brute_logdet) -> None:
+@pytest.mark.parametrize("net", ["resnet", "reference"])
+def test_realnvp_logdet_in_train_mode(net, warm_up, perturb, brute_logdet) -> None:
     # With batch statistics (batch of one), s and t still depend on the conditioning half only.
-    flow = avade.create("flow", "realnvp", in_shape=(3, 4, 4), scales=2, blocks=1, hidden=8)
+    flow = avade.create("flow", "realnvp", in_shape=(3, 4, 4), scales=2, blocks=1, hidden=8, net=net)
     _check(flow, torch.randn(1, 3, 4, 4), warm_up, perturb, brute_logdet, train=True)
 
 
@@ -49,6 +52,9 @@ def test_glow_logdet(channels, scales, lu, warm_up, perturb, brute_logdet) -> No
         ("affine-coupling", {"mask": "channel", "hidden": 8, "blocks": 1}),
         ("affine-coupling", {"mask": "channel", "reverse": True, "hidden": 8, "blocks": 1}),
         ("affine-coupling", {"mask": "channel", "net": "conv", "hidden": 8, "norm": "none"}),
+        ("affine-coupling", {"mask": "checkerboard", "net": "reference", "hidden": 8, "blocks": 1}),
+        ("affine-coupling", {"mask": "checkerboard-packed", "net": "reference", "hidden": 8, "blocks": 1}),
+        ("affine-coupling", {"mask": "channel", "reverse": True, "net": "reference", "hidden": 8, "blocks": 2}),
         ("affine-coupling", {"mask": "checkerboard", "norm": "batch-norm", "batch_norm": False, "hidden": 8}),
         ("squeeze", {}),
         ("identity", {}),
