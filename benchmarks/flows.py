@@ -93,7 +93,8 @@ class FlowCase:
 
 
 def default_cases(quick: bool) -> list[FlowCase]:
-    """Glow as normflows builds it, and Real-NVP as av_ade_wg_rd's f with and without weight norm."""
+    """Glow as normflows builds it, and Real-NVP shaped as av_ade_wg_rd's f (with avade's ``resnet`` s/t
+    network, normflows' ``ConvResidualNet`` counterpart), with and without weight norm."""
     cases = [
         FlowCase("glow", "glow", levels=3, steps=8, hidden=128),
         # As trained with `train.compile = true`, against normflows' faster mode (eager or compiled).

@@ -423,9 +423,9 @@ def test_a_name_that_is_no_plain_name_still_runs_under_runs() -> None:
     assert latest_run_dir("../nothing-here") is None
 
 
-def test_realnvp_reference_net_is_a_recipe_key() -> None:
-    """``--set model.flow.net=reference`` switches f's s/t networks to the Real-NVP reference code's; the
-    shipped recipe itself keeps avade's (``resnet``)."""
+def test_realnvp_net_is_a_recipe_key() -> None:
+    """The paper recipes use the Real-NVP reference code's s/t networks (``net = "reference"``, appendix C:
+    "we use the reference implementations"); ``--set model.flow.net=resnet`` switches to avade's."""
     from typer.testing import CliRunner
 
     from avade.cli.app import app
@@ -433,12 +433,14 @@ def test_realnvp_reference_net_is_a_recipe_key() -> None:
     from avade.models.build import build_model
 
     main = Path(__file__).resolve().parents[1] / "recipes" / "av_ade_wg_rd.toml"
-    assert load_recipe(main).model.flow.config.net == "resnet"
-    override = ["model.flow.net=reference", "data.name=natural-patches"]
-    recipe = load_recipe(main, override)
-    assert recipe.model.flow.config.net == "reference"
-    nets = [m for m in build_model(recipe, (3, 32, 32)).modules() if isinstance(m, ReferenceST | ResNetST)]
+    nets = [m for m in build_model(load_recipe(main, ["data.name=natural-patches"]), (3, 32, 32)).modules()
+            if isinstance(m, ReferenceST | ResNetST)]
     assert len(nets) == 3 and all(isinstance(m, ReferenceST) for m in nets)
+    override = ["model.flow.net=resnet", "data.name=natural-patches"]
+    recipe = load_recipe(main, override)
+    assert recipe.model.flow.config.net == "resnet"
+    nets = [m for m in build_model(recipe, (3, 32, 32)).modules() if isinstance(m, ReferenceST | ResNetST)]
+    assert len(nets) == 3 and all(isinstance(m, ResNetST) for m in nets)
     result = CliRunner().invoke(app, ["recipe", "check", str(main), *(a for o in override for a in ("--set", o))])
     assert result.exit_code == 0, result.output
     with pytest.raises(ConfigError, match="did you mean 'reference'"):
