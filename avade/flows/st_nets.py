@@ -83,14 +83,22 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> n
 
 
 class ResidualBlock(nn.Module):
-    """Pre-activation residual block ``h + conv(relu(bn(conv(relu(bn(h))))))`` (Real-NVP)."""
+    """Pre-activation residual block ``h + conv(relu(bn(conv(relu(bn(h))))))`` (Real-NVP), 3x3 convolutions.
 
-    def __init__(self, channels: int, norm: str, batch_norm: bool) -> None:
+    ``reference``: the Real-NVP reference code's ``residual_block`` (no bottleneck), whose batch norms
+    shift but do not scale (``bn_in``, ``bn_0`` there: ``bn1``, ``bn2`` here) and whose first convolution
+    (``h_0``: ``conv1``) has no weight-norm magnitude and, when batch norm follows it, no bias.
+    """
+
+    def __init__(self, channels: int, norm: str, batch_norm: bool, reference: bool = False) -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
-        self.conv1 = _conv(channels, channels, 3, norm)
-        self.bn2 = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
-        self.conv2 = _conv(channels, channels, 3, norm)
+        bn = ShiftBatchNorm if reference else nn.BatchNorm2d
+        self.bn1 = bn(channels) if batch_norm else nn.Identity()
+        self.conv1 = (_ref_conv(channels, channels, 3, norm, bias=not batch_norm, scale=False) if reference
+                      else _conv(channels, channels, 3, norm))
+        self.bn2 = bn(channels) if batch_norm else nn.Identity()
+        self.conv2 = (_ref_conv(channels, channels, 3, norm, bias=True, scale=True) if reference
+                      else _conv(channels, channels, 3, norm))
         self.fresh = batch_norm
 
     def forward(self, h: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
@@ -187,24 +195,6 @@ def _ref_conv(in_channels: int, out_channels: int, kernel_size: int, norm: str, 
     return module
 
 
-class ReferenceResidualBlock(nn.Module):
-    """The reference's ``residual_block`` (no bottleneck): ``h + out(relu(bn_0(h_0(relu(bn_in(h))))))``
-    with 3x3 convolutions; ``h_0`` has no bias (batch norm follows) and no weight-norm magnitude."""
-
-    def __init__(self, channels: int, norm: str, batch_norm: bool) -> None:
-        super().__init__()
-        self.bn_in = ShiftBatchNorm(channels) if batch_norm else nn.Identity()
-        self.h_0 = _ref_conv(channels, channels, 3, norm, bias=not batch_norm, scale=False)
-        self.bn_0 = ShiftBatchNorm(channels) if batch_norm else nn.Identity()
-        self.out = _ref_conv(channels, channels, 3, norm, bias=True, scale=True)
-        self.fresh = batch_norm
-
-    def forward(self, h: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
-        r = layer(self.h_0, F.relu(batch_norm(self.bn_in, h, update_stats), inplace=self.fresh), update_stats)
-        r = layer(self.out, F.relu(batch_norm(self.bn_0, r, update_stats), inplace=True), update_stats)
-        return h + r
-
-
 class ReferenceST(nn.Module):
     """The s/t network of the Real-NVP reference code (tensorflow/models, research/real_nvp:
     ``masked_conv_aff_coupling`` / ``conv_ch_aff_coupling`` around ``resnet`` with ``skip=True``):
@@ -214,7 +204,7 @@ class ReferenceST(nn.Module):
     - concat-ReLU: ``relu([h, -h])``, plus the checkerboard mask as one more input channel in masked
       checkerboard couplings (``mask``; ``2 C + 1`` input channels, else ``2 C``);
     - ``h_in``: conv3x3 to ``hidden`` channels (bias, weight-norm direction only), then ``blocks``
-      :class:`ReferenceResidualBlock`;
+      :class:`ResidualBlock` with ``reference``;
     - skip connections: 1x1 convolutions of ``h_in``'s output and of every block's output, summed;
     - ``bn_pre_out`` -> ReLU -> a weight-normed 1x1 output convolution, *not* zero-initialised.
 
@@ -240,7 +230,7 @@ class ReferenceST(nn.Module):
         net_in = 2 * in_channels + (mask is not None)
         self.h_in = _ref_conv(net_in, hidden, 3, norm, bias=True, scale=False)
         self.skip_in = _ref_conv(hidden, hidden, 1, norm, bias=True, scale=True)
-        self.blocks = nn.ModuleList(ReferenceResidualBlock(hidden, norm, batch_norm) for _ in range(blocks))
+        self.blocks = nn.ModuleList(ResidualBlock(hidden, norm, batch_norm, reference=True) for _ in range(blocks))
         self.skips = nn.ModuleList(_ref_conv(hidden, hidden, 1, norm, bias=True, scale=True)
                                    for _ in range(blocks))
         self.bn_pre_out = ShiftBatchNorm(hidden) if batch_norm else nn.Identity()
