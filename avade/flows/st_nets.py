@@ -208,10 +208,12 @@ class ReferenceST(nn.Module):
     - skip connections: 1x1 convolutions of ``h_in``'s output and of every block's output, summed;
     - ``bn_pre_out`` -> ReLU -> a weight-normed 1x1 output convolution, *not* zero-initialised.
 
-    So unlike :class:`ResNetST` a fresh network's output is not zero: its coupling starts at the
-    identity through its scalar tanh bound instead (see :class:`~avade.flows.coupling.AffineCoupling`).
-    Without ``batch_norm`` there is no ``bn_in``, no doubling and ``h_0`` gets a bias, as in the
-    reference. Differences: PyTorch's running variance is unbiased (the reference's is biased; eval
+    So unlike :class:`ResNetST` a fresh network's output is not zero, and its coupling does not start at
+    the identity: with the reference's scalar tanh bound (0 at init in checkerboard couplings, 1 in
+    channel couplings) a checkerboard coupling starts as the volume-preserving shift ``y = x + t(x_a)``
+    (see :mod:`avade.flows.coupling`). Without ``batch_norm`` there is no ``bn_in``, no doubling and the
+    blocks' first convolution (the reference's ``h_0``) gets a bias, as in the reference.
+    Differences: PyTorch's running variance is unbiased (the reference's is biased; eval
     mode only), and ``blocks = 0`` (the reference's plain two-convolution network) is not offered.
     """
 
