@@ -3,8 +3,8 @@
 The log-scale is bounded: ``log s = b * tanh(raw)`` with a learned per-channel bound ``b`` (initialised
 to 1). The Real-NVP reference bounds it the same way but with one scalar ``b`` per coupling, initialised
 to 0 in its checkerboard couplings and to 1 in its channel couplings (its last layer is not zero-init,
-so ``b = 0`` is what starts those couplings at the identity); here the zero-initialised last layer does
-that for every coupling, and a per-channel ``b`` contains the scalar one. With ``net = "reference"``
+so ``b = 0`` only makes those couplings start volume-preserving); here the zero-initialised last layer
+starts every coupling at the identity, and a per-channel ``b`` contains the scalar one. With ``net = "reference"``
 (the reference's own s/t network, :class:`~avade.flows.st_nets.ReferenceST`) the bound is the
 reference's: one scalar per coupling, 0 at init in checkerboard couplings (which therefore start as a
 volume-preserving shift ``y = x + t(x_a)``, log-det exactly 0) and 1 in channel couplings (which start
@@ -73,8 +73,8 @@ def checkerboard(h: int, w: int, parity: int) -> torch.Tensor:
 class AffineCoupling(Flow):
     """``y_b = x_b * exp(log s(x_a)) + t(x_a)``, ``y_a = x_a``; ``logdet = sum(log s)``.
 
-    Starts as the identity (zero-initialised last layer; with ``net = "reference"``, see the module
-    docstring). In training mode with batch norm inside the
+    Starts as the identity (zero-initialised last layer), except with ``net = "reference"`` (see the
+    module docstring). In training mode with batch norm inside the
     network, forward and inverse of the same batch still invert exactly: the network only ever sees the
     conditioning half, which both directions share.
     """
