@@ -79,6 +79,12 @@ class RunContext:
             raise ConfigError(f"unknown split '{split}'; use train or test")
         return self.train_set if split == "train" else self.test_set
 
+    def labels(self, split: str) -> torch.Tensor | None:
+        """The labels of ``split`` in dataset order, without decoding its images (None when the dataset
+        keeps no label list); an optional extension of :class:`~avade.metrics.context.EvalContext`."""
+        known = getattr(self._split(split), "labels", None)
+        return None if known is None else torch.as_tensor(known, dtype=torch.int64)
+
     def real_batches(self, split: str, n: int | None = None, batch_size: int = 100
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return subset_batches(self._split(split), n, batch_size)

@@ -532,6 +532,7 @@ def test_npz_of_a_conditional_model_holds_the_samples_evaluation_scores(tmp_path
     counts = torch.bincount(torch.as_tensor(ctx.train_set.labels), minlength=ctx.num_classes).tolist()
     state = json.loads((run / "checkpoints" / "step_00000002" / "state.json").read_text())
     assert state["class_counts"] == counts and sum(counts) == len(ctx.train_set)
+    assert torch.equal(ctx.labels("train"), torch.cat([y for _, y in ctx.real_batches("train")]))
     out_file = tmp_path / "s.npz"
     result, out = _invoke("sample", str(run), "-n", "40", "-o", str(out_file), "--device", "cpu", "--seed", "4")
     assert result.exit_code == 0, out

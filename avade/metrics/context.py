@@ -24,6 +24,10 @@ class EvalContext(Protocol):
         dataset_key: identifies the data (e.g. ``"natural-patches/test/32"``); part of cache keys.
         num_classes: number of classes, 0 if the data is unlabeled.
         options: eval-wide options, e.g. ``{"inception_weights": "/path/to/file"}`` (may be empty).
+
+    A context may also offer ``labels(split) -> Tensor | None``: a split's int64 labels in the order
+    ``real_batches(split)`` yields them, without decoding images. It is optional (not part of the
+    Protocol): metrics that only need labels use it when present and fall back to ``real_batches``.
     """
 
     device: device

@@ -128,6 +128,21 @@ def _real(ctx: EvalContext, split: str, batch_size: int) -> tuple[Tensor, Tensor
     return images, labels
 
 
+def _labels(ctx: EvalContext, split: str, batch_size: int) -> Tensor:
+    """The labels of split ``split`` in order: from the context's optional ``labels(split)`` (the dataset's
+    label list, no image decoded), else read along with the images."""
+    direct = getattr(ctx, "labels", None)
+    labels = direct(split) if callable(direct) else None
+    if labels is None:
+        return _real(ctx, split, batch_size)[1]
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if not len(labels):
+        raise AvadeError(f"{ctx.dataset_key}: split {split!r} is empty")
+    if int(labels.min()) < 0 or int(labels.max()) >= ctx.num_classes:
+        raise AvadeError(f"{ctx.dataset_key}: labels of split {split!r} are outside [0, {ctx.num_classes})")
+    return labels
+
+
 def _sample_labels(real_labels: Tensor, n: int | None, seed: int) -> Tensor:
     if n is None:
         return real_labels.clone()
@@ -177,7 +192,7 @@ class GanTrain:
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         cfg = self.cfg
         num_classes = _need_labels(ctx, self.name)
-        _, train_y = _real(ctx, cfg.train_split, cfg.sample_batch_size)
+        train_y = _labels(ctx, cfg.train_split, cfg.sample_batch_size)  # only its labels: no image decoded
         test_x, test_y = _real(ctx, cfg.test_split, cfg.sample_batch_size)
         labels = _sample_labels(train_y, cfg.samples, cfg.seed)
         samples = _samples(ctx, labels, cfg.sample_batch_size, like=test_x)

@@ -131,3 +131,32 @@ def test_mode_collapse_keeps_gan_test_and_lowers_gan_train(tmp_path, digits) -> 
     shifted = FakeContext(tmp_path, digits, sampler=lambda n, labels: collapsed(n, (labels + 1) % 10),
                           num_classes=10)
     assert GanTest(GanTestConfig(**FAST)).compute(shifted)["gan_test"] < 10.0
+
+
+class _LabelListContext(FakeContext):
+    """A context that also offers the optional ``labels(split)`` (no image decoded), recording its calls."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_calls: list[str] = []
+        self.read_splits: list[str] = []
+
+    def labels(self, split: str) -> Tensor:
+        self.label_calls.append(split)
+        return self.real[split][1]
+
+    def real_batches(self, split, n=None, batch_size=100):
+        self.read_splits.append(split)
+        return super().real_batches(split, n, batch_size)
+
+
+def test_gan_train_takes_the_training_labels_without_reading_the_images(tmp_path, digits) -> None:
+    plain = FakeContext(tmp_path / "a", digits, sampler=pool_sampler(*digits["train"]), num_classes=10)
+    listing = _LabelListContext(tmp_path / "b", digits, sampler=pool_sampler(*digits["train"]), num_classes=10)
+    expected = GanTrain(GanTrainConfig(**FAST)).compute(plain)
+    assert GanTrain(GanTrainConfig(**FAST)).compute(listing) == expected
+    assert listing.label_calls == ["train"] and listing.read_splits == ["test"]
+    bad = {**digits, "train": (digits["train"][0], digits["train"][1] + 10)}
+    with pytest.raises(AvadeError, match="outside"):
+        GanTrain(GanTrainConfig(**FAST)).compute(_LabelListContext(tmp_path / "c", bad, num_classes=10,
+                                                                   sampler=pool_sampler(*digits["train"])))
