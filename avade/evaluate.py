@@ -289,7 +289,7 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     run = RunDir(run_dir)
     if not run.recipe.is_file():
         raise _not_a_run(run.root)
-    recipe = load_recipe(run.recipe)
+    recipe = load_recipe(run.recipe, saved=True)
     chosen = select_checkpoint(run, checkpoint)
     data = ckpt.read_checkpoint(chosen)
     if not ckpt.same_model(data["state"], recipe_to_dict(recipe)):
