@@ -682,3 +682,27 @@ def test_a_glow_run_from_before_logscale_factor_still_loads_and_resumes(tmp_path
     result, out = _invoke("recipe", "run", str(run / "recipe.toml"), "--out", str(run), "--resume",
                           "--device", "cpu", "--set", "train.steps=4", "--set", "model.flow.logscale_factor=0.0")
     assert result.exit_code == 0, out
+
+
+def test_npz_of_a_conditional_run_from_before_class_counts_has_the_evaluated_labels(tmp_path: Path) -> None:
+    """A checkpoint written before class_counts were recorded: the labels still follow the training
+    split's balance (read from the data), as evaluation draws them, not a uniform draw."""
+    import numpy as np
+
+    from avade.evaluate import load_run
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("model.conditional=true", "train.steps=2", "train.seed=3")))
+    run = tmp_path / "run"
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")
+    assert result.exit_code == 0, out
+    for state_file in (run / "checkpoints").glob("step_*/state.json"):
+        state = json.loads(state_file.read_text())
+        del state["class_counts"]
+        state_file.write_text(json.dumps(state))
+    out_file = tmp_path / "s.npz"
+    result, out = _invoke("sample", str(run), "-n", "40", "-o", str(out_file), "--device", "cpu", "--seed", "4")
+    assert result.exit_code == 0, out
+    with np.load(out_file) as data:
+        labels = data["labels"]
+    assert np.array_equal(labels, load_run(run, device="cpu").class_labels(40).numpy())
