@@ -3,8 +3,9 @@
 The log-scale is bounded: ``log s = b * tanh(raw)`` with a learned per-channel bound ``b`` (initialised
 to 1). The Real-NVP reference bounds it the same way but with one scalar ``b`` per coupling, initialised
 to 0 in its checkerboard couplings and to 1 in its channel couplings (its last layer is not zero-init,
-so ``b = 0`` is what starts those couplings at the identity); here the zero-initialised last layer does
-that for every coupling, and a per-channel ``b`` contains the scalar one. With ``net = "reference"``
+so ``b = 0`` starts those couplings with ``log s = 0``, though not as the identity: the shift is not
+zero); here the zero-initialised last layer starts every coupling as the identity, and a per-channel
+``b`` contains the scalar one. With ``net = "reference"``
 (the reference's own s/t network, :class:`~avade.flows.st_nets.ReferenceST`) the bound is the
 reference's: one scalar per coupling, 0 at init in checkerboard couplings (which therefore start as a
 volume-preserving shift ``y = x + t(x_a)``, log-det exactly 0) and 1 in channel couplings (which start

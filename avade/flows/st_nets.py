@@ -3,8 +3,8 @@
 :class:`ResNetST` and :class:`ConvST` end in a zero-initialised plain convolution so that every
 coupling starts as the identity. It is deliberately not normalized: weight norm of an all-zero weight
 is 0/0, and a norm after it would undo the zero init. :class:`ReferenceST`, the Real-NVP reference
-code's network, ends in a weight-normed convolution instead, and its coupling's scalar tanh bound does
-that job where the reference needs it.
+code's network, ends in a weight-normed convolution instead: its couplings do not start as the identity
+(their scalar tanh bound starts at 0 in checkerboard couplings, a pure shift, and at 1 in channel ones).
 """
 
 from __future__ import annotations
@@ -218,8 +218,9 @@ class ReferenceST(nn.Module):
     - skip connections: 1x1 convolutions of ``h_in``'s output and of every block's output, summed;
     - ``bn_pre_out`` -> ReLU -> a weight-normed 1x1 output convolution, *not* zero-initialised.
 
-    So unlike :class:`ResNetST` a fresh network's output is not zero: its coupling starts at the
-    identity through its scalar tanh bound instead (see :class:`~avade.flows.coupling.AffineCoupling`).
+    So unlike :class:`ResNetST` a fresh network's output is not zero, and its coupling does not start at
+    the identity: its scalar tanh bound starts at 0 in checkerboard couplings (``log s = 0``, but the
+    shift ``t`` is not zero) and at 1 in channel couplings (see :class:`~avade.flows.coupling.AffineCoupling`).
     Without ``batch_norm`` there is no ``bn_in``, no doubling and ``h_0`` gets a bias, as in the
     reference. Differences: PyTorch's running variance is unbiased (the reference's is biased; eval
     mode only), and ``blocks = 0`` (the reference's plain two-convolution network) is not offered.
