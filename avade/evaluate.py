@@ -295,7 +295,7 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     run = RunDir(run_dir)
     if not run.recipe.is_file():
         raise _not_a_run(run.root)
-    recipe = load_recipe(run.recipe)
+    recipe = load_recipe(run.recipe, saved=True)
     chosen = select_checkpoint(run, checkpoint)
     data = ckpt.read_checkpoint(chosen)
     if not ckpt.same_model(data["state"], recipe_to_dict(recipe)):
@@ -468,7 +468,15 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
     if model.num_classes and as_array:
         # The training split's class balance, drawn as evaluation draws them (seeded one above the noise):
         # `--seed <train.seed + 1>` gives the samples `avade eval` scores.
-        labels = draw_class_labels(loaded.class_counts, model.num_classes, n, seed + 1).to(dev)
+        counts = loaded.class_counts
+        if counts is None and sets is None:  # a checkpoint from before they were recorded: count the data
+            from avade.train.trainer import load_datasets
+
+            try:
+                counts = class_counts(load_datasets(loaded.recipe)[0])
+            except (AvadeError, OSError):  # a run copied without its data: uniform
+                counts = None
+        labels = draw_class_labels(counts, model.num_classes, n, seed + 1).to(dev)
     elif model.num_classes:  # a grid shows the classes in turn
         labels = torch.arange(n, device=dev) % model.num_classes
     if reconstructions:

@@ -3,8 +3,8 @@
 :class:`ResNetST` and :class:`ConvST` end in a zero-initialised plain convolution so that every
 coupling starts as the identity. It is deliberately not normalized: weight norm of an all-zero weight
 is 0/0, and a norm after it would undo the zero init. :class:`ReferenceST`, the Real-NVP reference
-code's network, ends in a weight-normed convolution instead, and its coupling's scalar tanh bound does
-that job where the reference needs it.
+code's network, ends in a weight-normed convolution instead: its couplings do not start as the identity
+(their scalar tanh bound starts at 0 in checkerboard couplings, a pure shift, and at 1 in channel ones).
 """
 
 from __future__ import annotations

@@ -370,6 +370,46 @@ def _sweep(raw: Any) -> SweepSection | None:
     return sweep
 
 
+# Component keys added with a default that builds another model than before: a recipe that avade saved
+# (a run's recipe.toml, a checkpoint's state) lists every key of its version, so one that lacks such a
+# key was trained with the value here, which rebuilds the former model.
+SAVED_BEFORE: dict[tuple[str, str], dict[str, Any]] = {
+    ("flow", "glow"): {"logscale_factor": 0.0},  # Glow's logscale factor 3 came with its own parameters
+}
+
+
+def with_saved_defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw``, a recipe avade saved, with the keys of :data:`SAVED_BEFORE` its version did not have yet."""
+    out = dict(raw)
+    model = raw.get("model")
+    if not isinstance(model, Mapping):
+        return out
+    model = dict(model)
+    for (kind, name), former in SAVED_BEFORE.items():
+        table = model.get(kind)
+        if isinstance(table, Mapping) and table.get("name") == name:
+            model[kind] = {**{k: v for k, v in former.items() if k not in table}, **table}
+    out["model"] = model
+    return out
+
+
+def saved_before_hint(saved: Any, recipe_dict: Mapping[str, Any]) -> str:
+    """For a recipe that does not fit a checkpoint whose recipe avade ``saved`` before a key of
+    :data:`SAVED_BEFORE` existed: what to set to rebuild that model ("" when no such key differs)."""
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("model"), Mapping):
+        return ""
+    model = recipe_dict.get("model", {})
+    hints = []
+    for (kind, name), former in SAVED_BEFORE.items():
+        table, ours = saved["model"].get(kind), model.get(kind)
+        if not (isinstance(table, Mapping) and table.get("name") == name and isinstance(ours, Mapping)
+                and ours.get("name") == name):
+            continue
+        hints += [f"model.{kind}.{k} = {v}" for k, v in former.items() if k not in table and ours.get(k) != v]
+    return (f"; it was saved before {', '.join(h.split(' = ')[0] for h in hints)} existed: set "
+            f"{', '.join(hints)} to resume it") if hints else ""
+
+
 def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_name: str = "recipe",
                      origins: Origins | None = None) -> Recipe:
     """Validate a merged recipe mapping into a :class:`Recipe` (errors name file and key path)."""
@@ -440,11 +480,14 @@ def _origin(path: str, origins: Origins | None) -> str | None:
     return None
 
 
-def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
-    """Load, merge, override and validate the recipe at ``path``."""
+def load_recipe(path: str | Path, overrides: Iterable[str] = (), saved: bool = False) -> Recipe:
+    """Load, merge, override and validate the recipe at ``path`` (``saved``: one avade wrote, a run's
+    recipe.toml, read as the avade that wrote it meant it: see :func:`with_saved_defaults`)."""
     path = Path(path)
     try:
         raw, origins = read_recipe_tree(path)
+        if saved:
+            raw = with_saved_defaults(raw)
         raw = apply_overrides(raw, overrides, origins)
     except ConfigError as exc:
         raise ConfigError(one_line(exc.detail), path=one_line(exc.path),

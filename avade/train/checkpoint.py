@@ -40,7 +40,8 @@ def fingerprint(recipe_dict: dict[str, Any]) -> str:
 def same_model(state: dict[str, Any], recipe_dict: dict[str, Any]) -> bool:
     """Whether a checkpoint's ``state`` was written for the model and data of ``recipe_dict``. A recipe
     saved by an older avade lacks keys added since (with defaults); it is re-read with today's schema
-    before its fingerprint is compared, so new defaults do not orphan old runs."""
+    before its fingerprint is compared, so new defaults do not orphan old runs (a key whose default
+    changed the model reads as the value it was trained with: :func:`avade.recipe.load.with_saved_defaults`)."""
     wanted = fingerprint(recipe_dict)
     if state.get("fingerprint") == wanted:
         return True
@@ -49,6 +50,7 @@ def same_model(state: dict[str, Any], recipe_dict: dict[str, Any]) -> bool:
         return False
     from avade.errors import AvadeError
     from avade.recipe import recipe_from_dict, recipe_to_dict
+    from avade.recipe.load import with_saved_defaults
 
     # Only what the fingerprint covers is re-read: a train or eval key dropped since, or a metric plugin
     # no longer installed, says nothing about the weights.
@@ -56,7 +58,7 @@ def same_model(state: dict[str, Any], recipe_dict: dict[str, Any]) -> bool:
     fingerprinted = {"name": "checkpoint", "model": saved.get("model"), "data": saved.get("data"),
                      "train": {"optimizer": train.get("optimizer")} if isinstance(train, dict) else {}}
     try:
-        return fingerprint(recipe_to_dict(recipe_from_dict(fingerprinted))) == wanted
+        return fingerprint(recipe_to_dict(recipe_from_dict(with_saved_defaults(fingerprinted)))) == wanted
     except (AvadeError, TypeError, ValueError):  # e.g. a component that no longer exists
         return False
 

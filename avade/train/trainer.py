@@ -29,6 +29,7 @@ from avade.losses.adversarial import CollapseDetector, discriminator_loss, gener
 from avade.models import GenerativeModel, build_model
 from avade.models.preprocess import to_unit
 from avade.nn import frozen
+from avade.recipe.load import saved_before_hint
 from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, Recipe
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
 from avade.registry import get_registry
@@ -265,6 +266,9 @@ class Trainer:
         data = ckpt.read_checkpoint(path)
         state = data["state"]
         if not ckpt.same_model(state, self.recipe_dict):
+            hint = saved_before_hint(state.get("recipe"), self.recipe_dict)
+            if hint:
+                raise CheckpointError(f"checkpoint {path} does not fit this recipe's model{hint}")
             raise CheckpointError(f"checkpoint {path} was written by another recipe ('{state.get('recipe_name')}',"
                                   " different model or data); resume it with its own recipe.toml or start a new "
                                   "run with another --out")
