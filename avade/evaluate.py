@@ -441,7 +441,7 @@ def _locked(lock_file: Path) -> Iterator[None]:
 SAMPLE_BATCH = 100  # images per model call when sampling
 
 
-def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), temperature: float = 1.0,
+def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), temperature: float | None = None,
                reconstructions: bool = False, seed: int = 0, device: str = "auto",
                checkpoint: str | int | None = None, batch_size: int = SAMPLE_BATCH, ema: bool = True) -> Path:
     """``avade sample``: a PNG grid of samples (or test images next to their reconstructions), or with an

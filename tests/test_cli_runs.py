@@ -524,7 +524,9 @@ def test_npz_of_a_conditional_model_holds_the_samples_evaluation_scores(tmp_path
     from avade.evaluate import load_run
 
     recipe = tmp_path / "tiny.toml"
-    recipe.write_text(tomli_w.dumps(tiny_dict("model.conditional=true", "train.steps=2", "train.seed=3")))
+    # a sampling temperature other than 1: `avade sample` samples at the recipe's, as evaluation does
+    recipe.write_text(tomli_w.dumps(tiny_dict("model.conditional=true", "train.steps=2", "train.seed=3",
+                                              "model.temperature=0.7")))
     run = tmp_path / "run"
     result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")
     assert result.exit_code == 0, out
@@ -693,7 +695,9 @@ def test_npz_of_a_conditional_run_from_before_class_counts_has_the_evaluated_lab
     from avade.evaluate import load_run
 
     recipe = tmp_path / "tiny.toml"
-    recipe.write_text(tomli_w.dumps(tiny_dict("model.conditional=true", "train.steps=2", "train.seed=3")))
+    # a sampling temperature other than 1: `avade sample` samples at the recipe's, as evaluation does
+    recipe.write_text(tomli_w.dumps(tiny_dict("model.conditional=true", "train.steps=2", "train.seed=3",
+                                              "model.temperature=0.7")))
     run = tmp_path / "run"
     result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")
     assert result.exit_code == 0, out

@@ -394,7 +394,9 @@ def sample(
                                          "or .npz: all n samples as uint8 [n, H, W, C] under arr_0 (the "
                                          "layout external FID tools read; a class-conditional model's labels, "
                                          "with the training class balance, under labels).")] = Path("samples.png"),
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Prior temperature.")] = 1.0,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", "-t", help="Prior temperature (default: the recipe's model.temperature, as evaluation "
+        "samples).")] = None,
     reconstructions: Annotated[bool, typer.Option("--reconstructions", help="Test images and their "
                                                   "reconstructions instead.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
@@ -411,7 +413,7 @@ def sample(
     if not is_main_process():  # single-process work: under torchrun, rank 0 does it and the others stop
         return
 
-    if not (math.isfinite(temperature) and temperature > 0):
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
         raise AvadeError(f"--temperature: expected a number > 0 (1 = the prior itself), got {temperature}")
     if output.suffix.lower() not in {*_image_suffixes(), ".npz"}:
         raise AvadeError(f"-o: {output} has no image suffix Pillow can write; end it in .png (or .jpg, .webp, "
