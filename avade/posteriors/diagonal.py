@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import attrs
 
@@ -21,6 +22,10 @@ class DiagonalConfig:
         default=0.0, validator=ge(0.0),
         metadata={"help": "free bits (openai/iaf kl_min): nats per latent channel and group below which the "
                           "batch-average KL gets no gradient; 0 = off; the reported bound is unchanged"})
+    kl: Literal["sample", "analytic"] = attrs.field(
+        default="sample",
+        metadata={"help": "KL in training: sample (log q - log p of the sample, as openai/iaf) or analytic "
+                          "(closed form, less variance, as NVAE; not with IAF); evaluation always samples"})
 
 
 class DiagonalPosterior(LatentModel):
@@ -30,4 +35,4 @@ class DiagonalPosterior(LatentModel):
                  num_classes: int | None = None) -> None:
         super().__init__(stage_shapes, [len(stage_shapes) - 1], latent_channels=cfg.latent_channels,
                          norm=cfg.norm, num_classes=num_classes, residual=cfg.residual, free_bits=cfg.free_bits,
-                         who="posterior 'diagonal'")
+                         kl=cfg.kl, who="posterior 'diagonal'")

@@ -36,8 +36,10 @@ def standard_log_prob(eps: torch.Tensor, log_sigma: torch.Tensor, elementwise: b
 
 
 def gaussian_kl(mu_q: torch.Tensor, log_sigma_q: torch.Tensor, mu_p: torch.Tensor,
-                log_sigma_p: torch.Tensor) -> torch.Tensor:
-    """``KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2))`` summed per sample: ``[B]``."""
+                log_sigma_p: torch.Tensor, elementwise: bool = False) -> torch.Tensor:
+    """``KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2))`` summed per sample: ``[B]`` (``elementwise``: not
+    summed)."""
     var_ratio = torch.exp(2 * (log_sigma_q - log_sigma_p))
     mean_term = ((mu_q - mu_p) * torch.exp(-log_sigma_p)).square()
-    return _sum(0.5 * (var_ratio + mean_term - 1) - (log_sigma_q - log_sigma_p))
+    kl = 0.5 * (var_ratio + mean_term - 1) - (log_sigma_q - log_sigma_p)
+    return kl if elementwise else _sum(kl)

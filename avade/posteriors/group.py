@@ -34,16 +34,26 @@ class LatentGroup(nn.Module):
     - ``free_bits`` > 0 (the "free bits" of Kingma et al. 2016, openai/iaf's ``kl_min``): in a training pass
       with gradients, a latent channel whose KL (summed over positions, averaged over the batch) is below
       ``free_bits`` nats gets no KL gradient, the gradient of ``sum_c max(KL_c, free_bits)``. Only the
-      gradient changes: ``log_q`` keeps its value, so the reported bound stays the true ELBO.
+      gradient changes: ``log_q`` keeps its value, so the reported bound stays the true ELBO;
+    - ``kl = "analytic"`` (without IAF): in a training pass with gradients the KL is the closed form
+      ``KL(q || p)`` instead of the single-sample ``log q(z) - log p(z)`` (the same expectation, less
+      variance, as NVAE); ``log_q`` is then ``log_p + KL``. Evaluation keeps the sampled terms, which the
+      importance-weighted bound needs.
     """
 
     def __init__(self, channels: int, latent: int, *, norm: str = "weight-norm",
                  num_classes: int | None = None, iaf_steps: int = 0, iaf_hidden: int = 64,
-                 iaf_kernel: int = 3, residual: bool = False, free_bits: float = 0.0) -> None:
+                 iaf_kernel: int = 3, residual: bool = False, free_bits: float = 0.0,
+                 kl: str = "sample") -> None:
         super().__init__()
+        if kl not in ("sample", "analytic"):
+            raise ValueError(f"kl must be 'sample' or 'analytic', got {kl!r}")
+        if kl == "analytic" and iaf_steps:
+            raise ValueError("the KL of an IAF posterior has no closed form; use kl = 'sample'")
         self.latent = latent
         self.residual = residual
         self.free_bits = float(free_bits)
+        self.analytic = kl == "analytic"
         self.context = iaf_hidden if iaf_steps else 0
         opts = {"norm": norm, "num_classes": num_classes}
         self.prior = ZeroScaled(conv(channels, 2 * latent, 3, **opts), 2 * latent)
@@ -77,8 +87,9 @@ class LatentGroup(nn.Module):
         return self._draw(d, h, temperature, noise, elementwise=False)
 
     def _draw(self, d: torch.Tensor, h: torch.Tensor | None, temperature: float,
-              noise: torch.Tensor | None, elementwise: bool) -> LatentSample:
-        """:meth:`sample`, with log_q and log_p per element (shaped like z) when ``elementwise``."""
+              noise: torch.Tensor | None, elementwise: bool, analytic: bool = False) -> LatentSample:
+        """:meth:`sample`, with log_q and log_p per element (shaped like z) when ``elementwise``; with
+        ``analytic`` (no IAF) a posterior sample's log_q is ``log_p + KL(q || p)`` in closed form."""
         mu_p, log_sigma_p = self.prior_params(d)
         eps = torch.randn_like(mu_p) if noise is None else noise
         if h is None:
@@ -87,6 +98,9 @@ class LatentGroup(nn.Module):
             return LatentSample(z, log_q, normal_log_prob(z, mu_p, log_sigma_p, elementwise))
         mu_q, log_sigma_q, ctx = self.posterior_params(d, h, (mu_p, log_sigma_p))
         z = mu_q + torch.exp(log_sigma_q) * eps
+        if analytic:
+            log_p = normal_log_prob(z, mu_p, log_sigma_p, elementwise)
+            return LatentSample(z, log_p + gaussian_kl(mu_q, log_sigma_q, mu_p, log_sigma_p, elementwise), log_p)
         log_q = standard_log_prob(eps, log_sigma_q, elementwise)
         if self.flow is not None:
             z, logdet = self.flow(z, ctx, elementwise)
@@ -104,10 +118,14 @@ class LatentGroup(nn.Module):
     def forward(self, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(d + merge(z), log_q, log_p)``."""
-        if h is None or self.free_bits <= 0 or not (self.training and torch.is_grad_enabled()):
+        training = h is not None and self.training and torch.is_grad_enabled()
+        if not training or (self.free_bits <= 0 and not self.analytic):
             s = self.sample(d, h, temperature)
             return d + self.merge(s.z), s.log_q, s.log_p
-        s = self._draw(d, h, temperature, None, elementwise=True)
+        if self.free_bits <= 0:
+            s = self._draw(d, h, temperature, None, elementwise=False, analytic=True)
+            return d + self.merge(s.z), s.log_q, s.log_p
+        s = self._draw(d, h, temperature, None, elementwise=True, analytic=self.analytic)
         log_q = s.log_q.flatten(1).sum(1) - free_bits_gradient(s.log_q - s.log_p, self.free_bits)
         return d + self.merge(s.z), log_q, s.log_p.flatten(1).sum(1)
 

@@ -23,7 +23,7 @@ class LatentModel(nn.Module):
     def __init__(self, stage_shapes: Sequence[Sequence[int]], stage_ids: Iterable[int], *,
                  latent_channels: int, norm: str = "weight-norm", num_classes: int | None = None,
                  iaf_steps: int = 0, iaf_hidden: int = 64, iaf_kernel: int = 3, residual: bool = False,
-                 free_bits: float = 0.0, who: str = "posterior") -> None:
+                 free_bits: float = 0.0, kl: str = "sample", who: str = "posterior") -> None:
         super().__init__()
         self.stage_shapes: list[Shape] = check_stages(stage_shapes, who)
         self.stage_ids: list[int] = sorted(set(stage_ids))
@@ -31,7 +31,7 @@ class LatentModel(nn.Module):
         self.groups = nn.ModuleDict({
             str(i): LatentGroup(self.stage_shapes[i][0], latent_channels, norm=norm, num_classes=num_classes,
                                 iaf_steps=iaf_steps, iaf_hidden=iaf_hidden, iaf_kernel=iaf_kernel,
-                                residual=residual, free_bits=free_bits)
+                                residual=residual, free_bits=free_bits, kl=kl)
             for i in self.stage_ids
         })
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 import attrs
 
+from avade.errors import ConfigError
 from avade.posteriors.hierarchy import LatentModel, top_stages
 from avade.schema import ge
 
@@ -33,6 +34,15 @@ class TopDownConfig:
         default=0.0, validator=ge(0.0),
         metadata={"help": "free bits (openai/iaf kl_min): nats per latent channel and group below which the "
                           "batch-average KL gets no gradient; 0 = off; the reported bound is unchanged"})
+    kl: Literal["sample", "analytic"] = attrs.field(
+        default="sample",
+        metadata={"help": "KL in training: sample (log q - log p of the sample, as openai/iaf) or analytic "
+                          "(closed form, less variance, as NVAE; not with IAF); evaluation always samples"})
+
+    def __attrs_post_init__(self) -> None:
+        if self.kl == "analytic" and self.iaf_steps:
+            raise ConfigError("the KL of a posterior with IAF steps has no closed form; use kl = \"sample\" "
+                              "(or iaf_steps = 0)", path="kl")
 
 
 class TopDownPosterior(LatentModel):
@@ -44,4 +54,4 @@ class TopDownPosterior(LatentModel):
         super().__init__(stage_shapes, top_stages(stage_shapes, cfg.groups, who),
                          latent_channels=cfg.latent_channels, norm=cfg.norm, num_classes=num_classes,
                          iaf_steps=cfg.iaf_steps, iaf_hidden=cfg.iaf_hidden, iaf_kernel=cfg.iaf_kernel,
-                         residual=cfg.residual, free_bits=cfg.free_bits, who=who)
+                         residual=cfg.residual, free_bits=cfg.free_bits, kl=cfg.kl, who=who)
