@@ -50,7 +50,7 @@ class Settings:
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     quick: bool = False
-    precision: str = "fp32"  # "fp32" | "bf16" (bf16 autocast applies on CUDA only, as in the Trainer)
+    precision: str = "fp32"  # "fp32" | "bf16" (bf16 autocast, on CUDA and CPU, as in the Trainer)
     profile: bool = False
     warmup: int = 2
     repeats: int = 5
@@ -63,13 +63,13 @@ class Settings:
 
     @property
     def bf16(self) -> bool:
-        """Whether bf16 autocast is actually applied (CUDA only: CPU bf16 autocast is not what we ship)."""
-        return self.precision == "bf16" and self.cuda
+        """Whether bf16 autocast is applied (``train.precision = "bf16"``: on CUDA and on CPU)."""
+        return self.precision == "bf16"
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast on CUDA when asked for, else a no-op."""
+        """bf16 autocast when asked for, else a no-op."""
         if self.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
 
@@ -280,7 +280,8 @@ def top_ops(fn: Fn, device: torch.device, limit: int = 15) -> list[dict[str, Any
 def gemm_peak(settings: Settings) -> dict[str, Any]:
     """FLOP/s of the fastest large GEMM-like kernel: the reference for "fraction of peak".
 
-    CUDA: a bf16 ``torch.mm``. CPU: an fp32 ``torch.mm``, the same GEMM as a oneDNN 1x1 convolution
+    CUDA: a bf16 ``torch.mm``. CPU: a ``torch.mm`` (fp32, or bf16 with ``--precision bf16``), the same
+    GEMM as a oneDNN 1x1 convolution
     (``[1, n, n, 1]`` input, ``n x n`` kernel: ``n^3`` multiply-adds) in NCHW and in channels-last,
     and a channels-last 3x3 convolution of 256 channels; the peak is the fastest. Why not torch.mm
     alone: it goes to the BLAS (MKL), which on some CPUs (e.g. AMD EPYC with AVX-512) runs a narrower
@@ -290,7 +291,8 @@ def gemm_peak(settings: Settings) -> dict[str, Any]:
     if settings.cuda:
         n, dtype, repeats = (4096 if settings.quick else 8192), torch.bfloat16, 20
     else:
-        n, dtype, repeats = (1024 if settings.quick else 2048), torch.float32, (3 if settings.quick else 7)
+        n, repeats = (1024 if settings.quick else 2048), (3 if settings.quick else 7)
+        dtype = torch.bfloat16 if settings.bf16 else torch.float32
     gen = torch.Generator(device=settings.device).manual_seed(0)
     a = torch.randn(n, n, device=settings.device, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=settings.device, dtype=dtype, generator=gen)
@@ -306,8 +308,8 @@ def gemm_peak(settings: Settings) -> dict[str, Any]:
         # A 3x3 convolution re-reads each input 9 times: the highest arithmetic intensity of any
         # kernel the models run, so the best FLOP/s a convolution can reach here.
         c, s = (64, 16) if settings.quick else (256, 32)
-        x3 = torch.randn(16, c, s, s, generator=gen).contiguous(memory_format=cl)
-        w3 = torch.randn(c, c, 3, 3, generator=gen).contiguous(memory_format=cl)
+        x3 = torch.randn(16, c, s, s, generator=gen).to(dtype).contiguous(memory_format=cl)
+        w3 = torch.randn(c, c, 3, 3, generator=gen).to(dtype).contiguous(memory_format=cl)
         fns["oneDNN conv3x3 channels-last"] = lambda: conv(x3, w3, padding=1)
         flops.update({"oneDNN conv1x1": 2.0 * n**3, "oneDNN conv1x1 channels-last": 2.0 * n**3,
                       "oneDNN conv3x3 channels-last": 2.0 * 16 * s * s * c * c * 9})

@@ -192,3 +192,18 @@ def test_counts_out_of_range_are_usage_errors(argv: list[str], message: str,
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and ">=" in err
     assert runner.parse_args(["--warmup", "0", "--repeats", "1", "--threads", "1"]).warmup == 0
+
+
+def test_targets_judge_fp32_cpu_runs_only() -> None:
+    """The targets are stated for fp32 on CPU: a bf16 run's fraction of its (bf16) peak is reported, not judged."""
+    results = {"benchmarks": {"train": {"recipes": {"r": {"fraction_of_peak": 0.5}}}}}
+    assert [t["met"] for t in runner.targets(results, "cpu")] == [True]
+    assert [t["met"] for t in runner.targets(results, "cpu", precision="bf16")] == [None]
+    assert [t["met"] for t in runner.targets(results, "cuda")] == [None]
+
+
+def test_bf16_settings_autocast_on_cpu_too() -> None:
+    settings = make_settings("cpu", precision="bf16")
+    with settings.autocast():
+        out = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
+    assert settings.bf16 and out.dtype == torch.bfloat16

@@ -108,6 +108,14 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
     return cls(params, lr=lr, betas=betas, foreach=True)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class Trainer:
     """Trains one recipe into one run directory (see :mod:`avade.train.rundir`)."""
 
@@ -179,8 +187,18 @@ class Trainer:
         self.generate = self.model.generate
         if self.cfg.compile:
             self._compile()
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if self.cfg.precision == "bf16" and self.device.type == "cuda" else contextlib.nullcontext())
+        self.autocast = self._autocast()
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """``train.precision = "bf16"``: bfloat16 autocast on CUDA and on CPU (flows stay float32). A CPU
+        without native bf16 (AVX512-BF16 or AMX) emulates it, slower than fp32: said once, at the start."""
+        if self.cfg.precision != "bf16":
+            return contextlib.nullcontext()
+        if self.device.type == "cpu" and self.dist.is_main and not cpu_has_native_bf16():
+            self.console.print("[yellow]warning:[/] train.precision = \"bf16\": this CPU has no native bfloat16 "
+                               "(AVX512-BF16 or AMX), so bf16 is emulated and likely slower than fp32; "
+                               "set train.precision = \"fp32\"")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _weight_average(self) -> WeightAverage | None:
         """``train.ema_decay``: the generator's weight average, continued from a resumed checkpoint's (one

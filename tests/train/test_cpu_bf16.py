@@ -1,0 +1,55 @@
+"""train.precision = "bf16" on CPU: the networks run under bfloat16 autocast, the flows stay float32, the
+step stays finite; a CPU without native bf16 is warned about."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from rich.console import Console
+from tiny_recipes import tiny_recipe
+
+from avade.flows.base import Flow
+from avade.train import trainer as trainer_module
+from avade.train.trainer import Trainer
+
+
+def _trainer(tmp_path, *overrides: str, console: Console | None = None) -> Trainer:
+    return Trainer(tiny_recipe(*overrides), tmp_path / "run", progress=False, device="cpu",
+                   console=console or Console(file=io.StringIO()))
+
+
+def test_bf16_autocasts_the_networks_but_not_the_flows(tmp_path) -> None:
+    trainer = _trainer(tmp_path, 'train.precision="bf16"')
+    dtypes: dict[str, set[torch.dtype]] = {"encoder": set(), "flow": set(), "discriminator": set()}
+    convs = {"encoder": trainer.model.encoder, "discriminator": trainer.model.discriminator}
+    for part, module in convs.items():
+        conv = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda _m, _i, out, part=part: dtypes[part].add(out.dtype))
+    flows = [m for m in trainer.model.flow.modules() if isinstance(m, Flow)]
+    flows[0].register_forward_hook(lambda _m, _i, out: dtypes["flow"].add(out[0].dtype))
+    x, y = next(trainer.stream.batches(0))
+    logs = trainer.train_step(x, y)
+    assert logs["finite"] == 1.0
+    assert dtypes["encoder"] == {torch.bfloat16}
+    # the critic's losses in bf16; its gradient penalty (a double backward) in fp32, as on CUDA
+    assert dtypes["discriminator"] == {torch.bfloat16, torch.float32}
+    assert dtypes["flow"] == {torch.float32}
+
+
+def test_fp32_stays_fp32(tmp_path) -> None:
+    trainer = _trainer(tmp_path)
+    seen: set[torch.dtype] = set()
+    conv = next(m for m in trainer.model.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+    trainer.train_step(*next(trainer.stream.batches(0)))
+    assert seen == {torch.float32}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_cpu_without_native_bf16_is_warned_about(tmp_path, monkeypatch, native: bool) -> None:
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native)
+    out = io.StringIO()
+    _trainer(tmp_path, 'train.precision="bf16"', console=Console(file=out, width=400))
+    assert ("no native bfloat16" in out.getvalue()) == (not native), out.getvalue()
