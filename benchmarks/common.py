@@ -14,9 +14,9 @@ Methods (also in benchmarks/README.md):
   that already exist are not counted). Python objects and allocator caching are not counted.
 - **FLOPs**: ``torch.utils.flop_counter.FlopCounterMode`` over one call: matmul/conv (and their
   backward) FLOPs only -- elementwise work is not counted, so FLOP/s is a lower bound of the work done.
-- **GEMM peak**: a large square ``torch.mm`` (fp32 on CPU, bf16 on CUDA) timed in the same run, and on
-  CPU oneDNN 1x1 and 3x3 convolutions; the fastest one's best (not median) time is the peak, so
-  "fraction of peak" is conservative (see :func:`gemm_peak`).
+- **GEMM peak**: a large square ``torch.mm`` (bf16 on CUDA; on CPU fp32, or bf16 with ``--precision bf16``)
+  timed in the same run, and on CPU oneDNN 1x1 and 3x3 convolutions; the fastest one's best (not median)
+  time is the peak, so "fraction of peak" is conservative (see :func:`gemm_peak`).
 """
 
 from __future__ import annotations

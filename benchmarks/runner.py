@@ -46,8 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = cuda when available (default)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16 = autocast to bfloat16, as train.precision = \"bf16\" (CUDA, or a CPU with "
-                        "native bf16)")
+                   help="bf16 = autocast to bfloat16, as train.precision = \"bf16\" (on CUDA and on CPU; "
+                        "emulated on a CPU without native bf16)")
     p.add_argument("--profile", action="store_true",
                    help="also record torch.profiler top ops (flows, train) and a train-step breakdown")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")

@@ -149,8 +149,8 @@ class TrainSection:
                                      metadata={"help": "stop after this many consecutive non-finite steps"})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = attrs.field(
-        default="fp32", metadata={"help": "bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, "
-                                          "AMX); flows stay fp32"})
+        default="fp32", metadata={"help": "bf16 autocast on CUDA and on CPU (a CPU without AVX512-BF16 or AMX "
+                                          "emulates it, slower than fp32); flows stay fp32"})
     tf32: bool = attrs.field(
         default=False, metadata={"help": "CUDA: fp32 convolutions and matmuls on TF32 tensor cores (faster on "
                                          "Ampere and later, ~1e-3 relative error: the flows' 1x1 convolutions no "

@@ -109,8 +109,17 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX)."""
+    """Whether this CPU runs bfloat16 natively (x86: AVX512-BF16 or AMX-BF16; Arm: its BF16 extension).
+
+    Not oneDNN's ``_is_mkldnn_bf16_supported`` alone: on x86 that only asks for AVX-512 (BW, VL, DQ), so
+    it is true on CPUs that emulate bf16 (e.g. Skylake-SP, Cascade Lake, Ice Lake servers)."""
     try:
+        caps = torch._C._cpu._get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        caps = {}
+    if caps.get("architecture") in ("x86_64", "x86", "i386", "AMD64"):
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    try:  # elsewhere (Arm) oneDNN's check is the CPU's bf16 extension
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False

@@ -53,3 +53,15 @@ def test_a_cpu_without_native_bf16_is_warned_about(tmp_path, monkeypatch, native
     out = io.StringIO()
     _trainer(tmp_path, 'train.precision="bf16"', console=Console(file=out, width=400))
     assert ("no native bfloat16" in out.getvalue()) == (not native), out.getvalue()
+
+
+@pytest.mark.parametrize(("flags", "native"), [({}, False), ({"avx512_bf16": True}, True),
+                                               ({"amx_bf16": True}, True)])
+def test_native_bf16_means_the_bf16_instructions_not_just_avx512(monkeypatch, flags, native: bool) -> None:
+    """oneDNN's bf16 check only asks for AVX-512 (BW, VL, DQ): a Skylake/Cascade Lake/Ice Lake server passes
+    it yet emulates bf16; native bf16 is AVX512-BF16 or AMX-BF16."""
+    caps = {"architecture": "x86_64", "avx512_f": True, "avx512_bw": True, "avx512_vl": True, "avx512_dq": True,
+            "avx512_bf16": False, "amx_bf16": False, **flags}
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: caps)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert trainer_module.cpu_has_native_bf16() is native
