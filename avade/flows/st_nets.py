@@ -140,8 +140,9 @@ class ResNetST(nn.Module):
 class ConvST(nn.Module):
     """Glow's s/t network: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero conv3x3, ``hidden`` channels.
 
-    Glow normalizes the two hidden convolutions with actnorm (``norm="actnorm"``, Glow's default) and
-    scales the zero conv's output by ``exp(3 * logs)`` (``logscale_factor=3``)."""
+    Glow's reference code normalizes the two hidden convolutions with actnorm (``norm="actnorm"``; avade's
+    Glow defaults to ``none``, see :class:`~avade.flows.glow.GlowConfig`) and scales the zero conv's output
+    by ``exp(3 * logs)`` (``logscale_factor=3``)."""
 
     def __init__(self, in_channels: int, out_channels: int, *, hidden: int, norm: str,
                  batch_norm: bool = False, logscale_factor: float = 0.0) -> None:
