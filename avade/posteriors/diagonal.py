@@ -7,7 +7,7 @@ from typing import Literal
 
 import attrs
 
-from avade.posteriors.hierarchy import LatentModel
+from avade.posteriors.hierarchy import LatentModel, free_bits_field, kl_field
 from avade.schema import ge
 
 
@@ -18,14 +18,8 @@ class DiagonalConfig:
     latent_channels: int = attrs.field(default=32, validator=ge(1), metadata={"help": "z channels per group"})
     norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of the convs"})
     residual: bool = attrs.field(default=False, metadata={"help": "q parametrized relative to the prior"})
-    free_bits: float = attrs.field(
-        default=0.0, validator=ge(0.0),
-        metadata={"help": "free bits (openai/iaf kl_min): nats per latent channel and group below which the "
-                          "batch-average KL gets no gradient; 0 = off; the reported bound is unchanged"})
-    kl: Literal["sample", "analytic"] = attrs.field(
-        default="sample",
-        metadata={"help": "KL in training: sample (log q - log p of the sample, as openai/iaf) or analytic "
-                          "(closed form, less variance, as NVAE; not with IAF); evaluation always samples"})
+    free_bits: float = free_bits_field()
+    kl: Literal["sample", "analytic"] = kl_field()
 
 
 class DiagonalPosterior(LatentModel):

@@ -7,7 +7,7 @@ from typing import Literal
 
 import attrs
 
-from avade.posteriors.hierarchy import LatentModel
+from avade.posteriors.hierarchy import LatentModel, free_bits_field
 from avade.schema import ge
 
 
@@ -23,10 +23,7 @@ class IAFConfig:
         default=3, metadata={"help": "IAF kernel: 1 = channel-autoregressive, 3/5 = also over positions"})
     norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of the convs"})
     residual: bool = attrs.field(default=False, metadata={"help": "q parametrized relative to the prior"})
-    free_bits: float = attrs.field(
-        default=0.0, validator=ge(0.0),
-        metadata={"help": "free bits (openai/iaf kl_min): nats per latent channel and group below which the "
-                          "batch-average KL gets no gradient; 0 = off; the reported bound is unchanged"})
+    free_bits: float = free_bits_field()
 
 
 class IAFPosterior(LatentModel):

@@ -13,7 +13,7 @@ from typing import Literal
 import attrs
 
 from avade.errors import ConfigError
-from avade.posteriors.hierarchy import LatentModel, top_stages
+from avade.posteriors.hierarchy import LatentModel, free_bits_field, kl_field, top_stages
 from avade.schema import ge
 
 
@@ -30,14 +30,8 @@ class TopDownConfig:
         default=3, metadata={"help": "IAF kernel: 1 = channel-autoregressive, 3/5 = also over positions"})
     norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of the convs"})
     residual: bool = attrs.field(default=False, metadata={"help": "q parametrized relative to the prior"})
-    free_bits: float = attrs.field(
-        default=0.0, validator=ge(0.0),
-        metadata={"help": "free bits (openai/iaf kl_min): nats per latent channel and group below which the "
-                          "batch-average KL gets no gradient; 0 = off; the reported bound is unchanged"})
-    kl: Literal["sample", "analytic"] = attrs.field(
-        default="sample",
-        metadata={"help": "KL in training: sample (log q - log p of the sample, as openai/iaf) or analytic "
-                          "(closed form, less variance, as NVAE; not with IAF); evaluation always samples"})
+    free_bits: float = free_bits_field()
+    kl: Literal["sample", "analytic"] = kl_field()
 
     def __attrs_post_init__(self) -> None:
         if self.kl == "analytic" and self.iaf_steps:
