@@ -515,6 +515,29 @@ def test_sample_to_npz_writes_every_sample_as_a_uint8_nhwc_array(run_dir: Path, 
         assert result.exit_code != 0 and message in out and len(out.strip().splitlines()) == 1, out
 
 
+def _conditional_run(tmp_path: Path) -> Path:
+    """A 2-step class-conditional tiny run (train.seed 3) sampled at temperature 0.7: `avade sample` must
+    sample at the recipe's temperature, as evaluation does."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("model.conditional=true", "train.steps=2", "train.seed=3",
+                                              "model.temperature=0.7")))
+    run = tmp_path / "run"
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")
+    assert result.exit_code == 0, out
+    return run
+
+
+def _sample_npz(run: Path, tmp_path: Path):
+    """``avade sample RUN -n 40 -o s.npz --seed 4`` (train.seed + 1): its (images, labels)."""
+    import numpy as np
+
+    out_file = tmp_path / "s.npz"
+    result, out = _invoke("sample", str(run), "-n", "40", "-o", str(out_file), "--device", "cpu", "--seed", "4")
+    assert result.exit_code == 0, out
+    with np.load(out_file) as data:
+        return data["arr_0"], data["labels"]
+
+
 def test_npz_of_a_conditional_model_holds_the_samples_evaluation_scores(tmp_path: Path) -> None:
     """Its labels follow the training split's class balance (recorded in the checkpoint, so the data is
     not needed), drawn as evaluation draws them: `--seed <train.seed + 1>` writes the evaluated samples."""
@@ -523,23 +546,13 @@ def test_npz_of_a_conditional_model_holds_the_samples_evaluation_scores(tmp_path
 
     from avade.evaluate import load_run
 
-    recipe = tmp_path / "tiny.toml"
-    # a sampling temperature other than 1: `avade sample` samples at the recipe's, as evaluation does
-    recipe.write_text(tomli_w.dumps(tiny_dict("model.conditional=true", "train.steps=2", "train.seed=3",
-                                              "model.temperature=0.7")))
-    run = tmp_path / "run"
-    result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")
-    assert result.exit_code == 0, out
+    run = _conditional_run(tmp_path)
     ctx = load_run(run, device="cpu")
     counts = torch.bincount(torch.as_tensor(ctx.train_set.labels), minlength=ctx.num_classes).tolist()
     state = json.loads((run / "checkpoints" / "step_00000002" / "state.json").read_text())
     assert state["class_counts"] == counts and sum(counts) == len(ctx.train_set)
     assert torch.equal(ctx.labels("train"), torch.cat([y for _, y in ctx.real_batches("train")]))
-    out_file = tmp_path / "s.npz"
-    result, out = _invoke("sample", str(run), "-n", "40", "-o", str(out_file), "--device", "cpu", "--seed", "4")
-    assert result.exit_code == 0, out
-    with np.load(out_file) as data:
-        images, labels = data["arr_0"], data["labels"]
+    images, labels = _sample_npz(run, tmp_path)
     assert np.array_equal(labels, ctx.class_labels(40).numpy())
     evaluated = torch.cat(list(ctx.sample_batches(40)))
     assert np.array_equal(images, evaluated.permute(0, 2, 3, 1).numpy())
@@ -694,20 +707,10 @@ def test_npz_of_a_conditional_run_from_before_class_counts_has_the_evaluated_lab
 
     from avade.evaluate import load_run
 
-    recipe = tmp_path / "tiny.toml"
-    # a sampling temperature other than 1: `avade sample` samples at the recipe's, as evaluation does
-    recipe.write_text(tomli_w.dumps(tiny_dict("model.conditional=true", "train.steps=2", "train.seed=3",
-                                              "model.temperature=0.7")))
-    run = tmp_path / "run"
-    result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")
-    assert result.exit_code == 0, out
+    run = _conditional_run(tmp_path)
     for state_file in (run / "checkpoints").glob("step_*/state.json"):
         state = json.loads(state_file.read_text())
         del state["class_counts"]
         state_file.write_text(json.dumps(state))
-    out_file = tmp_path / "s.npz"
-    result, out = _invoke("sample", str(run), "-n", "40", "-o", str(out_file), "--device", "cpu", "--seed", "4")
-    assert result.exit_code == 0, out
-    with np.load(out_file) as data:
-        labels = data["labels"]
+    _, labels = _sample_npz(run, tmp_path)
     assert np.array_equal(labels, load_run(run, device="cpu").class_labels(40).numpy())
