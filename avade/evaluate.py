@@ -325,9 +325,20 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
         weights = "ema"
     model.to(dev).eval()
     counts = data["state"].get("class_counts")
-    if counts is None and sets is not None:  # a checkpoint from before they were recorded
-        counts = class_counts(sets[0])
+    if counts is None and int(classes):  # a checkpoint from before they were recorded: count the data's
+        counts = class_counts(sets[0]) if sets is not None else _data_class_counts(recipe)
     return _Loaded(model, recipe, chosen, sets, weights, counts)
+
+
+def _data_class_counts(recipe: Recipe) -> list[int] | None:
+    """The training split's labels per class, read from the data (None when it is not at hand: a run
+    copied without its data is then sampled with uniform classes)."""
+    from avade.train.trainer import load_datasets
+
+    try:
+        return class_counts(load_datasets(recipe)[0])
+    except (AvadeError, OSError):
+        return None
 
 
 def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None = None,
@@ -468,15 +479,7 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
     if model.num_classes and as_array:
         # The training split's class balance, drawn as evaluation draws them (seeded one above the noise):
         # `--seed <train.seed + 1>` gives the samples `avade eval` scores.
-        counts = loaded.class_counts
-        if counts is None and sets is None:  # a checkpoint from before they were recorded: count the data
-            from avade.train.trainer import load_datasets
-
-            try:
-                counts = class_counts(load_datasets(loaded.recipe)[0])
-            except (AvadeError, OSError):  # a run copied without its data: uniform
-                counts = None
-        labels = draw_class_labels(counts, model.num_classes, n, seed + 1).to(dev)
+        labels = draw_class_labels(loaded.class_counts, model.num_classes, n, seed + 1).to(dev)
     elif model.num_classes:  # a grid shows the classes in turn
         labels = torch.arange(n, device=dev) % model.num_classes
     if reconstructions:
