@@ -122,10 +122,14 @@ def _real(ctx: EvalContext, split: str, batch_size: int) -> tuple[Tensor, Tensor
         ys.append(y.cpu().long())
     if not xs:
         raise AvadeError(f"{ctx.dataset_key}: split {split!r} is empty")
-    images, labels = torch.cat(xs), torch.cat(ys)
+    return torch.cat(xs), _checked(ctx, split, torch.cat(ys))
+
+
+def _checked(ctx: EvalContext, split: str, labels: Tensor) -> Tensor:
+    """``labels`` of split ``split``, refused unless they lie in ``[0, num_classes)``."""
     if int(labels.min()) < 0 or int(labels.max()) >= ctx.num_classes:
         raise AvadeError(f"{ctx.dataset_key}: labels of split {split!r} are outside [0, {ctx.num_classes})")
-    return images, labels
+    return labels
 
 
 def _labels(ctx: EvalContext, split: str, batch_size: int) -> Tensor:
@@ -138,9 +142,7 @@ def _labels(ctx: EvalContext, split: str, batch_size: int) -> Tensor:
     labels = torch.as_tensor(labels, dtype=torch.int64)
     if not len(labels):
         raise AvadeError(f"{ctx.dataset_key}: split {split!r} is empty")
-    if int(labels.min()) < 0 or int(labels.max()) >= ctx.num_classes:
-        raise AvadeError(f"{ctx.dataset_key}: labels of split {split!r} are outside [0, {ctx.num_classes})")
-    return labels
+    return _checked(ctx, split, labels)
 
 
 def _sample_labels(real_labels: Tensor, n: int | None, seed: int) -> Tensor:

@@ -122,10 +122,9 @@ class LatentGroup(nn.Module):
         if not training or (self.free_bits <= 0 and not self.analytic):
             s = self.sample(d, h, temperature)
             return d + self.merge(s.z), s.log_q, s.log_p
+        s = self._draw(d, h, temperature, None, elementwise=self.free_bits > 0, analytic=self.analytic)
         if self.free_bits <= 0:
-            s = self._draw(d, h, temperature, None, elementwise=False, analytic=True)
             return d + self.merge(s.z), s.log_q, s.log_p
-        s = self._draw(d, h, temperature, None, elementwise=True, analytic=self.analytic)
         log_q = s.log_q.flatten(1).sum(1) - free_bits_gradient(s.log_q - s.log_p, self.free_bits)
         return d + self.merge(s.z), log_q, s.log_p.flatten(1).sum(1)
 
