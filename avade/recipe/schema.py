@@ -144,6 +144,17 @@ class TrainSection:
         default=0, validator=ge(0),
         metadata={"help": "KL warm-up (annealing): the KL term of L_C is weighted (step + 1) / this, up to 1, in "
                           "the training objective (the logged bound stays the true one); 0 = off (the paper)"})
+    lr_schedule: Literal["constant", "cosine", "linear"] = attrs.field(
+        default="constant",
+        metadata={"help": "learning-rate decay after lr_warmup_steps, over the rest of train.steps, from lr (and "
+                          "d_lr) down to lr_final_ratio of it; constant = the paper"})
+    lr_warmup_steps: int = attrs.field(
+        default=0, validator=ge(0),
+        metadata={"help": "linear learning-rate warm-up: step s trains with (s + 1) / this of the lr (as Glow); "
+                          "0 = off"})
+    lr_final_ratio: float = attrs.field(
+        default=0.0, validator=between(0.0, 1.0),
+        metadata={"help": "the decayed lr at train.steps, as a fraction of lr (cosine and linear schedules)"})
     grad_clip: float | None = attrs.field(default=None, validator=gt(0.0))
     max_bad_steps: int = attrs.field(default=20, validator=ge(1),
                                      metadata={"help": "stop after this many consecutive non-finite steps"})
@@ -171,6 +182,10 @@ class TrainSection:
         metadata={"help": "steps before the average starts (it copies the weights until then)"})
 
     def __attrs_post_init__(self) -> None:
+        if self.lr_final_ratio and self.lr_schedule == "constant":
+            raise ConfigError(f"{self.lr_final_ratio} is the end of a decay, but train.lr_schedule is constant; "
+                              "set train.lr_schedule to cosine or linear, or drop lr_final_ratio",
+                              path="lr_final_ratio")
         if self.keep_every % self.checkpoint_every:
             raise ConfigError(f"{self.keep_every} is not a multiple of train.checkpoint_every "
                               f"({self.checkpoint_every}), so no checkpoint would land on it; use a multiple "

@@ -50,6 +50,7 @@ from avade.train.ema import WeightAverage
 from avade.train.logger import MetricsLogger
 from avade.train.preemption import StopRequest, stop_on_signals
 from avade.train.rundir import RunDir, atomic_write_text, write_json
+from avade.train.schedule import lr_factor, scheduled
 
 
 def resolve_device(name: str) -> torch.device:
@@ -169,6 +170,8 @@ class Trainer:
                                         self.cfg.d_lr or self.cfg.lr, self.cfg.betas)
             self.optimizers["discriminator"] = self.opt_d
             self.collapse = CollapseDetector(kind=self.cfg.adv_loss)
+        # The recipe's learning rates; train.lr_schedule scales them step by step (set_learning_rates).
+        self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
         # Own generators: dequantization/penalty noise stays reproducible and is checkpointed.
         self.noise = torch.Generator(device=self.device).manual_seed(self.cfg.seed * 7919 + self.dist.rank)
         self.generators = {"noise": self.noise}
@@ -305,14 +308,19 @@ class Trainer:
                   for name, opt in self.optimizers.items()}
         self.rng_restored = ckpt.restore(data, self.model, self.optimizers, self.generators, path,
                                          self.dist.rank)
+        self.step = int(state["step"])
+        # The checkpoint's lr is the one its last step trained with; the recipe's for that step, to compare.
+        last_factor = lr_factor(self.cfg, max(self.step - 1, 0))
         for name, opt in self.optimizers.items():
             for group, hyper in zip(opt.param_groups, wanted[name], strict=True):
                 for key in ("lr", "betas"):
-                    if group.get(key) != hyper.get(key) and self.dist.is_main:
-                        self.console.print(f"{name} optimizer: {key} {hyper.get(key)} from the recipe "
+                    ours = hyper.get(key) * last_factor if key == "lr" else hyper.get(key)
+                    if group.get(key) != ours and self.dist.is_main:
+                        at = f" at step {self.step}" if scheduled(self.cfg) else ""
+                        self.console.print(f"{name} optimizer: {key} {ours}{at} from the recipe "
                                            f"(checkpoint had {group.get(key)})")
                 group.update(hyper)
-        self.step = int(state["step"])
+        self.set_learning_rates()
         self.bad_steps = int(state.get("bad_steps", 0))
         untrained = state.get("bpd_untrained")
         self.bpd_untrained = float(untrained) if isinstance(untrained, int | float) else None
@@ -391,6 +399,14 @@ class Trainer:
         opt.step()
         return True
 
+    def set_learning_rates(self) -> float:
+        """Set every optimizer's lr for this step from the recipe's (``train.lr_schedule``); returns the factor."""
+        factor = lr_factor(self.cfg, self.step)
+        for name, opt in self.optimizers.items():
+            for group, base in zip(opt.param_groups, self.base_lrs[name], strict=True):
+                group["lr"] = base * factor
+        return factor
+
     def kl_weight(self) -> float:
         """The KL term's weight in the objective at this step: ``(step + 1) / train.kl_warmup_steps`` up to 1
         (1 without warm-up). A function of the step alone, so a resumed run continues the same schedule."""
@@ -411,6 +427,7 @@ class Trainer:
         labels_in = labels if model.num_classes else None
         scalars: dict[str, torch.Tensor] = {}
         ok = True
+        self.set_learning_rates()
         adversarial_now = self.adversarial and (self.step >= cfg.warmup_steps or not self.likelihood)
         fake = None
         if adversarial_now:
@@ -463,6 +480,8 @@ class Trainer:
         values = torch.stack([t.detach().float().reshape(()) for t in scalars.values()]).tolist()
         logs = dict(zip(scalars, values, strict=True))
         logs["finite"] = float(ok)
+        if scheduled(cfg):
+            logs["lr"] = self.opt_g.param_groups[0]["lr"]
         if adversarial_now and self.collapse is not None:
             warning = self.collapse.update(logs["d_real"], logs["d_fake"], logs["d_loss"], step=self.step)
             if warning and self.dist.is_main:

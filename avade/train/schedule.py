@@ -1,0 +1,30 @@
+"""The learning-rate schedule: a factor of the step alone, so a resumed run continues it exactly and a
+checkpoint needs no scheduler state (the recipe's lr and schedule decide every step's lr)."""
+
+from __future__ import annotations
+
+import math
+
+from avade.recipe.schema import TrainSection
+
+
+def lr_factor(cfg: TrainSection, step: int) -> float:
+    """The fraction of ``train.lr`` (and ``d_lr``) that step ``step`` (0-based) trains with.
+
+    A linear warm-up over ``lr_warmup_steps`` (step s gets (s + 1) / N, as Glow's), then ``lr_schedule``
+    from 1 at the end of the warm-up to ``lr_final_ratio`` at ``train.steps``: cosine (half a period)
+    or linear; constant stays at 1.
+    """
+    warmup = cfg.lr_warmup_steps
+    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if cfg.lr_schedule == "constant":
+        return ramp
+    progress = min(1.0, max(0.0, (step - warmup) / max(1, cfg.steps - warmup)))
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1.0 - progress
+    final = cfg.lr_final_ratio
+    return ramp * (final + (1.0 - final) * shape)
+
+
+def scheduled(cfg: TrainSection) -> bool:
+    """Whether the lr changes during training (then it is logged as ``lr``)."""
+    return cfg.lr_schedule != "constant" or cfg.lr_warmup_steps > 0
