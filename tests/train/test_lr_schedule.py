@@ -4,6 +4,7 @@ changed it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -31,7 +32,7 @@ def test_warm_up_ramps_linearly_then_the_decay_runs_from_one_to_the_final_ratio(
     assert lr_factor(cfg, 52) == pytest.approx(0.55)  # half way: the cosine's midpoint
     assert lr_factor(cfg, 102) == pytest.approx(0.1) and lr_factor(cfg, 500) == pytest.approx(0.1)
     factors = [lr_factor(cfg, s) for s in range(1, 103)]
-    assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(factors))
     linear = _train(("train.steps=102", "train.lr_schedule='linear'", "train.lr_warmup_steps=2"))
     assert lr_factor(linear, 27) == pytest.approx(0.75) and lr_factor(linear, 102) == 0.0
     constant = _train(("train.lr_warmup_steps=4",))
