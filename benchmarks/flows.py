@@ -123,10 +123,10 @@ def build_avade(case: FlowCase) -> nn.Module:
 
     shape = (case.channels, case.size, case.size)
     if case.kind == "glow":
-        # normflows' GlowBlock has neither actnorm in its networks nor Glow's logscale factor (avade's
-        # defaults, as openai/glow): both off here, for equal configuration.
+        # normflows' GlowBlock has neither actnorm in its networks nor Glow's logscale factor or edge
+        # channel (avade's defaults, as openai/glow): all off here, for equal configuration.
         return avade.create("flow", "glow", in_shape=shape, scales=case.levels, steps=case.steps,
-                            hidden=case.hidden, lu=True, norm=case.norm, logscale_factor=0.0)
+                            hidden=case.hidden, lu=True, norm=case.norm, logscale_factor=0.0, edge_bias=False)
     return avade.create("flow", "realnvp", in_shape=shape, scales=case.levels, layers=case.steps,
                         blocks=case.blocks, hidden=case.hidden, norm=case.norm, batch_norm=True,
                         checkerboard=case.checkerboard)

@@ -677,26 +677,29 @@ def _as_saved_before(run: Path, flow_key: str) -> None:
         state_file.write_text(json.dumps(state))
 
 
-def test_a_glow_run_from_before_logscale_factor_still_loads_and_resumes(tmp_path: Path) -> None:
-    """Glow's logscale_factor (default 3) adds parameters; a run saved before it existed trained the
-    former model (factor 0): eval and sample load it, and it resumes with logscale_factor = 0."""
-    glow = ('model.flow={name="glow", scales=1, steps=1, hidden=4, norm="none", logscale_factor=0.0}')
+@pytest.mark.parametrize(("key", "former"), [("logscale_factor", "0.0"), ("edge_bias", "false")])
+def test_a_glow_run_from_before_a_key_still_loads_and_resumes(tmp_path: Path, key: str, former: str) -> None:
+    """Glow's logscale_factor (default 3) and edge_bias (default true) add parameters; a run saved before
+    one existed trained the former model: eval and sample load it, and it resumes with the former value."""
+    glow = ('model.flow={name="glow", scales=1, steps=1, hidden=4, norm="none", logscale_factor=0.0, '
+            'edge_bias=false}')
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(tomli_w.dumps(tiny_dict(glow, "train.steps=2")))
     run = tmp_path / "run"
     result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")
     assert result.exit_code == 0, out
-    _as_saved_before(run, "logscale_factor")
+    _as_saved_before(run, key)
     result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu", "--json")
     assert result.exit_code == 0, out
     result, out = _invoke("sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png"), "--device", "cpu")
     assert result.exit_code == 0, out
-    # Resuming with today's default (3) is another model: a one-line error that says what to set.
+    # Resuming with today's default is another model: a one-line error that says what to set.
     result, out = _invoke("recipe", "run", str(run / "recipe.toml"), "--out", str(run), "--resume",
                           "--device", "cpu", "--set", "train.steps=4")
-    assert result.exit_code == 2 and "logscale_factor = 0" in out and len(out.strip().splitlines()) == 1, out
+    assert result.exit_code == 2 and f"model.flow.{key} = {former} to resume" in " ".join(out.split()), out
+    assert len(out.strip().splitlines()) == 1, out
     result, out = _invoke("recipe", "run", str(run / "recipe.toml"), "--out", str(run), "--resume",
-                          "--device", "cpu", "--set", "train.steps=4", "--set", "model.flow.logscale_factor=0.0")
+                          "--device", "cpu", "--set", "train.steps=4", "--set", f"model.flow.{key}={former}")
     assert result.exit_code == 0, out
 
 

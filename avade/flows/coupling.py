@@ -61,6 +61,9 @@ class AffineCouplingConfig:
     logscale_factor: float = attrs.field(
         default=0.0, validator=ge(0.0),
         metadata={"help": "> 0: the network's zero conv gets Glow's output scale exp(factor * logs)"})
+    edge_bias: bool = attrs.field(
+        default=False, metadata={"help": "net = \"conv\": Glow's edge channel on the 3x3 convolutions (marks the "
+                                         "zero padding)"})
 
 
 def checkerboard(h: int, w: int, parity: int) -> torch.Tensor:
@@ -107,6 +110,9 @@ class AffineCoupling(Flow):
             cond = self.split if not cfg.reverse else c - self.split
             net_in, transformed = cond, c - cond
         self.transformed = transformed
+        if cfg.edge_bias and cfg.net != "conv":
+            raise ConfigError(f'edge_bias is Glow\'s, for net = "conv"; net = "{cfg.net}" pads with plain zeros',
+                              path="edge_bias")
         if cfg.net == "resnet":
             self.net: nn.Module = ResNetST(net_in, 2 * transformed, hidden=cfg.hidden, blocks=cfg.blocks,
                                            norm=cfg.norm, batch_norm=cfg.batch_norm,
@@ -122,7 +128,8 @@ class AffineCoupling(Flow):
                                    input_scale=1.0 if cfg.mask == "channel" else 2.0)
         else:
             self.net = ConvST(net_in, 2 * transformed, hidden=cfg.hidden, norm=cfg.norm,
-                              batch_norm=cfg.batch_norm, logscale_factor=cfg.logscale_factor)
+                              batch_norm=cfg.batch_norm, logscale_factor=cfg.logscale_factor,
+                              edge_bias=cfg.edge_bias)
         if cfg.net == "reference":
             # One scalar per coupling: 0 in checkerboard couplings, 1 in channel couplings (the reference's
             # ``rescaling_scale`` and ``scale``), broadcast to the channels by ``_bound``.

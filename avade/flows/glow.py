@@ -32,6 +32,8 @@ class GlowConfig:
     ``logscale_factor``: Glow's log-scale parametrisation, 3 as in the reference: every actnorm
     learns ``log s / 3`` and the zero-initialised convolutions (the coupling networks' last layer, the
     split priors) scale their output by a learned ``exp(3 * logs)``; 0 turns both off.
+    ``edge_bias``: the reference's ``add_edge_padding``: the 3x3 convolutions (coupling networks, split
+    priors) see one more input channel, 1 in their zero padding, so the border is not mistaken for data.
     """
 
     scales: int = attrs.field(default=3, validator=ge(1))
@@ -42,6 +44,9 @@ class GlowConfig:
     logscale_factor: float = attrs.field(
         default=3.0, validator=ge(0.0),
         metadata={"help": "Glow's log-scale factor for actnorms and zero convs (reference 3; 0 = off)"})
+    edge_bias: bool = attrs.field(
+        default=True, metadata={"help": "Glow's edge channel on the 3x3 convolutions of the coupling networks and "
+                                        "split priors (marks the zero padding); false = plain zero padding"})
 
 
 def _with_actnorm_factor(factor: float) -> dict[str, dict[str, Any]]:
@@ -61,13 +66,17 @@ class Glow(Flow):
     As in the reference code (openai/glow): actnorm's data-dependent init (population std, eps
     1e-6), the LU-decomposed 1x1 convolution from a random rotation (fixed ``P`` and ``sign(s)``,
     learned ``log|s|``), the coupling network (conv3x3-actnorm-ReLU-conv1x1-actnorm-ReLU-zero conv3x3),
-    the logscale factor 3, the split prior (zero conv3x3 on the kept half), the squeeze order and the
-    first half of the channels conditioning the second. Deliberate differences: the coupling's scale
-    is ``exp(b * tanh(raw))``, not ``sigmoid(raw + 2)`` (see :mod:`avade.flows.coupling`) and the shift
-    is added after scaling (the same family of maps); the networks' outputs are split in halves, not
-    interleaved (a relabelling of a zero-initialised layer's outputs); convolutions zero-pad without
-    Glow's extra "edge" input channel; there is no learned top prior (``learntop``, off by default in
-    Glow): in AV-ADE the VAE models ``y``; the reference's plain (non-LU) 1x1 conv is ``lu = false``.
+    the logscale factor 3, the split prior (zero conv3x3 on the kept half), the edge channel of the 3x3
+    convolutions (``add_edge_padding``), the squeeze order and the first half of the channels
+    conditioning the second. Deliberate differences: the coupling's scale is ``exp(b * tanh(raw))``,
+    not ``sigmoid(raw + 2)`` (see :mod:`avade.flows.coupling`) and the shift is added after scaling
+    (the same family of maps); the networks' outputs are split in halves, not interleaved (a
+    relabelling of a zero-initialised layer's outputs); there is no learned top prior (``learntop``,
+    off by default in Glow): in AV-ADE the VAE models ``y``; the reference's plain (non-LU) 1x1 conv
+    is ``lu = false``. The reference's input ``x / 256 - 1/2`` is ``model.logit_alpha = 0`` (avade's
+    default is Real-NVP's logit for every flow): that gives ``2 x / 256 - 1``, and the first actnorm's
+    data-dependent init absorbs the factor 2 (its output, and the bits/dim, are the same up to the
+    1e-6 that the init adds to the std).
     """
 
     def __init__(self, cfg: GlowConfig | None = None, *, in_shape: Shape) -> None:
@@ -89,7 +98,7 @@ class Glow(Flow):
         cfg = self.cfg
         factor = cfg.logscale_factor
         coupling = AffineCouplingConfig(mask="channel", net="conv", hidden=cfg.hidden, norm=cfg.norm,
-                                        batch_norm=False, logscale_factor=factor)
+                                        batch_norm=False, logscale_factor=factor, edge_bias=cfg.edge_bias)
         # The coupling network's actnorms (norm="actnorm") take the same factor, as in Glow's conv2d.
         with norm_options(_with_actnorm_factor(factor or 1.0)):
             layer = AffineCoupling(coupling, in_shape=shape)
@@ -105,7 +114,8 @@ class Glow(Flow):
         if remaining > 1:
             keep = sq[0] // 2
             inner = self._level((keep, sq[1], sq[2]), remaining - 1)
-            prior = LearnedSplitPrior(keep, sq[0] - keep, logscale_factor=self.cfg.logscale_factor)
+            prior = LearnedSplitPrior(keep, sq[0] - keep, logscale_factor=self.cfg.logscale_factor,
+                                      edge_bias=self.cfg.edge_bias)
             flows.append(FactorOut(sq, inner=inner, transform=prior))
         flows.append(Unsqueeze(sq))
         return FlowSequence(flows)

@@ -12,15 +12,18 @@ class LearnedSplitPrior(SplitTransform):
     """``y2 = (z2 - mu(z1)) * exp(-logs(z1))``, ``logdet = -sum(logs)``.
 
     ``mu`` and ``logs`` come from a zero-initialised 3x3 conv on ``z1``, as in Glow's split prior
-    (with ``logscale_factor > 0``, Glow's ``conv2d_zeros``: output scaled by ``exp(factor * logs)``). A
+    (with ``logscale_factor > 0``, Glow's ``conv2d_zeros``: output scaled by ``exp(factor * logs)``;
+    ``edge_bias``: its edge channel). A
     standard normal on ``y2`` is exactly Glow's ``N(z2; mu(z1), exp(logs(z1))^2)``, so the split stays an
     invertible map and the output keeps the input's shape.
     """
 
-    def __init__(self, kept_channels: int, split_channels: int, logscale_factor: float = 0.0) -> None:
+    def __init__(self, kept_channels: int, split_channels: int, logscale_factor: float = 0.0,
+                 edge_bias: bool = False) -> None:
         super().__init__()
         self.split_channels = split_channels
-        self.conv = zero_conv(kept_channels, 2 * split_channels, logscale_factor=logscale_factor)
+        self.conv = zero_conv(kept_channels, 2 * split_channels, logscale_factor=logscale_factor,
+                              edge_bias=edge_bias)
 
     def _mean_logs(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.conv(z1)

@@ -26,8 +26,9 @@ class ScaledZeroConv(Conv2d):
     factor (3 in Glow) lets the output scale move ``logscale_factor`` times faster under Adam-type
     optimisers."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, logscale_factor: float) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, logscale_factor: float,
+                 edge_bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, edge_bias=edge_bias)
         self.logscale_factor = float(logscale_factor)
         self.logs = nn.Parameter(torch.zeros(out_channels))
 
@@ -36,14 +37,17 @@ class ScaledZeroConv(Conv2d):
         return y * torch.exp(self.logs * self.logscale_factor).to(y.dtype).view(1, -1, 1, 1)
 
 
-def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 3, logscale_factor: float = 0.0
-              ) -> nn.Conv2d:
-    """A convolution whose weight and bias start at exactly zero; with ``logscale_factor > 0`` it is
-    Glow's :class:`ScaledZeroConv` (a learned output scale ``exp(logscale_factor * logs)``)."""
-    conv = (ScaledZeroConv(in_channels, out_channels, kernel_size, logscale_factor) if logscale_factor > 0
-            else Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2))
+def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 3, logscale_factor: float = 0.0,
+              edge_bias: bool = False) -> nn.Conv2d:
+    """A convolution whose weights and bias start at exactly zero; with ``logscale_factor > 0`` it is
+    Glow's :class:`ScaledZeroConv` (a learned output scale ``exp(logscale_factor * logs)``);
+    ``edge_bias``: Glow's edge channel (see :class:`avade.nn.Conv2d`)."""
+    conv = (ScaledZeroConv(in_channels, out_channels, kernel_size, logscale_factor, edge_bias) if logscale_factor > 0
+            else Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, edge_bias=edge_bias))
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
+    if conv.edge_weight is not None:
+        nn.init.zeros_(conv.edge_weight)
     return conv
 
 
@@ -78,8 +82,9 @@ def checked_norm(norm: str) -> str:
     return norm
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> nn.Module:
-    return normed(Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), norm)
+def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str, edge_bias: bool = False) -> nn.Module:
+    return normed(Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, edge_bias=edge_bias),
+                  norm)
 
 
 class ResidualBlock(nn.Module):
@@ -141,17 +146,18 @@ class ConvST(nn.Module):
     """Glow's s/t network: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero conv3x3, ``hidden`` channels.
 
     Glow's reference code normalizes the two hidden convolutions with actnorm (``norm="actnorm"``; avade's
-    Glow defaults to ``none``, see :class:`~avade.flows.glow.GlowConfig`) and scales the zero conv's output
-    by ``exp(3 * logs)`` (``logscale_factor=3``)."""
+    Glow defaults to ``none``, see :class:`~avade.flows.glow.GlowConfig`), scales the zero conv's output
+    by ``exp(3 * logs)`` (``logscale_factor=3``) and gives both 3x3 convolutions its edge channel
+    (``edge_bias``)."""
 
     def __init__(self, in_channels: int, out_channels: int, *, hidden: int, norm: str,
-                 batch_norm: bool = False, logscale_factor: float = 0.0) -> None:
+                 batch_norm: bool = False, logscale_factor: float = 0.0, edge_bias: bool = False) -> None:
         super().__init__()
-        self.conv1 = _conv(in_channels, hidden, 3, checked_norm(norm))
+        self.conv1 = _conv(in_channels, hidden, 3, checked_norm(norm), edge_bias)
         self.bn1 = nn.BatchNorm2d(hidden) if batch_norm else nn.Identity()
         self.conv2 = _conv(hidden, hidden, 1, norm)
         self.bn2 = nn.BatchNorm2d(hidden) if batch_norm else nn.Identity()
-        self.out = zero_conv(hidden, out_channels, logscale_factor=logscale_factor)
+        self.out = zero_conv(hidden, out_channels, logscale_factor=logscale_factor, edge_bias=edge_bias)
 
     def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         """``update_stats=False``: batch norms leave their running statistics alone (see :func:`batch_norm`)."""

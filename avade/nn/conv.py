@@ -1,9 +1,12 @@
-"""A Conv2d whose bias is a separate add under ``torch.compile``."""
+"""A Conv2d whose bias is a separate add under ``torch.compile``, optionally with Glow's edge bias."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from avade.errors import ConfigError
 
 
 class Conv2d(nn.Conv2d):
@@ -15,10 +18,46 @@ class Conv2d(nn.Conv2d):
     a pass of its own over the output gradient. Eager keeps the fused oneDNN call (a separate add
     would be one more pass over the activation). Norm wrappers (e.g. weight norm's parametrization)
     work unchanged: they go through ``self.weight``.
+
+    ``edge_bias`` (a stride-1 "same" convolution): Glow's ``add_edge_padding`` (openai/glow), an extra
+    input channel that is 1 in the zero padding and 0 on the image, so the network can tell the border's
+    zeros from data. Computed as the separate weight ``edge_weight`` (``[out, 1, k, k]``) convolved with
+    that border map, one ``[1, out, H, W]`` term broadcast over the batch: by linearity the convolution
+    of the concatenated input, without copying the activation. ``edge_weight`` is initialised like the
+    weight's own entries and is outside a weight-norm wrapper's normalization (Glow normalizes with
+    actnorm after the convolution, which covers it).
     """
+
+    def __init__(self, *args: object, edge_bias: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.edge_weight: nn.Parameter | None = None
+        if edge_bias:
+            k = self.kernel_size
+            if self.stride != (1, 1) or self.groups != 1 or any(s % 2 == 0 for s in k) or \
+                    self.padding != (k[0] // 2, k[1] // 2) or self.padding_mode != "zeros":
+                raise ConfigError("edge_bias needs a stride-1, zero-padded 'same' convolution with an odd kernel",
+                                  path="edge_bias")
+            if self.padding == (0, 0):
+                return  # a 1x1 convolution pads nothing: no border to mark (as Glow's)
+            self.edge_weight = nn.Parameter(torch.empty(self.out_channels, 1, *k))
+            # PyTorch's default conv init, as if the border map were one more input channel
+            bound = 1.0 / ((self.in_channels + 1) * k[0] * k[1]) ** 0.5
+            nn.init.uniform_(self.edge_weight, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is not None and torch.compiler.is_compiling():
             y = self._conv_forward(x, self.weight, None)
-            return y + self.bias.to(y.dtype).view(1, -1, 1, 1)  # autocast: y may be bf16, as eager's would be
-        return super().forward(x)
+            y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)  # autocast: y may be bf16, as eager's would be
+        else:
+            y = super().forward(x)
+        if self.edge_weight is not None:
+            y = y + self.edge_term(x.shape[-2], x.shape[-1], y)
+        return y
+
+    def edge_term(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        """The edge channel's contribution, ``[1, out, H, W]``: nonzero on the border pixels only."""
+        assert self.edge_weight is not None
+        ph, pw = self.padding
+        border = like.new_ones(1, 1, height + 2 * ph, width + 2 * pw)
+        border[..., ph:ph + height, pw:pw + width] = 0
+        return F.conv2d(border, self.edge_weight.to(like.dtype))  # `y + term` keeps y's memory format

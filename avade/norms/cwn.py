@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avade.errors import ConfigError
+
 
 @attrs.define
 class ConditionalWeightNormConfig:
@@ -24,6 +26,10 @@ class ConditionalWeightNorm(nn.Module):
         super().__init__()
         if not isinstance(layer, nn.Conv2d | nn.Linear):
             raise TypeError(f"cwn supports Conv2d and Linear layers, got {type(layer).__name__}")
+        if getattr(layer, "edge_weight", None) is not None:
+            # cwn convolves with its own normalized weight, which would silently drop the edge channel
+            raise ConfigError("cwn does not support a convolution with edge_bias; use another norm or "
+                              "edge_bias = false", path="norm")
         self.layer = layer
         out = layer.weight.shape[0]
         with torch.no_grad():

@@ -7,6 +7,7 @@ its full key path, e.g. ``recipes/x.toml: model.flow.scales: expected int, got "
 from __future__ import annotations
 
 import copy
+import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -374,7 +375,8 @@ def _sweep(raw: Any) -> SweepSection | None:
 # (a run's recipe.toml, a checkpoint's state) lists every key of its version, so one that lacks such a
 # key was trained with the value here, which rebuilds the former model.
 SAVED_BEFORE: dict[tuple[str, str], dict[str, Any]] = {
-    ("flow", "glow"): {"logscale_factor": 0.0},  # Glow's logscale factor 3 came with its own parameters
+    # Glow's logscale factor 3 and its edge channel came with parameters of their own
+    ("flow", "glow"): {"logscale_factor": 0.0, "edge_bias": False},
 }
 
 
@@ -405,7 +407,9 @@ def saved_before_hint(saved: Any, recipe_dict: Mapping[str, Any]) -> str:
         if not (isinstance(table, Mapping) and table.get("name") == name and isinstance(ours, Mapping)
                 and ours.get("name") == name):
             continue
-        hints += [f"model.{kind}.{k} = {v}" for k, v in former.items() if k not in table and ours.get(k) != v]
+        # JSON spells these scalars as TOML and --set do (false, 0.0)
+        hints += [f"model.{kind}.{k} = {json.dumps(v)}" for k, v in former.items()
+                  if k not in table and ours.get(k) != v]
     return (f"; it was saved before {', '.join(h.split(' = ')[0] for h in hints)} existed: set "
             f"{', '.join(hints)} to resume it") if hints else ""
 

@@ -55,7 +55,8 @@ class ModelOptions:
     sigma_init: float = attrs.field(default=1.0, validator=gt(0.0))
     logit_alpha: float = attrs.field(
         default=0.05, validator=between(0.0, 0.49),
-        metadata={"help": "x -> logit(alpha + (1-2 alpha) x) before f (Real-NVP); 0 = no logit"})
+        metadata={"help": "x -> logit(alpha + (1-2 alpha) x) before f (Real-NVP); 0 = no logit: 2x - 1, Glow's "
+                          "x - 1/2 up to the factor 2 that its first actnorm's init absorbs"})
     conditional: bool = attrs.field(
         default=False, metadata={"help": "class-conditional generator and discriminator (needs labels)"})
     temperature: float = attrs.field(default=1.0, validator=gt(0.0), metadata={"help": "sampling temperature"})

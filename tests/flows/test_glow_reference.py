@@ -109,3 +109,75 @@ def test_glow_inverts_exactly_after_training_steps(norm: str) -> None:
     flow.eval()
     y, _ = flow(x)
     torch.testing.assert_close(flow.inverse(y), x)
+
+
+def _glow_edge_padded_conv(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """openai/glow's add_edge_padding then a VALID convolution: zero-pad, concatenate a channel that is 1
+    in the padding, convolve with the edge channel's weights as one more input channel."""
+    ph, pw = conv.padding
+    padded = torch.nn.functional.pad(x, (pw, pw, ph, ph))
+    border = torch.ones_like(padded[:, :1])
+    border[..., ph:-ph, pw:-pw] = 0
+    weight = torch.cat([conv.weight, conv.edge_weight], dim=1)
+    return torch.nn.functional.conv2d(torch.cat([padded, border], dim=1), weight, conv.bias)
+
+
+def test_edge_bias_is_glows_extra_padding_channel() -> None:
+    from avade.nn import Conv2d
+
+    conv = Conv2d(3, 5, 3, padding=1, edge_bias=True)
+    x = torch.randn(2, 3, 6, 4, requires_grad=True)
+    y = conv(x)
+    ref = _glow_edge_padded_conv(conv, x)
+    torch.testing.assert_close(y, ref)
+    plain = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(y[..., 1:-1, 1:-1], plain[..., 1:-1, 1:-1])  # the interior is untouched
+    assert (y - plain).abs()[..., 0, :].min() > 0  # every border pixel gets its edge term
+    (g_edge,) = torch.autograd.grad(y.square().sum(), conv.edge_weight)
+    (g_ref,) = torch.autograd.grad(_glow_edge_padded_conv(conv, x).square().sum(), conv.edge_weight)
+    torch.testing.assert_close(g_edge, g_ref)
+    cl = conv(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(cl, y)
+    assert Conv2d(3, 5, 1, edge_bias=True).edge_weight is None  # 1x1 pads nothing, as in Glow
+
+
+def test_glow_gives_its_3x3_convolutions_the_edge_channel() -> None:
+    flow = _glow()
+    nets = [m for m in flow.modules() if isinstance(m, ConvST)]
+    priors = [m for m in flow.modules() if isinstance(m, LearnedSplitPrior)]
+    assert nets and priors
+    for net in nets:
+        assert net.conv1.layer.edge_weight is not None and net.conv1.layer.edge_weight.any()
+        assert net.conv2.layer.edge_weight is None
+        assert net.out.edge_weight is not None and not net.out.edge_weight.any()  # zero conv: zero at init
+    assert all(p.conv.edge_weight is not None and not p.conv.edge_weight.any() for p in priors)
+    plain = _glow(edge_bias=False)
+    assert not any(name.endswith("edge_weight") for name, _ in plain.named_parameters())
+    assert len(list(flow.parameters())) - len(list(plain.parameters())) == 2 * len(nets) + len(priors)
+
+
+def test_edge_bias_is_for_glows_network_only() -> None:
+    with pytest.raises(avade.ConfigError, match="edge_bias"):
+        avade.create("flow", "affine-coupling", in_shape=(4, 4, 4), net="resnet", edge_bias=True)
+    with pytest.raises(avade.ConfigError, match="edge_bias needs a stride-1"):
+        from avade.nn import Conv2d
+
+        Conv2d(3, 5, 3, padding=0, edge_bias=True)
+    with pytest.raises(avade.ConfigError, match="cwn does not support"):
+        _glow(norm="cwn")
+
+
+def test_the_first_actnorm_absorbs_the_inputs_scale() -> None:
+    """Why logit_alpha = 0 (2x - 1) is Glow's input (x - 1/2): the first actnorm's data-dependent init
+    undoes the factor 2, so the output is the same and the log-det differs by D log 2 (up to the 1e-6 that
+    the init adds to the std)."""
+    torch.manual_seed(0)
+    glow = _glow().train()
+    twice = _glow().train()
+    twice.load_state_dict(glow.state_dict())
+    v = torch.rand(6, 3, 8, 8)
+    y, logdet = glow(v - 0.5)
+    y2, logdet2 = twice(2 * v - 1)
+    torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logdet2, logdet - v[0].numel() * torch.log(torch.tensor(2.0)), rtol=1e-6, atol=1e-3)
+    assert not torch.allclose(logdet2, logdet, rtol=1e-6, atol=1e-3)
