@@ -9,6 +9,7 @@ from torch import nn
 
 from avade.nets.blocks import ZeroScaled, conv
 from avade.nn import elu
+from avade.nn.replicas import replica_mean
 from avade.posteriors.flow import IAFFlow
 from avade.posteriors.gaussian import gaussian_kl, normal_log_prob, soft_clamp, standard_log_prob
 
@@ -32,9 +33,10 @@ class LatentGroup(nn.Module):
       sample optionally goes through ``iaf_steps`` IAF steps whose context also comes from that conv;
     - merge: ``d + conv3x3(z)``;
     - ``free_bits`` > 0 (the "free bits" of Kingma et al. 2016, openai/iaf's ``kl_min``): in a training pass
-      with gradients, a latent channel whose KL (summed over positions, averaged over the batch) is below
-      ``free_bits`` nats gets no KL gradient, the gradient of ``sum_c max(KL_c, free_bits)``. Only the
-      gradient changes: ``log_q`` keeps its value, so the reported bound stays the true ELBO;
+      with gradients, a latent channel whose KL (summed over positions, averaged over the batch: the whole
+      job's under data parallelism) is below ``free_bits`` nats gets no KL gradient, the gradient of
+      ``sum_c max(KL_c, free_bits)``. Only the gradient changes: ``log_q`` keeps its value, so the
+      reported bound stays the true ELBO;
     - ``kl = "analytic"`` (without IAF): in a training pass with gradients the KL is the closed form
       ``KL(q || p)`` instead of the single-sample ``log q(z) - log p(z)`` (the same expectation, less
       variance, as NVAE); ``log_q`` is then ``log_p + KL``. Evaluation keeps the sampled terms, which the
@@ -132,7 +134,9 @@ class LatentGroup(nn.Module):
 def free_bits_gradient(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
     """Per sample ([B]), a term of value 0 whose gradient is that of the KL of the channels of ``kl``
     ([B, Z, H, W], per element) whose KL (summed over positions, averaged over the batch) is below
-    ``free_bits``: subtracted from log q, it removes their KL gradient (free bits)."""
+    ``free_bits``: subtracted from log q, it removes their KL gradient (free bits). Under data parallelism
+    the batch is the job's (:func:`~avade.nn.replicas.replica_mean`)."""
     per_channel = kl.flatten(2).sum(2)  # [B, Z]
-    below = (per_channel.detach().mean(0) < free_bits).to(per_channel.dtype)
+    # The batch mean of the whole data-parallel job (inside the trainer's step): one decision for all.
+    below = (replica_mean(per_channel.detach().mean(0)) < free_bits).to(per_channel.dtype)
     return ((per_channel - per_channel.detach()) * below).sum(1)

@@ -29,6 +29,7 @@ from avade.losses.adversarial import CollapseDetector, discriminator_loss, gener
 from avade.models import GenerativeModel, build_model
 from avade.models.preprocess import to_unit
 from avade.nn import frozen
+from avade.nn.replicas import replica_statistics
 from avade.recipe.load import saved_before_hint
 from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, Recipe
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
@@ -456,7 +457,8 @@ class Trainer:
         loss = x.new_zeros((), dtype=torch.float32)
         with self.autocast:
             if self.likelihood:
-                out = self.log_likelihood(x, labels_in, self.noise)
+                with replica_statistics(self.dist.enabled):  # e.g. free bits decide on the job's batch
+                    out = self.log_likelihood(x, labels_in, self.noise)
                 l_c = -out["log_px"].mean()
                 kl = out["kl"].mean()
                 kl_weight = self.kl_weight()

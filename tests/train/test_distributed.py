@@ -393,3 +393,39 @@ def test_torchrun_stop_signal_stops_every_process_at_one_step_with_a_checkpoint(
     step = int(kept[0].removeprefix("step_"))
     assert out.count(f"stopped by {'SIGINT' if ctrl_c else 'SIGTERM'} at step {step} of 400") >= 1, out
     assert json.loads((tmp_path / "run" / "checkpoints" / kept[0] / "state.json").read_text())["world"] == 2
+
+
+FREE_BITS = 1.0
+# per-sample KL of 2 channels (1 position) on each process: channel 0's batch mean is 0.4 on rank 0 and
+# 1.2 on rank 1 (the job's: 0.8, below the free bits), channel 1's 1.5 and 0.7 (the job's: 1.1, above)
+SHARD_KL = {0: [[0.3, 1.4], [0.5, 1.6]], 1: [[1.1, 0.6], [1.3, 0.8]]}
+
+
+def _free_bits_worker(rank, store, out, inside):
+    from avade.nn.replicas import replica_statistics
+    from avade.posteriors.group import free_bits_gradient
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        kl = torch.tensor(SHARD_KL[rank]).view(2, 2, 1, 1).requires_grad_()
+        with replica_statistics(inside):
+            term = free_bits_gradient(kl, FREE_BITS)
+        assert term.detach().abs().max() == 0  # values untouched
+        term.sum().backward()
+        save_file({"grad": kl.grad.flatten(1).contiguous()}, os.path.join(out, f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("inside", [True, False])
+def test_free_bits_decide_on_the_jobs_batch_inside_the_training_pass(tmp_path, inside):
+    """Inside the trainer's pass (replica_statistics) both processes drop channel 0's KL gradient, as one
+    process with the whole batch would; outside it each process decides alone (no collective waits)."""
+    mp.spawn(_free_bits_worker, args=(str(tmp_path / "store"), str(tmp_path), inside), nprocs=WORLD, join=True)
+    grads = {rank: load_file(str(tmp_path / f"rank{rank}.safetensors"))["grad"] for rank in range(WORLD)}
+    if inside:  # channel 0 is below the free bits for the job: its KL gradient is removed, on both ranks
+        assert all(torch.equal(g, torch.tensor([[1.0, 0.0], [1.0, 0.0]])) for g in grads.values())
+    else:  # rank 1 alone sees channel 0 above (1.2) and channel 1 below (0.7)
+        assert torch.equal(grads[0], torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+        assert torch.equal(grads[1], torch.tensor([[0.0, 1.0], [0.0, 1.0]]))

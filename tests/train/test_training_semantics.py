@@ -74,3 +74,39 @@ def test_summaries_are_strict_json_whatever_the_number_type(tmp_path):
     write_json(tmp_path / "s.json", {"a": np.float32("nan"), "b": torch.tensor(float("inf")), "c": [1.0, float("nan")],
                                      "d": np.float32(1.5)})
     assert json.loads((tmp_path / "s.json").read_text()) == {"a": None, "b": None, "c": [1.0, None], "d": 1.5}
+
+
+def test_the_likelihood_pass_decides_batch_statistics_for_the_job(tmp_path, monkeypatch):
+    """train_step runs the likelihood inside replica_statistics (free bits then decide on the job's batch
+    under data parallelism; tested with 2 processes in test_distributed.py)."""
+    import contextlib
+
+    import avade.train.trainer as trainer_module
+    from avade.nn import replicas
+
+    trainer = Trainer(tiny_recipe("model.posterior.free_bits=0.1"), tmp_path, progress=False)
+    opened: list[bool] = []
+
+    @contextlib.contextmanager
+    def spy(enabled: bool = True):
+        opened.append(enabled)
+        with replicas.replica_statistics(enabled):
+            yield
+
+    seen: list[bool] = []
+    log_likelihood = trainer.log_likelihood
+
+    def inside(*args, **kwargs):
+        seen.append(replicas._ACTIVE.get())
+        return log_likelihood(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "replica_statistics", spy)
+    monkeypatch.setattr(trainer, "log_likelihood", inside)
+    trainer.train_step(*next(trainer.stream.batches(0)))
+    assert opened == [False] and seen == [False]  # one process: nothing to decide together
+    # as rank 0 of 2 (no process group here: the step's own collectives are left out)
+    monkeypatch.setattr(trainer_module, "average_gradients", lambda *args: None)
+    monkeypatch.setattr(trainer, "_sync_flow_statistics", lambda: None)
+    trainer.dist = trainer.dist.__class__(0, 2, 0)
+    trainer.train_step(*next(trainer.stream.batches(0)))
+    assert opened == [False, True] and seen == [False, True]
