@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from avade.nn import elu
+from avade.nn.precision import full_precision
 from avade.posteriors.made import MaskedConv2d, hidden_degrees
 
 #: Added to ``s`` so that ``sigma`` starts near sigmoid(2) = 0.88: each step begins close to the
@@ -48,7 +49,7 @@ class IAFStep(nn.Module):
         if self.ctx is not None and context is not None:
             h = h + self.ctx(context)
         h = self.mid(elu(h))
-        m, s = self.out(elu(h)).chunk(2, dim=1)
+        m, s = full_precision(self.out(elu(h))).chunk(2, dim=1)  # z and its log-det stay float32
         s = s + FORGET_BIAS
         gate = torch.sigmoid(s)
         log_gate = F.logsigmoid(s)

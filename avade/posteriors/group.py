@@ -9,6 +9,7 @@ from torch import nn
 
 from avade.nets.blocks import ZeroScaled, conv
 from avade.nn import elu
+from avade.nn.precision import full_precision
 from avade.nn.replicas import replica_mean
 from avade.posteriors.flow import IAFFlow
 from avade.posteriors.gaussian import gaussian_kl, normal_log_prob, soft_clamp, standard_log_prob
@@ -64,8 +65,8 @@ class LatentGroup(nn.Module):
         self.merge = conv(latent, channels, 3, **opts)
 
     def prior_params(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu_p, log sigma_p)`` of p(z|d)."""
-        mu, s = self.prior(elu(d)).chunk(2, dim=1)
+        """``(mu_p, log sigma_p)`` of p(z|d), float32 under mixed precision (:mod:`avade.nn.precision`)."""
+        mu, s = full_precision(self.prior(elu(d))).chunk(2, dim=1)
         return mu, soft_clamp(s)
 
     def posterior_params(self, d: torch.Tensor, h: torch.Tensor,
@@ -74,6 +75,7 @@ class LatentGroup(nn.Module):
         """``(mu_q, log sigma_q, context)`` of the Gaussian base of q(z|h,d) (context: None without IAF)."""
         out = self.posterior(elu(torch.cat([h, d], dim=1)))
         mu, s, ctx = out.split([self.latent, self.latent, self.context], dim=1)
+        mu, s = full_precision(mu), full_precision(s)  # the density's parameters: float32 under autocast
         if self.residual:
             mu_p, log_sigma_p = prior if prior is not None else self.prior_params(d)
             mu, s = mu_p + mu, log_sigma_p + s

@@ -65,3 +65,26 @@ def test_native_bf16_means_the_bf16_instructions_not_just_avx512(monkeypatch, fl
     monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: caps)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert trainer_module.cpu_has_native_bf16() is native
+
+
+def test_densities_are_float32_under_bf16_autocast(tmp_path) -> None:
+    """CPU autocast has no float32 list for exp/log/softplus (CUDA's has): the latent and decoder
+    densities lift their bf16 parameters to float32 themselves, so the bound is not computed in bf16."""
+    from avade.models.likelihood import discretized_logistic_log_prob, gaussian_log_prob
+    from avade.posteriors.group import LatentGroup
+
+    trainer = _trainer(tmp_path, 'train.precision="bf16"', "model.posterior.iaf_steps=1")
+    group = next(m for m in trainer.model.modules() if isinstance(m, LatentGroup))
+    d = torch.randn(2, group.merge.layer.out_channels, 2, 2)
+    with trainer.autocast:
+        params = [*group.prior_params(d), *group.posterior_params(d, torch.randn_like(d))[:2]]
+        z, log_det = group.flow(params[2], group.posterior_params(d, d)[2])
+        out = trainer.model.log_likelihood(*next(trainer.stream.batches(0))[:1], None, torch.Generator())
+    assert {t.dtype for t in [*params, z, log_det, out["log_px"]]} == {torch.float32}
+    mean = torch.randn(2, 3, 4, 4).bfloat16()
+    log_sigma = (torch.randn(1, 3, 1, 1) * 0.1).bfloat16()
+    target = torch.randn(2, 3, 4, 4)
+    exact = gaussian_log_prob(target.double(), mean.double(), log_sigma.double())
+    torch.testing.assert_close(gaussian_log_prob(target, mean, log_sigma).double(), exact, rtol=1e-6, atol=1e-4)
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    assert discretized_logistic_log_prob(images, mean, log_sigma).dtype == torch.float32
