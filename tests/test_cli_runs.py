@@ -668,11 +668,11 @@ def _as_saved_before(run: Path, flow_key: str) -> None:
     from avade.train.checkpoint import fingerprint
 
     recipe = tomllib.loads((run / "recipe.toml").read_text())
-    del recipe["model"]["flow"][flow_key]
+    recipe["model"]["flow"].pop(flow_key, None)
     (run / "recipe.toml").write_text(tomli_w.dumps(recipe))
     for state_file in (run / "checkpoints").glob("step_*/state.json"):
         state = json.loads(state_file.read_text())
-        del state["recipe"]["model"]["flow"][flow_key]
+        state["recipe"]["model"]["flow"].pop(flow_key, None)
         state["fingerprint"] = fingerprint(state["recipe"])
         state_file.write_text(json.dumps(state))
 
@@ -693,14 +693,24 @@ def test_a_glow_run_from_before_a_key_still_loads_and_resumes(tmp_path: Path, ke
     assert result.exit_code == 0, out
     result, out = _invoke("sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png"), "--device", "cpu")
     assert result.exit_code == 0, out
-    # Resuming with today's default is another model: a one-line error that says what to set.
-    result, out = _invoke("recipe", "run", str(run / "recipe.toml"), "--out", str(run), "--resume",
-                          "--device", "cpu", "--set", "train.steps=4")
+    # Another recipe file without the key means today's default, another model: a one-line error that
+    # says what to set.
+    other = tmp_path / "other.toml"
+    raw = tiny_dict(glow, "train.steps=4")
+    del raw["model"]["flow"][key]
+    other.write_text(tomli_w.dumps(raw))
+    result, out = _invoke("recipe", "run", str(other), "--out", str(run), "--resume", "--device", "cpu")
     assert result.exit_code == 2 and f"model.flow.{key} = {former} to resume" in " ".join(out.split()), out
     assert len(out.strip().splitlines()) == 1, out
-    result, out = _invoke("recipe", "run", str(run / "recipe.toml"), "--out", str(run), "--resume",
-                          "--device", "cpu", "--set", "train.steps=4", "--set", f"model.flow.{key}={former}")
+    result, out = _invoke("recipe", "run", str(other), "--out", str(run), "--resume", "--device", "cpu",
+                          "--set", f"model.flow.{key}={former}")
     assert result.exit_code == 0, out
+    # The run's own recipe.toml resumes it as it is: it was written before the key existed.
+    _as_saved_before(run, key)
+    result, out = _invoke("recipe", "run", str(run / "recipe.toml"), "--out", str(run), "--resume",
+                          "--device", "cpu", "--set", "train.steps=6")
+    assert result.exit_code == 0, out
+    assert "resumed from" in out and "step_00000004" in " ".join(out.split()), out
 
 
 def test_npz_of_a_conditional_run_from_before_class_counts_has_the_evaluated_labels(tmp_path: Path) -> None:

@@ -111,8 +111,8 @@ class AffineCoupling(Flow):
             net_in, transformed = cond, c - cond
         self.transformed = transformed
         if cfg.edge_bias and cfg.net != "conv":
-            raise ConfigError(f'edge_bias is Glow\'s, for net = "conv"; net = "{cfg.net}" pads with plain zeros',
-                              path="edge_bias")
+            raise ConfigError(f'edge_bias is Glow\'s, for net = "conv"; net = "{cfg.net}" pads with plain zeros: '
+                              'set net = "conv" or drop edge_bias', path="edge_bias")
         if cfg.net == "resnet":
             self.net: nn.Module = ResNetST(net_in, 2 * transformed, hidden=cfg.hidden, blocks=cfg.blocks,
                                            norm=cfg.norm, batch_norm=cfg.batch_norm,

@@ -442,15 +442,29 @@ def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_
             sweep=_sweep(raw.get("sweep")),
             source=source,
         )
-        _check_metrics_fit_model(recipe.eval.metrics, recipe.model)
-        if recipe.train.kl_warmup_steps and recipe.variant not in LIKELIHOOD_VARIANTS:
-            raise ConfigError(f"variant '{recipe.variant}' has no KL term to warm up; remove "
-                              "train.kl_warmup_steps, or train a variant with latents (av-ade, v-ade, av-gde, vae)",
-                              path="train.kl_warmup_steps")
+        if recipe.sweep is None:  # a sweep's base is never run as it is: each variant is checked instead
+            _check_consistency(recipe)
         return recipe
     except ConfigError as exc:
         raise ConfigError(one_line(exc.detail), path=one_line(exc.path),
                           source=_origin(exc.path, origins) or source) from None
+
+
+def _check_consistency(recipe: Recipe) -> None:
+    """Settings that are valid alone but not together."""
+    _check_metrics_fit_model(recipe.eval.metrics, recipe.model)
+    train = recipe.train
+    if train.kl_warmup_steps and recipe.variant not in LIKELIHOOD_VARIANTS:
+        raise ConfigError(f"variant '{recipe.variant}' has no KL term to warm up; remove "
+                          "train.kl_warmup_steps, or train a variant with latents (av-ade, v-ade, av-gde, vae)",
+                          path="train.kl_warmup_steps")
+    if train.lr_final_ratio and train.lr_schedule == "constant":
+        raise ConfigError(f"{train.lr_final_ratio} is the end of a decay, but train.lr_schedule is constant; set "
+                          "train.lr_schedule to cosine or linear, or drop lr_final_ratio", path="train.lr_final_ratio")
+    if train.lr_warmup_steps >= train.steps:
+        raise ConfigError(f"{train.lr_warmup_steps} warm-up steps in a run of train.steps = {train.steps}: the "
+                          "learning rate would never reach train.lr; lower train.lr_warmup_steps",
+                          path="train.lr_warmup_steps")
 
 
 def _check_metrics_fit_model(metrics: list[str], model: ModelSection) -> None:

@@ -151,11 +151,12 @@ class TrainSection:
                           "d_lr) down to lr_final_ratio of it; constant = the paper"})
     lr_warmup_steps: int = attrs.field(
         default=0, validator=ge(0),
-        metadata={"help": "linear learning-rate warm-up: step s trains with (s + 1) / this of the lr (as Glow); "
+        metadata={"help": "linear learning-rate warm-up: the n-th step trains with n / this of the lr (as Glow); "
                           "0 = off"})
     lr_final_ratio: float = attrs.field(
         default=0.0, validator=between(0.0, 1.0),
-        metadata={"help": "the decayed lr at train.steps, as a fraction of lr (cosine and linear schedules)"})
+        metadata={"help": "where the decay ends at train.steps, as a fraction of lr (cosine and linear schedules; "
+                          "the last step trains just above it)"})
     grad_clip: float | None = attrs.field(default=None, validator=gt(0.0))
     max_bad_steps: int = attrs.field(default=20, validator=ge(1),
                                      metadata={"help": "stop after this many consecutive non-finite steps"})
@@ -183,10 +184,6 @@ class TrainSection:
         metadata={"help": "steps before the average starts (it copies the weights until then)"})
 
     def __attrs_post_init__(self) -> None:
-        if self.lr_final_ratio and self.lr_schedule == "constant":
-            raise ConfigError(f"{self.lr_final_ratio} is the end of a decay, but train.lr_schedule is constant; "
-                              "set train.lr_schedule to cosine or linear, or drop lr_final_ratio",
-                              path="lr_final_ratio")
         if self.keep_every % self.checkpoint_every:
             raise ConfigError(f"{self.keep_every} is not a multiple of train.checkpoint_every "
                               f"({self.checkpoint_every}), so no checkpoint would land on it; use a multiple "

@@ -54,7 +54,10 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
                     ) -> list[dict[str, Any]]:
     """Load, expand and train; a sweep also writes ``sweep_summary.{csv,json}`` and prints a table."""
     console = console or Console(stderr=True)
-    recipe = load_recipe(file, overrides)
+    # A run's own recipe.toml, resumed: read as the avade that wrote it meant it (keys added since then
+    # take the values that rebuild its model, see recipe.load.SAVED_BEFORE).
+    own = resume and out_dir is not None and _same_file(file, RunDir(out_dir).recipe)
+    recipe = load_recipe(file, overrides, saved=own)
     variants = expand_sweep(recipe)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if out_dir is None and distributed:
@@ -89,6 +92,13 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         raise
     finally:
         shutdown_distributed()  # (a no-op after the line above)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Console,

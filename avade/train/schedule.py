@@ -4,6 +4,8 @@ checkpoint needs no scheduler state (the recipe's lr and schedule decide every s
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from avade.recipe.schema import TrainSection
 
@@ -28,3 +30,25 @@ def lr_factor(cfg: TrainSection, step: int) -> float:
 def scheduled(cfg: TrainSection) -> bool:
     """Whether the lr changes during training (then it is logged as ``lr``)."""
     return cfg.lr_schedule != "constant" or cfg.lr_warmup_steps > 0
+
+
+def schedule_changes(saved_recipe: Any, cfg: TrainSection, adversarial: bool) -> list[str]:
+    """What sets the learning rates and differs between a checkpoint's recipe and ``cfg`` (``"lr 0.002 ->
+    0.001"``, ...): the rates, the schedule, and ``steps`` where a schedule decays over them. A key an
+    older avade did not save reads as its default (it had none: a constant rate)."""
+    saved = saved_recipe.get("train") if isinstance(saved_recipe, Mapping) else None
+    if not isinstance(saved, Mapping):
+        return []
+    defaults = TrainSection()
+
+    def before(key: str) -> Any:
+        return saved.get(key, getattr(defaults, key))
+
+    pairs = [("lr", before("lr"), cfg.lr)]
+    if adversarial:
+        pairs.append(("d_lr", before("d_lr") or before("lr"), cfg.d_lr or cfg.lr))
+    pairs += [(key, before(key), getattr(cfg, key)) for key in ("lr_schedule", "lr_warmup_steps", "lr_final_ratio")]
+    if before("lr_schedule") != "constant" or cfg.lr_schedule != "constant":  # a decay spans train.steps
+        pairs.append(("steps", before("steps"), cfg.steps))
+    return [f"{key} {old!r} -> {new!r}" if isinstance(new, str) else f"{key} {old} -> {new}"
+            for key, old, new in pairs if old != new]

@@ -51,7 +51,7 @@ from avade.train.ema import WeightAverage
 from avade.train.logger import MetricsLogger
 from avade.train.preemption import StopRequest, stop_on_signals
 from avade.train.rundir import RunDir, atomic_write_text, write_json
-from avade.train.schedule import lr_factor, scheduled
+from avade.train.schedule import lr_factor, schedule_changes, scheduled
 
 
 def resolve_device(name: str) -> torch.device:
@@ -310,18 +310,19 @@ class Trainer:
         self.rng_restored = ckpt.restore(data, self.model, self.optimizers, self.generators, path,
                                          self.dist.rank)
         self.step = int(state["step"])
-        # The checkpoint's lr is the one its last step trained with; the recipe's for that step, to compare.
-        last_factor = lr_factor(self.cfg, max(self.step - 1, 0))
+        notes = []
         for name, opt in self.optimizers.items():
             for group, hyper in zip(opt.param_groups, wanted[name], strict=True):
-                for key in ("lr", "betas"):
-                    ours = hyper.get(key) * last_factor if key == "lr" else hyper.get(key)
-                    if group.get(key) != ours and self.dist.is_main:
-                        at = f" at step {self.step}" if scheduled(self.cfg) else ""
-                        self.console.print(f"{name} optimizer: {key} {ours}{at} from the recipe "
-                                           f"(checkpoint had {group.get(key)})")
+                if group.get("betas") != hyper.get("betas"):
+                    notes.append(f"{name} optimizer: betas {hyper.get('betas')} from the recipe (checkpoint had "
+                                 f"{group.get('betas')})")
                 group.update(hyper)
         self.set_learning_rates()
+        # The learning rates are the recipe's schedule at this step; say which settings differ from the run's.
+        changes = schedule_changes(state.get("recipe"), self.cfg, self.adversarial)
+        if changes:
+            notes.append(f"learning rate from this recipe, not the checkpoint's: {', '.join(changes)}; step "
+                         f"{self.step + 1} trains with lr {self.opt_g.param_groups[0]['lr']:.6g}")
         self.bad_steps = int(state.get("bad_steps", 0))
         untrained = state.get("bpd_untrained")
         self.bpd_untrained = float(untrained) if isinstance(untrained, int | float) else None
@@ -334,6 +335,8 @@ class Trainer:
             MetricsLogger.truncate(self.run.metrics, self.step)
         if self.dist.is_main:
             self.console.print(f"resumed from {escape(str(path))} (step {self.step})")
+            for note in notes if self.finished is None else []:  # a finished run does not train on
+                self.console.print(escape(note))
 
     def _data_init(self) -> None:
         """A fresh run starts with one no-grad likelihood pass (and, for adversarial variants, one
@@ -484,6 +487,8 @@ class Trainer:
         logs["finite"] = float(ok)
         if scheduled(cfg):
             logs["lr"] = self.opt_g.param_groups[0]["lr"]
+            if self.adversarial:
+                logs["d_lr"] = self.opt_d.param_groups[0]["lr"]
         if adversarial_now and self.collapse is not None:
             warning = self.collapse.update(logs["d_real"], logs["d_fake"], logs["d_loss"], step=self.step)
             if warning and self.dist.is_main:

@@ -35,7 +35,7 @@ def test_warm_up_ramps_linearly_then_the_decay_runs_from_one_to_the_final_ratio(
     assert all(a >= b for a, b in itertools.pairwise(factors))
     linear = _train(("train.steps=102", "train.lr_schedule='linear'", "train.lr_warmup_steps=2"))
     assert lr_factor(linear, 27) == pytest.approx(0.75) and lr_factor(linear, 102) == 0.0
-    constant = _train(("train.lr_warmup_steps=4",))
+    constant = _train(("train.steps=10", "train.lr_warmup_steps=4"))
     assert [lr_factor(constant, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert lr_factor(_train(()), 0) == 1.0  # the paper's constant lr
 
@@ -56,6 +56,7 @@ def test_both_optimizers_train_each_step_with_the_scheduled_rate(tmp_path, monke
     assert seen == [(0.004 * f, 0.001 * f) for f in factors]
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in logged if "lr" in r] == [0.004 * f for f in factors]
+    assert [r["d_lr"] for r in logged if "d_lr" in r] == [0.001 * f for f in factors]
     assert not math.isclose(factors[1], factors[5])
 
 
@@ -82,25 +83,61 @@ def test_a_resumed_run_continues_the_schedule_bit_identically(tmp_path) -> None:
 
 
 def test_a_resume_that_changes_the_schedule_says_so(tmp_path, capsys) -> None:
-    Trainer(tiny_recipe(*COSINE[:-1], "train.steps=4"), tmp_path, progress=False).fit()
+    Trainer(tiny_recipe(*COSINE[:-1], "train.steps=8", "train.checkpoint_every=4"), tmp_path, progress=False).fit()
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000008")  # as if stopped after step 4
+    (tmp_path / "summary.json").unlink()
     capsys.readouterr()
-    same = Trainer(tiny_recipe(*COSINE[:-1], "train.steps=4", "train.checkpoint_every=1"), tmp_path,
+    same = Trainer(tiny_recipe(*COSINE[:-1], "train.steps=8", "train.checkpoint_every=4"), tmp_path,
                    resume=True, progress=False)
-    assert same.step == 4 and "from the recipe" not in capsys.readouterr().err
-    # more steps stretch the decay: step 3's lr is no longer the one the checkpoint trained with
-    longer = Trainer(tiny_recipe(*COSINE[:-1], "train.steps=8"), tmp_path, resume=True, progress=False)
+    assert same.step == 4 and "learning rate" not in capsys.readouterr().err
+    # more steps stretch the decay
+    longer = Trainer(tiny_recipe(*COSINE[:-1], "train.steps=12"), tmp_path, resume=True, progress=False)
     err = " ".join(capsys.readouterr().err.split())
-    assert "generator optimizer: lr" in err and "at step 4 from the recipe (checkpoint had" in err
-    cfg = tiny_recipe(*COSINE[:-1], "train.steps=8").train
-    assert longer.opt_g.param_groups[0]["lr"] == pytest.approx(cfg.lr * lr_factor(cfg, 4))
+    cfg = tiny_recipe(*COSINE[:-1], "train.steps=12").train
+    assert longer.opt_g.param_groups[0]["lr"] == cfg.lr * lr_factor(cfg, 4)
+    assert (f"learning rate from this recipe, not the checkpoint's: steps 8 -> 12; step 5 trains with lr "
+            f"{cfg.lr * lr_factor(cfg, 4):.6g}") in err
+    assert err.index("resumed from") < err.index("learning rate from")
+    # a change that the step's own rate does not show (the warm-up is the same) is reported too
+    Trainer(tiny_recipe("train.steps=8", "train.lr_warmup_steps=6", "train.lr_schedule='linear'"), tmp_path,
+            resume=True, progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "lr_schedule 'cosine' -> 'linear', lr_warmup_steps 2 -> 6" in err
+    # a constant rate does not depend on train.steps: nothing to say
+    Trainer(tiny_recipe("train.steps=4"), tmp_path / "flat", progress=False).fit()
+    capsys.readouterr()
+    Trainer(tiny_recipe("train.steps=6"), tmp_path / "flat", resume=True, progress=False)
+    assert "learning rate" not in capsys.readouterr().err
+
+
+def test_a_finished_run_resumed_with_another_schedule_says_nothing_about_it(tmp_path, capsys) -> None:
+    Trainer(tiny_recipe(*COSINE), tmp_path, progress=False).fit()
+    capsys.readouterr()
+    Trainer(tiny_recipe(*COSINE[:-1], "train.lr_final_ratio=0.5"), tmp_path, resume=True, progress=False).fit()
+    err = " ".join(capsys.readouterr().err.split())
+    assert "already finished" in err and "learning rate" not in err
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
-    (("train.lr_final_ratio=0.1",), "lr_final_ratio.*constant"),
+    (("train.lr_final_ratio=0.1",), r"train\.lr_final_ratio: 0\.1 is the end of a decay, but .*constant"),
     (("train.lr_schedule='cosine'", "train.lr_final_ratio=1.5"), r"lr_final_ratio: expected a number in \[0.0, 1.0\]"),
     (("train.lr_schedule='step'",), "lr_schedule"),
     (("train.lr_warmup_steps=-1",), "lr_warmup_steps"),
+    (("train.steps=20", "train.lr_warmup_steps=20"), r"train\.lr_warmup_steps: 20 warm-up steps in a run of "
+                                                     r"train\.steps = 20: .*lower train\.lr_warmup_steps"),
 ])
 def test_bad_schedules_are_refused_by_name(overrides, match) -> None:
     with pytest.raises(ConfigError, match=match):
         tiny_recipe(*overrides)
+
+
+def test_a_sweep_over_schedules_may_share_a_final_ratio() -> None:
+    """The base of a sweep is never run: only its variants are checked for consistency (here the base
+    alone would decay to lr_final_ratio under a constant schedule)."""
+    from avade.recipe.sweep import expand_sweep
+
+    recipe = tiny_recipe("train.lr_final_ratio=0.1", "sweep.grid={'train.lr_schedule'=['cosine', 'linear']}")
+    assert [v.recipe.train.lr_schedule for v in expand_sweep(recipe)] == ["cosine", "linear"]
+    bad = tiny_recipe("train.lr_final_ratio=0.1", "sweep.grid={'train.lr_schedule'=['cosine', 'constant']}")
+    with pytest.raises(ConfigError, match=r"sweep variant 1 \(.*\): 0\.1 is the end of a decay"):
+        expand_sweep(bad)
