@@ -40,6 +40,8 @@ def _got(value: Any) -> str:
         return "a table"
     if isinstance(value, list | tuple):
         return f"a list {list(value)!r}" if len(repr(value)) < 40 else "a list"
+    if isinstance(value, bool):
+        return str(value).lower()  # as TOML (and --set) spell it
     return repr(value) if not isinstance(value, str) else f'"{value}"'
 
 
@@ -290,7 +292,7 @@ def describe(cls: type) -> list[dict[str, Any]]:
 
 
 def _number(value: Any) -> str:
-    return "a finite number" if isinstance(value, float) and math.isinf(value) else "a number"
+    return "a finite number" if isinstance(value, float) and not math.isfinite(value) else "a number"
 
 
 def ge(bound: float) -> Callable[[Any, attrs.Attribute, Any], None]:

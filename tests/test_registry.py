@@ -154,7 +154,7 @@ def test_create_rejects_unknown_option_with_suggestion() -> None:
     [
         ({"scales": "two"}, "flow.toy.scales", 'expected int, got "two"'),
         ({"scales": 2.5}, "flow.toy.scales", "expected int, got 2.5"),
-        ({"scales": True}, "flow.toy.scales", "expected int, got True"),
+        ({"scales": True}, "flow.toy.scales", "expected int, got true"),
         ({"scales": 0}, "flow.toy.scales", "expected a number >= 1"),
         ({"width": "1.0"}, "flow.toy.width", "expected float"),
         ({"mode": "exakt"}, "flow.toy.mode", "did you mean 'exact'"),

@@ -59,9 +59,9 @@ def test_defaults_and_valid_values() -> None:
     [
         ("count", 3.5, "expected int, got 3.5"),
         ("count", "3", 'expected int, got "3"'),
-        ("count", True, "expected int, got True"),
+        ("count", True, "expected int, got true"),
         ("count", 3.0, "expected int, got 3.0"),
-        ("rate", True, "expected float, got True"),
+        ("rate", True, "expected float, got true"),
         ("rate", "0.5", 'expected float, got "0.5"'),
         ("flag", 1, "expected bool, got 1"),
         ("flag", "true", "expected bool"),
@@ -150,6 +150,8 @@ def test_unknown_keys_suggest_and_list_valid_keys() -> None:
         ("count", 0, "expected a number >= 1, got 0"),
         ("rate", 1.5, "expected a number in [0.0, 1.0], got 1.5"),
         ("scale", 0.0, "expected a number > 0.0, got 0.0"),
+        ("scale", float("nan"), "expected a finite number > 0.0, got nan"),
+        ("scale", float("inf"), "expected a finite number > 0.0, got inf"),
         ("pick", "c", "expected one of 'a', 'b', got \"c\""),
     ],
 )
