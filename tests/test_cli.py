@@ -420,3 +420,28 @@ def test_a_recipe_path_that_is_a_folder_or_not_utf8_says_what_to_do(tmp_path: Pa
     latin1 = tmp_path / "latin1.toml"
     latin1.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
     assert_one_line_error(run("recipe", "check", str(latin1)), "is not UTF-8 text", "save it as UTF-8")
+
+
+def test_recipe_keys_lists_every_section_key_with_its_help() -> None:
+    """`avade recipe keys`: the recipe's own keys (not components') with type, default and help."""
+    import json as _json
+
+    import attrs as _attrs
+
+    from avade.recipe.schema import DataOptions, EvalSection, ModelOptions, TrainSection
+
+    result = run("recipe", "keys", "--json")
+    assert result.exit_code == 0, result.output
+    listed = _json.loads(result.stdout)
+    for section, cls in (("model", ModelOptions), ("data", DataOptions), ("train", TrainSection),
+                         ("eval", EvalSection)):
+        names = {row["name"] for row in listed[section]}
+        assert {f.name for f in _attrs.fields(cls)} - {"settings"} <= names, section
+        assert all(row["help"] for row in listed[section]), section  # every key says what it does
+    assert {"flow", "encoder", "posterior", "decoder", "discriminator"} <= {r["name"] for r in listed["model"]}
+    lr = next(row for row in listed["train"] if row["name"] == "lr_schedule")
+    assert lr["default"] == "constant" and "cosine" in lr["type"]
+    result = run("recipe", "keys", "train")
+    assert result.exit_code == 0 and "lr_warmup_steps" in result.stdout and "[model]" not in result.stdout
+    result = run("recipe", "keys", "trian")
+    assert result.exit_code == 2 and "no recipe section 'trian'" in result.output

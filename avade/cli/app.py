@@ -311,6 +311,44 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
         print(recipe_to_toml(recipe), end="")
 
 
+@recipe_app.command("keys")
+def recipe_keys(
+    section: Annotated[str | None, typer.Argument(help="model | data | train | eval (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The recipe's own keys per section: type, default, help (a component's keys: avade list-components
+    --json --schema)."""
+    from avade.recipe.schema import MODEL_COMPONENTS, DataOptions, EvalSection, ModelOptions, TrainSection
+    from avade.schema import describe
+
+    components = [{"name": slot, "type": "table", "default": None,
+                   "help": f'the {kind} component: name = "..." and its own keys'}
+                  for slot, kind in MODEL_COMPONENTS.items()]
+    dataset = {"name": "...", "type": "", "default": None,
+               "help": "the dataset's own keys (avade list-components --kind dataset --json --schema)"}
+    metric = {"name": "<metric>", "type": "table", "default": None, "help": "[eval.<metric>]: its settings"}
+    sections: dict[str, list[dict[str, Any]]] = {
+        "model": [*describe(ModelOptions), *components],
+        "data": [*describe(DataOptions), dataset],
+        "train": describe(TrainSection),
+        "eval": [*(row for row in describe(EvalSection) if row["name"] != "settings"), metric],
+    }
+    if section is not None and section not in sections:
+        raise ConfigError(f"no recipe section {section!r}; choose one of {', '.join(sections)}")
+    chosen = {section: sections[section]} if section else sections
+    if as_json:
+        print(json.dumps(chosen, indent=2, default=str))
+        return
+    for name, rows in chosen.items():
+        table = Table(title=f"[{name}]", title_justify="left")
+        for col in ("key", "type", "default", "help"):
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            default = "" if row["default"] is None else json.dumps(row["default"], default=str)
+            table.add_row(row["name"], escape(row["type"]), escape(default), escape(row["help"]))
+        out.print(table)
+
+
 @recipe_app.command("run")
 def recipe_run(
     file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],

@@ -47,12 +47,12 @@ class ComponentRef:
 class ModelOptions:
     """Model-level settings of ``[model]`` besides the component tables."""
 
-    variant: Variant = "av-ade"
+    variant: Variant = attrs.field(default="av-ade", metadata={"help": "which objective and parts (see README)"})
     likelihood: Literal["gaussian", "discretized-logistic"] = attrs.field(
         default="gaussian", metadata={"help": "decoder density; discretized-logistic only without a flow"})
     sigma: Literal["scalar", "channel"] = attrs.field(
         default="channel", metadata={"help": "learned decoder scale: one scalar or one per channel"})
-    sigma_init: float = attrs.field(default=1.0, validator=gt(0.0))
+    sigma_init: float = attrs.field(default=1.0, validator=gt(0.0), metadata={"help": "initial decoder scale"})
     logit_alpha: float = attrs.field(
         default=0.05, validator=between(0.0, 0.49),
         metadata={"help": "x -> logit(alpha + (1-2 alpha) x) before f (Real-NVP); 0 = no logit: 2x - 1, Glow's "
@@ -86,10 +86,11 @@ class ModelSection:
 class DataOptions:
     """Loader settings of ``[data]``; every other key there is the dataset's own config."""
 
-    name: str = "natural-patches"
-    batch_size: int = attrs.field(default=64, validator=ge(1))
-    eval_batch_size: int = attrs.field(default=256, validator=ge(1))
-    num_workers: int = attrs.field(default=0, validator=ge(0))
+    name: str = attrs.field(default="natural-patches", metadata={"help": "registered dataset"})
+    batch_size: int = attrs.field(default=64, validator=ge(1),
+                                  metadata={"help": "training batch (of the whole job under torchrun)"})
+    eval_batch_size: int = attrs.field(default=256, validator=ge(1), metadata={"help": "evaluation batch"})
+    num_workers: int = attrs.field(default=0, validator=ge(0), metadata={"help": "DataLoader worker processes"})
 
 
 @attrs.define
@@ -117,25 +118,32 @@ def _unit_interval(_inst: object, attr: attrs.Attribute, value: float) -> None:
 class TrainSection:
     """``[train]``: Algorithm 1's loop settings (paper defaults)."""
 
-    steps: int = attrs.field(default=100_000, validator=ge(1))
-    optimizer: Literal["adamax", "adam"] = "adamax"
-    lr: float = attrs.field(default=0.002, validator=gt(0.0))
+    steps: int = attrs.field(default=100_000, validator=ge(1), metadata={"help": "generator updates to train"})
+    optimizer: Literal["adamax", "adam"] = attrs.field(
+        default="adamax", metadata={"help": "for the generator and the critic (paper: adamax)"})
+    lr: float = attrs.field(default=0.002, validator=gt(0.0), metadata={"help": "learning rate (paper: 0.002)"})
     d_lr: float | None = attrs.field(default=None, validator=gt(0.0),
                                      metadata={"help": "discriminator lr; defaults to lr"})
-    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
-    seed: int = 0
-    checkpoint_every: int = attrs.field(default=1000, validator=ge(1))
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas,
+                                             metadata={"help": "the optimizer's (beta1, beta2)"})
+    seed: int = attrs.field(default=0, metadata={"help": "seeds initialisation, data order and noise"})
+    checkpoint_every: int = attrs.field(default=1000, validator=ge(1),
+                                        metadata={"help": "steps between checkpoints (and the last step)"})
     keep_checkpoints: int = attrs.field(default=3, validator=ge(1),
                                         metadata={"help": "how many of the newest checkpoints to keep"})
     keep_every: int = attrs.field(
         default=0, validator=ge(0),
         metadata={"help": "also keep, for good, every checkpoint whose step is a multiple of this (a multiple "
                           "of checkpoint_every); 0 = only the newest keep_checkpoints"})
-    log_every: int = attrs.field(default=50, validator=ge(1))
-    sample_every: int = attrs.field(default=1000, validator=ge(1))
-    adv_weight: float = attrs.field(default=100.0, validator=ge(0.0))
-    gp_weight: float = attrs.field(default=100.0, validator=ge(0.0))
-    adv_loss: Literal["paper", "wgan", "nonsaturating", "hinge"] = "paper"
+    log_every: int = attrs.field(default=50, validator=ge(1), metadata={"help": "steps between metrics.jsonl lines"})
+    sample_every: int = attrs.field(default=1000, validator=ge(1),
+                                    metadata={"help": "steps between sample and reconstruction grids"})
+    adv_weight: float = attrs.field(default=100.0, validator=ge(0.0),
+                                    metadata={"help": "weight of L_Q against L_C in the generator's loss"})
+    gp_weight: float = attrs.field(default=100.0, validator=ge(0.0),
+                                   metadata={"help": "the critic's gradient-penalty coefficient (paper: 100); 0 = off"})
+    adv_loss: Literal["paper", "wgan", "nonsaturating", "hinge"] = attrs.field(
+        default="paper", metadata={"help": "adversarial loss: paper = logistic critic, generator -E[s(fake)]"})
     d_steps: int = attrs.field(default=1, validator=ge(1), metadata={"help": "D updates per G update"})
     flow_adv_grad: bool = attrs.field(
         default=False, metadata={"help": "let L_Q train the flow f too (paper: f gets L_C only)"})
@@ -157,10 +165,12 @@ class TrainSection:
         default=0.0, validator=between(0.0, 1.0),
         metadata={"help": "where the decay ends at train.steps, as a fraction of lr (cosine and linear schedules; "
                           "the last step trains just above it)"})
-    grad_clip: float | None = attrs.field(default=None, validator=gt(0.0))
+    grad_clip: float | None = attrs.field(default=None, validator=gt(0.0),
+                                          metadata={"help": "clip each update's gradient norm to this; unset = off"})
     max_bad_steps: int = attrs.field(default=20, validator=ge(1),
                                      metadata={"help": "stop after this many consecutive non-finite steps"})
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = attrs.field(
+        default="auto", metadata={"help": "auto = cuda when available (--device overrides it)"})
     precision: Literal["fp32", "bf16"] = attrs.field(
         default="fp32", metadata={"help": "bf16 autocast on CUDA and on CPU (a CPU without AVX512-BF16 or AMX "
                                           "emulates it, slower than fp32); flows stay fp32"})
@@ -194,10 +204,12 @@ class TrainSection:
 class EvalSection:
     """``[eval]``: metrics computed during training (``every``) and at the end; per-metric tables."""
 
-    metrics: list[str] = attrs.Factory(lambda: ["bpd"])
+    metrics: list[str] = attrs.field(factory=lambda: ["bpd"], metadata={"help": "registered metrics to compute"})
     every: int = attrs.field(default=0, validator=ge(0), metadata={"help": "0 = only at the end"})
-    importance_samples: int = attrs.field(default=1, validator=ge(1))
-    inception_weights: str | None = None
+    importance_samples: int = attrs.field(default=1, validator=ge(1),
+                                          metadata={"help": "importance samples of the final test bits/dim"})
+    inception_weights: str | None = attrs.field(
+        default=None, metadata={"help": "FID-Inception state dict for fid/is/kid/prd (or AVADE_INCEPTION_WEIGHTS)"})
     settings: dict[str, ComponentRef] = attrs.Factory(dict)
 
 
