@@ -36,6 +36,9 @@ class WeightNorm(nn.Module):
         g.mul_(scale.view_as(g))
         if self.layer.bias is not None:
             self.layer.bias.copy_((self.layer.bias - mean) * scale)
+        edge = getattr(self.layer, "edge_weight", None)  # Glow's edge channel (avade.nn.Conv2d): part of the output
+        if edge is not None:
+            edge.mul_(scale.view(-1, 1, 1, 1))
         self.initialized.set()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -159,8 +159,7 @@ class TrainSection:
                           "d_lr) down to lr_final_ratio of it; constant = the paper"})
     lr_warmup_steps: int = attrs.field(
         default=0, validator=ge(0),
-        metadata={"help": "linear learning-rate warm-up: the n-th step trains with n / this of the lr (as Glow); "
-                          "0 = off"})
+        metadata={"help": "linear learning-rate warm-up: the n-th step trains with n / this of the lr; 0 = off"})
     lr_final_ratio: float = attrs.field(
         default=0.0, validator=between(0.0, 1.0),
         metadata={"help": "where the decay ends at train.steps, as a fraction of lr (cosine and linear schedules; "

@@ -13,15 +13,17 @@ from avade.recipe.schema import TrainSection
 def lr_factor(cfg: TrainSection, step: int) -> float:
     """The fraction of ``train.lr`` (and ``d_lr``) that step ``step`` (0-based) trains with.
 
-    A linear warm-up over ``lr_warmup_steps`` (step s gets (s + 1) / N, as Glow's), then ``lr_schedule``
-    from 1 at the end of the warm-up to ``lr_final_ratio`` at ``train.steps``: cosine (half a period)
-    or linear; constant stays at 1.
+    A linear warm-up over ``lr_warmup_steps`` (step s gets (s + 1) / N: Glow's ramp one step earlier,
+    so no step trains at 0), then ``lr_schedule`` from 1 at the warm-up's last step (the first step
+    without one) to ``lr_final_ratio`` at ``train.steps``, one past the last step: cosine (half a
+    period) or linear; constant stays at 1.
     """
     warmup = cfg.lr_warmup_steps
     ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
     if cfg.lr_schedule == "constant":
         return ramp
-    progress = min(1.0, max(0.0, (step - warmup) / max(1, cfg.steps - warmup)))
+    peak = max(warmup - 1, 0)  # the one step at the full rate: the decay starts right after it
+    progress = min(1.0, max(0.0, (step - peak) / max(1, cfg.steps - peak)))
     shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1.0 - progress
     final = cfg.lr_final_ratio
     return ramp * (final + (1.0 - final) * shape)

@@ -133,9 +133,20 @@ def test_edge_bias_is_glows_extra_padding_channel() -> None:
     plain = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
     torch.testing.assert_close(y[..., 1:-1, 1:-1], plain[..., 1:-1, 1:-1])  # the interior is untouched
     assert (y - plain).abs()[..., 0, :].min() > 0  # every border pixel gets its edge term
-    (g_edge,) = torch.autograd.grad(y.square().sum(), conv.edge_weight)
-    (g_ref,) = torch.autograd.grad(_glow_edge_padded_conv(conv, x).square().sum(), conv.edge_weight)
-    torch.testing.assert_close(g_edge, g_ref)
+    wrt = (conv.edge_weight, conv.weight, conv.bias, x)
+    grads = torch.autograd.grad(y.square().sum(), wrt)
+    ref_grads = torch.autograd.grad(_glow_edge_padded_conv(conv, x).square().sum(), wrt)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, g_ref)
+    for size in (1, 2, 3):  # images so small that the border strips meet or overlap
+        tiny = torch.randn(2, 3, size, size + 1)
+        torch.testing.assert_close(conv(tiny), _glow_edge_padded_conv(conv, tiny))
+    wide = Conv2d(3, 4, 5, padding=2, edge_bias=True)  # strips 2 pixels wide
+    x5 = torch.randn(2, 3, 7, 6, requires_grad=True)
+    wrt = (wide.edge_weight, x5)
+    for g, g_ref in zip(torch.autograd.grad(wide(x5).square().sum(), wrt),
+                        torch.autograd.grad(_glow_edge_padded_conv(wide, x5).square().sum(), wrt), strict=True):
+        torch.testing.assert_close(g, g_ref)
     cl = conv(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(cl, y)
     assert Conv2d(3, 5, 1, edge_bias=True).edge_weight is None  # 1x1 pads nothing, as in Glow
@@ -159,10 +170,12 @@ def test_glow_gives_its_3x3_convolutions_the_edge_channel() -> None:
 def test_edge_bias_is_for_glows_network_only() -> None:
     with pytest.raises(avade.ConfigError, match="edge_bias"):
         avade.create("flow", "affine-coupling", in_shape=(4, 4, 4), net="resnet", edge_bias=True)
-    with pytest.raises(avade.ConfigError, match="edge_bias needs a stride-1"):
-        from avade.nn import Conv2d
+    from avade.nn import Conv2d
 
-        Conv2d(3, 5, 3, padding=0, edge_bias=True)
+    for bad in ({"padding": 0}, {"padding": 1, "dilation": 2}, {"padding": 2, "dilation": 2},
+                {"padding": 1, "stride": 2}):
+        with pytest.raises(avade.ConfigError, match="edge_bias needs an undilated, stride-1"):
+            Conv2d(3, 5, 3, edge_bias=True, **bad)
     with pytest.raises(avade.ConfigError, match="cwn does not support"):
         _glow(norm="cwn")
 
@@ -181,3 +194,15 @@ def test_the_first_actnorm_absorbs_the_inputs_scale() -> None:
     torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(logdet2, logdet - v[0].numel() * torch.log(torch.tensor(2.0)), rtol=1e-6, atol=1e-3)
     assert not torch.allclose(logdet2, logdet, rtol=1e-6, atol=1e-3)
+
+
+def test_weight_norms_data_init_scales_the_edge_term_too() -> None:
+    """Weight norm's data-dependent init makes each output channel mean 0, std init_scale: the edge
+    channel is part of that output, so it is scaled with the rest."""
+    from avade.nn import Conv2d
+
+    torch.manual_seed(0)
+    layer = normed(Conv2d(4, 6, 3, padding=1, edge_bias=True), "weight-norm", init_scale=1.0).train()
+    out = layer(0.05 * torch.randn(16, 4, 8, 8))
+    torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.std((0, 2, 3)), torch.ones(6), atol=1e-4, rtol=0)

@@ -26,15 +26,18 @@ def _train(overrides: tuple[str, ...]):
 
 
 def test_warm_up_ramps_linearly_then_the_decay_runs_from_one_to_the_final_ratio() -> None:
-    cfg = _train(("train.steps=102", "train.lr_schedule='cosine'", "train.lr_warmup_steps=2",
+    cfg = _train(("train.steps=101", "train.lr_schedule='cosine'", "train.lr_warmup_steps=2",
                   "train.lr_final_ratio=0.1"))
     assert [lr_factor(cfg, s) for s in (0, 1)] == [0.5, 1.0]
-    assert lr_factor(cfg, 52) == pytest.approx(0.55)  # half way: the cosine's midpoint
-    assert lr_factor(cfg, 102) == pytest.approx(0.1) and lr_factor(cfg, 500) == pytest.approx(0.1)
-    factors = [lr_factor(cfg, s) for s in range(1, 103)]
-    assert all(a >= b for a, b in itertools.pairwise(factors))
-    linear = _train(("train.steps=102", "train.lr_schedule='linear'", "train.lr_warmup_steps=2"))
-    assert lr_factor(linear, 27) == pytest.approx(0.75) and lr_factor(linear, 102) == 0.0
+    assert lr_factor(cfg, 2) < 1.0  # the peak is one step: the decay starts right after the warm-up
+    assert lr_factor(cfg, 51) == pytest.approx(0.55)  # half way from the peak (step 1) to train.steps
+    assert lr_factor(cfg, 101) == pytest.approx(0.1) and lr_factor(cfg, 500) == pytest.approx(0.1)
+    factors = [lr_factor(cfg, s) for s in range(1, 102)]
+    assert all(a > b for a, b in itertools.pairwise(factors))
+    linear = _train(("train.steps=101", "train.lr_schedule='linear'", "train.lr_warmup_steps=2"))
+    assert lr_factor(linear, 26) == pytest.approx(0.75) and lr_factor(linear, 101) == 0.0
+    no_warmup = _train(("train.steps=100", "train.lr_schedule='linear'"))
+    assert [lr_factor(no_warmup, s) for s in (0, 1, 50)] == [1.0, 0.99, 0.5]
     constant = _train(("train.steps=10", "train.lr_warmup_steps=4"))
     assert [lr_factor(constant, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert lr_factor(_train(()), 0) == 1.0  # the paper's constant lr
