@@ -221,7 +221,9 @@ class ReferenceST(nn.Module):
     (see :mod:`avade.flows.coupling`). Without ``batch_norm`` there is no ``bn_in``, no doubling and the
     blocks' first convolution (the reference's ``h_0``) gets a bias, as in the reference.
     Differences: PyTorch's running variance is unbiased (the reference's is biased; eval
-    mode only), and ``blocks = 0`` (the reference's plain two-convolution network) is not offered.
+    mode only, a factor n / (n - 1) with n = batch x pixels), ``blocks = 0`` (the reference's plain
+    two-convolution network) is not offered, and without ``batch_norm`` the coupling does not add the
+    reference's learned scalar ``scale_shift`` to its log-scales.
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, hidden: int, blocks: int, norm: str,
