@@ -458,6 +458,13 @@ def _check_consistency(recipe: Recipe) -> None:
         raise ConfigError(f"variant '{recipe.variant}' has no KL term to warm up; remove "
                           "train.kl_warmup_steps, or train a variant with latents (av-ade, v-ade, av-gde, vae)",
                           path="train.kl_warmup_steps")
+    posterior = recipe.model.posterior
+    if posterior is not None and recipe.variant not in LIKELIHOOD_VARIANTS:
+        for key, plain in (("free_bits", 0.0), ("kl", "sample")):
+            if getattr(posterior.config, key, plain) != plain:
+                raise ConfigError(f"variant '{recipe.variant}' trains no KL term, so the posterior's {key} would do "
+                                  f"nothing; remove model.posterior.{key}, or train a variant with latents",
+                                  path=f"model.posterior.{key}")
     if train.lr_final_ratio and train.lr_schedule == "constant":
         raise ConfigError(f"{train.lr_final_ratio} is the end of a decay, but train.lr_schedule is constant; set "
                           "train.lr_schedule to cosine or linear, or drop lr_final_ratio", path="train.lr_final_ratio")

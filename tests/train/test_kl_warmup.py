@@ -50,3 +50,14 @@ def test_a_variant_without_a_kl_term_refuses_it() -> None:
     assert "no KL term" in str(err.value)
     with pytest.raises(ConfigError, match="kl_warmup_steps"):
         tiny_recipe(*V_ADE, "train.kl_warmup_steps=-1")
+
+
+@pytest.mark.parametrize("setting", ["model.posterior.free_bits=0.5", "model.posterior.kl='analytic'"])
+def test_a_gan_refuses_kl_options_of_its_posterior(setting: str) -> None:
+    """A GAN samples through the posterior's prior but trains no KL: free bits or an analytic KL would do
+    nothing, so they are refused by name (as train.kl_warmup_steps)."""
+    key = setting.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}: variant 'gan' trains no KL term") as err:
+        tiny_recipe("model.variant=gan", "model.flow.name=none", "model.posterior.name='diagonal'", setting)
+    assert f"remove {key}" in str(err.value)
+    tiny_recipe(*V_ADE, "model.posterior.name='diagonal'", setting)  # fine where there is a KL
