@@ -144,3 +144,19 @@ def test_a_sweep_over_schedules_may_share_a_final_ratio() -> None:
     bad = tiny_recipe("train.lr_final_ratio=0.1", "sweep.grid={'train.lr_schedule'=['cosine', 'constant']}")
     with pytest.raises(ConfigError, match=r"sweep variant 1 \(.*\): 0\.1 is the end of a decay"):
         expand_sweep(bad)
+
+
+def test_a_checkpoint_from_before_schedules_resumes_without_a_notice(tmp_path, capsys) -> None:
+    """A checkpoint whose recipe predates the schedule keys trained with a constant rate: resumed with
+    the same lr, nothing differs and nothing is said."""
+    Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
+    for state_file in (tmp_path / "checkpoints").glob("step_*/state.json"):
+        state = json.loads(state_file.read_text())
+        for key in ("lr_schedule", "lr_warmup_steps", "lr_final_ratio"):
+            del state["recipe"]["train"][key]
+        state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
+    assert "learning rate" not in capsys.readouterr().err
+    Trainer(tiny_recipe("train.steps=4", "train.lr_schedule='cosine'"), tmp_path, resume=True, progress=False)
+    assert "lr_schedule 'constant' -> 'cosine', steps 2 -> 4" in " ".join(capsys.readouterr().err.split())
