@@ -10,6 +10,12 @@ from typing import Any
 from avade.recipe.schema import TrainSection
 
 
+def linear_warmup(step: int, steps: int) -> float:
+    """``(step + 1) / steps`` up to 1 (1 when ``steps`` is 0): the n-th step (0-based ``step``) gets n/N, so
+    none gets 0. The learning-rate and KL warm-ups both ramp this way."""
+    return min(1.0, (step + 1) / steps) if steps else 1.0
+
+
 def lr_factor(cfg: TrainSection, step: int) -> float:
     """The fraction of ``train.lr`` (and ``d_lr``) that step ``step`` (0-based) trains with.
 
@@ -19,7 +25,7 @@ def lr_factor(cfg: TrainSection, step: int) -> float:
     period) or linear; constant stays at 1.
     """
     warmup = cfg.lr_warmup_steps
-    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    ramp = linear_warmup(step, warmup)
     if cfg.lr_schedule == "constant":
         return ramp
     peak = max(warmup - 1, 0)  # the one step at the full rate: the decay starts right after it

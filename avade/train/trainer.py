@@ -51,7 +51,7 @@ from avade.train.ema import WeightAverage
 from avade.train.logger import MetricsLogger
 from avade.train.preemption import StopRequest, stop_on_signals
 from avade.train.rundir import RunDir, atomic_write_text, write_json
-from avade.train.schedule import lr_factor, schedule_changes, scheduled
+from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled
 
 
 def resolve_device(name: str) -> torch.device:
@@ -403,19 +403,17 @@ class Trainer:
         opt.step()
         return True
 
-    def set_learning_rates(self) -> float:
-        """Set every optimizer's lr for this step from the recipe's (``train.lr_schedule``); returns the factor."""
+    def set_learning_rates(self) -> None:
+        """Set every optimizer's lr for this step from the recipe's (``train.lr_schedule``)."""
         factor = lr_factor(self.cfg, self.step)
         for name, opt in self.optimizers.items():
             for group, base in zip(opt.param_groups, self.base_lrs[name], strict=True):
                 group["lr"] = base * factor
-        return factor
 
     def kl_weight(self) -> float:
         """The KL term's weight in the objective at this step: ``(step + 1) / train.kl_warmup_steps`` up to 1
         (1 without warm-up). A function of the step alone, so a resumed run continues the same schedule."""
-        warmup = self.cfg.kl_warmup_steps
-        return 1.0 if not warmup else min(1.0, (self.step + 1) / warmup)
+        return linear_warmup(self.step, self.cfg.kl_warmup_steps)
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One step of Algorithm 1 on a batch of uint8 images; returns the logged scalars.
