@@ -68,7 +68,11 @@ class RunContext:
     @property
     def dataset_key(self) -> str:
         ref = self.recipe.data.dataset
-        return dataset_key(self.recipe.data.options.name, self.train_set.shape, ref.config if ref is not None else "")
+        bits = self.recipe.data.options.n_bits
+        config = ref.config if ref is not None else ""
+        # posterized images have reference statistics of their own
+        return dataset_key(self.recipe.data.options.name, self.train_set.shape,
+                           config if bits == 8 else f"{config!r}/bits{bits}")
 
     @property
     def num_classes(self) -> int:

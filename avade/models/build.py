@@ -61,7 +61,7 @@ def _assemble(recipe: Recipe, shape: tuple[int, ...], classes: int) -> Generativ
     return GenerativeModel(
         variant=opts.variant,
         data_shape=shape,
-        preprocess=Preprocess(opts.logit_alpha, logit=flow is not None),
+        preprocess=Preprocess(opts.logit_alpha, logit=flow is not None, bits=recipe.data.options.n_bits),
         flow=flow,
         encoder=encoder,
         posterior=posterior,

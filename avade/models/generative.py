@@ -19,7 +19,7 @@ from avade.models.likelihood import (
     gaussian_log_prob,
     sample_discretized_logistic,
 )
-from avade.models.preprocess import Preprocess, to_uint8
+from avade.models.preprocess import Preprocess
 from avade.nn import frozen
 
 
@@ -123,7 +123,8 @@ class GenerativeModel(nn.Module):
         mean, log_q, log_p = self._top_down(feat_k.shape[0], hs, labels_k, 1.0)
         if self.likelihood == "discretized-logistic":
             x_k = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
-            log_px_z = discretized_logistic_log_prob(x_k, mean, self.log_sigma)
+            pre = self.preprocess
+            log_px_z = discretized_logistic_log_prob(pre.levels(x_k), mean, self.log_sigma, bins=pre.bins)
             logdet = torch.zeros_like(logdet)  # exact discrete likelihood: no dequantization bound
         else:
             log_px_z = gaussian_log_prob(feat_k, mean, self.log_sigma)
@@ -201,7 +202,7 @@ class GenerativeModel(nn.Module):
                           flow_grad: bool = True) -> torch.Tensor:
         """Decoder mean -> u in [0, 256): discretized logistic, or Gaussian noise then f^-1."""
         if self.likelihood == "discretized-logistic":
-            return sample_discretized_logistic(mean, self.log_sigma, generator)
+            return sample_discretized_logistic(mean, self.log_sigma, generator, bins=self.preprocess.bins)
         return self.to_image(self._noise(mean, generator), flow_grad=flow_grad)
 
     def generate(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
@@ -215,9 +216,9 @@ class GenerativeModel(nn.Module):
         """n uint8 images from the model; with ``generator`` the result depends on it alone (the
         global RNG, which the latent layers draw from, is forked and re-seeded from it, then restored)."""
         if generator is None:
-            return to_uint8(self.generate(n, labels, None, temperature=temperature))
+            return self.preprocess.to_uint8(self.generate(n, labels, None, temperature=temperature))
         with _seeded_from(generator):
-            return to_uint8(self.generate(n, labels, generator, temperature=temperature))
+            return self.preprocess.to_uint8(self.generate(n, labels, generator, temperature=temperature))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None,
@@ -231,7 +232,7 @@ class GenerativeModel(nn.Module):
         feat, _ = self.features(u)
         hs = self.encoder(feat, labels)
         mean, _, _ = self._top_down(x.shape[0], hs, labels, 1.0)
-        return to_uint8(self._sample_from_mean(mean, generator))
+        return self.preprocess.to_uint8(self._sample_from_mean(mean, generator))
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, data_shape={self.data_shape}, likelihood={self.likelihood!r}"

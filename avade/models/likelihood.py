@@ -20,31 +20,36 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tens
     return lp.flatten(1).sum(1)
 
 
-def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log P(x) of 8-bit images x (uint8) under a logistic discretized into 256 bins on [-1, 1].
+def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
+                                  bins: int = 256) -> torch.Tensor:
+    """log P(x) of images x of levels ``0 .. bins - 1`` (8-bit: uint8 as they are) under a logistic
+    discretized into ``bins`` bins on [-1, 1].
 
-    Bin i covers [c_i - 1/255, c_i + 1/255] with c_i = 2 i / 255 - 1; the edge bins extend to +-inf
-    (PixelCNN++), so the probabilities of the 256 values sum to one. In float32 for 16-bit parameters.
+    Bin i covers [c_i - h, c_i + h] with c_i = 2 i / (bins - 1) - 1 and h = 1 / (bins - 1); the edge bins
+    extend to +-inf (PixelCNN++), so the probabilities of the ``bins`` values sum to one. In float32 for
+    16-bit parameters.
     """
     mean, log_scale = full_precision(mean), full_precision(log_scale)
-    c = x.to(mean.dtype) / 127.5 - 1.0
+    top = bins - 1
+    c = x.to(mean.dtype) / (top / 2.0) - 1.0
     log_scale = log_scale.expand_as(mean).clamp(min=-7.0)
     inv_s = torch.exp(-log_scale)
-    plus = inv_s * (c - mean + 1.0 / 255.0)
-    minus = inv_s * (c - mean - 1.0 / 255.0)
+    plus = inv_s * (c - mean + 1.0 / top)
+    minus = inv_s * (c - mean - 1.0 / top)
     cdf_delta = torch.sigmoid(plus) - torch.sigmoid(minus)
-    log_cdf_plus = plus - F.softplus(plus)  # log sigmoid(plus), for x = 0
-    log_one_minus_cdf_min = -F.softplus(minus)  # log(1 - sigmoid(minus)), for x = 255
+    log_cdf_plus = plus - F.softplus(plus)  # log sigmoid(plus), for the lowest level
+    log_one_minus_cdf_min = -F.softplus(minus)  # log(1 - sigmoid(minus)), for the highest
     mid = inv_s * (c - mean)
-    log_pdf_mid = mid - log_scale - 2.0 * F.softplus(mid) + math.log(2.0 / 255.0)
+    log_pdf_mid = mid - log_scale - 2.0 * F.softplus(mid) + math.log(2.0 / top)
     inner = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid)
-    lp = torch.where(x == 0, log_cdf_plus, torch.where(x == 255, log_one_minus_cdf_min, inner))
+    lp = torch.where(x == 0, log_cdf_plus, torch.where(x == top, log_one_minus_cdf_min, inner))
     return lp.flatten(1).sum(1)
 
 
 def sample_discretized_logistic(mean: torch.Tensor, log_scale: torch.Tensor,
-                                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample 8-bit values (as u in [0, 256)) from the discretized logistic.
+                                generator: torch.Generator | None = None, bins: int = 256) -> torch.Tensor:
+    """Sample levels of ``bins`` bins (as u in [0, 256), each bin 256 / ``bins`` wide) from the
+    discretized logistic.
 
     The rounding to a bin is straight-through: the values are the rounded ones, the gradient is the
     continuous logistic sample's, so an adversarial loss on these samples (AV-GDE, GAN) reaches the
@@ -56,6 +61,7 @@ def sample_discretized_logistic(mean: torch.Tensor, log_scale: torch.Tensor,
     mean, log_scale = full_precision(mean), full_precision(log_scale)
     noise = torch.rand(mean.shape, generator=generator, device=mean.device).clamp(1e-5, 1 - 1e-5)
     c = mean + log_scale.expand_as(mean).exp() * (torch.log(noise) - torch.log1p(-noise))
-    v = (c.clamp(-1, 1) + 1.0) * 127.5
+    v = (c.clamp(-1, 1) + 1.0) * ((bins - 1) / 2.0)
     within_bin = torch.rand(mean.shape, generator=generator, device=mean.device) * (1.0 - 2.0 ** -10)
-    return v + (v.round() - v).detach() + within_bin.to(v.dtype)
+    u = v + (v.round() - v).detach() + within_bin.to(v.dtype)
+    return u if bins == 256 else u * (256 // bins)

@@ -91,6 +91,11 @@ class DataOptions:
                                   metadata={"help": "training batch (of the whole job under torchrun)"})
     eval_batch_size: int = attrs.field(default=256, validator=ge(1), metadata={"help": "evaluation batch"})
     num_workers: int = attrs.field(default=0, validator=ge(0), metadata={"help": "DataLoader worker processes"})
+    n_bits: int = attrs.field(
+        default=8, validator=between(1, 8),
+        metadata={"help": "bits per colour value the model sees (Glow's n_bits_x): below 8 every image is "
+                          "posterized to 2^n_bits levels and bits/dim counts those levels (5 = Glow's "
+                          "CelebA-HQ); 8 = the images as they are (the paper)"})
 
 
 @attrs.define

@@ -69,13 +69,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
-    """(train, test) datasets of a recipe."""
+    """(train, test) datasets of a recipe, at its ``data.n_bits``."""
+    from avade.data.posterized import with_bits
+
     registry = get_registry()
     ref = recipe.data.dataset
     assert ref is not None
     info = registry.get("dataset", ref.name)
+    bits = recipe.data.options.n_bits
     try:
-        return registry.build(info, ref.config, split="train"), registry.build(info, ref.config, split="test")
+        return (with_bits(registry.build(info, ref.config, split="train"), bits),
+                with_bits(registry.build(info, ref.config, split="test"), bits))
     except (AvadeError, OSError):
         raise
     except Exception as exc:  # a file the loader cannot parse (truncated archive, wrong encoding, bad shapes)
