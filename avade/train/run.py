@@ -30,18 +30,27 @@ def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: s
 
     console = console or Console(stderr=True)
     fresh = not out_dir.exists()
+
+    def drop_unstarted_run() -> None:
+        # A run that could not start (unreadable images, a batch larger than the split, Ctrl-C while the
+        # untrained model is evaluated, ...) leaves no half-made run directory behind -- unless it was
+        # there before or already holds a checkpoint.
+        if fresh and is_main_process() and out_dir.is_dir() and not list_checkpoints(RunDir(out_dir).checkpoints):
+            shutil.rmtree(out_dir, ignore_errors=True)
+
     try:
         trainer = Trainer(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)
     except BaseException:
-        # A run that could not start (unreadable images, a batch larger than the split, ...) leaves no
-        # half-made run directory behind -- unless it was there before or already holds a checkpoint.
-        if fresh and out_dir.is_dir() and not list_checkpoints(RunDir(out_dir).checkpoints):
-            shutil.rmtree(out_dir, ignore_errors=True)
+        drop_unstarted_run()
         raise
     if trainer.dist.is_main:
         console.print(f"[bold]{escape(recipe.name)}[/] ({recipe.variant}) -> {escape(str(out_dir))} "
                       f"on {trainer.device}")
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except KeyboardInterrupt:  # before the signal handler took over (a second Ctrl-C quits without saving)
+        drop_unstarted_run()
+        raise
     if trainer.dist.is_main:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float))
         weights = " (averaged weights)" if summary.get("weights") == "ema" else ""

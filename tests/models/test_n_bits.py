@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_recipes import tiny_dict, tiny_recipe
 from torchvision.transforms.v2 import functional as TF
 
 from avade.data.base import TensorImageDataset
@@ -17,7 +18,6 @@ from avade.errors import ConfigError
 from avade.models.likelihood import discretized_logistic_log_prob, sample_discretized_logistic
 from avade.models.preprocess import Preprocess, to_uint8
 from avade.train.trainer import load_datasets
-from tiny_recipes import tiny_dict, tiny_recipe
 
 ALL_VALUES = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
 
@@ -116,7 +116,7 @@ def test_data_n_bits_is_validated(value):
 
     raw = tiny_dict()
     raw["data"]["n_bits"] = value
-    with pytest.raises(ConfigError, match="data.n_bits"):
+    with pytest.raises(ConfigError, match=r"data\.n_bits"):
         recipe_from_dict(raw)
 
 

@@ -356,3 +356,23 @@ def test_tf32_settings_stay_readable_through_every_api():
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
     assert tiny_recipe().train.tf32 is False  # exact fp32 unless the recipe opts in
+
+
+def test_ctrl_c_before_the_first_step_leaves_no_run_directory(tmp_path, monkeypatch):
+    # Ctrl-C while the untrained model is evaluated (before the signal handler takes over): nothing to
+    # resume, so nothing is left; a run that already holds a checkpoint keeps everything.
+    from avade.train.run import run_recipe
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "test_bpd", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(tiny_recipe(), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    run_recipe(tiny_recipe("train.steps=2"), tmp_path / "run", progress=False)
+    monkeypatch.setattr(Trainer, "test_bpd", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(tiny_recipe("train.steps=4"), tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "step_00000002").is_dir()
