@@ -51,7 +51,7 @@ def _resolve(ref: Any, what: str, hint: str = "") -> Any:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split(".") if attr else ():
             obj = getattr(obj, part)
-    except Exception as exc:  # a plugin module may raise anything while importing
+    except (Exception, SystemExit) as exc:  # a plugin module may raise anything while importing, sys.exit too
         raise RegistryError(f"{what}: cannot import {ref!r} ({type(exc).__name__}: {exc}){hint}") from None
     return obj
 
@@ -300,7 +300,7 @@ class Registry:
                 if returned is not None:  # e.g. a list of components: avade would silently register nothing
                     raise RegistryError(f"its `avade_register` returned a {type(returned).__name__}; it must "
                                         "call registry.register(...) for each component and return None")
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a plugin must not end avade
             for key in set(self._items) - before:
                 del self._items[key]
             self.conflicts = conflicts_before
@@ -348,7 +348,7 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 self._fail(dist, ep.name, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
                 continue
             self.add_plugin(plugin, dist, version, ep.name)

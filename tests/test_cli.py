@@ -443,5 +443,8 @@ def test_recipe_keys_lists_every_section_key_with_its_help() -> None:
     assert lr["default"] == "constant" and "cosine" in lr["type"]
     result = run("recipe", "keys", "train")
     assert result.exit_code == 0 and "lr_warmup_steps" in result.stdout and "[model]" not in result.stdout
+    assert "[train]" in result.stdout  # the table's title (not swallowed as rich markup)
+    result = run("recipe", "keys")
+    assert all(f"[{name}]" in result.stdout for name in ("model", "data", "train", "eval")), result.stdout
     result = run("recipe", "keys", "trian")
     assert result.exit_code == 2 and "no recipe section 'trian'" in result.output

@@ -521,3 +521,29 @@ def test_built_ins_register_without_their_entry_point(monkeypatch: pytest.Monkey
         registry.load_entry_points()
     assert plugin_warnings(record) == [] and registry.failures == []
     assert registry.get("flow", "realnvp").dist == "avade" and registry.get("metric", "fid").dist == "avade"
+
+
+def test_a_plugin_calling_sys_exit_is_skipped_like_any_broken_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # sys.exit() while importing, or in the hook, must not end avade (pluggy lets SystemExit through)
+    monkeypatch.setattr("avade.registry.metadata.entry_points", lambda **kw: [
+        types.SimpleNamespace(name="exits", value="fake_exit_on_import", dist=FakeDist("fake-exit", "1"),
+                              load=lambda: (_ for _ in ()).throw(SystemExit(3))),
+    ])
+    registry = Registry()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        registry.load_entry_points()
+        assert not registry.add_plugin(plugin("hook_exits", registering("x-flow", fail=SystemExit(2))),
+                                       dist="fake-hook-exit")
+    messages = plugin_warnings(record)
+    assert any("fake-exit" in m and "SystemExit: 3" in m for m in messages), messages
+    assert any("fake-hook-exit" in m and "SystemExit: 2" in m for m in messages), messages
+    assert ("flow", "x-flow") not in registry
+    from avade.registry import _resolve
+
+    def exit_import(name: str, *a: Any, **k: Any) -> Any:
+        raise SystemExit(1)
+
+    monkeypatch.setattr("avade.registry.importlib.import_module", exit_import)
+    with pytest.raises(RegistryError, match=r"cannot import 'fake_sysexit_mod:factory' \(SystemExit: 1\)"):
+        _resolve("fake_sysexit_mod:factory", "flow 'x'")

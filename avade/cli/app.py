@@ -340,7 +340,7 @@ def recipe_keys(
         print(json.dumps(chosen, indent=2, default=str))
         return
     for name, rows in chosen.items():
-        table = Table(title=f"[{name}]", title_justify="left")
+        table = Table(title=escape(f"[{name}]"), title_justify="left")
         for col in ("key", "type", "default", "help"):
             table.add_column(col, overflow="fold")
         for row in rows:
