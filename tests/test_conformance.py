@@ -35,6 +35,9 @@ class AffineConfig:
     inverse_offset: float = 0.0
     detach_logdet: bool = False  # right value, no gradient: the likelihood's Jacobian term stops training
     detach_all: bool = False  # the parameters get no gradient at all
+    later_samples_offset: float = 0.0  # the log-det of every sample but the first is off by this
+    nan_inverse: bool = False
+    bare_output: bool = False  # forward returns y alone
 
 
 class ElementwiseAffine(nn.Module):
@@ -51,10 +54,25 @@ class ElementwiseAffine(nn.Module):
             self.log_scale, self.shift)
         y = x * log_scale.exp() + shift
         logdet = log_scale.sum().expand(x.shape[0]) + self.cfg.logdet_offset
+        logdet = logdet + self.cfg.later_samples_offset * (torch.arange(x.shape[0]) > 0)
+        if self.cfg.bare_output:
+            return y  # type: ignore[return-value]
         return y, logdet.detach() if self.cfg.detach_logdet else logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return (y - self.shift) * (-self.log_scale).exp() + self.cfg.inverse_offset
+        x = (y - self.shift) * (-self.log_scale).exp() + self.cfg.inverse_offset
+        return x * math.nan if self.cfg.nan_inverse else x
+
+
+class ForwardOnly(nn.Module):
+    """A flow without an inverse."""
+
+    def __init__(self, cfg: AffineConfig, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.inner = ElementwiseAffine(cfg, in_shape=in_shape)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner(x)
 
 
 @attrs.define
@@ -116,6 +134,13 @@ def test_kit_accepts_the_correct_versions() -> None:
         ("flow", ElementwiseAffine, AffineConfig(detach_logdet=True), "detached-logdet",
          r"gradient of logdet w.r.t. parameter 'log_scale' differs"),
         ("flow", ElementwiseAffine, AffineConfig(detach_all=True), "frozen", r"no gradient reaches parameters"),
+        ("flow", ElementwiseAffine, AffineConfig(later_samples_offset=0.5), "batch-mixing",
+         r"sample 1 of a batch gets a log-det other than when alone"),
+        ("flow", ElementwiseAffine, AffineConfig(nan_inverse=True), "nan-inverse",
+         r"inverse\(forward\(x\)\) differs from x by nan"),
+        ("flow", ForwardOnly, AffineConfig(), "forward-only", r"has no inverse\(y\) method"),
+        ("flow", ElementwiseAffine, AffineConfig(bare_output=True), "bare-output",
+         r"forward\(x\) must return a tuple \(y, logdet\), got Tensor"),
         ("discriminator", TinyDiscriminator, ScoreConfig(keep_dim=True), "column-scores", r"\(4, 1\).*\[batch\]"),
         ("encoder", TinyEncoder, StagesConfig(lie=True), "lying-stages", r"stage 1 .*stage_shapes says"),
     ],
@@ -129,3 +154,65 @@ def test_kit_catches_broken_components(kind: str, factory: Any, config: Any, nam
 def test_check_component_refuses_unknown_kind() -> None:
     with pytest.raises(AssertionError, match="no conformance checks for kind"):
         check_component("sampler", "x")
+
+
+# -- datasets ----------------------------------------------------------------------------------------
+
+
+@attrs.define
+class DataConfig:
+    """A tiny in-memory or item-by-item dataset with switchable defects."""
+
+    defect: str = "none"
+    in_memory: bool = True
+
+
+class TinyData:
+    def __init__(self, cfg: DataConfig, *, split: str) -> None:
+        self.cfg, self.split = cfg, split
+        self.shape = (8, 8, 3) if cfg.defect == "hwc" else (3, 8, 8)
+        self.num_classes = 2
+        n = 0 if (cfg.defect == "empty-train" and split == "train") else 6
+        self.images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8)
+        self.labels = torch.arange(n) % 2 + (5 if cfg.defect == "labels" else 0)
+        if cfg.defect == "missing":
+            raise FileNotFoundError("/nowhere/data.bin")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.images[i]
+        if self.cfg.defect == "float" or (self.cfg.defect == "last-item" and i == len(self) - 1):
+            x = x.float() / 255
+        return x, int(self.labels[i])
+
+    def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self.cfg.in_memory:
+            return None
+        images = self.images.float() if self.cfg.defect == "float" else self.images
+        return images, self.labels
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize(
+    "defect, expected",
+    [
+        ("float", r"(images are torch.float32|item 0 is torch.float32)"),
+        ("hwc", r"\(8, 8, 3\) has 8 channels"),
+        ("labels", r"labels must be in 0..1 .* got values in \[5, [56]\]"),
+        ("empty-train", r"train split: the train split is empty"),
+        ("missing", r"raises FileNotFoundError: /nowhere/data.bin; report missing or unreadable files as "
+                    r"avade.errors.DataError"),
+    ],
+)
+def test_kit_catches_broken_datasets(defect: str, expected: str, in_memory: bool) -> None:
+    with pytest.raises(AssertionError, match=expected) as info:
+        check_module("dataset", TinyData, DataConfig(defect, in_memory), name=f"bad-{defect}")
+    assert f"dataset 'bad-{defect}'" in str(info.value)
+
+
+def test_kit_looks_beyond_the_first_item() -> None:
+    check_module("dataset", TinyData, DataConfig(), name="good-data")
+    with pytest.raises(AssertionError, match=r"item 5 is torch.float32 \(3, 8, 8\), expected a uint8 tensor"):
+        check_module("dataset", TinyData, DataConfig("last-item", in_memory=False), name="late-float")

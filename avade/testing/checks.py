@@ -90,21 +90,30 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
     what = f"flow '{name}'"
     torch.manual_seed(0)
     flow, shape = _build_first(registry, "flow", name, FLOW_SHAPES, config)
+    if not callable(getattr(flow, "inverse", None)):
+        _fail(what, "has no inverse(y) method; a flow needs forward(x) -> (y, logdet) and inverse(y) -> x")
     flow = flow.double()
     x = torch.randn(4, *shape, dtype=torch.float64)
     flow.train()
-    flow(x)  # data-dependent initialisation happens here
+    _forward(flow, x, what)  # data-dependent initialisation happens here
     _perturb(flow)
     flow.eval()
-    y, logdet = flow(x)
+    y, logdet = _forward(flow, x, what)
     if y.shape[0] != x.shape[0] or y[0].numel() != x[0].numel():
         _fail(what, f"forward maps {tuple(x.shape)} -> {tuple(y.shape)}; a flow keeps the batch and dimension")
     if tuple(logdet.shape) != (x.shape[0],):
         _fail(what, f"logdet has shape {tuple(logdet.shape)}, expected [batch] = ({x.shape[0]},)")
+    for label, t in (("forward's output", y), ("logdet", logdet)):
+        if not torch.isfinite(t).all():
+            _fail(what, f"{label} is not finite (NaN or inf) for standard normal inputs")
     x_back = flow.inverse(y)
+    if not isinstance(x_back, torch.Tensor) or x_back.shape != x.shape:
+        _fail(what, f"inverse(y) must return x's shape {tuple(x.shape)}, got "
+                    f"{tuple(x_back.shape) if isinstance(x_back, torch.Tensor) else type(x_back).__name__}")
     err = float((x_back - x).detach().abs().max())
-    if err > 1e-8:
+    if not err <= 1e-8:  # NaN fails too
         _fail(what, f"inverse(forward(x)) differs from x by {err:.2e} (float64)")
+    _check_per_sample(flow, x, y, logdet, what)
     x1 = x[:1]
 
     def f(v: torch.Tensor) -> torch.Tensor:
@@ -124,6 +133,27 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
         return registry.create("flow", name, in_shape=shape, **config).double()
 
     _roundtrip(flow, rebuild, lambda m: torch.cat([m(x)[0].flatten(), m(x)[1]]), what)
+
+
+def _forward(flow: nn.Module, x: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    out = flow(x)
+    if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+        _fail(what, f"forward(x) must return a tuple (y, logdet), got {type(out).__name__}")
+    return out
+
+
+def _check_per_sample(flow: nn.Module, x: torch.Tensor, y: torch.Tensor, logdet: torch.Tensor,
+                      what: str) -> None:
+    """In eval mode each sample's output and log-det are its own: the batch gives what one sample at a
+    time gives (the brute-force Jacobian below checks sample 0; this carries it to every sample)."""
+    for i in range(x.shape[0]):
+        yi, ldi = _forward(flow, x[i:i + 1], what)
+        y_err = float((yi[0] - y[i]).detach().abs().max())
+        ld_err = abs(float(ldi[0] - logdet[i]))
+        if not (y_err <= 1e-8 and ld_err <= 1e-8 * max(1.0, abs(float(logdet[i])))):
+            _fail(what, f"sample {i} of a batch gets {'a log-det' if y_err <= 1e-8 else 'an output'} other than "
+                        f"when alone (differs by {max(y_err, ld_err):.2e}); in eval mode every sample must be "
+                        "mapped on its own (is the log-det taken from another sample, or summed over the batch?)")
 
 
 def _check_logdet_gradient(flow: nn.Module, f: Callable[[torch.Tensor], torch.Tensor], x1: torch.Tensor,
@@ -288,22 +318,27 @@ def check_norm(name: str, registry: Registry | None = None, **config: Any) -> No
 
 
 def check_dataset(name: str, registry: Registry | None = None, **config: Any) -> None:
-    """Builds from defaults (or refuses with a DataError when its files are absent); items are uint8 CHW."""
+    """Builds from defaults (or refuses with a one-line DataError when its files are absent); both splits
+    serve uint8 (C, H, W) images of the advertised ``shape`` and labels in range (first, middle and last
+    item; all of ``as_tensors()`` when offered): :func:`avade.data.validate.dataset_problem`, which every
+    run applies too."""
+    from avade.data.validate import dataset_problem
+
     registry = registry or get_registry()
     what = f"dataset '{name}'"
-    try:
-        ds = registry.create("dataset", name, split="test", **config)
-    except DataError as exc:
-        if "\n" in str(exc) or not str(exc):
-            _fail(what, "a missing dataset must be reported in one non-empty line")
-        return
-    if len(ds) < 1:
-        _fail(what, "is empty")
-    x, label = ds[0]
-    if x.dtype != torch.uint8 or tuple(x.shape) != tuple(ds.shape):
-        _fail(what, f"item 0 is {x.dtype} {tuple(x.shape)}, expected uint8 {tuple(ds.shape)}")
-    if not isinstance(label, int):
-        _fail(what, f"labels must be python ints, got {type(label).__name__}")
+    for split in ("test", "train"):
+        try:
+            ds = registry.create("dataset", name, split=split, **config)
+        except DataError as exc:
+            if "\n" in str(exc) or not str(exc):
+                _fail(what, "a missing dataset must be reported in one non-empty line")
+            return
+        except OSError as exc:
+            _fail(what, f"raises {type(exc).__name__}: {exc}; report missing or unreadable files as "
+                        "avade.errors.DataError, in one line that says how to get them")
+        problem = dataset_problem(ds, split)
+        if problem:
+            _fail(what, f"{split} split: {problem}")
 
 
 def check_metric(name: str, registry: Registry | None = None, **config: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from avade.errors import ConfigError
+from avade.errors import ConfigError, DataError
 
 
 class _StepSampler(Sampler[list[int]]):
@@ -86,8 +86,19 @@ class BatchStream:
                                  num_workers=self.num_workers, pin_memory=pin,
                                  persistent_workers=self.num_workers > 0, worker_init_fn=ignore_sigint,
                                  generator=torch.Generator().manual_seed(self.seed))
+        classes = int(getattr(self.dataset, "num_classes", 0))
         for x, y in loader:
-            yield x.to(self.device, non_blocking=pin), torch.as_tensor(y).to(self.device, non_blocking=pin)
+            y = torch.as_tensor(y)
+            _check_batch(x, y, classes)  # items read from files: checked as they arrive (on the CPU)
+            yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+
+
+def _check_batch(x: torch.Tensor, y: torch.Tensor, classes: int) -> None:
+    if x.dtype != torch.uint8:
+        raise DataError(f"the dataset served {x.dtype} images in a training batch; items must be uint8 (0..255)")
+    if classes and y.numel() and (int(y.min()) < -1 or int(y.max()) >= classes):
+        raise DataError(f"the dataset served labels in [{int(y.min())}, {int(y.max())}] in a training batch; "
+                        f"with num_classes = {classes} they must be in 0..{classes - 1} (or -1 for an unlabeled image)")
 
 
 def eval_batches(dataset: Dataset, batch_size: int, limit: int = 0, num_workers: int = 0

@@ -33,7 +33,7 @@ from avade.nn.replicas import replica_statistics
 from avade.recipe.load import saved_before_hint
 from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, Recipe
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
-from avade.registry import get_registry
+from avade.registry import BUILTIN_DIST, get_registry
 from avade.train import checkpoint as ckpt
 from avade.train.compiling import check_compile_backend, compile_in_place
 from avade.train.data import BatchStream, eval_batches, indexed_batches
@@ -71,22 +71,28 @@ def resolve_device(name: str) -> torch.device:
 def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
     """(train, test) datasets of a recipe, at its ``data.n_bits``."""
     from avade.data.posterized import with_bits
+    from avade.data.validate import dataset_problem
 
     registry = get_registry()
     ref = recipe.data.dataset
     assert ref is not None
     info = registry.get("dataset", ref.name)
     bits = recipe.data.options.n_bits
+    root = getattr(ref.config, "root", None)
+    where = f" under {root}" if root else ""
     try:
-        return (with_bits(registry.build(info, ref.config, split="train"), bits),
-                with_bits(registry.build(info, ref.config, split="test"), bits))
-    except (AvadeError, OSError):
+        sets = registry.build(info, ref.config, split="train"), registry.build(info, ref.config, split="test")
+        problems = [(split, dataset_problem(ds, split)) for split, ds in zip(("train", "test"), sets, strict=True)]
+    except AvadeError:
         raise
     except Exception as exc:  # a file the loader cannot parse (truncated archive, wrong encoding, bad shapes)
-        root = getattr(ref.config, "root", None)
-        where = f" under {root}" if root else ""
         raise DataError(f"dataset '{ref.name}'{where} could not be read: {type(exc).__name__}: {exc}; check or "
                         "replace its files") from exc
+    for split, problem in problems:
+        if problem:
+            blame = "" if info.dist == BUILTIN_DIST else f" (from plugin {info.provider}: fix or disable it)"
+            raise DataError(f"dataset '{ref.name}'{blame}, {split} split: {problem}")
+    return with_bits(sets[0], bits), with_bits(sets[1], bits)
 
 
 def configure_tf32(enabled: bool) -> None:
