@@ -25,7 +25,7 @@ from avade.models import GenerativeModel, build_model
 from avade.recipe import load_recipe
 from avade.recipe.schema import LIKELIHOOD_VARIANTS, ComponentRef, Recipe
 from avade.recipe.write import recipe_to_dict
-from avade.registry import get_registry
+from avade.registry import BUILTIN_DIST, get_registry
 from avade.train import checkpoint as ckpt
 from avade.train.data import eval_batches, subset_batches
 from avade.train.distributed import is_main_process
@@ -173,18 +173,62 @@ def check_inception_weights(metrics: list[tuple[str, Any]], recipe: Recipe) -> N
 
 
 def run_metrics(ctx: RunContext, names: Sequence[str], recipe: Recipe, samples: int | None = None,
-                console: Console | None = None) -> dict[str, float]:
-    """Compute registered metrics by name with the recipe's per-metric settings."""
-    return _compute(ctx, build_metrics(names, recipe, ctx.model.num_classes, samples), console)
+                console: Console | None = None, taken: Sequence[str] = ()) -> dict[str, float]:
+    """Compute registered metrics by name with the recipe's per-metric settings (``taken``: result keys
+    reported already, which no metric may return again)."""
+    return _compute(ctx, build_metrics(names, recipe, ctx.model.num_classes, samples), console, taken)
 
 
-def _compute(ctx: RunContext, metrics: list[tuple[str, Any]], console: Console | None) -> dict[str, float]:
+#: keys of summary.json / eval.json that are not metric values: a metric may not return them
+RECORD_KEYS = frozenset({"recipe", "variant", "steps", "train_images_per_s", "device", "weights", "bpd_untrained",
+                         "error", "checkpoint", "step", "settings"})
+
+
+def _compute(ctx: RunContext, metrics: list[tuple[str, Any]], console: Console | None,
+             taken: Sequence[str] = ()) -> dict[str, float]:
+    """Each metric's ``compute(ctx)``, merged; ``taken``: keys already reported (the trainer's bpd)."""
+    registry = get_registry()
     results: dict[str, float] = {}
+    owners = dict.fromkeys(taken, "the trainer")
     for name, metric in metrics:
         if console is not None:
             console.print(f"computing {name} ...")
-        results.update(metric.compute(ctx))
+        info = registry.get("metric", name)
+        what, fix = info.blame()  # "metric 'x' (from plugin P)", "; fix or disable that plugin ..."
+        try:
+            returned = metric.compute(ctx)
+        except (AvadeError, OSError):
+            raise
+        except Exception as exc:
+            if info.dist == BUILTIN_DIST:  # avade's own metric failing is avade's bug: keep the traceback
+                raise
+            raise AvadeError(f"{what} failed: {type(exc).__name__}: {exc}{fix}") from exc
+        for key, value in _metric_values(what, fix, returned).items():
+            clash = (", a key of the run's own record" if key in RECORD_KEYS
+                     else f", which {owners[key]} already reports" if key in owners else "")
+            if clash:
+                raise AvadeError(f"{what} returns '{key}'{clash}; its results need names of their own "
+                                 f"(e.g. '{name}_{key}'){fix}")
+            owners[key] = f"metric '{name}'"
+            results[key] = value
     return results
+
+
+def _metric_values(what: str, fix: str, returned: Any) -> dict[str, float]:
+    """``compute``'s dict with every value a Python float (numpy / 0-d torch numbers converted); anything
+    else is refused by name, before it reaches summary.json or eval.json."""
+    if not isinstance(returned, Mapping):
+        raise AvadeError(f"{what} returned {type(returned).__name__}; compute(ctx) must return "
+                         f"a dict of result name -> number{fix}")
+    values = {}
+    for key, value in returned.items():
+        if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+            value = value.item()
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int | float):
+            raise AvadeError(f"{what} returned {key!r}: {type(value).__name__}; compute(ctx) must "
+                             f"return a dict of result name (str) -> number{fix}")
+        values[key] = float(value)
+    return values
 
 
 def metric_settings(metrics: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -196,11 +240,12 @@ def metric_settings(metrics: list[tuple[str, Any]]) -> dict[str, Any]:
             if attrs.has(type(getattr(metric, "cfg", None)))}
 
 
-def compute_metrics(trainer: Any, names: Sequence[str]) -> dict[str, float]:
-    """Metrics during/after training (called by the trainer on the main process)."""
+def compute_metrics(trainer: Any, names: Sequence[str], taken: Sequence[str] = ()) -> dict[str, float]:
+    """Metrics during/after training (called by the trainer on the main process); ``taken``: the keys the
+    trainer reports itself (bpd)."""
     ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, trainer.test_set, trainer.device,
                      trainer.run.root, cache_dir(), _options(trainer.recipe), trainer.cfg.seed)
-    return run_metrics(ctx, names, trainer.recipe)
+    return run_metrics(ctx, names, trainer.recipe, taken=taken)
 
 
 def _resolve_device(name: str) -> torch.device:

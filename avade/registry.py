@@ -76,7 +76,7 @@ class ComponentInfo:
     def provider(self) -> str:
         return f"{self.dist} {self.version}".strip()
 
-    def _blame(self) -> tuple[str, str]:
+    def blame(self) -> tuple[str, str]:
         """(what, hint) for errors in a lazy reference: a plugin's is named, with how to get rid of it."""
         if self.dist in (BUILTIN_DIST, "__main__"):
             return self.qualname, ""
@@ -84,13 +84,13 @@ class ComponentInfo:
                 f"; fix or disable that plugin (--disable-plugins / {DISABLE_ENV})")
 
     def load_factory(self) -> Callable[..., Any]:
-        self.factory = _resolve(self.factory, *self._blame())
+        self.factory = _resolve(self.factory, *self.blame())
         return self.factory  # type: ignore[return-value]
 
     def load_config(self) -> type | None:
-        self.config = _resolve(self.config, *self._blame())
+        self.config = _resolve(self.config, *self.blame())
         if self.config is not None and not attrs.has(self.config):  # type: ignore[arg-type]
-            what, hint = self._blame()
+            what, hint = self.blame()
             raise RegistryError(f"{what}: config schema must be an attrs class, got {self.config!r}{hint}")
         return self.config  # type: ignore[return-value]
 

@@ -216,3 +216,45 @@ def test_kit_looks_beyond_the_first_item() -> None:
     check_module("dataset", TinyData, DataConfig(), name="good-data")
     with pytest.raises(AssertionError, match=r"item 5 is torch.float32 \(3, 8, 8\), expected a uint8 tensor"):
         check_module("dataset", TinyData, DataConfig("last-item", in_memory=False), name="late-float")
+
+
+# -- metrics -----------------------------------------------------------------------------------------
+
+
+@attrs.define
+class MetricConfig:
+    returns: str = "ok"
+
+
+class TinyMetric:
+    """Mean intensity of the samples, with switchable defects."""
+
+    name = "tiny"
+
+    def __init__(self, cfg: MetricConfig) -> None:
+        self.cfg = cfg
+
+    def compute(self, ctx: Any) -> Any:
+        mean = float(torch.cat([x.float() for x in ctx.sample_batches(32, 16)]).mean())
+        return {
+            "ok": {"tiny_mean": mean, "tiny_tensor": torch.tensor(mean)},
+            "raises": {"x": 1 / (mean - mean)} if self.cfg.returns == "raises" else None,
+            "none": None,
+            "string": {"tiny_mean": "high"},
+            "nan": {"tiny_mean": math.nan},
+            "steps": {"steps": 1.0},
+        }[self.cfg.returns]
+
+
+@pytest.mark.parametrize("returns, expected", [
+    ("raises", r"compute\(ctx\) raised ZeroDivisionError"),
+    ("none", r"must return a non-empty dict of result name -> number, got None"),
+    ("string", r"result 'tiny_mean' is a str"),
+    ("nan", r"result 'tiny_mean' is nan"),
+    ("steps", r"result 'steps' is a key of the run's own record"),
+])
+def test_kit_computes_metrics(returns: str, expected: str) -> None:
+    check_module("metric", TinyMetric, MetricConfig("ok"), name="good-metric")
+    with pytest.raises(AssertionError, match=expected) as info:
+        check_module("metric", TinyMetric, MetricConfig(returns), name=f"bad-{returns}")
+    assert f"metric 'bad-{returns}'" in str(info.value)

@@ -17,5 +17,7 @@ from avade.testing.checks import (
     check_module,
     component_ids,
 )
+from avade.testing.context import SyntheticEvalContext
 
-__all__ = ["CHECKS", "check_component", "check_distribution", "check_module", "component_ids"]
+__all__ = ["CHECKS", "SyntheticEvalContext", "check_component", "check_distribution", "check_module",
+           "component_ids"]

@@ -31,8 +31,10 @@ def _build_first(registry: Registry, kind: str, name: str, shapes: Sequence[Shap
         try:
             return registry.create(kind, name, **{key: shape}, **context, **config), shape
         except AvadeError as exc:  # a documented refusal (e.g. resolution not divisible): try the next shape
-            errors.append(f"{shape}: {exc}")
-    _fail(f"{kind} '{name}'", "does not build for any test shape: " + "; ".join(errors))
+            errors.append((shape, str(exc)))
+    if len({message for _, message in errors}) == 1:  # not about the shape (e.g. a bad config value)
+        _fail(f"{kind} '{name}'", f"does not build: {errors[0][1]}")
+    _fail(f"{kind} '{name}'", "does not build for any test shape: " + "; ".join(f"{s}: {m}" for s, m in errors))
     raise AssertionError  # unreachable
 
 
@@ -342,11 +344,39 @@ def check_dataset(name: str, registry: Registry | None = None, **config: Any) ->
 
 
 def check_metric(name: str, registry: Registry | None = None, **config: Any) -> None:
-    """Builds from its default config and exposes ``name`` and ``compute(ctx)``."""
+    """Builds from its config, exposes ``name`` and ``compute(ctx)``, and computes on a small offline
+    context (:class:`avade.testing.context.SyntheticEvalContext`, conditional when the metric
+    ``needs_conditional``; random features stand in for Inception): a dict of result names to finite
+    numbers, none of them a key of the run's own record (as every run requires)."""
+    import warnings
+
+    from avade.evaluate import RECORD_KEYS
+    from avade.testing.context import SyntheticEvalContext
+
     registry = registry or get_registry()
+    what = f"metric '{name}'"
     metric = registry.create("metric", name, **config)
     if not callable(getattr(metric, "compute", None)) or not isinstance(getattr(metric, "name", None), str):
-        _fail(f"metric '{name}'", "needs a `name` string and a `compute(ctx)` method")
+        _fail(what, "needs a `name` string and a `compute(ctx)` method")
+    ctx = SyntheticEvalContext(num_classes=10 if getattr(metric, "needs_conditional", False) else 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "computed with the test-only feature extractor"
+        try:
+            result = metric.compute(ctx)
+        except Exception as exc:
+            _fail(what, f"compute(ctx) raised {type(exc).__name__}: {exc} on the kit's synthetic context "
+                        "(avade.testing.context.SyntheticEvalContext)")
+    if not isinstance(result, dict) or not result:
+        _fail(what, f"compute(ctx) must return a non-empty dict of result name -> number, got {result!r:.80}")
+    for key, value in result.items():
+        if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+            value = value.item()
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int | float):
+            _fail(what, f"result {key!r} is a {type(value).__name__}; results are str -> number")
+        if not torch.isfinite(torch.tensor(float(value))):
+            _fail(what, f"result {key!r} is {value} on the kit's synthetic context")
+        if key in RECORD_KEYS:
+            _fail(what, f"result {key!r} is a key of the run's own record (summary.json); name it after the metric")
 
 
 CHECKS: dict[str, Callable[..., None]] = {
@@ -374,6 +404,12 @@ SMALL_CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
     ("discriminator", "dcgan"): {"channels": [8, 16, 32]},
     ("discriminator", "resnet"): {"stem": 4, "channels": [8, 16, 16, 16]},
     ("discriminator", "sngan"): {"channels": [8, 8, 8, 8]},
+    ("metric", "fid"): {"samples": 64},
+    ("metric", "kid"): {"samples": 64, "subsets": 4, "subset_size": 32},
+    ("metric", "is"): {"samples": 64, "splits": 2},
+    ("metric", "prd"): {"samples": 64, "num_clusters": 5, "num_runs": 2, "num_angles": 101, "plot": False},
+    ("metric", "gan-test"): {"epochs": 1, "width": 8},
+    ("metric", "gan-train"): {"epochs": 1, "width": 8},
 }
 
 
@@ -401,8 +437,10 @@ def check_module(kind: str, factory: Callable[..., Any], config: Any = None, nam
     CHECKS[kind](name, registry=registry, **(unstructure(config) if config is not None else {}))
 
 
-def check_distribution(dist: str, registry: Registry | None = None) -> list[str]:
-    """Run :func:`check_component` on every component the distribution ``dist`` registers."""
+def check_distribution(dist: str, registry: Registry | None = None,
+                       configs: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[str]:
+    """Run :func:`check_component` on every component the distribution ``dist`` registers; ``configs``
+    maps ``(kind, name)`` to a small config for components whose defaults are too large for a quick check."""
     registry = registry or get_registry()
     items = [i for i in registry.list() if i.dist == dist and i.kind in CHECKS]
     if not items:
@@ -410,7 +448,7 @@ def check_distribution(dist: str, registry: Registry | None = None) -> list[str]
         raise AssertionError(f"distribution '{dist}' registers no checkable component"
                              + (f" (it failed to load: {failures[0]})" if failures else ""))
     for info in items:
-        check_component(info.kind, info.name, registry)
+        check_component(info.kind, info.name, registry, **(configs or {}).get((info.kind, info.name), {}))
     return [f"{i.kind}/{i.name}" for i in items]
 
 

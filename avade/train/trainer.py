@@ -33,7 +33,7 @@ from avade.nn.replicas import replica_statistics
 from avade.recipe.load import saved_before_hint
 from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, Recipe
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
-from avade.registry import BUILTIN_DIST, get_registry
+from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
 from avade.train.compiling import check_compile_backend, compile_in_place
 from avade.train.data import BatchStream, eval_batches, indexed_batches
@@ -90,8 +90,8 @@ def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
                         "replace its files") from exc
     for split, problem in problems:
         if problem:
-            blame = "" if info.dist == BUILTIN_DIST else f" (from plugin {info.provider}: fix or disable it)"
-            raise DataError(f"dataset '{ref.name}'{blame}, {split} split: {problem}")
+            what, fix = info.blame()  # a plugin's dataset names the plugin
+            raise DataError(f"{what}, {split} split: {problem}{fix}")
     return with_bits(sets[0], bits), with_bits(sets[1], bits)
 
 
@@ -618,7 +618,12 @@ class Trainer:
             initial = self._read_summary().get("bpd_untrained")
         if initial is not None:
             summary["bpd_untrained"] = initial
-        broken = sorted(k for k, v in results.items() if _not_finite(v))
+        # the model's own bound diverging is a failed run; a sample metric's NaN is only that metric's value
+        own = {"bpd", f"bpd_iw{self.recipe.eval.importance_samples}"}
+        broken = sorted(k for k, v in results.items() if _not_finite(v) and k in own)
+        odd = sorted(k for k, v in results.items() if _not_finite(v) and k not in own)
+        if odd and self.dist.is_main:
+            self.console.print(f"[yellow]warning:[/] {', '.join(odd)} not finite (recorded as null)")
         error = None
         if self.bad_steps or broken:
             what = (f"the last {self.bad_steps} step(s) were non-finite" if self.bad_steps
@@ -708,7 +713,7 @@ class Trainer:
         if others and self.dist.is_main:
             from avade.evaluate import compute_metrics
 
-            results.update(compute_metrics(self, others))
+            results.update(compute_metrics(self, others, taken=list(results)))
         self.model.train()
         return results
 

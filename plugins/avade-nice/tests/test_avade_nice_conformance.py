@@ -9,3 +9,11 @@ from avade.testing import check_distribution
 
 def test_avade_nice_conforms():
     assert sorted(check_distribution("avade-nice")) == ["discriminator/sngan", "flow/nice"]
+
+
+def test_small_configs_reach_the_checks():
+    assert "flow/nice" in check_distribution("avade-nice", configs={("flow", "nice"): {"hidden": 4}})
+    # proof that the given config, not a default, was built (its error said once, not per test shape)
+    with pytest.raises(AssertionError, match=r"flow 'nice': does not build: flow.nice.hidden: expected a number "
+                                             r">= 1, got 0$"):
+        check_distribution("avade-nice", configs={("flow", "nice"): {"hidden": 0}})

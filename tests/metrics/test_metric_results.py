@@ -1,0 +1,107 @@
+"""What a metric returns reaches summary.json / eval.json only as named numbers: a plugin metric that
+raises, returns something else, or reuses another result's name is stopped with one line naming it; a
+NaN from a sample metric is that metric's value, not a diverged run."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import attrs
+import pytest
+import torch
+from tiny_recipes import tiny_recipe
+
+from avade import hookimpl
+from avade.errors import AvadeError, TrainingError
+from avade.evaluate import evaluate_run
+from avade.registry import get_registry
+from avade.train.run import run_recipe
+
+
+@attrs.define
+class Returns:
+    what: str = "ok"
+
+
+class OddMetric:
+    def __init__(self, cfg: Returns) -> None:
+        self.cfg, self.name = cfg, "odd"
+
+    def compute(self, ctx: Any) -> Any:
+        return {
+            "ok": {"odd_value": 1.5, "odd_tensor": torch.tensor(2.5)},
+            "raises": None,
+            "string": {"odd_value": "high"},
+            "list": [1.0],
+            "bpd": {"bpd": 0.0},
+            "steps": {"steps": 123.0},
+            "nan": {"odd_value": math.nan},
+        }[self.cfg.what] if self.cfg.what != "raises" else 1 / 0
+
+
+class _Plugin:
+    @hookimpl
+    def avade_register(self, registry: Any) -> None:
+        registry.register("metric", "odd", factory=OddMetric, config=Returns, summary="test metric")
+
+
+@pytest.fixture
+def odd(fresh_registry: None) -> None:
+    assert get_registry().add_plugin(_Plugin(), dist="avade-odd", version="0.1")
+
+
+def run(tmp_path, what: str, name: str = "run") -> dict[str, Any]:
+    recipe = tiny_recipe('eval.metrics=["bpd", "odd"]', f'eval.odd={{what="{what}"}}')
+    return run_recipe(recipe, tmp_path / name, progress=False)
+
+
+def test_numbers_are_recorded_as_floats(odd, tmp_path):
+    summary = run(tmp_path, "ok")
+    assert summary["odd_value"] == 1.5 and summary["odd_tensor"] == 2.5 and isinstance(summary["odd_tensor"], float)
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["odd_tensor"] == 2.5 and saved["bpd"] == summary["bpd"]
+
+
+@pytest.mark.parametrize("what, message", [
+    ("raises", r"metric 'odd' \(from plugin avade-odd 0.1\) failed: ZeroDivisionError: division by zero; fix or "
+               r"disable that plugin"),
+    ("string", r"metric 'odd' \(from plugin avade-odd 0.1\) returned 'odd_value': str; compute\(ctx\) must return "
+               r"a dict of result name \(str\) -> number"),
+    ("list", r"returned list; compute\(ctx\) must return a dict"),
+    ("bpd", r"returns 'bpd', which the trainer already reports; its results need names of their own "
+            r"\(e.g. 'odd_bpd'\)"),
+    ("steps", r"returns 'steps', a key of the run's own record"),
+])
+def test_a_broken_plugin_metric_is_named(odd, tmp_path, what, message):
+    with pytest.raises(AvadeError, match=message) as info:
+        run(tmp_path, what)
+    assert "\n" not in str(info.value)
+
+
+def test_avade_eval_refuses_a_clobbering_metric_and_keeps_eval_json(odd, tmp_path):
+    run(tmp_path, "ok")
+    evaluate_run(tmp_path / "run", ["bpd"], device="cpu")
+    before = (tmp_path / "run" / "eval.json").read_text()
+    with pytest.raises(AvadeError, match=r"metric 'odd' .* returns 'bpd', which metric 'bpd' already reports"):
+        # the recipe's own settings for odd are "ok"; a run's recipe.toml edited to clobber bpd
+        recipe_file = tmp_path / "run" / "recipe.toml"
+        recipe_file.write_text(recipe_file.read_text().replace('what = "ok"', 'what = "bpd"'))
+        evaluate_run(tmp_path / "run", ["bpd", "odd"], device="cpu")
+    assert (tmp_path / "run" / "eval.json").read_text() == before
+
+
+def test_a_nan_sample_metric_is_not_a_diverged_run(odd, tmp_path, capsys):
+    summary = run(tmp_path, "nan")
+    assert math.isnan(summary["odd_value"]) and "error" not in summary
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["odd_value"] is None
+    assert "odd_value not finite (recorded as null)" in capsys.readouterr().err
+
+
+def test_a_nan_bits_per_dim_still_fails_the_run(tmp_path, monkeypatch):
+    from avade.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "test_bpd", lambda self, *a, **k: math.nan)
+    with pytest.raises(TrainingError, match=r"the trained model's bpd is not finite"):
+        run_recipe(tiny_recipe(), tmp_path / "run", progress=False)
