@@ -148,9 +148,11 @@ def _check_per_sample(flow: nn.Module, x: torch.Tensor, y: torch.Tensor, logdet:
                       what: str) -> None:
     """In eval mode each sample's output and log-det are its own: the batch gives what one sample at a
     time gives (the brute-force Jacobian below checks sample 0; this carries it to every sample)."""
+    y, logdet = y.detach(), logdet.detach()
     for i in range(x.shape[0]):
-        yi, ldi = _forward(flow, x[i:i + 1], what)
-        y_err = float((yi[0] - y[i]).detach().abs().max())
+        with torch.no_grad():
+            yi, ldi = _forward(flow, x[i:i + 1], what)
+        y_err = float((yi[0] - y[i]).abs().max())
         ld_err = abs(float(ldi[0] - logdet[i]))
         if not (y_err <= 1e-8 and ld_err <= 1e-8 * max(1.0, abs(float(logdet[i])))):
             _fail(what, f"sample {i} of a batch gets {'a log-det' if y_err <= 1e-8 else 'an output'} other than "
