@@ -456,30 +456,44 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
     metrics_built = build_metrics(names, ctx.recipe, ctx.model.num_classes, samples)
     results = _compute(ctx, metrics_built, console)
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
-        _record_eval(RunDir(Path(run_dir)).eval, ctx.checkpoint, results, ctx.weights, metric_settings(metrics_built))
+        _record_eval(RunDir(Path(run_dir)), ctx.checkpoint, results, ctx.weights, metric_settings(metrics_built))
     return results, ctx.weights
 
 
-def _record_eval(path: Path, checkpoint: Path | None, results: dict[str, float], weights: str = "last",
+def _record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float], weights: str = "last",
                  settings: dict[str, Any] | None = None) -> None:
     """Merge ``results`` (and the ``settings`` each metric ran with, under ``"settings"``) into eval.json
-    when it holds the same checkpoint's, under a lock: two ``avade eval`` at once (say fid and bpd on two
-    GPUs) both land. The trainer drops an eval.json that training since made stale."""
+    when it holds the same checkpoint's (else it starts over: eval.json is the checkpoint evaluated last),
+    and into that checkpoint's record in eval_checkpoints.json (every checkpoint evaluated, so evaluating
+    an older one loses nothing). Under a lock: two ``avade eval`` at once (say fid and bpd on two GPUs) both
+    land. The trainer drops what training since made stale."""
     name = checkpoint.name if checkpoint is not None else None
-    with _locked(path.with_name(f".{path.name}.lock")):
-        record: dict[str, Any] = {}
-        if path.is_file():
-            try:
-                earlier = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                earlier = None
-            if (isinstance(earlier, dict) and earlier.get("checkpoint") == name
-                    and earlier.get("weights", "last") == weights):
-                record = earlier
-        step = ckpt.checkpoint_step(checkpoint) if checkpoint else None
+    step = ckpt.checkpoint_step(checkpoint) if checkpoint else None
+
+    def merged(earlier: Any) -> dict[str, Any]:
+        record = dict(earlier) if (isinstance(earlier, dict) and earlier.get("checkpoint") == name
+                                   and earlier.get("weights", "last") == weights) else {}
         record.update({"checkpoint": name, "step": step, "weights": weights, **results})
         record["settings"] = {**record.get("settings", {}), **(settings or {})}
-        write_json(path, record)
+        return record
+
+    with _locked(run.eval.with_name(f".{run.eval.name}.lock")):
+        write_json(run.eval, merged(_read_json(run.eval)))
+        history = _read_json(run.eval_checkpoints)
+        records = history.get("records") if isinstance(history, dict) else None
+        records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+        same = [r for r in records if r.get("checkpoint") == name and r.get("weights", "last") == weights]
+        rest = [r for r in records if r not in same]
+        rows = sorted([*rest, merged(same[0] if same else None)],
+                      key=lambda r: (r.get("step") if isinstance(r.get("step"), int) else -1, str(r.get("weights"))))
+        write_json(run.eval_checkpoints, {"records": rows})
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 @contextlib.contextmanager

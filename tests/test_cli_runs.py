@@ -727,3 +727,26 @@ def test_npz_of_a_conditional_run_from_before_class_counts_has_the_evaluated_lab
         state_file.write_text(json.dumps(state))
     _, labels = _sample_npz(run, tmp_path)
     assert np.array_equal(labels, load_run(run, device="cpu").class_labels(40).numpy())
+
+
+def test_eval_checkpoints_json_keeps_every_checkpoint_evaluated(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=4", "train.checkpoint_every=2")))
+    run = tmp_path / "run"
+    assert _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")[0].exit_code == 0
+    assert _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu")[0].exit_code == 0
+    newest = json.loads((run / "eval.json").read_text())
+    result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu", "--checkpoint", "all")
+    assert result.exit_code == 0, out
+    result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu", "--checkpoint", "2")
+    assert result.exit_code == 0, out
+    records = json.loads((run / "eval_checkpoints.json").read_text())["records"]
+    assert [(r["checkpoint"], r["step"], r["weights"]) for r in records] == [
+        ("step_00000002", 2, "last"), ("step_00000004", 4, "last")]
+    assert records[1]["bpd"] == newest["bpd"]  # the newest's results outlive evaluating an older one
+    assert json.loads((run / "eval.json").read_text())["step"] == 2  # eval.json: the one evaluated last
+    # retraining past step 2 makes step 4's record stale: a resume from step 2 drops it
+    shutil.rmtree(run / "checkpoints" / "step_00000004")
+    assert _invoke("recipe", "run", str(recipe), "--out", str(run), "--resume", "--device", "cpu")[0].exit_code == 0
+    records = json.loads((run / "eval_checkpoints.json").read_text())["records"]
+    assert [r["step"] for r in records] == [2]

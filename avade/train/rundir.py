@@ -7,7 +7,8 @@
                            and ema.safetensors with train.ema_decay
     <run>/samples/         sample and reconstruction grids (PNG)
     <run>/tb/              TensorBoard events (when tensorboard is installed)
-    <run>/eval.json        ``avade eval``: the checkpoint, step and weights evaluated, its metrics and their settings
+    <run>/eval.json        ``avade eval``: the checkpoint (step, weights) evaluated last, its metrics and their settings
+    <run>/eval_checkpoints.json  every checkpoint evaluated: ``{"records": [...]}``, one per checkpoint and weights
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class RunDir:
     @property
     def eval(self) -> Path:
         return self.root / "eval.json"
+
+    @property
+    def eval_checkpoints(self) -> Path:
+        return self.root / "eval_checkpoints.json"
 
     def make(self) -> RunDir:
         for p in (self.root, self.checkpoints, self.samples):

@@ -288,14 +288,22 @@ class Trainer:
             atomic_write_text(self.run.recipe, recipe_to_toml(self.recipe))
 
     def _drop_stale_eval(self) -> None:
-        """eval.json of a checkpoint beyond this start (an earlier attempt, or steps about to be retrained)
-        would describe other weights than the checkpoint of that name will hold."""
+        """Evaluations (eval.json, eval_checkpoints.json's records) of a checkpoint beyond this start (an
+        earlier attempt, or steps about to be retrained) would describe other weights than the checkpoint of
+        that name will hold."""
         try:
             step = json.loads(self.run.eval.read_text(encoding="utf-8")).get("step")
         except (OSError, ValueError, AttributeError):
-            return
+            step = 0
         if not isinstance(step, int) or step > self.step:
             self.run.eval.unlink(missing_ok=True)
+        try:
+            records = json.loads(self.run.eval_checkpoints.read_text(encoding="utf-8"))["records"]
+            kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= self.step]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return
+        if len(kept) != len(records):
+            write_json(self.run.eval_checkpoints, {"records": kept})
 
     def _resume(self) -> None:
         existing = ckpt.list_checkpoints(self.run.checkpoints)
