@@ -162,6 +162,9 @@ class Registry:
                                 f"kinds: {', '.join(KINDS)}")
         if not isinstance(name, str) or not name or name != name.lower() or "_" in name or " " in name:
             raise RegistryError(f"{dist}: invalid component name {name!r}; names are lowercase with dashes")
+        if not isinstance(summary, str):
+            raise RegistryError(f"{dist}: {kind} '{name}': summary must be a string (one line), got "
+                                f"{type(summary).__name__}")
         info = ComponentInfo(kind, name, factory, config, summary.strip().splitlines()[0] if summary.strip() else "",
                              dist, version)
         key = (kind, name)
@@ -174,6 +177,8 @@ class Registry:
                     f"{kind} '{name}' from {info.provider} is skipped: the name belongs to the built-in "
                     f"{kind} of {first.provider}; the plugin must register it under another name")
                 return info
+            if first.dist == info.dist and self._collect_conflicts:  # the plugin's own mistake, not a clash
+                raise RegistryError(f"it registers {kind} '{name}' twice; register each name once")
             message = (
                 f"{kind} '{name}' is registered twice: by {first.provider} and by {info.provider}; "
                 f"uninstall one or disable it with {DISABLE_ENV}={info.dist}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import json
 import sys
 import types
 import warnings
@@ -547,3 +548,39 @@ def test_a_plugin_calling_sys_exit_is_skipped_like_any_broken_plugin(monkeypatch
     monkeypatch.setattr("avade.registry.importlib.import_module", exit_import)
     with pytest.raises(RegistryError, match=r"cannot import 'fake_sysexit_mod:factory' \(SystemExit: 1\)"):
         _resolve("fake_sysexit_mod:factory", "flow 'x'")
+
+
+def test_list_components_lists_both_providers_of_a_clashing_name(monkeypatch: pytest.MonkeyPatch,
+                                                                   fresh_registry: None) -> None:
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    real = [ep for ep in metadata.entry_points(group="avade") if ep.value.startswith("avade.")]
+    monkeypatch.setitem(sys.modules, "fake_twin_a", plugin("fake_twin_a", registering("twin", "only-a")))
+    monkeypatch.setitem(sys.modules, "fake_twin_b", plugin("fake_twin_b", registering("twin")))
+    eps = [*real, fake_entry_point("a", "fake_twin_a", "twin-a"), fake_entry_point("b", "fake_twin_b", "twin-b")]
+    monkeypatch.setattr("avade.registry.metadata.entry_points", lambda **kw: eps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(app, ["list-components", "twin*"])
+        listed = json.loads(CliRunner().invoke(app, ["list-components", "*twin*", "--json"]).stdout)
+    assert result.exit_code == 0, result.output
+    assert "twin-a 1.0 (conflict)" in result.output and "twin-b 1.0 (conflict)" in result.output, result.output
+    assert "flow 'twin' is provided by both twin-a 1.0 and twin-b 1.0" in result.output
+    rows = [(r["dist"], r["conflict"]) for r in listed["components"] if r["name"] == "twin"]
+    assert rows == [("twin-a", True), ("twin-b", True)]
+
+
+def test_a_plugin_registering_a_name_twice_or_a_bad_summary_is_skipped() -> None:
+    registry = Registry()
+    for bad, expected in (
+        (plugin("self_dup", registering("again", "again")), "it registers flow 'again' twice; register each name once"),
+        (plugin("bad_summary", lambda reg: reg.register("flow", "s", factory=Toy, config=ToyConfig, summary=None)),
+         "flow 's': summary must be a string (one line), got NoneType"),
+    ):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            assert not registry.add_plugin(bad, dist="odd-dist", version="0.1")
+        (message,) = plugin_warnings(record)
+        assert expected in message, message

@@ -190,11 +190,16 @@ def list_components(
         warnings.filterwarnings("ignore", message=r"plugin '.*' failed to load", category=PluginWarning)
         registry = get_registry()
     items = registry.list(kind=kind, pattern=pattern)
+    # a name two plugins register is listed once per provider (unusable until one is disabled)
+    listed = {(i.kind, i.name) for i in items}
+    items = sorted([*items, *(other for key, infos in registry.conflicts.items() if key in listed
+                              for other in infos[1:])], key=lambda i: (i.kind, i.name, i.dist))
     if as_json:
         rows = []
         for info in items:
             row: dict[str, Any] = {"kind": info.kind, "name": info.name, "dist": info.dist,
-                                   "version": info.version, "summary": info.summary}
+                                   "version": info.version, "summary": info.summary,
+                                   "conflict": (info.kind, info.name) in registry.conflicts}
             if schema:
                 from avade.schema import describe
 
@@ -214,8 +219,14 @@ def list_components(
     for col in ("kind", "name", "provider", "summary"):
         table.add_column(col, overflow="fold")
     for info in items:
-        table.add_row(info.kind, info.name, escape(info.provider), escape(info.summary))
+        clash = (info.kind, info.name) in registry.conflicts
+        table.add_row(info.kind, info.name, escape(info.provider) + (" [red](conflict)[/]" if clash else ""),
+                      escape(info.summary))
     out.print(table)
+    for kind_, name_ in sorted({(i.kind, i.name) for i in items} & set(registry.conflicts)):
+        providers = " and ".join(i.provider for i in registry.conflicts[(kind_, name_)])
+        err.print(f"[red]{kind_} '{escape(name_)}' is provided by both {escape(providers)}:[/] it cannot be used "
+                  f"until one is disabled (--disable-plugins DIST or AVADE_DISABLE_PLUGINS)", highlight=False)
     if not items and pattern is not None:
         bare = pattern.strip("*?")
         hint = f"; to list every {bare}, use --kind {bare}" if bare in registry.kinds() and kind is None else ""
