@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import torch
 from typer.testing import CliRunner, Result
@@ -448,3 +449,17 @@ def test_recipe_keys_lists_every_section_key_with_its_help() -> None:
     assert all(f"[{name}]" in result.stdout for name in ("model", "data", "train", "eval")), result.stdout
     result = run("recipe", "keys", "trian")
     assert result.exit_code == 2 and "no recipe section 'trian'" in result.output
+
+
+@attrs.define
+class _NoResolutionConfig:
+    side: int = 8
+
+
+def test_recipe_check_says_when_it_could_not_run_the_model(fresh_registry: None) -> None:
+    get_registry().register("dataset", "no-resolution", factory=lambda cfg, *, split: None,
+                            config=_NoResolutionConfig)
+    result = run("recipe", "check", str(QUICKSTART), "--set", 'data.name="no-resolution"')
+    assert result.exit_code == 0, result.output
+    assert "note: the model was not run: dataset 'no-resolution' declares no `resolution`" in result.stdout
+    assert "note" not in run("recipe", "check", str(QUICKSTART)).stdout

@@ -265,9 +265,10 @@ def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")]
     recipe = load_recipe(file, overrides or [])
     variants = expand_sweep(recipe)
     checked: set[str] = set()
+    unrun = False
     for i, v in enumerate(variants):
         try:
-            check_model(v.recipe, seen=checked)
+            unrun |= not check_model(v.recipe, seen=checked)
         except ConfigError as exc:
             where = f"sweep variant {i} ({v.name}): " if recipe.sweep is not None else ""
             raise ConfigError(where + exc.detail, path=exc.path, source=str(file)) from None
@@ -290,6 +291,9 @@ def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")]
                 raise exc.located(source=str(file)) from None
     extra = f", {len(variants)} sweep variants" if recipe.sweep is not None else ""
     out.print(f"[green]ok[/]: {escape(recipe.name)} ({recipe.variant} on {escape(recipe.data.options.name)}{extra})")
+    if unrun:  # keys and values are valid, but whether the components fit the images shows only at run
+        out.print(f"[yellow]note:[/] the model was not run: dataset '{escape(recipe.data.options.name)}' declares no "
+                  "`resolution`, so its image shape is known only once it is loaded (`avade recipe run`)")
 
 
 @recipe_app.command("show")

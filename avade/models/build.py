@@ -75,7 +75,7 @@ def _assemble(recipe: Recipe, shape: tuple[int, ...], classes: int) -> Generativ
     )
 
 
-def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = None) -> None:
+def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = None) -> bool:
     """Build ``recipe``'s model for its dataset's image shape and run it once, without gradients, on two
     random images: likelihood, sampling and the critic. Shape mismatches between components (e.g. a
     resolution the encoder cannot halve) surface as a :class:`ConfigError` here instead of at ``run``.
@@ -84,19 +84,20 @@ def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = N
     ``channels`` (3 when absent); a dataset config without ``resolution`` is not checked. The class
     count is the config's ``num_classes`` if it has one, else ``num_classes`` as a stand-in (the real
     count is only known once the dataset is loaded). ``seen`` (shared across a sweep's variants) skips a
-    model and shape already checked, e.g. variants that differ only in the dataset's category.
+    model and shape already checked, e.g. variants that differ only in the dataset's category. Returns
+    whether the model was run (False: no ``resolution`` to run it at).
     """
     dataset = recipe.data.dataset
     cfg = dataset.config if dataset is not None else None
     resolution = getattr(cfg, "resolution", None)
     if not isinstance(resolution, int):
-        return
+        return False
     shape = (int(getattr(cfg, "channels", 3)), resolution, resolution)
     classes = int(getattr(cfg, "num_classes", num_classes))
     if seen is not None:
         key = json.dumps([recipe_to_dict(recipe)["model"], shape, classes], sort_keys=True, default=str)
         if key in seen:
-            return
+            return True
         seen.add(key)
     model = build_model(recipe, shape, classes)
     labels = torch.arange(2) % max(model.num_classes, 1) if model.num_classes else None
@@ -119,3 +120,4 @@ def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = N
         raise ConfigError(f"the model does not run on {shape[0]}x{shape[1]}x{shape[2]} images ({step} failed: "
                           f"{detail}); check the components' channels and stages against data.resolution",
                           path="model", source=recipe.source) from None
+    return True
