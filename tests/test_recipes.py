@@ -445,3 +445,12 @@ def test_realnvp_net_is_a_recipe_key() -> None:
     assert result.exit_code == 0, result.output
     with pytest.raises(ConfigError, match="did you mean 'reference'"):
         load_recipe(main, ["model.flow.net=referenc"])
+
+
+def test_variant_names_tell_numbers_apart(base: Path, write: Write) -> None:
+    recipe = sweep(write, 'grid = {"train.lr" = [1e30, 1e-30], "train.seed" = [-1, 1], '
+                          '"model.logit_alpha" = [0.25, 0.025]}')
+    names = [v.name for v in expand_sweep(recipe)]
+    assert names[:4] == ["x-lr1e30-seedm1-logit_alpha0.25", "x-lr1e30-seedm1-logit_alpha0.025",
+                         "x-lr1e30-seed1-logit_alpha0.25", "x-lr1e30-seed1-logit_alpha0.025"]
+    assert len(set(names)) == 8 and "x-lr1e-30-seedm1-logit_alpha0.25" in names

@@ -24,7 +24,12 @@ class Variant:
 
 
 def _slug(value: Any) -> str:
-    text = str(value).lower() if not isinstance(value, float) else f"{value:g}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # numbers keep what tells them apart: 1e+30 -> 1e30 (not "1e-30"), -1 -> m1 (not "1")
+        text = (f"{value:g}" if isinstance(value, float) else str(value)).replace("e+", "e")
+        text = f"m{text[1:]}" if text.startswith("-") else text
+    else:
+        text = str(value).lower()
     return re.sub(r"[^a-z0-9.]+", "-", text).strip("-") or "x"
 
 
