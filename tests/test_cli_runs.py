@@ -750,3 +750,46 @@ def test_eval_checkpoints_json_keeps_every_checkpoint_evaluated(tmp_path: Path) 
     assert _invoke("recipe", "run", str(recipe), "--out", str(run), "--resume", "--device", "cpu")[0].exit_code == 0
     records = json.loads((run / "eval_checkpoints.json").read_text())["records"]
     assert [r["step"] for r in records] == [2]
+
+
+def test_a_sweep_checks_every_variant_before_training_any(tmp_path: Path) -> None:
+    # a later variant's model that cannot run on the images, or its missing data, fails before variant 0 trains
+    for axis, values, expected, detail in (
+        ("model.encoder.channels", [[4, 8], [4, 8, 8, 8, 8, 8]], "sweep variant 1 (tiny-channels4-8-8-8-8-8): ",
+         "is not divisible by 32"),
+        ("data.name", ["synthetic", "cifar10"], "sweep variant 1 (tiny-namecifar10-root",
+         "dataset 'cifar10' not found"),
+    ):
+        sweep = tiny_dict("train.steps=1")
+        if axis == "data.name":
+            sweep["data"] = {"name": "synthetic", "size": 64, "test_size": 16, "resolution": 8, "batch_size": 8,
+                             "eval_batch_size": 16}
+            sweep["sweep"] = {"combos": [{"data.name": "synthetic"},
+                                         {"data.name": "cifar10", "data.root": str(tmp_path / "nowhere")}]}
+        else:
+            sweep["sweep"] = {"grid": {axis: values}}
+        recipe = tmp_path / "sweep.toml"
+        recipe.write_text(tomli_w.dumps(sweep))
+        result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+        flat = out.replace("\n", "")
+        assert result.exit_code == 2 and expected in flat and detail in flat, out
+        assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir()), "nothing trained"
+
+
+def test_a_sweep_records_a_variant_that_cannot_start_and_a_partial_resume_keeps_the_table(tmp_path: Path) -> None:
+    sweep = tiny_dict("train.steps=2", "train.checkpoint_every=2")
+    sweep["sweep"] = {"grid": {"data.batch_size": [8, 1000]}}  # the second is more than the split holds
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps(sweep))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 2 and "1 of 2 sweep variants failed" in out, out
+    rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
+    assert rows[0]["bpd"] > 0 and "lower data.batch_size" in rows[1]["error"]
+    # a third variant run on its own: the summary still lists the first one (its directory is there)
+    sweep["sweep"] = {"grid": {"data.batch_size": [4]}}
+    recipe.write_text(tomli_w.dumps(sweep))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu",
+                          "--resume")
+    assert result.exit_code == 0, out
+    rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
+    assert [r["name"] for r in rows] == ["tiny-batch_size8", "tiny-batch_size4"]

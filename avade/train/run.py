@@ -15,9 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from avade.errors import ConfigError, TrainingError
+from avade.errors import ConfigError, DataError, TrainingError
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
+from avade.recipe.write import recipe_to_dict
 from avade.train.checkpoint import list_checkpoints
 from avade.train.distributed import is_main_process, shutdown_distributed
 from avade.train.rundir import RunDir, default_run_dir, latest_run_dir, write_json
@@ -80,18 +81,21 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
     try:
         if recipe.sweep is None:
             return [run_recipe(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)]
+        check_variants(variants)  # a later variant's bad config or missing data fails now, not hours in
         summaries, failed = [], []
         for variant in variants:
             try:
                 summary = run_recipe(variant.recipe, out_dir / variant.name, resume=resume, device=device,
                                      console=console, progress=progress)
-            except TrainingError as exc:  # one diverged variant must not cost the others (an lr sweep)
+            except (TrainingError, ConfigError, DataError) as exc:
+                # one diverged (or unbuildable) variant must not cost the others (an lr sweep)
                 console.print(f"[red]{escape(variant.name)}:[/] {escape(str(exc))}")
                 failed.append(variant.name)
                 summary = {"error": str(exc)}
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
         if is_main_process():
-            write_sweep_summary(out_dir, summaries, console, axes=list(variants[0].overrides))
+            rows = _with_earlier_rows(out_dir, summaries)
+            write_sweep_summary(out_dir, rows, console, axes=list(variants[0].overrides))
         if failed:
             raise TrainingError(f"{len(failed)} of {len(variants)} sweep variants failed ({', '.join(failed)}); "
                                 f"see {out_dir / 'sweep_summary.json'}")
@@ -101,6 +105,44 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         raise
     finally:
         shutdown_distributed()  # (a no-op after the line above)
+
+
+def check_variants(variants: Sequence[Any]) -> None:
+    """Before a sweep trains anything: every variant's model runs on its image shape (as ``avade recipe
+    check``) and its dataset's files are found, so a bad variant fails at once, named."""
+    from avade.data.status import dataset_status
+    from avade.models.build import check_model
+
+    checked: set[str] = set()
+    located: dict[str, tuple[bool, str]] = {}
+    for i, variant in enumerate(variants):
+        where = f"sweep variant {i} ({variant.name}): "
+        try:
+            check_model(variant.recipe, seen=checked)
+        except ConfigError as exc:
+            raise ConfigError(where + exc.detail, path=exc.path, source=variant.recipe.source) from None
+        data = variant.recipe.data
+        key = json.dumps([data.options.name, recipe_to_dict(variant.recipe).get("data")], sort_keys=True, default=str)
+        if key not in located:
+            located[key] = dataset_status(data.options.name, data.dataset.config if data.dataset else None)
+        present, message = located[key]
+        if not present:
+            raise DataError(where + message)
+
+
+def _with_earlier_rows(out_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This run's rows, and the rows of an earlier sweep_summary.json for variants this run did not include
+    (a resumed part of a sweep: the table stays the whole sweep's), in the earlier order, then the new ones."""
+    try:
+        earlier = json.loads((out_dir / "sweep_summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return rows
+    if not isinstance(earlier, list):
+        return rows
+    fresh = {row["name"]: row for row in rows}
+    merged = [fresh.pop(row["name"], row) for row in earlier if isinstance(row, dict) and "name" in row
+              and (row["name"] in fresh or (out_dir / row["name"]).is_dir())]
+    return merged + [row for row in rows if row["name"] in fresh]
 
 
 def _same_file(a: Path, b: Path) -> bool:
