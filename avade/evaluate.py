@@ -454,6 +454,9 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
     if "bpd" in names:
         ctx.bpd_defined()  # ... and on bpd for a model without a likelihood
     metrics_built = build_metrics(names, ctx.recipe, ctx.model.num_classes, samples)
+    # Inception weights (with the classifier head IS needs) and reference files: checked before any metric
+    # runs, so a late one cannot fail after the others' work
+    check_inception_weights(metrics_built, ctx.recipe)
     results = _compute(ctx, metrics_built, console)
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
         _record_eval(RunDir(Path(run_dir)), ctx.checkpoint, results, ctx.weights, metric_settings(metrics_built))

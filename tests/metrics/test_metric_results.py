@@ -105,3 +105,16 @@ def test_a_nan_bits_per_dim_still_fails_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "test_bpd", lambda self, *a, **k: math.nan)
     with pytest.raises(TrainingError, match=r"the trained model's bpd is not finite"):
         run_recipe(tiny_recipe(), tmp_path / "run", progress=False)
+
+
+def test_avade_eval_checks_the_inception_weights_before_any_metric_runs(tmp_path, monkeypatch):
+    from avade.metrics import bpd, features
+    from avade.metrics.random_features import RandomConvFeatures
+
+    run_recipe(tiny_recipe(), tmp_path / "run", progress=False)
+    monkeypatch.setattr(features, "get_extractor", lambda options, device="cpu": RandomConvFeatures(num_classes=0))
+    ran = []
+    monkeypatch.setattr(bpd.BPD, "compute", lambda self, ctx: ran.append("bpd") or {"bpd": 1.0})
+    with pytest.raises(AvadeError, match="the Inception Score needs class probabilities"):
+        evaluate_run(tmp_path / "run", ["bpd", "is"], device="cpu")
+    assert ran == []  # bpd's work was not done (and lost) before the IS failure
