@@ -269,6 +269,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"checkpoint {path} is corrupt: state.json's step is {step!r}, not a count of "
                               f"steps; {fallback_hint(path)}")
+    recipe = state.get("recipe")
+    train = recipe.get("train") if isinstance(recipe, dict) else None
+    if isinstance(train, dict) and train.get("ema_decay") and "ema" not in files:
+        # a run with train.ema_decay writes its average into every checkpoint: without it, evaluation would
+        # silently score the last iterate and a resume would restart the average
+        raise CheckpointError(f"checkpoint {path} is incomplete: ema.safetensors (the weight average of "
+                              f"train.ema_decay) is missing; {fallback_hint(path)}")
     tensors = {}
     for name, f in files.items():
         try:

@@ -116,3 +116,16 @@ def test_the_decay_must_be_in_the_unit_interval() -> None:
     for bad in ("1.0", "-0.1"):
         with pytest.raises(ConfigError, match=r"train.ema_decay: expected a number in \[0, 1\)"):
             tiny_recipe(f"train.ema_decay={bad}")
+
+
+def test_a_missing_average_file_is_an_incomplete_checkpoint(tmp_path: Path) -> None:
+    # not silently the last iterate in evaluation, nor an average restarted on resume
+    Trainer(tiny_recipe("train.steps=2", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path,
+            progress=False).fit()
+    (ckpt.list_checkpoints(tmp_path / "checkpoints")[-1] / "ema.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"incomplete: ema.safetensors \(the weight average of "
+                                              r"train.ema_decay\) is missing; delete step_00000002"):
+        evaluate_run(tmp_path, ["bpd"], device="cpu")
+    with pytest.raises(CheckpointError, match=r"ema\.safetensors"):
+        Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path,
+                resume=True, progress=False)
