@@ -82,18 +82,32 @@ def _split(cfg: CelebAConfig, folder: Path, files: list[Path], split: str) -> li
         except UnicodeDecodeError as exc:
             raise DataError(f"dataset 'celeba': {partition} is not a text file ({exc.reason}); replace it with "
                             "the official list_eval_partition.txt") from None
+        entries = 0
         for line in text.splitlines():
             parts = line.replace(",", " ").split()
-            if len(parts) == 2 and parts[1] == _PARTITION[split]:
-                keep.add(parts[0])
+            if len(parts) == 2 and parts[1] in {"0", "1", "2"}:
+                entries += 1
+                if parts[1] == _PARTITION[split]:
+                    keep.add(parts[0])
+        if not entries:
+            raise DataError(f"dataset 'celeba': cannot parse {partition}: no '<image> <partition>' lines; replace "
+                            "it with the official list_eval_partition.txt")
+        names = {f.name for f in files}
+        absent = sorted(keep - names)
+        if absent:  # a partial download or unzip would otherwise be a silently smaller split
+            raise DataError(f"dataset 'celeba': {len(absent)} of the {len(keep)} {split} images that {partition.name} "
+                            f"lists are not in {folder} (e.g. {absent[0]}); finish extracting the images, or "
+                            "remove the partition file to split the images that are there")
         chosen = [f for f in files if f.name in keep]
+        if not chosen:
+            raise DataError(f"dataset 'celeba': {partition} lists no {split} image (partition "
+                            f"{_PARTITION[split]}); replace it with the official list_eval_partition.txt")
     else:
         n_test = max(1, round(len(files) * cfg.test_fraction)) if len(files) > 1 and cfg.test_fraction else 0
         chosen = files[: len(files) - n_test] if split == "train" else files[len(files) - n_test :]
     if not chosen:
         raise DataError(
-            f"dataset 'celeba': the {split} split of {folder} is empty "
-            f"(partition file: {partition if partition.is_file() else 'none'}); "
+            f"dataset 'celeba': the {split} split of {folder} is empty (no partition file); "
             "add images or set data.test_fraction"
         )
     return chosen

@@ -248,6 +248,22 @@ def test_celeba_torchvision_layout_with_partition(tmp_path):
     assert max_abs_diff(test[0][0], expected) <= 1
 
 
+def test_celeba_partition_file_problems_are_named(tmp_path):
+    base = tmp_path / "celeba"
+    for i, a in enumerate(rgb_images(3, 30, 30, seed=14)):
+        save_png(base / "img_align_celeba" / f"{i + 1:06d}.png", a)
+    partition = base / "list_eval_partition.txt"
+    # a partial unzip: the partition lists an image that is not there
+    partition.write_text("000001.png 0\n000002.png 0\n000003.png 2\n000004.png 2\n")
+    with pytest.raises(DataError, match=r"1 of the 2 test images that list_eval_partition.txt lists are not in .* "
+                                        r"\(e.g. 000004.png\); finish extracting"):
+        avade.create("dataset", "celeba", split="test", root=str(tmp_path))
+    assert len(avade.create("dataset", "celeba", split="train", root=str(tmp_path))) == 2
+    partition.write_text("<html>not a partition</html>\n")
+    with pytest.raises(DataError, match=r"cannot parse .*list_eval_partition.txt: no '<image> <partition>' lines"):
+        avade.create("dataset", "celeba", split="train", root=str(tmp_path))
+
+
 def test_celeba_plain_folder_holds_out_the_last_files(tmp_path):
     for i, a in enumerate(rgb_images(10, 50, 40, seed=12)):
         save_png(tmp_path / "celeba" / f"{i:03d}.jpg", a)  # a real (lossy) JPEG

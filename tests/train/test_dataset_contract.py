@@ -26,13 +26,14 @@ class BadData:
         self.cfg = cfg
         self.shape, self.num_classes = (3, 8, 8), 2
         gen = torch.Generator().manual_seed(0)
-        self.images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=gen)
-        self.labels = torch.arange(16) % 2
+        n = 0 if (cfg.defect == "empty-test" and split == "test") else 16
+        self.images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=gen)
+        self.labels = torch.arange(n) % 2
         if cfg.defect == "hidden-label":  # not among the items probed at load (first, middle, last)
             self.labels[3] = 7
 
     def __len__(self) -> int:
-        return 16
+        return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = self.images[i]
@@ -67,3 +68,10 @@ def test_a_label_out_of_range_is_named_at_load_or_at_its_batch(fresh_registry, t
                                         r"must be in 0..1"):
         run_recipe(recipe(defect="hidden-label", in_memory=False), tmp_path / "b", progress=False)
     run_recipe(recipe(in_memory=False), tmp_path / "c", progress=False)  # the sound dataset trains
+
+
+def test_an_empty_test_split_is_refused_before_training(fresh_registry, tmp_path):
+    # (it used to surface only at the end of training, as an internal StopIteration in the sample grids)
+    get_registry().register("dataset", "bad-data", factory=BadData, config=BadConfig)
+    with pytest.raises(DataError, match=r"dataset 'bad-data'.*, test split: the test split is empty"):
+        run_recipe(recipe(defect="empty-test"), tmp_path / "run", progress=False)
