@@ -129,23 +129,32 @@ class RunContext:
         return {key: self.model.mean_bpd(batches, importance_samples)}
 
 
-def _metric_config(ref: ComponentRef | None, name: str, samples: int | None) -> Any:
+def _metric_config(ref: ComponentRef | None, name: str, samples: int | None, recipe: Recipe | None = None,
+                   importance_samples: int | None = None) -> Any:
     registry = get_registry()
     config = ref.config if ref is not None else registry.validate("metric", name, {}, path=f"eval.{name}")
     if samples is not None and config is not None and hasattr(config, "samples"):
         config = attrs.evolve(config, samples=samples)
+    if name == "bpd" and config is not None and hasattr(config, "importance_samples"):
+        # one knob: --importance-samples, else [eval.bpd]'s own, else the recipe's eval.importance_samples
+        # (what training reported as bpd_iwK)
+        k = importance_samples if importance_samples is not None else (
+            recipe.eval.importance_samples if config.importance_samples == 1 and recipe is not None else None)
+        if k is not None:
+            config = attrs.evolve(config, importance_samples=k)
     return config
 
 
-def build_metrics(names: Sequence[str], recipe: Recipe, model_classes: int, samples: int | None = None
-                  ) -> list[tuple[str, Any]]:
+def build_metrics(names: Sequence[str], recipe: Recipe, model_classes: int, samples: int | None = None,
+                  importance_samples: int | None = None) -> list[tuple[str, Any]]:
     """The metrics ``names`` built with the recipe's settings, each checked against the model before any
     runs: one that ``needs_conditional`` samples needs a class-conditional model (``model_classes > 0``)."""
     registry = get_registry()
     metrics = []
     for name in names:
         metric = registry.build(registry.get("metric", name),
-                                _metric_config(recipe.eval.settings.get(name), name, samples))
+                                _metric_config(recipe.eval.settings.get(name), name, samples, recipe,
+                                               importance_samples))
         if getattr(metric, "needs_conditional", False) and not model_classes:
             raise ConfigError(f"metric '{name}' scores class-conditional samples, but this model is not "
                               "class-conditional (model.conditional = false); leave it out of the metrics")
@@ -405,24 +414,25 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None =
 
 def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
                  device: str = "auto", console: Console | None = None, checkpoint: str | int | None = None,
-                 ema: bool = True) -> dict[str, float]:
+                 ema: bool = True, importance_samples: int | None = None) -> dict[str, float]:
     """``avade eval``: compute metrics on a run's newest checkpoint (or that of step ``checkpoint``; its
     averaged weights when it has them, unless ``ema=False``) and record them in ``eval.json`` with the
     checkpoint, its step and which weights; results of earlier calls on the same checkpoint and weights
-    are kept (``--metrics bpd`` after ``--metrics fid`` keeps the FID)."""
-    return _evaluate(run_dir, metrics, samples, device, console, checkpoint, ema)[0]
+    are kept (``--metrics bpd`` after ``--metrics fid`` keeps the FID). ``importance_samples``: bpd's k
+    (default: the recipe's ``[eval.bpd]``, else its ``eval.importance_samples``)."""
+    return _evaluate(run_dir, metrics, samples, device, console, checkpoint, ema, importance_samples)[0]
 
 
 def evaluate_checkpoints(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
-                         device: str = "auto", console: Console | None = None, ema: bool = True
-                         ) -> list[dict[str, Any]]:
+                         device: str = "auto", console: Console | None = None, ema: bool = True,
+                         importance_samples: int | None = None) -> list[dict[str, Any]]:
     """``avade eval --checkpoint all``: :func:`evaluate_run` on every checkpoint kept, oldest first; one row
     per checkpoint (``step``, ``weights``, the metrics). One removed meanwhile (pruned by a training run
     still going) is skipped with a warning rather than losing the rows computed so far."""
     rows = []
     for step in checkpoint_steps(run_dir):
         try:
-            results, weights = _evaluate(run_dir, metrics, samples, device, console, step, ema)
+            results, weights = _evaluate(run_dir, metrics, samples, device, console, step, ema, importance_samples)
         except CheckpointError:
             if any(ckpt.checkpoint_step(p) == step for p in ckpt.list_checkpoints(RunDir(Path(run_dir)).checkpoints)):
                 raise
@@ -434,7 +444,8 @@ def evaluate_checkpoints(run_dir: Path, metrics: Sequence[str] | None = None, sa
 
 
 def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None, device: str,
-              console: Console | None, checkpoint: str | int | None, ema: bool) -> tuple[dict[str, float], str]:
+              console: Console | None, checkpoint: str | int | None, ema: bool,
+              importance_samples: int | None = None) -> tuple[dict[str, float], str]:
     """:func:`evaluate_run`'s results and which weights they are of ("ema" or "last")."""
     ctx = load_run(run_dir, device, checkpoint, ema)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
@@ -453,7 +464,7 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
         registry.get("metric", name)  # fail fast on a typo, before any work
     if "bpd" in names:
         ctx.bpd_defined()  # ... and on bpd for a model without a likelihood
-    metrics_built = build_metrics(names, ctx.recipe, ctx.model.num_classes, samples)
+    metrics_built = build_metrics(names, ctx.recipe, ctx.model.num_classes, samples, importance_samples)
     # Inception weights (with the classifier head IS needs) and reference files: checked before any metric
     # runs, so a late one cannot fail after the others' work
     check_inception_weights(metrics_built, ctx.recipe)

@@ -409,7 +409,7 @@ def test_runs_written_before_a_new_defaulted_key_still_resume_and_evaluate(tmp_p
     old["model"].pop("norm_options")
     old["model"]["flow"].pop("out_batch_norm")
     old["model"]["flow"].pop("hidden_growth")
-    old["train"]["ema_decay"] = 0.999  # a train key dropped since: not part of the model
+    old["train"]["a_key_dropped_since"] = 0.999  # a train key dropped since: not part of the model
     assert ckpt.fingerprint(old) != state["fingerprint"]
     state_file.write_text(json.dumps({**state, "recipe": old, "fingerprint": ckpt.fingerprint(old)}))
     result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu")

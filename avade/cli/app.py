@@ -397,6 +397,9 @@ def evaluate(
         "--checkpoint", metavar="STEP|all", help="The checkpoint of this step (e.g. 30000) instead of the newest; "
         "'all': every checkpoint kept, oldest first (a metric against training steps).")] = None,
     ema: EmaOption = True,
+    importance_samples: Annotated[int | None, typer.Option(
+        "--importance-samples", min=1, help="bpd: also the k-sample importance-weighted bound bpd_iw<k> (default: "
+        "the recipe's [eval.bpd] importance_samples, else eval.importance_samples).")] = None,
 ) -> None:
     """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run."""
     from avade.evaluate import evaluate_checkpoints, evaluate_run
@@ -414,7 +417,7 @@ def evaluate(
                          "recipe's eval.metrics)")
     if checkpoint is not None and checkpoint.strip().lower() == "all":
         rows = evaluate_checkpoints(run_dir, names, samples=samples, device=_device(device, indexed=True),
-                                    console=err, ema=ema)
+                                    console=err, ema=ema, importance_samples=importance_samples)
         if as_json:
             print(json.dumps(rows, indent=2))
             return
@@ -427,7 +430,8 @@ def evaluate(
         out.print(table)
         return
     results = evaluate_run(run_dir, names, samples=samples, device=_device(device, indexed=True),
-                           console=err if as_json else out, checkpoint=checkpoint, ema=ema)
+                           console=err if as_json else out, checkpoint=checkpoint, ema=ema,
+                           importance_samples=importance_samples)
     if as_json:
         print(json.dumps(results, indent=2))
     else:

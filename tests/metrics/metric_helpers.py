@@ -54,7 +54,7 @@ class FakeContext:
 
     def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
         self.bpd_calls.append((split, importance_samples))
-        return {"bpd": 3.5 + importance_samples / 100}
+        return {"bpd" if importance_samples == 1 else f"bpd_iw{importance_samples}": 3.5 + importance_samples / 100}
 
 
 def pool_sampler(images: Tensor, labels: Tensor) -> Callable[[int, Tensor | None], Tensor]:

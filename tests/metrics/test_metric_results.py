@@ -118,3 +118,19 @@ def test_avade_eval_checks_the_inception_weights_before_any_metric_runs(tmp_path
     with pytest.raises(AvadeError, match="the Inception Score needs class probabilities"):
         evaluate_run(tmp_path / "run", ["bpd", "is"], device="cpu")
     assert ran == []  # bpd's work was not done (and lost) before the IS failure
+
+
+def test_avade_eval_reports_bpd_as_training_did_with_one_importance_knob(tmp_path):
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    summary = run_recipe(tiny_recipe("eval.importance_samples=3"), tmp_path / "run", progress=False)
+    results = evaluate_run(tmp_path / "run", ["bpd"], device="cpu")  # the recipe's eval.importance_samples
+    assert results == pytest.approx({"bpd": summary["bpd"], "bpd_iw3": summary["bpd_iw3"]})
+    results = evaluate_run(tmp_path / "run", ["bpd"], device="cpu", importance_samples=2)
+    assert set(results) == {"bpd", "bpd_iw2"} and results["bpd_iw2"] <= results["bpd"] + 1e-6
+    cli = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu",
+                                   "--importance-samples", "4", "--json"])
+    assert cli.exit_code == 0, cli.output
+    assert set(json.loads(cli.stdout)) == {"bpd", "bpd_iw4"}
