@@ -463,3 +463,18 @@ def test_recipe_check_says_when_it_could_not_run_the_model(fresh_registry: None)
     assert result.exit_code == 0, result.output
     assert "note: the model was not run: dataset 'no-resolution' declares no `resolution`" in result.stdout
     assert "note" not in run("recipe", "check", str(QUICKSTART)).stdout
+
+
+def test_doctor_checks_the_data_of_every_sweep_variant(write: Write, tmp_path: Path) -> None:
+    (tmp_path / "lsun" / "bedroom_train" / "a").mkdir(parents=True)  # an exported category is "present" with files
+    root = tmp_path.as_posix()
+    recipe = write("lsw.toml", f'extends = "{QUICKSTART.as_posix()}"\n'
+                               '[data]\nname = "lsun"\nresolution = 64\n'
+                               f'root = "{root}"\ncategory = "bedroom"\n'
+                               '[sweep]\ngrid = {"data.category" = ["bedroom", "tower"]}\n')
+    report = json.loads(run("doctor", "--json", "--recipe", str(recipe)).stdout)
+    rows = {d["config"]: d for d in report["datasets"] if d["name"] == "lsun"}
+    assert set(rows) == {"recipe", "variant lsw-categorytower"}, rows
+    assert not rows["variant lsw-categorytower"]["present"] and "tower" in rows["variant lsw-categorytower"]["message"]
+    screen = " ".join(run("doctor", "--recipe", str(recipe)).stdout.split())
+    assert "lsun (variant lsw-categorytower)" in screen

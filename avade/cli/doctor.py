@@ -100,6 +100,35 @@ def _datasets(recipe: Any) -> list[dict[str, Any]]:
             present, message = False, f"presence check failed: {type(exc).__name__}: {exc}"
         rows.append({"name": info.name, "dist": info.dist, "config": "recipe" if from_recipe else "default",
                      "present": present, "message": message})
+    return rows + _variant_datasets(recipe)
+
+
+def _variant_datasets(recipe: Any) -> list[dict[str, Any]]:
+    """A sweep's variants whose data differ from the base recipe's (e.g. a grid over LSUN categories): one
+    row each, so a category that is missing shows before the sweep reaches it."""
+    if recipe is None or recipe.sweep is None:
+        return []
+    from avade.data.status import dataset_status
+    from avade.recipe import expand_sweep, recipe_to_dict
+    from avade.registry import get_registry
+
+    try:
+        variants = expand_sweep(recipe)
+    except AvadeError:
+        return []  # the recipe panel reports it
+    base = recipe_to_dict(recipe).get("data")
+    rows = []
+    for v in variants:
+        data = v.recipe.data
+        if recipe_to_dict(v.recipe).get("data") == base or data.dataset is None:
+            continue
+        try:
+            present, message = dataset_status(data.options.name, data.dataset.config)
+        except Exception as exc:  # a plugin's locate() may be buggy: report it, keep going
+            present, message = False, f"presence check failed: {type(exc).__name__}: {exc}"
+        info = get_registry().get("dataset", data.options.name)
+        rows.append({"name": data.options.name, "dist": info.dist, "config": f"variant {v.name}",
+                     "present": present, "message": message})
     return rows
 
 
@@ -206,7 +235,7 @@ def _short(name: str, message: str) -> str:
 
 
 def _data_panel(report: dict[str, Any]) -> Panel:
-    with_recipe = any(d["config"] == "recipe" for d in report["datasets"])
+    with_recipe = any(d["config"] != "default" for d in report["datasets"])
     table = Table(box=None, pad_edge=False)
     table.add_column("dataset", no_wrap=True)
     if with_recipe:
@@ -266,7 +295,8 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
         panels.append(recipe)
     panels += [_data_panel(report), _weights_panel(report)]
     console.print(Group(*panels))
-    problems = [d["name"] for d in report["datasets"] if not d["present"]]
+    problems = list(dict.fromkeys(f"{d['name']} ({d['config']})" if d["config"].startswith("variant ") else d["name"]
+                                  for d in report["datasets"] if not d["present"]))
     summary = []
     if report["plugins"]["failed"]:
         summary.append(f"{len(report['plugins']['failed'])} plugin(s) failed to load")
