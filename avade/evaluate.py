@@ -20,7 +20,7 @@ from rich.console import Console
 
 from avade.atomic_files import replaced_atomically
 from avade.data.base import class_counts
-from avade.errors import AvadeError, CheckpointError, ConfigError
+from avade.errors import AvadeError, CheckpointError, ConfigError, DataError
 from avade.models import GenerativeModel, build_model
 from avade.recipe import load_recipe
 from avade.recipe.schema import LIKELIHOOD_VARIANTS, ComponentRef, Recipe
@@ -606,7 +606,10 @@ def subset_study_cli(dataset: str, overrides: Sequence[str], fractions: Sequence
         key, value = parse_override(text)
         settings[key.removeprefix("data.")] = value
     config = registry.validate("dataset", dataset, settings, path="data")
-    train_set = registry.build(info, config, split="train")
+    try:
+        train_set = registry.build(info, config, split="train")
+    except DataError as exc:  # this command names its dataset with --data, not a recipe's data.name
+        raise DataError(str(exc).replace("--set data.name=", "--data ")) from None
     ctx = _DataOnlyContext(train_set, dataset, dict(options or {}), config=config)
     return subset_study(ctx, list(fractions), split="train")
 

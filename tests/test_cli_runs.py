@@ -793,3 +793,8 @@ def test_a_sweep_records_a_variant_that_cannot_start_and_a_partial_resume_keeps_
     assert result.exit_code == 0, out
     rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
     assert [r["name"] for r in rows] == ["tiny-batch_size8", "tiny-batch_size4"]
+
+
+def test_study_subsets_missing_data_suggests_its_own_option(tmp_path: Path) -> None:
+    result, out = _invoke("study", "subsets", "--data", "cifar10", "--set", f"root={tmp_path / 'nowhere'}")
+    assert result.exit_code == 2 and "--data natural-patches" in out and "--set data.name" not in out, out
