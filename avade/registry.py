@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata as metadata
 import inspect
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -40,6 +41,11 @@ BUILTIN_DIST = "avade"  # the distribution whose entry point registers the built
 
 class PluginWarning(UserWarning):
     """A plugin could not be loaded; the rest of avade keeps working."""
+
+
+def _normalized(name: str) -> str:
+    """A distribution name as PEP 503 compares them: ``Avade_My.Plug`` and ``avade-my-plug`` are one."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
 
 
 def _resolve(ref: Any, what: str, hint: str = "") -> Any:
@@ -330,7 +336,11 @@ class Registry:
 
     def load_entry_points(self, disabled: Iterable[str] = ()) -> None:
         """Load every plugin in the ``avade`` entry-point group, each isolated from the others."""
-        blocked = {d.strip().lower() for d in disabled if d.strip()}
+        blocked = {_normalized(d) for d in disabled if d.strip()}
+        if BUILTIN_DIST in blocked:  # the built-ins are not a plugin: every recipe would then fail to build
+            blocked.discard(BUILTIN_DIST)
+            warnings.warn(f"{DISABLE_ENV} / --disable-plugins names '{BUILTIN_DIST}', whose built-in components "
+                          "cannot be disabled; ignored", PluginWarning, stacklevel=2)
         known: set[str] = set()  # the names `disabled` may use: distributions and entry points, lowercase
         dists: set[str] = set()
         found = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first)
@@ -347,9 +357,9 @@ class Registry:
         for ep in found:
             dist = ep.dist.name if ep.dist is not None else ep.name
             version = ep.dist.version if ep.dist is not None else ""
-            known.update((dist.lower(), ep.name.lower()))
+            known.update((_normalized(dist), _normalized(ep.name)))
             dists.add(dist)
-            if dist.lower() in blocked or ep.name.lower() in blocked:
+            if _normalized(dist) in blocked or _normalized(ep.name) in blocked:
                 continue
             try:
                 plugin = ep.load()

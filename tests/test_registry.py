@@ -584,3 +584,15 @@ def test_a_plugin_registering_a_name_twice_or_a_bad_summary_is_skipped() -> None
             assert not registry.add_plugin(bad, dist="odd-dist", version="0.1")
         (message,) = plugin_warnings(record)
         assert expected in message, message
+
+
+def test_disabling_takes_any_spelling_of_a_name_and_never_the_built_ins(fake_plugins: list[Any]) -> None:
+    registry = Registry()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        registry.load_entry_points(disabled=["Fake_Good", "AVADE", "fake.hook"])  # PEP 503: fake-good, fake-hook
+    messages = plugin_warnings(record)
+    assert ("flow", "fake-flow") not in registry and ("flow", "half-flow") not in registry
+    assert registry.get("flow", "realnvp").dist == "avade"  # the built-ins stay
+    assert any("names 'avade', whose built-in components cannot be disabled; ignored" in m for m in messages)
+    assert not any("which is no installed plugin" in m for m in messages), messages
