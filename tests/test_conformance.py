@@ -80,6 +80,8 @@ class ScoreConfig:
     """Plain conv discriminator; ``keep_dim`` returns [B, 1] instead of [B]."""
 
     keep_dim: bool = False
+    batch_norm: bool = False  # mixes the batch: the gradient penalty's per-sample assumption breaks
+    ignore_labels: bool = False
 
 
 class TinyDiscriminator(nn.Module):
@@ -87,13 +89,14 @@ class TinyDiscriminator(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.conv = nn.Conv2d(in_shape[0], 4, 3, stride=2, padding=1)
+        self.norm = nn.BatchNorm2d(4) if cfg.batch_norm else nn.Identity()
         self.out = nn.Linear(4, 1)
         self.embed = nn.Embedding(num_classes, 4) if num_classes else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        h = torch.relu(self.norm(self.conv(x))).mean(dim=(2, 3))
         score = self.out(h)
-        if self.embed is not None and y is not None:
+        if self.embed is not None and y is not None and not self.cfg.ignore_labels:
             score = score + (self.embed(y) * h).sum(1, keepdim=True)
         return score if self.cfg.keep_dim else score.squeeze(1)
 
@@ -142,6 +145,10 @@ def test_kit_accepts_the_correct_versions() -> None:
         ("flow", ElementwiseAffine, AffineConfig(bare_output=True), "bare-output",
          r"forward\(x\) must return a tuple \(y, logdet\), got Tensor"),
         ("discriminator", TinyDiscriminator, ScoreConfig(keep_dim=True), "column-scores", r"\(4, 1\).*\[batch\]"),
+        ("discriminator", TinyDiscriminator, ScoreConfig(batch_norm=True), "bn-critic",
+         r"in training mode the score of sample 0 depends on the rest of the batch"),
+        ("discriminator", TinyDiscriminator, ScoreConfig(ignore_labels=True), "label-blind",
+         r"gives the same scores whatever the labels y: it ignores them"),
         ("encoder", TinyEncoder, StagesConfig(lie=True), "lying-stages", r"stage 1 .*stage_shapes says"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -295,12 +296,42 @@ def check_discriminator(name: str, registry: Registry | None = None, **config: A
         if not torch.isfinite(grad).all() or float(grad.detach().abs().sum()) == 0.0:
             _fail(what, f"at {res}x{res} the gradient w.r.t. the input is zero or not finite")
         _gradients(disc, disc(x.detach()).mean() + grad.pow(2).mean(), what)
+        _check_per_sample_scores(disc, x.detach(), what)
     cond = registry.create("discriminator", name, in_shape=(3, 32, 32), num_classes=10, **config)
     x = torch.rand(4, 3, 32, 32)
     if tuple(cond(x, torch.tensor([0, 1, 2, 3])).shape) != (4,):
         _fail(what, "the class-conditional variant must return [batch] scores for (x, y)")
+    _perturb(cond, seed=1)  # zero-initialised class embeddings would make every label score alike
+    with torch.no_grad():
+        if torch.allclose(cond(x, torch.tensor([0, 1, 2, 3])), cond(x, torch.tensor([4, 5, 6, 7]))):
+            _fail(what, "the class-conditional variant gives the same scores whatever the labels y: it ignores them")
     _roundtrip(cond, lambda: registry.create("discriminator", name, in_shape=(3, 32, 32), num_classes=10,
                                              **config), lambda m: m(x, torch.tensor([0, 1, 2, 3])), what)
+
+
+def _check_per_sample_scores(disc: nn.Module, x: torch.Tensor, what: str) -> None:
+    """In training mode too, each sample's score is its own: the gradient penalty differentiates each score
+    with respect to its own input only (a batch-norm critic, say, mixes the batch). A critic that means to
+    look at the batch (minibatch statistics) declares ``batch_dependent = True``."""
+    if getattr(disc, "batch_dependent", False):
+        return
+    state = copy.deepcopy(disc.state_dict())  # e.g. spectral norm's power iteration advances on every call
+    disc.train()
+    with torch.no_grad():
+        whole = disc(x)
+        for i in range(x.shape[0]):
+            disc.load_state_dict(state)
+            try:
+                alone = disc(x[i:i + 1])
+            except (RuntimeError, ValueError) as exc:  # e.g. batch norm refusing a batch of one
+                _fail(what, f"cannot score one sample alone in training mode ({exc}); scores must not depend on "
+                            "the batch (set `batch_dependent = True` on the module if that is intended)")
+            if not torch.allclose(alone[0], whole[i], rtol=1e-4, atol=1e-5):
+                _fail(what, f"in training mode the score of sample {i} depends on the rest of the batch "
+                            f"({float(whole[i]):.6g} in the batch, {float(alone[0]):.6g} alone; batch norm?); the "
+                            "gradient penalty needs per-sample scores (set `batch_dependent = True` on the module "
+                            "if that is intended)")
+    disc.load_state_dict(state)
 
 
 def check_norm(name: str, registry: Registry | None = None, **config: Any) -> None:
