@@ -14,7 +14,7 @@ import inspect
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -22,7 +22,7 @@ import pluggy
 
 from avade import hookspecs
 from avade.errors import AvadeError, ConfigError, RegistryError, did_you_mean
-from avade.schema import structure
+from avade.schema import structure, unstructure
 
 KINDS: tuple[str, ...] = (
     "flow",
@@ -41,6 +41,19 @@ BUILTIN_DIST = "avade"  # the distribution whose entry point registers the built
 
 class PluginWarning(UserWarning):
     """A plugin could not be loaded; the rest of avade keeps working."""
+
+
+def _defaults(cfg_cls: type, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The config class's defaults for the keys not ``given``, as data, so that they are type-checked like
+    a recipe's values (attrs checks only validators on defaults, not types)."""
+    out = {}
+    for f in attrs.fields(cfg_cls):
+        if (not f.init or f.name in given or f.default is attrs.NOTHING
+                or (isinstance(f.default, attrs.Factory) and f.default.takes_self)):  # type: ignore[arg-type]
+            continue
+        value = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default  # type: ignore[arg-type]
+        out[f.alias or f.name] = unstructure(value) if attrs.has(type(value)) else value
+    return out
 
 
 def _normalized(name: str) -> str:
@@ -253,7 +266,18 @@ class Registry:
                 key = sorted(data)[0]
                 raise ConfigError(f"{info.qualname} takes no options", path=_join(path, key), source=source)
             return None
-        return structure(cfg_cls, data, path=path, source=source)
+        try:
+            return structure(cfg_cls, {**_defaults(cfg_cls, data), **data}, path=path, source=source)
+        except ConfigError as exc:
+            rest = exc.path[len(path):].lstrip(".") if path and exc.path.startswith(path) else exc.path
+            key = rest.split(".")[0].split("[")[0]
+            if key and key not in data and key in {f.name for f in attrs.fields(cfg_cls)}:
+                # the component's own default fails its type or validator: not the recipe's doing
+                what, fix = info.blame()
+                raise RegistryError(f"{what}: the default of '{key}' is invalid ({exc.detail}); "
+                                    f"{fix.removeprefix('; ') or 'this is a bug in avade: please report it'}"
+                                    ) from None
+            raise
 
     def create(self, kind: str, name: str, **kwargs: Any) -> Any:
         """Build (kind, name): keys of its config schema are validated; the rest go to the factory."""

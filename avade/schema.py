@@ -9,6 +9,7 @@ coercion: ``"3"`` is not an int and ``3.5`` is not an int either.
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -216,7 +217,12 @@ def _to_config_error(exc: BaseException) -> ConfigError:
     if isinstance(exc, TypeError) and "missing" in str(exc) and "required" in str(exc):
         name = str(exc).rsplit("'", 2)[-2] if "'" in str(exc) else ""
         return ConfigError("missing required key", path=name)
-    return ConfigError(str(exc) or type(exc).__name__)
+    if isinstance(exc, ValueError | TypeError) and len(exc.args) > 1 and isinstance(exc.args[0], str):
+        # attrs' validators add (attribute, options, value) to the message: keep the message, locate the key
+        attribute = exc.args[1]
+        return ConfigError(exc.args[0], path=attribute.name if isinstance(attribute, attrs.Attribute) else "")
+    named = re.match(r"'(\w+)' must ", str(exc)) if isinstance(exc, ValueError | TypeError) else None
+    return ConfigError(str(exc) or type(exc).__name__, path=named.group(1) if named else "")  # attrs' ge, lt, ...
 
 
 def structure(cls: type[T], data: Mapping[str, Any] | None, path: str = "", source: str | None = None) -> T:

@@ -596,3 +596,25 @@ def test_disabling_takes_any_spelling_of_a_name_and_never_the_built_ins(fake_plu
     assert registry.get("flow", "realnvp").dist == "avade"  # the built-ins stay
     assert any("names 'avade', whose built-in components cannot be disabled; ignored" in m for m in messages)
     assert not any("which is no installed plugin" in m for m in messages), messages
+
+
+@attrs.define
+class _BadDefaults:
+    layers: int = attrs.field(default=0, validator=attrs.validators.ge(1))
+    mode: str = attrs.field(default="fast", validator=attrs.validators.in_(("fast", "exact")))
+    width: int = "many"  # type: ignore[assignment]
+
+
+def test_a_component_whose_own_defaults_are_invalid_is_blamed_not_the_recipe() -> None:
+    registry = Registry()
+    registry.add_plugin(plugin("bad_defaults", lambda reg: reg.register("flow", "bad-defaults", factory=Toy,
+                                                                      config=_BadDefaults)), dist="bad-dist")
+    with pytest.raises(RegistryError, match=r"flow 'bad-defaults' \(from plugin bad-dist\): the default of 'width' "
+                                            r"is invalid \(expected int, got \"many\"\); fix or disable that plugin"):
+        registry.validate("flow", "bad-defaults", {}, path="model.flow")
+    with pytest.raises(RegistryError, match=r"the default of 'layers' is invalid \(.*>= 1.*\)"):
+        registry.validate("flow", "bad-defaults", {"width": 2}, path="model.flow")
+    with pytest.raises(ConfigError, match=r"'mode' must be in \('fast', 'exact'\) \(got 'slow'\)$") as info:
+        registry.validate("flow", "bad-defaults", {"layers": 2, "width": 3, "mode": "slow"}, path="model.flow")
+    assert "Attribute(" not in str(info.value)  # attrs' extra arguments are not shown
+    assert registry.validate("flow", "bad-defaults", {"layers": 2, "width": 3}).width == 3
