@@ -478,3 +478,9 @@ def test_doctor_checks_the_data_of_every_sweep_variant(write: Write, tmp_path: P
     assert not rows["variant lsw-categorytower"]["present"] and "tower" in rows["variant lsw-categorytower"]["message"]
     screen = " ".join(run("doctor", "--recipe", str(recipe)).stdout.split())
     assert "lsun (variant lsw-categorytower)" in screen
+
+
+def test_an_unknown_norm_names_the_option_that_asked_for_it() -> None:
+    result = run("recipe", "check", str(QUICKSTART), "--set", 'model.discriminator.norm="weight-nrom"')
+    assert_one_line_error(result, "quickstart.toml: model.discriminator.norm: unknown norm 'weight-nrom'",
+                          "did you mean 'weight-norm'")

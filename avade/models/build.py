@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from avade.errors import AvadeError, ConfigError
+from avade.errors import AvadeError, ConfigError, RegistryError
 from avade.models.generative import GenerativeModel
 from avade.models.preprocess import Preprocess, to_unit
 from avade.nn.layers import norm_options
@@ -25,6 +25,25 @@ def _build(kind: str, ref: ComponentRef | None, path: str, **context: Any) -> An
         return registry.build(info, ref.config, **context)
     except ConfigError as exc:
         raise exc.located(prefix=path if not exc.path.startswith(path) else "") from None
+    except RegistryError as exc:
+        if not str(exc).startswith("unknown norm"):
+            raise
+        # a norm is named by an option of the component: say which component's
+        norms = [f"{path}.{k}" for k, v in _flat(ref.config) if isinstance(v, str) and f"'{v}'" in str(exc)]
+        raise ConfigError(str(exc), path=norms[0] if norms else path) from None
+
+
+def _flat(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of an attrs config, nested configs included."""
+    import attrs
+
+    if not attrs.has(type(cfg)):
+        return []
+    out = []
+    for f in attrs.fields(type(cfg)):
+        value = getattr(cfg, f.name)
+        out += _flat(value, f"{prefix}{f.name}.") if attrs.has(type(value)) else [(f"{prefix}{f.name}", value)]
+    return out
 
 
 def build_model(recipe: Recipe, data_shape: tuple[int, int, int], num_classes: int = 0) -> GenerativeModel:
