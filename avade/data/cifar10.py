@@ -81,6 +81,24 @@ def locate(cfg: Cifar10Config, split: str) -> list[Path]:
     return files
 
 
+def _broken_batch(root: Path, split: str) -> tuple[Path, str] | None:
+    """After a failed load: the first batch file of ``split`` that is unreadable or lacks images or labels,
+    and what is wrong with it (None when each reads on its own, e.g. a network failure)."""
+    for file in _files(root, split):
+        try:
+            with open(file, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            return file, f"cannot be read ({describe_error(exc)})"
+        if not isinstance(entry, dict) or "data" not in entry:
+            return file, "holds no images (no 'data' entry): it is not a CIFAR-10 batch"
+        if "labels" not in entry and "fine_labels" not in entry:
+            return file, "holds no labels (no 'labels' entry): it is not a CIFAR-10 batch"
+    return None
+
+
 class Cifar10(TensorImageDataset):
     """CIFAR-10 in memory (uint8, labels 0..9)."""
 
@@ -94,6 +112,11 @@ class Cifar10(TensorImageDataset):
             tv = _PresenceCheckedCIFAR10(str(root), train=split == "train", download=cfg.download)
         except Exception as exc:  # network failures, truncated or foreign files
             action = "download or loading" if cfg.download else "loading"
+            culprit = _broken_batch(root, split)
+            if culprit is not None:
+                file, why = culprit
+                raise DataError(f"dataset 'cifar10': {file} {why}; replace it with the file from the official "
+                                "CIFAR-10 python archive (cifar-10-python.tar.gz)") from None
             raise DataError(
                 f"dataset 'cifar10': {action} failed in {root / FOLDER} ({describe_error(exc)}); "
                 f"{repair_hint(exc)}"

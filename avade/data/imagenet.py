@@ -252,11 +252,14 @@ def _load_batches(files: list[Path], r: int) -> tuple[torch.Tensor, torch.Tensor
     start = 0
     for f, lab in zip(files, labels, strict=True):
         data = kept.pop(f) if f in kept else _read(f, "data")["data"]
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * r * r or len(lab) != len(data):
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * r * r:
             raise DataError(
                 f"dataset 'imagenet': {f} holds data {data.dtype} {data.shape} and {len(lab)} labels; "
                 f"expected uint8 [N, {3 * r * r}] for {r}x{r} images; check data.resolution"
             )
+        if len(lab) != len(data):  # the right images, the wrong labels: not a resolution problem
+            raise DataError(f"dataset 'imagenet': {f} holds {len(data)} images but {len(lab)} labels; the file is "
+                            "damaged or not a downsampled-ImageNet batch: replace it")
         images[start : start + len(data)] = torch.from_numpy(data.reshape(-1, 3, r, r))
         start += len(data)
         del data

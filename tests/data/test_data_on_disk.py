@@ -89,6 +89,18 @@ def test_cifar10_partial_download_names_the_missing_file(tmp_path):
     assert len(avade.create("dataset", "cifar10", split="test", root=str(tmp_path))) == 4
 
 
+def test_cifar10_a_broken_batch_is_named(tmp_path):
+    write_fake_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])  # truncated
+    with pytest.raises(DataError, match=r"data_batch_3 cannot be read .*; replace it with the file from the official"):
+        avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
+    with open(batch, "wb") as fh:
+        pickle.dump({"data": np.zeros((3, 3072), dtype=np.uint8)}, fh, protocol=2)  # no labels
+    with pytest.raises(DataError, match=r"data_batch_3 holds no labels"):
+        avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
+
+
 # --- stl10 ----------------------------------------------------------------------------------------
 
 
@@ -196,6 +208,15 @@ def write_npz(path, n: int, r: int, seed: int, first_label: int = 1) -> tuple[np
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, data=images.reshape(n, 3 * r * r), labels=labels.tolist(), mean=np.zeros(3 * r * r))
     return images, labels
+
+
+def test_imagenet_labels_that_do_not_match_the_images_are_not_a_resolution_problem(tmp_path):
+    path = tmp_path / "Imagenet32_val_npz" / "val_data.npz"
+    path.parent.mkdir(parents=True)
+    np.savez(path, data=np.zeros((10, 3072), dtype=np.uint8), labels=list(range(1, 8)))
+    with pytest.raises(DataError, match=r"val_data.npz holds 10 images but 7 labels; the file is damaged") as err:
+        avade.create("dataset", "imagenet", split="test", root=str(tmp_path))
+    assert "resolution" not in str(err.value)
 
 
 def test_imagenet_npz_batches(tmp_path):
