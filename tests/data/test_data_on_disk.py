@@ -359,7 +359,7 @@ def test_unreadable_files_raise_one_line_data_errors(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x02 not a pickle")
     with pytest.raises(DataError) as err:
         avade.create("dataset", "cifar10", split="test", root=str(tmp_path))
-    assert "loading failed" in str(err.value) and "\n" not in str(err.value)
+    assert "test_batch cannot be read" in str(err.value) and "\n" not in str(err.value)
     save_png(tmp_path / "imgs" / "good.png", rgb_images(1, 8, 8, seed=0)[0])
     (tmp_path / "imgs" / "bad.png").write_bytes(b"not an image")
     ds = avade.create("dataset", "image-folder", split="train", root=str(tmp_path), folder="imgs", test_fraction=0.0)
