@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save, save_file
 
-from avade.errors import CheckpointError
+from avade.errors import AvadeError, CheckpointError
 
 FORMAT = 1
 _PREFIX = "step_"
@@ -35,6 +35,46 @@ def fingerprint(recipe_dict: dict[str, Any]) -> str:
     # The optimizer's kind decides the layout of its saved state.
     key = {"model": model, "data": data, "optimizer": recipe_dict.get("train", {}).get("optimizer")}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint_differences(saved: Any, recipe_dict: dict[str, Any], limit: int = 3) -> str:
+    """What differs between a checkpoint's recipe and ``recipe_dict`` among the keys the fingerprint covers,
+    as ``model.flow.hidden 8 -> 16, ...`` (the first ``limit``), or "" when that cannot be told."""
+    if not isinstance(saved, dict):
+        return ""
+
+    def flat(node: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+
+    def covered(d: dict[str, Any]) -> dict[str, Any]:
+        keep = {"model": d.get("model", {}), "data": d.get("data", {}),
+                "train": {"optimizer": (d.get("train") or {}).get("optimizer")}}
+        skip = ("model.temperature", "data.num_workers", "data.eval_batch_size", "data.root", "data.download")
+        return {k: v for k, v in flat(keep, "").items() if k not in skip}
+
+    try:  # read as today's schema reads it, so keys added since (with defaults) are no difference
+        from avade.recipe import recipe_from_dict, recipe_to_dict
+        from avade.recipe.load import with_saved_defaults
+
+        train = saved.get("train")
+        saved = recipe_to_dict(recipe_from_dict(with_saved_defaults({
+            "name": "checkpoint", "model": saved.get("model"), "data": saved.get("data"),
+            "train": {"optimizer": train.get("optimizer")} if isinstance(train, dict) else {}})))
+    except (AvadeError, TypeError, ValueError):
+        pass
+    old, new = covered(saved), covered(recipe_dict)
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k, "(unset)") != new.get(k, "(unset)")]
+
+    def show(v: Any) -> str:
+        return json.dumps(v, default=str) if v != "(unset)" else v
+
+    parts = [f"{k} {show(old.get(k, '(unset)'))} -> {show(new.get(k, '(unset)'))}" for k in keys[:limit]]
+    return ", ".join(parts) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def same_model(state: dict[str, Any], recipe_dict: dict[str, Any]) -> bool:

@@ -318,9 +318,10 @@ class Trainer:
             hint = saved_before_hint(state.get("recipe"), self.recipe_dict)
             if hint:
                 raise CheckpointError(f"checkpoint {path} does not fit this recipe's model{hint}")
-            raise CheckpointError(f"checkpoint {path} was written by another recipe ('{state.get('recipe_name')}',"
-                                  " different model or data); resume it with its own recipe.toml or start a new "
-                                  "run with another --out")
+            differ = ckpt.fingerprint_differences(state.get("recipe"), self.recipe_dict)
+            what = f": {differ}" if differ else " (different model or data)"
+            raise CheckpointError(f"checkpoint {path} was written for another model or data{what}; resume it with "
+                                  "its own recipe.toml or start a new run with another --out")
         # The optimizers' hyper-parameters (lr, d_lr, betas) come from this recipe, their state from the
         # checkpoint: resuming with a lower train.lr must train with it.
         wanted = {name: [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
