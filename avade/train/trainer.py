@@ -569,7 +569,7 @@ class Trainer:
         from avade.train.progress import TrainProgress
 
         with TrainProgress(self.console, total=cfg.steps, start=self.step,
-                           enabled=self.progress and self.dist.is_main) as bar, \
+                           enabled=self.progress and self.dist.is_main, label=self.recipe.name) as bar, \
                 stop_on_signals(announce=self.dist.is_main) as stop:
             while self.step < cfg.steps:
                 x, y = next(batches)
