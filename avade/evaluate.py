@@ -6,7 +6,6 @@ datasets, so every metric component works the same during training and from the 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ import attrs
 import torch
 from rich.console import Console
 
-from avade.atomic_files import replaced_atomically
+from avade.atomic_files import locked, replaced_atomically
 from avade.data.base import class_counts
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError
 from avade.models import GenerativeModel, build_model
@@ -491,7 +490,7 @@ def _record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float]
         record["settings"] = {**record.get("settings", {}), **(settings or {})}
         return record
 
-    with _locked(run.eval.with_name(f".{run.eval.name}.lock")):
+    with locked(run.eval.with_name(f".{run.eval.name}.lock")):
         write_json(run.eval, merged(_read_json(run.eval)))
         history = _read_json(run.eval_checkpoints)
         records = history.get("records") if isinstance(history, dict) else None
@@ -508,22 +507,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-@contextlib.contextmanager
-def _locked(lock_file: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX ``flock``; elsewhere none)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(lock_file, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 SAMPLE_BATCH = 100  # images per model call when sampling

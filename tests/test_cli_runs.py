@@ -792,9 +792,32 @@ def test_a_sweep_records_a_variant_that_cannot_start_and_a_partial_resume_keeps_
                           "--resume")
     assert result.exit_code == 0, out
     rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
-    assert [r["name"] for r in rows] == ["tiny-batch_size8", "tiny-batch_size4"]
+    assert [r["name"] for r in rows] == ["tiny-batch_size4", "tiny-batch_size8"]  # this sweep's first
 
 
 def test_study_subsets_missing_data_suggests_its_own_option(tmp_path: Path) -> None:
     result, out = _invoke("study", "subsets", "--data", "cifar10", "--set", f"root={tmp_path / 'nowhere'}")
     assert result.exit_code == 2 and "--data natural-patches" in out and "--set data.name" not in out, out
+
+
+def test_only_trains_the_named_sweep_variants_and_the_summary_collects_them(tmp_path: Path) -> None:
+    # one variant per cluster array job, all into the same --out
+    sweep = tiny_dict("train.steps=1", "train.checkpoint_every=1")
+    sweep["sweep"] = {"grid": {"model.flow.blocks": [1, 2, 3]}}
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps(sweep))
+    out = str(tmp_path / "run")
+    for only in ("2", "tiny-blocks1"):
+        result, text = _invoke("recipe", "run", str(recipe), "--out", out, "--device", "cpu", "--only", only)
+        assert result.exit_code == 0, text
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == ["tiny-blocks1", "tiny-blocks3"]
+    rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
+    assert [r["name"] for r in rows] == ["tiny-blocks1", "tiny-blocks3"] and all(r["bpd"] > 0 for r in rows)
+    for bad, message in (("7", "the sweep has 3 variants (indices 0..2)"),
+                         ("tiny-block2", "no sweep variant is named 'tiny-block2' (did you mean 'tiny-blocks2'")):
+        result, text = _invoke("recipe", "run", str(recipe), "--out", out, "--device", "cpu", "--only", bad)
+        assert result.exit_code == 2 and message in text.replace("\n", " "), text
+    plain = tmp_path / "plain.toml"
+    plain.write_text(tomli_w.dumps(tiny_dict()))
+    result, text = _invoke("recipe", "run", str(plain), "--out", out, "--only", "0")
+    assert result.exit_code == 2 and "--only picks sweep variants, but" in text, text

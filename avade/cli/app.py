@@ -374,11 +374,15 @@ def recipe_run(
     = False,
     device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda (overrides "
                                                "train.device).")] = None,
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", metavar="VARIANT", help="Only these sweep variants: names or 0-based indices, comma-separated or "
+        "repeated (e.g. --only $SLURM_ARRAY_TASK_ID, one variant per array job, all with the same --out).")] = None,
 ) -> None:
     """Train a recipe (each sweep variant in its own run directory)."""
     from avade.train.run import run_recipe_file
 
-    run_recipe_file(file, overrides or [], out_dir=out_dir, resume=resume, device=_device(device), console=out)
+    run_recipe_file(file, overrides or [], out_dir=out_dir, resume=resume, device=_device(device), console=out,
+                    only=only or [])
 
 
 # -- runs --------------------------------------------------------------------------------------------

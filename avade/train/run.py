@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from avade.errors import ConfigError, DataError, TrainingError
+from avade.atomic_files import locked
+from avade.errors import ConfigError, DataError, TrainingError, did_you_mean
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
@@ -60,15 +61,19 @@ def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: s
 
 
 def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | None = None, resume: bool = False,
-                    device: str | None = None, console: Console | None = None, progress: bool = True
-                    ) -> list[dict[str, Any]]:
-    """Load, expand and train; a sweep also writes ``sweep_summary.{csv,json}`` and prints a table."""
+                    device: str | None = None, console: Console | None = None, progress: bool = True,
+                    only: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Load, expand and train; a sweep also writes ``sweep_summary.{csv,json}`` and prints a table.
+    ``only``: the sweep variants to train, by name or 0-based index (e.g. one per job of a cluster array)."""
     console = console or Console(stderr=True)
     # A run's own recipe.toml, resumed: read as the avade that wrote it meant it (keys added since then
     # take the values that rebuild its model, see recipe.load.SAVED_BEFORE).
     own = resume and out_dir is not None and _same_file(file, RunDir(out_dir).recipe)
     recipe = load_recipe(file, overrides, saved=own)
-    variants = expand_sweep(recipe)
+    if only and recipe.sweep is None:
+        raise ConfigError(f"--only picks sweep variants, but {file} has no [sweep]")
+    every = expand_sweep(recipe)
+    variants = select_variants(every, only) if only else every
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if out_dir is None and distributed:
         raise ConfigError("under torchrun pass --out RUN_DIR: every process must write to the same run directory")
@@ -94,8 +99,9 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
                 summary = {"error": str(exc)}
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
         if is_main_process():
-            rows = _with_earlier_rows(out_dir, summaries)
-            write_sweep_summary(out_dir, rows, console, axes=list(variants[0].overrides))
+            with locked(out_dir / ".sweep_summary.lock"):  # variants run as parallel jobs all add their rows
+                rows = _with_earlier_rows(out_dir, summaries, order=[v.name for v in every])
+                write_sweep_summary(out_dir, rows, console, axes=list(variants[0].overrides))
         if failed:
             raise TrainingError(f"{len(failed)} of {len(variants)} sweep variants failed ({', '.join(failed)}); "
                                 f"see {out_dir / 'sweep_summary.json'}")
@@ -105,6 +111,28 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         raise
     finally:
         shutdown_distributed()  # (a no-op after the line above)
+
+
+def select_variants(variants: Sequence[Any], only: Sequence[str]) -> list[Any]:
+    """The variants ``only`` names (a name, or a 0-based index as cluster array jobs count), in sweep order."""
+    names = [v.name for v in variants]
+    chosen = set()
+    for item in (part.strip() for text in only for part in text.split(",")):
+        if not item:
+            continue
+        if item.isdigit():
+            if int(item) >= len(variants):
+                raise ConfigError(f"--only {item}: the sweep has {len(variants)} variants "
+                                  f"(indices 0..{len(variants) - 1})")
+            chosen.add(names[int(item)])
+        elif item in names:
+            chosen.add(item)
+        else:
+            raise ConfigError(f"--only: no sweep variant is named '{item}'{did_you_mean(item, names)}; the variants: "
+                              f"{', '.join(names)}")
+    if not chosen:
+        raise ConfigError("--only: name at least one sweep variant (a name or a 0-based index)")
+    return [v for v in variants if v.name in chosen]
 
 
 def check_variants(variants: Sequence[Any]) -> None:
@@ -130,19 +158,19 @@ def check_variants(variants: Sequence[Any]) -> None:
             raise DataError(where + message)
 
 
-def _with_earlier_rows(out_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _with_earlier_rows(out_dir: Path, rows: list[dict[str, Any]], order: Sequence[str] = ()) -> list[dict[str, Any]]:
     """This run's rows, and the rows of an earlier sweep_summary.json for variants this run did not include
-    (a resumed part of a sweep: the table stays the whole sweep's), in the earlier order, then the new ones."""
+    (a resumed part of a sweep, or the other jobs of an --only array: the table stays the whole sweep's),
+    in the sweep's ``order`` (variants it does not know, from an earlier sweep in the folder, last)."""
     try:
         earlier = json.loads((out_dir / "sweep_summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return rows
-    if not isinstance(earlier, list):
-        return rows
+        earlier = []
     fresh = {row["name"]: row for row in rows}
-    merged = [fresh.pop(row["name"], row) for row in earlier if isinstance(row, dict) and "name" in row
-              and (row["name"] in fresh or (out_dir / row["name"]).is_dir())]
-    return merged + [row for row in rows if row["name"] in fresh]
+    kept = [row for row in earlier if isinstance(row, dict) and isinstance(row.get("name"), str)
+            and row["name"] not in fresh and (out_dir / row["name"]).is_dir()] if isinstance(earlier, list) else []
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted([*kept, *rows], key=lambda row: rank.get(row["name"], len(rank)))
 
 
 def _same_file(a: Path, b: Path) -> bool:
