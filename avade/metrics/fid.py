@@ -7,6 +7,7 @@ of real images and of model samples.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import attrs
@@ -128,4 +129,8 @@ class FID:
         mu_r, sigma_r = (reference if reference is not None
                          else real_stats(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size))
         fake = sample_features(ctx, extractor, cfg.samples, cfg.batch_size).features
+        if fake.shape[0] <= fake.shape[1]:  # the sample covariance cannot have full rank
+            warnings.warn(f"FID from {fake.shape[0]} samples of {fake.shape[1]}-dimensional features is biased "
+                          "upward (a rank-deficient covariance); published FIDs use 10,000-50,000 samples: raise "
+                          "eval.fid.samples (or --samples) to compare", UserWarning, stacklevel=2)
         return {"fid": frechet_distance(mu_r, sigma_r, *gaussian_stats(fake))}

@@ -8,6 +8,8 @@ so with the same seed both give the same numbers.
 
 from __future__ import annotations
 
+import warnings
+
 import attrs
 import torch
 from torch import Tensor
@@ -94,6 +96,11 @@ class KID:
         warn_if_not_reference(extractor, "KID")
         real = real_features(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size).features
         fake = sample_features(ctx, extractor, cfg.samples, cfg.batch_size).features
+        size = min(cfg.subset_size, real.shape[0], fake.shape[0])
+        if size < cfg.subset_size:  # recorded settings say subset_size: say what was used
+            warnings.warn(f"KID used subsets of {size} images, the smaller set's size, not subset_size = "
+                          f"{cfg.subset_size}; KID values of different subset sizes differ in variance only, but say "
+                          "which you report", UserWarning, stacklevel=2)
         mean, std = kernel_inception_distance(real, fake, cfg.subsets, cfg.subset_size, cfg.degree, cfg.gamma,
                                               cfg.coef, torch.Generator().manual_seed(cfg.seed))
         return {"kid_mean": mean, "kid_std": std}

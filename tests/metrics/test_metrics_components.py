@@ -145,3 +145,15 @@ def test_fid_against_published_reference_statistics(tmp_path) -> None:
         with pytest.raises(ConfigError, match=message) as err:
             FID(FIDConfig(samples=80, reference=str(tmp_path / name))).compute(ctx)
         assert "eval.fid.reference" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_too_few_samples_for_fid_and_a_capped_kid_subset_are_said(tmp_path, recwarn) -> None:
+    ctx = _ctx(tmp_path, lambda n, labels: natural_crops(n, seed=1))
+    FID(FIDConfig(samples=20)).compute(ctx)  # 20 samples of 24-dimensional features
+    FID(FIDConfig(samples=80)).compute(ctx)
+    KID(KIDConfig(samples=40, subsets=4, subset_size=1000)).compute(ctx)
+    KID(KIDConfig(samples=40, subsets=4, subset_size=30)).compute(ctx)
+    said = [str(w.message) for w in recwarn if "test-only" not in str(w.message)]
+    assert len(said) == 2, said
+    assert said[0].startswith("FID from 20 samples of 24-dimensional features is biased upward")
+    assert said[1].startswith("KID used subsets of 40 images, the smaller set's size, not subset_size = 1000")
