@@ -352,7 +352,15 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     run = RunDir(run_dir)
     if not run.recipe.is_file():
         raise _not_a_run(run.root)
-    recipe = load_recipe(run.recipe, saved=True)
+    try:
+        recipe = load_recipe(run.recipe, saved=True)
+    except ConfigError as exc:  # e.g. a component of a plugin no longer installed (or disabled)
+        from avade.train.trainer import missing_plugin_hint
+
+        hint = missing_plugin_hint(run.checkpoints)
+        if not hint:
+            raise
+        raise ConfigError(exc.detail + hint, path=exc.path, source=exc.source) from None
     chosen = select_checkpoint(run, checkpoint)
     data = ckpt.read_checkpoint(chosen)
     if not ckpt.same_model(data["state"], recipe_to_dict(recipe)):

@@ -6,11 +6,12 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
 from rich.console import Console
-from tiny_recipes import tiny_dict
+from tiny_recipes import tiny_dict, tiny_recipe
 from typer.testing import CliRunner
 
 from avade.cli.app import app
@@ -821,3 +822,27 @@ def test_only_trains_the_named_sweep_variants_and_the_summary_collects_them(tmp_
     plain.write_text(tomli_w.dumps(tiny_dict()))
     result, text = _invoke("recipe", "run", str(plain), "--out", out, "--only", "0")
     assert result.exit_code == 2 and "--only picks sweep variants, but" in text, text
+
+
+def test_a_run_whose_plugin_is_gone_names_the_plugin(tmp_path: Path, fresh_registry: None,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from avade import hookimpl
+    from avade.registry import get_registry, reset_registry
+    from avade.train.run import run_recipe
+
+    builtin = get_registry().get("flow", "realnvp")
+
+    class Plugin:
+        @hookimpl
+        def avade_register(self, registry: Any) -> None:
+            registry.register("flow", "x-realnvp", factory=builtin.load_factory(), config=builtin.load_config())
+
+    assert get_registry().add_plugin(Plugin(), dist="avade-xflow", version="0.3")
+    recipe = tiny_recipe("model.flow.name=\"x-realnvp\"", "train.steps=2")
+    run_recipe(recipe, tmp_path / "run", progress=False)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000002" / "state.json").read_text())
+    assert state["providers"]["flow/x-realnvp"] == "avade-xflow 0.3"
+    reset_registry()  # the plugin uninstalled
+    result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu")
+    assert result.exit_code == 2 and "unknown flow 'x-realnvp'" in out, out
+    assert "the run was trained with flow x-realnvp from avade-xflow 0.3: install that plugin" in out.replace("\n", "")

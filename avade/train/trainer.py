@@ -95,6 +95,42 @@ def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
     return with_bits(sets[0], bits), with_bits(sets[1], bits)
 
 
+def component_providers(recipe: Recipe) -> dict[str, str]:
+    """``{"flow/glow": "avade 0.1.0", "dataset/my-data": "my-plugin 1.2", ...}`` for the recipe's components."""
+    registry = get_registry()
+    refs = [(kind, getattr(recipe.model, kind)) for kind in ("flow", "encoder", "posterior", "decoder",
+                                                             "discriminator")]
+    pairs = [(kind, ref.name) for kind, ref in refs if ref is not None]
+    if recipe.data.dataset is not None:
+        pairs.append(("dataset", recipe.data.dataset.name))
+    pairs += [("metric", name) for name in recipe.eval.metrics]
+    out = {}
+    for kind, name in pairs:
+        try:
+            out[f"{kind}/{name}"] = registry.get(kind, name).provider
+        except AvadeError:
+            continue
+    return out
+
+
+def missing_plugin_hint(checkpoints: Path) -> str:
+    """For a run whose recipe names a component this avade does not know: which plugin provided it when
+    the run was trained (from the newest checkpoint's state.json), or ""."""
+    registry = get_registry()
+    for path in reversed(ckpt.list_checkpoints(checkpoints)):
+        try:
+            providers = json.loads((path / "state.json").read_text(encoding="utf-8")).get("providers") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        gone = [f"{key.replace('/', ' ')!s} from {who}" for key, who in providers.items()
+                if isinstance(key, str) and "/" in key and tuple(key.split("/", 1)) not in registry]
+        if gone:
+            return (f"; the run was trained with {', '.join(gone)}: install that plugin, or take it out of "
+                    "--disable-plugins / AVADE_DISABLE_PLUGINS")
+        return ""
+    return ""
+
+
 def configure_tf32(enabled: bool) -> None:
     """``train.tf32`` for CUDA fp32 convolutions and matmuls: TF32 tensor cores, or IEEE fp32. Set through
     the ``allow_tf32`` flags: with them every TF32 setting stays readable, old and new API alike (after
@@ -401,6 +437,8 @@ class Trainer:
              # what the model was built for, so that it can be rebuilt without the dataset (avade.load_model)
              "data_shape": list(self.train_set.shape), "num_classes": int(self.train_set.num_classes),
              "class_counts": self.class_counts,
+             # who provided each component, so that a run evaluated without its plugin can name it
+             "providers": component_providers(self.recipe),
              "collapse": self.collapse.state_dict() if self.collapse is not None else None},
             keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every,
             ema=self.ema.state_dict() if self.ema is not None else None)
