@@ -484,3 +484,22 @@ def test_an_unknown_norm_names_the_option_that_asked_for_it() -> None:
     result = run("recipe", "check", str(QUICKSTART), "--set", 'model.discriminator.norm="weight-nrom"')
     assert_one_line_error(result, "quickstart.toml: model.discriminator.norm: unknown norm 'weight-nrom'",
                           "did you mean 'weight-norm'")
+
+
+class _BareFlow(torch.nn.Module):
+    def __init__(self, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale  # no log-det
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y / self.scale
+
+
+def test_a_flow_that_returns_no_logdet_is_named(fresh_registry: None, write: Write) -> None:
+    get_registry().register("flow", "bare", factory=_BareFlow, config=None)
+    result = run("recipe", "check", str(QUICKSTART), "--set", 'model.flow.name="bare"')
+    assert_one_line_error(result, "model.flow: the flow (_BareFlow) returned Tensor from forward; a flow returns "
+                                  "(y, logdet)")

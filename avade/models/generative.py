@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from avade.errors import ConfigError
 from avade.models.likelihood import (
     discretized_logistic_log_prob,
     gaussian_log_prob,
@@ -99,7 +100,11 @@ class GenerativeModel(nn.Module):
         y, logdet = self.preprocess(u)
         if self.flow is not None:
             with _full_precision(y):
-                y, logdet_f = self.flow(y.float())
+                out = self.flow(y.float())
+            if not (isinstance(out, tuple) and len(out) == 2):  # a plugin flow breaking the contract
+                raise ConfigError(f"the flow ({type(self.flow).__name__}) returned {type(out).__name__} from "
+                                  "forward; a flow returns (y, logdet), logdet of shape [batch]", path="model.flow")
+            y, logdet_f = out
             logdet = logdet + logdet_f
         return y, logdet
 
