@@ -276,6 +276,24 @@ def test_a_two_axis_sweep_summary_shows_the_main_metric_as_a_grid(tmp_path: Path
     assert json.loads((tmp_path / "sweep_summary.json").read_text()) == rows
 
 
+def test_the_grid_orders_numbers_and_is_left_out_when_variants_set_other_keys(tmp_path: Path) -> None:
+    # Table 9's combos list blocks 2, 4, 3 in that order; the grid's columns read 2, 3, 4
+    rows = [{"name": f"t-s{s}-b{b}", "model.flow.scales": s, "model.flow.blocks": b, "bpd": 5.0 + s + b / 10}
+            for s, b in ((2, 2), (1, 4), (2, 3), (1, 2))]
+    console = Console(record=True, width=160)
+    write_sweep_summary(tmp_path, rows, console, axes=["model.flow.scales", "model.flow.blocks"])
+    text = console.export_text()
+    header = next(line for line in text[text.index("bpd: scales"):].splitlines() if "blocks = " in line)
+    assert header.index("blocks = 2") < header.index("blocks = 3") < header.index("blocks = 4")
+    cells = [[c.strip() for c in line.split("│")[1:2]] for line in text[text.index("bpd: scales"):].splitlines()
+             if line.count("│") >= 4]
+    assert cells == [["1"], ["2"]]
+    other = [{"name": "a", "train.lr": 0.1, "train.seed": 0, "bpd": 5.0}, {"name": "b", "train.lr": 0.2, "bpd": 6.0}]
+    console = Console(record=True, width=160)
+    write_sweep_summary(tmp_path, other, console, axes=["train.lr", "train.seed"])
+    assert "bpd: lr (rows)" not in console.export_text()  # b sets no seed: no grid with an empty column
+
+
 def test_a_refused_resume_leaves_recipe_toml_and_eval_as_they_were(run_dir: Path, tmp_path: Path) -> None:
     before = (run_dir / "recipe.toml").read_text()
     result, out = _invoke("recipe", "run", str(run_dir / "recipe.toml"), "--out", str(run_dir), "--resume",

@@ -202,7 +202,8 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
         table.add_row(*(escape(cell_text(row.get(k))) for k in shown))
     console.print(table)
     metric = next((m for m in ("bpd", "fid", "is_mean") if any(isinstance(r.get(m), float) for r in rows)), None)
-    if len(axes) == 2 and metric is not None:
+    # a grid only when every variant sets both axes (combos may set different keys)
+    if len(axes) == 2 and metric is not None and all(a in r for r in rows for a in axes):
         try:
             grid = _grid(rows, axes, metric, headers)
         except Exception as exc:  # a view of what is already written: it must not fail the sweep
@@ -235,8 +236,13 @@ def _grid(rows: list[dict[str, Any]], axes: Sequence[str], metric: str, headers:
     def key(value: Any) -> str:  # override values may be lists or tables (unhashable)
         return cell_text(value)
 
-    row_values = list(dict.fromkeys(key(r.get(first)) for r in rows))
-    col_values = list(dict.fromkeys(key(r.get(second)) for r in rows))
+    def ordered(axis: str) -> list[str]:  # numbers in numeric order (blocks 2, 3, 4), else as the sweep lists them
+        values = list(dict.fromkeys(r.get(axis) for r in rows if not isinstance(r.get(axis), dict | list)))
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        return [key(v) for v in sorted(values)] if numeric and values else list(dict.fromkeys(key(r.get(axis))
+                                                                                            for r in rows))
+
+    row_values, col_values = ordered(first), ordered(second)
     cells = {(key(r.get(first)), key(r.get(second))): "error" if "error" in r else cell_text(r.get(metric))
              for r in rows}
     title = f"{metric}: {headers[first]} (rows) x {headers[second]} (columns)"
