@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -552,6 +553,9 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
         labels = torch.arange(n, device=dev) % model.num_classes
     if reconstructions:
         assert sets is not None
+        if n > len(sets[1]):  # say so rather than hand back a smaller grid unannounced
+            warnings.warn(f"-n {n}: the test split holds {len(sets[1])} images; the grid shows all of them",
+                          UserWarning, stacklevel=2)
         x, y = next(subset_batches(sets[1], n, batch_size=n))
         x = x.to(dev)
         recon = model.reconstruct(x, y.to(dev) if model.num_classes else None, gen)

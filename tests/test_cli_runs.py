@@ -864,3 +864,11 @@ def test_a_run_whose_plugin_is_gone_names_the_plugin(tmp_path: Path, fresh_regis
     result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu")
     assert result.exit_code == 2 and "unknown flow 'x-realnvp'" in out, out
     assert "the run was trained with flow x-realnvp from avade-xflow 0.3: install that plugin" in out.replace("\n", "")
+
+
+def test_more_reconstructions_than_test_images_is_said(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="-n 40: the test split holds 16 images; the grid shows all of them"):
+        result, out = _invoke("sample", str(run_dir), "-n", "40", "--reconstructions", "-o",
+                              str(tmp_path / "r.png"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    assert (tmp_path / "r.png").is_file()
