@@ -309,9 +309,8 @@ class Registry:
         except Exception as exc:
             if info.dist == BUILTIN_DIST:  # avade's own factories failing is avade's bug: keep the traceback
                 raise
-            raise RegistryError(f"{info.qualname} (from plugin {info.provider}) failed to build: "
-                                f"{type(exc).__name__}: {exc}; fix or disable that plugin "
-                                f"(--disable-plugins / {DISABLE_ENV})") from exc
+            what, fix = info.blame()  # a plugin's is named; one registered in-process (__main__) is not
+            raise RegistryError(f"{what} failed to build: {type(exc).__name__}: {exc}{fix}") from exc
 
     # -- plugins -----------------------------------------------------------------------------------
     def add_plugin(self, plugin: Any, dist: str, version: str = "", entry_point: str = "") -> bool:

@@ -618,3 +618,18 @@ def test_a_component_whose_own_defaults_are_invalid_is_blamed_not_the_recipe() -
         registry.validate("flow", "bad-defaults", {"layers": 2, "width": 3, "mode": "slow"}, path="model.flow")
     assert "Attribute(" not in str(info.value)  # attrs' extra arguments are not shown
     assert registry.validate("flow", "bad-defaults", {"layers": 2, "width": 3}).width == 3
+
+
+def test_a_factory_that_raises_is_blamed_on_its_plugin_or_not_on_a_plugin_at_all() -> None:
+    def broken(cfg: Any, *, in_shape: Any) -> Any:
+        raise ZeroDivisionError("boom")
+
+    registry = Registry()
+    registry.add_plugin(plugin("p", lambda reg: reg.register("flow", "from-plugin", factory=broken, config=ToyConfig)),
+                        dist="p-dist", version="1.0")
+    registry.register("flow", "in-process", factory=broken, config=ToyConfig)  # e.g. check_module's scratch registry
+    with pytest.raises(RegistryError, match=r"^flow 'from-plugin' \(from plugin p-dist 1.0\) failed to build: "
+                                            r"ZeroDivisionError: boom; fix or disable that plugin"):
+        registry.create("flow", "from-plugin", in_shape=(1, 4, 4))
+    with pytest.raises(RegistryError, match=r"^flow 'in-process' failed to build: ZeroDivisionError: boom$"):
+        registry.create("flow", "in-process", in_shape=(1, 4, 4))
