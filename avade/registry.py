@@ -271,7 +271,8 @@ class Registry:
         except ConfigError as exc:
             rest = exc.path[len(path):].lstrip(".") if path and exc.path.startswith(path) else exc.path
             key = rest.split(".")[0].split("[")[0]
-            if key and key not in data and key in {f.name for f in attrs.fields(cfg_cls)}:
+            defaulted = {f.name for f in attrs.fields(cfg_cls) if f.default is not attrs.NOTHING}
+            if key and key not in data and key in defaulted:  # (a required key left out is the recipe's)
                 # the component's own default fails its type or validator: not the recipe's doing
                 what, fix = info.blame()
                 raise RegistryError(f"{what}: the default of '{key}' is invalid ({exc.detail}); "

@@ -875,3 +875,37 @@ def test_more_reconstructions_than_test_images_is_said(run_dir: Path, tmp_path: 
     said = " ".join(result.stderr.split())  # the CLI prints warnings as one "warning:" line on stderr
     assert result.exit_code == 0 and "warning: -n 40: the test split holds 16 images; the grid shows all" in said, out
     assert (tmp_path / "r.png").is_file()
+
+
+def test_only_jobs_keep_a_failed_variants_row_and_all_failing_still_writes_the_summary(tmp_path: Path) -> None:
+    sweep = tiny_dict("train.steps=1", "train.checkpoint_every=1")
+    sweep["sweep"] = {"grid": {"data.batch_size": [1000, 8]}}  # 1000: more than the split holds
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps(sweep))
+    out = str(tmp_path / "run")
+    result, text = _invoke("recipe", "run", str(recipe), "--out", out, "--device", "cpu", "--only", "0")
+    assert result.exit_code == 2 and "1 of 1 sweep variants failed" in text, text  # no FileNotFoundError
+    result, text = _invoke("recipe", "run", str(recipe), "--out", out, "--device", "cpu", "--only", "1")
+    assert result.exit_code == 0, text
+    rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
+    assert [r["name"] for r in rows] == ["tiny-batch_size1000", "tiny-batch_size8"]
+    assert "error" in rows[0] and rows[1]["bpd"] > 0
+
+
+def test_a_sweep_whose_every_variant_fails_to_load_its_data_still_writes_its_summary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avade.errors import DataError
+    from avade.train import trainer
+
+    def unreadable(recipe: Any) -> Any:  # found by the pre-check, but fails to load (e.g. a damaged file)
+        raise DataError("dataset 'synthetic': damaged")
+
+    monkeypatch.setattr(trainer, "load_datasets", unreadable)
+    sweep = tiny_dict("train.steps=1")
+    sweep["sweep"] = {"grid": {"train.seed": [0, 1]}}
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps(sweep))
+    result, text = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "new" / "run"), "--device", "cpu")
+    assert result.exit_code == 2 and "2 of 2 sweep variants failed" in text, text
+    rows = json.loads((tmp_path / "new" / "run" / "sweep_summary.json").read_text())
+    assert [r["error"] for r in rows] == ["dataset 'synthetic': damaged"] * 2

@@ -633,3 +633,17 @@ def test_a_factory_that_raises_is_blamed_on_its_plugin_or_not_on_a_plugin_at_all
         registry.create("flow", "from-plugin", in_shape=(1, 4, 4))
     with pytest.raises(RegistryError, match=r"^flow 'in-process' failed to build: ZeroDivisionError: boom$"):
         registry.create("flow", "in-process", in_shape=(1, 4, 4))
+
+
+@attrs.define
+class _Required:
+    root: str
+    layers: int = 2
+
+
+def test_a_required_key_left_out_is_the_recipes_not_the_plugins() -> None:
+    registry = Registry()
+    registry.add_plugin(plugin("req", lambda reg: reg.register("flow", "req", factory=Toy, config=_Required)),
+                        dist="req-dist")
+    with pytest.raises(ConfigError, match=r"^model.flow.root: missing required key$"):
+        registry.validate("flow", "req", {}, path="model.flow")

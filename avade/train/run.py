@@ -99,6 +99,7 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
                 summary = {"error": str(exc)}
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
         if is_main_process():
+            out_dir.mkdir(parents=True, exist_ok=True)  # (every variant may have failed before making its own)
             with locked(out_dir / ".sweep_summary.lock"):  # variants run as parallel jobs all add their rows
                 rows = _with_earlier_rows(out_dir, summaries, order=[v.name for v in every])
                 write_sweep_summary(out_dir, rows, console, axes=list(variants[0].overrides))
@@ -167,9 +168,12 @@ def _with_earlier_rows(out_dir: Path, rows: list[dict[str, Any]], order: Sequenc
     except (OSError, ValueError):
         earlier = []
     fresh = {row["name"]: row for row in rows}
-    kept = [row for row in earlier if isinstance(row, dict) and isinstance(row.get("name"), str)
-            and row["name"] not in fresh and (out_dir / row["name"]).is_dir()] if isinstance(earlier, list) else []
     rank = {name: i for i, name in enumerate(order)}
+    # an earlier row stays if it is one of this sweep's variants (a failed one has no directory) or its
+    # directory is still there
+    kept = [row for row in earlier if isinstance(row, dict) and isinstance(row.get("name"), str)
+            and row["name"] not in fresh and (row["name"] in rank or (out_dir / row["name"]).is_dir())
+            ] if isinstance(earlier, list) else []
     return sorted([*kept, *rows], key=lambda row: rank.get(row["name"], len(rank)))
 
 
