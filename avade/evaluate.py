@@ -136,8 +136,8 @@ def _metric_config(ref: ComponentRef | None, name: str, samples: int | None, rec
     if samples is not None and config is not None and hasattr(config, "samples"):
         config = attrs.evolve(config, samples=samples)
     if name == "bpd" and config is not None and hasattr(config, "importance_samples"):
-        # one knob: --importance-samples, else [eval.bpd]'s own, else the recipe's eval.importance_samples
-        # (what training reported as bpd_iwK)
+        # one knob: --importance-samples, else [eval.bpd]'s own when above 1, else the recipe's
+        # eval.importance_samples (what training reported as bpd_iwK); --importance-samples 1 skips it
         k = importance_samples if importance_samples is not None else (
             recipe.eval.importance_samples if config.importance_samples == 1 and recipe is not None else None)
         if k is not None:
@@ -427,7 +427,8 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
     averaged weights when it has them, unless ``ema=False``) and record them in ``eval.json`` with the
     checkpoint, its step and which weights; results of earlier calls on the same checkpoint and weights
     are kept (``--metrics bpd`` after ``--metrics fid`` keeps the FID). ``importance_samples``: bpd's k
-    (default: the recipe's ``[eval.bpd]``, else its ``eval.importance_samples``)."""
+    (default: the recipe's ``[eval.bpd] importance_samples`` when above 1, else its ``eval.importance_samples``;
+    1 = plain bpd only)."""
     return _evaluate(run_dir, metrics, samples, device, console, checkpoint, ema, importance_samples)[0]
 
 
@@ -500,10 +501,13 @@ def _record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float]
         return record
 
     with locked(run.eval.with_name(f".{run.eval.name}.lock")):
-        write_json(run.eval, merged(_read_json(run.eval)))
+        last = _read_json(run.eval)
+        write_json(run.eval, merged(last))
         history = _read_json(run.eval_checkpoints)
         records = history.get("records") if isinstance(history, dict) else None
         records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+        if history is None and isinstance(last, dict) and "checkpoint" in last:
+            records = [last]  # a run evaluated before eval_checkpoints.json existed: its eval.json is history
         same = [r for r in records if r.get("checkpoint") == name and r.get("weights", "last") == weights]
         rest = [r for r in records if r not in same]
         rows = sorted([*rest, merged(same[0] if same else None)],

@@ -909,3 +909,17 @@ def test_a_sweep_whose_every_variant_fails_to_load_its_data_still_writes_its_sum
     assert result.exit_code == 2 and "2 of 2 sweep variants failed" in text, text
     rows = json.loads((tmp_path / "new" / "run" / "sweep_summary.json").read_text())
     assert [r["error"] for r in rows] == ["dataset 'synthetic': damaged"] * 2
+
+
+def test_an_older_runs_eval_json_seeds_eval_checkpoints_json(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=4", "train.checkpoint_every=2")))
+    run = tmp_path / "run"
+    assert _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")[0].exit_code == 0
+    assert _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu")[0].exit_code == 0
+    newest = json.loads((run / "eval.json").read_text())
+    (run / "eval.json").write_text(json.dumps({**newest, "fid": 12.5}))  # as an older avade left it ...
+    (run / "eval_checkpoints.json").unlink()  # ... without the history file
+    assert _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu", "--checkpoint", "2")[0].exit_code == 0
+    records = json.loads((run / "eval_checkpoints.json").read_text())["records"]
+    assert [r["step"] for r in records] == [2, 4] and records[1]["fid"] == 12.5

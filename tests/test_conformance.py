@@ -82,6 +82,7 @@ class ScoreConfig:
     keep_dim: bool = False
     batch_norm: bool = False  # mixes the batch: the gradient penalty's per-sample assumption breaks
     ignore_labels: bool = False
+    dropout: float = 0.0  # random, yet per sample: fine
 
 
 class TinyDiscriminator(nn.Module):
@@ -90,11 +91,12 @@ class TinyDiscriminator(nn.Module):
         self.cfg = cfg
         self.conv = nn.Conv2d(in_shape[0], 4, 3, stride=2, padding=1)
         self.norm = nn.BatchNorm2d(4) if cfg.batch_norm else nn.Identity()
+        self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(4, 1)
         self.embed = nn.Embedding(num_classes, 4) if num_classes else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = torch.relu(self.norm(self.conv(x))).mean(dim=(2, 3))
+        h = self.drop(torch.relu(self.norm(self.conv(x)))).mean(dim=(2, 3))
         score = self.out(h)
         if self.embed is not None and y is not None and not self.cfg.ignore_labels:
             score = score + (self.embed(y) * h).sum(1, keepdim=True)
@@ -126,6 +128,7 @@ class TinyEncoder(nn.Module):
 def test_kit_accepts_the_correct_versions() -> None:
     check_module("flow", ElementwiseAffine, AffineConfig(), name="good-affine")
     check_module("discriminator", TinyDiscriminator, ScoreConfig(), name="good-disc")
+    check_module("discriminator", TinyDiscriminator, ScoreConfig(dropout=0.5), name="dropout-disc")
     check_module("encoder", TinyEncoder, StagesConfig(), name="good-encoder")
 
 
@@ -146,7 +149,7 @@ def test_kit_accepts_the_correct_versions() -> None:
          r"forward\(x\) must return a tuple \(y, logdet\), got Tensor"),
         ("discriminator", TinyDiscriminator, ScoreConfig(keep_dim=True), "column-scores", r"\(4, 1\).*\[batch\]"),
         ("discriminator", TinyDiscriminator, ScoreConfig(batch_norm=True), "bn-critic",
-         r"in training mode the score of sample 0 depends on the rest of the batch"),
+         r"in training mode the score of sample 0 depends on the other samples of the batch"),
         ("discriminator", TinyDiscriminator, ScoreConfig(ignore_labels=True), "label-blind",
          r"gives the same scores whatever the labels y: it ignores them"),
         ("encoder", TinyEncoder, StagesConfig(lie=True), "lying-stages", r"stage 1 .*stage_shapes says"),
@@ -265,3 +268,11 @@ def test_kit_computes_metrics(returns: str, expected: str) -> None:
     with pytest.raises(AssertionError, match=expected) as info:
         check_module("metric", TinyMetric, MetricConfig(returns), name=f"bad-{returns}")
     assert f"metric 'bad-{returns}'" in str(info.value)
+
+
+def test_the_kit_context_keys_bpd_as_a_run_does() -> None:
+    from avade.testing import SyntheticEvalContext
+
+    ctx = SyntheticEvalContext()
+    assert set(ctx.bpd()) == {"bpd"} and set(ctx.bpd(importance_samples=4)) == {"bpd_iw4"}
+    assert ctx.bpd(importance_samples=4)["bpd_iw4"] < ctx.bpd()["bpd"]

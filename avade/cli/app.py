@@ -403,7 +403,7 @@ def evaluate(
     ema: EmaOption = True,
     importance_samples: Annotated[int | None, typer.Option(
         "--importance-samples", min=1, help="bpd: also the k-sample importance-weighted bound bpd_iw<k> (default: "
-        "the recipe's [eval.bpd] importance_samples, else eval.importance_samples).")] = None,
+        "the recipe's [eval.bpd] importance_samples if above 1, else its eval.importance_samples).")] = None,
 ) -> None:
     """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run."""
     from avade.evaluate import evaluate_checkpoints, evaluate_run

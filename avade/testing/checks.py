@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -311,27 +310,22 @@ def check_discriminator(name: str, registry: Registry | None = None, **config: A
 
 def _check_per_sample_scores(disc: nn.Module, x: torch.Tensor, what: str) -> None:
     """In training mode too, each sample's score is its own: the gradient penalty differentiates each score
-    with respect to its own input only (a batch-norm critic, say, mixes the batch). A critic that means to
-    look at the batch (minibatch statistics) declares ``batch_dependent = True``."""
+    with respect to its own input only (a batch-norm critic, say, mixes the batch). Checked within one
+    forward pass, by the gradient of each score with respect to the other samples (dropout's masks or
+    spectral norm's power iteration do not disturb it). A critic that means to look at the batch
+    (minibatch statistics) declares ``batch_dependent = True``."""
     if getattr(disc, "batch_dependent", False):
         return
-    state = copy.deepcopy(disc.state_dict())  # e.g. spectral norm's power iteration advances on every call
     disc.train()
-    with torch.no_grad():
-        whole = disc(x)
-        for i in range(x.shape[0]):
-            disc.load_state_dict(state)
-            try:
-                alone = disc(x[i:i + 1])
-            except (RuntimeError, ValueError) as exc:  # e.g. batch norm refusing a batch of one
-                _fail(what, f"cannot score one sample alone in training mode ({exc}); scores must not depend on "
-                            "the batch (set `batch_dependent = True` on the module if that is intended)")
-            if not torch.allclose(alone[0], whole[i], rtol=1e-4, atol=1e-5):
-                _fail(what, f"in training mode the score of sample {i} depends on the rest of the batch "
-                            f"({float(whole[i]):.6g} in the batch, {float(alone[0]):.6g} alone; batch norm?); the "
-                            "gradient penalty needs per-sample scores (set `batch_dependent = True` on the module "
-                            "if that is intended)")
-    disc.load_state_dict(state)
+    x = x.detach().clone().requires_grad_(True)
+    scores = disc(x)
+    for i in range(x.shape[0]):
+        (grad,) = torch.autograd.grad(scores[i], x, retain_graph=True)
+        others = torch.cat([grad[:i], grad[i + 1:]]).abs().max()
+        if float(others) > 1e-6 * max(1.0, float(grad[i].abs().max())):
+            _fail(what, f"in training mode the score of sample {i} depends on the other samples of the batch (its "
+                        f"gradient reaches them: {float(others):.2e}; batch norm?); the gradient penalty needs "
+                        "per-sample scores (set `batch_dependent = True` on the module if that is intended)")
 
 
 def check_norm(name: str, registry: Registry | None = None, **config: Any) -> None:

@@ -128,6 +128,7 @@ def test_avade_eval_reports_bpd_as_training_did_with_one_importance_knob(tmp_pat
     summary = run_recipe(tiny_recipe("eval.importance_samples=3"), tmp_path / "run", progress=False)
     results = evaluate_run(tmp_path / "run", ["bpd"], device="cpu")  # the recipe's eval.importance_samples
     assert results == pytest.approx({"bpd": summary["bpd"], "bpd_iw3": summary["bpd_iw3"]})
+    assert set(evaluate_run(tmp_path / "run", ["bpd"], device="cpu", importance_samples=1)) == {"bpd"}
     results = evaluate_run(tmp_path / "run", ["bpd"], device="cpu", importance_samples=2)
     assert set(results) == {"bpd", "bpd_iw2"} and results["bpd_iw2"] <= results["bpd"] + 1e-6
     cli = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu",
