@@ -14,6 +14,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from avade.data.base import ImageDataset
 
+#: bytes of images up to which a posterized in-memory copy is kept (uint8: one byte per value)
+COPY_LIMIT = 2**30
+
 
 class PosterizedDataset(ImageDataset):
     """``dataset`` with every image posterized to ``bits`` bits per value; its other attributes
@@ -36,9 +39,12 @@ class PosterizedDataset(ImageDataset):
         return TF.posterize(image, self.bits), label
 
     def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A posterized copy of the wrapped dataset's tensors, up to :data:`COPY_LIMIT` bytes; above it None,
+        so batches are read item by item (posterized as they are read) instead of doubling a large
+        in-memory dataset (ImageNet-64: 16 GB)."""
         if self._tensors is None:
             tensors = getattr(self.dataset, "as_tensors", lambda: None)()
-            if tensors is None:
+            if tensors is None or tensors[0].numel() > COPY_LIMIT:
                 return None
             images, labels = tensors
             self._tensors = (TF.posterize(images, self.bits), labels)

@@ -144,3 +144,13 @@ def test_reference_statistics_are_cached_per_bit_depth(tmp_path):
                          out_dir=tmp_path, cache_dir=tmp_path)
         keys.add(ctx.dataset_key)
     assert len(keys) == 3
+
+
+def test_a_large_in_memory_dataset_is_not_copied_but_read_item_by_item(monkeypatch):
+    import avade.data.posterized as posterized
+
+    images = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    ds = with_bits(TensorImageDataset(images, torch.arange(6), num_classes=6), 2)
+    monkeypatch.setattr(posterized, "COPY_LIMIT", images.numel() - 1)
+    assert ds.as_tensors() is None  # the batch stream then indexes items, each posterized
+    assert torch.equal(ds[4][0], images[4] & 0b11000000)
