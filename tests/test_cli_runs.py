@@ -923,3 +923,19 @@ def test_an_older_runs_eval_json_seeds_eval_checkpoints_json(tmp_path: Path) -> 
     assert _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu", "--checkpoint", "2")[0].exit_code == 0
     records = json.loads((run / "eval_checkpoints.json").read_text())["records"]
     assert [r["step"] for r in records] == [2, 4] and records[1]["fid"] == 12.5
+
+
+def test_resuming_a_sweep_started_before_the_variant_names_changed_uses_its_directories(tmp_path: Path) -> None:
+    sweep = tiny_dict("train.steps=2", "train.checkpoint_every=2")
+    sweep["sweep"] = {"grid": {"train.seed": [-1]}}
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps(sweep))
+    out = tmp_path / "run"
+    assert _invoke("recipe", "run", str(recipe), "--out", str(out), "--device", "cpu")[0].exit_code == 0
+    (out / "tiny-seedm1").rename(out / "tiny-seed1")  # the name an older avade gave seed = -1
+    sweep["train"]["steps"] = 4
+    recipe.write_text(tomli_w.dumps(sweep))
+    result, text = _invoke("recipe", "run", str(recipe), "--out", str(out), "--device", "cpu", "--resume")
+    assert result.exit_code == 0 and "resumed from" in text, text
+    assert not (out / "tiny-seedm1").exists()
+    assert json.loads((out / "tiny-seed1" / "summary.json").read_text())["steps"] == 4

@@ -33,6 +33,18 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text).strip("-") or "x"
 
 
+def _slug_before_2026_11_29(value: Any) -> str:
+    """Variant names before signs and exponents were kept apart (``-1`` and ``1`` were both ``1``)."""
+    text = str(value).lower() if not isinstance(value, float) else f"{value:g}"
+    return re.sub(r"[^a-z0-9.]+", "-", text).strip("-") or "x"
+
+
+def former_variant_name(base: str, overrides: dict[str, Any]) -> str:
+    """The name an older avade gave this variant's directory (``--resume`` of a sweep it started)."""
+    parts = [f"{key.rsplit('.', 1)[-1]}{_slug_before_2026_11_29(value)}" for key, value in overrides.items()]
+    return plain_name("-".join([base, *parts]))
+
+
 def variant_name(base: str, overrides: dict[str, Any]) -> str:
     """``av_ade_t9`` + ``{"model.flow.scales": 2, "model.flow.blocks": 4}`` -> ``av_ade_t9-scales2-blocks4``."""
     parts = [f"{key.rsplit('.', 1)[-1]}{_slug(value)}" for key, value in overrides.items()]

@@ -50,8 +50,9 @@ def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: s
                       f"on {trainer.device}")
     try:
         summary = trainer.fit()
-    except KeyboardInterrupt:  # before the signal handler took over (a second Ctrl-C quits without saving)
-        drop_unstarted_run()
+    except KeyboardInterrupt:
+        if trainer.step == 0:  # before any step (the untrained model's evaluation): nothing worth keeping
+            drop_unstarted_run()
         raise
     if trainer.dist.is_main:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float))
@@ -90,8 +91,8 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         summaries, failed = [], []
         for variant in variants:
             try:
-                summary = run_recipe(variant.recipe, out_dir / variant.name, resume=resume, device=device,
-                                     console=console, progress=progress)
+                summary = run_recipe(variant.recipe, _variant_dir(out_dir, recipe.name, variant, resume),
+                                     resume=resume, device=device, console=console, progress=progress)
             except (TrainingError, ConfigError, DataError) as exc:
                 # one diverged (or unbuildable) variant must not cost the others (an lr sweep)
                 console.print(f"[red]{escape(variant.name)}:[/] {escape(str(exc))}")
@@ -112,6 +113,19 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         raise
     finally:
         shutdown_distributed()  # (a no-op after the line above)
+
+
+def _variant_dir(out_dir: Path, base: str, variant: Any, resume: bool) -> Path:
+    """``out_dir/<variant name>``; resuming a sweep an older avade started, the directory it named (before
+    2026-11-29 ``-1`` and ``1``, or ``1e+30`` and ``1e-30``, could share a name)."""
+    path = out_dir / variant.name
+    if resume and not path.exists():
+        from avade.recipe.sweep import former_variant_name
+
+        former = out_dir / former_variant_name(base, variant.overrides)
+        if former.is_dir():
+            return former
+    return path
 
 
 def select_variants(variants: Sequence[Any], only: Sequence[str]) -> list[Any]:

@@ -371,8 +371,17 @@ def test_ctrl_c_before_the_first_step_leaves_no_run_directory(tmp_path, monkeypa
         run_recipe(tiny_recipe(), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
     monkeypatch.undo()
-    run_recipe(tiny_recipe("train.steps=2"), tmp_path / "run", progress=False)
-    monkeypatch.setattr(Trainer, "test_bpd", interrupted)
+    # a second Ctrl-C in the middle of training (no checkpoint yet): its logs and grids stay
+    steps = []
+    original = Trainer.train_step
+
+    def quit_at_step_3(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", quit_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        run_recipe(tiny_recipe("train.steps=4"), tmp_path / "run", resume=True, progress=False)
-    assert (tmp_path / "run" / "checkpoints" / "step_00000002").is_dir()
+        run_recipe(tiny_recipe("train.checkpoint_every=100"), tmp_path / "fresh", progress=False)
+    assert (tmp_path / "fresh" / "metrics.jsonl").read_text().count("\n") == 2  # steps 1 and 2 logged
