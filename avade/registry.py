@@ -174,15 +174,16 @@ class Registry:
         ``"module:attr"`` string. ``summary`` is one line shown by ``avade list-components``.
         """
         dist, version = self._provider
+        who = "" if self._collect_conflicts else f"{dist}: "  # a plugin's failure warning names it already
         if not isinstance(kind, str) or kind not in KINDS:
             # Nothing would ever build a component of another kind: a typo ("flows") must not pass silently.
-            raise RegistryError(f"{dist}: invalid component kind {kind!r}"
+            raise RegistryError(f"{who}invalid component kind {kind!r}"
                                 f"{did_you_mean(kind, KINDS) if isinstance(kind, str) else ''}; "
                                 f"kinds: {', '.join(KINDS)}")
         if not isinstance(name, str) or not name or name != name.lower() or "_" in name or " " in name:
-            raise RegistryError(f"{dist}: invalid component name {name!r}; names are lowercase with dashes")
+            raise RegistryError(f"{who}invalid component name {name!r}; names are lowercase with dashes")
         if not isinstance(summary, str):
-            raise RegistryError(f"{dist}: {kind} '{name}': summary must be a string (one line), got "
+            raise RegistryError(f"{who}{kind} '{name}': summary must be a string (one line), got "
                                 f"{type(summary).__name__}")
         info = ComponentInfo(kind, name, factory, config, summary.strip().splitlines()[0] if summary.strip() else "",
                              dist, version)

@@ -276,3 +276,18 @@ def test_the_kit_context_keys_bpd_as_a_run_does() -> None:
     ctx = SyntheticEvalContext()
     assert set(ctx.bpd()) == {"bpd"} and set(ctx.bpd(importance_samples=4)) == {"bpd_iw4"}
     assert ctx.bpd(importance_samples=4)["bpd_iw4"] < ctx.bpd()["bpd"]
+
+
+class _NoLabelsNorm(nn.Module):
+    def __init__(self, *, layer: nn.Module, num_classes: int | None = None) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # no y
+        return self.layer(x)
+
+
+def test_kit_names_a_norm_without_the_labels_argument() -> None:
+    with pytest.raises(AssertionError, match=r"norm 'no-y': forward\(x, y\) failed .*a norm's forward takes "
+                                             r"\(x, y=None\)"):
+        check_module("norm", _NoLabelsNorm, None, name="no-y")

@@ -126,6 +126,7 @@ def test_a_typo_in_the_kind_fails_the_plugin_with_a_suggestion() -> None:
         assert not registry.add_plugin(plugin("p", registering("my-flow", kind="flows")), dist="p-dist")
     (message,) = plugin_warnings(record)
     assert "invalid component kind 'flows' (did you mean 'flow'?)" in message
+    assert message.count("p-dist") == 1, message  # named by the warning, not again by the error inside it
     assert registry.kinds() == sorted(KINDS)
 
 

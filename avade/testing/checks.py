@@ -337,7 +337,11 @@ def check_norm(name: str, registry: Registry | None = None, **config: Any) -> No
     x = torch.randn(6, 3, 8, 8)
     layer.train()
     for y in (None, torch.tensor([0, 1, 2, 3, 0, 1])):
-        out = layer(x, y)
+        try:
+            out = layer(x, y)
+        except TypeError as exc:  # e.g. forward(self, x) without the labels argument
+            _fail(what, f"forward(x, y) failed ({exc}); a norm's forward takes (x, y=None), y the class labels "
+                        "(ignore them if the norm is not conditional)")
         if tuple(out.shape) != (6, 5, 8, 8):
             _fail(what, f"output shape {tuple(out.shape)} != (6, 5, 8, 8)")
     _gradients(layer, layer(x).pow(2).mean() + layer(x, torch.tensor([0, 1, 2, 3, 0, 1])).pow(2).mean(), what)
