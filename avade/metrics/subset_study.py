@@ -6,6 +6,7 @@ coverage: FID of a random subset against the full set, and IS of the subset.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -66,6 +67,10 @@ def subset_study(
     extractor = extractor or get_extractor(ctx.options, ctx.device)
     warn_if_not_reference(extractor, "subset study")
     data = real_features(ctx, extractor, split, None, batch_size)
+    if data.probs is None:  # Table 7 has an IS column: say why this one has none
+        warnings.warn(f"subset study: no IS column, the feature extractor {extractor.name} gives pool3 features "
+                      "only; for IS set eval.inception_weights (or AVADE_INCEPTION_WEIGHTS) to weights with the "
+                      "classifier head (pt_inception-2015-12-05-6726825d.pth)", UserWarning, stacklevel=2)
     total = len(data.features)
     mu_full, sigma_full = gaussian_stats(data.features)
     rows = []

@@ -157,3 +157,11 @@ def test_too_few_samples_for_fid_and_a_capped_kid_subset_are_said(tmp_path, recw
     assert len(said) == 2, said
     assert said[0].startswith("FID from 20 samples of 24-dimensional features is biased upward")
     assert said[1].startswith("KID used subsets of 40 images, the smaller set's size, not subset_size = 1000")
+
+
+def test_subset_study_says_why_it_has_no_is_column(tmp_path, recwarn) -> None:
+    ctx = FakeContext(tmp_path, {"train": (REAL, LABELS)},
+                      options={"feature_extractor": RandomConvFeatures(dim=24, seed=0, num_classes=0)})
+    rows = subset_study(ctx, sizes=[80, 40], split="train")
+    assert all("is_mean" not in r for r in rows)
+    assert any(str(w.message).startswith("subset study: no IS column") for w in recwarn)
