@@ -212,7 +212,7 @@ def _compute(ctx: RunContext, metrics: list[tuple[str, Any]], console: Console |
             if info.dist == BUILTIN_DIST:  # avade's own metric failing is avade's bug: keep the traceback
                 raise
             raise AvadeError(f"{what} failed: {type(exc).__name__}: {exc}{fix}") from exc
-        for key, value in _metric_values(what, fix, returned).items():
+        for key, value in _metric_values(name, what, fix, returned).items():
             clash = (", a key of the run's own record" if key in RECORD_KEYS
                      else f", which {owners[key]} already reports" if key in owners else "")
             if clash:
@@ -223,14 +223,33 @@ def _compute(ctx: RunContext, metrics: list[tuple[str, Any]], console: Console |
     return results
 
 
-def _metric_values(what: str, fix: str, returned: Any) -> dict[str, float]:
-    """``compute``'s dict with every value a Python float (numpy / 0-d torch numbers converted); anything
-    else is refused by name, before it reaches summary.json or eval.json."""
+def result_stem(metric: str) -> str:
+    """The prefix a metric's result names start with: ``kid`` -> ``kid_mean``, ``gan-test`` -> ``gan_test``."""
+    return metric.replace("-", "_")
+
+
+def owns(metric: str, key: str) -> bool:
+    """Whether ``key`` is a result name of ``metric`` (its stem, or the stem and ``_...``)."""
+    stem = result_stem(metric)
+    return key == stem or key.startswith(stem + "_")
+
+
+def _metric_values(name: str, what: str, fix: str, returned: Any) -> dict[str, float]:
+    """``compute``'s dict with every value a Python float (numpy / 0-d torch numbers converted) and every
+    name its own (starting with the metric's name, so no metric can overwrite another's results, the
+    run's record or a sweep's columns); anything else is refused by name, before it reaches summary.json,
+    eval.json or sweep_summary."""
     if not isinstance(returned, Mapping):
         raise AvadeError(f"{what} returned {type(returned).__name__}; compute(ctx) must return "
                          f"a dict of result name -> number{fix}")
+    if not returned:
+        raise AvadeError(f"{what} returned no results; compute(ctx) must return at least one{fix}")
     values = {}
     for key, value in returned.items():
+        if isinstance(key, str) and not owns(name, key):
+            raise AvadeError(f"{what} returned {key!r}: its result names must be '{result_stem(name)}' or start "
+                             f"with '{result_stem(name)}_' (e.g. '{result_stem(name)}_{key}'), so that they overwrite "
+                             f"no other result{fix}")
         if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
             value = value.item()
         if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int | float):
@@ -493,9 +512,14 @@ def _record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float]
     name = checkpoint.name if checkpoint is not None else None
     step = ckpt.checkpoint_step(checkpoint) if checkpoint else None
 
+    ran = list(settings or {})
+
     def merged(earlier: Any) -> dict[str, Any]:
         record = dict(earlier) if (isinstance(earlier, dict) and earlier.get("checkpoint") == name
                                    and earlier.get("weights", "last") == weights) else {}
+        # a metric run again replaces all its earlier results (bpd_iw4 of an earlier k goes with it), so the
+        # values and its recorded settings agree
+        record = {k: v for k, v in record.items() if not any(owns(m, k) for m in ran)}
         record.update({"checkpoint": name, "step": step, "weights": weights, **results})
         record["settings"] = {**record.get("settings", {}), **(settings or {})}
         return record

@@ -247,11 +247,11 @@ class TinyMetric:
     def compute(self, ctx: Any) -> Any:
         mean = float(torch.cat([x.float() for x in ctx.sample_batches(32, 16)]).mean())
         return {
-            "ok": {"tiny_mean": mean, "tiny_tensor": torch.tensor(mean)},
+            "ok": {"good_metric": mean, "good_metric_tensor": torch.tensor(mean)},
             "raises": {"x": 1 / (mean - mean)} if self.cfg.returns == "raises" else None,
             "none": None,
-            "string": {"tiny_mean": "high"},
-            "nan": {"tiny_mean": math.nan},
+            "string": {"bad_string": "high"},
+            "nan": {"bad_nan": math.nan},
             "steps": {"steps": 1.0},
         }[self.cfg.returns]
 
@@ -259,9 +259,10 @@ class TinyMetric:
 @pytest.mark.parametrize("returns, expected", [
     ("raises", r"compute\(ctx\) raised ZeroDivisionError"),
     ("none", r"must return a non-empty dict of result name -> number, got None"),
-    ("string", r"result 'tiny_mean' is a str"),
-    ("nan", r"result 'tiny_mean' is nan"),
-    ("steps", r"result 'steps' is a key of the run's own record"),
+    ("string", r"result 'bad_string' is a str"),
+    ("nan", r"result 'bad_nan' is nan"),
+    ("steps", r"result 'steps' is not named after the metric: result names are 'bad_steps' or start with "
+              r"'bad_steps_'"),
 ])
 def test_kit_computes_metrics(returns: str, expected: str) -> None:
     check_module("metric", TinyMetric, MetricConfig("ok"), name="good-metric")

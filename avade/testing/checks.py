@@ -381,7 +381,7 @@ def check_metric(name: str, registry: Registry | None = None, **config: Any) -> 
     numbers, none of them a key of the run's own record (as every run requires)."""
     import warnings
 
-    from avade.evaluate import RECORD_KEYS
+    from avade.evaluate import RECORD_KEYS, owns, result_stem
     from avade.testing.context import SyntheticEvalContext
 
     registry = registry or get_registry()
@@ -406,8 +406,9 @@ def check_metric(name: str, registry: Registry | None = None, **config: Any) -> 
             _fail(what, f"result {key!r} is a {type(value).__name__}; results are str -> number")
         if not torch.isfinite(torch.tensor(float(value))):
             _fail(what, f"result {key!r} is {value} on the kit's synthetic context")
-        if key in RECORD_KEYS:
-            _fail(what, f"result {key!r} is a key of the run's own record (summary.json); name it after the metric")
+        if key in RECORD_KEYS or not owns(name, key):
+            _fail(what, f"result {key!r} is not named after the metric: result names are '{result_stem(name)}' or "
+                        f"start with '{result_stem(name)}_', so that they overwrite no other result")
 
 
 CHECKS: dict[str, Callable[..., None]] = {

@@ -38,6 +38,7 @@ class OddMetric:
             "bpd": {"bpd": 0.0},
             "steps": {"steps": 123.0},
             "nan": {"odd_value": math.nan},
+            "empty": {},
         }[self.cfg.what] if self.cfg.what != "raises" else 1 / 0
 
 
@@ -70,9 +71,10 @@ def test_numbers_are_recorded_as_floats(odd, tmp_path):
     ("string", r"metric 'odd' \(from plugin avade-odd 0.1\) returned 'odd_value': str; compute\(ctx\) must return "
                r"a dict of result name \(str\) -> number"),
     ("list", r"returned list; compute\(ctx\) must return a dict"),
-    ("bpd", r"returns 'bpd', which the trainer already reports; its results need names of their own "
-            r"\(e.g. 'odd_bpd'\)"),
-    ("steps", r"returns 'steps', a key of the run's own record"),
+    ("bpd", r"returned 'bpd': its result names must be 'odd' or start with 'odd_' \(e.g. 'odd_bpd'\), so that "
+            r"they overwrite no other result; fix or disable that plugin"),
+    ("steps", r"returned 'steps': its result names must be 'odd' or start with 'odd_'"),
+    ("empty", r"metric 'odd' \(from plugin avade-odd 0.1\) returned no results"),
 ])
 def test_a_broken_plugin_metric_is_named(odd, tmp_path, what, message):
     with pytest.raises(AvadeError, match=message) as info:
@@ -84,7 +86,7 @@ def test_avade_eval_refuses_a_clobbering_metric_and_keeps_eval_json(odd, tmp_pat
     run(tmp_path, "ok")
     evaluate_run(tmp_path / "run", ["bpd"], device="cpu")
     before = (tmp_path / "run" / "eval.json").read_text()
-    with pytest.raises(AvadeError, match=r"metric 'odd' .* returns 'bpd', which metric 'bpd' already reports"):
+    with pytest.raises(AvadeError, match=r"metric 'odd' .* returned 'bpd': its result names must be 'odd'"):
         # the recipe's own settings for odd are "ok"; a run's recipe.toml edited to clobber bpd
         recipe_file = tmp_path / "run" / "recipe.toml"
         recipe_file.write_text(recipe_file.read_text().replace('what = "ok"', 'what = "bpd"'))
@@ -135,3 +137,7 @@ def test_avade_eval_reports_bpd_as_training_did_with_one_importance_knob(tmp_pat
                                    "--importance-samples", "4", "--json"])
     assert cli.exit_code == 0, cli.output
     assert set(json.loads(cli.stdout)) == {"bpd", "bpd_iw4"}
+    evaluate_run(tmp_path / "run", ["bpd"], device="cpu", importance_samples=1)
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    # the bpd metric ran again with k = 1: its earlier bpd_iw4 goes, so values and settings agree
+    assert "bpd_iw4" not in record and record["settings"]["bpd"]["importance_samples"] == 1
