@@ -208,7 +208,7 @@ def _compute(ctx: RunContext, metrics: list[tuple[str, Any]], console: Console |
             returned = metric.compute(ctx)
         except (AvadeError, OSError):
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # (sys.exit() in a plugin must not end avade without a word)
             if info.dist == BUILTIN_DIST:  # avade's own metric failing is avade's bug: keep the traceback
                 raise
             raise AvadeError(f"{what} failed: {type(exc).__name__}: {exc}{fix}") from exc
@@ -382,7 +382,7 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
             raise
         raise ConfigError(exc.detail + hint, path=exc.path, source=exc.source) from None
     chosen = select_checkpoint(run, checkpoint)
-    data = ckpt.read_checkpoint(chosen)
+    data = ckpt.read_checkpoint(chosen, need_average=ema)
     if not ckpt.same_model(data["state"], recipe_to_dict(recipe)):
         # e.g. recipe.toml edited by hand: the weights would be evaluated as another model (a wrong
         # logit_alpha still loads, and gives a wrong BPD).
@@ -569,6 +569,8 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
     # Samples need only the model (a run copied without its data can be sampled); reconstructions need test images.
     loaded = _load(Path(run_dir), device, checkpoint, datasets=reconstructions, ema=ema)
     model, sets = loaded.model, loaded.datasets
+    if reconstructions and model.variant == "gan":  # its encoder is never trained: no reconstructions to show
+        raise ConfigError("a GAN trains no encoder, so it has no reconstructions; leave out --reconstructions")
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     nrow = max(1, int(n**0.5))

@@ -841,6 +841,8 @@ def test_only_trains_the_named_sweep_variants_and_the_summary_collects_them(tmp_
     plain.write_text(tomli_w.dumps(tiny_dict()))
     result, text = _invoke("recipe", "run", str(plain), "--out", out, "--only", "0")
     assert result.exit_code == 2 and "--only picks sweep variants, but" in text, text
+    result, text = _invoke("recipe", "run", str(recipe), "--only", "0")  # each job would write elsewhere
+    assert result.exit_code == 2 and "--only needs --out" in text, text
 
 
 def test_a_run_whose_plugin_is_gone_names_the_plugin(tmp_path: Path, fresh_registry: None,
@@ -939,3 +941,13 @@ def test_resuming_a_sweep_started_before_the_variant_names_changed_uses_its_dire
     assert result.exit_code == 0 and "resumed from" in text, text
     assert not (out / "tiny-seedm1").exists()
     assert json.loads((out / "tiny-seed1" / "summary.json").read_text())["steps"] == 4
+
+
+def test_a_gan_has_no_reconstructions(tmp_path: Path) -> None:
+    recipe = tmp_path / "gan.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=1", "train.checkpoint_every=1", "model.variant=\"gan\"",
+                                              "model.flow.name=\"none\"", "eval.metrics=[]")))
+    assert _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")[0].exit_code == 0
+    result, out = _invoke("sample", str(tmp_path / "run"), "--reconstructions", "-o", str(tmp_path / "r.png"),
+                          "--device", "cpu")
+    assert result.exit_code == 2 and "a GAN trains no encoder, so it has no reconstructions" in out, out

@@ -287,10 +287,10 @@ def fallback_hint(path: Path) -> str:
     return f"delete {path.name} (no older checkpoint: the run would start again from step 0)"
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path, need_average: bool = True) -> dict[str, Any]:
     """Read and check a checkpoint directory; CheckpointError if anything is missing or corrupt. The
     result holds ``state`` (state.json) and the tensors of ``model``, ``optimizer``, ``rng`` and, when the
-    run averaged its weights, ``ema``."""
+    run averaged its weights, ``ema`` (required unless ``need_average`` is False: the last iterate alone)."""
     files = {n: path / f"{n}.safetensors" for n in ("model", "optimizer", "rng")}
     state_file = path / "state.json"
     for f in (*files.values(), state_file):
@@ -311,11 +311,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
                               f"steps; {fallback_hint(path)}")
     recipe = state.get("recipe")
     train = recipe.get("train") if isinstance(recipe, dict) else None
-    if isinstance(train, dict) and train.get("ema_decay") and "ema" not in files:
+    if need_average and isinstance(train, dict) and train.get("ema_decay") and "ema" not in files:
         # a run with train.ema_decay writes its average into every checkpoint: without it, evaluation would
         # silently score the last iterate and a resume would restart the average
         raise CheckpointError(f"checkpoint {path} is incomplete: ema.safetensors (the weight average of "
-                              f"train.ema_decay) is missing; {fallback_hint(path)}")
+                              f"train.ema_decay) is missing; evaluate or sample the last iterate with --no-ema, or "
+                              f"{fallback_hint(path)}")
     tensors = {}
     for name, f in files.items():
         try:

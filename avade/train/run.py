@@ -73,6 +73,9 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
     recipe = load_recipe(file, overrides, saved=own)
     if only and recipe.sweep is None:
         raise ConfigError(f"--only picks sweep variants, but {file} has no [sweep]")
+    if only and out_dir is None:  # each job would get a directory of its own: their rows would never meet
+        raise ConfigError("--only needs --out: every job of the sweep trains into the same directory, which holds "
+                          "the one sweep_summary")
     every = expand_sweep(recipe)
     variants = select_variants(every, only) if only else every
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import attrs
@@ -39,7 +40,8 @@ class OddMetric:
             "steps": {"steps": 123.0},
             "nan": {"odd_value": math.nan},
             "empty": {},
-        }[self.cfg.what] if self.cfg.what != "raises" else 1 / 0
+        }[self.cfg.what] if self.cfg.what not in ("raises", "exits") else (
+            1 / 0 if self.cfg.what == "raises" else sys.exit(3))
 
 
 class _Plugin:
@@ -75,6 +77,7 @@ def test_numbers_are_recorded_as_floats(odd, tmp_path):
             r"they overwrite no other result; fix or disable that plugin"),
     ("steps", r"returned 'steps': its result names must be 'odd' or start with 'odd_'"),
     ("empty", r"metric 'odd' \(from plugin avade-odd 0.1\) returned no results"),
+    ("exits", r"metric 'odd' \(from plugin avade-odd 0.1\) failed: SystemExit: 3; fix or disable that plugin"),
 ])
 def test_a_broken_plugin_metric_is_named(odd, tmp_path, what, message):
     with pytest.raises(AvadeError, match=message) as info:

@@ -124,8 +124,10 @@ def test_a_missing_average_file_is_an_incomplete_checkpoint(tmp_path: Path) -> N
             progress=False).fit()
     (ckpt.list_checkpoints(tmp_path / "checkpoints")[-1] / "ema.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"incomplete: ema.safetensors \(the weight average of "
-                                              r"train.ema_decay\) is missing; delete step_00000002"):
+                                              r"train.ema_decay\) is missing; evaluate or sample the last iterate "
+                                              r"with --no-ema, or delete step_00000002"):
         evaluate_run(tmp_path, ["bpd"], device="cpu")
+    assert evaluate_run(tmp_path, ["bpd"], device="cpu", ema=False)["bpd"] > 0  # the last iterate is intact
     with pytest.raises(CheckpointError, match=r"ema\.safetensors"):
         Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path,
                 resume=True, progress=False)
