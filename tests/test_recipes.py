@@ -454,3 +454,13 @@ def test_variant_names_tell_numbers_apart(base: Path, write: Write) -> None:
     assert names[:4] == ["x-lr1e30-seedm1-logit_alpha0.25", "x-lr1e30-seedm1-logit_alpha0.025",
                          "x-lr1e30-seed1-logit_alpha0.25", "x-lr1e30-seed1-logit_alpha0.025"]
     assert len(set(names)) == 8 and "x-lr1e-30-seedm1-logit_alpha0.25" in names
+
+
+def test_the_two_importance_sample_settings_must_agree() -> None:
+    from tiny_recipes import tiny_recipe
+
+    with pytest.raises(ConfigError, match=r"eval.importance_samples = 4 and eval.bpd.importance_samples = 3 "
+                                          r"disagree; set one of them"):
+        tiny_recipe("eval.importance_samples=4", "eval.bpd={importance_samples=3}")
+    tiny_recipe("eval.importance_samples=4", "eval.bpd={importance_samples=4}")
+    tiny_recipe("eval.importance_samples=4")

@@ -453,6 +453,12 @@ def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_
 def _check_consistency(recipe: Recipe) -> None:
     """Settings that are valid alone but not together."""
     _check_metrics_fit_model(recipe.eval.metrics, recipe.model)
+    bpd = recipe.eval.settings.get("bpd")
+    k = getattr(bpd.config, "importance_samples", 1) if bpd is not None else 1
+    if k > 1 and recipe.eval.importance_samples > 1 and k != recipe.eval.importance_samples:
+        # training reports bpd_iw<eval.importance_samples>, avade eval bpd_iw<[eval.bpd]'s>: one number is meant
+        raise ConfigError(f"eval.importance_samples = {recipe.eval.importance_samples} and eval.bpd.importance_samples "
+                          f"= {k} disagree; set one of them", path="eval.bpd.importance_samples")
     train = recipe.train
     if train.kl_warmup_steps and recipe.variant not in LIKELIHOOD_VARIANTS:
         raise ConfigError(f"variant '{recipe.variant}' has no KL term to warm up; remove "
