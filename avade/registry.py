@@ -56,7 +56,7 @@ def _defaults(cfg_cls: type, given: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _normalized(name: str) -> str:
+def normalized_name(name: str) -> str:
     """A distribution name as PEP 503 compares them: ``Avade_My.Plug`` and ``avade-my-plug`` are one."""
     return re.sub(r"[-_.]+", "-", name.strip()).lower()
 
@@ -174,7 +174,8 @@ class Registry:
         ``"module:attr"`` string. ``summary`` is one line shown by ``avade list-components``.
         """
         dist, version = self._provider
-        who = "" if self._collect_conflicts else f"{dist}: "  # a plugin's failure warning names it already
+        # a plugin's failure warning names it already; one registered in-process has no name to give
+        who = "" if self._collect_conflicts or dist == "__main__" else f"{dist}: "
         if not isinstance(kind, str) or kind not in KINDS:
             # Nothing would ever build a component of another kind: a typo ("flows") must not pass silently.
             raise RegistryError(f"{who}invalid component kind {kind!r}"
@@ -361,7 +362,7 @@ class Registry:
 
     def load_entry_points(self, disabled: Iterable[str] = ()) -> None:
         """Load every plugin in the ``avade`` entry-point group, each isolated from the others."""
-        blocked = {_normalized(d) for d in disabled if d.strip()}
+        blocked = {normalized_name(d) for d in disabled if d.strip()}
         if BUILTIN_DIST in blocked:  # the built-ins are not a plugin: every recipe would then fail to build
             blocked.discard(BUILTIN_DIST)
             warnings.warn(f"{DISABLE_ENV} / --disable-plugins names '{BUILTIN_DIST}', whose built-in components "
@@ -382,9 +383,9 @@ class Registry:
         for ep in found:
             dist = ep.dist.name if ep.dist is not None else ep.name
             version = ep.dist.version if ep.dist is not None else ""
-            known.update((_normalized(dist), _normalized(ep.name)))
+            known.update((normalized_name(dist), normalized_name(ep.name)))
             dists.add(dist)
-            if _normalized(dist) in blocked or _normalized(ep.name) in blocked:
+            if normalized_name(dist) in blocked or normalized_name(ep.name) in blocked:
                 continue
             try:
                 plugin = ep.load()

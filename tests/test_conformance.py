@@ -292,3 +292,10 @@ def test_kit_names_a_norm_without_the_labels_argument() -> None:
     with pytest.raises(AssertionError, match=r"norm 'no-y': forward\(x, y\) failed .*a norm's forward takes "
                                              r"\(x, y=None\)"):
         check_module("norm", _NoLabelsNorm, None, name="no-y")
+
+
+def test_kit_usage_errors_are_failed_checks() -> None:
+    with pytest.raises(AssertionError, match="no conformance checks for kind 'flw'"):
+        check_module("flw", ElementwiseAffine, AffineConfig())
+    with pytest.raises(AssertionError, match="unknown flow 'no-such-flow'"):
+        check_component("flow", "no-such-flow")

@@ -450,7 +450,10 @@ def check_component(kind: str, name: str, registry: Registry | None = None, **co
     if kind not in CHECKS:
         raise AssertionError(f"no conformance checks for kind '{kind}'; kinds: {', '.join(CHECKS)}")
     registry = registry or get_registry()
-    registry.get(kind, name)
+    try:
+        registry.get(kind, name)
+    except AvadeError as exc:  # a test's typo, or a plugin that did not load: a failed check, said as such
+        raise AssertionError(str(exc)) from None
     if not config:
         config = SMALL_CONFIGS.get((kind, name), {})
     CHECKS[kind](name, registry=registry, **config)
@@ -458,6 +461,8 @@ def check_component(kind: str, name: str, registry: Registry | None = None, **co
 
 def check_module(kind: str, factory: Callable[..., Any], config: Any = None, name: str = "candidate") -> None:
     """Check an unregistered factory (e.g. while developing) by registering it in a scratch registry."""
+    if kind not in CHECKS:
+        raise AssertionError(f"no conformance checks for kind '{kind}'; kinds: {', '.join(CHECKS)}")
     registry = Registry()
     registry.register(kind, name, factory=factory, config=type(config) if config is not None else None)
     # Re-use the norms etc. of the real registry for anything the candidate builds internally.
@@ -473,12 +478,18 @@ def check_distribution(dist: str, registry: Registry | None = None,
                        configs: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[str]:
     """Run :func:`check_component` on every component the distribution ``dist`` registers; ``configs``
     maps ``(kind, name)`` to a small config for components whose defaults are too large for a quick check."""
+    from avade.registry import normalized_name  # distribution names compare as PEP 503 says: Avade_X = avade-x
+
     registry = registry or get_registry()
-    items = [i for i in registry.list() if i.dist == dist and i.kind in CHECKS]
+    items = [i for i in registry.list() if normalized_name(i.dist) == normalized_name(dist) and i.kind in CHECKS]
     if not items:
-        failures = [f.reason for f in registry.failures if f.dist == dist]
+        failures = [f.reason for f in registry.failures if normalized_name(f.dist) == normalized_name(dist)]
         raise AssertionError(f"distribution '{dist}' registers no checkable component"
                              + (f" (it failed to load: {failures[0]})" if failures else ""))
+    unknown = sorted(set(configs or {}) - {(i.kind, i.name) for i in items})
+    if unknown:  # a typo would silently check the defaults instead
+        raise AssertionError(f"configs names {', '.join(f'{k}/{n}' for k, n in unknown)}, which '{dist}' does not "
+                             f"register; it registers {', '.join(f'{i.kind}/{i.name}' for i in items)}")
     for info in items:
         check_component(info.kind, info.name, registry, **(configs or {}).get((info.kind, info.name), {}))
     return [f"{i.kind}/{i.name}" for i in items]
