@@ -503,3 +503,23 @@ def test_a_flow_that_returns_no_logdet_is_named(fresh_registry: None, write: Wri
     result = run("recipe", "check", str(QUICKSTART), "--set", 'model.flow.name="bare"')
     assert_one_line_error(result, "model.flow: the flow (_BareFlow) returned Tensor from forward; a flow returns "
                                   "(y, logdet)")
+
+
+class _SqueezeFlow(torch.nn.Module):
+    """Invertible, but the output is 4x the channels at half the resolution (and says nothing of it)."""
+
+    def __init__(self, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.nn.functional.pixel_unshuffle(x, 2), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pixel_shuffle(y, 2)
+
+
+def test_a_flow_that_changes_the_shape_is_named(fresh_registry: None) -> None:
+    get_registry().register("flow", "squeezing", factory=_SqueezeFlow, config=None)
+    result = run("recipe", "check", str(QUICKSTART), "--set", 'model.flow.name="squeezing"')
+    assert_one_line_error(result, "model.flow: the flow (_SqueezeFlow) maps (3, 16, 16) to (12, 8, 8); the feature "
+                                  "map f must keep the image's shape")

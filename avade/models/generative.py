@@ -105,6 +105,10 @@ class GenerativeModel(nn.Module):
                 raise ConfigError(f"the flow ({type(self.flow).__name__}) returned {type(out).__name__} from "
                                   "forward; a flow returns (y, logdet), logdet of shape [batch]", path="model.flow")
             y, logdet_f = out
+            if y.shape != u.shape:  # e.g. a flow that squeezes or factors out without putting it back
+                raise ConfigError(f"the flow ({type(self.flow).__name__}) maps {tuple(u.shape[1:])} to "
+                                  f"{tuple(y.shape[1:])}; the feature map f must keep the image's shape (use a "
+                                  "full flow, which undoes its squeezes, such as realnvp or glow)", path="model.flow")
             logdet = logdet + logdet_f
         return y, logdet
 
