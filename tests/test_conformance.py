@@ -299,3 +299,16 @@ def test_kit_usage_errors_are_failed_checks() -> None:
         check_module("flw", ElementwiseAffine, AffineConfig())
     with pytest.raises(AssertionError, match="unknown flow 'no-such-flow'"):
         check_component("flow", "no-such-flow")
+
+
+class _UnconditionalOnly(TinyDiscriminator):
+    def __init__(self, cfg: ScoreConfig, *, in_shape: tuple[int, int, int], num_classes: int | None = None) -> None:
+        if num_classes:
+            from avade.errors import ConfigError
+
+            raise ConfigError("this critic has no class-conditional form; use it with model.conditional = false")
+        super().__init__(cfg, in_shape=in_shape)
+
+
+def test_kit_accepts_a_critic_without_a_conditional_form() -> None:
+    check_module("discriminator", _UnconditionalOnly, ScoreConfig(), name="uncond-only")
