@@ -833,6 +833,12 @@ def test_only_trains_the_named_sweep_variants_and_the_summary_collects_them(tmp_
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == ["tiny-blocks1", "tiny-blocks3"]
     rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
     assert [r["name"] for r in rows] == ["tiny-blocks1", "tiny-blocks3"] and all(r["bpd"] > 0 for r in rows)
+    (tmp_path / "run" / "sweep_summary.json").write_text("{oops")  # damaged: the variants' own summaries remain
+    result, text = _invoke("recipe", "run", str(recipe), "--out", out, "--device", "cpu", "--only", "1")
+    assert result.exit_code == 0 and "is unreadable" in text, text
+    rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
+    assert [r["name"] for r in rows] == ["tiny-blocks1", "tiny-blocks2", "tiny-blocks3"]
+    assert rows[2]["model.flow.blocks"] == 3 and rows[2]["bpd"] > 0
     for bad, message in (("7", "the sweep has 3 variants (indices 0..2)"),
                          ("tiny-block2", "no sweep variant is named 'tiny-block2' (did you mean 'tiny-blocks2'")):
         result, text = _invoke("recipe", "run", str(recipe), "--out", out, "--device", "cpu", "--only", bad)

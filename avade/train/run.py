@@ -105,7 +105,7 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         if is_main_process():
             out_dir.mkdir(parents=True, exist_ok=True)  # (every variant may have failed before making its own)
             with locked(out_dir / ".sweep_summary.lock"):  # variants run as parallel jobs all add their rows
-                rows = _with_earlier_rows(out_dir, summaries, order=[v.name for v in every])
+                rows = _with_earlier_rows(out_dir, summaries, every, console)
                 write_sweep_summary(out_dir, rows, console, axes=list(variants[0].overrides))
         if failed:
             raise TrainingError(f"{len(failed)} of {len(variants)} sweep variants failed ({', '.join(failed)}); "
@@ -176,21 +176,39 @@ def check_variants(variants: Sequence[Any]) -> None:
             raise DataError(where + message)
 
 
-def _with_earlier_rows(out_dir: Path, rows: list[dict[str, Any]], order: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """This run's rows, and the rows of an earlier sweep_summary.json for variants this run did not include
-    (a resumed part of a sweep, or the other jobs of an --only array: the table stays the whole sweep's),
-    in the sweep's ``order`` (variants it does not know, from an earlier sweep in the folder, last)."""
+def _with_earlier_rows(out_dir: Path, rows: list[dict[str, Any]], every: Sequence[Any] = (),
+                       console: Console | None = None) -> list[dict[str, Any]]:
+    """This run's rows, and those of the variants it did not train (a resumed part of a sweep, or the other
+    jobs of an --only array: the table stays the whole sweep's): from the earlier sweep_summary.json, else
+    rebuilt from their own summary.json (an unreadable sweep_summary.json loses nothing). In the sweep's
+    order; rows of variants it does not know (an earlier sweep in the folder) last."""
+    path = out_dir / "sweep_summary.json"
     try:
-        earlier = json.loads((out_dir / "sweep_summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        earlier = []
+    except (OSError, ValueError) as exc:
+        if console is not None:
+            console.print(f"[yellow]warning:[/] {escape(str(path))} is unreadable ({escape(str(exc))}); its rows are "
+                          "rebuilt from the variants' summary.json")
         earlier = []
     fresh = {row["name"]: row for row in rows}
-    rank = {name: i for i, name in enumerate(order)}
+    rank = {v.name: i for i, v in enumerate(every)}
     # an earlier row stays if it is one of this sweep's variants (a failed one has no directory) or its
     # directory is still there
     kept = [row for row in earlier if isinstance(row, dict) and isinstance(row.get("name"), str)
             and row["name"] not in fresh and (row["name"] in rank or (out_dir / row["name"]).is_dir())
             ] if isinstance(earlier, list) else []
+    known = set(fresh) | {row["name"] for row in kept}
+    for v in every:
+        if v.name in known:
+            continue
+        try:
+            summary = json.loads((out_dir / v.name / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict):
+            kept.append({"name": v.name, **v.overrides, **summary})
     return sorted([*kept, *rows], key=lambda row: rank.get(row["name"], len(rank)))
 
 
