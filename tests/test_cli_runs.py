@@ -957,3 +957,10 @@ def test_a_gan_has_no_reconstructions(tmp_path: Path) -> None:
     result, out = _invoke("sample", str(tmp_path / "run"), "--reconstructions", "-o", str(tmp_path / "r.png"),
                           "--device", "cpu")
     assert result.exit_code == 2 and "a GAN trains no encoder, so it has no reconstructions" in out, out
+
+
+def test_table_cells_show_extreme_numbers_in_exponent_form() -> None:
+    from avade.train.run import cell_text
+
+    assert [cell_text(v) for v in (1e30, 2e-5, 0.0, 5.123456, None, [1, 2])] == [
+        "1e+30", "2e-05", "0.0000", "5.1235", "", "[1, 2]"]

@@ -258,10 +258,13 @@ def _short_headers(keys: Sequence[str]) -> dict[str, str]:
 
 
 def cell_text(value: Any) -> str:
-    """A value as a table cell: floats to 4 decimals, lists and tables as JSON, nothing for None."""
+    """A value as a table cell: floats to 4 decimals (very large or small ones in exponent form, 1e+30 not
+    31 digits), lists and tables as JSON, nothing for None."""
     if isinstance(value, dict | list):
         return json.dumps(value)
-    return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
+    if isinstance(value, float):
+        return f"{value:.4g}" if value != 0 and not 1e-4 <= abs(value) < 1e9 else f"{value:.4f}"
+    return "" if value is None else str(value)
 
 
 def _csv_value(value: Any) -> Any:
