@@ -873,6 +873,9 @@ def test_a_run_whose_plugin_is_gone_names_the_plugin(tmp_path: Path, fresh_regis
     result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu")
     assert result.exit_code == 2 and "unknown flow 'x-realnvp'" in out, out
     assert "the run was trained with flow x-realnvp from avade-xflow 0.3: install that plugin" in out.replace("\n", "")
+    result, out = _invoke("recipe", "run", str(tmp_path / "run" / "recipe.toml"), "--out", str(tmp_path / "run"),
+                          "--resume", "--device", "cpu")
+    assert result.exit_code == 2 and "trained with flow x-realnvp from avade-xflow 0.3" in out.replace("\n", ""), out
 
 
 def test_more_reconstructions_than_test_images_is_said(run_dir: Path, tmp_path: Path) -> None:
