@@ -10,6 +10,7 @@ import copy
 import json
 import re
 import tomllib
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -511,6 +512,29 @@ def _origin(path: str, origins: Origins | None) -> str | None:
     return None
 
 
+def _without_absent_metrics(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A run's recipe without the eval metrics this avade lacks (a metric plugin uninstalled since): the
+    model and data are all a run needs to be evaluated, sampled or resumed; the metric is left out, said once."""
+    table = raw.get("eval")
+    if not isinstance(table, Mapping):
+        return raw
+    known = {i.name for i in get_registry().list(kind="metric")}
+    listed = table.get("metrics")
+    names = [m for m in listed if isinstance(m, str)] if isinstance(listed, list) else []
+    absent = sorted({m for m in names if m not in known}
+                    | {k for k, v in table.items() if isinstance(v, Mapping) and k not in known})
+    if not absent:
+        return raw
+    from avade.registry import PluginWarning
+
+    warnings.warn(f"{where}: eval metric(s) {', '.join(absent)} not installed (a plugin removed or disabled?): "
+                  "left out", PluginWarning, stacklevel=3)
+    kept = {k: v for k, v in table.items() if k not in absent}
+    if isinstance(listed, list):
+        kept["metrics"] = [m for m in listed if m not in absent]
+    return {**raw, "eval": kept}
+
+
 def load_recipe(path: str | Path, overrides: Iterable[str] = (), saved: bool = False) -> Recipe:
     """Load, merge, override and validate the recipe at ``path`` (``saved``: one avade wrote, a run's
     recipe.toml, read as the avade that wrote it meant it: see :func:`with_saved_defaults`)."""
@@ -518,7 +542,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), saved: bool = F
     try:
         raw, origins = read_recipe_tree(path)
         if saved:
-            raw = with_saved_defaults(raw)
+            raw = _without_absent_metrics(with_saved_defaults(raw), str(path))
         raw = apply_overrides(raw, overrides, origins)
     except ConfigError as exc:
         raise ConfigError(one_line(exc.detail), path=one_line(exc.path),

@@ -144,3 +144,15 @@ def test_avade_eval_reports_bpd_as_training_did_with_one_importance_knob(tmp_pat
     record = json.loads((tmp_path / "run" / "eval.json").read_text())
     # the bpd metric ran again with k = 1: its earlier bpd_iw4 goes, so values and settings agree
     assert "bpd_iw4" not in record and record["settings"]["bpd"]["importance_samples"] == 1
+
+
+def test_a_run_whose_metric_plugin_is_gone_still_evaluates_and_samples(odd, tmp_path):
+    from avade.evaluate import sample_run
+    from avade.registry import PluginWarning, reset_registry
+
+    run(tmp_path, "ok")
+    reset_registry()  # the metric's plugin uninstalled; the model is all built-in
+    with pytest.warns(PluginWarning, match=r"eval metric\(s\) odd not installed .*: left out"):
+        assert evaluate_run(tmp_path / "run", ["bpd"], device="cpu")["bpd"] > 0
+    with pytest.warns(PluginWarning):
+        sample_run(tmp_path / "run", n=4, output=tmp_path / "s.png", device="cpu")
