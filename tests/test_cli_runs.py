@@ -749,13 +749,19 @@ def test_npz_of_a_conditional_run_from_before_class_counts_has_the_evaluated_lab
     assert np.array_equal(labels, load_run(run, device="cpu").class_labels(40).numpy())
 
 
-def test_eval_checkpoints_json_keeps_every_checkpoint_evaluated(tmp_path: Path) -> None:
+def _evaluated_run(tmp_path: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """A tiny run with checkpoints at steps 2 and 4, its newest evaluated (bpd): (recipe, run, eval.json)."""
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=4", "train.checkpoint_every=2")))
     run = tmp_path / "run"
     assert _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")[0].exit_code == 0
     assert _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu")[0].exit_code == 0
     newest = json.loads((run / "eval.json").read_text())
+    return recipe, run, newest
+
+
+def test_eval_checkpoints_json_keeps_every_checkpoint_evaluated(tmp_path: Path) -> None:
+    recipe, run, newest = _evaluated_run(tmp_path)
     result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu", "--checkpoint", "all")
     assert result.exit_code == 0, out
     result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu", "--checkpoint", "2")
@@ -923,12 +929,7 @@ def test_a_sweep_whose_every_variant_fails_to_load_its_data_still_writes_its_sum
 
 
 def test_an_older_runs_eval_json_seeds_eval_checkpoints_json(tmp_path: Path) -> None:
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=4", "train.checkpoint_every=2")))
-    run = tmp_path / "run"
-    assert _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")[0].exit_code == 0
-    assert _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu")[0].exit_code == 0
-    newest = json.loads((run / "eval.json").read_text())
+    _, run, newest = _evaluated_run(tmp_path)
     (run / "eval.json").write_text(json.dumps({**newest, "fid": 12.5}))  # as an older avade left it ...
     (run / "eval_checkpoints.json").unlink()  # ... without the history file
     assert _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu", "--checkpoint", "2")[0].exit_code == 0
