@@ -799,6 +799,9 @@ def test_a_sweep_checks_every_variant_before_training_any(tmp_path: Path) -> Non
         result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
         flat = out.replace("\n", "")
         assert result.exit_code == 2 and expected in flat and detail in flat, out
+        result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu",
+                              "--only", "1")  # numbered as in the whole sweep, not in the --only part
+        assert result.exit_code == 2 and expected in out.replace("\n", ""), out
         assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir()), "nothing trained"
 
 

@@ -259,19 +259,14 @@ def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")]
                  overrides: SetOption = None) -> None:
     """Validate a recipe (and every sweep variant): its keys and values, then its model, built and run
     once on two random images of the dataset's shape; exit 0 or one clear error."""
-    from avade.models.build import check_model
     from avade.recipe import expand_sweep, load_recipe
+    from avade.train.run import check_variants
 
     recipe = load_recipe(file, overrides or [])
     variants = expand_sweep(recipe)
-    checked: set[str] = set()
-    unrun = False
-    for i, v in enumerate(variants):
-        try:
-            unrun |= not check_model(v.recipe, seen=checked)
-        except ConfigError as exc:
-            where = f"sweep variant {i} ({v.name}): " if recipe.sweep is not None else ""
-            raise ConfigError(where + exc.detail, path=exc.path, source=str(file)) from None
+    unrun = not check_variants(variants, sweep=variants if recipe.sweep is not None else None, data=False,
+                               source=str(file))
+    for v in variants:
         # A statistics file the recipe names ([eval.fid] reference) is read as `recipe run` reads it before
         # step 0 (without the Inception net): a missing or malformed one fails here too, not only there.
         fid = v.recipe.eval.settings.get("fid")

@@ -98,7 +98,7 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
     try:
         if recipe.sweep is None:
             return [run_recipe(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)]
-        check_variants(variants)  # a later variant's bad config or missing data fails now, not hours in
+        check_variants(variants, sweep=every)  # a later variant's bad config or missing data fails now
         summaries, failed = [], []
         for variant in variants:
             try:
@@ -161,27 +161,36 @@ def select_variants(variants: Sequence[Any], only: Sequence[str]) -> list[Any]:
     return [v for v in variants if v.name in chosen]
 
 
-def check_variants(variants: Sequence[Any]) -> None:
-    """Before a sweep trains anything: every variant's model runs on its image shape (as ``avade recipe
-    check``) and its dataset's files are found, so a bad variant fails at once, named."""
+def check_variants(variants: Sequence[Any], *, sweep: Sequence[Any] | None = None, data: bool = True,
+                   source: str | None = None) -> bool:
+    """Every variant's model runs on its image shape (``avade recipe check``) and, with ``data``, its
+    dataset's files are found: before a sweep trains anything, a bad variant fails at once, named.
+    ``sweep``: the whole sweep (``variants`` may be an --only part of it), for the numbers in messages;
+    None for a recipe without one. Returns whether every model ran (not: a dataset without resolution)."""
     from avade.data.status import dataset_status
     from avade.models.build import check_model
 
+    index = {v.name: i for i, v in enumerate(sweep)} if sweep is not None else {}
     checked: set[str] = set()
     located: dict[str, tuple[bool, str]] = {}
-    for i, variant in enumerate(variants):
-        where = f"sweep variant {i} ({variant.name}): "
+    ran = True
+    for variant in variants:
+        where = f"sweep variant {index[variant.name]} ({variant.name}): " if sweep is not None else ""
         try:
-            check_model(variant.recipe, seen=checked)
+            ran &= check_model(variant.recipe, seen=checked)
         except ConfigError as exc:
-            raise ConfigError(where + exc.detail, path=exc.path, source=variant.recipe.source) from None
-        data = variant.recipe.data
-        key = json.dumps([data.options.name, recipe_to_dict(variant.recipe).get("data")], sort_keys=True, default=str)
+            raise ConfigError(where + exc.detail, path=exc.path, source=source or variant.recipe.source) from None
+        if not data:
+            continue
+        options = variant.recipe.data
+        key = json.dumps([options.options.name, recipe_to_dict(variant.recipe).get("data")], sort_keys=True,
+                         default=str)
         if key not in located:
-            located[key] = dataset_status(data.options.name, data.dataset.config if data.dataset else None)
+            located[key] = dataset_status(options.options.name, options.dataset.config if options.dataset else None)
         present, message = located[key]
         if not present:
             raise DataError(where + message)
+    return ran
 
 
 def _with_earlier_rows(out_dir: Path, rows: list[dict[str, Any]], every: Sequence[Any] = (),
