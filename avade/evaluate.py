@@ -212,12 +212,9 @@ def _compute(ctx: RunContext, metrics: list[tuple[str, Any]], console: Console |
             if info.dist == BUILTIN_DIST:  # avade's own metric failing is avade's bug: keep the traceback
                 raise
             raise AvadeError(f"{what} failed: {type(exc).__name__}: {exc}{fix}") from exc
-        for key, value in _metric_values(name, what, fix, returned).items():
-            clash = (", a key of the run's own record" if key in RECORD_KEYS
-                     else f", which {owners[key]} already reports" if key in owners else "")
-            if clash:
-                raise AvadeError(f"{what} returns '{key}'{clash}; its results need names of their own "
-                                 f"(e.g. '{name}_{key}'){fix}")
+        for key, value in metric_values(name, returned, what, fix).items():
+            if key in owners:  # the same metric listed twice, or a result the trainer reports itself
+                raise AvadeError(f"{what} returns '{key}', which {owners[key]} already reports{fix}")
             owners[key] = f"metric '{name}'"
             results[key] = value
     return results
@@ -234,11 +231,12 @@ def owns(metric: str, key: str) -> bool:
     return key == stem or key.startswith(stem + "_")
 
 
-def _metric_values(name: str, what: str, fix: str, returned: Any) -> dict[str, float]:
+def metric_values(name: str, returned: Any, what: str = "", fix: str = "") -> dict[str, float]:
     """``compute``'s dict with every value a Python float (numpy / 0-d torch numbers converted) and every
     name its own (starting with the metric's name, so no metric can overwrite another's results, the
     run's record or a sweep's columns); anything else is refused by name, before it reaches summary.json,
-    eval.json or sweep_summary."""
+    eval.json or sweep_summary (``what``: how errors name the metric; ``fix``: what they advise)."""
+    what = what or f"metric '{name}'"
     if not isinstance(returned, Mapping):
         raise AvadeError(f"{what} returned {type(returned).__name__}; compute(ctx) must return "
                          f"a dict of result name -> number{fix}")
@@ -246,10 +244,10 @@ def _metric_values(name: str, what: str, fix: str, returned: Any) -> dict[str, f
         raise AvadeError(f"{what} returned no results; compute(ctx) must return at least one{fix}")
     values = {}
     for key, value in returned.items():
-        if isinstance(key, str) and not owns(name, key):
+        if isinstance(key, str) and (not owns(name, key) or key in RECORD_KEYS):
             raise AvadeError(f"{what} returned {key!r}: its result names must be '{result_stem(name)}' or start "
                              f"with '{result_stem(name)}_' (e.g. '{result_stem(name)}_{key}'), so that they overwrite "
-                             f"no other result{fix}")
+                             f"no other result nor the run's own record{fix}")
         if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
             value = value.item()
         if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int | float):
@@ -498,21 +496,21 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
     check_inception_weights(metrics_built, ctx.recipe)
     results = _compute(ctx, metrics_built, console)
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
-        _record_eval(RunDir(Path(run_dir)), ctx.checkpoint, results, ctx.weights, metric_settings(metrics_built))
+        _record_eval(RunDir(Path(run_dir)), ctx.checkpoint, results, ctx.weights, metric_settings(metrics_built),
+                     ran=[name for name, _ in metrics_built])
     return results, ctx.weights
 
 
 def _record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float], weights: str = "last",
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, ran: Sequence[str] = ()) -> None:
     """Merge ``results`` (and the ``settings`` each metric ran with, under ``"settings"``) into eval.json
     when it holds the same checkpoint's (else it starts over: eval.json is the checkpoint evaluated last),
     and into that checkpoint's record in eval_checkpoints.json (every checkpoint evaluated, so evaluating
     an older one loses nothing). Under a lock: two ``avade eval`` at once (say fid and bpd on two GPUs) both
-    land. The trainer drops what training since made stale."""
+    land. The trainer drops what training since made stale. ``ran``: the metrics computed now (their earlier
+    results are replaced)."""
     name = checkpoint.name if checkpoint is not None else None
     step = ckpt.checkpoint_step(checkpoint) if checkpoint else None
-
-    ran = list(settings or {})
 
     def merged(earlier: Any) -> dict[str, Any]:
         record = dict(earlier) if (isinstance(earlier, dict) and earlier.get("checkpoint") == name

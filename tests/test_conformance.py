@@ -258,11 +258,10 @@ class TinyMetric:
 
 @pytest.mark.parametrize("returns, expected", [
     ("raises", r"compute\(ctx\) raised ZeroDivisionError"),
-    ("none", r"must return a non-empty dict of result name -> number, got None"),
-    ("string", r"result 'bad_string' is a str"),
+    ("none", r"returned NoneType; compute\(ctx\) must return a dict of result name -> number"),
+    ("string", r"returned 'bad_string': str; compute\(ctx\) must return a dict of result name \(str\) -> number"),
     ("nan", r"result 'bad_nan' is nan"),
-    ("steps", r"result 'steps' is not named after the metric: result names are 'bad_steps' or start with "
-              r"'bad_steps_'"),
+    ("steps", r"returned 'steps': its result names must be 'bad_steps' or start with 'bad_steps_'"),
 ])
 def test_kit_computes_metrics(returns: str, expected: str) -> None:
     check_module("metric", TinyMetric, MetricConfig("ok"), name="good-metric")

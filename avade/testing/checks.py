@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -384,7 +385,7 @@ def check_metric(name: str, registry: Registry | None = None, **config: Any) -> 
     numbers, none of them a key of the run's own record (as every run requires)."""
     import warnings
 
-    from avade.evaluate import RECORD_KEYS, owns, result_stem
+    from avade.evaluate import metric_values
     from avade.testing.context import SyntheticEvalContext
 
     registry = registry or get_registry()
@@ -400,18 +401,13 @@ def check_metric(name: str, registry: Registry | None = None, **config: Any) -> 
         except Exception as exc:
             _fail(what, f"compute(ctx) raised {type(exc).__name__}: {exc} on the kit's synthetic context "
                         "(avade.testing.context.SyntheticEvalContext)")
-    if not isinstance(result, dict) or not result:
-        _fail(what, f"compute(ctx) must return a non-empty dict of result name -> number, got {result!r:.80}")
-    for key, value in result.items():
-        if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-            value = value.item()
-        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int | float):
-            _fail(what, f"result {key!r} is a {type(value).__name__}; results are str -> number")
-        if not torch.isfinite(torch.tensor(float(value))):
+    try:  # the rule every run applies: named numbers, named after the metric
+        values = metric_values(name, result, what)
+    except AvadeError as exc:
+        _fail(what, str(exc).removeprefix(f"{what} "))
+    for key, value in values.items():
+        if not math.isfinite(value):
             _fail(what, f"result {key!r} is {value} on the kit's synthetic context")
-        if key in RECORD_KEYS or not owns(name, key):
-            _fail(what, f"result {key!r} is not named after the metric: result names are '{result_stem(name)}' or "
-                        f"start with '{result_stem(name)}_', so that they overwrite no other result")
 
 
 CHECKS: dict[str, Callable[..., None]] = {

@@ -74,7 +74,7 @@ def test_numbers_are_recorded_as_floats(odd, tmp_path):
                r"a dict of result name \(str\) -> number"),
     ("list", r"returned list; compute\(ctx\) must return a dict"),
     ("bpd", r"returned 'bpd': its result names must be 'odd' or start with 'odd_' \(e.g. 'odd_bpd'\), so that "
-            r"they overwrite no other result; fix or disable that plugin"),
+            r"they overwrite no other result nor the run.s own record; fix or disable that plugin"),
     ("steps", r"returned 'steps': its result names must be 'odd' or start with 'odd_'"),
     ("empty", r"metric 'odd' \(from plugin avade-odd 0.1\) returned no results"),
     ("exits", r"metric 'odd' \(from plugin avade-odd 0.1\) failed: SystemExit: 3; fix or disable that plugin"),
