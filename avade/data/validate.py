@@ -34,7 +34,7 @@ def dataset_problem(ds: Any, split: str) -> str | None:
                     f"{(n, *tuple(shape))}")
         if labels.dtype != torch.int64 or tuple(labels.shape) != (n,):
             return f"as_tensors() labels are {labels.dtype} {tuple(labels.shape)}, expected int64 ({n},)"
-        problem = _label_problem(labels, classes)
+        problem = label_problem(labels, classes)
         if problem:
             return problem
         probes = [0]  # and the items must be those tensors' (evaluation subsets may index items)
@@ -50,7 +50,7 @@ def dataset_problem(ds: Any, split: str) -> str | None:
             return f"item {i} is {got}, expected a uint8 tensor {tuple(shape)} (values 0..255)"
         if not isinstance(label, int) or isinstance(label, bool):
             return f"item {i}'s label must be a python int, got {type(label).__name__}"
-        problem = _label_problem(torch.tensor([label]), classes)
+        problem = label_problem(torch.tensor([label]), classes)
         if problem:
             return f"item {i}: {problem}"
         if tensors is not None and not (torch.equal(x, tensors[0][i]) and label == int(tensors[1][i])):
@@ -58,7 +58,8 @@ def dataset_problem(ds: Any, split: str) -> str | None:
     return None
 
 
-def _label_problem(labels: torch.Tensor, classes: int) -> str | None:
+def label_problem(labels: torch.Tensor, classes: int) -> str | None:
+    """What is wrong with ``labels`` of a dataset of ``classes`` classes, or None."""
     # unlabeled data (num_classes = 0): nothing reads the labels, whatever they are
     if labels.numel() == 0 or classes == 0:
         return None

@@ -94,11 +94,13 @@ class BatchStream:
 
 
 def _check_batch(x: torch.Tensor, y: torch.Tensor, classes: int) -> None:
+    from avade.data.validate import label_problem
+
     if x.dtype != torch.uint8:
         raise DataError(f"the dataset served {x.dtype} images in a training batch; items must be uint8 (0..255)")
-    if classes and y.numel() and (int(y.min()) < -1 or int(y.max()) >= classes):
-        raise DataError(f"the dataset served labels in [{int(y.min())}, {int(y.max())}] in a training batch; "
-                        f"with num_classes = {classes} they must be in 0..{classes - 1} (or -1 for an unlabeled image)")
+    problem = label_problem(y, classes)
+    if problem:
+        raise DataError(f"a training batch of the dataset: {problem}")
 
 
 def eval_batches(dataset: Dataset, batch_size: int, limit: int = 0, num_workers: int = 0
