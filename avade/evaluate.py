@@ -365,20 +365,13 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     when ``datasets`` is set or the checkpoint does not say what the model was built for. On CUDA the run's
     ``train.tf32`` is applied, unless ``library`` (:func:`load_model` leaves global settings alone)."""
     from avade.train.ema import apply_average
-    from avade.train.trainer import load_datasets, resolve_device
+    from avade.train.trainer import load_datasets, naming_missing_plugins, resolve_device
 
     run = RunDir(run_dir)
     if not run.recipe.is_file():
         raise _not_a_run(run.root)
-    try:
+    with naming_missing_plugins(run.checkpoints):  # e.g. a component of a plugin uninstalled (or disabled) since
         recipe = load_recipe(run.recipe, saved=True)
-    except ConfigError as exc:  # e.g. a component of a plugin no longer installed (or disabled)
-        from avade.train.trainer import missing_plugin_hint
-
-        hint = missing_plugin_hint(run.checkpoints)
-        if not hint:
-            raise
-        raise ConfigError(exc.detail + hint, path=exc.path, source=exc.source) from None
     chosen = select_checkpoint(run, checkpoint)
     data = ckpt.read_checkpoint(chosen, need_average=ema)
     if not ckpt.same_model(data["state"], recipe_to_dict(recipe)):

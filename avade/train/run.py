@@ -70,15 +70,11 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
     # A run's own recipe.toml, resumed: read as the avade that wrote it meant it (keys added since then
     # take the values that rebuild its model, see recipe.load.SAVED_BEFORE).
     own = resume and out_dir is not None and _same_file(file, RunDir(out_dir).recipe)
-    try:
-        recipe = load_recipe(file, overrides, saved=own)
-    except ConfigError as exc:  # resuming a run whose plugin is gone: name the plugin it was trained with
-        from avade.train.trainer import missing_plugin_hint
+    from avade.train.trainer import naming_missing_plugins
 
-        hint = missing_plugin_hint(RunDir(out_dir).checkpoints) if resume and out_dir is not None else ""
-        if not hint:
-            raise
-        raise ConfigError(exc.detail + hint, path=exc.path, source=exc.source) from None
+    # resuming a run whose plugin is gone: name the plugin it was trained with
+    with naming_missing_plugins(RunDir(out_dir).checkpoints if resume and out_dir is not None else None):
+        recipe = load_recipe(file, overrides, saved=own)
     if only and recipe.sweep is None:
         raise ConfigError(f"--only picks sweep variants, but {file} has no [sweep]")
     if only and out_dir is None:  # each job would get a directory of its own: their rows would never meet

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,19 @@ def missing_plugin_hint(checkpoints: Path) -> str:
                     "--disable-plugins / AVADE_DISABLE_PLUGINS")
         return ""
     return ""
+
+
+@contextlib.contextmanager
+def naming_missing_plugins(checkpoints: Path | None) -> Iterator[None]:
+    """Around reading a run's recipe: a ConfigError from a component this avade lacks gains the name of the
+    plugin the run was trained with (:func:`missing_plugin_hint`)."""
+    try:
+        yield
+    except ConfigError as exc:
+        hint = missing_plugin_hint(checkpoints) if checkpoints is not None else ""
+        if not hint:
+            raise
+        raise ConfigError(exc.detail + hint, path=exc.path, source=exc.source) from None
 
 
 def configure_tf32(enabled: bool) -> None:
