@@ -27,14 +27,36 @@ FORMAT = 1
 _PREFIX = "step_"
 
 
-def fingerprint(recipe_dict: dict[str, Any]) -> str:
-    """What must match for a checkpoint to be resumable: the model and the data, not the budget."""
+def _fingerprinted(recipe_dict: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumable: the model and the data, not the budget (nor where
+    the data live); the optimizer's kind, which decides the layout of its saved state."""
     model = {k: v for k, v in recipe_dict.get("model", {}).items() if k != "temperature"}
     data = {k: v for k, v in recipe_dict.get("data", {}).items()
             if k not in ("num_workers", "eval_batch_size", "root", "download")}
-    # The optimizer's kind decides the layout of its saved state.
-    key = {"model": model, "data": data, "optimizer": recipe_dict.get("train", {}).get("optimizer")}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"model": model, "data": data, "optimizer": (recipe_dict.get("train") or {}).get("optimizer")}
+
+
+def fingerprint(recipe_dict: dict[str, Any]) -> str:
+    """A short hash of :func:`_fingerprinted`."""
+    return hashlib.sha256(json.dumps(_fingerprinted(recipe_dict), sort_keys=True, default=str).encode()
+                          ).hexdigest()[:16]
+
+
+def _reread(saved: dict[str, Any]) -> dict[str, Any] | None:
+    """A checkpoint's recipe as today's schema reads it (keys added since take their defaults, or the values
+    that rebuild its model: :func:`avade.recipe.load.with_saved_defaults`); only what the fingerprint covers
+    is re-read, since a train or eval key dropped since says nothing about the weights. None if it cannot be
+    (e.g. a component that no longer exists)."""
+    from avade.recipe import recipe_from_dict, recipe_to_dict
+    from avade.recipe.load import with_saved_defaults
+
+    train = saved.get("train")
+    covered = {"name": "checkpoint", "model": saved.get("model"), "data": saved.get("data"),
+               "train": {"optimizer": train.get("optimizer")} if isinstance(train, dict) else {}}
+    try:
+        return recipe_to_dict(recipe_from_dict(with_saved_defaults(covered)))
+    except (AvadeError, TypeError, ValueError):
+        return None
 
 
 def fingerprint_differences(saved: Any, recipe_dict: dict[str, Any], limit: int = 3) -> str:
@@ -43,7 +65,7 @@ def fingerprint_differences(saved: Any, recipe_dict: dict[str, Any], limit: int 
     if not isinstance(saved, dict):
         return ""
 
-    def flat(node: Any, prefix: str) -> dict[str, Any]:
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
         if not isinstance(node, dict):
             return {prefix: node}
         out: dict[str, Any] = {}
@@ -51,56 +73,31 @@ def fingerprint_differences(saved: Any, recipe_dict: dict[str, Any], limit: int 
             out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
 
-    def covered(d: dict[str, Any]) -> dict[str, Any]:
-        keep = {"model": d.get("model", {}), "data": d.get("data", {}),
-                "train": {"optimizer": (d.get("train") or {}).get("optimizer")}}
-        skip = ("model.temperature", "data.num_workers", "data.eval_batch_size", "data.root", "data.download")
-        return {k: v for k, v in flat(keep, "").items() if k not in skip}
+    old = flat(_fingerprinted(_reread(saved) or saved))
+    new = flat(_fingerprinted(recipe_dict))
+    unset = "(unset)"
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k, unset) != new.get(k, unset)]
 
-    try:  # read as today's schema reads it, so keys added since (with defaults) are no difference
-        from avade.recipe import recipe_from_dict, recipe_to_dict
-        from avade.recipe.load import with_saved_defaults
+    def show(key: str, side: dict[str, Any]) -> str:
+        return json.dumps(side[key], default=str) if key in side else unset
 
-        train = saved.get("train")
-        saved = recipe_to_dict(recipe_from_dict(with_saved_defaults({
-            "name": "checkpoint", "model": saved.get("model"), "data": saved.get("data"),
-            "train": {"optimizer": train.get("optimizer")} if isinstance(train, dict) else {}})))
-    except (AvadeError, TypeError, ValueError):
-        pass
-    old, new = covered(saved), covered(recipe_dict)
-    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k, "(unset)") != new.get(k, "(unset)")]
-
-    def show(v: Any) -> str:
-        return json.dumps(v, default=str) if v != "(unset)" else v
-
-    parts = [f"{k} {show(old.get(k, '(unset)'))} -> {show(new.get(k, '(unset)'))}" for k in keys[:limit]]
+    parts = [f"{'train.optimizer' if k == 'optimizer' else k} {show(k, old)} -> "
+             f"{show(k, new)}" for k in keys[:limit]]
     return ", ".join(parts) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def same_model(state: dict[str, Any], recipe_dict: dict[str, Any]) -> bool:
     """Whether a checkpoint's ``state`` was written for the model and data of ``recipe_dict``. A recipe
     saved by an older avade lacks keys added since (with defaults); it is re-read with today's schema
-    before its fingerprint is compared, so new defaults do not orphan old runs (a key whose default
-    changed the model reads as the value it was trained with: :func:`avade.recipe.load.with_saved_defaults`)."""
+    (:func:`_reread`) before its fingerprint is compared, so new defaults do not orphan old runs."""
     wanted = fingerprint(recipe_dict)
     if state.get("fingerprint") == wanted:
         return True
     saved = state.get("recipe")
     if not isinstance(saved, dict):
         return False
-    from avade.errors import AvadeError
-    from avade.recipe import recipe_from_dict, recipe_to_dict
-    from avade.recipe.load import with_saved_defaults
-
-    # Only what the fingerprint covers is re-read: a train or eval key dropped since, or a metric plugin
-    # no longer installed, says nothing about the weights.
-    train = saved.get("train")
-    fingerprinted = {"name": "checkpoint", "model": saved.get("model"), "data": saved.get("data"),
-                     "train": {"optimizer": train.get("optimizer")} if isinstance(train, dict) else {}}
-    try:
-        return fingerprint(recipe_to_dict(recipe_from_dict(with_saved_defaults(fingerprinted)))) == wanted
-    except (AvadeError, TypeError, ValueError):  # e.g. a component that no longer exists
-        return False
+    reread = _reread(saved)
+    return reread is not None and fingerprint(reread) == wanted
 
 
 def optimizer_to_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
