@@ -50,6 +50,11 @@ class PosterizedDataset(ImageDataset):
             self._tensors = (TF.posterize(images, self.bits), labels)
         return self._tensors
 
+    def training_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The wrapped dataset's own tensors, for the training stream: the model takes each value's level
+        itself (``Preprocess.levels``), so training needs no posterized copy, however large the data."""
+        return getattr(self.dataset, "as_tensors", lambda: None)()
+
     def __getattr__(self, name: str) -> Any:
         # only reached for attributes this wrapper lacks; "dataset" itself guards against recursion
         # while unpickling (DataLoader workers), before __init__ has set it

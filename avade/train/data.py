@@ -55,7 +55,9 @@ class BatchStream:
         self.num_workers = num_workers
         self.device = device or torch.device("cpu")
         self._perm: tuple[int, torch.Tensor] | None = None
-        tensors = getattr(dataset, "as_tensors", lambda: None)()
+        # (a dataset may offer other tensors for training, e.g. data.n_bits' unposterized ones: the model
+        # quantizes its input itself)
+        tensors = getattr(dataset, "training_tensors", getattr(dataset, "as_tensors", lambda: None))()
         self._tensors = tensors
 
     def _epoch_perm(self, epoch: int) -> torch.Tensor:

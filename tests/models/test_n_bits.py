@@ -154,3 +154,24 @@ def test_a_large_in_memory_dataset_is_not_copied_but_read_item_by_item(monkeypat
     monkeypatch.setattr(posterized, "COPY_LIMIT", images.numel() - 1)
     assert ds.as_tensors() is None  # the batch stream then indexes items, each posterized
     assert torch.equal(ds[4][0], images[4] & 0b11000000)
+
+
+def test_training_reads_the_wrapped_tensors_and_trains_as_on_posterized_ones(tmp_path):
+    # the model takes the levels itself: the stream needs no posterized copy, and the numbers are the same
+    from avade.train.data import BatchStream
+
+    recipe = tiny_recipe("data.n_bits=3")
+    train, _ = load_datasets(recipe)
+    stream = BatchStream(train, 8, seed=0)
+    x, _ = next(stream.batches(0))
+    assert stream._tensors[0] is train.dataset.as_tensors()[0]  # no copy
+    from avade.models import build_model
+
+    model = build_model(recipe, train.shape, train.num_classes).eval()
+    posterized = TF.posterize(x, 3)
+    assert not torch.equal(posterized, x)
+    torch.manual_seed(0)  # (the latents are drawn from the global generator)
+    a = model.log_likelihood(x, generator=torch.Generator().manual_seed(1))["bpd"]
+    torch.manual_seed(0)
+    b = model.log_likelihood(posterized, generator=torch.Generator().manual_seed(1))["bpd"]
+    assert torch.equal(a, b)
