@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -41,13 +42,12 @@ def _slug_before_2026_11_29(value: Any) -> str:
 
 def former_variant_name(base: str, overrides: dict[str, Any]) -> str:
     """The name an older avade gave this variant's directory (``--resume`` of a sweep it started)."""
-    parts = [f"{key.rsplit('.', 1)[-1]}{_slug_before_2026_11_29(value)}" for key, value in overrides.items()]
-    return plain_name("-".join([base, *parts]))
+    return variant_name(base, overrides, _slug_before_2026_11_29)
 
 
-def variant_name(base: str, overrides: dict[str, Any]) -> str:
+def variant_name(base: str, overrides: dict[str, Any], slug: Callable[[Any], str] = _slug) -> str:
     """``av_ade_t9`` + ``{"model.flow.scales": 2, "model.flow.blocks": 4}`` -> ``av_ade_t9-scales2-blocks4``."""
-    parts = [f"{key.rsplit('.', 1)[-1]}{_slug(value)}" for key, value in overrides.items()]
+    parts = [f"{key.rsplit('.', 1)[-1]}{slug(value)}" for key, value in overrides.items()]
     return plain_name("-".join([base, *parts]))  # it names the variant's directory: no path separators
 
 

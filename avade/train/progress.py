@@ -39,14 +39,13 @@ class TrainProgress:
         return self
 
     def update(self, step: int, logs: dict[str, float]) -> None:
-        info = " ".join(f"{k}={logs[k]:.3g}" for k in _SHOWN if k in logs)
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, info=info)
+            self.progress.update(self.task, completed=step, info=_info(logs))
         elif self.lines:
             now = time.monotonic()
             if step in (self.start + 1, self.total) or now - self._last >= self.interval_s:
                 self._last = now
-                self.console.print(escape(self._line(step, info, now)), soft_wrap=True, highlight=False)
+                self.console.print(escape(self._line(step, _info(logs), now)), soft_wrap=True, highlight=False)
 
     def _line(self, step: int, info: str, now: float) -> str:
         done = step - self.start
@@ -58,6 +57,10 @@ class TrainProgress:
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+def _info(logs: dict[str, float]) -> str:
+    return " ".join(f"{k}={logs[k]:.3g}" for k in _SHOWN if k in logs)
 
 
 def _duration(seconds: float) -> str:

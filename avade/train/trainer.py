@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from avade.atomic_files import locked
 from avade.data.base import class_counts
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
@@ -205,6 +206,7 @@ class Trainer:
             configure_tf32(self.cfg.tf32)
         self.recipe_dict = recipe_to_dict(recipe)
         self.fingerprint = ckpt.fingerprint(self.recipe_dict)
+        self.providers = component_providers(recipe)  # recorded in checkpoints
         self._check_run_dir(resume)
         if self.cfg.compile:
             check_compile_backend(self.cfg.compile_backend)
@@ -347,13 +349,14 @@ class Trainer:
             step = 0
         if not isinstance(step, int) or step > self.step:
             self.run.eval.unlink(missing_ok=True)
-        try:
-            records = json.loads(self.run.eval_checkpoints.read_text(encoding="utf-8"))["records"]
-            kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= self.step]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return
-        if len(kept) != len(records):
-            write_json(self.run.eval_checkpoints, {"records": kept})
+        with locked(self.run.eval.with_name(f".{self.run.eval.name}.lock")):  # as avade eval writes it
+            try:
+                records = json.loads(self.run.eval_checkpoints.read_text(encoding="utf-8"))["records"]
+                kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= self.step]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return
+            if len(kept) != len(records):
+                write_json(self.run.eval_checkpoints, {"records": kept})
 
     def _resume(self) -> None:
         existing = ckpt.list_checkpoints(self.run.checkpoints)
@@ -452,7 +455,7 @@ class Trainer:
              "data_shape": list(self.train_set.shape), "num_classes": int(self.train_set.num_classes),
              "class_counts": self.class_counts,
              # who provided each component, so that a run evaluated without its plugin can name it
-             "providers": component_providers(self.recipe),
+             "providers": self.providers,
              "collapse": self.collapse.state_dict() if self.collapse is not None else None},
             keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every,
             ema=self.ema.state_dict() if self.ema is not None else None)
