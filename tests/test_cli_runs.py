@@ -971,3 +971,11 @@ def test_table_cells_show_extreme_numbers_in_exponent_form() -> None:
 
     assert [cell_text(v) for v in (1e30, 2e-5, 0.0, 5.123456, None, [1, 2])] == [
         "1e+30", "2e-05", "0.0000", "5.1235", "", "[1, 2]"]
+
+
+def test_the_sweep_csv_leaves_non_finite_numbers_empty_as_the_json_has_null(tmp_path: Path) -> None:
+    rows = [{"name": "a", "train.lr": 0.1, "bpd": float("nan")}, {"name": "b", "train.lr": 0.2, "bpd": 5.0}]
+    write_sweep_summary(tmp_path, rows, Console(record=True), axes=["train.lr"])
+    written = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
+    assert [r["bpd"] for r in written] == ["", "5.0"]
+    assert json.loads((tmp_path / "sweep_summary.json").read_text())[0]["bpd"] is None

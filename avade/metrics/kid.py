@@ -101,6 +101,9 @@ class KID:
             warnings.warn(f"KID used subsets of {size} images, the smaller set's size, not subset_size = "
                           f"{cfg.subset_size}; KID values of different subset sizes differ in variance only, but say "
                           "which you report", UserWarning, stacklevel=2)
+        if size == real.shape[0] == fake.shape[0]:  # every "subset" is both whole sets: no spread to measure
+            warnings.warn(f"KID subsets of {size} images from sets of {size}: every subset is the same, so kid_std "
+                          "is 0 by construction; use more samples than subset_size", UserWarning, stacklevel=2)
         mean, std = kernel_inception_distance(real, fake, cfg.subsets, cfg.subset_size, cfg.degree, cfg.gamma,
                                               cfg.coef, torch.Generator().manual_seed(cfg.seed))
         return {"kid_mean": mean, "kid_std": std}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -281,6 +282,9 @@ def cell_text(value: Any) -> str:
 
 
 def _csv_value(value: Any) -> Any:
+    """A cell of sweep_summary.csv: tables and lists as JSON; a non-finite number empty, as the JSON's null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""
     return json.dumps(value) if isinstance(value, dict | list) else value
 
 

@@ -153,8 +153,10 @@ def test_too_few_samples_for_fid_and_a_capped_kid_subset_are_said(tmp_path, recw
     FID(FIDConfig(samples=80)).compute(ctx)
     KID(KIDConfig(samples=40, subsets=4, subset_size=1000)).compute(ctx)
     KID(KIDConfig(samples=40, subsets=4, subset_size=30)).compute(ctx)
+    KID(KIDConfig(samples=80, subsets=4, subset_size=80)).compute(ctx)  # 80 real images: every subset the same
     said = [str(w.message) for w in recwarn if "test-only" not in str(w.message)]
-    assert len(said) == 2, said
+    assert len(said) == 3, said
+    assert said[2].startswith("KID subsets of 80 images from sets of 80: every subset is the same, so kid_std is 0")
     assert said[0].startswith("FID from 20 samples of 24-dimensional features is biased upward")
     assert said[1].startswith("KID used subsets of 40 images, the smaller set's size, not subset_size = 1000")
 
