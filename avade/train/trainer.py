@@ -642,9 +642,10 @@ class Trainer:
                                            f"update skipped ({self.bad_steps} in a row)")
                     if self.bad_steps >= cfg.max_bad_steps:
                         logger.close()
-                        raise TrainingError(f"training stopped at step {self.step}: {self.bad_steps} consecutive "
-                                            f"non-finite steps (lower train.lr or set train.grad_clip); "
-                                            f"{self._last_good_checkpoint()}")
+                        what = ("a non-finite step" if self.bad_steps == 1
+                                else f"{self.bad_steps} consecutive non-finite steps")
+                        raise TrainingError(f"training stopped at step {self.step}: {what} (lower train.lr or set "
+                                            f"train.grad_clip); {self._last_good_checkpoint()}")
                 elapsed = time.perf_counter() - t0
                 logs["images_per_s"] = images / max(elapsed, 1e-9)
                 bar.update(self.step, logs)

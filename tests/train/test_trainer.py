@@ -385,3 +385,9 @@ def test_ctrl_c_before_the_first_step_leaves_no_run_directory(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         run_recipe(tiny_recipe("train.checkpoint_every=100"), tmp_path / "fresh", progress=False)
     assert (tmp_path / "fresh" / "metrics.jsonl").read_text().count("\n") == 2  # steps 1 and 2 logged
+
+
+def test_one_non_finite_step_is_said_in_the_singular(tmp_path):
+    recipe = tiny_recipe("train.lr=1e30", "train.max_bad_steps=1", "train.steps=4")
+    with pytest.raises(TrainingError, match=r"training stopped at step \d: a non-finite step \(lower train.lr"):
+        Trainer(recipe, tmp_path, progress=False).fit()
