@@ -7,7 +7,6 @@ datasets, so every metric component works the same during training and from the 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,7 +28,7 @@ from avade.registry import BUILTIN_DIST, get_registry
 from avade.train import checkpoint as ckpt
 from avade.train.data import eval_batches, subset_batches
 from avade.train.distributed import is_main_process
-from avade.train.rundir import RunDir, write_json
+from avade.train.rundir import RunDir, read_json_object, write_json
 
 
 def dataset_key(name: str, shape: Sequence[int], config: Any) -> str:
@@ -516,25 +515,18 @@ def _record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float]
         return record
 
     with locked(run.eval.with_name(f".{run.eval.name}.lock")):
-        last = _read_json(run.eval)
+        last = read_json_object(run.eval)
         write_json(run.eval, merged(last))
-        history = _read_json(run.eval_checkpoints)
-        records = history.get("records") if isinstance(history, dict) else None
+        history = read_json_object(run.eval_checkpoints)
+        records = history.get("records")
         records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
-        if history is None and isinstance(last, dict) and "checkpoint" in last:
+        if not history and "checkpoint" in last:
             records = [last]  # a run evaluated before eval_checkpoints.json existed: its eval.json is history
         same = [r for r in records if r.get("checkpoint") == name and r.get("weights", "last") == weights]
         rest = [r for r in records if r not in same]
         rows = sorted([*rest, merged(same[0] if same else None)],
                       key=lambda r: (r.get("step") if isinstance(r.get("step"), int) else -1, str(r.get("weights"))))
         write_json(run.eval_checkpoints, {"records": rows})
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 SAMPLE_BATCH = 100  # images per model call when sampling

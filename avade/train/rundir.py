@@ -95,6 +95,16 @@ def write_json(path: Path, data: Any) -> None:
                                        allow_nan=False) + "\n")
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``{}`` when the file is missing, unreadable or holds no object (run
+    files other processes may be rewriting or that an older avade wrote: read as far as they go)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with numpy/torch scalars as Python numbers and non-finite numbers as None (JSON null)."""
     if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:  # numpy / torch scalars

@@ -10,7 +10,6 @@ With ``train.flow_adv_grad = false`` (paper) L_Q's gradient stops at f's paramet
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
@@ -52,7 +51,7 @@ from avade.train.distributed import (
 from avade.train.ema import WeightAverage
 from avade.train.logger import MetricsLogger
 from avade.train.preemption import StopRequest, stop_on_signals
-from avade.train.rundir import RunDir, atomic_write_text, write_json
+from avade.train.rundir import RunDir, atomic_write_text, read_json_object, write_json
 from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled
 
 
@@ -120,9 +119,8 @@ def missing_plugin_hint(checkpoints: Path) -> str:
     the run was trained (from the newest checkpoint's state.json), or ""."""
     registry = get_registry()
     for path in reversed(ckpt.list_checkpoints(checkpoints)):
-        try:
-            providers = json.loads((path / "state.json").read_text(encoding="utf-8")).get("providers") or {}
-        except (OSError, ValueError, AttributeError):
+        providers = read_json_object(path / "state.json").get("providers")
+        if not isinstance(providers, dict):
             continue
         gone = [f"{key.replace('/', ' ')!s} from {who}" for key, who in providers.items()
                 if isinstance(key, str) and "/" in key and tuple(key.split("/", 1)) not in registry]
@@ -343,18 +341,14 @@ class Trainer:
         """Evaluations (eval.json, eval_checkpoints.json's records) of a checkpoint beyond this start (an
         earlier attempt, or steps about to be retrained) would describe other weights than the checkpoint of
         that name will hold."""
-        try:
-            step = json.loads(self.run.eval.read_text(encoding="utf-8")).get("step")
-        except (OSError, ValueError, AttributeError):
-            step = 0
-        if not isinstance(step, int) or step > self.step:
+        last = read_json_object(self.run.eval)
+        if last and not (isinstance(last.get("step"), int) and last["step"] <= self.step):
             self.run.eval.unlink(missing_ok=True)
         with locked(self.run.eval.with_name(f".{self.run.eval.name}.lock")):  # as avade eval writes it
-            try:
-                records = json.loads(self.run.eval_checkpoints.read_text(encoding="utf-8"))["records"]
-                kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= self.step]
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                return
+            records = read_json_object(self.run.eval_checkpoints).get("records")
+            if not (isinstance(records, list) and all(isinstance(r, dict) for r in records)):
+                return  # not a file avade wrote: left as it is
+            kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= self.step]
             if len(kept) != len(records):
                 write_json(self.run.eval_checkpoints, {"records": kept})
 
@@ -736,11 +730,7 @@ class Trainer:
         return {**logs, **{k: total / self.dist.world for k, total in zip(keys, sums, strict=True)}}
 
     def _read_summary(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.run.summary.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_json_object(self.run.summary)
 
     def _finished_summary(self) -> dict[str, Any] | None:
         """summary.json when a resumed run already finished at ``train.steps`` (e.g. the done variants of an
@@ -785,10 +775,7 @@ class Trainer:
 
 def _with_train_bpd(path: Path) -> str:
     """A checkpoint's name with the training bits/dim of its step (from its state.json), if recorded."""
-    try:
-        bpd = json.loads((path / "state.json").read_text(encoding="utf-8")).get("train_bpd")
-    except (OSError, ValueError, AttributeError):
-        bpd = None
+    bpd = read_json_object(path / "state.json").get("train_bpd")
     return f"{path.name} (train bpd {bpd:.4g})" if isinstance(bpd, int | float) else path.name
 
 
