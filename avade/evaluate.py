@@ -18,10 +18,11 @@ import torch
 from rich.console import Console
 
 from avade.atomic_files import locked, replaced_atomically
-from avade.data.base import class_counts
+from avade.data.base import class_counts, data_of_trained_model
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError
 from avade.models import GenerativeModel, build_model
 from avade.recipe import load_recipe
+from avade.recipe.load import parse_override
 from avade.recipe.schema import LIKELIHOOD_VARIANTS, ComponentRef, Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.registry import BUILTIN_DIST, get_registry
@@ -359,18 +360,21 @@ class _Loaded(NamedTuple):
 
 
 def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bool, ema: bool = True,
-          library: bool = False) -> _Loaded:
+          library: bool = False, overrides: Sequence[str] = ()) -> _Loaded:
     """The model (eval mode, on ``device``), recipe and checkpoint of a run, and its (train, test) datasets
     when ``datasets`` is set or the checkpoint does not say what the model was built for. On CUDA the run's
-    ``train.tf32`` is applied, unless ``library`` (:func:`load_model` leaves global settings alone)."""
+    ``train.tf32`` is applied, unless ``library`` (:func:`load_model` leaves global settings alone).
+    ``overrides``: ``--set`` keys that leave the trained model as it is (:func:`_overridden`)."""
     from avade.train.ema import apply_average
-    from avade.train.trainer import load_datasets, naming_missing_plugins, resolve_device
+    from avade.train.trainer import naming_missing_plugins, resolve_device
 
     run = RunDir(run_dir)
     if not run.recipe.is_file():
         raise _not_a_run(run.root)
     with naming_missing_plugins(run.checkpoints):  # e.g. a component of a plugin uninstalled (or disabled) since
         recipe = load_recipe(run.recipe, saved=True)
+        if overrides:
+            recipe = _overridden(run, recipe, overrides)
     chosen = select_checkpoint(run, checkpoint)
     data = ckpt.read_checkpoint(chosen, need_average=ema)
     if not ckpt.same_model(data["state"], recipe_to_dict(recipe)):
@@ -384,7 +388,7 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     except ConfigError as exc:  # the device comes from --device here, not from the recipe's train.device
         raise ConfigError(exc.detail, path="--device") from None
     shape, classes = data["state"].get("data_shape"), data["state"].get("num_classes")
-    sets = load_datasets(recipe) if datasets or shape is None or classes is None else None
+    sets = _datasets(recipe) if datasets or shape is None or classes is None else None
     if shape is None or classes is None:  # a checkpoint from before they were recorded
         assert sets is not None
         shape, classes = sets[0].shape, sets[0].num_classes
@@ -408,19 +412,45 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
 def _data_class_counts(recipe: Recipe) -> list[int] | None:
     """The training split's labels per class, read from the data (None when it is not at hand: a run
     copied without its data is then sampled with uniform classes)."""
-    from avade.train.trainer import load_datasets
 
     try:
-        return class_counts(load_datasets(recipe)[0])
+        return class_counts(_datasets(recipe)[0])
     except (AvadeError, OSError):
         return None
 
 
+def _datasets(recipe: Recipe) -> tuple[Any, Any]:
+    """(train, test) of a trained run's recipe; their "not found" hints point at ``--set data.root``, not at
+    another dataset (the model was trained on this one)."""
+    from avade.train.trainer import load_datasets
+
+    with data_of_trained_model():
+        return load_datasets(recipe)
+
+
+# what `--set` of eval and sample may change: everything the checkpoint fingerprint leaves out
+SETTABLE_AFTER_TRAINING = "data.root, data.eval_batch_size, data.num_workers, model.temperature, train.seed, eval.*"
+
+
+def _overridden(run: RunDir, recipe: Recipe, overrides: Sequence[str]) -> Recipe:
+    """The run's recipe with ``--set`` ``overrides`` applied; refused, naming the keys, when they would change
+    the model or data the checkpoints were trained on (their weights would be read as another model)."""
+    changed = load_recipe(run.recipe, overrides, saved=True)
+    before, after = recipe_to_dict(recipe), recipe_to_dict(changed)
+    if ckpt.fingerprint(after) != ckpt.fingerprint(before):
+        what = ckpt.fingerprint_differences(before, after)
+        raise ConfigError(f"{what or ', '.join(overrides)} would change the model or data the run was trained on; "
+                          f"here --set takes keys that leave them as trained: {SETTABLE_AFTER_TRAINING}",
+                          path="--set")
+    return changed
+
+
 def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None = None,
-             ema: bool = True) -> RunContext:
+             ema: bool = True, overrides: Sequence[str] = ()) -> RunContext:
     """Rebuild a run's model from ``recipe.toml`` and its newest checkpoint (or that of step ``checkpoint``),
-    with its datasets, for evaluation (:func:`load_model` for the model alone)."""
-    loaded = _load(Path(run_dir), device, checkpoint, datasets=True, ema=ema)
+    with its datasets, for evaluation (:func:`load_model` for the model alone). ``overrides``: ``--set``
+    style keys that leave the trained model as it is, e.g. ``data.root=/scratch/data``."""
+    loaded = _load(Path(run_dir), device, checkpoint, datasets=True, ema=ema, overrides=overrides)
     assert loaded.datasets is not None
     train_set, test_set = loaded.datasets
     recipe = loaded.recipe
@@ -431,26 +461,31 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None =
 
 def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
                  device: str = "auto", console: Console | None = None, checkpoint: str | int | None = None,
-                 ema: bool = True, importance_samples: int | None = None) -> dict[str, float]:
+                 ema: bool = True, importance_samples: int | None = None, overrides: Sequence[str] = ()
+                 ) -> dict[str, float]:
     """``avade eval``: compute metrics on a run's newest checkpoint (or that of step ``checkpoint``; its
     averaged weights when it has them, unless ``ema=False``) and record them in ``eval.json`` with the
     checkpoint, its step and which weights; results of earlier calls on the same checkpoint and weights
     are kept (``--metrics bpd`` after ``--metrics fid`` keeps the FID). ``importance_samples``: bpd's k
     (default: the recipe's ``[eval.bpd] importance_samples`` when above 1, else its ``eval.importance_samples``;
-    1 = plain bpd only)."""
-    return _evaluate(run_dir, metrics, samples, device, console, checkpoint, ema, importance_samples)[0]
+    1 = plain bpd only). ``overrides``: ``--set`` keys that leave the trained model as it is (e.g.
+    ``data.root=...``, ``model.temperature=0.9``, ``eval.fid.reference=...``); recorded with each metric's
+    settings."""
+    return _evaluate(run_dir, metrics, samples, device, console, checkpoint, ema, importance_samples, overrides)[0]
 
 
 def evaluate_checkpoints(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
                          device: str = "auto", console: Console | None = None, ema: bool = True,
-                         importance_samples: int | None = None) -> list[dict[str, Any]]:
+                         importance_samples: int | None = None, overrides: Sequence[str] = ()
+                         ) -> list[dict[str, Any]]:
     """``avade eval --checkpoint all``: :func:`evaluate_run` on every checkpoint kept, oldest first; one row
     per checkpoint (``step``, ``weights``, the metrics). One removed meanwhile (pruned by a training run
     still going) is skipped with a warning rather than losing the rows computed so far."""
     rows = []
     for step in checkpoint_steps(run_dir):
         try:
-            results, weights = _evaluate(run_dir, metrics, samples, device, console, step, ema, importance_samples)
+            results, weights = _evaluate(run_dir, metrics, samples, device, console, step, ema, importance_samples,
+                                         overrides)
         except CheckpointError:
             if any(ckpt.checkpoint_step(p) == step for p in ckpt.list_checkpoints(RunDir(Path(run_dir)).checkpoints)):
                 raise
@@ -463,9 +498,9 @@ def evaluate_checkpoints(run_dir: Path, metrics: Sequence[str] | None = None, sa
 
 def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None, device: str,
               console: Console | None, checkpoint: str | int | None, ema: bool,
-              importance_samples: int | None = None) -> tuple[dict[str, float], str]:
+              importance_samples: int | None = None, overrides: Sequence[str] = ()) -> tuple[dict[str, float], str]:
     """:func:`evaluate_run`'s results and which weights they are of ("ema" or "last")."""
-    ctx = load_run(run_dir, device, checkpoint, ema)
+    ctx = load_run(run_dir, device, checkpoint, ema, overrides)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
     if not names:
         example = "bpd,fid" if ctx.recipe.variant in LIKELIHOOD_VARIANTS else "fid,kid,is"
@@ -487,8 +522,12 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
     # runs, so a late one cannot fail after the others' work
     check_inception_weights(metrics_built, ctx.recipe)
     results = _compute(ctx, metrics_built, console)
+    settings = metric_settings(metrics_built)
+    if overrides:  # e.g. model.temperature: part of what each value was computed with
+        given = dict(parse_override(text) for text in overrides)
+        settings = {name: {**settings.get(name, {}), "overrides": given} for name, _ in metrics_built}
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
-        _record_eval(RunDir(Path(run_dir)), ctx.checkpoint, results, ctx.weights, metric_settings(metrics_built),
+        _record_eval(RunDir(Path(run_dir)), ctx.checkpoint, results, ctx.weights, settings,
                      ran=[name for name, _ in metrics_built])
     return results, ctx.weights
 
@@ -534,11 +573,13 @@ SAMPLE_BATCH = 100  # images per model call when sampling
 
 def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), temperature: float | None = None,
                reconstructions: bool = False, seed: int = 0, device: str = "auto",
-               checkpoint: str | int | None = None, batch_size: int = SAMPLE_BATCH, ema: bool = True) -> Path:
+               checkpoint: str | int | None = None, batch_size: int = SAMPLE_BATCH, ema: bool = True,
+               overrides: Sequence[str] = ()) -> Path:
     """``avade sample``: a PNG grid of samples (or test images next to their reconstructions), or with an
     ``.npz`` output all ``n`` samples as a uint8 ``[n, H, W, C]`` array ``arr_0`` (the layout external FID
     tools read; for a class-conditional model ``labels`` beside it, drawn with the training split's class
-    balance as evaluation draws them), written atomically."""
+    balance as evaluation draws them), written atomically. ``overrides``: ``--set`` keys that leave the trained
+    model as it is (e.g. ``data.root`` for reconstructions, ``model.temperature``)."""
     from torchvision.utils import save_image
 
     if n < 1:
@@ -550,7 +591,7 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
     if as_array and reconstructions:
         raise ConfigError("--reconstructions writes an image grid; give -o a .png (or another image) file")
     # Samples need only the model (a run copied without its data can be sampled); reconstructions need test images.
-    loaded = _load(Path(run_dir), device, checkpoint, datasets=reconstructions, ema=ema)
+    loaded = _load(Path(run_dir), device, checkpoint, datasets=reconstructions, ema=ema, overrides=overrides)
     model, sets = loaded.model, loaded.datasets
     if reconstructions and model.variant == "gan":  # its encoder is never trained: no reconstructions to show
         raise ConfigError("a GAN trains no encoder, so it has no reconstructions; leave out --reconstructions")

@@ -979,3 +979,49 @@ def test_the_sweep_csv_leaves_non_finite_numbers_empty_as_the_json_has_null(tmp_
     written = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
     assert [r["bpd"] for r in written] == ["", "5.0"]
     assert json.loads((tmp_path / "sweep_summary.json").read_text())[0]["bpd"] is None
+
+
+def test_eval_and_sample_set_keys_that_leave_the_model_as_trained(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "eval.json").unlink(missing_ok=True)
+    result, out = _invoke("eval", str(copy), "--metrics", "bpd", "--device", "cpu", "--set", "model.temperature=0.5",
+                          "--set", "data.eval_batch_size=7")
+    assert result.exit_code == 0, out
+    settings = json.loads((copy / "eval.json").read_text())["settings"]
+    assert settings["bpd"]["overrides"] == {"model.temperature": 0.5, "data.eval_batch_size": 7}
+    assert "temperature = 1.0" in (copy / "recipe.toml").read_text()  # not saved in the run
+    # a key of the model would read the weights as another model: refused, naming it
+    result, out = _invoke("eval", str(copy), "--metrics", "bpd", "--device", "cpu", "--set", "model.flow.hidden=8")
+    assert result.exit_code == 2, out
+    assert "--set: model.flow.hidden 4 -> 8 would change the model" in out and "data.root" in out, out
+    result, out = _invoke("sample", str(copy), "-n", "4", "-o", str(tmp_path / "g.png"), "--device", "cpu",
+                          "--set", "data.name=natural-patches")
+    assert result.exit_code == 2 and "data.name" in out and not (tmp_path / "g.png").exists(), out
+
+
+def test_a_run_whose_data_moved_is_evaluated_with_set_data_root(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        path = tmp_path / "old" / "imgs" / f"{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+    recipe = dict(TINY, data={"name": "image-folder", "root": str(tmp_path / "old"), "folder": "imgs",
+                              "resolution": 8, "test_fraction": 0.25, "batch_size": 4, "eval_batch_size": 4})
+    (tmp_path / "r.toml").write_text(tomli_w.dumps(recipe))
+    result, out = _invoke("recipe", "run", str(tmp_path / "r.toml"), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    (tmp_path / "old").rename(tmp_path / "new")
+    result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu")
+    # the hint is the data's new place, not another dataset (the model was trained on this one)
+    assert result.exit_code != 0 and "data.root" in out and "data.name" not in out, out
+    result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu",
+                          "--set", f"data.root={json.dumps(str(tmp_path / 'new'))}")
+    assert result.exit_code == 0 and "bpd" in out, out
+    result, out = _invoke("sample", str(tmp_path / "run"), "-n", "2", "--reconstructions", "-o",
+                          str(tmp_path / "r.png"), "--device", "cpu",
+                          "--set", f"data.root={json.dumps(str(tmp_path / 'new'))}")
+    assert result.exit_code == 0 and (tmp_path / "r.png").is_file(), out

@@ -166,6 +166,9 @@ EmaOption = Annotated[bool, typer.Option(
     "iterate).")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE",
                                                      help="Override a recipe key (TOML value syntax).")]
+RunSetOption = Annotated[list[str] | None, typer.Option(
+    "--set", "-s", metavar="KEY=VALUE", help="Override a key of the run's recipe that leaves the trained model as "
+    "it is, e.g. data.root=/new/place or model.temperature=0.9 (TOML value syntax; not saved in the run).")]
 
 
 # -- components --------------------------------------------------------------------------------------
@@ -399,6 +402,7 @@ def evaluate(
     importance_samples: Annotated[int | None, typer.Option(
         "--importance-samples", min=1, help="bpd: also the k-sample importance-weighted bound bpd_iw<k> (default: "
         "the recipe's [eval.bpd] importance_samples if above 1, else its eval.importance_samples).")] = None,
+    overrides: RunSetOption = None,
 ) -> None:
     """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run."""
     from avade.evaluate import evaluate_checkpoints, evaluate_run
@@ -416,7 +420,8 @@ def evaluate(
                          "recipe's eval.metrics)")
     if checkpoint is not None and checkpoint.strip().lower() == "all":
         rows = evaluate_checkpoints(run_dir, names, samples=samples, device=_device(device, indexed=True),
-                                    console=err, ema=ema, importance_samples=importance_samples)
+                                    console=err, ema=ema, importance_samples=importance_samples,
+                                    overrides=overrides or [])
         if as_json:
             print(json.dumps(rows, indent=2))
             return
@@ -430,7 +435,7 @@ def evaluate(
         return
     results = evaluate_run(run_dir, names, samples=samples, device=_device(device, indexed=True),
                            console=err if as_json else out, checkpoint=checkpoint, ema=ema,
-                           importance_samples=importance_samples)
+                           importance_samples=importance_samples, overrides=overrides or [])
     if as_json:
         print(json.dumps(results, indent=2))
     else:
@@ -460,6 +465,7 @@ def sample(
     checkpoint: CheckpointOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per model call.")] = 100,
     ema: EmaOption = True,
+    overrides: RunSetOption = None,
 ) -> None:
     """Write a grid of samples (or reconstructions), or an .npz of samples, from a run's last checkpoint (or
     --checkpoint STEP)."""
@@ -478,7 +484,7 @@ def sample(
         raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'samples.png'}")
     path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
                       seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint, batch_size=batch_size,
-                      ema=ema)
+                      ema=ema, overrides=overrides or [])
     out.print(f"wrote {escape(str(path))}")
 
 

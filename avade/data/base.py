@@ -11,9 +11,11 @@ Resizing is bilinear with antialiasing (PIL's ``BILINEAR`` filter, to within one
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,18 @@ SPLITS: tuple[str, ...] = ("train", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # Fallback suggestion in "not found" messages: a dataset that always works offline.
 OFFLINE_FALLBACK = "natural-patches"
+# Off while a trained run's data are read (eval, sample, resume): another dataset is no fix there.
+_SUGGEST_FALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar("suggest_fallback", default=True)
+
+
+@contextlib.contextmanager
+def data_of_trained_model() -> Iterator[None]:
+    """Within it, "not found" errors do not suggest the offline dataset: the model was trained on this one."""
+    token = _SUGGEST_FALLBACK.set(False)
+    try:
+        yield
+    finally:
+        _SUGGEST_FALLBACK.reset(token)
 
 
 class ImageDataset(Dataset):
@@ -293,6 +307,7 @@ def missing_data(
         fixes.append("set data.download=true to fetch it (needs network)")
     elif source:
         fixes.append(f"get it from {source} (data.download cannot fetch it)")
-    fixes.append(f"or use the built-in offline data with --set data.name={OFFLINE_FALLBACK}")
+    if _SUGGEST_FALLBACK.get():
+        fixes.append(f"or use the built-in offline data with --set data.name={OFFLINE_FALLBACK}")
     detail = f" {what}" if what else ""
     return DataError(f"dataset '{dataset}'{detail} not found (searched: {paths}); {', '.join(fixes)}")

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from avade.atomic_files import locked
-from avade.data.base import class_counts
+from avade.data.base import class_counts, data_of_trained_model
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
 from avade.losses.adversarial import CollapseDetector, discriminator_loss, generator_loss, gradient_penalty
@@ -209,7 +209,8 @@ class Trainer:
         if self.cfg.compile:
             check_compile_backend(self.cfg.compile_backend)
         seed_everything(self.cfg.seed + self.dist.rank)
-        self.train_set, self.test_set = load_datasets(recipe)
+        with data_of_trained_model() if resume else contextlib.nullcontext():
+            self.train_set, self.test_set = load_datasets(recipe)
         # recorded in checkpoints: a conditional model is then sampled with the data's balance without the data
         self.class_counts = class_counts(self.train_set)
         self.model: GenerativeModel = build_model(recipe, self.train_set.shape, self.train_set.num_classes)
