@@ -17,7 +17,7 @@ from torch import Tensor
 from avade.errors import ConfigError
 from avade.metrics.context import EvalContext
 from avade.metrics.features import FeatureExtractor, extract, get_extractor, warn_if_not_reference
-from avade.metrics.reference import real_stats, sample_features
+from avade.metrics.reference import real_stats_count, sample_features
 from avade.metrics.stats import gaussian_stats
 from avade.schema import ge
 
@@ -126,8 +126,15 @@ class FID:
         extractor = get_extractor(ctx.options, ctx.device)
         warn_if_not_reference(extractor, "FID")
         reference = self.check_reference(extractor, ctx.device)
-        mu_r, sigma_r = (reference if reference is not None
-                         else real_stats(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size))
+        if reference is not None:
+            mu_r, sigma_r = reference
+        else:
+            mu_r, sigma_r, count = real_stats_count(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size)
+            if count is not None and count <= mu_r.numel():  # as for the samples below
+                warnings.warn(f"FID's reference statistics come from {count} real images ({cfg.split} split) of "
+                              f"{mu_r.numel()}-dimensional features: a rank-deficient covariance biases FID "
+                              "upward; use a larger split (eval.fid.split = \"train\") or drop eval.fid.real_samples "
+                              "to compare with published FIDs", UserWarning, stacklevel=2)
         fake = sample_features(ctx, extractor, cfg.samples, cfg.batch_size).features
         if fake.shape[0] <= fake.shape[1]:  # the sample covariance cannot have full rank
             warnings.warn(f"FID from {fake.shape[0]} samples of {fake.shape[1]}-dimensional features is biased "

@@ -13,6 +13,7 @@ import pathlib
 import re
 
 import attrs
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -22,7 +23,7 @@ from avade.metrics.context import EvalContext
 from avade.metrics.features import FeatureExtractor, extract
 from avade.metrics.stats import gaussian_stats
 
-__all__ = ["FeatureSet", "cache_path", "real_features", "real_stats", "sample_features"]
+__all__ = ["FeatureSet", "cache_path", "real_features", "real_stats", "real_stats_count", "sample_features"]
 
 
 @attrs.define
@@ -85,11 +86,20 @@ def real_features(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: 
 def real_stats(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None = None,
                batch_size: int = 100) -> tuple[Tensor, Tensor]:
     """FID reference statistics (float64 mean ``[D]``, covariance ``[D, D]``), from the cache when present."""
+    return real_stats_count(ctx, extractor, split, n, batch_size)[:2]
+
+
+def real_stats_count(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None = None,
+                     batch_size: int = 100) -> tuple[Tensor, Tensor, int | None]:
+    """:func:`real_stats` and how many images they come from (None for a cache file that does not say)."""
     path = cache_path(ctx, extractor, split, n, "stats")
     if path.is_file():
         data = load_file(str(path))
-        return data["mu"], data["sigma"]
-    return gaussian_stats(_compute(ctx, extractor, split, n, batch_size).features)
+        with safe_open(str(path), "pt") as handle:
+            count = (handle.metadata() or {}).get("count")
+        return data["mu"], data["sigma"], int(count) if count and count.isdigit() else None
+    features = _compute(ctx, extractor, split, n, batch_size).features
+    return *gaussian_stats(features), len(features)
 
 
 def sample_features(ctx: EvalContext, extractor: FeatureExtractor, n: int, batch_size: int = 100,

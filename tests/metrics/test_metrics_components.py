@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -167,3 +168,16 @@ def test_subset_study_says_why_it_has_no_is_column(tmp_path, recwarn) -> None:
     rows = subset_study(ctx, sizes=[80, 40], split="train")
     assert all("is_mean" not in r for r in rows)
     assert any(str(w.message).startswith("subset study: no IS column") for w in recwarn)
+
+
+def test_too_few_real_images_for_fid_are_said_computed_and_cached(tmp_path) -> None:
+    ctx = _ctx(tmp_path, lambda n, labels: natural_crops(n, seed=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # computed, then read from the cache (whose metadata keeps the count)
+            FID(FIDConfig(samples=80, real_samples=20)).compute(ctx)  # 20 real images of 24-dimensional features
+        FID(FIDConfig(samples=80, real_samples=40)).compute(ctx)
+    said = [str(w.message) for w in caught if "test-only" not in str(w.message)]
+    assert ctx.real_calls == 2 and len(said) == 2, said
+    assert all(s.startswith("FID's reference statistics come from 20 real images (test split) of 24-dimensional")
+               for s in said)
