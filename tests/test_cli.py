@@ -178,11 +178,15 @@ def test_doctor_json() -> None:
 def test_doctor_with_recipe_and_missing_weights(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AVADE_INCEPTION_WEIGHTS", str(write("nothing-here.txt", "").parent / "absent.pt"))
     recipe = write("cifar.toml", f'extends = "{QUICKSTART.as_posix()}"\n[data]\nname = "cifar10"\n'
-                                 f'root = "{(QUICKSTART.parent / "no-such-root").as_posix()}"\nresolution = 32\n')
+                                 f'root = "{(QUICKSTART.parent / "no-such-root").as_posix()}"\nresolution = 32\n'
+                                 '[eval]\nmetrics = ["bpd", "fid"]\n')
     result = run("doctor", "--json", "--recipe", str(recipe))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # the whole report, then a failing exit: it cannot start here
     report = json.loads(result.stdout)
-    assert report["recipe"]["ok"] and report["recipe"]["dataset"] == "cifar10"
+    assert report["recipe"]["ok"] and report["recipe"]["dataset"] == "cifar10" and not report["recipe"]["ready"]
+    data_problem, weights_problem = report["recipe"]["problems"]
+    assert data_problem.startswith("dataset 'cifar10' not found") and "no-such-root" in data_problem
+    assert weights_problem.startswith("eval.metrics fid need Inception weights: AVADE_INCEPTION_WEIGHTS")
     cifar = {d["name"]: d for d in report["datasets"]}["cifar10"]
     assert cifar["config"] == "recipe" and not cifar["present"] and "no-such-root" in cifar["message"]
     assert not report["weights"]["available"] and "AVADE_INCEPTION_WEIGHTS" in report["weights"]["message"]
@@ -472,7 +476,10 @@ def test_doctor_checks_the_data_of_every_sweep_variant(write: Write, tmp_path: P
                                '[data]\nname = "lsun"\nresolution = 64\n'
                                f'root = "{root}"\ncategory = "bedroom"\n'
                                '[sweep]\ngrid = {"data.category" = ["bedroom", "tower"]}\n')
-    report = json.loads(run("doctor", "--json", "--recipe", str(recipe)).stdout)
+    result = run("doctor", "--json", "--recipe", str(recipe))
+    report = json.loads(result.stdout)
+    assert result.exit_code == 2 and not report["recipe"]["ready"], result.output
+    assert [p.split(":")[0] for p in report["recipe"]["problems"]][-1] == "variant lsw-categorytower"
     rows = {d["config"]: d for d in report["datasets"] if d["name"] == "lsun"}
     assert set(rows) == {"recipe", "variant lsw-categorytower"}, rows
     assert not rows["variant lsw-categorytower"]["present"] and "tower" in rows["variant lsw-categorytower"]["message"]

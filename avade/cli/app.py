@@ -240,8 +240,9 @@ def list_components(
 
 @app.command()
 def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-           recipe: Annotated[Path | None, typer.Option("--recipe", help="Check this recipe's dataset root.")]
-           = None) -> None:
+           recipe: Annotated[Path | None, typer.Option(
+               "--recipe", help="Also check that this recipe can start here: valid, its data (every sweep "
+               "variant's) found, Inception weights if its metrics need them; exit 2 if not.")] = None) -> None:
     """What to know before a long run: versions, devices, plugins, datasets, metric weights."""
     from avade.cli.doctor import collect, render
 
@@ -250,7 +251,8 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         print(json.dumps(report, indent=2, default=str))
     else:
         render(report, out)
-    if report.get("recipe") and not report["recipe"]["ok"]:  # the whole report, then a failing exit for scripts
+    entry = report.get("recipe")
+    if entry and not (entry["ok"] and entry["ready"]):  # the whole report, then a failing exit for scripts
         raise typer.Exit(2)
 
 

@@ -7,6 +7,7 @@ JSON-friendly dict; :func:`render` draws it with rich. Nothing heavy happens: da
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from importlib import metadata
@@ -177,7 +178,27 @@ def collect(recipe_path: Path | None = None) -> dict[str, Any]:
         report["recipe"] = entry
     report["datasets"] = _datasets(recipe)
     report["weights"] = _weights(recipe)
+    if recipe is not None:
+        report["recipe"]["problems"] = _recipe_problems(recipe, report)
+        report["recipe"]["ready"] = not report["recipe"]["problems"]
     return report
+
+
+def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
+    """What would stop the recipe (or one of its sweep variants) before its first step on this machine: data
+    not found, or Inception weights its eval metrics need."""
+    problems = [("" if d["config"] == "recipe" else f"{d['config']}: ") + d["message"].removesuffix(_OFFLINE_HINT)
+                for d in report["datasets"] if d["config"] != "default" and not d["present"]]
+    metrics = set(recipe.eval.metrics)
+    if recipe.sweep is not None:
+        from avade.recipe import expand_sweep
+
+        with contextlib.suppress(AvadeError):  # the sweep panel row reports an unexpandable sweep
+            metrics.update(m for v in expand_sweep(recipe) for m in v.recipe.eval.metrics)
+    needing = [m for m in WEIGHT_METRICS if m in metrics]
+    if needing and not report["weights"]["available"]:
+        problems.append(f"eval.metrics {', '.join(needing)} need Inception weights: {report['weights']['message']}")
+    return problems
 
 
 # -- rendering -----------------------------------------------------------------------------------------
@@ -279,8 +300,11 @@ def _recipe_panel(report: dict[str, Any]) -> Panel | None:
     grid.add_column(no_wrap=True)
     grid.add_column(overflow="fold")
     if entry["ok"]:
-        grid.add_row("[green]ok[/]",
+        ready = not entry.get("problems")
+        grid.add_row("[green]ok[/]" if ready else "[red]not ready[/]",
                      escape(f"{entry['path']}: {entry['name']} ({entry['variant']} on {entry['dataset']})"))
+        for problem in entry.get("problems", []):
+            grid.add_row("", escape(problem))
     else:
         grid.add_row("[red]invalid[/]", escape(entry["error"]))
     return Panel(grid, title="recipe", title_align="left")
@@ -302,6 +326,8 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
         summary.append(f"{len(report['plugins']['failed'])} plugin(s) failed to load")
     if report.get("recipe") and not report["recipe"]["ok"]:
         summary.append("the recipe is invalid")
+    elif report.get("recipe") and not report["recipe"].get("ready", True):
+        summary.append("the recipe cannot start on this machine (see the recipe panel)")
     if not report["weights"]["available"]:
         summary.append("no Inception weights (FID/IS unavailable)")
     if problems:
