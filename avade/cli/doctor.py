@@ -193,7 +193,7 @@ def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
     if recipe.sweep is not None:
         from avade.recipe import expand_sweep
 
-        with contextlib.suppress(AvadeError):  # the sweep panel row reports an unexpandable sweep
+        with contextlib.suppress(AvadeError):  # a sweep that cannot expand is `recipe check`'s to report
             metrics.update(m for v in expand_sweep(recipe) for m in v.recipe.eval.metrics)
     needing = [m for m in WEIGHT_METRICS if m in metrics]
     if needing and not report["weights"]["available"]:
