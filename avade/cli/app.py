@@ -69,7 +69,12 @@ class _Group(typer.core.TyperGroup):
             sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush at exit
             raise typer.Exit(0) from None
         except StoppedError as exc:  # the conventional exit status of a process ended by that signal
-            _fail(str(exc), 128 + signal.Signals[exc.signal_name])
+            from avade.train.distributed import is_main_process
+
+            code = 128 + signal.Signals[exc.signal_name]
+            if not is_main_process():  # under torchrun rank 0 says it once for the job
+                raise typer.Exit(code) from None
+            _fail(str(exc), code)
         except AvadeError as exc:
             if _DEBUG["on"]:
                 raise

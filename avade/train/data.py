@@ -8,7 +8,6 @@ resuming exact. Under data parallelism each rank takes its slice of the same glo
 from __future__ import annotations
 
 import math
-import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from avade.errors import ConfigError, DataError
+from avade.train.preemption import ignore_stop_signals
 
 
 class _StepSampler(Sampler[list[int]]):
@@ -27,13 +27,6 @@ class _StepSampler(Sampler[list[int]]):
         while True:
             yield self.stream.indices(step).tolist()
             step += 1
-
-
-def ignore_sigint(_worker_id: int) -> None:
-    """A DataLoader worker ignores SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
-    training process, which stops at the step boundary (:mod:`avade.train.preemption`), still needs
-    batches until then; a worker that died of it failed the run ("worker exited unexpectedly")."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class BatchStream:
@@ -86,7 +79,7 @@ class BatchStream:
         # An explicit generator: creating the iterator must not draw from the global RNG (exact resume).
         loader: Any = DataLoader(self.dataset, batch_sampler=_StepSampler(self, start),
                                  num_workers=self.num_workers, pin_memory=pin,
-                                 persistent_workers=self.num_workers > 0, worker_init_fn=ignore_sigint,
+                                 persistent_workers=self.num_workers > 0, worker_init_fn=ignore_stop_signals,
                                  generator=torch.Generator().manual_seed(self.seed))
         classes = int(getattr(self.dataset, "num_classes", 0))
         for x, y in loader:
@@ -150,7 +143,7 @@ def _batches_of(dataset: Dataset, keep: torch.Tensor | None, n: int, batch_size:
         return
     order = keep.tolist() if keep is not None else range(n)
     sampler = [list(order[i * batch_size:(i + 1) * batch_size]) for i in which]
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, worker_init_fn=ignore_sigint)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, worker_init_fn=ignore_stop_signals)
     for i, (x, y) in zip(which, loader, strict=True):
         yield i, x, torch.as_tensor(y)
 

@@ -1,6 +1,7 @@
 """Stopping training at a step boundary with a checkpoint, so ``--resume`` loses nothing.
 
-- SIGTERM (a cluster's preemption or time limit, ``scancel``, ``kill``) asks for that stop.
+- SIGTERM (a cluster's preemption or time limit, ``scancel``, ``kill``) asks for that stop, and so does
+  SIGUSR1 (SLURM's early warning, ``sbatch --signal=USR1@120``, as submitit and Lightning use it).
 - So does a first Ctrl-C (SIGINT). A second Ctrl-C quits at once (``KeyboardInterrupt``), because a step
   or an evaluation can take minutes.
 
@@ -18,24 +19,49 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from avade.errors import StoppedError
+
 # A second SIGINT this soon after the first is the same request: torchrun forwards the terminal's Ctrl-C
 # to its workers, which got it from the terminal too. A person pressing again takes longer.
 REPEAT_WINDOW_S = 1.0
+# What a stop signal says before the first step (there is nothing to save yet): ``immediate`` below
+UNSTARTED_STOP = "stopped by {signal} before the first step: nothing was trained, so nothing was saved; start it again"
+# Signals that ask for a stop with a checkpoint (SIGINT too, handled on its own); SIGUSR1 is POSIX only.
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """For DataLoader workers: ignore SIGINT and the stop signals. A terminal's Ctrl-C and a cluster's
+    SIGTERM (SLURM signals every process of the job) reach the workers too, and the training process, which
+    stops at the step boundary, still needs their batches until then; a worker that died of it failed the
+    run ("DataLoader worker is killed by signal") without a checkpoint."""
+    for signum in (signal.SIGINT, *STOP_SIGNALS):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class StopRequest:
     """Set by the signal handlers; read by the training loop between steps."""
 
-    def __init__(self, announce: bool = True, repeat_window_s: float = REPEAT_WINDOW_S) -> None:
+    def __init__(self, announce: bool = True, repeat_window_s: float = REPEAT_WINDOW_S,
+                 immediate: str | None = None) -> None:
         self.signal: str | None = None
         self.announce = announce
         self.repeat_window_s = repeat_window_s
+        self.immediate = immediate
         self._first_sigint: float | None = None
 
+    def _stop_now(self, signum: int) -> None:
+        if self.immediate is not None:
+            name = signal.Signals(signum).name
+            raise StoppedError(self.immediate.format(signal=name), signal_name=name)
+
     def _handle_sigterm(self, signum: int, _frame: FrameType | None) -> None:
+        self._stop_now(signum)
         self.signal = self.signal or signal.Signals(signum).name
 
     def _handle_sigint(self, signum: int, _frame: FrameType | None) -> None:
+        self._stop_now(signum)
         now = time.monotonic()
         if self._first_sigint is None:
             self._first_sigint = now
@@ -49,16 +75,22 @@ class StopRequest:
 
 
 @contextmanager
-def stop_on_signals(announce: bool = True, repeat_window_s: float = REPEAT_WINDOW_S) -> Iterator[StopRequest]:
-    """Within the block SIGTERM and a first SIGINT only set ``request.signal`` (a second SIGINT raises
+def stop_on_signals(announce: bool = True, repeat_window_s: float = REPEAT_WINDOW_S,
+                    immediate: str | None = None) -> Iterator[StopRequest]:
+    """Within the block SIGTERM, SIGUSR1 and a first SIGINT only set ``request.signal`` (a second SIGINT raises
     ``KeyboardInterrupt``); the previous handlers come back after it. A SIGINT that was ignored (a
     background job, ``nohup``) stays ignored. Signal handlers can only be installed from the main
-    thread; elsewhere the block changes nothing."""
-    request = StopRequest(announce, repeat_window_s)
+    thread; elsewhere the block changes nothing.
+
+    ``immediate``: before there is anything to save (loading data, the untrained model's evaluation) each
+    of these signals raises :class:`~avade.errors.StoppedError` at once, with this message (``{signal}``:
+    the signal's name), instead of waiting for a step boundary."""
+    request = StopRequest(announce, repeat_window_s, immediate)
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous: dict[signal.Signals, Any] = {signal.SIGTERM: signal.signal(signal.SIGTERM, request._handle_sigterm)}
+    previous: dict[signal.Signals, Any] = {signum: signal.signal(signum, request._handle_sigterm)
+                                           for signum in STOP_SIGNALS}
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, request._handle_sigint)
     try:

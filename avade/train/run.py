@@ -17,12 +17,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from avade.atomic_files import locked
-from avade.errors import ConfigError, DataError, TrainingError, did_you_mean
+from avade.errors import ConfigError, DataError, StoppedError, TrainingError, did_you_mean
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.train.checkpoint import list_checkpoints
 from avade.train.distributed import is_main_process, shutdown_distributed
+from avade.train.preemption import UNSTARTED_STOP, stop_on_signals
 from avade.train.rundir import RunDir, default_run_dir, latest_run_dir, write_json
 
 
@@ -42,7 +43,8 @@ def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: s
             shutil.rmtree(out_dir, ignore_errors=True)
 
     try:
-        trainer = Trainer(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)
+        with stop_on_signals(announce=False, immediate=UNSTARTED_STOP):  # data and model: nothing to save yet
+            trainer = Trainer(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)
     except BaseException:
         drop_unstarted_run()
         raise
@@ -51,7 +53,7 @@ def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: s
                       f"on {trainer.device}")
     try:
         summary = trainer.fit()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StoppedError):
         if trainer.step == 0:  # before any step (the untrained model's evaluation): nothing worth keeping
             drop_unstarted_run()
         raise

@@ -50,7 +50,7 @@ from avade.train.distributed import (
 )
 from avade.train.ema import WeightAverage
 from avade.train.logger import MetricsLogger
-from avade.train.preemption import StopRequest, stop_on_signals
+from avade.train.preemption import UNSTARTED_STOP, StopRequest, stop_on_signals
 from avade.train.rundir import RunDir, atomic_write_text, read_json_object, write_json
 from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled
 
@@ -613,7 +613,8 @@ class Trainer:
         start_step = self.step
         # The untrained model's test BPD, so a summary shows what training bought.
         if self.likelihood and self.step == 0:
-            self.bpd_untrained = self.test_bpd()
+            with stop_on_signals(announce=False, immediate=UNSTARTED_STOP):  # nothing to save yet
+                self.bpd_untrained = self.test_bpd()
         t0, images = time.perf_counter(), 0
         batches = self.stream.batches(self.step)
         from avade.train.progress import TrainProgress

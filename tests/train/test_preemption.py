@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from avade.train.preemption import stop_on_signals
+from avade.errors import StoppedError
+from avade.train.preemption import ignore_stop_signals, stop_on_signals
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -56,3 +57,25 @@ def test_an_ignored_sigint_stays_ignored():
             assert stop.signal is None
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_sigusr1_asks_for_a_stop_too_and_data_workers_ignore_every_stop_signal():
+    with stop_on_signals(announce=False) as stop:
+        _raise(signal.SIGUSR1)  # SLURM's early warning (sbatch --signal=USR1@120)
+        assert stop.signal == "SIGUSR1"
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        ignore_stop_signals(0)
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in previous)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def test_before_there_is_anything_to_save_a_stop_signal_stops_at_once():
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with pytest.raises(StoppedError) as err, stop_on_signals(immediate="stopped by {signal}: nothing saved"):
+            _raise(signum)
+            raise AssertionError("the handler raises at once")
+        assert str(err.value) == f"stopped by {signal.Signals(signum).name}: nothing saved"
+        assert err.value.signal_name == signal.Signals(signum).name

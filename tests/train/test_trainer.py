@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_recipes import tiny_recipe
 
-from avade.errors import CheckpointError, ConfigError, TrainingError
+from avade.errors import CheckpointError, ConfigError, StoppedError, TrainingError
 from avade.train import checkpoint as ckpt
 from avade.train.trainer import Trainer
 
@@ -368,6 +368,19 @@ def test_ctrl_c_before_the_first_step_leaves_no_run_directory(tmp_path, monkeypa
 
     monkeypatch.setattr(Trainer, "test_bpd", interrupted)
     with pytest.raises(KeyboardInterrupt):
+        run_recipe(tiny_recipe(), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    # SIGTERM there (a cluster's time limit) stops at once, said, with nothing left behind either
+    import os
+    import signal
+
+    def terminated(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the handler stops it at once")
+
+    monkeypatch.setattr(Trainer, "test_bpd", terminated)
+    with pytest.raises(StoppedError, match="stopped by SIGTERM before the first step: nothing was trained"):
         run_recipe(tiny_recipe(), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
     monkeypatch.undo()
