@@ -376,7 +376,7 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
         if overrides:
             recipe = _overridden(run, recipe, overrides)
     chosen = select_checkpoint(run, checkpoint)
-    data = ckpt.read_checkpoint(chosen, need_average=ema)
+    data = ckpt.read_checkpoint(chosen, need_average=ema, training_state=False)
     if not ckpt.same_model(data["state"], recipe_to_dict(recipe)):
         # e.g. recipe.toml edited by hand: the weights would be evaluated as another model (a wrong
         # logit_alpha still loads, and gives a wrong BPD).

@@ -193,7 +193,29 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{_PREFIX}{step:08d}"
     tmp = directory / f".tmp-{_PREFIX}{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in directory.glob(".tmp-*"):  # left by a process killed (or a save that failed) while writing
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        _write(tmp, model, optimizers, rng, state, step, ema)
+    except (OSError, SafetensorError) as exc:  # e.g. a full disk: the earlier checkpoints stay as they are
+        shutil.rmtree(tmp, ignore_errors=True)
+        detail = " ".join(str(getattr(exc, "strerror", None) or exc).split())
+        kept = list_checkpoints(directory)
+        then = (f"--resume goes on from {kept[-1].name}" if kept else "nothing was saved before it")
+        raise CheckpointError(f"cannot write checkpoint {final}: {detail}; free space there (or lower "
+                              f"train.keep_checkpoints, or use another --out), then {then}") from None
+    if final.exists():
+        _discard(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(directory)[:-keep]:
+        if not is_milestone(old, keep_every):
+            _discard(old)
+    return final
+
+
+def _write(tmp: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer], rng: list[bytes],
+           state: dict[str, Any], step: int, ema: dict[str, torch.Tensor] | None) -> None:
+    """A checkpoint's files into the fresh folder ``tmp``, synced to disk."""
     tmp.mkdir()
     model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(model_tensors, tmp / "model.safetensors")
@@ -219,16 +241,6 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
     for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
         with f.open("rb") as fh:
             os.fsync(fh.fileno())
-    if final.exists():
-        _discard(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(directory)[:-keep]:
-        if not is_milestone(old, keep_every):
-            _discard(old)
-    for stale in directory.glob(".tmp-*"):  # left by a process killed while writing
-        if stale != tmp:
-            shutil.rmtree(stale, ignore_errors=True)
-    return final
 
 
 def _discard(path: Path) -> None:
@@ -284,11 +296,14 @@ def fallback_hint(path: Path) -> str:
     return f"delete {path.name} (no older checkpoint: the run would start again from step 0)"
 
 
-def read_checkpoint(path: Path, need_average: bool = True) -> dict[str, Any]:
+def read_checkpoint(path: Path, need_average: bool = True, training_state: bool = True) -> dict[str, Any]:
     """Read and check a checkpoint directory; CheckpointError if anything is missing or corrupt. The
     result holds ``state`` (state.json) and the tensors of ``model``, ``optimizer``, ``rng`` and, when the
-    run averaged its weights, ``ema`` (required unless ``need_average`` is False: the last iterate alone)."""
-    files = {n: path / f"{n}.safetensors" for n in ("model", "optimizer", "rng")}
+    run averaged its weights, ``ema`` (required unless ``need_average`` is False: the last iterate alone).
+    ``training_state=False`` (evaluation, sampling): the optimizer and random states are neither needed
+    nor read."""
+    parts = ("model", "optimizer", "rng") if training_state else ("model",)
+    files = {n: path / f"{n}.safetensors" for n in parts}
     state_file = path / "state.json"
     for f in (*files.values(), state_file):
         if not f.is_file():
@@ -300,8 +315,14 @@ def read_checkpoint(path: Path, need_average: bool = True) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt: state.json is not valid JSON ({exc}); "
                               f"{fallback_hint(path)}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "step" not in state:
-        raise CheckpointError(f"checkpoint {path} has an unknown format; it was not written by this avade")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json holds a JSON {type(state).__name__}, not "
+                              f"a checkpoint's state; {fallback_hint(path)}")
+    if state.get("format") != FORMAT or "step" not in state:
+        raise CheckpointError(f"checkpoint {path} has an unknown format (state.json format "
+                              f"{state.get('format')!r}, this avade reads {FORMAT!r}): it was written by another "
+                              f"avade version, or is not a checkpoint; read it with that version, or "
+                              f"{fallback_hint(path)}")
     step = state["step"]
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"checkpoint {path} is corrupt: state.json's step is {step!r}, not a count of "

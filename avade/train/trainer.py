@@ -321,6 +321,7 @@ class Trainer:
                                   "--resume or choose another --out")
         step = ckpt.checkpoint_step(existing[-1]) if existing else 0
         if resume and step > self.cfg.steps:  # checked before anything in the run directory is rewritten
+            ckpt.read_checkpoint(existing[-1])  # one cut short (an interrupted copy) is named as such
             raise CheckpointError(f"the run in {self.run.root} is already at step {step}, beyond train.steps = "
                                   f"{self.cfg.steps}; raise train.steps to train on (or evaluate it with `avade eval`)")
 

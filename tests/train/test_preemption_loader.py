@@ -1,4 +1,5 @@
-"""A terminal's Ctrl-C reaches the whole foreground process group, DataLoader workers included: they
+"""A terminal's Ctrl-C reaches the whole foreground process group, DataLoader workers included (and a
+cluster's SIGTERM every process of the job): they
 must leave it to the training process (which stops at the step boundary), not die and take the
 batches of the steps up to that boundary with them."""
 
@@ -29,7 +30,9 @@ class SlowImages(Dataset):
         return torch.full((1, 4, 4), i, dtype=torch.uint8), 0
 
 
-def test_a_ctrl_c_to_the_process_group_leaves_the_loader_workers_running():
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)],
+                         ids=["Ctrl-C", "SIGTERM (SLURM signals every process of the job)", "SIGUSR1"])
+def test_a_stop_signal_to_the_process_group_leaves_the_loader_workers_running(signum):
     stream = BatchStream(SlowImages(), batch_size=4, seed=0, num_workers=2)
     batches = stream.batches(0)
     next(batches)
@@ -37,9 +40,9 @@ def test_a_ctrl_c_to_the_process_group_leaves_the_loader_workers_running():
     assert len(loader_workers) == 2
     with stop_on_signals(announce=False) as stop:
         for pid in [os.getpid(), *loader_workers]:  # what the terminal does on Ctrl-C
-            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signum)
         time.sleep(0.3)
         for _ in range(3):  # the steps up to the boundary still get their batches
             x, _ = next(batches)
             assert x.shape == (4, 1, 4, 4)
-    assert stop.signal == "SIGINT"
+    assert stop.signal == signal.Signals(signum).name

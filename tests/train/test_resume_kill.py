@@ -105,33 +105,3 @@ def test_a_stop_signal_stops_at_a_step_with_a_checkpoint_and_resume_is_bit_ident
     subprocess.run(_cmd(recipe, stopped, "--resume"), check=True, env=_env(), capture_output=True, timeout=300)
     _assert_same_weights(*_final_checkpoints(ref, stopped))
 
-
-@pytest.mark.skipif(sys.platform == "win32", reason="process groups are POSIX")
-def test_sigterm_to_the_whole_job_spares_the_data_loader_workers(tmp_path):
-    """SLURM signals every process of the job, DataLoader workers included: they must outlive the step."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        path = tmp_path / "data" / "imgs" / f"{i:02d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(tomli_w.dumps(tiny_dict(
-        "train.steps=400", "train.checkpoint_every=1000", "train.log_every=1", 'data.name="image-folder"',
-        f"data.root={str(tmp_path / 'data')!r}", 'data.folder="imgs"', "data.num_workers=2",
-        "data.test_fraction=0.25", "data.batch_size=4", "data.eval_batch_size=4")))
-    run = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(recipe, run), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # its own process group, as a job step
-    deadline = time.monotonic() + 240
-    metrics = run / "metrics.jsonl"
-    while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGTERM)  # the main process and its DataLoader workers alike
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, out
-    kept = ckpt.list_checkpoints(run / "checkpoints")
-    assert len(kept) == 1 and f"stopped by SIGTERM at step {ckpt.checkpoint_step(kept[0])}" in out, out

@@ -125,6 +125,54 @@ def test_corrupt_checkpoint_is_refused(tmp_path, damage):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+def test_damaged_checkpoints_beyond_resume_are_named_and_eval_needs_only_the_weights(tmp_path):
+    from avade.evaluate import load_run
+
+    Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
+    path = tmp_path / "checkpoints" / "step_00000002"
+    # the optimizer and random states are for resuming: evaluation and sampling read the weights alone
+    data = (path / "optimizer.safetensors").read_bytes()
+    (path / "optimizer.safetensors").write_bytes(data[: len(data) // 2])
+    (path / "rng.safetensors").unlink()
+    assert load_run(tmp_path, device="cpu").checkpoint == path
+    with pytest.raises(CheckpointError, match=r"rng\.safetensors is missing"):
+        Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
+    # state.json that is JSON but no object; a folder cut short beyond train.steps (an interrupted copy)
+    (path / "state.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"state\.json holds a JSON list, not a checkpoint's state; delete"):
+        load_run(tmp_path, device="cpu")
+    (tmp_path / "checkpoints" / "step_00000025").mkdir()
+    with pytest.raises(CheckpointError, match=r"step_00000025 is incomplete: model\.safetensors is missing"):
+        Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_said_and_leaves_the_earlier_ones(tmp_path, monkeypatch):
+    import errno
+
+    Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
+    stale = tmp_path / "checkpoints" / ".tmp-step_00000003-999999"  # a save that died before
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"partial")
+    real_save = ckpt.save_file
+
+    def full_disk(tensors, filename, *args, **kwargs):
+        if str(filename).endswith("optimizer.safetensors"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    with pytest.raises(CheckpointError) as err:
+        Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False).fit()
+    message = str(err.value)
+    assert message.startswith(f"cannot write checkpoint {tmp_path / 'checkpoints' / 'step_00000004'}: No space left")
+    assert "--resume goes on from step_00000002" in message and "\n" not in message
+    left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert left == ["step_00000002"]  # no partial folder of this save nor of the earlier one
+    ckpt.read_checkpoint(tmp_path / "checkpoints" / "step_00000002")
+    monkeypatch.undo()
+    Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False).fit()  # then it goes on
+
+
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     recipe = tiny_recipe("model.variant=v-ade", "model.discriminator.name=none", "train.steps=20",
                          "train.checkpoint_every=2", "train.max_bad_steps=3")
