@@ -8,6 +8,7 @@ hyper-parameters, the resolved recipe and its fingerprint). It only becomes visi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -64,17 +65,8 @@ def fingerprint_differences(saved: Any, recipe_dict: dict[str, Any], limit: int 
     as ``model.flow.hidden 8 -> 16, ...`` (the first ``limit``), or "" when that cannot be told."""
     if not isinstance(saved, dict):
         return ""
-
-    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(node, dict):
-            return {prefix: node}
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-
-    old = flat(_fingerprinted(_reread(saved) or saved))
-    new = flat(_fingerprinted(recipe_dict))
+    old = _flat(_fingerprinted(_reread(saved) or saved))
+    new = _flat(_fingerprinted(recipe_dict))
     unset = "(unset)"
     keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k, unset) != new.get(k, unset)]
 
@@ -84,6 +76,42 @@ def fingerprint_differences(saved: Any, recipe_dict: dict[str, Any], limit: int 
     parts = [f"{'train.optimizer' if k == 'optimizer' else k} {show(k, old)} -> "
              f"{show(k, new)}" for k in keys[:limit]]
     return ", ".join(parts) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def setting_changes(saved: Any, recipe_dict: dict[str, Any], sections: tuple[str, ...] = ("train", "eval")
+                    ) -> dict[str, list[Any]]:
+    """The keys of ``sections`` (the settings a resume may change) whose values differ between a
+    checkpoint's recipe and ``recipe_dict``: ``{"train.seed": [0, 1], ...}``. A key an older avade did not
+    save reads as today's default."""
+    if not isinstance(saved, dict):
+        return {}
+    from avade.recipe import recipe_from_dict, recipe_to_dict
+    from avade.recipe.load import with_saved_defaults
+
+    with contextlib.suppress(AvadeError, TypeError, ValueError):  # e.g. a gone metric plugin: compared as saved
+        saved = recipe_to_dict(recipe_from_dict(with_saved_defaults(saved)))
+    out: dict[str, list[Any]] = {}
+
+    def compare(old: Any, new: Any, prefix: str) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in dict.fromkeys([*old, *new]):
+                compare(old.get(key), new.get(key), f"{prefix}.{key}")
+        elif old != new:  # a table added or dropped (a metric's settings) is one change
+            out[prefix] = [old, new]
+
+    for section in sections:
+        compare(saved.get(section) or {}, recipe_dict.get(section) or {}, section)
+    return out
 
 
 def same_model(state: dict[str, Any], recipe_dict: dict[str, Any]) -> bool:

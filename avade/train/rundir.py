@@ -63,6 +63,11 @@ class RunDir:
     def eval_checkpoints(self) -> Path:
         return self.root / "eval_checkpoints.json"
 
+    @property
+    def resumes(self) -> Path:
+        """One JSON line per ``--resume`` that changed settings: step, checkpoint, ``changed`` (old, new)."""
+        return self.root / "resumes.jsonl"
+
     def make(self) -> RunDir:
         for p in (self.root, self.checkpoints, self.samples):
             p.mkdir(parents=True, exist_ok=True)

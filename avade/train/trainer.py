@@ -10,6 +10,7 @@ With ``train.flow_adv_grad = false`` (paper) L_Q's gradient stops at f's paramet
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -246,10 +247,12 @@ class Trainer:
         # summary.json of a resumed run that already finished (a done sweep variant): left exactly as it is.
         self.finished: dict[str, Any] | None = None
         self._saved_average: tuple[dict[str, torch.Tensor], Path] | None = None  # from a resumed checkpoint
+        self._resumed: dict[str, Any] | None = None  # what a resume changed, for resumes.jsonl
         if resume:
             self._resume()
         if self.finished is None:
             self._write_recipe(fresh=self.step == 0)  # only now: a refused resume leaves the run as it was
+            self._record_resume()
         if self.step == 0:
             self._data_init()
         if self.dist.enabled:
@@ -339,6 +342,16 @@ class Trainer:
             self._drop_stale_eval()
             atomic_write_text(self.run.recipe, recipe_to_toml(self.recipe))
 
+    def _record_resume(self) -> None:
+        """One line in resumes.jsonl per resume that changed settings (or the number of processes): the step,
+        the checkpoint and each changed key's old and new value."""
+        resumed = self._resumed
+        if not self.dist.is_main or not resumed or not (resumed["changed"] or "processes" in resumed):
+            return
+        line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **resumed}
+        with self.run.resumes.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line, default=str) + "\n")
+
     def _drop_stale_eval(self) -> None:
         """Evaluations (eval.json, eval_checkpoints.json's records) of a checkpoint beyond this start (an
         earlier attempt, or steps about to be retrained) would describe other weights than the checkpoint of
@@ -391,6 +404,22 @@ class Trainer:
         if changes:
             notes.append(f"learning rate from this recipe, not the checkpoint's: {', '.join(changes)}; step "
                          f"{self.step + 1} trains with lr {self.opt_g.param_groups[0]['lr']:.6g}")
+        # every other setting this resume changes is said too, and kept with the step in resumes.jsonl (the
+        # rewritten recipe.toml holds only the new values)
+        changed = ckpt.setting_changes(state.get("recipe"), self.recipe_dict)
+        said = {f"train.{k}" for k in ("lr", "d_lr", "lr_schedule", "lr_warmup_steps", "lr_final_ratio", "betas",
+                                      "steps")}
+        def shown(value: Any) -> str:
+            return "(unset)" if value is None else "(a table)" if isinstance(value, dict) else json.dumps(value)
+
+        others = [f"{k} {shown(old)} -> {shown(new)}" for k, (old, new) in changed.items() if k not in said]
+        if others:
+            notes.append(f"settings changed since the checkpoint: {', '.join(others)} (recorded in resumes.jsonl)")
+        world = state.get("world", 1)
+        if world != self.dist.world:
+            notes.append(f"checkpoint written by {world} process(es), resumed with {self.dist.world}: the same "
+                         f"global batch (data.batch_size), but the data order and noise differ from an "
+                         "uninterrupted run's from here on")
         self.bad_steps = int(state.get("bad_steps", 0))
         untrained = state.get("bpd_untrained")
         self.bpd_untrained = float(untrained) if isinstance(untrained, int | float) else None
@@ -405,6 +434,8 @@ class Trainer:
             self.console.print(f"resumed from {escape(str(path))} (step {self.step})")
             for note in notes if self.finished is None else []:  # a finished run does not train on
                 self.console.print(escape(note))
+        self._resumed = {"step": self.step, "checkpoint": path.name, "changed": changed,
+                         **({"processes": [world, self.dist.world]} if world != self.dist.world else {})}
 
     def _data_init(self) -> None:
         """A fresh run starts with one no-grad likelihood pass (and, for adversarial variants, one

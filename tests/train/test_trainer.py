@@ -173,6 +173,31 @@ def test_a_checkpoint_that_cannot_be_written_is_said_and_leaves_the_earlier_ones
     Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False).fit()  # then it goes on
 
 
+def test_settings_a_resume_changes_are_said_and_kept_with_their_step(tmp_path, capsys):
+    import json
+
+    Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
+    capsys.readouterr()
+    Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)  # more steps: the usual
+    assert "settings changed" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "resumes.jsonl").read_text())["changed"] == {"train.steps": [2, 4]}
+    Trainer(tiny_recipe("train.steps=4", "train.seed=1", "train.adv_weight=2.0", 'eval.metrics=["bpd", "kid"]'),
+            tmp_path, resume=True, progress=False)
+    said = " ".join(capsys.readouterr().err.split())
+    assert ('settings changed since the checkpoint: train.seed 0 -> 1, train.adv_weight 1.0 -> 2.0, eval.metrics '
+            '["bpd"] -> ["bpd", "kid"], eval.kid (unset) -> (a table) (recorded in resumes.jsonl)') in said, said
+    _, second = (json.loads(line) for line in (tmp_path / "resumes.jsonl").read_text().splitlines())
+    assert second["step"] == 2 and second["checkpoint"] == "step_00000002" and "processes" not in second
+    assert second["changed"]["train.seed"] == [0, 1] and second["changed"]["eval.metrics"] == [["bpd"], ["bpd", "kid"]]
+    # a checkpoint of a 2-process job resumed by one process: said, and kept
+    state_file = tmp_path / "checkpoints" / "step_00000002" / "state.json"
+    state_file.write_text(state_file.read_text().replace('"world": 1', '"world": 2'))
+    Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "checkpoint written by 2 process(es), resumed with 1: the same global batch" in said, said
+    assert json.loads((tmp_path / "resumes.jsonl").read_text().splitlines()[-1])["processes"] == [2, 1]
+
+
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     recipe = tiny_recipe("model.variant=v-ade", "model.discriminator.name=none", "train.steps=20",
                          "train.checkpoint_every=2", "train.max_bad_steps=3")
