@@ -387,7 +387,7 @@ def test_eval_and_sample_take_an_older_checkpoint_and_eval_json_says_which(tmp_p
     for wrong in ("3", "²", "x"):
         result, out = _invoke("eval", str(run), "--checkpoint", wrong, "--device", "cpu")
         assert result.exit_code == 2 and "has no such checkpoint; its steps are 2, 4" in out, out
-    (run / "checkpoints" / "step_00000002" / "rng.safetensors").write_bytes(b"broken")
+    (run / "checkpoints" / "step_00000002" / "model.safetensors").write_bytes(b"broken")
     result, out = _invoke("eval", str(run), "--checkpoint", "2", "--device", "cpu")
     assert result.exit_code == 2 and "pick another with --checkpoint STEP (steps: 4)" in out, out
 
