@@ -81,12 +81,12 @@ class NICE(nn.Module):
         shape = tuple(int(s) for s in in_shape) if isinstance(in_shape, tuple | list) else ()
         if len(shape) != 3 or min(shape) < 1:
             raise ConfigError(f"in_shape must be (C, H, W) of positive ints, got {in_shape!r}",
-                              path="flow.nice")
+                              path="in_shape")
         self.in_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
         self.out_shape = self.in_shape
         if cfg.mask != "checkerboard" and shape[0] < 2:
             raise ConfigError(f"mask '{cfg.mask}' splits channels and needs at least 2, got {shape[0]}; "
-                              "use mask = \"checkerboard\"", path="flow.nice.mask")
+                              "use mask = \"checkerboard\"", path="mask")
         layers = []
         for i in range(cfg.couplings):
             kind = cfg.mask if cfg.mask != "alternate" else ("checkerboard", "channel")[(i // 2) % 2]

@@ -71,8 +71,9 @@ def test_default_init_is_the_identity() -> None:
 
 
 def test_readable_errors() -> None:
-    with pytest.raises(ConfigError, match="needs at least 2"):
+    with pytest.raises(ConfigError, match="needs at least 2") as err:
         avade.create("flow", "nice", in_shape=(1, 8, 8), mask="channel")
+    assert err.value.path == "mask"  # relative to the flow's table: a recipe's error says model.flow.mask
     with pytest.raises(ConfigError, match="couplings"):
         avade.create("flow", "nice", in_shape=(3, 8, 8), couplings=0)
     flow = avade.create("flow", "nice", in_shape=(3, 8, 8))
