@@ -429,7 +429,8 @@ def _datasets(recipe: Recipe) -> tuple[Any, Any]:
 
 
 # what `--set` of eval and sample may change: everything the checkpoint fingerprint leaves out
-SETTABLE_AFTER_TRAINING = "data.root, data.eval_batch_size, data.num_workers, model.temperature, train.seed, eval.*"
+SETTABLE_AFTER_TRAINING = ("data.root, data.folder (moved, same name), data.eval_batch_size, data.num_workers, "
+                           "model.temperature, train.seed, eval.*")
 
 
 def _overridden(run: RunDir, recipe: Recipe, overrides: Sequence[str]) -> Recipe:

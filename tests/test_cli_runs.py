@@ -1025,3 +1025,19 @@ def test_a_run_whose_data_moved_is_evaluated_with_set_data_root(tmp_path: Path) 
                           str(tmp_path / "r.png"), "--device", "cpu",
                           "--set", f"data.root={json.dumps(str(tmp_path / 'new'))}")
     assert result.exit_code == 0 and (tmp_path / "r.png").is_file(), out
+    # an absolute data.folder, moved: the same folder name is the same data; another name is not
+    recipe["data"] = {**recipe["data"], "folder": str(tmp_path / "new" / "imgs")}
+    (tmp_path / "r.toml").write_text(tomli_w.dumps(recipe))
+    result, out = _invoke("recipe", "run", str(tmp_path / "r.toml"), "--out", str(tmp_path / "abs"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    (tmp_path / "new" / "imgs").rename(tmp_path / "new" / "other")
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "new" / "other").rename(tmp_path / "moved" / "imgs")
+    moved = json.dumps(str(tmp_path / "moved" / "imgs"))
+    result, out = _invoke("eval", str(tmp_path / "abs"), "--metrics", "bpd", "--device", "cpu",
+                          "--set", f"data.folder={moved}")
+    assert result.exit_code == 0 and "bpd" in out, out
+    (tmp_path / "moved" / "imgs").rename(tmp_path / "moved" / "cats")
+    result, out = _invoke("eval", str(tmp_path / "abs"), "--metrics", "bpd", "--device", "cpu",
+                          "--set", f"data.folder={json.dumps(str(tmp_path / 'moved' / 'cats'))}")
+    assert result.exit_code == 2 and "would change the model or data" in out, out

@@ -14,7 +14,7 @@ import json
 import os
 import random
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -30,9 +30,11 @@ _PREFIX = "step_"
 
 def _fingerprinted(recipe_dict: dict[str, Any]) -> dict[str, Any]:
     """What must match for a checkpoint to be resumable: the model and the data, not the budget (nor where
-    the data live); the optimizer's kind, which decides the layout of its saved state."""
+    the data live: ``root``, and of a ``folder`` only its name, so a moved image folder is the same data);
+    the optimizer's kind, which decides the layout of its saved state."""
     model = {k: v for k, v in recipe_dict.get("model", {}).items() if k != "temperature"}
-    data = {k: v for k, v in recipe_dict.get("data", {}).items()
+    data = {k: PurePath(v).name if k == "folder" and isinstance(v, str) else v
+            for k, v in recipe_dict.get("data", {}).items()
             if k not in ("num_workers", "eval_batch_size", "root", "download")}
     return {"model": model, "data": data, "optimizer": (recipe_dict.get("train") or {}).get("optimizer")}
 
@@ -88,9 +90,10 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def setting_changes(saved: Any, recipe_dict: dict[str, Any], sections: tuple[str, ...] = ("train", "eval")
+def setting_changes(saved: Any, recipe_dict: dict[str, Any], sections: tuple[str, ...] = ("data", "train", "eval")
                     ) -> dict[str, list[Any]]:
-    """The keys of ``sections`` (the settings a resume may change) whose values differ between a
+    """The keys of ``sections`` (the settings a resume may change: of ``data`` only where they live and how
+    they are read, the fingerprint covers the rest) whose values differ between a
     checkpoint's recipe and ``recipe_dict``: ``{"train.seed": [0, 1], ...}``. A key an older avade did not
     save reads as today's default."""
     if not isinstance(saved, dict):
