@@ -207,6 +207,15 @@ def test_doctor_says_the_wheels_weights_serve_no_is(write: Write, monkeypatch: p
     assert result.exit_code == 2 and report["recipe"]["problems"] == [f"eval.metrics is: {weights['is_needs']}"]
 
 
+def test_recipe_check_knows_which_built_in_datasets_are_unlabelled() -> None:
+    # the dataset configs say so before any loading: a conditional model on unlabelled data fails at check
+    assert_one_line_error(run("recipe", "check", str(QUICKSTART), "--set", "model.conditional=true"),
+                          "model.conditional: model.conditional = true needs a labelled dataset; 'natural-patches' "
+                          "has no labels")
+    assert run("recipe", "check", str(QUICKSTART), "--set", "model.conditional=true", "--set",
+               'data.name="digits"').exit_code == 0
+
+
 def test_doctor_screen(write: Write) -> None:
     result = run("doctor", "--recipe", str(write("typo.toml", TYPO)))
     assert result.exit_code == 2, result.output  # the full report, then a failing exit: the recipe is invalid

@@ -35,6 +35,11 @@ _PARTITION = {"train": "0", "test": "2"}
 class CelebAConfig:
     """CelebA under ``root``; see the module docstring for the layouts and the split."""
 
+    @property
+    def num_classes(self) -> int:
+        """0 (unlabeled): known before loading, so `recipe check` can refuse a conditional model on it."""
+        return 0
+
     root: str = attrs.field(default="~/data", metadata={"help": "folder holding celeba/"})
     resolution: int = attrs.field(default=64, validator=between(4, 512), metadata={"help": "image side"})
     crop: int = attrs.field(default=140, validator=ge(1), metadata={"help": "side of the centered crop"})

@@ -41,6 +41,11 @@ NAME = "cifar10"
 class Cifar10Config:
     """CIFAR-10 under ``root``; see the module docstring."""
 
+    @property
+    def num_classes(self) -> int:
+        """10 (its ten classes): known before loading, so `recipe check` can refuse a conditional model on it."""
+        return 10
+
     root: str = attrs.field(default="~/data", metadata={"help": "folder holding cifar-10-batches-py/"})
     resolution: int = attrs.field(
         default=32,

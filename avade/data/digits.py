@@ -25,6 +25,11 @@ from avade.schema import between, one_of
 class DigitsConfig:
     """scikit-learn digits, upsampled to ``resolution``; see the module docstring."""
 
+    @property
+    def num_classes(self) -> int:
+        """10 (the ten digits): known before loading, so `recipe check` can refuse a conditional model on it."""
+        return 10
+
     resolution: int = attrs.field(
         default=16, validator=one_of(8, 16, 32), metadata={"help": "side of the images: 8 (native), 16 or 32"}
     )

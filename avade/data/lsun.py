@@ -63,6 +63,11 @@ Category = Literal[
 class LsunConfig:
     """One LSUN category under ``root``; see the module docstring for the layouts."""
 
+    @property
+    def num_classes(self) -> int:
+        """0 (one category, unlabeled): known before loading, so `recipe check` can refuse a conditional model on it."""
+        return 0
+
     root: str = attrs.field(default="~/data", metadata={"help": "folder holding lsun/ (or the *_lmdb folders)"})
     category: Category = attrs.field(default="bedroom", metadata={"help": "scene category"})
     resolution: int = attrs.field(

@@ -62,6 +62,11 @@ def _check_scale_range(_inst: Any, attr: attrs.Attribute, value: tuple[float, fl
 class NaturalPatchesConfig:
     """Patches of bundled photographs; see the module docstring for how they are cut."""
 
+    @property
+    def num_classes(self) -> int:
+        """0 (unlabeled): known before loading, so `recipe check` can refuse a conditional model on it."""
+        return 0
+
     resolution: int = attrs.field(
         default=32, validator=between(4, 256), metadata={"help": "side of the square patches, pixels"}
     )

@@ -50,6 +50,11 @@ _FILES = {
 class Stl10Config:
     """STL-10 under ``root``; see the module docstring."""
 
+    @property
+    def num_classes(self) -> int:
+        """10 when training on the labelled ``train`` split, else 0; known before loading (`recipe check`)."""
+        return 10 if self.train_split == "train" else 0
+
     root: str = attrs.field(default="~/data", metadata={"help": "folder holding stl10_binary/"})
     resolution: int = attrs.field(
         default=48, validator=between(4, 96), metadata={"help": "image side (48 or 64 customary; 96 native)"}

@@ -90,6 +90,10 @@ def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
     except Exception as exc:  # a file the loader cannot parse (truncated archive, wrong encoding, bad shapes)
         raise DataError(f"dataset '{ref.name}'{where} could not be read: {type(exc).__name__}: {exc}; check or "
                         "replace its files") from exc
+    declared = getattr(ref.config, "num_classes", None)  # what `recipe check` went by, before any loading
+    if isinstance(declared, int) and problems[0][1] is None and declared != sets[0].num_classes:
+        problems[0] = ("train", f"its config declares num_classes = {declared}, but the loaded data have "
+                                f"{sets[0].num_classes} classes")
     for split, problem in problems:
         if problem:
             what, fix = info.blame()  # a plugin's dataset names the plugin

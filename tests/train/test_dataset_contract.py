@@ -75,3 +75,17 @@ def test_an_empty_test_split_is_refused_before_training(fresh_registry, tmp_path
     get_registry().register("dataset", "bad-data", factory=BadData, config=BadConfig)
     with pytest.raises(DataError, match=r"dataset 'bad-data'.*, test split: the test split is empty"):
         run_recipe(recipe(defect="empty-test"), tmp_path / "run", progress=False)
+
+
+@attrs.define
+class DeclaringConfig(BadConfig):
+    @property
+    def num_classes(self) -> int:  # what `recipe check` goes by; the data (BadData) have 2
+        return 10
+
+
+def test_a_declared_class_count_the_data_do_not_have_is_refused(fresh_registry, tmp_path):
+    get_registry().register("dataset", "bad-data", factory=BadData, config=DeclaringConfig)
+    with pytest.raises(DataError, match=r"train split: its config declares num_classes = 10, but the loaded data "
+                                        r"have 2 classes"):
+        run_recipe(recipe(), tmp_path / "run", progress=False)
