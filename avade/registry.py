@@ -236,9 +236,12 @@ class Registry:
             raise RegistryError(f"unknown component kind {kind!r}{did_you_mean(kind, self.kinds())}; "
                                 f"kinds: {', '.join(self.kinds())}")
         names = [n for k, n in self._items if k == kind]
+        # a plugin that failed to load may be the one that provides it: say so (its reason was a warning)
+        broken = ", ".join(f"'{f.dist}' ({f.reason})" for f in self.failures)
         raise RegistryError(
             f"unknown {kind} {name!r}{did_you_mean(str(name), names)}; "
             f"see all with `avade list-components --kind {kind}`"
+            + (f"; plugins that failed to load, which may provide it: {broken}" if broken else "")
         )
 
     def list(self, kind: str | None = None, pattern: str | None = None) -> list[ComponentInfo]:

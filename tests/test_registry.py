@@ -361,6 +361,10 @@ def test_entry_point_loading_isolates_failures(fake_plugins: list[Any]) -> None:
     assert registry.get("flow", "realnvp").dist == "avade"
     assert registry.create("norm", "none", layer=__import__("torch").nn.Conv2d(1, 1, 1)) is not None
     assert "avade" in [p.dist for p in registry.plugins]
+    # a component the recipe asks for and no loaded plugin has: the broken plugins are named with it
+    with pytest.raises(RegistryError, match=r"unknown flow 'half-flow'.*; plugins that failed to load, which may "
+                                            r"provide it: .*'fake-broken' \(import of 'fake_no_such_module_xyz'"):
+        registry.get("flow", "half-flow")
 
 
 def test_entry_points_can_be_disabled(fake_plugins: list[Any]) -> None:
