@@ -474,7 +474,13 @@ def test_recipe_keys_lists_every_section_key_with_its_help() -> None:
     assert result.exit_code == 0 and "lr_warmup_steps" in result.stdout and "[model]" not in result.stdout
     assert "[train]" in result.stdout  # the table's title (not swallowed as rich markup)
     result = run("recipe", "keys")
-    assert all(f"[{name}]" in result.stdout for name in ("model", "data", "train", "eval")), result.stdout
+    assert all(f"[{name}]" in result.stdout for name in ("model", "data", "train", "eval", "sweep")), result.stdout
+    from avade.recipe.load import TOP_LEVEL_KEYS
+    from avade.recipe.schema import SweepSection
+
+    # every key a recipe takes is listed somewhere: the top level's own and the sweep's too
+    assert {r["name"] for r in listed["top"]} | set(listed) - {"top"} == set(TOP_LEVEL_KEYS)
+    assert {r["name"] for r in listed["sweep"]} == {f.name for f in _attrs.fields(SweepSection)}
     result = run("recipe", "keys", "trian")
     assert result.exit_code == 2 and "no recipe section 'trian'" in result.output
 

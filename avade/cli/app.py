@@ -333,7 +333,8 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
 
 @recipe_app.command("keys")
 def recipe_keys(
-    section: Annotated[str | None, typer.Argument(help="model | data | train | eval (default: all).")] = None,
+    section: Annotated[str | None, typer.Argument(help="top | model | data | train | eval | sweep (default: all).")
+                       ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The recipe's own keys per section: type, default, help (a component's keys: avade list-components
@@ -347,11 +348,21 @@ def recipe_keys(
     dataset = {"name": "...", "type": "", "default": None,
                "help": "the dataset's own keys (avade list-components --kind dataset --json --schema)"}
     metric = {"name": "<metric>", "type": "table", "default": None, "help": "[eval.<metric>]: its settings"}
+
+    def row(name: str, kind: str, text: str) -> dict[str, Any]:
+        return {"name": name, "type": kind, "default": None, "help": text}
+
     sections: dict[str, list[dict[str, Any]]] = {
+        "top": [row("name", "str", "the run's name (default: the file's stem)"),
+                row("description", "str", "free text, kept with the recipe"),
+                row("extends", "str | list[str]", "recipe file(s) this one deep-merges onto (relative to it)")],
         "model": [*describe(ModelOptions), *components],
         "data": [*describe(DataOptions), dataset],
         "train": describe(TrainSection),
-        "eval": [*(row for row in describe(EvalSection) if row["name"] != "settings"), metric],
+        "eval": [*(r for r in describe(EvalSection) if r["name"] != "settings"), metric],
+        "sweep": [row("grid", "table of lists",
+                      'dotted key -> values; the cartesian product, e.g. {"model.flow.scales" = [1, 2, 3]}'),
+                  row("combos", "list of tables", "explicit variants, each a table of dotted key -> value")],
     }
     if section is not None and section not in sections:
         raise ConfigError(f"no recipe section {section!r}; choose one of {', '.join(sections)}")
@@ -360,7 +371,7 @@ def recipe_keys(
         print(json.dumps(chosen, indent=2, default=str))
         return
     for name, rows in chosen.items():
-        table = Table(title=escape(f"[{name}]"), title_justify="left")
+        table = Table(title=escape("top level" if name == "top" else f"[{name}]"), title_justify="left")
         for col in ("key", "type", "default", "help"):
             table.add_column(col, overflow="fold")
         for row in rows:
