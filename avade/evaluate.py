@@ -22,8 +22,8 @@ from avade.data.base import class_counts, data_of_trained_model
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError
 from avade.models import GenerativeModel, build_model
 from avade.recipe import load_recipe
-from avade.recipe.load import parse_override
-from avade.recipe.schema import LIKELIHOOD_VARIANTS, ComponentRef, Recipe
+from avade.recipe.load import parse_override, without_absent_critic
+from avade.recipe.schema import LIKELIHOOD_VARIANTS, AbsentConfig, ComponentRef, Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.registry import BUILTIN_DIST, get_registry
 from avade.train import checkpoint as ckpt
@@ -365,16 +365,23 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     when ``datasets`` is set or the checkpoint does not say what the model was built for. On CUDA the run's
     ``train.tf32`` is applied, unless ``library`` (:func:`load_model` leaves global settings alone).
     ``overrides``: ``--set`` keys that leave the trained model as it is (:func:`_overridden`)."""
+    from avade.registry import PluginWarning
     from avade.train.ema import apply_average
-    from avade.train.trainer import naming_missing_plugins, resolve_device
+    from avade.train.trainer import missing_plugin_hint, naming_missing_plugins, resolve_device
 
     run = RunDir(run_dir)
     if not run.recipe.is_file():
         raise _not_a_run(run.root)
-    with naming_missing_plugins(run.checkpoints):  # e.g. a component of a plugin uninstalled (or disabled) since
+    # e.g. a component of a plugin uninstalled (or disabled) since: named; only the critic can be done without
+    with naming_missing_plugins(run.checkpoints), without_absent_critic():
         recipe = load_recipe(run.recipe, saved=True)
         if overrides:
             recipe = _overridden(run, recipe, overrides)
+    critic = recipe.model.discriminator
+    if critic is not None and isinstance(critic.config, AbsentConfig):
+        warnings.warn(f"{run.recipe}: discriminator '{critic.name}' is not installed "
+                      f"({missing_plugin_hint(run.checkpoints).removeprefix('; ') or 'a plugin removed or disabled?'}"
+                      "); the run is read without its critic, which only training needs", PluginWarning, stacklevel=3)
     chosen = select_checkpoint(run, checkpoint)
     data = ckpt.read_checkpoint(chosen, need_average=ema, training_state=False)
     if not ckpt.same_model(data["state"], recipe_to_dict(recipe)):
@@ -397,7 +404,10 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
 
         configure_tf32(recipe.train.tf32)
     model = build_model(recipe, tuple(shape), int(classes))
-    ckpt.load_weights(model, data["model"], chosen)
+    weights = data["model"]
+    if model.discriminator is None:  # a critic left out (its plugin is gone): its weights are not read
+        weights = {k: v for k, v in weights.items() if not k.startswith("discriminator.")}
+    ckpt.load_weights(model, weights, chosen)
     weights = "last"
     if ema and "ema" in data:
         apply_average(model, model.generator_parameters(), data["ema"], chosen)

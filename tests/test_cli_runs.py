@@ -887,6 +887,43 @@ def test_a_run_whose_plugin_is_gone_names_the_plugin(tmp_path: Path, fresh_regis
     assert result.exit_code == 2 and "trained with flow x-realnvp from avade-xflow 0.3" in out.replace("\n", ""), out
 
 
+def test_a_run_whose_critic_plugin_is_gone_is_evaluated_and_sampled_without_it(
+        tmp_path: Path, fresh_registry: None) -> None:
+    from avade import hookimpl
+    from avade.registry import get_registry, reset_registry
+    from avade.train.run import run_recipe
+
+    builtin = get_registry().get("discriminator", "dcgan")
+
+    class Plugin:
+        @hookimpl
+        def avade_register(self, registry: Any) -> None:
+            registry.register("discriminator", "x-critic", factory=builtin.load_factory(),
+                              config=builtin.load_config())
+
+    assert get_registry().add_plugin(Plugin(), dist="avade-xcritic", version="0.2")
+    recipe = tiny_recipe("model.discriminator.name=\"x-critic\"", "train.steps=2")
+    run_recipe(recipe, tmp_path / "run", progress=False)
+    result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu", "--json")
+    assert result.exit_code == 0, out
+    trained = json.loads(result.stdout)["bpd"]
+    reset_registry()  # the plugin uninstalled: only training needs the critic
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu", "--json")
+    assert result.exit_code == 0, out
+    said = " ".join(result.stderr.split())
+    assert "discriminator 'x-critic' is not installed (the run was trained with discriminator x-critic from " \
+           "avade-xcritic 0.2" in said and "read without its critic" in said, said
+    assert json.loads(result.stdout)["bpd"] == trained  # the same weights
+    result, out = _invoke("sample", str(tmp_path / "run"), "-n", "4", "-o", str(tmp_path / "g.png"), "--device", "cpu")
+    assert result.exit_code == 0 and (tmp_path / "g.png").is_file(), out
+    # training does need it: a resume is refused, naming the plugin
+    result, out = _invoke("recipe", "run", str(tmp_path / "run" / "recipe.toml"), "--out", str(tmp_path / "run"),
+                          "--resume", "--device", "cpu")
+    assert result.exit_code == 2 and "from avade-xcritic 0.2" in out.replace("\n", ""), out
+
+
 def test_more_reconstructions_than_test_images_is_said(run_dir: Path, tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # (the suite's conftest silences warnings)

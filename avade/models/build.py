@@ -11,13 +11,13 @@ from avade.errors import AvadeError, ConfigError, RegistryError
 from avade.models.generative import GenerativeModel
 from avade.models.preprocess import Preprocess, to_unit
 from avade.nn.layers import norm_options
-from avade.recipe.schema import ComponentRef, Recipe
+from avade.recipe.schema import AbsentConfig, ComponentRef, Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.registry import get_registry
 
 
 def _build(kind: str, ref: ComponentRef | None, path: str, **context: Any) -> Any:
-    if ref is None:
+    if ref is None or isinstance(ref.config, AbsentConfig):  # a trained run's critic whose plugin is gone
         return None
     registry = get_registry()
     info = registry.get(kind, ref.name)

@@ -6,12 +6,14 @@ its full key path, e.g. ``recipes/x.toml: model.flow.scales: expected int, got "
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import json
 import re
 import tomllib
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from avade.recipe.schema import (
     FLOW_VARIANTS,
     LIKELIHOOD_VARIANTS,
     MODEL_COMPONENTS,
+    AbsentConfig,
     ComponentRef,
     DataOptions,
     DataSection,
@@ -38,6 +41,21 @@ from avade.registry import get_registry
 from avade.schema import structure, unstructure
 
 TOP_LEVEL_KEYS = ("name", "description", "extends", "model", "data", "train", "eval", "sweep")
+# Set by `without_absent_critic` (evaluating or sampling a trained run): a discriminator this avade lacks
+_ABSENT_CRITIC_OK: contextvars.ContextVar[bool] = contextvars.ContextVar("absent_critic_ok", default=False)
+
+
+@contextlib.contextmanager
+def without_absent_critic() -> Iterator[None]:
+    """Within it, a recipe whose discriminator this avade does not have (a plugin removed or disabled) still
+    loads: the discriminator's table is kept as written (:class:`AbsentConfig`) and the model is built
+    without it. For evaluating and sampling a trained run, which only training's critic needs; never for
+    training or resuming."""
+    token = _ABSENT_CRITIC_OK.set(True)
+    try:
+        yield
+    finally:
+        _ABSENT_CRITIC_OK.reset(token)
 NONE_NAME = "none"  # `name = "none"` removes a component table inherited through `extends`
 
 Origins = dict[tuple[str, ...], str]
@@ -258,6 +276,9 @@ def _component(kind: str, table: Any, path: str) -> ComponentRef | None:
     try:
         registry.get(kind, name)
     except AvadeError as exc:
+        absent = (kind, name) not in registry and (kind, name) not in registry.conflicts
+        if kind == "discriminator" and _ABSENT_CRITIC_OK.get() and absent:
+            return ComponentRef(name, AbsentConfig(table))
         raise ConfigError(str(exc), path=f"{path}.name") from None
     config = registry.validate(kind, name, table, path=path)
     return ComponentRef(name, config)

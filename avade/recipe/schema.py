@@ -35,6 +35,12 @@ DEFAULT_COMPONENTS: dict[str, str] = {
 }
 
 
+class AbsentConfig(dict):
+    """The config table of a component this avade does not have (its plugin uninstalled or disabled), kept
+    as the run's recipe wrote it. Only a trained run's critic is read this way (evaluating or sampling a run
+    does not need it): :func:`avade.recipe.load.without_absent_critic`."""
+
+
 @attrs.define(eq=True)
 class ComponentRef:
     """A component chosen by ``name`` plus its validated config (an attrs instance, or None)."""
