@@ -29,7 +29,7 @@ from avade.registry import BUILTIN_DIST, get_registry
 from avade.train import checkpoint as ckpt
 from avade.train.data import eval_batches, subset_batches
 from avade.train.distributed import is_main_process
-from avade.train.rundir import RunDir, read_json_object, write_json
+from avade.train.rundir import RunDir, read_json_list, read_json_object, write_json
 
 
 def dataset_key(name: str, shape: Sequence[int], config: Any) -> str:
@@ -483,6 +483,60 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
     ``data.root=...``, ``model.temperature=0.9``, ``eval.fid.reference=...``); recorded with each metric's
     settings."""
     return _evaluate(run_dir, metrics, samples, device, console, checkpoint, ema, importance_samples, overrides)[0]
+
+
+def sweep_runs(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
+    """The run directories one level under a sweep's ``--out``, in the sweep's order (that of its
+    sweep_summary.json; runs it does not list after, by name), and each listed variant's override values
+    (``{"model.flow.scales": 2, ...}``)."""
+    runs = {p.name: p for p in sorted(Path(root).iterdir()) if (p / "recipe.toml").is_file()}
+    listed = read_json_list(Path(root) / "sweep_summary.json")
+    axes: dict[str, dict[str, Any]] = {}
+    for row in listed:
+        if isinstance(row, dict) and isinstance(row.get("name"), str):
+            # the variant's overrides are its dotted keys (its summary's own keys have no dots)
+            axes[row["name"]] = {k: v for k, v in row.items() if "." in k}
+    order = [name for name in axes if name in runs] + [name for name in runs if name not in axes]
+    return [runs[name] for name in order], axes
+
+
+def evaluate_sweep(root: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
+                   device: str = "auto", console: Console | None = None, ema: bool = True,
+                   importance_samples: int | None = None, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """``avade eval SWEEP_OUT``: :func:`evaluate_run` on every variant's newest checkpoint (each run records
+    its own eval.json), one row each (``name``, the variant's overrides, ``step``, ``weights``, the metrics;
+    ``error`` for a variant that could not be evaluated, the others go on), written to the sweep's
+    ``sweep_eval.{json,csv}`` and shown as sweep_summary is (a two-axis sweep also as a grid of the first
+    metric): e.g. FID of the whole scales x blocks ablation after training it with bpd alone. Raises an
+    AvadeError naming the variants that failed, after writing the rest."""
+    from avade.train.run import write_sweep_summary
+
+    root = Path(root)
+    runs, axes = sweep_runs(root)
+    if not runs:
+        raise _not_a_run(root)
+    rows, failed = [], []
+    for run in runs:
+        row: dict[str, Any] = {"name": run.name, **axes.get(run.name, {})}
+        if console is not None:
+            console.print(f"[bold]{run.name}[/]")
+        try:
+            results, weights = _evaluate(run, metrics, samples, device, console, None, ema, importance_samples,
+                                         overrides)
+        except AvadeError as exc:
+            failed.append(run.name)
+            row["error"] = str(exc)
+        else:
+            row.update({"step": read_json_object(run / "eval.json").get("step"), "weights": weights, **results})
+        rows.append(row)
+    keys = list(dict.fromkeys(k for row in rows for k in axes.get(row["name"], {})))
+    results_keys = list(dict.fromkeys(k for row in rows for k in row))
+    main = [k for m in metrics or [] for k in results_keys if owns(m, k)]  # the grid shows the first metric's
+    write_sweep_summary(root, rows, console or Console(stderr=True), axes=keys, stem="sweep_eval", main=main)
+    if failed:
+        raise AvadeError(f"{len(failed)} of {len(runs)} sweep variants could not be evaluated ({', '.join(failed)}); "
+                         f"their errors are in {root / 'sweep_eval.json'}, the other rows too")
+    return rows
 
 
 def evaluate_checkpoints(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,

@@ -114,6 +114,24 @@ def test_sweep_run_writes_one_directory_per_variant_and_a_summary(tmp_path: Path
         assert (tmp_path / "runs" / name / "summary.json").is_file()
     rows = list(csv.DictReader((tmp_path / "runs" / "sweep_summary.csv").open()))
     assert [r["name"] for r in rows] == ["tiny-blocks1", "tiny-blocks2"] and all(float(r["bpd"]) > 0 for r in rows)
+    # evaluated as a whole afterwards: every variant's newest checkpoint, one row each, in the sweep's order
+    (tmp_path / "runs" / "tiny-blocks1" / "eval.json").unlink(missing_ok=True)
+    result, out = _invoke("eval", str(tmp_path / "runs"), "--metrics", "bpd", "--device", "cpu", "--json")
+    assert result.exit_code == 0, out
+    rows = json.loads(result.stdout)
+    assert [(r["name"], r["model.flow.blocks"], r["step"]) for r in rows] == [("tiny-blocks1", 1, 1),
+                                                                           ("tiny-blocks2", 2, 1)]
+    assert json.loads((tmp_path / "runs" / "sweep_eval.json").read_text()) == rows
+    assert rows[0]["bpd"] == json.loads((tmp_path / "runs" / "tiny-blocks1" / "eval.json").read_text())["bpd"]
+    assert "bpd" in (tmp_path / "runs" / "sweep_eval.csv").read_text().splitlines()[0]
+    result, out = _invoke("eval", str(tmp_path / "runs"), "--checkpoint", "1", "--device", "cpu")
+    assert result.exit_code == 2 and "is a sweep's --out" in out, out
+    # a variant that cannot be evaluated is a row with its error; the others are evaluated, and it is said
+    shutil.rmtree(tmp_path / "runs" / "tiny-blocks1" / "checkpoints")
+    result, out = _invoke("eval", str(tmp_path / "runs"), "--metrics", "bpd", "--device", "cpu")
+    assert result.exit_code == 2 and "1 of 2 sweep variants could not be evaluated (tiny-blocks1)" in out, out
+    first, second = json.loads((tmp_path / "runs" / "sweep_eval.json").read_text())
+    assert "no checkpoint" in first["error"] and second["bpd"] == rows[1]["bpd"]
 
 
 def test_missing_dataset_is_one_line(tmp_path: Path) -> None:

@@ -422,8 +422,9 @@ def evaluate(
         "the recipe's [eval.bpd] importance_samples if above 1, else its eval.importance_samples).")] = None,
     overrides: RunSetOption = None,
 ) -> None:
-    """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run."""
-    from avade.evaluate import evaluate_checkpoints, evaluate_run
+    """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run.
+    A sweep's --out: every variant's last checkpoint, one row each in its sweep_eval.{json,csv}."""
+    from avade.evaluate import evaluate_checkpoints, evaluate_run, evaluate_sweep, sweep_runs
     from avade.train.distributed import is_main_process
     from avade.train.run import cell_text
 
@@ -436,6 +437,16 @@ def evaluate(
     if names is not None and not names:
         raise AvadeError("--metrics: give at least one metric, e.g. --metrics bpd,fid (or leave it out for the "
                          "recipe's eval.metrics)")
+    if run_dir.is_dir() and not (run_dir / "recipe.toml").is_file() and sweep_runs(run_dir)[0]:
+        if checkpoint is not None:
+            raise AvadeError(f"--checkpoint picks a checkpoint of one run, but {run_dir} is a sweep's --out; "
+                             "evaluate one of its runs with it, or leave it out for every variant's newest")
+        rows = evaluate_sweep(run_dir, names, samples=samples, device=_device(device, indexed=True),
+                              console=err if as_json else out, ema=ema, importance_samples=importance_samples,
+                              overrides=overrides or [])
+        if as_json:
+            print(json.dumps(rows, indent=2))
+        return
     if checkpoint is not None and checkpoint.strip().lower() == "all":
         rows = evaluate_checkpoints(run_dir, names, samples=samples, device=_device(device, indexed=True),
                                     console=err, ema=ema, importance_samples=importance_samples,

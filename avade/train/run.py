@@ -236,10 +236,11 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Console,
-                        axes: Sequence[str] = ()) -> None:
-    """sweep_summary.json/.csv and a rich table with BPD and the other metrics; for a two-axis grid
-    (the paper's scales x blocks ablation) also the main metric as a grid, rows by the first axis."""
-    write_json(out_dir / "sweep_summary.json", rows)
+                        axes: Sequence[str] = (), stem: str = "sweep_summary", main: Sequence[str] = ()) -> None:
+    """``<stem>.json``/``.csv`` (sweep_summary, or sweep_eval for ``avade eval`` of a sweep) and a rich table
+    with BPD and the other metrics; for a two-axis grid (the paper's scales x blocks ablation) also the main
+    metric (the first of ``main``, else bpd, fid or is_mean) as a grid, rows by the first axis."""
+    write_json(out_dir / f"{stem}.json", rows)
     keys: list[str] = []
     for row in rows:  # the sweep's own axes always; other list/table values (results) only in the JSON
         keys += [k for k in row if k not in keys and (k in axes or not isinstance(row[k], dict | list))]
@@ -247,7 +248,7 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
-    (out_dir / "sweep_summary.csv").write_text(buf.getvalue(), encoding="utf-8")
+    (out_dir / f"{stem}.csv").write_text(buf.getvalue(), encoding="utf-8")
     headers = _short_headers(keys)
     table = Table(title=escape(f"sweep: {out_dir}"), title_justify="left")
     shown = [k for k in keys if k not in ("recipe", "variant", "device")]
@@ -256,7 +257,8 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
     for row in rows:
         table.add_row(*(escape(cell_text(row.get(k))) for k in shown))
     console.print(table)
-    metric = next((m for m in ("bpd", "fid", "is_mean") if any(isinstance(r.get(m), float) for r in rows)), None)
+    metric = next((m for m in (*main, "bpd", "fid", "is_mean") if any(isinstance(r.get(m), float) for r in rows)),
+                  None)
     # a grid only when every variant sets both axes (combos may set different keys)
     if len(axes) == 2 and metric is not None and all(a in r for r in rows for a in axes):
         try:

@@ -100,14 +100,24 @@ def write_json(path: Path, data: Any) -> None:
                                        allow_nan=False) + "\n")
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``, or ``{}`` when the file is missing, unreadable or holds no object (run
     files other processes may be rewriting or that an older avade wrote: read as far as they go)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    data = _read_json(path)
     return data if isinstance(data, dict) else {}
+
+
+def read_json_list(path: Path) -> list[Any]:
+    """The JSON list in ``path`` (a sweep summary), or ``[]``, as :func:`read_json_object`."""
+    data = _read_json(path)
+    return data if isinstance(data, list) else []
 
 
 def json_safe(obj: Any) -> Any:
