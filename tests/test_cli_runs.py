@@ -627,8 +627,11 @@ def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path, monkeypat
                           "--device", "cpu")
     assert json.loads(out[out.index("{"):])["bpd"] == rows[0]["bpd"] != rows[1]["bpd"]
     result, out = _invoke("eval", str(tmp_path), "--checkpoint", "all", "--device", "cpu")
-    assert result.exit_code != 0 and "is not a run directory" in out and len(out.strip().splitlines()) == 1
-    # tmp_path holds the run one level down, as a sweep's --out does: the error names it
+    # tmp_path holds the run one level down, as a sweep's --out does: a checkpoint is one run's
+    assert result.exit_code == 2 and len(out.strip().splitlines()) == 1, out
+    assert "--checkpoint picks a checkpoint of one run, but" in out and "is a sweep's --out" in out, out
+    result, out = _invoke("sample", str(tmp_path), "-o", str(tmp_path / "g.png"), "--device", "cpu")
+    assert result.exit_code == 2 and "is not a run directory" in out, out
     assert "holds 1 run(s) (a sweep's --out); pass one of them" in " ".join(out.split())
     # a checkpoint pruned meanwhile (a training run still going) is skipped, the others are kept
     import avade.evaluate
