@@ -9,6 +9,7 @@ hyper-parameters, the resolved recipe and its fingerprint). It only becomes visi
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -231,10 +232,12 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
     except (OSError, SafetensorError) as exc:  # e.g. a full disk: the earlier checkpoints stay as they are
         shutil.rmtree(tmp, ignore_errors=True)
         detail = " ".join(str(getattr(exc, "strerror", None) or exc).split())
+        full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in detail
+        fix = ("free space there (or lower train.keep_checkpoints, or use another --out)" if full
+               else "check that folder (permissions, a read-only or unmounted disk) or use another --out")
         kept = list_checkpoints(directory)
-        then = (f"--resume goes on from {kept[-1].name}" if kept else "nothing was saved before it")
-        raise CheckpointError(f"cannot write checkpoint {final}: {detail}; free space there (or lower "
-                              f"train.keep_checkpoints, or use another --out), then {then}") from None
+        then = (f"--resume goes on from {kept[-1].name}" if kept else "run it again (no checkpoint was saved yet)")
+        raise CheckpointError(f"cannot write checkpoint {final}: {detail}; {fix}, then {then}") from None
     if final.exists():
         _discard(final)
     os.replace(tmp, final)

@@ -24,20 +24,46 @@ from avade.errors import StoppedError
 # A second SIGINT this soon after the first is the same request: torchrun forwards the terminal's Ctrl-C
 # to its workers, which got it from the terminal too. A person pressing again takes longer.
 REPEAT_WINDOW_S = 1.0
-# What a stop signal says before the first step (there is nothing to save yet): ``immediate`` below
-UNSTARTED_STOP = "stopped by {signal} before the first step: nothing was trained, so nothing was saved; start it again"
+# What a stop signal says before training starts or goes on (nothing new to save yet): ``immediate`` below
+UNSTARTED_STOP = ("stopped by {signal} before the first step: nothing was trained, so nothing was saved; run the "
+                  "same command again (a sweep whose earlier variants are done: with --resume)")
+UNRESUMED_STOP = ("stopped by {signal} before training went on from the checkpoint: nothing new to save; continue "
+                  "with --resume")
+# How long a DataLoader worker outlives SIGTERM (SLURM's KillWait is 30 s): the step in progress still gets
+# its batches, and a worker that DataLoader itself terminates (it uses SIGTERM) still ends.
+WORKER_GRACE_S = 30
 # Signals that ask for a stop with a checkpoint (SIGINT too, handled on its own); SIGUSR1 is POSIX only.
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """For DataLoader workers: ignore SIGINT and the stop signals. A terminal's Ctrl-C and a cluster's
-    SIGTERM (SLURM signals every process of the job) reach the workers too, and the training process, which
-    stops at the step boundary, still needs their batches until then; a worker that died of it failed the
-    run ("DataLoader worker is killed by signal") without a checkpoint."""
+    """For DataLoader workers: ignore SIGINT and SIGUSR1, and outlive SIGTERM by :data:`WORKER_GRACE_S`. A
+    terminal's Ctrl-C and a cluster's signals (SLURM signals every process of the job) reach the workers
+    too, and the training process, which stops at the step boundary, still needs their batches until then;
+    a worker that died of it failed the run ("DataLoader worker is killed by signal") without a checkpoint.
+    SIGTERM is not ignored outright: DataLoader ends a stuck worker with it."""
     for signum in (signal.SIGINT, *STOP_SIGNALS):
         signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "SIGALRM"):
+        signal.signal(signal.SIGTERM, _exit_after_grace)
+
+
+def _exit_after_grace(_signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM in a worker: end it :data:`WORKER_GRACE_S` later (SIGALRM's default action), not now."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    left = signal.alarm(0)
+    signal.alarm(left or WORKER_GRACE_S)  # a repeated SIGTERM does not postpone it
+
+
+class StopNow(BaseException):
+    """Raised by an ``immediate`` handler wherever the signal lands: a BaseException, so that no loader's
+    ``except Exception`` takes it for a failure (a corrupt dataset); the block turns it into a
+    :class:`~avade.errors.StoppedError`."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
 
 
 class StopRequest:
@@ -53,8 +79,7 @@ class StopRequest:
 
     def _stop_now(self, signum: int) -> None:
         if self.immediate is not None:
-            name = signal.Signals(signum).name
-            raise StoppedError(self.immediate.format(signal=name), signal_name=name)
+            raise StopNow(signal.Signals(signum).name)
 
     def _handle_sigterm(self, signum: int, _frame: FrameType | None) -> None:
         self._stop_now(signum)
@@ -83,8 +108,9 @@ def stop_on_signals(announce: bool = True, repeat_window_s: float = REPEAT_WINDO
     thread; elsewhere the block changes nothing.
 
     ``immediate``: before there is anything to save (loading data, the untrained model's evaluation) each
-    of these signals raises :class:`~avade.errors.StoppedError` at once, with this message (``{signal}``:
-    the signal's name), instead of waiting for a step boundary."""
+    of these signals stops the block at once, wherever it is (:class:`StopNow`), and the block raises
+    :class:`~avade.errors.StoppedError` with this message (``{signal}``: the signal's name), instead of
+    waiting for a step boundary."""
     request = StopRequest(announce, repeat_window_s, immediate)
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -95,6 +121,9 @@ def stop_on_signals(announce: bool = True, repeat_window_s: float = REPEAT_WINDO
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, request._handle_sigint)
     try:
         yield request
+    except StopNow as stop:
+        assert immediate is not None
+        raise StoppedError(immediate.format(signal=stop.signal_name), signal_name=stop.signal_name) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

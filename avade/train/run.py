@@ -23,7 +23,7 @@ from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.train.checkpoint import list_checkpoints
 from avade.train.distributed import is_main_process, shutdown_distributed
-from avade.train.preemption import UNSTARTED_STOP, stop_on_signals
+from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, stop_on_signals
 from avade.train.rundir import RunDir, default_run_dir, latest_run_dir, write_json
 
 
@@ -42,8 +42,10 @@ def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: s
         if fresh and is_main_process() and out_dir.is_dir() and not list_checkpoints(RunDir(out_dir).checkpoints):
             shutil.rmtree(out_dir, ignore_errors=True)
 
+    # loading data and building the model: nothing (new) to save yet, so a stop signal stops at once
+    resuming = resume and bool(list_checkpoints(RunDir(out_dir).checkpoints))
     try:
-        with stop_on_signals(announce=False, immediate=UNSTARTED_STOP):  # data and model: nothing to save yet
+        with stop_on_signals(announce=False, immediate=UNRESUMED_STOP if resuming else UNSTARTED_STOP):
             trainer = Trainer(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)
     except BaseException:
         drop_unstarted_run()

@@ -256,7 +256,6 @@ class Trainer:
             self._resume()
         if self.finished is None:
             self._write_recipe(fresh=self.step == 0)  # only now: a refused resume leaves the run as it was
-            self._record_resume()
         if self.step == 0:
             self._data_init()
         if self.dist.enabled:
@@ -347,9 +346,10 @@ class Trainer:
             atomic_write_text(self.run.recipe, recipe_to_toml(self.recipe))
 
     def _record_resume(self) -> None:
-        """One line in resumes.jsonl per resume that changed settings (or the number of processes): the step,
-        the checkpoint and each changed key's old and new value."""
-        resumed = self._resumed
+        """One line in resumes.jsonl per resume that changed settings (or the number of processes) and trained
+        on to a checkpoint of its own (called once it is saved: a resume stopped before then left nothing
+        with the new settings): the step resumed from, the checkpoint and each key's old and new value."""
+        resumed, self._resumed = self._resumed, None
         if not self.dist.is_main or not resumed or not (resumed["changed"] or "processes" in resumed):
             return
         line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **resumed}
@@ -477,7 +477,7 @@ class Trainer:
         rng = all_gather_bytes(ckpt.rng_bundle(self.generators), self.dist, self.device)
         if not self.dist.is_main:
             return None
-        return ckpt.save_checkpoint(
+        path = ckpt.save_checkpoint(
             self.run.checkpoints, self.step, self.model, self.optimizers, rng,
             {"fingerprint": self.fingerprint, "recipe_name": self.recipe.name, "recipe": self.recipe_dict,
              "bad_steps": self.bad_steps, "world": self.dist.world, "bpd_untrained": self.bpd_untrained,
@@ -490,6 +490,8 @@ class Trainer:
              "collapse": self.collapse.state_dict() if self.collapse is not None else None},
             keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every,
             ema=self.ema.state_dict() if self.ema is not None else None)
+        self._record_resume()  # the first checkpoint trained with a resume's settings: now they are history
+        return path
 
     # -- one step of Algorithm 1 ---------------------------------------------------------------------
     def _finite_update(self, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],

@@ -169,6 +169,13 @@ def test_a_checkpoint_that_cannot_be_written_is_said_and_leaves_the_earlier_ones
     left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert left == ["step_00000002"]  # no partial folder of this save nor of the earlier one
     ckpt.read_checkpoint(tmp_path / "checkpoints" / "step_00000002")
+    # not a full disk, and nothing saved before: another fix, and "run it again"
+    monkeypatch.setattr(ckpt, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only "
+                                                                                              "file system")))
+    with pytest.raises(CheckpointError, match=r"step_00000001: Read-only file system; check that folder \("
+                                              r"permissions, a read-only or unmounted disk\) or use another --out, "
+                                              r"then run it again \(no checkpoint was saved yet\)$"):
+        Trainer(tiny_recipe("train.steps=1"), tmp_path / "other", progress=False).fit()
     monkeypatch.undo()
     Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False).fit()  # then it goes on
 
@@ -178,24 +185,32 @@ def test_settings_a_resume_changes_are_said_and_kept_with_their_step(tmp_path, c
 
     Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
     capsys.readouterr()
-    Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)  # more steps: the usual
+    stopped = Trainer(tiny_recipe("train.steps=4", "train.seed=5"), tmp_path, resume=True, progress=False)
+    del stopped  # a resume that saves nothing with its settings leaves them out of the history
+    assert not (tmp_path / "resumes.jsonl").exists()
+    capsys.readouterr()
+    Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False).fit()  # more steps: the usual
     assert "settings changed" not in capsys.readouterr().err
     assert json.loads((tmp_path / "resumes.jsonl").read_text())["changed"] == {"train.steps": [2, 4]}
-    Trainer(tiny_recipe("train.steps=4", "train.seed=1", "train.adv_weight=2.0", 'eval.metrics=["bpd", "kid"]'),
-            tmp_path, resume=True, progress=False)
+    Trainer(tiny_recipe("train.steps=6", "train.seed=1", "train.adv_weight=2.0", 'eval.metrics=["bpd", "kid"]',
+                        "eval.kid.samples=8", "eval.kid.subset_size=4", "eval.kid.subsets=2"),
+            tmp_path, resume=True, progress=False).fit()
     said = " ".join(capsys.readouterr().err.split())
     assert ('settings changed since the checkpoint: train.seed 0 -> 1, train.adv_weight 1.0 -> 2.0, eval.metrics '
             '["bpd"] -> ["bpd", "kid"], eval.kid (unset) -> (a table) (recorded in resumes.jsonl)') in said, said
     _, second = (json.loads(line) for line in (tmp_path / "resumes.jsonl").read_text().splitlines())
-    assert second["step"] == 2 and second["checkpoint"] == "step_00000002" and "processes" not in second
+    assert second["step"] == 4 and second["checkpoint"] == "step_00000004" and "processes" not in second
     assert second["changed"]["train.seed"] == [0, 1] and second["changed"]["eval.metrics"] == [["bpd"], ["bpd", "kid"]]
     # a checkpoint of a 2-process job resumed by one process: said, and kept
-    state_file = tmp_path / "checkpoints" / "step_00000002" / "state.json"
+    state_file = tmp_path / "checkpoints" / "step_00000006" / "state.json"
     state_file.write_text(state_file.read_text().replace('"world": 1', '"world": 2'))
-    Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
+    Trainer(tiny_recipe("train.steps=8", "train.seed=1", "train.adv_weight=2.0", 'eval.metrics=["bpd", "kid"]',
+                        "eval.kid.samples=8", "eval.kid.subset_size=4", "eval.kid.subsets=2"),
+            tmp_path, resume=True, progress=False).fit()
     said = " ".join(capsys.readouterr().err.split())
     assert "checkpoint written by 2 process(es), resumed with 1: the same global batch" in said, said
-    assert json.loads((tmp_path / "resumes.jsonl").read_text().splitlines()[-1])["processes"] == [2, 1]
+    last = json.loads((tmp_path / "resumes.jsonl").read_text().splitlines()[-1])
+    assert last["processes"] == [2, 1] and last["changed"] == {"train.steps": [6, 8]}
 
 
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
@@ -456,6 +471,25 @@ def test_ctrl_c_before_the_first_step_leaves_no_run_directory(tmp_path, monkeypa
     with pytest.raises(StoppedError, match="stopped by SIGTERM before the first step: nothing was trained"):
         run_recipe(tiny_recipe(), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    # ... and while the data load, inside a loader that takes any Exception for a corrupt dataset; a resume
+    # says to resume
+    import avade.train.trainer as trainer_module
+    from avade.errors import DataError
+
+    def loading(recipe):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("the handler stops it at once")
+        except Exception as exc:
+            raise DataError("could not be read") from exc
+
+    run_recipe(tiny_recipe("train.steps=2"), tmp_path / "done", progress=False)
+    monkeypatch.setattr(trainer_module, "load_datasets", loading)
+    with pytest.raises(StoppedError, match=r"stopped by SIGTERM before training went on from the checkpoint: "
+                                           r"nothing new to save; continue with --resume"):
+        run_recipe(tiny_recipe("train.steps=4"), tmp_path / "done", resume=True, progress=False)
+    assert (tmp_path / "done" / "checkpoints" / "step_00000002").is_dir()
     monkeypatch.undo()
     # a second Ctrl-C in the middle of training (no checkpoint yet): its logs and grids stay
     steps = []
