@@ -192,6 +192,18 @@ def test_doctor_with_recipe_and_missing_weights(write: Write, monkeypatch: pytes
     assert not report["weights"]["available"] and "AVADE_INCEPTION_WEIGHTS" in report["weights"]["message"]
 
 
+def test_doctor_is_not_ready_for_a_sweep_that_cannot_expand_nor_for_an_invalid_recipe(write: Write) -> None:
+    recipe = write("swbad.toml", f'extends = "{QUICKSTART.as_posix()}"\n[data]\nname = "synthetic"\n'
+                                 '[sweep]\ngrid = {"data.root" = ["/a", "/b"]}\n')
+    result = run("doctor", "--json", "--recipe", str(recipe))
+    entry = json.loads(result.stdout)["recipe"]
+    assert result.exit_code == 2 and entry["ok"] and not entry["ready"], result.output
+    assert entry["problems"][0].startswith("the sweep: ") and "data.root: sweep variant 0" in entry["problems"][0]
+    result = run("doctor", "--json", "--recipe", str(recipe.with_name("absent.toml")))
+    entry = json.loads(result.stdout)["recipe"]
+    assert result.exit_code == 2 and not entry["ready"] and entry["problems"] == [entry["error"]]
+
+
 def test_doctor_says_the_wheels_weights_serve_no_is(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
     from avade.metrics.features import WEIGHTS_ENV, locate_wheel_weights
 

@@ -7,7 +7,6 @@ JSON-friendly dict; :func:`render` draws it with rich. Nothing heavy happens: da
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 from importlib import metadata
@@ -184,9 +183,10 @@ def collect(recipe_path: Path | None = None) -> dict[str, Any]:
         report["recipe"] = entry
     report["datasets"] = _datasets(recipe)
     report["weights"] = _weights(recipe)
-    if recipe is not None:
-        report["recipe"]["problems"] = _recipe_problems(recipe, report)
-        report["recipe"]["ready"] = not report["recipe"]["problems"]
+    if recipe_path is not None:
+        entry = report["recipe"]
+        entry["problems"] = _recipe_problems(recipe, report) if recipe is not None else [entry["error"]]
+        entry["ready"] = not entry["problems"]
     return report
 
 
@@ -199,8 +199,10 @@ def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
     if recipe.sweep is not None:
         from avade.recipe import expand_sweep
 
-        with contextlib.suppress(AvadeError):  # a sweep that cannot expand is `recipe check`'s to report
+        try:
             metrics.update(m for v in expand_sweep(recipe) for m in v.recipe.eval.metrics)
+        except AvadeError as exc:  # a variant the sweep cannot build (`recipe check` shows the same)
+            problems.append(f"the sweep: {exc}")
     needing = [m for m in WEIGHT_METRICS if m in metrics]
     if needing and not report["weights"]["available"]:
         problems.append(f"eval.metrics {', '.join(needing)} need Inception weights: {report['weights']['message']}")
