@@ -1095,7 +1095,20 @@ def test_a_run_whose_data_moved_is_evaluated_with_set_data_root(tmp_path: Path) 
     result, out = _invoke("eval", str(tmp_path / "abs"), "--metrics", "bpd", "--device", "cpu",
                           "--set", f"data.folder={moved}")
     assert result.exit_code == 0 and "bpd" in out, out
+    result, out = _invoke("eval", str(tmp_path / "abs"), "--metrics", "bpd", "--device", "cpu")
+    assert result.exit_code == 2 and "set data.folder=<the folder that holds it>" in out, out  # root is moot
     (tmp_path / "moved" / "imgs").rename(tmp_path / "moved" / "cats")
     result, out = _invoke("eval", str(tmp_path / "abs"), "--metrics", "bpd", "--device", "cpu",
                           "--set", f"data.folder={json.dumps(str(tmp_path / 'moved' / 'cats'))}")
     assert result.exit_code == 2 and "would change the model or data" in out, out
+    # a sweep resumed after its data moved: its variants' data are checked first, with the same hint
+    sweep = dict(recipe, data={**recipe["data"], "folder": "imgs", "root": str(tmp_path / "moved")},
+                 sweep={"grid": {"train.seed": [0]}})
+    (tmp_path / "moved" / "cats").rename(tmp_path / "moved" / "imgs")
+    (tmp_path / "sw.toml").write_text(tomli_w.dumps(sweep))
+    result, out = _invoke("recipe", "run", str(tmp_path / "sw.toml"), "--out", str(tmp_path / "sw"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    (tmp_path / "moved" / "imgs").rename(tmp_path / "moved" / "elsewhere")
+    result, out = _invoke("recipe", "run", str(tmp_path / "sw.toml"), "--out", str(tmp_path / "sw"), "--resume",
+                          "--device", "cpu")
+    assert result.exit_code == 2 and "set data.root=" in out and "data.name" not in out, out

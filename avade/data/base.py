@@ -295,14 +295,16 @@ def describe_error(exc: BaseException) -> str:
 
 
 def missing_data(
-    dataset: str, searched: Sequence[Path | str], *, download: bool, what: str = "", source: str = ""
+    dataset: str, searched: Sequence[Path | str], *, download: bool, what: str = "", source: str = "",
+    location: str = "data.root",
 ) -> DataError:
     """The one-line "not found" error: which dataset, every path searched, and how to fix it.
 
-    ``download``: whether ``data.download=true`` can fetch it; ``source``: where to get it by hand otherwise.
+    ``download``: whether ``data.download=true`` can fetch it; ``source``: where to get it by hand otherwise;
+    ``location``: the key that says where it is (an absolute ``data.folder`` makes ``data.root`` moot).
     """
     paths = ", ".join(str(p) for p in searched)
-    fixes = ["set data.root=<the folder that holds it>"]
+    fixes = [f"set {location}=<the folder that holds it>"]
     if download:
         fixes.append("set data.download=true to fetch it (needs network)")
     elif source:

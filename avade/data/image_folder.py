@@ -89,7 +89,8 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
     base = folder_path(cfg)
     check_split(split)
     if not base.is_dir() or not list_images(base):
-        raise missing_data(NAME, [base], download=False)
+        where = "data.folder" if expand_root(cfg.folder).is_absolute() else "data.root"  # root is moot then
+        raise missing_data(NAME, [base], download=False, location=where)
     explicit = (base / "train").is_dir() and (base / "test").is_dir()
     train_base = base / "train" if explicit else base
     classes = _classes(train_base, cfg.labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -17,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from avade.atomic_files import locked
+from avade.data.base import data_of_trained_model
 from avade.errors import ConfigError, DataError, StoppedError, TrainingError, did_you_mean
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
@@ -99,7 +101,9 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
     try:
         if recipe.sweep is None:
             return [run_recipe(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)]
-        check_variants(variants, sweep=every)  # a later variant's bad config or missing data fails now
+        # a later variant's bad config or missing data fails now (resumed: their data, not another dataset)
+        with data_of_trained_model() if resume else contextlib.nullcontext():
+            check_variants(variants, sweep=every)
         summaries, failed = [], []
         for variant in variants:
             try:
