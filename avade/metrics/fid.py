@@ -131,10 +131,15 @@ class FID:
         else:
             mu_r, sigma_r, count = real_stats_count(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size)
             if count is not None and count <= mu_r.numel():  # as for the samples below
+                if cfg.real_samples is not None:
+                    fix = "raise eval.fid.real_samples (or drop it for the whole split)"
+                elif cfg.split != "train":
+                    fix = 'use the larger training split (eval.fid.split = "train")'
+                else:
+                    fix = "the split itself is this small: compare only with FIDs from as many images"
                 warnings.warn(f"FID's reference statistics come from {count} real images ({cfg.split} split) of "
                               f"{mu_r.numel()}-dimensional features: a rank-deficient covariance biases FID "
-                              "upward; use a larger split (eval.fid.split = \"train\") or drop eval.fid.real_samples "
-                              "to compare with published FIDs", UserWarning, stacklevel=2)
+                              f"upward; {fix}", UserWarning, stacklevel=2)
         fake = sample_features(ctx, extractor, cfg.samples, cfg.batch_size).features
         if fake.shape[0] <= fake.shape[1]:  # the sample covariance cannot have full rank
             warnings.warn(f"FID from {fake.shape[0]} samples of {fake.shape[1]}-dimensional features is biased "

@@ -181,3 +181,11 @@ def test_too_few_real_images_for_fid_are_said_computed_and_cached(tmp_path) -> N
     assert ctx.real_calls == 2 and len(said) == 2, said
     assert all(s.startswith("FID's reference statistics come from 20 real images (test split) of 24-dimensional")
                for s in said)
+    assert all(s.endswith("raise eval.fid.real_samples (or drop it for the whole split)") for s in said)
+    with warnings.catch_warnings(record=True) as caught:  # the whole split, and the train split at that
+        warnings.simplefilter("always")
+        small = FakeContext(tmp_path / "b", {"train": (REAL[:20], LABELS[:20])}, sampler=lambda n, labels: REAL[:n],
+                            options={"feature_extractor": RandomConvFeatures(dim=24, seed=0)})
+        FID(FIDConfig(samples=80, split="train")).compute(small)
+    said = [str(w.message) for w in caught if "test-only" not in str(w.message)]
+    assert said and said[0].endswith("the split itself is this small: compare only with FIDs from as many images")
