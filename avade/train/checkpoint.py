@@ -31,13 +31,20 @@ _PREFIX = "step_"
 
 def _fingerprinted(recipe_dict: dict[str, Any]) -> dict[str, Any]:
     """What must match for a checkpoint to be resumable: the model and the data, not the budget (nor where
-    the data live: ``root``, and of a ``folder`` only its name, so a moved image folder is the same data);
-    the optimizer's kind, which decides the layout of its saved state."""
+    the data live: ``root``, and of an absolute ``folder`` only its name, so a moved image folder is the
+    same data; a relative one, which names the data under ``root``, counts whole); the optimizer's kind,
+    which decides the layout of its saved state."""
     model = {k: v for k, v in recipe_dict.get("model", {}).items() if k != "temperature"}
-    data = {k: PurePath(v).name if k == "folder" and isinstance(v, str) else v
+    data = {k: _folder_identity(v) if k == "folder" and isinstance(v, str) else v
             for k, v in recipe_dict.get("data", {}).items()
             if k not in ("num_workers", "eval_batch_size", "root", "download")}
     return {"model": model, "data": data, "optimizer": (recipe_dict.get("train") or {}).get("optimizer")}
+
+
+def _folder_identity(folder: str) -> str:
+    """An absolute (or ``~``) image folder by its name alone (where it lives may change); a relative one as is."""
+    path = PurePath(os.path.expanduser(folder))
+    return path.name if path.is_absolute() else folder
 
 
 def fingerprint(recipe_dict: dict[str, Any]) -> str:

@@ -511,3 +511,11 @@ def test_one_non_finite_step_is_said_in_the_singular(tmp_path):
     recipe = tiny_recipe("train.lr=1e30", "train.max_bad_steps=1", "train.steps=4")
     with pytest.raises(TrainingError, match=r"training stopped at step \d: a non-finite step \(lower train.lr"):
         Trainer(recipe, tmp_path, progress=False).fit()
+
+
+def test_a_moved_absolute_image_folder_is_the_same_data_a_relative_one_names_it():
+    def of(folder):
+        return ckpt.fingerprint({"model": {}, "data": {"name": "image-folder", "folder": folder, "root": "/x"}})
+
+    assert of("/data/old/imgs") == of("/scratch/new/imgs") != of("/data/old/cats")
+    assert of("celeba/images") != of("ffhq/images")  # under root, the folder says which data
