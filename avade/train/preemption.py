@@ -29,31 +29,21 @@ UNSTARTED_STOP = ("stopped by {signal} before the first step: nothing was traine
                   "same command again (a sweep whose earlier variants are done: with --resume)")
 UNRESUMED_STOP = ("stopped by {signal} before training went on from the checkpoint: nothing new to save; continue "
                   "with --resume")
-# How long a DataLoader worker outlives SIGTERM (SLURM's KillWait is 30 s): the step in progress still gets
-# its batches, and a worker that DataLoader itself terminates (it uses SIGTERM) still ends.
-WORKER_GRACE_S = 30
 # Signals that ask for a stop with a checkpoint (SIGINT too, handled on its own); SIGUSR1 is POSIX only.
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """For DataLoader workers: ignore SIGINT and SIGUSR1, and outlive SIGTERM by :data:`WORKER_GRACE_S`. A
-    terminal's Ctrl-C and a cluster's signals (SLURM signals every process of the job) reach the workers
-    too, and the training process, which stops at the step boundary, still needs their batches until then;
-    a worker that died of it failed the run ("DataLoader worker is killed by signal") without a checkpoint.
-    SIGTERM is not ignored outright: DataLoader ends a stuck worker with it."""
+    """For DataLoader workers: ignore SIGINT and the stop signals. A terminal's Ctrl-C and a cluster's
+    signals (SLURM signals every process of the job) reach the workers too, and the training process, which
+    stops at the step boundary and saves, must not lose them meanwhile: a worker that dies while its loader
+    is alive fails the main process wherever it is ("DataLoader worker is killed by signal"), mid-save
+    included. The workers end with their loader (the trainer closes its batches on the way out) or with
+    the training process (DataLoader's watchdog); a worker stuck in a dataset's ``__getitem__`` is then
+    past DataLoader's SIGTERM and needs SIGKILL, as SLURM sends after its grace time."""
     for signum in (signal.SIGINT, *STOP_SIGNALS):
         signal.signal(signum, signal.SIG_IGN)
-    if hasattr(signal, "SIGALRM"):
-        signal.signal(signal.SIGTERM, _exit_after_grace)
-
-
-def _exit_after_grace(_signum: int, _frame: FrameType | None) -> None:
-    """SIGTERM in a worker: end it :data:`WORKER_GRACE_S` later (SIGALRM's default action), not now."""
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    left = signal.alarm(0)
-    signal.alarm(left or WORKER_GRACE_S)  # a repeated SIGTERM does not postpone it
 
 
 class StopNow(BaseException):
@@ -79,6 +69,7 @@ class StopRequest:
 
     def _stop_now(self, signum: int) -> None:
         if self.immediate is not None:
+            self.immediate = None  # once: a second signal must not interrupt the unwinding of the first
             raise StopNow(signal.Signals(signum).name)
 
     def _handle_sigterm(self, signum: int, _frame: FrameType | None) -> None:
@@ -115,15 +106,17 @@ def stop_on_signals(announce: bool = True, repeat_window_s: float = REPEAT_WINDO
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous: dict[signal.Signals, Any] = {signum: signal.signal(signum, request._handle_sigterm)
-                                           for signum in STOP_SIGNALS}
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, request._handle_sigint)
-    try:
+    previous: dict[signal.Signals, Any] = {}
+    try:  # installed inside: a signal right after the first handler is in place is converted too
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, request._handle_sigterm)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, request._handle_sigint)
         yield request
     except StopNow as stop:
         assert immediate is not None
         raise StoppedError(immediate.format(signal=stop.signal_name), signal_name=stop.signal_name) from None
     finally:
+        request.immediate = None  # from here on a signal only sets the flag: nothing escapes unconverted
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -654,12 +654,13 @@ class Trainer:
             with stop_on_signals(announce=False, immediate=UNSTARTED_STOP):  # nothing to save yet
                 self.bpd_untrained = self.test_bpd()
         t0, images = time.perf_counter(), 0
-        batches = self.stream.batches(self.step)
         from avade.train.progress import TrainProgress
 
+        # closing: the loader's workers (which ignore stop signals) end with the loop, however it ends
         with TrainProgress(self.console, total=cfg.steps, start=self.step,
                            enabled=self.progress and self.dist.is_main, label=self.recipe.name) as bar, \
-                stop_on_signals(announce=self.dist.is_main) as stop:
+                stop_on_signals(announce=self.dist.is_main) as stop, \
+                contextlib.closing(self.stream.batches(self.step)) as batches:
             while self.step < cfg.steps:
                 x, y = next(batches)
                 logs = self.train_step(x, y)

@@ -46,3 +46,46 @@ def test_a_stop_signal_to_the_process_group_leaves_the_loader_workers_running(si
             x, _ = next(batches)
             assert x.shape == (4, 1, 4, 4)
     assert stop.signal == signal.Signals(signum).name
+
+
+def test_the_trainer_ends_its_loader_workers_however_training_ends(fresh_registry, tmp_path):
+    # they ignore stop signals, so the trainer must close its loader itself (else they would outlive it)
+    import attrs
+    from tiny_recipes import tiny_dict
+
+    from avade.recipe.load import recipe_from_dict
+    from avade.registry import get_registry
+    from avade.train.trainer import Trainer
+
+    @attrs.define
+    class ItemsConfig:
+        pass
+
+    class Items(SlowImages):
+        shape, num_classes = (1, 4, 4), 0
+
+        def __init__(self, cfg, *, split):
+            pass
+
+        def __getitem__(self, i):
+            return torch.full((1, 4, 4), i, dtype=torch.uint8), -1
+
+    get_registry().register("dataset", "items", factory=Items, config=ItemsConfig)
+    raw = tiny_dict("train.steps=2", "model.encoder.channels=[4]", "model.discriminator.channels=[4]")
+    raw["data"] = {"name": "items", "batch_size": 4, "eval_batch_size": 8, "num_workers": 2}
+    Trainer(recipe_from_dict(raw), tmp_path / "done", progress=False).fit()
+    assert multiprocessing.active_children() == []
+    trainer = Trainer(recipe_from_dict(raw), tmp_path / "failed", progress=False)
+    calls = []
+
+    def failing_step(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("a step failed")
+
+    trainer.train_step = failing_step
+    with pytest.raises(RuntimeError) as info:  # (its traceback holds the loop's frame, and with it the loader)
+        trainer.fit()
+    left = multiprocessing.active_children()
+    for worker in left:  # (ignoring SIGTERM, they would hang this test process at exit)
+        worker.kill()
+    assert calls and info.value is not None and left == []
