@@ -384,7 +384,9 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
                       "); the run is read without its critic, which only training needs", PluginWarning, stacklevel=3)
     chosen = select_checkpoint(run, checkpoint)
     data = ckpt.read_checkpoint(chosen, need_average=ema, training_state=False)
-    if not ckpt.same_model(data["state"], recipe_to_dict(recipe)):
+    with without_absent_critic():  # an older checkpoint's recipe is re-read: its critic may be gone too
+        same = ckpt.same_model(data["state"], recipe_to_dict(recipe))
+    if not same:
         # e.g. recipe.toml edited by hand: the weights would be evaluated as another model (a wrong
         # logit_alpha still loads, and gives a wrong BPD).
         raise CheckpointError(f"{run.recipe} no longer describes the model of {chosen} (model or data "
@@ -489,8 +491,11 @@ def sweep_runs(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
     """The run directories one level under a sweep's ``--out``, in the sweep's order (that of its
     sweep_summary.json; runs it does not list after, by name), and each listed variant's override values
     (``{"model.flow.scales": 2, ...}``)."""
+    summary = Path(root) / "sweep_summary.json"
+    if not summary.is_file():  # a folder of separate runs (runs/<recipe>/<time>) is no sweep
+        return [], {}
     runs = {p.name: p for p in sorted(Path(root).iterdir()) if (p / "recipe.toml").is_file()}
-    listed = read_json_list(Path(root) / "sweep_summary.json")
+    listed = read_json_list(summary)
     axes: dict[str, dict[str, Any]] = {}
     for row in listed:
         if isinstance(row, dict) and isinstance(row.get("name"), str):
@@ -507,15 +512,15 @@ def evaluate_sweep(root: Path, metrics: Sequence[str] | None = None, samples: in
     its own eval.json), one row each (``name``, the variant's overrides, ``step``, ``weights``, the metrics;
     ``error`` for a variant that could not be evaluated, the others go on), written to the sweep's
     ``sweep_eval.{json,csv}`` and shown as sweep_summary is (a two-axis sweep also as a grid of the first
-    metric): e.g. FID of the whole scales x blocks ablation after training it with bpd alone. Raises an
-    AvadeError naming the variants that failed, after writing the rest."""
+    metric): e.g. FID of the whole scales x blocks ablation after training it with bpd alone. A sweep's
+    --out is a folder with its sweep_summary.json."""
     from avade.train.run import write_sweep_summary
 
     root = Path(root)
     runs, axes = sweep_runs(root)
     if not runs:
         raise _not_a_run(root)
-    rows, failed = [], []
+    rows = []
     for run in runs:
         row: dict[str, Any] = {"name": run.name, **axes.get(run.name, {})}
         if console is not None:
@@ -524,8 +529,9 @@ def evaluate_sweep(root: Path, metrics: Sequence[str] | None = None, samples: in
             results, weights = _evaluate(run, metrics, samples, device, console, None, ema, importance_samples,
                                          overrides)
         except AvadeError as exc:
-            failed.append(run.name)
             row["error"] = str(exc)
+        except Exception as exc:  # e.g. out of memory on one variant's model: the others are still evaluated
+            row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         else:
             row.update({"step": read_json_object(run / "eval.json").get("step"), "weights": weights, **results})
         rows.append(row)
@@ -533,10 +539,17 @@ def evaluate_sweep(root: Path, metrics: Sequence[str] | None = None, samples: in
     results_keys = list(dict.fromkeys(k for row in rows for k in row))
     main = [k for m in metrics or [] for k in results_keys if owns(m, k)]  # the grid shows the first metric's
     write_sweep_summary(root, rows, console or Console(stderr=True), axes=keys, stem="sweep_eval", main=main)
-    if failed:
-        raise AvadeError(f"{len(failed)} of {len(runs)} sweep variants could not be evaluated ({', '.join(failed)}); "
-                         f"their errors are in {root / 'sweep_eval.json'}, the other rows too")
     return rows
+
+
+def sweep_eval_failures(root: Path, rows: Sequence[Mapping[str, Any]]) -> AvadeError | None:
+    """The error to end ``avade eval SWEEP_OUT`` with when some variants could not be evaluated (after their
+    rows were written and shown), or None."""
+    failed = [str(row.get("name")) for row in rows if "error" in row]
+    if not failed:
+        return None
+    return AvadeError(f"{len(failed)} of {len(rows)} sweep variants could not be evaluated ({', '.join(failed)}); "
+                      f"their errors are in {Path(root) / 'sweep_eval.json'}, with the other rows")
 
 
 def evaluate_checkpoints(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,

@@ -128,10 +128,11 @@ def test_sweep_run_writes_one_directory_per_variant_and_a_summary(tmp_path: Path
     assert result.exit_code == 2 and "is a sweep's --out" in out, out
     # a variant that cannot be evaluated is a row with its error; the others are evaluated, and it is said
     shutil.rmtree(tmp_path / "runs" / "tiny-blocks1" / "checkpoints")
-    result, out = _invoke("eval", str(tmp_path / "runs"), "--metrics", "bpd", "--device", "cpu")
+    result, out = _invoke("eval", str(tmp_path / "runs"), "--metrics", "bpd", "--device", "cpu", "--json")
     assert result.exit_code == 2 and "1 of 2 sweep variants could not be evaluated (tiny-blocks1)" in out, out
     first, second = json.loads((tmp_path / "runs" / "sweep_eval.json").read_text())
     assert "no checkpoint" in first["error"] and second["bpd"] == rows[1]["bpd"]
+    assert json.loads(result.stdout) == [first, second]  # the rows are printed before the error
 
 
 def test_missing_dataset_is_one_line(tmp_path: Path) -> None:
@@ -626,13 +627,12 @@ def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path, monkeypat
     result, out = _invoke("eval", str(tmp_path / "run"), "--checkpoint", "1", "--metrics", "bpd", "--json",
                           "--device", "cpu")
     assert json.loads(out[out.index("{"):])["bpd"] == rows[0]["bpd"] != rows[1]["bpd"]
-    result, out = _invoke("eval", str(tmp_path), "--checkpoint", "all", "--device", "cpu")
-    # tmp_path holds the run one level down, as a sweep's --out does: a checkpoint is one run's
-    assert result.exit_code == 2 and len(out.strip().splitlines()) == 1, out
-    assert "--checkpoint picks a checkpoint of one run, but" in out and "is a sweep's --out" in out, out
-    result, out = _invoke("sample", str(tmp_path), "-o", str(tmp_path / "g.png"), "--device", "cpu")
-    assert result.exit_code == 2 and "is not a run directory" in out, out
-    assert "holds 1 run(s) (a sweep's --out); pass one of them" in " ".join(out.split())
+    for command in (["eval", str(tmp_path), "--checkpoint", "all"], ["sample", str(tmp_path), "-o",
+                                                                      str(tmp_path / "g.png")]):
+        # tmp_path holds the run one level down (without a sweep's summary): the error names it
+        result, out = _invoke(*command, "--device", "cpu")
+        assert result.exit_code == 2 and "is not a run directory" in out and len(out.strip().splitlines()) == 1
+        assert "holds 1 run(s) (a sweep's --out); pass one of them" in " ".join(out.split())
     # a checkpoint pruned meanwhile (a training run still going) is skipped, the others are kept
     import avade.evaluate
 
@@ -937,8 +937,20 @@ def test_a_run_whose_critic_plugin_is_gone_is_evaluated_and_sampled_without_it(
     assert "discriminator 'x-critic' is not installed (the run was trained with discriminator x-critic from " \
            "avade-xcritic 0.2" in said and "read without its critic" in said, said
     assert json.loads(result.stdout)["bpd"] == trained  # the same weights
+    for state_file in (tmp_path / "run" / "checkpoints").glob("*/state.json"):  # as an older avade wrote them
+        state = json.loads(state_file.read_text())
+        state_file.write_text(json.dumps({**state, "fingerprint": "old"}))
+    result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["bpd"] == trained, out
     result, out = _invoke("sample", str(tmp_path / "run"), "-n", "4", "-o", str(tmp_path / "g.png"), "--device", "cpu")
     assert result.exit_code == 0 and (tmp_path / "g.png").is_file(), out
+    from avade.errors import ConfigError
+    from avade.evaluate import load_model
+    from avade.train.trainer import Trainer
+
+    _, recipe, _ = load_model(tmp_path / "run", device="cpu")  # the library reads it too, but cannot train it
+    with pytest.raises(ConfigError, match="discriminator 'x-critic' is not installed, and training needs it"):
+        Trainer(recipe, tmp_path / "again", progress=False)
     # training does need it: a resume is refused, naming the plugin
     result, out = _invoke("recipe", "run", str(tmp_path / "run" / "recipe.toml"), "--out", str(tmp_path / "run"),
                           "--resume", "--device", "cpu")

@@ -424,7 +424,7 @@ def evaluate(
 ) -> None:
     """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run.
     A sweep's --out: every variant's last checkpoint, one row each in its sweep_eval.{json,csv}."""
-    from avade.evaluate import evaluate_checkpoints, evaluate_run, evaluate_sweep, sweep_runs
+    from avade.evaluate import evaluate_checkpoints, evaluate_run, evaluate_sweep, sweep_eval_failures, sweep_runs
     from avade.train.distributed import is_main_process
     from avade.train.run import cell_text
 
@@ -446,6 +446,9 @@ def evaluate(
                               overrides=overrides or [])
         if as_json:
             print(json.dumps(rows, indent=2))
+        failures = sweep_eval_failures(run_dir, rows)
+        if failures is not None:
+            raise failures
         return
     if checkpoint is not None and checkpoint.strip().lower() == "all":
         rows = evaluate_checkpoints(run_dir, names, samples=samples, device=_device(device, indexed=True),

@@ -131,7 +131,7 @@ class FID:
         else:
             mu_r, sigma_r, count = real_stats_count(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size)
             if count is not None and count <= mu_r.numel():  # as for the samples below
-                if cfg.real_samples is not None:
+                if cfg.real_samples is not None and cfg.real_samples <= count:  # it, not the split, is the limit
                     fix = "raise eval.fid.real_samples (or drop it for the whole split)"
                 elif cfg.split != "train":
                     fix = 'use the larger training split (eval.fid.split = "train")'

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path, PurePath
 from typing import Any
@@ -239,7 +240,9 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
     except (OSError, SafetensorError) as exc:  # e.g. a full disk: the earlier checkpoints stay as they are
         shutil.rmtree(tmp, ignore_errors=True)
         detail = " ".join(str(getattr(exc, "strerror", None) or exc).split())
-        full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in detail
+        # safetensors' errors carry no errno, only "(os error N)" in their text
+        code = getattr(exc, "errno", None) or next((int(n) for n in re.findall(r"os error (\d+)", detail)), None)
+        full = code in (errno.ENOSPC, errno.EDQUOT)
         fix = ("free space there (or lower train.keep_checkpoints, or use another --out)" if full
                else "check that folder (permissions, a read-only or unmounted disk) or use another --out")
         kept = list_checkpoints(directory)

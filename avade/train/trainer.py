@@ -33,7 +33,7 @@ from avade.models.preprocess import to_unit
 from avade.nn import frozen
 from avade.nn.replicas import replica_statistics
 from avade.recipe.load import saved_before_hint
-from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, Recipe
+from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, AbsentConfig, Recipe
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
 from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
@@ -207,6 +207,10 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         if self.device.type == "cuda":
             configure_tf32(self.cfg.tf32)
+        critic = recipe.model.discriminator
+        if critic is not None and isinstance(critic.config, AbsentConfig):  # e.g. a recipe from avade.load_model
+            raise ConfigError(f"discriminator '{critic.name}' is not installed, and training needs it; install its "
+                              "plugin", path="model.discriminator.name", source=recipe.source)
         self.recipe_dict = recipe_to_dict(recipe)
         self.fingerprint = ckpt.fingerprint(self.recipe_dict)
         self.providers = component_providers(recipe)  # recorded in checkpoints
@@ -418,7 +422,8 @@ class Trainer:
 
         others = [f"{k} {shown(old)} -> {shown(new)}" for k, (old, new) in changed.items() if k not in said]
         if others:
-            notes.append(f"settings changed since the checkpoint: {', '.join(others)} (recorded in resumes.jsonl)")
+            notes.append(f"settings changed since the checkpoint: {', '.join(others)} (kept in resumes.jsonl once "
+                         "trained with)")
         world = state.get("world", 1)
         if world != self.dist.world:
             notes.append(f"checkpoint written by {world} process(es), resumed with {self.dist.world}: the same "
@@ -732,6 +737,7 @@ class Trainer:
                      f"{self._last_good_checkpoint()}")
             summary["error"] = error  # a resume must not take this run for a finished one
         if self.dist.is_main:
+            self._record_resume()  # a resume that only evaluated (its run was at train.steps) used them too
             write_json(self.run.summary, summary)
             logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
         logger.close()

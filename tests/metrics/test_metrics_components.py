@@ -187,5 +187,7 @@ def test_too_few_real_images_for_fid_are_said_computed_and_cached(tmp_path) -> N
         small = FakeContext(tmp_path / "b", {"train": (REAL[:20], LABELS[:20])}, sampler=lambda n, labels: REAL[:n],
                             options={"feature_extractor": RandomConvFeatures(dim=24, seed=0)})
         FID(FIDConfig(samples=80, split="train")).compute(small)
+        FID(FIDConfig(samples=80, split="train", real_samples=10000)).compute(small)  # more than the split has
     said = [str(w.message) for w in caught if "test-only" not in str(w.message)]
-    assert said and said[0].endswith("the split itself is this small: compare only with FIDs from as many images")
+    assert len(said) == 2 and all(s.endswith("the split itself is this small: compare only with FIDs from as many "
+                                             "images") for s in said), said

@@ -176,6 +176,14 @@ def test_a_checkpoint_that_cannot_be_written_is_said_and_leaves_the_earlier_ones
                                               r"permissions, a read-only or unmounted disk\) or use another --out, "
                                               r"then run it again \(no checkpoint was saved yet\)$"):
         Trainer(tiny_recipe("train.steps=1"), tmp_path / "other", progress=False).fit()
+    from safetensors import SafetensorError
+
+    def quota(*args, **kwargs):  # safetensors' own errors carry the errno only in their text
+        raise SafetensorError("Error while serializing: I/O error: Disk quota exceeded (os error 122)")
+
+    monkeypatch.setattr(ckpt, "save_file", quota)
+    with pytest.raises(CheckpointError, match=r"Disk quota exceeded \(os error 122\); free space there"):
+        Trainer(tiny_recipe("train.steps=1"), tmp_path / "third", progress=False).fit()
     monkeypatch.undo()
     Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False).fit()  # then it goes on
 
@@ -197,7 +205,8 @@ def test_settings_a_resume_changes_are_said_and_kept_with_their_step(tmp_path, c
             tmp_path, resume=True, progress=False).fit()
     said = " ".join(capsys.readouterr().err.split())
     assert ('settings changed since the checkpoint: train.seed 0 -> 1, train.adv_weight 1.0 -> 2.0, eval.metrics '
-            '["bpd"] -> ["bpd", "kid"], eval.kid (unset) -> (a table) (recorded in resumes.jsonl)') in said, said
+            '["bpd"] -> ["bpd", "kid"], eval.kid (unset) -> (a table) (kept in resumes.jsonl once trained with)'
+            ) in said, said
     _, second = (json.loads(line) for line in (tmp_path / "resumes.jsonl").read_text().splitlines())
     assert second["step"] == 4 and second["checkpoint"] == "step_00000004" and "processes" not in second
     assert second["changed"]["train.seed"] == [0, 1] and second["changed"]["eval.metrics"] == [["bpd"], ["bpd", "kid"]]
