@@ -424,7 +424,6 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
 def _data_class_counts(recipe: Recipe) -> list[int] | None:
     """The training split's labels per class, read from the data (None when it is not at hand: a run
     copied without its data is then sampled with uniform classes)."""
-
     try:
         return class_counts(_datasets(recipe)[0])
     except (AvadeError, OSError):
