@@ -192,7 +192,8 @@ def collect(recipe_path: Path | None = None) -> dict[str, Any]:
 
 def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
     """What would stop the recipe (or one of its sweep variants) before its first step on this machine: data
-    not found, or Inception weights its eval metrics need."""
+    not found, a sweep variant that cannot be built, Inception weights its eval metrics need (IS: with the
+    classifier head)."""
     problems = [("" if d["config"] == "recipe" else f"{d['config']}: ") + d["message"].removesuffix(_OFFLINE_HINT)
                 for d in report["datasets"] if d["config"] != "default" and not d["present"]]
     metrics = set(recipe.eval.metrics)
