@@ -1124,3 +1124,31 @@ def test_a_run_whose_data_moved_is_evaluated_with_set_data_root(tmp_path: Path) 
     result, out = _invoke("recipe", "run", str(tmp_path / "sw.toml"), "--out", str(tmp_path / "sw"), "--resume",
                           "--device", "cpu")
     assert result.exit_code == 2 and "set data.root=" in out and "data.name" not in out, out
+
+
+def test_a_sweep_stopped_after_its_first_variant_keeps_its_row_and_can_be_evaluated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import avade.train.run as run_module
+    from avade.errors import StoppedError
+
+    sweep = tiny_dict("train.steps=1", "train.checkpoint_every=1")
+    sweep["sweep"] = {"grid": {"model.flow.blocks": [1, 2]}}
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps(sweep))
+    real = run_module.run_recipe
+
+    def preempted_at_the_second(variant_recipe: Any, out_dir: Path, **kwargs: Any) -> dict[str, Any]:
+        if variant_recipe.name.endswith("blocks2"):
+            raise StoppedError("stopped by SIGTERM at step 0; resume with --resume")
+        return real(variant_recipe, out_dir, **kwargs)
+
+    monkeypatch.setattr(run_module, "run_recipe", preempted_at_the_second)
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code != 0 and "stopped by SIGTERM" in out, out
+    rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
+    assert [r["name"] for r in rows] == ["tiny-blocks1"] and rows[0]["bpd"] > 0
+    assert next(csv.DictReader((tmp_path / "run" / "sweep_summary.csv").open()))["name"] == "tiny-blocks1"
+    result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu", "--json")
+    assert result.exit_code == 0, out
+    evaluated = json.loads((tmp_path / "run" / "sweep_eval.json").read_text())
+    assert [r["name"] for r in evaluated] == ["tiny-blocks1"] and evaluated[0]["bpd"] > 0

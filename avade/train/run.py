@@ -26,7 +26,7 @@ from avade.recipe.write import recipe_to_dict
 from avade.train.checkpoint import list_checkpoints
 from avade.train.distributed import is_main_process, shutdown_distributed
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, stop_on_signals
-from avade.train.rundir import RunDir, default_run_dir, latest_run_dir, write_json
+from avade.train.rundir import RunDir, atomic_write_text, default_run_dir, latest_run_dir, write_json
 
 
 def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: str | None = None,
@@ -115,11 +115,9 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
                 failed.append(variant.name)
                 summary = {"error": str(exc)}
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
-        if is_main_process():
-            out_dir.mkdir(parents=True, exist_ok=True)  # (every variant may have failed before making its own)
-            with locked(out_dir / ".sweep_summary.lock"):  # variants run as parallel jobs all add their rows
-                rows = _with_earlier_rows(out_dir, summaries, every, console)
-                write_sweep_summary(out_dir, rows, console, axes=list(variants[0].overrides))
+            if variant is not variants[-1]:  # kept after each variant: a sweep stopped or killed later keeps its rows
+                _record_sweep(out_dir, summaries, every, console, show=False)
+        _record_sweep(out_dir, summaries, every, console, show=True)
         if failed:
             raise TrainingError(f"{len(failed)} of {len(variants)} sweep variants failed ({', '.join(failed)}); "
                                 f"see {out_dir / 'sweep_summary.json'}")
@@ -129,6 +127,19 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         raise
     finally:
         shutdown_distributed()  # (a no-op after the line above)
+
+
+def _record_sweep(out_dir: Path, summaries: list[dict[str, Any]], every: Sequence[Any], console: Console,
+                  show: bool) -> None:
+    """Write sweep_summary.{json,csv} with the rows so far (and the earlier ones: see :func:`_with_earlier_rows`);
+    ``show``: also print the table (once, at the end)."""
+    if not is_main_process():
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)  # (every variant may have failed before making its own)
+    with locked(out_dir / ".sweep_summary.lock"):  # variants run as parallel jobs all add their rows
+        rows = _with_earlier_rows(out_dir, summaries, every, console)
+        axes = list(dict.fromkeys(k for v in every for k in v.overrides))  # (combos may set different keys)
+        write_sweep_summary(out_dir, rows, console if show else None, axes=axes)
 
 
 def _variant_dir(out_dir: Path, base: str, variant: Any, resume: bool) -> Path:
@@ -241,11 +252,12 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Console,
+def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Console | None,
                         axes: Sequence[str] = (), stem: str = "sweep_summary", main: Sequence[str] = ()) -> None:
-    """``<stem>.json``/``.csv`` (sweep_summary, or sweep_eval for ``avade eval`` of a sweep) and a rich table
-    with BPD and the other metrics; for a two-axis grid (the paper's scales x blocks ablation) also the main
-    metric (the first of ``main``, else bpd, fid or is_mean) as a grid, rows by the first axis."""
+    """``<stem>.json``/``.csv`` (sweep_summary, or sweep_eval for ``avade eval`` of a sweep) and, on
+    ``console``, a rich table with BPD and the other metrics; for a two-axis grid (the paper's scales x blocks
+    ablation) also the main metric (the first of ``main``, else bpd, fid or is_mean) as a grid, rows by the
+    first axis."""
     write_json(out_dir / f"{stem}.json", rows)
     keys: list[str] = []
     for row in rows:  # the sweep's own axes always; other list/table values (results) only in the JSON
@@ -254,7 +266,9 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
-    (out_dir / f"{stem}.csv").write_text(buf.getvalue(), encoding="utf-8")
+    atomic_write_text(out_dir / f"{stem}.csv", buf.getvalue())
+    if console is None:
+        return
     headers = _short_headers(keys)
     table = Table(title=escape(f"sweep: {out_dir}"), title_justify="left")
     shown = [k for k in keys if k not in ("recipe", "variant", "device")]
