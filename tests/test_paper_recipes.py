@@ -160,6 +160,9 @@ def test_main_recipe_has_the_appendix_c_settings() -> None:
     assert (d.options.name, d.dataset.config.resolution, d.options.batch_size) == ("cifar10", 32, 64)
     assert not d.dataset.config.download  # never fetch anything unless asked
     assert r.eval.metrics == ["bpd", "fid"]
+    assert r.model.options.sigma == "scalar"  # N(f; mu, sigma I), as the reference IAF code's one dec_log_stdv
+    fid = r.eval.settings["fid"].config  # Table 7's reference set: the training split (FID 0 at its 50k)
+    assert (fid.split, fid.real_samples) == ("train", 50000)
 
 
 @pytest.mark.parametrize("path", PAPER, ids=rel)
