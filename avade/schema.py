@@ -65,7 +65,7 @@ def _literal_hook_factory(t: Any) -> Callable[[Any, Any], Any]:
 
     def hook(value: Any, _t: Any) -> Any:
         if value not in allowed or type(value) is not type(next((a for a in allowed if a == value), value)):
-            choices = ", ".join(repr(a) for a in allowed)
+            choices = ", ".join(str(a).lower() if isinstance(a, bool) else repr(a) for a in allowed)  # TOML's
             hint = did_you_mean(value, [str(a) for a in allowed]) if isinstance(value, str) else ""
             raise ConfigError(f"expected one of {choices}, got {_got(value)}{hint}")
         return value
@@ -262,7 +262,7 @@ def _type_name(t: Any) -> str:
     if t in _TYPE_NAMES:
         return _TYPE_NAMES[t]
     if _is_literal(t):
-        return " | ".join(repr(a) for a in get_args(t))
+        return " | ".join(str(a).lower() if isinstance(a, bool) else repr(a) for a in get_args(t))  # TOML spelling
     if _is_union(t):
         return " | ".join(_type_name(a) for a in get_args(t))
     if t is type(None):

@@ -146,7 +146,7 @@ def test_main_recipe_has_the_appendix_c_settings() -> None:
     assert flow.name == "realnvp"
     assert (flow.config.scales, flow.config.blocks, flow.config.layers) == (1, 2, 3)
     assert flow.config.batch_norm and flow.config.norm == "weight-norm"  # "both batch and weight norm"
-    assert flow.config.out_batch_norm  # ... as in the reference implementation (bn_out)
+    assert flow.config.out_batch_norm == "transformed"  # ... as in the reference implementation (bn_out)
     assert enc.name == "resnet" and tuple(enc.config.channels) == (32, 64, 128, 256) and enc.config.stem == 16
     assert dec.name == "resnet"
     assert post.name == "topdown" and post.config.latent_channels == 32

@@ -137,6 +137,21 @@ class AffineCoupling(Flow):
         else:
             self.scale_bound = nn.Parameter(torch.ones(1, transformed, 1, 1))
 
+    def transformed_region(self) -> torch.Tensor:
+        """1 where this coupling changes its input, 0 where it passes it through: ``[1, 1, H, W]`` for a
+        checkerboard (masked or packed), ``[1, C, 1, 1]`` for a channel mask."""
+        c, h, w = self.in_shape
+        if self.checker:
+            return self.inv_mask.clone()
+        if self.packed:
+            return checkerboard(h, w, 1 - self.parity)
+        region = torch.zeros(1, c, 1, 1)
+        if self.reverse:
+            region[:, : self.split] = 1.0
+        else:
+            region[:, self.split:] = 1.0
+        return region
+
     def _bound(self) -> torch.Tensor:
         """The tanh bound per transformed channel (``[1, T, 1, 1]``; a scalar bound is broadcast)."""
         b = self.scale_bound

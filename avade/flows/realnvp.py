@@ -23,25 +23,31 @@ class RealNVPConfig:
     """Defaults are the AV-ADE paper's f: 3 coupling layers, 1 scale, 2 residual blocks, BN + weight norm.
 
     ``scales``: number of scales (H and W must be divisible by ``2**(scales-1)``); ``layers``:
-    checkerboard couplings per scale; ``blocks``/``hidden``: residual blocks and channels of each s/t
-    network; ``norm``: normalization of its convolutions; ``batch_norm``: batch norm inside it;
+    checkerboard couplings per scale; ``final_layers``: those of the last scale (default ``layers``; the
+    Real-NVP reference has one more there, 4); ``blocks``/``hidden``: residual blocks and channels of
+    each s/t network; ``norm``: normalization of its convolutions; ``batch_norm``: batch norm inside it;
     ``hidden_growth``: 2 widens the s/t networks as the Real-NVP reference does, ``hidden * 2**k`` at
     scale ``k`` and twice that in its channel-wise couplings (1 keeps ``hidden`` everywhere);
-    ``out_batch_norm``: batch normalization as a flow after every coupling, as the reference's ``bn_out``
-    (the ``batch-norm`` flow: exactly invertible in eval mode only); ``net``: the s/t network, ``resnet``
-    (avade's simpler residual network, every coupling starts as the identity) or ``reference`` (the
-    Real-NVP reference code's network and scalar tanh bound: see
+    ``out_batch_norm``: batch normalization as a flow after every coupling (the ``batch-norm`` flow:
+    exactly invertible in eval mode only), ``true`` of the whole coupling output (Dinh et al.'s text),
+    ``"transformed"`` of the half the coupling changed only (the reference code's ``bn_out``);
+    ``net``: the s/t network, ``resnet`` (avade's simpler residual network, every coupling starts as
+    the identity) or ``reference`` (the Real-NVP reference code's network and scalar tanh bound: see
     :class:`~avade.flows.st_nets.ReferenceST`).
     """
 
     scales: int = attrs.field(default=1, validator=ge(1))
     blocks: int = attrs.field(default=2, validator=ge(1))
     layers: int = attrs.field(default=3, validator=ge(1))
+    final_layers: int | None = attrs.field(
+        default=None, validator=ge(1),
+        metadata={"help": "checkerboard couplings of the last scale; none = layers (the reference: 4)"})
     hidden: int = attrs.field(default=64, validator=ge(1))
     norm: str = "weight-norm"
     batch_norm: bool = True
-    out_batch_norm: bool = attrs.field(
-        default=False, metadata={"help": "batch norm as a flow after each coupling (reference bn_out)"})
+    out_batch_norm: Literal[False, True, "transformed"] = attrs.field(
+        default=False, metadata={"help": "batch norm as a flow after each coupling: true = of its whole output, "
+                                         "\"transformed\" = of the half it changed (the reference's bn_out)"})
     hidden_growth: Literal[1, 2] = attrs.field(
         default=1, metadata={"help": "2 = reference widths: hidden*2**scale, x2 in channel couplings"})
     checkerboard: Literal["masked", "packed"] = attrs.field(
@@ -61,9 +67,10 @@ def max_scales(h: int, w: int) -> int:
 
 
 class RealNVP(Flow):
-    """Per scale: ``layers`` checkerboard couplings with alternating masks; then, except at the last
-    scale, squeeze, 3 channel-wise couplings (alternating) and factor out half the channels, which skip
-    the coarser scales. Factored-out parts are re-assembled, so ``y`` has the shape of ``x``.
+    """Per scale: ``layers`` checkerboard couplings with alternating masks (``final_layers`` at the last
+    scale); then, except at the last scale, squeeze, 3 channel-wise couplings (alternating) and factor
+    out half the channels, which skip the coarser scales. Factored-out parts are re-assembled, so ``y``
+    has the shape of ``x``.
     """
 
     def __init__(self, cfg: RealNVPConfig | None = None, *, in_shape: Shape) -> None:
@@ -85,14 +92,18 @@ class RealNVP(Flow):
         coupling = AffineCouplingConfig(mask=mask, reverse=reverse, net=cfg.net, hidden=hidden,
                                         blocks=cfg.blocks, norm=cfg.norm, batch_norm=cfg.batch_norm)
         layer = AffineCoupling(coupling, in_shape=shape)
-        return FlowSequence([layer, BatchNormFlow(in_shape=shape)]) if cfg.out_batch_norm else layer
+        if cfg.out_batch_norm is False:
+            return layer
+        region = layer.transformed_region() if cfg.out_batch_norm == "transformed" else None
+        return FlowSequence([layer, BatchNormFlow(in_shape=shape, region=region)])
 
     def _scale(self, shape: Shape, remaining: int) -> Flow:
         cfg = self.cfg
         hidden = cfg.hidden * cfg.hidden_growth ** (cfg.scales - remaining)
         mask: Literal["checkerboard", "checkerboard-packed"] = (
             "checkerboard" if cfg.checkerboard == "masked" else "checkerboard-packed")
-        flows: list[Flow] = [self._coupling(shape, mask, i % 2 == 1, hidden) for i in range(cfg.layers)]
+        count = cfg.layers if remaining > 1 or cfg.final_layers is None else cfg.final_layers
+        flows: list[Flow] = [self._coupling(shape, mask, i % 2 == 1, hidden) for i in range(count)]
         if remaining > 1:
             squeeze = Squeeze(in_shape=shape)
             sq = squeeze.out_shape

@@ -26,6 +26,7 @@ def _trainable(module: torch.nn.Module) -> int:
     {"scales": 2},
     {"scales": 2, "checkerboard": "packed"},
     {"scales": 2, "out_batch_norm": True},
+    {"scales": 2, "out_batch_norm": "transformed", "final_layers": 4},
     {"scales": 1, "norm": "none", "batch_norm": False},
     {"scales": 1, "norm": "batch-norm"},
 ], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
@@ -158,3 +159,22 @@ def test_reference_options_are_checked() -> None:
         avade.create("flow", "affine-coupling", in_shape=(3, 4, 4), net="reference", logscale_factor=3.0)
     with pytest.raises(avade.ConfigError, match="net"):
         avade.create("flow", "realnvp", in_shape=(3, 4, 4), net="conv")
+
+
+@pytest.mark.parametrize(("scales", "final_layers", "checkerboard_couplings"), [
+    (1, None, [3]), (1, 4, [4]), (2, None, [3, 3]), (2, 4, [3, 4]), (3, 4, [3, 3, 4])])
+def test_final_layers_sets_the_checkerboard_couplings_of_the_last_scale_alone(
+        scales: int, final_layers: int | None, checkerboard_couplings: list[int]) -> None:
+    # The Real-NVP reference ends with a fourth checkerboard coupling (its coupling_3) at its last scale.
+    options = {} if final_layers is None else {"final_layers": final_layers}
+    flow = avade.create("flow", "realnvp", in_shape=(3, 16, 16), scales=scales, layers=3, hidden=4, blocks=1,
+                        **options)
+    couplings = _couplings(flow)
+    per_scale: dict[int, int] = {}
+    for c in couplings:
+        if c.checker:
+            per_scale[c.in_shape[1]] = per_scale.get(c.in_shape[1], 0) + 1
+    assert [per_scale[16 // 2**k] for k in range(scales)] == checkerboard_couplings
+    last = [c for c in couplings if c.checker and c.in_shape[1] == 16 // 2 ** (scales - 1)]
+    assert [c.reverse for c in last] == [i % 2 == 1 for i in range(len(last))], "masks alternate"
+    assert sum(not c.checker for c in couplings) == 3 * (scales - 1)
