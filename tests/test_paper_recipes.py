@@ -224,6 +224,9 @@ def test_table8_class_conditional_pair(name: str, variant: str, metrics: set[str
     assert r.model.decoder.config.norm == "cwn"
     assert r.model.discriminator.name == "resnet"
     assert set(r.eval.metrics) == metrics
+    for metric in ("gan-test", "gan-train"):  # a CIFAR ResNet-32 classifier, trained as usual
+        c = r.eval.settings[metric].config
+        assert (c.classifier, c.depth, c.optimizer, c.lr_schedule, c.augment) == ("resnet", 32, "sgd", "cosine", True)
     model = build(r)  # CWN decoder with per-class gains, projection discriminator
     assert model.discriminator.head.embed is not None
     assert any(type(m).__name__ == "ConditionalWeightNorm" and m.num_classes == 10 for m in model.decoder.modules())

@@ -6,8 +6,12 @@
 - GAN-train: a classifier trained on class-conditional samples, evaluated on the real test split.
   Sensitive to coverage/diversity as well.
 
-The classifier is a small CNN (three 3x3 conv layers with batch norm, global average pooling, linear),
-trained with Adam; everything is seeded so a run on the CPU is reproducible. By default samples are
+The classifier is by default a small CNN (three 3x3 conv layers with batch norm, global average pooling,
+linear) trained with Adam: quick, and enough to rank models. ``classifier = "resnet"`` is He et al.'s
+CIFAR ResNet (depth 6n+2, e.g. 32) as such classifiers are usually trained (``optimizer = "sgd"``,
+``lr_schedule = "cosine"``, ``augment``: random crops and flips), closer to the classifier Shmelkov et
+al. used; the absolute percentages depend on the classifier, so compare models evaluated with the same
+one. Everything is seeded so a run on the CPU is reproducible. By default samples are
 asked for with the labels of the real split they stand in for (GAN-test: the test labels; GAN-train:
 the training labels), so the class balance matches the data; ``samples = N`` instead draws N labels
 from that split's labels.
@@ -15,16 +19,19 @@ from that split's labels.
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avade.errors import AvadeError
+from avade.errors import AvadeError, ConfigError
 from avade.metrics.context import EvalContext
 from avade.schema import ge, gt
 
-__all__ = ["GanTest", "GanTestConfig", "GanTrain", "GanTrainConfig", "SmallClassifier", "accuracy",
+__all__ = ["CifarResNet", "GanTest", "GanTestConfig", "GanTrain", "GanTrainConfig", "SmallClassifier", "accuracy",
            "train_classifier"]
 
 
@@ -33,9 +40,17 @@ class GanTestConfig:
     """Classifier size and training, and which splits/how many samples to use."""
 
     epochs: int = attrs.field(default=10, validator=ge(1))
-    width: int = attrs.field(default=32, validator=ge(1), metadata={"help": "channels of the first conv"})
+    classifier: Literal["small", "resnet"] = attrs.field(
+        default="small", metadata={"help": "small: 3-conv CNN; resnet: He et al.'s CIFAR ResNet of `depth` layers"})
+    depth: int = attrs.field(default=32, validator=ge(8), metadata={"help": "resnet: 6n+2 layers (20, 32, 56, ...)"})
+    width: int | None = attrs.field(default=None, validator=ge(1),
+                                    metadata={"help": "channels of the first conv; none = 32 (small), 16 (resnet)"})
+    optimizer: Literal["adam", "sgd"] = attrs.field(default="adam", metadata={"help": "sgd: momentum 0.9, Nesterov"})
     lr: float = attrs.field(default=1e-3, validator=gt(0))
+    lr_schedule: Literal["constant", "cosine"] = attrs.field(
+        default="constant", metadata={"help": "cosine: decays lr to 0 over the epochs"})
     weight_decay: float = attrs.field(default=0.0, validator=ge(0))
+    augment: bool = attrs.field(default=False, metadata={"help": "random crops (padding H/8: 4 px at 32x32), flips"})
     batch_size: int = attrs.field(default=64, validator=ge(1))
     seed: int = 0
     samples: int | None = attrs.field(default=None, validator=ge(1),
@@ -43,6 +58,10 @@ class GanTestConfig:
     train_split: str = "train"
     test_split: str = "test"
     sample_batch_size: int = attrs.field(default=100, validator=ge(1))
+
+    def __attrs_post_init__(self) -> None:
+        if self.classifier == "resnet" and (self.depth - 2) % 6:
+            raise ConfigError(f"a CIFAR ResNet has 6n+2 layers (20, 32, 44, 56, ...), got {self.depth}", path="depth")
 
 
 @attrs.define
@@ -69,27 +88,97 @@ class SmallClassifier(nn.Module):
         return self.head(self.features(x.float() / 127.5 - 1.0))
 
 
+class _BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm; a 1x1 projection shortcut where the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut: nn.Module = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al. (2016, section 4.2): a 3x3 conv, then three stages of n basic blocks (``width``,
+    ``2 width``, ``4 width`` channels; the last two halve the resolution), pool, linear: 6n+2 layers."""
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int = 32, width: int = 16) -> None:
+        super().__init__()
+        n = (depth - 2) // 6
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                   nn.ReLU()]
+        cin = width
+        for stage, cout in enumerate((width, 2 * width, 4 * width)):
+            for block in range(n):
+                layers.append(_BasicBlock(cin, cout, 2 if stage > 0 and block == 0 else 1))
+                cin = cout
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of uint8 images ``[B, C, H, W]`` (scaled to [-1, 1] here)."""
+        return self.head(self.features(x.float() / 127.5 - 1.0))
+
+
+def _classifier(cfg: GanTestConfig, in_channels: int, num_classes: int) -> nn.Module:
+    if cfg.classifier == "resnet":
+        return CifarResNet(in_channels, num_classes, cfg.depth, cfg.width or 16)
+    return SmallClassifier(in_channels, num_classes, cfg.width or 32)
+
+
+def _augmented(x: Tensor, gen: torch.Generator, pad: int | None = None) -> Tensor:
+    """Each uint8 image cropped at a random offset from its copy zero-padded by ``pad`` pixels (default
+    1/8 of the height: 4 at 32x32) and flipped with probability 1/2 (the standard CIFAR augmentation)."""
+    b, _, h, w = x.shape
+    pad = max(1, h // 8) if pad is None else pad
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(2 * pad + 1, (b, 1), generator=gen)
+    dx = torch.randint(2 * pad + 1, (b, 1), generator=gen)
+    rows = (dy + torch.arange(h)).view(b, 1, h, 1)
+    cols = (dx + torch.arange(w)).view(b, 1, 1, w)
+    out = padded[torch.arange(b).view(b, 1, 1, 1), torch.arange(x.shape[1]).view(1, -1, 1, 1), rows, cols]
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
+
+
 def train_classifier(images: Tensor, labels: Tensor, num_classes: int, cfg: GanTestConfig,
-                     device: torch.device | str = "cpu") -> SmallClassifier:
-    """Train a :class:`SmallClassifier` on uint8 ``images`` and int64 ``labels``; returns it in eval mode."""
+                     device: torch.device | str = "cpu") -> nn.Module:
+    """Train the configured classifier (:class:`SmallClassifier` or :class:`CifarResNet`) on uint8
+    ``images`` and int64 ``labels``; returns it in eval mode."""
     with torch.random.fork_rng(devices=[]):
         # Seed the init (drawn on the CPU) without touching the caller's global RNG state: the CPU
         # generator alone, as fork_rng(devices=[]) restores only that one (torch.manual_seed would also
         # reseed every CUDA device, and the training process's CUDA noise would restart after each eval).
         torch.default_generator.manual_seed(cfg.seed)
-        model = SmallClassifier(images.shape[1], num_classes, cfg.width)
+        model = _classifier(cfg, images.shape[1], num_classes)
     model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                                                     weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     n = len(images)
+    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
+    step = 0
     with torch.enable_grad():
         for _ in range(cfg.epochs):
             order = torch.randperm(n, generator=gen)
             for start in range(0, n, cfg.batch_size):
                 idx = order[start:start + cfg.batch_size]
+                step += 1
                 if len(idx) < 2:  # batch norm needs two examples
                     continue
-                loss = F.cross_entropy(model(images[idx].to(device)), labels[idx].to(device))
+                if cfg.lr_schedule == "cosine":
+                    for group in opt.param_groups:
+                        group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - 1) / steps))
+                x = _augmented(images[idx], gen) if cfg.augment else images[idx]
+                loss = F.cross_entropy(model(x.to(device)), labels[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -7,7 +7,7 @@ import torch
 from metric_helpers import FakeContext, pool_sampler
 from torch import Tensor
 
-from avade.errors import AvadeError
+from avade.errors import AvadeError, ConfigError
 from avade.metrics.gan_test import GanTest, GanTestConfig, GanTrain, GanTrainConfig, accuracy, train_classifier
 
 FAST = {"epochs": 4, "width": 16}
@@ -160,3 +160,47 @@ def test_gan_train_takes_the_training_labels_without_reading_the_images(tmp_path
     with pytest.raises(AvadeError, match="outside"):
         GanTrain(GanTrainConfig(**FAST)).compute(_LabelListContext(tmp_path / "c", bad, num_classes=10,
                                                                    sampler=pool_sampler(*digits["train"])))
+
+
+def test_the_resnet_classifier_is_he_et_al_s_cifar_resnet() -> None:
+    from avade.metrics.gan_test import CifarResNet
+
+    for depth in (20, 32):
+        net = CifarResNet(3, 10, depth=depth)
+        convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+        assert len(convs) + 1 == depth  # 6n+2: the 3x3 convolutions and the linear layer
+        assert net(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 10)
+    assert [m.out_channels for m in CifarResNet(3, 10, depth=20).modules() if isinstance(m, torch.nn.Conv2d)
+            and m.kernel_size == (3, 3)][::6] == [16, 16, 32, 64]
+    params = sum(p.numel() for p in CifarResNet(3, 10, depth=32).parameters())
+    assert 0.45e6 < params < 0.5e6  # ResNet-32: 0.46M parameters (He et al., Table 6)
+    with pytest.raises(ConfigError, match="6n\\+2"):
+        GanTestConfig(classifier="resnet", depth=30)
+
+
+def test_augmentation_crops_within_the_padding_and_flips() -> None:
+    from avade.metrics.gan_test import _augmented
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.int64).view(2, 3, 8, 8).to(torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    out = _augmented(x, gen, pad=0)  # no room to move: the image or its mirror image
+    for i in range(2):
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
+    seen = set()
+    for seed in range(20):
+        out = _augmented(x, torch.Generator().manual_seed(seed), pad=4)
+        assert out.shape == x.shape and out.dtype == torch.uint8
+        for i in range(2):
+            padded = torch.nn.functional.pad(x[i], (4, 4, 4, 4))
+            found = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
+                     if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(padded[:, dy:dy + 8, dx:dx + 8]))]
+            assert found, "every output is a crop of the padded image, maybe mirrored"
+            seen.add(found[0])
+    assert len(seen) > 10, "offsets and flips vary"
+
+
+def test_a_resnet_trained_with_sgd_cosine_and_augmentation_learns_the_digits(digits) -> None:
+    cfg = GanTestConfig(classifier="resnet", depth=8, width=8, optimizer="sgd", lr=0.05, lr_schedule="cosine",
+                        weight_decay=5e-4, augment=True, epochs=6)
+    model = train_classifier(*digits["train"], 10, cfg)
+    assert 100 * accuracy(model, *digits["test"]) > 70.0
