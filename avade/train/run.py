@@ -110,8 +110,15 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
                 summary = run_recipe(variant.recipe, _variant_dir(out_dir, recipe.name, variant, resume),
                                      resume=resume, device=device, console=console, progress=progress)
             except (TrainingError, ConfigError, DataError) as exc:
-                # one diverged (or unbuildable) variant must not cost the others (an lr sweep)
                 console.print(f"[red]{escape(variant.name)}:[/] {escape(str(exc))}")
+                if distributed:
+                    # One process may fail alone (an unreadable image in its share of a batch, rank 0's
+                    # sample metrics): going on, its next variant's collectives would meet the others' of
+                    # this one, and the job would hang or mix them up. So the whole sweep stops here.
+                    console.print("under torchrun a failed variant stops the sweep: fix it and rerun with "
+                                  "--resume (finished variants are kept), or leave it out with --only")
+                    raise
+                # one diverged (or unbuildable) variant must not cost the others (an lr sweep)
                 failed.append(variant.name)
                 summary = {"error": str(exc)}
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})

@@ -461,3 +461,57 @@ def test_a_job_is_spawned_again_only_after_a_rendezvous_race(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]
     with pytest.raises(mp.ProcessRaisedException, match="a real bug"):
         _spawn_job(_racy_worker, lambda attempt: ("broken", str(tmp_path)))
+
+
+def _sweep_rank_fails_alone_worker(rank, port, recipe, out):
+    """A 2-variant sweep in which rank 1 alone meets an unreadable image in the first variant; each rank
+    writes how its run ended to ``out/rank<r>.txt``."""
+    _join_job(rank, port)
+    os.environ["AVADE_DIST_TIMEOUT_MIN"] = "0.5"  # a hang must not outlast the test
+    from pathlib import Path
+
+    from rich.console import Console
+
+    import avade.train.data as data
+    from avade.errors import DataError
+    from avade.train.run import run_recipe_file
+
+    original = data.BatchStream.batches
+
+    def batches(self, start):
+        for i, batch in enumerate(original(self, start)):
+            if rank == 1 and i == 2:
+                raise DataError("cannot read image /data/broken.png (simulated, on rank 1 only)")
+            yield batch
+
+    data.BatchStream.batches = batches
+    try:
+        run_recipe_file(Path(recipe), [], out_dir=Path(out) / "run", device="cpu", console=Console(stderr=True),
+                        progress=False)
+        outcome = "returned"
+    except BaseException as exc:  # recorded for the test
+        outcome = f"{type(exc).__name__}: {exc}"
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.slow
+def test_a_sweep_under_torchrun_stops_when_one_process_fails_alone(tmp_path):
+    # Going on with the next variant on rank 1 while rank 0 is still in the first variant's all-reduce
+    # would pair unrelated collectives: a hang until the timeout, or mixed-up tensors.
+    recipe = tmp_path / "sweep.toml"
+    sweep = tiny_dict("train.steps=6", "train.checkpoint_every=6", "model.variant=v-ade",
+                      "model.discriminator.name=none")
+    sweep["sweep"] = {"grid": {"train.lr": [0.001, 0.0005]}}
+    recipe.write_text(tomli_w.dumps(sweep))
+
+    def args(attempt):
+        out = tmp_path / f"attempt{attempt}"
+        out.mkdir()
+        return _free_port(), str(recipe), str(out)
+
+    _spawn_job(_sweep_rank_fails_alone_worker, args)
+    out = max(tmp_path.glob("attempt*"))
+    rank1 = (out / "rank1.txt").read_text()
+    assert rank1.startswith("DataError") and "simulated, on rank 1 only" in rank1, rank1
+    assert (out / "rank0.txt").read_text() != "returned"  # its partner left: the job fails, it does not hang
+    assert not (out / "run" / "tiny-lr0.0005").exists(), "no process went on to the next variant"
