@@ -28,6 +28,7 @@ class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    gpu: int = 0  # the CUDA device index this process uses (see :func:`cuda_index`)
 
     @property
     def enabled(self) -> bool:
@@ -62,17 +63,33 @@ def collective_timeout() -> datetime.timedelta:
     return datetime.timedelta(minutes=minutes)
 
 
+def cuda_index(local_rank: int, visible: int) -> int:
+    """The GPU of the process with ``local_rank`` on a node where it sees ``visible`` GPUs: its local rank
+    (torchrun, every process seeing every GPU), or the one GPU it sees (a launcher that gives each process
+    its own, e.g. SLURM's ``--gpus-per-task=1``, where LOCAL_RANK still counts 0..N-1)."""
+    if visible == 1:
+        return 0
+    if 0 <= local_rank < visible:
+        return local_rank
+    shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+    raise ConfigError(f"LOCAL_RANK={local_rank}, but this process sees {visible} GPU(s)"
+                      f"{f' (CUDA_VISIBLE_DEVICES={shown})' if shown is not None else ''}; start at most one process "
+                      "per visible GPU (torchrun --nproc_per_node), or give each process one GPU")
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the torchrun job if there is one (no-op for a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    gpu = 0
     if device_type == "cuda":  # before the process group, so that its communicator binds to this GPU
-        torch.cuda.set_device(local)
+        gpu = cuda_index(local, torch.cuda.device_count())
+        torch.cuda.set_device(gpu)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=collective_timeout())
-    return DistInfo(rank, world, local)
+    return DistInfo(rank, world, local, gpu)
 
 
 def shutdown_distributed(wait: bool = True) -> None:

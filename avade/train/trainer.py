@@ -191,6 +191,17 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all ``grads`` together (``clip_grad_norm_``'s, without the clipping)."""
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is not None:
+        return get_total_norm(grads)
+    if not grads:
+        return torch.tensor(0.0)
+    norms = [torch.linalg.vector_norm(g) for g in grads]
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+
+
 class Trainer:
     """Trains one recipe into one run directory (see :mod:`avade.train.rundir`)."""
 
@@ -204,7 +215,7 @@ class Trainer:
         self.device = resolve_device(device or self.cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+            self.device = torch.device("cuda", self.dist.gpu)
         if self.device.type == "cuda":
             configure_tf32(self.cfg.tf32)
         critic = recipe.model.discriminator
@@ -505,8 +516,11 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(params, self.dist)
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+        grads = [p for p in params if p.grad is not None]
+        if self.cfg.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(grads, self.cfg.grad_clip)
+        else:  # the norm alone: clipping at infinity would still rescale every gradient by 1
+            norm = total_norm([p.grad for p in grads])  # type: ignore[misc]
         # The norm of the averaged gradients: one host sync, and every rank takes the same decision.
         # A non-finite loss gives non-finite gradients, so it is caught here too.
         if not torch.isfinite(norm):

@@ -119,3 +119,27 @@ def test_readable_errors() -> None:
         build("dcgan", 32)(images(1, 64))
     with pytest.raises(DataError, match=r"labels must lie in \[0, 10\)"):
         build("resnet", 32, num_classes=10)(images(2, 32), torch.tensor([0, 10]))
+
+
+def test_labels_of_a_compiled_or_gpu_critic_are_not_read_back_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two host syncs per call on a GPU (and a graph break under torch.compile): there the range is
+    # asserted on the device, the labels having been checked on the CPU when their batch was loaded.
+    from avade.discriminators.shapes import check_labels
+
+    asserted = []
+    monkeypatch.setattr(torch, "_assert_async", lambda cond, msg="": asserted.append(msg))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    with pytest.raises(DataError, match=r"labels must lie in \[0, 10\)"):
+        check_labels(torch.tensor([0, 10]), 2, 10, "resnet")  # CPU: checked at once, with the values
+    assert asserted == []
+
+    class FakeCuda(torch.Tensor):  # a CPU tensor that claims another device, to take the GPU branch
+        @property
+        def device(self):  # type: ignore[override]
+            return torch.device("meta")
+
+    check_labels(torch.tensor([0, 3]).as_subclass(FakeCuda), 2, 10, "resnet")
+    assert asserted and "labels must lie in [0, 10)" in asserted[0]
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    check_labels(torch.tensor([0, 3]), 2, 10, "resnet")
+    assert len(asserted) == 1, "nothing checked per call while compiling"

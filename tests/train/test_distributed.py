@@ -515,3 +515,15 @@ def test_a_sweep_under_torchrun_stops_when_one_process_fails_alone(tmp_path):
     assert rank1.startswith("DataError") and "simulated, on rank 1 only" in rank1, rank1
     assert (out / "rank0.txt").read_text() != "returned"  # its partner left: the job fails, it does not hang
     assert not (out / "run" / "tiny-lr0.0005").exists(), "no process went on to the next variant"
+
+
+def test_each_process_takes_its_local_rank_s_gpu_or_the_one_it_sees(monkeypatch) -> None:
+    from avade.errors import ConfigError
+    from avade.train.distributed import cuda_index
+
+    assert [cuda_index(r, 4) for r in range(4)] == [0, 1, 2, 3]  # torchrun: every process sees every GPU
+    assert [cuda_index(r, 1) for r in range(4)] == [0, 0, 0, 0]  # one GPU per process (SLURM --gpus-per-task=1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    seen = r"LOCAL_RANK=2, but this process sees 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES=2,3\)"
+    with pytest.raises(ConfigError, match=seen):
+        cuda_index(2, 2)

@@ -528,3 +528,23 @@ def test_a_moved_absolute_image_folder_is_the_same_data_a_relative_one_names_it(
 
     assert of("/data/old/imgs") == of("/scratch/new/imgs") != of("/data/old/cats")
     assert of("celeba/images") != of("ffhq/images")  # under root, the folder says which data
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["get_total_norm", "torch < 2.6"])
+def test_the_unclipped_gradient_norm_is_clip_grad_norms_without_touching_the_gradients(
+        native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avade.train.trainer import total_norm
+
+    if not native:
+        monkeypatch.delattr(torch.nn.utils, "get_total_norm", raising=False)
+    grads = [torch.randn(3, 4), torch.randn(7), torch.randn(2, 2, 2)]
+    before = [g.clone() for g in grads]
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    expected = torch.nn.utils.clip_grad_norm_(params, math.inf)
+    torch.testing.assert_close(total_norm(grads), expected, rtol=1e-6, atol=0)
+    assert all(torch.equal(g, b) for g, b in zip(grads, before, strict=True))
+    assert float(total_norm([])) == 0.0
+    grads[1][0] = float("nan")
+    assert not torch.isfinite(total_norm(grads))
