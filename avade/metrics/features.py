@@ -300,6 +300,15 @@ def load_inception(path: str | os.PathLike[str], device: torch.device | str = "c
     return _LOADED[key]
 
 
+def release_gpu_extractors() -> None:
+    """Drop the Inceptions loaded on a GPU and return the evaluation's cached GPU memory: rank 0 evaluates
+    in the middle of training, and must not keep more GPU memory than the other ranks from then on."""
+    for key in [k for k in _LOADED if torch.device(k[1]).type == "cuda"]:
+        del _LOADED[key]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def get_extractor(options: Mapping[str, Any] | None, device: torch.device | str = "cpu") -> FeatureExtractor:
     """The extractor for a run: ``options["feature_extractor"]`` (an instance, for programmatic use and
     tests), else the Inception found by :func:`weights_path`, else :func:`missing_weights_error`."""

@@ -78,6 +78,20 @@ class GenerativeModel(nn.Module):
     def _labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         return labels if self.num_classes and labels is not None else None
 
+    def _on_device(self, x: torch.Tensor | None, labels: torch.Tensor | None, generator: torch.Generator | None
+                   ) -> tuple[Any, Any, torch.Generator | None]:
+        """A public entry's inputs on the model's device (a notebook's CPU images for a model on a GPU); a
+        generator of another device is replaced by one there, seeded from it (still reproducible)."""
+        device = self.log_sigma.device
+        if x is not None:
+            x = x.to(device, non_blocking=True)
+        if labels is not None:
+            labels = labels.to(device, non_blocking=True)
+        if generator is not None and generator.device.type != device.type:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+            generator = torch.Generator(device=device).manual_seed(seed)
+        return x, labels, generator
+
     # -- the VAE over features ----------------------------------------------------------------------
     def _top_down(self, batch: int, hs: list[torch.Tensor] | None, labels: torch.Tensor | None,
                   temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -119,6 +133,7 @@ class GenerativeModel(nn.Module):
 
         With ``importance_samples = k > 1`` the bound is the k-sample importance-weighted one (tighter).
         """
+        x, labels, generator = self._on_device(x, labels, generator)
         labels = self._labels(labels)
         batch = x.shape[0]
         u = self.preprocess.dequantize(x, generator)
@@ -224,6 +239,7 @@ class GenerativeModel(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """n uint8 images from the model; with ``generator`` the result depends on it alone (the
         global RNG, which the latent layers draw from, is forked and re-seeded from it, then restored)."""
+        _, labels, generator = self._on_device(None, labels, generator)
         if generator is None:
             return self.preprocess.to_uint8(self.generate(n, labels, None, temperature=temperature))
         with _seeded_from(generator):
@@ -233,6 +249,7 @@ class GenerativeModel(nn.Module):
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 reconstructions of uint8 images: x -> f -> q(z|x) -> mean (+ noise) -> f^-1."""
+        x, labels, generator = self._on_device(x, labels, generator)
         if generator is not None:
             with _seeded_from(generator):
                 return self.reconstruct(x, labels)

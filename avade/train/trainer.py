@@ -191,6 +191,11 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU has bfloat16 tensor cores (compute capability 8.0 on: Ampere, Hopper, ...)."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """The 2-norm of all ``grads`` together (``clip_grad_norm_``'s, without the clipping)."""
     get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
@@ -292,6 +297,11 @@ class Trainer:
         if self.device.type == "cpu" and self.dist.is_main and not cpu_has_native_bf16():
             self.console.print("[yellow]warning:[/] train.precision = \"bf16\": this CPU has no native bfloat16 "
                                "(AVX512-BF16 or AMX), so bf16 is emulated and likely slower than fp32; "
+                               "set train.precision = \"fp32\"")
+        if self.device.type == "cuda" and self.dist.is_main and not cuda_has_native_bf16(self.device):
+            name = torch.cuda.get_device_name(self.device)
+            self.console.print(f"[yellow]warning:[/] train.precision = \"bf16\": {name} has no bfloat16 tensor cores "
+                               "(they came with compute capability 8.0, Ampere), so bf16 is likely slower than fp32; "
                                "set train.precision = \"fp32\"")
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -828,8 +838,13 @@ class Trainer:
         others = [m for m in self.recipe.eval.metrics if m != "bpd"]
         if others and self.dist.is_main:
             from avade.evaluate import compute_metrics
+            from avade.metrics.features import release_gpu_extractors
 
-            results.update(compute_metrics(self, others, taken=list(results)))
+            try:
+                results.update(compute_metrics(self, others, taken=list(results)))
+            finally:
+                if self.device.type == "cuda":
+                    release_gpu_extractors()
         self.model.train()
         return results
 

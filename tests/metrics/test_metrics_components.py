@@ -191,3 +191,12 @@ def test_too_few_real_images_for_fid_are_said_computed_and_cached(tmp_path) -> N
     said = [str(w.message) for w in caught if "test-only" not in str(w.message)]
     assert len(said) == 2 and all(s.endswith("the split itself is this small: compare only with FIDs from as many "
                                              "images") for s in said), said
+
+
+def test_inceptions_on_a_gpu_are_released_after_an_evaluation(monkeypatch) -> None:
+    from avade.metrics import features
+
+    cpu, gpu = ("w:1", "cpu"), ("w:1", "cuda:0")
+    monkeypatch.setattr(features, "_LOADED", {cpu: object(), gpu: object()})
+    features.release_gpu_extractors()
+    assert list(features._LOADED) == [cpu], "the CPU copy is kept (evaluation processes reuse it)"

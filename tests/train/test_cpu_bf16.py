@@ -88,3 +88,10 @@ def test_densities_are_float32_under_bf16_autocast(tmp_path) -> None:
     torch.testing.assert_close(gaussian_log_prob(target, mean, log_sigma).double(), exact, rtol=1e-6, atol=1e-4)
     images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     assert discretized_logistic_log_prob(images, mean, log_sigma).dtype == torch.float32
+
+
+@pytest.mark.parametrize(("capability", "native"), [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_gpus_before_ampere_have_no_native_bf16(monkeypatch, capability, native: bool) -> None:
+    # V100 (7.0) and T4 (7.5) emulate bf16 autocast, slower than fp32; A100 (8.0) and H100/H200 (9.0) do not.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert trainer_module.cuda_has_native_bf16(torch.device("cuda", 0)) is native

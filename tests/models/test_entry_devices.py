@@ -1,0 +1,40 @@
+"""The model's public entries (log_likelihood, sample, reconstruct) take a notebook's CPU tensors and
+generators for a model on another device (CUDA tests skip without a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_recipes import tiny_recipe
+
+from avade.models.build import build_model
+
+
+def _model() -> torch.nn.Module:
+    recipe = tiny_recipe()
+    cfg = recipe.data.dataset.config
+    return build_model(recipe, (getattr(cfg, "channels", 3), cfg.resolution, cfg.resolution), 0).eval()
+
+
+def test_on_the_cpu_the_entries_are_unchanged_and_seeded() -> None:
+    model = _model()
+    x = torch.randint(0, 256, (2, *model.data_shape), dtype=torch.uint8)
+    torch.manual_seed(0)  # the latents' noise: the global RNG (the generator: the dequantization's)
+    a = model.log_likelihood(x, generator=torch.Generator().manual_seed(3))["bpd"]
+    torch.manual_seed(0)
+    b = model.log_likelihood(x, generator=torch.Generator().manual_seed(3))["bpd"]
+    assert torch.equal(a, b)
+    assert torch.equal(model.sample(2, generator=torch.Generator().manual_seed(1)),
+                       model.sample(2, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cpu_images_and_generators_for_a_model_on_the_gpu() -> None:
+    model = _model().cuda()
+    x = torch.randint(0, 256, (2, *model.data_shape), dtype=torch.uint8)  # on the CPU, as in a notebook
+    bpd = model.log_likelihood(x, generator=torch.Generator().manual_seed(3))["bpd"]  # a CPU generator too
+    assert bpd.device.type == "cuda" and torch.isfinite(bpd).all()
+    first = model.sample(2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first, model.sample(2, generator=torch.Generator().manual_seed(1)))
+    assert model.reconstruct(x, generator=torch.Generator().manual_seed(2)).shape == x.shape
