@@ -13,6 +13,7 @@ import importlib.metadata as metadata
 import inspect
 import os
 import re
+import traceback
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -37,10 +38,23 @@ KINDS: tuple[str, ...] = (
 ENTRY_POINT_GROUP = "avade"
 DISABLE_ENV = "AVADE_DISABLE_PLUGINS"
 BUILTIN_DIST = "avade"  # the distribution whose entry point registers the built-in components
+# Component names: lowercase words of letters and digits joined by single dashes, nothing else: names are
+# split on commas (`--metrics bpd,fid`), become parts of dotted key paths (`--set eval.fid.samples=...`),
+# globbed (`list-components '*iaf*'`) and turned into result keys (`gan-test` -> `gan_test`).
+NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+NAME_RULE = f"names are lowercase letters and digits, words joined by single dashes, e.g. 'my-flow' ({NAME_PATTERN})"
 
 
 class PluginWarning(UserWarning):
-    """A plugin could not be loaded; the rest of avade keeps working."""
+    """A plugin could not be loaded; the rest of avade keeps working.
+
+    A warning about a plugin that failed to load carries its :class:`PluginFailure` (``failure``), whose
+    exception the CLI shows with ``--debug``; other plugin warnings carry None.
+    """
+
+    def __init__(self, message: str, failure: PluginFailure | None = None) -> None:
+        super().__init__(message)
+        self.failure = failure
 
 
 def _defaults(cfg_cls: type, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -54,6 +68,11 @@ def _defaults(cfg_cls: type, given: Mapping[str, Any]) -> dict[str, Any]:
         value = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default  # type: ignore[arg-type]
         out[f.alias or f.name] = unstructure(value) if attrs.has(type(value)) else value
     return out
+
+
+def is_valid_name(name: object) -> bool:
+    """Whether ``name`` is a valid component name (:data:`NAME_PATTERN`: ``realnvp``, ``gan-test``)."""
+    return isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) is not None
 
 
 def normalized_name(name: str) -> str:
@@ -128,11 +147,19 @@ class ComponentInfo:
 
 @attrs.frozen
 class PluginFailure:
-    """A plugin that failed to import or to register."""
+    """A plugin that failed to import or to register: ``reason`` is one line; ``exception``, when there is
+    one, keeps the plugin's own traceback (shown by ``avade --debug``)."""
 
     dist: str
     entry_point: str
     reason: str
+    exception: BaseException | None = attrs.field(default=None, eq=False, repr=False)
+
+    def format_traceback(self) -> str:
+        """The exception with its traceback, as Python prints it ("" when there is none)."""
+        if self.exception is None:
+            return ""
+        return "".join(traceback.format_exception(self.exception))
 
 
 @attrs.frozen
@@ -181,8 +208,8 @@ class Registry:
             raise RegistryError(f"{who}invalid component kind {kind!r}"
                                 f"{did_you_mean(kind, KINDS) if isinstance(kind, str) else ''}; "
                                 f"kinds: {', '.join(KINDS)}")
-        if not isinstance(name, str) or not name or name != name.lower() or "_" in name or " " in name:
-            raise RegistryError(f"{who}invalid component name {name!r}; names are lowercase with dashes")
+        if not is_valid_name(name):
+            raise RegistryError(f"{who}invalid component name {name!r}; {NAME_RULE}")
         if not isinstance(summary, str):
             raise RegistryError(f"{who}{kind} '{name}': summary must be a string (one line), got "
                                 f"{type(summary).__name__}")
@@ -345,7 +372,7 @@ class Registry:
                 del self._items[key]
             self.conflicts = conflicts_before
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RegistryError) else str(exc)
-            self._fail(dist, entry_point, reason)
+            self._fail(dist, entry_point, reason, exc)
             return False
         finally:
             self._provider = ("__main__", "")
@@ -358,10 +385,12 @@ class Registry:
         self.plugins.append(PluginRecord(dist, version, entry_point, len(set(self._items) - before)))
         return True
 
-    def _fail(self, dist: str, entry_point: str, reason: str) -> None:
-        reason = " ".join(reason.split())
-        self.failures.append(PluginFailure(dist, entry_point, reason))
-        warnings.warn(f"plugin '{dist}' failed to load and is skipped: {reason}", PluginWarning, stacklevel=3)
+    def _fail(self, dist: str, entry_point: str, reason: str, exception: BaseException | None = None) -> None:
+        """Record a plugin that failed (``reason`` made one line) and warn once, the failure attached."""
+        failure = PluginFailure(dist, entry_point, " ".join(reason.split()), exception)
+        self.failures.append(failure)
+        warnings.warn(PluginWarning(f"plugin '{dist}' failed to load and is skipped: {failure.reason}", failure),
+                      stacklevel=3)
 
     def load_entry_points(self, disabled: Iterable[str] = ()) -> None:
         """Load every plugin in the ``avade`` entry-point group, each isolated from the others."""
@@ -393,7 +422,7 @@ class Registry:
             try:
                 plugin = ep.load()
             except (Exception, SystemExit) as exc:
-                self._fail(dist, ep.name, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
+                self._fail(dist, ep.name, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}", exc)
                 continue
             self.add_plugin(plugin, dist, version, ep.name)
         for name in sorted(blocked - known):  # a typo would otherwise leave the plugin loaded, silently

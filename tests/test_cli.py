@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 import avade
 from avade.cli.app import app
-from avade.registry import DISABLE_ENV, KINDS, get_registry
+from avade.registry import DISABLE_ENV, KINDS, NAME_RULE, get_registry
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
 TYPO = '[model.flow]\nname = "realnvp"\nscalse = 2\n'
@@ -144,6 +144,81 @@ def test_disable_plugins_option(fresh_registry: None, monkeypatch: pytest.Monkey
     assert result.exit_code == 0
     names = [c["name"] for c in json.loads(result.stdout)["components"]]
     assert "nice" not in names and "realnvp" in names
+
+
+def _broken_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real entry points plus two broken plugins: one failing on import, one registering 'pw,two'."""
+    import types
+
+    real = [ep for ep in metadata.entry_points(group="avade") if ep.value.startswith("avade.")]
+
+    @avade.hookimpl
+    def avade_register(registry: Any) -> None:
+        registry.register("metric", "pw,two", factory="builtins:dict")  # `--metrics bpd,pw,two` would split it
+
+    monkeypatch.setitem(sys.modules, "fake_comma_plugin", types.SimpleNamespace(avade_register=avade_register))
+    dists = {"fake_no_such_module_xyz": "fake-import", "fake_comma_plugin": "fake-comma"}
+    eps = [*real, *(types.SimpleNamespace(name=dist, value=value, dist=types.SimpleNamespace(name=dist, version="1.0"),
+                                          load=metadata.EntryPoint(dist, value, "avade").load)
+                    for value, dist in dists.items())]
+    original = metadata.entry_points  # (the module is importlib.metadata itself: torch asks it too)
+    monkeypatch.setattr("avade.registry.metadata.entry_points",
+                        lambda **kwargs: eps if kwargs == {"group": "avade"} else original(**kwargs))
+
+
+@pytest.mark.parametrize("command", [["list-components", "--kind", "metric"], ["recipe", "show", str(QUICKSTART)]])
+def test_debug_shows_a_broken_plugins_traceback(command: list[str], fresh_registry: None,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # list-components names failed plugins after its table; other commands warn as the registry loads
+    import warnings
+
+    from avade.registry import PluginWarning, reset_registry
+
+    _broken_plugins(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PluginWarning)
+        plain = run(*command)
+        reset_registry()
+        debug = run("--debug", *command)
+    assert plain.exit_code == 0 and debug.exit_code == 0, (plain.output, debug.output)
+    lines = plain.stderr.strip().splitlines()  # one line per broken plugin, nothing else
+    assert len(lines) == 2 and "Traceback" not in plain.stderr, plain.stderr
+    comma, missing = lines  # (entry points load in order of their module names)
+    assert "fake-comma" in comma and "invalid component name 'pw,two'" in comma and "[a-z0-9]+" in comma
+    assert "fake-import" in missing and "ModuleNotFoundError" in missing
+    assert debug.stderr.count("Traceback (most recent call last):") == 2, debug.stderr
+    # each warning, then its plugin's traceback: the plugin's file and line
+    frame = debug.stderr.index(f'File "{__file__}"')
+    assert debug.stderr.index(comma) < frame < debug.stderr.index(missing), debug.stderr
+    assert 'registry.register("metric", "pw,two"' in debug.stderr[frame:]
+    assert debug.stderr.index(missing) < debug.stderr.rindex("ModuleNotFoundError: No module named")
+
+
+def test_debug_shows_a_broken_plugins_file_and_line_in_a_real_process(tmp_path: Path) -> None:
+    for dist, module, source in (
+        ("fake_import_fails", "fake_import_fails_mod", 'import os\nraise RuntimeError("broken at import")\n'),
+        ("fake_bad_name", "fake_bad_name_mod", "import avade\n\n\n@avade.hookimpl\ndef avade_register(registry):\n"
+                                               '    registry.register("metric", "a.b", factory="builtins:dict")\n'),
+    ):
+        info = tmp_path / f"{dist}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.replace('_', '-')}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[avade]\n{dist} = {module}\n")
+        (tmp_path / f"{module}.py").write_text(source)
+    path = os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path}
+    env.pop(DISABLE_ENV, None)
+    cmd = [sys.executable, "-m", "avade", "list-components", "--kind", "metric"]
+    plain = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    assert "gan-test" in plain.stdout  # the CLI keeps working
+    assert sorted(plain.stderr.strip().splitlines()) == [  # one line per broken plugin, nothing else
+        f"plugin fake-bad-name not loaded: invalid component name 'a.b'; {NAME_RULE}",
+        "plugin fake-import-fails not loaded: import of 'fake_import_fails_mod' failed: RuntimeError: broken at import"]
+    debug = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, env=env, timeout=120)
+    assert debug.returncode == 0, debug.stderr
+    assert f'File "{tmp_path / "fake_import_fails_mod.py"}", line 2, in <module>' in debug.stderr, debug.stderr
+    assert f'File "{tmp_path / "fake_bad_name_mod.py"}", line 6, in avade_register' in debug.stderr, debug.stderr
 
 
 def test_unknown_kind_is_one_line() -> None:

@@ -16,7 +16,17 @@ import pytest
 import avade
 from avade import hookimpl
 from avade.errors import ConfigError, RegistryError
-from avade.registry import DISABLE_ENV, KINDS, PluginWarning, Registry, get_registry, list_components
+from avade.registry import (
+    DISABLE_ENV,
+    KINDS,
+    NAME_PATTERN,
+    PluginFailure,
+    PluginWarning,
+    Registry,
+    get_registry,
+    is_valid_name,
+    list_components,
+)
 from avade.schema import ge
 
 
@@ -117,6 +127,73 @@ def test_unknown_kind_suggests_and_lists_kinds() -> None:
 def test_invalid_kind_or_name_is_refused(kind: str, name: str) -> None:
     with pytest.raises(RegistryError, match="invalid component"):
         Registry().register(kind, name, factory=Toy)
+
+
+@pytest.mark.parametrize("name", ["pw,two", "a.b", "a/b", "-a", "a-", "a--b", "a_b", "A-b", "a b", "a*", "a\n",
+                                  "\u00e9t\u00e9", "[a]", 3])
+def test_a_name_outside_the_rule_is_refused_naming_the_rule(name: Any) -> None:
+    with pytest.raises(RegistryError) as info:
+        Registry().register("metric", name, factory=Toy)
+    message = str(info.value)
+    assert f"invalid component name {name!r}" in message and NAME_PATTERN in message
+    assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["bpd", "gan-test", "3d", "a1-b2-c3"])
+def test_a_name_inside_the_rule_registers(name: str) -> None:
+    registry = Registry()
+    registry.register("metric", name, factory=Toy)
+    assert (("metric", name) in registry) and is_valid_name(name)
+
+
+def test_a_plugin_with_a_comma_in_a_name_is_skipped_with_one_warning() -> None:
+    # `--metrics bpd,pw,two` would read it as `pw` and `two`: the plugin fails to load, the CLI keeps working
+    registry = Registry()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert not registry.add_plugin(plugin("p", registering("pw-one", "pw,two", kind="metric")), dist="pw-dist")
+    (message,) = plugin_warnings(record)
+    assert message.startswith("plugin 'pw-dist' failed to load and is skipped: invalid component name 'pw,two'")
+    assert NAME_PATTERN in message and "\n" not in message
+    assert message.count("pw-dist") == 1, message
+    assert ("metric", "pw-one") not in registry and registry.list() == []
+    assert [f.dist for f in registry.failures] == ["pw-dist"]
+
+
+def test_every_installed_component_name_follows_the_rule(fresh_registry: None) -> None:
+    # the rule must not cost any built-in (or the example plugin, when installed) its place
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)
+        registry = get_registry()
+    assert registry.failures == []
+    names = [(i.kind, i.name) for i in registry.list()]
+    assert ("metric", "gan-test") in names and ("dataset", "natural-patches") in names
+    assert [n for n in names if not is_valid_name(n[1])] == []
+    try:
+        metadata.distribution("avade-nice")
+    except metadata.PackageNotFoundError:
+        return
+    assert {("flow", "nice"), ("discriminator", "sngan")} <= set(names)
+
+
+def test_a_failed_plugin_keeps_its_exception_and_traceback() -> None:
+    registry = Registry()
+    error = ValueError("boom in hook")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert not registry.add_plugin(plugin("bad", registering("partial", fail=error)), dist="bad-dist")
+        assert not registry.add_plugin(plugin("bad_name", registering("a.b")), dist="dotted-dist")
+    failure, dotted = registry.failures
+    assert failure.exception is error and failure.reason == "ValueError: boom in hook"
+    text = failure.format_traceback()
+    assert text.startswith("Traceback (most recent call last):") and text.rstrip().endswith("ValueError: boom in hook")
+    assert f'File "{__file__}"' in text and "in register" in text  # the plugin's own frame: file and line
+    assert isinstance(dotted.exception, RegistryError)
+    assert "registry.register(kind, name" in dotted.format_traceback()  # the plugin's line that registers it
+    # the warning carries its failure (what `avade --debug` prints the traceback of); equality ignores it
+    assert [w.message.failure for w in record if issubclass(w.category, PluginWarning)] == [failure, dotted]
+    assert failure == attrs.evolve(failure, exception=None)
+    assert PluginFailure("d", "e", "r").format_traceback() == ""
 
 
 def test_a_typo_in_the_kind_fails_the_plugin_with_a_suggestion() -> None:
@@ -355,6 +432,12 @@ def test_entry_point_loading_isolates_failures(fake_plugins: list[Any]) -> None:
     (hook_msg,) = [m for m in messages if "fake-hook" in m]
     assert "RuntimeError: hook exploded" in hook_msg
     assert {f.dist for f in registry.failures} == {"fake-broken", "fake-hook"}
+    # each keeps its exception, whose traceback reaches into the plugin (--debug prints it)
+    broken = {f.dist: f for f in registry.failures}
+    assert isinstance(broken["fake-broken"].exception, ModuleNotFoundError)
+    assert "fake_no_such_module_xyz" in broken["fake-broken"].format_traceback()
+    assert isinstance(broken["fake-hook"].exception, RuntimeError)
+    assert f'File "{__file__}"' in broken["fake-hook"].format_traceback()
     assert ("flow", "half-flow") not in registry
     assert registry.get("flow", "fake-flow").dist == "fake-good"
     # The built-ins still load and build.

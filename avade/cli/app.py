@@ -14,7 +14,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, overload
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, overload
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from rich.table import Table
 
 from avade import __version__
 from avade.errors import AvadeError, ConfigError, StoppedError
+
+if TYPE_CHECKING:
+    from avade.registry import PluginFailure
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -137,6 +140,17 @@ def _image_suffixes() -> set[str]:
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
                   line: Any = None) -> None:
     err.print(f"[yellow]warning:[/] {escape(str(message))}", markup=True, highlight=False)
+    _plugin_traceback(getattr(message, "failure", None))
+
+
+def _plugin_traceback(failure: PluginFailure | None) -> None:
+    """With ``--debug``: the traceback of a plugin that failed to load (a
+    :class:`~avade.registry.PluginFailure`), after its one-line warning, so that its author sees the file
+    and line; without ``--debug`` (or with no exception kept) nothing."""
+    text = failure.format_traceback() if _DEBUG["on"] and failure is not None else ""
+    if text:
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+        sys.stderr.flush()
 
 
 def _version(value: bool) -> None:
@@ -149,7 +163,8 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors and for plugins that "
+                                                        "fail to load.")] = False,
     disable_plugins: Annotated[str, typer.Option("--disable-plugins", metavar="NAMES",
                                                  help="Comma-separated plugins not to load.")] = "",
 ) -> None:
@@ -241,6 +256,7 @@ def list_components(
         err.print(f"no component name matches {escape(pattern)!r}{escape(hint)}", highlight=False)
     for failure in registry.failures:
         err.print(f"[yellow]plugin {escape(failure.dist)} not loaded:[/] {escape(failure.reason)}", highlight=False)
+        _plugin_traceback(failure)
 
 
 @app.command()
