@@ -1152,3 +1152,69 @@ def test_a_sweep_stopped_after_its_first_variant_keeps_its_row_and_can_be_evalua
     assert result.exit_code == 0, out
     evaluated = json.loads((tmp_path / "run" / "sweep_eval.json").read_text())
     assert [r["name"] for r in evaluated] == ["tiny-blocks1"] and evaluated[0]["bpd"] > 0
+
+
+_RAISING_CRITIC = '''
+import torch
+from avade.discriminators.dcgan import DCGANDiscriminator
+
+
+class RaisingCritic(DCGANDiscriminator):
+    """A plugin critic with a bug: always when training, and also in the model check if asked."""
+
+    also_in_the_check = False
+
+    def forward(self, x, y=None):
+        if torch.is_grad_enabled() or RaisingCritic.also_in_the_check:
+            raise ValueError("boom in the plugin's critic")
+        return super().forward(x, y)
+'''
+
+
+def _raising_critic_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Installs plugin ``avade-pw 0.1`` with discriminator ``pw-raise`` (module ``pw_raising_critic``)."""
+    import importlib
+
+    from avade import hookimpl
+    from avade.registry import get_registry
+
+    (tmp_path / "pw_raising_critic.py").write_text(_RAISING_CRITIC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("pw_raising_critic")
+    builtin = get_registry().get("discriminator", "dcgan")
+
+    class Plugin:
+        @hookimpl
+        def avade_register(self, registry: Any) -> None:
+            registry.register("discriminator", "pw-raise", factory="pw_raising_critic:RaisingCritic",
+                              config=builtin.load_config())
+
+    assert get_registry().add_plugin(Plugin(), dist="avade-pw", version="0.1")
+    return module
+
+
+def test_a_plugin_component_that_fails_is_named_not_taken_for_avades_bug(
+        tmp_path: Path, fresh_registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avade.blame import plugin_at_fault
+    from avade.errors import ConfigError
+
+    module = _raising_critic_plugin(tmp_path, monkeypatch)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("model.discriminator.name=\"pw-raise\"", "train.steps=2")))
+    # failing while training: the CLI names the plugin and the component (exit 1, one line)
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    flat = out.replace("\n", "")
+    assert result.exit_code == 1 and "internal error" not in out, out
+    assert "discriminator 'pw-raise' (from plugin avade-pw 0.1) failed: ValueError: boom in the plugin's critic" in flat
+    assert "disable that plugin" in flat
+    # failing when the model runs once: caught before training starts, by the same check as `recipe check`
+    module.RaisingCritic.also_in_the_check = True
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run2"), "--device", "cpu")
+    flat = out.replace("\n", "")
+    assert result.exit_code == 2, out
+    assert "discriminator 'pw-raise' (from plugin avade-pw 0.1) failed when the model ran once" in flat, out
+    assert not (tmp_path / "run2" / "checkpoints").exists()
+    # errors raised outside any plugin's code blame none
+    with pytest.raises(ConfigError) as info:
+        tiny_recipe("model.flow.name=\"no-such-flow\"")
+    assert plugin_at_fault(info.value) == ""

@@ -93,6 +93,13 @@ class _Group(typer.core.TyperGroup):
         except Exception as exc:
             if _DEBUG["on"] or type(exc).__module__.split(".")[0] in ("typer", "click"):
                 raise
+            from avade.blame import plugin_at_fault
+            from avade.registry import DISABLE_ENV
+
+            culprit = plugin_at_fault(exc)
+            if culprit:  # not avade's bug: name whose it is
+                _fail(f"{culprit} failed: {type(exc).__name__}: {exc}; fix or disable that plugin (--disable-plugins "
+                      f"/ {DISABLE_ENV}; rerun with --debug for the traceback)", 1)
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
                   "and please report it)", 1)
 

@@ -134,8 +134,15 @@ def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = N
     except AvadeError:
         raise
     except Exception as exc:  # torch reports shape mismatches as RuntimeError/ValueError; plugins, anything
+        from avade.blame import plugin_at_fault
+
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         detail = detail if isinstance(exc, RuntimeError | ValueError) else f"{type(exc).__name__}: {detail}"
+        culprit = plugin_at_fault(exc)
+        if culprit:
+            raise ConfigError(f"{culprit} failed when the model ran once on {shape[0]}x{shape[1]}x{shape[2]} images "
+                              f"({step}): {detail}; fix or disable that plugin", path="model",
+                              source=recipe.source) from None
         raise ConfigError(f"the model does not run on {shape[0]}x{shape[1]}x{shape[2]} images ({step} failed: "
                           f"{detail}); check the components' channels and stages against data.resolution",
                           path="model", source=recipe.source) from None

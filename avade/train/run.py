@@ -100,6 +100,9 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
             out_dir = default_run_dir(recipe.name)
     try:
         if recipe.sweep is None:
+            # The model runs once first (likelihood, sampling, critic), as `recipe check` does: a component
+            # that fails only when sampling must not fail at the end of training.
+            check_variants(every, data=False, source=str(file))
             return [run_recipe(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)]
         # a later variant's bad config or missing data fails now (resumed: their data, not another dataset)
         with data_of_trained_model() if resume else contextlib.nullcontext():

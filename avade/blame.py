@@ -1,0 +1,63 @@
+"""Which plugin an unexpected exception came from: its traceback's innermost frame in a plugin's code.
+
+A component that raises while a model is checked, trained or evaluated would otherwise surface as
+avade's own "internal error"; the message names the plugin (and the component, when the frame lies in
+the very module that defines it), so the user knows whom to ask and what to disable.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from avade.registry import BUILTIN_DIST, ComponentInfo, Registry, get_registry
+
+__all__ = ["plugin_at_fault"]
+
+
+def _module_of(info: ComponentInfo) -> str | None:
+    factory = info.factory
+    if isinstance(factory, str):
+        return factory.split(":", 1)[0]
+    return getattr(factory, "__module__", None)
+
+
+def _frames(tb: TracebackType | None) -> list[str]:
+    """The module names of a traceback's frames, outermost first."""
+    names = []
+    while tb is not None:
+        names.append(str(tb.tb_frame.f_globals.get("__name__", "")))
+        tb = tb.tb_next
+    return names
+
+
+def plugin_at_fault(exc: BaseException, registry: Registry | None = None) -> str:
+    """``"posterior 'pw-diag' (from plugin avade-pw 0.1.0)"`` (or ``"plugin avade-pw 0.1.0"`` when its
+    module defines several components, or is another module of the plugin's package) for the innermost
+    frame of ``exc``'s traceback (or of the exceptions it was raised from) in a third-party plugin's
+    package; "" when no plugin's code is on it."""
+    try:
+        infos = (registry or get_registry()).list()
+    except Exception:  # naming a culprit must never hide the error itself
+        return ""
+    modules: dict[str, list[ComponentInfo]] = {}
+    for info in infos:
+        module = _module_of(info)
+        if module:
+            modules.setdefault(module, []).append(info)
+    packages = {m.split(".", 1)[0]: infos for m, infos in modules.items()}
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for error in chain:
+        # The innermost plugin frame: the error arose in that plugin's code, or in what it called.
+        for name in reversed(_frames(error.__traceback__)):
+            infos = modules.get(name) or packages.get(name.split(".", 1)[0])
+            if not infos or infos[0].dist in (BUILTIN_DIST, "__main__"):
+                continue
+            exact = modules.get(name)
+            if exact and len({i.name for i in exact}) == 1:
+                return f"{exact[0].qualname} (from plugin {exact[0].provider})"
+            return f"plugin {infos[0].provider}"
+    return ""
