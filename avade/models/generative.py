@@ -102,11 +102,19 @@ class GenerativeModel(nn.Module):
         for i in reversed(range(self.num_stages)):
             if i in self._latent_stages:
                 d, lq, lp = self.posterior.forward_stage(i, d, hs[i] if hs is not None else None, temperature)
+                if lq.shape != (batch,) or lp.shape != (batch,):  # (broadcasting would train on a wrong bound)
+                    raise ConfigError(f"the posterior ({_who(self.posterior)}) returned log q of shape "
+                                      f"{list(lq.shape)} and log p of shape {list(lp.shape)} at stage {i}; each must "
+                                      f"be [{batch}], one value per image", path="model.posterior")
                 log_q = log_q + lq
                 log_p = log_p + lp
             d = self.decoder.forward_stage(i, d, labels)
         with _full_precision(d):  # the mean sets the likelihood floor: no bf16 rounding there
             mean = self.decoder.head(d.float(), labels)
+        if mean.shape != (batch, *self.data_shape):
+            raise ConfigError(f"the decoder ({_who(self.decoder)}) gave means of shape {list(mean.shape)}; "
+                              f"expected [{batch}, {', '.join(map(str, self.data_shape))}] (one per image, its "
+                              "shape)", path="model.decoder")
         return mean, log_q, log_p
 
     def features(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,6 +282,12 @@ def _seeded_from(generator: torch.Generator) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def _who(module: nn.Module) -> str:
+    """A component's class by its full name, which shows the plugin package it comes from."""
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _full_precision(t: torch.Tensor) -> Any:

@@ -38,3 +38,29 @@ def test_cpu_images_and_generators_for_a_model_on_the_gpu() -> None:
     first = model.sample(2, generator=torch.Generator().manual_seed(1))
     assert torch.equal(first, model.sample(2, generator=torch.Generator().manual_seed(1)))
     assert model.reconstruct(x, generator=torch.Generator().manual_seed(2)).shape == x.shape
+
+
+def test_a_posterior_or_decoder_breaking_its_shapes_is_named_not_broadcast(monkeypatch) -> None:
+    # A plugin posterior whose log p is [1] would be broadcast over the batch: a wrong bound, trained silently.
+    from avade.errors import ConfigError
+
+    model = _model()
+    x = torch.randint(0, 256, (2, *model.data_shape), dtype=torch.uint8)
+    stage = model.posterior.forward_stage
+
+    def one_log_p(*args, **kwargs):
+        d, lq, lp = stage(*args, **kwargs)
+        return d, lq, lp[:1]
+
+    monkeypatch.setattr(model.posterior, "forward_stage", one_log_p)
+    with pytest.raises(ConfigError, match=r"log p of shape \[1\] .* must be \[2\]") as info:
+        model.log_likelihood(x)
+    assert info.value.path == "model.posterior"
+    with pytest.raises(ConfigError, match=r"must be \[2\]"):
+        model.sample(2)  # the prior's path too
+    monkeypatch.setattr(model.posterior, "forward_stage", stage)
+    head = model.decoder.head
+    monkeypatch.setattr(model.decoder, "head", lambda d, labels: head(d, labels)[..., :1])
+    with pytest.raises(ConfigError, match=r"gave means of shape \[2, 3, \d+, 1\]") as info:
+        model.sample(2)
+    assert info.value.path == "model.decoder"
