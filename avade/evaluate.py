@@ -405,7 +405,8 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
         from avade.train.trainer import configure_tf32
 
         configure_tf32(recipe.train.tf32)
-    model = build_model(recipe, tuple(shape), int(classes))
+    with naming_missing_plugins(run.checkpoints):  # a norm is only looked up here, as the model is built
+        model = build_model(recipe, tuple(shape), int(classes))
     weights = data["model"]
     if model.discriminator is None:  # a critic left out (its plugin is gone): its weights are not read
         weights = {k: v for k, v in weights.items() if not k.startswith("discriminator.")}

@@ -1218,3 +1218,32 @@ def test_a_plugin_component_that_fails_is_named_not_taken_for_avades_bug(
     with pytest.raises(ConfigError) as info:
         tiny_recipe("model.flow.name=\"no-such-flow\"")
     assert plugin_at_fault(info.value) == ""
+
+
+def test_a_run_whose_norm_plugin_is_gone_names_the_plugin(tmp_path: Path, fresh_registry: None) -> None:
+    from avade import hookimpl
+    from avade.registry import get_registry, reset_registry
+    from avade.train.run import run_recipe
+
+    builtin = get_registry().get("norm", "weight-norm")
+
+    class Plugin:
+        @hookimpl
+        def avade_register(self, registry: Any) -> None:
+            registry.register("norm", "x-norm", factory=builtin.load_factory(), config=builtin.load_config())
+
+    assert get_registry().add_plugin(Plugin(), dist="avade-xnorm", version="0.4")
+    run_recipe(tiny_recipe("model.encoder.norm=\"x-norm\"", "train.steps=2"), tmp_path / "run", progress=False)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000002" / "state.json").read_text())
+    assert state["providers"]["norm/x-norm"] == "avade-xnorm 0.4"
+    assert state["providers"]["norm/weight-norm"].startswith("avade ")  # the built-in ones too
+    reset_registry()  # the plugin uninstalled
+    for command in (["eval", str(tmp_path / "run"), "--metrics", "bpd"], ["sample", str(tmp_path / "run"), "-n", "2",
+                                                                            "-o", str(tmp_path / "s.png")]):
+        result, out = _invoke(*command, "--device", "cpu")
+        flat = out.replace("\n", "")
+        assert result.exit_code == 2 and "unknown norm 'x-norm'" in flat, out
+        assert "trained with norm x-norm from avade-xnorm 0.4: install that plugin" in flat, out
+    result, out = _invoke("recipe", "run", str(tmp_path / "run" / "recipe.toml"), "--out", str(tmp_path / "run"),
+                          "--resume", "--set", "train.steps=3", "--device", "cpu")
+    assert result.exit_code == 2 and "trained with norm x-norm from avade-xnorm 0.4" in out.replace("\n", ""), out

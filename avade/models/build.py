@@ -29,11 +29,11 @@ def _build(kind: str, ref: ComponentRef | None, path: str, **context: Any) -> An
         if not str(exc).startswith("unknown norm"):
             raise
         # a norm is named by an option of the component: say which component's
-        norms = [f"{path}.{k}" for k, v in _flat(ref.config) if isinstance(v, str) and f"'{v}'" in str(exc)]
+        norms = [f"{path}.{k}" for k, v in flat_config(ref.config) if isinstance(v, str) and f"'{v}'" in str(exc)]
         raise ConfigError(str(exc), path=norms[0] if norms else path) from None
 
 
-def _flat(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
+def flat_config(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """(dotted key, value) of an attrs config, nested configs included."""
     import attrs
 
@@ -42,7 +42,7 @@ def _flat(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
     out = []
     for f in attrs.fields(type(cfg)):
         value = getattr(cfg, f.name)
-        out += _flat(value, f"{prefix}{f.name}.") if attrs.has(type(value)) else [(f"{prefix}{f.name}", value)]
+        out += flat_config(value, f"{prefix}{f.name}.") if attrs.has(type(value)) else [(f"{prefix}{f.name}", value)]
     return out
 
 

@@ -80,7 +80,8 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
     from avade.train.trainer import naming_missing_plugins
 
     # resuming a run whose plugin is gone: name the plugin it was trained with
-    with naming_missing_plugins(RunDir(out_dir).checkpoints if resume and out_dir is not None else None):
+    trained_with = RunDir(out_dir).checkpoints if resume and out_dir is not None else None
+    with naming_missing_plugins(trained_with):
         recipe = load_recipe(file, overrides, saved=own)
     if only and recipe.sweep is None:
         raise ConfigError(f"--only picks sweep variants, but {file} has no [sweep]")
@@ -102,10 +103,11 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         if recipe.sweep is None:
             # The model runs once first (likelihood, sampling, critic), as `recipe check` does: a component
             # that fails only when sampling must not fail at the end of training.
-            check_variants(every, data=False, source=str(file))
+            with naming_missing_plugins(trained_with):  # (a norm is only looked up as the model is built)
+                check_variants(every, data=False, source=str(file))
             return [run_recipe(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)]
         # a later variant's bad config or missing data fails now (resumed: their data, not another dataset)
-        with data_of_trained_model() if resume else contextlib.nullcontext():
+        with data_of_trained_model() if resume else contextlib.nullcontext(), naming_missing_plugins(trained_with):
             check_variants(variants, sweep=every)
         summaries, failed = [], []
         for variant in variants:

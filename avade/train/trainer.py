@@ -110,6 +110,14 @@ def component_providers(recipe: Recipe) -> dict[str, str]:
     if recipe.data.dataset is not None:
         pairs.append(("dataset", recipe.data.dataset.name))
     pairs += [("metric", name) for name in recipe.eval.metrics]
+    # norms: named by the components' options (``norm = "weight-norm"``) and by model.norm_options
+    from avade.models.build import flat_config
+
+    norms = list(recipe.model.options.norm_options)
+    for _, ref in refs:
+        if ref is not None:
+            norms += [v for k, v in flat_config(ref.config) if isinstance(v, str) and "norm" in k.rsplit(".", 1)[-1]]
+    pairs += [("norm", name) for name in dict.fromkeys(norms) if ("norm", name) in registry]
     out = {}
     for kind, name in pairs:
         try:
