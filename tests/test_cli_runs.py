@@ -1247,3 +1247,14 @@ def test_a_run_whose_norm_plugin_is_gone_names_the_plugin(tmp_path: Path, fresh_
     result, out = _invoke("recipe", "run", str(tmp_path / "run" / "recipe.toml"), "--out", str(tmp_path / "run"),
                           "--resume", "--set", "train.steps=3", "--device", "cpu")
     assert result.exit_code == 2 and "trained with norm x-norm from avade-xnorm 0.4" in out.replace("\n", ""), out
+
+
+def test_eval_json_is_strict_json_with_null_for_a_non_finite_metric(run_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import avade.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: {"bpd": 5.0, "x_nan": float("nan")})
+    result = runner.invoke(app, ["eval", str(run_dir), "--metrics", "bpd", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"bpd": 5.0, "x_nan": None}  # json.loads accepts NaN: check the text too
+    assert "NaN" not in result.stdout and "x_nan not finite" in result.stderr

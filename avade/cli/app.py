@@ -32,6 +32,13 @@ err = Console(stderr=True, soft_wrap=True)
 _DEBUG = {"on": False}
 
 
+def _print_json(data: Any) -> None:
+    """Results as strict JSON on stdout: a non-finite number is null, as in eval.json (NaN is no JSON)."""
+    from avade.train.rundir import json_safe
+
+    print(json.dumps(json_safe(data), indent=2, allow_nan=False, default=str))
+
+
 def _fail(message: str, code: int) -> NoReturn:
     # Escaped: a message quoting user text such as "[/x]" must not be read as rich markup.
     err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
@@ -468,7 +475,7 @@ def evaluate(
                               console=err if as_json else out, ema=ema, importance_samples=importance_samples,
                               overrides=overrides or [])
         if as_json:
-            print(json.dumps(rows, indent=2))
+            _print_json(rows)
         failures = sweep_eval_failures(run_dir, rows)
         if failures is not None:
             raise failures
@@ -478,7 +485,7 @@ def evaluate(
                                     console=err, ema=ema, importance_samples=importance_samples,
                                     overrides=overrides or [])
         if as_json:
-            print(json.dumps(rows, indent=2))
+            _print_json(rows)
             return
         table = Table(title=escape(f"eval: {run_dir} (every checkpoint)"), title_justify="left")
         columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -491,8 +498,11 @@ def evaluate(
     results = evaluate_run(run_dir, names, samples=samples, device=_device(device, indexed=True),
                            console=err if as_json else out, checkpoint=checkpoint, ema=ema,
                            importance_samples=importance_samples, overrides=overrides or [])
+    odd = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+    if odd:
+        err.print(f"[yellow]warning:[/] {escape(', '.join(odd))} not finite (null in eval.json and --json)")
     if as_json:
-        print(json.dumps(results, indent=2))
+        _print_json(results)
     else:
         table = Table(title=escape(f"eval: {run_dir}"), title_justify="left")
         table.add_column("metric")
@@ -570,9 +580,11 @@ def study_subsets(
     if not rows:
         raise AvadeError("the subset study produced no rows; pass at least one fraction")
     if output is not None:
-        output.write_text(json.dumps(rows, indent=2))
+        from avade.train.rundir import write_json
+
+        write_json(output, rows)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        _print_json(rows)
     else:
         table = Table(title=escape(f"subset study on {dataset}"), title_justify="left")
         for col in rows[0]:
