@@ -83,6 +83,13 @@ class RunContext:
             raise ConfigError(f"unknown split '{split}'; use train or test")
         return self.train_set if split == "train" else self.test_set
 
+    def split_fingerprint(self, split: str) -> str:
+        """What changes when ``split``'s images do (the cache key of its reference features); an optional
+        extension of :class:`~avade.metrics.context.EvalContext`."""
+        data = self._split(split)
+        fingerprint = getattr(data, "content_fingerprint", None)
+        return fingerprint() if callable(fingerprint) else f"n{len(data)}"
+
     def labels(self, split: str) -> torch.Tensor | None:
         """The labels of ``split`` in dataset order, without decoding its images (None when the dataset
         keeps no label list); an optional extension of :class:`~avade.metrics.context.EvalContext`."""
@@ -756,6 +763,11 @@ class _DataOnlyContext:
     @property
     def dataset_key(self) -> str:
         return dataset_key(self.name, self.data.shape, self.config)
+
+    def split_fingerprint(self, split: str) -> str:
+        """The data's content fingerprint (see :meth:`RunContext.split_fingerprint`)."""
+        fingerprint = getattr(self.data, "content_fingerprint", None)
+        return fingerprint() if callable(fingerprint) else f"n{len(self.data)}"
 
     @property
     def num_classes(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import os
 import shlex
 from collections.abc import Iterator, Sequence
@@ -65,6 +66,11 @@ class ImageDataset(Dataset):
         """
         return None
 
+    def content_fingerprint(self) -> str:
+        """What changes when the images do (cached reference statistics are keyed on it): here their count;
+        datasets that know more (the files, the data) say more."""
+        return f"n{len(self)}"
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n={len(self)}, shape={self.shape}, num_classes={self.num_classes})"
 
@@ -93,6 +99,12 @@ class TensorImageDataset(ImageDataset):
 
     def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images, self.labels
+
+    def content_fingerprint(self) -> str:
+        """The count and a hash of about 1000 evenly spaced images (all of a small set): cheap for any size."""
+        step = max(1, len(self) // 1000)
+        digest = hashlib.sha1(self.images[::step].numpy().tobytes()).hexdigest()[:12]
+        return f"n{len(self)}-{digest}"
 
 
 class FileImageDataset(ImageDataset):
@@ -131,6 +143,12 @@ class FileImageDataset(ImageDataset):
 
     def _load(self, i: int) -> torch.Tensor:
         return load_image(self.files[i], self.resolution, channels=self.channels, crop=self.crop)
+
+    def content_fingerprint(self) -> str:
+        """The count and a hash of the file names (an image added, removed or renamed changes it; one
+        rewritten in place under its name does not)."""
+        digest = hashlib.sha1("\n".join(str(f) for f in self.files).encode()).hexdigest()[:12]
+        return f"n{len(self)}-{digest}"
 
     def __len__(self) -> int:
         return len(self.files)

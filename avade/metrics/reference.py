@@ -9,6 +9,7 @@ KID, PRD and IS). No pickle anywhere.
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 import re
 
@@ -36,10 +37,16 @@ class FeatureSet:
 
 def cache_path(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None,
                what: str) -> pathlib.Path:
-    """``cache_dir/ref-<dataset>-<split>-<hash>-<rand{n}|all>.<what>.safetensors`` (file-name safe);
+    """``cache_dir/ref-<dataset>-<split>[-<content>]-<hash>-<rand{n}|all>.<what>.safetensors`` (file-name
+    safe; ``content``: a digest of the split's ``split_fingerprint`` when the context has one);
     ``what`` is ``"stats"`` or ``"features"``. ``rand{n}``: the seeded random subset of ``n`` images
     (:func:`avade.train.data.subset_batches`)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{ctx.dataset_key}-{split}").strip("_")
+    # The split's content fingerprint (an optional EvalContext method): statistics of images since added
+    # or removed must not be reused.
+    fingerprint = getattr(ctx, "split_fingerprint", None)
+    content = fingerprint(split) if callable(fingerprint) else ""
+    content = f"-{hashlib.sha1(content.encode()).hexdigest()[:8]}" if content else ""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{ctx.dataset_key}-{split}{content}").strip("_")
     count = f"rand{n}" if n is not None else "all"
     return pathlib.Path(ctx.cache_dir) / f"ref-{slug}-{extractor.hash}-{count}.{what}.safetensors"
 

@@ -200,3 +200,36 @@ def test_inceptions_on_a_gpu_are_released_after_an_evaluation(monkeypatch) -> No
     monkeypatch.setattr(features, "_LOADED", {cpu: object(), gpu: object()})
     features.release_gpu_extractors()
     assert list(features._LOADED) == [cpu], "the CPU copy is kept (evaluation processes reuse it)"
+
+
+def test_reference_statistics_of_changed_data_are_not_reused(tmp_path) -> None:
+    # Images added to (or removed from) a split since its statistics were cached: computed again.
+    ctx = _ctx(tmp_path, lambda n, labels: REAL[:n])
+    ctx.split_fingerprint = lambda split: "n80-aaaa"
+    fid = FID(FIDConfig(samples=80, batch_size=32))
+    first = fid.compute(ctx)
+    assert fid.compute(ctx) == first and ctx.real_calls == 1
+    ctx.split_fingerprint = lambda split: "n90-bbbb"
+    fid.compute(ctx)
+    assert ctx.real_calls == 2
+
+
+def test_datasets_fingerprint_their_content(tmp_path) -> None:
+    from PIL import Image
+
+    from avade.data.base import FileImageDataset, TensorImageDataset
+
+    images = torch.randint(0, 256, (50, 3, 4, 4), dtype=torch.uint8)
+    same = TensorImageDataset(images.clone()).content_fingerprint()
+    assert TensorImageDataset(images).content_fingerprint() == same
+    changed = images.clone()
+    changed[0] += 1
+    assert TensorImageDataset(changed).content_fingerprint() != same
+    assert TensorImageDataset(images[:49]).content_fingerprint() != same
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (4, 4)).save(files[-1])
+    folder = FileImageDataset(files, None, num_classes=0, resolution=4).content_fingerprint()
+    assert FileImageDataset(files[:2], None, num_classes=0, resolution=4).content_fingerprint() != folder
+    assert FileImageDataset(list(files), None, num_classes=0, resolution=4).content_fingerprint() == folder
