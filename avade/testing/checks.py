@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -19,10 +20,38 @@ Shape = tuple[int, int, int]
 #: Input shapes tried in order until the component builds (plugins may constrain resolution).
 FLOW_SHAPES: Sequence[Shape] = ((3, 4, 4), (3, 8, 8), (2, 8, 8), (3, 16, 16))
 IMAGE_SHAPES: Sequence[Shape] = ((3, 16, 16), (3, 32, 32))
+#: Class count for the conditional variants (as ``model.conditional = true`` builds them).
+NUM_CLASSES = 10
+_T = TypeVar("_T")
+_TORCH_DIR = str(Path(torch.__file__).parent)
 
 
 def _fail(what: str, message: str) -> NoReturn:
     raise AssertionError(f"{what}: {message}")
+
+
+def _raised(exc: BaseException) -> str:
+    """``Type: first line (at file:line)`` of an exception raised inside a component."""
+    lines = str(exc).strip().splitlines()
+    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    # The innermost frame outside torch is the component's own line (torch's are the conv, matmul...)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    return detail + (f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else "")
+
+
+def _call(what: str, called: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``fn(*args, **kwargs)``, a call into the component: whatever it raises becomes one failed check that
+    names the component, what the kit called and where it broke (a raw torch traceback names neither the
+    component nor the contract it was held to)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # AssertionError too: a plugin's own assert is no kit verdict
+        message = f"{called} raised {_raised(exc)}"
+    _fail(what, message)  # outside the except: no "during handling of..." chain in the report
+
+
+def _shape(t: Any) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
 def _build_first(registry: Registry, kind: str, name: str, shapes: Sequence[Shape], config: dict[str, Any],
@@ -88,7 +117,8 @@ def _perturb(module: nn.Module, seed: int = 0) -> None:
 
 
 def check_flow(name: str, registry: Registry | None = None, **config: Any) -> None:
-    """Shapes, exact invertibility (float64), log-det vs the brute-force Jacobian, gradients, round trip."""
+    """Shapes (``y`` of shape ``[B, *out_shape]``), exact invertibility (float64), log-det vs the brute-force
+    Jacobian in eval and in training mode, gradients, round trip."""
     registry = registry or get_registry()
     what = f"flow '{name}'"
     torch.manual_seed(0)
@@ -96,23 +126,28 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
     if not callable(getattr(flow, "inverse", None)):
         _fail(what, "has no inverse(y) method; a flow needs forward(x) -> (y, logdet) and inverse(y) -> x")
     flow = flow.double()
+    # Registered flows keep x's shape; building blocks (squeeze) advertise what they give as out_shape.
+    out_shape = tuple(int(s) for s in getattr(flow, "out_shape", shape))
+    if math.prod(out_shape) != math.prod(shape):
+        _fail(what, f"out_shape {out_shape} has {math.prod(out_shape)} elements, in_shape {shape} has "
+                    f"{math.prod(shape)}; a flow keeps the dimension")
     x = torch.randn(4, *shape, dtype=torch.float64)
     flow.train()
     _forward(flow, x, what)  # data-dependent initialisation happens here
     _perturb(flow)
     flow.eval()
     y, logdet = _forward(flow, x, what)
-    if y.shape[0] != x.shape[0] or y[0].numel() != x[0].numel():
-        _fail(what, f"forward maps {tuple(x.shape)} -> {tuple(y.shape)}; a flow keeps the batch and dimension")
+    if tuple(y.shape) != (x.shape[0], *out_shape):
+        _fail(what, f"forward maps {tuple(x.shape)} -> {tuple(y.shape)}; expected [batch, *out_shape] = "
+                    f"{(x.shape[0], *out_shape)} (a flow used as model.flow keeps x's shape)")
     if tuple(logdet.shape) != (x.shape[0],):
         _fail(what, f"logdet has shape {tuple(logdet.shape)}, expected [batch] = ({x.shape[0]},)")
     for label, t in (("forward's output", y), ("logdet", logdet)):
         if not torch.isfinite(t).all():
             _fail(what, f"{label} is not finite (NaN or inf) for standard normal inputs")
-    x_back = flow.inverse(y)
+    x_back = _call(what, f"inverse(y) on y of shape {tuple(y.shape)}", flow.inverse, y)
     if not isinstance(x_back, torch.Tensor) or x_back.shape != x.shape:
-        _fail(what, f"inverse(y) must return x's shape {tuple(x.shape)}, got "
-                    f"{tuple(x_back.shape) if isinstance(x_back, torch.Tensor) else type(x_back).__name__}")
+        _fail(what, f"inverse(y) must return x's shape {tuple(x.shape)}, got {_shape(x_back)}")
     err = float((x_back - x).detach().abs().max())
     if not err <= 1e-8:  # NaN fails too
         _fail(what, f"inverse(forward(x)) differs from x by {err:.2e} (float64)")
@@ -120,7 +155,7 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
     x1 = x[:1]
 
     def f(v: torch.Tensor) -> torch.Tensor:
-        return flow(v.view(1, *shape))[0].flatten()
+        return _forward(flow, v.view(1, *shape), what)[0].flatten()
 
     jac = torch.autograd.functional.jacobian(f, x1.flatten())
     brute = torch.linalg.slogdet(jac)[1].detach()
@@ -128,8 +163,9 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
     if abs(float(brute - logdet[0])) > 1e-6 * max(1.0, abs(float(brute))):
         _fail(what, f"logdet {float(logdet[0]):.8f} != log|det J| {float(brute):.8f} from autograd")
     _check_logdet_gradient(flow, f, x1, shape, what)
+    _check_training_logdet(flow, x, out_shape, what)
     flow.train()
-    out, ld = flow(x)
+    out, ld = _forward(flow, x, what)
     _gradients(flow, out.pow(2).mean() + ld.mean(), what)
 
     def rebuild() -> nn.Module:
@@ -139,10 +175,45 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
 
 
 def _forward(flow: nn.Module, x: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    out = flow(x)
+    mode = "training" if flow.training else "eval"
+    out = _call(what, f"forward(x) on x of shape {tuple(x.shape)} in {mode} mode", flow, x)
     if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
         _fail(what, f"forward(x) must return a tuple (y, logdet), got {type(out).__name__}")
     return out
+
+
+def _check_training_logdet(flow: nn.Module, x: torch.Tensor, out_shape: tuple[int, ...], what: str) -> None:
+    """The trainer runs flows in training mode: there too the log-det of sample 0 is log|det| of the
+    Jacobian of its output with respect to its input.
+
+    A flow with batch statistics (batch norm) maps each sample with the batch's mean and variance held
+    fixed, and its log-det is that map's; the Jacobian of the whole batch map also holds how sample 0
+    moves the statistics. So sample 0 appears twice in the batch and is moved as ``x0 + v`` and ``x0 - v``:
+    any statistic symmetric in the samples (a mean, a variance, of the input or of any layer inside) then
+    does not change to first order, and the Jacobian in ``v`` at 0 is the one with the statistics fixed.
+    For a flow that maps each sample on its own it is simply the sample's Jacobian. Output and log-det
+    come from the same forward pass (a random training-mode map, e.g. dropout, stays consistent)."""
+    flow.train()
+    x0 = x[:1]
+    batch = torch.cat([x0, x0, x[1:3]])
+    seen: dict[str, torch.Tensor] = {}
+
+    def g(v: torch.Tensor) -> torch.Tensor:
+        v = v.view_as(x0)
+        y, logdet = _forward(flow, torch.cat([x0 + v, x0 - v, batch[2:]]), what)
+        if tuple(y.shape) != (batch.shape[0], *out_shape) or tuple(logdet.shape) != (batch.shape[0],):
+            _fail(what, f"in training mode forward maps {tuple(batch.shape)} -> ({_shape(y)}, {_shape(logdet)}); "
+                        f"expected ({(batch.shape[0], *out_shape)}, ({batch.shape[0]},))")
+        seen["logdet"] = logdet[0].detach()
+        return y[0].flatten()
+
+    jac = torch.autograd.functional.jacobian(g, torch.zeros(x0.numel(), dtype=x.dtype))
+    brute = float(torch.linalg.slogdet(jac)[1])
+    got = float(seen["logdet"])
+    if not abs(brute - got) <= 1e-6 * max(1.0, abs(brute)):  # NaN fails too
+        _fail(what, f"in training mode (as the trainer runs it) logdet {got:.8f} != log|det J| {brute:.8f} from "
+                    "autograd (sample 0's Jacobian, batch statistics held fixed); is the log-det different "
+                    "while self.training?")
 
 
 def _check_per_sample(flow: nn.Module, x: torch.Tensor, y: torch.Tensor, logdet: torch.Tensor,
@@ -174,7 +245,7 @@ def _check_logdet_gradient(flow: nn.Module, f: Callable[[torch.Tensor], torch.Te
     if not brute.requires_grad:
         return  # log|det J| does not depend on any parameter (e.g. additive couplings)
     expected = torch.autograd.grad(brute, params, allow_unused=True)
-    logdet = flow(x1.view(1, *shape))[1][0]
+    logdet = _forward(flow, x1.view(1, *shape), what)[1][0]
     got = (torch.autograd.grad(logdet, params, allow_unused=True) if logdet.requires_grad
            else [None] * len(params))
     for (n, _), e, g in zip(named, expected, got, strict=True):
@@ -195,86 +266,202 @@ def _reference_encoder(registry: Registry, name: str, shape: Shape) -> nn.Module
     return registry.create("encoder", enc, in_shape=shape, **SMALL_CONFIGS.get(("encoder", enc), {}))
 
 
+def _conditional(registry: Registry, kind: str, name: str, build: Callable[[], nn.Module]) -> nn.Module | None:
+    """The component built class-conditional, as ``model.conditional = true`` builds it (the model builder
+    passes ``num_classes``), or None where it has no such form: its factory takes no ``num_classes``, or
+    refuses a class count with a ConfigError (documented refusal: usable with unconditional models only)."""
+    if "num_classes" not in registry.get(kind, name).context_params():
+        return None
+    try:
+        return build()
+    except ConfigError:
+        return None
+
+
+def _labels(batch: int) -> torch.Tensor:
+    return torch.arange(batch) % NUM_CLASSES
+
+
 def check_encoder(name: str, registry: Registry | None = None, **config: Any) -> None:
-    """One feature map per stage with the advertised ``stage_shapes``; gradients; round trip."""
+    """One feature map per stage with the advertised ``stage_shapes``; gradients; round trip; the same
+    built class-conditional (``num_classes``) and run with labels, where the encoder has that form."""
     registry = registry or get_registry()
     what = f"encoder '{name}'"
     torch.manual_seed(0)
     enc, shape = _build_first(registry, "encoder", name, IMAGE_SHAPES, config)
     x = torch.randn(3, *shape)
+    _check_encoder_module(enc, x, None, lambda: registry.create("encoder", name, in_shape=shape, **config), what)
+
+    def build_conditional() -> nn.Module:
+        return registry.create("encoder", name, in_shape=shape, num_classes=NUM_CLASSES, **config)
+
+    cond = _conditional(registry, "encoder", name, build_conditional)
+    if cond is not None:
+        _check_encoder_module(cond, x, _labels(x.shape[0]), build_conditional, f"{what} (conditional)")
+
+
+def _check_encoder_module(enc: nn.Module, x: torch.Tensor, labels: torch.Tensor | None,
+                          rebuild: Callable[[], nn.Module], what: str) -> None:
+    def run(m: nn.Module) -> list[torch.Tensor]:  # as the model calls it: labels or None
+        called = f"forward(x, {'y' if labels is not None else 'None'}) on x of shape {tuple(x.shape)}"
+        return _call(what, called, m, x, labels)
+
     enc.train()
-    hs = enc(x)
+    hs = run(enc)
     stages = [tuple(s) for s in enc.stage_shapes]
+    if not isinstance(hs, list | tuple) or not all(isinstance(h, torch.Tensor) for h in hs):
+        _fail(what, f"forward must return a list of feature maps, one per stage, got {type(hs).__name__}")
     if len(hs) != len(stages):
         _fail(what, f"returned {len(hs)} feature maps for {len(stages)} stages")
     for i, (h, s) in enumerate(zip(hs, stages, strict=True)):
-        if tuple(h.shape[1:]) != s:
-            _fail(what, f"stage {i} feature has shape {tuple(h.shape[1:])}, stage_shapes says {s}")
+        if tuple(h.shape) != (x.shape[0], *s):
+            _fail(what, f"stage {i} feature has shape {tuple(h.shape[1:])}, stage_shapes says {s}"
+                  + (f" (batch {h.shape[0]} != {x.shape[0]})" if h.shape[0] != x.shape[0] else ""))
     _gradients(enc, sum(h.pow(2).mean() for h in hs), what)
-    _roundtrip(enc, lambda: registry.create("encoder", name, in_shape=shape, **config),
-               lambda m: torch.cat([h.flatten() for h in m(x)]), what)
+    _roundtrip(enc, rebuild, lambda m: torch.cat([h.flatten() for h in run(m)]), what)
 
 
 def check_decoder(name: str, registry: Registry | None = None, **config: Any) -> None:
-    """Top-down stages map stage i to stage i-1 and the head gives ``out_shape``; gradients; round trip."""
+    """Top-down stages map stage i to stage i-1 (stage 0 keeps its shape) and the head gives ``out_shape``;
+    gradients; round trip; the same built class-conditional and run with labels, where it has that form."""
     registry = registry or get_registry()
     what = f"decoder '{name}'"
     torch.manual_seed(0)
     shape = IMAGE_SHAPES[0]
     stages = [tuple(s) for s in _reference_encoder(registry, name, shape).stage_shapes]
-    dec = registry.create("decoder", name, stage_shapes=stages, out_shape=shape, **config)
+
+    def build(**context: Any) -> nn.Module:
+        return registry.create("decoder", name, stage_shapes=stages, out_shape=shape, **context, **config)
+
+    _check_decoder_module(build(), stages, shape, None, build, what)
+
+    def build_conditional() -> nn.Module:
+        return build(num_classes=NUM_CLASSES)
+
+    cond = _conditional(registry, "decoder", name, build_conditional)
+    if cond is not None:
+        _check_decoder_module(cond, stages, shape, _labels(2), build_conditional, f"{what} (conditional)")
+
+
+def _check_decoder_module(dec: nn.Module, stages: list[Shape], shape: Shape, labels: torch.Tensor | None,
+                          rebuild: Callable[[], nn.Module], what: str) -> None:
+    batch = 2
+    y = "y" if labels is not None else "None"
 
     def run(m: nn.Module) -> torch.Tensor:
-        d = m.initial_state(2)
+        # The model's top-down pass (avade.models.generative): every stage, 0 included, then the head.
+        d = _call(what, f"initial_state({batch})", m.initial_state, batch)
         for i in reversed(range(len(stages))):
-            if tuple(d.shape[1:]) != stages[i]:
-                _fail(what, f"state entering stage {i} has shape {tuple(d.shape[1:])}, expected {stages[i]}")
-            d = m.forward_stage(i, d)
-        return m.head(d)
+            if not isinstance(d, torch.Tensor) or tuple(d.shape) != (batch, *stages[i]):
+                _fail(what, f"state entering stage {i} has shape {_shape(d)}, expected {(batch, *stages[i])}")
+            d = _call(what, f"forward_stage({i}, d, {y}) on a state of shape {tuple(d.shape)}", m.forward_stage,
+                      i, d, labels)
+        if not isinstance(d, torch.Tensor) or tuple(d.shape) != (batch, *stages[0]):
+            _fail(what, f"forward_stage(0, d, {y}) returned {_shape(d)}; stage 0 keeps its shape "
+                        f"{(batch, *stages[0])} (the head reads it)")
+        return _call(what, f"head(d, {y}) on a state of shape {tuple(d.shape)}", m.head, d, labels)
 
     dec.train()
     mean = run(dec)
-    if tuple(mean.shape[1:]) != shape:
-        _fail(what, f"head output {tuple(mean.shape[1:])} != out_shape {shape}")
+    if not isinstance(mean, torch.Tensor) or tuple(mean.shape) != (batch, *shape):
+        _fail(what, f"head output {_shape(mean)} != [batch, *out_shape] = {(batch, *shape)}")
     _gradients(dec, mean.pow(2).mean(), what)
-    _roundtrip(dec, lambda: registry.create("decoder", name, stage_shapes=stages, out_shape=shape, **config),
-               lambda m: run(m).flatten(), what)
+    _roundtrip(dec, rebuild, lambda m: run(m).flatten(), what)
 
 
 def check_posterior(name: str, registry: Registry | None = None, **config: Any) -> None:
-    """Each latent stage returns (d_new, log_q, log_p) with d's shape, finite [B] densities; prior mode has
-    log_q = 0; gradients; round trip."""
+    """Each latent stage returns (d_new, log_q, log_p) with d's shape, finite [B] densities; prior mode
+    (``h = None``) the same shapes, log_q = 0, deterministic at temperature 0 and using the temperature;
+    gradients; round trip; the same built class-conditional, where it has that form."""
     registry = registry or get_registry()
     what = f"posterior '{name}'"
     torch.manual_seed(0)
     stages = [tuple(s) for s in _reference_encoder(registry, "conv", IMAGE_SHAPES[0]).stage_shapes]
-    post = registry.create("posterior", name, stage_shapes=stages, **config)
-    ids = list(post.stage_ids)
+
+    def build(**context: Any) -> nn.Module:
+        return registry.create("posterior", name, stage_shapes=stages, **context, **config)
+
+    _check_posterior_module(build(), stages, build, what)
+
+    def build_conditional() -> nn.Module:
+        return build(num_classes=NUM_CLASSES)
+
+    # The model passes no labels to forward_stage: a conditional posterior is only built differently.
+    cond = _conditional(registry, "posterior", name, build_conditional)
+    if cond is not None:
+        _check_posterior_module(cond, stages, build_conditional, f"{what} (conditional)")
+
+
+def _stage_outputs(what: str, called: str, out: Any, d: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``forward_stage``'s ``(d_new, log_q, log_p)``: d's shape, finite ``[B]`` densities."""
+    if not (isinstance(out, tuple) and len(out) == 3 and all(isinstance(t, torch.Tensor) for t in out)):
+        _fail(what, f"{called} must return a tuple (d_new, log_q, log_p), got {type(out).__name__}")
+    d_new, log_q, log_p = out
+    if tuple(d_new.shape) != tuple(d.shape):
+        _fail(what, f"{called}: d_new has shape {tuple(d_new.shape)}, expected d's {tuple(d.shape)}")
+    for label, t in (("log_q", log_q), ("log_p", log_p)):
+        if tuple(t.shape) != (d.shape[0],) or not torch.isfinite(t).all():
+            _fail(what, f"{called}: {label} must be finite with shape [batch] = ({d.shape[0]},), got "
+                        f"{tuple(t.shape)}")
+    if not torch.isfinite(d_new).all():
+        _fail(what, f"{called}: d_new is not finite")
+    return out
+
+
+def _check_posterior_module(post: nn.Module, stages: list[Shape], rebuild: Callable[[], nn.Module],
+                            what: str) -> None:
+    ids = list(getattr(post, "stage_ids", []))
     if not ids or any(not 0 <= i < len(stages) for i in ids):
         _fail(what, f"stage_ids {ids} must be a non-empty subset of 0..{len(stages) - 1}")
     batch = 3
     ds = {i: torch.randn(batch, *stages[i]) for i in ids}
     hs = {i: torch.randn(batch, *stages[i]) for i in ids}
+
+    def stage(m: nn.Module, i: int, h: torch.Tensor | None, t: float) -> tuple[torch.Tensor, ...]:
+        called = f"forward_stage({i}, d, {'h' if h is not None else 'None'}, {t})"
+        return _stage_outputs(what, called, _call(what, called, m.forward_stage, i, ds[i], h, t), ds[i])
+
     post.train()
     total = torch.zeros(())
     for i in ids:
-        d_new, log_q, log_p = post.forward_stage(i, ds[i], hs[i], 1.0)
-        if tuple(d_new.shape) != tuple(ds[i].shape):
-            _fail(what, f"stage {i}: d_new has shape {tuple(d_new.shape)}, expected {tuple(ds[i].shape)}")
-        for label, t in (("log_q", log_q), ("log_p", log_p)):
-            if tuple(t.shape) != (batch,) or not torch.isfinite(t).all():
-                _fail(what, f"stage {i}: {label} must be finite with shape [batch], got {tuple(t.shape)}")
+        d_new, log_q, log_p = stage(post, i, hs[i], 1.0)
         total = total + d_new.pow(2).mean() + (log_q - log_p).mean()
-        _, prior_q, _ = post.forward_stage(i, ds[i], None, 1.0)
+        _, prior_q, _ = stage(post, i, None, 1.0)
         if float(prior_q.abs().max()) != 0.0:
             _fail(what, f"stage {i}: sampling from the prior must return log_q = 0")
     _gradients(post, total, what)
+    _check_prior_temperature(post, ids, stage, what)
 
     def run(m: nn.Module) -> torch.Tensor:
         torch.manual_seed(1)
-        return torch.cat([torch.cat([t.flatten() for t in m.forward_stage(i, ds[i], hs[i], 1.0)]) for i in ids])
+        return torch.cat([torch.cat([t.flatten() for t in stage(m, i, hs[i], 1.0)]) for i in ids])
 
-    _roundtrip(post, lambda: registry.create("posterior", name, stage_shapes=stages, **config), run, what)
+    _roundtrip(post, rebuild, run, what)
+
+
+def _check_prior_temperature(post: nn.Module, ids: list[int],
+                             stage: Callable[[nn.Module, int, torch.Tensor | None, float], tuple[torch.Tensor, ...]],
+                             what: str) -> None:
+    """Sampling (``h = None``, as ``generate`` runs it) draws from the prior at temperature ``T``: at 0 the
+    draw is deterministic, at 1 random, and ``T`` changes it. Zero-initialised layers (a prior that starts
+    at N(0, I), a zero merge) could hide a sample from ``d_new``: the weights are perturbed first. In eval
+    mode, as samples are drawn for evaluation (dropout would make even the mode random in training)."""
+    _perturb(post, seed=2)
+    post.eval()
+    with torch.no_grad():
+        for i in ids:
+            draws = {}
+            for t, seed in ((0.0, 1), (0.0, 2), (1.0, 1), (1.0, 2), (0.5, 1)):
+                torch.manual_seed(seed)
+                draws[t, seed] = stage(post, i, None, t)[0]
+            if not torch.equal(draws[0.0, 1], draws[0.0, 2]):
+                _fail(what, f"stage {i}: a prior sample at temperature 0 must be deterministic (the prior's mode), "
+                            "but two draws differ")
+            if torch.equal(draws[1.0, 1], draws[1.0, 2]):
+                _fail(what, f"stage {i}: prior samples at temperature 1 are all alike: does it sample z?")
+            if torch.equal(draws[1.0, 1], draws[0.5, 1]):
+                _fail(what, f"stage {i}: prior samples ignore the temperature T (the same noise gives the same d "
+                            "at T = 1 and T = 0.5)")
 
 
 # -- discriminators and norms ------------------------------------------------------------------------
@@ -289,9 +476,9 @@ def check_discriminator(name: str, registry: Registry | None = None, **config: A
         shape = (3, res, res)
         disc = registry.create("discriminator", name, in_shape=shape, **config)
         x = torch.rand(4, *shape).mul(2).sub(1).requires_grad_(True)
-        out = disc(x)
-        if tuple(out.shape) != (4,):
-            _fail(what, f"at {res}x{res} output has shape {tuple(out.shape)}, expected [batch] = (4,)")
+        out = _call(what, f"forward(x) on x of shape {tuple(x.shape)}", disc, x)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (4,):
+            _fail(what, f"at {res}x{res} output has shape {_shape(out)}, expected [batch] = (4,)")
         (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
         if not torch.isfinite(grad).all() or float(grad.detach().abs().sum()) == 0.0:
             _fail(what, f"at {res}x{res} the gradient w.r.t. the input is zero or not finite")
@@ -302,7 +489,9 @@ def check_discriminator(name: str, registry: Registry | None = None, **config: A
     except ConfigError:  # a documented refusal: this critic has no class-conditional form
         return
     x = torch.rand(4, 3, 32, 32)
-    if tuple(cond(x, torch.tensor([0, 1, 2, 3])).shape) != (4,):
+    out = _call(what, f"forward(x, y) of the class-conditional variant on x of shape {tuple(x.shape)}", cond, x,
+                torch.tensor([0, 1, 2, 3]))
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (4,):
         _fail(what, "the class-conditional variant must return [batch] scores for (x, y)")
     _perturb(cond, seed=1)  # zero-initialised class embeddings would make every label score alike
     with torch.no_grad():
@@ -333,22 +522,42 @@ def _check_per_sample_scores(disc: nn.Module, x: torch.Tensor, what: str) -> Non
 
 
 def check_norm(name: str, registry: Registry | None = None, **config: Any) -> None:
-    """Wrapped conv keeps its output shape with and without labels; gradients reach the layer."""
+    """Wrapped conv keeps its output shape with and without labels; gradients reach the layer; round trip."""
     registry = registry or get_registry()
     what = f"norm '{name}'"
     torch.manual_seed(0)
-    layer = registry.create("norm", name, layer=nn.Conv2d(3, 5, 3, padding=1), num_classes=4, **config)
+
+    def build() -> nn.Module:
+        return registry.create("norm", name, layer=nn.Conv2d(3, 5, 3, padding=1), num_classes=4, **config)
+
+    layer = build()
     x = torch.randn(6, 3, 8, 8)
-    layer.train()
-    for y in (None, torch.tensor([0, 1, 2, 3, 0, 1])):
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+
+    def run(m: nn.Module, y: torch.Tensor | None) -> torch.Tensor:
         try:
-            out = layer(x, y)
+            out = m(x, y)
         except TypeError as exc:  # e.g. forward(self, x) without the labels argument
-            _fail(what, f"forward(x, y) failed ({exc}); a norm's forward takes (x, y=None), y the class labels "
-                        "(ignore them if the norm is not conditional)")
-        if tuple(out.shape) != (6, 5, 8, 8):
-            _fail(what, f"output shape {tuple(out.shape)} != (6, 5, 8, 8)")
-    _gradients(layer, layer(x).pow(2).mean() + layer(x, torch.tensor([0, 1, 2, 3, 0, 1])).pow(2).mean(), what)
+            message = (f"forward(x, y) failed ({exc}); a norm's forward takes (x, y=None), y the class labels "
+                       "(ignore them if the norm is not conditional)")
+        except Exception as exc:
+            message = (f"forward(x, {'y' if y is not None else 'None'}) on x of shape {tuple(x.shape)} raised "
+                       f"{_raised(exc)}")
+        else:
+            message = ""
+        if message:
+            _fail(what, message)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (6, 5, 8, 8):
+            _fail(what, f"output shape {_shape(out)} != (6, 5, 8, 8)")
+        return out
+
+    layer.train()
+    for y in (None, labels):
+        run(layer, y)
+    _gradients(layer, run(layer, None).pow(2).mean() + run(layer, labels).pow(2).mean(), what)
+    # Every module is saved with safetensors (checkpoints): a norm's state (gains, class embeddings, running
+    # statistics, its data-init flag) must live in the state dict.
+    _roundtrip(layer, build, lambda m: torch.cat([run(m, None).flatten(), run(m, labels).flatten()]), what)
 
 
 # -- data and metrics --------------------------------------------------------------------------------

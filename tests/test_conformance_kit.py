@@ -1,0 +1,356 @@
+"""The conformance kit catches each gap a review found: a flow's log-det wrong only in training mode, a
+flow's output of the wrong shape, a posterior's broken sampling (prior) path, a norm whose state escapes
+the safetensors round trip, conditional components broken only with labels, and it reports an exception
+inside a component's call as one failed check naming the component and the call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avade.errors import ConfigError
+from avade.testing import check_component, check_module
+
+
+def _fails(kind: str, factory: Any, config: Any, name: str, expected: str) -> str:
+    with pytest.raises(AssertionError, match=expected) as info:
+        check_module(kind, factory, config, name=name)
+    assert str(info.value).startswith(f"{kind} '{name}'")
+    return str(info.value)
+
+
+# -- flows -------------------------------------------------------------------------------------------
+
+
+@attrs.define
+class FlowConfig:
+    """Element-wise affine flow ``y = x * exp(s) + b`` with switchable defects."""
+
+    train_logdet_offset: float = 0.0  # the log-det is off only while self.training (as the trainer runs it)
+    flatten: bool = False  # y of shape [B, C*H*W]: the element count is right, the shape is not
+    out_shape_lie: bool = False  # advertises a squeezed out_shape but keeps x's shape
+
+
+class Affine(nn.Module):
+    """A correct flow with every defect off."""
+
+    def __init__(self, cfg: FlowConfig, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c, h, w = in_shape
+        self.in_shape = in_shape
+        self.out_shape = (4 * c, h // 2, w // 2) if cfg.out_shape_lie else in_shape
+        self.log_scale = nn.Parameter(torch.zeros(in_shape))
+        self.shift = nn.Parameter(torch.zeros(in_shape))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = x * self.log_scale.exp() + self.shift
+        logdet = self.log_scale.sum().expand(x.shape[0])
+        if self.training:
+            logdet = logdet + self.cfg.train_logdet_offset
+        return (y.flatten(1) if self.cfg.flatten else y), logdet
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        y = y.view(-1, *self.in_shape)
+        return (y - self.shift) * (-self.log_scale).exp()
+
+
+@attrs.define
+class BatchNormConfig:
+    """Batch normalization as a flow; ``running_logdet``: in training the output uses the batch's variance
+    but the log-det the running one (right in eval mode only)."""
+
+    running_logdet: bool = False
+
+
+class TinyBatchNorm(nn.Module):
+    """Per-channel ``(x - mean) / std`` with batch statistics in training, running ones in eval; log-det
+    that of the map with the statistics held fixed (as Real-NVP's batch norm)."""
+
+    def __init__(self, cfg: BatchNormConfig, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.pixels = in_shape[1] * in_shape[2]
+        self.register_buffer("running_mean", torch.zeros(1, in_shape[0], 1, 1))
+        self.register_buffer("running_var", torch.ones(1, in_shape[0], 1, 1))
+        self.scale = nn.Parameter(torch.ones(1, in_shape[0], 1, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training:
+            mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), keepdim=True, correction=0)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, 0.1)
+                self.running_var.lerp_(var, 0.1)
+        else:
+            mean, var = self.running_mean, self.running_var
+        logdet_var = self.running_var if self.cfg.running_logdet else var
+        y = (x - mean) * torch.rsqrt(var + 1e-4) * self.scale
+        logdet = self.pixels * (self.scale.abs().log() - 0.5 * torch.log(logdet_var + 1e-4)).sum()
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y / self.scale * torch.sqrt(self.running_var + 1e-4) + self.running_mean
+
+
+def test_the_kit_accepts_correct_flows_with_and_without_batch_statistics() -> None:
+    check_module("flow", Affine, FlowConfig(), name="good-affine")
+    check_module("flow", TinyBatchNorm, BatchNormConfig(), name="good-batch-norm")
+
+
+def test_a_logdet_wrong_only_in_training_mode_is_caught() -> None:
+    _fails("flow", Affine, FlowConfig(train_logdet_offset=0.25), "train-offset",
+           r"in training mode \(as the trainer runs it\) logdet .* != log\|det J\|")
+
+
+def test_a_batch_norm_flow_whose_training_logdet_uses_the_wrong_statistics_is_caught() -> None:
+    # right in eval mode (running statistics both ways), wrong in training
+    _fails("flow", TinyBatchNorm, BatchNormConfig(running_logdet=True), "running-logdet",
+           r"in training mode .* batch statistics held fixed")
+
+
+def test_the_training_mode_check_holds_batch_norm_flows_exactly() -> None:
+    """The built-in batch-norm flows (alone, and after every Real-NVP coupling) pass; their log-det is
+    not that of the whole batch map, so a naive training-mode Jacobian would reject them."""
+    check_component("flow", "batch-norm")
+    check_component("flow", "realnvp", hidden=8, blocks=1, out_batch_norm=True)
+
+
+def test_the_output_must_have_the_advertised_shape() -> None:
+    _fails("flow", Affine, FlowConfig(flatten=True), "flat-output",
+           r"forward maps \(4, 3, 4, 4\) -> \(4, 48\); expected \[batch, \*out_shape\] = \(4, 3, 4, 4\)")
+    _fails("flow", Affine, FlowConfig(out_shape_lie=True), "lying-out-shape",
+           r"forward maps \(4, 3, 4, 4\) -> \(4, 3, 4, 4\); expected \[batch, \*out_shape\] = \(4, 12, 2, 2\)")
+    check_component("flow", "squeeze")  # a building block whose out_shape differs, honestly
+
+
+# -- posteriors --------------------------------------------------------------------------------------
+
+
+@attrs.define
+class PosteriorConfig:
+    """One Gaussian latent at the top stage; ``defect`` breaks the sampling path (``h = None``) or the
+    class-conditional build."""
+
+    defect: str = "none"
+
+
+class TinyPosterior(nn.Module):
+    def __init__(self, cfg: PosteriorConfig, *, stage_shapes: list[tuple[int, int, int]],
+                 num_classes: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        top = len(stage_shapes) - 1
+        c = stage_shapes[top][0]
+        self.stage_ids = [top]
+        self.prior = nn.Conv2d(c, 2, 1)
+        self.posterior = nn.Conv2d(c, 2, 1)
+        self.merge = nn.Conv2d(2, c, 1)
+
+    def forward_stage(self, i: int, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        defect = self.cfg.defect
+        mu_p = self.prior(d)
+        if h is None:
+            t = float(temperature > 0) if defect == "temperature-on-off" else temperature
+            z = mu_p + t * torch.randn_like(mu_p)
+            if defect == "random-at-zero":  # noise the temperature does not scale
+                z = z + 0.1 * torch.randn_like(mu_p)
+            log_q = z.new_zeros(z.shape[0])
+            log_p = -0.5 * (z - mu_p).square()
+            log_p = log_p if defect == "unsummed-prior-log-p" else log_p.flatten(1).sum(1)
+            d_new = d + self.merge(z)
+            return (d_new[:, :, ::2] if defect == "prior-shape" else d_new), log_q, log_p
+        mu_q = self.posterior(h)
+        z = mu_q + torch.randn_like(mu_q)
+        log_q = (-0.5 * (z - mu_q).square()).flatten(1).sum(1)
+        log_p = (-0.5 * (z - mu_p).square()).flatten(1).sum(1)
+        if defect == "conditional-log-p" and self.num_classes:
+            log_p = log_p.unsqueeze(1)
+        return d + self.merge(z), log_q, log_p
+
+
+def test_the_kit_accepts_a_correct_posterior() -> None:
+    check_module("posterior", TinyPosterior, PosteriorConfig(), name="good-posterior")
+
+
+@pytest.mark.parametrize("defect, expected", [
+    ("prior-shape", r"forward_stage\(1, d, None, 1.0\): d_new has shape \(3, 16, 4, 8\), expected d's "
+                    r"\(3, 16, 8, 8\)"),
+    ("unsummed-prior-log-p", r"forward_stage\(1, d, None, 1.0\): log_p must be finite with shape \[batch\] = "
+                             r"\(3,\), got \(3, 2, 8, 8\)"),
+    ("random-at-zero", r"stage 1: a prior sample at temperature 0 must be deterministic"),
+    ("temperature-on-off", r"stage 1: prior samples ignore the temperature T"),
+])
+def test_the_sampling_path_of_a_posterior_is_checked(defect: str, expected: str) -> None:
+    _fails("posterior", TinyPosterior, PosteriorConfig(defect), f"bad-{defect}", expected)
+
+
+def test_a_posterior_broken_only_when_built_conditional_is_caught() -> None:
+    _fails("posterior", TinyPosterior, PosteriorConfig("conditional-log-p"), "cond-log-p",
+           r"posterior 'cond-log-p' \(conditional\): forward_stage\(1, d, h, 1.0\): log_p must be finite with "
+           r"shape \[batch\]")
+
+
+# -- norms -------------------------------------------------------------------------------------------
+
+
+@attrs.define
+class NormConfig:
+    """A learned per-channel gain; ``unsaved``: also a random scale kept as a plain attribute, which no
+    state dict (hence no checkpoint) holds."""
+
+    unsaved: bool = False
+
+
+class TinyNorm(nn.Module):
+    def __init__(self, cfg: NormConfig, *, layer: nn.Conv2d, num_classes: int | None = None) -> None:
+        super().__init__()
+        self.layer = layer
+        self.gain = nn.Parameter(torch.ones(1, layer.out_channels, 1, 1))
+        self.scale = torch.rand(1, layer.out_channels, 1, 1) + 0.5 if cfg.unsaved else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.layer(x) * self.gain
+        return out * self.scale if self.scale is not None else out
+
+
+def test_a_norm_must_survive_the_safetensors_round_trip() -> None:
+    check_module("norm", TinyNorm, NormConfig(), name="good-norm")
+    _fails("norm", TinyNorm, NormConfig(unsaved=True), "unsaved-norm",
+           r"outputs differ after a safetensors save/load round trip")
+
+
+# -- encoders and decoders, conditional --------------------------------------------------------------
+
+
+@attrs.define
+class EncoderConfig:
+    """Two-stage conv encoder; ``label_channel``: built conditional, it appends a label channel to the top
+    feature, which ``stage_shapes`` does not count; ``refuse``: no conditional form (a ConfigError)."""
+
+    label_channel: bool = False
+    refuse: bool = False
+
+
+class TinyEncoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig, *, in_shape: tuple[int, int, int], num_classes: int | None = None) -> None:
+        super().__init__()
+        if cfg.refuse and num_classes:
+            raise ConfigError("this encoder has no class-conditional form; use model.conditional = false")
+        c, h, w = in_shape
+        self.cfg = cfg
+        self.down1 = nn.Conv2d(c, 4, 3, stride=2, padding=1)
+        self.down2 = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.embed = nn.Embedding(num_classes, 1) if num_classes else None
+        self.stage_shapes = [(4, h // 2, w // 2), (8, h // 4, w // 4)]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        h1 = torch.relu(self.down1(x))
+        h2 = self.down2(h1)
+        if self.embed is not None and y is not None:
+            e = self.embed(y).view(-1, 1, 1, 1).expand(-1, 1, *h2.shape[2:])
+            h2 = torch.cat([h2, e], 1) if self.cfg.label_channel else h2 + e
+        return [h1, h2]
+
+
+class UnconditionalEncoder(nn.Module):
+    """A factory that takes no ``num_classes`` at all: nothing conditional to check."""
+
+    def __init__(self, cfg: EncoderConfig, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.inner = TinyEncoder(cfg, in_shape=in_shape)
+        self.stage_shapes = self.inner.stage_shapes
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return self.inner(x)
+
+
+def test_encoders_are_checked_built_conditional_with_labels() -> None:
+    check_module("encoder", TinyEncoder, EncoderConfig(), name="good-encoder")
+    check_module("encoder", TinyEncoder, EncoderConfig(refuse=True), name="refusing-encoder")
+    check_module("encoder", UnconditionalEncoder, EncoderConfig(label_channel=True), name="plain-encoder")
+    _fails("encoder", TinyEncoder, EncoderConfig(label_channel=True), "label-channel",
+           r"encoder 'label-channel' \(conditional\): stage 1 feature has shape \(9, 4, 4\), stage_shapes says "
+           r"\(8, 4, 4\)")
+
+
+@attrs.define
+class DecoderConfig:
+    """Upsample + conv per stage, a conv at stage 0 and a conv head; the defects:
+
+    - ``old-contract``: written to "forward_stage(i) maps stage i to i-1 (i > 0)": stage 0 uses block
+      ``i - 1``, the top block, whose channels do not fit;
+    - ``stage0-grows``: stage 0 doubles the channels, and the head takes them;
+    - ``detached-labels``: built conditional, the class embedding is detached and never trains."""
+
+    defect: str = "none"
+
+
+class TinyDecoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig, *, stage_shapes: list[tuple[int, int, int]],
+                 out_shape: tuple[int, int, int], num_classes: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c0 = stage_shapes[0][0]
+        self.top = nn.Parameter(torch.randn(1, *stage_shapes[-1]))
+        self.ups = nn.ModuleList(nn.Conv2d(stage_shapes[i][0], stage_shapes[i - 1][0], 3, padding=1)
+                                 for i in range(1, len(stage_shapes)))
+        self.stage0 = nn.Conv2d(c0, 2 * c0 if cfg.defect == "stage0-grows" else c0, 3, padding=1)
+        self.out = nn.Conv2d(2 * c0 if cfg.defect == "stage0-grows" else c0, out_shape[0], 3, padding=1)
+        self.embed = nn.Embedding(num_classes, out_shape[0]) if num_classes else None
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        return self.top.expand(batch, -1, -1, -1)
+
+    def forward_stage(self, i: int, d: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if i > 0 or self.cfg.defect == "old-contract":
+            return self.ups[i - 1](F.interpolate(d, scale_factor=2))
+        return self.stage0(torch.relu(d))
+
+    def head(self, d: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        mean = self.out(torch.relu(d))
+        if self.embed is not None and y is not None:
+            e = self.embed(y)
+            e = e.detach() if self.cfg.defect == "detached-labels" else e
+            mean = mean + e.view(*e.shape, 1, 1)
+        return mean
+
+
+def test_the_kit_accepts_a_correct_decoder() -> None:
+    check_module("decoder", TinyDecoder, DecoderConfig(), name="good-decoder")
+
+
+def test_a_decoder_broken_only_with_labels_is_caught() -> None:
+    _fails("decoder", TinyDecoder, DecoderConfig("detached-labels"), "detached-labels",
+           r"decoder 'detached-labels' \(conditional\): no gradient reaches parameters \['embed.weight'\]")
+
+
+def test_stage_0_of_a_decoder_keeps_its_shape() -> None:
+    _fails("decoder", TinyDecoder, DecoderConfig("stage0-grows"), "stage0-grows",
+           r"forward_stage\(0, d, None\) returned \(2, 16, 16, 16\); stage 0 keeps its shape \(2, 8, 16, 16\)")
+
+
+def test_an_exception_inside_a_component_is_one_failed_check_naming_it() -> None:
+    """A decoder written to the old "i > 0" contract raised torch's RuntimeError, naming nothing."""
+    message = _fails("decoder", TinyDecoder, DecoderConfig("old-contract"), "old-contract",
+                     r"^decoder 'old-contract': forward_stage\(0, d, None\) on a state of shape \(2, 8, 16, 16\) "
+                     r"raised RuntimeError: .* \(at .*test_conformance_kit.py:\d+\)$")
+    assert "\n" not in message
+
+
+class ExplodingFlow(Affine):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x @ torch.ones(3, 3), x.new_zeros(x.shape[0])  # mismatched matmul
+
+
+def test_a_flow_raising_inside_forward_is_named() -> None:
+    _fails("flow", ExplodingFlow, FlowConfig(), "exploding",
+           r"^flow 'exploding': forward\(x\) on x of shape \(4, 3, 4, 4\) in training mode raised RuntimeError: "
+           r".*test_conformance_kit.py:\d+\)$")
+
