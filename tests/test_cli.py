@@ -647,3 +647,12 @@ def test_a_flow_that_changes_the_shape_is_named(fresh_registry: None) -> None:
     result = run("recipe", "check", str(QUICKSTART), "--set", 'model.flow.name="squeezing"')
     assert_one_line_error(result, "model.flow: the flow (_SqueezeFlow) maps (3, 16, 16) to (12, 8, 8); the feature "
                                   "map f must keep the image's shape")
+
+
+def test_a_component_s_own_error_is_located_at_its_recipe_key() -> None:
+    # The critic names its key as avade.create does ("discriminator.dcgan.channels"): in the recipe it is
+    # model.discriminator.channels, not model.discriminator.discriminator.dcgan.channels.
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
+    result = CliRunner().invoke(app, ["recipe", "check", str(recipe), "--set", "data.resolution=4"])
+    assert result.exit_code == 2
+    assert "quickstart.toml: model.discriminator.channels: images of 4x4 are too small" in result.output

@@ -24,7 +24,14 @@ def _build(kind: str, ref: ComponentRef | None, path: str, **context: Any) -> An
     try:
         return registry.build(info, ref.config, **context)
     except ConfigError as exc:
-        raise exc.located(prefix=path if not exc.path.startswith(path) else "") from None
+        if exc.path.startswith(path):
+            raise
+        # a component names its own keys as "<kind>.<name>.<key>" (as avade.create shows them): in a
+        # recipe that is "<path>.<key>"
+        own = f"{kind}.{ref.name}"
+        sub = "" if exc.path == own else exc.path.removeprefix(own + ".")
+        located = path + sub if sub.startswith("[") else ".".join(p for p in (path, sub) if p)
+        raise ConfigError(exc.detail, path=located, source=exc.source) from None
     except RegistryError as exc:
         if not str(exc).startswith("unknown norm"):
             raise
