@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from avade.errors import AvadeError, ConfigError, RegistryError
+from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, RegistryError, StoppedError, TrainingError
 from avade.hookspecs import hookimpl
 from avade.registry import create, get_registry, list_components
 
@@ -19,8 +19,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = [
     "AvadeError",
+    "CheckpointError",
     "ConfigError",
+    "DataError",
     "RegistryError",
+    "StoppedError",
+    "TrainingError",
     "__version__",
     "create",
     "get_registry",
@@ -37,3 +41,7 @@ def __getattr__(name: str) -> Any:
 
         return load_model
     raise AttributeError(f"module 'avade' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))  # load_model too, which __getattr__ provides

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from avade.errors import ConfigError
+from avade.errors import ConfigError, DataError
 
 Shape = tuple[int, int, int]
 
@@ -40,6 +40,15 @@ class Flow(nn.Module):
         super().__init__()
         self.in_shape: Shape = tuple(in_shape)  # type: ignore[assignment]
         self.out_shape: Shape = tuple(out_shape) if out_shape is not None else self.in_shape  # type: ignore[assignment]
+
+    def check_input(self, x: torch.Tensor, name: str, inverse: bool = False) -> None:
+        """A DataError unless ``x`` is a batch ``[B, *in_shape]`` (``[B, *out_shape]`` for the inverse): an
+        unbatched image or another size would otherwise broadcast into wrong numbers, or fail deep inside."""
+        shape = self.out_shape if inverse else self.in_shape
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != shape:
+            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise DataError(f"flow '{name}' was built for {'outputs' if inverse else 'inputs'} "
+                            f"[B, {', '.join(map(str, shape))}], got {got}")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

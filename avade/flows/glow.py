@@ -123,7 +123,9 @@ class Glow(Flow):
         return FlowSequence(flows)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_input(x, "glow")
         return self.body(x)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        self.check_input(y, "glow", inverse=True)
         return self.body.inverse(y)

@@ -20,7 +20,9 @@ class IdentityFlow(Flow):
         super().__init__(check_in_shape(in_shape, "identity"))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_input(x, "identity")
         return x, x.new_zeros(x.shape[0])
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        self.check_input(y, "identity", inverse=True)
         return y

@@ -115,7 +115,9 @@ class RealNVP(Flow):
         return FlowSequence(flows)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_input(x, "realnvp")
         return self.body(x)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        self.check_input(y, "realnvp", inverse=True)
         return self.body.inverse(y)

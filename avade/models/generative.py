@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from avade.errors import ConfigError
+from avade.errors import ConfigError, DataError
 from avade.models.likelihood import (
     discretized_logistic_log_prob,
     gaussian_log_prob,
@@ -77,6 +78,31 @@ class GenerativeModel(nn.Module):
 
     def _labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         return labels if self.num_classes and labels is not None else None
+
+    def _checked(self, what: str, x: torch.Tensor | None, labels: torch.Tensor | None, n: int | None = None) -> None:
+        """A public entry's inputs, refused with a DataError naming what is wrong (float images would give a
+        bpd of another scale, silently; a class-conditional model without labels would run its untrained
+        label-free path)."""
+        if x is not None:
+            if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or tuple(x.shape[1:]) != self.data_shape \
+                    or x.dim() != 4:
+                got = f"{x.dtype} {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+                raise DataError(f"{what}: images must be uint8 [B, {', '.join(map(str, self.data_shape))}] (values "
+                                f"0..255, as the data loaders give them), got {got}")
+            n = x.shape[0]
+        if not self.num_classes:
+            return
+        if labels is None:
+            raise DataError(f"{what}: the model is class-conditional ({self.num_classes} classes): pass labels, "
+                            f"int64 [{n}] in [0, {self.num_classes})")
+        if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool \
+                or labels.shape != (n,):
+            got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise DataError(f"{what}: labels must be integer class ids [{n}], got {got}")
+        # (on the CPU only: on a GPU this would be a host sync in every training step)
+        if labels.device.type == "cpu" and n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise DataError(f"{what}: labels must lie in [0, {self.num_classes}), got {int(labels.min())}.."
+                            f"{int(labels.max())}")
 
     def _on_device(self, x: torch.Tensor | None, labels: torch.Tensor | None, generator: torch.Generator | None
                    ) -> tuple[Any, Any, torch.Generator | None]:
@@ -141,6 +167,9 @@ class GenerativeModel(nn.Module):
 
         With ``importance_samples = k > 1`` the bound is the k-sample importance-weighted one (tighter).
         """
+        if _count(importance_samples) < 1:
+            raise DataError(f"log_likelihood: importance_samples must be an int >= 1, got {importance_samples!r}")
+        self._checked("log_likelihood", x, labels)
         x, labels, generator = self._on_device(x, labels, generator)
         labels = self._labels(labels)
         batch = x.shape[0]
@@ -247,6 +276,12 @@ class GenerativeModel(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """n uint8 images from the model; with ``generator`` the result depends on it alone (the
         global RNG, which the latent layers draw from, is forked and re-seeded from it, then restored)."""
+        if _count(n) < 1:
+            raise DataError(f"sample: n must be an int >= 1, got {n!r}")
+        n = int(n)
+        if temperature is not None and not (isinstance(temperature, int | float) and 0 <= temperature < math.inf):
+            raise DataError(f"sample: temperature must be a number >= 0 (1 = the prior itself), got {temperature!r}")
+        self._checked("sample", None, labels, n)
         _, labels, generator = self._on_device(None, labels, generator)
         if generator is None:
             return self.preprocess.to_uint8(self.generate(n, labels, None, temperature=temperature))
@@ -257,6 +292,7 @@ class GenerativeModel(nn.Module):
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 reconstructions of uint8 images: x -> f -> q(z|x) -> mean (+ noise) -> f^-1."""
+        self._checked("reconstruct", x, labels)
         x, labels, generator = self._on_device(x, labels, generator)
         if generator is not None:
             with _seeded_from(generator):
@@ -282,6 +318,16 @@ def _seeded_from(generator: torch.Generator) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def _count(value: Any) -> int:
+    """An integer argument (Python, numpy or 0-d torch integer) as an int; -1 for anything else."""
+    if isinstance(value, bool):
+        return -1
+    try:
+        return operator.index(value)
+    except TypeError:
+        return -1
 
 
 def _who(module: nn.Module) -> str:

@@ -117,3 +117,18 @@ def test_realnvp_packed_checkerboard_conforms_and_halves_the_work(scales):
         flops[mode] = (counter.get_total_flops(), sum(p.numel() for p in flow.parameters()))
     assert flops["packed"][1] == flops["masked"][1]
     assert flops["packed"][0] == pytest.approx(flops["masked"][0] / 2, rel=0.05)
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow", "identity"])
+def test_a_flow_refuses_inputs_of_another_shape(name: str) -> None:
+    # An unbatched image broadcast into y [1, 3, 8, 8] and logdet [3] before (realnvp), silently.
+    flow = avade.create("flow", name, in_shape=(3, 8, 8), **({"hidden": 4, "blocks": 1} if name == "realnvp" else
+                                                             {"hidden": 4, "steps": 1, "scales": 1} if name == "glow"
+                                                             else {}))
+    for bad in (torch.rand(3, 8, 8), torch.rand(2, 1, 8, 8), torch.rand(2, 3, 16, 16)):
+        with pytest.raises(avade.DataError, match=rf"flow '{name}' was built for inputs \[B, 3, 8, 8\], got"):
+            flow(bad)
+        with pytest.raises(avade.DataError, match=rf"flow '{name}' was built for outputs \[B, 3, 8, 8\]"):
+            flow.inverse(bad)
+    y, logdet = flow(torch.rand(2, 3, 8, 8))
+    assert y.shape == (2, 3, 8, 8) and logdet.shape == (2,)

@@ -64,3 +64,38 @@ def test_a_posterior_or_decoder_breaking_its_shapes_is_named_not_broadcast(monke
     with pytest.raises(ConfigError, match=r"gave means of shape \[2, 3, \d+, 1\]") as info:
         model.sample(2)
     assert info.value.path == "model.decoder"
+
+
+def test_the_public_entries_refuse_what_would_give_wrong_numbers_silently() -> None:
+    from avade.errors import DataError
+
+    model = _model()
+    x = torch.randint(0, 256, (2, *model.data_shape), dtype=torch.uint8)
+    with pytest.raises(DataError, match=r"images must be uint8 \[B, 3, \d+, \d+\] .* got torch.float32"):
+        model.log_likelihood(x.float() / 255)  # a bpd of another scale, before
+    with pytest.raises(DataError, match="images must be uint8"):
+        model.reconstruct(x[0])  # one image without its batch axis
+    with pytest.raises(DataError, match="importance_samples must be an int >= 1"):
+        model.log_likelihood(x, importance_samples=0)
+    for n in (-1, 0, 2.5, True):
+        with pytest.raises(DataError, match="n must be an int >= 1"):
+            model.sample(n)
+    with pytest.raises(DataError, match="temperature must be a number >= 0"):
+        model.sample(2, temperature=-1.0)
+    assert model.sample(2, temperature=0).shape == (2, *model.data_shape)
+
+
+def test_a_class_conditional_model_needs_valid_labels() -> None:
+    from avade.errors import DataError
+
+    recipe = tiny_recipe("model.conditional=true")
+    cfg = recipe.data.dataset.config
+    model = build_model(recipe, (getattr(cfg, "channels", 3), cfg.resolution, cfg.resolution), 10).eval()
+    x = torch.randint(0, 256, (2, *model.data_shape), dtype=torch.uint8)
+    with pytest.raises(DataError, match=r"class-conditional \(10 classes\): pass labels, int64 \[2\]"):
+        model.sample(2)  # its label-free path was never trained
+    with pytest.raises(DataError, match=r"labels must lie in \[0, 10\), got 0..10"):
+        model.log_likelihood(x, torch.tensor([0, 10]))
+    with pytest.raises(DataError, match=r"labels must be integer class ids \[2\]"):
+        model.reconstruct(x, torch.tensor([0.0, 1.0]))
+    assert torch.isfinite(model.log_likelihood(x, torch.tensor([3, 4]))["bpd"]).all()
