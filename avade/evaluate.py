@@ -51,11 +51,13 @@ def draw_class_labels(counts: Sequence[int] | None, num_classes: int, n: int, se
 
 @attrs.define
 class RunContext:
-    """The evaluation environment of one model (see EvalContext)."""
+    """The evaluation environment of one model (see EvalContext). ``train``: the training split, or a
+    function that loads it when a metric first asks for it (evaluating on the test split needs no training
+    data); ``class_counts``: its labels per class as the checkpoint recorded them."""
 
     model: GenerativeModel
     recipe: Recipe
-    train_set: Any
+    train: Any
     test_set: Any
     device: torch.device
     out_dir: Path
@@ -64,6 +66,13 @@ class RunContext:
     seed: int = 0
     checkpoint: Path | None = None  # the checkpoint the weights came from
     weights: str = "last"  # "ema": the run's averaged weights (train.ema_decay)
+    class_counts: list[int] | None = None
+
+    @property
+    def train_set(self) -> Any:
+        if callable(self.train) and not isinstance(self.train, torch.utils.data.Dataset):
+            self.train = self.train()
+        return self.train
 
     @property
     def dataset_key(self) -> str:
@@ -71,12 +80,12 @@ class RunContext:
         bits = self.recipe.data.options.n_bits
         config = ref.config if ref is not None else ""
         # posterized images have reference statistics of their own
-        return dataset_key(self.recipe.data.options.name, self.train_set.shape,
+        return dataset_key(self.recipe.data.options.name, self.test_set.shape,
                            config if bits == 8 else f"{config!r}/bits{bits}")
 
     @property
     def num_classes(self) -> int:
-        return int(self.train_set.num_classes)
+        return int(self.test_set.num_classes)
 
     def _split(self, split: str) -> Any:
         if split not in ("train", "test"):
@@ -103,7 +112,8 @@ class RunContext:
     def class_labels(self, n: int) -> torch.Tensor:
         """``n`` labels drawn (seeded) with the training split's class balance, for a class-conditional
         model (uniform when the split's labels are not at hand)."""
-        return draw_class_labels(class_counts(self.train_set), self.model.num_classes, n, self.seed + 2)
+        counts = self.class_counts if self.class_counts is not None else class_counts(self.train_set)
+        return draw_class_labels(counts, self.model.num_classes, n, self.seed + 2)
 
     @torch.no_grad()
     def sample_batches(self, n: int, batch_size: int = 100, labels: torch.Tensor | None = None
@@ -404,10 +414,13 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     except ConfigError as exc:  # the device comes from --device here, not from the recipe's train.device
         raise ConfigError(exc.detail, path="--device") from None
     shape, classes = data["state"].get("data_shape"), data["state"].get("num_classes")
-    sets = _datasets(recipe) if datasets or shape is None or classes is None else None
+    # the training split only when the checkpoint does not say what it needs of it (metrics load it lazily)
+    known = shape is not None and classes is not None and (data["state"].get("class_counts") is not None
+                                                           or not int(classes))
+    sets = (_datasets(recipe, train=not known) if datasets or shape is None or classes is None else None)
     if shape is None or classes is None:  # a checkpoint from before they were recorded
         assert sets is not None
-        shape, classes = sets[0].shape, sets[0].num_classes
+        shape, classes = sets[1].shape, sets[1].num_classes
     if dev.type == "cuda" and not library:  # the CLI evaluates with the precision the run trained with
         from avade.train.trainer import configure_tf32
 
@@ -425,7 +438,7 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     model.to(dev).eval()
     counts = data["state"].get("class_counts")
     if counts is None and int(classes):  # a checkpoint from before they were recorded: count the data's
-        counts = class_counts(sets[0]) if sets is not None else _data_class_counts(recipe)
+        counts = class_counts(sets[0]) if sets is not None and sets[0] is not None else _data_class_counts(recipe)
     return _Loaded(model, recipe, chosen, sets, weights, counts)
 
 
@@ -438,13 +451,13 @@ def _data_class_counts(recipe: Recipe) -> list[int] | None:
         return None
 
 
-def _datasets(recipe: Recipe) -> tuple[Any, Any]:
-    """(train, test) of a trained run's recipe; their "not found" hints point at ``--set data.root``, not at
-    another dataset (the model was trained on this one)."""
+def _datasets(recipe: Recipe, train: bool = True, test: bool = True) -> tuple[Any, Any]:
+    """(train, test) of a trained run's recipe (None for a split not asked for); their "not found" hints
+    point at ``--set data.root``, not at another dataset (the model was trained on this one)."""
     from avade.train.trainer import load_datasets
 
     with data_of_trained_model():
-        return load_datasets(recipe)
+        return load_datasets(recipe, train=train, test=test)
 
 
 # what `--set` of eval and sample may change: everything the checkpoint fingerprint leaves out
@@ -474,9 +487,10 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None =
     assert loaded.datasets is not None
     train_set, test_set = loaded.datasets
     recipe = loaded.recipe
-    return RunContext(loaded.model, recipe, train_set, test_set, next(loaded.model.parameters()).device,
+    train = train_set if train_set is not None else (lambda: _datasets(recipe, test=False)[0])
+    return RunContext(loaded.model, recipe, train, test_set, next(loaded.model.parameters()).device,
                       Path(run_dir), cache_dir(), _options(recipe), recipe.train.seed, loaded.checkpoint,
-                      loaded.weights)
+                      loaded.weights, loaded.class_counts)
 
 
 def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,

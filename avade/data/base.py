@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from avade.errors import DataError
+from avade.errors import ConfigError, DataError
 
 SPLITS: tuple[str, ...] = ("train", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -253,9 +253,10 @@ def expand_root(root: str) -> Path:
 
 
 def check_split(split: str) -> str:
-    """Reject anything but "train" / "test" (a programming error, not a user one)."""
+    """Reject anything but "train" / "test" (a ConfigError: ``avade.create("dataset", ..., split=...)`` takes it
+    from the user)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"unknown split {split!r}; a dataset has the splits {' and '.join(SPLITS)}", path="split")
     return split
 
 

@@ -63,15 +63,22 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but no CUDA GPU is available; use --device cpu",
                           path="train.device")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N", path="train.device") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device '{name}': avade runs on cpu and cuda; use auto, cpu, cuda or cuda:N",
+                          path="train.device")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"device '{name}' requested but this machine has {torch.cuda.device_count()} CUDA "
                           "GPU(s)", path="train.device")
     return device
 
 
-def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
-    """(train, test) datasets of a recipe, at its ``data.n_bits``."""
+def load_datasets(recipe: Recipe, train: bool = True, test: bool = True) -> tuple[Any, Any]:
+    """(train, test) datasets of a recipe, at its ``data.n_bits``; a split not asked for is None (evaluating
+    on the test split needs no training data)."""
     from avade.data.posterized import with_bits
     from avade.data.validate import dataset_problem
 
@@ -82,23 +89,26 @@ def load_datasets(recipe: Recipe) -> tuple[Any, Any]:
     bits = recipe.data.options.n_bits
     root = getattr(ref.config, "root", None)
     where = f" under {root}" if root else ""
+    splits = [split for split, wanted in (("train", train), ("test", test)) if wanted]
     try:
-        sets = registry.build(info, ref.config, split="train"), registry.build(info, ref.config, split="test")
-        problems = [(split, dataset_problem(ds, split)) for split, ds in zip(("train", "test"), sets, strict=True)]
+        sets = {split: registry.build(info, ref.config, split=split) for split in splits}
+        problems = [(split, dataset_problem(ds, split)) for split, ds in sets.items()]
     except AvadeError:
         raise
     except Exception as exc:  # a file the loader cannot parse (truncated archive, wrong encoding, bad shapes)
         raise DataError(f"dataset '{ref.name}'{where} could not be read: {type(exc).__name__}: {exc}; check or "
                         "replace its files") from exc
     declared = getattr(ref.config, "num_classes", None)  # what `recipe check` went by, before any loading
-    if isinstance(declared, int) and problems[0][1] is None and declared != sets[0].num_classes:
-        problems[0] = ("train", f"its config declares num_classes = {declared}, but the loaded data have "
-                                f"{sets[0].num_classes} classes")
+    first, problem = problems[0]
+    if isinstance(declared, int) and problem is None and declared != sets[first].num_classes:
+        problems[0] = (first, f"its config declares num_classes = {declared}, but the loaded data have "
+                              f"{sets[first].num_classes} classes")
     for split, problem in problems:
         if problem:
             what, fix = info.blame()  # a plugin's dataset names the plugin
             raise DataError(f"{what}, {split} split: {problem}{fix}")
-    return with_bits(sets[0], bits), with_bits(sets[1], bits)
+    return tuple(with_bits(sets[split], bits) if split in sets else None  # type: ignore[return-value]
+                 for split in ("train", "test"))
 
 
 def component_providers(recipe: Recipe) -> dict[str, str]:

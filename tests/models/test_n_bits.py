@@ -140,7 +140,7 @@ def test_reference_statistics_are_cached_per_bit_depth(tmp_path):
     for bits in (8, 8, 5, 3):
         recipe = tiny_recipe(f"data.n_bits={bits}")
         train, test = load_datasets(recipe)
-        ctx = RunContext(model=None, recipe=recipe, train_set=train, test_set=test, device=torch.device("cpu"),
+        ctx = RunContext(model=None, recipe=recipe, train=train, test_set=test, device=torch.device("cpu"),
                          out_dir=tmp_path, cache_dir=tmp_path)
         keys.add(ctx.dataset_key)
     assert len(keys) == 3

@@ -548,3 +548,11 @@ def test_the_unclipped_gradient_norm_is_clip_grad_norms_without_touching_the_gra
     assert float(total_norm([])) == 0.0
     grads[1][0] = float("nan")
     assert not torch.isfinite(total_norm(grads))
+
+
+@pytest.mark.parametrize("name", ["tpu", "mps", "meta"])
+def test_an_unknown_or_unsupported_device_is_a_config_error(name: str) -> None:
+    from avade.train.trainer import resolve_device
+
+    with pytest.raises(ConfigError, match="use auto, cpu, cuda or cuda:N"):
+        resolve_device(name)
