@@ -22,12 +22,10 @@ center-cropped and resized). Neither version has a torchvision downloader; get i
 
 from __future__ import annotations
 
-import codecs
 import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -44,6 +42,7 @@ from avade.data.base import (
     list_images,
     missing_data,
 )
+from avade.data.safe_pickle import ArrayUnpickler
 from avade.errors import DataError
 from avade.schema import one_of
 
@@ -181,32 +180,6 @@ def _locate(cfg: ImageNetConfig, split: str, prefer: str | None = None) -> tuple
     raise missing_data(NAME, searched, download=False, what=what, source="image-net.org (Downsampled ImageNet)")
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles builtins and numpy arrays only: any other global (a function to call, a class to build)
-    is refused, so a crafted file cannot run code. The pickle release holds dicts of arrays and lists."""
-
-    _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles written by Python 3
-        **{
-            (f"{package}.{module}", name): obj
-            for package in ("numpy.core", "numpy._core")  # numpy 1 and numpy 2 write different paths
-            for module, name, obj in (
-                ("multiarray", "_reconstruct", np.empty(0).__reduce__()[0]),
-                ("multiarray", "scalar", np.int64(0).__reduce__()[0]),
-                ("numeric", "_frombuffer", np.empty(0).__reduce_ex__(5)[0]),  # protocol 5
-            )
-        },
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a data file") from None
-
-
 # What a damaged file raises: a truncated npz BadZipFile; a damaged pickle any of the others.
 _UNREADABLE = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError,
                pickle.UnpicklingError, zipfile.BadZipFile)
@@ -221,7 +194,7 @@ def _read(f: Path, *keys: str) -> dict[str, np.ndarray]:
                 return {k: np.asarray(npz[k]) for k in keys}
         with open(f, "rb") as fh:
             # encoding: Python 2 pickles (keys as str, array bytes as latin-1 str), as numpy documents.
-            batch = _ArrayUnpickler(fh, encoding="latin1").load()
+            batch = ArrayUnpickler(fh, encoding="latin1").load()
         if not isinstance(batch, dict):
             raise TypeError(f"holds a {type(batch).__name__}")
         return {k: np.asarray(batch[k]) for k in keys}

@@ -404,7 +404,8 @@ def test_a_file_the_loader_cannot_parse_is_a_data_error_naming_the_dataset(tmp_p
     entry["labels"] = entry["labels"][:-1]  # one label short
     batch.write_bytes(pickle.dumps(entry, protocol=2))
     recipe = tiny_recipe("data.name='cifar10'", f"data.root={str(tmp_path)!r}", "data.resolution=8")
-    with pytest.raises(DataError, match=r"dataset 'cifar10' under .* could not be read: ValueError"):
+    with pytest.raises(DataError, match=r"dataset 'cifar10': .*data_batch_2 holds data of shape \[3, 3072\] \(uint8\) "
+                                        r"and 2 labels; a CIFAR-10 batch holds uint8 \[N, 3072\] and N labels"):
         load_datasets(recipe)
 
 
@@ -436,10 +437,10 @@ def test_an_unreadable_cifar_file_asks_for_permissions_not_a_new_download(tmp_pa
 
     write_fake_cifar10(tmp_path)
 
-    def unreadable(*args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(tmp_path / "cifar-10-batches-py" / "data_batch_1"))
+    def unreadable(file, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr(cifar10, "_PresenceCheckedCIFAR10", unreadable)
+    monkeypatch.setattr(cifar10, "open", unreadable, raising=False)  # (root reads any file: chmod would not do)
     with pytest.raises(DataError, match="check their permissions") as err:
         avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
     assert "download it again" not in str(err.value)
@@ -461,3 +462,24 @@ def test_imagenet_test_split_follows_the_training_layout(tmp_path):
             save_png(other / split / f"{i}.png", a)
     write_npz(other / "Imagenet32_val_npz" / "val_data.npz", 3, 32, seed=7)
     assert len(avade.create("dataset", "imagenet", split="test", root=str(other))) == 2
+
+
+def test_cifar10_batches_are_unpickled_without_running_code(tmp_path):
+    # A crafted batch file (a pickle that calls a function when loaded) is refused, not run.
+    import os
+
+    write_fake_cifar10(tmp_path)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({"data": Payload()}, protocol=2))
+    with pytest.raises(DataError, match=r"test_batch cannot be read .*is not allowed in a data file"):
+        avade.create("dataset", "cifar10", split="test", root=str(tmp_path))
+    assert not marker.exists()
+    # an unreadable batches.meta costs the class names only (training needs none)
+    write_fake_cifar10(tmp_path / "other")
+    (tmp_path / "other" / "cifar-10-batches-py" / "batches.meta").write_bytes(b"\x80\x02 truncated")
+    assert avade.create("dataset", "cifar10", split="test", root=str(tmp_path / "other")).classes == []

@@ -1,0 +1,39 @@
+"""Reading the pickles some datasets ship as (CIFAR-10, Downsampled ImageNet) without running code: only
+builtins and numpy arrays are rebuilt. avade's own files never use pickle."""
+
+from __future__ import annotations
+
+import codecs
+import pickle
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = ["ArrayUnpickler"]
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickles builtins and numpy arrays only: any other global (a function to call, a class to build)
+    is refused, so a crafted file cannot run code. Dataset releases in pickle form (CIFAR-10's batches,
+    Downsampled ImageNet's) hold dicts of arrays, lists and strings."""
+
+    _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles written by Python 3
+        **{
+            (f"{package}.{module}", name): obj
+            for package in ("numpy.core", "numpy._core")  # numpy 1 and numpy 2 write different paths
+            for module, name, obj in (
+                ("multiarray", "_reconstruct", np.empty(0).__reduce__()[0]),
+                ("multiarray", "scalar", np.int64(0).__reduce__()[0]),
+                ("numeric", "_frombuffer", np.empty(0).__reduce_ex__(5)[0]),  # protocol 5
+            )
+        },
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a data file") from None
