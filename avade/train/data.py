@@ -88,14 +88,14 @@ class BatchStream:
             yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
 
 
-def _check_batch(x: torch.Tensor, y: torch.Tensor, classes: int) -> None:
+def _check_batch(x: torch.Tensor, y: torch.Tensor, classes: int, what: str = "a training batch") -> None:
     from avade.data.validate import label_problem
 
     if x.dtype != torch.uint8:
-        raise DataError(f"the dataset served {x.dtype} images in a training batch; items must be uint8 (0..255)")
+        raise DataError(f"the dataset served {x.dtype} images in {what}; items must be uint8 (0..255)")
     problem = label_problem(y, classes)
     if problem:
-        raise DataError(f"a training batch of the dataset: {problem}")
+        raise DataError(f"{what} of the dataset: {problem}")
 
 
 def eval_batches(dataset: Dataset, batch_size: int, limit: int = 0, num_workers: int = 0
@@ -144,8 +144,11 @@ def _batches_of(dataset: Dataset, keep: torch.Tensor | None, n: int, batch_size:
     order = keep.tolist() if keep is not None else range(n)
     sampler = [list(order[i * batch_size:(i + 1) * batch_size]) for i in which]
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, worker_init_fn=ignore_stop_signals)
+    classes = int(getattr(dataset, "num_classes", 0))
     for i, (x, y) in zip(which, loader, strict=True):
-        yield i, x, torch.as_tensor(y)
+        y = torch.as_tensor(y)
+        _check_batch(x, y, classes, "an evaluation batch")  # items read from files, as for training batches
+        yield i, x, y
 
 
 def subset_batches(dataset: Dataset, n: int | None, batch_size: int, seed: int = 0
