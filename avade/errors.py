@@ -49,7 +49,13 @@ class CheckpointError(AvadeError):
 
 
 class TrainingError(AvadeError):
-    """Training cannot continue (e.g. too many consecutive non-finite steps)."""
+    """Training cannot continue (e.g. too many consecutive non-finite steps). ``every_process``: under
+    torchrun, every process raised it at the same point (a decision taken from all-reduced values), so a
+    sweep may go on to its next variant."""
+
+    def __init__(self, *args: object, every_process: bool = False) -> None:
+        super().__init__(*args)
+        self.every_process = every_process
 
 
 class StoppedError(AvadeError):

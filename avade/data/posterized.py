@@ -34,6 +34,11 @@ class PosterizedDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def content_fingerprint(self) -> str:
+        """The wrapped dataset's (its images decide the posterized ones)."""
+        fingerprint = getattr(self.dataset, "content_fingerprint", None)
+        return fingerprint() if callable(fingerprint) else f"n{len(self)}"
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, label = self.dataset[i]
         return TF.posterize(image, self.bits), label

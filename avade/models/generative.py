@@ -99,8 +99,10 @@ class GenerativeModel(nn.Module):
                 or labels.shape != (n,):
             got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
             raise DataError(f"{what}: labels must be integer class ids [{n}], got {got}")
-        # (on the CPU only: on a GPU this would be a host sync in every training step)
-        if labels.device.type == "cpu" and n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+        # (on the CPU only, and not while compiled: on a GPU this would be a host sync in every training step,
+        # compiled a graph break)
+        if labels.device.type == "cpu" and n and not torch.compiler.is_compiling() \
+                and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise DataError(f"{what}: labels must lie in [0, {self.num_classes}), got {int(labels.min())}.."
                             f"{int(labels.max())}")
 
@@ -279,8 +281,12 @@ class GenerativeModel(nn.Module):
         if _count(n) < 1:
             raise DataError(f"sample: n must be an int >= 1, got {n!r}")
         n = int(n)
-        if temperature is not None and not (isinstance(temperature, int | float) and 0 <= temperature < math.inf):
-            raise DataError(f"sample: temperature must be a number >= 0 (1 = the prior itself), got {temperature!r}")
+        if temperature is not None:
+            t = _number(temperature)
+            if not 0 <= t < math.inf:  # (NaN fails too)
+                raise DataError(f"sample: temperature must be a finite number >= 0 (1 = the prior itself), got "
+                                f"{temperature!r}")
+            temperature = t
         self._checked("sample", None, labels, n)
         _, labels, generator = self._on_device(None, labels, generator)
         if generator is None:
@@ -328,6 +334,16 @@ def _count(value: Any) -> int:
         return operator.index(value)
     except TypeError:
         return -1
+
+
+def _number(value: Any) -> float:
+    """A real argument (Python, numpy or 0-d torch number) as a float; NaN for anything else (a bool, a string)."""
+    if isinstance(value, bool | str | bytes) or (isinstance(value, torch.Tensor) and value.numel() != 1):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _who(module: nn.Module) -> str:

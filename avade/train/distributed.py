@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 import torch
@@ -89,7 +90,33 @@ def init_distributed(device_type: str) -> DistInfo:
         torch.cuda.set_device(gpu)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=collective_timeout())
+    if device_type == "cuda":
+        _refuse_shared_gpus(gpu, world)
     return DistInfo(rank, world, local, gpu)
+
+
+def shared_gpus(placements: list[tuple[str, str]]) -> list[list[int]]:
+    """The groups of ranks that sit on the same GPU, from each rank's ``(host, GPU UUID)``."""
+    ranks: dict[tuple[str, str], list[int]] = {}
+    for rank, where in enumerate(placements):
+        ranks.setdefault(tuple(where), []).append(rank)  # type: ignore[arg-type]
+    return [group for group in ranks.values() if len(group) > 1]
+
+
+def _refuse_shared_gpus(gpu: int, world: int) -> None:
+    """Two processes on one GPU (torchrun --nproc_per_node 2 where one GPU is visible): one clear error on
+    every process, instead of NCCL's."""
+    import socket
+
+    uuid = getattr(torch.cuda.get_device_properties(gpu), "uuid", None)
+    if uuid is None:  # (older torch: nothing to compare)
+        return
+    placements: list[Any] = [None] * world
+    dist.all_gather_object(placements, (socket.gethostname(), str(uuid)))
+    groups = shared_gpus(placements)
+    if groups:
+        raise ConfigError(f"processes {', '.join(map(str, groups[0]))} share one GPU; start at most one process per "
+                          f"GPU (torchrun --nproc_per_node = the GPUs each node has, {torch.cuda.device_count()} here)")
 
 
 def shutdown_distributed(wait: bool = True) -> None:

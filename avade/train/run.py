@@ -116,16 +116,19 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
                                      resume=resume, device=device, console=console, progress=progress)
             except (TrainingError, ConfigError, DataError) as exc:
                 console.print(f"[red]{escape(variant.name)}:[/] {escape(str(exc))}")
-                if distributed:
-                    # One process may fail alone (an unreadable image in its share of a batch, rank 0's
-                    # sample metrics): going on, its next variant's collectives would meet the others' of
-                    # this one, and the job would hang or mix them up. So the whole sweep stops here.
-                    console.print("under torchrun a failed variant stops the sweep: fix it and rerun with "
-                                  "--resume (finished variants are kept), or leave it out with --only")
-                    raise
-                # one diverged (or unbuildable) variant must not cost the others (an lr sweep)
                 failed.append(variant.name)
                 summary = {"error": str(exc)}
+                if distributed and not getattr(exc, "every_process", False):
+                    # One process may fail alone (an unreadable image in its share of a batch, rank 0's
+                    # sample metrics): going on, its next variant's collectives would meet the others' of
+                    # this one, and the job would hang or mix them up. So the sweep stops here, its row
+                    # recorded. (A divergence, decided alike by every process, lets the sweep go on.)
+                    summaries.append({"name": variant.name, **variant.overrides, **summary})
+                    _record_sweep(out_dir, summaries, every, console, show=False)
+                    console.print("under torchrun a variant that fails in one process stops the sweep: fix it "
+                                  "and rerun with --resume (finished variants are kept), or leave it out with --only")
+                    raise
+                # one diverged (or unbuildable) variant must not cost the others (an lr sweep)
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
             if variant is not variants[-1]:  # kept after each variant: a sweep stopped or killed later keeps its rows
                 _record_sweep(out_dir, summaries, every, console, show=False)

@@ -726,8 +726,9 @@ class Trainer:
                         logger.close()
                         what = ("a non-finite step" if self.bad_steps == 1
                                 else f"{self.bad_steps} consecutive non-finite steps")
+                        # every process counts the same steps (from the all-reduced gradient norm)
                         raise TrainingError(f"training stopped at step {self.step}: {what} (lower train.lr or set "
-                                            f"train.grad_clip); {self._last_good_checkpoint()}")
+                                            f"train.grad_clip); {self._last_good_checkpoint()}", every_process=True)
                 elapsed = time.perf_counter() - t0
                 logs["images_per_s"] = images / max(elapsed, 1e-9)
                 bar.update(self.step, logs)
@@ -783,8 +784,8 @@ class Trainer:
             write_json(self.run.summary, summary)
             logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
         logger.close()
-        if error is not None:
-            raise TrainingError(error)
+        if error is not None:  # from the step count and the bpd, which every process shares
+            raise TrainingError(error, every_process=True)
         return summary
 
     def _stop_requested(self, stop: StopRequest) -> bool:

@@ -233,3 +233,13 @@ def test_datasets_fingerprint_their_content(tmp_path) -> None:
     folder = FileImageDataset(files, None, num_classes=0, resolution=4).content_fingerprint()
     assert FileImageDataset(files[:2], None, num_classes=0, resolution=4).content_fingerprint() != folder
     assert FileImageDataset(list(files), None, num_classes=0, resolution=4).content_fingerprint() == folder
+
+
+def test_posterized_data_keep_their_content_fingerprint() -> None:
+    from avade.data.base import TensorImageDataset
+    from avade.data.posterized import with_bits
+
+    a = TensorImageDataset(torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8))
+    b = TensorImageDataset(torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8))
+    assert with_bits(a, 5).content_fingerprint() == a.content_fingerprint()
+    assert with_bits(a, 5).content_fingerprint() != with_bits(b, 5).content_fingerprint()

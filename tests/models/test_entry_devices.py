@@ -3,6 +3,7 @@ generators for a model on another device (CUDA tests skip without a GPU)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tiny_recipes import tiny_recipe
@@ -80,9 +81,11 @@ def test_the_public_entries_refuse_what_would_give_wrong_numbers_silently() -> N
     for n in (-1, 0, 2.5, True):
         with pytest.raises(DataError, match="n must be an int >= 1"):
             model.sample(n)
-    with pytest.raises(DataError, match="temperature must be a number >= 0"):
-        model.sample(2, temperature=-1.0)
-    assert model.sample(2, temperature=0).shape == (2, *model.data_shape)
+    for bad in (-1.0, float("nan"), True, "0.9"):
+        with pytest.raises(DataError, match="temperature must be a finite number >= 0"):
+            model.sample(2, temperature=bad)
+    for good in (0, 0.9, np.float32(0.9), torch.tensor(0.9)):  # numpy and 0-d torch numbers too
+        assert model.sample(2, temperature=good).shape == (2, *model.data_shape)
 
 
 def test_a_class_conditional_model_needs_valid_labels() -> None:
@@ -99,3 +102,19 @@ def test_a_class_conditional_model_needs_valid_labels() -> None:
     with pytest.raises(DataError, match=r"labels must be integer class ids \[2\]"):
         model.reconstruct(x, torch.tensor([0.0, 1.0]))
     assert torch.isfinite(model.log_likelihood(x, torch.tensor([3, 4]))["bpd"]).all()
+
+
+def test_compiled_the_label_range_is_not_read_back(monkeypatch) -> None:
+    # int(labels.min()) would break the compiled graph of every conditional training step
+    recipe = tiny_recipe("model.conditional=true")
+    cfg = recipe.data.dataset.config
+    model = build_model(recipe, (getattr(cfg, "channels", 3), cfg.resolution, cfg.resolution), 10).eval()
+    labels = torch.tensor([0, 3])
+    reads = []
+    monkeypatch.setattr(torch.Tensor, "min", lambda self, *a, **k: reads.append("min") or torch.amin(self))
+    model._checked("log_likelihood", None, labels, 2)
+    assert reads, "checked when not compiling"
+    reads.clear()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    model._checked("log_likelihood", None, labels, 2)
+    assert reads == []

@@ -463,9 +463,9 @@ def test_a_job_is_spawned_again_only_after_a_rendezvous_race(tmp_path):
         _spawn_job(_racy_worker, lambda attempt: ("broken", str(tmp_path)))
 
 
-def _sweep_rank_fails_alone_worker(rank, port, recipe, out):
-    """A 2-variant sweep in which rank 1 alone meets an unreadable image in the first variant; each rank
-    writes how its run ended to ``out/rank<r>.txt``."""
+def _sweep_rank_fails_alone_worker(rank, port, recipe, out, alone=True):
+    """A 2-variant sweep in which rank 1 alone meets an unreadable image in the first variant (``alone``;
+    else nothing is patched); each rank writes how its run ended to ``out/rank<r>.txt``."""
     _join_job(rank, port)
     os.environ["AVADE_DIST_TIMEOUT_MIN"] = "0.5"  # a hang must not outlast the test
     from pathlib import Path
@@ -484,7 +484,8 @@ def _sweep_rank_fails_alone_worker(rank, port, recipe, out):
                 raise DataError("cannot read image /data/broken.png (simulated, on rank 1 only)")
             yield batch
 
-    data.BatchStream.batches = batches
+    if alone:
+        data.BatchStream.batches = batches
     try:
         run_recipe_file(Path(recipe), [], out_dir=Path(out) / "run", device="cpu", console=Console(stderr=True),
                         progress=False)
@@ -527,3 +528,34 @@ def test_each_process_takes_its_local_rank_s_gpu_or_the_one_it_sees(monkeypatch)
     seen = r"LOCAL_RANK=2, but this process sees 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES=2,3\)"
     with pytest.raises(ConfigError, match=seen):
         cuda_index(2, 2)
+
+
+@pytest.mark.slow
+def test_a_sweep_under_torchrun_goes_on_past_a_variant_that_diverges_in_every_process(tmp_path):
+    # Divergence is decided from the all-reduced gradient norm, alike in every process: the next variant
+    # can train (an lr sweep must not lose its later variants).
+    recipe = tmp_path / "sweep.toml"
+    sweep = tiny_dict("train.steps=4", "train.checkpoint_every=4", "model.variant=v-ade",
+                      "model.discriminator.name=none", "train.max_bad_steps=1")
+    sweep["sweep"] = {"grid": {"train.lr": [1e30, 0.001]}}
+    recipe.write_text(tomli_w.dumps(sweep))
+
+    def args(attempt):
+        out = tmp_path / f"attempt{attempt}"
+        out.mkdir()
+        return _free_port(), str(recipe), str(out), False
+
+    _spawn_job(_sweep_rank_fails_alone_worker, args)
+    out = max(tmp_path.glob("attempt*"))
+    for rank in (0, 1):
+        outcome = (out / f"rank{rank}.txt").read_text()
+        assert outcome.startswith("TrainingError: 1 of 2 sweep variants failed (tiny-lr1e30)"), outcome
+    rows = json.loads((out / "run" / "sweep_summary.json").read_text())
+    assert "non-finite" in rows[0]["error"] and rows[1]["bpd"] > 0
+
+
+def test_processes_sharing_a_gpu_are_found() -> None:
+    from avade.train.distributed import shared_gpus
+
+    assert shared_gpus([("a", "GPU-1"), ("a", "GPU-2"), ("b", "GPU-1")]) == []  # same UUID on two hosts: fine
+    assert shared_gpus([("a", "GPU-1"), ("a", "GPU-1"), ("a", "GPU-2"), ("a", "GPU-1")]) == [[0, 1, 3]]
