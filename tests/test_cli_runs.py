@@ -1283,3 +1283,17 @@ def test_evaluating_on_the_test_split_needs_no_training_data(run_dir: Path, monk
     result = runner.invoke(app, ["eval", str(run_dir), "--metrics", "bpd", "--device", "cpu", "--set",
                                  'eval.bpd.split="train"'])
     assert result.exit_code == 2 and "the training split is not here" in result.output, result.output
+
+
+def test_the_sweep_grid_keeps_close_float_axis_values_apart(tmp_path: Path) -> None:
+    # lr 1e-4 and 1.5e-4 both print as 0.0001 at 4 decimals: the grid showed one lr's values twice
+    rows = [{"name": f"v{i}", "train.lr": lr, "model.flow.blocks": b, "bpd": bpd}
+            for i, (lr, b, bpd) in enumerate([(1e-4, 1, 8.40), (1e-4, 2, 8.33), (1.5e-4, 1, 8.35), (1.5e-4, 2, 8.29)])]
+    console = Console(record=True, width=200)
+    write_sweep_summary(tmp_path, rows, console, axes=["train.lr", "model.flow.blocks"])
+    text = console.export_text()
+    grid = text[text.index("bpd: lr (rows)"):]
+    lines = [line for line in grid.splitlines() if "0.0001" in line]
+    assert any("0.0001 " in line and "8.4" in line and "8.33" in line for line in lines), grid
+    assert any("0.00015" in line and "8.35" in line and "8.29" in line for line in lines), grid
+    assert "0.00015" in text[:text.index("bpd: lr (rows)")], "the table names the axis value in full too"

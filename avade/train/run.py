@@ -290,7 +290,7 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
     for k in shown:
         table.add_column(escape(headers[k]), justify="left" if k == "name" else "right", overflow="fold")
     for row in rows:
-        table.add_row(*(escape(cell_text(row.get(k))) for k in shown))
+        table.add_row(*(escape(axis_text(row.get(k)) if k in axes else cell_text(row.get(k))) for k in shown))
     console.print(table)
     metric = next((m for m in (*main, "bpd", "fid", "is_mean") if any(isinstance(r.get(m), float) for r in rows)),
                   None)
@@ -331,14 +331,13 @@ def _grid(rows: list[dict[str, Any]], axes: Sequence[str], metric: str, headers:
     """``metric`` with the first axis' values as rows and the second's as columns (failed: "error")."""
     first, second = axes
 
-    def key(value: Any) -> str:  # override values may be lists or tables (unhashable)
-        return cell_text(value)
+    def key(value: Any) -> str:  # the exact value (lr 1e-4 and 1.5e-4 print alike at 4 decimals), hashable
+        return json.dumps(value, sort_keys=True, default=str)
 
-    def ordered(axis: str) -> list[str]:  # numbers in numeric order (blocks 2, 3, 4), else as the sweep lists them
-        values = list(dict.fromkeys(r.get(axis) for r in rows if not isinstance(r.get(axis), dict | list)))
+    def ordered(axis: str) -> list[Any]:  # numbers in numeric order (blocks 2, 3, 4), else as the sweep lists them
+        values = list({key(r.get(axis)): r.get(axis) for r in rows}.values())
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        return [key(v) for v in sorted(values)] if numeric and values else list(dict.fromkeys(key(r.get(axis))
-                                                                                            for r in rows))
+        return sorted(values) if numeric and values else values
 
     row_values, col_values = ordered(first), ordered(second)
     cells = {(key(r.get(first)), key(r.get(second))): "error" if "error" in r else cell_text(r.get(metric))
@@ -347,7 +346,13 @@ def _grid(rows: list[dict[str, Any]], axes: Sequence[str], metric: str, headers:
     grid = Table(title=escape(title), title_justify="left", min_width=len(title))
     grid.add_column(escape(headers[first]), justify="right")
     for c in col_values:
-        grid.add_column(escape(f"{headers[second]} = {c}"), justify="right")
+        grid.add_column(escape(f"{headers[second]} = {axis_text(c)}"), justify="right")
     for r in row_values:
-        grid.add_row(escape(r), *(escape(cells.get((r, c), "-")) for c in col_values))
+        grid.add_row(escape(axis_text(r)), *(escape(cells.get((key(r), key(c)), "-")) for c in col_values))
     return grid
+
+
+def axis_text(value: Any) -> str:
+    """A sweep axis value as a table cell: a float in full (its shortest exact form: 0.00015, not 0.0001),
+    since it names the variant; anything else as :func:`cell_text`."""
+    return repr(value) if isinstance(value, float) else cell_text(value)
