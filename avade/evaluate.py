@@ -530,7 +530,8 @@ def evaluate_sweep(root: Path, metrics: Sequence[str] | None = None, samples: in
                    device: str = "auto", console: Console | None = None, ema: bool = True,
                    importance_samples: int | None = None, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
     """``avade eval SWEEP_OUT``: :func:`evaluate_run` on every variant's newest checkpoint (each run records
-    its own eval.json), one row each (``name``, the variant's overrides, ``step``, ``weights``, the metrics;
+    its own eval.json), one row each (``name``, the variant's overrides, ``step``, ``weights``, the metrics,
+    with those evaluated earlier on the same checkpoint and weights;
     ``error`` for a variant that could not be evaluated, the others go on), written to the sweep's
     ``sweep_eval.{json,csv}`` and shown as sweep_summary is (a two-axis sweep also as a grid of the first
     metric): e.g. FID of the whole scales x blocks ablation after training it with bpd alone. A sweep's
@@ -554,7 +555,11 @@ def evaluate_sweep(root: Path, metrics: Sequence[str] | None = None, samples: in
         except Exception as exc:  # e.g. out of memory on one variant's model: the others are still evaluated
             row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         else:
-            row.update({"step": read_json_object(run / "eval.json").get("step"), "weights": weights, **results})
+            # with the metrics evaluated earlier on the same checkpoint and weights (bpd, then fid: both)
+            record = read_json_object(run / "eval.json")
+            earlier = ({k: v for k, v in record.items() if k not in ("checkpoint", "step", "weights", "settings")}
+                       if record.get("weights", "last") == weights else {})
+            row.update({"step": record.get("step"), "weights": weights, **earlier, **results})
         rows.append(row)
     keys = list(dict.fromkeys(k for row in rows for k in axes.get(row["name"], {})))
     results_keys = list(dict.fromkeys(k for row in rows for k in row))

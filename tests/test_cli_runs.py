@@ -124,6 +124,13 @@ def test_sweep_run_writes_one_directory_per_variant_and_a_summary(tmp_path: Path
     assert json.loads((tmp_path / "runs" / "sweep_eval.json").read_text()) == rows
     assert rows[0]["bpd"] == json.loads((tmp_path / "runs" / "tiny-blocks1" / "eval.json").read_text())["bpd"]
     assert "bpd" in (tmp_path / "runs" / "sweep_eval.csv").read_text().splitlines()[0]
+    # metrics evaluated earlier on the same checkpoint stay in the rows (fid, then bpd: both, as eval.json has)
+    record = json.loads((tmp_path / "runs" / "tiny-blocks2" / "eval.json").read_text())
+    (tmp_path / "runs" / "tiny-blocks2" / "eval.json").write_text(json.dumps({**record, "fid": 12.5}))
+    result, out = _invoke("eval", str(tmp_path / "runs"), "--metrics", "bpd", "--device", "cpu", "--json")
+    assert result.exit_code == 0, out
+    again = json.loads(result.stdout)
+    assert again[1]["fid"] == 12.5 and again[1]["bpd"] == rows[1]["bpd"] and "fid" not in again[0]
     result, out = _invoke("eval", str(tmp_path / "runs"), "--checkpoint", "1", "--device", "cpu")
     assert result.exit_code == 2 and "is a sweep's --out" in out, out
     # a variant that cannot be evaluated is a row with its error; the others are evaluated, and it is said
