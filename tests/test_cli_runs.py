@@ -1304,3 +1304,22 @@ def test_the_sweep_grid_keeps_close_float_axis_values_apart(tmp_path: Path) -> N
     assert any("0.0001 " in line and "8.4" in line and "8.33" in line for line in lines), grid
     assert any("0.00015" in line and "8.35" in line and "8.29" in line for line in lines), grid
     assert "0.00015" in text[:text.index("bpd: lr (rows)")], "the table names the axis value in full too"
+
+
+def test_set_on_a_sweep_axis_or_switching_the_swept_component_is_said(tmp_path: Path) -> None:
+    sweep = tiny_dict()
+    sweep["sweep"] = {"grid": {"model.flow.blocks": [1, 2]}}
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps(sweep))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        result = runner.invoke(app, ["recipe", "show", str(recipe), "--variants", "--set", "model.flow.blocks=3"])
+    assert result.exit_code == 0
+    assert "--set model.flow.blocks: the sweep sets it in every variant, so this value is not used" in \
+        result.stderr.replace("\n", " ")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        result = runner.invoke(app, ["recipe", "show", str(recipe), "--variants", "--set", "model.flow.name=glow"])
+    assert result.exit_code == 0 and "1 variant" in result.stdout
+    assert "the sweep's axes model.flow.blocks set options of the former model.flow and are dropped" in \
+        result.stderr.replace("\n", " ")

@@ -212,7 +212,12 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
             keep = {} if parts[0] == "model" else {k: v for k, v in node.items() if k in _LOADER_KEYS}
             node.clear()
             node.update(keep)
-            _drop_sweep_axes(out, ".".join(parts[:-1]), keep={"name", *keep})
+            dropped = _drop_sweep_axes(out, ".".join(parts[:-1]), keep={"name", *keep})
+            if dropped:
+                table = ".".join(parts[:-1])
+                warnings.warn(f"{source} {key}: the sweep's axes {', '.join(dropped)} set options of the former "
+                              f"{table} and are dropped (its variants would all be alike); sweep the new one's "
+                              "options with sweep.grid", UserWarning, stacklevel=2)
         node[last] = value
         if origins is not None:
             origins[tuple(parts)] = source
@@ -222,30 +227,35 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
 _LOADER_KEYS = {f.name for f in attrs.fields(DataOptions)}
 
 
-def _drop_sweep_axes(raw: dict[str, Any], table: str, keep: set[str]) -> None:
+def _drop_sweep_axes(raw: dict[str, Any], table: str, keep: set[str]) -> list[str]:
     """A switched component's options are gone, so sweep axes over them go too (e.g. an LSUN
-    ``data.category`` grid under ``--set data.name=natural-patches``)."""
+    ``data.category`` grid under ``--set data.name=natural-patches``); returns the axes dropped."""
     sweep = raw.get("sweep")
     if not isinstance(sweep, dict):
-        return
+        return []
 
     def stale(key: Any) -> bool:
         return isinstance(key, str) and key.startswith(f"{table}.") and key[len(table) + 1:] not in keep
 
+    dropped: list[str] = []
     grid = sweep.get("grid")
     if isinstance(grid, dict):
         for key in [k for k in grid if stale(k)]:
             del grid[key]
+            dropped.append(key)
     combos = sweep.get("combos")
     if isinstance(combos, list):
         unique: list[Any] = []
         for combo in combos:
-            combo = {k: v for k, v in combo.items() if not stale(k)} if isinstance(combo, dict) else combo
+            if isinstance(combo, dict):
+                dropped += [k for k in combo if stale(k) and k not in dropped]
+                combo = {k: v for k, v in combo.items() if not stale(k)}
             if combo not in unique:
                 unique.append(combo)
         sweep["combos"] = [c for c in unique if c != {}] if len(unique) > 1 else unique
     if not sweep.get("grid") and not any(sweep.get("combos") or []):
         del raw["sweep"]
+    return dropped
 
 
 # -- validation --------------------------------------------------------------------------------------
@@ -568,4 +578,13 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), saved: bool = F
     except ConfigError as exc:
         raise ConfigError(one_line(exc.detail), path=one_line(exc.path),
                           source=one_line(exc.source) if exc.source else exc.source) from None
-    return recipe_from_dict(raw, source=_display(path), default_name=path.stem, origins=origins)
+    recipe = recipe_from_dict(raw, source=_display(path), default_name=path.stem, origins=origins)
+    if recipe.sweep is not None:  # a --set key that a sweep axis sets again in every variant does nothing
+        axes = {*recipe.sweep.grid, *(k for combo in recipe.sweep.combos for k in combo)}
+        hidden = [key for key in (parse_override(o)[0] if isinstance(o, str) else o[0] for o in overrides)
+                  if key in axes]
+        if hidden:
+            warnings.warn(f"--set {', '.join(hidden)}: the sweep sets {'it' if len(hidden) == 1 else 'them'} in every "
+                          "variant, so this value is not used; change sweep.grid (or sweep.combos) instead",
+                          UserWarning, stacklevel=2)
+    return recipe
