@@ -509,16 +509,22 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
 
 
 def sweep_runs(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
-    """The run directories one level under a sweep's ``--out``, in the sweep's order (that of its
-    sweep_summary.json; runs it does not list after, by name), and each listed variant's override values
-    (``{"model.flow.scales": 2, ...}``)."""
-    summary = Path(root) / "sweep_summary.json"
+    """The run directories of a sweep's ``--out``, in the sweep's order, and each variant's override values
+    (``{"model.flow.scales": 2, ...}``): those of its ``sweep_plan.json`` (every variant of the sweep as last
+    started, also those not trained yet, whose directories do not exist), else of its sweep_summary.json
+    (runs it does not list after, by name)."""
+    root = Path(root)
+    plan = read_json_object(root / "sweep_plan.json").get("variants")
+    if isinstance(plan, list):
+        listed = [v for v in plan if isinstance(v, dict) and isinstance(v.get("name"), str)]
+        axes = {v["name"]: dict(v.get("overrides") or {}) for v in listed}
+        return [root / name for name in axes], axes
+    summary = root / "sweep_summary.json"
     if not summary.is_file():  # a folder of separate runs (runs/<recipe>/<time>) is no sweep
         return [], {}
-    runs = {p.name: p for p in sorted(Path(root).iterdir()) if (p / "recipe.toml").is_file()}
-    listed = read_json_list(summary)
-    axes: dict[str, dict[str, Any]] = {}
-    for row in listed:
+    runs = {p.name: p for p in sorted(root.iterdir()) if (p / "recipe.toml").is_file()}
+    axes = {}
+    for row in read_json_list(summary):
         if isinstance(row, dict) and isinstance(row.get("name"), str):
             # the variant's overrides are its dotted keys (its summary's own keys have no dots)
             axes[row["name"]] = {k: v for k, v in row.items() if "." in k}
@@ -548,6 +554,9 @@ def evaluate_sweep(root: Path, metrics: Sequence[str] | None = None, samples: in
         if console is not None:
             console.print(f"[bold]{run.name}[/]")
         try:
+            if not (run / "recipe.toml").is_file():
+                raise CheckpointError(f"{run.name} has not started training yet (no {run}); train it with "
+                                      f"`avade recipe run ... --out {root} --resume` (or --only {run.name})")
             results, weights = _evaluate(run, metrics, samples, device, console, None, ema, importance_samples,
                                          overrides)
         except AvadeError as exc:

@@ -1155,10 +1155,14 @@ def test_a_sweep_stopped_after_its_first_variant_keeps_its_row_and_can_be_evalua
     rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
     assert [r["name"] for r in rows] == ["tiny-blocks1"] and rows[0]["bpd"] > 0
     assert next(csv.DictReader((tmp_path / "run" / "sweep_summary.csv").open()))["name"] == "tiny-blocks1"
+    # evaluated: the finished variant's row, and the one not trained yet named as such (from sweep_plan.json);
+    # a run of an earlier version of the sweep in the same folder is not one of its variants
+    shutil.copytree(tmp_path / "run" / "tiny-blocks1", tmp_path / "run" / "tiny-blocks9")
     result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu", "--json")
-    assert result.exit_code == 0, out
+    assert result.exit_code == 2 and "1 of 2 sweep variants could not be evaluated (tiny-blocks2)" in out, out
     evaluated = json.loads((tmp_path / "run" / "sweep_eval.json").read_text())
-    assert [r["name"] for r in evaluated] == ["tiny-blocks1"] and evaluated[0]["bpd"] > 0
+    assert [r["name"] for r in evaluated] == ["tiny-blocks1", "tiny-blocks2"] and evaluated[0]["bpd"] > 0
+    assert evaluated[1]["model.flow.blocks"] == 2 and "has not started training yet" in evaluated[1]["error"]
 
 
 _RAISING_CRITIC = '''

@@ -109,6 +109,7 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         # a later variant's bad config or missing data fails now (resumed: their data, not another dataset)
         with data_of_trained_model() if resume else contextlib.nullcontext(), naming_missing_plugins(trained_with):
             check_variants(variants, sweep=every)
+        _record_plan(out_dir, every)
         summaries, failed = [], []
         for variant in variants:
             try:
@@ -142,6 +143,19 @@ def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | Non
         raise
     finally:
         shutdown_distributed()  # (a no-op after the line above)
+
+
+SWEEP_PLAN = "sweep_plan.json"
+
+
+def _record_plan(out_dir: Path, every: Sequence[Any]) -> None:
+    """``sweep_plan.json``: every variant of the sweep (name and overrides), before any trains, so that
+    ``avade eval SWEEP_OUT`` knows the sweep's variants and axes however few have finished."""
+    if not is_main_process():
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with locked(out_dir / ".sweep_summary.lock"):
+        write_json(out_dir / SWEEP_PLAN, {"variants": [{"name": v.name, "overrides": v.overrides} for v in every]})
 
 
 def _record_sweep(out_dir: Path, summaries: list[dict[str, Any]], every: Sequence[Any], console: Console,
