@@ -35,3 +35,26 @@ def locked(lock_file: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def held_alone(lock_file: Path, busy: str) -> Iterator[None]:
+    """An exclusive lock on ``lock_file`` for as long as the block runs, taken without waiting: when another
+    process holds it, ``RuntimeError(busy)`` at once (two processes training one run directory would
+    interleave its checkpoints and logs). POSIX ``flock``; elsewhere no lock. Released when the process
+    dies, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(busy) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1327,3 +1327,19 @@ def test_set_on_a_sweep_axis_or_switching_the_swept_component_is_said(tmp_path: 
     assert result.exit_code == 0 and "1 variant" in result.stdout
     assert "the sweep's axes model.flow.blocks set options of the former model.flow and are dropped" in \
         result.stderr.replace("\n", " ")
+
+
+def test_two_processes_never_train_one_run_directory(tmp_path: Path) -> None:
+    # a requeued job overlapping the running one, or an array index given twice: their checkpoints and
+    # logs would interleave. The second is refused at once, and the first one's files are left alone.
+    from avade.atomic_files import held_alone
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=1", "train.checkpoint_every=1")))
+    run = tmp_path / "run"
+    with held_alone(run / ".train.lock", "busy"):  # as the running process holds it
+        result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")
+        assert result.exit_code == 2 and f"another process is training {run}" in out.replace("\n", ""), out
+        assert sorted(p.name for p in run.iterdir()) == [".train.lock"]
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")
+    assert result.exit_code == 0, out  # released with its holder

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from avade.atomic_files import locked
+from avade.atomic_files import held_alone, locked
 from avade.data.base import data_of_trained_model
 from avade.errors import ConfigError, DataError, StoppedError, TrainingError, did_you_mean
 from avade.recipe import expand_sweep, load_recipe
@@ -32,10 +32,25 @@ from avade.train.rundir import RunDir, atomic_write_text, default_run_dir, lates
 def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: str | None = None,
                console: Console | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one (non-sweep) recipe into ``out_dir``; returns its summary."""
-    from avade.train.trainer import Trainer
-
     console = console or Console(stderr=True)
     fresh = not out_dir.exists()
+
+    # one process trains a run directory at a time (a requeued job overlapping the running one, an array
+    # index given twice): checked before anything in it is touched
+    with contextlib.ExitStack() as held:
+        if is_main_process():
+            try:
+                held.enter_context(held_alone(out_dir / ".train.lock", f"another process is training {out_dir}"))
+            except RuntimeError as exc:
+                raise ConfigError(f"{exc} (it holds {out_dir / '.train.lock'}); wait for it to end, or give this "
+                                  "run another --out", path="--out") from None
+        return _train_in(recipe, out_dir, fresh, resume, device, console, progress)
+
+
+def _train_in(recipe: Recipe, out_dir: Path, fresh: bool, resume: bool, device: str | None, console: Console,
+              progress: bool) -> dict[str, Any]:
+    """:func:`run_recipe`'s work, with the run directory held."""
+    from avade.train.trainer import Trainer
 
     def drop_unstarted_run() -> None:
         # A run that could not start (unreadable images, a batch larger than the split, Ctrl-C while the
