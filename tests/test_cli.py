@@ -668,3 +668,13 @@ def test_doctor_loads_a_users_inception_weights_rather_than_trusting_the_file(
     report = json.loads(result.stdout)
     assert not report["weights"]["available"] and "cannot be loaded" in report["weights"]["message"]
     assert any("fid need Inception weights" in p for p in report["recipe"]["problems"])
+
+
+def test_doctor_checks_a_recipe_with_set_overrides() -> None:
+    # e.g. a paper recipe pointed at the embedded data, or at the data's real location
+    paper = Path(__file__).resolve().parents[1] / "recipes" / "av_ade_wg_rd.toml"
+    result = run("doctor", "--json", "--recipe", str(paper), "--set", "data.name=natural-patches")
+    entry = json.loads(result.stdout)["recipe"]
+    assert result.exit_code == 0 and entry["ready"] and entry["dataset"] == "natural-patches", result.output
+    result = run("doctor", "--set", "data.name=natural-patches")
+    assert result.exit_code == 2 and "give --recipe too" in result.output

@@ -277,11 +277,14 @@ def list_components(
 def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
            recipe: Annotated[Path | None, typer.Option(
                "--recipe", help="Also check that this recipe can start here: valid, its data (every sweep "
-               "variant's) found, Inception weights if its metrics need them; exit 2 if not.")] = None) -> None:
+               "variant's) found, Inception weights if its metrics need them; exit 2 if not.")] = None,
+           overrides: SetOption = None) -> None:
     """What to know before a long run: versions, devices, plugins, datasets, metric weights."""
     from avade.cli.doctor import collect, render
 
-    report = collect(recipe)
+    if overrides and recipe is None:
+        raise AvadeError("--set changes the recipe that --recipe checks: give --recipe too")
+    report = collect(recipe, overrides or [])
     if as_json:
         print(json.dumps(report, indent=2, default=str))
     else:

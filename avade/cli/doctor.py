@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ def _weights(recipe: Any) -> dict[str, Any]:
     return out
 
 
-def collect(recipe_path: Path | None = None) -> dict[str, Any]:
+def collect(recipe_path: Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Everything ``avade doctor`` reports, as JSON-friendly data (nothing is loaded or downloaded)."""
     report: dict[str, Any] = {"versions": _versions(), "devices": _devices(), "plugins": _plugins()}
     recipe = None
@@ -183,7 +184,7 @@ def collect(recipe_path: Path | None = None) -> dict[str, Any]:
 
         entry: dict[str, Any] = {"path": str(recipe_path), "ok": False, "error": None}
         try:
-            recipe = load_recipe(recipe_path)
+            recipe = load_recipe(recipe_path, overrides)
             entry.update(ok=True, name=recipe.name, variant=recipe.variant, dataset=recipe.data.options.name)
         except AvadeError as exc:
             entry["error"] = str(exc)
