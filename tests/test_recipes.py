@@ -464,3 +464,15 @@ def test_the_two_importance_sample_settings_must_agree() -> None:
         tiny_recipe("eval.importance_samples=4", "eval.bpd={importance_samples=3}")
     tiny_recipe("eval.importance_samples=4", "eval.bpd={importance_samples=4}")
     tiny_recipe("eval.importance_samples=4")
+
+
+def test_set_takes_toml_quoted_keys_such_as_one_sweep_axis() -> None:
+    from avade.recipe.load import key_parts
+
+    assert key_parts('sweep.grid."model.flow.scales"') == ["sweep", "grid", "model.flow.scales"]
+    assert key_parts("model.flow.scales") == ["model", "flow", "scales"]
+    quickstart = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
+    recipe = load_recipe(quickstart, ['sweep.grid."model.flow.scales"=[1, 2]'])
+    assert recipe.sweep is not None and recipe.sweep.grid == {"model.flow.scales": [1, 2]}
+    with pytest.raises(ConfigError, match="is not a TOML key"):
+        load_recipe(quickstart, ['sweep.grid."model.flow=[1]'])

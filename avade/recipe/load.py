@@ -175,13 +175,30 @@ def parse_override(text: str) -> tuple[str, Any]:
     that is not valid TOML is taken as a string (``data.name=natural-patches``)."""
     key, sep, value = text.partition("=")
     key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
+    if not sep or not key or any(not part for part in key_parts(key)):
         raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
     return key, parsed
+
+
+def key_parts(key: str) -> list[str]:
+    """A dotted key's parts, TOML's quoting understood: ``sweep.grid."model.flow.scales"`` is three parts
+    (one sweep axis), ``model.flow.scales`` three as well."""
+    if '"' not in key and "'" not in key:
+        return key.split(".")
+    try:
+        node: Any = tomllib.loads(f"{key} = 0")
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(f"--set: {key} is not a TOML key (quote a part that holds dots: "
+                          'sweep.grid."model.flow.scales"=[1, 2])') from None
+    parts = []
+    while isinstance(node, dict):
+        (part, node), = node.items()
+        parts.append(part)
+    return parts
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, Any]],
@@ -191,7 +208,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
     out = copy.deepcopy(raw)
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
-        parts = key.split(".")
+        parts = key_parts(key)
         if parts[0] == "extends":  # parents are merged when the file is read, before any override
             raise ConfigError("extends cannot be set with --set; write it in the recipe file (or a recipe that "
                               "extends it)", source=source)
