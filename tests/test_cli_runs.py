@@ -1343,3 +1343,12 @@ def test_two_processes_never_train_one_run_directory(tmp_path: Path) -> None:
         assert sorted(p.name for p in run.iterdir()) == [".train.lock"]
     result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu")
     assert result.exit_code == 0, out  # released with its holder
+
+
+def test_training_from_python_takes_str_paths(tmp_path: Path) -> None:
+    from avade.train.run import run_recipe_file
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=1", "train.checkpoint_every=1")))
+    (summary,) = run_recipe_file(str(recipe), out_dir=str(tmp_path / "run"), device="cpu", progress=False)
+    assert summary["bpd"] > 0 and (tmp_path / "run" / "summary.json").is_file()

@@ -29,10 +29,11 @@ from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, stop_on_signa
 from avade.train.rundir import RunDir, atomic_write_text, default_run_dir, latest_run_dir, write_json
 
 
-def run_recipe(recipe: Recipe, out_dir: Path, *, resume: bool = False, device: str | None = None,
+def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, device: str | None = None,
                console: Console | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one (non-sweep) recipe into ``out_dir``; returns its summary."""
     console = console or Console(stderr=True)
+    out_dir = Path(out_dir)  # (a str from a notebook too)
     fresh = not out_dir.exists()
 
     # one process trains a run directory at a time (a requeued job overlapping the running one, an array
@@ -83,12 +84,13 @@ def _train_in(recipe: Recipe, out_dir: Path, fresh: bool, resume: bool, device: 
     return summary
 
 
-def run_recipe_file(file: Path, overrides: Sequence[str], *, out_dir: Path | None = None, resume: bool = False,
-                    device: str | None = None, console: Console | None = None, progress: bool = True,
-                    only: Sequence[str] = ()) -> list[dict[str, Any]]:
+def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir: str | Path | None = None,
+                    resume: bool = False, device: str | None = None, console: Console | None = None,
+                    progress: bool = True, only: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Load, expand and train; a sweep also writes ``sweep_summary.{csv,json}`` and prints a table.
     ``only``: the sweep variants to train, by name or 0-based index (e.g. one per job of a cluster array)."""
     console = console or Console(stderr=True)
+    file, out_dir = Path(file), (Path(out_dir) if out_dir is not None else None)  # (str from a notebook too)
     # A run's own recipe.toml, resumed: read as the avade that wrote it meant it (keys added since then
     # take the values that rebuild its model, see recipe.load.SAVED_BEFORE).
     own = resume and out_dir is not None and _same_file(file, RunDir(out_dir).recipe)
