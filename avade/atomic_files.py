@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -30,11 +33,35 @@ def locked(lock_file: Path) -> Iterator[None]:
         yield
         return
     with open(lock_file, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        if not _flock(fcntl, fh, fcntl.LOCK_EX, lock_file):
+            yield
+            return
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# A file system without flock (NFS without lockd, Lustre mounted noflock): work unlocked, said once.
+_NO_LOCKS = {getattr(errno, name) for name in ("ENOLCK", "ENOSYS", "EOPNOTSUPP", "ENOTSUP") if hasattr(errno, name)}
+_warned: set[str] = set()
+
+
+def _flock(fcntl: Any, fh: Any, operation: int, lock_file: Path) -> bool:
+    """``flock`` ``fh``; False (and a warning, once per folder) where the file system has no locks."""
+    try:
+        fcntl.flock(fh, operation)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKS:
+            raise
+        if str(lock_file.parent) not in _warned:
+            _warned.add(str(lock_file.parent))
+            warnings.warn(f"{lock_file.parent}: its file system takes no locks ({exc.strerror}), so processes that "
+                          "write there at once are not kept apart", UserWarning, stacklevel=3)
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -51,9 +78,12 @@ def held_alone(lock_file: Path, busy: str) -> Iterator[None]:
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "a") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked_here = _flock(fcntl, fh, fcntl.LOCK_EX | fcntl.LOCK_NB, lock_file)
         except BlockingIOError:
             raise RuntimeError(busy) from None
+        if not locked_here:
+            yield
+            return
         try:
             yield
         finally:

@@ -74,3 +74,7 @@ def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
+class BusyError(AvadeError):
+    """A run directory is being trained by another process; nothing was changed."""

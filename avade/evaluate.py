@@ -517,7 +517,9 @@ def sweep_runs(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
     plan = read_json_object(root / "sweep_plan.json").get("variants")
     if isinstance(plan, list):
         listed = [v for v in plan if isinstance(v, dict) and isinstance(v.get("name"), str)]
-        axes = {v["name"]: dict(v.get("overrides") or {}) for v in listed}
+        # a run is named by its directory (the name an older avade gave a variant it started)
+        dirs = {v["name"]: v["dir"] if isinstance(v.get("dir"), str) else v["name"] for v in listed}
+        axes = {dirs[v["name"]]: dict(v.get("overrides") or {}) for v in listed}
         return [root / name for name in axes], axes
     summary = root / "sweep_summary.json"
     if not summary.is_file():  # a folder of separate runs (runs/<recipe>/<time>) is no sweep

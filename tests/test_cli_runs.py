@@ -1031,6 +1031,11 @@ def test_resuming_a_sweep_started_before_the_variant_names_changed_uses_its_dire
     assert result.exit_code == 0 and "resumed from" in text, text
     assert not (out / "tiny-seedm1").exists()
     assert json.loads((out / "tiny-seed1" / "summary.json").read_text())["steps"] == 4
+    # evaluated as the sweep's variant, in the directory it really has (sweep_plan.json records it)
+    result, text = _invoke("eval", str(out), "--metrics", "bpd", "--device", "cpu", "--json")
+    assert result.exit_code == 0, text
+    (row,) = json.loads(result.stdout)
+    assert row["name"] == "tiny-seed1" and row["train.seed"] == -1 and row["step"] == 4
 
 
 def test_a_gan_has_no_reconstructions(tmp_path: Path) -> None:
@@ -1352,3 +1357,49 @@ def test_training_from_python_takes_str_paths(tmp_path: Path) -> None:
     recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=1", "train.checkpoint_every=1")))
     (summary,) = run_recipe_file(str(recipe), out_dir=str(tmp_path / "run"), device="cpu", progress=False)
     assert summary["bpd"] > 0 and (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_a_sweep_whose_variant_another_job_trains_stops_without_touching_its_row(tmp_path: Path) -> None:
+    # The requeued job overlapping the running one: the busy variant's finished row must not become an
+    # error row, and the job must not train on past it (it would race the other job's variants too).
+    from avade.atomic_files import held_alone
+
+    sweep = tiny_dict("train.steps=1", "train.checkpoint_every=1")
+    sweep["sweep"] = {"grid": {"model.flow.blocks": [1, 2]}}
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps(sweep))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    before = (tmp_path / "run" / "sweep_summary.json").read_text()
+    with held_alone(tmp_path / "run" / "tiny-blocks1" / ".train.lock", "busy"):
+        result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu",
+                              "--resume", "--set", "train.steps=2")
+    assert result.exit_code == 2 and "another process is training" in out.replace("\n", ""), out
+    assert (tmp_path / "run" / "sweep_summary.json").read_text() == before
+    assert not (tmp_path / "run" / "tiny-blocks2" / "checkpoints" / "step_00000002").exists()
+
+
+def test_a_run_that_cannot_start_leaves_no_directory_lock_file_included(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=1", "data.batch_size=100000")))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 2 and not (tmp_path / "run").exists(), out
+
+
+def test_where_the_file_system_takes_no_locks_work_goes_on_unlocked(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+
+    from avade.atomic_files import held_alone, locked
+
+    def no_locks(fh: Any, operation: int) -> None:
+        if operation != fcntl.LOCK_UN:
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with held_alone(tmp_path / "a" / ".train.lock", "busy"), locked(tmp_path / "a" / ".x.lock"):
+            pass
+    assert any("takes no locks" in str(w.message) for w in caught)

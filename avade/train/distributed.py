@@ -112,7 +112,13 @@ def _refuse_shared_gpus(gpu: int, world: int) -> None:
     if uuid is None:  # (older torch: nothing to compare)
         return
     placements: list[Any] = [None] * world
-    dist.all_gather_object(placements, (socket.gethostname(), str(uuid)))
+    # over gloo, not NCCL: NCCL's first collective would itself fail on two ranks sharing a GPU, with its own
+    # message, before this one could be given
+    group = dist.new_group(backend="gloo")
+    try:
+        dist.all_gather_object(placements, (socket.gethostname(), str(uuid)), group=group)
+    finally:
+        dist.destroy_process_group(group)
     groups = shared_gpus(placements)
     if groups:
         raise ConfigError(f"processes {', '.join(map(str, groups[0]))} share one GPU; start at most one process per "

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from avade.atomic_files import held_alone, locked
 from avade.data.base import data_of_trained_model
-from avade.errors import ConfigError, DataError, StoppedError, TrainingError, did_you_mean
+from avade.errors import BusyError, ConfigError, DataError, StoppedError, TrainingError, did_you_mean
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
@@ -41,11 +41,26 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, dev
     with contextlib.ExitStack() as held:
         if is_main_process():
             try:
-                held.enter_context(held_alone(out_dir / ".train.lock", f"another process is training {out_dir}"))
+                held.enter_context(held_alone(out_dir / LOCK, f"another process is training {out_dir}"))
             except RuntimeError as exc:
-                raise ConfigError(f"{exc} (it holds {out_dir / '.train.lock'}); wait for it to end, or give this "
-                                  "run another --out", path="--out") from None
-        return _train_in(recipe, out_dir, fresh, resume, device, console, progress)
+                raise BusyError(f"{exc} (it holds {out_dir / LOCK}); wait for it to end, or give this "
+                                "run another --out") from None
+        try:
+            return _train_in(recipe, out_dir, fresh, resume, device, console, progress)
+        finally:
+            held.close()  # released first: a run that could not start leaves no directory, lock file included
+            if fresh and is_main_process() and [p.name for p in _children(out_dir)] == [LOCK]:
+                shutil.rmtree(out_dir, ignore_errors=True)
+
+
+LOCK = ".train.lock"
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
 
 
 def _train_in(recipe: Recipe, out_dir: Path, fresh: bool, resume: bool, device: str | None, console: Console,
@@ -58,7 +73,9 @@ def _train_in(recipe: Recipe, out_dir: Path, fresh: bool, resume: bool, device: 
         # untrained model is evaluated, ...) leaves no half-made run directory behind -- unless it was
         # there before or already holds a checkpoint.
         if fresh and is_main_process() and out_dir.is_dir() and not list_checkpoints(RunDir(out_dir).checkpoints):
-            shutil.rmtree(out_dir, ignore_errors=True)
+            for child in _children(out_dir):  # all but the lock file, still held (run_recipe removes the rest)
+                if child.name != LOCK:
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
     # loading data and building the model: nothing (new) to save yet, so a stop signal stops at once
     resuming = resume and bool(list_checkpoints(RunDir(out_dir).checkpoints))
@@ -126,12 +143,14 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
         # a later variant's bad config or missing data fails now (resumed: their data, not another dataset)
         with data_of_trained_model() if resume else contextlib.nullcontext(), naming_missing_plugins(trained_with):
             check_variants(variants, sweep=every)
-        _record_plan(out_dir, every)
+        _record_plan(out_dir, every, {v.name: _variant_dir(out_dir, recipe.name, v, resume).name for v in every})
         summaries, failed = [], []
         for variant in variants:
             try:
                 summary = run_recipe(variant.recipe, _variant_dir(out_dir, recipe.name, variant, resume),
                                      resume=resume, device=device, console=console, progress=progress)
+            except BusyError:  # another job trains this variant now: no row of ours, and no next variant
+                raise
             except (TrainingError, ConfigError, DataError) as exc:
                 console.print(f"[red]{escape(variant.name)}:[/] {escape(str(exc))}")
                 failed.append(variant.name)
@@ -165,14 +184,16 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
 SWEEP_PLAN = "sweep_plan.json"
 
 
-def _record_plan(out_dir: Path, every: Sequence[Any]) -> None:
-    """``sweep_plan.json``: every variant of the sweep (name and overrides), before any trains, so that
-    ``avade eval SWEEP_OUT`` knows the sweep's variants and axes however few have finished."""
+def _record_plan(out_dir: Path, every: Sequence[Any], dirs: dict[str, str]) -> None:
+    """``sweep_plan.json``: every variant of the sweep (name, run directory, overrides), before any trains,
+    so that ``avade eval SWEEP_OUT`` knows the sweep's variants and axes however few have finished.
+    ``dirs``: each variant's directory name (an older avade's, for a sweep it started)."""
     if not is_main_process():
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     with locked(out_dir / ".sweep_summary.lock"):
-        write_json(out_dir / SWEEP_PLAN, {"variants": [{"name": v.name, "overrides": v.overrides} for v in every]})
+        write_json(out_dir / SWEEP_PLAN, {"variants": [{"name": v.name, "dir": dirs.get(v.name, v.name),
+                                                        "overrides": v.overrides} for v in every]})
 
 
 def _record_sweep(out_dir: Path, summaries: list[dict[str, Any]], every: Sequence[Any], console: Console,
