@@ -23,23 +23,38 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def locked(lock_file: Path) -> Iterator[None]:
+def locked(lock_file: Path) -> contextlib.AbstractContextManager[None]:
     """An exclusive advisory lock (POSIX ``flock``; elsewhere none) around a read-modify-write of a file
     that several processes may update (two ``avade eval`` at once, a sweep's variants run as array jobs)."""
+    return _exclusive(lock_file, wait=True)
+
+
+def held_alone(lock_file: Path, busy: str) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``lock_file`` for as long as the block runs, taken without waiting: when another
+    process holds it, ``RuntimeError(busy)`` at once (two processes training one run directory would
+    interleave its checkpoints and logs). POSIX ``flock``; elsewhere no lock. Released when the process
+    dies, however it ends."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    return _exclusive(lock_file, wait=False, busy=busy)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path, wait: bool, busy: str = "") -> Iterator[None]:
     try:
         import fcntl
     except ImportError:  # Windows
         yield
         return
     with open(lock_file, "a") as fh:
-        if not _flock(fcntl, fh, fcntl.LOCK_EX, lock_file):
-            yield
-            return
+        try:
+            held = _flock(fcntl, fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), lock_file)
+        except BlockingIOError:
+            raise RuntimeError(busy) from None
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if held:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # A file system without flock (NFS without lockd, Lustre mounted noflock): work unlocked, said once.
@@ -59,32 +74,6 @@ def _flock(fcntl: Any, fh: Any, operation: int, lock_file: Path) -> bool:
         if str(lock_file.parent) not in _warned:
             _warned.add(str(lock_file.parent))
             warnings.warn(f"{lock_file.parent}: its file system takes no locks ({exc.strerror}), so processes that "
-                          "write there at once are not kept apart", UserWarning, stacklevel=3)
+                          "write there at once are not kept apart", UserWarning, stacklevel=4)
         return False
     return True
-
-
-@contextlib.contextmanager
-def held_alone(lock_file: Path, busy: str) -> Iterator[None]:
-    """An exclusive lock on ``lock_file`` for as long as the block runs, taken without waiting: when another
-    process holds it, ``RuntimeError(busy)`` at once (two processes training one run directory would
-    interleave its checkpoints and logs). POSIX ``flock``; elsewhere no lock. Released when the process
-    dies, however it ends."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as fh:
-        try:
-            locked_here = _flock(fcntl, fh, fcntl.LOCK_EX | fcntl.LOCK_NB, lock_file)
-        except BlockingIOError:
-            raise RuntimeError(busy) from None
-        if not locked_here:
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
