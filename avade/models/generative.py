@@ -106,10 +106,12 @@ class GenerativeModel(nn.Module):
             raise DataError(f"{what}: labels must lie in [0, {self.num_classes}), got {int(labels.min())}.."
                             f"{int(labels.max())}")
 
-    def _on_device(self, x: torch.Tensor | None, labels: torch.Tensor | None, generator: torch.Generator | None
-                   ) -> tuple[Any, Any, torch.Generator | None]:
-        """A public entry's inputs on the model's device (a notebook's CPU images for a model on a GPU); a
-        generator of another device is replaced by one there, seeded from it (still reproducible)."""
+    def _prepared(self, what: str, x: torch.Tensor | None, labels: torch.Tensor | None,
+                  generator: torch.Generator | None, n: int | None = None) -> tuple[Any, Any, torch.Generator | None]:
+        """A public entry's inputs, checked (:meth:`_checked`) and on the model's device (a notebook's CPU
+        images for a model on a GPU); a generator of another device is replaced by one there, seeded from it
+        (still reproducible)."""
+        self._checked(what, x, labels, n)
         device = self.log_sigma.device
         if x is not None:
             x = x.to(device, non_blocking=True)
@@ -171,8 +173,7 @@ class GenerativeModel(nn.Module):
         """
         if _count(importance_samples) < 1:
             raise DataError(f"log_likelihood: importance_samples must be an int >= 1, got {importance_samples!r}")
-        self._checked("log_likelihood", x, labels)
-        x, labels, generator = self._on_device(x, labels, generator)
+        x, labels, generator = self._prepared("log_likelihood", x, labels, generator)
         labels = self._labels(labels)
         batch = x.shape[0]
         u = self.preprocess.dequantize(x, generator)
@@ -287,8 +288,7 @@ class GenerativeModel(nn.Module):
                 raise DataError(f"sample: temperature must be a finite number >= 0 (1 = the prior itself), got "
                                 f"{temperature!r}")
             temperature = t
-        self._checked("sample", None, labels, n)
-        _, labels, generator = self._on_device(None, labels, generator)
+        _, labels, generator = self._prepared("sample", None, labels, generator, n)
         if generator is None:
             return self.preprocess.to_uint8(self.generate(n, labels, None, temperature=temperature))
         with _seeded_from(generator):
@@ -298,17 +298,20 @@ class GenerativeModel(nn.Module):
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 reconstructions of uint8 images: x -> f -> q(z|x) -> mean (+ noise) -> f^-1."""
-        self._checked("reconstruct", x, labels)
-        x, labels, generator = self._on_device(x, labels, generator)
+        x, labels, generator = self._prepared("reconstruct", x, labels, generator)
         if generator is not None:
             with _seeded_from(generator):
-                return self.reconstruct(x, labels)
+                return self._reconstruct(x, labels)
+        return self._reconstruct(x, labels)
+
+    def _reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Its noise from the global RNG (which :meth:`reconstruct` seeds from a generator)."""
         labels = self._labels(labels)
-        u = self.preprocess.dequantize(x, generator)
+        u = self.preprocess.dequantize(x, None)
         feat, _ = self.features(u)
         hs = self.encoder(feat, labels)
         mean, _, _ = self._top_down(x.shape[0], hs, labels, 1.0)
-        return self.preprocess.to_uint8(self._sample_from_mean(mean, generator))
+        return self.preprocess.to_uint8(self._sample_from_mean(mean, None))
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, data_shape={self.data_shape}, likelihood={self.likelihood!r}"
