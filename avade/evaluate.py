@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 
 from avade.atomic_files import locked, replaced_atomically
-from avade.data.base import class_counts, data_of_trained_model
+from avade.data.base import class_counts, content_fingerprint, data_of_trained_model
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError
 from avade.models import GenerativeModel, build_model
 from avade.recipe import load_recipe
@@ -95,9 +95,7 @@ class RunContext:
     def split_fingerprint(self, split: str) -> str:
         """What changes when ``split``'s images do (the cache key of its reference features); an optional
         extension of :class:`~avade.metrics.context.EvalContext`."""
-        data = self._split(split)
-        fingerprint = getattr(data, "content_fingerprint", None)
-        return fingerprint() if callable(fingerprint) else f"n{len(data)}"
+        return content_fingerprint(self._split(split))
 
     def labels(self, split: str) -> torch.Tensor | None:
         """The labels of ``split`` in dataset order, without decoding its images (None when the dataset
@@ -796,8 +794,7 @@ class _DataOnlyContext:
 
     def split_fingerprint(self, split: str) -> str:
         """The data's content fingerprint (see :meth:`RunContext.split_fingerprint`)."""
-        fingerprint = getattr(self.data, "content_fingerprint", None)
-        return fingerprint() if callable(fingerprint) else f"n{len(self.data)}"
+        return content_fingerprint(self.data)
 
     @property
     def num_classes(self) -> int:

@@ -46,6 +46,13 @@ def data_of_trained_model() -> Iterator[None]:
         _SUGGEST_FALLBACK.reset(token)
 
 
+def content_fingerprint(dataset: Any) -> str:
+    """What changes when ``dataset``'s images do (cached reference statistics are keyed on it): its own
+    ``content_fingerprint()`` when it has one (a plugin's dataset may not), else its image count."""
+    own = getattr(dataset, "content_fingerprint", None)
+    return own() if callable(own) else f"n{len(dataset)}"
+
+
 class ImageDataset(Dataset):
     """A dataset of 8-bit images: ``shape`` is (C, H, W); ``num_classes`` is 0 when unlabeled."""
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from avade.data.base import ImageDataset
+from avade.data.base import ImageDataset, content_fingerprint
 
 #: bytes of images up to which a posterized in-memory copy is kept (uint8: one byte per value)
 COPY_LIMIT = 2**30
@@ -36,8 +36,7 @@ class PosterizedDataset(ImageDataset):
 
     def content_fingerprint(self) -> str:
         """The wrapped dataset's (its images decide the posterized ones)."""
-        fingerprint = getattr(self.dataset, "content_fingerprint", None)
-        return fingerprint() if callable(fingerprint) else f"n{len(self)}"
+        return content_fingerprint(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, label = self.dataset[i]
