@@ -197,6 +197,31 @@ def test_a_posterior_broken_only_when_built_conditional_is_caught() -> None:
            r"shape \[batch\]")
 
 
+class LabelledPosterior(TinyPosterior):
+    """Takes the labels (``forward_stage(i, d, h, T, y)``): a class embedding shifts the prior's mean.
+    ``defect = "labels-ignored-in-q"`` is fine; ``"label-crash"`` fails only when labels arrive."""
+
+    def __init__(self, cfg: PosteriorConfig, *, stage_shapes: list[tuple[int, int, int]],
+                 num_classes: int | None = None) -> None:
+        super().__init__(cfg, stage_shapes=stage_shapes, num_classes=num_classes)
+        self.embed = nn.Embedding(num_classes, 2) if num_classes else None
+
+    def forward_stage(self, i: int, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0,
+                      y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if y is not None and self.cfg.defect == "label-crash":
+            raise IndexError("index out of range in self")
+        if y is not None and self.embed is not None:
+            d = d + self.merge(self.embed(y)[:, :, None, None].expand(-1, -1, *d.shape[2:]))
+        return super().forward_stage(i, d, h, temperature)
+
+
+def test_a_conditional_posterior_is_run_with_labels() -> None:
+    # Without labels its class embedding would get no gradient, which the kit reports.
+    check_module("posterior", LabelledPosterior, PosteriorConfig(), name="labelled-posterior")
+    _fails("posterior", LabelledPosterior, PosteriorConfig("label-crash"), "label-crash",
+           r"posterior 'label-crash' \(conditional\): forward_stage\(1, d, h, 1.0, y\) raised IndexError")
+
+
 # -- norms -------------------------------------------------------------------------------------------
 
 

@@ -221,7 +221,7 @@ def test_lsun_sweep_covers_the_ten_table5_categories(name: str, resolution: int)
 def test_table8_class_conditional_pair(name: str, variant: str, metrics: set[str]) -> None:
     r = load_recipe(RECIPES / "paper" / f"{name}.toml")
     assert r.variant == variant and r.model.options.conditional
-    assert r.model.decoder.config.norm == "cwn"
+    assert r.model.decoder.config.norm == r.model.posterior.config.norm == "cwn"  # the whole generator
     assert r.model.discriminator.name == "resnet"
     assert set(r.eval.metrics) == metrics
     for metric in ("gan-test", "gan-train"):  # a CIFAR ResNet-32 classifier, trained as usual
@@ -229,7 +229,8 @@ def test_table8_class_conditional_pair(name: str, variant: str, metrics: set[str
         assert (c.classifier, c.depth, c.optimizer, c.lr_schedule, c.augment) == ("resnet", 32, "sgd", "cosine", True)
     model = build(r)  # CWN decoder with per-class gains, projection discriminator
     assert model.discriminator.head.embed is not None
-    assert any(type(m).__name__ == "ConditionalWeightNorm" and m.num_classes == 10 for m in model.decoder.modules())
+    for part in (model.decoder, model.posterior):
+        assert any(type(m).__name__ == "ConditionalWeightNorm" and m.num_classes == 10 for m in part.modules())
 
 
 @pytest.mark.parametrize(("name", "variant", "pairs"), [

@@ -7,6 +7,7 @@ generator from the prior). Which losses are applied is the trainer's business (A
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import operator
 from collections.abc import Iterable, Iterator
@@ -65,6 +66,8 @@ class GenerativeModel(nn.Module):
         self.log_sigma = nn.Parameter(torch.full((channels, 1, 1), math.log(sigma_init)))
         self.num_stages = len(encoder.stage_shapes)
         self._latent_stages = frozenset(posterior.stage_ids)
+        # (a plugin posterior written before labels reached posteriors takes four arguments: it stays label-free)
+        self._posterior_takes_labels = takes_labels(posterior.forward_stage)
 
     @property
     def dims(self) -> int:
@@ -131,7 +134,11 @@ class GenerativeModel(nn.Module):
         log_p = d.new_zeros(batch)
         for i in reversed(range(self.num_stages)):
             if i in self._latent_stages:
-                d, lq, lp = self.posterior.forward_stage(i, d, hs[i] if hs is not None else None, temperature)
+                h = hs[i] if hs is not None else None
+                if labels is not None and self._posterior_takes_labels:
+                    d, lq, lp = self.posterior.forward_stage(i, d, h, temperature, labels)
+                else:
+                    d, lq, lp = self.posterior.forward_stage(i, d, h, temperature)
                 if lq.shape != (batch,) or lp.shape != (batch,):  # (broadcasting would train on a wrong bound)
                     raise ConfigError(f"the posterior ({_who(self.posterior)}) returned log q of shape "
                                       f"{list(lq.shape)} and log p of shape {list(lp.shape)} at stage {i}; each must "
@@ -347,6 +354,19 @@ def _number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def takes_labels(forward_stage: Any) -> bool:
+    """Whether a posterior's ``forward_stage`` takes the labels ``y`` as its fifth argument (the contract
+    since posteriors became class-conditional; an older plugin's takes four)."""
+    try:
+        params = inspect.signature(forward_stage).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: assume the current contract
+        return True
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional for p in params) >= 5
 
 
 def _who(module: nn.Module) -> str:

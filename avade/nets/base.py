@@ -7,7 +7,7 @@ model runs::
     d = decoder.initial_state(B)                        # learned constant at the top stage
     for i in reversed(range(len(stage_shapes))):
         if i in posterior.stage_ids:
-            d, log_q, log_p = posterior.forward_stage(i, d, hs[i], T)
+            d, log_q, log_p = posterior.forward_stage(i, d, hs[i], T, y)
         d = decoder.forward_stage(i, d, y)              # stage i -> stage i-1 (stage 0 keeps its shape)
     mean = decoder.head(d, y)                           # [B, *out_shape]
 """

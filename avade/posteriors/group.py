@@ -33,6 +33,9 @@ class LatentGroup(nn.Module):
       prior when ``residual`` (``mu_q = mu_p + dmu``, ``log sigma_q = log sigma_p + dlog sigma``); its
       sample optionally goes through ``iaf_steps`` IAF steps whose context also comes from that conv;
     - merge: ``d + conv3x3(z)``;
+    - every conv gets the class labels ``y`` of a class-conditional model (None otherwise), so with a
+      conditional norm (``cwn``) the prior, the posterior and the merge are class-conditional, the top
+      group's prior ``p(z|y)`` included;
     - ``free_bits`` > 0 (the "free bits" of Kingma et al. 2016, openai/iaf's ``kl_min``): in a training pass
       with gradients, a latent channel whose KL (summed over positions, averaged over the batch: the whole
       job's under data parallelism) is below ``free_bits`` nats gets no KL gradient, the gradient of
@@ -64,43 +67,45 @@ class LatentGroup(nn.Module):
         self.flow = IAFFlow(latent, iaf_hidden, self.context, iaf_steps, iaf_kernel) if iaf_steps else None
         self.merge = conv(latent, channels, 3, **opts)
 
-    def prior_params(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu_p, log sigma_p)`` of p(z|d), float32 under mixed precision (:mod:`avade.nn.precision`)."""
-        mu, s = full_precision(self.prior(elu(d))).chunk(2, dim=1)
+    def prior_params(self, d: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu_p, log sigma_p)`` of p(z|d, y), float32 under mixed precision (:mod:`avade.nn.precision`)."""
+        mu, s = full_precision(self.prior(elu(d), y)).chunk(2, dim=1)
         return mu, soft_clamp(s)
 
     def posterior_params(self, d: torch.Tensor, h: torch.Tensor,
-                         prior: tuple[torch.Tensor, torch.Tensor] | None = None
+                         prior: tuple[torch.Tensor, torch.Tensor] | None = None, y: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(mu_q, log sigma_q, context)`` of the Gaussian base of q(z|h,d) (context: None without IAF)."""
-        out = self.posterior(elu(torch.cat([h, d], dim=1)))
+        """``(mu_q, log sigma_q, context)`` of the Gaussian base of q(z|h,d,y) (context: None without IAF)."""
+        out = self.posterior(elu(torch.cat([h, d], dim=1)), y)
         mu, s, ctx = out.split([self.latent, self.latent, self.context], dim=1)
         mu, s = full_precision(mu), full_precision(s)  # the density's parameters: float32 under autocast
         if self.residual:
-            mu_p, log_sigma_p = prior if prior is not None else self.prior_params(d)
+            mu_p, log_sigma_p = prior if prior is not None else self.prior_params(d, y)
             mu, s = mu_p + mu, log_sigma_p + s
         return mu, soft_clamp(s), (ctx if self.context else None)
 
     def sample(self, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0,
-               noise: torch.Tensor | None = None) -> LatentSample:
+               noise: torch.Tensor | None = None, y: torch.Tensor | None = None) -> LatentSample:
         """Sample z from q(z|h,d), or from p(z|d) with its std times ``temperature`` when ``h`` is None.
 
         ``noise`` (standard normal, shape of z) replaces the random draw, e.g. for fixed-noise grids. The
-        returned log_p is under the untempered prior; log_q is 0 for prior samples.
+        returned log_p is under the untempered prior; log_q is 0 for prior samples. ``y``: the labels of a
+        class-conditional model.
         """
-        return self._draw(d, h, temperature, noise, elementwise=False)
+        return self._draw(d, h, temperature, noise, elementwise=False, y=y)
 
     def _draw(self, d: torch.Tensor, h: torch.Tensor | None, temperature: float,
-              noise: torch.Tensor | None, elementwise: bool, analytic: bool = False) -> LatentSample:
+              noise: torch.Tensor | None, elementwise: bool, analytic: bool = False,
+              y: torch.Tensor | None = None) -> LatentSample:
         """:meth:`sample`, with log_q and log_p per element (shaped like z) when ``elementwise``; with
         ``analytic`` (no IAF) a posterior sample's log_q is ``log_p + KL(q || p)`` in closed form."""
-        mu_p, log_sigma_p = self.prior_params(d)
+        mu_p, log_sigma_p = self.prior_params(d, y)
         eps = torch.randn_like(mu_p) if noise is None else noise
         if h is None:
             z = mu_p + temperature * torch.exp(log_sigma_p) * eps
             log_q = torch.zeros_like(z) if elementwise else z.new_zeros(z.shape[0])
             return LatentSample(z, log_q, normal_log_prob(z, mu_p, log_sigma_p, elementwise))
-        mu_q, log_sigma_q, ctx = self.posterior_params(d, h, (mu_p, log_sigma_p))
+        mu_q, log_sigma_q, ctx = self.posterior_params(d, h, (mu_p, log_sigma_p), y)
         z = mu_q + torch.exp(log_sigma_q) * eps
         if analytic:
             log_p = normal_log_prob(z, mu_p, log_sigma_p, elementwise)
@@ -111,26 +116,26 @@ class LatentGroup(nn.Module):
             log_q = log_q - logdet
         return LatentSample(z, log_q, normal_log_prob(z, mu_p, log_sigma_p, elementwise))
 
-    def analytic_kl(self, d: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Closed-form ``KL(q(z|h,d) || p(z|d))`` per sample ([B]); only without IAF."""
+    def analytic_kl(self, d: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Closed-form ``KL(q(z|h,d,y) || p(z|d,y))`` per sample ([B]); only without IAF."""
         if self.flow is not None:
             raise ValueError("the KL of an IAF posterior has no closed form; use log_q - log_p of a sample")
-        mu_p, log_sigma_p = self.prior_params(d)
-        mu_q, log_sigma_q, _ = self.posterior_params(d, h, (mu_p, log_sigma_p))
+        mu_p, log_sigma_p = self.prior_params(d, y)
+        mu_q, log_sigma_q, _ = self.posterior_params(d, h, (mu_p, log_sigma_p), y)
         return gaussian_kl(mu_q, log_sigma_q, mu_p, log_sigma_p)
 
-    def forward(self, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0,
+                y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(d + merge(z), log_q, log_p)``."""
         training = h is not None and self.training and torch.is_grad_enabled()
         if not training or (self.free_bits <= 0 and not self.analytic):
-            s = self.sample(d, h, temperature)
-            return d + self.merge(s.z), s.log_q, s.log_p
-        s = self._draw(d, h, temperature, None, elementwise=self.free_bits > 0, analytic=self.analytic)
+            s = self.sample(d, h, temperature, y=y)
+            return d + self.merge(s.z, y), s.log_q, s.log_p
+        s = self._draw(d, h, temperature, None, elementwise=self.free_bits > 0, analytic=self.analytic, y=y)
         if self.free_bits <= 0:
-            return d + self.merge(s.z), s.log_q, s.log_p
+            return d + self.merge(s.z, y), s.log_q, s.log_p
         log_q = s.log_q.flatten(1).sum(1) - free_bits_gradient(s.log_q - s.log_p, self.free_bits)
-        return d + self.merge(s.z), log_q, s.log_p.flatten(1).sum(1)
+        return d + self.merge(s.z, y), log_q, s.log_p.flatten(1).sum(1)
 
 
 def free_bits_gradient(kl: torch.Tensor, free_bits: float) -> torch.Tensor:

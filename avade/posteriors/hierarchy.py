@@ -1,8 +1,8 @@
 """The latent model the VAE drives: latent groups at some decoder stages (kind ``posterior``).
 
-The model calls ``forward_stage(i, d, h_i, T)`` for each ``i in stage_ids`` during its top-down pass
-(see :mod:`avade.nets.base`) and sums ``log_q - log_p``: a single-sample KL estimate per example that
-also serves the importance-weighted bound.
+The model calls ``forward_stage(i, d, h_i, T, y)`` for each ``i in stage_ids`` during its top-down pass
+(see :mod:`avade.nets.base`; ``y``: the labels of a class-conditional model, else None) and sums
+``log_q - log_p``: a single-sample KL estimate per example that also serves the importance-weighted bound.
 """
 
 from __future__ import annotations
@@ -65,20 +65,20 @@ class LatentModel(nn.Module):
         return (self.latent_channels, *self.stage_shapes[i][1:])  # type: ignore[return-value]
 
     def sample(self, i: int, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0,
-               noise: torch.Tensor | None = None) -> LatentSample:
+               noise: torch.Tensor | None = None, y: torch.Tensor | None = None) -> LatentSample:
         """Sample z at stage ``i`` (see :meth:`LatentGroup.sample`) without merging it into ``d``."""
-        return self.group(i).sample(d, h, temperature, noise)
+        return self.group(i).sample(d, h, temperature, noise, y)
 
-    def forward_stage(self, i: int, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample z_i from q(z_i|h_i, d) (or from p(z_i|d) at ``temperature`` if ``h`` is None) and return
-        ``(d_new, log_q, log_p)``: ``d_new`` has ``d``'s shape; ``log_q``, ``log_p`` are ``[B]`` (log_q = 0
-        for prior samples)."""
-        return self.group(i)(d, h, temperature)
+    def forward_stage(self, i: int, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0,
+                      y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample z_i from q(z_i|h_i, d, y) (or from p(z_i|d, y) at ``temperature`` if ``h`` is None) and
+        return ``(d_new, log_q, log_p)``: ``d_new`` has ``d``'s shape; ``log_q``, ``log_p`` are ``[B]``
+        (log_q = 0 for prior samples). ``y``: class labels ([B]) of a conditional model, else None."""
+        return self.group(i)(d, h, temperature, y)
 
-    def analytic_kl(self, i: int, d: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def analytic_kl(self, i: int, d: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Closed-form KL(q || p) at stage ``i`` ([B]); ValueError for a group with IAF."""
-        return self.group(i).analytic_kl(d, h)
+        return self.group(i).analytic_kl(d, h, y)
 
 
 def top_stages(stage_shapes: Sequence[Sequence[int]], groups: int | None, who: str) -> list[int]:

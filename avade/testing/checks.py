@@ -14,6 +14,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from avade.errors import AvadeError, ConfigError, DataError
+from avade.models.generative import takes_labels
 from avade.registry import Registry, get_registry
 
 Shape = tuple[int, int, int]
@@ -372,7 +373,9 @@ def _check_decoder_module(dec: nn.Module, stages: list[Shape], shape: Shape, lab
 def check_posterior(name: str, registry: Registry | None = None, **config: Any) -> None:
     """Each latent stage returns (d_new, log_q, log_p) with d's shape, finite [B] densities; prior mode
     (``h = None``) the same shapes, log_q = 0, deterministic at temperature 0 and using the temperature;
-    gradients; round trip; the same built class-conditional, where it has that form."""
+    gradients; round trip; the same built class-conditional and run with labels (as the model runs it:
+    ``forward_stage(i, d, h, T, y)``; a posterior whose ``forward_stage`` takes four arguments gets none),
+    where it has that form."""
     registry = registry or get_registry()
     what = f"posterior '{name}'"
     torch.manual_seed(0)
@@ -386,10 +389,10 @@ def check_posterior(name: str, registry: Registry | None = None, **config: Any) 
     def build_conditional() -> nn.Module:
         return build(num_classes=NUM_CLASSES)
 
-    # The model passes no labels to forward_stage: a conditional posterior is only built differently.
     cond = _conditional(registry, "posterior", name, build_conditional)
     if cond is not None:
-        _check_posterior_module(cond, stages, build_conditional, f"{what} (conditional)")
+        labels = _labels(3) if takes_labels(cond.forward_stage) else None
+        _check_posterior_module(cond, stages, build_conditional, f"{what} (conditional)", labels)
 
 
 def _stage_outputs(what: str, called: str, out: Any, d: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -409,7 +412,7 @@ def _stage_outputs(what: str, called: str, out: Any, d: torch.Tensor) -> tuple[t
 
 
 def _check_posterior_module(post: nn.Module, stages: list[Shape], rebuild: Callable[[], nn.Module],
-                            what: str) -> None:
+                            what: str, labels: torch.Tensor | None = None) -> None:
     ids = list(getattr(post, "stage_ids", []))
     if not ids or any(not 0 <= i < len(stages) for i in ids):
         _fail(what, f"stage_ids {ids} must be a non-empty subset of 0..{len(stages) - 1}")
@@ -418,8 +421,9 @@ def _check_posterior_module(post: nn.Module, stages: list[Shape], rebuild: Calla
     hs = {i: torch.randn(batch, *stages[i]) for i in ids}
 
     def stage(m: nn.Module, i: int, h: torch.Tensor | None, t: float) -> tuple[torch.Tensor, ...]:
-        called = f"forward_stage({i}, d, {'h' if h is not None else 'None'}, {t})"
-        return _stage_outputs(what, called, _call(what, called, m.forward_stage, i, ds[i], h, t), ds[i])
+        args = (i, ds[i], h, t) if labels is None else (i, ds[i], h, t, labels)
+        called = f"forward_stage({i}, d, {'h' if h is not None else 'None'}, {t}{'' if labels is None else ', y'})"
+        return _stage_outputs(what, called, _call(what, called, m.forward_stage, *args), ds[i])
 
     post.train()
     total = torch.zeros(())
