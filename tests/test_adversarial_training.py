@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from avade.errors import ConfigError
 from avade.losses.adversarial import generator_loss
 from avade.models.preprocess import to_unit
 from avade.nn import normed
@@ -210,6 +211,41 @@ def test_mle_warmup_then_joint_training(tmp_path: Path) -> None:
         assert "l_c" in by_step[s]
         assert not (ADV_KEYS & set(by_step[s])), f"warm-up step {s - 1} ran L_Q"
     assert set(by_step[3]) >= ADV_KEYS, "step 2 (after warm-up) must train with L_Q"
+
+
+def test_the_critic_warms_up_in_the_last_warmup_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """critic_warmup_steps: the critic trains in the warm-up's last steps while the generator gets L_C only
+    (no L_Q computed, the samples drawn without a graph); L_Q from warmup_steps on."""
+    import avade.train.trainer as trainer_module
+
+    trainer = make_trainer(tiny_recipe("train.warmup_steps=3", "train.critic_warmup_steps=2", "train.steps=4"),
+                           tmp_path)
+    batch = first_batch(trainer)
+    real_generator_loss = trainer_module.generator_loss
+
+    def no_l_q(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise AssertionError(f"L_Q computed at step {trainer.step}, inside the MLE warm-up")
+
+    monkeypatch.setattr(trainer_module, "generator_loss", no_l_q)
+    disc_before = snapshot(trainer.model.discriminator)
+    logs = trainer.train_step(*batch)  # step 0: MLE only, critic untouched
+    assert not (ADV_KEYS & set(logs)) and set(logs) >= MLE_KEYS
+    assert all(torch.equal(v, disc_before[k]) for k, v in snapshot(trainer.model.discriminator).items())
+    for step in (1, 2):  # the critic's warm-up
+        disc_before, gen_before = snapshot(trainer.model.discriminator), snapshot(trainer.model.decoder)
+        trainer.step = step
+        logs = trainer.train_step(*batch)
+        assert set(logs) >= {"d_loss", "gp", "d_real", "d_fake", *MLE_KEYS} and "l_q" not in logs
+        assert any(not torch.equal(v, disc_before[k]) for k, v in snapshot(trainer.model.discriminator).items())
+        assert any(not torch.equal(v, gen_before[k]) for k, v in snapshot(trainer.model.decoder).items())
+    monkeypatch.setattr(trainer_module, "generator_loss", real_generator_loss)
+    trainer.step = 3
+    assert set(trainer.train_step(*batch)) >= ADV_KEYS
+
+
+def test_the_critic_warmup_lies_within_the_warmup() -> None:
+    with pytest.raises(ConfigError, match=r"critic_warmup_steps = 5 exceeds warmup_steps = 2"):
+        tiny_recipe("train.warmup_steps=2", "train.critic_warmup_steps=5")
 
 
 def test_gan_ignores_warmup(tmp_path: Path) -> None:

@@ -160,6 +160,11 @@ class TrainSection:
         default=False, metadata={"help": "let L_Q train the flow f too (paper: f gets L_C only)"})
     warmup_steps: int = attrs.field(default=0, validator=ge(0),
                                     metadata={"help": "MLE-only steps before joint training (app. F)"})
+    critic_warmup_steps: int = attrs.field(
+        default=0, validator=ge(0),
+        metadata={"help": "the last this-many warmup_steps also train the critic (the generator still gets L_C "
+                          "only), so joint training starts against a trained critic rather than a random one "
+                          "at the full adv_weight; 0 = off (the paper does not say)"})
     kl_warmup_steps: int = attrs.field(
         default=0, validator=ge(0),
         metadata={"help": "KL warm-up (annealing): the KL term of L_C is weighted (step + 1) / this, up to 1, in "
@@ -204,6 +209,10 @@ class TrainSection:
         metadata={"help": "steps before the average starts (it copies the weights until then)"})
 
     def __attrs_post_init__(self) -> None:
+        if self.critic_warmup_steps > self.warmup_steps:
+            raise ConfigError(f"critic_warmup_steps = {self.critic_warmup_steps} exceeds warmup_steps = "
+                              f"{self.warmup_steps}: the critic warms up within the MLE warm-up; use at most "
+                              f"{self.warmup_steps}", path="critic_warmup_steps")
         if self.keep_every % self.checkpoint_every:
             raise ConfigError(f"{self.keep_every} is not a multiple of train.checkpoint_every "
                               f"({self.checkpoint_every}), so no checkpoint would land on it; use a multiple "

@@ -585,13 +585,15 @@ class Trainer:
         ok = True
         self.set_learning_rates()
         adversarial_now = self.adversarial and (self.step >= cfg.warmup_steps or not self.likelihood)
+        # (the critic's warm-up: it trains in the warm-up's last steps while the generator still gets L_C only)
+        critic_now = adversarial_now or (self.adversarial and self.step >= cfg.warmup_steps - cfg.critic_warmup_steps)
         fake = None
-        if adversarial_now:
+        if critic_now:
             disc = model.discriminator
             assert disc is not None
             d_params = self.opt_d.param_groups[0]["params"]
             real = to_unit(model.preprocess.dequantize(x, self.noise))
-            with self.autocast:
+            with self.autocast, torch.set_grad_enabled(adversarial_now):
                 # Untempered prior (Algorithm 1); model.temperature is for sampling only.
                 fake = to_unit(self.generate(n, labels_in, self.noise, flow_grad=cfg.flow_adv_grad,
                                              temperature=1.0)).float()
@@ -609,6 +611,8 @@ class Trainer:
                     if cfg.gp_weight > 0 else d_loss.new_zeros(())
                 ok &= self._finite_update(self.opt_d, d_params, d_loss + gp)
             scalars.update(d_loss=d_loss, gp=gp, d_real=d_real.mean(), d_fake=d_fake.mean())
+            if not adversarial_now:
+                fake = None  # the critic's warm-up: no L_Q yet
         loss = x.new_zeros((), dtype=torch.float32)
         with self.autocast:
             if self.likelihood:
