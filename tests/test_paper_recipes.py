@@ -149,6 +149,7 @@ def test_main_recipe_has_the_appendix_c_settings() -> None:
     assert flow.config.out_batch_norm == "transformed"  # ... as in the reference implementation (bn_out)
     assert enc.name == "resnet" and tuple(enc.config.channels) == (32, 64, 128, 256) and enc.config.stem == 16
     assert dec.name == "resnet"
+    assert enc.config.residual_scale == dec.config.residual_scale == 0.1  # openai/iaf: input + 0.1 * h
     assert post.name == "topdown" and post.config.latent_channels == 32
     assert disc.name == "resnet" and tuple(disc.config.channels) == (32, 64, 128, 256) and disc.config.stem == 16
     t = r.train

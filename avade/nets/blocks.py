@@ -47,13 +47,15 @@ class ResBlock(nn.Module):
     This is the deterministic part of the "IAF block" of AV-ADE Table 6b (the latent variables live in
     :mod:`avade.posteriors`). ``down`` uses a stride-``factor`` first conv with an average-pooled skip;
     ``up`` upsamples (nearest) before the first conv and on the skip, which avoids the checkerboard
-    artifacts of transposed convolutions. A 1x1 conv adapts the skip when channels change.
+    artifacts of transposed convolutions. A 1x1 conv adapts the skip when channels change. ``scale``
+    multiplies the residual branch (openai/iaf's ``input + 0.1 * h`` keeps a deep stack near the identity).
     """
 
     def __init__(self, c_in: int, c_out: int, *, resample: Resample = "none", factor: int = 2,
-                 norm: str = "weight-norm", num_classes: int | None = None) -> None:
+                 norm: str = "weight-norm", num_classes: int | None = None, scale: float = 1.0) -> None:
         super().__init__()
         self.resample = resample
+        self.scale = float(scale)
         self.factor = factor if resample != "none" else 1
         stride = self.factor if resample == "down" else 1
         self.conv1 = conv(c_in, c_out, 3, stride=stride, norm=norm, num_classes=num_classes)
@@ -71,7 +73,7 @@ class ResBlock(nn.Module):
             x = self.skip(x, y)
         if self.resample == "up" and self.factor > 1:
             x = F.interpolate(x, scale_factor=self.factor, mode="nearest")
-        return x + h
+        return x + h if self.scale == 1.0 else x + self.scale * h
 
 
 class Chain(nn.Module):

@@ -30,6 +30,9 @@ class ResNetEncoderConfig:
     stem: int = attrs.field(default=16, validator=ge(1), metadata={"help": "channels of the conv3x3 stem"})
     blocks_per_stage: int = attrs.field(default=1, validator=ge(1), metadata={"help": "blocks per stage"})
     norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
+    residual_scale: float = attrs.field(
+        default=1.0, validator=ge(0.0),
+        metadata={"help": "scale of each block's residual branch, x + s * h (openai/iaf, the reference IAF-VAE: 0.1)"})
 
 
 class ResNetEncoder(Encoder):
@@ -42,11 +45,12 @@ class ResNetEncoder(Encoder):
         self.stage_shapes = self.compute_stage_shapes(cfg, in_shape)
         opts = {"norm": cfg.norm, "num_classes": num_classes}
         self.stem = conv(in_shape[0], cfg.stem, 3, **opts)
+        block_opts = {**opts, "scale": cfg.residual_scale}
         stages = []
         c_prev = cfg.stem
         for i, c in enumerate(cfg.channels):
-            blocks = [ResBlock(c_prev, c, resample="down" if i else "none", **opts)]
-            blocks += [ResBlock(c, c, **opts) for _ in range(cfg.blocks_per_stage - 1)]
+            blocks = [ResBlock(c_prev, c, resample="down" if i else "none", **block_opts)]
+            blocks += [ResBlock(c, c, **block_opts) for _ in range(cfg.blocks_per_stage - 1)]
             stages.append(Chain(*blocks))
             c_prev = c
         self.stages = torch.nn.ModuleList(stages)
@@ -64,6 +68,9 @@ class ResNetDecoderConfig:
     blocks_per_stage: int = attrs.field(default=1, validator=ge(1), metadata={"help": "blocks per stage"})
     norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
     init_zero_head: bool = attrs.field(default=False, metadata={"help": "output mean starts at 0"})
+    residual_scale: float = attrs.field(
+        default=1.0, validator=ge(0.0),
+        metadata={"help": "scale of each block's residual branch, x + s * h (openai/iaf, the reference IAF-VAE: 0.1)"})
 
 
 class ResNetDecoder(Decoder):
@@ -82,12 +89,13 @@ class ResNetDecoder(Decoder):
                  out_shape: Sequence[int], num_classes: int | None = None) -> None:
         super().__init__(stage_shapes, out_shape, "decoder 'resnet'")  # type: ignore[arg-type]
         opts = {"norm": cfg.norm, "num_classes": num_classes}
+        block_opts = {**opts, "scale": cfg.residual_scale}
         shapes = self.stage_shapes
         for i, (c, _, _) in enumerate(shapes):
-            blocks = [ResBlock(c, c, **opts) for _ in range(cfg.blocks_per_stage - (1 if i else 0))]
+            blocks = [ResBlock(c, c, **block_opts) for _ in range(cfg.blocks_per_stage - (1 if i else 0))]
             if i:
                 factor = upsample_factor(shapes[i - 1], shapes[i], "decoder 'resnet'")
-                blocks.append(ResBlock(c, shapes[i - 1][0], resample="up", factor=factor, **opts))
+                blocks.append(ResBlock(c, shapes[i - 1][0], resample="up", factor=factor, **block_opts))
             self.stages.append(Chain(*blocks))
         head = conv(shapes[0][0], self.out_shape[0], 3, **opts)
         self.out = ZeroScaled(head, self.out_shape[0]) if cfg.init_zero_head else head

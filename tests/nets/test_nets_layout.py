@@ -7,6 +7,7 @@ import torch
 
 import avade
 from avade.errors import ConfigError
+from avade.nets.blocks import ResBlock
 from avade.nets.resnet import ResNetEncoder, ResNetEncoderConfig
 from avade.norms.cwn import ConditionalWeightNorm
 
@@ -121,3 +122,26 @@ def test_other_config_errors() -> None:
         avade.create("decoder", "conv", stage_shapes=[(2, 16, 16)], out_shape=(3, 32, 32))
     with pytest.raises(ConfigError, match="stage_shapes"):
         avade.create("decoder", "conv", stage_shapes=[], out_shape=(3, 32, 32))
+
+
+def test_residual_scale_multiplies_every_block_branch() -> None:
+    """``residual_scale`` s: each block is ``skip(x) + s * branch(x)`` (openai/iaf: 0.1), in both nets."""
+    torch.manual_seed(0)
+    enc = {s: avade.create("encoder", "resnet", in_shape=(3, 16, 16), channels=[4, 8], stem=4, residual_scale=s)
+           for s in (1.0, 0.1, 0.0)}
+    for net in enc.values():  # the same weights
+        net.load_state_dict(enc[1.0].state_dict())
+    second = {s: [m for m in net.modules() if isinstance(m, ResBlock)][1] for s, net in enc.items()}
+    assert second[0.1].scale == 0.1 and second[0.1].skip is not None  # 4 -> 8 channels, down: skip conv + branch
+    h = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        full, tenth, skip_only = (second[s](h) for s in (1.0, 0.1, 0.0))
+        torch.testing.assert_close(tenth, skip_only + 0.1 * (full - skip_only))
+        x = torch.randn(2, 3, 16, 16)
+        assert not torch.allclose(enc[0.1](x)[-1], enc[1.0](x)[-1])
+    dec = avade.create("decoder", "resnet", stage_shapes=enc[1.0].stage_shapes, out_shape=(3, 16, 16),
+                       residual_scale=0.1)
+    assert all(m.scale == 0.1 for m in dec.modules() if isinstance(m, ResBlock))
+    with pytest.raises(ConfigError, match="residual_scale"):
+        avade.create("decoder", "resnet", stage_shapes=enc[1.0].stage_shapes, out_shape=(3, 16, 16),
+                     residual_scale=-1.0)
