@@ -127,9 +127,11 @@ def resize_bilinear_tf1(x: Tensor, size: int) -> Tensor:
 
     The FID reference statistics were computed with TF1 (``align_corners=False``, no half-pixel
     centers): output pixel ``i`` samples the input at ``i * in / out``, clamped at the border.
-    ``F.interpolate`` uses half-pixel centers and would shift every FID a little.
+    ``F.interpolate`` uses half-pixel centers and would shift every FID a little. As in TF1, the scale,
+    the source positions and the weights are float32 and each row is interpolated before the columns,
+    so float32 input gives TF1's (and torch-fidelity's) values bit for bit on the CPU.
     """
-    for dim in (2, 3):
+    for dim in (3, 2):  # TF1: top and bottom rows along x first, then between them along y
         x = _resize_axis(x, dim, size)
     return x
 
@@ -138,12 +140,14 @@ def _resize_axis(x: Tensor, dim: int, out: int) -> Tensor:
     n = x.shape[dim]
     if n == out:
         return x
-    src = torch.arange(out, dtype=torch.float64, device=x.device) * (n / out)
-    lo = src.floor().long().clamp(max=n - 1)
+    scale = torch.tensor(n, dtype=torch.float32) / torch.tensor(out, dtype=torch.float32)
+    src = torch.arange(out, dtype=torch.float32) * scale
+    floor = src.floor()
+    lo = floor.long().clamp(max=n - 1).to(x.device)
     hi = (lo + 1).clamp(max=n - 1)
     shape = [1] * x.dim()
     shape[dim] = out
-    w = (src - lo).to(x.dtype).view(shape)
+    w = (src - floor).to(device=x.device, dtype=x.dtype).view(shape)
     a, b = x.index_select(dim, lo), x.index_select(dim, hi)
     return a + (b - a) * w
 
