@@ -136,8 +136,19 @@ class RunContext:
             raise ConfigError(f"variant '{self.recipe.variant}' is trained without a likelihood term, so bpd is "
                               "undefined for it; evaluate it with sample metrics, e.g. --metrics fid,kid")
 
+    def bpd_images(self, split: str = "test") -> tuple[int, int]:
+        """(images the bits/dim of ``split`` are averaged over, images in it): fewer with ``train.eval_batches``."""
+        total = len(self._split(split))
+        limit = self.recipe.train.eval_batches
+        return (min(total, limit * self.recipe.data.options.eval_batch_size) if limit else total), total
+
     def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
         self.bpd_defined()
+        used, total = self.bpd_images(split)
+        if used < total:  # as training reported it, but not the published measure: say so
+            warnings.warn(f"bpd averaged over {used} of the {total} {split} images (train.eval_batches = "
+                          f"{self.recipe.train.eval_batches}); for the whole split: --set train.eval_batches=0",
+                          UserWarning, stacklevel=2)
         batches = eval_batches(self._split(split), self.recipe.data.options.eval_batch_size,
                                self.recipe.train.eval_batches)
         key = "bpd" if importance_samples == 1 else f"bpd_iw{importance_samples}"
@@ -636,6 +647,12 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
     check_inception_weights(metrics_built, ctx.recipe)
     results = _compute(ctx, metrics_built, console)
     settings = metric_settings(metrics_built)
+    for name, metric in metrics_built:  # bits/dim of part of the split (train.eval_batches): recorded as such
+        split = getattr(getattr(metric, "cfg", None), "split", None)
+        if name == "bpd" and isinstance(split, str) and ctx.recipe.train.eval_batches:
+            used, total = ctx.bpd_images(split)
+            if used < total:
+                settings[name] = {**settings.get(name, {}), "images": used, "split_images": total}
     if overrides:  # e.g. model.temperature: part of what each value was computed with
         given = dict(parse_override(text) for text in overrides)
         settings = {name: {**settings.get(name, {}), "overrides": given} for name, _ in metrics_built}

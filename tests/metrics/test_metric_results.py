@@ -156,3 +156,17 @@ def test_a_run_whose_metric_plugin_is_gone_still_evaluates_and_samples(odd, tmp_
         assert evaluate_run(tmp_path / "run", ["bpd"], device="cpu")["bpd"] > 0
     with pytest.warns(PluginWarning):
         sample_run(tmp_path / "run", n=4, output=tmp_path / "s.png", device="cpu")
+
+
+def test_avade_eval_says_when_bpd_is_over_part_of_the_test_split(tmp_path):
+    import warnings
+
+    run_recipe(tiny_recipe("train.eval_batches=1", "data.eval_batch_size=4"), tmp_path / "run", progress=False)
+    with pytest.warns(UserWarning, match=r"bpd averaged over 4 of the 16 test images \(train.eval_batches = 1\)"):
+        evaluate_run(tmp_path / "run", ["bpd"], device="cpu")
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert record["settings"]["bpd"]["images"] == 4 and record["settings"]["bpd"]["split_images"] == 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the whole split: nothing to say
+        evaluate_run(tmp_path / "run", ["bpd"], device="cpu", overrides=["train.eval_batches=0"])
+    assert "images" not in json.loads((tmp_path / "run" / "eval.json").read_text())["settings"]["bpd"]
