@@ -219,17 +219,22 @@ class GenerativeModel(nn.Module):
 
         Batch ``i``'s noise (dequantization and latents) comes from ``(seed, i)`` alone, so the same
         weights give the same value, the training RNG stream is left untouched, and batches split over
-        processes sum to the single-process value."""
+        processes sum to the single-process value. With ``importance_samples`` k > 1 each image runs k
+        times, so a batch goes through in parts of ``batch // k`` images (at least one): about one batch
+        of images at a time, as for k = 1, not k batches at once."""
         self.eval()
         device = self.log_sigma.device
         total = torch.zeros((), dtype=torch.float64, device=device)
         count = 0
+        k = int(importance_samples)
         for i, x, y in batches:
             gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+            part = max(1, x.shape[0] // k)
             with _seeded_from(gen):
-                labels = y.to(device) if self.num_classes else None
-                out = self.log_likelihood(x.to(device), labels, gen, importance_samples)
-            total += out["bpd"].double().sum()
+                for start in range(0, x.shape[0], part):
+                    xs = x[start:start + part].to(device)
+                    labels = y[start:start + part].to(device) if self.num_classes else None
+                    total += self.log_likelihood(xs, labels, gen, importance_samples)["bpd"].double().sum()
             count += x.shape[0]
         return float(total), count
 

@@ -120,6 +120,23 @@ def test_mean_bpd_is_deterministic_and_leaves_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_the_importance_weighted_bpd_runs_about_one_batch_of_images_at_a_time(monkeypatch):
+    # k samples of each image: a batch of B images goes through in parts of B // k, not as k * B images at once
+    model = _analytic_model(0.05, "identity")
+    x = torch.randint(0, 256, (16, 2, 4, 4), dtype=torch.uint8)
+    seen = []
+    run = model.log_likelihood
+    monkeypatch.setattr(model, "log_likelihood", lambda xs, *a: seen.append(len(xs)) or run(xs, *a))
+    model.mean_bpd([(x, torch.zeros(16))], importance_samples=4)
+    assert seen == [4, 4, 4, 4]
+    seen.clear()
+    model.mean_bpd([(x[:3], torch.zeros(3))], importance_samples=100)  # at least one image per part
+    assert seen == [1, 1, 1]
+    seen.clear()
+    model.mean_bpd([(x, torch.zeros(16))])  # k = 1: the batch as it is
+    assert seen == [16]
+
+
 def test_discretized_logistic_samples_are_dequantized_within_their_bin():
     # The critic sees real images as x + U[0, 1): generated ones must not all sit at their bin's centre.
     mean = torch.linspace(-1.2, 1.2, 4096).view(1, 1, 64, 64)
