@@ -39,7 +39,9 @@ class DigitsConfig:
         validator=between(0.05, 0.5),
         metadata={"help": "share of each class held out for the test split"},
     )
-    seed: int = attrs.field(default=0, metadata={"help": "seed of the stratified split"})
+    # scikit-learn's random_state takes 0 .. 2**32 - 1 only
+    seed: int = attrs.field(default=0, validator=between(0, 2**32 - 1),
+                            metadata={"help": "seed of the stratified split"})
     # Accepted so that a recipe written for an on-disk dataset can switch with only `data.name`.
     root: str = attrs.field(default="~/data", metadata={"help": "unused (built-in data)"})
     download: bool = attrs.field(default=False, metadata={"help": "unused (built-in data)"})

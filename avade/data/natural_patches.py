@@ -89,7 +89,9 @@ class NaturalPatchesConfig:
         validator=ge(0),
         metadata={"help": "drop flat candidates: min luminance std (0..255 units)"},
     )
-    seed: int = attrs.field(default=0, metadata={"help": "seed of the patch positions and the shuffle"})
+    # numpy's generators take non-negative seeds only
+    seed: int = attrs.field(default=0, validator=ge(0),
+                            metadata={"help": "seed of the patch positions and the shuffle"})
     # Accepted so that a recipe written for an on-disk dataset can switch with only `data.name`.
     root: str = attrs.field(default="~/data", metadata={"help": "unused (built-in data)"})
     download: bool = attrs.field(default=False, metadata={"help": "unused (built-in data)"})

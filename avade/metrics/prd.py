@@ -40,7 +40,7 @@ from avade.errors import AvadeError
 from avade.metrics.context import EvalContext
 from avade.metrics.features import get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_features, sample_features
-from avade.schema import ge, gt
+from avade.schema import between, ge, gt
 
 __all__ = [
     "PRD",
@@ -179,7 +179,8 @@ class PRDConfig:
     num_angles: int = attrs.field(default=1001, validator=ge(3))
     num_runs: int = attrs.field(default=10, validator=ge(1))
     beta: float = attrs.field(default=8.0, validator=gt(0))
-    seed: int = 0
+    # scikit-learn's random_state takes 0 .. 2**32 - 1; run i uses seed + i
+    seed: int = attrs.field(default=0, validator=between(0, 2**31 - 1))
     plot: bool = attrs.field(default=True, metadata={"help": "write prd.png and prd_curve.json to out_dir"})
     label: str = attrs.field(default="model", metadata={"help": "legend label of the curve"})
     batch_size: int = attrs.field(default=100, validator=ge(1))
