@@ -37,3 +37,28 @@ def test_digits_with_any_valid_seed_loads() -> None:
 
     data = avade.create("dataset", "digits", resolution=8, seed=2**32 - 1, split="test")
     assert len(data) > 0
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_actnorm_norm_scale_must_be_positive(scale: float) -> None:
+    # log(scale) sets the layer's log-scale: 0 silenced the layer for good, < 0 or NaN gave NaN at step 1
+    assert "scale" in refused("norm", "actnorm", scale=scale)
+
+
+@pytest.mark.parametrize("init_scale", [-1.0, float("nan"), float("inf")])
+def test_weight_norm_init_scale_must_be_finite_and_not_negative(init_scale: float) -> None:
+    assert "init_scale" in refused("norm", "weight-norm", init_scale=init_scale)
+
+
+def test_norm_options_are_checked_by_recipe_check(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\nencoder = { name = "conv", norm = "actnorm" }\n'
+                      '[data]\nname = "synthetic"\nresolution = 8\n')
+    result = CliRunner().invoke(app, ["recipe", "check", str(recipe), "--set",
+                                      "model.norm_options={actnorm={scale=-1.0}}"])
+    assert result.exit_code == 2
+    assert "model.norm_options.actnorm.scale" in result.stderr

@@ -15,7 +15,7 @@ class ActNormLayerConfig:
     """``scale``: the output standard deviation the data-dependent init aims for; ``logscale_factor``:
     the learned parameter is ``log s / logscale_factor`` (Glow's actnorm: 3; 1: ``log s`` itself)."""
 
-    scale: float = 1.0
+    scale: float = attrs.field(default=1.0, validator=gt(0.0))  # its log is taken: 0 would silence the layer
     logscale_factor: float = attrs.field(default=1.0, validator=gt(0.0))
 
 

@@ -8,13 +8,15 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from avade.norms._init_flag import InitFlag
+from avade.schema import ge
 
 
 @attrs.define
 class WeightNormConfig:
     """``init_scale``: scale of the data-dependent init (0 disables it; the paper's IAF uses it)."""
 
-    init_scale: float = attrs.field(default=0.0, metadata={"help": "data-dependent init scale; 0 = off"})
+    init_scale: float = attrs.field(default=0.0, validator=ge(0.0),
+                                    metadata={"help": "data-dependent init scale; 0 = off"})
 
 
 class WeightNorm(nn.Module):
