@@ -62,3 +62,24 @@ def test_norm_options_are_checked_by_recipe_check(tmp_path) -> None:
                                       "model.norm_options={actnorm={scale=-1.0}}"])
     assert result.exit_code == 2
     assert "model.norm_options.actnorm.scale" in result.stderr
+
+
+@pytest.mark.parametrize(("name", "key"), [("bpd", "split"), ("fid", "split"), ("kid", "split"), ("prd", "split"),
+                                           ("gan-test", "train_split"), ("gan-train", "test_split")])
+def test_metric_splits_are_train_or_test(name: str, key: str) -> None:
+    # a typo here used to pass `recipe check` and fail the run only at its final evaluation, after training
+    message = refused("metric", name, **{key: "tset"})
+    assert key in message and "'test'" in message
+
+
+def test_recipe_check_refuses_a_metric_split_typo(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[data]\nname = "synthetic"\nresolution = 8\n[eval]\nmetrics = ["bpd"]\n'
+                      '[eval.bpd]\nsplit = "bogus"\n')
+    result = CliRunner().invoke(app, ["recipe", "check", str(recipe)])
+    assert result.exit_code == 2
+    assert "eval.bpd.split" in result.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 
 from avade.metrics.context import EvalContext
@@ -13,7 +15,7 @@ class BPDConfig:
     """``importance_samples`` > 1 adds the importance-weighted bound (tighter, k times the cost)."""
 
     importance_samples: int = attrs.field(default=1, validator=ge(1))
-    split: str = "test"
+    split: Literal["train", "test"] = "test"
 
 
 class BPD:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import attrs
 import torch
@@ -59,7 +60,8 @@ class FIDConfig:
     """FID of ``samples`` model samples against the real ``split`` (all of it, or ``real_samples``)."""
 
     samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "model samples"})
-    split: str = attrs.field(default="test", metadata={"help": "real split for the reference statistics"})
+    split: Literal["train", "test"] = attrs.field(default="test",
+                                                  metadata={"help": "real split for the reference statistics"})
     real_samples: int | None = attrs.field(default=None, validator=ge(2),
                                            metadata={"help": "real images used; none = the whole split"})
     batch_size: int = attrs.field(default=100, validator=ge(1))

@@ -55,8 +55,8 @@ class GanTestConfig:
     seed: int = 0
     samples: int | None = attrs.field(default=None, validator=ge(1),
                                       metadata={"help": "none = as many as the real split's images"})
-    train_split: str = "train"
-    test_split: str = "test"
+    train_split: Literal["train", "test"] = "train"
+    test_split: Literal["train", "test"] = "test"
     sample_batch_size: int = attrs.field(default=100, validator=ge(1))
 
     def __attrs_post_init__(self) -> None:

@@ -9,6 +9,7 @@ so with the same seed both give the same numbers.
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import attrs
 import torch
@@ -69,7 +70,7 @@ class KIDConfig:
     """KID of ``samples`` model samples against the real ``split``."""
 
     samples: int = attrs.field(default=10000, validator=ge(2))
-    split: str = "test"
+    split: Literal["train", "test"] = "test"
     real_samples: int | None = attrs.field(default=None, validator=ge(2),
                                            metadata={"help": "real images used; none = the whole split"})
     subsets: int = attrs.field(default=100, validator=ge(1))

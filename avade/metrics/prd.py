@@ -30,6 +30,7 @@ import json
 import math
 import pathlib
 from collections.abc import Mapping
+from typing import Literal
 
 import attrs
 import numpy as np
@@ -174,7 +175,7 @@ class PRDConfig:
     """PRD of model samples against the real ``split`` (the paper clusters training images with samples)."""
 
     samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "real images = samples"})
-    split: str = "train"
+    split: Literal["train", "test"] = "train"
     num_clusters: int = attrs.field(default=20, validator=ge(2))
     num_angles: int = attrs.field(default=1001, validator=ge(3))
     num_runs: int = attrs.field(default=10, validator=ge(1))
