@@ -171,6 +171,13 @@ def _metric_config(ref: ComponentRef | None, name: str, samples: int | None, rec
     return config
 
 
+def bpd_config(recipe: Recipe, importance_samples: int | None = None) -> Any:
+    """The ``bpd`` metric's settings for ``recipe`` as they apply: ``[eval.bpd]`` (its ``split``) with
+    ``importance_samples`` resolved as :func:`_metric_config` does (training reports what ``avade eval``
+    computes)."""
+    return _metric_config(recipe.eval.settings.get("bpd"), "bpd", None, recipe, importance_samples)
+
+
 def build_metrics(names: Sequence[str], recipe: Recipe, model_classes: int, samples: int | None = None,
                   importance_samples: int | None = None) -> list[tuple[str, Any]]:
     """The metrics ``names`` built with the recipe's settings, each checked against the model before any

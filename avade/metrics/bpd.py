@@ -15,7 +15,7 @@ class BPDConfig:
     """``importance_samples`` > 1 adds the importance-weighted bound (tighter, k times the cost)."""
 
     importance_samples: int = attrs.field(default=1, validator=ge(1))
-    split: Literal["train", "test"] = "test"
+    split: Literal["train", "test"] = "test"  # "train": reported as bpd_train (training reports it too)
 
 
 class BPD:
@@ -27,8 +27,10 @@ class BPD:
         self.cfg = cfg
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
-        """``bpd``, and with ``importance_samples`` k > 1 also the tighter ``bpd_iw<k>`` (as training reports)."""
+        """``bpd``, and with ``importance_samples`` k > 1 also the tighter ``bpd_iw<k>`` (as training reports);
+        on the training split ``bpd_train`` (``bpd_iw<k>_train``): ``bpd`` is always the test split's."""
         out = dict(ctx.bpd(split=self.cfg.split, importance_samples=1))
         if self.cfg.importance_samples > 1:
             out.update(ctx.bpd(split=self.cfg.split, importance_samples=self.cfg.importance_samples))
-        return {k: float(v) for k, v in out.items()}
+        suffix = "" if self.cfg.split == "test" else f"_{self.cfg.split}"
+        return {k + suffix: float(v) for k, v in out.items()}

@@ -652,14 +652,15 @@ class Trainer:
         return logs
 
     # -- evaluation ----------------------------------------------------------------------------------
-    def test_bpd(self, importance_samples: int = 1, limit: int | None = None) -> float:
-        """Mean bits/dim on the test split (``train.eval_batches`` batches; 0 = all). Under data
+    def test_bpd(self, importance_samples: int = 1, limit: int | None = None, split: str = "test") -> float:
+        """Mean bits/dim on the test split, or ``split`` (``train.eval_batches`` batches; 0 = all). Under data
         parallelism each process evaluates every world-th batch with rank 0's buffers (batch-norm
         statistics) and the sums are reduced: the value one process computes from the checkpoint, in
         1/world of the time."""
         broadcast_buffers(self.model, self.dist)
         lim = self.cfg.eval_batches if limit is None else limit
-        batches = indexed_batches(self.test_set, self.recipe.data.options.eval_batch_size, lim,
+        data = self.test_set if split == "test" else self.train_set
+        batches = indexed_batches(data, self.recipe.data.options.eval_batch_size, lim,
                                   shard=(self.dist.rank, self.dist.world))
         total, count = all_sum(list(self.model.bpd_sum(batches, importance_samples)), self.dist, self.device)
         return total / max(count, 1)
@@ -771,9 +772,10 @@ class Trainer:
         if initial is not None:
             summary["bpd_untrained"] = initial
         # the model's own bound diverging is a failed run; a sample metric's NaN is only that metric's value
-        own = {"bpd", f"bpd_iw{self.recipe.eval.importance_samples}"}
-        broken = sorted(k for k, v in results.items() if _not_finite(v) and k in own)
-        odd = sorted(k for k, v in results.items() if _not_finite(v) and k not in own)
+        from avade.evaluate import owns
+
+        broken = sorted(k for k, v in results.items() if _not_finite(v) and owns("bpd", k))
+        odd = sorted(k for k, v in results.items() if _not_finite(v) and not owns("bpd", k))
         if odd and self.dist.is_main:
             self.console.print(f"[yellow]warning:[/] {', '.join(odd)} not finite (recorded as null)")
         error = None
@@ -854,10 +856,17 @@ class Trainer:
             return self._evaluate()
 
     def _evaluate(self) -> dict[str, float]:
-        results = {"bpd": self.test_bpd()} if self.likelihood else {}
-        if self.recipe.eval.importance_samples > 1 and self.likelihood:
-            results[f"bpd_iw{self.recipe.eval.importance_samples}"] = self.test_bpd(
-                self.recipe.eval.importance_samples)
+        results = {}
+        if self.likelihood:  # bpd on the test split always; as [eval.bpd] asks (its k, its split), as avade eval
+            from avade.evaluate import bpd_config
+
+            bpd = bpd_config(self.recipe)
+            for split in dict.fromkeys(("test", bpd.split)):
+                suffix = "" if split == "test" else f"_{split}"
+                results[f"bpd{suffix}"] = self.test_bpd(split=split)
+                if bpd.importance_samples > 1:
+                    results[f"bpd_iw{bpd.importance_samples}{suffix}"] = self.test_bpd(bpd.importance_samples,
+                                                                                      split=split)
         others = [m for m in self.recipe.eval.metrics if m != "bpd"]
         if others and self.dist.is_main:
             from avade.evaluate import compute_metrics

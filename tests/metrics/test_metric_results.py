@@ -146,6 +146,20 @@ def test_avade_eval_reports_bpd_as_training_did_with_one_importance_knob(tmp_pat
     assert "bpd_iw4" not in record and record["settings"]["bpd"]["importance_samples"] == 1
 
 
+def test_training_reports_bpd_as_its_eval_bpd_table_asks(tmp_path):
+    """[eval.bpd] (its k, its split) applies to the run's own evaluation as to avade eval's; ``bpd`` stays
+    the test split's, the training split's is ``bpd_train``."""
+    recipe = tiny_recipe('eval.bpd={importance_samples = 3, split = "train"}')
+    summary = run_recipe(recipe, tmp_path / "run", progress=False)
+    keys = {"bpd", "bpd_iw3", "bpd_train", "bpd_iw3_train"}
+    assert keys <= set(summary)
+    results = evaluate_run(tmp_path / "run", ["bpd"], device="cpu")
+    assert results == pytest.approx({k: summary[k] for k in ("bpd_train", "bpd_iw3_train")})
+    assert summary["bpd_train"] != summary["bpd"]
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert record["bpd_train"] == pytest.approx(summary["bpd_train"])
+
+
 def test_a_run_whose_metric_plugin_is_gone_still_evaluates_and_samples(odd, tmp_path):
     from avade.evaluate import sample_run
     from avade.registry import PluginWarning, reset_registry

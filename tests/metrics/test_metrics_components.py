@@ -80,9 +80,13 @@ def test_inception_score_with_fewer_samples_than_splits_is_a_config_error() -> N
 
 def test_bpd_component_passes_options_through(tmp_path) -> None:
     ctx = _ctx(tmp_path, None)
-    assert BPD(BPDConfig(importance_samples=8, split="valid")).compute(ctx) == {
+    assert BPD(BPDConfig(importance_samples=8)).compute(ctx) == {
         "bpd": pytest.approx(3.51), "bpd_iw8": pytest.approx(3.58)}  # both, as training reports them
-    assert ctx.bpd_calls == [("valid", 1), ("valid", 8)]
+    assert ctx.bpd_calls == [("test", 1), ("test", 8)]
+    # another split is named as such: bpd is always the test split's
+    assert BPD(BPDConfig(importance_samples=8, split="train")).compute(ctx) == {
+        "bpd_train": pytest.approx(3.51), "bpd_iw8_train": pytest.approx(3.58)}
+    assert ctx.bpd_calls[2:] == [("train", 1), ("train", 8)]
 
 
 def test_subset_study_table7_shape(tmp_path) -> None:
