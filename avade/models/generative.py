@@ -176,11 +176,23 @@ class GenerativeModel(nn.Module):
                        ) -> dict[str, torch.Tensor]:
         """Per-sample bound on log p(x) for uint8 images ``x``; ``bpd`` is in bits per dimension.
 
-        With ``importance_samples = k > 1`` the bound is the k-sample importance-weighted one (tighter).
+        With ``importance_samples = k > 1`` the bound is the k-sample importance-weighted one (tighter). With
+        ``generator`` the result depends on it alone, as :meth:`sample`'s: the dequantization noise comes
+        from it, and the latents' from the global RNG forked and re-seeded from it (then restored).
         """
         if _count(importance_samples) < 1:
             raise DataError(f"log_likelihood: importance_samples must be an int >= 1, got {importance_samples!r}")
         x, labels, generator = self._prepared("log_likelihood", x, labels, generator)
+        if generator is None:
+            return self.bound(x, labels, None, importance_samples)
+        with _seeded_from(generator):
+            return self.bound(x, labels, generator, importance_samples)
+
+    def bound(self, x: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator | None,
+              importance_samples: int = 1) -> dict[str, torch.Tensor]:
+        """:meth:`log_likelihood` on checked inputs on the model's device, ``generator`` drawing the
+        dequantization noise only (the latents draw from the global RNG): the training step's form, one
+        compiled graph, no RNG fork per call."""
         labels = self._labels(labels)
         batch = x.shape[0]
         u = self.preprocess.dequantize(x, generator)
@@ -234,7 +246,7 @@ class GenerativeModel(nn.Module):
                 for start in range(0, x.shape[0], part):
                     xs = x[start:start + part].to(device)
                     labels = y[start:start + part].to(device) if self.num_classes else None
-                    total += self.log_likelihood(xs, labels, gen, importance_samples)["bpd"].double().sum()
+                    total += self.bound(xs, labels, gen, importance_samples)["bpd"].double().sum()
             count += x.shape[0]
         return float(total), count
 

@@ -301,7 +301,7 @@ class Trainer:
         # The weight average starts from the initialised (and synced) weights, or continues the checkpoint's.
         self.ema = self._weight_average()
         # What train_step calls: the model's methods, or compiled versions of them (train.compile).
-        self.log_likelihood = self.model.log_likelihood
+        self.log_likelihood = self.model.bound
         self.generate = self.model.generate
         if self.cfg.compile:
             self._compile()
@@ -359,7 +359,7 @@ class Trainer:
         for m in (self.model.flow, self.model.encoder, critic):
             if m is not None:
                 compile_in_place(m, backend)
-        self.log_likelihood = torch.compile(self.model.log_likelihood, backend=backend)
+        self.log_likelihood = torch.compile(self.model.bound, backend=backend)
         self.generate = torch.compile(self.model.generate, backend=backend)
 
     # -- run directory / resume ----------------------------------------------------------------------
@@ -497,7 +497,7 @@ class Trainer:
         labels = y if self.model.num_classes else None
         self.model.train()
         with torch.no_grad():
-            self.model.log_likelihood(x, labels, self.noise)
+            self.model.bound(x, labels, self.noise)
             disc = self.model.discriminator
             if self.adversarial and disc is not None:  # e.g. an actnorm critic initialises on real images
                 disc(to_unit(self.model.preprocess.dequantize(x, self.noise)), labels)

@@ -66,7 +66,9 @@ def test_bpd_matches_closed_form(alpha, flow):
     model = _analytic_model(alpha, flow)
     x = torch.randint(0, 256, (5, 2, 4, 4), dtype=torch.uint8)
     out = model.log_likelihood(x, generator=torch.Generator().manual_seed(3))
-    u = x.double() + torch.rand(x.shape, generator=torch.Generator().manual_seed(3)).double()
+    gen = torch.Generator().manual_seed(3)
+    torch.randint(0, 2**62, (1,), generator=gen)  # the latents' seed is drawn first, then the dequantization
+    u = x.double() + torch.rand(x.shape, generator=gen).double()
     v = u / 256.0
     if alpha > 0:
         w = alpha + (1 - 2 * alpha) * v
@@ -107,6 +109,23 @@ def test_sampling_with_a_generator_is_reproducible_and_leaves_the_global_rng_alo
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_log_likelihood_with_a_generator_depends_on_it_alone():
+    """The latents' noise too, not only the dequantization's: as sample() with a generator."""
+    model = _analytic_model(0.05, "identity")
+    with torch.no_grad():
+        for p in model.posterior.parameters():  # latents now matter
+            p.add_(0.1)
+    x = torch.randint(0, 256, (4, 2, 4, 4), dtype=torch.uint8)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        a, b, c = (model.log_likelihood(x, generator=torch.Generator().manual_seed(s))["bpd"] for s in (5, 5, 6))
+        k = [model.log_likelihood(x, generator=torch.Generator().manual_seed(5), importance_samples=3)["bpd"]
+             for _ in range(2)]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(k[0], k[1])
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_mean_bpd_is_deterministic_and_leaves_the_global_rng_alone():
     model = _analytic_model(0.05, "identity")
     with torch.no_grad():
@@ -125,8 +144,8 @@ def test_the_importance_weighted_bpd_runs_about_one_batch_of_images_at_a_time(mo
     model = _analytic_model(0.05, "identity")
     x = torch.randint(0, 256, (16, 2, 4, 4), dtype=torch.uint8)
     seen = []
-    run = model.log_likelihood
-    monkeypatch.setattr(model, "log_likelihood", lambda xs, *a: seen.append(len(xs)) or run(xs, *a))
+    run = model.bound
+    monkeypatch.setattr(model, "bound", lambda xs, *a: seen.append(len(xs)) or run(xs, *a))
     model.mean_bpd([(x, torch.zeros(16))], importance_samples=4)
     assert seen == [4, 4, 4, 4]
     seen.clear()
