@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from avade.models import build_model
+from avade.models import GenerativeModel, build_model
 from avade.models.likelihood import discretized_logistic_log_prob, gaussian_log_prob, sample_discretized_logistic
 from avade.models.preprocess import Preprocess, to_uint8
 from avade.recipe.load import recipe_from_dict
@@ -96,11 +96,17 @@ def test_sampling_and_reconstruction_shapes():
     assert model.reconstruct(x).shape == x.shape
 
 
-def test_sampling_with_a_generator_is_reproducible_and_leaves_the_global_rng_alone():
+def _latents_matter() -> GenerativeModel:
+    """The analytic model with a prior and a posterior that depend on the latents' draw."""
     model = _analytic_model(0.05, "identity")
     with torch.no_grad():
-        for p in model.posterior.parameters():  # a prior that depends on the latents' draw
+        for p in model.posterior.parameters():
             p.add_(0.1)
+    return model
+
+
+def test_sampling_with_a_generator_is_reproducible_and_leaves_the_global_rng_alone():
+    model = _latents_matter()
     state = torch.get_rng_state()
     a = model.sample(4, generator=torch.Generator().manual_seed(5))
     b = model.sample(4, generator=torch.Generator().manual_seed(5))
@@ -111,10 +117,7 @@ def test_sampling_with_a_generator_is_reproducible_and_leaves_the_global_rng_alo
 
 def test_log_likelihood_with_a_generator_depends_on_it_alone():
     """The latents' noise too, not only the dequantization's: as sample() with a generator."""
-    model = _analytic_model(0.05, "identity")
-    with torch.no_grad():
-        for p in model.posterior.parameters():  # latents now matter
-            p.add_(0.1)
+    model = _latents_matter()
     x = torch.randint(0, 256, (4, 2, 4, 4), dtype=torch.uint8)
     state = torch.get_rng_state()
     with torch.no_grad():
@@ -127,10 +130,7 @@ def test_log_likelihood_with_a_generator_depends_on_it_alone():
 
 
 def test_mean_bpd_is_deterministic_and_leaves_the_global_rng_alone():
-    model = _analytic_model(0.05, "identity")
-    with torch.no_grad():
-        for p in model.posterior.parameters():  # latents now matter
-            p.add_(0.1)
+    model = _latents_matter()
     x = torch.randint(0, 256, (6, 2, 4, 4), dtype=torch.uint8)
     batches = [(x[:3], torch.zeros(3)), (x[3:], torch.zeros(3))]
     state = torch.get_rng_state()
