@@ -38,6 +38,32 @@ def held_alone(lock_file: Path, busy: str) -> contextlib.AbstractContextManager[
     return _exclusive(lock_file, wait=False, busy=busy)
 
 
+# The descriptors of the lock files this process holds. A flock belongs to the open file, which a forked
+# child (a DataLoader worker) shares: it would keep a training process's lock after that process was killed
+# (kill -9, the OOM killer) until the child noticed (seconds, or never for one stuck reading a file), and a
+# --resume right then would be refused as "another process is training". So forked children let go of them.
+_held: set[int] = set()
+
+
+def _let_go_in_child() -> None:
+    """In a forked child: point the inherited lock descriptors at /dev/null, so that only the parent holds
+    its locks (never ``LOCK_UN``: that would release the parent's lock too)."""
+    if not _held:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for fd in _held:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_let_go_in_child)
+
+
 @contextlib.contextmanager
 def _exclusive(lock_file: Path, wait: bool, busy: str = "") -> Iterator[None]:
     try:
@@ -50,10 +76,13 @@ def _exclusive(lock_file: Path, wait: bool, busy: str = "") -> Iterator[None]:
             held = _flock(fcntl, fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), lock_file)
         except BlockingIOError:
             raise RuntimeError(busy) from None
+        if held:
+            _held.add(fh.fileno())
         try:
             yield
         finally:
             if held:
+                _held.discard(fh.fileno())
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 

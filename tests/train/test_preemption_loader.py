@@ -89,3 +89,59 @@ def test_the_trainer_ends_its_loader_workers_however_training_ends(fresh_registr
     for worker in left:  # (ignoring SIGTERM, they would hang this test process at exit)
         worker.kill()
     assert calls and info.value is not None and left == []
+
+
+_KILLED_WITH_WORKERS = """
+import os, signal, sys, time, torch
+from torch.utils.data import Dataset
+from avade.atomic_files import held_alone
+from avade.train.data import BatchStream
+
+class Images(Dataset):
+    def __len__(self):
+        return 16
+    def __getitem__(self, i):
+        time.sleep(0.05)
+        return torch.zeros((1, 4, 4), dtype=torch.uint8), 0
+
+with held_alone(__import__("pathlib").Path(sys.argv[1]), "busy"):
+    batches = BatchStream(Images(), batch_size=4, seed=0, num_workers=2).batches(0)
+    next(batches)
+    import multiprocessing
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_training_process_leaves_its_run_lock_to_no_loader_worker(tmp_path):
+    # kill -9 (the OOM killer, a user) ends the training process but not at once its DataLoader workers,
+    # forked while it held the run's lock: an immediate --resume must not be refused as "another process
+    # is training" while they wind down.
+    import subprocess
+
+    from avade.atomic_files import held_alone
+
+    lock = tmp_path / ".train.lock"
+    # (not subprocess.run: it would wait for the workers too, which hold its output pipe)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WITH_WORKERS, str(lock)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    try:
+        assert workers and all(_alive(pid) for pid in workers)  # still winding down
+        with held_alone(lock, "busy"):
+            pass
+    finally:
+        proc.stdout.close()
+        for pid in workers:
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
