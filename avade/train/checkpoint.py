@@ -167,6 +167,16 @@ def optimizer_from_tensors(name: str, opt: torch.optim.Optimizer, tensors: dict[
     for key, value in meta.get("scalars", {}).items():
         idx, field = key.split(".", 1)
         state.setdefault(int(idx), {})[field] = value
+    # torch checks only the number of parameters: state tensors of another shape (an optimizer file from
+    # another run) would load, and fail at the first step, inside the update
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for idx, fields in state.items():
+        if not 0 <= idx < len(params):
+            raise ValueError(f"it has state for parameter {idx}, the optimizer {len(params)} parameters")
+        for field, value in fields.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[idx].shape:
+                raise ValueError(f"its {field} of parameter {idx} has shape {tuple(value.shape)}, the parameter "
+                                 f"{tuple(params[idx].shape)}")
     groups = []
     for g in meta["param_groups"]:
         g = dict(g)
@@ -417,7 +427,8 @@ def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, 
         try:
             optimizer_from_tensors(name, opt, ckpt["optimizer"], meta[name])
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint {path}: optimizer '{name}' state does not fit ({exc})") from None
+            raise CheckpointError(f"checkpoint {path}: optimizer '{name}' state does not fit ({exc}); "
+                                  f"{fallback_hint(path)}") from None
     if rank == 0:
         tensors = {k: v for k, v in ckpt["rng"].items() if not k.startswith("rank")}
         rng_meta = ckpt["state"].get("rng")

@@ -125,6 +125,20 @@ def test_corrupt_checkpoint_is_refused(tmp_path, damage):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+def test_an_optimizer_file_from_another_model_is_refused_before_anything_is_rewritten(tmp_path):
+    # torch's load_state_dict counts parameters but not their shapes: the first step would fail inside
+    # the update (an internal error, after recipe.toml and metrics.jsonl were rewritten)
+    Trainer(tiny_recipe("train.steps=2"), tmp_path / "run", progress=False).fit()
+    Trainer(tiny_recipe("train.steps=2", "model.flow.hidden=6"), tmp_path / "other", progress=False).fit()
+    step = "checkpoints/step_00000002/optimizer.safetensors"
+    (tmp_path / "run" / step).write_bytes((tmp_path / "other" / step).read_bytes())
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError, match=r"optimizer 'generator' state does not fit \(its exp_avg of "
+                                              r"parameter \d+ has shape"):
+        Trainer(tiny_recipe("train.steps=4"), tmp_path / "run", resume=True, progress=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
 def test_damaged_checkpoints_beyond_resume_are_named_and_eval_needs_only_the_weights(tmp_path):
     from avade.evaluate import load_run
 
