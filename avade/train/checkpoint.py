@@ -381,6 +381,10 @@ def read_checkpoint(path: Path, need_average: bool = True, training_state: bool 
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"checkpoint {path} is corrupt: state.json's step is {step!r}, not a count of "
                               f"steps; {fallback_hint(path)}")
+    named = checkpoint_step(path)
+    if named >= 0 and step != named:  # a resume would go on from the one step with the other's weights
+        raise CheckpointError(f"checkpoint {path} is corrupt: its state.json is of step {step}, not {named} (a file "
+                              f"copied from another checkpoint?); {fallback_hint(path)}")
     recipe = state.get("recipe")
     train = recipe.get("train") if isinstance(recipe, dict) else None
     if need_average and isinstance(train, dict) and train.get("ema_decay") and "ema" not in files:

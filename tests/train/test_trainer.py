@@ -108,9 +108,9 @@ def test_checkpoint_from_another_recipe_is_refused(tmp_path):
         Trainer(other, tmp_path, resume=True, progress=False)
 
 
-@pytest.mark.parametrize("damage", ["truncate_model", "garbage_state", "missing_rng"])
+@pytest.mark.parametrize("damage", ["truncate_model", "garbage_state", "missing_rng", "state_of_another_step"])
 def test_corrupt_checkpoint_is_refused(tmp_path, damage):
-    recipe = tiny_recipe("train.steps=2")
+    recipe = tiny_recipe("train.steps=2", "train.checkpoint_every=1")
     Trainer(recipe, tmp_path, progress=False).fit()
     path = tmp_path / "checkpoints" / "step_00000002"
     if damage == "truncate_model":
@@ -118,6 +118,8 @@ def test_corrupt_checkpoint_is_refused(tmp_path, damage):
         (path / "model.safetensors").write_bytes(data[: len(data) // 2])
     elif damage == "garbage_state":
         (path / "state.json").write_text("{not json")
+    elif damage == "state_of_another_step":  # (a resume went on from step 1 with step 2's weights)
+        (path / "state.json").write_text((tmp_path / "checkpoints" / "step_00000001" / "state.json").read_text())
     else:
         (path / "rng.safetensors").unlink()
     with pytest.raises(CheckpointError) as info:
