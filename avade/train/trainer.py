@@ -472,7 +472,11 @@ class Trainer:
         untrained = state.get("bpd_untrained")
         self.bpd_untrained = float(untrained) if isinstance(untrained, int | float) else None
         if self.collapse is not None and state.get("collapse"):
-            self.collapse.load_state_dict(state["collapse"])
+            try:
+                self.collapse.load_state_dict(state["collapse"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"checkpoint {path} is corrupt: state.json's collapse table cannot be read "
+                                      f"({type(exc).__name__}: {exc}); {ckpt.fallback_hint(path)}") from None
         if "ema" in data:
             self._saved_average = (data["ema"], path)
         self.finished = self._finished_summary()

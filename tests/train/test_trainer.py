@@ -108,7 +108,8 @@ def test_checkpoint_from_another_recipe_is_refused(tmp_path):
         Trainer(other, tmp_path, resume=True, progress=False)
 
 
-@pytest.mark.parametrize("damage", ["truncate_model", "garbage_state", "missing_rng", "state_of_another_step"])
+@pytest.mark.parametrize("damage", ["truncate_model", "garbage_state", "missing_rng", "state_of_another_step",
+                                    "collapse_table"])
 def test_corrupt_checkpoint_is_refused(tmp_path, damage):
     recipe = tiny_recipe("train.steps=2", "train.checkpoint_every=1")
     Trainer(recipe, tmp_path, progress=False).fit()
@@ -118,6 +119,9 @@ def test_corrupt_checkpoint_is_refused(tmp_path, damage):
         (path / "model.safetensors").write_bytes(data[: len(data) // 2])
     elif damage == "garbage_state":
         (path / "state.json").write_text("{not json")
+    elif damage == "collapse_table":  # (was an internal KeyError)
+        state = json.loads((path / "state.json").read_text())
+        (path / "state.json").write_text(json.dumps({**state, "collapse": {"window": []}}))
     elif damage == "state_of_another_step":  # (a resume went on from step 1 with step 2's weights)
         (path / "state.json").write_text((tmp_path / "checkpoints" / "step_00000001" / "state.json").read_text())
     else:
