@@ -43,9 +43,11 @@ class MetricsLogger:
             self._tb = None
 
     @staticmethod
-    def truncate(path: Path, step: int) -> None:
+    def truncate(path: Path, step: int, final_as_eval: bool = False) -> None:
         """Drop lines logged after ``step`` (they are replayed after a resume) and the ``final/`` results
-        of a finished run (a resumed run logs its own at its new end); ``step = -1`` drops every line."""
+        of a finished run (a resumed run logs its own at its new end); ``step = -1`` drops every line.
+        ``final_as_eval``: the run goes on past ``step``, where ``eval.every`` evaluates: the final results
+        logged at ``step`` are that evaluation (the same metrics of the same weights), kept as ``eval/``."""
         if not path.exists():
             return
         keep = []
@@ -54,8 +56,12 @@ class MetricsLogger:
                 record = json.loads(line)
                 if not isinstance(record, dict):
                     continue
-                if record.get("step", 0) <= step and not any(str(k).startswith("final/") for k in record):
+                final = [k for k in record if str(k).startswith("final/")]
+                if record.get("step", 0) <= step and not final:
                     keep.append(line)
+                elif final_as_eval and record.get("step") == step and len(final) == len(record) - 1:
+                    keep.append(json.dumps({"step": step, **{f"eval/{k.removeprefix('final/')}": record[k]
+                                                            for k in final}}))
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
         atomic_write_text(path, "".join(f"{line}\n" for line in keep))

@@ -481,7 +481,10 @@ class Trainer:
             self._saved_average = (data["ema"], path)
         self.finished = self._finished_summary()
         if self.dist.is_main and self.finished is None:  # a finished run is left as it is
-            MetricsLogger.truncate(self.run.metrics, self.step)
+            every = self.recipe.eval.every
+            # a finished run trained on: its final results are the evaluation eval.every makes at that step
+            MetricsLogger.truncate(self.run.metrics, self.step,
+                                   final_as_eval=bool(every) and self.step % every == 0 and self.step < self.cfg.steps)
         if self.dist.is_main:
             self.console.print(f"resumed from {escape(str(path))} (step {self.step})")
             for note in notes if self.finished is None else []:  # a finished run does not train on

@@ -101,6 +101,22 @@ def test_resume_in_process_is_bit_identical(tmp_path):
         assert torch.equal(a["optimizer"][key], b["optimizer"][key]), key
 
 
+def test_a_finished_run_trained_on_keeps_the_evaluation_eval_every_makes_at_its_old_end(tmp_path):
+    # its final results at step 4 are that evaluation: metrics.jsonl then reads as an uninterrupted run's
+    full = tiny_recipe("train.steps=6", "eval.every=2")
+    Trainer(full, tmp_path / "a", progress=False).fit()
+    Trainer(tiny_recipe("train.steps=4", "eval.every=2"), tmp_path / "b", progress=False).fit()
+    Trainer(full, tmp_path / "b", resume=True, progress=False).fit()
+
+    def records(run):
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "images_per_s"} for r in lines]
+
+    evaluated = [r["step"] for r in records(tmp_path / "b") if "eval/bpd" in r]
+    assert evaluated == [2, 4]
+    assert records(tmp_path / "a") == records(tmp_path / "b")
+
+
 def test_checkpoint_from_another_recipe_is_refused(tmp_path):
     Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
     other = tiny_recipe("train.steps=4", "model.flow.hidden=6")
