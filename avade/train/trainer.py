@@ -758,12 +758,14 @@ class Trainer:
                     logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
                 if save_now:
                     self.save(job_logs.get("bpd"))
-                if stopping and self.step < cfg.steps:
+                if stopping:  # at the last step too: the final evaluation (FID: minutes) is left to --resume,
+                    # and a sweep must not go on to its next variant
                     logger.close()
                     saved = (f"checkpoint step_{self.step:08d} saved" if save_now
                              else f"no checkpoint: the last step was not finite; {self._last_good_checkpoint()}")
+                    then = "" if self.step < cfg.steps else " (training is done: it evaluates the trained model)"
                     raise StoppedError(f"stopped by {stop.signal or 'a signal to another process'} at step "
-                                       f"{self.step} of {cfg.steps}: {saved}; continue with --resume",
+                                       f"{self.step} of {cfg.steps}: {saved}; continue with --resume{then}",
                                        signal_name=stop.signal or "SIGTERM")
         self.write_grids("final")
         summary: dict[str, Any] = {"recipe": self.recipe.name, "variant": self.recipe.variant, "steps": self.step,

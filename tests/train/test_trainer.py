@@ -592,3 +592,29 @@ def test_an_unknown_or_unsupported_device_is_a_config_error(name: str) -> None:
 
     with pytest.raises(ConfigError, match="use auto, cpu, cuda or cuda:N"):
         resolve_device(name)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGUSR1"), reason="POSIX signals")
+def test_a_stop_signal_at_the_last_step_stops_before_the_final_evaluation(tmp_path, monkeypatch):
+    # it was dropped: the final evaluation (FID: minutes) ran regardless, and a sweep went on to train its
+    # next variant whole
+    import os
+    import signal
+
+    Trainer(tiny_recipe(), tmp_path / "a", progress=False).fit()
+    step = Trainer.train_step
+
+    def signalled_at_the_last_step(self, x, y):
+        out = step(self, x, y)
+        if self.step + 1 == self.cfg.steps:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", signalled_at_the_last_step)
+    with pytest.raises(StoppedError, match=r"stopped by SIGUSR1 at step 4 of 4: checkpoint step_00000004 saved; "
+                                           r"continue with --resume \(training is done"):
+        Trainer(tiny_recipe(), tmp_path / "b", progress=False).fit()
+    assert not (tmp_path / "b" / "summary.json").exists()
+    monkeypatch.setattr(Trainer, "train_step", step)
+    resumed = Trainer(tiny_recipe(), tmp_path / "b", resume=True, progress=False).fit()
+    assert resumed["bpd"] == json.loads((tmp_path / "a" / "summary.json").read_text())["bpd"]
