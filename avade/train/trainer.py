@@ -796,8 +796,10 @@ class Trainer:
             summary["error"] = error  # a resume must not take this run for a finished one
         if self.dist.is_main:
             self._record_resume()  # a resume that only evaluated (its run was at train.steps) used them too
-            write_json(self.run.summary, summary)
+            # the final record before summary.json, which marks the run finished: killed between the two, a
+            # resume evaluates again (and replaces the record) instead of leaving metrics.jsonl without it
             logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
+            write_json(self.run.summary, summary)
         logger.close()
         if error is not None:  # from the step count and the bpd, which every process shares
             raise TrainingError(error, every_process=True)

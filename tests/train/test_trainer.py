@@ -618,3 +618,20 @@ def test_a_stop_signal_at_the_last_step_stops_before_the_final_evaluation(tmp_pa
     monkeypatch.setattr(Trainer, "train_step", step)
     resumed = Trainer(tiny_recipe(), tmp_path / "b", resume=True, progress=False).fit()
     assert resumed["bpd"] == json.loads((tmp_path / "a" / "summary.json").read_text())["bpd"]
+
+
+def test_the_final_record_is_in_metrics_before_summary_json_marks_the_run_finished(tmp_path, monkeypatch):
+    # a kill between the two left a finished run (nothing for --resume to do) without its final/ record
+    from avade.train import trainer as trainer_module
+
+    write_json = trainer_module.write_json
+    seen = []
+
+    def checking(path, data):
+        if path.name == "summary.json":
+            seen.append(any('"final/bpd"' in line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()))
+        write_json(path, data)
+
+    monkeypatch.setattr(trainer_module, "write_json", checking)
+    Trainer(tiny_recipe(), tmp_path, progress=False).fit()
+    assert seen == [True]
