@@ -417,6 +417,18 @@ class Trainer:
     def _resume(self) -> None:
         existing = ckpt.list_checkpoints(self.run.checkpoints)
         if not existing:
+            done = self._read_summary() if self.run.summary.is_file() else {}
+            if isinstance(done.get("steps"), int) and done["steps"] > 0 and "error" not in done:
+                # a finished run whose checkpoints were deleted (disk space): starting over would replace its
+                # metrics.jsonl and summary.json with a new run's. At its train.steps it is done (a sweep's
+                # finished variant keeps its row); beyond, there is nothing to train on from.
+                if done["steps"] != self.cfg.steps:
+                    raise CheckpointError(f"{self.run.root} finished at step {done['steps']} (summary.json) and has "
+                                          f"no checkpoint left in {self.run.checkpoints} to train on to "
+                                          f"train.steps = {self.cfg.steps}; train again under another --out (its "
+                                          "results stay as they are)")
+                self.step, self.finished = done["steps"], done
+                return
             if self.dist.is_main:
                 self.console.print(f"no checkpoint in {escape(str(self.run.checkpoints))}: starting from step 0")
             return

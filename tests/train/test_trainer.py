@@ -317,6 +317,22 @@ def test_fresh_start_in_a_run_dir_without_checkpoints_drops_stale_metrics(tmp_pa
     assert 7 not in steps and steps[0] == 1
 
 
+def test_a_finished_run_whose_checkpoints_were_deleted_is_kept_on_resume(tmp_path):
+    """--resume (a requeue script, a resumed sweep) of a finished run whose checkpoints were deleted for disk
+    space: at its train.steps it is done, as it was; beyond, an error. Never a fresh start over its results."""
+    import shutil
+
+    recipe = tiny_recipe("train.steps=2")
+    Trainer(recipe, tmp_path, progress=False).fit()
+    shutil.rmtree(tmp_path / "checkpoints")
+    before = {name: (tmp_path / name).read_bytes() for name in ("metrics.jsonl", "summary.json", "recipe.toml")}
+    summary = Trainer(recipe, tmp_path, resume=True, progress=False).fit()
+    assert summary == json.loads(before["summary.json"])
+    with pytest.raises(CheckpointError, match=r"finished at step 2 .* no checkpoint left .* train.steps = 4"):
+        Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
 def test_rng_of_a_rank_the_checkpoint_lacks_is_reported(tmp_path):
     # A single-process checkpoint holds rank 0's random state only: a process of a larger job learns
     # that it must seed itself (the trainer then reseeds it from (seed, step, rank)).
