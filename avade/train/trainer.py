@@ -338,7 +338,7 @@ class Trainer:
         ema = WeightAverage(self.model, self.g_params, self.cfg.ema_decay, self.cfg.ema_start)
         if self._saved_average is not None:
             ema.load_state_dict(*self._saved_average)
-        elif self.step > 0 and self.dist.is_main:
+        elif self.step > 0 and self.dist.is_main and self.finished is None:  # (a finished run does not train on)
             self.console.print(f"the checkpoint of step {self.step} has no weight average: train.ema_decay "
                                "starts one from its weights")
         self._saved_average = None
@@ -421,7 +421,16 @@ class Trainer:
             if isinstance(done.get("steps"), int) and done["steps"] > 0 and "error" not in done:
                 # a finished run whose checkpoints were deleted (disk space): starting over would replace its
                 # metrics.jsonl and summary.json with a new run's. At its train.steps it is done (a sweep's
-                # finished variant keeps its row); beyond, there is nothing to train on from.
+                # finished variant keeps its row); beyond, there is nothing to train on from. Its recipe.toml
+                # stands in for the checkpoint's recipe: another model or data is refused, as with a checkpoint.
+                saved = self._run_recipe()
+                if saved is not None and not ckpt.same_model({"recipe": saved, "fingerprint": ckpt.fingerprint(saved)},
+                                                             self.recipe_dict):
+                    differ = ckpt.fingerprint_differences(saved, self.recipe_dict)
+                    what = f": {differ}" if differ else " (different model or data)"
+                    raise CheckpointError(f"{self.run.root} finished (summary.json) with another model or data than "
+                                          f"this recipe's{what}; its results stay as they are: train this recipe "
+                                          "under another --out")
                 if done["steps"] != self.cfg.steps:
                     raise CheckpointError(f"{self.run.root} finished at step {done['steps']} (summary.json) and has "
                                           f"no checkpoint left in {self.run.checkpoints} to train on to "
@@ -503,6 +512,16 @@ class Trainer:
                 self.console.print(escape(note))
         self._resumed = {"step": self.step, "checkpoint": path.name, "changed": changed,
                          **({"processes": [world, self.dist.world]} if world != self.dist.world else {})}
+
+    def _run_recipe(self) -> dict[str, Any] | None:
+        """The run directory's recipe.toml as a dict (None when it is missing or unreadable)."""
+        import tomllib
+
+        try:
+            saved = tomllib.loads(self.run.recipe.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return None
+        return saved if isinstance(saved, dict) else None
 
     def _data_init(self) -> None:
         """A fresh run starts with one no-grad likelihood pass (and, for adversarial variants, one

@@ -333,6 +333,29 @@ def test_a_finished_run_whose_checkpoints_were_deleted_is_kept_on_resume(tmp_pat
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
+def test_a_finished_run_without_checkpoints_is_not_taken_for_another_models(tmp_path):
+    """With its checkpoints deleted, recipe.toml tells its model and data: --resume with another model (a changed
+    base recipe of a sweep) is refused, as a checkpoint of another model is, not reported done with the old
+    model's results; and nothing speaks of a checkpoint or a weight average that a finished run does not have."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    recipe = tiny_recipe("train.steps=2", "train.ema_decay=0.9")
+    Trainer(recipe, tmp_path, progress=False).fit()
+    shutil.rmtree(tmp_path / "checkpoints")
+    before = {name: (tmp_path / name).read_bytes() for name in ("metrics.jsonl", "summary.json", "recipe.toml")}
+    with pytest.raises(CheckpointError, match=r"another model or data .*model.flow.hidden 4 -> 8"):
+        Trainer(tiny_recipe("train.steps=2", "train.ema_decay=0.9", "model.flow.hidden=8"), tmp_path, resume=True,
+                progress=False)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    out = io.StringIO()
+    trainer = Trainer(recipe, tmp_path, resume=True, progress=False, console=Console(file=out, width=200))
+    assert trainer.fit() == json.loads(before["summary.json"])
+    assert "already finished" in out.getvalue() and "weight average" not in out.getvalue()
+
+
 def test_rng_of_a_rank_the_checkpoint_lacks_is_reported(tmp_path):
     # A single-process checkpoint holds rank 0's random state only: a process of a larger job learns
     # that it must seed itself (the trainer then reseeds it from (seed, step, rank)).
