@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
+from tiny_recipes import tiny_recipe
 
 from avade.errors import ConfigError
 from avade.registry import get_registry
+from avade.train.data import BatchStream
 
 
 def refused(kind: str, name: str, **config: Any) -> str:
@@ -83,3 +86,22 @@ def test_recipe_check_refuses_a_metric_split_typo(tmp_path) -> None:
     result = CliRunner().invoke(app, ["recipe", "check", str(recipe)])
     assert result.exit_code == 2
     assert "eval.bpd.split" in result.stderr
+
+
+@pytest.mark.parametrize("seed", [2**32, 1_700_000_000_000_000_000, -(2**32)])
+def test_train_seeds_the_trainer_cannot_derive_from_are_refused(seed: int) -> None:
+    """The trainer seeds its generators with e.g. ``seed * 100_003 + epoch`` (torch takes 64 bits): a seed of
+    ``$(date +%s%N)`` passed recipe check, then failed the run with an internal overflow error."""
+    with pytest.raises(ConfigError, match=r"train\.seed") as info:
+        tiny_recipe(f"train.seed={seed}")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("seed", [-1, 0, 2**32 - 1])
+def test_train_seeds_in_range_seed_every_generator(seed: int) -> None:
+    recipe = tiny_recipe(f"train.seed={seed}")
+    assert recipe.train.seed == seed
+    data = torch.zeros(16, 1, 2, 2, dtype=torch.uint8), torch.zeros(16, dtype=torch.int64)
+    stream = BatchStream(torch.utils.data.TensorDataset(*data), 4, seed)
+    next(stream.batches(0))  # seed * 100_003 + epoch
+    torch.Generator().manual_seed((seed * 1_000_003 + 10**9) * 101 + 7)  # a reseeded process of a grown job

@@ -137,7 +137,9 @@ class TrainSection:
                                      metadata={"help": "discriminator lr; defaults to lr"})
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas,
                                              metadata={"help": "the optimizer's (beta1, beta2)"})
-    seed: int = attrs.field(default=0, metadata={"help": "seeds initialisation, data order and noise"})
+    # (the trainer derives generator seeds from it, e.g. seed * 100_003 + epoch, which torch takes up to 64 bits)
+    seed: int = attrs.field(default=0, validator=between(-(2**32 - 1), 2**32 - 1),
+                            metadata={"help": "seeds initialisation, data order and noise (|seed| < 2**32)"})
     checkpoint_every: int = attrs.field(default=1000, validator=ge(1),
                                         metadata={"help": "steps between checkpoints (and the last step)"})
     keep_checkpoints: int = attrs.field(default=3, validator=ge(1),
