@@ -198,7 +198,7 @@ def test_a_posterior_broken_only_when_built_conditional_is_caught() -> None:
 
 
 class LabelledPosterior(TinyPosterior):
-    """Takes the labels (``forward_stage(i, d, h, T, y)``): a class embedding shifts the prior's mean.
+    """Takes the labels (``forward_stage(i, d, h, T, y=None)``): a class embedding shifts the prior's mean.
     ``defect = "labels-ignored-in-q"`` is fine; ``"label-crash"`` fails only when labels arrive."""
 
     def __init__(self, cfg: PosteriorConfig, *, stage_shapes: list[tuple[int, int, int]],
@@ -219,7 +219,7 @@ def test_a_conditional_posterior_is_run_with_labels() -> None:
     # Without labels its class embedding would get no gradient, which the kit reports.
     check_module("posterior", LabelledPosterior, PosteriorConfig(), name="labelled-posterior")
     _fails("posterior", LabelledPosterior, PosteriorConfig("label-crash"), "label-crash",
-           r"posterior 'label-crash' \(conditional\): forward_stage\(1, d, h, 1.0, y\) raised IndexError")
+           r"posterior 'label-crash' \(conditional\): forward_stage\(1, d, h, 1.0, y=y\) raised IndexError")
 
 
 # -- norms -------------------------------------------------------------------------------------------

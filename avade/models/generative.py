@@ -66,7 +66,7 @@ class GenerativeModel(nn.Module):
         self.log_sigma = nn.Parameter(torch.full((channels, 1, 1), math.log(sigma_init)))
         self.num_stages = len(encoder.stage_shapes)
         self._latent_stages = frozenset(posterior.stage_ids)
-        # (a plugin posterior written before labels reached posteriors takes four arguments: it stays label-free)
+        # (a plugin posterior written before labels reached posteriors has no `y`: it stays label-free)
         self._posterior_takes_labels = takes_labels(posterior.forward_stage)
 
     @property
@@ -136,7 +136,7 @@ class GenerativeModel(nn.Module):
             if i in self._latent_stages:
                 h = hs[i] if hs is not None else None
                 if labels is not None and self._posterior_takes_labels:
-                    d, lq, lp = self.posterior.forward_stage(i, d, h, temperature, labels)
+                    d, lq, lp = self.posterior.forward_stage(i, d, h, temperature, y=labels)
                 else:
                     d, lq, lp = self.posterior.forward_stage(i, d, h, temperature)
                 if lq.shape != (batch,) or lp.shape != (batch,):  # (broadcasting would train on a wrong bound)
@@ -374,16 +374,15 @@ def _number(value: Any) -> float:
 
 
 def takes_labels(forward_stage: Any) -> bool:
-    """Whether a posterior's ``forward_stage`` takes the labels ``y`` as its fifth argument (the contract
-    since posteriors became class-conditional; an older plugin's takes four)."""
+    """Whether a posterior's ``forward_stage`` takes the labels: a parameter named ``y`` that can be passed
+    by keyword (the contract since posteriors became class-conditional; an older plugin's has none, and a
+    fifth parameter of another name is not taken for it)."""
     try:
-        params = inspect.signature(forward_stage).parameters.values()
-    except (TypeError, ValueError):  # a builtin or C callable: assume the current contract
-        return True
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return True
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(p.kind in positional for p in params) >= 5
+        param = inspect.signature(forward_stage).parameters.get("y")
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return False
+    return param is not None and param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                inspect.Parameter.KEYWORD_ONLY)
 
 
 def _who(module: nn.Module) -> str:

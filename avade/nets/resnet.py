@@ -10,6 +10,7 @@ between decoder stages by the posterior (:mod:`avade.posteriors`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import torch
@@ -18,7 +19,13 @@ from avade.nets.base import Decoder, Encoder
 from avade.nets.blocks import Chain, ResBlock, ZeroScaled, conv
 from avade.nets.conv import _check_channels
 from avade.nets.shapes import Shape, as_shape, halving_stages, upsample_factor
-from avade.schema import ge
+from avade.schema import ge, gt
+
+
+def _residual_scale() -> Any:
+    """The ``residual_scale`` option of both nets."""
+    return attrs.field(default=1.0, validator=gt(0.0), metadata={
+        "help": "scale (> 0) of each block's residual branch, x + s * h (openai/iaf, the reference IAF-VAE: 0.1)"})
 
 
 @attrs.define
@@ -30,9 +37,7 @@ class ResNetEncoderConfig:
     stem: int = attrs.field(default=16, validator=ge(1), metadata={"help": "channels of the conv3x3 stem"})
     blocks_per_stage: int = attrs.field(default=1, validator=ge(1), metadata={"help": "blocks per stage"})
     norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
-    residual_scale: float = attrs.field(
-        default=1.0, validator=ge(0.0),
-        metadata={"help": "scale of each block's residual branch, x + s * h (openai/iaf, the reference IAF-VAE: 0.1)"})
+    residual_scale: float = _residual_scale()
 
 
 class ResNetEncoder(Encoder):
@@ -68,9 +73,7 @@ class ResNetDecoderConfig:
     blocks_per_stage: int = attrs.field(default=1, validator=ge(1), metadata={"help": "blocks per stage"})
     norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
     init_zero_head: bool = attrs.field(default=False, metadata={"help": "output mean starts at 0"})
-    residual_scale: float = attrs.field(
-        default=1.0, validator=ge(0.0),
-        metadata={"help": "scale of each block's residual branch, x + s * h (openai/iaf, the reference IAF-VAE: 0.1)"})
+    residual_scale: float = _residual_scale()
 
 
 class ResNetDecoder(Decoder):

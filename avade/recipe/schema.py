@@ -166,7 +166,8 @@ class TrainSection:
         default=0, validator=ge(0),
         metadata={"help": "the last this-many warmup_steps also train the critic (the generator still gets L_C "
                           "only), so joint training starts against a trained critic rather than a random one "
-                          "at the full adv_weight; 0 = off (the paper does not say)"})
+                          "at the full adv_weight; 0 = off (the paper does not say); like warmup_steps and adv_weight, "
+                          "ignored by variants without both a likelihood and a critic"})
     kl_warmup_steps: int = attrs.field(
         default=0, validator=ge(0),
         metadata={"help": "KL warm-up (annealing): the KL term of L_C is weighted (step + 1) / this, up to 1, in "

@@ -374,7 +374,7 @@ def check_posterior(name: str, registry: Registry | None = None, **config: Any) 
     """Each latent stage returns (d_new, log_q, log_p) with d's shape, finite [B] densities; prior mode
     (``h = None``) the same shapes, log_q = 0, deterministic at temperature 0 and using the temperature;
     gradients; round trip; the same built class-conditional and run with labels (as the model runs it:
-    ``forward_stage(i, d, h, T, y)``; a posterior whose ``forward_stage`` takes four arguments gets none),
+    ``forward_stage(i, d, h, T, y=y)``; a posterior whose ``forward_stage`` has no ``y`` gets none),
     where it has that form."""
     registry = registry or get_registry()
     what = f"posterior '{name}'"
@@ -421,9 +421,9 @@ def _check_posterior_module(post: nn.Module, stages: list[Shape], rebuild: Calla
     hs = {i: torch.randn(batch, *stages[i]) for i in ids}
 
     def stage(m: nn.Module, i: int, h: torch.Tensor | None, t: float) -> tuple[torch.Tensor, ...]:
-        args = (i, ds[i], h, t) if labels is None else (i, ds[i], h, t, labels)
-        called = f"forward_stage({i}, d, {'h' if h is not None else 'None'}, {t}{'' if labels is None else ', y'})"
-        return _stage_outputs(what, called, _call(what, called, m.forward_stage, *args), ds[i])
+        called = f"forward_stage({i}, d, {'h' if h is not None else 'None'}, {t}{'' if labels is None else ', y=y'})"
+        kwargs = {} if labels is None else {"y": labels}
+        return _stage_outputs(what, called, _call(what, called, m.forward_stage, i, ds[i], h, t, **kwargs), ds[i])
 
     post.train()
     total = torch.zeros(())

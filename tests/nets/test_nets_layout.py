@@ -128,20 +128,22 @@ def test_residual_scale_multiplies_every_block_branch() -> None:
     """``residual_scale`` s: each block is ``skip(x) + s * branch(x)`` (openai/iaf: 0.1), in both nets."""
     torch.manual_seed(0)
     enc = {s: avade.create("encoder", "resnet", in_shape=(3, 16, 16), channels=[4, 8], stem=4, residual_scale=s)
-           for s in (1.0, 0.1, 0.0)}
+           for s in (1.0, 0.5, 0.1)}
     for net in enc.values():  # the same weights
         net.load_state_dict(enc[1.0].state_dict())
     second = {s: [m for m in net.modules() if isinstance(m, ResBlock)][1] for s, net in enc.items()}
     assert second[0.1].scale == 0.1 and second[0.1].skip is not None  # 4 -> 8 channels, down: skip conv + branch
     h = torch.randn(2, 4, 16, 16)
     with torch.no_grad():
-        full, tenth, skip_only = (second[s](h) for s in (1.0, 0.1, 0.0))
-        torch.testing.assert_close(tenth, skip_only + 0.1 * (full - skip_only))
+        full, half, tenth = (second[s](h) for s in (1.0, 0.5, 0.1))
+        branch = 2 * (full - half)  # skip + s * branch at s = 1 and 0.5
+        torch.testing.assert_close(tenth, full - branch + 0.1 * branch)
         x = torch.randn(2, 3, 16, 16)
         assert not torch.allclose(enc[0.1](x)[-1], enc[1.0](x)[-1])
     dec = avade.create("decoder", "resnet", stage_shapes=enc[1.0].stage_shapes, out_shape=(3, 16, 16),
                        residual_scale=0.1)
     assert all(m.scale == 0.1 for m in dec.modules() if isinstance(m, ResBlock))
-    with pytest.raises(ConfigError, match="residual_scale"):
-        avade.create("decoder", "resnet", stage_shapes=enc[1.0].stage_shapes, out_shape=(3, 16, 16),
-                     residual_scale=-1.0)
+    for bad in (0.0, -1.0):  # 0 would leave every branch without a gradient for good
+        with pytest.raises(ConfigError, match="residual_scale"):
+            avade.create("decoder", "resnet", stage_shapes=enc[1.0].stage_shapes, out_shape=(3, 16, 16),
+                         residual_scale=bad)

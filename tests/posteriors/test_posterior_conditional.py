@@ -40,10 +40,10 @@ def test_the_top_prior_and_every_group_depend_on_the_labels_with_cwn(name: str) 
     y = torch.tensor([0, 1])
     post.eval()
     with torch.no_grad():
-        mode, _, _ = post.forward_stage(top, d, None, 0.0, y)  # the prior's mode, merged into d
+        mode, _, _ = post.forward_stage(top, d, None, 0.0, y=y)  # the prior's mode, merged into d
     assert (mode[0] - mode[1]).abs().max() > 1e-3, "p(z_top | y) does not depend on y"
     with torch.no_grad():
-        same, _, _ = post.forward_stage(top, d, None, 0.0, torch.tensor([1, 1]))
+        same, _, _ = post.forward_stage(top, d, None, 0.0, y=torch.tensor([1, 1]))
     torch.testing.assert_close(same[0], same[1])
 
 
@@ -96,9 +96,10 @@ class FourArgumentPosterior(nn.Module):
 def test_which_posteriors_take_labels() -> None:
     assert not takes_labels(FourArgumentPosterior(2).forward_stage)
     assert takes_labels(avade.create("posterior", "topdown", stage_shapes=STAGES, latent_channels=3).forward_stage)
-    assert takes_labels(lambda *args: args)
     assert takes_labels(lambda i, d, h, t, y=None: None)
-    assert not takes_labels(lambda i, d, h, t=1.0, **kw: None)  # the labels are passed positionally
+    assert takes_labels(lambda i, d, h, t=1.0, *, y=None: None)  # passed by keyword
+    assert not takes_labels(lambda i, d, h, t=1.0, noise=None: None)  # a fifth parameter of another name
+    assert not takes_labels(lambda *args, **kwargs: None)  # nothing says what it would do with them
 
 
 def test_a_conditional_model_runs_a_four_argument_posterior_without_labels(tmp_path: Path) -> None:
