@@ -278,6 +278,28 @@ def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
     assert not isinstance(result.exception, ConfigError | KeyError)  # handled, not raised
 
 
+@pytest.mark.parametrize("sweep", [False, True])
+def test_missing_dataset_suggests_offline_data_the_model_can_train_on(tmp_path: Path, sweep: bool) -> None:
+    """A class-conditional recipe is pointed at the labelled digits, not at natural-patches (no labels:
+    following that hint failed with "needs a labelled dataset"); an unconditional one at natural-patches."""
+    empty = tmp_path / "data"
+    empty.mkdir()
+    grid = ["--set", 'sweep.grid={"train.lr" = [0.001, 0.002]}'] if sweep else []
+    for recipe, fallback in ((RECIPES / "paper" / "cond_av_ade_cifar10.toml", "digits"), (MAIN, "natural-patches")):
+        result = CliRunner().invoke(app, ["recipe", "run", str(recipe), "--set", f"data.root={empty}", *grid,
+                                          "--out", str(tmp_path / "run")])
+        assert result.exit_code != 0
+        assert result.output.strip().endswith(f"use the built-in offline data with --set data.name={fallback}"), \
+            result.output
+    # and the hint works: the conditional recipe builds on it
+    assert check_recipe(RECIPES / "paper" / "cond_av_ade_cifar10.toml", ["data.name=digits"])
+
+
+def check_recipe(path: Path, overrides: list[str]) -> bool:
+    result = CliRunner().invoke(app, ["recipe", "check", str(path), *(a for o in overrides for a in ("--set", o))])
+    return result.exit_code == 0 and result.output.startswith("ok:")
+
+
 def test_iaf_variant_has_one_weight_normalized_iaf_step_per_group() -> None:
     r = load_recipe(RECIPES / "paper" / "av_ade_iaf_rd.toml")
     post = r.model.posterior

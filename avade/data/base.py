@@ -30,16 +30,33 @@ from avade.errors import ConfigError, DataError
 
 SPLITS: tuple[str, ...] = ("train", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-# Fallback suggestion in "not found" messages: a dataset that always works offline.
+# Fallback suggestion in "not found" messages: a dataset that always works offline (one with labels for a
+# class-conditional model, which natural-patches cannot train).
 OFFLINE_FALLBACK = "natural-patches"
-# Off while a trained run's data are read (eval, sample, resume): another dataset is no fix there.
-_SUGGEST_FALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar("suggest_fallback", default=True)
+LABELLED_FALLBACK = "digits"
+# None while a trained run's data are read (eval, sample, resume): another dataset is no fix there.
+_SUGGEST_FALLBACK: contextvars.ContextVar[str | None] = contextvars.ContextVar("suggest_fallback",
+                                                                               default=OFFLINE_FALLBACK)
 
 
 @contextlib.contextmanager
 def data_of_trained_model() -> Iterator[None]:
     """Within it, "not found" errors do not suggest the offline dataset: the model was trained on this one."""
-    token = _SUGGEST_FALLBACK.set(False)
+    token = _SUGGEST_FALLBACK.set(None)
+    try:
+        yield
+    finally:
+        _SUGGEST_FALLBACK.reset(token)
+
+
+@contextlib.contextmanager
+def data_of_model(conditional: bool) -> Iterator[None]:
+    """Within it, "not found" errors suggest an offline dataset such a model can train on: for a
+    class-conditional one, a labelled dataset (digits), not natural-patches (no labels)."""
+    if not conditional or _SUGGEST_FALLBACK.get() is None:
+        yield
+        return
+    token = _SUGGEST_FALLBACK.set(LABELLED_FALLBACK)
     try:
         yield
     finally:
@@ -335,7 +352,8 @@ def missing_data(
         fixes.append("set data.download=true to fetch it (needs network)")
     elif source:
         fixes.append(f"get it from {source} (data.download cannot fetch it)")
-    if _SUGGEST_FALLBACK.get():
-        fixes.append(f"or use the built-in offline data with --set data.name={OFFLINE_FALLBACK}")
+    fallback = _SUGGEST_FALLBACK.get()
+    if fallback:
+        fixes.append(f"or use the built-in offline data with --set data.name={fallback}")
     detail = f" {what}" if what else ""
     return DataError(f"dataset '{dataset}'{detail} not found (searched: {paths}); {', '.join(fixes)}")

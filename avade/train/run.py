@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from avade.atomic_files import held_alone, locked
-from avade.data.base import data_of_trained_model
+from avade.data.base import data_of_model, data_of_trained_model
 from avade.errors import BusyError, ConfigError, DataError, StoppedError, TrainingError, did_you_mean
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
@@ -266,10 +266,13 @@ def check_variants(variants: Sequence[Any], *, sweep: Sequence[Any] | None = Non
         if not data:
             continue
         options = variant.recipe.data
-        key = json.dumps([options.options.name, recipe_to_dict(variant.recipe).get("data")], sort_keys=True,
-                         default=str)
+        conditional = variant.recipe.model.options.conditional  # (its "not found" hint: labelled data)
+        key = json.dumps([options.options.name, recipe_to_dict(variant.recipe).get("data"), conditional],
+                         sort_keys=True, default=str)
         if key not in located:
-            located[key] = dataset_status(options.options.name, options.dataset.config if options.dataset else None)
+            with data_of_model(conditional):
+                located[key] = dataset_status(options.options.name,
+                                              options.dataset.config if options.dataset else None)
         present, message = located[key]
         if not present:
             raise DataError(where + message)

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from avade.atomic_files import locked
-from avade.data.base import class_counts, data_of_trained_model
+from avade.data.base import class_counts, data_of_model, data_of_trained_model
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
 from avade.losses.adversarial import CollapseDetector, discriminator_loss, generator_loss, gradient_penalty
@@ -91,7 +91,8 @@ def load_datasets(recipe: Recipe, train: bool = True, test: bool = True) -> tupl
     where = f" under {root}" if root else ""
     splits = [split for split, wanted in (("train", train), ("test", test)) if wanted]
     try:
-        sets = {split: registry.build(info, ref.config, split=split) for split in splits}
+        with data_of_model(recipe.model.options.conditional):  # "not found" suggests data it can train on
+            sets = {split: registry.build(info, ref.config, split=split) for split in splits}
         problems = [(split, dataset_problem(ds, split)) for split, ds in sets.items()]
     except AvadeError:
         raise
