@@ -379,3 +379,24 @@ def test_a_flow_raising_inside_forward_is_named() -> None:
            r"^flow 'exploding': forward\(x\) on x of shape \(4, 3, 4, 4\) in training mode raised RuntimeError: "
            r".*test_conformance_kit.py:\d+\)$")
 
+
+
+def test_a_distribution_that_is_not_installed_is_said_to_be_so() -> None:
+    """check_distribution of a package not installed (no `avade` entry point) says that, and how to check it
+    anyway, instead of "registers no checkable component" (which sent authors to their hook)."""
+    from avade.testing import check_distribution
+
+    with pytest.raises(AssertionError, match=r"no installed distribution 'avade-not-there' has an `avade` entry "
+                                             r"point \(plugins loaded: avade.*\); install it .*check_module"):
+        check_distribution("avade-not-there")
+    with pytest.raises(AssertionError, match=r"^distribution 'avade' registers no checkable component$"):
+        check_distribution("avade", registry=_metricless_builtins())
+
+
+def _metricless_builtins() -> Any:
+    """A registry where the loaded distribution 'avade' registers nothing the kit checks."""
+    from avade.registry import PluginRecord, Registry
+
+    registry = Registry()
+    registry.plugins.append(PluginRecord("avade", "0.1.0", "avade", 0))
+    return registry

@@ -696,6 +696,13 @@ def check_distribution(dist: str, registry: Registry | None = None,
     items = [i for i in registry.list() if normalized_name(i.dist) == normalized_name(dist) and i.kind in CHECKS]
     if not items:
         failures = [f.reason for f in registry.failures if normalized_name(f.dist) == normalized_name(dist)]
+        loaded = sorted({p.dist for p in registry.plugins})
+        if not failures and normalized_name(dist) not in {normalized_name(d) for d in loaded}:
+            # not installed (or no `avade` entry point): saying it "registers nothing" sent authors to their hook
+            raise AssertionError(f"no installed distribution '{dist}' has an `avade` entry point (plugins loaded: "
+                                 f"{', '.join(loaded) or 'none'}); install it (`pip install -e .` in its folder) "
+                                 "or, before installing, check a component with check_module(kind, Factory, "
+                                 "Config())")
         raise AssertionError(f"distribution '{dist}' registers no checkable component"
                              + (f" (it failed to load: {failures[0]})" if failures else ""))
     unknown = sorted(set(configs or {}) - {(i.kind, i.name) for i in items})
