@@ -17,3 +17,22 @@ def test_readme_toml_examples_are_valid_recipes(tmp_path: Path) -> None:
         path = tmp_path / f"readme_{i}.toml"
         path.write_text(text, encoding="utf-8")
         load_recipe(path)  # valid TOML, known keys and values
+
+
+def test_readme_switching_a_component_by_set_starts_its_table_afresh() -> None:
+    """README (Recipes): `--set model.flow.name=glow` builds Glow's defaults, not the former flow's
+    `scales = 1`; a later `--set` sets the new one's options; `[data]` keeps only its loader keys."""
+    import attrs
+
+    from avade.recipe.schema import DataOptions
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert "`--set model.flow.name=glow` builds Glow's defaults, not `scales = 1`" in text
+    quickstart = README.parent / "recipes" / "quickstart.toml"
+    assert load_recipe(quickstart).model.flow.config.scales == 1
+    glow = load_recipe(quickstart, ["model.flow.name=glow"]).model.flow.config
+    assert glow.scales == type(glow)().scales != 1
+    assert load_recipe(quickstart, ["model.flow.name=glow", "model.flow.scales=1"]).model.flow.config.scales == 1
+    kept = {f.name for f in attrs.fields(DataOptions)} - {"name"}
+    assert kept == {"batch_size", "eval_batch_size", "num_workers", "n_bits"}
+    assert all(f"`{k}`" in text for k in kept)
