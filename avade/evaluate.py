@@ -797,6 +797,8 @@ def subset_study_cli(dataset: str, overrides: Sequence[str], fractions: Sequence
     except DataError as exc:  # this command names its dataset with --data, not a recipe's data.name
         raise DataError(str(exc).replace("--set data.name=", "--data ")) from None
     ctx = _DataOnlyContext(train_set, dataset, dict(options or {}), config=config)
+    if console is not None:  # the features of a few thousand images take many minutes on a CPU: not in silence
+        console.print(f"computing Inception features of the {len(train_set)} '{dataset}' training images ...")
     return subset_study(ctx, list(fractions), split="train")
 
 
