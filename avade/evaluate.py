@@ -478,7 +478,9 @@ def _datasets(recipe: Recipe, train: bool = True, test: bool = True) -> tuple[An
 
 # what `--set` of eval and sample may change: everything the checkpoint fingerprint leaves out
 SETTABLE_AFTER_TRAINING = ("data.root, data.folder (moved, same name), data.eval_batch_size, data.num_workers, "
-                           "model.temperature, train.seed, eval.*")
+                           "model.temperature, train.seed, train.eval_batches, eval.*")
+# ... and of those, what evaluating and sampling read (others, e.g. train.lr, change nothing here)
+_READ_AFTER_TRAINING = ("data.", "model.temperature", "train.seed", "train.eval_batches", "train.tf32", "eval.")
 
 
 def _overridden(run: RunDir, recipe: Recipe, overrides: Sequence[str]) -> Recipe:
@@ -491,6 +493,12 @@ def _overridden(run: RunDir, recipe: Recipe, overrides: Sequence[str]) -> Recipe
         raise ConfigError(f"{what or ', '.join(overrides)} would change the model or data the run was trained on; "
                           f"here --set takes keys that leave them as trained: {SETTABLE_AFTER_TRAINING}",
                           path="--set")
+    old, new = ckpt.flatten(before), ckpt.flatten(after)
+    idle = [k for k in dict.fromkeys([*old, *new])
+            if old.get(k) != new.get(k) and not k.startswith(_READ_AFTER_TRAINING)]
+    if idle:  # accepted (the model stays as trained) but read only by training: say so rather than seem to work
+        warnings.warn(f"--set {', '.join(idle)}: read only by training, no effect on evaluating or sampling a trained "
+                      f"run (here --set takes {SETTABLE_AFTER_TRAINING})", UserWarning, stacklevel=2)
     return changed
 
 

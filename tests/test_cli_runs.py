@@ -1076,6 +1076,15 @@ def test_eval_and_sample_set_keys_that_leave_the_model_as_trained(run_dir: Path,
     settings = json.loads((copy / "eval.json").read_text())["settings"]
     assert settings["bpd"]["overrides"] == {"model.temperature": 0.5, "data.eval_batch_size": 7}
     assert "temperature = 1.0" in (copy / "recipe.toml").read_text()  # not saved in the run
+    # a key only training reads is accepted (the model stays as trained), and said to change nothing here
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # (the suite's conftest silences warnings)
+        result = runner.invoke(app, ["eval", str(copy), "--metrics", "bpd", "--device", "cpu", "--set", "train.lr=0.1",
+                                     "--set", "train.eval_batches=1"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "--set train.lr: read only by training, no effect on evaluating or sampling" in said, said
+    assert "train.eval_batches" not in said.split("(here")[0]  # that one is read (bpd over its batches)
     # a key of the model would read the weights as another model: refused, naming it
     result, out = _invoke("eval", str(copy), "--metrics", "bpd", "--device", "cpu", "--set", "model.flow.hidden=8")
     assert result.exit_code == 2, out

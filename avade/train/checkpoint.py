@@ -76,8 +76,8 @@ def fingerprint_differences(saved: Any, recipe_dict: dict[str, Any], limit: int 
     as ``model.flow.hidden 8 -> 16, ...`` (the first ``limit``), or "" when that cannot be told."""
     if not isinstance(saved, dict):
         return ""
-    old = _flat(_fingerprinted(_reread(saved) or saved))
-    new = _flat(_fingerprinted(recipe_dict))
+    old = flatten(_fingerprinted(_reread(saved) or saved))
+    new = flatten(_fingerprinted(recipe_dict))
     unset = "(unset)"
     keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k, unset) != new.get(k, unset)]
 
@@ -89,13 +89,13 @@ def fingerprint_differences(saved: Any, recipe_dict: dict[str, Any], limit: int 
     return ", ".join(parts) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     if not isinstance(node, dict):
         return {prefix: node}
     out: dict[str, Any] = {}
     for k, v in node.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
 
 
