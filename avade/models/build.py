@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import torch
@@ -153,4 +154,38 @@ def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = N
         raise ConfigError(f"the model does not run on {shape[0]}x{shape[1]}x{shape[2]} images ({step} failed: "
                           f"{detail}); check the components' channels and stages against data.resolution",
                           path="model", source=recipe.source) from None
+    if model.num_classes and _ignores_labels(model):
+        warnings.warn(f"{recipe.source or 'recipe'}: model.conditional = true, but the generator ignores the labels "
+                      f"(model.decoder.norm = {_norm_of(recipe.model.decoder)}, model.posterior.norm = "
+                      f"{_norm_of(recipe.model.posterior)}): only the critic is class-conditional, every class "
+                      "gets the same samples and GAN-test/GAN-train score chance; set norm = \"cwn\" in "
+                      "[model.decoder] and [model.posterior]", UserWarning, stacklevel=2)
     return True
+
+
+def _norm_of(ref: ComponentRef | None) -> str:
+    norm = getattr(ref.config, "norm", None) if ref is not None else None
+    return repr(norm) if isinstance(norm, str) else "(none)"
+
+
+def _ignores_labels(model: GenerativeModel) -> bool:
+    """Whether a class-conditional model's generator gives the same prior samples for every class: a copy
+    with its generator's weights perturbed (class-conditional gains start equal for every class, so the
+    untrained model itself cannot tell) decodes the same noise for two classes. False when it cannot be run."""
+    import copy
+
+    try:
+        probe = copy.deepcopy(model).eval()
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in [*probe.decoder.parameters(), *probe.posterior.parameters()]:
+                if p.dtype.is_floating_point:
+                    p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            means = []
+            for label in (0, 1):
+                with torch.random.fork_rng(devices=[]):  # (the CPU generator alone: CUDA's are left alone)
+                    torch.default_generator.manual_seed(0)
+                    means.append(probe.decode_prior(2, torch.full((2,), label), temperature=1.0))
+        return bool(torch.equal(means[0], means[1]))
+    except Exception:  # (a plugin that fails here failed the run-once above already, or samples no other way)
+        return False

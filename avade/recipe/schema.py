@@ -64,7 +64,9 @@ class ModelOptions:
         metadata={"help": "x -> logit(alpha + (1-2 alpha) x) before f (Real-NVP); 0 = no logit: 2x - 1, Glow's "
                           "x - 1/2 up to the factor 2 that its first actnorm's init absorbs"})
     conditional: bool = attrs.field(
-        default=False, metadata={"help": "class-conditional generator and discriminator (needs labels)"})
+        default=False,
+        metadata={"help": "class-conditional generator and discriminator (needs labels; the generator takes them "
+                          "through a conditional norm: norm = \"cwn\" in [model.decoder], [model.posterior])"})
     temperature: float = attrs.field(default=1.0, validator=gt(0.0), metadata={"help": "sampling temperature"})
     norm_options: dict[str, dict[str, Any]] = attrs.field(
         factory=dict, metadata={"help": "options of a registered norm wherever a component's `norm` "
