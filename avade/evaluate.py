@@ -437,6 +437,9 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     if shape is None or classes is None:  # a checkpoint from before they were recorded
         assert sets is not None
         shape, classes = sets[1].shape, sets[1].num_classes
+    if sets is not None and recipe.model.options.conditional:
+        for split, found in zip(("train", "test"), sets, strict=True):
+            check_classes(found, int(classes), split, recipe)
     if dev.type == "cuda" and not library:  # the CLI evaluates with the precision the run trained with
         from avade.train.trainer import configure_tf32
 
@@ -456,6 +459,19 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     if counts is None and int(classes):  # a checkpoint from before they were recorded: count the data's
         counts = class_counts(sets[0]) if sets is not None and sets[0] is not None else _data_class_counts(recipe)
     return _Loaded(model, recipe, chosen, sets, weights, counts)
+
+
+def check_classes(found: Any, classes: int, split: str, recipe: Recipe) -> Any:
+    """``found`` (a split of a class-conditional run's data, or None), refused with a DataError unless it has the
+    ``classes`` classes the run was trained on: label i would mean another class to the model (an image folder
+    with a class folder added or removed since), or lie outside its classes. Returns ``found``."""
+    if found is not None and int(found.num_classes) != classes:
+        root = getattr(recipe.data.dataset.config if recipe.data.dataset is not None else None, "root", None)
+        where = f" under data.root = {root!r}" if isinstance(root, str) else ""
+        raise DataError(f"the run's class-conditional model was trained on {classes} classes, but the {split} split "
+                        f"of '{recipe.data.options.name}'{where} has {int(found.num_classes)}: its labels would mean "
+                        "other classes to the model; point --set data.root at the data it was trained on")
+    return found
 
 
 def _data_class_counts(recipe: Recipe) -> list[int] | None:
@@ -511,7 +527,10 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None =
     assert loaded.datasets is not None
     train_set, test_set = loaded.datasets
     recipe = loaded.recipe
-    train = train_set if train_set is not None else (lambda: _datasets(recipe, test=False)[0])
+    classes = loaded.model.num_classes
+    train = train_set if train_set is not None else (
+        lambda: check_classes(_datasets(recipe, test=False)[0], classes, "train", recipe) if classes
+        else _datasets(recipe, test=False)[0])
     return RunContext(loaded.model, recipe, train, test_set, next(loaded.model.parameters()).device,
                       Path(run_dir), cache_dir(), _options(recipe), recipe.train.seed, loaded.checkpoint,
                       loaded.weights, loaded.class_counts)

@@ -453,6 +453,12 @@ class Trainer:
             what = f": {differ}" if differ else " (different model or data)"
             raise CheckpointError(f"checkpoint {path} was written for another model or data{what}; resume it with "
                                   "its own recipe.toml or start a new run with another --out")
+        trained = state.get("num_classes")
+        if self.model.num_classes and isinstance(trained, int) and trained != self.model.num_classes:
+            # (the class-conditional weights would not fit; say why rather than list their shapes)
+            raise CheckpointError(f"checkpoint {path} is of a class-conditional model trained on {trained} classes, "
+                                  f"but the data have {self.model.num_classes} now: its labels would mean other "
+                                  "classes; resume it on the data it was trained on (data.root)")
         # The optimizers' hyper-parameters (lr, d_lr, betas) come from this recipe, their state from the
         # checkpoint: resuming with a lower train.lr must train with it.
         wanted = {name: [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
