@@ -51,7 +51,8 @@ class GanTestConfig:
         default="constant", metadata={"help": "cosine: decays lr to 0 over the epochs"})
     weight_decay: float = attrs.field(default=0.0, validator=ge(0))
     augment: bool = attrs.field(default=False, metadata={"help": "random crops (padding H/8: 4 px at 32x32), flips"})
-    batch_size: int = attrs.field(default=64, validator=ge(1))
+    batch_size: int = attrs.field(default=64, validator=ge(2),
+                                  metadata={"help": "classifier training batch (at least 2: batch norm)"})
     seed: int = 0
     samples: int | None = attrs.field(default=None, validator=ge(1),
                                       metadata={"help": "none = as many as the real split's images"})
@@ -165,7 +166,7 @@ def train_classifier(images: Tensor, labels: Tensor, num_classes: int, cfg: GanT
     gen = torch.Generator().manual_seed(cfg.seed)
     n = len(images)
     steps = cfg.epochs * math.ceil(n / cfg.batch_size)
-    step = 0
+    step = trained = 0
     with torch.enable_grad():
         for _ in range(cfg.epochs):
             order = torch.randperm(n, generator=gen)
@@ -174,6 +175,7 @@ def train_classifier(images: Tensor, labels: Tensor, num_classes: int, cfg: GanT
                 step += 1
                 if len(idx) < 2:  # batch norm needs two examples
                     continue
+                trained += 1
                 if cfg.lr_schedule == "cosine":
                     for group in opt.param_groups:
                         group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - 1) / steps))
@@ -182,6 +184,10 @@ def train_classifier(images: Tensor, labels: Tensor, num_classes: int, cfg: GanT
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+    if trained == 0:  # an untrained classifier's accuracy would be reported as the metric
+        name = "gan-train" if isinstance(cfg, GanTrainConfig) else "gan-test"
+        raise AvadeError(f"{name}: its classifier got no training step from {n} image(s) (batch norm needs at least "
+                         "two per batch); give it more (for gan-train: samples = N >= 2)")
     return model.eval()
 
 

@@ -204,3 +204,15 @@ def test_a_resnet_trained_with_sgd_cosine_and_augmentation_learns_the_digits(dig
                         weight_decay=5e-4, augment=True, epochs=6)
     model = train_classifier(*digits["train"], 10, cfg)
     assert 100 * accuracy(model, *digits["test"]) > 70.0
+
+
+def test_a_classifier_that_gets_no_training_step_is_refused_not_scored(tmp_path, digits) -> None:
+    # Batches of one are skipped (batch norm needs two): a single sample (or batch_size = 1) left the
+    # classifier untrained, and its chance-level accuracy was reported as GAN-train / GAN-test.
+    ctx = FakeContext(tmp_path, digits, sampler=pool_sampler(*digits["train"]), num_classes=10)
+    with pytest.raises(AvadeError, match="gan-train: its classifier got no training step from 1 image") as info:
+        GanTrain(GanTrainConfig(samples=1, **FAST)).compute(ctx)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="batch_size"):
+        GanTestConfig(batch_size=1)
+    assert GanTrain(GanTrainConfig(samples=2, epochs=1)).compute(ctx)["gan_train"] >= 0.0  # two: one step
