@@ -118,8 +118,8 @@ class GenerativeModel(nn.Module):
         device = self.log_sigma.device
         if x is not None:
             x = x.to(device, non_blocking=True)
-        if labels is not None:
-            labels = labels.to(device, non_blocking=True)
+        if labels is not None:  # (int64: a uint8 or int16 tensor of class ids fails in the embeddings)
+            labels = labels.to(device, torch.int64, non_blocking=True)
         if generator is not None and generator.device.type != device.type:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
             generator = torch.Generator(device=device).manual_seed(seed)

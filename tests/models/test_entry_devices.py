@@ -118,3 +118,18 @@ def test_compiled_the_label_range_is_not_read_back(monkeypatch) -> None:
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     model._checked("log_likelihood", None, labels, 2)
     assert reads == []
+
+
+def test_class_ids_of_any_integer_dtype_are_taken() -> None:
+    # a uint8 or int16 tensor of class ids passed the check, then failed inside the class embeddings of cwn
+    recipe = tiny_recipe("model.conditional=true", "model.decoder.norm=cwn", "model.posterior.norm=cwn")
+    cfg = recipe.data.dataset.config
+    model = build_model(recipe, (getattr(cfg, "channels", 3), cfg.resolution, cfg.resolution), 10).eval()
+    x = torch.randint(0, 256, (3, *model.data_shape), dtype=torch.uint8)
+    want = model.sample(3, torch.tensor([0, 4, 9]), generator=torch.Generator().manual_seed(1))
+    bpd = model.log_likelihood(x, torch.tensor([0, 4, 9]), generator=torch.Generator().manual_seed(1))["bpd"]
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        labels = torch.tensor([0, 4, 9], dtype=dtype)
+        assert torch.equal(model.sample(3, labels, generator=torch.Generator().manual_seed(1)), want)
+        assert torch.equal(model.log_likelihood(x, labels, generator=torch.Generator().manual_seed(1))["bpd"], bpd)
+        model.reconstruct(x, labels)
