@@ -70,7 +70,8 @@ def plain_name(text: str) -> str:
 # -- reading and merging -----------------------------------------------------------------------------
 
 
-def _read_toml(path: Path, display: str) -> dict[str, Any]:
+def read_toml(path: Path, display: str) -> dict[str, Any]:
+    """The TOML file at ``path`` as a dict; a ConfigError naming ``display`` when it cannot be read or parsed."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -144,7 +145,7 @@ def read_recipe_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[d
     if resolved in _chain:
         cycle = " -> ".join(_display(p) for p in (*_chain, resolved))
         raise ConfigError(f"`extends` forms a cycle: {cycle}", path="extends", source=display)
-    data = _read_toml(path, display)
+    data = read_toml(path, display)
     origins: Origins = {}
     merged: dict[str, Any] = {}
     parents = data.pop("extends", None)

@@ -522,13 +522,12 @@ class Trainer:
 
     def _run_recipe(self) -> dict[str, Any] | None:
         """The run directory's recipe.toml as a dict (None when it is missing or unreadable)."""
-        import tomllib
+        from avade.recipe.load import read_toml
 
         try:
-            saved = tomllib.loads(self.run.recipe.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return read_toml(self.run.recipe, str(self.run.recipe))
+        except ConfigError:
             return None
-        return saved if isinstance(saved, dict) else None
 
     def _data_init(self) -> None:
         """A fresh run starts with one no-grad likelihood pass (and, for adversarial variants, one
