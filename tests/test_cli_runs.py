@@ -1094,6 +1094,16 @@ def test_eval_and_sample_set_keys_that_leave_the_model_as_trained(run_dir: Path,
     assert result.exit_code == 2 and "data.name" in out and not (tmp_path / "g.png").exists(), out
 
 
+def test_sampling_at_temperature_0_draws_the_prior_mode_as_the_python_api_does(run_dir: Path, tmp_path: Path) -> None:
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "mode.png"), "--device", "cpu",
+                          "--temperature", "0")
+    assert result.exit_code == 0 and (tmp_path / "mode.png").is_file(), out
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "bad.png"), "--device", "cpu",
+                          "--temperature", "-0.5")
+    assert result.exit_code != 0 and "expected a number >= 0" in out and not (tmp_path / "bad.png").exists(), out
+    assert tiny_recipe("model.temperature=0").model.options.temperature == 0.0
+
+
 def test_a_run_whose_data_moved_is_evaluated_with_set_data_root(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image

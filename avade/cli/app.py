@@ -543,8 +543,9 @@ def sample(
     if not is_main_process():  # single-process work: under torchrun, rank 0 does it and the others stop
         return
 
-    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
-        raise AvadeError(f"--temperature: expected a number > 0 (1 = the prior itself), got {temperature}")
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise AvadeError(f"--temperature: expected a number >= 0 (1 = the prior itself, 0 = its mode), got "
+                         f"{temperature}")
     if output.suffix.lower() not in {*_image_suffixes(), ".npz"}:
         raise AvadeError(f"-o: {output} has no image suffix Pillow can write; end it in .png (or .jpg, .webp, "
                          "...), or in .npz for an array of samples")
