@@ -738,12 +738,13 @@ SAMPLE_BATCH = 100  # images per model call when sampling
 def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), temperature: float | None = None,
                reconstructions: bool = False, seed: int = 0, device: str = "auto",
                checkpoint: str | int | None = None, batch_size: int = SAMPLE_BATCH, ema: bool = True,
-               overrides: Sequence[str] = ()) -> Path:
+               overrides: Sequence[str] = (), label: int | None = None) -> Path:
     """``avade sample``: a PNG grid of samples (or test images next to their reconstructions), or with an
     ``.npz`` output all ``n`` samples as a uint8 ``[n, H, W, C]`` array ``arr_0`` (the layout external FID
     tools read; for a class-conditional model ``labels`` beside it, drawn with the training split's class
     balance as evaluation draws them), written atomically. ``overrides``: ``--set`` keys that leave the trained
-    model as it is (e.g. ``data.root`` for reconstructions, ``model.temperature``)."""
+    model as it is (e.g. ``data.root`` for reconstructions, ``model.temperature``). A class-conditional model's
+    grid shows one class per column; ``label``: samples of that class alone."""
     from torchvision.utils import save_image
 
     if n < 1:
@@ -759,16 +760,27 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
     model, sets = loaded.model, loaded.datasets
     if reconstructions and model.variant == "gan":  # its encoder is never trained: no reconstructions to show
         raise ConfigError("a GAN trains no encoder, so it has no reconstructions; leave out --reconstructions")
+    if label is not None:
+        if not model.num_classes:
+            raise ConfigError(f"--class {label}: this run's model is not class-conditional; leave out --class")
+        if reconstructions:
+            raise ConfigError("--class picks the class of samples; reconstructions are of the test images' own "
+                              "classes: leave out one of them")
+        if not 0 <= label < model.num_classes:
+            raise ConfigError(f"--class {label}: the model has classes 0..{model.num_classes - 1}")
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     nrow = max(1, int(n**0.5))
     labels = None
-    if model.num_classes and as_array:
+    if label is not None:
+        labels = torch.full((n,), label, dtype=torch.int64, device=dev)
+    elif model.num_classes and as_array:
         # The training split's class balance, drawn as evaluation draws them (seeded one above the noise):
         # `--seed <train.seed + 1>` gives the samples `avade eval` scores.
         labels = draw_class_labels(loaded.class_counts, model.num_classes, n, seed + 1).to(dev)
-    elif model.num_classes:  # a grid shows the classes in turn
+    elif model.num_classes:  # a grid shows the classes in turn: one per column
         labels = torch.arange(n, device=dev) % model.num_classes
+        nrow = class_columns(model.num_classes, n)
     if reconstructions:
         assert sets is not None
         if n > len(sets[1]):  # say so rather than hand back a smaller grid unannounced
@@ -791,6 +803,12 @@ def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), t
     else:
         save_image(images.float() / 255.0, output, nrow=nrow)
     return output
+
+
+def class_columns(num_classes: int, n: int) -> int:
+    """Images per row of a grid of ``n`` samples labelled ``arange(n) % num_classes``: one class per column
+    (a square grid when there are too many classes, or too few images, for that)."""
+    return num_classes if num_classes <= min(n, 32) else max(1, int(n**0.5))
 
 
 def _save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> None:

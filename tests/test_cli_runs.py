@@ -584,6 +584,32 @@ def _sample_npz(run: Path, tmp_path: Path):
         return data["arr_0"], data["labels"]
 
 
+def test_a_conditional_model_is_sampled_one_class_per_column_or_one_class_alone(tmp_path: Path,
+                                                                                 run_dir: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    run = _conditional_run(tmp_path)  # 4 classes, 8x8 images
+    grid = tmp_path / "grid.png"
+    result, out = _invoke("sample", str(run), "-n", "12", "-o", str(grid), "--device", "cpu")
+    assert result.exit_code == 0, out
+    assert Image.open(grid).size == (4 * 10 + 2, 3 * 10 + 2)  # 4 columns (one per class) x 3 rows, 2 px padding
+    for trained in ("samples_final.png",):  # the trainer's grids too: 64 samples, 4 columns
+        assert Image.open(run / "samples" / trained).size == (4 * 10 + 2, 16 * 10 + 2)
+    result, out = _invoke("sample", str(run), "-n", "6", "-o", str(tmp_path / "two.npz"), "--device", "cpu",
+                          "--class", "2")
+    assert result.exit_code == 0, out
+    with np.load(tmp_path / "two.npz") as data:
+        assert data["labels"].tolist() == [2] * 6 and data["arr_0"].shape == (6, 8, 8, 3)
+    for args, said in ((["--class", "4"], "--class 4: the model has classes 0..3"),
+                       (["--class", "1", "--reconstructions"], "--class picks the class of samples")):
+        result, out = _invoke("sample", str(run), "-n", "4", "-o", str(tmp_path / "bad.png"), "--device", "cpu", *args)
+        assert result.exit_code != 0 and said in out and not (tmp_path / "bad.png").exists(), out
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "bad.png"), "--device", "cpu",
+                          "--class", "0")
+    assert result.exit_code != 0 and "not class-conditional" in out, out
+
+
 def test_npz_of_a_conditional_model_holds_the_samples_evaluation_scores(tmp_path: Path) -> None:
     """Its labels follow the training split's class balance (recorded in the checkpoint, so the data is
     not needed), drawn as evaluation draws them: `--seed <train.seed + 1>` writes the evaluated samples."""

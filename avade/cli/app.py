@@ -534,6 +534,8 @@ def sample(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per model call.")] = 100,
     ema: EmaOption = True,
     overrides: RunSetOption = None,
+    label: Annotated[int | None, typer.Option("--class", help="A class-conditional model's samples of this class "
+                                              "alone (default: every class, one per grid column).")] = None,
 ) -> None:
     """Write a grid of samples (or reconstructions), or an .npz of samples, from a run's last checkpoint (or
     --checkpoint STEP)."""
@@ -553,7 +555,7 @@ def sample(
         raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'samples.png'}")
     path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
                       seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint, batch_size=batch_size,
-                      ema=ema, overrides=overrides or [])
+                      ema=ema, overrides=overrides or [], label=label)
     out.print(f"wrote {escape(str(path))}")
 
 

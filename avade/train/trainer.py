@@ -725,7 +725,13 @@ class Trainer:
         n = 64
         labels = (torch.arange(n, device=self.device) % self.model.num_classes) if self.model.num_classes else None
         samples = self.model.sample(n, labels, generator=gen)
-        save_image(samples.float() / 255.0, self.run.samples / f"samples_{tag}.png", nrow=8)
+        if self.model.num_classes:  # one class per column
+            from avade.evaluate import class_columns
+
+            nrow = class_columns(self.model.num_classes, n)
+        else:
+            nrow = 8
+        save_image(samples.float() / 255.0, self.run.samples / f"samples_{tag}.png", nrow=nrow)
         if self.likelihood:
             x, y = next(eval_batches(self.test_set, 32))
             x = x.to(self.device)
