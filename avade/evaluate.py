@@ -464,8 +464,9 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
 def check_classes(found: Any, classes: int, split: str, recipe: Recipe) -> Any:
     """``found`` (a split of a class-conditional run's data, or None), refused with a DataError unless it has the
     ``classes`` classes the run was trained on: label i would mean another class to the model (an image folder
-    with a class folder added or removed since), or lie outside its classes. Returns ``found``."""
-    if found is not None and int(found.num_classes) != classes:
+    with a class folder added or removed since), or lie outside its classes. ``classes = 0``: an unconditional
+    model, which reads no labels. Returns ``found``."""
+    if found is not None and classes and int(found.num_classes) != classes:
         root = getattr(recipe.data.dataset.config if recipe.data.dataset is not None else None, "root", None)
         where = f" under data.root = {root!r}" if isinstance(root, str) else ""
         raise DataError(f"the run's class-conditional model was trained on {classes} classes, but the {split} split "
@@ -529,8 +530,7 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None =
     recipe = loaded.recipe
     classes = loaded.model.num_classes
     train = train_set if train_set is not None else (
-        lambda: check_classes(_datasets(recipe, test=False)[0], classes, "train", recipe) if classes
-        else _datasets(recipe, test=False)[0])
+        lambda: check_classes(_datasets(recipe, test=False)[0], classes, "train", recipe))
     return RunContext(loaded.model, recipe, train, test_set, next(loaded.model.parameters()).device,
                       Path(run_dir), cache_dir(), _options(recipe), recipe.train.seed, loaded.checkpoint,
                       loaded.weights, loaded.class_counts)
