@@ -153,25 +153,32 @@ class CollapseDetector:
        saturates or explodes (the paper saw this with adversarial weights well below 10). Scores
        are logits: a gap of 50 means D is certain to about ``1e-11``; for a WGAN critic under a
        gradient penalty it means the gap outgrew the typical real-to-sample distance.
-    2. **stuck at the trivial optimum**: the scores (and the loss, when given) move by at most
+    2. **inverted**: the window mean of ``mean D(real) - mean D(fake)`` is below ``-min_gap``.
+       D scores generated images above real ones for a whole window, i.e. it does worse than a
+       constant D, and its gradient leads the generator away from the data (a tiny conditional
+       GAN with the paper's gradient penalty of 100 sat there for hundreds of steps while its
+       samples turned white: a strong penalty can hold D at the wrong sign).
+    3. **stuck at the trivial optimum**: the scores (and the loss, when given) move by at most
        ``flat_tol`` across the window while the mean gap is within ``flat_tol`` of 0. D has become
        input-blind (a constant: dead units, zero learning rate); its loss then sits at
        :func:`trivial_discriminator_loss` and the generator gets no quality signal.
-    3. **non-finite**: a score or the loss is NaN or infinite (reported at once).
+    4. **non-finite**: a score or the loss is NaN or infinite (reported at once).
 
     :meth:`update` returns the warning only when a collapse starts or changes cause (not on every
     step while it lasts); :attr:`reason` holds the current message and :attr:`cause` its kind
-    (``"gap"``, ``"stuck"`` or ``"non-finite"``), both None while D looks healthy.
+    (``"gap"``, ``"inverted"``, ``"stuck"`` or ``"non-finite"``), both None while D looks healthy.
     """
 
     def __init__(self, window: int = 100, max_gap: float = 50.0, flat_tol: float = 1e-3,
-                 kind: AdvLoss | str | None = None) -> None:
+                 kind: AdvLoss | str | None = None, min_gap: float = 1.0) -> None:
         if window < 2:
             raise ConfigError(f"expected a window of at least 2 steps, got {window}", path="window")
-        if max_gap <= 0 or flat_tol < 0:
-            raise ConfigError(f"expected max_gap > 0 and flat_tol >= 0, got {max_gap} and {flat_tol}")
+        if max_gap <= 0 or flat_tol < 0 or min_gap <= 0:
+            raise ConfigError(f"expected max_gap > 0, flat_tol >= 0 and min_gap > 0, got {max_gap}, {flat_tol} "
+                              f"and {min_gap}")
         self.window = window
         self.max_gap = max_gap
+        self.min_gap = min_gap
         self.flat_tol = flat_tol
         self.kind = _check_kind(kind) if kind is not None else None
         self.steps = 0
@@ -211,6 +218,12 @@ class CollapseDetector:
                 "gap", f"discriminator collapse at step {at}: mean D(real)-D(fake) = {gap:.3g} over the last "
                 f"{self.window} steps exceeds {self.max_gap:g}; D wins outright - raise adv_weight "
                 "(paper: 10-100) or gp_weight, or lower the discriminator's learning rate")
+        if gap < -self.min_gap:
+            return self._report(
+                "inverted", f"discriminator collapse at step {at}: D scores generated images above real ones "
+                f"(mean D(real)-D(fake) = {gap:.3g} over the last {self.window} steps, below {-self.min_gap:g}), "
+                "so it leads the generator away from the data - lower gp_weight (a strong penalty can hold D "
+                "at the wrong sign) or the generator's learning rate (train.lr; train.d_lr is D's), or raise d_steps")
         series = [self._real, self._fake] + ([self._loss] if len(self._loss) == self.window else [])
         if abs(gap) <= self.flat_tol and all(max(s) - min(s) <= self.flat_tol for s in series):
             trivial = ""
@@ -247,6 +260,6 @@ class CollapseDetector:
 
 
 def collapse_detector(window: int = 100, max_gap: float = 50.0, flat_tol: float = 1e-3,
-                      kind: AdvLoss | str | None = None) -> CollapseDetector:
+                      kind: AdvLoss | str | None = None, min_gap: float = 1.0) -> CollapseDetector:
     """A fresh :class:`CollapseDetector` (see there for the criteria)."""
-    return CollapseDetector(window=window, max_gap=max_gap, flat_tol=flat_tol, kind=kind)
+    return CollapseDetector(window=window, max_gap=max_gap, flat_tol=flat_tol, kind=kind, min_gap=min_gap)

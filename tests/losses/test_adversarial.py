@@ -171,3 +171,22 @@ def test_collapse_detector_state_round_trip_continues_identically() -> None:
     assert any(a is not None for a, _ in outputs), "the feed must trigger a collapse warning"
     assert all(a == b for a, b in outputs)
     assert whole.state_dict() == resumed.state_dict()
+
+
+def test_collapse_detector_flags_discriminator_scoring_fakes_above_reals() -> None:
+    """D worse than a constant for a whole window: what a tiny conditional GAN on the digits did (gradient
+    penalty 100: mean D(real)-D(fake) about -8 for hundreds of steps while its samples turned white)."""
+    det = CollapseDetector(window=5, kind="paper")
+    for _ in range(10):  # healthy, D slightly ahead; and a short dip below 0 is no collapse
+        assert det.update(0.5, -0.5, 1.0) is None
+    assert [det.update(-1.0, 3.0, 4.0) for _ in range(2)] == [None, None] and not det.collapsed
+    out = [det.update(-1.0, 8.0, 9.0, step=20 + i) for i in range(8)]
+    fired = [m for m in out if m is not None]
+    assert len(fired) == 1 and det.cause == "inverted" and "\n" not in fired[0]
+    assert "above real ones" in fired[0] and "gp_weight" in fired[0]
+    for _ in range(5):
+        det.update(0.5, -0.5, 1.0)
+    assert not det.collapsed
+    with pytest.raises(ConfigError, match="min_gap > 0"):
+        CollapseDetector(min_gap=0.0)
+
