@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from avade.errors import ConfigError
-from avade.losses.adversarial import generator_loss
+from avade.losses.adversarial import ModeCollapseDetector, generator_loss
 from avade.models.preprocess import to_unit
 from avade.nn import normed
 from avade.norms.cwn import ConditionalWeightNorm
@@ -340,3 +340,32 @@ def test_unconditional_model_ignores_labels(tmp_path: Path) -> None:
     layer = normed(nn.Linear(3, 2), "cwn")  # no num_classes: one shared gain and bias
     v = torch.randn(2, 3)
     torch.testing.assert_close(layer(v, torch.tensor([0, 1])), layer(v, None))
+
+
+def test_trainer_warns_when_a_conditional_generator_collapses_per_class(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The trainer feeds the mode-collapse watch its real batch, the samples made for those labels, and the
+    labels; a generator giving one image per class (diverse across classes) is flagged, and the watch's
+    window travels in the checkpoint."""
+    trainer = make_trainer(variant_recipe("gan", "model.conditional=true", "model.decoder.norm=cwn"), tmp_path)
+    assert isinstance(trainer.mode_collapse, ModeCollapseDetector)
+    trainer.mode_collapse = ModeCollapseDetector(window=2, min_count=2)
+    generate = trainer.generate
+    images = torch.linspace(20.0, 230.0, 4).view(4, 1, 1, 1)  # one image per class, u in [0, 256)
+
+    def collapsed(n, labels, *args, **kwargs):  # keeps the graph (L_Q backpropagates), ignores the latents
+        out = generate(n, labels, *args, **kwargs)
+        return out * 0 + images[labels].expand_as(out)
+
+    trainer.generate = collapsed
+    x, y = first_batch(trainer)
+    y = torch.arange(x.shape[0]) % 4  # every class at least twice in the batch
+    for _ in range(2):
+        trainer.train_step(x, y)
+    assert trainer.mode_collapse.collapsed_classes == [0, 1, 2, 3, -1]
+    assert "warning: generator collapse at step 0: the generated images of classes 0, 1, 2, 3" \
+        in " ".join(capsys.readouterr().err.split())  # the console writes to stderr
+    trainer.step = 1
+    path = trainer.save()
+    state = json.loads((path / "state.json").read_text())
+    assert state["mode_collapse"]["steps"] == 2 and state["mode_collapse"]["collapsed_classes"] == [0, 1, 2, 3, -1]

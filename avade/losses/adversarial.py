@@ -1,4 +1,4 @@
-"""The quality-driven (adversarial) criterion L_Q: loss kinds, gradient penalty, collapse watch.
+"""The quality-driven (adversarial) criterion L_Q: loss kinds, gradient penalty, collapse watches.
 
 Conventions: a discriminator returns raw scores ``s(x)`` of shape ``[B]`` (logits, no sigmoid).
 The losses are plain functions of those scores so that the trainer stays a thin caller::
@@ -44,6 +44,7 @@ __all__ = [
     "PAPER_GP_WEIGHT",
     "AdvLoss",
     "CollapseDetector",
+    "ModeCollapseDetector",
     "collapse_detector",
     "discriminator_loss",
     "generator_loss",
@@ -167,6 +168,7 @@ class CollapseDetector:
     :meth:`update` returns the warning only when a collapse starts or changes cause (not on every
     step while it lasts); :attr:`reason` holds the current message and :attr:`cause` its kind
     (``"gap"``, ``"inverted"``, ``"stuck"`` or ``"non-finite"``), both None while D looks healthy.
+    The generator's side (samples that all look alike) is :class:`ModeCollapseDetector`'s.
     """
 
     def __init__(self, window: int = 100, max_gap: float = 50.0, flat_tol: float = 1e-3,
@@ -263,3 +265,154 @@ def collapse_detector(window: int = 100, max_gap: float = 50.0, flat_tol: float 
                       kind: AdvLoss | str | None = None, min_gap: float = 1.0) -> CollapseDetector:
     """A fresh :class:`CollapseDetector` (see there for the criteria)."""
     return CollapseDetector(window=window, max_gap=max_gap, flat_tol=flat_tol, kind=kind, min_gap=min_gap)
+
+
+def _within_class_sums(x: torch.Tensor, inverse: torch.Tensor, groups: int) -> torch.Tensor:
+    """Sum over each group of the squared distances of its images to the group's mean ``[groups]``."""
+    flat = x.detach().flatten(1).double()
+    sums = flat.new_zeros((groups, flat.shape[1])).index_add_(0, inverse, flat)
+    counts = torch.bincount(inverse, minlength=groups).double()
+    squares = flat.new_zeros(groups).index_add_(0, inverse, flat.pow(2).sum(1))
+    return (squares - sums.pow(2).sum(1) / counts).clamp(min=0.0)
+
+
+class ModeCollapseDetector:
+    """Watches the generator's samples; returns a one-line warning when they stop varying (mode collapse).
+
+    Feed it once per discriminator step with :meth:`update`: the real batch, the generated batch
+    made for the same labels (as the trainer does: a conditional generator is asked for the real
+    batch's classes), and those labels (None for an unconditional model). Each image is compared
+    with the others of its class *in its own batch* only, so a class-conditional generator whose
+    samples of each class are all alike, but differ from class to class, is caught: over the whole
+    batch its samples still look diverse. Per class, over the last ``window`` steps:
+
+        spread = sqrt(sum ||fake_i - mean of its class's fakes||^2 / sum ||real_i - mean of its class's reals||^2)
+
+    (the same labels give both sums the same number of terms). The window is short because the
+    sums are dominated by the window's most varied steps: over 100 steps, a digits class whose last
+    20 steps gave one white image still had a spread of 0.2. A class (all images, when
+    unconditional) whose spread is below ``min_spread`` -- its samples vary ten times less than the
+    real images of that class, at the default -- has collapsed. A class is judged only once it
+    had at least ``min_count`` images in batches holding it more than once, and only where its
+    real images vary at all; all classes pooled are judged too (so is a model with more classes
+    than a window shows often enough). Images are compared as they are shown: clipped to
+    ``[-1, 1]`` (the range real images have), so samples pushed beyond white all count as the same
+    white image.
+    Untrained generators start well above the threshold (a tiny GAN at initialization: spread
+    about 0.35 on the digits), collapsed ones end near 0.
+
+    The spread is in pixel space: it says nothing when the samples vary only by pixel noise (a
+    likelihood model's Gaussian samples), and partial collapse onto a few modes goes unnoticed;
+    it flags the near-identical samples that a grid shows at a glance. :meth:`update` warns when a
+    collapse starts, and while it lasts when classes not yet reported join it, at most once per
+    ``quiet`` steps (not on every step); :attr:`collapsed_classes` holds them (-1: all classes
+    pooled, or an unconditional model's images) and :attr:`reason` the current message.
+    """
+
+    def __init__(self, window: int = 25, min_spread: float = 0.1, min_count: int = 16, quiet: int = 100) -> None:
+        if window < 1 or quiet < 0:
+            raise ConfigError(f"expected a window of at least 1 step and quiet >= 0, got {window} and {quiet}",
+                              path="window")
+        if not 0 < min_spread < math.inf or min_count < 2:
+            raise ConfigError(f"expected 0 < min_spread < inf and min_count >= 2, got {min_spread} and {min_count}")
+        self.window = window
+        self.quiet = quiet
+        self.min_spread = min_spread
+        self.min_count = min_count
+        self.steps = 0
+        self.reason: str | None = None
+        self.collapsed_classes: list[int] = []
+        self._reported: set[int] = set()  # the classes warned about since the collapse started
+        self._warned_at = 0  # this watch's step count at the latest warning (0: none yet)
+        # one entry per step, a row per class seen twice or more in the batch (-1: unconditional):
+        # [class, fake sum of squares, real sum of squares, images]
+        self._records: deque[list[list[float]]] = deque(maxlen=window)
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether the latest update found a collapse."""
+        return self.reason is not None
+
+    def update(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None = None,
+               step: int | None = None) -> str | None:
+        """Record one step's batches (images in ``[-1, 1]``, as the discriminator sees them); a one-line
+        warning when a class collapses, else None."""
+        if real.shape != fake.shape:
+            raise DataError(f"mode-collapse watch: real and generated batches differ in shape, "
+                            f"{list(real.shape)} vs {list(fake.shape)}")
+        self.steps += 1
+        at = self.steps if step is None else step
+        if labels is None:
+            labels = torch.full((real.shape[0],), -1, dtype=torch.long, device=real.device)
+        classes, inverse = torch.unique(labels, return_inverse=True)
+        groups = classes.numel()
+        fake_ss = _within_class_sums(fake.detach().float().clamp(-1.0, 1.0), inverse, groups)
+        real_ss = _within_class_sums(real.detach().float().clamp(-1.0, 1.0), inverse, groups)
+        counts = torch.bincount(inverse, minlength=groups)
+        keep = counts > 1  # a class seen once in the batch has no spread to compare
+        table = torch.stack([classes.double(), fake_ss, real_ss, counts.double()], 1)[keep]
+        if torch.isfinite(table).all():  # non-finite images are CollapseDetector's to report
+            self._records.append(table.tolist())
+        if len(self._records) < self.window:
+            return self._report([], None)
+        totals: dict[int, list[float]] = {}
+        for record in self._records:
+            for c, f_ss, r_ss, n in record:
+                entry = totals.setdefault(int(c), [0.0, 0.0, 0.0])
+                entry[0] += f_ss
+                entry[1] += r_ss
+                entry[2] += n
+        # Pooled over every class (the only group of an unconditional model): also judges a model with
+        # more classes than a window shows often enough to judge each one.
+        pooled_f, pooled_r, pooled_n = (sum(t[i] for t in totals.values()) for i in range(3))
+        pooled = math.sqrt(pooled_f / pooled_r) if pooled_n >= self.min_count and pooled_r > 0 else math.inf
+        spreads = {c: math.sqrt(f_ss / r_ss) for c, (f_ss, r_ss, n) in totals.items()
+                   if c >= 0 and n >= self.min_count and r_ss > 0}
+        low = sorted(c for c, v in spreads.items() if v < self.min_spread)
+        if pooled < self.min_spread:
+            low.append(-1)
+        if not low:
+            return self._report([], None)
+        if low == [-1]:
+            what = ("the generated images are all alike (spread" if -1 in totals else
+                    f"the generated images are alike within their classes (all {len(totals)} pooled: spread")
+            what += f" {pooled:.2g}"
+        else:
+            shown = [c for c in low if c >= 0]
+            names = ", ".join(str(c) for c in shown[:10]) + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
+            what = (f"the generated images of class{'es' if len(shown) > 1 else ''} {names} ({len(shown)} of "
+                    f"{len(spreads)} judged) are alike within each class (spread at most "
+                    f"{max(spreads[c] for c in shown):.2g}")
+        return self._report(low, (
+            f"generator collapse at step {at}: {what} of the real images' over the last {self.window} steps, "
+            f"below {self.min_spread:g}); mode collapse - see the discriminator's warnings, lower the learning "
+            "rates, or add the coverage-driven likelihood (model.variant = \"av-ade\")"))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The window and the current verdict, JSON-serializable (kept in checkpoints)."""
+        return {"steps": self.steps, "reason": self.reason, "collapsed_classes": list(self.collapsed_classes),
+                "reported": sorted(self._reported), "warned_at": self._warned_at,
+                "records": [list(r) for r in self._records]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (a longer saved window keeps its latest steps)."""
+        self.steps = int(state["steps"])
+        self.reason = state["reason"]
+        self.collapsed_classes = [int(c) for c in state["collapsed_classes"]]
+        self._reported = {int(c) for c in state["reported"]}
+        self._warned_at = int(state["warned_at"])
+        self._records.clear()
+        self._records.extend([[float(v) for v in row] for row in record] for record in state["records"])
+
+    def _report(self, classes: list[int], message: str | None) -> str | None:
+        # Warn when classes not reported since the collapse started join it, at most once per `quiet` steps
+        # (classes often collapse one after the other, a step or two apart, and a GAN may swing in and out).
+        new = set(classes) - self._reported
+        fresh = bool(new) and (not self._warned_at or self.steps - self._warned_at >= self.quiet)
+        if fresh:
+            self._reported |= new
+            self._warned_at = self.steps
+        if not classes:
+            self._reported = set()
+        self.collapsed_classes, self.reason = classes, message
+        return message if fresh else None

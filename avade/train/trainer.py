@@ -27,7 +27,13 @@ from avade.atomic_files import locked
 from avade.data.base import class_counts, data_of_model, data_of_trained_model
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
-from avade.losses.adversarial import CollapseDetector, discriminator_loss, generator_loss, gradient_penalty
+from avade.losses.adversarial import (
+    CollapseDetector,
+    ModeCollapseDetector,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+)
 from avade.models import GenerativeModel, build_model
 from avade.models.preprocess import to_unit
 from avade.nn import frozen
@@ -270,12 +276,14 @@ class Trainer:
         self.opt_g = make_optimizer(self.cfg.optimizer, self.g_params, self.cfg.lr, self.cfg.betas)
         self.optimizers: dict[str, torch.optim.Optimizer] = {"generator": self.opt_g}
         self.collapse: CollapseDetector | None = None
+        self.mode_collapse: ModeCollapseDetector | None = None  # the generator's side: samples all alike
         if self.adversarial:
             assert self.model.discriminator is not None
             self.opt_d = make_optimizer(self.cfg.optimizer, list(self.model.discriminator.parameters()),
                                         self.cfg.d_lr or self.cfg.lr, self.cfg.betas)
             self.optimizers["discriminator"] = self.opt_d
             self.collapse = CollapseDetector(kind=self.cfg.adv_loss)
+            self.mode_collapse = ModeCollapseDetector()
         # The recipe's learning rates; train.lr_schedule scales them step by step (set_learning_rates).
         self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
         # Own generators: dequantization/penalty noise stays reproducible and is checkpointed.
@@ -505,6 +513,13 @@ class Trainer:
             except (KeyError, TypeError, ValueError) as exc:
                 raise CheckpointError(f"checkpoint {path} is corrupt: state.json's collapse table cannot be read "
                                       f"({type(exc).__name__}: {exc}); {ckpt.fallback_hint(path)}") from None
+        # (absent from checkpoints written before the generator's watch existed: it then starts afresh)
+        if self.mode_collapse is not None and state.get("mode_collapse"):
+            try:
+                self.mode_collapse.load_state_dict(state["mode_collapse"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"checkpoint {path} is corrupt: state.json's mode_collapse table cannot be "
+                                      f"read ({type(exc).__name__}: {exc}); {ckpt.fallback_hint(path)}") from None
         if "ema" in data:
             self._saved_average = (data["ema"], path)
         self.finished = self._finished_summary()
@@ -575,7 +590,8 @@ class Trainer:
              "class_counts": self.class_counts,
              # who provided each component, so that a run evaluated without its plugin can name it
              "providers": self.providers,
-             "collapse": self.collapse.state_dict() if self.collapse is not None else None},
+             "collapse": self.collapse.state_dict() if self.collapse is not None else None,
+             "mode_collapse": self.mode_collapse.state_dict() if self.mode_collapse is not None else None},
             keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every,
             ema=self.ema.state_dict() if self.ema is not None else None)
         self._record_resume()  # the first checkpoint trained with a resume's settings: now they are history
@@ -632,6 +648,7 @@ class Trainer:
         # (the critic's warm-up: it trains in the warm-up's last steps while the generator still gets L_C only)
         critic_now = adversarial_now or (self.adversarial and self.step >= cfg.warmup_steps - cfg.critic_warmup_steps)
         fake = None
+        watched: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, generated) for the mode-collapse watch
         if critic_now:
             disc = model.discriminator
             assert disc is not None
@@ -655,6 +672,7 @@ class Trainer:
                     if cfg.gp_weight > 0 else d_loss.new_zeros(())
                 ok &= self._finite_update(self.opt_d, d_params, d_loss + gp)
             scalars.update(d_loss=d_loss, gp=gp, d_real=d_real.mean(), d_fake=d_fake.mean())
+            watched = (real, fake.detach())  # for the mode-collapse watch: the same labels made both
             if not adversarial_now:
                 fake = None  # the critic's warm-up: no L_Q yet
         loss = x.new_zeros((), dtype=torch.float32)
@@ -691,6 +709,10 @@ class Trainer:
                 logs["d_lr"] = self.opt_d.param_groups[0]["lr"]
         if adversarial_now and self.collapse is not None:
             warning = self.collapse.update(logs["d_real"], logs["d_fake"], logs["d_loss"], step=self.step)
+            if warning and self.dist.is_main:
+                self.console.print(f"[yellow]warning:[/] {warning}")
+        if watched is not None and adversarial_now and self.mode_collapse is not None:
+            warning = self.mode_collapse.update(*watched, labels_in, step=self.step)
             if warning and self.dist.is_main:
                 self.console.print(f"[yellow]warning:[/] {warning}")
         return logs

@@ -1,4 +1,5 @@
-"""Adversarial losses: gradient penalty values and gradient routing, loss signs, collapse detection."""
+"""Adversarial losses: gradient penalty values and gradient routing, loss signs, collapse detection
+(the discriminator's, and the generator's: samples all alike, per class for a conditional model)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from avade.errors import ConfigError
+from avade.errors import ConfigError, DataError
 from avade.losses.adversarial import (
     ADV_LOSSES,
     CollapseDetector,
+    ModeCollapseDetector,
     collapse_detector,
     discriminator_loss,
     generator_loss,
@@ -190,3 +192,115 @@ def test_collapse_detector_flags_discriminator_scoring_fakes_above_reals() -> No
     with pytest.raises(ConfigError, match="min_gap > 0"):
         CollapseDetector(min_gap=0.0)
 
+
+# -- the generator's side: mode collapse -----------------------------------------------------------------
+
+
+def _batch(seed: int, n: int = 40, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Real images in [-1, 1] whose class is their mean (plus wide per-image variation), and labels."""
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.rand(classes, 1, 6, 6, generator=torch.Generator().manual_seed(99)) * 1.2 - 0.6
+    y = torch.arange(n) % classes
+    real = (means[y] + 0.3 * torch.randn(n, 1, 6, 6, generator=gen)).clamp(-1, 1)
+    return real, y, means
+
+
+def test_mode_collapse_detector_sees_per_class_collapse_that_the_whole_batch_hides() -> None:
+    """A conditional generator giving one image per class: diverse across the batch, collapsed per class."""
+    det, blind = ModeCollapseDetector(window=5), ModeCollapseDetector(window=5)
+    out = []
+    for i in range(8):
+        real, y, means = _batch(i)
+        fake = means[y] + 1e-3 * torch.randn_like(real)  # each class: one image
+        out.append(det.update(real, fake, y, step=i))
+        assert blind.update(real, fake, None) is None  # labels ignored: the batch still looks varied
+    assert out[:4] == [None] * 4 and out[4] is not None and out[5:] == [None] * 3  # once, on the rising edge
+    assert out[4].startswith("generator collapse at step 4: the generated images of classes 0, 1, 2")
+    assert "(10 of 10 judged)" in out[4] and "\n" not in out[4] and "below 0.1" in out[4]
+    assert det.collapsed and det.collapsed_classes == [*range(10), -1]
+    assert not blind.collapsed
+
+
+def test_mode_collapse_detector_names_only_the_collapsed_classes_and_spares_a_healthy_generator() -> None:
+    healthy, partial = ModeCollapseDetector(window=4), ModeCollapseDetector(window=4)
+    for i in range(6):
+        real, y, means = _batch(i)
+        fake, _, _ = _batch(100 + i)  # as varied as the data
+        assert healthy.update(real, fake, y) is None
+        fake[y == 3] = means[3]  # class 3 collapses onto one image
+        fake[y == 7] = 1.0 + torch.rand_like(fake[y == 7])  # class 7 is pushed beyond white: shown all white
+        message = partial.update(real, fake, y, step=i)
+    assert not healthy.collapsed
+    assert partial.collapsed_classes == [3, 7]
+    assert partial.reason is not None and "classes 3, 7 (2 of 10 judged)" in partial.reason
+    assert message is None  # reported when they collapsed, not again
+
+
+def test_mode_collapse_detector_unconditional_and_pooled_over_many_classes() -> None:
+    det = ModeCollapseDetector(window=3)
+    for i in range(3):
+        real, _, _ = _batch(i)
+        message = det.update(real, torch.zeros_like(real) + 0.2, None)
+    assert message is not None and "the generated images are all alike" in message and det.collapsed_classes == [-1]
+    # 1000 classes, two images of each class per batch at most: no class is judged alone, the pool is.
+    many = ModeCollapseDetector(window=3)
+    for i in range(3):
+        gen = torch.Generator().manual_seed(i)
+        y = torch.randint(0, 1000, (16,), generator=gen).repeat(2)
+        real = torch.rand(32, 1, 6, 6, generator=gen) * 2 - 1
+        fake = (y.float() / 1000).view(-1, 1, 1, 1).expand_as(real)  # one image per class
+        message = many.update(real, fake, y)
+    assert message is not None and "alike within their classes (all " in message
+    assert many.collapsed_classes == [-1]
+    with pytest.raises(DataError, match="differ in shape"):
+        many.update(real, fake[:4], y)
+
+
+def test_mode_collapse_detector_skips_what_it_cannot_judge() -> None:
+    det = ModeCollapseDetector(window=2, min_count=16)
+    real, y, means = _batch(0, n=20)  # each class twice per batch: 4 images of a class over the window
+    assert det.update(real, means[y], y) is None
+    message = det.update(real, means[y], y)  # too few to judge a class alone; the pool (40 images) is judged
+    assert message is not None and "within their classes (all 10 pooled: spread 0 of" in message
+    assert det.collapsed_classes == [-1]
+    flat = ModeCollapseDetector(window=2)
+    for _ in range(2):  # constant real images: no spread to compare with
+        assert flat.update(torch.zeros(8, 1, 2, 2), torch.zeros(8, 1, 2, 2), None) is None
+    assert not flat.collapsed
+
+
+def test_mode_collapse_detector_state_round_trip_continues_identically() -> None:
+    import json
+
+    feeds = []
+    for i in range(9):
+        real, y, means = _batch(i)
+        fake = _batch(50 + i)[0] if i < 4 else means[y]
+        feeds.append((real, fake, y))
+    whole, first = ModeCollapseDetector(window=3), ModeCollapseDetector(window=3)
+    for real, fake, y in feeds[:5]:
+        whole.update(real, fake, y)
+        first.update(real, fake, y)
+    resumed = ModeCollapseDetector(window=3)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))  # as it travels in state.json
+    outputs = [(whole.update(*f), resumed.update(*f)) for f in feeds[5:]]
+    assert any(a is not None for a, _ in outputs), "the feed must trigger a collapse warning"
+    assert all(a == b for a, b in outputs)
+    assert whole.state_dict() == resumed.state_dict()
+
+
+def test_mode_collapse_detector_warns_once_a_window_as_classes_collapse_one_after_another() -> None:
+    """A tiny conditional GAN on the digits lost six classes within eight steps: one line for them, not six;
+    a collapse that ends and starts again is new (once `quiet` steps passed)."""
+    det = ModeCollapseDetector(window=3, min_count=4, quiet=3)
+    warnings = {}
+    for i in range(20):
+        real, y, means = _batch(i)
+        fake, _, _ = _batch(100 + i)
+        collapsed = [c for c in range(3) if 3 + c <= i < 12] + ([5] if i >= 15 else [])
+        for c in collapsed:  # classes 0, 1, 2 from steps 3, 4, 5 to 11; class 5 from step 15
+            fake[y == c] = means[c]
+        warnings[i] = det.update(real, fake, y, step=i)
+    fired = {i: m for i, m in warnings.items() if m is not None}
+    assert sorted(fired) == [5, 8, 17]  # class 0's window is full at 5; 1 and 2 at 6, 7: held `quiet` steps
+    assert "class 0 (1 of 10" in fired[5] and "classes 0, 1, 2 (3 of 10" in fired[8] and "class 5 (1 of" in fired[17]

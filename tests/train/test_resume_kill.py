@@ -71,6 +71,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     # The collapse detector's window too (not restored, the resumed run's would hold only its own steps).
     assert a["state"]["collapse"]["steps"] == STEPS
     assert a["state"]["collapse"] == b["state"]["collapse"]
+    assert a["state"]["mode_collapse"]["steps"] == STEPS
+    assert a["state"]["mode_collapse"] == b["state"]["mode_collapse"]
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in
              (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps), "metrics.jsonl must not repeat the replayed steps"
