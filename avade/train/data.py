@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from avade.errors import ConfigError, DataError
+from avade.errors import AvadeError, ConfigError, DataError
 from avade.train.preemption import ignore_stop_signals
 
 
@@ -82,10 +82,47 @@ class BatchStream:
                                  persistent_workers=self.num_workers > 0, worker_init_fn=ignore_stop_signals,
                                  generator=torch.Generator().manual_seed(self.seed))
         classes = int(getattr(self.dataset, "num_classes", 0))
-        for x, y in loader:
+        for x, y in from_workers(loader):
             y = torch.as_tensor(y)
             _check_batch(x, y, classes)  # items read from files: checked as they arrive (on the CPU)
             yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+
+
+def from_workers(loader: DataLoader) -> Iterator[Any]:
+    """The batches of ``loader``, whose workers end with this iteration however it ends (they ignore stop
+    signals, so a worker left running would hang the process at exit, where multiprocessing joins its
+    children after a SIGTERM). A worker's error that fails the iteration holds the loader's iterator in its
+    traceback, so closing the generator alone would not end them. An avade error raised in a worker comes
+    out as itself: torch re-raises it as "Caught DataError in DataLoader worker process 0" followed by the
+    worker's traceback, which is no one-line error."""
+    batches = iter(loader)
+    try:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except AvadeError as exc:
+                raise _from_worker(exc) from None
+            yield batch
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # (the multi-process iterator's own cleanup)
+        if callable(shutdown):
+            shutdown()
+
+
+def _from_worker(exc: AvadeError) -> AvadeError:
+    """``exc`` with the one-line message it had in the worker, when torch wrapped it (else ``exc`` itself)."""
+    text = str(exc)
+    if not (text.startswith("Caught ") and "DataLoader worker" in text.split("\n", 1)[0]):
+        return exc
+    last = text.rstrip().rsplit("\n", 1)[-1]  # "avade.errors.DataError: <the message>"
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    message = last[len(name):] if last.startswith(name) else last
+    try:
+        return type(exc)(message)
+    except Exception:  # a plugin's error class with other arguments
+        return DataError(message)
 
 
 def _check_batch(x: torch.Tensor, y: torch.Tensor, classes: int, what: str = "a training batch") -> None:
@@ -145,7 +182,7 @@ def _batches_of(dataset: Dataset, keep: torch.Tensor | None, n: int, batch_size:
     sampler = [list(order[i * batch_size:(i + 1) * batch_size]) for i in which]
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, worker_init_fn=ignore_stop_signals)
     classes = int(getattr(dataset, "num_classes", 0))
-    for i, (x, y) in zip(which, loader, strict=True):
+    for i, (x, y) in zip(which, from_workers(loader), strict=True):
         y = torch.as_tensor(y)
         _check_batch(x, y, classes, "an evaluation batch")  # items read from files, as for training batches
         yield i, x, y

@@ -145,3 +145,41 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class OneUnreadable(Dataset):
+    """Images read in the workers; item 5 is a file that cannot be decoded."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from avade.errors import DataError
+
+        if i == 5:
+            raise DataError("cannot read image /data/5.png: OSError: image file is truncated; remove or replace "
+                            "the file")
+        return torch.zeros((1, 4, 4), dtype=torch.uint8), 0
+
+
+@pytest.mark.parametrize("reader", ["training", "evaluation"])
+def test_a_file_that_fails_in_a_loader_worker_is_one_line_and_ends_the_workers(reader):
+    # torch re-raised the worker's DataError as "Caught DataError in DataLoader worker process 0." plus the
+    # worker's traceback (a 15-line `error:`), and the failed iteration's traceback held the loader's
+    # iterator: its workers, ignoring SIGTERM, outlived it, and the process hung at exit joining them.
+    from avade.errors import DataError
+    from avade.train.data import eval_batches
+
+    if reader == "training":
+        batches = BatchStream(OneUnreadable(), batch_size=4, seed=0, num_workers=2).batches(0)
+    else:
+        batches = eval_batches(OneUnreadable(), 4, num_workers=2)
+    with pytest.raises(DataError) as info:
+        for _ in range(8):
+            next(batches)
+    left = multiprocessing.active_children()
+    for worker in left:  # (they would hang this test process at exit)
+        worker.kill()
+    assert str(info.value) == ("cannot read image /data/5.png: OSError: image file is truncated; remove or "
+                               "replace the file")
+    assert left == []
