@@ -232,22 +232,45 @@ def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
     return TF.resize(images, [resolution, resolution], interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
+class UnsupportedPixels(ValueError):
+    """An image whose pixel values have no defined 8-bit scale (floating-point, 32-bit or signed integers)."""
+
+
+_SAMPLE_FORMAT, _BITS_PER_SAMPLE = 339, 258  # TIFF tags
+
+
 def pil_to_uint8(img: Image.Image, channels: int = 3) -> torch.Tensor:
-    """A PIL image as a uint8 tensor [C, H, W] (RGB for 3 channels, luminance for 1)."""
-    if img.mode.startswith("I;16") or img.mode == "I":
-        # 16-bit (or 32-bit integer) grayscale: PIL's convert clips to 255 instead of scaling.
-        top = 65535 if img.mode.startswith("I;16") else img.getextrema()[1]
-        scale = 1.0 if top <= 255 else 1 / 256 if top <= 65535 else 255 / top
-        img = img.point(lambda v: v * scale, "I") if scale != 1.0 else img
-        img = img.convert("L")
+    """A PIL image as a uint8 tensor [C, H, W] (RGB for 3 channels, luminance for 1).
+
+    Integer grayscale of more than 8 bits (modes ``I;16*`` and ``I``: 16-bit PNG, TIFF, PGM/PPM, which Pillow
+    reads into 0..65535) is scaled by 1/256, the same for every file of a format, whatever its content.
+    Floating-point pixels, and 32-bit or signed integer TIFFs, have no defined 8-bit scale:
+    :class:`UnsupportedPixels` (PIL's conversion would clip them, a 0..1 float image to black).
+    """
+    if img.mode == "F":
+        raise UnsupportedPixels("it holds floating-point pixels (mode F), which have no defined 8-bit scale")
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        if img.mode == "I" and img.format == "TIFF":
+            tags = getattr(img, "tag_v2", {})
+            bits, kind = max(tags.get(_BITS_PER_SAMPLE, (16,))), max(tags.get(_SAMPLE_FORMAT, (1,)))
+            if bits > 16 or kind != 1:
+                what = ("signed " if kind == 2 else "") + f"{bits}-bit"
+                raise UnsupportedPixels(f"it holds {what} integer pixels, which have no defined 8-bit scale")
+        low, high = img.getextrema()
+        if low < 0 or high > 65535:  # (any other reader of wider integers)
+            raise UnsupportedPixels(f"its integer pixels span {low}..{high}, beyond 16 bits")
+        # 16-bit grayscale: PIL's convert clips to 255 instead of scaling. The scale is the format's, never
+        # the image's own maximum: a dark 16-bit image stays dark.
+        img = img.point(lambda v: v / 256, "I").convert("L")
     img = img.convert("RGB" if channels == 3 else "L")
     return TF.pil_to_tensor(img)
 
 
 _ORIENTATION = 0x0112  # the EXIF tag
 # Part of the cache keys of features of real data: bump it whenever decoding changes what images a file
-# gives (2: EXIF orientation applied), so that statistics cached from the old pixels are not reused.
-DECODING_VERSION = 2
+# gives (2: EXIF orientation applied; 3: 16-bit PGM/PPM scaled by 1/256 whatever their maximum, as 16-bit
+# PNGs were), so that statistics cached from the old pixels are not reused.
+DECODING_VERSION = 3
 
 
 def upright(img: Image.Image) -> Image.Image:
@@ -263,6 +286,8 @@ def load_image(path: Path, resolution: int, channels: int = 3, crop: int | None 
     try:
         with Image.open(path) as img:
             tensor = pil_to_uint8(upright(img), channels)
+    except UnsupportedPixels as exc:
+        raise DataError(f"cannot read image {path}: {exc}; save it as an 8-bit (or 16-bit) image") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {describe_error(exc)}; remove or replace the file") from None
     return center_crop_resize(tensor, resolution, crop)

@@ -393,6 +393,36 @@ def test_16_bit_grayscale_images_are_scaled_not_clipped(tmp_path):
     assert x.shape == (3, 4, 4) and int(x.min()) == int(x.max()) == 30000 // 256
 
 
+def test_16_bit_images_are_scaled_by_their_format_not_by_their_own_maximum(tmp_path):
+    # Pillow reads a 16-bit PGM/PPM (and, before Pillow 10, a 16-bit PNG) as mode "I": a dark one (values
+    # <= 255 of 65535) was taken for 8-bit data and came out 256 times too bright, unlike the same pixels as
+    # a 16-bit PNG, and unlike the brighter images of the same folder
+    from avade.data.base import load_image
+
+    dark = np.tile(np.arange(0, 256, 32, dtype=np.uint16), (8, 1))
+    for values, name in ((dark, "dark"), (dark * 257, "bright")):
+        (tmp_path / f"{name}.ppm").write_bytes(b"P5 8 8 65535\n" + values.astype(">u2").tobytes())
+        Image.fromarray(values).save(tmp_path / f"{name}.png")
+        as_png, as_pgm = load_image(tmp_path / f"{name}.png", 8), load_image(tmp_path / f"{name}.ppm", 8)
+        assert torch.equal(as_pgm, as_png), name
+    assert int(load_image(tmp_path / "dark.ppm", 8).max()) == 0
+    assert load_image(tmp_path / "bright.ppm", 8)[0, 0].tolist() == list(range(0, 256, 32))
+
+
+@pytest.mark.parametrize(("pixels", "what"), [(np.linspace(0, 1, 64, dtype=np.float32), "floating-point pixels"),
+                                              (np.arange(64, dtype=np.int32) - 32, "signed 32-bit integer")],
+                         ids=["float 0..1", "int32"])
+def test_images_without_an_8_bit_scale_are_refused_naming_the_file(tmp_path, pixels, what):
+    # PIL's conversion clipped them: a float image in 0..1 trained as a black one, without a word
+    from avade.data.base import load_image
+
+    Image.fromarray(pixels.reshape(8, 8)).save(tmp_path / "x.tif")
+    with pytest.raises(DataError) as info:
+        load_image(tmp_path / "x.tif", 8)
+    assert str(info.value).startswith(f"cannot read image {tmp_path / 'x.tif'}: it holds {what}")
+    assert str(info.value).endswith("save it as an 8-bit (or 16-bit) image")
+
+
 def test_a_file_the_loader_cannot_parse_is_a_data_error_naming_the_dataset(tmp_path):
     from tiny_recipes import tiny_recipe
 
