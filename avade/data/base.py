@@ -315,7 +315,8 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     back to a folder it sits in, so a link loop ends), sorted by path.
 
     [] when ``folder`` is not a directory. A folder below it that cannot be read is a DataError (see
-    :func:`folder_entries`), where a glob would skip it and the data would be incomplete without a word.
+    :func:`folder_entries`), where a glob would skip it and the data would be incomplete without a word; so is
+    a symbolic link named as an image whose target is gone, or in a loop of links.
     """
     if not folder.is_dir():
         return []
@@ -327,12 +328,22 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
         for entry in folder_entries(current):
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            image = Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
+            try:
+                is_dir = entry.is_dir()
+                is_file = not is_dir and image and entry.is_file()
+            except OSError as exc:  # a symbolic link in a loop (ELOOP), a file the disk cannot stat
+                raise DataError(f"cannot read {entry.path} in the data ({describe_error(exc)}); remove it or, if it "
+                                "is a symbolic link, point it at an image") from None
+            if is_dir:
                 real = os.path.realpath(entry.path)
                 if recursive and real not in above:
                     pending.append((Path(entry.path), above | {real}))
-            elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
+            elif is_file:
                 found.append(Path(entry.path))
+            elif image and entry.is_symlink():  # an image whose target is gone: the data would be short of it
+                raise DataError(f"{entry.path} is a broken symbolic link (to {os.readlink(entry.path)}); restore "
+                                "its target or remove the link")
     return sorted(found)
 
 

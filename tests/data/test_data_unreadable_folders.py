@@ -118,3 +118,27 @@ def test_symlinked_folders_are_followed_but_loops_end(tmp_path: Path) -> None:
     (root / "dogs" / "loop").symlink_to(root, target_is_directory=True)  # a loop ends
     (root / "kittens").symlink_to(elsewhere, target_is_directory=True)  # a second link to the same folder
     assert list_images(root) == [root / "cats" / "a.png", root / "dogs" / "b.png", root / "kittens" / "a.png"]
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_an_image_link_that_leads_nowhere_is_a_data_error_naming_it(tmp_path: Path, link: str) -> None:
+    # a dangling one was skipped without a word (the data short of it); links in a loop raised a bare OSError,
+    # which doctor reported as a failed presence check and a run as "could not be read"
+    for i in range(3):
+        save_png(tmp_path / "cats" / f"{i}.png", seed=i)
+    bad = tmp_path / "cats" / "3.png"
+    if link == "dangling":
+        bad.symlink_to(tmp_path / "moved" / "3.png")
+    else:
+        bad.symlink_to(tmp_path / "cats" / "4.png")
+        (tmp_path / "cats" / "4.png").symlink_to(bad)
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "image-folder", split="train", root=str(tmp_path), folder=".", test_fraction=0.0,
+                     resolution=8)
+    message = str(err.value)
+    assert str(tmp_path / "cats") in message and "\n" not in message
+    assert (f"{bad} is a broken symbolic link" if link == "dangling" else "point it at an image") in message
+    (tmp_path / "cats" / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not an image: nothing is missing
+    for leftover in (bad, tmp_path / "cats" / "4.png"):
+        leftover.unlink(missing_ok=True)
+    assert len(list_images(tmp_path)) == 3
