@@ -68,6 +68,8 @@ class Listing:
     files: list[Path]
     labels: list[int] | None
     classes: list[str]
+    #: why class subfolders are not used as labels although ``labels = true`` ("" when they are, or there are none)
+    unlabeled_reason: str = ""
 
 
 def folder_path(cfg: ImageFolderConfig) -> Path:
@@ -80,6 +82,19 @@ def _classes(base: Path, labeled: bool) -> list[str]:
         return []
     subdirs = sorted(Path(d.path) for d in folder_entries(base) if d.is_dir() and not d.name.startswith("."))
     return [d.name for d in subdirs if list_images(d)]
+
+
+def _unlabeled_reason(base: Path, labeled: bool, classes: list[str]) -> str:
+    """Why ``base``'s subfolders are not classes: loose images next to them (a class-conditional model would
+    otherwise be refused for "no labels", the class folders in plain sight)."""
+    if not labeled or classes:
+        return ""
+    loose = list_images(base, recursive=False)
+    if not loose or not any(d.is_dir() and not d.name.startswith(".") for d in folder_entries(base)):
+        return ""
+    more = f" and {len(loose) - 1} more" if len(loose) > 1 else ""
+    return (f"{base} holds images ({loose[0].name}{more}) next to its subfolders, so the subfolders are not "
+            "classes; move those images into a class folder or out of it")
 
 
 def _test_share(path: Path, base: Path) -> float:
@@ -127,7 +142,7 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
             f"dataset '{NAME}': the {split} split of {base} is empty ({how}); "
             "add images, create train/ and test/ subfolders, or set data.test_fraction"
         )
-    return Listing(files, labels, classes)
+    return Listing(files, labels, classes, _unlabeled_reason(train_base, cfg.labels, classes))
 
 
 class ImageFolder(FileImageDataset):
@@ -146,3 +161,4 @@ class ImageFolder(FileImageDataset):
         )
         self.split = split
         self.classes = listing.classes
+        self.unlabeled_reason = listing.unlabeled_reason

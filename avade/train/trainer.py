@@ -107,6 +107,10 @@ def load_datasets(recipe: Recipe, train: bool = True, test: bool = True) -> tupl
                         "replace its files") from exc
     declared = getattr(ref.config, "num_classes", None)  # what `recipe check` went by, before any loading
     first, problem = problems[0]
+    why = getattr(sets[first], "unlabeled_reason", "")  # a dataset that says why it has no labels
+    if recipe.model.options.conditional and problem is None and not sets[first].num_classes and why:
+        raise DataError(f"model.conditional = true needs a labelled dataset, but '{ref.name}'{where} has no labels: "
+                        f"{why}")
     if isinstance(declared, int) and problem is None and declared != sets[first].num_classes:
         problems[0] = (first, f"its config declares num_classes = {declared}, but the loaded data have "
                               f"{sets[first].num_classes} classes")

@@ -194,6 +194,30 @@ def test_image_folder_explicit_train_test_and_gray(tmp_path):
     assert len(test) == 2 and test.shape == (1, 12, 12) and test.num_classes == 0
 
 
+def test_a_conditional_model_on_class_folders_with_a_loose_image_says_why_there_are_no_labels(tmp_path):
+    # one stray image next to the class folders makes them plain subfolders of unlabeled data; the run was
+    # refused with "'image-folder' has no labels", the class folders in plain sight
+    from tiny_recipes import tiny_recipe
+
+    from avade.train.trainer import load_datasets
+
+    for k, cls in enumerate(("cat", "dog")):
+        for i, a in enumerate(rgb_images(4, 8, 8, seed=k)):
+            save_png(tmp_path / "pets" / cls / f"{i}.png", a)
+    save_png(tmp_path / "pets" / "thumbnail.png", rgb_images(1, 8, 8, seed=9)[0])
+    data = ("data.name='image-folder'", f"data.root={str(tmp_path)!r}", "data.folder='pets'", "data.resolution=8",
+            "data.test_fraction=0.0", "data.batch_size=4")
+    train, _ = load_datasets(tiny_recipe(*data), test=False)  # an unconditional model: all 9, unlabeled
+    assert len(train) == 9 and train.num_classes == 0
+    with pytest.raises(DataError, match=r"needs a labelled dataset, but 'image-folder' .* has no labels: "
+                                        rf"{tmp_path / 'pets'} holds images \(thumbnail.png\) next to its "
+                                        "subfolders, so the subfolders are not classes; move those images"):
+        load_datasets(tiny_recipe(*data, "model.conditional=true", "model.decoder.norm=cwn"), test=False)
+    (tmp_path / "pets" / "thumbnail.png").unlink()
+    train, _ = load_datasets(tiny_recipe(*data, "model.conditional=true", "model.decoder.norm=cwn"), test=False)
+    assert train.num_classes == 2 and train.unlabeled_reason == ""
+
+
 def test_image_folder_missing(tmp_path):
     with pytest.raises(DataError, match=str(tmp_path / "images")):
         avade.create("dataset", "image-folder", split="train", root=str(tmp_path))
