@@ -25,6 +25,7 @@ from typing import Literal
 import attrs
 
 from avade.data.base import (
+    IMAGE_EXTENSIONS,
     FileImageDataset,
     check_split,
     expand_root,
@@ -106,9 +107,16 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
     """The files (and labels) of ``split``; :class:`~avade.errors.DataError` naming the folder when empty."""
     base = folder_path(cfg)
     check_split(split)
-    if not base.is_dir() or not list_images(base):
+    if base.exists() and not base.is_dir():
+        raise DataError(f"dataset '{NAME}': {base} is a file, not a folder; point data.folder (under data.root) at the "
+                        "folder that holds the images")
+    if not base.is_dir():
         where = "data.folder" if expand_root(cfg.folder).is_absolute() else "data.root"  # root is moot then
         raise missing_data(NAME, [base], download=False, location=where)
+    if not list_images(base):  # (there, but no image in it: another format, or the images one level up)
+        raise DataError(f"dataset '{NAME}': {base} holds no image files ({' '.join(IMAGE_EXTENSIONS)}, at any depth; "
+                        "hidden ones skipped); put the images there or point data.folder at the folder that holds "
+                        "them")
     explicit = (base / "train").is_dir() and (base / "test").is_dir()
     train_base = base / "train" if explicit else base
     classes = _classes(train_base, cfg.labels)

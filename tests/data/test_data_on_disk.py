@@ -223,6 +223,18 @@ def test_image_folder_missing(tmp_path):
         avade.create("dataset", "image-folder", split="train", root=str(tmp_path))
 
 
+def test_image_folder_there_but_without_images_says_so(tmp_path):
+    # "not found (searched: <the folder>)" for a folder that is there misled: its files are the problem
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "photo.heic").write_bytes(b"x")
+    with pytest.raises(DataError, match=rf"^dataset 'image-folder': {tmp_path / 'images'} holds no image files "
+                                        r"\(\.png .*\); put the images there or point data.folder at"):
+        avade.create("dataset", "image-folder", split="train", root=str(tmp_path))
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(DataError, match=rf"^dataset 'image-folder': {tmp_path / 'file'} is a file, not a folder"):
+        avade.create("dataset", "image-folder", split="train", root=str(tmp_path), folder="file")
+
+
 # --- imagenet (downsampled) -----------------------------------------------------------------------
 
 
