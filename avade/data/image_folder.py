@@ -131,7 +131,7 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
             stray = [
                 d.name
                 for d in folder_entries(split_base)
-                if d.is_dir() and d.name not in classes and list_images(Path(d.path))
+                if d.is_dir() and not d.name.startswith(".") and d.name not in classes and list_images(Path(d.path))
             ]
             if stray:
                 raise DataError(

@@ -218,6 +218,18 @@ def test_a_conditional_model_on_class_folders_with_a_loose_image_says_why_there_
     assert train.num_classes == 2 and train.unlabeled_reason == ""
 
 
+def test_image_folder_skips_hidden_folders_in_the_test_split_as_in_the_train_split(tmp_path):
+    # a Jupyter checkpoint folder with images in test/ was refused as a class folder train/ lacks
+    for split in ("train", "test"):
+        for k, cls in enumerate(("a", "b")):
+            for i, a in enumerate(rgb_images(2, 8, 8, seed=k)):
+                save_png(tmp_path / "ex" / split / cls / f"{i}.png", a)
+        save_png(tmp_path / "ex" / split / ".ipynb_checkpoints" / "x.png", rgb_images(1, 8, 8, seed=5)[0])
+    for split in ("train", "test"):
+        ds = avade.create("dataset", "image-folder", split=split, root=str(tmp_path), folder="ex", resolution=8)
+        assert ds.classes == ["a", "b"] and len(ds) == 4 and ds.labels == [0, 0, 1, 1]
+
+
 def test_image_folder_missing(tmp_path):
     with pytest.raises(DataError, match=str(tmp_path / "images")):
         avade.create("dataset", "image-folder", split="train", root=str(tmp_path))
