@@ -103,7 +103,10 @@ def from_workers(loader: DataLoader) -> Iterator[Any]:
             except StopIteration:
                 return
             except AvadeError as exc:
-                raise _from_worker(exc) from None
+                unwrapped = _from_worker(exc)
+                if unwrapped is exc:  # raised in this process (num_workers = 0): as it is, its cause kept
+                    raise
+                raise unwrapped from None
             yield batch
     finally:
         shutdown = getattr(batches, "_shutdown_workers", None)  # (the multi-process iterator's own cleanup)
