@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import warnings
 from collections.abc import Mapping
 from typing import Literal
 
@@ -204,6 +205,10 @@ class PRD:
         real = real_features(ctx, extractor, cfg.split, cfg.samples, cfg.batch_size).features
         if len(real) * 2 < cfg.num_clusters:
             raise AvadeError(f"prd: {len(real)} real images are too few for num_clusters={cfg.num_clusters}")
+        if len(real) < cfg.samples:  # recorded settings say samples: say what was used
+            warnings.warn(f"PRD used {len(real)} samples against the {len(real)} images of the whole {cfg.split} "
+                          f"split, not samples = {cfg.samples} (PRD compares as many of each); say which you report, "
+                          f"or set eval.prd.samples (or --samples) to {len(real)}", UserWarning, stacklevel=2)
         fake = sample_features(ctx, extractor, len(real), cfg.batch_size).features
         precision, recall = prd_from_features(fake, real, cfg.num_clusters, cfg.num_angles, cfg.num_runs,
                                               cfg.seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -100,6 +101,23 @@ def test_prd_component_writes_plot_and_curve(tmp_path) -> None:
     curve = json.loads((ctx.out_dir / "prd_curve.json").read_text())
     assert len(curve["precision"]) == len(curve["recall"]) == 101
 
+
+
+def test_prd_with_more_samples_than_the_split_says_how_many_it_used(tmp_path) -> None:
+    # PRD compares as many samples as real images: samples = 60 on a split of 40 uses 40 of each, while
+    # eval.json records samples = 60; it must say so (it did silently, e.g. the default 10000 on 3072 images)
+    drawn = []
+    ctx = FakeContext(tmp_path, {"train": (natural_crops(40, seed=0), torch.zeros(40, dtype=torch.long))},
+                      sampler=lambda n, labels: drawn.append(n) or noise_images(n, seed=1),
+                      options={"feature_extractor": RandomConvFeatures(dim=16, seed=0)})
+    with pytest.warns(UserWarning, match="PRD used 40 samples against the 40 images of the whole train split, "
+                                         "not samples = 60"):
+        PRD(PRDConfig(samples=60, num_clusters=5, num_runs=1, num_angles=11, plot=False)).compute(ctx)
+    assert drawn == [40]
+    with warnings.catch_warnings():  # as many samples as the split holds: nothing to say
+        warnings.filterwarnings("error", message="PRD used")
+        warnings.filterwarnings("ignore", message=".*test-only")
+        PRD(PRDConfig(samples=40, num_clusters=5, num_runs=1, num_angles=11, plot=False)).compute(ctx)
 
 # Cross-checks against the definition of PRD(Q, P) (Sajjadi et al. 2018, section 3) and
 # the protocol of the authors' prd_score.py, computed independently of avade.metrics.prd.
