@@ -107,6 +107,12 @@ class RunContext:
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return subset_batches(self._split(split), n, batch_size)
 
+    @property
+    def sample_seed(self) -> int:
+        """The seed model samples are drawn with (``train.seed + 1``): ``avade sample --seed`` of it (and
+        ``--batch-size`` of the metric's) draws them again; eval.json records it with each sample metric's settings."""
+        return self.seed + 1
+
     def class_labels(self, n: int) -> torch.Tensor:
         """``n`` labels drawn (seeded) with the training split's class balance, for a class-conditional
         model (uniform when the split's labels are not at hand)."""
@@ -124,7 +130,7 @@ class RunContext:
             # Training always conditions on a class; the unconditional path was never trained.
             labels = self.class_labels(n)
         self.model.eval()
-        gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        gen = torch.Generator(device=self.device).manual_seed(self.sample_seed)
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             lab = labels[start:start + m].to(self.device) if labels is not None else None
@@ -687,6 +693,8 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
             used, total = ctx.bpd_images(split)
             if used < total:
                 settings[name] = {**settings.get(name, {}), "images": used, "split_images": total}
+        if "samples" in settings.get(name, {}):  # a metric of model samples: which ones (train.seed, or --set's)
+            settings[name] = {**settings[name], "sample_seed": ctx.sample_seed}
     if overrides:  # e.g. model.temperature: part of what each value was computed with
         given = dict(parse_override(text) for text in overrides)
         settings = {name: {**settings.get(name, {}), "overrides": given} for name, _ in metrics_built}

@@ -184,3 +184,29 @@ def test_avade_eval_says_when_bpd_is_over_part_of_the_test_split(tmp_path):
         warnings.simplefilter("error", UserWarning)  # the whole split: nothing to say
         evaluate_run(tmp_path / "run", ["bpd"], device="cpu", overrides=["train.eval_batches=0"])
     assert "images" not in json.loads((tmp_path / "run" / "eval.json").read_text())["settings"]["bpd"]
+
+
+def test_eval_json_records_the_seed_of_the_samples_a_metric_scored(tmp_path, monkeypatch):
+    """Sample metrics record ``sample_seed`` (train.seed + 1, or --set train.seed's): the seed was nowhere in
+    eval.json, and a run resumed with another train.seed evaluates its old checkpoints on other samples.
+    ``avade sample --seed <sample_seed>`` draws the samples that were scored."""
+    import numpy as np
+
+    from avade import evaluate as ev
+    from avade.metrics import features, kid
+    from avade.metrics.random_features import RandomConvFeatures
+
+    run_recipe(tiny_recipe("model.conditional=true"), tmp_path / "run", progress=False)
+    monkeypatch.setattr(features, "get_extractor", lambda options, device="cpu": RandomConvFeatures(num_classes=0))
+    monkeypatch.setattr(kid, "get_extractor", lambda options, device="cpu": RandomConvFeatures(num_classes=0))
+    scored = []
+    drawn = ev.RunContext.sample_batches
+    monkeypatch.setattr(ev.RunContext, "sample_batches",
+                        lambda self, *a, **k: (scored.append(x) or x for x in drawn(self, *a, **k)))
+    with pytest.warns(UserWarning):  # (test-only features, small KID subsets)
+        evaluate_run(tmp_path / "run", ["bpd", "kid"], samples=6, device="cpu", overrides=["train.seed=4"])
+    settings = json.loads((tmp_path / "run" / "eval.json").read_text())["settings"]
+    assert settings["kid"]["sample_seed"] == 5 and "sample_seed" not in settings["bpd"]  # bpd draws no samples
+    ev.sample_run(tmp_path / "run", n=6, output=tmp_path / "again.npz", seed=5, device="cpu")
+    again = np.load(tmp_path / "again.npz")["arr_0"]
+    assert np.array_equal(again, torch.cat(scored).permute(0, 2, 3, 1).numpy())
