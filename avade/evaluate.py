@@ -155,8 +155,9 @@ class RunContext:
             warnings.warn(f"bpd averaged over {used} of the {total} {split} images (train.eval_batches = "
                           f"{self.recipe.train.eval_batches}); for the whole split: --set train.eval_batches=0",
                           UserWarning, stacklevel=2)
-        batches = eval_batches(self._split(split), self.recipe.data.options.eval_batch_size,
-                               self.recipe.train.eval_batches)
+        options = self.recipe.data.options
+        batches = eval_batches(self._split(split), options.eval_batch_size, self.recipe.train.eval_batches,
+                               options.num_workers)
         key = "bpd" if importance_samples == 1 else f"bpd_iw{importance_samples}"
         return {key: self.model.mean_bpd(batches, importance_samples)}
 

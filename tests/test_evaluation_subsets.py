@@ -131,3 +131,27 @@ def test_cached_real_features_are_keyed_by_how_files_are_decoded(monkeypatch) ->
     assert key != dataset_key("image-folder", (3, 32, 32), {"folder": "other"})
     monkeypatch.setattr(avade.data.base, "DECODING_VERSION", avade.data.base.DECODING_VERSION + 1)
     assert key != dataset_key("image-folder", (3, 32, 32), {"folder": "photos"})  # e.g. EXIF now applied
+
+
+def test_bpd_of_a_file_backed_split_reads_it_with_data_num_workers_and_gives_the_same_value(tmp_path, monkeypatch):
+    # data.num_workers, settable for avade eval, was read by training alone: evaluation decoded every file in
+    # the main process. With workers the batches (so the noise of each) are the same: bit-identical bits/dim.
+    import attrs
+
+    import avade.train.data
+
+    trainer = Trainer(tiny_recipe("data.num_workers=2"), tmp_path, progress=False)
+    files = _Files(trainer.test_set)
+    workers: list[int] = []
+    loader = avade.train.data.DataLoader
+    monkeypatch.setattr(avade.train.data, "DataLoader",
+                        lambda *a, **k: workers.append(k["num_workers"]) or loader(*a, **k))
+    ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, files, trainer.device, tmp_path, tmp_path)
+    with_workers = ctx.bpd()
+    trainer.test_set = files
+    assert trainer.test_bpd() == with_workers["bpd"]
+    assert workers == [2, 2]
+    alone = attrs.evolve(trainer.recipe, data=attrs.evolve(trainer.recipe.data, options=attrs.evolve(
+        trainer.recipe.data.options, num_workers=0)))
+    ctx = RunContext(trainer.model, alone, trainer.train_set, files, trainer.device, tmp_path, tmp_path)
+    assert ctx.bpd() == with_workers and workers[-1] == 0

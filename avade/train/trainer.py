@@ -730,7 +730,8 @@ class Trainer:
         broadcast_buffers(self.model, self.dist)
         lim = self.cfg.eval_batches if limit is None else limit
         data = self.test_set if split == "test" else self.train_set
-        batches = indexed_batches(data, self.recipe.data.options.eval_batch_size, lim,
+        options = self.recipe.data.options
+        batches = indexed_batches(data, options.eval_batch_size, lim, options.num_workers,
                                   shard=(self.dist.rank, self.dist.world))
         total, count = all_sum(list(self.model.bpd_sum(batches, importance_samples)), self.dist, self.device)
         return total / max(count, 1)
