@@ -690,6 +690,8 @@ def _evaluate(run_dir: Path, metrics: Sequence[str] | None, samples: int | None,
     settings = metric_settings(metrics_built)
     for name, metric in metrics_built:  # bits/dim of part of the split (train.eval_batches): recorded as such
         split = getattr(getattr(metric, "cfg", None), "split", None)
+        if name == "bpd":  # each batch draws its own noise: another eval_batch_size, another (equally good) draw
+            settings[name] = {**settings.get(name, {}), "eval_batch_size": ctx.recipe.data.options.eval_batch_size}
         if name == "bpd" and isinstance(split, str) and ctx.recipe.train.eval_batches:
             used, total = ctx.bpd_images(split)
             if used < total:

@@ -70,7 +70,8 @@ def test_eval_json_and_eval_file(run_dir: Path) -> None:
     assert data["bpd"] > 0
     assert json.loads((run_dir / "eval.json").read_text()) == {
         "checkpoint": "step_00000003", "step": 3, "weights": "last", **data,
-        "settings": {"bpd": {"importance_samples": 1, "split": "test"}}}  # what each value was computed with
+        # what each value was computed with (bpd's noise is drawn per batch of eval_batch_size)
+        "settings": {"bpd": {"importance_samples": 1, "split": "test", "eval_batch_size": 16}}}
 
 
 def test_eval_unknown_metric_suggests(run_dir: Path) -> None:

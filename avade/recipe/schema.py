@@ -98,7 +98,8 @@ class DataOptions:
     name: str = attrs.field(default="natural-patches", metadata={"help": "registered dataset"})
     batch_size: int = attrs.field(default=64, validator=ge(1),
                                   metadata={"help": "training batch (of the whole job under torchrun)"})
-    eval_batch_size: int = attrs.field(default=256, validator=ge(1), metadata={"help": "evaluation batch"})
+    eval_batch_size: int = attrs.field(default=256, validator=ge(1), metadata={
+        "help": "evaluation batch (bpd draws its noise per batch: another size, another draw of it)"})
     num_workers: int = attrs.field(default=0, validator=ge(0), metadata={"help": "DataLoader worker processes"})
     n_bits: int = attrs.field(
         default=8, validator=between(1, 8),
