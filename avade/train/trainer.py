@@ -653,6 +653,7 @@ class Trainer:
         critic_now = adversarial_now or (self.adversarial and self.step >= cfg.warmup_steps - cfg.critic_warmup_steps)
         fake = None
         watched: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, generated) for the mode-collapse watch
+        statistics = buffer_snapshot(model)  # put back if an update is skipped (batch-norm running statistics)
         if critic_now:
             disc = model.discriminator
             assert disc is not None
@@ -701,6 +702,9 @@ class Trainer:
                 loss = loss + weight * l_q
                 scalars["l_q"] = l_q
         ok &= self._finite_update(self.opt_g, self.g_params, loss)
+        if not ok:  # a skipped step leaves the model as it was: its forward passes' NaN or infinite
+            # activations must not stay in running statistics (eval mode, f^-1) and in every later checkpoint
+            restore_buffers(model, statistics)
         self._sync_flow_statistics()
         scalars["loss"] = loss
         # One device-to-host transfer for all logged values (each .item() would be a sync on GPU).
@@ -960,6 +964,20 @@ class Trainer:
                     release_gpu_extractors()
         self.model.train()
         return results
+
+
+def buffer_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of ``model``'s floating-point buffers (batch-norm running statistics and the like), by name."""
+    return {name: b.detach().clone() for name, b in model.named_buffers() if b.is_floating_point()}
+
+
+@torch.no_grad()
+def restore_buffers(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put back the buffers of :func:`buffer_snapshot` (in place, into whichever tensor each name holds now:
+    a module may have replaced one since, as the batch-norm flow does)."""
+    for name, b in model.named_buffers():
+        if name in saved:
+            b.copy_(saved[name])
 
 
 def _with_train_bpd(path: Path) -> str:

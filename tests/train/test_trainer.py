@@ -301,6 +301,35 @@ def test_skipped_step_leaves_weights_untouched(tmp_path, monkeypatch):
         assert torch.equal(params[name].detach(), before[name]), name
 
 
+@pytest.mark.parametrize("variant", ["v-ade", "av-ade"])
+def test_a_skipped_step_leaves_the_running_statistics_untouched(tmp_path, monkeypatch, variant):
+    # One infinite activation (here: in the input) used to leave NaN in the s/t networks' batch-norm running
+    # statistics, though the update was skipped: every later checkpoint held them, and eval mode was NaN for good.
+    extra = ("model.discriminator.name=none",) if variant == "v-ade" else ()
+    trainer = Trainer(tiny_recipe(f"model.variant={variant}", *extra), tmp_path, progress=False)
+    assert any("running_mean" in name for name, _ in trainer.model.named_buffers())  # realnvp's s/t batch norms
+    x, y = next(trainer.stream.batches(0))
+    trainer.train_step(x, y)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if v.is_floating_point()}
+    original = trainer.model.preprocess.dequantize
+
+    def infinite(x, generator=None):
+        u = original(x, generator).clone()
+        u[0, 0, 0, 0] = float("inf")
+        return u
+
+    monkeypatch.setattr(trainer.model.preprocess, "dequantize", infinite)
+    assert trainer.train_step(x, y)["finite"] == 0.0
+    after = trainer.model.state_dict()
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+    monkeypatch.undo()
+    assert trainer.train_step(x, y)["finite"] == 1.0
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values() if v.is_floating_point())
+    trainer.model.eval()
+    assert math.isfinite(trainer.test_bpd(limit=1))
+
+
 def test_resume_with_another_optimizer_is_refused_but_more_steps_are_fine(tmp_path):
     Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
     with pytest.raises(CheckpointError, match=r"another model or data: train\.optimizer \"adamax\" -> \"adam\";"):
