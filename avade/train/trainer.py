@@ -297,6 +297,7 @@ class Trainer:
                                   self.dist.world, recipe.data.options.num_workers, self.device)
         self.step = 0
         self.bad_steps = 0
+        self.last_skip = ""  # what the latest non-finite step had (skip_description)
         self.rng_restored = False  # set by _resume: this process's random state came from the checkpoint
         self.bpd_untrained: float | None = None  # the test BPD before training (checkpointed)
         # summary.json of a resumed run that already finished (a done sweep variant): left exactly as it is.
@@ -646,7 +647,7 @@ class Trainer:
         n = x.shape[0]
         labels_in = labels if model.num_classes else None
         scalars: dict[str, torch.Tensor] = {}
-        ok = True
+        skipped: list[str] = []  # the updates skipped for a non-finite loss or gradient
         self.set_learning_rates()
         adversarial_now = self.adversarial and (self.step >= cfg.warmup_steps or not self.likelihood)
         # (the critic's warm-up: it trains in the warm-up's last steps while the generator still gets L_C only)
@@ -675,7 +676,8 @@ class Trainer:
                     d_loss = discriminator_loss(cfg.adv_loss, d_real, d_fake)
                 gp = gradient_penalty(disc, real, fake_d, labels_in, cfg.gp_weight, self.noise) \
                     if cfg.gp_weight > 0 else d_loss.new_zeros(())
-                ok &= self._finite_update(self.opt_d, d_params, d_loss + gp)
+                if not self._finite_update(self.opt_d, d_params, d_loss + gp) and not skipped:
+                    skipped.append("critic")
             scalars.update(d_loss=d_loss, gp=gp, d_real=d_real.mean(), d_fake=d_fake.mean())
             watched = (real, fake.detach())  # for the mode-collapse watch: the same labels made both
             if not adversarial_now:
@@ -701,8 +703,9 @@ class Trainer:
                 weight = 1.0 if not self.likelihood else cfg.adv_weight
                 loss = loss + weight * l_q
                 scalars["l_q"] = l_q
-        ok &= self._finite_update(self.opt_g, self.g_params, loss)
-        if not ok:  # a skipped step leaves the model as it was: its forward passes' NaN or infinite
+        if not self._finite_update(self.opt_g, self.g_params, loss):
+            skipped.append("generator")
+        if skipped:  # a skipped step leaves the model as it was: its forward passes' NaN or infinite
             # activations must not stay in running statistics (eval mode, f^-1) and in every later checkpoint
             restore_buffers(model, statistics)
         self._sync_flow_statistics()
@@ -710,13 +713,16 @@ class Trainer:
         # One device-to-host transfer for all logged values (each .item() would be a sync on GPU).
         values = torch.stack([t.detach().float().reshape(()) for t in scalars.values()]).tolist()
         logs = dict(zip(scalars, values, strict=True))
-        logs["finite"] = float(ok)
+        logs["finite"] = float(not skipped)
+        if skipped:
+            self.last_skip = skip_description(logs, skipped)
         if scheduled(cfg):
             logs["lr"] = self.opt_g.param_groups[0]["lr"]
             if self.adversarial:
                 logs["d_lr"] = self.opt_d.param_groups[0]["lr"]
         if adversarial_now and self.collapse is not None:
-            warning = self.collapse.update(logs["d_real"], logs["d_fake"], logs["d_loss"], step=self.step)
+            warning = self.collapse.update(logs["d_real"], logs["d_fake"], logs["d_loss"],
+                                           step=self.step + 1)  # (the step this is; self.step counts those done)
             if warning and self.dist.is_main:
                 self.console.print(f"[yellow]warning:[/] {warning}")
         if watched is not None and adversarial_now and self.mode_collapse is not None:
@@ -806,15 +812,16 @@ class Trainer:
                 else:
                     self.bad_steps += 1
                     if self.dist.is_main:
-                        self.console.print(f"[yellow]warning:[/] step {self.step}: non-finite loss or gradient, "
-                                           f"update skipped ({self.bad_steps} in a row)")
+                        self.console.print(f"[yellow]warning:[/] step {self.step}: {self.last_skip} "
+                                           f"({self.bad_steps} in a row)")
                     if self.bad_steps >= cfg.max_bad_steps:
                         logger.close()
-                        what = ("a non-finite step" if self.bad_steps == 1
-                                else f"{self.bad_steps} consecutive non-finite steps")
+                        what = ("a non-finite step (" if self.bad_steps == 1
+                                else f"{self.bad_steps} consecutive non-finite steps (the last: ")
                         # every process counts the same steps (from the all-reduced gradient norm)
-                        raise TrainingError(f"training stopped at step {self.step}: {what} (lower train.lr or set "
-                                            f"train.grad_clip); {self._last_good_checkpoint()}", every_process=True)
+                        raise TrainingError(f"training stopped at step {self.step}: {what}{self.last_skip}); lower "
+                                            f"train.lr or set train.grad_clip; {self._last_good_checkpoint()}",
+                                            every_process=True)
                 elapsed = time.perf_counter() - t0
                 logs["images_per_s"] = images / max(elapsed, 1e-9)
                 bar.update(self.step, logs)
@@ -863,9 +870,9 @@ class Trainer:
             self.console.print(f"[yellow]warning:[/] {', '.join(odd)} not finite (recorded as null)")
         error = None
         if self.bad_steps or broken:
-            what = (f"the last {self.bad_steps} step(s) were non-finite" if self.bad_steps
-                    else f"the trained model's {', '.join(broken)} is not finite")
-            error = (f"training diverged: {what} (lower train.lr or set train.grad_clip); "
+            what = (f"the last {self.bad_steps} step(s) were non-finite (the last: {self.last_skip})"
+                    if self.bad_steps else f"the trained model's {', '.join(broken)} is not finite")
+            error = (f"training diverged: {what}; lower train.lr or set train.grad_clip; "
                      f"{self._last_good_checkpoint()}")
             summary["error"] = error  # a resume must not take this run for a finished one
         if self.dist.is_main:
@@ -978,6 +985,15 @@ def restore_buffers(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> N
     for name, b in model.named_buffers():
         if name in saved:
             b.copy_(saved[name])
+
+
+def skip_description(logs: dict[str, float], skipped: list[str]) -> str:
+    """What a non-finite step had and what it skipped: ``non-finite d_fake, l_q, loss: critic and generator
+    updates skipped``; with every logged loss finite, the gradient overflowed."""
+    bad = [k for k, v in logs.items() if k not in ("finite", "lr", "d_lr") and not math.isfinite(v)]
+    what = f"non-finite {', '.join(bad)}" if bad else "a non-finite gradient, every loss finite"
+    updates = " and ".join(skipped)
+    return f"{what}: {updates} update{'s' if len(skipped) > 1 else ''} skipped"
 
 
 def _with_train_bpd(path: Path) -> str:

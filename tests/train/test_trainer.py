@@ -13,7 +13,7 @@ from tiny_recipes import tiny_recipe
 
 from avade.errors import CheckpointError, ConfigError, StoppedError, TrainingError
 from avade.train import checkpoint as ckpt
-from avade.train.trainer import Trainer
+from avade.train.trainer import Trainer, skip_description
 
 
 def test_loss_decreases_and_run_dir_layout(tmp_path):
@@ -330,6 +330,32 @@ def test_a_skipped_step_leaves_the_running_statistics_untouched(tmp_path, monkey
     assert math.isfinite(trainer.test_bpd(limit=1))
 
 
+def test_a_non_finite_step_names_its_terms_and_the_skipped_updates_at_its_own_step(tmp_path):
+    from rich.console import Console
+
+    console = Console(record=True, width=400)
+    trainer = Trainer(tiny_recipe("train.steps=4", "train.max_bad_steps=2"), tmp_path, progress=False,
+                      console=console)
+    original = trainer.generate
+
+    def nan_samples(*args, **kwargs):  # the generator's samples turn NaN from the second step on
+        out = original(*args, **kwargs)
+        return out * float("nan") if trainer.step >= 1 else out
+
+    trainer.generate = nan_samples
+    with pytest.raises(TrainingError, match=r"training stopped at step 3: 2 consecutive non-finite steps \(the last: "
+                                            r"non-finite d_loss, d_fake, l_q, loss: critic and generator updates "
+                                            r"skipped\); lower train.lr"):
+        trainer.fit()
+    text = console.export_text()
+    assert "step 2: non-finite d_loss, d_fake, l_q, loss: critic and generator updates skipped (1 in a row)" in text
+    # the collapse detector counts steps as the trainer does (it said step 1 for the second step)
+    assert "discriminator collapse at step 2: non-finite" in text, text
+    # every loss finite, the gradient not (e.g. train.lr = 10): said so
+    assert skip_description({"l_c": 1e30, "loss": 1e30, "finite": 0.0, "lr": 10.0}, ["generator"]) == \
+        "a non-finite gradient, every loss finite: generator update skipped"
+
+
 def test_resume_with_another_optimizer_is_refused_but_more_steps_are_fine(tmp_path):
     Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
     with pytest.raises(CheckpointError, match=r"another model or data: train\.optimizer \"adamax\" -> \"adam\";"):
@@ -622,7 +648,8 @@ def test_ctrl_c_before_the_first_step_leaves_no_run_directory(tmp_path, monkeypa
 
 def test_one_non_finite_step_is_said_in_the_singular(tmp_path):
     recipe = tiny_recipe("train.lr=1e30", "train.max_bad_steps=1", "train.steps=4")
-    with pytest.raises(TrainingError, match=r"training stopped at step \d: a non-finite step \(lower train.lr"):
+    with pytest.raises(TrainingError, match=r"training stopped at step \d: a non-finite step \(non-finite "
+                                            r"[a-z_, ]+: generator update skipped\); lower train.lr"):
         Trainer(recipe, tmp_path, progress=False).fit()
 
 
