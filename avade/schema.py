@@ -297,8 +297,18 @@ def describe(cls: type) -> list[dict[str, Any]]:
 # --- validators with readable messages -------------------------------------------------------------
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # what the networks, their optimizers and losses compute in
+
+
 def _number(value: Any) -> str:
     return "a finite number" if isinstance(value, float) and not math.isfinite(value) else "a number"
+
+
+def _beyond_float32(value: Any, bound: str, attr: attrs.Attribute) -> None:
+    """A ConfigError for a float past float32's range (e.g. ``train.lr = 1e39``: the optimizer cannot take it)."""
+    if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        raise ConfigError(f"expected a number {bound} within float32's range (at most {FLOAT32_MAX:.4g}), got "
+                          f"{_got(value)}", path=attr.name)
 
 
 def ge(bound: float) -> Callable[[Any, attrs.Attribute, Any], None]:
@@ -308,6 +318,7 @@ def ge(bound: float) -> Callable[[Any, attrs.Attribute, Any], None]:
         # Written as `not (value >= bound)` so that NaN fails too; infinity is no setting either.
         if value is not None and not (value >= bound and math.isfinite(value)):
             raise ConfigError(f"expected {_number(value)} >= {bound}, got {_got(value)}", path=attr.name)
+        _beyond_float32(value, f">= {bound}", attr)
 
     return check
 
@@ -318,6 +329,7 @@ def gt(bound: float) -> Callable[[Any, attrs.Attribute, Any], None]:
     def check(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
         if value is not None and not (value > bound and math.isfinite(value)):
             raise ConfigError(f"expected {_number(value)} > {bound}, got {_got(value)}", path=attr.name)
+        _beyond_float32(value, f"> {bound}", attr)
 
     return check
 

@@ -476,3 +476,15 @@ def test_set_takes_toml_quoted_keys_such_as_one_sweep_axis() -> None:
     assert recipe.sweep is not None and recipe.sweep.grid == {"model.flow.scales": [1, 2]}
     with pytest.raises(ConfigError, match="is not a TOML key"):
         load_recipe(quickstart, ['sweep.grid."model.flow=[1]'])
+
+
+@pytest.mark.parametrize("key", ["train.lr", "train.d_lr", "train.adv_weight", "train.gp_weight"])
+def test_a_setting_beyond_float32s_range_is_refused_before_training(key: str) -> None:
+    # train.lr = 1e39 used to pass `recipe check` and crash the first optimizer step with an internal error
+    # ("value cannot be converted to type float without overflow"); a weight that large made every loss infinite
+    from tiny_recipes import tiny_recipe
+
+    with pytest.raises(ConfigError, match=r"within float32's range \(at most 3.403e\+38\), got 1e\+39") as info:
+        tiny_recipe(f"{key}=1e39")
+    assert info.value.path == key
+    tiny_recipe(f"{key}=1e30")  # large, but a float32

@@ -152,6 +152,7 @@ def test_unknown_keys_suggest_and_list_valid_keys() -> None:
         ("scale", 0.0, "expected a number > 0.0, got 0.0"),
         ("scale", float("nan"), "expected a finite number > 0.0, got nan"),
         ("scale", float("inf"), "expected a finite number > 0.0, got inf"),
+        ("scale", 1e39, "expected a number > 0.0 within float32's range (at most 3.403e+38), got 1e+39"),
         ("pick", "c", "expected one of 'a', 'b', got \"c\""),
     ],
 )
