@@ -836,7 +836,12 @@ class Trainer:
                 if self.step % cfg.sample_every == 0:
                     self.write_grids(f"{self.step:08d}")
                 if self.recipe.eval.every and self.step % self.recipe.eval.every == 0 and self.step < cfg.steps:
-                    logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
+                    results = self.evaluate()
+                    odd = [k for k, v in results.items() if _not_finite(v)]
+                    if odd and self.dist.is_main:  # (a null in metrics.jsonl says nothing while training goes on)
+                        self.console.print(f"[yellow]warning:[/] step {self.step}: eval {', '.join(odd)} not finite "
+                                           "(recorded as null)")
+                    logger.log(self.step, {f"eval/{k}": v for k, v in results.items()})
                 if save_now:
                     self.save(job_logs.get("bpd"))
                 if stopping:  # at the last step too: the final evaluation (FID: minutes) is left to --resume,
@@ -868,6 +873,12 @@ class Trainer:
         odd = sorted(k for k, v in results.items() if _not_finite(v) and not owns("bpd", k))
         if odd and self.dist.is_main:
             self.console.print(f"[yellow]warning:[/] {', '.join(odd)} not finite (recorded as null)")
+        bpd = results.get("bpd")
+        if (self.dist.is_main and not broken and not self.bad_steps and isinstance(initial, int | float)
+                and isinstance(bpd, float) and bpd > initial):  # finite (no error), but worse: it went astray
+            self.console.print(f"[yellow]warning:[/] the trained model's test bpd {bpd:.4g} is worse than the "
+                               f"untrained model's {initial:.4g}: training went astray; lower train.lr or set "
+                               "train.grad_clip")
         error = None
         if self.bad_steps or broken:
             what = (f"the last {self.bad_steps} step(s) were non-finite (the last: {self.last_skip})"

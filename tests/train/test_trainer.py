@@ -356,6 +356,33 @@ def test_a_non_finite_step_names_its_terms_and_the_skipped_updates_at_its_own_st
         "a non-finite gradient, every loss finite: generator update skipped"
 
 
+def test_a_non_finite_evaluation_during_training_and_a_model_worse_than_untrained_are_warned_of(tmp_path):
+    from rich.console import Console
+
+    console = Console(record=True, width=400)
+    recipe = tiny_recipe("model.variant=v-ade", "model.discriminator.name=none", "train.steps=4", "eval.every=2")
+    trainer = Trainer(recipe, tmp_path, progress=False, console=console)
+    original = trainer.test_bpd
+    calls = []
+
+    def bpd(*args, **kwargs):
+        calls.append(trainer.step)
+        if len(calls) == 1:
+            return 0.5  # "untrained": better than any trained model here
+        return float("nan") if trainer.step == 2 else original(*args, **kwargs)
+
+    trainer.test_bpd = bpd
+    summary = trainer.fit()
+    text = console.export_text()
+    assert calls == [0, 2, 4]
+    # the evaluation at step 2 was only a null in metrics.jsonl
+    assert "warning: step 2: eval bpd not finite (recorded as null)" in text, text
+    assert {"step": 2, "eval/bpd": None} in [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    # a finite bpd worse than the untrained model's passed as a result
+    assert summary["bpd"] > 0.5
+    assert f"the trained model's test bpd {summary['bpd']:.4g} is worse than the untrained model's 0.5" in text, text
+
+
 def test_resume_with_another_optimizer_is_refused_but_more_steps_are_fine(tmp_path):
     Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
     with pytest.raises(CheckpointError, match=r"another model or data: train\.optimizer \"adamax\" -> \"adam\";"):
