@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import math
 import operator
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -314,9 +315,9 @@ class GenerativeModel(nn.Module):
             temperature = t
         _, labels, generator = self._prepared("sample", None, labels, generator, n)
         if generator is None:
-            return self.preprocess.to_uint8(self.generate(n, labels, None, temperature=temperature))
+            return self._images(self.generate(n, labels, None, temperature=temperature), "sample")
         with _seeded_from(generator):
-            return self.preprocess.to_uint8(self.generate(n, labels, generator, temperature=temperature))
+            return self._images(self.generate(n, labels, generator, temperature=temperature), "sample")
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None,
@@ -335,7 +336,16 @@ class GenerativeModel(nn.Module):
         feat, _ = self.features(u)
         hs = self.encoder(feat, labels)
         mean, _, _ = self._top_down(x.shape[0], hs, labels, 1.0)
-        return self.preprocess.to_uint8(self._sample_from_mean(mean, None))
+        return self._images(self._sample_from_mean(mean, None), "reconstruction")
+
+    def _images(self, u: torch.Tensor, what: str) -> torch.Tensor:
+        """u in [0, 256) -> uint8 images, with a warning where u holds NaN: uint8 has none, so they would pass
+        unannounced as black pixels (a sample metric of such images, FID say, looks like a real result)."""
+        if torch.isnan(u).any():
+            warnings.warn(f"{what}: the model's {what}s hold NaN (the model diverged, e.g. f^-1 overflows); NaN pixels "
+                          f"come out black, so these images and any metric of them (FID, ...) say nothing about "
+                          "the model", RuntimeWarning, stacklevel=3)
+        return self.preprocess.to_uint8(u)
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, data_shape={self.data_shape}, likelihood={self.likelihood!r}"

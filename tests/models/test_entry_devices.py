@@ -133,3 +133,23 @@ def test_class_ids_of_any_integer_dtype_are_taken() -> None:
         assert torch.equal(model.sample(3, labels, generator=torch.Generator().manual_seed(1)), want)
         assert torch.equal(model.log_likelihood(x, labels, generator=torch.Generator().manual_seed(1))["bpd"], bpd)
         model.reconstruct(x, labels)
+
+
+def test_samples_and_reconstructions_holding_nan_are_warned_of_not_passed_as_black_pixels(monkeypatch) -> None:
+    # A V-ADE trained on constant images scores a finite bpd while f^-1 overflows to NaN: cast to uint8 the
+    # NaN came out as black pixels, unannounced (and a sample metric of them as a real result)
+    import warnings
+
+    model = _model()
+    x = torch.randint(0, 256, (2, *model.data_shape), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a sound model: no warning
+        model.sample(2, generator=torch.Generator().manual_seed(1))
+        model.reconstruct(x, generator=torch.Generator().manual_seed(1))
+    original = model._sample_from_mean
+    monkeypatch.setattr(model, "_sample_from_mean", lambda *a, **k: original(*a, **k) * float("nan"))
+    with pytest.warns(RuntimeWarning, match=r"sample: the model's samples hold NaN \(the model diverged"):
+        images = model.sample(2, generator=torch.Generator().manual_seed(1))
+    assert images.dtype == torch.uint8 and images.shape == (2, *model.data_shape)
+    with pytest.warns(RuntimeWarning, match="reconstruction: the model's reconstructions hold NaN"):
+        model.reconstruct(x, generator=torch.Generator().manual_seed(1))
