@@ -363,8 +363,8 @@ def test_trainer_warns_when_a_conditional_generator_collapses_per_class(tmp_path
     for _ in range(2):
         trainer.train_step(x, y)
     assert trainer.mode_collapse.collapsed_classes == [0, 1, 2, 3, -1]
-    assert "warning: generator collapse at step 0: the generated images of classes 0, 1, 2, 3" \
-        in " ".join(capsys.readouterr().err.split())  # the console writes to stderr
+    assert "warning: generator collapse at step 1: the generated images of classes 0, 1, 2, 3" \
+        in " ".join(capsys.readouterr().err.split())  # (stderr; trainer.step stays 0: each call trains step 1)
     trainer.step = 1
     path = trainer.save()
     state = json.loads((path / "state.json").read_text())

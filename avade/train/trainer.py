@@ -726,7 +726,7 @@ class Trainer:
             if warning and self.dist.is_main:
                 self.console.print(f"[yellow]warning:[/] {warning}")
         if watched is not None and adversarial_now and self.mode_collapse is not None:
-            warning = self.mode_collapse.update(*watched, labels_in, step=self.step)
+            warning = self.mode_collapse.update(*watched, labels_in, step=self.step + 1)  # (as the trainer counts)
             if warning and self.dist.is_main:
                 self.console.print(f"[yellow]warning:[/] {warning}")
         return logs
