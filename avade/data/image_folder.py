@@ -5,14 +5,14 @@ each image goes to the test split when a hash of its path relative to the folder
 ``test_fraction`` (SHA-1, so the assignment is stable across runs and machines, and adding images never
 moves the others between splits).
 
-Labels: when ``labels = true`` and the split folder holds only subfolders (no loose images), each
-first-level subfolder that holds images is a class (sorted by name, label = index, like torchvision's
-``ImageFolder``; hidden and empty subfolders are not classes), with the class list taken from the train side; otherwise every image below the folder, at any depth, is used
-unlabeled. Images are turned upright (EXIF orientation), converted to RGB (or grayscale for ``channels = 1``;
-an alpha channel is dropped, as torchvision's ``ImageFolder`` does; 16-bit grayscale is scaled by 1/256;
-floating-point and 32-bit or signed integer images are refused: they have no defined 8-bit scale),
-center-cropped to a square of side ``crop`` (default: the short side) and resized bilinearly with
-antialiasing to ``resolution``.
+Labels: when ``labels = true`` and the split folder holds only subfolders (no loose images), each first-level
+subfolder that holds images is a class (sorted by name, label = index, like torchvision's ``ImageFolder``;
+hidden and empty subfolders are not classes), with the class list taken from the train side; otherwise every
+image below the folder, at any depth, is used unlabeled. Images are turned upright (EXIF orientation),
+converted to RGB (or grayscale for ``channels = 1``; an alpha channel is dropped, as torchvision's
+``ImageFolder`` does; 16-bit grayscale is scaled by 1/256; floating-point and 32-bit or signed integer images
+are refused: they have no defined 8-bit scale), center-cropped to a square of side ``crop`` (default: the
+short side) and resized bilinearly with antialiasing to ``resolution``.
 Decoded on access unless ``in_memory = true``. There is nothing to download.
 """
 
