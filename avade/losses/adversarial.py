@@ -49,6 +49,7 @@ __all__ = [
     "discriminator_loss",
     "generator_loss",
     "gradient_penalty",
+    "mode_statistics",
     "trivial_discriminator_loss",
 ]
 
@@ -267,13 +268,30 @@ def collapse_detector(window: int = 100, max_gap: float = 50.0, flat_tol: float 
     return CollapseDetector(window=window, max_gap=max_gap, flat_tol=flat_tol, kind=kind, min_gap=min_gap)
 
 
-def _within_class_sums(x: torch.Tensor, inverse: torch.Tensor, groups: int) -> torch.Tensor:
-    """Sum over each group of the squared distances of its images to the group's mean ``[groups]``."""
-    flat = x.detach().flatten(1).double()
-    sums = flat.new_zeros((groups, flat.shape[1])).index_add_(0, inverse, flat)
-    counts = torch.bincount(inverse, minlength=groups).double()
-    squares = flat.new_zeros(groups).index_add_(0, inverse, flat.pow(2).sum(1))
-    return (squares - sums.pow(2).sum(1) / counts).clamp(min=0.0)
+def _within_class_terms(x: torch.Tensor, same: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Each image's term of its class's sum of squared distances to the class mean ``[B]``: summed over a
+    class, ``sum ||x_i||^2 - ||sum x_i||^2 / n``. From the Gram matrix, so no shape depends on the labels'
+    values (no host sync on a GPU); a non-finite image leaves the other classes' terms finite."""
+    flat = x.detach().float().clamp(-1.0, 1.0).flatten(1).double()
+    gram = flat @ flat.T
+    return flat.pow(2).sum(1) - torch.where(same, gram, torch.zeros_like(gram)).sum(1) / counts
+
+
+def mode_statistics(real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Per image ``[B, 4]`` (float64, on the images' device, computed without a host sync): its class (-1 when
+    unconditional), its terms of the generated and of the real images' within-class sums of squares (images
+    clipped to ``[-1, 1]``), and how many images of its class the batch holds. What
+    :meth:`ModeCollapseDetector.record` takes (as a list of rows)."""
+    if real.shape != fake.shape:
+        raise DataError(f"mode-collapse watch: real and generated batches differ in shape, "
+                        f"{list(real.shape)} vs {list(fake.shape)}")
+    if labels is None:
+        labels = torch.full((real.shape[0],), -1, dtype=torch.long, device=real.device)
+    labels = labels.to(real.device)
+    same = labels[:, None] == labels[None, :]
+    counts = same.sum(1).double()
+    return torch.stack([labels.double(), _within_class_terms(fake, same, counts),
+                        _within_class_terms(real, same, counts), counts], 1)
 
 
 class ModeCollapseDetector:
@@ -336,23 +354,24 @@ class ModeCollapseDetector:
     def update(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None = None,
                step: int | None = None) -> str | None:
         """Record one step's batches (images in ``[-1, 1]``, as the discriminator sees them); a one-line
-        warning when a class collapses, else None."""
-        if real.shape != fake.shape:
-            raise DataError(f"mode-collapse watch: real and generated batches differ in shape, "
-                            f"{list(real.shape)} vs {list(fake.shape)}")
+        warning when a class collapses, else None. (:func:`mode_statistics` then :meth:`record`: a trainer
+        may bring the statistics to the host with its other values, in one transfer.)"""
+        return self.record(mode_statistics(real, fake, labels).tolist(), step)
+
+    def record(self, rows: list[list[float]], step: int | None = None) -> str | None:
+        """:meth:`update` from the rows of :func:`mode_statistics` (on the host)."""
         self.steps += 1
         at = self.steps if step is None else step
-        if labels is None:
-            labels = torch.full((real.shape[0],), -1, dtype=torch.long, device=real.device)
-        classes, inverse = torch.unique(labels, return_inverse=True)
-        groups = classes.numel()
-        fake_ss = _within_class_sums(fake.detach().float().clamp(-1.0, 1.0), inverse, groups)
-        real_ss = _within_class_sums(real.detach().float().clamp(-1.0, 1.0), inverse, groups)
-        counts = torch.bincount(inverse, minlength=groups)
-        keep = counts > 1  # a class seen once in the batch has no spread to compare
-        table = torch.stack([classes.double(), fake_ss, real_ss, counts.double()], 1)[keep]
-        if torch.isfinite(table).all():  # non-finite images are CollapseDetector's to report
-            self._records.append(table.tolist())
+        table: dict[int, list[float]] = {}
+        for c, f_term, r_term, n in rows:
+            if n > 1:  # a class seen once in the batch has no spread to compare
+                entry = table.setdefault(int(c), [float(c), 0.0, 0.0, n])
+                entry[1] += f_term
+                entry[2] += r_term
+        record = [[c, max(f_ss, 0.0), max(r_ss, 0.0), n] for c, f_ss, r_ss, n in
+                  (table[k] for k in sorted(table))]
+        if all(math.isfinite(v) for row in record for v in row):  # non-finite images are CollapseDetector's
+            self._records.append(record)
         if len(self._records) < self.window:
             return self._report([], None)
         totals: dict[int, list[float]] = {}

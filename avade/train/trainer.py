@@ -33,6 +33,7 @@ from avade.losses.adversarial import (
     discriminator_loss,
     generator_loss,
     gradient_penalty,
+    mode_statistics,
 )
 from avade.models import GenerativeModel, build_model
 from avade.models.preprocess import to_unit
@@ -710,9 +711,16 @@ class Trainer:
             restore_buffers(model, statistics)
         self._sync_flow_statistics()
         scalars["loss"] = loss
-        # One device-to-host transfer for all logged values (each .item() would be a sync on GPU).
-        values = torch.stack([t.detach().float().reshape(()) for t in scalars.values()]).tolist()
-        logs = dict(zip(scalars, values, strict=True))
+        # One device-to-host transfer for all logged values (each .item() would be a sync on GPU), and the
+        # mode-collapse watch's statistics with them.
+        watch = watched is not None and adversarial_now and self.mode_collapse is not None
+        values = torch.stack([t.detach().float().reshape(()).double() for t in scalars.values()])
+        if watch:
+            assert watched is not None
+            values = torch.cat([values, mode_statistics(*watched, labels_in).flatten()])
+        values_list = values.tolist()
+        logs = dict(zip(scalars, values_list[:len(scalars)], strict=True))
+        rows = [values_list[i:i + 4] for i in range(len(scalars), len(values_list), 4)]
         logs["finite"] = float(not skipped)
         if skipped:
             self.last_skip = skip_description(logs, skipped)
@@ -725,8 +733,9 @@ class Trainer:
                                            step=self.step + 1)  # (the step this is; self.step counts those done)
             if warning and self.dist.is_main:
                 self.console.print(f"[yellow]warning:[/] {warning}")
-        if watched is not None and adversarial_now and self.mode_collapse is not None:
-            warning = self.mode_collapse.update(*watched, labels_in, step=self.step + 1)  # (as the trainer counts)
+        if watch:
+            assert self.mode_collapse is not None
+            warning = self.mode_collapse.record(rows, step=self.step + 1)  # (as the trainer counts)
             if warning and self.dist.is_main:
                 self.console.print(f"[yellow]warning:[/] {warning}")
         return logs

@@ -18,6 +18,7 @@ from avade.losses.adversarial import (
     discriminator_loss,
     generator_loss,
     gradient_penalty,
+    mode_statistics,
     trivial_discriminator_loss,
 )
 
@@ -304,3 +305,18 @@ def test_mode_collapse_detector_warns_once_a_window_as_classes_collapse_one_afte
     fired = {i: m for i, m in warnings.items() if m is not None}
     assert sorted(fired) == [5, 8, 17]  # class 0's window is full at 5; 1 and 2 at 6, 7: held `quiet` steps
     assert "class 0 (1 of 10" in fired[5] and "classes 0, 1, 2 (3 of 10" in fired[8] and "class 5 (1 of" in fired[17]
+
+
+def test_mode_statistics_need_no_values_so_no_host_sync() -> None:
+    """The watch's per-step statistics have no shape that depends on the labels' or images' values (torch.unique,
+    bincount or a boolean mask would each be a host sync on a GPU, in every training step): they compute on
+    the meta device, which holds no values at all; the trainer brings them to the host with its logged values."""
+    real, y, _ = _batch(0)
+    stats = mode_statistics(real.to("meta"), real.to("meta"), y.to("meta"))
+    assert stats.shape == (real.shape[0], 4) and stats.device.type == "meta"
+    assert mode_statistics(real.to("meta"), real.to("meta")).shape == (real.shape[0], 4)
+    # a NaN image spoils only the step's record (CollapseDetector reports it), as before
+    det = ModeCollapseDetector(window=1)
+    fake = real.clone()
+    fake[0] = float("nan")
+    assert det.update(real, fake, y) is None and len(det.state_dict()["records"]) == 0
