@@ -513,19 +513,16 @@ class Trainer:
         self.bad_steps = int(state.get("bad_steps", 0))
         untrained = state.get("bpd_untrained")
         self.bpd_untrained = float(untrained) if isinstance(untrained, int | float) else None
-        if self.collapse is not None and state.get("collapse"):
+        # the collapse watches' windows ("mode_collapse" is absent from checkpoints written before the
+        # generator's watch existed: it then starts afresh)
+        for key, watch in (("collapse", self.collapse), ("mode_collapse", self.mode_collapse)):
+            if watch is None or not state.get(key):
+                continue
             try:
-                self.collapse.load_state_dict(state["collapse"])
+                watch.load_state_dict(state[key])
             except (KeyError, TypeError, ValueError) as exc:
-                raise CheckpointError(f"checkpoint {path} is corrupt: state.json's collapse table cannot be read "
+                raise CheckpointError(f"checkpoint {path} is corrupt: state.json's {key} table cannot be read "
                                       f"({type(exc).__name__}: {exc}); {ckpt.fallback_hint(path)}") from None
-        # (absent from checkpoints written before the generator's watch existed: it then starts afresh)
-        if self.mode_collapse is not None and state.get("mode_collapse"):
-            try:
-                self.mode_collapse.load_state_dict(state["mode_collapse"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise CheckpointError(f"checkpoint {path} is corrupt: state.json's mode_collapse table cannot be "
-                                      f"read ({type(exc).__name__}: {exc}); {ckpt.fallback_hint(path)}") from None
         if "ema" in data:
             self._saved_average = (data["ema"], path)
         self.finished = self._finished_summary()

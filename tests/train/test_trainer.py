@@ -125,7 +125,7 @@ def test_checkpoint_from_another_recipe_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate_model", "garbage_state", "missing_rng", "state_of_another_step",
-                                    "collapse_table"])
+                                    "collapse_table", "mode_collapse_table"])
 def test_corrupt_checkpoint_is_refused(tmp_path, damage):
     recipe = tiny_recipe("train.steps=2", "train.checkpoint_every=1")
     Trainer(recipe, tmp_path, progress=False).fit()
@@ -135,9 +135,11 @@ def test_corrupt_checkpoint_is_refused(tmp_path, damage):
         (path / "model.safetensors").write_bytes(data[: len(data) // 2])
     elif damage == "garbage_state":
         (path / "state.json").write_text("{not json")
-    elif damage == "collapse_table":  # (was an internal KeyError)
+    elif damage in ("collapse_table", "mode_collapse_table"):  # (was an internal KeyError)
+        key = damage.removesuffix("_table")
         state = json.loads((path / "state.json").read_text())
-        (path / "state.json").write_text(json.dumps({**state, "collapse": {"window": []}}))
+        assert state[key] is not None  # (tiny_recipe is adversarial: both watches run)
+        (path / "state.json").write_text(json.dumps({**state, key: {"window": []}}))
     elif damage == "state_of_another_step":  # (a resume went on from step 1 with step 2's weights)
         (path / "state.json").write_text((tmp_path / "checkpoints" / "step_00000001" / "state.json").read_text())
     else:
