@@ -78,11 +78,15 @@ def folder_path(cfg: ImageFolderConfig) -> Path:
     return expand_root(cfg.root) / expand_root(cfg.folder)
 
 
+def _subfolders(base: Path) -> list[Path]:
+    """``base``'s first-level subfolders, sorted; hidden ones (``.ipynb_checkpoints``) are never classes."""
+    return sorted(Path(d.path) for d in folder_entries(base) if d.is_dir() and not d.name.startswith("."))
+
+
 def _classes(base: Path, labeled: bool) -> list[str]:
     if not labeled or list_images(base, recursive=False):
         return []
-    subdirs = sorted(Path(d.path) for d in folder_entries(base) if d.is_dir() and not d.name.startswith("."))
-    return [d.name for d in subdirs if list_images(d)]
+    return [d.name for d in _subfolders(base) if list_images(d)]
 
 
 def _unlabeled_reason(base: Path, labeled: bool, classes: list[str]) -> str:
@@ -91,7 +95,7 @@ def _unlabeled_reason(base: Path, labeled: bool, classes: list[str]) -> str:
     if not labeled or classes:
         return ""
     loose = list_images(base, recursive=False)
-    if not loose or not any(d.is_dir() and not d.name.startswith(".") for d in folder_entries(base)):
+    if not loose or not _subfolders(base):
         return ""
     more = f" and {len(loose) - 1} more" if len(loose) > 1 else ""
     return (f"{base} holds images ({loose[0].name}{more}) next to its subfolders, so the subfolders are not "
@@ -128,11 +132,7 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
             files += found
             labels += [index] * len(found)
         if explicit:
-            stray = [
-                d.name
-                for d in folder_entries(split_base)
-                if d.is_dir() and not d.name.startswith(".") and d.name not in classes and list_images(Path(d.path))
-            ]
+            stray = [d.name for d in _subfolders(split_base) if d.name not in classes and list_images(d)]
             if stray:
                 raise DataError(
                     f"dataset '{NAME}': {split_base} has class folders {stray} that {train_base} lacks; "
