@@ -604,6 +604,27 @@ def test_doctor_checks_the_data_of_every_sweep_variant(write: Write, tmp_path: P
     assert "lsun (variant lsw-categorytower)" in screen
 
 
+def test_doctor_is_not_ready_for_a_conditional_model_on_unlabeled_images(write: Write, tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i in range(4):  # class folders, and one loose image beside them: no labels
+        for cls in ("a", "b"):
+            (tmp_path / "imgs" / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "stray.png")
+    recipe = write("cond.toml", f'extends = "{QUICKSTART.as_posix()}"\n[data]\nname = "image-folder"\n'
+                                f'root = "{tmp_path.as_posix()}"\nfolder = "imgs"\nresolution = 8\n'
+                                'test_fraction = 0.5\n[model]\nconditional = true\n')
+    result = run("doctor", "--json", "--recipe", str(recipe))
+    report = json.loads(result.stdout)
+    assert result.exit_code == 2 and not report["recipe"]["ready"], result.output
+    (problem,) = report["recipe"]["problems"]
+    assert problem.startswith("dataset 'image-folder': model.conditional = true needs labels"), problem
+    assert "stray.png" in problem
+    (tmp_path / "imgs" / "stray.png").unlink()
+    assert json.loads(run("doctor", "--json", "--recipe", str(recipe)).stdout)["recipe"]["ready"]
+
+
 def test_an_unknown_norm_names_the_option_that_asked_for_it() -> None:
     result = run("recipe", "check", str(QUICKSTART), "--set", 'model.discriminator.norm="weight-nrom"')
     assert_one_line_error(result, "quickstart.toml: model.discriminator.norm: unknown norm 'weight-nrom'",

@@ -92,11 +92,12 @@ def _datasets(recipe: Any) -> list[dict[str, Any]]:
 
     rows = []
     wanted = recipe.data.options.name if recipe is not None else None
+    conditional = recipe is not None and recipe.model.options.conditional
     for info in get_registry().list(kind="dataset"):
         from_recipe = info.name == wanted and recipe.data.dataset is not None
         cfg = recipe.data.dataset.config if from_recipe else None
         try:
-            present, message = dataset_status(info.name, cfg)
+            present, message = dataset_status(info.name, cfg, conditional=from_recipe and conditional)
         except Exception as exc:  # a plugin's locate() may be buggy: report it, keep going
             present, message = False, f"presence check failed: {type(exc).__name__}: {exc}"
         rows.append({"name": info.name, "dist": info.dist, "config": "recipe" if from_recipe else "default",
@@ -124,7 +125,8 @@ def _variant_datasets(recipe: Any) -> list[dict[str, Any]]:
         if recipe_to_dict(v.recipe).get("data") == base or data.dataset is None:
             continue
         try:
-            present, message = dataset_status(data.options.name, data.dataset.config)
+            present, message = dataset_status(data.options.name, data.dataset.config,
+                                              conditional=v.recipe.model.options.conditional)
         except Exception as exc:  # a plugin's locate() may be buggy: report it, keep going
             present, message = False, f"presence check failed: {type(exc).__name__}: {exc}"
         info = get_registry().get("dataset", data.options.name)

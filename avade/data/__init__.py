@@ -83,8 +83,8 @@ def register(registry: Any) -> None:
     )
 
 
-def dataset_status(name: str, cfg: Any = None) -> tuple[bool, str]:
+def dataset_status(name: str, cfg: Any = None, *, conditional: bool = False) -> tuple[bool, str]:
     """Whether dataset ``name`` finds its data (without loading it); see :mod:`avade.data.status`."""
     from avade.data.status import dataset_status as status
 
-    return status(name, cfg)
+    return status(name, cfg, conditional=conditional)

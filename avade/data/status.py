@@ -53,12 +53,22 @@ def _describe(found: Any) -> str:
     return ", ".join(str(p) for p in paths)
 
 
-def dataset_status(name: str, cfg: Any = None) -> tuple[bool, str]:
+def _unlabeled(found: Any) -> str | None:
+    """Why a located split has no labels (None when it has, or the dataset's ``locate`` does not say): a
+    listing with an empty ``classes`` (image-folder) is unlabeled, with its ``unlabeled_reason`` if any."""
+    if not attrs.has(type(found)) or getattr(found, "classes", None) != []:
+        return None
+    return getattr(found, "unlabeled_reason", "") or "its images are not in class subfolders"
+
+
+def dataset_status(name: str, cfg: Any = None, *, conditional: bool = False) -> tuple[bool, str]:
     """``(present, one-line message)`` for dataset ``name`` with config ``cfg``.
 
     ``cfg`` is the dataset's config instance, a mapping of its keys (validated, e.g. a recipe's
     ``[data]`` table without ``name``), or None for the defaults. Both splits must be found for
-    ``present``; the message says where they are, or what is missing and how to fix it.
+    ``present``; the message says where they are, or what is missing and how to fix it. With
+    ``conditional`` (a class-conditional model's data), a split its ``locate`` finds unlabeled is not
+    ``present`` either: the run would stop at its start for want of labels.
     """
     from avade.registry import get_registry
 
@@ -74,7 +84,11 @@ def dataset_status(name: str, cfg: Any = None) -> tuple[bool, str]:
     parts = []
     for split in _SPLITS:
         try:
-            parts.append(f"{split}: {_describe(locate(config, split))}")
+            found = locate(config, split)
         except AvadeError as exc:
             return False, str(exc)
+        why = _unlabeled(found) if conditional and split == "train" else None
+        if why is not None:
+            return False, f"dataset '{name}': model.conditional = true needs labels, but it has none: {why}"
+        parts.append(f"{split}: {_describe(found)}")
     return True, f"dataset '{name}': " + "; ".join(parts)

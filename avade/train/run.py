@@ -272,7 +272,8 @@ def check_variants(variants: Sequence[Any], *, sweep: Sequence[Any] | None = Non
         if key not in located:
             with data_of_model(conditional):
                 located[key] = dataset_status(options.options.name,
-                                              options.dataset.config if options.dataset else None)
+                                              options.dataset.config if options.dataset else None,
+                                              conditional=conditional)
         present, message = located[key]
         if not present:
             raise DataError(where + message)

@@ -93,6 +93,27 @@ def test_status_of_folder_datasets(tmp_path):
     assert not present and "imagenet64" in message
 
 
+def test_status_for_a_conditional_model_needs_labels(tmp_path):
+    # `avade doctor` said "ready" for a conditional model on class folders beside a loose image (or on a
+    # folder without class folders); the run then stopped at its start for want of labels
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "pets" / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(tmp_path / "pets" / cls / f"{i}.png")
+    cfg = {"root": str(tmp_path), "folder": "pets", "test_fraction": 0.5}
+    assert dataset_status("image-folder", cfg, conditional=True)[0]
+    Image.new("RGB", (8, 8)).save(tmp_path / "pets" / "thumbnail.png")
+    assert dataset_status("image-folder", cfg)[0]  # fine for an unconditional model: 17 unlabeled images
+    present, message = dataset_status("image-folder", cfg, conditional=True)
+    assert not present and message.startswith("dataset 'image-folder': model.conditional = true needs labels")
+    assert "thumbnail.png" in message and "move those images" in message
+    present, message = dataset_status("image-folder", {**cfg, "labels": False}, conditional=True)
+    assert not present and message.endswith("its images are not in class subfolders")
+    assert dataset_status("digits", None, conditional=True)[0]  # a dataset whose locate says nothing of labels
+
+
 def test_status_lsun_lmdb_without_package(tmp_path, monkeypatch):
     (tmp_path / "lsun").mkdir()
     (tmp_path / "lsun" / "tower_train_lmdb").mkdir()
