@@ -14,14 +14,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import io
 import os
 import shlex
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, TiffImagePlugin
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -269,8 +270,32 @@ def pil_to_uint8(img: Image.Image, channels: int = 3) -> torch.Tensor:
 _ORIENTATION = 0x0112  # the EXIF tag
 # Part of the cache keys of features of real data: bump it whenever decoding changes what images a file
 # gives (2: EXIF orientation applied; 3: 16-bit PGM/PPM scaled by 1/256 whatever their maximum, as 16-bit
-# PNGs were), so that statistics cached from the old pixels are not reused.
-DECODING_VERSION = 3
+# PNGs were; 4: uncompressed TIFFs of orientations 5-8 read by libtiff), so that statistics cached from the
+# old pixels are not reused.
+DECODING_VERSION = 4
+
+
+@contextlib.contextmanager
+def open_image(source: Path | IO[bytes]) -> Iterator[Image.Image]:
+    """``PIL.Image.open(source)``, but an uncompressed TIFF whose orientation tag transposes it (5-8) is
+    read by libtiff: Pillow's own reader scrambles such pixels in most modes (grayscale, 16-bit, RGBA,
+    palette, CMYK; Pillow 13), while its libtiff reader applies the orientation right."""
+    img = Image.open(source)
+    try:
+        if img.format == "TIFF" and not getattr(img, "use_load_libtiff", True) \
+                and img.tag_v2.get(_ORIENTATION) in (5, 6, 7, 8):
+            if not isinstance(source, Path | str):  # (closing the image closes the stream too)
+                source.seek(0)
+                source = io.BytesIO(source.read())
+            img.close()
+            before, TiffImagePlugin.READ_LIBTIFF = TiffImagePlugin.READ_LIBTIFF, True  # read while opening
+            try:
+                img = Image.open(source)
+            finally:
+                TiffImagePlugin.READ_LIBTIFF = before
+        yield img
+    finally:
+        img.close()
 
 
 def upright(img: Image.Image) -> Image.Image:
@@ -284,7 +309,7 @@ def upright(img: Image.Image) -> Image.Image:
 def load_image(path: Path, resolution: int, channels: int = 3, crop: int | None = None) -> torch.Tensor:
     """Decode an image file into uint8 [C, resolution, resolution] (center crop + resize)."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             tensor = pil_to_uint8(upright(img), channels)
     except UnsupportedPixels as exc:
         raise DataError(f"cannot read image {path}: {exc}; save it as an 8-bit (or 16-bit) image") from None

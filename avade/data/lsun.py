@@ -37,6 +37,7 @@ from avade.data.base import (
     expand_root,
     list_images,
     missing_data,
+    open_image,
     pil_to_uint8,
     upright,
 )
@@ -185,7 +186,7 @@ class LmdbImages(ImageDataset):
         if buf is None:
             raise DataError(f"dataset 'lsun': key {_show(key)} vanished from {self.path}; is it being rewritten?")
         try:
-            with Image.open(io.BytesIO(buf)) as img:
+            with open_image(io.BytesIO(buf)) as img:
                 tensor = pil_to_uint8(upright(img))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             if isinstance(exc, UnidentifiedImageError):  # its own message names only an anonymous buffer

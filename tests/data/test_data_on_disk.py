@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import sys
 
@@ -192,6 +193,35 @@ def test_image_folder_explicit_train_test_and_gray(tmp_path):
         "dataset", "image-folder", split="test", root=str(tmp_path), folder="data", resolution=12, channels=1
     )
     assert len(test) == 2 and test.shape == (1, 12, 12) and test.num_classes == 0
+
+
+TRANSPOSE = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud, 5: lambda a: a.T,
+             6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).T, 8: lambda a: np.rot90(a, 1)}
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGBA", "P"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_uncompressed_tiffs_are_upright_in_every_orientation_and_mode(tmp_path, mode, orientation):
+    # Pillow's own reader of uncompressed TIFFs scrambled the pixels of orientations 5-8 (transposed ones)
+    # in these modes: a grayscale scan tagged "rotate 90" trained as noise
+    from PIL import Image
+
+    from avade.data.base import load_image
+
+    gray = rgb_images(1, 6, 10, seed=3)[0][..., 0]  # 6 x 10: not square, so a transpose shows
+    image = Image.fromarray(gray.astype(np.uint16) * 256) if mode == "I;16" else Image.fromarray(gray).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(tmp_path / "a.tif", exif=exif)  # uncompressed (Pillow's default)
+    expected = torch.from_numpy(TRANSPOSE[orientation](gray).copy())
+    got = load_image(tmp_path / "a.tif", 6, channels=1)[0]
+    side = min(expected.shape)
+    top, left = (expected.shape[0] - side) // 2, (expected.shape[1] - side) // 2
+    assert torch.equal(got, expected[top:top + side, left:left + side])
+    from avade.data.base import open_image, pil_to_uint8, upright
+
+    with open_image(io.BytesIO((tmp_path / "a.tif").read_bytes())) as img:  # as LSUN's database values are read
+        assert torch.equal(pil_to_uint8(upright(img), 1)[0], expected)
 
 
 def test_a_conditional_model_on_class_folders_with_a_loose_image_says_why_there_are_no_labels(tmp_path):
