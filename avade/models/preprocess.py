@@ -39,9 +39,13 @@ class Preprocess(nn.Module):
     def dequantize(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 images -> u = x + U[0, 1) as float32 (at b bits: k (x >> (8 - b)) + k U[0, 1))."""
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-        if self.bits == 8:
-            return x.to(torch.float32) + noise
-        return (self.levels(x).to(torch.float32) + noise) * self.bin_width
+        level = self.levels(x).to(torch.float32)
+        # level + noise rounds to level + 1 in float32 when noise is within half an ulp of 1 (for
+        # x = 255, p ~ 8e-6 per pixel): u would leave its bin (x = 255: u = 256, outside [0, 256), and
+        # logit(alpha + (1 - 2 alpha) v) = inf for alpha < 6e-8). Round down instead: the largest float
+        # below level + 1 (scaling by a power of two below is exact).
+        u = torch.minimum(level + noise, torch.nextafter(level + 1.0, level))
+        return u if self.bits == 8 else u * self.bin_width
 
     def to_uint8(self, u: torch.Tensor) -> torch.Tensor:
         """u in [0, 256) -> image: the bin's level, shown as its lowest 8-bit value (Glow's postprocess)."""

@@ -35,6 +35,24 @@ def test_dequantized_values_lie_in_their_bin_and_round_trip_to_the_posterized_im
     assert torch.equal(pre.levels(ALL_VALUES), ALL_VALUES // k)
 
 
+@pytest.mark.parametrize("bits", [1, 5, 8])
+def test_dequantized_values_stay_in_their_bin_when_float32_rounds_up(bits, monkeypatch):
+    # torch.rand's largest float32, 1 - 2^-24: x + noise rounds to x + 1 for every x >= 1 (for x = 255 any
+    # noise above 1 - 2^-17 does, ~8e-6 of the pixels): u = 256 leaves [0, 256) and logit(alpha + (1 - 2 alpha)
+    # u / 256) is inf for a small alpha, so bits/dim would be NaN.
+    top = 1.0 - 2.0 ** -24
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **kw: real_rand(*a, **kw).clamp(min=top))
+    pre = Preprocess(1e-8, bits=bits)
+    k = 2 ** (8 - bits)
+    u = pre.dequantize(ALL_VALUES)
+    low = (ALL_VALUES.to(torch.float32) // k) * k
+    assert bool(((u >= low) & (u < low + k)).all()) and float(u.max()) < 256.0
+    assert torch.equal(pre.to_uint8(u), TF.posterize(ALL_VALUES, bits))
+    y, logdet = pre(u)
+    assert bool(torch.isfinite(y).all()) and bool(torch.isfinite(logdet).all())
+
+
 def test_eight_bits_is_the_preprocessing_as_it_was():
     pre = Preprocess(0.05)
     assert (pre.bits, pre.bins, pre.bin_width) == (8, 256, 1)
