@@ -524,8 +524,8 @@ def sample(
                                          "layout external FID tools read; a class-conditional model's labels, "
                                          "with the training class balance, under labels).")] = Path("samples.png"),
     temperature: Annotated[float | None, typer.Option(
-        "--temperature", "-t", help="Prior temperature (default: the recipe's model.temperature, as evaluation "
-        "samples).")] = None,
+        "--temperature", "-t", help="Prior temperature: 1 = the prior, 0 = its mode; the decoder's "
+        "Gaussian noise is added either way (default: the recipe's model.temperature, as evaluation samples).")] = None,
     reconstructions: Annotated[bool, typer.Option("--reconstructions", help="Test images and their "
                                                   "reconstructions instead.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,

@@ -68,7 +68,8 @@ class ModelOptions:
         metadata={"help": "class-conditional generator and discriminator (needs labels; the generator takes them "
                           "through a conditional norm: norm = \"cwn\" in [model.decoder], [model.posterior])"})
     temperature: float = attrs.field(default=1.0, validator=ge(0.0), metadata={
-        "help": "the prior's temperature when sampling: 1 = the prior itself, 0 = its mode (as the Python API)"})
+        "help": "the prior's temperature when sampling: 1 = the prior itself, 0 = its mode (the decoder's "
+                "Gaussian noise in feature space is added either way; as the Python API)"})
     norm_options: dict[str, dict[str, Any]] = attrs.field(
         factory=dict, metadata={"help": "options of a registered norm wherever a component's `norm` "
                                         "names it, e.g. {\"weight-norm\" = {init_scale = 0.1}}: "
