@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from avade.recipe import load_recipe
 
@@ -36,3 +39,46 @@ def test_readme_switching_a_component_by_set_starts_its_table_afresh() -> None:
     kept = {f.name for f in attrs.fields(DataOptions)} - {"name"}
     assert kept == {"batch_size", "eval_batch_size", "num_workers", "n_bits"}
     assert all(f"`{k}`" in text for k in kept)
+
+
+def _commands() -> list[tuple[list[str], Any]]:
+    """Every command and subcommand of the CLI as (argv prefix, click command), the root first."""
+    import typer
+
+    from avade.cli.app import app
+
+    found: list[tuple[list[str], Any]] = []
+
+    def walk(prefix: list[str], command: Any) -> None:
+        found.append((prefix, command))
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk([*prefix, name], sub)
+
+    walk([], typer.main.get_command(app))
+    return found
+
+
+def test_every_cli_option_has_help_and_shows_it_verbatim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--help` of every command shows each option's help text as written: a help text with brackets
+    (`uint8 [n, H, W, C]`, `[eval.bpd]`) must not be eaten as rich markup, and no option goes unexplained."""
+    import typer.rich_utils
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 400)  # long lines: help text wraps less
+
+    def flat(text: str) -> str:  # help texts write a literal "[" as "\\[" (rich markup)
+        text = text.replace("\\[", "[")
+        return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+    for prefix, command in _commands():
+        result = CliRunner().invoke(app, [*prefix, "--help"])
+        assert result.exit_code == 0, (prefix, result.output)
+        shown = flat(result.output)
+        assert flat(command.help or "") in shown, prefix
+        for param in command.params:
+            if param.name == "help":
+                continue
+            assert param.help, f"avade {' '.join(prefix)}: {param.name} has no help text"
+            assert flat(param.help) in shown, (prefix, param.name, param.help)

@@ -452,7 +452,7 @@ def evaluate(
     ema: EmaOption = True,
     importance_samples: Annotated[int | None, typer.Option(
         "--importance-samples", min=1, help="bpd: also the k-sample importance-weighted bound bpd_iw<k> (default: "
-        "the recipe's [eval.bpd] importance_samples if above 1, else its eval.importance_samples).")] = None,
+        "the recipe's \\[eval.bpd] importance_samples if above 1, else its eval.importance_samples).")] = None,
     overrides: RunSetOption = None,
 ) -> None:
     """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run.
@@ -520,7 +520,7 @@ def sample(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     n: Annotated[int, typer.Option("-n", help="Number of images.")] = 64,
     output: Annotated[Path, typer.Option("-o", "--output", help="Image file for the grid (.png, .jpg, ...), "
-                                         "or .npz: all n samples as uint8 [n, H, W, C] under arr_0 (the "
+                                         "or .npz: all n samples as uint8 \\[n, H, W, C] under arr_0 (the "
                                          "layout external FID tools read; a class-conditional model's labels, "
                                          "with the training class balance, under labels).")] = Path("samples.png"),
     temperature: Annotated[float | None, typer.Option(
