@@ -82,3 +82,21 @@ def test_every_cli_option_has_help_and_shows_it_verbatim(monkeypatch: pytest.Mon
                 continue
             assert param.help, f"avade {' '.join(prefix)}: {param.name} has no help text"
             assert flat(param.help) in shown, (prefix, param.name, param.help)
+
+
+@pytest.mark.parametrize("argv", [["recipe", "run", "absent.toml"], ["eval", "absent-run"], ["sample", "absent-run"]])
+def test_device_help_lists_what_the_command_accepts(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--device`'s help names every value the command accepts, no more: `eval` and `sample` take `cuda:N`
+    too (a run evaluated on a chosen GPU); `recipe run` does not (torchrun's LOCAL_RANK picks it)."""
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    command = dict((tuple(p), c) for p, c in _commands())[tuple(argv[:-1])]
+    (option,) = [p for p in command.params if p.name == "device"]
+    in_help = {v.strip() for v in option.help.split("(")[0].split("|")}
+    result = CliRunner().invoke(app, [*argv, "--device", "tpu"])
+    assert result.exit_code == 2, result.output
+    accepted = re.search(r"--device: expected (.*), got 'tpu'", result.stderr)
+    assert accepted, result.stderr
+    assert in_help == set(re.split(r", | or ", accepted.group(1)))

@@ -442,10 +442,12 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     metrics: Annotated[str | None, typer.Option("--metrics", "-m", help="Comma-separated, e.g. "
                                                 "bpd,fid,kid,prd (default: the recipe's).")] = None,
-    samples: Annotated[int | None, typer.Option("--samples", help="Samples for sample-based metrics.")]
+    samples: Annotated[int | None, typer.Option(
+        "--samples", help="Samples for sample-based metrics (default: each metric's own, e.g. eval.fid.samples: "
+        "FID's 10000 unless the recipe sets it).")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     checkpoint: Annotated[str | None, typer.Option(
         "--checkpoint", metavar="STEP|all", help="The checkpoint of this step (e.g. 30000) instead of the newest; "
         "'all': every checkpoint kept, oldest first (a metric against training steps).")] = None,
@@ -529,7 +531,7 @@ def sample(
     reconstructions: Annotated[bool, typer.Option("--reconstructions", help="Test images and their "
                                                   "reconstructions instead.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     checkpoint: CheckpointOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per model call.")] = 100,
     ema: EmaOption = True,
