@@ -730,7 +730,6 @@ def _record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float]
 
     with locked(run.eval.with_name(f".{run.eval.name}.lock")):
         last = read_json_object(run.eval)
-        write_json(run.eval, merged(last))
         history = read_json_object(run.eval_checkpoints)
         records = history.get("records")
         records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
@@ -738,7 +737,11 @@ def _record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float]
             records = [last]  # a run evaluated before eval_checkpoints.json existed: its eval.json is history
         same = [r for r in records if r.get("checkpoint") == name and r.get("weights", "last") == weights]
         rest = [r for r in records if r not in same]
-        rows = sorted([*rest, merged(same[0] if same else None)],
+        # the checkpoint's whole record, in both files: its results of before an older checkpoint was
+        # evaluated in between (`--checkpoint all`, say) are back in eval.json with the new ones
+        record = merged(same[0] if same else last)
+        write_json(run.eval, record)
+        rows = sorted([*rest, record],
                       key=lambda r: (r.get("step") if isinstance(r.get("step"), int) else -1, str(r.get("weights"))))
         write_json(run.eval_checkpoints, {"records": rows})
 

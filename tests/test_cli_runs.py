@@ -1047,6 +1047,24 @@ def test_an_older_runs_eval_json_seeds_eval_checkpoints_json(tmp_path: Path) -> 
     assert [r["step"] for r in records] == [2, 4] and records[1]["fid"] == 12.5
 
 
+def test_eval_json_keeps_a_checkpoints_results_across_evaluating_another_in_between(tmp_path: Path) -> None:
+    """README: eval.json holds the checkpoint evaluated last with its metrics, and calls on the same checkpoint
+    add up: `eval --metrics fid`, then `--checkpoint all --metrics bpd` (which evaluates the older checkpoint
+    too), leave eval.json with the newest's FID and bpd, as its record in eval_checkpoints.json has them."""
+    from avade.evaluate import _record_eval
+    from avade.train.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    newest, older = tmp_path / "checkpoints" / "step_00000004", tmp_path / "checkpoints" / "step_00000002"
+    _record_eval(run, newest, {"fid": 12.5}, "last", {"fid": {"samples": 10}}, ran=["fid"])
+    _record_eval(run, older, {"bpd": 8.0}, "last", {"bpd": {"split": "test"}}, ran=["bpd"])
+    _record_eval(run, newest, {"bpd": 7.0}, "last", {"bpd": {"split": "test"}}, ran=["bpd"])
+    last = json.loads(run.eval.read_text())
+    assert last == {"checkpoint": "step_00000004", "step": 4, "weights": "last", "fid": 12.5, "bpd": 7.0,
+                    "settings": {"fid": {"samples": 10}, "bpd": {"split": "test"}}}
+    assert json.loads(run.eval_checkpoints.read_text())["records"][1] == last
+
+
 def test_resuming_a_sweep_started_before_the_variant_names_changed_uses_its_directories(tmp_path: Path) -> None:
     sweep = tiny_dict("train.steps=2", "train.checkpoint_every=2")
     sweep["sweep"] = {"grid": {"train.seed": [-1]}}
