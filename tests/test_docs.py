@@ -100,3 +100,48 @@ def test_device_help_lists_what_the_command_accepts(argv: list[str], monkeypatch
     accepted = re.search(r"--device: expected (.*), got 'tpu'", result.stderr)
     assert accepted, result.stderr
     assert in_help == set(re.split(r", | or ", accepted.group(1)))
+
+
+def test_readme_abridged_recipe_agrees_with_the_recipe_it_abridges() -> None:
+    """Every value of README's "abridged from recipes/av_ade_wg_rd.toml" block is the recipe's own."""
+    import tomllib
+
+    from avade.recipe import recipe_to_dict
+
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    (block,) = [b for b in blocks if b.startswith("# abridged from ")]
+    source = README.parent / block.splitlines()[0].removeprefix("# abridged from ").strip()
+    full = recipe_to_dict(load_recipe(source))
+
+    def compare(shown: dict[str, Any], actual: dict[str, Any], path: str) -> None:
+        for key, value in shown.items():
+            if isinstance(value, dict):
+                compare(value, actual.get(key, {}), f"{path}{key}.")
+            else:
+                assert actual.get(key) == value, f"README: {path}{key} = {value!r}; {source.name}: {actual.get(key)!r}"
+
+    compare(tomllib.loads(block), full, "")
+
+
+def test_readme_components_table_lists_exactly_the_builtins() -> None:
+    """README's Components table: each kind's row names every built-in component of that kind, and no other."""
+    from avade.registry import BUILTIN_DIST, get_registry
+
+    text = README.read_text(encoding="utf-8")
+    table = text.split("## Components", 1)[1].split("\n\n")[1].splitlines()[2:]
+    registry = get_registry()
+    seen = set()
+    for line in table:
+        kinds, names = (cell.strip() for cell in line.strip().strip("|").split("|"))
+        for kind in (k.strip() for k in kinds.split("/")):
+            seen.add(kind)
+            builtin = {i.name for i in registry.list(kind=kind) if i.dist == BUILTIN_DIST}
+            assert set(re.findall(r"`([a-z0-9-]+)`", names)) == builtin, kind
+    assert seen == {i.kind for i in registry.list() if i.dist == BUILTIN_DIST}
+
+
+def test_every_recipe_path_the_docs_name_exists() -> None:
+    root = README.parent
+    for doc in (README, root / "CONTRIBUTING.md", root / "benchmarks" / "README.md"):
+        for path in re.findall(r"recipes/[\w/]+\.toml", doc.read_text(encoding="utf-8")):
+            assert (root / path).is_file(), f"{doc.name} names {path}, which does not exist"
