@@ -145,3 +145,32 @@ def test_every_recipe_path_the_docs_name_exists() -> None:
     for doc in (README, root / "CONTRIBUTING.md", root / "benchmarks" / "README.md"):
         for path in re.findall(r"recipes/[\w/]+\.toml", doc.read_text(encoding="utf-8")):
             assert (root / path).is_file(), f"{doc.name} names {path}, which does not exist"
+
+
+def test_every_option_the_docs_show_exists() -> None:
+    """Each `avade ...` line in README's and CONTRIBUTING's shell blocks names a real command, and each option
+    it shows (optional ones in [brackets] too) is one of that command's."""
+    commands = {tuple(prefix): command for prefix, command in _commands()}
+    root = README.parent
+    checked = 0
+    for doc in (README, root / "CONTRIBUTING.md", root / "scripts" / "quickstart.sh"):
+        text = doc.read_text(encoding="utf-8")
+        blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S) if doc.suffix == ".md" else [text]
+        for line in (ln for block in blocks for ln in block.splitlines()):
+            line = line.split(" #")[0]
+            found = re.search(r"(?:^|\s|/)avade\s+(.*)", line)
+            if not found or "pip install" in line:
+                continue
+            words = found.group(1).split()
+            prefix: list[str] = []
+            while tuple([*prefix, words[0]]) in commands if words else False:
+                prefix.append(words.pop(0))
+            assert prefix, f"{doc.name}: {line!r} names no avade command"
+            command = commands[tuple(prefix)]
+            assert not getattr(command, "commands", None), f"{doc.name}: {line!r}: no such subcommand"
+            known = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+            known |= {opt for p in commands[()].params for opt in (*p.opts, *p.secondary_opts)}
+            for option in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", " ".join(words)):
+                assert option in known, f"{doc.name}: {line.strip()!r}: avade {' '.join(prefix)} has no {option}"
+            checked += 1
+    assert checked >= 20
