@@ -148,13 +148,16 @@ def test_every_recipe_path_the_docs_name_exists() -> None:
 
 
 def test_every_option_the_docs_show_exists() -> None:
-    """Each `avade ...` line in README's and CONTRIBUTING's shell blocks names a real command, and each option
-    it shows (optional ones in [brackets] too) is one of that command's."""
+    """Each `avade ...` line in README's and CONTRIBUTING's shell blocks (and the recipes' comments) names a
+    real command, and each option it shows (optional ones in [brackets] too) is one of that command's."""
     commands = {tuple(prefix): command for prefix, command in _commands()}
     root = README.parent
     checked = 0
-    for doc in (README, root / "CONTRIBUTING.md", root / "scripts" / "quickstart.sh"):
+    recipes = sorted((root / "recipes").rglob("*.toml"))
+    for doc in (README, root / "CONTRIBUTING.md", root / "scripts" / "quickstart.sh", *recipes):
         text = doc.read_text(encoding="utf-8")
+        if doc.suffix == ".toml":  # the commands its comments show
+            text = "\n".join(ln for ln in text.splitlines() if ln.lstrip().startswith("#"))
         blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S) if doc.suffix == ".md" else [text]
         for line in (ln for block in blocks for ln in block.splitlines()):
             line = line.split(" #")[0]
