@@ -177,3 +177,17 @@ def test_every_option_the_docs_show_exists() -> None:
                 assert option in known, f"{doc.name}: {line.strip()!r}: avade {' '.join(prefix)} has no {option}"
             checked += 1
     assert checked >= 20
+
+
+def test_resume_help_says_where_it_resumes_without_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`recipe run --resume` without `--out` resumes the newest run under runs/<recipe>/: its help says so."""
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    (option,) = [p for p in dict((tuple(p), c) for p, c in _commands())[("recipe", "run")].params
+                 if p.name == "resume"]
+    assert "without --out: the newest run under runs/<recipe>/" in option.help
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["recipe", "run", str(README.parent / "recipes" / "quickstart.toml"), "--resume"])
+    assert result.exit_code == 2 and "no earlier run of 'quickstart' under runs/" in result.stderr, result.output

@@ -419,7 +419,8 @@ def recipe_run(
     overrides: SetOption = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default "
                                                  "runs/<recipe>/<time>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")]
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out (without "
+                                                 "--out: the newest run under runs/<recipe>/).")]
     = False,
     device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda (overrides "
                                                "train.device).")] = None,
