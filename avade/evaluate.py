@@ -739,7 +739,11 @@ def _record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float]
         rest = [r for r in records if r not in same]
         # the checkpoint's whole record, in both files: its results of before an older checkpoint was
         # evaluated in between (`--checkpoint all`, say) are back in eval.json with the new ones
-        record = merged(same[0] if same else last)
+        earlier = dict(same[0]) if same else {}
+        if last.get("checkpoint") == name and last.get("weights", "last") == weights:  # (the same, unless edited)
+            settings_ = {**(earlier.get("settings") or {}), **(last.get("settings") or {})}
+            earlier = {**earlier, **last, "settings": settings_}
+        record = merged(earlier or None)
         write_json(run.eval, record)
         rows = sorted([*rest, record],
                       key=lambda r: (r.get("step") if isinstance(r.get("step"), int) else -1, str(r.get("weights"))))
