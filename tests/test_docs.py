@@ -191,3 +191,17 @@ def test_resume_help_says_where_it_resumes_without_out(tmp_path: Path, monkeypat
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["recipe", "run", str(README.parent / "recipes" / "quickstart.toml"), "--resume"])
     assert result.exit_code == 2 and "no earlier run of 'quickstart' under runs/" in result.stderr, result.output
+
+
+def test_sample_checkpoint_all_says_it_is_evals(tmp_path: Path) -> None:
+    """`--checkpoint all` (eval's, in README) given to `avade sample`: one line naming the difference, not
+    "no such checkpoint" as if 'all' were a step."""
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    result = CliRunner().invoke(app, ["sample", str(tmp_path), "--checkpoint", "all"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == ("error: --checkpoint all is avade eval's (a metric against training steps); "
+                                     "avade sample takes one checkpoint: --checkpoint STEP, or leave it out for "
+                                     "the newest")

@@ -551,6 +551,9 @@ def sample(
     if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
         raise AvadeError(f"--temperature: expected a number >= 0 (1 = the prior itself, 0 = its mode), got "
                          f"{temperature}")
+    if checkpoint is not None and checkpoint.strip().lower() == "all":
+        raise AvadeError("--checkpoint all is avade eval's (a metric against training steps); avade sample takes "
+                         "one checkpoint: --checkpoint STEP, or leave it out for the newest")
     if output.suffix.lower() not in {*_image_suffixes(), ".npz"}:
         raise AvadeError(f"-o: {output} has no image suffix Pillow can write; end it in .png (or .jpg, .webp, "
                          "...), or in .npz for an array of samples")
