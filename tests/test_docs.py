@@ -205,3 +205,19 @@ def test_sample_checkpoint_all_says_it_is_evals(tmp_path: Path) -> None:
     assert result.stderr.strip() == ("error: --checkpoint all is avade eval's (a metric against training steps); "
                                      "avade sample takes one checkpoint: --checkpoint STEP, or leave it out for "
                                      "the newest")
+
+
+def test_readme_torch_versions_are_the_ones_pinned_and_accepted() -> None:
+    """README's PyTorch paragraph: what scripts/setup.sh installs and what pyproject.toml accepts."""
+    import tomllib
+
+    root = README.parent
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    setup = (root / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    pins = dict(re.findall(r'"(torch|torchvision)==([\d.]+)"', setup))
+    assert f"`torch=={pins['torch']}` / `torchvision=={pins['torchvision']}`" in text
+    deps = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    bounds = {m[1]: (m[2], m[3]) for d in deps if (m := re.fullmatch(r"(torch|torchvision)>=([\d.]+),<=([\d.]+)", d))}
+    assert f"accepts torch {bounds['torch'][0]} to {bounds['torch'][1]}" in text
+    assert f"(torchvision {bounds['torchvision'][0]} to {bounds['torchvision'][1]})" in text
+    assert bounds["torch"][1] == pins["torch"] and bounds["torchvision"][1] == pins["torchvision"]
