@@ -221,3 +221,13 @@ def test_readme_torch_versions_are_the_ones_pinned_and_accepted() -> None:
     assert f"accepts torch {bounds['torch'][0]} to {bounds['torch'][1]}" in text
     assert f"(torchvision {bounds['torchvision'][0]} to {bounds['torchvision'][1]})" in text
     assert bounds["torch"][1] == pins["torch"] and bounds["torchvision"][1] == pins["torchvision"]
+
+
+def test_help_names_what_each_argument_takes() -> None:
+    """`eval` takes a sweep's --out as well as a run (README: one row per variant); `doctor --set` changes
+    the --recipe it checks, and is refused without one."""
+    commands = {tuple(p): c for p, c in _commands()}
+    (run_dir,) = [p for p in commands[("eval",)].params if p.name == "run_dir"]
+    assert "a sweep's --out" in run_dir.help
+    (overrides,) = [p for p in commands[("doctor",)].params if p.name == "overrides"]
+    assert "--recipe" in overrides.help

@@ -278,7 +278,9 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
            recipe: Annotated[Path | None, typer.Option(
                "--recipe", help="Also check that this recipe can start here: valid, its data (every sweep "
                "variant's) found, Inception weights if its metrics need them; exit 2 if not.")] = None,
-           overrides: SetOption = None) -> None:
+           overrides: Annotated[list[str] | None, typer.Option(
+               "--set", "-s", metavar="KEY=VALUE", help="Override a key of the --recipe checked (TOML value "
+               "syntax).")] = None) -> None:
     """What to know before a long run: versions, devices, plugins, datasets, metric weights."""
     from avade.cli.doctor import collect, render
 
@@ -440,7 +442,7 @@ def recipe_run(
 
 @app.command("eval")
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, or a sweep's --out (every variant's run).")],
     metrics: Annotated[str | None, typer.Option("--metrics", "-m", help="Comma-separated, e.g. "
                                                 "bpd,fid,kid,prd (default: the recipe's).")] = None,
     samples: Annotated[int | None, typer.Option(
