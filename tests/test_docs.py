@@ -231,3 +231,13 @@ def test_help_names_what_each_argument_takes() -> None:
     assert "a sweep's --out" in run_dir.help
     (overrides,) = [p for p in commands[("doctor",)].params if p.name == "overrides"]
     assert "--recipe" in overrides.help
+
+
+def test_references_to_readme_sections_name_real_sections() -> None:
+    """A comment such as "(README, Components)" points at a `## Components` heading that exists."""
+    root = README.parent
+    headings = set(re.findall(r"^## (.+)$", README.read_text(encoding="utf-8"), flags=re.M))
+    files = [*root.glob("recipes/**/*.toml"), *root.glob("avade/**/*.py"), root / "CONTRIBUTING.md"]
+    for path in files:
+        for section in re.findall(r"README, ([A-Z][\w ]*)", path.read_text(encoding="utf-8")):
+            assert any(h.startswith(section.strip()) for h in headings), f"{path.name}: no README section {section!r}"
