@@ -38,6 +38,27 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
+def test_readme_python_example_runs_as_shown(run_dir: Path) -> None:
+    """README's "From Python" block, run as written (its `x`: float images for the flow, then uint8 images of
+    the run's shape; `runs/qs`: a trained run): the shapes and types its comments state."""
+    import re
+
+    import torch
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    flow_part, model_part = block.split("model, recipe, checkpoint", 1)
+    names: dict[str, Any] = {"x": torch.randn(2, 3, 32, 32)}
+    exec(flow_part, names)
+    assert names["y"].shape == names["x"].shape and names["logdet"].shape == (2,)
+    assert torch.allclose(names["x_back"], names["x"], atol=1e-4)
+    names["x"] = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)  # the tiny run's images
+    exec("model, recipe, checkpoint" + model_part.replace('"runs/qs"', repr(str(run_dir))), names)
+    assert names["images"].dtype == torch.uint8 and names["images"].shape == (16, 3, 8, 8)
+    assert names["bits_per_dim"].shape == (5,) and bool(torch.isfinite(names["bits_per_dim"]).all())
+    assert names["checkpoint"].parent == run_dir / "checkpoints"
+
+
 def test_run_writes_the_run_directory(run_dir: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["bpd"] > 0 and "bpd_untrained" in summary
