@@ -207,3 +207,31 @@ def test_bf16_settings_autocast_on_cpu_too() -> None:
     with settings.autocast():
         out = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
     assert settings.bf16 and out.dtype == torch.bfloat16
+
+
+def test_readme_option_table_is_the_runners_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/README.md's option table lists exactly the runner's options, with the choices it takes."""
+    import argparse
+    import re
+
+    parsers: list[argparse.ArgumentParser] = []
+    parse = argparse.ArgumentParser.parse_args
+
+    def keep(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> object:
+        parsers.append(self)
+        return parse(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", keep)
+    runner.parse_args([])
+
+    readme = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    cells = [re.split(r"(?<!\\)\|", line)[1] for line in readme.splitlines() if line.startswith("| `--")]
+    shown = {opt for cell in cells for opt in re.findall(r"`(--[\w-]+)", cell)}
+    actions = {a.option_strings[-1]: a for a in parsers[0]._actions if a.option_strings and a.dest != "help"}
+    assert shown == set(actions)
+    checked = 0
+    for cell in cells:
+        for opt, choices in re.findall(r"`(--[\w-]+) ([\w-]+(?:\\\|[\w-]+)+)`", cell):
+            assert set(choices.split("\\|")) == set(actions[opt].choices), opt
+            checked += 1
+    assert checked == 4  # --device, --precision, --timing, --malloc
