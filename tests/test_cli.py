@@ -388,6 +388,9 @@ def test_recipe_show_variants(write: Write) -> None:
     assert as_json[3]["overrides"] == {"model.flow.scales": 2, "model.flow.blocks": 2}
     check = run("recipe", "check", str(path))
     assert check.exit_code == 0 and "4 sweep variants" in check.stdout
+    one = write("one.toml", SWEEP.replace("[1, 2]", "[1]"))
+    check = run("recipe", "check", str(one))
+    assert check.exit_code == 0 and "1 sweep variant" in check.stdout and "variants" not in check.stdout, check.stdout
 
 
 def test_invalid_sweep_variant_is_one_line(write: Write) -> None:

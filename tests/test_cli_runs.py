@@ -110,6 +110,11 @@ def test_sample_and_reconstructions(run_dir: Path, tmp_path: Path) -> None:
         result, out = _invoke("sample", str(run_dir), "-n", "9", "-o", str(tmp_path / name), "--device", "cpu", *extra)
         assert result.exit_code == 0, out
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a prior temperature means nothing to reconstructions (drawn from q(z|x)): it was silently ignored
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "t.png"), "--reconstructions",
+                          "--temperature", "0.5", "--device", "cpu")
+    assert result.exit_code == 2 and "--temperature sets the prior's temperature" in out, out
+    assert not (tmp_path / "t.png").exists()
 
 
 @pytest.mark.slow

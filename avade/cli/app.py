@@ -329,7 +329,7 @@ def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")]
                 check_compile_backend(v.recipe.train.compile_backend)
             except ConfigError as exc:
                 raise exc.located(source=str(file)) from None
-    extra = f", {len(variants)} sweep variants" if recipe.sweep is not None else ""
+    extra = f", {len(variants)} sweep variant{'s' if len(variants) != 1 else ''}" if recipe.sweep is not None else ""
     out.print(f"[green]ok[/]: {escape(recipe.name)} ({recipe.variant} on {escape(recipe.data.options.name)}{extra})")
     if unrun:  # keys and values are valid, but whether the components fit the images shows only at run
         out.print(f"[yellow]note:[/] the model was not run: dataset '{escape(recipe.data.options.name)}' declares no "
@@ -553,6 +553,9 @@ def sample(
     if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
         raise AvadeError(f"--temperature: expected a number >= 0 (1 = the prior itself, 0 = its mode), got "
                          f"{temperature}")
+    if temperature is not None and reconstructions:
+        raise AvadeError("--temperature sets the prior's temperature, and --reconstructions draws from the "
+                         "posterior q(z|x): leave one of them out")
     if checkpoint is not None and checkpoint.strip().lower() == "all":
         raise AvadeError("--checkpoint all is avade eval's (a metric against training steps); avade sample takes "
                          "one checkpoint: --checkpoint STEP, or leave it out for the newest")
