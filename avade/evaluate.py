@@ -586,20 +586,24 @@ def sweep_runs(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
 
 def evaluate_sweep(root: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
                    device: str = "auto", console: Console | None = None, ema: bool = True,
-                   importance_samples: int | None = None, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+                   importance_samples: int | None = None, overrides: Sequence[str] = (),
+                   only: Sequence[str] = ()) -> list[dict[str, Any]]:
     """``avade eval SWEEP_OUT``: :func:`evaluate_run` on every variant's newest checkpoint (each run records
     its own eval.json), one row each (``name``, the variant's overrides, ``step``, ``weights``, the metrics,
     with those evaluated earlier on the same checkpoint and weights;
     ``error`` for a variant that could not be evaluated, the others go on), written to the sweep's
     ``sweep_eval.{json,csv}`` and shown as sweep_summary is (a two-axis sweep also as a grid of the first
     metric): e.g. FID of the whole scales x blocks ablation after training it with bpd alone. A sweep's
-    --out is a folder with its sweep_summary.json."""
-    from avade.train.run import write_sweep_summary
+    --out is a folder with its sweep_summary.json. ``only``: just these variants (names or 0-based indices, as
+    ``recipe run --only``: one variant per cluster array job); the rows of the others already in
+    sweep_eval.json stay, so the table fills up as the jobs finish. Returns the rows of the variants evaluated."""
+    from avade.train.run import select_variants, write_sweep_summary
 
     root = Path(root)
-    runs, axes = sweep_runs(root)
-    if not runs:
+    every, axes = sweep_runs(root)
+    if not every:
         raise _not_a_run(root)
+    runs = select_variants(every, only) if only else every
     rows = []
     for run in runs:
         row: dict[str, Any] = {"name": run.name, **axes.get(run.name, {})}
@@ -622,11 +626,23 @@ def evaluate_sweep(root: Path, metrics: Sequence[str] | None = None, samples: in
                        if record.get("weights", "last") == weights else {})
             row.update({"step": record.get("step"), "weights": weights, **earlier, **results})
         rows.append(row)
-    keys = list(dict.fromkeys(k for row in rows for k in axes.get(row["name"], {})))
-    results_keys = list(dict.fromkeys(k for row in rows for k in row))
-    main = [k for m in metrics or [] for k in results_keys if owns(m, k)]  # the grid shows the first metric's
-    write_sweep_summary(root, rows, console or Console(stderr=True), axes=keys, stem="sweep_eval", main=main)
+    with locked(root / ".sweep_eval.lock"):  # --only jobs of one sweep, run in parallel, all add their rows
+        table = _with_earlier_eval_rows(root, rows, every) if only else rows
+        keys = list(dict.fromkeys(k for row in table for k in axes.get(row["name"], {})))
+        results_keys = list(dict.fromkeys(k for row in table for k in row))
+        main = [k for m in metrics or [] for k in results_keys if owns(m, k)]  # the grid shows the first metric's
+        write_sweep_summary(root, table, console or Console(stderr=True), axes=keys, stem="sweep_eval", main=main)
     return rows
+
+
+def _with_earlier_eval_rows(root: Path, rows: list[dict[str, Any]], every: Sequence[Path]) -> list[dict[str, Any]]:
+    """``rows`` and, for the sweep's other variants, their rows in the earlier sweep_eval.json (an
+    unreadable one counts as none), in the sweep's order."""
+    fresh = {row["name"] for row in rows}
+    rank = {run.name: i for i, run in enumerate(every)}
+    earlier = read_json_list(root / "sweep_eval.json")
+    kept = [row for row in earlier if isinstance(row, dict) and row.get("name") in rank and row["name"] not in fresh]
+    return sorted([*kept, *rows], key=lambda row: rank[row["name"]])
 
 
 def sweep_eval_failures(root: Path, rows: Sequence[Mapping[str, Any]]) -> AvadeError | None:

@@ -167,6 +167,21 @@ def test_sweep_run_writes_one_directory_per_variant_and_a_summary(tmp_path: Path
     first, second = json.loads((tmp_path / "runs" / "sweep_eval.json").read_text())
     assert "no checkpoint" in first["error"] and second["bpd"] == rows[1]["bpd"]
     assert json.loads(result.stdout) == [first, second]  # the rows are printed before the error
+    # --only: one variant per (array) job; the others' rows in sweep_eval.json stay, in the sweep's order
+    (tmp_path / "runs" / "sweep_eval.json").write_text(json.dumps([first, {**second, "bpd": 99.0}]))
+    result, out = _invoke("eval", str(tmp_path / "runs"), "--only", "1", "--metrics", "bpd", "--device", "cpu",
+                          "--json")
+    assert result.exit_code == 0, out  # the other variant's error is not this job's
+    assert [r["name"] for r in json.loads(result.stdout)] == ["tiny-blocks2"]
+    assert json.loads((tmp_path / "runs" / "sweep_eval.json").read_text()) == [first, second]
+    result, out = _invoke("eval", str(tmp_path / "runs"), "--only", "tiny-blocks1", "--device", "cpu")
+    assert result.exit_code == 2 and "1 of 1 sweep variants could not be evaluated (tiny-blocks1)" in out, out
+    assert [r["name"] for r in json.loads((tmp_path / "runs" / "sweep_eval.json").read_text())] == [
+        "tiny-blocks1", "tiny-blocks2"]
+    result, out = _invoke("eval", str(tmp_path / "runs"), "--only", "2", "--device", "cpu")
+    assert result.exit_code == 2 and "--only 2: the sweep has 2 variants" in out, out
+    result, out = _invoke("eval", str(tmp_path / "runs" / "tiny-blocks2"), "--only", "0", "--device", "cpu")
+    assert result.exit_code == 2 and "--only picks variants of a sweep, but" in out, out
 
 
 def test_missing_dataset_is_one_line(tmp_path: Path) -> None:

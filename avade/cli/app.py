@@ -459,9 +459,13 @@ def evaluate(
         "--importance-samples", min=1, help="bpd: also the k-sample importance-weighted bound bpd_iw<k> (default: "
         "the recipe's \\[eval.bpd] importance_samples if above 1, else its eval.importance_samples).")] = None,
     overrides: RunSetOption = None,
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", metavar="VARIANT", help="A sweep's --out: only these variants, names or 0-based indices, "
+        "comma-separated or repeated (e.g. --only $SLURM_ARRAY_TASK_ID; each job adds its rows to "
+        "sweep_eval.json).")] = None,
 ) -> None:
     """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run.
-    A sweep's --out: every variant's last checkpoint, one row each in its sweep_eval.{json,csv}."""
+    A sweep's --out: every variant's last checkpoint (or --only some), one row each in its sweep_eval.{json,csv}."""
     from avade.evaluate import evaluate_checkpoints, evaluate_run, evaluate_sweep, sweep_eval_failures, sweep_runs
     from avade.train.distributed import is_main_process
     from avade.train.run import cell_text
@@ -481,13 +485,16 @@ def evaluate(
                              "evaluate one of its runs with it, or leave it out for every variant's newest")
         rows = evaluate_sweep(run_dir, names, samples=samples, device=_device(device, indexed=True),
                               console=err if as_json else out, ema=ema, importance_samples=importance_samples,
-                              overrides=overrides or [])
+                              overrides=overrides or [], only=only or [])
         if as_json:
             _print_json(rows)
         failures = sweep_eval_failures(run_dir, rows)
         if failures is not None:
             raise failures
         return
+    if only:
+        raise AvadeError(f"--only picks variants of a sweep, but {run_dir} is a single run (a sweep's --out holds "
+                         "sweep_plan.json or sweep_summary.json); leave --only out")
     if checkpoint is not None and checkpoint.strip().lower() == "all":
         rows = evaluate_checkpoints(run_dir, names, samples=samples, device=_device(device, indexed=True),
                                     console=err, ema=ema, importance_samples=importance_samples,
