@@ -786,13 +786,22 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train to ``train.steps``, checkpointing, logging and sampling; returns the summary."""
-        cfg = self.cfg
         if self.finished is not None:
             if self.dist.is_main:
                 self.console.print(f"{escape(str(self.run.root))} already finished at step {self.step} "
                                    "(summary.json); nothing to do: raise train.steps to train on, or `avade eval` it")
             return self.finished
+        # closed however fit ends: a run that fails (an unreadable image, a metric's error) must not leave its
+        # TensorBoard writer's thread and event file behind in a process that goes on (a sweep's next variant)
         logger = MetricsLogger(self.run, enabled=self.dist.is_main, start_step=self.step)
+        try:
+            return self._fit(logger)
+        finally:
+            logger.close()
+
+    def _fit(self, logger: MetricsLogger) -> dict[str, Any]:
+        """:meth:`fit`'s loop and final evaluation, logging to ``logger`` (closed by the caller)."""
+        cfg = self.cfg
         start_step = self.step
         # The untrained model's test BPD, so a summary shows what training bought.
         if self.likelihood and self.step == 0:
@@ -821,7 +830,6 @@ class Trainer:
                         self.console.print(f"[yellow]warning:[/] step {self.step}: {self.last_skip} "
                                            f"({self.bad_steps} in a row)")
                     if self.bad_steps >= cfg.max_bad_steps:
-                        logger.close()
                         what = ("a non-finite step (" if self.bad_steps == 1
                                 else f"{self.bad_steps} consecutive non-finite steps (the last: ")
                         # every process counts the same steps (from the all-reduced gradient norm)
@@ -852,7 +860,6 @@ class Trainer:
                     self.save(job_logs.get("bpd"))
                 if stopping:  # at the last step too: the final evaluation (FID: minutes) is left to --resume,
                     # and a sweep must not go on to its next variant
-                    logger.close()
                     saved = (f"checkpoint step_{self.step:08d} saved" if save_now
                              else f"no checkpoint: the last step was not finite; {self._last_good_checkpoint()}")
                     then = "" if self.step < cfg.steps else " (training is done: it evaluates the trained model)"
@@ -898,7 +905,6 @@ class Trainer:
             # resume evaluates again (and replaces the record) instead of leaving metrics.jsonl without it
             logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
             write_json(self.run.summary, summary)
-        logger.close()
         if error is not None:  # from the step count and the bpd, which every process shares
             raise TrainingError(error, every_process=True)
         return summary

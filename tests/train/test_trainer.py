@@ -759,3 +759,28 @@ def test_the_final_record_is_in_metrics_before_summary_json_marks_the_run_finish
     monkeypatch.setattr(trainer_module, "write_json", checking)
     Trainer(tiny_recipe(), tmp_path, progress=False).fit()
     assert seen == [True]
+
+
+def test_a_run_that_fails_mid_training_closes_its_logger(tmp_path, monkeypatch):
+    # A sweep goes on to its next variant after one fails (an unreadable image): the failed run's TensorBoard
+    # writer (a thread and an event file) must not stay behind, one more per failed variant.
+    from avade.errors import DataError
+    from avade.train.logger import MetricsLogger
+
+    opened, closed = [], []
+    init, close = MetricsLogger.__init__, MetricsLogger.close
+    monkeypatch.setattr(MetricsLogger, "__init__", lambda self, *a, **k: (opened.append(self), init(self, *a, **k))[1])
+    monkeypatch.setattr(MetricsLogger, "close", lambda self: (closed.append(self), close(self))[1])
+    step = Trainer.train_step
+
+    def failing(self, x, y):
+        if self.step == 2:
+            raise DataError("an evaluation batch of the dataset: unreadable")
+        return step(self, x, y)
+
+    monkeypatch.setattr(Trainer, "train_step", failing)
+    trainer = Trainer(tiny_recipe("train.steps=4"), tmp_path, progress=False)
+    with pytest.raises(DataError):
+        trainer.fit()
+    assert opened and all(logger in closed for logger in opened)
+    assert all(logger._tb is None for logger in opened)
