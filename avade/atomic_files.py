@@ -23,6 +23,21 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def drop_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of :func:`replaced_atomically` beside ``path`` that other processes left
+    (killed while writing: ``kill -9``, the OOM killer, a node lost). Only for a file that one process at a
+    time writes (e.g. a run's own files, while its training lock is held): a temporary file of another
+    process is then never one still being written."""
+    prefix, own = f".{path.name}.", f".{path.name}.{os.getpid()}.tmp"
+    with contextlib.suppress(OSError):
+        for stale in path.parent.iterdir():
+            name = stale.name
+            if (name.startswith(prefix) and name.endswith(".tmp") and name != own
+                    and name[len(prefix):-len(".tmp")].isdecimal()):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+
+
 def locked(lock_file: Path) -> contextlib.AbstractContextManager[None]:
     """An exclusive advisory lock (POSIX ``flock``; elsewhere none) around a read-modify-write of a file
     that several processes may update (two ``avade eval`` at once, a sweep's variants run as array jobs)."""

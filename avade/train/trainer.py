@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from avade.atomic_files import locked
+from avade.atomic_files import drop_stale_temporaries, locked
 from avade.data.base import class_counts, data_of_model, data_of_trained_model
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
@@ -398,6 +398,10 @@ class Trainer:
         --resume too: a resumed run may change train settings (e.g. more steps); the fingerprint check
         (done before this) guarantees that the model and data are the same."""
         if self.dist.is_main:
+            # what a process killed while rewriting the run's own files left (a long run's metrics.jsonl, rewritten
+            # by every resume, can be hundreds of MB); the run directory is this process's alone now
+            for path in (self.run.metrics, self.run.recipe, self.run.summary):
+                drop_stale_temporaries(path)
             if fresh:
                 MetricsLogger.truncate(self.run.metrics, -1)
             self._drop_stale_eval()

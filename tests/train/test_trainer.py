@@ -784,3 +784,18 @@ def test_a_run_that_fails_mid_training_closes_its_logger(tmp_path, monkeypatch):
         trainer.fit()
     assert opened and all(logger in closed for logger in opened)
     assert all(logger._tb is None for logger in opened)
+
+
+def test_a_resume_removes_the_temporary_files_a_killed_process_left(tmp_path):
+    # kill -9 while metrics.jsonl (rewritten by every resume), recipe.toml or summary.json was being replaced
+    # leaves ".<name>.<pid>.tmp" beside it; nothing else ever removed them, one more per such kill
+    Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
+    stale = [tmp_path / f".{name}.{pid}.tmp" for name, pid in (("metrics.jsonl", 4194301), ("recipe.toml", 17),
+                                                               ("summary.json", 99))]
+    for path in stale:
+        path.write_text("cut short")
+    mine = tmp_path / "my-notes.tmp"  # not one of the run's temporary files: left alone
+    mine.write_text("keep")
+    Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
+    assert [p.name for p in stale if p.exists()] == []
+    assert mine.read_text() == "keep"
