@@ -234,7 +234,8 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
                     rng: list[bytes], state: dict[str, Any], keep: int = 3, keep_every: int = 0,
                     ema: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``directory/step_XXXXXXXX`` atomically and prune all but the newest ``keep`` and, with
-    ``keep_every``, the milestones (steps that are multiples of it: :func:`is_milestone`). ``ema``: the
+    ``keep_every``, the milestones (steps that are multiples of it: :func:`is_milestone`), as well as those
+    of the ``keep_every`` each checkpoint was written with (:func:`kept_for_good`). ``ema``: the
     generator's averaged weights (``train.ema_decay``), written as ``ema.safetensors``.
 
     ``rng``: :func:`rng_bundle` of every process, rank 0 first. Rank 0's state is stored under plain
@@ -262,9 +263,28 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
         _discard(final)
     os.replace(tmp, final)
     for old in list_checkpoints(directory)[:-keep]:
-        if not is_milestone(old, keep_every):
+        if not kept_for_good(old, keep_every):
             _discard(old)
     return final
+
+
+def kept_for_good(path: Path, keep_every: int) -> bool:
+    """Whether pruning spares checkpoint ``path``: a milestone of ``keep_every`` (this run's setting) or of the
+    setting it was written with."""
+    return is_milestone(path, keep_every) or _saved_as_milestone(path)
+
+
+def _saved_as_milestone(path: Path) -> bool:
+    """Whether checkpoint ``path`` was a milestone of the ``train.keep_every`` it was written with (its
+    state.json's recipe): kept for good, as that setting promised, when a resume changes or drops it."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    recipe = state.get("recipe") if isinstance(state, dict) else None
+    train = recipe.get("train") if isinstance(recipe, dict) else None
+    every = train.get("keep_every") if isinstance(train, dict) else None
+    return isinstance(every, int) and not isinstance(every, bool) and is_milestone(path, every)
 
 
 def _write(tmp: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer], rng: list[bytes],

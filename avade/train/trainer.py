@@ -963,7 +963,7 @@ class Trainer:
         if not last:
             return "no checkpoint was written yet"
         shown = [_with_train_bpd(path) for path in last[-3:]]
-        milestones = [_with_train_bpd(p) for p in last[:-3] if ckpt.is_milestone(p, self.cfg.keep_every)]
+        milestones = [_with_train_bpd(p) for p in last[:-3] if ckpt.kept_for_good(p, self.cfg.keep_every)]
         older = f"; older ones kept (train.keep_every): {', '.join(milestones[-3:])}" if milestones else ""
         return (f"newest checkpoints in {self.run.checkpoints}: {', '.join(shown)}{older}; to resume from an "
                 "older one, delete those after it, then --resume")

@@ -58,6 +58,17 @@ def test_keep_every_keeps_milestone_checkpoints_for_good(tmp_path):
         tiny_recipe("train.checkpoint_every=2", "train.keep_every=3")
 
 
+def test_milestones_stay_when_a_resume_changes_or_drops_keep_every(tmp_path):
+    # "kept for good": a resume without the run's --set train.keep_every (or with another one) must not delete
+    # the milestones of days of training at its first checkpoint
+    base = ("train.checkpoint_every=2", "train.keep_checkpoints=1")
+    Trainer(tiny_recipe("train.steps=8", *base, "train.keep_every=4"), tmp_path, progress=False).fit()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000004", "step_00000008"]
+    Trainer(tiny_recipe("train.steps=12", *base), tmp_path, resume=True, progress=False).fit()
+    kept = [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")]
+    assert kept == ["step_00000004", "step_00000008", "step_00000012"]  # 10 was no milestone of either
+
+
 def test_checkpoints_are_listed_by_step_past_eight_digits(tmp_path):
     for name in ("step_100000000", "step_99999999", "step_00000005"):
         (tmp_path / name).mkdir()
