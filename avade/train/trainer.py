@@ -274,7 +274,7 @@ class Trainer:
 
         # The recipe's eval metrics must fit the model, and find their weights: fail before step 0.
         check_inception_weights(build_metrics(recipe.eval.metrics, recipe, self.model.num_classes), recipe)
-        self._make_run_dir(resume)  # only once data and model exist: a bad recipe leaves no empty run behind
+        self._make_run_dir()  # only once data and model exist: a bad recipe leaves no empty run behind
         self.likelihood = recipe.variant in LIKELIHOOD_VARIANTS
         self.adversarial = recipe.variant in ADVERSARIAL_VARIANTS
         self.g_params = self.model.generator_parameters()
@@ -389,7 +389,7 @@ class Trainer:
             raise CheckpointError(f"the run in {self.run.root} is already at step {step}, beyond train.steps = "
                                   f"{self.cfg.steps}; raise train.steps to train on (or evaluate it with `avade eval`)")
 
-    def _make_run_dir(self, resume: bool) -> None:
+    def _make_run_dir(self) -> None:
         if self.dist.is_main:
             self.run.make()
 
