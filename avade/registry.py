@@ -241,10 +241,6 @@ class Registry:
         self._items[key] = info
         return info
 
-    def unregister(self, kind: str, name: str) -> None:
-        self._items.pop((kind, name), None)
-        self.conflicts.pop((kind, name), None)
-
     # -- lookup ------------------------------------------------------------------------------------
     def kinds(self) -> list[str]:
         return sorted({k for k, _ in self._items} | set(KINDS))
