@@ -70,12 +70,14 @@ class RunContext:
 
     @property
     def train_set(self) -> Any:
+        """The training split, loaded on first use (only metrics that read it pay for it)."""
         if callable(self.train) and not isinstance(self.train, torch.utils.data.Dataset):
             self.train = self.train()
         return self.train
 
     @property
     def dataset_key(self) -> str:
+        """The data's key in cache file names: dataset, shape and config (and ``n_bits`` when below 8)."""
         ref = self.recipe.data.dataset
         bits = self.recipe.data.options.n_bits
         config = ref.config if ref is not None else ""
@@ -85,6 +87,7 @@ class RunContext:
 
     @property
     def num_classes(self) -> int:
+        """The data's number of classes (0: unlabeled)."""
         return int(self.test_set.num_classes)
 
     def _split(self, split: str) -> Any:
@@ -105,6 +108,7 @@ class RunContext:
 
     def real_batches(self, split: str, n: int | None = None, batch_size: int = 100
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """See :meth:`~avade.metrics.context.EvalContext.real_batches`."""
         return subset_batches(self._split(split), n, batch_size)
 
     @property
@@ -122,6 +126,7 @@ class RunContext:
     @torch.no_grad()
     def sample_batches(self, n: int, batch_size: int = 100, labels: torch.Tensor | None = None
                        ) -> Iterator[torch.Tensor]:
+        """See :meth:`~avade.metrics.context.EvalContext.sample_batches`; drawn with :attr:`sample_seed`."""
         if labels is not None and not self.model.num_classes:
             raise ConfigError("class-conditional samples were asked for, but the model is not class-conditional "
                               "(model.conditional = false); train one with model.conditional = true, or drop "
@@ -149,6 +154,7 @@ class RunContext:
         return (min(total, limit * self.recipe.data.options.eval_batch_size) if limit else total), total
 
     def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
+        """See :meth:`~avade.metrics.context.EvalContext.bpd`; a warning when ``train.eval_batches`` caps the images."""
         self.bpd_defined()
         used, total = self.bpd_images(split)
         if used < total:  # as training reported it, but not the published measure: say so

@@ -108,10 +108,12 @@ class ComponentInfo:
 
     @property
     def qualname(self) -> str:
+        """``kind 'name'``, as messages name the component."""
         return f"{self.kind} '{self.name}'"
 
     @property
     def provider(self) -> str:
+        """The distribution and version that registered it (e.g. ``avade 0.1.0``), as messages name it."""
         return f"{self.dist} {self.version}".strip()
 
     def blame(self) -> tuple[str, str]:
@@ -122,10 +124,12 @@ class ComponentInfo:
                 f"; fix or disable that plugin (--disable-plugins / {DISABLE_ENV})")
 
     def load_factory(self) -> Callable[..., Any]:
+        """The factory, imported now when it was registered as a ``"module:attr"`` string."""
         self.factory = _resolve(self.factory, *self.blame())
         return self.factory  # type: ignore[return-value]
 
     def load_config(self) -> type | None:
+        """The attrs config class (imported now when given as a string), or None for a component without options."""
         self.config = _resolve(self.config, *self.blame())
         if self.config is not None and not attrs.has(self.config):  # type: ignore[arg-type]
             what, hint = self.blame()
@@ -243,6 +247,7 @@ class Registry:
 
     # -- lookup ------------------------------------------------------------------------------------
     def kinds(self) -> list[str]:
+        """Every component kind: the built-in ones and any a plugin registered."""
         return sorted({k for k, _ in self._items} | set(KINDS))
 
     def get(self, kind: str, name: str) -> ComponentInfo:

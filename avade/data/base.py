@@ -123,6 +123,7 @@ class TensorImageDataset(ImageDataset):
         return self.images[i], int(self.labels[i])
 
     def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images and labels: they are held in memory already."""
         return self.images, self.labels
 
     def content_fingerprint(self) -> str:
@@ -184,6 +185,7 @@ class FileImageDataset(ImageDataset):
         return self._load(i), int(self.labels[i])
 
     def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The decoded images and labels with ``in_memory=True``, else None (files are read per item)."""
         return self._tensors
 
 

@@ -24,6 +24,7 @@ class DiscriminatorBlock(nn.Module):
         self.skip = normed(nn.Conv2d(cin, cout, 1), norm) if cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual sum for ``x`` ``[B, cin, H, W]``: ``[B, cout, H, W]``, or half the size with ``down``."""
         h = self.conv2(F.relu(self.conv1(F.relu(x))))
         s = x if self.skip is None else self.skip(x)
         if self.down:

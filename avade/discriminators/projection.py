@@ -36,6 +36,7 @@ class ProjectionHead(nn.Module):
             self.embed = wrap(embed)
 
     def forward(self, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """One score per sample, ``[B]``; the class projection is added only with labels ``y`` and classes."""
         out = self.linear(h).squeeze(1)
         if y is not None and self.embed is not None:
             out = out + (self.embed(y) * h).sum(dim=1)

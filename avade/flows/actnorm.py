@@ -64,6 +64,7 @@ class ActNorm(Flow):
         super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y, logdet [B])``; the first training batch initialises the bias and scale (data-dependent init)."""
         if self.training:
             self._maybe_init(x)
         s = self._log_s()
@@ -75,4 +76,5 @@ class ActNorm(Flow):
         return self.log_scale if self.logscale_factor == 1.0 else self.log_scale * self.logscale_factor
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``x`` from ``y``: the per-channel affine map undone."""
         return y * torch.exp(-self._log_s()) - self.bias

@@ -51,9 +51,11 @@ class Flow(nn.Module):
                             f"[B, {', '.join(map(str, shape))}], got {got}")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
+        """``(y, logdet)``: ``y`` of shape ``[B, *out_shape]`` and ``log|det dy/dx|`` per sample, ``[B]``."""
         raise NotImplementedError
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """``x`` from ``y`` (``[B, *out_shape]`` -> ``[B, *in_shape]``): sampling runs the flow this way."""
         raise NotImplementedError
 
 
@@ -74,6 +76,7 @@ class FlowSequence(Flow):
         self.flows = nn.ModuleList(flows)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each flow in order; the per-sample log-determinants summed."""
         logdet = x.new_zeros(x.shape[0])
         for flow in self.flows:
             x, ld = flow(x)
@@ -81,6 +84,7 @@ class FlowSequence(Flow):
         return x, logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """Each flow's inverse, last flow first."""
         for flow in reversed(self.flows):
             y = flow.inverse(y)
         return y

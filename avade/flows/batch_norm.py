@@ -59,6 +59,7 @@ class BatchNormFlow(Flow):
         self.register_buffer("count", region.expand(1, c, h, w).sum((2, 3), keepdim=True), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y, logdet [B])``: batch statistics in training (the running averages updated), running ones in eval."""
         if self.training:
             xm = x * self.region if self.partial else x
             mean = xm.mean((0, 2, 3), keepdim=True)
@@ -83,6 +84,7 @@ class BatchNormFlow(Flow):
         return torch.where(torch.isfinite(new), new, running)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``x`` from ``y`` with the running statistics."""
         if self.partial:
             log_std = 0.5 * torch.log(self.running_var + self.eps)
             return y * torch.exp(log_std * self.region) + self.running_mean * self.region

@@ -181,6 +181,7 @@ class AffineCoupling(Flow):
         return torch.stack(pairs, dim=-1).view(b, c, h, 2 * half)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y, logdet [B])``: the transformed half (or mask region) scaled and shifted by ``net`` of the other."""
         if self.packed:
             cond, trans = self._pack(x)
             y, logdet = affine_forward(self.net(cond), trans, self._bound())
@@ -193,6 +194,7 @@ class AffineCoupling(Flow):
         return self._join(cond, y), logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``x`` from ``y``; the coupling net's batch-norm statistics stay as they are."""
         # Sampling (the inverse direction) must not move the batch-norm running statistics, which
         # eval mode uses for the likelihood of data.
         if self.packed:

@@ -12,9 +12,11 @@ class SplitTransform(nn.Module):
     """A flow on the factored-out half ``z2`` conditioned on the kept half ``z1`` (e.g. a learned prior)."""
 
     def forward(self, z2: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y2, logdet [B])``: ``z2`` transformed, conditioned on ``z1``."""
         raise NotImplementedError  # pragma: no cover
 
     def inverse(self, y2: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+        """``z2`` from ``y2``, conditioned on the same ``z1``."""
         raise NotImplementedError  # pragma: no cover
 
 
@@ -35,6 +37,7 @@ class FactorOut(Flow):
         self.transform = transform
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(concat(inner(z1), transform(z2 | z1)), logdet [B])``, the output shaped like ``x``."""
         z1, z2 = x[:, : self.keep], x[:, self.keep:]
         logdet = None
         if self.transform is not None:
@@ -44,6 +47,7 @@ class FactorOut(Flow):
         return torch.cat((y1, z2), dim=1), logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``x`` from ``y``: ``z1`` through the inner inverse first, as ``z2``'s transform is conditioned on it."""
         y1, z2 = y[:, : self.keep], y[:, self.keep:]
         z1 = self.inner.inverse(y1)
         if self.transform is not None:

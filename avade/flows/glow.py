@@ -123,9 +123,11 @@ class Glow(Flow):
         return FlowSequence(flows)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y, logdet [B])`` of a batch ``[B, *in_shape]`` (checked: anything else is a DataError)."""
         self.check_input(x, "glow")
         return self.body(x)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``x`` from ``y`` ``[B, *out_shape]`` (checked as in :meth:`forward`)."""
         self.check_input(y, "glow", inverse=True)
         return self.body.inverse(y)

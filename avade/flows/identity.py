@@ -20,9 +20,11 @@ class IdentityFlow(Flow):
         super().__init__(check_in_shape(in_shape, "identity"))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, 0)``: no transform (a likelihood model on the data itself)."""
         self.check_input(x, "identity")
         return x, x.new_zeros(x.shape[0])
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` itself."""
         self.check_input(y, "identity", inverse=True)
         return y

@@ -94,12 +94,14 @@ class InvConv(Flow):
 
     # -- flow --------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W x, logdet [B])``, ``W`` a 1x1 convolution; without autograd ``W`` and its log-det are cached."""
         weight, logdet = self._cached("forward", self._weight_logdet)
         c = weight.shape[0]
         y = F.conv2d(x, weight.view(c, c, 1, 1))
         return y, (logdet * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``W^-1 y``; without autograd the inverse weight is cached, as in :meth:`forward`."""
         weight_inv = self._cached("inverse", self._inverse_weight)
         c = weight_inv.shape[0]
         return F.conv2d(y, weight_inv.view(c, c, 1, 1))

@@ -115,9 +115,11 @@ class RealNVP(Flow):
         return FlowSequence(flows)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y, logdet [B])`` of a batch ``[B, *in_shape]`` (checked: anything else is a DataError)."""
         self.check_input(x, "realnvp")
         return self.body(x)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``x`` from ``y`` ``[B, *out_shape]`` (checked as in :meth:`forward`)."""
         self.check_input(y, "realnvp", inverse=True)
         return self.body.inverse(y)

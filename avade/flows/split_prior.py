@@ -30,9 +30,11 @@ class LearnedSplitPrior(SplitTransform):
         return h[:, : self.split_channels], h[:, self.split_channels:]
 
     def forward(self, z2: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``((z2 - mean) / exp(logs), logdet [B])`` with mean and log-scale predicted from ``z1``."""
         mean, logs = self._mean_logs(z1)
         return (z2 - mean) * torch.exp(-logs), -logs.sum(dim=(1, 2, 3))
 
     def inverse(self, y2: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+        """``z2 = y2 * exp(logs) + mean``, with mean and log-scale predicted from ``z1``."""
         mean, logs = self._mean_logs(z1)
         return y2 * logs.exp() + mean

@@ -39,9 +39,11 @@ class Squeeze(Flow):
         super().__init__((c, h, w), (4 * c, h // 2, w // 2))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(squeeze2d(x), 0)``: a reshape, volume-preserving."""
         return squeeze2d(x), x.new_zeros(x.shape[0])
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``unsqueeze2d(y)``."""
         return unsqueeze2d(y)
 
 
@@ -55,7 +57,9 @@ class Unsqueeze(Flow):
         super().__init__(tuple(in_shape), (c4 // 4, h * 2, w * 2))  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(unsqueeze2d(x), 0)``: a reshape, volume-preserving."""
         return unsqueeze2d(x), x.new_zeros(x.shape[0])
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``squeeze2d(y)``."""
         return squeeze2d(y)

@@ -33,6 +33,7 @@ class ScaledZeroConv(Conv2d):
         self.logs = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution times the learned per-channel scale ``exp(logscale_factor * logs)``."""
         y = super().forward(x)
         return y * torch.exp(self.logs * self.logscale_factor).to(y.dtype).view(1, -1, 1, 1)
 
@@ -107,6 +108,7 @@ class ResidualBlock(nn.Module):
         self.fresh = batch_norm
 
     def forward(self, h: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """``h`` plus the residual; ``update_stats=False`` (the inverse direction) keeps batch-norm statistics."""
         # ReLU in place wherever its input is a fresh tensor nobody else needs (a conv or batch-norm
         # output): one large allocation less per activation. Without batch norm, bn1(h) is h itself,
         # which the skip connection still needs.

@@ -107,6 +107,7 @@ class FeatureExtractor(nn.Module):
         return self.compute(self.to_rgb(x), probs)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The pooled features ``[B, D]`` of uint8 images (``nn.Module`` call)."""
         return self.features_and_probs(x)[0]
 
 
@@ -191,6 +192,7 @@ class TorchScriptInception(FeatureExtractor):
         self.hash = file_hash(path)
 
     def compute(self, x: Tensor, probs: bool) -> tuple[Tensor, Tensor | None]:
+        """See :meth:`FeatureExtractor.compute`: the TorchScript network run in channels-last layout."""
         # Channels-last input: oneDNN / cuDNN then run every convolution in their fast layout
         # (about +20 % images/s on CPU); features change only by float rounding (~5e-6).
         cl = torch.channels_last
@@ -243,6 +245,7 @@ class FidelityInception(FeatureExtractor):
         self.hash = file_hash(path)
 
     def compute(self, x: Tensor, probs: bool) -> tuple[Tensor, Tensor | None]:
+        """See :meth:`FeatureExtractor.compute`: torch-fidelity's pool features and bias-free logits' softmax."""
         feats, logits = self.net(x.contiguous())
         # torch-fidelity's IS uses the softmax of the bias-free logits, like the original TF code.
         return feats, (torch.softmax(logits.double(), dim=1) if probs else None)

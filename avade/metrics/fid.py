@@ -124,6 +124,7 @@ class FID:
         return mu_r, sigma_r
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
+        """``{"fid": ...}`` between model samples and the real split (or the reference statistics file)."""
         cfg = self.cfg
         extractor = get_extractor(ctx.options, ctx.device)
         warn_if_not_reference(extractor, "FID")

@@ -266,6 +266,8 @@ class GanTest:
         self.cfg = cfg
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
+        """``gan_test``: accuracy (%) on model samples of a classifier trained on real images (``gan_test_real``:
+        on real test images)."""
         cfg = self.cfg
         num_classes = _need_labels(ctx, self.name)
         train_x, train_y = _real(ctx, cfg.train_split, cfg.sample_batch_size)
@@ -287,6 +289,7 @@ class GanTrain:
         self.cfg = cfg
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
+        """``{"gan_train": ...}``: accuracy (%) on real test images of a classifier trained on model samples."""
         cfg = self.cfg
         num_classes = _need_labels(ctx, self.name)
         train_y = _labels(ctx, cfg.train_split, cfg.sample_batch_size)  # only its labels: no image decoded

@@ -62,6 +62,7 @@ class InceptionScore:
         self.cfg = cfg
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
+        """``{"is_mean", "is_std"}`` of model samples over ``splits`` splits."""
         cfg = self.cfg
         extractor = get_extractor(ctx.options, ctx.device)
         require_probs(extractor)

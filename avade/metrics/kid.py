@@ -92,6 +92,7 @@ class KID:
         self.cfg = cfg
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
+        """``{"kid_mean", "kid_std"}`` between model samples and the real split, over random subsets."""
         cfg = self.cfg
         extractor = get_extractor(ctx.options, ctx.device)
         warn_if_not_reference(extractor, "KID")

@@ -199,6 +199,7 @@ class PRD:
         self.cfg = cfg
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
+        """``prd_f8``, ``prd_f1_8`` (max F-beta both ways) and ``prd_auc`` of samples against the real split."""
         cfg = self.cfg
         extractor = get_extractor(ctx.options, ctx.device)
         warn_if_not_reference(extractor, "PRD")

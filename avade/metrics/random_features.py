@@ -43,6 +43,7 @@ class RandomConvFeatures(FeatureExtractor):
         self.hash = "rc" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
     def compute(self, x: Tensor, probs: bool) -> tuple[Tensor, Tensor | None]:
+        """See :meth:`FeatureExtractor.compute`: three fixed random convolutions, mean-pooled."""
         h = x.float() / 127.5 - 1.0
         if h.shape[-2:] != (self.size, self.size):
             h = F.interpolate(h, size=(self.size, self.size), mode="bilinear", align_corners=False)

@@ -348,6 +348,7 @@ class GenerativeModel(nn.Module):
         return self.preprocess.to_uint8(u)
 
     def extra_repr(self) -> str:
+        """The variant, data shape and likelihood, shown by ``repr(model)``."""
         return f"variant={self.variant!r}, data_shape={self.data_shape}, likelihood={self.likelihood!r}"
 
 

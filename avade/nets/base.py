@@ -33,6 +33,7 @@ class Encoder(nn.Module):
     stages: nn.ModuleList
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """One feature map per stage, bottom (finest) to top, from ``x`` and optional labels ``y``."""
         stem = self._modules.get("stem")  # optional submodule (a class default would shadow it)
         if stem is not None:
             x = stem(x, y)

@@ -35,6 +35,7 @@ class ZeroScaled(nn.Module):
         self.scale = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The wrapped layer's output times the learned per-channel scale (zero at init)."""
         return self.layer(x, y) * self.scale.view(1, -1, 1, 1)
 
 
@@ -63,6 +64,7 @@ class ResBlock(nn.Module):
         self.skip = conv(c_in, c_out, 1, norm=norm, num_classes=num_classes) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (resampled, projected where the channels change) plus the residual branch."""
         h = elu(x)
         if self.resample == "up" and self.factor > 1:
             h = F.interpolate(h, scale_factor=self.factor, mode="nearest")
@@ -84,6 +86,7 @@ class Chain(nn.Module):
         self.layers = nn.ModuleList(modules)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The layers in order, each given the labels ``y``."""
         for layer in self.layers:
             x = layer(x, y)
         return x
@@ -93,6 +96,7 @@ class Act(nn.Module):
     """ELU that accepts (and ignores) labels, to sit inside :class:`Chain`."""
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``elu(x)``; ``y`` is ignored."""
         return elu(x)
 
 
@@ -104,4 +108,5 @@ class Upsample(nn.Module):
         self.factor = factor
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` upsampled by ``factor`` (nearest neighbour); ``y`` is ignored."""
         return F.interpolate(x, scale_factor=self.factor, mode="nearest") if self.factor > 1 else x

@@ -48,6 +48,7 @@ class Conv2d(nn.Conv2d):
             nn.init.uniform_(self.edge_weight, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """As ``nn.Conv2d``, plus the edge term with ``edge_bias``; compiled, the bias is added after the conv."""
         if self.bias is not None and torch.compiler.is_compiling():
             y = self._conv_forward(x, self.weight, None)
             y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)  # autocast: y may be bf16, as eager's would be

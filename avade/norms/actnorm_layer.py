@@ -34,6 +34,7 @@ class ActNormed(nn.Module):
         self.initialized = InitFlag(False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's output normalized per channel; the first training batch sets the bias and scale."""
         h = self.layer(x)
         shape = (1, -1) + (1,) * (h.dim() - 2)
         if self.training and not bool(self.initialized):

@@ -27,4 +27,5 @@ class BatchNormed(nn.Module):
             nn.BatchNorm1d(out, momentum=cfg.momentum)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``BN(layer(x))``; ``y`` is ignored."""
         return self.norm(self.layer(x))

@@ -53,6 +53,7 @@ class ConditionalWeightNorm(nn.Module):
         return direction.unsqueeze(0) * gy.view(*gy.shape, *([1] * (v.dim() - 1)))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer with its normalized weight and the gain and bias of each sample's class (shared without ``y``)."""
         v = self.layer.weight
         direction = v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
         bias = self.layer.bias

@@ -20,4 +20,5 @@ class Plain(nn.Module):
         self.layer = layer
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``layer(x)``; ``y`` is ignored."""
         return self.layer(x)

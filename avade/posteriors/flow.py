@@ -67,6 +67,7 @@ class IAFFlow(nn.Module):
 
     def forward(self, z: torch.Tensor, context: torch.Tensor | None = None, elementwise: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z_T, sum_t log|det|)`` after every step, each conditioned on ``context`` (see :meth:`IAFStep.forward`)."""
         logdet = torch.zeros_like(z) if elementwise else z.new_zeros(z.shape[0])
         for step in self.steps:
             z, ld = step(z, context, elementwise)

@@ -88,6 +88,7 @@ class MaskedConv2d(nn.Module):
         self.initialized.set()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The masked, weight-normalized convolution; with ``init_scale > 0`` the first training batch inits g, b."""
         if self.initialized is not None and self.training and not bool(self.initialized):
             self._data_init(x)
         return F.conv2d(x, self.weight(), self.bias, padding=self.padding)

@@ -89,6 +89,7 @@ class ModelSection:
 
     @property
     def variant(self) -> str:
+        """``options.variant``: which model (``av-ade``, ``v-ade``, ``av-gde``, ``vae`` or ``gan``)."""
         return self.options.variant
 
 
@@ -263,4 +264,5 @@ class Recipe:
 
     @property
     def variant(self) -> str:
+        """``model.options.variant``: which model this recipe trains."""
         return self.model.options.variant

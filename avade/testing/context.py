@@ -38,10 +38,12 @@ class SyntheticEvalContext:
         self._seed = seed
 
     def labels(self, split: str) -> Tensor:
+        """A split's labels, in the order :meth:`real_batches` yields them."""
         return self._real[split][1]
 
     def real_batches(self, split: str, n: int | None = None, batch_size: int = 100
                      ) -> Iterator[tuple[Tensor, Tensor]]:
+        """See :meth:`~avade.metrics.context.EvalContext.real_batches`."""
         images, labels = self._real[split]
         if n is not None:
             keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(n))[:n].sort().values
@@ -50,6 +52,7 @@ class SyntheticEvalContext:
             yield images[i:i + batch_size], labels[i:i + batch_size]
 
     def sample_batches(self, n: int, batch_size: int = 100, labels: Tensor | None = None) -> Iterator[Tensor]:
+        """See :meth:`~avade.metrics.context.EvalContext.sample_batches`: noised real training images stand in."""
         if labels is not None and not self.num_classes:
             raise ValueError("labels given for samples of an unconditional model")
         images, real_labels = self._real["train"]
@@ -66,6 +69,7 @@ class SyntheticEvalContext:
             yield samples[i:i + batch_size]
 
     def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
+        """A fixed made-up BPD, keyed as a run keys it (``bpd``, or ``bpd_iw<k>``)."""
         # keyed as a run's context keys it: "bpd", or "bpd_iw<k>" for the k-sample bound
         if importance_samples == 1:
             return {"bpd": 5.0}

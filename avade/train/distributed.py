@@ -33,10 +33,12 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """More than one process: gradients and statistics are averaged across them."""
         return self.world > 1
 
     @property
     def is_main(self) -> bool:
+        """Rank 0, the process that writes files and prints."""
         return self.rank == 0
 
 

@@ -28,6 +28,7 @@ class MetricsLogger:
                 self._tb = None
 
     def log(self, step: int, values: dict[str, Any]) -> None:
+        """Append ``{"step": step, **values}`` to metrics.jsonl (and TensorBoard); non-finite numbers become null."""
         if not self.enabled:
             return
         with self.path.open("a", encoding="utf-8") as fh:
@@ -38,6 +39,7 @@ class MetricsLogger:
                     self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None

@@ -39,6 +39,7 @@ class TrainProgress:
         return self
 
     def update(self, step: int, logs: dict[str, float]) -> None:
+        """Show ``step`` and the latest ``logs`` (a line at most every ``interval_s`` seconds off a terminal)."""
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=_info(logs))
         elif self.lines:

@@ -33,34 +33,42 @@ class RunDir:
 
     @property
     def recipe(self) -> Path:
+        """``recipe.toml``: the resolved recipe."""
         return self.root / "recipe.toml"
 
     @property
     def metrics(self) -> Path:
+        """``metrics.jsonl``: one JSON object per logged step."""
         return self.root / "metrics.jsonl"
 
     @property
     def summary(self) -> Path:
+        """``summary.json``: the final metrics."""
         return self.root / "summary.json"
 
     @property
     def checkpoints(self) -> Path:
+        """``checkpoints/``: one ``step_XXXXXXXX`` folder per checkpoint."""
         return self.root / "checkpoints"
 
     @property
     def samples(self) -> Path:
+        """``samples/``: sample and reconstruction grids."""
         return self.root / "samples"
 
     @property
     def tensorboard(self) -> Path:
+        """``tb/``: TensorBoard events."""
         return self.root / "tb"
 
     @property
     def eval(self) -> Path:
+        """``eval.json``: the checkpoint evaluated last, its metrics and their settings."""
         return self.root / "eval.json"
 
     @property
     def eval_checkpoints(self) -> Path:
+        """``eval_checkpoints.json``: every checkpoint evaluated, one record each."""
         return self.root / "eval_checkpoints.json"
 
     @property
@@ -69,6 +77,7 @@ class RunDir:
         return self.root / "resumes.jsonl"
 
     def make(self) -> RunDir:
+        """Create the run folder with its checkpoints/ and samples/ (existing ones kept); returns self."""
         for p in (self.root, self.checkpoints, self.samples):
             p.mkdir(parents=True, exist_ok=True)
         return self
