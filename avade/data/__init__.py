@@ -2,7 +2,7 @@
 
 A dataset factory is ``factory(cfg, *, split)`` with ``split`` "train" or "test"; it returns an
 :class:`avade.data.base.ImageDataset` (``shape``, ``num_classes``, ``as_tensors()``). Two datasets need
-no network and no files (DESIGN.md contract 8): ``natural-patches`` and ``digits``.
+no network and no files (the quickstart and the tests run offline): ``natural-patches`` and ``digits``.
 
 Light on import: nothing here imports torch; registrations are lazy "module:attr" strings.
 """

@@ -3,7 +3,7 @@
 A dataset factory is ``Class(cfg, *, split)`` with ``split`` in ``{"train", "test"}``; the result is an
 :class:`ImageDataset`: items are ``(uint8 tensor [C, H, W] in 0..255, int label)`` (label ``-1`` when the
 data is unlabeled). Images stay 8-bit on purpose: dequantization and scaling belong to the model, whose
-log-determinant must account for them (DESIGN.md: BPD is a bound on the 8-bit data).
+log-determinant must account for them (BPD is a bound on the 8-bit data).
 
 All transforms here are deterministic (no random augmentation): the same config gives the same tensors.
 Resizing is bilinear with antialiasing (PIL's ``BILINEAR`` filter, to within one intensity level).

@@ -1,4 +1,4 @@
-"""The one run-directory layout (DESIGN contract 6).
+"""The one run-directory layout (README, Run directory).
 
     <run>/recipe.toml      resolved recipe
     <run>/metrics.jsonl    one JSON object per logged step
@@ -9,6 +9,7 @@
     <run>/tb/              TensorBoard events (when tensorboard is installed)
     <run>/eval.json        ``avade eval``: the checkpoint (step, weights) evaluated last, its metrics and their settings
     <run>/eval_checkpoints.json  every checkpoint evaluated: ``{"records": [...]}``, one per checkpoint and weights
+    <run>/resumes.jsonl    one line per ``--resume`` that changed settings
 """
 
 from __future__ import annotations
