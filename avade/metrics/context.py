@@ -1,7 +1,7 @@
 """What a metric may ask of the evaluation run: real data, model samples, the model's BPD, and places.
 
-The lead's evaluation code implements :class:`EvalContext`; metrics only code against this Protocol, so
-tests can hand them a small fake.
+avade's evaluation (:class:`avade.evaluate.RunContext`) implements :class:`EvalContext`; metrics only code
+against this Protocol, so tests can hand them a small fake (:class:`avade.testing.SyntheticEvalContext`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class EvalContext(Protocol):
         device: where networks (feature extractors, classifiers) run.
         out_dir: existing folder for plots and other files.
         cache_dir: existing folder where reference statistics may be cached.
-        dataset_key: identifies the data (e.g. ``"natural-patches/test/32"``); part of cache keys.
+        dataset_key: identifies the data (e.g. ``"natural-patches/3x32x32/<config hash>"``); part of cache keys.
         num_classes: number of classes, 0 if the data is unlabeled.
         options: eval-wide options, e.g. ``{"inception_weights": "/path/to/file"}`` (may be empty).
 
