@@ -1,0 +1,36 @@
+"""metrics.jsonl as a resume rewrites it (MetricsLogger.truncate)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from avade.train.logger import MetricsLogger
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_truncate_keeps_the_steps_up_to_the_checkpoint_and_drops_what_avade_did_not_write(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    records = [{"step": s, "loss": 1.0 / s} for s in range(1, 6)]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    # a line cut by a crash, a list, a step that is no number, bytes that are no UTF-8: none is avade's line;
+    # the step a string was a TypeError, the bytes a UnicodeDecodeError, and the resume failed
+    path.write_bytes(text.encode() + b'{"step": 2, "lo\n[1, 2]\n{"step": "3", "loss": 0}\n{"step": 1, "x": "\xff"}\n'
+                     + json.dumps({"step": 5, "final/bpd": 4.2}).encode() + b"\n")
+    MetricsLogger.truncate(path, 3)
+    assert _lines(path) == [*records[:3], {"step": 1, "x": "\ufffd"}]
+    MetricsLogger.truncate(path, -1)
+    assert path.read_text() == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left
+
+
+def test_truncate_keeps_the_final_results_as_the_evaluation_of_a_run_that_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 4, "loss": 0.5}) + "\n" + json.dumps({"step": 4, "final/bpd": 4.2}) + "\n")
+    MetricsLogger.truncate(path, 4, final_as_eval=True)
+    assert _lines(path) == [{"step": 4, "loss": 0.5}, {"step": 4, "eval/bpd": 4.2}]
+    MetricsLogger.truncate(path, 4)
+    assert _lines(path) == [{"step": 4, "loss": 0.5}, {"step": 4, "eval/bpd": 4.2}]
