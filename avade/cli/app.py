@@ -88,6 +88,10 @@ class _Group(typer.core.TyperGroup):
         except AvadeError as exc:
             if _DEBUG["on"]:
                 raise
+            from avade.train.distributed import is_main_process
+
+            if getattr(exc, "every_process", False) and not is_main_process():
+                raise typer.Exit(2) from None  # every process of the torchrun job has it: rank 0 says it once
             _fail(str(exc), 2)
         except KeyboardInterrupt:
             _fail("interrupted", 130)

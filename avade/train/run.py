@@ -152,7 +152,8 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
             except BusyError:  # another job trains this variant now: no row of ours, and no next variant
                 raise
             except (TrainingError, ConfigError, DataError) as exc:
-                console.print(f"[red]{escape(variant.name)}:[/] {escape(str(exc))}")
+                if is_main_process() or not getattr(exc, "every_process", False):  # (said once for the job)
+                    console.print(f"[red]{escape(variant.name)}:[/] {escape(str(exc))}")
                 failed.append(variant.name)
                 summary = {"error": str(exc)}
                 if distributed and not getattr(exc, "every_process", False):
@@ -171,8 +172,9 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
                 _record_sweep(out_dir, summaries, every, console, show=False)
         _record_sweep(out_dir, summaries, every, console, show=True)
         if failed:
+            # (under torchrun only variants that failed alike in every process let the sweep get here)
             raise TrainingError(f"{len(failed)} of {len(variants)} sweep variants failed ({', '.join(failed)}); "
-                                f"see {out_dir / 'sweep_summary.json'}")
+                                f"see {out_dir / 'sweep_summary.json'}", every_process=True)
         return summaries
     except BaseException:
         shutdown_distributed(wait=False)

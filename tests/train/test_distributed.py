@@ -562,3 +562,70 @@ def test_processes_sharing_a_gpu_are_found() -> None:
 
     assert shared_gpus([("a", "GPU-1"), ("a", "GPU-2"), ("b", "GPU-1")]) == []  # same UUID on two hosts: fine
     assert shared_gpus([("a", "GPU-1"), ("a", "GPU-1"), ("a", "GPU-2"), ("a", "GPU-1")]) == [[0, 1, 3]]
+
+
+def _cli_worker(rank, port, recipe, out, fail_alone):
+    """``avade recipe run`` as one process of a 2-process job, its output and exit status kept per rank;
+    ``fail_alone``: rank 1 alone meets an unreadable image at its third batch."""
+    _join_job(rank, port)
+    os.environ["AVADE_DIST_TIMEOUT_MIN"] = "0.5"  # a hang must not outlast the test
+    import avade.train.data as data
+    from avade.cli.app import main
+    from avade.errors import DataError
+
+    original = data.BatchStream.batches
+
+    def batches(self, start):
+        for i, batch in enumerate(original(self, start)):
+            if rank == 1 and i == 2:
+                raise DataError("cannot read image /data/broken.png (simulated, on rank 1 only)")
+            yield batch
+
+    if fail_alone:
+        data.BatchStream.batches = batches
+    code = None
+    with open(os.path.join(out, f"output{rank}.txt"), "w") as said:
+        sys.stdout = sys.stderr = said
+        try:
+            main(["recipe", "run", recipe, "--out", os.path.join(out, "run"), "--device", "cpu"])
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    with open(os.path.join(out, f"code{rank}.txt"), "w") as f:
+        f.write(str(code))
+
+
+def _run_cli_job(tmp_path, recipe_dict, fail_alone=False):
+    recipe = tmp_path / "job.toml"
+    recipe.write_text(tomli_w.dumps(recipe_dict))
+
+    def args(attempt):
+        out = tmp_path / f"attempt{attempt}"
+        out.mkdir()
+        return _free_port(), str(recipe), str(out), fail_alone
+
+    _spawn_job(_cli_worker, args)
+    out = max(tmp_path.glob("attempt*"))
+    return ([(out / f"output{r}.txt").read_text() for r in range(WORLD)],
+            [int((out / f"code{r}.txt").read_text()) for r in range(WORLD)])
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_an_error_every_process_raises_is_said_once_for_the_job(tmp_path, sweep):
+    # A divergence is decided from the all-reduced gradient norm: every process stops with the same error,
+    # which rank 0 alone prints (8 GPUs: not 8 copies of it), each process exiting non-zero.
+    recipe = tiny_dict("train.steps=3", "train.checkpoint_every=3", "model.variant=v-ade",
+                       "model.discriminator.name=none", "train.max_bad_steps=1", "train.lr=1e30")
+    if sweep:  # a diverged variant's line, then the sweep's own error
+        recipe["sweep"] = {"grid": {"train.lr": [1e30, 1e31]}}
+    output, codes = _run_cli_job(tmp_path, recipe)
+    assert codes == [2, 2], output
+    assert output[1].strip() == "", output[1]  # rank 1 says nothing: rank 0 said it all
+    lines = [line for line in output[0].splitlines() if "a non-finite step" in line and "│" not in line]
+    if sweep:  # each variant's line, and the sweep's error
+        assert [line.split(":")[0] for line in lines] == ["tiny-lr1e30", "tiny-lr1e31"], output[0]
+        assert output[0].count("error: 2 of 2 sweep variants failed") == 1, output[0]
+    else:
+        assert [line.split(":")[0] for line in lines] == ["error"], output[0]
+
