@@ -104,6 +104,10 @@ class _Group(typer.core.TyperGroup):
         except Exception as exc:
             if _DEBUG["on"] or type(exc).__module__.split(".")[0] in ("typer", "click"):
                 raise
+            from avade.train.distributed import PEER_LOST, lost_peer
+
+            if lost_peer(exc):  # a consequence: the process that failed (or torchrun's report) says why
+                _fail(PEER_LOST, 1)
             from avade.blame import plugin_at_fault
             from avade.registry import DISABLE_ENV
 

@@ -127,6 +127,26 @@ def _refuse_shared_gpus(gpu: int, world: int) -> None:
                           f"GPU (torchrun --nproc_per_node = the GPUs each node has, {torch.cuda.device_count()} here)")
 
 
+# what the collective of a process whose peer left (failed, or was killed) raises: gloo's "Connection closed by
+# peer" / "Connection reset by peer" / "Broken pipe" (a plain RuntimeError), NCCL's "remote process exited" and
+# the like (torch's DistError family)
+_PEER_LOST_MARKS = ("closed by peer", "reset by peer", "broken pipe", "remote process exited",
+                    "this is typically caused by a remote worker crashing")
+PEER_LOST = ("another process of this torchrun job stopped (its own error line, or torchrun's report of its exit "
+             "code, says why); this one stops with it")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process of the job is gone: under torchrun
+    it is a consequence of that process's error (which it reports itself), not an error of its own."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not isinstance(exc, RuntimeError):  # (torch.distributed.DistError is a RuntimeError)
+        return False
+    text = str(exc).lower()
+    return any(mark in text for mark in _PEER_LOST_MARKS)
+
+
 def shutdown_distributed(wait: bool = True) -> None:
     """Leave the job cleanly: wait for every process, then tear the process group down (a process
     that exits while a peer still holds the connection can abort the peer). ``wait=False`` (leaving on

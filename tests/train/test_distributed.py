@@ -629,3 +629,14 @@ def test_an_error_every_process_raises_is_said_once_for_the_job(tmp_path, sweep)
     else:
         assert [line.split(":")[0] for line in lines] == ["error"], output[0]
 
+
+def test_a_process_whose_peer_failed_says_so_in_one_line_not_as_an_internal_error(tmp_path):
+    # Rank 1 alone meets an unreadable image; rank 0, in the step's all-reduce, loses its peer. Its own line
+    # must point at the other process's error, not ask for a bug report about a gloo RuntimeError.
+    recipe = tiny_dict("train.steps=6", "train.checkpoint_every=6", "model.variant=v-ade",
+                       "model.discriminator.name=none")
+    output, codes = _run_cli_job(tmp_path, recipe, fail_alone=True)
+    assert codes[0] != 0 and codes[1] == 2, output
+    assert "error: cannot read image /data/broken.png" in output[1], output[1]
+    assert "internal error" not in output[0], output[0]
+    assert "error: another process of this torchrun job stopped" in output[0], output[0]
