@@ -88,10 +88,10 @@ class _Group(typer.core.TyperGroup):
         except AvadeError as exc:
             if _DEBUG["on"]:
                 raise
-            from avade.train.distributed import is_main_process
+            from avade.train.distributed import said_by_another_process
 
-            if getattr(exc, "every_process", False) and not is_main_process():
-                raise typer.Exit(2) from None  # every process of the torchrun job has it: rank 0 says it once
+            if said_by_another_process(exc):  # under torchrun: said once for the job (or the node), not N times
+                raise typer.Exit(2) from None
             _fail(str(exc), 2)
         except KeyboardInterrupt:
             _fail("interrupted", 130)

@@ -9,9 +9,10 @@ is the same as DDP's (mean of per-rank gradients); NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -19,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from avade.errors import ConfigError
+from avade.errors import AvadeError, ConfigError
 
 
 @attrs.frozen
@@ -125,6 +126,30 @@ def _refuse_shared_gpus(gpu: int, world: int) -> None:
     if groups:
         raise ConfigError(f"processes {', '.join(map(str, groups[0]))} share one GPU; start at most one process per "
                           f"GPU (torchrun --nproc_per_node = the GPUs each node has, {torch.cuda.device_count()} here)")
+
+
+@contextlib.contextmanager
+def alike_on_this_node() -> Iterator[None]:
+    """Marks an avade error raised in the block as one that every process of a torchrun job on this node
+    raises alike: the block depends on the recipe, the files and the environment, nothing of its rank
+    (loading the recipe and the data, building the model, reading the checkpoint). The node's first process
+    (``LOCAL_RANK`` 0) alone prints it (:func:`said_by_another_process`): one line, not one per process."""
+    try:
+        yield
+    except AvadeError as exc:
+        exc.alike_on_node = True  # type: ignore[attr-defined]
+        raise
+
+
+def said_by_another_process(exc: BaseException) -> bool:
+    """Whether, under torchrun, this process leaves ``exc`` for another to print: rank 0 prints an error that
+    every process raised alike (``every_process``: a decision taken from all-reduced values), the node's first
+    process one that every process on the node raised alike (:func:`alike_on_this_node`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if getattr(exc, "every_process", False) and not is_main_process():
+        return True
+    return bool(getattr(exc, "alike_on_node", False)) and int(os.environ.get("LOCAL_RANK", "0")) != 0
 
 
 # what the collective of a process whose peer left (failed, or was killed) raises: gloo's "Connection closed by

@@ -24,7 +24,7 @@ from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.train.checkpoint import list_checkpoints
-from avade.train.distributed import is_main_process, shutdown_distributed
+from avade.train.distributed import alike_on_this_node, is_main_process, shutdown_distributed
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, stop_on_signals
 from avade.train.rundir import RunDir, atomic_write_text, default_run_dir, latest_run_dir, write_json
 
@@ -108,40 +108,45 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
     ``only``: the sweep variants to train, by name or 0-based index (e.g. one per job of a cluster array)."""
     console = console or Console(stderr=True)
     file, out_dir = Path(file), (Path(out_dir) if out_dir is not None else None)  # (str from a notebook too)
-    # A run's own recipe.toml, resumed: read as the avade that wrote it meant it (keys added since then
-    # take the values that rebuild its model, see recipe.load.SAVED_BEFORE).
-    own = resume and out_dir is not None and _same_file(file, RunDir(out_dir).recipe)
-    from avade.train.trainer import naming_missing_plugins
+    # Up to training, everything follows from the recipe, the files and the environment: under torchrun every
+    # process (on a node) fails alike, and one says it.
+    with alike_on_this_node():
+        # A run's own recipe.toml, resumed: read as the avade that wrote it meant it (keys added since then
+        # take the values that rebuild its model, see recipe.load.SAVED_BEFORE).
+        own = resume and out_dir is not None and _same_file(file, RunDir(out_dir).recipe)
+        from avade.train.trainer import naming_missing_plugins
 
-    # resuming a run whose plugin is gone: name the plugin it was trained with
-    trained_with = RunDir(out_dir).checkpoints if resume and out_dir is not None else None
-    with naming_missing_plugins(trained_with):
-        recipe = load_recipe(file, overrides, saved=own)
-    if only and recipe.sweep is None:
-        raise ConfigError(f"--only picks sweep variants, but {file} has no [sweep]")
-    if only and out_dir is None:  # each job would get a directory of its own: their rows would never meet
-        raise ConfigError("--only needs --out: every job of the sweep trains into the same directory, which holds "
-                          "the one sweep_summary")
-    every = expand_sweep(recipe)
-    variants = select_variants(every, only) if only else every
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if out_dir is None and distributed:
-        raise ConfigError("under torchrun pass --out RUN_DIR: every process must write to the same run directory")
-    if out_dir is None:
-        out_dir = latest_run_dir(recipe.name) if resume else None
+        # resuming a run whose plugin is gone: name the plugin it was trained with
+        trained_with = RunDir(out_dir).checkpoints if resume and out_dir is not None else None
+        with naming_missing_plugins(trained_with):
+            recipe = load_recipe(file, overrides, saved=own)
+        if only and recipe.sweep is None:
+            raise ConfigError(f"--only picks sweep variants, but {file} has no [sweep]")
+        if only and out_dir is None:  # each job would get a directory of its own: their rows would never meet
+            raise ConfigError("--only needs --out: every job of the sweep trains into the same directory, which holds "
+                              "the one sweep_summary")
+        every = expand_sweep(recipe)
+        variants = select_variants(every, only) if only else every
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if out_dir is None and distributed:
+            raise ConfigError("under torchrun pass --out RUN_DIR: every process must write to the same run directory")
         if out_dir is None:
-            if resume:
-                raise ConfigError(f"--resume: no earlier run of '{recipe.name}' under runs/; pass --out RUN_DIR")
-            out_dir = default_run_dir(recipe.name)
+            out_dir = latest_run_dir(recipe.name) if resume else None
+            if out_dir is None:
+                if resume:
+                    raise ConfigError(f"--resume: no earlier run of '{recipe.name}' under runs/; pass --out RUN_DIR")
+                out_dir = default_run_dir(recipe.name)
     try:
         if recipe.sweep is None:
             # The model runs once first (likelihood, sampling, critic), as `recipe check` does: a component
             # that fails only when sampling must not fail at the end of training.
-            with naming_missing_plugins(trained_with):  # (a norm is only looked up as the model is built)
+            # (naming_missing_plugins: a norm is only looked up as the model is built)
+            with naming_missing_plugins(trained_with), alike_on_this_node():
                 check_variants(every, data=False, source=str(file))
             return [run_recipe(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)]
         # a later variant's bad config or missing data fails now (resumed: their data, not another dataset)
-        with data_of_trained_model() if resume else contextlib.nullcontext(), naming_missing_plugins(trained_with):
+        with data_of_trained_model() if resume else contextlib.nullcontext(), naming_missing_plugins(trained_with), \
+                alike_on_this_node():
             check_variants(variants, sweep=every)
         _record_plan(out_dir, every, {v.name: _variant_dir(out_dir, recipe.name, v, resume).name for v in every})
         summaries, failed = [], []

@@ -48,6 +48,7 @@ from avade.train.compiling import check_compile_backend, compile_in_place
 from avade.train.data import BatchStream, eval_batches, indexed_batches
 from avade.train.distributed import (
     DistInfo,
+    alike_on_this_node,
     all_gather_bytes,
     all_sum,
     average_gradients,
@@ -249,6 +250,26 @@ class Trainer:
         self.progress = progress
         self.device = resolve_device(device or self.cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
+        # Everything up to the first batch follows from the recipe, the files and the environment alone: under
+        # torchrun every process on a node that fails here fails alike, and the node's first process alone says it.
+        with alike_on_this_node():
+            self._set_up(recipe, resume)
+        if self.step == 0:
+            self._data_init()
+        if self.dist.enabled:
+            self._sync_replicas()
+        # The weight average starts from the initialised (and synced) weights, or continues the checkpoint's.
+        self.ema = self._weight_average()
+        # What train_step calls: the model's methods, or compiled versions of them (train.compile).
+        self.log_likelihood = self.model.bound
+        self.generate = self.model.generate
+        if self.cfg.compile:
+            self._compile()
+        self.autocast = self._autocast()
+
+    def _set_up(self, recipe: Recipe, resume: bool) -> None:
+        """The run directory, data, model, optimizers and (``resume``) the checkpoint's state: nothing
+        that depends on this process's rank (its first batch is read after)."""
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.gpu)
         if self.device.type == "cuda":
@@ -309,18 +330,6 @@ class Trainer:
             self._resume()
         if self.finished is None:
             self._write_recipe(fresh=self.step == 0)  # only now: a refused resume leaves the run as it was
-        if self.step == 0:
-            self._data_init()
-        if self.dist.enabled:
-            self._sync_replicas()
-        # The weight average starts from the initialised (and synced) weights, or continues the checkpoint's.
-        self.ema = self._weight_average()
-        # What train_step calls: the model's methods, or compiled versions of them (train.compile).
-        self.log_likelihood = self.model.bound
-        self.generate = self.model.generate
-        if self.cfg.compile:
-            self._compile()
-        self.autocast = self._autocast()
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """``train.precision = "bf16"``: bfloat16 autocast on CUDA and on CPU (flows stay float32). A CPU

@@ -564,9 +564,10 @@ def test_processes_sharing_a_gpu_are_found() -> None:
     assert shared_gpus([("a", "GPU-1"), ("a", "GPU-1"), ("a", "GPU-2"), ("a", "GPU-1")]) == [[0, 1, 3]]
 
 
-def _cli_worker(rank, port, recipe, out, fail_alone):
+def _cli_worker(rank, port, recipe, out, fail_alone, options=None):
     """``avade recipe run`` as one process of a 2-process job, its output and exit status kept per rank;
-    ``fail_alone``: rank 1 alone meets an unreadable image at its third batch."""
+    ``fail_alone``: rank 1 alone meets an unreadable image at its third batch; ``options``: the command's
+    options (default: --out and --device cpu)."""
     _join_job(rank, port)
     os.environ["AVADE_DIST_TIMEOUT_MIN"] = "0.5"  # a hang must not outlast the test
     import avade.train.data as data
@@ -587,7 +588,9 @@ def _cli_worker(rank, port, recipe, out, fail_alone):
     with open(os.path.join(out, f"output{rank}.txt"), "w") as said:
         sys.stdout = sys.stderr = said
         try:
-            main(["recipe", "run", recipe, "--out", os.path.join(out, "run"), "--device", "cpu"])
+            if options is None:
+                options = ["--out", os.path.join(out, "run"), "--device", "cpu"]
+            main(["recipe", "run", recipe, *options])
         except SystemExit as exc:
             code = exc.code
         finally:
@@ -596,14 +599,14 @@ def _cli_worker(rank, port, recipe, out, fail_alone):
         f.write(str(code))
 
 
-def _run_cli_job(tmp_path, recipe_dict, fail_alone=False):
+def _run_cli_job(tmp_path, recipe_dict, fail_alone=False, options=None):
     recipe = tmp_path / "job.toml"
     recipe.write_text(tomli_w.dumps(recipe_dict))
 
     def args(attempt):
         out = tmp_path / f"attempt{attempt}"
         out.mkdir()
-        return _free_port(), str(recipe), str(out), fail_alone
+        return _free_port(), str(recipe), str(out), fail_alone, options
 
     _spawn_job(_cli_worker, args)
     out = max(tmp_path.glob("attempt*"))
@@ -640,3 +643,24 @@ def test_a_process_whose_peer_failed_says_so_in_one_line_not_as_an_internal_erro
     assert "error: cannot read image /data/broken.png" in output[1], output[1]
     assert "internal error" not in output[0], output[0]
     assert "error: another process of this torchrun job stopped" in output[0], output[0]
+
+
+@pytest.mark.parametrize("case", ["no --out", "missing dataset", "bad recipe key"])
+def test_an_error_every_process_on_a_node_meets_before_training_is_said_once(tmp_path, case):
+    # Recipe, data and checkpoint are the same files for every process on the node: the node's first process
+    # alone prints what is wrong with them (8 GPUs: one line, not 8).
+    recipe = tiny_dict("train.steps=2", "model.variant=v-ade", "model.discriminator.name=none")
+    options = None
+    if case == "no --out":
+        options = ["--device", "cpu"]
+        expected = "error: under torchrun pass --out RUN_DIR"
+    elif case == "missing dataset":
+        recipe["data"] = {"name": "cifar10", "root": str(tmp_path / "nothing"), "batch_size": 8}
+        expected = "error: dataset 'cifar10' not found"
+    else:
+        recipe["train"]["stepz"] = 3
+        expected = "train.stepz"
+    output, codes = _run_cli_job(tmp_path, recipe, options=options)
+    assert codes == [2, 2], output
+    assert expected in output[0] and output[0].count("error:") == 1, output[0]
+    assert output[1].strip() == "", output[1]
