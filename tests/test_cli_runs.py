@@ -1511,3 +1511,23 @@ def test_where_the_file_system_takes_no_locks_work_goes_on_unlocked(tmp_path: Pa
         with held_alone(tmp_path / "a" / ".train.lock", "busy"), locked(tmp_path / "a" / ".x.lock"):
             pass
     assert any("takes no locks" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_ctrl_c_under_torchrun_is_said_once_for_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         rank: str) -> None:
+    # A terminal's Ctrl-C reaches every process of the job (and torchrun passes it on again): rank 0 alone
+    # says so, every process exits 130.
+    import avade.train.run as run_module
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "run_recipe_file", interrupted)
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(TINY))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 130, out
+    assert out.count("interrupted") == (1 if rank == "0" else 0), out

@@ -94,6 +94,10 @@ class _Group(typer.core.TyperGroup):
                 raise typer.Exit(2) from None
             _fail(str(exc), 2)
         except KeyboardInterrupt:
+            from avade.train.distributed import is_main_process
+
+            if not is_main_process():  # Ctrl-C reaches every process of a torchrun job (and torchrun passes it
+                raise typer.Exit(130) from None  # on again): rank 0 says it once for the job
             _fail("interrupted", 130)
         except OSError as exc:  # a path that cannot be read or written: the environment, not avade
             if _DEBUG["on"]:
