@@ -521,8 +521,9 @@ class Trainer:
         world = state.get("world", 1)
         if world != self.dist.world:
             notes.append(f"checkpoint written by {world} process(es), resumed with {self.dist.world}: the same "
-                         f"global batch (data.batch_size), but the data order and noise differ from an "
-                         "uninterrupted run's from here on")
+                         f"global batches (data.batch_size) in the same order, but split over another number of "
+                         "processes, so the noise (dequantization, latents) and the per-process batch statistics "
+                         "differ from an uninterrupted run's from here on")
         self.bad_steps = int(state.get("bad_steps", 0))
         untrained = state.get("bpd_untrained")
         self.bpd_untrained = float(untrained) if isinstance(untrained, int | float) else None

@@ -664,3 +664,17 @@ def test_an_error_every_process_on_a_node_meets_before_training_is_said_once(tmp
     assert codes == [2, 2], output
     assert expected in output[0] and output[0].count("error:") == 1, output[0]
     assert output[1].strip() == "", output[1]
+
+
+def test_the_global_batches_are_the_same_for_any_number_of_processes():
+    # What a resume with another world size keeps (its note says so): batch `step` of the job is the same
+    # images, in the same order, the processes' shares side by side.
+    from avade.train.data import BatchStream
+
+    data = torch.utils.data.TensorDataset(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1),
+                                          torch.zeros(40, dtype=torch.int64))
+    one = BatchStream(data, 8, seed=3)
+    for world in (2, 4):
+        shares = [BatchStream(data, 8, seed=3, rank=r, world=world) for r in range(world)]
+        for step in (0, 4, 5, 13):  # across epochs (5 batches each)
+            assert torch.equal(torch.cat([s.indices(step) for s in shares]), one.indices(step))
