@@ -1531,3 +1531,29 @@ def test_ctrl_c_under_torchrun_is_said_once_for_the_job(tmp_path: Path, monkeypa
     result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
     assert result.exit_code == 130, out
     assert out.count("interrupted") == (1 if rank == "0" else 0), out
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_a_collective_timing_out_under_torchrun_names_the_timeout_setting(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          world: str) -> None:
+    # gloo's own words when the other processes kept this one waiting past the process group's timeout (rank 0
+    # computing FID alone, say): not an internal error of avade's, but the setting to raise.
+    import avade.train.run as run_module
+
+    def timed_out(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:129] Timed "
+                           "out waiting 1799ms for send operation to complete")
+
+    monkeypatch.setattr(run_module, "run_recipe_file", timed_out)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("AVADE_DIST_TIMEOUT_MIN", "0.03")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(TINY))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 1, out
+    if world == "2":
+        assert "AVADE_DIST_TIMEOUT_MIN = 0.03 minutes" in out and "internal error" not in out, out
+    else:  # no torchrun job: whatever raised it, it is no collective of avade's
+        assert "internal error" in out, out

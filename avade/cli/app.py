@@ -108,10 +108,11 @@ class _Group(typer.core.TyperGroup):
         except Exception as exc:
             if _DEBUG["on"] or type(exc).__module__.split(".")[0] in ("typer", "click"):
                 raise
-            from avade.train.distributed import PEER_LOST, lost_peer
+            from avade.train.distributed import job_failure
 
-            if lost_peer(exc):  # a consequence: the process that failed (or torchrun's report) says why
-                _fail(PEER_LOST, 1)
+            failure = job_failure(exc)  # another process's failure (it says why), or a collective timed out
+            if failure is not None:
+                _fail(failure, 1)
             from avade.blame import plugin_at_fault
             from avade.registry import DISABLE_ENV
 

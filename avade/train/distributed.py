@@ -161,15 +161,23 @@ PEER_LOST = ("another process of this torchrun job stopped (its own error line, 
              "code, says why); this one stops with it")
 
 
-def lost_peer(exc: BaseException) -> bool:
-    """Whether ``exc`` is a collective failing because another process of the job is gone: under torchrun
-    it is a consequence of that process's error (which it reports itself), not an error of its own."""
+def job_failure(exc: BaseException) -> str | None:
+    """The one-line error for ``exc`` when, under torchrun, it is a collective that failed because of the other
+    processes, not of this one: a process that is gone (a consequence of its own error, which it reports) or
+    one that kept this one waiting past the collective timeout. None for anything else."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
+        return None
     if not isinstance(exc, RuntimeError):  # (torch.distributed.DistError is a RuntimeError)
-        return False
+        return None
     text = str(exc).lower()
-    return any(mark in text for mark in _PEER_LOST_MARKS)
+    if any(mark in text for mark in _PEER_LOST_MARKS):
+        return PEER_LOST
+    if "timed out" in text or "timeout" in text:
+        shown = os.environ.get(TIMEOUT_ENV, "").strip() or f"{DEFAULT_TIMEOUT_MIN:g}"
+        return (f"waited {TIMEOUT_ENV} = {shown} minutes for the other processes of this torchrun job in a "
+                f"collective: one is stuck, or slower than that (rank 0 computes the sample metrics alone: raise "
+                f"{TIMEOUT_ENV} if they take longer)")
+    return None
 
 
 def shutdown_distributed(wait: bool = True) -> None:
