@@ -24,7 +24,12 @@ from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.train.checkpoint import list_checkpoints
-from avade.train.distributed import alike_on_this_node, is_main_process, shutdown_distributed
+from avade.train.distributed import (
+    alike_on_this_node,
+    is_main_process,
+    said_by_another_process,
+    shutdown_distributed,
+)
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, stop_on_signals
 from avade.train.rundir import RunDir, atomic_write_text, default_run_dir, latest_run_dir, write_json
 
@@ -157,7 +162,8 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
             except BusyError:  # another job trains this variant now: no row of ours, and no next variant
                 raise
             except (TrainingError, ConfigError, DataError) as exc:
-                if is_main_process() or not getattr(exc, "every_process", False):  # (said once for the job)
+                said_elsewhere = said_by_another_process(exc)  # under torchrun: said once for the job (or node)
+                if not said_elsewhere:
                     console.print(f"[red]{escape(variant.name)}:[/] {escape(str(exc))}")
                 failed.append(variant.name)
                 summary = {"error": str(exc)}
@@ -168,8 +174,10 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
                     # recorded. (A divergence, decided alike by every process, lets the sweep go on.)
                     summaries.append({"name": variant.name, **variant.overrides, **summary})
                     _record_sweep(out_dir, summaries, every, console, show=False)
-                    console.print("under torchrun a variant that fails in one process stops the sweep: fix it "
-                                  "and rerun with --resume (finished variants are kept), or leave it out with --only")
+                    if not said_elsewhere:
+                        console.print("under torchrun a variant that fails in one process stops the sweep: fix it "
+                                      "and rerun with --resume (finished variants are kept), or leave it out with "
+                                      "--only")
                     raise
                 # one diverged (or unbuildable) variant must not cost the others (an lr sweep)
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})

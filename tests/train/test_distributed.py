@@ -678,3 +678,15 @@ def test_the_global_batches_are_the_same_for_any_number_of_processes():
         shares = [BatchStream(data, 8, seed=3, rank=r, world=world) for r in range(world)]
         for step in (0, 4, 5, 13):  # across epochs (5 batches each)
             assert torch.equal(torch.cat([s.indices(step) for s in shares]), one.indices(step))
+
+
+def test_a_sweep_variant_every_process_fails_to_set_up_is_said_once(tmp_path):
+    # A global batch that does not divide by the processes: every process refuses the variant alike, as it
+    # sets up; the sweep stops there (a failure before training is not known to be the whole job's), said once.
+    recipe = tiny_dict("train.steps=2", "model.variant=v-ade", "model.discriminator.name=none")
+    recipe["sweep"] = {"grid": {"data.batch_size": [7, 8]}}
+    output, codes = _run_cli_job(tmp_path, recipe)
+    assert codes == [2, 2], output
+    assert output[1].strip() == "", output[1]
+    assert output[0].count("not divisible by the 2 processes") == 2, output[0]  # the variant's line, the error
+    assert output[0].count("under torchrun a variant that fails in one process stops the sweep") == 1, output[0]
