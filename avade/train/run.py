@@ -278,6 +278,11 @@ def check_variants(variants: Sequence[Any], *, sweep: Sequence[Any] | None = Non
             ran &= check_model(variant.recipe, seen=checked)
         except ConfigError as exc:
             raise ConfigError(where + exc.detail, path=exc.path, source=source or variant.recipe.source) from None
+        world, batch = int(os.environ.get("WORLD_SIZE", "1")), variant.recipe.data.options.batch_size
+        if batch % world:  # (a torchrun job: each process takes an equal share of the global batch)
+            raise ConfigError(f"{where}batch size {batch} is not divisible by the {world} processes of this torchrun "
+                              f"job; make data.batch_size (the job's global batch) a multiple of {world}",
+                              path="data.batch_size", source=source or variant.recipe.source)
         if not data:
             continue
         options = variant.recipe.data

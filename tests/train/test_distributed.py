@@ -681,12 +681,24 @@ def test_the_global_batches_are_the_same_for_any_number_of_processes():
 
 
 def test_a_sweep_variant_every_process_fails_to_set_up_is_said_once(tmp_path):
-    # A global batch that does not divide by the processes: every process refuses the variant alike, as it
-    # sets up; the sweep stops there (a failure before training is not known to be the whole job's), said once.
+    # A training split smaller than one batch: every process refuses the variant alike, as it sets up; the
+    # sweep stops there (a failure before training is not known to be the whole job's), said once.
     recipe = tiny_dict("train.steps=2", "model.variant=v-ade", "model.discriminator.name=none")
-    recipe["sweep"] = {"grid": {"data.batch_size": [7, 8]}}
+    recipe["sweep"] = {"grid": {"data.size": [4, 64]}}
     output, codes = _run_cli_job(tmp_path, recipe)
     assert codes == [2, 2], output
     assert output[1].strip() == "", output[1]
-    assert output[0].count("not divisible by the 2 processes") == 2, output[0]  # the variant's line, the error
+    assert output[0].count("fewer than one batch") == 2, output[0]  # the variant's line, the error
     assert output[0].count("under torchrun a variant that fails in one process stops the sweep") == 1, output[0]
+
+
+def test_a_sweep_variant_whose_batch_does_not_divide_by_the_processes_fails_before_any_trains(tmp_path):
+    recipe = tiny_dict("train.steps=2", "model.variant=v-ade", "model.discriminator.name=none")
+    recipe["sweep"] = {"grid": {"data.batch_size": [8, 6, 7]}}
+    output, codes = _run_cli_job(tmp_path, recipe)
+    assert codes == [2, 2], output
+    assert output[1].strip() == "", output[1]
+    assert "sweep variant 2 (tiny-batch_size7): batch size 7 is not divisible by the 2 processes" in output[0]
+    assert output[0].count("error:") == 1, output[0]
+    run = max(tmp_path.glob("attempt*")) / "run"
+    assert not (run / "tiny-batch_size8").exists(), "a variant trained before the sweep failed"
