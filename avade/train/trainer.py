@@ -84,6 +84,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def load_datasets_on_node(recipe: Recipe, info: DistInfo) -> tuple[Any, Any]:
+    """:func:`load_datasets` for a torchrun job. With ``data.download = true`` the node's first process
+    (``LOCAL_RANK`` 0) loads first, fetching what is missing, while the others wait: every process downloading
+    and unpacking into the same folder at once would read each other's half-written files."""
+    ref = recipe.data.dataset
+    if not info.enabled or ref is None or not getattr(ref.config, "download", False):
+        return load_datasets(recipe)
+    import torch.distributed as dist
+
+    first = info.local_rank == 0
+    sets = load_datasets(recipe) if first else None
+    dist.barrier()  # (a first process that failed leaves the job: the others' barrier fails with it)
+    return sets if sets is not None else load_datasets(recipe)
+
+
 def load_datasets(recipe: Recipe, train: bool = True, test: bool = True) -> tuple[Any, Any]:
     """(train, test) datasets of a recipe, at its ``data.n_bits``; a split not asked for is None (evaluating
     on the test split needs no training data)."""
@@ -286,7 +301,7 @@ class Trainer:
             check_compile_backend(self.cfg.compile_backend)
         seed_everything(self.cfg.seed + self.dist.rank)
         with data_of_trained_model() if resume else contextlib.nullcontext():
-            self.train_set, self.test_set = load_datasets(recipe)
+            self.train_set, self.test_set = load_datasets_on_node(recipe, self.dist)
         # recorded in checkpoints: a conditional model is then sampled with the data's balance without the data
         self.class_counts = class_counts(self.train_set)
         self.model: GenerativeModel = build_model(recipe, self.train_set.shape, self.train_set.num_classes)

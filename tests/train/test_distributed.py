@@ -702,3 +702,36 @@ def test_a_sweep_variant_whose_batch_does_not_divide_by_the_processes_fails_befo
     assert output[0].count("error:") == 1, output[0]
     run = max(tmp_path.glob("attempt*")) / "run"
     assert not (run / "tiny-batch_size8").exists(), "a variant trained before the sweep failed"
+
+
+def _download_worker(rank, store, out, download):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        import time
+
+        import avade.train.trainer as trainer_module
+
+        def loading(recipe):  # records when this process read (or fetched) the data
+            begin = time.monotonic()
+            time.sleep(1.0 if rank == 0 else 0.0)
+            with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+                json.dump([begin, time.monotonic()], f)
+            return "train", "test"
+
+        trainer_module.load_datasets = loading
+        recipe = tiny_recipe("data.name=digits", f"data.download={'true' if download else 'false'}")
+        assert trainer_module.load_datasets_on_node(recipe, DistInfo(rank, WORLD, rank)) == ("train", "test")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_with_data_download_the_nodes_first_process_fetches_before_the_others_read(tmp_path, download):
+    # Every process downloading and unpacking into the same folder at once would read half-written files.
+    _spawn_job(_download_worker, lambda attempt: (str(tmp_path / f"store{attempt}"), str(tmp_path), download))
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    if download:
+        assert second[0] >= first[1], "rank 1 read the data while rank 0 was still fetching it"
+    else:  # nothing to fetch: no waiting
+        assert second[0] < first[1]
