@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from avade.train.rundir import RunDir, atomic_write_text, json_safe
+from avade.atomic_files import replaced_atomically
+from avade.train.rundir import RunDir, json_safe
 
 
 class MetricsLogger:
@@ -52,18 +53,26 @@ class MetricsLogger:
         logged at ``step`` are that evaluation (the same metrics of the same weights), kept as ``eval/``."""
         if not path.exists():
             return
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    continue
-                final = [k for k in record if str(k).startswith("final/")]
-                if record.get("step", 0) <= step and not final:
-                    keep.append(line)
-                elif final_as_eval and record.get("step") == step and len(final) == len(record) - 1:
-                    keep.append(json.dumps({"step": step, **{f"eval/{k.removeprefix('final/')}": record[k]
-                                                            for k in final}}))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-        atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+        # streamed line by line: a long run's log (log_every = 1 over days) need not fit in memory
+        with replaced_atomically(path) as tmp, path.open(encoding="utf-8", errors="replace") as src, \
+                tmp.open("w", encoding="utf-8") as out:
+            for line in src:
+                kept = _kept_line(line.rstrip("\n"), step, final_as_eval)
+                if kept is not None:
+                    out.write(f"{kept}\n")
+
+
+def _kept_line(line: str, step: int, final_as_eval: bool) -> str | None:
+    """What :meth:`MetricsLogger.truncate` keeps of one metrics.jsonl line (None: drop it)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None  # a line cut by a crash
+    if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+        return None  # (not a line avade wrote)
+    final = [k for k in record if str(k).startswith("final/")]
+    if record.get("step", 0) <= step and not final:
+        return line
+    if final_as_eval and record.get("step") == step and len(final) == len(record) - 1:
+        return json.dumps({"step": step, **{f"eval/{k.removeprefix('final/')}": record[k] for k in final}})
+    return None

@@ -466,18 +466,10 @@ def test_a_job_is_spawned_again_only_after_a_rendezvous_race(tmp_path):
         _spawn_job(_racy_worker, lambda attempt: ("broken", str(tmp_path)))
 
 
-def _sweep_rank_fails_alone_worker(rank, port, recipe, out, alone=True):
-    """A 2-variant sweep in which rank 1 alone meets an unreadable image in the first variant (``alone``;
-    else nothing is patched); each rank writes how its run ended to ``out/rank<r>.txt``."""
-    _join_job(rank, port)
-    os.environ["AVADE_DIST_TIMEOUT_MIN"] = "0.5"  # a hang must not outlast the test
-    from pathlib import Path
-
-    from rich.console import Console
-
+def _break_rank_1s_third_batch(rank: int) -> None:
+    """In this (spawned) process: rank 1 alone meets an unreadable image at its third batch."""
     import avade.train.data as data
     from avade.errors import DataError
-    from avade.train.run import run_recipe_file
 
     original = data.BatchStream.batches
 
@@ -487,8 +479,22 @@ def _sweep_rank_fails_alone_worker(rank, port, recipe, out, alone=True):
                 raise DataError("cannot read image /data/broken.png (simulated, on rank 1 only)")
             yield batch
 
+    data.BatchStream.batches = batches
+
+
+def _sweep_rank_fails_alone_worker(rank, port, recipe, out, alone=True):
+    """A 2-variant sweep in which rank 1 alone meets an unreadable image in the first variant (``alone``;
+    else nothing is patched); each rank writes how its run ended to ``out/rank<r>.txt``."""
+    _join_job(rank, port)
+    os.environ["AVADE_DIST_TIMEOUT_MIN"] = "0.5"  # a hang must not outlast the test
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from avade.train.run import run_recipe_file
+
     if alone:
-        data.BatchStream.batches = batches
+        _break_rank_1s_third_batch(rank)
     try:
         run_recipe_file(Path(recipe), [], out_dir=Path(out) / "run", device="cpu", console=Console(stderr=True),
                         progress=False)
@@ -570,20 +576,10 @@ def _cli_worker(rank, port, recipe, out, fail_alone, options=None):
     options (default: --out and --device cpu)."""
     _join_job(rank, port)
     os.environ["AVADE_DIST_TIMEOUT_MIN"] = "0.5"  # a hang must not outlast the test
-    import avade.train.data as data
     from avade.cli.app import main
-    from avade.errors import DataError
-
-    original = data.BatchStream.batches
-
-    def batches(self, start):
-        for i, batch in enumerate(original(self, start)):
-            if rank == 1 and i == 2:
-                raise DataError("cannot read image /data/broken.png (simulated, on rank 1 only)")
-            yield batch
 
     if fail_alone:
-        data.BatchStream.batches = batches
+        _break_rank_1s_third_batch(rank)
     code = None
     with open(os.path.join(out, f"output{rank}.txt"), "w") as said:
         sys.stdout = sys.stderr = said
