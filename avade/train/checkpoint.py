@@ -405,6 +405,9 @@ def read_checkpoint(path: Path, need_average: bool = True, training_state: bool 
     if named >= 0 and step != named:  # a resume would go on from the one step with the other's weights
         raise CheckpointError(f"checkpoint {path} is corrupt: its state.json is of step {step}, not {named} (a file "
                               f"copied from another checkpoint?); {fallback_hint(path)}")
+    wrong = _wrong_state_field(state)
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json's {wrong}; {fallback_hint(path)}")
     recipe = state.get("recipe")
     train = recipe.get("train") if isinstance(recipe, dict) else None
     if need_average and isinstance(train, dict) and train.get("ema_decay") and "ema" not in files:
@@ -422,6 +425,28 @@ def read_checkpoint(path: Path, need_average: bool = True, training_state: bool 
             raise CheckpointError(f"checkpoint {path} is corrupt: {f.name} cannot be read ({detail}); "
                                   f"{fallback_hint(path)}") from None
     return {"state": state, **tensors}
+
+
+def _count(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _wrong_state_field(state: dict[str, Any]) -> str:
+    """What is wrong with the state.json fields a model is rebuilt or a run resumed by (absent ones are
+    fine: older checkpoints lack them), as "data_shape is 'abc', not ..."; "" when nothing is."""
+    shape, classes, counts = state.get("data_shape"), state.get("num_classes"), state.get("class_counts")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(_count(s, 1) for s in shape)):
+        return f"data_shape is {shape!r:.60}, not an image shape [C, H, W]"
+    if classes is not None and not _count(classes):
+        return f"num_classes is {classes!r:.60}, not a count of classes"
+    if counts is not None and not (isinstance(counts, list) and all(_count(c) for c in counts)
+                                   and (classes is None or len(counts) == classes)):
+        return (f"class_counts is {counts!r:.60}, not a count of images per class"
+                + (f" ({classes} classes)" if classes is not None else ""))
+    for key, least in (("bad_steps", 0), ("world", 1)):
+        if key in state and not _count(state[key], least):
+            return f"{key} is {state[key]!r:.60}, not a count"
+    return ""
 
 
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -160,6 +160,24 @@ def test_corrupt_checkpoint_is_refused(tmp_path, damage):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+def test_state_fields_of_the_wrong_type_are_refused_as_corrupt(tmp_path):
+    # a tampered state.json: evaluation rebuilt the model from data_shape / num_classes and a resume read
+    # bad_steps with int() -- internal errors (ValueError, TypeError), or a model of -3 classes
+    Trainer(tiny_recipe("train.steps=2", "train.checkpoint_every=1"), tmp_path, progress=False).fit()
+    path = tmp_path / "checkpoints" / "step_00000002"
+    state = json.loads((path / "state.json").read_text())
+    ckpt.read_checkpoint(path)  # as written: fine
+    for key, value in [("data_shape", "abc"), ("data_shape", 5), ("data_shape", [3, "8", {"a": 1}]),
+                       ("data_shape", [3, 0, 8]), ("num_classes", "x"), ("num_classes", -3), ("num_classes", True),
+                       ("class_counts", "x"), ("class_counts", [1, 2]), ("bad_steps", "x"), ("world", 0)]:
+        (path / "state.json").write_text(json.dumps({**state, key: value}))
+        with pytest.raises(CheckpointError, match=rf"is corrupt: state\.json's {key} is .*; delete step_00000002"):
+            ckpt.read_checkpoint(path, training_state=False)
+    for key in ("data_shape", "num_classes", "class_counts", "bad_steps", "world"):  # older checkpoints lack them
+        (path / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != key}))
+        ckpt.read_checkpoint(path)
+
+
 def test_an_optimizer_file_from_another_model_is_refused_before_anything_is_rewritten(tmp_path):
     # torch's load_state_dict counts parameters but not their shapes: the first step would fail inside
     # the update (an internal error, after recipe.toml and metrics.jsonl were rewritten)
