@@ -407,6 +407,13 @@ class Trainer:
         if existing and not resume:
             raise CheckpointError(f"run directory {self.run.root} already holds checkpoints; continue it with "
                                   "--resume or choose another --out")
+        done = self._read_summary() if not existing and not resume and self.run.summary.is_file() else {}
+        if isinstance(done.get("steps"), int) and done["steps"] > 0 and "error" not in done:
+            # a finished run whose checkpoints were deleted (disk space): a fresh start would replace its
+            # metrics.jsonl and summary.json (as --resume refuses to, see _resume)
+            raise CheckpointError(f"run directory {self.run.root} holds a finished run (summary.json: step "
+                                  f"{done['steps']}, no checkpoint left), whose results a new run would replace; they "
+                                  "stay as they are: train this recipe under another --out")
         step = ckpt.checkpoint_step(existing[-1]) if existing else 0
         if resume and step > self.cfg.steps:  # checked before anything in the run directory is rewritten
             ckpt.read_checkpoint(existing[-1])  # one cut short (an interrupted copy) is named as such

@@ -444,6 +444,10 @@ def test_a_finished_run_whose_checkpoints_were_deleted_is_kept_on_resume(tmp_pat
     with pytest.raises(CheckpointError, match=r"finished at step 2 .* no checkpoint left .* train.steps = 4"):
         Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    # ... and without --resume neither (a fresh start replaced its metrics.jsonl and summary.json)
+    with pytest.raises(CheckpointError, match=r"holds a finished run \(summary.json: step 2, no checkpoint left\)"):
+        Trainer(recipe, tmp_path, progress=False)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
 def test_a_finished_run_without_checkpoints_is_not_taken_for_another_models(tmp_path):
