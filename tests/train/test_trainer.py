@@ -430,6 +430,18 @@ def test_fresh_start_in_a_run_dir_without_checkpoints_drops_stale_metrics(tmp_pa
     assert 7 not in steps and steps[0] == 1
 
 
+def test_a_resume_drops_metrics_lines_avade_did_not_write(tmp_path):
+    # bytes that are not UTF-8 and a record whose step is not a number were internal errors (UnicodeDecodeError,
+    # TypeError) of --resume, after the checkpoint was read
+    from avade.train.logger import MetricsLogger
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1, "loss": 1.0}\n\xff\xfe garbage\n{"step": "a"}\n{"step": null}\n[1, 2]\n'
+                     b'{"step": 2, "loss": 0.5}\n{"step": 3, "loss": 0.2}\n')
+    MetricsLogger.truncate(path, 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
 def test_a_finished_run_whose_checkpoints_were_deleted_is_kept_on_resume(tmp_path):
     """--resume (a requeue script, a resumed sweep) of a finished run whose checkpoints were deleted for disk
     space: at its train.steps it is done, as it was; beyond, an error. Never a fresh start over its results."""
