@@ -272,3 +272,17 @@ def test_cli_recipe_check_fails_in_one_line(folder: Path, path: str, value: Any)
         assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     else:
         assert result.stdout.startswith("ok: ")
+
+
+@pytest.mark.parametrize("text", ["x = " + "[" * 2000 + "]" * 2000, "x = " + "{a = " * 400 + "1" + "}" * 400,
+                                  "[" + ".".join(["a"] * 3000) + "]", "x = " + "[" * 70 + "]" * 70])
+def test_deeply_nested_recipe_is_one_config_error(tmp_path: Path, text: str) -> None:
+    # tomllib (arrays, inline tables) and extends' merge (dotted tables) recurse: a RecursionError was an
+    # internal error
+    path = tmp_path / "deep.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"deep.toml: tables or arrays nested more than 64 deep"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match=r"--set train.betas: its value nests .* more than 64 deep"):
+        (tmp_path / "ok.toml").write_text(tomli_w.dumps(BASE))
+        load_recipe(tmp_path / "ok.toml", ["train.betas=" + "[" * 2000 + "]" * 2000])

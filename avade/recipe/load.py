@@ -85,9 +85,30 @@ def read_toml(path: Path, display: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read recipe {display}: {exc.strerror or exc} (check the path and its "
                           "permissions)") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}", source=display) from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        data = None
+    if data is None or _depth(data) > MAX_DEPTH:  # (merging and validating recurse too)
+        raise ConfigError(f"tables or arrays nested more than {MAX_DEPTH} deep; no recipe nests so deep: check the "
+                          "file", source=display)
+    return data
+
+
+MAX_DEPTH = 64  # of tables and arrays in a recipe file (recipes nest a handful)
+
+
+def _depth(node: Any) -> int:
+    """How deep tables and arrays nest in ``node`` (counted without recursion)."""
+    deepest, stack = 0, [(node, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_DEPTH:
+            children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def _record(data: Mapping[str, Any], source: str, origins: Origins, prefix: tuple[str, ...] = ()) -> None:
@@ -182,6 +203,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
+    except RecursionError:
+        parsed = None
+    if parsed is None or _depth(parsed) > MAX_DEPTH:
+        raise ConfigError(f"--set {key}: its value nests arrays or tables more than {MAX_DEPTH} deep; no recipe key "
+                          "takes such a value")
     return key, parsed
 
 
