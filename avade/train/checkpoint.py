@@ -279,7 +279,7 @@ def _saved_as_milestone(path: Path) -> bool:
     state.json's recipe): kept for good, as that setting promised, when a resume changes or drops it."""
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     recipe = state.get("recipe") if isinstance(state, dict) else None
     train = recipe.get("train") if isinstance(recipe, dict) else None
@@ -386,7 +386,7 @@ def read_checkpoint(path: Path, need_average: bool = True, training_state: bool 
         files["ema"] = path / "ema.safetensors"
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt: state.json is not valid JSON ({exc}); "
                               f"{fallback_hint(path)}") from None
     if not isinstance(state, dict):

@@ -66,8 +66,8 @@ def _kept_line(line: str, step: int, final_as_eval: bool) -> str | None:
     """What :meth:`MetricsLogger.truncate` keeps of one metrics.jsonl line (None: drop it)."""
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
-        return None  # a line cut by a crash
+    except (json.JSONDecodeError, RecursionError):
+        return None  # a line cut by a crash (or nested thousands deep: not one avade wrote)
     if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
         return None  # (not a line avade wrote)
     final = [k for k in record if str(k).startswith("final/")]

@@ -311,7 +311,7 @@ def _with_earlier_rows(out_dir: Path, rows: list[dict[str, Any]], every: Sequenc
         earlier = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         earlier = []
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         if console is not None:
             console.print(f"[yellow]warning:[/] {escape(str(path))} is unreadable ({escape(str(exc))}); its rows are "
                           "rebuilt from the variants' summary.json")
@@ -329,7 +329,7 @@ def _with_earlier_rows(out_dir: Path, rows: list[dict[str, Any]], every: Sequenc
             continue
         try:
             summary = json.loads((out_dir / v.name / "summary.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         if isinstance(summary, dict):
             kept.append({"name": v.name, **v.overrides, **summary})

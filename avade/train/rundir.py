@@ -113,7 +113,7 @@ def write_json(path: Path, data: Any) -> None:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (json recurses: arrays nested thousands deep)
         return None
 
 

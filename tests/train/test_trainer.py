@@ -173,6 +173,9 @@ def test_state_fields_of_the_wrong_type_are_refused_as_corrupt(tmp_path):
         (path / "state.json").write_text(json.dumps({**state, key: value}))
         with pytest.raises(CheckpointError, match=rf"is corrupt: state\.json's {key} is .*; delete step_00000002"):
             ckpt.read_checkpoint(path, training_state=False)
+    (path / "state.json").write_text("[" * 100000 + "]" * 100000)  # (json.loads: a RecursionError)
+    with pytest.raises(CheckpointError, match=r"is corrupt: state\.json is not valid JSON \(maximum recursion"):
+        ckpt.read_checkpoint(path, training_state=False)
     for key in ("data_shape", "num_classes", "class_counts", "bad_steps", "world"):  # older checkpoints lack them
         (path / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != key}))
         ckpt.read_checkpoint(path)
@@ -437,9 +440,14 @@ def test_a_resume_drops_metrics_lines_avade_did_not_write(tmp_path):
 
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'{"step": 1, "loss": 1.0}\n\xff\xfe garbage\n{"step": "a"}\n{"step": null}\n[1, 2]\n'
-                     b'{"step": 2, "loss": 0.5}\n{"step": 3, "loss": 0.2}\n')
+                     b'{"step": 2, "loss": 0.5}\n{"step": 3, "loss": 0.2}\n' + b"[" * 100000 + b"]" * 100000 + b"\n")
     MetricsLogger.truncate(path, 2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    # summary.json, eval.json and the like nested so deep read as absent (a RecursionError of json.loads)
+    from avade.train.rundir import read_json_object
+
+    path.write_text("[" * 100000 + "]" * 100000)
+    assert read_json_object(path) == {}
 
 
 def test_a_finished_run_whose_checkpoints_were_deleted_is_kept_on_resume(tmp_path):
