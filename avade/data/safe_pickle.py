@@ -12,6 +12,18 @@ import numpy as np
 __all__ = ["ArrayUnpickler"]
 
 
+_RECONSTRUCT = np.empty(0).__reduce__()[0]
+
+
+def _empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct`` as arrays pickle it: an empty array (``shape (0,)``), then filled by its state.
+    Any other shape would allocate it, unfilled: a file of a few bytes could ask for terabytes."""
+    if subtype is not np.ndarray or not isinstance(shape, tuple) or shape != (0,):
+        raise pickle.UnpicklingError(f"numpy _reconstruct of shape {shape!r:.40} is not allowed in a data file "
+                                     "(arrays are pickled empty, then filled)")
+    return _RECONSTRUCT(subtype, shape, dtype)
+
+
 class ArrayUnpickler(pickle.Unpickler):
     """Unpickles builtins and numpy arrays only: any other global (a function to call, a class to build)
     is refused, so a crafted file cannot run code. Dataset releases in pickle form (CIFAR-10's batches,
@@ -25,7 +37,7 @@ class ArrayUnpickler(pickle.Unpickler):
             (f"{package}.{module}", name): obj
             for package in ("numpy.core", "numpy._core")  # numpy 1 and numpy 2 write different paths
             for module, name, obj in (
-                ("multiarray", "_reconstruct", np.empty(0).__reduce__()[0]),
+                ("multiarray", "_reconstruct", _empty_array),
                 ("multiarray", "scalar", np.int64(0).__reduce__()[0]),
                 ("numeric", "_frombuffer", np.empty(0).__reduce_ex__(5)[0]),  # protocol 5
             )

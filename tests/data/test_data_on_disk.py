@@ -587,6 +587,19 @@ def test_cifar10_batches_are_unpickled_without_running_code(tmp_path):
     with pytest.raises(DataError, match=r"test_batch cannot be read .*is not allowed in a data file"):
         avade.create("dataset", "cifar10", split="test", root=str(tmp_path))
     assert not marker.exists()
+    # numpy's _reconstruct, allowed to rebuild arrays, allocates the shape it is given: a few bytes asked for
+    # terabytes (an internal MemoryError, or on an overcommitting system an array that large)
+    reconstruct = np.empty(0).__reduce__()[0]
+
+    class Huge:
+        def __reduce__(self):
+            return (reconstruct, (np.ndarray, (10**13,), b"b"))
+
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({"data": Huge(), "labels": [0]},
+                                                                              protocol=2))
+    with pytest.raises(DataError, match=r"test_batch cannot be read .*_reconstruct of shape \(10000000000000,\) is "
+                                        r"not allowed in a data file"):
+        avade.create("dataset", "cifar10", split="test", root=str(tmp_path))
     # an unreadable batches.meta costs the class names only (training needs none)
     write_fake_cifar10(tmp_path / "other")
     (tmp_path / "other" / "cifar-10-batches-py" / "batches.meta").write_bytes(b"\x80\x02 truncated")
