@@ -77,6 +77,9 @@ def check_fits(tensors: dict[str, torch.Tensor], params: dict[str, torch.Tensor]
         if tensors[name].shape != p.shape:
             raise CheckpointError(f"checkpoint {path}: ema.safetensors has {name} of shape "
                                   f"{tuple(tensors[name].shape)}, the model {tuple(p.shape)}")
+    from avade.train.checkpoint import check_finite
+
+    check_finite(tensors, path, "ema.safetensors")
 
 
 def averaged_names(model: nn.Module, params: list[nn.Parameter]) -> dict[str, nn.Parameter]:

@@ -181,6 +181,31 @@ def test_state_fields_of_the_wrong_type_are_refused_as_corrupt(tmp_path):
         ckpt.read_checkpoint(path)
 
 
+def test_weights_that_are_not_finite_or_not_floats_are_refused_as_corrupt(tmp_path):
+    # were loaded as they were: eval printed bpd nan, sample a black grid; integer weights were cast (truncated)
+    from safetensors.torch import load_file, save_file
+
+    import avade
+
+    Trainer(tiny_recipe("train.steps=2", "train.ema_decay=0.9"), tmp_path, progress=False).fit()
+    path = tmp_path / "checkpoints" / "step_00000002"
+    model, ema = load_file(path / "model.safetensors"), load_file(path / "ema.safetensors")
+    name = next(k for k, v in model.items() if v.is_floating_point() and k in ema)
+    save_file({**ema, name: ema[name] * float("nan")}, path / "ema.safetensors")
+    with pytest.raises(CheckpointError, match=rf"is corrupt: ema.safetensors holds NaN or inf in 1 weight tensor\(s\), "
+                                              rf"e.g. {name}; delete step_00000002"):
+        avade.load_model(tmp_path)
+    avade.load_model(tmp_path, ema=False)  # the last iterate is sound
+    for damaged, match in ((model[name] * float("inf"), "holds NaN or inf in 1 weight tensor"),
+                           (model[name].to(torch.int32), rf"holds {name} as torch.int32, the model's is "
+                                                         "torch.float32")):
+        save_file({**model, name: damaged}, path / "model.safetensors")
+        with pytest.raises(CheckpointError, match=match):
+            avade.load_model(tmp_path, ema=False)
+        with pytest.raises(CheckpointError, match=match):
+            Trainer(tiny_recipe("train.steps=4", "train.ema_decay=0.9"), tmp_path, resume=True, progress=False)
+
+
 def test_an_optimizer_file_from_another_model_is_refused_before_anything_is_rewritten(tmp_path):
     # torch's load_state_dict counts parameters but not their shapes: the first step would fail inside
     # the update (an internal error, after recipe.toml and metrics.jsonl were rewritten)
