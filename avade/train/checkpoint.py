@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Container
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -449,10 +450,13 @@ def _wrong_state_field(state: dict[str, Any]) -> str:
     return ""
 
 
-def check_finite(tensors: dict[str, torch.Tensor], path: Path, file: str = "model.safetensors") -> None:
+def check_finite(tensors: dict[str, torch.Tensor], path: Path, file: str = "model.safetensors",
+                 buffers: Container[str] = ()) -> None:
     """A one-line CheckpointError when weights of ``file`` hold NaN or inf: training writes a checkpoint only
-    after a finite step, so such a file was damaged (or edited), and every sample and metric of it is NaN."""
-    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    after a finite step, so such a file was damaged (or edited), and every sample and metric of it is NaN.
+    ``buffers``: names of tensors that are no parameters, and may hold inf (a mask of -inf, say), not NaN."""
+    bad = [name for name, t in tensors.items() if t.is_floating_point()
+           and not bool((~torch.isnan(t) if name in buffers else torch.isfinite(t)).all())]
     if bad:
         raise CheckpointError(f"checkpoint {path} is corrupt: {file} holds NaN or inf in {len(bad)} weight "
                               f"tensor(s), e.g. {bad[0]}; {fallback_hint(path)}")
@@ -460,8 +464,8 @@ def check_finite(tensors: dict[str, torch.Tensor], path: Path, file: str = "mode
 
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Model weights from a checkpoint; CheckpointError (one line) when they do not fit or are not finite."""
-    check_finite(tensors, path)
     own = model.state_dict()
+    check_finite(tensors, path, buffers=set(own) - {name for name, _ in model.named_parameters()})
     for name, t in tensors.items():  # load_state_dict casts: integer weights (a damaged file) would load truncated
         if name in own and t.is_floating_point() != own[name].is_floating_point():
             raise CheckpointError(f"checkpoint {path} is corrupt: model.safetensors holds {name} as {t.dtype}, the "

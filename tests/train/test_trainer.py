@@ -204,6 +204,13 @@ def test_weights_that_are_not_finite_or_not_floats_are_refused_as_corrupt(tmp_pa
             avade.load_model(tmp_path, ema=False)
         with pytest.raises(CheckpointError, match=match):
             Trainer(tiny_recipe("train.steps=4", "train.ema_decay=0.9"), tmp_path, resume=True, progress=False)
+    # a buffer (no parameter) may hold inf, e.g. a plugin's attention mask of -inf; NaN it may not
+    buffer = next(k for k, v in model.items() if k.endswith("running_mean"))
+    save_file({**model, buffer: torch.full_like(model[buffer], -math.inf)}, path / "model.safetensors")
+    avade.load_model(tmp_path, ema=False)
+    save_file({**model, buffer: torch.full_like(model[buffer], math.nan)}, path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=rf"holds NaN or inf in 1 weight tensor\(s\), e.g. {buffer};"):
+        avade.load_model(tmp_path, ema=False)
 
 
 def test_an_optimizer_file_from_another_model_is_refused_before_anything_is_rewritten(tmp_path):
