@@ -702,3 +702,12 @@ def test_doctor_checks_a_recipe_with_set_overrides() -> None:
     assert result.exit_code == 0 and entry["ready"] and entry["dataset"] == "natural-patches", result.output
     result = run("doctor", "--set", "data.name=natural-patches")
     assert result.exit_code == 2 and "give --recipe too" in result.output
+
+
+def test_errors_quoting_control_characters_stay_one_line_and_send_no_escapes(tmp_path: Path) -> None:
+    # messages quote what files and names hold (a shared run's state.json names the plugin it was trained
+    # with, a folder's name): a newline split the error, an escape sequence reached the terminal
+    folder = tmp_path / "run\n\x1b[2Jx"
+    folder.mkdir()
+    line = assert_one_line_error(run("eval", str(folder)), "is not a run directory")
+    assert "run\\n\\x1b[2Jx" in line and "\x1b" not in line

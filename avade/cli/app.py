@@ -39,9 +39,16 @@ def _print_json(data: Any) -> None:
     print(json.dumps(json_safe(data), indent=2, allow_nan=False, default=str))
 
 
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (``\\n``, ``\\x1b``): messages quote
+    what files hold (a shared run's state.json, a folder's name), which must neither add lines nor send
+    escape sequences to the terminal."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _fail(message: str, code: int) -> NoReturn:
     # Escaped: a message quoting user text such as "[/x]" must not be read as rich markup.
-    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(_one_line(message))}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -166,7 +173,7 @@ def _image_suffixes() -> set[str]:
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
                   line: Any = None) -> None:
-    err.print(f"[yellow]warning:[/] {escape(str(message))}", markup=True, highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(_one_line(str(message)))}", markup=True, highlight=False)
     _plugin_traceback(getattr(message, "failure", None))
 
 
