@@ -575,7 +575,12 @@ def sweep_runs(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
         listed = [v for v in plan if isinstance(v, dict) and isinstance(v.get("name"), str)]
         # a run is named by its directory (the name an older avade gave a variant it started)
         dirs = {v["name"]: v["dir"] if isinstance(v.get("dir"), str) else v["name"] for v in listed}
-        axes = {dirs[v["name"]]: dict(v.get("overrides") or {}) for v in listed}
+        for name in dirs.values():  # avade writes plain names (sweep.variant_name): a path would lead elsewhere
+            if Path(name).name != name or name in (".", ".."):
+                raise CheckpointError(f"{root / 'sweep_plan.json'} names a variant directory {name!r:.80}, which "
+                                      f"is not a folder of {root}: it was edited; fix or delete that entry")
+        axes = {dirs[v["name"]]: dict(v["overrides"]) if isinstance(v.get("overrides"), dict) else {}
+                for v in listed}
         return [root / name for name in axes], axes
     summary = root / "sweep_summary.json"
     if not summary.is_file():  # a folder of separate runs (runs/<recipe>/<time>) is no sweep

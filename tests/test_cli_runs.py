@@ -1127,6 +1127,21 @@ def test_resuming_a_sweep_started_before_the_variant_names_changed_uses_its_dire
     assert row["name"] == "tiny-seed1" and row["train.seed"] == -1 and row["step"] == 4
 
 
+@pytest.mark.parametrize("folder", ["../victim", "/abs/victim", "..", "a/../../victim"])
+def test_a_sweep_plan_naming_a_folder_outside_the_sweep_is_refused(tmp_path: Path, folder: str) -> None:
+    # `avade eval SWEEP_OUT` evaluated (and wrote eval.json into) whatever run the plan's "dir" led to
+    from avade.errors import CheckpointError
+    from avade.evaluate import sweep_runs
+
+    (tmp_path / "sweep_plan.json").write_text(json.dumps({"variants": [{"name": "a", "dir": folder}]}))
+    with pytest.raises(CheckpointError, match=r"sweep_plan.json names a variant directory .* which is not a folder "):
+        sweep_runs(tmp_path)
+    # overrides that are no table read as none (were an internal ValueError / TypeError)
+    (tmp_path / "sweep_plan.json").write_text(json.dumps({"variants": [{"name": "a", "overrides": "abc"},
+                                                                       {"name": "b", "overrides": 5}]}))
+    assert sweep_runs(tmp_path) == ([tmp_path / "a", tmp_path / "b"], {"a": {}, "b": {}})
+
+
 def test_a_gan_has_no_reconstructions(tmp_path: Path) -> None:
     recipe = tmp_path / "gan.toml"
     recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=1", "train.checkpoint_every=1", "model.variant=\"gan\"",
