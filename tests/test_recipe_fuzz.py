@@ -286,3 +286,14 @@ def test_deeply_nested_recipe_is_one_config_error(tmp_path: Path, text: str) -> 
     with pytest.raises(ConfigError, match=r"--set train.betas: its value nests .* more than 64 deep"):
         (tmp_path / "ok.toml").write_text(tomli_w.dumps(BASE))
         load_recipe(tmp_path / "ok.toml", ["train.betas=" + "[" * 2000 + "]" * 2000])
+
+
+@pytest.mark.parametrize("name", ["a\nb", "red\x1b[31m", "tab\there", "nul\x00"])
+def test_a_recipe_name_with_control_characters_is_refused(tmp_path: Path, name: str) -> None:
+    # training prints the name (`<name> (<variant>) -> <run>`, every progress line): a line break or an escape
+    # sequence of a shared recipe reached the terminal
+    path = tmp_path / "r.toml"
+    path.write_text(tomli_w.dumps({**BASE, "name": name}))
+    with pytest.raises(ConfigError, match=r"r.toml: name: .* holds a control character") as info:
+        load_recipe(path)
+    assert str(info.value).isprintable()

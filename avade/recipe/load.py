@@ -505,6 +505,9 @@ def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_
         name = raw["name"] if "name" in raw else plain_name(default_name)
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"expected a non-empty string, got {name!r}", path="name")
+        if not name.isprintable():  # it is printed as training runs: a line break or an escape sequence there
+            raise ConfigError(f"{name!r} holds a control character (a line break, an escape sequence); name the "
+                              "recipe with printable characters", path="name")
         description = raw.get("description", "")
         if not isinstance(description, str):
             raise ConfigError(f"expected a string, got {description!r}", path="description")
