@@ -248,7 +248,12 @@ def test_run_out_onto_a_file_is_one_line(tmp_path: Path) -> None:
     recipe.write_text(tomli_w.dumps(TINY))
     (tmp_path / "afile").write_text("keep me")
     result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "afile"), "--device", "cpu")
-    assert result.exit_code == 2 and "afile" in out and "internal error" not in out, out
+    assert result.exit_code == 2 and "afile is a file, not a folder; give a run directory" in out, out
+    assert (tmp_path / "afile").read_text() == "keep me"
+    sweep = tmp_path / "sweep.toml"  # a sweep's --out too (it said "afile: File exists")
+    sweep.write_text(tomli_w.dumps({**TINY, "sweep": {"grid": {"model.flow.blocks": [1, 2]}}}))
+    result, out = _invoke("recipe", "run", str(sweep), "--out", str(tmp_path / "afile"), "--device", "cpu")
+    assert result.exit_code == 2 and "afile is a file, not a folder" in out, out
     assert (tmp_path / "afile").read_text() == "keep me"
 
 

@@ -34,11 +34,18 @@ from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, stop_on_signa
 from avade.train.rundir import RunDir, atomic_write_text, default_run_dir, latest_run_dir, write_json
 
 
+def _refuse_a_file(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a folder; give a run directory that is new (or an "
+                          "earlier run's, with --resume)")
+
+
 def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, device: str | None = None,
                console: Console | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one (non-sweep) recipe into ``out_dir``; returns its summary."""
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)  # (a str from a notebook too)
+    _refuse_a_file(out_dir)
     fresh = not out_dir.exists()
 
     # one process trains a run directory at a time (a requeued job overlapping the running one, an array
@@ -141,6 +148,7 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
                 if resume:
                     raise ConfigError(f"--resume: no earlier run of '{recipe.name}' under runs/; pass --out RUN_DIR")
                 out_dir = default_run_dir(recipe.name)
+        _refuse_a_file(out_dir)
     try:
         if recipe.sweep is None:
             # The model runs once first (likelihood, sampling, critic), as `recipe check` does: a component
