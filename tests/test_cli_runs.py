@@ -257,6 +257,23 @@ def test_run_out_onto_a_file_is_one_line(tmp_path: Path) -> None:
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
+def test_run_out_onto_a_folder_with_someone_elses_recipe_toml_keeps_it(tmp_path: Path) -> None:
+    # --out . in a project folder with its own recipe.toml: the run's resolved recipe replaced it
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(TINY))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "recipe.toml").write_text("# my own notes\n")
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(project), "--device", "cpu")
+    assert result.exit_code == 2 and "holds a recipe.toml but no avade run" in out, out
+    assert (project / "recipe.toml").read_text() == "# my own notes\n" and sorted(project.iterdir()) == [
+        project / "recipe.toml"]
+    # the recipe being run may sit in the folder it runs into (a run directory prepared by hand)
+    (project / "recipe.toml").write_text(tomli_w.dumps({**TINY, "train": {**TINY["train"], "steps": 1}}))
+    result, out = _invoke("recipe", "run", str(project / "recipe.toml"), "--out", str(project), "--device", "cpu")
+    assert result.exit_code == 0, out
+
+
 def test_resume_below_the_runs_step_is_refused_untouched(run_dir: Path) -> None:
     before = (run_dir / "recipe.toml").read_text()
     result, out = _invoke("recipe", "run", str(run_dir / "recipe.toml"), "--out", str(run_dir), "--resume",

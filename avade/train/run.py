@@ -40,12 +40,26 @@ def _refuse_a_file(out_dir: Path) -> None:
                           "earlier run's, with --resume)")
 
 
+def _refuse_a_foreign_recipe(out_dir: Path, source: str | None) -> None:
+    """A folder with a recipe.toml that is no avade run's (no checkpoints/, metrics.jsonl or summary.json
+    beside it) and not the recipe being run: someone's own file, which the run's recipe.toml would replace."""
+    run = RunDir(out_dir)
+    if not run.recipe.is_file() or any(p.exists() for p in (run.checkpoints, run.metrics, run.summary)):
+        return
+    if source is not None and _same_file(Path(source), run.recipe):
+        return
+    raise ConfigError(f"--out {out_dir} holds a recipe.toml but no avade run (no checkpoints/, metrics.jsonl or "
+                      "summary.json): the run would replace that file with its own; give another --out, or "
+                      f"move {run.recipe} away")
+
+
 def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, device: str | None = None,
                console: Console | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one (non-sweep) recipe into ``out_dir``; returns its summary."""
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)  # (a str from a notebook too)
     _refuse_a_file(out_dir)
+    _refuse_a_foreign_recipe(out_dir, recipe.source)
     fresh = not out_dir.exists()
 
     # one process trains a run directory at a time (a requeued job overlapping the running one, an array
