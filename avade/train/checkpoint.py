@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save, save_file
 
 from avade.errors import AvadeError, CheckpointError
+from avade.train.rundir import read_json_object
 
 FORMAT = 1
 _PREFIX = "step_"
@@ -278,11 +279,7 @@ def kept_for_good(path: Path, keep_every: int) -> bool:
 def _saved_as_milestone(path: Path) -> bool:
     """Whether checkpoint ``path`` was a milestone of the ``train.keep_every`` it was written with (its
     state.json's recipe): kept for good, as that setting promised, when a resume changes or drops it."""
-    try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    recipe = state.get("recipe") if isinstance(state, dict) else None
+    recipe = read_json_object(path / "state.json").get("recipe")
     train = recipe.get("train") if isinstance(recipe, dict) else None
     every = train.get("keep_every") if isinstance(train, dict) else None
     return isinstance(every, int) and not isinstance(every, bool) and is_milestone(path, every)
