@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from unittest.mock import patch
 
 import pytest
 import tomli_w
@@ -139,14 +141,19 @@ _RENDEZVOUS_RACES = ("connectFullMesh failed", "Address already in use", "Connec
 
 def _spawn_job(worker, make_args) -> None:
     """``mp.spawn`` of a ``WORLD``-process gloo job with ``make_args(attempt)``; once more, with a fresh
-    rendezvous (port or store file), when the job failed while connecting (:data:`_RENDEZVOUS_RACES`)."""
-    for attempt in range(2):
-        try:
-            mp.spawn(worker, args=make_args(attempt), nprocs=WORLD, join=True)
-            return
-        except mp.ProcessRaisedException as exc:
-            if attempt or not any(race in str(exc) for race in _RENDEZVOUS_RACES):
-                raise
+    rendezvous (port or store file), when the job failed while connecting (:data:`_RENDEZVOUS_RACES`).
+
+    ``mp.spawn`` leaves a process's error file (``pytorch-errorfile-*.pickle``) in the temporary folder when
+    that process raised, which the failure tests here do on purpose: they go to a folder removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="avade-spawn-") as error_files, \
+            patch.object(tempfile, "tempdir", error_files):
+        for attempt in range(2):
+            try:
+                mp.spawn(worker, args=make_args(attempt), nprocs=WORLD, join=True)
+                return
+            except mp.ProcessRaisedException as exc:
+                if attempt or not any(race in str(exc) for race in _RENDEZVOUS_RACES):
+                    raise
 
 
 def _av_ade_worker(rank, port, out):
