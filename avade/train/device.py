@@ -1,0 +1,69 @@
+"""Where and how a run computes: its device, CUDA's TF32 setting, native bf16, and the seeds of the global
+random generators."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from avade.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but no CUDA GPU is available; use --device cpu",
+                          path="train.device")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N", path="train.device") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device '{name}': avade runs on cpu and cuda; use auto, cpu, cuda or cuda:N",
+                          path="train.device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}' requested but this machine has {torch.cuda.device_count()} CUDA "
+                          "GPU(s)", path="train.device")
+    return device
+
+
+def configure_tf32(enabled: bool) -> None:
+    """``train.tf32`` for CUDA fp32 convolutions and matmuls: TF32 tensor cores, or IEEE fp32. Set through
+    the ``allow_tf32`` flags: with them every TF32 setting stays readable, old and new API alike (after
+    the per-backend ``fp32_precision`` setters, reading ``cudnn.allow_tf32`` or the matmul precision
+    raises, and torch.compile's autotuning reads them)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 natively (x86: AVX512-BF16 or AMX-BF16; Arm: its BF16 extension).
+
+    Not oneDNN's ``_is_mkldnn_bf16_supported`` alone: on x86 that only asks for AVX-512 (BW, VL, DQ), so
+    it is true on CPUs that emulate bf16 (e.g. Skylake-SP, Cascade Lake, Ice Lake servers)."""
+    try:
+        caps = torch._C._cpu._get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        caps = {}
+    if caps.get("architecture") in ("x86_64", "x86", "i386", "AMD64"):
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    try:  # elsewhere (Arm) oneDNN's check is the CPU's bf16 extension
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU has bfloat16 tensor cores (compute capability 8.0 on: Ampere, Hopper, ...)."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (numpy's takes the seed modulo 2**32)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

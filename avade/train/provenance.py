@@ -1,0 +1,70 @@
+"""Which distribution provided each component of a run: recorded in its checkpoints, and named when a run
+is read back without the plugin it was trained with."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from avade.errors import AvadeError, ConfigError
+from avade.recipe.schema import Recipe
+from avade.registry import get_registry
+from avade.train import checkpoint as ckpt
+from avade.train.rundir import read_json_object
+
+
+def component_providers(recipe: Recipe) -> dict[str, str]:
+    """``{"flow/glow": "avade 0.1.0", "dataset/my-data": "my-plugin 1.2", ...}`` for the recipe's components."""
+    registry = get_registry()
+    refs = [(kind, getattr(recipe.model, kind)) for kind in ("flow", "encoder", "posterior", "decoder",
+                                                             "discriminator")]
+    pairs = [(kind, ref.name) for kind, ref in refs if ref is not None]
+    if recipe.data.dataset is not None:
+        pairs.append(("dataset", recipe.data.dataset.name))
+    pairs += [("metric", name) for name in recipe.eval.metrics]
+    # norms: named by the components' options (``norm = "weight-norm"``) and by model.norm_options
+    from avade.models.build import flat_config
+
+    norms = list(recipe.model.options.norm_options)
+    for _, ref in refs:
+        if ref is not None:
+            norms += [v for k, v in flat_config(ref.config) if isinstance(v, str) and "norm" in k.rsplit(".", 1)[-1]]
+    pairs += [("norm", name) for name in dict.fromkeys(norms) if ("norm", name) in registry]
+    out = {}
+    for kind, name in pairs:
+        try:
+            out[f"{kind}/{name}"] = registry.get(kind, name).provider
+        except AvadeError:
+            continue
+    return out
+
+
+def missing_plugin_hint(checkpoints: Path) -> str:
+    """For a run whose recipe names a component this avade does not know: which plugin provided it when
+    the run was trained (from the newest checkpoint's state.json), or ""."""
+    registry = get_registry()
+    for path in reversed(ckpt.list_checkpoints(checkpoints)):
+        providers = read_json_object(path / "state.json").get("providers")
+        if not isinstance(providers, dict):
+            continue
+        gone = [f"{key.replace('/', ' ')!s} from {who}" for key, who in providers.items()
+                if isinstance(key, str) and "/" in key and tuple(key.split("/", 1)) not in registry]
+        if gone:
+            return (f"; the run was trained with {', '.join(gone)}: install that plugin, or take it out of "
+                    "--disable-plugins / AVADE_DISABLE_PLUGINS")
+        return ""
+    return ""
+
+
+@contextlib.contextmanager
+def naming_missing_plugins(checkpoints: Path | None) -> Iterator[None]:
+    """Around reading a run's recipe: a ConfigError from a component this avade lacks gains the name of the
+    plugin the run was trained with (:func:`missing_plugin_hint`)."""
+    try:
+        yield
+    except ConfigError as exc:
+        hint = missing_plugin_hint(checkpoints) if checkpoints is not None else ""
+        if not hint:
+            raise
+        raise ConfigError(exc.detail + hint, path=exc.path, source=exc.source) from None
