@@ -305,6 +305,23 @@ def test_encoders_are_checked_built_conditional_with_labels() -> None:
            r"\(8, 4, 4\)")
 
 
+class StagelessEncoder(nn.Module):
+    """Advertises no stages and returns no feature maps: the decoder would have no top stage to start from."""
+
+    def __init__(self, cfg: EncoderConfig, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_shape[0], 4, 1)
+        self.stage_shapes: list[tuple[int, int, int]] = []
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return []
+
+
+def test_an_encoder_without_stages_fails_its_check() -> None:
+    # (the kit summed the empty list of features into the int 0 and raised AttributeError on it)
+    _fails("encoder", StagelessEncoder, EncoderConfig(), "stageless", r"stage_shapes is empty")
+
+
 @attrs.define
 class DecoderConfig:
     """Upsample + conv per stage, a conv at stage 0 and a conv head; the defects:

@@ -310,6 +310,8 @@ def _check_encoder_module(enc: nn.Module, x: torch.Tensor, labels: torch.Tensor 
     enc.train()
     hs = run(enc)
     stages = [tuple(s) for s in enc.stage_shapes]
+    if not stages:  # (the decoder starts from the top stage: there must be one)
+        _fail(what, "stage_shapes is empty; an encoder gives at least one feature map (stage 0)")
     if not isinstance(hs, list | tuple) or not all(isinstance(h, torch.Tensor) for h in hs):
         _fail(what, f"forward must return a list of feature maps, one per stage, got {type(hs).__name__}")
     if len(hs) != len(stages):
