@@ -48,9 +48,9 @@ class ResNetEncoder(Encoder):
         super().__init__()
         in_shape = as_shape(in_shape, "encoder 'resnet': in_shape")
         self.stage_shapes = self.compute_stage_shapes(cfg, in_shape)
-        opts = {"norm": cfg.norm, "num_classes": num_classes}
+        opts: dict[str, Any] = {"norm": cfg.norm, "num_classes": num_classes}
         self.stem = conv(in_shape[0], cfg.stem, 3, **opts)
-        block_opts = {**opts, "scale": cfg.residual_scale}
+        block_opts: dict[str, Any] = {**opts, "scale": cfg.residual_scale}
         stages = []
         c_prev = cfg.stem
         for i, c in enumerate(cfg.channels):
@@ -91,8 +91,8 @@ class ResNetDecoder(Decoder):
     def __init__(self, cfg: ResNetDecoderConfig, *, stage_shapes: Sequence[Sequence[int]],
                  out_shape: Sequence[int], num_classes: int | None = None) -> None:
         super().__init__(stage_shapes, out_shape, "decoder 'resnet'")  # type: ignore[arg-type]
-        opts = {"norm": cfg.norm, "num_classes": num_classes}
-        block_opts = {**opts, "scale": cfg.residual_scale}
+        opts: dict[str, Any] = {"norm": cfg.norm, "num_classes": num_classes}
+        block_opts: dict[str, Any] = {**opts, "scale": cfg.residual_scale}
         shapes = self.stage_shapes
         for i, (c, _, _) in enumerate(shapes):
             blocks = [ResBlock(c, c, **block_opts) for _ in range(cfg.blocks_per_stage - (1 if i else 0))]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -61,7 +61,7 @@ class LatentGroup(nn.Module):
         self.free_bits = float(free_bits)
         self.analytic = kl == "analytic"
         self.context = iaf_hidden if iaf_steps else 0
-        opts = {"norm": norm, "num_classes": num_classes}
+        opts: dict[str, Any] = {"norm": norm, "num_classes": num_classes}
         self.prior = ZeroScaled(conv(channels, 2 * latent, 3, **opts), 2 * latent)
         self.posterior = conv(2 * channels, 2 * latent + self.context, 3, **opts)
         self.flow = IAFFlow(latent, iaf_hidden, self.context, iaf_steps, iaf_kernel) if iaf_steps else None
