@@ -8,7 +8,7 @@ resuming exact. Under data parallelism each rank takes its slice of the same glo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import torch
@@ -65,8 +65,9 @@ class BatchStream:
         start = j * self.batch_size + self.rank * self.per_rank
         return self._epoch_perm(epoch)[start:start + self.per_rank]
 
-    def batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches for steps ``start, start + 1, ...`` on the stream's device."""
+    def batches(self, start: int) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
+        """Batches for steps ``start, start + 1, ...`` on the stream's device: a generator, whose ``close()``
+        ends the loader's workers (see :func:`from_workers`)."""
         pin = self.device.type == "cuda"
         if self._tensors is not None:
             images, labels = self._tensors
@@ -88,7 +89,7 @@ class BatchStream:
             yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
 
 
-def from_workers(loader: DataLoader) -> Iterator[Any]:
+def from_workers(loader: DataLoader) -> Generator[Any, None, None]:
     """The batches of ``loader``, whose workers end with this iteration however it ends (they ignore stop
     signals, so a worker left running would hang the process at exit, where multiprocessing joins its
     children after a SIGTERM). A worker's error that fails the iteration holds the loader's iterator in its
