@@ -30,12 +30,19 @@ class EvalContext(Protocol):
     Protocol): metrics that only need labels use it when present and fall back to ``real_batches``.
     """
 
-    device: device
-    out_dir: pathlib.Path
-    cache_dir: pathlib.Path
-    dataset_key: str
-    num_classes: int
-    options: Mapping[str, Any]
+    # Read-only: metrics only read them (a plain attribute, a property or an attrs field each satisfies them).
+    @property
+    def device(self) -> device: ...
+    @property
+    def out_dir(self) -> pathlib.Path: ...
+    @property
+    def cache_dir(self) -> pathlib.Path: ...
+    @property
+    def dataset_key(self) -> str: ...
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def options(self) -> Mapping[str, Any]: ...
 
     def real_batches(
         self, split: str, n: int | None = None, batch_size: int = 100
