@@ -31,6 +31,8 @@ class ActNorm(Flow):
     state dict, so a loaded model is not re-initialised.
     """
 
+    initialized: torch.Tensor  # buffers, registered in __init__
+
     def __init__(self, cfg: ActNormConfig | None = None, *, in_shape: Shape) -> None:
         cfg = cfg or ActNormConfig()
         c, h, w = check_in_shape(in_shape, "actnorm")

@@ -35,6 +35,11 @@ class BatchNormFlow(Flow):
     the zeros included, exactly as the reference computes them.
     """
 
+    running_mean: torch.Tensor  # buffers, registered in __init__
+    running_var: torch.Tensor
+    region: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, cfg: BatchNormFlowConfig | None = None, *, in_shape: Shape,
                  region: torch.Tensor | None = None) -> None:
         cfg = cfg or BatchNormFlowConfig()

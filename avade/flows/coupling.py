@@ -82,6 +82,10 @@ class AffineCoupling(Flow):
     conditioning half, which both directions share.
     """
 
+    odd_rows: torch.Tensor  # buffers, registered in __init__
+    mask: torch.Tensor
+    inv_mask: torch.Tensor
+
     def __init__(self, cfg: AffineCouplingConfig | None = None, *, in_shape: Shape) -> None:
         cfg = cfg or AffineCouplingConfig()
         c, h, w = check_in_shape(in_shape, "affine-coupling")

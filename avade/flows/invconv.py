@@ -29,6 +29,11 @@ class InvConv(Flow):
     sampling) the weight, its inverse and the log-determinant are cached until a parameter changes.
     """
 
+    perm: torch.Tensor  # buffers, registered in __init__
+    sign_s: torch.Tensor
+    lower_mask: torch.Tensor
+    eye: torch.Tensor
+
     def __init__(self, cfg: InvConvConfig | None = None, *, in_shape: Shape) -> None:
         cfg = cfg or InvConvConfig()
         c, h, w = check_in_shape(in_shape, "invconv")

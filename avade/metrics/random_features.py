@@ -26,6 +26,8 @@ class RandomConvFeatures(FeatureExtractor):
 
     is_reference = False
 
+    head: torch.Tensor  # buffers, registered in __init__
+
     def __init__(self, dim: int = 64, seed: int = 0, num_classes: int = 10, size: int = 32) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)

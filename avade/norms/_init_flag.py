@@ -12,6 +12,8 @@ class InitFlag(nn.Module):
     """``done`` is a buffer (saved in state dicts); a Python mirror avoids reading it every forward,
     which on a GPU would be a device-to-host sync per layer."""
 
+    done: torch.Tensor  # buffers, registered in __init__
+
     def __init__(self, done: bool = False) -> None:
         super().__init__()
         self.register_buffer("done", torch.tensor(done))

@@ -29,6 +29,8 @@ class IAFStep(nn.Module):
     channels depend on the last ones).
     """
 
+    order: torch.Tensor  # buffers, registered in __init__
+
     def __init__(self, latent: int, hidden: int, context: int, kernel: int = 3, *,
                  reverse: bool = False) -> None:
         super().__init__()

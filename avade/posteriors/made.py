@@ -51,6 +51,8 @@ class MaskedConv2d(nn.Module):
     (``"weight-norm"``), as the IAF reference code initialises its layers.
     """
 
+    mask: torch.Tensor  # buffers, registered in __init__
+
     def __init__(self, c_in: int, c_out: int, kernel: int, in_degrees: torch.Tensor,
                  out_degrees: torch.Tensor, *, strict: bool) -> None:
         super().__init__()
