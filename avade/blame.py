@@ -53,11 +53,11 @@ def plugin_at_fault(exc: BaseException, registry: Registry | None = None) -> str
     for error in chain:
         # The innermost plugin frame: the error arose in that plugin's code, or in what it called.
         for name in reversed(_frames(error.__traceback__)):
-            infos = modules.get(name) or packages.get(name.split(".", 1)[0])
-            if not infos or infos[0].dist in (BUILTIN_DIST, "__main__"):
+            found = modules.get(name) or packages.get(name.split(".", 1)[0])
+            if not found or found[0].dist in (BUILTIN_DIST, "__main__"):
                 continue
             exact = modules.get(name)
             if exact and len({i.name for i in exact}) == 1:
                 return f"{exact[0].qualname} (from plugin {exact[0].provider})"
-            return f"plugin {infos[0].provider}"
+            return f"plugin {found[0].provider}"
     return ""

@@ -429,9 +429,9 @@ def recipe_keys(
         table = Table(title=escape("top level" if name == "top" else f"[{name}]"), title_justify="left")
         for col in ("key", "type", "default", "help"):
             table.add_column(col, overflow="fold")
-        for row in rows:
-            default = "" if row["default"] is None else json.dumps(row["default"], default=str)
-            table.add_row(row["name"], escape(row["type"]), escape(default), escape(row["help"]))
+        for entry in rows:  # (`row` is the helper above)
+            default = "" if entry["default"] is None else json.dumps(entry["default"], default=str)
+            table.add_row(entry["name"], escape(entry["type"]), escape(default), escape(entry["help"]))
         out.print(table)
 
 

@@ -164,11 +164,11 @@ def optimizer_from_tensors(name: str, opt: torch.optim.Optimizer, tensors: dict[
     prefix = f"{name}."
     for key, value in tensors.items():
         if key.startswith(prefix):
-            idx, field = key[len(prefix):].split(".", 1)
-            state.setdefault(int(idx), {})[field] = value
+            index, field = key[len(prefix):].split(".", 1)
+            state.setdefault(int(index), {})[field] = value
     for key, value in meta.get("scalars", {}).items():
-        idx, field = key.split(".", 1)
-        state.setdefault(int(idx), {})[field] = value
+        index, field = key.split(".", 1)
+        state.setdefault(int(index), {})[field] = value
     # torch checks only the number of parameters: state tensors of another shape (an optimizer file from
     # another run) would load, and fail at the first step, inside the update
     params = [p for g in opt.param_groups for p in g["params"]]
