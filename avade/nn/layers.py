@@ -35,10 +35,11 @@ def norm_option(norm: str, key: str, default: Any) -> Any:
     return (_NORM_OPTIONS.get() or {}).get(norm, {}).get(key, default)
 
 
-def normed(layer: nn.Module, norm: str = "weight-norm", num_classes: int | None = None,
+def normed(layer: nn.Conv2d | nn.Linear, norm: str = "weight-norm", num_classes: int | None = None,
            **options: Any) -> nn.Module:
-    """Wrap ``layer`` in the registered norm ``norm``; the result has ``forward(x, y=None)``. Options
-    given here win over those of an enclosing :func:`norm_options`."""
+    """Wrap ``layer`` (a convolution or linear layer: norms read its output channels off ``weight``) in the
+    registered norm ``norm``; the result has ``forward(x, y=None)``. Options given here win over those of an
+    enclosing :func:`norm_options`."""
     from avade.registry import get_registry
 
     merged = {**(_NORM_OPTIONS.get() or {}).get(norm, {}), **options}

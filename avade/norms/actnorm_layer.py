@@ -23,7 +23,8 @@ class ActNormed(nn.Module):
     """``(layer(x) + b) * s`` per channel, with b and s initialised from the first training batch so that
     its output has mean 0 and (population) standard deviation ``scale``, as Glow's actnorm."""
 
-    def __init__(self, cfg: ActNormLayerConfig, *, layer: nn.Module, num_classes: int | None = None) -> None:
+    def __init__(self, cfg: ActNormLayerConfig, *, layer: nn.Conv2d | nn.Linear,
+                 num_classes: int | None = None) -> None:
         super().__init__()
         self.layer = layer
         out = layer.weight.shape[0]

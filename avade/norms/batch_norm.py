@@ -19,7 +19,7 @@ class BatchNormConfig:
 class BatchNormed(nn.Module):
     """``BN(layer(x))`` over channels (2d for conv outputs, 1d for linear)."""
 
-    def __init__(self, cfg: BatchNormConfig, *, layer: nn.Module, num_classes: int | None = None) -> None:
+    def __init__(self, cfg: BatchNormConfig, *, layer: nn.Conv2d | nn.Linear, num_classes: int | None = None) -> None:
         super().__init__()
         self.layer = layer
         out = layer.weight.shape[0]

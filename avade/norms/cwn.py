@@ -22,7 +22,8 @@ class ConditionalWeightNorm(nn.Module):
     bias, i.e. plain weight normalization, so an unconditional model ignores labels.
     """
 
-    def __init__(self, cfg: ConditionalWeightNormConfig, *, layer: nn.Module, num_classes: int | None = None) -> None:
+    def __init__(self, cfg: ConditionalWeightNormConfig, *, layer: nn.Conv2d | nn.Linear,
+                 num_classes: int | None = None) -> None:
         super().__init__()
         if not isinstance(layer, nn.Conv2d | nn.Linear):
             raise TypeError(f"cwn supports Conv2d and Linear layers, got {type(layer).__name__}")
@@ -59,7 +60,7 @@ class ConditionalWeightNorm(nn.Module):
         bias = self.layer.bias
         if isinstance(self.layer, nn.Conv2d):
             out = self.layer._conv_forward(x, direction, None)
-            shape = (-1, out.shape[1], 1, 1)
+            shape: tuple[int, ...] = (-1, out.shape[1], 1, 1)
         else:
             out = F.linear(x, direction)
             shape = (-1, out.shape[1])

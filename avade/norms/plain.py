@@ -15,7 +15,7 @@ class PlainConfig:
 class Plain(nn.Module):
     """The wrapped layer, unchanged."""
 
-    def __init__(self, cfg: PlainConfig, *, layer: nn.Module, num_classes: int | None = None) -> None:
+    def __init__(self, cfg: PlainConfig, *, layer: nn.Conv2d | nn.Linear, num_classes: int | None = None) -> None:
         super().__init__()
         self.layer = layer
 

@@ -22,7 +22,7 @@ class WeightNormConfig:
 class WeightNorm(nn.Module):
     """``w = g v / ||v||`` per output channel; optional data-dependent init of g and bias on first batch."""
 
-    def __init__(self, cfg: WeightNormConfig, *, layer: nn.Module, num_classes: int | None = None) -> None:
+    def __init__(self, cfg: WeightNormConfig, *, layer: nn.Conv2d | nn.Linear, num_classes: int | None = None) -> None:
         super().__init__()
         self.layer = parametrizations.weight_norm(layer, name="weight", dim=0)
         self.init_scale = cfg.init_scale
