@@ -55,7 +55,7 @@ def _fail(message: str, code: int) -> NoReturn:
 try:  # recent Typer parses with its own copy of click, whose exceptions are not the `click` package's
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover - older Typer
-    from click.exceptions import NoArgsIsHelpError, UsageError
+    from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]  # (click's own, raised there)
 
 
 def _usage_error(exc: Any) -> NoReturn:

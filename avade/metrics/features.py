@@ -260,7 +260,8 @@ def locate_wheel_weights() -> pathlib.Path | None:
         dist = metadata.distribution(WHEEL_DIST)
     except metadata.PackageNotFoundError:
         return None
-    candidates = [f for f in (dist.files or []) if str(f).replace("\\", "/") == WHEEL_FILE]
+    candidates: list[str | metadata.PackagePath] = [
+        f for f in (dist.files or []) if str(f).replace("\\", "/") == WHEEL_FILE]
     for entry in [*candidates, WHEEL_FILE]:
         path = pathlib.Path(str(dist.locate_file(entry)))
         if path.is_file():

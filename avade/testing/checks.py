@@ -320,7 +320,7 @@ def _check_encoder_module(enc: nn.Module, x: torch.Tensor, labels: torch.Tensor 
         if tuple(h.shape) != (x.shape[0], *s):
             _fail(what, f"stage {i} feature has shape {tuple(h.shape[1:])}, stage_shapes says {s}"
                   + (f" (batch {h.shape[0]} != {x.shape[0]})" if h.shape[0] != x.shape[0] else ""))
-    _gradients(enc, sum(h.pow(2).mean() for h in hs), what)
+    _gradients(enc, torch.stack([h.pow(2).mean() for h in hs]).sum(), what)
     _roundtrip(enc, rebuild, lambda m: torch.cat([h.flatten() for h in run(m)]), what)
 
 

@@ -16,7 +16,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -447,7 +447,7 @@ def _wrong_state_field(state: dict[str, Any]) -> str:
     return ""
 
 
-def check_finite(tensors: dict[str, torch.Tensor], path: Path, file: str = "model.safetensors",
+def check_finite(tensors: Mapping[str, torch.Tensor], path: Path, file: str = "model.safetensors",
                  buffers: Container[str] = ()) -> None:
     """A one-line CheckpointError when weights of ``file`` hold NaN or inf: training writes a checkpoint only
     after a finite step, so such a file was damaged (or edited), and every sample and metric of it is NaN.

@@ -9,7 +9,7 @@ running statistics, ActNorm's init flags) are the live model's. Evaluation, samp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,7 +66,7 @@ class WeightAverage:
             t.copy_(tensors[name])
 
 
-def check_fits(tensors: dict[str, torch.Tensor], params: dict[str, torch.Tensor], path: Path) -> None:
+def check_fits(tensors: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor], path: Path) -> None:
     """A one-line CheckpointError unless ``tensors`` holds exactly ``params``' names and shapes."""
     missing = sorted(set(params) - set(tensors))
     unexpected = sorted(set(tensors) - set(params))
