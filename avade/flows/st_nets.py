@@ -228,6 +228,8 @@ class ReferenceST(nn.Module):
     reference's learned scalar ``scale_shift`` to its log-scales.
     """
 
+    mask: torch.Tensor | None  # a buffer when given
+
     def __init__(self, in_channels: int, out_channels: int, *, hidden: int, blocks: int, norm: str,
                  batch_norm: bool, mask: torch.Tensor | None = None, input_scale: float = 1.0) -> None:
         super().__init__()

@@ -52,7 +52,7 @@ def schedule_changes(saved_recipe: Any, cfg: TrainSection, adversarial: bool) ->
     def before(key: str) -> Any:
         return saved.get(key, getattr(defaults, key))
 
-    pairs = [("lr", before("lr"), cfg.lr)]
+    pairs: list[tuple[str, Any, Any]] = [("lr", before("lr"), cfg.lr)]
     if adversarial:
         pairs.append(("d_lr", before("d_lr") or before("lr"), cfg.d_lr or cfg.lr))
     pairs += [(key, before(key), getattr(cfg, key)) for key in ("lr_schedule", "lr_warmup_steps", "lr_final_ratio")]
