@@ -36,6 +36,9 @@ class Conv2d(nn.Conv2d):
         self.edge_weight: nn.Parameter | None = None
         if edge_bias:
             k = self.kernel_size
+            if self.padding == "same" and all(s % 2 for s in k) and self.dilation == (1, 1):
+                # the same convolution, its padding as numbers: the edge term needs the border's width
+                self.padding = (k[0] // 2, k[1] // 2)
             if self.stride != (1, 1) or self.dilation != (1, 1) or self.groups != 1 or any(s % 2 == 0 for s in k) \
                     or self.padding != (k[0] // 2, k[1] // 2) or self.padding_mode != "zeros":
                 raise ConfigError("edge_bias needs an undilated, stride-1, zero-padded 'same' convolution with an "

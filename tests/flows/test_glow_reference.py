@@ -180,6 +180,19 @@ def test_edge_bias_is_for_glows_network_only() -> None:
         _glow(norm="cwn")
 
 
+def test_edge_bias_takes_padding_same() -> None:
+    # (padding="same" was refused with "edge_bias needs ... a 'same' convolution": the check compared the
+    # string "same" with (1, 1))
+    from avade.nn import Conv2d
+
+    torch.manual_seed(0)
+    same = Conv2d(3, 5, 3, padding="same", edge_bias=True)
+    numbers = Conv2d(3, 5, 3, padding=1, edge_bias=True)
+    numbers.load_state_dict(same.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(same(x), numbers(x))
+
+
 def test_the_first_actnorm_absorbs_the_inputs_scale() -> None:
     """Why logit_alpha = 0 (2x - 1) is Glow's input (x - 1/2): the first actnorm's data-dependent init
     undoes the factor 2, so the output is the same and the log-det differs by D log 2 (up to the 1e-6 that
