@@ -6,11 +6,14 @@ Light on import: nothing here imports torch, so ``avade list-components`` starts
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, RegistryError, StoppedError, TrainingError
 from avade.hookspecs import hookimpl
 from avade.registry import create, get_registry, list_components
+
+if TYPE_CHECKING:  # (type checkers see its signature; at run time __getattr__ imports it on first use)
+    from avade.evaluate import load_model
 
 try:
     __version__ = version("avade")

@@ -288,7 +288,7 @@ class Registry:
         return key in self._items
 
     # -- building ----------------------------------------------------------------------------------
-    def validate(self, kind: str, name: str, data: dict[str, Any] | None, path: str = "",
+    def validate(self, kind: str, name: str, data: Mapping[str, Any] | None, path: str = "",
                  source: str | None = None) -> Any:
         """Validate a config table for (kind, name); returns the config instance (or None)."""
         info = self.get(kind, name)
