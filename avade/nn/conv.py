@@ -67,6 +67,7 @@ class Conv2d(nn.Conv2d):
         cost Glow's default step about 20 % on CPU. Compiled, the plain add fuses into the next op."""
         height, width = y.shape[-2:]
         term = self.edge_term(height, width, y)
+        assert not isinstance(self.padding, str)  # (edge_bias: numbers, see __init__)
         ph, pw = self.padding
         if torch.compiler.is_compiling() or height <= 2 * ph or width <= 2 * pw:  # (tiny maps: all border)
             return y + term
@@ -75,6 +76,7 @@ class Conv2d(nn.Conv2d):
     def edge_term(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
         """The edge channel's contribution, ``[1, out, H, W]``: nonzero on the border pixels only."""
         assert self.edge_weight is not None
+        assert not isinstance(self.padding, str)  # (edge_bias: numbers, see __init__)
         ph, pw = self.padding
         border = like.new_ones(1, 1, height + 2 * ph, width + 2 * pw)
         border[..., ph:ph + height, pw:pw + width] = 0
