@@ -321,7 +321,7 @@ def compute_metrics(trainer: Any, names: Sequence[str], taken: Sequence[str] = (
 
 
 def _resolve_device(name: str) -> torch.device:
-    from avade.train.trainer import resolve_device
+    from avade.train.device import resolve_device
 
     return resolve_device(name)
 
@@ -412,8 +412,9 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
     ``train.tf32`` is applied, unless ``library`` (:func:`load_model` leaves global settings alone).
     ``overrides``: ``--set`` keys that leave the trained model as it is (:func:`_overridden`)."""
     from avade.registry import PluginWarning
+    from avade.train.device import resolve_device
     from avade.train.ema import apply_average
-    from avade.train.trainer import missing_plugin_hint, naming_missing_plugins, resolve_device
+    from avade.train.provenance import missing_plugin_hint, naming_missing_plugins
 
     run = RunDir(run_dir)
     if not run.recipe.is_file():
@@ -454,7 +455,7 @@ def _load(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bo
         for split, found in zip(("train", "test"), sets, strict=True):
             check_classes(found, int(classes), split, recipe)
     if dev.type == "cuda" and not library:  # the CLI evaluates with the precision the run trained with
-        from avade.train.trainer import configure_tf32
+        from avade.train.device import configure_tf32
 
         configure_tf32(recipe.train.tf32)
     with naming_missing_plugins(run.checkpoints):  # a norm is only looked up here, as the model is built
@@ -500,7 +501,7 @@ def _data_class_counts(recipe: Recipe) -> list[int] | None:
 def _datasets(recipe: Recipe, train: bool = True, test: bool = True) -> tuple[Any, Any]:
     """(train, test) of a trained run's recipe (None for a split not asked for); their "not found" hints
     point at ``--set data.root``, not at another dataset (the model was trained on this one)."""
-    from avade.train.trainer import load_datasets
+    from avade.train.datasets import load_datasets
 
     with data_of_trained_model():
         return load_datasets(recipe, train=train, test=test)

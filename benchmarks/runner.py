@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"] = environment(settings)
     results["meta"].update(timing=args.timing, malloc=args.malloc)
     if args.precision == "bf16" and not settings.cuda:
-        from avade.train.trainer import cpu_has_native_bf16
+        from avade.train.device import cpu_has_native_bf16
 
         if not cpu_has_native_bf16():
             console.print("[yellow]note:[/] this CPU has no native bfloat16 (AVX512-BF16 or AMX): bf16 is emulated")

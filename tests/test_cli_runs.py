@@ -568,13 +568,13 @@ def test_a_run_is_loaded_and_sampled_without_its_dataset(run_dir: Path, tmp_path
     import torch
 
     import avade
-    import avade.train.trainer as trainer_module
+    import avade.train.datasets as datasets_module
     from avade.errors import DataError
 
     def no_data(recipe: object, **splits: bool) -> None:
         raise DataError("dataset 'synthetic' not found (gone)")
 
-    monkeypatch.setattr(trainer_module, "load_datasets", no_data)
+    monkeypatch.setattr(datasets_module, "load_datasets", no_data)
     model, recipe, chosen = avade.load_model(run_dir, device="cpu")
     assert not model.training and chosen.name == "step_00000003" and recipe.name == TINY["name"]
     images = model.sample(4, temperature=0.9)
@@ -1085,12 +1085,12 @@ def test_only_jobs_keep_a_failed_variants_row_and_all_failing_still_writes_the_s
 def test_a_sweep_whose_every_variant_fails_to_load_its_data_still_writes_its_summary(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from avade.errors import DataError
-    from avade.train import trainer
+    from avade.train import datasets
 
     def unreadable(recipe: Any) -> Any:  # found by the pre-check, but fails to load (e.g. a damaged file)
         raise DataError("dataset 'synthetic': damaged")
 
-    monkeypatch.setattr(trainer, "load_datasets", unreadable)
+    monkeypatch.setattr(datasets, "load_datasets", unreadable)
     sweep = tiny_dict("train.steps=1")
     sweep["sweep"] = {"grid": {"train.seed": [0, 1]}}
     recipe = tmp_path / "sweep.toml"

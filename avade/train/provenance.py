@@ -49,7 +49,7 @@ def missing_plugin_hint(checkpoints: Path) -> str:
         if not isinstance(providers, dict):
             continue
         gone = [f"{key.replace('/', ' ')!s} from {who}" for key, who in providers.items()
-                if isinstance(key, str) and "/" in key and tuple(key.split("/", 1)) not in registry]
+                if isinstance(key, str) and "/" in key and key.partition("/")[::2] not in registry]
         if gone:
             return (f"; the run was trained with {', '.join(gone)}: install that plugin, or take it out of "
                     "--disable-plugins / AVADE_DISABLE_PLUGINS")

@@ -140,7 +140,7 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
         # A run's own recipe.toml, resumed: read as the avade that wrote it meant it (keys added since then
         # take the values that rebuild its model, see recipe.load.SAVED_BEFORE).
         own = resume and out_dir is not None and _same_file(file, RunDir(out_dir).recipe)
-        from avade.train.trainer import naming_missing_plugins
+        from avade.train.provenance import naming_missing_plugins
 
         # resuming a run whose plugin is gone: name the plugin it was trained with
         trained_with = RunDir(out_dir).checkpoints if resume and out_dir is not None else None

@@ -12,20 +12,17 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
 
 from avade.atomic_files import drop_stale_temporaries, locked
-from avade.data.base import class_counts, data_of_model, data_of_trained_model
-from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError
+from avade.data.base import class_counts, data_of_trained_model
+from avade.errors import CheckpointError, ConfigError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
 from avade.losses.adversarial import (
     CollapseDetector,
@@ -42,10 +39,17 @@ from avade.nn.replicas import replica_statistics
 from avade.recipe.load import saved_before_hint
 from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, AbsentConfig, Recipe
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
-from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
 from avade.train.compiling import check_compile_backend, compile_in_place
 from avade.train.data import BatchStream, eval_batches, indexed_batches
+from avade.train.datasets import load_datasets_on_node
+from avade.train.device import (
+    configure_tf32,
+    cpu_has_native_bf16,
+    cuda_has_native_bf16,
+    resolve_device,
+    seed_everything,
+)
 from avade.train.distributed import (
     DistInfo,
     alike_on_this_node,
@@ -59,198 +63,11 @@ from avade.train.distributed import (
 )
 from avade.train.ema import WeightAverage
 from avade.train.logger import MetricsLogger
+from avade.train.optim import make_optimizer, total_norm
 from avade.train.preemption import UNSTARTED_STOP, StopRequest, stop_on_signals
+from avade.train.provenance import component_providers
 from avade.train.rundir import RunDir, atomic_write_text, read_json_object, write_json
 from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but no CUDA GPU is available; use --device cpu",
-                          path="train.device")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N", path="train.device") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device '{name}': avade runs on cpu and cuda; use auto, cpu, cuda or cuda:N",
-                          path="train.device")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device '{name}' requested but this machine has {torch.cuda.device_count()} CUDA "
-                          "GPU(s)", path="train.device")
-    return device
-
-
-def load_datasets_on_node(recipe: Recipe, info: DistInfo) -> tuple[Any, Any]:
-    """:func:`load_datasets` for a torchrun job. With ``data.download = true`` the node's first process
-    (``LOCAL_RANK`` 0) loads first, fetching what is missing, while the others wait: every process downloading
-    and unpacking into the same folder at once would read each other's half-written files."""
-    ref = recipe.data.dataset
-    if not info.enabled or ref is None or not getattr(ref.config, "download", False):
-        return load_datasets(recipe)
-    import torch.distributed as dist
-
-    first = info.local_rank == 0
-    sets = load_datasets(recipe) if first else None
-    dist.barrier()  # (a first process that failed leaves the job: the others' barrier fails with it)
-    return sets if sets is not None else load_datasets(recipe)
-
-
-def load_datasets(recipe: Recipe, train: bool = True, test: bool = True) -> tuple[Any, Any]:
-    """(train, test) datasets of a recipe, at its ``data.n_bits``; a split not asked for is None (evaluating
-    on the test split needs no training data)."""
-    from avade.data.posterized import with_bits
-    from avade.data.validate import dataset_problem
-
-    registry = get_registry()
-    ref = recipe.data.dataset
-    assert ref is not None
-    info = registry.get("dataset", ref.name)
-    bits = recipe.data.options.n_bits
-    root = getattr(ref.config, "root", None)
-    where = f" under {root}" if root else ""
-    splits = [split for split, wanted in (("train", train), ("test", test)) if wanted]
-    try:
-        with data_of_model(recipe.model.options.conditional):  # "not found" suggests data it can train on
-            sets = {split: registry.build(info, ref.config, split=split) for split in splits}
-        problems = [(split, dataset_problem(ds, split)) for split, ds in sets.items()]
-    except AvadeError:
-        raise
-    except Exception as exc:  # a file the loader cannot parse (truncated archive, wrong encoding, bad shapes)
-        raise DataError(f"dataset '{ref.name}'{where} could not be read: {type(exc).__name__}: {exc}; check or "
-                        "replace its files") from exc
-    declared = getattr(ref.config, "num_classes", None)  # what `recipe check` went by, before any loading
-    first, problem = problems[0]
-    why = getattr(sets[first], "unlabeled_reason", "")  # a dataset that says why it has no labels
-    if recipe.model.options.conditional and problem is None and not sets[first].num_classes and why:
-        raise DataError(f"model.conditional = true needs a labelled dataset, but '{ref.name}'{where} has no labels: "
-                        f"{why}")
-    if isinstance(declared, int) and problem is None and declared != sets[first].num_classes:
-        problems[0] = (first, f"its config declares num_classes = {declared}, but the loaded data have "
-                              f"{sets[first].num_classes} classes")
-    for split, problem in problems:
-        if problem:
-            what, fix = info.blame()  # a plugin's dataset names the plugin
-            raise DataError(f"{what}, {split} split: {problem}{fix}")
-    return tuple(with_bits(sets[split], bits) if split in sets else None  # type: ignore[return-value]
-                 for split in ("train", "test"))
-
-
-def component_providers(recipe: Recipe) -> dict[str, str]:
-    """``{"flow/glow": "avade 0.1.0", "dataset/my-data": "my-plugin 1.2", ...}`` for the recipe's components."""
-    registry = get_registry()
-    refs = [(kind, getattr(recipe.model, kind)) for kind in ("flow", "encoder", "posterior", "decoder",
-                                                             "discriminator")]
-    pairs = [(kind, ref.name) for kind, ref in refs if ref is not None]
-    if recipe.data.dataset is not None:
-        pairs.append(("dataset", recipe.data.dataset.name))
-    pairs += [("metric", name) for name in recipe.eval.metrics]
-    # norms: named by the components' options (``norm = "weight-norm"``) and by model.norm_options
-    from avade.models.build import flat_config
-
-    norms = list(recipe.model.options.norm_options)
-    for _, ref in refs:
-        if ref is not None:
-            norms += [v for k, v in flat_config(ref.config) if isinstance(v, str) and "norm" in k.rsplit(".", 1)[-1]]
-    pairs += [("norm", name) for name in dict.fromkeys(norms) if ("norm", name) in registry]
-    out = {}
-    for kind, name in pairs:
-        try:
-            out[f"{kind}/{name}"] = registry.get(kind, name).provider
-        except AvadeError:
-            continue
-    return out
-
-
-def missing_plugin_hint(checkpoints: Path) -> str:
-    """For a run whose recipe names a component this avade does not know: which plugin provided it when
-    the run was trained (from the newest checkpoint's state.json), or ""."""
-    registry = get_registry()
-    for path in reversed(ckpt.list_checkpoints(checkpoints)):
-        providers = read_json_object(path / "state.json").get("providers")
-        if not isinstance(providers, dict):
-            continue
-        gone = [f"{key.replace('/', ' ')!s} from {who}" for key, who in providers.items()
-                if isinstance(key, str) and "/" in key and key.partition("/")[::2] not in registry]
-        if gone:
-            return (f"; the run was trained with {', '.join(gone)}: install that plugin, or take it out of "
-                    "--disable-plugins / AVADE_DISABLE_PLUGINS")
-        return ""
-    return ""
-
-
-@contextlib.contextmanager
-def naming_missing_plugins(checkpoints: Path | None) -> Iterator[None]:
-    """Around reading a run's recipe: a ConfigError from a component this avade lacks gains the name of the
-    plugin the run was trained with (:func:`missing_plugin_hint`)."""
-    try:
-        yield
-    except ConfigError as exc:
-        hint = missing_plugin_hint(checkpoints) if checkpoints is not None else ""
-        if not hint:
-            raise
-        raise ConfigError(exc.detail + hint, path=exc.path, source=exc.source) from None
-
-
-def configure_tf32(enabled: bool) -> None:
-    """``train.tf32`` for CUDA fp32 convolutions and matmuls: TF32 tensor cores, or IEEE fp32. Set through
-    the ``allow_tf32`` flags: with them every TF32 setting stays readable, old and new API alike (after
-    the per-backend ``fp32_precision`` setters, reading ``cudnn.allow_tf32`` or the matmul precision
-    raises, and torch.compile's autotuning reads them)."""
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's global generators (numpy's takes the seed modulo 2**32)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
-                   betas: tuple[float, float]) -> torch.optim.Optimizer:
-    """The ``train.optimizer`` named ``name`` (adamax or adam) over ``params``."""
-    cls = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam}[name]
-    # foreach (multi-tensor) updates on CPU too, where torch defaults to a per-parameter loop: the same
-    # numbers (bit for bit), about 40 % less optimizer time for the many small tensors of these models.
-    return cls(params, lr=lr, betas=betas, foreach=True)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bfloat16 natively (x86: AVX512-BF16 or AMX-BF16; Arm: its BF16 extension).
-
-    Not oneDNN's ``_is_mkldnn_bf16_supported`` alone: on x86 that only asks for AVX-512 (BW, VL, DQ), so
-    it is true on CPUs that emulate bf16 (e.g. Skylake-SP, Cascade Lake, Ice Lake servers)."""
-    try:
-        caps = torch._C._cpu._get_cpu_capability()
-    except (AttributeError, RuntimeError):
-        caps = {}
-    if caps.get("architecture") in ("x86_64", "x86", "i386", "AMD64"):
-        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
-    try:  # elsewhere (Arm) oneDNN's check is the CPU's bf16 extension
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def cuda_has_native_bf16(device: torch.device) -> bool:
-    """Whether the GPU has bfloat16 tensor cores (compute capability 8.0 on: Ampere, Hopper, ...)."""
-    return torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The 2-norm of all ``grads`` together (``clip_grad_norm_``'s, without the clipping)."""
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
-    if get_total_norm is not None:
-        return get_total_norm(grads)
-    if not grads:
-        return torch.tensor(0.0)
-    norms = [torch.linalg.vector_norm(g) for g in grads]
-    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
 
 
 class Trainer:

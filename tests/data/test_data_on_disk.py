@@ -229,7 +229,7 @@ def test_a_conditional_model_on_class_folders_with_a_loose_image_says_why_there_
     # refused with "'image-folder' has no labels", the class folders in plain sight
     from tiny_recipes import tiny_recipe
 
-    from avade.train.trainer import load_datasets
+    from avade.train.datasets import load_datasets
 
     for k, cls in enumerate(("cat", "dog")):
         for i, a in enumerate(rgb_images(4, 8, 8, seed=k)):
@@ -504,7 +504,7 @@ def test_images_without_an_8_bit_scale_are_refused_naming_the_file(tmp_path, pix
 def test_a_file_the_loader_cannot_parse_is_a_data_error_naming_the_dataset(tmp_path):
     from tiny_recipes import tiny_recipe
 
-    from avade.train.trainer import load_datasets
+    from avade.train.datasets import load_datasets
 
     write_fake_cifar10(tmp_path)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"

@@ -17,7 +17,7 @@ from avade.data.posterized import PosterizedDataset, with_bits
 from avade.errors import ConfigError
 from avade.models.likelihood import discretized_logistic_log_prob, sample_discretized_logistic
 from avade.models.preprocess import Preprocess, to_uint8
-from avade.train.trainer import load_datasets
+from avade.train.datasets import load_datasets
 
 ALL_VALUES = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
 

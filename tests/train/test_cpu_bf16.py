@@ -11,6 +11,7 @@ from rich.console import Console
 from tiny_recipes import tiny_recipe
 
 from avade.flows.base import Flow
+from avade.train import device as device_module
 from avade.train import trainer as trainer_module
 from avade.train.trainer import Trainer
 
@@ -64,7 +65,7 @@ def test_native_bf16_means_the_bf16_instructions_not_just_avx512(monkeypatch, fl
             "avx512_bf16": False, "amx_bf16": False, **flags}
     monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: caps)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    assert trainer_module.cpu_has_native_bf16() is native
+    assert device_module.cpu_has_native_bf16() is native
 
 
 def test_densities_are_float32_under_bf16_autocast(tmp_path) -> None:
@@ -94,4 +95,4 @@ def test_densities_are_float32_under_bf16_autocast(tmp_path) -> None:
 def test_gpus_before_ampere_have_no_native_bf16(monkeypatch, capability, native: bool) -> None:
     # V100 (7.0) and T4 (7.5) emulate bf16 autocast, slower than fp32; A100 (8.0) and H100/H200 (9.0) do not.
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert trainer_module.cuda_has_native_bf16(torch.device("cuda", 0)) is native
+    assert device_module.cuda_has_native_bf16(torch.device("cuda", 0)) is native

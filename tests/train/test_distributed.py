@@ -30,7 +30,7 @@ HALF = 4
 def _model_and_batch():
     torch.manual_seed(0)
     recipe = tiny_recipe("model.variant=v-ade", "model.discriminator.name=none")
-    from avade.train.trainer import load_datasets
+    from avade.train.datasets import load_datasets
 
     train, _ = load_datasets(recipe)
     model = build_model(recipe, train.shape, train.num_classes)
@@ -245,7 +245,7 @@ def test_test_bpd_is_sharded_over_processes_and_equals_one_process(tmp_path):
     # One process, the same weights, every batch: the same value.
     recipe = tiny_recipe(*EVAL_OVERRIDES)
     from avade.train.data import eval_batches
-    from avade.train.trainer import load_datasets
+    from avade.train.datasets import load_datasets
 
     train, test = load_datasets(recipe)
     model = build_model(recipe, train.shape, train.num_classes)
@@ -713,7 +713,7 @@ def _download_worker(rank, store, out, download):
     try:
         import time
 
-        import avade.train.trainer as trainer_module
+        import avade.train.datasets as datasets_module
 
         def loading(recipe):  # records when this process read (or fetched) the data
             begin = time.monotonic()
@@ -722,9 +722,9 @@ def _download_worker(rank, store, out, download):
                 json.dump([begin, time.monotonic()], f)
             return "train", "test"
 
-        trainer_module.load_datasets = loading
+        datasets_module.load_datasets = loading
         recipe = tiny_recipe("data.name=digits", f"data.download={'true' if download else 'false'}")
-        assert trainer_module.load_datasets_on_node(recipe, DistInfo(rank, WORLD, rank)) == ("train", "test")
+        assert datasets_module.load_datasets_on_node(recipe, DistInfo(rank, WORLD, rank)) == ("train", "test")
     finally:
         dist.destroy_process_group()
 

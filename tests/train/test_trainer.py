@@ -685,7 +685,7 @@ def test_a_broken_fid_reference_fails_before_step_0(tmp_path, monkeypatch):
 
 
 def test_tf32_settings_stay_readable_through_every_api():
-    from avade.train.trainer import configure_tf32
+    from avade.train.device import configure_tf32
 
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
@@ -727,7 +727,7 @@ def test_ctrl_c_before_the_first_step_leaves_no_run_directory(tmp_path, monkeypa
     monkeypatch.undo()
     # ... and while the data load, inside a loader that takes any Exception for a corrupt dataset; a resume
     # says to resume
-    import avade.train.trainer as trainer_module
+    import avade.train.datasets as datasets_module
     from avade.errors import DataError
 
     def loading(recipe):
@@ -738,7 +738,7 @@ def test_ctrl_c_before_the_first_step_leaves_no_run_directory(tmp_path, monkeypa
             raise DataError("could not be read") from exc
 
     run_recipe(tiny_recipe("train.steps=2"), tmp_path / "done", progress=False)
-    monkeypatch.setattr(trainer_module, "load_datasets", loading)
+    monkeypatch.setattr(datasets_module, "load_datasets", loading)
     with pytest.raises(StoppedError, match=r"stopped by SIGTERM before training went on from the checkpoint: "
                                            r"nothing new to save; continue with --resume"):
         run_recipe(tiny_recipe("train.steps=4"), tmp_path / "done", resume=True, progress=False)
@@ -778,7 +778,7 @@ def test_a_moved_absolute_image_folder_is_the_same_data_a_relative_one_names_it(
 @pytest.mark.parametrize("native", [True, False], ids=["get_total_norm", "torch < 2.6"])
 def test_the_unclipped_gradient_norm_is_clip_grad_norms_without_touching_the_gradients(
         native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from avade.train.trainer import total_norm
+    from avade.train.optim import total_norm
 
     if not native:
         monkeypatch.delattr(torch.nn.utils, "get_total_norm", raising=False)
@@ -797,7 +797,7 @@ def test_the_unclipped_gradient_norm_is_clip_grad_norms_without_touching_the_gra
 
 @pytest.mark.parametrize("name", ["tpu", "mps", "meta"])
 def test_an_unknown_or_unsupported_device_is_a_config_error(name: str) -> None:
-    from avade.train.trainer import resolve_device
+    from avade.train.device import resolve_device
 
     with pytest.raises(ConfigError, match="use auto, cpu, cuda or cuda:N"):
         resolve_device(name)
