@@ -139,3 +139,16 @@ def test_realnvp_with_the_references_bn_out(checkerboard: str) -> None:
     check_flow("realnvp", scales=2, hidden=8, blocks=1, out_batch_norm="transformed", checkerboard=checkerboard)
     with pytest.raises(avade.ConfigError, match="out_batch_norm"):
         avade.create("flow", "realnvp", in_shape=(3, 8, 8), out_batch_norm="half")
+
+
+def test_momentum_is_the_weight_of_the_new_batch() -> None:
+    # As torch's BatchNorm (and the reference's decay 0.95): running <- (1 - momentum) running + momentum batch.
+    bn = avade.create("flow", "batch-norm", in_shape=(2, 3, 3), momentum=0.05).double().train()
+    xs = [torch.randn(8, 2, 3, 3, dtype=torch.float64) * 2 + 3 for _ in range(2)]
+    mean, var = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    for x in xs:
+        bn(x)
+        mean = 0.95 * mean + 0.05 * x.mean((0, 2, 3))
+        var = 0.95 * var + 0.05 * x.var((0, 2, 3), correction=0)
+    torch.testing.assert_close(bn.running_mean.flatten(), mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bn.running_var.flatten(), var, rtol=1e-12, atol=1e-12)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import attrs
@@ -10,6 +11,7 @@ import torch
 
 import avade
 from avade.errors import AvadeError
+from avade.flows.coupling import AffineCoupling
 
 IN_SHAPE = (3, 8, 8)
 GENERIC_SMALL = {"hidden": 8, "blocks": 1}
@@ -142,3 +144,42 @@ def test_realnvp_widens_its_st_networks_as_the_reference(growth, perturb) -> Non
 def test_realnvp_hidden_growth_is_1_or_2() -> None:
     with pytest.raises(avade.ConfigError, match="hidden_growth"):
         avade.create("flow", "realnvp", in_shape=(3, 8, 8), hidden_growth=3)
+
+
+@pytest.mark.parametrize("mask", ["checkerboard", "checkerboard-packed", "channel"])
+@pytest.mark.parametrize("net", ["resnet", "reference"])
+def test_reverse_coupling_transforms_the_other_half(mask: str, net: str, perturb) -> None:
+    # A coupling changes exactly its transformed_region; its reverse changes the rest, so that two
+    # alternating couplings between them transform every dimension.
+    x = torch.randn(2, 4, 4, 6)
+    regions = []
+    for reverse in (False, True):
+        flow = avade.create("flow", "affine-coupling", in_shape=(4, 4, 6), mask=mask, reverse=reverse, net=net,
+                            hidden=8, blocks=1)
+        perturb(flow, 0.5)
+        flow.eval()
+        with torch.no_grad():
+            y, _ = flow(x)
+        region = flow.transformed_region().expand(1, 4, 4, 6)
+        changed = (y - x).abs() > 1e-12
+        assert torch.equal(changed, region.bool().expand_as(changed)), f"reverse={reverse}"
+        regions.append(region)
+    torch.testing.assert_close(regions[0] + regions[1], torch.ones(1, 4, 4, 6), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("checkerboard", ["masked", "packed"])
+def test_realnvp_couplings_alternate_their_halves(checkerboard: str) -> None:
+    # Within each run of same-kind couplings (checkerboard, or channel after a squeeze) the transformed
+    # halves alternate, as in Real-NVP: otherwise half the dimensions would only ever be shifted around.
+    flow = avade.create("flow", "realnvp", in_shape=(3, 8, 8), scales=2, layers=3, hidden=8, blocks=1,
+                        checkerboard=checkerboard)
+    couplings = [m for m in flow.modules() if isinstance(m, AffineCoupling)]
+    runs: dict[tuple, list[torch.Tensor]] = {}
+    for c in couplings:
+        kind = ("channel" if not (c.checker or c.packed) else "checker", tuple(c.in_shape))
+        runs.setdefault(kind, []).append(c.transformed_region())
+    assert len(runs) == 3  # checkerboard at two scales, channel couplings at the first
+    for kind, regions in runs.items():
+        assert len(regions) >= 3, kind
+        for a, b in itertools.pairwise(regions):
+            torch.testing.assert_close(a + b, torch.ones_like(a), rtol=0, atol=0, msg=str(kind))

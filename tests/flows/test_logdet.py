@@ -63,3 +63,22 @@ def test_glow_logdet(channels, scales, lu, warm_up, perturb, brute_logdet) -> No
 def test_building_block_logdet(name, config, warm_up, perturb, brute_logdet) -> None:
     flow = avade.create("flow", name, in_shape=(3, 4, 4), **config)
     _check(flow, torch.randn(1, 3, 4, 4), warm_up, perturb, brute_logdet)
+
+
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("actnorm", {}),
+        ("actnorm", {"logscale_factor": 3.0}),
+        ("invconv", {"lu": True}),
+        ("invconv", {"lu": False}),
+        ("batch-norm", {}),
+        ("affine-coupling", {"mask": "checkerboard-packed", "reverse": True, "hidden": 8, "blocks": 1}),
+        ("realnvp", {"scales": 2, "hidden": 8, "blocks": 1}),
+        ("glow", {"scales": 2, "steps": 1, "hidden": 8}),
+    ],
+)
+def test_logdet_on_non_square_images(name, config, warm_up, perturb, brute_logdet) -> None:
+    # Per-pixel log-determinants are counted H * W times: with H != W a count of H * H or W * W shows.
+    flow = avade.create("flow", name, in_shape=(2, 4, 8), **config)
+    _check(flow, torch.randn(1, 2, 4, 8), warm_up, perturb, brute_logdet)
