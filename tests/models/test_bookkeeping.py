@@ -9,7 +9,7 @@ import torch
 
 from avade.models import GenerativeModel, build_model
 from avade.models.likelihood import discretized_logistic_log_prob, gaussian_log_prob, sample_discretized_logistic
-from avade.models.preprocess import Preprocess, to_uint8
+from avade.models.preprocess import Preprocess, to_uint8, to_unit
 from avade.recipe.load import recipe_from_dict
 
 
@@ -169,3 +169,90 @@ def test_discretized_logistic_samples_are_dequantized_within_their_bin():
     assert {0.0, 255.0} <= set(bins.unique().tolist())
     frac = u - bins
     assert 0.27 < float(frac.std()) < 0.31  # U[0, 1): std 1/sqrt(12) = 0.289
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_importance_weighted_bound_is_the_log_mean_exp_of_the_weights(k):
+    # An independent recomputation from the terms the top-down pass returned: log p(x) >= log (1/k) sum_i w_i
+    # with w_i = p(f(x)|z_i) p(z_i) / q(z_i|x), plus the preprocessing and flow log-determinant.
+    model = _latents_matter()
+    seen = []
+    top_down = model._top_down
+    model._top_down = lambda *a: seen.append(top_down(*a)) or seen[-1]
+    x = torch.randint(0, 256, (4, 2, 4, 4), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        out = model.log_likelihood(x, generator=gen, importance_samples=k)
+    (mean, log_q, log_p), = seen
+    assert float((log_q - log_p).abs().max()) > 1e-2  # the latents matter: the weights differ
+    gen = torch.Generator().manual_seed(7)
+    torch.randint(0, 2**62, (1,), generator=gen)  # the latents' seed is drawn first, then the dequantization
+    u = x.float() + torch.rand(x.shape, generator=gen)
+    with torch.no_grad():
+        feat, logdet = model.features(u)
+    log_w = (gaussian_log_prob(feat.repeat(k, 1, 1, 1), mean, model.log_sigma) + log_p - log_q).view(k, 4).double()
+    expected = torch.logsumexp(log_w, 0) - math.log(k) + logdet.double()
+    torch.testing.assert_close(out["log_px"].double(), expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out["bpd"].double(), -expected / (32 * math.log(2.0)), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out["kl"].double(), (log_q - log_p).view(k, 4).mean(0).double(), rtol=0, atol=1e-5)
+
+
+def test_decode_prior_follows_the_temperature_it_is_given():
+    # Temperature 0 decodes the prior means (deterministic); the model's own temperature is the default.
+    model = _latents_matter()
+    with torch.no_grad():
+        model.decoder.out.layer.weight.normal_(0.0, 0.5)  # the decoder mean depends on z
+    model.temperature = 1.0
+    with torch.no_grad():
+        cold = [model.decode_prior(3, temperature=0.0) for _ in range(2)]
+        warm = [model.decode_prior(3) for _ in range(2)]
+        torch.testing.assert_close(cold[0], cold[1], rtol=0, atol=0)
+        assert not torch.allclose(warm[0], warm[1])
+        model.temperature = 0.0
+        assert not torch.allclose(model.decode_prior(3, temperature=1.0), model.decode_prior(3, temperature=1.0))
+        torch.testing.assert_close(model.decode_prior(3), cold[0], rtol=0, atol=0)
+
+
+def test_discretized_logistic_far_from_the_mean_uses_the_bin_width_density():
+    # Where the bin's probability is below 1e-5 the density at the bin centre times the bin width (2/255 on
+    # [-1, 1]) stands in for it: it must still be close to the exact probability (computed here in float64 from
+    # the upper tails, no cancellation).
+    x = torch.tensor([200, 230, 250], dtype=torch.uint8).view(1, 3, 1, 1)
+    mean = torch.full((1, 3, 1, 1), -0.2)
+    log_scale = torch.full((3, 1, 1), -3.0)
+    lp = discretized_logistic_log_prob(x, mean, log_scale)
+    c = x.double() / 127.5 - 1.0
+    s = math.exp(-3.0)
+    exact = torch.log(torch.sigmoid(-(c - 1 / 255 + 0.2) / s) - torch.sigmoid(-(c + 1 / 255 + 0.2) / s))
+    assert float(exact.exp().max()) < 1e-5  # the fallback's regime
+    torch.testing.assert_close(lp.double(), exact.flatten(1).sum(1), rtol=0, atol=2e-2)  # log 2 per pixel shows
+
+
+@pytest.mark.parametrize("flow", ["realnvp", "glow"])
+def test_feature_logdet_counts_the_preprocessing_and_the_flow(flow):
+    # log|det d f(preprocess(u)) / du| from the full Jacobian: the flow's share must be in the bound too.
+    recipe = recipe_from_dict({
+        "name": "flow-logdet",
+        "model": {"variant": "v-ade", "flow": {"name": flow, "scales": 1, "hidden": 4},
+                  "encoder": {"name": "conv", "channels": [4]},
+                  "posterior": {"name": "diagonal", "latent_channels": 2, "norm": "none"},
+                  "decoder": {"name": "conv", "norm": "none"}},
+        "data": {"name": "synthetic", "resolution": 4, "channels": 1},
+    })
+    model = build_model(recipe, (2, 4, 4)).double()
+    with torch.no_grad():
+        for p in model.flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # off the identity
+    model.eval()
+    u = torch.rand(1, 2, 4, 4, dtype=torch.float64) * 250 + 3
+    _, logdet = model.features(u)
+    jac = torch.autograd.functional.jacobian(lambda v: model.features(v.view_as(u))[0].flatten(), u.flatten())
+    brute = torch.linalg.slogdet(jac)[1]
+    assert abs(float(model.preprocess(u)[1][0]) - float(brute)) > 0.1  # the flow changes the volume
+    assert float(logdet[0]) == pytest.approx(float(brute), abs=1e-3)  # the flow runs in float32
+
+
+def test_to_unit_maps_the_dequantized_range_onto_minus_one_to_one():
+    # The discriminator sees real and generated images in [-1, 1): u = 0 -> -1, u = 128 -> 0, u -> 256 gives 1.
+    torch.testing.assert_close(to_unit(torch.tensor([0.0, 128.0, 256.0])), torch.tensor([-1.0, 0.0, 1.0]),
+                               rtol=0, atol=0)
