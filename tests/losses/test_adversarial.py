@@ -57,6 +57,21 @@ def test_gradient_penalty_matches_hand_value_and_trains_only_d() -> None:
     assert all(p.grad is None for p in g.parameters())
 
 
+
+def test_gradient_penalty_never_reaches_the_generator_through_a_curved_discriminator() -> None:
+    # With D(x) = a ||x||^2 / 2 the input gradient a x_hat depends on x_hat, so a penalty built on an
+    # undetached fake would send gradients into the generator (a linear D cannot show that).
+    a = nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
+    g = nn.Linear(4, 8, dtype=torch.float64)
+    z = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    fake = g(z).view(3, 2, 2, 2)
+    real = torch.randn(3, 2, 2, 2, dtype=torch.float64)
+    gp = gradient_penalty(lambda x: 0.5 * a * x.flatten(1).pow(2).sum(1), real, fake, weight=10.0)
+    gp.backward()
+    assert a.grad is not None and a.grad.abs() > 0
+    assert z.grad is None
+    assert all(p.grad is None for p in g.parameters())
+
 def test_gradient_penalty_interpolates_per_sample_with_the_given_generator() -> None:
     # D(x) = ||x||^2 / 2 has gradient x_hat, so GP = mean((||x_hat|| - 1)^2) exposes eps.
     def d(x: torch.Tensor) -> torch.Tensor:

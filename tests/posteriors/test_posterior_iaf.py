@@ -58,6 +58,17 @@ def test_two_step_log_determinant() -> None:
     torch.testing.assert_close(logdet[0], torch.linalg.slogdet(jac)[1])
 
 
+
+def test_steps_alternate_the_channel_order() -> None:
+    # Step 2 reverses step 1's channel order, so after two steps the first channel depends on the last (and
+    # the last on the first): with one order throughout, the channels would stay triangular for good.
+    torch.manual_seed(2)
+    flow = IAFFlow(Z, 8, 0, steps=2, kernel=1).double()
+    assert [bool(step.order[0] > step.order[-1]) for step in flow.steps] == [False, True]
+    z0 = torch.randn(1, Z, 1, 1, dtype=torch.float64)
+    jac = jacobian(lambda v: flow(v.view(1, Z, 1, 1))[0].flatten(), z0.flatten())
+    assert jac[0, Z - 1].abs() > 1e-6 and jac[Z - 1, 0].abs() > 1e-6
+
 @pytest.mark.parametrize("name,opts", [("iaf", {"iaf_steps": 2}), ("topdown", {"iaf_steps": 1, "groups": 1})])
 def test_posterior_log_density_through_the_flow(name: str, opts: dict) -> None:
     torch.manual_seed(2)
