@@ -131,3 +131,29 @@ def test_a_missing_average_file_is_an_incomplete_checkpoint(tmp_path: Path) -> N
     with pytest.raises(CheckpointError, match=r"ema\.safetensors"):
         Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path,
                 resume=True, progress=False)
+
+
+def test_sample_grids_during_training_are_drawn_with_the_average(tmp_path: Path, monkeypatch) -> None:
+    trainer = Trainer(tiny_recipe("train.ema_decay=0.5"), tmp_path / "run", progress=False)
+    for step in range(1, 3):
+        trainer.train_step(*next(trainer.stream.batches(step - 1)))
+        trainer.step = step
+        trainer.ema.update(step)
+    drawn_with = []
+    sample = trainer.model.sample
+    monkeypatch.setattr(trainer.model, "sample", lambda *a, **k: (
+        drawn_with.append([p.detach().clone() for p in trainer.ema.params]), sample(*a, **k))[1])
+    trainer.write_grids("check")
+    assert drawn_with and all(torch.equal(p, s) for p, s in zip(drawn_with[0], trainer.ema.shadow, strict=True))
+    assert any(not torch.equal(p, s) for p, s in zip(trainer.ema.params, trainer.ema.shadow, strict=True))
+
+
+def test_training_copies_the_weights_into_the_average_until_ema_start(tmp_path: Path) -> None:
+    trainer = Trainer(tiny_recipe("train.ema_decay=0.5", "train.ema_start=2", "train.steps=3",
+                                  "train.checkpoint_every=100"), tmp_path / "run", progress=False)
+    for step in range(1, 4):
+        trainer.train_step(*next(trainer.stream.batches(step - 1)))
+        trainer.step = step
+        trainer.ema.update(step)
+        copied = all(torch.equal(p, s) for p, s in zip(trainer.ema.params, trainer.ema.shadow, strict=True))
+        assert copied == (step <= 2), step  # steps 1 and 2 copy; step 3 averages
