@@ -254,3 +254,9 @@ def test_prd_auc_is_the_area_under_the_curve() -> None:
         assert prd_auc(precision, recall) == pytest.approx(_exact_area(q, p), abs=1e-4), f"trial {trial}"
         # Either direction along the curve gives the same area.
         assert prd_auc(precision[::-1], recall[::-1]) == pytest.approx(prd_auc(precision, recall), abs=1e-15)
+
+
+def test_the_defaults_are_the_reference_settings() -> None:
+    """Sajjadi et al.'s prd_score.py: 20 clusters, 1001 angles, 10 clusterings averaged, F_8 and F_1/8."""
+    cfg = PRDConfig()
+    assert (cfg.num_clusters, cfg.num_angles, cfg.num_runs, cfg.beta) == (20, 1001, 10, 8.0)
