@@ -1594,3 +1594,46 @@ def test_a_collective_timing_out_under_torchrun_names_the_timeout_setting(tmp_pa
         assert "AVADE_DIST_TIMEOUT_MIN = 0.03 minutes" in out and "internal error" not in out, out
     else:  # no torchrun job: whatever raised it, it is no collective of avade's
         assert "internal error" in out, out
+
+
+def test_a_png_grid_holds_the_samples_pixel_for_pixel(run_dir: Path, tmp_path: Path) -> None:
+    """The grid's tiles are the very uint8 samples the .npz of the same seed holds (no rescaling on the way)."""
+    import numpy as np
+    from PIL import Image
+
+    for name in ("s.png", "s.npz"):
+        result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / name), "--device", "cpu",
+                              "--seed", "2")
+        assert result.exit_code == 0, out
+    with np.load(tmp_path / "s.npz") as data:
+        samples = data["arr_0"]  # [4, H, W, C]
+    grid = np.asarray(Image.open(tmp_path / "s.png").convert("RGB"))
+    _, h, w, c = samples.shape
+    pad = 2  # torchvision's save_image: 2 px between and around the tiles, 2 per row
+    for i, sample in enumerate(samples):
+        row, col = divmod(i, 2)
+        top, left = pad + row * (h + pad), pad + col * (w + pad)
+        tile = grid[top:top + h, left:left + w, :c]
+        assert np.array_equal(tile, sample), i
+    assert samples.min() < samples.max()  # a grid of one colour would prove little
+
+
+def test_sample_temperature_reaches_the_prior(run_dir: Path, tmp_path: Path) -> None:
+    """``--temperature t`` draws what ``model.sample(temperature=t)`` draws with the same seed."""
+    import numpy as np
+    import torch
+
+    import avade
+
+    model, _, _ = avade.load_model(run_dir, device="cpu")
+    drawn = {}
+    for t in ("0", "1"):
+        result, out = _invoke("sample", str(run_dir), "-n", "3", "-o", str(tmp_path / f"t{t}.npz"), "--device", "cpu",
+                              "--seed", "6", "--temperature", t)
+        assert result.exit_code == 0, out
+        with np.load(tmp_path / f"t{t}.npz") as data:
+            drawn[t] = data["arr_0"]
+        with torch.inference_mode():
+            expected = model.sample(3, temperature=float(t), generator=torch.Generator().manual_seed(6))
+        assert np.array_equal(drawn[t], expected.permute(0, 2, 3, 1).numpy()), t
+    assert not np.array_equal(drawn["0"], drawn["1"])
