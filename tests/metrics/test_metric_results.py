@@ -210,3 +210,18 @@ def test_eval_json_records_the_seed_of_the_samples_a_metric_scored(tmp_path, mon
     ev.sample_run(tmp_path / "run", n=6, output=tmp_path / "again.npz", seed=5, device="cpu")
     again = np.load(tmp_path / "again.npz")["arr_0"]
     assert np.array_equal(again, torch.cat(scored).permute(0, 2, 3, 1).numpy())
+
+
+def test_sample_metrics_draw_from_the_model_in_eval_mode(tmp_path, monkeypatch):
+    """During training the model is in train mode (a GAN runs no bpd pass, which would switch it): samples for
+    FID & co. must still come from eval mode (batch-norm flows invert with their running statistics)."""
+    from avade.evaluate import RunContext
+    from avade.train.trainer import Trainer
+
+    trainer = Trainer(tiny_recipe(), tmp_path / "run", progress=False)
+    model = trainer.model.train()
+    ctx = RunContext(model, trainer.recipe, trainer.train_set, trainer.test_set, trainer.device, tmp_path, tmp_path)
+    modes, sample = [], model.sample
+    monkeypatch.setattr(model, "sample", lambda *a, **k: (modes.append(model.training), sample(*a, **k))[1])
+    assert len(list(ctx.sample_batches(4, batch_size=2))) == 2
+    assert modes == [False, False]
