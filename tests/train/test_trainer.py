@@ -45,6 +45,12 @@ def test_checkpoint_has_no_pickle_and_keeps_last_n(tmp_path):
     assert state["step"] == 8 and set(state["optimizers"]) == {"generator", "discriminator"}
 
 
+def test_the_last_step_is_checkpointed_off_the_checkpoint_every_grid(tmp_path):
+    """train.steps = 3 with checkpoint_every = 2: the trained weights (step 3) are saved too, and evaluated."""
+    Trainer(tiny_recipe("train.steps=3", "train.checkpoint_every=2"), tmp_path, progress=False).fit()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000002", "step_00000003"]
+
+
 def test_keep_every_keeps_milestone_checkpoints_for_good(tmp_path):
     recipe = tiny_recipe("train.steps=12", "train.checkpoint_every=2", "train.keep_checkpoints=2",
                          "train.keep_every=4")
