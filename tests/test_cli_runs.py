@@ -731,10 +731,10 @@ def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path, monkeypat
         assert result.exit_code == 2 and "is not a run directory" in out and len(out.strip().splitlines()) == 1
         assert "holds 1 run(s) (a sweep's --out); pass one of them" in " ".join(out.split())
     # a checkpoint pruned meanwhile (a training run still going) is skipped, the others are kept
-    import avade.evaluate
+    import avade.evaluate.runs
 
-    real_steps = avade.evaluate.checkpoint_steps
-    monkeypatch.setattr(avade.evaluate, "checkpoint_steps", lambda run: [*real_steps(run), 7])
+    real_steps = avade.evaluate.runs.checkpoint_steps
+    monkeypatch.setattr(avade.evaluate.runs, "checkpoint_steps", lambda run: [*real_steps(run), 7])
     result, out = _invoke("eval", str(tmp_path / "run"), "--checkpoint", "all", "--metrics", "bpd", "--json",
                           "--device", "cpu")
     assert result.exit_code == 0 and "checkpoint of step 7 was removed meanwhile; skipped" in out, out
@@ -1114,14 +1114,14 @@ def test_eval_json_keeps_a_checkpoints_results_across_evaluating_another_in_betw
     """README: eval.json holds the checkpoint evaluated last with its metrics, and calls on the same checkpoint
     add up: `eval --metrics fid`, then `--checkpoint all --metrics bpd` (which evaluates the older checkpoint
     too), leave eval.json with the newest's FID and bpd, as its record in eval_checkpoints.json has them."""
-    from avade.evaluate import _record_eval
+    from avade.evaluate.runs import record_eval
     from avade.train.rundir import RunDir
 
     run = RunDir(tmp_path)
     newest, older = tmp_path / "checkpoints" / "step_00000004", tmp_path / "checkpoints" / "step_00000002"
-    _record_eval(run, newest, {"fid": 12.5}, "last", {"fid": {"samples": 10}}, ran=["fid"])
-    _record_eval(run, older, {"bpd": 8.0}, "last", {"bpd": {"split": "test"}}, ran=["bpd"])
-    _record_eval(run, newest, {"bpd": 7.0}, "last", {"bpd": {"split": "test"}}, ran=["bpd"])
+    record_eval(run, newest, {"fid": 12.5}, "last", {"fid": {"samples": 10}}, ran=["fid"])
+    record_eval(run, older, {"bpd": 8.0}, "last", {"bpd": {"split": "test"}}, ran=["bpd"])
+    record_eval(run, newest, {"bpd": 7.0}, "last", {"bpd": {"split": "test"}}, ran=["bpd"])
     last = json.loads(run.eval.read_text())
     assert last == {"checkpoint": "step_00000004", "step": 4, "weights": "last", "fid": 12.5, "bpd": 7.0,
                     "settings": {"fid": {"samples": 10}, "bpd": {"split": "test"}}}

@@ -1,0 +1,167 @@
+"""Metrics by name: built with the recipe's settings, checked against the model, computed, and their results
+checked (every value a number, every name the metric's own)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+from rich.console import Console
+
+from avade.errors import AvadeError, ConfigError
+from avade.evaluate.context import RunContext, cache_dir, inception_options
+from avade.recipe.schema import ComponentRef, Recipe
+from avade.registry import BUILTIN_DIST, get_registry
+
+
+def _metric_config(ref: ComponentRef | None, name: str, samples: int | None, recipe: Recipe | None = None,
+                   importance_samples: int | None = None) -> Any:
+    registry = get_registry()
+    config = ref.config if ref is not None else registry.validate("metric", name, {}, path=f"eval.{name}")
+    if samples is not None and config is not None and hasattr(config, "samples"):
+        config = attrs.evolve(config, samples=samples)
+    if name == "bpd" and config is not None and hasattr(config, "importance_samples"):
+        # one knob: --importance-samples, else [eval.bpd]'s own when above 1, else the recipe's
+        # eval.importance_samples (what training reported as bpd_iwK); --importance-samples 1 skips it
+        k = importance_samples if importance_samples is not None else (
+            recipe.eval.importance_samples if config.importance_samples == 1 and recipe is not None else None)
+        if k is not None:
+            config = attrs.evolve(config, importance_samples=k)
+    return config
+
+
+def bpd_config(recipe: Recipe, importance_samples: int | None = None) -> Any:
+    """The ``bpd`` metric's settings for ``recipe`` as they apply: ``[eval.bpd]`` (its ``split``) with
+    ``importance_samples`` resolved as :func:`_metric_config` does (training reports what ``avade eval``
+    computes)."""
+    return _metric_config(recipe.eval.settings.get("bpd"), "bpd", None, recipe, importance_samples)
+
+
+def build_metrics(names: Sequence[str], recipe: Recipe, model_classes: int, samples: int | None = None,
+                  importance_samples: int | None = None) -> list[tuple[str, Any]]:
+    """The metrics ``names`` built with the recipe's settings, each checked against the model before any
+    runs: one that ``needs_conditional`` samples needs a class-conditional model (``model_classes > 0``)."""
+    registry = get_registry()
+    metrics = []
+    for name in names:
+        metric = registry.build(registry.get("metric", name),
+                                _metric_config(recipe.eval.settings.get(name), name, samples, recipe,
+                                               importance_samples))
+        if getattr(metric, "needs_conditional", False) and not model_classes:
+            raise ConfigError(f"metric '{name}' scores class-conditional samples, but this model is not "
+                              "class-conditional (model.conditional = false); leave it out of the metrics")
+        metrics.append((name, metric))
+    return metrics
+
+
+def check_inception_weights(metrics: list[tuple[str, Any]], recipe: Recipe) -> None:
+    """Before a training run: the Inception weights that its eval metrics (``uses_inception``) will need
+    are found and load (with the classifier head for ``needs_probs``), and a metric's reference statistics
+    (``check_reference``: ``[eval.fid] reference``) read and fit them, so a missing or broken file fails at
+    step 0, not at the first evaluation hours later."""
+    used = [metric for _, metric in metrics if getattr(metric, "uses_inception", False)]
+    if not used:
+        return
+    from avade.metrics.features import get_extractor, require_probs
+
+    extractor = get_extractor(inception_options(recipe), "cpu")
+    if any(getattr(metric, "needs_probs", False) for metric in used):
+        require_probs(extractor)
+    for metric in used:  # e.g. [eval.fid] reference: the statistics file is there, readable and fits
+        check_reference = getattr(metric, "check_reference", None)
+        if check_reference is not None:
+            check_reference(extractor)
+
+
+def run_metrics(ctx: RunContext, names: Sequence[str], recipe: Recipe, samples: int | None = None,
+                console: Console | None = None, taken: Sequence[str] = ()) -> dict[str, float]:
+    """Compute registered metrics by name with the recipe's per-metric settings (``taken``: result keys
+    reported already, which no metric may return again)."""
+    return compute_each(ctx, build_metrics(names, recipe, ctx.model.num_classes, samples), console, taken)
+
+
+#: keys of summary.json / eval.json that are not metric values: a metric may not return them
+RECORD_KEYS = frozenset({"recipe", "variant", "steps", "train_images_per_s", "device", "weights", "bpd_untrained",
+                         "error", "checkpoint", "step", "settings"})
+
+
+def compute_each(ctx: RunContext, metrics: list[tuple[str, Any]], console: Console | None,
+             taken: Sequence[str] = ()) -> dict[str, float]:
+    """Each metric's ``compute(ctx)``, merged; ``taken``: keys already reported (the trainer's bpd)."""
+    registry = get_registry()
+    results: dict[str, float] = {}
+    owners = dict.fromkeys(taken, "the trainer")
+    for name, metric in metrics:
+        if console is not None:
+            console.print(f"computing {name} ...")
+        info = registry.get("metric", name)
+        what, fix = info.blame()  # "metric 'x' (from plugin P)", "; fix or disable that plugin ..."
+        try:
+            returned = metric.compute(ctx)
+        except (AvadeError, OSError):
+            raise
+        except (Exception, SystemExit) as exc:  # (sys.exit() in a plugin must not end avade without a word)
+            if info.dist == BUILTIN_DIST:  # avade's own metric failing is avade's bug: keep the traceback
+                raise
+            raise AvadeError(f"{what} failed: {type(exc).__name__}: {exc}{fix}") from exc
+        for key, value in metric_values(name, returned, what, fix).items():
+            if key in owners:  # the same metric listed twice, or a result the trainer reports itself
+                raise AvadeError(f"{what} returns '{key}', which {owners[key]} already reports{fix}")
+            owners[key] = f"metric '{name}'"
+            results[key] = value
+    return results
+
+
+def result_stem(metric: str) -> str:
+    """The prefix a metric's result names start with: ``kid`` -> ``kid_mean``, ``gan-test`` -> ``gan_test``."""
+    return metric.replace("-", "_")
+
+
+def owns(metric: str, key: str) -> bool:
+    """Whether ``key`` is a result name of ``metric`` (its stem, or the stem and ``_...``)."""
+    stem = result_stem(metric)
+    return key == stem or key.startswith(stem + "_")
+
+
+def metric_values(name: str, returned: Any, what: str = "", fix: str = "") -> dict[str, float]:
+    """``compute``'s dict with every value a Python float (numpy / 0-d torch numbers converted) and every
+    name its own (starting with the metric's name, so no metric can overwrite another's results, the
+    run's record or a sweep's columns); anything else is refused by name, before it reaches summary.json,
+    eval.json or sweep_summary (``what``: how errors name the metric; ``fix``: what they advise)."""
+    what = what or f"metric '{name}'"
+    if not isinstance(returned, Mapping):
+        raise AvadeError(f"{what} returned {type(returned).__name__}; compute(ctx) must return "
+                         f"a dict of result name -> number{fix}")
+    if not returned:
+        raise AvadeError(f"{what} returned no results; compute(ctx) must return at least one{fix}")
+    values = {}
+    for key, value in returned.items():
+        if isinstance(key, str) and (not owns(name, key) or key in RECORD_KEYS):
+            raise AvadeError(f"{what} returned {key!r}: its result names must be '{result_stem(name)}' or start "
+                             f"with '{result_stem(name)}_' (e.g. '{result_stem(name)}_{key}'), so that they overwrite "
+                             f"no other result nor the run's own record{fix}")
+        if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+            value = value.item()
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int | float):
+            raise AvadeError(f"{what} returned {key!r}: {type(value).__name__}; compute(ctx) must "
+                             f"return a dict of result name (str) -> number{fix}")
+        values[key] = float(value)
+    return values
+
+
+def metric_settings(metrics: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Each built metric's config as plain data (sample counts, split, reference file, ...), for the record
+    of what a value was computed with; a metric whose ``cfg`` is no attrs instance is left out."""
+    from avade.schema import unstructure
+
+    return {name: unstructure(metric.cfg) for name, metric in metrics
+            if attrs.has(type(getattr(metric, "cfg", None)))}
+
+
+def compute_metrics(trainer: Any, names: Sequence[str], taken: Sequence[str] = ()) -> dict[str, float]:
+    """Metrics during/after training (called by the trainer on the main process); ``taken``: the keys the
+    trainer reports itself (bpd)."""
+    ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, trainer.test_set, trainer.device,
+                     trainer.run.root, cache_dir(), inception_options(trainer.recipe), trainer.cfg.seed)
+    return run_metrics(ctx, names, trainer.recipe, taken=taken)

@@ -1,0 +1,148 @@
+"""``avade eval`` of one run: metrics on one checkpoint or on every one kept, recorded in eval.json and
+eval_checkpoints.json."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from avade.atomic_files import locked
+from avade.errors import CheckpointError, ConfigError
+from avade.evaluate.compute import build_metrics, check_inception_weights, compute_each, metric_settings, owns
+from avade.evaluate.loading import checkpoint_steps, load_run
+from avade.recipe.load import parse_override
+from avade.recipe.schema import LIKELIHOOD_VARIANTS
+from avade.registry import get_registry
+from avade.train import checkpoint as ckpt
+from avade.train.distributed import is_main_process
+from avade.train.rundir import RunDir, read_json_object, write_json
+
+
+def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
+                 device: str = "auto", console: Console | None = None, checkpoint: str | int | None = None,
+                 ema: bool = True, importance_samples: int | None = None, overrides: Sequence[str] = ()
+                 ) -> dict[str, float]:
+    """``avade eval``: compute metrics on a run's newest checkpoint (or that of step ``checkpoint``; its
+    averaged weights when it has them, unless ``ema=False``) and record them in ``eval.json`` with the
+    checkpoint, its step and which weights; results of earlier calls on the same checkpoint and weights
+    are kept (``--metrics bpd`` after ``--metrics fid`` keeps the FID). ``importance_samples``: bpd's k
+    (default: the recipe's ``[eval.bpd] importance_samples`` when above 1, else its ``eval.importance_samples``;
+    1 = plain bpd only). ``overrides``: ``--set`` keys that leave the trained model as it is (e.g.
+    ``data.root=...``, ``model.temperature=0.9``, ``eval.fid.reference=...``); recorded with each metric's
+    settings."""
+    return evaluate_and_record(run_dir, metrics, samples, device, console, checkpoint, ema, importance_samples,
+                               overrides)[0]
+
+
+def evaluate_checkpoints(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
+                         device: str = "auto", console: Console | None = None, ema: bool = True,
+                         importance_samples: int | None = None, overrides: Sequence[str] = ()
+                         ) -> list[dict[str, Any]]:
+    """``avade eval --checkpoint all``: :func:`evaluate_run` on every checkpoint kept, oldest first; one row
+    per checkpoint (``step``, ``weights``, the metrics). One removed meanwhile (pruned by a training run
+    still going) is skipped with a warning rather than losing the rows computed so far."""
+    rows = []
+    for step in checkpoint_steps(run_dir):
+        try:
+            results, weights = evaluate_and_record(run_dir, metrics, samples, device, console, step, ema,
+                                                   importance_samples, overrides)
+        except CheckpointError:
+            if any(ckpt.checkpoint_step(p) == step for p in ckpt.list_checkpoints(RunDir(Path(run_dir)).checkpoints)):
+                raise
+            if console is not None:
+                console.print(f"[yellow]warning:[/] checkpoint of step {step} was removed meanwhile; skipped")
+            continue
+        rows.append({"step": step, "weights": weights, **results})
+    return rows
+
+
+def evaluate_and_record(run_dir: Path, metrics: Sequence[str] | None, samples: int | None, device: str,
+              console: Console | None, checkpoint: str | int | None, ema: bool,
+              importance_samples: int | None = None, overrides: Sequence[str] = ()) -> tuple[dict[str, float], str]:
+    """:func:`evaluate_run`'s results and which weights they are of ("ema" or "last")."""
+    ctx = load_run(run_dir, device, checkpoint, ema, overrides)
+    names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
+    if not names:
+        example = "bpd,fid" if ctx.recipe.variant in LIKELIHOOD_VARIANTS else "fid,kid"
+        raise ConfigError(f"nothing to evaluate: the run's recipe has an empty eval.metrics; choose metrics, e.g. "
+                          f"--metrics {example}")
+    if not metrics and ctx.recipe.variant not in LIKELIHOOD_VARIANTS:
+        # As in training: the default metric (bpd) does not apply to a model without a likelihood.
+        names = [m for m in names if m != "bpd"]
+        if not names:
+            raise ConfigError(f"variant '{ctx.recipe.variant}' has no likelihood, so the recipe's eval.metrics "
+                              "(bpd) do not apply; choose sample metrics, e.g. --metrics fid,kid")
+    registry = get_registry()
+    for name in names:
+        registry.get("metric", name)  # fail fast on a typo, before any work
+    if "bpd" in names:
+        ctx.bpd_defined()  # ... and on bpd for a model without a likelihood
+    metrics_built = build_metrics(names, ctx.recipe, ctx.model.num_classes, samples, importance_samples)
+    # Inception weights (with the classifier head IS needs) and reference files: checked before any metric
+    # runs, so a late one cannot fail after the others' work
+    check_inception_weights(metrics_built, ctx.recipe)
+    results = compute_each(ctx, metrics_built, console)
+    settings = metric_settings(metrics_built)
+    for name, metric in metrics_built:  # bits/dim of part of the split (train.eval_batches): recorded as such
+        split = getattr(getattr(metric, "cfg", None), "split", None)
+        if name == "bpd":  # each batch draws its own noise: another eval_batch_size, another (equally good) draw
+            settings[name] = {**settings.get(name, {}), "eval_batch_size": ctx.recipe.data.options.eval_batch_size}
+        if name == "bpd" and isinstance(split, str) and ctx.recipe.train.eval_batches:
+            used, total = ctx.bpd_images(split)
+            if used < total:
+                settings[name] = {**settings.get(name, {}), "images": used, "split_images": total}
+        if "samples" in settings.get(name, {}):  # a metric of model samples: which ones (train.seed, or --set's)
+            settings[name] = {**settings[name], "sample_seed": ctx.sample_seed}
+    if overrides:  # e.g. model.temperature: part of what each value was computed with
+        given = dict(parse_override(text) for text in overrides)
+        settings = {name: {**settings.get(name, {}), "overrides": given} for name, _ in metrics_built}
+    if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
+        record_eval(RunDir(Path(run_dir)), ctx.checkpoint, results, ctx.weights, settings,
+                     ran=[name for name, _ in metrics_built])
+    return results, ctx.weights
+
+
+def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float], weights: str = "last",
+                 settings: dict[str, Any] | None = None, ran: Sequence[str] = ()) -> None:
+    """Merge ``results`` (and the ``settings`` each metric ran with, under ``"settings"``) into eval.json
+    when it holds the same checkpoint's (else it starts over: eval.json is the checkpoint evaluated last),
+    and into that checkpoint's record in eval_checkpoints.json (every checkpoint evaluated, so evaluating
+    an older one loses nothing). Under a lock: two ``avade eval`` at once (say fid and bpd on two GPUs) both
+    land. The trainer drops what training since made stale. ``ran``: the metrics computed now (their earlier
+    results are replaced)."""
+    name = checkpoint.name if checkpoint is not None else None
+    step = ckpt.checkpoint_step(checkpoint) if checkpoint else None
+
+    def merged(earlier: Any) -> dict[str, Any]:
+        record = dict(earlier) if (isinstance(earlier, dict) and earlier.get("checkpoint") == name
+                                   and earlier.get("weights", "last") == weights) else {}
+        # a metric run again replaces all its earlier results (bpd_iw4 of an earlier k goes with it), so the
+        # values and its recorded settings agree
+        record = {k: v for k, v in record.items() if not any(owns(m, k) for m in ran)}
+        record.update({"checkpoint": name, "step": step, "weights": weights, **results})
+        record["settings"] = {**record.get("settings", {}), **(settings or {})}
+        return record
+
+    with locked(run.eval.with_name(f".{run.eval.name}.lock")):
+        last = read_json_object(run.eval)
+        history = read_json_object(run.eval_checkpoints)
+        records = history.get("records")
+        records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+        if not history and "checkpoint" in last:
+            records = [last]  # a run evaluated before eval_checkpoints.json existed: its eval.json is history
+        same = [r for r in records if r.get("checkpoint") == name and r.get("weights", "last") == weights]
+        rest = [r for r in records if r not in same]
+        # the checkpoint's whole record, in both files: its results of before an older checkpoint was
+        # evaluated in between (`--checkpoint all`, say) are back in eval.json with the new ones
+        earlier = dict(same[0]) if same else {}
+        if last.get("checkpoint") == name and last.get("weights", "last") == weights:  # (the same, unless edited)
+            settings_ = {**(earlier.get("settings") or {}), **(last.get("settings") or {})}
+            earlier = {**earlier, **last, "settings": settings_}
+        record = merged(earlier or None)
+        write_json(run.eval, record)
+        rows = sorted([*rest, record],
+                      key=lambda r: (r.get("step") if isinstance(r.get("step"), int) else -1, str(r.get("weights"))))
+        write_json(run.eval_checkpoints, {"records": rows})

@@ -1,0 +1,105 @@
+"""``avade sample``: a PNG grid of samples or reconstructions, or all samples as an ``.npz`` for external
+FID tools."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from avade.atomic_files import replaced_atomically
+from avade.errors import ConfigError
+from avade.evaluate.context import draw_class_labels
+from avade.evaluate.loading import load_trained
+from avade.train.data import subset_batches
+
+SAMPLE_BATCH = 100  # images per model call when sampling
+
+
+def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), temperature: float | None = None,
+               reconstructions: bool = False, seed: int = 0, device: str = "auto",
+               checkpoint: str | int | None = None, batch_size: int = SAMPLE_BATCH, ema: bool = True,
+               overrides: Sequence[str] = (), label: int | None = None) -> Path:
+    """``avade sample``: a PNG grid of samples (or test images next to their reconstructions), or with an
+    ``.npz`` output all ``n`` samples as a uint8 ``[n, H, W, C]`` array ``arr_0`` (the layout external FID
+    tools read; for a class-conditional model ``labels`` beside it, drawn with the training split's class
+    balance as evaluation draws them), written atomically. ``overrides``: ``--set`` keys that leave the trained
+    model as it is (e.g. ``data.root`` for reconstructions, ``model.temperature``). A class-conditional model's
+    grid shows one class per column; ``label``: samples of that class alone."""
+    from torchvision.utils import save_image
+
+    if n < 1:
+        raise ConfigError(f"-n must be at least 1, got {n}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    output = Path(output)
+    as_array = output.suffix.lower() == ".npz"
+    if as_array and reconstructions:
+        raise ConfigError("--reconstructions writes an image grid; give -o a .png (or another image) file")
+    # Samples need only the model (a run copied without its data can be sampled); reconstructions need test images.
+    loaded = load_trained(Path(run_dir), device, checkpoint, datasets=reconstructions, ema=ema, overrides=overrides)
+    model, sets = loaded.model, loaded.datasets
+    if reconstructions and model.variant == "gan":  # its encoder is never trained: no reconstructions to show
+        raise ConfigError("a GAN trains no encoder, so it has no reconstructions; leave out --reconstructions")
+    if label is not None:
+        if not model.num_classes:
+            raise ConfigError(f"--class {label}: this run's model is not class-conditional; leave out --class")
+        if reconstructions:
+            raise ConfigError("--class picks the class of samples; reconstructions are of the test images' own "
+                              "classes: leave out one of them")
+        if not 0 <= label < model.num_classes:
+            raise ConfigError(f"--class {label}: the model has classes 0..{model.num_classes - 1}")
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    nrow = max(1, int(n**0.5))
+    labels = None
+    if label is not None:
+        labels = torch.full((n,), label, dtype=torch.int64, device=dev)
+    elif model.num_classes and as_array:
+        # The training split's class balance, drawn as evaluation draws them (seeded one above the noise):
+        # `--seed <train.seed + 1>` gives the samples `avade eval` scores.
+        labels = draw_class_labels(loaded.class_counts, model.num_classes, n, seed + 1).to(dev)
+    elif model.num_classes:  # a grid shows the classes in turn: one per column
+        labels = torch.arange(n, device=dev) % model.num_classes
+        nrow = class_columns(model.num_classes, n)
+    if reconstructions:
+        assert sets is not None
+        if n > len(sets[1]):  # say so rather than hand back a smaller grid unannounced
+            warnings.warn(f"-n {n}: the test split holds {len(sets[1])} images; the grid shows all of them",
+                          UserWarning, stacklevel=2)
+        x, y = next(subset_batches(sets[1], n, batch_size=n))
+        x = x.to(dev)
+        recon = model.reconstruct(x, y.to(dev) if model.num_classes else None, gen)
+        images = torch.stack([x, recon], 1).flatten(0, 1)
+        nrow = 2 * max(1, int((n / 2) ** 0.5))
+    else:
+        with torch.inference_mode():
+            images = torch.cat([
+                model.sample(min(batch_size, n - start), labels[start:start + batch_size] if labels is not None
+                             else None, temperature=temperature, generator=gen).cpu()
+                for start in range(0, n, batch_size)])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if as_array:
+        _save_npz(output, images, labels)
+    else:
+        save_image(images.float() / 255.0, output, nrow=nrow)
+    return output
+
+
+def class_columns(num_classes: int, n: int) -> int:
+    """Images per row of a grid of ``n`` samples labelled ``arange(n) % num_classes``: one class per column
+    (a square grid when there are too many classes, or too few images, for that)."""
+    return num_classes if num_classes <= min(n, 32) else max(1, int(n**0.5))
+
+
+def _save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> None:
+    """``images`` (uint8 NCHW) as ``arr_0`` (NHWC) [and ``labels``] in ``path``, replaced atomically."""
+    import numpy as np
+
+    arrays = {"arr_0": images.permute(0, 2, 3, 1).contiguous().numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy()
+    with replaced_atomically(path) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, **arrays)  # a file object: savez would append .npz to a name

@@ -1,0 +1,119 @@
+"""``avade eval SWEEP_OUT``: every variant of a sweep (or those of ``--only``), one row each in
+sweep_eval.{json,csv}."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from avade.atomic_files import locked
+from avade.errors import AvadeError, CheckpointError
+from avade.evaluate.compute import owns
+from avade.evaluate.loading import not_a_run
+from avade.evaluate.runs import evaluate_and_record
+from avade.train.rundir import read_json_list, read_json_object
+
+
+def sweep_runs(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
+    """The run directories of a sweep's ``--out``, in the sweep's order, and each variant's override values
+    (``{"model.flow.scales": 2, ...}``): those of its ``sweep_plan.json`` (every variant of the sweep as last
+    started, also those not trained yet, whose directories do not exist), else of its sweep_summary.json
+    (runs it does not list after, by name)."""
+    root = Path(root)
+    plan = read_json_object(root / "sweep_plan.json").get("variants")
+    if isinstance(plan, list):
+        listed = [v for v in plan if isinstance(v, dict) and isinstance(v.get("name"), str)]
+        # a run is named by its directory (the name an older avade gave a variant it started)
+        dirs = {v["name"]: v["dir"] if isinstance(v.get("dir"), str) else v["name"] for v in listed}
+        for name in dirs.values():  # avade writes plain names (sweep.variant_name): a path would lead elsewhere
+            if Path(name).name != name or name in (".", ".."):
+                raise CheckpointError(f"{root / 'sweep_plan.json'} names a variant directory {name!r:.80}, which "
+                                      f"is not a folder of {root}: it was edited; fix or delete that entry")
+        axes = {dirs[v["name"]]: dict(v["overrides"]) if isinstance(v.get("overrides"), dict) else {}
+                for v in listed}
+        return [root / name for name in axes], axes
+    summary = root / "sweep_summary.json"
+    if not summary.is_file():  # a folder of separate runs (runs/<recipe>/<time>) is no sweep
+        return [], {}
+    runs = {p.name: p for p in sorted(root.iterdir()) if (p / "recipe.toml").is_file()}
+    axes = {}
+    for row in read_json_list(summary):
+        if isinstance(row, dict) and isinstance(row.get("name"), str):
+            # the variant's overrides are its dotted keys (its summary's own keys have no dots)
+            axes[row["name"]] = {k: v for k, v in row.items() if "." in k}
+    order = [name for name in axes if name in runs] + [name for name in runs if name not in axes]
+    return [runs[name] for name in order], axes
+
+
+def evaluate_sweep(root: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
+                   device: str = "auto", console: Console | None = None, ema: bool = True,
+                   importance_samples: int | None = None, overrides: Sequence[str] = (),
+                   only: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """``avade eval SWEEP_OUT``: :func:`evaluate_run` on every variant's newest checkpoint (each run records
+    its own eval.json), one row each (``name``, the variant's overrides, ``step``, ``weights``, the metrics,
+    with those evaluated earlier on the same checkpoint and weights;
+    ``error`` for a variant that could not be evaluated, the others go on), written to the sweep's
+    ``sweep_eval.{json,csv}`` and shown as sweep_summary is (a two-axis sweep also as a grid of the first
+    metric): e.g. FID of the whole scales x blocks ablation after training it with bpd alone. A sweep's
+    --out is a folder with its sweep_summary.json. ``only``: just these variants (names or 0-based indices, as
+    ``recipe run --only``: one variant per cluster array job); the rows of the others already in
+    sweep_eval.json stay, so the table fills up as the jobs finish. Returns the rows of the variants evaluated."""
+    from avade.train.run import select_variants, write_sweep_summary
+
+    root = Path(root)
+    every, axes = sweep_runs(root)
+    if not every:
+        raise not_a_run(root)
+    runs = select_variants(every, only) if only else every
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {"name": run.name, **axes.get(run.name, {})}
+        if console is not None:
+            console.print(f"[bold]{run.name}[/]")
+        try:
+            if not (run / "recipe.toml").is_file():
+                raise CheckpointError(f"{run.name} has not started training yet (no {run}); train it with "
+                                      f"`avade recipe run ... --out {root} --resume` (or --only {run.name})")
+            results, weights = evaluate_and_record(run, metrics, samples, device, console, None, ema,
+                                                   importance_samples, overrides)
+        except AvadeError as exc:
+            row["error"] = str(exc)
+        except Exception as exc:  # e.g. out of memory on one variant's model: the others are still evaluated
+            row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        else:
+            # with the metrics evaluated earlier on the same checkpoint and weights (bpd, then fid: both)
+            record = read_json_object(run / "eval.json")
+            earlier = ({k: v for k, v in record.items() if k not in ("checkpoint", "step", "weights", "settings")}
+                       if record.get("weights", "last") == weights else {})
+            row.update({"step": record.get("step"), "weights": weights, **earlier, **results})
+        rows.append(row)
+    with locked(root / ".sweep_eval.lock"):  # --only jobs of one sweep, run in parallel, all add their rows
+        table = _with_earlier_eval_rows(root, rows, every) if only else rows
+        keys = list(dict.fromkeys(k for row in table for k in axes.get(row["name"], {})))
+        results_keys = list(dict.fromkeys(k for row in table for k in row))
+        main = [k for m in metrics or [] for k in results_keys if owns(m, k)]  # the grid shows the first metric's
+        write_sweep_summary(root, table, console or Console(stderr=True), axes=keys, stem="sweep_eval", main=main)
+    return rows
+
+
+def _with_earlier_eval_rows(root: Path, rows: list[dict[str, Any]], every: Sequence[Path]) -> list[dict[str, Any]]:
+    """``rows`` and, for the sweep's other variants, their rows in the earlier sweep_eval.json (an
+    unreadable one counts as none), in the sweep's order."""
+    fresh = {row["name"] for row in rows}
+    rank = {run.name: i for i, run in enumerate(every)}
+    earlier = read_json_list(root / "sweep_eval.json")
+    kept = [row for row in earlier if isinstance(row, dict) and row.get("name") in rank and row["name"] not in fresh]
+    return sorted([*kept, *rows], key=lambda row: rank[row["name"]])
+
+
+def sweep_eval_failures(root: Path, rows: Sequence[Mapping[str, Any]]) -> AvadeError | None:
+    """The error to end ``avade eval SWEEP_OUT`` with when some variants could not be evaluated (after their
+    rows were written and shown), or None."""
+    failed = [str(row.get("name")) for row in rows if "error" in row]
+    if not failed:
+        return None
+    return AvadeError(f"{len(failed)} of {len(rows)} sweep variants could not be evaluated ({', '.join(failed)}); "
+                      f"their errors are in {Path(root) / 'sweep_eval.json'}, with the other rows")
