@@ -87,7 +87,7 @@ RECORD_KEYS = frozenset({"recipe", "variant", "steps", "train_images_per_s", "de
 
 
 def compute_each(ctx: RunContext, metrics: list[tuple[str, Any]], console: Console | None,
-             taken: Sequence[str] = ()) -> dict[str, float]:
+                 taken: Sequence[str] = ()) -> dict[str, float]:
     """Each metric's ``compute(ctx)``, merged; ``taken``: keys already reported (the trainer's bpd)."""
     registry = get_registry()
     results: dict[str, float] = {}

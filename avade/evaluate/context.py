@@ -171,4 +171,5 @@ def cache_dir() -> Path:
 
 
 def inception_options(recipe: Recipe) -> dict[str, Any]:
+    """The feature extractors' options of a recipe (its ``eval.inception_weights`` file, when it names one)."""
     return {"inception_weights": recipe.eval.inception_weights} if recipe.eval.inception_weights else {}

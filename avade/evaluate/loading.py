@@ -74,6 +74,8 @@ def load_model(run_dir: str | Path, device: str = "auto", checkpoint: str | int 
 
 
 class Loaded(NamedTuple):
+    """What :func:`load_trained` reads of a run."""
+
     model: GenerativeModel
     recipe: Recipe
     checkpoint: Path
@@ -83,7 +85,7 @@ class Loaded(NamedTuple):
 
 
 def load_trained(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bool, ema: bool = True,
-          library: bool = False, overrides: Sequence[str] = ()) -> Loaded:
+                 library: bool = False, overrides: Sequence[str] = ()) -> Loaded:
     """The model (eval mode, on ``device``), recipe and checkpoint of a run, and its (train, test) datasets
     when ``datasets`` is set or the checkpoint does not say what the model was built for. On CUDA the run's
     ``train.tf32`` is applied, unless ``library`` (:func:`load_model` leaves global settings alone).

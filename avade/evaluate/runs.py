@@ -60,8 +60,9 @@ def evaluate_checkpoints(run_dir: Path, metrics: Sequence[str] | None = None, sa
 
 
 def evaluate_and_record(run_dir: Path, metrics: Sequence[str] | None, samples: int | None, device: str,
-              console: Console | None, checkpoint: str | int | None, ema: bool,
-              importance_samples: int | None = None, overrides: Sequence[str] = ()) -> tuple[dict[str, float], str]:
+                        console: Console | None, checkpoint: str | int | None, ema: bool,
+                        importance_samples: int | None = None, overrides: Sequence[str] = ()
+                        ) -> tuple[dict[str, float], str]:
     """:func:`evaluate_run`'s results and which weights they are of ("ema" or "last")."""
     ctx = load_run(run_dir, device, checkpoint, ema, overrides)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
@@ -101,7 +102,7 @@ def evaluate_and_record(run_dir: Path, metrics: Sequence[str] | None, samples: i
         settings = {name: {**settings.get(name, {}), "overrides": given} for name, _ in metrics_built}
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
         record_eval(RunDir(Path(run_dir)), ctx.checkpoint, results, ctx.weights, settings,
-                     ran=[name for name, _ in metrics_built])
+                    ran=[name for name, _ in metrics_built])
     return results, ctx.weights
 
 
