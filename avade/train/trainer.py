@@ -282,49 +282,17 @@ class Trainer:
                 write_json(self.run.eval_checkpoints, {"records": kept})
 
     def _resume(self) -> None:
+        """Continue from the newest checkpoint: weights, optimizer and RNG states, step, watches, with this
+        recipe's hyper-parameters (the changes said, and kept in resumes.jsonl); without one, start from step 0
+        (or leave a run that finished before its checkpoints were deleted as it is)."""
         existing = ckpt.list_checkpoints(self.run.checkpoints)
         if not existing:
-            done = self._read_summary() if self.run.summary.is_file() else {}
-            if isinstance(done.get("steps"), int) and done["steps"] > 0 and "error" not in done:
-                # a finished run whose checkpoints were deleted (disk space): starting over would replace its
-                # metrics.jsonl and summary.json with a new run's. At its train.steps it is done (a sweep's
-                # finished variant keeps its row); beyond, there is nothing to train on from. Its recipe.toml
-                # stands in for the checkpoint's recipe: another model or data is refused, as with a checkpoint.
-                saved = self._run_recipe()
-                if saved is not None and not ckpt.same_model({"recipe": saved, "fingerprint": ckpt.fingerprint(saved)},
-                                                             self.recipe_dict):
-                    differ = ckpt.fingerprint_differences(saved, self.recipe_dict)
-                    what = f": {differ}" if differ else " (different model or data)"
-                    raise CheckpointError(f"{self.run.root} finished (summary.json) with another model or data than "
-                                          f"this recipe's{what}; its results stay as they are: train this recipe "
-                                          "under another --out")
-                if done["steps"] != self.cfg.steps:
-                    raise CheckpointError(f"{self.run.root} finished at step {done['steps']} (summary.json) and has "
-                                          f"no checkpoint left in {self.run.checkpoints} to train on to "
-                                          f"train.steps = {self.cfg.steps}; train again under another --out (its "
-                                          "results stay as they are)")
-                self.step, self.finished = done["steps"], done
-                return
-            if self.dist.is_main:
-                self.console.print(f"no checkpoint in {escape(str(self.run.checkpoints))}: starting from step 0")
+            self._resume_without_checkpoints()
             return
         path = existing[-1]
         data = ckpt.read_checkpoint(path)
         state = data["state"]
-        if not ckpt.same_model(state, self.recipe_dict):
-            hint = saved_before_hint(state.get("recipe"), self.recipe_dict)
-            if hint:
-                raise CheckpointError(f"checkpoint {path} does not fit this recipe's model{hint}")
-            differ = ckpt.fingerprint_differences(state.get("recipe"), self.recipe_dict)
-            what = f": {differ}" if differ else " (different model or data)"
-            raise CheckpointError(f"checkpoint {path} was written for another model or data{what}; resume it with "
-                                  "its own recipe.toml or start a new run with another --out")
-        trained = state.get("num_classes")
-        if self.model.num_classes and isinstance(trained, int) and trained != self.model.num_classes:
-            # (the class-conditional weights would not fit; say why rather than list their shapes)
-            raise CheckpointError(f"checkpoint {path} is of a class-conditional model trained on {trained} classes, "
-                                  f"but the data have {self.model.num_classes} now: its labels would mean other "
-                                  "classes; resume it on the data it was trained on (data.root)")
+        self._refuse_another_model(path, state)
         # The optimizers' hyper-parameters (lr, d_lr, betas) come from this recipe, their state from the
         # checkpoint: resuming with a lower train.lr must train with it.
         wanted = {name: [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
@@ -332,31 +300,7 @@ class Trainer:
         self.rng_restored = ckpt.restore(data, self.model, self.optimizers, self.generators, path,
                                          self.dist.rank)
         self.step = int(state["step"])
-        notes = []
-        for name, opt in self.optimizers.items():
-            for group, hyper in zip(opt.param_groups, wanted[name], strict=True):
-                if group.get("betas") != hyper.get("betas"):
-                    notes.append(f"{name} optimizer: betas {hyper.get('betas')} from the recipe (checkpoint had "
-                                 f"{group.get('betas')})")
-                group.update(hyper)
-        self.set_learning_rates()
-        # The learning rates are the recipe's schedule at this step; say which settings differ from the run's.
-        changes = schedule_changes(state.get("recipe"), self.cfg, self.adversarial)
-        if changes:
-            notes.append(f"learning rate from this recipe, not the checkpoint's: {', '.join(changes)}; step "
-                         f"{self.step + 1} trains with lr {self.opt_g.param_groups[0]['lr']:.6g}")
-        # every other setting this resume changes is said too, and kept with the step in resumes.jsonl (the
-        # rewritten recipe.toml holds only the new values)
-        changed = ckpt.setting_changes(state.get("recipe"), self.recipe_dict)
-        said = {f"train.{k}" for k in ("lr", "d_lr", "lr_schedule", "lr_warmup_steps", "lr_final_ratio", "betas",
-                                      "steps")}
-        def shown(value: Any) -> str:
-            return "(unset)" if value is None else "(a table)" if isinstance(value, dict) else json.dumps(value)
-
-        others = [f"{k} {shown(old)} -> {shown(new)}" for k, (old, new) in changed.items() if k not in said]
-        if others:
-            notes.append(f"settings changed since the checkpoint: {', '.join(others)} (kept in resumes.jsonl once "
-                         "trained with)")
+        notes, changed = self._take_recipe_settings(state, wanted)
         world = state.get("world", 1)
         if world != self.dist.world:
             notes.append(f"checkpoint written by {world} process(es), resumed with {self.dist.world}: the same "
@@ -390,6 +334,84 @@ class Trainer:
                 self.console.print(escape(note))
         self._resumed = {"step": self.step, "checkpoint": path.name, "changed": changed,
                          **({"processes": [world, self.dist.world]} if world != self.dist.world else {})}
+
+    def _resume_without_checkpoints(self) -> None:
+        """``--resume`` of a run directory with no checkpoint: start from step 0, unless the run finished (its
+        summary.json) and its checkpoints were deleted since (disk space)."""
+        done = self._read_summary() if self.run.summary.is_file() else {}
+        if isinstance(done.get("steps"), int) and done["steps"] > 0 and "error" not in done:
+            # a finished run whose checkpoints were deleted (disk space): starting over would replace its
+            # metrics.jsonl and summary.json with a new run's. At its train.steps it is done (a sweep's
+            # finished variant keeps its row); beyond, there is nothing to train on from. Its recipe.toml
+            # stands in for the checkpoint's recipe: another model or data is refused, as with a checkpoint.
+            saved = self._run_recipe()
+            if saved is not None and not ckpt.same_model({"recipe": saved, "fingerprint": ckpt.fingerprint(saved)},
+                                                         self.recipe_dict):
+                differ = ckpt.fingerprint_differences(saved, self.recipe_dict)
+                what = f": {differ}" if differ else " (different model or data)"
+                raise CheckpointError(f"{self.run.root} finished (summary.json) with another model or data than "
+                                      f"this recipe's{what}; its results stay as they are: train this recipe "
+                                      "under another --out")
+            if done["steps"] != self.cfg.steps:
+                raise CheckpointError(f"{self.run.root} finished at step {done['steps']} (summary.json) and has "
+                                      f"no checkpoint left in {self.run.checkpoints} to train on to "
+                                      f"train.steps = {self.cfg.steps}; train again under another --out (its "
+                                      "results stay as they are)")
+            self.step, self.finished = done["steps"], done
+            return
+        if self.dist.is_main:
+            self.console.print(f"no checkpoint in {escape(str(self.run.checkpoints))}: starting from step 0")
+
+    def _refuse_another_model(self, path: Path, state: dict[str, Any]) -> None:
+        """A CheckpointError when the checkpoint at ``path`` (its ``state``) holds another model or data than
+        this recipe's, or a class-conditional model of another number of classes than the data have."""
+        if not ckpt.same_model(state, self.recipe_dict):
+            hint = saved_before_hint(state.get("recipe"), self.recipe_dict)
+            if hint:
+                raise CheckpointError(f"checkpoint {path} does not fit this recipe's model{hint}")
+            differ = ckpt.fingerprint_differences(state.get("recipe"), self.recipe_dict)
+            what = f": {differ}" if differ else " (different model or data)"
+            raise CheckpointError(f"checkpoint {path} was written for another model or data{what}; resume it with "
+                                  "its own recipe.toml or start a new run with another --out")
+        trained = state.get("num_classes")
+        if self.model.num_classes and isinstance(trained, int) and trained != self.model.num_classes:
+            # (the class-conditional weights would not fit; say why rather than list their shapes)
+            raise CheckpointError(f"checkpoint {path} is of a class-conditional model trained on {trained} classes, "
+                                  f"but the data have {self.model.num_classes} now: its labels would mean other "
+                                  "classes; resume it on the data it was trained on (data.root)")
+
+    def _take_recipe_settings(self, state: dict[str, Any], wanted: dict[str, list[dict[str, Any]]]
+                              ) -> tuple[list[str], dict[str, Any]]:
+        """Put this recipe's optimizer hyper-parameters (``wanted``, per optimizer and group) and learning rates
+        in place of the checkpoint's; returns the notes that say what differs from the checkpoint's recipe
+        (``state``), and every setting this resume changes (key -> (old, new))."""
+        notes = []
+        for name, opt in self.optimizers.items():
+            for group, hyper in zip(opt.param_groups, wanted[name], strict=True):
+                if group.get("betas") != hyper.get("betas"):
+                    notes.append(f"{name} optimizer: betas {hyper.get('betas')} from the recipe (checkpoint had "
+                                 f"{group.get('betas')})")
+                group.update(hyper)
+        self.set_learning_rates()
+        # The learning rates are the recipe's schedule at this step; say which settings differ from the run's.
+        changes = schedule_changes(state.get("recipe"), self.cfg, self.adversarial)
+        if changes:
+            notes.append(f"learning rate from this recipe, not the checkpoint's: {', '.join(changes)}; step "
+                         f"{self.step + 1} trains with lr {self.opt_g.param_groups[0]['lr']:.6g}")
+        # every other setting this resume changes is said too, and kept with the step in resumes.jsonl (the
+        # rewritten recipe.toml holds only the new values)
+        changed = ckpt.setting_changes(state.get("recipe"), self.recipe_dict)
+        said = {f"train.{k}" for k in ("lr", "d_lr", "lr_schedule", "lr_warmup_steps", "lr_final_ratio", "betas",
+                                      "steps")}
+
+        def shown(value: Any) -> str:
+            return "(unset)" if value is None else "(a table)" if isinstance(value, dict) else json.dumps(value)
+
+        others = [f"{k} {shown(old)} -> {shown(new)}" for k, (old, new) in changed.items() if k not in said]
+        if others:
+            notes.append(f"settings changed since the checkpoint: {', '.join(others)} (kept in resumes.jsonl once "
+                         "trained with)")
+        return notes, changed
 
     def _run_recipe(self) -> dict[str, Any] | None:
         """The run directory's recipe.toml as a dict (None when it is missing or unreadable)."""
