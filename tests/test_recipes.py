@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tiny_recipes import tiny_dict, tiny_recipe
 
 from avade.errors import ConfigError
 from avade.recipe import (
@@ -18,6 +19,7 @@ from avade.recipe import (
     recipe_to_dict,
     recipe_to_toml,
 )
+from avade.recipe.load import apply_overrides
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("**/*.toml"))
 Write = Callable[[str, str], Path]
@@ -488,3 +490,37 @@ def test_a_setting_beyond_float32s_range_is_refused_before_training(key: str) ->
         tiny_recipe(f"{key}=1e39")
     assert info.value.path == key
     tiny_recipe(f"{key}=1e30")  # large, but a float32
+
+
+def test_a_run_saved_with_a_key_keeps_its_value_the_former_default_fills_only_a_missing_one() -> None:
+    from avade.recipe.load import with_saved_defaults
+
+    saved = {"model": {"flow": {"name": "glow", "logscale_factor": 3.0}}}
+    assert with_saved_defaults(saved)["model"]["flow"] == {"name": "glow", "logscale_factor": 3.0,
+                                                           "edge_bias": False}
+
+
+def test_switching_the_dataset_keeps_sweep_axes_over_loader_keys() -> None:
+    # data.batch_size is the loader's, not the former dataset's: its axis survives --set data.name=...
+    raw = tiny_dict()
+    raw["sweep"] = {"grid": {"data.batch_size": [8, 16], "data.size": [32, 64]}}
+    with pytest.warns(UserWarning, match="axes data.size"):
+        switched = apply_overrides(raw, ["data.name=digits"])
+    assert switched["sweep"]["grid"] == {"data.batch_size": [8, 16]}
+
+
+def test_select_variants_takes_every_named_one_in_sweep_order_and_refuses_an_index_past_the_end() -> None:
+    from types import SimpleNamespace
+
+    from avade.train.run import select_variants
+
+    variants = [SimpleNamespace(name=n) for n in ("a", "b", "c")]
+    assert [v.name for v in select_variants(variants, ["2,a"])] == ["a", "c"]
+    assert [v.name for v in select_variants(variants, ["b", "0"])] == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"--only 3: the sweep has 3 variants \(indices 0\.\.2\)"):
+        select_variants(variants, ["3"])
+
+
+def test_a_discretized_logistic_likelihood_with_a_flow_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"model\.likelihood: discretized-logistic needs pixel space"):
+        tiny_recipe("model.likelihood=discretized-logistic")

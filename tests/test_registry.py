@@ -735,3 +735,25 @@ def test_a_required_key_left_out_is_the_recipes_not_the_plugins() -> None:
                         dist="req-dist")
     with pytest.raises(ConfigError, match=r"^model.flow.root: missing required key$"):
         registry.validate("flow", "req", {}, path="model.flow")
+
+
+def test_a_glob_matches_anywhere_in_the_name_not_only_its_start() -> None:
+    # '*nvp*' finds realnvp (the match is in the middle): a prefix-only match would find nothing
+    assert list_components("*nvp*", kind="flow") == ["flow/realnvp"]
+    assert list_components("*nvp") == ["flow/realnvp"]
+
+
+def test_built_ins_load_before_a_plugin_whose_entry_point_sorts_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plugin module named "aaa..." sorts before "avade.builtin": it still loads after the built-ins, so
+    # its clash with a built-in name is the one skipped, and the built-in stays usable (not a conflict).
+    real = [ep for ep in metadata.entry_points(group="avade") if ep.value.startswith("avade.")]
+    monkeypatch.setitem(sys.modules, "aaa_first_plugin", plugin("aaa_first_plugin", registering("realnvp")))
+    eps = [fake_entry_point("first", "aaa_first_plugin", "aaa-first"), *real]
+    monkeypatch.setattr("avade.registry.metadata.entry_points", lambda **kw: eps)
+    registry = Registry()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        registry.load_entry_points()
+    assert registry.conflicts == {}
+    assert registry.get("flow", "realnvp").dist == "avade"
+    assert any("flow 'realnvp' from aaa-first 1.0 is skipped" in m for m in plugin_warnings(record))

@@ -177,3 +177,26 @@ def test_unstructure_round_trip_and_describe() -> None:
     assert fields["count"]["type"] == "int" and fields["count"]["default"] == 1
     assert fields["betas"]["default"] == [0.9, 0.999]
     assert fields["mode"]["type"] == "'fast' | 'exact' | 'approximate'"
+
+
+def test_a_literal_takes_its_values_only_not_equal_ones_of_another_type() -> None:
+    # True == 1 and 1.0 == 1 in Python: `channels = true` or `1.0` must not pass as channels 1
+    @attrs.define
+    class Cfg:
+        channels: Literal[1, 3] = 3
+
+    assert structure(Cfg, {"channels": 1}).channels == 1
+    for bad in (True, 1.0):
+        with pytest.raises(ConfigError, match="channels: expected one of 1, 3"):
+            structure(Cfg, {"channels": bad})
+
+
+def test_none_passes_only_a_union_that_has_none() -> None:
+    @attrs.define
+    class Cfg:
+        size: int | str = 1
+        limit: int | None = 1
+
+    assert structure(Cfg, {"limit": None}).limit is None
+    with pytest.raises(ConfigError, match="size: expected int or string, got None"):
+        structure(Cfg, {"size": None})
