@@ -1,0 +1,42 @@
+"""The training stream's batch order: which images batch ``step`` holds, from (seed, step) alone."""
+
+from __future__ import annotations
+
+import torch
+
+from avade.train.data import BatchStream
+
+
+def _data(n: int) -> torch.utils.data.TensorDataset:
+    return torch.utils.data.TensorDataset(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1),
+                                          torch.zeros(n, dtype=torch.int64))
+
+
+def test_each_epoch_drops_its_last_incomplete_batch_and_visits_the_rest_once() -> None:
+    stream = BatchStream(_data(10), 4, seed=1)  # 2 full batches an epoch, 2 images left out
+    for epoch in range(3):
+        batches = [stream.indices(2 * epoch + j) for j in range(2)]
+        assert all(len(b) == 4 for b in batches)
+        seen = torch.cat(batches)
+        assert len(set(seen.tolist())) == 8  # no image twice within an epoch
+        assert torch.equal(seen, stream._epoch_perm(epoch)[:8])
+
+
+def test_every_epoch_and_every_seed_has_its_own_order() -> None:
+    stream = BatchStream(_data(64), 64, seed=5)  # one batch an epoch: the batch is the epoch's order
+    orders = [stream.indices(step).tolist() for step in range(4)]
+    assert all(sorted(o) == list(range(64)) for o in orders)
+    assert len({tuple(o) for o in orders}) == 4, "epochs repeat one order"
+    other = BatchStream(_data(64), 64, seed=6)
+    assert other.indices(0).tolist() != orders[0], "the seed does not change the order"
+    # and it is the same for a new stream (a resumed run), whichever step it starts at
+    again = BatchStream(_data(64), 64, seed=5)
+    assert again.indices(3).tolist() == orders[3] and again.indices(1).tolist() == orders[1]
+
+
+def test_the_batches_of_a_stream_started_at_a_step_are_those_of_the_whole_stream() -> None:
+    data = _data(12)
+    whole = BatchStream(data, 4, seed=2).batches(0)
+    expected = [next(whole)[0].flatten().tolist() for _ in range(7)]
+    resumed = BatchStream(data, 4, seed=2).batches(4)
+    assert [next(resumed)[0].flatten().tolist() for _ in range(3)] == expected[4:]
