@@ -42,13 +42,18 @@ class Flow(nn.Module):
         self.out_shape: Shape = tuple(out_shape) if out_shape is not None else self.in_shape  # type: ignore[assignment]
 
     def check_input(self, x: torch.Tensor, name: str, inverse: bool = False) -> None:
-        """A DataError unless ``x`` is a batch ``[B, *in_shape]`` (``[B, *out_shape]`` for the inverse): an
-        unbatched image or another size would otherwise broadcast into wrong numbers, or fail deep inside."""
+        """A DataError unless ``x`` is a floating-point batch ``[B, *in_shape]`` (``[B, *out_shape]`` for the
+        inverse): an unbatched image or another size would otherwise broadcast into wrong numbers, or fail deep
+        inside, as would integer images."""
         shape = self.out_shape if inverse else self.in_shape
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != shape:
             got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise DataError(f"flow '{name}' was built for {'outputs' if inverse else 'inputs'} "
                             f"[B, {', '.join(map(str, shape))}], got {got}")
+        if not x.is_floating_point():  # uint8 images failed deep in torch (glow) or ran as 0..255 (realnvp)
+            raise DataError(f"flow '{name}' takes floating-point {'outputs' if inverse else 'inputs'}, got "
+                            f"{x.dtype}; convert first, e.g. x.float() (a model's log_likelihood takes uint8 "
+                            "images and preprocesses them itself)")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         """``(y, logdet)``: ``y`` of shape ``[B, *out_shape]`` and ``log|det dy/dx|`` per sample, ``[B]``."""

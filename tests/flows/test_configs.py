@@ -130,5 +130,12 @@ def test_a_flow_refuses_inputs_of_another_shape(name: str) -> None:
             flow(bad)
         with pytest.raises(avade.DataError, match=rf"flow '{name}' was built for outputs \[B, 3, 8, 8\]"):
             flow.inverse(bad)
+    # uint8 images (from a data loader, not yet preprocessed) failed deep in torch (glow) or ran silently
+    # as values 0..255 (realnvp)
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(avade.DataError, match=rf"flow '{name}' takes floating-point inputs, got torch.uint8"):
+        flow(images)
+    with pytest.raises(avade.DataError, match=rf"flow '{name}' takes floating-point outputs, got torch.uint8"):
+        flow.inverse(images)
     y, logdet = flow(torch.rand(2, 3, 8, 8))
     assert y.shape == (2, 3, 8, 8) and logdet.shape == (2,)
