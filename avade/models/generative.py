@@ -95,6 +95,11 @@ class GenerativeModel(nn.Module):
                                 f"0..255, as the data loaders give them), got {got}")
             n = x.shape[0]
         if not self.num_classes:
+            if labels is not None and x is None:
+                # samples of the classes asked for, silently unconditional otherwise (log_likelihood and
+                # reconstruct take a data loader's labels, which an unconditional model has no use for)
+                raise DataError(f"{what}: the model is not class-conditional (model.conditional = false), so it "
+                                "cannot sample given classes; drop labels, or train with model.conditional = true")
             return
         if labels is None:
             raise DataError(f"{what}: the model is class-conditional ({self.num_classes} classes): pass labels, "

@@ -104,6 +104,20 @@ def test_a_class_conditional_model_needs_valid_labels() -> None:
     assert torch.isfinite(model.log_likelihood(x, torch.tensor([3, 4]))["bpd"]).all()
 
 
+def test_an_unconditional_model_refuses_to_sample_given_classes() -> None:
+    from avade.errors import DataError
+
+    model = _model()
+    labels = torch.tensor([3, 4])
+    # (its samples ignored the labels before: not the classes asked for, and nothing said so)
+    with pytest.raises(DataError, match=r"sample: the model is not class-conditional \(model.conditional = false"):
+        model.sample(2, labels=labels)
+    # a data loader's labels, given along with its images, are no request: a generic loop keeps working
+    x = torch.randint(0, 256, (2, *model.data_shape), dtype=torch.uint8)
+    assert torch.isfinite(model.log_likelihood(x, labels)["bpd"]).all()
+    assert model.reconstruct(x, labels).shape == x.shape
+
+
 def test_compiled_the_label_range_is_not_read_back(monkeypatch) -> None:
     # int(labels.min()) would break the compiled graph of every conditional training step
     recipe = tiny_recipe("model.conditional=true")
