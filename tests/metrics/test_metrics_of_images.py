@@ -1,0 +1,49 @@
+"""FID and KID of image sets a user holds (tensors, arrays, another tool's .npz): the run's metrics' formulas
+on the same features, whatever the layout the images come in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avade.errors import DataError
+from avade.metrics.features import extract
+from avade.metrics.fid import fid_from_features
+from avade.metrics.images import as_image_batch, fid_of_images, image_features, kid_of_images
+from avade.metrics.kid import kernel_inception_distance
+from avade.metrics.random_features import RandomConvFeatures
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*test-only feature extractor")
+
+
+def _images(seed: int, n: int = 24) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_fid_and_kid_of_images_are_the_metrics_on_their_features(tmp_path) -> None:
+    net = RandomConvFeatures(dim=16)
+    real, fake = _images(0), _images(1) // 2
+    expected = fid_from_features(extract(net, [real])[0], extract(net, [fake])[0])
+    assert fid_of_images(real, fake, extractor=net, batch_size=7) == pytest.approx(expected, rel=1e-5)
+    assert fid_of_images(real, real, extractor=net) == pytest.approx(0.0, abs=1e-3)
+    # another tool's samples: uint8 [N, H, W, C] as an array, or the .npz `avade sample -o s.npz` writes
+    np.savez(tmp_path / "s.npz", fake.permute(0, 2, 3, 1).numpy())
+    for other in (fake.permute(0, 2, 3, 1).numpy(), tmp_path / "s.npz", str(tmp_path / "s.npz")):
+        assert fid_of_images(real, other, extractor=net) == pytest.approx(expected, rel=1e-5)
+    kid = kernel_inception_distance(extract(net, [real])[0], extract(net, [fake])[0], 10, 8,
+                                    generator=torch.Generator().manual_seed(0))
+    assert kid_of_images(real, fake, extractor=net, subsets=10, subset_size=8) == pytest.approx(kid, rel=1e-6)
+    assert image_features(real[:, :1], extractor=net).shape == (24, 16)  # grayscale is repeated to RGB
+
+
+def test_images_that_cannot_be_scored_are_refused_in_one_line(tmp_path) -> None:
+    with pytest.raises(DataError, match=r"fake images: expected uint8 images .* got torch.float32 \[4, 3, 8, 8\]"):
+        fid_of_images(_images(0), torch.rand(4, 3, 8, 8), extractor=RandomConvFeatures(dim=16))
+    with pytest.raises(DataError, match=r"images: expected 1 or 3 channels, first or last, got shape \[4, 5, 8, 8\]"):
+        as_image_batch(torch.zeros(4, 5, 8, 8, dtype=torch.uint8))
+    np.savez(tmp_path / "two.npz", a=np.zeros((4, 8, 8, 3), np.uint8), b=np.zeros(4))
+    with pytest.raises(DataError, match=r"holds a, b, and no arr_0"):
+        as_image_batch(tmp_path / "two.npz")
+    with pytest.raises(DataError, match=r"cannot read images from"):
+        as_image_batch(tmp_path / "missing.npz")
