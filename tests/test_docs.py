@@ -179,6 +179,37 @@ def test_every_option_the_docs_show_exists() -> None:
     assert checked >= 20
 
 
+def test_every_python_function_the_docs_name_exists_with_the_keywords_shown() -> None:
+    """README's and CONTRIBUTING's `avade.module.function(..., key=...)` references name real functions
+    (imported as a notebook would), and each keyword they show is one of its parameters."""
+    import importlib
+    import inspect
+
+    root = README.parent
+    checked = 0
+    for doc in (README, root / "CONTRIBUTING.md"):
+        text = doc.read_text(encoding="utf-8")
+        for dotted, args in re.findall(r"\b(avade(?:\.\w+)+)\(([^()`]*(?:\([^()`]*\)[^()`]*)*)\)", text):
+            parts = dotted.split(".")
+            obj: Any = None
+            for i in range(len(parts), 0, -1):  # the longest importable module, then attributes
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                except ImportError:
+                    continue
+                for name in parts[i:]:
+                    assert hasattr(obj, name), f"{doc.name}: {dotted}: {obj.__name__} has no {name!r}"
+                    obj = getattr(obj, name)
+                break
+            assert callable(obj), f"{doc.name}: {dotted} is not callable"
+            params = inspect.signature(obj).parameters
+            takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+            for key in re.findall(r"(?:^|,)\s*(\w+)=", args):
+                assert takes_any or key in params, f"{doc.name}: {dotted}() has no parameter {key!r}"
+            checked += 1
+    assert checked >= 4
+
+
 def test_resume_help_says_where_it_resumes_without_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`recipe run --resume` without `--out` resumes the newest run under runs/<recipe>/: its help says so."""
     from typer.testing import CliRunner
