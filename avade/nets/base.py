@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from avade.errors import ConfigError
+from avade.errors import ConfigError, DataError
 from avade.nets.shapes import Shape, as_shape, check_stages
 from avade.nn import elu
 
@@ -31,9 +31,17 @@ class Encoder(nn.Module):
 
     stage_shapes: list[Shape]
     stages: nn.ModuleList
+    in_shape: Shape | None = None  # set by a subclass: inputs of another shape are refused (see forward)
+    who: str = "encoder"
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
         """One feature map per stage, bottom (finest) to top, from ``x`` and optional labels ``y``."""
+        if self.in_shape is not None and (not isinstance(x, torch.Tensor) or x.dim() != 4
+                                          or tuple(x.shape[1:]) != self.in_shape):
+            # another size ran through the convolutions into feature maps of other shapes than stage_shapes,
+            # which failed later, elsewhere (the posterior, the decoder), or broadcast silently
+            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise DataError(f"{self.who} was built for inputs [B, {', '.join(map(str, self.in_shape))}], got {got}")
         stem = self._modules.get("stem")  # optional submodule (a class default would shadow it)
         if stem is not None:
             x = stem(x, y)

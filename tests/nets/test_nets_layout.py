@@ -42,6 +42,18 @@ def test_resolution_agnostic(net: str, size: int) -> None:
     assert dec.head(d).shape == (1, 3, size, size)
 
 
+@pytest.mark.parametrize("net", ["conv", "resnet"])
+def test_an_encoder_refuses_inputs_of_another_shape(net: str) -> None:
+    # another size ran into feature maps that are not its stage_shapes, failing later elsewhere
+    from avade.errors import DataError
+
+    enc = avade.create("encoder", net, in_shape=(3, 16, 16), **TINY[net])
+    for bad in (torch.randn(2, 3, 32, 32), torch.randn(2, 1, 16, 16), torch.randn(3, 16, 16)):
+        with pytest.raises(DataError, match=rf"encoder '{net}' was built for inputs \[B, 3, 16, 16\], got"):
+            enc(bad)
+    assert [tuple(h.shape[1:]) for h in enc(torch.randn(2, 3, 16, 16))] == enc.stage_shapes
+
+
 def test_non_square_and_blocks_per_stage() -> None:
     enc = avade.create("encoder", "resnet", in_shape=(1, 8, 16), channels=(2, 3), stem=2, blocks_per_stage=2)
     assert enc.stage_shapes == [(2, 8, 16), (3, 4, 8)]
