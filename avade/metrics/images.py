@@ -56,9 +56,10 @@ def as_image_batch(images: Images, what: str = "images") -> Tensor:
 
 def _read_array(path: Path, what: str) -> np.ndarray:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                return np.asarray(data)
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # an .npy: the array itself
+            return np.asarray(data)
+        with data:
             if "arr_0" in data.files or len(data.files) == 1:
                 return data["arr_0" if "arr_0" in data.files else data.files[0]]
             raise DataError(f"{what}: {path} holds {', '.join(data.files)}, and no arr_0; pass the array itself")

@@ -29,7 +29,8 @@ def test_fid_and_kid_of_images_are_the_metrics_on_their_features(tmp_path) -> No
     assert fid_of_images(real, real, extractor=net) == pytest.approx(0.0, abs=1e-3)
     # another tool's samples: uint8 [N, H, W, C] as an array, or the .npz `avade sample -o s.npz` writes
     np.savez(tmp_path / "s.npz", fake.permute(0, 2, 3, 1).numpy())
-    for other in (fake.permute(0, 2, 3, 1).numpy(), tmp_path / "s.npz", str(tmp_path / "s.npz")):
+    np.save(tmp_path / "s.npy", fake.permute(0, 2, 3, 1).numpy())
+    for other in (fake.permute(0, 2, 3, 1).numpy(), tmp_path / "s.npz", str(tmp_path / "s.npz"), tmp_path / "s.npy"):
         assert fid_of_images(real, other, extractor=net) == pytest.approx(expected, rel=1e-5)
     kid = kernel_inception_distance(extract(net, [real])[0], extract(net, [fake])[0], 10, 8,
                                     generator=torch.Generator().manual_seed(0))
