@@ -514,6 +514,11 @@ class Trainer:
         detached, then (the generator being unchanged by the D update) the generator's L_Q
         backpropagates through the same samples. Extra D steps (``d_steps > 1``) draw fresh samples
         (against the same real batch).
+
+        It reads ``self.step`` (learning-rate schedule, warm-ups, KL weight) but does not advance it, nor
+        update the weight average (``train.ema_decay``): :meth:`fit` does both after each call. A loop of your
+        own does ``trainer.step += 1`` (and ``trainer.ema.update(trainer.step)`` when ``trainer.ema`` is set)
+        after each call, else every step trains as step 0 and :meth:`save` writes step 0.
         """
         model, cfg = self.model, self.cfg
         model.train()
