@@ -30,6 +30,7 @@ from avade.data.base import (
     check_split,
     expand_root,
     folder_entries,
+    has_images,
     list_images,
     missing_data,
 )
@@ -84,9 +85,9 @@ def _subfolders(base: Path) -> list[Path]:
 
 
 def _classes(base: Path, labeled: bool) -> list[str]:
-    if not labeled or list_images(base, recursive=False):
+    if not labeled or has_images(base, recursive=False):
         return []
-    return [d.name for d in _subfolders(base) if list_images(d)]
+    return [d.name for d in _subfolders(base) if has_images(d)]
 
 
 def _unlabeled_reason(base: Path, labeled: bool, classes: list[str]) -> str:
@@ -103,7 +104,8 @@ def _unlabeled_reason(base: Path, labeled: bool, classes: list[str]) -> str:
 
 
 def _test_share(path: Path, base: Path) -> float:
-    digest = hashlib.sha1(path.relative_to(base).as_posix().encode()).digest()
+    # (the path relative to base, "/"-joined: what path.relative_to(base).as_posix() gives, without a Path per image)
+    digest = hashlib.sha1("/".join(path.parts[len(base.parts):]).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
@@ -117,7 +119,7 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
     if not base.is_dir():
         where = "data.folder" if expand_root(cfg.folder).is_absolute() else "data.root"  # root is moot then
         raise missing_data(NAME, [base], download=False, location=where)
-    if not list_images(base):  # (there, but no image in it: another format, or the images one level up)
+    if not has_images(base):  # (there, but no image in it: another format, or the images one level up)
         raise DataError(f"dataset '{NAME}': {base} holds no image files ({' '.join(IMAGE_EXTENSIONS)}, at any depth; "
                         "hidden ones skipped); put the images there or point data.folder at the folder that holds "
                         "them")
@@ -132,7 +134,7 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
             files += found
             labels += [index] * len(found)
         if explicit:
-            stray = [d.name for d in _subfolders(split_base) if d.name not in classes and list_images(d)]
+            stray = [d.name for d in _subfolders(split_base) if d.name not in classes and has_images(d)]
             if stray:
                 raise DataError(
                     f"dataset '{NAME}': {split_base} has class folders {stray} that {train_base} lacks; "
