@@ -345,9 +345,10 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     :func:`folder_entries`), where a glob would skip it and the data would be incomplete without a word; so is
     a symbolic link named as an image whose target is gone, or in a loop of links.
     """
-    # Sorted as the paths sort (part by part: "a/x" before "a-b/x", unlike their strings), on strings: a
-    # Path per comparison made listing 50,000 images take seconds.
-    found = sorted(_walk_images(folder, recursive), key=lambda path: os.path.normcase(path).split(os.sep))
+    # Sorted as Paths sort (part by part: "a/x" before "a-b/x"), on strings: with the separator as NUL, which
+    # no name holds and every character follows, a string comparison is that of the parts. (Sorting Paths
+    # took seconds for CelebA's 202,599 images.)
+    found = sorted(_walk_images(folder, recursive), key=lambda path: os.path.normcase(path).replace(os.sep, "\0"))
     return [Path(path) for path in found]
 
 
