@@ -147,6 +147,18 @@ def test_image_folder_with_classes_and_hash_split(tmp_path):
     assert again.files == test.files
 
 
+def test_image_folder_hash_split_is_that_of_each_path_below_the_folder(tmp_path):
+    # pinned: the SHA-1 of "a/0.png" (not of "0.png", which every class folder may hold) decides, so the
+    # split stays the same across versions, machines and folder moves
+    for cls in ("a", "b"):
+        for i in range(6):
+            save_png(tmp_path / "imgs" / cls / f"{i}.png", rgb_images(1, 2, 2, seed=i)[0])
+    test = avade.create("dataset", "image-folder", split="test", root=str(tmp_path), folder="imgs", resolution=4,
+                        test_fraction=0.5)
+    held_out = sorted(f.relative_to(tmp_path / "imgs").as_posix() for f in test.files)
+    assert held_out == ["a/0.png", "a/1.png", "a/2.png", "a/4.png", "b/1.png", "b/2.png", "b/3.png", "b/5.png"]
+
+
 def test_image_folder_center_crop_resize_matches_pil(tmp_path):
     array = rgb_images(1, 20, 30, seed=4)[0]
     save_png(tmp_path / "one" / "a.png", array)
@@ -258,6 +270,22 @@ def test_image_folder_skips_hidden_folders_in_the_test_split_as_in_the_train_spl
     for split in ("train", "test"):
         ds = avade.create("dataset", "image-folder", split=split, root=str(tmp_path), folder="ex", resolution=8)
         assert ds.classes == ["a", "b"] and len(ds) == 4 and ds.labels == [0, 0, 1, 1]
+
+
+def test_image_folder_classes_are_train_folders_with_images_and_the_test_split_may_not_add_one(tmp_path):
+    for split in ("train", "test"):
+        for k, cls in enumerate(("a", "b")):
+            for i, a in enumerate(rgb_images(2, 8, 8, seed=k)):
+                save_png(tmp_path / "ex" / split / cls / f"{i}.png", a)
+    (tmp_path / "ex" / "train" / "empty").mkdir()  # no images: no class (labels would run past the real ones)
+    (tmp_path / "ex" / "train" / "empty" / "notes.txt").write_text("")
+    kwargs = {"root": str(tmp_path), "folder": "ex", "resolution": 8}
+    for split in ("train", "test"):
+        ds = avade.create("dataset", "image-folder", split=split, **kwargs)
+        assert ds.classes == ["a", "b"] and ds.num_classes == 2 and ds.labels == [0, 0, 1, 1]
+    save_png(tmp_path / "ex" / "test" / "c" / "0.png", rgb_images(1, 8, 8, seed=7)[0])  # a class train lacks
+    with pytest.raises(DataError, match=r"has class folders \['c'\] that .* lacks; give both splits the same"):
+        avade.create("dataset", "image-folder", split="test", **kwargs)
 
 
 def test_image_folder_missing(tmp_path):
