@@ -157,6 +157,13 @@ def test_synthetic_well_formed_deterministic_and_disjoint():
     assert not any(torch.equal(t, x) for t in test.images for x in train.images)
 
 
+def test_synthetic_test_split_is_its_own_stream_even_at_the_train_split_s_size():
+    # (a test split drawn from the train split's stream repeats the train images when the sizes are equal)
+    cfg = SyntheticConfig(size=8, test_size=8, resolution=4, seed=1)
+    train, test = Synthetic(cfg, split="train"), Synthetic(cfg, split="test")
+    assert not any(torch.equal(t, x) for t in test.images for x in train.images)
+
+
 def test_synthetic_classes_are_distinguishable():
     ds = Synthetic(SyntheticConfig(size=400, resolution=16, channels=3, num_classes=4, noise=0.0))
     images, labels = ds.as_tensors()
