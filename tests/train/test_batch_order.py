@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from avade.errors import ConfigError, DataError
 from avade.train.data import BatchStream
 
 
@@ -40,3 +42,30 @@ def test_the_batches_of_a_stream_started_at_a_step_are_those_of_the_whole_stream
     expected = [next(whole)[0].flatten().tolist() for _ in range(7)]
     resumed = BatchStream(data, 4, seed=2).batches(4)
     assert [next(resumed)[0].flatten().tolist() for _ in range(3)] == expected[4:]
+
+
+def test_a_batch_the_processes_cannot_share_evenly_is_refused() -> None:
+    # (Trainer used directly under torchrun meets no earlier check: the ranks' shares would leave images out)
+    with pytest.raises(ConfigError, match="batch size 6 is not divisible by the 4 processes") as info:
+        BatchStream(_data(16), 6, seed=0, rank=1, world=4)
+    assert info.value.path == "data.batch_size"
+    assert BatchStream(_data(16), 8, seed=0, rank=1, world=4).indices(0).numel() == 2
+
+
+class _ReadItems(torch.utils.data.Dataset):
+    """Items read one by one (no as_tensors): image 5 has a label past the 2 classes."""
+
+    num_classes = 2
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.zeros(1, 2, 2, dtype=torch.uint8), 7 if i == 5 else 0
+
+
+def test_a_training_batch_read_item_by_item_is_checked_as_it_arrives() -> None:
+    # (else the bad label reaches the model's class embedding as an IndexError, or trains unnoticed)
+    with pytest.raises(DataError, match=r"^a training batch of the dataset: labels must be in 0\.\.1 .*\[0, 7\]$"):
+        for _ in BatchStream(_ReadItems(), 8, seed=0).batches(0):
+            break
