@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from avade.errors import ConfigError, DataError
+from avade.nets.shapes import check_batch
 
 Shape = tuple[int, int, int]
 
@@ -45,11 +46,8 @@ class Flow(nn.Module):
         """A DataError unless ``x`` is a floating-point batch ``[B, *in_shape]`` (``[B, *out_shape]`` for the
         inverse): an unbatched image or another size would otherwise broadcast into wrong numbers, or fail deep
         inside, as would integer images."""
-        shape = self.out_shape if inverse else self.in_shape
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != shape:
-            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise DataError(f"flow '{name}' was built for {'outputs' if inverse else 'inputs'} "
-                            f"[B, {', '.join(map(str, shape))}], got {got}")
+        check_batch(x, self.out_shape if inverse else self.in_shape, f"flow '{name}'",
+                    "outputs" if inverse else "inputs")
         if not x.is_floating_point():  # uint8 images failed deep in torch (glow) or ran as 0..255 (realnvp)
             raise DataError(f"flow '{name}' takes floating-point {'outputs' if inverse else 'inputs'}, got "
                             f"{x.dtype}; convert first, e.g. x.float() (a model's log_likelihood takes uint8 "

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from avade.errors import ConfigError, DataError
-from avade.nets.shapes import Shape, as_shape, check_stages
+from avade.errors import ConfigError
+from avade.nets.shapes import Shape, as_shape, check_batch, check_stages
 from avade.nn import elu
 
 
@@ -36,12 +36,10 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
         """One feature map per stage, bottom (finest) to top, from ``x`` and optional labels ``y``."""
-        if self.in_shape is not None and (not isinstance(x, torch.Tensor) or x.dim() != 4
-                                          or tuple(x.shape[1:]) != self.in_shape):
+        if self.in_shape is not None:
             # another size ran through the convolutions into feature maps of other shapes than stage_shapes,
             # which failed later, elsewhere (the posterior, the decoder), or broadcast silently
-            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise DataError(f"{self.who} was built for inputs [B, {', '.join(map(str, self.in_shape))}], got {got}")
+            check_batch(x, self.in_shape, self.who)
         stem = self._modules.get("stem")  # optional submodule (a class default would shadow it)
         if stem is not None:
             x = stem(x, y)

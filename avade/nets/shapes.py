@@ -1,11 +1,15 @@
-"""Shape checks shared by the encoders and decoders, raising one-line :class:`ConfigError` messages."""
+"""Shape checks shared by the components: of their configured shapes (one-line :class:`ConfigError`) and
+of the batches they are given (:class:`DataError`)."""
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from typing import Any
 
-from avade.errors import ConfigError
+import torch
+
+from avade.errors import ConfigError, DataError
 
 Shape = tuple[int, int, int]
 
@@ -58,3 +62,11 @@ def halving_stages(channels: Sequence[int], in_shape: Sequence[int], who: str) -
     check_divisible(shape, len(channels), who)
     _, h, w = shape
     return [(c, h // 2**i, w // 2**i) for i, c in enumerate(channels)]
+
+
+def check_batch(x: Any, shape: Sequence[int], who: str, what: str = "inputs") -> None:
+    """A DataError unless ``x`` is a batch ``[B, *shape]``: an unbatched image or another size would otherwise
+    broadcast into wrong numbers, or fail later, elsewhere (``who`` names the component, ``what`` the tensor)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != tuple(shape):
+        got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DataError(f"{who} was built for {what} [B, {', '.join(map(str, shape))}], got {got}")
