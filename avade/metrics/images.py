@@ -78,9 +78,7 @@ def image_features(images: Images, *, device: str | torch.device = "cpu", batch_
     batch = as_image_batch(images, what)
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
-    options: Mapping[str, Any] = {EXTRACTOR_OPTION: extractor} if extractor is not None else \
-        {WEIGHTS_OPTION: str(inception_weights)} if inception_weights is not None else {}
-    net = get_extractor(options, device)
+    net = _load_extractor(extractor, inception_weights, device)
     features, _ = extract(net, batch.split(batch_size), device=device, total=batch.shape[0], description=what)
     return features
 
@@ -109,9 +107,15 @@ def _extractor(options: dict[str, Any], metric: str) -> FeatureExtractor:
     unknown = set(options) - {"device", "batch_size", "inception_weights", "extractor"}
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    given = options.pop("extractor", None)
-    weights = options.pop("inception_weights", None)
-    net = get_extractor({EXTRACTOR_OPTION: given} if given is not None else
-                        {WEIGHTS_OPTION: str(weights)} if weights is not None else {}, options.get("device", "cpu"))
+    net = _load_extractor(options.pop("extractor", None), options.pop("inception_weights", None),
+                          options.get("device", "cpu"))
     warn_if_not_reference(net, metric)
     return net
+
+
+def _load_extractor(extractor: FeatureExtractor | None, inception_weights: str | os.PathLike[str] | None,
+                    device: str | torch.device) -> FeatureExtractor:
+    """``extractor`` itself, else the Inception of ``inception_weights``, else the one a run would find."""
+    options: Mapping[str, Any] = {EXTRACTOR_OPTION: extractor} if extractor is not None else \
+        {WEIGHTS_OPTION: str(inception_weights)} if inception_weights is not None else {}
+    return get_extractor(options, device)
