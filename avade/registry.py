@@ -22,6 +22,7 @@ import attrs
 import pluggy
 
 from avade import hookspecs
+from avade.contracts import contract_problem
 from avade.errors import AvadeError, ConfigError, RegistryError, did_you_mean
 from avade.schema import structure, unstructure
 
@@ -337,7 +338,7 @@ class Registry:
         """Call the factory with an already validated config."""
         factory = info.load_factory()
         try:
-            return factory(**context) if info.load_config() is None else factory(cfg, **context)
+            built = factory(**context) if info.load_config() is None else factory(cfg, **context)
         except (AvadeError, OSError):  # a bad setting or a missing/unreadable file: the user's to fix
             raise
         except Exception as exc:
@@ -345,6 +346,12 @@ class Registry:
                 raise
             what, fix = info.blame()  # a plugin's is named; one registered in-process (__main__) is not
             raise RegistryError(f"{what} failed to build: {type(exc).__name__}: {exc}{fix}") from exc
+        # a module without a member of its kind's contract failed later, as an AttributeError mid-step
+        problem = contract_problem(info.kind, built)
+        if problem is not None:
+            what, fix = info.blame()
+            raise RegistryError(f"{what} built {problem}{fix}")
+        return built
 
     # -- plugins -----------------------------------------------------------------------------------
     def add_plugin(self, plugin: Any, dist: str, version: str = "", entry_point: str = "") -> bool:

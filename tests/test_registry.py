@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import attrs
 import pytest
+import torch
+from torch import nn
 
 import avade
 from avade import hookimpl
@@ -39,12 +41,20 @@ class ToyConfig:
     mode: Literal["fast", "exact"] = "fast"
 
 
-class Toy:
-    """A factory taking the validated config plus one context keyword."""
+class Toy(nn.Module):
+    """A factory taking the validated config plus one context keyword (an identity flow: the registry holds
+    what it builds to the flow contract)."""
 
     def __init__(self, cfg: ToyConfig, *, in_shape: tuple[int, int, int] = (3, 8, 8)) -> None:
+        super().__init__()
         self.cfg = cfg
         self.in_shape = in_shape
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x.new_zeros(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y
 
 
 def toy_registry() -> Registry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -89,5 +90,5 @@ class FlowSequence(Flow):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """Each flow's inverse, last flow first."""
         for flow in reversed(self.flows):
-            y = flow.inverse(y)
+            y = cast(Flow, flow).inverse(y)
         return y

@@ -46,7 +46,8 @@ def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 3, logscal
     conv = (ScaledZeroConv(in_channels, out_channels, kernel_size, logscale_factor, edge_bias) if logscale_factor > 0
             else Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, edge_bias=edge_bias))
     nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
     if conv.edge_weight is not None:
         nn.init.zeros_(conv.edge_weight)
     return conv

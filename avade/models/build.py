@@ -11,6 +11,7 @@ import torch
 from avade.errors import AvadeError, ConfigError, RegistryError
 from avade.models.generative import GenerativeModel
 from avade.models.preprocess import Preprocess, to_unit
+from avade.nets.shapes import Shape, as_shape
 from avade.nn.layers import norm_options
 from avade.recipe.schema import AbsentConfig, ComponentRef, Recipe
 from avade.recipe.write import recipe_to_dict
@@ -62,18 +63,19 @@ def build_model(recipe: Recipe, data_shape: tuple[int, int, int], num_classes: i
         raise ConfigError(f"model.conditional = true needs a labelled dataset; '{recipe.data.options.name}' "
                           "has no labels", path="model.conditional", source=recipe.source)
     classes = num_classes if opts.conditional else 0
-    shape = tuple(int(s) for s in data_shape)
+    shape = as_shape(data_shape, "data_shape")
     with norm_options(opts.norm_options):
         return _assemble(recipe, shape, classes)
 
 
-def _assemble(recipe: Recipe, shape: tuple[int, ...], classes: int) -> GenerativeModel:
+def _assemble(recipe: Recipe, shape: Shape, classes: int) -> GenerativeModel:
     model = recipe.model
     opts = model.options
     cond = classes or None
     flow = _build("flow", model.flow, "model.flow", in_shape=shape)
     out_shape = tuple(getattr(flow, "out_shape", shape)) if flow is not None else shape
     if out_shape != shape:
+        assert model.flow is not None  # (the flow was built from it)
         raise ConfigError(f"flow '{model.flow.name}' maps {shape} to {out_shape}; the feature map f must keep the "
                           "image's shape (use a full flow such as realnvp or glow)", path="model.flow.name",
                           source=recipe.source)

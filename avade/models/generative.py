@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from avade.contracts import DecoderModule, DiscriminatorModule, EncoderModule, FlowModule, PosteriorModule
 from avade.errors import ConfigError, DataError
 from avade.models.likelihood import (
     discretized_logistic_log_prob,
@@ -40,11 +41,11 @@ class GenerativeModel(nn.Module):
         variant: str,
         data_shape: tuple[int, int, int],
         preprocess: Preprocess,
-        flow: nn.Module | None,
-        encoder: nn.Module,
-        posterior: nn.Module,
-        decoder: nn.Module,
-        discriminator: nn.Module | None = None,
+        flow: FlowModule | None,
+        encoder: EncoderModule,
+        posterior: PosteriorModule,
+        decoder: DecoderModule,
+        discriminator: DiscriminatorModule | None = None,
         num_classes: int = 0,
         likelihood: str = "gaussian",
         sigma: str = "channel",
@@ -55,11 +56,12 @@ class GenerativeModel(nn.Module):
         self.variant = variant
         self.data_shape = tuple(data_shape)
         self.preprocess = preprocess
-        self.flow = flow
-        self.encoder = encoder
-        self.posterior = posterior
-        self.decoder = decoder
-        self.discriminator = discriminator
+        # (nn.Module registers them as submodules; the annotations tell type checkers their contracts)
+        self.flow: FlowModule | None = flow
+        self.encoder: EncoderModule = encoder
+        self.posterior: PosteriorModule = posterior
+        self.decoder: DecoderModule = decoder
+        self.discriminator: DiscriminatorModule | None = discriminator
         self.num_classes = int(num_classes)
         self.likelihood = likelihood
         self.temperature = float(temperature)
@@ -401,7 +403,7 @@ def takes_labels(forward_stage: Any) -> bool:
                                                 inspect.Parameter.KEYWORD_ONLY)
 
 
-def _who(module: nn.Module) -> str:
+def _who(module: object) -> str:
     """A component's class by its full name, which shows the plugin package it comes from."""
     cls = type(module)
     return f"{cls.__module__}.{cls.__qualname__}"

@@ -35,7 +35,7 @@ class ConvEncoder(Encoder):
         super().__init__()
         in_shape = as_shape(in_shape, "encoder 'conv': in_shape")
         self.stage_shapes = self.compute_stage_shapes(cfg, in_shape)
-        self.in_shape, self.who = tuple(in_shape), "encoder 'conv'"
+        self.in_shape, self.who = in_shape, "encoder 'conv'"
         c_prev = in_shape[0]
         layers = []
         for i, c in enumerate(cfg.channels):

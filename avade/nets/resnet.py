@@ -48,7 +48,7 @@ class ResNetEncoder(Encoder):
         super().__init__()
         in_shape = as_shape(in_shape, "encoder 'resnet': in_shape")
         self.stage_shapes = self.compute_stage_shapes(cfg, in_shape)
-        self.in_shape, self.who = tuple(in_shape), "encoder 'resnet'"
+        self.in_shape, self.who = in_shape, "encoder 'resnet'"
         opts: dict[str, Any] = {"norm": cfg.norm, "num_classes": num_classes}
         self.stem = conv(in_shape[0], cfg.stem, 3, **opts)
         block_opts: dict[str, Any] = {**opts, "scale": cfg.residual_scale}

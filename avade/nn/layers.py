@@ -5,9 +5,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from avade.contracts import ModuleLike
+
+M = TypeVar("M", bound="nn.Module | ModuleLike")
 
 _NORM_OPTIONS: contextvars.ContextVar[Mapping[str, Mapping[str, Any]] | None] = contextvars.ContextVar(
     "avade_norm_options", default=None)
@@ -47,7 +52,7 @@ def normed(layer: nn.Conv2d | nn.Linear, norm: str = "weight-norm", num_classes:
 
 
 @contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[nn.Module]:
+def frozen(module: M) -> Iterator[M]:
     """Within the block, gradients flow *through* ``module`` to its inputs but not into its parameters
     (each parameter's ``requires_grad`` is restored afterwards)."""
     params = list(module.parameters())

@@ -7,12 +7,13 @@ import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from avade.contracts import DecoderModule, EncoderModule, FlowModule, PosteriorModule
 from avade.errors import AvadeError, ConfigError, DataError
 from avade.models.generative import takes_labels
 from avade.registry import Registry, get_registry
@@ -99,10 +100,11 @@ def _gradients(module: nn.Module, loss: torch.Tensor, what: str) -> None:
     missing = [n for n, p in params if p.grad is None]
     if missing:
         _fail(what, f"no gradient reaches parameters {missing[:5]}")
-    bad = [n for n, p in params if not torch.isfinite(p.grad).all()]
+    grads = [(n, p.grad) for n, p in params if p.grad is not None]
+    bad = [n for n, g in grads if not torch.isfinite(g).all()]
     if bad:
         _fail(what, f"non-finite gradients in {bad[:5]}")
-    if all(float(p.grad.abs().sum()) == 0.0 for _, p in params):
+    if all(float(g.abs().sum()) == 0.0 for _, g in grads):
         _fail(what, "every parameter gradient is zero")
 
 
@@ -124,8 +126,6 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
     what = f"flow '{name}'"
     torch.manual_seed(0)
     flow, shape = _build_first(registry, "flow", name, FLOW_SHAPES, config)
-    if not callable(getattr(flow, "inverse", None)):
-        _fail(what, "has no inverse(y) method; a flow needs forward(x) -> (y, logdet) and inverse(y) -> x")
     flow = flow.double()
     # Registered flows keep x's shape; building blocks (squeeze) advertise what they give as out_shape.
     out_shape = tuple(int(s) for s in getattr(flow, "out_shape", shape))
@@ -146,7 +146,7 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
     for label, t in (("forward's output", y), ("logdet", logdet)):
         if not torch.isfinite(t).all():
             _fail(what, f"{label} is not finite (NaN or inf) for standard normal inputs")
-    x_back = _call(what, f"inverse(y) on y of shape {tuple(y.shape)}", flow.inverse, y)
+    x_back = _call(what, f"inverse(y) on y of shape {tuple(y.shape)}", cast(FlowModule, flow).inverse, y)
     if not isinstance(x_back, torch.Tensor) or x_back.shape != x.shape:
         _fail(what, f"inverse(y) must return x's shape {tuple(x.shape)}, got {_shape(x_back)}")
     err = float((x_back - x).detach().abs().max())
@@ -261,7 +261,7 @@ def _check_logdet_gradient(flow: nn.Module, f: Callable[[torch.Tensor], torch.Te
 # -- VAE parts ---------------------------------------------------------------------------------------
 
 
-def _reference_encoder(registry: Registry, name: str, shape: Shape) -> nn.Module:
+def _reference_encoder(registry: Registry, name: str, shape: Shape) -> EncoderModule:
     """The same-named encoder (small config) gives a decoder/posterior a realistic stage layout."""
     enc = name if ("encoder", name) in registry else "conv"
     return registry.create("encoder", enc, in_shape=shape, **SMALL_CONFIGS.get(("encoder", enc), {}))
@@ -309,7 +309,7 @@ def _check_encoder_module(enc: nn.Module, x: torch.Tensor, labels: torch.Tensor 
 
     enc.train()
     hs = run(enc)
-    stages = [tuple(s) for s in enc.stage_shapes]
+    stages = [tuple(s) for s in cast(EncoderModule, enc).stage_shapes]
     if not stages:  # (the decoder starts from the top stage: there must be one)
         _fail(what, "stage_shapes is empty; an encoder gives at least one feature map (stage 0)")
     if not isinstance(hs, list | tuple) or not all(isinstance(h, torch.Tensor) for h in hs):
@@ -331,7 +331,7 @@ def check_decoder(name: str, registry: Registry | None = None, **config: Any) ->
     what = f"decoder '{name}'"
     torch.manual_seed(0)
     shape = IMAGE_SHAPES[0]
-    stages = [tuple(s) for s in _reference_encoder(registry, name, shape).stage_shapes]
+    stages = [cast(Shape, tuple(s)) for s in _reference_encoder(registry, name, shape).stage_shapes]
 
     def build(**context: Any) -> nn.Module:
         return registry.create("decoder", name, stage_shapes=stages, out_shape=shape, **context, **config)
@@ -353,16 +353,17 @@ def _check_decoder_module(dec: nn.Module, stages: list[Shape], shape: Shape, lab
 
     def run(m: nn.Module) -> torch.Tensor:
         # The model's top-down pass (avade.models.generative): every stage, 0 included, then the head.
-        d = _call(what, f"initial_state({batch})", m.initial_state, batch)
+        dm = cast(DecoderModule, m)
+        d = _call(what, f"initial_state({batch})", dm.initial_state, batch)
         for i in reversed(range(len(stages))):
             if not isinstance(d, torch.Tensor) or tuple(d.shape) != (batch, *stages[i]):
                 _fail(what, f"state entering stage {i} has shape {_shape(d)}, expected {(batch, *stages[i])}")
-            d = _call(what, f"forward_stage({i}, d, {y}) on a state of shape {tuple(d.shape)}", m.forward_stage,
+            d = _call(what, f"forward_stage({i}, d, {y}) on a state of shape {tuple(d.shape)}", dm.forward_stage,
                       i, d, labels)
         if not isinstance(d, torch.Tensor) or tuple(d.shape) != (batch, *stages[0]):
             _fail(what, f"forward_stage(0, d, {y}) returned {_shape(d)}; stage 0 keeps its shape "
                         f"{(batch, *stages[0])} (the head reads it)")
-        return _call(what, f"head(d, {y}) on a state of shape {tuple(d.shape)}", m.head, d, labels)
+        return _call(what, f"head(d, {y}) on a state of shape {tuple(d.shape)}", dm.head, d, labels)
 
     dec.train()
     mean = run(dec)
@@ -381,7 +382,7 @@ def check_posterior(name: str, registry: Registry | None = None, **config: Any) 
     registry = registry or get_registry()
     what = f"posterior '{name}'"
     torch.manual_seed(0)
-    stages = [tuple(s) for s in _reference_encoder(registry, "conv", IMAGE_SHAPES[0]).stage_shapes]
+    stages = [cast(Shape, tuple(s)) for s in _reference_encoder(registry, "conv", IMAGE_SHAPES[0]).stage_shapes]
 
     def build(**context: Any) -> nn.Module:
         return registry.create("posterior", name, stage_shapes=stages, **context, **config)
@@ -425,7 +426,8 @@ def _check_posterior_module(post: nn.Module, stages: list[Shape], rebuild: Calla
     def stage(m: nn.Module, i: int, h: torch.Tensor | None, t: float) -> tuple[torch.Tensor, ...]:
         called = f"forward_stage({i}, d, {'h' if h is not None else 'None'}, {t}{'' if labels is None else ', y=y'})"
         kwargs = {} if labels is None else {"y": labels}
-        return _stage_outputs(what, called, _call(what, called, m.forward_stage, i, ds[i], h, t, **kwargs), ds[i])
+        forward_stage = cast(PosteriorModule, m).forward_stage
+        return _stage_outputs(what, called, _call(what, called, forward_stage, i, ds[i], h, t, **kwargs), ds[i])
 
     post.train()
     total = torch.zeros(())

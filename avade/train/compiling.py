@@ -7,14 +7,18 @@ state-dict keys do not change and checkpoints stay portable between compiled and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from avade.errors import ConfigError
 
+if TYPE_CHECKING:
+    from avade.contracts import ModuleLike
 
-def compile_in_place(module: nn.Module, backend: str, methods: Sequence[str] = ("inverse",)) -> None:
+
+def compile_in_place(module: ModuleLike, backend: str, methods: Sequence[str] = ("inverse",)) -> None:
     """Compile ``module``'s forward and those of ``methods`` it has, in place.
 
     A flow's inverse is compiled with its forward: an eager inverse beside a compiled forward breaks
