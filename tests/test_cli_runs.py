@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -1550,22 +1551,29 @@ def test_where_the_file_system_takes_no_locks_work_goes_on_unlocked(tmp_path: Pa
     assert any("takes no locks" in str(w.message) for w in caught)
 
 
+def _run_as_torchrun_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: Callable[..., None], *,
+                             rank: str, world: str) -> tuple[Any, str]:
+    """``avade recipe run`` of the tiny recipe as process ``rank`` of a ``world``-process torchrun job, with
+    ``run`` in the place of the run itself (to raise what a job's process can meet)."""
+    import avade.train.run as run_module
+
+    monkeypatch.setattr(run_module, "run_recipe_file", run)
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(TINY))
+    return _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+
+
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_ctrl_c_under_torchrun_is_said_once_for_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          rank: str) -> None:
     # A terminal's Ctrl-C reaches every process of the job (and torchrun passes it on again): rank 0 alone
     # says so, every process exits 130.
-    import avade.train.run as run_module
-
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_module, "run_recipe_file", interrupted)
-    monkeypatch.setenv("RANK", rank)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(tomli_w.dumps(TINY))
-    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    result, out = _run_as_torchrun_process(tmp_path, monkeypatch, interrupted, rank=rank, world="2")
     assert result.exit_code == 130, out
     assert out.count("interrupted") == (1 if rank == "0" else 0), out
 
@@ -1576,19 +1584,12 @@ def test_a_collective_timing_out_under_torchrun_names_the_timeout_setting(tmp_pa
                                                                           world: str) -> None:
     # gloo's own words when the other processes kept this one waiting past the process group's timeout (rank 0
     # computing FID alone, say): not an internal error of avade's, but the setting to raise.
-    import avade.train.run as run_module
-
     def timed_out(*args: object, **kwargs: object) -> None:
         raise RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:129] Timed "
                            "out waiting 1799ms for send operation to complete")
 
-    monkeypatch.setattr(run_module, "run_recipe_file", timed_out)
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", world)
     monkeypatch.setenv("AVADE_DIST_TIMEOUT_MIN", "0.03")
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(tomli_w.dumps(TINY))
-    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    result, out = _run_as_torchrun_process(tmp_path, monkeypatch, timed_out, rank="1", world=world)
     assert result.exit_code == 1, out
     if world == "2":
         assert "AVADE_DIST_TIMEOUT_MIN = 0.03 minutes" in out and "internal error" not in out, out
