@@ -17,6 +17,7 @@ from avade.recipe.load import parse_override
 from avade.recipe.schema import LIKELIHOOD_VARIANTS
 from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
+from avade.train.data import refuse_while_a_worker_starts
 from avade.train.distributed import is_main_process
 from avade.train.rundir import RunDir, read_json_object, write_json
 
@@ -64,6 +65,7 @@ def evaluate_and_record(run_dir: Path, metrics: Sequence[str] | None, samples: i
                         importance_samples: int | None = None, overrides: Sequence[str] = ()
                         ) -> tuple[dict[str, float], str]:
     """:func:`evaluate_run`'s results and which weights they are of ("ema" or "last")."""
+    refuse_while_a_worker_starts("evaluate")
     ctx = load_run(run_dir, device, checkpoint, ema, overrides)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
     if not names:

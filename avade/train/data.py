@@ -8,6 +8,7 @@ resuming exact. Under data parallelism each rank takes its slice of the same glo
 from __future__ import annotations
 
 import math
+import multiprocessing
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -16,6 +17,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from avade.errors import AvadeError, ConfigError, DataError
 from avade.train.preemption import ignore_stop_signals
+
+
+def refuse_while_a_worker_starts(what: str) -> None:
+    """Refuse to ``what`` in a process that is still starting (``spawn``/``forkserver``: the default start
+    method on macOS and Windows, which runs the parent's main script again in each DataLoader worker): a
+    script that trains or evaluates without ``if __name__ == "__main__":`` would otherwise start that work
+    again in every worker, which fails with an error that names something else (the run directory's lock, a
+    worker that "exited unexpectedly") or spawns workers of its own."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise ConfigError(f"avade was asked to {what} while a worker process was starting: under the 'spawn' "
+                          "start method (the default on macOS and Windows) each DataLoader worker runs the main "
+                          "script again; put the script's avade calls under `if __name__ == \"__main__\":`, or "
+                          "set data.num_workers = 0")
 
 
 class _StepSampler(Sampler[list[int]]):
@@ -96,6 +110,8 @@ def from_workers(loader: DataLoader) -> Generator[Any, None, None]:
     traceback, so closing the generator alone would not end them. An avade error raised in a worker comes
     out as itself: torch re-raises it as "Caught DataError in DataLoader worker process 0" followed by the
     worker's traceback, which is no one-line error."""
+    if loader.num_workers:
+        refuse_while_a_worker_starts("load data with workers")
     batches = iter(loader)
     try:
         while True:

@@ -24,6 +24,7 @@ from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.train.checkpoint import list_checkpoints
+from avade.train.data import refuse_while_a_worker_starts
 from avade.train.distributed import (
     alike_on_this_node,
     is_main_process,
@@ -56,6 +57,7 @@ def _refuse_a_foreign_recipe(out_dir: Path, source: str | None) -> None:
 def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, device: str | None = None,
                console: Console | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one (non-sweep) recipe into ``out_dir``; returns its summary."""
+    refuse_while_a_worker_starts("train")  # (before the run's lock, which the running parent holds)
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)  # (a str from a notebook too)
     _refuse_a_file(out_dir)
@@ -132,6 +134,7 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
                     progress: bool = True, only: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Load, expand and train; a sweep also writes ``sweep_summary.{csv,json}`` and prints a table.
     ``only``: the sweep variants to train, by name or 0-based index (e.g. one per job of a cluster array)."""
+    refuse_while_a_worker_starts("train")
     console = console or Console(stderr=True)
     file, out_dir = Path(file), (Path(out_dir) if out_dir is not None else None)  # (str from a notebook too)
     # Up to training, everything follows from the recipe, the files and the environment: under torchrun every
