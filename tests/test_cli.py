@@ -711,3 +711,21 @@ def test_errors_quoting_control_characters_stay_one_line_and_send_no_escapes(tmp
     folder.mkdir()
     line = assert_one_line_error(run("eval", str(folder)), "is not a run directory")
     assert "run\\n\\x1b[2Jx" in line and "\x1b" not in line
+
+
+def test_output_in_an_encoding_without_its_characters_is_escaped_not_a_crash(monkeypatch) -> None:
+    """``PYTHONIOENCODING=ascii``, or a Windows console redirected to a file (cp1252): "Fréchet", "MMD²"
+    and a path's "σ" are written escaped rather than failing the command with a UnicodeEncodeError."""
+    import io
+
+    from avade.cli import main
+
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="ascii", write_through=True) for _ in range(2)]
+    monkeypatch.setattr(sys, "stdout", streams[0])
+    monkeypatch.setattr(sys, "stderr", streams[1])
+    for argv, code, stream, needle in ((["list-components", "fid"], 0, streams[0], rb"Fr\xe9chet"),
+                                       (["recipe", "show", "r\u03c3.toml"], 2, streams[1], rb"r\u03c3.toml")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == code
+        assert needle in stream.buffer.getvalue()

@@ -638,6 +638,17 @@ def study_subsets(
         out.print(table)
 
 
+def _writable_anywhere() -> None:
+    """Characters the terminal's or file's encoding lacks (names such as "Jégou", "×", "σ"; a path) are
+    written escaped (``\\xe9``) rather than failing the command with a UnicodeEncodeError: stdout and stderr
+    are ASCII under ``PYTHONIOENCODING=ascii`` and cp1252 on Windows when redirected to a file."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(reconfigure) and (getattr(stream, "errors", None) or "strict") == "strict":
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    _writable_anywhere()
     app(args=argv if argv is not None else sys.argv[1:], prog_name="avade")
