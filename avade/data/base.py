@@ -423,6 +423,9 @@ def missing_data(
     ``location``: the key that says where it is (an absolute ``data.folder`` makes ``data.root`` moot).
     """
     paths = ", ".join(str(p) for p in searched)
+    if any(isinstance(p, Path) and not p.is_absolute() for p in searched):
+        # (a recipe's `extends` is its own folder's, its data paths are not: say which folder they were from)
+        paths += f", from the current directory {Path.cwd()}, not the recipe's folder"
     fixes = [f"set {location}=<the folder that holds it>"]
     if download:
         fixes.append("set data.download=true to fetch it (needs network)")

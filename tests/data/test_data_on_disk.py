@@ -632,3 +632,14 @@ def test_cifar10_batches_are_unpickled_without_running_code(tmp_path):
     write_fake_cifar10(tmp_path / "other")
     (tmp_path / "other" / "cifar-10-batches-py" / "batches.meta").write_bytes(b"\x80\x02 truncated")
     assert avade.create("dataset", "cifar10", split="test", root=str(tmp_path / "other")).classes == []
+
+
+def test_a_relative_data_root_not_found_names_the_folder_it_was_looked_for_from(tmp_path, monkeypatch):
+    """``data.root = "data"`` is from the current directory, not the recipe's folder (as `extends` is): the
+    error says which, else "searched: data/imgs" from another directory reads as the recipe's data/imgs."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=rf"searched: data/imgs, from the current directory {tmp_path}, not the "):
+        avade.create("dataset", "image-folder", split="train", root="data", folder="imgs")
+    with pytest.raises(DataError) as err:  # an absolute one needs no such note
+        avade.create("dataset", "image-folder", split="train", root=str(tmp_path / "data"), folder="imgs")
+    assert "current directory" not in str(err.value)
