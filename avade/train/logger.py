@@ -22,11 +22,22 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                # purge_step: TensorBoard drops what earlier writers logged after ``start_step`` (the
-                # steps a resume replays, or a whole earlier attempt that left no checkpoint).
-                self._tb = SummaryWriter(str(run.tensorboard), purge_step=start_step + 1)
+                # purge_step: TensorBoard drops what earlier writers logged from ``start_step`` on (the
+                # steps a resume replays, or a whole earlier attempt that left no checkpoint) ...
+                self._tb = SummaryWriter(str(run.tensorboard), purge_step=max(start_step, 1))
             except ImportError:  # tensorboard is optional
                 self._tb = None
+            else:
+                # ... the resumed step included, whose records metrics.jsonl may have changed (a finished
+                # run's final/ results, dropped or kept as eval/): they are written again as it now holds them
+                for record in _records_at(self.path, start_step) if start_step > 0 else ():
+                    self._scalars(start_step, record)
+
+    def _scalars(self, step: int, values: dict[str, Any]) -> None:
+        """``values``' finite numbers as TensorBoard scalars at ``step``."""
+        for k, v in values.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                self._tb.add_scalar(k, v, step)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         """Append ``{"step": step, **values}`` to metrics.jsonl (and TensorBoard); non-finite numbers become null."""
@@ -35,9 +46,7 @@ class MetricsLogger:
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps({"step": step, **json_safe(values)}) + "\n")
         if self._tb is not None:
-            for k, v in values.items():
-                if isinstance(v, int | float) and math.isfinite(v):
-                    self._tb.add_scalar(k, v, step)
+            self._scalars(step, values)
 
     def close(self) -> None:
         """Flush and close the TensorBoard writer, if any."""
@@ -60,6 +69,22 @@ class MetricsLogger:
                 kept = _kept_line(line.rstrip("\n"), step, final_as_eval)
                 if kept is not None:
                     out.write(f"{kept}\n")
+
+
+def _records_at(path: Path, step: int) -> list[dict[str, Any]]:
+    """The values of metrics.jsonl's records at ``step`` (without their ``step``), in file order."""
+    if not path.is_file():
+        return []
+    records = []
+    with path.open(encoding="utf-8", errors="replace") as src:
+        for line in src:
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                continue
+            if isinstance(record, dict) and record.get("step") == step:
+                records.append({k: v for k, v in record.items() if k != "step"})
+    return records
 
 
 def _kept_line(line: str, step: int, final_as_eval: bool) -> str | None:

@@ -624,6 +624,38 @@ def test_tensorboard_drops_the_steps_a_resume_replays(tmp_path):
     assert series == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 9)]
 
 
+def test_tensorboard_holds_what_metrics_jsonl_holds_at_the_step_a_finished_run_is_resumed_from(tmp_path):
+    # A finished run trained on: metrics.jsonl keeps its final results as that step's evaluation (eval/),
+    # or drops them; TensorBoard kept them as final/ at the old end, beside the new end's final/.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from avade.train.logger import MetricsLogger
+    from avade.train.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.make()
+    first = MetricsLogger(run)
+    for step in range(1, 5):
+        first.log(step, {"bpd": float(step)})
+    first.log(4, {"final/bpd": 40.0, "final/fid": 400.0})
+    first.close()
+    time.sleep(1.1)  # event files are read in name order, which starts with the creation second
+    MetricsLogger.truncate(run.metrics, 4, final_as_eval=True)
+    resumed = MetricsLogger(run, start_step=4)
+    resumed.log(6, {"bpd": 6.0, "final/bpd": 60.0})
+    resumed.close()
+    events = EventAccumulator(str(run.tensorboard))
+    events.Reload()
+
+    def series(tag):
+        return [(e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+    assert series("bpd") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (6, 6.0)]
+    assert series("eval/bpd") == [(4, 40.0)] and series("eval/fid") == [(4, 400.0)]
+    assert series("final/bpd") == [(6, 60.0)] and series("final/fid") == []
+
+
 def test_norm_options_reach_every_weight_norm_and_its_data_dependent_init_runs(tmp_path):
     recipe = tiny_recipe("model.norm_options.weight-norm.init_scale=0.1")
     assert recipe.model.options.norm_options == {"weight-norm": {"init_scale": 0.1}}
