@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,12 @@ class MetricsLogger:
                 self._tb.add_scalar(k, v, step)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
-        """Append ``{"step": step, **values}`` to metrics.jsonl (and TensorBoard); non-finite numbers become null."""
+        """Append ``{"step": step, "time": unix seconds, **values}`` to metrics.jsonl (and ``values`` to
+        TensorBoard, whose events carry their own wall time); non-finite numbers become null."""
         if not self.enabled:
             return
         with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": step, **json_safe(values)}) + "\n")
+            fh.write(json.dumps({"step": step, "time": round(time.time(), 3), **json_safe(values)}) + "\n")
         if self._tb is not None:
             self._scalars(step, values)
 
@@ -83,7 +85,7 @@ def _records_at(path: Path, step: int) -> list[dict[str, Any]]:
             except (json.JSONDecodeError, RecursionError):
                 continue
             if isinstance(record, dict) and record.get("step") == step:
-                records.append({k: v for k, v in record.items() if k != "step"})
+                records.append({k: v for k, v in record.items() if k not in RECORD_KEYS})
     return records
 
 
@@ -98,6 +100,12 @@ def _kept_line(line: str, step: int, final_as_eval: bool) -> str | None:
     final = [k for k in record if str(k).startswith("final/")]
     if record.get("step", 0) <= step and not final:
         return line
-    if final_as_eval and record.get("step") == step and len(final) == len(record) - 1:
-        return json.dumps({"step": step, **{f"eval/{k.removeprefix('final/')}": record[k] for k in final}})
+    values = [k for k in record if k not in RECORD_KEYS]
+    if final_as_eval and record.get("step") == step and len(final) == len(values):
+        stamp = {k: record[k] for k in RECORD_KEYS if k in record}
+        return json.dumps({**stamp, **{f"eval/{k.removeprefix('final/')}": record[k] for k in final}})
     return None
+
+
+#: the keys of a metrics.jsonl record that say when it was logged (the others are values)
+RECORD_KEYS = ("step", "time")

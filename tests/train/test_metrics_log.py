@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from avade.train.logger import MetricsLogger
+from avade.train.rundir import RunDir
 
 
 def _lines(path: Path) -> list[dict]:
@@ -34,3 +36,19 @@ def test_truncate_keeps_the_final_results_as_the_evaluation_of_a_run_that_goes_o
     assert _lines(path) == [{"step": 4, "loss": 0.5}, {"step": 4, "eval/bpd": 4.2}]
     MetricsLogger.truncate(path, 4)
     assert _lines(path) == [{"step": 4, "loss": 0.5}, {"step": 4, "eval/bpd": 4.2}]
+
+
+def test_every_record_says_when_it_was_logged_and_keeps_it_as_an_evaluation(tmp_path: Path) -> None:
+    # wall-clock time beside the step (the time an interval took, a run's images per hour), and the final
+    # results kept as eval/ keep theirs
+    run = RunDir(tmp_path)
+    logger = MetricsLogger(run)
+    before = time.time()
+    logger.log(4, {"loss": 0.5})
+    logger.log(4, {"final/bpd": 4.2})
+    logger.close()
+    records = _lines(run.metrics)
+    assert [list(r) for r in records] == [["step", "time", "loss"], ["step", "time", "final/bpd"]]
+    assert all(before - 1 <= r["time"] <= time.time() + 1 for r in records)
+    MetricsLogger.truncate(run.metrics, 4, final_as_eval=True)
+    assert _lines(run.metrics) == [records[0], {"step": 4, "time": records[1]["time"], "eval/bpd": 4.2}]
