@@ -37,7 +37,7 @@ class MetricsLogger:
     def _scalars(self, step: int, values: dict[str, Any]) -> None:
         """``values``' finite numbers as TensorBoard scalars at ``step``."""
         for k, v in values.items():
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            if isinstance(v, int | float) and math.isfinite(v):  # (bools too: `finite` plots as 0/1)
                 self._tb.add_scalar(k, v, step)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
