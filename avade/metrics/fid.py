@@ -107,6 +107,7 @@ class FID:
 
     def __init__(self, cfg: FIDConfig) -> None:
         self.cfg = cfg
+        self.used: dict[str, int] = {}  # set by compute: how many real images the statistics come from
 
     def check_reference(self, extractor: FeatureExtractor, device: torch.device | str = "cpu"
                         ) -> tuple[Tensor, Tensor] | None:
@@ -131,8 +132,10 @@ class FID:
         reference = self.check_reference(extractor, ctx.device)
         if reference is not None:
             mu_r, sigma_r = reference
+            self.used = {}
         else:
             mu_r, sigma_r, count = real_stats_count(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size)
+            self.used = {"real_images": count} if count is not None else {}
             if count is not None and count <= mu_r.numel():  # as for the samples below
                 if cfg.real_samples is not None and cfg.real_samples <= count:  # it, not the split, is the limit
                     fix = "raise eval.fid.real_samples (or drop it for the whole split)"

@@ -90,6 +90,7 @@ class KID:
 
     def __init__(self, cfg: KIDConfig) -> None:
         self.cfg = cfg
+        self.used: dict[str, int] = {}  # set by compute: the real images and the subset size it used
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         """``{"kid_mean", "kid_std"}`` between model samples and the real split, over random subsets."""
@@ -99,6 +100,7 @@ class KID:
         real = real_features(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size).features
         fake = sample_features(ctx, extractor, cfg.samples, cfg.batch_size).features
         size = min(cfg.subset_size, real.shape[0], fake.shape[0])
+        self.used = {"real_images": int(real.shape[0]), "subset_size": size}
         if size < cfg.subset_size:  # recorded settings say subset_size: say what was used
             warnings.warn(f"KID used subsets of {size} images, the smaller set's size, not subset_size = "
                           f"{cfg.subset_size}; KID values of different subset sizes differ in variance only, but say "

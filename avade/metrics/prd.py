@@ -197,6 +197,7 @@ class PRD:
 
     def __init__(self, cfg: PRDConfig) -> None:
         self.cfg = cfg
+        self.used: dict[str, int] = {}  # set by compute: the images of each side it compared
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         """``prd_f8``, ``prd_f1_8`` (max F-beta both ways) and ``prd_auc`` of samples against the real split."""
@@ -206,6 +207,7 @@ class PRD:
         real = real_features(ctx, extractor, cfg.split, cfg.samples, cfg.batch_size).features
         if len(real) * 2 < cfg.num_clusters:
             raise AvadeError(f"prd: {len(real)} real images are too few for num_clusters={cfg.num_clusters}")
+        self.used = {"real_images": len(real), "samples": len(real)}
         if len(real) < cfg.samples:  # recorded settings say samples: say what was used
             warnings.warn(f"PRD used {len(real)} samples against the {len(real)} images of the whole {cfg.split} "
                           f"split, not samples = {cfg.samples} (PRD compares as many of each); say which you report, "

@@ -112,8 +112,9 @@ def test_prd_with_more_samples_than_the_split_says_how_many_it_used(tmp_path) ->
                       options={"feature_extractor": RandomConvFeatures(dim=16, seed=0)})
     with pytest.warns(UserWarning, match="PRD used 40 samples against the 40 images of the whole train split, "
                                          "not samples = 60"):
-        PRD(PRDConfig(samples=60, num_clusters=5, num_runs=1, num_angles=11, plot=False)).compute(ctx)
-    assert drawn == [40]
+        prd = PRD(PRDConfig(samples=60, num_clusters=5, num_runs=1, num_angles=11, plot=False))
+        prd.compute(ctx)
+    assert drawn == [40] and prd.used == {"real_images": 40, "samples": 40}  # (eval.json records it)
     with warnings.catch_warnings():  # as many samples as the split holds: nothing to say
         warnings.filterwarnings("error", message="PRD used")
         warnings.filterwarnings("ignore", message=".*test-only")
