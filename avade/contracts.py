@@ -28,13 +28,24 @@ class ModuleLike(Protocol):
 
     training: bool
 
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """The trainable tensors, as ``nn.Module.parameters``."""
+
     def named_parameters(self, prefix: str = "", recurse: bool = True,
-                         remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Parameter]]: ...
-    def train(self, mode: bool = True) -> Any: ...
-    def eval(self) -> Any: ...
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
-    def compile(self, *args: Any, **kwargs: Any) -> None: ...
+                         remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` pairs, as ``nn.Module.named_parameters``."""
+
+    def train(self, mode: bool = True) -> Any:
+        """Switch training mode on (or off with ``mode=False``), as ``nn.Module.train``."""
+
+    def eval(self) -> Any:
+        """Switch to evaluation mode, as ``nn.Module.eval``."""
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The parameters and buffers by name, as ``nn.Module.state_dict`` (what checkpoints save)."""
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """Compile ``forward`` in place with ``torch.compile``, as ``nn.Module.compile``."""
 
 
 @runtime_checkable
@@ -45,7 +56,8 @@ class FlowModule(ModuleLike, Protocol):
     """
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-    def inverse(self, y: torch.Tensor) -> torch.Tensor: ...
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """The ``x`` whose forward map is ``y``."""
 
 
 @runtime_checkable
@@ -53,7 +65,9 @@ class EncoderModule(ModuleLike, Protocol):
     """The bottom-up pass (kind ``encoder``): ``encoder(x, y)`` gives one feature map per stage."""
 
     @property
-    def stage_shapes(self) -> Sequence[Shape]: ...
+    def stage_shapes(self) -> Sequence[Shape]:
+        """The ``(C, H, W)`` of each stage's feature map, stage 0 (the finest) first."""
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]: ...
 
 
@@ -61,9 +75,14 @@ class EncoderModule(ModuleLike, Protocol):
 class DecoderModule(ModuleLike, Protocol):
     """The top-down pass (kind ``decoder``): a top state, one block per stage, then the head (the mean)."""
 
-    def initial_state(self, batch: int) -> torch.Tensor: ...
-    def forward_stage(self, i: int, d: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor: ...
-    def head(self, d: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor: ...
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """The top state, ``[batch, *stage_shapes[top]]``."""
+
+    def forward_stage(self, i: int, d: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage ``i``'s block: a state of ``stage_shapes[i]`` to one of ``stage_shapes[i - 1]`` (same shape at 0)."""
+
+    def head(self, d: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean image ``[B, *out_shape]`` from the stage-0 state ``d``."""
 
 
 @runtime_checkable
@@ -75,9 +94,13 @@ class PosteriorModule(ModuleLike, Protocol):
     """
 
     @property
-    def stage_ids(self) -> Sequence[int]: ...
+    def stage_ids(self) -> Sequence[int]:
+        """The decoder stages that have latents."""
+
     def forward_stage(self, i: int, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0,
-                      *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+                      *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(d updated by a latent z, log q(z)[B], log p(z)[B])`` at stage ``i``; ``h=None`` draws z from the
+        prior at ``temperature`` (with ``log_q = 0``)."""
 
 
 @runtime_checkable

@@ -57,6 +57,7 @@ class DataOnlyContext:
 
     @property
     def dataset_key(self) -> str:
+        """The data's key in cache file names: dataset name, image shape and config."""
         return dataset_key(self.name, self.data.shape, self.config)
 
     def split_fingerprint(self, split: str) -> str:
@@ -65,15 +66,20 @@ class DataOnlyContext:
 
     @property
     def num_classes(self) -> int:
+        """The dataset's number of classes (0 when unlabeled)."""
         return int(self.data.num_classes)
 
     def real_batches(self, split: str, n: int | None = None, batch_size: int = 100
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The data's images and labels in batches: all, or a fixed random subset of ``n``; ``split`` is ignored
+        (the study has one set of data)."""
         return subset_batches(self.data, n, batch_size)
 
     def sample_batches(self, n: int, batch_size: int = 100, labels: torch.Tensor | None = None
                        ) -> Iterator[torch.Tensor]:
+        """Always raises :class:`~avade.errors.ConfigError`: a study of data has no model to sample."""
         raise ConfigError("this study has no model to sample from")
 
     def bpd(self, split: str = "test", importance_samples: int = 1) -> dict[str, float]:
+        """Always raises :class:`~avade.errors.ConfigError`: a study of data has no model."""
         raise ConfigError("this study has no model")

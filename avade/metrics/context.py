@@ -32,17 +32,28 @@ class EvalContext(Protocol):
 
     # Read-only: metrics only read them (a plain attribute, a property or an attrs field each satisfies them).
     @property
-    def device(self) -> device: ...
+    def device(self) -> device:
+        """Where networks (feature extractors, classifiers) run."""
+
     @property
-    def out_dir(self) -> pathlib.Path: ...
+    def out_dir(self) -> pathlib.Path:
+        """An existing folder for plots and other files."""
+
     @property
-    def cache_dir(self) -> pathlib.Path: ...
+    def cache_dir(self) -> pathlib.Path:
+        """An existing folder where reference statistics may be cached."""
+
     @property
-    def dataset_key(self) -> str: ...
+    def dataset_key(self) -> str:
+        """What identifies the data in cache keys, e.g. ``"natural-patches/3x32x32/<config hash>"``."""
+
     @property
-    def num_classes(self) -> int: ...
+    def num_classes(self) -> int:
+        """The number of classes, 0 if the data is unlabeled."""
+
     @property
-    def options(self) -> Mapping[str, Any]: ...
+    def options(self) -> Mapping[str, Any]:
+        """Eval-wide options, e.g. ``{"inception_weights": "/path/to/file"}`` (may be empty)."""
 
     def real_batches(
         self, split: str, n: int | None = None, batch_size: int = 100
