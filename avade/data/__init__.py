@@ -9,13 +9,16 @@ Light on import: nothing here imports torch; registrations are lazy "module:attr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from avade.registry import Registry
 
 # Datasets that work on any install, offline (usable as a fallback and in the quickstart).
 OFFLINE_DATASETS: tuple[str, ...] = ("natural-patches", "digits", "synthetic")
 
 
-def register(registry: Any) -> None:
+def register(registry: Registry) -> None:
     """Register the built-in datasets."""
     r = registry.register
     r(

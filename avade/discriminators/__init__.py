@@ -8,10 +8,13 @@ then gives the unconditional score.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from avade.registry import Registry
 
 
-def register(registry: Any) -> None:
+def register(registry: Registry) -> None:
     """Register the built-in discriminators."""
     r = registry.register
     r("discriminator", "dcgan", factory="avade.discriminators.dcgan:DCGANDiscriminator",

@@ -4,7 +4,7 @@ checked (every value a number, every name the metric's own)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from rich.console import Console
@@ -13,6 +13,9 @@ from avade.errors import AvadeError, ConfigError
 from avade.evaluate.context import RunContext, cache_dir, inception_options
 from avade.recipe.schema import ComponentRef, Recipe
 from avade.registry import BUILTIN_DIST, get_registry
+
+if TYPE_CHECKING:
+    from avade.train.trainer import Trainer
 
 
 def _metric_config(ref: ComponentRef | None, name: str, samples: int | None, recipe: Recipe | None = None,
@@ -159,7 +162,7 @@ def metric_settings(metrics: list[tuple[str, Any]]) -> dict[str, Any]:
             if attrs.has(type(getattr(metric, "cfg", None)))}
 
 
-def compute_metrics(trainer: Any, names: Sequence[str], taken: Sequence[str] = ()) -> dict[str, float]:
+def compute_metrics(trainer: Trainer, names: Sequence[str], taken: Sequence[str] = ()) -> dict[str, float]:
     """Metrics during/after training (called by the trainer on the main process); ``taken``: the keys the
     trainer reports itself (bpd)."""
     ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, trainer.test_set, trainer.device,

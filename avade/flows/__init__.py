@@ -11,10 +11,13 @@ This module must not import torch: it only registers lazy ``"module:attr"`` refe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from avade.registry import Registry
 
 
-def register(registry: Any) -> None:
+def register(registry: Registry) -> None:
     """Register the built-in flows and their building blocks."""
     r = registry.register
     r("flow", "realnvp", factory="avade.flows.realnvp:RealNVP", config="avade.flows.realnvp:RealNVPConfig",

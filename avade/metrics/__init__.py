@@ -7,10 +7,13 @@ weights offline only (see :mod:`avade.metrics.features`). Nothing here imports t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from avade.registry import Registry
 
 
-def register(registry: Any) -> None:
+def register(registry: Registry) -> None:
     """Register the built-in metrics."""
     r = registry.register
     m = "avade.metrics"

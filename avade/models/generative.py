@@ -11,7 +11,7 @@ import inspect
 import math
 import operator
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -391,7 +391,7 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def takes_labels(forward_stage: Any) -> bool:
+def takes_labels(forward_stage: Callable[..., Any]) -> bool:
     """Whether a posterior's ``forward_stage`` takes the labels: a parameter named ``y`` that can be passed
     by keyword (the contract since posteriors became class-conditional; an older plugin's has none, and a
     fifth parameter of another name is not taken for it)."""

@@ -7,10 +7,13 @@ for the interfaces the model drives. Nothing here imports torch (registration is
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from avade.registry import Registry
 
 
-def register(registry: Any) -> None:
+def register(registry: Registry) -> None:
     """Register the built-in encoders and decoders."""
     r = registry.register
     r("encoder", "conv", factory="avade.nets.conv:ConvEncoder", config="avade.nets.conv:ConvEncoderConfig",

@@ -6,10 +6,13 @@ A norm factory is ``factory(config, *, layer, num_classes=None) -> nn.Module`` r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from avade.registry import Registry
 
 
-def register(registry: Any) -> None:
+def register(registry: Registry) -> None:
     """Register the built-in normalizations."""
     r = registry.register
     r("norm", "none", factory="avade.norms.plain:Plain", config="avade.norms.plain:PlainConfig",

@@ -7,10 +7,13 @@ torch (registration is lazy).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from avade.registry import Registry
 
 
-def register(registry: Any) -> None:
+def register(registry: Registry) -> None:
     """Register the built-in posteriors."""
     r = registry.register
     r("posterior", "diagonal", factory="avade.posteriors.diagonal:DiagonalPosterior",

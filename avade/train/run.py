@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -33,6 +33,11 @@ from avade.train.distributed import (
 )
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, stop_on_signals
 from avade.train.rundir import RunDir, atomic_write_text, default_run_dir, latest_run_dir, write_json
+
+if TYPE_CHECKING:
+    from avade.recipe.sweep import Variant
+
+_Named = TypeVar("_Named")  # anything with a ``.name``: a sweep Variant, a variant's run folder
 
 
 def _refuse_a_file(out_dir: Path) -> None:
@@ -262,7 +267,7 @@ def _variant_dir(out_dir: Path, base: str, variant: Any, resume: bool) -> Path:
     return path
 
 
-def select_variants(variants: Sequence[Any], only: Sequence[str]) -> list[Any]:
+def select_variants(variants: Sequence[_Named], only: Sequence[str]) -> list[_Named]:
     """The variants ``only`` names (a name, or a 0-based index as cluster array jobs count), in sweep order."""
     names = [v.name for v in variants]
     chosen = set()
@@ -284,7 +289,7 @@ def select_variants(variants: Sequence[Any], only: Sequence[str]) -> list[Any]:
     return [v for v in variants if v.name in chosen]
 
 
-def check_variants(variants: Sequence[Any], *, sweep: Sequence[Any] | None = None, data: bool = True,
+def check_variants(variants: Sequence[Variant], *, sweep: Sequence[Variant] | None = None, data: bool = True,
                    source: str | None = None) -> bool:
     """Every variant's model runs on its image shape (``avade recipe check``) and, with ``data``, its
     dataset's files are found: before a sweep trains anything, a bad variant fails at once, named.
