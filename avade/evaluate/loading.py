@@ -214,7 +214,7 @@ def _overridden(run: RunDir, recipe: Recipe, overrides: Sequence[str]) -> Recipe
     return changed
 
 
-def load_run(run_dir: Path, device: str = "auto", checkpoint: str | int | None = None,
+def load_run(run_dir: str | Path, device: str = "auto", checkpoint: str | int | None = None,
              ema: bool = True, overrides: Sequence[str] = ()) -> RunContext:
     """Rebuild a run's model from ``recipe.toml`` and its newest checkpoint (or that of step ``checkpoint``),
     with its datasets, for evaluation (:func:`load_model` for the model alone). ``overrides``: ``--set``

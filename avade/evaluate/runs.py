@@ -22,7 +22,7 @@ from avade.train.distributed import is_main_process
 from avade.train.rundir import RunDir, read_json_object, write_json
 
 
-def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
+def evaluate_run(run_dir: str | Path, metrics: Sequence[str] | None = None, samples: int | None = None,
                  device: str = "auto", console: Console | None = None, checkpoint: str | int | None = None,
                  ema: bool = True, importance_samples: int | None = None, overrides: Sequence[str] = ()
                  ) -> dict[str, float]:
@@ -38,7 +38,7 @@ def evaluate_run(run_dir: Path, metrics: Sequence[str] | None = None, samples: i
                                overrides)[0]
 
 
-def evaluate_checkpoints(run_dir: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
+def evaluate_checkpoints(run_dir: str | Path, metrics: Sequence[str] | None = None, samples: int | None = None,
                          device: str = "auto", console: Console | None = None, ema: bool = True,
                          importance_samples: int | None = None, overrides: Sequence[str] = ()
                          ) -> list[dict[str, Any]]:
@@ -60,7 +60,7 @@ def evaluate_checkpoints(run_dir: Path, metrics: Sequence[str] | None = None, sa
     return rows
 
 
-def evaluate_and_record(run_dir: Path, metrics: Sequence[str] | None, samples: int | None, device: str,
+def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samples: int | None, device: str,
                         console: Console | None, checkpoint: str | int | None, ema: bool,
                         importance_samples: int | None = None, overrides: Sequence[str] = ()
                         ) -> tuple[dict[str, float], str]:

@@ -18,8 +18,8 @@ from avade.train.data import subset_batches
 SAMPLE_BATCH = 100  # images per model call when sampling
 
 
-def sample_run(run_dir: Path, n: int = 64, output: Path = Path("samples.png"), temperature: float | None = None,
-               reconstructions: bool = False, seed: int = 0, device: str = "auto",
+def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samples.png"),
+               temperature: float | None = None, reconstructions: bool = False, seed: int = 0, device: str = "auto",
                checkpoint: str | int | None = None, batch_size: int = SAMPLE_BATCH, ema: bool = True,
                overrides: Sequence[str] = (), label: int | None = None) -> Path:
     """``avade sample``: a PNG grid of samples (or test images next to their reconstructions), or with an

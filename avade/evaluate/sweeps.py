@@ -48,7 +48,7 @@ def sweep_runs(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
     return [runs[name] for name in order], axes
 
 
-def evaluate_sweep(root: Path, metrics: Sequence[str] | None = None, samples: int | None = None,
+def evaluate_sweep(root: str | Path, metrics: Sequence[str] | None = None, samples: int | None = None,
                    device: str = "auto", console: Console | None = None, ema: bool = True,
                    importance_samples: int | None = None, overrides: Sequence[str] = (),
                    only: Sequence[str] = ()) -> list[dict[str, Any]]:
