@@ -97,9 +97,9 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
             used, total = ctx.bpd_images(split)
             if used < total:
                 settings[name] = {**settings.get(name, {}), "images": used, "split_images": total}
-        used = getattr(metric, "used", None)  # the settings as applied (e.g. a KID subset capped by the data)
-        if isinstance(used, dict) and used:
-            settings[name] = {**settings.get(name, {}), "used": dict(used)}
+        applied = getattr(metric, "used", None)  # the settings as applied (e.g. a KID subset capped by the data)
+        if isinstance(applied, dict) and applied:
+            settings[name] = {**settings.get(name, {}), "used": dict(applied)}
         if "samples" in settings.get(name, {}):  # a metric of model samples: which ones (train.seed, or --set's)
             settings[name] = {**settings[name], "sample_seed": ctx.sample_seed}
     if overrides:  # e.g. model.temperature: part of what each value was computed with

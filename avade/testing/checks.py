@@ -394,7 +394,7 @@ def check_posterior(name: str, registry: Registry | None = None, **config: Any) 
 
     cond = _conditional(registry, "posterior", name, build_conditional)
     if cond is not None:
-        labels = _labels(3) if takes_labels(cond.forward_stage) else None
+        labels = _labels(3) if takes_labels(cast(PosteriorModule, cond).forward_stage) else None
         _check_posterior_module(cond, stages, build_conditional, f"{what} (conditional)", labels)
 
 

@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -37,7 +37,12 @@ from avade.train.rundir import RunDir, atomic_write_text, default_run_dir, lates
 if TYPE_CHECKING:
     from avade.recipe.sweep import Variant
 
-_Named = TypeVar("_Named")  # anything with a ``.name``: a sweep Variant, a variant's run folder
+class _HasName(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_Named = TypeVar("_Named", bound=_HasName)  # anything with a ``.name``: a sweep Variant, a variant's run folder
 
 
 def _refuse_a_file(out_dir: Path) -> None:
