@@ -275,6 +275,18 @@ def test_run_out_onto_a_folder_with_someone_elses_recipe_toml_keeps_it(tmp_path:
     assert result.exit_code == 0, out
 
 
+def test_run_out_through_a_dangling_link_says_so(tmp_path: Path) -> None:
+    """runs -> a shared disk that is not mounted: the link and its target named, not mkdir's "File exists"."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(TINY))
+    (tmp_path / "runs").symlink_to(tmp_path / "gone")
+    for out_dir in (tmp_path / "runs", tmp_path / "runs" / "a" / "b"):
+        result, out = _invoke("recipe", "run", str(recipe), "--out", str(out_dir), "--device", "cpu")
+        assert result.exit_code == 2 and out.count("\n") == 1, out
+        assert f"{tmp_path / 'runs'} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in out, out
+    assert not (tmp_path / "gone").exists()
+
+
 def test_resume_below_the_runs_step_is_refused_untouched(run_dir: Path) -> None:
     before = (run_dir / "recipe.toml").read_text()
     result, out = _invoke("recipe", "run", str(run_dir / "recipe.toml"), "--out", str(run_dir), "--resume",

@@ -49,6 +49,12 @@ def _refuse_a_file(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file, not a folder; give a run directory that is new (or an "
                           "earlier run's, with --resume)")
+    for link in (out_dir, *out_dir.parents):
+        if link.is_symlink() and not link.exists():  # (mkdir would say "File exists")
+            raise ConfigError(f"--out {out_dir}: {link} is a symbolic link to {os.readlink(link)}, which does not "
+                              "exist (a disk not mounted?); mount it or fix the link, or give another --out")
+        if link.exists():
+            break
 
 
 def _refuse_a_foreign_recipe(out_dir: Path, source: str | None) -> None:
