@@ -19,8 +19,26 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        # A failed write of the temporary file (a full disk, a read-only folder) is one of ``path``: named so. A
+        # write error carries no file name at all (the message would say "No space left on device", not where).
+        if exc.filename is None or exc.filename == str(tmp):
+            exc.filename, exc.filename2 = str(path), None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError in the block without a file name (a write that finds the disk full says only "No space left on
+    device") names ``path``, the file being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 def drop_stale_temporaries(path: Path) -> None:

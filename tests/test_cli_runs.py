@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -320,6 +321,28 @@ def test_sample_writes_any_format_pillow_can(run_dir: Path, tmp_path: Path) -> N
     result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(tmp_path / "g.webp"), "--device", "cpu")
     assert result.exit_code == 0, out
     assert (tmp_path / "g.webp").read_bytes()[8:12] == b"WEBP"
+
+
+def test_sample_onto_a_full_disk_keeps_the_earlier_grid_and_names_it(run_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid written onto a full disk (or cut short otherwise) never replaces the file of that name with part of
+    one, and the error names the file and says what to do (not "check the permissions")."""
+    import errno
+
+    import torchvision.utils
+
+    def full(tensor: Any, fp: Any, format: str | None = None, **kwargs: Any) -> None:
+        with open(fp, "wb") if isinstance(fp, str | Path) else contextlib.nullcontext(fp) as fh:
+            fh.write(b"\x89PNG part")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torchvision.utils, "save_image", full)
+    grid = tmp_path / "samples.png"
+    grid.write_bytes(b"the earlier grid")
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(grid), "--device", "cpu")
+    assert result.exit_code == 2 and out.count("\n") == 1, out
+    assert out.startswith(f"error: {grid}: No space left on device (free space there"), out
+    assert grid.read_bytes() == b"the earlier grid" and [p.name for p in tmp_path.iterdir()] == ["samples.png"]
 
 
 def test_an_indexed_cuda_device_is_understood(run_dir: Path, tmp_path: Path) -> None:

@@ -109,9 +109,8 @@ class _Group(typer.core.TyperGroup):
         except OSError as exc:  # a path that cannot be read or written: the environment, not avade
             if _DEBUG["on"]:
                 raise
-            if exc.filename:
-                _fail(f"{exc.filename}: {exc.strerror or exc} (check the path and its permissions)", 2)
-            _fail(f"{exc.strerror or exc}", 2)
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc} ({_os_error_fix(exc)})", 2)
         except Exception as exc:
             if _DEBUG["on"] or type(exc).__module__.split(".")[0] in ("typer", "click"):
                 raise
@@ -129,6 +128,19 @@ class _Group(typer.core.TyperGroup):
                       f"/ {DISABLE_ENV}; rerun with --debug for the traceback)", 1)
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
                   "and please report it)", 1)
+
+
+def _os_error_fix(exc: OSError) -> str:
+    """What to do about an OSError of the file system (a full disk is no matter of permissions)."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space there, or write elsewhere; a run goes on from its last checkpoint with --resume"
+    if exc.errno == errno.EROFS:
+        return "that file system is mounted read-only: write elsewhere, or remount it writable"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "a name in that path is longer than its file system allows: give a shorter one"
+    return "check the path and its permissions"
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -28,8 +28,6 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
     balance as evaluation draws them), written atomically. ``overrides``: ``--set`` keys that leave the trained
     model as it is (e.g. ``data.root`` for reconstructions, ``model.temperature``). A class-conditional model's
     grid shows one class per column; ``label``: samples of that class alone."""
-    from torchvision.utils import save_image
-
     if n < 1:
         raise ConfigError(f"-n must be at least 1, got {n}")
     if batch_size < 1:
@@ -84,8 +82,22 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
     if as_array:
         _save_npz(output, images, labels)
     else:
-        save_image(images.float() / 255.0, output, nrow=nrow)
+        save_grid(images, output, nrow)
     return output
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
+    """``images`` (uint8 NCHW) as an image grid of ``nrow`` images a row in ``path`` (the format its suffix
+    names), replaced atomically: a write that fails (a full disk) leaves an earlier file of that name whole."""
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:  # no format Pillow knows: its own error names the suffix
+        save_image(images.float() / 255.0, path, nrow=nrow)
+        return
+    with replaced_atomically(path) as tmp, tmp.open("wb") as fh:
+        save_image(images.float() / 255.0, fh, format=fmt, nrow=nrow)
 
 
 def class_columns(num_classes: int, n: int) -> int:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from avade.atomic_files import replaced_atomically
+from avade.atomic_files import naming, replaced_atomically
 from avade.train.rundir import RunDir, json_safe
 
 
@@ -45,7 +45,7 @@ class MetricsLogger:
         TensorBoard, whose events carry their own wall time); non-finite numbers become null."""
         if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as fh:
+        with naming(self.path), self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps({"step": step, "time": round(time.time(), 3), **json_safe(values)}) + "\n")
         if self._tb is not None:
             self._scalars(step, values)

@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from avade.atomic_files import drop_stale_temporaries, locked
+from avade.atomic_files import drop_stale_temporaries, locked, naming
 from avade.data.base import class_counts, data_of_trained_model
 from avade.errors import CheckpointError, ConfigError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
@@ -263,7 +263,7 @@ class Trainer:
         if not self.dist.is_main or not resumed or not (resumed["changed"] or "processes" in resumed):
             return
         line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **resumed}
-        with self.run.resumes.open("a", encoding="utf-8") as fh:
+        with naming(self.run.resumes), self.run.resumes.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(line, default=str) + "\n")
 
     def _drop_stale_eval(self) -> None:
@@ -641,7 +641,7 @@ class Trainer:
             self._write_grids(tag)
 
     def _write_grids(self, tag: str) -> None:
-        from torchvision.utils import save_image
+        from avade.evaluate.sampling import save_grid
 
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(777)
@@ -654,13 +654,13 @@ class Trainer:
             nrow = class_columns(self.model.num_classes, n)
         else:
             nrow = 8
-        save_image(samples.float() / 255.0, self.run.samples / f"samples_{tag}.png", nrow=nrow)
+        save_grid(samples, self.run.samples / f"samples_{tag}.png", nrow)
         if self.likelihood:
             x, y = next(eval_batches(self.test_set, 32))
             x = x.to(self.device)
             recon = self.model.reconstruct(x, y.to(self.device) if self.model.num_classes else None, gen)
             pairs = torch.stack([x, recon], 1).flatten(0, 1)
-            save_image(pairs.float() / 255.0, self.run.samples / f"reconstructions_{tag}.png", nrow=8)
+            save_grid(pairs, self.run.samples / f"reconstructions_{tag}.png", 8)
         self.model.train()
 
     # -- the loop ------------------------------------------------------------------------------------

@@ -52,3 +52,33 @@ def test_every_record_says_when_it_was_logged_and_keeps_it_as_an_evaluation(tmp_
     assert all(before - 1 <= r["time"] <= time.time() + 1 for r in records)
     MetricsLogger.truncate(run.metrics, 4, final_as_eval=True)
     assert _lines(run.metrics) == [records[0], {"step": 4, "time": records[1]["time"], "eval/bpd": 4.2}]
+
+
+def test_a_full_disk_is_named_by_the_file_it_fills(tmp_path: Path) -> None:
+    """A write that finds the disk full says only "No space left on device": the error names the run's file
+    (metrics.jsonl appended to; summary.json, eval.json written through a temporary file)."""
+    import errno
+
+    import pytest
+
+    from avade.atomic_files import replaced_atomically
+    from avade.train.rundir import RunDir
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    run = RunDir(tmp_path)
+    run.metrics.symlink_to("/dev/full")  # every write fails as on a full disk
+    logger = MetricsLogger(run, enabled=False)
+    logger.enabled = True  # (without a TensorBoard writer)
+    with pytest.raises(OSError) as raised:
+        logger.log(1, {"loss": 1.0})
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(run.metrics)
+    for filename in (None, "tmp"):
+        target = tmp_path / "summary.json"
+        target.write_text("{}", encoding="utf-8")
+        with pytest.raises(OSError) as raised, replaced_atomically(target) as tmp:
+            tmp.write_text("partial", encoding="utf-8")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp) if filename else None)
+        assert raised.value.filename == str(target) and target.read_text(encoding="utf-8") == "{}"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "summary.json"]
+
