@@ -384,6 +384,8 @@ def read_checkpoint(path: Path, need_average: bool = True, training_state: bool 
         files["ema"] = path / "ema.safetensors"
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _removed(path) from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt: state.json is not valid JSON ({exc}); "
                               f"{fallback_hint(path)}") from None
@@ -419,10 +421,20 @@ def read_checkpoint(path: Path, need_average: bool = True, training_state: bool 
         try:
             tensors[name] = load_file(f)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            if not f.is_file():
+                raise _removed(path) from None
             detail = " ".join(str(exc).split())[:120]
             raise CheckpointError(f"checkpoint {path} is corrupt: {f.name} cannot be read ({detail}); "
                                   f"{fallback_hint(path)}") from None
     return {"state": state, **tensors}
+
+
+def _removed(path: Path) -> CheckpointError:
+    """A checkpoint whose files went while it was read: not a corrupt one, but (most likely) one that the run,
+    still training, pruned (``train.keep_checkpoints``) as it wrote a newer one."""
+    return CheckpointError(f"checkpoint {path} was removed while it was read (a run still training prunes its older "
+                           f"checkpoints, train.keep_checkpoints); run the command again for the newest, or "
+                           f"{fallback_hint(path)}")
 
 
 def _count(value: Any, least: int = 0) -> bool:

@@ -923,3 +923,24 @@ def test_a_resume_removes_the_temporary_files_a_killed_process_left(tmp_path):
     Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
     assert [p.name for p in stale if p.exists()] == []
     assert mine.read_text() == "keep"
+
+
+def test_a_checkpoint_pruned_while_it_is_read_is_not_called_corrupt(tmp_path, monkeypatch):
+    """`avade eval` of a run still training: the newest checkpoint it picked is pruned (train.keep_checkpoints)
+    as a newer one is written, while its files are read; that is said, not "corrupt ... delete it"."""
+    model = torch.nn.Linear(2, 2)
+    opts = {"generator": torch.optim.SGD(model.parameters(), lr=0.1)}
+    first = ckpt.save_checkpoint(tmp_path, 1, model, opts, [ckpt.rng_bundle({})], {}, keep=1)
+    read = ckpt.load_file
+
+    def pruned_meanwhile(file):
+        if first.exists():
+            ckpt.save_checkpoint(tmp_path, 2, model, opts, [ckpt.rng_bundle({})], {}, keep=1)
+        return read(file)
+
+    monkeypatch.setattr(ckpt, "load_file", pruned_meanwhile)
+    with pytest.raises(CheckpointError) as info:
+        ckpt.read_checkpoint(first)
+    assert str(info.value) == (f"checkpoint {first} was removed while it was read (a run still training prunes its "
+                               "older checkpoints, train.keep_checkpoints); run the command again for the newest, "
+                               "or pick another with --checkpoint STEP (steps: 2)")
