@@ -345,6 +345,27 @@ def test_sample_onto_a_full_disk_keeps_the_earlier_grid_and_names_it(run_dir: Pa
     assert grid.read_bytes() == b"the earlier grid" and [p.name for p in tmp_path.iterdir()] == ["samples.png"]
 
 
+def test_eval_of_a_run_it_cannot_write_to_shows_the_results_it_computed(run_dir: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A colleague's run (or one on a disk mounted read-only): the metrics, computed at length, are not lost
+    with the eval.json they cannot be recorded in."""
+    import errno
+
+    import avade.evaluate.runs
+
+    def refused(path: Path) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(avade.evaluate.runs, "locked", refused)
+    before = (run_dir / "eval.json").read_bytes() if (run_dir / "eval.json").exists() else None
+    result, out = _invoke("eval", str(run_dir), "--metrics", "bpd", "--device", "cpu")
+    assert result.exit_code == 2 and out.count("error:") == 1, out
+    line = out[out.index("error:"):]
+    assert line.startswith(f"error: cannot record the results in {run_dir / 'eval.json'} (Permission denied): "), out
+    assert "; they are: bpd " in line and line.count("\n") == 1, out
+    assert ((run_dir / "eval.json").read_bytes() if (run_dir / "eval.json").exists() else None) == before
+
+
 def test_an_indexed_cuda_device_is_understood(run_dir: Path, tmp_path: Path) -> None:
     import torch
 

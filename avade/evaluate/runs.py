@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 
 from avade.atomic_files import locked
-from avade.errors import CheckpointError, ConfigError
+from avade.errors import AvadeError, CheckpointError, ConfigError
 from avade.evaluate.compute import build_metrics, check_inception_weights, compute_each, metric_settings, owns
 from avade.evaluate.loading import checkpoint_steps, load_run
 from avade.recipe.load import parse_override
@@ -106,8 +106,15 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
         given = dict(parse_override(text) for text in overrides)
         settings = {name: {**settings.get(name, {}), "overrides": given} for name, _ in metrics_built}
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
-        record_eval(RunDir(Path(run_dir)), ctx.checkpoint, results, ctx.weights, settings,
-                    ran=[name for name, _ in metrics_built])
+        run = RunDir(Path(run_dir))
+        try:
+            record_eval(run, ctx.checkpoint, results, ctx.weights, settings, ran=[name for name, _ in metrics_built])
+        except OSError as exc:  # a run on a read-only disk, a colleague's, a full disk: the results are not lost
+            from avade.train.run import cell_text
+
+            shown = ", ".join(f"{k} {cell_text(v)}" for k, v in results.items())
+            raise AvadeError(f"cannot record the results in {run.eval} ({exc.strerror or exc}): make the run "
+                             f"writable (or evaluate a copy of it) to record them; they are: {shown}") from None
     return results, ctx.weights
 
 
