@@ -1552,6 +1552,38 @@ def test_two_processes_never_train_one_run_directory(tmp_path: Path) -> None:
     assert result.exit_code == 0, out  # released with its holder
 
 
+def test_a_run_that_could_not_start_removes_its_directory_before_letting_go_of_it(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    """Let go of first, its empty directory could be taken by the next process (a requeued job) and then removed
+    under it, lock file and all: a third process would find no lock to respect."""
+    import shutil as shutil_
+
+    import avade.train.run
+    import avade.train.trainer
+    from avade.atomic_files import held_alone
+    from avade.errors import DataError
+
+    def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise DataError("an unreadable image")
+
+    run, taken, real_rmtree = tmp_path / "run", [], shutil_.rmtree
+
+    def rmtree(path: Path, **kwargs: Any) -> None:
+        try:  # what the next process would try right then
+            with held_alone(run / ".train.lock", "busy"):
+                taken.append(path)
+        except RuntimeError:
+            pass
+        real_rmtree(path, **kwargs)
+
+    monkeypatch.setattr(avade.train.trainer, "Trainer", unreadable)
+    monkeypatch.setattr(avade.train.run.shutil, "rmtree", rmtree)
+    with pytest.raises(DataError):
+        avade.train.run.run_recipe(tiny_recipe("train.steps=1"), run, device="cpu", progress=False)
+    assert not run.exists() and taken == []
+
+
 def test_training_from_python_takes_str_paths(tmp_path: Path) -> None:
     from avade.train.run import run_recipe_file
 

@@ -92,7 +92,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, dev
         try:
             return _train_in(recipe, out_dir, fresh, resume, device, console, progress)
         finally:
-            held.close()  # released first: a run that could not start leaves no directory, lock file included
+            # A run that could not start leaves no directory, lock file included: removed while the lock is still
+            # held (released before, another process could take it and train on in a directory removed under it,
+            # its lock file gone, so that a third would find none to respect).
             if fresh and is_main_process() and [p.name for p in _children(out_dir)] == [LOCK]:
                 shutil.rmtree(out_dir, ignore_errors=True)
 
