@@ -26,7 +26,10 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
             exc.filename, exc.filename2 = str(path), None
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        # (on a read-only file system even a missing file's unlink fails, with EROFS: that must not stand in
+        # for the error that ended the block, which names ``path``; a temporary file left is dropped later)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -82,3 +82,22 @@ def test_a_full_disk_is_named_by_the_file_it_fills(tmp_path: Path) -> None:
         assert raised.value.filename == str(target) and target.read_text(encoding="utf-8") == "{}"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "summary.json"]
 
+
+
+def test_a_read_only_folder_is_named_by_the_file_written_not_its_temporary(tmp_path: Path, monkeypatch) -> None:
+    """On a read-only file system the temporary file cannot be made, and even its (missing) file's clean-up
+    fails (unlink says EROFS before it looks): the error is the one of the file written."""
+    import errno
+
+    import pytest
+
+    from avade.atomic_files import replaced_atomically
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    target = tmp_path / "samples_final.png"
+    with pytest.raises(OSError) as raised, replaced_atomically(target) as tmp:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp))
+    assert raised.value.filename == str(target)
