@@ -1584,6 +1584,33 @@ def test_a_run_that_could_not_start_removes_its_directory_before_letting_go_of_i
     assert not run.exists() and taken == []
 
 
+def test_runs_without_out_started_in_the_same_second_get_directories_of_their_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The jobs of an array without --out, started at once: runs/<recipe>/<stamp> is taken by the first, the
+    second gets <stamp>-2 rather than being refused as busy (and a run that cannot start leaves none)."""
+    import avade.train.run
+    from avade.atomic_files import held_alone
+    from avade.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(avade.train.run, "default_run_dir", lambda name: Path("runs") / name / "20260101-000000")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=1", "train.checkpoint_every=1")))
+    first = Path("runs/tiny/20260101-000000")
+    with held_alone(first / ".train.lock", "busy"):  # the first job, training
+        result, out = _invoke("recipe", "run", str(recipe), "--device", "cpu")
+    assert result.exit_code == 0, out
+    assert (tmp_path / "runs/tiny/20260101-000000-2/summary.json").is_file()
+
+    def bad(*args: Any, **kwargs: Any) -> None:
+        raise ConfigError("a bad model")
+
+    monkeypatch.setattr(avade.train.run, "check_variants", bad)
+    result, out = _invoke("recipe", "run", str(recipe), "--device", "cpu")
+    assert result.exit_code == 2 and "a bad model" in out, out
+    assert sorted(p.name for p in (tmp_path / "runs/tiny").iterdir()) == ["20260101-000000", "20260101-000000-2"]
+
+
 def test_training_from_python_takes_str_paths(tmp_path: Path) -> None:
     from avade.train.run import run_recipe_file
 

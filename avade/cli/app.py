@@ -452,7 +452,8 @@ def recipe_run(
     file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
     overrides: SetOption = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default "
-                                                 "runs/<recipe>/<time>).")] = None,
+                                                 "runs/<recipe>/<time>; -2, -3... for runs started in the same "
+                                                 "second).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out (without "
                                                  "--out: the newest run under runs/<recipe>/).")]
     = False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -78,7 +79,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, dev
     out_dir = Path(out_dir)  # (a str from a notebook too)
     _refuse_a_file(out_dir)
     _refuse_a_foreign_recipe(out_dir, recipe.source)
-    fresh = not out_dir.exists()
+    fresh = not out_dir.exists() or out_dir in _MADE
 
     # one process trains a run directory at a time (a requeued job overlapping the running one, an array
     # index given twice): checked before anything in it is touched
@@ -182,7 +183,7 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
             if out_dir is None:
                 if resume:
                     raise ConfigError(f"--resume: no earlier run of '{recipe.name}' under runs/; pass --out RUN_DIR")
-                out_dir = default_run_dir(recipe.name)
+                out_dir = _new_run_dir(recipe.name)
         _refuse_a_file(out_dir)
     try:
         if recipe.sweep is None:
@@ -233,10 +234,33 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
                                 f"see {out_dir / 'sweep_summary.json'}", every_process=True)
         return summaries
     except BaseException:
+        if out_dir in _MADE and not _children(out_dir):  # (a check failed before the run started)
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
         shutdown_distributed(wait=False)
         raise
     finally:
         shutdown_distributed()  # (a no-op after the line above)
+
+
+# The run directories this process made for runs without --out: theirs, although they exist before the run starts.
+_MADE: set[Path] = set()
+
+
+def _new_run_dir(recipe_name: str) -> Path:
+    """:func:`default_run_dir`, made at once: runs started in the same second without --out (the jobs of an
+    array, say) would share it, and all but one be refused as busy; the later ones get ``<stamp>-2``, ``-3``..."""
+    base = default_run_dir(recipe_name)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        _MADE.add(path)
+        return path
+    raise AssertionError("unreachable")
 
 
 SWEEP_PLAN = "sweep_plan.json"
