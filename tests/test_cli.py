@@ -501,6 +501,9 @@ class _ShapeBugFlow(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, x.flatten(1) @ torch.zeros(5, 1)
 
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:  # (it has the flow contract's members)
+        return y
+
 
 def test_recipe_check_runs_the_model_once(fresh_registry: None, write: Write) -> None:
     get_registry().register("flow", "shape-bug", factory=_ShapeBugFlow, config=None)
