@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import time
 
 import pytest
@@ -122,21 +123,25 @@ def test_a_killed_training_process_leaves_its_run_lock_to_no_loader_worker(tmp_p
     from avade.atomic_files import held_alone
 
     lock = tmp_path / ".train.lock"
-    # (not subprocess.run: it would wait for the workers too, which hold its output pipe)
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WITH_WORKERS, str(lock)], stdout=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout is not None
-    workers = [int(pid) for pid in proc.stdout.readline().split()]
-    assert proc.wait(timeout=120) == -signal.SIGKILL
-    try:
-        assert workers and all(_alive(pid) for pid in workers)  # still winding down
-        with held_alone(lock, "busy"):
-            pass
-    finally:
-        proc.stdout.close()
-        for pid in workers:
-            with __import__("contextlib").suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    # TMPDIR: each worker that sent a batch holds a multiprocessing folder (pymp-*) there, which the SIGKILLs
+    # leave behind: a folder of this test's own, and a short one (tmp_path need not be), as the socket in it
+    # must fit AF_UNIX's 107 characters, else the workers cannot send batches and the test hangs.
+    with tempfile.TemporaryDirectory(prefix="avade-kill-") as scratch:
+        # (not subprocess.run: it would wait for the workers too, which hold its output pipe)
+        proc = subprocess.Popen([sys.executable, "-c", _KILLED_WITH_WORKERS, str(lock)], stdout=subprocess.PIPE,
+                                text=True, env={**os.environ, "TMPDIR": scratch})
+        assert proc.stdout is not None
+        workers = [int(pid) for pid in proc.stdout.readline().split()]
+        assert proc.wait(timeout=120) == -signal.SIGKILL
+        try:
+            assert workers and all(_alive(pid) for pid in workers)  # still winding down
+            with held_alone(lock, "busy"):
+                pass
+        finally:
+            proc.stdout.close()
+            for pid in workers:
+                with __import__("contextlib").suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
