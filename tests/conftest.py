@@ -6,10 +6,8 @@ pytest workers, intra-op threading makes them several times slower, not faster.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,12 +18,27 @@ import torch
 from avade.registry import DISABLE_ENV, reset_registry
 
 torch.set_num_threads(1)
-# Reference statistics (FID etc.) are cached per user; tests keep theirs out of ~/.cache, in a
-# directory of this process that goes with it (each holds ~100 MB of covariance files).
-if "AVADE_CACHE" not in os.environ:
-    _test_cache = tempfile.mkdtemp(prefix="avade-test-cache-")
-    os.environ["AVADE_CACHE"] = _test_cache
-    atexit.register(shutil.rmtree, _test_cache, ignore_errors=True)
+_test_cache: Path | None = None
+
+
+@pytest.hookimpl(trylast=True)  # (after pytest's own configure, which sets up its temporary folder)
+def pytest_configure(config: pytest.Config) -> None:
+    """Reference statistics (FID etc.) are cached per user; tests keep theirs out of ~/.cache, in a folder
+    of this session (~100 MB of covariance files) removed when it ends. It lies in pytest's numbered
+    temporary folder, which later sessions rotate away: a session that was killed (a CI or ``timeout``
+    limit) leaves it for a few sessions only, not in the temp folder for good. Set before pytest-xdist
+    starts its workers, which inherit it (and neither make nor remove their own)."""
+    global _test_cache
+    if "AVADE_CACHE" in os.environ:
+        return
+    _test_cache = config._tmp_path_factory.mktemp("avade-cache", numbered=False)  # type: ignore[attr-defined]
+    os.environ["AVADE_CACHE"] = str(_test_cache)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _test_cache is not None:
+        shutil.rmtree(_test_cache, ignore_errors=True)
+        os.environ.pop("AVADE_CACHE", None)
 
 
 @pytest.fixture(autouse=True)
