@@ -342,6 +342,23 @@ def test_combos_and_grid_combined(base: Path, write: Write) -> None:
     assert [v.recipe.train.seed for v in variants] == [0, 1, 0, 1]
 
 
+def test_a_grid_over_the_variant_leaves_out_components_the_base_only_got_by_default(write: Write) -> None:
+    """As ``--set model.variant=vae`` does: the av-ade base writes no [model.flow] or [model.discriminator],
+    so its vae variant has neither (the resolved base would carry realnvp and resnet into it, refused)."""
+    recipe = load_recipe(write("v.toml", '[data]\nname = "synthetic"\nresolution = 8\n[train]\nsteps = 4\n'
+                                         '[sweep]\ngrid = {"model.variant" = ["av-ade", "vae"]}\n'))
+    ade, vae = (v.recipe for v in expand_sweep(recipe))
+    assert ade.model.flow is not None and ade.model.discriminator is not None
+    assert vae.variant == "vae" and vae.model.flow is None and vae.model.discriminator is None
+    # the variant is the recipe as written with its override, as --set makes it
+    assert vae == load_recipe(write("plain.toml", '[data]\nname = "synthetic"\nresolution = 8\n[train]\nsteps = 4\n'),
+                              ["name='v-variantvae'", "model.variant='vae'"])
+    # a table the base writes is still the variant's: refused there, as in a recipe of its own
+    written = load_recipe(write("w.toml", 'extends = "v.toml"\n[model.flow]\nname = "realnvp"\n'))
+    with pytest.raises(ConfigError, match=r"sweep variant 1 .*variant 'vae' has no flow f"):
+        expand_sweep(written)
+
+
 def test_no_sweep_is_one_variant(base: Path) -> None:
     recipe = load_recipe(base)
     (variant,) = expand_sweep(recipe)

@@ -520,6 +520,7 @@ def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_
             eval=_eval(raw.get("eval")),
             sweep=_sweep(raw.get("sweep")),
             source=source,
+            raw=copy.deepcopy(raw),
         )
         if recipe.sweep is None:  # a sweep's base is never run as it is: each variant is checked instead
             _check_consistency(recipe)

@@ -261,6 +261,10 @@ class Recipe:
     eval: EvalSection = attrs.Factory(EvalSection)
     sweep: SweepSection | None = None
     source: str | None = attrs.field(default=None, eq=False)
+    #: The merged mapping (after ``extends`` and ``--set``) it was validated from: a sweep's variants are
+    #: its overrides applied to it, as ``--set`` applies to a file, so that a component the base only got
+    #: by default (the default flow of an av-ade base) is not carried into a variant that has none (vae).
+    raw: dict[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def variant(self) -> str:

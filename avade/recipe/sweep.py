@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import re
 from collections.abc import Callable
@@ -67,8 +68,11 @@ def expand_sweep(recipe: Recipe) -> list[Variant]:
     """Every variant of ``recipe``, each validated (errors name the sweep entry)."""
     if recipe.sweep is None:
         return [Variant(recipe.name, {}, recipe)]
-    base = recipe_to_dict(recipe)
-    base.pop("sweep")
+    # The variants are the sweep's overrides applied to what the recipe wrote (as --set applies them), not
+    # to its resolved form: that one holds every default component, e.g. an av-ade base's flow, which a
+    # grid over model.variant would carry into its vae variant, refused there ("has no flow f").
+    base = copy.deepcopy(recipe.raw) if recipe.raw is not None else recipe_to_dict(recipe)
+    base.pop("sweep", None)
     variants, seen = [], set()
     for i, overrides in enumerate(sweep_overrides(recipe)):
         name = variant_name(recipe.name, overrides)
