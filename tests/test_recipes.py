@@ -154,6 +154,16 @@ name = "none"
     assert err.path == "model.flow" and 'model.flow.name = "none"' in str(err)
 
 
+def test_options_of_a_component_named_none_are_refused(base: Path) -> None:
+    """``name = "none"`` is no component: options next to it (a mistyped table, or options set after
+    ``--set ...name=none``) would be dropped without a word."""
+    off = ("model.variant=v-ade", "model.discriminator.name=none")
+    assert load_recipe(base, off).model.discriminator is None
+    err = config_error(base, (*off, "model.discriminator.chanels=[8]"))
+    assert err.source == "--set" and err.path == "model.discriminator.chanels"
+    assert 'model.discriminator.name is "none" (no discriminator), so its chanels would do nothing' in str(err)
+
+
 def test_extends_chain_of_three(base: Path, write: Write) -> None:
     write("mid.toml", 'extends = "base.toml"\n[train]\nsteps = 20\nseed = 3\n')
     leaf = write("sub/leaf.toml", 'extends = "../mid.toml"\n[train]\nseed = 4\n')

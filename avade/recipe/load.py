@@ -325,6 +325,10 @@ def _component(kind: str, table: Any, path: str) -> ComponentRef | None:
     if not isinstance(name, str):
         raise ConfigError(f"expected a {kind} name (string), got {name!r}", path=f"{path}.name")
     if name == NONE_NAME:
+        if table:  # options of no component: a mistake (the table was meant for another), never used
+            raise ConfigError(f"{path}.name is \"{NONE_NAME}\" (no {kind}), so its {', '.join(map(str, table))} "
+                              f"would do nothing; remove {'it' if len(table) == 1 else 'them'}, or name a {kind}",
+                              path=f"{path}.{next(iter(table))}")
         return None
     registry = get_registry()
     try:
