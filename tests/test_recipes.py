@@ -400,6 +400,11 @@ def test_invalid_variant_names_its_index(base: Path, write: Write) -> None:
         ('grid = {"train.seed" = 3}', "expected a list"),
         ("combos = [1]", "expected a table"),
         ("grdi = {}", "did you mean 'grid'"),
+        # keys no variant can set (they were ignored, or said "--set" in a sweep)
+        ('grid = {name = ["a", "b"]}', r"sweep\.grid\.name: name cannot be a sweep axis"),
+        ('combos = [{extends = "base.toml"}]', r"sweep\.combos\[0\]\.extends: extends cannot be a sweep axis"),
+        ('grid = {"sweep.grid" = [{"train.seed" = [1, 2]}]}', "sweep cannot be a sweep axis"),
+        ("""grid = {'model."flow' = [1]}""", r"model\.\"flow is not a dotted key"),
     ],
 )
 def test_malformed_sweep(base: Path, write: Write, body: str, match: str) -> None:

@@ -448,7 +448,24 @@ def _sweep(raw: Any) -> SweepSection | None:
             raise ConfigError("a grid axis needs at least one value", path=f"sweep.grid.{key}")
     if not sweep.grid and not sweep.combos:
         raise ConfigError("a [sweep] needs `grid` and/or `combos`", path="sweep")
+    axes = [(f"sweep.grid.{key}", key) for key in sweep.grid]
+    axes += [(f"sweep.combos[{i}].{key}", key) for i, combo in enumerate(sweep.combos) for key in combo]
+    for where, key in axes:
+        try:
+            first = key_parts(key)[0]
+        except ConfigError:
+            raise ConfigError(f"{key} is not a dotted key: quote a part that holds dots, as in "
+                              "\"model.'a.b'\"", path=where) from None
+        if first in _NOT_AXES:
+            raise ConfigError(f"{first} cannot be a sweep axis: {_NOT_AXES[first]}; remove it", path=where)
     return sweep
+
+
+_NOT_AXES = {  # top-level keys a sweep cannot vary, and why
+    "name": "each variant is named after the recipe and its own values",
+    "extends": "the extended recipes are merged as the file is read, before any variant",
+    "sweep": "a variant is one run, not another sweep",
+}
 
 
 # Component keys added with a default that builds another model than before: a recipe that avade saved
