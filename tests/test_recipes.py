@@ -288,6 +288,14 @@ def test_parse_override_rejects_malformed(text: str) -> None:
         parse_override(text)
 
 
+@pytest.mark.parametrize("text", ["train.steps=5\ntrain.lr = 3", "train.steps=5\n[train]\nlr = 3"])
+def test_parse_override_refuses_a_value_followed_by_more_toml(text: str) -> None:
+    """What follows a line break was parsed as TOML of its own and dropped: train.lr stayed as it was."""
+    with pytest.raises(ConfigError, match=r"--set train\.steps: .* is more than one value"):
+        parse_override(text)
+    assert parse_override("train.steps=5 # five") == ("train.steps", 5)
+
+
 def test_set_overrides(base: Path) -> None:
     recipe = load_recipe(base, ["model.flow.scales=3", "train.lr=1e-3", "data.name=digits",
                                 "train.betas=[0.1, 0.2]", "model.variant=v-ade", "model.discriminator.name=none"])

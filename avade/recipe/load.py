@@ -200,11 +200,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key_parts(key)):
         raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
     try:
-        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        document = tomllib.loads(f"v = {value.strip()}")
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
     except RecursionError:
         parsed = None
+    else:
+        if len(document) > 1:  # `5\ntrain.lr = 3`: the value, then TOML of its own, which would be dropped
+            raise ConfigError(f"--set {key}: {value.strip()!r} is more than one value (a line break in it?); "
+                              "give one value per --set")
+        parsed = document["v"]
     if parsed is None or _depth(parsed) > MAX_DEPTH:
         raise ConfigError(f"--set {key}: its value nests arrays or tables more than {MAX_DEPTH} deep; no recipe key "
                           "takes such a value")
