@@ -164,6 +164,22 @@ def test_options_of_a_component_named_none_are_refused(base: Path) -> None:
     assert 'model.discriminator.name is "none" (no discriminator), so its chanels would do nothing' in str(err)
 
 
+def test_a_component_named_alone_takes_options_from_set_and_extends(base: Path, write: Write) -> None:
+    """``flow = "glow"`` (a component by its name alone) is the table ``{name = "glow"}``: --set and a child
+    recipe set its options as theirs (they said "model.flow is not a table", or lost the name)."""
+    short = write("short.toml", 'extends = "base.toml"\n[model]\nflow = "glow"\n')
+    flow = load_recipe(short, ["model.flow.scales=2"]).model.flow
+    assert flow is not None and (flow.name, flow.config.scales) == ("glow", 2)
+    flow = load_recipe(short, ["model.flow.name=realnvp", "model.flow.hidden=4"]).model.flow
+    assert flow is not None and (flow.name, flow.config.hidden) == ("realnvp", 4)
+    child = write("child.toml", 'extends = "short.toml"\n[model.flow]\nscales = 2\n')
+    assert load_recipe(child) == load_recipe(short, ["model.flow.scales=2", "name='child'"])
+    # and a child that names the parent's component alone keeps the parent's options, as its table would
+    write("glow.toml", 'extends = "base.toml"\n[model.flow]\nname = "glow"\nscales = 3\n')
+    again = write("again.toml", 'extends = "glow.toml"\n[model]\nflow = "glow"\n')
+    assert load_recipe(again).model.flow.config.scales == 3
+
+
 def test_extends_chain_of_three(base: Path, write: Write) -> None:
     write("mid.toml", 'extends = "base.toml"\n[train]\nsteps = 20\nseed = 3\n')
     leaf = write("sub/leaf.toml", 'extends = "../mid.toml"\n[train]\nseed = 4\n')

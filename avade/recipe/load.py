@@ -133,6 +133,8 @@ def deep_merge(base: dict[str, Any], child: Mapping[str, Any], path: tuple[str, 
     for key, value in child.items():
         sub = (*path, key)
         old = out.get(key)
+        if _is_component_table(sub):  # the shorthand `flow = "glow"` is the table `{name = "glow"}`
+            old, value = _as_table(old), _as_table(value)
         same_component = not (
             _is_component_table(sub) and isinstance(old, Mapping) and isinstance(value, Mapping)
             and "name" in value and value.get("name") != old.get("name")
@@ -142,6 +144,11 @@ def deep_merge(base: dict[str, Any], child: Mapping[str, Any], path: tuple[str, 
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _as_table(component: Any) -> Any:
+    """A component given by its name alone (``flow = "glow"``) as its table (``{name = "glow"}``)."""
+    return {"name": component} if isinstance(component, str) else component
 
 
 def _display(path: Path) -> str:
@@ -247,6 +254,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
         node = out
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
+            if isinstance(child, str) and _is_component_table(tuple(parts[: i + 1])):
+                child = node[part] = _as_table(child)
             if child is None:
                 child = node[part] = {}
                 if origins is not None:  # a table only this override made: errors in it are the override's
