@@ -180,6 +180,14 @@ def test_a_component_named_alone_takes_options_from_set_and_extends(base: Path, 
     assert load_recipe(again).model.flow.config.scales == 3
 
 
+def test_extends_expands_a_home_folder(base: Path, write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``~`` expands in extends as in every other path of a recipe (README): it was taken as a folder named ~."""
+    monkeypatch.setenv("HOME", str(base.parent))
+    child = write("sub/child.toml", 'extends = "~/base.toml"\n[train]\nsteps = 3\n')
+    recipe = load_recipe(child)
+    assert (recipe.train.steps, recipe.model.flow.config.hidden) == (3, 8)
+
+
 def test_extends_chain_of_three(base: Path, write: Write) -> None:
     write("mid.toml", 'extends = "base.toml"\n[train]\nsteps = 20\nseed = 3\n')
     leaf = write("sub/leaf.toml", 'extends = "../mid.toml"\n[train]\nseed = 4\n')

@@ -183,7 +183,7 @@ def read_recipe_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[d
         if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
             raise ConfigError("expected a relative file path (or a list of them)", path="extends", source=display)
         for parent in parents:
-            parent_path = (path.parent / parent)
+            parent_path = path.parent / Path(parent).expanduser()  # (`~` expands, as in every path of a recipe)
             if not _is_file(parent_path):
                 raise ConfigError(f"extended recipe not found: {_display(parent_path)}", path="extends",
                                   source=display)
