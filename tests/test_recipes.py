@@ -411,6 +411,10 @@ def test_duplicate_variant_names_are_rejected(base: Path, write: Write) -> None:
     recipe = sweep(write, 'combos = [{"model.flow.scales" = 2}, {"model.flow.scales" = 2}]')
     with pytest.raises(ConfigError, match="two sweep variants are both named 'x-scales2'"):
         expand_sweep(recipe)
+    # a grid's values can meet in a name too: the fix is not only the combos'
+    recipe = sweep(write, 'grid = {"train.lr" = [0.001, 0.0010000001]}', name="g")
+    with pytest.raises(ConfigError, match=r"both named 'g-lr0\.001': .*\(sweep\.grid or sweep\.combos\)"):
+        expand_sweep(recipe)
 
 
 def test_invalid_variant_names_its_index(base: Path, write: Write) -> None:

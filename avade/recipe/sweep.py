@@ -84,7 +84,9 @@ def expand_sweep(recipe: Recipe) -> list[Variant]:
             raise ConfigError(one_line(f"sweep variant {i} ({name}): {exc.detail}"), path=one_line(exc.path),
                               source=recipe.source) from None
         if name in seen:
-            raise ConfigError(one_line(f"two sweep variants are both named {name!r}; make the combos distinct"),
+            # (a name keeps 6 digits of a number: grid values such as 0.001 and 0.0010000001 meet too)
+            raise ConfigError(one_line(f"two sweep variants are both named {name!r}: their values read alike in a "
+                                       "name; make them distinct (sweep.grid or sweep.combos)"),
                               path="sweep", source=recipe.source)
         seen.add(name)
         variants.append(Variant(name, overrides, variant))
