@@ -517,6 +517,15 @@ def test_realnvp_net_is_a_recipe_key() -> None:
         load_recipe(main, ["model.flow.net=referenc"])
 
 
+def test_a_set_key_that_a_sweep_axis_sets_again_is_said_whatever_iterable_gives_it(base: Path, write: Write) -> None:
+    """load_recipe takes any iterable of overrides: a generator was used up by applying it, so the
+    warning that the sweep overrides the --set key never came."""
+    recipe = write("s.toml", 'extends = "base.toml"\n[sweep]\ngrid = {"train.seed" = [1, 2]}\n')
+    for overrides in (["train.seed=5"], (o for o in ["train.seed=5"])):
+        with pytest.warns(UserWarning, match=r"--set train\.seed: the sweep sets it in every variant"):
+            assert load_recipe(recipe, overrides).train.seed == 5
+
+
 def test_variant_names_tell_numbers_apart(base: Path, write: Write) -> None:
     recipe = sweep(write, 'grid = {"train.lr" = [1e30, 1e-30], "train.seed" = [-1, 1], '
                           '"model.logit_alpha" = [0.25, 0.025]}')

@@ -652,7 +652,7 @@ def _without_absent_metrics(raw: dict[str, Any], where: str) -> dict[str, Any]:
 def load_recipe(path: str | Path, overrides: Iterable[str] = (), saved: bool = False) -> Recipe:
     """Load, merge, override and validate the recipe at ``path`` (``saved``: one avade wrote, a run's
     recipe.toml, read as the avade that wrote it meant it: see :func:`with_saved_defaults`)."""
-    path = Path(path)
+    path, overrides = Path(path), list(overrides)  # (read twice: applied, then checked against the sweep)
     try:
         raw, origins = read_recipe_tree(path)
         if saved:
