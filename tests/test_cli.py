@@ -732,3 +732,10 @@ def test_output_in_an_encoding_without_its_characters_is_escaped_not_a_crash(mon
             main(argv)
         assert exit_.value.code == code
         assert needle in stream.buffer.getvalue()
+
+
+def test_eval_refuses_a_metric_given_twice_before_any_work(tmp_path: Path) -> None:
+    """``--metrics bpd,bpd`` computed bpd twice, then failed with "metric 'bpd' returns 'bpd', which metric
+    'bpd' already reports": refused first (here before the run directory is even read)."""
+    assert_one_line_error(run("eval", str(tmp_path / "no-run"), "--metrics", "bpd,fid, bpd"),
+                          "--metrics: bpd given twice; give each metric once")

@@ -535,6 +535,17 @@ def test_variant_names_tell_numbers_apart(base: Path, write: Write) -> None:
     assert len(set(names)) == 8 and "x-lr1e-30-seedm1-logit_alpha0.25" in names
 
 
+def test_a_metric_listed_twice_is_refused_but_a_saved_run_listing_it_twice_still_loads(write: Write) -> None:
+    """Listed twice, a metric was computed twice at the end of training, then refused as a clash of its
+    own results; a run saved so (bpd twice trained without a word) still loads, with it once."""
+    with pytest.raises(ConfigError, match=r"eval\.metrics\[2\]: 'bpd' is listed twice; list each metric once"):
+        tiny_recipe('eval.metrics=["bpd", "fid", "bpd"]')
+    import tomli_w
+
+    saved = write("recipe.toml", tomli_w.dumps(tiny_dict('eval.metrics=["bpd", "bpd"]')))
+    assert load_recipe(saved, saved=True).eval.metrics == ["bpd"]
+
+
 def test_the_two_importance_sample_settings_must_agree() -> None:
     from tiny_recipes import tiny_recipe
 

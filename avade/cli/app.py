@@ -512,6 +512,10 @@ def evaluate(
     if names is not None and not names:
         raise AvadeError("--metrics: give at least one metric, e.g. --metrics bpd,fid (or leave it out for the "
                          "recipe's eval.metrics)")
+    given = names or []
+    twice = sorted({m for m in given if given.count(m) > 1})  # (each would be computed, then refused)
+    if twice:
+        raise AvadeError(f"--metrics: {', '.join(twice)} given twice; give each metric once")
     if run_dir.is_dir() and not (run_dir / "recipe.toml").is_file() and sweep_runs(run_dir)[0]:
         if checkpoint is not None:
             raise AvadeError(f"--checkpoint picks a checkpoint of one run, but {run_dir} is a sweep's --out; "

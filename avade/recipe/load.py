@@ -443,6 +443,8 @@ def _eval(raw: Any) -> EvalSection:
         if metric not in metric_names:
             raise ConfigError(f"unknown metric '{metric}'{did_you_mean(metric, metric_names)}; see "
                               "`avade list-components --kind metric`", path=f"eval.metrics[{i}]")
+        if metric in section.metrics[:i]:  # computed twice at the end of training, then refused as a clash
+            raise ConfigError(f"'{metric}' is listed twice; list each metric once", path=f"eval.metrics[{i}]")
     settings = {}
     for metric in sorted(set(section.metrics) | set(tables)):
         ref = _component("metric", {"name": metric, **_table(tables.get(metric), f"eval.{metric}")},
@@ -637,6 +639,11 @@ def _without_absent_metrics(raw: dict[str, Any], where: str) -> dict[str, Any]:
     names = [m for m in listed if isinstance(m, str)] if isinstance(listed, list) else []
     absent = sorted({m for m in names if m not in known}
                     | {k for k, v in table.items() if isinstance(v, Mapping) and k not in known})
+    if isinstance(listed, list) and len(names) == len(listed) and len(set(names)) < len(names):
+        # listed twice (refused since; a run trained so, with bpd listed twice, still loads)
+        listed = list(dict.fromkeys(names))
+        table = {**table, "metrics": listed}
+        raw = {**raw, "eval": table}
     if not absent:
         return raw
     from avade.registry import PluginWarning
