@@ -597,6 +597,15 @@ def test_switching_the_dataset_keeps_sweep_axes_over_loader_keys() -> None:
     assert switched["sweep"]["grid"] == {"data.batch_size": [8, 16]}
 
 
+def test_switching_from_the_default_dataset_drops_its_options_as_from_a_named_one() -> None:
+    """[data] without a name is natural-patches': --set data.name=synthetic kept its options (refused by
+    synthetic as unknown keys), where the same table with name = "natural-patches" dropped them."""
+    raw = {"data": {"resolution": 8, "patches_per_image": 8, "batch_size": 4}}
+    for table in (raw, {"data": {**raw["data"], "name": "natural-patches"}}):
+        assert apply_overrides(table, ["data.name=synthetic"])["data"] == {"batch_size": 4, "name": "synthetic"}
+    assert apply_overrides(raw, ["data.name=natural-patches"])["data"] == {**raw["data"], "name": "natural-patches"}
+
+
 def test_select_variants_takes_every_named_one_in_sweep_order_and_refuses_an_index_past_the_end() -> None:
     from types import SimpleNamespace
 

@@ -264,7 +264,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
                 raise ConfigError(f"cannot set {key}: {'.'.join(parts[: i + 1])} is not a table", source=source)
             node = child
         last = parts[-1]
-        if last == "name" and len(parts) >= 2 and node.get("name") not in (None, value) and (
+        # ([data] without a name is the default dataset's: its options are that one's)
+        current = node.get("name", _DEFAULT_DATASET if tuple(parts[:-1]) == ("data",) else None)
+        if last == "name" and len(parts) >= 2 and current not in (None, value) and (
             _is_component_table(tuple(parts[:-1])) or tuple(parts[:-1]) == ("data",)
         ):
             keep = {} if parts[0] == "model" else {k: v for k, v in node.items() if k in _LOADER_KEYS}
@@ -283,6 +285,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
 
 
 _LOADER_KEYS = {f.name for f in attrs.fields(DataOptions)}
+_DEFAULT_DATASET = attrs.fields(DataOptions).name.default
 
 
 def _drop_sweep_axes(raw: dict[str, Any], table: str, keep: set[str]) -> list[str]:
