@@ -401,6 +401,15 @@ def test_a_grid_over_the_variant_leaves_out_components_the_base_only_got_by_defa
         expand_sweep(written)
 
 
+def test_a_variants_new_component_takes_the_options_swept_with_it(base: Path, write: Write) -> None:
+    """An axis over a component's options written before the axis that names the component: the switch
+    came second and dropped them, so every variant was the new component's defaults (two alike runs)."""
+    variants = expand_sweep(sweep(write, 'grid = {"model.flow.scales" = [1, 2], "model.flow.name" = ["glow"]}'))
+    assert [v.name for v in variants] == ["x-scales1-nameglow", "x-scales2-nameglow"]  # (named as written)
+    assert [(v.recipe.model.flow.name, v.recipe.model.flow.config.scales) for v in variants] == [("glow", 1),
+                                                                                               ("glow", 2)]
+
+
 def test_no_sweep_is_one_variant(base: Path) -> None:
     recipe = load_recipe(base)
     (variant,) = expand_sweep(recipe)
@@ -441,6 +450,9 @@ def test_invalid_variant_names_its_index(base: Path, write: Write) -> None:
         ('combos = [{extends = "base.toml"}]', r"sweep\.combos\[0\]\.extends: extends cannot be a sweep axis"),
         ('grid = {"sweep.grid" = [{"train.seed" = [1, 2]}]}', "sweep cannot be a sweep axis"),
         ("""grid = {'model."flow' = [1]}""", r"model\.\"flow is not a dotted key"),
+        # the grid's value won in every variant: the combos' seeds were never used
+        ('grid = {"train.seed" = [1, 2]}\ncombos = [{"train.seed" = 7}, {"train.lr" = 0.001}]',
+         r"sweep\.combos\[0\]\.train\.seed: sweep\.grid sets train\.seed in every variant too"),
     ],
 )
 def test_malformed_sweep(base: Path, write: Write, body: str, match: str) -> None:

@@ -477,6 +477,11 @@ def _sweep(raw: Any) -> SweepSection | None:
                               "\"model.'a.b'\"", path=where) from None
         if first in _NOT_AXES:
             raise ConfigError(f"{first} cannot be a sweep axis: {_NOT_AXES[first]}; remove it", path=where)
+    for i, combo in enumerate(sweep.combos):
+        for key in combo:
+            if key in sweep.grid:  # each variant is a combo with a grid point over it: the grid's value wins
+                raise ConfigError(f"sweep.grid sets {key} in every variant too, so this value would never be "
+                                  "used; set it in the grid or in the combos", path=f"sweep.combos[{i}].{key}")
     return sweep
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from avade.errors import ConfigError
-from avade.recipe.load import apply_overrides, one_line, plain_name, recipe_from_dict
+from avade.recipe.load import apply_overrides, key_parts, one_line, plain_name, recipe_from_dict
 from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
 
@@ -77,7 +77,9 @@ def expand_sweep(recipe: Recipe) -> list[Variant]:
     for i, overrides in enumerate(sweep_overrides(recipe)):
         name = variant_name(recipe.name, overrides)
         try:
-            raw = apply_overrides(base, list(overrides.items()))
+            # A variant's overrides hold together: a component's (or the dataset's) new name goes first, so
+            # that the options set with it are the new one's (set before it, the switch dropped them).
+            raw = apply_overrides(base, sorted(overrides.items(), key=lambda item: key_parts(item[0])[-1] != "name"))
             raw["name"] = name
             variant = recipe_from_dict(raw, source=recipe.source)
         except ConfigError as exc:
