@@ -339,6 +339,19 @@ def test_set_component_name_drops_old_options(base: Path) -> None:
     assert load_recipe(base, ["model.flow.name=glow", "model.flow.steps=2"]).model.flow.config.steps == 2
 
 
+@pytest.mark.parametrize(("override", "words"), [
+    ("model.flwo=glow", "model.flwo: unknown key (did you mean 'flow'?)"),  # a component named alone
+    ("model.flwo.scales=2", "model.flwo: unknown table (did you mean 'flow'?)"),
+    ("model.varient=vae", "model.varient: unknown key (did you mean 'variant'?)"),
+])
+def test_a_mistyped_model_key_is_matched_against_options_and_component_tables(base: Path, override: str,
+                                                                               words: str) -> None:
+    """A component named alone under a mistyped key (`flwo = "glow"`) was matched against the options only:
+    no suggestion, and a list of valid keys without the component tables."""
+    err = str(config_error(base, (override,)))
+    assert words in err and "flow, encoder, posterior, decoder, discriminator" in err
+
+
 def test_set_errors_name_set_and_path(base: Path) -> None:
     err = config_error(base, ("model.flow.scalse=2",))
     assert err.source == "--set"

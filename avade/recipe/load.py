@@ -363,10 +363,16 @@ def _model(raw: Any) -> ModelSection:
     table = _table(raw, "model")
     component_tables = {k: table.pop(k) for k in list(table) if k in MODEL_COMPONENTS}
     option_keys = [f.name for f in attrs.fields(ModelOptions)]
-    for key, value in table.items():  # a mistyped component table: suggest among tables and options
-        if key not in option_keys and isinstance(value, dict):
+    for key, value in table.items():  # a mistyped option or component table: suggest among both
+        if key in option_keys:
+            continue
+        if isinstance(value, dict):
             raise ConfigError(f"unknown table{did_you_mean(key, list(MODEL_COMPONENTS))}; component tables: "
                               f"{', '.join(MODEL_COMPONENTS)}", path=f"model.{key}")
+        # (a component may be named alone, `flow = "glow"`: `flwo = "glow"` is one mistyped)
+        raise ConfigError(f"unknown key{did_you_mean(key, [*option_keys, *MODEL_COMPONENTS])}; valid keys: "
+                          f"{', '.join(option_keys)}, and the component tables {', '.join(MODEL_COMPONENTS)}",
+                          path=f"model.{key}")
     options = structure(ModelOptions, table, path="model")
     registry = get_registry()
     normalized = {}
