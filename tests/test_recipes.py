@@ -423,6 +423,22 @@ def test_a_variants_new_component_takes_the_options_swept_with_it(base: Path, wr
                                                                                                ("glow", 2)]
 
 
+@pytest.mark.parametrize(("body", "where", "dotted"), [
+    ("combos = [{train.seed = 1}, {train.seed = 2}]", "sweep.combos[0].train", "train.seed"),
+    ("grid = {model.flow.scales = [1, 2]}", "sweep.grid.model", "model.flow.scales"),
+])
+def test_an_unquoted_dotted_sweep_key_says_to_quote_it(base: Path, write: Write, body: str, where: str,
+                                                       dotted: str) -> None:
+    """TOML nests ``{train.seed = 1}`` as ``{train = {seed = 1}}``: a combo so replaced the variant's whole
+    [train] (train.steps back to 100000, without a word); a grid said only "expected a list"."""
+    with pytest.raises(ConfigError) as info:
+        sweep(write, body)
+    assert info.value.path == where and f'quote it: "{dotted}" = ...' in str(info.value)
+    # quoted, it is one axis; a quoted key may still set a whole table
+    variants = expand_sweep(sweep(write, 'combos = [{"train.seed" = 1}, {"model.flow" = {name = "glow"}}]'))
+    assert [v.recipe.train.steps for v in variants] == [10, 10] and variants[1].recipe.model.flow.name == "glow"
+
+
 def test_no_sweep_is_one_variant(base: Path) -> None:
     recipe = load_recipe(base)
     (variant,) = expand_sweep(recipe)

@@ -467,7 +467,9 @@ def _eval(raw: Any) -> EvalSection:
 def _sweep(raw: Any) -> SweepSection | None:
     if raw is None:
         return None
-    sweep = structure(SweepSection, _table(raw, "sweep"), path="sweep")
+    table = _table(raw, "sweep")
+    _refuse_unquoted_axes(table)
+    sweep = structure(SweepSection, table, path="sweep")
     for key, values in sweep.grid.items():
         if not values:
             raise ConfigError("a grid axis needs at least one value", path=f"sweep.grid.{key}")
@@ -489,6 +491,26 @@ def _sweep(raw: Any) -> SweepSection | None:
                 raise ConfigError(f"sweep.grid sets {key} in every variant too, so this value would never be "
                                   "used; set it in the grid or in the combos", path=f"sweep.combos[{i}].{key}")
     return sweep
+
+
+def _refuse_unquoted_axes(sweep: Mapping[str, Any]) -> None:
+    """TOML nests a dotted key, ``train.seed = 1`` is ``{train = {seed = 1}}``: as a grid axis that is no
+    list, and in a combo it would replace the variant's whole [train]. Say to quote it."""
+    grid, combos = sweep.get("grid"), sweep.get("combos")
+    tables = [("sweep.grid", grid)] if isinstance(grid, Mapping) else []
+    if isinstance(combos, list):
+        tables += [(f"sweep.combos[{i}]", c) for i, c in enumerate(combos) if isinstance(c, Mapping)]
+    for where, values in tables:
+        for key, value in values.items():
+            grid_axis = where == "sweep.grid"
+            if isinstance(value, Mapping) and value and (grid_axis or key in TOP_LEVEL_KEYS):
+                dotted, node = [str(key)], value
+                while isinstance(node, Mapping) and node:
+                    sub, node = next(iter(node.items()))
+                    dotted.append(str(sub))
+                what = "a grid axis is one key" if grid_axis else f"a table here replaces all of [{key}] in the variant"
+                raise ConfigError(f"{what}: TOML reads the dotted key {'.'.join(dotted)} as nested tables; quote "
+                                  f"it: \"{'.'.join(dotted)}\" = ...", path=f"{where}.{key}")
 
 
 _NOT_AXES = {  # top-level keys a sweep cannot vary, and why
