@@ -6,6 +6,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 from tiny_recipes import tiny_dict, tiny_recipe
 
@@ -412,6 +413,16 @@ def test_a_grid_over_the_variant_leaves_out_components_the_base_only_got_by_defa
     written = load_recipe(write("w.toml", 'extends = "v.toml"\n[model.flow]\nname = "realnvp"\n'))
     with pytest.raises(ConfigError, match=r"sweep variant 1 .*variant 'vae' has no flow f"):
         expand_sweep(written)
+
+
+def test_the_variants_of_a_recipe_changed_after_loading_are_of_what_it_holds(write: Write) -> None:
+    """(attrs.evolve, from Python): the recipe no longer says what its file wrote, so its variants are
+    its resolved form with their overrides, not the file's."""
+    recipe = load_recipe(write("v.toml", '[data]\nname = "synthetic"\nresolution = 8\n[train]\nsteps = 4\n'
+                                         '[sweep]\ngrid = {"train.seed" = [0, 1]}\n'))
+    assert [v.recipe.train.steps for v in expand_sweep(recipe)] == [4, 4]
+    changed = attrs.evolve(recipe, train=attrs.evolve(recipe.train, steps=7))
+    assert [(v.recipe.train.steps, v.recipe.train.seed) for v in expand_sweep(changed)] == [(7, 0), (7, 1)]
 
 
 def test_a_variants_new_component_takes_the_options_swept_with_it(base: Path, write: Write) -> None:

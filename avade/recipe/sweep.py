@@ -64,15 +64,30 @@ def sweep_overrides(recipe: Recipe) -> list[dict[str, Any]]:
     return [{**combo, **point} for combo in combos for point in grid]
 
 
+def _sweep_base(recipe: Recipe) -> dict[str, Any]:
+    """What the variants' overrides apply to: what the recipe wrote (as --set applies them to a file), not its
+    resolved form, which holds every default component, e.g. an av-ade base's flow, that a grid over
+    model.variant would carry into its vae variant, refused there ("has no flow f"). The resolved form only
+    when the recipe no longer says what it wrote (changed since it was loaded, e.g. by ``attrs.evolve``)."""
+    resolved = recipe_to_dict(recipe)
+    written = copy.deepcopy(recipe.raw) if recipe.raw is not None else None
+    if written is not None:
+        written["name"] = recipe.name  # (the file's name when it writes none; each variant names itself anyway)
+        try:
+            current = recipe_to_dict(recipe_from_dict(copy.deepcopy(written), source=recipe.source)) == resolved
+        except ConfigError:
+            current = False
+        if current:
+            resolved = written
+    resolved.pop("sweep", None)
+    return resolved
+
+
 def expand_sweep(recipe: Recipe) -> list[Variant]:
     """Every variant of ``recipe``, each validated (errors name the sweep entry)."""
     if recipe.sweep is None:
         return [Variant(recipe.name, {}, recipe)]
-    # The variants are the sweep's overrides applied to what the recipe wrote (as --set applies them), not
-    # to its resolved form: that one holds every default component, e.g. an av-ade base's flow, which a
-    # grid over model.variant would carry into its vae variant, refused there ("has no flow f").
-    base = copy.deepcopy(recipe.raw) if recipe.raw is not None else recipe_to_dict(recipe)
-    base.pop("sweep", None)
+    base = _sweep_base(recipe)
     variants, seen = [], set()
     for i, overrides in enumerate(sweep_overrides(recipe)):
         name = variant_name(recipe.name, overrides)
