@@ -241,20 +241,35 @@ class GenerativeModel(nn.Module):
         weights give the same value, the training RNG stream is left untouched, and batches split over
         processes sum to the single-process value. With ``importance_samples`` k > 1 each image runs k
         times, so a batch goes through in parts of ``batch // k`` images (at least one): about one batch
-        of images at a time, as for k = 1, not k batches at once."""
+        of images at a time, as for k = 1, not k batches at once.
+
+        The images are checked as :meth:`log_likelihood` checks them (uint8 of the model's shape; a
+        class-conditional model's labels), and the model runs in eval mode, then gets its mode back."""
+        k = _count(importance_samples)
+        if k < 1:
+            raise DataError(f"bpd: importance_samples must be an int >= 1, got {importance_samples!r}")
+        training = self.training
         self.eval()
+        try:
+            return self._bpd_sum(batches, k, seed)
+        finally:
+            self.train(training)
+
+    def _bpd_sum(self, batches: Iterable[tuple[int, torch.Tensor, torch.Tensor]], k: int,
+                 seed: int) -> tuple[float, int]:
         device = self.log_sigma.device
         total = torch.zeros((), dtype=torch.float64, device=device)
         count = 0
-        k = int(importance_samples)
         for i, x, y in batches:
+            # (float images would give a bpd of another scale, silently; bad labels a traceback from the embeddings)
+            self._checked("bpd", x, y if self.num_classes else None)
             gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
             part = max(1, x.shape[0] // k)
             with _seeded_from(gen):
                 for start in range(0, x.shape[0], part):
                     xs = x[start:start + part].to(device)
-                    labels = y[start:start + part].to(device) if self.num_classes else None
-                    total += self.bound(xs, labels, gen, importance_samples)["bpd"].double().sum()
+                    labels = y[start:start + part].to(device, torch.int64) if self.num_classes else None
+                    total += self.bound(xs, labels, gen, k)["bpd"].double().sum()
             count += x.shape[0]
         return float(total), count
 

@@ -88,6 +88,38 @@ def test_the_public_entries_refuse_what_would_give_wrong_numbers_silently() -> N
         assert model.sample(2, temperature=good).shape == (2, *model.data_shape)
 
 
+def test_mean_bpd_checks_its_batches_as_log_likelihood_does() -> None:
+    from avade.errors import DataError
+
+    model = _model()
+    x = torch.randint(0, 256, (2, *model.data_shape), dtype=torch.uint8)
+    y = torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(DataError, match=r"bpd: images must be uint8 .* got torch.float32"):
+        model.mean_bpd([(x.float() / 255, y)])  # a bpd of another scale (11 bits instead of 8), silently, before
+    with pytest.raises(DataError, match="bpd: importance_samples must be an int >= 1"):
+        model.mean_bpd([(x, y)], importance_samples=0)  # a ZeroDivisionError before
+    recipe = tiny_recipe("model.conditional=true")
+    conditional = build_model(recipe, model.data_shape, 10).eval()
+    with pytest.raises(DataError, match=r"bpd: labels must lie in \[0, 10\), got 0..10"):
+        conditional.mean_bpd([(x, torch.tensor([0, 10]))])  # an IndexError from the embeddings before
+    with pytest.raises(DataError, match=r"bpd: the model is class-conditional"):
+        conditional.mean_bpd([(x, None)])  # a TypeError before
+    bytes_ = conditional.mean_bpd([(x, torch.tensor([3, 4], dtype=torch.uint8))])  # any integer dtype, as sample's
+    assert bytes_ == conditional.mean_bpd([(x, torch.tensor([3, 4]))])
+
+
+def test_mean_bpd_gives_the_model_its_mode_back() -> None:
+    # A loop of one's own that reports the bpd must not train on in eval mode (running statistics in
+    # batch norm, no data-dependent init, no free bits) without a word
+    model = _model().train()
+    x = torch.randint(0, 256, (2, *model.data_shape), dtype=torch.uint8)
+    model.mean_bpd([(x, torch.zeros(2, dtype=torch.int64))])
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    model.mean_bpd([(x, torch.zeros(2, dtype=torch.int64))])
+    assert not any(m.training for m in model.modules())
+
+
 def test_a_class_conditional_model_needs_valid_labels() -> None:
     from avade.errors import DataError
 
