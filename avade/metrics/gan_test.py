@@ -286,6 +286,12 @@ class GanTrain:
     needs_conditional = True  # checked before any metric runs (recipe load, run_metrics)
 
     def __init__(self, cfg: GanTrainConfig) -> None:
+        # Checked when the metric is built (before training starts): one sample gives the classifier no
+        # training step (batch norm needs two), which train_classifier would refuse only after sampling.
+        if cfg.samples is not None and cfg.samples < 2:
+            raise ConfigError(f"gan-train trains its classifier on the samples, and {cfg.samples} gives it no "
+                              "training step (batch norm needs two a batch); set samples >= 2, or leave it out "
+                              "for as many as the training split's images", path="eval.gan-train.samples")
         self.cfg = cfg
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avade.errors import AvadeError
+from avade.errors import AvadeError, ConfigError
 from avade.metrics.context import EvalContext
 from avade.metrics.features import get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_features, sample_features
@@ -196,6 +196,13 @@ class PRD:
     uses_inception = True  # the Inception weights are checked before training starts
 
     def __init__(self, cfg: PRDConfig) -> None:
+        # Checked when the metric is built (before training starts, or before `avade eval` samples): the
+        # clustering of 2 x samples points would only refuse it after the real features were computed,
+        # at the end of a training run.
+        if cfg.samples * 2 < cfg.num_clusters:
+            raise ConfigError(f"{cfg.samples} samples and as many real images are too few for num_clusters = "
+                              f"{cfg.num_clusters}; raise samples (or --samples) to at least "
+                              f"{math.ceil(cfg.num_clusters / 2)}, or lower num_clusters", path="eval.prd.samples")
         self.cfg = cfg
         self.used: dict[str, int] = {}  # set by compute: the images of each side it compared
 
@@ -206,7 +213,9 @@ class PRD:
         warn_if_not_reference(extractor, "PRD")
         real = real_features(ctx, extractor, cfg.split, cfg.samples, cfg.batch_size).features
         if len(real) * 2 < cfg.num_clusters:
-            raise AvadeError(f"prd: {len(real)} real images are too few for num_clusters={cfg.num_clusters}")
+            raise AvadeError(f"prd: the {cfg.split} split holds only {len(real)} images, too few for num_clusters = "
+                             f"{cfg.num_clusters} (real images and as many samples are clustered); lower "
+                             "eval.prd.num_clusters, or use a larger split (eval.prd.split)")
         self.used = {"real_images": len(real), "samples": len(real)}
         if len(real) < cfg.samples:  # recorded settings say samples: say what was used
             warnings.warn(f"PRD used {len(real)} samples against the {len(real)} images of the whole {cfg.split} "

@@ -210,9 +210,21 @@ def test_a_classifier_that_gets_no_training_step_is_refused_not_scored(tmp_path,
     # Batches of one are skipped (batch norm needs two): a single sample (or batch_size = 1) left the
     # classifier untrained, and its chance-level accuracy was reported as GAN-train / GAN-test.
     ctx = FakeContext(tmp_path, digits, sampler=pool_sampler(*digits["train"]), num_classes=10)
-    with pytest.raises(AvadeError, match="gan-train: its classifier got no training step from 1 image") as info:
-        GanTrain(GanTrainConfig(samples=1, **FAST)).compute(ctx)
+    one = FakeContext(tmp_path, {"train": tuple(t[:1] for t in digits["train"]), "test": digits["test"]},
+                      sampler=pool_sampler(*digits["train"]), num_classes=10)
+    with pytest.raises(AvadeError, match="gan-test: its classifier got no training step from 1 image") as info:
+        GanTest(GanTestConfig(**FAST)).compute(one)  # a training split of one image
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="batch_size"):
         GanTestConfig(batch_size=1)
     assert GanTrain(GanTrainConfig(samples=2, epochs=1)).compute(ctx)["gan_train"] >= 0.0  # two: one step
+
+
+def test_gan_train_of_one_sample_is_refused_when_built(tmp_path, digits) -> None:
+    # [eval.gan-train] samples = 1 can never train the classifier: refused when the metric is built (before
+    # a training run starts), not after the run, at its final evaluation
+    with pytest.raises(ConfigError, match=r"eval.gan-train.samples: gan-train .* 1 gives it no training step") as info:
+        GanTrain(GanTrainConfig(samples=1, **FAST))
+    assert "\n" not in str(info.value)
+    GanTrain(GanTrainConfig(samples=2, **FAST))
+    GanTest(GanTestConfig(samples=1, **FAST))  # GAN-test scores samples: one is enough

@@ -12,6 +12,7 @@ import pytest
 import torch
 from metric_helpers import FakeContext, natural_crops, noise_images
 
+from avade.errors import AvadeError, ConfigError
 from avade.metrics.prd import PRD, PRDConfig, max_f_beta, plot_prd, prd_auc, prd_curve, prd_from_features
 from avade.metrics.random_features import RandomConvFeatures
 
@@ -261,3 +262,20 @@ def test_the_defaults_are_the_reference_settings() -> None:
     """Sajjadi et al.'s prd_score.py: 20 clusters, 1001 angles, 10 clusterings averaged, F_8 and F_1/8."""
     cfg = PRDConfig()
     assert (cfg.num_clusters, cfg.num_angles, cfg.num_runs, cfg.beta) == (20, 1001, 10, 8.0)
+
+
+def test_prd_with_too_few_samples_for_its_clusters_is_refused_when_built(tmp_path) -> None:
+    # eval.prd.samples = 4 with 20 clusters: refused when the metric is built (before a training run starts),
+    # not after training, when the final evaluation had computed the real features
+    with pytest.raises(ConfigError, match=r"eval.prd.samples: 4 samples .* num_clusters = 20; raise samples "
+                                          r"\(or --samples\) to at least 10"):
+        PRD(PRDConfig(samples=4))
+    PRD(PRDConfig(samples=10))
+    # a split smaller than samples: the split is the limit, and the error says so
+    ctx = FakeContext(tmp_path, {"train": (natural_crops(3, seed=0), torch.zeros(3, dtype=torch.long))},
+                      sampler=lambda n, labels: noise_images(n, seed=1),
+                      options={"feature_extractor": RandomConvFeatures(dim=16, seed=0)})
+    with (pytest.raises(AvadeError, match="the train split holds only 3 images, too few for num_clusters = 8"),
+          warnings.catch_warnings()):
+        warnings.simplefilter("ignore")
+        PRD(PRDConfig(samples=10, num_clusters=8, plot=False)).compute(ctx)
