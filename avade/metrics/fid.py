@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -87,8 +88,12 @@ def load_reference_stats(path: str) -> tuple[Tensor, Tensor]:
                 raise ConfigError(f"{file} holds {', '.join(sorted(data.files)) or 'no arrays'}, not "
                                   f"{' and '.join(sorted(missing))}; give FID statistics saved as mu and sigma",
                                   path=where)
-            mu, sigma = torch.from_numpy(data["mu"]).double(), torch.from_numpy(data["sigma"]).double()
-    except (OSError, ValueError, EOFError) as exc:  # missing, unreadable, not an npz, or pickled arrays
+            mu, sigma = data["mu"], data["sigma"]
+            if not all(np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) for a in (mu, sigma)):
+                raise ValueError(f"mu and sigma are {mu.dtype} and {sigma.dtype} arrays, not numbers")
+            mu, sigma = torch.from_numpy(mu).double(), torch.from_numpy(sigma).double()
+    # missing, unreadable, not an npz (or a truncated one: BadZipFile), pickled arrays
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"cannot read FID statistics {file}: {exc}; give a .npz with mu and sigma",
                           path=where) from None
     if mu.dim() != 1 or sigma.shape != (mu.numel(), mu.numel()):

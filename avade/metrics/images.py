@@ -9,6 +9,7 @@ same Inception, feature extraction and formulas as the ``fid`` and ``kid`` metri
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def _read_array(path: Path, what: str) -> np.ndarray:
             raise DataError(f"{what}: {path} holds {', '.join(data.files)}, and no arr_0; pass the array itself")
     except DataError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # (a truncated .npz: BadZipFile)
         raise DataError(f"{what}: cannot read images from {path} ({exc})") from None
 
 

@@ -141,7 +141,14 @@ def test_fid_against_published_reference_statistics(tmp_path) -> None:
     np.savez(tmp_path / "nan.npz", mu=np.full(24, np.nan), sigma=np.eye(24))
     np.save(tmp_path / "pickled.npy", np.array([{"mu": 1}], dtype=object))
     np.save(tmp_path / "bare.npy", np.zeros(3))
-    for name, message in (("wrong_dims.npz", "5-dimensional features, but the feature extractor"),
+    # a download cut short (a truncated zip), an empty file, text arrays: each one line, not a traceback
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "stats.npz").read_bytes()[:300])
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.savez(tmp_path / "text.npz", mu=np.array(["0.5"] * 24), sigma=np.eye(24))
+    for name, message in (("truncated.npz", "cannot read FID statistics .*truncated.npz"),
+                          ("empty.npz", "cannot read FID statistics .*empty.npz"),
+                          ("text.npz", "mu and sigma are <U3 and float64 arrays, not numbers"),
+                          ("wrong_dims.npz", "5-dimensional features, but the feature extractor"),
                           ("no_sigma.npz", "holds mu, not sigma"),
                           ("nan.npz", "NaN or infinite"),
                           ("pickled.npy", "cannot read FID statistics"),

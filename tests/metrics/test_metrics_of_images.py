@@ -48,3 +48,9 @@ def test_images_that_cannot_be_scored_are_refused_in_one_line(tmp_path) -> None:
         as_image_batch(tmp_path / "two.npz")
     with pytest.raises(DataError, match=r"cannot read images from"):
         as_image_batch(tmp_path / "missing.npz")
+    # another tool's samples cut short (a truncated zip) or an empty file: one line, not a traceback
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "two.npz").read_bytes()[:200])
+    (tmp_path / "empty.npz").write_bytes(b"")
+    for name in ("truncated.npz", "empty.npz"):
+        with pytest.raises(DataError, match=rf"images: cannot read images from .*{name}"):
+            as_image_batch(tmp_path / name)
