@@ -81,7 +81,8 @@ def _compute(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int |
 
 def real_features(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None = None,
                   batch_size: int = 100) -> FeatureSet:
-    """Features of the first ``n`` (all if None) real images of ``split``, from the cache when present."""
+    """Features of a fixed random subset of ``n`` (all if None) real images of ``split`` (``ctx.real_batches``),
+    from the cache when present."""
     path = cache_path(ctx, extractor, split, n, "features")
     if path.is_file():
         data = load_file(str(path))
