@@ -723,6 +723,22 @@ def test_a_broken_fid_reference_fails_before_step_0(tmp_path, monkeypatch):
             tmp_path / "run", progress=False)
 
 
+def test_metric_settings_that_can_never_compute_fail_before_step_0(tmp_path, monkeypatch):
+    # eval.prd.samples = 4 (20 clusters) or eval.gan-train.samples = 1 trained the whole run, then failed
+    # at its final evaluation
+    from avade.metrics import features
+    from avade.metrics.random_features import RandomConvFeatures
+
+    monkeypatch.setattr(features, "get_extractor", lambda options, device="cpu": RandomConvFeatures(dim=24, seed=0))
+    for metric, setting, message in (("prd", "{samples=4}", "eval.prd.samples: 4 samples"),
+                                     ("gan-train", "{samples=1}", "eval.gan-train.samples: gan-train")):
+        recipe = tiny_recipe(f'eval.metrics=["bpd", "{metric}"]', f"eval.{metric}={setting}",
+                             "model.conditional=true", "model.decoder.norm=cwn", "model.posterior.norm=cwn")
+        with pytest.raises(ConfigError, match=message):
+            Trainer(recipe, tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
+
+
 def test_tf32_settings_stay_readable_through_every_api():
     from avade.train.device import configure_tf32
 
