@@ -32,6 +32,8 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
         raise ConfigError(f"-n must be at least 1, got {n}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if not -(2**63) <= seed < 2**64 - 1:  # what torch's generators take (the labels are drawn with seed + 1)
+        raise ConfigError(f"--seed must be an integer in [-2**63, 2**64 - 2], got {seed}")
     output = Path(output)
     as_array = output.suffix.lower() == ".npz"
     if as_array and reconstructions:
