@@ -413,9 +413,11 @@ def read_checkpoint(path: Path, need_average: bool = True, training_state: bool 
     if need_average and isinstance(train, dict) and train.get("ema_decay") and "ema" not in files:
         # a run with train.ema_decay writes its average into every checkpoint: without it, evaluation would
         # silently score the last iterate and a resume would restart the average
+        # (a resume has no --no-ema: it goes on without the average when the recipe turns it off)
+        instead = ("resume with --set train.ema_decay=0 to go on without an average" if training_state
+                   else "evaluate or sample the last iterate with --no-ema")
         raise CheckpointError(f"checkpoint {path} is incomplete: ema.safetensors (the weight average of "
-                              f"train.ema_decay) is missing; evaluate or sample the last iterate with --no-ema, or "
-                              f"{fallback_hint(path)}")
+                              f"train.ema_decay) is missing; {instead}, or {fallback_hint(path)}")
     tensors = {}
     for name, f in files.items():
         try:

@@ -61,7 +61,7 @@ from avade.train.distributed import (
     broadcast_parameters,
     init_distributed,
 )
-from avade.train.ema import WeightAverage
+from avade.train.ema import WeightAverage, averaged_names, check_fits
 from avade.train.logger import MetricsLogger
 from avade.train.optim import make_optimizer, total_norm
 from avade.train.preemption import UNSTARTED_STOP, StopRequest, stop_on_signals
@@ -233,7 +233,7 @@ class Trainer:
                                   "stay as they are: train this recipe under another --out")
         step = ckpt.checkpoint_step(existing[-1]) if existing else 0
         if resume and step > self.cfg.steps:  # checked before anything in the run directory is rewritten
-            ckpt.read_checkpoint(existing[-1])  # one cut short (an interrupted copy) is named as such
+            ckpt.read_checkpoint(existing[-1], need_average=bool(self.cfg.ema_decay))  # one cut short is named
             raise CheckpointError(f"the run in {self.run.root} is already at step {step}, beyond train.steps = "
                                   f"{self.cfg.steps}; raise train.steps to train on (or evaluate it with `avade eval`)")
 
@@ -290,7 +290,8 @@ class Trainer:
             self._resume_without_checkpoints()
             return
         path = existing[-1]
-        data = ckpt.read_checkpoint(path)
+        # (its weight average only when this recipe keeps one: with train.ema_decay = 0 it is dropped)
+        data = ckpt.read_checkpoint(path, need_average=bool(self.cfg.ema_decay))
         state = data["state"]
         self._refuse_another_model(path, state)
         # The optimizers' hyper-parameters (lr, d_lr, betas) come from this recipe, their state from the
@@ -320,6 +321,10 @@ class Trainer:
             except (KeyError, TypeError, ValueError) as exc:
                 raise CheckpointError(f"checkpoint {path} is corrupt: state.json's {key} table cannot be read "
                                       f"({type(exc).__name__}: {exc}); {ckpt.fallback_hint(path)}") from None
+        if "ema" in data and self.cfg.ema_decay:
+            # checked now, as the rest of the checkpoint: a refused resume leaves the run as it was (below, a
+            # finished run trained on loses its final records, and recipe.toml is rewritten)
+            check_fits(data["ema"], averaged_names(self.model, self.g_params), path)
         if "ema" in data:
             self._saved_average = (data["ema"], path)
         self.finished = self._finished_summary()

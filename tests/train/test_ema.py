@@ -133,6 +133,37 @@ def test_a_missing_average_file_is_an_incomplete_checkpoint(tmp_path: Path) -> N
                 resume=True, progress=False)
 
 
+def test_a_resume_without_the_average_file_names_its_own_fix_and_goes_on_without_an_average(tmp_path: Path) -> None:
+    # a resume has no --no-ema; with train.ema_decay = 0 the average would be dropped anyway, so it is not needed
+    Trainer(tiny_recipe("train.steps=2", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path,
+            progress=False).fit()
+    (ckpt.list_checkpoints(tmp_path / "checkpoints")[-1] / "ema.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"is missing; resume with --set train.ema_decay=0 to go on without an "
+                                              r"average, or delete step_00000002"):
+        Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path,
+                resume=True, progress=False)
+    trainer = Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2"), tmp_path, resume=True, progress=False)
+    assert trainer.step == 2 and trainer.ema is None
+
+
+def test_a_resume_refused_for_its_average_leaves_the_run_as_it_was(tmp_path: Path) -> None:
+    # a finished run trained on: its final records and recipe.toml stay when the average turns out corrupt
+    Trainer(tiny_recipe("train.steps=2", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path,
+            progress=False).fit()
+    path = ckpt.list_checkpoints(tmp_path / "checkpoints")[-1] / "ema.safetensors"
+    tensors = _weights(path)
+    name = next(iter(tensors))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    from safetensors.torch import save_file
+
+    save_file(tensors, path)
+    before = {f: (tmp_path / f).read_text() for f in ("metrics.jsonl", "recipe.toml")}
+    with pytest.raises(CheckpointError, match=r"ema.safetensors holds NaN or inf"):
+        Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path,
+                resume=True, progress=False)
+    assert {f: (tmp_path / f).read_text() for f in before} == before
+
+
 def test_sample_grids_during_training_are_drawn_with_the_average(tmp_path: Path, monkeypatch) -> None:
     trainer = Trainer(tiny_recipe("train.ema_decay=0.5"), tmp_path / "run", progress=False)
     for step in range(1, 3):
