@@ -668,6 +668,10 @@ def test_select_variants_takes_every_named_one_in_sweep_order_and_refuses_an_ind
     assert [v.name for v in select_variants(variants, ["b", "0"])] == ["a", "b"]
     with pytest.raises(ConfigError, match=r"--only 3: the sweep has 3 variants \(indices 0\.\.2\)"):
         select_variants(variants, ["3"])
+    # an index is ASCII digits (as checkpoint steps are): other scripts' digits are names, not an internal error
+    for other in ("\u00b2", "\u0663"):
+        with pytest.raises(ConfigError, match=rf"--only: no sweep variant is named '{other}'"):
+            select_variants(variants, [other])
 
 
 def test_a_discretized_logistic_likelihood_with_a_flow_is_refused() -> None:

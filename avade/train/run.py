@@ -311,7 +311,7 @@ def select_variants(variants: Sequence[_Named], only: Sequence[str]) -> list[_Na
     for item in (part.strip() for text in only for part in text.split(",")):
         if not item:
             continue
-        if item.isdigit():
+        if item.isdecimal() and item.isascii():  # (isdigit takes '²', which int refuses, and other scripts')
             if int(item) >= len(variants):
                 raise ConfigError(f"--only {item}: the sweep has {len(variants)} variants "
                                   f"(indices 0..{len(variants) - 1})")
