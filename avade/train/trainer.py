@@ -740,7 +740,8 @@ class Trainer:
                     if odd and self.dist.is_main:  # (a null in metrics.jsonl says nothing while training goes on)
                         self.console.print(f"[yellow]warning:[/] step {self.step}: eval {', '.join(odd)} not finite "
                                            "(recorded as null)")
-                    logger.log(self.step, {f"eval/{k}": v for k, v in results.items()})
+                    if results:  # (a GAN whose metrics are bpd alone has none: no empty record)
+                        logger.log(self.step, {f"eval/{k}": v for k, v in results.items()})
                 if save_now:
                     self.save(job_logs.get("bpd"))
                 if stopping:  # at the last step too: the final evaluation (FID: minutes) is left to --resume,
@@ -788,7 +789,8 @@ class Trainer:
             self._record_resume()  # a resume that only evaluated (its run was at train.steps) used them too
             # the final record before summary.json, which marks the run finished: killed between the two, a
             # resume evaluates again (and replaces the record) instead of leaving metrics.jsonl without it
-            logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
+            if results:
+                logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
             write_json(self.run.summary, summary)
         if error is not None:  # from the step count and the bpd, which every process shares
             raise TrainingError(error, every_process=True)

@@ -960,3 +960,12 @@ def test_a_checkpoint_pruned_while_it_is_read_is_not_called_corrupt(tmp_path, mo
     assert str(info.value) == (f"checkpoint {first} was removed while it was read (a run still training prunes its "
                                "older checkpoints, train.keep_checkpoints); run the command again for the newest, "
                                "or pick another with --checkpoint STEP (steps: 2)")
+
+
+def test_an_evaluation_with_nothing_to_report_logs_no_empty_record(tmp_path):
+    # a GAN has no bpd, its only default metric: eval.every and the final evaluation have no values to log
+    Trainer(tiny_recipe("model.variant=gan", "model.flow.name=none", "train.steps=2", "eval.every=1",
+                        "train.log_every=100"), tmp_path, progress=False).fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2]
+    assert all(set(r) - {"step", "time"} for r in records)
