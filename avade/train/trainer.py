@@ -718,8 +718,8 @@ class Trainer:
                         what = ("a non-finite step (" if self.bad_steps == 1
                                 else f"{self.bad_steps} consecutive non-finite steps (the last: ")
                         # every process counts the same steps (from the all-reduced gradient norm)
-                        raise TrainingError(f"training stopped at step {self.step}: {what}{self.last_skip}); lower "
-                                            f"train.lr or set train.grad_clip; {self._last_good_checkpoint()}",
+                        raise TrainingError(f"training stopped at step {self.step}: {what}{self.last_skip}); "
+                                            f"{self._divergence_fix()}; {self._last_good_checkpoint()}",
                                             every_process=True)
                 elapsed = time.perf_counter() - t0
                 logs["images_per_s"] = images / max(elapsed, 1e-9)
@@ -776,14 +776,12 @@ class Trainer:
         if (self.dist.is_main and not broken and not self.bad_steps and isinstance(initial, int | float)
                 and isinstance(bpd, float) and bpd > initial):  # finite (no error), but worse: it went astray
             self.console.print(f"[yellow]warning:[/] the trained model's test bpd {bpd:.4g} is worse than the "
-                               f"untrained model's {initial:.4g}: training went astray; lower train.lr or set "
-                               "train.grad_clip")
+                               f"untrained model's {initial:.4g}: training went astray; {self._divergence_fix()}")
         error = None
         if self.bad_steps or broken:
             what = (f"the last {self.bad_steps} step(s) were non-finite (the last: {self.last_skip})"
                     if self.bad_steps else f"the trained model's {', '.join(broken)} is not finite")
-            error = (f"training diverged: {what}; lower train.lr or set train.grad_clip; "
-                     f"{self._last_good_checkpoint()}")
+            error = f"training diverged: {what}; {self._divergence_fix()}; {self._last_good_checkpoint()}"
             summary["error"] = error  # a resume must not take this run for a finished one
         if self.dist.is_main:
             self._record_resume()  # a resume that only evaluated (its run was at train.steps) used them too
@@ -837,6 +835,12 @@ class Trainer:
             return None
         summary = self._read_summary()
         return summary if summary.get("steps") == self.step and "error" not in summary else None
+
+    def _divergence_fix(self) -> str:
+        """What to change in the recipe when training diverges (``train.grad_clip``: set it, or lower the one set)."""
+        clip = self.cfg.grad_clip
+        return ("lower train.lr or set train.grad_clip" if clip is None
+                else f"lower train.lr or train.grad_clip (now {clip:g})")
 
     def _last_good_checkpoint(self) -> str:
         """Where a diverged run can be resumed from, for its error message: the newest checkpoints with

@@ -822,6 +822,13 @@ def test_one_non_finite_step_is_said_in_the_singular(tmp_path):
         Trainer(recipe, tmp_path, progress=False).fit()
 
 
+def test_a_divergence_with_clipping_on_says_to_lower_the_clip_not_to_set_it(tmp_path):
+    recipe = tiny_recipe("train.lr=1e30", "train.max_bad_steps=1", "train.steps=4", "train.grad_clip=5")
+    with pytest.raises(TrainingError, match=r"\); lower train.lr or train.grad_clip \(now 5\); ") as info:
+        Trainer(recipe, tmp_path, progress=False).fit()
+    assert "set train.grad_clip" not in str(info.value)
+
+
 def test_a_moved_absolute_image_folder_is_the_same_data_a_relative_one_names_it():
     def of(folder):
         return ckpt.fingerprint({"model": {}, "data": {"name": "image-folder", "folder": folder, "root": "/x"}})
