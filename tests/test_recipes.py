@@ -545,6 +545,18 @@ def test_a_name_that_is_no_plain_name_still_runs_under_runs() -> None:
     assert latest_run_dir("../nothing-here") is None
 
 
+def test_resume_without_out_takes_the_newest_run_by_its_stamp_and_number(tmp_path: Path) -> None:
+    # runs started in the same second are <stamp>-2 .. -10: by name, -9 came last; a folder of one's own is no run
+    from avade.train.rundir import latest_run_dir
+
+    for name in ("20261130-074500", *(f"20261130-074500-{n}" for n in range(2, 11)), "20261129-235959-12", "best"):
+        (tmp_path / "r" / name).mkdir(parents=True)
+    assert latest_run_dir("r", base=tmp_path).name == "20261130-074500-10"
+    assert latest_run_dir("s", base=tmp_path) is None
+    (tmp_path / "s" / "mine").mkdir(parents=True)
+    assert latest_run_dir("s", base=tmp_path).name == "mine"
+
+
 def test_realnvp_net_is_a_recipe_key() -> None:
     """The paper recipes use the Real-NVP reference code's s/t networks (``net = "reference"``, appendix C:
     "we use the reference implementations"); ``--set model.flow.net=resnet`` switches to avade's."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +93,19 @@ def default_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path:
 
 
 def latest_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path | None:
-    """The newest run of a recipe under ``runs/`` (for ``--resume`` without ``--out``)."""
+    """The newest run of a recipe under ``runs/`` (for ``--resume`` without ``--out``): by the time stamp of its
+    name and the number a run started in the same second got (``<stamp>-10`` after ``<stamp>-9``, which a sort
+    by name puts first); a folder not named so (someone's own, e.g. ``best``) only when there is no such run."""
     parent = base / plain_name(recipe_name)
-    runs = sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
-    return runs[-1] if runs else None
+    runs = [p for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else []
+    stamped = [(m[1], int(m[2] or 1), p) for p in runs if (m := _STAMPED.fullmatch(p.name))]
+    if stamped:
+        return max(stamped, key=lambda t: t[:2])[2]
+    return max(runs, key=lambda p: p.name) if runs else None
+
+
+#: a run directory :func:`default_run_dir` named (and ``-2``, ``-3``, ... for runs started in the same second)
+_STAMPED = re.compile(r"(\d{8}-\d{6})(?:-(\d+))?")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
