@@ -520,7 +520,7 @@ def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, 
         rng_meta = metas[rank - 1]
     try:
         _set_rng_state(tensors, rng_meta)  # type: ignore[arg-type]  # a missing table fails inside, as corrupt
-    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, OverflowError) as exc:  # (numpy: -1 as uint32)
         raise CheckpointError(f"checkpoint {path} is corrupt: its random state cannot be restored ({exc}); "
                               f"{fallback_hint(path)}") from None
     for name, gen in generators.items():

@@ -318,7 +318,7 @@ class Trainer:
                 continue
             try:
                 watch.load_state_dict(state[key])
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:  # (OverflowError: int(1e400))
                 raise CheckpointError(f"checkpoint {path} is corrupt: state.json's {key} table cannot be read "
                                       f"({type(exc).__name__}: {exc}); {ckpt.fallback_hint(path)}") from None
         if "ema" in data and self.cfg.ema_decay:

@@ -187,6 +187,22 @@ def test_state_fields_of_the_wrong_type_are_refused_as_corrupt(tmp_path):
         ckpt.read_checkpoint(path)
 
 
+def test_numbers_out_of_range_in_a_resumed_state_are_refused_as_corrupt(tmp_path):
+    # int(1e400) and a negative numpy state word raise OverflowError, no ValueError: they were internal errors
+    Trainer(tiny_recipe("train.steps=2"), tmp_path, progress=False).fit()
+    path = tmp_path / "checkpoints" / "step_00000002"
+    state = json.loads((path / "state.json").read_text())
+    collapse = {**state, "collapse": {**state["collapse"], "steps": 1e400}}
+    numpy_state = json.loads(json.dumps(state["rng"]["numpy"]))
+    numpy_state[1][0] = -1
+    rng = {**state, "rng": {**state["rng"], "numpy": numpy_state}}
+    for damaged, what in ((collapse, r"state\.json's collapse table cannot be read \(OverflowError"),
+                          (rng, "its random state cannot be restored")):
+        (path / "state.json").write_text(json.dumps(damaged))
+        with pytest.raises(CheckpointError, match=rf"is corrupt: {what}"):
+            Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
+
+
 def test_weights_that_are_not_finite_or_not_floats_are_refused_as_corrupt(tmp_path):
     # were loaded as they were: eval printed bpd nan, sample a black grid; integer weights were cast (truncated)
     from safetensors.torch import load_file, save_file
