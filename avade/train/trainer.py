@@ -588,9 +588,11 @@ class Trainer:
                 scalars["l_q"] = l_q
         if not self._finite_update(self.opt_g, self.g_params, loss):
             skipped.append("generator")
-        if skipped:  # a skipped step leaves the model as it was: its forward passes' NaN or infinite
-            # activations must not stay in running statistics (eval mode, f^-1) and in every later checkpoint
-            restore_buffers(model, statistics)
+        if skipped:  # a skipped update leaves its part as it was: its forward passes' NaN or infinite
+            # activations must not stay in running statistics (eval mode, f^-1) and in every later checkpoint.
+            # The critic's alone skipped, the generator took a finite step: its statistics go with its weights.
+            restore_buffers(model, statistics if "generator" in skipped
+                            else buffers_of(model, model.discriminator, statistics))
         self._sync_flow_statistics()
         scalars["loss"] = loss
         # One device-to-host transfer for all logged values (each .item() would be a sync on GPU), and the
@@ -899,6 +901,13 @@ def restore_buffers(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> N
     for name, b in model.named_buffers():
         if name in saved:
             b.copy_(saved[name])
+
+
+def buffers_of(model: torch.nn.Module, part: torch.nn.Module | None, saved: dict[str, torch.Tensor]
+               ) -> dict[str, torch.Tensor]:
+    """The entries of ``saved`` (a :func:`buffer_snapshot` of ``model``) that are buffers of ``part``, a submodule."""
+    mine = {id(b) for b in part.buffers()} if part is not None else set()
+    return {name: saved[name] for name, b in model.named_buffers() if id(b) in mine and name in saved}
 
 
 def skip_description(logs: dict[str, float], skipped: list[str]) -> str:

@@ -418,6 +418,21 @@ def test_a_skipped_step_leaves_the_running_statistics_untouched(tmp_path, monkey
     assert math.isfinite(trainer.test_bpd(limit=1))
 
 
+def test_a_skipped_critic_update_keeps_the_generators_statistics_of_its_finite_step(tmp_path, monkeypatch):
+    # the generator's weights took the step: its batch-norm statistics were put back to before it all the same
+    import avade.train.trainer as trainer_module
+
+    trainer = Trainer(tiny_recipe(), tmp_path, progress=False)
+    x, y = next(trainer.stream.batches(0))
+    before = {k: v.clone() for k, v in trainer.model.named_buffers() if "running_mean" in k}
+    original = trainer_module.discriminator_loss
+    monkeypatch.setattr(trainer_module, "discriminator_loss", lambda *a: original(*a) * float("nan"))
+    logs = trainer.train_step(x, y)
+    assert logs["finite"] == 0.0 and trainer.last_skip.endswith("critic update skipped")
+    after = dict(trainer.model.named_buffers())
+    assert before and all(not torch.equal(after[k], v) and torch.isfinite(after[k]).all() for k, v in before.items())
+
+
 def test_a_non_finite_step_names_its_terms_and_the_skipped_updates_at_its_own_step(tmp_path):
     from rich.console import Console
 
