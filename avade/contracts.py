@@ -35,6 +35,9 @@ class ModuleLike(Protocol):
                          remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Parameter]]:
         """``(name, parameter)`` pairs, as ``nn.Module.named_parameters``."""
 
+    def buffers(self, recurse: bool = True) -> Iterator[torch.Tensor]:
+        """The non-trainable state tensors (e.g. running statistics), as ``nn.Module.buffers``."""
+
     def train(self, mode: bool = True) -> Any:
         """Switch training mode on (or off with ``mode=False``), as ``nn.Module.train``."""
 

@@ -88,10 +88,10 @@ def load_reference_stats(path: str) -> tuple[Tensor, Tensor]:
                 raise ConfigError(f"{file} holds {', '.join(sorted(data.files)) or 'no arrays'}, not "
                                   f"{' and '.join(sorted(missing))}; give FID statistics saved as mu and sigma",
                                   path=where)
-            mu, sigma = data["mu"], data["sigma"]
-            if not all(np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) for a in (mu, sigma)):
-                raise ValueError(f"mu and sigma are {mu.dtype} and {sigma.dtype} arrays, not numbers")
-            mu, sigma = torch.from_numpy(mu).double(), torch.from_numpy(sigma).double()
+            arrays = data["mu"], data["sigma"]
+            if not all(np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) for a in arrays):
+                raise ValueError(f"mu and sigma are {arrays[0].dtype} and {arrays[1].dtype} arrays, not numbers")
+            mu, sigma = (torch.from_numpy(a).double() for a in arrays)
     # missing, unreadable, not an npz (or a truncated one: BadZipFile), pickled arrays
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"cannot read FID statistics {file}: {exc}; give a .npz with mu and sigma",

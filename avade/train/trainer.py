@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from avade.atomic_files import drop_stale_temporaries, locked, naming
+from avade.contracts import ModuleLike
 from avade.data.base import class_counts, data_of_trained_model
 from avade.errors import CheckpointError, ConfigError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
@@ -903,7 +904,7 @@ def restore_buffers(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> N
             b.copy_(saved[name])
 
 
-def buffers_of(model: torch.nn.Module, part: torch.nn.Module | None, saved: dict[str, torch.Tensor]
+def buffers_of(model: torch.nn.Module, part: ModuleLike | None, saved: dict[str, torch.Tensor]
                ) -> dict[str, torch.Tensor]:
     """The entries of ``saved`` (a :func:`buffer_snapshot` of ``model``) that are buffers of ``part``, a submodule."""
     mine = {id(b) for b in part.buffers()} if part is not None else set()
