@@ -244,10 +244,12 @@ def _join(prefix: str, path: str) -> str:
     return prefix + path if path.startswith("[") else f"{prefix}.{path}"
 
 
-def unstructure(obj: Any) -> Any:
-    """attrs instance -> plain TOML-able data (tuples become lists, ``None`` values are dropped)."""
+def unstructure(obj: Any, drop_none: bool = True) -> Any:
+    """attrs instance -> plain TOML-able data (tuples become lists, ``None`` values are dropped unless
+    ``drop_none`` is False: data that :func:`structure` reads back, where a ``None`` of an ``Optional`` field
+    must stay ``None`` rather than become the field's default)."""
     data = _converter.unstructure(obj)
-    return _drop_none(data)
+    return _drop_none(data) if drop_none else data
 
 
 def _drop_none(data: Any) -> Any:
@@ -279,10 +281,19 @@ def describe(cls: type) -> list[dict[str, Any]]:
     """The fields of a config schema: name, type, default (JSON-friendly), for docs and ``--json``."""
     hints = typing.get_type_hints(cls)
     out = []
+    instance: Any = None
     for f in attrs.fields(cls):
         default: Any
         if f.default is attrs.NOTHING:
             default = "<required>"
+        elif isinstance(f.default, attrs.Factory) and f.default.takes_self:  # type: ignore[arg-type]
+            # computed from the other fields: the value a config of all defaults gets
+            if instance is None:
+                try:
+                    instance = cls()
+                except Exception:  # a required field (or a failing default): no such config
+                    instance = False
+            default = unstructure(getattr(instance, f.name)) if instance is not False else "<computed>"
         elif isinstance(f.default, attrs.Factory):  # type: ignore[arg-type]
             default = unstructure(f.default.factory())
         else:

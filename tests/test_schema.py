@@ -200,3 +200,31 @@ def test_none_passes_only_a_union_that_has_none() -> None:
     assert structure(Cfg, {"limit": None}).limit is None
     with pytest.raises(ConfigError, match="size: expected int or string, got None"):
         structure(Cfg, {"size": None})
+
+
+@attrs.define
+class _Derived:
+    size: int = 4
+    half: int = attrs.field(default=attrs.Factory(lambda self: self.size // 2, takes_self=True))
+
+
+@attrs.define
+class _DerivedRequired:
+    root: str
+    copy: str = attrs.field(default=attrs.Factory(lambda self: self.root, takes_self=True))
+
+
+def test_describe_shows_a_default_computed_from_other_fields() -> None:
+    # (a takes_self factory called without the instance raised TypeError: list-components --json --schema crashed)
+    assert [r["default"] for r in describe(_Derived)] == [4, 2]
+    assert [r["default"] for r in describe(_DerivedRequired)] == ["<required>", "<computed>"]
+
+
+def test_unstructure_keeps_none_when_asked() -> None:
+    @attrs.define
+    class Opt:
+        clamp: float | None = 1.0
+
+    assert unstructure(Opt(clamp=None)) == {}
+    assert unstructure(Opt(clamp=None), drop_none=False) == {"clamp": None}
+    assert structure(Opt, unstructure(Opt(clamp=None), drop_none=False)).clamp is None
