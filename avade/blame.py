@@ -42,7 +42,8 @@ def plugin_at_fault(exc: BaseException, registry: Registry | None = None) -> str
     modules: dict[str, list[ComponentInfo]] = {}
     for info in infos:
         module = _module_of(info)
-        if module:
+        # avade's own code is never a plugin's, even where a plugin registers avade's class under its own name
+        if module and module != BUILTIN_DIST and not module.startswith(f"{BUILTIN_DIST}."):
             modules.setdefault(module, []).append(info)
     packages = {m.split(".", 1)[0]: infos for m, infos in modules.items()}
     chain: list[BaseException] = []

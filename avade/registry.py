@@ -67,7 +67,8 @@ def _defaults(cfg_cls: type, given: Mapping[str, Any]) -> dict[str, Any]:
                 or (isinstance(f.default, attrs.Factory) and f.default.takes_self)):  # type: ignore[arg-type]
             continue
         value = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default  # type: ignore[arg-type]
-        out[f.alias or f.name] = unstructure(value) if attrs.has(type(value)) else value
+        # as data, all the way down: a list or table of attrs instances too; a None inside stays None
+        out[f.alias or f.name] = unstructure(value, drop_none=False)
     return out
 
 
@@ -127,7 +128,11 @@ class ComponentInfo:
     def load_factory(self) -> Callable[..., Any]:
         """The factory, imported now when it was registered as a ``"module:attr"`` string."""
         self.factory = _resolve(self.factory, *self.blame())
-        return self.factory  # type: ignore[return-value]
+        if not callable(self.factory):  # e.g. "pkg.module" without ":attr", which names the module itself
+            what, hint = self.blame()
+            raise RegistryError(f"{what}: factory must be callable (a class or function), got "
+                                f"{type(self.factory).__name__} {self.factory!r}{hint}")
+        return self.factory
 
     def load_config(self) -> type | None:
         """The attrs config class (imported now when given as a string), or None for a component without options."""
@@ -215,6 +220,12 @@ class Registry:
                                 f"kinds: {', '.join(KINDS)}")
         if not is_valid_name(name):
             raise RegistryError(f"{who}invalid component name {name!r}; {NAME_RULE}")
+        if not (callable(factory) or isinstance(factory, str)):
+            raise RegistryError(f"{who}{kind} '{name}': factory must be callable or a \"module:attr\" string, "
+                                f"got {type(factory).__name__} {factory!r}")
+        if not (config is None or isinstance(config, str | type)):
+            raise RegistryError(f"{who}{kind} '{name}': config must be an attrs class, a \"module:attr\" string "
+                                f"or None, got {type(config).__name__} {config!r}")
         if not isinstance(summary, str):
             raise RegistryError(f"{who}{kind} '{name}': summary must be a string (one line), got "
                                 f"{type(summary).__name__}")
@@ -306,7 +317,8 @@ class Registry:
             rest = exc.path[len(path):].lstrip(".") if path and exc.path.startswith(path) else exc.path
             key = rest.split(".")[0].split("[")[0]
             defaulted = {f.name for f in attrs.fields(cfg_cls) if f.default is not attrs.NOTHING}
-            if key and key not in data and key in defaulted:  # (a required key left out is the recipe's)
+            if (key and key not in data and key in defaulted  # (a required key left out is the recipe's)
+                    and _default_fails(cfg_cls, data, key)):  # (not a check against a value the recipe set)
                 # the component's own default fails its type or validator: not the recipe's doing
                 what, fix = info.blame()
                 raise RegistryError(f"{what}: the default of '{key}' is invalid ({exc.detail}); "
@@ -444,7 +456,30 @@ BUILTIN_MODULE = "avade.builtin"  # the module behind avade's own entry point
 
 def _builtin_first(ep: metadata.EntryPoint) -> tuple[int, str]:
     # Built-ins load first so that a conflicting third-party name is the one reported and skipped.
-    return (0 if ep.value.startswith("avade.") else 1, ep.value)
+    return (0 if ep.value == BUILTIN_MODULE else 1, ep.value)
+
+
+def _default_fails(cfg_cls: type, data: Mapping[str, Any], key: str) -> bool:
+    """Whether the default of ``key`` fails without the recipe's values too: a validator that compares it
+    with another field (``high > low``) fails the default only because of the value the recipe gave that
+    field. The defaults are validated alone, the recipe's value taken in only for a key whose default fails
+    as well (or that has none)."""
+    base = {**_defaults(cfg_cls, {}), **{k: v for k, v in data.items()
+                                         if all((f.alias or f.name) != k or f.default is attrs.NOTHING
+                                                for f in attrs.fields(cfg_cls))}}
+    for _ in range(len(attrs.fields(cfg_cls)) + 1):
+        try:
+            structure(cfg_cls, base)
+        except ConfigError as exc:
+            failed = exc.path.split(".")[0].split("[")[0]
+            if failed == key or failed not in data:  # key's own default, or another broken default
+                return True
+            if base.get(failed) is data[failed]:  # the recipe's own value fails
+                return False
+            base[failed] = data[failed]
+        else:
+            return False
+    return True
 
 
 def _join(prefix: str, key: str) -> str:

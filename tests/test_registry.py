@@ -767,3 +767,86 @@ def test_built_ins_load_before_a_plugin_whose_entry_point_sorts_first(monkeypatc
     assert registry.conflicts == {}
     assert registry.get("flow", "realnvp").dist == "avade"
     assert any("flow 'realnvp' from aaa-first 1.0 is skipped" in m for m in plugin_warnings(record))
+
+
+@attrs.define
+class _Range:
+    low: float = 0.0
+    high: float = attrs.field(default=1.0)
+
+    @high.validator
+    def _above_low(self, attribute: attrs.Attribute, value: float) -> None:
+        if value <= self.low:
+            raise ConfigError(f"expected a number above low ({self.low}), got {value}", path=attribute.name)
+
+
+def test_a_default_that_fails_only_against_the_recipes_value_is_the_recipes_error() -> None:
+    registry = Registry()
+    registry.add_plugin(plugin("rng", lambda reg: reg.register("flow", "rng", factory=Toy, config=_Range)),
+                        dist="rng-dist")
+    # low = 2 makes the default high = 1 fail its check: the recipe's doing, not a broken plugin default
+    with pytest.raises(ConfigError, match=r"^model.flow.high: expected a number above low \(2.0\)"):
+        registry.validate("flow", "rng", {"low": 2.0}, path="model.flow")
+    assert registry.validate("flow", "rng", {"low": 2.0, "high": 3.0}).high == 3.0
+
+
+@attrs.define
+class _Block:
+    width: int = 4
+    clamp: float | None = 1.0
+
+
+@attrs.define
+class _Blocks:
+    blocks: list[_Block] = attrs.Factory(lambda: [_Block(), _Block(width=8)])
+    by_name: dict[str, _Block] = attrs.Factory(lambda: {"a": _Block(width=2)})
+    first: _Block = attrs.Factory(lambda: _Block(clamp=None))
+
+
+def test_defaults_holding_attrs_instances_in_lists_and_tables_are_valid() -> None:
+    registry = Registry()
+    registry.register("flow", "blocks", factory=Toy, config=_Blocks)
+    cfg = registry.validate("flow", "blocks", {})
+    assert cfg == _Blocks()  # refused before: "the default of 'blocks' is invalid (expected a table ...)"
+    assert cfg.first.clamp is None  # a None inside a nested default stays None, not the field's default
+    assert registry.validate("flow", "blocks", {"blocks": [{"width": 2}]}).blocks == [_Block(width=2)]
+
+
+def test_a_factory_that_is_not_callable_is_a_registry_error() -> None:
+    registry = Registry()
+    with pytest.raises(RegistryError, match=r"flow 'none': factory must be callable or a \"module:attr\" string"):
+        registry.register("flow", "none", factory=None)  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match=r"flow 'cfg': config must be an attrs class"):
+        registry.register("flow", "cfg", factory=Toy, config=ToyConfig())  # type: ignore[arg-type]
+    # a lazy reference to a module (no ":attr") is no factory: said when it is built, not a TypeError
+    registry.add_plugin(plugin("mod", lambda reg: reg.register("flow", "mod", factory="json")), dist="mod-dist")
+    with pytest.raises(RegistryError, match=r"^flow 'mod' \(from plugin mod-dist\): factory must be callable .*module"
+                                            r".*; fix or disable that plugin"):
+        registry.create("flow", "mod", in_shape=(1, 4, 4))
+
+
+def test_the_builtins_load_before_a_plugin_whose_module_sorts_first() -> None:
+    from avade.registry import BUILTIN_MODULE, _builtin_first
+
+    eps = [metadata.EntryPoint("addons", "avade.addons:plugin", "avade"),
+           metadata.EntryPoint("avade", BUILTIN_MODULE, "avade"),
+           metadata.EntryPoint("zz", "aaa_plugin", "avade")]
+    assert next(ep.value for ep in sorted(eps, key=_builtin_first)) == BUILTIN_MODULE
+
+
+def test_an_error_in_avades_own_code_is_not_blamed_on_a_plugin_that_reuses_it() -> None:
+    from avade.blame import plugin_at_fault
+
+    registry = Registry()
+    registry.load_entry_points()
+    # a plugin registering a variant of a built-in: avade's class under its own name and config
+    registry.add_plugin(plugin("variants", lambda reg: reg.register(
+        "flow", "a-realnvp", factory="avade.flows.realnvp:RealNVP", config="avade.flows.realnvp:RealNVPConfig")),
+        dist="avade-variants", version="0.1")
+    flow = registry.create("flow", "realnvp", in_shape=(3, 4, 4), hidden=4, blocks=1, layers=1)
+    try:
+        flow.inverse(torch.zeros(1, 2, 2, 2))  # fails inside avade.flows.realnvp, on no plugin's code
+    except Exception as exc:  # (was: "plugin avade-variants 0.1")
+        assert plugin_at_fault(exc, registry) == ""
+    else:
+        raise AssertionError("expected an error")
