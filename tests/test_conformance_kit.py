@@ -417,3 +417,35 @@ def _metricless_builtins() -> Any:
     registry = Registry()
     registry.plugins.append(PluginRecord("avade", "0.1.0", "avade", 0))
     return registry
+
+
+@attrs.define
+class ClampConfig:
+    clamp: float | None = 1.0
+
+
+class NoClampFlow(Affine):
+    """A correct flow built with ``clamp = None`` only; its default (1.0) is a defect to catch."""
+
+    def __init__(self, cfg: ClampConfig, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__(FlowConfig(train_logdet_offset=0.0 if cfg.clamp is None else 1.0), in_shape=in_shape)
+
+
+def test_check_module_checks_a_none_value_as_given_not_the_default() -> None:
+    check_module("flow", NoClampFlow, ClampConfig(clamp=None))  # was checked with clamp = 1.0 (None dropped)
+    with pytest.raises(AssertionError, match="in training mode"):
+        check_module("flow", NoClampFlow, ClampConfig())
+
+
+class RefusingCritic(nn.Module):
+    def __init__(self, cfg: NormConfig, *, in_shape: tuple[int, int, int], num_classes: int | None = None) -> None:
+        super().__init__()
+        raise ValueError("needs a GPU")
+
+
+def test_a_component_that_does_not_build_is_a_failed_check_not_a_registry_error() -> None:
+    # the kit's verdicts are AssertionErrors (a factory raising, a bad config value alike)
+    with pytest.raises(AssertionError, match=r"^discriminator 'candidate' failed to build: ValueError: needs a GPU$"):
+        check_module("discriminator", RefusingCritic, NormConfig())
+    with pytest.raises(AssertionError, match=r"^flow 'realnvp': does not build: .*hidden.*expected a number >= 1"):
+        check_component("flow", "realnvp", hidden=0)

@@ -672,7 +672,22 @@ def check_component(kind: str, name: str, registry: Registry | None = None, **co
         raise AssertionError(str(exc)) from None
     if not config:
         config = SMALL_CONFIGS.get((kind, name), {})
-    CHECKS[kind](name, registry=registry, **config)
+    _run_checks(kind, name, registry, config)
+
+
+def _run_checks(kind: str, name: str, registry: Registry, config: dict[str, Any]) -> None:
+    """``CHECKS[kind]``; a component that does not build (an AvadeError from the registry: a bad config value,
+    a factory that raised) is a failed check too, an AssertionError as every other verdict."""
+    try:
+        CHECKS[kind](name, registry=registry, **config)
+    except AvadeError as exc:
+        message = str(exc)
+    else:
+        return
+    what = f"{kind} '{name}'"
+    if message.startswith(what):  # the registry named it already ("... failed to build: ValueError: ...")
+        raise AssertionError(message)
+    _fail(what, f"does not build: {message}")
 
 
 def check_module(kind: str, factory: Callable[..., Any], config: Any = None, name: str = "candidate") -> None:
@@ -687,7 +702,8 @@ def check_module(kind: str, factory: Callable[..., Any], config: Any = None, nam
             registry._items[(info.kind, info.name)] = info
     from avade.schema import unstructure
 
-    CHECKS[kind](name, registry=registry, **(unstructure(config) if config is not None else {}))
+    # None values kept: an Optional field set to None is checked as None, not as its default
+    _run_checks(kind, name, registry, unstructure(config, drop_none=False) if config is not None else {})
 
 
 def check_distribution(dist: str, registry: Registry | None = None,
