@@ -5,6 +5,9 @@ Layouts under ``root`` (the first match wins):
 - torchvision's: ``<root>/celeba/img_align_celeba/*.jpg``, with ``<root>/celeba/list_eval_partition.txt``
   (or Kaggle's ``list_eval_partition.csv``) when present: train = partition 0, test = partition 2; the
   validation partition 1 is not served;
+- Kaggle's copy (``celeba-dataset.zip``) unzipped into ``<root>/celeba/``: the images one folder deeper,
+  ``<root>/celeba/img_align_celeba/img_align_celeba/*.jpg``, with ``list_eval_partition.csv`` in
+  ``<root>/celeba/`` (split as above);
 - a plain folder of images, ``<root>/celeba/*.jpg`` (or ``img_align_celeba/`` without a partition
   file): files sorted by name, the last ``test_fraction`` of them are the test split. This is *not* the
   official split (whose test part is the last 19,962 files, with 19,867 validation files before them);
@@ -55,7 +58,7 @@ class CelebAConfig:
 def candidates(cfg: CelebAConfig) -> list[Path]:
     """Folders searched for the images, in order."""
     base = expand_root(cfg.root) / "celeba"
-    return [base / "img_align_celeba", base]
+    return [base / "img_align_celeba", base / "img_align_celeba" / "img_align_celeba", base]
 
 
 def locate(cfg: CelebAConfig, split: str) -> list[Path]:
@@ -70,8 +73,11 @@ def locate(cfg: CelebAConfig, split: str) -> list[Path]:
 
 def partition_file(folder: Path) -> Path:
     """The official partition next to the images: ``list_eval_partition.txt`` (torchvision, Google Drive)
-    or ``.csv`` (the Kaggle copy, ``image_id,partition`` with a header); the .txt path when neither exists."""
-    base = folder.parent if folder.name == "img_align_celeba" else folder
+    or ``.csv`` (the Kaggle copy, ``image_id,partition`` with a header); the .txt path when neither exists.
+    It lies in ``celeba/``, above ``img_align_celeba/`` (Kaggle's copy nests that folder in itself)."""
+    base = folder
+    while base.name == "img_align_celeba":
+        base = base.parent
     for name in (PARTITION_FILE, PARTITION_FILE.replace(".txt", ".csv")):
         if (base / name).is_file():
             return base / name

@@ -560,6 +560,21 @@ def test_celeba_kaggle_csv_partition_gives_the_official_split(tmp_path):
         avade.create("dataset", "celeba", split="train", **kw)
 
 
+
+def test_celeba_kaggle_copy_with_its_nested_image_folder_is_found(tmp_path):
+    # Kaggle's celeba-dataset.zip unzips to img_align_celeba/img_align_celeba/*.jpg with the .csv partition two
+    # levels up: "not found" for it, and no data.root could fix that
+    base = tmp_path / "celeba"
+    names = [f"{i + 1:06d}.jpg" for i in range(4)]
+    for name, a in zip(names, rgb_images(4, 30, 30, seed=5), strict=True):
+        save_png(base / "img_align_celeba" / "img_align_celeba" / name, a)
+    (base / "list_eval_partition.csv").write_text(
+        "image_id,partition\n" + "".join(f"{n},{p}\n" for n, p in zip(names, [0, 1, 2, 0], strict=True)))
+    kw = {"root": str(tmp_path), "resolution": 8, "crop": 20}
+    assert [f.name for f in avade.create("dataset", "celeba", split="train", **kw).files] == [names[0], names[3]]
+    assert [f.name for f in avade.create("dataset", "celeba", split="test", **kw).files] == [names[2]]
+
+
 def test_image_listings_skip_hidden_folders(tmp_path):
     from avade.data.base import list_images
 
