@@ -7,8 +7,9 @@ moves the others between splits).
 
 Labels: when ``labels = true`` and the split folder holds only subfolders (no loose images), each first-level
 subfolder that holds images is a class (sorted by name, label = index, like torchvision's ``ImageFolder``;
-hidden and empty subfolders are not classes), with the class list taken from the train side; otherwise every
-image below the folder, at any depth, is used unlabeled. Images are turned upright (EXIF orientation),
+hidden and empty subfolders are not classes), with the class list taken from the train side (images of
+``test/`` outside those class folders are an error: they have no class); otherwise every image below the
+folder, at any depth, is used unlabeled. Images are turned upright (EXIF orientation),
 converted to RGB (or grayscale for ``channels = 1``; an alpha channel is dropped, as torchvision's
 ``ImageFolder`` does; 16-bit grayscale is scaled by 1/256; floating-point and 32-bit or signed integer images
 are refused: they have no defined 8-bit scale), center-cropped to a square of side ``crop`` (default: the
@@ -133,7 +134,15 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
             found = list_images(split_base / name) if (split_base / name).is_dir() else []
             files += found
             labels += [index] * len(found)
-        if explicit:
+        if explicit and split_base != train_base:
+            loose = list_images(split_base, recursive=False)
+            if loose:  # (they have no class: left out, the split would be short of them without a word)
+                more = f" and {len(loose) - 1} more" if len(loose) > 1 else ""
+                raise DataError(
+                    f"dataset '{NAME}': {split_base} holds images ({loose[0].name}{more}) outside the class folders "
+                    f"that {train_base} has; move them into their class folders, or set data.labels=false to use "
+                    "all images unlabeled"
+                )
             stray = [d.name for d in _subfolders(split_base) if d.name not in classes and has_images(d)]
             if stray:
                 raise DataError(
@@ -147,10 +156,12 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
         files = [f for f, k in zip(files, keep, strict=True) if k]
         labels = [lab for lab, k in zip(labels, keep, strict=True) if k] if labels is not None else None
     if not files:
-        how = f"{split_base} has no images" if explicit else f"test_fraction={cfg.test_fraction} leaves it empty"
+        if explicit:  # (data.test_fraction is moot with train/ and test/ folders)
+            raise DataError(f"dataset '{NAME}': the {split} split of {base} is empty ({split_base} has no images); "
+                            f"add images to {split_base}")
         raise DataError(
-            f"dataset '{NAME}': the {split} split of {base} is empty ({how}); "
-            "add images, create train/ and test/ subfolders, or set data.test_fraction"
+            f"dataset '{NAME}': the {split} split of {base} is empty (test_fraction={cfg.test_fraction} leaves it "
+            "empty); add images, create train/ and test/ subfolders, or set data.test_fraction"
         )
     return Listing(files, labels, classes, _unlabeled_reason(train_base, cfg.labels, classes))
 

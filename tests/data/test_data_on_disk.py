@@ -288,6 +288,29 @@ def test_image_folder_classes_are_train_folders_with_images_and_the_test_split_m
         avade.create("dataset", "image-folder", split="test", **kwargs)
 
 
+
+def test_image_folder_test_images_outside_the_class_folders_are_named_not_left_out(tmp_path):
+    # train/ has class folders: a loose image in test/ has no class; it was left out of the test split without
+    # a word, and a test/ of loose images only was "empty (test has no images); ... set data.test_fraction"
+    for cls in ("cat", "dog"):
+        save_png(tmp_path / "d" / "train" / cls / "0.png", rgb_images(1, 4, 4, seed=0)[0])
+        save_png(tmp_path / "d" / "test" / cls / "0.png", rgb_images(1, 4, 4, seed=1)[0])
+    save_png(tmp_path / "d" / "test" / "stray.png", rgb_images(1, 4, 4, seed=2)[0])
+    kw = {"root": str(tmp_path), "folder": "d", "resolution": 4}
+    with pytest.raises(DataError, match=rf"^dataset 'image-folder': {tmp_path / 'd' / 'test'} holds images "
+                                        r"\(stray.png\) outside the class folders that .*; move them into their"):
+        avade.create("dataset", "image-folder", split="test", **kw)
+    assert len(avade.create("dataset", "image-folder", split="test", labels=False, **kw)) == 3
+    for cls in ("cat", "dog"):
+        (tmp_path / "d" / "test" / cls / "0.png").unlink()
+    with pytest.raises(DataError, match=r"holds images \(stray.png\) outside the class folders"):
+        avade.create("dataset", "image-folder", split="test", **kw)
+    (tmp_path / "d" / "test" / "stray.png").unlink()
+    with pytest.raises(DataError, match=r"the test split of .* is empty \(.*test has no images\); add images to "
+                                        r"[^,]*test$"):
+        avade.create("dataset", "image-folder", split="test", **kw)
+
+
 def test_image_folder_missing(tmp_path):
     with pytest.raises(DataError, match=str(tmp_path / "images")):
         avade.create("dataset", "image-folder", split="train", root=str(tmp_path))
