@@ -39,7 +39,9 @@ class SyntheticConfig:
         validator=between(0.0, 1.0),
         metadata={"help": "std of the added Gaussian noise, in units of the 0..1 range"},
     )
-    seed: int = attrs.field(default=0, metadata={"help": "seed of the generator"})
+    # the streams are seeded 2·seed and 2·seed + 1, which torch takes in -2**63 .. 2**64 - 1; as train.seed
+    seed: int = attrs.field(default=0, validator=between(-(2**32 - 1), 2**32 - 1),
+                            metadata={"help": "seed of the generator (|seed| < 2**32)"})
 
 
 def locate(cfg: SyntheticConfig, split: str) -> list[str]:

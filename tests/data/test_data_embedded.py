@@ -174,3 +174,11 @@ def test_synthetic_classes_are_distinguishable():
 def test_synthetic_unlabeled_gray():
     ds = avade.create("dataset", "synthetic", split="train", size=6, channels=1, num_classes=0, resolution=4)
     assert ds.shape == (1, 4, 4) and ds.num_classes == 0 and ds[0][1] == -1
+
+
+def test_synthetic_seed_out_of_range_is_a_config_error_not_unreadable_data():
+    # seed 2**63 overflowed torch's generator seed (2 * seed + 1): "dataset 'synthetic' could not be read:
+    # ValueError: Overflow ...; check or replace its files"
+    with pytest.raises(ConfigError, match=r"seed"):
+        avade.create("dataset", "synthetic", split="test", seed=2**63, test_size=2)
+    assert len(avade.create("dataset", "synthetic", split="test", seed=-(2**32 - 1), test_size=2)) == 2
