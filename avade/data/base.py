@@ -259,6 +259,8 @@ def pil_to_uint8(img: Image.Image, channels: int = 3) -> torch.Tensor:
             if bits > 16 or kind != 1:
                 what = ("signed " if kind == 2 else "") + f"{bits}-bit"
                 raise UnsupportedPixels(f"it holds {what} integer pixels, which have no defined 8-bit scale")
+        if img.mode not in ("I", "I;16"):  # I;16B (a big-endian TIFF's), I;16L, I;16N: getextrema and point take
+            img = img.convert("I")          # none of them ("image has wrong mode"); convert keeps their values
         low, high = img.getextrema()
         if low < 0 or high > 65535:  # (any other reader of wider integers)
             raise UnsupportedPixels(f"its integer pixels span {low}..{high}, beyond 16 bits")

@@ -236,6 +236,26 @@ def test_uncompressed_tiffs_are_upright_in_every_orientation_and_mode(tmp_path, 
         assert torch.equal(pil_to_uint8(upright(img), 1)[0], expected)
 
 
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_big_endian_16_bit_tiffs_are_scaled_like_other_16_bit_images(tmp_path, orientation):
+    # a big-endian ("MM") 16-bit grayscale TIFF opens in mode I;16B, which getextrema refused: "cannot read
+    # image ...: ValueError: image has wrong mode; remove or replace the file", for a file that is fine
+    from PIL import Image
+
+    from avade.data.base import load_image
+
+    values = np.random.default_rng(8).integers(0, 65536, size=(6, 10), dtype=np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.frombytes("I;16B", (10, 6), values.astype(">u2").tobytes()).save(tmp_path / "a.tif", exif=exif)
+    assert (tmp_path / "a.tif").read_bytes()[:2] == b"MM"
+    expected = torch.from_numpy(TRANSPOSE[orientation](values >> 8).astype(np.uint8).copy())
+    side = min(expected.shape)
+    top, left = (expected.shape[0] - side) // 2, (expected.shape[1] - side) // 2
+    assert torch.equal(load_image(tmp_path / "a.tif", 6, channels=1)[0], expected[top:top + side, left:left + side])
+
+
 def test_a_conditional_model_on_class_folders_with_a_loose_image_says_why_there_are_no_labels(tmp_path):
     # one stray image next to the class folders makes them plain subfolders of unlabeled data; the run was
     # refused with "'image-folder' has no labels", the class folders in plain sight
