@@ -96,6 +96,14 @@ def _read_batch(file: Path) -> tuple[np.ndarray, list[int]]:
     if labels is None:
         raise DataError(f"dataset 'cifar10': {file} holds no labels (no 'labels' entry): it is not a CIFAR-10 "
                         "batch; replace it with the file from the official CIFAR-10 python archive")
+    try:  # (a foreign file's "labels" may be anything: a number, strings, ragged lists)
+        labels = np.asarray(labels)
+    except ValueError:
+        labels = np.asarray(None)
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise DataError(f"dataset 'cifar10': {file} holds labels that are not a list of integers ({labels.dtype}, "
+                        f"shape {list(labels.shape)}): it is not a CIFAR-10 batch; replace it with the file from the "
+                        "official CIFAR-10 python archive")
     data = np.asarray(entry["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise DataError(f"dataset 'cifar10': {file} holds data of shape {list(data.shape)} ({data.dtype}) and "

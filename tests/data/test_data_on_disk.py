@@ -102,6 +102,20 @@ def test_cifar10_a_broken_batch_is_named(tmp_path):
         avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
 
 
+
+@pytest.mark.parametrize("labels", [7, ["a", "b", "c"], [1.5, 2.0, 3.0]])
+def test_cifar10_labels_that_are_not_integers_are_named(tmp_path, labels):
+    # a number escaped as "TypeError: object of type 'int' has no len()", strings as a ValueError from int();
+    # floats were truncated to classes without a word
+    write_fake_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    with open(batch, "wb") as fh:
+        pickle.dump({"data": np.zeros((3, 3072), dtype=np.uint8), "labels": labels}, fh, protocol=2)
+    with pytest.raises(DataError, match=r"data_batch_2 holds labels that are not a list of integers .*: it is not a "
+                                        r"CIFAR-10 batch; replace it"):
+        avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
+
+
 # --- stl10 ----------------------------------------------------------------------------------------
 
 
