@@ -107,5 +107,9 @@ class Stl10(TensorImageDataset):
         images = resize(torch.from_numpy(np.asarray(tv.data)), cfg.resolution)
         del tv.data  # the 96×96 copy can be large (2.6 GB for the unlabeled set)
         labels = torch.from_numpy(np.asarray(tv.labels, dtype=np.int64)) if labeled else None
+        if labels is not None and len(labels) != len(images):  # (a truncated or foreign labels file)
+            y_file = root / FOLDER / _FILES[_tv_split(cfg, split)][1]
+            raise DataError(f"dataset 'stl10': {y_file} holds {len(labels)} labels for {len(images)} images; "
+                            f"{repair_hint(OSError())}")
         super().__init__(images, labels, num_classes=10 if labeled else 0)
         self.split = split

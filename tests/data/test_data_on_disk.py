@@ -141,6 +141,17 @@ def test_stl10_unlabeled_train_and_labeled_test(tmp_path):
         avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split="train")
 
 
+def test_stl10_labels_file_short_of_the_images_is_named(tmp_path):
+    # it escaped as "ValueError: labels must have shape [3], got (2,)", a traceback naming no file
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    write_stl10_bin(folder / "train_X.bin", 3, seed=1)
+    np.array([1, 2], dtype=np.uint8).tofile(folder / "train_y.bin")
+    with pytest.raises(DataError, match=r"^dataset 'stl10': .*train_y.bin holds 2 labels for 3 images; delete that "
+                                        r"folder and download it again"):
+        avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split="train")
+
+
 # --- image-folder ---------------------------------------------------------------------------------
 
 
