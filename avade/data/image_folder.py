@@ -1,6 +1,8 @@
 """``image-folder``: any folder of images (``<root>/<folder>``), optionally with one subfolder per class.
 
-Split: when the folder holds both ``train/`` and ``test/`` subfolders they are the splits. Otherwise
+Split: when the folder holds both ``train/`` and ``test/`` subfolders they are the splits (``train/`` beside
+``val/`` or ``valid/`` and no ``test/`` is refused: rename it to ``test/``, rather than have two classes named
+after the splits). Otherwise
 each image goes to the test split when a hash of its path relative to the folder falls below
 ``test_fraction`` (SHA-1, so the assignment is stable across runs and machines, and adding images never
 moves the others between splits).
@@ -104,6 +106,10 @@ def _unlabeled_reason(base: Path, labeled: bool, classes: list[str]) -> str:
             "classes; move those images into a class folder or out of it")
 
 
+#: subfolder names that are splits, not classes
+_SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "dev", "test"})
+
+
 def _test_share(path: Path, base: Path) -> float:
     # (the path relative to base, "/"-joined: what path.relative_to(base).as_posix() gives, without a Path per image)
     digest = hashlib.sha1("/".join(path.parts[len(base.parts):]).encode()).digest()
@@ -127,6 +133,14 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
     explicit = (base / "train").is_dir() and (base / "test").is_dir()
     train_base = base / "train" if explicit else base
     classes = _classes(train_base, cfg.labels)
+    if not explicit and "train" in classes and len(classes) > 1 and set(classes) <= _SPLIT_NAMES:
+        # (train/ and val/ taken for two classes: a class-conditional model would learn the split as its label,
+        # and the hash split would mix val/'s images into training)
+        others = [c for c in classes if c != "train"]
+        fix = f"rename {others[0]}/ to test/"
+        raise DataError(f"dataset '{NAME}': {base} holds {', '.join(f'{c}/' for c in classes)}, which look like "
+                        f"splits, not classes; avade splits by train/ and test/ folders: {fix} (class folders inside "
+                        "each), or set data.labels=false to use every image unlabeled")
     split_base = (base / split) if explicit else base
     if classes:
         files, labels = [], []

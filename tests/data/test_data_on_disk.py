@@ -356,6 +356,20 @@ def test_image_folder_test_images_outside_the_class_folders_are_named_not_left_o
         avade.create("dataset", "image-folder", split="test", **kw)
 
 
+def test_image_folder_split_folders_are_not_taken_for_classes(tmp_path):
+    # train/ and val/ (no test/): two "classes" named after the splits, which a class-conditional model would
+    # learn as its label; refused, with the rename that makes them splits
+    for split in ("train", "val"):
+        save_png(tmp_path / "d" / split / "0.png", rgb_images(1, 4, 4, seed=0)[0])
+    kw = {"root": str(tmp_path), "folder": "d", "resolution": 4}
+    with pytest.raises(DataError, match=r"holds train/, val/, which look like splits, not classes; .* rename val/ to "
+                                        r"test/ \(class folders inside each\), or set data.labels=false"):
+        avade.create("dataset", "image-folder", split="train", **kw)
+    assert len(avade.create("dataset", "image-folder", split="train", labels=False, **kw)) >= 1
+    (tmp_path / "d" / "val").rename(tmp_path / "d" / "dog")  # a class of its own beside "train": no split names
+    assert avade.create("dataset", "image-folder", split="train", **kw).classes == ["dog", "train"]
+
+
 def test_image_folder_missing(tmp_path):
     with pytest.raises(DataError, match=str(tmp_path / "images")):
         avade.create("dataset", "image-folder", split="train", root=str(tmp_path))
