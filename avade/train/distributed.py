@@ -87,12 +87,14 @@ def init_distributed(device_type: str) -> DistInfo:
     if world <= 1:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    with alike_on_this_node():  # the environment's: every process on the node meets the same error
+        timeout = collective_timeout()
     gpu = 0
     if device_type == "cuda":  # before the process group, so that its communicator binds to this GPU
         gpu = cuda_index(local, torch.cuda.device_count())
         torch.cuda.set_device(gpu)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=collective_timeout())
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timeout)
     if device_type == "cuda":
         _refuse_shared_gpus(gpu, world)
     return DistInfo(rank, world, local, gpu)
@@ -124,8 +126,11 @@ def _refuse_shared_gpus(gpu: int, world: int) -> None:
         dist.destroy_process_group(group)
     groups = shared_gpus(placements)
     if groups:
-        raise ConfigError(f"processes {', '.join(map(str, groups[0]))} share one GPU; start at most one process per "
-                          f"GPU (torchrun --nproc_per_node = the GPUs each node has, {torch.cuda.device_count()} here)")
+        error = ConfigError(f"processes {', '.join(map(str, groups[0]))} share one GPU; start at most one process per "
+                            f"GPU (torchrun --nproc_per_node = the GPUs each node has, {torch.cuda.device_count()} "
+                            "here)")
+        error.every_process = True  # type: ignore[attr-defined]  # (from the gathered placements: rank 0 says it)
+        raise error
 
 
 @contextlib.contextmanager

@@ -81,7 +81,8 @@ class Trainer:
         self.run = RunDir(Path(run_dir))
         self.console = console or Console(stderr=True)
         self.progress = progress
-        self.device = resolve_device(device or self.cfg.device)
+        with alike_on_this_node():  # the recipe's or --device's device, on this node's GPUs: alike for every process
+            self.device = resolve_device(device or self.cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
         # Everything up to the first batch follows from the recipe, the files and the environment alone: under
         # torchrun every process on a node that fails here fails alike, and the node's first process alone says it.

@@ -577,12 +577,43 @@ def test_processes_sharing_a_gpu_are_found() -> None:
     assert shared_gpus([("a", "GPU-1"), ("a", "GPU-1"), ("a", "GPU-2"), ("a", "GPU-1")]) == [[0, 1, 3]]
 
 
-def _cli_worker(rank, port, recipe, out, fail_alone, options=None):
+def _shared_gpu_worker(rank, port, out):
+    """Both processes of a job on one (faked) GPU: the check's error, and which process says it."""
+    import types
+
+    from avade.errors import ConfigError
+    from avade.train.distributed import _refuse_shared_gpus, said_by_another_process
+
+    _join_job(rank, port)
+    torch.cuda.get_device_properties = lambda gpu: types.SimpleNamespace(uuid="GPU-same")
+    torch.cuda.device_count = lambda: 1
+    dist.init_process_group("gloo")
+    try:
+        _refuse_shared_gpus(0, WORLD)
+        said = "no error"
+    except ConfigError as exc:
+        said = f"{said_by_another_process(exc)} {exc}"
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out, f"said{rank}.txt"), "w") as f:
+        f.write(said)
+
+
+def test_processes_sharing_a_gpu_fail_with_one_line_for_the_job(tmp_path):
+    # every process finds the same groups in the gathered placements: rank 0 says it, once (not once per process)
+    _spawn_job(_shared_gpu_worker, lambda attempt: (_free_port(), str(tmp_path)))
+    said = [(tmp_path / f"said{rank}.txt").read_text() for rank in range(WORLD)]
+    assert said[0].startswith("False processes 0, 1 share one GPU"), said
+    assert said[1].startswith("True processes 0, 1 share one GPU"), said
+
+
+def _cli_worker(rank, port, recipe, out, fail_alone, options=None, env=None):
     """``avade recipe run`` as one process of a 2-process job, its output and exit status kept per rank;
     ``fail_alone``: rank 1 alone meets an unreadable image at its third batch; ``options``: the command's
-    options (default: --out and --device cpu)."""
+    options (default: --out and --device cpu); ``env``: environment variables of the job."""
     _join_job(rank, port)
     os.environ["AVADE_DIST_TIMEOUT_MIN"] = "0.5"  # a hang must not outlast the test
+    os.environ.update(env or {})
     from avade.cli.app import main
 
     if fail_alone:
@@ -602,14 +633,14 @@ def _cli_worker(rank, port, recipe, out, fail_alone, options=None):
         f.write(str(code))
 
 
-def _run_cli_job(tmp_path, recipe_dict, fail_alone=False, options=None):
+def _run_cli_job(tmp_path, recipe_dict, fail_alone=False, options=None, env=None):
     recipe = tmp_path / "job.toml"
     recipe.write_text(tomli_w.dumps(recipe_dict))
 
     def args(attempt):
         out = tmp_path / f"attempt{attempt}"
         out.mkdir()
-        return _free_port(), str(recipe), str(out), fail_alone, options
+        return _free_port(), str(recipe), str(out), fail_alone, options, env
 
     _spawn_job(_cli_worker, args)
     out = max(tmp_path.glob("attempt*"))
@@ -648,22 +679,30 @@ def test_a_process_whose_peer_failed_says_so_in_one_line_not_as_an_internal_erro
     assert "error: another process of this torchrun job stopped" in output[0], output[0]
 
 
-@pytest.mark.parametrize("case", ["no --out", "missing dataset", "bad recipe key"])
+@pytest.mark.parametrize("case", ["no --out", "missing dataset", "bad recipe key", pytest.param(
+    "no GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPU")),
+    "bad timeout"])
 def test_an_error_every_process_on_a_node_meets_before_training_is_said_once(tmp_path, case):
-    # Recipe, data and checkpoint are the same files for every process on the node: the node's first process
-    # alone prints what is wrong with them (8 GPUs: one line, not 8).
+    # Recipe, data, checkpoint and environment are the same for every process on the node: the node's first
+    # process alone prints what is wrong with them (8 GPUs: one line, not 8).
     recipe = tiny_dict("train.steps=2", "model.variant=v-ade", "model.discriminator.name=none")
-    options = None
+    options = env = None
     if case == "no --out":
         options = ["--device", "cpu"]
         expected = "error: under torchrun pass --out RUN_DIR"
+    elif case == "no GPU":
+        options = ["--out", str(tmp_path / "run"), "--device", "cuda"]
+        expected = "error: train.device: device 'cuda' requested but no CUDA GPU is available"
+    elif case == "bad timeout":
+        env = {"AVADE_DIST_TIMEOUT_MIN": "ten"}
+        expected = "error: AVADE_DIST_TIMEOUT_MIN='ten': give the collective timeout as a positive number"
     elif case == "missing dataset":
         recipe["data"] = {"name": "cifar10", "root": str(tmp_path / "nothing"), "batch_size": 8}
         expected = "error: dataset 'cifar10' not found"
     else:
         recipe["train"]["stepz"] = 3
         expected = "train.stepz"
-    output, codes = _run_cli_job(tmp_path, recipe, options=options)
+    output, codes = _run_cli_job(tmp_path, recipe, options=options, env=env)
     assert codes == [2, 2], output
     assert expected in output[0] and output[0].count("error:") == 1, output[0]
     assert output[1].strip() == "", output[1]
