@@ -461,6 +461,71 @@ def test_doctor_lists_failed_plugins(fresh_registry: None) -> None:
     assert "broken-dist" in screen and "failed" in screen and "1 plugin(s) failed to load" in screen
 
 
+def test_doctor_does_not_say_all_good_when_two_plugins_register_one_name(fresh_registry: None) -> None:
+    # Neither registration can be used (the registry refuses the ambiguous name): a note, not "all good".
+    import types
+    import warnings
+
+    from avade import hookimpl
+    from avade.registry import PluginWarning, Registry, reset_registry
+
+    def plugin(dist: str) -> types.ModuleType:
+        module = types.ModuleType(dist)
+
+        @hookimpl
+        def avade_register(registry: Any) -> None:
+            registry.register("flow", "twice-named", factory=lambda cfg: None)
+
+        module.avade_register = avade_register  # type: ignore[attr-defined]
+        return module
+
+    registry = Registry()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        for dist in ("first-dist", "second-dist"):
+            registry.add_plugin(plugin(dist), dist=dist, version="1.0")
+    reset_registry(registry)
+    screen = run("doctor").stdout
+    assert "all good" not in screen, screen
+    assert "registered by two plugins, unusable: flow 'twice-named'" in " ".join(screen.split()), screen
+
+
+def test_doctor_reports_a_cuda_device_that_fails_its_query_instead_of_crashing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.cuda.is_available() counts devices without initialising CUDA; the first real query does, and a driver
+    # in a bad state fails there: exactly what doctor is run to find out.
+    from rich.console import Console
+
+    from avade.cli.doctor import collect, render
+
+    def broken(i: int) -> Any:
+        raise RuntimeError("CUDA error: unknown error")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", broken)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: False)
+    report = collect(None)
+    assert report["devices"]["error"] == "CUDA device query failed: RuntimeError: CUDA error: unknown error"
+    console = Console(record=True, width=200)
+    render(report, console)
+    text = console.export_text()
+    assert "all good" not in text and "notes: CUDA device query failed" in text, text
+
+
+def test_doctor_does_not_say_all_good_without_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from avade.cli import doctor
+
+    real = doctor._dist_version
+    monkeypatch.setattr(doctor, "_dist_version", lambda name: None if name == "torchvision" else real(name))
+    console = Console(record=True, width=200)
+    doctor.render(doctor.collect(None), console)
+    text = console.export_text()
+    assert "all good" not in text and "not installed: torchvision" in text, text
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (["recipe", "check", "--bogus"], "No such option: --bogus (see '"),
     (["sample", "-n", "abc", "x"], "Invalid value for '-n'"),

@@ -61,12 +61,15 @@ def _devices() -> dict[str, Any]:
         available = False
     info["cuda_available"] = available
     if available:
-        info["cudnn_version"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-        for i in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(i)
-            info["devices"].append({"index": i, "name": props.name,
-                                    "memory_gib": round(props.total_memory / 2**30, 1),
-                                    "capability": f"{props.major}.{props.minor}"})
+        try:  # (the first query that initialises CUDA: a driver or device in a bad state fails here)
+            info["cudnn_version"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+            for i in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(i)
+                info["devices"].append({"index": i, "name": props.name,
+                                        "memory_gib": round(props.total_memory / 2**30, 1),
+                                        "capability": f"{props.major}.{props.minor}"})
+        except Exception as exc:
+            info["error"] = f"CUDA device query failed: {type(exc).__name__}: {exc}"
     mps = getattr(torch.backends, "mps", None)
     info["mps_available"] = bool(mps is not None and mps.is_available())
     return info
@@ -345,8 +348,18 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
     problems = list(dict.fromkeys(f"{d['name']} ({d['config']})" if d["config"].startswith("variant ") else d["name"]
                                   for d in report["datasets"] if not d["present"]))
     summary = []
+    versions, devices = report["versions"], report["devices"]
+    missing = [name for name in ("torch", "torchvision") if not versions.get(name)]
+    if missing:
+        summary.append(f"not installed: {', '.join(missing)}")
+    if devices.get("error"):
+        summary.append(escape(devices["error"]))
     if report["plugins"]["failed"]:
         summary.append(f"{len(report['plugins']['failed'])} plugin(s) failed to load")
+    conflicts = report["plugins"]["conflicts"]
+    if conflicts:  # such a name can be used by no recipe until one of its plugins is disabled
+        summary.append(escape(f"{len(conflicts)} component name(s) registered by two plugins, unusable: "
+                              f"{', '.join(c['kind'] + ' ' + repr(c['name']) for c in conflicts)}"))
     if report.get("recipe") and not report["recipe"]["ok"]:
         summary.append("the recipe is invalid")
     elif report.get("recipe") and not report["recipe"].get("ready", True):
