@@ -279,6 +279,29 @@ def test_doctor_is_not_ready_for_a_sweep_that_cannot_expand_nor_for_an_invalid_r
     assert result.exit_code == 2 and not entry["ready"] and entry["problems"] == [entry["error"]]
 
 
+@pytest.mark.parametrize("case", [pytest.param("device", marks=pytest.mark.skipif(
+    torch.cuda.is_available(), reason="needs a machine without GPU")), "compile backend", "a variant's backend"])
+def test_doctor_is_not_ready_for_a_device_or_compile_backend_this_machine_lacks(write: Write, case: str) -> None:
+    # `recipe run` would stop at once on either: doctor must not call the recipe ready
+    text = f'extends = "{QUICKSTART.as_posix()}"\n[data]\nname = "synthetic"\n'
+    if case == "device":
+        text += '[train]\ndevice = "cuda"\n'
+        expected = "train.device: device 'cuda' requested but"
+    elif case == "compile backend":
+        text += '[train]\ncompile = true\ncompile_backend = "nosuch"\n'
+        expected = "train.compile_backend: unknown torch.compile backend 'nosuch'"
+    else:
+        text += '[train]\ncompile = true\n[sweep]\ngrid = {"train.compile_backend" = ["eager", "nosuch"]}\n'
+        expected = "train.compile_backend: unknown torch.compile backend 'nosuch'"
+    result = run("doctor", "--json", "--recipe", str(write("machine.toml", text)))
+    entry = json.loads(result.stdout)["recipe"]
+    assert result.exit_code == 2 and entry["ok"] and not entry["ready"], result.output
+    assert [p for p in entry["problems"] if p.startswith(expected)], entry["problems"]
+    fixed = "train.device=cpu" if case == "device" else "train.compile=false"
+    result = run("doctor", "--json", "--recipe", str(write("machine.toml", text)), "--set", fixed)
+    assert result.exit_code == 0 and json.loads(result.stdout)["recipe"]["ready"], result.output
+
+
 def test_doctor_says_the_wheels_weights_serve_no_is(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
     from avade.metrics.features import WEIGHTS_ENV, locate_wheel_weights
 

@@ -309,7 +309,8 @@ def list_components(
 def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
            recipe: Annotated[Path | None, typer.Option(
                "--recipe", help="Also check that this recipe can start here: valid, its data (every sweep "
-               "variant's) found, Inception weights if its metrics need them; exit 2 if not.")] = None,
+               "variant's) found, its train.device and compile backend here, Inception weights if its metrics need "
+               "them; exit 2 if not.")] = None,
            overrides: Annotated[list[str] | None, typer.Option(
                "--set", "-s", metavar="KEY=VALUE", help="Override a key of the --recipe checked (TOML value "
                "syntax).")] = None) -> None:

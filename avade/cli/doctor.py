@@ -205,23 +205,45 @@ def collect(recipe_path: Path | None = None, overrides: Sequence[str] = ()) -> d
 
 def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
     """What would stop the recipe (or one of its sweep variants) before its first step on this machine: data
-    not found, a sweep variant that cannot be built, Inception weights its eval metrics need (IS: with the
-    classifier head)."""
+    not found, a sweep variant that cannot be built, a ``train.device`` or ``train.compile_backend`` this
+    machine lacks, Inception weights its eval metrics need (IS: with the classifier head)."""
     problems = [("" if d["config"] == "recipe" else f"{d['config']}: ") + d["message"].removesuffix(_OFFLINE_HINT)
                 for d in report["datasets"] if d["config"] != "default" and not d["present"]]
     metrics = set(recipe.eval.metrics)
+    recipes = [recipe]
     if recipe.sweep is not None:
         from avade.recipe import expand_sweep
 
         try:
-            metrics.update(m for v in expand_sweep(recipe) for m in v.recipe.eval.metrics)
+            recipes = [v.recipe for v in expand_sweep(recipe)]
+            metrics.update(m for r in recipes for m in r.eval.metrics)
         except AvadeError as exc:  # a variant the sweep cannot build (`recipe check` shows the same)
             problems.append(f"the sweep: {exc}")
+    problems += dict.fromkeys(p for r in recipes for p in _machine_problems(r.train))
     needing = [m for m in WEIGHT_METRICS if m in metrics]
     if needing and not report["weights"]["available"]:
         problems.append(f"eval.metrics {', '.join(needing)} need Inception weights: {report['weights']['message']}")
     elif "is" in needing and "is_needs" in report["weights"]:
         problems.append(f"eval.metrics is: {report['weights']['is_needs']}")
+    return problems
+
+
+def _machine_problems(train: Any) -> list[str]:
+    """The errors a run of ``train`` (a recipe's [train]) would stop with at once on this machine, as the
+    trainer checks them: its device (``cuda`` without a GPU) and its torch.compile backend."""
+    from avade.train.compiling import check_compile_backend
+    from avade.train.device import resolve_device
+
+    problems = []
+    try:
+        resolve_device(train.device)
+    except AvadeError as exc:
+        problems.append(str(exc))
+    if train.compile:
+        try:
+            check_compile_backend(train.compile_backend)
+        except AvadeError as exc:
+            problems.append(str(exc))
     return problems
 
 
