@@ -86,9 +86,10 @@ def init_distributed(device_type: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     with alike_on_this_node():  # the environment's: every process on the node meets the same error
+        _refuse_a_partial_launch(world)
         timeout = collective_timeout()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     gpu = 0
     if device_type == "cuda":  # before the process group, so that its communicator binds to this GPU
         gpu = cuda_index(local, torch.cuda.device_count())
@@ -98,6 +99,18 @@ def init_distributed(device_type: str) -> DistInfo:
     if device_type == "cuda":
         _refuse_shared_gpus(gpu, world)
     return DistInfo(rank, world, local, gpu)
+
+
+def _refuse_a_partial_launch(world: int) -> None:
+    """A clear error when ``WORLD_SIZE`` asks for a job whose other variables torchrun would have set are
+    missing (a launcher or a shell that exports WORLD_SIZE alone), instead of a KeyError or torch's ValueError."""
+    needed = ["RANK"] if dist.is_initialized() else ["RANK", "MASTER_ADDR", "MASTER_PORT"]
+    missing = [name for name in needed if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE={world} asks for a job of {world} processes, but {', '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not set; start the processes with torchrun "
+                          "(it sets RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT), or unset WORLD_SIZE to train "
+                          "in one process")
 
 
 def shared_gpus(placements: list[tuple[str, str]]) -> list[list[int]]:

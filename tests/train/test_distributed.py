@@ -373,6 +373,8 @@ def test_process_group_waits_out_a_long_rank0_evaluation(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # (as torchrun sets them)
+    monkeypatch.setenv("MASTER_PORT", "29500")
     monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
     assert distributed.init_distributed("cpu") == DistInfo(1, 2, 1)
     assert calls == [{"backend": "gloo", "timeout": datetime.timedelta(minutes=distributed.DEFAULT_TIMEOUT_MIN)}]
@@ -575,6 +577,24 @@ def test_processes_sharing_a_gpu_are_found() -> None:
 
     assert shared_gpus([("a", "GPU-1"), ("a", "GPU-2"), ("b", "GPU-1")]) == []  # same UUID on two hosts: fine
     assert shared_gpus([("a", "GPU-1"), ("a", "GPU-1"), ("a", "GPU-2"), ("a", "GPU-1")]) == [[0, 1, 3]]
+
+
+@pytest.mark.parametrize("missing", [("RANK", "MASTER_ADDR", "MASTER_PORT"), ("MASTER_ADDR",)])
+def test_world_size_without_the_rest_of_a_torchrun_launch_is_a_config_error(monkeypatch, missing):
+    # (a shell or launcher that exports WORLD_SIZE alone): not "internal error: KeyError: 'RANK'" / torch's ValueError
+    from avade.errors import ConfigError
+    from avade.train.distributed import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in (("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)
+    for name in missing:
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError, match=f"WORLD_SIZE=2 asks for a job of 2 processes, but {', '.join(missing)} "
+                                          "(is|are) not set; start the processes with torchrun") as caught:
+        init_distributed("cpu")
+    assert caught.value.alike_on_node  # every process of the node says the same: the first one alone prints it
+    assert not dist.is_initialized()
 
 
 def _shared_gpu_worker(rank, port, out):
