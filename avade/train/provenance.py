@@ -67,4 +67,8 @@ def naming_missing_plugins(checkpoints: Path | None) -> Iterator[None]:
         hint = missing_plugin_hint(checkpoints) if checkpoints is not None else ""
         if not hint:
             raise
-        raise ConfigError(exc.detail + hint, path=exc.path, source=exc.source) from None
+        error = ConfigError(exc.detail + hint, path=exc.path, source=exc.source)
+        for mark in ("alike_on_node", "every_process"):  # which process says it under torchrun: as before
+            if hasattr(exc, mark):
+                setattr(error, mark, getattr(exc, mark))
+        raise error from None

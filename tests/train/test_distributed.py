@@ -597,6 +597,27 @@ def test_world_size_without_the_rest_of_a_torchrun_launch_is_a_config_error(monk
     assert not dist.is_initialized()
 
 
+def test_a_missing_plugins_name_keeps_the_mark_of_an_error_said_once_per_node(tmp_path, monkeypatch):
+    # run.py checks a sweep's variants (or a resumed run's model) inside naming_missing_plugins(alike_on_this_node()):
+    # the error that gains the plugin's name must still be said by the node's first process alone, not by all
+    import json as json_module
+
+    from avade.errors import ConfigError
+    from avade.train.distributed import alike_on_this_node, said_by_another_process
+    from avade.train.provenance import naming_missing_plugins
+
+    state = tmp_path / "checkpoints" / "step_00000002" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json_module.dumps({"providers": {"norm/x-norm": "avade-xnorm 0.3"}}))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError) as caught, naming_missing_plugins(tmp_path / "checkpoints"), \
+            alike_on_this_node():
+        raise ConfigError("unknown norm 'x-norm'")
+    assert "the run was trained with norm x-norm from avade-xnorm 0.3" in str(caught.value), str(caught.value)
+    assert said_by_another_process(caught.value)
+
+
 def _shared_gpu_worker(rank, port, out):
     """Both processes of a job on one (faked) GPU: the check's error, and which process says it."""
     import types
