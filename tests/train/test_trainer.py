@@ -631,7 +631,10 @@ def test_unknown_compile_backend_is_refused_before_the_run_dir_exists(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_tensorboard_drops_the_steps_a_resume_replays(tmp_path):
+def _tensorboard_after_resume(tmp_path, first, start_step, resumed, final_as_eval=False):
+    """TensorBoard's scalars, ``tag -> [(step, value)]``, of a run that logged ``first`` (``(step, values)``
+    pairs), was resumed from the checkpoint of ``start_step`` (metrics.jsonl cut there, as a resume cuts it)
+    and logged ``resumed``."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -640,52 +643,35 @@ def test_tensorboard_drops_the_steps_a_resume_replays(tmp_path):
 
     run = RunDir(tmp_path)
     run.make()
-    first = MetricsLogger(run)
-    for step in range(1, 11):
-        first.log(step, {"bpd": float(step)})
-    first.close()
-    # Event files are read in name order, which starts with the creation second: a resume is a later one.
-    time.sleep(1.1)
-    resumed = MetricsLogger(run, start_step=5)  # resumed from the checkpoint of step 5
-    for step in range(6, 9):
-        resumed.log(step, {"bpd": 100.0 + step})
-    resumed.close()
+    for logger, records in ((MetricsLogger(run), first), (None, resumed)):
+        if logger is None:
+            # event files are read in name order, which starts with the creation second: a resume is a later one
+            time.sleep(1.1)
+            MetricsLogger.truncate(run.metrics, start_step, final_as_eval=final_as_eval)
+            logger = MetricsLogger(run, start_step=start_step)
+        for step, values in records:
+            logger.log(step, values)
+        logger.close()
     events = EventAccumulator(str(run.tensorboard))
     events.Reload()
-    series = [(e.step, e.value) for e in events.Scalars("bpd")]
-    assert series == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 9)]
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_drops_the_steps_a_resume_replays(tmp_path):
+    series = _tensorboard_after_resume(tmp_path, [(s, {"bpd": float(s)}) for s in range(1, 11)], 5,
+                                       [(s, {"bpd": 100.0 + s}) for s in range(6, 9)])
+    assert series["bpd"] == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 9)]
 
 
 def test_tensorboard_holds_what_metrics_jsonl_holds_at_the_step_a_finished_run_is_resumed_from(tmp_path):
     # A finished run trained on: metrics.jsonl keeps its final results as that step's evaluation (eval/),
     # or drops them; TensorBoard kept them as final/ at the old end, beside the new end's final/.
-    pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from avade.train.logger import MetricsLogger
-    from avade.train.rundir import RunDir
-
-    run = RunDir(tmp_path)
-    run.make()
-    first = MetricsLogger(run)
-    for step in range(1, 5):
-        first.log(step, {"bpd": float(step)})
-    first.log(4, {"final/bpd": 40.0, "final/fid": 400.0})
-    first.close()
-    time.sleep(1.1)  # event files are read in name order, which starts with the creation second
-    MetricsLogger.truncate(run.metrics, 4, final_as_eval=True)
-    resumed = MetricsLogger(run, start_step=4)
-    resumed.log(6, {"bpd": 6.0, "final/bpd": 60.0})
-    resumed.close()
-    events = EventAccumulator(str(run.tensorboard))
-    events.Reload()
-
-    def series(tag):
-        return [(e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
-
-    assert series("bpd") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (6, 6.0)]
-    assert series("eval/bpd") == [(4, 40.0)] and series("eval/fid") == [(4, 400.0)]
-    assert series("final/bpd") == [(6, 60.0)] and series("final/fid") == []
+    first = [(s, {"bpd": float(s)}) for s in range(1, 5)] + [(4, {"final/bpd": 40.0, "final/fid": 400.0})]
+    series = _tensorboard_after_resume(tmp_path, first, 4, [(6, {"bpd": 6.0, "final/bpd": 60.0})],
+                                       final_as_eval=True)
+    assert series["bpd"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (6, 6.0)]
+    assert series["eval/bpd"] == [(4, 40.0)] and series["eval/fid"] == [(4, 400.0)]
+    assert series["final/bpd"] == [(6, 60.0)] and not series.get("final/fid")  # (purged: the tag stays, empty)
 
 
 def test_norm_options_reach_every_weight_norm_and_its_data_dependent_init_runs(tmp_path):
