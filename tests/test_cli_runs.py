@@ -1590,11 +1590,13 @@ def test_runs_without_out_started_in_the_same_second_get_directories_of_their_ow
     """The jobs of an array without --out, started at once: runs/<recipe>/<stamp> is taken by the first, the
     second gets <stamp>-2 rather than being refused as busy (and a run that cannot start leaves none)."""
     import avade.train.run
+    import avade.train.rundir
     from avade.atomic_files import held_alone
     from avade.errors import ConfigError
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(avade.train.run, "default_run_dir", lambda name: Path("runs") / name / "20260101-000000")
+    monkeypatch.setattr(avade.train.rundir, "default_run_dir",
+                        lambda name, base: base / name / "20260101-000000")
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=1", "train.checkpoint_every=1")))
     first = Path("runs/tiny/20260101-000000")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import itertools
 import json
 import math
 import os
@@ -33,7 +32,7 @@ from avade.train.distributed import (
     shutdown_distributed,
 )
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, stop_on_signals
-from avade.train.rundir import RunDir, atomic_write_text, default_run_dir, latest_run_dir, write_json
+from avade.train.rundir import RunDir, atomic_write_text, latest_run_dir, make_run_dir, write_json
 
 if TYPE_CHECKING:
     from avade.recipe.sweep import Variant
@@ -248,19 +247,10 @@ _MADE: set[Path] = set()
 
 
 def _new_run_dir(recipe_name: str) -> Path:
-    """:func:`default_run_dir`, made at once: runs started in the same second without --out (the jobs of an
-    array, say) would share it, and all but one be refused as busy; the later ones get ``<stamp>-2``, ``-3``..."""
-    base = default_run_dir(recipe_name)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for n in itertools.count(1):
-        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        _MADE.add(path)
-        return path
-    raise AssertionError("unreachable")
+    """:func:`~avade.train.rundir.make_run_dir`, remembered as this process's."""
+    path = make_run_dir(recipe_name)
+    _MADE.add(path)
+    return path
 
 
 SWEEP_PLAN = "sweep_plan.json"

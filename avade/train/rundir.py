@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import math
 import re
@@ -90,6 +91,21 @@ def default_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path:
     stays under ``runs/`` (``name = "../x"`` -> ``runs/x/...``)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return base / plain_name(recipe_name) / stamp
+
+
+def make_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path:
+    """:func:`default_run_dir`, made at once: runs started in the same second without --out (the jobs of an
+    array, say) would share it, and all but one be refused as busy; the later ones get ``<stamp>-2``, ``-3``..."""
+    first = default_run_dir(recipe_name, base)
+    first.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = first if n == 1 else first.with_name(f"{first.name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
 
 
 def latest_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path | None:
