@@ -101,13 +101,17 @@ def _unlabeled_reason(base: Path, labeled: bool, classes: list[str]) -> str:
     loose = list_images(base, recursive=False)
     if not loose or not _subfolders(base):
         return ""
-    more = f" and {len(loose) - 1} more" if len(loose) > 1 else ""
-    return (f"{base} holds images ({loose[0].name}{more}) next to its subfolders, so the subfolders are not "
+    return (f"{base} holds images ({_first_of(loose)}) next to its subfolders, so the subfolders are not "
             "classes; move those images into a class folder or out of it")
 
 
 #: subfolder names that are splits, not classes
 _SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "dev", "test"})
+
+
+def _first_of(images: list[Path]) -> str:
+    """``"a.png and 3 more"``: the images an error is about, named by the first."""
+    return images[0].name + (f" and {len(images) - 1} more" if len(images) > 1 else "")
 
 
 def _test_share(path: Path, base: Path) -> float:
@@ -151,9 +155,8 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
         if explicit and split_base != train_base:
             loose = list_images(split_base, recursive=False)
             if loose:  # (they have no class: left out, the split would be short of them without a word)
-                more = f" and {len(loose) - 1} more" if len(loose) > 1 else ""
                 raise DataError(
-                    f"dataset '{NAME}': {split_base} holds images ({loose[0].name}{more}) outside the class folders "
+                    f"dataset '{NAME}': {split_base} holds images ({_first_of(loose)}) outside the class folders "
                     f"that {train_base} has; move them into their class folders, or set data.labels=false to use "
                     "all images unlabeled"
                 )
