@@ -69,8 +69,8 @@ class Conv2d(nn.Conv2d):
         term = self.edge_term(height, width, y)
         assert not isinstance(self.padding, str)  # (edge_bias: numbers, see __init__)
         ph, pw = self.padding
-        if torch.compiler.is_compiling() or height <= 2 * ph or width <= 2 * pw:  # (tiny maps: all border)
-            return y + term
+        if torch.compiler.is_compiling() or height <= 2 * ph or width <= 2 * pw or _functorch_active():
+            return y + term  # (tiny maps: all border; torch.func transforms: no in-place Function)
         return _AddOnBorder.apply(y, term, ph, pw)
 
     def edge_term(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
@@ -85,6 +85,13 @@ class Conv2d(nn.Conv2d):
         patches = F.unfold(border, self.kernel_size)[0]
         weight = self.edge_weight.to(like.dtype).flatten(1)
         return (weight @ patches).view(1, -1, height, width)
+
+
+def _functorch_active() -> bool:
+    """Inside a torch.func transform (jacrev, vmap, grad), which :class:`_AddOnBorder` (an in-place
+    Function) does not support; a plain ``nn.Conv2d`` works there, and so the edge term's plain add."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)  # (private: looked up, not assumed)
+    return bool(active is not None and active())
 
 
 def _border_strips(height: int, width: int, ph: int, pw: int) -> tuple[tuple[Any, ...], ...]:

@@ -69,3 +69,24 @@ def test_weight_norm_data_dependent_init_standardizes_the_first_batch():
     assert bool(wn.initialized)
     again = wn(x * 2)  # ... and only the first
     assert float(again.std()) > 0.15
+
+
+def test_edge_bias_conv_works_under_torch_func_transforms() -> None:
+    # (the eager edge term's in-place border add, _AddOnBorder, is an autograd.Function that torch.func does
+    # not support: jacrev, vmap and grad raised on a Glow convolution, while a plain Conv2d works under them)
+    torch.manual_seed(0)
+    conv = Conv2d(2, 3, 3, padding=1, edge_bias=True).double()
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64)
+
+    def reference(t: torch.Tensor) -> torch.Tensor:  # the plain broadcast add of the edge term
+        y = nn.functional.conv2d(t, conv.weight, conv.bias, padding=1)
+        return y + conv.edge_term(y.shape[-2], y.shape[-1], y)
+
+    torch.testing.assert_close(torch.func.jacrev(conv)(x), torch.func.jacrev(reference)(x))
+    batch = torch.randn(3, 2, 2, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(torch.func.vmap(conv)(batch), torch.func.vmap(reference)(batch))
+    params = dict(conv.named_parameters())
+    grads = torch.func.grad(lambda p: torch.func.functional_call(conv, p, (x,)).square().sum())(params)
+    loss = conv(x).square().sum()
+    for name, g in zip(params, torch.autograd.grad(loss, list(params.values())), strict=True):
+        torch.testing.assert_close(grads[name], g, msg=name)
