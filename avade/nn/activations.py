@@ -4,7 +4,9 @@ torch's CPU ELU evaluates ``expm1`` element by element, without SIMD: about 6 ns
 slower than ``exp`` (measured on an AVX-512 EPYC with torch 2.14; ``log1p`` and ``softplus`` share
 the problem). In the VAE's encoders and decoders that made ELU alone 8 % of an AV-ADE train step and
 over 20 % of the quickstart's. Here ELU is ``max(x, exp(min(x, 0)) - 1)`` from
-vectorized ops; the difference to ``expm1`` is float rounding of the result (< 1e-7 absolute), and
+vectorized ops; the difference to ``expm1`` is float rounding of the result (< 1e-7 absolute in float32;
+in bfloat16, under CPU autocast, up to one bf16 rounding step near 1, e.g. 0 for -1e-3, as bf16 has no
+finer step there), and
 the backward is torch's own ``elu_backward`` on the output, so gradients keep torch's formula. On
 other devices torch's fused kernel is already fast and is used as is.
 """
