@@ -256,6 +256,14 @@ def _worker(spec: dict[str, Any]) -> None:
     print(json.dumps(report))
 
 
+def worker_env(malloc: str) -> dict[str, str]:
+    """The environment of a timing worker: this one with the tuned glibc malloc settings (``tuned``), or
+    without any of them (``system``: glibc's adaptive defaults, even when the caller exported them, as
+    benchmarks/README.md suggests for flow-heavy work)."""
+    env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC_ENV}
+    return {**env, **TUNED_MALLOC_ENV} if malloc == "tuned" else env
+
+
 def isolated_timings(case: FlowCase, sides: Sequence[str], settings: Settings
                      ) -> tuple[dict[str, Timing], dict[str, dict[str, Any]]]:
     """Each side timed in ``ROUNDS`` fresh processes of its own, alternating (A B, B A, A B), all times
@@ -263,7 +271,7 @@ def isolated_timings(case: FlowCase, sides: Sequence[str], settings: Settings
     what the other allocated (see benchmarks/README.md, Methods). Also returns the peak memory the
     last process of each compiled side measured, or ``{"error": ...}`` for an optional side
     (:data:`OPTIONAL_SIDES`) that failed; any other failure raises."""
-    env = {**os.environ, **(TUNED_MALLOC_ENV if settings.malloc == "tuned" else {})}
+    env = worker_env(settings.malloc)
     times: dict[str, list[float]] = {side: [] for side in sides}
     memory: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}  # optional sides that could not run: their error's last line

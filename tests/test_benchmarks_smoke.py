@@ -119,6 +119,15 @@ def test_normflows_compile_failure_falls_back_to_eager(monkeypatch: pytest.Monke
     assert "failed (RuntimeError: cannot compile)" in render_text(flows.render(result))
 
 
+def test_malloc_system_drops_exported_malloc_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README suggests exporting the tuned MALLOC_* variables: --malloc system must still time glibc's defaults.
+    from benchmarks.common import TUNED_MALLOC_ENV
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "123")
+    assert not set(TUNED_MALLOC_ENV) & set(flows.worker_env("system"))
+    assert {k: flows.worker_env("tuned")[k] for k in TUNED_MALLOC_ENV} == TUNED_MALLOC_ENV
+
+
 def test_flows_against_normflows_on_tiny_shapes() -> None:
     pytest.importorskip("normflows", reason="normflows not installed (pip install -e '.[bench]')")
     settings = make_settings("cpu", quick=True, warmup=0, repeats=1)
