@@ -224,14 +224,15 @@ def timed_sides(case: FlowCase, baseline: bool) -> list[str]:
 
 def prepare_side(side: str, case: FlowCase, settings: Settings) -> Callable[[], None]:
     """The timed step of ``side`` ("avade", "normflows compiled", ...): a freshly built model on the
-    benchmark input. A compiled side runs one eager step first (data-dependent init), then compiles in
-    place with ``case.compile`` as the backend."""
+    benchmark input, after one eager step (ActNorm's data-dependent init, as :func:`run_case` does
+    before its own timings: never part of a timed call, whatever --warmup says). A compiled side then
+    compiles in place with ``case.compile`` as the backend."""
     compiled = side.endswith(COMPILED)
     build, log_prob = SIDES[side.removesuffix(COMPILED)]
     model = build(case).to(settings.device).train()
     step = _step(model, log_prob, flow_input(case, settings.device), settings)
+    step()
     if compiled:
-        step()
         model.compile(backend=case.compile)
         step()  # compiles forward and backward: never part of a timed call, whatever --warmup says
     return step

@@ -128,6 +128,18 @@ def test_malloc_system_drops_exported_malloc_settings(monkeypatch: pytest.Monkey
     assert {k: flows.worker_env("tuned")[k] for k in TUNED_MALLOC_ENV} == TUNED_MALLOC_ENV
 
 
+def test_timing_worker_initialises_actnorm_before_any_timed_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With --warmup 0 the first timed call must not be the data-dependent init (run_case does it first too).
+    from avade.flows.actnorm import ActNorm
+
+    built: list[torch.nn.Module] = []
+    build, log_prob = flows.SIDES["avade"]
+    monkeypatch.setitem(flows.SIDES, "avade", (lambda case: built.append(build(case)) or built[-1], log_prob))
+    flows.prepare_side("avade", tiny_cases()[0], make_settings("cpu", quick=True, warmup=0, repeats=1))
+    actnorms = [m for m in built[0].modules() if isinstance(m, ActNorm)]
+    assert actnorms and all(bool(m.initialized) for m in actnorms)
+
+
 def test_flows_against_normflows_on_tiny_shapes() -> None:
     pytest.importorskip("normflows", reason="normflows not installed (pip install -e '.[bench]')")
     settings = make_settings("cpu", quick=True, warmup=0, repeats=1)
