@@ -7,5 +7,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m pip install -q -e ".[bench]" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -m pip install -q -e ".[bench]" 2>&1 | { grep -v "is ignored" || true; }
 exec .venv/bin/python -m benchmarks "$@"
