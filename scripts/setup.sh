@@ -4,8 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+# (Re)create .venv when there is none, when its interpreter no longer runs (the Python it was made from
+# was removed or upgraded: `venv` without --clear would keep the dead links), or when $PYTHON asks for
+# another Python version than the one it holds.
+if ! VENV_VERSION=$(version .venv/bin/python) \
+   || { [ -n "${PYTHON:-}" ] && [ "$(version "$PY")" != "$VENV_VERSION" ]; }; then
+  "$PY" -m venv --clear .venv
 fi
 VPY=.venv/bin/python
 # pip's output minus the noisy "is ignored" lines; a failing install still fails the script (pipefail:
@@ -15,4 +20,4 @@ pip_install() { "$VPY" -m pip install -q "$@" 2>&1 | { grep -v "is ignored" || t
 # torch/torchvision are pinned to the newest releases these machines carry (see README).
 pip_install "torch==2.14.1" "torchvision==0.29.1"
 pip_install -e ".[dev]" -e plugins/avade-nice
-"$VPY" -c "import avade, torch; print(f'avade {avade.__version__} ready (torch {torch.__version__})')"
+"$VPY" -P -c "import avade, torch; print(f'avade {avade.__version__} ready (torch {torch.__version__})')"
