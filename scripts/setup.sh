@@ -17,7 +17,9 @@ VPY=.venv/bin/python
 # only grep's "no line left" status is forgiven, never pip's).
 pip_install() { "$VPY" -m pip install -q "$@" 2>&1 | { grep -v "is ignored" || true; }; }
 "$VPY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-# torch/torchvision are pinned to the newest releases these machines carry (see README).
-pip_install "torch==2.14.1" "torchvision==0.29.1"
+# torch/torchvision are pinned to the newest releases these machines carry (see README); where a package
+# index lacks them, the install below takes a torch that pyproject.toml accepts, with a warning here.
+pip_install "torch==2.14.1" "torchvision==0.29.1" \
+  || echo "warning: torch==2.14.1 / torchvision==0.29.1 could not be installed; installing the torch pyproject.toml accepts" >&2
 pip_install -e ".[dev]" -e plugins/avade-nice
 "$VPY" -P -c "import avade, torch; print(f'avade {avade.__version__} ready (torch {torch.__version__})')"
