@@ -416,7 +416,7 @@ def _stage_outputs(what: str, called: str, out: Any, d: torch.Tensor) -> tuple[t
 
 def _check_posterior_module(post: nn.Module, stages: list[Shape], rebuild: Callable[[], nn.Module],
                             what: str, labels: torch.Tensor | None = None) -> None:
-    ids = list(getattr(post, "stage_ids", []))
+    ids = list(cast(PosteriorModule, post).stage_ids)  # (the registry refused a posterior without them)
     if not ids or any(not 0 <= i < len(stages) for i in ids):
         _fail(what, f"stage_ids {ids} must be a non-empty subset of 0..{len(stages) - 1}")
     batch = 3
