@@ -43,6 +43,7 @@ BUILTIN_DIST = "avade"  # the distribution whose entry point registers the built
 # split on commas (`--metrics bpd,fid`), become parts of dotted key paths (`--set eval.fid.samples=...`),
 # globbed (`list-components '*iaf*'`) and turned into result keys (`gan-test` -> `gan_test`).
 NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+RESERVED_NAME = "none"  # `name = "none"` in a recipe removes an inherited component table (norms excepted)
 NAME_RULE = f"names are lowercase letters and digits, words joined by single dashes, e.g. 'my-flow' ({NAME_PATTERN})"
 
 
@@ -220,6 +221,9 @@ class Registry:
                                 f"kinds: {', '.join(KINDS)}")
         if not is_valid_name(name):
             raise RegistryError(f"{who}invalid component name {name!r}; {NAME_RULE}")
+        if name == RESERVED_NAME and kind != "norm":  # norms are named by a string (`norm = "none"`), not a table
+            raise RegistryError(f"{who}{kind} name 'none' is reserved (`name = \"none\"` removes a component "
+                                "table in a recipe); register it under another name")
         if not (callable(factory) or isinstance(factory, str)):
             raise RegistryError(f"{who}{kind} '{name}': factory must be callable or a \"module:attr\" string, "
                                 f"got {type(factory).__name__} {factory!r}")

@@ -149,6 +149,16 @@ def test_a_name_outside_the_rule_is_refused_naming_the_rule(name: Any) -> None:
     assert len(message.splitlines()) == 1
 
 
+@pytest.mark.parametrize("kind", ["metric", "flow", "dataset"])
+def test_the_name_none_is_reserved_for_removing_a_table(kind: str) -> None:
+    # `name = "none"` removes a recipe's component table; a metric so named reached an assert in `[eval]`
+    with pytest.raises(RegistryError) as info:
+        Registry().register(kind, "none", factory=Toy)
+    message = str(info.value)
+    assert f"{kind} name 'none' is reserved" in message and "another name" in message
+    assert len(message.splitlines()) == 1
+
+
 @pytest.mark.parametrize("name", ["bpd", "gan-test", "3d", "a1-b2-c3"])
 def test_a_name_inside_the_rule_registers(name: str) -> None:
     registry = Registry()
@@ -814,8 +824,8 @@ def test_defaults_holding_attrs_instances_in_lists_and_tables_are_valid() -> Non
 
 def test_a_factory_that_is_not_callable_is_a_registry_error() -> None:
     registry = Registry()
-    with pytest.raises(RegistryError, match=r"flow 'none': factory must be callable or a \"module:attr\" string"):
-        registry.register("flow", "none", factory=None)  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match=r"flow 'nothing': factory must be callable or a \"module:attr\" string"):
+        registry.register("flow", "nothing", factory=None)  # type: ignore[arg-type]
     with pytest.raises(RegistryError, match=r"flow 'cfg': config must be an attrs class"):
         registry.register("flow", "cfg", factory=Toy, config=ToyConfig())  # type: ignore[arg-type]
     # a lazy reference to a module (no ":attr") is no factory: said when it is built, not a TypeError

@@ -37,7 +37,7 @@ from avade.recipe.schema import (
     SweepSection,
     TrainSection,
 )
-from avade.registry import get_registry
+from avade.registry import RESERVED_NAME, get_registry
 from avade.schema import structure, unstructure
 
 TOP_LEVEL_KEYS = ("name", "description", "extends", "model", "data", "train", "eval", "sweep")
@@ -56,7 +56,7 @@ def without_absent_critic() -> Iterator[None]:
         yield
     finally:
         _ABSENT_CRITIC_OK.reset(token)
-NONE_NAME = "none"  # `name = "none"` removes a component table inherited through `extends`
+NONE_NAME = RESERVED_NAME  # `name = "none"` removes a component table inherited through `extends`
 
 Origins = dict[tuple[str, ...], str]
 
