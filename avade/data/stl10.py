@@ -111,5 +111,11 @@ class Stl10(TensorImageDataset):
             y_file = root / FOLDER / _FILES[_tv_split(cfg, split)][1]
             raise DataError(f"dataset 'stl10': {y_file} holds {len(labels)} labels for {len(images)} images; "
                             f"{repair_hint(OSError())}")
+        if labels is not None and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < 10:
+            # the file holds 1..10; torchvision subtracts 1 in uint8, so a stray 0 arrives as 255
+            y_file = root / FOLDER / _FILES[_tv_split(cfg, split)][1]
+            bad = labels[(labels < 0) | (labels >= 10)][0].item() + 1
+            raise DataError(f"dataset 'stl10': {y_file} holds the label {bad % 256}, outside 1..10; "
+                            f"{repair_hint(OSError())}")
         super().__init__(images, labels, num_classes=10 if labeled else 0)
         self.split = split

@@ -152,6 +152,18 @@ def test_stl10_labels_file_short_of_the_images_is_named(tmp_path):
         avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split="train")
 
 
+@pytest.mark.parametrize("stray", [0, 11])
+def test_stl10_labels_outside_1_to_10_are_named(tmp_path, stray):
+    # a 0 arrived as label 255 (torchvision subtracts 1 in uint8) and was caught later, naming no file
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    write_stl10_bin(folder / "train_X.bin", 3, seed=1)
+    np.array([1, stray, 10], dtype=np.uint8).tofile(folder / "train_y.bin")
+    with pytest.raises(DataError, match=rf"^dataset 'stl10': .*train_y.bin holds the label {stray}, outside 1\.\.10; "
+                                        r"delete that folder"):
+        avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split="train")
+
+
 # --- image-folder ---------------------------------------------------------------------------------
 
 
