@@ -18,7 +18,12 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        # On disk before the rename, and the rename itself after: a power loss must not leave an empty
+        # summary.json or eval.json where the old one was (file systems may reorder data and rename).
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        sync_folder(path.parent)
     except OSError as exc:
         # A failed write of the temporary file (a full disk, a read-only folder) is one of ``path``: named so. A
         # write error carries no file name at all (the message would say "No space left on device", not where).
@@ -30,6 +35,21 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         # for the error that ended the block, which names ``path``; a temporary file left is dropped later)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename into it) to disk; best effort: Windows and some file systems
+    cannot open or sync a folder, and the data itself is already synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save, save_file
 
+from avade.atomic_files import sync_folder
 from avade.errors import AvadeError, CheckpointError
 from avade.train.rundir import read_json_object
 
@@ -264,6 +265,7 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
     if final.exists():
         _discard(final)
     os.replace(tmp, final)
+    sync_folder(directory)  # the rename on disk too: a power loss then leaves this checkpoint, not a gap
     for old in list_checkpoints(directory)[:-keep]:
         if not kept_for_good(old, keep_every):
             _discard(old)
@@ -313,6 +315,7 @@ def _write(tmp: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.
     for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
         with f.open("rb") as fh:
             os.fsync(fh.fileno())
+    sync_folder(tmp)
 
 
 def _discard(path: Path) -> None:

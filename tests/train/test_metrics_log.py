@@ -101,3 +101,58 @@ def test_a_read_only_folder_is_named_by_the_file_written_not_its_temporary(tmp_p
     with pytest.raises(OSError) as raised, replaced_atomically(target) as tmp:
         raise OSError(errno.EROFS, "Read-only file system", str(tmp))
     assert raised.value.filename == str(target)
+
+
+def _recording_syncs(monkeypatch) -> list[tuple[str, str]]:
+    """Patch os.fsync / os.replace to record ("fsync", path) and ("replace", target) in order."""
+    import os
+
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recording_replace(src, dst) -> None:
+        events.append(("replace", str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    return events
+
+
+def test_a_file_replaced_atomically_is_on_disk_before_and_after_its_rename(tmp_path: Path, monkeypatch) -> None:
+    """summary.json, eval.json, sample grids: the new data synced before the rename and the folder after it,
+    so that a power loss leaves the old file or the new one, never an empty one."""
+    import pytest
+
+    from avade.atomic_files import replaced_atomically
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc/self/fd to name the synced descriptors")
+    events = _recording_syncs(monkeypatch)
+    target = tmp_path / "summary.json"
+    with replaced_atomically(target) as tmp:
+        tmp.write_text('{"bpd": 1.0}', encoding="utf-8")
+    assert events == [("fsync", str(tmp)), ("replace", str(target)), ("fsync", str(tmp_path))]
+    assert target.read_text(encoding="utf-8") == '{"bpd": 1.0}'
+
+
+def test_a_checkpoint_is_on_disk_with_its_folder_entries(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+    import torch
+
+    from avade.train.checkpoint import rng_bundle, save_checkpoint
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc/self/fd to name the synced descriptors")
+    events = _recording_syncs(monkeypatch)
+    final = save_checkpoint(tmp_path / "checkpoints", 5, torch.nn.Linear(2, 2), {}, [rng_bundle({})], {})
+    (replaced,) = [i for i, e in enumerate(events) if e == ("replace", str(final))]
+    before, after = events[:replaced], events[replaced + 1:]
+    synced = {Path(p).name for kind, p in before if kind == "fsync"}
+    assert synced >= {"model.safetensors", "state.json", "rng.safetensors", "optimizer.safetensors"}
+    assert Path(before[-1][1]).name.startswith(".tmp-step_")  # the files' folder, then the rename
+    assert after == [("fsync", str(tmp_path / "checkpoints"))]
