@@ -1,4 +1,4 @@
-"""Evaluation metrics (kind ``metric``): BPD, FID, KID, IS, PRD, GAN-test and GAN-train.
+"""Evaluation metrics (kind ``metric``): BPD, FID, KID, IS, PRD, PRDC, GAN-test and GAN-train.
 
 A metric factory is ``Class(cfg)``; the object has ``name`` and ``compute(ctx) -> dict[str, float]``
 where ``ctx`` follows :class:`avade.metrics.context.EvalContext`. Inception-based metrics load their
@@ -28,6 +28,8 @@ def register(registry: Registry) -> None:
       summary="Inception Score of samples (needs Inception weights with the classifier head).")
     r("metric", "prd", factory=f"{m}.prd:PRD", config=f"{m}.prd:PRDConfig",
       summary="Precision/recall for distributions (Sajjadi et al. 2018): F_8, F_1/8, AUC and a PRD plot.")
+    r("metric", "prdc", factory=f"{m}.prdc:PRDC", config=f"{m}.prdc:PRDCConfig",
+      summary="k-NN precision, recall, density and coverage (Kynkäänniemi et al. 2019, Naeem et al. 2020).")
     r("metric", "gan-test", factory=f"{m}.gan_test:GanTest", config=f"{m}.gan_test:GanTestConfig",
       summary="GAN-test (%): classifier trained on real data, accuracy on class-conditional samples.")
     r("metric", "gan-train", factory=f"{m}.gan_test:GanTrain", config=f"{m}.gan_test:GanTrainConfig",

@@ -1,9 +1,10 @@
-"""FID and KID of image sets a user holds (two uint8 tensors, another model's ``.npz`` of samples), with the
-same Inception, feature extraction and formulas as the ``fid`` and ``kid`` metrics of a run.
+"""FID, KID and PRDC of image sets a user holds (two uint8 tensors, another model's ``.npz`` of samples), with the
+same Inception, feature extraction and formulas as the ``fid``, ``kid`` and ``prdc`` metrics of a run.
 
 >>> from avade.metrics.images import fid_of_images, kid_of_images
 >>> fid = fid_of_images(real, "samples.npz")            # uint8 [N, C, H, W] or [N, H, W, C], or an .npz/.npy
 >>> kid_mean, kid_std = kid_of_images(real, fake, subset_size=1000)
+>>> prdc_of_images(real, fake)["coverage"]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from avade.metrics.features import (
 )
 from avade.metrics.fid import fid_from_features
 from avade.metrics.kid import kernel_inception_distance
+from avade.metrics.prdc import prdc_from_features
 
 Images = Tensor | np.ndarray | str | os.PathLike[str]
 
@@ -101,6 +103,14 @@ def kid_of_images(real: Images, fake: Images, *, subsets: int = 100, subset_size
     fake_f = image_features(fake, what="fake images", **options, extractor=net)
     return kernel_inception_distance(real_f, fake_f, subsets, subset_size, degree, gamma, coef,
                                      torch.Generator().manual_seed(seed))
+
+
+def prdc_of_images(real: Images, fake: Images, *, nearest_k: int = 5, **options: Any) -> dict[str, float]:
+    """k-NN ``{"precision", "recall", "density", "coverage"}`` of ``fake`` against ``real`` (see
+    :mod:`avade.metrics.prdc`), as a run's ``prdc``; ``options``: those of :func:`image_features`."""
+    net = _extractor(options, "PRDC")
+    return prdc_from_features(image_features(real, what="real images", **options, extractor=net),
+                              image_features(fake, what="fake images", **options, extractor=net), nearest_k)
 
 
 def _extractor(options: dict[str, Any], metric: str) -> FeatureExtractor:

@@ -193,27 +193,29 @@ def test_eval_json_records_the_seed_of_the_samples_a_metric_scored(tmp_path, mon
     import numpy as np
 
     from avade import evaluate as ev
-    from avade.metrics import features, fid, kid
+    from avade.metrics import features, fid, kid, prdc
     from avade.metrics.random_features import RandomConvFeatures
 
     run_recipe(tiny_recipe("model.conditional=true"), tmp_path / "run", progress=False)
-    for module in (features, kid, fid):
+    for module in (features, kid, fid, prdc):
         monkeypatch.setattr(module, "get_extractor", lambda options, device="cpu": RandomConvFeatures(num_classes=0))
     scored = []
     drawn = ev.RunContext.sample_batches
     monkeypatch.setattr(ev.RunContext, "sample_batches",
                         lambda self, *a, **k: (scored.append(x) or x for x in drawn(self, *a, **k)))
     with pytest.warns(UserWarning):  # (test-only features, small KID subsets)
-        evaluate_run(tmp_path / "run", ["bpd", "kid", "fid"], samples=6, device="cpu", overrides=["train.seed=4"])
+        evaluate_run(tmp_path / "run", ["bpd", "kid", "fid", "prdc"], samples=6, device="cpu",
+                     overrides=["train.seed=4"])
     settings = json.loads((tmp_path / "run" / "eval.json").read_text())["settings"]
     assert settings["kid"]["sample_seed"] == 5 and "sample_seed" not in settings["bpd"]  # bpd draws no samples
     # what was asked (subset_size = 1000, the whole test split) and what it came to with 6 samples of 16 images
     assert settings["kid"]["subset_size"] == 1000 and settings["kid"]["used"] == {"real_images": 16, "subset_size": 6}
     assert settings["fid"]["used"] == {"real_images": 16} and "used" not in settings["bpd"]
+    assert settings["prdc"]["used"] == {"real_images": 6, "samples": 6} and settings["prdc"]["nearest_k"] == 5
     ev.sample_run(tmp_path / "run", n=6, output=tmp_path / "again.npz", seed=5, device="cpu")
     again = np.load(tmp_path / "again.npz")["arr_0"]
     drawn_by = torch.cat(scored)
-    assert torch.equal(drawn_by[:6], drawn_by[6:])  # KID and FID scored the same samples
+    assert torch.equal(drawn_by[:6], drawn_by[6:12]) and torch.equal(drawn_by[:6], drawn_by[12:])  # the same samples
     assert np.array_equal(again, drawn_by[:6].permute(0, 2, 3, 1).numpy())
 
 

@@ -104,8 +104,8 @@ def test_subset_study_table7_shape(tmp_path) -> None:
 
 def test_all_metrics_are_registered_and_validated() -> None:
     names = {c.split("/")[1] for c in avade.list_components(kind="metric")}
-    assert {"bpd", "fid", "kid", "is", "prd", "gan-test", "gan-train"} <= names
-    for name in ("bpd", "fid", "kid", "is", "prd", "gan-test", "gan-train"):
+    assert {"bpd", "fid", "kid", "is", "prd", "prdc", "gan-test", "gan-train"} <= names
+    for name in ("bpd", "fid", "kid", "is", "prd", "prdc", "gan-test", "gan-train"):
         metric = avade.create("metric", name)
         assert metric.name == name and callable(metric.compute)
     assert avade.create("metric", "fid", samples=500, split="train").cfg.samples == 500
@@ -119,7 +119,7 @@ def test_metrics_package_does_not_import_torch() -> None:
     code = ("import sys, avade.metrics; from avade.registry import Registry; r = Registry(); "
             "avade.metrics.register(r); print('torch' in sys.modules, len(r.list('metric')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "7"]
+    assert out.stdout.split() == ["False", "8"]
 
 
 def test_fid_against_published_reference_statistics(tmp_path) -> None:

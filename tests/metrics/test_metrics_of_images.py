@@ -1,4 +1,4 @@
-"""FID and KID of image sets a user holds (tensors, arrays, another tool's .npz): the run's metrics' formulas
+"""FID, KID and PRDC of image sets a user holds (tensors, arrays, another tool's .npz): the run's metrics' formulas
 on the same features, whatever the layout the images come in."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import torch
 from avade.errors import DataError
 from avade.metrics.features import extract
 from avade.metrics.fid import fid_from_features
-from avade.metrics.images import as_image_batch, fid_of_images, image_features, kid_of_images
+from avade.metrics.images import as_image_batch, fid_of_images, image_features, kid_of_images, prdc_of_images
 from avade.metrics.kid import kernel_inception_distance
+from avade.metrics.prdc import prdc_from_features
 from avade.metrics.random_features import RandomConvFeatures
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*test-only feature extractor")
@@ -36,6 +37,8 @@ def test_fid_and_kid_of_images_are_the_metrics_on_their_features(tmp_path) -> No
                                     generator=torch.Generator().manual_seed(0))
     assert kid_of_images(real, fake, extractor=net, subsets=10, subset_size=8) == pytest.approx(kid, rel=1e-6)
     assert image_features(real[:, :1], extractor=net).shape == (24, 16)  # grayscale is repeated to RGB
+    scores = prdc_from_features(extract(net, [real])[0], extract(net, [fake])[0], 3)
+    assert prdc_of_images(real, tmp_path / "s.npz", extractor=net, nearest_k=3) == pytest.approx(scores, abs=1e-9)
 
 
 def test_images_that_cannot_be_scored_are_refused_in_one_line(tmp_path) -> None:

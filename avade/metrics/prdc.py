@@ -1,0 +1,136 @@
+"""Precision, recall, density and coverage from k-nearest-neighbour balls (Naeem et al. 2020).
+
+Each real feature ``x_i`` gets a ball of radius ``r_k(x_i)``, its distance to its ``k``-th nearest other real
+feature; each sample ``y_j`` likewise among the samples. Then, as in the authors' ``prdc`` package (strict
+``<`` throughout; ``k = 5`` by default, as in the paper):
+
+- precision: the fraction of samples inside some real ball (Kynkäänniemi et al. 2019's improved precision);
+- recall: the fraction of real features inside some sample ball (their improved recall);
+- density: the mean number of real balls a sample is in, divided by ``k`` (about 1 when the samples follow
+  the data, above 1 where they crowd dense regions; unlike precision it is not fooled by outliers);
+- coverage: the fraction of real features whose own ball holds a sample (no sample ball, so outlying
+  samples cannot inflate it).
+
+The distance matrices are never held whole: rows of at most ``2**26`` entries at a time (256 MB in float32),
+so 50,000 images per side fit on a GPU or in CPU memory alike.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal
+
+import attrs
+import torch
+from torch import Tensor
+
+from avade.errors import AvadeError, ConfigError
+from avade.metrics.context import EvalContext
+from avade.metrics.features import get_extractor, warn_if_not_reference
+from avade.metrics.reference import real_features, sample_features
+from avade.schema import ge
+
+__all__ = ["PRDC", "PRDCConfig", "prdc_from_features"]
+
+_CHUNK_ENTRIES = 2**26  # distance-matrix entries computed at once
+
+
+def _squared_distances(a: Tensor, b: Tensor, b_norms: Tensor) -> Tensor:
+    """``||a_i - b_j||²`` ``[len(a), len(b)]`` through one matrix product (clamped at 0 against rounding)."""
+    return (a.square().sum(1, keepdim=True) + b_norms[None, :] - 2.0 * (a @ b.T)).clamp_min_(0.0)
+
+
+def _rows(columns: int) -> int:
+    """Rows of a distance-matrix chunk ``columns`` wide."""
+    return max(1, _CHUNK_ENTRIES // max(columns, 1))
+
+
+def _ball_radii(x: Tensor, k: int) -> Tensor:
+    """Squared distance of each row of ``x`` to its ``k``-th nearest other row ``[N]`` (itself excluded)."""
+    norms = x.square().sum(1)
+    step = _rows(len(x))
+    # the (k + 1)-th smallest: the row itself is its own nearest, at distance 0
+    return torch.cat([_squared_distances(x[i:i + step], x, norms).topk(k + 1, dim=1, largest=False).values[:, -1]
+                      for i in range(0, len(x), step)])
+
+
+def prdc_from_features(real: Tensor, fake: Tensor, nearest_k: int = 5) -> dict[str, float]:
+    """``{"precision", "recall", "density", "coverage"}`` of features ``fake`` ``[M, D]`` against ``real``
+    ``[N, D]`` with ``nearest_k``-nearest-neighbour balls (see the module docstring); both sets need more than
+    ``nearest_k`` rows. Computed in float32 on the features' device."""
+    real = torch.as_tensor(real).float()
+    fake = torch.as_tensor(fake).float().to(real.device)
+    if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"expected features [N, D] and [M, D], got {list(real.shape)} and {list(fake.shape)}")
+    if isinstance(nearest_k, bool) or not isinstance(nearest_k, int) or nearest_k < 1:
+        raise ValueError(f"nearest_k must be an int >= 1, got {nearest_k!r}")
+    if min(len(real), len(fake)) <= nearest_k:
+        raise ValueError(f"{nearest_k}-nearest-neighbour balls need more than {nearest_k} features per side, got "
+                         f"{len(real)} real and {len(fake)} fake")
+    real_radii, fake_radii = _ball_radii(real, nearest_k), _ball_radii(fake, nearest_k)
+    real_norms = real.square().sum(1)
+    in_real_balls = torch.zeros(len(fake), dtype=torch.long, device=real.device)  # per sample: how many
+    recalled = torch.zeros(len(real), dtype=torch.bool, device=real.device)  # per real: in a sample's ball
+    nearest_sample = torch.full((len(real),), math.inf, device=real.device)  # per real: squared distance
+    step = _rows(len(real))
+    for i in range(0, len(fake), step):
+        d = _squared_distances(fake[i:i + step], real, real_norms)  # [samples of the chunk, reals]
+        in_real_balls[i:i + step] = (d < real_radii[None, :]).sum(1)
+        recalled |= (d < fake_radii[i:i + step, None]).any(0)
+        nearest_sample = torch.minimum(nearest_sample, d.min(0).values)
+    return {
+        "precision": float((in_real_balls > 0).double().mean()),
+        "recall": float(recalled.double().mean()),
+        "density": float(in_real_balls.double().mean() / nearest_k),
+        "coverage": float((nearest_sample < real_radii).double().mean()),
+    }
+
+
+@attrs.define
+class PRDCConfig:
+    """Precision, recall, density and coverage of ``samples`` model samples against the real ``split``."""
+
+    samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "model samples"})
+    split: Literal["train", "test"] = attrs.field(default="test", metadata={"help": "real split compared with"})
+    real_samples: int | None = attrs.field(
+        default=None, validator=ge(2),
+        metadata={"help": "real images used (a fixed random subset); none = as many as samples"})
+    nearest_k: int = attrs.field(default=5, validator=ge(1), metadata={"help": "k of the nearest-neighbour balls"})
+    batch_size: int = attrs.field(default=100, validator=ge(1))
+
+
+class PRDC:
+    """Metric ``prdc``: returns ``{"prdc_precision", "prdc_recall", "prdc_density", "prdc_coverage"}``."""
+
+    name = "prdc"
+    uses_inception = True  # the Inception weights are checked before training starts
+
+    def __init__(self, cfg: PRDCConfig) -> None:
+        # checked when the metric is built, before training starts, not after the features at its end
+        for key in ("samples", "real_samples"):
+            value = getattr(cfg, key)
+            if value is not None and value <= cfg.nearest_k:
+                raise ConfigError(f"{value} is too few for nearest_k = {cfg.nearest_k} (each side needs more "
+                                  f"than k images); raise it or lower eval.prdc.nearest_k", path=f"eval.prdc.{key}")
+        self.cfg = cfg
+        self.used: dict[str, int] = {}  # set by compute: the images of each side it compared
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        """The four scores of model samples against the real split's Inception features."""
+        cfg = self.cfg
+        wanted = cfg.real_samples if cfg.real_samples is not None else cfg.samples
+        extractor = get_extractor(ctx.options, ctx.device)
+        warn_if_not_reference(extractor, "PRDC")
+        real = real_features(ctx, extractor, cfg.split, wanted, cfg.batch_size).features
+        if len(real) <= cfg.nearest_k:
+            raise AvadeError(f"prdc: the {cfg.split} split holds only {len(real)} images, too few for nearest_k = "
+                             f"{cfg.nearest_k}; lower eval.prdc.nearest_k, or use a larger split (eval.prdc.split)")
+        if len(real) < wanted:  # recorded settings say otherwise: say what was used
+            warnings.warn(f"PRDC used the {len(real)} images of the whole {cfg.split} split, not {wanted}; say which "
+                          "you report (density and coverage depend on the number of real images)", UserWarning,
+                          stacklevel=2)
+        fake = sample_features(ctx, extractor, cfg.samples, cfg.batch_size).features
+        self.used = {"real_images": len(real), "samples": len(fake)}
+        scores = prdc_from_features(real, fake, cfg.nearest_k)
+        return {f"prdc_{key}": value for key, value in scores.items()}

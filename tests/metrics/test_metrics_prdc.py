@@ -1,0 +1,120 @@
+"""k-NN precision, recall, density and coverage: the definition, the authors' package, limits, the metric."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from metric_helpers import FakeContext, natural_crops, noise_images
+
+import avade.metrics.prdc as prdc_module
+from avade.errors import AvadeError, ConfigError
+from avade.metrics.prdc import PRDC, PRDCConfig, prdc_from_features
+from avade.metrics.random_features import RandomConvFeatures
+
+
+def _by_definition(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
+    """Naeem et al. 2020, eqs. (1)-(4) with the improved precision/recall of Kynkäänniemi et al. 2019, by
+    plain float64 loops over the pairs (no matrix tricks)."""
+    def radii(x: np.ndarray) -> np.ndarray:
+        d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+        return np.sort(d, axis=1)[:, k]  # column 0 is the point itself
+
+    d = np.sqrt(((fake[:, None, :] - real[None, :, :]) ** 2).sum(-1))  # [M, N]
+    r_real, r_fake = radii(real), radii(fake)
+    inside = d < r_real[None, :]
+    return {"precision": inside.any(1).mean(), "recall": (d < r_fake[:, None]).any(0).mean(),
+            "density": inside.sum(1).mean() / k, "coverage": (d.min(0) < r_real).mean()}
+
+
+def _sets(n: int, m: int, dim: int, shift: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, dim, generator=g), torch.randn(m, dim, generator=g) * 1.3 + shift
+
+
+@pytest.mark.parametrize("n, m, dim, shift, k", [(120, 90, 8, 0.0, 5), (80, 100, 16, 0.7, 3), (60, 60, 4, 1.5, 1)])
+@pytest.mark.parametrize("chunk", [2**26, 500])  # one piece, or many rows (and a partial last one) at a time
+def test_scores_equal_the_definition(n: int, m: int, dim: int, shift: float, k: int, chunk: int,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prdc_module, "_CHUNK_ENTRIES", chunk)
+    real, fake = _sets(n, m, dim, shift, seed=n + m)
+    expected = _by_definition(real.double().numpy(), fake.double().numpy(), k)
+    got = prdc_from_features(real, fake, k)
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_scores_equal_the_authors_package() -> None:
+    prdc = pytest.importorskip("prdc")
+    for seed, shift in [(0, 0.0), (1, 0.5), (2, 3.0)]:
+        real, fake = _sets(150, 130, 32, shift, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = prdc.compute_prdc(real.numpy(), fake.numpy(), nearest_k=5)  # (it prints the set sizes)
+        assert prdc_from_features(real, fake, 5) == pytest.approx({k: float(v) for k, v in theirs.items()},
+                                                                  abs=1e-12)
+
+
+def test_identical_sets_score_one_and_disjoint_sets_zero() -> None:
+    real, _ = _sets(100, 1, 8, 0.0, seed=3)
+    # a sample on each real point: inside its own ball (radius > 0), and each real ball holds k - 1 other
+    # points strictly inside plus its own, so density is exactly 1
+    assert prdc_from_features(real, real.clone(), 5) == {"precision": 1.0, "recall": 1.0, "density": 1.0,
+                                                          "coverage": 1.0}
+    assert prdc_from_features(real, real + 100.0, 5) == {"precision": 0.0, "recall": 0.0, "density": 0.0,
+                                                          "coverage": 0.0}
+
+
+def test_mode_dropping_lowers_recall_and_coverage_not_precision() -> None:
+    g = torch.Generator().manual_seed(4)
+    centers = torch.randn(4, 8, generator=g) * 10
+    real = centers[torch.arange(400) % 4] + 0.3 * torch.randn(400, 8, generator=g)
+    half = centers[torch.arange(400) % 2] + 0.3 * torch.randn(400, 8, generator=g)  # two modes of four
+    scores = prdc_from_features(real, half, 5)
+    assert scores["precision"] > 0.9 and scores["recall"] < 0.6 and scores["coverage"] < 0.6
+
+
+def test_bad_feature_sets_are_refused() -> None:
+    real, fake = _sets(10, 10, 4, 0.0, seed=5)
+    with pytest.raises(ValueError, match="more than 5 features per side, got 10 real and 5 fake"):
+        prdc_from_features(real, fake[:5], 5)
+    with pytest.raises(ValueError, match=r"expected features \[N, D\] and \[M, D\]"):
+        prdc_from_features(real, fake[:, :3], 2)
+    with pytest.raises(ValueError, match="nearest_k must be an int >= 1"):
+        prdc_from_features(real, fake, 0)
+
+
+def test_prdc_metric_scores_samples_against_the_split(tmp_path) -> None:
+    ctx = FakeContext(tmp_path, {"test": (natural_crops(40, seed=0), torch.zeros(40, dtype=torch.long))},
+                      sampler=lambda n, labels: noise_images(n, seed=1),
+                      options={"feature_extractor": RandomConvFeatures(dim=16, seed=0)})
+    metric = PRDC(PRDCConfig(samples=30, real_samples=40))
+    with pytest.warns(UserWarning, match="test-only"):
+        out = metric.compute(ctx)
+    assert set(out) == {"prdc_precision", "prdc_recall", "prdc_density", "prdc_coverage"}
+    # noise against photographs: its features bunch inside the photographs' wide balls (precision's known
+    # weakness, which density and coverage were made for), but cover hardly any of them
+    assert out["prdc_recall"] < 0.1 and out["prdc_coverage"] < 0.3
+    photos = FakeContext(tmp_path / "photos", ctx.real, sampler=lambda n, labels: natural_crops(n, seed=7),
+                         options=ctx.options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert min(PRDC(PRDCConfig(samples=30, real_samples=40)).compute(photos).values()) > 0.7
+    assert metric.used == {"real_images": 40, "samples": 30}
+    with pytest.warns(UserWarning, match="PRDC used the 40 images of the whole test split, not 50"):
+        PRDC(PRDCConfig(samples=50)).compute(ctx)
+
+
+def test_too_few_images_for_k_are_refused_when_built_or_by_the_split(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"eval.prdc.samples: 5 is too few for nearest_k = 5"):
+        PRDC(PRDCConfig(samples=5))
+    with pytest.raises(ConfigError, match=r"eval.prdc.real_samples: 3 is too few for nearest_k = 3"):
+        PRDC(PRDCConfig(real_samples=3, nearest_k=3))
+    ctx = FakeContext(tmp_path, {"test": (natural_crops(4, seed=0), torch.zeros(4, dtype=torch.long))},
+                      sampler=lambda n, labels: noise_images(n, seed=1),
+                      options={"feature_extractor": RandomConvFeatures(dim=16, seed=0)})
+    with (pytest.raises(AvadeError, match="the test split holds only 4 images, too few for nearest_k = 5"),
+          warnings.catch_warnings()):
+        warnings.simplefilter("ignore")
+        PRDC(PRDCConfig(samples=10)).compute(ctx)
