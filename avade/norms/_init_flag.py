@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from avade.errors import DataError
 
 
 class InitFlag(nn.Module):
@@ -31,3 +35,14 @@ class InitFlag(nn.Module):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._known = False
         super()._load_from_state_dict(*args, **kwargs)
+
+
+def check_init_batch(out: torch.Tensor, dims: Sequence[int], who: str, off: str) -> None:
+    """A DataError unless the batch a data-dependent init reads has at least 2 values per output channel
+    (over ``dims``): with one (batch 1 at a 1x1 stage) its standard deviation is NaN or 0, and the init
+    would leave NaN or enormous weights that no training step recovers from. ``off`` says how to turn it off."""
+    n = math.prod(out.shape[d] for d in dims)
+    if n < 2:
+        raise DataError(f"{who}: the data-dependent init reads one value per output channel from its first "
+                        f"training batch (output {list(out.shape)}), which has no standard deviation; train with "
+                        f"at least 2 images per batch (data.batch_size), or {off}")

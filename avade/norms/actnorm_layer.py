@@ -6,7 +6,7 @@ import attrs
 import torch
 from torch import nn
 
-from avade.norms._init_flag import InitFlag
+from avade.norms._init_flag import InitFlag, check_init_batch
 from avade.schema import gt
 
 
@@ -41,6 +41,7 @@ class ActNormed(nn.Module):
         if self.training and not bool(self.initialized):
             with torch.no_grad():
                 dims = [d for d in range(h.dim()) if d != 1]
+                check_init_batch(h, dims, "actnorm", "use another norm than actnorm there")
                 self.bias.copy_(-h.mean(dims))
                 std = h.std(dims, correction=0)
                 self.log_scale.copy_(torch.log(self.target / (std + 1e-6)) / self.logscale_factor)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from avade.norms._init_flag import InitFlag
+from avade.norms._init_flag import InitFlag, check_init_batch
 from avade.schema import ge
 
 
@@ -32,6 +32,7 @@ class WeightNorm(nn.Module):
     def _data_init(self, x: torch.Tensor) -> None:
         out = self.layer(x)
         dims = [d for d in range(out.dim()) if d != 1]
+        check_init_batch(out, dims, "weight norm", "turn it off (model.norm_options weight-norm init_scale = 0)")
         mean, std = out.mean(dims), out.std(dims) + 1e-6
         scale = self.init_scale / std
         g = self.layer.parametrizations.weight.original0

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avade.nn.layers import norm_option
-from avade.norms._init_flag import InitFlag
+from avade.norms._init_flag import InitFlag, check_init_batch
 
 
 def autoregressive_mask(kernel: int, in_degrees: torch.Tensor, out_degrees: torch.Tensor,
@@ -82,6 +82,8 @@ class MaskedConv2d(nn.Module):
     def _data_init(self, x: torch.Tensor) -> None:
         """Scale g and set the bias so that this batch's outputs have mean 0 and std ``init_scale``."""
         out = F.conv2d(x, self.weight(), self.bias, padding=self.padding)
+        check_init_batch(out, (0, 2, 3), "IAF's masked conv",
+                         "turn it off (model.norm_options weight-norm init_scale = 0)")
         mean, std = out.mean((0, 2, 3)), out.std((0, 2, 3)) + 1e-6
         scale = self.init_scale / std
         self.g.mul_(scale)

@@ -90,3 +90,26 @@ def test_edge_bias_conv_works_under_torch_func_transforms() -> None:
     loss = conv(x).square().sum()
     for name, g in zip(params, torch.autograd.grad(loss, list(params.values())), strict=True):
         torch.testing.assert_close(grads[name], g, msg=name)
+
+
+@pytest.mark.parametrize("which", ["weight-norm", "actnorm", "masked"])
+def test_data_dependent_init_refuses_a_batch_with_one_value_per_channel(which: str) -> None:
+    """Batch 1 at a 1x1 stage (e.g. data.batch_size = 1 with the top stage at 1x1): the init's std was NaN
+    (weight norm, IAF's masked conv) or 0 (actnorm), leaving NaN or ~1e6-scaled weights that made every
+    step non-finite, reported as a discriminator collapse. Now a one-line DataError that says what to do."""
+    from avade.errors import DataError
+    from avade.nn.layers import norm_options
+    from avade.posteriors.made import MaskedConv2d
+
+    if which == "masked":
+        with norm_options({"weight-norm": {"init_scale": 0.1}}):
+            layer = MaskedConv2d(3, 4, 3, torch.arange(3), torch.arange(4) % 2, strict=False)
+    else:
+        options = {"init_scale": 0.1} if which == "weight-norm" else {}
+        layer = avade.create("norm", which, layer=torch.nn.Conv2d(3, 4, 3, padding=1), **options)
+    layer.train()
+    with pytest.raises(DataError, match=r"data\.batch_size"):
+        layer(torch.randn(1, 3, 1, 1))
+    assert all(torch.isfinite(p).all() for p in layer.parameters())
+    out = layer(torch.randn(2, 3, 1, 1))  # two values per channel: initialises as before
+    assert torch.isfinite(out).all()
