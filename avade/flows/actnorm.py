@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from avade.flows.base import Flow, Shape, check_in_shape
+from avade.norms._init_flag import check_init_batch
 from avade.schema import gt
 
 
@@ -49,6 +50,7 @@ class ActNorm(Flow):
     @torch.no_grad()
     def _data_init(self, x: torch.Tensor) -> None:
         dims = (0, 2, 3)
+        check_init_batch(x, dims, "flow actnorm", "initialise it on a batch of several images first")
         self.bias.copy_(-x.mean(dims, keepdim=True))
         self.log_scale.copy_(-torch.log(x.std(dims, keepdim=True, correction=0) + self.eps)
                              / self.logscale_factor)

@@ -70,3 +70,17 @@ def test_data_init_can_be_switched_off() -> None:
     flow = avade.create("flow", "actnorm", in_shape=(3, 5, 5), data_init=False).train()
     x = _data()
     assert torch.equal(flow(x)[0], x)
+
+
+def test_flow_actnorm_init_refuses_one_value_per_channel() -> None:
+    """Batch 1 at 1x1: the population std is 0 and the log-scale ~14, a flow scaling by ~1e6 from then on."""
+    import pytest
+
+    from avade.errors import DataError
+
+    flow = avade.create("flow", "actnorm", in_shape=(3, 1, 1))
+    with pytest.raises(DataError, match=r"flow actnorm: .* at least 2 images per batch"):
+        flow(torch.randn(1, 3, 1, 1))
+    assert not bool(flow.initialized)
+    _, logdet = flow(torch.randn(2, 3, 1, 1))
+    assert bool(flow.initialized) and torch.isfinite(logdet).all() and logdet.abs().max() < 20
