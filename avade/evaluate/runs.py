@@ -100,7 +100,9 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
         applied = getattr(metric, "used", None)  # the settings as applied (e.g. a KID subset capped by the data)
         if isinstance(applied, dict) and applied:
             settings[name] = {**settings.get(name, {}), "used": dict(applied)}
-        if "samples" in settings.get(name, {}):  # a metric of model samples: which ones (train.seed, or --set's)
+        # a metric of model samples: which ones (train.seed, or --set's); also with samples = none (gan-test's
+        # "as many as the split"), which the recorded settings leave out
+        if name in settings and hasattr(getattr(metric, "cfg", None), "samples"):
             settings[name] = {**settings[name], "sample_seed": ctx.sample_seed}
     if overrides:  # e.g. model.temperature: part of what each value was computed with
         given = dict(parse_override(text) for text in overrides)

@@ -232,3 +232,14 @@ def test_sample_metrics_draw_from_the_model_in_eval_mode(tmp_path, monkeypatch):
     monkeypatch.setattr(model, "sample", lambda *a, **k: (modes.append(model.training), sample(*a, **k))[1])
     assert len(list(ctx.sample_batches(4, batch_size=2))) == 2
     assert modes == [False, False]
+
+
+def test_gan_test_records_its_sample_seed_with_samples_left_at_none(tmp_path):
+    """gan-test and gan-train score model samples drawn with ``sample_seed`` even when ``samples`` is left at
+    none (as many as the real split): eval.json records that seed for them too (their settings drop the none)."""
+    run_recipe(tiny_recipe("model.conditional=true", "train.steps=2"), tmp_path / "run", progress=False)
+    evaluate_run(tmp_path / "run", ["gan-test", "gan-train"], device="cpu",
+                 overrides=["train.seed=4", "eval.gan-test.epochs=1", "eval.gan-train.epochs=1"])
+    settings = json.loads((tmp_path / "run" / "eval.json").read_text())["settings"]
+    assert "samples" not in settings["gan-test"]  # (none: the split's size)
+    assert settings["gan-test"]["sample_seed"] == settings["gan-train"]["sample_seed"] == 5
