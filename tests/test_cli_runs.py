@@ -1756,3 +1756,30 @@ def test_sample_temperature_reaches_the_prior(run_dir: Path, tmp_path: Path) -> 
             expected = model.sample(3, temperature=float(t), generator=torch.Generator().manual_seed(6))
         assert np.array_equal(drawn[t], expected.permute(0, 2, 3, 1).numpy()), t
     assert not np.array_equal(drawn["0"], drawn["1"])
+
+
+def test_a_sweep_row_is_of_the_checkpoint_it_evaluated_even_if_eval_json_changes_right_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row of a variant is its record as written, not eval.json read back: another `avade eval` of that run
+    (of an older checkpoint, say) may replace eval.json in between, and the row took its step and results."""
+    from avade.evaluate import runs
+
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps({**tiny_dict("train.steps=2", "train.checkpoint_every=1"),
+                                     "sweep": {"grid": {"train.seed": [0]}}}))
+    sweep = tmp_path / "sweep"
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(sweep), "--device", "cpu")
+    assert result.exit_code == 0, out
+    recorded = runs.record_eval
+
+    def then_another_eval(run: Any, checkpoint: Path | None, *args: Any, **kwargs: Any) -> Any:
+        record = recorded(run, checkpoint, *args, **kwargs)
+        older = run.checkpoints / "step_00000001"  # another `avade eval --checkpoint 1` lands right after
+        recorded(run, older, {"bpd": 99.0}, "last", {}, ran=["bpd"])
+        return record
+
+    monkeypatch.setattr(runs, "record_eval", then_another_eval)
+    result, out = _invoke("eval", str(sweep), "--metrics", "bpd", "--json", "--device", "cpu")
+    assert result.exit_code == 0, out
+    (row,) = json.loads((sweep / "sweep_eval.json").read_text())
+    assert row["step"] == 2 and row["bpd"] != 99.0, row

@@ -48,8 +48,8 @@ def evaluate_checkpoints(run_dir: str | Path, metrics: Sequence[str] | None = No
     rows = []
     for step in checkpoint_steps(run_dir):
         try:
-            results, weights = evaluate_and_record(run_dir, metrics, samples, device, console, step, ema,
-                                                   importance_samples, overrides)
+            results, weights, _ = evaluate_and_record(run_dir, metrics, samples, device, console, step, ema,
+                                                      importance_samples, overrides)
         except CheckpointError:
             if any(ckpt.checkpoint_step(p) == step for p in ckpt.list_checkpoints(RunDir(Path(run_dir)).checkpoints)):
                 raise
@@ -63,8 +63,10 @@ def evaluate_checkpoints(run_dir: str | Path, metrics: Sequence[str] | None = No
 def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samples: int | None, device: str,
                         console: Console | None, checkpoint: str | int | None, ema: bool,
                         importance_samples: int | None = None, overrides: Sequence[str] = ()
-                        ) -> tuple[dict[str, float], str]:
-    """:func:`evaluate_run`'s results and which weights they are of ("ema" or "last")."""
+                        ) -> tuple[dict[str, float], str, dict[str, Any]]:
+    """:func:`evaluate_run`'s results, which weights they are of ("ema" or "last") and the checkpoint's record
+    as written to eval.json (with its results of earlier calls), not read back: another ``avade eval`` of the
+    run may replace eval.json right after."""
     refuse_while_a_worker_starts("evaluate")
     ctx = load_run(run_dir, device, checkpoint, ema, overrides)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
@@ -107,27 +109,31 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
     if overrides:  # e.g. model.temperature: part of what each value was computed with
         given = dict(parse_override(text) for text in overrides)
         settings = {name: {**settings.get(name, {}), "overrides": given} for name, _ in metrics_built}
+    record: dict[str, Any] = {"checkpoint": ctx.checkpoint.name if ctx.checkpoint is not None else None,
+                              "step": ckpt.checkpoint_step(ctx.checkpoint) if ctx.checkpoint is not None else None,
+                              "weights": ctx.weights, **results}
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
         run = RunDir(Path(run_dir))
         try:
-            record_eval(run, ctx.checkpoint, results, ctx.weights, settings, ran=[name for name, _ in metrics_built])
+            record = record_eval(run, ctx.checkpoint, results, ctx.weights, settings,
+                                 ran=[name for name, _ in metrics_built])
         except OSError as exc:  # a run on a read-only disk, a colleague's, a full disk: the results are not lost
             from avade.train.run import cell_text
 
             shown = ", ".join(f"{k} {cell_text(v)}" for k, v in results.items())
             raise AvadeError(f"cannot record the results in {run.eval} ({exc.strerror or exc}): make the run "
                              f"writable (or evaluate a copy of it) to record them; they are: {shown}") from None
-    return results, ctx.weights
+    return results, ctx.weights, record
 
 
 def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float], weights: str = "last",
-                 settings: dict[str, Any] | None = None, ran: Sequence[str] = ()) -> None:
+                 settings: dict[str, Any] | None = None, ran: Sequence[str] = ()) -> dict[str, Any]:
     """Merge ``results`` (and the ``settings`` each metric ran with, under ``"settings"``) into eval.json
     when it holds the same checkpoint's (else it starts over: eval.json is the checkpoint evaluated last),
     and into that checkpoint's record in eval_checkpoints.json (every checkpoint evaluated, so evaluating
     an older one loses nothing). Under a lock: two ``avade eval`` at once (say fid and bpd on two GPUs) both
     land. The trainer drops what training since made stale. ``ran``: the metrics computed now (their earlier
-    results are replaced)."""
+    results are replaced). Returns the checkpoint's record as written to eval.json."""
     name = checkpoint.name if checkpoint is not None else None
     step = ckpt.checkpoint_step(checkpoint) if checkpoint else None
 
@@ -161,3 +167,4 @@ def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float],
         rows = sorted([*rest, record],
                       key=lambda r: (r.get("step") if isinstance(r.get("step"), int) else -1, str(r.get("weights"))))
         write_json(run.eval_checkpoints, {"records": rows})
+    return record

@@ -77,17 +77,16 @@ def evaluate_sweep(root: str | Path, metrics: Sequence[str] | None = None, sampl
             if not (run / "recipe.toml").is_file():
                 raise CheckpointError(f"{run.name} has not started training yet (no {run}); train it with "
                                       f"`avade recipe run ... --out {root} --resume` (or --only {run.name})")
-            results, weights = evaluate_and_record(run, metrics, samples, device, console, None, ema,
-                                                   importance_samples, overrides)
+            results, weights, record = evaluate_and_record(run, metrics, samples, device, console, None, ema,
+                                                           importance_samples, overrides)
         except AvadeError as exc:
             row["error"] = str(exc)
         except Exception as exc:  # e.g. out of memory on one variant's model: the others are still evaluated
             row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         else:
-            # with the metrics evaluated earlier on the same checkpoint and weights (bpd, then fid: both)
-            record = read_json_object(run / "eval.json")
-            earlier = ({k: v for k, v in record.items() if k not in ("checkpoint", "step", "weights", "settings")}
-                       if record.get("weights", "last") == weights else {})
+            # with the metrics evaluated earlier on the same checkpoint and weights (bpd, then fid: both), as
+            # recorded: not eval.json read back, which another `avade eval` of the run may have replaced since
+            earlier = {k: v for k, v in record.items() if k not in ("checkpoint", "step", "weights", "settings")}
             row.update({"step": record.get("step"), "weights": weights, **earlier, **results})
         rows.append(row)
     with locked(root / ".sweep_eval.lock"):  # --only jobs of one sweep, run in parallel, all add their rows
