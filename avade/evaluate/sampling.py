@@ -3,6 +3,7 @@ FID tools."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +54,7 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
             raise ConfigError(f"--class {label}: the model has classes 0..{model.num_classes - 1}")
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
-    nrow = max(1, int(n**0.5))
+    nrow = square_columns(n)
     labels = None
     if label is not None:
         labels = torch.full((n,), label, dtype=torch.int64, device=dev)
@@ -73,7 +74,7 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
         x = x.to(dev)
         recon = model.reconstruct(x, y.to(dev) if model.num_classes else None, gen)
         images = torch.stack([x, recon], 1).flatten(0, 1)
-        nrow = 2 * max(1, int((n / 2) ** 0.5))
+        nrow = 2 * square_columns((n + 1) // 2)  # image/reconstruction pairs side by side
     else:
         with torch.inference_mode():
             images = torch.cat([
@@ -86,6 +87,11 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
     else:
         save_grid(images, output, nrow)
     return output
+
+
+def square_columns(n: int) -> int:
+    """Columns of a grid of ``n`` images that is as square as it can be, never taller than wide (ceil sqrt n)."""
+    return math.isqrt(n - 1) + 1 if n > 1 else 1
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
