@@ -206,6 +206,13 @@ class GenerativeModel(nn.Module):
         u = self.preprocess.dequantize(x, generator)
         feat, logdet = self.features(u)
         k = int(importance_samples)
+        if k > 1 and self.training and torch.is_grad_enabled() and any(
+                getattr(m, "analytic", False) is True for m in self.posterior.modules()):
+            # its training pass reports log q as log p + KL(q || p), no density of the sample: a k-sample bound of
+            # that is no bound
+            raise ConfigError(f"importance_samples = {k} in a training pass needs the posterior's kl = \"sample\" "
+                              "(kl = \"analytic\" gives no per-sample log q); evaluate under model.eval() or "
+                              "torch.no_grad(), or set kl = \"sample\"")
         feat_k = feat.repeat(k, *([1] * (feat.dim() - 1))) if k > 1 else feat
         labels_k = labels.repeat(k) if (labels is not None and k > 1) else labels
         # The bottom-up pass is deterministic: run it once and repeat its features for the k samples.
