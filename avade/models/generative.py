@@ -82,6 +82,11 @@ class GenerativeModel(nn.Module):
         skip = {id(p) for p in self.discriminator.parameters()} if self.discriminator is not None else set()
         return [p for p in self.parameters() if id(p) not in skip]
 
+    def _in_dtype(self, u: torch.Tensor) -> torch.Tensor:
+        """Dequantized images (float32) in float64 for a model cast with ``.double()`` (the same noise as the
+        float32 model's: drawn in float32 either way)."""
+        return u.double() if self.log_sigma.dtype == torch.float64 else u
+
     def _labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         return labels if self.num_classes and labels is not None else None
 
@@ -123,6 +128,10 @@ class GenerativeModel(nn.Module):
         images for a model on a GPU); a generator of another device is replaced by one there, seeded from it
         (still reproducible)."""
         self._checked(what, x, labels, n)
+        if self.log_sigma.dtype not in (torch.float32, torch.float64):  # (else a dtype mismatch deep in a conv)
+            raise DataError(f"{what}: the model's weights are {self.log_sigma.dtype}; it runs in float32 (.float()) "
+                            "or float64 (.double()): for bf16, run it under torch.autocast (train.precision = "
+                            "\"bf16\" in a recipe)")
         device = self.log_sigma.device
         if x is not None:
             x = x.to(device, non_blocking=True)
@@ -155,7 +164,7 @@ class GenerativeModel(nn.Module):
                 log_p = log_p + lp
             d = self.decoder.forward_stage(i, d, labels)
         with _full_precision(d):  # the mean sets the likelihood floor: no bf16 rounding there
-            mean = self.decoder.head(d.float(), labels)
+            mean = self.decoder.head(_lifted(d), labels)
         if mean.shape != (batch, *self.data_shape):
             raise ConfigError(f"the decoder ({_who(self.decoder)}) gave means of shape {list(mean.shape)}; "
                               f"expected [{batch}, {', '.join(map(str, self.data_shape))}] (one per image, its "
@@ -167,7 +176,7 @@ class GenerativeModel(nn.Module):
         y, logdet = self.preprocess(u)
         if self.flow is not None:
             with _full_precision(y):
-                out = self.flow(y.float())
+                out = self.flow(_lifted(y))
             if not (isinstance(out, tuple) and len(out) == 2):  # a plugin flow breaking the contract
                 raise ConfigError(f"the flow ({type(self.flow).__name__}) returned {type(out).__name__} from "
                                   "forward; a flow returns (y, logdet), logdet of shape [batch]", path="model.flow")
@@ -203,7 +212,7 @@ class GenerativeModel(nn.Module):
         compiled graph, no RNG fork per call."""
         labels = self._labels(labels)
         batch = x.shape[0]
-        u = self.preprocess.dequantize(x, generator)
+        u = self._in_dtype(self.preprocess.dequantize(x, generator))
         feat, logdet = self.features(u)
         k = int(importance_samples)
         if k > 1 and self.training and torch.is_grad_enabled() and any(
@@ -303,7 +312,7 @@ class GenerativeModel(nn.Module):
     def to_image(self, feat: torch.Tensor, flow_grad: bool = True) -> torch.Tensor:
         """Feature space -> u in [0, 256) through f^-1; ``flow_grad=False`` keeps f's parameters out
         of the graph (gradients still flow to ``feat``)."""
-        y = feat.float()
+        y = _lifted(feat)
         if self.flow is not None:
             with _full_precision(y):
                 y = self._flow_inverse(y, flow_grad)
@@ -361,7 +370,7 @@ class GenerativeModel(nn.Module):
     def _reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Its noise from the global RNG (which :meth:`reconstruct` seeds from a generator)."""
         labels = self._labels(labels)
-        u = self.preprocess.dequantize(x, None)
+        u = self._in_dtype(self.preprocess.dequantize(x, None))
         feat, _ = self.features(u)
         hs = self.encoder(feat, labels)
         mean, _, _ = self._top_down(x.shape[0], hs, labels, 1.0)
@@ -429,6 +438,11 @@ def _who(module: object) -> str:
     """A component's class by its full name, which shows the plugin package it comes from."""
     cls = type(module)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _lifted(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or float64 where it is (a model cast with ``.double()``, for exactness checks)."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def _full_precision(t: torch.Tensor) -> Any:
