@@ -291,8 +291,10 @@ class GenerativeModel(nn.Module):
 
     def mean_bpd(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], importance_samples: int = 1,
                  seed: int = 12345) -> float:
-        """Mean bits/dim over ``batches`` of (uint8 images, labels), deterministic as :meth:`bpd_sum`."""
-        total, count = self.bpd_sum(((i, x, y) for i, (x, y) in enumerate(batches)), importance_samples, seed)
+        """Mean bits/dim over ``batches`` of (uint8 images, labels), deterministic as :meth:`bpd_sum` (an
+        unconditional model also takes batches of images alone, e.g. ``torch.split(images, 256)``)."""
+        total, count = self.bpd_sum(((i, *_images_and_labels(b, i)) for i, b in enumerate(batches)),
+                                    importance_samples, seed)
         return total / max(count, 1)
 
     # -- generation ---------------------------------------------------------------------------------
@@ -400,6 +402,17 @@ def _seeded_from(generator: torch.Generator) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def _images_and_labels(batch: Any, i: int) -> tuple[Any, Any]:
+    """A batch of :meth:`GenerativeModel.mean_bpd`: (images, labels), or images alone (labels None)."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    got = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
+    raise DataError(f"mean_bpd: batch {i} is {got}; give batches of (uint8 images, labels), as a DataLoader of an "
+                    "avade dataset yields them, or of images alone")
 
 
 def _count(value: Any) -> int:

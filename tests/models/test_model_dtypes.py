@@ -1,5 +1,6 @@
 """A model cast with ``.double()`` runs every public entry in float64 (exactness checks); one cast to a 16-bit
-type is refused in one line pointing at autocast, instead of a dtype mismatch deep inside a convolution."""
+type is refused in one line pointing at autocast, instead of a dtype mismatch deep inside a convolution; and
+mean_bpd takes what a notebook has at hand (batches of images alone), naming a malformed batch."""
 
 from __future__ import annotations
 
@@ -43,3 +44,12 @@ def test_a_bfloat16_model_is_refused_naming_autocast() -> None:
     for call in (lambda: model.log_likelihood(x), lambda: model.sample(2), lambda: model.reconstruct(x)):
         with pytest.raises(DataError, match=r"bfloat16.*autocast"):
             call()
+
+
+def test_mean_bpd_takes_batches_of_images_alone_and_names_a_malformed_batch() -> None:
+    model = _model()
+    x = torch.randint(0, 256, (4, *model.data_shape), dtype=torch.uint8)
+    pairs = model.mean_bpd([(x[:2], torch.zeros(2)), (x[2:], torch.zeros(2))])
+    assert model.mean_bpd(torch.split(x, 2)) == pairs  # labels unused by an unconditional model
+    with pytest.raises(DataError, match="batch 0 is a list of 3"):
+        model.mean_bpd([[x, x, x]])
