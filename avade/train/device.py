@@ -3,7 +3,9 @@ random generators."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -67,3 +69,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def global_state_kept() -> Iterator[None]:
+    """Put back, on leaving, what training sets for the whole process: python's, numpy's and torch's global
+    random states (:func:`seed_everything`) and CUDA's TF32 flags (:func:`configure_tf32`), so that a notebook's
+    own code after ``run_recipe`` draws and computes as it did before (the run keeps its own states)."""
+    py, npy = random.getstate(), np.random.get_state()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32

@@ -25,6 +25,7 @@ from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.train.checkpoint import list_checkpoints
 from avade.train.data import refuse_while_a_worker_starts
+from avade.train.device import global_state_kept
 from avade.train.distributed import (
     alike_on_this_node,
     is_main_process,
@@ -72,7 +73,8 @@ def _refuse_a_foreign_recipe(out_dir: Path, source: str | None) -> None:
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, device: str | None = None,
                console: Console | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train one (non-sweep) recipe into ``out_dir``; returns its summary."""
+    """Train one (non-sweep) recipe into ``out_dir``; returns its summary. The global random states and CUDA
+    TF32 flags training sets (``train.seed``, ``train.tf32``) are put back afterwards."""
     refuse_while_a_worker_starts("train")  # (before the run's lock, which the running parent holds)
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)  # (a str from a notebook too)
@@ -90,7 +92,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, dev
                 raise BusyError(f"{exc} (it holds {out_dir / LOCK}); wait for it to end, or give this "
                                 "run another --out") from None
         try:
-            return _train_in(recipe, out_dir, fresh, resume, device, console, progress)
+            with global_state_kept():  # (the random states and TF32 flags training sets: a notebook's own)
+                return _train_in(recipe, out_dir, fresh, resume, device, console, progress)
         finally:
             # A run that could not start leaves no directory, lock file included: removed while the lock is still
             # held (released before, another process could take it and train on in a directory removed under it,
