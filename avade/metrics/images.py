@@ -1,10 +1,13 @@
-"""FID, KID and PRDC of image sets a user holds (two uint8 tensors, another model's ``.npz`` of samples), with the
-same Inception, feature extraction and formulas as the ``fid``, ``kid`` and ``prdc`` metrics of a run.
+"""FID, KID, IS, PRD and PRDC of image sets a user holds (two uint8 tensors, another model's ``.npz`` of
+samples), with the same Inception, feature extraction and formulas as the ``fid``, ``kid``, ``is``, ``prd`` and
+``prdc`` metrics of a run.
 
 >>> from avade.metrics.images import fid_of_images, kid_of_images
 >>> fid = fid_of_images(real, "samples.npz")            # uint8 [N, C, H, W] or [N, H, W, C], or an .npz/.npy
 >>> kid_mean, kid_std = kid_of_images(real, fake, subset_size=1000)
 >>> prdc_of_images(real, fake)["coverage"]
+>>> is_mean, is_std = inception_score_of_images(fake)   # needs Inception weights with the classifier head
+>>> precision, recall = prd_of_images(real, fake)        # a PRD curve: max_f_beta, prd_auc, plot_prd take it
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from avade.metrics.features import (
     warn_if_not_reference,
 )
 from avade.metrics.fid import fid_from_features
+from avade.metrics.inception_score import inception_score
 from avade.metrics.kid import kernel_inception_distance
+from avade.metrics.prd import Curve, prd_from_features
 from avade.metrics.prdc import prdc_from_features
 
 Images = Tensor | np.ndarray | str | os.PathLike[str]
@@ -111,6 +116,31 @@ def prdc_of_images(real: Images, fake: Images, *, nearest_k: int = 5, **options:
     net = _extractor(options, "PRDC")
     return prdc_from_features(image_features(real, what="real images", **options, extractor=net),
                               image_features(fake, what="fake images", **options, extractor=net), nearest_k)
+
+
+def inception_score_of_images(images: Images, *, splits: int = 10, **options: Any) -> tuple[float, float]:
+    """Inception Score (mean, std over ``splits`` chunks) of ``images``, as a run's ``is``; ``options``: those of
+    :func:`image_features` (the Inception needs its classifier head)."""
+    net = _extractor(options, "IS")
+    batch = as_image_batch(images, "images")
+    size = options.get("batch_size", 100)
+    if size < 1:
+        raise DataError(f"batch_size must be >= 1, got {size}")
+    _, probs = extract(net, batch.split(size), device=options.get("device", "cpu"), total=batch.shape[0],
+                       description="images", probs=True)
+    assert probs is not None
+    return inception_score(probs, splits)
+
+
+def prd_of_images(real: Images, fake: Images, *, num_clusters: int = 20, num_angles: int = 1001, num_runs: int = 10,
+                  seed: int = 0, **options: Any) -> Curve:
+    """The PRD curve (precision, recall arrays) of ``fake`` against ``real`` (as many images each), as a run's
+    ``prd``: :func:`~avade.metrics.prd.max_f_beta`, :func:`~avade.metrics.prd.prd_auc` and
+    :func:`~avade.metrics.prd.plot_prd` take it; ``options``: those of :func:`image_features`."""
+    net = _extractor(options, "PRD")
+    return prd_from_features(image_features(fake, what="fake images", **options, extractor=net),
+                             image_features(real, what="real images", **options, extractor=net),
+                             num_clusters, num_angles, num_runs, seed)
 
 
 def _extractor(options: dict[str, Any], metric: str) -> FeatureExtractor:

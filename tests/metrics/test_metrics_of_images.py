@@ -1,5 +1,5 @@
-"""FID, KID and PRDC of image sets a user holds (tensors, arrays, another tool's .npz): the run's metrics' formulas
-on the same features, whatever the layout the images come in."""
+"""FID, KID, IS, PRD and PRDC of image sets a user holds (tensors, arrays, another tool's .npz): the run's metrics'
+formulas on the same features, whatever the layout the images come in."""
 
 from __future__ import annotations
 
@@ -10,8 +10,18 @@ import torch
 from avade.errors import DataError
 from avade.metrics.features import extract
 from avade.metrics.fid import fid_from_features
-from avade.metrics.images import as_image_batch, fid_of_images, image_features, kid_of_images, prdc_of_images
+from avade.metrics.images import (
+    as_image_batch,
+    fid_of_images,
+    image_features,
+    inception_score_of_images,
+    kid_of_images,
+    prd_of_images,
+    prdc_of_images,
+)
+from avade.metrics.inception_score import inception_score
 from avade.metrics.kid import kernel_inception_distance
+from avade.metrics.prd import prd_from_features
 from avade.metrics.prdc import prdc_from_features
 from avade.metrics.random_features import RandomConvFeatures
 
@@ -39,6 +49,22 @@ def test_fid_and_kid_of_images_are_the_metrics_on_their_features(tmp_path) -> No
     assert image_features(real[:, :1], extractor=net).shape == (24, 16)  # grayscale is repeated to RGB
     scores = prdc_from_features(extract(net, [real])[0], extract(net, [fake])[0], 3)
     assert prdc_of_images(real, tmp_path / "s.npz", extractor=net, nearest_k=3) == pytest.approx(scores, abs=1e-9)
+
+
+def test_inception_score_and_prd_of_images_are_the_metrics_on_their_outputs(tmp_path) -> None:
+    net = RandomConvFeatures(dim=16, num_classes=10)
+    real, fake = _images(0), _images(1) // 2
+    features, probs = extract(net, [fake], probs=True)
+    assert inception_score_of_images(fake.permute(0, 2, 3, 1).numpy(), extractor=net, splits=4, batch_size=5) \
+        == pytest.approx(inception_score(probs, 4), rel=1e-6, abs=1e-9)  # (batches of 5: float32 rounding)
+    precision, recall = prd_of_images(real, fake, extractor=net, num_clusters=5, num_angles=11, num_runs=2)
+    expected = prd_from_features(features, extract(net, [real])[0], 5, 11, 2)
+    np.testing.assert_allclose(precision, expected[0], atol=1e-9)
+    np.testing.assert_allclose(recall, expected[1], atol=1e-9)
+    with pytest.raises(DataError, match="batch_size must be >= 1"):
+        inception_score_of_images(fake, extractor=net, batch_size=0)
+    with pytest.raises(ValueError, match="PRD needs as many samples as real images"):
+        prd_of_images(real, fake[:10], extractor=net)
 
 
 def test_images_that_cannot_be_scored_are_refused_in_one_line(tmp_path) -> None:
