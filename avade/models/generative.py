@@ -343,7 +343,9 @@ class GenerativeModel(nn.Module):
     def sample(self, n: int, labels: torch.Tensor | None = None, temperature: float | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """n uint8 images from the model; with ``generator`` the result depends on it alone (the
-        global RNG, which the latent layers draw from, is forked and re-seeded from it, then restored)."""
+        global RNG, which the latent layers draw from, is forked and re-seeded from it, then restored).
+        ``temperature`` scales the prior's standard deviations only (None: the recipe's ``model.temperature``;
+        1: the prior itself); the decoder's pixel noise is drawn at its own scale, so 0 still varies."""
         if _count(n) < 1:
             raise DataError(f"sample: n must be an int >= 1, got {n!r}")
         n = int(n)
