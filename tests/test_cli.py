@@ -419,6 +419,11 @@ def test_recipe_show_variants(write: Write) -> None:
 def test_invalid_sweep_variant_is_one_line(write: Write) -> None:
     path = write("bad.toml", SWEEP.replace("[1, 2]}", "[1, 0]}"))
     assert_one_line_error(run("recipe", "check", str(path)), "sweep variant 1", "model.flow.blocks")
+    # `show` prints no recipe whose sweep `check` refuses (it printed it, exit 0)
+    assert_one_line_error(run("recipe", "show", str(path)), "sweep variant 1", "model.flow.blocks")
+    typo = write("typo_axis.toml", SWEEP.replace("model.flow.blocks", "model.flow.blockz"))
+    for command in ("check", "show"):
+        assert_one_line_error(run("recipe", command, str(typo)), "blockz")
 
 
 def test_debug_raises_instead(write: Write) -> None:

@@ -380,8 +380,9 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
     from avade.recipe import expand_sweep, load_recipe, recipe_to_dict, recipe_to_toml
 
     recipe = load_recipe(file, overrides or [])
+    # a sweep's variants are checked as `recipe check` checks them: a mistyped grid key must not print as valid
+    expanded = expand_sweep(recipe) if variants or recipe.sweep is not None else []
     if variants:
-        expanded = expand_sweep(recipe)
         if as_json:
             print(json.dumps([{"name": v.name, "overrides": v.overrides} for v in expanded], indent=2))
             return
