@@ -55,8 +55,11 @@ def test_readme_python_example_runs_as_shown(run_dir: Path) -> None:
     assert names["y"].shape == names["x"].shape and names["logdet"].shape == (2,)
     assert torch.allclose(names["x_back"], names["x"], atol=1e-4)
     names["x"] = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)  # the tiny run's images
-    exec("model, recipe, checkpoint" + model_part.replace('"runs/qs"', repr(str(run_dir))), names)
+    quickstart = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
+    exec("model, recipe, checkpoint" + model_part.replace('"runs/qs"', repr(str(run_dir)))
+         .replace('"recipes/quickstart.toml"', repr(str(quickstart))), names)
     assert names["images"].dtype == torch.uint8 and names["images"].shape == (16, 3, 8, 8)
+    assert names["fresh"].data_shape == (3, 16, 16) and type(names["fresh"].flow).__name__ == "Glow"
     assert names["bits_per_dim"].shape == (5,) and bool(torch.isfinite(names["bits_per_dim"]).all())
     assert names["checkpoint"].parent == run_dir / "checkpoints"
 

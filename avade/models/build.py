@@ -55,10 +55,32 @@ def flat_config(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def build_model(recipe: Recipe, data_shape: tuple[int, int, int], num_classes: int = 0) -> GenerativeModel:
-    """Assemble the model a recipe describes for images of ``data_shape`` (C, H, W)."""
+def build_model(recipe: Recipe, data_shape: tuple[int, int, int] | None = None,
+                num_classes: int | None = None) -> GenerativeModel:
+    """Assemble the model a recipe describes for images of ``data_shape`` (C, H, W) and ``num_classes`` classes.
+
+    Either may be left out where the dataset's settings say it without loading the data: the shape from their
+    ``resolution`` and ``channels`` (3 when absent), the class count from their ``num_classes`` (0 for a model
+    that is not class-conditional). A ConfigError asks for what they do not say."""
     model = recipe.model
     opts = model.options
+    cfg = recipe.data.dataset.config if recipe.data.dataset is not None else None
+    name = recipe.data.options.name
+    if data_shape is None:
+        resolution = getattr(cfg, "resolution", None)
+        if not isinstance(resolution, int):
+            raise ConfigError(f"dataset '{name}' has no resolution setting to take the image shape from; pass "
+                              "data_shape=(C, H, W) (the dataset's `shape`)", path="data", source=recipe.source)
+        data_shape = (int(getattr(cfg, "channels", 3)), resolution, resolution)
+    if num_classes is None:
+        known = getattr(cfg, "num_classes", None)
+        if isinstance(known, int):
+            num_classes = known
+        elif opts.conditional:
+            raise ConfigError(f"dataset '{name}' says its class count only once loaded; pass num_classes= (the "
+                              "dataset's `num_classes`)", path="model.conditional", source=recipe.source)
+        else:
+            num_classes = 0
     if opts.conditional and num_classes <= 0:
         raise ConfigError(f"model.conditional = true needs a labelled dataset; '{recipe.data.options.name}' "
                           "has no labels", path="model.conditional", source=recipe.source)
