@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -77,7 +77,7 @@ def global_state_kept() -> Iterator[None]:
     random states (:func:`seed_everything`) and CUDA's TF32 flags (:func:`configure_tf32`), so that a notebook's
     own code after ``run_recipe`` draws and computes as it did before (the run keeps its own states)."""
     py, npy = random.getstate(), np.random.get_state()
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    put_back_tf32 = _tf32_kept()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -85,4 +85,28 @@ def global_state_kept() -> Iterator[None]:
     finally:
         random.setstate(py)
         np.random.set_state(npy)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        put_back_tf32()
+
+
+def _tf32_kept() -> Callable[[], None]:
+    """What puts back the TF32 settings of now after :func:`configure_tf32`. A flag the user set through the
+    per-backend ``fp32_precision`` API (torch >= 2.9) cannot be read as ``allow_tf32`` (torch raises on the
+    mix): it is kept, and put back, through that API."""
+    backends = torch.backends
+    kept: list[tuple[object, str, object]] = []  # (object, attribute, value), set back in this order
+    for legacy, precisions in ((backends.cuda.matmul, ("cuda.matmul",)),
+                               (backends.cudnn, ("cudnn", "cudnn.conv", "cudnn.rnn"))):
+        try:
+            kept.append((legacy, "allow_tf32", legacy.allow_tf32))
+        except RuntimeError:
+            for path in precisions:
+                owner = backends
+                for part in path.split("."):
+                    owner = getattr(owner, part)
+                kept.append((owner, "fp32_precision", owner.fp32_precision))
+
+    def put_back() -> None:
+        for owner, attribute, value in kept:
+            setattr(owner, attribute, value)
+
+    return put_back

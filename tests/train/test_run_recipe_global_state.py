@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from tiny_recipes import tiny_recipe
 
@@ -30,5 +31,20 @@ def test_run_recipe_puts_back_the_global_random_states_and_tf32_flags(tmp_path: 
         assert torch.equal(torch.rand(3), expected[0])
         assert random.random() == expected[1] and np.random.rand() == expected[2]
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
+def test_run_recipe_takes_and_puts_back_tf32_set_through_the_fp32_precision_api(tmp_path: Path) -> None:
+    # Reading allow_tf32 after the new per-backend setters raises in torch: run_recipe raised that RuntimeError
+    # before training (it kept the flags through allow_tf32), where it trained before it put flags back.
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        run_recipe(tiny_recipe("train.steps=1", "train.tf32=false"), tmp_path / "run", progress=False)
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
