@@ -78,7 +78,9 @@ def global_state_kept() -> Iterator[None]:
     own code after ``run_recipe`` draws and computes as it did before (the run keeps its own states)."""
     py, npy = random.getstate(), np.random.get_state()
     put_back_tf32 = _tf32_kept()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    cuda_running = torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda_running else []
+    seed = torch.initial_seed()  # what CUDA's generators start from when CUDA starts (torch.manual_seed's)
     try:
         with torch.random.fork_rng(devices=devices):
             yield
@@ -86,6 +88,10 @@ def global_state_kept() -> Iterator[None]:
         random.setstate(py)
         np.random.set_state(npy)
         put_back_tf32()
+        if not cuda_running and torch.cuda.is_initialized():
+            # CUDA started in the run (a notebook's first GPU work): fork_rng kept no CUDA state, so its
+            # generators are put back as they would have started, not left at train.seed's stream
+            torch.cuda.manual_seed_all(seed)
 
 
 def _tf32_kept() -> Callable[[], None]:

@@ -48,3 +48,23 @@ def test_run_recipe_takes_and_puts_back_tf32_set_through_the_fp32_precision_api(
         assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def test_cuda_generators_started_by_the_run_are_put_back_as_they_would_have_started(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A notebook's first GPU work is often run_recipe: CUDA starts inside it, so no CUDA state was there to
+    # fork; its generators were left at train.seed's stream (stood in for here: no GPU needed).
+    from avade.train import device
+
+    started = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: bool(started))
+    seeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    torch.manual_seed(4321)  # (seeds CUDA's generators too, through torch.cuda.manual_seed_all)
+    with device.global_state_kept():
+        started.append(True)  # CUDA starts in the run
+        torch.manual_seed(7)  # train.seed
+    assert seeded == [4321, 7, 4321]
+    with device.global_state_kept():  # CUDA already running: fork_rng keeps its states, nothing reseeded
+        pass
+    assert seeded == [4321, 7, 4321]
