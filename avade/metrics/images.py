@@ -34,7 +34,7 @@ from avade.metrics.features import (
 from avade.metrics.fid import fid_from_features
 from avade.metrics.inception_score import inception_score
 from avade.metrics.kid import kernel_inception_distance
-from avade.metrics.prd import Curve, prd_from_features
+from avade.metrics.prd import Curve, check_sizes, prd_from_features
 from avade.metrics.prdc import prdc_from_features
 
 Images = Tensor | np.ndarray | str | os.PathLike[str]
@@ -113,6 +113,9 @@ def kid_of_images(real: Images, fake: Images, *, subsets: int = 100, subset_size
 def prdc_of_images(real: Images, fake: Images, *, nearest_k: int = 5, **options: Any) -> dict[str, float]:
     """k-NN ``{"precision", "recall", "density", "coverage"}`` of ``fake`` against ``real`` (see
     :mod:`avade.metrics.prdc`), as a run's ``prdc``; ``options``: those of :func:`image_features`."""
+    real, fake = as_image_batch(real, "real images"), as_image_batch(fake, "fake images")
+    # refused before the Inception runs over both sets (minutes for 50,000 images), as prdc_from_features would
+    prdc_from_features(torch.zeros(len(real), 1), torch.zeros(len(fake), 1), nearest_k)
     net = _extractor(options, "PRDC")
     return prdc_from_features(image_features(real, what="real images", **options, extractor=net),
                               image_features(fake, what="fake images", **options, extractor=net), nearest_k)
@@ -121,11 +124,12 @@ def prdc_of_images(real: Images, fake: Images, *, nearest_k: int = 5, **options:
 def inception_score_of_images(images: Images, *, splits: int = 10, **options: Any) -> tuple[float, float]:
     """Inception Score (mean, std over ``splits`` chunks) of ``images``, as a run's ``is``; ``options``: those of
     :func:`image_features` (the Inception needs its classifier head)."""
-    net = _extractor(options, "IS")
     batch = as_image_batch(images, "images")
+    inception_score(torch.full((batch.shape[0], 1), 1.0), splits)  # bad splits refused before the Inception runs
     size = options.get("batch_size", 100)
     if size < 1:
         raise DataError(f"batch_size must be >= 1, got {size}")
+    net = _extractor(options, "IS")
     _, probs = extract(net, batch.split(size), device=options.get("device", "cpu"), total=batch.shape[0],
                        description="images", probs=True)
     assert probs is not None
@@ -137,6 +141,8 @@ def prd_of_images(real: Images, fake: Images, *, num_clusters: int = 20, num_ang
     """The PRD curve (precision, recall arrays) of ``fake`` against ``real`` (as many images each), as a run's
     ``prd``: :func:`~avade.metrics.prd.max_f_beta`, :func:`~avade.metrics.prd.prd_auc` and
     :func:`~avade.metrics.prd.plot_prd` take it; ``options``: those of :func:`image_features`."""
+    real, fake = as_image_batch(real, "real images"), as_image_batch(fake, "fake images")
+    check_sizes(len(fake), len(real), num_clusters)  # refused before the Inception runs over both sets
     net = _extractor(options, "PRD")
     return prd_from_features(image_features(fake, what="fake images", **options, extractor=net),
                              image_features(real, what="real images", **options, extractor=net),

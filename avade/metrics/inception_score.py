@@ -21,6 +21,8 @@ __all__ = ["InceptionScore", "InceptionScoreConfig", "inception_score"]
 
 def inception_score(probs: Tensor, splits: int = 10) -> tuple[float, float]:
     """IS mean and std from class probabilities ``[N, K]`` (rows sum to 1), over ``splits`` chunks."""
+    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+        raise ValueError(f"splits must be an int >= 1, got {splits!r}")
     p = torch.as_tensor(probs).to(torch.float64)
     if p.dim() != 2 or p.shape[0] < splits:
         raise ValueError(f"need probabilities [N >= splits={splits}, K], got {tuple(p.shape)}")

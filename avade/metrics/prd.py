@@ -88,6 +88,14 @@ def _histograms(eval_feats: np.ndarray, ref_feats: np.ndarray, num_clusters: int
     return eval_hist, ref_hist
 
 
+def check_sizes(samples: int, real: int, num_clusters: int) -> None:
+    """A ValueError unless :func:`prd_from_features` can take ``samples`` and ``real`` features."""
+    if samples != real:
+        raise ValueError(f"PRD needs as many samples as real images, got {samples} and {real}")
+    if samples + real < num_clusters:
+        raise ValueError(f"PRD needs at least num_clusters={num_clusters} points, got {samples + real}")
+
+
 def prd_from_features(eval_feats: Tensor | np.ndarray, ref_feats: Tensor | np.ndarray, num_clusters: int = 20,
                       num_angles: int = 1001, num_runs: int = 10, seed: int = 0) -> Curve:
     """PRD curve of model features ``eval_feats`` against real ``ref_feats``, averaged over ``num_runs``
@@ -97,10 +105,7 @@ def prd_from_features(eval_feats: Tensor | np.ndarray, ref_feats: Tensor | np.nd
     """
     ev = np.asarray(torch.as_tensor(eval_feats).double().cpu())
     ref = np.asarray(torch.as_tensor(ref_feats).double().cpu())
-    if len(ev) != len(ref):
-        raise ValueError(f"PRD needs as many samples as real images, got {len(ev)} and {len(ref)}")
-    if len(ev) + len(ref) < num_clusters:
-        raise ValueError(f"PRD needs at least num_clusters={num_clusters} points, got {len(ev) + len(ref)}")
+    check_sizes(len(ev), len(ref), num_clusters)
     precisions, recalls = [], []
     for run in range(num_runs):
         eval_hist, ref_hist = _histograms(ev, ref, num_clusters, seed + run)

@@ -83,3 +83,24 @@ def test_images_that_cannot_be_scored_are_refused_in_one_line(tmp_path) -> None:
     for name in ("truncated.npz", "empty.npz"):
         with pytest.raises(DataError, match=rf"images: cannot read images from .*{name}"):
             as_image_batch(tmp_path / name)
+
+
+def test_bad_arguments_are_refused_before_the_inception_runs() -> None:
+    """splits = 0 was a ZeroDivisionError, and a bad nearest_k or unequal PRD sets were named only after the
+    Inception had run over every image (minutes for 50,000)."""
+
+    class NoRun(RandomConvFeatures):
+        def features_and_probs(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise AssertionError("the Inception ran before the arguments were checked")
+
+    net, real, fake = NoRun(dim=16, num_classes=10), _images(0), _images(1)
+    with pytest.raises(ValueError, match=r"splits must be an int >= 1, got 0"):
+        inception_score_of_images(fake, extractor=net, splits=0)
+    with pytest.raises(ValueError, match=r"need probabilities \[N >= splits=30, K\]"):
+        inception_score_of_images(fake, extractor=net, splits=30)
+    with pytest.raises(ValueError, match="nearest_k must be an int >= 1, got 0"):
+        prdc_of_images(real, fake, extractor=net, nearest_k=0)
+    with pytest.raises(ValueError, match="balls need more than 24 features per side"):
+        prdc_of_images(real, fake, extractor=net, nearest_k=24)
+    with pytest.raises(ValueError, match="PRD needs as many samples as real images, got 10 and 24"):
+        prd_of_images(real, fake[:10], extractor=net)
