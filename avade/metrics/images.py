@@ -32,10 +32,10 @@ from avade.metrics.features import (
     warn_if_not_reference,
 )
 from avade.metrics.fid import fid_from_features
-from avade.metrics.inception_score import inception_score
+from avade.metrics.inception_score import check_splits, inception_score
 from avade.metrics.kid import kernel_inception_distance
 from avade.metrics.prd import Curve, check_sizes, prd_from_features
-from avade.metrics.prdc import prdc_from_features
+from avade.metrics.prdc import check_counts, prdc_from_features
 
 Images = Tensor | np.ndarray | str | os.PathLike[str]
 
@@ -114,8 +114,7 @@ def prdc_of_images(real: Images, fake: Images, *, nearest_k: int = 5, **options:
     """k-NN ``{"precision", "recall", "density", "coverage"}`` of ``fake`` against ``real`` (see
     :mod:`avade.metrics.prdc`), as a run's ``prdc``; ``options``: those of :func:`image_features`."""
     real, fake = as_image_batch(real, "real images"), as_image_batch(fake, "fake images")
-    # refused before the Inception runs over both sets (minutes for 50,000 images), as prdc_from_features would
-    prdc_from_features(torch.zeros(len(real), 1), torch.zeros(len(fake), 1), nearest_k)
+    check_counts(len(real), len(fake), nearest_k)  # before the Inception runs over both sets (minutes at 50,000)
     net = _extractor(options, "PRDC")
     return prdc_from_features(image_features(real, what="real images", **options, extractor=net),
                               image_features(fake, what="fake images", **options, extractor=net), nearest_k)
@@ -125,7 +124,7 @@ def inception_score_of_images(images: Images, *, splits: int = 10, **options: An
     """Inception Score (mean, std over ``splits`` chunks) of ``images``, as a run's ``is``; ``options``: those of
     :func:`image_features` (the Inception needs its classifier head)."""
     batch = as_image_batch(images, "images")
-    inception_score(torch.full((batch.shape[0], 1), 1.0), splits)  # bad splits refused before the Inception runs
+    check_splits(batch.shape[0], splits, (batch.shape[0], "K"))  # before the Inception runs over the images
     size = options.get("batch_size", 100)
     if size < 1:
         raise DataError(f"batch_size must be >= 1, got {size}")

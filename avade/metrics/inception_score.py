@@ -19,13 +19,18 @@ from avade.schema import ge
 __all__ = ["InceptionScore", "InceptionScoreConfig", "inception_score"]
 
 
-def inception_score(probs: Tensor, splits: int = 10) -> tuple[float, float]:
-    """IS mean and std from class probabilities ``[N, K]`` (rows sum to 1), over ``splits`` chunks."""
+def check_splits(n: int, splits: int, shape: tuple[int, ...] | None = None) -> None:
+    """A ValueError unless ``n`` images' class probabilities (of ``shape``) can be cut into ``splits`` chunks."""
     if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
         raise ValueError(f"splits must be an int >= 1, got {splits!r}")
+    if n < splits:
+        raise ValueError(f"need probabilities [N >= splits={splits}, K], got {shape if shape is not None else n}")
+
+
+def inception_score(probs: Tensor, splits: int = 10) -> tuple[float, float]:
+    """IS mean and std from class probabilities ``[N, K]`` (rows sum to 1), over ``splits`` chunks."""
     p = torch.as_tensor(probs).to(torch.float64)
-    if p.dim() != 2 or p.shape[0] < splits:
-        raise ValueError(f"need probabilities [N >= splits={splits}, K], got {tuple(p.shape)}")
+    check_splits(p.shape[0] if p.dim() == 2 else 0, splits, tuple(p.shape))
     scores = []
     # Split bounds i*N//splits as in the reference code (OpenAI's, torch-fidelity): the same chunks, so
     # the same score, when N is not a multiple of splits.

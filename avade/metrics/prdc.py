@@ -11,8 +11,8 @@ feature; each sample ``y_j`` likewise among the samples. Then, as in the authors
 - coverage: the fraction of real features whose own ball holds a sample (no sample ball, so outlying
   samples cannot inflate it).
 
-The distance matrices are never held whole: rows of at most ``2**26`` entries at a time (256 MB in float32),
-so 50,000 images per side fit on a GPU or in CPU memory alike.
+The distance matrices are never held whole: rows of at most ``2**26`` entries at a time (256 MB in float32, and
+as much again in comparison masks), so 50,000 images per side fit on a GPU or in CPU memory alike.
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ from avade.metrics.features import get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_features, sample_features
 from avade.schema import ge
 
-__all__ = ["PRDC", "PRDCConfig", "prdc_from_features"]
+__all__ = ["PRDC", "PRDCConfig", "check_counts", "prdc_from_features"]
 
 _CHUNK_ENTRIES = 2**26  # distance-matrix entries computed at once
 
 
 def _squared_distances(a: Tensor, b: Tensor, b_norms: Tensor) -> Tensor:
-    """``||a_i - b_j||²`` ``[len(a), len(b)]`` through one matrix product (clamped at 0 against rounding)."""
-    return (a.square().sum(1, keepdim=True) + b_norms[None, :] - 2.0 * (a @ b.T)).clamp_min_(0.0)
+    """``||a_i - b_j||²`` ``[len(a), len(b)]`` through one matrix product into one buffer (clamped at 0 against
+    rounding)."""
+    return torch.addmm(b_norms, a, b.T, alpha=-2.0).add_(a.square().sum(1, keepdim=True)).clamp_min_(0.0)
 
 
 def _rows(columns: int) -> int:
@@ -55,6 +56,15 @@ def _ball_radii(x: Tensor, k: int) -> Tensor:
                       for i in range(0, len(x), step)])
 
 
+def check_counts(real: int, fake: int, nearest_k: int) -> None:
+    """A ValueError unless :func:`prdc_from_features` can take ``real`` and ``fake`` features with ``nearest_k``."""
+    if isinstance(nearest_k, bool) or not isinstance(nearest_k, int) or nearest_k < 1:
+        raise ValueError(f"nearest_k must be an int >= 1, got {nearest_k!r}")
+    if min(real, fake) <= nearest_k:
+        raise ValueError(f"{nearest_k}-nearest-neighbour balls need more than {nearest_k} features per side, got "
+                         f"{real} real and {fake} fake")
+
+
 def prdc_from_features(real: Tensor, fake: Tensor, nearest_k: int = 5) -> dict[str, float]:
     """``{"precision", "recall", "density", "coverage"}`` of features ``fake`` ``[M, D]`` against ``real``
     ``[N, D]`` with ``nearest_k``-nearest-neighbour balls (see the module docstring); both sets need more than
@@ -63,11 +73,11 @@ def prdc_from_features(real: Tensor, fake: Tensor, nearest_k: int = 5) -> dict[s
     fake = torch.as_tensor(fake).float().to(real.device)
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"expected features [N, D] and [M, D], got {list(real.shape)} and {list(fake.shape)}")
-    if isinstance(nearest_k, bool) or not isinstance(nearest_k, int) or nearest_k < 1:
-        raise ValueError(f"nearest_k must be an int >= 1, got {nearest_k!r}")
-    if min(len(real), len(fake)) <= nearest_k:
-        raise ValueError(f"{nearest_k}-nearest-neighbour balls need more than {nearest_k} features per side, got "
-                         f"{len(real)} real and {len(fake)} fake")
+    check_counts(len(real), len(fake), nearest_k)
+    # Distances through ||a||² + ||b||² - 2ab lose float32 digits on features far from the origin: centred first
+    # (distances do not change), they match float64 ones.
+    center = real.mean(0)
+    real, fake = real - center, fake - center
     real_radii, fake_radii = _ball_radii(real, nearest_k), _ball_radii(fake, nearest_k)
     real_norms = real.square().sum(1)
     in_real_balls = torch.zeros(len(fake), dtype=torch.long, device=real.device)  # per sample: how many
