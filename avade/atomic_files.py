@@ -20,8 +20,7 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         yield tmp
         # On disk before the rename, and the rename itself after: a power loss must not leave an empty
         # summary.json or eval.json where the old one was (file systems may reorder data and rename).
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
+        sync_file(tmp)
         os.replace(tmp, path)
         sync_folder(path.parent)
     except OSError as exc:
@@ -35,6 +34,21 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         # for the error that ended the block, which names ``path``; a temporary file left is dropped later)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+# A file system that cannot sync (some FUSE mounts say EINVAL or ENOTSUP): the data were written, so go on.
+_CANNOT_SYNC = {getattr(errno, name) for name in ("EINVAL", "ENOTSUP", "EOPNOTSUPP") if hasattr(errno, name)}
+
+
+def sync_file(path: Path) -> None:
+    """Flush ``path``'s data to disk (through a handle that may write: Windows syncs no read-only one); a real
+    write error (a full disk found late, EIO) is raised, a file system that cannot sync is let be."""
+    with path.open("r+b") as fh:
+        try:
+            os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno not in _CANNOT_SYNC:
+                raise
 
 
 def sync_folder(folder: Path) -> None:

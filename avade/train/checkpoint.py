@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save, save_file
 
-from avade.atomic_files import sync_folder
+from avade.atomic_files import sync_file, sync_folder
 from avade.errors import AvadeError, CheckpointError
 from avade.train.rundir import read_json_object
 
@@ -313,8 +313,7 @@ def _write(tmp: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.
                **state}
     (tmp / "state.json").write_text(json.dumps(payload, default=str), encoding="utf-8")
     for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
-        with f.open("rb") as fh:
-            os.fsync(fh.fileno())
+        sync_file(f)
     sync_folder(tmp)
 
 

@@ -156,3 +156,30 @@ def test_a_checkpoint_is_on_disk_with_its_folder_entries(tmp_path: Path, monkeyp
     assert synced >= {"model.safetensors", "state.json", "rng.safetensors", "optimizer.safetensors"}
     assert Path(before[-1][1]).name.startswith(".tmp-step_")  # the files' folder, then the rename
     assert after == [("fsync", str(tmp_path / "checkpoints"))]
+
+
+def test_a_file_system_that_cannot_sync_still_saves(tmp_path: Path, monkeypatch) -> None:
+    """Some FUSE mounts refuse fsync (EINVAL, ENOTSUP): the data were written, so the save goes on; a real write
+    error found by the sync (EIO) still fails it, naming the file."""
+    import errno
+    import os
+
+    import pytest
+
+    from avade.atomic_files import replaced_atomically
+
+    def refusing(code: int):
+        def fsync(fd: int) -> None:
+            raise OSError(code, os.strerror(code))
+        return fsync
+
+    target = tmp_path / "eval.json"
+    monkeypatch.setattr(os, "fsync", refusing(errno.EINVAL))
+    with replaced_atomically(target) as tmp:
+        tmp.write_text("{}", encoding="utf-8")
+    assert target.read_text(encoding="utf-8") == "{}"
+    monkeypatch.setattr(os, "fsync", refusing(errno.EIO))
+    with pytest.raises(OSError) as raised, replaced_atomically(target) as tmp:
+        tmp.write_text('{"new": 1}', encoding="utf-8")
+    assert raised.value.errno == errno.EIO and raised.value.filename == str(target)
+    assert target.read_text(encoding="utf-8") == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
