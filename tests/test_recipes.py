@@ -301,6 +301,7 @@ def test_component_table_needs_a_name(write: Write) -> None:
         ("train.compile=true", ("train.compile", True)),
         (" eval.metrics = [\"bpd\"] ", ("eval.metrics", ["bpd"])),
         ("name=a=b", ("name", "a=b")),
+        ("data.name = natural-patches ", ("data.name", "natural-patches")),  # bare string, spaced
     ],
 )
 def test_parse_override(text: str, expected: tuple[str, object]) -> None:

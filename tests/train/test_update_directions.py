@@ -67,6 +67,18 @@ def test_each_update_minimises_its_terms_of_algorithm_1(tmp_path: Path, monkeypa
     assert updates[-1][1] == pytest.approx(logs["l_c"] + 3.0 * logs["l_q"], rel=1e-5)
 
 
+def test_the_critic_step_weighs_the_penalty_by_the_recipes_gp_weight(tmp_path: Path) -> None:
+    """Same seed, same batch, same noise: the first step's logged penalty scales with ``train.gp_weight``
+    (a trainer that used another weight, e.g. the paper's 100, would still log a positive ``gp``)."""
+    logs = {}
+    for weight in (2.0, 6.0):
+        trainer = Trainer(tiny_recipe(f"train.gp_weight={weight}"), tmp_path / f"w{weight:g}", progress=False)
+        logs[weight] = trainer.train_step(*next(trainer.stream.batches(0)))
+    assert logs[2.0]["gp"] > 0
+    assert logs[2.0]["d_loss"] == pytest.approx(logs[6.0]["d_loss"], rel=1e-6)
+    assert logs[6.0]["gp"] == pytest.approx(3.0 * logs[2.0]["gp"], rel=1e-5)
+
+
 def _sgd_step(trainer: Trainer, gradient: float) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
     """One ``_finite_update`` with plain SGD (lr 1) on a loss whose gradient is ``gradient`` everywhere."""
     params = trainer.g_params[:3]
