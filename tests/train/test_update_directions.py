@@ -67,6 +67,22 @@ def test_each_update_minimises_its_terms_of_algorithm_1(tmp_path: Path, monkeypa
     assert updates[-1][1] == pytest.approx(logs["l_c"] + 3.0 * logs["l_q"], rel=1e-5)
 
 
+def test_extra_critic_steps_draw_fresh_samples_and_the_generator_uses_the_first(tmp_path: Path) -> None:
+    """``d_steps`` > 1: each extra critic step sees new samples (against the same real batch); the generator's
+    L_Q goes through the samples of the first critic step, as in Algorithm 1."""
+    trainer = Trainer(tiny_recipe("train.d_steps=3", "train.gp_weight=0"), tmp_path / "run", progress=False)
+    disc = trainer.model.discriminator
+    assert disc is not None
+    seen: list[torch.Tensor] = []  # every critic call's input: (real, samples) per critic step, then L_Q's
+    disc.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    trainer.train_step(*next(trainer.stream.batches(0)))
+    assert len(seen) == 2 * 3 + 1
+    reals, fakes, for_lq = seen[0:6:2], seen[1:6:2], seen[6]
+    assert all(torch.equal(r, reals[0]) for r in reals)
+    assert not torch.equal(fakes[1], fakes[0]) and not torch.equal(fakes[2], fakes[1])
+    assert torch.equal(for_lq, fakes[0])
+
+
 def test_the_critic_step_weighs_the_penalty_by_the_recipes_gp_weight(tmp_path: Path) -> None:
     """Same seed, same batch, same noise: the first step's logged penalty scales with ``train.gp_weight``
     (a trainer that used another weight, e.g. the paper's 100, would still log a positive ``gp``)."""
