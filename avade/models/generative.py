@@ -381,12 +381,15 @@ class GenerativeModel(nn.Module):
         return self._images(self._sample_from_mean(mean, None), "reconstruction")
 
     def _images(self, u: torch.Tensor, what: str) -> torch.Tensor:
-        """u in [0, 256) -> uint8 images, with a warning where u holds NaN: uint8 has none, so they would pass
-        unannounced as black pixels (a sample metric of such images, FID say, looks like a real result)."""
-        if torch.isnan(u).any():
-            warnings.warn(f"{what}: the model's {what}s hold NaN (the model diverged, e.g. f^-1 overflows); NaN pixels "
-                          f"come out black, so these images and any metric of them (FID, ...) say nothing about "
-                          "the model", RuntimeWarning, stacklevel=3)
+        """u in [0, 256) -> uint8 images, with a warning where u holds NaN or inf: uint8 has neither, so they would
+        pass unannounced as black (NaN, -inf) or white (+inf) pixels (a sample metric of such images, FID say, looks
+        like a real result). Without the logit (``model.logit_alpha = 0``) an overflowing f^-1 gives inf, not NaN."""
+        if not bool(torch.isfinite(u).all()):
+            nan, inf = bool(torch.isnan(u).any()), bool(torch.isinf(u).any())
+            kinds = " and ".join(k for k, on in (("NaN", nan), ("inf", inf)) if on)
+            warnings.warn(f"{what}: the model's {what}s hold {kinds} (the model diverged, e.g. f^-1 overflows); such "
+                          f"pixels come out black or white, so these images and any metric of them (FID, ...) say "
+                          "nothing about the model", RuntimeWarning, stacklevel=3)
         return self.preprocess.to_uint8(u)
 
     def extra_repr(self) -> str:

@@ -199,3 +199,14 @@ def test_samples_and_reconstructions_holding_nan_are_warned_of_not_passed_as_bla
     assert images.dtype == torch.uint8 and images.shape == (2, *model.data_shape)
     with pytest.warns(RuntimeWarning, match="reconstruction: the model's reconstructions hold NaN"):
         model.reconstruct(x, generator=torch.Generator().manual_seed(1))
+
+
+def test_samples_holding_inf_are_warned_of_not_passed_as_white_pixels(monkeypatch) -> None:
+    # Without the logit (model.logit_alpha = 0, Glow's input) an overflowing f^-1 gives +-inf rather than NaN:
+    # cast to uint8 it came out as white (or black) pixels without a word, unlike NaN
+    model = _model()
+    original = model._sample_from_mean
+    monkeypatch.setattr(model, "_sample_from_mean", lambda *a, **k: torch.full_like(original(*a, **k), float("inf")))
+    with pytest.warns(RuntimeWarning, match=r"sample: the model's samples hold inf \(the model diverged"):
+        images = model.sample(2, generator=torch.Generator().manual_seed(1))
+    assert images.dtype == torch.uint8 and images.shape == (2, *model.data_shape)
