@@ -645,6 +645,20 @@ def test_a_setting_beyond_float32s_range_is_refused_before_training(key: str) ->
     tiny_recipe(f"{key}=1e30")  # large, but a float32
 
 
+@pytest.mark.parametrize("key", ["train.lr", "train.d_lr"])
+def test_a_learning_rate_whose_first_adam_step_overflows_float32_is_refused(key: str) -> None:
+    # train.lr = 3e38 is a float32, but Adam(ax)'s first step is lr / (1 - beta1) = 3e39: it crashed the first
+    # optimizer step with an internal error ("value cannot be converted to type float without overflow")
+    from tiny_recipes import tiny_recipe
+
+    with pytest.raises(ConfigError, match=r"3e\+38 is too large: .*use at most 3.403e\+37") as info:
+        tiny_recipe(f"{key}=3e38")
+    assert info.value.path == key
+    with pytest.raises(ConfigError, match=r"use at most 3.403e\+35"):
+        tiny_recipe(f"{key}=1e36", "train.betas=[0.999, 0.999]")
+    tiny_recipe(f"{key}=3e37")  # absurd, but the optimizer can take it
+
+
 def test_a_run_saved_with_a_key_keeps_its_value_the_former_default_fills_only_a_missing_one() -> None:
     from avade.recipe.load import with_saved_defaults
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import attrs
 
 from avade.errors import ConfigError
-from avade.schema import between, ge, gt
+from avade.schema import FLOAT32_MAX, between, ge, gt
 
 Variant = Literal["av-ade", "v-ade", "av-gde", "vae", "gan"]
 #: Variants whose generator works in the feature space of an invertible flow f.
@@ -218,6 +218,13 @@ class TrainSection:
         metadata={"help": "steps before the average starts (it copies the weights until then)"})
 
     def __attrs_post_init__(self) -> None:
+        # Adam and Adamax step by lr / (1 - beta1^t), up to lr / (1 - beta1) at the first step: past float32's range
+        # the optimizer fails with an internal RuntimeError ("cannot be converted to type float without overflow")
+        limit = FLOAT32_MAX * (1.0 - self.betas[0])
+        for key, lr in (("lr", self.lr), ("d_lr", self.d_lr)):
+            if lr is not None and lr > limit:
+                raise ConfigError(f"{lr:g} is too large: the optimizer's first step, lr / (1 - betas[0]), would "
+                                  f"overflow float32; use at most {limit:.4g} (a usual lr is ~1e-3)", path=key)
         if self.critic_warmup_steps > self.warmup_steps:
             raise ConfigError(f"critic_warmup_steps = {self.critic_warmup_steps} exceeds warmup_steps = "
                               f"{self.warmup_steps}: the critic warms up within the MLE warm-up; use at most "
