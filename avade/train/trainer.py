@@ -747,6 +747,7 @@ class Trainer:
                     if results:  # (a GAN whose metrics are bpd alone has none: no empty record)
                         logger.log(self.step, {f"eval/{k}": v for k, v in results.items()})
                 if save_now:
+                    self._check_weights_finite()
                     self.save(job_logs.get("bpd"))
                 if stopping:  # at the last step too: the final evaluation (FID: minutes) is left to --resume,
                     # and a sweep must not go on to its next variant
@@ -797,6 +798,20 @@ class Trainer:
         if error is not None:  # from the step count and the bpd, which every process shares
             raise TrainingError(error, every_process=True)
         return summary
+
+    def _check_weights_finite(self) -> None:
+        """A TrainingError before a checkpoint of non-finite weights is written: a step is checked by its loss and
+        gradients, computed before its update, so an update that overflowed (train.lr ~1e37) would be saved as
+        sound and its checkpoint refused as corrupt on --resume. One host sync per checkpoint; every process
+        holds the same weights, so every one decides alike."""
+        params = [p.detach() for p in self.model.parameters() if p.is_floating_point() and p.numel()]
+        if not params or bool(torch.isfinite(torch.stack([t.float().abs().amax() for t in params])).all()):
+            return
+        bad = [name for name, p in self.model.named_parameters()
+               if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        raise TrainingError(f"training stopped at step {self.step}: its update left non-finite weights in "
+                            f"{len(bad)} tensor(s), e.g. {bad[0]} (not checkpointed); {self._divergence_fix()}; "
+                            f"{self._last_good_checkpoint()}", every_process=True)
 
     def _stop_requested(self, stop: StopRequest) -> bool:
         """Whether to stop after this step (SIGTERM). Under data parallelism every process must decide

@@ -993,3 +993,29 @@ def test_an_evaluation_with_nothing_to_report_logs_no_empty_record(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2]
     assert all(set(r) - {"step", "time"} for r in records)
+
+
+def test_an_update_that_leaves_non_finite_weights_is_not_checkpointed(tmp_path):
+    # A step is checked by its loss and gradients, computed before its update: an update that overflowed (e.g.
+    # train.lr = 3e37) was checkpointed as sound, named as the run's newest checkpoint, and refused as corrupt
+    # on --resume (the run's only checkpoint: nothing left to resume from)
+    recipe = tiny_recipe("model.variant=v-ade", "model.discriminator.name=none", "train.steps=4",
+                         "train.checkpoint_every=1")
+    trainer = Trainer(recipe, tmp_path, progress=False)
+    original = trainer.opt_g.step
+
+    def overflowing(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if trainer.step == 1:  # the second step's update
+            with torch.no_grad():
+                trainer.model.log_sigma.fill_(float("inf"))
+        return out
+
+    trainer.opt_g.step = overflowing
+    said = r"training stopped at step 2: its update left non-finite weights in 1 tensor\(s\), e.g. log_sigma \(not "
+    with pytest.raises(TrainingError, match=said + r"checkpointed\); lower train.lr") as info:
+        trainer.fit()
+    assert "step_00000001 (train bpd" in str(info.value)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000001"]
+    resumed = Trainer(recipe, tmp_path, resume=True, progress=False)
+    assert resumed.step == 1 and math.isfinite(resumed.fit()["bpd"])
