@@ -832,3 +832,40 @@ def test_eval_refuses_a_metric_given_twice_before_any_work(tmp_path: Path) -> No
     'bpd' already reports": refused first (here before the run directory is even read)."""
     assert_one_line_error(run("eval", str(tmp_path / "no-run"), "--metrics", "bpd,fid, bpd"),
                           "--metrics: bpd given twice; give each metric once")
+
+
+@pytest.mark.parametrize(("args", "hint"), [
+    (["eval", "runs/qs", "--debug"], "avade --debug eval ..."),
+    (["recipe", "check", "x.toml", "--disable-plugins", "p"], "avade --disable-plugins NAMES recipe check ..."),
+    (["sample", "runs/qs", "--version"], "e.g. avade --version"),
+])
+def test_a_root_option_after_the_command_says_where_it_goes(args: list[str], hint: str) -> None:
+    # errors say "rerun with --debug": appended to the command line, it is not "No such option"
+    assert_one_line_error(run(*args), f"{args[-1] if args[-1].startswith('--') else args[-2]} is an option of avade "
+                          "itself: give it before the command", hint)
+
+
+def test_device_error_lists_the_choices_as_a_sentence() -> None:
+    assert_one_line_error(run("recipe", "run", str(QUICKSTART), "--device", "tpu"),
+                          "--device: expected auto, cpu or cuda, got 'tpu'")
+    assert_one_line_error(run("eval", "runs/qs", "--device", "tpu"),
+                          "--device: expected auto, cpu, cuda or cuda:N, got 'tpu'")
+
+
+def test_eval_help_names_every_option_in_80_columns() -> None:
+    result = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and "--importance-samples " in result.output, result.output
+
+
+@pytest.mark.parametrize("args", [["recipe", "keys"], ["--help"], ["--version"],
+                                  ["recipe", "show", str(QUICKSTART), "--json"]])
+def test_a_reader_that_left_is_no_failure(args: list[str]) -> None:
+    # `avade ... | head -1`: rich's tables and help screens exited 1 where avade's own output exits 0
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        done = subprocess.run([sys.executable, "-m", "avade", *args], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == "", (done.returncode, done.stderr)

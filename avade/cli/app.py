@@ -53,9 +53,15 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 try:  # recent Typer parses with its own copy of click, whose exceptions are not the `click` package's
-    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    from typer._click.exceptions import NoArgsIsHelpError, NoSuchOption, UsageError
 except ImportError:  # pragma: no cover - older Typer
-    from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]  # (click's own, raised there)
+    from click.exceptions import (  # type: ignore[assignment]  # (click's own, raised there)
+        NoArgsIsHelpError,
+        NoSuchOption,
+        UsageError,
+    )
+
+_ROOT_OPTIONS = ("--debug", "--disable-plugins", "--version")  # avade's own, given before the command
 
 
 def _usage_error(exc: Any) -> NoReturn:
@@ -63,6 +69,11 @@ def _usage_error(exc: Any) -> NoReturn:
     if isinstance(exc, NoArgsIsHelpError):  # `avade recipe` alone: the help it asks for
         raise exc
     where = exc.ctx.command_path if exc.ctx is not None else "avade"
+    if isinstance(exc, NoSuchOption) and exc.option_name in _ROOT_OPTIONS and where != "avade":
+        # `avade eval RUN --debug`, as "rerun with --debug" invites: say where it goes
+        given = {"--disable-plugins": "--disable-plugins NAMES"}.get(exc.option_name, exc.option_name)
+        example = "avade --version" if given == "--version" else f"avade {given} {where.partition(' ')[2]} ..."
+        _fail(f"{exc.option_name} is an option of avade itself: give it before the command, e.g. {example}", 2)
     _fail(f"{exc.format_message()} (see '{where} --help')", 2)
 
 
@@ -172,7 +183,7 @@ def _device(value: str | None, indexed: bool = False) -> str | None:
     name = value.lower()
     if name in DEVICES or (indexed and re.fullmatch(r"cuda:\d+", name)):
         return name
-    allowed = ", ".join(DEVICES) + (" or cuda:N" if indexed else "")
+    allowed = ", ".join(DEVICES) + " or cuda:N" if indexed else ", ".join(DEVICES[:-1]) + f" or {DEVICES[-1]}"
     raise AvadeError(f"--device: expected {allowed}, got {value!r}")
 
 
@@ -491,8 +502,9 @@ def evaluate(
         "'all': every checkpoint kept, oldest first (a metric against training steps).")] = None,
     ema: EmaOption = True,
     importance_samples: Annotated[int | None, typer.Option(
-        "--importance-samples", min=1, help="bpd: also the k-sample importance-weighted bound bpd_iw<k> (default: "
-        "the recipe's \\[eval.bpd] importance_samples if above 1, else its eval.importance_samples).")] = None,
+        "--importance-samples", min=1, metavar="K", help="bpd: also the k-sample importance-weighted bound "
+        "bpd_iw<k> (default: the recipe's \\[eval.bpd] importance_samples if above 1, else its "
+        "eval.importance_samples).")] = None,
     overrides: RunSetOption = None,
     only: Annotated[list[str] | None, typer.Option(
         "--only", metavar="VARIANT", help="A sweep's --out: only these variants, names or 0-based indices, "
@@ -667,7 +679,21 @@ def _writable_anywhere() -> None:
             reconfigure(errors="backslashreplace")
 
 
+def _reader_left(console: Console) -> None:
+    """Rich's answer to a closed pipe (``avade recipe keys | head -1``, ``avade --help | head``), with the exit
+    status of avade's own (``_Group.invoke``: 0, nothing to report) rather than rich's 1, which
+    ``set -o pipefail`` would take for a failure of avade."""
+    console.quiet = True
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     _writable_anywhere()
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="avade")
+    # (every Console: typer's help screens print through consoles of their own)
+    rich_default, Console.on_broken_pipe = Console.on_broken_pipe, _reader_left  # type: ignore[method-assign]
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="avade")
+    finally:
+        Console.on_broken_pipe = rich_default  # type: ignore[method-assign]
