@@ -1019,3 +1019,22 @@ def test_an_update_that_leaves_non_finite_weights_is_not_checkpointed(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000001"]
     resumed = Trainer(recipe, tmp_path, resume=True, progress=False)
     assert resumed.step == 1 and math.isfinite(resumed.fit()["bpd"])
+
+
+def test_resume_into_a_folder_without_checkpoints_says_it_starts_afresh(tmp_path):
+    """One command for a job's first start and its requeues (`--resume` always): the first start says that it
+    found nothing to resume, a requeue does not."""
+    import io
+
+    from rich.console import Console
+
+    from avade.train.run import run_recipe
+
+    said = []
+    for _ in range(2):
+        out = io.StringIO()
+        run_recipe(tiny_recipe("train.steps=2"), tmp_path / "run", resume=True, progress=False,
+                   console=Console(file=out, width=400))
+        said.append(out.getvalue())
+    assert "(--resume: no checkpoint there yet, so from step 0)" in said[0]
+    assert "no checkpoint there yet" not in said[1]
