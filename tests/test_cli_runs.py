@@ -132,7 +132,8 @@ def test_sample_grids_are_never_taller_than_wide(run_dir: Path, tmp_path: Path) 
     sizes = {}
     for n, extra in ((1, []), (2, []), (8, []), (8, ["--reconstructions"])):
         path = tmp_path / f"{n}{len(extra)}.png"
-        result, out = _invoke("sample", str(run_dir), "-n", str(n), "-o", str(path), "--device", "cpu", *extra)
+        flag = "--samples" if n == 2 else "-n"  # (the long form, as eval's)
+        result, out = _invoke("sample", str(run_dir), flag, str(n), "-o", str(path), "--device", "cpu", *extra)
         assert result.exit_code == 0, out
         sizes[n, bool(extra)] = Image.open(path).size
     side = sizes[1, False][0]  # one image alone: no padding (torchvision)

@@ -581,7 +581,7 @@ def evaluate(
 @app.command()
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
-    n: Annotated[int, typer.Option("-n", help="Number of images.")] = 64,
+    n: Annotated[int, typer.Option("-n", "--samples", help="Number of images (as eval's --samples).")] = 64,
     output: Annotated[Path, typer.Option("-o", "--output", help="Image file for the grid (.png, .jpg, ...), "
                                          "or .npz: all n samples as uint8 \\[n, H, W, C] under arr_0 (the "
                                          "layout external FID tools read; a class-conditional model's labels, "
