@@ -752,3 +752,20 @@ def test_a_relative_data_root_not_found_names_the_folder_it_was_looked_for_from(
     with pytest.raises(DataError) as err:  # an absolute one needs no such note
         avade.create("dataset", "image-folder", split="train", root=str(tmp_path / "data"), folder="imgs")
     assert "current directory" not in str(err.value)
+
+
+@pytest.mark.parametrize("hw", [(30, 20), (20, 30)])
+def test_a_crop_larger_than_the_image_is_clipped_to_its_short_side_on_either_orientation(hw):
+    from avade.data.base import center_crop_resize
+
+    image = torch.from_numpy(rgb_images(1, *hw, seed=7)[0]).permute(2, 0, 1).contiguous()
+    # a crop of 25 on a 20-wide (or 20-tall) image is the 20 x 20 center square, never a padded one
+    assert torch.equal(center_crop_resize(image, 10, crop=25), center_crop_resize(image, 10))
+
+
+def test_tensor_dataset_labels_are_int64_whatever_dtype_they_come_in():
+    from avade.data.base import TensorImageDataset
+
+    ds = TensorImageDataset(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 2, 1], dtype=torch.int32),
+                            num_classes=3)
+    assert ds.as_tensors()[1].dtype == torch.int64 and ds.labels.tolist() == [0, 2, 1]

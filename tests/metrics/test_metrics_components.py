@@ -236,6 +236,9 @@ def test_datasets_fingerprint_their_content(tmp_path) -> None:
     changed = images.clone()
     changed[0] += 1
     assert TensorImageDataset(changed).content_fingerprint() != same
+    late = images.clone()
+    late[-1] += 1  # any image, not only the first: the hash samples the whole set
+    assert TensorImageDataset(late).content_fingerprint() != same
     assert TensorImageDataset(images[:49]).content_fingerprint() != same
     files = []
     for i in range(3):
