@@ -21,7 +21,7 @@ from tiny_recipes import tiny_dict, tiny_recipe
 
 from avade.metrics.features import weights_path
 from avade.models import build_model
-from avade.train.distributed import DistInfo, average_gradients
+from avade.train.distributed import DistInfo, all_sum, average_gradients, average_tensors
 
 WORLD = 2
 HALF = 4
@@ -72,6 +72,28 @@ def test_two_gloo_processes_average_gradients_like_one_process(tmp_path):
         assert got.keys() == expected.keys()
         for name, grad in expected.items():
             torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _statistics_worker(rank, store, out):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        info = DistInfo(rank, WORLD, 0)
+        first, second = average_tensors([torch.tensor([1.0 + rank, 10.0 * rank]), torch.full((2, 2), 4.0 * rank)],
+                                        info)
+        sums = all_sum([1.0 + rank, -2.0], info, torch.device("cpu"))
+        save_file({"first": first.contiguous(), "second": second.contiguous(), "sums": torch.tensor(sums)},
+                  os.path.join(out, f"stats{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_replica_statistics_are_averaged_and_counts_summed_over_the_processes(tmp_path):
+    # batch-norm running statistics are the processes' mean (not their sum); bpd sums are summed
+    _spawn_job(_statistics_worker, lambda attempt: (str(tmp_path / f"store{attempt}"), str(tmp_path)))
+    for rank in range(WORLD):
+        got = load_file(str(tmp_path / f"stats{rank}.safetensors"))
+        assert got["first"].tolist() == [1.5, 5.0] and got["second"].tolist() == [[2.0, 2.0], [2.0, 2.0]]
+        assert got["sums"].tolist() == [3.0, -4.0]
 
 
 @pytest.mark.slow
