@@ -1806,3 +1806,43 @@ def test_a_sweep_row_is_of_the_checkpoint_it_evaluated_even_if_eval_json_changes
     assert result.exit_code == 0, out
     (row,) = json.loads((sweep / "sweep_eval.json").read_text())
     assert row["step"] == 2 and row["bpd"] != 99.0, row
+
+
+def test_eval_checkpoints_json_keeps_a_checkpoints_averaged_and_last_weights_apart(tmp_path: Path) -> None:
+    # `eval --no-ema` after `eval` on the same checkpoint: two records, neither replacing the other
+    from avade.evaluate.runs import record_eval
+    from avade.train.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    newest = tmp_path / "checkpoints" / "step_00000004"
+    record_eval(run, newest, {"bpd": 7.0}, "ema", ran=["bpd"])
+    record_eval(run, newest, {"bpd": 7.5}, "last", ran=["bpd"])
+    records = json.loads(run.eval_checkpoints.read_text())["records"]
+    assert [(r["weights"], r["bpd"]) for r in records] == [("ema", 7.0), ("last", 7.5)]
+    record_eval(run, newest, {"fid": 30.0}, "ema", ran=["fid"])
+    assert json.loads(run.eval.read_text())["bpd"] == 7.0  # the averaged weights' bpd, not the last iterate's
+    records = json.loads(run.eval_checkpoints.read_text())["records"]
+    assert [(r["weights"], r["bpd"], r.get("fid")) for r in records] == [("ema", 7.0, 30.0), ("last", 7.5, None)]
+
+
+def test_a_sweep_without_a_plan_lists_its_runs_in_the_order_of_its_summary(tmp_path: Path) -> None:
+    # a sweep an older avade started (no sweep_plan.json): sweep_summary.json's order, then runs it lacks by name
+    from avade.evaluate.sweeps import sweep_runs
+
+    for name in ("b-x2", "a-x1", "c-extra"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "recipe.toml").write_text("")
+    rows = [{"name": "b-x2", "model.x": 2, "bpd": 1.0}, {"name": "a-x1", "model.x": 1}]
+    (tmp_path / "sweep_summary.json").write_text(json.dumps(rows))
+    runs, axes = sweep_runs(tmp_path)
+    assert [p.name for p in runs] == ["b-x2", "a-x1", "c-extra"]
+    assert axes == {"b-x2": {"model.x": 2}, "a-x1": {"model.x": 1}}
+
+
+def test_an_only_evaluation_replaces_its_variants_earlier_row_and_keeps_the_others(tmp_path: Path) -> None:
+    from avade.evaluate.sweeps import _with_earlier_eval_rows
+
+    earlier = [{"name": "a", "bpd": 5.0}, {"name": "b", "bpd": 6.0}, {"name": "gone", "bpd": 1.0}]
+    (tmp_path / "sweep_eval.json").write_text(json.dumps(earlier))
+    table = _with_earlier_eval_rows(tmp_path, [{"name": "a", "bpd": 4.0}], [tmp_path / "a", tmp_path / "b"])
+    assert table == [{"name": "a", "bpd": 4.0}, {"name": "b", "bpd": 6.0}]
