@@ -118,11 +118,13 @@ def test_resume_in_process_is_bit_identical(tmp_path):
         assert torch.equal(a["optimizer"][key], b["optimizer"][key]), key
 
 
-def test_a_finished_run_trained_on_keeps_the_evaluation_eval_every_makes_at_its_old_end(tmp_path):
-    # its final results at step 4 are that evaluation: metrics.jsonl then reads as an uninterrupted run's
+@pytest.mark.parametrize("old_end", [4, 3])
+def test_a_finished_run_trained_on_keeps_the_evaluation_eval_every_makes_at_its_old_end(tmp_path, old_end):
+    # its final results at step 4 are that evaluation: metrics.jsonl then reads as an uninterrupted run's;
+    # those at step 3, where eval.every evaluates nothing, are dropped, not kept as an evaluation
     full = tiny_recipe("train.steps=6", "eval.every=2")
     Trainer(full, tmp_path / "a", progress=False).fit()
-    Trainer(tiny_recipe("train.steps=4", "eval.every=2"), tmp_path / "b", progress=False).fit()
+    Trainer(tiny_recipe(f"train.steps={old_end}", "eval.every=2"), tmp_path / "b", progress=False).fit()
     Trainer(full, tmp_path / "b", resume=True, progress=False).fit()
 
     def records(run):
