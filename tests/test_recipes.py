@@ -558,6 +558,17 @@ def test_resume_without_out_takes_the_newest_run_by_its_stamp_and_number(tmp_pat
     assert latest_run_dir("s", base=tmp_path).name == "mine"
 
 
+def test_resume_without_out_finds_the_run_directory_a_run_without_out_made(tmp_path: Path) -> None:
+    # the names make_run_dir gives are the ones latest_run_dir takes for runs (not for a folder of one's own)
+    from avade.train.rundir import latest_run_dir, make_run_dir
+
+    (tmp_path / "r" / "zz-mine").mkdir(parents=True)
+    first = make_run_dir("r", base=tmp_path)
+    assert latest_run_dir("r", base=tmp_path) == first
+    second = make_run_dir("r", base=tmp_path)  # (the same second, or a later one)
+    assert second != first and latest_run_dir("r", base=tmp_path) == second
+
+
 def test_realnvp_net_is_a_recipe_key() -> None:
     """The paper recipes use the Real-NVP reference code's s/t networks (``net = "reference"``, appendix C:
     "we use the reference implementations"); ``--set model.flow.net=resnet`` switches to avade's."""
