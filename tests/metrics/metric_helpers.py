@@ -105,3 +105,14 @@ def natural_crops(n: int, size: int = 32, seed: int = 0) -> Tensor:
 def noise_images(n: int, size: int = 32, seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+def crops_against_noise(tmp: pathlib.Path, n_real: int, split: str,
+                        sampler: Callable[[int, Tensor | None], Tensor] | None = None) -> FakeContext:
+    """``n_real`` photograph crops as the real ``split``, noise images as the model's samples (or ``sampler``'s),
+    scored through the test-only random features."""
+    from avade.metrics.random_features import RandomConvFeatures
+
+    return FakeContext(tmp, {split: (natural_crops(n_real, seed=0), torch.zeros(n_real, dtype=torch.long))},
+                       sampler=sampler or (lambda n, labels: noise_images(n, seed=1)),
+                       options={"feature_extractor": RandomConvFeatures(dim=16, seed=0)})

@@ -10,11 +10,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from metric_helpers import FakeContext, natural_crops, noise_images
+from metric_helpers import crops_against_noise, noise_images
 
 from avade.errors import AvadeError, ConfigError
 from avade.metrics.prd import PRD, PRDConfig, max_f_beta, plot_prd, prd_auc, prd_curve, prd_from_features
-from avade.metrics.random_features import RandomConvFeatures
 
 
 def _blobs(n: int, centers: np.ndarray, seed: int) -> np.ndarray:
@@ -88,10 +87,7 @@ def test_plot_writes_a_png_with_several_curves(tmp_path) -> None:
 
 
 def test_prd_component_writes_plot_and_curve(tmp_path) -> None:
-    real = natural_crops(60, seed=0)
-    ctx = FakeContext(tmp_path, {"train": (real, torch.zeros(60, dtype=torch.long))},
-                      sampler=lambda n, labels: noise_images(n, seed=1),
-                      options={"feature_extractor": RandomConvFeatures(dim=16, seed=0)})
+    ctx = crops_against_noise(tmp_path, 60, "train")
     metric = PRD(PRDConfig(samples=60, num_clusters=5, num_runs=2, num_angles=101))
     with pytest.warns(UserWarning, match="test-only"):
         out = metric.compute(ctx)
@@ -108,9 +104,8 @@ def test_prd_with_more_samples_than_the_split_says_how_many_it_used(tmp_path) ->
     # PRD compares as many samples as real images: samples = 60 on a split of 40 uses 40 of each, while
     # eval.json records samples = 60; it must say so (it did silently, e.g. the default 10000 on 3072 images)
     drawn = []
-    ctx = FakeContext(tmp_path, {"train": (natural_crops(40, seed=0), torch.zeros(40, dtype=torch.long))},
-                      sampler=lambda n, labels: drawn.append(n) or noise_images(n, seed=1),
-                      options={"feature_extractor": RandomConvFeatures(dim=16, seed=0)})
+    ctx = crops_against_noise(tmp_path, 40, "train",
+                              sampler=lambda n, labels: drawn.append(n) or noise_images(n, seed=1))
     with pytest.warns(UserWarning, match="PRD used 40 samples against the 40 images of the whole train split, "
                                          "not samples = 60"):
         prd = PRD(PRDConfig(samples=60, num_clusters=5, num_runs=1, num_angles=11, plot=False))
@@ -272,9 +267,7 @@ def test_prd_with_too_few_samples_for_its_clusters_is_refused_when_built(tmp_pat
         PRD(PRDConfig(samples=4))
     PRD(PRDConfig(samples=10))
     # a split smaller than samples: the split is the limit, and the error says so
-    ctx = FakeContext(tmp_path, {"train": (natural_crops(3, seed=0), torch.zeros(3, dtype=torch.long))},
-                      sampler=lambda n, labels: noise_images(n, seed=1),
-                      options={"feature_extractor": RandomConvFeatures(dim=16, seed=0)})
+    ctx = crops_against_noise(tmp_path, 3, "train")
     with (pytest.raises(AvadeError, match="the train split holds only 3 images, too few for num_clusters = 8"),
           warnings.catch_warnings()):
         warnings.simplefilter("ignore")

@@ -7,12 +7,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from metric_helpers import FakeContext, natural_crops, noise_images
+from metric_helpers import FakeContext, crops_against_noise, natural_crops
 
 import avade.metrics.prdc as prdc_module
 from avade.errors import AvadeError, ConfigError
 from avade.metrics.prdc import PRDC, PRDCConfig, prdc_from_features
-from avade.metrics.random_features import RandomConvFeatures
 
 
 def _by_definition(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
@@ -95,9 +94,7 @@ def test_bad_feature_sets_are_refused() -> None:
 
 
 def test_prdc_metric_scores_samples_against_the_split(tmp_path) -> None:
-    ctx = FakeContext(tmp_path, {"test": (natural_crops(40, seed=0), torch.zeros(40, dtype=torch.long))},
-                      sampler=lambda n, labels: noise_images(n, seed=1),
-                      options={"feature_extractor": RandomConvFeatures(dim=16, seed=0)})
+    ctx = crops_against_noise(tmp_path, 40, "test")
     metric = PRDC(PRDCConfig(samples=30, real_samples=40))
     with pytest.warns(UserWarning, match="test-only"):
         out = metric.compute(ctx)
@@ -120,9 +117,7 @@ def test_too_few_images_for_k_are_refused_when_built_or_by_the_split(tmp_path) -
         PRDC(PRDCConfig(samples=5))
     with pytest.raises(ConfigError, match=r"eval.prdc.real_samples: 3 is too few for nearest_k = 3"):
         PRDC(PRDCConfig(real_samples=3, nearest_k=3))
-    ctx = FakeContext(tmp_path, {"test": (natural_crops(4, seed=0), torch.zeros(4, dtype=torch.long))},
-                      sampler=lambda n, labels: noise_images(n, seed=1),
-                      options={"feature_extractor": RandomConvFeatures(dim=16, seed=0)})
+    ctx = crops_against_noise(tmp_path, 4, "test")
     with (pytest.raises(AvadeError, match="the test split holds only 4 images, too few for nearest_k = 5"),
           warnings.catch_warnings()):
         warnings.simplefilter("ignore")
