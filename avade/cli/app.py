@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     _writable_anywhere()
     # (every Console: typer's help screens print through consoles of their own)
-    rich_default, Console.on_broken_pipe = Console.on_broken_pipe, _reader_left  # type: ignore[method-assign]
+    rich_default, Console.on_broken_pipe = Console.on_broken_pipe, _reader_left  # type: ignore[method-assign,assignment]
     try:
         app(args=argv if argv is not None else sys.argv[1:], prog_name="avade")
     finally:

@@ -19,7 +19,7 @@ from avade.schema import ge
 __all__ = ["InceptionScore", "InceptionScoreConfig", "inception_score"]
 
 
-def check_splits(n: int, splits: int, shape: tuple[int, ...] | None = None) -> None:
+def check_splits(n: int, splits: int, shape: tuple[int | str, ...] | None = None) -> None:
     """A ValueError unless ``n`` images' class probabilities (of ``shape``) can be cut into ``splits`` chunks."""
     if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
         raise ValueError(f"splits must be an int >= 1, got {splits!r}")

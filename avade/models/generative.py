@@ -12,7 +12,7 @@ import math
 import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -216,7 +216,7 @@ class GenerativeModel(nn.Module):
         feat, logdet = self.features(u)
         k = int(importance_samples)
         if k > 1 and self.training and torch.is_grad_enabled() and any(
-                getattr(m, "analytic", False) is True for m in self.posterior.modules()):
+                getattr(m, "analytic", False) is True for m in cast(nn.Module, self.posterior).modules()):
             # its training pass reports log q as log p + KL(q || p), no density of the sample: a k-sample bound of
             # that is no bound
             raise ConfigError(f"importance_samples = {k} in a training pass needs the posterior's kl = \"sample\" "

@@ -109,7 +109,7 @@ def _tf32_kept() -> Callable[[], None]:
                 owner = backends
                 for part in path.split("."):
                     owner = getattr(owner, part)
-                kept.append((owner, "fp32_precision", owner.fp32_precision))
+                kept.append((owner, "fp32_precision", owner.fp32_precision))  # type: ignore[attr-defined]
 
     def put_back() -> None:
         for owner, attribute, value in kept:
