@@ -36,6 +36,18 @@ KINDS: tuple[str, ...] = (
     "dataset",
     "metric",
 )
+# The keyword context avade passes to each kind's factory (CONTRIBUTING's table): what a factory
+# with **kwargs is taken to accept, and what a factory lacking one of them is told it must take.
+FACTORY_CONTEXT: dict[str, tuple[str, ...]] = {
+    "flow": ("in_shape",),
+    "posterior": ("stage_shapes", "num_classes"),
+    "encoder": ("in_shape", "num_classes"),
+    "decoder": ("stage_shapes", "out_shape", "num_classes"),
+    "discriminator": ("in_shape", "num_classes"),
+    "norm": ("layer", "num_classes"),
+    "dataset": ("split",),
+    "metric": (),
+}
 ENTRY_POINT_GROUP = "avade"
 DISABLE_ENV = "AVADE_DISABLE_PLUGINS"
 BUILTIN_DIST = "avade"  # the distribution whose entry point registers the built-in components
@@ -148,12 +160,15 @@ class ComponentInfo:
         params = list(inspect.signature(self.load_factory()).parameters.values())
         if self.load_config() is not None and params:
             params = params[1:]
-        return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if any(p.kind is p.VAR_KEYWORD for p in params):  # e.g. a wrapper's (cfg, **context): takes them all
+            names += [n for n in FACTORY_CONTEXT.get(self.kind, ()) if n not in names]
+        return names
 
     def required_context(self) -> list[str]:
         """The context keywords the factory cannot do without (no default), e.g. a flow's ``in_shape``."""
         params = inspect.signature(self.load_factory()).parameters
-        return [n for n in self.context_params() if params[n].default is inspect.Parameter.empty]
+        return [n for n in self.context_params() if n in params and params[n].default is inspect.Parameter.empty]
 
 
 @attrs.frozen
@@ -339,6 +354,12 @@ class Registry:
         cfg_data = {k: v for k, v in kwargs.items() if k in fields}
         context = {k: v for k, v in kwargs.items() if k not in fields}
         for key in context:
+            if key not in context_names and key in FACTORY_CONTEXT.get(kind, ()):
+                # avade passes this one: the factory's signature, not the caller's option, is wrong
+                sig = ", ".join(("*", *(f"{n}=None" if n == "num_classes" else n for n in FACTORY_CONTEXT[kind])))
+                what, fix = info.blame()
+                raise RegistryError(f"{what}: its factory takes no keyword argument '{key}'; {kind} factories are "
+                                    f"called as factory(cfg, {sig}){fix}")
             if key not in context_names:
                 raise ConfigError(f"unknown option{did_you_mean(key, fields + context_names)}; "
                                   f"options: {', '.join(fields + context_names)}", path=f"{kind}.{name}.{key}")

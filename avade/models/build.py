@@ -23,6 +23,12 @@ def _build(kind: str, ref: ComponentRef | None, path: str, **context: Any) -> An
         return None
     registry = get_registry()
     info = registry.get(kind, ref.name)
+    if "num_classes" in context and "num_classes" not in info.context_params():
+        # as the conformance kit checks it: a factory without num_classes has no class-conditional form
+        if context["num_classes"] is not None:
+            raise ConfigError(f"{info.qualname} has no class-conditional form (its factory takes no num_classes); "
+                              f"use another {kind} or set model.conditional = false", path=path)
+        del context["num_classes"]
     try:
         return registry.build(info, ref.config, **context)
     except ConfigError as exc:

@@ -1,0 +1,77 @@
+"""What a plugin author meets: the kit and the model builder agree, and factory mistakes are said as such."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import pytest
+import torch
+from tiny_recipes import tiny_recipe
+from torch import nn
+
+from avade.errors import ConfigError, RegistryError
+from avade.models.build import build_model
+from avade.nets.conv import ConvEncoder, ConvEncoderConfig
+from avade.registry import get_registry, reset_registry
+from avade.testing import check_module
+
+
+@pytest.fixture
+def registry() -> Iterator[Any]:
+    reset_registry()
+    yield get_registry()
+    reset_registry()
+
+
+class ClasslessEncoder(ConvEncoder):
+    """An encoder without a conditional form: its factory takes no ``num_classes``."""
+
+    def __init__(self, cfg: ConvEncoderConfig, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__(cfg, in_shape=in_shape)
+
+
+def test_an_encoder_the_kit_passes_without_num_classes_builds_unconditional(registry: Any) -> None:
+    check_module("encoder", ClasslessEncoder, ConvEncoderConfig(channels=[4, 8]))  # the kit accepts it
+    registry.register("encoder", "classless", factory=ClasslessEncoder, config=ConvEncoderConfig)
+    model = build_model(tiny_recipe('model.encoder.name="classless"'))
+    assert isinstance(model.encoder, ClasslessEncoder)
+    with pytest.raises(ConfigError, match=r"encoder 'classless' has no class-conditional form .*"
+                                          r"model.conditional = false"):
+        build_model(tiny_recipe('model.encoder.name="classless"', "model.conditional=true"))
+
+
+@attrs.define
+class GainConfig:
+    init: float = 1.0
+
+
+class GainWithoutClasses(nn.Module):
+    def __init__(self, cfg: GainConfig, *, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor, y: Any = None) -> torch.Tensor:
+        return self.layer(x)
+
+
+def test_a_factory_missing_a_context_keyword_is_told_its_signature(registry: Any) -> None:
+    registry.register("norm", "gain", factory=GainWithoutClasses, config=GainConfig)
+    signature = r"factory\(cfg, \*, layer, num_classes=None\)"
+    with pytest.raises(RegistryError, match=r"norm 'gain': its factory takes no keyword argument 'num_classes'; "
+                                            r"norm factories are called as " + signature):
+        registry.create("norm", "gain", layer=nn.Linear(2, 2), num_classes=None)
+    with pytest.raises(ConfigError, match="unknown option"):  # a caller's typo is still an option
+        registry.create("norm", "gain", layer=nn.Linear(2, 2), inti=2.0)
+
+
+class WrappedEncoder(ConvEncoder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+
+
+def test_a_factory_taking_kwargs_gets_its_context(registry: Any) -> None:
+    check_module("encoder", WrappedEncoder, ConvEncoderConfig(channels=[4, 8]))
+    registry.register("encoder", "wrapped", factory=WrappedEncoder, config=ConvEncoderConfig)
+    assert isinstance(build_model(tiny_recipe('model.encoder.name="wrapped"')).encoder, WrappedEncoder)
