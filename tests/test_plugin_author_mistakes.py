@@ -75,3 +75,31 @@ def test_a_factory_taking_kwargs_gets_its_context(registry: Any) -> None:
     check_module("encoder", WrappedEncoder, ConvEncoderConfig(channels=[4, 8]))
     registry.register("encoder", "wrapped", factory=WrappedEncoder, config=ConvEncoderConfig)
     assert isinstance(build_model(tiny_recipe('model.encoder.name="wrapped"')).encoder, WrappedEncoder)
+
+
+@attrs.define
+class BrightnessConfig:
+    samples: int = 8
+
+
+class Brightness:
+    name = "mean-brightness"
+
+    def __init__(self, cfg: BrightnessConfig) -> None:
+        self.cfg = cfg
+
+    def compute(self, ctx: Any) -> dict[str, float]:
+        return {"mean_brightness": float(torch.cat(list(ctx.sample_batches(self.cfg.samples))).double().mean())}
+
+
+def test_check_module_checks_a_metric_under_its_own_name() -> None:
+    check_module("metric", Brightness, BrightnessConfig())
+
+
+def test_check_module_refuses_a_config_that_is_not_attrs_in_one_line() -> None:
+    class Plain:
+        samples = 8
+
+    with pytest.raises(AssertionError, match=r"^metric config must be an instance of an attrs class "
+                                             r"\(@attrs.define\), got Plain$"):
+        check_module("metric", Brightness, Plain())

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
 
+import attrs
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -16,7 +17,7 @@ from torch import nn
 from avade.contracts import DecoderModule, EncoderModule, FlowModule, PosteriorModule
 from avade.errors import AvadeError, ConfigError, DataError
 from avade.models.generative import takes_labels
-from avade.registry import Registry, get_registry
+from avade.registry import Registry, get_registry, is_valid_name
 
 Shape = tuple[int, int, int]
 #: Input shapes tried in order until the component builds (plugins may constrain resolution).
@@ -690,10 +691,18 @@ def _run_checks(kind: str, name: str, registry: Registry, config: dict[str, Any]
     _fail(what, f"does not build: {message}")
 
 
-def check_module(kind: str, factory: Callable[..., Any], config: Any = None, name: str = "candidate") -> None:
-    """Check an unregistered factory (e.g. while developing) by registering it in a scratch registry."""
+def check_module(kind: str, factory: Callable[..., Any], config: Any = None, name: str | None = None) -> None:
+    """Check an unregistered factory (e.g. while developing) by registering it in a scratch registry, as
+    ``name`` (default: a metric class's own ``name``, else ``"candidate"``); ``config`` is an instance of its
+    attrs config class."""
     if kind not in CHECKS:
         raise AssertionError(f"no conformance checks for kind '{kind}'; kinds: {', '.join(CHECKS)}")
+    if config is not None and not attrs.has(type(config)):
+        raise AssertionError(f"{kind} config must be an instance of an attrs class (@attrs.define), got "
+                             f"{type(config).__name__}")
+    if name is None:  # a metric's results are named after it: checked as another name, a right one fails
+        own = getattr(factory, "name", None) if kind == "metric" else None
+        name = own if isinstance(own, str) and is_valid_name(own) else "candidate"
     registry = Registry()
     registry.register(kind, name, factory=factory, config=type(config) if config is not None else None)
     # Re-use the norms etc. of the real registry for anything the candidate builds internally.
