@@ -103,3 +103,17 @@ def test_check_module_refuses_a_config_that_is_not_attrs_in_one_line() -> None:
     with pytest.raises(AssertionError, match=r"^metric config must be an instance of an attrs class "
                                              r"\(@attrs.define\), got Plain$"):
         check_module("metric", Brightness, Plain())
+
+
+def test_the_factory_context_is_the_one_contributing_documents() -> None:
+    """The keywords the registry serves a `**kwargs` factory, and names in a signature error, are CONTRIBUTING's."""
+    import re
+    from pathlib import Path
+
+    from avade.registry import FACTORY_CONTEXT, KINDS
+
+    text = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    documented = {kind: tuple(re.findall(r"(\w+)(?:=None)?(?:,|$)", signature.partition("*")[2]))
+                  for kind, signature in re.findall(r"^\| (\w+) \| `\(cfg(?:, )?([^)]*)\)` \|", text, flags=re.M)}
+    assert set(documented) == set(KINDS) == set(FACTORY_CONTEXT)
+    assert documented == FACTORY_CONTEXT
