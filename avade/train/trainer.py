@@ -461,7 +461,8 @@ class Trainer:
     def save(self, train_bpd: float | None = None) -> Path | None:
         """Checkpoint (written by rank 0; every process must call it: their random states are gathered).
         ``train_bpd``, the step's training bits/dim, is recorded so that a diverged run can show which
-        checkpoint was still sound."""
+        checkpoint was still sound. Non-finite weights are never saved (:meth:`_check_weights_finite`)."""
+        self._check_weights_finite()  # (before the gather: every process holds the same weights and stops alike)
         rng = all_gather_bytes(ckpt.rng_bundle(self.generators), self.dist, self.device)
         if not self.dist.is_main:
             return None
@@ -747,7 +748,6 @@ class Trainer:
                     if results:  # (a GAN whose metrics are bpd alone has none: no empty record)
                         logger.log(self.step, {f"eval/{k}": v for k, v in results.items()})
                 if save_now:
-                    self._check_weights_finite()
                     self.save(job_logs.get("bpd"))
                 if stopping:  # at the last step too: the final evaluation (FID: minutes) is left to --resume,
                     # and a sweep must not go on to its next variant
