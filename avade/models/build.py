@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import warnings
 from typing import Any
 
@@ -70,30 +71,40 @@ def build_model(recipe: Recipe, data_shape: tuple[int, int, int] | None = None,
     that is not class-conditional). A ConfigError asks for what they do not say."""
     model = recipe.model
     opts = model.options
-    cfg = recipe.data.dataset.config if recipe.data.dataset is not None else None
     name = recipe.data.options.name
+    declared_shape, declared_classes = declared_data(recipe)
     if data_shape is None:
-        resolution = getattr(cfg, "resolution", None)
-        if not isinstance(resolution, int):
+        if declared_shape is None:
             raise ConfigError(f"dataset '{name}' has no resolution setting to take the image shape from; pass "
                               "data_shape=(C, H, W) (the dataset's `shape`)", path="data", source=recipe.source)
-        data_shape = (int(getattr(cfg, "channels", 3)), resolution, resolution)
+        data_shape = declared_shape
     if num_classes is None:
-        known = getattr(cfg, "num_classes", None)
-        if isinstance(known, int):
-            num_classes = known
+        if declared_classes is not None:
+            num_classes = declared_classes
         elif opts.conditional:
             raise ConfigError(f"dataset '{name}' says its class count only once loaded; pass num_classes= (the "
                               "dataset's `num_classes`)", path="model.conditional", source=recipe.source)
         else:
             num_classes = 0
     if opts.conditional and num_classes <= 0:
-        raise ConfigError(f"model.conditional = true needs a labelled dataset; '{recipe.data.options.name}' "
+        raise ConfigError(f"model.conditional = true needs a labelled dataset; '{name}' "
                           "has no labels", path="model.conditional", source=recipe.source)
     classes = num_classes if opts.conditional else 0
     shape = as_shape(data_shape, "data_shape")
     with norm_options(opts.norm_options):
         return _assemble(recipe, shape, classes)
+
+
+def declared_data(recipe: Recipe) -> tuple[Shape | None, int | None]:
+    """The image shape and class count the dataset's settings say without loading the data: ``(channels (3 when
+    absent), resolution, resolution)`` and ``num_classes``, each None where the settings have no such field."""
+    cfg = recipe.data.dataset.config if recipe.data.dataset is not None else None
+    resolution, classes = getattr(cfg, "resolution", None), getattr(cfg, "num_classes", None)
+    shape = (int(getattr(cfg, "channels", 3)), resolution, resolution) if isinstance(resolution, int) else None
+    try:
+        return shape, operator.index(classes) if classes is not None else None
+    except TypeError:  # (not an integer: no count to go by)
+        return shape, None
 
 
 def _assemble(recipe: Recipe, shape: Shape, classes: int) -> GenerativeModel:
@@ -144,13 +155,10 @@ def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = N
     model and shape already checked, e.g. variants that differ only in the dataset's category. Returns
     whether the model was run (False: no ``resolution`` to run it at).
     """
-    dataset = recipe.data.dataset
-    cfg = dataset.config if dataset is not None else None
-    resolution = getattr(cfg, "resolution", None)
-    if not isinstance(resolution, int):
+    shape, declared_classes = declared_data(recipe)
+    if shape is None:
         return False
-    shape = (int(getattr(cfg, "channels", 3)), resolution, resolution)
-    classes = int(getattr(cfg, "num_classes", num_classes))
+    classes = num_classes if declared_classes is None else declared_classes
     if seen is not None:
         key = json.dumps([recipe_to_dict(recipe)["model"], shape, classes], sort_keys=True, default=str)
         if key in seen:
