@@ -109,9 +109,7 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
     if overrides:  # e.g. model.temperature: part of what each value was computed with
         given = dict(parse_override(text) for text in overrides)
         settings = {name: {**settings.get(name, {}), "overrides": given} for name, _ in metrics_built}
-    record: dict[str, Any] = {"checkpoint": ctx.checkpoint.name if ctx.checkpoint is not None else None,
-                              "step": ckpt.checkpoint_step(ctx.checkpoint) if ctx.checkpoint is not None else None,
-                              "weights": ctx.weights, **results}
+    record = _record_of(ctx.checkpoint, ctx.weights, results)  # (what another process than the first returns)
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
         run = RunDir(Path(run_dir))
         try:
@@ -126,6 +124,13 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
     return results, ctx.weights, record
 
 
+def _record_of(checkpoint: Path | None, weights: str, results: dict[str, float]) -> dict[str, Any]:
+    """A checkpoint's eval record of ``results``: which checkpoint, its step, which weights, then the values."""
+    return {"checkpoint": checkpoint.name if checkpoint is not None else None,
+            "step": ckpt.checkpoint_step(checkpoint) if checkpoint is not None else None, "weights": weights,
+            **results}
+
+
 def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float], weights: str = "last",
                  settings: dict[str, Any] | None = None, ran: Sequence[str] = ()) -> dict[str, Any]:
     """Merge ``results`` (and the ``settings`` each metric ran with, under ``"settings"``) into eval.json
@@ -135,7 +140,6 @@ def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float],
     land. The trainer drops what training since made stale. ``ran``: the metrics computed now (their earlier
     results are replaced). Returns the checkpoint's record as written to eval.json."""
     name = checkpoint.name if checkpoint is not None else None
-    step = ckpt.checkpoint_step(checkpoint) if checkpoint else None
 
     def merged(earlier: Any) -> dict[str, Any]:
         record = dict(earlier) if (isinstance(earlier, dict) and earlier.get("checkpoint") == name
@@ -143,7 +147,7 @@ def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float],
         # a metric run again replaces all its earlier results (bpd_iw4 of an earlier k goes with it), so the
         # values and its recorded settings agree
         record = {k: v for k, v in record.items() if not any(owns(m, k) for m in ran)}
-        record.update({"checkpoint": name, "step": step, "weights": weights, **results})
+        record.update(_record_of(checkpoint, weights, results))
         record["settings"] = {**record.get("settings", {}), **(settings or {})}
         return record
 
