@@ -107,6 +107,25 @@ class PosteriorModule(ModuleLike, Protocol):
 
 
 @runtime_checkable
+class CodedPosterior(Protocol):
+    """A posterior's optional latent codes (what ``GenerativeModel.encode`` / ``decode`` / ``interpolate`` need).
+
+    ``encode_stage(i, d, h, y=None, sample=False)`` returns ``(d_new, code)``: ``d`` updated as ``forward_stage``
+    updates it, by z from q (deterministic unless ``sample``), and z in the prior's standard coordinates
+    (``(z - mu_p) / sigma_p`` for a Gaussian prior: standard normal under it). ``decode_stage(i, d, code, y=None)``
+    returns ``d`` updated by the z of those coordinates, so code 0 is the prior's mode.
+    """
+
+    def encode_stage(self, i: int, d: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None,
+                     sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d updated by z ~ q(z|h, d, y), z's code under the prior)`` at stage ``i``."""
+
+    def decode_stage(self, i: int, d: torch.Tensor, code: torch.Tensor,
+                     y: torch.Tensor | None = None) -> torch.Tensor:
+        """``d`` updated by the z whose prior coordinates are ``code`` at stage ``i``."""
+
+
+@runtime_checkable
 class DiscriminatorModule(ModuleLike, Protocol):
     """The critic (kind ``discriminator``): ``critic(x in [-1, 1], y)`` gives one score per image, ``[B]``."""
 

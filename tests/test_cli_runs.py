@@ -62,6 +62,10 @@ def test_readme_python_example_runs_as_shown(run_dir: Path) -> None:
     assert names["fresh"].data_shape == (3, 16, 16) and type(names["fresh"].flow).__name__ == "Glow"
     assert names["bits_per_dim"].shape == (5,) and bool(torch.isfinite(names["bits_per_dim"]).all())
     assert names["checkpoint"].parent == run_dir / "checkpoints"
+    model = names["model"]
+    assert [c.shape[1:] for c in names["codes"]] == [model.posterior.latent_shape(i) for i in model.posterior.stage_ids]
+    assert names["again"].dtype == torch.uint8 and names["again"].shape == (5, 3, 8, 8)
+    assert names["paths"].dtype == torch.uint8 and names["paths"].shape == (2, 8, 3, 8, 8)
 
 
 def test_run_writes_the_run_directory(run_dir: Path) -> None:
@@ -1250,9 +1254,71 @@ def test_a_gan_has_no_reconstructions(tmp_path: Path) -> None:
     recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=1", "train.checkpoint_every=1", "model.variant=\"gan\"",
                                               "model.flow.name=\"none\"", "eval.metrics=[]")))
     assert _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")[0].exit_code == 0
-    result, out = _invoke("sample", str(tmp_path / "run"), "--reconstructions", "-o", str(tmp_path / "r.png"),
+    for flag in ("--reconstructions", "--interpolations"):
+        result, out = _invoke("sample", str(tmp_path / "run"), flag, "-o", str(tmp_path / "r.png"), "--device", "cpu")
+        assert result.exit_code == 2 and "a GAN trains no encoder, so its test images have no latents to show; " \
+            f"leave out {flag}" in out, out
+
+
+def test_sample_interpolations_writes_rows_of_image_path_image(run_dir: Path, tmp_path: Path) -> None:
+    """Each row: a test image, --steps decodings along the path between its code and a second image's, and
+    that second image; the ends of the path are the two images' own decodings."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import avade
+
+    grid = tmp_path / "i.png"
+    result, out = _invoke("sample", str(run_dir), "--interpolations", "-n", "3", "--steps", "4", "-o", str(grid),
                           "--device", "cpu")
-    assert result.exit_code == 2 and "a GAN trains no encoder, so it has no reconstructions" in out, out
+    assert result.exit_code == 0, out
+    image = np.asarray(Image.open(grid).convert("RGB"))
+    assert image.shape == (3 * 10 + 2, 6 * 10 + 2, 3)  # 3 rows of 1 + 4 + 1 cells of 8 px, 2 px padding
+
+    def cell(row: int, col: int) -> np.ndarray:
+        return image[2 + 10 * row:10 + 10 * row, 2 + 10 * col:10 + 10 * col]
+
+    model, _, _ = avade.load_model(run_dir, device="cpu")
+    first = torch.from_numpy(np.stack([cell(r, 0) for r in range(3)])).permute(0, 3, 1, 2).contiguous()
+    last = torch.from_numpy(np.stack([cell(r, 5) for r in range(3)])).permute(0, 3, 1, 2).contiguous()
+    frames = model.interpolate(first, last, 4, generator=torch.Generator().manual_seed(0))  # (--seed 0)
+    shown = torch.from_numpy(np.stack([np.stack([cell(r, c) for c in range(1, 5)]) for r in range(3)]))
+    assert torch.equal(frames.permute(0, 1, 3, 4, 2), shown)
+    assert not torch.equal(frames[:, 1], frames[:, 2])
+    assert not any(np.array_equal(cell(r, 0), cell(r, 5)) for r in range(3))  # two images a row
+    # the default: 8 rows of 8 frames
+    result, out = _invoke("sample", str(run_dir), "--interpolations", "-o", str(tmp_path / "d.png"), "--device",
+                          "cpu")
+    assert result.exit_code == 0, out
+    assert Image.open(tmp_path / "d.png").size == (10 * 10 + 2, 8 * 10 + 2)
+    for args, said in ((["--reconstructions"], "--interpolations and --reconstructions each make their own grid"),
+                       (["--steps", "1"], "--steps must be at least 2"),
+                       (["--temperature", "0.5"], "--temperature sets the prior's temperature, and --interpolations"),
+                       (["-o", str(tmp_path / "x.npz")], "--interpolations writes an image grid")):
+        result, out = _invoke("sample", str(run_dir), "--interpolations", "-o", str(tmp_path / "bad.png"), "--device",
+                              "cpu", *args)
+        assert result.exit_code != 0 and said in out and len(out.strip().splitlines()) == 1, out
+    assert not (tmp_path / "bad.png").exists() and not (tmp_path / "x.npz").exists()
+
+
+def test_interpolation_pairs_of_a_conditional_model_share_a_class() -> None:
+    import torch
+
+    from avade.errors import ConfigError
+    from avade.evaluate.sampling import _pairs
+
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
+    labels = torch.tensor([0, 1, 2, 1, 0, 2, 2, 1, 0, 1])
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    a, b, y = _pairs(dataset, 3, 3, None, batch_size=4)
+    assert y.tolist() == [1, 0, 2] and a[:, 0, 0, 0].tolist() == [1, 0, 2] and b[:, 0, 0, 0].tolist() == [3, 4, 5]
+    a, b, y = _pairs(dataset, 2, 3, 1, batch_size=4)
+    assert y.tolist() == [1, 1] and a[:, 0, 0, 0].tolist() == [1, 7] and b[:, 0, 0, 0].tolist() == [3, 9]
+    with pytest.warns(UserWarning, match="-n 5: the test split \\(10 images\\) gives 1 pair;"):
+        assert _pairs(dataset, 5, 3, 2, batch_size=4)[2].tolist() == [2]  # (images 2 and 5; 6 has no partner)
+    with pytest.raises(ConfigError, match="needs two test images of class 2 a row; the test split has none"):
+        _pairs(torch.utils.data.TensorDataset(images[:3], labels[:3]), 1, 3, 2, batch_size=4)
 
 
 def test_table_cells_show_extreme_numbers_in_exponent_form() -> None:

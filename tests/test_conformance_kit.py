@@ -222,6 +222,53 @@ def test_a_conditional_posterior_is_run_with_labels() -> None:
            r"posterior 'label-crash' \(conditional\): forward_stage\(1, d, h, 1.0, y=y\) raised IndexError")
 
 
+class CodedPosterior(TinyPosterior):
+    """With latent codes (``encode_stage``/``decode_stage``, unit prior scale: code = z - mu_p); ``defect``
+    breaks one property the kit checks: ``code-is-z`` (the raw z, not its prior coordinates), ``random-code``
+    (sampling without ``sample``), ``lossy-decode`` (decode_stage drops part of the code), ``code-shape``."""
+
+    def encode_stage(self, i: int, d: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None,
+                     sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        defect = self.cfg.defect
+        mu_p, mu_q = self.prior(d), self.posterior(h)
+        z = mu_q + torch.randn_like(mu_q) if sample or defect == "random-code" else mu_q
+        code = z if defect == "code-is-z" else z - mu_p
+        return d + self.merge(z), (code[:0] if defect == "code-shape" else code)
+
+    def decode_stage(self, i: int, d: torch.Tensor, code: torch.Tensor, y: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        z = self.prior(d) + (0.5 * code if self.cfg.defect == "lossy-decode" else code)
+        return d + self.merge(z)
+
+
+def test_the_kit_accepts_a_correct_coded_posterior() -> None:
+    check_module("posterior", CodedPosterior, PosteriorConfig(), name="coded-posterior")
+
+
+@pytest.mark.parametrize("defect, expected", [
+    ("code-is-z", r"decode_stage\(1, d, code\) must give back encode_stage's d_new"),
+    ("random-code", r"encode_stage\(1, d, h, y=y\): two encodings differ"),
+    ("lossy-decode", r"decode_stage\(1, d, code\) must give back encode_stage's d_new"),
+    ("code-shape", r"encode_stage\(1, d, h, y=y\): the code must be finite with one entry per image"),
+])
+def test_the_codes_of_a_posterior_are_checked(defect: str, expected: str) -> None:
+    _fails("posterior", CodedPosterior, PosteriorConfig(defect), f"bad-{defect}", expected)
+
+
+def test_a_code_of_zero_must_be_the_prior_mode() -> None:
+    class Shifted(CodedPosterior):  # decodes consistently with its encoding, but not in the prior's coordinates
+        def encode_stage(self, i: int, d: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None,
+                         sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+            d_new, code = super().encode_stage(i, d, h, y, sample)
+            return d_new, code - 1.0
+
+        def decode_stage(self, i: int, d: torch.Tensor, code: torch.Tensor, y: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+            return super().decode_stage(i, d, code + 1.0, y)
+
+    _fails("posterior", Shifted, PosteriorConfig(), "shifted", r"decode_stage\(1, d, zeros\) must be the prior's mode")
+
+
 # -- norms -------------------------------------------------------------------------------------------
 
 

@@ -581,7 +581,9 @@ def evaluate(
 @app.command()
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
-    n: Annotated[int, typer.Option("-n", "--samples", help="Number of images (as eval's --samples).")] = 64,
+    n: Annotated[int | None, typer.Option("-n", "--samples", help="Number of images (as eval's --samples); "
+                                          "with --interpolations, of rows. \\[default: 64; 8 rows]",
+                                          show_default=False)] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Image file for the grid (.png, .jpg, ...), "
                                          "or .npz: all n samples as uint8 \\[n, H, W, C] under arr_0 (the "
                                          "layout external FID tools read; a class-conditional model's labels, "
@@ -591,6 +593,12 @@ def sample(
         "Gaussian noise is added either way (default: the recipe's model.temperature, as evaluation samples).")] = None,
     reconstructions: Annotated[bool, typer.Option("--reconstructions", help="Test images and their "
                                                   "reconstructions instead.")] = False,
+    interpolations: Annotated[bool, typer.Option("--interpolations", help="Rows of a test image, --steps "
+                                                 "decodings along the path between its latent code and a second "
+                                                 "one's, and that second image (a class-conditional model's "
+                                                 "pairs share a class: --class picks it).")] = False,
+    steps: Annotated[int, typer.Option("--steps", help="Frames per --interpolations row, both ends "
+                                       "included.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     checkpoint: CheckpointOption = None,
@@ -600,8 +608,8 @@ def sample(
     label: Annotated[int | None, typer.Option("--class", help="A class-conditional model's samples of this class "
                                               "alone (default: every class, one per grid column).")] = None,
 ) -> None:
-    """Write a grid of samples (or reconstructions), or an .npz of samples, from a run's last checkpoint (or
-    --checkpoint STEP)."""
+    """Write a grid of samples (or reconstructions, or interpolations), or an .npz of samples, from a run's last
+    checkpoint (or --checkpoint STEP)."""
     from avade.evaluate import sample_run
     from avade.train.distributed import is_main_process
 
@@ -611,8 +619,9 @@ def sample(
     if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
         raise AvadeError(f"--temperature: expected a number >= 0 (1 = the prior itself, 0 = its mode), got "
                          f"{temperature}")
-    if temperature is not None and reconstructions:
-        raise AvadeError("--temperature sets the prior's temperature, and --reconstructions draws from the "
+    if temperature is not None and (reconstructions or interpolations):
+        flag = "--reconstructions" if reconstructions else "--interpolations"
+        raise AvadeError(f"--temperature sets the prior's temperature, and {flag} draws from the "
                          "posterior q(z|x): leave one of them out")
     if checkpoint is not None and checkpoint.strip().lower() == "all":
         raise AvadeError("--checkpoint all is avade eval's (a metric against training steps); avade sample takes "
@@ -622,9 +631,11 @@ def sample(
                          "...), or in .npz for an array of samples")
     if output.is_dir():
         raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'samples.png'}")
+    if n is None:
+        n = 8 if interpolations else 64
     path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
                       seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint, batch_size=batch_size,
-                      ema=ema, overrides=overrides or [], label=label)
+                      ema=ema, overrides=overrides or [], label=label, interpolations=interpolations, steps=steps)
     out.print(f"wrote {escape(str(path))}")
 
 

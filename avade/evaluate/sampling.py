@@ -9,41 +9,56 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
 from avade.atomic_files import replaced_atomically
 from avade.errors import ConfigError
 from avade.evaluate.context import draw_class_labels
 from avade.evaluate.loading import load_trained
+from avade.models.generative import GenerativeModel
 from avade.train.data import subset_batches
 
 SAMPLE_BATCH = 100  # images per model call when sampling
+INTERPOLATION_STEPS = 8  # frames between the two images of an interpolation row
 
 
 def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samples.png"),
                temperature: float | None = None, reconstructions: bool = False, seed: int = 0, device: str = "auto",
                checkpoint: str | int | None = None, batch_size: int = SAMPLE_BATCH, ema: bool = True,
-               overrides: Sequence[str] = (), label: int | None = None) -> Path:
+               overrides: Sequence[str] = (), label: int | None = None, interpolations: bool = False,
+               steps: int = INTERPOLATION_STEPS) -> Path:
     """``avade sample``: a PNG grid of samples (or test images next to their reconstructions), or with an
     ``.npz`` output all ``n`` samples as a uint8 ``[n, H, W, C]`` array ``arr_0`` (the layout external FID
     tools read; for a class-conditional model ``labels`` beside it, drawn with the training split's class
     balance as evaluation draws them), written atomically. ``overrides``: ``--set`` keys that leave the trained
     model as it is (e.g. ``data.root`` for reconstructions, ``model.temperature``). A class-conditional model's
-    grid shows one class per column; ``label``: samples of that class alone."""
+    grid shows one class per column; ``label``: samples of that class alone.
+
+    ``interpolations``: ``n`` rows, each a pair of test images with ``steps`` decodings along the path between
+    their latent codes in between (:meth:`~avade.models.generative.GenerativeModel.interpolate`); a
+    class-conditional model's pairs share a class (``label``'s alone when given)."""
     if n < 1:
         raise ConfigError(f"-n must be at least 1, got {n}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if not -(2**63) <= seed < 2**64 - 1:  # what torch's generators take (the labels are drawn with seed + 1)
         raise ConfigError(f"--seed must be an integer in [-2**63, 2**64 - 2], got {seed}")
+    if interpolations and reconstructions:
+        raise ConfigError("--interpolations and --reconstructions each make their own grid; leave out one of them")
+    if steps < 2:
+        raise ConfigError(f"--steps must be at least 2 (both ends of a path included), got {steps}")
     output = Path(output)
     as_array = output.suffix.lower() == ".npz"
-    if as_array and reconstructions:
-        raise ConfigError("--reconstructions writes an image grid; give -o a .png (or another image) file")
-    # Samples need only the model (a run copied without its data can be sampled); reconstructions need test images.
-    loaded = load_trained(Path(run_dir), device, checkpoint, datasets=reconstructions, ema=ema, overrides=overrides)
+    from_data = reconstructions or interpolations
+    if as_array and from_data:
+        flag = "--reconstructions" if reconstructions else "--interpolations"
+        raise ConfigError(f"{flag} writes an image grid; give -o a .png (or another image) file")
+    # Samples need only the model (a run copied without its data can be sampled); the others need test images.
+    loaded = load_trained(Path(run_dir), device, checkpoint, datasets=from_data, ema=ema, overrides=overrides)
     model, sets = loaded.model, loaded.datasets
-    if reconstructions and model.variant == "gan":  # its encoder is never trained: no reconstructions to show
-        raise ConfigError("a GAN trains no encoder, so it has no reconstructions; leave out --reconstructions")
+    if from_data and model.variant == "gan":  # its encoder is never trained: no reconstructions to show
+        flag = "--reconstructions" if reconstructions else "--interpolations"
+        raise ConfigError(f"a GAN trains no encoder, so its test images have no latents to show; leave out {flag}")
     if label is not None:
         if not model.num_classes:
             raise ConfigError(f"--class {label}: this run's model is not class-conditional; leave out --class")
@@ -54,6 +69,11 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
             raise ConfigError(f"--class {label}: the model has classes 0..{model.num_classes - 1}")
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
+    if interpolations:
+        assert sets is not None
+        images = _interpolation_rows(model, sets[1], n, steps, label, gen, batch_size)
+        _write(output, images, steps + 2, None)
+        return output
     nrow = square_columns(n)
     labels = None
     if label is not None:
@@ -81,12 +101,72 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
                 model.sample(min(batch_size, n - start), labels[start:start + batch_size] if labels is not None
                              else None, temperature=temperature, generator=gen).cpu()
                 for start in range(0, n, batch_size)])
+    _write(output, images, nrow, labels)
+    return output
+
+
+def _write(output: Path, images: torch.Tensor, nrow: int, labels: torch.Tensor | None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
-    if as_array:
+    if output.suffix.lower() == ".npz":
         _save_npz(output, images, labels)
     else:
         save_grid(images, output, nrow)
-    return output
+
+
+def _interpolation_rows(model: GenerativeModel, test_set: Dataset, n: int, steps: int, label: int | None,
+                        gen: torch.Generator, batch_size: int) -> torch.Tensor:
+    """The grid of ``avade sample --interpolations``: per row a test image, ``steps`` frames of the path to a
+    second one, and that second image. Pairs are consecutive test images (a random subset fixed by the seed 0,
+    as reconstructions pick theirs); a class-conditional model's pairs share a class."""
+    dev = gen.device
+    a, b, labels = _pairs(test_set, n, model.num_classes, label, batch_size)
+    rows = []
+    for start in range(0, a.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        xa, xb = a[part].to(dev), b[part].to(dev)
+        frames = model.interpolate(xa, xb, steps, labels[part].to(dev) if labels is not None else None,
+                                   generator=gen)
+        rows.append(torch.cat([xa[:, None], frames, xb[:, None]], 1).cpu())
+    return torch.cat(rows).flatten(0, 1)
+
+
+def _pairs(test_set: Dataset, n: int, num_classes: int, label: int | None, batch_size: int
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Up to ``n`` pairs of test images (a warning when the split holds fewer), with their class for a
+    class-conditional model (both of a pair in one class, ``label``'s when given)."""
+    total = len(test_set)  # type: ignore[arg-type]
+    if not num_classes:
+        x, _ = next(subset_batches(test_set, 2 * n, batch_size=2 * n))
+        if x.shape[0] < 2:
+            raise ConfigError(f"--interpolations needs two test images a row; the test split holds {x.shape[0]}")
+        found = x.shape[0] // 2
+        a, b, labels = x[0:2 * found:2], x[1:2 * found:2], None
+    else:
+        waiting: dict[int, torch.Tensor] = {}
+        pairs: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        for x, y in subset_batches(test_set, None, batch_size):
+            for image, c in zip(x, y.tolist(), strict=True):
+                if label is not None and c != label:
+                    continue
+                if c in waiting:
+                    pairs.append((waiting.pop(c), image, c))
+                else:
+                    waiting[c] = image
+            if len(pairs) >= n:
+                break
+        pairs = pairs[:n]
+        if not pairs:
+            which = f"of class {label}" if label is not None else "of one class"
+            raise ConfigError(f"--interpolations needs two test images {which} a row; the test split has none")
+        found = len(pairs)
+        a = torch.stack([p[0] for p in pairs])
+        b = torch.stack([p[1] for p in pairs])
+        labels = torch.tensor([p[2] for p in pairs], dtype=torch.int64)
+    if found < n:  # say so rather than hand back a smaller grid unannounced
+        pairs_found = f"{found} pair" + "s" * (found != 1)
+        warnings.warn(f"-n {n}: the test split ({total} images) gives {pairs_found}; the grid shows all of them",
+                      UserWarning, stacklevel=3)
+    return a, b, labels
 
 
 def square_columns(n: int) -> int:

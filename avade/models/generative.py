@@ -17,8 +17,16 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from avade.contracts import DecoderModule, DiscriminatorModule, EncoderModule, FlowModule, PosteriorModule
+from avade.contracts import (
+    CodedPosterior,
+    DecoderModule,
+    DiscriminatorModule,
+    EncoderModule,
+    FlowModule,
+    PosteriorModule,
+)
 from avade.errors import ConfigError, DataError
+from avade.models import codes as latent_codes
 from avade.models.likelihood import (
     discretized_logistic_log_prob,
     gaussian_log_prob,
@@ -379,6 +387,102 @@ class GenerativeModel(nn.Module):
         hs = self.encoder(feat, labels)
         mean, _, _ = self._top_down(x.shape[0], hs, labels, 1.0)
         return self._images(self._sample_from_mean(mean, None), "reconstruction")
+
+    # -- latent codes -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None, *, sample: bool = False,
+               generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """The latent codes of uint8 images: one tensor per latent stage (``posterior.stage_ids`` order), each z of
+        q(z|x) in the standard coordinates of the prior it is drawn under (N(0, I) there, at every stage; see
+        :mod:`avade.models.codes`). Deterministic by default: each pixel at its bin's centre and each z at q's
+        base mean (through any IAF steps); ``sample`` draws the dequantization and z instead (from ``generator``
+        alone when given). :meth:`decode` maps codes back to images."""
+        x, labels, generator = self._prepared("encode", x, labels, generator)
+        posterior = self._coded("encode")
+        labels = self._labels(labels)
+        with _seeded_from(generator) if generator is not None else contextlib.nullcontext():
+            u = self.preprocess.dequantize(x, generator) if sample else self.preprocess.centres(x)
+            feat, _ = self.features(self._in_dtype(u))
+            hs = self.encoder(feat, labels)
+            d = self.decoder.initial_state(x.shape[0])
+            found: dict[int, torch.Tensor] = {}
+            for i in reversed(range(self.num_stages)):
+                if i in self._latent_stages:
+                    d, found[i] = posterior.encode_stage(i, d, hs[i], y=labels, sample=sample)
+                if i > min(self._latent_stages):  # (below the last latent stage d is needed no more)
+                    d = self.decoder.forward_stage(i, d, labels)
+        return [found[i] for i in self.posterior.stage_ids]
+
+    @torch.no_grad()
+    def decode(self, codes: list[torch.Tensor], labels: torch.Tensor | None = None, *, pixel_noise: bool = True,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 images of latent codes (as :meth:`encode` gives them; standard normal ones are prior samples,
+        zeros the prior's mode). The decoder's pixel noise is added, as :meth:`sample` adds it, unless
+        ``pixel_noise`` is False: then the image is the decoder's mean (the most likely bin, for a
+        discretized-logistic likelihood) mapped through f^-1."""
+        posterior = self._coded("decode")
+        shape_of = getattr(self.posterior, "latent_shape", None)
+        shapes = [tuple(shape_of(i)) if callable(shape_of) else None for i in self.posterior.stage_ids]
+        given = latent_codes.checked_codes("decode", codes, shapes)
+        n = given[0].shape[0]
+        _, labels, generator = self._prepared("decode", None, labels, generator, n)
+        labels = self._labels(labels)
+        device, dtype = self.log_sigma.device, self.log_sigma.dtype
+        by_stage = {i: c.to(device, dtype) for i, c in zip(self.posterior.stage_ids, given, strict=True)}
+        with _seeded_from(generator) if generator is not None else contextlib.nullcontext():
+            d = self.decoder.initial_state(n)
+            for i in reversed(range(self.num_stages)):
+                if i in self._latent_stages:
+                    d = posterior.decode_stage(i, d, by_stage[i], y=labels)
+                d = self.decoder.forward_stage(i, d, labels)
+            with _full_precision(d):
+                mean = self.decoder.head(_lifted(d), labels)
+            if pixel_noise:
+                return self._images(self._sample_from_mean(mean, generator), "decoding")
+            if self.likelihood == "discretized-logistic":  # the logistic's location is its mode: that bin
+                bins = self.preprocess.bins
+                level = ((mean.clamp(-1, 1) + 1.0) * ((bins - 1) / 2.0)).round()
+                return self._images((level + 0.5) * (256 // bins), "decoding")
+            return self._images(self.to_image(mean), "decoding")
+
+    @torch.no_grad()
+    def interpolate(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8, labels: torch.Tensor | None = None,
+                    *, spherical: bool = True, pixel_noise: bool = True,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 ``[B, steps, C, H, W]``: for each pair of images, ``steps`` decodings along the path between
+        their codes (:meth:`encode`, deterministic), its ends included: the whole code of each image at once,
+        spherically (the norm interpolated along the great circle between them) or linearly. With
+        ``pixel_noise`` the same pixel noise is drawn for every step of a pair, so that the frames differ by
+        their latents alone. A class-conditional model takes one label per pair, used at both ends."""
+        if _count(steps) < 2:
+            raise DataError(f"interpolate: steps must be an int >= 2 (both ends included), got {steps!r}")
+        if not isinstance(x_b, torch.Tensor) or not isinstance(x_a, torch.Tensor) or x_a.shape != x_b.shape:
+            got = [list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in (x_a, x_b)]
+            raise DataError(f"interpolate: x_a and x_b must be image batches of one shape, got {got[0]} and {got[1]}")
+        a = self.encode(x_a, labels)
+        b = self.encode(x_b, labels)
+        if generator is None:
+            generator = torch.Generator(device=self.log_sigma.device)
+            generator.seed()  # (noise shared along each path, new each call, as with the global RNG)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        frames = []
+        for step in latent_codes.path(a, b, int(steps), spherical):
+            # one seed for every step: the same pixel noise for each frame of a pair
+            frame_gen = torch.Generator(device=generator.device).manual_seed(seed)
+            frames.append(self.decode(step, labels, pixel_noise=pixel_noise, generator=frame_gen))
+        return torch.stack(frames, 1)
+
+    def _coded(self, what: str) -> CodedPosterior:
+        """The posterior, refused in one line if it has no latent codes (a plugin's without
+        ``encode_stage``/``decode_stage``) or if the model's encoder is never trained (a GAN)."""
+        if self.variant == "gan":
+            raise ConfigError(f"{what}: a GAN trains no encoder, so its images have no codes; sample it from the "
+                              "prior (model.sample)")
+        if not isinstance(self.posterior, CodedPosterior):
+            raise ConfigError(f"{what}: the posterior ({_who(self.posterior)}) has no latent codes: it needs "
+                              "encode_stage(i, d, h, y=None, sample=False) and decode_stage(i, d, code, y=None) "
+                              "(see CONTRIBUTING.md, posterior)", path="model.posterior")
+        return self.posterior
 
     def _images(self, u: torch.Tensor, what: str) -> torch.Tensor:
         """u in [0, 256) -> uint8 images, with a warning where u holds NaN or inf: uint8 has neither, so they would

@@ -47,6 +47,10 @@ class Preprocess(nn.Module):
         u = torch.minimum(level + noise, torch.nextafter(level + 1.0, level))
         return u if self.bits == 8 else u * self.bin_width
 
+    def centres(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> u at the centre of each pixel's bin (float32): :meth:`dequantize` without its noise."""
+        return (self.levels(x).to(torch.float32) + 0.5) * self.bin_width
+
     def to_uint8(self, u: torch.Tensor) -> torch.Tensor:
         """u in [0, 256) -> image: the bin's level, shown as its lowest 8-bit value (Glow's postprocess)."""
         if self.bits == 8:

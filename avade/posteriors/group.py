@@ -116,6 +116,23 @@ class LatentGroup(nn.Module):
             log_q = log_q - logdet
         return LatentSample(z, log_q, normal_log_prob(z, mu_p, log_sigma_p, elementwise))
 
+    def encode(self, d: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None,
+               sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d + merge(z), code)`` for z from q(z|h,d,y): its base mean through the IAF steps (a deterministic
+        code), or a sample with ``sample``. ``code = (z - mu_p) / sigma_p`` is z in the standard coordinates of
+        the prior p(z|d,y), which :meth:`decode` maps back: N(0, I) under the prior, whatever the stage."""
+        mu_p, log_sigma_p = self.prior_params(d, y)
+        mu_q, log_sigma_q, ctx = self.posterior_params(d, h, (mu_p, log_sigma_p), y)
+        z = mu_q + torch.exp(log_sigma_q) * torch.randn_like(mu_q) if sample else mu_q
+        if self.flow is not None:
+            z, _ = self.flow(z, ctx, False)
+        return d + self.merge(z, y), (z - mu_p) * torch.exp(-log_sigma_p)
+
+    def decode(self, d: torch.Tensor, code: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``d + merge(z)`` for ``z = mu_p + sigma_p * code`` under the prior p(z|d,y) (see :meth:`encode`)."""
+        mu_p, log_sigma_p = self.prior_params(d, y)
+        return d + self.merge(mu_p + torch.exp(log_sigma_p) * code.to(mu_p.dtype), y)
+
     def analytic_kl(self, d: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Closed-form ``KL(q(z|h,d,y) || p(z|d,y))`` per sample ([B]); only without IAF."""
         if self.flow is not None:

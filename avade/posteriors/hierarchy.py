@@ -76,6 +76,18 @@ class LatentModel(nn.Module):
         (log_q = 0 for prior samples). ``y``: class labels ([B]) of a conditional model, else None."""
         return self.group(i)(d, h, temperature, y)
 
+    def encode_stage(self, i: int, d: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None,
+                     sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d_new, code)``: ``d`` updated by z from q(z_i|h_i, d, y) (deterministic unless ``sample``) and z's
+        code, its coordinates under the prior p(z_i|d, y), standard normal there (``latent_shape(i)``)."""
+        return self.group(i).encode(d, h, y, sample)
+
+    def decode_stage(self, i: int, d: torch.Tensor, code: torch.Tensor,
+                     y: torch.Tensor | None = None) -> torch.Tensor:
+        """``d`` updated by the z of prior coordinates ``code`` (:meth:`encode_stage`'s inverse: code 0 is the
+        prior's mode, a standard normal code a prior sample)."""
+        return self.group(i).decode(d, code, y)
+
     def analytic_kl(self, i: int, d: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Closed-form KL(q || p) at stage ``i`` ([B]); ValueError for a group with IAF."""
         return self.group(i).analytic_kl(d, h, y)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from avade.contracts import DecoderModule, EncoderModule, FlowModule, PosteriorModule
+from avade.contracts import CodedPosterior, DecoderModule, EncoderModule, FlowModule, PosteriorModule
 from avade.errors import AvadeError, ConfigError, DataError
 from avade.models.generative import takes_labels
 from avade.registry import Registry, get_registry, is_valid_name
@@ -440,12 +440,60 @@ def _check_posterior_module(post: nn.Module, stages: list[Shape], rebuild: Calla
             _fail(what, f"stage {i}: sampling from the prior must return log_q = 0")
     _gradients(post, total, what)
     _check_prior_temperature(post, ids, stage, what)
+    if isinstance(post, CodedPosterior):
+        _check_codes(post, ids, ds, hs, stage, what, labels)
 
     def run(m: nn.Module) -> torch.Tensor:
         torch.manual_seed(1)
         return torch.cat([torch.cat([t.flatten() for t in stage(m, i, hs[i], 1.0)]) for i in ids])
 
     _roundtrip(post, rebuild, run, what)
+
+
+def _check_codes(post: CodedPosterior, ids: list[int], ds: dict[int, torch.Tensor], hs: dict[int, torch.Tensor],
+                 stage: Callable[[nn.Module, int, torch.Tensor | None, float], tuple[torch.Tensor, ...]], what: str,
+                 labels: torch.Tensor | None) -> None:
+    """A posterior with latent codes (``encode_stage``/``decode_stage``, what ``model.encode``/``decode`` call):
+    ``encode_stage`` updates d as ``forward_stage`` does (d's shape, finite), deterministically unless
+    ``sample``; ``decode_stage`` of its code gives that d back; code 0 is the prior's mode (``forward_stage``
+    at temperature 0). In eval mode, with the weights perturbed (by :func:`_check_prior_temperature`)."""
+    module = cast(nn.Module, post)
+    module.eval()
+    with torch.no_grad():
+        for i in ids:
+            d, h = ds[i], hs[i]
+            called = f"encode_stage({i}, d, h, y=y)"
+            out = _call(what, called, post.encode_stage, i, d, h, y=labels)
+            if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+                _fail(what, f"{called} must return a tuple (d_new, code), got {type(out).__name__}")
+            d_new, code = out
+            if tuple(d_new.shape) != tuple(d.shape) or not torch.isfinite(d_new).all():
+                _fail(what, f"{called}: d_new must be finite with d's shape {tuple(d.shape)}, got {_shape(d_new)}")
+            if code.dim() < 1 or code.shape[0] != d.shape[0] or not torch.isfinite(code).all():
+                _fail(what, f"{called}: the code must be finite with one entry per image, got {_shape(code)}")
+            again = _call(what, called, post.encode_stage, i, d, h, y=labels)[1]
+            if not torch.equal(again, code):
+                _fail(what, f"{called}: two encodings differ; without sample=True a code is deterministic")
+            sampled = [_call(what, f"encode_stage({i}, d, h, y=y, sample=True)", post.encode_stage, i, d, h,
+                             y=labels, sample=True)[1] for _ in range(2)]
+            if torch.equal(*sampled):
+                _fail(what, f"encode_stage({i}, d, h, sample=True): two draws are alike: does it sample z?")
+            back = _call(what, f"decode_stage({i}, d, code, y=y)", post.decode_stage, i, d, code, y=labels)
+            if not isinstance(back, torch.Tensor) or back.shape != d_new.shape \
+                    or not torch.allclose(back, d_new, rtol=1e-4, atol=1e-4 * float(d_new.abs().max()) + 1e-5):
+                _fail(what, f"decode_stage({i}, d, code) must give back encode_stage's d_new for its code "
+                            f"(max difference {_difference(back, d_new)})")
+            mode = _call(what, f"decode_stage({i}, d, 0, y=y)", post.decode_stage, i, d, torch.zeros_like(code),
+                         y=labels)
+            expected = stage(module, i, None, 0.0)[0]
+            if not torch.allclose(mode, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()) + 1e-5):
+                _fail(what, f"decode_stage({i}, d, zeros) must be the prior's mode, forward_stage({i}, d, None, 0) "
+                            f"(max difference {_difference(mode, expected)}): a code is z in the prior's standard "
+                            "coordinates")
+
+
+def _difference(a: Any, b: torch.Tensor) -> str:
+    return f"{float((a - b).abs().max()):.3g}" if isinstance(a, torch.Tensor) and a.shape == b.shape else _shape(a)
 
 
 def _check_prior_temperature(post: nn.Module, ids: list[int],
