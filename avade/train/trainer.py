@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from rich.markup import escape
 from avade.atomic_files import drop_stale_temporaries, locked, naming
 from avade.contracts import ModuleLike
 from avade.data.base import class_counts, data_of_trained_model
-from avade.errors import CheckpointError, ConfigError, StoppedError, TrainingError
+from avade.errors import CheckpointError, ConfigError, DataError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
 from avade.losses.adversarial import (
     CollapseDetector,
@@ -151,6 +152,9 @@ class Trainer:
         self.generators = {"noise": self.noise}
         self.stream = BatchStream(self.train_set, recipe.data.options.batch_size, self.cfg.seed, self.dist.rank,
                                   self.dist.world, recipe.data.options.num_workers, self.device)
+        # step_once's own batches (fit keeps its stream in its loop)
+        self._batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None] | None = None
+        self._batches_step = -1
         self.step = 0
         self.bad_steps = 0
         self.last_skip = ""  # what the latest non-finite step had (skip_description)
@@ -524,9 +528,8 @@ class Trainer:
         (against the same real batch).
 
         It reads ``self.step`` (learning-rate schedule, warm-ups, KL weight) but does not advance it, nor
-        update the weight average (``train.ema_decay``): :meth:`fit` does both after each call. A loop of your
-        own does ``trainer.step += 1`` (and ``trainer.ema.update(trainer.step)`` when ``trainer.ema`` is set)
-        after each call, else every step trains as step 0 and :meth:`save` writes step 0.
+        update the weight average (``train.ema_decay``): :meth:`step_once` does both, as :meth:`fit` takes each
+        step; a loop of your own calls that (else every step trains as step 0 and :meth:`save` writes step 0).
         """
         model, cfg = self.model, self.cfg
         model.train()
@@ -628,6 +631,37 @@ class Trainer:
         return logs
 
     # -- evaluation ----------------------------------------------------------------------------------
+    def step_once(self, x: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """One training step as :meth:`fit` takes it: :meth:`train_step` on a batch, then the step count and the
+        weight average advanced; returns the logged scalars (``finite`` False: the step was skipped). Without a
+        batch it takes the run's next one (``self.stream``, from the step it is at), so a loop of
+        ``step_once()`` calls trains as :meth:`fit` does, checkpoints by :meth:`save` included. ``labels``: a
+        class-conditional model's (an unconditional one takes none)."""
+        if x is None:
+            if labels is not None:
+                raise DataError("step_once: labels came without images; give both, or neither (the run's next batch)")
+            x, labels = self._next_batch()
+        else:
+            self.model._checked("step_once", x, labels)  # (uint8 of the model's shape; a conditional model's labels)
+            x = x.to(self.device)
+            labels = torch.zeros(x.shape[0], dtype=torch.int64) if labels is None else labels
+            labels = labels.to(self.device, torch.int64)
+        logs = self.train_step(x, labels)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.step)
+        return logs
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of step ``self.step`` for :meth:`step_once`: one stream (and its loader's workers) serves
+        consecutive steps; a step set by hand (``trainer.step = s``) starts a new one there."""
+        if self._batches is None or self._batches_step != self.step:
+            if self._batches is not None:
+                self._batches.close()
+            self._batches = self.stream.batches(self.step)
+        self._batches_step = self.step + 1
+        return next(self._batches)
+
     def test_bpd(self, importance_samples: int = 1, limit: int | None = None, split: str = "test") -> float:
         """Mean bits/dim on the test split, or ``split`` (``train.eval_batches`` batches; 0 = all). Under data
         parallelism each process evaluates every world-th batch with rank 0's buffers (batch-norm
@@ -707,10 +741,7 @@ class Trainer:
                 contextlib.closing(self.stream.batches(self.step)) as batches:
             while self.step < cfg.steps:
                 x, y = next(batches)
-                logs = self.train_step(x, y)
-                self.step += 1
-                if self.ema is not None:
-                    self.ema.update(self.step)
+                logs = self.step_once(x, y)
                 images += x.shape[0] * self.dist.world
                 if logs["finite"]:
                     self.bad_steps = 0
