@@ -272,3 +272,46 @@ def test_references_to_readme_sections_name_real_sections() -> None:
     for path in files:
         for section in re.findall(r"README, ([A-Z][\w ]*)", path.read_text(encoding="utf-8")):
             assert any(h.startswith(section.strip()) for h in headings), f"{path.name}: no README section {section!r}"
+
+
+def _doc_command_lines() -> list[tuple[str, list[str]]]:
+    """(doc name, the words after `avade`) of every `avade ...` command line the docs show: README's and
+    CONTRIBUTING's bash blocks, scripts/quickstart.sh, and the recipes' comments."""
+    import shlex
+
+    root = README.parent
+    found: list[tuple[str, list[str]]] = []
+    recipes = sorted((root / "recipes").rglob("*.toml"))
+    for doc in (README, root / "CONTRIBUTING.md", root / "scripts" / "quickstart.sh", *recipes):
+        text = doc.read_text(encoding="utf-8")
+        if doc.suffix == ".toml":
+            text = "\n".join(ln.lstrip().removeprefix("#") for ln in text.splitlines() if ln.lstrip().startswith("#"))
+        blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S) if doc.suffix == ".md" else [text]
+        for line in (ln.split(" #")[0] for block in blocks for ln in block.splitlines()):
+            command = re.search(r"(?:^|\s|/)avade\s+(.*)", line)
+            if command and "pip install" not in line:
+                found.append((doc.name, shlex.split(command.group(1))))
+    return found
+
+
+def test_every_set_the_docs_show_is_a_valid_override() -> None:
+    """Each `--set KEY=VALUE` of a command the docs show names a real key with a valid value: applied to the
+    recipe the command names (the recipes' own comments included), or for a run's `eval` / `sample` to
+    recipes/quickstart.toml (what `runs/qs` was trained from). Placeholders (`KEY=VALUE`) are skipped."""
+    root = README.parent
+    checked = 0
+    for doc, words in _doc_command_lines():
+        overrides = [words[i + 1] for i, w in enumerate(words[:-1]) if w in ("--set", "-s", "[--set")]
+        overrides = [o.rstrip("]") for o in overrides if not o.split("=")[0].isupper()]
+        if not overrides:
+            continue
+        recipe = next((w for w in words if w.endswith(".toml")), None)
+        path = root / recipe if recipe and (root / recipe).is_file() else root / "recipes" / "quickstart.toml"
+        if recipe and not (root / recipe).is_file() and words[0] in ("recipe", "doctor"):
+            continue  # a recipe of the reader's own (my.toml)
+        try:
+            load_recipe(path, overrides)
+        except Exception as exc:  # any failure: named with the doc and line
+            pytest.fail(f"{doc}: avade {' '.join(words)}: {exc}")
+        checked += 1
+    assert checked >= 10
