@@ -739,9 +739,13 @@ class Trainer:
                            enabled=self.progress and self.dist.is_main, label=self.recipe.name) as bar, \
                 stop_on_signals(announce=self.dist.is_main) as stop, \
                 contextlib.closing(self.stream.batches(self.step)) as batches:
+            window_images, window_s = 0, 0.0  # the steps since the last logged line, for images_per_s
             while self.step < cfg.steps:
+                started = time.perf_counter()
                 x, y = next(batches)
                 logs = self.step_once(x, y)
+                window_s += time.perf_counter() - started
+                window_images += x.shape[0] * self.dist.world
                 images += x.shape[0] * self.dist.world
                 if logs["finite"]:
                     self.bad_steps = 0
@@ -757,8 +761,8 @@ class Trainer:
                         raise TrainingError(f"training stopped at step {self.step}: {what}{self.last_skip}); "
                                             f"{self._divergence_fix()}; {self._last_good_checkpoint()}",
                                             every_process=True)
-                elapsed = time.perf_counter() - t0
-                logs["images_per_s"] = images / max(elapsed, 1e-9)
+                # the training speed now: its steps (batch and update) alone, not evaluations, grids or saves between
+                logs["images_per_s"] = window_images / max(window_s, 1e-9)
                 bar.update(self.step, logs)
                 log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
                 stopping = self._stop_requested(stop)
@@ -768,6 +772,7 @@ class Trainer:
                 job_logs = self._global_logs(logs) if log_now or save_now else logs
                 if log_now:
                     logger.log(self.step, job_logs)
+                    window_images, window_s = 0, 0.0
                 if self.step % cfg.sample_every == 0:
                     self.write_grids(f"{self.step:08d}")
                 if self.recipe.eval.every and self.step % self.recipe.eval.every == 0 and self.step < cfg.steps:

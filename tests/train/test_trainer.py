@@ -1040,3 +1040,29 @@ def test_resume_into_a_folder_without_checkpoints_says_it_starts_afresh(tmp_path
         said.append(out.getvalue())
     assert "(--resume: no checkpoint there yet, so from step 0)" in said[0]
     assert "no checkpoint there yet" not in said[1]
+
+
+def test_images_per_s_is_the_speed_of_the_steps_since_the_last_line(tmp_path, monkeypatch) -> None:
+    """Not a running mean since the start with evaluations and saves in it: on a clock that ticks one second
+    per reading, with a checkpoint save taking 1000 s, every logged step of a batch of 8 reads 8 images/s."""
+    import itertools
+    import types
+
+    import avade.train.trainer as trainer_module
+
+    clock = itertools.count(0.0, 1.0)
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock),
+                                                                      time=time.time))
+    trainer = Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=1", "train.log_every=2"), tmp_path / "run",
+                      progress=False)
+    save = trainer.save
+
+    def slow_save(*args, **kwargs):
+        for _ in range(1000):
+            next(clock)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "save", slow_save)
+    trainer.fit()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["images_per_s"] for r in lines if "images_per_s" in r] == [8.0, 8.0]
