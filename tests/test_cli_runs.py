@@ -808,7 +808,10 @@ def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path, monkeypat
     assert [(row["step"], row["weights"]) for row in rows] == [(1, "last"), (2, "last")]
     result, out = _invoke("eval", str(tmp_path / "run"), "--checkpoint", "1", "--metrics", "bpd", "--json",
                           "--device", "cpu")
-    assert json.loads(out[out.index("{"):])["bpd"] == rows[0]["bpd"] != rows[1]["bpd"]
+    single = json.loads(out[out.index("{"):])
+    assert single["bpd"] == rows[0]["bpd"] != rows[1]["bpd"]
+    # one checkpoint's JSON says which it scored, as each row of --checkpoint all does (it said only the metrics)
+    assert single == rows[0] == {"step": 1, "weights": "last", "bpd": rows[0]["bpd"]}
     for command in (["eval", str(tmp_path), "--checkpoint", "all"], ["sample", str(tmp_path), "-o",
                                                                       str(tmp_path / "g.png")]):
         # tmp_path holds the run one level down (without a sweep's summary): the error names it
@@ -1559,12 +1562,16 @@ def test_a_run_whose_norm_plugin_is_gone_names_the_plugin(tmp_path: Path, fresh_
 
 def test_eval_json_is_strict_json_with_null_for_a_non_finite_metric(run_dir: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import avade.evaluate as evaluate_module
+    import avade.evaluate.runs as runs_module
 
-    monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: {"bpd": 5.0, "x_nan": float("nan")})
+    results = {"bpd": 5.0, "x_nan": float("nan")}
+    monkeypatch.setattr(runs_module, "evaluate_and_record",
+                        lambda *a, **k: (results, "last", {"checkpoint": "step_00000003", "step": 3, "weights": "last",
+                                                           **results}))
     result = runner.invoke(app, ["eval", str(run_dir), "--metrics", "bpd", "--json", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"bpd": 5.0, "x_nan": None}  # json.loads accepts NaN: check the text too
+    # json.loads accepts NaN: check the text too
+    assert json.loads(result.stdout) == {"step": 3, "weights": "last", "bpd": 5.0, "x_nan": None}
     assert "NaN" not in result.stdout and "x_nan not finite" in result.stderr
 
 

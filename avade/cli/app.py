@@ -513,7 +513,8 @@ def evaluate(
 ) -> None:
     """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run.
     A sweep's --out: every variant's last checkpoint (or --only some), one row each in its sweep_eval.{json,csv}."""
-    from avade.evaluate import evaluate_checkpoints, evaluate_run, evaluate_sweep, sweep_eval_failures, sweep_runs
+    from avade.evaluate import evaluate_checkpoints, evaluate_sweep, sweep_eval_failures, sweep_runs
+    from avade.evaluate.runs import evaluate_and_record
     from avade.train.distributed import is_main_process
     from avade.train.run import cell_text
 
@@ -561,14 +562,14 @@ def evaluate(
             table.add_row(*(escape(cell_text(row.get(column))) for column in columns))
         out.print(table)
         return
-    results = evaluate_run(run_dir, names, samples=samples, device=_device(device, indexed=True),
-                           console=err if as_json else out, checkpoint=checkpoint, ema=ema,
-                           importance_samples=importance_samples, overrides=overrides or [])
+    results, weights, record = evaluate_and_record(run_dir, names, samples, _device(device, indexed=True),
+                                                   err if as_json else out, checkpoint, ema, importance_samples,
+                                                   overrides or [])
     odd = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
     if odd:
         err.print(f"[yellow]warning:[/] {escape(', '.join(odd))} not finite (null in eval.json and --json)")
-    if as_json:
-        _print_json(results)
+    if as_json:  # which checkpoint and weights, as each row of --checkpoint all (and of a sweep) says
+        _print_json({"step": record.get("step"), "weights": weights, **results})
     else:
         table = Table(title=escape(f"eval: {run_dir}"), title_justify="left")
         table.add_column("metric")

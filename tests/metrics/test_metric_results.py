@@ -139,7 +139,7 @@ def test_avade_eval_reports_bpd_as_training_did_with_one_importance_knob(tmp_pat
     cli = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu",
                                    "--importance-samples", "4", "--json"])
     assert cli.exit_code == 0, cli.output
-    assert set(json.loads(cli.stdout)) == {"bpd", "bpd_iw4"}
+    assert set(json.loads(cli.stdout)) == {"step", "weights", "bpd", "bpd_iw4"}
     evaluate_run(tmp_path / "run", ["bpd"], device="cpu", importance_samples=1)
     record = json.loads((tmp_path / "run" / "eval.json").read_text())
     # the bpd metric ran again with k = 1: its earlier bpd_iw4 goes, so values and settings agree
