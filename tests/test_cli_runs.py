@@ -104,6 +104,19 @@ def test_eval_json_and_eval_file(run_dir: Path) -> None:
         "settings": {"bpd": {"importance_samples": 1, "split": "test", "eval_batch_size": 16}}}
 
 
+def test_a_runs_whole_split_has_one_reference_cache_key(run_dir: Path) -> None:
+    # FID of the whole test split and PRD of --samples 16 (the split's size) read the same 16 images
+    from avade.evaluate import load_run
+    from avade.metrics.random_features import RandomConvFeatures
+    from avade.metrics.reference import cache_path
+
+    ctx = load_run(run_dir, "cpu")
+    assert (ctx.split_size("test"), ctx.split_size("train")) == (16, 64)
+    extractor = RandomConvFeatures(dim=8)
+    assert cache_path(ctx, extractor, "test", 16, "stats") == cache_path(ctx, extractor, "test", None, "stats")
+    assert cache_path(ctx, extractor, "train", 16, "stats").name.endswith("-rand16.stats.safetensors")
+
+
 def test_eval_unknown_metric_suggests(run_dir: Path) -> None:
     result, out = _invoke("eval", str(run_dir), "--metrics", "bdp")
     assert result.exit_code == 2 and "did you mean 'bpd'" in out and "Traceback" not in out

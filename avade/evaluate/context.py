@@ -89,6 +89,11 @@ class RunContext:
         extension of :class:`~avade.metrics.context.EvalContext`."""
         return content_fingerprint(self._split(split))
 
+    def split_size(self, split: str) -> int:
+        """The number of images in ``split`` (``real_batches`` of as many or more yields all of them, in order);
+        an optional extension of :class:`~avade.metrics.context.EvalContext`."""
+        return len(self._split(split))
+
     def labels(self, split: str) -> torch.Tensor | None:
         """The labels of ``split`` in dataset order, without decoding its images (None when the dataset
         keeps no label list); an optional extension of :class:`~avade.metrics.context.EvalContext`."""

@@ -64,6 +64,10 @@ class DataOnlyContext:
         """The data's content fingerprint (see :meth:`RunContext.split_fingerprint`)."""
         return content_fingerprint(self.data)
 
+    def split_size(self, split: str) -> int:
+        """The number of images (see :meth:`RunContext.split_size`); ``split`` is ignored."""
+        return len(self.data)
+
     @property
     def num_classes(self) -> int:
         """The dataset's number of classes (0 when unlabeled)."""

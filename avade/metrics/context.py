@@ -28,6 +28,9 @@ class EvalContext(Protocol):
     A context may also offer ``labels(split) -> Tensor | None``: a split's int64 labels in the order
     ``real_batches(split)`` yields them, without decoding images. It is optional (not part of the
     Protocol): metrics that only need labels use it when present and fall back to ``real_batches``.
+    Likewise ``split_size(split) -> int``: the number of images in a split, for a context whose
+    ``real_batches(split, n)`` with ``n`` at least that yields all of them in the order ``real_batches(split)``
+    does; cached reference features of "all" and of "n >= the split" are then one file.
     """
 
     # Read-only: metrics only read them (a plain attribute, a property or an attrs field each satisfies them).

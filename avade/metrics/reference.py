@@ -35,12 +35,21 @@ class FeatureSet:
     probs: Tensor | None = None
 
 
+def _requested(ctx: EvalContext, split: str, n: int | None) -> int | None:
+    """``n``, or None (all) when it is at least the number of images in ``split`` (``split_size``, an optional
+    EvalContext method): ``real_batches`` then yields the whole split either way, so both are one cache key."""
+    size = getattr(ctx, "split_size", None)
+    return None if n is not None and callable(size) and n >= size(split) else n
+
+
 def cache_path(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None,
                what: str) -> pathlib.Path:
     """``cache_dir/ref-<dataset>-<split>[-<content>]-<hash>-<rand{n}|all>.<what>.safetensors`` (file-name
     safe; ``content``: a digest of the split's ``split_fingerprint`` when the context has one);
     ``what`` is ``"stats"`` or ``"features"``. ``rand{n}``: the seeded random subset of ``n`` images
-    (:func:`avade.train.data.subset_batches`)."""
+    (:func:`avade.train.data.subset_batches`); ``all`` also for ``n`` of at least the split's ``split_size``
+    (when the context has one: the same images)."""
+    n = _requested(ctx, split, n)
     # The split's content fingerprint (an optional EvalContext method): statistics of images since added
     # or removed must not be reused.
     fingerprint = getattr(ctx, "split_fingerprint", None)
@@ -83,6 +92,7 @@ def real_features(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: 
                   batch_size: int = 100) -> FeatureSet:
     """Features of a fixed random subset of ``n`` (all if None) real images of ``split`` (``ctx.real_batches``),
     from the cache when present."""
+    n = _requested(ctx, split, n)  # (all of the split: its "all" file, however it is asked for)
     path = cache_path(ctx, extractor, split, n, "features")
     if path.is_file():
         data = load_file(str(path))
@@ -100,6 +110,7 @@ def real_stats(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int
 def real_stats_count(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None = None,
                      batch_size: int = 100) -> tuple[Tensor, Tensor, int | None]:
     """:func:`real_stats` and how many images they come from (None for a cache file that does not say)."""
+    n = _requested(ctx, split, n)
     path = cache_path(ctx, extractor, split, n, "stats")
     if path.is_file():
         data = load_file(str(path))

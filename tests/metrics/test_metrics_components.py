@@ -257,3 +257,29 @@ def test_posterized_data_keep_their_content_fingerprint() -> None:
     b = TensorImageDataset(torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8))
     assert with_bits(a, 5).content_fingerprint() == a.content_fingerprint()
     assert with_bits(a, 5).content_fingerprint() != with_bits(b, 5).content_fingerprint()
+
+
+def test_all_of_a_split_and_as_many_images_as_it_has_are_one_cache_entry(tmp_path, monkeypatch) -> None:
+    """FID of the whole split and PRD/PRDC/KID of as many real images as it has (e.g. CIFAR-10's test split with
+    samples = 10000) read the same images in the same order: they were two cache files, computed twice."""
+    from avade.data.synthetic import Synthetic, SyntheticConfig
+    from avade.evaluate.study import DataOnlyContext
+    from avade.metrics import reference
+
+    config = SyntheticConfig(size=24, test_size=8, resolution=8)
+    data = Synthetic(config, split="train")
+    extractor = RandomConvFeatures(dim=8, seed=0, size=16)
+    ctx = DataOnlyContext(data, "synthetic", {}, cache_dir=tmp_path, device=torch.device("cpu"), config=config)
+    computed = []
+    compute = reference._compute
+    monkeypatch.setattr(reference, "_compute", lambda *a: computed.append(a[3]) or compute(*a))
+    mu, sigma = reference.real_stats(ctx, extractor, "train")
+    for n in (24, 25):  # as many as the split has, or more: all of it
+        assert reference.cache_path(ctx, extractor, "train", n, "stats") == reference.cache_path(
+            ctx, extractor, "train", None, "stats")
+        assert reference.real_features(ctx, extractor, "train", n).features.shape == (24, 8)
+        mu_n, sigma_n, count = reference.real_stats_count(ctx, extractor, "train", n)
+        assert torch.equal(mu_n, mu) and torch.equal(sigma_n, sigma) and count == 24
+    assert computed == [None] and len(list(tmp_path.iterdir())) == 2
+    reference.real_features(ctx, extractor, "train", 23)  # fewer: a random subset, cached apart
+    assert computed == [None, 23] and len(list(tmp_path.iterdir())) == 4
