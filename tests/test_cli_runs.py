@@ -842,6 +842,28 @@ def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path, monkeypat
     assert [row["step"] for row in json.loads(out[out.index("["):])] == [1, 2]
 
 
+def test_eval_every_checkpoint_loads_the_data_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--checkpoint all loaded (and checked) the run's datasets again for each checkpoint: now once per split."""
+    import avade.train.datasets
+    from avade.evaluate import evaluate_checkpoints
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=2", "train.checkpoint_every=1")))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    loads = []
+    load = avade.train.datasets.load_datasets
+    monkeypatch.setattr(avade.train.datasets, "load_datasets",
+                        lambda recipe, train=True, test=True: loads.append((train, test)) or load(recipe, train, test))
+    # bits/dim of the training split: the test split for the context, the training split when bpd reads it
+    rows = evaluate_checkpoints(tmp_path / "run", ["bpd"], device="cpu", overrides=["eval.bpd.split=train"])
+    assert [row["step"] for row in rows] == [1, 2] and all(row["bpd_train"] > 0 for row in rows)
+    assert loads == [(False, True), (True, False)]
+    loads.clear()  # one checkpoint (as before): its own load
+    _invoke("eval", str(tmp_path / "run"), "--checkpoint", "1", "--metrics", "bpd", "--device", "cpu")
+    assert loads == [(False, True)]
+
+
 def test_study_subsets_takes_dataset_keys_with_or_without_data_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     import avade.metrics.subset_study as study
 

@@ -85,11 +85,13 @@ class Loaded(NamedTuple):
 
 
 def load_trained(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bool, ema: bool = True,
-                 library: bool = False, overrides: Sequence[str] = ()) -> Loaded:
+                 library: bool = False, overrides: Sequence[str] = (), reuse: dict[Any, Any] | None = None
+                 ) -> Loaded:
     """The model (eval mode, on ``device``), recipe and checkpoint of a run, and its (train, test) datasets
     when ``datasets`` is set or the checkpoint does not say what the model was built for. On CUDA the run's
     ``train.tf32`` is applied, unless ``library`` (:func:`load_model` leaves global settings alone).
-    ``overrides``: ``--set`` keys that leave the trained model as it is (:func:`_overridden`)."""
+    ``overrides``: ``--set`` keys that leave the trained model as it is (:func:`_overridden`); ``reuse``: see
+    :func:`trained_datasets`."""
     from avade.registry import PluginWarning
     from avade.train.device import resolve_device
     from avade.train.ema import apply_average
@@ -126,7 +128,8 @@ def load_trained(run_dir: Path, device: str, checkpoint: str | int | None, datas
     # the training split only when the checkpoint does not say what it needs of it (metrics load it lazily)
     known = shape is not None and classes is not None and (data["state"].get("class_counts") is not None
                                                            or not int(classes))
-    sets = (trained_datasets(recipe, train=not known) if datasets or shape is None or classes is None else None)
+    sets = (trained_datasets(recipe, train=not known, reuse=reuse) if datasets or shape is None or classes is None
+            else None)
     if shape is None or classes is None:  # a checkpoint from before they were recorded
         assert sets is not None
         shape, classes = sets[1].shape, sets[1].num_classes
@@ -177,13 +180,24 @@ def _data_class_counts(recipe: Recipe) -> list[int] | None:
         return None
 
 
-def trained_datasets(recipe: Recipe, train: bool = True, test: bool = True) -> tuple[Any, Any]:
+def trained_datasets(recipe: Recipe, train: bool = True, test: bool = True, reuse: dict[Any, Any] | None = None
+                     ) -> tuple[Any, Any]:
     """(train, test) of a trained run's recipe (None for a split not asked for); their "not found" hints
-    point at ``--set data.root``, not at another dataset (the model was trained on this one)."""
+    point at ``--set data.root``, not at another dataset (the model was trained on this one). ``reuse``: the
+    splits loaded (and checked) by earlier calls with it, by their data settings: the checkpoints of one run
+    (``avade eval --checkpoint all``) share one load of its data; a split not in it yet is loaded and kept."""
     from avade.train.datasets import load_datasets
 
-    with data_of_trained_model():
-        return load_datasets(recipe, train=train, test=test)
+    if reuse is None:
+        with data_of_trained_model():
+            return load_datasets(recipe, train=train, test=test)
+    data = repr(recipe_to_dict(recipe).get("data"))  # (the same settings: the same images)
+    wanted = {split: asked and (data, split) not in reuse for split, asked in (("train", train), ("test", test))}
+    if any(wanted.values()):
+        with data_of_trained_model():
+            loaded = load_datasets(recipe, train=wanted["train"], test=wanted["test"])
+        reuse.update({(data, split): found for (split, new), found in zip(wanted.items(), loaded, strict=True) if new})
+    return reuse[data, "train"] if train else None, reuse[data, "test"] if test else None
 
 
 # what `--set` of eval and sample may change: everything the checkpoint fingerprint leaves out
@@ -215,17 +229,19 @@ def _overridden(run: RunDir, recipe: Recipe, overrides: Sequence[str]) -> Recipe
 
 
 def load_run(run_dir: str | Path, device: str = "auto", checkpoint: str | int | None = None,
-             ema: bool = True, overrides: Sequence[str] = ()) -> RunContext:
+             ema: bool = True, overrides: Sequence[str] = (), reuse: dict[Any, Any] | None = None) -> RunContext:
     """Rebuild a run's model from ``recipe.toml`` and its newest checkpoint (or that of step ``checkpoint``),
     with its datasets, for evaluation (:func:`load_model` for the model alone). ``overrides``: ``--set``
-    style keys that leave the trained model as it is, e.g. ``data.root=/scratch/data``."""
-    loaded = load_trained(Path(run_dir), device, checkpoint, datasets=True, ema=ema, overrides=overrides)
+    style keys that leave the trained model as it is, e.g. ``data.root=/scratch/data``. ``reuse``: datasets
+    loaded by earlier calls, shared (:func:`trained_datasets`)."""
+    loaded = load_trained(Path(run_dir), device, checkpoint, datasets=True, ema=ema, overrides=overrides,
+                          reuse=reuse)
     assert loaded.datasets is not None
     train_set, test_set = loaded.datasets
     recipe = loaded.recipe
     classes = loaded.model.num_classes
     train = train_set if train_set is not None else (
-        lambda: check_classes(trained_datasets(recipe, test=False)[0], classes, "train", recipe))
+        lambda: check_classes(trained_datasets(recipe, test=False, reuse=reuse)[0], classes, "train", recipe))
     return RunContext(loaded.model, recipe, train, test_set, next(loaded.model.parameters()).device,
                       Path(run_dir), cache_dir(), inception_options(recipe), recipe.train.seed, loaded.checkpoint,
                       loaded.weights, loaded.class_counts)

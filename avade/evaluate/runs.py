@@ -44,12 +44,14 @@ def evaluate_checkpoints(run_dir: str | Path, metrics: Sequence[str] | None = No
                          ) -> list[dict[str, Any]]:
     """``avade eval --checkpoint all``: :func:`evaluate_run` on every checkpoint kept, oldest first; one row
     per checkpoint (``step``, ``weights``, the metrics). One removed meanwhile (pruned by a training run
-    still going) is skipped with a warning rather than losing the rows computed so far."""
+    still going) is skipped with a warning rather than losing the rows computed so far. The run's datasets
+    are loaded (and checked) once, for every checkpoint."""
     rows = []
+    datasets: dict[Any, Any] = {}  # (one run, one recipe: the same data for each checkpoint)
     for step in checkpoint_steps(run_dir):
         try:
             results, weights, _ = evaluate_and_record(run_dir, metrics, samples, device, console, step, ema,
-                                                      importance_samples, overrides)
+                                                      importance_samples, overrides, reuse=datasets)
         except CheckpointError:
             if any(ckpt.checkpoint_step(p) == step for p in ckpt.list_checkpoints(RunDir(Path(run_dir)).checkpoints)):
                 raise
@@ -62,13 +64,13 @@ def evaluate_checkpoints(run_dir: str | Path, metrics: Sequence[str] | None = No
 
 def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samples: int | None, device: str,
                         console: Console | None, checkpoint: str | int | None, ema: bool,
-                        importance_samples: int | None = None, overrides: Sequence[str] = ()
-                        ) -> tuple[dict[str, float], str, dict[str, Any]]:
+                        importance_samples: int | None = None, overrides: Sequence[str] = (),
+                        reuse: dict[Any, Any] | None = None) -> tuple[dict[str, float], str, dict[str, Any]]:
     """:func:`evaluate_run`'s results, which weights they are of ("ema" or "last") and the checkpoint's record
     as written to eval.json (with its results of earlier calls), not read back: another ``avade eval`` of the
-    run may replace eval.json right after."""
+    run may replace eval.json right after. ``reuse``: datasets loaded by earlier calls (:func:`load_run`)."""
     refuse_while_a_worker_starts("evaluate")
-    ctx = load_run(run_dir, device, checkpoint, ema, overrides)
+    ctx = load_run(run_dir, device, checkpoint, ema, overrides, reuse=reuse)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)
     if not names:
         example = "bpd,fid" if ctx.recipe.variant in LIKELIHOOD_VARIANTS else "fid,kid"
