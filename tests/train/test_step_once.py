@@ -12,7 +12,8 @@ from tiny_recipes import tiny_recipe
 from avade.errors import DataError
 from avade.train.trainer import Trainer
 
-SETTINGS = ("train.steps=3", "train.checkpoint_every=100", "train.ema_decay=0.5", "train.lr_warmup_steps=2", "train.kl_warmup_steps=2")
+SETTINGS = ("train.steps=3", "train.checkpoint_every=100", "train.ema_decay=0.5", "train.lr_warmup_steps=2",
+            "train.kl_warmup_steps=2")
 
 
 def _state(trainer: Trainer) -> list[torch.Tensor]:
