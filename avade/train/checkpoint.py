@@ -171,11 +171,17 @@ def optimizer_from_tensors(name: str, opt: torch.optim.Optimizer, tensors: dict[
         index, field = key.split(".", 1)
         state.setdefault(int(index), {})[field] = value
     # torch checks only the number of parameters: state tensors of another shape (an optimizer file from
-    # another run) would load, and fail at the first step, inside the update
+    # another run) or under another name (a damaged file) would load, and fail at the first step, inside the
+    # update, after the run directory was rewritten for the resume
     params = [p for g in opt.param_groups for p in g["params"]]
+    expected = _state_fields(opt, meta["param_groups"])
     for idx, fields in state.items():
         if not 0 <= idx < len(params):
             raise ValueError(f"it has state for parameter {idx}, the optimizer {len(params)} parameters")
+        if expected is not None and set(fields) != expected:
+            odd = sorted(set(fields) ^ expected)
+            raise ValueError(f"its state of parameter {idx} has the fields {sorted(fields)}, a "
+                             f"{type(opt).__name__}'s are {sorted(expected)} (e.g. {odd[0]!r} differs)")
         for field, value in fields.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[idx].shape:
                 raise ValueError(f"its {field} of parameter {idx} has shape {tuple(value.shape)}, the parameter "
@@ -187,6 +193,16 @@ def optimizer_from_tensors(name: str, opt: torch.optim.Optimizer, tensors: dict[
             g["betas"] = tuple(g["betas"])
         groups.append(g)
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _state_fields(opt: torch.optim.Optimizer, groups: Any) -> set[str] | None:
+    """The per-parameter state fields of ``train.optimizer``'s kinds (None for another optimizer: not checked)."""
+    amsgrad = isinstance(groups, list) and any(isinstance(g, dict) and g.get("amsgrad") for g in groups)
+    if type(opt) is torch.optim.Adamax:
+        return {"step", "exp_avg", "exp_inf"}
+    if type(opt) is torch.optim.Adam:
+        return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if amsgrad else set())
+    return None
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -487,10 +503,10 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"checkpoint {path} does not fit this model: {detail}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {detail}; {fallback_hint(path)}") from None
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit this model (missing {len(missing)} / unexpected "
-                              f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]})")
+                              f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]}); {fallback_hint(path)}")
 
 
 def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],

@@ -68,17 +68,18 @@ class WeightAverage:
 
 def check_fits(tensors: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor], path: Path) -> None:
     """A one-line CheckpointError unless ``tensors`` holds exactly ``params``' names and shapes."""
+    from avade.train.checkpoint import check_finite, fallback_hint
+
     missing = sorted(set(params) - set(tensors))
     unexpected = sorted(set(tensors) - set(params))
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path}: ema.safetensors does not fit this model (missing {len(missing)} "
-                              f"/ unexpected {len(unexpected)} tensors, e.g. {(missing or unexpected)[0]})")
+                              f"/ unexpected {len(unexpected)} tensors, e.g. {(missing or unexpected)[0]}); "
+                              f"{fallback_hint(path)}")
     for name, p in params.items():
         if tensors[name].shape != p.shape:
             raise CheckpointError(f"checkpoint {path}: ema.safetensors has {name} of shape "
-                                  f"{tuple(tensors[name].shape)}, the model {tuple(p.shape)}")
-    from avade.train.checkpoint import check_finite
-
+                                  f"{tuple(tensors[name].shape)}, the model {tuple(p.shape)}; {fallback_hint(path)}")
     check_finite(tensors, path, "ema.safetensors")
 
 

@@ -168,6 +168,36 @@ def test_corrupt_checkpoint_is_refused(tmp_path, damage):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+def _rename_in_header(file, old: bytes, new: bytes) -> None:
+    """A bit flipped in a safetensors header's tensor name: the file still parses, one name is another."""
+    data = file.read_bytes()
+    assert len(old) == len(new) and old in data
+    file.write_bytes(data.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("damage", ["optimizer_field_name", "model_tensor_name", "ema_tensor_name"])
+def test_a_tensor_name_damaged_in_a_header_is_refused_before_anything_is_rewritten(tmp_path, damage):
+    # (the optimizer's was an internal KeyError at the first step, after recipe.toml and metrics.jsonl had
+    # been rewritten for the resume; the model's and average's named no fix)
+    recipe = tiny_recipe("train.steps=2", "train.checkpoint_every=1", "train.ema_decay=0.9")
+    Trainer(recipe, tmp_path, progress=False).fit()
+    path = tmp_path / "checkpoints" / "step_00000002"
+    if damage == "optimizer_field_name":
+        _rename_in_header(path / "optimizer.safetensors", b".exp_avg\"", b".exp_`vg\"")
+    else:
+        file = path / ("model.safetensors" if damage == "model_tensor_name" else "ema.safetensors")
+        name = next(iter(ckpt.load_file(file)))
+        _rename_in_header(file, name.encode(), name[:-1].encode() + b"~")
+    before = {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()}
+    with pytest.raises(CheckpointError) as info:
+        Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=1", "train.ema_decay=0.9"), tmp_path,
+                resume=True, progress=False)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message and "delete step_00000002 to resume from step_00000001" \
+        in message, message
+    assert {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()} == before
+
+
 def test_state_fields_of_the_wrong_type_are_refused_as_corrupt(tmp_path):
     # a tampered state.json: evaluation rebuilt the model from data_shape / num_classes and a resume read
     # bad_steps with int() -- internal errors (ValueError, TypeError), or a model of -3 classes
