@@ -150,6 +150,8 @@ def load_trained(run_dir: Path, device: str, checkpoint: str | int | None, datas
     if ema and "ema" in data:
         apply_average(model, model.generator_parameters(), data["ema"], chosen)
         weights = "ema"
+    ckpt.verify_digests(data, chosen, ("model", "ema") if weights == "ema" else ("model",))  # (last: damage the
+    # checks above name is named so)
     model.to(dev).eval()
     counts = data["state"].get("class_counts")
     if counts is None and int(classes):  # a checkpoint from before they were recorded: count the data's

@@ -325,8 +325,11 @@ def _write(tmp: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.
     save_file(rng_tensors, tmp / "rng.safetensors")
     if ema is not None:
         save_file(ema, tmp / "ema.safetensors")
+    # what each tensor file held when written: damage that still parses (a flipped bit in a weight) is found on
+    # reading (verify_digests), not trained on or evaluated silently
+    digests = {f.name: file_digest(f) for f in sorted(tmp.glob("*.safetensors"))}
     payload = {"format": FORMAT, "step": step, "optimizers": opt_meta, "rng": rng_meta, "rng_ranks": rank_metas,
-               **state}
+               **state, "digests": digests}
     (tmp / "state.json").write_text(json.dumps(payload, default=str), encoding="utf-8")
     for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
         sync_file(f)
@@ -477,6 +480,39 @@ def _wrong_state_field(state: dict[str, Any]) -> str:
         if key in state and not _count(state[key], least):
             return f"{key} is {state[key]!r:.60}, not a count"
     return ""
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes."""
+    with path.open("rb") as fh:
+        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def verify_digests(ckpt: dict[str, Any], path: Path, parts: Container[str] = ("model", "optimizer", "rng", "ema")
+                   ) -> None:
+    """The tensor files of ``parts`` that :func:`read_checkpoint` read are those the checkpoint was written with:
+    each one's digest equals the one state.json recorded (a checkpoint from before digests were recorded has none:
+    not checked). Called once the contents were checked, so that damage those checks name (a NaN, a shape) is
+    named so; ``parts``: those used (evaluating the last iterate does not need a sound weight average)."""
+    digests = ckpt["state"].get("digests")
+    if digests is None:
+        return
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json's digests is {digests!r:.60}, not a table of "
+                              f"file digests; {fallback_hint(path)}")
+    for name in (n for n in ("model", "optimizer", "rng", "ema") if n in ckpt and n in parts):
+        file = path / f"{name}.safetensors"
+        expected = digests.get(file.name)
+        if expected is None:
+            continue
+        try:
+            found = file_digest(file)
+        except FileNotFoundError:
+            raise _removed(path) from None
+        if found != expected:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {file.name} is not the file that was saved (its "
+                                  "SHA-256 differs from the one state.json recorded: damaged on disk, or replaced); "
+                                  f"{fallback_hint(path)}")
 
 
 def check_finite(tensors: Mapping[str, torch.Tensor], path: Path, file: str = "model.safetensors",

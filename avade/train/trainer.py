@@ -333,6 +333,7 @@ class Trainer:
             check_fits(data["ema"], averaged_names(self.model, self.g_params), path)
         if "ema" in data:
             self._saved_average = (data["ema"], path)
+        ckpt.verify_digests(data, path)  # (last: damage the checks above name is named so)
         self.finished = self._finished_summary()
         if self.dist.is_main and self.finished is None:  # a finished run is left as it is
             every = self.recipe.eval.every

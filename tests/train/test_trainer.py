@@ -243,6 +243,9 @@ def test_weights_that_are_not_finite_or_not_floats_are_refused_as_corrupt(tmp_pa
 
     Trainer(tiny_recipe("train.steps=2", "train.ema_decay=0.9"), tmp_path, progress=False).fit()
     path = tmp_path / "checkpoints" / "step_00000002"
+    # as a checkpoint from before digests: the files are rewritten by hand below, and a buffer of -inf must load
+    state = json.loads((path / "state.json").read_text())
+    (path / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "digests"}))
     model, ema = load_file(path / "model.safetensors"), load_file(path / "ema.safetensors")
     name = next(k for k, v in model.items() if v.is_floating_point() and k in ema)
     save_file({**ema, name: ema[name] * float("nan")}, path / "ema.safetensors")

@@ -1,0 +1,84 @@
+"""Checkpoint digests: damage that still parses (one flipped bit in a weight, finite) is refused in one line
+naming the file and the fix, by ``--resume`` before anything in the run is rewritten and by evaluation, for the
+files each of them uses; checkpoints from before digests were recorded still load."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from tiny_recipes import tiny_recipe
+
+import avade
+from avade.errors import CheckpointError
+from avade.train import checkpoint as ckpt
+from avade.train.trainer import Trainer
+
+SETTINGS = ("train.steps=2", "train.checkpoint_every=2", "train.ema_decay=0.5")
+
+
+def _trained(tmp_path: Path) -> Path:
+    Trainer(tiny_recipe(*SETTINGS), tmp_path, progress=False).fit()
+    return ckpt.list_checkpoints(tmp_path / "checkpoints")[-1]
+
+
+def _flip_a_data_bit(file: Path) -> None:
+    """The lowest bit of the first byte after the header: a float's lowest mantissa bit, still a valid file."""
+    data = bytearray(file.read_bytes())
+    (header,) = struct.unpack("<Q", data[:8])
+    data[8 + header] ^= 1
+    file.write_bytes(bytes(data))
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_every_tensor_file_s_digest_is_recorded(tmp_path: Path) -> None:
+    path = _trained(tmp_path)
+    digests = json.loads((path / "state.json").read_text())["digests"]
+    assert set(digests) == {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "ema.safetensors"}
+    assert all(digests[name] == ckpt.file_digest(path / name) for name in digests)
+
+
+@pytest.mark.parametrize("file", ["model", "optimizer", "rng", "ema"])
+def test_a_flipped_bit_is_refused_on_resume_before_anything_is_rewritten(tmp_path: Path, file: str) -> None:
+    path = _trained(tmp_path)
+    _flip_a_data_bit(path / f"{file}.safetensors")
+    before = _snapshot(tmp_path)
+    with pytest.raises(CheckpointError) as info:
+        Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path, resume=True,
+                progress=False)
+    message = str(info.value)
+    assert f"is corrupt: {file}.safetensors is not the file that was saved" in message and "\n" not in message
+    assert "delete step_00000002" in message
+    assert _snapshot(tmp_path) == before
+
+
+def test_evaluation_checks_the_files_it_uses(tmp_path: Path) -> None:
+    path = _trained(tmp_path)
+    _flip_a_data_bit(path / "optimizer.safetensors")  # not read by evaluation
+    avade.load_model(tmp_path, device="cpu")
+    _flip_a_data_bit(path / "ema.safetensors")
+    with pytest.raises(CheckpointError, match=r"ema.safetensors is not the file that was saved"):
+        avade.load_model(tmp_path, device="cpu")
+    avade.load_model(tmp_path, device="cpu", ema=False)  # the last iterate is sound
+    _flip_a_data_bit(path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model.safetensors is not the file that was saved"):
+        avade.load_model(tmp_path, device="cpu", ema=False)
+
+
+def test_a_checkpoint_without_digests_still_loads_and_bad_digests_are_named(tmp_path: Path) -> None:
+    path = _trained(tmp_path)
+    state = json.loads((path / "state.json").read_text())
+    older = {k: v for k, v in state.items() if k != "digests"}
+    (path / "state.json").write_text(json.dumps(older))
+    avade.load_model(tmp_path, device="cpu")
+    Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path, resume=True,
+            progress=False)
+    (path / "state.json").write_text(json.dumps({**older, "digests": ["model.safetensors"]}))
+    with pytest.raises(CheckpointError, match=r"state.json's digests is \['model.safetensors'\], not a table of file "
+                                              r"digests; delete step_00000002"):
+        avade.load_model(tmp_path, device="cpu")
