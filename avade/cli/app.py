@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, overload
@@ -338,6 +339,32 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     entry = report.get("recipe")
     if entry and not (entry["ok"] and entry["ready"]):  # the whole report, then a failing exit for scripts
         raise typer.Exit(2)
+
+
+@app.command("runs")
+def runs_overview(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Run directories, sweeps' --out, or folders of runs (searched a few levels down). \\[default: runs]",
+        show_default=False, metavar="PATH")] = None,
+    metrics: Annotated[str | None, typer.Option(
+        "--metrics", help="Comma-separated result columns, patterns allowed (e.g. fid,prdc_*) \\[default: those of "
+        "bpd, fid, kid_mean, is_mean that some run has]", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Every run's record, all its results, as JSON.")] = False,
+) -> None:
+    """Where each run stands (step, finished or not) and what its newest checkpoint scored, from the run files."""
+    from avade.cli.runs import columns_for, find_runs, render, run_record
+
+    found = find_runs(paths or [Path("runs")])
+    now = time.time()
+    records = [run_record(run, axes, now) for run, axes in found]
+    if as_json:
+        _print_json(records)
+        return
+    if not records:
+        err.print(f"no runs under {escape(', '.join(str(p) for p in paths or [Path('runs')]))}")
+        return
+    chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    render(records, columns_for(records, chosen), out)
 
 
 # -- recipes -----------------------------------------------------------------------------------------

@@ -14,38 +14,7 @@ from avade.errors import AvadeError, CheckpointError
 from avade.evaluate.compute import owns
 from avade.evaluate.loading import not_a_run
 from avade.evaluate.runs import evaluate_and_record
-from avade.train.rundir import read_json_list, read_json_object
-
-
-def sweep_runs(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
-    """The run directories of a sweep's ``--out``, in the sweep's order, and each variant's override values
-    (``{"model.flow.scales": 2, ...}``): those of its ``sweep_plan.json`` (every variant of the sweep as last
-    started, also those not trained yet, whose directories do not exist), else of its sweep_summary.json
-    (runs it does not list after, by name)."""
-    root = Path(root)
-    plan = read_json_object(root / "sweep_plan.json").get("variants")
-    if isinstance(plan, list):
-        listed = [v for v in plan if isinstance(v, dict) and isinstance(v.get("name"), str)]
-        # a run is named by its directory (the name an older avade gave a variant it started)
-        dirs = {v["name"]: v["dir"] if isinstance(v.get("dir"), str) else v["name"] for v in listed}
-        for name in dirs.values():  # avade writes plain names (sweep.variant_name): a path would lead elsewhere
-            if Path(name).name != name or name in (".", ".."):
-                raise CheckpointError(f"{root / 'sweep_plan.json'} names a variant directory {name!r:.80}, which "
-                                      f"is not a folder of {root}: it was edited; fix or delete that entry")
-        axes = {dirs[v["name"]]: dict(v["overrides"]) if isinstance(v.get("overrides"), dict) else {}
-                for v in listed}
-        return [root / name for name in axes], axes
-    summary = root / "sweep_summary.json"
-    if not summary.is_file():  # a folder of separate runs (runs/<recipe>/<time>) is no sweep
-        return [], {}
-    runs = {p.name: p for p in sorted(root.iterdir()) if (p / "recipe.toml").is_file()}
-    axes = {}
-    for row in read_json_list(summary):
-        if isinstance(row, dict) and isinstance(row.get("name"), str):
-            # the variant's overrides are its dotted keys (its summary's own keys have no dots)
-            axes[row["name"]] = {k: v for k, v in row.items() if "." in k}
-    order = [name for name in axes if name in runs] + [name for name in runs if name not in axes]
-    return [runs[name] for name in order], axes
+from avade.train.rundir import read_json_list, sweep_runs
 
 
 def evaluate_sweep(root: str | Path, metrics: Sequence[str] | None = None, samples: int | None = None,

@@ -1,0 +1,119 @@
+"""``avade runs``: each run's status, step and newest results, read from its files (torch not imported), over
+run directories, sweeps (variants not started included) and folders of runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomli_w
+from tiny_recipes import tiny_dict
+from typer.testing import CliRunner
+
+from avade.cli.app import app
+from avade.cli.runs import columns_for, find_runs, run_record
+
+
+def _run(root: Path, steps: int = 4, checkpoints: tuple[int, ...] = (), logged: int | None = None,
+         summary: dict | None = None, scored: dict | None = None, variant: str = "av-ade") -> Path:
+    """A run directory written by hand, as the trainer and `avade eval` write theirs."""
+    root.mkdir(parents=True)
+    (root / "recipe.toml").write_text(tomli_w.dumps({"name": root.name, "model": {"variant": variant},
+                                                    "train": {"steps": steps}}))
+    for step in checkpoints:
+        (root / "checkpoints" / f"step_{step:08d}").mkdir(parents=True)
+    if logged is not None:
+        lines = [json.dumps({"step": s, "loss": 1.0}) for s in range(1, logged + 1)]
+        (root / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": ')  # (a line being written)
+    if summary is not None:
+        (root / "summary.json").write_text(json.dumps(summary))
+    if scored is not None:
+        (root / "eval.json").write_text(json.dumps(scored))
+    return root
+
+
+def test_each_status_and_its_results(tmp_path: Path) -> None:
+    finished = _run(tmp_path / "a", checkpoints=(2, 4), logged=4,
+                    summary={"recipe": "a", "steps": 4, "weights": "ema", "bpd": 5.5, "bpd_untrained": 8.0},
+                    scored={"checkpoint": "step_00000004", "step": 4, "weights": "ema", "fid": 40.0, "settings": {}})
+    _run(tmp_path / "b", checkpoints=(2,), logged=3, scored={"step": 2, "weights": "last", "fid": 90.0})
+    _run(tmp_path / "c", logged=1)
+    _run(tmp_path / "d", checkpoints=(2,), summary={"steps": 2, "error": "training diverged: NaN"})
+    _run(tmp_path / "e", checkpoints=(4,), summary={"steps": 4, "weights": "last", "bpd": 6.0},
+         scored={"step": 2, "weights": "last", "fid": 70.0})  # an older checkpoint's: not the newest's results
+    records = {Path(r["run"]).name: r for r in (run_record(p, a) for p, a in find_runs([tmp_path]))}
+    assert records["a"] | {"updated_s": None} == {
+        "run": str(finished), "recipe": "a", "variant": "av-ade", "status": "finished", "step": 4, "steps": 4,
+        "checkpoints": 2, "weights": "ema", "results": {"bpd": 5.5, "fid": 40.0}, "updated_s": None}
+    assert (records["b"]["status"], records["b"]["step"], records["b"]["results"]) == ("unfinished", 3, {"fid": 90.0})
+    assert (records["c"]["status"], records["c"]["step"], records["c"]["checkpoints"]) == ("no checkpoint", 1, 0)
+    assert records["d"]["status"] == "failed" and records["d"]["error"] == "training diverged: NaN"
+    assert records["d"]["results"] == {}
+    assert records["e"]["results"] == {"bpd": 6.0}
+    assert 0 <= records["a"]["updated_s"] < 60
+
+
+def test_a_sweep_lists_its_variants_in_plan_order_those_not_started_too(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep_plan.json").write_text(json.dumps({"variants": [
+        {"name": "s-b2", "overrides": {"model.flow.blocks": 2}},
+        {"name": "s-b1", "overrides": {"model.flow.blocks": 1}},
+        {"name": "s-b4", "overrides": {"model.flow.blocks": 4}}]}))
+    _run(sweep / "s-b1", checkpoints=(4,), summary={"steps": 4, "bpd": 5.0})
+    _run(sweep / "s-b2", checkpoints=(2,), logged=2)
+    records = [run_record(p, a) for p, a in find_runs([tmp_path])]
+    assert [(Path(r["run"]).name, r["status"], r["overrides"]) for r in records] == [
+        ("s-b2", "unfinished", {"model.flow.blocks": 2}), ("s-b1", "finished", {"model.flow.blocks": 1}),
+        ("s-b4", "not started", {"model.flow.blocks": 4})]
+
+
+def test_columns_default_to_the_common_metrics_and_take_patterns() -> None:
+    records = [{"results": {"bpd": 1.0, "prdc_recall": 0.1, "kid_std": 0.0}}, {"results": {"fid": 2.0,
+                                                                                           "prdc_precision": 0.2}}]
+    assert columns_for(records, None) == ["bpd", "fid"]
+    assert columns_for(records, ["prdc_*", "fid", "lpips"]) == ["prdc_recall", "prdc_precision", "fid", "lpips"]
+
+
+def test_the_command_shows_a_table_or_json_and_refuses_a_missing_folder(tmp_path: Path) -> None:
+    _run(tmp_path / "runs" / "x", checkpoints=(4,), summary={"steps": 4, "bpd": 5.25})
+    runner = CliRunner()
+    result = runner.invoke(app, ["runs", str(tmp_path / "runs")], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "finished" in result.output and "5.25" in result.output and "4/4" in result.output
+    result = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)[0]["results"] == {"bpd": 5.25}
+    result = runner.invoke(app, ["runs", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "no such folder" in result.output and len(result.output.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["runs", str(tmp_path / "empty")])
+    assert result.exit_code == 0 and "no runs under" in result.output
+
+
+def test_a_real_run_is_listed_without_importing_torch(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=2", "train.checkpoint_every=1")))
+    runner = CliRunner()
+    assert runner.invoke(app, ["recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device",
+                               "cpu"]).exit_code == 0
+    code = ("import sys, json; from avade.cli.runs import find_runs, run_record; "
+            f"r = [run_record(p, a) for p, a in find_runs([__import__('pathlib').Path({str(tmp_path)!r})])]; "
+            "print(json.dumps(r)); assert 'torch' not in sys.modules, 'torch imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    (record,) = json.loads(out)
+    assert record["status"] == "finished" and record["step"] == 2 and record["checkpoints"] == 2
+    assert record["variant"] == "av-ade" and record["results"]["bpd"] > 0
+
+
+@pytest.mark.parametrize("damaged", ["recipe", "summary"])
+def test_damaged_run_files_are_shown_as_unknown_not_a_failed_listing(tmp_path: Path, damaged: str) -> None:
+    run = _run(tmp_path / "r", checkpoints=(2,), summary={"steps": 2, "bpd": 5.0})
+    (run / ("recipe.toml" if damaged == "recipe" else "summary.json")).write_text("{not valid")
+    (record,) = [run_record(p, a) for p, a in find_runs([tmp_path])]
+    if damaged == "recipe":
+        assert record["variant"] is None and record["steps"] is None and record["status"] == "finished"
+    else:
+        assert record["status"] == "unfinished" and record["results"] == {}
