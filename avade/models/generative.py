@@ -396,7 +396,14 @@ class GenerativeModel(nn.Module):
         q(z|x) in the standard coordinates of the prior it is drawn under (N(0, I) there, at every stage; see
         :mod:`avade.models.codes`). Deterministic by default: each pixel at its bin's centre and each z at q's
         base mean (through any IAF steps); ``sample`` draws the dequantization and z instead (from ``generator``
-        alone when given). :meth:`decode` maps codes back to images."""
+        alone when given). :meth:`decode` maps codes back to images. It runs in eval mode (each module's own mode
+        given back after), as :meth:`decode` and :meth:`interpolate` do: a training-mode batch norm would make an
+        image's code depend on its batch, and update its running statistics."""
+        with _evaluating(self):
+            return self._encode(x, labels, sample, generator)
+
+    def _encode(self, x: torch.Tensor, labels: torch.Tensor | None, sample: bool,
+                generator: torch.Generator | None) -> list[torch.Tensor]:
         x, labels, generator = self._prepared("encode", x, labels, generator)
         posterior = self._coded("encode")
         labels = self._labels(labels)
@@ -419,7 +426,12 @@ class GenerativeModel(nn.Module):
         """uint8 images of latent codes (as :meth:`encode` gives them; standard normal ones are prior samples,
         zeros the prior's mode). The decoder's pixel noise is added, as :meth:`sample` adds it, unless
         ``pixel_noise`` is False: then the image is the decoder's mean (the most likely bin, for a
-        discretized-logistic likelihood) mapped through f^-1."""
+        discretized-logistic likelihood) mapped through f^-1. In eval mode, as :meth:`encode`."""
+        with _evaluating(self):
+            return self._decode(codes, labels, pixel_noise, generator)
+
+    def _decode(self, codes: list[torch.Tensor], labels: torch.Tensor | None, pixel_noise: bool,
+                generator: torch.Generator | None) -> torch.Tensor:
         posterior = self._coded("decode")
         shape_of = getattr(self.posterior, "latent_shape", None)
         shapes = [tuple(shape_of(i)) if callable(shape_of) else None for i in self.posterior.stage_ids]
@@ -453,7 +465,8 @@ class GenerativeModel(nn.Module):
         their codes (:meth:`encode`, deterministic), its ends included: the whole code of each image at once,
         spherically (the norm interpolated along the great circle between them) or linearly. With
         ``pixel_noise`` the same pixel noise is drawn for every step of a pair, so that the frames differ by
-        their latents alone. A class-conditional model takes one label per pair, used at both ends."""
+        their latents alone (drawn from ``generator``, else from the global RNG, as :meth:`sample`'s). A
+        class-conditional model takes one label per pair, used at both ends. In eval mode, as :meth:`encode`."""
         if _count(steps) < 2:
             raise DataError(f"interpolate: steps must be an int >= 2 (both ends included), got {steps!r}")
         if not isinstance(x_b, torch.Tensor) or not isinstance(x_a, torch.Tensor) or x_a.shape != x_b.shape:
@@ -461,14 +474,15 @@ class GenerativeModel(nn.Module):
             raise DataError(f"interpolate: x_a and x_b must be image batches of one shape, got {got[0]} and {got[1]}")
         a = self.encode(x_a, labels)
         b = self.encode(x_b, labels)
-        if generator is None:
-            generator = torch.Generator(device=self.log_sigma.device)
-            generator.seed()  # (noise shared along each path, new each call, as with the global RNG)
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        # (noise shared along each path; without a generator from the global RNG, as sample's: torch.manual_seed
+        # makes it reproducible)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator,
+                                 device=generator.device if generator is not None else "cpu").item())
+        device = generator.device if generator is not None else self.log_sigma.device
         frames = []
         for step in latent_codes.path(a, b, int(steps), spherical):
             # one seed for every step: the same pixel noise for each frame of a pair
-            frame_gen = torch.Generator(device=generator.device).manual_seed(seed)
+            frame_gen = torch.Generator(device=device).manual_seed(seed)
             frames.append(self.decode(step, labels, pixel_noise=pixel_noise, generator=frame_gen))
         return torch.stack(frames, 1)
 
@@ -499,6 +513,19 @@ class GenerativeModel(nn.Module):
     def extra_repr(self) -> str:
         """The variant, data shape and likelihood, shown by ``repr(model)``."""
         return f"variant={self.variant!r}, data_shape={self.data_shape}, likelihood={self.likelihood!r}"
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode, then give each of its modules its own mode back (a caller's mix of modes
+    included: a frozen part kept in eval mode while the rest trains)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 @contextlib.contextmanager

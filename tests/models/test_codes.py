@@ -199,3 +199,28 @@ def test_a_gan_and_a_posterior_without_codes_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"decode: the posterior \(.*PlainPosterior\) has no latent codes: it "
                                           r"needs encode_stage"):
         model.decode([torch.zeros(1, 2, 4, 4)])
+
+
+def test_codes_run_in_eval_mode_and_leave_the_model_as_it_was() -> None:
+    """A model in training mode (as ``trainer.step_once`` leaves it): a batch norm in training mode would make an
+    image's code depend on its batch and update the running statistics, under no_grad, silently."""
+    model = _model().train()
+    model.encoder.eval()  # a caller's own mix of modes is given back as it was
+    x = _images()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    alone = model.encode(x[:1])
+    together = model.encode(x)
+    model.decode(together)
+    model.interpolate(x[:2], x[2:], 3)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # running statistics untouched
+    assert all(torch.equal(a, b[:1]) for a, b in zip(alone, together, strict=True))
+    assert model.training and model.flow.training and not model.encoder.training
+
+
+def test_interpolation_without_a_generator_follows_the_global_rng_as_sample_does() -> None:
+    model = _model()
+    x = _images()
+    torch.manual_seed(3)
+    first = model.interpolate(x[:2], x[2:], 3)
+    torch.manual_seed(3)
+    assert torch.equal(model.interpolate(x[:2], x[2:], 3), first)
