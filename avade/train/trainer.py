@@ -9,10 +9,13 @@ With ``train.flow_adv_grad = false`` (paper) L_Q's gradient stops at f's paramet
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import math
 import time
+import weakref
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -155,6 +158,7 @@ class Trainer:
         # step_once's own batches (fit keeps its stream in its loop)
         self._batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None] | None = None
         self._batches_step = -1
+        self._batches_at_exit: Any = None  # what closes them at the interpreter's exit (see _next_batch)
         self.step = 0
         self.bad_steps = 0
         self.last_skip = ""  # what the latest non-finite step had (skip_description)
@@ -657,11 +661,31 @@ class Trainer:
         """The batch of step ``self.step`` for :meth:`step_once`: one stream (and its loader's workers) serves
         consecutive steps; a step set by hand (``trainer.step = s``) starts a new one there."""
         if self._batches is None or self._batches_step != self.step:
-            if self._batches is not None:
-                self._batches.close()
+            self.close()
             self._batches = self.stream.batches(self.step)
+            # A script's loop of step_once calls leaves its loader's workers running when it ends; they ignore
+            # SIGTERM (preemption.ignore_stop_signals), so multiprocessing's exit, which terminates and then joins
+            # them, would wait for ever. Closed before it (atexit runs the latest first), held weakly.
+            self._batches_at_exit = functools.partial(_close_weakly, weakref.ref(self._batches))
+            atexit.register(self._batches_at_exit)
+        try:
+            batch = next(self._batches)
+        except BaseException:  # (a generator that raised is done: the next call starts a new one)
+            self.close()
+            raise
         self._batches_step = self.step + 1
-        return next(self._batches)
+        return batch
+
+    def close(self) -> None:
+        """End the batches :meth:`step_once` reads (and their loader's workers, ``data.num_workers``); a later
+        :meth:`step_once` starts them again where the run is. :meth:`fit` calls it, as does the end of the
+        process."""
+        if self._batches_at_exit is not None:
+            atexit.unregister(self._batches_at_exit)
+            self._batches_at_exit = None
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
 
     def test_bpd(self, importance_samples: int = 1, limit: int | None = None, split: str = "test") -> float:
         """Mean bits/dim on the test split, or ``split`` (``train.eval_batches`` batches; 0 = all). Under data
@@ -728,6 +752,7 @@ class Trainer:
         """:meth:`fit`'s loop and final evaluation, logging to ``logger`` (closed by the caller)."""
         cfg = self.cfg
         start_step = self.step
+        self.close()  # step_once's batches, if any: fit reads its own
         # The untrained model's test BPD, so a summary shows what training bought.
         if self.likelihood and self.step == 0:
             with stop_on_signals(announce=False, immediate=UNSTARTED_STOP):  # nothing to save yet
@@ -977,6 +1002,12 @@ def _with_train_bpd(path: Path) -> str:
     """A checkpoint's name with the training bits/dim of its step (from its state.json), if recorded."""
     bpd = read_json_object(path / "state.json").get("train_bpd")
     return f"{path.name} (train bpd {bpd:.4g})" if isinstance(bpd, int | float) else path.name
+
+
+def _close_weakly(ref: weakref.ref[Generator[Any, None, None]]) -> None:
+    batches = ref()
+    if batches is not None:
+        batches.close()
 
 
 def _not_finite(value: Any) -> bool:

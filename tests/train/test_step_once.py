@@ -3,6 +3,11 @@ average and the run's batches advanced), takes batches of its own, and refuses b
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +71,73 @@ def test_bad_batches_are_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"step_once: the model is class-conditional \(4 classes\): pass labels"):
         conditional.step_once(x)
     assert trainer.step == 0 and conditional.step == 0
+
+
+_WORKERS = """
+import sys, attrs, torch
+from tiny_recipes import tiny_dict
+from avade.recipe.load import recipe_from_dict
+from avade.registry import get_registry
+from avade.train.trainer import Trainer
+
+@attrs.define
+class ItemsConfig:
+    pass
+
+class Items(torch.utils.data.Dataset):
+    shape, num_classes = (1, 4, 4), 0
+    def __init__(self, cfg, *, split): pass
+    def __len__(self): return 16
+    def __getitem__(self, i): return torch.full((1, 4, 4), i, dtype=torch.uint8), -1
+
+get_registry().register("dataset", "items", factory=Items, config=ItemsConfig)
+raw = tiny_dict("model.encoder.channels=[4]", "model.discriminator.channels=[4]")
+raw["data"] = {"name": "items", "batch_size": 4, "eval_batch_size": 8, "num_workers": 2}
+trainer = Trainer(recipe_from_dict(raw), sys.argv[1], progress=False)
+trainer.step_once()
+import multiprocessing
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+if sys.argv[2] == "close":
+    trainer.close()
+    assert multiprocessing.active_children() == []
+trainer.step_once()  # started again
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("end", ["close", "exit"])
+def test_step_once_s_loader_workers_end_with_close_or_the_script(tmp_path: Path, end: str) -> None:
+    # A script's loop of step_once calls, with data.num_workers: the workers ignore SIGTERM, and
+    # multiprocessing's exit (terminate, then join) hung for ever on them.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    proc = subprocess.Popen([sys.executable, "-c", _WORKERS, str(tmp_path / "run"), end], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    assert proc.stdout is not None
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
+    try:
+        assert proc.wait(timeout=120) == 0  # (a hang guard, far above the seconds it takes)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert len(workers) == 2
+
+
+def test_a_stream_that_failed_is_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = Trainer(tiny_recipe(*SETTINGS), tmp_path / "run", progress=False)
+    batches = trainer.stream.batches
+
+    def failing(start: int):  # an unreadable image at the second batch
+        stream = batches(start)
+        yield next(stream)
+        raise DataError("cannot read image 5.png")
+
+    monkeypatch.setattr(trainer.stream, "batches", failing)
+    trainer.step_once()
+    with pytest.raises(DataError, match=r"5\.png"):
+        trainer.step_once()
+    trainer.step += 1  # skipped by hand: that step's batch, not a StopIteration from the failed stream
+    trainer.step_once()
+    assert trainer.step == 3
