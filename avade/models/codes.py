@@ -28,9 +28,11 @@ def checked_codes(what: str, codes: object, shapes: Sequence[tuple[int, ...] | N
                         "(one tensor each, in posterior.stage_ids order, as encode returns them)")
     out: Codes = []
     for k, (code, shape) in enumerate(zip(codes, shapes, strict=True)):
-        if not isinstance(code, torch.Tensor) or not code.dtype.is_floating_point or code.dim() != 4:
+        # (one entry per image; [B, C, H, W] for avade's posteriors, a plugin's as its encode_stage gives them)
+        if not isinstance(code, torch.Tensor) or not code.dtype.is_floating_point or code.dim() < 1:
             got = f"{code.dtype} {list(code.shape)}" if isinstance(code, torch.Tensor) else type(code).__name__
-            raise DataError(f"{what}: code {k} must be a float tensor [B, C, H, W], got {got}")
+            raise DataError(f"{what}: code {k} must be a float tensor of one entry per image, [B, ...] ([B, C, H, W] "
+                            f"for a latent map), got {got}")
         if shape is not None and tuple(code.shape[1:]) != tuple(shape):
             raise DataError(f"{what}: code {k} has shape {list(code.shape[1:])} per image; its stage takes "
                             f"{list(shape)}")
@@ -65,8 +67,8 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 def path(a: Codes, b: Codes, steps: int, spherical: bool = True) -> list[Codes]:
     """``steps`` codes from ``a`` to ``b`` (both ends included), each image's whole code (every stage at once)
     interpolated spherically (:func:`slerp`) or linearly."""
-    flat_a = torch.cat([c.flatten(1) for c in a], 1)
-    flat_b = torch.cat([c.flatten(1) for c in b], 1)
+    flat_a = torch.cat([c.reshape(c.shape[0], -1) for c in a], 1)
+    flat_b = torch.cat([c.reshape(c.shape[0], -1) for c in b], 1)
     sizes = [c[0].numel() for c in a]
     out = []
     for s in range(steps):

@@ -168,7 +168,7 @@ def test_bad_codes_and_arguments_are_refused_in_one_line() -> None:
     cases = [
         (codes[:1], r"got 1 code tensors, the model has 2 latent stages"),
         (codes[0], r"codes must be a list of tensors, one per latent stage \(2\)"),
-        ([codes[0], codes[1].long()], r"code 1 must be a float tensor \[B, C, H, W\], got torch.int64"),
+        ([codes[0], codes[1].long()], r"code 1 must be a float tensor of one entry per image, \[B, \.\.\.\]"),
         ([codes[0], codes[1][:, :1]], r"code 1 has shape \[1, 4, 4\] per image; its stage takes \[2, 4, 4\]"),
         ([codes[0], codes[1][:2]], r"the codes hold \[4, 2\] images; every stage needs the same number"),
     ]
@@ -224,3 +224,28 @@ def test_interpolation_without_a_generator_follows_the_global_rng_as_sample_does
     first = model.interpolate(x[:2], x[2:], 3)
     torch.manual_seed(3)
     assert torch.equal(model.interpolate(x[:2], x[2:], 3), first)
+
+
+def test_a_plugin_posterior_s_codes_of_its_own_shape_decode_and_interpolate() -> None:
+    """The kit asks a code for one entry per image (a plugin's latent may be a vector); decode refused all but
+    [B, C, H, W], the codes of the posterior's own encode_stage included."""
+    from avade.posteriors.topdown import TopDownPosterior
+
+    class FlatCodes(TopDownPosterior):  # a posterior with vector codes, and no latent_shape to say so
+        latent_shape = None
+
+        def encode_stage(self, i, d, h, y=None, sample=False):
+            d, code = super().encode_stage(i, d, h, y, sample)
+            return d, code.flatten(1)
+
+        def decode_stage(self, i, d, code, y=None):
+            return super().decode_stage(i, d, code.view(code.shape[0], self.latent_channels, *d.shape[2:]), y)
+
+    model = _model()
+    x = _images()
+    expected = model.decode(model.encode(x), pixel_noise=False)
+    model.posterior.__class__ = FlatCodes
+    codes = model.encode(x)
+    assert all(c.dim() == 2 for c in codes)
+    assert torch.equal(model.decode(codes, pixel_noise=False), expected)
+    assert model.interpolate(x[:2], x[2:], 3).shape == (2, 3, 3, 8, 8)
