@@ -1340,6 +1340,14 @@ def test_sample_interpolations_writes_rows_of_image_path_image(run_dir: Path, tm
     assert not (tmp_path / "bad.png").exists() and not (tmp_path / "x.npz").exists()
 
 
+def test_sample_steps_without_interpolations_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    # (it was ignored: a grid of samples, written without a word about the --steps asked for)
+    result, out = _invoke("sample", str(run_dir), "--steps", "4", "-o", str(tmp_path / "s.png"), "--device", "cpu")
+    assert result.exit_code != 0 and len(out.strip().splitlines()) == 1, out
+    assert "--steps 4 sets the frames of an --interpolations row; add --interpolations" in out, out
+    assert not (tmp_path / "s.png").exists()
+
+
 def test_interpolation_pairs_of_a_conditional_model_share_a_class() -> None:
     import torch
 

@@ -625,8 +625,8 @@ def sample(
                                                  "decodings along the path between its latent code and a second "
                                                  "one's, and that second image (a class-conditional model's "
                                                  "pairs share a class: --class picks it).")] = False,
-    steps: Annotated[int, typer.Option("--steps", help="Frames per --interpolations row, both ends "
-                                       "included.")] = 8,
+    steps: Annotated[int | None, typer.Option("--steps", help="Frames per --interpolations row, both ends "
+                                              "included. \\[default: 8]", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     checkpoint: CheckpointOption = None,
@@ -659,11 +659,15 @@ def sample(
                          "...), or in .npz for an array of samples")
     if output.is_dir():
         raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'samples.png'}")
+    if steps is not None and not interpolations:
+        raise AvadeError(f"--steps {steps} sets the frames of an --interpolations row; add --interpolations, or "
+                         "leave out --steps")
     if n is None:
         n = 8 if interpolations else 64
     path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
                       seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint, batch_size=batch_size,
-                      ema=ema, overrides=overrides or [], label=label, interpolations=interpolations, steps=steps)
+                      ema=ema, overrides=overrides or [], label=label, interpolations=interpolations,
+                      steps=8 if steps is None else steps)
     out.print(f"wrote {escape(str(path))}")
 
 
