@@ -163,7 +163,7 @@ def _pairs(test_set: Dataset, n: int, num_classes: int, label: int | None, batch
         b = torch.stack([p[1] for p in pairs])
         labels = torch.tensor([p[2] for p in pairs], dtype=torch.int64)
     if found < n:  # say so rather than hand back a smaller grid unannounced
-        pairs_found = f"{found} pair" + "s" * (found != 1)
+        pairs_found = f"{found} pair" + "s" * (found != 1) + (f" of class {label}" if label is not None else "")
         warnings.warn(f"-n {n}: the test split ({total} images) gives {pairs_found}; the grid shows all of them",
                       UserWarning, stacklevel=3)
     return a, b, labels
