@@ -1,0 +1,53 @@
+"""scripts/gpu_check.sh, the one-command check of the CUDA paths: what can be checked without a GPU (its syntax,
+its plan, its refusals, and that the tests it runs are the CUDA-marked ones)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env}, cwd=ROOT)
+
+
+def test_the_script_parses_and_its_dry_run_prints_the_plan_without_running_anything(tmp_path) -> None:
+    assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
+    done = _run("--dry-run", OUT=str(tmp_path / "results"), GPU_CHECK_STEPS="90")
+    assert done.returncode == 0, done.stderr
+    plan = done.stdout
+    for step in ("setup: bash scripts/setup.sh", "pytest -m cuda", "90 steps, fp32 and bf16", "60 steps, then --resume",
+                 "bit for bit", "avade eval --device cuda", "avade sample --device cuda",
+                 "python -m benchmarks --device cuda", str(tmp_path / "results")):
+        assert step in plan, (step, plan)
+    assert not (tmp_path / "results").exists()  # a dry run writes nothing
+    assert "venv over python3's torch" in _run("--dry-run", "--offline").stdout
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (("--bogus",), {}, "unknown option '--bogus'"),
+    (("--dry-run",), {"GPU_CHECK_STEPS": "5"}, "GPU_CHECK_STEPS must be a whole number >= 30"),
+    (("--dry-run",), {"GPU_CHECK_DEVICE": "mps"}, "GPU_CHECK_DEVICE must be cuda"),
+])
+def test_bad_options_are_refused_in_one_line(args, env, message) -> None:
+    done = _run(*args, **env)
+    assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_the_tests_it_names_are_the_cuda_marked_ones() -> None:
+    plan = _run("--dry-run").stdout
+    named = re.findall(r"tests/[\w/]+\.py", plan)
+    assert len(named) >= 3
+    for path in named:
+        text = (ROOT / path).read_text()
+        assert "pytest.mark.cuda" in text and "torch.cuda.is_available()" in text, path
