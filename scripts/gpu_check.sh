@@ -145,6 +145,9 @@ if not report["samples_identical"]:
 for p, s in summaries.items():
     if not (isinstance(s.get("bpd"), (int, float)) and math.isfinite(s["bpd"])):
         problems.append(f"the {p} run's summary bpd is not finite: {s.get('bpd')!r}")
+for p, e in evals.items():
+    if not (isinstance(e.get("bpd"), (int, float)) and math.isfinite(e["bpd"])):
+        problems.append(f"avade eval of the {p} run gave bpd {e.get('bpd')!r}, not a finite number")
 if problems:
     sys.exit("gpu_check: " + "; ".join(problems))
 print("resume bit-identical, samples repeat, bpd finite")
