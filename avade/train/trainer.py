@@ -638,7 +638,8 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------------------
     def step_once(self, x: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict[str, float]:
         """One training step as :meth:`fit` takes it: :meth:`train_step` on a batch, then the step count and the
-        weight average advanced; returns the logged scalars (``finite`` False: the step was skipped). Without a
+        weight average advanced, and ``bad_steps`` counted; returns the logged scalars (``finite`` False: the step was
+        skipped, and ``bad_steps`` the skipped steps in a row, which :meth:`save` records). Without a
         batch it takes the run's next one (``self.stream``, from the step it is at), so a loop of
         ``step_once()`` calls trains as :meth:`fit` does, checkpoints by :meth:`save` included. ``labels``: a
         class-conditional model's (an unconditional one takes none)."""
@@ -655,6 +656,8 @@ class Trainer:
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.step)
+        # consecutive skipped steps, which save() records and fit stops at (train.max_bad_steps)
+        self.bad_steps = 0 if logs["finite"] else self.bad_steps + 1
         return logs
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -773,10 +776,7 @@ class Trainer:
                 window_s += time.perf_counter() - started
                 window_images += x.shape[0] * self.dist.world
                 images += x.shape[0] * self.dist.world
-                if logs["finite"]:
-                    self.bad_steps = 0
-                else:
-                    self.bad_steps += 1
+                if not logs["finite"]:  # (step_once counted it)
                     if self.dist.is_main:
                         self.console.print(f"[yellow]warning:[/] step {self.step}: {self.last_skip} "
                                            f"({self.bad_steps} in a row)")

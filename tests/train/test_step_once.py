@@ -141,3 +141,14 @@ def test_a_stream_that_failed_is_started_again(tmp_path: Path, monkeypatch: pyte
     trainer.step += 1  # skipped by hand: that step's batch, not a StopIteration from the failed stream
     trainer.step_once()
     assert trainer.step == 3
+
+
+def test_step_once_counts_the_skipped_steps_in_a_row_as_fit_does(tmp_path: Path, monkeypatch) -> None:
+    trainer = Trainer(tiny_recipe(*SETTINGS), tmp_path / "run", progress=False)
+    finite = iter([0.0, 0.0, 1.0, 0.0])
+    monkeypatch.setattr(trainer, "train_step", lambda x, y: {"finite": next(finite)})
+    counts = []
+    for _ in range(4):
+        trainer.step_once()
+        counts.append(trainer.bad_steps)
+    assert counts == [1, 2, 0, 1] and trainer.step == 4
