@@ -353,7 +353,9 @@ class GenerativeModel(nn.Module):
         """n uint8 images from the model; with ``generator`` the result depends on it alone (the
         global RNG, which the latent layers draw from, is forked and re-seeded from it, then restored).
         ``temperature`` scales the prior's standard deviations only (None: the recipe's ``model.temperature``;
-        1: the prior itself); the decoder's pixel noise is drawn at its own scale, so 0 still varies."""
+        1: the prior itself); the decoder's pixel noise is drawn at its own scale, so 0 still varies. In eval mode
+        (each module's own mode given back), as :meth:`encode`: a training-mode batch norm would make each image
+        depend on the batch drawn with it, and update its running statistics."""
         if _count(n) < 1:
             raise DataError(f"sample: n must be an int >= 1, got {n!r}")
         n = int(n)
@@ -364,20 +366,17 @@ class GenerativeModel(nn.Module):
                                 f"{temperature!r}")
             temperature = t
         _, labels, generator = self._prepared("sample", None, labels, generator, n)
-        if generator is None:
-            return self._images(self.generate(n, labels, None, temperature=temperature), "sample")
-        with _seeded_from(generator):
+        with _evaluating(self), _seeded_from(generator) if generator is not None else contextlib.nullcontext():
             return self._images(self.generate(n, labels, generator, temperature=temperature), "sample")
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 reconstructions of uint8 images: x -> f -> q(z|x) -> mean (+ noise) -> f^-1."""
+        """uint8 reconstructions of uint8 images: x -> f -> q(z|x) -> mean (+ noise) -> f^-1. In eval mode, as
+        :meth:`sample`."""
         x, labels, generator = self._prepared("reconstruct", x, labels, generator)
-        if generator is not None:
-            with _seeded_from(generator):
-                return self._reconstruct(x, labels)
-        return self._reconstruct(x, labels)
+        with _evaluating(self), _seeded_from(generator) if generator is not None else contextlib.nullcontext():
+            return self._reconstruct(x, labels)
 
     def _reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Its noise from the global RNG (which :meth:`reconstruct` seeds from a generator)."""

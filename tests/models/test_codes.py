@@ -249,3 +249,17 @@ def test_a_plugin_posterior_s_codes_of_its_own_shape_decode_and_interpolate() ->
     assert all(c.dim() == 2 for c in codes)
     assert torch.equal(model.decode(codes, pixel_noise=False), expected)
     assert model.interpolate(x[:2], x[2:], 3).shape == (2, 3, 3, 8, 8)
+
+
+def test_sample_and_reconstruct_run_in_eval_mode_and_leave_the_model_as_it_was() -> None:
+    """As encode/decode: a model in training mode (as trainer.step_once leaves it) sampled from a notebook kept
+    its running statistics updated by the samples, and each image depended on the batch drawn with it."""
+    model = _model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = _images()
+    alone = model.reconstruct(x[:1], generator=torch.Generator().manual_seed(1))
+    model.sample(4, generator=torch.Generator().manual_seed(2))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert model.training and all(m.training for m in model.modules())
+    eval_alone = model.eval().reconstruct(x[:1], generator=torch.Generator().manual_seed(1))
+    assert torch.equal(alone, eval_alone)
