@@ -82,3 +82,28 @@ def test_a_checkpoint_without_digests_still_loads_and_bad_digests_are_named(tmp_
     with pytest.raises(CheckpointError, match=r"state.json's digests is \['model.safetensors'\], not a table of file "
                                               r"digests; delete step_00000002"):
         avade.load_model(tmp_path, device="cpu")
+
+
+def _digested(tmp_path: Path) -> tuple[dict, Path]:
+    """A checkpoint as read_checkpoint gives it, of one model file, and its folder: digests without a run."""
+    path = tmp_path / "checkpoints" / "step_00000002"
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"weights")
+    state = {"digests": {"model.safetensors": ckpt.file_digest(path / "model.safetensors")}}
+    return {"state": state, "model": {}}, path
+
+
+def test_digests_of_the_wrong_type_are_named_as_such(tmp_path: Path) -> None:
+    read, path = _digested(tmp_path)
+    ckpt.verify_digests(read, path)
+    read["state"]["digests"]["model.safetensors"] = 7
+    with pytest.raises(CheckpointError, match=r"state.json's digests is \{'model.safetensors': 7\}, not a table"):
+        ckpt.verify_digests(read, path)
+
+
+def test_a_file_removed_before_its_digest_is_taken_is_said_to_be_removed(tmp_path: Path) -> None:
+    """(a run still training prunes the checkpoint between read_checkpoint and the digests)"""
+    read, path = _digested(tmp_path)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="was removed while it was read"):
+        ckpt.verify_digests(read, path)
