@@ -1,0 +1,54 @@
+"""eval.json and eval_checkpoints.json as record_eval merges them, and --checkpoint all's skipping, without a run:
+which records merge (same checkpoint and weights), a metric run again replaces its earlier keys, and a
+checkpoint that is still there but broken is an error, not a skip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import avade.evaluate.runs as runs
+from avade.errors import CheckpointError
+from avade.train.rundir import RunDir
+
+
+def _records(root: Path) -> tuple[dict, list[dict]]:
+    return (json.loads((root / "eval.json").read_text()),
+            json.loads((root / "eval_checkpoints.json").read_text())["records"])
+
+
+def test_averaged_and_last_weights_of_one_checkpoint_are_separate_records(tmp_path: Path) -> None:
+    run, step = RunDir(tmp_path), tmp_path / "checkpoints" / "step_00000002"
+    runs.record_eval(run, step, {"fid": 10.0}, "ema", {"fid": {"samples": 5}}, ran=["fid"])
+    runs.record_eval(run, step, {"bpd": 3.0}, "last", {"bpd": {}}, ran=["bpd"])
+    last, records = _records(tmp_path)
+    assert last == {"checkpoint": "step_00000002", "step": 2, "weights": "last", "bpd": 3.0, "settings": {"bpd": {}}}
+    assert [(r["weights"], "fid" in r, "bpd" in r) for r in records] == [("ema", True, False), ("last", False, True)]
+
+
+def test_a_metric_run_again_replaces_its_earlier_keys_and_keeps_the_others(tmp_path: Path) -> None:
+    run, step = RunDir(tmp_path), tmp_path / "checkpoints" / "step_00000002"
+    runs.record_eval(run, step, {"bpd": 3.0, "bpd_iw4": 2.9}, "last", {"bpd": {"importance_samples": 4}}, ran=["bpd"])
+    runs.record_eval(run, step, {"fid": 9.0}, "last", {"fid": {"samples": 5}}, ran=["fid"])
+    runs.record_eval(run, step, {"bpd": 3.1}, "last", {"bpd": {"importance_samples": 1}}, ran=["bpd"])
+    last, records = _records(tmp_path)
+    assert {k: last[k] for k in ("bpd", "fid")} == {"bpd": 3.1, "fid": 9.0} and "bpd_iw4" not in last
+    assert last["settings"] == {"bpd": {"importance_samples": 1}, "fid": {"samples": 5}}
+    assert records == [last]
+
+
+def test_every_checkpoint_stops_at_a_broken_one_that_is_still_there(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.setattr(runs, "checkpoint_steps", lambda run_dir: [2])
+    monkeypatch.setattr(runs.ckpt, "list_checkpoints", lambda folder: [folder / "step_00000002"])
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise CheckpointError("checkpoint step_00000002 is corrupt")
+    monkeypatch.setattr(runs, "evaluate_and_record", broken)
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        runs.evaluate_checkpoints(tmp_path)
+    monkeypatch.setattr(runs.ckpt, "list_checkpoints", lambda folder: [])  # pruned meanwhile: skipped
+    assert runs.evaluate_checkpoints(tmp_path) == []
