@@ -184,6 +184,10 @@ def test_avade_eval_says_when_bpd_is_over_part_of_the_test_split(tmp_path):
         warnings.simplefilter("error", UserWarning)  # the whole split: nothing to say
         evaluate_run(tmp_path / "run", ["bpd"], device="cpu", overrides=["train.eval_batches=0"])
     assert "images" not in json.loads((tmp_path / "run" / "eval.json").read_text())["settings"]["bpd"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # batches that cover the split exactly: the whole split too
+        evaluate_run(tmp_path / "run", ["bpd"], device="cpu", overrides=["train.eval_batches=4"])
+    assert "images" not in json.loads((tmp_path / "run" / "eval.json").read_text())["settings"]["bpd"]
 
 
 def test_eval_json_records_the_seed_of_the_samples_a_metric_scored(tmp_path, monkeypatch):
