@@ -19,3 +19,21 @@ def test_a_cached_features_file_without_probs_is_recomputed_for_an_extractor_wit
     found = reference.real_features(ctx, extractor, "test")
     assert found.probs is not None and found.probs.shape == (6, 5) and bool(found.features.abs().sum() > 0)
     assert "probs" in load_file(str(path))
+
+
+def test_asking_first_for_as_many_images_as_the_split_has_computes_all_of_it(tmp_path, monkeypatch) -> None:
+    """(the "all" file then says it holds all of the split, in the split's own order, whichever call wrote it)"""
+    from avade.data.synthetic import Synthetic, SyntheticConfig
+    from avade.evaluate.study import DataOnlyContext
+
+    config = SyntheticConfig(size=24, test_size=8, resolution=8)
+    extractor = RandomConvFeatures(dim=8, seed=0, size=16)
+    computed = []
+    compute = reference._compute
+    monkeypatch.setattr(reference, "_compute", lambda *a: computed.append(a[3]) or compute(*a))
+    for call in (reference.real_stats_count, reference.real_features):
+        (tmp_path / call.__name__).mkdir()
+        ctx = DataOnlyContext(Synthetic(config, split="train"), "synthetic", {}, cache_dir=tmp_path / call.__name__,
+                              device=torch.device("cpu"), config=config)
+        call(ctx, extractor, "train", 24)
+    assert computed == [None, None]
