@@ -152,3 +152,20 @@ def test_step_once_counts_the_skipped_steps_in_a_row_as_fit_does(tmp_path: Path,
         trainer.step_once()
         counts.append(trainer.bad_steps)
     assert counts == [1, 2, 0, 1] and trainer.step == 4
+
+
+def test_a_loop_started_at_a_later_step_takes_that_step_s_batch(tmp_path: Path) -> None:
+    trainer = Trainer(tiny_recipe(*SETTINGS), tmp_path / "run", progress=False)
+    trainer.step = 2
+    expected = next(trainer.stream.batches(2))
+    assert not torch.equal(expected[0], next(trainer.stream.batches(0))[0])
+    assert torch.equal(trainer._next_batch()[0], expected[0])
+
+
+def test_each_step_moves_the_weight_average(tmp_path: Path) -> None:
+    """(fit calls step_once too, so comparing the two cannot show an average that stands still)"""
+    trainer = Trainer(tiny_recipe(*SETTINGS), tmp_path / "run", progress=False)
+    assert trainer.ema is not None
+    before = [t.detach().clone() for t in trainer.ema.shadow]
+    trainer.step_once()
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.ema.shadow, strict=True))
