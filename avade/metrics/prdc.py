@@ -142,5 +142,11 @@ class PRDC:
                           stacklevel=2)
         fake = sample_features(ctx, extractor, cfg.samples, cfg.batch_size).features
         self.used = {"real_images": len(real), "samples": len(fake)}
-        scores = prdc_from_features(real, fake, cfg.nearest_k)
+        from avade.train.device import ieee_fp32
+
+        # the distances on the evaluation's GPU when it has one (50,000 a side: ~30 TFLOP, minutes on a CPU), in
+        # IEEE fp32 there, so the scores are the CPU's up to rounding
+        device = torch.device(ctx.device) if torch.device(ctx.device).type == "cuda" else real.device
+        with ieee_fp32(device):
+            scores = prdc_from_features(real.to(device), fake.to(device), cfg.nearest_k)
         return {f"prdc_{key}": value for key, value in scores.items()}

@@ -42,6 +42,22 @@ def configure_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device) -> Iterator[None]:
+    """IEEE fp32 matrix products and convolutions on a CUDA ``device`` inside (TF32 off, the settings of before put
+    back after): for computations whose answer must not depend on the device, such as nearest-neighbour distances
+    compared with a ball's radius. Nothing changes elsewhere (the CPU computes fp32 as fp32)."""
+    if device.type != "cuda":
+        yield
+        return
+    put_back = _tf32_kept()
+    configure_tf32(False)
+    try:
+        yield
+    finally:
+        put_back()
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU runs bfloat16 natively (x86: AVX512-BF16 or AMX-BF16; Arm: its BF16 extension).
 

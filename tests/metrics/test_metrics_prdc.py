@@ -122,3 +122,35 @@ def test_too_few_images_for_k_are_refused_when_built_or_by_the_split(tmp_path) -
           warnings.catch_warnings()):
         warnings.simplefilter("ignore")
         PRDC(PRDCConfig(samples=10)).compute(ctx)
+
+
+def test_ieee_fp32_turns_tf32_off_on_cuda_only_and_puts_it_back() -> None:
+    """The distances run on the evaluation's GPU in IEEE fp32 (TF32 would move some across a ball's radius); the
+    flags alone are checked here, which need no GPU."""
+    from avade.train.device import ieee_fp32
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = True
+        with ieee_fp32(torch.device("cpu")):
+            assert matmul.allow_tf32 and cudnn.allow_tf32
+        with ieee_fp32(torch.device("cuda", 0)):
+            assert not matmul.allow_tf32 and not cudnn.allow_tf32
+        assert matmul.allow_tf32 and cudnn.allow_tf32
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_scores_on_a_gpu_are_the_cpu_s() -> None:
+    from avade.train.device import ieee_fp32
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(600, 64, generator=g), torch.randn(500, 64, generator=g) + 0.3
+    device = torch.device("cuda")
+    with ieee_fp32(device):
+        on_gpu = prdc_from_features(real.to(device), fake.to(device), 5)
+    on_cpu = prdc_from_features(real, fake, 5)
+    assert on_gpu == pytest.approx(on_cpu, abs=2e-3)
