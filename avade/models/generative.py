@@ -109,6 +109,8 @@ class GenerativeModel(nn.Module):
                 raise DataError(f"{what}: images must be uint8 [B, {', '.join(map(str, self.data_shape))}] (values "
                                 f"0..255, as the data loaders give them), got {got}")
             n = x.shape[0]
+            if n == 0:  # (else an IndexError deep in the preprocessing)
+                raise DataError(f"{what}: the batch holds no images (x is {list(x.shape)}); pass at least one")
         if not self.num_classes:
             if labels is not None and x is None:
                 # samples of the classes asked for, silently unconditional otherwise (log_likelihood and
@@ -402,9 +404,9 @@ class GenerativeModel(nn.Module):
             return self._encode(x, labels, sample, generator)
 
     def _encode(self, x: torch.Tensor, labels: torch.Tensor | None, sample: bool,
-                generator: torch.Generator | None) -> list[torch.Tensor]:
-        x, labels, generator = self._prepared("encode", x, labels, generator)
-        posterior = self._coded("encode")
+                generator: torch.Generator | None, what: str = "encode") -> list[torch.Tensor]:
+        x, labels, generator = self._prepared(what, x, labels, generator)
+        posterior = self._coded(what)
         labels = self._labels(labels)
         with _seeded_from(generator) if generator is not None else contextlib.nullcontext():
             u = self.preprocess.dequantize(x, generator) if sample else self.preprocess.centres(x)
@@ -431,7 +433,7 @@ class GenerativeModel(nn.Module):
 
     def _decode(self, codes: list[torch.Tensor], labels: torch.Tensor | None, pixel_noise: bool,
                 generator: torch.Generator | None) -> torch.Tensor:
-        posterior = self._coded("decode")
+        posterior = self._coded("decode", encoding=False)
         shape_of = getattr(self.posterior, "latent_shape", None)
         shapes = [tuple(shape_of(i)) if callable(shape_of) else None for i in self.posterior.stage_ids]
         given = latent_codes.checked_codes("decode", codes, shapes)
@@ -471,8 +473,9 @@ class GenerativeModel(nn.Module):
         if not isinstance(x_b, torch.Tensor) or not isinstance(x_a, torch.Tensor) or x_a.shape != x_b.shape:
             got = [list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in (x_a, x_b)]
             raise DataError(f"interpolate: x_a and x_b must be image batches of one shape, got {got[0]} and {got[1]}")
-        a = self.encode(x_a, labels)
-        b = self.encode(x_b, labels)
+        with _evaluating(self):  # (errors named as interpolate's)
+            a = self._encode(x_a, labels, False, None, "interpolate")
+            b = self._encode(x_b, labels, False, None, "interpolate")
         # (noise shared along each path; without a generator from the global RNG, as sample's: torch.manual_seed
         # makes it reproducible)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator,
@@ -485,12 +488,13 @@ class GenerativeModel(nn.Module):
             frames.append(self.decode(step, labels, pixel_noise=pixel_noise, generator=frame_gen))
         return torch.stack(frames, 1)
 
-    def _coded(self, what: str) -> CodedPosterior:
+    def _coded(self, what: str, encoding: bool = True) -> CodedPosterior:
         """The posterior, refused in one line if it has no latent codes (a plugin's without
-        ``encode_stage``/``decode_stage``) or if the model's encoder is never trained (a GAN)."""
-        if self.variant == "gan":
+        ``encode_stage``/``decode_stage``) or, for an encoding, if the model's encoder is never trained (a
+        GAN: its prior and decoder are, so it decodes codes of the prior, e.g. standard normal ones)."""
+        if encoding and self.variant == "gan":
             raise ConfigError(f"{what}: a GAN trains no encoder, so its images have no codes; sample it from the "
-                              "prior (model.sample)")
+                              "prior (model.sample), or decode codes of the prior (model.decode)")
         if not isinstance(self.posterior, CodedPosterior):
             raise ConfigError(f"{what}: the posterior ({_who(self.posterior)}) has no latent codes: it needs "
                               "encode_stage(i, d, h, y=None, sample=False) and decode_stage(i, d, code, y=None) "

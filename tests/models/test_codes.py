@@ -190,6 +190,8 @@ def test_a_gan_and_a_posterior_without_codes_are_refused() -> None:
     gan = _model('model.variant="gan"', "model.flow=\"none\"")
     with pytest.raises(ConfigError, match="encode: a GAN trains no encoder"):
         gan.encode(_images())
+    with pytest.raises(ConfigError, match="interpolate: a GAN trains no encoder"):
+        gan.interpolate(_images(2), _images(2, seed=1))
 
     model = _model()
     plain = type("PlainPosterior", (torch.nn.Module,), {
@@ -360,3 +362,30 @@ def test_interpolations_without_a_generator_draw_new_pixel_noise_each_call() -> 
     model = _model()
     a, b = _images(3, seed=1), _images(3, seed=2)
     assert not torch.equal(model.interpolate(a, b, 3), model.interpolate(a, b, 3))
+
+
+def test_a_gan_decodes_codes_of_its_prior() -> None:
+    """A GAN has no encoder but a trained prior and decoder: standard normal codes decode to its prior samples
+    (latent traversals of a GAN), as for every other variant."""
+    gan = _model('model.variant="gan"', "model.flow=\"none\"")
+    ids = gan.posterior.stage_ids
+    torch.manual_seed(5)
+    expected = gan.preprocess.to_uint8(gan.to_image(gan.decode_prior(3, temperature=1.0)))
+    torch.manual_seed(5)
+    eps = {i: torch.randn(3, *gan.posterior.latent_shape(i)) for i in reversed(ids)}
+    assert torch.equal(gan.decode([eps[i] for i in ids], pixel_noise=False), expected)
+
+
+def test_an_empty_batch_is_refused_in_one_line() -> None:
+    model = _model()
+    for what, call in [("encode", lambda x: model.encode(x)), ("reconstruct", lambda x: model.reconstruct(x)),
+                       ("log_likelihood", lambda x: model.log_likelihood(x)),
+                       ("interpolate", lambda x: model.interpolate(x, x))]:
+        with pytest.raises(DataError, match=rf"{what}: the batch holds no images \(x is \[0, 3, 8, 8\]\)"):
+            call(_images()[:0])
+
+
+def test_interpolate_names_itself_in_its_errors() -> None:
+    model = _model("model.conditional=true", "data.num_classes=2")
+    with pytest.raises(DataError, match="interpolate: the model is class-conditional"):
+        model.interpolate(_images(2), _images(2, seed=1))
