@@ -1363,7 +1363,8 @@ def test_interpolation_pairs_of_a_conditional_model_share_a_class() -> None:
     assert y.tolist() == [1, 1] and a[:, 0, 0, 0].tolist() == [1, 7] and b[:, 0, 0, 0].tolist() == [3, 9]
     with pytest.warns(UserWarning, match="-n 5: the test split \\(10 images\\) gives 1 pair of class 2;"):
         assert _pairs(dataset, 5, 3, 2, batch_size=4)[2].tolist() == [2]  # (images 2 and 5; 6 has no partner)
-    with pytest.raises(ConfigError, match="needs two test images of class 2 a row; the test split has none"):
+    with pytest.raises(ConfigError, match="needs two test images of class 2 a row; the test split has 1 of that "
+                                          "class: pick another --class"):
         _pairs(torch.utils.data.TensorDataset(images[:3], labels[:3]), 1, 3, 2, batch_size=4)
 
 

@@ -155,9 +155,12 @@ def _pairs(test_set: Dataset, n: int, num_classes: int, label: int | None, batch
             if len(pairs) >= n:
                 break
         pairs = pairs[:n]
-        if not pairs:
-            which = f"of class {label}" if label is not None else "of one class"
-            raise ConfigError(f"--interpolations needs two test images {which} a row; the test split has none")
+        if not pairs:  # (the whole split was read: at most one image of each class waits)
+            if label is not None:
+                raise ConfigError(f"--interpolations needs two test images of class {label} a row; the test split "
+                                  f"has {len(waiting)} of that class: pick another --class")
+            raise ConfigError(f"--interpolations needs two test images of one class a row; the test split has "
+                              f"{len(waiting)} images, each of another class")
         found = len(pairs)
         a = torch.stack([p[0] for p in pairs])
         b = torch.stack([p[1] for p in pairs])
