@@ -233,7 +233,7 @@ class Trainer:
         existing = ckpt.list_checkpoints(self.run.checkpoints)
         if existing and not resume:
             raise CheckpointError(f"run directory {self.run.root} already holds checkpoints; continue it with "
-                                  "--resume or choose another --out")
+                                  "--resume (from Python: Trainer(..., resume=True)) or choose another --out")
         done = self._read_summary() if not existing and not resume and self.run.summary.is_file() else {}
         if isinstance(done.get("steps"), int) and done["steps"] > 0 and "error" not in done:
             # a finished run whose checkpoints were deleted (disk space): a fresh start would replace its

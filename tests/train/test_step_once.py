@@ -169,3 +169,18 @@ def test_each_step_moves_the_weight_average(tmp_path: Path) -> None:
     before = [t.detach().clone() for t in trainer.ema.shadow]
     trainer.step_once()
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.ema.shadow, strict=True))
+
+
+def test_a_notebook_trainer_on_a_saved_run_is_told_of_resume_true(tmp_path: Path) -> None:
+    from avade.errors import CheckpointError
+
+    first = Trainer(tiny_recipe(*SETTINGS), tmp_path / "run", progress=False)
+    first.step_once()
+    first.save()
+    first.close()
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints; continue it with --resume \(from "
+                                              r"Python: Trainer\(\.\.\., resume=True\)\)"):
+        Trainer(tiny_recipe(*SETTINGS), tmp_path / "run", progress=False)
+    again = Trainer(tiny_recipe(*SETTINGS), tmp_path / "run", resume=True, progress=False)
+    assert again.step == 1
+    again.close()
