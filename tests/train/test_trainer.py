@@ -1104,3 +1104,17 @@ def test_images_per_s_is_the_speed_of_the_steps_since_the_last_line(tmp_path, mo
     trainer.fit()
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["images_per_s"] for r in lines if "images_per_s" in r] == expected
+
+
+def test_a_run_stopped_by_max_bad_steps_is_recorded_failed_and_still_resumes(tmp_path):
+    """`avade runs` tells a diverged run from one killed or still training: summary.json records its error (as a
+    divergence found at the end does), which a resume does not take for a finished run."""
+    from avade.cli.runs import run_record
+
+    recipe = tiny_recipe("train.lr=1e30", "train.max_bad_steps=1", "train.steps=4", "train.checkpoint_every=100")
+    with pytest.raises(TrainingError, match="training stopped at step 1") as info:
+        Trainer(recipe, tmp_path, progress=False).fit()
+    record = run_record(tmp_path)
+    assert record["status"] == "failed" and record["error"] == str(info.value) and record["step"] == 1
+    Trainer(tiny_recipe("train.steps=2", "train.checkpoint_every=100"), tmp_path, progress=False).fit()
+    assert run_record(tmp_path)["status"] == "finished"  # (no checkpoint was kept: a fresh start replaces it)
