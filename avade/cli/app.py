@@ -6,6 +6,7 @@ unexpected exceptions print one line too and exit 1 -- ``--debug`` shows the tra
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -364,6 +365,11 @@ def runs_overview(
         err.print(f"no runs under {escape(', '.join(str(p) for p in paths or [Path('runs')]))}")
         return
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    known = sorted({k for r in records for k in r.get("results", {})})
+    missing = [m for m in chosen or [] if not any(fnmatch.fnmatchcase(k, m) for k in known)]
+    if missing:  # (a typo, or a metric no run was evaluated on yet: an empty column either way)
+        err.print(f"[yellow]warning:[/] --metrics {escape(', '.join(missing))}: no run has results of that name; "
+                  f"theirs: {escape(', '.join(known) or 'none yet')} (avade eval RUN --metrics ... adds more)")
     render(records, columns_for(records, chosen), out)
 
 
