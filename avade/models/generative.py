@@ -470,9 +470,10 @@ class GenerativeModel(nn.Module):
         class-conditional model takes one label per pair, used at both ends. In eval mode, as :meth:`encode`."""
         if _count(steps) < 2:
             raise DataError(f"interpolate: steps must be an int >= 2 (both ends included), got {steps!r}")
-        if not isinstance(x_b, torch.Tensor) or not isinstance(x_a, torch.Tensor) or x_a.shape != x_b.shape:
-            got = [list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in (x_a, x_b)]
-            raise DataError(f"interpolate: x_a and x_b must be image batches of one shape, got {got[0]} and {got[1]}")
+        # (anything but a tensor is refused by the encoding, which names what images it takes)
+        if isinstance(x_a, torch.Tensor) and isinstance(x_b, torch.Tensor) and x_a.shape != x_b.shape:
+            raise DataError(f"interpolate: x_a and x_b must be image batches of one shape, got {list(x_a.shape)} "
+                            f"and {list(x_b.shape)}")
         with _evaluating(self):  # (errors named as interpolate's)
             a = self._encode(x_a, labels, False, None, "interpolate")
             b = self._encode(x_b, labels, False, None, "interpolate")

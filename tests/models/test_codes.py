@@ -389,3 +389,5 @@ def test_interpolate_names_itself_in_its_errors() -> None:
     model = _model("model.conditional=true", "data.num_classes=2")
     with pytest.raises(DataError, match="interpolate: the model is class-conditional"):
         model.interpolate(_images(2), _images(2, seed=1))
+    with pytest.raises(DataError, match=r"interpolate: images must be uint8 \[B, 3, 8, 8\] .*got ndarray"):
+        model.interpolate(_images(2).numpy(), _images(2, seed=1).numpy(), labels=torch.zeros(2, dtype=torch.int64))
