@@ -262,6 +262,8 @@ class Trainer:
                 drop_stale_temporaries(path)
             if fresh:
                 MetricsLogger.truncate(self.run.metrics, -1)
+            if "error" in self._read_summary():  # a failed run tried again: unfinished while it trains, not failed
+                self.run.summary.unlink(missing_ok=True)  # (its bpd_untrained is in the checkpoints too)
             self._drop_stale_eval()
             atomic_write_text(self.run.recipe, recipe_to_toml(self.recipe))
 

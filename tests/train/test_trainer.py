@@ -1116,5 +1116,7 @@ def test_a_run_stopped_by_max_bad_steps_is_recorded_failed_and_still_resumes(tmp
         Trainer(recipe, tmp_path, progress=False).fit()
     record = run_record(tmp_path)
     assert record["status"] == "failed" and record["error"] == str(info.value) and record["step"] == 1
-    Trainer(tiny_recipe("train.steps=2", "train.checkpoint_every=100"), tmp_path, progress=False).fit()
+    again = Trainer(tiny_recipe("train.steps=2", "train.checkpoint_every=100"), tmp_path, progress=False)
+    assert run_record(tmp_path)["status"] == "no checkpoint"  # tried again: not shown failed while it trains
+    again.fit()
     assert run_record(tmp_path)["status"] == "finished"  # (no checkpoint was kept: a fresh start replaces it)
