@@ -86,6 +86,9 @@ def test_the_command_shows_a_table_or_json_and_refuses_a_missing_folder(tmp_path
     assert "finished" in result.output and "5.25" in result.output and "4/4" in result.output
     result = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
     assert result.exit_code == 0 and json.loads(result.output)[0]["results"] == {"bpd": 5.25}
+    _run(tmp_path / "runs" / "y", checkpoints=(2,), summary={"steps": 2, "error": "training diverged: lower train.lr"})
+    result = runner.invoke(app, ["runs", str(tmp_path / "runs")], env={"COLUMNS": "120"})
+    assert "/y: training diverged: lower train.lr" in result.output and "/x:" not in result.output, result.output
     result = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--metrics", "bpd,FID,prdc_*"], env={"COLUMNS": "160"})
     assert result.exit_code == 0 and "5.25" in result.output, result.output
     assert "warning: --metrics FID, prdc_*: no run has results of that name; theirs: bpd" in result.output

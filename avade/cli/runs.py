@@ -202,6 +202,9 @@ def render(records: Sequence[dict[str, Any]], columns: Sequence[str], console: C
         table.add_row(escape(r["run"]), escape(str(r.get("variant") or "")), steps, _status(r), *cells,
                       _ago(r.get("updated_s")))
     console.print(table)
+    for r in records:  # why each failed (--json has it too)
+        if r["status"] == "failed" and r.get("error"):
+            console.print(f"[red]{escape(r['run'])}:[/] {escape(str(r['error']))}", soft_wrap=True)
 
 
 def _status(record: dict[str, Any]) -> str:
