@@ -44,7 +44,10 @@ def test_each_status_and_its_results(tmp_path: Path) -> None:
     _run(tmp_path / "d", checkpoints=(2,), summary={"steps": 2, "error": "training diverged: NaN"})
     _run(tmp_path / "e", checkpoints=(4,), summary={"steps": 4, "weights": "last", "bpd": 6.0},
          scored={"step": 2, "weights": "last", "fid": 70.0})  # an older checkpoint's: not the newest's results
+    # finished at step 4, then resumed with train.steps = 8 (training now, or stopped at step 6)
+    _run(tmp_path / "f", steps=8, checkpoints=(4, 6), logged=6, summary={"steps": 4, "bpd": 6.0})
     records = {Path(r["run"]).name: r for r in (run_record(p, a) for p, a in find_runs([tmp_path]))}
+    assert (records["f"]["status"], records["f"]["step"], records["f"]["results"]) == ("unfinished", 6, {})
     assert records["a"] | {"updated_s": None} == {
         "run": str(finished), "recipe": "a", "variant": "av-ade", "status": "finished", "step": 4, "steps": 4,
         "checkpoints": 2, "weights": "ema", "results": {"bpd": 5.5, "fid": 40.0}, "updated_s": None}

@@ -98,6 +98,9 @@ def run_record(path: Path, axes: dict[str, Any] | None = None, now: float | None
     checkpoints = _checkpoint_steps(run.checkpoints)
     summary = read_json_object(run.summary)
     step = max([s for s in (*checkpoints[-1:], _last_logged_step(run.metrics)) if s is not None], default=0)
+    ended = summary.get("steps")
+    if not summary.get("error") and isinstance(ended, int) and ended < step:
+        summary = {}  # an earlier end's (the run resumed since with more train.steps): neither its state nor results
     if summary.get("error"):
         status = "failed"
         record["error"] = str(summary["error"])
