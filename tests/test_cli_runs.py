@@ -65,6 +65,7 @@ def test_readme_python_example_runs_as_shown(run_dir: Path) -> None:
     model = names["model"]
     assert [c.shape[1:] for c in names["codes"]] == [model.posterior.latent_shape(i) for i in model.posterior.stage_ids]
     assert names["again"].dtype == torch.uint8 and names["again"].shape == (5, 3, 8, 8)
+    assert names["prior"].dtype == torch.uint8 and names["prior"].shape == (4, 3, 8, 8)
     assert names["paths"].dtype == torch.uint8 and names["paths"].shape == (2, 8, 3, 8, 8)
 
 
