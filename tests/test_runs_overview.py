@@ -126,3 +126,20 @@ def test_damaged_run_files_are_shown_as_unknown_not_a_failed_listing(tmp_path: P
         assert record["variant"] is None and record["steps"] is None and record["status"] == "finished"
     else:
         assert record["status"] == "unfinished" and record["results"] == {}
+
+
+def test_a_variant_that_failed_before_its_folder_was_made_shows_failed(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep_plan.json").write_text(json.dumps({"variants": [{"name": "s-a"}, {"name": "s-b"}]}))
+    (sweep / "sweep_summary.json").write_text(json.dumps([{"name": "s-a", "error": "data: not found"}]))
+    records = [run_record(p, a) for p, a in find_runs([sweep])]
+    assert [(r["status"], r.get("error")) for r in records] == [("failed", "data: not found"), ("not started", None)]
+
+
+def test_a_run_without_checkpoints_says_when_one_comes() -> None:
+    from avade.evaluate.loading import no_checkpoint_yet
+    from avade.train.rundir import RunDir
+
+    message = str(no_checkpoint_yet(RunDir(Path("runs/x"))))
+    assert "has no checkpoint yet" in message and "train.checkpoint_every" in message and "trainer.save()" in message

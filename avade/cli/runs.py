@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from avade.errors import AvadeError
-from avade.train.rundir import RunDir, read_json_object, sweep_runs
+from avade.train.rundir import RunDir, read_json_list, read_json_object, sweep_runs
 
 #: summary.json keys that describe the run rather than score it
 _SUMMARY_META = frozenset({"recipe", "variant", "steps", "train_images_per_s", "device", "weights", "bpd_untrained",
@@ -88,7 +88,11 @@ def run_record(path: Path, axes: dict[str, Any] | None = None, now: float | None
     record: dict[str, Any] = {"run": str(path)}
     if axes is not None:
         record["overrides"] = axes
-    if not is_run(path):  # a sweep variant not started yet
+    if not is_run(path):  # a sweep variant not started yet, or one that failed before its folder was made
+        row = next((r for r in read_json_list(path.parent / "sweep_summary.json")
+                    if isinstance(r, dict) and r.get("name") == path.name and r.get("error")), None)
+        if row is not None:
+            return {**record, "status": "failed", "step": 0, "error": str(row["error"])}
         return {**record, "status": "not started", "step": 0}
     recipe = _recipe_table(run.recipe)
     model, train = recipe.get("model"), recipe.get("train")

@@ -32,6 +32,13 @@ def not_a_run(root: Path) -> CheckpointError:
     return CheckpointError(f"{root} is not a run directory (no recipe.toml); pass the --out of `avade recipe run`")
 
 
+def no_checkpoint_yet(run: RunDir) -> CheckpointError:
+    """A run with nothing to evaluate yet: the first checkpoint comes at ``train.checkpoint_every`` steps."""
+    return CheckpointError(f"{run.root} has no checkpoint yet (checkpoints/ is empty); wait for its first, at "
+                           "train.checkpoint_every steps (or the end of training), or save one from Python with "
+                           "trainer.save()")
+
+
 def checkpoint_steps(run_dir: str | Path) -> list[int]:
     """The steps of a run's checkpoints, oldest first (:func:`evaluate_checkpoints`)."""
     run = RunDir(Path(run_dir))
@@ -39,7 +46,7 @@ def checkpoint_steps(run_dir: str | Path) -> list[int]:
         raise not_a_run(run.root)
     steps = [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(run.checkpoints)]
     if not steps:
-        raise CheckpointError(f"{run.root} has no checkpoint yet (checkpoints/ is empty)")
+        raise no_checkpoint_yet(run)
     return steps
 
 
@@ -47,7 +54,7 @@ def select_checkpoint(run: RunDir, checkpoint: str | int | None = None) -> Path:
     """The newest checkpoint of ``run``, or the one of step ``checkpoint`` (``30000`` or ``step_00030000``)."""
     checkpoints = ckpt.list_checkpoints(run.checkpoints)
     if not checkpoints:
-        raise CheckpointError(f"{run.root} has no checkpoint yet (checkpoints/ is empty)")
+        raise no_checkpoint_yet(run)
     if checkpoint is None:
         return checkpoints[-1]
     by_step = {ckpt.checkpoint_step(p): p for p in checkpoints}

@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import time
+import warnings
 import weakref
 from collections.abc import Generator
 from pathlib import Path
@@ -158,6 +159,7 @@ class Trainer:
         # step_once's own batches (fit keeps its stream in its loop)
         self._batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None] | None = None
         self._batches_step = -1
+        self._warned_past_end = False  # step_once past train.steps, said once
         self._batches_at_exit: Any = None  # what closes them at the interpreter's exit (see _next_batch)
         self.step = 0
         self.bad_steps = 0
@@ -654,6 +656,11 @@ class Trainer:
             x = x.to(self.device)
             labels = torch.zeros(x.shape[0], dtype=torch.int64) if labels is None else labels
             labels = labels.to(self.device, torch.int64)
+        if self.step >= self.cfg.steps and not self._warned_past_end:
+            self._warned_past_end = True  # (once: a loop of its own may mean to go on)
+            warnings.warn(f"step_once at step {self.step}, past train.steps = {self.cfg.steps}: the schedules stay at "
+                          "their end, and `--resume` refuses a run beyond train.steps; raise train.steps in the recipe "
+                          "to train longer", UserWarning, stacklevel=2)
         logs = self.train_step(x, labels)
         self.step += 1
         if self.ema is not None:

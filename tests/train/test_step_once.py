@@ -184,3 +184,17 @@ def test_a_notebook_trainer_on_a_saved_run_is_told_of_resume_true(tmp_path: Path
     again = Trainer(tiny_recipe(*SETTINGS), tmp_path / "run", resume=True, progress=False)
     assert again.step == 1
     again.close()
+
+
+def test_step_once_past_train_steps_is_warned_of_once(tmp_path: Path) -> None:
+    trainer = Trainer(tiny_recipe("train.steps=1", "train.checkpoint_every=100"), tmp_path / "run", progress=False)
+    trainer.step_once()
+    with pytest.warns(UserWarning, match=r"step_once at step 1, past train.steps = 1: .* raise train.steps"):
+        trainer.step_once()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer.step_once()  # (said once)
+    assert trainer.step == 3
+    trainer.close()
