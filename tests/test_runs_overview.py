@@ -143,3 +143,11 @@ def test_a_run_without_checkpoints_says_when_one_comes() -> None:
 
     message = str(no_checkpoint_yet(RunDir(Path("runs/x"))))
     assert "has no checkpoint yet" in message and "train.checkpoint_every" in message and "trainer.save()" in message
+
+
+def test_a_failed_run_shows_the_evaluation_of_its_newest_checkpoint_whatever_its_weights(tmp_path: Path) -> None:
+    # a divergence by train.max_bad_steps records {steps, error} alone: no weights, which are not "last" then
+    _run(tmp_path / "r", checkpoints=(2,), logged=3, summary={"steps": 3, "error": "training stopped at step 3"},
+         scored={"step": 2, "weights": "ema", "fid": 50.0})
+    (record,) = [run_record(p, a) for p, a in find_runs([tmp_path])]
+    assert (record["status"], record["weights"], record["results"]) == ("failed", "ema", {"fid": 50.0})

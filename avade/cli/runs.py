@@ -165,8 +165,11 @@ def _results(run: RunDir, summary: dict[str, Any], newest: int | None) -> tuple[
     """The newest checkpoint's results: a finished run's final evaluation (summary.json) and ``avade eval``'s of the
     same checkpoint and weights (eval.json) over it; eval.json alone for an unfinished run's newest checkpoint."""
     results: dict[str, Any] = {}
-    weights = summary.get("weights", "last") if summary else None
-    if summary and not summary.get("error"):
+    # (a failed run's summary.json has no results, nor says which weights: a divergence by train.max_bad_steps
+    # records only its step and error)
+    finished = bool(summary) and not summary.get("error")
+    weights = summary.get("weights", "last") if finished else None
+    if finished:
         results = {k: v for k, v in summary.items() if k not in _SUMMARY_META}
     scored = read_json_object(run.eval)
     step = scored.get("step")
