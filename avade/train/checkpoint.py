@@ -389,6 +389,37 @@ def fallback_hint(path: Path) -> str:
     return f"delete {path.name} (no older checkpoint: the run would start again from step 0)"
 
 
+def unfit_hint(path: Path, file: str) -> str:
+    """What to do about ``file`` of checkpoint ``path`` whose tensors' names or shapes do not fit the model built for
+    it: when it is the file that was saved (its digest is state.json's), the model's code changed since (a component
+    or plugin upgraded), which deleting the checkpoint would not mend, every older one failing alike; else, damage
+    (or a checkpoint from before digests): :func:`fallback_hint`."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        digests = state.get("digests") if isinstance(state, dict) else None
+        intact = isinstance(digests, dict) and digests.get(file) == file_digest(path / file)
+    except (OSError, ValueError):
+        intact = False
+    if not intact:
+        return fallback_hint(path)
+    from avade.registry import get_registry  # (not at import: the registry imports much of avade)
+
+    registry = get_registry()
+    trained = state.get("providers") if isinstance(state.get("providers"), dict) else {}
+    changed = []
+    for key, then in trained.items():
+        kind, _, name = str(key).partition("/")
+        try:
+            now = registry.get(kind, name).provider if (kind, name) in registry else None
+        except AvadeError:  # (a name two plugins register: not ours to settle here)
+            now = None
+        if now is not None and now != then:
+            changed.append(f"{key} (trained with {then}, now {now})")
+    since = f": {', '.join(changed[:3])}" if changed else " (a component's or plugin's code)"
+    return (f"{file} is the file that was saved (its SHA-256 is state.json's), so the model's code changed since it "
+            f"was trained{since}; keep the checkpoint, and read it with the versions that trained it")
+
+
 def read_checkpoint(path: Path, need_average: bool = True, training_state: bool = True) -> dict[str, Any]:
     """Read and check a checkpoint directory; CheckpointError if anything is missing or corrupt. The
     result holds ``state`` (state.json) and the tensors of ``model``, ``optimizer``, ``rng`` and, when the
@@ -539,10 +570,12 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"checkpoint {path} does not fit this model: {detail}; {fallback_hint(path)}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {detail}; "
+                              f"{unfit_hint(path, 'model.safetensors')}") from None
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit this model (missing {len(missing)} / unexpected "
-                              f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]}); {fallback_hint(path)}")
+                              f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]}); "
+                              f"{unfit_hint(path, 'model.safetensors')}")
 
 
 def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],

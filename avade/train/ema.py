@@ -68,18 +68,19 @@ class WeightAverage:
 
 def check_fits(tensors: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor], path: Path) -> None:
     """A one-line CheckpointError unless ``tensors`` holds exactly ``params``' names and shapes."""
-    from avade.train.checkpoint import check_finite, fallback_hint
+    from avade.train.checkpoint import check_finite, unfit_hint
 
     missing = sorted(set(params) - set(tensors))
     unexpected = sorted(set(tensors) - set(params))
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path}: ema.safetensors does not fit this model (missing {len(missing)} "
                               f"/ unexpected {len(unexpected)} tensors, e.g. {(missing or unexpected)[0]}); "
-                              f"{fallback_hint(path)}")
+                              f"{unfit_hint(path, 'ema.safetensors')}")
     for name, p in params.items():
         if tensors[name].shape != p.shape:
             raise CheckpointError(f"checkpoint {path}: ema.safetensors has {name} of shape "
-                                  f"{tuple(tensors[name].shape)}, the model {tuple(p.shape)}; {fallback_hint(path)}")
+                                  f"{tuple(tensors[name].shape)}, the model {tuple(p.shape)}; "
+                                  f"{unfit_hint(path, 'ema.safetensors')}")
     check_finite(tensors, path, "ema.safetensors")
 
 

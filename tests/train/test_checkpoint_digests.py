@@ -107,3 +107,33 @@ def test_a_file_removed_before_its_digest_is_taken_is_said_to_be_removed(tmp_pat
     (path / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="was removed while it was read"):
         ckpt.verify_digests(read, path)
+
+
+@pytest.mark.parametrize("file", ["model", "ema"])
+def test_an_intact_checkpoint_that_does_not_fit_changed_model_code_is_not_to_be_deleted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file: str) -> None:
+    """Its files are those saved (their digests match): the model's code changed since (a plugin upgraded), which
+    deleting the checkpoint, as a damaged one's message advises, would not mend: the run's newest (or only)
+    checkpoint would be lost, and every older one fail alike."""
+    import torch
+
+    import avade.models.generative as generative
+    import avade.train.ema as ema
+
+    _trained(tmp_path)
+    if file == "model":
+        init = generative.GenerativeModel.__init__
+
+        def grown(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            init(self, *args, **kwargs)
+            self.added = torch.nn.Parameter(torch.zeros(1))  # a parameter the trained code did not have
+
+        monkeypatch.setattr(generative.GenerativeModel, "__init__", grown)
+    else:  # one parameter fewer in the average (the generator's parameters chosen otherwise)
+        names = ema.averaged_names
+        monkeypatch.setattr(ema, "averaged_names", lambda *a: dict(list(names(*a).items())[1:]))
+    with pytest.raises(CheckpointError) as info:
+        avade.load_model(tmp_path, device="cpu")
+    message = str(info.value)
+    assert "does not fit this model" in message and "\n" not in message, message
+    assert f"{file}.safetensors is the file that was saved" in message and "delete" not in message, message
