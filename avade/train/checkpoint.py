@@ -594,7 +594,7 @@ def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizers: dict[str, 
             optimizer_from_tensors(name, opt, ckpt["optimizer"], meta[name])
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {path}: optimizer '{name}' state does not fit ({exc}); "
-                                  f"{fallback_hint(path)}") from None
+                                  f"{unfit_hint(path, 'optimizer.safetensors')}") from None
     if rank == 0:
         tensors = {k: v for k, v in ckpt["rng"].items() if not k.startswith("rank")}
         rng_meta = ckpt["state"].get("rng")

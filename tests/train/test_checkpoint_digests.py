@@ -137,3 +137,16 @@ def test_an_intact_checkpoint_that_does_not_fit_changed_model_code_is_not_to_be_
     message = str(info.value)
     assert "does not fit this model" in message and "\n" not in message, message
     assert f"{file}.safetensors is the file that was saved" in message and "delete" not in message, message
+
+
+def test_an_intact_optimizer_state_of_other_fields_is_not_to_be_deleted(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(the state fields torch keeps, checked on resume, as another torch version might keep them)"""
+    _trained(tmp_path)
+    monkeypatch.setattr(ckpt, "_state_fields", lambda opt, groups: {"step", "exp_avg", "exp_inf", "other"})
+    with pytest.raises(CheckpointError) as info:
+        Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path, resume=True,
+                progress=False)
+    message = str(info.value)
+    assert "state does not fit" in message and "optimizer.safetensors is the file that was saved" in message, message
+    assert "delete" not in message
