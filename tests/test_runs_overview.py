@@ -151,3 +151,17 @@ def test_a_failed_run_shows_the_evaluation_of_its_newest_checkpoint_whatever_its
          scored={"step": 2, "weights": "ema", "fid": 50.0})
     (record,) = [run_record(p, a) for p, a in find_runs([tmp_path])]
     assert (record["status"], record["weights"], record["results"]) == ("failed", "ema", {"fid": 50.0})
+
+
+def test_a_finished_run_resumed_with_more_steps_is_unfinished_before_its_first_logged_step(tmp_path: Path) -> None:
+    """(recipe.toml says the new train.steps from the resume's start; metrics.jsonl the next step only at its
+    log_every: a resume killed before then was shown finished, 2/4, for good)"""
+    from tiny_recipes import tiny_recipe
+
+    from avade.train.trainer import Trainer
+
+    Trainer(tiny_recipe("train.steps=2", "train.checkpoint_every=2"), tmp_path, progress=False).fit()
+    assert run_record(tmp_path)["status"] == "finished"
+    Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2"), tmp_path, resume=True, progress=False).close()
+    record = run_record(tmp_path)
+    assert (record["status"], record["step"], record["steps"], record["results"]) == ("unfinished", 2, 4, {})

@@ -103,8 +103,11 @@ def run_record(path: Path, axes: dict[str, Any] | None = None, now: float | None
     summary = read_json_object(run.summary)
     step = max([s for s in (*checkpoints[-1:], _last_logged_step(run.metrics)) if s is not None], default=0)
     ended = summary.get("steps")
-    if not summary.get("error") and isinstance(ended, int) and ended < step:
-        summary = {}  # an earlier end's (the run resumed since with more train.steps): neither its state nor results
+    # an earlier end's (the run resumed since with more train.steps, which recipe.toml says from the start of the
+    # resume: before its first logged step, or killed before it): neither its state nor results
+    behind = isinstance(ended, int) and (ended < step or (isinstance(steps, int) and ended < steps))
+    if behind and not summary.get("error"):
+        summary = {}
     if summary.get("error"):
         status = "failed"
         record["error"] = str(summary["error"])
