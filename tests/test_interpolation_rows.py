@@ -57,3 +57,13 @@ def test_each_batch_of_rows_takes_its_own_pairs_labels() -> None:
     assert model.labels == [[1, 0], [2]]
     assert grid.shape == (3 * 4, 3, 2, 2)
     assert grid[3::4, 0, 0, 0].tolist() == [3, 4, 5]  # each row ends with its second image
+
+
+def test_sample_run_refuses_a_temperature_with_reconstructions_or_interpolations(tmp_path) -> None:
+    """(the CLI refused it; from Python the temperature was ignored silently)"""
+    from avade.errors import ConfigError
+    from avade.evaluate.sampling import sample_run
+
+    for flag in ("reconstructions", "interpolations"):
+        with pytest.raises(ConfigError, match=f"--temperature sets the prior's temperature, and --{flag}"):
+            sample_run(tmp_path, temperature=0.5, **{flag: True})

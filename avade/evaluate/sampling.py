@@ -45,6 +45,10 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
         raise ConfigError(f"--seed must be an integer in [-2**63, 2**64 - 2], got {seed}")
     if interpolations and reconstructions:
         raise ConfigError("--interpolations and --reconstructions each make their own grid; leave out one of them")
+    if temperature is not None and (reconstructions or interpolations):  # (the CLI says so first; Python too)
+        flag = "--reconstructions" if reconstructions else "--interpolations"
+        raise ConfigError(f"--temperature sets the prior's temperature, and {flag} draws from the posterior "
+                          "q(z|x): leave one of them out")
     if steps < 2:
         raise ConfigError(f"--steps must be at least 2 (both ends of a path included), got {steps}")
     output = Path(output)
@@ -116,8 +120,9 @@ def _write(output: Path, images: torch.Tensor, nrow: int, labels: torch.Tensor |
 def _interpolation_rows(model: GenerativeModel, test_set: Dataset, n: int, steps: int, label: int | None,
                         gen: torch.Generator, batch_size: int) -> torch.Tensor:
     """The grid of ``avade sample --interpolations``: per row a test image, ``steps`` frames of the path to a
-    second one, and that second image. Pairs are consecutive test images (a random subset fixed by the seed 0,
-    as reconstructions pick theirs); a class-conditional model's pairs share a class."""
+    second one, and that second image. Pairs are consecutive test images of a random subset fixed by the seed 0
+    (as reconstructions pick theirs); a class-conditional model's pairs share a class: the first two images of
+    each class in the split's order, then the next two, and so on."""
     dev = gen.device
     a, b, labels = _pairs(test_set, n, model.num_classes, label, batch_size)
     rows = []
