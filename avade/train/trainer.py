@@ -793,12 +793,12 @@ class Trainer:
                         what = ("a non-finite step (" if self.bad_steps == 1
                                 else f"{self.bad_steps} consecutive non-finite steps (the last: ")
                         # every process counts the same steps (from the all-reduced gradient norm)
-                        error = (f"training stopped at step {self.step}: {what}{self.last_skip}); "
-                                 f"{self._divergence_fix()}; {self._last_good_checkpoint()}")
+                        stopped = (f"training stopped at step {self.step}: {what}{self.last_skip}); "
+                                   f"{self._divergence_fix()}; {self._last_good_checkpoint()}")
                         if self.dist.is_main:  # recorded as the run's end, failed (`avade runs`), as a divergence
-                            initial = {} if self.bpd_untrained is None else {"bpd_untrained": self.bpd_untrained}
-                            write_json(self.run.summary, {"steps": self.step, **initial, "error": error})
-                        raise TrainingError(error, every_process=True)
+                            untrained = {} if self.bpd_untrained is None else {"bpd_untrained": self.bpd_untrained}
+                            write_json(self.run.summary, {"steps": self.step, **untrained, "error": stopped})
+                        raise TrainingError(stopped, every_process=True)
                 # the training speed now: its steps (batch and update) alone, not evaluations, grids or saves between
                 logs["images_per_s"] = window_images / max(window_s, 1e-9)
                 bar.update(self.step, logs)
