@@ -661,6 +661,10 @@ class Trainer:
             warnings.warn(f"step_once at step {self.step}, past train.steps = {self.cfg.steps}: the schedules stay at "
                           "their end, and `--resume` refuses a run beyond train.steps; raise train.steps in the recipe "
                           "to train longer", UserWarning, stacklevel=2)
+        return self._take_step(x, labels)
+
+    def _take_step(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """:meth:`step_once` on a batch as the run's stream gives it (checked, on the device): :meth:`fit`'s loop."""
         logs = self.train_step(x, labels)
         self.step += 1
         if self.ema is not None:
@@ -781,11 +785,11 @@ class Trainer:
             while self.step < cfg.steps:
                 started = time.perf_counter()
                 x, y = next(batches)
-                logs = self.step_once(x, y)
+                logs = self._take_step(x, y)  # (step_once without its checks: the stream checked the batch)
                 window_s += time.perf_counter() - started
                 window_images += x.shape[0] * self.dist.world
                 images += x.shape[0] * self.dist.world
-                if not logs["finite"]:  # (step_once counted it)
+                if not logs["finite"]:  # (_take_step counted it)
                     if self.dist.is_main:
                         self.console.print(f"[yellow]warning:[/] step {self.step}: {self.last_skip} "
                                            f"({self.bad_steps} in a row)")
