@@ -61,7 +61,18 @@ def sample_discretized_logistic(mean: torch.Tensor, log_scale: torch.Tensor,
     mean, log_scale = full_precision(mean), full_precision(log_scale)
     noise = torch.rand(mean.shape, generator=generator, device=mean.device).clamp(1e-5, 1 - 1e-5)
     c = mean + log_scale.expand_as(mean).exp() * (torch.log(noise) - torch.log1p(-noise))
-    v = (c.clamp(-1, 1) + 1.0) * ((bins - 1) / 2.0)
+    v = _levels(c, bins)
     within_bin = torch.rand(mean.shape, generator=generator, device=mean.device) * (1.0 - 2.0 ** -10)
     u = v + (v.round() - v).detach() + within_bin.to(v.dtype)
     return u if bins == 256 else u * (256 // bins)
+
+
+def discretized_logistic_mode(mean: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """The most likely bin of the discretized logistic of location ``mean`` (its mode: the bin holding the
+    location), as u at that bin's centre in [0, 256) (each bin 256 / ``bins`` wide)."""
+    return (_levels(full_precision(mean), bins).round() + 0.5) * (256 // bins)
+
+
+def _levels(c: torch.Tensor, bins: int) -> torch.Tensor:
+    """Locations in [-1, 1] (clamped) -> continuous levels in [0, bins - 1]."""
+    return (c.clamp(-1, 1) + 1.0) * ((bins - 1) / 2.0)
