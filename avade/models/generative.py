@@ -29,6 +29,7 @@ from avade.errors import ConfigError, DataError
 from avade.models import codes as latent_codes
 from avade.models.likelihood import (
     discretized_logistic_log_prob,
+    discretized_logistic_mode,
     gaussian_log_prob,
     sample_discretized_logistic,
 )
@@ -210,8 +211,6 @@ class GenerativeModel(nn.Module):
         if _count(importance_samples) < 1:
             raise DataError(f"log_likelihood: importance_samples must be an int >= 1, got {importance_samples!r}")
         x, labels, generator = self._prepared("log_likelihood", x, labels, generator)
-        if generator is None:
-            return self.bound(x, labels, None, importance_samples)
         with _seeded_from(generator):
             return self.bound(x, labels, generator, importance_samples)
 
@@ -368,7 +367,7 @@ class GenerativeModel(nn.Module):
                                 f"{temperature!r}")
             temperature = t
         _, labels, generator = self._prepared("sample", None, labels, generator, n)
-        with _evaluating(self), _seeded_from(generator) if generator is not None else contextlib.nullcontext():
+        with _evaluating(self), _seeded_from(generator):
             return self._images(self.generate(n, labels, generator, temperature=temperature), "sample")
 
     @torch.no_grad()
@@ -377,7 +376,7 @@ class GenerativeModel(nn.Module):
         """uint8 reconstructions of uint8 images: x -> f -> q(z|x) -> mean (+ noise) -> f^-1. In eval mode, as
         :meth:`sample`."""
         x, labels, generator = self._prepared("reconstruct", x, labels, generator)
-        with _evaluating(self), _seeded_from(generator) if generator is not None else contextlib.nullcontext():
+        with _evaluating(self), _seeded_from(generator):
             return self._reconstruct(x, labels)
 
     def _reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -408,7 +407,7 @@ class GenerativeModel(nn.Module):
         x, labels, generator = self._prepared(what, x, labels, generator)
         posterior = self._coded(what)
         labels = self._labels(labels)
-        with _seeded_from(generator) if generator is not None else contextlib.nullcontext():
+        with _seeded_from(generator):
             u = self.preprocess.dequantize(x, generator) if sample else self.preprocess.centres(x)
             feat, _ = self.features(self._in_dtype(u))
             hs = self.encoder(feat, labels)
@@ -442,7 +441,7 @@ class GenerativeModel(nn.Module):
         labels = self._labels(labels)
         device, dtype = self.log_sigma.device, self.log_sigma.dtype
         by_stage = {i: c.to(device, dtype) for i, c in zip(self.posterior.stage_ids, given, strict=True)}
-        with _seeded_from(generator) if generator is not None else contextlib.nullcontext():
+        with _seeded_from(generator):
             d = self.decoder.initial_state(n)
             for i in reversed(range(self.num_stages)):
                 if i in self._latent_stages:
@@ -453,9 +452,7 @@ class GenerativeModel(nn.Module):
             if pixel_noise:
                 return self._images(self._sample_from_mean(mean, generator), "decoding")
             if self.likelihood == "discretized-logistic":  # the logistic's location is its mode: that bin
-                bins = self.preprocess.bins
-                level = ((mean.clamp(-1, 1) + 1.0) * ((bins - 1) / 2.0)).round()
-                return self._images((level + 0.5) * (256 // bins), "decoding")
+                return self._images(discretized_logistic_mode(mean, self.preprocess.bins), "decoding")
             return self._images(self.to_image(mean), "decoding")
 
     @torch.no_grad()
@@ -533,9 +530,13 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _seeded_from(generator: torch.Generator) -> Iterator[None]:
+def _seeded_from(generator: torch.Generator | None) -> Iterator[None]:
     """Run with the global RNG seeded from ``generator`` and restore it afterwards, so that sampling
-    is reproducible and does not disturb the training RNG stream (exact resume)."""
+    is reproducible and does not disturb the training RNG stream (exact resume); without a generator, on the
+    global RNG as it is."""
+    if generator is None:
+        yield
+        return
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
     # torch.manual_seed reseeds every CUDA device, so every initialised one is restored afterwards.
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
