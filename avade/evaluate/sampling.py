@@ -45,23 +45,21 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
         raise ConfigError(f"--seed must be an integer in [-2**63, 2**64 - 2], got {seed}")
     if interpolations and reconstructions:
         raise ConfigError("--interpolations and --reconstructions each make their own grid; leave out one of them")
-    if temperature is not None and (reconstructions or interpolations):  # (the CLI says so first; Python too)
-        flag = "--reconstructions" if reconstructions else "--interpolations"
+    from_data = reconstructions or interpolations  # (grids of test images, through q(z|x))
+    flag = "--reconstructions" if reconstructions else "--interpolations"
+    if temperature is not None and from_data:  # (the CLI says so first; Python too)
         raise ConfigError(f"--temperature sets the prior's temperature, and {flag} draws from the posterior "
                           "q(z|x): leave one of them out")
     if steps < 2:
         raise ConfigError(f"--steps must be at least 2 (both ends of a path included), got {steps}")
     output = Path(output)
     as_array = output.suffix.lower() == ".npz"
-    from_data = reconstructions or interpolations
     if as_array and from_data:
-        flag = "--reconstructions" if reconstructions else "--interpolations"
         raise ConfigError(f"{flag} writes an image grid; give -o a .png (or another image) file")
     # Samples need only the model (a run copied without its data can be sampled); the others need test images.
     loaded = load_trained(Path(run_dir), device, checkpoint, datasets=from_data, ema=ema, overrides=overrides)
     model, sets = loaded.model, loaded.datasets
     if from_data and model.variant == "gan":  # its encoder is never trained: no reconstructions to show
-        flag = "--reconstructions" if reconstructions else "--interpolations"
         raise ConfigError(f"a GAN trains no encoder, so its test images have no latents to show; leave out {flag}")
     if label is not None:
         if not model.num_classes:
