@@ -645,6 +645,7 @@ def sample(
     """Write a grid of samples (or reconstructions, or interpolations), or an .npz of samples, from a run's last
     checkpoint (or --checkpoint STEP)."""
     from avade.evaluate import sample_run
+    from avade.evaluate.sampling import INTERPOLATION_STEPS
     from avade.train.distributed import is_main_process
 
     if not is_main_process():  # single-process work: under torchrun, rank 0 does it and the others stop
@@ -653,10 +654,6 @@ def sample(
     if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
         raise AvadeError(f"--temperature: expected a number >= 0 (1 = the prior itself, 0 = its mode), got "
                          f"{temperature}")
-    if temperature is not None and (reconstructions or interpolations):
-        flag = "--reconstructions" if reconstructions else "--interpolations"
-        raise AvadeError(f"--temperature sets the prior's temperature, and {flag} draws from the "
-                         "posterior q(z|x): leave one of them out")
     if checkpoint is not None and checkpoint.strip().lower() == "all":
         raise AvadeError("--checkpoint all is avade eval's (a metric against training steps); avade sample takes "
                          "one checkpoint: --checkpoint STEP, or leave it out for the newest")
@@ -673,7 +670,7 @@ def sample(
     path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
                       seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint, batch_size=batch_size,
                       ema=ema, overrides=overrides or [], label=label, interpolations=interpolations,
-                      steps=8 if steps is None else steps)
+                      steps=INTERPOLATION_STEPS if steps is None else steps)
     out.print(f"wrote {escape(str(path))}")
 
 
