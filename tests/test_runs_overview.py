@@ -79,6 +79,9 @@ def test_columns_default_to_the_common_metrics_and_take_patterns() -> None:
                                                                                            "prdc_precision": 0.2}}]
     assert columns_for(records, None) == ["bpd", "fid"]
     assert columns_for(records, ["prdc_*", "fid", "lpips"]) == ["prdc_recall", "prdc_precision", "fid", "lpips"]
+    # metric names as avade eval --metrics takes them pick their keys
+    named = [{"results": {"kid_mean": 0.1, "kid_std": 0.0, "gan_test": 50.0, "gan_test_real": 90.0, "kidney": 1.0}}]
+    assert columns_for(named, ["kid", "gan-test"]) == ["kid_mean", "kid_std", "gan_test", "gan_test_real"]
 
 
 def test_the_command_shows_a_table_or_json_and_refuses_a_missing_folder(tmp_path: Path) -> None:

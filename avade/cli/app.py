@@ -6,7 +6,6 @@ unexpected exceptions print one line too and exit 1 -- ``--debug`` shows the tra
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import os
@@ -348,12 +347,13 @@ def runs_overview(
         help="Run directories, sweeps' --out, or folders of runs (searched a few levels down). \\[default: runs]",
         show_default=False, metavar="PATH")] = None,
     metrics: Annotated[str | None, typer.Option(
-        "--metrics", help="Comma-separated result columns, patterns allowed (e.g. fid,prdc_*) \\[default: those of "
+        "--metrics", help="Comma-separated result columns: keys, patterns or metric names (e.g. fid,prdc_*,kid) "
+        "\\[default: those of "
         "bpd, fid, kid_mean, is_mean that some run has]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Every run's record, all its results, as JSON.")] = False,
 ) -> None:
     """Where each run stands (step, finished or not) and what its newest checkpoint scored, from the run files."""
-    from avade.cli.runs import columns_for, find_runs, render, run_record
+    from avade.cli.runs import columns_for, find_runs, matching_keys, render, run_record
 
     found = find_runs(paths or [Path("runs")])
     now = time.time()
@@ -366,7 +366,7 @@ def runs_overview(
         return
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     known = sorted({k for r in records for k in r.get("results", {})})
-    missing = [m for m in chosen or [] if not any(fnmatch.fnmatchcase(k, m) for k in known)]
+    missing = [m for m in chosen or [] if not matching_keys(m, known)]
     if missing:  # (a typo, or a metric no run was evaluated on yet: an empty column either way)
         err.print(f"[yellow]warning:[/] --metrics {escape(', '.join(missing))}: no run has results of that name; "
                   f"theirs: {escape(', '.join(known) or 'none yet')} (avade eval RUN --metrics ... adds more)")

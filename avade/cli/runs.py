@@ -184,8 +184,9 @@ def _results(run: RunDir, summary: dict[str, Any], newest: int | None) -> tuple[
 
 
 def columns_for(records: Sequence[dict[str, Any]], chosen: Sequence[str] | None) -> list[str]:
-    """The metric columns of the table: ``chosen`` (names or ``fnmatch`` patterns, e.g. ``prdc_*``) as found in the
-    runs' results, else those of :data:`DEFAULT_COLUMNS` some run has."""
+    """The metric columns of the table: ``chosen`` (:func:`matching_keys`: result keys, patterns such as ``prdc_*``, or
+    metric names such as ``kid``) as found in the runs' results, else those of :data:`DEFAULT_COLUMNS` some run
+    has."""
     keys: list[str] = []
     for record in records:
         keys += [k for k in record.get("results", {}) if k not in keys]
@@ -193,9 +194,20 @@ def columns_for(records: Sequence[dict[str, Any]], chosen: Sequence[str] | None)
         return [k for k in DEFAULT_COLUMNS if k in keys]
     picked: list[str] = []
     for pattern in chosen:
-        matches = [k for k in keys if fnmatch.fnmatchcase(k, pattern)] or [pattern]  # (absent: an empty column)
+        matches = matching_keys(pattern, keys) or [pattern]  # (absent: an empty column)
         picked += [k for k in matches if k not in picked]
     return picked
+
+
+def matching_keys(pattern: str, keys: Sequence[str]) -> list[str]:
+    """The result keys ``pattern`` picks: those it matches (a key, or an ``fnmatch`` pattern such as ``prdc_*``), else
+    a metric's as ``avade eval --metrics`` names it (``kid``: ``kid_mean``, ``kid_std``; ``gan-test``: ``gan_test``,
+    ``gan_test_real``)."""
+    found = [k for k in keys if fnmatch.fnmatchcase(k, pattern)]
+    if found:
+        return found
+    metric = pattern.replace("-", "_")
+    return [k for k in keys if k == metric or k.startswith(metric + "_")]
 
 
 def render(records: Sequence[dict[str, Any]], columns: Sequence[str], console: Console) -> None:
