@@ -20,7 +20,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from avade.errors import AvadeError
-from avade.train.rundir import RunDir, read_json_list, read_json_object, sweep_runs
+from avade.train.rundir import (
+    RunDir,
+    checkpoint_step,
+    list_checkpoints,
+    read_json_list,
+    read_json_object,
+    sweep_runs,
+)
 
 #: summary.json keys that describe the run rather than score it
 _SUMMARY_META = frozenset({"recipe", "variant", "steps", "train_images_per_s", "device", "weights", "bpd_untrained",
@@ -99,7 +106,7 @@ def run_record(path: Path, axes: dict[str, Any] | None = None, now: float | None
     record["recipe"] = recipe.get("name")
     record["variant"] = model.get("variant") if isinstance(model, dict) else None
     steps = train.get("steps") if isinstance(train, dict) else None
-    checkpoints = _checkpoint_steps(run.checkpoints)
+    checkpoints = [checkpoint_step(p) for p in list_checkpoints(run.checkpoints)]
     summary = read_json_object(run.summary)
     step = max([s for s in (*checkpoints[-1:], _last_logged_step(run.metrics)) if s is not None], default=0)
     ended = summary.get("steps")
@@ -134,14 +141,6 @@ def _recipe_table(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):  # (shown as unknown, not a failed listing)
         return {}
-
-
-def _checkpoint_steps(folder: Path) -> list[int]:
-    """The steps of the complete checkpoints (``step_XXXXXXXX`` folders), oldest first."""
-    if not folder.is_dir():
-        return []
-    steps = [p.name.removeprefix("step_") for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_")]
-    return sorted(int(s) for s in steps if s.isdecimal() and s.isascii())
 
 
 def _last_logged_step(path: Path, tail: int = 1 << 16) -> int | None:

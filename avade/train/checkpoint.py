@@ -27,10 +27,10 @@ from safetensors.torch import load, load_file, save, save_file
 
 from avade.atomic_files import sync_file, sync_folder
 from avade.errors import AvadeError, CheckpointError
-from avade.train.rundir import read_json_object
+from avade.train.rundir import CHECKPOINT_PREFIX as _PREFIX
+from avade.train.rundir import checkpoint_step, list_checkpoints, parse_step, read_json_object  # noqa: F401 (parse_step: re-exported, ckpt.parse_step as before)
 
 FORMAT = 1
-_PREFIX = "step_"
 
 
 def _fingerprinted(recipe_dict: dict[str, Any]) -> dict[str, Any]:
@@ -343,35 +343,10 @@ def _discard(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def list_checkpoints(directory: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary directories are ignored, and so are other folders
-    such as a user's copy ``step_00000400.bak``: pruning must not delete them, nor ``avade eval --checkpoint
-    all`` trip over them)."""
-    if not directory.is_dir():
-        return []
-    found = [p for p in directory.iterdir()
-             if p.is_dir() and p.name.startswith(_PREFIX) and checkpoint_step(p) >= 0]
-    # By step, not by name: past step 99,999,999 the name has nine digits and would sort first, and
-    # pruning (which keeps the last ones) would delete the newest checkpoint.
-    return sorted(found, key=lambda p: (checkpoint_step(p), p.name))
-
-
 def is_milestone(path: Path, keep_every: int) -> bool:
     """Whether checkpoint ``path`` is kept for good under ``train.keep_every`` (0: none is)."""
     step = checkpoint_step(path)
     return keep_every > 0 and step > 0 and step % keep_every == 0
-
-
-def checkpoint_step(path: Path) -> int:
-    """The step a checkpoint directory's name says (``step_00000120`` -> 120; -1 if it says none)."""
-    return parse_step(path.name) if path.name.startswith(_PREFIX) else -1
-
-
-def parse_step(text: str) -> int:
-    """A step as users and directory names write it (``120``, ``step_00000120`` -> 120); -1 for anything
-    else (ASCII digits only: ``int`` would take other scripts' digits too)."""
-    digits = text.strip().removeprefix(_PREFIX)
-    return int(digits) if digits.isdecimal() and digits.isascii() else -1
 
 
 def fallback_hint(path: Path) -> str:

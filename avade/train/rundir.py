@@ -156,6 +156,35 @@ def sweep_runs(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
     return [runs[name] for name in order], axes
 
 
+#: a checkpoint folder's name: ``step_XXXXXXXX`` (:func:`checkpoint_step`)
+CHECKPOINT_PREFIX = "step_"
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories are ignored, and so are other folders
+    such as a user's copy ``step_00000400.bak``: pruning must not delete them, nor ``avade eval --checkpoint
+    all`` trip over them)."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir()
+             if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and checkpoint_step(p) >= 0]
+    # By step, not by name: past step 99,999,999 the name has nine digits and would sort first, and
+    # pruning (which keeps the last ones) would delete the newest checkpoint.
+    return sorted(found, key=lambda p: (checkpoint_step(p), p.name))
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint directory's name says (``step_00000120`` -> 120; -1 if it says none)."""
+    return parse_step(path.name) if path.name.startswith(CHECKPOINT_PREFIX) else -1
+
+
+def parse_step(text: str) -> int:
+    """A step as users and directory names write it (``120``, ``step_00000120`` -> 120); -1 for anything
+    else (ASCII digits only: ``int`` would take other scripts' digits too)."""
+    digits = text.strip().removeprefix(CHECKPOINT_PREFIX)
+    return int(digits) if digits.isdecimal() and digits.isascii() else -1
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file + rename so readers never see half a file."""
     with replaced_atomically(path) as tmp:
