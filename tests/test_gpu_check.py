@@ -31,13 +31,14 @@ def test_the_script_parses_and_its_dry_run_prints_the_plan_without_running_anyth
                  "python -m benchmarks --device cuda", str(tmp_path / "results")):
         assert step in plan, (step, plan)
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
-    assert "venv over python3's torch" in _run("--dry-run", "--offline").stdout
+    assert "a venv seeing python3's packages (torch)" in _run("--dry-run", "--offline").stdout
 
 
 @pytest.mark.parametrize("args, env, message", [
     (("--bogus",), {}, "unknown option '--bogus'"),
     (("--dry-run",), {"GPU_CHECK_STEPS": "5"}, "GPU_CHECK_STEPS must be a whole number >= 30"),
     (("--dry-run",), {"GPU_CHECK_DEVICE": "mps"}, "GPU_CHECK_DEVICE must be cuda"),
+    (("--dry-run",), {"GPU_CHECK_LIMIT_SCALE": "0.5"}, "GPU_CHECK_LIMIT_SCALE must be a whole number >= 1"),
 ])
 def test_bad_options_are_refused_in_one_line(args, env, message) -> None:
     done = _run(*args, **env)
