@@ -277,11 +277,22 @@ def top_ops(fn: Fn, device: torch.device, limit: int = 15) -> list[dict[str, Any
 # -- the GEMM peak -------------------------------------------------------------------------------
 
 
+def _tf32(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """``fn(*args)`` with CUDA's fp32 matmuls on the TF32 tensor cores (the flag is read per call)."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        return fn(*args)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def gemm_peak(settings: Settings) -> dict[str, Any]:
     """FLOP/s of the fastest large GEMM-like kernel: the reference for "fraction of peak".
 
-    CUDA: a bf16 ``torch.mm``. CPU: a ``torch.mm`` (fp32, or bf16 with ``--precision bf16``), the same
-    GEMM as a oneDNN 1x1 convolution
+    CUDA: a ``torch.mm`` in bf16 (``--precision bf16``), or in fp32 both as IEEE fp32 and on the TF32 tensor
+    cores (``train.tf32 = true`` runs that way; the faster, TF32, is the peak). CPU: a ``torch.mm`` (fp32,
+    or bf16 with ``--precision bf16``), the same GEMM as a oneDNN 1x1 convolution
     (``[1, n, n, 1]`` input, ``n x n`` kernel: ``n^3`` multiply-adds) in NCHW and in channels-last,
     and a channels-last 3x3 convolution of 256 channels; the peak is the fastest. Why not torch.mm
     alone: it goes to the BLAS (MKL), which on some CPUs (e.g. AMD EPYC with AVX-512) runs a narrower
@@ -289,7 +300,8 @@ def gemm_peak(settings: Settings) -> dict[str, Any]:
     a convolution reaches and "fraction of peak" would exceed 1.
     """
     if settings.cuda:
-        n, dtype, repeats = (4096 if settings.quick else 8192), torch.bfloat16, 20
+        n, repeats = (4096 if settings.quick else 8192), 20
+        dtype = torch.bfloat16 if settings.bf16 else torch.float32
     else:
         n, repeats = (1024 if settings.quick else 2048), (3 if settings.quick else 7)
         dtype = torch.bfloat16 if settings.bf16 else torch.float32
@@ -298,6 +310,9 @@ def gemm_peak(settings: Settings) -> dict[str, Any]:
     b = torch.randn(n, n, device=settings.device, dtype=dtype, generator=gen)
     fns: dict[str, Fn] = {"torch.mm": lambda: torch.mm(a, b)}
     flops = {"torch.mm": 2.0 * n**3}
+    if settings.cuda and dtype == torch.float32:
+        fns["torch.mm tf32"] = lambda: _tf32(torch.mm, a, b)
+        flops["torch.mm tf32"] = 2.0 * n**3
     if not settings.cuda and torch.backends.mkldnn.is_available():
         conv = torch.nn.functional.conv2d
         cl = torch.channels_last

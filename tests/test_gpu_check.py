@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,34 @@ def test_the_tests_it_names_are_the_cuda_marked_ones() -> None:
     for path in named:
         text = (ROOT / path).read_text()
         assert "pytest.mark.cuda" in text and "torch.cuda.is_available()" in text, path
+
+
+def _skip_check() -> str:
+    """The Python the script runs on pytest's JUnit XML to decide whether a CUDA test was skipped."""
+    text = SCRIPT.read_text()
+    start = text.index('"$RESULTS/pytest_cuda.xml" <<\'EOF\'\n') + len('"$RESULTS/pytest_cuda.xml" <<\'EOF\'\n')
+    return text[start:text.index("\nEOF\n", start)]
+
+
+@pytest.mark.parametrize("cases, ok", [
+    # a module skipped at collection for a missing optional package is listed whatever -m selects: not a CUDA skip
+    ('<testcase classname="tests.flows.test_cuda" name="a"/>'
+     '<testcase classname="" name="tests.data.test_data_lsun_lmdb"><skipped message="no lmdb"/></testcase>', True),
+    ('<testcase classname="tests.flows.test_cuda" name="a"><skipped message="needs a CUDA GPU"/></testcase>', False),
+    ('<testcase classname="" name="tests.train.test_cuda_training"><skipped message="x"/></testcase>', False),
+    ("", False),  # nothing ran
+])
+def test_only_skipped_cuda_tests_fail_the_tests_step(tmp_path, cases, ok) -> None:
+    total, skipped = cases.count("<testcase"), cases.count("<skipped")
+    xml = tmp_path / "pytest_cuda.xml"
+    xml.write_text(f'<testsuites><testsuite tests="{total}" skipped="{skipped}">{cases}</testsuite></testsuites>')
+    done = subprocess.run([sys.executable, "-c", _skip_check(), str(xml)], capture_output=True, text=True, cwd=ROOT)
+    assert (done.returncode == 0) == ok, done.stdout + done.stderr
+
+
+def test_only_names_the_steps_that_run() -> None:
+    plan = _run("--dry-run", "--only=tests,bench").stdout
+    steps = [line.split(". ", 1)[1].split(":")[0] for line in plan.splitlines()[1:]]
+    assert steps == ["setup", "check", "tests", "bench", "results"], plan
+    done = _run("--dry-run", "--only=tests,bogus")
+    assert done.returncode == 2 and "unknown step 'bogus'; choose from: tests bench" in done.stderr, done.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_recipes import SHIPPED, shipped_id, shipped_recipe_step
 from typer.testing import CliRunner
 
 from avade.cli.app import app
@@ -133,6 +134,15 @@ def test_recipe_trains_a_step_on_natural_patches(path: Path, tmp_path: Path) -> 
     assert logs["finite"] == 1.0
     assert torch.isfinite(torch.tensor(logs["bpd"]))
     assert ("l_q" in logs) == (recipe.variant == "av-ade")
+
+
+@pytest.mark.filterwarnings("ignore:--set data.name")  # a sweep over the real dataset's options is dropped
+@pytest.mark.parametrize("path", SHIPPED, ids=shipped_id)
+def test_every_shipped_recipe_takes_a_full_step(path: Path, tmp_path: Path) -> None:
+    """At its own resolution, adversarial part included (tests/train/test_cuda_training.py takes the same step
+    on CUDA)."""
+    logs = shipped_recipe_step(path, "cpu", tmp_path)
+    assert logs["finite"] == 1.0 and all(torch.isfinite(torch.tensor(v)) for v in logs.values()), logs
 
 
 # -- the paper's settings -----------------------------------------------------------------------------

@@ -7,10 +7,13 @@ conftest.py earlier on sys.path would shadow it.
 from __future__ import annotations
 
 import copy
+import tomllib
+from pathlib import Path
 from typing import Any
 
-from avade.recipe.load import apply_overrides, recipe_from_dict
+from avade.recipe.load import apply_overrides, load_recipe, recipe_from_dict
 from avade.recipe.schema import Recipe
+from avade.recipe.sweep import expand_sweep
 
 TINY: dict[str, Any] = {
     "name": "tiny",
@@ -37,3 +40,25 @@ def tiny_dict(*overrides: str) -> dict[str, Any]:
 
 def tiny_recipe(*overrides: str) -> Recipe:
     return recipe_from_dict(tiny_dict(*overrides))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "recipes").rglob("[!_]*.toml"))  # every shipped recipe
+
+
+def shipped_id(path: Path) -> str:
+    return str(path.relative_to(ROOT / "recipes"))
+
+
+def shipped_recipe_step(path: Path, device: str, run: Path) -> dict[str, float]:
+    """One full Algorithm 1 step (no MLE warm-up) of the shipped recipe at ``path`` (a sweep's first
+    variant), on synthetic data of its own resolution and channels, batch 4."""
+    data = tomllib.loads(path.read_text(encoding="utf-8")).get("data", {})
+    overrides = ["data.name=synthetic", f"data.resolution={data.get('resolution', 32)}",
+                 f"data.channels={data.get('channels', 3)}", "data.size=8", "data.test_size=8",
+                 "data.batch_size=4", "train.warmup_steps=0", f"train.device={device}", 'eval.metrics=["bpd"]']
+    (variant, *_) = expand_sweep(load_recipe(path, overrides))
+    from avade.train.trainer import Trainer  # torch-heavy: only where a step is taken
+
+    trainer = Trainer(variant.recipe, run, progress=False)
+    return trainer.train_step(*next(trainer.stream.batches(0)))

@@ -182,6 +182,10 @@ class ShiftBatchNorm(nn.BatchNorm2d):
     def __init__(self, channels: int) -> None:
         super().__init__(channels, eps=1e-4, momentum=0.1, affine=False)
         self.bias = nn.Parameter(torch.zeros(channels))
+        # A fixed unit scale (a buffer, not saved) rather than none: CUDA's batch-norm backward gives an
+        # empty gradient for a bias passed without a weight (seen with torch 2.11 on an H200). Same numbers.
+        del self.weight
+        self.register_buffer("weight", torch.ones(channels), persistent=False)
 
 
 def _ref_conv(in_channels: int, out_channels: int, kernel_size: int, norm: str, *, bias: bool,

@@ -71,8 +71,11 @@ def test_reference_net_layout_and_parameter_count(mask, c_in, mask_channel) -> N
     assert _trainable(net) == _hand_count(c_in, 2 * (c - c_in) if mask == "channel" else 2 * c, 16, 2,
                                           mask_channel)
     assert coupling.scale_bound.numel() == 1
-    assert all(isinstance(m, ShiftBatchNorm) and m.weight is None for m in net.modules()
-               if isinstance(m, torch.nn.BatchNorm2d))
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(isinstance(m, ShiftBatchNorm) for m in bns)
+    # no learned scale: a fixed unit one, neither trained nor saved
+    assert all(not m.weight.requires_grad and torch.equal(m.weight, torch.ones_like(m.weight))
+               and "weight" not in m.state_dict() and "bias" in m.state_dict() for m in bns)
     # the reference's "scale=False" convolutions are the unit-norm direction: magnitude fixed at 1
     g = net.h_in.layer.parametrizations.weight.original0
     assert not g.requires_grad and torch.equal(g, torch.ones_like(g))
