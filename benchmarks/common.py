@@ -56,6 +56,7 @@ class Settings:
     repeats: int = 5
     isolate: bool = True  # flows: time each side in fresh processes (see benchmarks/README.md, Methods)
     malloc: str = "tuned"  # "tuned" | "system": glibc malloc settings of those processes
+    recipe_set: tuple[str, ...] = ()  # train, scaling: KEY=VALUE overrides of the benchmarked recipes (--set)
 
     @property
     def cuda(self) -> bool:
@@ -75,7 +76,7 @@ class Settings:
 
 def make_settings(device: str = "cpu", quick: bool = False, precision: str = "fp32", profile: bool = False,
                   warmup: int | None = None, repeats: int | None = None, isolate: bool = True,
-                  malloc: str = "tuned") -> Settings:
+                  malloc: str = "tuned", recipe_set: Sequence[str] = ()) -> Settings:
     """Settings with the quick/full defaults for warm-up and repeats."""
     return Settings(
         device=torch.device(device),
@@ -86,6 +87,7 @@ def make_settings(device: str = "cpu", quick: bool = False, precision: str = "fp
         repeats=repeats if repeats is not None else (2 if quick else 5),
         isolate=isolate,
         malloc=malloc,
+        recipe_set=tuple(recipe_set),
     )
 
 

@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--malloc", choices=("tuned", "system"), default="tuned",
                    help="glibc malloc settings of the isolated flow processes: tuned (default: freed memory "
                         "is kept, no page faults once warm) or system (glibc's adaptive defaults)")
+    p.add_argument("--set", dest="recipe_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="train, scaling: a recipe setting of the benchmarked recipes, as `avade recipe run --set` "
+                        "takes it, e.g. train.tf32=true (repeatable)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON output (default: benchmarks/results/<time>-<device>[-quick].json)")
     args = p.parse_args(argv)
@@ -139,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     settings = make_settings(device, quick=args.quick, precision=args.precision, profile=args.profile,
                              warmup=args.warmup, repeats=args.repeats, isolate=args.timing == "isolated",
-                             malloc=args.malloc)
+                             malloc=args.malloc, recipe_set=args.recipe_set)
     results["meta"] = environment(settings)
-    results["meta"].update(timing=args.timing, malloc=args.malloc)
+    results["meta"].update(timing=args.timing, malloc=args.malloc, recipe_set=list(args.recipe_set))
     if args.precision == "bf16" and not settings.cuda:
         from avade.train.device import cpu_has_native_bf16
 

@@ -52,15 +52,18 @@ def trainer_for(path: Path, settings: Settings, resolution: int, batch: int,
     from rich.console import Console
 
     from avade.recipe.load import load_recipe
+    from avade.train.device import global_state_kept
     from avade.train.trainer import Trainer
 
     # The train split must hold at least one batch; the images themselves are never used (see random_batch).
     overrides = ["data.name=synthetic", f"data.resolution={resolution}", f"data.size={max(batch, 16)}",
                  "data.test_size=16", f"data.batch_size={batch}", "train.warmup_steps=0",
                  'eval.metrics=["bpd"]',  # the step alone: no Inception weights needed
-                 f"train.precision={settings.precision}", *extra]
+                 f"train.precision={settings.precision}", *extra, *settings.recipe_set]
     recipe = load_recipe(path, overrides)
-    with tempfile.TemporaryDirectory(prefix="avade-bench-") as run_dir:
+    # global_state_kept: the CUDA flags the trainer sets (train.tf32, train.cudnn_benchmark) end with it, not
+    # carried into the benchmarks after this one
+    with tempfile.TemporaryDirectory(prefix="avade-bench-") as run_dir, global_state_kept():
         yield Trainer(recipe, Path(run_dir), device=settings.device.type, progress=False,
                       console=Console(stderr=True, quiet=True))
 

@@ -256,3 +256,16 @@ def test_readme_option_table_is_the_runners_options(monkeypatch: pytest.MonkeyPa
             assert set(choices.split("\\|")) == set(actions[opt].choices), opt
             checked += 1
     assert checked == 4  # --device, --precision, --timing, --malloc
+
+
+def test_set_reaches_the_benchmarked_trainer_and_its_cuda_flags_end_with_it() -> None:
+    from benchmarks.train import RECIPES, trainer_for
+
+    settings = make_settings("cpu", quick=True, recipe_set=["train.tf32=true", "train.cudnn_benchmark=true"])
+    before = torch.backends.cudnn.benchmark
+    with trainer_for(RECIPES["quickstart"], settings, 8, 4) as trainer:
+        assert trainer.cfg.tf32 and trainer.cfg.cudnn_benchmark
+        torch.backends.cudnn.benchmark = not before  # as the trainer sets it on a GPU
+    assert torch.backends.cudnn.benchmark is before
+    assert runner.parse_args(["--set", "train.tf32=true", "--set", "train.seed=3"]).recipe_set == \
+        ["train.tf32=true", "train.seed=3"]

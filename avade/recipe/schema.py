@@ -202,6 +202,10 @@ class TrainSection:
         default=False, metadata={"help": "CUDA: fp32 convolutions and matmuls on TF32 tensor cores (faster on "
                                          "Ampere and later, ~1e-3 relative error: the flows' 1x1 convolutions no "
                                          "longer invert exactly); false = IEEE fp32"})
+    cudnn_benchmark: bool = attrs.field(
+        default=False, metadata={"help": "CUDA: cuDNN times its convolution algorithms for each new shape and keeps "
+                                         "the fastest (faster steps once warm; runs may then differ in the last "
+                                         "bits); false = its heuristic choice, the same in every run"})
     compile: bool = attrs.field(
         default=False, metadata={"help": "torch.compile the networks in place (~1 min to start on CPU; pays "
                                          "for flows, not for a whole AV-ADE step: benchmarks/README.md)"})

@@ -50,7 +50,7 @@ def ieee_fp32(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    put_back = _tf32_kept()
+    put_back = _kernel_flags_kept()
     configure_tf32(False)
     try:
         yield
@@ -90,10 +90,11 @@ def seed_everything(seed: int) -> None:
 @contextlib.contextmanager
 def global_state_kept() -> Iterator[None]:
     """Put back, on leaving, what training sets for the whole process: python's, numpy's and torch's global
-    random states (:func:`seed_everything`) and CUDA's TF32 flags (:func:`configure_tf32`), so that a notebook's
-    own code after ``run_recipe`` draws and computes as it did before (the run keeps its own states)."""
+    random states (:func:`seed_everything`), CUDA's TF32 flags (:func:`configure_tf32`) and cuDNN's benchmark
+    flag, so that a notebook's own code after ``run_recipe`` draws and computes as it did before (the run keeps
+    its own states)."""
     py, npy = random.getstate(), np.random.get_state()
-    put_back_tf32 = _tf32_kept()
+    put_back_tf32 = _kernel_flags_kept()
     cuda_running = torch.cuda.is_initialized()
     devices = list(range(torch.cuda.device_count())) if cuda_running else []
     seed = torch.initial_seed()  # what CUDA's generators start from when CUDA starts (torch.manual_seed's)
@@ -110,10 +111,10 @@ def global_state_kept() -> Iterator[None]:
             torch.cuda.manual_seed_all(seed)
 
 
-def _tf32_kept() -> Callable[[], None]:
-    """What puts back the TF32 settings of now after :func:`configure_tf32`. A flag the user set through the
-    per-backend ``fp32_precision`` API (torch >= 2.9) cannot be read as ``allow_tf32`` (torch raises on the
-    mix): it is kept, and put back, through that API."""
+def _kernel_flags_kept() -> Callable[[], None]:
+    """What puts back the TF32 settings of now (and cuDNN's benchmark flag) after :func:`configure_tf32`. A flag
+    the user set through the per-backend ``fp32_precision`` API (torch >= 2.9) cannot be read as ``allow_tf32``
+    (torch raises on the mix): it is kept, and put back, through that API."""
     backends = torch.backends
     kept: list[tuple[object, str, object]] = []  # (object, attribute, value), set back in this order
     for legacy, precisions in ((backends.cuda.matmul, ("cuda.matmul",)),
@@ -126,6 +127,8 @@ def _tf32_kept() -> Callable[[], None]:
                 for part in path.split("."):
                     owner = getattr(owner, part)
                 kept.append((owner, "fp32_precision", owner.fp32_precision))  # type: ignore[attr-defined]
+
+    kept.append((backends.cudnn, "benchmark", backends.cudnn.benchmark))  # train.cudnn_benchmark sets it too
 
     def put_back() -> None:
         for owner, attribute, value in kept:

@@ -74,7 +74,8 @@ def _refuse_a_foreign_recipe(out_dir: Path, source: str | None) -> None:
 def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, device: str | None = None,
                console: Console | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one (non-sweep) recipe into ``out_dir``; returns its summary. The global random states and CUDA
-    TF32 flags training sets (``train.seed``, ``train.tf32``) are put back afterwards."""
+    TF32 and cuDNN flags training sets (``train.seed``, ``train.tf32``, ``train.cudnn_benchmark``) are put back
+    afterwards."""
     refuse_while_a_worker_starts("train")  # (before the run's lock, which the running parent holds)
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)  # (a str from a notebook too)

@@ -113,6 +113,7 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.gpu)
         if self.device.type == "cuda":
             configure_tf32(self.cfg.tf32)
+            torch.backends.cudnn.benchmark = self.cfg.cudnn_benchmark
         critic = recipe.model.discriminator
         if critic is not None and isinstance(critic.config, AbsentConfig):  # e.g. a recipe from avade.load_model
             raise ConfigError(f"discriminator '{critic.name}' is not installed, and training needs it; install its "

@@ -105,3 +105,24 @@ def test_every_shipped_recipe_takes_a_full_step_on_cuda(path, tmp_path) -> None:
     shift-only batch norm once had no bias gradient there, though all was well on the CPU)."""
     logs = shipped_recipe_step(path, "cuda", tmp_path)
     assert logs["finite"] == 1.0 and all(math.isfinite(v) for v in logs.values()), logs
+
+
+@pytest.mark.parametrize("wanted", [True, False])
+def test_train_cudnn_benchmark_sets_cudnns_flag_for_the_run_and_run_recipe_puts_it_back(tmp_path, wanted) -> None:
+    from avade.train.run import run_recipe
+
+    before = torch.backends.cudnn.benchmark
+    seen = []
+    try:
+        torch.backends.cudnn.benchmark = not wanted
+        trainer = Trainer(tiny_recipe("train.steps=1", f"train.cudnn_benchmark={str(wanted).lower()}"),
+                          tmp_path / "a", device="cuda", progress=False)
+        seen.append(torch.backends.cudnn.benchmark)
+        trainer.close()
+        torch.backends.cudnn.benchmark = not wanted
+        run_recipe(tiny_recipe("train.steps=1", f"train.cudnn_benchmark={str(wanted).lower()}", "train.device=cuda"),
+                   tmp_path / "b", progress=False)
+        seen.append(torch.backends.cudnn.benchmark)
+    finally:
+        torch.backends.cudnn.benchmark = before
+    assert seen == [wanted, not wanted]

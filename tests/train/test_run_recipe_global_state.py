@@ -68,3 +68,16 @@ def test_cuda_generators_started_by_the_run_are_put_back_as_they_would_have_star
     with device.global_state_kept():  # CUDA already running: fork_rng keeps its states, nothing reseeded
         pass
     assert seeded == [4321, 7, 4321]
+
+
+def test_cudnns_benchmark_flag_is_put_back_as_the_tf32_flags_are() -> None:
+    from avade.train.device import global_state_kept
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with global_state_kept():
+            torch.backends.cudnn.benchmark = True  # as train.cudnn_benchmark = true sets it on a GPU
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before

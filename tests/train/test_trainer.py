@@ -804,6 +804,7 @@ def test_tf32_settings_stay_readable_through_every_api():
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
     assert tiny_recipe().train.tf32 is False  # exact fp32 unless the recipe opts in
+    assert tiny_recipe().train.cudnn_benchmark is False  # the same kernels in every run unless it opts in
 
 
 def test_ctrl_c_before_the_first_step_leaves_no_run_directory(tmp_path, monkeypatch):
