@@ -19,6 +19,19 @@ def test_registered_component_conforms(kind: str, name: str) -> None:
     check_component(kind, name)
 
 
+MODULE_KINDS = ("flow", "posterior", "encoder", "decoder", "discriminator", "norm")
+ON_MODULES = [(k, n) for k, n in component_ids() if k in MODULE_KINDS]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind, name", ON_MODULES, ids=[f"{k}/{n}" for k, n in ON_MODULES])
+def test_registered_component_conforms_on_cuda(kind: str, name: str) -> None:
+    """The module built, and its inputs made, on CUDA (as the kit's users are told to run it on a GPU)."""
+    with torch.device("cuda"):
+        check_component(kind, name)
+
+
 def test_component_ids_cover_every_kind() -> None:
     kinds = {k for k, _ in component_ids()}
     assert kinds == {"flow", "posterior", "encoder", "decoder", "discriminator", "norm", "dataset", "metric"}

@@ -113,8 +113,8 @@ def _perturb(module: nn.Module, seed: int = 0) -> None:
     """Zero-initialised last layers make a fresh flow the identity; perturb so checks see real maps."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        for p in module.parameters():  # drawn on the CPU: the same perturbation on every device the kit runs on
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype, device="cpu").to(p.device))
 
 
 # -- flows -------------------------------------------------------------------------------------------
