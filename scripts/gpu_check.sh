@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One-command check of avade's CUDA paths on a machine with one NVIDIA GPU (~5-8 min on an H100/H200):
+# One-command check of avade's CUDA paths on a machine with one NVIDIA GPU (~4 min on an H200, setup included):
 #   bash scripts/gpu_check.sh               # set up .venv (scripts/setup.sh, needs a package index), then check
-#   bash scripts/gpu_check.sh --offline     # no package index: a venv over $PYTHON's torch (default python3),
+#   bash scripts/gpu_check.sh --offline     # no package index: a venv seeing $PYTHON's packages (python3: torch),
 #                                           # avade installed from this tree, missing wheels from $WHEELS (.whl/)
 #   bash scripts/gpu_check.sh --dry-run     # print the plan and exit (no GPU needed)
 #   bash scripts/gpu_check.sh --only=tests,bench   # setup, the GPU check and these steps alone (a rerun)
@@ -53,7 +53,7 @@ from avade.cli import main; main(sys.argv[1:])'
 PLAN=(
   "setup: $([ -n "${GPU_CHECK_PYTHON:-}" ] && echo "none: $GPU_CHECK_PYTHON as it is" && exit; [ $OFFLINE = 1 ] && echo "a venv seeing ${PYTHON:-python3}'s packages (torch), no index, wheels from ${WHEELS:-.whl}" || echo "bash scripts/setup.sh")"
   "check: torch sees a CUDA GPU; nvidia-smi and avade doctor into gpu_check.log"
-  "tests: pytest -m cuda (tests/flows/test_cuda.py, tests/models/test_entry_devices.py, tests/train/test_cuda_training.py); none may skip"
+  "tests: pytest -m cuda (tests/train/test_cuda_training.py: every shipped recipe, resume; tests/test_conformance.py: every registered module; tests/flows/test_cuda.py, tests/models/test_entry_devices.py, ...); none may skip"
   "bench: python -m benchmarks --device $DEVICE ${QUICK[*]} --only train,flows,scaling (fp32; flows: eager Glow and Real-NVP in one process), then --only train --precision bf16"
   "train: $RECIPE on $DEVICE, $STEPS steps, fp32 and bf16; fp32 again for $CUT steps, then --resume to $STEPS; fp32 once more (determinism reference)"
   "eval: avade eval --device $DEVICE (bpd) of the fp32 and bf16 runs; finite"
