@@ -2,7 +2,8 @@
 # One-command check of avade's CUDA paths on a machine with one NVIDIA GPU (~4 min on an H200, setup included):
 #   bash scripts/gpu_check.sh               # set up .venv (scripts/setup.sh, needs a package index), then check
 #   bash scripts/gpu_check.sh --offline     # no package index: a venv seeing $PYTHON's packages (python3: torch),
-#                                           # avade installed from this tree, missing wheels from $WHEELS (.whl/)
+#                                           # avade installed from this tree, missing wheels from $WHEELS (.whl/:
+#                                           # scripts/gpu_wheels.sh fetches them where an index is reachable)
 #   bash scripts/gpu_check.sh --dry-run     # print the plan and exit (no GPU needed)
 #   bash scripts/gpu_check.sh --only=tests,bench   # setup, the GPU check and these steps alone (a rerun)
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_STEPS=30 GPU_CHECK_LIMIT_SCALE=5 bash scripts/gpu_check.sh  # CPU rehearsal: CUDA tests
@@ -20,7 +21,7 @@ for arg in "$@"; do
     --dry-run) DRY=1 ;;
     --offline) OFFLINE=1 ;;
     --only=*) ONLY=${arg#--only=} ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown option '$arg'; use --dry-run, --offline, --only=STEP,... or --help" >&2; exit 2 ;;
   esac
 done

@@ -84,3 +84,11 @@ def test_only_names_the_steps_that_run() -> None:
     assert steps == ["setup", "check", "tests", "bench", "results"], plan
     done = _run("--dry-run", "--only=tests,bogus")
     assert done.returncode == 2 and "unknown step 'bogus'; choose from: tests bench" in done.stderr, done.stderr
+
+
+def test_the_wheel_script_parses_and_names_what_the_offline_setup_needs() -> None:
+    wheels = ROOT / "scripts" / "gpu_wheels.sh"
+    assert subprocess.run(["bash", "-n", str(wheels)], capture_output=True).returncode == 0
+    text = wheels.read_text()
+    for needed in ("cattrs", "tomli-w", "setuptools>=77", "normflows"):  # avade's build needs setuptools >= 77
+        assert needed in text, needed
