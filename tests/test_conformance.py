@@ -138,7 +138,67 @@ class TinyEncoder(nn.Module):
         return [h1, self.down2(h1)]
 
 
+@attrs.define
+class CodeConfig:
+    """One Gaussian latent at the top stage with a learned prior N(mu_p, sigma_p) and latent codes;
+    ``unscaled`` leaves sigma_p out of both ``encode_stage`` and ``decode_stage`` (code = z - mu_p): consistent
+    with itself and with the prior's mode, but its codes are not standard normal under the prior.
+    ``log_sigma``: the prior's log-std at init; ``flip_noise`` draws the prior sample from -eps (standard
+    normal too, but not the noise the kit replays: the kit then compares spreads)."""
+
+    unscaled: bool = False
+    log_sigma: float = 0.7
+    flip_noise: bool = False
+
+
+class ScaledPosterior(nn.Module):
+    def __init__(self, cfg: CodeConfig, *, stage_shapes: list[tuple[int, int, int]]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        top = len(stage_shapes) - 1
+        c = stage_shapes[top][0]
+        self.stage_ids = [top]
+        self.prior = nn.Conv2d(c, 4, 1)
+        self.posterior = nn.Conv2d(c, 2, 1)
+        self.merge = nn.Conv2d(2, c, 1)
+        with torch.no_grad():
+            self.prior.weight[2:].zero_()  # log sigma_p about cfg.log_sigma (the kit perturbs the weights)
+            self.prior.bias[2:].fill_(cfg.log_sigma)
+
+    def _prior(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu_p, log_sigma_p = self.prior(d).chunk(2, dim=1)
+        return mu_p, log_sigma_p.exp()
+
+    def forward_stage(self, i: int, d: torch.Tensor, h: torch.Tensor | None, temperature: float = 1.0
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu_p, sigma_p = self._prior(d)
+        if h is None:
+            eps = torch.randn_like(mu_p)
+            z = mu_p + temperature * sigma_p * (-eps if self.cfg.flip_noise else eps)
+            log_q = z.new_zeros(z.shape[0])
+        else:
+            mu_q = self.posterior(h)
+            z = mu_q + torch.randn_like(mu_q)
+            log_q = (-0.5 * (z - mu_q).square()).flatten(1).sum(1)
+        log_p = (-0.5 * ((z - mu_p) / sigma_p).square() - sigma_p.log()).flatten(1).sum(1)
+        return d + self.merge(z), log_q, log_p
+
+    def encode_stage(self, i: int, d: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None,
+                     sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        mu_p, sigma_p = self._prior(d)
+        mu_q = self.posterior(h)
+        z = mu_q + torch.randn_like(mu_q) if sample else mu_q
+        return d + self.merge(z), (z - mu_p) if self.cfg.unscaled else (z - mu_p) / sigma_p
+
+    def decode_stage(self, i: int, d: torch.Tensor, code: torch.Tensor, y: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        mu_p, sigma_p = self._prior(d)
+        return d + self.merge(mu_p + (code if self.cfg.unscaled else sigma_p * code))
+
+
 def test_kit_accepts_the_correct_versions() -> None:
+    check_module("posterior", ScaledPosterior, CodeConfig(), name="good-codes")
+    check_module("posterior", ScaledPosterior, CodeConfig(flip_noise=True), name="other-noise-codes")
     check_module("flow", ElementwiseAffine, AffineConfig(), name="good-affine")
     check_module("discriminator", TinyDiscriminator, ScoreConfig(), name="good-disc")
     check_module("discriminator", TinyDiscriminator, ScoreConfig(dropout=0.5), name="dropout-disc")
@@ -167,6 +227,13 @@ def test_kit_accepts_the_correct_versions() -> None:
         ("discriminator", TinyDiscriminator, ScoreConfig(ignore_labels=True), "label-blind",
          r"gives the same scores whatever the labels y: it ignores them"),
         ("encoder", TinyEncoder, StagesConfig(lie=True), "lying-stages", r"stage 1 .*stage_shapes says"),
+        ("posterior", ScaledPosterior, CodeConfig(unscaled=True, log_sigma=0.2), "unscaled-codes",
+         r"decode_stage\(1, d, eps, y=y\), eps the standard normal noise of the prior sample forward_stage\(1, d, "
+         r"None, 1\), must be that sample, but differs by .* a code is scaled by the prior's std"),
+        ("posterior", ScaledPosterior, CodeConfig(unscaled=True, log_sigma=1.0), "unscaled-wide-prior",
+         r"decodings of standard normal codes spread 0\.\d+ times as far as prior samples"),
+        ("posterior", ScaledPosterior, CodeConfig(unscaled=True, flip_noise=True), "unscaled-other-noise",
+         r"decodings of standard normal codes spread 0\.\d+ times as far as prior samples"),
     ],
 )
 def test_kit_catches_broken_components(kind: str, factory: Any, config: Any, name: str, expected: str) -> None:

@@ -456,7 +456,8 @@ def _check_codes(post: CodedPosterior, ids: list[int], ds: dict[int, torch.Tenso
     """A posterior with latent codes (``encode_stage``/``decode_stage``, what ``model.encode``/``decode`` call):
     ``encode_stage`` updates d as ``forward_stage`` does (d's shape, finite), deterministically unless
     ``sample``; ``decode_stage`` of its code gives that d back; code 0 is the prior's mode (``forward_stage``
-    at temperature 0). In eval mode, with the weights perturbed (by :func:`_check_prior_temperature`)."""
+    at temperature 0); a standard normal code decodes as the prior samples (:func:`_check_code_scale`). In eval
+    mode, with the weights perturbed (by :func:`_check_prior_temperature`)."""
     module = cast(nn.Module, post)
     module.eval()
     with torch.no_grad():
@@ -490,6 +491,55 @@ def _check_codes(post: CodedPosterior, ids: list[int], ds: dict[int, torch.Tenso
                 _fail(what, f"decode_stage({i}, d, zeros) must be the prior's mode, forward_stage({i}, d, None, 0) "
                             f"(max difference {_difference(mode, expected)}): a code is z in the prior's standard "
                             "coordinates")
+            _check_code_scale(post, i, d, code, stage, what, labels)
+
+
+def _check_code_scale(post: CodedPosterior, i: int, d: torch.Tensor, code: torch.Tensor,
+                      stage: Callable[[nn.Module, int, torch.Tensor | None, float], tuple[torch.Tensor, ...]],
+                      what: str, labels: torch.Tensor | None) -> None:
+    """Codes are standard normal under the prior: the scale, not only the offset (code 0 = the mode).
+
+    Exactly where the posterior draws its prior noise as avade's do (one standard normal of the code's shape
+    from the global RNG, ``z = mu_p + T sigma_p eps``): the code ``eps`` decodes to the prior sample of that
+    noise, ``forward_stage(i, d, None, 1)`` after the same seed. A decoding near that sample but not on it
+    (within half its spread around the mode) is the same noise at another scale: a code that leaves out
+    ``sigma_p``. Any other decoding means the posterior draws its noise otherwise; then the spread of many
+    decodings of standard normal codes must match that of as many prior samples."""
+    module = cast(nn.Module, post)
+    called = f"decode_stage({i}, d, eps, y=y)"
+    torch.manual_seed(3)
+    sample = stage(module, i, None, 1.0)[0]
+    torch.manual_seed(3)
+    eps = torch.randn(code.shape, dtype=code.dtype, device=code.device)
+    decoded = _call(what, called, post.decode_stage, i, d, eps, y=labels)
+    if not isinstance(decoded, torch.Tensor) or decoded.shape != sample.shape:
+        _fail(what, f"{called} must return d's shape {tuple(d.shape)}, got {_shape(decoded)}")
+    if torch.allclose(decoded, sample, rtol=1e-4, atol=1e-4 * float(sample.abs().max()) + 1e-5):
+        return
+    mode = stage(module, i, None, 0.0)[0]
+    spread = float((sample - mode).norm())
+    off = float((decoded - sample).norm()) / max(spread, 1e-30)
+    if off < 0.5:
+        _fail(what, f"{called}, eps the standard normal noise of the prior sample forward_stage({i}, d, None, 1), "
+                    f"must be that sample, but differs by {off:.3g} of its spread around the mode: a code is scaled "
+                    "by the prior's std, code = (z - mu_p) / sigma_p, standard normal under the prior")
+    # Another way of drawing the noise: compare the spread of many draws around the mode instead.
+    reps = 256
+    torch.manual_seed(4)
+    d_rep = d.repeat(reps, *([1] * (d.dim() - 1)))
+    y_rep = None if labels is None else labels.repeat(reps)
+    eps_rep = torch.randn((reps * code.shape[0], *code.shape[1:]), dtype=code.dtype, device=code.device)
+    decoded_var = (_call(what, called, post.decode_stage, i, d_rep, eps_rep, y=y_rep)
+                   - d_rep).view(reps, *d.shape).var(0).sum()
+    forward_stage = cast(PosteriorModule, post).forward_stage
+    out = _call(what, f"forward_stage({i}, d, None, 1.0)", forward_stage, i, d_rep, None, 1.0,
+                **({} if labels is None else {"y": y_rep}))
+    sample_var = (out[0] - d_rep).view(reps, *d.shape).var(0).sum()
+    ratio = math.sqrt(float(decoded_var) / max(float(sample_var), 1e-30))
+    if not 0.8 <= ratio <= 1.25:  # NaN fails too
+        _fail(what, f"decodings of standard normal codes spread {ratio:.3g} times as far as prior samples "
+                    f"({called} vs forward_stage({i}, d, None, 1), {reps} draws each): a code is "
+                    "scaled by the prior's std, code = (z - mu_p) / sigma_p, standard normal under the prior")
 
 
 def _difference(a: Any, b: torch.Tensor) -> str:
