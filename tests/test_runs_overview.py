@@ -4,6 +4,8 @@ run directories, sweeps (variants not started included) and folders of runs."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,8 +129,11 @@ def test_damaged_run_files_are_shown_as_unknown_not_a_failed_listing(tmp_path: P
     (record,) = [run_record(p, a) for p, a in find_runs([tmp_path])]
     if damaged == "recipe":
         assert record["variant"] is None and record["steps"] is None and record["status"] == "finished"
-    else:
-        assert record["status"] == "unfinished" and record["results"] == {}
+    else:  # (finished or failed: the file that says cannot be read)
+        assert record["status"] == "unreadable" and record["results"] == {}
+    (problem,) = record["problems"]
+    assert problem["file"].endswith("recipe.toml" if damaged == "recipe" else "summary.json")
+    assert "is not valid" in problem["problem"], problem
 
 
 def test_a_variant_that_failed_before_its_folder_was_made_shows_failed(tmp_path: Path) -> None:
@@ -168,3 +173,106 @@ def test_a_finished_run_resumed_with_more_steps_is_unfinished_before_its_first_l
     Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2"), tmp_path, resume=True, progress=False).close()
     record = run_record(tmp_path)
     assert (record["status"], record["step"], record["steps"], record["results"]) == ("unfinished", 2, 4, {})
+
+
+# -- damaged run files: named, one line each, every other run listed ------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real sweep of two variants, two steps each, a checkpoint at each step (copied by each test to damage)."""
+    root = tmp_path_factory.mktemp("sweep")
+    recipe = tiny_dict("train.steps=2", "train.checkpoint_every=1")
+    recipe["sweep"] = {"grid": {"train.seed": [1, 2]}}
+    (root / "sweep.toml").write_text(tomli_w.dumps(recipe))
+    result = CliRunner().invoke(app, ["recipe", "run", str(root / "sweep.toml"), "--out", str(root / "out"),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    first = sorted(p for p in (root / "out").iterdir() if (p / "recipe.toml").is_file())[0]
+    (first / "eval.json").write_text(json.dumps({"checkpoint": "step_00000002", "step": 2, "weights": "last",
+                                                 "settings": {}, "fid": 50.0}))
+    return root / "out"
+
+
+_DAMAGE = {
+    "truncated": lambda text: text[: len(text) // 2],
+    "wrong type": lambda text: b'{"step": "two"}' if text.startswith(b'{"format"') else b"[1, 2]",
+    "binary": lambda text: bytes(range(256)) * 4,
+    "empty": lambda text: b"",
+}
+#: each file `avade runs` reads, as found from a sweep's variant ("" the sweep's own)
+_FILES = {"sweep_plan.json": "", "summary.json": "v", "eval.json": "v", "metrics.jsonl": "v",
+          "recipe.toml": "v", "state.json": "v/checkpoints/step_00000002"}
+#: damage that is no damage to a file, as the run writes it: a metrics.jsonl cut short (its last line being
+#: written) or empty (no step logged yet) or of other records
+_HARMLESS = {("metrics.jsonl", "truncated"), ("metrics.jsonl", "empty"), ("metrics.jsonl", "wrong type")}
+
+
+@pytest.mark.parametrize("damage", [*_DAMAGE, "folder"])
+@pytest.mark.parametrize("name", _FILES)
+def test_each_damaged_run_file_is_named_and_every_other_run_listed(trained_sweep: Path, tmp_path: Path, name: str,
+                                                                   damage: str) -> None:
+    sweep = shutil.copytree(trained_sweep, tmp_path / "sweep")
+    runs = sorted(p for p in sweep.iterdir() if (p / "recipe.toml").is_file())
+    where = sweep / _FILES[name].replace("v", runs[0].name, 1) if _FILES[name] else sweep
+    target = where / name
+    if damage == "folder":
+        target.unlink(missing_ok=True)
+        target.mkdir()
+    else:
+        target.write_bytes(_DAMAGE[damage](target.read_bytes() if target.exists() else b"{}"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["runs", str(tmp_path), "--json"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    records = {Path(r["run"]).name: r for r in json.loads(result.stdout)}
+    # the undamaged variant, as ever
+    assert records[runs[1].name]["status"] == "finished" and "problems" not in records[runs[1].name]
+    assert records[runs[1].name]["results"]["bpd"] > 0
+    noted = [(r["status"], p) for r in records.values() for p in r.get("problems", [])]
+    if (name, damage) in _HARMLESS:  # (read as far as it goes)
+        assert result.exit_code == 0 and not noted, noted
+        return
+    assert result.exit_code == 1, result.output
+    ((_, problem),) = noted
+    assert problem["file"] == str(target) and ";" in problem["problem"], problem
+    damaged = records[sweep.name if name == "sweep_plan.json" else runs[0].name]
+    assert damaged["status"] == ("unreadable" if name in ("summary.json", "sweep_plan.json") else "finished")
+    if name == "sweep_plan.json":  # (its runs still listed, from the sweep's summary)
+        assert records[runs[0].name]["status"] == "finished"
+    table = runner.invoke(app, ["runs", str(tmp_path)], env={"COLUMNS": "200"})
+    assert table.exit_code == 1 and "Traceback" not in table.output
+    assert f"{target} {problem['problem']}" in " ".join(table.output.split()), table.output
+
+
+def test_a_sweep_plan_naming_a_folder_outside_the_sweep_is_a_note_not_a_stopped_listing(tmp_path: Path) -> None:
+    _run(tmp_path / "other", checkpoints=(4,), summary={"steps": 4, "bpd": 5.0})
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep_plan.json").write_text(json.dumps({"variants": [{"name": "a"}, {"name": "b", "dir": "../x"}]}))
+    _run(sweep / "a", checkpoints=(4,), summary={"steps": 4, "bpd": 6.0})
+    result = CliRunner().invoke(app, ["runs", str(tmp_path), "--json"])
+    assert result.exit_code == 1, result.output
+    records = {Path(r["run"]).name: r for r in json.loads(result.stdout)}
+    assert records["other"]["status"] == records["a"]["status"] == "finished" and "x" not in records
+    (problem,) = records["sweep"]["problems"]
+    assert records["sweep"]["status"] == "unreadable" and "names a variant directory '../x'" in problem["problem"]
+
+
+def test_a_run_file_that_cannot_be_read_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(tmp_path / "a", checkpoints=(4,), summary={"steps": 4, "bpd": 5.0})
+    run = _run(tmp_path / "b", checkpoints=(4,), summary={"steps": 4, "bpd": 6.0})
+    if os.geteuid() == 0:  # (root reads any file: the refusal is made up)
+        read_bytes = Path.read_bytes
+
+        def refuse(self: Path) -> bytes:
+            if self == run / "summary.json":
+                raise PermissionError(13, "Permission denied", str(self))
+            return read_bytes(self)
+
+        monkeypatch.setattr(Path, "read_bytes", refuse)
+    else:
+        (run / "summary.json").chmod(0)
+    records = {Path(r["run"]).name: r for r in (run_record(p, a) for p, a in find_runs([tmp_path]))}
+    assert records["a"]["status"] == "finished" and "problems" not in records["a"]
+    assert records["b"]["status"] == "unreadable" and records["b"]["problems"] == [
+        {"file": str(run / "summary.json"), "problem": "cannot be read (Permission denied); give yourself read "
+                                                       "access to it"}]

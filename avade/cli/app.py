@@ -352,14 +352,21 @@ def runs_overview(
         "bpd, fid, kid_mean, is_mean that some run has]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Every run's record, all its results, as JSON.")] = False,
 ) -> None:
-    """Where each run stands (step, finished or not) and what its newest checkpoint scored, from the run files."""
+    """Where each run stands (step, finished or not) and what its newest checkpoint scored, from the run files.
+
+    A run file that cannot be read (damaged, edited, a folder, no access) is named below the table (--json: the
+    record's "problems"), with what is wrong and how to mend it, every other run listed as ever; the exit status
+    is then 1 (0 when every file was read, 2 for a PATH that is no folder)."""
     from avade.cli.runs import columns_for, find_runs, matching_keys, render, run_record
 
     found = find_runs(paths or [Path("runs")])
     now = time.time()
     records = [run_record(run, axes, now) for run, axes in found]
+    damaged = any(r.get("problems") for r in records)
     if as_json:
         _print_json(records)
+        if damaged:
+            raise typer.Exit(1)
         return
     if not records:
         err.print(f"no runs under {escape(', '.join(str(p) for p in paths or [Path('runs')]))}")
@@ -371,6 +378,8 @@ def runs_overview(
         err.print(f"[yellow]warning:[/] --metrics {escape(', '.join(missing))}: no run has results of that name; "
                   f"theirs: {escape(', '.join(known) or 'none yet')} (avade eval RUN --metrics ... adds more)")
     render(records, columns_for(records, chosen), out)
+    if damaged:
+        raise typer.Exit(1)
 
 
 # -- recipes -----------------------------------------------------------------------------------------

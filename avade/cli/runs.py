@@ -7,8 +7,10 @@ also over a cluster's shared folder of hundreds of runs while they train.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
+import os
 import time
 import tomllib
 from collections.abc import Iterator, Sequence
@@ -24,9 +26,8 @@ from avade.train.rundir import (
     RunDir,
     checkpoint_step,
     list_checkpoints,
-    read_json_list,
-    read_json_object,
-    sweep_runs,
+    read_json_checked,
+    sweep_layout,
 )
 
 #: summary.json keys that describe the run rather than score it
@@ -42,8 +43,10 @@ _DEPTH = 4  # how deep below a given folder runs are looked for (runs/<recipe>/<
 
 
 def is_run(path: Path) -> bool:
-    """Whether ``path`` is a run directory (its resolved recipe is written first, before any checkpoint)."""
-    return (path / "recipe.toml").is_file()
+    """Whether ``path`` is a run directory (its resolved recipe is written first, before any checkpoint): one
+    whose recipe.toml is damaged (a folder, unreadable) too, listed with what is wrong with it."""
+    recipe = path / "recipe.toml"
+    return recipe.exists() or recipe.is_symlink()
 
 
 def find_runs(paths: Sequence[Path]) -> list[tuple[Path, dict[str, Any] | None]]:
@@ -66,10 +69,14 @@ def find_runs(paths: Sequence[Path]) -> list[tuple[Path, dict[str, Any] | None]]
 
 
 def _walk(path: Path, depth: int) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+    if not os.access(path, os.R_OK | os.X_OK):  # (a folder we may not read: its runs are not ours to list)
+        return
     if is_run(path):
         yield path, None
         return
-    variants, axes = sweep_runs(path)
+    variants, axes, problems = sweep_layout(path)
+    if problems:  # (a row of its own, for what is wrong with the sweep's files: run_record says what)
+        yield path, None
     if variants:
         for run in variants:
             yield run, axes.get(run.name, {})
@@ -90,32 +97,53 @@ def run_record(path: Path, axes: dict[str, Any] | None = None, now: float | None
     no checkpoint, not started), ``step`` (the last one done: logged or checkpointed), ``steps`` (train.steps),
     ``checkpoints`` (how many), ``updated_s`` (seconds since it last wrote anything), ``weights`` and ``results`` of
     the newest checkpoint (summary.json's final evaluation, with eval.json's of that checkpoint and weights over it),
-    ``error`` (a failed run's), and a sweep variant's ``overrides``."""
+    ``error`` (a failed run's), a sweep variant's ``overrides``, and ``problems``: each run file that could not be
+    read (``file``, and ``problem``: what is wrong and how to mend it), the rest of the record read from the others
+    (``status`` "unreadable" when the file that says it cannot be read; a sweep's own files make a record of the
+    sweep's folder)."""
     run = RunDir(path)
     record: dict[str, Any] = {"run": str(path)}
+    problems: list[tuple[Path, str]] = []
     if axes is not None:
         record["overrides"] = axes
-    if not is_run(path):  # a sweep variant not started yet, or one that failed before its folder was made
-        row = next((r for r in read_json_list(path.parent / "sweep_summary.json")
-                    if isinstance(r, dict) and r.get("name") == path.name and r.get("error")), None)
+    if not is_run(path):
+        if axes is None and (problems := sweep_layout(path)[2]):  # (the sweep's folder, as find_runs lists it)
+            return _noted({**record, "status": "unreadable"}, problems)
+        # a sweep variant not started yet, or one that failed before its folder was made
+        sweep_summary = path.parent / "sweep_summary.json"
+        rows, problem = read_json_checked(sweep_summary, list, "start the sweep again (avade recipe run RECIPE "
+                                                               "--out SWEEP --resume) to rewrite it")
+        row = next((r for r in rows or [] if isinstance(r, dict) and r.get("name") == path.name and r.get("error")),
+                   None)
+        problems += [(sweep_summary, problem)] if problem else []
         if row is not None:
-            return {**record, "status": "failed", "step": 0, "error": str(row["error"])}
-        return {**record, "status": "not started", "step": 0}
-    recipe = _recipe_table(run.recipe)
+            return _noted({**record, "status": "failed", "step": 0, "error": str(row["error"])}, problems)
+        return _noted({**record, "status": "not started", "step": 0}, problems)
+    recipe = _recipe_table(run.recipe, problems)
     model, train = recipe.get("model"), recipe.get("train")
     record["recipe"] = recipe.get("name")
     record["variant"] = model.get("variant") if isinstance(model, dict) else None
     steps = train.get("steps") if isinstance(train, dict) else None
-    checkpoints = [checkpoint_step(p) for p in list_checkpoints(run.checkpoints)]
-    summary = read_json_object(run.summary)
-    step = max([s for s in (*checkpoints[-1:], _last_logged_step(run.metrics)) if s is not None], default=0)
+    checkpoint_dirs = _checkpoints(run.checkpoints, problems)
+    checkpoints = [checkpoint_step(p) for p in checkpoint_dirs]
+    if checkpoint_dirs:
+        _check_state(checkpoint_dirs, problems)
+    summary, summary_problem = read_json_checked(run.summary, dict, "restore it from a copy, or delete it (the run "
+                                                                    "is then shown unfinished)")
+    if summary_problem:
+        problems.append((run.summary, summary_problem))
+    summary = summary or {}
+    step = max([s for s in (*checkpoints[-1:], _last_logged_step(run.metrics, problems)) if s is not None],
+               default=0)
     ended = summary.get("steps")
     # an earlier end's (the run resumed since with more train.steps, which recipe.toml says from the start of the
     # resume: before its first logged step, or killed before it): neither its state nor results
     behind = isinstance(ended, int) and (ended < step or (isinstance(steps, int) and ended < steps))
     if behind and not summary.get("error"):
         summary = {}
-    if summary.get("error"):
+    if summary_problem or (not summary and any(f == run.checkpoints for f, _ in problems)):
+        status = "unreadable"  # (finished, failed or not: the file that says cannot be read)
+    elif summary.get("error"):
         status = "failed"
         record["error"] = str(summary["error"])
     elif summary:
@@ -126,44 +154,114 @@ def run_record(path: Path, axes: dict[str, Any] | None = None, now: float | None
         step = max(step, summary["steps"])
     record.update(status=status, step=step, steps=steps if isinstance(steps, int) else None,
                   checkpoints=len(checkpoints))
-    results, weights = _results(run, summary, checkpoints[-1] if checkpoints else None)
+    results, weights = _results(run, summary, checkpoints[-1] if checkpoints else None, problems)
     if weights is not None:
         record["weights"] = weights
     record["results"] = results
-    mtimes = [p.stat().st_mtime for p in (run.metrics, run.summary, run.eval, run.checkpoints, run.recipe)
-              if p.exists()]
+    mtimes = []
+    for p in (run.metrics, run.summary, run.eval, run.checkpoints, run.recipe):
+        with contextlib.suppress(OSError):  # (missing, or gone since)
+            mtimes.append(p.stat().st_mtime)
     record["updated_s"] = max(0.0, (time.time() if now is None else now) - max(mtimes)) if mtimes else None
+    return _noted(record, problems)
+
+
+def _noted(record: dict[str, Any], problems: list[tuple[Path, str]]) -> dict[str, Any]:
+    if problems:
+        record["problems"] = [{"file": str(file), "problem": problem} for file, problem in problems]
     return record
 
 
-def _recipe_table(path: Path) -> dict[str, Any]:
+#: how a damaged recipe.toml is mended
+_RESTORE_RECIPE = ("restore it (each checkpoint's state.json holds the recipe as run); avade eval, sample and "
+                   "--resume need it")
+
+
+def _recipe_table(path: Path, problems: list[tuple[Path, str]]) -> dict[str, Any]:
+    """recipe.toml's tables; ``{}`` (shown as unknown, not a failed listing) and a problem when it cannot be read."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):  # (shown as unknown, not a failed listing)
-        return {}
+        text = path.read_bytes().decode("utf-8")
+        if text.strip():
+            return tomllib.loads(text)
+        problem = f"is empty; {_RESTORE_RECIPE}"
+    except IsADirectoryError:
+        problem = f"is a folder, not a file; move it away, then {_RESTORE_RECIPE}"
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or exc}); give yourself read access to it"
+    except UnicodeDecodeError:
+        problem = f"is not text (binary data: damaged?); {_RESTORE_RECIPE}"
+    except tomllib.TOMLDecodeError as exc:
+        problem = f"is not valid TOML ({' '.join(str(exc).split())[:80]}: cut short or edited?); {_RESTORE_RECIPE}"
+    problems.append((path, problem))
+    return {}
 
 
-def _last_logged_step(path: Path, tail: int = 1 << 16) -> int | None:
+def _checkpoints(folder: Path, problems: list[tuple[Path, str]]) -> list[Path]:
+    """The run's checkpoints (:func:`list_checkpoints`); none, and a problem, when its folder cannot be read."""
+    if folder.exists() and not folder.is_dir():
+        problems.append((folder, "is a file, not the run's folder of checkpoints; move it away (a run still "
+                                 "training fails at its next checkpoint)"))
+        return []
+    try:
+        return list_checkpoints(folder)
+    except OSError as exc:
+        problems.append((folder, f"cannot be read ({exc.strerror or exc}); give yourself read access to it"))
+        return []
+
+
+def _check_state(checkpoints: list[Path], problems: list[tuple[Path, str]]) -> None:
+    """The newest checkpoint's state.json, read as avade eval and --resume read it first (its tensors are not read,
+    nor a missing file taken for damage: ``avade eval`` says what is wrong with those)."""
+    newest = checkpoints[-1]
+    if len(checkpoints) > 1:
+        fix = (f"avade eval and --resume refuse this checkpoint: delete {newest.name} to fall back to "
+               f"{checkpoints[-2].name}")
+    else:
+        fix = f"avade eval and --resume refuse this checkpoint, the run's only one: delete {newest.name} to start over"
+    path = newest / "state.json"
+    state, problem = read_json_checked(path, dict, fix)
+    step = state.get("step") if state else None
+    if state is not None and (not isinstance(step, int) or isinstance(step, bool) or step != checkpoint_step(newest)):
+        problem = f"says step {step!r:.40}, not {checkpoint_step(newest)}; {fix}"
+    if problem:
+        problems.append((path, problem))
+
+
+def _last_logged_step(path: Path, problems: list[tuple[Path, str]], tail: int = 1 << 16) -> int | None:
     """The step of metrics.jsonl's last record, read from its end (a long run's file can be hundreds of MB)."""
+    fix = "move it away (the run's step is then its newest checkpoint's; training starts a new one)"
     try:
         with path.open("rb") as fh:
             fh.seek(0, 2)
             size = fh.tell()
-            fh.seek(max(0, size - tail))
-            lines = fh.read().decode("utf-8", "replace").splitlines()
-    except OSError:
+            start = max(0, size - tail)
+            fh.seek(start)
+            lines = fh.read().decode("utf-8", "replace").split("\n")
+    except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        problems.append((path, f"is a folder, not a file; {fix}"))
+        return None
+    except OSError as exc:
+        problems.append((path, f"cannot be read ({exc.strerror or exc}); give yourself read access to it"))
+        return None
+    whole = lines[1 if start else 0:-1]  # (not the cut first line, nor the last: one being written)
+    parsed = False
     for line in reversed(lines):
         try:
             entry = json.loads(line)
         except ValueError:  # (the cut first line, or one being written)
             continue
+        parsed = True
         if isinstance(entry, dict) and isinstance(entry.get("step"), int) and not isinstance(entry["step"], bool):
             return entry["step"]
+    if not parsed and any(line.strip() for line in whole):
+        problems.append((path, f"holds no JSON record in its last {tail >> 10} KiB (damaged?); {fix}"))
     return None
 
 
-def _results(run: RunDir, summary: dict[str, Any], newest: int | None) -> tuple[dict[str, Any], str | None]:
+def _results(run: RunDir, summary: dict[str, Any], newest: int | None,
+             problems: list[tuple[Path, str]]) -> tuple[dict[str, Any], str | None]:
     """The newest checkpoint's results: a finished run's final evaluation (summary.json) and ``avade eval``'s of the
     same checkpoint and weights (eval.json) over it; eval.json alone for an unfinished run's newest checkpoint."""
     results: dict[str, Any] = {}
@@ -173,7 +271,10 @@ def _results(run: RunDir, summary: dict[str, Any], newest: int | None) -> tuple[
     weights = summary.get("weights", "last") if finished else None
     if finished:
         results = {k: v for k, v in summary.items() if k not in _SUMMARY_META}
-    scored = read_json_object(run.eval)
+    scored, problem = read_json_checked(run.eval, dict, "run avade eval RUN again to rewrite it, or delete it")
+    if problem:
+        problems.append((run.eval, problem))
+    scored = scored or {}
     step = scored.get("step")
     same_weights = weights is None or scored.get("weights") == weights
     if scored and same_weights and (step == newest or (summary and step == summary.get("steps"))):
@@ -226,14 +327,16 @@ def render(records: Sequence[dict[str, Any]], columns: Sequence[str], console: C
         table.add_row(escape(r["run"]), escape(str(r.get("variant") or "")), steps, _status(r), *cells,
                       _ago(r.get("updated_s")))
     console.print(table)
-    for r in records:  # why each failed (--json has it too)
+    for r in records:  # why each failed, and each file that could not be read (--json has them too)
         if r["status"] == "failed" and r.get("error"):
             console.print(f"[red]{escape(r['run'])}:[/] {escape(str(r['error']))}", soft_wrap=True)
+        for p in r.get("problems", []):
+            console.print(f"[yellow]{escape(p['file'])}[/] {escape(p['problem'])}", soft_wrap=True)
 
 
 def _status(record: dict[str, Any]) -> str:
-    colour = {"finished": "green", "failed": "red", "unfinished": "yellow"}.get(record["status"])
-    text = escape(record["status"])
+    colour = {"finished": "green", "failed": "red", "unfinished": "yellow", "unreadable": "red"}.get(record["status"])
+    text = escape(record["status"]) + (" !" if record.get("problems") and record["status"] != "unreadable" else "")
     return f"[{colour}]{text}[/]" if colour else text
 
 

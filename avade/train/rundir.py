@@ -129,31 +129,62 @@ def sweep_runs(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]]]:
     """The run directories of a sweep's ``--out``, in the sweep's order, and each variant's override values
     (``{"model.flow.scales": 2, ...}``): those of its ``sweep_plan.json`` (every variant of the sweep as last
     started, also those not trained yet, whose directories do not exist), else of its sweep_summary.json
-    (runs it does not list after, by name)."""
+    (runs it does not list after, by name). CheckpointError for a plan naming a folder outside the sweep."""
+    runs, axes, problems = sweep_layout(root)
+    escaped = [text for file, text in problems if file.name == "sweep_plan.json" and text.startswith(_ESCAPES)]
+    if escaped:
+        raise CheckpointError(f"{root / 'sweep_plan.json'} {escaped[0]}")
+    return runs, axes
+
+
+#: how a sweep's own files are mended: a sweep started again rewrites its plan and its summary
+_RESUME_SWEEP = "start the sweep again (avade recipe run RECIPE --out SWEEP --resume) to rewrite it"
+#: how :func:`sweep_layout` says that a plan names a folder outside the sweep (which :func:`sweep_runs` refuses)
+_ESCAPES = "names a variant directory"
+
+
+def sweep_layout(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]], list[tuple[Path, str]]]:
+    """:func:`sweep_runs`, and what is wrong with the sweep's files (``(file, "what is wrong; how to fix it")``)
+    instead of an error: a plan that cannot be read is passed over (the sweep's runs are then those of its
+    sweep_summary.json or its folders), a variant that names a folder outside the sweep is left out."""
     root = Path(root)
-    plan = read_json_object(root / "sweep_plan.json").get("variants")
+    problems: list[tuple[Path, str]] = []
+    plan_file = root / "sweep_plan.json"
+    data, problem = read_json_checked(plan_file, dict, _RESUME_SWEEP)
+    if problem:
+        problems.append((plan_file, problem))
+    plan = data.get("variants") if isinstance(data, dict) else None
+    if data is not None and not isinstance(plan, list):
+        problems.append((plan_file, f"has no list of variants (edited?); {_RESUME_SWEEP}"))
     if isinstance(plan, list):
         listed = [v for v in plan if isinstance(v, dict) and isinstance(v.get("name"), str)]
         # a run is named by its directory (the name an older avade gave a variant it started)
         dirs = {v["name"]: v["dir"] if isinstance(v.get("dir"), str) else v["name"] for v in listed}
-        for name in dirs.values():  # avade writes plain names (sweep.variant_name): a path would lead elsewhere
-            if Path(name).name != name or name in (".", ".."):
-                raise CheckpointError(f"{root / 'sweep_plan.json'} names a variant directory {name!r:.80}, which "
-                                      f"is not a folder of {root}: it was edited; fix or delete that entry")
+        # avade writes plain names (sweep.variant_name): a path would lead elsewhere
+        plain = {name: Path(name).name == name and name not in (".", "..") for name in dirs.values()}
+        problems += [(plan_file, f"{_ESCAPES} {name!r:.80}, which is not a folder of {root}: it was edited; fix or "
+                                 "delete that entry") for name, ok in plain.items() if not ok]
         axes = {dirs[v["name"]]: dict(v["overrides"]) if isinstance(v.get("overrides"), dict) else {}
-                for v in listed}
-        return [root / name for name in axes], axes
+                for v in listed if plain[dirs[v["name"]]]}
+        return [root / name for name in axes], axes, problems
     summary = root / "sweep_summary.json"
+    rows, problem = read_json_checked(summary, list, _RESUME_SWEEP)
+    if problem:
+        problems.append((summary, problem))
     if not summary.is_file():  # a folder of separate runs (runs/<recipe>/<time>) is no sweep
-        return [], {}
-    runs = {p.name: p for p in sorted(root.iterdir()) if (p / "recipe.toml").is_file()}
+        return [], {}, problems
+    try:
+        runs = {p.name: p for p in sorted(root.iterdir()) if (p / "recipe.toml").is_file()}
+    except OSError as exc:
+        problems.append((root, f"cannot be read ({exc.strerror or exc}); give yourself read access to it"))
+        runs = {}
     axes = {}
-    for row in read_json_list(summary):
+    for row in rows if isinstance(rows, list) else []:
         if isinstance(row, dict) and isinstance(row.get("name"), str):
             # the variant's overrides are its dotted keys (its summary's own keys have no dots)
             axes[row["name"]] = {k: v for k, v in row.items() if "." in k}
     order = [name for name in axes if name in runs] + [name for name in runs if name not in axes]
-    return [runs[name] for name in order], axes
+    return [runs[name] for name in order], axes, problems
 
 
 #: a checkpoint folder's name: ``step_XXXXXXXX`` (:func:`checkpoint_step`)
@@ -202,6 +233,40 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):  # (json recurses: arrays nested thousands deep)
         return None
+
+
+def read_json_checked(path: Path, kind: type, fix: str) -> tuple[Any, str | None]:
+    """The JSON ``kind`` (dict or list) in ``path`` and None, or None and what is wrong with the file, in words
+    ending with ``fix`` (how to mend it); ``(None, None)`` when there is no such file (run files come as a run
+    goes on). Run files are written whole (renamed into place), so one that cannot be read was damaged or
+    edited, not caught half-written."""
+    what = {dict: "an object", list: "a list"}[kind]
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except IsADirectoryError:
+        return None, f"is a folder, not a file; move it away, then {fix}"
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc}); give yourself read access to it"
+    if not text.strip():
+        return None, f"is empty; {fix}"
+    try:
+        data = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, f"is not text (binary data: damaged?); {fix}"
+    except ValueError as exc:
+        return None, f"is not valid JSON ({' '.join(str(exc).split())[:80]}: cut short or edited?); {fix}"
+    except RecursionError:
+        return None, f"is JSON nested too deep to read; {fix}"
+    if not isinstance(data, kind):
+        return None, f"holds a JSON {_json_type(data)}, not {what}; {fix}"
+    return data, None
+
+
+def _json_type(data: Any) -> str:
+    kinds = {dict: "object", list: "list", str: "string", bool: "true/false", type(None): "null"}
+    return kinds.get(type(data), "number")
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
