@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import tomli_w
+from checkpoint_files import write_state
 from rich.console import Console
 from tiny_recipes import tiny_dict, tiny_recipe
 from typer.testing import CliRunner
@@ -543,7 +544,7 @@ def test_a_corrupt_checkpoint_names_the_older_one_to_fall_back_to(tmp_path: Path
     newest = out_dir / "checkpoints" / "step_00000004"
     state = json.loads((newest / "state.json").read_text())
     for broken in ({**state, "step": "abc"}, {**state, "rng": {**state["rng"], "numpy": [1]}}):
-        (newest / "state.json").write_text(json.dumps(broken))
+        write_state(newest, broken)
         for args in (["recipe", "run", str(recipe), "--out", str(out_dir), "--resume", "--set", "train.steps=6"],
                      ["eval", str(out_dir), "--metrics", "bpd", "--device", "cpu"]):
             result, out = _invoke(*args)
@@ -620,7 +621,7 @@ def test_runs_written_before_a_new_defaulted_key_still_resume_and_evaluate(tmp_p
     old["model"]["flow"].pop("hidden_growth")
     old["train"]["a_key_dropped_since"] = 0.999  # a train key dropped since: not part of the model
     assert ckpt.fingerprint(old) != state["fingerprint"]
-    state_file.write_text(json.dumps({**state, "recipe": old, "fingerprint": ckpt.fingerprint(old)}))
+    write_state(state_file, {**state, "recipe": old, "fingerprint": ckpt.fingerprint(old)})
     result, out = _invoke("eval", str(run), "--metrics", "bpd", "--device", "cpu")
     assert result.exit_code == 0, out
     result, out = _invoke("recipe", "run", str(recipe), "--out", str(run), "--device", "cpu", "--resume",
@@ -689,7 +690,7 @@ def test_a_run_is_loaded_and_sampled_without_its_dataset(run_dir: Path, tmp_path
     state_file = old / "checkpoints" / "step_00000003" / "state.json"
     state = json.loads(state_file.read_text())
     del state["data_shape"], state["num_classes"]
-    state_file.write_text(json.dumps(state))
+    write_state(state_file, state)
     with pytest.raises(DataError, match="gone"):
         avade.load_model(old, device="cpu")
     monkeypatch.undo()
@@ -939,7 +940,7 @@ def _as_saved_before(run: Path, flow_key: str) -> None:
         state = json.loads(state_file.read_text())
         state["recipe"]["model"]["flow"].pop(flow_key, None)
         state["fingerprint"] = fingerprint(state["recipe"])
-        state_file.write_text(json.dumps(state))
+        write_state(state_file, state)
 
 
 @pytest.mark.parametrize(("key", "former"), [("logscale_factor", "0.0"), ("edge_bias", "false")])
@@ -989,7 +990,7 @@ def test_npz_of_a_conditional_run_from_before_class_counts_has_the_evaluated_lab
     for state_file in (run / "checkpoints").glob("step_*/state.json"):
         state = json.loads(state_file.read_text())
         del state["class_counts"]
-        state_file.write_text(json.dumps(state))
+        write_state(state_file, state)
     _, labels = _sample_npz(run, tmp_path)
     assert np.array_equal(labels, load_run(run, device="cpu").class_labels(40).numpy())
 
@@ -1163,7 +1164,7 @@ def test_a_run_whose_critic_plugin_is_gone_is_evaluated_and_sampled_without_it(
     assert json.loads(result.stdout)["bpd"] == trained  # the same weights
     for state_file in (tmp_path / "run" / "checkpoints").glob("*/state.json"):  # as an older avade wrote them
         state = json.loads(state_file.read_text())
-        state_file.write_text(json.dumps({**state, "fingerprint": "old"}))
+        write_state(state_file, {**state, "fingerprint": "old"}, digest=False)
     result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["bpd"] == trained, out
     result, out = _invoke("sample", str(tmp_path / "run"), "-n", "4", "-o", str(tmp_path / "g.png"), "--device", "cpu")

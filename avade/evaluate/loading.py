@@ -122,6 +122,7 @@ def load_trained(run_dir: Path, device: str, checkpoint: str | int | None, datas
     with without_absent_critic():  # an older checkpoint's recipe is re-read: its critic may be gone too
         same = ckpt.same_model(data["state"], recipe_to_dict(recipe))
     if not same:
+        ckpt.state_intact(data["state"], chosen)  # (a damaged state.json's recipe is no other model: named as damage)
         # e.g. recipe.toml edited by hand: the weights would be evaluated as another model (a wrong
         # logit_alpha still loads, and gives a wrong BPD).
         raise CheckpointError(f"{run.recipe} no longer describes the model of {chosen} (model or data "
@@ -141,8 +142,12 @@ def load_trained(run_dir: Path, device: str, checkpoint: str | int | None, datas
         assert sets is not None
         shape, classes = sets[1].shape, sets[1].num_classes
     if sets is not None and recipe.model.options.conditional:
-        for split, found in zip(("train", "test"), sets, strict=True):
-            check_classes(found, int(classes), split, recipe)
+        try:
+            for split, found in zip(("train", "test"), sets, strict=True):
+                check_classes(found, int(classes), split, recipe)
+        except DataError:
+            ckpt.state_intact(data["state"], chosen)  # (a damaged state.json's num_classes is no other data)
+            raise
     if dev.type == "cuda" and not library:  # the CLI evaluates with the precision the run trained with
         from avade.train.device import configure_tf32
 

@@ -3,7 +3,8 @@
 A checkpoint is a directory ``step_XXXXXXXX/`` holding ``model.safetensors``, ``optimizer.safetensors``
 (every optimizer's state tensors), ``rng.safetensors`` (torch/CUDA generator states of every process
 of the job) and ``state.json`` (step, data position, python/numpy RNG states, optimizer
-hyper-parameters, the resolved recipe and its fingerprint). It only becomes visible under its final name once complete.
+hyper-parameters, the resolved recipe and its fingerprint, the SHA-256 digests of the tensor files and of its own
+content). It only becomes visible under its final name once complete.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from avade.train.rundir import CHECKPOINT_PREFIX as _PREFIX
 from avade.train.rundir import checkpoint_step, list_checkpoints, parse_step, read_json_object  # noqa: F401 (parse_step: re-exported, ckpt.parse_step as before)
 
 FORMAT = 1
+STATE_DIGEST = "state_digest"  # state.json's key of the digest of its own content (see state_digest)
 
 
 def _fingerprinted(recipe_dict: dict[str, Any]) -> dict[str, Any]:
@@ -330,7 +332,11 @@ def _write(tmp: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.
     digests = {f.name: file_digest(f) for f in sorted(tmp.glob("*.safetensors"))}
     payload = {"format": FORMAT, "step": step, "optimizers": opt_meta, "rng": rng_meta, "rng_ranks": rank_metas,
                **state, "digests": digests}
-    (tmp / "state.json").write_text(json.dumps(payload, default=str), encoding="utf-8")
+    # as state.json reads back (keys as strings, tuples as lists, default=str's strings), so that the digest of its
+    # own content is the one verify_state_digest computes from what it reads
+    payload = json.loads(json.dumps(payload, default=str))
+    payload[STATE_DIGEST] = state_digest(payload)
+    (tmp / "state.json").write_text(json.dumps(payload), encoding="utf-8")
     for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
         sync_file(f)
     sync_folder(tmp)
@@ -372,8 +378,9 @@ def unfit_hint(path: Path, file: str) -> str:
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         digests = state.get("digests") if isinstance(state, dict) else None
-        intact = isinstance(digests, dict) and digests.get(file) == file_digest(path / file)
-    except (OSError, ValueError):
+        intact = (isinstance(digests, dict) and digests.get(file) == file_digest(path / file)
+                  and state.get(STATE_DIGEST) in (None, state_digest(state)))
+    except (OSError, ValueError, TypeError):
         intact = False
     if not intact:
         return fallback_hint(path)
@@ -494,12 +501,39 @@ def file_digest(path: Path) -> str:
         return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def state_digest(state: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of a checkpoint's state as state.json holds it (parsed JSON), without its own digest
+    (``STATE_DIGEST``), in canonical JSON (sorted keys, no spaces): what :func:`_write` records under
+    ``STATE_DIGEST``, so that damage to state.json that still parses (a flipped digit in a learning rate, a data
+    position or a random state) is found on reading, as the tensor files' is."""
+    body = {k: v for k, v in state.items() if k != STATE_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def state_intact(state: Mapping[str, Any], path: Path) -> None:
+    """A one-line CheckpointError unless state.json's content (``state``, as read) is the one the checkpoint was
+    written with: its digest equals the one it recorded (a checkpoint from before it was recorded: not checked)."""
+    recorded = state.get(STATE_DIGEST)
+    if recorded is None:
+        return
+    if not isinstance(recorded, str):
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json's {STATE_DIGEST} is {recorded!r:.60}, not a "
+                              f"digest; {fallback_hint(path)}")
+    if recorded != state_digest(state):
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json is not the one that was saved (the SHA-256 "
+                              f"of its content differs from the one it recorded, {STATE_DIGEST}: damaged on disk, "
+                              f"or edited); {fallback_hint(path)}")
+
+
 def verify_digests(ckpt: dict[str, Any], path: Path, parts: Container[str] = ("model", "optimizer", "rng", "ema")
                    ) -> None:
-    """The tensor files of ``parts`` that :func:`read_checkpoint` read are those the checkpoint was written with:
-    each one's digest equals the one state.json recorded (a checkpoint from before digests were recorded has none:
-    not checked). Called once the contents were checked, so that damage those checks name (a NaN, a shape) is
-    named so; ``parts``: those used (evaluating the last iterate does not need a sound weight average)."""
+    """state.json (:func:`state_intact`) and the tensor files of ``parts`` that :func:`read_checkpoint` read are
+    those the checkpoint was written with: each one's digest equals the one state.json recorded (a checkpoint from
+    before digests were recorded has none: not checked). Called once the contents were checked, so that damage those
+    checks name (a NaN, a shape, a step) is named so; ``parts``: those used (evaluating the last iterate does not
+    need a sound weight average). state.json first: its digests of the tensor files are only as sound as it is."""
+    state_intact(ckpt["state"], path)
     digests = ckpt["state"].get("digests")
     if digests is None:
         return

@@ -387,6 +387,7 @@ class Trainer:
         """A CheckpointError when the checkpoint at ``path`` (its ``state``) holds another model or data than
         this recipe's, or a class-conditional model of another number of classes than the data have."""
         if not ckpt.same_model(state, self.recipe_dict):
+            ckpt.state_intact(state, path)  # (a damaged state.json's recipe is no other model: named as damage)
             hint = saved_before_hint(state.get("recipe"), self.recipe_dict)
             if hint:
                 raise CheckpointError(f"checkpoint {path} does not fit this recipe's model{hint}")
@@ -396,6 +397,7 @@ class Trainer:
                                   "its own recipe.toml or start a new run with another --out")
         trained = state.get("num_classes")
         if self.model.num_classes and isinstance(trained, int) and trained != self.model.num_classes:
+            ckpt.state_intact(state, path)
             # (the class-conditional weights would not fit; say why rather than list their shapes)
             raise CheckpointError(f"checkpoint {path} is of a class-conditional model trained on {trained} classes, "
                                   f"but the data have {self.model.num_classes} now: its labels would mean other "

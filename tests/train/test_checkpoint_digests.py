@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from checkpoint_files import write_state
 from tiny_recipes import tiny_recipe
 
 import avade
@@ -73,12 +74,12 @@ def test_evaluation_checks_the_files_it_uses(tmp_path: Path) -> None:
 def test_a_checkpoint_without_digests_still_loads_and_bad_digests_are_named(tmp_path: Path) -> None:
     path = _trained(tmp_path)
     state = json.loads((path / "state.json").read_text())
-    older = {k: v for k, v in state.items() if k != "digests"}
-    (path / "state.json").write_text(json.dumps(older))
+    older = {k: v for k, v in state.items() if k not in ("digests", ckpt.STATE_DIGEST)}
+    write_state(path, older, digest=False)
     avade.load_model(tmp_path, device="cpu")
     Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path, resume=True,
             progress=False)
-    (path / "state.json").write_text(json.dumps({**older, "digests": ["model.safetensors"]}))
+    write_state(path, {**older, "digests": ["model.safetensors"]})
     with pytest.raises(CheckpointError, match=r"state.json's digests is \['model.safetensors'\], not a table of file "
                                               r"digests; delete step_00000002"):
         avade.load_model(tmp_path, device="cpu")
@@ -150,3 +151,77 @@ def test_an_intact_optimizer_state_of_other_fields_is_not_to_be_deleted(tmp_path
     message = str(info.value)
     assert "state does not fit" in message and "optimizer.safetensors is the file that was saved" in message, message
     assert "delete" not in message
+
+
+def _flip_a_digit(text: str, after: str) -> str:
+    """One digit of the first number after ``after`` in state.json's text changed: still valid JSON."""
+    at = text.index(after) + len(after)
+    at += next(i for i, c in enumerate(text[at:]) if c in "123456789")
+    return text[:at] + str(int(text[at]) % 9 + 1) + text[at + 1:]
+
+
+@pytest.mark.parametrize("after", ['"lr": ', '"python": [3, [', '"collapse": {'])
+def test_a_flipped_digit_in_state_json_is_refused_on_resume_and_evaluation_before_anything_is_rewritten(
+        tmp_path: Path, after: str) -> None:
+    """(a learning rate, a random state, a watch's window: each was accepted as it read, silently)"""
+    import tomli_w
+    from tiny_recipes import tiny_dict
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict(*SETTINGS)))
+    run = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(app, ["recipe", "run", str(recipe), "--out", str(run), "--device", "cpu"]).exit_code == 0
+    path = ckpt.list_checkpoints(run / "checkpoints")[-1]
+    text = (path / "state.json").read_text()
+    (path / "state.json").write_text(_flip_a_digit(text, after))
+    assert json.loads((path / "state.json").read_text()) != json.loads(text)
+    before = _snapshot(run)
+    for args in (["recipe", "run", str(recipe), "--out", str(run), "--resume", "--set", "train.steps=4"],
+                 ["eval", str(run), "--metrics", "bpd", "--device", "cpu"]):
+        result = runner.invoke(app, args)
+        said = result.output.strip()
+        assert result.exit_code != 0 and "\n" not in said, said
+        assert "is corrupt: state.json is not the one that was saved" in said and "delete step_00000002" in said, said
+        assert _snapshot(run) == before
+
+
+def test_state_json_s_digest_survives_a_save_resume_save_cycle_and_an_older_checkpoint_without_it_loads(
+        tmp_path: Path) -> None:
+    path = _trained(tmp_path)
+    state = json.loads((path / "state.json").read_text())
+    assert state[ckpt.STATE_DIGEST] == ckpt.state_digest(state)  # (real random states, floats, default=str values)
+    Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path, resume=True,
+            progress=False).fit()
+    newest = ckpt.list_checkpoints(tmp_path / "checkpoints")[-1]
+    assert newest.name == "step_00000004"
+    resumed = json.loads((newest / "state.json").read_text())
+    assert resumed[ckpt.STATE_DIGEST] == ckpt.state_digest(resumed) != state[ckpt.STATE_DIGEST]
+    ckpt.verify_digests(ckpt.read_checkpoint(newest), newest)
+    avade.load_model(tmp_path, device="cpu")
+    # as an avade from before the digest of state.json wrote it: loaded and resumed as before
+    write_state(newest, resumed, digest=False)
+    assert ckpt.STATE_DIGEST not in json.loads((newest / "state.json").read_text())
+    avade.load_model(tmp_path, device="cpu")
+    Trainer(tiny_recipe("train.steps=6", "train.checkpoint_every=2", "train.ema_decay=0.5"), tmp_path, resume=True,
+            progress=False).fit()
+    assert ckpt.list_checkpoints(tmp_path / "checkpoints")[-1].name == "step_00000006"
+
+
+def test_the_digest_of_state_json_reads_back_as_written(tmp_path: Path) -> None:
+    """Written from what state.json reads back: keys that are no strings, tuples, floats (NaN, inf, -0.0, 0.1),
+    default=str's values (a Path) give the digest that is computed from the file."""
+    state = {"format": 1, "step": 0, "odd": {2: (1, 0.1), 10: float("nan"), "x": -0.0, "p": Path("/a"),
+                                             "big": 1e400, "f": 1 / 3, "u": "é"}}
+    body = json.loads(json.dumps(state, default=str))
+    body[ckpt.STATE_DIGEST] = ckpt.state_digest(body)
+    read = json.loads(json.dumps(body))
+    ckpt.state_intact(read, tmp_path)
+    read["odd"]["f"] = 0.3333333333333334
+    with pytest.raises(CheckpointError, match=r"state\.json is not the one that was saved"):
+        ckpt.state_intact(read, tmp_path)
+    with pytest.raises(CheckpointError, match=r"state.json's state_digest is 7, not a digest"):
+        ckpt.state_intact({**body, ckpt.STATE_DIGEST: 7}, tmp_path)

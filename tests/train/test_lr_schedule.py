@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+from checkpoint_files import write_state
 from tiny_recipes import tiny_recipe
 
 from avade.errors import ConfigError
@@ -154,7 +155,7 @@ def test_a_checkpoint_from_before_schedules_resumes_without_a_notice(tmp_path, c
         state = json.loads(state_file.read_text())
         for key in ("lr_schedule", "lr_warmup_steps", "lr_final_ratio"):
             del state["recipe"]["train"][key]
-        state_file.write_text(json.dumps(state))
+        write_state(state_file, state)
     capsys.readouterr()
     Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
     assert "learning rate" not in capsys.readouterr().err

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from checkpoint_files import write_state
 from tiny_recipes import tiny_recipe
 
 from avade.errors import CheckpointError, ConfigError, StoppedError, TrainingError
@@ -158,7 +159,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path, damage):
         key = damage.removesuffix("_table")
         state = json.loads((path / "state.json").read_text())
         assert state[key] is not None  # (tiny_recipe is adversarial: both watches run)
-        (path / "state.json").write_text(json.dumps({**state, key: {"window": []}}))
+        write_state(path, {**state, key: {"window": []}})
     elif damage == "state_of_another_step":  # (a resume went on from step 1 with step 2's weights)
         (path / "state.json").write_text((tmp_path / "checkpoints" / "step_00000001" / "state.json").read_text())
     else:
@@ -208,14 +209,14 @@ def test_state_fields_of_the_wrong_type_are_refused_as_corrupt(tmp_path):
     for key, value in [("data_shape", "abc"), ("data_shape", 5), ("data_shape", [3, "8", {"a": 1}]),
                        ("data_shape", [3, 0, 8]), ("num_classes", "x"), ("num_classes", -3), ("num_classes", True),
                        ("class_counts", "x"), ("class_counts", [1, 2]), ("bad_steps", "x"), ("world", 0)]:
-        (path / "state.json").write_text(json.dumps({**state, key: value}))
+        write_state(path, {**state, key: value})
         with pytest.raises(CheckpointError, match=rf"is corrupt: state\.json's {key} is .*; delete step_00000002"):
             ckpt.read_checkpoint(path, training_state=False)
     (path / "state.json").write_text("[" * 100000 + "]" * 100000)  # (json.loads: a RecursionError)
     with pytest.raises(CheckpointError, match=r"is corrupt: state\.json is not valid JSON \(maximum recursion"):
         ckpt.read_checkpoint(path, training_state=False)
     for key in ("data_shape", "num_classes", "class_counts", "bad_steps", "world"):  # older checkpoints lack them
-        (path / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != key}))
+        write_state(path, {k: v for k, v in state.items() if k != key})
         ckpt.read_checkpoint(path)
 
 
@@ -230,7 +231,7 @@ def test_numbers_out_of_range_in_a_resumed_state_are_refused_as_corrupt(tmp_path
     rng = {**state, "rng": {**state["rng"], "numpy": numpy_state}}
     for damaged, what in ((collapse, r"state\.json's collapse table cannot be read \(OverflowError"),
                           (rng, "its random state cannot be restored")):
-        (path / "state.json").write_text(json.dumps(damaged))
+        write_state(path, damaged)
         with pytest.raises(CheckpointError, match=rf"is corrupt: {what}"):
             Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
 
@@ -245,7 +246,7 @@ def test_weights_that_are_not_finite_or_not_floats_are_refused_as_corrupt(tmp_pa
     path = tmp_path / "checkpoints" / "step_00000002"
     # as a checkpoint from before digests: the files are rewritten by hand below, and a buffer of -inf must load
     state = json.loads((path / "state.json").read_text())
-    (path / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "digests"}))
+    write_state(path, {k: v for k, v in state.items() if k != "digests"}, digest=False)
     model, ema = load_file(path / "model.safetensors"), load_file(path / "ema.safetensors")
     name = next(k for k, v in model.items() if v.is_floating_point() and k in ema)
     save_file({**ema, name: ema[name] * float("nan")}, path / "ema.safetensors")
@@ -371,7 +372,7 @@ def test_settings_a_resume_changes_are_said_and_kept_with_their_step(tmp_path, c
     assert second["changed"]["train.seed"] == [0, 1] and second["changed"]["eval.metrics"] == [["bpd"], ["bpd", "kid"]]
     # a checkpoint of a 2-process job resumed by one process: said, and kept
     state_file = tmp_path / "checkpoints" / "step_00000006" / "state.json"
-    state_file.write_text(state_file.read_text().replace('"world": 1', '"world": 2'))
+    write_state(state_file, {**json.loads(state_file.read_text()), "world": 2})
     Trainer(tiny_recipe("train.steps=8", "train.seed=1", "train.adv_weight=2.0", 'eval.metrics=["bpd", "kid"]',
                         "eval.kid.samples=8", "eval.kid.subset_size=4", "eval.kid.subsets=2"),
             tmp_path, resume=True, progress=False).fit()
