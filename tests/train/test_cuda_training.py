@@ -107,6 +107,22 @@ def test_every_shipped_recipe_takes_a_full_step_on_cuda(path, tmp_path) -> None:
     assert logs["finite"] == 1.0 and all(math.isfinite(v) for v in logs.values()), logs
 
 
+@pytest.mark.filterwarnings("ignore:--set data.name")
+@pytest.mark.parametrize("path", SHIPPED, ids=shipped_id)
+def test_every_shipped_recipe_step_has_deterministic_cuda_kernels(path, tmp_path) -> None:
+    """Strict deterministic mode (not warn_only, as the resume test's fixture): an op of a training step
+    without a deterministic CUDA kernel (AdaptiveAvgPool2d or bilinear interpolate backward, histc, a
+    weighted bincount, ...) raises here, so bit-exact CUDA resumes stay possible for every shipped recipe."""
+    benchmark = torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True)
+    try:
+        logs = shipped_recipe_step(path, "cuda", tmp_path)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = benchmark
+    assert logs["finite"] == 1.0, logs
+
+
 @pytest.mark.parametrize("wanted", [True, False])
 def test_train_cudnn_benchmark_sets_cudnns_flag_for_the_run_and_run_recipe_puts_it_back(tmp_path, wanted) -> None:
     from avade.train.run import run_recipe
