@@ -161,6 +161,7 @@ class Trainer:
         self._batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None] | None = None
         self._batches_step = -1
         self._warned_past_end = False  # step_once past train.steps, said once
+        self._statistics: dict[str, torch.Tensor] | None = None  # train_step's buffer_snapshot, reused step to step
         self._batches_at_exit: Any = None  # what closes them at the interpreter's exit (see _next_batch)
         self.step = 0
         self.bad_steps = 0
@@ -555,7 +556,8 @@ class Trainer:
         critic_now = adversarial_now or (self.adversarial and self.step >= cfg.warmup_steps - cfg.critic_warmup_steps)
         fake = None
         watched: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, generated) for the mode-collapse watch
-        statistics = buffer_snapshot(model)  # put back if an update is skipped (batch-norm running statistics)
+        # put back if an update is skipped (batch-norm running statistics); the last step's copies are reused
+        statistics = self._statistics = buffer_snapshot(model, self._statistics)
         if critic_now:
             disc = model.discriminator
             assert disc is not None
@@ -987,9 +989,20 @@ class Trainer:
         return results
 
 
-def buffer_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of ``model``'s floating-point buffers (batch-norm running statistics and the like), by name."""
-    return {name: b.detach().clone() for name, b in model.named_buffers() if b.is_floating_point()}
+@torch.no_grad()
+def buffer_snapshot(model: torch.nn.Module, into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Copies of ``model``'s floating-point buffers (batch-norm running statistics and the like), by name.
+
+    ``into``: an earlier snapshot of the same model, overwritten in place (one multi-tensor copy, no allocation:
+    the training step takes one every step) when its names, shapes, dtypes and devices still fit; else new copies."""
+    buffers = {name: b for name, b in model.named_buffers() if b.is_floating_point()}
+    if into is not None and into.keys() == buffers.keys() and all(
+            s.shape == b.shape and s.dtype == b.dtype and s.device == b.device
+            for s, b in zip(into.values(), buffers.values(), strict=True)):
+        if into:
+            torch._foreach_copy_(list(into.values()), list(buffers.values()))
+        return into
+    return {name: b.clone() for name, b in buffers.items()}
 
 
 @torch.no_grad()

@@ -1122,3 +1122,22 @@ def test_a_run_stopped_by_max_bad_steps_is_recorded_failed_and_still_resumes(tmp
     assert run_record(tmp_path)["status"] == "no checkpoint"  # tried again: not shown failed while it trains
     again.fit()
     assert run_record(tmp_path)["status"] == "finished"  # (no checkpoint was kept: a fresh start replaces it)
+
+
+def test_buffer_snapshot_reuses_its_copies_while_they_fit():
+    from avade.train.trainer import buffer_snapshot, restore_buffers
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(2))
+    first = buffer_snapshot(model)
+    model[0](torch.randn(4, 3))  # moves the first layer's statistics
+    again = buffer_snapshot(model, first)
+    assert again is first  # overwritten in place: no new tensors each step
+    assert all(torch.equal(again[k], v) for k, v in model.named_buffers() if v.is_floating_point())
+    saved = {k: v.clone() for k, v in again.items()}
+    model[0](torch.randn(4, 3) * 5)
+    restore_buffers(model, again)
+    assert all(torch.equal(dict(model.named_buffers())[k], v) for k, v in saved.items())
+    model[1].running_mean = torch.zeros(5)  # a buffer replaced by one of another shape: fresh copies
+    fresh = buffer_snapshot(model, first)
+    assert fresh is not first and fresh["1.running_mean"].shape == (5,)
+    assert "0.num_batches_tracked" not in fresh  # floating-point buffers only
