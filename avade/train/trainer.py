@@ -618,7 +618,9 @@ class Trainer:
         # One device-to-host transfer for all logged values (each .item() would be a sync on GPU), and the
         # mode-collapse watch's statistics with them.
         watch = watched is not None and adversarial_now and self.mode_collapse is not None
-        values = torch.stack([t.detach().float().reshape(()).double() for t in scalars.values()])
+        with torch.no_grad():  # (no detach per value; float32 -> float64 is exact, so one conversion after the stack)
+            values = torch.stack([t if t.dim() == 0 else t.reshape(()) for t in
+                                  (v.float() for v in scalars.values())]).double()
         if watch:
             assert watched is not None
             values = torch.cat([values, mode_statistics(*watched, labels_in).flatten()])
