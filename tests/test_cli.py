@@ -469,6 +469,7 @@ def test_doctor_reports_cuda_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     render(report, console)
     text = console.export_text()
     assert "cuda:1" in text and "Fake GPU [x], 80.0 GiB, sm 9.0" in text and "cuDNN 91000" in text
+    assert "train.cudnn_benchmark = true" in text  # the GPU speed knob, measured on an H200
 
 
 def test_doctor_lists_failed_plugins(fresh_registry: None) -> None:
