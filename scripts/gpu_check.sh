@@ -73,7 +73,7 @@ if [ $DRY = 1 ]; then
   exit 0
 fi
 
-mkdir -p "$RESULTS"
+mkdir -p "$RESULTS" "$WORK"  # (a GPU_CHECK_WORK given may not exist yet)
 exec > >(tee "$RESULTS/gpu_check.log") 2>&1
 START=$SECONDS
 FAILED=()
@@ -84,7 +84,10 @@ step() {
   echo; echo "== [$((SECONDS - START)) s] $name (limit ${limit} s)"
   setsid bash -c 'set -euo pipefail; '"$(declare -f "$fn")"'; '"$fn" &
   local pid=$!
-  ( sleep "$limit"; echo "gpu_check: step '$name' ran past its ${limit} s limit; stopped"
+  # (its sleep ended with it, and holding no copy of the log's pipe: a caller reading this script's output would
+  # otherwise wait for every step's whole limit after the script ended)
+  ( trap 'kill "$nap" 2>/dev/null; exit 0' TERM; sleep "$limit" >/dev/null 2>&1 & nap=$!; wait "$nap"
+    echo "gpu_check: step '$name' ran past its ${limit} s limit; stopped"
     kill -TERM -- "-$pid"; sleep 5; kill -KILL -- "-$pid" ) 2>/dev/null &
   local watchdog=$!
   wait "$pid" && rc=0 || rc=$?

@@ -92,3 +92,20 @@ def test_the_wheel_script_parses_and_names_what_the_offline_setup_needs() -> Non
     text = wheels.read_text()
     for needed in ("cattrs", "tomli-w", "setuptools>=77", "normflows"):  # avade's build needs setuptools >= 77
         assert needed in text, needed
+
+
+def test_a_failed_step_does_not_stop_the_others_and_the_output_ends_with_the_script(tmp_path) -> None:
+    """(each step's watchdog once kept a sleep holding the log's pipe: a caller reading the output waited for every
+    step's whole limit, minutes of a lent GPU, after the script had ended)"""
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\n[[ " $* " == *" eval "* ]] && { echo "stub: eval fails" >&2; exit 3; }\n'
+                    "exit 0\n")
+    stub.chmod(0o755)
+    done = subprocess.run(["bash", str(SCRIPT), "--only=eval,sample"], capture_output=True, text=True, timeout=30,
+                          cwd=ROOT, env={**os.environ, "GPU_CHECK_PYTHON": str(stub), "GPU_CHECK_DEVICE": "cpu",
+                                         "GPU_CHECK_STEPS": "30", "OUT": str(tmp_path / "results"),
+                                         "GPU_CHECK_WORK": str(tmp_path / "work")})
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "-- eval: FAILED (exit 3)" in output and "-- sample: ok" in output, output
+    assert "FAILED in step(s): eval after" in output, output
