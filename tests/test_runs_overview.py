@@ -276,3 +276,22 @@ def test_a_run_file_that_cannot_be_read_is_named(tmp_path: Path, monkeypatch: py
     assert records["b"]["status"] == "unreadable" and records["b"]["problems"] == [
         {"file": str(run / "summary.json"), "problem": "cannot be read (Permission denied); give yourself read "
                                                        "access to it"}]
+
+
+def test_a_state_json_that_parses_but_is_not_the_one_saved_is_named_as_eval_and_resume_refuse_it(
+        trained_sweep: Path, tmp_path: Path) -> None:
+    """(a flipped digit in the newest checkpoint's state.json: avade eval and --resume refuse it by its digest, and
+    avade runs listed the run as sound)"""
+    sweep = shutil.copytree(trained_sweep, tmp_path / "sweep")
+    run = sorted(p for p in sweep.iterdir() if (p / "recipe.toml").is_file())[0]
+    state = run / "checkpoints" / "step_00000002" / "state.json"
+    text = state.read_text()
+    at = text.index('"lr": ') + len('"lr": ')
+    at += next(i for i, c in enumerate(text[at:]) if c in "123456789")
+    state.write_text(text[:at] + str(int(text[at]) % 9 + 1) + text[at + 1:])
+    result = CliRunner().invoke(app, ["runs", str(sweep), "--json"])
+    assert result.exit_code == 1, result.output
+    (problem,) = [p for r in json.loads(result.stdout) for p in r.get("problems", [])]
+    assert problem["file"] == str(state), problem
+    assert problem["problem"].startswith("is not the one that was saved"), problem
+    assert "delete step_00000002" in problem["problem"], problem

@@ -29,10 +29,16 @@ from safetensors.torch import load, load_file, save, save_file
 from avade.atomic_files import sync_file, sync_folder
 from avade.errors import AvadeError, CheckpointError
 from avade.train.rundir import CHECKPOINT_PREFIX as _PREFIX
-from avade.train.rundir import checkpoint_step, list_checkpoints, parse_step, read_json_object  # noqa: F401 (parse_step: re-exported, ckpt.parse_step as before)
+from avade.train.rundir import (  # noqa: F401 (parse_step: re-exported, ckpt.parse_step as before)
+    STATE_DIGEST,
+    checkpoint_step,
+    list_checkpoints,
+    parse_step,
+    read_json_object,
+    state_digest,  # (in rundir: torch-free, for avade runs too)
+)
 
 FORMAT = 1
-STATE_DIGEST = "state_digest"  # state.json's key of the digest of its own content (see state_digest)
 
 
 def _fingerprinted(recipe_dict: dict[str, Any]) -> dict[str, Any]:
@@ -499,16 +505,6 @@ def file_digest(path: Path) -> str:
     """``sha256:<hex>`` of a file's bytes."""
     with path.open("rb") as fh:
         return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def state_digest(state: Mapping[str, Any]) -> str:
-    """``sha256:<hex>`` of a checkpoint's state as state.json holds it (parsed JSON), without its own digest
-    (``STATE_DIGEST``), in canonical JSON (sorted keys, no spaces): what :func:`_write` records under
-    ``STATE_DIGEST``, so that damage to state.json that still parses (a flipped digit in a learning rate, a data
-    position or a random state) is found on reading, as the tensor files' is."""
-    body = {k: v for k, v in state.items() if k != STATE_DIGEST}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def state_intact(state: Mapping[str, Any], path: Path) -> None:

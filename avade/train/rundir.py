@@ -15,10 +15,12 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import itertools
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +235,20 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):  # (json recurses: arrays nested thousands deep)
         return None
+
+
+#: state.json's key of the digest of its own content (see :func:`state_digest`)
+STATE_DIGEST = "state_digest"
+
+
+def state_digest(state: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of a checkpoint's state as state.json holds it (parsed JSON), without its own digest
+    (``STATE_DIGEST``), in canonical JSON (sorted keys, no spaces): what checkpoint writing records under
+    ``STATE_DIGEST``, so that damage to state.json that still parses (a flipped digit in a learning rate, a data
+    position or a random state) is found on reading (avade eval, --resume, avade runs), as the tensor files' is."""
+    body = {k: v for k, v in state.items() if k != STATE_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def read_json_checked(path: Path, kind: type, fix: str) -> tuple[Any, str | None]:
