@@ -998,7 +998,7 @@ def buffer_snapshot(model: torch.nn.Module, into: dict[str, torch.Tensor] | None
     ``into``: an earlier snapshot of the same model, overwritten in place (one multi-tensor copy, no allocation:
     the training step takes one every step) when its names, shapes, dtypes and devices still fit; else new copies."""
     buffers = {name: b for name, b in model.named_buffers() if b.is_floating_point()}
-    if into is not None and into.keys() == buffers.keys() and all(
+    if into is not None and list(into) == list(buffers) and all(  # (in the same order: paired by position)
             s.shape == b.shape and s.dtype == b.dtype and s.device == b.device
             for s, b in zip(into.values(), buffers.values(), strict=True)):
         if into:

@@ -1141,3 +1141,19 @@ def test_buffer_snapshot_reuses_its_copies_while_they_fit():
     fresh = buffer_snapshot(model, first)
     assert fresh is not first and fresh["1.running_mean"].shape == (5,)
     assert "0.num_batches_tracked" not in fresh  # floating-point buffers only
+
+
+def test_buffer_snapshot_pairs_its_copies_by_name_when_the_buffers_order_changed():
+    """(the names compared as a set, the copies paired by position: a buffer re-registered moved to the end, and
+    running_mean's values were kept as running_var's)"""
+    from avade.train.trainer import buffer_snapshot
+
+    model = torch.nn.BatchNorm1d(3)
+    model(torch.randn(8, 3) * 3 + 1)
+    first = buffer_snapshot(model)
+    mean = model.running_mean
+    del model.running_mean
+    model.register_buffer("running_mean", mean)  # (now after running_var)
+    again = buffer_snapshot(model, first)
+    assert torch.equal(again["running_mean"], model.running_mean) and torch.equal(again["running_var"],
+                                                                                  model.running_var)
