@@ -230,13 +230,6 @@ def write_json(path: Path, data: Any) -> None:
                                        allow_nan=False) + "\n")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # (json recurses: arrays nested thousands deep)
-        return None
-
-
 #: state.json's key of the digest of its own content (see :func:`state_digest`)
 STATE_DIGEST = "state_digest"
 
@@ -288,14 +281,12 @@ def _json_type(data: Any) -> str:
 def read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``, or ``{}`` when the file is missing, unreadable or holds no object (run
     files other processes may be rewriting or that an older avade wrote: read as far as they go)."""
-    data = _read_json(path)
-    return data if isinstance(data, dict) else {}
+    return read_json_checked(path, dict, "")[0] or {}
 
 
 def read_json_list(path: Path) -> list[Any]:
     """The JSON list in ``path`` (a sweep summary), or ``[]``, as :func:`read_json_object`."""
-    data = _read_json(path)
-    return data if isinstance(data, list) else []
+    return read_json_checked(path, list, "")[0] or []
 
 
 def json_safe(obj: Any) -> Any:
