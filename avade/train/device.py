@@ -94,7 +94,7 @@ def global_state_kept() -> Iterator[None]:
     flag, so that a notebook's own code after ``run_recipe`` draws and computes as it did before (the run keeps
     its own states)."""
     py, npy = random.getstate(), np.random.get_state()
-    put_back_tf32 = _kernel_flags_kept()
+    put_back_flags = _kernel_flags_kept()
     cuda_running = torch.cuda.is_initialized()
     devices = list(range(torch.cuda.device_count())) if cuda_running else []
     seed = torch.initial_seed()  # what CUDA's generators start from when CUDA starts (torch.manual_seed's)
@@ -104,7 +104,7 @@ def global_state_kept() -> Iterator[None]:
     finally:
         random.setstate(py)
         np.random.set_state(npy)
-        put_back_tf32()
+        put_back_flags()
         if not cuda_running and torch.cuda.is_initialized():
             # CUDA started in the run (a notebook's first GPU work): fork_rng kept no CUDA state, so its
             # generators are put back as they would have started, not left at train.seed's stream
