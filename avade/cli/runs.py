@@ -23,12 +23,11 @@ from rich.table import Table
 
 from avade.errors import AvadeError
 from avade.train.rundir import (
-    STATE_DIGEST,
     RunDir,
     checkpoint_step,
     list_checkpoints,
     read_json_checked,
-    state_digest,
+    state_digest_problem,
     sweep_layout,
 )
 
@@ -225,9 +224,8 @@ def _check_state(checkpoints: list[Path], problems: list[tuple[Path, str]]) -> N
     step = state.get("step") if state else None
     if state is not None and (not isinstance(step, int) or isinstance(step, bool) or step != checkpoint_step(newest)):
         problem = f"says step {step!r:.40}, not {checkpoint_step(newest)}; {fix}"
-    elif state is not None and state.get(STATE_DIGEST) not in (None, state_digest(state)):  # (as they check it)
-        problem = (f"is not the one that was saved (the SHA-256 of its content differs from the one it recorded, "
-                   f"{STATE_DIGEST}: damaged on disk, or edited); {fix}")
+    elif state is not None and (damaged := state_digest_problem(state)):  # (as they check it)
+        problem = f"{damaged}; {fix}"
     if problem:
         problems.append((path, problem))
 

@@ -36,6 +36,7 @@ from avade.train.rundir import (  # noqa: F401 (parse_step: re-exported, ckpt.pa
     parse_step,
     read_json_object,
     state_digest,  # (in rundir: torch-free, for avade runs too)
+    state_digest_problem,
 )
 
 FORMAT = 1
@@ -339,7 +340,7 @@ def _write(tmp: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.
     payload = {"format": FORMAT, "step": step, "optimizers": opt_meta, "rng": rng_meta, "rng_ranks": rank_metas,
                **state, "digests": digests}
     # as state.json reads back (keys as strings, tuples as lists, default=str's strings), so that the digest of its
-    # own content is the one verify_state_digest computes from what it reads
+    # own content is the one state_intact computes from what it reads
     payload = json.loads(json.dumps(payload, default=str))
     payload[STATE_DIGEST] = state_digest(payload)
     (tmp / "state.json").write_text(json.dumps(payload), encoding="utf-8")
@@ -385,7 +386,7 @@ def unfit_hint(path: Path, file: str) -> str:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         digests = state.get("digests") if isinstance(state, dict) else None
         intact = (isinstance(digests, dict) and digests.get(file) == file_digest(path / file)
-                  and state.get(STATE_DIGEST) in (None, state_digest(state)))
+                  and state_digest_problem(state) is None)
     except (OSError, ValueError, TypeError):
         intact = False
     if not intact:
@@ -510,16 +511,9 @@ def file_digest(path: Path) -> str:
 def state_intact(state: Mapping[str, Any], path: Path) -> None:
     """A one-line CheckpointError unless state.json's content (``state``, as read) is the one the checkpoint was
     written with: its digest equals the one it recorded (a checkpoint from before it was recorded: not checked)."""
-    recorded = state.get(STATE_DIGEST)
-    if recorded is None:
-        return
-    if not isinstance(recorded, str):
-        raise CheckpointError(f"checkpoint {path} is corrupt: state.json's {STATE_DIGEST} is {recorded!r:.60}, not a "
-                              f"digest; {fallback_hint(path)}")
-    if recorded != state_digest(state):
-        raise CheckpointError(f"checkpoint {path} is corrupt: state.json is not the one that was saved (the SHA-256 "
-                              f"of its content differs from the one it recorded, {STATE_DIGEST}: damaged on disk, "
-                              f"or edited); {fallback_hint(path)}")
+    problem = state_digest_problem(state)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json {problem}; {fallback_hint(path)}")
 
 
 def verify_digests(ckpt: dict[str, Any], path: Path, parts: Container[str] = ("model", "optimizer", "rng", "ema")

@@ -244,6 +244,20 @@ def state_digest(state: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+def state_digest_problem(state: Mapping[str, Any]) -> str | None:
+    """What is wrong with state.json as read (``state``) by the digest of its own content, said after "state.json"
+    (``is not the one that was saved (...)``), or None: intact, or from before the digest was recorded."""
+    recorded = state.get(STATE_DIGEST)
+    if recorded is None:
+        return None
+    if not isinstance(recorded, str):
+        return f"has a {STATE_DIGEST} of {recorded!r:.60}, not a digest"
+    if recorded != state_digest(state):
+        return (f"is not the one that was saved (the SHA-256 of its content differs from the one it recorded, "
+                f"{STATE_DIGEST}: damaged on disk, or edited)")
+    return None
+
+
 def read_json_checked(path: Path, kind: type, fix: str) -> tuple[Any, str | None]:
     """The JSON ``kind`` (dict or list) in ``path`` and None, or None and what is wrong with the file, in words
     ending with ``fix`` (how to mend it); ``(None, None)`` when there is no such file (run files come as a run

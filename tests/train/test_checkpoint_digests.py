@@ -223,5 +223,5 @@ def test_the_digest_of_state_json_reads_back_as_written(tmp_path: Path) -> None:
     read["odd"]["f"] = 0.3333333333333334
     with pytest.raises(CheckpointError, match=r"state\.json is not the one that was saved"):
         ckpt.state_intact(read, tmp_path)
-    with pytest.raises(CheckpointError, match=r"state.json's state_digest is 7, not a digest"):
+    with pytest.raises(CheckpointError, match=r"state\.json has a state_digest of 7, not a digest"):
         ckpt.state_intact({**body, ckpt.STATE_DIGEST: 7}, tmp_path)
