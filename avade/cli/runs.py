@@ -26,6 +26,7 @@ from avade.train.rundir import (
     RunDir,
     checkpoint_step,
     list_checkpoints,
+    read_file_checked,
     read_json_checked,
     state_digest_problem,
     sweep_layout,
@@ -180,20 +181,16 @@ _RESTORE_RECIPE = ("restore it (each checkpoint's state.json holds the recipe as
 
 def _recipe_table(path: Path, problems: list[tuple[Path, str]]) -> dict[str, Any]:
     """recipe.toml's tables; ``{}`` (shown as unknown, not a failed listing) and a problem when it cannot be read."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-        if text.strip():
-            return tomllib.loads(text)
-        problem = f"is empty; {_RESTORE_RECIPE}"
-    except IsADirectoryError:
-        problem = f"is a folder, not a file; move it away, then {_RESTORE_RECIPE}"
-    except OSError as exc:
-        problem = f"cannot be read ({exc.strerror or exc}); give yourself read access to it"
-    except UnicodeDecodeError:
-        problem = f"is not text (binary data: damaged?); {_RESTORE_RECIPE}"
-    except tomllib.TOMLDecodeError as exc:
-        problem = f"is not valid TOML ({' '.join(str(exc).split())[:80]}: cut short or edited?); {_RESTORE_RECIPE}"
-    problems.append((path, problem))
+    data, problem = read_file_checked(path, _RESTORE_RECIPE)
+    if data is not None:
+        try:
+            return tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            problem = f"is not text (binary data: damaged?); {_RESTORE_RECIPE}"
+        except tomllib.TOMLDecodeError as exc:
+            problem = (f"is not valid TOML ({' '.join(str(exc).split())[:80]}: cut short or edited?); "
+                       f"{_RESTORE_RECIPE}")
+    problems.append((path, problem or f"is gone (a link to nothing?); {_RESTORE_RECIPE}"))
     return {}
 
 

@@ -258,22 +258,30 @@ def state_digest_problem(state: Mapping[str, Any]) -> str | None:
     return None
 
 
-def read_json_checked(path: Path, kind: type, fix: str) -> tuple[Any, str | None]:
-    """The JSON ``kind`` (dict or list) in ``path`` and None, or None and what is wrong with the file, in words
-    ending with ``fix`` (how to mend it); ``(None, None)`` when there is no such file (run files come as a run
-    goes on). Run files are written whole (renamed into place), so one that cannot be read was damaged or
-    edited, not caught half-written."""
-    what = {dict: "an object", list: "a list"}[kind]
+def read_file_checked(path: Path, fix: str) -> tuple[bytes | None, str | None]:
+    """The bytes of the run file ``path`` and None, or None and what is wrong with it, in words ending with ``fix``
+    (how to mend it); ``(None, None)`` when there is no such file (run files come as a run goes on)."""
     try:
-        text = path.read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
         return None, None
     except IsADirectoryError:
         return None, f"is a folder, not a file; move it away, then {fix}"
     except OSError as exc:
         return None, f"cannot be read ({exc.strerror or exc}); give yourself read access to it"
-    if not text.strip():
+    if not data.strip():
         return None, f"is empty; {fix}"
+    return data, None
+
+
+def read_json_checked(path: Path, kind: type, fix: str) -> tuple[Any, str | None]:
+    """The JSON ``kind`` (dict or list) in ``path`` and None, or None and what is wrong with the file
+    (:func:`read_file_checked`), in words ending with ``fix``. Run files are written whole (renamed into place),
+    so one that cannot be read was damaged or edited, not caught half-written."""
+    what = {dict: "an object", list: "a list"}[kind]
+    text, problem = read_file_checked(path, fix)
+    if text is None:
+        return None, problem
     try:
         data = json.loads(text.decode("utf-8"))
     except UnicodeDecodeError:
