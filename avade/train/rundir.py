@@ -278,7 +278,8 @@ def read_json_checked(path: Path, kind: type, fix: str) -> tuple[Any, str | None
     """The JSON ``kind`` (dict or list) in ``path`` and None, or None and what is wrong with the file
     (:func:`read_file_checked`), in words ending with ``fix``. Run files are written whole (renamed into place),
     so one that cannot be read was damaged or edited, not caught half-written."""
-    what = {dict: "an object", list: "a list"}[kind]
+    kinds: dict[type, str] = {dict: "an object", list: "a list"}
+    what = kinds[kind]
     text, problem = read_file_checked(path, fix)
     if text is None:
         return None, problem
