@@ -358,6 +358,17 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment(settings: Settings) -> dict[str, Any]:
     """Where and how the numbers were taken (everything a reader needs to compare two runs)."""
     env: dict[str, Any] = {
@@ -374,6 +385,9 @@ def environment(settings: Settings) -> dict[str, Any]:
         "normflows": dist_version("normflows"),
         "torchmetrics": dist_version("torchmetrics"),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        # the instruction set torch's CPU kernels use (AVX2 / AVX512 / ...): hosts of one cloud VM type differ
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model(),
         "device": str(settings.device),
         "precision": settings.precision,
         "bf16_autocast": settings.bf16,

@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print("[yellow]note:[/] this CPU has no native bfloat16 (AVX512-BF16 or AMX): bf16 is emulated")
     meta = results["meta"]
     console.print(f"[bold]avade benchmarks[/] on {meta.get('device_name', device)}: torch {meta['torch']}, "
-                  f"{meta['torch_threads']} threads / {meta['cpu_count']} CPUs, load {meta['loadavg_start']}, "
+                  f"{meta['torch_threads']} threads / {meta['cpu_count']} CPUs ({meta['cpu_capability']}), "
+                  f"load {meta['loadavg_start']}, "
                   f"{'quick' if args.quick else 'full'} -> {out}")
     if "train" in args.only:
         results["gemm_peak"] = gemm_peak(settings)

@@ -53,7 +53,9 @@ def test_runner_startup_quick_writes_json(tmp_path: Path) -> None:
     assert "startup" in proc.stdout and "targets" in proc.stdout  # the tables were printed
     data = json.loads(out.read_text())
     assert data["schema"] == 1 and data["errors"] == {}
-    assert {"torch_threads", "cpu_count", "device", "torch", "quick", "loadavg_start"} <= set(data["meta"])
+    assert {"torch_threads", "cpu_count", "device", "torch", "quick", "loadavg_start", "cpu_capability",
+            "cpu_model"} <= set(data["meta"])
+    assert data["meta"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert data["meta"]["quick"] is True and data["meta"]["device"] == "cpu"
     startup = data["benchmarks"]["startup"]
     commands = startup["commands"]
