@@ -10,7 +10,7 @@
 #                                           # and the GPU check left out, quick benchmarks (the script itself)
 # Steps: CUDA-marked tests; quickstart trained on cuda (fp32, bf16) with an interrupted+resumed fp32 run that
 # must end bit-identical to the uninterrupted one; eval (bpd); seeded sampling twice (must be identical);
-# train-step and flow benchmarks on cuda. Results (<= 8 files): $OUT if set, else benchmarks/results/gpu.
+# train-step and flow benchmarks on cuda; last, the train step with train.compile. Results (<= 8 files): $OUT if set, else benchmarks/results/gpu.
 # A lent GPU is scarce, so a failing or overrunning step (each has a time limit) does not stop the others: every
 # step runs, the summary names each failure, and the exit status is non-zero if any step failed.
 set -euo pipefail
@@ -29,7 +29,7 @@ if ! [[ "$STEPS" =~ ^[0-9]+$ ]] || [ "$STEPS" -lt 30 ]; then
   echo "gpu_check: GPU_CHECK_STEPS must be a whole number >= 30, got '$STEPS'" >&2; exit 2
 fi
 case "$DEVICE" in cuda|cpu) ;; *) echo "gpu_check: GPU_CHECK_DEVICE must be cuda (default) or cpu (a rehearsal), got '$DEVICE'" >&2; exit 2 ;; esac
-STEP_NAMES=(tests bench train eval sample resume)  # setup and the GPU check always run
+STEP_NAMES=(tests bench train eval sample resume compile)  # setup and the GPU check always run
 for name in ${ONLY//,/ }; do
   [[ " ${STEP_NAMES[*]} " == *" $name "* ]] || {
     echo "gpu_check: --only: unknown step '$name'; choose from: ${STEP_NAMES[*]}" >&2; exit 2; }
@@ -60,7 +60,8 @@ PLAN=(
   "eval: avade eval --device $DEVICE (bpd) of the fp32 and bf16 runs; finite"
   "sample: avade sample --device $DEVICE --seed 3, twice to .npz (must be identical) and a PNG grid"
   "resume: (with the eval and sample checks) the resumed run's step-$STEPS weights and optimizer state must equal the uninterrupted run's, bit for bit"
-  "results: $RESULTS (gpu_check.log, pytest_cuda.xml, smoke.json, samples.png, bench_fp32.json, bench_bf16.json); runs in $WORK"
+  "compile: python -m benchmarks --device $DEVICE ${QUICK[*]} --only train --set train.compile=true (does compiling the networks cut the step's fixed per-step cost?)"
+  "results: $RESULTS (gpu_check.log, pytest_cuda.xml, smoke.json, samples.png, bench_fp32.json, bench_bf16.json, bench_compile.json); runs in $WORK"
 )
 if [ $DRY = 1 ]; then
   echo "gpu_check plan (dry run: nothing executed):"
@@ -158,6 +159,12 @@ do_bench() {
   "$PY" -m benchmarks --device "$DEVICE" "${quick[@]}" --only train --precision bf16 --out "$RESULTS/bench_bf16.json"
 }
 
+do_compile() {
+  # Last: the slowest step (compiling every network) and the least essential one when a lease runs short.
+  local quick=(); [ -n "$QUICKS" ] && quick=("$QUICKS")
+  "$PY" -m benchmarks --device "$DEVICE" "${quick[@]}" --only train --set train.compile=true --out "$RESULTS/bench_compile.json"
+}
+
 do_train() {
   local set; read -r -a set <<<"$SETS"
   "$PY" -c "$DET" recipe run "$RECIPE" --out "$WORK/fp32" "${set[@]}" --set train.precision=fp32
@@ -238,6 +245,7 @@ want train && { step train do_train 300 || true; }
 want eval && { step eval do_eval 60 || true; }
 want sample && { step sample do_sample 60 || true; }
 want resume && { step resume do_resume 60 || true; }
+want compile && { step compile do_compile 300 || true; }
 
 echo
 if [ ${#FAILED[@]} = 0 ]; then

@@ -29,7 +29,7 @@ def test_the_script_parses_and_its_dry_run_prints_the_plan_without_running_anyth
     plan = done.stdout
     for step in ("setup: bash scripts/setup.sh", "pytest -m cuda", "90 steps, fp32 and bf16", "60 steps, then --resume",
                  "bit for bit", "avade eval --device cuda", "avade sample --device cuda",
-                 "python -m benchmarks --device cuda", str(tmp_path / "results")):
+                 "python -m benchmarks --device cuda", "--set train.compile=true", str(tmp_path / "results")):
         assert step in plan, (step, plan)
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
     assert "a venv seeing python3's packages (torch)" in _run("--dry-run", "--offline").stdout
@@ -109,3 +109,17 @@ def test_a_failed_step_does_not_stop_the_others_and_the_output_ends_with_the_scr
     assert done.returncode == 1, output
     assert "-- eval: FAILED (exit 3)" in output and "-- sample: ok" in output, output
     assert "FAILED in step(s): eval after" in output, output
+
+
+def test_the_compile_step_benchmarks_the_train_step_with_train_compile(tmp_path) -> None:
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {tmp_path / "calls.txt"}\nexit 0\n')
+    stub.chmod(0o755)
+    done = subprocess.run(["bash", str(SCRIPT), "--only=compile"], capture_output=True, text=True, timeout=30,
+                          cwd=ROOT, env={**os.environ, "GPU_CHECK_PYTHON": str(stub), "GPU_CHECK_DEVICE": "cpu",
+                                         "GPU_CHECK_STEPS": "30", "OUT": str(tmp_path / "results"),
+                                         "GPU_CHECK_WORK": str(tmp_path / "work")})
+    assert done.returncode == 0 and "-- compile: ok" in done.stdout + done.stderr, done.stdout + done.stderr
+    calls = [line for line in (tmp_path / "calls.txt").read_text().splitlines() if "benchmarks" in line]
+    assert calls == [f"-m benchmarks --device cpu --quick --only train --set train.compile=true "
+                     f"--out {tmp_path / 'results' / 'bench_compile.json'}"], calls
