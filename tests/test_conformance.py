@@ -392,3 +392,14 @@ class _UnconditionalOnly(TinyDiscriminator):
 
 def test_kit_accepts_a_critic_without_a_conditional_form() -> None:
     check_module("discriminator", _UnconditionalOnly, ScoreConfig(), name="uncond-only")
+
+
+class _NoClassesArgument(TinyDiscriminator):
+    """A factory without num_classes: documented as a critic with no class-conditional form."""
+
+    def __init__(self, cfg: ScoreConfig, *, in_shape: tuple[int, int, int]) -> None:
+        super().__init__(cfg, in_shape=in_shape)
+
+
+def test_kit_accepts_a_critic_whose_factory_takes_no_num_classes() -> None:
+    check_module("discriminator", _NoClassesArgument, ScoreConfig(), name="no-classes")
