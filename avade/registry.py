@@ -206,6 +206,8 @@ class Registry:
         self.conflicts: dict[tuple[str, str], list[ComponentInfo]] = {}
         self.failures: list[PluginFailure] = []
         self.plugins: list[PluginRecord] = []
+        # plugin registrations skipped because a built-in has the name (the conformance kit reports them)
+        self.skipped: list[ComponentInfo] = []
         self._provider: tuple[str, str] = ("__main__", "")
         self._collect_conflicts = False
         self._pending_warnings: list[str] = []
@@ -259,6 +261,7 @@ class Registry:
                 self._pending_warnings.append(
                     f"{kind} '{name}' from {info.provider} is skipped: the name belongs to the built-in "
                     f"{kind} of {first.provider}; the plugin must register it under another name")
+                self.skipped.append(info)
                 return info
             if first.dist == info.dist and self._collect_conflicts:  # the plugin's own mistake, not a clash
                 raise RegistryError(f"it registers {kind} '{name}' twice; register each name once")
@@ -396,6 +399,7 @@ class Registry:
         pm = _plugin_manager()
         before = set(self._items)
         conflicts_before = {key: list(infos) for key, infos in self.conflicts.items()}
+        skipped_before = list(self.skipped)
         self._provider = (dist, version)
         self._collect_conflicts = True
         self._pending_warnings = []
@@ -416,6 +420,7 @@ class Registry:
             for key in set(self._items) - before:
                 del self._items[key]
             self.conflicts = conflicts_before
+            self.skipped = skipped_before
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RegistryError) else str(exc)
             self._fail(dist, entry_point, reason, exc)
             return False

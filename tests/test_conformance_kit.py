@@ -496,3 +496,49 @@ def test_a_component_that_does_not_build_is_a_failed_check_not_a_registry_error(
         check_module("discriminator", RefusingCritic, NormConfig())
     with pytest.raises(AssertionError, match=r"^flow 'realnvp': does not build: .*hidden.*expected a number >= 1"):
         check_component("flow", "realnvp", hidden=0)
+
+
+def _plugin_module(name: str, register: Any) -> Any:
+    import types
+
+    from avade import hookimpl
+
+    module = types.ModuleType(name)
+
+    @hookimpl
+    def avade_register(registry: Any) -> None:
+        register(registry)
+
+    module.avade_register = avade_register  # type: ignore[attr-defined]
+    return module
+
+
+def test_check_distribution_fails_on_a_component_that_cannot_be_used() -> None:
+    """A plugin's component named like a built-in (skipped at load) or like another plugin's (ambiguous) is
+    unusable: check_distribution says so, instead of passing without it or "registers no checkable component"."""
+    import warnings
+
+    import avade.builtin
+    from avade.registry import Registry
+    from avade.testing import check_distribution
+
+    registry = Registry()
+    registry.add_plugin(avade.builtin, dist="avade", version="0.1.0", entry_point="avade")
+
+    def register_glow_and_own(reg: Any) -> None:
+        reg.register("flow", "glow", factory=Affine, config=FlowConfig)
+        reg.register("flow", "my-own", factory=Affine, config=FlowConfig)
+
+    def register_shared(reg: Any) -> None:
+        reg.register("flow", "shared", factory=Affine, config=FlowConfig)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        registry.add_plugin(_plugin_module("p", register_glow_and_own), dist="avade-myglow", version="0.1")
+        registry.add_plugin(_plugin_module("a", register_shared), dist="avade-a", version="0.1")
+        registry.add_plugin(_plugin_module("b", register_shared), dist="avade-b", version="0.1")
+    with pytest.raises(AssertionError, match=r"^flow 'glow' is not registered: the name belongs to avade's built-in "
+                                             r"flow; register it under another name$"):
+        check_distribution("avade-myglow", registry=registry)
+    with pytest.raises(AssertionError, match=r"flow 'shared' is provided by both avade-a 0.1 and avade-b 0.1"):
+        check_distribution("avade-b", registry=registry)

@@ -17,7 +17,7 @@ from torch import nn
 from avade.contracts import CodedPosterior, DecoderModule, EncoderModule, FlowModule, PosteriorModule
 from avade.errors import AvadeError, ConfigError, DataError
 from avade.models.generative import takes_labels
-from avade.registry import Registry, get_registry, is_valid_name
+from avade.registry import ComponentInfo, Registry, get_registry, is_valid_name
 
 Shape = tuple[int, int, int]
 #: Input shapes tried in order until the component builds (plugins may constrain resolution).
@@ -821,7 +821,19 @@ def check_distribution(dist: str, registry: Registry | None = None,
     from avade.registry import normalized_name  # distribution names compare as PEP 503 says: Avade_X = avade-x
 
     registry = registry or get_registry()
-    items = [i for i in registry.list() if normalized_name(i.dist) == normalized_name(dist) and i.kind in CHECKS]
+
+    def ours(info: ComponentInfo) -> bool:
+        return normalized_name(info.dist) == normalized_name(dist) and info.kind in CHECKS
+
+    shadowed = [i for i in registry.skipped if ours(i)]
+    if shadowed:  # never checked nor usable: passing would hide it
+        raise AssertionError("; ".join(f"{i.qualname} is not registered: the name belongs to avade's built-in "
+                                       f"{i.kind}" for i in shadowed) + "; register it under another name")
+    items = [i for i in registry.list() if ours(i)]
+    # a name another plugin registers too: check_component says it cannot be used (its first provider is listed)
+    items += [i for infos in registry.conflicts.values() for i in infos[1:]
+              if ours(i) and all((j.kind, j.name) != (i.kind, i.name) for j in items)]
+    items.sort(key=lambda i: (i.kind, i.name))
     if not items:
         failures = [f.reason for f in registry.failures if normalized_name(f.dist) == normalized_name(dist)]
         loaded = sorted({p.dist for p in registry.plugins})
