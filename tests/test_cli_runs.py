@@ -6,6 +6,7 @@ import contextlib
 import csv
 import json
 import shutil
+import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -1131,6 +1132,13 @@ def test_a_run_whose_plugin_is_gone_names_the_plugin(tmp_path: Path, fresh_regis
     result, out = _invoke("recipe", "run", str(tmp_path / "run" / "recipe.toml"), "--out", str(tmp_path / "run"),
                           "--resume", "--device", "cpu")
     assert result.exit_code == 2 and "trained with flow x-realnvp from avade-xflow 0.3" in out.replace("\n", ""), out
+    # installed but failing to load (a missing dependency after an upgrade): not "install that plugin"
+    reset_registry()
+    get_registry().add_plugin(types.SimpleNamespace(), dist="avade-xflow", version="0.3")  # no hook: a failure
+    result, out = _invoke("eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu")
+    flat = " ".join(out.split())
+    assert result.exit_code == 2 and "plugin avade-xflow is installed but failed to load" in flat, out
+    assert "install that plugin" not in flat, out
 
 
 def test_a_run_whose_critic_plugin_is_gone_is_evaluated_and_sampled_without_it(

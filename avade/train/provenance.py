@@ -51,6 +51,12 @@ def missing_plugin_hint(checkpoints: Path) -> str:
         gone = [f"{key.replace('/', ' ')!s} from {who}" for key, who in providers.items()
                 if isinstance(key, str) and "/" in key and key.partition("/")[::2] not in registry]
         if gone:
+            # installed but broken: "install that plugin" would contradict the failure named beside it
+            failed = sorted({f.dist for f in registry.failures for who in providers.values()
+                             if isinstance(who, str) and (who == f.dist or who.startswith(f"{f.dist} "))})
+            if failed:
+                return (f"; the run was trained with {', '.join(gone)}: plugin {', '.join(failed)} is installed "
+                        "but failed to load (see its warning; `avade --debug` shows the traceback): fix it")
             return (f"; the run was trained with {', '.join(gone)}: install that plugin, or take it out of "
                     "--disable-plugins / AVADE_DISABLE_PLUGINS")
         return ""
