@@ -542,3 +542,15 @@ def test_check_distribution_fails_on_a_component_that_cannot_be_used() -> None:
         check_distribution("avade-myglow", registry=registry)
     with pytest.raises(AssertionError, match=r"flow 'shared' is provided by both avade-a 0.1 and avade-b 0.1"):
         check_distribution("avade-b", registry=registry)
+
+
+def test_a_factory_refused_by_the_registry_is_named_once() -> None:
+    """The registry's refusal already names the component: the kit does not name it a second time."""
+
+    def no_in_shape(cfg: FlowConfig, shape: Any = None) -> nn.Module:
+        raise AssertionError("never called")
+
+    with pytest.raises(AssertionError) as info:
+        check_module("flow", no_in_shape, FlowConfig(), name="bad-sig")
+    assert str(info.value).startswith("flow 'bad-sig': its factory takes no keyword argument 'in_shape'")
+    assert str(info.value).count("flow 'bad-sig'") == 1, info.value

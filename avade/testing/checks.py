@@ -66,6 +66,8 @@ def _build_first(registry: Registry, kind: str, name: str, shapes: Sequence[Shap
         except AvadeError as exc:  # a documented refusal (e.g. resolution not divisible): try the next shape
             errors.append((shape, str(exc)))
     if len({message for _, message in errors}) == 1:  # not about the shape (e.g. a bad config value)
+        if errors[0][1].startswith((f"{kind} '{name}':", f"{kind} '{name}' (from plugin")):  # named already
+            raise AssertionError(errors[0][1])
         _fail(f"{kind} '{name}'", f"does not build: {errors[0][1]}")
     _fail(f"{kind} '{name}'", "does not build for any test shape: " + "; ".join(f"{s}: {m}" for s, m in errors))
     raise AssertionError  # unreachable
