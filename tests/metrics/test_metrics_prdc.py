@@ -154,3 +154,14 @@ def test_scores_on_a_gpu_are_the_cpu_s() -> None:
         on_gpu = prdc_from_features(real.to(device), fake.to(device), 5)
     on_cpu = prdc_from_features(real, fake, 5)
     assert on_gpu == pytest.approx(on_cpu, abs=2e-3)
+
+
+def test_non_finite_features_are_refused() -> None:
+    # One NaN sample made every real's nearest-sample distance NaN: coverage 0 (and recall 1), silently.
+    real, fake = _sets(30, 30, 4, 0.0, seed=6)
+    fake[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="1 of the 30 fake features hold NaN or infinite values"):
+        prdc_from_features(real, fake, 5)
+    real[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="1 of the 30 real features hold NaN or infinite values"):
+        prdc_from_features(real, fake.nan_to_num(), 5)
