@@ -38,6 +38,8 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     if m1.shape != m2.shape or s1.shape != s2.shape or s1.shape != (m1.numel(), m1.numel()):
         raise ValueError(f"mismatched statistics: mu {tuple(m1.shape)} vs {tuple(m2.shape)}, "
                          f"sigma {tuple(s1.shape)} vs {tuple(s2.shape)}")
+    if not all(bool(torch.isfinite(t).all()) for t in (m1, m2, s1, s2)):
+        raise ValueError("mu or sigma holds NaN or infinite values (from non-finite features?); FID is undefined")
     s2 = s2.to(s1.device)
     evals, evecs = torch.linalg.eigh((s1 + s1.T) / 2)
     root1 = (evecs * evals.clamp(min=0).sqrt()) @ evecs.T

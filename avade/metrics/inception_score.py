@@ -31,6 +31,13 @@ def inception_score(probs: Tensor, splits: int = 10) -> tuple[float, float]:
     """IS mean and std from class probabilities ``[N, K]`` (rows sum to 1), over ``splits`` chunks."""
     p = torch.as_tensor(probs).to(torch.float64)
     check_splits(p.shape[0] if p.dim() == 2 else 0, splits, tuple(p.shape))
+    # Logits or unnormalized scores give NaN or a wrong score silently: refuse anything but probabilities
+    # (the tolerance admits float16/float32 softmax round-off).
+    if not (torch.isfinite(p).all() and (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(()).double(),
+                                                                          atol=1e-3, rtol=0)):
+        worst = float((p.sum(1) - 1).abs().nan_to_num(nan=float("inf")).max())
+        raise ValueError(f"need class probabilities (finite, >= 0, each row summing to 1; worst row sum off by "
+                         f"{worst:.3g}): apply softmax to logits first")
     scores = []
     # Split bounds i*N//splits as in the reference code (OpenAI's, torch-fidelity): the same chunks, so
     # the same score, when N is not a multiple of splits.

@@ -53,6 +53,13 @@ def kernel_inception_distance(
     """
     real = torch.as_tensor(real).to(torch.float64)
     fake = torch.as_tensor(fake).to(torch.float64)
+    if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"expected features [N, D] and [M, D], got {list(real.shape)} and {list(fake.shape)}")
+    for name, feats in (("real", real), ("fake", fake)):
+        if not torch.isfinite(feats).all():  # NaN only in the subsets that draw such a row: a finite KID otherwise
+            bad = int((~torch.isfinite(feats)).any(1).sum())
+            raise ValueError(f"{bad} of the {len(feats)} {name} features hold NaN or infinite values; "
+                             "drop or fix those rows before scoring")
     size = min(subset_size, real.shape[0], fake.shape[0])
     if size < 2:
         raise ValueError(f"KID needs >= 2 real and fake features, got {real.shape[0]} and {fake.shape[0]}")

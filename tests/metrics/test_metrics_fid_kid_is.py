@@ -153,3 +153,29 @@ def test_inception_score_equals_torchmetrics_on_the_same_logits() -> None:
     mean, std = inception_score(torch.softmax(logits, dim=1), splits=splits)
     assert mean == pytest.approx(float(np.mean(scores)), rel=1e-12)
     assert std == pytest.approx(float(np.std(scores)), rel=1e-9)
+
+
+def test_non_finite_features_are_refused_by_fid_and_kid() -> None:
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(50, 8, generator=gen), torch.randn(50, 8, generator=gen)
+    fake[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="1 of the 50 feature rows hold NaN or infinite values"):
+        fid_from_features(real, fake)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        frechet_distance(torch.zeros(2), torch.eye(2), torch.tensor([0.0, float("nan")]), torch.eye(2))
+    # KID was finite whenever no subset drew the NaN row
+    with pytest.raises(ValueError, match="1 of the 50 fake features hold NaN or infinite values"):
+        kernel_inception_distance(real, fake, subsets=2, subset_size=5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"expected features \[N, D\] and \[M, D\]"):
+        kernel_inception_distance(real, real[:, :5], subsets=2, subset_size=5)
+
+
+def test_inception_score_refuses_what_are_not_probabilities() -> None:
+    logits = torch.randn(20, 5, generator=torch.Generator().manual_seed(0))
+    probs = torch.softmax(logits, 1)
+    with pytest.raises(ValueError, match="need class probabilities"):
+        inception_score(logits, splits=2)  # was NaN
+    with pytest.raises(ValueError, match="need class probabilities"):
+        inception_score(3 * probs, splits=2)  # was a (wrong) finite score
+    probs16 = probs.half().float()  # float16 softmax round-off is still accepted
+    assert inception_score(probs16, splits=2)[0] == pytest.approx(inception_score(probs, splits=2)[0], rel=1e-2)
