@@ -194,8 +194,8 @@ class PRDConfig:
 
 
 class PRD:
-    """Metric ``prd``: returns ``{"prd_f8", "prd_f1_8", "prd_auc"}``; writes ``prd.png`` and
-    ``prd_curve.json`` (precision, recall lists, for combining runs with :func:`plot_prd`)."""
+    """Metric ``prd``: returns ``{"prd_f8", "prd_f1_8", "prd_auc"}`` (``beta`` = 2: ``prd_f2``, ``prd_f1_2``);
+    writes ``prd.png`` and ``prd_curve.json`` (precision, recall lists, for combining runs with :func:`plot_prd`)."""
 
     name = "prd"
     uses_inception = True  # the Inception weights are checked before training starts
@@ -235,4 +235,6 @@ class PRD:
             plot_prd({cfg.label: (precision, recall)}, out / "prd.png")
             (out / "prd_curve.json").write_text(json.dumps(
                 {"label": cfg.label, "precision": precision.tolist(), "recall": recall.tolist()}))
-        return {"prd_f8": f_beta, "prd_f1_8": f_inv, "prd_auc": prd_auc(precision, recall)}
+        # named after the beta used: another beta reported as prd_f8 would be mistaken for the paper's F_8
+        b = f"{cfg.beta:g}".replace(".", "p")
+        return {f"prd_f{b}": f_beta, f"prd_f1_{b}": f_inv, "prd_auc": prd_auc(precision, recall)}

@@ -7,6 +7,7 @@ import json
 import math
 import warnings
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -272,3 +273,14 @@ def test_prd_with_too_few_samples_for_its_clusters_is_refused_when_built(tmp_pat
           warnings.catch_warnings()):
         warnings.simplefilter("ignore")
         PRD(PRDConfig(samples=10, num_clusters=8, plot=False)).compute(ctx)
+
+
+def test_prd_results_are_named_after_their_beta(tmp_path) -> None:
+    # beta = 2 was reported as prd_f8 / prd_f1_8: mistaken for the paper's F_8 in eval.json and sweep tables
+    ctx = crops_against_noise(tmp_path, 40, "train")
+    cfg = PRDConfig(samples=40, num_clusters=5, num_runs=1, num_angles=101, plot=False)
+    with pytest.warns(UserWarning, match="test-only"):
+        eight = PRD(cfg).compute(ctx)
+        two = PRD(attrs.evolve(cfg, beta=2.0)).compute(ctx)
+    assert set(two) == {"prd_f2", "prd_f1_2", "prd_auc"}
+    assert two["prd_auc"] == eight["prd_auc"] and two["prd_f2"] != eight["prd_f8"]
