@@ -212,7 +212,8 @@ class PRD:
         self.used: dict[str, int] = {}  # set by compute: the images of each side it compared
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
-        """``prd_f8``, ``prd_f1_8`` (max F-beta both ways) and ``prd_auc`` of samples against the real split."""
+        """``prd_f8``, ``prd_f1_8`` (max F-beta both ways; named after ``beta``) and ``prd_auc`` of samples against
+        the real split."""
         cfg = self.cfg
         extractor = get_extractor(ctx.options, ctx.device)
         warn_if_not_reference(extractor, "PRD")
