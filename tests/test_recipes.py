@@ -467,6 +467,20 @@ def test_duplicate_variant_names_are_rejected(base: Path, write: Write) -> None:
         expand_sweep(recipe)
 
 
+def test_variants_of_keys_that_end_alike_are_told_apart(base: Path, write: Write) -> None:
+    """Combos of model.encoder.channels and model.discriminator.channels were both named x-channels16-32 and
+    refused as a clash of values, which no value could fix; they are named by the keys' differing parts instead."""
+    recipe = sweep(write, 'combos = [{"model.encoder.channels" = [16, 32]}, '
+                          '{"model.discriminator.channels" = [16, 32]}]')
+    variants = expand_sweep(recipe)
+    assert [v.name for v in variants] == ["x-encoder.channels16-32", "x-discriminator.channels16-32"]
+    assert tuple(variants[1].recipe.model.encoder.config.channels) == (8, 16)
+    # a sweep whose names did not meet keeps them (--resume finds its directories)
+    recipe = sweep(write, 'grid = {"model.encoder.channels" = [[4, 8]], "model.discriminator.channels" = '
+                          '[[4, 8], [8, 8]]}', name="g")
+    assert [v.name for v in expand_sweep(recipe)] == ["g-channels4-8-channels4-8", "g-channels4-8-channels8-8"]
+
+
 def test_invalid_variant_names_its_index(base: Path, write: Write) -> None:
     recipe = sweep(write, 'combos = [{"model.flow.scales" = 1}, {"model.flow.scales" = 0}]')
     with pytest.raises(ConfigError) as info:

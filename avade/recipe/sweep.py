@@ -46,10 +46,32 @@ def former_variant_name(base: str, overrides: dict[str, Any]) -> str:
     return variant_name(base, overrides, _slug_before_2026_11_29)
 
 
-def variant_name(base: str, overrides: dict[str, Any], slug: Callable[[Any], str] = _slug) -> str:
-    """``av_ade_t9`` + ``{"model.flow.scales": 2, "model.flow.blocks": 4}`` -> ``av_ade_t9-scales2-blocks4``."""
-    parts = [f"{key.rsplit('.', 1)[-1]}{slug(value)}" for key, value in overrides.items()]
+def variant_name(base: str, overrides: dict[str, Any], slug: Callable[[Any], str] = _slug,
+                 labels: dict[str, str] | None = None) -> str:
+    """``av_ade_t9`` + ``{"model.flow.scales": 2, "model.flow.blocks": 4}`` -> ``av_ade_t9-scales2-blocks4``.
+    ``labels``: a key's label in the name instead of its last part (see :func:`_variant_names`)."""
+    parts = [f"{(labels or {}).get(key, key.rsplit('.', 1)[-1])}{slug(value)}" for key, value in overrides.items()]
     return plain_name("-".join([base, *parts]))  # it names the variant's directory: no path separators
+
+
+def _variant_names(base: str, every: list[dict[str, Any]]) -> list[str]:
+    """Each variant's name: its keys by their last part, or, where that makes two variants' names meet
+    because different keys end alike (combos of ``model.encoder.norm`` and ``model.decoder.norm``), those
+    keys by as many of their last parts as tell them apart (``encoder.norm``). (Only then: the names of
+    sweeps that did not meet stay as they were, so that --resume finds their directories.)"""
+    names = [variant_name(base, overrides) for overrides in every]
+    if len(set(names)) == len(names):
+        return names
+    keys = list(dict.fromkeys(k for overrides in every for k in overrides))
+    labels = {}
+    for key in keys:
+        parts = key.split(".")
+        others = [k.split(".") for k in keys if k != key and k.split(".")[-1] == parts[-1]]
+        n = 1
+        while n < len(parts) and any(other[-n:] == parts[-n:] for other in others):
+            n += 1
+        labels[key] = ".".join(parts[-n:])
+    return [variant_name(base, overrides, labels=labels) for overrides in every]
 
 
 def sweep_overrides(recipe: Recipe) -> list[dict[str, Any]]:
@@ -89,8 +111,8 @@ def expand_sweep(recipe: Recipe) -> list[Variant]:
         return [Variant(recipe.name, {}, recipe)]
     base = _sweep_base(recipe)
     variants, seen = [], set()
-    for i, overrides in enumerate(sweep_overrides(recipe)):
-        name = variant_name(recipe.name, overrides)
+    every = sweep_overrides(recipe)
+    for i, (overrides, name) in enumerate(zip(every, _variant_names(recipe.name, every), strict=True)):
         try:
             # A variant's overrides hold together: a component's (or the dataset's) new name goes first, so
             # that the options set with it are the new one's (set before it, the switch dropped them).
