@@ -593,6 +593,15 @@ def test_the_sweep_grid_takes_list_values(tmp_path: Path) -> None:
     assert cells == [["[4, 8]", "6.0000", "7.0000"], ["[8, 8]", "8.0000", "9.0000"]]
 
 
+def test_sweep_summary_columns_put_every_axis_before_the_metrics(tmp_path: Path) -> None:
+    """combos that set different keys: the second row's axis was a column after the first row's metrics."""
+    rows = [{"name": "a", "model.encoder.norm": "none", "steps": 6, "bpd": 8.0},
+            {"name": "b", "model.decoder.norm": "none", "steps": 6, "bpd": 7.0}]
+    write_sweep_summary(tmp_path, rows, None, axes=["model.encoder.norm", "model.decoder.norm"])
+    header = (tmp_path / "sweep_summary.csv").read_text().splitlines()[0]
+    assert header == "name,model.encoder.norm,model.decoder.norm,steps,bpd"
+
+
 def test_a_run_whose_end_failed_is_not_taken_for_finished(run_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)

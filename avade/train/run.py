@@ -413,7 +413,9 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
     ablation) also the main metric (the first of ``main``, else bpd, fid or is_mean) as a grid, rows by the
     first axis."""
     write_json(out_dir / f"{stem}.json", rows)
-    keys: list[str] = []
+    # the name and the sweep's axes first (combos that set different keys: an axis only a later row sets is not
+    # put after the metrics), then the rest as the rows have them
+    keys: list[str] = [k for k in ("name", *axes) if any(k in row for row in rows)]
     for row in rows:  # the sweep's own axes always; other list/table values (results) only in the JSON
         keys += [k for k in row if k not in keys and (k in axes or not isinstance(row[k], dict | list))]
     buf = io.StringIO()
