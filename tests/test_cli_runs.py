@@ -1528,6 +1528,20 @@ def test_a_sweep_stopped_after_its_first_variant_keeps_its_row_and_can_be_evalua
     assert evaluated[1]["model.flow.blocks"] == 2 and "has not started training yet" in evaluated[1]["error"]
 
 
+def test_evaluating_a_sweep_names_why_a_variant_never_started(tmp_path: Path) -> None:
+    """A variant that could not start (a batch larger than its data) was told to "train it with --resume",
+    which fails alike; its recorded error is named instead."""
+    from avade.evaluate.sweeps import evaluate_sweep
+
+    plan = {"variants": [{"name": "s-batch_size128", "dir": "s-batch_size128", "overrides": {"data.batch_size": 128}}]}
+    (tmp_path / "sweep_plan.json").write_text(json.dumps(plan))
+    error = "data.batch_size: the training split has 64 images, fewer than one batch of 128; lower data.batch_size"
+    (tmp_path / "sweep_summary.json").write_text(json.dumps([{"name": "s-batch_size128", "data.batch_size": 128,
+                                                              "error": error}]))
+    (row,) = evaluate_sweep(tmp_path, ["bpd"], device="cpu", console=Console(record=True))
+    assert error in row["error"] and "could not start training" in row["error"] and "--resume" not in row["error"]
+
+
 _RAISING_CRITIC = '''
 import torch
 from avade.discriminators.dcgan import DCGANDiscriminator

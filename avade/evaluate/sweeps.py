@@ -37,12 +37,18 @@ def evaluate_sweep(root: str | Path, metrics: Sequence[str] | None = None, sampl
     if not every:
         raise not_a_run(root)
     runs = select_variants(every, only) if only else every
+    # a variant that could not start (a batch larger than its data, say) has an error row and no directory
+    failed = {row["name"]: row["error"] for row in read_json_list(root / "sweep_summary.json")
+              if isinstance(row, dict) and isinstance(row.get("name"), str) and isinstance(row.get("error"), str)}
     rows = []
     for run in runs:
         row: dict[str, Any] = {"name": run.name, **axes.get(run.name, {})}
         if console is not None:
             console.print(f"[bold]{run.name}[/]")
         try:
+            if not (run / "recipe.toml").is_file() and run.name in failed:
+                raise CheckpointError(f"{run.name} could not start training ({failed[run.name]}, as "
+                                      f"{root / 'sweep_summary.json'} records): nothing to evaluate")
             if not (run / "recipe.toml").is_file():
                 raise CheckpointError(f"{run.name} has not started training yet (no {run}); train it with "
                                       f"`avade recipe run ... --out {root} --resume` (or --only {run.name})")
