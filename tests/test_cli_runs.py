@@ -1080,6 +1080,32 @@ def test_a_sweep_records_a_variant_that_cannot_start_and_a_partial_resume_keeps_
     assert [r["name"] for r in rows] == ["tiny-batch_size4", "tiny-batch_size8"]  # this sweep's first
 
 
+def test_a_sweep_run_again_without_resume_is_refused_before_any_variant_trains(tmp_path: Path) -> None:
+    """A variant added in front of a sweep that already ran: without --resume, the new variant trained first and
+    the run was refused only at the first trained variant's turn (the plan rewritten meanwhile)."""
+    sweep = tiny_dict("train.steps=1", "train.checkpoint_every=1")
+    sweep["sweep"] = {"grid": {"model.flow.blocks": [2, 3]}}
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps(sweep))
+    out = tmp_path / "run"
+    result, text = _invoke("recipe", "run", str(recipe), "--out", str(out), "--device", "cpu")
+    assert result.exit_code == 0, text
+    plan, rows = (out / "sweep_plan.json").read_text(), (out / "sweep_summary.json").read_text()
+    sweep["sweep"] = {"grid": {"model.flow.blocks": [1, 2, 3]}}
+    recipe.write_text(tomli_w.dumps(sweep))
+    result, text = _invoke("recipe", "run", str(recipe), "--out", str(out), "--device", "cpu")
+    flat = " ".join(text.split())
+    assert result.exit_code == 2, text
+    assert (f"--out {out} already holds checkpoints of sweep variant(s) tiny-blocks2, tiny-blocks3; continue the "
+            "sweep with --resume") in flat, text
+    assert not (out / "tiny-blocks1").exists(), "nothing trained"
+    assert (out / "sweep_plan.json").read_text() == plan and (out / "sweep_summary.json").read_text() == rows
+    result, text = _invoke("recipe", "run", str(recipe), "--out", str(out), "--device", "cpu", "--resume")
+    assert result.exit_code == 0, text
+    assert [r["name"] for r in json.loads((out / "sweep_summary.json").read_text())] == [
+        "tiny-blocks1", "tiny-blocks2", "tiny-blocks3"]
+
+
 def test_study_subsets_missing_data_suggests_its_own_option(tmp_path: Path) -> None:
     result, out = _invoke("study", "subsets", "--data", "cifar10", "--set", f"root={tmp_path / 'nowhere'}")
     assert result.exit_code == 2 and "--data natural-patches" in out and "--set data.name" not in out, out

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from avade.atomic_files import held_alone, locked
 from avade.data.base import data_of_model, data_of_trained_model
-from avade.errors import BusyError, ConfigError, DataError, StoppedError, TrainingError, did_you_mean
+from avade.errors import BusyError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError, did_you_mean
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe
 from avade.recipe.write import recipe_to_dict
@@ -202,6 +202,8 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
         with data_of_trained_model() if resume else contextlib.nullcontext(), naming_missing_plugins(trained_with), \
                 alike_on_this_node():
             check_variants(variants, sweep=every)
+        if not resume:  # before any variant trains (or the plan is rewritten), not at the first such variant's turn
+            _refuse_trained_variants(out_dir, recipe.name, variants)
         _record_plan(out_dir, every, {v.name: _variant_dir(out_dir, recipe.name, v, resume).name for v in every})
         summaries, failed = [], []
         for variant in variants:
@@ -285,6 +287,16 @@ def _record_sweep(out_dir: Path, summaries: list[dict[str, Any]], every: Sequenc
         rows = _with_earlier_rows(out_dir, summaries, every, console)
         axes = list(dict.fromkeys(k for v in every for k in v.overrides))  # (combos may set different keys)
         write_sweep_summary(out_dir, rows, console if show else None, axes=axes)
+
+
+def _refuse_trained_variants(out_dir: Path, base: str, variants: Sequence[Variant]) -> None:
+    """A CheckpointError naming the variants to train whose directories already hold checkpoints (a sweep run
+    again without --resume): refused before any variant trains, as each of them would be refused at its turn."""
+    held = [v.name for v in variants if list_checkpoints(RunDir(_variant_dir(out_dir, base, v, False)).checkpoints)]
+    if held:
+        listed = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise CheckpointError(f"--out {out_dir} already holds checkpoints of sweep variant(s) {listed}; continue the "
+                              "sweep with --resume (finished variants are kept) or choose another --out")
 
 
 def _variant_dir(out_dir: Path, base: str, variant: Any, resume: bool) -> Path:
