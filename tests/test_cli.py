@@ -519,6 +519,35 @@ def test_doctor_does_not_say_all_good_when_two_plugins_register_one_name(fresh_r
     assert "registered by two plugins, unusable: flow 'twice-named'" in " ".join(screen.split()), screen
 
 
+def test_doctor_names_a_plugin_component_skipped_for_a_built_in_name(fresh_registry: None) -> None:
+    # a plugin's own `glow` is skipped at load (recipes get the built-in): doctor said "all good"
+    import types
+    import warnings
+
+    import avade.builtin
+    from avade import hookimpl
+    from avade.registry import PluginWarning, Registry, reset_registry
+
+    module = types.ModuleType("own_glow")
+
+    @hookimpl
+    def avade_register(registry: Any) -> None:
+        registry.register("flow", "glow", factory=lambda cfg: None)
+
+    module.avade_register = avade_register  # type: ignore[attr-defined]
+    registry = Registry()
+    registry.add_plugin(avade.builtin, dist="avade", version="0.1.0", entry_point="avade")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        registry.add_plugin(module, dist="avade-own-glow", version="1.0")
+    reset_registry(registry)
+    screen = " ".join(run("doctor").stdout.split())
+    assert "all good" not in screen, screen
+    assert "1 plugin component(s) skipped, named like a built-in: flow 'glow' of avade-own-glow 1.0" in screen, screen
+    report = json.loads(run("doctor", "--json").stdout)
+    assert report["plugins"]["shadowed"] == [{"kind": "flow", "name": "glow", "provider": "avade-own-glow 1.0"}]
+
+
 def test_doctor_reports_a_cuda_device_that_fails_its_query_instead_of_crashing(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # torch.cuda.is_available() counts devices without initialising CUDA; the first real query does, and a driver

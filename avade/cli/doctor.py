@@ -88,6 +88,8 @@ def _plugins() -> dict[str, Any]:
         "disabled": disabled_plugins(),
         "conflicts": [{"kind": k, "name": n, "providers": [i.provider for i in infos]}
                       for (k, n), infos in sorted(registry.conflicts.items())],
+        # a plugin's component named like a built-in: skipped at load, usable by no recipe
+        "shadowed": [{"kind": i.kind, "name": i.name, "provider": i.provider} for i in registry.skipped],
     }
 
 
@@ -292,6 +294,9 @@ def _plugins_panel(report: dict[str, Any]) -> Panel:
     for c in plugins["conflicts"]:
         table.add_row(escape(f"{c['kind']} '{c['name']}'"), "", "",
                       f"[red]conflict:[/] {escape(' and '.join(c['providers']))}")
+    for c in plugins.get("shadowed", []):
+        table.add_row(escape(f"{c['kind']} '{c['name']}'"), "", "",
+                      f"[yellow]skipped:[/] {escape(c['provider'])} reuses a built-in name")
     return Panel(table, title="plugins", title_align="left")
 
 
@@ -386,6 +391,10 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
     if conflicts:  # such a name can be used by no recipe until one of its plugins is disabled
         summary.append(escape(f"{len(conflicts)} component name(s) registered by two plugins, unusable: "
                               f"{', '.join(c['kind'] + ' ' + repr(c['name']) for c in conflicts)}"))
+    shadowed = report["plugins"].get("shadowed", [])
+    if shadowed:  # the plugin must rename them; until then the built-in is what recipes get
+        named = ", ".join(f"{c['kind']} {c['name']!r} of {c['provider']}" for c in shadowed)
+        summary.append(escape(f"{len(shadowed)} plugin component(s) skipped, named like a built-in: {named}"))
     if report.get("recipe") and not report["recipe"]["ok"]:
         summary.append("the recipe is invalid")
     elif report.get("recipe") and not report["recipe"].get("ready", True):
