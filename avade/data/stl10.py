@@ -86,6 +86,21 @@ def locate(cfg: Stl10Config, split: str) -> list[Path]:
     return files
 
 
+IMAGE_BYTES = 3 * 96 * 96  # one image of an *_X.bin file
+
+
+def _check_image_files(files: list[Path]) -> None:
+    """Each ``*_X.bin`` of ``files`` holds a positive whole number of images; a DataError naming it if not (an
+    empty one gave an empty split, named by no file; a cut one torchvision's "cannot reshape" of the folder)."""
+    for f in files:
+        if f.name.endswith("_X.bin") and f.is_file():
+            size = f.stat().st_size
+            if size == 0 or size % IMAGE_BYTES:
+                raise DataError(f"dataset 'stl10': {f} holds {size} bytes, not a whole number of 96x96 RGB images "
+                                f"({IMAGE_BYTES} bytes each), so it is empty or cut short; "
+                                f"{repair_hint(OSError())}")
+
+
 class Stl10(TensorImageDataset):
     """STL-10 in memory at ``resolution``."""
 
@@ -94,6 +109,7 @@ class Stl10(TensorImageDataset):
         root = expand_root(cfg.root)
         if not cfg.download:
             locate(cfg, split)
+        _check_image_files([root / FOLDER / f for f in _FILES[_tv_split(cfg, split)]])
         try:
             # With download=true torchvision fetches and verifies the archive unless the files are there.
             tv = _PresenceCheckedSTL10(str(root), split=_tv_split(cfg, split), download=cfg.download)

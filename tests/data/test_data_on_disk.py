@@ -152,6 +152,23 @@ def test_stl10_labels_file_short_of_the_images_is_named(tmp_path):
         avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split="train")
 
 
+@pytest.mark.parametrize("train_split", ["unlabeled", "train", "train+unlabeled"])
+@pytest.mark.parametrize("size", [0, 1000])
+def test_stl10_empty_or_cut_image_file_is_named(tmp_path, train_split, size):
+    # an empty file gave an empty split ("the train split is empty", no file named) or blamed train_y.bin
+    # for its labels; a cut one torchvision's "cannot reshape array" of the folder
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    for name in ("train_X.bin", "unlabeled_X.bin"):
+        write_stl10_bin(folder / name, 3, seed=1)
+    np.array([1, 2, 3], dtype=np.uint8).tofile(folder / "train_y.bin")
+    broken = folder / ("unlabeled_X.bin" if train_split == "unlabeled" else "train_X.bin")
+    broken.write_bytes(broken.read_bytes()[:size])
+    with pytest.raises(DataError, match=rf"^dataset 'stl10': .*{broken.name} holds {size} bytes, not a whole number "
+                                        r"of 96x96 RGB images .*; delete that folder and download it again"):
+        avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split=train_split)
+
+
 @pytest.mark.parametrize("stray", [0, 11])
 def test_stl10_labels_outside_1_to_10_are_named(tmp_path, stray):
     # a 0 arrived as label 255 (torchvision subtracts 1 in uint8) and was caught later, naming no file
