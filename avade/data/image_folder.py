@@ -2,7 +2,7 @@
 
 Split: when the folder holds both ``train/`` and ``test/`` subfolders they are the splits (``train/`` beside
 ``val/`` or ``valid/`` and no ``test/`` is refused: rename it to ``test/``, rather than have two classes named
-after the splits). Otherwise
+after the splits; so is ``train/`` alone holding class folders, which would be one class named ``train``). Otherwise
 each image goes to the test split when a hash of its path relative to the folder falls below
 ``test_fraction`` (SHA-1, so the assignment is stable across runs and machines, and adding images never
 moves the others between splits).
@@ -145,6 +145,15 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
         raise DataError(f"dataset '{NAME}': {base} holds {', '.join(f'{c}/' for c in classes)}, which look like "
                         f"splits, not classes; avade splits by train/ and test/ folders: {fix} (class folders inside "
                         "each), or set data.labels=false to use every image unlabeled")
+    if not explicit and classes and set(classes) <= _SPLIT_NAMES and any(_classes(base / c, True) for c in classes):
+        # (train/ alone, its class folders inside: one class named "train", the real classes never read)
+        lone = classes[0]
+        what = f"one class named '{lone}'" if len(classes) == 1 else f"classes named {', '.join(classes)}"
+        raise DataError(f"dataset '{NAME}': {base} holds {', '.join(f'{c}/' for c in classes)} (no train/ and test/ "
+                        f"pair), whose class folders would be read as {what}; add the other split "
+                        f"folder (train/ and test/, class folders inside each), point data.folder at {base / lone} "
+                        "to split its images by data.test_fraction, or set data.labels=false to use every image "
+                        "unlabeled")
     split_base = (base / split) if explicit else base
     if classes:
         files, labels = [], []

@@ -399,6 +399,28 @@ def test_image_folder_split_folders_are_not_taken_for_classes(tmp_path):
     assert avade.create("dataset", "image-folder", split="train", **kw).classes == ["dog", "train"]
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_image_folder_lone_split_folder_with_classes_is_not_one_class(tmp_path, split):
+    # d/train/{cat,dog}/ without d/test/: read as one class "train" (num_classes 1), cat and dog never labels
+    for cls in ("cat", "dog"):
+        save_png(tmp_path / "d" / split / cls / "0.png", rgb_images(1, 4, 4, seed=0)[0])
+    kw = {"root": str(tmp_path), "folder": "d", "resolution": 4, "test_fraction": 0.0}
+    with pytest.raises(DataError, match=rf"holds {split}/ \(no train/ and test/ pair\), whose class folders would be "
+                                        rf"read as one class named '{split}'; .*point data.folder at .*d/{split} "):
+        avade.create("dataset", "image-folder", split="train", **kw)
+    assert len(avade.create("dataset", "image-folder", split="train", labels=False, **kw)) == 2
+    inner = avade.create("dataset", "image-folder", split="train", **{**kw, "folder": f"d/{split}"})
+    assert inner.classes == ["cat", "dog"]
+
+
+def test_image_folder_lone_split_folder_of_loose_images_still_loads(tmp_path):
+    # d/train/*.png (no class folders in it): unlabeled data as before, not refused
+    save_png(tmp_path / "d" / "train" / "0.png", rgb_images(1, 4, 4, seed=0)[0])
+    ds = avade.create("dataset", "image-folder", split="train", root=str(tmp_path), folder="d", resolution=4,
+                      test_fraction=0.0)
+    assert len(ds) == 1
+
+
 def test_image_folder_missing(tmp_path):
     with pytest.raises(DataError, match=str(tmp_path / "images")):
         avade.create("dataset", "image-folder", split="train", root=str(tmp_path))
