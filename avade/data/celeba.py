@@ -89,7 +89,7 @@ def _split(cfg: CelebAConfig, folder: Path, files: list[Path], split: str) -> li
     if partition.is_file():
         keep = set()
         try:
-            text = partition.read_text(encoding="utf-8")
+            text = partition.read_text(encoding="utf-8-sig")  # (a BOM: a .csv saved again by Excel, Notepad)
         except UnicodeDecodeError as exc:
             raise DataError(f"dataset 'celeba': {partition} is not a text file ({exc.reason}); replace it with "
                             "the official list_eval_partition.txt") from None

@@ -688,6 +688,10 @@ def test_celeba_kaggle_csv_partition_gives_the_official_split(tmp_path):
     kw = {"root": str(tmp_path), "resolution": 8, "crop": 20}
     assert [f.name for f in avade.create("dataset", "celeba", split="train", **kw).files] == [names[0], names[3]]
     assert [f.name for f in avade.create("dataset", "celeba", split="test", **kw).files] == [names[1], names[4]]
+    # saved again with a BOM (Excel's "CSV UTF-8", Notepad): its first name began with U+FEFF, "not in" the folder
+    partition = base / "list_eval_partition.csv"
+    partition.write_bytes(b"\xef\xbb\xbf" + partition.read_text().replace("image_id,partition\n", "").encode())
+    assert [f.name for f in avade.create("dataset", "celeba", split="train", **kw).files] == [names[0], names[3]]
     (base / "list_eval_partition.csv").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(DataError, match="not a text file"):
         avade.create("dataset", "celeba", split="train", **kw)
