@@ -15,13 +15,20 @@ __all__ = ["ArrayUnpickler"]
 _RECONSTRUCT = np.empty(0).__reduce__()[0]
 
 
+def _ndarray_class(*args: Any, **kwargs: Any) -> np.ndarray:
+    """What ``numpy.ndarray`` names in a data file: only an argument of ``_reconstruct`` (the array's class).
+    Called itself, ``ndarray(shape, dtype)`` would allocate any shape, unfilled, as ``_reconstruct`` would."""
+    raise pickle.UnpicklingError("numpy.ndarray(...) called to build an array is not allowed in a data file "
+                                 "(arrays are pickled empty, then filled)")
+
+
 def _empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     """numpy's ``_reconstruct`` as arrays pickle it: an empty array (``shape (0,)``), then filled by its state.
     Any other shape would allocate it, unfilled: a file of a few bytes could ask for terabytes."""
-    if subtype is not np.ndarray or not isinstance(shape, tuple) or shape != (0,):
+    if subtype not in (_ndarray_class, np.ndarray) or not isinstance(shape, tuple) or shape != (0,):
         raise pickle.UnpicklingError(f"numpy _reconstruct of shape {shape!r:.40} is not allowed in a data file "
                                      "(arrays are pickled empty, then filled)")
-    return _RECONSTRUCT(subtype, shape, dtype)
+    return _RECONSTRUCT(np.ndarray, shape, dtype)
 
 
 class ArrayUnpickler(pickle.Unpickler):
@@ -30,7 +37,7 @@ class ArrayUnpickler(pickle.Unpickler):
     Downsampled ImageNet's) hold dicts of arrays, lists and strings."""
 
     _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): _ndarray_class,  # (the class as _reconstruct's argument, never called)
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles written by Python 3
         **{

@@ -780,6 +780,14 @@ def test_cifar10_batches_are_unpickled_without_running_code(tmp_path):
     with pytest.raises(DataError, match=r"test_batch cannot be read .*_reconstruct of shape \(10000000000000,\) is "
                                         r"not allowed in a data file"):
         avade.create("dataset", "cifar10", split="test", root=str(tmp_path))
+    # numpy.ndarray itself, allowed as _reconstruct's argument, was callable as well: ndarray((10**13,), "u1")
+    # asked for terabytes the same way (a raw MemoryError, or an array that large)
+    huge = (b"\x80\x02}(X\x04\x00\x00\x00datacnumpy\nndarray\n"  # {"data": ndarray((10**13,), "u1"), "labels": []}
+            b"\x8a\x06\x00\xa0rN\x18\t\x85X\x02\x00\x00\x00u1\x86RX\x06\x00\x00\x00labels]u.")
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(huge)
+    with pytest.raises(DataError, match=r"test_batch cannot be read .*numpy.ndarray\(...\) called to build an array is "
+                                        r"not allowed in a data file"):
+        avade.create("dataset", "cifar10", split="test", root=str(tmp_path))
     # an unreadable batches.meta costs the class names only (training needs none)
     write_fake_cifar10(tmp_path / "other")
     (tmp_path / "other" / "cifar-10-batches-py" / "batches.meta").write_bytes(b"\x80\x02 truncated")
