@@ -109,11 +109,16 @@ class Stl10(TensorImageDataset):
         root = expand_root(cfg.root)
         if not cfg.download:
             locate(cfg, split)
-        _check_image_files([root / FOLDER / f for f in _FILES[_tv_split(cfg, split)]])
+        files = [root / FOLDER / f for f in _FILES[_tv_split(cfg, split)]]
+        _check_image_files(files)
+        fetching = cfg.download and not all(f.is_file() for f in files)
         try:
             # With download=true torchvision fetches and verifies the archive unless the files are there.
             tv = _PresenceCheckedSTL10(str(root), split=_tv_split(cfg, split), download=cfg.download)
         except Exception as exc:  # network failures, truncated or foreign files
+            if fetching and not isinstance(exc, PermissionError):  # (no folder to delete: the fetch failed)
+                raise DataError(f"dataset 'stl10': download failed into {root / FOLDER} ({describe_error(exc)}); "
+                                f"check the network, or fetch {STL10.filename} and unpack it into {root}") from None
             action = "download or loading" if cfg.download else "loading"
             raise DataError(
                 f"dataset 'stl10': {action} failed in {root / FOLDER} ({describe_error(exc)}); "

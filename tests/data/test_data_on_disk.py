@@ -169,6 +169,22 @@ def test_stl10_empty_or_cut_image_file_is_named(tmp_path, train_split, size):
         avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split=train_split)
 
 
+def test_stl10_failed_download_says_check_the_network(tmp_path, monkeypatch):
+    # it said "delete that folder and download it again (data.download=true, needs network)": the folder was
+    # never made, and download was what failed
+    import urllib.error
+
+    import torchvision.datasets.stl10 as tv_stl10
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tv_stl10, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match=r"^dataset 'stl10': download failed into .*stl10_binary \(URLError: .*\); "
+                                        r"check the network, or fetch stl10_binary.tar.gz and unpack it into "):
+        avade.create("dataset", "stl10", split="train", root=str(tmp_path), download=True)
+
+
 @pytest.mark.parametrize("stray", [0, 11])
 def test_stl10_labels_outside_1_to_10_are_named(tmp_path, stray):
     # a 0 arrived as label 255 (torchvision subtracts 1 in uint8) and was caught later, naming no file
