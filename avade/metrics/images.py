@@ -33,7 +33,7 @@ from avade.metrics.features import (
 )
 from avade.metrics.fid import fid_from_features
 from avade.metrics.inception_score import check_splits, inception_score
-from avade.metrics.kid import kernel_inception_distance
+from avade.metrics.kid import check_kid_options, kernel_inception_distance
 from avade.metrics.prd import Curve, check_sizes, prd_from_features
 from avade.metrics.prdc import check_counts, prdc_from_features
 
@@ -109,6 +109,7 @@ def kid_of_images(real: Images, fake: Images, *, subsets: int = 100, subset_size
                   gamma: float | None = None, coef: float = 1.0, seed: int = 0, **options: Any) -> tuple[float, float]:
     """KID (mean, std) between two image sets over ``subsets`` random subsets of ``subset_size`` (capped at
     the smaller set), seeded as a run's ``kid`` with ``seed``; ``options``: those of :func:`image_features`."""
+    check_kid_options(subsets, subset_size, degree)  # before the Inception runs over both sets
     net = _extractor(options, "KID")
     real_f = image_features(real, what="real images", **options, extractor=net)
     fake_f = image_features(fake, what="fake images", **options, extractor=net)

@@ -20,7 +20,14 @@ from avade.metrics.features import get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_features, sample_features
 from avade.schema import ge, gt
 
-__all__ = ["KID", "KIDConfig", "kernel_inception_distance", "polynomial_mmd2"]
+__all__ = ["KID", "KIDConfig", "check_kid_options", "kernel_inception_distance", "polynomial_mmd2"]
+
+
+def check_kid_options(subsets: int, subset_size: int, degree: int = 3) -> None:
+    """A ValueError naming the argument unless :func:`kernel_inception_distance` can take these options."""
+    for name, value, least in (("subsets", subsets, 1), ("subset_size", subset_size, 2), ("degree", degree, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"KID: {name} must be an int >= {least}, got {value!r}")
 
 
 def polynomial_mmd2(x: Tensor, y: Tensor, degree: int = 3, gamma: float | None = None,
@@ -51,6 +58,7 @@ def kernel_inception_distance(
 
     ``subset_size`` is capped at the smaller set's size so that small datasets still work.
     """
+    check_kid_options(subsets, subset_size, degree)
     real = torch.as_tensor(real).to(torch.float64)
     fake = torch.as_tensor(fake).to(torch.float64)
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:

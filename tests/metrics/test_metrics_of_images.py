@@ -104,3 +104,19 @@ def test_bad_arguments_are_refused_before_the_inception_runs() -> None:
         prdc_of_images(real, fake, extractor=net, nearest_k=24)
     with pytest.raises(ValueError, match="PRD needs as many samples as real images, got 10 and 24"):
         prd_of_images(real, fake[:10], extractor=net)
+
+
+@pytest.mark.parametrize(("option", "value"), [("subsets", 0), ("subset_size", 1), ("subset_size", 0), ("degree", 0)])
+def test_kid_of_images_names_a_bad_option_before_the_inception_runs(option: str, value: int) -> None:
+    """`subsets=0` was a bare `stack expects a non-empty TensorList`, `subset_size=1` said "KID needs >= 2 real and
+    fake features, got 24 and 24" (it had them): each names the argument, before any features are extracted."""
+
+    class Refuses(RandomConvFeatures):
+        def compute(self, x: torch.Tensor, probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+            raise AssertionError("features extracted before the options were checked")
+
+    with pytest.raises(ValueError, match=f"KID: {option} must be an int >= "):
+        kid_of_images(_images(0), _images(1), extractor=Refuses(dim=16), **{option: value})
+    with pytest.raises(ValueError, match=f"KID: {option} must be an int >= "):
+        kernel_inception_distance(torch.zeros(8, 4), torch.zeros(8, 4),
+                                  **{"subsets": 2, "subset_size": 4, option: value})
