@@ -166,6 +166,12 @@ def _extractor(options: dict[str, Any], metric: str) -> FeatureExtractor:
 def _load_extractor(extractor: FeatureExtractor | None, inception_weights: str | os.PathLike[str] | None,
                     device: str | torch.device) -> FeatureExtractor:
     """``extractor`` itself, else the Inception of ``inception_weights``, else the one a run would find."""
+    try:
+        wanted = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DataError(f"device: unknown device {device!r}; pass device='cpu', 'cuda' or 'cuda:N'") from None
+    if wanted.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device: {device!r} requested but no CUDA GPU is available; pass device='cpu'")
     options: Mapping[str, Any] = {EXTRACTOR_OPTION: extractor} if extractor is not None else \
         {WEIGHTS_OPTION: str(inception_weights)} if inception_weights is not None else {}
     return get_extractor(options, device)

@@ -120,3 +120,11 @@ def test_kid_of_images_names_a_bad_option_before_the_inception_runs(option: str,
     with pytest.raises(ValueError, match=f"KID: {option} must be an int >= "):
         kernel_inception_distance(torch.zeros(8, 4), torch.zeros(8, 4),
                                   **{"subsets": 2, "subset_size": 4, option: value})
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "gpu"])
+def test_metrics_of_images_name_a_device_this_machine_lacks(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`device="cuda"` on a machine without a GPU was torch's "Found no NVIDIA driver on your system"."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DataError, match=r"^device: .*pass device='cpu'"):
+        fid_of_images(_images(0), _images(1), extractor=RandomConvFeatures(dim=16), device=device)
