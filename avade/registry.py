@@ -307,14 +307,16 @@ class Registry:
         )
 
     def list(self, kind: str | None = None, pattern: str | None = None) -> list[ComponentInfo]:
-        """Registrations sorted by (kind, name), filtered by kind and a glob like ``'*iaf*'``."""
+        """Registrations sorted by (kind, name), filtered by kind and a glob like ``'*iaf*'`` (case-insensitive; one
+        with a ``/``, such as ``'flow/*'``, matches ``kind/name`` as :func:`list_components` names them)."""
         if kind is not None and kind not in self.kinds():
             raise RegistryError(f"unknown component kind {kind!r}{did_you_mean(kind, self.kinds())}; "
                                 f"kinds: {', '.join(self.kinds())}")
         out = [
             info
             for (k, n), info in sorted(self._items.items())
-            if (kind is None or k == kind) and (pattern is None or fnmatch.fnmatchcase(n, pattern))
+            if (kind is None or k == kind) and (pattern is None or fnmatch.fnmatchcase(
+                (f"{k}/{n}" if "/" in pattern else n).lower(), pattern.lower()))
         ]
         return out
 

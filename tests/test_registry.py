@@ -315,6 +315,16 @@ def test_list_components_glob_and_kind_filter() -> None:
     assert everything == sorted(everything, key=lambda s: tuple(s.split("/")))
 
 
+def test_list_components_takes_back_the_names_it_gives() -> None:
+    """It names components `flow/realnvp`: that name, or `flow/*`, matched nothing (the glob saw `realnvp` alone),
+    nor did `*GLOW*`."""
+    assert list_components("flow/realnvp") == ["flow/realnvp"]
+    assert list_components("flow/*") == list_components(kind="flow")
+    assert list_components("*/iaf") == ["posterior/iaf"]
+    assert list_components("*GLOW*") == list_components("*glow*") == ["flow/glow"]
+    assert list_components("flow*") == []  # (without a "/", the name alone, as before)
+
+
 # -- plugin loading -----------------------------------------------------------------------------------
 
 

@@ -254,7 +254,8 @@ RunSetOption = Annotated[list[str] | None, typer.Option(
 
 @app.command("list-components")
 def list_components(
-    pattern: Annotated[str | None, typer.Argument(help="Glob on names, e.g. '*iaf*'.")] = None,
+    pattern: Annotated[str | None, typer.Argument(
+        help="Glob on names, e.g. '*iaf*' or 'flow/*' (case-insensitive).")] = None,
     kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only this kind.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     schema: Annotated[bool, typer.Option("--schema", help="With --json: include each config schema (imports "
