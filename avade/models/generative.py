@@ -208,6 +208,7 @@ class GenerativeModel(nn.Module):
         ``generator`` the result depends on it alone, as :meth:`sample`'s: the dequantization noise comes
         from it, and the latents' from the global RNG forked and re-seeded from it (then restored).
         """
+        self._refuse_gan("log_likelihood")
         if _count(importance_samples) < 1:
             raise DataError(f"log_likelihood: importance_samples must be an int >= 1, got {importance_samples!r}")
         x, labels, generator = self._prepared("log_likelihood", x, labels, generator)
@@ -270,6 +271,7 @@ class GenerativeModel(nn.Module):
 
         The images are checked as :meth:`log_likelihood` checks them (uint8 of the model's shape; a
         class-conditional model's labels), and the model runs in eval mode, then gets its mode back."""
+        self._refuse_gan("bpd")
         k = _count(importance_samples)
         if k < 1:
             raise DataError(f"bpd: importance_samples must be an int >= 1, got {importance_samples!r}")
@@ -375,6 +377,7 @@ class GenerativeModel(nn.Module):
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 reconstructions of uint8 images: x -> f -> q(z|x) -> mean (+ noise) -> f^-1. In eval mode, as
         :meth:`sample`."""
+        self._refuse_gan("reconstruct")
         x, labels, generator = self._prepared("reconstruct", x, labels, generator)
         with _evaluating(self), _seeded_from(generator):
             return self._reconstruct(x, labels)
@@ -485,6 +488,13 @@ class GenerativeModel(nn.Module):
             frame_gen = torch.Generator(device=device).manual_seed(seed)
             frames.append(self.decode(step, labels, pixel_noise=pixel_noise, generator=frame_gen))
         return torch.stack(frames, 1)
+
+    def _refuse_gan(self, what: str) -> None:
+        """A GAN's encoder and likelihood are never trained: its bound and reconstructions would be numbers of
+        untrained weights, silently."""
+        if self.variant == "gan":
+            raise ConfigError(f"{what}: a GAN trains no encoder or likelihood, so it has no bound on log p(x) and "
+                              "no reconstructions; score it by sample metrics (fid_of_images, ...) of model.sample")
 
     def _coded(self, what: str, encoding: bool = True) -> CodedPosterior:
         """The posterior, refused in one line if it has no latent codes (a plugin's without

@@ -192,6 +192,12 @@ def test_a_gan_and_a_posterior_without_codes_are_refused() -> None:
         gan.encode(_images())
     with pytest.raises(ConfigError, match="interpolate: a GAN trains no encoder"):
         gan.interpolate(_images(2), _images(2, seed=1))
+    # (README: bpd is defined only for variants with a likelihood; these returned numbers of untrained weights)
+    for what, call in (("log_likelihood", lambda: gan.log_likelihood(_images())),
+                       ("reconstruct", lambda: gan.reconstruct(_images())),
+                       ("bpd", lambda: gan.mean_bpd([_images()]))):
+        with pytest.raises(ConfigError, match=f"^{what}: a GAN trains no encoder or likelihood"):
+            call()
 
     model = _model()
     plain = type("PlainPosterior", (torch.nn.Module,), {
