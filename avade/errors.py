@@ -76,5 +76,12 @@ def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
+def refuse_a_string(value: object, what: str, example: str) -> None:
+    """A TypeError when a list of strings is given as one string (whose characters would be taken one by one)."""
+    if isinstance(value, str):
+        raise TypeError(f"{what}: expected a list of strings, e.g. {example}, got the string {value!r}; put it in "
+                        f"a list: [{value!r}]")
+
+
 class BusyError(AvadeError):
     """A run directory is being trained by another process; nothing was changed."""

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 
 from avade.atomic_files import locked
-from avade.errors import AvadeError, CheckpointError, ConfigError
+from avade.errors import AvadeError, CheckpointError, ConfigError, refuse_a_string
 from avade.evaluate.compute import build_metrics, check_inception_weights, compute_each, metric_settings, owns
 from avade.evaluate.loading import checkpoint_steps, load_run
 from avade.recipe.load import parse_override
@@ -69,6 +69,8 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
     """:func:`evaluate_run`'s results, which weights they are of ("ema" or "last") and the checkpoint's record
     as written to eval.json (with its results of earlier calls), not read back: another ``avade eval`` of the
     run may replace eval.json right after. ``reuse``: datasets loaded by earlier calls (:func:`load_run`)."""
+    refuse_a_string(metrics, "metrics", '["bpd", "fid"]')
+    refuse_a_string(overrides, "overrides", '["data.root=/scratch/data"]')
     refuse_while_a_worker_starts("evaluate")
     ctx = load_run(run_dir, device, checkpoint, ema, overrides, reuse=reuse)
     names = list(metrics) if metrics else list(ctx.recipe.eval.metrics)

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from avade.errors import AvadeError, ConfigError, RegistryError, did_you_mean
+from avade.errors import AvadeError, ConfigError, RegistryError, did_you_mean, refuse_a_string
 from avade.recipe.schema import (
     ADVERSARIAL_VARIANTS,
     DEFAULT_COMPONENTS,
@@ -695,6 +695,7 @@ def _without_absent_metrics(raw: dict[str, Any], where: str) -> dict[str, Any]:
 def load_recipe(path: str | Path, overrides: Iterable[str] = (), saved: bool = False) -> Recipe:
     """Load, merge, override and validate the recipe at ``path`` (``saved``: one avade wrote, a run's
     recipe.toml, read as the avade that wrote it meant it: see :func:`with_saved_defaults`)."""
+    refuse_a_string(overrides, "load_recipe: overrides", '["train.steps=100"]')
     path, overrides = Path(path), list(overrides)  # (read twice: applied, then checked against the sweep)
     try:
         raw, origins = read_recipe_tree(path)

@@ -281,3 +281,11 @@ class Recipe:
     def variant(self) -> str:
         """``model.options.variant``: which model this recipe trains."""
         return self.model.options.variant
+
+
+def refuse_a_non_recipe(recipe: object, what: str) -> None:
+    """A TypeError naming ``what`` unless ``recipe`` is a :class:`Recipe` (a notebook may pass a path or a dict)."""
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"{what}: expected a Recipe, got {type(recipe).__name__}; make one with "
+                        "avade.recipe.load_recipe(path, overrides) or avade.recipe.recipe_from_dict(d) (or train a "
+                        "recipe file with avade.train.run.run_recipe_file(path, overrides, out_dir=...))")

@@ -19,9 +19,18 @@ from rich.table import Table
 
 from avade.atomic_files import held_alone, locked
 from avade.data.base import data_of_model, data_of_trained_model
-from avade.errors import BusyError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError, did_you_mean
+from avade.errors import (
+    BusyError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    StoppedError,
+    TrainingError,
+    did_you_mean,
+    refuse_a_string,
+)
 from avade.recipe import expand_sweep, load_recipe
-from avade.recipe.schema import Recipe
+from avade.recipe.schema import Recipe, refuse_a_non_recipe
 from avade.recipe.write import recipe_to_dict
 from avade.train.checkpoint import list_checkpoints
 from avade.train.data import refuse_while_a_worker_starts
@@ -76,6 +85,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, dev
     """Train one (non-sweep) recipe into ``out_dir``; returns its summary. The global random states and CUDA
     TF32 and cuDNN flags training sets (``train.seed``, ``train.tf32``, ``train.cudnn_benchmark``) are put back
     afterwards."""
+    refuse_a_non_recipe(recipe, "run_recipe")
     refuse_while_a_worker_starts("train")  # (before the run's lock, which the running parent holds)
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)  # (a str from a notebook too)
@@ -158,6 +168,8 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
                     progress: bool = True, only: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Load, expand and train; a sweep also writes ``sweep_summary.{csv,json}`` and prints a table.
     ``only``: the sweep variants to train, by name or 0-based index (e.g. one per job of a cluster array)."""
+    refuse_a_string(overrides, "run_recipe_file: overrides", '["train.steps=100"]')
+    refuse_a_string(only, "run_recipe_file: only", '["0"]')
     refuse_while_a_worker_starts("train")
     console = console or Console(stderr=True)
     file, out_dir = Path(file), (Path(out_dir) if out_dir is not None else None)  # (str from a notebook too)

@@ -43,7 +43,7 @@ from avade.models.preprocess import to_unit
 from avade.nn import frozen
 from avade.nn.replicas import replica_statistics
 from avade.recipe.load import saved_before_hint
-from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, AbsentConfig, Recipe
+from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, AbsentConfig, Recipe, refuse_a_non_recipe
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
 from avade.train import checkpoint as ckpt
 from avade.train.compiling import check_compile_backend, compile_in_place
@@ -81,6 +81,7 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, resume: bool = False, device: str | None = None,
                  console: Console | None = None, progress: bool = True) -> None:
+        refuse_a_non_recipe(recipe, "Trainer")
         self.recipe = recipe
         self.cfg = recipe.train
         self.run = RunDir(Path(run_dir))

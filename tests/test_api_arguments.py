@@ -1,0 +1,41 @@
+"""The Python API, called from a notebook with the wrong kind of argument, says which argument and how to fix it,
+before anything runs (not an AttributeError from deep inside, nor a string taken character by character)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny_recipes import ROOT, tiny_dict
+
+from avade.evaluate import evaluate_run
+from avade.recipe import load_recipe
+from avade.train.run import run_recipe, run_recipe_file
+from avade.train.trainer import Trainer
+
+QUICKSTART = ROOT / "recipes" / "quickstart.toml"
+
+
+@pytest.mark.parametrize("recipe", [str(QUICKSTART), QUICKSTART, tiny_dict()], ids=["str", "path", "dict"])
+def test_training_takes_a_recipe_and_says_how_to_make_one(recipe: object, tmp_path: Path) -> None:
+    # (was: AttributeError: 'str' object has no attribute 'source' / 'dict' object has no attribute 'train')
+    for what, call in (("run_recipe", lambda: run_recipe(recipe, tmp_path / "run")),  # type: ignore[arg-type]
+                       ("Trainer", lambda: Trainer(recipe, tmp_path / "run"))):  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=f"^{what}: expected a Recipe, got .*load_recipe\\(path, overrides\\)"):
+            call()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_list_given_as_one_string_is_refused(tmp_path: Path) -> None:
+    # (was: "--set expects dotted.key=value, got 't'" and "unknown metric 'b'")
+    with pytest.raises(TypeError, match=r"^load_recipe: overrides: .*got the string 'train.steps=3'; put it in a "
+                                        r"list: \['train.steps=3'\]"):
+        load_recipe(QUICKSTART, "train.steps=3")
+    with pytest.raises(TypeError, match=r"^run_recipe_file: overrides: .*got the string 'train.steps=3'"):
+        run_recipe_file(QUICKSTART, "train.steps=3", out_dir=tmp_path / "run")
+    with pytest.raises(TypeError, match=r"^metrics: expected a list of strings, .*got the string 'bpd'"):
+        evaluate_run(tmp_path / "run", metrics="bpd")
+    with pytest.raises(TypeError, match=r"^overrides: .*got the string 'data.root=x'"):
+        evaluate_run(tmp_path / "run", overrides="data.root=x")
+    assert not (tmp_path / "run").exists()
+    assert load_recipe(QUICKSTART, ("train.steps=3",)).train.steps == 3  # any other iterable still works
