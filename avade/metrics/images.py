@@ -33,7 +33,7 @@ from avade.metrics.features import (
 )
 from avade.metrics.fid import fid_from_features
 from avade.metrics.inception_score import check_splits, inception_score
-from avade.metrics.kid import check_kid_options, kernel_inception_distance
+from avade.metrics.kid import check_kid_options, kernel_inception_distance, warn_if_every_subset_is_the_same
 from avade.metrics.prd import Curve, check_sizes, prd_from_features
 from avade.metrics.prdc import check_counts, prdc_from_features
 
@@ -113,6 +113,7 @@ def kid_of_images(real: Images, fake: Images, *, subsets: int = 100, subset_size
     net = _extractor(options, "KID")
     real_f = image_features(real, what="real images", **options, extractor=net)
     fake_f = image_features(fake, what="fake images", **options, extractor=net)
+    warn_if_every_subset_is_the_same(min(subset_size, len(real_f), len(fake_f)), len(real_f), len(fake_f))
     return kernel_inception_distance(real_f, fake_f, subsets, subset_size, degree, gamma, coef,
                                      torch.Generator().manual_seed(seed))
 

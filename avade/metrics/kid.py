@@ -20,7 +20,8 @@ from avade.metrics.features import get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_features, sample_features
 from avade.schema import ge, gt
 
-__all__ = ["KID", "KIDConfig", "check_kid_options", "kernel_inception_distance", "polynomial_mmd2"]
+__all__ = ["KID", "KIDConfig", "check_kid_options", "kernel_inception_distance", "polynomial_mmd2",
+           "warn_if_every_subset_is_the_same"]
 
 
 def check_kid_options(subsets: int, subset_size: int, degree: int = 3) -> None:
@@ -42,6 +43,13 @@ def polynomial_mmd2(x: Tensor, y: Tensor, degree: int = 3, gamma: float | None =
     k_xx, k_yy, k_xy = kernel(x, x), kernel(y, y), kernel(x, y)
     within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
     return within - 2 * k_xy.sum() / m**2
+
+
+def warn_if_every_subset_is_the_same(size: int, real: int, fake: int, stacklevel: int = 2) -> None:
+    """Warn when KID's subsets of ``size`` are both whole sets (``real`` and ``fake`` images): its std is then 0."""
+    if size == real == fake:  # every "subset" is both whole sets: no spread to measure
+        warnings.warn(f"KID subsets of {size} images from sets of {size}: every subset is the same, so kid_std "
+                      "is 0 by construction; use more samples than subset_size", UserWarning, stacklevel=stacklevel + 1)
 
 
 def kernel_inception_distance(
@@ -120,9 +128,7 @@ class KID:
             warnings.warn(f"KID used subsets of {size} images, the smaller set's size, not subset_size = "
                           f"{cfg.subset_size}; KID values of different subset sizes differ in variance only, but say "
                           "which you report", UserWarning, stacklevel=2)
-        if size == real.shape[0] == fake.shape[0]:  # every "subset" is both whole sets: no spread to measure
-            warnings.warn(f"KID subsets of {size} images from sets of {size}: every subset is the same, so kid_std "
-                          "is 0 by construction; use more samples than subset_size", UserWarning, stacklevel=2)
+        warn_if_every_subset_is_the_same(size, real.shape[0], fake.shape[0])
         mean, std = kernel_inception_distance(real, fake, cfg.subsets, cfg.subset_size, cfg.degree, cfg.gamma,
                                               cfg.coef, torch.Generator().manual_seed(cfg.seed))
         return {"kid_mean": mean, "kid_std": std}

@@ -3,6 +3,8 @@ formulas on the same features, whatever the layout the images come in."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,15 @@ def test_metrics_of_images_name_a_device_this_machine_lacks(device: str, monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DataError, match=r"^device: .*pass device='cpu'"):
         fid_of_images(_images(0), _images(1), extractor=RandomConvFeatures(dim=16), device=device)
+
+
+def test_kid_of_images_says_when_its_std_is_zero_by_construction() -> None:
+    """The default subset_size (1000) over two sets of 24: every subset is both whole sets, kid_std ~1e-16, which
+    read as a precise KID; a run's `kid` warned of it, kid_of_images did not."""
+    net = RandomConvFeatures(dim=16)
+    with pytest.warns(UserWarning, match="KID subsets of 24 images from sets of 24: every subset is the same") as got:
+        kid_of_images(_images(0), _images(1), extractor=net, subsets=3)
+    assert any(w.filename == __file__ for w in got if "every subset" in str(w.message))  # (the caller's line)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "KID subsets")
+        kid_of_images(_images(0), _images(1), extractor=net, subsets=3, subset_size=12)
