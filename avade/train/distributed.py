@@ -95,10 +95,37 @@ def init_distributed(device_type: str) -> DistInfo:
         gpu = cuda_index(local, torch.cuda.device_count())
         torch.cuda.set_device(gpu)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timeout)
+        _join_the_job(device_type, gpu, timeout)
     if device_type == "cuda":
         _refuse_shared_gpus(gpu, world)
     return DistInfo(rank, world, local, gpu)
+
+
+def _join_the_job(device_type: str, gpu: int, timeout: datetime.timedelta) -> None:
+    """``dist.init_process_group`` in a helper thread, the main thread waiting for it in Python: joining
+    waits in C++ for every process of the job, where a stop signal's handler (which only runs between
+    Python bytecodes) could not run. A partner that never comes (rank 0 refused for a run directory
+    another job trains, a process that failed before joining) then kept this one deaf to torchrun's
+    SIGTERM until torchrun killed it 30 s later -- or, without torchrun's kill, until the collective
+    timeout. Here the signal stops it at once, as it does anywhere else before the first step."""
+    import threading
+
+    failure: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            if device_type == "cuda":  # (the current GPU is the thread's own)
+                torch.cuda.set_device(gpu)
+            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timeout)
+        except BaseException as exc:  # (re-raised in the main thread)
+            failure.append(exc)
+
+    worker = threading.Thread(target=join, name="avade-join-job", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.05)
+    if failure:
+        raise failure[0]
 
 
 def _refuse_a_partial_launch(world: int) -> None:

