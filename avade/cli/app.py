@@ -441,8 +441,8 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
             print(json.dumps([{"name": v.name, "overrides": v.overrides} for v in expanded], indent=2))
             return
         table = Table(title=escape(f"{recipe.name}: {len(expanded)} variant(s)"), title_justify="left")
-        table.add_column("name")
-        table.add_column("overrides")
+        table.add_column("name", overflow="fold")  # (cut to "table9a_av_…" in a narrow terminal otherwise)
+        table.add_column("overrides", overflow="fold")
         for v in expanded:
             table.add_row(escape(v.name),
                           escape(" ".join(f"{k}={json.dumps(val)}" for k, val in v.overrides.items()) or "-"))
@@ -600,7 +600,7 @@ def evaluate(
         table = Table(title=escape(f"eval: {run_dir} (every checkpoint)"), title_justify="left")
         columns = list(dict.fromkeys(key for row in rows for key in row))
         for column in columns:
-            table.add_column(escape(column), justify="right")
+            table.add_column(escape(column), justify="right", overflow="fold")
         for row in rows:
             table.add_row(*(escape(cell_text(row.get(column))) for column in columns))
         out.print(table)
@@ -615,8 +615,8 @@ def evaluate(
         _print_json({"step": record.get("step"), "weights": weights, **results})
     else:
         table = Table(title=escape(f"eval: {run_dir}"), title_justify="left")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
+        table.add_column("metric", overflow="fold")
+        table.add_column("value", justify="right", overflow="fold")
         for key, value in results.items():
             table.add_row(escape(key), escape(cell_text(value)))
         out.print(table)
@@ -719,7 +719,7 @@ def study_subsets(
     else:
         table = Table(title=escape(f"subset study on {dataset}"), title_justify="left")
         for col in rows[0]:
-            table.add_column(col, justify="right")
+            table.add_column(col, justify="right", overflow="fold")
         for row in rows:
             table.add_row(*(escape(cell_text(v)) for v in row.values()))
         out.print(table)

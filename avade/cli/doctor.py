@@ -262,7 +262,7 @@ def _system_panel(report: dict[str, Any]) -> Panel:
     versions, dev = report["versions"], report["devices"]
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     for key in ("avade", "python", "platform", "torch", "torchvision"):
         table.add_row(key, escape(str(versions[key])) if versions.get(key) else "[red]not installed[/]")
     table.add_row("CPU", f"{dev.get('cpu_count')} cores, torch uses {dev.get('cpu_threads', '?')} threads")

@@ -314,9 +314,9 @@ def render(records: Sequence[dict[str, Any]], columns: Sequence[str], console: C
     """The records as one table: run, variant, step of steps, status, the metric columns, last update."""
     table = Table(title_justify="left")
     table.add_column("run", overflow="fold", min_width=12)  # (what a reader looks for: folded, never cut)
-    table.add_column("variant")
-    table.add_column("step", justify="right")
-    table.add_column("status")
+    table.add_column("variant", overflow="fold")
+    table.add_column("step", justify="right", overflow="fold")
+    table.add_column("status", overflow="fold")
     for name in columns:
         table.add_column(escape(name), justify="right", overflow="fold")
     table.add_column("updated", justify="right", no_wrap=True)
