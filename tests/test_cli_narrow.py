@@ -1,4 +1,4 @@
-"""The CLI's tables in a narrow terminal (COLUMNS=40): cells fold onto more lines, none is cut to "…"."""
+"""The CLI as a first-time user meets it: tables in a narrow terminal (cells fold, none is cut to "…"), -o paths."""
 
 from __future__ import annotations
 
@@ -64,3 +64,17 @@ def test_eval_table_keeps_long_metric_names_at_30_columns(tmp_path: Path, monkey
     assert "…" not in result.stdout, result.stdout
     flat = _unfolded(result.stdout)
     assert "prdc_precision_at_k5" in flat and "bpd_iw1000_train" in flat, result.stdout
+
+
+def test_sample_refuses_an_output_below_a_file_before_sampling(tmp_path: Path, monkeypatch) -> None:
+    import avade.evaluate
+
+    drawn: list[object] = []
+    monkeypatch.setattr(avade.evaluate, "sample_run", lambda *a, **k: drawn.append(a))
+    (tmp_path / "grid.png").write_bytes(b"an earlier grid")
+    result = CliRunner().invoke(app, ["sample", str(tmp_path), "-o", str(tmp_path / "grid.png" / "x.png")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: -o:") and "is a file, not a folder" in lines[0], lines
+    assert drawn == []  # (every sample drawn first, then "File exists", before)
+    assert (tmp_path / "grid.png").read_bytes() == b"an earlier grid"

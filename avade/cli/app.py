@@ -188,6 +188,17 @@ def _device(value: str | None, indexed: bool = False) -> str | None:
     raise AvadeError(f"--device: expected {allowed}, got {value!r}")
 
 
+def _check_output_folder(output: Path) -> None:
+    """Before the work, not after it: a folder of ``output`` that is a file fails here in one line (else
+    ``mkdir`` says "File exists" once every sample was drawn)."""
+    for folder in output.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise AvadeError(f"-o: {folder} is a file, not a folder, so {output} cannot be written there; "
+                                 "give another path")
+            return
+
+
 def _image_suffixes() -> set[str]:
     """File suffixes Pillow can write (what the grid is saved with)."""
     from PIL import Image
@@ -672,6 +683,7 @@ def sample(
                          "...), or in .npz for an array of samples")
     if output.is_dir():
         raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'samples.png'}")
+    _check_output_folder(output)
     if steps is not None and not interpolations:
         raise AvadeError(f"--steps {steps} sets the frames of an --interpolations row; add --interpolations, or "
                          "leave out --steps")
@@ -706,6 +718,7 @@ def study_subsets(
     if output is not None:  # before the study, not after it: a path that cannot be written loses nothing
         if output.is_dir():
             raise AvadeError(f"-o: {output} is a directory; give a file name such as {output / 'study.json'}")
+        _check_output_folder(output)
         output.parent.mkdir(parents=True, exist_ok=True)
     rows = subset_study_cli(dataset, overrides or [], values, console=err if as_json else out)
     if not rows:
