@@ -492,27 +492,20 @@ def test_doctor_lists_failed_plugins(fresh_registry: None) -> None:
 
 def test_doctor_does_not_say_all_good_when_two_plugins_register_one_name(fresh_registry: None) -> None:
     # Neither registration can be used (the registry refuses the ambiguous name): a note, not "all good".
-    import types
     import warnings
 
-    from avade import hookimpl
+    from test_registry import plugin  # (the fake-plugin helper)
+
     from avade.registry import PluginWarning, Registry, reset_registry
 
-    def plugin(dist: str) -> types.ModuleType:
-        module = types.ModuleType(dist)
-
-        @hookimpl
-        def avade_register(registry: Any) -> None:
-            registry.register("flow", "twice-named", factory=lambda cfg: None)
-
-        module.avade_register = avade_register  # type: ignore[attr-defined]
-        return module
+    def twice_named(registry: Any) -> None:
+        registry.register("flow", "twice-named", factory=lambda cfg: None)
 
     registry = Registry()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PluginWarning)
         for dist in ("first-dist", "second-dist"):
-            registry.add_plugin(plugin(dist), dist=dist, version="1.0")
+            registry.add_plugin(plugin(dist, twice_named), dist=dist, version="1.0")
     reset_registry(registry)
     screen = run("doctor").stdout
     assert "all good" not in screen, screen
@@ -521,20 +514,14 @@ def test_doctor_does_not_say_all_good_when_two_plugins_register_one_name(fresh_r
 
 def test_doctor_names_a_plugin_component_skipped_for_a_built_in_name(fresh_registry: None) -> None:
     # a plugin's own `glow` is skipped at load (recipes get the built-in): doctor said "all good"
-    import types
     import warnings
 
+    from test_registry import plugin  # (the fake-plugin helper)
+
     import avade.builtin
-    from avade import hookimpl
     from avade.registry import PluginWarning, Registry, reset_registry
 
-    module = types.ModuleType("own_glow")
-
-    @hookimpl
-    def avade_register(registry: Any) -> None:
-        registry.register("flow", "glow", factory=lambda cfg: None)
-
-    module.avade_register = avade_register  # type: ignore[attr-defined]
+    module = plugin("own_glow", lambda registry: registry.register("flow", "glow", factory=lambda cfg: None))
     registry = Registry()
     registry.add_plugin(avade.builtin, dist="avade", version="0.1.0", entry_point="avade")
     with warnings.catch_warnings():

@@ -498,25 +498,12 @@ def test_a_component_that_does_not_build_is_a_failed_check_not_a_registry_error(
         check_component("flow", "realnvp", hidden=0)
 
 
-def _plugin_module(name: str, register: Any) -> Any:
-    import types
-
-    from avade import hookimpl
-
-    module = types.ModuleType(name)
-
-    @hookimpl
-    def avade_register(registry: Any) -> None:
-        register(registry)
-
-    module.avade_register = avade_register  # type: ignore[attr-defined]
-    return module
-
-
 def test_check_distribution_fails_on_a_component_that_cannot_be_used() -> None:
     """A plugin's component named like a built-in (skipped at load) or like another plugin's (ambiguous) is
     unusable: check_distribution says so, instead of passing without it or "registers no checkable component"."""
     import warnings
+
+    from test_registry import plugin  # (the fake-plugin helper)
 
     import avade.builtin
     from avade.registry import Registry
@@ -534,9 +521,9 @@ def test_check_distribution_fails_on_a_component_that_cannot_be_used() -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        registry.add_plugin(_plugin_module("p", register_glow_and_own), dist="avade-myglow", version="0.1")
-        registry.add_plugin(_plugin_module("a", register_shared), dist="avade-a", version="0.1")
-        registry.add_plugin(_plugin_module("b", register_shared), dist="avade-b", version="0.1")
+        registry.add_plugin(plugin("p", register_glow_and_own), dist="avade-myglow", version="0.1")
+        registry.add_plugin(plugin("a", register_shared), dist="avade-a", version="0.1")
+        registry.add_plugin(plugin("b", register_shared), dist="avade-b", version="0.1")
     with pytest.raises(AssertionError, match=r"^flow 'glow' is not registered: the name belongs to avade's built-in "
                                              r"flow; register it under another name$"):
         check_distribution("avade-myglow", registry=registry)
