@@ -43,8 +43,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_readme_python_example_runs_as_shown(run_dir: Path) -> None:
-    """README's "From Python" block, run as written (its `x`: float images for the flow, then uint8 images of
-    the run's shape; `runs/qs`: a trained run): the shapes and types its comments state."""
+    """README's "From Python" block, run as written (its `x`: uint8 images of the run's shape; `runs/qs`: a
+    trained run): the shapes and types its comments state."""
     import re
 
     import torch
@@ -52,10 +52,10 @@ def test_readme_python_example_runs_as_shown(run_dir: Path) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     (block,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     flow_part, model_part = block.split("model, recipe, checkpoint", 1)
-    names: dict[str, Any] = {"x": torch.randn(2, 3, 32, 32)}
+    names: dict[str, Any] = {}
     exec(flow_part, names)
-    assert names["y"].shape == names["x"].shape and names["logdet"].shape == (2,)
-    assert torch.allclose(names["x_back"], names["x"], atol=1e-4)
+    assert names["y"].shape == names["u"].shape == (8, 3, 32, 32) and names["logdet"].shape == (8,)
+    assert torch.allclose(names["u_back"], names["u"], atol=1e-4)
     names["x"] = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)  # the tiny run's images
     quickstart = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
     exec("model, recipe, checkpoint" + model_part.replace('"runs/qs"', repr(str(run_dir)))

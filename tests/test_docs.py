@@ -315,26 +315,3 @@ def test_every_set_the_docs_show_is_a_valid_override() -> None:
             pytest.fail(f"{doc}: avade {' '.join(words)}: {exc}")
         checked += 1
     assert checked >= 10
-
-
-def test_readme_python_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """README's "From Python" block, run as written against a tiny trained run: its first part (the flow) as it is,
-    the rest with `x` uint8 images of the run's shape, as its comments say."""
-    import torch
-    from tiny_recipes import tiny_recipe
-
-    from avade.train.run import run_recipe
-
-    (block,) = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    flow_part, model_part = block.split("\nmodel, recipe, checkpoint = ", 1)
-    run_recipe(tiny_recipe("train.steps=2"), tmp_path / "qs", progress=False)
-    monkeypatch.chdir(README.parent)  # (recipes/quickstart.toml)
-    ns: dict[str, Any] = {}
-    exec(flow_part, ns)
-    assert ns["y"].shape == ns["x_back"].shape == (8, 3, 32, 32) and ns["logdet"].shape == (8,)
-    assert "runs/qs" in model_part
-    ns["x"] = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
-    exec("model, recipe, checkpoint = " + model_part.replace("runs/qs", str(tmp_path / "qs")), ns)
-    assert ns["images"].shape == (16, 3, 8, 8) and ns["images"].dtype == torch.uint8
-    assert ns["bits_per_dim"].shape == (4,) and ns["paths"].shape == (2, 8, 3, 8, 8)
-    assert ns["again"].dtype == torch.uint8 and ns["prior"].shape == (4, 3, 8, 8)
