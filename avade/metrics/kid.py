@@ -18,6 +18,7 @@ from torch import Tensor
 from avade.metrics.context import EvalContext
 from avade.metrics.features import get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_features, sample_features
+from avade.metrics.stats import check_finite_rows
 from avade.schema import ge, gt
 
 __all__ = ["KID", "KIDConfig", "check_kid_options", "kernel_inception_distance", "polynomial_mmd2",
@@ -71,11 +72,8 @@ def kernel_inception_distance(
     fake = torch.as_tensor(fake).to(torch.float64)
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"expected features [N, D] and [M, D], got {list(real.shape)} and {list(fake.shape)}")
-    for name, feats in (("real", real), ("fake", fake)):
-        if not torch.isfinite(feats).all():  # NaN only in the subsets that draw such a row: a finite KID otherwise
-            bad = int((~torch.isfinite(feats)).any(1).sum())
-            raise ValueError(f"{bad} of the {len(feats)} {name} features hold NaN or infinite values; "
-                             "drop or fix those rows before scoring")
+    check_finite_rows(real, "real features")
+    check_finite_rows(fake, "fake features")
     size = min(subset_size, real.shape[0], fake.shape[0])
     if size < 2:
         raise ValueError(f"KID needs >= 2 real and fake features, got {real.shape[0]} and {fake.shape[0]}")

@@ -29,6 +29,7 @@ from avade.errors import AvadeError, ConfigError
 from avade.metrics.context import EvalContext
 from avade.metrics.features import get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_features, sample_features
+from avade.metrics.stats import check_finite_rows
 from avade.schema import ge
 
 __all__ = ["PRDC", "PRDCConfig", "check_counts", "prdc_from_features"]
@@ -74,11 +75,8 @@ def prdc_from_features(real: Tensor, fake: Tensor, nearest_k: int = 5) -> dict[s
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"expected features [N, D] and [M, D], got {list(real.shape)} and {list(fake.shape)}")
     check_counts(len(real), len(fake), nearest_k)
-    for name, feats in (("real", real), ("fake", fake)):
-        if not torch.isfinite(feats).all():  # a NaN distance compares false: coverage 0, recall 1, silently
-            bad = int((~torch.isfinite(feats)).any(1).sum())
-            raise ValueError(f"{bad} of the {len(feats)} {name} features hold NaN or infinite values; "
-                             "drop or fix those rows before scoring")
+    check_finite_rows(real, "real features")
+    check_finite_rows(fake, "fake features")
     # Distances through ||a||² + ||b||² - 2ab lose float32 digits on features far from the origin: centred first
     # (distances do not change), they match float64 ones.
     center = real.mean(0)
