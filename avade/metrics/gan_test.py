@@ -20,6 +20,7 @@ from that split's labels.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import attrs
@@ -263,6 +264,12 @@ class GanTest:
     needs_conditional = True  # checked before any metric runs (recipe load, run_metrics)
 
     def __init__(self, cfg: GanTestConfig) -> None:
+        # Shmelkov et al.: the classifier never sees the images it is scored on; trained and scored on one
+        # split, gan_test_real would be its training accuracy and no reference point.
+        if cfg.train_split == cfg.test_split:
+            raise ConfigError(f"gan-test trains its classifier on train_split and reports its accuracy on test_split "
+                              f"(gan_test_real), so they must differ, but both are {cfg.train_split!r}; set "
+                              'train_split = "train" and test_split = "test"', path="eval.gan-test.test_split")
         self.cfg = cfg
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
@@ -301,6 +308,13 @@ class GanTrain:
         train_y = _labels(ctx, cfg.train_split, cfg.sample_batch_size)  # only its labels: no image decoded
         test_x, test_y = _real(ctx, cfg.test_split, cfg.sample_batch_size)
         labels = _sample_labels(train_y, cfg.samples, cfg.seed)
+        missing = sorted(set(test_y.tolist()) - set(labels.tolist()))
+        if missing:  # the classifier can never predict them: a ceiling on GAN-train, not a property of the model
+            share = 100.0 * float(torch.isin(test_y, torch.tensor(missing)).float().mean())
+            warnings.warn(f"gan-train: the {len(labels)} samples' labels leave out {len(missing)} of the test split's "
+                          f"classes ({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}), so its "
+                          f"classifier misses their {share:.1f}% of the test images; raise samples (none: as many "
+                          "as the training split's images)", UserWarning, stacklevel=2)
         samples = _samples(ctx, labels, cfg.sample_batch_size, like=test_x)
         model = train_classifier(samples, labels, num_classes, cfg, ctx.device)
         return {"gan_train": 100.0 * accuracy(model, test_x, test_y, ctx.device)}

@@ -228,3 +228,27 @@ def test_gan_train_of_one_sample_is_refused_when_built(tmp_path, digits) -> None
     assert "\n" not in str(info.value)
     GanTrain(GanTrainConfig(samples=2, **FAST))
     GanTest(GanTestConfig(samples=1, **FAST))  # GAN-test scores samples: one is enough
+
+
+def test_gan_test_refuses_to_score_its_classifier_on_its_training_split() -> None:
+    # Shmelkov et al.: no test image in the classifier's training. With train_split = test_split,
+    # gan_test_real was the classifier's training accuracy, reported as the real-data reference point.
+    for split in ("train", "test"):
+        with pytest.raises(ConfigError, match=r"eval\.gan-test\.test_split: .*must differ") as info:
+            GanTest(GanTestConfig(train_split=split, test_split=split))
+        assert "\n" not in str(info.value)
+    GanTrain(GanTrainConfig(train_split="test", test_split="test"))  # its classifier trains on samples only
+
+
+def test_gan_train_says_when_its_samples_leave_out_classes(tmp_path, digits) -> None:
+    # samples = N small enough that some class is never asked for: the classifier can never predict it,
+    # which caps GAN-train; said in one line rather than reported as the model's coverage.
+    ctx = FakeContext(tmp_path, digits, sampler=pool_sampler(*digits["train"]), num_classes=10)
+    with pytest.warns(UserWarning, match=r"gan-train: the 4 samples' labels leave out \d of the test split") as rec:
+        GanTrain(GanTrainConfig(samples=4, epochs=1, width=4)).compute(ctx)
+    assert all("\n" not in str(w.message) for w in rec)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GanTrain(GanTrainConfig(samples=400, epochs=1, width=4)).compute(ctx)  # every class drawn: no warning
