@@ -886,3 +886,26 @@ def test_a_reader_that_left_is_no_failure(args: list[str]) -> None:
     finally:
         os.close(write)
     assert done.returncode == 0 and done.stderr == "", (done.returncode, done.stderr)
+
+
+def _commands(group: Any, path: str = "") -> list[tuple[str, Any]]:
+    found = []
+    for name, command in getattr(group, "commands", {}).items():
+        found += _commands(command, f"{path} {name}".strip()) if hasattr(command, "commands") else [
+            (f"{path} {name}".strip(), command)]
+    return found
+
+
+def test_short_options_mean_one_thing_under_every_long_name() -> None:
+    # `-o` was `--out` for `recipe run` but only `--output` for `sample`/`study`, and `eval -m` had no `runs -m`:
+    # a user who learnt one command's spelling should find it work on the others
+    import typer.main
+
+    commands = _commands(typer.main.get_command(app))
+    assert len(commands) >= 8, commands
+    for where, command in commands:
+        names = {opt: set(param.opts) for param in command.params for opt in param.opts}
+        if "-o" in names:
+            assert {"--out", "--output"} <= names["-o"], (where, names["-o"])
+        if "--metrics" in names:
+            assert "-m" in names["--metrics"], where

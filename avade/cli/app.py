@@ -359,7 +359,7 @@ def runs_overview(
         help="Run directories, sweeps' --out, or folders of runs (searched a few levels down). \\[default: runs]",
         show_default=False, metavar="PATH")] = None,
     metrics: Annotated[str | None, typer.Option(
-        "--metrics", help="Comma-separated result columns: keys, patterns or metric names (e.g. fid,prdc_*,kid) "
+        "--metrics", "-m", help="Comma-separated result columns: keys, patterns or metric names (e.g. fid,prdc_*,kid) "
         "\\[default: those of "
         "bpd, fid, kid_mean, is_mean that some run has]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Every run's record, all its results, as JSON.")] = False,
@@ -518,7 +518,7 @@ def recipe_keys(
 def recipe_run(
     file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
     overrides: SetOption = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default "
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", "--output", help="Run directory (default "
                                                  "runs/<recipe>/<time>; -2, -3... for runs started in the same "
                                                  "second).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out (without "
@@ -639,7 +639,7 @@ def sample(
     n: Annotated[int | None, typer.Option("-n", "--samples", help="Number of images (as eval's --samples); "
                                           "with --interpolations, of rows. \\[default: 64; 8 rows]",
                                           show_default=False)] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Image file for the grid (.png, .jpg, ...), "
+    output: Annotated[Path, typer.Option("-o", "--output", "--out", help="Image file for the grid (.png, .jpg, ...), "
                                          "or .npz: all n samples as uint8 \\[n, H, W, C] under arr_0 (the "
                                          "layout external FID tools read; a class-conditional model's labels, "
                                          "with the training class balance, under labels).")] = Path("samples.png"),
@@ -705,7 +705,7 @@ def study_subsets(
     fractions: Annotated[str, typer.Option("--fractions", help="Comma-separated subset fractions.")]
     = "1.0,0.8,0.6,0.4,0.2,0.1,0.05",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSON here.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", "--out", help="Write JSON here.")] = None,
 ) -> None:
     """Table 7: FID/IS of random subsets of the real data against the full set."""
     from avade.evaluate import subset_study_cli
