@@ -167,15 +167,20 @@ class CollapseDetector:
     4. **non-finite**: a score or the loss is NaN or infinite (reported at once).
 
     :meth:`update` returns the warning only when a collapse starts or changes cause (not on every
-    step while it lasts); :attr:`reason` holds the current message and :attr:`cause` its kind
+    step while it lasts), and a collapse of the cause it last warned about that ends and starts again
+    within ``quiet`` steps of that warning is not warned about again (a window mean hovering at a
+    threshold would otherwise warn every few dozen steps for as long as it hovers); :attr:`reason` holds
+    the current message and :attr:`cause` its kind
     (``"gap"``, ``"inverted"``, ``"stuck"`` or ``"non-finite"``), both None while D looks healthy.
     The generator's side (samples that all look alike) is :class:`ModeCollapseDetector`'s.
     """
 
     def __init__(self, window: int = 100, max_gap: float = 50.0, flat_tol: float = 1e-3,
-                 kind: AdvLoss | str | None = None, min_gap: float = 1.0) -> None:
+                 kind: AdvLoss | str | None = None, min_gap: float = 1.0, quiet: int = 1000) -> None:
         if window < 2:
             raise ConfigError(f"expected a window of at least 2 steps, got {window}", path="window")
+        if quiet < 0:
+            raise ConfigError(f"expected quiet >= 0 steps, got {quiet}", path="quiet")
         if max_gap <= 0 or flat_tol < 0 or min_gap <= 0:
             raise ConfigError(f"expected max_gap > 0, flat_tol >= 0 and min_gap > 0, got {max_gap}, {flat_tol} "
                               f"and {min_gap}")
@@ -183,10 +188,12 @@ class CollapseDetector:
         self.max_gap = max_gap
         self.min_gap = min_gap
         self.flat_tol = flat_tol
+        self.quiet = quiet
         self.kind = _check_kind(kind) if kind is not None else None
         self.steps = 0
         self.reason: str | None = None
         self.cause: str | None = None
+        self._warned: tuple[str, int] | None = None  # the cause of the latest warning, and the step count then
         self._real: deque[float] = deque(maxlen=window)
         self._fake: deque[float] = deque(maxlen=window)
         self._loss: deque[float] = deque(maxlen=window)
@@ -244,28 +251,39 @@ class CollapseDetector:
         """The window and the current verdict, JSON-serializable (kept in checkpoints, so a resumed
         run warns exactly as the uninterrupted one would)."""
         return {"steps": self.steps, "cause": self.cause, "reason": self.reason, "real": list(self._real),
-                "fake": list(self._fake), "loss": list(self._loss)}
+                "fake": list(self._fake), "loss": list(self._loss),
+                "warned": None if self._warned is None else list(self._warned)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (a longer saved window keeps its latest values)."""
         self.steps = int(state["steps"])
         self.cause, self.reason = state["cause"], state["reason"]
+        warned = state.get("warned")  # (absent from checkpoints written before the quiet steps)
+        self._warned = None if warned is None else (str(warned[0]), int(warned[1]))
         for name in ("real", "fake", "loss"):
             window: deque[float] = getattr(self, f"_{name}")
             window.clear()
             window.extend(float(v) for v in state[name])
 
     def _report(self, cause: str | None, message: str | None) -> str | None:
-        # Warn on the rising edge only: a collapse lasting 10k steps should not flood the log.
+        # Warn on the rising edge only: a collapse lasting 10k steps should not flood the log; nor should one
+        # that flaps in and out (a window mean hovering at its threshold): the same cause again within `quiet`
+        # steps of its warning is not warned about again.
         fresh = cause is not None and cause != self.cause
+        if fresh and self._warned is not None and self._warned[0] == cause:
+            fresh = self.steps - self._warned[1] >= self.quiet
+        if fresh:
+            assert cause is not None
+            self._warned = (cause, self.steps)
         self.cause, self.reason = cause, message
         return message if fresh else None
 
 
 def collapse_detector(window: int = 100, max_gap: float = 50.0, flat_tol: float = 1e-3,
-                      kind: AdvLoss | str | None = None, min_gap: float = 1.0) -> CollapseDetector:
+                      kind: AdvLoss | str | None = None, min_gap: float = 1.0, quiet: int = 1000) -> CollapseDetector:
     """A fresh :class:`CollapseDetector` (see there for the criteria)."""
-    return CollapseDetector(window=window, max_gap=max_gap, flat_tol=flat_tol, kind=kind, min_gap=min_gap)
+    return CollapseDetector(window=window, max_gap=max_gap, flat_tol=flat_tol, kind=kind, min_gap=min_gap,
+                            quiet=quiet)
 
 
 def _within_class_terms(x: torch.Tensor, same: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

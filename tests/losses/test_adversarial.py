@@ -191,6 +191,25 @@ def test_collapse_detector_state_round_trip_continues_identically() -> None:
     assert whole.state_dict() == resumed.state_dict()
 
 
+def test_collapse_detector_does_not_warn_again_while_a_collapse_flaps_in_and_out() -> None:
+    """A window mean hovering at its threshold (D's gap near max_gap for thousands of steps) flips the verdict
+    every few dozen steps: one warning per `quiet` steps, not one per flip; another cause still warns at once."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    det = CollapseDetector(window=100, max_gap=50.0)
+    fired = [s for s in range(5000) if det.update(50.0 + rng.gauss(0.0, 10.0), 0.0, 1.0, step=s) is not None]
+    assert 1 <= len(fired) <= 5 and all(b - a >= det.quiet for a, b in itertools.pairwise(fired))
+    assert det.update(float("nan"), 0.0, 1.0) is not None  # a new cause is news
+    flapping = CollapseDetector(window=2, max_gap=40.0, quiet=4)
+    out = [flapping.update(*((30.0, -30.0) if i % 3 < 2 else (0.0, 0.0))) for i in range(12)]
+    assert [i for i, m in enumerate(out) if m is not None] == [1, 7]  # held 4 steps, then news again
+    resumed = CollapseDetector(window=2, max_gap=40.0, quiet=4)
+    resumed.load_state_dict(flapping.state_dict())
+    assert resumed.state_dict() == flapping.state_dict()
+
+
 def test_collapse_detector_flags_discriminator_scoring_fakes_above_reals() -> None:
     """D worse than a constant for a whole window: what a tiny conditional GAN on the digits did (gradient
     penalty 100: mean D(real)-D(fake) about -8 for hundreds of steps while its samples turned white)."""
