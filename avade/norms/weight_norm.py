@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from avade.nn.parametrized import picklable_state
 from avade.norms._init_flag import InitFlag, check_init_batch
 from avade.schema import ge
 
@@ -49,3 +52,6 @@ class WeightNorm(nn.Module):
         if self.training and not bool(self.initialized):
             self._data_init(x)
         return self.layer(x)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return picklable_state(self)  # torch refuses to pickle its parametrized layer as it is

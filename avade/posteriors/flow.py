@@ -8,12 +8,15 @@ bottom-up features, never from ``z``, so it does not break the autoregressive st
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
 from avade.nn import elu
+from avade.nn.parametrized import picklable_state
 from avade.nn.precision import full_precision
 from avade.posteriors.made import MaskedConv2d, hidden_degrees
 
@@ -56,6 +59,9 @@ class IAFStep(nn.Module):
         gate = torch.sigmoid(s)
         log_gate = F.logsigmoid(s)
         return gate * z + (1 - gate) * m, (log_gate if elementwise else log_gate.flatten(1).sum(1))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return picklable_state(self)  # ctx: torch refuses to pickle a weight-normed conv as it is
 
 
 class IAFFlow(nn.Module):
