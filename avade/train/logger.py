@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,27 +20,37 @@ class MetricsLogger:
     def __init__(self, run: RunDir, enabled: bool = True, start_step: int = 0) -> None:
         self.enabled = enabled
         self.path = run.metrics
+        self._tb_dir = run.tensorboard
         self._tb: Any = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                # purge_step: TensorBoard drops what earlier writers logged from ``start_step`` on (the
-                # steps a resume replays, or a whole earlier attempt that left no checkpoint) ...
+        self._hook: Any = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self._hook = _quiet_tensorboard_threads()
+        try:
+            # purge_step: TensorBoard drops what earlier writers logged from ``start_step`` on (the
+            # steps a resume replays, or a whole earlier attempt that left no checkpoint) ...
+            with naming(self._tb_dir):  # (its first event is written at once)
                 self._tb = SummaryWriter(str(run.tensorboard), purge_step=max(start_step, 1))
-            except ImportError:  # tensorboard is optional
-                self._tb = None
-            else:
-                # ... the resumed step included, whose records metrics.jsonl may have changed (a finished
-                # run's final/ results, dropped or kept as eval/): they are written again as it now holds them
-                for record in _records_at(self.path, start_step) if start_step > 0 else ():
-                    self._scalars(start_step, record)
+            # ... the resumed step included, whose records metrics.jsonl may have changed (a finished
+            # run's final/ results, dropped or kept as eval/): they are written again as it now holds them
+            for record in _records_at(self.path, start_step) if start_step > 0 else ():
+                self._scalars(start_step, record)
+        except BaseException:
+            with contextlib.suppress(Exception):  # (the error raised is the one above)
+                self.close()
+            raise
 
     def _scalars(self, step: int, values: dict[str, Any]) -> None:
         """``values``' finite numbers as TensorBoard scalars at ``step``."""
-        for k, v in values.items():
-            if isinstance(v, int | float) and math.isfinite(v):  # (bools too: `finite` plots as 0/1)
-                self._tb.add_scalar(k, v, step)
+        # (a write of TensorBoard's thread that failed, a full disk, is raised here: named by the run's tb/ folder)
+        with naming(self._tb_dir):
+            for k, v in values.items():
+                if isinstance(v, int | float) and math.isfinite(v):  # (bools too: `finite` plots as 0/1)
+                    self._tb.add_scalar(k, v, step)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         """Append ``{"step": step, "time": unix seconds, **values}`` to metrics.jsonl (and ``values`` to
@@ -52,9 +64,15 @@ class MetricsLogger:
 
     def close(self) -> None:
         """Flush and close the TensorBoard writer, if any."""
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        tb, self._tb = self._tb, None
+        hook, self._hook = self._hook, None
+        try:
+            if tb is not None:
+                with naming(self._tb_dir):
+                    tb.close()  # (its thread has ended when this returns)
+        finally:
+            if hook is not None and threading.excepthook is hook:
+                threading.excepthook = hook.shown
 
     @staticmethod
     def truncate(path: Path, step: int, final_as_eval: bool = False) -> None:
@@ -71,6 +89,25 @@ class MetricsLogger:
                 kept = _kept_line(line.rstrip("\n"), step, final_as_eval)
                 if kept is not None:
                     out.write(f"{kept}\n")
+
+
+def _quiet_tensorboard_threads() -> Any:
+    """TensorBoard's writer thread keeps a failed write's error (a full disk) for the training thread, which
+    raises it at its next scalar or at close, and then raises it again itself: its traceback on stderr would only
+    repeat, in 20 lines, the one-line error the run stops with. Other threads' errors are shown as before.
+    Returns the hook installed, which :meth:`MetricsLogger.close` takes away again (a notebook's process keeps
+    its own ``threading.excepthook``)."""
+    shown = threading.excepthook
+
+    def hook(args: Any) -> None:
+        thread = type(args.thread) if args.thread is not None else type(None)
+        if not (thread.__name__ == "_AsyncWriterThread" and thread.__module__.startswith("tensorboard.")
+                and getattr(args.thread, "exception", None) is args.exc_value):  # (kept for the training thread)
+            shown(args)
+
+    hook.shown = shown  # type: ignore[attr-defined]
+    threading.excepthook = hook
+    return hook
 
 
 def _records_at(path: Path, step: int) -> list[dict[str, Any]]:

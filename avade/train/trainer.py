@@ -768,9 +768,15 @@ class Trainer:
         # TensorBoard writer's thread and event file behind in a process that goes on (a sweep's next variant)
         logger = MetricsLogger(self.run, enabled=self.dist.is_main, start_step=self.step)
         try:
-            return self._fit(logger)
-        finally:
-            logger.close()
+            summary = self._fit(logger)
+        except BaseException:
+            # the error that stopped training (a checkpoint on a full disk, which says what --resume goes on
+            # from) stays the one raised: not replaced by TensorBoard's, closed on the same full disk
+            with contextlib.suppress(Exception):
+                logger.close()
+            raise
+        logger.close()
+        return summary
 
     def _fit(self, logger: MetricsLogger) -> dict[str, Any]:
         """:meth:`fit`'s loop and final evaluation, logging to ``logger`` (closed by the caller)."""

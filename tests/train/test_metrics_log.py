@@ -183,3 +183,72 @@ def test_a_file_system_that_cannot_sync_still_saves(tmp_path: Path, monkeypatch)
         tmp.write_text('{"new": 1}', encoding="utf-8")
     assert raised.value.errno == errno.EIO and raised.value.filename == str(target)
     assert target.read_text(encoding="utf-8") == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
+
+
+_TB_FULL = """
+import errno, sys
+from tensorboard.summary.writer import record_writer
+def full(self, data):
+    raise OSError(errno.ENOSPC, "No space left on device")
+record_writer.RecordWriter.write = full
+from avade.cli.app import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_full_disk_under_tensorboard_is_one_line_naming_its_folder(tmp_path: Path) -> None:
+    """TensorBoard's writer thread fails on a full disk, and the training thread raises its error at the next
+    scalar: one line that names the run's tb/ folder (not a bare "No space left on device"), and no traceback
+    of the writer thread on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+    import tomli_w
+    from tiny_recipes import tiny_dict
+
+    pytest.importorskip("tensorboard")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=30", "train.checkpoint_every=1000")))
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", _TB_FULL, "recipe", "run", str(recipe), "--out", str(run),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: {run / 'tb'}: No space left on device (free space there"), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_tensorboard_failure_on_the_way_out_leaves_the_error_that_stopped_training(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """A checkpoint that finds the disk full stops training with the checkpoint's own error (what --resume goes
+    on from), not with the error TensorBoard's writer raises as it is closed on the same full disk."""
+    import errno
+    import threading
+
+    import pytest
+    from tiny_recipes import tiny_recipe
+
+    from avade.errors import CheckpointError
+    from avade.train import checkpoint as ckpt
+    from avade.train.trainer import Trainer
+
+    record_writer = pytest.importorskip("tensorboard.summary.writer.record_writer")
+
+    filled: list[bool] = []
+
+    def full(*args, **kwargs):
+        filled.append(True)  # (from the first checkpoint on)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_at_close(self):  # a flush of TensorBoard's writer on the training thread: as it is closed
+        if filled and threading.current_thread() is threading.main_thread():
+            full()
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    monkeypatch.setattr(record_writer.RecordWriter, "flush", full_at_close)
+    hook = threading.excepthook
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*step_00000002: No space left on device"):
+        Trainer(tiny_recipe("train.steps=4"), tmp_path, progress=False).fit()
+    assert threading.excepthook is hook  # (the process's own, as training found it)
