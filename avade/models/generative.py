@@ -126,9 +126,10 @@ class GenerativeModel(nn.Module):
                 or labels.shape != (n,):
             got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
             raise DataError(f"{what}: labels must be integer class ids [{n}], got {got}")
-        # (on the CPU only, and not while compiled: on a GPU this would be a host sync in every training step,
-        # compiled a graph break)
-        if labels.device.type == "cpu" and n and not torch.compiler.is_compiling() \
+        # (on any device: every caller is a public entry, not the training loop, so one host sync is nothing, and a
+        # GPU's out-of-range class id is a device-side assert that leaves the process's CUDA context unusable; not
+        # while compiled: a graph break)
+        if n and not torch.compiler.is_compiling() \
                 and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise DataError(f"{what}: labels must lie in [0, {self.num_classes}), got {int(labels.min())}.."
                             f"{int(labels.max())}")

@@ -166,6 +166,44 @@ def test_compiled_the_label_range_is_not_read_back(monkeypatch) -> None:
     assert reads == []
 
 
+def test_labels_on_a_gpu_are_range_checked_too() -> None:
+    # Labels already on the model's GPU skipped the range check: an out-of-range class id reached the class
+    # embeddings, a device-side assert that leaves the process's CUDA context unusable (a notebook's kernel restart)
+    from avade.errors import DataError
+
+    recipe = tiny_recipe("model.conditional=true", "model.decoder.norm=cwn", "model.posterior.norm=cwn")
+    cfg = recipe.data.dataset.config
+    model = build_model(recipe, (getattr(cfg, "channels", 3), cfg.resolution, cfg.resolution), 10).eval()
+
+    class FakeCuda(torch.Tensor):  # a CPU tensor that claims a GPU, to take the GPU branch on any machine
+        @property
+        def device(self):  # type: ignore[override]
+            return torch.device("cuda")
+
+    x = torch.randint(0, 256, (2, *model.data_shape), dtype=torch.uint8)
+    for bad in ([0, 10], [-1, 3]):
+        labels = torch.tensor(bad).as_subclass(FakeCuda)
+        with pytest.raises(DataError, match=r"sample: labels must lie in \[0, 10\)"):
+            model.sample(2, labels)
+        with pytest.raises(DataError, match=r"log_likelihood: labels must lie in \[0, 10\)"):
+            model.log_likelihood(x, labels)
+        with pytest.raises(DataError, match=r"bpd: labels must lie in \[0, 10\)"):
+            model.mean_bpd([(x, labels)])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_out_of_range_gpu_labels_are_refused_before_the_gpu_sees_them() -> None:
+    from avade.errors import DataError
+
+    recipe = tiny_recipe("model.conditional=true", "model.decoder.norm=cwn", "model.posterior.norm=cwn")
+    cfg = recipe.data.dataset.config
+    model = build_model(recipe, (getattr(cfg, "channels", 3), cfg.resolution, cfg.resolution), 10).eval().cuda()
+    with pytest.raises(DataError, match=r"labels must lie in \[0, 10\), got 0..10"):
+        model.sample(2, torch.tensor([0, 10], device="cuda"))
+    assert model.sample(2, torch.tensor([0, 9], device="cuda")).shape == (2, *model.data_shape)  # the context lives
+
+
 def test_class_ids_of_any_integer_dtype_are_taken() -> None:
     # a uint8 or int16 tensor of class ids passed the check, then failed inside the class embeddings of cwn
     recipe = tiny_recipe("model.conditional=true", "model.decoder.norm=cwn", "model.posterior.norm=cwn")
