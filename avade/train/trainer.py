@@ -813,9 +813,7 @@ class Trainer:
                         # every process counts the same steps (from the all-reduced gradient norm)
                         stopped = (f"training stopped at step {self.step}: {what}{self.last_skip}); "
                                    f"{self._divergence_fix()}; {self._last_good_checkpoint()}")
-                        if self.dist.is_main:  # recorded as the run's end, failed (`avade runs`), as a divergence
-                            untrained = {} if self.bpd_untrained is None else {"bpd_untrained": self.bpd_untrained}
-                            write_json(self.run.summary, {"steps": self.step, **untrained, "error": stopped})
+                        self._record_failure(stopped)
                         raise TrainingError(stopped, every_process=True)
                 # the training speed now: its steps (batch and update) alone, not evaluations, grids or saves between
                 logs["images_per_s"] = window_images / max(window_s, 1e-9)
@@ -901,9 +899,18 @@ class Trainer:
             return
         bad = [name for name, p in self.model.named_parameters()
                if p.is_floating_point() and not bool(torch.isfinite(p).all())]
-        raise TrainingError(f"training stopped at step {self.step}: its update left non-finite weights in "
-                            f"{len(bad)} tensor(s), e.g. {bad[0]} (not checkpointed); {self._divergence_fix()}; "
-                            f"{self._last_good_checkpoint()}", every_process=True)
+        stopped = (f"training stopped at step {self.step}: its update left non-finite weights in {len(bad)} "
+                   f"tensor(s), e.g. {bad[0]} (not checkpointed); {self._divergence_fix()}; "
+                   f"{self._last_good_checkpoint()}")
+        self._record_failure(stopped)
+        raise TrainingError(stopped, every_process=True)
+
+    def _record_failure(self, error: str) -> None:
+        """summary.json of a run that training stopped (a divergence): its step and ``error``, so that `avade runs`
+        shows it failed, and a --resume (which drops it) takes it for unfinished rather than done."""
+        if self.dist.is_main:
+            untrained = {} if self.bpd_untrained is None else {"bpd_untrained": self.bpd_untrained}
+            write_json(self.run.summary, {"steps": self.step, **untrained, "error": error})
 
     def _stop_requested(self, stop: StopRequest) -> bool:
         """Whether to stop after this step (SIGTERM). Under data parallelism every process must decide

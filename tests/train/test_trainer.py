@@ -1054,8 +1054,14 @@ def test_an_update_that_leaves_non_finite_weights_is_not_checkpointed(tmp_path):
         trainer.fit()
     assert "step_00000001 (train bpd" in str(info.value)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000001"]
+    # recorded as the run's end, failed, as a stop by train.max_bad_steps is (it was shown unfinished, no error)
+    from avade.cli.runs import run_record
+
+    record = run_record(tmp_path)
+    assert record["status"] == "failed" and record["error"] == str(info.value) and record["step"] == 2
     resumed = Trainer(recipe, tmp_path, resume=True, progress=False)
     assert resumed.step == 1 and math.isfinite(resumed.fit()["bpd"])
+    assert run_record(tmp_path)["status"] == "finished"
 
 
 def test_resume_into_a_folder_without_checkpoints_says_it_starts_afresh(tmp_path):
