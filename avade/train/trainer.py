@@ -507,14 +507,17 @@ class Trainer:
         """Backward, average, clip, and step -- unless the loss or a gradient is not finite."""
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(params, self.dist)
         grads = [p for p in params if p.grad is not None]
+        if grads:  # A loss that is not finite can have a finite gradient (a sum or a constant term overflowed):
+            # 0 added to one gradient, NaN for such a loss, averaged with the gradients, so every process skips alike
+            grads[0].grad.add_(loss.detach().float() * 0)  # type: ignore[union-attr]
+        average_gradients(params, self.dist)
         if self.cfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(grads, self.cfg.grad_clip)
         else:  # the norm alone: clipping at infinity would still rescale every gradient by 1
             norm = total_norm([p.grad for p in grads])  # type: ignore[misc]
         # The norm of the averaged gradients: one host sync, and every rank takes the same decision.
-        # A non-finite loss gives non-finite gradients, so it is caught here too.
+        # A non-finite loss made a gradient NaN above, so it is caught here too.
         if not torch.isfinite(norm):
             opt.zero_grad(set_to_none=True)
             return False

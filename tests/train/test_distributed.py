@@ -255,6 +255,41 @@ def test_av_ade_step_on_two_gloo_processes_equals_the_mean_of_shard_gradients(tm
                 torch.testing.assert_close(final[r][k], p.detach(), rtol=1e-5, atol=1e-7, msg=f"{k} rank {r}")
 
 
+def _loss_overflows_on_one_rank_worker(rank, port, out):
+    """One V-ADE step under a 2-process gloo job whose rank 1 alone has a loss at inf with a finite gradient."""
+    _join_job(rank, port)
+    import avade.train.trainer as trainer_module
+
+    try:
+        trainer = trainer_module.Trainer(tiny_recipe("train.steps=2", "model.variant=v-ade",
+                                                     "model.discriminator.name=none"),
+                                         os.path.join(out, "run"), progress=False, device="cpu")
+        original = trainer.log_likelihood
+
+        def overflowing(*args, **kwargs):
+            result = dict(original(*args, **kwargs))
+            result["log_px"] = result["log_px"] - torch.tensor(float("inf"))
+            return result
+
+        if rank == 1:
+            trainer.log_likelihood = overflowing
+        weights = [p.detach().clone() for p in trainer.g_params]
+        finite = trainer.step_once()["finite"]
+        kept = all(torch.equal(w, p) for w, p in zip(weights, trainer.g_params, strict=True))
+        with open(os.path.join(out, f"rank{rank}.json"), "w", encoding="utf-8") as fh:
+            json.dump({"finite": finite, "kept": kept}, fh)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_loss_at_inf_on_one_process_skips_the_step_in_every_process(tmp_path):
+    # Its gradient finite, the step was taken (and the replicas stayed alike only because the gradients are
+    # averaged); now every process skips it, as for a non-finite gradient
+    _spawn_job(_loss_overflows_on_one_rank_worker, lambda attempt: (_free_port(), str(tmp_path)))
+    for rank in range(WORLD):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"finite": 0.0, "kept": True}
+
+
 # 5 test batches: 3 on rank 0, 2 on rank 1; 3 training steps first (V-ADE: the likelihood alone moves
 # the flow's batch-norm statistics, differently on each rank).
 EVAL_OVERRIDES = ("data.test_size=40", "data.eval_batch_size=8", "train.steps=3", "model.variant=v-ade",

@@ -495,6 +495,28 @@ def test_a_non_finite_step_names_its_terms_and_the_skipped_updates_at_its_own_st
         "a non-finite gradient, every loss finite: generator update skipped"
 
 
+def test_a_non_finite_loss_with_a_finite_gradient_is_skipped(tmp_path):
+    # A loss can overflow (a sum of large finite terms, a constant term at inf) while its gradient stays finite:
+    # the step was taken and counted finite (its weights updated, a checkpoint saved after it as sound)
+    trainer = Trainer(tiny_recipe("train.steps=4"), tmp_path, progress=False)
+    original = trainer.log_likelihood
+
+    def overflowing(*args, **kwargs):
+        out = dict(original(*args, **kwargs))
+        out["log_px"] = out["log_px"] - torch.tensor(float("inf"))  # its gradient: log_px's own, finite
+        return out
+
+    trainer.log_likelihood = overflowing
+    weights = [p.detach().clone() for p in trainer.g_params]
+    logs = trainer.step_once()
+    assert logs["finite"] == 0.0 and trainer.bad_steps == 1 and logs["l_c"] == math.inf
+    assert trainer.last_skip == "non-finite l_c, loss: generator update skipped"
+    assert all(torch.equal(w, p) for w, p in zip(weights, trainer.g_params, strict=True))
+    assert all(p.grad is None for p in trainer.g_params)
+    trainer.log_likelihood = original  # a finite step after it updates as before
+    assert trainer.step_once()["finite"] == 1.0 and trainer.bad_steps == 0
+
+
 def test_a_non_finite_evaluation_during_training_and_a_model_worse_than_untrained_are_warned_of(tmp_path):
     from rich.console import Console
 
