@@ -1044,9 +1044,16 @@ def skip_description(logs: dict[str, float], skipped: list[str]) -> str:
     """What a non-finite step had and what it skipped: ``non-finite d_fake, l_q, loss: critic and generator
     updates skipped``; with every logged loss finite, the gradient overflowed."""
     bad = [k for k, v in logs.items() if k not in ("finite", "lr", "d_lr") and not math.isfinite(v)]
+    own = {part: [k for k in bad if (k in CRITIC_TERMS) == (part == "critic")] for part in skipped}
+    if bad and not all(own.values()):  # an update skipped for its gradient alone, its own losses finite
+        return "; ".join(f"non-finite {', '.join(own[part])}: {part} update skipped" if own[part] else
+                         f"a non-finite {part} gradient, its losses finite: {part} update skipped" for part in skipped)
     what = f"non-finite {', '.join(bad)}" if bad else "a non-finite gradient, every loss finite"
     updates = " and ".join(skipped)
     return f"{what}: {updates} update{'s' if len(skipped) > 1 else ''} skipped"
+
+
+CRITIC_TERMS = frozenset({"d_loss", "gp", "d_real", "d_fake"})  # the critic's logged terms (the rest: the generator's)
 
 
 def _with_train_bpd(path: Path) -> str:

@@ -493,6 +493,14 @@ def test_a_non_finite_step_names_its_terms_and_the_skipped_updates_at_its_own_st
     # every loss finite, the gradient not (e.g. train.lr = 10): said so
     assert skip_description({"l_c": 1e30, "loss": 1e30, "finite": 0.0, "lr": 10.0}, ["generator"]) == \
         "a non-finite gradient, every loss finite: generator update skipped"
+    # the critic's penalty at inf, the generator's losses finite but its gradient not (train.lr = 1e8): each update
+    # named with its own reason, not both with the critic's term
+    logs = {"d_loss": 1.4, "gp": math.inf, "d_real": 0.1, "d_fake": 0.2, "l_c": 1e3, "l_q": 1e25, "loss": 1e25}
+    assert skip_description(logs, ["critic", "generator"]) == (
+        "non-finite gp: critic update skipped; a non-finite generator gradient, its losses finite: generator update "
+        "skipped")
+    assert skip_description({**logs, "l_q": math.nan}, ["critic", "generator"]) == \
+        "non-finite gp, l_q: critic and generator updates skipped"
 
 
 def test_a_non_finite_loss_with_a_finite_gradient_is_skipped(tmp_path):
