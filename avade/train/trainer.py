@@ -167,6 +167,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.last_skip = ""  # what the latest non-finite step had (skip_description)
+        self.grad_norm = torch.zeros(())  # the latest update's gradient norm, before clipping (_finite_update)
         self.rng_restored = False  # set by _resume: this process's random state came from the checkpoint
         self.bpd_untrained: float | None = None  # the test BPD before training (checkpointed)
         # summary.json of a resumed run that already finished (a done sweep variant): left exactly as it is.
@@ -516,6 +517,7 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(grads, self.cfg.grad_clip)
         else:  # the norm alone: clipping at infinity would still rescale every gradient by 1
             norm = total_norm([p.grad for p in grads])  # type: ignore[misc]
+        self.grad_norm = norm  # (logged: grad_norm, d_grad_norm; before clipping)
         # The norm of the averaged gradients: one host sync, and every rank takes the same decision.
         # A non-finite loss made a gradient NaN above, so it is caught here too.
         if not torch.isfinite(norm):
@@ -585,7 +587,8 @@ class Trainer:
                     if cfg.gp_weight > 0 else d_loss.new_zeros(())
                 if not self._finite_update(self.opt_d, d_params, d_loss + gp) and not skipped:
                     skipped.append("critic")
-            scalars.update(d_loss=d_loss, gp=gp, d_real=d_real.mean(), d_fake=d_fake.mean())
+            scalars.update(d_loss=d_loss, gp=gp, d_real=d_real.mean(), d_fake=d_fake.mean(),
+                           d_grad_norm=self.grad_norm)
             watched = (real, fake.detach())  # for the mode-collapse watch: the same labels made both
             if not adversarial_now:
                 fake = None  # the critic's warm-up: no L_Q yet
@@ -612,6 +615,7 @@ class Trainer:
                 scalars["l_q"] = l_q
         if not self._finite_update(self.opt_g, self.g_params, loss):
             skipped.append("generator")
+        scalars["grad_norm"] = self.grad_norm
         if skipped:  # a skipped update leaves its part as it was: its forward passes' NaN or infinite
             # activations must not stay in running statistics (eval mode, f^-1) and in every later checkpoint.
             # The critic's alone skipped, the generator took a finite step: its statistics go with its weights.
@@ -1043,7 +1047,7 @@ def buffers_of(model: torch.nn.Module, part: ModuleLike | None, saved: dict[str,
 def skip_description(logs: dict[str, float], skipped: list[str]) -> str:
     """What a non-finite step had and what it skipped: ``non-finite d_fake, l_q, loss: critic and generator
     updates skipped``; with every logged loss finite, the gradient overflowed."""
-    bad = [k for k, v in logs.items() if k not in ("finite", "lr", "d_lr") and not math.isfinite(v)]
+    bad = [k for k, v in logs.items() if k not in ("finite", "lr", "d_lr", *GRADIENT_NORMS) and not math.isfinite(v)]
     own = {part: [k for k in bad if (k in CRITIC_TERMS) == (part == "critic")] for part in skipped}
     if bad and not all(own.values()):  # an update skipped for its gradient alone, its own losses finite
         return "; ".join(f"non-finite {', '.join(own[part])}: {part} update skipped" if own[part] else
@@ -1053,6 +1057,7 @@ def skip_description(logs: dict[str, float], skipped: list[str]) -> str:
     return f"{what}: {updates} update{'s' if len(skipped) > 1 else ''} skipped"
 
 
+GRADIENT_NORMS = ("grad_norm", "d_grad_norm")  # logged with the losses; not finite exactly when a gradient was not
 CRITIC_TERMS = frozenset({"d_loss", "gp", "d_real", "d_fake"})  # the critic's logged terms (the rest: the generator's)
 
 

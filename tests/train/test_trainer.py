@@ -503,6 +503,27 @@ def test_a_non_finite_step_names_its_terms_and_the_skipped_updates_at_its_own_st
         "non-finite gp, l_q: critic and generator updates skipped"
 
 
+def test_each_update_logs_its_gradient_norm_before_clipping(tmp_path, monkeypatch):
+    # what a diverging run's log should show first: the norms the clipping and the finiteness check saw
+    norms: list[float] = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording(*args, **kwargs):
+        norm = clip(*args, **kwargs)
+        norms.append(float(norm))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    trainer = Trainer(tiny_recipe("train.steps=4", "train.grad_clip=1e-6"), tmp_path, progress=False)
+    logs = trainer.step_once()
+    assert len(norms) == 2 and min(norms) > 1e-6  # the critic's, then the generator's: unclipped
+    assert (logs["d_grad_norm"], logs["grad_norm"]) == pytest.approx(norms, rel=1e-6)
+    original = trainer.generate
+    trainer.generate = lambda *a, **k: original(*a, **k) * float("nan")
+    logs = trainer.step_once()  # a skipped step: its norms are not finite, and not named as a loss that was not
+    assert not math.isfinite(logs["grad_norm"]) and "norm" not in trainer.last_skip, trainer.last_skip
+
+
 def test_a_non_finite_loss_with_a_finite_gradient_is_skipped(tmp_path):
     # A loss can overflow (a sum of large finite terms, a constant term at inf) while its gradient stays finite:
     # the step was taken and counted finite (its weights updated, a checkpoint saved after it as sound)
