@@ -295,3 +295,18 @@ def test_a_state_json_that_parses_but_is_not_the_one_saved_is_named_as_eval_and_
     assert problem["file"] == str(state), problem
     assert problem["problem"].startswith("is not the one that was saved"), problem
     assert "delete step_00000002" in problem["problem"], problem
+
+
+def test_the_newest_checkpoints_scores_survive_an_evaluation_of_an_older_one(tmp_path: Path) -> None:
+    """README (Run directory): evaluating an older checkpoint loses nothing (eval_checkpoints.json keeps every
+    one); `avade runs` still shows what the newest checkpoint scored, not only what eval.json (the last one) holds."""
+    newest = {"checkpoint": "step_00000004", "step": 4, "weights": "ema", "fid": 40.0, "settings": {}}
+    older = {"checkpoint": "step_00000002", "step": 2, "weights": "last", "bpd": 7.0, "settings": {}}
+    root = _run(tmp_path / "r", checkpoints=(2, 4), logged=4, scored=older,
+                summary={"steps": 4, "weights": "ema", "bpd": 5.5})
+    (root / "eval_checkpoints.json").write_text(json.dumps({"records": [older, newest]}))
+    (record,) = [run_record(p, a) for p, a in find_runs([tmp_path])]
+    assert (record["weights"], record["results"]) == ("ema", {"bpd": 5.5, "fid": 40.0})
+    (root / "eval_checkpoints.json").write_text("{")  # damaged: named, the rest listed as ever
+    (record,) = [run_record(p, a) for p, a in find_runs([tmp_path])]
+    assert record["results"] == {"bpd": 5.5} and "eval_checkpoints.json" in json.dumps(record["problems"])

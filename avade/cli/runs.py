@@ -263,7 +263,8 @@ def _last_logged_step(path: Path, problems: list[tuple[Path, str]], tail: int = 
 def _results(run: RunDir, summary: dict[str, Any], newest: int | None,
              problems: list[tuple[Path, str]]) -> tuple[dict[str, Any], str | None]:
     """The newest checkpoint's results: a finished run's final evaluation (summary.json) and ``avade eval``'s of the
-    same checkpoint and weights (eval.json) over it; eval.json alone for an unfinished run's newest checkpoint."""
+    same checkpoint and weights (eval.json, or its record in eval_checkpoints.json when an older checkpoint was
+    evaluated since) over it; ``avade eval``'s alone for an unfinished run's newest checkpoint."""
     results: dict[str, Any] = {}
     # (a failed run's summary.json has no results, nor says which weights: a divergence by train.max_bad_steps
     # records only its step and error)
@@ -274,12 +275,22 @@ def _results(run: RunDir, summary: dict[str, Any], newest: int | None,
     scored, problem = read_json_checked(run.eval, dict, "run avade eval RUN again to rewrite it, or delete it")
     if problem:
         problems.append((run.eval, problem))
-    scored = scored or {}
-    step = scored.get("step")
-    same_weights = weights is None or scored.get("weights") == weights
-    if scored and same_weights and (step == newest or (summary and step == summary.get("steps"))):
-        results.update({k: v for k, v in scored.items() if k not in _EVAL_META})
-        weights = scored.get("weights", weights)
+    # eval.json is the checkpoint evaluated last; eval_checkpoints.json keeps every one evaluated, so the newest
+    # checkpoint's scores survive an evaluation of an older one (`avade eval RUN --checkpoint STEP`) there
+    candidates = [scored] if isinstance(scored, dict) else []
+    history, problem = read_json_checked(run.eval_checkpoints, dict, "run avade eval RUN again to rewrite it, or "
+                                         "delete it")
+    if problem:
+        problems.append((run.eval_checkpoints, problem))
+    records = (history or {}).get("records")
+    candidates += [r for r in reversed(records) if isinstance(r, dict)] if isinstance(records, list) else []
+    for record in candidates:
+        step = record.get("step")
+        same_weights = weights is None or record.get("weights") == weights
+        if same_weights and (step == newest or (summary and step == summary.get("steps"))):
+            results.update({k: v for k, v in record.items() if k not in _EVAL_META})
+            weights = record.get("weights", weights)
+            break
     return results, weights
 
 
