@@ -70,7 +70,7 @@ from avade.train.distributed import (
 from avade.train.ema import WeightAverage, averaged_names, check_fits
 from avade.train.logger import MetricsLogger
 from avade.train.optim import make_optimizer, total_norm
-from avade.train.preemption import UNSTARTED_STOP, StopRequest, stop_on_signals
+from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, StopRequest, stop_on_signals
 from avade.train.provenance import component_providers
 from avade.train.rundir import RunDir, atomic_write_text, read_json_object, write_json
 from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled
@@ -773,7 +773,10 @@ class Trainer:
             return self.finished
         # closed however fit ends: a run that fails (an unreadable image, a metric's error) must not leave its
         # TensorBoard writer's thread and event file behind in a process that goes on (a sweep's next variant)
-        logger = MetricsLogger(self.run, enabled=self.dist.is_main, start_step=self.step)
+        # (importing TensorBoard takes seconds: a stop signal meanwhile stops at once, as while loading or
+        # evaluating the untrained model, not by the signal's default action, which would leave a half-made run)
+        with stop_on_signals(announce=False, immediate=UNSTARTED_STOP if self.step == 0 else UNRESUMED_STOP):
+            logger = MetricsLogger(self.run, enabled=self.dist.is_main, start_step=self.step)
         try:
             summary = self._fit(logger)
         except BaseException:
