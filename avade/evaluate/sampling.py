@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -99,10 +100,14 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
         nrow = 2 * square_columns((n + 1) // 2)  # image/reconstruction pairs side by side
     else:
         with torch.inference_mode():
-            images = torch.cat([
-                model.sample(min(batch_size, n - start), labels[start:start + batch_size] if labels is not None
-                             else None, temperature=temperature, generator=gen).cpu()
-                for start in range(0, n, batch_size)])
+            batches = (model.sample(min(batch_size, n - start), labels[start:start + batch_size]
+                                    if labels is not None else None, temperature=temperature, generator=gen).cpu()
+                       for start in range(0, n, batch_size))
+            if as_array:  # each batch straight into the one uint8 NHWC array np.savez writes: held once, not thrice
+                output.parent.mkdir(parents=True, exist_ok=True)
+                _save_npz(output, _nhwc(batches, n, model.data_shape), labels)
+                return output
+            images = torch.cat(list(batches))
     _write(output, images, nrow, labels)
     return output
 
@@ -200,11 +205,23 @@ def class_columns(num_classes: int, n: int) -> int:
     return num_classes if num_classes <= min(n, 32) else max(1, int(n**0.5))
 
 
-def _save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> None:
-    """``images`` (uint8 NCHW) as ``arr_0`` (NHWC) [and ``labels``] in ``path``, replaced atomically."""
-    import numpy as np
+def _nhwc(batches: Iterable[torch.Tensor], n: int, shape: Sequence[int]) -> np.ndarray:
+    """The uint8 NCHW ``batches`` (``n`` images of ``shape`` (C, H, W) in all) as one uint8 ``[n, H, W, C]``
+    array, filled batch by batch."""
+    c, h, w = shape
+    out = np.empty((n, h, w, c), dtype=np.uint8)
+    start = 0
+    for batch in batches:
+        out[start:start + len(batch)] = batch.permute(0, 2, 3, 1).numpy()
+        start += len(batch)
+    assert start == n, (start, n)
+    return out
 
-    arrays = {"arr_0": images.permute(0, 2, 3, 1).contiguous().numpy()}
+
+def _save_npz(path: Path, images: torch.Tensor | np.ndarray, labels: torch.Tensor | None) -> None:
+    """``images`` (uint8 NCHW tensor, or an NHWC array already) as ``arr_0`` (NHWC) [and ``labels``] in
+    ``path``, replaced atomically."""
+    arrays = {"arr_0": images if isinstance(images, np.ndarray) else images.permute(0, 2, 3, 1).contiguous().numpy()}
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy()
     with replaced_atomically(path) as tmp, tmp.open("wb") as fh:

@@ -367,9 +367,11 @@ def extract(
             feats.append(f.float().cpu())
             if p is not None:
                 ps.append(p.double().cpu())
-        if not feats:
-            raise AvadeError(f"{description}: no images to extract features from")
-        out_f = torch.cat(feats)
-        out_p = torch.cat(ps) if probs else None
-    # Clone outside inference mode so callers may use the tensors freely (e.g. in autograd-free math).
-    return out_f.clone(), (out_p.clone() if out_p is not None else None)
+    if not feats:
+        raise AvadeError(f"{description}: no images to extract features from")
+    # Joined outside inference mode: normal tensors callers may use freely (e.g. in autograd-free math), made
+    # without a clone, so the features are held twice at most (the batches and the whole), not three times.
+    out_f = torch.cat(feats)
+    feats.clear()
+    out_p = torch.cat(ps) if probs else None
+    return out_f, out_p
