@@ -82,3 +82,25 @@ def test_evaluation_holds_large_arrays_at_most_once_or_twice(case, most):
     # .npz the batches, their concatenation and a channels-last copy (~3x the uint8 images).
     assert _peak_ratio(case) < most
 
+
+def test_real_statistics_are_computed_once_when_not_cached(tmp_path, monkeypatch):
+    # real_stats_count computed the covariance of the real features twice (in _compute, for its cache file, and
+    # again for its caller): 50,000 x 2048 features, minutes of float64 matrix products on a CPU for nothing.
+    import types
+
+    import torch
+
+    import avade.metrics.reference as reference
+    from avade.metrics.random_features import RandomConvFeatures
+
+    calls = []
+    real_stats = reference.gaussian_stats
+    monkeypatch.setattr(reference, "gaussian_stats", lambda f: calls.append(len(f)) or real_stats(f))
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ctx = types.SimpleNamespace(dataset_key="tiny/3x8x8/x", cache_dir=tmp_path, device="cpu",
+                                real_batches=lambda split, n=None, batch_size=100: iter([(images, None)]))
+    extractor = RandomConvFeatures(dim=8)
+    mu, sigma, count = reference.real_stats_count(ctx, extractor, "test")
+    assert calls == [12] and count == 12
+    cached = reference.real_stats_count(ctx, extractor, "test")  # from the file _compute wrote: the same numbers
+    assert calls == [12] and torch.equal(cached[0], mu) and torch.equal(cached[1], sigma)
