@@ -2022,3 +2022,38 @@ def test_an_only_evaluation_replaces_its_variants_earlier_row_and_keeps_the_othe
     (tmp_path / "sweep_eval.json").write_text(json.dumps(earlier))
     table = _with_earlier_eval_rows(tmp_path, [{"name": "a", "bpd": 4.0}], [tmp_path / "a", tmp_path / "b"])
     assert table == [{"name": "a", "bpd": 4.0}, {"name": "b", "bpd": 6.0}]
+
+
+def test_the_metrics_of_one_evaluation_draw_and_embed_their_samples_once(run_dir: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # fid, kid, prdc and is of `samples` each scored the same seeded samples, drawn and embedded once per metric
+    # (at 50,000 samples most of an evaluation's time): now once, and once more for IS's class probabilities
+    from avade.evaluate import RunContext, load_run
+    from avade.evaluate.compute import run_metrics
+    from avade.metrics.random_features import RandomConvFeatures
+
+    draws: list[int] = []
+    drawn = RunContext.sample_batches
+
+    def counted(self: RunContext, n: int, *args: Any, **kwargs: Any) -> Any:
+        draws.append(n)
+        return drawn(self, n, *args, **kwargs)
+
+    monkeypatch.setattr(RunContext, "sample_batches", counted)
+    names = ["fid", "kid", "prdc", "is"]
+    options = {"feature_extractor": RandomConvFeatures(dim=8, num_classes=5)}
+
+    def scores(metrics: list[str]) -> dict[str, float]:
+        ctx = load_run(run_dir, "cpu")
+        ctx.options = options
+        return run_metrics(ctx, metrics, ctx.recipe, samples=12)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the stand-in extractor's and the small sample counts' warnings)
+        together = scores(names)
+        assert draws == [12, 12]  # (fid's samples for kid and prdc; is needs the class probabilities too)
+        apart = {}
+        for name in names:  # each metric in an evaluation of its own: the values it scored before
+            apart.update(scores([name]))
+    assert len(draws) == 2 + len(names)
+    assert together == apart and {"fid", "kid_mean", "is_mean"} <= set(together), together

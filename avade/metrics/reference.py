@@ -125,9 +125,22 @@ def real_stats_count(ctx: EvalContext, extractor: FeatureExtractor, split: str, 
 
 def sample_features(ctx: EvalContext, extractor: FeatureExtractor, n: int, batch_size: int = 100,
                     probs: bool = False, labels: Tensor | None = None) -> FeatureSet:
-    """Features (and class probabilities if asked) of ``n`` fresh model samples."""
+    """Features (and class probabilities if asked) of ``n`` model samples (``ctx.sample_batches``).
+
+    A context whose ``sample_batches`` draws the same samples in every call may offer a dict
+    ``sample_feature_memo`` (optional, as avade's :class:`~avade.evaluate.RunContext` does): the features are
+    kept there, so the metrics of one evaluation that score the same samples (FID, KID, PRDC and IS of
+    ``samples`` each) draw and embed them once, not once each (at 50,000 samples, most of an evaluation's
+    time). Callers must not change the tensors returned."""
+    memo = getattr(ctx, "sample_feature_memo", None) if labels is None else None
+    key = (type(extractor).__qualname__, extractor.name, extractor.hash, n, batch_size)
+    known = memo.get(key) if memo is not None else None
+    if known is not None and (known.probs is not None or not probs):
+        return known
     feats, p = extract(extractor, ctx.sample_batches(n, batch_size=batch_size, labels=labels),
                        device=ctx.device, total=n, description="features of samples", probs=probs)
     if len(feats) < 2:
         raise AvadeError(f"metrics need at least 2 samples, got {len(feats)}")
+    if memo is not None:
+        memo[key] = FeatureSet(feats, p)
     return FeatureSet(feats, p)
