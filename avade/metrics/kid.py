@@ -68,8 +68,7 @@ def kernel_inception_distance(
     ``subset_size`` is capped at the smaller set's size so that small datasets still work.
     """
     check_kid_options(subsets, subset_size, degree)
-    real = torch.as_tensor(real).to(torch.float64)
-    fake = torch.as_tensor(fake).to(torch.float64)
+    real, fake = torch.as_tensor(real), torch.as_tensor(fake)  # (each subset in float64: not both whole sets)
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"expected features [N, D] and [M, D], got {list(real.shape)} and {list(fake.shape)}")
     check_finite_rows(real, "real features")
@@ -79,8 +78,8 @@ def kernel_inception_distance(
         raise ValueError(f"KID needs >= 2 real and fake features, got {real.shape[0]} and {fake.shape[0]}")
     scores = []
     for _ in range(subsets):
-        r = real[torch.randperm(real.shape[0], generator=generator)[:size].to(real.device)]
-        f = fake[torch.randperm(fake.shape[0], generator=generator)[:size].to(fake.device)]
+        r = real[torch.randperm(real.shape[0], generator=generator)[:size].to(real.device)].to(torch.float64)
+        f = fake[torch.randperm(fake.shape[0], generator=generator)[:size].to(fake.device)].to(torch.float64)
         scores.append(polynomial_mmd2(r, f, degree, gamma, coef))
     values = torch.stack(scores)
     return float(values.mean()), float(values.std(unbiased=False))
