@@ -95,24 +95,33 @@ def compute_each(ctx: RunContext, metrics: list[tuple[str, Any]], console: Conso
     registry = get_registry()
     results: dict[str, float] = {}
     owners = dict.fromkeys(taken, "the trainer")
-    for name, metric in metrics:
-        if console is not None:
-            console.print(f"computing {name} ...")
-        info = registry.get("metric", name)
-        what, fix = info.blame()  # "metric 'x' (from plugin P)", "; fix or disable that plugin ..."
-        try:
-            returned = metric.compute(ctx)
-        except (AvadeError, OSError):
-            raise
-        except (Exception, SystemExit) as exc:  # (sys.exit() in a plugin must not end avade without a word)
-            if info.dist == BUILTIN_DIST:  # avade's own metric failing is avade's bug: keep the traceback
+    # the metrics of this evaluation share their samples' features (drawn once), not kept past it: the model, its
+    # temperature or the seed may change before the next (and at 50,000 samples they take 400 MB)
+    memo = hasattr(ctx, "sample_feature_memo")
+    if memo:
+        ctx.sample_feature_memo = {}
+    try:
+        for name, metric in metrics:
+            if console is not None:
+                console.print(f"computing {name} ...")
+            info = registry.get("metric", name)
+            what, fix = info.blame()  # "metric 'x' (from plugin P)", "; fix or disable that plugin ..."
+            try:
+                returned = metric.compute(ctx)
+            except (AvadeError, OSError):
                 raise
-            raise AvadeError(f"{what} failed: {type(exc).__name__}: {exc}{fix}") from exc
-        for key, value in metric_values(name, returned, what, fix).items():
-            if key in owners:  # the same metric listed twice, or a result the trainer reports itself
-                raise AvadeError(f"{what} returns '{key}', which {owners[key]} already reports{fix}")
-            owners[key] = f"metric '{name}'"
-            results[key] = value
+            except (Exception, SystemExit) as exc:  # (sys.exit() in a plugin must not end avade without a word)
+                if info.dist == BUILTIN_DIST:  # avade's own metric failing is avade's bug: keep the traceback
+                    raise
+                raise AvadeError(f"{what} failed: {type(exc).__name__}: {exc}{fix}") from exc
+            for key, value in metric_values(name, returned, what, fix).items():
+                if key in owners:  # the same metric listed twice, or a result the trainer reports itself
+                    raise AvadeError(f"{what} returns '{key}', which {owners[key]} already reports{fix}")
+                owners[key] = f"metric '{name}'"
+                results[key] = value
+    finally:
+        if memo:
+            ctx.sample_feature_memo = None
     return results
 
 

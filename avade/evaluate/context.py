@@ -56,8 +56,9 @@ class RunContext:
     checkpoint: Path | None = None  # the checkpoint the weights came from
     weights: str = "last"  # "ema": the run's averaged weights (train.ema_decay)
     class_counts: list[int] | None = None
-    # the sample features of this model's metrics, drawn once (avade.metrics.reference.sample_features)
-    sample_feature_memo: dict[Any, Any] = attrs.field(factory=dict, repr=False)
+    # the sample features of one evaluation's metrics, drawn once (avade.metrics.reference.sample_features): a dict
+    # while compute_each runs them, None otherwise (the model, its temperature or the seed may change in between)
+    sample_feature_memo: dict[Any, Any] | None = attrs.field(default=None, repr=False)
 
     @property
     def train_set(self) -> Any:

@@ -128,7 +128,8 @@ def sample_features(ctx: EvalContext, extractor: FeatureExtractor, n: int, batch
     """Features (and class probabilities if asked) of ``n`` model samples (``ctx.sample_batches``).
 
     A context whose ``sample_batches`` draws the same samples in every call may offer a dict
-    ``sample_feature_memo`` (optional, as avade's :class:`~avade.evaluate.RunContext` does): the features are
+    ``sample_feature_memo`` (optional, as avade's :class:`~avade.evaluate.RunContext` does while ``compute_each``
+    runs one evaluation's metrics): the features are
     kept there, so the metrics of one evaluation that score the same samples (FID, KID, PRDC and IS of
     ``samples`` each) draw and embed them once, not once each (at 50,000 samples, most of an evaluation's
     time). Callers must not change the tensors returned."""

@@ -104,3 +104,40 @@ def test_real_statistics_are_computed_once_when_not_cached(tmp_path, monkeypatch
     assert calls == [12] and count == 12
     cached = reference.real_stats_count(ctx, extractor, "test")  # from the file _compute wrote: the same numbers
     assert calls == [12] and torch.equal(cached[0], mu) and torch.equal(cached[1], sigma)
+
+
+def test_sample_features_are_shared_within_one_evaluation_only(tmp_path):
+    # RunContext kept its sample features for as long as it lived: load_run's context scored the first samples
+    # again after the model's temperature (or its weights, or ctx.seed) changed, and held them in memory.
+    import torch
+
+    from avade.evaluate import RunContext
+    from avade.evaluate.compute import compute_each
+    from avade.metrics.random_features import RandomConvFeatures
+    from avade.metrics.reference import sample_features
+
+    class Model(torch.nn.Module):
+        num_classes = 0
+        temperature = 1.0
+
+        def sample(self, m, labels, temperature=None, generator=None):
+            drawn.append(m)
+            return (torch.rand(m, 3, 8, 8, generator=generator) * 255 * self.temperature).to(torch.uint8)
+
+    drawn: list[int] = []
+    ctx = RunContext(Model(), None, None, None, torch.device("cpu"), tmp_path, tmp_path)
+    extractor = RandomConvFeatures(dim=8)
+    first = sample_features(ctx, extractor, 6).features
+    ctx.model.temperature = 0.5
+    assert not torch.equal(sample_features(ctx, extractor, 6).features, first)
+
+    class Metric:
+        def __init__(self, name):
+            self.name = name
+
+        def compute(self, ctx):
+            return {self.name: float(sample_features(ctx, extractor, 6).features.mean())}
+
+    drawn.clear()
+    compute_each(ctx, [("fid", Metric("fid")), ("is", Metric("is"))], None)
+    assert drawn == [6] and ctx.sample_feature_memo is None  # one draw for both metrics, not kept past them
