@@ -65,3 +65,10 @@ def picklable_state(module: nn.Module) -> dict[str, Any]:
     state = nn.Module.__getstate__(module)
     state["_modules"] = {k: _WeightNormed(m) if _weight_normed(m) else m for k, m in state["_modules"].items()}
     return state
+
+
+def restored_state(state: dict[str, Any]) -> dict[str, Any]:
+    """:func:`picklable_state`'s ``state`` with its weight-normed children as they are: for the ``__setstate__`` of
+    a module whose ``__getstate__`` is that (``copy.copy`` hands the state on without pickling it)."""
+    state["_modules"] = {k: m.module if isinstance(m, _WeightNormed) else m for k, m in state["_modules"].items()}
+    return state

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from avade.nn.parametrized import picklable_state
+from avade.nn.parametrized import picklable_state, restored_state
 from avade.norms._init_flag import InitFlag, check_init_batch
 from avade.schema import ge
 
@@ -55,3 +55,6 @@ class WeightNorm(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         return picklable_state(self)  # torch refuses to pickle its parametrized layer as it is
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(restored_state(state))  # (copy.copy: its state as __getstate__ gave it)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from avade.nn import elu
-from avade.nn.parametrized import picklable_state
+from avade.nn.parametrized import picklable_state, restored_state
 from avade.nn.precision import full_precision
 from avade.posteriors.made import MaskedConv2d, hidden_degrees
 
@@ -62,6 +62,9 @@ class IAFStep(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         return picklable_state(self)  # ctx: torch refuses to pickle a weight-normed conv as it is
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(restored_state(state))  # (copy.copy: its state as __getstate__ gave it)
 
 
 class IAFFlow(nn.Module):

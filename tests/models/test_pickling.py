@@ -85,3 +85,17 @@ def test_a_created_flow_with_fixed_weight_norm_gains_pickles(copier) -> None:
     y2, logdet2 = loaded(u)
     assert torch.equal(y, y2) and torch.equal(logdet, logdet2)
     assert torch.allclose(loaded.inverse(y2), u, atol=1e-5)
+
+
+def test_weight_normed_parts_copy_shallowly_as_before():
+    # copy.copy hands __getstate__'s state on unpickled: the weight-normed layer stood there as its pickling
+    # stand-in ('_WeightNormed' object is not callable)
+    from avade.norms.weight_norm import WeightNorm, WeightNormConfig
+    from avade.posteriors.flow import IAFStep
+
+    wn = WeightNorm(WeightNormConfig(), layer=torch.nn.Conv2d(3, 4, 3))
+    shallow = copy.copy(wn)
+    x = torch.randn(2, 3, 5, 5)
+    assert shallow.layer is wn.layer and torch.equal(shallow(x), wn(x))
+    step = IAFStep(4, 8, context=3)
+    assert copy.copy(step).ctx is step.ctx
