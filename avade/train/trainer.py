@@ -585,10 +585,12 @@ class Trainer:
                     d_loss = discriminator_loss(cfg.adv_loss, d_real, d_fake)
                 gp = gradient_penalty(disc, real, fake_d, labels_in, cfg.gp_weight, self.noise) \
                     if cfg.gp_weight > 0 else d_loss.new_zeros(())
-                if not self._finite_update(self.opt_d, d_params, d_loss + gp) and not skipped:
+                finite = self._finite_update(self.opt_d, d_params, d_loss + gp)
+                if not finite and not skipped:
                     skipped.append("critic")
-            scalars.update(d_loss=d_loss, gp=gp, d_real=d_real.mean(), d_fake=d_fake.mean(),
-                           d_grad_norm=self.grad_norm)
+                if not finite or "critic" not in skipped:  # (the last update's, or a skipped one's)
+                    d_grad_norm = self.grad_norm
+            scalars.update(d_loss=d_loss, gp=gp, d_real=d_real.mean(), d_fake=d_fake.mean(), d_grad_norm=d_grad_norm)
             watched = (real, fake.detach())  # for the mode-collapse watch: the same labels made both
             if not adversarial_now:
                 fake = None  # the critic's warm-up: no L_Q yet

@@ -522,6 +522,20 @@ def test_each_update_logs_its_gradient_norm_before_clipping(tmp_path, monkeypatc
     trainer.generate = lambda *a, **k: original(*a, **k) * float("nan")
     logs = trainer.step_once()  # a skipped step: its norms are not finite, and not named as a loss that was not
     assert not math.isfinite(logs["grad_norm"]) and "norm" not in trainer.last_skip, trainer.last_skip
+    # two critic updates a step, the first skipped: its norm is the one logged (null), not the second's
+    import avade.train.trainer as trainer_module
+
+    penalty = trainer_module.gradient_penalty
+    calls: list[int] = []
+
+    def first_penalty_nan(*args, **kwargs):
+        calls.append(1)
+        return penalty(*args, **kwargs) * (float("nan") if len(calls) == 1 else 1.0)
+
+    monkeypatch.setattr(trainer_module, "gradient_penalty", first_penalty_nan)
+    trainer = Trainer(tiny_recipe("train.steps=4", "train.d_steps=2"), tmp_path / "two", progress=False)
+    logs = trainer.step_once()
+    assert len(calls) == 2 and not math.isfinite(logs["d_grad_norm"]) and math.isfinite(logs["grad_norm"]), logs
 
 
 def test_a_non_finite_loss_with_a_finite_gradient_is_skipped(tmp_path):
