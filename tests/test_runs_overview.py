@@ -61,6 +61,18 @@ def test_each_status_and_its_results(tmp_path: Path) -> None:
     assert 0 <= records["a"]["updated_s"] < 60
 
 
+def test_an_eval_record_from_before_weights_were_recorded_is_of_the_last_iterate(tmp_path: Path) -> None:
+    # eval.json as an avade from before train.ema_decay wrote it (checkpoint and step, no "weights"): of the last
+    # iterate, as `avade eval` reads it too, so a finished run shows its results
+    run = _run(tmp_path / "a", checkpoints=(4,), summary={"recipe": "a", "steps": 4, "bpd": 5.5},
+               scored={"checkpoint": "step_00000004", "step": 4, "fid": 40.0})
+    record = run_record(run, {})
+    assert (record["weights"], record["results"]) == ("last", {"bpd": 5.5, "fid": 40.0})
+    # ... but not when the run's results are of its averaged weights
+    (run / "summary.json").write_text(json.dumps({"steps": 4, "weights": "ema", "bpd": 5.5}))
+    assert run_record(run, {})["results"] == {"bpd": 5.5}
+
+
 def test_a_sweep_lists_its_variants_in_plan_order_those_not_started_too(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     sweep.mkdir()

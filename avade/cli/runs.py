@@ -286,7 +286,8 @@ def _results(run: RunDir, summary: dict[str, Any], newest: int | None,
     candidates += [r for r in reversed(records) if isinstance(r, dict)] if isinstance(records, list) else []
     for record in candidates:
         step = record.get("step")
-        same_weights = weights is None or record.get("weights") == weights
+        # (a record from before train.ema_decay says no weights: of the last iterate, as avade eval reads it)
+        same_weights = weights is None or record.get("weights", "last") == weights
         if same_weights and (step == newest or (summary and step == summary.get("steps"))):
             results.update({k: v for k, v in record.items() if k not in _EVAL_META})
             weights = record.get("weights", weights)
