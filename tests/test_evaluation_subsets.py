@@ -155,3 +155,25 @@ def test_bpd_of_a_file_backed_split_reads_it_with_data_num_workers_and_gives_the
         trainer.recipe.data.options, num_workers=0)))
     ctx = RunContext(trainer.model, alone, trainer.train_set, files, trainer.device, tmp_path, tmp_path)
     assert ctx.bpd() == with_workers and workers[-1] == 0
+
+
+def test_reference_images_of_a_file_backed_split_are_read_with_data_num_workers(tmp_path, monkeypatch):
+    # The real images of FID/KID/PRDC reference features (``real_batches``: 50,000 of them, decoded from files)
+    # were read in the main process whatever data.num_workers said; bits/dim's batches were read by the workers.
+    # With workers the images are the same, in the same order.
+    import avade.train.data
+
+    trainer = Trainer(tiny_recipe("data.num_workers=2"), tmp_path, progress=False)
+    files = _Files(trainer.test_set)
+    workers: list[int] = []
+    loader = avade.train.data.DataLoader
+    monkeypatch.setattr(avade.train.data, "DataLoader",
+                        lambda *a, **k: workers.append(k["num_workers"]) or loader(*a, **k))
+    ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, files, trainer.device, tmp_path, tmp_path)
+    for n in (None, 10):
+        got = list(ctx.real_batches("test", n, batch_size=4))
+        alone = list(subset_batches(files, n, batch_size=4))
+        assert len(got) == len(alone)
+        for (x, y), (x0, y0) in zip(got, alone, strict=True):
+            assert torch.equal(x, x0) and torch.equal(y, y0)
+    assert workers == [2, 0, 2, 0]

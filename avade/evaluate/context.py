@@ -105,8 +105,9 @@ class RunContext:
 
     def real_batches(self, split: str, n: int | None = None, batch_size: int = 100
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """See :meth:`~avade.metrics.context.EvalContext.real_batches`."""
-        return subset_batches(self._split(split), n, batch_size)
+        """See :meth:`~avade.metrics.context.EvalContext.real_batches`; decoded by ``data.num_workers`` loader
+        processes, as bits/dim's batches are (reference features of 50,000 images read from files)."""
+        return subset_batches(self._split(split), n, batch_size, num_workers=self.recipe.data.options.num_workers)
 
     @property
     def sample_seed(self) -> int:

@@ -208,13 +208,14 @@ def _batches_of(dataset: Dataset, keep: torch.Tensor | None, n: int, batch_size:
         yield i, x, y
 
 
-def subset_batches(dataset: Dataset, n: int | None, batch_size: int, seed: int = 0
+def subset_batches(dataset: Dataset, n: int | None, batch_size: int, seed: int = 0, num_workers: int = 0
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``n`` images of the dataset (all when None or more than it has), in batches: a random subset
     fixed by ``seed`` (:func:`subset_indices`), so that reference statistics computed from part of a
-    dataset represent all of it."""
+    dataset represent all of it. Files are decoded by ``num_workers`` loader processes (0: this one)."""
     total = len(dataset)  # type: ignore[arg-type]
     keep = subset_indices(total, n, seed) if n is not None and n < total else None
     count = len(keep) if keep is not None else total
-    for _, x, y in _batches_of(dataset, keep, total, batch_size, range(math.ceil(count / batch_size)), 0):
+    for _, x, y in _batches_of(dataset, keep, total, batch_size, range(math.ceil(count / batch_size)),
+                                num_workers):
         yield x, y
