@@ -7,6 +7,7 @@ resuming exact. Under data parallelism each rank takes its slice of the same glo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 from collections.abc import Generator, Iterator
@@ -82,6 +83,15 @@ class BatchStream:
     def batches(self, start: int) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
         """Batches for steps ``start, start + 1, ...`` on the stream's device: a generator, whose ``close()``
         ends the loader's workers (see :func:`from_workers`)."""
+        return self._batches(start, self.num_workers)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of ``step`` alone, as :meth:`batches` gives it, read in this process: starting the
+        loader's workers (and their prefetching) for one batch would cost more than it saves."""
+        with contextlib.closing(self._batches(step, 0)) as batches:
+            return next(batches)
+
+    def _batches(self, start: int, workers: int) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
         pin = self.device.type == "cuda"
         if self._tensors is not None:
             images, labels = self._tensors
@@ -93,8 +103,8 @@ class BatchStream:
                 step += 1
         # An explicit generator: creating the iterator must not draw from the global RNG (exact resume).
         loader: Any = DataLoader(self.dataset, batch_sampler=_StepSampler(self, start),
-                                 num_workers=self.num_workers, pin_memory=pin,
-                                 persistent_workers=self.num_workers > 0, worker_init_fn=ignore_stop_signals,
+                                 num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                                 worker_init_fn=ignore_stop_signals,
                                  generator=torch.Generator().manual_seed(self.seed))
         classes = int(getattr(self.dataset, "num_classes", 0))
         for x, y in from_workers(loader):

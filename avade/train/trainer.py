@@ -456,7 +456,7 @@ class Trainer:
         Real-NVP reference code), so no step mutates parameters a graph of that same step holds --
         which compiled steps (``train.compile``) cannot tolerate -- and replicas can be synchronised
         right after it."""
-        x, y = next(self.stream.batches(0))
+        x, y = self.stream.batch(0)  # (read in this process: no loader workers started for one batch)
         labels = y if self.model.num_classes else None
         self.model.train()
         with torch.no_grad():
