@@ -3,6 +3,8 @@ class-sorted, images) and the data's class balance for a class-conditional model
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from tiny_recipes import tiny_recipe
@@ -133,11 +135,9 @@ def test_cached_real_features_are_keyed_by_how_files_are_decoded(monkeypatch) ->
     assert key != dataset_key("image-folder", (3, 32, 32), {"folder": "photos"})  # e.g. EXIF now applied
 
 
-def test_bpd_of_a_file_backed_split_reads_it_with_data_num_workers_and_gives_the_same_value(tmp_path, monkeypatch):
-    # data.num_workers, settable for avade eval, was read by training alone: evaluation decoded every file in
-    # the main process. With workers the batches (so the noise of each) are the same: bit-identical bits/dim.
-    import attrs
-
+def _file_backed_run(tmp_path, monkeypatch) -> tuple[Trainer, Any, RunContext, list[int]]:
+    """A tiny run with ``data.num_workers = 2``, its test split behind a file-backed wrapper, the RunContext of
+    it, and the ``num_workers`` of every DataLoader made from then on."""
     import avade.train.data
 
     trainer = Trainer(tiny_recipe("data.num_workers=2"), tmp_path, progress=False)
@@ -147,6 +147,15 @@ def test_bpd_of_a_file_backed_split_reads_it_with_data_num_workers_and_gives_the
     monkeypatch.setattr(avade.train.data, "DataLoader",
                         lambda *a, **k: workers.append(k["num_workers"]) or loader(*a, **k))
     ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, files, trainer.device, tmp_path, tmp_path)
+    return trainer, files, ctx, workers
+
+
+def test_bpd_of_a_file_backed_split_reads_it_with_data_num_workers_and_gives_the_same_value(tmp_path, monkeypatch):
+    # data.num_workers, settable for avade eval, was read by training alone: evaluation decoded every file in
+    # the main process. With workers the batches (so the noise of each) are the same: bit-identical bits/dim.
+    import attrs
+
+    trainer, files, ctx, workers = _file_backed_run(tmp_path, monkeypatch)
     with_workers = ctx.bpd()
     trainer.test_set = files
     assert trainer.test_bpd() == with_workers["bpd"]
@@ -161,15 +170,7 @@ def test_reference_images_of_a_file_backed_split_are_read_with_data_num_workers(
     # The real images of FID/KID/PRDC reference features (``real_batches``: 50,000 of them, decoded from files)
     # were read in the main process whatever data.num_workers said; bits/dim's batches were read by the workers.
     # With workers the images are the same, in the same order.
-    import avade.train.data
-
-    trainer = Trainer(tiny_recipe("data.num_workers=2"), tmp_path, progress=False)
-    files = _Files(trainer.test_set)
-    workers: list[int] = []
-    loader = avade.train.data.DataLoader
-    monkeypatch.setattr(avade.train.data, "DataLoader",
-                        lambda *a, **k: workers.append(k["num_workers"]) or loader(*a, **k))
-    ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, files, trainer.device, tmp_path, tmp_path)
+    _, files, ctx, workers = _file_backed_run(tmp_path, monkeypatch)
     for n in (None, 10):
         got = list(ctx.real_batches("test", n, batch_size=4))
         alone = list(subset_batches(files, n, batch_size=4))
