@@ -894,25 +894,17 @@ def test_ctrl_c_before_the_first_step_leaves_no_run_directory(tmp_path, monkeypa
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("the handler stops it at once")
 
-    monkeypatch.setattr(Trainer, "test_bpd", terminated)
-    with pytest.raises(StoppedError, match="stopped by SIGTERM before the first step: nothing was trained"):
-        run_recipe(tiny_recipe(), tmp_path / "run", progress=False)
-    assert not (tmp_path / "run").exists()
-    monkeypatch.undo()
-    # ... and while the run's logger starts (TensorBoard's import takes seconds), between the trainer's building
-    # and the untrained model's evaluation: not the signal's default action, which ends the process unsaid and
-    # leaves a half-made run directory
     from avade.train.logger import MetricsLogger
 
-    def starting(self, *args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        raise AssertionError("the handler stops it at once")
-
-    monkeypatch.setattr(MetricsLogger, "__init__", starting)
-    with pytest.raises(StoppedError, match="stopped by SIGTERM before the first step: nothing was trained"):
-        run_recipe(tiny_recipe(), tmp_path / "run", progress=False)
-    assert not (tmp_path / "run").exists()
-    monkeypatch.undo()
+    # ... while the untrained model is evaluated, and while the run's logger starts (TensorBoard's import takes
+    # seconds) between the trainer's building and that evaluation: not the signal's default action, which ends
+    # the process unsaid and leaves a half-made run directory
+    for owner, name in ((Trainer, "test_bpd"), (MetricsLogger, "__init__")):
+        monkeypatch.setattr(owner, name, terminated)
+        with pytest.raises(StoppedError, match="stopped by SIGTERM before the first step: nothing was trained"):
+            run_recipe(tiny_recipe(), tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists(), name
+        monkeypatch.undo()
     # ... and while the data load, inside a loader that takes any Exception for a corrupt dataset; a resume
     # says to resume
     import avade.train.datasets as datasets_module
