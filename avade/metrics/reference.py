@@ -129,10 +129,9 @@ def sample_features(ctx: EvalContext, extractor: FeatureExtractor, n: int, batch
 
     A context whose ``sample_batches`` draws the same samples in every call may offer a dict
     ``sample_feature_memo`` (optional, as avade's :class:`~avade.evaluate.RunContext` does while ``compute_each``
-    runs one evaluation's metrics): the features are
-    kept there, so the metrics of one evaluation that score the same samples (FID, KID, PRDC and IS of
-    ``samples`` each) draw and embed them once, not once each (at 50,000 samples, most of an evaluation's
-    time). Callers must not change the tensors returned."""
+    runs one evaluation's metrics): the features are kept there, so the metrics of one evaluation that score
+    the same samples (FID, KID, PRDC and IS of ``samples`` each) draw and embed them once, not once each (at
+    50,000 samples, most of an evaluation's time). Callers must not change the tensors returned."""
     memo = getattr(ctx, "sample_feature_memo", None) if labels is None else None
     key = (type(extractor).__qualname__, extractor.name, extractor.hash, n, batch_size)
     known = memo.get(key) if memo is not None else None
