@@ -23,10 +23,16 @@ class InitFlag(nn.Module):
         self.register_buffer("done", torch.tensor(done))
         self._known = done
 
-    def __bool__(self) -> bool:
+    def is_set(self) -> bool:
+        """Whether the init has run; reads the buffer (a host sync on a GPU) only until it is known to be set.
+        A method rather than ``__bool__`` alone: torch.compile cannot trace ``bool()`` of a module (a graph break
+        at every weight-normed layer) but traces this, the known flag short-circuiting the read."""
         if not self._known and bool(self.done):
             self._known = True
         return self._known
+
+    def __bool__(self) -> bool:
+        return self.is_set()
 
     def set(self) -> None:
         self.done.fill_(True)

@@ -38,7 +38,7 @@ class ActNormed(nn.Module):
         """The layer's output normalized per channel; the first training batch sets the bias and scale."""
         h = self.layer(x)
         shape = (1, -1) + (1,) * (h.dim() - 2)
-        if self.training and not bool(self.initialized):
+        if self.training and not self.initialized.is_set():
             with torch.no_grad():
                 dims = [d for d in range(h.dim()) if d != 1]
                 check_init_batch(h, dims, "actnorm", "use another norm than actnorm there")

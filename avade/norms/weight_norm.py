@@ -49,7 +49,7 @@ class WeightNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``layer(x)`` with weight norm; the first training batch runs the data-dependent init (``init_scale > 0``)."""
-        if self.training and not bool(self.initialized):
+        if self.training and not self.initialized.is_set():
             self._data_init(x)
         return self.layer(x)
 

@@ -93,6 +93,6 @@ class MaskedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The masked, weight-normalized convolution; with ``init_scale > 0`` the first training batch inits g, b."""
-        if self.initialized is not None and self.training and not bool(self.initialized):
+        if self.initialized is not None and self.training and not self.initialized.is_set():
             self._data_init(x)
         return F.conv2d(x, self.weight(), self.bias, padding=self.padding)
