@@ -6,8 +6,8 @@ state-dict keys do not change and checkpoints stay portable between compiled and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -17,6 +17,21 @@ from avade.errors import ConfigError
 if TYPE_CHECKING:
     from avade.contracts import ModuleLike
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def compile_options(backend: str) -> dict[str, Any]:
+    """``torch.compile`` keyword arguments for ``backend``. Inductor runs random ops (the posterior's and the
+    samples' noise) as ATen's rather than fused into its generated kernels (``fallback_random``): a compiled step
+    then draws the eager step's random numbers, and torch 2.11's inductor failed to build such a fused kernel
+    (``randn_like`` inside a reduction) for ``av_ade_wg_rd`` on an H200."""
+    return {"options": {"fallback_random": True}} if backend == "inductor" else {}
+
+
+def compiled(fn: _F, backend: str) -> _F:
+    """``fn`` compiled with ``backend`` (and :func:`compile_options`)."""
+    return torch.compile(fn, backend=backend, **compile_options(backend))  # type: ignore[return-value]
+
 
 def compile_in_place(module: ModuleLike, backend: str, methods: Sequence[str] = ("inverse",)) -> None:
     """Compile ``module``'s forward and those of ``methods`` it has, in place.
@@ -25,11 +40,11 @@ def compile_in_place(module: ModuleLike, backend: str, methods: Sequence[str] = 
     batch norm, whose running statistics the compiled forward updates in place while the eager
     inverse's backward still holds them (autograd refuses the step).
     """
-    module.compile(backend=backend)
+    module.compile(backend=backend, **compile_options(backend))
     for name in methods:
         method = getattr(module, name, None)
         if callable(method) and not isinstance(method, nn.Module):
-            setattr(module, name, torch.compile(method, backend=backend))
+            setattr(module, name, compiled(method, backend))
 
 
 def check_compile_backend(backend: str) -> None:

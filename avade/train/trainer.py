@@ -46,7 +46,7 @@ from avade.recipe.load import saved_before_hint
 from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, AbsentConfig, Recipe, refuse_a_non_recipe
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
 from avade.train import checkpoint as ckpt
-from avade.train.compiling import check_compile_backend, compile_in_place
+from avade.train.compiling import check_compile_backend, compile_in_place, compiled
 from avade.train.data import BatchStream, eval_batches, indexed_batches
 from avade.train.datasets import load_datasets_on_node
 from avade.train.device import (
@@ -231,8 +231,8 @@ class Trainer:
         for m in (self.model.flow, self.model.encoder, critic):
             if m is not None:
                 compile_in_place(m, backend)
-        self.log_likelihood = torch.compile(self.model.bound, backend=backend)
-        self.generate = torch.compile(self.model.generate, backend=backend)
+        self.log_likelihood = compiled(self.model.bound, backend)
+        self.generate = compiled(self.model.generate, backend)
 
     # -- run directory / resume ----------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> None:
