@@ -38,7 +38,7 @@ import importlib.metadata as metadata
 import os
 import pathlib
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -62,6 +62,7 @@ __all__ = [
     "extract",
     "file_hash",
     "get_extractor",
+    "iter_features",
     "load_inception",
     "locate_wheel_weights",
     "missing_weights_error",
@@ -345,6 +346,31 @@ def warn_if_not_reference(extractor: FeatureExtractor, metric: str) -> None:
                       "the value is not comparable to published Inception metrics", UserWarning, stacklevel=3)
 
 
+def iter_features(
+    extractor: FeatureExtractor,
+    batches: Iterable[Tensor],
+    *,
+    device: torch.device | str = "cpu",
+    total: int | None = None,
+    description: str = "features",
+    probs: bool | Callable[[], bool] = False,
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Run ``extractor`` over uint8 image batches, one at a time: float32 features ``[B, D]`` and float64 class
+    probabilities ``[B, K]`` (None when not asked; ``probs`` may be a callable, asked before each batch), on the
+    CPU. For callers that need not hold all the features (FID's streamed reference statistics)."""
+    if probs is True:
+        require_probs(extractor)
+    extractor = extractor.to(device).eval()
+    for x in track_images(batches, total, description):
+        want = probs() if callable(probs) else probs
+        # inference mode around the network only: a generator's caller runs between its yields
+        with torch.inference_mode():
+            f, p = extractor.features_and_probs(x.to(device), probs=want)
+            f = f.float().cpu()
+            p = p.double().cpu() if p is not None else None
+        yield f, p
+
+
 def extract(
     extractor: FeatureExtractor,
     batches: Iterable[Tensor],
@@ -356,17 +382,13 @@ def extract(
 ) -> tuple[Tensor, Tensor | None]:
     """Run ``extractor`` over uint8 image batches: float32 features ``[N, D]`` and, if ``probs``,
     float64 class probabilities ``[N, K]`` (both on the CPU)."""
-    if probs:
-        require_probs(extractor)
-    extractor = extractor.to(device).eval()
     feats: list[Tensor] = []
     ps: list[Tensor] = []
-    with torch.inference_mode():
-        for x in track_images(batches, total, description):
-            f, p = extractor.features_and_probs(x.to(device), probs=probs)
-            feats.append(f.float().cpu())
-            if p is not None:
-                ps.append(p.double().cpu())
+    for f, p in iter_features(extractor, batches, device=device, total=total, description=description,
+                              probs=probs):
+        feats.append(f)
+        if p is not None:
+            ps.append(p)
     if not feats:
         raise AvadeError(f"{description}: no images to extract features from")
     # Joined outside inference mode: normal tensors callers may use freely (e.g. in autograd-free math), made
