@@ -4,7 +4,8 @@ Real-data features depend only on the data, the split, the extractor weights and
 used, so they are cached in ``ctx.cache_dir`` under a name built from ``(dataset_key, split, extractor
 hash, count)``. Two files per key: ``*.stats.safetensors`` (FID's float64 mean and covariance, small) and
 ``*.features.safetensors`` (the features, plus class probabilities when the extractor has them, for
-KID, PRD and IS). No pickle anywhere.
+KID, PRD and IS; not written when only FID's statistics were asked for, of more than ``KEEP_FEATURES_BYTES``
+of features: those are streamed). No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pathlib
 import re
 
 import attrs
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -21,8 +23,8 @@ from torch import Tensor
 from avade.atomic_files import replaced_atomically
 from avade.errors import AvadeError
 from avade.metrics.context import EvalContext
-from avade.metrics.features import FeatureExtractor, extract
-from avade.metrics.stats import gaussian_stats
+from avade.metrics.features import FeatureExtractor, extract, iter_features
+from avade.metrics.stats import GaussianAccumulator
 
 __all__ = ["FeatureSet", "cache_path", "real_features", "real_stats", "real_stats_count", "sample_features"]
 
@@ -72,21 +74,58 @@ def _save(tensors: dict[str, Tensor], path: pathlib.Path, meta: dict[str, str]) 
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
-def _compute(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None,
-             batch_size: int) -> tuple[FeatureSet, Tensor, Tensor]:
-    """The features of the real images (cached, with their mean and covariance) and that mean and covariance."""
+# The most bytes of real features (and class probabilities) that real_stats_count keeps while it streams their
+# statistics, to write the features file KID, PRD and PRDC of the same images then read instead of extracting
+# them again: 2 GiB, 262,144 Inception features (CIFAR, FFHQ, CelebA). A larger split (LSUN bedroom's 3M
+# training images: 24 GB) is streamed: one batch and the [D, D] accumulators held, no features file written.
+KEEP_FEATURES_BYTES = 2**31
+
+
+def _compute(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None, batch_size: int,
+             keep_bytes: int | None = None) -> tuple[FeatureSet | None, Tensor, Tensor, int]:
+    """The features of the real images (cached, with their mean and covariance), that mean and covariance, and
+    how many images they come from. The statistics are accumulated batch by batch; the features are kept (and
+    their file written) while they take at most ``keep_bytes`` (None: always), else dropped (None returned)."""
     images = (x for x, _ in ctx.real_batches(split, n=n, batch_size=batch_size))
-    feats, probs = extract(extractor, images,
-                           device=ctx.device, total=n, description=f"features of real {split}",
-                           probs=extractor.has_probs)
-    if len(feats) < 2:
-        raise AvadeError(f"{ctx.dataset_key}: split {split!r} has {len(feats)} image(s); metrics need >= 2")
-    meta = _meta(ctx, extractor, split, n, len(feats))
-    tensors = {"features": feats} | ({"probs": probs} if probs is not None else {})
-    _save(tensors, cache_path(ctx, extractor, split, n, "features"), meta)
-    mu, sigma = gaussian_stats(feats)
+    accumulator = GaussianAccumulator()
+    feats: list[Tensor] = []
+    probs: list[Tensor] = []
+    held = 0
+    keeping = True
+    description = f"features of real {split}"
+
+    def want_probs() -> bool:  # (no class probabilities once the features are dropped)
+        return keeping and extractor.has_probs
+
+    for f, p in iter_features(extractor, images, device=ctx.device, total=n, description=description,
+                              probs=want_probs):
+        accumulator.update(f)
+        if keeping:
+            held += f.numel() * f.element_size() + (p.numel() * p.element_size() if p is not None else 0)
+            if keep_bytes is not None and held > keep_bytes:
+                keeping = False
+                feats.clear()
+                probs.clear()
+            else:
+                feats.append(f)
+                if p is not None:
+                    probs.append(p)
+    if accumulator.count == 0:
+        raise AvadeError(f"{description}: no images to extract features from")
+    count = accumulator.count
+    if count < 2:
+        raise AvadeError(f"{ctx.dataset_key}: split {split!r} has {count} image(s); metrics need >= 2")
+    meta = _meta(ctx, extractor, split, n, count)
+    found = None
+    if keeping:
+        found = FeatureSet(torch.cat(feats), torch.cat(probs) if probs else None)
+        feats.clear()
+        probs.clear()
+        tensors = {"features": found.features} | ({"probs": found.probs} if found.probs is not None else {})
+        _save(tensors, cache_path(ctx, extractor, split, n, "features"), meta)
+    mu, sigma = accumulator.stats()
     _save({"mu": mu, "sigma": sigma}, cache_path(ctx, extractor, split, n, "stats"), meta)
-    return FeatureSet(feats, probs), mu, sigma
+    return found, mu, sigma, count
 
 
 def real_features(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None = None,
@@ -99,7 +138,9 @@ def real_features(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: 
         data = load_file(str(path))
         if not extractor.has_probs or "probs" in data:
             return FeatureSet(data["features"], data.get("probs"))
-    return _compute(ctx, extractor, split, n, batch_size)[0]
+    found = _compute(ctx, extractor, split, n, batch_size)[0]
+    assert found is not None  # (kept: no limit)
+    return found
 
 
 def real_stats(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None = None,
@@ -118,9 +159,10 @@ def real_stats_count(ctx: EvalContext, extractor: FeatureExtractor, split: str, 
         with safe_open(str(path), "pt") as handle:
             count = (handle.metadata() or {}).get("count")
         return data["mu"], data["sigma"], int(count) if count and count.isdigit() else None
-    # (the statistics _compute saved: a second covariance of 50,000 x 2048 features would take minutes on a CPU)
-    features, mu, sigma = _compute(ctx, extractor, split, n, batch_size)
-    return mu, sigma, len(features.features)
+    # (the statistics _compute saved: a second covariance of 50,000 x 2048 features would take minutes on a CPU;
+    # streamed, with the features kept for KID, PRD and PRDC only up to KEEP_FEATURES_BYTES)
+    _, mu, sigma, count = _compute(ctx, extractor, split, n, batch_size, KEEP_FEATURES_BYTES)
+    return mu, sigma, count
 
 
 def sample_features(ctx: EvalContext, extractor: FeatureExtractor, n: int, batch_size: int = 100,

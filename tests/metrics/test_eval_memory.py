@@ -94,8 +94,8 @@ def test_real_statistics_are_computed_once_when_not_cached(tmp_path, monkeypatch
     from avade.metrics.random_features import RandomConvFeatures
 
     calls = []
-    real_stats = reference.gaussian_stats
-    monkeypatch.setattr(reference, "gaussian_stats", lambda f: calls.append(len(f)) or real_stats(f))
+    real_stats = reference.GaussianAccumulator.stats
+    monkeypatch.setattr(reference.GaussianAccumulator, "stats", lambda a: calls.append(a.count) or real_stats(a))
     images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     ctx = types.SimpleNamespace(dataset_key="tiny/3x8x8/x", cache_dir=tmp_path, device="cpu",
                                 real_batches=lambda split, n=None, batch_size=100: iter([(images, None)]))
