@@ -221,9 +221,16 @@ class GenerativeModel(nn.Module):
         """:meth:`log_likelihood` on checked inputs on the model's device, ``generator`` drawing the
         dequantization noise only (the latents draw from the global RNG): the training step's form, one
         compiled graph, no RNG fork per call."""
+        return self.bound_dequantized(self.preprocess.dequantize(x, generator), x, labels, importance_samples)
+
+    def bound_dequantized(self, u: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None,
+                          importance_samples: int = 1) -> dict[str, torch.Tensor]:
+        """:meth:`bound` of ``u``, ``x`` dequantized (``preprocess.dequantize(x, generator)``): what
+        ``train.compile`` compiles, the noise drawn outside (torch.compile breaks its graph at a
+        ``torch.Generator`` argument)."""
         labels = self._labels(labels)
         batch = x.shape[0]
-        u = self._in_dtype(self.preprocess.dequantize(x, generator))
+        u = self._in_dtype(u)
         feat, logdet = self.features(u)
         k = int(importance_samples)
         if k > 1 and self.training and torch.is_grad_enabled() and any(

@@ -231,7 +231,15 @@ class Trainer:
         for m in (self.model.flow, self.model.encoder, critic):
             if m is not None:
                 compile_in_place(m, backend)
-        self.log_likelihood = compiled(self.model.bound, backend)
+        bound = compiled(self.model.bound_dequantized, backend)
+        dequantize = self.model.preprocess.dequantize
+
+        def log_likelihood(x: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator | None,
+                           importance_samples: int = 1) -> dict[str, torch.Tensor]:
+            # the dequantization noise drawn eagerly, as bound draws it: its generator would break the graph
+            return bound(dequantize(x, generator), x, labels, importance_samples)
+
+        self.log_likelihood = log_likelihood
         self.generate = compiled(self.model.generate, backend)
 
     # -- run directory / resume ----------------------------------------------------------------------
