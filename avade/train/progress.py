@@ -16,7 +16,9 @@ _SHOWN = ("loss", "bpd", "l_c", "l_q", "d_loss", "gp", "images_per_s")
 class TrainProgress:
     """Context manager showing the step, loss terms, BPD, images/s and the time left; a no-op when disabled
     (tests, non-main ranks). Off a terminal it prints one line per ``interval_s`` seconds (and the first
-    and last step) instead of a bar; ``label`` (the run's name) starts each line."""
+    and last step) instead of a bar; ``label`` (the run's name) starts each line. The time left is estimated
+    from the steps after this process's first (which compiles, autotunes, starts CUDA: no measure of the rest):
+    the first step's line says how long it took instead (the bar's estimate, rich's, starts after it too)."""
 
     def __init__(self, console: Console, total: int, start: int = 0, enabled: bool = True, label: str = "",
                  interval_s: float = 30.0) -> None:
@@ -30,6 +32,7 @@ class TrainProgress:
         self.total, self.start = total, start
         self.task: Any = None
         self._t0 = self._last = 0.0
+        self._first_done: float | None = None  # when this process's first step ended
 
     def __enter__(self) -> TrainProgress:
         self._t0 = self._last = time.monotonic()
@@ -44,14 +47,20 @@ class TrainProgress:
             self.progress.update(self.task, completed=step, info=_info(logs))
         elif self.lines:
             now = time.monotonic()
+            if step == self.start + 1:
+                self._first_done = now
             if step in (self.start + 1, self.total) or now - self._last >= self.interval_s:
                 self._last = now
                 self.console.print(escape(self._line(step, _info(logs), now)), soft_wrap=True, highlight=False)
 
     def _line(self, step: int, info: str, now: float) -> str:
-        done = step - self.start
-        left = (now - self._t0) / done * (self.total - step) if done > 0 else 0.0
-        eta = f" eta {_duration(left)}" if step < self.total else ""
+        done = step - self.start - 1  # the steps since the first, which compiles and warms up
+        if step >= self.total:
+            eta = ""
+        elif done <= 0 or self._first_done is None:
+            eta = f" first step {_duration(now - self._t0)}"
+        else:
+            eta = f" eta {_duration((now - self._first_done) / done * (self.total - step))}"
         name = f"{self.label} " if self.label else ""
         return f"{name}step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%) {info}{eta}"
 
