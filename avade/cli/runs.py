@@ -33,8 +33,8 @@ from avade.train.rundir import (
 )
 
 #: summary.json keys that describe the run rather than score it
-_SUMMARY_META = frozenset({"recipe", "variant", "steps", "train_images_per_s", "device", "weights", "bpd_untrained",
-                           "error"})
+_SUMMARY_META = frozenset({"recipe", "variant", "steps", "train_images_per_s", "first_step_s", "device", "weights",
+                           "bpd_untrained", "error"})
 #: eval.json keys that say which checkpoint was scored, with what
 _EVAL_META = frozenset({"checkpoint", "step", "weights", "settings"})
 #: the metric columns a table shows by default, those some run has (``--metrics`` picks others)

@@ -807,7 +807,10 @@ class Trainer:
         if self.likelihood and self.step == 0:
             with stop_on_signals(announce=False, immediate=UNSTARTED_STOP):  # nothing to save yet
                 self.bpd_untrained = self.test_bpd()
-        t0, images = time.perf_counter(), 0
+        # this process's first step (torch.compile, cuDNN autotuning, CUDA's start, the loader's workers: seconds to
+        # minutes, again after a resume) is timed apart: no measure of the training speed
+        first_step_s: float | None = None
+        steady_images, steady_s = 0, 0.0  # the steps after it, for the summary's train_images_per_s
         from avade.train.progress import TrainProgress
 
         # closing: the loader's workers (which ignore stop signals) end with the loop, however it ends
@@ -820,9 +823,14 @@ class Trainer:
                 started = time.perf_counter()
                 x, y = next(batches)
                 logs = self._take_step(x, y)  # (step_once without its checks: the stream checked the batch)
-                window_s += time.perf_counter() - started
-                window_images += x.shape[0] * self.dist.world
-                images += x.shape[0] * self.dist.world
+                took, batch_images = time.perf_counter() - started, x.shape[0] * self.dist.world
+                window_s += took
+                window_images += batch_images
+                first = self.step == start_step + 1
+                if first:
+                    first_step_s = took
+                else:
+                    steady_images, steady_s = steady_images + batch_images, steady_s + took
                 if not logs["finite"]:  # (_take_step counted it)
                     if self.dist.is_main:
                         self.console.print(f"[yellow]warning:[/] step {self.step}: {self.last_skip} "
@@ -846,6 +854,7 @@ class Trainer:
                 job_logs = self._global_logs(logs) if log_now or save_now else logs
                 if log_now:
                     logger.log(self.step, job_logs)
+                if log_now or first:  # the process's first step is a window of its own: in no line with others
                     window_images, window_s = 0, 0.0
                 if self.step % cfg.sample_every == 0:
                     self.write_grids(f"{self.step:08d}")
@@ -869,8 +878,9 @@ class Trainer:
                                        signal_name=stop.signal or "SIGTERM")
         self.write_grids("final")
         summary: dict[str, Any] = {"recipe": self.recipe.name, "variant": self.recipe.variant, "steps": self.step,
-                                   "train_images_per_s": images / max(time.perf_counter() - t0, 1e-9)
-                                   if self.step > start_step else None, "device": str(self.device)}
+                                   "train_images_per_s": steady_images / max(steady_s, 1e-9)
+                                   if self.step > start_step + 1 else None, "first_step_s": first_step_s,
+                                   "device": str(self.device)}
         results = self.evaluate()
         if self.ema is not None:  # the results are the averaged weights'
             summary["weights"] = "ema"
