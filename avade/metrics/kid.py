@@ -3,7 +3,8 @@
 ``k(x, y) = (gamma <x, y> + coef)^degree`` (default degree 3, gamma = 1/D, coef 1), averaged over random
 subsets of real and generated features, as in torchmetrics' ``KernelInceptionDistance``: the same subset
 draws (one ``randperm`` of the real set, then one of the fake set, per subset) and the same estimator,
-so with the same seed both give the same numbers.
+so with the same seed both give the same numbers. With ``real_samples`` unset, :class:`KID` extracts at most the
+``subsets * subset_size`` real images its subsets can touch (:func:`kid_real_pool`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from avade.metrics.reference import real_features, sample_features
 from avade.metrics.stats import check_finite_rows
 from avade.schema import ge, gt
 
-__all__ = ["KID", "KIDConfig", "check_kid_options", "kernel_inception_distance", "polynomial_mmd2",
+__all__ = ["KID", "KIDConfig", "check_kid_options", "kernel_inception_distance", "kid_real_pool", "polynomial_mmd2",
            "warn_if_every_subset_is_the_same"]
 
 
@@ -85,14 +86,28 @@ def kernel_inception_distance(
     return float(values.mean()), float(values.std(unbiased=False))
 
 
+def kid_real_pool(ctx: EvalContext, split: str, subsets: int, subset_size: int) -> int | None:
+    """How many real images of ``split`` KID extracts when ``real_samples`` is unset: ``subsets * subset_size``
+    (a fixed random subset, as ``real_samples`` of that many takes) when the split has more, else None (all of it).
+
+    Its subsets can only ever touch ``subsets * subset_size`` real rows, so holding the features of a larger split
+    (LSUN bedroom's 3M training images: 24 GB of Inception features) buys nothing; each subset is still a uniform
+    random subset of the split. A context without the optional ``split_size`` is taken whole, as before."""
+    pool = subsets * subset_size
+    size = getattr(ctx, "split_size", None)
+    return pool if callable(size) and size(split) > pool else None
+
+
 @attrs.define
 class KIDConfig:
     """KID of ``samples`` model samples against the real ``split``."""
 
     samples: int = attrs.field(default=10000, validator=ge(2))
     split: Literal["train", "test"] = "test"
-    real_samples: int | None = attrs.field(default=None, validator=ge(2),
-                                           metadata={"help": "real images used; none = the whole split"})
+    real_samples: int | None = attrs.field(
+        default=None, validator=ge(2),
+        metadata={"help": "real images used; none = the whole split, or a fixed random subsets x subset_size of it "
+                          "when it has more"})
     subsets: int = attrs.field(default=100, validator=ge(1))
     subset_size: int = attrs.field(default=1000, validator=ge(2))
     degree: int = attrs.field(default=3, validator=ge(1))
@@ -117,7 +132,10 @@ class KID:
         cfg = self.cfg
         extractor = get_extractor(ctx.options, ctx.device)
         warn_if_not_reference(extractor, "KID")
-        real = real_features(ctx, extractor, cfg.split, cfg.real_samples, cfg.batch_size).features
+        wanted = cfg.real_samples  # (unset: no more than the subsets can touch, see kid_real_pool)
+        if wanted is None:
+            wanted = kid_real_pool(ctx, cfg.split, cfg.subsets, cfg.subset_size)
+        real = real_features(ctx, extractor, cfg.split, wanted, cfg.batch_size).features
         fake = sample_features(ctx, extractor, cfg.samples, cfg.batch_size).features
         size = min(cfg.subset_size, real.shape[0], fake.shape[0])
         self.used = {"real_images": int(real.shape[0]), "subset_size": size}
