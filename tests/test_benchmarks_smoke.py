@@ -94,7 +94,8 @@ def test_quick_cases_trace_compiled_flows_without_inductor() -> None:
 
 
 def test_a_failing_case_is_reported_and_the_others_kept() -> None:
-    settings = make_settings("cpu", quick=True, warmup=0, repeats=1)
+    # isolate=False: the eager case is timed in this process (a compiled case is always isolated).
+    settings = make_settings("cpu", quick=True, warmup=0, repeats=1, isolate=False)
     broken = flows.FlowCase("glow broken", "glow", levels=2, steps=1, hidden=4, size=8, batch=2,
                             compile="no_such_backend")
     result = flows.run(settings, cases=[tiny_cases()[0], broken], baseline=False)
@@ -144,7 +145,9 @@ def test_timing_worker_initialises_actnorm_before_any_timed_call(monkeypatch: py
 
 def test_flows_against_normflows_on_tiny_shapes() -> None:
     pytest.importorskip("normflows", reason="normflows not installed (pip install -e '.[bench]')")
-    settings = make_settings("cpu", quick=True, warmup=0, repeats=1)
+    # isolate=False: the eager cases are timed in this process, which saves four worker processes; the
+    # compiled case still runs its three sides in workers (test_flows_avade_alone_... isolates eager ones).
+    settings = make_settings("cpu", quick=True, warmup=0, repeats=1, isolate=False)
     result = flows.run(settings, cases=tiny_cases())
     assert result["baseline"] == "normflows"
     for case in result["cases"].values():
@@ -186,7 +189,7 @@ def test_unknown_benchmark_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
 def test_cases_selects_flow_cases_by_name() -> None:
     args = runner.parse_args(["--only", "flows", "--cases", "glow, glow compiled"])
     assert args.cases == ["glow", "glow compiled"]
-    settings = make_settings("cpu", quick=True, warmup=0, repeats=1)
+    settings = make_settings("cpu", quick=True, warmup=0, repeats=1, isolate=False)  # no worker process
     result = flows.run(settings, cases=tiny_cases(), baseline=False, names=["realnvp"])
     assert set(result["cases"]) == {"realnvp"}
 
