@@ -50,13 +50,15 @@ def shipped_id(path: Path) -> str:
     return str(path.relative_to(ROOT / "recipes"))
 
 
-def shipped_recipe_step(path: Path, device: str, run: Path) -> dict[str, float]:
+def shipped_recipe_step(path: Path, device: str, run: Path, batch_size: int = 4) -> dict[str, float]:
     """One full Algorithm 1 step (no MLE warm-up) of the shipped recipe at ``path`` (a sweep's first
-    variant), on synthetic data of its own resolution and channels, batch 4."""
+    variant), on synthetic data of its own resolution and channels, batch ``batch_size`` (at least 2:
+    the data-dependent inits need two values per channel)."""
     data = tomllib.loads(path.read_text(encoding="utf-8")).get("data", {})
     overrides = ["data.name=synthetic", f"data.resolution={data.get('resolution', 32)}",
                  f"data.channels={data.get('channels', 3)}", "data.size=8", "data.test_size=8",
-                 "data.batch_size=4", "train.warmup_steps=0", f"train.device={device}", 'eval.metrics=["bpd"]']
+                 f"data.batch_size={batch_size}", "train.warmup_steps=0", f"train.device={device}",
+                 'eval.metrics=["bpd"]']
     (variant, *_) = expand_sweep(load_recipe(path, overrides))
     from avade.train.trainer import Trainer  # torch-heavy: only where a step is taken
 
