@@ -361,10 +361,16 @@ def iter_features(
     if probs is True:
         require_probs(extractor)
     extractor = extractor.to(device).eval()
-    for x in track_images(batches, total, description):
+    images = iter(track_images(batches, total, description))
+    while True:
         want = probs() if callable(probs) else probs
-        # inference mode around the network only: a generator's caller runs between its yields
+        # inference mode around drawing the batch (a context's sampling, as before iter_features) and the network,
+        # not across the yield: a generator's caller runs between its yields
         with torch.inference_mode():
+            try:
+                x = next(images)
+            except StopIteration:
+                return
             f, p = extractor.features_and_probs(x.to(device), probs=want)
             f = f.float().cpu()
             p = p.double().cpu() if p is not None else None

@@ -118,3 +118,24 @@ def test_reference_statistics_hold_one_batch_not_all_the_features() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     ratio = float(json.loads(done.stdout.strip().splitlines()[-1]))
     assert ratio < 0.1, f"peak memory {ratio:.2f}x the features (of 800,000 images): they were held, not streamed"
+
+
+def test_batches_are_drawn_in_inference_mode_and_the_caller_runs_outside_it() -> None:
+    # As extract drew them before iter_features: a context's sample_batches (a model sampling, in a custom
+    # EvalContext without torch.no_grad) must record no autograd graph; the caller's code between two batches
+    # (the streamed statistics' updates) runs in the mode it called from.
+    from avade.metrics.features import extract, iter_features
+
+    modes = []
+
+    def batches():
+        for _ in range(2):
+            modes.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+            yield torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+
+    extractor = RandomConvFeatures(dim=4)
+    assert extract(extractor, batches())[0].shape == (6, 4)
+    assert modes == [(False, True)] * 2
+    for _ in iter_features(extractor, batches()):
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+    assert modes == [(False, True)] * 4
