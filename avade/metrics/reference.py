@@ -76,8 +76,10 @@ def _save(tensors: dict[str, Tensor], path: pathlib.Path, meta: dict[str, str]) 
 
 # The most bytes of real features (and class probabilities) that real_stats_count keeps while it streams their
 # statistics, to write the features file KID, PRD and PRDC of the same images then read instead of extracting
-# them again: 2 GiB, 262,144 Inception features (CIFAR, FFHQ, CelebA). A larger split (LSUN bedroom's 3M
-# training images: 24 GB) is streamed: one batch and the [D, D] accumulators held, no features file written.
+# them again: 2 GiB, 262,144 Inception features (CIFAR, FFHQ, CelebA), or 132,104 images with an extractor
+# that also gives class probabilities (1008 float64 each: CelebA's 162,770 training images are then streamed).
+# A larger split (LSUN bedroom's 3M training images: 24 GB) is streamed: one batch and the [D, D] accumulators
+# held, no features file written.
 KEEP_FEATURES_BYTES = 2**31
 
 
