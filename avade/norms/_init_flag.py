@@ -38,9 +38,18 @@ class InitFlag(nn.Module):
         self.done.fill_(True)
         self._known = True
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._known = False
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # known from the loaded value (a checkpoint's CPU tensor: no host sync): left unknown, a resumed
+        # train.compile run's first step broke its graph at every layer reading the buffer (the run that
+        # initialised before compiling never did)
+        self._known = _loaded_true(state_dict.get(prefix + "done"))
+
+
+def _loaded_true(value: Any) -> bool:
+    """Whether a state dict's init flag is a one-value tensor holding True (not a meta or misshapen one: the
+    buffer is then read when first needed)."""
+    return isinstance(value, torch.Tensor) and not value.is_meta and value.numel() == 1 and bool(value)
 
 
 def check_init_batch(out: torch.Tensor, dims: Sequence[int], who: str, off: str) -> None:
