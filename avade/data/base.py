@@ -24,8 +24,6 @@ from typing import IO, Any
 import torch
 from PIL import Image, ImageOps, TiffImagePlugin
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from avade.errors import ConfigError, DataError
 
@@ -212,6 +210,8 @@ def center_crop_resize(images: torch.Tensor, resolution: int, crop: int | None =
     h, w = int(images.shape[-2]), int(images.shape[-1])
     side = min(h, w) if crop is None else min(int(crop), h, w)
     if (h, w) != (side, side):
+        from torchvision.transforms.v2 import functional as TF  # (see _resize)
+
         images = TF.center_crop(images, [side, side])
     return resize(images, resolution)
 
@@ -232,6 +232,11 @@ def resize(images: torch.Tensor, resolution: int, chunk: int = 4096) -> torch.Te
 
 
 def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    # torchvision imported where images are decoded or resized, not with this module: importing it imports all
+    # of torchvision, its models and torch's compiler (~2.4 s), which `avade recipe check` needs none of
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.resize(images, [resolution, resolution], interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
@@ -268,6 +273,8 @@ def pil_to_uint8(img: Image.Image, channels: int = 3) -> torch.Tensor:
         # the image's own maximum: a dark 16-bit image stays dark.
         img = img.point(lambda v: v / 256, "I").convert("L")
     img = img.convert("RGB" if channels == 3 else "L")
+    from torchvision.transforms.v2 import functional as TF  # (see _resize)
+
     return TF.pil_to_tensor(img)
 
 
