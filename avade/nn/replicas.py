@@ -29,7 +29,13 @@ def replica_statistics(enabled: bool = True) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-@torch.compiler.disable  # a collective and a context variable: run eagerly inside compiled code
+# A collective and a context variable: run eagerly inside compiled code. torch's own lazy form of
+# torch.compiler.disable, which imports torch._dynamo (~1.3 s) at the first call instead of with this module: a
+# process that never compiles (`avade recipe check`, evaluation) needs none of it.
+_eager = getattr(torch, "_disable_dynamo", torch.compiler.disable)
+
+
+@_eager
 def replica_mean(t: torch.Tensor) -> torch.Tensor:
     """``t`` averaged over the data-parallel processes inside :func:`replica_statistics`; else ``t``.
     Not differentiable (a statistic for a decision): pass a detached tensor."""
