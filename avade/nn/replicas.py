@@ -31,7 +31,7 @@ def replica_statistics(enabled: bool = True) -> Iterator[None]:
 
 # A collective and a context variable: run eagerly inside compiled code. torch's own lazy form of
 # torch.compiler.disable, which imports torch._dynamo (~1.3 s) at the first call instead of with this module: a
-# process that never compiles (`avade recipe check`, evaluation) needs none of it.
+# process that neither compiles nor uses free bits (the only caller), e.g. `avade recipe check`, needs none of it.
 _eager = getattr(torch, "_disable_dynamo", torch.compiler.disable)
 
 
