@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from avade.flows.base import Flow, Shape, check_in_shape
-from avade.norms._init_flag import _loaded_true, check_init_batch
+from avade.norms._init_flag import check_init_batch, loaded_as_set
 from avade.schema import gt
 
 
@@ -66,7 +66,7 @@ class ActNorm(Flow):
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         # (from the loaded value, as the norms' InitFlag: no graph break in a resumed train.compile run)
-        self._known_initialized = _loaded_true(state_dict.get(prefix + "initialized"))
+        self._known_initialized = loaded_as_set(state_dict.get(prefix + "initialized"))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y, logdet [B])``; the first training batch initialises the bias and scale (data-dependent init)."""

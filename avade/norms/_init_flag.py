@@ -43,10 +43,10 @@ class InitFlag(nn.Module):
         # known from the loaded value (a checkpoint's CPU tensor: no host sync): left unknown, a resumed
         # train.compile run's first step broke its graph at every layer reading the buffer (the run that
         # initialised before compiling never did)
-        self._known = _loaded_true(state_dict.get(prefix + "done"))
+        self._known = loaded_as_set(state_dict.get(prefix + "done"))
 
 
-def _loaded_true(value: Any) -> bool:
+def loaded_as_set(value: Any) -> bool:
     """Whether a state dict's init flag is a one-value tensor holding True (not a meta or misshapen one: the
     buffer is then read when first needed)."""
     return isinstance(value, torch.Tensor) and not value.is_meta and value.numel() == 1 and bool(value)
