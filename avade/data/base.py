@@ -251,11 +251,8 @@ def decode_into(out: torch.Tensor, load: Callable[[int], torch.Tensor], threads:
         # map yields in order: the first chunk that failed raises, and within it the first image that did
         for _ in pool.map(chunk, range(1, n, _DECODE_CHUNK)):
             pass
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # (threads still running finish their chunk)
-        raise
-    finally:
-        pool.shutdown(wait=True)
+    finally:  # (on a failure the chunks not yet started are cancelled; running ones finish theirs)
+        pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(intra_op)
 
 
