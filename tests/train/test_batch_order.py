@@ -69,3 +69,32 @@ def test_a_training_batch_read_item_by_item_is_checked_as_it_arrives() -> None:
     with pytest.raises(DataError, match=r"^a training batch of the dataset: labels must be in 0\.\.1 .*\[0, 7\]$"):
         for _ in BatchStream(_ReadItems(), 8, seed=0).batches(0):
             break
+
+
+class _Files(torch.utils.data.Dataset):
+    """Items read one by one (no as_tensors), each its own image and label: the DataLoader path."""
+
+    num_classes = 5
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.full((1, 2, 2), i, dtype=torch.uint8), i % 5
+
+
+def test_loader_workers_change_where_batches_are_read_not_what_they_hold() -> None:
+    # (data.num_workers = "auto" starts workers on an accelerator: the run's batches must be those of 0 workers)
+    def first(workers: int, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        stream = BatchStream(_Files(), 4, seed=3, num_workers=workers)
+        assert stream.num_workers == workers
+        batches = stream.batches(start)
+        try:
+            return [next(batches) for _ in range(5)]  # across epochs of 2 batches
+        finally:
+            batches.close()
+
+    for start in (0, 3):
+        alone, with_workers = first(0, start), first(2, start)
+        for (x, y), (xw, yw) in zip(alone, with_workers, strict=True):
+            assert torch.equal(x, xw) and torch.equal(y, yw)
