@@ -201,8 +201,17 @@ def decode_threads(n: int) -> int:
     the launcher already pinned each to its own CPUs; at most one per chunk of images, and at most 32.
 
     ``data.num_workers`` does not bound it: it counts DataLoader processes, which data held in memory do not use
-    (trainers index its tensors), and its default 0 would make this serial; the threads end with the decoding.
+    (trainers index its tensors), and a count of 0 would make this serial; the threads end with the decoding.
     """
+    chunks = -(-n // _DECODE_CHUNK)
+    return max(1, min(process_cpus(), chunks, _MAX_DECODE_THREADS))
+
+
+def process_cpus() -> int:
+    """The CPUs this process may use (``os.sched_getaffinity``: a container's or ``taskset``'s limit, not the
+    machine's count; ``os.cpu_count()`` where there is no affinity), divided among the processes of a
+    torchrun job on this node (``LOCAL_WORLD_SIZE``) unless the launcher already pinned each to its own
+    CPUs (an affinity smaller than the machine); 0 when a torchrun job has more processes than CPUs."""
     machine = os.cpu_count() or 1
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -212,8 +221,7 @@ def decode_threads(n: int) -> int:
     local_world = int(local_world) if local_world.isdigit() else 1
     if local_world > 1 and cpus >= machine:
         cpus //= local_world
-    chunks = -(-n // _DECODE_CHUNK)
-    return max(1, min(cpus, chunks, _MAX_DECODE_THREADS))
+    return cpus
 
 
 def decode_into(out: torch.Tensor, load: Callable[[int], torch.Tensor], threads: int | None = None) -> None:
