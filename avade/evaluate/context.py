@@ -107,7 +107,8 @@ class RunContext:
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """See :meth:`~avade.metrics.context.EvalContext.real_batches`; decoded by ``data.num_workers`` loader
         processes, as bits/dim's batches are (reference features of 50,000 images read from files)."""
-        return subset_batches(self._split(split), n, batch_size, num_workers=self.recipe.data.options.num_workers)
+        return subset_batches(self._split(split), n, batch_size, num_workers=self.recipe.data.options.num_workers,
+                              device=self.device)
 
     @property
     def sample_seed(self) -> int:
@@ -161,7 +162,7 @@ class RunContext:
                           UserWarning, stacklevel=2)
         options = self.recipe.data.options
         batches = eval_batches(self._split(split), options.eval_batch_size, self.recipe.train.eval_batches,
-                               options.num_workers)
+                               options.num_workers, self.device)
         key = "bpd" if importance_samples == 1 else f"bpd_iw{importance_samples}"
         return {key: self.model.mean_bpd(batches, importance_samples)}
 

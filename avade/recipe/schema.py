@@ -93,6 +93,12 @@ class ModelSection:
         return self.options.variant
 
 
+def _workers(_inst: object, attr: attrs.Attribute, value: int | str) -> None:
+    """``data.num_workers``: an int >= 0, or ``"auto"``."""
+    if value != "auto" and not (type(value) is int and value >= 0):
+        raise ConfigError(f"expected int >= 0 or 'auto', got {value!r}", path=attr.name)
+
+
 @attrs.define
 class DataOptions:
     """Loader settings of ``[data]``; every other key there is the dataset's own config."""
@@ -102,7 +108,11 @@ class DataOptions:
                                   metadata={"help": "training batch (of the whole job under torchrun)"})
     eval_batch_size: int = attrs.field(default=256, validator=ge(1), metadata={
         "help": "evaluation batch (bpd draws its noise per batch: another size, another draw of it)"})
-    num_workers: int = attrs.field(default=0, validator=ge(0), metadata={"help": "DataLoader worker processes"})
+    num_workers: int | Literal["auto"] = attrs.field(
+        default="auto", validator=_workers,
+        metadata={"help": "DataLoader worker processes decoding file-backed data (0 = in the training process); "
+                          "auto = 0 for data held in memory or a CPU device, else one per CPU of this "
+                          "process less one, at most 8 (avade.train.data.resolve_num_workers)"})
     n_bits: int = attrs.field(
         default=8, validator=between(1, 8),
         metadata={"help": "bits per colour value the model sees (Glow's n_bits_x): below 8 every image is "

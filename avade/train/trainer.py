@@ -738,7 +738,7 @@ class Trainer:
         data = self.test_set if split == "test" else self.train_set
         options = self.recipe.data.options
         batches = indexed_batches(data, options.eval_batch_size, lim, options.num_workers,
-                                  shard=(self.dist.rank, self.dist.world))
+                                  shard=(self.dist.rank, self.dist.world), device=self.device)
         total, count = all_sum(list(self.model.bpd_sum(batches, importance_samples)), self.dist, self.device)
         return total / max(count, 1)
 
