@@ -27,7 +27,7 @@ def step_jacobian(step: torch.nn.Module, z0: torch.Tensor, ctx: torch.Tensor) ->
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
 def test_step_jacobian_is_triangular(kernel: int, reverse: bool) -> None:
     torch.manual_seed(0)
     step = IAFStep(Z, 8, CTX, kernel, reverse=reverse).double()
