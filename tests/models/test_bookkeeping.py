@@ -256,3 +256,58 @@ def test_to_unit_maps_the_dequantized_range_onto_minus_one_to_one():
     # The discriminator sees real and generated images in [-1, 1): u = 0 -> -1, u = 128 -> 0, u -> 256 gives 1.
     torch.testing.assert_close(to_unit(torch.tensor([0.0, 128.0, 256.0])), torch.tensor([-1.0, 0.0, 1.0]),
                                rtol=0, atol=0)
+
+
+def test_the_bounds_approach_the_exact_likelihood_of_a_one_dimensional_latent():
+    # One latent dimension (1 channel at the 1x1 top stage): log p(u) = log int N(y; mu(c), sigma^2) N(c; 0, 1) dc
+    # + D log(2 / 256) by quadrature, its constants computed here (y = 2 u / 256 - 1). The ELBO lies below it on
+    # average and the k-sample importance-weighted bound reaches it as k grows (Burda et al. 2016).
+    torch.manual_seed(0)
+    recipe = recipe_from_dict(
+        {
+            "name": "one-latent",
+            "model": {
+                "variant": "vae",
+                "logit_alpha": 0.0,
+                "encoder": {"name": "conv", "channels": [4, 4, 4], "norm": "none"},
+                "posterior": {"name": "diagonal", "latent_channels": 1, "norm": "none"},
+                "decoder": {"name": "conv", "norm": "none"},
+            },
+            "data": {"name": "synthetic", "resolution": 4, "channels": 1},
+        }
+    )
+    model = build_model(recipe, (1, 4, 4)).double().eval()
+    group = model.posterior.group(2)
+    assert model.posterior.latent_shape(2) == (1, 1, 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        # q = p = N(0, 1): weights p(u|z) are bounded, so the importance-weighted bound converges fast
+        for p in group.posterior.parameters():
+            p.zero_()
+        group.prior.scale.zero_()
+        group.merge.layer.weight.mul_(5.0)  # the decoder mean depends strongly on z: the ELBO is loose
+        model.log_sigma.fill_(math.log(0.3))
+    x = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
+    u = x.double() + torch.rand(x.shape, dtype=torch.float64)
+    with torch.no_grad():
+        c = torch.linspace(-12, 12, 12001, dtype=torch.float64)
+        d = model.posterior.decode_stage(2, model.decoder.initial_state(c.numel()), c.view(-1, 1, 1, 1))
+        for i in (2, 1, 0):
+            d = model.decoder.forward_stage(i, d, None)
+        density = torch.distributions.Normal(model.decoder.head(d, None), 0.3)
+        y = 2 * u / 256 - 1
+        log_lik = torch.stack([density.log_prob(y[b]).flatten(1).sum(1) for b in range(3)])
+        log_prior = -0.5 * c.square() - 0.5 * math.log(2 * math.pi)
+        exact = torch.logsumexp(log_lik + log_prior, 1) + math.log(float(c[1] - c[0])) + 16 * math.log(2 / 256)
+
+        n = 400
+        elbo = model.bound_dequantized(u.repeat(n, 1, 1, 1), x.repeat(n, 1, 1, 1), None)
+        torch.testing.assert_close(elbo["bpd"], -elbo["log_px"] / (16 * math.log(2.0)), rtol=0, atol=1e-12)
+        draws = elbo["log_px"].view(n, 3)
+        gap = exact - draws.mean(0)
+        assert (gap > -3 * draws.std(0) / n**0.5).all()  # E[ELBO] <= log p(u)
+        assert float(gap.sum()) > 0.5  # ... and the latent matters: the ELBO is loose
+        iw = model.bound_dequantized(u, x, None, importance_samples=4000)["log_px"]
+    torch.testing.assert_close(iw, exact, rtol=0, atol=0.1)
+    assert (iw > draws.mean(0)).all()
