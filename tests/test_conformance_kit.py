@@ -166,9 +166,11 @@ class TinyPosterior(nn.Module):
             log_p = log_p if defect == "unsummed-prior-log-p" else log_p.flatten(1).sum(1)
             d_new = d + self.merge(z)
             return (d_new[:, :, ::2] if defect == "prior-shape" else d_new), log_q, log_p
-        mu_q = self.posterior(h)
+        mu_q = self.posterior(d if defect == "ignores-h" else h)
         z = mu_q + torch.randn_like(mu_q)
         log_q = (-0.5 * (z - mu_q).square()).flatten(1).sum(1)
+        if defect == "detached-sample":  # log_q still trains q's layer, the reconstruction no longer does
+            z = z.detach()
         log_p = (-0.5 * (z - mu_p).square()).flatten(1).sum(1)
         if defect == "conditional-log-p" and self.num_classes:
             log_p = log_p.unsqueeze(1)
@@ -189,6 +191,13 @@ def test_the_kit_accepts_a_correct_posterior() -> None:
 ])
 def test_the_sampling_path_of_a_posterior_is_checked(defect: str, expected: str) -> None:
     _fails("posterior", TinyPosterior, PosteriorConfig(defect), f"bad-{defect}", expected)
+
+
+@pytest.mark.parametrize("defect", ["detached-sample", "ignores-h"])
+def test_a_posterior_must_draw_z_from_q_by_reparameterisation(defect: str) -> None:
+    _fails("posterior", TinyPosterior, PosteriorConfig(defect), f"bad-{defect}",
+           r"stage 1: d_new has no gradient with respect to the encoder's features h; z ~ q\(z\|h\) must be drawn "
+           r"by reparameterisation")
 
 
 def test_a_posterior_broken_only_when_built_conditional_is_caught() -> None:

@@ -377,7 +377,8 @@ def _check_decoder_module(dec: nn.Module, stages: list[Shape], shape: Shape, lab
 
 
 def check_posterior(name: str, registry: Registry | None = None, **config: Any) -> None:
-    """Each latent stage returns (d_new, log_q, log_p) with d's shape, finite [B] densities; prior mode
+    """Each latent stage returns (d_new, log_q, log_p) with d's shape, finite [B] densities, d_new differentiable
+    in h (z drawn from q by reparameterisation); prior mode
     (``h = None``) the same shapes, log_q = 0, deterministic at temperature 0 and using the temperature;
     gradients; round trip; the same built class-conditional and run with labels (as the model runs it:
     ``forward_stage(i, d, h, T, y=y)``; a posterior whose ``forward_stage`` has no ``y`` gets none),
@@ -435,7 +436,9 @@ def _check_posterior_module(post: nn.Module, stages: list[Shape], rebuild: Calla
     post.train()
     total = torch.zeros(())
     for i in ids:
-        d_new, log_q, log_p = stage(post, i, hs[i], 1.0)
+        h = hs[i].clone().requires_grad_(True)
+        d_new, log_q, log_p = stage(post, i, h, 1.0)
+        _check_reparameterised(d_new, h, i, what)
         total = total + d_new.pow(2).mean() + (log_q - log_p).mean()
         _, prior_q, _ = stage(post, i, None, 1.0)
         if float(prior_q.abs().max()) != 0.0:
@@ -450,6 +453,20 @@ def _check_posterior_module(post: nn.Module, stages: list[Shape], rebuild: Calla
         return torch.cat([torch.cat([t.flatten() for t in stage(m, i, hs[i], 1.0)]) for i in ids])
 
     _roundtrip(post, rebuild, run, what)
+
+
+def _check_reparameterised(d_new: torch.Tensor, h: torch.Tensor, i: int, what: str) -> None:
+    """``d_new`` depends on the encoder's features ``h`` through z ~ q(z|h, ...), drawn by reparameterisation
+    (``mu_q + sigma_q * eps``): a z drawn under ``no_grad``, ``.detach()``-ed or sampled by a non-differentiable
+    draw (``torch.normal(mu, sigma)``) trains neither q's mean nor the encoder from the reconstruction term."""
+    weights = torch.randn(d_new.shape, generator=torch.Generator().manual_seed(5), dtype=d_new.dtype,
+                          device="cpu").to(d_new.device)  # (a plain sum could cancel by symmetry)
+    (grad,) = (torch.autograd.grad((d_new * weights).sum(), h, retain_graph=True, allow_unused=True)
+               if d_new.requires_grad else (None,))
+    if grad is None or not torch.isfinite(grad).all() or float(grad.abs().sum()) == 0.0:
+        _fail(what, f"stage {i}: d_new {'has no' if grad is None or torch.isfinite(grad).all() else 'a non-finite'} "
+                    "gradient with respect to the encoder's features h; z ~ q(z|h) must be drawn by "
+                    "reparameterisation, z = mu_q + sigma_q * eps (not detached, under no_grad or by torch.normal)")
 
 
 def _check_codes(post: CodedPosterior, ids: list[int], ds: dict[int, torch.Tensor], hs: dict[int, torch.Tensor],
