@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,8 @@ class FlowConfig:
     train_logdet_offset: float = 0.0  # the log-det is off only while self.training (as the trainer runs it)
     flatten: bool = False  # y of shape [B, C*H*W]: the element count is right, the shape is not
     out_shape_lie: bool = False  # advertises a squeezed out_shape but keeps x's shape
+    float64_mix: bool = False  # a channel mixing made with numpy (float64), kept as a plain attribute
+    upcast: bool = False  # returns y in float64 whatever x's dtype
 
 
 class Affine(nn.Module):
@@ -47,9 +50,13 @@ class Affine(nn.Module):
         self.out_shape = (4 * c, h // 2, w // 2) if cfg.out_shape_lie else in_shape
         self.log_scale = nn.Parameter(torch.zeros(in_shape))
         self.shift = nn.Parameter(torch.zeros(in_shape))
+        self.mix = torch.from_numpy(np.eye(c)) if cfg.float64_mix else None  # (fine in float64, as the kit ran it)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mix is not None:
+            x = torch.einsum("ij,bjhw->bihw", self.mix, x)
         y = x * self.log_scale.exp() + self.shift
+        y = y.double() if self.cfg.upcast else y
         logdet = self.log_scale.sum().expand(x.shape[0])
         if self.training:
             logdet = logdet + self.cfg.train_logdet_offset
@@ -57,7 +64,8 @@ class Affine(nn.Module):
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         y = y.view(-1, *self.in_shape)
-        return (y - self.shift) * (-self.log_scale).exp()
+        x = (y - self.shift) * (-self.log_scale).exp()
+        return x if self.mix is None else torch.einsum("ij,bjhw->bihw", self.mix.T, x)
 
 
 @attrs.define
@@ -111,6 +119,31 @@ def test_a_batch_norm_flow_whose_training_logdet_uses_the_wrong_statistics_is_ca
     # right in eval mode (running statistics both ways), wrong in training
     _fails("flow", TinyBatchNorm, BatchNormConfig(running_logdet=True), "running-logdet",
            r"in training mode .* batch statistics held fixed")
+
+
+def test_a_plugin_flow_that_works_in_float64_only_is_caught() -> None:
+    """The kit's exactness checks run in float64; the trainer runs flows in float32, where these break."""
+    import warnings
+
+    from test_registry import plugin  # (the fake-plugin helper)
+
+    import avade.builtin
+    from avade.registry import Registry
+    from avade.testing import check_distribution
+
+    registry = Registry()
+    registry.add_plugin(avade.builtin, dist="avade", version="0.1.0", entry_point="avade")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        registry.add_plugin(plugin("p", lambda reg: reg.register("flow", "np-mix", factory=Affine, config=FlowConfig)),
+                            dist="avade-npmix", version="0.1")
+    with pytest.raises(AssertionError, match=r"^flow 'np-mix' \(float32\): forward\(x\) on x of shape \(4, 3, 4, 4\) "
+                                             r"in training mode raised RuntimeError: .*test_conformance_kit.py:\d+\)$"):
+        check_distribution("avade-npmix", registry=registry, configs={("flow", "np-mix"): {"float64_mix": True}})
+    _fails("flow", Affine, FlowConfig(upcast=True), "upcast",
+           r"in float32 \(as the trainer runs flows\) forward\(x\) gives y of torch.float64 and logdet of "
+           r"torch.float32; both must keep x's dtype torch.float32")
+    check_module("flow", Affine, FlowConfig(), name="good-affine")
 
 
 def test_the_training_mode_check_holds_batch_norm_flows_exactly() -> None:

@@ -124,7 +124,7 @@ def _perturb(module: nn.Module, seed: int = 0) -> None:
 
 def check_flow(name: str, registry: Registry | None = None, **config: Any) -> None:
     """Shapes (``y`` of shape ``[B, *out_shape]``), exact invertibility (float64), log-det vs the brute-force
-    Jacobian in eval and in training mode, gradients, round trip."""
+    Jacobian in eval and in training mode, gradients, round trip; then forward and inverse in float32."""
     registry = registry or get_registry()
     what = f"flow '{name}'"
     torch.manual_seed(0)
@@ -176,6 +176,34 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
         return registry.create("flow", name, in_shape=shape, **config).double()
 
     _roundtrip(flow, rebuild, lambda m: torch.cat([m(x)[0].flatten(), m(x)[1]]), what)
+    _check_float32(registry.create("flow", name, in_shape=shape, **config), shape, out_shape, what)
+
+
+def _check_float32(flow: nn.Module, shape: Shape, out_shape: tuple[int, ...], what: str) -> None:
+    """The checks above run in float64 (exactness); the trainer runs flows in float32: built as it builds them,
+    forward and inverse work there too, keep the input's dtype, and invert to float32 precision (a constant made
+    as float64, e.g. ``torch.from_numpy(np.eye(C))`` kept as a plain attribute, fails only here)."""
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(6)).to(
+        next(iter(flow.parameters()), torch.empty(0)).device)
+    flow.train()
+    _forward(flow, x, f"{what} (float32)")  # data-dependent initialisation
+    flow.eval()
+    with torch.no_grad():
+        y, logdet = _forward(flow, x, f"{what} (float32)")
+        if y.dtype != x.dtype or logdet.dtype != x.dtype:
+            _fail(what, f"in float32 (as the trainer runs flows) forward(x) gives y of {y.dtype} and logdet of "
+                        f"{logdet.dtype}; both must keep x's dtype {x.dtype}")
+        if tuple(y.shape) != (x.shape[0], *out_shape) or not (torch.isfinite(y).all() and torch.isfinite(logdet).all()):
+            _fail(what, f"in float32 forward(x) gives y {_shape(y)}, logdet {_shape(logdet)}; expected finite "
+                        f"{(x.shape[0], *out_shape)} and ({x.shape[0]},)")
+        x_back = _call(f"{what} (float32)", f"inverse(y) on y of shape {tuple(y.shape)}",
+                       cast(FlowModule, flow).inverse, y)
+        if not isinstance(x_back, torch.Tensor) or x_back.shape != x.shape or x_back.dtype != x.dtype:
+            _fail(what, f"in float32 inverse(y) must return x's shape {tuple(x.shape)} and dtype {x.dtype}, got "
+                        f"{_shape(x_back)}" + (f" of {x_back.dtype}" if isinstance(x_back, torch.Tensor) else ""))
+        err = float((x_back - x).abs().max())
+        if not err <= 1e-3:  # NaN fails too
+            _fail(what, f"in float32 inverse(forward(x)) differs from x by {err:.2e}")
 
 
 def _forward(flow: nn.Module, x: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
