@@ -75,9 +75,13 @@ def _build_first(registry: Registry, kind: str, name: str, shapes: Sequence[Shap
 
 def _roundtrip(module: nn.Module, rebuild: Callable[[], nn.Module], run: Callable[[nn.Module], torch.Tensor],
                what: str) -> None:
-    """Weights saved with safetensors and loaded into a fresh instance give the same outputs."""
+    """In eval mode the outputs are deterministic, and weights saved with safetensors and loaded into a fresh
+    instance give the same outputs."""
     module.eval()
     expected = run(module)
+    if not torch.allclose(expected, run(module), atol=1e-10, rtol=1e-8):  # (else "state not in state_dict?" misleads)
+        _fail(what, "is not deterministic in eval mode: two calls on the same input give different outputs (dropout "
+                    "with training=True, or noise drawn whatever self.training?)")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.safetensors"
         save_model(module, str(path))
