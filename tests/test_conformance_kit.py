@@ -37,6 +37,7 @@ class FlowConfig:
     out_shape_lie: bool = False  # advertises a squeezed out_shape but keeps x's shape
     float64_mix: bool = False  # a channel mixing made with numpy (float64), kept as a plain attribute
     upcast: bool = False  # returns y in float64 whatever x's dtype
+    clamp: float = 0.0  # clamps x to [-clamp, clamp] first: not invertible beyond (0: off)
 
 
 class Affine(nn.Module):
@@ -55,6 +56,7 @@ class Affine(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mix is not None:
             x = torch.einsum("ij,bjhw->bihw", self.mix, x)
+        x = x.clamp(-self.cfg.clamp, self.cfg.clamp) if self.cfg.clamp else x
         y = x * self.log_scale.exp() + self.shift
         y = y.double() if self.cfg.upcast else y
         logdet = self.log_scale.sum().expand(x.shape[0])
@@ -144,6 +146,13 @@ def test_a_plugin_flow_that_works_in_float64_only_is_caught() -> None:
            r"in float32 \(as the trainer runs flows\) forward\(x\) gives y of torch.float64 and logdet of "
            r"torch.float32; both must keep x's dtype torch.float32")
     check_module("flow", Affine, FlowConfig(), name="good-affine")
+
+
+def test_a_flow_invertible_only_near_zero_is_caught() -> None:
+    """Exact on the kit's standard normal inputs (all within 3.5 here), not beyond: features reach further."""
+    _fails("flow", Affine, FlowConfig(clamp=3.5), "clamped",
+           r"^flow 'clamped': inverse\(forward\(x\)\) differs from x by .* \(float64\) for inputs of scale 4 .*is it "
+           r"invertible only near 0\?$")
 
 
 def test_the_training_mode_check_holds_batch_norm_flows_exactly() -> None:

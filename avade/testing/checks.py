@@ -159,6 +159,7 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
     err = float((x_back - x).detach().abs().max())
     if not err <= 1e-8:  # NaN fails too
         _fail(what, f"inverse(forward(x)) differs from x by {err:.2e} (float64)")
+    _check_wide_inverse(flow, x, what)
     _check_per_sample(flow, x, y, logdet, what)
     x1 = x[:1]
 
@@ -208,6 +209,21 @@ def _check_float32(flow: nn.Module, shape: Shape, out_shape: tuple[int, ...], wh
         err = float((x_back - x).abs().max())
         if not err <= 1e-3:  # NaN fails too
             _fail(what, f"in float32 inverse(forward(x)) differs from x by {err:.2e}")
+
+
+def _check_wide_inverse(flow: nn.Module, x: torch.Tensor, what: str) -> None:
+    """Invertible beyond the bulk of a standard normal too: features after a logit preprocessing, or a trained
+    flow's, reach several units, where a clamp or a branch taken only for large inputs breaks the inverse."""
+    wide = 4 * torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=x.dtype).to(x.device)
+    with torch.no_grad():
+        y, logdet = _forward(flow, wide, what)
+        if not (torch.isfinite(y).all() and torch.isfinite(logdet).all()):
+            _fail(what, "forward's output or logdet is not finite for inputs of scale 4 (x = 4 * standard normal)")
+        back = _call(what, f"inverse(y) on y of shape {tuple(y.shape)}", cast(FlowModule, flow).inverse, y)
+    err = float((back - wide).abs().max()) if isinstance(back, torch.Tensor) and back.shape == wide.shape else math.nan
+    if not err <= 1e-8 * max(1.0, float(wide.abs().max())):  # NaN fails too
+        _fail(what, f"inverse(forward(x)) differs from x by {err:.2e} (float64) for inputs of scale 4 (x = 4 * "
+                    f"standard normal, |x| up to {float(wide.abs().max()):.1f}): is it invertible only near 0?")
 
 
 def _forward(flow: nn.Module, x: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
