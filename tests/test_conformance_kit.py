@@ -38,6 +38,7 @@ class FlowConfig:
     float64_mix: bool = False  # a channel mixing made with numpy (float64), kept as a plain attribute
     upcast: bool = False  # returns y in float64 whatever x's dtype
     clamp: float = 0.0  # clamps x to [-clamp, clamp] first: not invertible beyond (0: off)
+    in_place: str = ""  # "forward": y computed in x's storage; "inverse": x computed in y's
 
 
 class Affine(nn.Module):
@@ -57,6 +58,8 @@ class Affine(nn.Module):
         if self.mix is not None:
             x = torch.einsum("ij,bjhw->bihw", self.mix, x)
         x = x.clamp(-self.cfg.clamp, self.cfg.clamp) if self.cfg.clamp else x
+        if self.cfg.in_place == "forward" and not torch.is_grad_enabled():  # (a leaf can't be changed under autograd)
+            return x.mul_(self.log_scale.exp()).add_(self.shift), self.log_scale.sum().expand(x.shape[0])
         y = x * self.log_scale.exp() + self.shift
         y = y.double() if self.cfg.upcast else y
         logdet = self.log_scale.sum().expand(x.shape[0])
@@ -66,7 +69,9 @@ class Affine(nn.Module):
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         y = y.view(-1, *self.in_shape)
-        x = (y - self.shift) * (-self.log_scale).exp()
+        if self.cfg.in_place == "inverse":
+            y = y.sub_(self.shift)
+        x = (y - (0 if self.cfg.in_place == "inverse" else self.shift)) * (-self.log_scale).exp()
         return x if self.mix is None else torch.einsum("ij,bjhw->bihw", self.mix.T, x)
 
 
@@ -153,6 +158,16 @@ def test_a_flow_invertible_only_near_zero_is_caught() -> None:
     _fails("flow", Affine, FlowConfig(clamp=3.5), "clamped",
            r"^flow 'clamped': inverse\(forward\(x\)\) differs from x by .* \(float64\) for inputs of scale 4 .*is it "
            r"invertible only near 0\?$")
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("forward", r"^flow 'in-place-forward': forward\(x\) in eval mode changed its input x in place"),
+    ("inverse", r"^flow 'in-place-inverse': inverse\(y\) changed its input y in place"),
+])
+def test_a_flow_that_overwrites_its_input_is_named_so(where: str, expected: str) -> None:
+    """Caught before only as "inverse(forward(x)) differs from x" or "sample 0 of a batch gets an output other
+    than when alone", which pointed elsewhere."""
+    _fails("flow", Affine, FlowConfig(in_place=where), f"in-place-{where}", expected)
 
 
 def test_the_training_mode_check_holds_batch_norm_flows_exactly() -> None:

@@ -153,7 +153,11 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
     for label, t in (("forward's output", y), ("logdet", logdet)):
         if not torch.isfinite(t).all():
             _fail(what, f"{label} is not finite (NaN or inf) for standard normal inputs")
+    y_before = y.detach().clone()
     x_back = _call(what, f"inverse(y) on y of shape {tuple(y.shape)}", cast(FlowModule, flow).inverse, y)
+    if not torch.equal(y.detach(), y_before):
+        _fail(what, "inverse(y) changed its input y in place (sub_, mul_, y[...] = ...); the caller still uses y: "
+                    "compute x in new tensors")
     if not isinstance(x_back, torch.Tensor) or x_back.shape != x.shape:
         _fail(what, f"inverse(y) must return x's shape {tuple(x.shape)}, got {_shape(x_back)}")
     err = float((x_back - x).detach().abs().max())
@@ -228,7 +232,11 @@ def _check_wide_inverse(flow: nn.Module, x: torch.Tensor, what: str) -> None:
 
 def _forward(flow: nn.Module, x: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     mode = "training" if flow.training else "eval"
+    before = x.detach().clone()
     out = _call(what, f"forward(x) on x of shape {tuple(x.shape)} in {mode} mode", flow, x)
+    if not torch.equal(x.detach(), before):
+        _fail(what, f"forward(x) in {mode} mode changed its input x in place (mul_, add_, x[...] = ...); the caller "
+                    "still uses x: compute y in new tensors")
     if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
         _fail(what, f"forward(x) must return a tuple (y, logdet), got {type(out).__name__}")
     return out
