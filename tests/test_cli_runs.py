@@ -2058,3 +2058,44 @@ def test_the_metrics_of_one_evaluation_draw_and_embed_their_samples_once(run_dir
             apart.update(scores([name]))
     assert len(draws) == 2 + len(names)
     assert together == apart and {"fid", "kid_mean", "is_mean"} <= set(together), together
+
+
+@pytest.mark.parametrize("suffix", [".xbm", ".msp"])
+def test_sample_refuses_a_format_pillow_writes_no_rgb_image_in_before_sampling(run_dir: Path, tmp_path: Path,
+                                                                               suffix: str,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow registers writers that take 1-bit images alone (XBM, MSP): the grid (RGB) failed only once every
+    sample was drawn, as "[Errno None] None: 'x.xbm' -> None (check the path and its permissions)"."""
+    from avade.models.generative import GenerativeModel
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("sampled before the output format was checked")
+
+    monkeypatch.setattr(GenerativeModel, "sample", never)
+    grid = tmp_path / f"g{suffix}"
+    grid.write_text("keep me")
+    result, out = _invoke("sample", str(run_dir), "-n", "4", "-o", str(grid), "--device", "cpu")
+    assert result.exit_code == 2 and len(out.strip().splitlines()) == 1, out
+    assert out.startswith("error: -o: Pillow cannot write a grid of samples (an RGB image) as") and ".png" in out, out
+    assert grid.read_text() == "keep me" and [p.name for p in tmp_path.iterdir()] == [grid.name]
+
+
+def test_sample_refuses_more_samples_than_it_can_hold_before_drawing_any(run_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An .npz larger than the memory free here was an "internal error: MemoryError" (or an OOM kill, the array
+    being filled lazily), a grid of a billion samples ran on for hours: both are refused before sampling."""
+    import avade.evaluate.sampling
+    from avade.models.generative import GenerativeModel
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("sampled before the size was checked")
+
+    monkeypatch.setattr(GenerativeModel, "sample", never)
+    monkeypatch.setattr(avade.evaluate.sampling, "_free_memory", lambda: 1000, raising=False)  # bytes
+    for name, args, said in (("s.npz", ["-n", "100"], "GiB of memory free here; sample fewer"),
+                             ("g.png", ["-n", str(10**9)], "more than Pillow opens"),
+                             ("i.png", ["-n", "2", "--interpolations", "--steps", str(10**9)], "--steps")):
+        result, out = _invoke("sample", str(run_dir), *args, "-o", str(tmp_path / name), "--device", "cpu")
+        assert result.exit_code == 2 and len(out.strip().splitlines()) == 1, out
+        assert out.startswith(f"error: -n {args[1]}") and said in out, out
+    assert list(tmp_path.iterdir()) == []

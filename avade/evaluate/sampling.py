@@ -57,6 +57,8 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
     as_array = output.suffix.lower() == ".npz"
     if as_array and from_data:
         raise ConfigError(f"{flag} writes an image grid; give -o a .png (or another image) file")
+    if not as_array:  # before the model is loaded and sampled, not after: a format Pillow cannot write fails now
+        check_image_format(output)
     # Samples need only the model (a run copied without its data can be sampled); the others need test images.
     loaded = load_trained(Path(run_dir), device, checkpoint, datasets=from_data, ema=ema, overrides=overrides)
     model, sets = loaded.model, loaded.datasets
@@ -70,6 +72,12 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
                               "classes: leave out one of them")
         if not 0 <= label < model.num_classes:
             raise ConfigError(f"--class {label}: the model has classes 0..{model.num_classes - 1}")
+    tiles = n  # the grid's images (a test split of fewer images than asked for shows all it has)
+    if interpolations:
+        tiles = min(n, len(sets[1]) // 2) * (steps + 2)  # type: ignore[index, arg-type]
+    elif reconstructions:
+        tiles = 2 * min(n, len(sets[1]))  # type: ignore[index, arg-type]
+    _check_size(f"-n {n}" + (f" --steps {steps}" if interpolations else ""), n, tiles, model.data_shape, as_array)
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     if interpolations:
@@ -118,6 +126,60 @@ def _write(output: Path, images: torch.Tensor, nrow: int, labels: torch.Tensor |
         _save_npz(output, images, labels)
     else:
         save_grid(images, output, nrow)
+
+
+def check_image_format(path: Path) -> None:
+    """A ConfigError, in one line, unless Pillow writes an RGB image (what a grid is, grayscale data's too) in the
+    format ``path``'s suffix names: some formats it registers take other modes alone (XBM, MSP) or have no writer
+    installed (HDF5, GRIB), which it says only once every sample was drawn."""
+    import io
+
+    from PIL import Image
+
+    suffix = path.suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ConfigError(f"-o: {path} has no image suffix Pillow can write; end it in .png (or .jpg, .webp, ...), "
+                          "or in .npz for an array of samples")
+    try:
+        Image.new("RGB", (8, 8)).save(io.BytesIO(), format=fmt)
+    except Exception as exc:  # (OSError, ValueError, KeyError, ...: whatever the format's writer raises)
+        raise ConfigError(f"-o: Pillow cannot write a grid of samples (an RGB image) as {fmt} ({exc}); end "
+                          f"{path.name} in .png (or .jpg, .webp, ...), or in .npz for an array of samples") from None
+
+
+def _check_size(asked: str, n: int, tiles: int, shape: Sequence[int], as_array: bool) -> None:
+    """Before any sample is drawn: an .npz of more images than the memory free here holds (it is filled in memory,
+    then written), or a grid larger than Pillow opens (its decompression-bomb limit), is refused in one line;
+    they failed after minutes (a MemoryError, an "internal error") or ran on for hours."""
+    c, h, w = shape
+    if as_array:
+        need, free = n * c * h * w, _free_memory()
+        if free is not None and need > free:
+            raise ConfigError(f"{asked}: an .npz of {n} images of {c}x{h}x{w} holds {need / 2**30:.1f} GiB, more than "
+                              f"the {free / 2**30:.1f} GiB of memory free here; sample fewer (several files with "
+                              "different --seed make one set)")
+        return
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = tiles * (h + 2) * (w + 2)  # (2 px padding around each image)
+    if limit is not None and pixels > 2 * limit:
+        raise ConfigError(f"{asked}: a grid of {tiles} images of {h}x{w} has about {pixels / 1e6:.0f} million pixels, "
+                          f"more than Pillow opens ({2 * limit / 1e6:.0f} million); ask for fewer, or write all "
+                          "samples to an .npz (-o samples.npz)")
+
+
+def _free_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux' MemAvailable; else None: not checked)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _interpolation_rows(model: GenerativeModel, test_set: Dataset, n: int, steps: int, label: int | None,
@@ -209,7 +271,11 @@ def _nhwc(batches: Iterable[torch.Tensor], n: int, shape: Sequence[int]) -> np.n
     """The uint8 NCHW ``batches`` (``n`` images of ``shape`` (C, H, W) in all) as one uint8 ``[n, H, W, C]``
     array, filled batch by batch."""
     c, h, w = shape
-    out = np.empty((n, h, w, c), dtype=np.uint8)
+    try:
+        out = np.empty((n, h, w, c), dtype=np.uint8)
+    except MemoryError:  # (where the free memory is not known beforehand)
+        raise ConfigError(f"-n {n}: an .npz of {n} images of {c}x{h}x{w} does not fit in memory here; sample fewer "
+                          "(several files with different --seed make one set)") from None
     start = 0
     for batch in batches:
         out[start:start + len(batch)] = batch.permute(0, 2, 3, 1).numpy()
