@@ -26,7 +26,9 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     except OSError as exc:
         # A failed write of the temporary file (a full disk, a read-only folder) is one of ``path``: named so. A
         # write error carries no file name at all (the message would say "No space left on device", not where).
-        if exc.filename is None or exc.filename == str(tmp):
+        # An error of no errno is the writer's own (Pillow's "cannot write mode RGB as XBM"): a file name set on it
+        # would replace its message, str() then saying "[Errno None] None: 'x.xbm' -> None".
+        if exc.errno is not None and (exc.filename is None or exc.filename == str(tmp)):
             exc.filename, exc.filename2 = str(path), None
         raise
     finally:

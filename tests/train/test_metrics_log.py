@@ -81,6 +81,10 @@ def test_a_full_disk_is_named_by_the_file_it_fills(tmp_path: Path) -> None:
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp) if filename else None)
         assert raised.value.filename == str(target) and target.read_text(encoding="utf-8") == "{}"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "summary.json"]
+    # a writer's own error, of no errno (Pillow's for a format it cannot write the image in), keeps its words
+    with pytest.raises(OSError) as raised, replaced_atomically(target):
+        raise OSError("cannot write mode RGB as XBM")
+    assert str(raised.value) == "cannot write mode RGB as XBM" and target.read_text(encoding="utf-8") == "{}"
 
 
 
