@@ -2099,3 +2099,26 @@ def test_sample_refuses_more_samples_than_it_can_hold_before_drawing_any(run_dir
         assert result.exit_code == 2 and len(out.strip().splitlines()) == 1, out
         assert out.startswith(f"error: -n {args[1]}") and said in out, out
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("error", [MemoryError, "cuda"])
+def test_sample_out_of_memory_names_the_batch_size(run_dir: Path, tmp_path: Path, error: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch too large for the GPU (or the host) was "internal error: OutOfMemoryError ... please report it"."""
+    import torch
+
+    from avade.models.generative import GenerativeModel
+
+    def too_large(*args: Any, **kwargs: Any) -> None:
+        if error == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore details")
+        raise MemoryError()
+
+    monkeypatch.setattr(GenerativeModel, "sample", too_large)
+    grid = tmp_path / "g.png"
+    grid.write_text("keep me")
+    result, out = _invoke("sample", str(run_dir), "-n", "500", "--batch-size", "300", "-o", str(grid), "--device",
+                          "cpu")
+    assert result.exit_code == 2 and len(out.strip().splitlines()) == 1, out
+    assert out.startswith("error: out of memory while sampling 300 images a model call") and "--batch-size" in out
+    assert grid.read_text() == "keep me"

@@ -689,10 +689,17 @@ def sample(
                          "leave out --steps")
     if n is None:
         n = 8 if interpolations else 64
-    path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
-                      seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint, batch_size=batch_size,
-                      ema=ema, overrides=overrides or [], label=label, interpolations=interpolations,
-                      steps=INTERPOLATION_STEPS if steps is None else steps)
+    import torch
+
+    try:
+        path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
+                          seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint,
+                          batch_size=batch_size, ema=ema, overrides=overrides or [], label=label,
+                          interpolations=interpolations, steps=INTERPOLATION_STEPS if steps is None else steps)
+    except (MemoryError, torch.cuda.OutOfMemoryError) as exc:  # (a GPU's or the host's): was an "internal error"
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AvadeError(f"out of memory while sampling {min(batch_size, n)} images a model call ({said}); lower "
+                         f"--batch-size (now {batch_size}), or -n") from None
     out.print(f"wrote {escape(str(path))}")
 
 
