@@ -657,7 +657,8 @@ def sample(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     checkpoint: CheckpointOption = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per model call.")] = 100,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", help="Images per model call (noise is drawn per call: another size, other samples).")] = 100,
     ema: EmaOption = True,
     overrides: RunSetOption = None,
     label: Annotated[int | None, typer.Option("--class", help="A class-conditional model's samples of this class "
