@@ -206,7 +206,9 @@ def trained_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 _DAMAGE = {
-    "truncated": lambda text: text[: len(text) // 2],
+    # cut mid-entry, just after a key's "=" or ":" (a cut at a line's end can leave a valid TOML recipe that merely
+    # lacks its last tables: another file, not a damaged one)
+    "truncated": lambda text: text[: max(text.rfind(b"=", 0, len(text) // 2), text.rfind(b":", 0, len(text) // 2)) + 1],
     "wrong type": lambda text: b'{"step": "two"}' if text.startswith(b'{"format"') else b"[1, 2]",
     "binary": lambda text: bytes(range(256)) * 4,
     "empty": lambda text: b"",
