@@ -105,3 +105,20 @@ def test_train_seeds_in_range_seed_every_generator(seed: int) -> None:
     stream = BatchStream(torch.utils.data.TensorDataset(*data), 4, seed)
     next(stream.batches(0))  # seed * 100_003 + epoch
     torch.Generator().manual_seed((seed * 1_000_003 + 10**9) * 101 + 7)  # a reseeded process of a grown job
+
+
+@pytest.mark.parametrize(("override", "path"), [("model.flow.hidden=9223372036854775807", "model.flow"),
+                                                ("model.encoder.channels=[8, 4611686018427387904]", "model.encoder")])
+def test_recipe_check_refuses_a_component_too_large_to_build(tmp_path, override: str, path: str) -> None:
+    """torch cannot allocate such a width: that was an internal error (exit 1, "please report it")."""
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\nflow = "realnvp"\nencoder = { name = "conv" }\n'
+                      '[data]\nname = "synthetic"\nresolution = 8\n')
+    result = CliRunner().invoke(app, ["recipe", "check", str(recipe), "--set", override])
+    assert result.exit_code == 2, result.output
+    assert f"{path}:" in result.stderr and "too large" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -41,12 +41,27 @@ def _build(kind: str, ref: ComponentRef | None, path: str, **context: Any) -> An
         sub = "" if exc.path == own else exc.path.removeprefix(own + ".")
         located = path + sub if sub.startswith("[") else ".".join(p for p in (path, sub) if p)
         raise ConfigError(exc.detail, path=located, source=exc.source) from None
+    except (MemoryError, RuntimeError) as exc:
+        if not _too_large(exc):  # (any other failure of avade's own factories is avade's bug: the traceback)
+            raise
+        # a width such as hidden = 10**9: torch's allocator refuses it, an internal error before
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split("err == 0. ")[-1]
+        raise ConfigError(f"{kind} '{ref.name}' is too large to build in memory ({detail}); lower its sizes "
+                          "(hidden, channels, ...)", path=path) from None
     except RegistryError as exc:
         if not str(exc).startswith("unknown norm"):
             raise
         # a norm is named by an option of the component: say which component's
         norms = [f"{path}.{k}" for k, v in flat_config(ref.config) if isinstance(v, str) and f"'{v}'" in str(exc)]
         raise ConfigError(str(exc), path=norms[0] if norms else path) from None
+
+
+_ALLOCATION_FAILURES = ("can't allocate memory", "storage size calculation overflowed", "out of memory")
+
+
+def _too_large(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch (or Python) refusing to allocate the parameters of a too large component."""
+    return isinstance(exc, MemoryError) or any(words in str(exc).lower() for words in _ALLOCATION_FAILURES)
 
 
 def flat_config(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
