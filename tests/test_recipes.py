@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -320,6 +321,15 @@ def test_parse_override_refuses_a_value_followed_by_more_toml(text: str) -> None
     with pytest.raises(ConfigError, match=r"--set train\.steps: .* is more than one value"):
         parse_override(text)
     assert parse_override("train.steps=5 # five") == ("train.steps", 5)
+
+
+@pytest.mark.parametrize("text", ['data.root="~/my data', "model.encoder.channels=[8, 16", "model.flow={name = 'glow'",
+                                  "description='it''s'"])
+def test_parse_override_refuses_a_broken_quoted_or_bracketed_value(text: str) -> None:
+    """It was taken as a bare word: `data.root="~/my data` set the root to a folder named with a quote."""
+    key = text.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^--set {re.escape(key)}: .* is not a valid TOML value .*close its quotes"):
+        parse_override(text)
 
 
 def test_set_overrides(base: Path) -> None:

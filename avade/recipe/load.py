@@ -208,7 +208,13 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
     try:
         document = tomllib.loads(f"v = {value.strip()}")
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as exc:
+        if value.strip()[:1] in ("\"", "'", "[", "{"):  # meant as a TOML string, array or table: a typo in it
+            # (was taken as a bare word: `"digits` became the string '"digits', `[8, 16` the string '[8, 16')
+            reason = re.sub(r" \(at line \d+, column \d+\)$", "", str(exc))
+            raise ConfigError(f"--set {key}: {value.strip()!r} is not a valid TOML value ({reason}); close its "
+                              "quotes and brackets, e.g. --set 'data.root=\"~/my data\"' or "
+                              "--set 'model.encoder.channels=[16, 32]'") from None
         parsed = value.strip()
     except RecursionError:
         parsed = None
