@@ -283,6 +283,16 @@ def test_typo_gives_full_path_and_suggestion(text: str, path: str, hint: str, wr
     assert str(err).startswith(f"{err.source}: ")
 
 
+@pytest.mark.parametrize("key", ["extends", "name", "description"])
+def test_a_top_level_key_written_below_a_table_says_to_move_it_up(base: Path, write: Write, key: str) -> None:
+    """TOML reads `extends = ...` at the end of a file as a key of its last table: the message said only
+    "eval.extends: unknown key", and listed eval's keys."""
+    err = config_error(write("child.toml", f'[train]\nsteps = 3\n{key} = "base.toml"\n'))
+    assert err.path == f"train.{key}" and "top-level key" in str(err) and "above the file's first [table]" in str(err)
+    # a --set or a sweep axis has no table header to move it from
+    assert "top-level" not in str(config_error(base, (f'train.{key}="x"',)))
+
+
 def test_component_table_needs_a_name(write: Write) -> None:
     err = config_error(write("x.toml", "[model.flow]\nscales = 2\n"))
     assert err.path == "model.flow" and "missing `name`" in str(err) and "--kind flow" in str(err)

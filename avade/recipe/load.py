@@ -605,8 +605,16 @@ def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_
             _check_consistency(recipe)
         return recipe
     except ConfigError as exc:
-        raise ConfigError(one_line(exc.detail), path=one_line(exc.path),
-                          source=_origin(exc.path, origins) or source) from None
+        detail, last, origin = exc.detail, exc.path.rsplit(".", 1)[-1], _origin(exc.path, origins) or source
+        if "." in exc.path and last in _FILE_KEYS and detail.startswith("unknown key") and (
+                origins and origin != "--set"):  # (in a file, not a --set or a sweep variant)
+            # `extends = "base.toml"` written at the end of the file: TOML reads it as a key of the last table
+            detail = (f"unknown key here: {last} is a top-level key, and TOML puts every key below a [table] header "
+                      f"into that table; move `{last} = ...` above the file's first [table]")
+        raise ConfigError(one_line(detail), path=one_line(exc.path), source=origin) from None
+
+
+_FILE_KEYS = ("name", "description", "extends")  # the top-level keys that are no table
 
 
 def _check_consistency(recipe: Recipe) -> None:
