@@ -293,6 +293,16 @@ def test_a_top_level_key_written_below_a_table_says_to_move_it_up(base: Path, wr
     assert "top-level" not in str(config_error(base, (f'train.{key}="x"',)))
 
 
+@pytest.mark.parametrize(("override", "owner"), [("model.flow.steps=4", "flow 'glow'"),
+                                               ('data.category="bedroom"', "dataset 'lsun'")])
+def test_an_option_of_another_component_names_that_component(base: Path, override: str, owner: str) -> None:
+    """Glow's options under a Real-NVP flow said only "unknown key" and listed Real-NVP's."""
+    key = override.partition("=")[0]
+    err = config_error(base, (override,))
+    assert err.path == key and f"is an option of {owner}" in str(err)
+    assert f"set {key.rsplit('.', 1)[0]}.name to that" in str(err)
+
+
 def test_component_table_needs_a_name(write: Write) -> None:
     err = config_error(write("x.toml", "[model.flow]\nscales = 2\n"))
     assert err.path == "model.flow" and "missing `name`" in str(err) and "--kind flow" in str(err)

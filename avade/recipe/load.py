@@ -361,8 +361,33 @@ def _component(kind: str, table: Any, path: str) -> ComponentRef | None:
         if kind == "discriminator" and _ABSENT_CRITIC_OK.get() and absent:
             return ComponentRef(name, AbsentConfig(table))
         raise ConfigError(str(exc), path=f"{path}.name") from None
-    config = registry.validate(kind, name, table, path=path)
+    try:
+        config = registry.validate(kind, name, table, path=path)
+    except ConfigError as exc:
+        key = exc.path.removeprefix(f"{path}.")
+        if exc.path == key or "." in key or not exc.detail.startswith("unknown key"):
+            raise
+        raise ConfigError(_with_owners(exc.detail, kind, name, key, path), path=exc.path) from None
     return ComponentRef(name, config)
+
+
+def _with_owners(detail: str, kind: str, name: str, key: str, path: str) -> str:
+    """An "unknown key" ``detail`` that says which other components of ``kind`` take ``key``: options of Glow
+    under a Real-NVP flow (the name changed, the options not), e.g. ``steps``."""
+    owners = []
+    for info in get_registry().list(kind=kind):
+        try:
+            cfg_cls = info.load_config() if info.name != name else None
+        except AvadeError:  # (a plugin's broken schema: no owner to name)
+            continue
+        if cfg_cls is not None and key in {f.name for f in attrs.fields(cfg_cls)}:
+            owners.append(f"'{info.name}'")
+    if not owners:
+        return detail
+    hint = (f" ({key} is an option of {kind} {' and '.join(owners[:3])}{' and more' if len(owners) > 3 else ''}, "
+            f"not of '{name}': set {path}.name to that {kind}, or remove {key})")
+    head, sep, tail = detail.partition("; valid keys")
+    return head + hint + sep + tail
 
 
 def _model(raw: Any) -> ModelSection:
@@ -434,8 +459,8 @@ def _data(raw: Any) -> DataSection:
         # [data] mixes loader keys and the dataset's own: suggest from both (`batchsize` -> `batch_size`).
         cfg_cls = get_registry().get("dataset", options.name).load_config()
         fields = sorted(_LOADER_KEYS) + ([f.name for f in attrs.fields(cfg_cls)] if cfg_cls is not None else [])
-        raise ConfigError(f"unknown key{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}",
-                          path=exc.path) from None
+        raise ConfigError(_with_owners(f"unknown key{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}",
+                                       "dataset", options.name, key, "data"), path=exc.path) from None
     return DataSection(options=options, dataset=dataset)
 
 
