@@ -131,6 +131,11 @@ class _Group(typer.core.TyperGroup):
             failure = job_failure(exc)  # another process's failure (it says why), or a collective timed out
             if failure is not None:
                 _fail(failure, 1)
+            from avade.memory import GENERAL_FIX, as_out_of_memory
+
+            memory = as_out_of_memory(exc, "", GENERAL_FIX)  # (where no command said what it was doing)
+            if memory is not None:  # a GPU's or the host's: the machine's limit, not avade's bug
+                _fail(str(memory), 2)
             from avade.blame import plugin_at_fault
             from avade.registry import DISABLE_ENV
 
@@ -690,17 +695,14 @@ def sample(
                          "leave out --steps")
     if n is None:
         n = 8 if interpolations else 64
-    import torch
+    from avade.memory import naming_memory
 
-    try:
+    with naming_memory(f"while sampling {min(batch_size, n)} images a model call",
+                       f"lower --batch-size (now {batch_size}), or -n"):
         path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
                           seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint,
                           batch_size=batch_size, ema=ema, overrides=overrides or [], label=label,
                           interpolations=interpolations, steps=INTERPOLATION_STEPS if steps is None else steps)
-    except (MemoryError, torch.cuda.OutOfMemoryError) as exc:  # (a GPU's or the host's): was an "internal error"
-        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AvadeError(f"out of memory while sampling {min(batch_size, n)} images a model call ({said}); lower "
-                         f"--batch-size (now {batch_size}), or -n") from None
     out.print(f"wrote {escape(str(path))}")
 
 

@@ -4,6 +4,7 @@ checked (every value a number, every name the metric's own)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -11,6 +12,7 @@ from rich.console import Console
 
 from avade.errors import AvadeError, ConfigError
 from avade.evaluate.context import RunContext, cache_dir, inception_options
+from avade.memory import naming_memory
 from avade.recipe.schema import ComponentRef, Recipe
 from avade.registry import BUILTIN_DIST, get_registry
 
@@ -107,7 +109,8 @@ def compute_each(ctx: RunContext, metrics: list[tuple[str, Any]], console: Conso
             info = registry.get("metric", name)
             what, fix = info.blame()  # "metric 'x' (from plugin P)", "; fix or disable that plugin ..."
             try:
-                returned = metric.compute(ctx)
+                with naming_memory(f"while evaluating metric '{name}'", partial(_memory_fix, name, metric, ctx)):
+                    returned = metric.compute(ctx)
             except (AvadeError, OSError):
                 raise
             except (Exception, SystemExit) as exc:  # (sys.exit() in a plugin must not end avade without a word)
@@ -123,6 +126,22 @@ def compute_each(ctx: RunContext, metrics: list[tuple[str, Any]], console: Conso
         if memo:
             ctx.sample_feature_memo = None
     return results
+
+
+def _memory_fix(name: str, metric: Any, ctx: Any) -> str:
+    """What to lower when metric ``name`` runs out of memory: its own batch sizes (bits/dim: data.eval_batch_size),
+    set in the recipe's [eval.<metric>] or, for avade eval, with --set."""
+    recipe = getattr(ctx, "recipe", None)
+    if name == "bpd" and recipe is not None:
+        size = recipe.data.options.eval_batch_size
+        return f"lower data.eval_batch_size (now {size}; avade eval --set data.eval_batch_size={max(1, size // 2)})"
+    cfg = getattr(metric, "cfg", None)
+    for key in ("batch_size", "sample_batch_size"):
+        size = getattr(cfg, key, None)
+        if isinstance(size, int) and not isinstance(size, bool):
+            return (f"lower eval.{name}.{key} (now {size}; in the recipe, or avade eval --set "
+                    f"eval.{name}.{key}={max(1, size // 2)})")
+    return f"lower the batch size of metric '{name}' (its [eval.{name}] settings), or its samples (--samples)"
 
 
 def result_stem(metric: str) -> str:

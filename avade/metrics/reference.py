@@ -10,6 +10,7 @@ of features: those are streamed). No pickle anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pathlib
 import re
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from avade.atomic_files import replaced_atomically
 from avade.errors import AvadeError
+from avade.memory import naming_memory
 from avade.metrics.context import EvalContext
 from avade.metrics.features import FeatureExtractor, extract, iter_features
 from avade.metrics.stats import GaussianAccumulator
@@ -130,6 +132,12 @@ def _compute(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int |
     return found, mu, sigma, count
 
 
+def _naming_memory(split: str, batch_size: int) -> contextlib.AbstractContextManager[None]:
+    return naming_memory(f"while computing the reference statistics of the real {split} images",
+                         f"lower the batch size of the metric computing them (now {batch_size}: "
+                         "eval.<metric>.batch_size, in the recipe or with avade eval --set)")
+
+
 def real_features(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | None = None,
                   batch_size: int = 100) -> FeatureSet:
     """Features of a fixed random subset of ``n`` (all if None) real images of ``split`` (``ctx.real_batches``),
@@ -140,7 +148,8 @@ def real_features(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: 
         data = load_file(str(path))
         if not extractor.has_probs or "probs" in data:
             return FeatureSet(data["features"], data.get("probs"))
-    found = _compute(ctx, extractor, split, n, batch_size)[0]
+    with _naming_memory(split, batch_size):
+        found = _compute(ctx, extractor, split, n, batch_size)[0]
     assert found is not None  # (kept: no limit)
     return found
 
@@ -163,7 +172,8 @@ def real_stats_count(ctx: EvalContext, extractor: FeatureExtractor, split: str, 
         return data["mu"], data["sigma"], int(count) if count and count.isdigit() else None
     # (the statistics _compute saved: a second covariance of 50,000 x 2048 features would take minutes on a CPU;
     # streamed, with the features kept for KID, PRD and PRDC only up to KEEP_FEATURES_BYTES)
-    _, mu, sigma, count = _compute(ctx, extractor, split, n, batch_size, KEEP_FEATURES_BYTES)
+    with _naming_memory(split, batch_size):
+        _, mu, sigma, count = _compute(ctx, extractor, split, n, batch_size, KEEP_FEATURES_BYTES)
     return mu, sigma, count
 
 

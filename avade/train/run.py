@@ -29,6 +29,7 @@ from avade.errors import (
     did_you_mean,
     refuse_a_string,
 )
+from avade.memory import OutOfMemory
 from avade.recipe import expand_sweep, load_recipe
 from avade.recipe.schema import Recipe, refuse_a_non_recipe
 from avade.recipe.write import recipe_to_dict
@@ -224,7 +225,7 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
                                      resume=resume, device=device, console=console, progress=progress)
             except BusyError:  # another job trains this variant now: no row of ours, and no next variant
                 raise
-            except (TrainingError, ConfigError, DataError) as exc:
+            except (TrainingError, ConfigError, DataError, OutOfMemory) as exc:  # (another variant may fit)
                 said_elsewhere = said_by_another_process(exc)  # under torchrun: said once for the job (or node)
                 if not said_elsewhere:
                     console.print(f"[red]{escape(variant.name)}:[/] {escape(str(exc))}")

@@ -38,6 +38,7 @@ from avade.losses.adversarial import (
     gradient_penalty,
     mode_statistics,
 )
+from avade.memory import OutOfMemory, naming_memory
 from avade.models import GenerativeModel, build_model
 from avade.models.preprocess import to_unit
 from avade.nn import frozen
@@ -95,7 +96,9 @@ class Trainer:
         with alike_on_this_node():
             self._set_up(recipe, resume)
         if self.step == 0:
-            self._data_init()
+            with naming_memory("in the data-dependent initialisation (a no-grad pass on the first batch)",
+                               self._batch_fix):
+                self._data_init()
         if self.dist.enabled:
             self._sync_replicas()
         # The weight average starts from the initialised (and synced) weights, or continues the checkpoint's.
@@ -789,6 +792,12 @@ class Trainer:
             logger = MetricsLogger(self.run, enabled=self.dist.is_main, start_step=self.step)
         try:
             summary = self._fit(logger)
+        except OutOfMemory as exc:  # recorded as a divergence is: `avade runs` shows the run failed
+            with contextlib.suppress(Exception):
+                logger.close()
+            error = exc.with_fix(self._resume_point())
+            self._record_failure(str(error))
+            raise error from exc.__cause__
         except BaseException:
             # the error that stopped training (a checkpoint on a full disk, which says what --resume goes on
             # from) stays the one raised: not replaced by TensorBoard's, closed on the same full disk
@@ -805,8 +814,9 @@ class Trainer:
         self.close()  # step_once's batches, if any: fit reads its own
         # The untrained model's test BPD, so a summary shows what training bought.
         if self.likelihood and self.step == 0:
-            with stop_on_signals(announce=False, immediate=UNSTARTED_STOP):  # nothing to save yet
-                self.bpd_untrained = self.test_bpd()
+            with stop_on_signals(announce=False, immediate=UNSTARTED_STOP), \
+                    naming_memory("while evaluating the untrained model's test bpd", self._eval_batch_fix):
+                self.bpd_untrained = self.test_bpd()  # (nothing to save yet)
         # this process's first step (torch.compile, cuDNN autotuning, CUDA's start, the loader's workers: seconds to
         # minutes, again after a resume) is timed apart: no measure of the training speed
         first_step_s: float | None = None
@@ -822,7 +832,8 @@ class Trainer:
             while self.step < cfg.steps:
                 started = time.perf_counter()
                 x, y = next(batches)
-                logs = self._take_step(x, y)  # (step_once without its checks: the stream checked the batch)
+                with naming_memory(f"at training step {self.step + 1}", self._batch_fix):
+                    logs = self._take_step(x, y)  # (step_once without its checks: the stream checked the batch)
                 took, batch_images = time.perf_counter() - started, x.shape[0] * self.dist.world
                 window_s += took
                 window_images += batch_images
@@ -857,9 +868,11 @@ class Trainer:
                 if log_now or first:  # the process's first step is a window of its own: in no line with others
                     window_images, window_s = 0, 0.0
                 if self.step % cfg.sample_every == 0:
-                    self.write_grids(f"{self.step:08d}")
+                    with naming_memory(f"while sampling the grid of step {self.step}", self._model_fix):
+                        self.write_grids(f"{self.step:08d}")
                 if self.recipe.eval.every and self.step % self.recipe.eval.every == 0 and self.step < cfg.steps:
-                    results = self.evaluate()
+                    with naming_memory(f"while evaluating at step {self.step}", self._eval_batch_fix):
+                        results = self.evaluate()
                     odd = [k for k, v in results.items() if _not_finite(v)]
                     if odd and self.dist.is_main:  # (a null in metrics.jsonl says nothing while training goes on)
                         self.console.print(f"[yellow]warning:[/] step {self.step}: eval {', '.join(odd)} not finite "
@@ -876,12 +889,14 @@ class Trainer:
                     raise StoppedError(f"stopped by {stop.signal or 'a signal to another process'} at step "
                                        f"{self.step} of {cfg.steps}: {saved}; continue with --resume{then}",
                                        signal_name=stop.signal or "SIGTERM")
-        self.write_grids("final")
+        with naming_memory("while sampling the final grid", self._model_fix):
+            self.write_grids("final")
         summary: dict[str, Any] = {"recipe": self.recipe.name, "variant": self.recipe.variant, "steps": self.step,
                                    "train_images_per_s": steady_images / max(steady_s, 1e-9)
                                    if self.step > start_step + 1 else None, "first_step_s": first_step_s,
                                    "device": str(self.device)}
-        results = self.evaluate()
+        with naming_memory(f"while evaluating the trained model (step {self.step})", self._eval_batch_fix):
+            results = self.evaluate()
         if self.ema is not None:  # the results are the averaged weights'
             summary["weights"] = "ema"
         summary.update(results)
@@ -934,6 +949,28 @@ class Trainer:
                    f"{self._last_good_checkpoint()}")
         self._record_failure(stopped)
         raise TrainingError(stopped, every_process=True)
+
+    def _model_fix(self) -> str:
+        """What to lower when the model alone runs out of memory (a grid of samples)."""
+        bf16 = 'set train.precision = "bf16", or ' if self.cfg.precision != "bf16" else ""
+        return f"{bf16}use a smaller model (model.*)"
+
+    def _batch_fix(self) -> str:
+        """What to lower when a training step (or the data-dependent initialisation) runs out of memory."""
+        return f"lower data.batch_size (now {self.recipe.data.options.batch_size}), or {self._model_fix()}"
+
+    def _eval_batch_fix(self) -> str:
+        """What to lower when evaluating bits/dim runs out of memory (a metric's own error names its settings)."""
+        return f"lower data.eval_batch_size (now {self.recipe.data.options.eval_batch_size}), or {self._model_fix()}"
+
+    def _resume_point(self) -> str:
+        """Where ``--resume`` goes on from, for the error that stopped training: the newest checkpoint (not the
+        failed step's state), else the start."""
+        last = ckpt.list_checkpoints(self.run.checkpoints)
+        if not last:
+            return "no checkpoint was written yet: --resume starts again from step 0"
+        step = ckpt.checkpoint_step(last[-1])
+        return f"checkpoint step {step} is kept: --resume goes on from step {step}"
 
     def _record_failure(self, error: str) -> None:
         """summary.json of a run that training stopped (a divergence): its step and ``error``, so that `avade runs`

@@ -1,0 +1,91 @@
+"""Running out of memory (a GPU's or the host's) as one error line: what ran out, while doing what, and what to
+lower. Torch raises ``torch.OutOfMemoryError`` for a GPU, Python ``MemoryError`` (numpy, pickle, lists) and the
+CPU allocator a plain RuntimeError naming itself; :func:`out_of_memory` tells these from every other error."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+
+from avade.errors import AvadeError
+
+# what torch's CPU allocator says when an allocation fails (Linux, macOS: "can't allocate memory"; Windows:
+# "not enough memory"), e.g. "[enforce fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator: can't allocate memory:
+# you tried to allocate 4611686018427387904 bytes. Error code 12 (Cannot allocate memory)"
+_HOST_ALLOCATOR = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)")
+
+#: what to lower when nothing more precise is known (a command's own phase says better)
+GENERAL_FIX = ('lower the batch size (data.batch_size; data.eval_batch_size for bpd; eval.<metric>.batch_size; '
+               'avade sample --batch-size), set train.precision = "bf16", or use a smaller model (model.*)')
+
+
+class OutOfMemory(AvadeError):
+    """Memory ran out while avade was ``phase`` (e.g. "at training step 12"); ``fix`` says what to lower."""
+
+    def __init__(self, what: str, phase: str, said: str, fix: str) -> None:
+        self.what, self.phase, self.said, self.fix = what, phase, said, fix
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        phase = f" {self.phase}" if self.phase else ""
+        said = f" ({self.said})" if self.said else ""
+        return f"out of memory{phase}: the {self.what} ran out{said}; {self.fix}"
+
+    def with_fix(self, more: str) -> OutOfMemory:
+        """The same error with ``more`` after what to lower (a training run: what ``--resume`` goes on from)."""
+        return OutOfMemory(self.what, self.phase, self.said, f"{self.fix}; {more}")
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """What ran out when ``exc`` is a failed allocation ("GPU's memory", "host's memory"), else None (any other
+    error, RuntimeErrors of torch included)."""
+    import torch
+
+    gpu = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(exc, gpu):
+        return "MPS device's memory" if "MPS" in str(exc) else "GPU's memory"
+    if isinstance(exc, MemoryError):
+        return "host's memory"
+    if isinstance(exc, RuntimeError) and _HOST_ALLOCATOR.search(str(exc)):
+        return "host's memory"
+    return None
+
+
+def _said(exc: BaseException) -> str:
+    """The size of the allocation that failed, as torch says it ("tried to allocate 20.00 GiB"), if it does."""
+    text = str(exc)
+    found = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)", text)
+    if found:
+        return f"tried to allocate {found.group(1)}"
+    found = re.search(r"tried to allocate (\d+) bytes", text)
+    if found:
+        return f"tried to allocate {int(found.group(1)) / 2**30:.2f} GiB"
+    return ""
+
+
+def as_out_of_memory(exc: BaseException, phase: str, fix: str) -> OutOfMemory | None:
+    """``exc`` as an :class:`OutOfMemory` error when it is a failed allocation, else None. A GPU's cached blocks are
+    released first, so that what follows (a summary, the next sweep variant) finds them free."""
+    what = out_of_memory(exc)
+    if what is None:
+        return None
+    if what.startswith("GPU"):
+        import torch
+
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
+    return OutOfMemory(what, phase, _said(exc), fix)
+
+
+@contextlib.contextmanager
+def naming_memory(phase: str, fix: str | Callable[[], str]) -> Iterator[None]:
+    """Memory running out in the block is an :class:`OutOfMemory` error saying ``phase`` and ``fix`` (a callable:
+    computed only then); an inner block's error, more precise, is left as it is."""
+    try:
+        yield
+    except Exception as exc:
+        error = as_out_of_memory(exc, phase, fix() if callable(fix) else fix)
+        if error is None:
+            raise
+        raise error from exc
