@@ -64,3 +64,44 @@ def shipped_recipe_step(path: Path, device: str, run: Path, batch_size: int = 4)
 
     trainer = Trainer(variant.recipe, run, progress=False)
     return trainer.train_step(*next(trainer.stream.batches(0)))
+
+
+
+def checkpoint_key_layer(model: Any, optimizers: dict[str, Any], key: str) -> tuple[str, str]:
+    """The layer that a checkpoint tensor belongs to, as (its class name, its kind: ``conv`` for any convolution,
+    ``linear``, else ``other``; ``("?", "?")`` where none is found), for ``key`` as the resume tests name one:
+    ``model/<state_dict key>`` or ``optimizer/<optimizer>.<parameter index>.<state>`` (the state of
+    ``optimizers[<optimizer>]``'s parameter)."""
+    from torch import nn
+    from torch.nn.modules.conv import _ConvNd
+    from torch.nn.utils.parametrize import ParametrizationList
+
+    part, _, name = key.partition("/")
+    if part == "optimizer":
+        opt, index, _ = [*name.split(".", 2), "", ""][:3]
+        params = ([p for group in optimizers[opt].param_groups for p in group["params"]]
+                  if opt in optimizers and index.isdigit() else [])
+        names = {id(p): n for n, p in model.named_parameters()}
+        name = names.get(id(params[int(index)]), "") if index.isdigit() and int(index) < len(params) else ""
+        if not name:
+            return "?", "?"
+    path = name.split(".")[:-1]
+    for k in range(len(path), -1, -1):  # a parametrized weight lies in containers below its layer
+        try:
+            module = model.get_submodule(".".join(path[:k]))
+        except AttributeError:
+            continue
+        if not isinstance(module, (nn.ModuleList, nn.ModuleDict, nn.Sequential, ParametrizationList)):
+            kind = "conv" if isinstance(module, _ConvNd) else "linear" if isinstance(module, nn.Linear) else "other"
+            return type(module).__name__, kind
+    return "?", "?"
+
+
+def parting_report(step: int | None, keys: list[str], model: Any, optimizers: dict[str, Any]) -> str:
+    """Where two runs part, as the resume tests' failure message says it (``scripts/gpu_check.sh
+    --only=determinism`` reads it back): ``first at step S in [key (Layer), ...]; layers: conv+linear`` (the
+    kinds of every layer a differing key belongs to: whether convolutions (cuDNN) or dense layers (cuBLAS) part)."""
+    layers = [checkpoint_key_layer(model, optimizers, key) for key in keys]
+    named = [f"{key} ({layer})" for key, (layer, _) in zip(keys, layers, strict=True)]
+    kinds = "+".join(sorted({kind for _, kind in layers})) or "none"
+    return f"first at step {step} in [{', '.join(named[:8])}{', ...' if len(named) > 8 else ''}]; layers: {kinds}"
