@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from tiny_recipes import SHIPPED, shipped_id, shipped_recipe_step, tiny_recipe
+from tiny_recipes import SHIPPED, parting_report, shipped_id, shipped_recipe_step, tiny_recipe
 
 from avade.train import checkpoint as ckpt
 from avade.train.trainer import Trainer
@@ -41,23 +41,39 @@ def _differences(a: dict, b: dict) -> list[str]:
             if not torch.equal(a[part][key], b[part].get(key, torch.empty(0)))]
 
 
+def _fit(recipe, run, **options) -> Trainer:
+    """A run of ``recipe`` on CUDA into ``run``. With AVADE_TEST_EMPTY_CACHE=1 (default off; ``bash
+    scripts/gpu_check.sh --only=determinism`` sets it in one variant), the caching allocator's unused blocks are
+    first given back to the driver, so that every run starts from the same allocator state: whether what
+    earlier work in the process left cached changes which cuDNN plans or workspaces a run gets."""
+    if os.environ.get("AVADE_TEST_EMPTY_CACHE") == "1":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
+    trainer = Trainer(recipe, run, device="cuda", progress=False, **options)
+    trainer.fit()
+    return trainer
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_resumed_run_on_cuda_is_bit_identical(tmp_path, deterministic, precision) -> None:
     full = tiny_recipe("train.steps=6", f"train.precision={precision}")
-    Trainer(full, tmp_path / "a", device="cuda", progress=False).fit()
-    Trainer(tiny_recipe("train.steps=4", f"train.precision={precision}"), tmp_path / "b", device="cuda",
-            progress=False).fit()
-    Trainer(full, tmp_path / "b", resume=True, device="cuda", progress=False).fit()
+    first_run = _fit(full, tmp_path / "a")
+    _fit(tiny_recipe("train.steps=4", f"train.precision={precision}"), tmp_path / "b")
+    _fit(full, tmp_path / "b", resume=True)
     a, b = _state(tmp_path / "a", 6), _state(tmp_path / "b", 6)
     assert a["model"].keys() == b["model"].keys()
     differ = _differences(a, b)
     if differ:  # a resume bug, or kernels that are not deterministic: a second uninterrupted run tells which
-        Trainer(full, tmp_path / "c", device="cuda", progress=False).fit()
+        _fit(full, tmp_path / "c")
         repeat = _differences(a, _state(tmp_path / "c", 6))
-        # the first checkpoint (every 2 steps) where the two uninterrupted runs part: where to look
-        first = next((k for k in (2, 4, 6) if _differences(_state(tmp_path / "a", k), _state(tmp_path / "c", k))), None)
-        cause = (f"two uninterrupted runs differ too ({repeat[:3]}, first at step {first}): a nondeterministic CUDA "
-                 "kernel" if repeat else "two uninterrupted runs are identical: the resume lost state")
+        # the first checkpoint (every 2 steps) where the two uninterrupted runs part, its differing tensors and
+        # the kinds of their layers (conv: cuDNN; linear: cuBLAS): where to look
+        first, keys = next(((k, d) for k in (2, 4, 6)
+                            if (d := _differences(_state(tmp_path / "a", k), _state(tmp_path / "c", k)))), (None, []))
+        where = parting_report(first, keys, first_run.model, first_run.optimizers)
+        cause = (f"two uninterrupted runs differ too ({repeat[:3]}, {where}): a nondeterministic CUDA kernel"
+                 if repeat else "two uninterrupted runs are identical: the resume lost state")
         pytest.fail(f"the resumed run differs from the uninterrupted one in {differ[:5]}; {cause}")
 
 
