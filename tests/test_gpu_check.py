@@ -123,3 +123,93 @@ def test_the_compile_step_benchmarks_the_train_step_with_train_compile(tmp_path)
     calls = [line for line in (tmp_path / "calls.txt").read_text().splitlines() if "benchmarks" in line]
     assert calls == [f"-m benchmarks --device cpu --quick --only train --set train.compile=true "
                      f"--out {tmp_path / 'results' / 'bench_compile.json'}"], calls
+
+
+def test_the_determinism_step_runs_only_on_demand_and_is_in_the_plan_and_help() -> None:
+    whole = _run("--dry-run").stdout
+    assert "  -. determinism: (only with --only=determinism)" in whole, whole  # listed, not numbered: not run
+    assert "determinism.txt" not in whole.split("results:")[1], whole
+    plan = _run("--dry-run", "--only=determinism").stdout
+    steps = [line.split(". ", 1)[1].split(":")[0] for line in plan.splitlines()[1:]]
+    assert steps == ["setup", "check", "determinism", "results"], plan
+    for variant in ("TORCH_CUDNN_V8_API_LRU_CACHE_LIMIT=1000000", "TORCH_CUDNN_V8_API_DISABLED=1",
+                    "AVADE_TEST_EMPTY_CACHE=1", "after tests/test_conformance.py", "determinism.txt"):
+        assert variant in plan, (variant, plan)
+    assert "--only=determinism" in _run("--help").stdout
+
+
+FP32 = "tests/train/test_cuda_training.py::test_a_resumed_run_on_cuda_is_bit_identical[fp32]"
+
+
+def _determinism(tmp_path, conformance_fails: bool, prefix_fails: bool, device: str = "cuda"):
+    """The determinism step with a stub Python for pytest: the fp32 test fails (as the CUDA test words it)
+    after the conformance tests and/or in the full run's prefix, and passes alone and with AVADE_TEST_EMPTY_CACHE."""
+    from tiny_recipes import parting_report
+    from torch import nn
+
+    critic = nn.Module()
+    critic.convs, critic.head = nn.ModuleList([nn.Conv2d(3, 4, 4)]), nn.Linear(4, 1)
+    where = parting_report(2, ["model/convs.0.weight", "model/head.weight"], critic, {})
+    message = (f"Failed: the resumed run differs from the uninterrupted one in ['model/convs.0.weight']; two "
+               f"uninterrupted runs differ too (['model/convs.0.weight'], {where}): a nondeterministic CUDA kernel")
+    case = '<testsuites><testsuite><testcase classname="tests.train.test_cuda_training" name="{}">{}</testcase>' \
+           '</testsuite></testsuites>'
+    (tmp_path / "fail.xml").write_text(case.format(FP32.split("::")[1], f'<failure message="{message}"/>'))
+    (tmp_path / "pass.xml").write_text(case.format(FP32.split("::")[1], ""))
+    (tmp_path / "skip.xml").write_text(case.format(FP32.split("::")[1], '<skipped message="needs a CUDA GPU"/>'))
+    stub = tmp_path / "python"
+    stub.write_text(f"""#!/usr/bin/env bash
+echo "$*" >> {tmp_path / 'calls.txt'}
+case "$1" in -c) exit 0 ;; -m) [ "$2" = pytest ] || exit 0 ;; *) exec {sys.executable} "$@" ;; esac
+args=" $* "
+if [[ $args == *" --collect-only "* ]]; then printf '%s\\n' tests/flows/test_cuda.py::a '{FP32}' \\
+  tests/train/test_cuda_training.py::after "" "3/9 tests collected"; exit 0; fi
+while [ $# -gt 0 ]; do [ "$1" = --junitxml ] && xml=$2; shift; done
+result=pass
+if [ "{device}" = cpu ]; then result=skip
+elif [ "${{AVADE_TEST_EMPTY_CACHE:-}}" = 1 ] || [[ $args != *" -m cuda "* ]]; then result=pass
+elif [[ $args == *" plugins "* ]]; then result={'fail' if prefix_fails else 'pass'}
+else result={'fail' if conformance_fails else 'pass'}; fi
+cp {tmp_path}/$result.xml "$xml"; [ $result = fail ] && exit 1; exit 0
+""")
+    stub.chmod(0o755)
+    done = subprocess.run(["bash", str(SCRIPT), "--only=determinism"], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env={**os.environ, "GPU_CHECK_PYTHON": str(stub), "GPU_CHECK_DEVICE": device,
+                                         "GPU_CHECK_STEPS": "30", "OUT": str(tmp_path / "results"),
+                                         "GPU_CHECK_WORK": str(tmp_path / "work")})
+    table = (tmp_path / "results" / "determinism.txt").read_text()
+    rows = {line.split(" | ")[0].strip(): line.split(" | ")[1:] for line in table.splitlines()[2:] if " | " in line}
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    return done, rows, calls
+
+
+def test_the_determinism_step_runs_the_variants_as_the_first_run_that_reproduces_the_failure(tmp_path) -> None:
+    done, rows, calls = _determinism(tmp_path, conformance_fails=False, prefix_fails=True)
+    assert done.returncode == 0 and "-- determinism: ok" in done.stdout, done.stdout + done.stderr
+    assert rows["alone"][0].strip() == "pass" and rows["conformance"][0].strip() == "pass", rows
+    for failing in ("full-prefix", "lru-large", "v7", "no-plan-cache"):
+        assert [c.strip() for c in rows[failing][:3]] == ["FAIL", "2", "conv+linear"], rows
+        assert rows[failing][4] == "model/convs.0.weight (Conv2d), model/head.weight (Linear)", rows
+    assert rows["empty-cache"][0].strip() == "pass" and rows["empty-cache"][3] == "AVADE_TEST_EMPTY_CACHE=1", rows
+    assert rows["v7"][3] == "TORCH_CUDNN_V8_API_DISABLED=1 TORCH_CUDNN_V8_API_DEBUG=1", rows
+    runs = [c for c in calls if "--junitxml" in c]
+    assert len(runs) == 7, runs
+    # the full run's prefix: every test module collected, the CUDA tests after the fp32 one left out
+    assert all("--deselect tests/train/test_cuda_training.py::after" in c and c.endswith("tests plugins")
+               for c in runs[2:]), runs
+    assert runs[0].endswith(f"det_alone.xml {FP32}") and runs[1].endswith(f"tests/test_conformance.py {FP32}")
+
+
+def test_the_determinism_step_leaves_out_the_variants_when_nothing_reproduces_the_failure(tmp_path) -> None:
+    done, rows, calls = _determinism(tmp_path, conformance_fails=False, prefix_fails=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert list(rows) == ["alone", "conformance", "full-prefix", "variants"], rows
+    assert rows["variants"][0].startswith("not run: neither conformance nor full-prefix reproduced"), rows
+    assert len([c for c in calls if "--junitxml" in c]) == 3
+
+
+def test_a_cpu_rehearsal_of_the_determinism_step_reports_skipped_no_gpu_and_passes(tmp_path) -> None:
+    done, rows, calls = _determinism(tmp_path, conformance_fails=True, prefix_fails=True, device="cpu")
+    assert done.returncode == 0 and "-- determinism: ok" in done.stdout, done.stdout + done.stderr
+    assert len(rows) == 7 and {r[0].strip() for r in rows.values()} == {"skipped: no GPU"}, rows
+    assert not [c for c in calls if c.startswith("-c") and "cuda.is_available" in c]  # no GPU check on the CPU
