@@ -213,6 +213,18 @@ def test_mle_warmup_then_joint_training(tmp_path: Path) -> None:
     assert set(by_step[3]) >= ADV_KEYS, "step 2 (after warm-up) must train with L_Q"
 
 
+@pytest.mark.parametrize(("warmup", "warned"), [(2, True), (1, False)])
+def test_a_run_that_is_all_warmup_says_so(tmp_path: Path, warmup: int, warned: bool) -> None:
+    """warmup_steps >= steps is valid (a short smoke run of a paper recipe) but trains no L_Q: a warning says so."""
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    Trainer(tiny_recipe(f"train.warmup_steps={warmup}", "train.steps=2"), tmp_path / "run", console=console,
+            progress=False).fit()
+    text = console.export_text()
+    assert ("train.warmup_steps = 2 >= train.steps = 2" in text and "L_Q" in text) == warned, text
+
+
 def test_the_critic_warms_up_in_the_last_warmup_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """critic_warmup_steps: the critic trains in the warm-up's last steps while the generator gets L_C only
     (no L_Q computed, the samples drawn without a graph); L_Q from warmup_steps on."""

@@ -812,6 +812,11 @@ class Trainer:
         cfg = self.cfg
         start_step = self.step
         self.close()  # step_once's batches, if any: fit reads its own
+        if self.step == 0 and self.likelihood and self.adversarial and cfg.warmup_steps >= cfg.steps \
+                and self.dist.is_main:  # (valid, e.g. a short smoke run of a paper recipe, but easy to miss)
+            self.console.print(f"[yellow]warning:[/] train.warmup_steps = {cfg.warmup_steps} >= train.steps = "
+                               f"{cfg.steps}: the whole run is the MLE warm-up, so the adversarial term (L_Q) never "
+                               "trains the generator; lower train.warmup_steps for a hybrid model")
         # The untrained model's test BPD, so a summary shows what training bought.
         if self.likelihood and self.step == 0:
             with stop_on_signals(announce=False, immediate=UNSTARTED_STOP), \
