@@ -56,12 +56,12 @@ def _build(kind: str, ref: ComponentRef | None, path: str, **context: Any) -> An
         raise ConfigError(str(exc), path=norms[0] if norms else path) from None
 
 
-_ALLOCATION_FAILURES = ("can't allocate memory", "storage size calculation overflowed", "out of memory")
-
-
 def _too_large(exc: BaseException) -> bool:
-    """Whether ``exc`` is torch (or Python) refusing to allocate the parameters of a too large component."""
-    return isinstance(exc, MemoryError) or any(words in str(exc).lower() for words in _ALLOCATION_FAILURES)
+    """Whether ``exc`` is torch (or Python) refusing to allocate the parameters of a too large component: memory
+    running out (:func:`avade.memory.out_of_memory`), or a size beyond what torch can even compute."""
+    from avade.memory import out_of_memory
+
+    return out_of_memory(exc) is not None or "storage size calculation overflowed" in str(exc).lower()
 
 
 def flat_config(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
