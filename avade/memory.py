@@ -14,6 +14,11 @@ from avade.errors import AvadeError
 # "not enough memory"), e.g. "[enforce fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator: can't allocate memory:
 # you tried to allocate 4611686018427387904 bytes. Error code 12 (Cannot allocate memory)"
 _HOST_ALLOCATOR = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)")
+# failed allocations torch raises as a plain RuntimeError on an accelerator: Apple's MPS allocator ("MPS backend out
+# of memory (MPS allocated: ...). Tried to allocate 33.92 GiB on private pool"), and a CUDA call outside the caching
+# allocator (cuBLAS/cuDNN workspaces, a context: "CUDA error: out of memory", cudaErrorMemoryAllocation)
+_MPS_ALLOCATOR = re.compile(r"MPS backend out of memory")
+_CUDA_ALLOCATION = re.compile(r"CUDA error: out of memory")
 
 #: what to lower when nothing more precise is known (a command's own phase says better)
 GENERAL_FIX = ('lower the batch size (data.batch_size; data.eval_batch_size for bpd; eval.<metric>.batch_size; '
@@ -47,8 +52,14 @@ def out_of_memory(exc: BaseException) -> str | None:
         return "MPS device's memory" if "MPS" in str(exc) else "GPU's memory"
     if isinstance(exc, MemoryError):
         return "host's memory"
-    if isinstance(exc, RuntimeError) and _HOST_ALLOCATOR.search(str(exc)):
-        return "host's memory"
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        if _HOST_ALLOCATOR.search(text):
+            return "host's memory"
+        if _MPS_ALLOCATOR.search(text):
+            return "MPS device's memory"
+        if _CUDA_ALLOCATION.search(text):
+            return "GPU's memory"
     return None
 
 

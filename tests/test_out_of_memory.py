@@ -73,6 +73,24 @@ def test_only_failed_allocations_count_as_out_of_memory() -> None:
     assert out_of_memory(RuntimeError("memory format is not supported")) is None
 
 
+def test_accelerator_allocations_torch_raises_as_plain_runtime_errors_count_too() -> None:
+    """Apple's MPS allocator and a CUDA call outside the caching allocator (cuBLAS, cuDNN) raise a RuntimeError,
+    not torch.OutOfMemoryError: they were internal errors ("please report it")."""
+    from avade.memory import as_out_of_memory
+
+    mps = RuntimeError("MPS backend out of memory (MPS allocated: 7.64 GiB, other allocations: 68.91 GiB, max "
+                       "allowed: 88.13 GiB). Tried to allocate 33.92 GiB on private pool. Use "
+                       "PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 to disable upper limit for memory allocations")
+    assert out_of_memory(mps) == "MPS device's memory"
+    error = as_out_of_memory(mps, "at training step 3", "lower data.batch_size")
+    assert error is not None and "the MPS device's memory ran out (tried to allocate 33.92 GiB)" in str(error)
+    cuda = RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some "
+                        "other API call, so the stacktrace below might be incorrect.")
+    assert out_of_memory(cuda) == "GPU's memory"
+    assert out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered")) is None
+    assert out_of_memory(RuntimeError("MPS backend does not support float64")) is None
+
+
 @pytest.mark.parametrize("kind", ["gpu", "host-allocator", "memory-error"])
 def test_training_step_out_of_memory_keeps_the_checkpoint_and_says_where_resume_goes_on(
         tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
