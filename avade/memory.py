@@ -99,4 +99,7 @@ def naming_memory(phase: str, fix: str | Callable[[], str]) -> Iterator[None]:
         error = as_out_of_memory(exc, phase, fix() if callable(fix) else fix)
         if error is None:
             raise
-        raise error from exc
+        try:
+            raise error from exc
+        finally:  # (else error -> its traceback -> this frame -> error: a cycle keeping the failed block's tensors,
+            del error  # a GPU's activations too, until the garbage collector runs, past the next sweep variant's start)

@@ -174,3 +174,31 @@ def test_reference_statistics_out_of_memory_names_them(monkeypatch: pytest.Monke
     with pytest.raises(OutOfMemory, match=r"^out of memory while computing the reference statistics of the real "
                                           r"train images: the GPU's memory ran out .*\(now 50: eval.<metric>"):
         reference.real_stats(None, None, "train", None, 50)  # type: ignore[arg-type]
+
+
+def test_the_failed_blocks_tensors_are_freed_with_the_error_not_by_the_garbage_collector() -> None:
+    """The error's traceback held the frame that raised it and that frame the error: a reference cycle that kept
+    the failed step's tensors (on a GPU, its activations) until the garbage collector ran, after the next sweep
+    variant had started allocating."""
+    import gc
+    import weakref
+
+    from avade.memory import OutOfMemory, naming_memory
+
+    held: list[weakref.ref[torch.Tensor]] = []
+
+    def fails() -> None:
+        activations = torch.zeros(4)
+        held.append(weakref.ref(activations))
+        with naming_memory("at training step 1", "lower data.batch_size"):
+            raise MemoryError()
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(OutOfMemory):
+            fails()
+        assert held[0]() is None
+    finally:
+        if enabled:
+            gc.enable()

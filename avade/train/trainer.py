@@ -797,7 +797,10 @@ class Trainer:
                 logger.close()
             error = exc.with_fix(self._resume_point())
             self._record_failure(str(error))
-            raise error from exc.__cause__
+            try:
+                raise error from exc.__cause__
+            finally:  # (a cycle error -> traceback -> this frame -> error would keep the trainer and its model)
+                del error
         except BaseException:
             # the error that stopped training (a checkpoint on a full disk, which says what --resume goes on
             # from) stays the one raised: not replaced by TensorBoard's, closed on the same full disk
