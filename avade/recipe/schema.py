@@ -111,7 +111,7 @@ class DataOptions:
     num_workers: int | Literal["auto"] = attrs.field(
         default="auto", validator=_workers,
         metadata={"help": "DataLoader worker processes decoding file-backed data (0 = in the training process); "
-                          "auto = 0 for data held in memory or a CPU device, else one per CPU of this "
+                          "auto = 0 for data held in memory or a device other than CUDA, else one per CPU of this "
                           "process less one, at most 8 (avade.train.data.resolve_num_workers)"})
     n_bits: int = attrs.field(
         default=8, validator=between(1, 8),

@@ -40,16 +40,18 @@ MAX_AUTO_WORKERS = 8
 def resolve_num_workers(setting: int | str, in_memory: bool, device: torch.device | None) -> int:
     """The DataLoader workers of ``data.num_workers = setting`` (an int is itself).
 
-    ``"auto"`` is 0 when the data are held as tensors (no DataLoader is used: batches are indexed from them)
-    and when the device is the CPU (the step itself runs on the cores the workers would take, and decoding is
+    ``"auto"`` is 0 when the data are held as tensors (no DataLoader is used: batches are indexed from them),
+    when the device is the CPU (the step itself runs on the cores the workers would take, and decoding is
     not what limits it there: some 2,400 images/s decoded in the training process against some 90/s
-    trained); else one worker per CPU of this process (:func:`~avade.data.base.process_cpus`: its affinity,
+    trained) and on any device but CUDA (Apple's MPS runs on macOS, whose workers start by ``spawn``: a script
+    without a ``__main__`` guard or a dataset that does not pickle would fail where 0 workers worked); else one
+    worker per CPU of this process (:func:`~avade.data.base.process_cpus`: its affinity,
     shared by a node's torchrun processes) less the one the process itself runs on, at least 1 and at most
     :data:`MAX_AUTO_WORKERS`, so that decoding files does not hold back a fast accelerator's step. Workers
     change where batches are decoded, never what they hold."""
     if setting != "auto":
         return int(setting)
-    if in_memory or device is None or torch.device(device).type == "cpu":
+    if in_memory or device is None or torch.device(device).type != "cuda":
         return 0
     from avade.data.base import process_cpus
 

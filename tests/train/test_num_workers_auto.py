@@ -79,6 +79,7 @@ def test_auto_starts_no_workers_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> N
     assert resolve_num_workers("auto", False, CPU) == 0
     assert resolve_num_workers("auto", False, None) == 0  # (no device: the CPU, as BatchStream takes it)
     assert resolve_num_workers("auto", False, "cpu") == 0
+    assert resolve_num_workers("auto", False, torch.device("mps")) == 0  # (macOS: workers start by spawn)
 
 
 @pytest.mark.parametrize(
