@@ -2122,3 +2122,10 @@ def test_sample_out_of_memory_names_the_batch_size(run_dir: Path, tmp_path: Path
     assert result.exit_code == 2 and len(out.strip().splitlines()) == 1, out
     assert out.startswith("error: out of memory while sampling 300 images a model call") and "--batch-size" in out
     assert grid.read_text() == "keep me"
+    # reconstructions take the test images in one call, whatever --batch-size: -n is what to lower
+    monkeypatch.setattr(GenerativeModel, "reconstruct", too_large)
+    result, out = _invoke("sample", str(run_dir), "--reconstructions", "-n", "6", "-o", str(grid), "--device", "cpu")
+    assert result.exit_code == 2 and len(out.strip().splitlines()) == 1, out
+    assert out.startswith("error: out of memory while reconstructing 6 test images in one model call"), out
+    assert out.rstrip().endswith("lower -n") and "--batch-size" not in out, out
+    assert grid.read_text() == "keep me"

@@ -695,14 +695,10 @@ def sample(
                          "leave out --steps")
     if n is None:
         n = 8 if interpolations else 64
-    from avade.memory import naming_memory
-
-    with naming_memory(f"while sampling {min(batch_size, n)} images a model call",
-                       f"lower --batch-size (now {batch_size}), or -n"):
-        path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
-                          seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint,
-                          batch_size=batch_size, ema=ema, overrides=overrides or [], label=label,
-                          interpolations=interpolations, steps=INTERPOLATION_STEPS if steps is None else steps)
+    path = sample_run(run_dir, n=n, output=output, temperature=temperature, reconstructions=reconstructions,
+                      seed=seed, device=_device(device, indexed=True), checkpoint=checkpoint, batch_size=batch_size,
+                      ema=ema, overrides=overrides or [], label=label, interpolations=interpolations,
+                      steps=INTERPOLATION_STEPS if steps is None else steps)
     out.print(f"wrote {escape(str(path))}")
 
 

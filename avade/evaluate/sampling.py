@@ -16,6 +16,7 @@ from avade.atomic_files import replaced_atomically
 from avade.errors import ConfigError
 from avade.evaluate.context import draw_class_labels
 from avade.evaluate.loading import load_trained
+from avade.memory import naming_memory
 from avade.models.generative import GenerativeModel
 from avade.train.data import subset_batches
 
@@ -78,46 +79,56 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
     elif reconstructions:
         tiles = 2 * min(n, len(sets[1]))  # type: ignore[index, arg-type]
     _check_size(f"-n {n}" + (f" --steps {steps}" if interpolations else ""), n, tiles, model.data_shape, as_array)
-    dev = next(model.parameters()).device
-    gen = torch.Generator(device=dev).manual_seed(seed)
     if interpolations:
-        assert sets is not None
-        images = _interpolation_rows(model, sets[1], n, steps, label, gen, batch_size)
-        _write(output, images, steps + 2, None)
-        return output
-    nrow = square_columns(n)
-    labels = None
-    if label is not None:
-        labels = torch.full((n,), label, dtype=torch.int64, device=dev)
-    elif model.num_classes and as_array:
-        # The training split's class balance, drawn as evaluation draws them (seeded one above the noise):
-        # `--seed <train.seed + 1>` gives the samples `avade eval` scores.
-        labels = draw_class_labels(loaded.class_counts, model.num_classes, n, seed + 1).to(dev)
-    elif model.num_classes:  # a grid shows the classes in turn: one per column
-        labels = torch.arange(n, device=dev) % model.num_classes
-        nrow = class_columns(model.num_classes, n)
-    if reconstructions:
-        assert sets is not None
-        if n > len(sets[1]):  # say so rather than hand back a smaller grid unannounced
-            warnings.warn(f"-n {n}: the test split holds {len(sets[1])} images; the grid shows all of them",
-                          UserWarning, stacklevel=2)
-        x, y = next(subset_batches(sets[1], n, batch_size=n))
-        x = x.to(dev)
-        recon = model.reconstruct(x, y.to(dev) if model.num_classes else None, gen)
-        images = torch.stack([x, recon], 1).flatten(0, 1)
-        nrow = 2 * square_columns((n + 1) // 2)  # image/reconstruction pairs side by side
+        phase, fix = (f"while decoding interpolations, {batch_size} images a model call",
+                      f"lower --batch-size (now {batch_size}), -n or --steps")
+    elif reconstructions:  # (the test images go through q(z|x) and back in one call)
+        shown = min(n, len(sets[1]))  # type: ignore[index, arg-type]
+        phase, fix = f"while reconstructing {shown} test images in one model call", "lower -n"
     else:
-        with torch.inference_mode():
-            batches = (model.sample(min(batch_size, n - start), labels[start:start + batch_size]
-                                    if labels is not None else None, temperature=temperature, generator=gen).cpu()
-                       for start in range(0, n, batch_size))
-            if as_array:  # each batch straight into the one uint8 NHWC array np.savez writes: held once, not thrice
-                output.parent.mkdir(parents=True, exist_ok=True)
-                _save_npz(output, _nhwc(batches, n, model.data_shape), labels)
-                return output
-            images = torch.cat(list(batches))
-    _write(output, images, nrow, labels)
-    return output
+        phase, fix = (f"while sampling {min(batch_size, n)} images a model call",
+                      f"lower --batch-size (now {batch_size}), or -n")
+    with naming_memory(phase, fix):  # (loading the model, above, gets the CLI's general line)
+        dev = next(model.parameters()).device
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        if interpolations:
+            assert sets is not None
+            images = _interpolation_rows(model, sets[1], n, steps, label, gen, batch_size)
+            _write(output, images, steps + 2, None)
+            return output
+        nrow = square_columns(n)
+        labels = None
+        if label is not None:
+            labels = torch.full((n,), label, dtype=torch.int64, device=dev)
+        elif model.num_classes and as_array:
+            # The training split's class balance, drawn as evaluation draws them (seeded one above the noise):
+            # `--seed <train.seed + 1>` gives the samples `avade eval` scores.
+            labels = draw_class_labels(loaded.class_counts, model.num_classes, n, seed + 1).to(dev)
+        elif model.num_classes:  # a grid shows the classes in turn: one per column
+            labels = torch.arange(n, device=dev) % model.num_classes
+            nrow = class_columns(model.num_classes, n)
+        if reconstructions:
+            assert sets is not None
+            if n > len(sets[1]):  # say so rather than hand back a smaller grid unannounced
+                warnings.warn(f"-n {n}: the test split holds {len(sets[1])} images; the grid shows all of them",
+                              UserWarning, stacklevel=2)
+            x, y = next(subset_batches(sets[1], n, batch_size=n))
+            x = x.to(dev)
+            recon = model.reconstruct(x, y.to(dev) if model.num_classes else None, gen)
+            images = torch.stack([x, recon], 1).flatten(0, 1)
+            nrow = 2 * square_columns((n + 1) // 2)  # image/reconstruction pairs side by side
+        else:
+            with torch.inference_mode():
+                batches = (model.sample(min(batch_size, n - start), labels[start:start + batch_size]
+                                        if labels is not None else None, temperature=temperature, generator=gen).cpu()
+                           for start in range(0, n, batch_size))
+                if as_array:  # each batch straight into the one uint8 NHWC array np.savez writes: held once, not thrice
+                    output.parent.mkdir(parents=True, exist_ok=True)
+                    _save_npz(output, _nhwc(batches, n, model.data_shape), labels)
+                    return output
+                images = torch.cat(list(batches))
+        _write(output, images, nrow, labels)
+        return output
 
 
 def _write(output: Path, images: torch.Tensor, nrow: int, labels: torch.Tensor | None) -> None:
