@@ -14,6 +14,7 @@ from avade.models.generative import GenerativeModel
 from avade.models.preprocess import Preprocess, to_unit
 from avade.nets.shapes import Shape, as_shape
 from avade.nn.layers import norm_options
+from avade.norms.cwn import ConditionalWeightNorm
 from avade.recipe.schema import AbsentConfig, ComponentRef, Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.registry import get_registry
@@ -213,6 +214,12 @@ def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = N
                       f"{_norm_of(recipe.model.posterior)}): only the critic is class-conditional, every class "
                       "gets the same samples and GAN-test/GAN-train score chance; set norm = \"cwn\" in "
                       "[model.decoder] and [model.posterior]", UserWarning, stacklevel=2)
+    if not model.num_classes and any(isinstance(m, ConditionalWeightNorm) for m in model.modules()):
+        # (valid, e.g. the conditional recipe's ablation with model.conditional = false, but not what it reads as)
+        warnings.warn(f"{recipe.source or 'recipe'}: norm = \"cwn\" in a model that is not class-conditional "
+                      "(model.conditional = false) is plain weight normalization: its per-class gains and biases "
+                      "need labels; say norm = \"weight-norm\", or set model.conditional = true with a labelled "
+                      "dataset", UserWarning, stacklevel=2)
     return True
 
 

@@ -33,3 +33,13 @@ def test_a_conditional_model_with_a_label_blind_generator_is_warned_about() -> N
 def test_no_warning_when_the_generator_takes_the_labels_or_the_model_is_unconditional(overrides: tuple[str, ...]
                                                                                        ) -> None:
     assert _warnings(*overrides) == []
+
+
+def test_cwn_in_an_unconditional_model_is_warned_about_as_plain_weight_norm() -> None:
+    """`norm = "cwn"` without labels has one shared gain and bias: weight norm under another name."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_model(tiny_recipe("model.conditional=false", "model.decoder.norm=cwn"))
+        check_model(tiny_recipe("model.conditional=true", "model.decoder.norm=cwn", "model.posterior.norm=cwn"))
+    said = [str(w.message) for w in caught if "plain weight normalization" in str(w.message)]
+    assert len(said) == 1 and 'norm = "weight-norm"' in said[0] and "model.conditional = true" in said[0], said
