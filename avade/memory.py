@@ -103,3 +103,59 @@ def naming_memory(phase: str, fix: str | Callable[[], str]) -> Iterator[None]:
             raise error from exc
         finally:  # (else error -> its traceback -> this frame -> error: a cycle keeping the failed block's tensors,
             del error  # a GPU's activations too, until the garbage collector runs, past the next sweep variant's start)
+
+
+def _read_int(path: str) -> int | None:
+    """The integer a one-number file (/proc, /sys) holds; None when absent, unreadable or "max"."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cgroup_free() -> int | None:
+    """What this process's cgroup (a container's, a job scheduler's) still lets it allocate: its limit less its
+    usage (cgroup v2: memory.max, memory.current; v1: memory.limit_in_bytes, usage_in_bytes); None without one."""
+    own = ""
+    with contextlib.suppress(OSError), open("/proc/self/cgroup", encoding="utf-8") as f:
+        own = next((line.strip()[3:] for line in f if line.startswith("0::")), "")
+    for folder in dict.fromkeys((f"/sys/fs/cgroup{own}".rstrip("/"), "/sys/fs/cgroup")):
+        limit, used = _read_int(f"{folder}/memory.max"), _read_int(f"{folder}/memory.current")
+        if limit is not None and used is not None:
+            return max(limit - used, 0)
+    limit = _read_int("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    used = _read_int("/sys/fs/cgroup/memory/memory.usage_in_bytes")
+    if limit is not None and used is not None and limit < 2**60:  # (v1 says "no limit" as a huge number)
+        return max(limit - used, 0)
+    return None
+
+
+def host_memory_free() -> int | None:
+    """Bytes of the host's memory this process can still use: the kernel's MemAvailable (/proc/meminfo), or its
+    cgroup's limit less its usage where that is lower. None where neither can be read (not Linux)."""
+    available = None
+    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                break
+    cgroup = _cgroup_free()
+    known = [b for b in (available, cgroup) if b is not None]
+    return min(known) if known else None
+
+
+def memory_free(device: str) -> tuple[int | None, str]:
+    """Bytes free on ``device`` ("cpu", "cuda", "cuda:N") and how to name it ("this machine", "GPU cuda:0");
+    None bytes where they cannot be read (the check that asks is then skipped)."""
+    if not device.startswith("cuda"):
+        return host_memory_free(), "this machine"
+    import os
+
+    import torch
+
+    index = int(device.split(":")[1]) if ":" in device else int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        return int(torch.cuda.mem_get_info(index)[0]), f"GPU cuda:{index}"
+    except Exception:  # (no driver, a busy or lost device: nothing to compare with)
+        return None, f"GPU cuda:{index}"

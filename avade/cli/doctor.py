@@ -210,7 +210,8 @@ def collect(recipe_path: Path | None = None, overrides: Sequence[str] = ()) -> d
 def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
     """What would stop the recipe (or one of its sweep variants) before its first step on this machine: data
     not found, a sweep variant that cannot be built, a ``train.device`` or ``train.compile_backend`` this
-    machine lacks, Inception weights its eval metrics need (IS: with the classifier head)."""
+    machine lacks, a model whose training state cannot fit in its free memory, Inception weights its eval metrics
+    need (IS: with the classifier head)."""
     problems = [("" if d["config"] == "recipe" else f"{d['config']}: ") + d["message"].removesuffix(_OFFLINE_HINT)
                 for d in report["datasets"] if d["config"] != "default" and not d["present"]]
     metrics = set(recipe.eval.metrics)
@@ -223,13 +224,25 @@ def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
             metrics.update(m for r in recipes for m in r.eval.metrics)
         except AvadeError as exc:  # a variant the sweep cannot build (`recipe check` shows the same)
             problems.append(f"the sweep: {exc}")
-    problems += dict.fromkeys(p for r in recipes for p in _machine_problems(r.train))
+    problems += dict.fromkeys(p for r in recipes for p in _machine_problems(r.train) + _memory_problems(r))
     needing = [m for m in WEIGHT_METRICS if m in metrics]
     if needing and not report["weights"]["available"]:
         problems.append(f"eval.metrics {', '.join(needing)} need Inception weights: {report['weights']['message']}")
     elif "is" in needing and "is_needs" in report["weights"]:
         problems.append(f"eval.metrics is: {report['weights']['is_needs']}")
     return problems
+
+
+def _memory_problems(recipe: Any) -> list[str]:
+    """A model whose weights, gradients and optimizer state alone cannot fit in the free memory of the recipe's
+    device (as `recipe check` and `recipe run` refuse it, before allocating anything)."""
+    from avade.models.build import check_memory
+
+    try:
+        check_memory(recipe)
+    except AvadeError as exc:
+        return [str(exc)]
+    return []
 
 
 def _machine_problems(train: Any) -> list[str]:

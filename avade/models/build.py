@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import operator
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from avade.errors import AvadeError, ConfigError, RegistryError
 from avade.models.generative import GenerativeModel
@@ -159,7 +160,164 @@ def _assemble(recipe: Recipe, shape: Shape, classes: int) -> GenerativeModel:
     )
 
 
-def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = None) -> bool:
+def _count(n: float) -> str:
+    """A parameter count or byte size, short: 48.6 G, 350 M, 12 k."""
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+def _widest_option(ref: ComponentRef | None) -> tuple[str, Any] | None:
+    """The (key, value) of ``ref``'s option with the largest size (an integer or a list of them, e.g. hidden =
+    30000 or channels = [8000, 16000]): what to lower in a component too large; None without one."""
+    best: tuple[int, str, Any] | None = None
+    for key, value in flat_config(ref.config) if ref is not None else []:
+        sizes = value if isinstance(value, list | tuple) else [value]
+        ints = [v for v in sizes if isinstance(v, int) and not isinstance(v, bool)]
+        if ints and (best is None or max(ints) > best[0]):
+            best = (max(ints), key, list(value) if isinstance(value, tuple) else value)
+    return (best[1], best[2]) if best is not None else None
+
+
+class MemoryFitError(ConfigError):
+    """A model whose training state cannot fit in the memory free for it (:func:`build_checked`)."""
+
+
+class _WontFit(BaseException):  # (not an Exception: no component's own handler may swallow it)
+    pass
+
+
+# the factories a component allocates its parameters (and buffers) with
+_FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.randn, torch.rand, torch.randint, torch.eye}
+
+
+class _AllocationGuard(TorchFunctionMode):
+    """Counts the bytes the factories above are asked for while a model is built, and stops the build (_WontFit)
+    before the call that would take the total past ``limit``: nothing beyond it is allocated (with memory
+    overcommitted, an allocation too large "succeeds" and the kernel kills the process as its pages are used)."""
+
+    def __init__(self, limit: int | None) -> None:
+        super().__init__()
+        self.limit, self.total = limit, 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if self.limit is not None and func in _FACTORIES:
+            self.total += self._numel(func, args, kwargs) * (kwargs.get("dtype") or torch.get_default_dtype()).itemsize
+            if self.total > self.limit:
+                raise _WontFit
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _numel(func: Any, args: Any, kwargs: Any) -> int:
+        if func is torch.eye:
+            return int(args[0]) * int(args[1] if len(args) > 1 and isinstance(args[1], int) else args[0])
+        if func is torch.randint:  # randint([low,] high, size)
+            args = [a for a in args if not isinstance(a, int)]
+        size = kwargs.get("size", args[0] if args else ())
+        if func is not torch.full and args and all(isinstance(a, int) for a in args):
+            size = args  # torch.zeros(3, 4)
+        numel = 1
+        for dim in size if isinstance(size, list | tuple) else [size]:
+            numel *= int(dim)
+        return numel
+
+
+def _run_device(recipe: Recipe, device: str | None) -> str:
+    from avade.train.device import resolve_device
+
+    try:
+        return str(resolve_device(device or recipe.train.device))
+    except AvadeError:  # (a device this machine lacks: `recipe run` says so; the host is what is known)
+        return "cpu"
+
+
+def _sizes(model: GenerativeModel) -> dict[str, tuple[int, int]]:
+    """Each component's (parameters, their bytes)."""
+    sizes = {}
+    for name, child in model.named_children():
+        params = list(child.parameters())
+        sizes[name] = (sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params))
+    return sizes
+
+
+def _meta_sizes(recipe: Recipe, data_shape: Any, num_classes: Any) -> dict[str, tuple[int, int]] | None:
+    """:func:`_sizes` of the model built on torch's meta device (no memory); None where it cannot be built so (a
+    component's data-dependent init); a recipe's error (a ConfigError) as the real build would raise it."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            return _sizes(build_model(recipe, data_shape, num_classes))
+    except ConfigError:  # (e.g. a size torch cannot even compute: the error the real build says, raised as it is)
+        raise
+    except Exception:
+        return None
+
+
+def build_checked(recipe: Recipe, data_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
+                  device: str | None = None) -> GenerativeModel:
+    """:func:`build_model`, refusing (:class:`MemoryFitError`, before allocating it) a model whose training state
+    cannot fit in the memory free for it: its weights, their gradients and the optimizer's two moments (Adam,
+    Adamax), the weight average too with ``train.ema_decay``, against the free memory of the run's GPU
+    (``device``, else ``train.device``), else the host's. A GPU run builds the model on the host first: there its
+    weights once. Where free memory cannot be read nothing is checked. Activations are not counted: this only
+    catches what cannot fit at any batch size (a typo'd width), never a recipe that fits. The build is the same
+    (random numbers included) as :func:`build_model`'s."""
+    from avade.memory import memory_free
+
+    where = _run_device(recipe, device)
+    copies, kept = (5, "weights, gradients, optimizer state and weight average") if recipe.train.ema_decay else (
+        4, "weights, gradients and optimizer state")
+    host_copies = copies if where == "cpu" else 1
+    host_free, _ = memory_free("cpu")
+    try:
+        with _AllocationGuard(None if host_free is None else host_free // host_copies):
+            model = build_model(recipe, data_shape, num_classes)
+    except _WontFit:
+        assert host_free is not None
+        sizes = _meta_sizes(recipe, data_shape, num_classes)
+        what = kept if where == "cpu" else "weights"
+        _refuse(recipe, sizes, None if sizes is None else sum(b for _, b in sizes.values()) * host_copies, what,
+                "this machine", host_free)
+    sizes = _sizes(model)
+    weights = sum(b for _, b in sizes.values())
+    for need, what, on in [(weights * copies, kept, where)] + ([(weights, "weights", "cpu")] if where != "cpu"
+                                                                else []):
+        free, machine = memory_free(on)
+        if free is not None and need > free:
+            _refuse(recipe, sizes, need, what, machine, free)
+    return model
+
+
+def _refuse(recipe: Recipe, sizes: dict[str, tuple[int, int]] | None, need: int | None, what: str, machine: str,
+            free: int) -> NoReturn:
+    if sizes is None or need is None:  # (a component that cannot be built on the meta device: no count)
+        raise MemoryFitError(f"the model's {what} need more than the {free / 1e9:.3g} GB {machine} has free (its "
+                             "build was stopped there); use smaller sizes in model.* (hidden, channels, ...)",
+                             path="model", source=recipe.source)
+    largest = max(sizes, key=lambda name: sizes[name][0])
+    widest = _widest_option(getattr(recipe.model, largest, None))
+    path = f"model.{largest}.{widest[0]}" if widest else f"model.{largest}"
+    lower = f"lower {path} ({widest[1]})" if widest else f"use a smaller {path}"
+    raise MemoryFitError(f"{_count(sum(n for n, _ in sizes.values()))} parameters need ~{need / 1e9:.3g} GB for "
+                         f"{what}; {machine} has {free / 1e9:.3g} GB free; {lower}: model.{largest} is the largest "
+                         f"component ({_count(sizes[largest][0])} parameters)", path=path, source=recipe.source)
+
+
+def check_memory(recipe: Recipe, data_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
+                 device: str | None = None) -> None:
+    """:func:`build_checked`'s refusal alone (`avade doctor --recipe`): any other failure to build the model is
+    left to `recipe check`."""
+    try:
+        build_checked(recipe, data_shape, num_classes, device)
+    except MemoryFitError:
+        raise
+    except Exception:
+        return
+
+
+def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = None,
+                device: str | None = None) -> bool:
     """Build ``recipe``'s model for its dataset's image shape and run it once, without gradients, on two
     random images: likelihood, sampling and the critic. Shape mismatches between components (e.g. a
     resolution the encoder cannot halve) surface as a :class:`ConfigError` here instead of at ``run``.
@@ -169,7 +327,8 @@ def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = N
     count is the config's ``num_classes`` if it has one, else ``num_classes`` as a stand-in (the real
     count is only known once the dataset is loaded). ``seen`` (shared across a sweep's variants) skips a
     model and shape already checked, e.g. variants that differ only in the dataset's category. Returns
-    whether the model was run (False: no ``resolution`` to run it at).
+    whether the model was run (False: no ``resolution`` to run it at). A model whose training state cannot fit in
+    the free memory of ``device`` (else ``train.device``) is refused first (:func:`build_checked`).
     """
     shape, declared_classes = declared_data(recipe)
     if shape is None:
@@ -180,7 +339,7 @@ def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = N
         if key in seen:
             return True
         seen.add(key)
-    model = build_model(recipe, shape, classes)
+    model = build_checked(recipe, shape, classes, device)  # (a training state that cannot fit: refused)
     labels = torch.arange(2) % max(model.num_classes, 1) if model.num_classes else None
     x = torch.randint(0, 256, (2, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     step = "likelihood"

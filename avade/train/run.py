@@ -209,12 +209,12 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
             # that fails only when sampling must not fail at the end of training.
             # (naming_missing_plugins: a norm is only looked up as the model is built)
             with naming_missing_plugins(trained_with), alike_on_this_node():
-                check_variants(every, data=False, source=str(file))
+                check_variants(every, data=False, source=str(file), device=device)
             return [run_recipe(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)]
         # a later variant's bad config or missing data fails now (resumed: their data, not another dataset)
         with data_of_trained_model() if resume else contextlib.nullcontext(), naming_missing_plugins(trained_with), \
                 alike_on_this_node():
-            check_variants(variants, sweep=every)
+            check_variants(variants, sweep=every, device=device)
         if not resume:  # before any variant trains (or the plan is rewritten), not at the first such variant's turn
             _refuse_trained_variants(out_dir, recipe.name, variants)
         _record_plan(out_dir, every, {v.name: _variant_dir(out_dir, recipe.name, v, resume).name for v in every})
@@ -348,11 +348,12 @@ def select_variants(variants: Sequence[_Named], only: Sequence[str]) -> list[_Na
 
 
 def check_variants(variants: Sequence[Variant], *, sweep: Sequence[Variant] | None = None, data: bool = True,
-                   source: str | None = None) -> bool:
+                   source: str | None = None, device: str | None = None) -> bool:
     """Every variant's model runs on its image shape (``avade recipe check``) and, with ``data``, its
     dataset's files are found: before a sweep trains anything, a bad variant fails at once, named.
     ``sweep``: the whole sweep (``variants`` may be an --only part of it), for the numbers in messages;
-    None for a recipe without one. Returns whether every model ran (not: a dataset without resolution)."""
+    None for a recipe without one. ``device``: --device, where the training state must fit (else each recipe's
+    train.device). Returns whether every model ran (not: a dataset without resolution)."""
     from avade.data.status import dataset_status
     from avade.models.build import check_model
 
@@ -363,7 +364,7 @@ def check_variants(variants: Sequence[Variant], *, sweep: Sequence[Variant] | No
     for variant in variants:
         where = f"sweep variant {index[variant.name]} ({variant.name}): " if sweep is not None else ""
         try:
-            ran &= check_model(variant.recipe, seen=checked)
+            ran &= check_model(variant.recipe, seen=checked, device=device)
         except ConfigError as exc:
             raise ConfigError(where + exc.detail, path=exc.path, source=source or variant.recipe.source) from None
         world, batch = int(os.environ.get("WORLD_SIZE", "1")), variant.recipe.data.options.batch_size

@@ -39,7 +39,8 @@ from avade.losses.adversarial import (
     mode_statistics,
 )
 from avade.memory import OutOfMemory, naming_memory
-from avade.models import GenerativeModel, build_model
+from avade.models import GenerativeModel
+from avade.models.build import build_checked
 from avade.models.preprocess import to_unit
 from avade.nn import frozen
 from avade.nn.replicas import replica_statistics
@@ -133,7 +134,9 @@ class Trainer:
             self.train_set, self.test_set = load_datasets_on_node(recipe, self.dist)
         # recorded in checkpoints: a conditional model is then sampled with the data's balance without the data
         self.class_counts = class_counts(self.train_set)
-        self.model: GenerativeModel = build_model(recipe, self.train_set.shape, self.train_set.num_classes)
+        # (a training state that cannot fit is refused before its weights are allocated: not killed later)
+        self.model: GenerativeModel = build_checked(recipe, self.train_set.shape, self.train_set.num_classes,
+                                                    str(self.device))
         self.model.to(self.device)
         from avade.evaluate import build_metrics, check_inception_weights
 
