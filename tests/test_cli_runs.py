@@ -2084,14 +2084,14 @@ def test_sample_refuses_more_samples_than_it_can_hold_before_drawing_any(run_dir
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """An .npz larger than the memory free here was an "internal error: MemoryError" (or an OOM kill, the array
     being filled lazily), a grid of a billion samples ran on for hours: both are refused before sampling."""
-    import avade.evaluate.sampling
+    import avade.memory
     from avade.models.generative import GenerativeModel
 
     def never(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("sampled before the size was checked")
 
     monkeypatch.setattr(GenerativeModel, "sample", never)
-    monkeypatch.setattr(avade.evaluate.sampling, "_free_memory", lambda: 1000, raising=False)  # bytes
+    monkeypatch.setattr(avade.memory, "host_memory_free", lambda: 1000)  # bytes (loading the model checks none)
     for name, args, said in (("s.npz", ["-n", "100"], "GiB of memory free here; sample fewer"),
                              ("g.png", ["-n", str(10**9)], "more than Pillow opens"),
                              ("i.png", ["-n", "2", "--interpolations", "--steps", str(10**9)], "--steps")):

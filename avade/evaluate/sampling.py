@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from avade import memory
 from avade.atomic_files import replaced_atomically
 from avade.errors import ConfigError
 from avade.evaluate.context import draw_class_labels
@@ -165,7 +166,7 @@ def _check_size(asked: str, n: int, tiles: int, shape: Sequence[int], as_array: 
     they failed after minutes (a MemoryError, an "internal error") or ran on for hours."""
     c, h, w = shape
     if as_array:
-        need, free = n * c * h * w, _free_memory()
+        need, free = n * c * h * w, memory.host_memory_free()
         if free is not None and need > free:
             raise ConfigError(f"{asked}: an .npz of {n} images of {c}x{h}x{w} holds {need / 2**30:.1f} GiB, more than "
                               f"the {free / 2**30:.1f} GiB of memory free here; sample fewer (several files with "
@@ -179,18 +180,6 @@ def _check_size(asked: str, n: int, tiles: int, shape: Sequence[int], as_array: 
         raise ConfigError(f"{asked}: a grid of {tiles} images of {h}x{w} has about {pixels / 1e6:.0f} million pixels, "
                           f"more than Pillow opens ({2 * limit / 1e6:.0f} million); ask for fewer, or write all "
                           "samples to an .npz (-o samples.npz)")
-
-
-def _free_memory() -> int | None:
-    """Bytes of memory free for a new allocation (Linux' MemAvailable; else None: not checked)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def _interpolation_rows(model: GenerativeModel, test_set: Dataset, n: int, steps: int, label: int | None,
