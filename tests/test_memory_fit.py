@@ -121,3 +121,14 @@ def test_shipped_recipes_fit_an_8_gb_machine(path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(avade.memory, "host_memory_free", lambda: 8 * GB)
     for variant in expand_sweep(load_recipe(path)):
         check_memory(variant.recipe, device="cpu")
+
+
+def test_the_built_weights_are_not_counted_twice_against_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Free memory read after the build has the weights taken out already: compared with 4x the weights it would
+    ask for 5x. A state that fits in what was free before the build is built."""
+    recipe = load_recipe(QUICKSTART)
+    torch.manual_seed(0)
+    weights = sum(p.numel() * p.element_size() for p in build_model(recipe).parameters())
+    reads = iter([4 * weights + 1024] + [3 * weights + 1024] * 10)  # before the build, then with its weights taken
+    monkeypatch.setattr(avade.memory, "host_memory_free", lambda: next(reads))
+    build_checked(recipe, device="cpu")

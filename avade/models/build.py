@@ -283,7 +283,8 @@ def build_checked(recipe: Recipe, data_shape: tuple[int, int, int] | None = None
     weights = sum(b for _, b in sizes.values())
     for need, what, on in [(weights * copies, kept, where)] + ([(weights, "weights", "cpu")] if where != "cpu"
                                                                 else []):
-        free, machine = memory_free(on)
+        # (the host's free memory as read before the build: read now it would count the built weights twice)
+        free, machine = (host_free, "this machine") if on == "cpu" else memory_free(on)
         if free is not None and need > free:
             _refuse(recipe, sizes, need, what, machine, free)
     return model
