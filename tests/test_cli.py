@@ -438,11 +438,28 @@ def test_invalid_sweep_variant_is_one_line(write: Write) -> None:
         assert_one_line_error(run("recipe", command, str(typo)), "blockz")
 
 
-def test_debug_raises_instead(write: Write) -> None:
+def test_debug_adds_the_traceback_and_keeps_the_exit_status(write: Write) -> None:
+    # scripts tell a user error (2) from a bug (1) by the status, with --debug too
     path = write("typo.toml", TYPO)
+    plain = run("recipe", "check", str(path))
     result = run("--debug", "recipe", "check", str(path))
-    assert result.exit_code != 0
-    assert isinstance(result.exception, avade.ConfigError)
+    assert plain.exit_code == result.exit_code == 2, result.output
+    assert "Traceback (most recent call last)" in result.stderr and "avade.errors.ConfigError" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == plain.stderr.strip()  # then the same one line
+
+
+def test_debug_keeps_an_os_errors_and_a_bugs_exit_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    import avade.recipe
+
+    for exc, code in ((PermissionError(13, "Permission denied", "x.toml"), 2), (ZeroDivisionError("a bug"), 1)):
+        def fail(*_: object, error: Exception = exc) -> None:
+            raise error
+
+        monkeypatch.setattr(avade.recipe, "load_recipe", fail)
+        plain, debug = run("recipe", "show", "x.toml"), run("--debug", "recipe", "show", "x.toml")
+        assert plain.exit_code == debug.exit_code == code, (plain.output, debug.output)
+        assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr
+        assert debug.stderr.rstrip().splitlines()[-1] == plain.stderr.strip()
 
 
 def test_debug_shows_traceback_in_a_real_process(write: Write) -> None:
@@ -453,7 +470,7 @@ def test_debug_shows_traceback_in_a_real_process(write: Write) -> None:
     assert plain.returncode == 2
     assert "Traceback" not in plain.stderr and plain.stderr.strip().count("\n") == 0
     debug = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, env=env, timeout=120)
-    assert debug.returncode != 0
+    assert debug.returncode == 2
     assert "Traceback" in debug.stderr and "ConfigError" in debug.stderr and "scalse" in debug.stderr
 
 

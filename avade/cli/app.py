@@ -1,7 +1,8 @@
 """``avade`` CLI: list-components, doctor, recipe check/show/run, eval, sample, study.
 
 User errors (:class:`~avade.errors.AvadeError`) print one ``error: ...`` line and exit with code 2;
-unexpected exceptions print one line too and exit 1 -- ``--debug`` shows the traceback instead.
+unexpected exceptions print one line too and exit 1 -- ``--debug`` shows the traceback before that line (the
+exit status stays the same, so scripts can tell a user error from a bug with or without it).
 """
 
 from __future__ import annotations
@@ -105,8 +106,7 @@ class _Group(typer.core.TyperGroup):
                 raise typer.Exit(code) from None
             _fail(str(exc), code)
         except AvadeError as exc:
-            if _DEBUG["on"]:
-                raise
+            _debug_traceback()
             from avade.train.distributed import said_by_another_process
 
             if said_by_another_process(exc):  # under torchrun: said once for the job (or the node), not N times
@@ -119,13 +119,13 @@ class _Group(typer.core.TyperGroup):
                 raise typer.Exit(130) from None  # on again): rank 0 says it once for the job
             _fail("interrupted", 130)
         except OSError as exc:  # a path that cannot be read or written: the environment, not avade
-            if _DEBUG["on"]:
-                raise
+            _debug_traceback()
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(f"{where}{exc.strerror or exc} ({_os_error_fix(exc)})", 2)
         except Exception as exc:
-            if _DEBUG["on"] or type(exc).__module__.split(".")[0] in ("typer", "click"):
+            if type(exc).__module__.split(".")[0] in ("typer", "click"):
                 raise
+            _debug_traceback()
             from avade.train.distributed import job_failure
 
             failure = job_failure(exc)  # another process's failure (it says why), or a collective timed out
@@ -145,6 +145,14 @@ class _Group(typer.core.TyperGroup):
                       f"/ {DISABLE_ENV}; rerun with --debug for the traceback)", 1)
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
                   "and please report it)", 1)
+
+
+def _debug_traceback() -> None:
+    """With ``--debug``: the traceback of the exception being handled, on stderr (its one line follows)."""
+    if _DEBUG["on"]:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 def _os_error_fix(exc: OSError) -> str:
