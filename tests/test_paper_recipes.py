@@ -63,6 +63,7 @@ def test_the_recipe_set_is_complete() -> None:
         "paper/av_ade_lsun_128.toml", "paper/av_ade_imagenet32.toml", "paper/av_ade_imagenet64.toml",
         "paper/av_ade_celeba64.toml", "paper/cond_av_ade_cifar10.toml", "paper/cond_gan_cifar10.toml",
         "paper/table9a_av_ade.toml", "paper/table9b_v_ade.toml", "paper/av_ade_iaf_rd.toml",
+        "paper/baselines/glow_cifar10.toml", "paper/baselines/realnvp_cifar10.toml",
     }
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
@@ -217,6 +218,22 @@ def test_cifar10_variants(name: str, variant: str, has_flow: bool, has_disc: boo
     assert r.variant == variant and r.data.options.name == "cifar10"
     assert (r.model.flow is not None, r.model.discriminator is not None) == (has_flow, has_disc)
     assert ("bpd" in r.eval.metrics) == (variant != "gan")
+
+
+@pytest.mark.parametrize(("name", "flow", "published"), [
+    ("glow_cifar10", "glow", {"scales": 3, "steps": 32, "hidden": 512, "lu": True, "norm": "actnorm"}),
+    ("realnvp_cifar10", "realnvp", {"scales": 2, "blocks": 8, "hidden": 64, "final_layers": 4, "net": "reference",
+                                    "batch_norm": True}),
+])
+def test_figure19_flow_baselines_are_the_published_flows_alone(name: str, flow: str, published: dict) -> None:
+    """Appendix E.2 / Figure 19 compares AV-ADE with Glow and Real-NVP by precision and recall: each is the
+    flow alone (variant ``flow``) at its CIFAR-10 architecture, trained by maximum likelihood on the same data."""
+    r = load_recipe(RECIPES / "paper" / "baselines" / f"{name}.toml")
+    assert r.variant == "flow" and r.model.flow.name == flow
+    assert {key: getattr(r.model.flow.config, key) for key in published} == published
+    assert r.model.encoder is r.model.posterior is r.model.decoder is r.model.discriminator is None
+    assert (r.data.options.name, r.data.dataset.config.resolution, r.data.options.batch_size) == ("cifar10", 32, 64)
+    assert r.eval.metrics == ["bpd", "fid"]  # and --metrics prd for the figure
 
 
 @pytest.mark.parametrize(("name", "dataset", "resolution"), [

@@ -135,12 +135,14 @@ def _assemble(recipe: Recipe, shape: Shape, classes: int) -> GenerativeModel:
         raise ConfigError(f"flow '{model.flow.name}' maps {shape} to {out_shape}; the feature map f must keep the "
                           "image's shape (use a full flow such as realnvp or glow)", path="model.flow.name",
                           source=recipe.source)
-    encoder = _build("encoder", model.encoder, "model.encoder", in_shape=shape, num_classes=cond)
-    stage_shapes = [tuple(s) for s in encoder.stage_shapes]
-    posterior = _build("posterior", model.posterior, "model.posterior", stage_shapes=stage_shapes,
-                       num_classes=cond)
-    decoder = _build("decoder", model.decoder, "model.decoder", stage_shapes=stage_shapes, out_shape=shape,
-                     num_classes=cond)
+    encoder = posterior = decoder = None
+    if model.encoder is not None:  # (variant "flow" has no VAE: its latent is f(x))
+        encoder = _build("encoder", model.encoder, "model.encoder", in_shape=shape, num_classes=cond)
+        stage_shapes = [tuple(s) for s in encoder.stage_shapes]
+        posterior = _build("posterior", model.posterior, "model.posterior", stage_shapes=stage_shapes,
+                           num_classes=cond)
+        decoder = _build("decoder", model.decoder, "model.decoder", stage_shapes=stage_shapes, out_shape=shape,
+                         num_classes=cond)
     discriminator = _build("discriminator", model.discriminator, "model.discriminator", in_shape=shape,
                            num_classes=cond)
     return GenerativeModel(

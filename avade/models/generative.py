@@ -1,7 +1,8 @@
 """The generative model of every variant: [preprocess -> flow f] -> VAE (encoder, latents, decoder).
 
-One class serves AV-ADE, V-ADE (with f), AV-GDE, VAE (pixel space) and GAN (decoder used as a
-generator from the prior). Which losses are applied is the trainer's business (Algorithm 1).
+One class serves AV-ADE, V-ADE (with f), AV-GDE, VAE (pixel space), GAN (decoder used as a
+generator from the prior) and the flow alone (variant ``flow``: a standard normal on f(x), no VAE: Real-NVP
+and Glow as the paper's baselines). Which losses are applied is the trainer's business (Algorithm 1).
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ class GenerativeModel(nn.Module):
         data_shape: tuple[int, int, int],
         preprocess: Preprocess,
         flow: FlowModule | None,
-        encoder: EncoderModule,
-        posterior: PosteriorModule,
-        decoder: DecoderModule,
+        encoder: EncoderModule | None,
+        posterior: PosteriorModule | None,
+        decoder: DecoderModule | None,
         discriminator: DiscriminatorModule | None = None,
         num_classes: int = 0,
         likelihood: str = "gaussian",
@@ -67,19 +68,28 @@ class GenerativeModel(nn.Module):
         self.preprocess = preprocess
         # (nn.Module registers them as submodules; the annotations tell type checkers their contracts)
         self.flow: FlowModule | None = flow
-        self.encoder: EncoderModule = encoder
-        self.posterior: PosteriorModule = posterior
-        self.decoder: DecoderModule = decoder
+        self.encoder: EncoderModule | None = encoder
+        self.posterior: PosteriorModule | None = posterior
+        self.decoder: DecoderModule | None = decoder
         self.discriminator: DiscriminatorModule | None = discriminator
         self.num_classes = int(num_classes)
         self.likelihood = likelihood
         self.temperature = float(temperature)
+        #: The flow alone, its latent f(x) standard normal (variant "flow"): no encoder, posterior or decoder.
+        self.flow_only = encoder is None
+        parts = (encoder, posterior, decoder)
+        if any(p is None for p in parts) != all(p is None for p in parts) or (self.flow_only and flow is None):
+            raise ConfigError("a model has an encoder, a posterior and a decoder, or none of them and a flow "
+                              "(variant \"flow\")", path="model")
         channels = self.data_shape[0] if sigma == "channel" else 1
-        self.log_sigma = nn.Parameter(torch.full((channels, 1, 1), math.log(sigma_init)))
-        self.num_stages = len(encoder.stage_shapes)
-        self._latent_stages = frozenset(posterior.stage_ids)
+        if self.flow_only:  # (no decoder noise to learn: a fixed 0, still the model's device and dtype)
+            self.register_buffer("log_sigma", torch.zeros(channels, 1, 1))
+        else:
+            self.log_sigma = nn.Parameter(torch.full((channels, 1, 1), math.log(sigma_init)))
+        self.num_stages = len(encoder.stage_shapes) if encoder is not None else 0
+        self._latent_stages = frozenset(posterior.stage_ids) if posterior is not None else frozenset()
         # (a plugin posterior written before labels reached posteriors has no `y`: it stays label-free)
-        self._posterior_takes_labels = takes_labels(posterior.forward_stage)
+        self._posterior_takes_labels = posterior is not None and takes_labels(posterior.forward_stage)
 
     @property
     def dims(self) -> int:
@@ -158,6 +168,7 @@ class GenerativeModel(nn.Module):
     def _top_down(self, batch: int, hs: list[torch.Tensor] | None, labels: torch.Tensor | None,
                   temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the decoder's top-down pass; returns (mean, log_q, log_p) summed over latent groups."""
+        assert self.decoder is not None and self.posterior is not None  # (not for the flow alone)
         d = self.decoder.initial_state(batch)
         log_q = d.new_zeros(batch)
         log_p = d.new_zeros(batch)
@@ -232,6 +243,12 @@ class GenerativeModel(nn.Module):
         batch = x.shape[0]
         u = self._in_dtype(u)
         feat, logdet = self.features(u)
+        if self.flow_only:  # exact: ln N(f(x); 0, I) + ln|det df/dx| (no latent, so every k-sample bound is this)
+            log_pz = gaussian_log_prob(feat, torch.zeros_like(feat), self.log_sigma)
+            log_px = log_pz + logdet
+            return {"bpd": -log_px / (self.dims * math.log(2.0)), "log_px": log_px, "recon": log_pz,
+                    "kl": torch.zeros_like(log_pz), "logdet": logdet, "mean": torch.zeros_like(feat)}
+        assert self.encoder is not None and self.posterior is not None
         k = int(importance_samples)
         if k > 1 and self.training and torch.is_grad_enabled() and any(
                 getattr(m, "analytic", False) is True for m in cast(nn.Module, self.posterior).modules()):
@@ -319,14 +336,18 @@ class GenerativeModel(nn.Module):
     # -- generation ---------------------------------------------------------------------------------
     def decode_prior(self, n: int, labels: torch.Tensor | None = None,
                      temperature: float | None = None) -> torch.Tensor:
-        """Decoder means for n latent samples from the prior."""
+        """Decoder means for n latent samples from the prior (the flow alone: its latents, N(0, t^2 I), from the
+        global RNG as a VAE's latents)."""
         t = self.temperature if temperature is None else temperature
+        if self.flow_only:
+            dtype = self.log_sigma.dtype
+            return torch.randn((n, *self.data_shape), device=self.log_sigma.device, dtype=dtype) * t
         mean, _, _ = self._top_down(n, None, self._labels(labels), t)
         return mean
 
     def _noise(self, mean: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        if self.variant == "gan":
-            return mean  # the GAN uses the decoder mean as its sample
+        if self.variant == "gan" or self.flow_only:
+            return mean  # the GAN uses the decoder mean as its sample; the flow's latent is its sample
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + self.log_sigma.exp() * eps
 
@@ -395,6 +416,9 @@ class GenerativeModel(nn.Module):
         labels = self._labels(labels)
         u = self._in_dtype(self.preprocess.dequantize(x, None))
         feat, _ = self.features(u)
+        if self.flow_only:  # f^-1(f(u)): the dequantized image itself, up to rounding
+            return self._images(self.to_image(feat), "reconstruction")
+        assert self.encoder is not None
         hs = self.encoder(feat, labels)
         mean, _, _ = self._top_down(x.shape[0], hs, labels, 1.0)
         return self._images(self._sample_from_mean(mean, None), "reconstruction")
@@ -416,6 +440,11 @@ class GenerativeModel(nn.Module):
     def _encode(self, x: torch.Tensor, labels: torch.Tensor | None, sample: bool,
                 generator: torch.Generator | None, what: str = "encode") -> list[torch.Tensor]:
         x, labels, generator = self._prepared(what, x, labels, generator)
+        if self.flow_only:  # one code: f(x), standard normal under the prior
+            with _seeded_from(generator):
+                u = self.preprocess.dequantize(x, generator) if sample else self.preprocess.centres(x)
+                return [self.features(self._in_dtype(u))[0]]
+        assert self.encoder is not None and self.decoder is not None
         posterior = self._coded(what)
         labels = self._labels(labels)
         with _seeded_from(generator):
@@ -429,7 +458,7 @@ class GenerativeModel(nn.Module):
                     d, found[i] = posterior.encode_stage(i, d, hs[i], y=labels, sample=sample)
                 if i > min(self._latent_stages):  # (below the last latent stage d is needed no more)
                     d = self.decoder.forward_stage(i, d, labels)
-        return [found[i] for i in self.posterior.stage_ids]
+        return [found[i] for i in posterior.stage_ids]
 
     @torch.no_grad()
     def decode(self, codes: list[torch.Tensor], labels: torch.Tensor | None = None, *, pixel_noise: bool = True,
@@ -443,15 +472,20 @@ class GenerativeModel(nn.Module):
 
     def _decode(self, codes: list[torch.Tensor], labels: torch.Tensor | None, pixel_noise: bool,
                 generator: torch.Generator | None) -> torch.Tensor:
+        if self.flow_only:  # f^-1 of the one code (a flow has no pixel noise)
+            (code,) = latent_codes.checked_codes("decode", codes, [self.data_shape])
+            _, labels, generator = self._prepared("decode", None, labels, generator, code.shape[0])
+            return self._images(self.to_image(code.to(self.log_sigma.device, self.log_sigma.dtype)), "decoding")
+        assert self.decoder is not None
         posterior = self._coded("decode", encoding=False)
         shape_of = getattr(self.posterior, "latent_shape", None)
-        shapes = [tuple(shape_of(i)) if callable(shape_of) else None for i in self.posterior.stage_ids]
+        shapes = [tuple(shape_of(i)) if callable(shape_of) else None for i in posterior.stage_ids]
         given = latent_codes.checked_codes("decode", codes, shapes)
         n = given[0].shape[0]
         _, labels, generator = self._prepared("decode", None, labels, generator, n)
         labels = self._labels(labels)
         device, dtype = self.log_sigma.device, self.log_sigma.dtype
-        by_stage = {i: c.to(device, dtype) for i, c in zip(self.posterior.stage_ids, given, strict=True)}
+        by_stage = {i: c.to(device, dtype) for i, c in zip(posterior.stage_ids, given, strict=True)}
         with _seeded_from(generator):
             d = self.decoder.initial_state(n)
             for i in reversed(range(self.num_stages)):

@@ -24,6 +24,7 @@ from avade.recipe.schema import (
     ADVERSARIAL_VARIANTS,
     DEFAULT_COMPONENTS,
     FLOW_VARIANTS,
+    LATENT_VARIANTS,
     LIKELIHOOD_VARIANTS,
     MODEL_COMPONENTS,
     AbsentConfig,
@@ -423,13 +424,14 @@ def _model(raw: Any) -> ModelSection:
         needed = {
             "flow": variant in FLOW_VARIANTS,
             "discriminator": variant in ADVERSARIAL_VARIANTS,
-        }.get(key, True)
+        }.get(key, variant in LATENT_VARIANTS)
         if key in component_tables:
             ref = _component(kind, component_tables[key], f"model.{key}")
         else:
             ref = _component(kind, DEFAULT_COMPONENTS[key], f"model.{key}") if needed else None
         if ref is not None and not needed:
-            why = "has no flow f" if key == "flow" else "has no discriminator (no L_Q)"
+            why = {"flow": "has no flow f", "discriminator": "has no discriminator (no L_Q)"}.get(
+                key, f"has no {key} (its latent is f(x) itself, standard normal)")
             raise ConfigError(
                 f"variant '{variant}' {why}; remove [model.{key}] or set model.{key}.name = \"none\"",
                 path=f"model.{key}")
@@ -437,6 +439,9 @@ def _model(raw: Any) -> ModelSection:
             raise ConfigError(f"variant '{variant}' needs a {kind}; choose one with model.{key}.name",
                               path=f"model.{key}.name")
         refs[key] = ref
+    if variant == "flow" and options.conditional:  # (a flow here takes no labels)
+        raise ConfigError("variant 'flow' is unconditional (the flow takes no labels); set model.conditional = "
+                          "false, or train a class-conditional av-ade", path="model.conditional")
     if options.likelihood == "discretized-logistic" and refs["flow"] is not None:
         raise ConfigError("discretized-logistic needs pixel space: use it without a flow (vae/av-gde) "
                           "or set likelihood = \"gaussian\"", path="model.likelihood")
@@ -652,7 +657,7 @@ def _check_consistency(recipe: Recipe) -> None:
         raise ConfigError(f"eval.importance_samples = {recipe.eval.importance_samples} and eval.bpd.importance_samples "
                           f"= {k} disagree; set one of them", path="eval.bpd.importance_samples")
     train = recipe.train
-    if train.kl_warmup_steps and recipe.variant not in LIKELIHOOD_VARIANTS:
+    if train.kl_warmup_steps and (recipe.variant not in LIKELIHOOD_VARIANTS or recipe.variant not in LATENT_VARIANTS):
         raise ConfigError(f"variant '{recipe.variant}' has no KL term to warm up; remove "
                           "train.kl_warmup_steps, or train a variant with latents (av-ade, v-ade, av-gde, vae)",
                           path="train.kl_warmup_steps")

@@ -9,13 +9,15 @@ import attrs
 from avade.errors import ConfigError
 from avade.schema import FLOAT32_MAX, between, ge, gt
 
-Variant = Literal["av-ade", "v-ade", "av-gde", "vae", "gan"]
-#: Variants whose generator works in the feature space of an invertible flow f.
-FLOW_VARIANTS = ("av-ade", "v-ade")
+Variant = Literal["av-ade", "v-ade", "av-gde", "vae", "gan", "flow"]
+#: Variants with an invertible flow f (``flow``: f alone, a standard normal on f(x), as Real-NVP and Glow).
+FLOW_VARIANTS = ("av-ade", "v-ade", "flow")
 #: Variants trained with the quality-driven (adversarial) loss L_Q.
 ADVERSARIAL_VARIANTS = ("av-ade", "av-gde", "gan")
 #: Variants trained with the coverage-driven (likelihood) loss L_C.
-LIKELIHOOD_VARIANTS = ("av-ade", "v-ade", "av-gde", "vae")
+LIKELIHOOD_VARIANTS = ("av-ade", "v-ade", "av-gde", "vae", "flow")
+#: Variants with the VAE's parts (encoder, posterior, decoder); ``flow`` has none: its latent is f(x) itself.
+LATENT_VARIANTS = ("av-ade", "v-ade", "av-gde", "vae", "gan")
 
 #: Component tables of [model] and their registry kind.
 MODEL_COMPONENTS = {
@@ -89,7 +91,7 @@ class ModelSection:
 
     @property
     def variant(self) -> str:
-        """``options.variant``: which model (``av-ade``, ``v-ade``, ``av-gde``, ``vae`` or ``gan``)."""
+        """``options.variant``: which model (``av-ade``, ``v-ade``, ``av-gde``, ``vae``, ``gan`` or ``flow``)."""
         return self.options.variant
 
 

@@ -618,7 +618,9 @@ class Trainer:
                 kl_weight = self.kl_weight()
                 # KL warm-up: the objective weighs the KL by kl_weight; l_c and bpd are logged as the true bound.
                 loss = loss + (l_c if kl_weight == 1.0 else l_c - (1.0 - kl_weight) * kl)
-                scalars.update(l_c=l_c, bpd=out["bpd"].mean(), kl=kl)
+                scalars.update(l_c=l_c, bpd=out["bpd"].mean())
+                if not model.flow_only:  # (the flow alone has no latent: its KL would log a constant 0)
+                    scalars["kl"] = kl
                 if kl_weight < 1.0:
                     scalars["kl_weight"] = kl.new_tensor(kl_weight)
             if fake is not None:

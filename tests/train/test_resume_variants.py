@@ -19,6 +19,8 @@ CASES = {
     "av-gde": ["model.variant=av-gde", "model.flow.name=none"],
     "vae": ["model.variant=vae", "model.flow.name=none", "model.discriminator.name=none"],
     "gan": ["model.variant=gan", "model.flow.name=none", "train.d_steps=2"],
+    "flow": ["model.variant=flow", "model.encoder.name=none", "model.posterior.name=none", "model.decoder.name=none",
+             "model.discriminator.name=none", "train.ema_decay=0.8"],
     # cut at the MLE warm-up's end, the critic warming up before it; every schedule and watch carried over
     "warm-up boundary": ["train.warmup_steps=4", "train.critic_warmup_steps=2", "train.lr_schedule=cosine",
                          "train.lr_warmup_steps=2", "train.ema_decay=0.8", "train.ema_start=2", "train.grad_clip=0.5",
