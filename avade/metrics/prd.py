@@ -42,6 +42,7 @@ from avade.errors import AvadeError, ConfigError
 from avade.metrics.context import EvalContext
 from avade.metrics.features import get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_features, sample_features
+from avade.metrics.stats import check_finite_rows
 from avade.schema import between, ge, gt
 
 __all__ = [
@@ -103,10 +104,19 @@ def prd_from_features(eval_feats: Tensor | np.ndarray, ref_feats: Tensor | np.nd
 
     Both sets must have the same size: otherwise the clustering is biased towards the larger one.
     """
-    evaluated, real = len(eval_feats), len(ref_feats)
+    fake, real_feats = torch.as_tensor(eval_feats).cpu(), torch.as_tensor(ref_feats).cpu()
+    if fake.dim() != 2 or real_feats.dim() != 2 or fake.shape[1] != real_feats.shape[1]:
+        raise ValueError(f"PRD needs features [N, D] of samples and of real images, got {list(fake.shape)} and "
+                         f"{list(real_feats.shape)}")
+    if isinstance(num_runs, bool) or not isinstance(num_runs, int) or num_runs < 1:
+        raise ValueError(f"PRD: num_runs must be an int >= 1, got {num_runs!r}")
+    evaluated, real = len(fake), len(real_feats)
     check_sizes(evaluated, real, num_clusters)
+    # (k-means would stop on them with scikit-learn's message, naming neither side)
+    check_finite_rows(fake, "fake features")
+    check_finite_rows(real_feats, "real features")
     # their union in float64 once, for every run (at 50,000 x 2048 each, a 1.6 GB array)
-    data = torch.cat([torch.as_tensor(eval_feats).cpu(), torch.as_tensor(ref_feats).cpu()]).double().numpy()
+    data = torch.cat([fake, real_feats]).double().numpy()
     precisions, recalls = [], []
     for run in range(num_runs):
         eval_hist, ref_hist = _histograms(data, evaluated, num_clusters, seed + run)

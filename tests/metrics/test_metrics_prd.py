@@ -284,3 +284,19 @@ def test_prd_results_are_named_after_their_beta(tmp_path) -> None:
         two = PRD(attrs.evolve(cfg, beta=2.0)).compute(ctx)
     assert set(two) == {"prd_f2", "prd_f1_2", "prd_auc"}
     assert two["prd_auc"] == eight["prd_auc"] and two["prd_f2"] != eight["prd_f8"]
+
+
+def test_prd_refuses_features_it_cannot_cluster_naming_them() -> None:
+    # NaN/inf rows stopped k-means with scikit-learn's multi-line "Input X contains NaN" (naming neither side);
+    # mismatched widths with torch.cat's "Sizes of tensors must match", num_runs = 0 with an IndexError
+    real, fake = _blobs(40, CENTERS, 1), _blobs(40, CENTERS, 2)
+    fake[3, 1] = np.nan
+    with pytest.raises(ValueError, match="1 of the 40 fake features hold NaN or infinite values"):
+        prd_from_features(fake, real, num_clusters=5, num_runs=1)
+    real[0, 0] = np.inf
+    with pytest.raises(ValueError, match="1 of the 40 real features hold NaN or infinite values"):
+        prd_from_features(np.nan_to_num(fake), real, num_clusters=5, num_runs=1)
+    with pytest.raises(ValueError, match=r"of samples and of real images, got \[40, 8\] and \[40, 4\]"):
+        prd_from_features(_blobs(40, CENTERS, 2), _blobs(40, CENTERS, 1)[:, :4], num_clusters=5)
+    with pytest.raises(ValueError, match="num_runs must be an int >= 1, got 0"):
+        prd_from_features(_blobs(40, CENTERS, 2), _blobs(40, CENTERS, 1), num_clusters=5, num_runs=0)
