@@ -433,6 +433,8 @@ def read_checkpoint(path: Path, need_average: bool = True, training_state: bool 
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} is corrupt: state.json holds a JSON {type(state).__name__}, not "
                               f"a checkpoint's state; {fallback_hint(path)}")
+    if state.get("format") == FORMAT and "step" not in state:  # (this avade's format: damage, not another version)
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json has no step; {fallback_hint(path)}")
     if state.get("format") != FORMAT or "step" not in state:
         raise CheckpointError(f"checkpoint {path} has an unknown format (state.json format "
                               f"{state.get('format')!r}, this avade reads {FORMAT!r}): it was written by another "

@@ -215,6 +215,13 @@ def test_state_fields_of_the_wrong_type_are_refused_as_corrupt(tmp_path):
     (path / "state.json").write_text("[" * 100000 + "]" * 100000)  # (json.loads: a RecursionError)
     with pytest.raises(CheckpointError, match=r"is corrupt: state\.json is not valid JSON \(maximum recursion"):
         ckpt.read_checkpoint(path, training_state=False)
+    # no step in this avade's format is damage, not another version's (was "format 1, this avade reads 1")
+    write_state(path, {k: v for k, v in state.items() if k != "step"})
+    with pytest.raises(CheckpointError, match=r"is corrupt: state\.json has no step; delete step_00000002"):
+        ckpt.read_checkpoint(path, training_state=False)
+    write_state(path, {**state, "format": 2})
+    with pytest.raises(CheckpointError, match=r"unknown format \(state\.json format 2, this avade reads 1\)"):
+        ckpt.read_checkpoint(path, training_state=False)
     for key in ("data_shape", "num_classes", "class_counts", "bad_steps", "world"):  # older checkpoints lack them
         write_state(path, {k: v for k, v in state.items() if k != key})
         ckpt.read_checkpoint(path)
