@@ -130,6 +130,22 @@ def test_eval_not_a_run_directory(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not a run directory" in out
 
 
+def test_a_run_whose_recipe_toml_is_gone_says_so_and_where_its_copy_is(run_dir: Path, tmp_path: Path) -> None:
+    # (was "not a run directory (no recipe.toml); pass the --out of `avade recipe run`": the --out it was given)
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "recipe.toml").unlink()
+    (copy / "eval.json").unlink(missing_ok=True)
+    newest = copy / "checkpoints" / "step_00000003"
+    for args in (["eval", str(copy), "--metrics", "bpd"],
+                 ["sample", str(copy), "-n", "4", "-o", str(tmp_path / "s.png")]):
+        result, out = _invoke(*args)
+        message = " ".join(out.split())
+        assert result.exit_code == 2 and f"{copy / 'recipe.toml'} is missing" in message, out
+        assert f"a copy is in {newest / 'state.json'}" in message and "not a run directory" not in message, out
+    assert not (tmp_path / "s.png").exists() and not (copy / "eval.json").exists()
+
+
 def test_sample_and_reconstructions(run_dir: Path, tmp_path: Path) -> None:
     for extra, name in (([], "s.png"), (["--reconstructions"], "r.png")):
         result, out = _invoke("sample", str(run_dir), "-n", "9", "-o", str(tmp_path / name), "--device", "cpu", *extra)

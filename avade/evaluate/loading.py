@@ -29,6 +29,11 @@ def not_a_run(root: Path) -> CheckpointError:
     if runs:
         return CheckpointError(f"{root} is not a run directory but holds {len(runs)} run(s) (a sweep's --out); "
                                f"pass one of them, e.g. {runs[0]}")
+    kept = ckpt.list_checkpoints(RunDir(Path(root)).checkpoints)
+    if kept:  # a run whose recipe.toml was deleted or moved: its checkpoints keep a copy
+        return CheckpointError(f"{RunDir(Path(root)).recipe} is missing (deleted or moved?), but {root} holds "
+                               f"checkpoints; put back the recipe it was trained with (a copy is in "
+                               f"{kept[-1] / 'state.json'}, under \"recipe\")")
     return CheckpointError(f"{root} is not a run directory (no recipe.toml); pass the --out of `avade recipe run`")
 
 
