@@ -146,6 +146,21 @@ def test_a_run_whose_recipe_toml_is_gone_says_so_and_where_its_copy_is(run_dir: 
     assert not (tmp_path / "s.png").exists() and not (copy / "eval.json").exists()
 
 
+def test_a_finished_run_whose_checkpoints_were_deleted_is_not_told_to_wait_for_one(run_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    # (was "has no checkpoint yet ...; wait for its first, at train.checkpoint_every steps")
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "checkpoints")
+    (copy / "checkpoints").mkdir()
+    summary = (copy / "summary.json").read_text()
+    result, out = _invoke("eval", str(copy), "--metrics", "bpd")
+    message = " ".join(out.split())
+    assert result.exit_code == 2 and "finished at step 3 (summary.json)" in message, out
+    assert "holds no checkpoint (deleted since?)" in message and "wait for" not in message, out
+    assert (copy / "summary.json").read_text() == summary
+
+
 def test_sample_and_reconstructions(run_dir: Path, tmp_path: Path) -> None:
     for extra, name in (([], "s.png"), (["--reconstructions"], "r.png")):
         result, out = _invoke("sample", str(run_dir), "-n", "9", "-o", str(tmp_path / name), "--device", "cpu", *extra)

@@ -17,7 +17,7 @@ from avade.recipe.load import without_absent_critic
 from avade.recipe.schema import AbsentConfig, Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.train import checkpoint as ckpt
-from avade.train.rundir import RunDir
+from avade.train.rundir import RunDir, read_json_object
 
 
 def not_a_run(root: Path) -> CheckpointError:
@@ -38,7 +38,13 @@ def not_a_run(root: Path) -> CheckpointError:
 
 
 def no_checkpoint_yet(run: RunDir) -> CheckpointError:
-    """A run with nothing to evaluate yet: the first checkpoint comes at ``train.checkpoint_every`` steps."""
+    """A run with nothing to evaluate yet: the first checkpoint comes at ``train.checkpoint_every`` steps. A run that
+    finished (its summary.json) has no checkpoint to wait for: they were deleted since (disk space), said so."""
+    done = read_json_object(run.summary)
+    if isinstance(done.get("steps"), int) and done["steps"] > 0 and "error" not in done:
+        return CheckpointError(f"{run.root} finished at step {done['steps']} (summary.json), but {run.checkpoints} "
+                               "holds no checkpoint (deleted since?): there are no weights to read; its final results "
+                               "are in summary.json, or put its checkpoints back")
     return CheckpointError(f"{run.root} has no checkpoint yet (checkpoints/ is empty); wait for its first, at "
                            "train.checkpoint_every steps (or the end of training), or save one from Python with "
                            "trainer.save()")
