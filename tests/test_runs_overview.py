@@ -157,6 +157,21 @@ def test_a_variant_that_failed_before_its_folder_was_made_shows_failed(tmp_path:
     assert [(r["status"], r.get("error")) for r in records] == [("failed", "data: not found"), ("not started", None)]
 
 
+def test_a_run_whose_recipe_toml_is_gone_is_listed_with_the_file_named(tmp_path: Path) -> None:
+    # (was "no runs under ...": a run with checkpoints but no recipe.toml was no run at all to the listing)
+    run = _run(tmp_path / "a", checkpoints=(2, 4), logged=4, summary={"steps": 4, "bpd": 5.5})
+    (run / "recipe.toml").unlink()
+    (tmp_path / "not-a-run" / "checkpoints").mkdir(parents=True)  # (a folder without checkpoints stays no run)
+    found = find_runs([tmp_path])
+    assert [p for p, _ in found] == [run]
+    record = run_record(run)
+    assert record["status"] == "finished" and record["step"] == 4 and record["checkpoints"] == 2
+    assert record["problems"] == [{"file": str(run / "recipe.toml"),
+                                   "problem": "is missing (deleted or moved?); restore it (each checkpoint's "
+                                              "state.json holds the recipe as run); avade eval, sample and --resume "
+                                              "need it"}]
+
+
 def test_a_run_without_checkpoints_says_when_one_comes() -> None:
     from avade.evaluate.loading import no_checkpoint_yet
     from avade.train.rundir import RunDir

@@ -48,7 +48,8 @@ def is_run(path: Path) -> bool:
     """Whether ``path`` is a run directory (its resolved recipe is written first, before any checkpoint): one
     whose recipe.toml is damaged (a folder, unreadable) too, listed with what is wrong with it."""
     recipe = path / "recipe.toml"
-    return recipe.exists() or recipe.is_symlink()
+    # (one whose recipe.toml was deleted or moved, but that holds checkpoints, too: it was listed as no run at all)
+    return recipe.exists() or recipe.is_symlink() or bool(list_checkpoints(RunDir(path).checkpoints))
 
 
 def find_runs(paths: Sequence[Path]) -> list[tuple[Path, dict[str, Any] | None]]:
@@ -190,7 +191,8 @@ def _recipe_table(path: Path, problems: list[tuple[Path, str]]) -> dict[str, Any
         except tomllib.TOMLDecodeError as exc:
             problem = (f"is not valid TOML ({' '.join(str(exc).split())[:80]}: cut short or edited?); "
                        f"{_RESTORE_RECIPE}")
-    problems.append((path, problem or f"is gone (a link to nothing?); {_RESTORE_RECIPE}"))
+    gone = "is a link to nothing" if path.is_symlink() else "is missing (deleted or moved?)"
+    problems.append((path, problem or f"{gone}; {_RESTORE_RECIPE}"))
     return {}
 
 
