@@ -68,6 +68,30 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def created_file_mode() -> int:
+    """The mode ``open()`` gives a new file here: 0o666 less the process's umask (read from /proc on Linux, where
+    setting it to read it would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save_tensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, the file then given the mode of any other file written here (the umask's):
+    safetensors creates its files 0600, so a group sharing runs could read a run's JSON but not its weights."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, created_file_mode())
+
+
 @contextlib.contextmanager
 def naming(path: Path) -> Iterator[None]:
     """An OSError in the block without a file name (a write that finds the disk full says only "No space left on

@@ -18,10 +18,10 @@ import re
 import attrs
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
-from avade.atomic_files import replaced_atomically
+from avade.atomic_files import replaced_atomically, save_tensors
 from avade.errors import AvadeError
 from avade.memory import naming_memory
 from avade.metrics.context import EvalContext
@@ -73,7 +73,7 @@ def _meta(ctx: EvalContext, extractor: FeatureExtractor, split: str, n: int | No
 def _save(tensors: dict[str, Tensor], path: pathlib.Path, meta: dict[str, str]) -> None:
     # Write then rename, so a crash never leaves a truncated cache file behind.
     with replaced_atomically(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        save_tensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
 
 
 # The most bytes of real features (and class probabilities) that real_stats_count keeps while it streams their

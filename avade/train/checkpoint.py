@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, load_file, save, save_file
+from safetensors.torch import load, load_file, save
 
-from avade.atomic_files import sync_file, sync_folder
+from avade.atomic_files import save_tensors, sync_file, sync_folder
 from avade.errors import AvadeError, CheckpointError
 from avade.train.rundir import CHECKPOINT_PREFIX as _PREFIX
 from avade.train.rundir import (  # noqa: F401 (parse_step: re-exported, ckpt.parse_step as before)
@@ -317,23 +317,23 @@ def _write(tmp: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.
     """A checkpoint's files into the fresh folder ``tmp``, synced to disk."""
     tmp.mkdir()
     model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(model_tensors, tmp / "model.safetensors")
+    save_tensors(model_tensors, tmp / "model.safetensors")
     opt_tensors: dict[str, torch.Tensor] = {}
     opt_meta: dict[str, Any] = {}
     for name, opt in optimizers.items():
         t, m = optimizer_to_tensors(name, opt)
         opt_tensors.update(t)
         opt_meta[name] = m
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    save_tensors(opt_tensors, tmp / "optimizer.safetensors")
     rng_tensors, rng_meta = _unbundle(rng[0])
     rank_metas = []
     for r, blob in enumerate(rng[1:], start=1):
         tensors, meta = _unbundle(blob)
         rng_tensors.update({f"rank{r}.{k}": v for k, v in tensors.items()})
         rank_metas.append(meta)
-    save_file(rng_tensors, tmp / "rng.safetensors")
+    save_tensors(rng_tensors, tmp / "rng.safetensors")
     if ema is not None:
-        save_file(ema, tmp / "ema.safetensors")
+        save_tensors(ema, tmp / "ema.safetensors")
     # what each tensor file held when written: damage that still parses (a flipped bit in a weight) is found on
     # reading (verify_digests), not trained on or evaluated silently
     digests = {f.name: file_digest(f) for f in sorted(tmp.glob("*.safetensors"))}

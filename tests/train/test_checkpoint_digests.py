@@ -225,3 +225,21 @@ def test_the_digest_of_state_json_reads_back_as_written(tmp_path: Path) -> None:
         ckpt.state_intact(read, tmp_path)
     with pytest.raises(CheckpointError, match=r"state\.json has a state_digest of 7, not a digest"):
         ckpt.state_intact({**body, ckpt.STATE_DIGEST: 7}, tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "umask") or __import__("sys").platform == "win32",
+                    reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_tensor_files_get_the_umasks_mode_as_every_other_file(tmp_path: Path, umask: int) -> None:
+    """safetensors creates its files 0600: a group sharing runs could read state.json but not the weights."""
+    import os
+    import stat
+
+    before = os.umask(umask)
+    try:
+        checkpoint = _trained(tmp_path)
+    finally:
+        os.umask(before)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in checkpoint.iterdir()}
+    assert set(modes) >= {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "ema.safetensors"}
+    assert set(modes.values()) == {0o666 & ~umask}, {name: oct(m) for name, m in modes.items()}

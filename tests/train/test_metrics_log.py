@@ -250,7 +250,7 @@ def test_a_tensorboard_failure_on_the_way_out_leaves_the_error_that_stopped_trai
         if filled and threading.current_thread() is threading.main_thread():
             full()
 
-    monkeypatch.setattr(ckpt, "save_file", full)
+    monkeypatch.setattr(ckpt, "save_tensors", full)
     monkeypatch.setattr(record_writer.RecordWriter, "flush", full_at_close)
     hook = threading.excepthook
     with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*step_00000002: No space left on device"):
