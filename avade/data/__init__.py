@@ -25,63 +25,63 @@ def register(registry: Registry) -> None:
         "dataset",
         "natural-patches",
         factory="avade.data.natural_patches:NaturalPatches",
-        config="avade.data.natural_patches:NaturalPatchesConfig",
+        config="avade.data.configs:NaturalPatchesConfig",
         summary="RGB patches of photos bundled in scikit-image/scikit-learn; offline, held-out test photos.",
     )
     r(
         "dataset",
         "digits",
         factory="avade.data.digits:Digits",
-        config="avade.data.digits:DigitsConfig",
+        config="avade.data.configs:DigitsConfig",
         summary="scikit-learn handwritten digits (8x8, 10 classes), resized to 8/16/32; offline.",
     )
     r(
         "dataset",
         "synthetic",
         factory="avade.data.synthetic:Synthetic",
-        config="avade.data.synthetic:SyntheticConfig",
+        config="avade.data.configs:SyntheticConfig",
         summary="Generated class-dependent stripes and blobs, tiny and seeded; for tests and smoke runs.",
     )
     r(
         "dataset",
         "cifar10",
         factory="avade.data.cifar10:Cifar10",
-        config="avade.data.cifar10:Cifar10Config",
+        config="avade.data.configs:Cifar10Config",
         summary="CIFAR-10 (32x32, 10 classes) from torchvision's on-disk format under root.",
     )
     r(
         "dataset",
         "stl10",
         factory="avade.data.stl10:Stl10",
-        config="avade.data.stl10:Stl10Config",
+        config="avade.data.configs:Stl10Config",
         summary="STL-10 resized to 48x48 (or 64), unlabeled/train/train+unlabeled for training.",
     )
     r(
         "dataset",
         "lsun",
         factory="avade.data.lsun:lsun_dataset",
-        config="avade.data.lsun:LsunConfig",
+        config="avade.data.configs:LsunConfig",
         summary="One LSUN category (LMDB or exported images), center crop + resize to 64/128.",
     )
     r(
         "dataset",
         "imagenet",
         factory="avade.data.imagenet:imagenet_dataset",
-        config="avade.data.imagenet:ImageNetConfig",
+        config="avade.data.configs:ImageNetConfig",
         summary="Downsampled ImageNet 32x32/64x64 (npz or pickle batches with labels, or image folders).",
     )
     r(
         "dataset",
         "celeba",
         factory="avade.data.celeba:CelebA",
-        config="avade.data.celeba:CelebAConfig",
+        config="avade.data.configs:CelebAConfig",
         summary="CelebA aligned faces, center crop 140 then resize to 64.",
     )
     r(
         "dataset",
         "image-folder",
         factory="avade.data.image_folder:ImageFolder",
-        config="avade.data.image_folder:ImageFolderConfig",
+        config="avade.data.configs:ImageFolderConfig",
         summary="Any folder of images, optionally one subfolder per class; center crop + resize.",
     )
 

@@ -23,36 +23,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import attrs
-
 from avade.data.base import FileImageDataset, check_split, describe_error, expand_root, list_images, missing_data
+from avade.data.configs import CelebAConfig
 from avade.errors import DataError
-from avade.schema import between, ge
 
 NAME = "celeba"
 PARTITION_FILE = "list_eval_partition.txt"
 _PARTITION = {"train": "0", "test": "2"}
-
-
-@attrs.define
-class CelebAConfig:
-    """CelebA under ``root``; see the module docstring for the layouts and the split."""
-
-    @property
-    def num_classes(self) -> int:
-        """0 (unlabeled): known before loading, so `recipe check` can refuse a conditional model on it."""
-        return 0
-
-    root: str = attrs.field(default="~/data", metadata={"help": "folder holding celeba/"})
-    resolution: int = attrs.field(default=64, validator=between(4, 512), metadata={"help": "image side"})
-    crop: int = attrs.field(default=140, validator=ge(1), metadata={"help": "side of the centered crop"})
-    test_fraction: float = attrs.field(
-        default=0.1,
-        validator=between(0.0, 0.5),
-        metadata={"help": "plain-folder layout only: share held out for test"},
-    )
-    in_memory: bool = attrs.field(default=False, metadata={"help": "decode all images once at start"})
-    download: bool = attrs.field(default=False, metadata={"help": "fetch with torchvision if missing"})
 
 
 def candidates(cfg: CelebAConfig) -> list[Path]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import attrs
 import numpy as np
 import torch
 from torchvision.datasets import CIFAR10
@@ -30,30 +29,12 @@ from avade.data.base import (
     repair_hint,
     resize,
 )
+from avade.data.configs import Cifar10Config
 from avade.data.safe_pickle import ArrayUnpickler
 from avade.errors import DataError
-from avade.schema import between
 
 FOLDER = "cifar-10-batches-py"
 NAME = "cifar10"
-
-
-@attrs.define
-class Cifar10Config:
-    """CIFAR-10 under ``root``; see the module docstring."""
-
-    @property
-    def num_classes(self) -> int:
-        """10 (its ten classes): known before loading, so `recipe check` can refuse a conditional model on it."""
-        return 10
-
-    root: str = attrs.field(default="~/data", metadata={"help": "folder holding cifar-10-batches-py/"})
-    resolution: int = attrs.field(
-        default=32,
-        validator=between(4, 256),
-        metadata={"help": "image side; 32 is native, others are resized"},
-    )
-    download: bool = attrs.field(default=False, metadata={"help": "fetch with torchvision if missing"})
 
 
 def _files(root: Path, split: str) -> list[Path]:

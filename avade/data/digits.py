@@ -10,41 +10,13 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
-from typing import Literal
 
-import attrs
 import numpy as np
 import torch
 
 from avade.data.base import TensorImageDataset, check_split, resize
+from avade.data.configs import DigitsConfig
 from avade.errors import DataError
-from avade.schema import between, one_of
-
-
-@attrs.define
-class DigitsConfig:
-    """scikit-learn digits, upsampled to ``resolution``; see the module docstring."""
-
-    @property
-    def num_classes(self) -> int:
-        """10 (the ten digits): known before loading, so `recipe check` can refuse a conditional model on it."""
-        return 10
-
-    resolution: int = attrs.field(
-        default=16, validator=one_of(8, 16, 32), metadata={"help": "side of the images: 8 (native), 16 or 32"}
-    )
-    channels: Literal[1, 3] = attrs.field(default=1, metadata={"help": "1 (gray) or 3 (gray repeated)"})
-    test_fraction: float = attrs.field(
-        default=0.2,
-        validator=between(0.05, 0.5),
-        metadata={"help": "share of each class held out for the test split"},
-    )
-    # scikit-learn's random_state takes 0 .. 2**32 - 1 only
-    seed: int = attrs.field(default=0, validator=between(0, 2**32 - 1),
-                            metadata={"help": "seed of the stratified split"})
-    # Accepted so that a recipe written for an on-disk dataset can switch with only `data.name`.
-    root: str = attrs.field(default="~/data", metadata={"help": "unused (built-in data)"})
-    download: bool = attrs.field(default=False, metadata={"help": "unused (built-in data)"})
 
 
 def locate(cfg: DigitsConfig, split: str) -> list[str]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
 
 import attrs
 
@@ -37,33 +36,10 @@ from avade.data.base import (
     list_images,
     missing_data,
 )
+from avade.data.configs import ImageFolderConfig
 from avade.errors import DataError
-from avade.schema import between, ge
 
 NAME = "image-folder"
-
-
-@attrs.define
-class ImageFolderConfig:
-    """A folder of images; see the module docstring for the split and the labels."""
-
-    root: str = attrs.field(default="~/data", metadata={"help": "base folder; `folder` is looked up under it"})
-    folder: str = attrs.field(default="images", metadata={"help": "image folder, relative to root or absolute"})
-    resolution: int = attrs.field(default=64, validator=between(4, 1024), metadata={"help": "image side"})
-    channels: Literal[1, 3] = attrs.field(default=3, metadata={"help": "3 = RGB, 1 = grayscale"})
-    labels: bool = attrs.field(default=True, metadata={"help": "use class subfolders as labels when present"})
-    test_fraction: float = attrs.field(
-        default=0.1,
-        validator=between(0.0, 0.9),
-        metadata={"help": "share held out for test when there is no test/ folder"},
-    )
-    crop: int | None = attrs.field(
-        default=None,
-        validator=ge(1),
-        metadata={"help": "side of the centered square crop; default the short side"},
-    )
-    in_memory: bool = attrs.field(default=False, metadata={"help": "decode all images once at start"})
-    download: bool = attrs.field(default=False, metadata={"help": "unused (nothing to download)"})
 
 
 @attrs.frozen

@@ -27,7 +27,6 @@ import re
 import zipfile
 from pathlib import Path
 
-import attrs
 import numpy as np
 import torch
 
@@ -42,26 +41,12 @@ from avade.data.base import (
     list_images,
     missing_data,
 )
+from avade.data.configs import ImageNetConfig
 from avade.data.safe_pickle import ArrayUnpickler
 from avade.errors import DataError
-from avade.schema import one_of
 
 NAME = "imagenet"
 NUM_CLASSES = 1000
-
-
-@attrs.define
-class ImageNetConfig:
-    """Downsampled ImageNet under ``root``; see the module docstring for the layouts."""
-
-    root: str = attrs.field(default="~/data", metadata={"help": "folder holding imagenet<R>/ or Imagenet<R>_*/"})
-    resolution: int = attrs.field(
-        default=32, validator=one_of(32, 64), metadata={"help": "32 or 64: which downsampled version is read"}
-    )
-    in_memory: bool = attrs.field(
-        default=False, metadata={"help": "image-folder layout: decode all images once at start"}
-    )
-    download: bool = attrs.field(default=False, metadata={"help": "unsupported (no torchvision downloader)"})
 
 
 BATCH = re.compile(r"train_data_batch_(\d+)(\.npz)?")

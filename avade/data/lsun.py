@@ -21,9 +21,8 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import attrs
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -41,42 +40,12 @@ from avade.data.base import (
     pil_to_uint8,
     upright,
 )
+from avade.data.configs import Category as Category
+from avade.data.configs import LsunConfig
 from avade.errors import DataError
-from avade.schema import between
 
 NAME = "lsun"
 SOURCE = "the LSUN download script (github.com/fyu/lsun)"
-Category = Literal[
-    "bedroom",
-    "tower",
-    "bridge",
-    "kitchen",
-    "church_outdoor",
-    "living_room",
-    "dining_room",
-    "classroom",
-    "conference_room",
-    "restaurant",
-]
-
-
-@attrs.define
-class LsunConfig:
-    """One LSUN category under ``root``; see the module docstring for the layouts."""
-
-    @property
-    def num_classes(self) -> int:
-        """0 (one category, unlabeled): known before loading, so `recipe check` can refuse a conditional model on it."""
-        return 0
-
-    root: str = attrs.field(default="~/data", metadata={"help": "folder holding lsun/ (or the *_lmdb folders)"})
-    category: Category = attrs.field(default="bedroom", metadata={"help": "scene category"})
-    resolution: int = attrs.field(
-        default=64,
-        validator=between(4, 512),
-        metadata={"help": "image side after center crop (64 or 128 customary)"},
-    )
-    download: bool = attrs.field(default=False, metadata={"help": "unsupported for LSUN (no torchvision downloader)"})
 
 
 def candidates(cfg: LsunConfig, split: str) -> list[tuple[str, Path]]:

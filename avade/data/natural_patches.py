@@ -34,8 +34,9 @@ import torch
 from PIL import Image
 
 from avade.data.base import TensorImageDataset, check_split, describe_error
-from avade.errors import ConfigError, DataError
-from avade.schema import between, ge
+from avade.data.configs import NaturalPatchesConfig
+from avade.data.configs import _check_scale_range as _check_scale_range
+from avade.errors import DataError
 
 # (package holding the file, file name, short name). Order is part of the dataset's definition.
 TRAIN_SOURCES: tuple[tuple[str, str, str], ...] = (
@@ -50,51 +51,6 @@ TEST_SOURCES: tuple[tuple[str, str, str], ...] = (
     ("skimage.data", "chelsea.png", "chelsea"),
     ("sklearn.datasets.images", "flower.jpg", "flower"),
 )
-
-
-def _check_scale_range(_inst: Any, attr: attrs.Attribute, value: tuple[float, float]) -> None:
-    low, high = value
-    if not (0.5 <= low <= high):
-        raise ConfigError(f"expected 0.5 <= low <= high, got {list(value)}", path=attr.name)
-
-
-@attrs.define
-class NaturalPatchesConfig:
-    """Patches of bundled photographs; see the module docstring for how they are cut."""
-
-    @property
-    def num_classes(self) -> int:
-        """0 (unlabeled): known before loading, so `recipe check` can refuse a conditional model on it."""
-        return 0
-
-    resolution: int = attrs.field(
-        default=32, validator=between(4, 256), metadata={"help": "side of the square patches, pixels"}
-    )
-    patches_per_image: int = attrs.field(
-        default=512, validator=ge(1), metadata={"help": "patches per training photograph"}
-    )
-    test_patches_per_image: int = attrs.field(
-        default=256, validator=ge(1), metadata={"help": "patches per test photograph"}
-    )
-    scale_range: tuple[float, float] = attrs.field(
-        default=(1.0, 6.0),
-        validator=_check_scale_range,
-        metadata={"help": "downscale factors [low, high]: a patch covers factor × resolution photo pixels"},
-    )
-    num_scales: int = attrs.field(
-        default=4, validator=ge(1), metadata={"help": "number of geometric steps in scale_range"}
-    )
-    min_std: float = attrs.field(
-        default=8.0,
-        validator=ge(0),
-        metadata={"help": "drop flat candidates: min luminance std (0..255 units)"},
-    )
-    # numpy's generators take non-negative seeds only
-    seed: int = attrs.field(default=0, validator=ge(0),
-                            metadata={"help": "seed of the patch positions and the shuffle"})
-    # Accepted so that a recipe written for an on-disk dataset can switch with only `data.name`.
-    root: str = attrs.field(default="~/data", metadata={"help": "unused (built-in data)"})
-    download: bool = attrs.field(default=False, metadata={"help": "unused (built-in data)"})
 
 
 def _read_photo(package: str, filename: str) -> np.ndarray | None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
-import attrs
 import numpy as np
 import torch
 from torchvision.datasets import STL10
@@ -33,8 +31,8 @@ from avade.data.base import (
     repair_hint,
     resize,
 )
+from avade.data.configs import Stl10Config
 from avade.errors import DataError
-from avade.schema import between
 
 FOLDER = "stl10_binary"
 NAME = "stl10"
@@ -44,25 +42,6 @@ _FILES = {
     "train+unlabeled": ("train_X.bin", "train_y.bin", "unlabeled_X.bin"),
     "test": ("test_X.bin", "test_y.bin"),
 }
-
-
-@attrs.define
-class Stl10Config:
-    """STL-10 under ``root``; see the module docstring."""
-
-    @property
-    def num_classes(self) -> int:
-        """10 when training on the labelled ``train`` split, else 0; known before loading (`recipe check`)."""
-        return 10 if self.train_split == "train" else 0
-
-    root: str = attrs.field(default="~/data", metadata={"help": "folder holding stl10_binary/"})
-    resolution: int = attrs.field(
-        default=48, validator=between(4, 96), metadata={"help": "image side (48 or 64 customary; 96 native)"}
-    )
-    train_split: Literal["unlabeled", "train", "train+unlabeled"] = attrs.field(
-        default="unlabeled", metadata={"help": "what the train split serves"}
-    )
-    download: bool = attrs.field(default=False, metadata={"help": "fetch with torchvision if missing"})
 
 
 def _tv_split(cfg: Stl10Config, split: str) -> str:

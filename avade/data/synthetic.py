@@ -14,34 +14,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
 
 import attrs
 import torch
 
 from avade.data.base import TensorImageDataset, check_split
-from avade.schema import between, ge
-
-
-@attrs.define
-class SyntheticConfig:
-    """Generated stripes-and-blob images; see the module docstring."""
-
-    size: int = attrs.field(default=256, validator=ge(1), metadata={"help": "number of train images"})
-    test_size: int = attrs.field(default=64, validator=ge(1), metadata={"help": "number of test images"})
-    resolution: int = attrs.field(default=16, validator=between(2, 256), metadata={"help": "image side"})
-    channels: Literal[1, 3] = attrs.field(default=3, metadata={"help": "1 (gray) or 3 (colored)"})
-    num_classes: int = attrs.field(
-        default=4, validator=between(0, 64), metadata={"help": "pattern classes; 0 = unlabeled"}
-    )
-    noise: float = attrs.field(
-        default=0.05,
-        validator=between(0.0, 1.0),
-        metadata={"help": "std of the added Gaussian noise, in units of the 0..1 range"},
-    )
-    # the streams are seeded 2·seed and 2·seed + 1, which torch takes in -2**63 .. 2**64 - 1; as train.seed
-    seed: int = attrs.field(default=0, validator=between(-(2**32 - 1), 2**32 - 1),
-                            metadata={"help": "seed of the generator (|seed| < 2**32)"})
+from avade.data.configs import SyntheticConfig
 
 
 def locate(cfg: SyntheticConfig, split: str) -> list[str]:

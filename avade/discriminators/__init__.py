@@ -18,8 +18,8 @@ def register(registry: Registry) -> None:
     """Register the built-in discriminators."""
     r = registry.register
     r("discriminator", "dcgan", factory="avade.discriminators.dcgan:DCGANDiscriminator",
-      config="avade.discriminators.dcgan:DCGANDiscriminatorConfig",
+      config="avade.discriminators.configs:DCGANDiscriminatorConfig",
       summary="Plain strided-conv discriminator, leaky ReLU 0.2 (the paper's simple conv critic).")
     r("discriminator", "resnet", factory="avade.discriminators.resnet:ResNetDiscriminator",
-      config="avade.discriminators.resnet:ResNetDiscriminatorConfig",
+      config="avade.discriminators.configs:ResNetDiscriminatorConfig",
       summary="Residual discriminator of Table 6a (16 -> 32 -> down 64/128/256, avg pool, dense 1), ReLU.")

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avade.discriminators.configs import DCGANDiscriminatorConfig
 from avade.discriminators.projection import ProjectionHead
-from avade.discriminators.shapes import check_in_shape, check_labels, positive_ints
+from avade.discriminators.shapes import check_in_shape, check_labels
 from avade.errors import ConfigError, DataError
 from avade.nn import normed
-from avade.schema import between
-
-
-@attrs.define
-class DCGANDiscriminatorConfig:
-    """Settings of the plain conv discriminator.
-
-    ``channels``: output channels of each stride-2 4x4 conv (each halves the resolution).
-    ``norm``: registered norm applied to the hidden convs (not to the input conv nor the output
-    head, as in DCGAN: normalizing those rescales what the loss sees). Avoid ``batch-norm`` with a
-    gradient penalty: the penalty assumes each score depends on its own image only.
-    ``slope``: negative slope of the leaky ReLU (0.2 in the paper).
-    """
-
-    channels: tuple[int, ...] = attrs.field(default=(64, 128, 256), validator=positive_ints)
-    norm: str = "none"
-    slope: float = attrs.field(default=0.2, validator=between(0.0, 1.0))
 
 
 class DCGANDiscriminator(nn.Module):

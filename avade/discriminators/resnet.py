@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from avade.discriminators.blocks import DiscriminatorBlock
+from avade.discriminators.configs import ResNetDiscriminatorConfig
 from avade.discriminators.projection import ProjectionHead
-from avade.discriminators.shapes import check_in_shape, check_labels, positive_ints
+from avade.discriminators.shapes import check_in_shape, check_labels
 from avade.errors import ConfigError, DataError
 from avade.nn import normed
-from avade.schema import ge
-
-
-@attrs.define
-class ResNetDiscriminatorConfig:
-    """Settings of the residual discriminator (defaults = Table 6a).
-
-    ``stem``: channels of the first 3x3 conv. ``channels``: one residual block each; the first
-    keeps the resolution, every later one halves it (Table 6a: ResBlock 32, ResBlock down 64, down
-    128, down 256). ``norm``: registered norm on every conv (the paper uses none; avoid
-    ``batch-norm`` with a gradient penalty).
-    """
-
-    stem: int = attrs.field(default=16, validator=ge(1))
-    channels: tuple[int, ...] = attrs.field(default=(32, 64, 128, 256), validator=positive_ints)
-    norm: str = "none"
 
 
 class ResNetDiscriminator(nn.Module):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import attrs
 import torch
 
+from avade.discriminators.configs import positive_ints as positive_ints
 from avade.errors import ConfigError, DataError
 
 
@@ -42,9 +42,3 @@ def check_labels(y: torch.Tensor, batch: int, num_classes: int, name: str) -> to
         torch._assert_async(((y >= 0) & (y < num_classes)).all(),
                             f"discriminator '{name}': labels must lie in [0, {num_classes})")
     return y.long()
-
-
-def positive_ints(_inst: object, attr: attrs.Attribute, value: tuple[int, ...]) -> None:
-    """attrs validator: a non-empty tuple of ints >= 1 (e.g. the channels of each stage)."""
-    if not value or any(v < 1 for v in value):
-        raise ConfigError(f"expected a non-empty list of ints >= 1, got {list(value)!r}", path=attr.name)

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 from torch import nn
 
 from avade.flows.base import Flow, Shape, check_in_shape
+from avade.flows.configs import ActNormConfig
 from avade.norms._init_flag import check_init_batch, loaded_as_set
-from avade.schema import gt
-
-
-@attrs.define
-class ActNormConfig:
-    """``data_init``: set bias/scale from the first training batch; ``eps`` guards that init's std;
-    ``logscale_factor``: the learned parameter is ``log s / logscale_factor`` (Glow: 3, so ``log s``
-    moves 3x as fast under Adam-type optimisers; 1: ``log s`` itself)."""
-
-    data_init: bool = True
-    eps: float = attrs.field(default=1e-6, validator=gt(0.0))
-    logscale_factor: float = attrs.field(default=1.0, validator=gt(0.0))
 
 
 class ActNorm(Flow):

@@ -4,20 +4,10 @@ reference code's ``bn_out`` does."""
 
 from __future__ import annotations
 
-import attrs
 import torch
 
 from avade.flows.base import Flow, Shape, check_in_shape
-from avade.schema import between, gt
-
-
-@attrs.define
-class BatchNormFlowConfig:
-    """``momentum`` of the running averages (the reference's decay 0.95 = 0.05); ``eps`` floors the
-    variance (the reference's 1e-4)."""
-
-    momentum: float = attrs.field(default=0.05, validator=between(0.0, 1.0))
-    eps: float = attrs.field(default=1e-4, validator=gt(0.0))
+from avade.flows.configs import BatchNormFlowConfig
 
 
 class BatchNormFlow(Flow):

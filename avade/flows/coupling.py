@@ -21,49 +21,14 @@ with ``|log s| < 1``). Why tanh rather than Glow's
 
 from __future__ import annotations
 
-from typing import Literal
-
-import attrs
 import torch
 from torch import nn
 
 from avade.errors import ConfigError
 from avade.flows.affine_ops import affine_forward, affine_inverse
 from avade.flows.base import Flow, Shape, check_in_shape
+from avade.flows.configs import AffineCouplingConfig
 from avade.flows.st_nets import ConvST, ReferenceST, ResNetST
-from avade.schema import ge
-
-
-@attrs.define
-class AffineCouplingConfig:
-    """Which half is transformed (``mask``, ``reverse``) and the s/t network that transforms it.
-
-    ``mask``: ``checkerboard`` (pixels where ``(i + j)`` is even condition, the others are transformed;
-    the network sees the masked full-resolution input, as in the Real-NVP reference),
-    ``checkerboard-packed`` (the same split, but each half is packed into an ``H x W/2`` tensor so the
-    network does half the work; its convolutions see a differently arranged neighbourhood) or
-    ``channel`` (first half of the channels conditions the second). ``reverse`` swaps the roles.
-    ``net``: ``resnet`` (Real-NVP: ``blocks`` residual blocks), ``reference`` (the Real-NVP reference
-    code's network: input batch norm, concat-ReLU, the mask as an input channel in masked checkerboard
-    couplings, summed 1x1 skips, weight-normed output; scalar tanh bound, see the module docstring) or
-    ``conv`` (Glow: 3 convolutions).
-    ``norm``: the registered normalization of the network's convolutions; ``batch_norm`` adds batch
-    norm inside the network (Real-NVP uses both batch norm and weight norm).
-    """
-
-    mask: Literal["checkerboard", "checkerboard-packed", "channel"] = "checkerboard"
-    reverse: bool = False
-    net: Literal["resnet", "conv", "reference"] = "resnet"
-    hidden: int = attrs.field(default=64, validator=ge(1))
-    blocks: int = attrs.field(default=2, validator=ge(0))
-    norm: str = "weight-norm"
-    batch_norm: bool = True
-    logscale_factor: float = attrs.field(
-        default=0.0, validator=ge(0.0),
-        metadata={"help": "> 0: the network's zero conv gets Glow's output scale exp(factor * logs)"})
-    edge_bias: bool = attrs.field(
-        default=False, metadata={"help": "net = \"conv\": Glow's edge channel on the 3x3 convolutions (marks the "
-                                         "zero padding)"})
 
 
 def checkerboard(h: int, w: int, parity: int) -> torch.Tensor:

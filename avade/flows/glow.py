@@ -4,51 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 
 from avade.errors import ConfigError
 from avade.flows.actnorm import ActNorm, ActNormConfig
 from avade.flows.base import Flow, FlowSequence, Shape, check_in_shape
+from avade.flows.configs import GlowConfig
 from avade.flows.coupling import AffineCoupling, AffineCouplingConfig
 from avade.flows.factor_out import FactorOut
 from avade.flows.invconv import InvConv, InvConvConfig
 from avade.flows.split_prior import LearnedSplitPrior
 from avade.flows.squeeze import Squeeze, Unsqueeze
 from avade.nn.layers import current_norm_options, norm_options
-from avade.schema import ge
-
-
-@attrs.define
-class GlowConfig:
-    """``scales`` levels (H and W must be divisible by ``2**scales``), each with ``steps`` flow steps.
-
-    A step is actnorm, invertible 1x1 conv (``lu``: LU-decomposed) and a channel-wise affine coupling
-    whose network has ``hidden`` channels and ``norm`` on its two hidden convolutions: ``none`` (the
-    default: their biases only, as normflows' Glow) or ``actnorm`` (Glow's reference code). Why not the
-    reference's: inside AV-ADE, ``actnorm`` there trained the likelihood markedly slower (quickstart-sized,
-    bits/dim 7.2 against 4.9 after 100 steps of L_C) and the inverse of the critic's samples went
-    non-finite as soon as L_Q started, whereas ``none`` trains through both.
-    ``logscale_factor``: Glow's log-scale parametrisation, 3 as in the reference: every actnorm
-    learns ``log s / 3`` and the zero-initialised convolutions (the coupling networks' last layer, the
-    split priors) scale their output by a learned ``exp(3 * logs)``; 0 turns both off.
-    ``edge_bias``: the reference's ``add_edge_padding``: the 3x3 convolutions (coupling networks, split
-    priors) see one more input channel, 1 in their zero padding, so the border is not mistaken for data
-    (recipes/quickstart.toml with ``model.flow = {name = "glow"}``, 300 steps, seeds 0/1/2: test bits/dim
-    4.39/4.51/4.51 with it, 4.68/4.46/4.80 without: a gain on average, within the seed-to-seed spread).
-    """
-
-    scales: int = attrs.field(default=3, validator=ge(1))
-    steps: int = attrs.field(default=8, validator=ge(1))
-    hidden: int = attrs.field(default=128, validator=ge(1))
-    lu: bool = True
-    norm: str = "none"
-    logscale_factor: float = attrs.field(
-        default=3.0, validator=ge(0.0),
-        metadata={"help": "Glow's log-scale factor for actnorms and zero convs (reference 3; 0 = off)"})
-    edge_bias: bool = attrs.field(
-        default=True, metadata={"help": "Glow's edge channel on the 3x3 convolutions of the coupling networks and "
-                                        "split priors (marks the zero padding); false = plain zero padding"})
 
 
 def _with_actnorm_factor(factor: float) -> dict[str, dict[str, Any]]:

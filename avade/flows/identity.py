@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import attrs
 import torch
 
 from avade.flows.base import Flow, Shape, check_in_shape
-
-
-@attrs.define
-class IdentityConfig:
-    """No options."""
+from avade.flows.configs import IdentityConfig
 
 
 class IdentityFlow(Flow):

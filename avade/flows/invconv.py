@@ -5,19 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from avade.flows.base import Flow, Shape, check_in_shape
-
-
-@attrs.define
-class InvConvConfig:
-    """``lu``: parametrize ``W = P L (U + diag(sign(s) exp(log|s|)))`` (cheap, exact log-determinant)."""
-
-    lu: bool = True
+from avade.flows.configs import InvConvConfig
 
 
 class InvConv(Flow):

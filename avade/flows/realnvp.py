@@ -4,58 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-import attrs
 import torch
 
 from avade.errors import ConfigError
 from avade.flows.base import Flow, FlowSequence, Shape, check_in_shape
 from avade.flows.batch_norm import BatchNormFlow
+from avade.flows.configs import RealNVPConfig
 from avade.flows.coupling import AffineCoupling, AffineCouplingConfig
 from avade.flows.factor_out import FactorOut
 from avade.flows.squeeze import Squeeze, Unsqueeze
-from avade.schema import ge
 
 CHANNEL_COUPLINGS = 3  # per non-final scale, as in Real-NVP
-
-
-@attrs.define
-class RealNVPConfig:
-    """Defaults are the AV-ADE paper's f: 3 coupling layers, 1 scale, 2 residual blocks, BN + weight norm.
-
-    ``scales``: number of scales (H and W must be divisible by ``2**(scales-1)``); ``layers``:
-    checkerboard couplings per scale; ``final_layers``: those of the last scale (default ``layers``; the
-    Real-NVP reference has one more there, 4); ``blocks``/``hidden``: residual blocks and channels of
-    each s/t network; ``norm``: normalization of its convolutions; ``batch_norm``: batch norm inside it;
-    ``hidden_growth``: 2 widens the s/t networks as the Real-NVP reference does, ``hidden * 2**k`` at
-    scale ``k`` and twice that in its channel-wise couplings (1 keeps ``hidden`` everywhere);
-    ``out_batch_norm``: batch normalization as a flow after every coupling (the ``batch-norm`` flow:
-    exactly invertible in eval mode only), ``true`` of the whole coupling output (Dinh et al.'s text),
-    ``"transformed"`` of the half the coupling changed only (the reference code's ``bn_out``);
-    ``net``: the s/t network, ``resnet`` (avade's simpler residual network, every coupling starts as
-    the identity) or ``reference`` (the Real-NVP reference code's network and scalar tanh bound: see
-    :class:`~avade.flows.st_nets.ReferenceST`).
-    """
-
-    scales: int = attrs.field(default=1, validator=ge(1))
-    blocks: int = attrs.field(default=2, validator=ge(1))
-    layers: int = attrs.field(default=3, validator=ge(1))
-    final_layers: int | None = attrs.field(
-        default=None, validator=ge(1),
-        metadata={"help": "checkerboard couplings of the last scale; none = layers (the reference: 4)"})
-    hidden: int = attrs.field(default=64, validator=ge(1))
-    norm: str = "weight-norm"
-    batch_norm: bool = True
-    out_batch_norm: Literal[False, True, "transformed"] = attrs.field(
-        default=False, metadata={"help": "batch norm as a flow after each coupling: true = of its whole output, "
-                                         "\"transformed\" = of the half it changed (the reference's bn_out)"})
-    hidden_growth: Literal[1, 2] = attrs.field(
-        default=1, metadata={"help": "2 = reference widths: hidden*2**scale, x2 in channel couplings"})
-    checkerboard: Literal["masked", "packed"] = attrs.field(
-        default="masked", metadata={"help": "masked: full-resolution s/t nets (Real-NVP reference); packed: "
-                                            "each half packed to H x W/2, half the FLOPs"})
-    net: Literal["resnet", "reference"] = attrs.field(
-        default="resnet", metadata={"help": "s/t network: resnet (avade's, zero-init output) or reference "
-                                            "(the Real-NVP reference code's: concat-ReLU, mask channel, skips)"})
 
 
 def max_scales(h: int, w: int) -> int:

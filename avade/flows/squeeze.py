@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import attrs
 import torch
 
 from avade.errors import ConfigError
 from avade.flows.base import Flow, Shape, check_in_shape
-
-
-@attrs.define
-class SqueezeConfig:
-    """No options."""
+from avade.flows.configs import SqueezeConfig
 
 
 def squeeze2d(x: torch.Tensor) -> torch.Tensor:

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
-import attrs
+from avade.metrics.configs import BPDConfig
 
-from avade.metrics.context import EvalContext
-from avade.schema import ge
-
-
-@attrs.define
-class BPDConfig:
-    """``importance_samples`` > 1 adds the importance-weighted bound (tighter, k times the cost)."""
-
-    importance_samples: int = attrs.field(default=1, validator=ge(1))
-    split: Literal["train", "test"] = "test"  # "train": reported as bpd_train (training reports it too)
+if TYPE_CHECKING:  # the context imports torch: kept out so that a recipe's metric check loads no torch
+    from avade.metrics.context import EvalContext
 
 
 class BPD:

@@ -10,18 +10,16 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Literal
 
-import attrs
 import torch
 from torch import Tensor
 
 from avade.errors import ConfigError
+from avade.metrics.configs import FIDConfig
 from avade.metrics.context import EvalContext
 from avade.metrics.features import FeatureExtractor, extract, get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_stats_count, sample_features
 from avade.metrics.stats import gaussian_stats
-from avade.schema import ge
 
 __all__ = ["FID", "FIDConfig", "fid_from_features", "frechet_distance", "gaussian_stats", "load_reference_stats"]
 
@@ -56,22 +54,6 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
 def fid_from_features(real: Tensor, fake: Tensor) -> float:
     """FID between two feature sets ``[N, D]`` and ``[M, D]``."""
     return frechet_distance(*gaussian_stats(real), *gaussian_stats(fake))
-
-
-@attrs.define
-class FIDConfig:
-    """FID of ``samples`` model samples against the real ``split`` (all of it, or ``real_samples``)."""
-
-    samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "model samples"})
-    split: Literal["train", "test"] = attrs.field(default="test",
-                                                  metadata={"help": "real split for the reference statistics"})
-    real_samples: int | None = attrs.field(default=None, validator=ge(2),
-                                           metadata={"help": "real images used; none = the whole split"})
-    batch_size: int = attrs.field(default=100, validator=ge(1))
-    reference: str | None = attrs.field(
-        default=None, metadata={"help": "a .npz of published real statistics, `mu` [D] and `sigma` [D, D] (as "
-                                        "TTUR, pytorch-fid and clean-fid write them); replaces split and "
-                                        "real_samples"})
 
 
 def load_reference_stats(path: str) -> tuple[Tensor, Tensor]:

@@ -21,54 +21,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avade.errors import AvadeError, ConfigError
+from avade.metrics.configs import GanTestConfig, GanTrainConfig
 from avade.metrics.context import EvalContext
-from avade.schema import ge, gt
 
 __all__ = ["CifarResNet", "GanTest", "GanTestConfig", "GanTrain", "GanTrainConfig", "SmallClassifier", "accuracy",
            "train_classifier"]
-
-
-@attrs.define
-class GanTestConfig:
-    """Classifier size and training, and which splits/how many samples to use."""
-
-    epochs: int = attrs.field(default=10, validator=ge(1))
-    classifier: Literal["small", "resnet"] = attrs.field(
-        default="small", metadata={"help": "small: 3-conv CNN; resnet: He et al.'s CIFAR ResNet of `depth` layers"})
-    depth: int = attrs.field(default=32, validator=ge(8), metadata={"help": "resnet: 6n+2 layers (20, 32, 56, ...)"})
-    width: int | None = attrs.field(default=None, validator=ge(1),
-                                    metadata={"help": "channels of the first conv; none = 32 (small), 16 (resnet)"})
-    optimizer: Literal["adam", "sgd"] = attrs.field(default="adam", metadata={"help": "sgd: momentum 0.9, Nesterov"})
-    lr: float = attrs.field(default=1e-3, validator=gt(0))
-    lr_schedule: Literal["constant", "cosine"] = attrs.field(
-        default="constant", metadata={"help": "cosine: decays lr to 0 over the epochs"})
-    weight_decay: float = attrs.field(default=0.0, validator=ge(0))
-    augment: bool = attrs.field(default=False, metadata={"help": "random crops (padding H/8: 4 px at 32x32), flips"})
-    batch_size: int = attrs.field(default=64, validator=ge(2),
-                                  metadata={"help": "classifier training batch (at least 2: batch norm)"})
-    seed: int = 0
-    samples: int | None = attrs.field(default=None, validator=ge(1),
-                                      metadata={"help": "none = as many as the real split's images"})
-    train_split: Literal["train", "test"] = "train"
-    test_split: Literal["train", "test"] = "test"
-    sample_batch_size: int = attrs.field(default=100, validator=ge(1))
-
-    def __attrs_post_init__(self) -> None:
-        if self.classifier == "resnet" and (self.depth - 2) % 6:
-            raise ConfigError(f"a CIFAR ResNet has 6n+2 layers (20, 32, 44, 56, ...), got {self.depth}", path="depth")
-
-
-@attrs.define
-class GanTrainConfig(GanTestConfig):
-    """Same options as GAN-test; here the classifier is trained on the samples."""
 
 
 class SmallClassifier(nn.Module):

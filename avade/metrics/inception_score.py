@@ -6,15 +6,14 @@ over chunks are reported, as in the original code.
 
 from __future__ import annotations
 
-import attrs
 import torch
 from torch import Tensor
 
 from avade.errors import ConfigError
+from avade.metrics.configs import InceptionScoreConfig
 from avade.metrics.context import EvalContext
 from avade.metrics.features import get_extractor, require_probs, warn_if_not_reference
 from avade.metrics.reference import sample_features
-from avade.schema import ge
 
 __all__ = ["InceptionScore", "InceptionScoreConfig", "inception_score"]
 
@@ -49,15 +48,6 @@ def inception_score(probs: Tensor, splits: int = 10) -> tuple[float, float]:
         scores.append(torch.exp(kl.mean()))
     values = torch.stack(scores)
     return float(values.mean()), float(values.std(unbiased=False))
-
-
-@attrs.define
-class InceptionScoreConfig:
-    """IS of ``samples`` model samples in ``splits`` chunks."""
-
-    samples: int = attrs.field(default=50000, validator=ge(2))
-    splits: int = attrs.field(default=10, validator=ge(1))
-    batch_size: int = attrs.field(default=100, validator=ge(1))
 
 
 class InceptionScore:

@@ -10,17 +10,15 @@ so with the same seed both give the same numbers. With ``real_samples`` unset, :
 from __future__ import annotations
 
 import warnings
-from typing import Literal
 
-import attrs
 import torch
 from torch import Tensor
 
+from avade.metrics.configs import KIDConfig
 from avade.metrics.context import EvalContext
 from avade.metrics.features import get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_features, sample_features
 from avade.metrics.stats import check_finite_rows
-from avade.schema import ge, gt
 
 __all__ = ["KID", "KIDConfig", "check_kid_options", "kernel_inception_distance", "kid_real_pool", "polynomial_mmd2",
            "warn_if_every_subset_is_the_same"]
@@ -96,25 +94,6 @@ def kid_real_pool(ctx: EvalContext, split: str, subsets: int, subset_size: int) 
     pool = subsets * subset_size
     size = getattr(ctx, "split_size", None)
     return pool if callable(size) and size(split) > pool else None
-
-
-@attrs.define
-class KIDConfig:
-    """KID of ``samples`` model samples against the real ``split``."""
-
-    samples: int = attrs.field(default=10000, validator=ge(2))
-    split: Literal["train", "test"] = "test"
-    real_samples: int | None = attrs.field(
-        default=None, validator=ge(2),
-        metadata={"help": "real images used; none = the whole split, or a fixed random subsets x subset_size of it "
-                          "when it has more"})
-    subsets: int = attrs.field(default=100, validator=ge(1))
-    subset_size: int = attrs.field(default=1000, validator=ge(2))
-    degree: int = attrs.field(default=3, validator=ge(1))
-    gamma: float | None = attrs.field(default=None, validator=gt(0), metadata={"help": "none = 1 / dim"})
-    coef: float = attrs.field(default=1.0, validator=gt(0))
-    seed: int = 0
-    batch_size: int = attrs.field(default=100, validator=ge(1))
 
 
 class KID:

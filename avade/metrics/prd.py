@@ -31,19 +31,17 @@ import math
 import pathlib
 import warnings
 from collections.abc import Mapping
-from typing import Literal
 
-import attrs
 import numpy as np
 import torch
 from torch import Tensor
 
 from avade.errors import AvadeError, ConfigError
+from avade.metrics.configs import PRDConfig
 from avade.metrics.context import EvalContext
 from avade.metrics.features import get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_features, sample_features
 from avade.metrics.stats import check_finite_rows
-from avade.schema import between, ge, gt
 
 __all__ = [
     "PRD",
@@ -185,23 +183,6 @@ def plot_prd(curves: Mapping[str, Curve], path: str | pathlib.Path, title: str |
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
-
-
-@attrs.define
-class PRDConfig:
-    """PRD of model samples against the real ``split`` (the paper clusters training images with samples)."""
-
-    samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "real images = samples"})
-    split: Literal["train", "test"] = "train"
-    num_clusters: int = attrs.field(default=20, validator=ge(2))
-    num_angles: int = attrs.field(default=1001, validator=ge(3))
-    num_runs: int = attrs.field(default=10, validator=ge(1))
-    beta: float = attrs.field(default=8.0, validator=gt(0))
-    # scikit-learn's random_state takes 0 .. 2**32 - 1; run i uses seed + i
-    seed: int = attrs.field(default=0, validator=between(0, 2**31 - 1))
-    plot: bool = attrs.field(default=True, metadata={"help": "write prd.png and prd_curve.json to out_dir"})
-    label: str = attrs.field(default="model", metadata={"help": "legend label of the curve"})
-    batch_size: int = attrs.field(default=100, validator=ge(1))
 
 
 class PRD:

@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
 
-import attrs
 import torch
 from torch import Tensor
 
 from avade.errors import AvadeError, ConfigError
+from avade.metrics.configs import PRDCConfig
 from avade.metrics.context import EvalContext
 from avade.metrics.features import get_extractor, warn_if_not_reference
 from avade.metrics.reference import real_features, sample_features
 from avade.metrics.stats import check_finite_rows
-from avade.schema import ge
 
 __all__ = ["PRDC", "PRDCConfig", "check_counts", "prdc_from_features"]
 
@@ -98,19 +96,6 @@ def prdc_from_features(real: Tensor, fake: Tensor, nearest_k: int = 5) -> dict[s
         "density": float(in_real_balls.double().mean() / nearest_k),
         "coverage": float((nearest_sample < real_radii).double().mean()),
     }
-
-
-@attrs.define
-class PRDCConfig:
-    """Precision, recall, density and coverage of ``samples`` model samples against the real ``split``."""
-
-    samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "model samples"})
-    split: Literal["train", "test"] = attrs.field(default="test", metadata={"help": "real split compared with"})
-    real_samples: int | None = attrs.field(
-        default=None, validator=ge(2),
-        metadata={"help": "real images used (a fixed random subset); none = as many as samples"})
-    nearest_k: int = attrs.field(default=5, validator=ge(1), metadata={"help": "k of the nearest-neighbour balls"})
-    batch_size: int = attrs.field(default=100, validator=ge(1))
 
 
 class PRDC:

@@ -16,13 +16,13 @@ if TYPE_CHECKING:
 def register(registry: Registry) -> None:
     """Register the built-in encoders and decoders."""
     r = registry.register
-    r("encoder", "conv", factory="avade.nets.conv:ConvEncoder", config="avade.nets.conv:ConvEncoderConfig",
+    r("encoder", "conv", factory="avade.nets.conv:ConvEncoder", config="avade.nets.configs:ConvEncoderConfig",
       summary="Plain strided conv encoder (ELU); stage 0 at full resolution, each later stage halves it.")
-    r("decoder", "conv", factory="avade.nets.conv:ConvDecoder", config="avade.nets.conv:ConvDecoderConfig",
+    r("decoder", "conv", factory="avade.nets.conv:ConvDecoder", config="avade.nets.configs:ConvDecoderConfig",
       summary="Mirror of the conv encoder: ELU, nearest upsample + conv per stage, conv3x3 head (the mean).")
     r("encoder", "resnet", factory="avade.nets.resnet:ResNetEncoder",
-      config="avade.nets.resnet:ResNetEncoderConfig",
+      config="avade.nets.configs:ResNetEncoderConfig",
       summary="Residual IAF-block encoder of AV-ADE Table 6b: conv 16 -> 32 -> down 64 -> 128 -> 256.")
     r("decoder", "resnet", factory="avade.nets.resnet:ResNetDecoder",
-      config="avade.nets.resnet:ResNetDecoderConfig",
+      config="avade.nets.configs:ResNetDecoderConfig",
       summary="Residual IAF-block decoder of AV-ADE Table 6b: up 256 -> 128 -> 64 -> 32 -> conv3x3 head.")

@@ -4,27 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import attrs
 from torch import nn
 
-from avade.errors import ConfigError
 from avade.nets.base import Decoder, Encoder
 from avade.nets.blocks import Act, Chain, Upsample, ZeroScaled, conv
+from avade.nets.configs import ConvDecoderConfig, ConvEncoderConfig
+from avade.nets.configs import _check_channels as _check_channels
 from avade.nets.shapes import Shape, as_shape, halving_stages, upsample_factor
-
-
-def _check_channels(_inst: object, attr: attrs.Attribute, value: tuple[int, ...]) -> None:
-    if not value or min(value) < 1:
-        raise ConfigError(f"expected a non-empty list of positive ints, got {list(value)!r}", path=attr.name)
-
-
-@attrs.define
-class ConvEncoderConfig:
-    """Channels per stage (stage 0 keeps the input resolution, each later stage halves it) and the norm."""
-
-    channels: tuple[int, ...] = attrs.field(default=(32, 64, 128), validator=_check_channels,
-                                            metadata={"help": "channels per stage, finest first"})
-    norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
 
 
 class ConvEncoder(Encoder):
@@ -50,14 +36,6 @@ class ConvEncoder(Encoder):
         return halving_stages(cfg.channels, in_shape, "encoder 'conv'")
 
 
-@attrs.define
-class ConvDecoderConfig:
-    """``norm`` of every conv; ``init_zero_head``: start with a zero output mean (a gain that starts at 0)."""
-
-    norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
-    init_zero_head: bool = attrs.field(default=False, metadata={"help": "output mean starts at 0"})
-
-
 class ConvDecoder(Decoder):
     """Mirror of :class:`ConvEncoder`: per stage ``conv3x3(upsample(elu(d)))``; head ``conv3x3(elu(d))``.
 
@@ -76,4 +54,3 @@ class ConvDecoder(Decoder):
                                    conv(c, lower[0], 3, norm=cfg.norm, num_classes=num_classes)))
         head = conv(shapes[0][0], self.out_shape[0], 3, norm=cfg.norm, num_classes=num_classes)
         self.out = ZeroScaled(head, self.out_shape[0]) if cfg.init_zero_head else head
-

@@ -12,32 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
 import torch
 
 from avade.nets.base import Decoder, Encoder
 from avade.nets.blocks import Chain, ResBlock, ZeroScaled, conv
-from avade.nets.conv import _check_channels
+from avade.nets.configs import ResNetDecoderConfig, ResNetEncoderConfig
+from avade.nets.configs import _residual_scale as _residual_scale
 from avade.nets.shapes import Shape, as_shape, halving_stages, upsample_factor
-from avade.schema import ge, gt
-
-
-def _residual_scale() -> Any:
-    """The ``residual_scale`` option of both nets."""
-    return attrs.field(default=1.0, validator=gt(0.0), metadata={
-        "help": "scale (> 0) of each block's residual branch, x + s * h (openai/iaf, the reference IAF-VAE: 0.1)"})
-
-
-@attrs.define
-class ResNetEncoderConfig:
-    """Stage channels (each stage after the first halves the resolution), stem width, blocks per stage."""
-
-    channels: tuple[int, ...] = attrs.field(default=(32, 64, 128, 256), validator=_check_channels,
-                                            metadata={"help": "channels per stage, finest first"})
-    stem: int = attrs.field(default=16, validator=ge(1), metadata={"help": "channels of the conv3x3 stem"})
-    blocks_per_stage: int = attrs.field(default=1, validator=ge(1), metadata={"help": "blocks per stage"})
-    norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
-    residual_scale: float = _residual_scale()
 
 
 class ResNetEncoder(Encoder):
@@ -65,16 +46,6 @@ class ResNetEncoder(Encoder):
     def compute_stage_shapes(cfg: ResNetEncoderConfig, in_shape: Sequence[int]) -> list[Shape]:
         """The stage layout for ``in_shape`` without building the network (ConfigError if indivisible)."""
         return halving_stages(cfg.channels, in_shape, "encoder 'resnet'")
-
-
-@attrs.define
-class ResNetDecoderConfig:
-    """Residual blocks per stage, the norm, and ``init_zero_head`` (start with a zero output mean)."""
-
-    blocks_per_stage: int = attrs.field(default=1, validator=ge(1), metadata={"help": "blocks per stage"})
-    norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of every conv"})
-    init_zero_head: bool = attrs.field(default=False, metadata={"help": "output mean starts at 0"})
-    residual_scale: float = _residual_scale()
 
 
 class ResNetDecoder(Decoder):

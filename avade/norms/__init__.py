@@ -15,17 +15,17 @@ if TYPE_CHECKING:
 def register(registry: Registry) -> None:
     """Register the built-in normalizations."""
     r = registry.register
-    r("norm", "none", factory="avade.norms.plain:Plain", config="avade.norms.plain:PlainConfig",
+    r("norm", "none", factory="avade.norms.plain:Plain", config="avade.norms.configs:PlainConfig",
       summary="No normalization: the layer as is (bias kept).")
     r("norm", "weight-norm", factory="avade.norms.weight_norm:WeightNorm",
-      config="avade.norms.weight_norm:WeightNormConfig",
+      config="avade.norms.configs:WeightNormConfig",
       summary="Weight normalization w = g v/||v|| (Salimans & Kingma 2016), data-dependent init optional.")
     r("norm", "cwn", factory="avade.norms.cwn:ConditionalWeightNorm",
-      config="avade.norms.cwn:ConditionalWeightNormConfig",
+      config="avade.norms.configs:ConditionalWeightNormConfig",
       summary="Conditional weight norm w = g(y) v/||v|| with class-conditional biases (AV-ADE app. E.1).")
     r("norm", "batch-norm", factory="avade.norms.batch_norm:BatchNormed",
-      config="avade.norms.batch_norm:BatchNormConfig",
+      config="avade.norms.configs:BatchNormConfig",
       summary="Layer followed by batch normalization over its output channels.")
     r("norm", "actnorm", factory="avade.norms.actnorm_layer:ActNormed",
-      config="avade.norms.actnorm_layer:ActNormLayerConfig",
+      config="avade.norms.configs:ActNormLayerConfig",
       summary="Layer followed by activation normalization (per-channel affine, data-dependent init).")

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import attrs
 import torch
 from torch import nn
 
 from avade.norms._init_flag import InitFlag, check_init_batch
-from avade.schema import gt
-
-
-@attrs.define
-class ActNormLayerConfig:
-    """``scale``: the output standard deviation the data-dependent init aims for; ``logscale_factor``:
-    the learned parameter is ``log s / logscale_factor`` (Glow's actnorm: 3; 1: ``log s`` itself)."""
-
-    scale: float = attrs.field(default=1.0, validator=gt(0.0))  # its log is taken: 0 would silence the layer
-    logscale_factor: float = attrs.field(default=1.0, validator=gt(0.0))
+from avade.norms.configs import ActNormLayerConfig
 
 
 class ActNormed(nn.Module):

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import attrs
 import torch
 from torch import nn
 
-from avade.schema import between
-
-
-@attrs.define
-class BatchNormConfig:
-    """``momentum`` of the running statistics."""
-
-    momentum: float = attrs.field(default=0.1, validator=between(0.0, 1.0))
+from avade.norms.configs import BatchNormConfig
 
 
 class BatchNormed(nn.Module):

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from avade.errors import ConfigError
-
-
-@attrs.define
-class ConditionalWeightNormConfig:
-    """No options: the number of classes comes from the dataset."""
+from avade.norms.configs import ConditionalWeightNormConfig
 
 
 class ConditionalWeightNorm(nn.Module):

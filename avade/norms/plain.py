@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import attrs
 import torch
 from torch import nn
 
-
-@attrs.define
-class PlainConfig:
-    """No options."""
+from avade.norms.configs import PlainConfig
 
 
 class Plain(nn.Module):

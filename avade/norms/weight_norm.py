@@ -4,22 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
 from avade.nn.parametrized import picklable_state, restored_state
 from avade.norms._init_flag import InitFlag, check_init_batch
-from avade.schema import ge
-
-
-@attrs.define
-class WeightNormConfig:
-    """``init_scale``: scale of the data-dependent init (0 disables it; the paper's IAF uses it)."""
-
-    init_scale: float = attrs.field(default=0.0, validator=ge(0.0),
-                                    metadata={"help": "data-dependent init scale; 0 = off"})
+from avade.norms.configs import WeightNormConfig
 
 
 class WeightNorm(nn.Module):

@@ -3,23 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
-import attrs
-
-from avade.posteriors.hierarchy import LatentModel, free_bits_field, kl_field
-from avade.schema import ge
-
-
-@attrs.define
-class DiagonalConfig:
-    """``latent_channels`` of z; ``norm`` of its convs; ``residual``: parametrize q relative to the prior."""
-
-    latent_channels: int = attrs.field(default=32, validator=ge(1), metadata={"help": "z channels per group"})
-    norm: str = attrs.field(default="weight-norm", metadata={"help": "norm of the convs"})
-    residual: bool = attrs.field(default=False, metadata={"help": "q parametrized relative to the prior"})
-    free_bits: float = free_bits_field()
-    kl: Literal["sample", "analytic"] = kl_field()
+from avade.posteriors.configs import DiagonalConfig
+from avade.posteriors.hierarchy import LatentModel
 
 
 class DiagonalPosterior(LatentModel):

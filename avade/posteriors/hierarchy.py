@@ -8,32 +8,16 @@ The model calls ``forward_stage(i, d, h_i, T, y)`` for each ``i in stage_ids`` d
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-import attrs
 import torch
 from torch import nn
 
 from avade.errors import ConfigError
 from avade.nets.shapes import Shape, check_stages
+from avade.posteriors.configs import free_bits_field as free_bits_field
+from avade.posteriors.configs import kl_field as kl_field
 from avade.posteriors.group import LatentGroup, LatentSample
-from avade.schema import ge
 
-
-def free_bits_field() -> Any:
-    """The posteriors' ``free_bits`` option (see :class:`~avade.posteriors.group.LatentGroup`)."""
-    return attrs.field(
-        default=0.0, validator=ge(0.0),
-        metadata={"help": "free bits (openai/iaf kl_min): nats per latent channel and group below which the "
-                          "batch-average KL gets no gradient; 0 = off; the reported bound is unchanged"})
-
-
-def kl_field() -> Any:
-    """The ``kl`` option of the posteriors without IAF (see :class:`~avade.posteriors.group.LatentGroup`)."""
-    return attrs.field(
-        default="sample",
-        metadata={"help": "KL in training: sample (log q - log p of the sample, as openai/iaf) or analytic "
-                          "(closed form, less variance, as NVAE; not with IAF); evaluation always samples"})
 
 class LatentModel(nn.Module):
     """Latent groups at ``stage_ids``, each a :class:`LatentGroup` with the same options."""
