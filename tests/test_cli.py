@@ -355,19 +355,12 @@ def test_recipe_check_imports_neither_torchvision_nor_torchs_compiler() -> None:
 
 # `recipe show` of these still imports torch: their model is unconditional and lists fid, whose module
 # (imported to read its factory's `needs_conditional` when the recipe loads) imports torch.
-SHOWN_WITH_TORCH = {"av_ade_wg_rd.toml", "av_ade_celeba64.toml", "av_ade_iaf_rd.toml", "av_ade_imagenet32.toml",
-                    "av_ade_imagenet64.toml", "av_ade_lsun_128.toml", "av_ade_lsun_64.toml", "av_ade_stl10.toml",
-                    "av_gde_cifar10.toml", "gan_cifar10.toml", "table9a_av_ade.toml", "table9b_v_ade.toml",
-                    "v_ade_cifar10.toml", "vae_cifar10.toml"}
-
-
 def test_recipe_show_keys_and_schemas_import_no_torch() -> None:
     # They only resolve TOML against the attrs config classes, which the built-in kinds keep in torch-free
     # `configs` modules: `import torch` would be most of their run time. (A plugin may keep its config
     # beside its torch-importing component, so the installed plugins are disabled here.)
     root = Path(__file__).resolve().parents[1]
-    recipes = sorted((root / "recipes").glob("*.toml")) + sorted((root / "recipes" / "paper").glob("*.toml"))
-    shown = [p for p in recipes if p.name not in SHOWN_WITH_TORCH]
+    shown = sorted((root / "recipes").rglob("[!_]*.toml"))  # every shipped recipe
     commands = [["list-components", "--json", "--schema"], ["recipe", "keys"], ["recipe", "keys", "--json"],
                 *(["recipe", "show", str(p)] for p in shown)]
     code = ("import contextlib, io, sys\nfrom avade.cli import main\n"
@@ -384,11 +377,19 @@ def test_recipe_show_keys_and_schemas_import_no_torch() -> None:
                           env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == f"ok {len(commands)}", done.stdout[-2000:]
-    assert len(shown) >= 5, shown
-    for p in recipes:  # the exceptions are exactly those recipes
-        resolved = tomllib.loads(run("recipe", "show", str(p)).stdout)
-        assert (p.name in SHOWN_WITH_TORCH) == ("fid" in resolved["eval"]["metrics"]
-                                                and not resolved["model"]["conditional"]), p.name
+    assert len(shown) >= 20, shown
+    # an unconditional model with gan-test is still refused, from its config's needs_conditional alone
+    assert_one_line_error(run("recipe", "show", str(QUICKSTART), "--set", 'eval.metrics=["bpd", "gan-test"]'),
+                          "metric 'gan-test' scores class-conditional samples")
+
+
+def test_each_metric_config_says_what_its_factory_says_about_labels() -> None:
+    registry = get_registry()
+    for info in registry.list("metric"):
+        declared = getattr(info.load_config(), "needs_conditional", None)
+        if declared is not None:
+            assert declared is getattr(info.load_factory(), "needs_conditional", False), info.name
+
 
 
 def test_recipe_check_typo_is_one_line_without_traceback(write: Write) -> None:

@@ -3,11 +3,14 @@
 ``avade recipe show``, ``recipe keys`` and ``list-components --json --schema`` resolve a recipe against
 these classes only; kept apart from the components' modules (which import torch and re-export them),
 they resolve without loading torch. Keep this module free of heavy imports.
+
+Each class also says whether its metric scores class-conditional samples (``needs_conditional``, as its factory
+does): a recipe's check of an unconditional model reads it here, without importing the metric's module.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import attrs
 
@@ -19,6 +22,8 @@ from avade.schema import between, ge, gt
 class BPDConfig:
     """``importance_samples`` > 1 adds the importance-weighted bound (tighter, k times the cost)."""
 
+    needs_conditional: ClassVar[bool] = False  # (its factory's; read at recipe load)
+
     importance_samples: int = attrs.field(default=1, validator=ge(1))
     split: Literal["train", "test"] = "test"  # "train": reported as bpd_train (training reports it too)
 
@@ -26,6 +31,8 @@ class BPDConfig:
 @attrs.define
 class FIDConfig:
     """FID of ``samples`` model samples against the real ``split`` (all of it, or ``real_samples``)."""
+
+    needs_conditional: ClassVar[bool] = False  # (its factory's; read at recipe load)
 
     samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "model samples"})
     split: Literal["train", "test"] = attrs.field(default="test",
@@ -42,6 +49,8 @@ class FIDConfig:
 @attrs.define
 class KIDConfig:
     """KID of ``samples`` model samples against the real ``split``."""
+
+    needs_conditional: ClassVar[bool] = False  # (its factory's; read at recipe load)
 
     samples: int = attrs.field(default=10000, validator=ge(2))
     split: Literal["train", "test"] = "test"
@@ -62,6 +71,8 @@ class KIDConfig:
 class InceptionScoreConfig:
     """IS of ``samples`` model samples in ``splits`` chunks."""
 
+    needs_conditional: ClassVar[bool] = False  # (its factory's; read at recipe load)
+
     samples: int = attrs.field(default=50000, validator=ge(2))
     splits: int = attrs.field(default=10, validator=ge(1))
     batch_size: int = attrs.field(default=100, validator=ge(1))
@@ -70,6 +81,8 @@ class InceptionScoreConfig:
 @attrs.define
 class PRDConfig:
     """PRD of model samples against the real ``split`` (the paper clusters training images with samples)."""
+
+    needs_conditional: ClassVar[bool] = False  # (its factory's; read at recipe load)
 
     samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "real images = samples"})
     split: Literal["train", "test"] = "train"
@@ -88,6 +101,8 @@ class PRDConfig:
 class PRDCConfig:
     """Precision, recall, density and coverage of ``samples`` model samples against the real ``split``."""
 
+    needs_conditional: ClassVar[bool] = False  # (its factory's; read at recipe load)
+
     samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "model samples"})
     split: Literal["train", "test"] = attrs.field(default="test", metadata={"help": "real split compared with"})
     real_samples: int | None = attrs.field(
@@ -100,6 +115,8 @@ class PRDCConfig:
 @attrs.define
 class GanTestConfig:
     """Classifier size and training, and which splits/how many samples to use."""
+
+    needs_conditional: ClassVar[bool] = True  # (its factory's; read at recipe load)
 
     epochs: int = attrs.field(default=10, validator=ge(1))
     classifier: Literal["small", "resnet"] = attrs.field(

@@ -683,7 +683,10 @@ def _check_metrics_fit_model(metrics: list[str], model: ModelSection) -> None:
         return
     registry = get_registry()
     for i, name in enumerate(metrics):
-        if getattr(registry.get("metric", name).load_factory(), "needs_conditional", False):
+        info = registry.get("metric", name)
+        # (said by the config class where it says it: the built-ins' are torch-free, their factories' modules not)
+        declared = getattr(info.load_config(), "needs_conditional", None)
+        if declared if isinstance(declared, bool) else getattr(info.load_factory(), "needs_conditional", False):
             raise ConfigError(f"metric '{name}' scores class-conditional samples, but model.conditional = false; "
                               "set model.conditional = true (with a labelled dataset) or remove it",
                               path=f"eval.metrics[{i}]")
