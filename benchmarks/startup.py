@@ -86,6 +86,8 @@ def run(settings: Settings, n: int | None = None) -> dict[str, Any]:
         "python -c pass": [sys.executable, "-c", "pass"],
         "python -c 'import torch'": [sys.executable, "-c", "import torch"],
         "avade list-components": [*avade, "list-components"],
+        # (resolves the recipe against the torch-free config classes alone: no torch)
+        "avade recipe show recipes/av_ade_wg_rd.toml": [*avade, "recipe", "show", "recipes/av_ade_wg_rd.toml"],
         "avade recipe check recipes/quickstart.toml": [*avade, "recipe", "check", "recipes/quickstart.toml"],
     }
     result: dict[str, Any] = {"commands": {}}

@@ -59,7 +59,8 @@ def test_runner_startup_quick_writes_json(tmp_path: Path) -> None:
     assert data["meta"]["quick"] is True and data["meta"]["device"] == "cpu"
     startup = data["benchmarks"]["startup"]
     commands = startup["commands"]
-    assert {"avade list-components", "avade recipe check recipes/quickstart.toml"} <= set(commands)
+    assert {"avade list-components", "avade recipe show recipes/av_ade_wg_rd.toml",
+            "avade recipe check recipes/quickstart.toml"} <= set(commands)
     for c in commands.values():
         assert {"cmd", "best_s", "median_s", "runs", "times_s"} <= set(c) and len(c["times_s"]) == c["runs"]
     heavy = startup["imports"]["heavy_imported"]
