@@ -752,6 +752,37 @@ def study_subsets(
         out.print(table)
 
 
+@study_app.command("prd")
+def study_prd(
+    runs: Annotated[list[str], typer.Argument(
+        metavar="RUN...", help="Run directories evaluated with --metrics prd (or their prd_curve.json), each "
+                               "optionally LABEL=PATH; the legend otherwise names each by its recipe.")],
+    output: Annotated[Path, typer.Option("-o", "--output", "--out", help="The plot, a .png file.")]
+    = Path("prd.png"),
+    title: Annotated[str | None, typer.Option("--title", help="The plot's title.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Figure 19: the precision-recall curves (PRD) of several runs on one plot, with F8, F1/8 and AUC each."""
+    from avade.evaluate.prd_study import prd_study
+    from avade.train.run import cell_text
+
+    if output.is_dir() or output.suffix.lower() != ".png":
+        raise AvadeError(f"-o: {output} is {'a directory' if output.is_dir() else 'not a .png file'}; give a file "
+                         "name such as figure19.png")
+    _check_output_folder(output)
+    rows = prd_study(runs, output, title)
+    if as_json:
+        _print_json({"plot": str(output), "curves": rows})
+        return
+    table = Table(title=escape(f"PRD curves: {output}"), title_justify="left")
+    for col in ("label", "prd_f8", "prd_f1_8", "prd_auc"):
+        table.add_column(col, justify="left" if col == "label" else "right", overflow="fold")
+    for row in rows:
+        table.add_row(escape(row["label"]), *(escape(cell_text(row[k])) for k in ("prd_f8", "prd_f1_8", "prd_auc")))
+    out.print(table)
+    out.print(f"wrote {escape(str(output))}")
+
+
 def _writable_anywhere() -> None:
     """Characters the terminal's or file's encoding lacks (names such as "Jégou", "×", "σ"; a path) are
     written escaped (``\\xe9``) rather than failing the command with a UnicodeEncodeError: stdout and stderr
