@@ -142,9 +142,8 @@ class _Group(typer.core.TyperGroup):
             culprit = plugin_at_fault(exc)
             if culprit:  # not avade's bug: name whose it is
                 _fail(f"{culprit} failed: {type(exc).__name__}: {exc}; fix or disable that plugin (--disable-plugins "
-                      f"/ {DISABLE_ENV}; rerun with --debug for the traceback)", 1)
-            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
-                  "and please report it)", 1)
+                      f"/ {DISABLE_ENV}; {_traceback_hint()})", 1)
+            _fail(f"internal error: {type(exc).__name__}: {exc} ({_traceback_hint()} and please report it)", 1)
 
 
 def _debug_traceback() -> None:
@@ -153,6 +152,12 @@ def _debug_traceback() -> None:
         import traceback
 
         traceback.print_exc(file=sys.stderr)
+
+
+def _traceback_hint() -> str:
+    """Where a bug's traceback is: above, with ``--debug`` (rerunning with it would change nothing), else how to
+    get it."""
+    return "the traceback is above" if _DEBUG["on"] else "rerun with --debug for the traceback"
 
 
 def _os_error_fix(exc: OSError) -> str:
