@@ -123,6 +123,26 @@ def test_a_plugin_metric_built_by_a_function_is_checked_before_training(tmp_path
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_plugin_metric_reusing_a_builtin_config_class_is_checked_by_its_own_factory(fresh_registry) -> None:
+    # (the built-in FIDConfig says needs_conditional = False: that is FID's factory's, not this plugin's)
+    from avade.metrics.configs import FIDConfig
+
+    class PerClassFID:
+        name = "per-class-fid"
+        needs_conditional = True
+
+        def __init__(self, cfg: Any) -> None:
+            self.cfg = cfg
+
+    class PerClassConfig(FIDConfig):  # a subclass that adds nothing inherits the False as well
+        pass
+
+    for name, config in (("per-class-fid", FIDConfig), ("per-class-fid2", PerClassConfig)):
+        get_registry().register("metric", name, factory=PerClassFID, config=config)
+        with pytest.raises(ConfigError, match=f"metric '{name}' scores class-conditional samples"):
+            tiny_recipe(f'eval.metrics=["bpd", "{name}"]')
+
+
 def test_cached_real_features_are_keyed_by_how_files_are_decoded(monkeypatch) -> None:
     import avade.data.base
     from avade.evaluate import dataset_key

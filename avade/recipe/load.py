@@ -684,12 +684,26 @@ def _check_metrics_fit_model(metrics: list[str], model: ModelSection) -> None:
     registry = get_registry()
     for i, name in enumerate(metrics):
         info = registry.get("metric", name)
-        # (said by the config class where it says it: the built-ins' are torch-free, their factories' modules not)
-        declared = getattr(info.load_config(), "needs_conditional", None)
-        if declared if isinstance(declared, bool) else getattr(info.load_factory(), "needs_conditional", False):
+        declared = _declared_needs_conditional(info)
+        if declared if declared is not None else getattr(info.load_factory(), "needs_conditional", False):
             raise ConfigError(f"metric '{name}' scores class-conditional samples, but model.conditional = false; "
                               "set model.conditional = true (with a labelled dataset) or remove it",
                               path=f"eval.metrics[{i}]")
+
+
+def _declared_needs_conditional(info: Any) -> bool | None:
+    """A metric's ``needs_conditional`` as its config class says it, without importing the factory's module (the
+    built-ins' are torch-free, their factories' modules not); None where the class says nothing or is not the
+    factory's package's own: a plugin reusing (or subclassing) a built-in config class inherits its False, which
+    says nothing of the plugin's factory."""
+    config = info.load_config()
+    owner = next((c for c in getattr(config, "__mro__", ()) if "needs_conditional" in vars(c)), None)
+    declared = vars(owner)["needs_conditional"] if owner is not None else None
+    factory = info.factory
+    package = (factory.split(":", 1)[0] if isinstance(factory, str) else str(getattr(factory, "__module__", "")))
+    if not isinstance(declared, bool) or owner.__module__.split(".")[0] != package.split(".")[0]:
+        return None
+    return declared
 
 
 def one_line(text: str) -> str:
