@@ -58,6 +58,10 @@ def prd_study(runs: Sequence[str], output: Path, title: str | None = None) -> li
     (F_8 and F_1/8 as the paper reports them, whatever beta the evaluation used)."""
     from avade.metrics.prd import max_f_beta, plot_prd, prd_auc
 
+    try:  # (plot_prd's own message speaks of the prd metric's plot setting)
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise AvadeError("avade study prd draws with matplotlib: `pip install 'avade[metrics]'`") from None
     if not runs:
         raise AvadeError("give at least one run directory (or prd_curve.json), e.g. avade study prd runs/av_ade "
                          "runs/glow -o figure19.png")

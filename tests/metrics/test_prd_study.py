@@ -71,3 +71,12 @@ def test_the_output_must_be_a_png_file(tmp_path: Path) -> None:
         result = _invoke(str(run), "-o", str(output))
         assert result.exit_code == 2 and "give a file name such as figure19.png" in result.stderr, result.output
     assert _invoke(str(tmp_path / "nowhere"), "-o", str(tmp_path / "y.png")).exit_code == 2
+
+
+def test_without_matplotlib_it_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    run = _run(tmp_path / "a", "av_ade", 0.9)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # (import fails)
+    result = _invoke(str(run), "-o", str(tmp_path / "x.png"))
+    assert result.exit_code == 2 and "avade study prd draws with matplotlib" in result.stderr, result.output
