@@ -391,6 +391,21 @@ def _with_owners(detail: str, kind: str, name: str, key: str, path: str) -> str:
     return head + hint + sep + tail
 
 
+def _unneeded_tables(variant: str, keys: list[str]) -> str:
+    """One line naming every component table ``variant`` has no use for (``--set model.variant=flow`` on an
+    AV-ADE recipe: all four at once, not one per attempt)."""
+    why = {"flow": "flow f", "discriminator": "discriminator (no L_Q)"}
+    items = [why.get(k, k) for k in keys]
+    latent = [i for i, k in enumerate(keys) if k not in why]
+    if latent:  # (encoder, posterior, decoder: the flow alone's latent is f(x) itself)
+        items[latent[-1]] += " (its latent is f(x) itself, standard normal)"
+    tables = [f"[model.{k}]" for k in keys]
+    if len(keys) == 1:
+        return f"variant '{variant}' has no {items[0]}; remove {tables[0]} or set model.{keys[0]}.name = \"none\""
+    return (f"variant '{variant}' has no {', '.join(items[:-1])} or {items[-1]}; remove {', '.join(tables[:-1])} "
+            f"and {tables[-1]}, or set each one's name = \"none\"")
+
+
 def _model(raw: Any) -> ModelSection:
     table = _table(raw, "model")
     component_tables = {k: table.pop(k) for k in list(table) if k in MODEL_COMPONENTS}
@@ -420,6 +435,7 @@ def _model(raw: Any) -> ModelSection:
     options.norm_options = normalized
     variant = options.variant
     refs: dict[str, ComponentRef | None] = {}
+    unneeded: list[str] = []  # tables the variant has no use for: named all at once, after the loop
     for key, kind in MODEL_COMPONENTS.items():
         needed = {
             "flow": variant in FLOW_VARIANTS,
@@ -430,15 +446,13 @@ def _model(raw: Any) -> ModelSection:
         else:
             ref = _component(kind, DEFAULT_COMPONENTS[key], f"model.{key}") if needed else None
         if ref is not None and not needed:
-            why = {"flow": "has no flow f", "discriminator": "has no discriminator (no L_Q)"}.get(
-                key, f"has no {key} (its latent is f(x) itself, standard normal)")
-            raise ConfigError(
-                f"variant '{variant}' {why}; remove [model.{key}] or set model.{key}.name = \"none\"",
-                path=f"model.{key}")
+            unneeded.append(key)
         if ref is None and needed:
             raise ConfigError(f"variant '{variant}' needs a {kind}; choose one with model.{key}.name",
                               path=f"model.{key}.name")
         refs[key] = ref
+    if unneeded:
+        raise ConfigError(_unneeded_tables(variant, unneeded), path=f"model.{unneeded[0]}")
     if variant == "flow" and options.conditional:  # (a flow here takes no labels)
         raise ConfigError("variant 'flow' is unconditional (the flow takes no labels); set model.conditional = "
                           "false, or train a class-conditional av-ade", path="model.conditional")

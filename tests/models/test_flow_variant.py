@@ -119,3 +119,17 @@ def test_it_trains_with_every_parameter_in_the_graph(tmp_path: Path) -> None:
 def test_the_parts_it_has_not_are_refused_in_one_line(overrides: tuple[str, ...], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         tiny_recipe(*FLOW, *overrides)
+
+
+def test_switching_a_full_recipe_to_flow_names_every_table_to_drop_at_once() -> None:
+    # (`--set model.variant=flow` on the quickstart: one error listing all four tables, not one per attempt)
+    with pytest.raises(ConfigError) as info:
+        tiny_recipe('model.variant="flow"', 'model.discriminator={name="dcgan"}')
+    message = str(info.value)
+    assert "\n" not in message and info.value.path == "model.encoder"
+    for key in ("encoder", "posterior", "decoder", "discriminator"):
+        assert f"[model.{key}]" in message
+    assert "set each one's name = \"none\"" in message
+    with pytest.raises(ConfigError, match=re.escape("variant 'flow' has no posterior, decoder (its latent is f(x) "
+                                                    "itself, standard normal) or discriminator (no L_Q)")):
+        tiny_recipe('model.variant="flow"', 'model.encoder="none"', 'model.discriminator={name="dcgan"}')
