@@ -24,8 +24,10 @@ def checked_codes(what: str, codes: object, shapes: Sequence[tuple[int, ...] | N
         raise DataError(f"{what}: codes must be a list of tensors, one per latent stage ({len(shapes)}), as "
                         f"encode returns them; got {type(codes).__name__}")
     if len(codes) != len(shapes):
-        raise DataError(f"{what}: got {len(codes)} code tensors, the model has {len(shapes)} latent stages "
-                        "(one tensor each, in posterior.stage_ids order, as encode returns them)")
+        # (the order is posterior.stage_ids', not named: the flow alone has no posterior, its one code is f(x))
+        stages = f"{len(shapes)} latent stage{'' if len(shapes) == 1 else 's'}"
+        raise DataError(f"{what}: got {len(codes)} code tensors, the model has {stages} (one tensor each, in the "
+                        "order encode returns them)")
     out: Codes = []
     for k, (code, shape) in enumerate(zip(codes, shapes, strict=True)):
         # (one entry per image; [B, C, H, W] for avade's posteriors, a plugin's as its encode_stage gives them)

@@ -91,6 +91,9 @@ def test_its_one_code_is_f_of_x_so_codes_and_reconstructions_are_exact(overrides
     assert not torch.equal(drawn[0], code) and torch.equal(model.decode(drawn), x)  # a point inside x's bins
     with pytest.raises(Exception, match="code 0 has shape"):
         model.decode([torch.zeros(2, 3, 4, 4)])
+    with pytest.raises(Exception, match=r"got 2 code tensors, the model has 1 latent stage \(") as info:
+        model.decode([code, code])
+    assert "posterior" not in str(info.value)  # (it has none)
 
 
 def test_it_trains_with_every_parameter_in_the_graph(tmp_path: Path) -> None:
