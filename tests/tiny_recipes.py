@@ -42,6 +42,22 @@ def tiny_recipe(*overrides: str) -> Recipe:
     return recipe_from_dict(tiny_dict(*overrides))
 
 
+def perturbed_model(*overrides: str, seed: int = 0) -> Any:
+    """The tiny recipe's model in eval mode, every parameter moved by 0.05 N(0, 1): zero-initialised layers (priors,
+    merges, the couplings' last convolutions) would otherwise hide what the latents and the flow do."""
+    import torch
+
+    from avade.models.build import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(tiny_recipe(*overrides)).eval()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed + 1)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes").rglob("[!_]*.toml"))  # every shipped recipe
 

@@ -12,10 +12,9 @@ import math
 
 import pytest
 import torch
-from tiny_recipes import tiny_recipe
+from tiny_recipes import perturbed_model
 
 from avade.errors import ConfigError, DataError
-from avade.models.build import build_model
 from avade.models.codes import path, slerp
 
 POSTERIORS = {
@@ -27,13 +26,7 @@ POSTERIORS = {
 
 
 def _model(*overrides: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_model(tiny_recipe(*overrides)).eval()
-    with torch.no_grad():  # zero-initialised priors and merges would hide what the latents do
-        g = torch.Generator().manual_seed(seed + 1)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
+    return perturbed_model(*overrides, seed=seed)
 
 
 def _images(n: int = 4, seed: int = 0) -> torch.Tensor:

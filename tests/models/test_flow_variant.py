@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_recipes import tiny_recipe
+from tiny_recipes import perturbed_model, tiny_recipe
 
 from avade.errors import ConfigError
-from avade.models.build import build_model
 
 FLOW = ('model.variant="flow"', 'model.encoder="none"', 'model.posterior="none"', 'model.decoder="none"',
         'model.discriminator="none"')
@@ -28,13 +27,7 @@ FLOWS = {
 
 
 def _model(*overrides: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_model(tiny_recipe(*FLOW, *overrides)).eval()
-    with torch.no_grad():  # zero-initialised couplings would make f affine
-        g = torch.Generator().manual_seed(seed + 1)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
+    return perturbed_model(*FLOW, *overrides, seed=seed)
 
 
 def _images(n: int = 4, seed: int = 0) -> torch.Tensor:
