@@ -320,14 +320,14 @@ def test_a_checkpoint_that_cannot_be_written_is_said_and_leaves_the_earlier_ones
     stale = tmp_path / "checkpoints" / ".tmp-step_00000003-999999"  # a save that died before
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"partial")
-    real_save = ckpt.save_file
+    real_save = ckpt.save_tensors
 
     def full_disk(tensors, filename, *args, **kwargs):
         if str(filename).endswith("optimizer.safetensors"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    monkeypatch.setattr(ckpt, "save_tensors", full_disk)
     with pytest.raises(CheckpointError) as err:
         Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False).fit()
     message = str(err.value)
@@ -337,7 +337,7 @@ def test_a_checkpoint_that_cannot_be_written_is_said_and_leaves_the_earlier_ones
     assert left == ["step_00000002"]  # no partial folder of this save nor of the earlier one
     ckpt.read_checkpoint(tmp_path / "checkpoints" / "step_00000002")
     # not a full disk, and nothing saved before: another fix, and "run it again"
-    monkeypatch.setattr(ckpt, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only "
+    monkeypatch.setattr(ckpt, "save_tensors", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only "
                                                                                               "file system")))
     with pytest.raises(CheckpointError, match=r"step_00000001: Read-only file system; check that folder \("
                                               r"permissions, a read-only or unmounted disk\) or use another --out, "
@@ -348,7 +348,7 @@ def test_a_checkpoint_that_cannot_be_written_is_said_and_leaves_the_earlier_ones
     def quota(*args, **kwargs):  # safetensors' own errors carry the errno only in their text
         raise SafetensorError("Error while serializing: I/O error: Disk quota exceeded (os error 122)")
 
-    monkeypatch.setattr(ckpt, "save_file", quota)
+    monkeypatch.setattr(ckpt, "save_tensors", quota)
     with pytest.raises(CheckpointError, match=r"Disk quota exceeded \(os error 122\); free space there"):
         Trainer(tiny_recipe("train.steps=1"), tmp_path / "third", progress=False).fit()
     monkeypatch.undo()
