@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from avade.errors import AvadeError
+from avade.metrics.prd import CURVE_FILE, max_f_beta, plot_prd, prd_auc
+from avade.train.rundir import RunDir
 
-CURVE_FILE = "prd_curve.json"
 #: The paper's F_beta (Sajjadi et al. 2018): F_8 weighs recall, F_1/8 precision.
 PAPER_BETA = 8.0
 
@@ -46,7 +47,7 @@ def _run_name(path: Path) -> str:
 
     folder = path if path.is_dir() else path.parent
     try:
-        name = tomllib.loads((folder / "recipe.toml").read_text(encoding="utf-8")).get("name")
+        name = tomllib.loads(RunDir(folder).recipe.read_text(encoding="utf-8")).get("name")
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         name = None
     return name if isinstance(name, str) and name else folder.resolve().name
@@ -56,8 +57,6 @@ def prd_study(runs: Sequence[str], output: Path, title: str | None = None) -> li
     """Plot the PRD curves of ``runs`` (each a run directory or a ``prd_curve.json``, optionally ``LABEL=PATH``)
     on one PNG at ``output``; returns one row per curve: ``label``, ``path``, ``prd_f8``, ``prd_f1_8``, ``prd_auc``
     (F_8 and F_1/8 as the paper reports them, whatever beta the evaluation used)."""
-    from avade.metrics.prd import max_f_beta, plot_prd, prd_auc
-
     try:  # (plot_prd's own message speaks of the prd metric's plot setting)
         import matplotlib  # noqa: F401
     except ImportError:

@@ -44,6 +44,7 @@ from avade.metrics.reference import real_features, sample_features
 from avade.metrics.stats import check_finite_rows
 
 __all__ = [
+    "CURVE_FILE",
     "PRD",
     "PRDConfig",
     "max_f_beta",
@@ -185,6 +186,10 @@ def plot_prd(curves: Mapping[str, Curve], path: str | pathlib.Path, title: str |
     return path
 
 
+#: The curve a run's evaluation leaves in it (read back by ``avade study prd``, :mod:`avade.evaluate.prd_study`).
+CURVE_FILE = "prd_curve.json"
+
+
 class PRD:
     """Metric ``prd``: returns ``{"prd_f8", "prd_f1_8", "prd_auc"}`` (``beta`` = 2: ``prd_f2``, ``prd_f1_2``);
     writes ``prd.png`` and ``prd_curve.json`` (precision, recall lists, for combining runs with :func:`plot_prd`)."""
@@ -226,7 +231,7 @@ class PRD:
         if cfg.plot:
             out = pathlib.Path(ctx.out_dir)
             plot_prd({cfg.label: (precision, recall)}, out / "prd.png")
-            (out / "prd_curve.json").write_text(json.dumps(
+            (out / CURVE_FILE).write_text(json.dumps(
                 {"label": cfg.label, "precision": precision.tolist(), "recall": recall.tolist()}))
         # named after the beta used: another beta reported as prd_f8 would be mistaken for the paper's F_8
         b = f"{cfg.beta:g}".replace(".", "p")
