@@ -77,6 +77,10 @@ from avade.train.provenance import component_providers
 from avade.train.rundir import RunDir, atomic_write_text, read_json_object, write_json
 from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled
 
+#: how long a process other than rank 0 that fails right after a checkpoint waits for rank 0 to put it in place
+#: (to name it as what --resume goes on from)
+JOB_CHECKPOINT_WAIT_S = 30.0
+
 
 class Trainer:
     """Trains one recipe into one run directory (see :mod:`avade.train.rundir`)."""
@@ -180,10 +184,14 @@ class Trainer:
         self.finished: dict[str, Any] | None = None
         self._saved_average: tuple[dict[str, torch.Tensor], Path] | None = None  # from a resumed checkpoint
         self._resumed: dict[str, Any] | None = None  # what a resume changed, for resumes.jsonl
+        # the step of the newest checkpoint this job saved (every process calls save; rank 0 writes it)
+        self._job_checkpoint: int | None = None
         if resume:
             self._resume()
         if self.finished is None:
             self._write_recipe(fresh=self.step == 0)  # only now: a refused resume leaves the run as it was
+        # summary.json as this training began (read again as fit starts): a failure it holds is an earlier one's
+        self._summary_at_start = self._read_summary()
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """``train.precision = "bf16"``: bfloat16 autocast on CUDA and on CPU (flows stay float32). A CPU
@@ -498,6 +506,7 @@ class Trainer:
         self._check_weights_finite()  # (before the gather: every process holds the same weights and stops alike)
         rng = all_gather_bytes(ckpt.rng_bundle(self.generators), self.dist, self.device)
         if not self.dist.is_main:
+            self._job_checkpoint = self.step  # rank 0 writes it now, while this process goes on
             return None
         path = ckpt.save_checkpoint(
             self.run.checkpoints, self.step, self.model, self.optimizers, rng,
@@ -513,6 +522,7 @@ class Trainer:
              "mode_collapse": self.mode_collapse.state_dict() if self.mode_collapse is not None else None},
             keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every,
             ema=self.ema.state_dict() if self.ema is not None else None)
+        self._job_checkpoint = self.step
         self._record_resume()  # the first checkpoint trained with a resume's settings: now they are history
         return path
 
@@ -795,6 +805,7 @@ class Trainer:
         # evaluating the untrained model, not by the signal's default action, which would leave a half-made run)
         with stop_on_signals(announce=False, immediate=UNSTARTED_STOP if self.step == 0 else UNRESUMED_STOP):
             logger = MetricsLogger(self.run, enabled=self.dist.is_main, start_step=self.step)
+        self._summary_at_start = self._read_summary()  # (every process is past rank 0's set-up: see _record_failure)
         try:
             summary = self._fit(logger)
         except OutOfMemory as exc:  # recorded as a divergence is: `avade runs` shows the run failed
@@ -865,7 +876,7 @@ class Trainer:
                         # every process counts the same steps (from the all-reduced gradient norm)
                         stopped = (f"training stopped at step {self.step}: {what}{self.last_skip}); "
                                    f"{self._divergence_fix()}; {self._last_good_checkpoint()}")
-                        self._record_failure(stopped)
+                        self._record_failure(stopped, every_process=True)
                         raise TrainingError(stopped, every_process=True)
                 # the training speed now: its steps (batch and update) alone, not evaluations, grids or saves between
                 logs["images_per_s"] = window_images / max(window_s, 1e-9)
@@ -942,7 +953,8 @@ class Trainer:
             # resume evaluates again (and replaces the record) instead of leaving metrics.jsonl without it
             if results:
                 logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
-            write_json(self.run.summary, summary)
+            with locked(self.run.root / f".{self.run.summary.name}.lock"):  # (as _record_failure writes it)
+                write_json(self.run.summary, summary)
         if error is not None:  # from the step count and the bpd, which every process shares
             raise TrainingError(error, every_process=True)
         return summary
@@ -960,7 +972,7 @@ class Trainer:
         stopped = (f"training stopped at step {self.step}: its update left non-finite weights in {len(bad)} "
                    f"tensor(s), e.g. {bad[0]} (not checkpointed); {self._divergence_fix()}; "
                    f"{self._last_good_checkpoint()}")
-        self._record_failure(stopped)
+        self._record_failure(stopped, every_process=True)
         raise TrainingError(stopped, every_process=True)
 
     def _model_fix(self) -> str:
@@ -977,19 +989,54 @@ class Trainer:
         return f"lower data.eval_batch_size (now {self.recipe.data.options.eval_batch_size}), or {self._model_fix()}"
 
     def _resume_point(self) -> str:
-        """Where ``--resume`` goes on from, for the error that stopped training: the newest checkpoint (not the
-        failed step's state), else the start."""
-        last = ckpt.list_checkpoints(self.run.checkpoints)
-        if not last:
+        """Where ``--resume`` goes on from, for the error that stopped training: the job's newest checkpoint (not
+        the failed step's state), else the start."""
+        step, pending = self._checkpoint_of_job()
+        if pending is not None:
+            then = f"checkpoint step {step}" if step is not None else "step 0 (no other checkpoint)"
+            return (f"rank 0 was still writing checkpoint step {pending} when this process failed: --resume goes on "
+                    f"from it if it was completed (see {self.run.checkpoints}), else from {then}")
+        if step is None:
             return "no checkpoint was written yet: --resume starts again from step 0"
-        step = ckpt.checkpoint_step(last[-1])
         return f"checkpoint step {step} is kept: --resume goes on from step {step}"
 
-    def _record_failure(self, error: str) -> None:
-        """summary.json of a run that training stopped (a divergence): its step and ``error``, so that `avade runs`
-        shows it failed, and a --resume (which drops it) takes it for unfinished rather than done."""
-        if self.dist.is_main:
-            untrained = {} if self.bpd_untrained is None else {"bpd_untrained": self.bpd_untrained}
+    def _checkpoint_of_job(self) -> tuple[int | None, int | None]:
+        """The step of the run's newest checkpoint (None: none yet), and that of a checkpoint this job saved that
+        is not there (None: none missing). Rank 0 writes the checkpoints while the other processes go on to the
+        next step: one that fails right after a save lists the run's checkpoints before rank 0 has put the new
+        one in place, so it waits for it (at most ``JOB_CHECKPOINT_WAIT_S``; on a node that does not share the
+        run directory it never comes)."""
+        def newest() -> int | None:
+            last = ckpt.list_checkpoints(self.run.checkpoints)
+            return ckpt.checkpoint_step(last[-1]) if last else None
+
+        saved, found = self._job_checkpoint, newest()
+        deadline = time.monotonic() + JOB_CHECKPOINT_WAIT_S
+        while saved is not None and (found is None or found < saved):
+            if time.monotonic() >= deadline:
+                return found, saved
+            time.sleep(0.1)
+            found = newest()
+        return found, None
+
+    def _record_failure(self, error: str, every_process: bool = False) -> None:
+        """summary.json of a run that training stopped (a divergence, memory run out): its step and ``error``, so
+        that `avade runs` shows it failed, and a --resume (which drops it) takes it for unfinished rather than done.
+
+        Under torchrun an error every process meets alike (``every_process``: a divergence) is recorded by rank 0;
+        one process's own (out of memory) by that process, as ``rank N: <error>`` for a rank other than 0. Each
+        writes under the run's summary lock, and the first failure of this training is kept: another process's,
+        failing after it (its partner gone), does not replace it. An error summary.json held as training began
+        (an earlier attempt's) is no failure of this one."""
+        if every_process and not self.dist.is_main:
+            return
+        if not self.dist.is_main:
+            error = f"rank {self.dist.rank}: {error}"
+        untrained = {} if self.bpd_untrained is None else {"bpd_untrained": self.bpd_untrained}
+        with locked(self.run.root / f".{self.run.summary.name}.lock"):
+            held = self._read_summary()
+            if "error" in held and held != self._summary_at_start:
+                return
             write_json(self.run.summary, {"steps": self.step, **untrained, "error": error})
 
     def _stop_requested(self, stop: StopRequest) -> bool:

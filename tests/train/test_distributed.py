@@ -579,6 +579,35 @@ def _break_rank_1s_third_batch(rank: int) -> None:
     data.BatchStream.batches = batches
 
 
+OOM_STEP = 3  # rank 1 runs out of memory at this training step, right after the checkpoint of step 2
+SAVE_DELAY_S = 3.0  # rank 0's checkpoint write, slowed: rank 1 fails before the checkpoint is in place
+
+
+def _rank_1_runs_out_of_memory(rank: int) -> None:
+    """In this (spawned) process: rank 1 alone runs out of host memory at training step ``OOM_STEP``, and rank 0
+    writes its checkpoints ``SAVE_DELAY_S`` late (as a large model's take time while the other ranks go on)."""
+    import time
+
+    import avade.train.checkpoint as ckpt
+    import avade.train.trainer as trainer_module
+
+    train_step, save_checkpoint = trainer_module.Trainer.train_step, ckpt.save_checkpoint
+
+    def running_out(self, x, labels):
+        if rank == 1 and self.step + 1 == OOM_STEP:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 4611686018427387904 bytes (simulated, on rank 1 only)")
+        return train_step(self, x, labels)
+
+    def slowly(*args, **kwargs):
+        time.sleep(SAVE_DELAY_S)
+        return save_checkpoint(*args, **kwargs)
+
+    trainer_module.Trainer.train_step = running_out
+    if rank == 0:
+        ckpt.save_checkpoint = slowly
+
+
 def _sweep_rank_fails_alone_worker(rank, port, recipe, out, alone=True):
     """A 2-variant sweep in which rank 1 alone meets an unreadable image in the first variant (``alone``;
     else nothing is patched); each rank writes how its run ended to ``out/rank<r>.txt``."""
@@ -738,14 +767,17 @@ def test_processes_sharing_a_gpu_fail_with_one_line_for_the_job(tmp_path):
 
 def _cli_worker(rank, port, recipe, out, fail_alone, options=None, env=None):
     """``avade recipe run`` as one process of a 2-process job, its output and exit status kept per rank;
-    ``fail_alone``: rank 1 alone meets an unreadable image at its third batch; ``options``: the command's
-    options (default: --out and --device cpu); ``env``: environment variables of the job."""
+    ``fail_alone``: rank 1 alone meets an unreadable image at its third batch (``"oom"``: runs out of memory at
+    step ``OOM_STEP``, see :func:`_rank_1_runs_out_of_memory`); ``options``: the command's options (default: --out
+    and --device cpu); ``env``: environment variables of the job."""
     _join_job(rank, port)
     os.environ["AVADE_DIST_TIMEOUT_MIN"] = "0.5"  # a hang must not outlast the test
     os.environ.update(env or {})
     from avade.cli.app import main
 
-    if fail_alone:
+    if fail_alone == "oom":
+        _rank_1_runs_out_of_memory(rank)
+    elif fail_alone:
         _break_rank_1s_third_batch(rank)
     code = None
     with open(os.path.join(out, f"output{rank}.txt"), "w") as said:
@@ -806,6 +838,78 @@ def test_a_process_whose_peer_failed_says_so_in_one_line_not_as_an_internal_erro
     assert "error: cannot read image /data/broken.png" in output[1], output[1]
     assert "internal error" not in output[0], output[0]
     assert "error: another process of this torchrun job stopped" in output[0], output[0]
+
+
+@pytest.mark.slow
+def test_memory_running_out_on_rank_1_alone_is_recorded_in_summary_json_with_the_jobs_checkpoint(tmp_path):
+    # Rank 1 runs out of memory right after the checkpoint of step 2, which rank 0 is still writing; rank 0 then
+    # loses its partner. summary.json (what `avade runs` shows) must hold rank 1's error, not nothing, and its
+    # resume point must be the job's checkpoint, not "no checkpoint was written yet".
+    recipe = tiny_dict("train.steps=6", "train.checkpoint_every=2", "model.variant=v-ade",
+                       "model.discriminator.name=none")
+    output, codes = _run_cli_job(tmp_path, recipe, fail_alone="oom")
+    assert codes[0] != 0 and codes[1] != 0, output
+    run = max(tmp_path.glob("attempt*")) / "run"
+    assert (run / "checkpoints" / "step_00000002").is_dir()
+    summary = json.loads((run / "summary.json").read_text())
+    error = summary["error"]
+    assert error.startswith(f"rank 1: out of memory at training step {OOM_STEP}: the host's memory ran out"), error
+    assert "checkpoint step 2 is kept: --resume goes on from step 2" in error, error
+    assert "no checkpoint" not in error, error
+    assert summary["steps"] == OOM_STEP - 1
+    assert "checkpoint step 2 is kept" in output[1], output[1]  # rank 1's own line says the same
+
+
+def _trainer_as_rank(tmp_path, rank: int):
+    """A tiny single-process trainer that records its failures as process ``rank`` of a 2-process job would."""
+    from avade.train.trainer import Trainer
+
+    trainer = Trainer(tiny_recipe("train.steps=2", "model.variant=v-ade", "model.discriminator.name=none"),
+                      tmp_path / "run", progress=False, device="cpu")
+    trainer.dist = DistInfo(rank, WORLD, rank)
+    return trainer
+
+
+def test_the_first_failure_of_a_job_is_kept_in_summary_json_and_an_earlier_attempts_is_not(tmp_path):
+    from avade.train.rundir import write_json
+
+    first, second = _trainer_as_rank(tmp_path, 1), _trainer_as_rank(tmp_path, 0)
+    summary = tmp_path / "run" / "summary.json"
+    stale = {"steps": 1, "error": "rank 1: out of memory at training step 2 (an earlier attempt)"}
+    write_json(summary, stale)
+    first._summary_at_start = second._summary_at_start = stale  # as this training began
+    first._record_failure("out of memory at training step 3")  # the earlier attempt's error is replaced
+    assert json.loads(summary.read_text())["error"] == "rank 1: out of memory at training step 3"
+    second._record_failure("out of memory at training step 3 on rank 0")  # later: kept out
+    assert json.loads(summary.read_text())["error"] == "rank 1: out of memory at training step 3"
+    second._record_failure("training diverged", every_process=True)
+    assert json.loads(summary.read_text())["error"] == "rank 1: out of memory at training step 3"
+    first._record_failure("training diverged", every_process=True)  # rank 0 records those: rank 1 writes nothing
+    summary.unlink()
+    first._record_failure("training diverged", every_process=True)
+    assert not summary.exists()
+    second._record_failure("training diverged", every_process=True)
+    assert json.loads(summary.read_text())["error"] == "training diverged"  # rank 0's: no rank named
+
+
+def test_a_failure_is_recorded_under_the_run_s_summary_lock(tmp_path):
+    # another process of the job writing its failure meanwhile: this one waits, then reads what it wrote
+    import fcntl
+    import threading
+    import time
+
+    trainer = _trainer_as_rank(tmp_path, 0)
+    summary = tmp_path / "run" / "summary.json"
+    with open(tmp_path / "run" / ".summary.json.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        writer = threading.Thread(target=trainer._record_failure, args=("out of memory",))
+        writer.start()
+        time.sleep(0.5)
+        assert not summary.exists(), "written while another process held the lock"
+        summary.write_text(json.dumps({"steps": 1, "error": "rank 1: out of memory"}))
+        fcntl.flock(held, fcntl.LOCK_UN)
+    writer.join(10)
+    assert json.loads(summary.read_text())["error"] == "rank 1: out of memory"
 
 
 @pytest.mark.parametrize("case", ["no --out", "missing dataset", "bad recipe key", pytest.param(
