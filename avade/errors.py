@@ -6,8 +6,10 @@ traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 
 
 class AvadeError(Exception):
@@ -66,6 +68,38 @@ class StoppedError(AvadeError):
     def __init__(self, message: str, signal_name: str = "SIGTERM") -> None:
         super().__init__(message)
         self.signal_name = signal_name
+
+
+_CLI_FLAGS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("avade_cli_flags",
+                                                                                  default=None)
+_NO_VALUE = object()
+
+
+@contextlib.contextmanager
+def cli_flags(mapping: Mapping[str, str]) -> Iterator[None]:
+    """Inside, :func:`argument` names arguments by their command-line flags (``mapping``: Python argument name
+    -> flag, e.g. ``{"device": "--device", "ema": "--ema/--no-ema"}``). The CLI enters it once around every
+    command, so library code names what its caller passed without knowing who called it."""
+    token = _CLI_FLAGS.set(dict(mapping))
+    try:
+        yield
+    finally:
+        _CLI_FLAGS.reset(token)
+
+
+def argument(name: str, value: object = _NO_VALUE) -> str:
+    """An argument as an error message names it: the Python argument (``device='cuda:9'``, or ``device``
+    without a value) by default; inside :func:`cli_flags`, the flag the command line took it by
+    (``--device cuda:9``; a ``--x/--no-x`` pair by its value: ``--no-ema``). A name the CLI has no flag for
+    keeps its Python form."""
+    flags = _CLI_FLAGS.get()
+    flag = flags.get(name) if flags is not None else None
+    if flag is None:
+        return name if value is _NO_VALUE else f"{name}={value!r}"
+    on, _, off = flag.partition("/")
+    if off and isinstance(value, bool):
+        return on if value else off
+    return flag if value is _NO_VALUE or off else f"{flag} {value}"
 
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:

@@ -19,7 +19,8 @@ from rich.console import Console
 from tiny_recipes import tiny_dict, tiny_recipe
 from typer.testing import CliRunner
 
-from avade.cli.app import app
+from avade.cli.app import CLI_FLAGS, app
+from avade.errors import cli_flags
 from avade.metrics.features import weights_path
 from avade.train.run import write_sweep_summary
 
@@ -1438,11 +1439,18 @@ def test_interpolation_pairs_of_a_conditional_model_share_a_class() -> None:
     assert y.tolist() == [1, 0, 2] and a[:, 0, 0, 0].tolist() == [1, 0, 2] and b[:, 0, 0, 0].tolist() == [3, 4, 5]
     a, b, y = _pairs(dataset, 2, 3, 1, batch_size=4)
     assert y.tolist() == [1, 1] and a[:, 0, 0, 0].tolist() == [1, 7] and b[:, 0, 0, 0].tolist() == [3, 9]
-    with pytest.warns(UserWarning, match="-n 5: the test split \\(10 images\\) gives 1 pair of class 2;"):
+    # (called from Python the arguments are named as Python's; inside the CLI as its flags)
+    with pytest.warns(UserWarning, match="^n=5: the test split \\(10 images\\) gives 1 pair of class 2;"):
         assert _pairs(dataset, 5, 3, 2, batch_size=4)[2].tolist() == [2]  # (images 2 and 5; 6 has no partner)
-    with pytest.raises(ConfigError, match="needs two test images of class 2 a row; the test split has 1 of that "
-                                          "class: pick another --class"):
+    with pytest.raises(ConfigError, match=r"^interpolations needs two test images of class 2 a row; the test split "
+                                          r"has 1 of that class: pick another label$"):
         _pairs(torch.utils.data.TensorDataset(images[:3], labels[:3]), 1, 3, 2, batch_size=4)
+    with cli_flags(CLI_FLAGS):
+        with pytest.warns(UserWarning, match="^-n 5: the test split \\(10 images\\) gives 1 pair of class 2;"):
+            _pairs(dataset, 5, 3, 2, batch_size=4)
+        with pytest.raises(ConfigError, match=r"^--interpolations needs two test images of class 2 a row; the test "
+                                              r"split has 1 of that class: pick another --class$"):
+            _pairs(torch.utils.data.TensorDataset(images[:3], labels[:3]), 1, 3, 2, batch_size=4)
 
 
 def test_table_cells_show_extreme_numbers_in_exponent_form() -> None:

@@ -30,7 +30,7 @@ def test_a_conditional_model_gets_n_pairs_however_many_one_batch_holds() -> None
 
 
 def test_one_pair_short_is_said() -> None:
-    with pytest.warns(UserWarning, match="-n 2: the test split \\(10 images\\) gives 1 pair of class 2;"):
+    with pytest.warns(UserWarning, match="^n=2: the test split \\(10 images\\) gives 1 pair of class 2;"):
         _pairs(DATASET, 2, 3, 2, batch_size=4)  # (class 2: images 2 and 5, then 6 alone)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -65,5 +65,5 @@ def test_sample_run_refuses_a_temperature_with_reconstructions_or_interpolations
     from avade.evaluate.sampling import sample_run
 
     for flag in ("reconstructions", "interpolations"):
-        with pytest.raises(ConfigError, match=f"--temperature sets the prior's temperature, and --{flag}"):
+        with pytest.raises(ConfigError, match=f"^temperature sets the prior's temperature, and {flag} draws"):
             sample_run(tmp_path, temperature=0.5, **{flag: True})

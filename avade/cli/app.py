@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from avade import __version__
-from avade.errors import AvadeError, ConfigError, StoppedError
+from avade.errors import AvadeError, ConfigError, StoppedError, cli_flags
 
 if TYPE_CHECKING:
     from avade.registry import PluginFailure
@@ -79,6 +79,30 @@ def _usage_error(exc: Any) -> NoReturn:
     _fail(f"{exc.format_message()} (see '{where} --help')", 2)
 
 
+# The library's argument names (Python) -> the flags the commands take them by: inside a command, library errors
+# name what the user typed (avade.errors.argument); from Python they name the argument.
+CLI_FLAGS = {
+    "batch_size": "--batch-size",
+    "checkpoint": "--checkpoint",
+    "device": "--device",
+    "ema": "--ema/--no-ema",
+    "importance_samples": "--importance-samples",
+    "interpolations": "--interpolations",
+    "label": "--class",
+    "metrics": "--metrics",
+    "n": "-n",
+    "only": "--only",
+    "output": "-o",
+    "overrides": "--set",
+    "reconstructions": "--reconstructions",
+    "run_dir": "RUN_DIR",
+    "samples": "--samples",
+    "seed": "--seed",
+    "steps": "--steps",
+    "temperature": "--temperature",
+}
+
+
 class _Group(typer.core.TyperGroup):
     """Turns errors into one line and an exit code (the traceback only with ``--debug``)."""
 
@@ -90,7 +114,8 @@ class _Group(typer.core.TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            with cli_flags(CLI_FLAGS):  # library errors name the flags typed, not Python's argument names
+                return super().invoke(ctx)
         except (typer.Exit, typer.Abort):
             raise
         except UsageError as exc:  # a subcommand's own options

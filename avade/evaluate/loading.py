@@ -6,10 +6,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from avade.data.base import class_counts, data_of_trained_model
-from avade.errors import AvadeError, CheckpointError, ConfigError, DataError
+from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, argument
 from avade.evaluate.context import RunContext, cache_dir, inception_options
 from avade.models import GenerativeModel, build_model
 from avade.recipe import load_recipe
@@ -18,6 +18,9 @@ from avade.recipe.schema import AbsentConfig, Recipe
 from avade.recipe.write import recipe_to_dict
 from avade.train import checkpoint as ckpt
 from avade.train.rundir import RunDir, read_json_object
+
+if TYPE_CHECKING:
+    import torch
 
 
 def not_a_run(root: Path) -> CheckpointError:
@@ -73,10 +76,33 @@ def select_checkpoint(run: RunDir, checkpoint: str | int | None = None) -> Path:
     if wanted in by_step:
         return by_step[wanted]
     steps = ", ".join(str(s) for s in sorted(by_step))
-    raise CheckpointError(f"--checkpoint {checkpoint}: {run.checkpoints} has no such checkpoint; its steps are {steps}")
+    raise CheckpointError(f"{argument('checkpoint', checkpoint)}: {run.checkpoints} has no such checkpoint; its steps "
+                          f"are {steps}")
 
 
-def load_model(run_dir: str | Path, device: str = "auto", checkpoint: str | int | None = None,
+def _run_arguments(run_dir: object, device: object, ema: object) -> tuple[Path, str]:
+    """The run directory as a Path and the device as a str (a torch.device taken too), a wrong kind of either, or
+    an ``ema`` that is no bool, refused in one line naming the argument (rather than a TypeError from deep inside
+    ``Path()`` or a device parser)."""
+    import os
+
+    import torch
+
+    if not isinstance(run_dir, str | os.PathLike):
+        raise TypeError(f"{argument('run_dir', run_dir)}: expected a run directory (a str or Path, e.g. "
+                        f"'runs/quickstart/latest'), got {type(run_dir).__name__}")
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"{argument('device', device)}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, "
+                        f"got {type(device).__name__}")
+    if not isinstance(ema, bool):  # (a truthy string such as "false" would silently pick the average)
+        raise TypeError(f"{argument('ema', ema)}: expected True (the averaged weights) or False (the last "
+                        f"iterate), got {type(ema).__name__}")
+    return Path(run_dir), device
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "auto", checkpoint: str | int | None = None,
                ema: bool = True) -> tuple[GenerativeModel, Recipe, Path]:
     """A trained model, in eval mode on ``device``, from a run directory: rebuilt from its ``recipe.toml``
     with the weights of its newest checkpoint (or of step ``checkpoint``); a run trained with
@@ -87,7 +113,7 @@ def load_model(run_dir: str | Path, device: str = "auto", checkpoint: str | int 
     >>> model, recipe, _ = avade.load_model("runs/quickstart/latest")
     >>> images = model.sample(16, temperature=0.9)   # uint8 [16, C, H, W]
     """
-    loaded = load_trained(Path(run_dir), device, checkpoint, datasets=False, ema=ema, library=True)
+    loaded = load_trained(run_dir, device, checkpoint, datasets=False, ema=ema, library=True)
     return loaded.model, loaded.recipe, loaded.checkpoint
 
 
@@ -102,7 +128,8 @@ class Loaded(NamedTuple):
     class_counts: list[int] | None  # the training split's labels per class, as recorded by the checkpoint
 
 
-def load_trained(run_dir: Path, device: str, checkpoint: str | int | None, datasets: bool, ema: bool = True,
+def load_trained(run_dir: str | Path, device: str | torch.device, checkpoint: str | int | None, datasets: bool,
+                 ema: bool = True,
                  library: bool = False, overrides: Sequence[str] = (), reuse: dict[Any, Any] | None = None
                  ) -> Loaded:
     """The model (eval mode, on ``device``), recipe and checkpoint of a run, and its (train, test) datasets
@@ -115,6 +142,7 @@ def load_trained(run_dir: Path, device: str, checkpoint: str | int | None, datas
     from avade.train.ema import apply_average
     from avade.train.provenance import missing_plugin_hint, naming_missing_plugins
 
+    run_dir, device = _run_arguments(run_dir, device, ema)
     run = RunDir(run_dir)
     if not run.recipe.is_file():
         raise not_a_run(run.root)
@@ -141,8 +169,8 @@ def load_trained(run_dir: Path, device: str, checkpoint: str | int | None, datas
                               f"(a copy is in {chosen / 'state.json'}, under \"recipe\")")
     try:
         dev = resolve_device(device)
-    except ConfigError as exc:  # the device comes from --device here, not from the recipe's train.device
-        raise ConfigError(exc.detail, path="--device") from None
+    except ConfigError as exc:  # the device comes from the caller here (--device), not from the recipe's train.device
+        raise ConfigError(exc.detail, path=argument("device")) from None
     shape, classes = data["state"].get("data_shape"), data["state"].get("num_classes")
     # the training split only when the checkpoint does not say what it needs of it (metrics load it lazily)
     known = shape is not None and classes is not None and (data["state"].get("class_counts") is not None
@@ -253,13 +281,13 @@ def _overridden(run: RunDir, recipe: Recipe, overrides: Sequence[str]) -> Recipe
     return changed
 
 
-def load_run(run_dir: str | Path, device: str = "auto", checkpoint: str | int | None = None,
+def load_run(run_dir: str | Path, device: str | torch.device = "auto", checkpoint: str | int | None = None,
              ema: bool = True, overrides: Sequence[str] = (), reuse: dict[Any, Any] | None = None) -> RunContext:
     """Rebuild a run's model from ``recipe.toml`` and its newest checkpoint (or that of step ``checkpoint``),
     with its datasets, for evaluation (:func:`load_model` for the model alone). ``overrides``: ``--set``
     style keys that leave the trained model as it is, e.g. ``data.root=/scratch/data``. ``reuse``: datasets
     loaded by earlier calls, shared (:func:`trained_datasets`)."""
-    loaded = load_trained(Path(run_dir), device, checkpoint, datasets=True, ema=ema, overrides=overrides,
+    loaded = load_trained(run_dir, device, checkpoint, datasets=True, ema=ema, overrides=overrides,
                           reuse=reuse)
     assert loaded.datasets is not None
     train_set, test_set = loaded.datasets

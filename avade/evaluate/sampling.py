@@ -14,11 +14,11 @@ from torch.utils.data import Dataset
 
 from avade import memory
 from avade.atomic_files import replaced_atomically
-from avade.errors import ConfigError
+from avade.errors import ConfigError, argument
 from avade.evaluate.context import draw_class_labels
 from avade.evaluate.loading import load_trained
 from avade.memory import naming_memory
-from avade.models.generative import GenerativeModel
+from avade.models.generative import GenerativeModel, _count, _number
 from avade.train.data import subset_batches
 
 SAMPLE_BATCH = 100  # images per model call when sampling
@@ -40,55 +40,65 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
     ``interpolations``: ``n`` rows, each a pair of test images with ``steps`` decodings along the path between
     their latent codes in between (:meth:`~avade.models.generative.GenerativeModel.interpolate`); a
     class-conditional model's pairs share a class (``label``'s alone when given)."""
-    if n < 1:
-        raise ConfigError(f"-n must be at least 1, got {n}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    if not -(2**63) <= seed < 2**64 - 1:  # what torch's generators take (the labels are drawn with seed + 1)
-        raise ConfigError(f"--seed must be an integer in [-2**63, 2**64 - 2], got {seed}")
+    # (errors name the arguments as the caller gave them: Python's, or the CLI's flags; avade.errors.argument)
+    if _count(n) < 1:
+        raise ConfigError(f"{argument('n')} must be an int >= 1, got {n!r}")
+    if _count(batch_size) < 1:
+        raise ConfigError(f"{argument('batch_size')} must be at least 1, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64 - 1:
+        # what torch's generators take (the labels are drawn with seed + 1)
+        raise ConfigError(f"{argument('seed')} must be an integer in [-2**63, 2**64 - 2], got {seed!r}")
     if interpolations and reconstructions:
-        raise ConfigError("--interpolations and --reconstructions each make their own grid; leave out one of them")
+        raise ConfigError(f"{argument('interpolations')} and {argument('reconstructions')} each make their own grid; "
+                          "leave out one of them")
     from_data = reconstructions or interpolations  # (grids of test images, through q(z|x))
-    flag = "--reconstructions" if reconstructions else "--interpolations"
+    flag = argument("reconstructions" if reconstructions else "interpolations")
+    if temperature is not None and not 0 <= _number(temperature) < math.inf:  # (NaN fails too)
+        raise ConfigError(f"{argument('temperature', temperature)}: expected a finite number >= 0 (1 = the prior "
+                          "itself, 0 = its mode)")
     if temperature is not None and from_data:  # (the CLI says so first; Python too)
-        raise ConfigError(f"--temperature sets the prior's temperature, and {flag} draws from the posterior "
-                          "q(z|x): leave one of them out")
-    if steps < 2:
-        raise ConfigError(f"--steps must be at least 2 (both ends of a path included), got {steps}")
+        raise ConfigError(f"{argument('temperature')} sets the prior's temperature, and {flag} draws from the "
+                          "posterior q(z|x): leave one of them out")
+    if _count(steps) < 2:
+        raise ConfigError(f"{argument('steps')} must be at least 2 (both ends of a path included), got {steps!r}")
+    if label is not None and _count(label) != label:  # (an int class id; a float or a string is refused)
+        raise ConfigError(f"{argument('label', label)}: expected an int class id, got {type(label).__name__}")
     output = Path(output)
     as_array = output.suffix.lower() == ".npz"
     if as_array and from_data:
-        raise ConfigError(f"{flag} writes an image grid; give -o a .png (or another image) file")
+        raise ConfigError(f"{flag} writes an image grid; give {argument('output')} a .png (or another image) file")
     if not as_array:  # before the model is loaded and sampled, not after: a format Pillow cannot write fails now
         check_image_format(output)
     # Samples need only the model (a run copied without its data can be sampled); the others need test images.
-    loaded = load_trained(Path(run_dir), device, checkpoint, datasets=from_data, ema=ema, overrides=overrides)
+    loaded = load_trained(run_dir, device, checkpoint, datasets=from_data, ema=ema, overrides=overrides)
     model, sets = loaded.model, loaded.datasets
     if from_data and model.variant == "gan":  # its encoder is never trained: no reconstructions to show
         raise ConfigError(f"a GAN trains no encoder, so its test images have no latents to show; leave out {flag}")
     if label is not None:
         if not model.num_classes:
-            raise ConfigError(f"--class {label}: this run's model is not class-conditional; leave out --class")
+            raise ConfigError(f"{argument('label', label)}: this run's model is not class-conditional; leave out "
+                              f"{argument('label')}")
         if reconstructions:
-            raise ConfigError("--class picks the class of samples; reconstructions are of the test images' own "
-                              "classes: leave out one of them")
+            raise ConfigError(f"{argument('label')} picks the class of samples; reconstructions are of the test "
+                              "images' own classes: leave out one of them")
         if not 0 <= label < model.num_classes:
-            raise ConfigError(f"--class {label}: the model has classes 0..{model.num_classes - 1}")
+            raise ConfigError(f"{argument('label', label)}: the model has classes 0..{model.num_classes - 1}")
     tiles = n  # the grid's images (a test split of fewer images than asked for shows all it has)
     if interpolations:
         tiles = min(n, len(sets[1]) // 2) * (steps + 2)  # type: ignore[index, arg-type]
     elif reconstructions:
         tiles = 2 * min(n, len(sets[1]))  # type: ignore[index, arg-type]
-    _check_size(f"-n {n}" + (f" --steps {steps}" if interpolations else ""), n, tiles, model.data_shape, as_array)
+    asked = argument("n", n) + (f" {argument('steps', steps)}" if interpolations else "")
+    _check_size(asked, n, tiles, model.data_shape, as_array)
     if interpolations:
         phase, fix = (f"while decoding interpolations, {batch_size} images a model call",
-                      f"lower --batch-size (now {batch_size}), -n or --steps")
+                      f"lower {argument('batch_size')} (now {batch_size}), {argument('n')} or {argument('steps')}")
     elif reconstructions:  # (the test images go through q(z|x) and back in one call)
         shown = min(n, len(sets[1]))  # type: ignore[index, arg-type]
-        phase, fix = f"while reconstructing {shown} test images in one model call", "lower -n"
+        phase, fix = f"while reconstructing {shown} test images in one model call", f"lower {argument('n')}"
     else:
         phase, fix = (f"while sampling {min(batch_size, n)} images a model call",
-                      f"lower --batch-size (now {batch_size}), or -n")
+                      f"lower {argument('batch_size')} (now {batch_size}), or {argument('n')}")
     with naming_memory(phase, fix):  # (loading the model, above, gets the CLI's general line)
         dev = next(model.parameters()).device
         gen = torch.Generator(device=dev).manual_seed(seed)
@@ -111,7 +121,8 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
         if reconstructions:
             assert sets is not None
             if n > len(sets[1]):  # say so rather than hand back a smaller grid unannounced
-                warnings.warn(f"-n {n}: the test split holds {len(sets[1])} images; the grid shows all of them",
+                warnings.warn(f"{argument('n', n)}: the test split holds {len(sets[1])} images; the grid shows all "
+                              "of them",
                               UserWarning, stacklevel=2)
             x, y = next(subset_batches(sets[1], n, batch_size=n))
             x = x.to(dev)
@@ -151,13 +162,14 @@ def check_image_format(path: Path) -> None:
     suffix = path.suffix.lower()
     fmt = Image.registered_extensions().get(suffix)
     if fmt is None or fmt not in Image.SAVE:
-        raise ConfigError(f"-o: {path} has no image suffix Pillow can write; end it in .png (or .jpg, .webp, ...), "
-                          "or in .npz for an array of samples")
+        raise ConfigError(f"{argument('output')}: {path} has no image suffix Pillow can write; end it in .png (or "
+                          ".jpg, .webp, ...), or in .npz for an array of samples")
     try:
         Image.new("RGB", (8, 8)).save(io.BytesIO(), format=fmt)
     except Exception as exc:  # (OSError, ValueError, KeyError, ...: whatever the format's writer raises)
-        raise ConfigError(f"-o: Pillow cannot write a grid of samples (an RGB image) as {fmt} ({exc}); end "
-                          f"{path.name} in .png (or .jpg, .webp, ...), or in .npz for an array of samples") from None
+        raise ConfigError(f"{argument('output')}: Pillow cannot write a grid of samples (an RGB image) as {fmt} "
+                          f"({exc}); end {path.name} in .png (or .jpg, .webp, ...), or in .npz for an array of "
+                          "samples") from None
 
 
 def _check_size(asked: str, n: int, tiles: int, shape: Sequence[int], as_array: bool) -> None:
@@ -170,7 +182,7 @@ def _check_size(asked: str, n: int, tiles: int, shape: Sequence[int], as_array: 
         if free is not None and need > free:
             raise ConfigError(f"{asked}: an .npz of {n} images of {c}x{h}x{w} holds {need / 2**30:.1f} GiB, more than "
                               f"the {free / 2**30:.1f} GiB of memory free here; sample fewer (several files with "
-                              "different --seed make one set)")
+                              f"different {argument('seed')} make one set)")
         return
     from PIL import Image
 
@@ -179,7 +191,7 @@ def _check_size(asked: str, n: int, tiles: int, shape: Sequence[int], as_array: 
     if limit is not None and pixels > 2 * limit:
         raise ConfigError(f"{asked}: a grid of {tiles} images of {h}x{w} has about {pixels / 1e6:.0f} million pixels, "
                           f"more than Pillow opens ({2 * limit / 1e6:.0f} million); ask for fewer, or write all "
-                          "samples to an .npz (-o samples.npz)")
+                          f"samples to an .npz ({argument('output', 'samples.npz')})")
 
 
 def _interpolation_rows(model: GenerativeModel, test_set: Dataset, n: int, steps: int, label: int | None,
@@ -208,7 +220,8 @@ def _pairs(test_set: Dataset, n: int, num_classes: int, label: int | None, batch
     if not num_classes:
         x, _ = next(subset_batches(test_set, 2 * n, batch_size=2 * n))
         if x.shape[0] < 2:
-            raise ConfigError(f"--interpolations needs two test images a row; the test split holds {x.shape[0]}")
+            raise ConfigError(f"{argument('interpolations')} needs two test images a row; the test split holds "
+                              f"{x.shape[0]}")
         found = x.shape[0] // 2
         a, b, labels = x[0:2 * found:2], x[1:2 * found:2], None
     else:
@@ -227,17 +240,18 @@ def _pairs(test_set: Dataset, n: int, num_classes: int, label: int | None, batch
         pairs = pairs[:n]
         if not pairs:  # (the whole split was read: at most one image of each class waits)
             if label is not None:
-                raise ConfigError(f"--interpolations needs two test images of class {label} a row; the test split "
-                                  f"has {len(waiting)} of that class: pick another --class")
-            raise ConfigError(f"--interpolations needs two test images of one class a row; the test split has "
-                              f"{len(waiting)} images, each of another class")
+                raise ConfigError(f"{argument('interpolations')} needs two test images of class {label} a row; the "
+                                  f"test split has {len(waiting)} of that class: pick another {argument('label')}")
+            raise ConfigError(f"{argument('interpolations')} needs two test images of one class a row; the test "
+                              f"split has {len(waiting)} images, each of another class")
         found = len(pairs)
         a = torch.stack([p[0] for p in pairs])
         b = torch.stack([p[1] for p in pairs])
         labels = torch.tensor([p[2] for p in pairs], dtype=torch.int64)
     if found < n:  # say so rather than hand back a smaller grid unannounced
         pairs_found = f"{found} pair" + "s" * (found != 1) + (f" of class {label}" if label is not None else "")
-        warnings.warn(f"-n {n}: the test split ({total} images) gives {pairs_found}; the grid shows all of them",
+        warnings.warn(f"{argument('n', n)}: the test split ({total} images) gives {pairs_found}; the grid shows all "
+                      "of them",
                       UserWarning, stacklevel=3)
     return a, b, labels
 
@@ -274,8 +288,8 @@ def _nhwc(batches: Iterable[torch.Tensor], n: int, shape: Sequence[int]) -> np.n
     try:
         out = np.empty((n, h, w, c), dtype=np.uint8)
     except MemoryError:  # (where the free memory is not known beforehand)
-        raise ConfigError(f"-n {n}: an .npz of {n} images of {c}x{h}x{w} does not fit in memory here; sample fewer "
-                          "(several files with different --seed make one set)") from None
+        raise ConfigError(f"{argument('n', n)}: an .npz of {n} images of {c}x{h}x{w} does not fit in memory here; "
+                          f"sample fewer (several files with different {argument('seed')} make one set)") from None
     start = 0
     for batch in batches:
         out[start:start + len(batch)] = batch.permute(0, 2, 3, 1).numpy()

@@ -26,7 +26,7 @@ from avade.contracts import (
     FlowModule,
     PosteriorModule,
 )
-from avade.errors import ConfigError, DataError
+from avade.errors import ConfigError, DataError, argument
 from avade.models import codes as latent_codes
 from avade.models.likelihood import (
     discretized_logistic_log_prob,
@@ -376,8 +376,31 @@ class GenerativeModel(nn.Module):
 
     def generate(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  flow_grad: bool = True, temperature: float | None = None) -> torch.Tensor:
-        """Differentiable samples u in [0, 256) (Algorithm 1: prior -> mean -> Gaussian -> f^-1)."""
+        """Differentiable samples u in [0, 256) (Algorithm 1: prior -> mean -> Gaussian -> f^-1). Its inputs are
+        checked without a host sync (the training step calls it): ``n`` an int >= 0, ``temperature`` a finite
+        number >= 0, and a class-conditional model's ``labels`` integer class ids [n]."""
+        if not torch.compiler.is_compiling():  # (the trainer's compiled step passes its batch's own: no graph break)
+            self._generate_arguments(n, labels, temperature)
         return self._sample_from_mean(self.decode_prior(n, labels, temperature), generator, flow_grad)
+
+    def _generate_arguments(self, n: Any, labels: Any, temperature: Any) -> None:
+        """:meth:`generate`'s arguments refused in one line naming the argument (a negative or float ``n`` failed
+        deep in a layer, a NaN temperature gave NaN images, and a class-conditional model without labels ran
+        its untrained label-free path, silently)."""
+        if _count(n) < 0:
+            raise DataError(f"generate: {argument('n', n)}: expected an int >= 0")
+        if temperature is not None and not 0 <= _number(temperature) < math.inf:  # (NaN fails too)
+            raise DataError(f"generate: {argument('temperature', temperature)}: expected a finite number >= 0 (1 = "
+                            "the prior itself) or None (the recipe's model.temperature)")
+        if not self.num_classes:  # (labels are ignored: an unconditional model has no use for a loader's)
+            return
+        if labels is None:
+            raise DataError(f"generate: the model is class-conditional ({self.num_classes} classes): pass "
+                            f"{argument('labels')}, int64 [{n}] in [0, {self.num_classes})")
+        if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex \
+                or labels.dtype == torch.bool or tuple(labels.shape) != (n,):
+            got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise DataError(f"generate: {argument('labels')} must be integer class ids [{n}], got {got}")
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, temperature: float | None = None,

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save
 
 from avade.atomic_files import save_tensors, sync_file, sync_folder
-from avade.errors import AvadeError, CheckpointError
+from avade.errors import AvadeError, CheckpointError, argument
 from avade.train.rundir import CHECKPOINT_PREFIX as _PREFIX
 from avade.train.rundir import (  # noqa: F401 (parse_step: re-exported, ckpt.parse_step as before)
     STATE_DIGEST,
@@ -458,7 +458,7 @@ def read_checkpoint(path: Path, need_average: bool = True, training_state: bool 
         # silently score the last iterate and a resume would restart the average
         # (a resume has no --no-ema: it goes on without the average when the recipe turns it off)
         instead = ("resume with --set train.ema_decay=0 to go on without an average" if training_state
-                   else "evaluate or sample the last iterate with --no-ema")
+                   else f"evaluate or sample the last iterate with {argument('ema', False)}")
         raise CheckpointError(f"checkpoint {path} is incomplete: ema.safetensors (the weight average of "
                               f"train.ema_decay) is missing; {instead}, or {fallback_hint(path)}")
     tensors = {}

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from avade.errors import ConfigError
+from avade.errors import ConfigError, argument
 
 
 def resolve_device(name: str) -> torch.device:
@@ -18,7 +18,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but no CUDA GPU is available; use --device cpu",
+        raise ConfigError(f"device '{name}' requested but no CUDA GPU is available; use {argument('device', 'cpu')}",
                           path="train.device")
     try:
         device = torch.device(name)

@@ -125,7 +125,7 @@ def test_a_missing_average_file_is_an_incomplete_checkpoint(tmp_path: Path) -> N
     (ckpt.list_checkpoints(tmp_path / "checkpoints")[-1] / "ema.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"incomplete: ema.safetensors \(the weight average of "
                                               r"train.ema_decay\) is missing; evaluate or sample the last iterate "
-                                              r"with --no-ema, or delete step_00000002"):
+                                              r"with ema=False, or delete step_00000002"):
         evaluate_run(tmp_path, ["bpd"], device="cpu")
     assert evaluate_run(tmp_path, ["bpd"], device="cpu", ema=False)["bpd"] > 0  # the last iterate is intact
     with pytest.raises(CheckpointError, match=r"ema\.safetensors"):
