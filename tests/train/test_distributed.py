@@ -4,6 +4,8 @@ training run completes."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import subprocess
@@ -192,17 +194,34 @@ def _free_port() -> int:
 _RENDEZVOUS_RACES = ("connectFullMesh failed", "Address already in use", "Connection reset by peer")
 
 
-def _spawn_job(worker, make_args) -> None:
-    """``mp.spawn`` of a ``WORLD``-process gloo job with ``make_args(attempt)``; once more, with a fresh
-    rendezvous (port or store file), when the job failed while connecting (:data:`_RENDEZVOUS_RACES`).
+# The job's processes are forked from a forkserver that imported torch and avade once (per pytest process), not
+# spawned: a spawned process spends seconds importing them, which made this file the suite's slowest by far.
+# Each process is still a fresh one, with the test process's environment (see _in_environment).
+multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "avade.cli.app", "avade.train.trainer",
+                                        "avade.models", "avade.metrics.features"])
 
-    ``mp.spawn`` leaves a process's error file (``pytorch-errorfile-*.pickle``) in the temporary folder when
-    that process raised, which the failure tests here do on purpose: they go to a folder removed afterwards."""
+
+def _in_environment(rank, environment, worker, *args):
+    """``worker(rank, *args)`` with the test process's environment variables as they were at the job's start
+    (as a spawned process would have them; the forkserver's are those of its own start)."""
+    os.environ.clear()
+    os.environ.update(environment)
+    worker(rank, *args)
+
+
+def _spawn_job(worker, make_args) -> None:
+    """A ``WORLD``-process gloo job (``mp.start_processes``) of ``worker`` with ``make_args(attempt)``; once more,
+    with a fresh rendezvous (port or store file), when the job failed while connecting (:data:`_RENDEZVOUS_RACES`).
+
+    It leaves a process's error file (``pytorch-errorfile-*.pickle``) in the temporary folder when that process
+    raised, which the failure tests here do on purpose: they go to a folder removed afterwards."""
+    multiprocessing.forkserver.ensure_running()  # (its socket in the real temporary folder, not error_files)
     with tempfile.TemporaryDirectory(prefix="avade-spawn-") as error_files, \
             patch.object(tempfile, "tempdir", error_files):
         for attempt in range(2):
             try:
-                mp.spawn(worker, args=make_args(attempt), nprocs=WORLD, join=True)
+                mp.start_processes(_in_environment, args=(dict(os.environ), worker, *make_args(attempt)),
+                                   nprocs=WORLD, join=True, start_method="forkserver")
                 return
             except mp.ProcessRaisedException as exc:
                 if attempt or not any(race in str(exc) for race in _RENDEZVOUS_RACES):
