@@ -42,9 +42,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_onednn() -> Iterator[None]:
+def _no_onednn(request: pytest.FixtureRequest) -> Iterator[None]:
     """oneDNN spends seconds building kernels for every new layer shape on its first call; the suite
-    sees hundreds of shapes once each, so plain ATen kernels (same results up to rounding) are faster."""
+    sees hundreds of shapes once each, so plain ATen kernels (same results up to rounding) are faster.
+    A test marked ``onednn`` keeps it: one that runs large convolutions (the Inception network at 299x299)
+    many times over a few shapes, where oneDNN's kernels are several times faster."""
+    if request.node.get_closest_marker("onednn") is not None:
+        yield
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "TF32 on top of oneDNN" notice when toggling the flags
         with torch.backends.mkldnn.flags(enabled=False):

