@@ -42,6 +42,7 @@ def test_wheel_weights_are_found_and_hashed(inception, monkeypatch) -> None:
 
 @pytest.mark.slow
 @pytest.mark.onednn  # (Inception-sized convolutions: oneDNN's kernels, see conftest)
+@pytest.mark.filterwarnings("ignore:FID:UserWarning")  # (its few images' bias warnings: the test's own choice)
 def test_fid_halves_of_photographs_small_noise_large(inception, tmp_path) -> None:
     crops = natural_crops(2 * N, size=33, seed=0)
     real, other_half = crops[:N, :, :32, :32], crops[N:, :, :32, :32]
