@@ -16,6 +16,8 @@ from tiny_recipes import tiny_dict
 
 from avade.train import checkpoint as ckpt
 
+pytestmark = pytest.mark.xdist_group("resume_kill")  # (one worker: the signal tests share their reference run)
+
 STEPS = 40
 
 
@@ -78,6 +80,13 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert steps == sorted(steps), "metrics.jsonl must not repeat the replayed steps"
 
 
+@pytest.fixture(scope="module")
+def signal_reference(tmp_path_factory):
+    """The signal tests' recipe and its uninterrupted run, made once for all three (each a process of its own)."""
+    return _reference_run(tmp_path_factory.mktemp("signal-reference"), "train.checkpoint_every=1000",
+                          "train.log_every=1")
+
+
 def _default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background test runner may have it ignored
 
@@ -85,8 +94,9 @@ def _default_sigint():
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM and SIGINT are POSIX")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)],
                          ids=["SIGTERM", "Ctrl-C", "SIGUSR1 (SLURM's early warning)"])
-def test_a_stop_signal_stops_at_a_step_with_a_checkpoint_and_resume_is_bit_identical(tmp_path, signum):
-    recipe, ref = _reference_run(tmp_path, "train.checkpoint_every=1000", "train.log_every=1")
+def test_a_stop_signal_stops_at_a_step_with_a_checkpoint_and_resume_is_bit_identical(tmp_path, signum,
+                                                                                      signal_reference):
+    recipe, ref = signal_reference
     stopped = tmp_path / "stopped"
     proc = subprocess.Popen(_cmd(recipe, stopped), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, preexec_fn=_default_sigint)
