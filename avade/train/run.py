@@ -37,13 +37,15 @@ from avade.train.checkpoint import list_checkpoints
 from avade.train.data import refuse_while_a_worker_starts
 from avade.train.device import global_state_kept
 from avade.train.distributed import (
+    PEER_LOST,
     alike_on_this_node,
     is_main_process,
+    job_failure,
     said_by_another_process,
     shutdown_distributed,
 )
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, stop_on_signals
-from avade.train.rundir import RunDir, atomic_write_text, latest_run_dir, make_run_dir, write_json
+from avade.train.rundir import RunDir, atomic_write_text, latest_run_dir, make_run_dir, read_json_object, write_json
 
 if TYPE_CHECKING:
     from avade.recipe.sweep import Variant
@@ -220,9 +222,11 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
         _record_plan(out_dir, every, {v.name: _variant_dir(out_dir, recipe.name, v, resume).name for v in every})
         summaries, failed = [], []
         for variant in variants:
+            run_dir = _variant_dir(out_dir, recipe.name, variant, resume)
+            held = _summary_file_state(run_dir) if distributed and is_main_process() else None
             try:
-                summary = run_recipe(variant.recipe, _variant_dir(out_dir, recipe.name, variant, resume),
-                                     resume=resume, device=device, console=console, progress=progress)
+                summary = run_recipe(variant.recipe, run_dir, resume=resume, device=device, console=console,
+                                     progress=progress)
             except BusyError:  # another job trains this variant now: no row of ours, and no next variant
                 raise
             except (TrainingError, ConfigError, DataError, OutOfMemory) as exc:  # (another variant may fit)
@@ -239,11 +243,25 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
                     summaries.append({"name": variant.name, **variant.overrides, **summary})
                     _record_sweep(out_dir, summaries, every, console, show=False)
                     if not said_elsewhere:
-                        console.print("under torchrun a variant that fails in one process stops the sweep: fix it "
-                                      "and rerun with --resume (finished variants are kept), or leave it out with "
-                                      "--only")
+                        console.print(f"under torchrun a variant that fails in one process stops the sweep"
+                                      f"{_not_run(variants, variant)}: fix it and rerun with --resume (finished "
+                                      "variants are kept), or leave it out with --only")
                     raise
                 # one diverged (or unbuildable) variant must not cost the others (an lr sweep)
+            except RuntimeError as exc:
+                failure = job_failure(exc) if distributed else None
+                if failure is None:
+                    raise
+                # This process lost its partner (or waited for it past the timeout): the process that failed alone
+                # said why, and recorded it in the variant's summary.json. The sweep stops (as in that process);
+                # the variant's row holds that error, not only "another process stopped".
+                if is_main_process():
+                    with contextlib.suppress(OSError):  # (the error raised stays the job's)
+                        recorded = _peer_failure(run_dir, held, PEER_RECORD_WAIT_S if failure == PEER_LOST else 0)
+                        summaries.append({"name": variant.name, **variant.overrides,
+                                          **(recorded or {"error": failure})})
+                        _record_sweep(out_dir, summaries, every, console, show=False)
+                raise
             summaries.append({"name": variant.name, **{k: v for k, v in variant.overrides.items()}, **summary})
             if variant is not variants[-1]:  # kept after each variant: a sweep stopped or killed later keeps its rows
                 _record_sweep(out_dir, summaries, every, console, show=False)
@@ -261,6 +279,48 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
         raise
     finally:
         shutdown_distributed()  # (a no-op after the line above)
+
+
+def _not_run(variants: Sequence[Variant], failed: Variant) -> str:
+    """`` (not run: a, b)``: the variants after ``failed`` that a sweep stopped by it leaves untrained, or ""."""
+    rest = [v.name for v in variants[next(i for i, v in enumerate(variants) if v is failed) + 1:]]
+    if not rest:
+        return ""
+    return f" (not run: {', '.join(rest[:3])}{f' and {len(rest) - 3} more' if len(rest) > 3 else ''})"
+
+
+#: how long rank 0, its partner gone, waits for that process's error in the variant's summary.json (written before
+#: the process leaves the job, so at once but on a slow shared file system; nothing comes from a killed process)
+PEER_RECORD_WAIT_S = 5.0
+
+
+def _summary_file_state(run_dir: Path) -> tuple[int, int, int] | None:
+    """summary.json of ``run_dir`` as a file (inode, modification time, size), None when there is none: a
+    failure recorded after this was taken changes it (an earlier attempt's error is no failure of this one)."""
+    try:
+        st = (run_dir / "summary.json").stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _peer_failure(run_dir: Path, held: tuple[int, int, int] | None, wait_s: float) -> dict[str, Any] | None:
+    """The variant's summary.json (its step and ``error``, e.g. ``rank 1: out of memory ...``) once it holds a
+    failure recorded since ``held`` (:func:`_summary_file_state` as the variant started), waiting up to ``wait_s``
+    seconds for it; None when none came (the failing process was killed, or failed before its training)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    summary = run_dir / "summary.json"
+    while True:
+        if run_dir.is_dir():
+            with locked(run_dir / f".{summary.name}.lock"):  # (as the trainer writes it)
+                recorded = read_json_object(summary) if _summary_file_state(run_dir) != held else {}
+            if recorded.get("error"):
+                return recorded
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
 
 
 # The run directories this process made for runs without --out: theirs, although they exist before the run starts.

@@ -817,11 +817,17 @@ class Trainer:
                 raise error from exc.__cause__
             finally:  # (a cycle error -> traceback -> this frame -> error would keep the trainer and its model)
                 del error
-        except BaseException:
+        except BaseException as exc:
             # the error that stopped training (a checkpoint on a full disk, which says what --resume goes on
             # from) stays the one raised: not replaced by TensorBoard's, closed on the same full disk
             with contextlib.suppress(Exception):
                 logger.close()
+            if (self.dist.enabled and isinstance(exc, TrainingError | ConfigError | DataError)
+                    and not getattr(exc, "every_process", False)):
+                # under torchrun one process's own failure (an unreadable image in its share of a batch): the
+                # others only lose their partner, so summary.json says why (`avade runs`, a sweep's row)
+                with contextlib.suppress(OSError):  # (the error raised stays this one)
+                    self._record_failure(str(exc))
             raise
         logger.close()
         return summary
@@ -1020,14 +1026,16 @@ class Trainer:
         return found, None
 
     def _record_failure(self, error: str, every_process: bool = False) -> None:
-        """summary.json of a run that training stopped (a divergence, memory run out): its step and ``error``, so
-        that `avade runs` shows it failed, and a --resume (which drops it) takes it for unfinished rather than done.
+        """summary.json of a run that training stopped (a divergence, memory run out, under torchrun one process's
+        unreadable image): its step and ``error``, so that `avade runs` shows it failed, and a --resume (which drops
+        it) takes it for unfinished rather than done.
 
         Under torchrun an error every process meets alike (``every_process``: a divergence) is recorded by rank 0;
-        one process's own (out of memory) by that process, as ``rank N: <error>`` for a rank other than 0. Each
-        writes under the run's summary lock, and the first failure of this training is kept: another process's,
-        failing after it (its partner gone), does not replace it. An error summary.json held as training began
-        (an earlier attempt's) is no failure of this one."""
+        one process's own (out of memory, an unreadable image) by that process, as ``rank N: <error>`` for a rank
+        other than 0 (a sweep's row of the variant takes it from there). Each writes under the run's summary lock,
+        and the first failure of this training is kept: another process's, failing after it (its partner gone),
+        does not replace it. An error summary.json held as training began (an earlier attempt's) is no failure of
+        this one."""
         if every_process and not self.dist.is_main:
             return
         if not self.dist.is_main:

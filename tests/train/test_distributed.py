@@ -879,6 +879,40 @@ def test_memory_running_out_on_rank_1_alone_is_recorded_in_summary_json_with_the
     assert "checkpoint step 2 is kept" in output[1], output[1]  # rank 1's own line says the same
 
 
+@pytest.mark.slow
+def test_a_sweep_stopped_by_one_process_has_the_variants_row_with_that_process_s_error(tmp_path):
+    # Rank 1 alone meets an unreadable image in the first variant; rank 0 only loses its partner. The sweep's table
+    # (sweep_summary, what `avade runs` shows of a variant without a folder) must say why it stopped: the variant's
+    # row holds rank 1's error, not nothing; the variant not run is "not started"; --resume trains on.
+    from avade.cli.runs import run_record
+
+    recipe = tiny_dict("train.steps=4", "train.checkpoint_every=2", "model.variant=v-ade",
+                       "model.discriminator.name=none")
+    recipe["sweep"] = {"grid": {"train.lr": [0.001, 0.0005]}}
+    (tmp_path / "failing").mkdir()
+    output, codes = _run_cli_job(tmp_path / "failing", recipe, fail_alone=True)
+    assert codes[0] != 0 and codes[1] == 2, output
+    assert output[0].count("error:") == 1 and "error: another process of this torchrun job stopped" in output[0]
+    assert "stops the sweep (not run: tiny-lr0.0005)" in output[1], output[1]
+    run = max((tmp_path / "failing").glob("attempt*")) / "run"
+    rows = json.loads((run / "sweep_summary.json").read_text())
+    assert [row["name"] for row in rows] == ["tiny-lr0.001"], rows
+    assert rows[0]["error"] == "rank 1: cannot read image /data/broken.png (simulated, on rank 1 only)", rows
+    assert rows[0]["steps"] == 2 and rows[0]["train.lr"] == 0.001, rows
+    assert "rank 1: cannot read image" in (run / "sweep_summary.csv").read_text()
+    failed, not_run = run_record(run / "tiny-lr0.001"), run_record(run / "tiny-lr0.0005", {"train.lr": 0.0005})
+    assert failed["status"] == "failed" and failed["error"] == rows[0]["error"], failed
+    assert not_run["status"] == "not started", not_run
+
+    (tmp_path / "resumed").mkdir()
+    output, codes = _run_cli_job(tmp_path / "resumed", recipe, options=["--out", str(run), "--device", "cpu",
+                                                                         "--resume"])
+    assert codes == [0, 0], output
+    rows = json.loads((run / "sweep_summary.json").read_text())
+    assert [row["name"] for row in rows] == ["tiny-lr0.001", "tiny-lr0.0005"], rows
+    assert all("error" not in row and row["steps"] == 4 and row["bpd"] > 0 for row in rows), rows
+
+
 def _trainer_as_rank(tmp_path, rank: int):
     """A tiny single-process trainer that records its failures as process ``rank`` of a 2-process job would."""
     from avade.train.trainer import Trainer
