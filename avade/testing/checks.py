@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import tempfile
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
@@ -436,9 +437,10 @@ def check_posterior(name: str, registry: Registry | None = None, **config: Any) 
     """Each latent stage returns (d_new, log_q, log_p) with d's shape, finite [B] densities, d_new differentiable
     in h (z drawn from q by reparameterisation); prior mode
     (``h = None``) the same shapes, log_q = 0, deterministic at temperature 0 and using the temperature;
-    gradients; round trip; the same built class-conditional and run with labels (as the model runs it:
-    ``forward_stage(i, d, h, T, y=y)``; a posterior whose ``forward_stage`` has no ``y`` gets none),
-    where it has that form."""
+    gradients; round trip; log_q and log_p the log densities of z under q and p, up to a constant common to
+    both (:func:`_check_densities`: E_q[p/q] = 1); the same built class-conditional and run with labels (as
+    the model runs it: ``forward_stage(i, d, h, T, y=y)``; a posterior whose ``forward_stage`` has no ``y``
+    gets none), where it has that form."""
     registry = registry or get_registry()
     what = f"posterior '{name}'"
     torch.manual_seed(0)
@@ -448,6 +450,12 @@ def check_posterior(name: str, registry: Registry | None = None, **config: Any) 
         return registry.create("posterior", name, stage_shapes=stages, **context, **config)
 
     _check_posterior_module(build(), stages, build, what)
+    tiny = [cast(Shape, tuple(s)) for s in _reference_encoder(registry, "conv", DENSITY_IMAGE_SHAPE).stage_shapes]
+
+    def build_at(layout: list[Shape], **context: Any) -> nn.Module:
+        return registry.create("posterior", name, stage_shapes=layout, **context, **config)
+
+    _check_densities(build_at, [tiny, stages], what)
 
     def build_conditional() -> nn.Module:
         return build(num_classes=NUM_CLASSES)
@@ -456,6 +464,8 @@ def check_posterior(name: str, registry: Registry | None = None, **config: Any) 
     if cond is not None:
         labels = _labels(3) if takes_labels(cast(PosteriorModule, cond).forward_stage) else None
         _check_posterior_module(cond, stages, build_conditional, f"{what} (conditional)", labels)
+        _check_densities(lambda layout: build_at(layout, num_classes=NUM_CLASSES), [tiny, stages],
+                         f"{what} (conditional)", labelled=labels is not None)
 
 
 def _stage_outputs(what: str, called: str, out: Any, d: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -509,6 +519,94 @@ def _check_posterior_module(post: nn.Module, stages: list[Shape], rebuild: Calla
         return torch.cat([torch.cat([t.flatten() for t in stage(m, i, hs[i], 1.0)]) for i in ids])
 
     _roundtrip(post, rebuild, run, what)
+
+
+#: The density check (:func:`_check_densities`): draws of z ~ q per stage; the (d, h) scales tried in turn
+#: until q is near enough to p to judge (the smallest first: a fresh q is nearest its prior there); the
+#: effective sample size that judges; the tolerance (nats) on
+#: log E_q[p/q]; the image shape whose reference-encoder stages (2x2 and 1x1) keep the latents few.
+DENSITY_SAMPLES = 4096
+DENSITY_INPUT_SCALES = (0.01, 0.1, 1.0)
+DENSITY_MIN_ESS = 1024
+DENSITY_TOLERANCE = 0.25
+DENSITY_IMAGE_SHAPE: Shape = (3, 2, 2)
+#: log E_q[p/q] above this fails whatever the effective sample size: for right densities the estimate
+#: exceeds it with probability below e^-9 (Markov's inequality, as E_q[p/q] = 1)
+DENSITY_MAX_LOG = 9.0
+
+
+def _check_densities(build: Callable[[list[Shape]], nn.Module], layouts: Sequence[list[Shape]], what: str,
+                     labelled: bool = False) -> None:
+    """``log_q`` and ``log_p`` are the log densities of the sample z under q(z|h, d) and p(z|d), up to one
+    constant common to both (it cancels in ``log_p - log_q``, all the model uses): for normalised densities
+    ``E_{z~q}[p(z) / q(z)] = 1``. Estimated per latent stage as ``log mean exp(log_p - log_q)`` over
+    :data:`DENSITY_SAMPLES` draws for one (d, h) repeated, in eval mode without gradients (the densities the
+    importance-weighted bound uses), in float64 where the module runs in it, on a fresh build (where prior
+    and posterior start near each other) with the fewest latents: the stages of the reference encoder on a
+    2x2 image, or the kit's usual ones where the posterior does not run on those. Catches a constant off in
+    one of the two (a forgotten ``-0.5 log(2 pi)`` per dimension, a stray ``+ 1``) and a mean over the latent
+    dimensions instead of a sum. The estimate is judged (within :data:`DENSITY_TOLERANCE` nats) only when the
+    effective sample size ``(sum w)^2 / sum w^2`` is at least :data:`DENSITY_MIN_ESS` (a quarter of the
+    draws: the estimate's standard error is then about 0.03 nats), trying (d, h) of scales 0.01, 0.1, 1 in
+    turn until it is; an estimate above :data:`DENSITY_MAX_LOG` fails
+    whatever that size. A stage no scale lets judge passes with a warning. The global RNG is left as it
+    was."""
+    failure = ""
+    for layout in layouts:  # the fewest latents first; float64, else float32
+        for dtype in (torch.float64, torch.float32):
+            try:  # a first call of 2 draws at every stage: a failure here may be the layout's or the dtype's
+                module = build(layout).to(dtype).eval()
+                _estimate_densities(module, layout, dtype, what, labelled, samples=2)
+            except Exception as exc:  # (the last try's failure is reported)
+                failure = str(exc) if isinstance(exc, AssertionError) else f"{what}: does not build: {_raised(exc)}"
+                continue
+            _estimate_densities(module, layout, dtype, what, labelled)
+            return
+    raise AssertionError(failure)
+
+
+def _estimate_densities(module: nn.Module, layout: list[Shape], dtype: torch.dtype, what: str, labelled: bool,
+                        samples: int = DENSITY_SAMPLES) -> None:
+    """Judge E_q[p/q] at each stage of ``module`` (see :func:`_check_densities`); fewer ``samples``: only call
+    every stage once (AssertionError if a call fails)."""
+    device = next(iter([*module.parameters(), *module.buffers()]), torch.zeros(())).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        for i in cast(PosteriorModule, module).stage_ids:
+            if samples < DENSITY_SAMPLES:
+                _density_draws(module, i, layout[i], 1.0, dtype, device, labelled, samples, what)
+                continue
+            for scale in DENSITY_INPUT_SCALES:
+                log_w = _density_draws(module, i, layout[i], scale, dtype, device, labelled, samples, what)
+                total = torch.logsumexp(log_w, 0)
+                estimate = float(total) - math.log(len(log_w))
+                ess = math.exp(float(2 * total - torch.logsumexp(2 * log_w, 0)))
+                if estimate > DENSITY_MAX_LOG or (ess >= DENSITY_MIN_ESS and abs(estimate) > DENSITY_TOLERANCE):
+                    ratio = f"{math.exp(estimate):.3g}" if abs(estimate) < 50 else f"e^{estimate:.0f}"
+                    raise AssertionError(
+                        f"{what}: stage {i}: E_q[p/q] = {ratio} (should be 1; exp(log_p - log_q) averaged over "
+                        f"{len(log_w)} draws of z ~ q for one (d, h) of scale {scale}, effective sample size "
+                        f"{ess:.0f}): log_q or log_p is off by a constant or not a sum over the latent dimensions")
+                if ess >= DENSITY_MIN_ESS:
+                    break
+            else:
+                warnings.warn(f"{what}: stage {i}: the check E_q[p/q] = 1 of log_q and log_p was inconclusive (q is "
+                              f"far from p: effective sample size {ess:.0f} of {len(log_w)} at every (d, h) scale "
+                              f"in {DENSITY_INPUT_SCALES})", stacklevel=2)
+
+
+def _density_draws(module: nn.Module, i: int, shape: Shape, scale: float, dtype: torch.dtype, device: torch.device,
+                   labelled: bool, n: int, what: str) -> torch.Tensor:
+    """``log_p - log_q`` (float64) of ``n`` draws from q for one (d, h) of standard normal entries times
+    ``scale`` (class 1 where ``labelled``), seeded, the inputs drawn on the CPU (alike on every device)."""
+    g = torch.Generator().manual_seed(7 + i)
+    d, h = (scale * torch.randn((2, 1, *shape), generator=g, dtype=dtype, device="cpu")).to(device)
+    d, h = d.repeat(n, 1, 1, 1), h.repeat(n, 1, 1, 1)  # (copies: a posterior may write into d)
+    kwargs = {"y": torch.ones(n, dtype=torch.long, device=device)} if labelled else {}
+    called = f"forward_stage({i}, d, h, 1.0{', y=y' if labelled else ''}) in eval mode ({dtype})"
+    torch.manual_seed(11 + i)
+    out = _call(what, called, cast(PosteriorModule, module).forward_stage, i, d, h, 1.0, **kwargs)
+    _, log_q, log_p = _stage_outputs(what, called, out, d)
+    return (log_p - log_q).double()
 
 
 def _check_reparameterised(d_new: torch.Tensor, h: torch.Tensor, i: int, what: str) -> None:
