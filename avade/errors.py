@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
+import math
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 
 
@@ -100,6 +102,28 @@ def argument(name: str, value: object = _NO_VALUE) -> str:
     if off and isinstance(value, bool):
         return on if value else off
     return flag if value is _NO_VALUE or off else f"{flag} {value}"
+
+
+def int_argument(value: object) -> int:
+    """An integer argument (Python, numpy or 0-d torch integer) as an int; -1 for anything else (a bool, a
+    float, a string), which a caller's ``>= 0`` check then refuses."""
+    if isinstance(value, bool):
+        return -1
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return -1
+
+
+def real_argument(value: object) -> float:
+    """A real argument (Python, numpy or one-element torch number) as a float; NaN for anything else (a bool, a
+    string, a tensor of several elements), which a caller's range check then refuses."""
+    if isinstance(value, bool | str | bytes):
+        return math.nan
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:

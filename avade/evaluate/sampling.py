@@ -14,11 +14,11 @@ from torch.utils.data import Dataset
 
 from avade import memory
 from avade.atomic_files import replaced_atomically
-from avade.errors import ConfigError, argument
+from avade.errors import ConfigError, argument, int_argument, real_argument
 from avade.evaluate.context import draw_class_labels
 from avade.evaluate.loading import load_trained
 from avade.memory import naming_memory
-from avade.models.generative import GenerativeModel, _count, _number
+from avade.models.generative import GenerativeModel
 from avade.train.data import subset_batches
 
 SAMPLE_BATCH = 100  # images per model call when sampling
@@ -41,9 +41,9 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
     their latent codes in between (:meth:`~avade.models.generative.GenerativeModel.interpolate`); a
     class-conditional model's pairs share a class (``label``'s alone when given)."""
     # (errors name the arguments as the caller gave them: Python's, or the CLI's flags; avade.errors.argument)
-    if _count(n) < 1:
+    if int_argument(n) < 1:
         raise ConfigError(f"{argument('n')} must be an int >= 1, got {n!r}")
-    if _count(batch_size) < 1:
+    if int_argument(batch_size) < 1:
         raise ConfigError(f"{argument('batch_size')} must be at least 1, got {batch_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64 - 1:
         # what torch's generators take (the labels are drawn with seed + 1)
@@ -53,15 +53,15 @@ def sample_run(run_dir: str | Path, n: int = 64, output: str | Path = Path("samp
                           "leave out one of them")
     from_data = reconstructions or interpolations  # (grids of test images, through q(z|x))
     flag = argument("reconstructions" if reconstructions else "interpolations")
-    if temperature is not None and not 0 <= _number(temperature) < math.inf:  # (NaN fails too)
+    if temperature is not None and not 0 <= real_argument(temperature) < math.inf:  # (NaN fails too)
         raise ConfigError(f"{argument('temperature', temperature)}: expected a finite number >= 0 (1 = the prior "
                           "itself, 0 = its mode)")
     if temperature is not None and from_data:  # (the CLI says so first; Python too)
         raise ConfigError(f"{argument('temperature')} sets the prior's temperature, and {flag} draws from the "
                           "posterior q(z|x): leave one of them out")
-    if _count(steps) < 2:
+    if int_argument(steps) < 2:
         raise ConfigError(f"{argument('steps')} must be at least 2 (both ends of a path included), got {steps!r}")
-    if label is not None and _count(label) != label:  # (an int class id; a float or a string is refused)
+    if label is not None and int_argument(label) != label:  # (an int class id; a float or a string is refused)
         raise ConfigError(f"{argument('label', label)}: expected an int class id, got {type(label).__name__}")
     output = Path(output)
     as_array = output.suffix.lower() == ".npz"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
@@ -26,7 +25,7 @@ from avade.contracts import (
     FlowModule,
     PosteriorModule,
 )
-from avade.errors import ConfigError, DataError, argument
+from avade.errors import ConfigError, DataError, argument, int_argument, real_argument
 from avade.models import codes as latent_codes
 from avade.models.likelihood import (
     discretized_logistic_log_prob,
@@ -221,7 +220,7 @@ class GenerativeModel(nn.Module):
         from it, and the latents' from the global RNG forked and re-seeded from it (then restored).
         """
         self._refuse_gan("log_likelihood")
-        if _count(importance_samples) < 1:
+        if int_argument(importance_samples) < 1:
             raise DataError(f"log_likelihood: importance_samples must be an int >= 1, got {importance_samples!r}")
         x, labels, generator = self._prepared("log_likelihood", x, labels, generator)
         with _seeded_from(generator):
@@ -297,7 +296,7 @@ class GenerativeModel(nn.Module):
         The images are checked as :meth:`log_likelihood` checks them (uint8 of the model's shape; a
         class-conditional model's labels), and the model runs in eval mode, then gets its mode back."""
         self._refuse_gan("bpd")
-        k = _count(importance_samples)
+        k = int_argument(importance_samples)
         if k < 1:
             raise DataError(f"bpd: importance_samples must be an int >= 1, got {importance_samples!r}")
         training = self.training
@@ -387,9 +386,9 @@ class GenerativeModel(nn.Module):
         """:meth:`generate`'s arguments refused in one line naming the argument (a negative or float ``n`` failed
         deep in a layer, a NaN temperature gave NaN images, and a class-conditional model without labels ran
         its untrained label-free path, silently)."""
-        if _count(n) < 0:
+        if int_argument(n) < 0:
             raise DataError(f"generate: {argument('n', n)}: expected an int >= 0")
-        if temperature is not None and not 0 <= _number(temperature) < math.inf:  # (NaN fails too)
+        if temperature is not None and not 0 <= real_argument(temperature) < math.inf:  # (NaN fails too)
             raise DataError(f"generate: {argument('temperature', temperature)}: expected a finite number >= 0 (1 = "
                             "the prior itself) or None (the recipe's model.temperature)")
         if not self.num_classes:  # (labels are ignored: an unconditional model has no use for a loader's)
@@ -411,11 +410,11 @@ class GenerativeModel(nn.Module):
         1: the prior itself); the decoder's pixel noise is drawn at its own scale, so 0 still varies. In eval mode
         (each module's own mode given back), as :meth:`encode`: a training-mode batch norm would make each image
         depend on the batch drawn with it, and update its running statistics."""
-        if _count(n) < 1:
+        if int_argument(n) < 1:
             raise DataError(f"sample: n must be an int >= 1, got {n!r}")
         n = int(n)
         if temperature is not None:
-            t = _number(temperature)
+            t = real_argument(temperature)
             if not 0 <= t < math.inf:  # (NaN fails too)
                 raise DataError(f"sample: temperature must be a finite number >= 0 (1 = the prior itself), got "
                                 f"{temperature!r}")
@@ -533,7 +532,7 @@ class GenerativeModel(nn.Module):
         ``pixel_noise`` the same pixel noise is drawn for every step of a pair, so that the frames differ by
         their latents alone (drawn from ``generator``, else from the global RNG, as :meth:`sample`'s). A
         class-conditional model takes one label per pair, used at both ends. In eval mode, as :meth:`encode`."""
-        if _count(steps) < 2:
+        if int_argument(steps) < 2:
             raise DataError(f"interpolate: steps must be an int >= 2 (both ends included), got {steps!r}")
         # (anything but a tensor is refused by the encoding, which names what images it takes)
         if isinstance(x_a, torch.Tensor) and isinstance(x_b, torch.Tensor) and x_a.shape != x_b.shape:
@@ -629,26 +628,6 @@ def _images_and_labels(batch: Any, i: int) -> tuple[Any, Any]:
     got = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
     raise DataError(f"mean_bpd: batch {i} is {got}; give batches of (uint8 images, labels), as a DataLoader of an "
                     "avade dataset yields them, or of images alone")
-
-
-def _count(value: Any) -> int:
-    """An integer argument (Python, numpy or 0-d torch integer) as an int; -1 for anything else."""
-    if isinstance(value, bool):
-        return -1
-    try:
-        return operator.index(value)
-    except TypeError:
-        return -1
-
-
-def _number(value: Any) -> float:
-    """A real argument (Python, numpy or 0-d torch number) as a float; NaN for anything else (a bool, a string)."""
-    if isinstance(value, bool | str | bytes) or (isinstance(value, torch.Tensor) and value.numel() != 1):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def takes_labels(forward_stage: Callable[..., Any]) -> bool:
