@@ -11,6 +11,7 @@ import contextvars
 import difflib
 import math
 import operator
+import os
 from collections.abc import Iterable, Iterator, Mapping
 
 
@@ -124,6 +125,19 @@ def real_argument(value: object) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return math.nan
+
+
+def minutes_setting(name: str, default: float, what: str) -> float:
+    """The positive, finite number of minutes in environment variable ``name`` (``default`` when unset or
+    blank); a :class:`ConfigError` naming the variable and ``what`` it sets otherwise."""
+    text = os.environ.get(name, "").strip()
+    try:
+        minutes = float(text) if text else default
+    except ValueError:
+        minutes = -1.0
+    if not 0 < minutes < math.inf:
+        raise ConfigError(f"{name}={text!r}: give {what} as a positive number of minutes")
+    return minutes
 
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from avade.errors import AvadeError, ConfigError, DataError
+from avade.errors import AvadeError, ConfigError, DataError, minutes_setting
 from avade.train.preemption import ignore_stop_signals
 
 
@@ -31,6 +31,22 @@ def refuse_while_a_worker_starts(what: str) -> None:
                           "start method (the default on macOS and Windows) each DataLoader worker runs the main "
                           "script again; put the script's avade calls under `if __name__ == \"__main__\":`, or "
                           "set data.num_workers = 0")
+
+
+#: How long a loader waits for its workers' next batch before taking them for stuck (minutes; environment).
+DATA_TIMEOUT_ENV = "AVADE_DATA_TIMEOUT_MIN"
+DEFAULT_DATA_TIMEOUT_MIN = 30.0
+
+
+def worker_timeout_s(num_workers: int) -> float:
+    """DataLoader's ``timeout`` for ``num_workers`` workers: ``$AVADE_DATA_TIMEOUT_MIN`` minutes (default 30) in
+    seconds, 0 without workers (a read in this process cannot be timed out). Why: a worker stuck in a dataset's
+    ``__getitem__`` (storage that stopped answering) would otherwise hold a run, and its allocation, forever
+    without a word. The time is per batch, and the workers read ahead, so it only has to exceed the slowest
+    batch's reading."""
+    if not num_workers:
+        return 0.0
+    return 60.0 * minutes_setting(DATA_TIMEOUT_ENV, DEFAULT_DATA_TIMEOUT_MIN, "the data loader's timeout")
 
 
 #: The most loader workers ``data.num_workers = "auto"`` starts (beyond it a decoded batch waits on the step).
@@ -129,7 +145,7 @@ class BatchStream:
         # An explicit generator: creating the iterator must not draw from the global RNG (exact resume).
         loader: Any = DataLoader(self.dataset, batch_sampler=_StepSampler(self, start),
                                  num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
-                                 worker_init_fn=ignore_stop_signals,
+                                 worker_init_fn=ignore_stop_signals, timeout=worker_timeout_s(workers),
                                  generator=torch.Generator().manual_seed(self.seed))
         classes = int(getattr(self.dataset, "num_classes", 0))
         for x, y in from_workers(loader):
@@ -144,7 +160,9 @@ def from_workers(loader: DataLoader) -> Generator[Any, None, None]:
     children after a SIGTERM). A worker's error that fails the iteration holds the loader's iterator in its
     traceback, so closing the generator alone would not end them. An avade error raised in a worker comes
     out as itself: torch re-raises it as "Caught DataError in DataLoader worker process 0" followed by the
-    worker's traceback, which is no one-line error."""
+    worker's traceback, which is no one-line error. A batch that does not come within the loader's
+    ``timeout`` (:func:`worker_timeout_s`) is a :class:`DataError` naming :data:`DATA_TIMEOUT_ENV`; a worker
+    still stuck when the loader ends (past DataLoader's SIGTERM, which the workers ignore) is killed."""
     if loader.num_workers:
         refuse_while_a_worker_starts("load data with workers")
     batches = iter(loader)
@@ -159,11 +177,27 @@ def from_workers(loader: DataLoader) -> Generator[Any, None, None]:
                 if unwrapped is exc:  # raised in this process (num_workers = 0): as it is, its cause kept
                     raise
                 raise unwrapped from None
+            except RuntimeError as exc:
+                if loader.timeout and str(exc).startswith("DataLoader timed out"):
+                    raise DataError(_stuck_workers(loader)) from None
+                raise
             yield batch
     finally:
         shutdown = getattr(batches, "_shutdown_workers", None)  # (the multi-process iterator's own cleanup)
         if callable(shutdown):
             shutdown()
+        for worker in getattr(batches, "_workers", ()):
+            if worker.is_alive():  # stuck in __getitem__: SIGTERM is ignored (ignore_stop_signals)
+                worker.kill()
+                worker.join(timeout=5)
+
+
+def _stuck_workers(loader: DataLoader) -> str:
+    """The one-line error of a loader whose workers sent no batch within its timeout."""
+    return (f"no batch came from the data loader's {loader.num_workers} worker process(es) in {loader.timeout / 60:g} "
+            f"minutes ({DATA_TIMEOUT_ENV}): one is stuck reading the dataset (storage that stopped answering, such as "
+            "a network file system under data.root?) and they were stopped; run again once it answers (a training "
+            f"run: with --resume), or raise {DATA_TIMEOUT_ENV} if a batch can take that long to read")
 
 
 def _from_worker(exc: AvadeError) -> AvadeError:
@@ -238,8 +272,9 @@ def _batches_of(dataset: Dataset, keep: torch.Tensor | None, n: int, batch_size:
         return
     order = keep.tolist() if keep is not None else range(n)
     sampler = [list(order[i * batch_size:(i + 1) * batch_size]) for i in which]
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=resolve_num_workers(num_workers, False, device),
-                        worker_init_fn=ignore_stop_signals)
+    workers = resolve_num_workers(num_workers, False, device)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, worker_init_fn=ignore_stop_signals,
+                        timeout=worker_timeout_s(workers))
     classes = int(getattr(dataset, "num_classes", 0))
     for i, (x, y) in zip(which, from_workers(loader), strict=True):
         y = torch.as_tensor(y)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from avade.errors import AvadeError, ConfigError
+from avade.errors import AvadeError, ConfigError, minutes_setting
 
 
 @attrs.frozen
@@ -57,14 +57,7 @@ def collective_timeout() -> datetime.timedelta:
     default 120. Rank 0 alone computes the sample metrics (FID, KID, IS, PRD, GAN-test) and writes
     checkpoints and grids while the other ranks wait in their next collective; NCCL's own default (10
     minutes) would have its watchdog abort the whole job during a long evaluation."""
-    text = os.environ.get(TIMEOUT_ENV, "").strip()
-    try:
-        minutes = float(text) if text else DEFAULT_TIMEOUT_MIN
-    except ValueError:
-        minutes = -1.0
-    if not minutes > 0 or minutes == float("inf"):
-        raise ConfigError(f"{TIMEOUT_ENV}={text!r}: give the collective timeout as a positive number of minutes")
-    return datetime.timedelta(minutes=minutes)
+    return datetime.timedelta(minutes=minutes_setting(TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN, "the collective timeout"))
 
 
 def cuda_index(local_rank: int, visible: int) -> int:

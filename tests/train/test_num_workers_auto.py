@@ -131,7 +131,7 @@ def test_evaluation_resolves_auto_with_its_device(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(
         avade.train.data,
         "DataLoader",
-        lambda *a, **k: made.append(k["num_workers"]) or loader(*a, **{**k, "num_workers": 0}),
+        lambda *a, **k: made.append(k["num_workers"]) or loader(*a, **{**k, "num_workers": 0, "timeout": 0}),
     )
     alone = list(eval_batches(_Files(), 5, num_workers=0))
     for device, expected in ((CPU, 0), (CUDA, 2)):
