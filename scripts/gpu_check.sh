@@ -59,14 +59,14 @@ PLAN=(
   "setup: $([ -n "${GPU_CHECK_PYTHON:-}" ] && echo "none: $GPU_CHECK_PYTHON as it is" && exit; [ $OFFLINE = 1 ] && echo "a venv seeing ${PYTHON:-python3}'s packages (torch), no index, wheels from ${WHEELS:-.whl}" || echo "bash scripts/setup.sh")"
   "check: torch sees a CUDA GPU; nvidia-smi and avade doctor into gpu_check.log"
   "tests: pytest -m cuda (tests/train/test_cuda_training.py: every shipped recipe, resume; tests/test_conformance.py: every registered module; tests/flows/test_cuda.py, tests/models/test_entry_devices.py, ...); none may skip"
-  "bench: python -m benchmarks --device $DEVICE ${QUICK[*]} --only train,flows,scaling (fp32; flows: eager Glow and Real-NVP in one process), then --only train --precision bf16"
+  "bench: python -m benchmarks --device $DEVICE ${QUICK[*]} --only train,flows,scaling (fp32; flows: eager Glow and Real-NVP in one process), then --only train --precision bf16 (and with train.bf16_coupling_nets=true)"
   "train: $RECIPE on $DEVICE, $STEPS steps, fp32 and bf16; fp32 again for $CUT steps, then --resume to $STEPS; fp32 once more (determinism reference)"
   "eval: avade eval --device $DEVICE (bpd) of the fp32 and bf16 runs; finite"
   "sample: avade sample --device $DEVICE --seed 3, twice to .npz (must be identical) and a PNG grid"
   "resume: (with the eval and sample checks) the resumed run's step-$STEPS weights and optimizer state must equal the uninterrupted run's, bit for bit"
   "compile: python -m benchmarks --device $DEVICE ${QUICK[*]} --only train --set train.compile=true (does compiling the networks cut the step's fixed per-step cost?)"
   "determinism: (only with --only=determinism) tests/train/test_cuda_training.py's fp32 resume test, each variant in a fresh pytest process under ${DET_LIMIT} s: alone; after tests/test_conformance.py; after every CUDA test a full pytest -m cuda runs before it; then, on the first of these two that fails: TORCH_CUDNN_V8_API_LRU_CACHE_LIMIT=1000000, TORCH_CUDNN_V8_API_DISABLED=1 (cuDNN's v7 API), AVADE_TEST_EMPTY_CACHE=1 (allocator emptied before each run), TORCH_CUDNN_V8_API_LRU_CACHE_LIMIT=-1 (no plan cache); a table (pass/fail, first differing step, keys, conv or linear) in $RESULTS/determinism.txt"
-  "results: $RESULTS (gpu_check.log, pytest_cuda.xml, smoke.json, samples.png, bench_fp32.json, bench_bf16.json, bench_compile.json$(want determinism && echo ", determinism.txt" || :)); runs in $WORK"
+  "results: $RESULTS (gpu_check.log, pytest_cuda.xml, smoke.json, samples.png, bench_fp32.json, bench_bf16.json, bench_bf16_nets.json, bench_compile.json$(want determinism && echo ", determinism.txt" || :)); runs in $WORK"
 )
 if [ $DRY = 1 ]; then
   echo "gpu_check plan (dry run: nothing executed):"
@@ -166,6 +166,8 @@ do_bench() {
   [ -n "$QUICKS" ] && quick=("$QUICKS")
   "$PY" -m benchmarks --device "$DEVICE" "${quick[@]}" --only train,flows,scaling "${flows[@]}" --out "$RESULTS/bench_fp32.json"
   "$PY" -m benchmarks --device "$DEVICE" "${quick[@]}" --only train --precision bf16 --out "$RESULTS/bench_bf16.json"
+  "$PY" -m benchmarks --device "$DEVICE" "${quick[@]}" --only train --precision bf16 \
+    --set train.bf16_coupling_nets=true --out "$RESULTS/bench_bf16_nets.json"
 }
 
 do_compile() {
@@ -385,7 +387,7 @@ else
   step check do_check 60 || { echo "gpu_check: FAILED in step \"check\"; nothing else can run" >&2; exit 1; }
   want tests && { step tests do_tests 240 || true; }
 fi
-want bench && { step bench do_bench 200 || true; }
+want bench && { step bench do_bench 260 || true; }
 want train && { step train do_train 300 || true; }
 want eval && { step eval do_eval 60 || true; }
 want sample && { step sample do_sample 60 || true; }

@@ -29,6 +29,7 @@ from avade.flows.affine_ops import affine_forward, affine_inverse
 from avade.flows.base import Flow, Shape, check_in_shape
 from avade.flows.configs import AffineCouplingConfig
 from avade.flows.st_nets import ConvST, ReferenceST, ResNetST
+from avade.nn.precision import coupling_net_precision, full_precision
 
 
 def checkerboard(h: int, w: int, parity: int) -> torch.Tensor:
@@ -149,17 +150,24 @@ class AffineCoupling(Flow):
         b, c, h, half = cond.shape
         return torch.stack(pairs, dim=-1).view(b, c, h, 2 * half)
 
+    def _st(self, inp: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """The network's raw log-scale and shift for ``inp``, in float32 (bfloat16 inside within
+        :class:`avade.nn.precision.CouplingNetsInBF16`: the affine map stays float32 either way)."""
+        with coupling_net_precision(inp):
+            out = self.net(inp) if update_stats else self.net(inp, update_stats=False)
+        return full_precision(out)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y, logdet [B])``: the transformed half (or mask region) scaled and shifted by ``net`` of the other."""
         if self.packed:
             cond, trans = self._pack(x)
-            y, logdet = affine_forward(self.net(cond), trans, self._bound())
+            y, logdet = affine_forward(self._st(cond), trans, self._bound())
             return self._unpack(cond, y), logdet
         if self.checker:
             # Zeroing log s and t on the conditioning pixels (inv_mask = 0) makes y = x there exactly.
-            return affine_forward(self.net(x * self.mask), x, self._bound(), self.inv_mask)
+            return affine_forward(self._st(x * self.mask), x, self._bound(), self.inv_mask)
         cond, trans = self._halves(x)
-        y, logdet = affine_forward(self.net(cond), trans, self._bound())
+        y, logdet = affine_forward(self._st(cond), trans, self._bound())
         return self._join(cond, y), logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
@@ -168,8 +176,8 @@ class AffineCoupling(Flow):
         # eval mode uses for the likelihood of data.
         if self.packed:
             cond, trans = self._pack(y)
-            return self._unpack(cond, affine_inverse(self.net(cond, update_stats=False), trans, self._bound()))
+            return self._unpack(cond, affine_inverse(self._st(cond, update_stats=False), trans, self._bound()))
         if self.checker:
-            return affine_inverse(self.net(y * self.mask, update_stats=False), y, self._bound(), self.inv_mask)
+            return affine_inverse(self._st(y * self.mask, update_stats=False), y, self._bound(), self.inv_mask)
         cond, trans = self._halves(y)
-        return self._join(cond, affine_inverse(self.net(cond, update_stats=False), trans, self._bound()))
+        return self._join(cond, affine_inverse(self._st(cond, update_stats=False), trans, self._bound()))

@@ -6,6 +6,7 @@ import torch
 
 from avade.flows.factor_out import SplitTransform
 from avade.flows.st_nets import zero_conv
+from avade.nn.precision import coupling_net_precision, full_precision
 
 
 class LearnedSplitPrior(SplitTransform):
@@ -26,7 +27,8 @@ class LearnedSplitPrior(SplitTransform):
                               edge_bias=edge_bias)
 
     def _mean_logs(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.conv(z1)
+        with coupling_net_precision(z1):  # (bf16 within CouplingNetsInBF16, as the coupling networks)
+            h = full_precision(self.conv(z1))
         return h[:, : self.split_channels], h[:, self.split_channels:]
 
     def forward(self, z2: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

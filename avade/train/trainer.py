@@ -43,6 +43,7 @@ from avade.models import GenerativeModel
 from avade.models.build import build_checked
 from avade.models.preprocess import to_unit
 from avade.nn import frozen
+from avade.nn.precision import Contexts, CouplingNetsInBF16
 from avade.nn.replicas import replica_statistics
 from avade.recipe.load import saved_before_hint
 from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, AbsentConfig, Recipe, refuse_a_non_recipe
@@ -194,7 +195,8 @@ class Trainer:
         self._summary_at_start = self._read_summary()
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """``train.precision = "bf16"``: bfloat16 autocast on CUDA and on CPU (flows stay float32). A CPU
+        """``train.precision = "bf16"``: bfloat16 autocast on CUDA and on CPU (flows stay float32, but for their
+        coupling networks with ``train.bf16_coupling_nets``). A CPU
         without native bf16 (AVX512-BF16 or AMX) emulates it, slower than fp32: said once, at the start."""
         if self.cfg.precision != "bf16":
             return contextlib.nullcontext()
@@ -207,7 +209,8 @@ class Trainer:
             self.console.print(f"[yellow]warning:[/] train.precision = \"bf16\": {name} has no bfloat16 tensor cores "
                                "(they came with compute capability 8.0, Ampere), so bf16 is likely slower than fp32; "
                                "set train.precision = \"fp32\"")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return Contexts(autocast, CouplingNetsInBF16()) if self.cfg.bf16_coupling_nets else autocast
 
     def _weight_average(self) -> WeightAverage | None:
         """``train.ema_decay``: the generator's weight average, continued from a resumed checkpoint's (one

@@ -96,3 +96,84 @@ def test_gpus_before_ampere_have_no_native_bf16(monkeypatch, capability, native:
     # V100 (7.0) and T4 (7.5) emulate bf16 autocast, slower than fp32; A100 (8.0) and H100/H200 (9.0) do not.
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert device_module.cuda_has_native_bf16(torch.device("cuda", 0)) is native
+
+
+# -- train.bf16_coupling_nets -----------------------------------------------------------------------------------
+
+
+def _coupling_net_dtypes(flow: torch.nn.Module) -> set[torch.dtype]:
+    """Records the output dtype of every coupling network's (and split prior's) first convolution."""
+    from avade.flows.coupling import AffineCoupling
+    from avade.flows.split_prior import LearnedSplitPrior
+
+    seen: set[torch.dtype] = set()
+    for module in flow.modules():
+        if isinstance(module, AffineCoupling | LearnedSplitPrior):
+            net = module.net if isinstance(module, AffineCoupling) else module.conv
+            conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+            conv.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+    return seen
+
+
+def test_bf16_coupling_nets_run_the_coupling_networks_in_bf16_and_the_rest_of_the_flow_in_fp32(tmp_path) -> None:
+    trainer = _trainer(tmp_path, 'train.precision="bf16"', "train.bf16_coupling_nets=true")
+    nets = _coupling_net_dtypes(trainer.model.flow)
+    flow_out: set[torch.dtype] = set()
+    flows = [m for m in trainer.model.flow.modules() if isinstance(m, Flow)]
+    for flow in flows:
+        flow.register_forward_hook(lambda _m, _i, out: flow_out.add(out[0].dtype))
+    logs = trainer.train_step(*next(trainer.stream.batches(0)))
+    assert logs["finite"] == 1.0
+    assert nets == {torch.bfloat16}
+    assert flow_out == {torch.float32}  # every flow's output, couplings included: their affine maps are fp32
+    nets.clear()
+    plain = _trainer(tmp_path / "plain", 'train.precision="bf16"')  # the default: the networks stay fp32
+    seen = _coupling_net_dtypes(plain.model.flow)
+    plain.train_step(*next(plain.stream.batches(0)))
+    assert seen == {torch.float32} and nets == set()
+
+
+def test_bf16_coupling_nets_need_bf16_precision() -> None:
+    from avade.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"bf16_coupling_nets.*train\.precision = \\?\"bf16\\?\""):
+        tiny_recipe("train.bf16_coupling_nets=true")
+
+
+def _randomized(flow: torch.nn.Module) -> torch.nn.Module:
+    """``flow`` with random weights everywhere (the zero-initialised last layers would make s = t = 0)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return flow
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("glow", {"scales": 2, "steps": 2, "hidden": 16}),
+    ("realnvp", {"scales": 2, "blocks": 1, "hidden": 16, "checkerboard": "masked"}),
+    ("realnvp", {"scales": 2, "blocks": 1, "hidden": 16, "checkerboard": "packed", "net": "reference"}),
+], ids=["glow", "realnvp masked", "realnvp packed reference"])
+def test_flows_with_bf16_coupling_nets_stay_exactly_invertible_with_the_exact_log_determinant(name, options) -> None:
+    import avade
+    from avade.nn.precision import CouplingNetsInBF16
+
+    flow = _randomized(avade.create("flow", name, in_shape=(2, 8, 8), **options)).eval()
+    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    y32, _ = flow(x)
+    # as the model calls a flow under train.precision = "bf16": autocast on, then off around the flow
+    with torch.autocast("cpu", dtype=torch.bfloat16), CouplingNetsInBF16(), torch.autocast("cpu", enabled=False):
+        y, logdet = flow(x)
+        back = flow.inverse(y)
+    assert y.dtype == logdet.dtype == back.dtype == torch.float32
+    assert not torch.allclose(y, y32, atol=1e-4)  # the networks did run in bf16: another (nearby) function
+    torch.testing.assert_close(back, x, atol=2e-5, rtol=1e-5)  # exact as the fp32 flow's (its own y32 -> x)
+    torch.testing.assert_close(flow.inverse(y32), x, atol=2e-5, rtol=1e-5)
+
+    # the log-determinant is that of the map actually computed: the Jacobian of the first sample's map
+    def one(v: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16), CouplingNetsInBF16(), torch.autocast("cpu", enabled=False):
+            return flow(v.view(1, 2, 8, 8))[0].flatten()
+
+    jac = torch.autograd.functional.jacobian(one, x[0].flatten())
+    torch.testing.assert_close(torch.linalg.slogdet(jac.double())[1].float(), logdet[0], atol=2e-3, rtol=1e-4)
