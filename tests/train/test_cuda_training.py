@@ -94,6 +94,30 @@ def test_a_bf16_step_on_cuda_is_finite_and_keeps_the_flow_in_float32(tmp_path) -
     assert math.isfinite(trainer.test_bpd())
 
 
+def test_bf16_coupling_nets_on_cuda_run_the_couplings_networks_in_bf16_and_keep_f_invertible(tmp_path) -> None:
+    from avade.flows.coupling import AffineCoupling
+    from avade.nn.precision import CouplingNetsInBF16
+
+    trainer = Trainer(tiny_recipe("train.precision=bf16", "train.bf16_coupling_nets=true", "train.steps=3",
+                                  "train.warmup_steps=0"), tmp_path, device="cuda", progress=False)
+    nets: set[torch.dtype] = set()
+    coupling = next(m for m in trainer.model.flow.modules() if isinstance(m, AffineCoupling))
+    conv = next(m for m in coupling.net.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = conv.register_forward_hook(lambda m, i, o: nets.add(o.dtype))
+    try:
+        logs = [trainer.step_once() for _ in range(3)]
+    finally:
+        hook.remove()
+    assert all(row["finite"] == 1.0 for row in logs), logs
+    assert nets == {torch.bfloat16}, nets
+    flow = trainer.model.flow.eval()
+    x = torch.randn(4, *flow.in_shape, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16), CouplingNetsInBF16(), torch.autocast("cuda", enabled=False):
+        y, _ = flow(x)
+        back = flow.inverse(y)
+    torch.testing.assert_close(back, x, atol=1e-4, rtol=1e-4)
+
+
 def test_seeded_sampling_on_cuda_repeats_itself_and_leaves_the_global_rng(tmp_path) -> None:
     trainer = Trainer(tiny_recipe("train.steps=2"), tmp_path, device="cuda", progress=False)
     trainer.fit()
