@@ -239,6 +239,7 @@ def test_doctor_json() -> None:
     assert report["versions"]["avade"] == avade.__version__
     assert report["versions"]["python"].startswith(f"{sys.version_info.major}.{sys.version_info.minor}")
     assert isinstance(report["devices"]["cuda_available"], bool) and report["devices"]["cpu_threads"] >= 1
+    assert isinstance(report["devices"]["cpu_bf16"], bool)
     loaded = {p["dist"]: p for p in report["plugins"]["loaded"]}
     assert loaded["avade"]["count"] >= 30 and report["plugins"]["failed"] == []
     datasets = {d["name"]: d for d in report["datasets"]}
@@ -981,3 +982,27 @@ def test_short_options_mean_one_thing_under_every_long_name() -> None:
             assert {"--out", "--output"} <= names["-o"], (where, names["-o"])
         if "--metrics" in names:
             assert "-m" in names["--metrics"], where
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_doctor_says_whether_bf16_pays_on_this_cpu(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    import io
+
+    from rich.console import Console
+
+    from avade.cli import doctor
+    from avade.train import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
+    found = doctor._devices()
+    assert found["cpu_bf16"] is native
+    report = {"versions": {}, "devices": {**found, "cuda_available": False}}
+    out = io.StringIO()
+    Console(file=out, width=400).print(doctor._system_panel(report))
+    expected = ('bf16 native (AVX512-BF16 or AMX): train.precision = "bf16" with train.bf16_coupling_nets' if native
+                else 'bf16 emulated (no AVX512-BF16 or AMX): keep train.precision = "fp32"')
+    assert expected in " ".join(out.getvalue().split())
+    out = io.StringIO()  # a GPU machine trains there: no CPU advice
+    Console(file=out, width=400).print(doctor._system_panel({**report, "devices": {**report["devices"],
+                                                                                   "cuda_available": True}}))
+    assert "bf16" not in out.getvalue()
