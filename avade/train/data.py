@@ -36,6 +36,9 @@ def refuse_while_a_worker_starts(what: str) -> None:
 #: How long a loader waits for its workers' next batch before taking them for stuck (minutes; environment).
 DATA_TIMEOUT_ENV = "AVADE_DATA_TIMEOUT_MIN"
 DEFAULT_DATA_TIMEOUT_MIN = 30.0
+#: The longest timeout a loader can take (its queues wait by ``poll``, in milliseconds held in a C int: some 24.8
+#: days; a longer one fails the first batch with an OverflowError). A longer setting is cut to it: as good as none.
+MAX_DATA_TIMEOUT_S = float((2**31 - 1) // 1000)
 
 
 def worker_timeout_s(num_workers: int) -> float:
@@ -43,10 +46,11 @@ def worker_timeout_s(num_workers: int) -> float:
     seconds, 0 without workers (a read in this process cannot be timed out). Why: a worker stuck in a dataset's
     ``__getitem__`` (storage that stopped answering) would otherwise hold a run, and its allocation, forever
     without a word. The time is per batch, and the workers read ahead, so it only has to exceed the slowest
-    batch's reading."""
+    batch's reading. At most :data:`MAX_DATA_TIMEOUT_S` (a larger setting, e.g. to wait for ever, is cut to it)."""
     if not num_workers:
         return 0.0
-    return 60.0 * minutes_setting(DATA_TIMEOUT_ENV, DEFAULT_DATA_TIMEOUT_MIN, "the data loader's timeout")
+    minutes = minutes_setting(DATA_TIMEOUT_ENV, DEFAULT_DATA_TIMEOUT_MIN, "the data loader's timeout")
+    return min(60.0 * minutes, MAX_DATA_TIMEOUT_S)
 
 
 #: The most loader workers ``data.num_workers = "auto"`` starts (beyond it a decoded batch waits on the step).

@@ -15,7 +15,7 @@ import torch.utils.data._utils as loader_utils
 from torch.utils.data import Dataset
 
 from avade.errors import ConfigError, DataError
-from avade.train.data import DATA_TIMEOUT_ENV, BatchStream, eval_batches, worker_timeout_s
+from avade.train.data import DATA_TIMEOUT_ENV, MAX_DATA_TIMEOUT_S, BatchStream, eval_batches, worker_timeout_s
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork-started workers")
 
@@ -94,3 +94,18 @@ def test_the_timeout_setting(monkeypatch: pytest.MonkeyPatch):
                                               "positive number of minutes$"):
             worker_timeout_s(1)
     assert not math.isnan(worker_timeout_s(0))  # (unread without workers)
+
+
+@pytest.mark.parametrize("batches", [_training_batches, _evaluation_batches], ids=["training", "evaluation"])
+def test_a_timeout_too_long_for_the_loader_waits_as_long_as_it_can(monkeypatch: pytest.MonkeyPatch, batches):
+    # A huge setting (to wait "for ever") must not fail the first batch: the loader's queues poll in milliseconds
+    # held in a C int (some 24.8 days), beyond which they raise OverflowError ("timeout is too large").
+    monkeypatch.setattr(StuckAtFive, "__getitem__", lambda self, i: (torch.full((1, 4, 4), i, dtype=torch.uint8), -1))
+    monkeypatch.setenv(DATA_TIMEOUT_ENV, "1e9")
+    assert worker_timeout_s(1) == MAX_DATA_TIMEOUT_S < 25 * 24 * 3600
+    iterator = batches()
+    try:
+        assert [x.shape[0] for x, _ in (next(iterator) for _ in range(4))] == [4, 4, 4, 4]
+    finally:
+        iterator.close()
+    assert multiprocessing.active_children() == []
