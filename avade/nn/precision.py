@@ -15,6 +15,7 @@ affine map itself stays float32.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 import torch
@@ -27,25 +28,31 @@ def full_precision(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in _HALF else t
 
 
-_coupling_nets_bf16 = False  # set within CouplingNetsInBF16
+_thread = threading.local()  # .coupling_nets_bf16: set within CouplingNetsInBF16, per thread as autocast's state
+
+
+def _nets_in_bf16() -> bool:
+    return getattr(_thread, "coupling_nets_bf16", False)
 
 
 class CouplingNetsInBF16:
     """Within: the flows' coupling networks (and Glow's split priors) run under bfloat16 autocast, on the
-    device of their input (``train.bf16_coupling_nets``). Reusable and re-entrant, like ``torch.autocast``."""
+    device of their input (``train.bf16_coupling_nets``). Reusable and re-entrant, like ``torch.autocast``, and
+    like it per thread (another thread sampling meanwhile keeps float32 networks)."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._outer: list[bool] = []
+        self._outer = threading.local()
 
     def __enter__(self) -> None:
-        global _coupling_nets_bf16
-        self._outer.append(_coupling_nets_bf16)
-        _coupling_nets_bf16 = self.enabled
+        outer = getattr(self._outer, "stack", None)
+        if outer is None:
+            outer = self._outer.stack = []
+        outer.append(_nets_in_bf16())
+        _thread.coupling_nets_bf16 = self.enabled
 
     def __exit__(self, *exc: object) -> None:
-        global _coupling_nets_bf16
-        _coupling_nets_bf16 = self._outer.pop()
+        _thread.coupling_nets_bf16 = self._outer.stack.pop()
 
 
 class Contexts:
@@ -69,6 +76,6 @@ def coupling_net_precision(x: torch.Tensor) -> contextlib.AbstractContextManager
     """The precision of a coupling network called on ``x`` inside a flow: bfloat16 autocast within
     :class:`CouplingNetsInBF16` for a float32 input, else none (float32, or float64 in exactness checks). Its
     output goes through :func:`full_precision` before the affine map."""
-    if _coupling_nets_bf16 and x.dtype == torch.float32:
+    if _nets_in_bf16() and x.dtype == torch.float32:
         return torch.autocast(x.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -177,3 +177,26 @@ def test_flows_with_bf16_coupling_nets_stay_exactly_invertible_with_the_exact_lo
 
     jac = torch.autograd.functional.jacobian(one, x[0].flatten())
     torch.testing.assert_close(torch.linalg.slogdet(jac.double())[1].float(), logdet[0], atol=2e-3, rtol=1e-4)
+
+
+def test_bf16_coupling_nets_are_per_thread_as_autocast_is() -> None:
+    import threading
+
+    from avade.nn.precision import CouplingNetsInBF16, coupling_net_precision
+
+    def net_dtype() -> torch.dtype:
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autocast("cpu", enabled=False), \
+                coupling_net_precision(torch.ones(1)):
+            return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+
+    outside: list[torch.dtype] = []
+    with CouplingNetsInBF16():
+        inside = net_dtype()
+        other = threading.Thread(target=lambda: outside.append(net_dtype()))
+        other.start()
+        other.join()
+        with CouplingNetsInBF16(False):  # re-entrant: an inner block may switch it off again
+            off = net_dtype()
+        again = net_dtype()
+    assert (inside, outside, off, again, net_dtype()) == (torch.bfloat16, [torch.float32], torch.float32,
+                                                           torch.bfloat16, torch.float32)
