@@ -27,6 +27,8 @@ CASES = {
                          "train.kl_warmup_steps=6", "model.posterior.free_bits=0.05"],
     "bf16, conditional, 2 workers": ["train.precision=bf16", "model.conditional=true", "model.posterior.norm=cwn",
                                      "model.decoder.norm=cwn", "data.num_workers=2", "data.size=20"],
+    "bf16 coupling networks, glow": ["train.precision=bf16", "train.bf16_coupling_nets=true", "model.flow.name=glow",
+                                     "model.flow.scales=2", "model.flow.steps=1", "model.flow.hidden=8"],
 }
 
 
