@@ -33,6 +33,7 @@ the error is recorded). ``--quick`` traces compiled cases with ``aot_eager`` (no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -90,6 +91,9 @@ class FlowCase:
     size: int = 32
     batch: int = 64
     compile: str = ""  # torch.compile backend for avade's flow ("" = eager); see the module docstring
+    # avade's coupling networks: "fp32", or "bf16" as `train.bf16_coupling_nets` trains them (the rest of the
+    # flow fp32, exactly invertible); normflows stays fp32, so that case is not the target's equal configuration
+    nets: str = "fp32"
 
 
 def default_cases(quick: bool) -> list[FlowCase]:
@@ -99,6 +103,8 @@ def default_cases(quick: bool) -> list[FlowCase]:
         FlowCase("glow", "glow", levels=3, steps=8, hidden=128),
         # As trained with `train.compile = true`, against normflows' faster mode (eager or compiled).
         FlowCase("glow compiled", "glow", levels=3, steps=8, hidden=128, compile="inductor"),
+        # Informational: how fast avade trains this Glow with train.bf16_coupling_nets (not judged by the target).
+        FlowCase("glow bf16 nets", "glow", levels=3, steps=8, hidden=128, nets="bf16"),
         FlowCase("realnvp", "realnvp", levels=1, steps=3, hidden=64, blocks=2, norm="weight-norm"),
         FlowCase("realnvp norm=none", "realnvp", levels=1, steps=3, hidden=64, blocks=2, norm="none"),
         # The same split with each checkerboard half packed to H x W/2: the work normflows does.
@@ -192,14 +198,27 @@ def count_params(module: nn.Module) -> int:
 
 
 def _step(model: nn.Module, log_prob: Callable[[nn.Module, torch.Tensor], torch.Tensor], x: torch.Tensor,
-          settings: Settings) -> Callable[[], None]:
+          settings: Settings, bf16_nets: bool = False) -> Callable[[], None]:
+    """One timed call: zero the gradients, ``-mean log p(x)``, backward; ``bf16_nets``: the flow as the trainer
+    runs it with ``train.bf16_coupling_nets`` (bf16 autocast, off around the flow but for its coupling networks)."""
+    from avade.nn.precision import Contexts, CouplingNetsInBF16
+
+    def mixed() -> contextlib.AbstractContextManager[Any]:
+        device = x.device.type
+        return Contexts(torch.autocast(device, dtype=torch.bfloat16), CouplingNetsInBF16(),
+                        torch.autocast(device, enabled=False))
+
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        with settings.autocast():
+        with settings.autocast(), mixed() if bf16_nets else contextlib.nullcontext():
             loss = -log_prob(model, x).mean()
         loss.backward()
 
     return step
+
+
+def _bf16_nets(side: str, case: FlowCase) -> bool:
+    return case.nets == "bf16" and side.removesuffix(COMPILED) == "avade"
 
 
 def _bpd(model: nn.Module, log_prob: Callable[[nn.Module, torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
@@ -230,7 +249,7 @@ def prepare_side(side: str, case: FlowCase, settings: Settings) -> Callable[[], 
     compiled = side.endswith(COMPILED)
     build, log_prob = SIDES[side.removesuffix(COMPILED)]
     model = build(case).to(settings.device).train()
-    step = _step(model, log_prob, flow_input(case, settings.device), settings)
+    step = _step(model, log_prob, flow_input(case, settings.device), settings, _bf16_nets(side, case))
     step()
     if compiled:
         model.compile(backend=case.compile)
@@ -314,7 +333,7 @@ def run_case(case: FlowCase, settings: Settings, baseline: bool = True) -> dict[
     isolate = settings.isolate or bool(case.compile)
     out: dict[str, Any] = {"case": asdict(case), "sides": {},
                            "timing": "isolated processes" if isolate else "one process, interleaved"}
-    steps = {name: _step(m, lp, x, settings) for name, (m, lp) in sides.items()}
+    steps = {name: _step(m, lp, x, settings, _bf16_nets(name, case)) for name, (m, lp) in sides.items()}
     for step in steps.values():
         step()  # data-dependent ActNorm init on this batch before the likelihood check
     for name, (model, log_prob) in sides.items():
@@ -425,6 +444,10 @@ def render(result: dict[str, Any]) -> list[Any]:
             k = r["check"]
             checks.append([name, a["params"], b["params"], k["param_rel_diff"], k["params_match"], a["bpd_init"],
                            b["bpd_init"], k["ll_same_order"]])
+        if r["case"].get("nets", "fp32") != "fp32":
+            notes.append(f"{name}: avade's coupling networks in {r['case']['nets']} (train.bf16_coupling_nets), its "
+                         "flow otherwise fp32 and exactly invertible; normflows fp32: not the target's equal "
+                         "configuration, not judged")
         if "normflows_modes" in r:
             seen = ", ".join(f"{side.removeprefix('normflows').strip() or 'eager'} "
                              + (f"{m['images_per_s']:.0f} img/s" if "error" not in m else f"failed ({m['error']})")

@@ -275,3 +275,24 @@ def test_set_reaches_the_benchmarked_trainer_and_its_cuda_flags_end_with_it() ->
     assert torch.backends.cudnn.benchmark is before
     assert runner.parse_args(["--set", "train.tf32=true", "--set", "train.seed=3"]).recipe_set == \
         ["train.tf32=true", "train.seed=3"]
+
+
+def test_the_bf16_nets_case_runs_avades_coupling_networks_in_bf16_and_is_not_judged() -> None:
+    from avade.flows.coupling import AffineCoupling
+
+    case = next(c for c in flows.default_cases(quick=True) if c.nets == "bf16")
+    assert flows._bf16_nets("avade", case) and not flows._bf16_nets("normflows", case)
+    model = flows.build_avade(case).train()
+    seen: set[torch.dtype] = set()
+    coupling = next(m for m in model.modules() if isinstance(m, AffineCoupling))
+    conv = next(m for m in coupling.net.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+    settings = make_settings("cpu", quick=True, warmup=0, repeats=1)
+    flows._step(model, flows.avade_log_prob, flows.flow_input(case, torch.device("cpu")), settings, True)()
+    assert seen == {torch.bfloat16}
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    results = {"benchmarks": {"flows": {"cases": {"glow": {"speedup": 1.6, "case": {"nets": "fp32"}},
+                                                  case.name: {"speedup": 1.9, "case": {"nets": "bf16"}}}}}}
+    judged = runner.targets(results, "cpu")
+    assert [t["met"] for t in judged] == [True, None]
+    assert "not judged" in judged[1]["target"] and "1.5x" not in judged[1]["target"]
