@@ -154,7 +154,7 @@ class AffineCoupling(Flow):
         """The network's raw log-scale and shift for ``inp``, in float32 (bfloat16 inside within
         :class:`avade.nn.precision.CouplingNetsInBF16`: the affine map stays float32 either way)."""
         with coupling_net_precision(inp):
-            out = self.net(inp) if update_stats else self.net(inp, update_stats=False)
+            out = self.net(inp, update_stats=update_stats)
         return full_precision(out)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

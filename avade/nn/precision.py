@@ -28,11 +28,11 @@ def full_precision(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in _HALF else t
 
 
-_thread = threading.local()  # .coupling_nets_bf16: set within CouplingNetsInBF16, per thread as autocast's state
+_thread = threading.local()  # per thread, as autocast's state: .on, and .outer (the enclosing blocks' values)
 
 
 def _nets_in_bf16() -> bool:
-    return getattr(_thread, "coupling_nets_bf16", False)
+    return getattr(_thread, "on", False)
 
 
 class CouplingNetsInBF16:
@@ -42,17 +42,13 @@ class CouplingNetsInBF16:
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._outer = threading.local()
 
     def __enter__(self) -> None:
-        outer = getattr(self._outer, "stack", None)
-        if outer is None:
-            outer = self._outer.stack = []
-        outer.append(_nets_in_bf16())
-        _thread.coupling_nets_bf16 = self.enabled
+        _thread.outer = [*getattr(_thread, "outer", []), _nets_in_bf16()]
+        _thread.on = self.enabled
 
     def __exit__(self, *exc: object) -> None:
-        _thread.coupling_nets_bf16 = self._outer.stack.pop()
+        _thread.on = _thread.outer.pop()
 
 
 class Contexts:
