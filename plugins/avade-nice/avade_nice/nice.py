@@ -18,6 +18,7 @@ from torch import nn
 
 from avade.errors import ConfigError, DataError
 from avade.nn import normed
+from avade.nn.precision import coupling_net_precision, full_precision
 from avade.schema import ge
 from avade_nice import masks
 
@@ -59,11 +60,15 @@ class AdditiveCoupling(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def shift(self, kept: torch.Tensor) -> torch.Tensor:
-        """``m(x * b) * (1 - b)``: depends on the kept half only, changes the other half only."""
-        h = kept
-        for layer in self.hidden:
-            h = F.relu(layer(h))
-        return self.out(h) * (1.0 - self.mask)
+        """``m(x * b) * (1 - b)``: depends on the kept half only, changes the other half only. ``m`` runs in
+        bfloat16 under avade's ``train.bf16_coupling_nets``; the shift is added in float32, so the coupling stays
+        exactly invertible."""
+        with coupling_net_precision(kept):
+            h = kept
+            for layer in self.hidden:
+                h = F.relu(layer(h))
+            out = self.out(h)
+        return full_precision(out) * (1.0 - self.mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.shift(x * self.mask)

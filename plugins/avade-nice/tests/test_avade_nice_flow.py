@@ -79,3 +79,21 @@ def test_readable_errors() -> None:
     flow = avade.create("flow", "nice", in_shape=(3, 8, 8))
     with pytest.raises(DataError, match="built for inputs"):
         flow(torch.zeros(1, 3, 16, 16))
+
+
+def test_bf16_coupling_nets_run_m_in_bf16_and_keep_nice_exactly_invertible() -> None:
+    from avade.nn.precision import CouplingNetsInBF16
+
+    flow = make((2, 4, 4), couplings=4, hidden=8, depth=2).float()
+    seen: set[torch.dtype] = set()
+    flow.couplings[0].out.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    y32, _ = flow(x)
+    # as avade's model calls a flow under train.precision = "bf16" with train.bf16_coupling_nets = true
+    with torch.autocast("cpu", dtype=torch.bfloat16), CouplingNetsInBF16(), torch.autocast("cpu", enabled=False):
+        y, logdet = flow(x)
+        back = flow.inverse(y)
+    assert seen == {torch.float32, torch.bfloat16}
+    assert y.dtype == back.dtype == logdet.dtype == torch.float32
+    assert not torch.allclose(y, y32, atol=1e-4)  # m ran in bf16: a nearby function
+    torch.testing.assert_close(back, x, atol=1e-5, rtol=1e-5)
