@@ -40,7 +40,6 @@ class FlowConfig:
     upcast: bool = False  # returns y in float64 whatever x's dtype
     clamp: float = 0.0  # clamps x to [-clamp, clamp] first: not invertible beyond (0: off)
     in_place: str = ""  # "forward": y computed in x's storage; "inverse": x computed in y's
-    bf16_mix: bool = False  # an identity 1x1 convolution (the map itself) opted into train.bf16_coupling_nets
 
 
 class Affine(nn.Module):
@@ -60,12 +59,6 @@ class Affine(nn.Module):
         if self.mix is not None:
             x = torch.einsum("ij,bjhw->bihw", self.mix, x)
         x = x.clamp(-self.cfg.clamp, self.cfg.clamp) if self.cfg.clamp else x
-        if self.cfg.bf16_mix:  # wrong: only a coupling's network may run in bf16, never the invertible map
-            from avade.nn.precision import coupling_net_precision, full_precision
-
-            eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device).view(x.shape[1], x.shape[1], 1, 1)
-            with coupling_net_precision(x):
-                x = full_precision(torch.nn.functional.conv2d(x, eye))
         if self.cfg.in_place == "forward" and not torch.is_grad_enabled():  # (a leaf can't be changed under autograd)
             return x.mul_(self.log_scale.exp()).add_(self.shift), self.log_scale.sum().expand(x.shape[0])
         y = x * self.log_scale.exp() + self.shift
@@ -159,13 +152,6 @@ def test_a_plugin_flow_that_works_in_float64_only_is_caught() -> None:
            r"in float32 \(as the trainer runs flows\) forward\(x\) gives y of torch.float64 and logdet of "
            r"torch.float32; both must keep x's dtype torch.float32")
     check_module("flow", Affine, FlowConfig(), name="good-affine")
-
-
-def test_a_flow_whose_invertible_map_runs_under_bf16_coupling_nets_is_caught() -> None:
-    _fails("flow", Affine, FlowConfig(bf16_mix=True), "bf16-mix",
-           r"^flow 'bf16-mix': as train.bf16_coupling_nets runs it, inverse\(forward\(x\)\) differs from x by "
-           r"[0-9.e+-]+: run only the coupling networks under coupling_net_precision and apply the map in float32 "
-           r"\(CONTRIBUTING\)$")
 
 
 def test_a_flow_invertible_only_near_zero_is_caught() -> None:

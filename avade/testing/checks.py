@@ -192,8 +192,7 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
 def _check_float32(flow: nn.Module, shape: Shape, out_shape: tuple[int, ...], what: str) -> None:
     """The checks above run in float64 (exactness); the trainer runs flows in float32: built as it builds them,
     forward and inverse work there too, keep the input's dtype, and invert to float32 precision (a constant made
-    as float64, e.g. ``torch.from_numpy(np.eye(C))`` kept as a plain attribute, fails only here); and so under
-    ``train.bf16_coupling_nets``, where only coupling networks may run in bf16."""
+    as float64, e.g. ``torch.from_numpy(np.eye(C))`` kept as a plain attribute, fails only here)."""
     x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(6)).to(
         next(iter(flow.parameters()), torch.empty(0)).device)
     flow.train()
@@ -215,28 +214,6 @@ def _check_float32(flow: nn.Module, shape: Shape, out_shape: tuple[int, ...], wh
         err = float((x_back - x).abs().max())
         if not err <= 1e-3:  # NaN fails too
             _fail(what, f"in float32 inverse(forward(x)) differs from x by {err:.2e}")
-        with _as_with_bf16_coupling_nets(x.device.type):
-            y, _ = _forward(flow, x, f"{what} (bf16 coupling networks)")
-            x_back = _call(f"{what} (bf16 coupling networks)", f"inverse(y) on y of shape {tuple(y.shape)}",
-                           cast(FlowModule, flow).inverse, y)
-        if y.dtype != x.dtype or x_back.dtype != x.dtype:  # (a tensor of x's shape: checked in float32 above)
-            _fail(what, f"as train.bf16_coupling_nets runs it, forward gives y of {y.dtype} and inverse x of "
-                        f"{x_back.dtype}; both must keep x's dtype {x.dtype}: apply the map to "
-                        "full_precision(the coupling network's output) (CONTRIBUTING)")
-        err = float((x_back - x).abs().max())
-        if not err <= 1e-3:
-            _fail(what, f"as train.bf16_coupling_nets runs it, inverse(forward(x)) differs from x by {err:.2e}: run "
-                        "only the coupling networks under coupling_net_precision and apply the map in float32 "
-                        "(CONTRIBUTING)")
-
-
-def _as_with_bf16_coupling_nets(device: str) -> Any:
-    """The precision a flow runs in under ``train.precision = "bf16"`` with ``train.bf16_coupling_nets``: bf16
-    autocast, switched off around the flow, back on inside for its coupling networks (those that opt in)."""
-    from avade.nn.precision import Contexts, CouplingNetsInBF16
-
-    return Contexts(torch.autocast(device, dtype=torch.bfloat16), CouplingNetsInBF16(),
-                    torch.autocast(device, enabled=False))
 
 
 def _check_wide_inverse(flow: nn.Module, x: torch.Tensor, what: str) -> None:
