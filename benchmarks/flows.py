@@ -92,7 +92,7 @@ class FlowCase:
     batch: int = 64
     compile: str = ""  # torch.compile backend for avade's flow ("" = eager); see the module docstring
     # avade's coupling networks: "fp32", or "bf16" as `train.bf16_coupling_nets` trains them (the rest of the
-    # flow fp32, exactly invertible); normflows stays fp32, so that case is not the target's equal configuration
+    # flow fp32: exact log-determinants); normflows stays fp32, so that case is not the target's equal configuration
     nets: str = "fp32"
 
 
@@ -446,7 +446,7 @@ def render(result: dict[str, Any]) -> list[Any]:
                            b["bpd_init"], k["ll_same_order"]])
         if r["case"].get("nets", "fp32") != "fp32":
             notes.append(f"{name}: avade's coupling networks in {r['case']['nets']} (train.bf16_coupling_nets), its "
-                         "flow otherwise fp32 and exactly invertible; normflows fp32: not the target's equal "
+                         "flow otherwise fp32 (exact log-determinants); normflows fp32: not the target's equal "
                          "configuration, not judged")
         if "normflows_modes" in r:
             seen = ", ".join(f"{side.removeprefix('normflows').strip() or 'eager'} "

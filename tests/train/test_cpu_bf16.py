@@ -153,7 +153,8 @@ def _randomized(flow: torch.nn.Module) -> torch.nn.Module:
     ("realnvp", {"scales": 2, "blocks": 1, "hidden": 16, "checkerboard": "masked"}),
     ("realnvp", {"scales": 2, "blocks": 1, "hidden": 16, "checkerboard": "packed", "net": "reference"}),
 ], ids=["glow", "realnvp masked", "realnvp packed reference"])
-def test_flows_with_bf16_coupling_nets_stay_exactly_invertible_with_the_exact_log_determinant(name, options) -> None:
+def test_shallow_flows_with_bf16_coupling_nets_invert_to_fp32_precision_with_the_exact_log_determinant(name, options
+                                                                                                    ) -> None:
     import avade
     from avade.nn.precision import CouplingNetsInBF16
 
@@ -166,7 +167,8 @@ def test_flows_with_bf16_coupling_nets_stay_exactly_invertible_with_the_exact_lo
         back = flow.inverse(y)
     assert y.dtype == logdet.dtype == back.dtype == torch.float32
     assert not torch.allclose(y, y32, atol=1e-4)  # the networks did run in bf16: another (nearby) function
-    torch.testing.assert_close(back, x, atol=2e-5, rtol=1e-5)  # exact as the fp32 flow's (its own y32 -> x)
+    # as exact as the fp32 flow's (its own y32 -> x): at this depth no network input rounds to another bf16 value
+    torch.testing.assert_close(back, x, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(flow.inverse(y32), x, atol=2e-5, rtol=1e-5)
 
     # the log-determinant is that of the map actually computed: the Jacobian of the first sample's map
@@ -199,3 +201,25 @@ def test_bf16_coupling_nets_are_per_thread_as_autocast_is() -> None:
         again = net_dtype()
     assert (inside, outside, off, again, net_dtype()) == (torch.bfloat16, [torch.float32], torch.float32,
                                                            torch.bfloat16, torch.float32)
+
+
+def test_a_deep_glow_with_bf16_coupling_nets_inverts_to_bf16_precision() -> None:
+    """In a deep flow the inverse meets each network's input to float32 precision only, which can round to another
+    bf16 value: the round trip is ~1e-3 off (README), not ~1e-6. Bounded here so that a real break shows."""
+    import avade
+    from avade.nn.precision import CouplingNetsInBF16
+
+    torch.manual_seed(0)
+    glow = avade.create("flow", "glow", in_shape=(3, 16, 16), scales=2, steps=4, hidden=32)
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    glow(x)  # actnorm's data-dependent init
+    with torch.no_grad():
+        for p in glow.parameters():
+            if not p.any():  # the zero-initialised last layers: small weights, as after some training
+                p.normal_(0.0, 0.02)
+        glow.eval()
+        exact = (glow.inverse(glow(x)[0]) - x).abs().max()
+        with torch.autocast("cpu", dtype=torch.bfloat16), CouplingNetsInBF16(), torch.autocast("cpu", enabled=False):
+            y, _ = glow(x)
+            rounded = (glow.inverse(y) - x).abs().max()
+    assert exact < 1e-4 and 1e-5 < rounded < 0.05, (exact, rounded)  # (measured: 2.4e-6 and 2.0e-3)

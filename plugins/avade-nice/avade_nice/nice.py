@@ -61,8 +61,8 @@ class AdditiveCoupling(nn.Module):
 
     def shift(self, kept: torch.Tensor) -> torch.Tensor:
         """``m(x * b) * (1 - b)``: depends on the kept half only, changes the other half only. ``m`` runs in
-        bfloat16 under avade's ``train.bf16_coupling_nets``; the shift is added in float32, so the coupling stays
-        exactly invertible."""
+        bfloat16 under avade's ``train.bf16_coupling_nets``; the shift is added in float32 (the coupling's inverse
+        recomputes it from the kept half, which it passes through unchanged)."""
         with coupling_net_precision(kept):
             h = kept
             for layer in self.hidden:

@@ -81,7 +81,7 @@ def test_readable_errors() -> None:
         flow(torch.zeros(1, 3, 16, 16))
 
 
-def test_bf16_coupling_nets_run_m_in_bf16_and_keep_nice_exactly_invertible() -> None:
+def test_bf16_coupling_nets_run_m_in_bf16_and_nice_still_inverts() -> None:
     from avade.nn.precision import CouplingNetsInBF16
 
     flow = make((2, 4, 4), couplings=4, hidden=8, depth=2).float()
