@@ -413,7 +413,8 @@ def run(settings: Settings, cases: Sequence[FlowCase] | None = None, baseline: b
     if names is not None:
         cases = [c for c in cases if c.name in names]
     result: dict[str, Any] = {"baseline": "normflows" if baseline else None, "cases": {},
-                              "isolate": settings.isolate, "malloc": settings.malloc, "quick": settings.quick}
+                              "isolate": settings.isolate, "malloc": settings.malloc, "quick": settings.quick,
+                              "precision": settings.precision}
     if not baseline:
         result["note"] = ("normflows is not installed (pip install -e '.[bench]'): avade timed alone"
                           if not have else "baseline disabled")
@@ -445,9 +446,11 @@ def render(result: dict[str, Any]) -> list[Any]:
             checks.append([name, a["params"], b["params"], k["param_rel_diff"], k["params_match"], a["bpd_init"],
                            b["bpd_init"], k["ll_same_order"]])
         if r["case"].get("nets", "fp32") != "fp32":
+            precision = result.get("precision", "fp32")  # (--precision bf16: both sides under bf16 autocast)
             notes.append(f"{name}: avade's coupling networks in {r['case']['nets']} (train.bf16_coupling_nets), its "
-                         "flow otherwise fp32 (exact log-determinants); normflows fp32: not the target's equal "
-                         "configuration, not judged")
+                         f"flow otherwise fp32 (exact log-determinants); normflows {precision}"
+                         f"{' autocast' if precision != 'fp32' else ''}: not the target's equal configuration, not "
+                         "judged")
         if "normflows_modes" in r:
             seen = ", ".join(f"{side.removeprefix('normflows').strip() or 'eager'} "
                              + (f"{m['images_per_s']:.0f} img/s" if "error" not in m else f"failed ({m['error']})")

@@ -296,3 +296,14 @@ def test_the_bf16_nets_case_runs_avades_coupling_networks_in_bf16_and_is_not_jud
     judged = runner.targets(results, "cpu")
     assert [t["met"] for t in judged] == [True, None]
     assert "not judged" in judged[1]["target"] and "1.5x" not in judged[1]["target"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_bf16_nets_case_runs_end_to_end_and_its_caption_names_the_baselines_precision(precision: str) -> None:
+    case = next(c for c in flows.default_cases(quick=True) if c.nets == "bf16")
+    settings = make_settings("cpu", quick=True, precision=precision, warmup=0, repeats=1, isolate=False)
+    result = flows.run(settings, cases=[case], baseline=False)
+    assert set(result["cases"]) == {case.name} and result["precision"] == precision
+    text = " ".join(render_text(flows.render(result)).split())
+    expected = "normflows fp32: not the target's" if precision == "fp32" else "normflows bf16 autocast: not the"
+    assert "coupling networks in bf16 (train.bf16_coupling_nets)" in text and expected in text, text

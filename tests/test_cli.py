@@ -999,8 +999,8 @@ def test_doctor_says_whether_bf16_pays_on_this_cpu(monkeypatch: pytest.MonkeyPat
     report = {"versions": {}, "devices": {**found, "cuda_available": False}}
     out = io.StringIO()
     Console(file=out, width=400).print(doctor._system_panel(report))
-    expected = ('bf16 native (AVX512-BF16 or AMX): train.precision = "bf16" with train.bf16_coupling_nets' if native
-                else 'bf16 emulated (no AVX512-BF16 or AMX): keep train.precision = "fp32"')
+    expected = ("bf16 native (AVX512-BF16 or AMX; Arm's BF16): train.precision = \"bf16\" with train.bf16_coupling_nets"
+                if native else 'bf16 emulated (no AVX512-BF16, AMX or Arm BF16): keep train.precision = "fp32"')
     assert expected in " ".join(out.getvalue().split())
     out = io.StringIO()  # a GPU machine trains there: no CPU advice
     Console(file=out, width=400).print(doctor._system_panel({**report, "devices": {**report["devices"],

@@ -283,9 +283,10 @@ def _system_panel(report: dict[str, Any]) -> Panel:
         table.add_row(key, escape(str(versions[key])) if versions.get(key) else "[red]not installed[/]")
     table.add_row("CPU", f"{dev.get('cpu_count')} cores, torch uses {dev.get('cpu_threads', '?')} threads")
     if "cpu_bf16" in dev and not dev["cuda_available"]:  # what precision to train in here
-        table.add_row("  bf16", "native (AVX512-BF16 or AMX): train.precision = \"bf16\" with train.bf16_coupling_nets "
-                                "= true steps av_ade_wg_rd 1.65x faster on an AMX Xeon (benchmarks/README.md)"
-                      if dev["cpu_bf16"] else "emulated (no AVX512-BF16 or AMX): keep train.precision = \"fp32\"")
+        native = ("native (AVX512-BF16 or AMX; Arm's BF16): train.precision = \"bf16\" with train.bf16_coupling_nets "
+                  "= true steps av_ade_wg_rd 1.65x faster on an AMX Xeon (benchmarks/README.md)")
+        emulated = "emulated (no AVX512-BF16, AMX or Arm BF16): keep train.precision = \"fp32\""
+        table.add_row("  bf16", native if dev["cpu_bf16"] else emulated)
     if dev["cuda_available"]:
         table.add_row("CUDA", f"[green]available[/] (CUDA {dev['cuda_version']}, cuDNN {dev['cudnn_version']})")
         for d in dev["devices"]:
