@@ -100,7 +100,7 @@ def targets(results: dict[str, Any], device: str, quick: bool = False, precision
             continue
         if case.get("case", {}).get("nets", "fp32") != "fp32":  # avade's nets in bf16: not equal configuration
             out.append({"target": f"flows {name}: informational (coupling networks in {case['case']['nets']}, "
-                                  "normflows fp32), not judged", "value": case["speedup"], "met": None})
+                                  f"normflows {precision}), not judged", "value": case["speedup"], "met": None})
         else:
             out.append({"target": f"flows {name}: fwd+bwd images/s >= {FLOW_SPEEDUP_TARGET}x normflows (CPU)",
                         "value": case["speedup"], "met": case["speedup"] >= FLOW_SPEEDUP_TARGET if cpu else None})

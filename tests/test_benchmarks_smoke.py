@@ -296,6 +296,8 @@ def test_the_bf16_nets_case_runs_avades_coupling_networks_in_bf16_and_is_not_jud
     judged = runner.targets(results, "cpu")
     assert [t["met"] for t in judged] == [True, None]
     assert "not judged" in judged[1]["target"] and "1.5x" not in judged[1]["target"]
+    assert "normflows fp32" in judged[1]["target"]
+    assert "normflows bf16" in runner.targets(results, "cpu", precision="bf16")[1]["target"]  # (both autocast)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
