@@ -292,9 +292,10 @@ def all_gather_bytes(blob: bytes, info: DistInfo, device: torch.device) -> list[
     length = torch.tensor([len(blob)], dtype=torch.int64, device=device)
     lengths = [torch.empty_like(length) for _ in range(info.world)]
     dist.all_gather(lengths, length)
-    size = max(int(n) for n in lengths)
+    size = max(1, *(int(n) for n in lengths))  # (one byte at least: every blob may be empty)
     padded = torch.zeros(size, dtype=torch.uint8, device=device)
-    padded[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(device)
+    if blob:  # (torch.frombuffer refuses an empty buffer)
+        padded[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(device)
     gathered = [torch.empty_like(padded) for _ in range(info.world)]
     dist.all_gather(gathered, padded)
     return [bytes(t[: int(n)].cpu().numpy()) for t, n in zip(gathered, lengths, strict=True)]

@@ -28,7 +28,7 @@ from rich.markup import escape
 from avade.atomic_files import drop_stale_temporaries, locked, naming
 from avade.contracts import ModuleLike
 from avade.data.base import class_counts, data_of_trained_model
-from avade.errors import CheckpointError, ConfigError, DataError, StoppedError, TrainingError
+from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError
 from avade.flows.batch_norm import BatchNormFlow
 from avade.losses.adversarial import (
     CollapseDetector,
@@ -102,9 +102,7 @@ class Trainer:
         with alike_on_this_node():
             self._set_up(recipe, resume)
         if self.step == 0:
-            with naming_memory("in the data-dependent initialisation (a no-grad pass on the first batch)",
-                               self._batch_fix):
-                self._data_init()
+            self._data_init_in_every_process()
         if self.dist.enabled:
             self._sync_replicas()
         # The weight average starts from the initialised (and synced) weights, or continues the checkpoint's.
@@ -489,6 +487,32 @@ class Trainer:
             disc = self.model.discriminator
             if self.adversarial and disc is not None:  # e.g. an actnorm critic initialises on real images
                 disc(to_unit(self.model.preprocess.dequantize(x, self.noise)), labels)
+
+    def _data_init_in_every_process(self) -> None:
+        """:meth:`_data_init`; under torchrun its failure in one process (an unreadable image in its first
+        batch, memory run out) becomes the whole job's, said once by rank 0 as ``rank N: <error>``: the
+        processes stop alike (a sweep's row holds that error, and its next variant starts in every process)
+        rather than the others seeing only their partner gone."""
+        failure: AvadeError | None = None
+        try:
+            with naming_memory("in the data-dependent initialisation (a no-grad pass on the first batch)",
+                               self._batch_fix):
+                self._data_init()
+        except AvadeError as exc:
+            if not self.dist.enabled:
+                raise
+            failure = exc
+        if not self.dist.enabled:
+            return
+        said = all_gather_bytes(b"" if failure is None else str(failure).encode(), self.dist, self.device)
+        first = next((rank for rank, blob in enumerate(said) if blob), None)
+        if first is None:
+            return
+        if failure is not None and first == self.dist.rank:
+            failure.every_process = True  # type: ignore[attr-defined]  # (rank 0 says it: see said_by_another_process)
+            raise failure
+        message = said[first].decode(errors="replace")
+        raise TrainingError(f"rank {first}: {message}" if first else message, every_process=True) from failure
 
     def _sync_replicas(self) -> None:
         """Data parallel: identical replicas after data-dependent initialisation (:meth:`_data_init`,

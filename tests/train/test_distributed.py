@@ -598,6 +598,23 @@ def _break_rank_1s_third_batch(rank: int) -> None:
     data.BatchStream.batches = batches
 
 
+def _break_rank_1s_first_batch(rank: int) -> None:
+    """In this (spawned) process: rank 1 alone meets an unreadable image in its first batch, which the
+    data-dependent initialisation reads before training starts (in the first run alone)."""
+    import avade.train.data as data
+    from avade.errors import DataError
+
+    original, failed = data.BatchStream.batch, []
+
+    def batch(self, step):
+        if rank == 1 and step == 0 and not failed:
+            failed.append(step)  # (once: a sweep's next variant reads its first batch)
+            raise DataError("cannot read image /data/first.png (simulated, on rank 1 only)")
+        return original(self, step)
+
+    data.BatchStream.batch = batch
+
+
 OOM_STEP = 3  # rank 1 runs out of memory at this training step, right after the checkpoint of step 2
 SAVE_DELAY_S = 3.0  # rank 0's checkpoint write, slowed: rank 1 fails before the checkpoint is in place
 
@@ -787,7 +804,8 @@ def test_processes_sharing_a_gpu_fail_with_one_line_for_the_job(tmp_path):
 def _cli_worker(rank, port, recipe, out, fail_alone, options=None, env=None):
     """``avade recipe run`` as one process of a 2-process job, its output and exit status kept per rank;
     ``fail_alone``: rank 1 alone meets an unreadable image at its third batch (``"oom"``: runs out of memory at
-    step ``OOM_STEP``, see :func:`_rank_1_runs_out_of_memory`); ``options``: the command's options (default: --out
+    step ``OOM_STEP``, see :func:`_rank_1_runs_out_of_memory`; ``"first batch"``: meets one in the batch read
+    before training, see :func:`_break_rank_1s_first_batch`); ``options``: the command's options (default: --out
     and --device cpu); ``env``: environment variables of the job."""
     _join_job(rank, port)
     os.environ["AVADE_DIST_TIMEOUT_MIN"] = "0.5"  # a hang must not outlast the test
@@ -796,6 +814,8 @@ def _cli_worker(rank, port, recipe, out, fail_alone, options=None, env=None):
 
     if fail_alone == "oom":
         _rank_1_runs_out_of_memory(rank)
+    elif fail_alone == "first batch":
+        _break_rank_1s_first_batch(rank)
     elif fail_alone:
         _break_rank_1s_third_batch(rank)
     code = None
@@ -911,6 +931,36 @@ def test_a_sweep_stopped_by_one_process_has_the_variants_row_with_that_process_s
     rows = json.loads((run / "sweep_summary.json").read_text())
     assert [row["name"] for row in rows] == ["tiny-lr0.001", "tiny-lr0.0005"], rows
     assert all("error" not in row and row["steps"] == 4 and row["bpd"] > 0 for row in rows), rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_one_process_failing_before_training_fails_the_job_alike_said_once(tmp_path, sweep):
+    # Rank 1 alone cannot read its first batch (the data-dependent initialisation, before step 1). Rank 0 must not
+    # only lose its partner: the job fails alike, rank 0 saying rank 1's error once, and a sweep's row holds it
+    # (the next variant then trains in every process, as after a divergence).
+    from avade.cli.runs import run_record
+
+    recipe = tiny_dict("train.steps=2", "train.checkpoint_every=2", "model.variant=v-ade",
+                       "model.discriminator.name=none")
+    if sweep:
+        recipe["sweep"] = {"grid": {"train.lr": [0.001, 0.0005]}}
+    output, codes = _run_cli_job(tmp_path, recipe, fail_alone="first batch")
+    error = "rank 1: cannot read image /data/first.png (simulated, on rank 1 only)"
+    assert codes == [2, 2], output
+    assert output[1].strip() == "", output[1]  # rank 0 said it
+    assert "another process" not in output[0], output[0]
+    run = max(tmp_path.glob("attempt*")) / "run"
+    if not sweep:
+        assert f"error: {error}" in output[0], output[0]
+        assert not run.exists()  # a run that could not start leaves no directory, as in one process
+        return
+    assert f"tiny-lr0.001: {error}" in output[0], output[0]
+    assert "error: 1 of 2 sweep variants failed" in output[0], output[0]
+    rows = json.loads((run / "sweep_summary.json").read_text())
+    assert [(row["name"], row.get("error")) for row in rows] == [("tiny-lr0.001", error), ("tiny-lr0.0005", None)]
+    assert rows[1]["steps"] == 2, rows
+    assert run_record(run / "tiny-lr0.001", {"train.lr": 0.001})["status"] == "failed"
 
 
 def _trainer_as_rank(tmp_path, rank: int):
