@@ -50,6 +50,8 @@ FACTORY_CONTEXT: dict[str, tuple[str, ...]] = {
 }
 ENTRY_POINT_GROUP = "avade"
 DISABLE_ENV = "AVADE_DISABLE_PLUGINS"
+# How a user gets past a broken plugin, appended to every message that blames one.
+PLUGIN_FIX_HINT = f"; fix or disable that plugin (--disable-plugins / {DISABLE_ENV})"
 BUILTIN_DIST = "avade"  # the distribution whose entry point registers the built-in components
 # Component names: lowercase words of letters and digits joined by single dashes, nothing else: names are
 # split on commas (`--metrics bpd,fid`), become parts of dotted key paths (`--set eval.fid.samples=...`),
@@ -135,8 +137,7 @@ class ComponentInfo:
         """(what, hint) for errors in a lazy reference: a plugin's is named, with how to get rid of it."""
         if self.dist in (BUILTIN_DIST, "__main__"):
             return self.qualname, ""
-        return (f"{self.qualname} (from plugin {self.provider})",
-                f"; fix or disable that plugin (--disable-plugins / {DISABLE_ENV})")
+        return f"{self.qualname} (from plugin {self.provider})", PLUGIN_FIX_HINT
 
     def load_factory(self) -> Callable[..., Any]:
         """The factory, imported now when it was registered as a ``"module:attr"`` string."""
@@ -186,6 +187,11 @@ class PluginFailure:
         if self.exception is None:
             return ""
         return "".join(traceback.format_exception(self.exception))
+
+    @property
+    def message(self) -> str:
+        """The reason and how to get past it: a user who cannot fix the plugin learns how to silence it."""
+        return self.reason + PLUGIN_FIX_HINT
 
 
 @attrs.frozen
@@ -441,7 +447,7 @@ class Registry:
         """Record a plugin that failed (``reason`` made one line) and warn once, the failure attached."""
         failure = PluginFailure(dist, entry_point, " ".join(reason.split()), exception)
         self.failures.append(failure)
-        warnings.warn(PluginWarning(f"plugin '{dist}' failed to load and is skipped: {failure.reason}", failure),
+        warnings.warn(PluginWarning(f"plugin '{dist}' failed to load and is skipped: {failure.message}", failure),
                       stacklevel=3)
 
     def load_entry_points(self, disabled: Iterable[str] = ()) -> None:

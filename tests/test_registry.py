@@ -22,6 +22,7 @@ from avade.registry import (
     DISABLE_ENV,
     KINDS,
     NAME_PATTERN,
+    PLUGIN_FIX_HINT,
     PluginFailure,
     PluginWarning,
     Registry,
@@ -175,6 +176,7 @@ def test_a_plugin_with_a_comma_in_a_name_is_skipped_with_one_warning() -> None:
     (message,) = plugin_warnings(record)
     assert message.startswith("plugin 'pw-dist' failed to load and is skipped: invalid component name 'pw,two'")
     assert NAME_PATTERN in message and "\n" not in message
+    assert message.endswith(PLUGIN_FIX_HINT), message  # how to get past it: a user may not be able to fix it
     assert message.count("pw-dist") == 1, message
     assert ("metric", "pw-one") not in registry and registry.list() == []
     assert [f.dist for f in registry.failures] == ["pw-dist"]

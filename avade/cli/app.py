@@ -368,7 +368,7 @@ def list_components(
         hint = f"; to list every {bare}, use --kind {bare}" if bare in registry.kinds() and kind is None else ""
         err.print(f"no component name matches {escape(pattern)!r}{escape(hint)}", highlight=False)
     for failure in registry.failures:
-        err.print(f"[yellow]plugin {escape(failure.dist)} not loaded:[/] {escape(failure.reason)}", highlight=False)
+        err.print(f"[yellow]plugin {escape(failure.dist)} not loaded:[/] {escape(failure.message)}", highlight=False)
         _plugin_traceback(failure)
 
 
