@@ -151,6 +151,9 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
                     f"{(x.shape[0], *out_shape)} (a flow used as model.flow keeps x's shape)")
     if tuple(logdet.shape) != (x.shape[0],):
         _fail(what, f"logdet has shape {tuple(logdet.shape)}, expected [batch] = ({x.shape[0]},)")
+    if y.dtype != x.dtype or logdet.dtype != x.dtype:  # else the exactness checks below fail, blaming the inverse
+        _fail(what, f"forward(x) on x of {x.dtype} gives y of {y.dtype} and logdet of {logdet.dtype}; both must keep "
+                    "x's dtype: no fixed .float() or tensors made without dtype=x.dtype")
     for label, t in (("forward's output", y), ("logdet", logdet)):
         if not torch.isfinite(t).all():
             _fail(what, f"{label} is not finite (NaN or inf) for standard normal inputs")
@@ -159,8 +162,9 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
     if not torch.equal(y.detach(), y_before):
         _fail(what, "inverse(y) changed its input y in place (sub_, mul_, y[...] = ...); the caller still uses y: "
                     "compute x in new tensors")
-    if not isinstance(x_back, torch.Tensor) or x_back.shape != x.shape:
-        _fail(what, f"inverse(y) must return x's shape {tuple(x.shape)}, got {_shape(x_back)}")
+    if not isinstance(x_back, torch.Tensor) or x_back.shape != x.shape or x_back.dtype != x.dtype:
+        _fail(what, f"inverse(y) must return x's shape {tuple(x.shape)} and dtype {x.dtype}, got {_shape(x_back)}"
+                    + (f" of {x_back.dtype}" if isinstance(x_back, torch.Tensor) else ""))
     err = float((x_back - x).detach().abs().max())
     if not err <= 1e-8:  # NaN fails too
         _fail(what, f"inverse(forward(x)) differs from x by {err:.2e} (float64)")
