@@ -762,6 +762,20 @@ def test_recipe_keys_lists_every_section_key_with_its_help() -> None:
     assert result.exit_code == 2 and "no recipe section 'trian'" in result.output
 
 
+@pytest.mark.parametrize(("section", "pointer"), [
+    ("model.flow", "list-components --kind flow --json --schema"),
+    ("model.discriminator", "list-components --kind discriminator --json --schema"),
+    ("eval.fid", "list-components fid --kind metric --json --schema"),
+    ("data.name", "list-components --kind dataset --json --schema")])
+def test_recipe_keys_of_a_component_table_points_at_the_components_schema(section: str, pointer: str) -> None:
+    # a component's keys are its own (they depend on its name): where they are listed, not "no recipe section"
+    result = run("recipe", "keys", section)
+    assert result.exit_code == 2, result.output
+    assert f"error: '{section}' holds a " in result.output and pointer in " ".join(result.output.split())
+    assert run(*pointer.split()).exit_code == 0
+    assert "no recipe section 'model.bogus'" in run("recipe", "keys", "model.bogus").output
+
+
 @attrs.define
 class _NoResolutionConfig:
     side: int = 8

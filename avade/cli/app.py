@@ -542,6 +542,13 @@ def recipe_keys(
                   row("combos", "list of tables", "explicit variants, each a table of dotted key -> value")],
     }
     if section is not None and section not in sections:
+        head, _, slot = section.partition(".")
+        kind = (MODEL_COMPONENTS.get(slot) if head == "model" else "metric" if head == "eval" and slot else
+                "dataset" if section == "data.name" else None)
+        if kind is not None:  # a component's keys are its own, not the recipe's
+            name = f"{slot} " if kind == "metric" else ""  # ([eval.fid] is fid's: the others depend on name =)
+            raise ConfigError(f"{section!r} holds a {kind} component's own keys: see avade list-components {name}"
+                              f"--kind {kind} --json --schema")
         raise ConfigError(f"no recipe section {section!r}; choose one of {', '.join(sections)}")
     chosen = {section: sections[section]} if section else sections
     if as_json:
