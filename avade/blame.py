@@ -1,4 +1,5 @@
-"""Which plugin an unexpected exception came from: its traceback's innermost frame in a plugin's code.
+"""Whose an unexpected exception is: a plugin's (its traceback's innermost frame in a plugin's code), or a broken
+installation's (it was raised while a package was being imported).
 
 A component that raises while a model is checked, trained or evaluated would otherwise surface as
 avade's own "internal error"; the message names the plugin (and the component, when the frame lies in
@@ -11,7 +12,7 @@ from types import TracebackType
 
 from avade.registry import BUILTIN_DIST, ComponentInfo, Registry, get_registry
 
-__all__ = ["plugin_at_fault"]
+__all__ = ["broken_import", "plugin_at_fault"]
 
 
 def _module_of(info: ComponentInfo) -> str | None:
@@ -61,4 +62,19 @@ def plugin_at_fault(exc: BaseException, registry: Registry | None = None) -> str
             if exact and len({i.name for i in exact}) == 1:
                 return f"{exact[0].qualname} (from plugin {exact[0].provider})"
             return f"plugin {found[0].provider}"
+    return ""
+
+
+def broken_import(exc: BaseException) -> str:
+    """``"torch"`` when ``exc`` arose while that third-party package was being imported (the outermost frame
+    running a module's top-level code that is neither avade's nor the script's): a broken installation (a
+    missing or mismatched shared library, a half-finished upgrade), not avade's bug; "" otherwise."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        name = str(frame.f_globals.get("__name__", ""))
+        top = name.split(".", 1)[0]
+        if frame.f_code.co_name == "<module>" and top not in (BUILTIN_DIST, "__main__", ""):
+            return top
+        tb = tb.tb_next
     return ""

@@ -7,6 +7,7 @@ exit status stays the same, so scripts can tell a user error from a bug with or 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -124,7 +125,7 @@ class _Group(typer.core.TyperGroup):
             sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush at exit
             raise typer.Exit(0) from None
         except StoppedError as exc:  # the conventional exit status of a process ended by that signal
-            from avade.train.distributed import is_main_process
+            from avade.train.ranks import is_main_process
 
             code = 128 + signal.Signals[exc.signal_name]
             if not is_main_process():  # under torchrun rank 0 says it once for the job
@@ -132,13 +133,13 @@ class _Group(typer.core.TyperGroup):
             _fail(str(exc), code)
         except AvadeError as exc:
             _debug_traceback()
-            from avade.train.distributed import said_by_another_process
+            from avade.train.ranks import said_by_another_process
 
             if said_by_another_process(exc):  # under torchrun: said once for the job (or the node), not N times
                 raise typer.Exit(2) from None
             _fail(str(exc), 2)
         except KeyboardInterrupt:
-            from avade.train.distributed import is_main_process
+            from avade.train.ranks import is_main_process
 
             if not is_main_process():  # Ctrl-C reaches every process of a torchrun job (and torchrun passes it
                 raise typer.Exit(130) from None  # on again): rank 0 says it once for the job
@@ -151,24 +152,49 @@ class _Group(typer.core.TyperGroup):
             if type(exc).__module__.split(".")[0] in ("typer", "click"):
                 raise
             _debug_traceback()
-            from avade.train.distributed import job_failure
+            _fail(*_unexpected(exc))
 
-            failure = job_failure(exc)  # another process's failure (it says why), or a collective timed out
-            if failure is not None:
-                _fail(failure, 1)
-            from avade.memory import GENERAL_FIX, as_out_of_memory
 
-            memory = as_out_of_memory(exc, "", GENERAL_FIX)  # (where no command said what it was doing)
-            if memory is not None:  # a GPU's or the host's: the machine's limit, not avade's bug
-                _fail(str(memory), 2)
-            from avade.blame import plugin_at_fault
-            from avade.registry import DISABLE_ENV
+def _unexpected(exc: Exception) -> tuple[str, int]:
+    """The one line (and exit status) for an exception no command named: whose it is when that can be told
+    (another torchrun process's, the machine's memory, a plugin's, a broken installation's), else avade's bug.
+    Each of those guesses may itself fail (torch half imported): the exception is never hidden by the
+    handler's own."""
+    from avade.train.ranks import job_failure
 
-            culprit = plugin_at_fault(exc)
-            if culprit:  # not avade's bug: name whose it is
-                _fail(f"{culprit} failed: {type(exc).__name__}: {exc}; fix or disable that plugin (--disable-plugins "
-                      f"/ {DISABLE_ENV}; {_traceback_hint()})", 1)
-            _fail(f"internal error: {type(exc).__name__}: {exc} ({_traceback_hint()} and please report it)", 1)
+    failure = job_failure(exc)  # another process's failure (it says why), or a collective timed out
+    if failure is not None:
+        return failure, 1
+    with contextlib.suppress(Exception):
+        from avade.memory import GENERAL_FIX, as_out_of_memory
+
+        memory = as_out_of_memory(exc, "", GENERAL_FIX)  # (where no command said what it was doing)
+        if memory is not None:  # a GPU's or the host's: the machine's limit, not avade's bug
+            return str(memory), 2
+    from avade.blame import broken_import, plugin_at_fault
+    from avade.registry import DISABLE_ENV
+
+    culprit = plugin_at_fault(exc)
+    if culprit:  # not avade's bug: name whose it is
+        return (f"{culprit} failed: {type(exc).__name__}: {exc}; fix or disable that plugin (--disable-plugins "
+                f"/ {DISABLE_ENV}; {_traceback_hint()})"), 1
+    package = broken_import(exc)
+    if package:
+        return (f"importing {package} failed: {type(exc).__name__}: {exc}; its installation is broken (a missing "
+                f"or mismatched library, a half-finished upgrade): reinstall it, e.g. pip install --force-reinstall "
+                f"{_distribution_of(package)} ({_traceback_hint()})"), 1
+    return f"internal error: {type(exc).__name__}: {exc} ({_traceback_hint()} and please report it)", 1
+
+
+def _distribution_of(package: str) -> str:
+    """The installed distribution that provides the top-level ``package`` (torch: ``torch``; PIL: ``pillow``)."""
+    from importlib.metadata import packages_distributions
+
+    with contextlib.suppress(Exception):
+        found = packages_distributions().get(package)
+        if found:
+            return found[0]
+    return package
 
 
 def _debug_traceback() -> None:
@@ -619,7 +645,7 @@ def evaluate(
     A sweep's --out: every variant's last checkpoint (or --only some), one row each in its sweep_eval.{json,csv}."""
     from avade.evaluate import evaluate_checkpoints, evaluate_sweep, sweep_eval_failures, sweep_runs
     from avade.evaluate.runs import evaluate_and_record
-    from avade.train.distributed import is_main_process
+    from avade.train.ranks import is_main_process
     from avade.train.run import cell_text
 
     if not is_main_process():  # single-process work: under torchrun, rank 0 does it and the others stop
@@ -718,7 +744,7 @@ def sample(
     checkpoint (or --checkpoint STEP)."""
     from avade.evaluate import sample_run
     from avade.evaluate.sampling import INTERPOLATION_STEPS
-    from avade.train.distributed import is_main_process
+    from avade.train.ranks import is_main_process
 
     if not is_main_process():  # single-process work: under torchrun, rank 0 does it and the others stop
         return

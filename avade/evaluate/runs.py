@@ -18,7 +18,7 @@ from avade.recipe.schema import LIKELIHOOD_VARIANTS
 from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
 from avade.train.data import refuse_while_a_worker_starts
-from avade.train.distributed import is_main_process
+from avade.train.ranks import is_main_process
 from avade.train.rundir import RunDir, read_json_object, write_json
 
 

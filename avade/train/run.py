@@ -36,15 +36,9 @@ from avade.recipe.write import recipe_to_dict
 from avade.train.checkpoint import list_checkpoints
 from avade.train.data import refuse_while_a_worker_starts
 from avade.train.device import global_state_kept
-from avade.train.distributed import (
-    PEER_LOST,
-    alike_on_this_node,
-    is_main_process,
-    job_failure,
-    said_by_another_process,
-    shutdown_distributed,
-)
+from avade.train.distributed import shutdown_distributed
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, stop_on_signals
+from avade.train.ranks import PEER_LOST, alike_on_this_node, is_main_process, job_failure, said_by_another_process
 from avade.train.rundir import RunDir, atomic_write_text, latest_run_dir, make_run_dir, read_json_object, write_json
 
 if TYPE_CHECKING:

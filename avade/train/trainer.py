@@ -61,7 +61,6 @@ from avade.train.device import (
 )
 from avade.train.distributed import (
     DistInfo,
-    alike_on_this_node,
     all_gather_bytes,
     all_sum,
     average_gradients,
@@ -75,6 +74,7 @@ from avade.train.logger import MetricsLogger
 from avade.train.optim import make_optimizer, total_norm
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, StopRequest, stop_on_signals
 from avade.train.provenance import component_providers
+from avade.train.ranks import alike_on_this_node
 from avade.train.rundir import RunDir, atomic_write_text, read_json_object, write_json
 from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled
 

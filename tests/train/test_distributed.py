@@ -756,8 +756,8 @@ def test_a_missing_plugins_name_keeps_the_mark_of_an_error_said_once_per_node(tm
     import json as json_module
 
     from avade.errors import ConfigError
-    from avade.train.distributed import alike_on_this_node, said_by_another_process
     from avade.train.provenance import naming_missing_plugins
+    from avade.train.ranks import alike_on_this_node, said_by_another_process
 
     state = tmp_path / "checkpoints" / "step_00000002" / "state.json"
     state.parent.mkdir(parents=True)
@@ -776,7 +776,8 @@ def _shared_gpu_worker(rank, port, out):
     import types
 
     from avade.errors import ConfigError
-    from avade.train.distributed import _refuse_shared_gpus, said_by_another_process
+    from avade.train.distributed import _refuse_shared_gpus
+    from avade.train.ranks import said_by_another_process
 
     _join_job(rank, port)
     torch.cuda.get_device_properties = lambda gpu: types.SimpleNamespace(uuid="GPU-same")
