@@ -96,6 +96,12 @@ def _test_share(path: Path, base: Path) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+def _holds_images_itself(root: Path) -> bool:
+    """Whether ``root`` holds loose images itself: an image folder. (Images only in its subfolders are not taken for
+    that: they may be classes, or other image folders beside the one data.folder names, moved or renamed.)"""
+    return root.is_dir() and has_images(root, recursive=False)
+
+
 def locate(cfg: ImageFolderConfig, split: str) -> Listing:
     """The files (and labels) of ``split``; :class:`~avade.errors.DataError` naming the folder when empty."""
     base = folder_path(cfg)
@@ -104,6 +110,13 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
         raise DataError(f"dataset '{NAME}': {base} is a file, not a folder; point data.folder (under data.root) at the "
                         "folder that holds the images")
     if not base.is_dir():
+        root = expand_root(cfg.root)
+        if not expand_root(cfg.folder).is_absolute() and _holds_images_itself(root):
+            # data.root is the folder of images itself (folder = "images" by default): "set data.root=<the
+            # folder that holds it>" would name what the user already did
+            raise DataError(f"dataset '{NAME}': {base} not found, but data.root {root} holds the images itself "
+                            f"(data.folder, here {cfg.folder!r}, is the folder of images under data.root); set "
+                            "data.folder=. to use them")
         where = "data.folder" if expand_root(cfg.folder).is_absolute() else "data.root"  # root is moot then
         raise missing_data(NAME, [base], download=False, location=where)
     if not has_images(base):  # (there, but no image in it: another format, or the images one level up)

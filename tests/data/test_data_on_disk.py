@@ -836,3 +836,21 @@ def test_tensor_dataset_labels_are_int64_whatever_dtype_they_come_in():
     ds = TensorImageDataset(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 2, 1], dtype=torch.int32),
                             num_classes=3)
     assert ds.as_tensors()[1].dtype == torch.int64 and ds.labels.tolist() == [0, 2, 1]
+
+
+def test_image_folder_root_that_is_the_image_folder_itself_says_set_folder_dot(tmp_path):
+    # data.root pointed at the images (data.folder left at "images"): "set data.root=<the folder that holds it>"
+    # would name what was already done; the fix is data.folder=.
+    save_png(tmp_path / "pics" / "0.png", rgb_images(1, 4, 4, seed=0)[0])
+    with pytest.raises(DataError, match=r"holds the images itself .* set data\.folder=\. to use them$"):
+        avade.create("dataset", "image-folder", split="train", root=str(tmp_path / "pics"), resolution=4)
+    assert len(avade.create("dataset", "image-folder", split="train", root=str(tmp_path / "pics"), folder=".",
+                            resolution=4, test_fraction=0.0)) == 1
+
+
+@pytest.mark.parametrize("depth", [("cat",), ("other", "set")])
+def test_image_folder_root_holding_images_only_in_subfolders_is_still_not_found(tmp_path, depth):
+    # (subfolders of images may be classes, or image folders beside the one data.folder names: moved or renamed)
+    save_png(tmp_path.joinpath(*depth) / "0.png", rgb_images(1, 4, 4, seed=0)[0])
+    with pytest.raises(DataError, match=r"not found \(searched: .*; set data\.root="):
+        avade.create("dataset", "image-folder", split="train", root=str(tmp_path), resolution=4)
