@@ -1141,6 +1141,29 @@ def test_a_sweep_run_again_without_resume_is_refused_before_any_variant_trains(t
         "tiny-blocks1", "tiny-blocks2", "tiny-blocks3"]
 
 
+def test_a_run_into_a_sweeps_out_and_a_sweep_into_a_run_directory_are_refused(tmp_path: Path) -> None:
+    """A folder with a recipe.toml is one run to `avade runs` and `avade eval`: a single run trained into a sweep's
+    --out hid its variants from both, and a sweep trained into a run directory hid its own."""
+    single = tiny_dict("train.steps=1", "train.checkpoint_every=1")
+    sweep = {**single, "sweep": {"grid": {"model.flow.blocks": [1, 2]}}}
+    (tmp_path / "one.toml").write_text(tomli_w.dumps(single))
+    (tmp_path / "sweep.toml").write_text(tomli_w.dumps(sweep))
+    sweep_out = tmp_path / "sweep_out"  # (the files avade reads to tell a sweep's --out, as a sweep writes them)
+    sweep_out.mkdir()
+    (sweep_out / "sweep_plan.json").write_text('{"variants": []}')
+    result, text = _invoke("recipe", "run", str(tmp_path / "one.toml"), "--out", str(sweep_out), "--device", "cpu")
+    assert result.exit_code == 2, text
+    assert f"--out {sweep_out} is a sweep's --out (it holds sweep_plan.json)" in " ".join(text.split()), text
+    assert sorted(p.name for p in sweep_out.iterdir()) == ["sweep_plan.json"]
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.toml").write_text(tomli_w.dumps(single))
+    result, text = _invoke("recipe", "run", str(tmp_path / "sweep.toml"), "--out", str(run), "--device", "cpu")
+    assert result.exit_code == 2, text
+    assert f"--out {run} holds a single run (its recipe.toml)" in " ".join(text.split()), text
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "recipe.toml"]
+
+
 def test_study_subsets_missing_data_suggests_its_own_option(tmp_path: Path) -> None:
     result, out = _invoke("study", "subsets", "--data", "cifar10", "--set", f"root={tmp_path / 'nowhere'}")
     assert result.exit_code == 2 and "--data natural-patches" in out and "--set data.name" not in out, out

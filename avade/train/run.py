@@ -64,6 +64,20 @@ def _refuse_a_file(out_dir: Path) -> None:
             break
 
 
+def _refuse_mixing_run_and_sweep(out_dir: Path, sweep: bool) -> None:
+    """A ConfigError when ``out_dir`` holds a run and a sweep is to train there, or the other way round: `avade runs`
+    and `avade eval` take a folder with a recipe.toml for one run, so the sweep's variants (or the run) would be
+    hidden from them, and the run's own files mixed with the sweep's."""
+    if sweep and RunDir(out_dir).recipe.is_file():
+        raise ConfigError(f"--out {out_dir} holds a single run (its recipe.toml), not a sweep's variants; give the "
+                          "sweep another --out (a sweep there would be hidden from `avade runs` and `avade eval`)")
+    sweep_file = next((name for name in (SWEEP_PLAN, "sweep_summary.json") if (out_dir / name).is_file()), None)
+    if not sweep and sweep_file is not None:
+        raise ConfigError(f"--out {out_dir} is a sweep's --out (it holds {sweep_file}), not a run directory; give "
+                          "this run another --out (a run there would hide the sweep's variants from `avade runs` and "
+                          "`avade eval`)")
+
+
 def _refuse_a_foreign_recipe(out_dir: Path, source: str | None) -> None:
     """A folder with a recipe.toml that is no avade run's (no checkpoints/, metrics.jsonl or summary.json
     beside it) and not the recipe being run: someone's own file, which the run's recipe.toml would replace."""
@@ -199,6 +213,7 @@ def run_recipe_file(file: str | Path, overrides: Sequence[str] = (), *, out_dir:
                     raise ConfigError(f"--resume: no earlier run of '{recipe.name}' under runs/; pass --out RUN_DIR")
                 out_dir = _new_run_dir(recipe.name)
         _refuse_a_file(out_dir)
+        _refuse_mixing_run_and_sweep(out_dir, sweep=recipe.sweep is not None)
     try:
         if recipe.sweep is None:
             # The model runs once first (likelihood, sampling, critic), as `recipe check` does: a component
