@@ -119,6 +119,19 @@ def test_the_command_shows_a_table_or_json_and_refuses_a_missing_folder(tmp_path
     assert result.exit_code == 0 and "no runs under" in result.output
 
 
+def test_the_command_in_a_folder_where_nothing_was_trained_yet_says_so(tmp_path: Path, monkeypatch) -> None:
+    # no runs/ here (a new user's first `avade runs`): not an error, as a PATH given that does not exist is
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["runs"])
+    assert result.exit_code == 0 and result.output.startswith("no runs yet: there is no runs/ folder here"), \
+        result.output
+    result = runner.invoke(app, ["runs", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == []
+    result = runner.invoke(app, ["runs", "runs"])
+    assert result.exit_code == 2 and "runs: no such folder" in result.output
+
+
 def test_a_real_run_is_listed_without_importing_torch(tmp_path: Path) -> None:
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=2", "train.checkpoint_every=1")))

@@ -440,6 +440,13 @@ def runs_overview(
     is then 1 (0 when every file was read, 2 for a PATH that is no folder)."""
     from avade.cli.runs import columns_for, find_runs, matching_keys, render, run_record
 
+    if not paths and not Path("runs").exists():  # nothing trained here yet (not a mistyped PATH): no error
+        if as_json:
+            _print_json([])
+        else:
+            err.print("no runs yet: there is no runs/ folder here (avade recipe run RECIPE writes its runs there); "
+                      "give PATH for runs elsewhere")
+        return
     found = find_runs(paths or [Path("runs")])
     now = time.time()
     records = [run_record(run, axes, now) for run, axes in found]

@@ -154,10 +154,10 @@ def _train_in(recipe: Recipe, out_dir: Path, fresh: bool, resume: bool, device: 
         with stop_on_signals(announce=False, immediate=UNRESUMED_STOP if resuming else UNSTARTED_STOP):
             trainer = Trainer(recipe, out_dir, resume=resume, device=device, console=console, progress=progress)
             if trainer.dist.is_main:
-                # (one command for a job's first start and its requeues: say which this is)
-                afresh = " (--resume: no checkpoint there yet, so from step 0)" if resume and not resuming else ""
+                # (one command for a job's first start and its requeues: the trainer said which this is, "resumed
+                # from ..." or "no checkpoint in ...: starting from step 0")
                 console.print(f"[bold]{escape(recipe.name)}[/] ({recipe.variant}) -> {escape(str(out_dir))} "
-                              f"on {trainer.device}{afresh}")
+                              f"on {trainer.device}")
     except BaseException:
         drop_unstarted_run()
         raise
