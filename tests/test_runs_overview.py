@@ -27,6 +27,7 @@ def _run(root: Path, steps: int = 4, checkpoints: tuple[int, ...] = (), logged: 
                                                     "train": {"steps": steps}}))
     for step in checkpoints:
         (root / "checkpoints" / f"step_{step:08d}").mkdir(parents=True)
+        (root / "checkpoints" / f"step_{step:08d}" / "state.json").write_text(json.dumps({"step": step}))
     if logged is not None:
         lines = [json.dumps({"step": s, "loss": 1.0}) for s in range(1, logged + 1)]
         (root / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": ')  # (a line being written)
@@ -352,3 +353,21 @@ def test_the_newest_checkpoints_scores_survive_an_evaluation_of_an_older_one(tmp
     (root / "eval_checkpoints.json").write_text("{")  # damaged: named, the rest listed as ever
     (record,) = [run_record(p, a) for p, a in find_runs([tmp_path])]
     assert record["results"] == {"bpd": 5.5} and "eval_checkpoints.json" in json.dumps(record["problems"])
+
+
+def test_a_newest_checkpoint_without_its_state_json_is_named_as_eval_and_resume_refuse_it(
+        trained_sweep: Path, tmp_path: Path) -> None:
+    """(a checkpoint folder copied in part: avade runs showed the run at its step, sound, exit 0, while avade eval,
+    sample and --resume refuse that checkpoint)"""
+    sweep = shutil.copytree(trained_sweep, tmp_path / "sweep")
+    run = sorted(p for p in sweep.iterdir() if (p / "recipe.toml").is_file())[0]
+    partial = run / "checkpoints" / "step_00000003"
+    shutil.copytree(run / "checkpoints" / "step_00000002", partial)
+    (partial / "state.json").unlink()
+    result = CliRunner().invoke(app, ["runs", str(run), "--json"])
+    assert result.exit_code == 1, result.output
+    (problem,) = json.loads(result.stdout)[0]["problems"]
+    assert problem["file"] == str(partial / "state.json"), problem
+    assert problem["problem"].startswith("is missing (the checkpoint folder is incomplete"), problem
+    assert "delete step_00000003 to fall back to step_00000002" in problem["problem"], problem
+    assert CliRunner().invoke(app, ["eval", str(run), "--metrics", "bpd", "--device", "cpu"]).exit_code == 2

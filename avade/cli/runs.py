@@ -210,8 +210,9 @@ def _checkpoints(folder: Path, problems: list[tuple[Path, str]]) -> list[Path]:
 
 
 def _check_state(checkpoints: list[Path], problems: list[tuple[Path, str]]) -> None:
-    """The newest checkpoint's state.json, read as avade eval and --resume read it first (its tensors are not read,
-    nor a missing file taken for damage: ``avade eval`` says what is wrong with those)."""
+    """The newest checkpoint's state.json, read as avade eval and --resume read it first (its tensors are not read:
+    ``avade eval`` says what is wrong with those). A missing one is damage too: checkpoints are renamed into place
+    whole, so the folder was copied in part or had files deleted."""
     newest = checkpoints[-1]
     if len(checkpoints) > 1:
         fix = (f"avade eval and --resume refuse this checkpoint: delete {newest.name} to fall back to "
@@ -219,6 +220,10 @@ def _check_state(checkpoints: list[Path], problems: list[tuple[Path, str]]) -> N
     else:
         fix = f"avade eval and --resume refuse this checkpoint, the run's only one: delete {newest.name} to start over"
     path = newest / "state.json"
+    if not path.exists() and not path.is_symlink():
+        problems.append((path, f"is missing (the checkpoint folder is incomplete: copied in part, or files deleted); "
+                               f"{fix}"))
+        return
     state, problem = read_json_checked(path, dict, fix)
     step = state.get("step") if state else None
     if state is not None and (not isinstance(step, int) or isinstance(step, bool) or step != checkpoint_step(newest)):
