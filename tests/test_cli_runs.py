@@ -20,7 +20,7 @@ from tiny_recipes import tiny_dict, tiny_recipe
 from typer.testing import CliRunner
 
 from avade.cli.app import CLI_FLAGS, app
-from avade.errors import cli_flags
+from avade.errors import ConfigError, cli_flags
 from avade.metrics.features import weights_path
 from avade.train.run import write_sweep_summary
 
@@ -1154,6 +1154,11 @@ def test_a_run_into_a_sweeps_out_and_a_sweep_into_a_run_directory_are_refused(tm
     result, text = _invoke("recipe", "run", str(tmp_path / "one.toml"), "--out", str(sweep_out), "--device", "cpu")
     assert result.exit_code == 2, text
     assert f"--out {sweep_out} is a sweep's --out (it holds sweep_plan.json)" in " ".join(text.split()), text
+    assert sorted(p.name for p in sweep_out.iterdir()) == ["sweep_plan.json"]
+    from avade.train.run import run_recipe
+
+    with pytest.raises(ConfigError, match="is a sweep's --out"):  # from Python as well
+        run_recipe(tiny_recipe("train.steps=1"), sweep_out, device="cpu", progress=False)
     assert sorted(p.name for p in sweep_out.iterdir()) == ["sweep_plan.json"]
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -101,6 +101,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, dev
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)  # (a str from a notebook too)
     _refuse_a_file(out_dir)
+    _refuse_mixing_run_and_sweep(out_dir, sweep=False)  # (from Python too: a sweep's variant dirs hold no plan)
     _refuse_a_foreign_recipe(out_dir, recipe.source)
     fresh = not out_dir.exists() or out_dir in _MADE
 
