@@ -343,6 +343,20 @@ def test_recipe_check_ok() -> None:
     assert result.stdout.startswith("ok: quickstart")
 
 
+def test_recipe_check_says_what_training_would_warn_about_as_it_starts(write: Write) -> None:
+    # a hybrid recipe whose MLE warm-up is the whole run: valid (ok, exit 0), but said before the run, not only in it
+    result = run("recipe", "check", str(QUICKSTART), "--set", "train.steps=50")
+    assert result.exit_code == 0 and result.stdout.startswith("ok: quickstart"), result.output
+    assert "warning: train.warmup_steps = 100 >= train.steps = 50: the whole run is the MLE warm-up" in \
+        " ".join(result.stderr.split()), result.stderr
+    sweep = write("sweep.toml", f'extends = "{QUICKSTART.as_posix()}"\n[sweep.grid]\n"train.steps" = [50, 500]\n')
+    result = run("recipe", "check", str(sweep))
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "steps50: train.warmup_steps = 100 >= train.steps = 50" in warned[0], result.stderr
+    assert "warning" not in run("recipe", "check", str(QUICKSTART)).stderr
+
+
 def test_recipe_check_imports_neither_torchvision_nor_torchs_compiler() -> None:
     # Importing any of torchvision imports all of it (its models, ops and torch's compiler), and importing
     # torch._dynamo alone takes ~1.3 s on this CPU: checking a recipe decodes no image and compiles nothing.

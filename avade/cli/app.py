@@ -505,6 +505,12 @@ def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")]
                 raise exc.located(source=str(file)) from None
     extra = f", {len(variants)} sweep variant{'s' if len(variants) != 1 else ''}" if recipe.sweep is not None else ""
     out.print(f"[green]ok[/]: {escape(recipe.name)} ({recipe.variant} on {escape(recipe.data.options.name)}{extra})")
+    from avade.train.schedule import whole_run_warm_up
+
+    for v in variants:  # (valid, but what training would only say as it starts)
+        if odd := whole_run_warm_up(v.recipe):
+            err.print(f"[yellow]warning:[/] {escape(v.name + ': ' if recipe.sweep is not None else '')}"
+                      f"{escape(odd)}", highlight=False)
     if unrun:  # keys and values are valid, but whether the components fit the images shows only at run
         out.print(f"[yellow]note:[/] the model was not run: dataset '{escape(recipe.data.options.name)}' declares no "
                   "`resolution`, so its image shape is known only once it is loaded (`avade recipe run`)")

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from avade.recipe.schema import TrainSection
+from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, Recipe, TrainSection
 
 
 def linear_warmup(step: int, steps: int) -> float:
@@ -60,3 +60,15 @@ def schedule_changes(saved_recipe: Any, cfg: TrainSection, adversarial: bool) ->
         pairs.append(("steps", before("steps"), cfg.steps))
     return [f"{key} {old!r} -> {new!r}" if isinstance(new, str) else f"{key} {old} -> {new}"
             for key, old, new in pairs if old != new]
+
+
+def whole_run_warm_up(recipe: Recipe) -> str:
+    """What is odd about a hybrid recipe whose MLE warm-up lasts the whole run (valid, e.g. a short smoke run of a
+    paper recipe, but easy to miss), said by `avade recipe check` and as training starts; "" for any other."""
+    cfg = recipe.train
+    hybrid = recipe.variant in LIKELIHOOD_VARIANTS and recipe.variant in ADVERSARIAL_VARIANTS
+    if not hybrid or cfg.warmup_steps < cfg.steps:
+        return ""
+    return (f"train.warmup_steps = {cfg.warmup_steps} >= train.steps = {cfg.steps}: the whole run is the MLE "
+            "warm-up, so the adversarial term (L_Q) never trains the generator; lower train.warmup_steps for a "
+            "hybrid model")

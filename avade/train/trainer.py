@@ -76,7 +76,7 @@ from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, StopRequest, 
 from avade.train.provenance import component_providers
 from avade.train.ranks import alike_on_this_node
 from avade.train.rundir import RunDir, atomic_write_text, read_json_object, write_json
-from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled
+from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled, whole_run_warm_up
 
 #: how long a process other than rank 0 that fails right after a checkpoint waits for rank 0 to put it in place
 #: (to name it as what --resume goes on from)
@@ -864,11 +864,8 @@ class Trainer:
         cfg = self.cfg
         start_step = self.step
         self.close()  # step_once's batches, if any: fit reads its own
-        if self.step == 0 and self.likelihood and self.adversarial and cfg.warmup_steps >= cfg.steps \
-                and self.dist.is_main:  # (valid, e.g. a short smoke run of a paper recipe, but easy to miss)
-            self.console.print(f"[yellow]warning:[/] train.warmup_steps = {cfg.warmup_steps} >= train.steps = "
-                               f"{cfg.steps}: the whole run is the MLE warm-up, so the adversarial term (L_Q) never "
-                               "trains the generator; lower train.warmup_steps for a hybrid model")
+        if self.step == 0 and self.dist.is_main and (odd := whole_run_warm_up(self.recipe)):
+            self.console.print(f"[yellow]warning:[/] {escape(odd)}")
         # The untrained model's test BPD, so a summary shows what training bought.
         if self.likelihood and self.step == 0:
             with stop_on_signals(announce=False, immediate=UNSTARTED_STOP), \
