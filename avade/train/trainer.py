@@ -84,7 +84,11 @@ JOB_CHECKPOINT_WAIT_S = 30.0
 
 
 class Trainer:
-    """Trains one recipe into one run directory (see :mod:`avade.train.rundir`)."""
+    """Trains one recipe into one run directory (see :mod:`avade.train.rundir`).
+
+    It seeds the process's global random states (python's, numpy's, torch's: ``train.seed``), which training draws
+    from and checkpoints: a notebook that wants its own back afterwards trains through
+    :func:`avade.train.run.run_recipe`, which restores them."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, resume: bool = False, device: str | None = None,
                  console: Console | None = None, progress: bool = True) -> None:
