@@ -508,15 +508,21 @@ class Trainer:
             failure = exc
         if not self.dist.enabled:
             return
-        said = all_gather_bytes(b"" if failure is None else str(failure).encode(), self.dist, self.device)
+        # (an error without a message is still a failure: an empty blob says "this process is fine")
+        said = all_gather_bytes(b"" if failure is None else (str(failure) or type(failure).__name__).encode(),
+                                self.dist, self.device)
         first = next((rank for rank, blob in enumerate(said) if blob), None)
         if first is None:
             return
-        if failure is not None and first == self.dist.rank:
-            failure.every_process = True  # type: ignore[attr-defined]  # (rank 0 says it: see said_by_another_process)
-            raise failure
-        message = said[first].decode(errors="replace")
-        raise TrainingError(f"rank {first}: {message}" if first else message, every_process=True) from failure
+        try:
+            if failure is not None and first == self.dist.rank:
+                failure.every_process = True  # type: ignore[attr-defined]  # (rank 0 says it: said_by_another_process)
+                raise failure
+            message = said[first].decode(errors="replace")
+            raise TrainingError(f"rank {first}: {message}" if first else message, every_process=True) from failure
+        finally:  # (else failure -> its traceback -> this frame -> failure: a cycle keeping this Trainer, its model
+            del failure  # and the failed pass's tensors, a GPU's too, until the garbage collector runs, past the
+            # next sweep variant's start; as in avade.memory.naming_memory)
 
     def _sync_replicas(self) -> None:
         """Data parallel: identical replicas after data-dependent initialisation (:meth:`_data_init`,

@@ -1114,3 +1114,53 @@ def test_with_data_download_the_nodes_first_process_fetches_before_the_others_re
         assert second[0] >= first[1], "rank 1 read the data while rank 0 was still fetching it"
     else:  # nothing to fetch: no waiting
         assert second[0] < first[1]
+
+
+class _FailingInitOnRank1:
+    """Stands in for a Trainer of process 1 of a 2-process job whose data-dependent initialisation fails."""
+
+    def __init__(self, message: str) -> None:
+        self.dist = DistInfo(rank=1, world=WORLD, local_rank=1)
+        self.device = torch.device("cpu")
+        self.message = message
+
+    def _batch_fix(self) -> str:
+        return "lower data.batch_size"
+
+    def _data_init(self) -> None:
+        activations = torch.zeros(1000)  # noqa: F841 - what the failed pass holds (a GPU's memory, on CUDA)
+        from avade.errors import DataError
+
+        raise DataError(self.message)
+
+
+@pytest.mark.parametrize("message", ["cannot read image /data/first.png", ""], ids=["said", "without a message"])
+def test_a_failed_data_init_is_every_process_s_and_leaves_no_cycle_holding_the_trainer(monkeypatch, message):
+    # One process fails alone before training: an error without a message must still count as a failure (an
+    # empty blob means "fine": this process would go on untrained), and the raised error must not keep the
+    # Trainer (its model, the failed pass's tensors) alive in a cycle past a sweep's next variant's start.
+    import gc
+    import weakref
+
+    import avade.train.trainer as trainer_module
+    from avade.errors import DataError
+
+    gathered = []
+
+    def all_gather_bytes(blob, info, device):
+        gathered.append(blob)
+        return [b"", blob]  # rank 0 was fine
+
+    monkeypatch.setattr(trainer_module, "all_gather_bytes", all_gather_bytes)
+    fake = _FailingInitOnRank1(message)
+    held = weakref.ref(fake)
+    gc.disable()
+    try:
+        with pytest.raises(DataError) as caught:
+            trainer_module.Trainer._data_init_in_every_process(fake)  # type: ignore[arg-type]
+        assert caught.value.every_process  # rank 0 says it
+        assert gathered == [(message or "DataError").encode()]
+        del fake, caught
+        assert held() is None, "the failed initialisation's error keeps the Trainer alive until gc runs"
+    finally:
+        gc.enable()
