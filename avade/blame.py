@@ -67,14 +67,18 @@ def plugin_at_fault(exc: BaseException, registry: Registry | None = None) -> str
 
 def broken_import(exc: BaseException) -> str:
     """``"torch"`` when ``exc`` arose while that third-party package was being imported (the outermost frame
-    running a module's top-level code that is neither avade's nor the script's): a broken installation (a
+    importing a module that is neither avade's nor the script's): a broken installation (a
     missing or mismatched shared library, a half-finished upgrade), not avade's bug; "" otherwise."""
     tb = exc.__traceback__
     while tb is not None:
         frame = tb.tb_frame
         name = str(frame.f_globals.get("__name__", ""))
         top = name.split(".", 1)[0]
-        if frame.f_code.co_name == "<module>" and top not in (BUILTIN_DIST, "__main__", ""):
+        # An import runs the module's code with its spec in place; code run by exec() has none, e.g. the
+        # module torch.compile generates and runs (a kernel that fails to compile is no broken installation).
+        spec = frame.f_globals.get("__spec__")
+        imported = getattr(spec, "name", None) == name
+        if frame.f_code.co_name == "<module>" and imported and top not in (BUILTIN_DIST, "__main__", ""):
             return top
         tb = tb.tb_next
     return ""

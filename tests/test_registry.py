@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as metadata
 import json
 import sys
@@ -872,3 +873,23 @@ def test_an_error_in_avades_own_code_is_not_blamed_on_a_plugin_that_reuses_it() 
         assert plugin_at_fault(exc, registry) == ""
     else:
         raise AssertionError("expected an error")
+
+
+def test_a_broken_import_is_told_from_code_run_as_a_module_by_exec(tmp_path, monkeypatch) -> None:
+    # torch.compile runs the module it generates with exec(), named like torch's own
+    # (torch._inductor.runtime.compile_tasks.<hash>): a kernel failing to compile there is no broken torch to
+    # reinstall. A package whose import raises (a missing shared library) is.
+    from avade.blame import broken_import
+
+    (tmp_path / "brokenpkg").mkdir()
+    (tmp_path / "brokenpkg" / "__init__.py").write_text("from . import _lib\n")
+    (tmp_path / "brokenpkg" / "_lib.py").write_text("raise OSError('libfoo.so.1: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(OSError) as imported:
+        importlib.import_module("brokenpkg")
+    assert broken_import(imported.value) == "brokenpkg"
+
+    generated = types.ModuleType("torch._inductor.runtime.compile_tasks.cabc123")
+    with pytest.raises(RuntimeError) as executed:
+        exec(compile("raise RuntimeError('kernel compile failed')", "cabc123.py", "exec"), generated.__dict__)
+    assert broken_import(executed.value) == ""
