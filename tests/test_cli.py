@@ -790,6 +790,17 @@ def test_recipe_keys_of_a_component_table_points_at_the_components_schema(sectio
     assert "no recipe section 'model.bogus'" in run("recipe", "keys", "model.bogus").output
 
 
+@pytest.mark.parametrize("key", ["eval.every", "train.lr", "model.variant"])
+def test_recipe_keys_of_a_sections_own_key_says_which_section_lists_it(key: str) -> None:
+    # eval.every is [eval]'s own key, no metric's table (was: "see avade list-components every --kind metric")
+    result = run("recipe", "keys", key)
+    assert result.exit_code == 2, result.output
+    head = key.split(".")[0]
+    said = " ".join(result.output.split())
+    assert f"error: '{key}' is a key of section {head}, not a section: avade recipe keys {head} lists it" in said
+    assert "list-components" not in said
+
+
 @attrs.define
 class _NoResolutionConfig:
     side: int = 8

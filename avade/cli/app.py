@@ -582,12 +582,17 @@ def recipe_keys(
     }
     if section is not None and section not in sections:
         head, _, slot = section.partition(".")
-        kind = (MODEL_COMPONENTS.get(slot) if head == "model" else "metric" if head == "eval" and slot else
+        own = {r["name"] for r in sections.get(head, ())}  # (eval.every is [eval]'s key, not a metric's table)
+        kind = (MODEL_COMPONENTS.get(slot) if head == "model" else
+                "metric" if head == "eval" and slot and slot not in own else
                 "dataset" if section == "data.name" else None)
         if kind is not None:  # a component's keys are its own, not the recipe's
             name = f"{slot} " if kind == "metric" else ""  # ([eval.fid] is fid's: the others depend on name =)
             raise ConfigError(f"{section!r} holds a {kind} component's own keys: see avade list-components {name}"
                               f"--kind {kind} --json --schema")
+        if slot in own:
+            raise ConfigError(f"{section!r} is a key of section {head}, not a section: avade recipe keys {head} "
+                              "lists it")
         raise ConfigError(f"no recipe section {section!r}; choose one of {', '.join(sections)}")
     chosen = {section: sections[section]} if section else sections
     if as_json:
