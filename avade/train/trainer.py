@@ -502,7 +502,8 @@ class Trainer:
             with naming_memory("in the data-dependent initialisation (a no-grad pass on the first batch)",
                                self._batch_fix):
                 self._data_init()
-        except AvadeError as exc:
+        except (TrainingError, ConfigError, DataError, OutOfMemory) as exc:  # (what a sweep takes for a variant's
+            # failure and goes on past: any other error stops this process's sweep, so it must stop the others')
             if not self.dist.enabled:
                 raise
             failure = exc
