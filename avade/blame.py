@@ -65,13 +65,17 @@ def plugin_at_fault(exc: BaseException, registry: Registry | None = None) -> str
     return ""
 
 
-def broken_import(exc: BaseException) -> str:
-    """``"torch"`` when ``exc`` arose while that third-party package was being imported (the outermost frame
-    importing a module that is neither avade's nor the script's): a broken installation (a
-    missing or mismatched shared library, a half-finished upgrade), not avade's bug; "" otherwise."""
+def broken_import(exc: BaseException) -> tuple[str, str]:
+    """``("torch", "/.../torch/__init__.py")`` when ``exc`` arose while that third-party package was being imported:
+    a broken installation (a missing or mismatched shared library, a half-finished upgrade), not avade's bug; the
+    file is the package's own (a ``torch.py`` of the user's shadowing the real one shows there). The package is
+    the innermost being imported (torchvision importing a broken torch: torch); ("", "") when none was."""
+    frames = []
     tb = exc.__traceback__
     while tb is not None:
-        frame = tb.tb_frame
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
         name = str(frame.f_globals.get("__name__", ""))
         top = name.split(".", 1)[0]
         # An import runs the module's code with its spec in place; code run by exec() has none, e.g. the
@@ -79,6 +83,7 @@ def broken_import(exc: BaseException) -> str:
         spec = frame.f_globals.get("__spec__")
         imported = getattr(spec, "name", None) == name
         if frame.f_code.co_name == "<module>" and imported and top not in (BUILTIN_DIST, "__main__", ""):
-            return top
-        tb = tb.tb_next
-    return ""
+            # (the package's own file: the outermost frame of that package's code, its __init__ or module)
+            outer = next(f for f in frames if str(f.f_globals.get("__name__", "")).split(".", 1)[0] == top)
+            return top, str(outer.f_globals.get("__file__") or "")
+    return "", ""

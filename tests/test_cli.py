@@ -1051,8 +1051,8 @@ def test_doctor_says_whether_bf16_pays_on_this_cpu(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(("raised", "said", "code"), [
     ("KeyboardInterrupt", "error: interrupted", 130),
     ('ImportError("libcudnn.so.9: cannot open shared object file")',
-     "error: importing torch failed: ImportError: libcudnn.so.9: cannot open shared object file; its installation "
-     "is broken", 1)], ids=["Ctrl-C while torch is imported", "a broken torch"])
+     "error: importing torch (from {torch}) failed: ImportError: libcudnn.so.9: cannot open shared object file; "
+     "its installation is broken", 1)], ids=["Ctrl-C while torch is imported", "a broken torch"])
 def test_a_failure_while_torch_is_imported_is_one_line(tmp_path: Path, raised: str, said: str, code: int) -> None:
     # Ctrl-C in the first second of a command lands in `import torch`; the error handler must not import torch
     # again (half imported, it raises again: three tracebacks), and a broken install is no "internal error".
@@ -1063,4 +1063,4 @@ def test_a_failure_while_torch_is_imported_is_one_line(tmp_path: Path, raised: s
                             text=True, env={**os.environ, "PYTHONPATH": path}, timeout=120)
     assert result.returncode == code, result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(said), line
+    assert line.startswith(said.format(torch=tmp_path / "torch" / "__init__.py")), line

@@ -887,9 +887,14 @@ def test_a_broken_import_is_told_from_code_run_as_a_module_by_exec(tmp_path, mon
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(OSError) as imported:
         importlib.import_module("brokenpkg")
-    assert broken_import(imported.value) == "brokenpkg"
+    assert broken_import(imported.value) == ("brokenpkg", str(tmp_path / "brokenpkg" / "__init__.py"))
+    # a package importing a broken one: the broken one is named (not "reinstall the package that imported it")
+    (tmp_path / "userpkg.py").write_text("import os\nimport brokenpkg\n")
+    with pytest.raises(OSError) as nested:
+        importlib.import_module("userpkg")
+    assert broken_import(nested.value)[0] == "brokenpkg"
 
     generated = types.ModuleType("torch._inductor.runtime.compile_tasks.cabc123")
     with pytest.raises(RuntimeError) as executed:
         exec(compile("raise RuntimeError('kernel compile failed')", "cabc123.py", "exec"), generated.__dict__)
-    assert broken_import(executed.value) == ""
+    assert broken_import(executed.value) == ("", "")

@@ -178,11 +178,12 @@ def _unexpected(exc: Exception) -> tuple[str, int]:
     if culprit:  # not avade's bug: name whose it is
         return (f"{culprit} failed: {type(exc).__name__}: {exc}; fix or disable that plugin (--disable-plugins "
                 f"/ {DISABLE_ENV}; {_traceback_hint()})"), 1
-    package = broken_import(exc)
+    package, file = broken_import(exc)
     if package:
-        return (f"importing {package} failed: {type(exc).__name__}: {exc}; its installation is broken (a missing "
-                f"or mismatched library, a half-finished upgrade): reinstall it, e.g. pip install --force-reinstall "
-                f"{_distribution_of(package)} ({_traceback_hint()})"), 1
+        where = f" (from {file})" if file else ""
+        return (f"importing {package}{where} failed: {type(exc).__name__}: {exc}; its installation is broken (a "
+                f"missing or mismatched library, a half-finished upgrade): reinstall it, e.g. pip install "
+                f"--force-reinstall {_distribution_of(package)} ({_traceback_hint()})"), 1
     return f"internal error: {type(exc).__name__}: {exc} ({_traceback_hint()} and please report it)", 1
 
 
