@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import time
+import traceback
 import warnings
 import weakref
 from collections.abc import Generator
@@ -507,6 +508,11 @@ class Trainer:
             if not self.dist.enabled:
                 raise
             failure = exc
+            # the failed pass's activations, held by its frames, freed before the collective (on a GPU out of
+            # memory, NCCL's set-up at this first collective needs some back); the traceback's lines stay
+            traceback.clear_frames(exc.__traceback__)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
         if not self.dist.enabled:
             return
         # (an error without a message is still a failure: an empty blob says "this process is fine")

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import weakref
 from unittest.mock import patch
 
 import pytest
@@ -1128,7 +1129,8 @@ class _FailingInitOnRank1:
         return "lower data.batch_size"
 
     def _data_init(self) -> None:
-        activations = torch.zeros(1000)  # noqa: F841 - what the failed pass holds (a GPU's memory, on CUDA)
+        activations = torch.zeros(1000)  # what the failed pass holds (a GPU's memory, on CUDA)
+        self.activations = weakref.ref(activations)
         from avade.errors import DataError
 
         raise DataError(self.message)
@@ -1160,6 +1162,8 @@ def test_a_failed_data_init_is_every_process_s_and_leaves_no_cycle_holding_the_t
             trainer_module.Trainer._data_init_in_every_process(fake)  # type: ignore[arg-type]
         assert caught.value.every_process  # rank 0 says it
         assert gathered == [(message or "DataError").encode()]
+        # freed before the collective (NCCL's set-up after a GPU ran out), though the error is still held
+        assert fake.activations() is None, "the failed pass's tensors outlive it in the error's frames"
         del fake, caught
         assert held() is None, "the failed initialisation's error keeps the Trainer alive until gc runs"
     finally:
