@@ -39,3 +39,19 @@ def test_a_list_given_as_one_string_is_refused(tmp_path: Path) -> None:
         evaluate_run(tmp_path / "run", overrides="data.root=x")
     assert not (tmp_path / "run").exists()
     assert load_recipe(QUICKSTART, ("train.steps=3",)).train.steps == 3  # any other iterable still works
+
+
+def test_training_one_recipe_refuses_a_sweep_instead_of_training_its_base_alone(tmp_path: Path) -> None:
+    # (was: run_recipe and Trainer trained the base recipe once, none of the sweep's variants, without a word)
+    from avade.errors import ConfigError
+    from avade.recipe import expand_sweep, recipe_from_dict
+
+    sweep = recipe_from_dict({**tiny_dict("train.steps=1"), "sweep": {"grid": {"train.lr": [0.001, 0.002]}}})
+    for what, call in (("run_recipe", lambda: run_recipe(sweep, tmp_path / "run", progress=False)),
+                       ("Trainer", lambda: Trainer(sweep, tmp_path / "run", progress=False))):
+        with pytest.raises(ConfigError, match=f"^sweep: {what} trains one recipe, but this one has a \\[sweep\\].*"
+                                              "run_recipe_file.*expand_sweep"):
+            call()
+    assert not (tmp_path / "run").exists()
+    first = expand_sweep(sweep)[0].recipe  # a variant is one recipe: trained as it is
+    assert first.sweep is None and first.train.lr == 0.001

@@ -311,3 +311,13 @@ def refuse_a_non_recipe(recipe: object, what: str) -> None:
         raise TypeError(f"{what}: expected a Recipe, got {type(recipe).__name__}; make one with "
                         "avade.recipe.load_recipe(path, overrides) or avade.recipe.recipe_from_dict(d) (or train a "
                         "recipe file with avade.train.run.run_recipe_file(path, overrides, out_dir=...))")
+
+
+def refuse_a_sweep(recipe: Recipe, what: str) -> None:
+    """A ConfigError naming ``what`` when ``recipe`` has a ``[sweep]``: ``what`` trains one recipe, and would train
+    the sweep's base alone, none of its variants, without a word."""
+    if recipe.sweep is not None:
+        raise ConfigError(f"{what} trains one recipe, but this one has a [sweep], which it would leave out (training "
+                          "the base alone); train the sweep with avade.train.run.run_recipe_file(path, out_dir=...), "
+                          "or each variant of avade.recipe.expand_sweep(recipe) (variant.recipe, into a directory "
+                          "of its own)", path="sweep", source=recipe.source)

@@ -31,7 +31,7 @@ from avade.errors import (
 )
 from avade.memory import OutOfMemory
 from avade.recipe import expand_sweep, load_recipe
-from avade.recipe.schema import Recipe, refuse_a_non_recipe
+from avade.recipe.schema import Recipe, refuse_a_non_recipe, refuse_a_sweep
 from avade.recipe.write import recipe_to_dict
 from avade.train.checkpoint import list_checkpoints
 from avade.train.data import refuse_while_a_worker_starts
@@ -97,6 +97,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, dev
     TF32 and cuDNN flags training sets (``train.seed``, ``train.tf32``, ``train.cudnn_benchmark``) are put back
     afterwards."""
     refuse_a_non_recipe(recipe, "run_recipe")
+    refuse_a_sweep(recipe, "run_recipe")
     refuse_while_a_worker_starts("train")  # (before the run's lock, which the running parent holds)
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)  # (a str from a notebook too)

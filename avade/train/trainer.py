@@ -47,7 +47,14 @@ from avade.nn import frozen
 from avade.nn.precision import Contexts, CouplingNetsInBF16
 from avade.nn.replicas import replica_statistics
 from avade.recipe.load import saved_before_hint
-from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS, AbsentConfig, Recipe, refuse_a_non_recipe
+from avade.recipe.schema import (
+    ADVERSARIAL_VARIANTS,
+    LIKELIHOOD_VARIANTS,
+    AbsentConfig,
+    Recipe,
+    refuse_a_non_recipe,
+    refuse_a_sweep,
+)
 from avade.recipe.write import recipe_to_dict, recipe_to_toml
 from avade.train import checkpoint as ckpt
 from avade.train.compiling import check_compile_backend, compile_in_place, compiled
@@ -94,6 +101,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, *, resume: bool = False, device: str | None = None,
                  console: Console | None = None, progress: bool = True) -> None:
         refuse_a_non_recipe(recipe, "Trainer")
+        refuse_a_sweep(recipe, "Trainer")
         self.recipe = recipe
         self.cfg = recipe.train
         self.run = RunDir(Path(run_dir))
