@@ -55,3 +55,14 @@ def test_training_one_recipe_refuses_a_sweep_instead_of_training_its_base_alone(
     assert not (tmp_path / "run").exists()
     first = expand_sweep(sweep)[0].recipe  # a variant is one recipe: trained as it is
     assert first.sweep is None and first.train.lr == 0.001
+
+
+def test_a_dict_with_extends_is_refused_instead_of_built_from_the_defaults() -> None:
+    # (was: extends was dropped, silently: the recipe got the default model and data, not the parent's)
+    from avade.errors import ConfigError
+    from avade.recipe import recipe_from_dict
+
+    with pytest.raises(ConfigError, match=r"^extends: .*quickstart\.toml.* a dict's extends is not followed.*"
+                                          r"load_recipe\(path, overrides\)"):
+        recipe_from_dict({"extends": str(QUICKSTART), "train": {"steps": 3}})
+    assert recipe_from_dict(tiny_dict()).name == "tiny"  # a dict without it, as ever

@@ -620,7 +620,10 @@ def recipe_from_dict(raw: Mapping[str, Any], source: str | None = None, default_
         if not isinstance(raw, Mapping):
             raise ConfigError("a recipe must be a TOML table")
         raw = dict(raw)
-        raw.pop("extends", None)
+        if "extends" in raw:  # (a file's parents are merged as it is read: a dict's would be dropped, silently)
+            raise ConfigError(f"{raw['extends']!r}: a dict's extends is not followed (only a file's is, as it is "
+                              "read); load the file with avade.recipe.load_recipe(path, overrides), or merge the "
+                              "parent's table into the dict and drop extends", path="extends")
         for key in raw:
             if key not in TOP_LEVEL_KEYS:
                 raise ConfigError(f"unknown top-level key{did_you_mean(key, TOP_LEVEL_KEYS)}; valid keys: "
