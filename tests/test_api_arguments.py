@@ -66,3 +66,15 @@ def test_a_dict_with_extends_is_refused_instead_of_built_from_the_defaults() -> 
                                           r"load_recipe\(path, overrides\)"):
         recipe_from_dict({"extends": str(QUICKSTART), "train": {"steps": 3}})
     assert recipe_from_dict(tiny_dict()).name == "tiny"  # a dict without it, as ever
+
+
+@pytest.mark.parametrize("recipe", [str(QUICKSTART), QUICKSTART, tiny_dict()], ids=["str", "path", "dict"])
+def test_building_and_expanding_take_a_recipe_and_say_how_to_make_one(recipe: object) -> None:
+    # (was: AttributeError: 'dict' object has no attribute 'model' / 'str' object has no attribute 'sweep')
+    from avade.models.build import build_model
+    from avade.recipe import expand_sweep
+
+    for what, call in (("build_model", lambda: build_model(recipe)),  # type: ignore[arg-type]
+                       ("expand_sweep", lambda: expand_sweep(recipe))):  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=f"^{what}: expected a Recipe, got .*load_recipe\\(path, overrides\\)"):
+            call()

@@ -16,7 +16,7 @@ from avade.models.preprocess import Preprocess, to_unit
 from avade.nets.shapes import Shape, as_shape
 from avade.nn.layers import norm_options
 from avade.norms.cwn import ConditionalWeightNorm
-from avade.recipe.schema import AbsentConfig, ComponentRef, Recipe
+from avade.recipe.schema import AbsentConfig, ComponentRef, Recipe, refuse_a_non_recipe
 from avade.recipe.write import recipe_to_dict
 from avade.registry import get_registry
 
@@ -86,6 +86,7 @@ def build_model(recipe: Recipe, data_shape: tuple[int, int, int] | None = None,
     Either may be left out where the dataset's settings say it without loading the data: the shape from their
     ``resolution`` and ``channels`` (3 when absent), the class count from their ``num_classes`` (0 for a model
     that is not class-conditional). A ConfigError asks for what they do not say."""
+    refuse_a_non_recipe(recipe, "build_model")
     model = recipe.model
     opts = model.options
     name = recipe.data.options.name

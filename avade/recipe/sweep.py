@@ -12,7 +12,7 @@ import attrs
 
 from avade.errors import ConfigError
 from avade.recipe.load import apply_overrides, key_parts, one_line, plain_name, recipe_from_dict
-from avade.recipe.schema import Recipe
+from avade.recipe.schema import Recipe, refuse_a_non_recipe
 from avade.recipe.write import recipe_to_dict
 
 
@@ -107,6 +107,7 @@ def _sweep_base(recipe: Recipe) -> dict[str, Any]:
 
 def expand_sweep(recipe: Recipe) -> list[Variant]:
     """Every variant of ``recipe``, each validated (errors name the sweep entry)."""
+    refuse_a_non_recipe(recipe, "expand_sweep")
     if recipe.sweep is None:
         return [Variant(recipe.name, {}, recipe)]
     base = _sweep_base(recipe)
