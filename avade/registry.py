@@ -233,6 +233,8 @@ class Registry:
         ``factory(config, **context)`` builds it (``factory(**context)`` when ``config`` is None);
         ``config`` is an attrs class of its settings (defaults and types). Either may be a lazy
         ``"module:attr"`` string. ``summary`` is one line shown by ``avade list-components``.
+        Registered in-process (not by a plugin's hook), a name registered in-process before is replaced (a
+        notebook cell run again); a built-in's or a plugin's name is refused.
         """
         dist, version = self._provider
         # a plugin's failure warning names it already; one registered in-process has no name to give
@@ -271,12 +273,18 @@ class Registry:
                 return info
             if first.dist == info.dist and self._collect_conflicts:  # the plugin's own mistake, not a clash
                 raise RegistryError(f"it registers {kind} '{name}' twice; register each name once")
+            if not self._collect_conflicts:  # registered in-process (a script, a notebook)
+                if first.dist == info.dist:  # its own earlier registration: a notebook cell run again, maybe edited
+                    self._items[key] = info
+                    return info
+                if first.dist == BUILTIN_DIST:
+                    raise RegistryError(f"{kind} '{name}' is the built-in {kind}; register yours under another name")
+                raise RegistryError(f"{kind} '{name}' is plugin {first.provider}'s {kind}; register yours under "
+                                    f"another name, or disable that plugin ({DISABLE_ENV}={first.dist})")
             message = (
                 f"{kind} '{name}' is registered twice: by {first.provider} and by {info.provider}; "
                 f"uninstall one or disable it with {DISABLE_ENV}={info.dist}"
             )
-            if not self._collect_conflicts:
-                raise RegistryError(message)
             self.conflicts.setdefault(key, [first]).append(info)
             # Reported once the plugin's hook has finished: a plugin that then fails is rolled back
             # (conflict included) and gets one warning only, its failure.

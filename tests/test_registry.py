@@ -235,12 +235,29 @@ def test_direct_duplicate_registration_names_both_distributions() -> None:
     assert registry.add_plugin(plugin("first", registering("dup")), dist="first-dist", version="1.0")
     with pytest.raises(RegistryError) as info:
         registry.register("flow", "dup", factory=Toy, config=ToyConfig)
-    message = str(info.value)
-    assert "flow 'dup' is registered twice" in message
-    assert "first-dist 1.0" in message and "__main__" in message
-    assert DISABLE_ENV in message
+    assert str(info.value) == ("flow 'dup' is plugin first-dist 1.0's flow; register yours under another name, or "
+                               f"disable that plugin ({DISABLE_ENV}=first-dist)")
     # The first registration is untouched.
     assert registry.get("flow", "dup").dist == "first-dist"
+
+
+def test_registering_in_process_again_replaces_and_a_built_in_s_name_is_refused() -> None:
+    # a notebook cell run again (maybe edited) registers its name again: the new one is taken, not refused as
+    # "registered twice: by __main__ and by __main__; disable __main__"; a built-in's name is named as such
+    import avade.builtin
+
+    registry = Registry()
+    registry.add_plugin(avade.builtin, dist="avade", version="0.1.0", entry_point="avade")
+    registry.register("flow", "mine", factory=Toy, config=ToyConfig)
+
+    class Edited(Toy):
+        pass
+
+    registry.register("flow", "mine", factory=Edited, config=ToyConfig)
+    assert registry.get("flow", "mine").factory is Edited
+    with pytest.raises(RegistryError, match=r"^flow 'glow' is the built-in flow; register yours under another name$"):
+        registry.register("flow", "glow", factory=Toy, config=ToyConfig)
+    assert registry.get("flow", "glow").dist == "avade"
 
 
 def test_create_rejects_unknown_option_with_suggestion() -> None:
