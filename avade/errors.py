@@ -149,10 +149,17 @@ def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
 
 
 def refuse_a_string(value: object, what: str, example: str) -> None:
-    """A TypeError when a list of strings is given as one string (whose characters would be taken one by one)."""
+    """A TypeError when a list of strings is given as one string (whose characters would be taken one by one),
+    or as a dict (whose keys alone would be taken: ``{"train.steps": 3}``)."""
     if isinstance(value, str):
         raise TypeError(f"{what}: expected a list of strings, e.g. {example}, got the string {value!r}; put it in "
                         f"a list: [{value!r}]")
+    if isinstance(value, dict):
+        import json
+
+        items = [f"{k}={json.dumps(v)}" if "=" not in str(k) else str(k) for k, v in value.items()]
+        raise TypeError(f"{what}: expected a list of strings, e.g. {example}, got a dict; give its items as "
+                        f"strings: {items!r:.200}")
 
 
 class BusyError(AvadeError):

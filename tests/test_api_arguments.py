@@ -41,6 +41,17 @@ def test_a_list_given_as_one_string_is_refused(tmp_path: Path) -> None:
     assert load_recipe(QUICKSTART, ("train.steps=3",)).train.steps == 3  # any other iterable still works
 
 
+def test_overrides_given_as_a_dict_are_refused_with_the_list_to_give() -> None:
+    # (was: the dict's keys alone were taken: "--set expects dotted.key=value, got 'train.steps'")
+    from avade.recipe import apply_overrides
+
+    with pytest.raises(TypeError, match=r"""^load_recipe: overrides: .*got a dict; give its items as strings: """
+                                        r"""\['train.steps=3', 'data.root="/d"'\]"""):
+        load_recipe(QUICKSTART, {"train.steps": 3, "data.root": "/d"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^apply_overrides: overrides: .*got the string 'train.steps=3'"):
+        apply_overrides({}, "train.steps=3")  # type: ignore[arg-type]
+
+
 def test_training_one_recipe_refuses_a_sweep_instead_of_training_its_base_alone(tmp_path: Path) -> None:
     # (was: run_recipe and Trainer trained the base recipe once, none of the sweep's variants, without a word)
     from avade.errors import ConfigError

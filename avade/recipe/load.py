@@ -251,6 +251,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
                     origins: Origins | None = None, source: str = "--set") -> dict[str, Any]:
     """Set dotted keys in a copy of ``raw``. Setting ``<component>.name`` to another component drops
     the previous component's options."""
+    refuse_a_string(overrides, "apply_overrides: overrides", '["train.steps=100"]')
     out = copy.deepcopy(raw)
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
