@@ -1064,3 +1064,17 @@ def test_a_failure_while_torch_is_imported_is_one_line(tmp_path: Path, raised: s
     assert result.returncode == code, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(said.format(torch=tmp_path / "torch" / "__init__.py")), line
+
+
+def test_a_file_given_for_a_run_directory_names_the_run_directory(tmp_path: Path) -> None:
+    # (was: "run/recipe.toml is not a run directory (no recipe.toml)")
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (run_dir / "recipe.toml").write_text(QUICKSTART.read_text())
+    (run_dir / "checkpoints" / "step_00000002" / "state.json").write_text("{}")
+    for file in (run_dir / "recipe.toml", run_dir / "checkpoints" / "step_00000002" / "state.json"):
+        for command in (["eval", str(file), "--metrics", "bpd"], ["sample", str(file), "-o", str(tmp_path / "s.png")]):
+            line = assert_one_line_error(run(*command), f"{file} is a file, not a run directory")
+            assert line.endswith(f"pass its run directory, {run_dir}"), line
+    line = assert_one_line_error(run("eval", str(QUICKSTART)), "is a file, not a run directory")
+    assert line.endswith("pass the --out of `avade recipe run`"), line

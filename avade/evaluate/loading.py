@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 
 def not_a_run(root: Path) -> CheckpointError:
     """The error for a folder without recipe.toml; a sweep's --out (its runs one level down) names them."""
+    root = Path(root)
+    if root.is_file():  # (a run's recipe.toml or a checkpoint's file given for the run)
+        run = next((p for p in root.parents if (p / "recipe.toml").is_file()), None)
+        fix = f"pass its run directory, {run}" if run is not None else "pass the --out of `avade recipe run`"
+        return CheckpointError(f"{root} is a file, not a run directory; {fix}")
     try:
         runs = sorted(p for p in Path(root).iterdir() if (p / "recipe.toml").is_file())
     except OSError:
