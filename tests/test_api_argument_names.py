@@ -9,8 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import tomli_w
 import torch
-from tiny_recipes import tiny_recipe
+from tiny_recipes import tiny_dict, tiny_recipe
 from typer.testing import CliRunner
 
 import avade
@@ -167,3 +168,18 @@ def test_errors_stay_avade_errors_or_type_errors(run_dir: Path) -> None:
         sample_run(run_dir, n=0, device="cpu")
     with pytest.raises(TypeError):
         avade.load_model(run_dir, device=object())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_training_names_the_device_where_it_came_from(tmp_path: Path) -> None:
+    # (was: "train.device: device 'cuda' requested ..." for Trainer(..., device="cuda") and --device cuda)
+    with pytest.raises(ConfigError, match=r"^device: device 'cuda' requested but no CUDA GPU is available; use "
+                                          r"device='cpu'$"):
+        Trainer(tiny_recipe(), tmp_path / "a", progress=False, device="cuda")
+    with pytest.raises(ConfigError, match=r"^train.device: device 'cuda' requested but"):
+        Trainer(tiny_recipe("train.device=cuda"), tmp_path / "b", progress=False)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict()))
+    assert _cli("recipe", "run", str(recipe), "--out", str(tmp_path / "c"), "--device", "cuda").startswith(
+        "error: --device: device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    assert not any(tmp_path.glob("[abc]"))

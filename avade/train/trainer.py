@@ -29,7 +29,7 @@ from rich.markup import escape
 from avade.atomic_files import drop_stale_temporaries, locked, naming
 from avade.contracts import ModuleLike
 from avade.data.base import class_counts, data_of_trained_model
-from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError
+from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError, argument
 from avade.flows.batch_norm import BatchNormFlow
 from avade.losses.adversarial import (
     CollapseDetector,
@@ -108,7 +108,12 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.progress = progress
         with alike_on_this_node():  # the recipe's or --device's device, on this node's GPUs: alike for every process
-            self.device = resolve_device(device or self.cfg.device)
+            try:
+                self.device = resolve_device(device or self.cfg.device)
+            except ConfigError as exc:
+                if device is None:  # the recipe's train.device
+                    raise
+                raise ConfigError(exc.detail, path=argument("device")) from None  # the caller's (--device)
         self.dist: DistInfo = init_distributed(self.device.type)
         # Everything up to the first batch follows from the recipe, the files and the environment alone: under
         # torchrun every process on a node that fails here fails alike, and the node's first process alone says it.
