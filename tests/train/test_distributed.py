@@ -1030,7 +1030,7 @@ def test_an_error_every_process_on_a_node_meets_before_training_is_said_once(tmp
         expected = "error: under torchrun pass --out RUN_DIR"
     elif case == "no GPU":
         options = ["--out", str(tmp_path / "run"), "--device", "cuda"]
-        expected = "error: train.device: device 'cuda' requested but no CUDA GPU is available"
+        expected = "error: --device: device 'cuda' requested but no CUDA GPU is available"  # (the flag's)
     elif case == "bad timeout":
         env = {"AVADE_DIST_TIMEOUT_MIN": "ten"}
         expected = "error: AVADE_DIST_TIMEOUT_MIN='ten': give the collective timeout as a positive number"
