@@ -89,3 +89,22 @@ def test_building_and_expanding_take_a_recipe_and_say_how_to_make_one(recipe: ob
                        ("expand_sweep", lambda: expand_sweep(recipe))):  # type: ignore[arg-type]
         with pytest.raises(TypeError, match=f"^{what}: expected a Recipe, got .*load_recipe\\(path, overrides\\)"):
             call()
+
+
+def test_a_channels_last_data_shape_and_a_non_generator_are_named() -> None:
+    # (was: "input resolution 8x3 is not divisible by 2", and "'int' object has no attribute 'device'")
+    import torch
+
+    from avade.errors import ConfigError
+    from avade.models.build import build_model
+    from avade.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(tiny_dict())
+    with pytest.raises(ConfigError, match=r"data_shape \(8, 8, 3\) looks like \(height, width, channels\); give "
+                                          r"\(channels, height, width\): \(3, 8, 8\)"):
+        build_model(recipe, data_shape=(8, 8, 3))
+    model = build_model(recipe, data_shape=(3, 8, 8))
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator \(or None\), got int 0"):
+        model.log_likelihood(x, generator=0)  # type: ignore[arg-type]
+    assert model.log_likelihood(x, generator=torch.Generator().manual_seed(0))["bpd"].shape == (2,)

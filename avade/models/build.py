@@ -109,6 +109,9 @@ def build_model(recipe: Recipe, data_shape: tuple[int, int, int] | None = None,
                           "has no labels", path="model.conditional", source=recipe.source)
     classes = num_classes if opts.conditional else 0
     shape = as_shape(data_shape, "data_shape")
+    if shape[0] == shape[1] != shape[2] and shape[2] in (1, 3, 4):  # square images given channels last
+        raise ConfigError(f"data_shape {shape} looks like (height, width, channels); give (channels, height, width): "
+                          f"{(shape[2], shape[0], shape[1])}")
     with norm_options(opts.norm_options):
         return _assemble(recipe, shape, classes)
 

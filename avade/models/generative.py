@@ -158,6 +158,9 @@ class GenerativeModel(nn.Module):
             x = x.to(device, non_blocking=True)
         if labels is not None:  # (int64: a uint8 or int16 tensor of class ids fails in the embeddings)
             labels = labels.to(device, torch.int64, non_blocking=True)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{what}: generator must be a torch.Generator (or None), got {type(generator).__name__} "
+                            f"{generator!r:.40}; e.g. torch.Generator().manual_seed(0)")
         if generator is not None and generator.device.type != device.type:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
             generator = torch.Generator(device=device).manual_seed(seed)
