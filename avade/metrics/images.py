@@ -91,8 +91,8 @@ def _outputs(images: Images, device: str | torch.device, batch_size: int,
              probs: bool = False) -> tuple[Tensor, Tensor | None]:
     """:func:`image_features`, and the class probabilities too with ``probs``."""
     batch = as_image_batch(images, what)
-    if batch_size < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be an int >= 1, got {batch_size!r:.40}")
     net = _load_extractor(extractor, inception_weights, device)
     return extract(net, batch.split(batch_size), device=device, total=batch.shape[0], description=what, probs=probs)
 

@@ -63,8 +63,10 @@ def test_inception_score_and_prd_of_images_are_the_metrics_on_their_outputs(tmp_
     expected = prd_from_features(features, extract(net, [real])[0], 5, 11, 2)
     np.testing.assert_allclose(precision, expected[0], atol=1e-9)
     np.testing.assert_allclose(recall, expected[1], atol=1e-9)
-    with pytest.raises(DataError, match="batch_size must be >= 1"):
+    with pytest.raises(DataError, match="batch_size must be an int >= 1, got 0"):
         inception_score_of_images(fake, extractor=net, batch_size=0)
+    with pytest.raises(DataError, match="batch_size must be an int >= 1, got '8'"):  # (was: '<' not supported ...)
+        fid_of_images(real, fake, extractor=net, batch_size="8")
     with pytest.raises(ValueError, match="PRD needs as many samples as real images"):
         prd_of_images(real, fake[:10], extractor=net)
 
