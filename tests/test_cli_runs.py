@@ -1113,6 +1113,13 @@ def test_a_sweep_records_a_variant_that_cannot_start_and_a_partial_resume_keeps_
     assert result.exit_code == 0, out
     rows = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
     assert [r["name"] for r in rows] == ["tiny-batch_size4", "tiny-batch_size8"]  # this sweep's first
+    # and so does the plan, which `avade runs` and `avade eval SWEEP_OUT` list: the edited sweep file's plan
+    # hid the variant trained before (its directory and row still there)
+    from avade.train.rundir import sweep_runs
+
+    runs, axes = sweep_runs(tmp_path / "run")
+    assert [p.name for p in runs] == ["tiny-batch_size4", "tiny-batch_size8"]
+    assert axes["tiny-batch_size8"] == {"data.batch_size": 8}
 
 
 def test_a_sweep_run_again_without_resume_is_refused_before_any_variant_trains(tmp_path: Path) -> None:

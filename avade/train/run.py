@@ -39,7 +39,15 @@ from avade.train.device import global_state_kept
 from avade.train.distributed import shutdown_distributed
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, stop_on_signals
 from avade.train.ranks import PEER_LOST, alike_on_this_node, is_main_process, job_failure, said_by_another_process
-from avade.train.rundir import RunDir, atomic_write_text, latest_run_dir, make_run_dir, read_json_object, write_json
+from avade.train.rundir import (
+    RunDir,
+    atomic_write_text,
+    latest_run_dir,
+    make_run_dir,
+    read_json_checked,
+    read_json_object,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from avade.recipe.sweep import Variant
@@ -356,8 +364,19 @@ def _record_plan(out_dir: Path, every: Sequence[Any], dirs: dict[str, str]) -> N
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     with locked(out_dir / ".sweep_summary.lock"):
-        write_json(out_dir / SWEEP_PLAN, {"variants": [{"name": v.name, "dir": dirs.get(v.name, v.name),
-                                                        "overrides": v.overrides} for v in every]})
+        plan = [{"name": v.name, "dir": dirs.get(v.name, v.name), "overrides": v.overrides} for v in every]
+        # A sweep file edited before --resume (a grid's values changed) must not hide the variants trained before
+        # from `avade runs` and `avade eval SWEEP_OUT`, which list the plan's: those with a run directory stay, last
+        # (as their rows stay in sweep_summary).
+        earlier, _ = read_json_checked(out_dir / SWEEP_PLAN, dict, "")
+        names = {entry["name"] for entry in plan} | {entry["dir"] for entry in plan}
+        for entry in earlier.get("variants", []) if isinstance(earlier, dict) else []:
+            folder = entry.get("dir", entry.get("name")) if isinstance(entry, dict) else None
+            if (isinstance(folder, str) and isinstance(entry.get("name"), str) and entry["name"] not in names
+                    and Path(folder).name == folder and (out_dir / folder / "recipe.toml").is_file()):
+                plan.append(entry)
+                names.add(entry["name"])
+        write_json(out_dir / SWEEP_PLAN, {"variants": plan})
 
 
 def _record_sweep(out_dir: Path, summaries: list[dict[str, Any]], every: Sequence[Any], console: Console,
