@@ -2205,3 +2205,22 @@ def test_sample_out_of_memory_names_the_batch_size(run_dir: Path, tmp_path: Path
     assert out.startswith("error: out of memory while reconstructing 6 test images in one model call"), out
     assert out.rstrip().endswith("lower -n") and "--batch-size" not in out, out
     assert grid.read_text() == "keep me"
+
+
+def test_a_sweep_s_eval_warns_about_a_diverged_variant_and_its_results_not_finite(tmp_path: Path) -> None:
+    # (was: `avade eval SWEEP_OUT` showed the diverged variant's bpd as nan, exit 0, not a word; one run's eval warns)
+    sweep = tiny_dict("train.steps=3", "train.checkpoint_every=1", "train.max_bad_steps=1", "model.variant=v-ade",
+                      "model.discriminator.name=none")
+    sweep["sweep"] = {"grid": {"train.lr": [0.001, 1e30]}}
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(tomli_w.dumps(sweep))
+    out = tmp_path / "run"
+    assert _invoke("recipe", "run", str(recipe), "--out", str(out), "--device", "cpu")[0].exit_code == 2
+    result, text = _invoke("eval", str(out), "--metrics", "bpd", "--device", "cpu")
+    warned = [" ".join(line.split()) for line in text.splitlines() if line.startswith("warning:")]
+    assert result.exit_code == 0, text
+    assert [w.split(":")[1].strip() for w in warned] == ["tiny-lr1e30"] * len(warned) and warned, text
+    assert any("its training failed (" in w and "scored at step 1" in w for w in warned), warned
+    rows = {row["name"]: row for row in json.loads((out / "sweep_eval.json").read_text())}
+    if rows["tiny-lr1e30"]["bpd"] is None:  # (a diverged step leaves weights whose bpd is not finite: said)
+        assert any("bpd not finite (null in sweep_eval.json and --json)" in w for w in warned), warned

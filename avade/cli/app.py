@@ -662,7 +662,13 @@ def evaluate(
 ) -> None:
     """Evaluate a run's last checkpoint (or --checkpoint STEP, or all); records eval.json (and plots) in the run.
     A sweep's --out: every variant's last checkpoint (or --only some), one row each in its sweep_eval.{json,csv}."""
-    from avade.evaluate import evaluate_checkpoints, evaluate_sweep, sweep_eval_failures, sweep_runs
+    from avade.evaluate import (
+        evaluate_checkpoints,
+        evaluate_sweep,
+        sweep_eval_failures,
+        sweep_eval_warnings,
+        sweep_runs,
+    )
     from avade.evaluate.runs import evaluate_and_record
     from avade.train.ranks import is_main_process
     from avade.train.run import cell_text
@@ -689,6 +695,8 @@ def evaluate(
                               overrides=overrides or [], only=only or [])
         if as_json:
             _print_json(rows)
+        for warning in sweep_eval_warnings(run_dir, rows):
+            err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
         failures = sweep_eval_failures(run_dir, rows)
         if failures is not None:
             raise failures

@@ -32,7 +32,7 @@ from avade.evaluate.loading import (
 from avade.evaluate.runs import evaluate_checkpoints, evaluate_run
 from avade.evaluate.sampling import SAMPLE_BATCH, class_columns, sample_run
 from avade.evaluate.study import subset_study_cli
-from avade.evaluate.sweeps import evaluate_sweep, sweep_eval_failures, sweep_runs
+from avade.evaluate.sweeps import evaluate_sweep, sweep_eval_failures, sweep_eval_warnings, sweep_runs
 
 __all__ = [
     "RECORD_KEYS",
@@ -63,5 +63,6 @@ __all__ = [
     "select_checkpoint",
     "subset_study_cli",
     "sweep_eval_failures",
+    "sweep_eval_warnings",
     "sweep_runs",
 ]

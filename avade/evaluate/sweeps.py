@@ -3,6 +3,8 @@ sweep_eval.{json,csv}."""
 
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from avade.errors import AvadeError, CheckpointError
 from avade.evaluate.compute import owns
 from avade.evaluate.loading import not_a_run
 from avade.evaluate.runs import evaluate_and_record
-from avade.train.rundir import read_json_list, sweep_runs
+from avade.train.rundir import read_json_list, read_json_object, sweep_runs
 
 
 def evaluate_sweep(root: str | Path, metrics: Sequence[str] | None = None, samples: int | None = None,
@@ -81,6 +83,25 @@ def _with_earlier_eval_rows(root: Path, rows: list[dict[str, Any]], every: Seque
     earlier = read_json_list(root / "sweep_eval.json")
     kept = [row for row in earlier if isinstance(row, dict) and row.get("name") in rank and row["name"] not in fresh]
     return sorted([*kept, *rows], key=lambda row: rank[row["name"]])
+
+
+def sweep_eval_warnings(root: Path, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What ``avade eval SWEEP_OUT`` warns about per variant, as it does for one run: results that are not finite
+    (null in sweep_eval.json), and a variant whose training failed (its summary.json's error: a diverged one is
+    scored at its last good checkpoint, before train.steps)."""
+    said = []
+    for row in rows:
+        if "error" in row:  # (said by the failures' error)
+            continue
+        name = str(row.get("name"))
+        odd = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if odd:
+            said.append(f"{name}: {', '.join(odd)} not finite (null in sweep_eval.json and --json)")
+        failed = read_json_object(Path(root) / name / "summary.json").get("error")
+        if isinstance(failed, str):
+            said.append(f"{name}: its training failed ({textwrap.shorten(failed, 160, placeholder=' ...')}); scored "
+                        f"at step {row.get('step')}")
+    return said
 
 
 def sweep_eval_failures(root: Path, rows: Sequence[Mapping[str, Any]]) -> AvadeError | None:
