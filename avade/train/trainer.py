@@ -973,13 +973,20 @@ class Trainer:
                     raise StoppedError(f"stopped by {stop.signal or 'a signal to another process'} at step "
                                        f"{self.step} of {cfg.steps}: {saved}; continue with --resume{then}",
                                        signal_name=stop.signal or "SIGTERM")
-        with naming_memory("while sampling the final grid", self._model_fix):
+        # the final grid and evaluation (FID: minutes) save nothing: a stop signal stops them at once, said (the
+        # signal's default action would kill the process without a word), and --resume evaluates again
+        final_stop = (f"stopped by {{signal}} in the final evaluation of step {self.step} (training is done"
+                      f"{': its checkpoint is saved' if self.bad_steps == 0 else ''}); continue with --resume, which "
+                      "evaluates the trained model")
+        with stop_on_signals(announce=False, immediate=final_stop), \
+                naming_memory("while sampling the final grid", self._model_fix):
             self.write_grids("final")
         summary: dict[str, Any] = {"recipe": self.recipe.name, "variant": self.recipe.variant, "steps": self.step,
                                    "train_images_per_s": steady_images / max(steady_s, 1e-9)
                                    if self.step > start_step + 1 else None, "first_step_s": first_step_s,
                                    "device": str(self.device)}
-        with naming_memory(f"while evaluating the trained model (step {self.step})", self._eval_batch_fix):
+        with stop_on_signals(announce=False, immediate=final_stop), \
+                naming_memory(f"while evaluating the trained model (step {self.step})", self._eval_batch_fix):
             results = self.evaluate()
         if self.ema is not None:  # the results are the averaged weights'
             summary["weights"] = "ema"

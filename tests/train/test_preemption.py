@@ -91,3 +91,40 @@ def test_before_there_is_anything_to_save_a_stop_signal_stops_at_once():
             _raise(signal.SIGUSR1)
     assert stop.signal == "SIGUSR1"
 
+
+
+class _KilledByDefault(Exception):
+    """Stands in for SIGTERM's default action (the process killed without a word) while a test runs."""
+
+
+def test_a_stop_signal_in_the_final_evaluation_stops_it_at_once_and_says_so(tmp_path, monkeypatch):
+    # (was: outside any handler, the final grid and evaluation died by SIGTERM's default action: exit 143, no line)
+    from tiny_recipes import tiny_recipe
+
+    from avade.cli.runs import run_record
+    from avade.train.trainer import Trainer
+
+    def default_action(signum, frame):
+        raise _KilledByDefault
+
+    trainer = Trainer(tiny_recipe("train.steps=2", "train.checkpoint_every=2"), tmp_path / "run", progress=False)
+    evaluate = trainer.evaluate
+
+    def signalled(*args, **kwargs):
+        if trainer.step == 2:  # the final evaluation, not the untrained model's
+            _raise(signal.SIGTERM)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", signalled)
+    previous = signal.signal(signal.SIGTERM, default_action)
+    try:
+        with pytest.raises(StoppedError) as stopped:
+            trainer.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert str(stopped.value) == ("stopped by SIGTERM in the final evaluation of step 2 (training is done: its "
+                                  "checkpoint is saved); continue with --resume, which evaluates the trained model")
+    assert run_record(tmp_path / "run")["status"] == "unfinished"
+    resumed = Trainer(tiny_recipe("train.steps=2", "train.checkpoint_every=2"), tmp_path / "run", resume=True,
+                      progress=False)
+    assert resumed.fit()["steps"] == 2 and run_record(tmp_path / "run")["status"] == "finished"
