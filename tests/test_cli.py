@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -468,8 +469,9 @@ def test_recipe_show_variants(write: Write) -> None:
     path = write("grid.toml", SWEEP)
     result = run("recipe", "show", str(path), "--variants")
     assert result.exit_code == 0, result.output
-    for name in ("grid-scales1-blocks1", "grid-scales1-blocks2", "grid-scales2-blocks1", "grid-scales2-blocks2"):
-        assert name in result.stdout
+    for index, name in enumerate(("grid-scales1-blocks1", "grid-scales1-blocks2", "grid-scales2-blocks1",
+                                   "grid-scales2-blocks2")):
+        assert re.search(rf"│ {index} │ {name} ", result.stdout), result.stdout  # (the index --only takes)
     as_json = json.loads(run("recipe", "show", str(path), "--variants", "--json").stdout)
     assert [v["name"] for v in as_json] == ["grid-scales1-blocks1", "grid-scales1-blocks2", "grid-scales2-blocks1",
                                             "grid-scales2-blocks2"]

@@ -535,10 +535,11 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
             print(json.dumps([{"name": v.name, "overrides": v.overrides} for v in expanded], indent=2))
             return
         table = Table(title=escape(f"{recipe.name}: {len(expanded)} variant(s)"), title_justify="left")
+        table.add_column("#", justify="right")  # what --only takes, as the name (a cluster array job's index)
         table.add_column("name", overflow="fold")  # (cut to "table9a_av_…" in a narrow terminal otherwise)
         table.add_column("overrides", overflow="fold")
-        for v in expanded:
-            table.add_row(escape(v.name),
+        for index, v in enumerate(expanded):
+            table.add_row(str(index), escape(v.name),
                           escape(" ".join(f"{k}={json.dumps(val)}" for k, val in v.overrides.items()) or "-"))
         out.print(table)
         return
