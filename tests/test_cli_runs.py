@@ -503,6 +503,19 @@ def test_a_two_axis_sweep_summary_shows_the_main_metric_as_a_grid(tmp_path: Path
     assert json.loads((tmp_path / "sweep_summary.json").read_text()) == rows
 
 
+def test_a_long_error_is_shortened_in_the_table_and_kept_whole_in_the_files(tmp_path: Path) -> None:
+    # (was: a ~400-character error made a table column 40 lines tall)
+    error = "training diverged: " + "the last 3 step(s) were non-finite " * 12
+    rows = [{"name": "a", "train.lr": 0.1, "bpd": 5.0}, {"name": "b", "train.lr": 1e30, "error": error}]
+    console = Console(record=True, width=160)
+    write_sweep_summary(tmp_path, rows, console, axes=["train.lr"])
+    text = console.export_text()
+    assert "training diverged: the last 3 step(s) were non-finite" in text and " ..." in text, text
+    assert len(text.splitlines()) < 10, text
+    assert json.loads((tmp_path / "sweep_summary.json").read_text())[1]["error"] == error
+    assert error.strip() in (tmp_path / "sweep_summary.csv").read_text()
+
+
 def test_the_grid_orders_numbers_and_is_left_out_when_variants_set_other_keys(tmp_path: Path) -> None:
     # Table 9's combos list blocks 2, 4, 3 in that order; the grid's columns read 2, 3, 4
     rows = [{"name": f"t-s{s}-b{b}", "model.flow.scales": s, "model.flow.blocks": b, "bpd": 5.0 + s + b / 10}

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -547,7 +548,8 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
     for k in shown:
         table.add_column(escape(headers[k]), justify="left" if k == "name" else "right", overflow="fold")
     for row in rows:
-        table.add_row(*(escape(axis_text(row.get(k)) if k in axes else cell_text(row.get(k))) for k in shown))
+        table.add_row(*(escape(axis_text(row.get(k)) if k in axes else _shown_error(row.get(k)) if k == "error" else
+                               cell_text(row.get(k))) for k in shown))
     console.print(table)
     metric = next((m for m in (*main, "bpd", "fid", "is_mean") if any(isinstance(r.get(m), float) for r in rows)),
                   None)
@@ -559,6 +561,12 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
             console.print(f"[yellow]warning:[/] no {metric} grid ({type(exc).__name__}: {escape(str(exc))})")
         else:
             console.print(grid)
+
+
+def _shown_error(error: Any) -> str:
+    """A variant's error in the table: its first 100 characters (a whole one, ~400, made a column of 40 lines; the
+    error line said it whole, and the .json/.csv files keep it)."""
+    return textwrap.shorten(str(error), 100, placeholder=" ...") if error is not None else ""
 
 
 def _short_headers(keys: Sequence[str]) -> dict[str, str]:
