@@ -401,6 +401,9 @@ def load_image(path: Path, resolution: int, channels: int = 3, crop: int | None 
             tensor = pil_to_uint8(upright(img), channels)
     except UnsupportedPixels as exc:
         raise DataError(f"cannot read image {path}: {exc}; save it as an 8-bit (or 16-bit) image") from None
+    except PermissionError as exc:  # (the file is fine: removing or replacing it is not the fix)
+        raise DataError(f"cannot read image {path}: {describe_error(exc)}; make it readable "
+                        f"(e.g. chmod u+r {shlex.quote(str(path))})") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {describe_error(exc)}; remove or replace the file") from None
     return center_crop_resize(tensor, resolution, crop)

@@ -854,3 +854,20 @@ def test_image_folder_root_holding_images_only_in_subfolders_is_still_not_found(
     save_png(tmp_path.joinpath(*depth) / "0.png", rgb_images(1, 4, 4, seed=0)[0])
     with pytest.raises(DataError, match=r"not found \(searched: .*; set data\.root="):
         avade.create("dataset", "image-folder", split="train", root=str(tmp_path), resolution=4)
+
+
+def test_an_image_the_process_may_not_read_asks_for_permissions_not_a_new_file(tmp_path, monkeypatch):
+    import avade.data.base as base
+
+    save_png(tmp_path / "images" / "a.png", rgb_images(1, 8, 8, seed=0)[0])
+    dataset = avade.create("dataset", "image-folder", split="train", root=str(tmp_path), test_fraction=0.0)
+
+    def unreadable(source, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(source))
+
+    monkeypatch.setattr(base.Image, "open", unreadable)  # (root reads any file: chmod would not do)
+    with pytest.raises(DataError) as err:
+        dataset[0]
+    message = str(err.value)
+    assert message.startswith(f"cannot read image {tmp_path / 'images' / 'a.png'}: PermissionError")
+    assert "make it readable (e.g. chmod u+r " in message and "remove or replace" not in message
