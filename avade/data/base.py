@@ -515,6 +515,14 @@ def missing_data(
     if any(isinstance(p, Path) and not p.is_absolute() for p in searched):
         # (a recipe's `extends` is its own folder's, its data paths are not: say which folder they were from)
         paths += f", from the current directory {Path.cwd()}, not the recipe's folder"
+    detail = f" {what}" if what else ""
+    for path in searched:
+        # data.root pointed at the dataset's own folder (cifar-10-batches-py/, stl10_binary/, celeba/): the
+        # folder searched for is then named twice in a row, and the folder that holds it is one level up
+        # (the data are there: a download or another dataset is no fix)
+        if isinstance(path, Path) and path.name == path.parent.name and path.parent.is_dir():
+            return DataError(f"dataset '{dataset}'{detail} not found: {location} {path.parent} is the {path.name} "
+                             f"folder itself; set {location}={path.parent.parent}, the folder that holds it")
     fixes = [f"set {location}=<the folder that holds it>"]
     if download:
         fixes.append("set data.download=true to fetch it (needs network)")
@@ -523,5 +531,4 @@ def missing_data(
     fallback = _SUGGEST_FALLBACK.get()
     if fallback:
         fixes.append(f"or use the built-in offline data with --set data.name={fallback}")
-    detail = f" {what}" if what else ""
     return DataError(f"dataset '{dataset}'{detail} not found (searched: {paths}); {', '.join(fixes)}")

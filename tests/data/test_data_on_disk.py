@@ -856,6 +856,24 @@ def test_image_folder_root_holding_images_only_in_subfolders_is_still_not_found(
         avade.create("dataset", "image-folder", split="train", root=str(tmp_path), resolution=4)
 
 
+@pytest.mark.parametrize(("name", "folder", "extra"), [
+    ("cifar10", "cifar-10-batches-py", {}),
+    ("stl10", "stl10_binary", {}),
+    ("celeba", "celeba", {}),
+    ("lsun", "bedroom_train_lmdb", {"category": "bedroom"}),
+])
+def test_a_data_root_that_is_the_dataset_folder_itself_names_the_folder_above(tmp_path, name, folder, extra):
+    # (the usual slip: data.root at cifar-10-batches-py/ rather than at the folder holding it)
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "something").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", name, split="train", root=str(tmp_path / folder), **extra)
+    message = str(err.value)
+    assert message.endswith(f"data.root {tmp_path / folder} is the {folder} folder itself; set data.root={tmp_path}, "
+                            "the folder that holds it")
+    assert "\n" not in message
+
+
 def test_an_image_the_process_may_not_read_asks_for_permissions_not_a_new_file(tmp_path, monkeypatch):
     import avade.data.base as base
 
