@@ -523,6 +523,10 @@ def missing_data(
         if isinstance(path, Path) and path.name == path.parent.name and path.parent.is_dir():
             return DataError(f"dataset '{dataset}'{detail} not found: {location} {path.parent} is the {path.name} "
                              f"folder itself; set {location}={path.parent.parent}, the folder that holds it")
+    archive = _unextracted_archive(dataset, searched)
+    if archive is not None:  # (the data are there, packed: extracting is the fix, not another root or a download)
+        return DataError(f"dataset '{dataset}'{detail} not found (searched: {paths}), but {archive} is there, not "
+                         f"extracted: extract it where it is ({_extract_command(archive)})")
     fixes = [f"set {location}=<the folder that holds it>"]
     if download:
         fixes.append("set data.download=true to fetch it (needs network)")
@@ -532,3 +536,35 @@ def missing_data(
     if fallback:
         fixes.append(f"or use the built-in offline data with --set data.name={fallback}")
     return DataError(f"dataset '{dataset}'{detail} not found (searched: {paths}); {', '.join(fixes)}")
+
+
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
+
+
+def _unextracted_archive(dataset: str, searched: Sequence[Path | str]) -> Path | None:
+    """An archive of ``dataset`` (its name in the file's: ``cifar-10-python.tar.gz`` for cifar10,
+    ``img_align_celeba.zip`` for celeba) in the nearest existing folder of a path searched, else None."""
+    def plain(text: str) -> str:
+        return "".join(c for c in text.lower() if c.isalnum())
+
+    wanted = plain(dataset)
+    for path in searched:
+        folder = Path(path)
+        while not folder.is_dir() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
+        except OSError:
+            continue
+        for name in names:
+            if name.lower().endswith(_ARCHIVE_SUFFIXES) and wanted and wanted in plain(name):
+                return folder / name
+    return None
+
+
+def _extract_command(archive: Path) -> str:
+    """The shell command that unpacks ``archive`` in its own folder."""
+    where = shlex.quote(str(archive.parent))
+    if archive.name.lower().endswith(".zip"):
+        return f"unzip {shlex.quote(str(archive))} -d {where}"
+    return f"tar xf {shlex.quote(str(archive))} -C {where}"

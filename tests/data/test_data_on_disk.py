@@ -874,6 +874,27 @@ def test_a_data_root_that_is_the_dataset_folder_itself_names_the_folder_above(tm
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(("name", "archive", "command"), [
+    ("cifar10", "cifar-10-python.tar.gz", "tar xf"),
+    ("stl10", "stl10_binary.tar.gz", "tar xf"),
+    ("celeba", "img_align_celeba.zip", "unzip"),
+])
+def test_a_dataset_archive_not_extracted_is_named_with_the_command(tmp_path, name, archive, command):
+    # (was: "not found ...; set data.root=<the folder that holds it>, set data.download=true ...": the data were
+    # there, packed)
+    (tmp_path / archive).write_bytes(b"")
+    (tmp_path / "unrelated.zip").write_bytes(b"")  # another dataset's archive is not named
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", name, split="train", root=str(tmp_path))
+    message = str(err.value)
+    assert f"but {tmp_path / archive} is there, not extracted: extract it where it is ({command} " in message, message
+    assert "download" not in message and "\n" not in message
+    (tmp_path / archive).unlink()
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", name, split="train", root=str(tmp_path))
+    assert "not extracted" not in str(err.value) and "unrelated" not in str(err.value)
+
+
 def test_an_image_the_process_may_not_read_asks_for_permissions_not_a_new_file(tmp_path, monkeypatch):
     import avade.data.base as base
 
