@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,22 @@ def _paths(found: Any) -> list[Any]:
         where = found[1]
         return list(where) if isinstance(where, list) else [where]
     return list(found) if isinstance(found, list | tuple) else [found]
+
+
+#: at most this many files are checked for permission (an ImageNet folder lists 1.3M: seconds of access() calls)
+_MAX_PERMISSION_CHECKS = 200_000
+
+
+def _unreadable(paths: list[Any]) -> Path | None:
+    """The first of ``paths`` (files, or folders) that this process may not read, else None. Its contents
+    are not read (doctor checks presence): a truncated file shows when it is loaded."""
+    for path in paths[:_MAX_PERMISSION_CHECKS]:
+        if not isinstance(path, Path):
+            continue
+        mode = os.R_OK | os.X_OK if path.is_dir() else os.R_OK
+        if path.exists() and not os.access(path, mode):
+            return path
+    return None
 
 
 def _describe(found: Any) -> str:
@@ -90,5 +107,9 @@ def dataset_status(name: str, cfg: Any = None, *, conditional: bool = False) -> 
         why = _unlabeled(found) if conditional and split == "train" else None
         if why is not None:
             return False, f"dataset '{name}': model.conditional = true needs labels, but it has none: {why}"
+        unreadable = _unreadable(_paths(found))
+        if unreadable is not None:  # (present, but the run would stop at it: at its first batch holding it)
+            return False, (f"dataset '{name}': {unreadable} cannot be read by this user; make it readable "
+                           f"(e.g. chmod -R u+rX {shlex.quote(str(unreadable))})")
         parts.append(f"{split}: {_describe(found)}")
     return True, f"dataset '{name}': " + "; ".join(parts)

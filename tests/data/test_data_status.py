@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import attrs
 import pytest
@@ -76,6 +77,25 @@ def test_cifar10_status_missing_then_present(tmp_path):
     (folder / "test_batch").write_bytes(b"")
     present, message = dataset_status("cifar10", {"root": str(tmp_path)})
     assert present and str(folder) in message and "5 files" in message
+
+
+def test_a_file_this_user_may_not_read_is_not_present(tmp_path, monkeypatch):
+    # (was: "ok / ready" for a chmod 000 batch, and the run stopped at it; root may read anything, so the check
+    # is made to fail as another user's would)
+    import os
+
+    import avade.data.status as status
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        (folder / name).write_bytes(b"")
+    assert dataset_status("cifar10", {"root": str(tmp_path)})[0]
+    locked = folder / "data_batch_3"
+    monkeypatch.setattr(status.os, "access", lambda path, mode: Path(path) != locked and os.path.exists(path))
+    present, message = dataset_status("cifar10", {"root": str(tmp_path)})
+    assert not present and message == (f"dataset 'cifar10': {locked} cannot be read by this user; make it readable "
+                                       f"(e.g. chmod -R u+rX {locked})"), message
 
 
 def test_status_of_folder_datasets(tmp_path):
