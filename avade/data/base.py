@@ -490,11 +490,14 @@ def folder_entries(folder: Path) -> list[os.DirEntry[str]]:
         raise DataError(f"cannot read the data folder {folder} ({describe_error(exc)}); check the disk") from None
 
 
-def repair_hint(exc: BaseException) -> str:
-    """How to fix a dataset whose files failed to load: permissions, or a fresh copy."""
+def repair_hint(exc: BaseException, folder: Path | None = None, archive: str = "") -> str:
+    """How to fix a dataset whose files failed to load: permissions, or a fresh copy of ``folder`` (from
+    ``archive``, the official release's file, unpacked again; or downloaded)."""
     if isinstance(exc, PermissionError):
         return "make its files readable (check their permissions)"
-    return "delete that folder and download it again (data.download=true, needs network)"
+    where = str(folder) if folder is not None else "the dataset's folder"
+    again = f"unpack {archive} there again, or " if archive else ""
+    return f"replace {where} with a fresh copy ({again}delete it and set data.download=true, needs network)"
 
 
 def describe_error(exc: BaseException) -> str:

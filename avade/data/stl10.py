@@ -77,7 +77,7 @@ def _check_image_files(files: list[Path]) -> None:
             if size == 0 or size % IMAGE_BYTES:
                 raise DataError(f"dataset 'stl10': {f} holds {size} bytes, not a whole number of 96x96 RGB images "
                                 f"({IMAGE_BYTES} bytes each), so it is empty or cut short; "
-                                f"{repair_hint(OSError())}")
+                                f"{repair_hint(OSError(), f.parent, STL10.filename)}")
 
 
 class Stl10(TensorImageDataset):
@@ -101,7 +101,7 @@ class Stl10(TensorImageDataset):
             action = "download or loading" if cfg.download else "loading"
             raise DataError(
                 f"dataset 'stl10': {action} failed in {root / FOLDER} ({describe_error(exc)}); "
-                f"{repair_hint(exc)}"
+                f"{repair_hint(exc, root / FOLDER, STL10.filename)}"
             ) from None
         labeled = cfg.train_split == "train"
         images = resize(torch.from_numpy(np.asarray(tv.data)), cfg.resolution)
@@ -110,12 +110,12 @@ class Stl10(TensorImageDataset):
         if labels is not None and len(labels) != len(images):  # (a truncated or foreign labels file)
             y_file = root / FOLDER / _FILES[_tv_split(cfg, split)][1]
             raise DataError(f"dataset 'stl10': {y_file} holds {len(labels)} labels for {len(images)} images; "
-                            f"{repair_hint(OSError())}")
+                            f"{repair_hint(OSError(), y_file.parent, STL10.filename)}")
         if labels is not None and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < 10:
             # the file holds 1..10; torchvision subtracts 1 in uint8, so a stray 0 arrives as 255
             y_file = root / FOLDER / _FILES[_tv_split(cfg, split)][1]
             bad = labels[(labels < 0) | (labels >= 10)][0].item() + 1
             raise DataError(f"dataset 'stl10': {y_file} holds the label {bad % 256}, outside 1..10; "
-                            f"{repair_hint(OSError())}")
+                            f"{repair_hint(OSError(), y_file.parent, STL10.filename)}")
         super().__init__(images, labels, num_classes=10 if labeled else 0)
         self.split = split

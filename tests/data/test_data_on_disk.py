@@ -147,8 +147,9 @@ def test_stl10_labels_file_short_of_the_images_is_named(tmp_path):
     folder.mkdir()
     write_stl10_bin(folder / "train_X.bin", 3, seed=1)
     np.array([1, 2], dtype=np.uint8).tofile(folder / "train_y.bin")
-    with pytest.raises(DataError, match=r"^dataset 'stl10': .*train_y.bin holds 2 labels for 3 images; delete that "
-                                        r"folder and download it again"):
+    with pytest.raises(DataError, match=rf"^dataset 'stl10': .*train_y.bin holds 2 labels for 3 images; replace "
+                                        rf"{folder} with a fresh copy \(unpack stl10_binary.tar.gz there again, or "
+                                        r"delete it and set data.download=true, needs network\)$"):
         avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split="train")
 
 
@@ -165,7 +166,8 @@ def test_stl10_empty_or_cut_image_file_is_named(tmp_path, train_split, size):
     broken = folder / ("unlabeled_X.bin" if train_split == "unlabeled" else "train_X.bin")
     broken.write_bytes(broken.read_bytes()[:size])
     with pytest.raises(DataError, match=rf"^dataset 'stl10': .*{broken.name} holds {size} bytes, not a whole number "
-                                        r"of 96x96 RGB images .*; delete that folder and download it again"):
+                                        rf"of 96x96 RGB images .*; replace {folder} with a fresh copy \(unpack "
+                                        r"stl10_binary.tar.gz there again"):
         avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split=train_split)
 
 
@@ -193,7 +195,7 @@ def test_stl10_labels_outside_1_to_10_are_named(tmp_path, stray):
     write_stl10_bin(folder / "train_X.bin", 3, seed=1)
     np.array([1, stray, 10], dtype=np.uint8).tofile(folder / "train_y.bin")
     with pytest.raises(DataError, match=rf"^dataset 'stl10': .*train_y.bin holds the label {stray}, outside 1\.\.10; "
-                                        r"delete that folder"):
+                                        rf"replace {folder} with a fresh copy"):
         avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split="train")
 
 
