@@ -526,10 +526,12 @@ def missing_data(
         if isinstance(path, Path) and path.name == path.parent.name and path.parent.is_dir():
             return DataError(f"dataset '{dataset}'{detail} not found: {location} {path.parent} is the {path.name} "
                              f"folder itself; set {location}={path.parent.parent}, the folder that holds it")
-    archive = _unextracted_archive(dataset, searched)
-    if archive is not None:  # (the data are there, packed: extracting is the fix, not another root or a download)
+    packed = _unextracted_archive(dataset, searched)
+    if packed is not None:  # (the data are there, packed: extracting is the fix, not another root or a download)
+        archive, into = packed
+        where = "where it is" if into == archive.parent else f"into {into}"
         return DataError(f"dataset '{dataset}'{detail} not found (searched: {paths}), but {archive} is there, not "
-                         f"extracted: extract it where it is ({_extract_command(archive)})")
+                         f"extracted: extract it {where} ({_extract_command(archive, into)})")
     fixes = [f"set {location}=<the folder that holds it>"]
     if download:
         fixes.append("set data.download=true to fetch it (needs network)")
@@ -541,33 +543,41 @@ def missing_data(
     return DataError(f"dataset '{dataset}'{detail} not found (searched: {paths}); {', '.join(fixes)}")
 
 
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
+#: dataset -> (its official archive, the folder that archive unpacks to, relative to data.root): only these are
+#: named, by their exact names (a substring would take cifar-100-python.tar.gz for cifar10's)
+_ARCHIVES: dict[str, tuple[str, str]] = {
+    "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py"),
+    "stl10": ("stl10_binary.tar.gz", "stl10_binary"),
+    "celeba": ("img_align_celeba.zip", "celeba/img_align_celeba"),
+}
 
 
-def _unextracted_archive(dataset: str, searched: Sequence[Path | str]) -> Path | None:
-    """An archive of ``dataset`` (its name in the file's: ``cifar-10-python.tar.gz`` for cifar10,
-    ``img_align_celeba.zip`` for celeba) in the nearest existing folder of a path searched, else None."""
-    def plain(text: str) -> str:
-        return "".join(c for c in text.lower() if c.isalnum())
-
-    wanted = plain(dataset)
+def _unextracted_archive(dataset: str, searched: Sequence[Path | str]) -> tuple[Path, Path] | None:
+    """(archive, the folder to unpack it into) when ``dataset``'s official archive lies, not extracted, in the
+    data.root of a path searched or in the folder it unpacks into (``celeba/`` for img_align_celeba.zip), else
+    None. Only those two folders are looked in (not the folders above a data.root that does not exist: unpacking
+    an archive there would not make the data found), each by one stat."""
+    if dataset not in _ARCHIVES:
+        return None
+    name, unpacked = _ARCHIVES[dataset]
+    depth = len(Path(unpacked).parts)
     for path in searched:
-        folder = Path(path)
-        while not folder.is_dir() and folder != folder.parent:
-            folder = folder.parent
-        try:
-            names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
-        except OSError:
+        path = Path(path)
+        # the searched path that is, or lies in, the unpacked folder: data.root is `depth` levels above it
+        tops = [q for q in (path, *path.parents) if len(q.parts) > depth and q.parts[-depth:] == Path(unpacked).parts]
+        if not tops:
             continue
-        for name in names:
-            if name.lower().endswith(_ARCHIVE_SUFFIXES) and wanted and wanted in plain(name):
-                return folder / name
+        into = tops[0].parent  # where the archive's own top folder lands
+        root = tops[0].parents[depth - 1]
+        for holder in dict.fromkeys((into, root)):
+            if (holder / name).is_file():
+                return holder / name, into
     return None
 
 
-def _extract_command(archive: Path) -> str:
-    """The shell command that unpacks ``archive`` in its own folder."""
-    where = shlex.quote(str(archive.parent))
+def _extract_command(archive: Path, into: Path) -> str:
+    """The shell command that unpacks ``archive`` into the folder ``into``."""
+    where = shlex.quote(str(into))
     if archive.name.lower().endswith(".zip"):
         return f"unzip {shlex.quote(str(archive))} -d {where}"
     return f"tar xf {shlex.quote(str(archive))} -C {where}"

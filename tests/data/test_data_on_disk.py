@@ -889,12 +889,41 @@ def test_a_dataset_archive_not_extracted_is_named_with_the_command(tmp_path, nam
     with pytest.raises(DataError) as err:
         avade.create("dataset", name, split="train", root=str(tmp_path))
     message = str(err.value)
-    assert f"but {tmp_path / archive} is there, not extracted: extract it where it is ({command} " in message, message
+    # (celeba's unpacks into data.root/celeba, where the dataset looks: see the test below)
+    assert f"but {tmp_path / archive} is there, not extracted: extract it " in message, message
+    assert f"({command} {tmp_path / archive} " in message, message
     assert "download" not in message and "\n" not in message
     (tmp_path / archive).unlink()
     with pytest.raises(DataError) as err:
         avade.create("dataset", name, split="train", root=str(tmp_path))
     assert "not extracted" not in str(err.value) and "unrelated" not in str(err.value)
+
+
+def test_an_archive_is_named_only_where_extracting_it_makes_the_data_found(tmp_path):
+    # (was: any archive holding the dataset's name in the nearest existing folder: cifar-100-python.tar.gz for
+    # cifar10, one in a folder above a data.root that does not exist, and img_align_celeba.zip in data.root
+    # unpacked "where it is", after which celeba still searched data.root/celeba/img_align_celeba: the same error)
+    import zipfile
+
+    (tmp_path / "cifar-100-python.tar.gz").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
+    assert "not extracted" not in str(err.value)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
+    with pytest.raises(DataError) as err:  # a data.root that does not exist (a typo): the archive above is no fix
+        avade.create("dataset", "cifar10", split="train", root=str(tmp_path / "typo"))
+    assert "not extracted" not in str(err.value)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    with zipfile.ZipFile(tmp_path / "img_align_celeba.zip", "w") as archive:
+        archive.write(image, "img_align_celeba/000001.png")
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "celeba", split="train", root=str(tmp_path))
+    assert (f"but {tmp_path / 'img_align_celeba.zip'} is there, not extracted: extract it into {tmp_path / 'celeba'} "
+            f"(unzip {tmp_path / 'img_align_celeba.zip'} -d {tmp_path / 'celeba'})") in str(err.value)
+    with zipfile.ZipFile(tmp_path / "img_align_celeba.zip") as archive:  # as that command does
+        archive.extractall(tmp_path / "celeba")
+    assert len(avade.create("dataset", "celeba", split="train", root=str(tmp_path))) == 1
 
 
 def test_an_image_the_process_may_not_read_asks_for_permissions_not_a_new_file(tmp_path, monkeypatch):
