@@ -155,11 +155,28 @@ def refuse_a_string(value: object, what: str, example: str) -> None:
         raise TypeError(f"{what}: expected a list of strings, e.g. {example}, got the string {value!r}; put it in "
                         f"a list: [{value!r}]")
     if isinstance(value, dict):
-        import json
-
-        items = [f"{k}={json.dumps(v)}" if "=" not in str(k) else str(k) for k, v in value.items()]
+        items = [f"{k}={_toml_value(v)}" if "=" not in str(k) else str(k) for k, v in value.items()]
         raise TypeError(f"{what}: expected a list of strings, e.g. {example}, got a dict; give its items as "
                         f"strings: {items!r:.200}")
+
+
+def _toml_value(value: object) -> str:
+    """``value`` as a ``--set key=value`` takes it (TOML: ``true``, ``nan``, ``{name = "glow"}``), for a hint; a
+    Path or any other object as its string (JSON would raise on one, and write ``null``, ``NaN`` and ``{"k": v}``,
+    which TOML reads as other values or not at all)."""
+    import json
+    import math
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return ("nan" if math.isnan(value) else "inf" if value > 0 else "-inf") if not math.isfinite(value) \
+            else repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value))  # (a JSON string is a TOML basic string)
 
 
 class BusyError(AvadeError):

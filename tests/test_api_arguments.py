@@ -52,6 +52,23 @@ def test_overrides_given_as_a_dict_are_refused_with_the_list_to_give() -> None:
         apply_overrides({}, "train.steps=3")  # type: ignore[arg-type]
 
 
+def test_a_dict_of_overrides_is_hinted_as_strings_a_set_takes() -> None:
+    # (was: a Path value raised "Object of type PosixPath is not JSON serializable", and JSON's NaN and {"k": v}
+    # were no --set values: NaN the string 'NaN', {"name": "glow"} a TOML error)
+    import ast
+    from pathlib import Path
+
+    from avade.recipe import apply_overrides, parse_override
+
+    given = {"data.root": Path("/d"), "train.lr": float("nan"), "model.flow": {"name": "glow"}, "model.a": [1, True]}
+    with pytest.raises(TypeError, match=r"got a dict; give its items as strings: ") as err:
+        apply_overrides({}, given)  # type: ignore[arg-type]
+    items = ast.literal_eval(str(err.value).split("give its items as strings: ")[1])  # (the list, as repr wrote)
+    parsed = dict(parse_override(item) for item in items)
+    assert parsed["data.root"] == "/d" and parsed["train.lr"] != parsed["train.lr"]
+    assert parsed["model.flow"] == {"name": "glow"} and parsed["model.a"] == [1, True]
+
+
 def test_training_one_recipe_refuses_a_sweep_instead_of_training_its_base_alone(tmp_path: Path) -> None:
     # (was: run_recipe and Trainer trained the base recipe once, none of the sweep's variants, without a word)
     from avade.errors import ConfigError
