@@ -496,7 +496,8 @@ def repair_hint(exc: BaseException, folder: Path | None = None, archive: str = "
     if isinstance(exc, PermissionError):
         return "make its files readable (check their permissions)"
     where = str(folder) if folder is not None else "the dataset's folder"
-    again = f"unpack {archive} there again, or " if archive else ""
+    again = f"unpack {archive} again in {folder.parent}, or " if archive and folder is not None else \
+        f"unpack {archive} again, or " if archive else ""
     return f"replace {where} with a fresh copy ({again}delete it and set data.download=true, needs network)"
 
 

@@ -12,6 +12,7 @@ samples), with the same Inception, feature extraction and formulas as the ``fid`
 
 from __future__ import annotations
 
+import operator
 import os
 import zipfile
 from collections.abc import Mapping
@@ -91,8 +92,13 @@ def _outputs(images: Images, device: str | torch.device, batch_size: int,
              probs: bool = False) -> tuple[Tensor, Tensor | None]:
     """:func:`image_features`, and the class probabilities too with ``probs``."""
     batch = as_image_batch(images, what)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    try:  # (an int, or numpy's: not a str, a float or a bool)
+        size = None if isinstance(batch_size, bool) else operator.index(batch_size)
+    except TypeError:
+        size = None
+    if size is None or size < 1:
         raise DataError(f"batch_size must be an int >= 1, got {batch_size!r:.40}")
+    batch_size = size
     net = _load_extractor(extractor, inception_weights, device)
     return extract(net, batch.split(batch_size), device=device, total=batch.shape[0], description=what, probs=probs)
 

@@ -148,8 +148,8 @@ def test_stl10_labels_file_short_of_the_images_is_named(tmp_path):
     write_stl10_bin(folder / "train_X.bin", 3, seed=1)
     np.array([1, 2], dtype=np.uint8).tofile(folder / "train_y.bin")
     with pytest.raises(DataError, match=rf"^dataset 'stl10': .*train_y.bin holds 2 labels for 3 images; replace "
-                                        rf"{folder} with a fresh copy \(unpack stl10_binary.tar.gz there again, or "
-                                        r"delete it and set data.download=true, needs network\)$"):
+                                        rf"{folder} with a fresh copy \(unpack stl10_binary.tar.gz again in "
+                                        rf"{tmp_path}, or delete it and set data.download=true, needs network\)$"):
         avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split="train")
 
 
@@ -167,7 +167,7 @@ def test_stl10_empty_or_cut_image_file_is_named(tmp_path, train_split, size):
     broken.write_bytes(broken.read_bytes()[:size])
     with pytest.raises(DataError, match=rf"^dataset 'stl10': .*{broken.name} holds {size} bytes, not a whole number "
                                         rf"of 96x96 RGB images .*; replace {folder} with a fresh copy \(unpack "
-                                        r"stl10_binary.tar.gz there again"):
+                                        rf"stl10_binary.tar.gz again in {tmp_path}"):
         avade.create("dataset", "stl10", split="train", root=str(tmp_path), train_split=train_split)
 
 

@@ -67,6 +67,8 @@ def test_inception_score_and_prd_of_images_are_the_metrics_on_their_outputs(tmp_
         inception_score_of_images(fake, extractor=net, batch_size=0)
     with pytest.raises(DataError, match="batch_size must be an int >= 1, got '8'"):  # (was: '<' not supported ...)
         fid_of_images(real, fake, extractor=net, batch_size="8")
+    assert fid_of_images(real, fake, extractor=net, batch_size=np.int64(7)) == pytest.approx(  # numpy's ints too
+        fid_of_images(real, fake, extractor=net, batch_size=7))
     with pytest.raises(ValueError, match="PRD needs as many samples as real images"):
         prd_of_images(real, fake[:10], extractor=net)
 
