@@ -233,8 +233,8 @@ class Registry:
         ``factory(config, **context)`` builds it (``factory(**context)`` when ``config`` is None);
         ``config`` is an attrs class of its settings (defaults and types). Either may be a lazy
         ``"module:attr"`` string. ``summary`` is one line shown by ``avade list-components``.
-        Registered in-process (not by a plugin's hook), a name registered in-process before is replaced (a
-        notebook cell run again); a built-in's or a plugin's name is refused.
+        Registered in-process (not by a plugin's hook), a name registered before by the same module is replaced
+        (a notebook cell run again); one of another module, a built-in's or a plugin's is refused.
         """
         dist, version = self._provider
         # a plugin's failure warning names it already; one registered in-process has no name to give
@@ -274,9 +274,14 @@ class Registry:
             if first.dist == info.dist and self._collect_conflicts:  # the plugin's own mistake, not a clash
                 raise RegistryError(f"it registers {kind} '{name}' twice; register each name once")
             if not self._collect_conflicts:  # registered in-process (a script, a notebook)
-                if first.dist == info.dist:  # its own earlier registration: a notebook cell run again, maybe edited
+                if first.dist == info.dist and _origin(first.factory) == _origin(info.factory):
+                    # the same code's earlier registration: a notebook cell (or a script's module) run again
                     self._items[key] = info
                     return info
+                if first.dist == info.dist:  # two modules of this process: neither may silently win
+                    raise RegistryError(f"{kind} '{name}' is registered twice in this process, by "
+                                        f"{_origin(first.factory)} and by {_origin(info.factory)}; register each "
+                                        "name once")
                 if first.dist == BUILTIN_DIST:
                     raise RegistryError(f"{kind} '{name}' is the built-in {kind}; register yours under another name")
                 raise RegistryError(f"{kind} '{name}' is plugin {first.provider}'s {kind}; register yours under "
@@ -575,3 +580,11 @@ def create(kind: str, name: str, **config: Any) -> Any:
 def list_components(pattern: str | None = None, kind: str | None = None) -> list[str]:
     """Names like ``"flow/realnvp"`` matching a glob (timm style): ``list_components('*iaf*')``."""
     return [f"{i.kind}/{i.name}" for i in get_registry().list(kind=kind, pattern=pattern)]
+
+
+def _origin(factory: Callable[..., Any] | str) -> str:
+    """The module a factory comes from (a lazy ``"module:attr"``'s module): a notebook's and a script's own are
+    ``__main__``."""
+    if isinstance(factory, str):
+        return factory.split(":", 1)[0]
+    return str(getattr(factory, "__module__", None) or "?")

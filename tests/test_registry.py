@@ -255,6 +255,11 @@ def test_registering_in_process_again_replaces_and_a_built_in_s_name_is_refused(
 
     registry.register("flow", "mine", factory=Edited, config=ToyConfig)
     assert registry.get("flow", "mine").factory is Edited
+    # ... but two modules registering one name outside any plugin hook: neither silently wins
+    with pytest.raises(RegistryError, match=r"^flow 'mine' is registered twice in this process, by "
+                                            rf"{__name__} and by other_module; register each name once$"):
+        registry.register("flow", "mine", factory="other_module:Flow")
+    assert registry.get("flow", "mine").factory is Edited
     with pytest.raises(RegistryError, match=r"^flow 'glow' is the built-in flow; register yours under another name$"):
         registry.register("flow", "glow", factory=Toy, config=ToyConfig)
     assert registry.get("flow", "glow").dist == "avade"
