@@ -924,6 +924,23 @@ def test_eval_every_checkpoint_loads_the_data_once(tmp_path: Path, monkeypatch: 
     assert loads == [(False, True)]
 
 
+def test_eval_records_under_each_metric_only_the_overrides_it_ran_with(tmp_path: Path) -> None:
+    """eval.json's settings of each metric listed every --set key, another metric's table too: gan-test's said
+    eval.gan-train.width = 8, a setting gan-test never read. Keys outside eval.<metric> stay under every one."""
+    from avade.evaluate import evaluate_run
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_dict("train.steps=1", "train.checkpoint_every=1")))
+    result, out = _invoke("recipe", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 0, out
+    evaluate_run(tmp_path / "run", ["bpd"], device="cpu",
+                 overrides=["eval.bpd.split=train", "eval.fid.samples=10", 'eval."gan-train"={width = 8}',
+                            "eval.importance_samples=1", "data.eval_batch_size=16"])
+    settings = json.loads((tmp_path / "run" / "eval.json").read_text())["settings"]
+    assert settings["bpd"]["overrides"] == {"eval.bpd.split": "train", "eval.importance_samples": 1,
+                                            "data.eval_batch_size": 16}
+
+
 def test_study_subsets_takes_dataset_keys_with_or_without_data_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     import avade.metrics.subset_study as study
 

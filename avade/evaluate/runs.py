@@ -7,14 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 from rich.console import Console
 
 from avade.atomic_files import locked
 from avade.errors import AvadeError, CheckpointError, ConfigError, refuse_a_string
 from avade.evaluate.compute import build_metrics, check_inception_weights, compute_each, metric_settings, owns
 from avade.evaluate.loading import checkpoint_steps, load_run
-from avade.recipe.load import parse_override
-from avade.recipe.schema import LIKELIHOOD_VARIANTS
+from avade.recipe.load import key_parts, parse_override
+from avade.recipe.schema import LIKELIHOOD_VARIANTS, EvalSection
 from avade.registry import get_registry
 from avade.train import checkpoint as ckpt
 from avade.train.data import refuse_while_a_worker_starts
@@ -112,7 +113,7 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
             settings[name] = {**settings[name], "sample_seed": ctx.sample_seed}
     if overrides:  # e.g. model.temperature: part of what each value was computed with
         given = dict(parse_override(text) for text in overrides)
-        settings = {name: {**settings.get(name, {}), "overrides": given} for name, _ in metrics_built}
+        settings = {name: {**settings.get(name, {}), **_overrides_of(name, given)} for name, _ in metrics_built}
     record = _record_of(ctx.checkpoint, ctx.weights, results)  # (what another process than the first returns)
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
         run = RunDir(Path(run_dir))
@@ -126,6 +127,21 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
             raise AvadeError(f"cannot record the results in {run.eval} ({exc.strerror or exc}): make the run "
                              f"writable (or evaluate a copy of it) to record them; they are: {shown}") from None
     return results, ctx.weights, record
+
+
+def _overrides_of(metric: str, given: dict[str, Any]) -> dict[str, Any]:
+    """``{"overrides": ...}``: the ``--set`` keys that ``metric``'s value was computed with, or nothing.
+
+    Another metric's table (``eval.gan-train.width``) is left out: recorded under gan-test it read as a
+    setting gan-test ran with."""
+    own = attrs.fields_dict(EvalSection)  # eval.importance_samples, eval.inception_weights, ...: kept
+
+    def another_metrics(key: str) -> bool:
+        parts = key_parts(key)
+        return len(parts) > 1 and parts[0] == "eval" and parts[1] != metric and parts[1] not in own
+
+    kept = {key: value for key, value in given.items() if not another_metrics(key)}
+    return {"overrides": kept} if kept else {}
 
 
 def _record_of(checkpoint: Path | None, weights: str, results: dict[str, float]) -> dict[str, Any]:
