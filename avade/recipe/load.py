@@ -449,7 +449,8 @@ def _model(raw: Any) -> ModelSection:
         if ref is not None and not needed:
             unneeded.append(key)
         if ref is None and needed:
-            raise ConfigError(f"variant '{variant}' needs a {kind}; choose one with model.{key}.name",
+            article = "an" if kind[0] in "aeiou" else "a"  # (an encoder)
+            raise ConfigError(f"variant '{variant}' needs {article} {kind}; choose one with model.{key}.name",
                               path=f"model.{key}.name")
         refs[key] = ref
     if unneeded:

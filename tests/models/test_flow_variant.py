@@ -104,6 +104,16 @@ def test_it_trains_with_every_parameter_in_the_graph(tmp_path: Path) -> None:
     assert summary["variant"] == "flow" and math.isfinite(summary["bpd"])
 
 
+@pytest.mark.parametrize(("variant", "part", "message"), [
+    ("gan", "encoder", "variant 'gan' needs an encoder; choose one with model.encoder.name"),  # (said "a encoder")
+    ("vae", "decoder", "variant 'vae' needs a decoder; choose one with model.decoder.name"),
+])
+def test_a_missing_part_is_named_with_its_article(variant: str, part: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^model.{part}.name: {re.escape(message)}$"):
+        tiny_recipe(f'model.variant="{variant}"', 'model.flow="none"', 'model.discriminator="none"',
+                    f'model.{part}="none"')
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (('model.encoder={name="conv"}',), "variant 'flow' has no encoder (its latent is f(x) itself"),
     (('model.posterior={name="topdown"}',), "variant 'flow' has no posterior"),
