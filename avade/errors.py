@@ -148,6 +148,11 @@ def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
+def a_or_an(word: str) -> str:
+    """``word`` with its indefinite article, as messages name a component kind: "a flow", "an encoder"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def refuse_a_string(value: object, what: str, example: str) -> None:
     """A TypeError when a list of strings is given as one string (whose characters would be taken one by one),
     or as a dict (whose keys alone would be taken: ``{"train.steps": 3}``)."""

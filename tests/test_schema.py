@@ -228,3 +228,13 @@ def test_unstructure_keeps_none_when_asked() -> None:
     assert unstructure(Opt(clamp=None)) == {}
     assert unstructure(Opt(clamp=None), drop_none=False) == {"clamp": None}
     assert structure(Opt, unstructure(Opt(clamp=None), drop_none=False)).clamp is None
+
+
+def test_component_kinds_take_their_article_in_messages() -> None:
+    from avade.errors import a_or_an
+    from avade.recipe import recipe_from_dict
+
+    assert [a_or_an(k) for k in ("flow", "encoder", "posterior", "IAF")] == ["a flow", "an encoder", "a posterior",
+                                                                             "an IAF"]
+    with pytest.raises(ConfigError, match=r"missing `name` \(choose an encoder;"):  # (was "choose a encoder")
+        recipe_from_dict({"model": {"encoder": {"channels": [8]}}})

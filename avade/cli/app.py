@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from avade import __version__
-from avade.errors import AvadeError, ConfigError, StoppedError, cli_flags
+from avade.errors import AvadeError, ConfigError, StoppedError, a_or_an, cli_flags
 
 if TYPE_CHECKING:
     from avade.registry import PluginFailure
@@ -590,8 +590,8 @@ def recipe_keys(
                 "dataset" if section == "data.name" else None)
         if kind is not None:  # a component's keys are its own, not the recipe's
             name = f"{slot} " if kind == "metric" else ""  # ([eval.fid] is fid's: the others depend on name =)
-            raise ConfigError(f"{section!r} holds a {kind} component's own keys: see avade list-components {name}"
-                              f"--kind {kind} --json --schema")
+            raise ConfigError(f"{section!r} holds {a_or_an(kind)} component's own keys: see avade list-components "
+                              f"{name}--kind {kind} --json --schema")
         if slot in own:
             raise ConfigError(f"{section!r} is a key of section {head}, not a section: avade recipe keys {head} "
                               "lists it")

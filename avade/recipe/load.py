@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from avade.errors import AvadeError, ConfigError, RegistryError, did_you_mean, refuse_a_string
+from avade.errors import AvadeError, ConfigError, RegistryError, a_or_an, did_you_mean, refuse_a_string
 from avade.recipe.schema import (
     ADVERSARIAL_VARIANTS,
     DEFAULT_COMPONENTS,
@@ -345,14 +345,15 @@ def _component(kind: str, table: Any, path: str) -> ComponentRef | None:
     table = _table(table, path)
     name = table.pop("name", None)
     if name is None:
-        raise ConfigError(f"missing `name` (choose a {kind}; see `avade list-components --kind {kind}`)",
+        raise ConfigError(f"missing `name` (choose {a_or_an(kind)}; see `avade list-components --kind {kind}`)",
                           path=path)
     if not isinstance(name, str):
-        raise ConfigError(f"expected a {kind} name (string), got {name!r}", path=f"{path}.name")
+        raise ConfigError(f"expected {a_or_an(kind)} name (string), got {name!r}", path=f"{path}.name")
     if name == NONE_NAME:
         if table:  # options of no component: a mistake (the table was meant for another), never used
             raise ConfigError(f"{path}.name is \"{NONE_NAME}\" (no {kind}), so its {', '.join(map(str, table))} "
-                              f"would do nothing; remove {'it' if len(table) == 1 else 'them'}, or name a {kind}",
+                              f"would do nothing; remove {'it' if len(table) == 1 else 'them'}, or name "
+                              f"{a_or_an(kind)}",
                               path=f"{path}.{next(iter(table))}")
         return None
     registry = get_registry()
@@ -449,8 +450,7 @@ def _model(raw: Any) -> ModelSection:
         if ref is not None and not needed:
             unneeded.append(key)
         if ref is None and needed:
-            article = "an" if kind[0] in "aeiou" else "a"  # (an encoder)
-            raise ConfigError(f"variant '{variant}' needs {article} {kind}; choose one with model.{key}.name",
+            raise ConfigError(f"variant '{variant}' needs {a_or_an(kind)}; choose one with model.{key}.name",
                               path=f"model.{key}.name")
         refs[key] = ref
     if unneeded:
