@@ -2254,3 +2254,12 @@ def test_a_sweep_s_eval_warns_about_a_diverged_variant_and_its_results_not_finit
     rows = {row["name"]: row for row in json.loads((out / "sweep_eval.json").read_text())}
     if rows["tiny-lr1e30"]["bpd"] is None:  # (a diverged step leaves weights whose bpd is not finite: said)
         assert any("bpd not finite (null in sweep_eval.json and --json)" in w for w in warned), warned
+
+
+def test_eval_says_when_an_option_does_not_apply_to_the_metrics_asked_for(run_dir: Path) -> None:
+    # (was: silently ignored)
+    result, text = _invoke("eval", str(run_dir), "--metrics", "bpd", "--samples", "8", "--device", "cpu")
+    assert result.exit_code == 0, text
+    assert "warning: --samples sets how many samples the sample-based metrics" in " ".join(text.split()), text
+    result, text = _invoke("eval", str(run_dir), "--metrics", "bpd", "--importance-samples", "2", "--device", "cpu")
+    assert result.exit_code == 0 and "warning" not in text, text

@@ -687,6 +687,13 @@ def evaluate(
     twice = sorted({m for m in given if given.count(m) > 1})  # (each would be computed, then refused)
     if twice:
         raise AvadeError(f"--metrics: {', '.join(twice)} given twice; give each metric once")
+    # (options the metrics asked for do not take: said, not silently ignored)
+    if names and importance_samples is not None and "bpd" not in names:
+        err.print("[yellow]warning:[/] --importance-samples applies to bpd, which --metrics leaves out: ignored",
+                  highlight=False)
+    if names and samples is not None and set(names) == {"bpd"}:
+        err.print("[yellow]warning:[/] --samples sets how many samples the sample-based metrics (fid, kid, prd, ...) "
+                  "draw; bpd is computed on the test split: ignored", highlight=False)
     if run_dir.is_dir() and not (run_dir / "recipe.toml").is_file() and sweep_runs(run_dir)[0]:
         if checkpoint is not None:
             raise AvadeError(f"--checkpoint picks a checkpoint of one run, but {run_dir} is a sweep's --out; "

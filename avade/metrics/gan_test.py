@@ -276,8 +276,9 @@ class GanTrain:
             share = 100.0 * float(torch.isin(test_y, torch.tensor(missing)).float().mean())
             warnings.warn(f"gan-train: the {len(labels)} samples' labels leave out {len(missing)} of the test split's "
                           f"classes ({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}), so its "
-                          f"classifier misses their {share:.1f}% of the test images; raise samples (none: as many "
-                          "as the training split's images)", UserWarning, stacklevel=2)
+                          f"classifier misses their {share:.1f}% of the test images; raise eval.gan-train.samples "
+                          "(avade eval: --samples; none: as many as the training split's images)", UserWarning,
+                          stacklevel=2)
         samples = _samples(ctx, labels, cfg.sample_batch_size, like=test_x)
         model = train_classifier(samples, labels, num_classes, cfg, ctx.device)
         return {"gan_train": 100.0 * accuracy(model, test_x, test_y, ctx.device)}

@@ -109,8 +109,9 @@ class PRDC:
         for key in ("samples", "real_samples"):
             value = getattr(cfg, key)
             if value is not None and value <= cfg.nearest_k:
+                raise_it = "raise it (avade eval: --samples)" if key == "samples" else "raise it"
                 raise ConfigError(f"{value} is too few for nearest_k = {cfg.nearest_k} (each side needs more "
-                                  f"than k images); raise it or lower eval.prdc.nearest_k", path=f"eval.prdc.{key}")
+                                  f"than k images); {raise_it} or lower eval.prdc.nearest_k", path=f"eval.prdc.{key}")
         self.cfg = cfg
         self.used: dict[str, int] = {}  # set by compute: the images of each side it compared
 

@@ -113,9 +113,10 @@ def test_prdc_metric_scores_samples_against_the_split(tmp_path) -> None:
 
 
 def test_too_few_images_for_k_are_refused_when_built_or_by_the_split(tmp_path) -> None:
-    with pytest.raises(ConfigError, match=r"eval.prdc.samples: 5 is too few for nearest_k = 5"):
+    with pytest.raises(ConfigError, match=r"eval.prdc.samples: 5 is too few for nearest_k = 5 .*; raise it \(avade "
+                                          r"eval: --samples\) or lower"):  # (what `avade eval --samples 5` set)
         PRDC(PRDCConfig(samples=5))
-    with pytest.raises(ConfigError, match=r"eval.prdc.real_samples: 3 is too few for nearest_k = 3"):
+    with pytest.raises(ConfigError, match=r"eval.prdc.real_samples: 3 is too few for nearest_k = 3 .*; raise it or "):
         PRDC(PRDCConfig(real_samples=3, nearest_k=3))
     ctx = crops_against_noise(tmp_path, 4, "test")
     with (pytest.raises(AvadeError, match="the test split holds only 4 images, too few for nearest_k = 5"),
