@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import traceback
 from collections.abc import Callable, Iterator
 
 from avade.errors import AvadeError
@@ -84,6 +85,9 @@ def as_out_of_memory(exc: BaseException, phase: str, fix: str) -> OutOfMemory | 
     if what.startswith("GPU"):
         import torch
 
+        # the failed pass's activations, held by the finished frames of the error's traceback, freed first (else
+        # the cache keeps their blocks: the traceback's lines stay for --debug)
+        traceback.clear_frames(exc.__traceback__)
         with contextlib.suppress(Exception):
             torch.cuda.empty_cache()
     return OutOfMemory(what, phase, _said(exc), fix)
@@ -154,7 +158,15 @@ def memory_free(device: str) -> tuple[int | None, str]:
 
     import torch
 
-    index = int(device.split(":")[1]) if ":" in device else int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        if ":" in device:
+            index = int(device.split(":")[1])
+        else:  # this process's GPU, as training takes it (the one it sees under a launcher that gives each its own)
+            from avade.train.distributed import cuda_index
+
+            index = cuda_index(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count())
+    except Exception:  # (a LOCAL_RANK past the GPUs seen: training itself says so)
+        return None, f"GPU {device}"
     try:
         return int(torch.cuda.mem_get_info(index)[0]), f"GPU cuda:{index}"
     except Exception:  # (no driver, a busy or lost device: nothing to compare with)

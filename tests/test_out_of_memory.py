@@ -202,3 +202,41 @@ def test_the_failed_blocks_tensors_are_freed_with_the_error_not_by_the_garbage_c
     finally:
         if enabled:
             gc.enable()
+
+
+def test_a_gpu_s_failed_pass_is_freed_before_its_cache_is_emptied(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the activations, held by the error's finished frames, were still alive when empty_cache ran: their blocks stayed
+    # cached, not "found free" by what follows (the next sweep variant)
+    import weakref
+
+    from avade.memory import as_out_of_memory
+
+    held: list[weakref.ref[torch.Tensor]] = []
+    alive_at_empty: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: alive_at_empty.append(held[0]() is not None))
+
+    def step() -> None:
+        activations = torch.zeros(4)
+        held.append(weakref.ref(activations))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    try:
+        step()
+    except torch.OutOfMemoryError as exc:
+        error = as_out_of_memory(exc, "at training step 1", "lower data.batch_size")
+        assert error is not None and str(error).startswith("out of memory at training step 1: the GPU's memory")
+        assert alive_at_empty == [False]
+
+
+def test_the_memory_check_takes_the_gpu_training_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # LOCAL_RANK 3 under a launcher that gives each process its one GPU: the check asked for cuda:3, failed, and was
+    # skipped without a word
+    from avade.memory import memory_free
+
+    asked: list[int] = []
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (asked.append(index), (7 << 30, 8 << 30))[1])
+    assert memory_free("cuda") == (7 << 30, "GPU cuda:0") and asked == [0]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # a LOCAL_RANK past the GPUs seen: no figure
+    assert memory_free("cuda")[0] is None
