@@ -32,11 +32,10 @@ def _counts(sizes: Sequence[int | float] | None, total: int) -> list[int]:
             sizes = [total, *(s for s in PAPER_SIZES[1:] if s < total)]
         else:
             sizes = SMALL_FRACTIONS
+    _check_fractions(sizes)
     counts = []
     for s in sizes:
         if isinstance(s, float):
-            if not 0.0 < s <= 1.0:
-                raise AvadeError(f"subset study: fraction {s} is not in (0, 1]")
             n = round(s * total)
         else:
             n = int(s)
@@ -44,6 +43,14 @@ def _counts(sizes: Sequence[int | float] | None, total: int) -> list[int]:
             raise AvadeError(f"subset study: subset size {n} is not in [2, {total}] (images in the split)")
         counts.append(n)
     return counts
+
+
+def _check_fractions(sizes: Sequence[int | float] | None) -> None:
+    """A fraction outside (0, 1] (NaN too), refused in one line: it needs no count of the split's images."""
+    for s in sizes or ():
+        if isinstance(s, float) and not 0.0 < s <= 1.0:
+            raise AvadeError(f"subset study: fraction {s} is not in (0, 1]; give fractions such as 0.5 (1.0 = the "
+                             "whole split)")
 
 
 def subset_study(
@@ -64,6 +71,13 @@ def subset_study(
     position in ``sizes``. Rows: ``{"size", "fraction", "fid"[, "is_mean", "is_std"]}``; the full set
     has FID 0 against itself.
     """
+    # Bad sizes fail before the split's Inception features are extracted (many minutes on a CPU), not after:
+    # all of them where the context counts its images without reading them (split_size, optional), else fractions.
+    split_size = getattr(ctx, "split_size", None)
+    if callable(split_size):
+        _counts(sizes, split_size(split))
+    else:
+        _check_fractions(sizes)
     extractor = extractor or get_extractor(ctx.options, ctx.device)
     warn_if_not_reference(extractor, "subset study")
     data = real_features(ctx, extractor, split, None, batch_size)

@@ -102,6 +102,18 @@ def test_subset_study_table7_shape(tmp_path) -> None:
         subset_study(ctx, sizes=[500], split="train")
 
 
+def test_subset_study_refuses_bad_sizes_before_extracting_features(tmp_path) -> None:
+    # `avade study subsets --fractions 0`: refused at once, not after the split's Inception features (minutes)
+    ctx = _ctx(tmp_path, None)
+    for bad, match in (([1.0, 0.0], "fraction 0.0 is not in"), ([float("nan")], "fraction nan is not in")):
+        with pytest.raises(avade.AvadeError, match=match):
+            subset_study(ctx, sizes=bad, split="train")
+    ctx.split_size = lambda split: len(ctx.real[split][0])  # type: ignore[attr-defined]
+    with pytest.raises(avade.AvadeError, match="subset size 500"):
+        subset_study(ctx, sizes=[500], split="train")
+    assert ctx.real_calls == 0  # no image read
+
+
 def test_all_metrics_are_registered_and_validated() -> None:
     names = {c.split("/")[1] for c in avade.list_components(kind="metric")}
     assert {"bpd", "fid", "kid", "is", "prd", "prdc", "gan-test", "gan-train"} <= names
