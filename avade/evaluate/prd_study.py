@@ -28,9 +28,16 @@ def read_curve(path: Path) -> tuple[list[float], list[float], str | None]:
         raise AvadeError(f"{path}: no such run directory or {CURVE_FILE}")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AvadeError(f"{file} is not a PRD curve ({type(exc).__name__}: cut short or edited?); write it again "
+                         f"with `avade eval RUN --metrics prd`") from None
+    if not isinstance(data, dict) or "precision" not in data or "recall" not in data:  # (another file: eval.json)
+        raise AvadeError(f"{file} is not a PRD curve (no precision and recall lists); give a run directory or its "
+                         f"{CURVE_FILE}")
+    try:
         precision = [float(v) for v in data["precision"]]
         recall = [float(v) for v in data["recall"]]
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError) as exc:
         raise AvadeError(f"{file} is not a PRD curve ({type(exc).__name__}: cut short or edited?); write it again "
                          f"with `avade eval RUN --metrics prd`") from None
     if not precision or len(precision) != len(recall) or not all(
@@ -70,6 +77,8 @@ def prd_study(runs: Sequence[str], output: Path, title: str | None = None) -> li
         label, sep, where = given.partition("=")
         if not sep or not label or Path(given).exists():  # (a path holding "=" is a path)
             label, where = "", given
+        elif not where:
+            raise AvadeError(f"{given}: no path after '='; give LABEL=PATH (a run directory or its {CURVE_FILE})")
         path = Path(where).expanduser()
         precision, recall, _ = read_curve(path)
         label = label or _run_name(path)

@@ -56,6 +56,9 @@ def test_the_curves_of_several_runs_go_on_one_plot_with_their_scores(tmp_path: P
     (lambda run: (run / "prd_curve.json").unlink(), "has no PRD curve (prd_curve.json); compute one with `avade eval"),
     (lambda run: (run / "prd_curve.json").write_text('{"precision": [0.5, 0.4'), "is not a PRD curve"),
     (lambda run: (run / "prd_curve.json").write_text('{"precision": [0.5], "recall": [1.5]}'), "values in [0, 1]"),
+    # another JSON file (a run's eval.json given for its curve): not "cut short or edited?"
+    (lambda run: (run / "prd_curve.json").write_text('{"fid": 40.0}'), "is not a PRD curve (no precision and recall "
+                                                                       "lists); give a run directory or its "),
 ])
 def test_a_run_without_a_readable_curve_is_one_line(tmp_path: Path, damage, message: str) -> None:
     run = _run(tmp_path / "a", "av_ade", 0.9)
@@ -63,6 +66,12 @@ def test_a_run_without_a_readable_curve_is_one_line(tmp_path: Path, damage, mess
     result = _invoke(str(run), "-o", str(tmp_path / "x.png"))
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.png").exists()
+
+
+def test_a_label_without_a_path_is_named(tmp_path: Path) -> None:
+    # (was: "A=" read as the path ".": ". has no PRD curve")
+    result = _invoke("A=", "-o", str(tmp_path / "x.png"))
+    assert result.exit_code == 2 and "A=: no path after '='; give LABEL=PATH" in result.stderr, result.output
 
 
 def test_the_output_must_be_a_png_file(tmp_path: Path) -> None:
