@@ -164,7 +164,8 @@ def memory_free(device: str) -> tuple[int | None, str]:
         else:  # this process's GPU, as training takes it (the one it sees under a launcher that gives each its own)
             from avade.train.distributed import cuda_index
 
-            index = cuda_index(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count())
+            local, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+            index = cuda_index(local, visible) if visible else local  # (none seen: mem_get_info says why)
     except Exception:  # (a LOCAL_RANK past the GPUs seen: training itself says so)
         return None, f"GPU {device}"
     try:
