@@ -853,7 +853,7 @@ def study_subsets(
 @study_app.command("prd")
 def study_prd(
     runs: Annotated[list[str], typer.Argument(
-        metavar="RUN...", help="Run directories evaluated with --metrics prd (or their prd_curve.json), each "
+        metavar="RUN", help="Run directories evaluated with --metrics prd (or their prd_curve.json), each "
                                "optionally LABEL=PATH; the legend otherwise names each by its recipe.")],
     output: Annotated[Path, typer.Option("-o", "--output", "--out", help="The plot, a .png file.")]
     = Path("prd.png"),
