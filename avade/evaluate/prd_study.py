@@ -73,6 +73,7 @@ def prd_study(runs: Sequence[str], output: Path, title: str | None = None) -> li
                          "runs/glow -o figure19.png")
     curves: dict[str, tuple[list[float], list[float]]] = {}
     rows: list[dict[str, Any]] = []
+    files: dict[Path, str] = {}  # each curve's file, resolved: one run given twice is one curve drawn twice
     for given in runs:
         label, sep, where = given.partition("=")
         if not sep or not label or Path(given).exists():  # (a path holding "=" is a path)
@@ -81,6 +82,10 @@ def prd_study(runs: Sequence[str], output: Path, title: str | None = None) -> li
             raise AvadeError(f"{given}: no path after '='; give LABEL=PATH (a run directory or its {CURVE_FILE})")
         path = Path(where).expanduser()
         precision, recall, _ = read_curve(path)
+        file = (path / CURVE_FILE if path.is_dir() else path).resolve()
+        if file in files:
+            raise AvadeError(f"{given} and {files[file]} are the same curve ({file}); give each run once")
+        files[file] = given
         label = label or _run_name(path)
         if label in curves:  # (two runs of one recipe: told apart by their folders)
             label = f"{label} ({path.resolve().name if path.is_dir() else path.resolve().parent.name})"

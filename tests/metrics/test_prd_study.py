@@ -35,8 +35,9 @@ def _invoke(*args: str) -> object:
 def test_the_curves_of_several_runs_go_on_one_plot_with_their_scores(tmp_path: Path) -> None:
     good, poor = _run(tmp_path / "a", "av_ade_wg_rd", 0.9), _run(tmp_path / "b", "glow_cifar10", 0.3)
     twin = _run(tmp_path / "c", "glow_cifar10", 0.5)  # a second run of one recipe: told apart by its folder
+    _run(tmp_path / "d", "realnvp", 0.7)  # labelled by the user, given as its curve file
     plot = tmp_path / "figs" / "figure19.png"
-    result = _invoke(str(good), str(poor), str(twin), f"Real NVP={tmp_path / 'c' / 'prd_curve.json'}",
+    result = _invoke(str(good), str(poor), str(twin), f"Real NVP={tmp_path / 'd' / 'prd_curve.json'}",
                      "-o", str(plot), "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -66,6 +67,14 @@ def test_a_run_without_a_readable_curve_is_one_line(tmp_path: Path, damage, mess
     result = _invoke(str(run), "-o", str(tmp_path / "x.png"))
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.png").exists()
+
+
+def test_one_run_given_twice_is_refused(tmp_path: Path) -> None:
+    # (was: drawn twice, labelled "av_ade" and "av_ade (a)")
+    run = _run(tmp_path / "a", "av_ade", 0.9)
+    result = _invoke(str(run), f"again={run / 'prd_curve.json'}", "-o", str(tmp_path / "x.png"))
+    assert result.exit_code == 2 and f"are the same curve ({run / 'prd_curve.json'}); give each run once" in \
+        " ".join(result.stderr.split()), result.output
 
 
 def test_a_label_without_a_path_is_named(tmp_path: Path) -> None:
