@@ -623,9 +623,12 @@ def test_eval_and_sample_take_an_older_checkpoint_and_eval_json_says_which(tmp_p
     result, out = _invoke("sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png"), "--checkpoint",
                           "step_00000002", "--device", "cpu")
     assert result.exit_code == 0 and (tmp_path / "s.png").is_file(), out
-    for wrong in ("3", "²", "x"):
+    result, out = _invoke("eval", str(run), "--checkpoint", "3", "--device", "cpu")
+    assert result.exit_code == 2 and "has no such checkpoint; its steps are 2, 4" in out, out
+    for wrong in ("²", "x", "-2"):  # no step at all: what one looks like
         result, out = _invoke("eval", str(run), "--checkpoint", wrong, "--device", "cpu")
-        assert result.exit_code == 2 and "has no such checkpoint; its steps are 2, 4" in out, out
+        assert result.exit_code == 2 and f"--checkpoint {wrong}: expected a step (30000 or step_00030000);" in out, out
+        assert "has steps 2, 4" in out, out
     (run / "checkpoints" / "step_00000002" / "model.safetensors").write_bytes(b"broken")
     result, out = _invoke("eval", str(run), "--checkpoint", "2", "--device", "cpu")
     assert result.exit_code == 2 and "pick another with --checkpoint STEP (steps: 4)" in out, out

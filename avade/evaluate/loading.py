@@ -81,6 +81,9 @@ def select_checkpoint(run: RunDir, checkpoint: str | int | None = None) -> Path:
     if wanted in by_step:
         return by_step[wanted]
     steps = ", ".join(str(s) for s in sorted(by_step))
+    if wanted < 0:  # (not a step at all: abc, -2, 1.5)
+        raise CheckpointError(f"{argument('checkpoint', checkpoint)}: expected a step (30000 or step_00030000); "
+                              f"{run.checkpoints} has steps {steps}")
     raise CheckpointError(f"{argument('checkpoint', checkpoint)}: {run.checkpoints} has no such checkpoint; its steps "
                           f"are {steps}")
 
