@@ -113,6 +113,9 @@ def test_the_command_shows_a_table_or_json_and_refuses_a_missing_folder(tmp_path
     result = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--metrics", "bpd,FID,prdc_*"], env={"COLUMNS": "160"})
     assert result.exit_code == 0 and "5.25" in result.output, result.output
     assert "warning: --metrics FID, prdc_*: no run has results of that name; theirs: bpd" in result.output
+    result = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--metrics", "bdp"], env={"COLUMNS": "160"})
+    assert "warning: --metrics bdp: no run has results of that name (did you mean 'bpd'?); theirs: bpd" in \
+        result.output, result.output
     result = runner.invoke(app, ["runs", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "no such folder" in result.output and len(result.output.strip().splitlines()) == 1
     (tmp_path / "empty").mkdir()

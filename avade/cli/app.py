@@ -464,8 +464,12 @@ def runs_overview(
     known = sorted({k for r in records for k in r.get("results", {})})
     missing = [m for m in chosen or [] if not matching_keys(m, known)]
     if missing:  # (a typo, or a metric no run was evaluated on yet: an empty column either way)
-        err.print(f"[yellow]warning:[/] --metrics {escape(', '.join(missing))}: no run has results of that name; "
-                  f"theirs: {escape(', '.join(known) or 'none yet')} (avade eval RUN --metrics ... adds more)")
+        from avade.errors import did_you_mean
+
+        close = "".join(did_you_mean(m, known) for m in missing if "*" not in m)
+        err.print(f"[yellow]warning:[/] --metrics {escape(', '.join(missing))}: no run has results of that name"
+                  f"{escape(close)}; theirs: {escape(', '.join(known) or 'none yet')} (avade eval RUN --metrics ... "
+                  "adds more)")
     render(records, columns_for(records, chosen), out)
     if damaged:
         raise typer.Exit(1)
