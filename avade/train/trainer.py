@@ -521,11 +521,9 @@ class Trainer:
             if not self.dist.enabled:
                 raise
             failure = exc
-            # the failed pass's activations, held by its frames, freed before the collective (on a GPU out of
-            # memory, NCCL's set-up at this first collective needs some back); the traceback's lines stay
+            # the failed pass's activations, held by its frames, freed before the collective; the traceback's lines
+            # stay (a GPU out of memory: naming_memory's as_out_of_memory has emptied the cache for NCCL's set-up)
             traceback.clear_frames(exc.__traceback__)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
         if not self.dist.enabled:
             return
         # (an error without a message is still a failure: an empty blob says "this process is fine")
