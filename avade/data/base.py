@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import hashlib
 import io
+import itertools
 import os
 import shlex
 from collections.abc import Callable, Iterator, Sequence
@@ -508,12 +509,14 @@ def describe_error(exc: BaseException) -> str:
 
 def missing_data(
     dataset: str, searched: Sequence[Path | str], *, download: bool, what: str = "", source: str = "",
-    location: str = "data.root",
+    location: str = "data.root", root: Path | None = None,
 ) -> DataError:
     """The one-line "not found" error: which dataset, every path searched, and how to fix it.
 
     ``download``: whether ``data.download=true`` can fetch it; ``source``: where to get it by hand otherwise;
-    ``location``: the key that says where it is (an absolute ``data.folder`` makes ``data.root`` moot).
+    ``location``: the key that says where it is (an absolute ``data.folder`` makes ``data.root`` moot);
+    ``root``: the expanded ``data.root`` the paths were searched under, whose subfolders are looked in for
+    them (the data one level down: ``~/data/cifar10/cifar-10-batches-py`` with ``data.root=~/data``).
     """
     paths = ", ".join(str(p) for p in searched)
     if any(isinstance(p, Path) and not p.is_absolute() for p in searched):
@@ -527,6 +530,10 @@ def missing_data(
         if isinstance(path, Path) and path.name == path.parent.name and path.parent.is_dir():
             return DataError(f"dataset '{dataset}'{detail} not found: {location} {path.parent} is the {path.name} "
                              f"folder itself; set {location}={path.parent.parent}, the folder that holds it")
+    below = _one_level_down(root, searched) if root is not None else None
+    if below is not None:  # (the data are there: the root is the fix, not a download)
+        return DataError(f"dataset '{dataset}'{detail} not found in {location} {root}, but it is in {below}: "
+                         f"set {location}={below}")
     packed = _unextracted_archive(dataset, searched)
     if packed is not None:  # (the data are there, packed: extracting is the fix, not another root or a download)
         archive, into = packed
@@ -542,6 +549,36 @@ def missing_data(
     if fallback:
         fixes.append(f"or use the built-in offline data with --set data.name={fallback}")
     return DataError(f"dataset '{dataset}'{detail} not found (searched: {paths}); {', '.join(fixes)}")
+
+
+#: at most this many entries of data.root are looked through for the dataset one level down (a root holding a
+#: whole image collection would otherwise be listed at length for an error message)
+_SUBFOLDERS_LOOKED_IN = 256
+
+
+def _one_level_down(root: Path, searched: Sequence[Path | str]) -> Path | None:
+    """The subfolder of ``root`` that holds what was searched for under ``root`` (the first path of ``searched``
+    found there, file or folder as it was looked for), or None. Hidden folders are skipped."""
+    wanted = []
+    for path in searched:
+        if isinstance(path, Path):
+            try:
+                wanted.append(path.relative_to(root))
+            except ValueError:  # (an absolute path of its own, e.g. data.folder)
+                continue
+    if not wanted or not root.is_dir():
+        return None
+    try:
+        with os.scandir(root) as entries:
+            subfolders = sorted(Path(e.path) for e in itertools.islice(entries, _SUBFOLDERS_LOOKED_IN)
+                                if not e.name.startswith(".") and e.is_dir())
+    except OSError:  # (unreadable: the plain "not found" says enough)
+        return None
+    for relative in wanted:
+        for folder in subfolders:
+            if (folder / relative).exists():
+                return folder
+    return None
 
 
 #: dataset -> (its official archive, the folder that archive unpacks to, relative to data.root): only these are

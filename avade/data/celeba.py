@@ -45,7 +45,7 @@ def locate(cfg: CelebAConfig, split: str) -> list[Path]:
         files = list_images(folder, recursive=False) if folder.is_dir() else []
         if files:
             return _split(cfg, folder, files, split)
-    raise missing_data(NAME, candidates(cfg), download=True)
+    raise missing_data(NAME, candidates(cfg), download=True, root=expand_root(cfg.root))
 
 
 def partition_file(folder: Path) -> Path:

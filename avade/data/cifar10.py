@@ -48,7 +48,7 @@ def locate(cfg: Cifar10Config, split: str) -> list[Path]:
     missing = [f for f in files if not f.is_file()]
     if missing:
         searched = [missing[0]] if missing[0].parent.is_dir() else [missing[0].parent]
-        raise missing_data(NAME, searched, download=True)
+        raise missing_data(NAME, searched, download=True, root=expand_root(cfg.root))
     return files
 
 

@@ -162,7 +162,8 @@ def _locate(cfg: ImageNetConfig, split: str, prefer: str | None = None) -> tuple
             if folders[0].is_dir():
                 return layout, folders
     what = f"{cfg.resolution}x{cfg.resolution} ({split} split)"
-    raise missing_data(NAME, searched, download=False, what=what, source="image-net.org (Downsampled ImageNet)")
+    raise missing_data(NAME, searched, download=False, what=what, source="image-net.org (Downsampled ImageNet)",
+                       root=expand_root(cfg.root))
 
 
 # What a damaged file raises: a truncated npz BadZipFile; a damaged pickle any of the others.

@@ -75,7 +75,8 @@ def locate(cfg: LsunConfig, split: str) -> tuple[str, Path]:
             raise DataError(f"dataset 'lsun': found {archive} but not the folder it unzips to; unzip it in place "
                             f"(`unzip {archive.name}` in {archive.parent})")
     what = f"category '{cfg.category}' ({split} split)"
-    raise missing_data(NAME, [p for _, p in searched], download=False, what=what, source=SOURCE)
+    raise missing_data(NAME, [p for _, p in searched], download=False, what=what, source=SOURCE,
+                       root=expand_root(cfg.root))
 
 
 def _import_lmdb(path: Path) -> Any:

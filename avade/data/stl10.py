@@ -61,7 +61,7 @@ def locate(cfg: Stl10Config, split: str) -> list[Path]:
     files = [folder / f for f in _FILES[_tv_split(cfg, check_split(split))]]
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise missing_data(NAME, [missing[0] if folder.is_dir() else folder], download=True)
+        raise missing_data(NAME, [missing[0] if folder.is_dir() else folder], download=True, root=folder.parent)
     return files
 
 

@@ -876,6 +876,30 @@ def test_a_data_root_that_is_the_dataset_folder_itself_names_the_folder_above(tm
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(("name", "folder", "extra"), [
+    ("cifar10", "cifar-10-batches-py", {}),
+    ("stl10", "stl10_binary", {}),
+    ("celeba", "celeba/img_align_celeba", {}),
+    ("lsun", "bedroom_train_lmdb", {"category": "bedroom"}),
+    ("imagenet", "train_32x32", {"resolution": 32}),
+])
+def test_a_data_root_one_level_above_the_dataset_names_the_subfolder(tmp_path, name, folder, extra):
+    # (the other usual slip: data.root=~/data with the data in ~/data/cifar10/cifar-10-batches-py; was the
+    # generic "not found ...; set data.root=<the folder that holds it>, set data.download=true")
+    (tmp_path / ".hidden" / folder).mkdir(parents=True)  # (hidden folders are not looked in)
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", name, split="train", root=str(tmp_path), **extra)
+    assert "but it is in" not in str(err.value)
+    (tmp_path / "mine" / folder).mkdir(parents=True)
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", name, split="train", root=str(tmp_path), **extra)
+    message = str(err.value)
+    assert message.endswith(f"not found in data.root {tmp_path}, but it is in {tmp_path / 'mine'}: "
+                            f"set data.root={tmp_path / 'mine'}"), message
+    assert message.startswith(f"dataset '{name}'") and "\n" not in message
+
+
 @pytest.mark.parametrize(("name", "archive", "command"), [
     ("cifar10", "cifar-10-python.tar.gz", "tar xf"),
     ("stl10", "stl10_binary.tar.gz", "tar xf"),
