@@ -12,10 +12,12 @@ samples), with the same Inception, feature extraction and formulas as the ``fid`
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
+import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avade.errors import DataError
+from avade.errors import AvadeError, DataError
 from avade.metrics.features import (
     EXTRACTOR_OPTION,
     WEIGHTS_OPTION,
@@ -100,7 +102,23 @@ def _outputs(images: Images, device: str | torch.device, batch_size: int,
         raise DataError(f"batch_size must be an int >= 1, got {batch_size!r:.40}")
     batch_size = size
     net = _load_extractor(extractor, inception_weights, device)
-    return extract(net, batch.split(batch_size), device=device, total=batch.shape[0], description=what, probs=probs)
+    with _named_as_arguments():  # (IS's "no classifier head" is raised while extracting)
+        return extract(net, batch.split(batch_size), device=device, total=batch.shape[0], description=what,
+                       probs=probs)
+
+
+@contextlib.contextmanager
+def _named_as_arguments() -> Iterator[None]:
+    """The Inception's errors, which name a run's recipe key ``eval.inception_weights``, naming this module's
+    argument ``inception_weights=`` instead: its callers hold no recipe."""
+    try:
+        yield
+    except AvadeError as exc:
+        if type(exc) is not AvadeError or "eval.inception_weights" not in str(exc):
+            raise
+        text = re.sub(r"set eval\.inception_weights(?: \(or (\w+)\))? to",
+                      lambda m: "pass as inception_weights" + (f" (or set {m[1]} to)" if m[1] else ""), str(exc))
+        raise AvadeError(text.replace("eval.inception_weights", "inception_weights")) from None
 
 
 def fid_of_images(real: Images, fake: Images, **options: Any) -> float:
@@ -181,4 +199,5 @@ def _load_extractor(extractor: FeatureExtractor | None, inception_weights: str |
         raise DataError(f"device: {device!r} requested but no CUDA GPU is available; pass device='cpu'")
     options: Mapping[str, Any] = {EXTRACTOR_OPTION: extractor} if extractor is not None else \
         {WEIGHTS_OPTION: str(inception_weights)} if inception_weights is not None else {}
-    return get_extractor(options, device)
+    with _named_as_arguments():
+        return get_extractor(options, device)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from avade.errors import DataError
+from avade.errors import AvadeError, DataError
 from avade.metrics.features import extract
 from avade.metrics.fid import fid_from_features
 from avade.metrics.images import (
@@ -146,3 +146,19 @@ def test_kid_of_images_says_when_its_std_is_zero_by_construction() -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("error", "KID subsets")
         kid_of_images(_images(0), _images(1), extractor=net, subsets=3, subset_size=12)
+
+
+def test_inception_errors_name_the_argument_not_a_recipe_key(tmp_path, monkeypatch) -> None:
+    """A Python caller holds no recipe: "set eval.inception_weights" was no fix they could apply."""
+    with pytest.raises(AvadeError) as err:  # weights without the classifier head
+        inception_score_of_images(_images(0), extractor=RandomConvFeatures(dim=16, num_classes=0), splits=2)
+    assert "; pass as inception_weights a file with the classifier head: " in str(err.value)
+    assert "eval." not in str(err.value)
+    with pytest.raises(AvadeError, match=r"^inception_weights: Inception weights file not found: .*nope\.pt$"):
+        fid_of_images(_images(0), _images(1), inception_weights=tmp_path / "nope.pt")
+    monkeypatch.delenv("AVADE_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr("avade.metrics.features.locate_wheel_weights", lambda: None)
+    with pytest.raises(AvadeError) as err:  # none at all
+        image_features(_images(0))
+    assert "or pass as inception_weights (or set AVADE_INCEPTION_WEIGHTS to) a TorchScript" in str(err.value)
+    assert "eval." not in str(err.value)
