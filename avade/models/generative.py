@@ -115,9 +115,8 @@ class GenerativeModel(nn.Module):
         if x is not None:
             if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or tuple(x.shape[1:]) != self.data_shape \
                     or x.dim() != 4:
-                got = f"{x.dtype} {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
                 raise DataError(f"{what}: images must be uint8 [B, {', '.join(map(str, self.data_shape))}] (values "
-                                f"0..255, as the data loaders give them), got {got}")
+                                f"0..255, as the data loaders give them), got {_described(x)}")
             n = x.shape[0]
             if n == 0:  # (else an IndexError deep in the preprocessing)
                 raise DataError(f"{what}: the batch holds no images (x is {list(x.shape)}); pass at least one")
@@ -131,10 +130,8 @@ class GenerativeModel(nn.Module):
         if labels is None:
             raise DataError(f"{what}: the model is class-conditional ({self.num_classes} classes): pass labels, "
                             f"int64 [{n}] in [0, {self.num_classes})")
-        if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool \
-                or labels.shape != (n,):
-            got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise DataError(f"{what}: labels must be integer class ids [{n}], got {got}")
+        if not _are_class_ids(labels, n):
+            raise DataError(f"{what}: labels must be integer class ids [{n}], got {_described(labels)}")
         # (on any device: every caller is a public entry, not the training loop, so one host sync is nothing, and a
         # GPU's out-of-range class id is a device-side assert that leaves the process's CUDA context unusable; not
         # while compiled: a graph break)
@@ -399,10 +396,9 @@ class GenerativeModel(nn.Module):
         if labels is None:
             raise DataError(f"generate: the model is class-conditional ({self.num_classes} classes): pass "
                             f"{argument('labels')}, int64 [{n}] in [0, {self.num_classes})")
-        if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex \
-                or labels.dtype == torch.bool or tuple(labels.shape) != (n,):
-            got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise DataError(f"generate: {argument('labels')} must be integer class ids [{n}], got {got}")
+        if not _are_class_ids(labels, n):
+            raise DataError(f"generate: {argument('labels')} must be integer class ids [{n}], got "
+                            f"{_described(labels)}")
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, temperature: float | None = None,
@@ -631,6 +627,18 @@ def _images_and_labels(batch: Any, i: int) -> tuple[Any, Any]:
     got = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
     raise DataError(f"mean_bpd: batch {i} is {got}; give batches of (uint8 images, labels), as a DataLoader of an "
                     "avade dataset yields them, or of images alone")
+
+
+def _are_class_ids(labels: Any, n: int | None) -> bool:
+    """Whether ``labels`` is a tensor of integer class ids ``[n]`` (bool, floating-point and complex ones are not:
+    a complex tensor would fail later, in ``min``, with torch's own error)."""
+    return (isinstance(labels, torch.Tensor) and not labels.dtype.is_floating_point and not labels.dtype.is_complex
+            and labels.dtype != torch.bool and tuple(labels.shape) == (n,))
+
+
+def _described(value: Any) -> str:
+    """A tensor as ``dtype [shape]``, anything else by its type's name, for error messages."""
+    return f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def takes_labels(forward_stage: Callable[..., Any]) -> bool:

@@ -248,3 +248,21 @@ def test_samples_holding_inf_are_warned_of_not_passed_as_white_pixels(monkeypatc
     with pytest.warns(RuntimeWarning, match=r"sample: the model's samples hold inf \(the model diverged"):
         images = model.sample(2, generator=torch.Generator().manual_seed(1))
     assert images.dtype == torch.uint8 and images.shape == (2, *model.data_shape)
+
+
+@pytest.mark.parametrize("entry", ["log_likelihood", "reconstruct", "sample", "generate"])
+def test_complex_labels_are_refused_alike_by_every_entry(entry: str) -> None:
+    """Complex labels: the one-line DataError of generate's check at every entry, not torch's NotImplementedError
+    from ``labels.min()`` ("min_all" not implemented for 'ComplexFloat')."""
+    from avade.errors import DataError
+
+    recipe = tiny_recipe("model.conditional=true")
+    cfg = recipe.data.dataset.config
+    model = build_model(recipe, (getattr(cfg, "channels", 3), cfg.resolution, cfg.resolution), 10).eval()
+    x = torch.randint(0, 256, (2, *model.data_shape), dtype=torch.uint8)
+    labels = torch.tensor([1, 2], dtype=torch.complex64)
+    call = {"log_likelihood": lambda: model.log_likelihood(x, labels),
+            "reconstruct": lambda: model.reconstruct(x, labels),
+            "sample": lambda: model.sample(2, labels), "generate": lambda: model.generate(2, labels)}[entry]
+    with pytest.raises(DataError, match=r"labels must be integer class ids \[2\], got torch.complex64 \[2\]"):
+        call()
