@@ -148,6 +148,15 @@ def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (``\\n``, ``\\x1b``): messages quote what
+    files hold (TOML quoted keys and strings, a shared run's state.json, a folder's name), which must neither add
+    lines nor send escape sequences to the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def a_or_an(word: str) -> str:
     """``word`` with its indefinite article, as messages name a component kind: "a flow", "an encoder"."""
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from avade import __version__
-from avade.errors import AvadeError, ConfigError, StoppedError, a_or_an, cli_flags
+from avade.errors import AvadeError, ConfigError, StoppedError, a_or_an, cli_flags, one_line
 
 if TYPE_CHECKING:
     from avade.registry import PluginFailure
@@ -42,16 +42,9 @@ def _print_json(data: Any) -> None:
     print(json.dumps(json_safe(data), indent=2, allow_nan=False, default=str))
 
 
-def _one_line(text: str) -> str:
-    """``text`` with line breaks and other control characters escaped (``\\n``, ``\\x1b``): messages quote
-    what files hold (a shared run's state.json, a folder's name), which must neither add lines nor send
-    escape sequences to the terminal."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _fail(message: str, code: int) -> NoReturn:
     # Escaped: a message quoting user text such as "[/x]" must not be read as rich markup.
-    err.print(f"[bold red]error:[/] {escape(_one_line(message))}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(one_line(message))}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -278,7 +271,7 @@ def _image_suffixes() -> set[str]:
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
                   line: Any = None) -> None:
-    err.print(f"[yellow]warning:[/] {escape(_one_line(str(message)))}", markup=True, highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(one_line(str(message)))}", markup=True, highlight=False)
     _plugin_traceback(getattr(message, "failure", None))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from avade.errors import AvadeError, ConfigError, RegistryError, a_or_an, did_you_mean, refuse_a_string
+from avade.errors import AvadeError, ConfigError, RegistryError, a_or_an, did_you_mean, one_line, refuse_a_string
 from avade.recipe.schema import (
     ADVERSARIAL_VARIANTS,
     DEFAULT_COMPONENTS,
@@ -723,14 +723,6 @@ def _declared_needs_conditional(info: Any) -> bool | None:
     if not isinstance(declared, bool) or owner.__module__.split(".")[0] != package.split(".")[0]:
         return None
     return declared
-
-
-def one_line(text: str) -> str:
-    """``text`` with line breaks and other control characters escaped: TOML quoted keys and strings may
-    hold them, and an error message must stay on one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _origin(path: str, origins: Origins | None) -> str | None:
