@@ -282,7 +282,7 @@ class Trainer:
             raise CheckpointError(f"run directory {self.run.root} already holds checkpoints; continue it with "
                                   "--resume (from Python: Trainer(..., resume=True)) or choose another --out")
         done = self._read_summary() if not existing and not resume and self.run.summary.is_file() else {}
-        if isinstance(done.get("steps"), int) and done["steps"] > 0 and "error" not in done:
+        if _finished(done):
             # a finished run whose checkpoints were deleted (disk space): a fresh start would replace its
             # metrics.jsonl and summary.json (as --resume refuses to, see _resume)
             raise CheckpointError(f"run directory {self.run.root} holds a finished run (summary.json: step "
@@ -404,7 +404,7 @@ class Trainer:
         """``--resume`` of a run directory with no checkpoint: start from step 0, unless the run finished (its
         summary.json) and its checkpoints were deleted since (disk space)."""
         done = self._read_summary() if self.run.summary.is_file() else {}
-        if isinstance(done.get("steps"), int) and done["steps"] > 0 and "error" not in done:
+        if _finished(done):
             # a finished run whose checkpoints were deleted (disk space): starting over would replace its
             # metrics.jsonl and summary.json with a new run's. At its train.steps it is done (a sweep's
             # finished variant keeps its row); beyond, there is nothing to train on from. Its recipe.toml
@@ -737,7 +737,7 @@ class Trainer:
                 self.console.print(f"[yellow]warning:[/] {warning}")
         return logs
 
-    # -- evaluation ----------------------------------------------------------------------------------
+    # -- stepping by hand ----------------------------------------------------------------------------
     def step_once(self, x: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict[str, float]:
         """One training step as :meth:`fit` takes it: :meth:`train_step` on a batch, then the step count and the
         weight average advanced, and ``bad_steps`` counted; returns the logged scalars (``finite`` False: the step was
@@ -801,6 +801,7 @@ class Trainer:
             self._batches.close()
             self._batches = None
 
+    # -- evaluation ----------------------------------------------------------------------------------
     def test_bpd(self, importance_samples: int = 1, limit: int | None = None, split: str = "test") -> float:
         """Mean bits/dim on the test split, or ``split`` (``train.eval_batches`` batches; 0 = all). Under data
         parallelism each process evaluates every world-th batch with rank 0's buffers (batch-norm
@@ -1018,7 +1019,7 @@ class Trainer:
             # resume evaluates again (and replaces the record) instead of leaving metrics.jsonl without it
             if results:
                 logger.log(self.step, {f"final/{k}": v for k, v in results.items()})
-            with locked(self.run.root / f".{self.run.summary.name}.lock"):  # (as _record_failure writes it)
+            with self._summary_lock():  # (as _record_failure writes it)
                 write_json(self.run.summary, summary)
         if error is not None:  # from the step count and the bpd, which every process shares
             raise TrainingError(error, every_process=True)
@@ -1100,7 +1101,7 @@ class Trainer:
         if not self.dist.is_main:
             error = f"rank {self.dist.rank}: {error}"
         untrained = {} if self.bpd_untrained is None else {"bpd_untrained": self.bpd_untrained}
-        with locked(self.run.root / f".{self.run.summary.name}.lock"):
+        with self._summary_lock():
             held = self._read_summary()
             if "error" in held and held != self._summary_at_start:
                 return
@@ -1139,6 +1140,11 @@ class Trainer:
 
     def _read_summary(self) -> dict[str, Any]:
         return read_json_object(self.run.summary)
+
+    def _summary_lock(self) -> contextlib.AbstractContextManager[Any]:
+        """The lock under which summary.json is written: the final summary and a failure's (every process may
+        record its own) never interleave."""
+        return locked(self.run.root / f".{self.run.summary.name}.lock")
 
     def _finished_summary(self) -> dict[str, Any] | None:
         """summary.json when a resumed run already finished at ``train.steps`` (e.g. the done variants of an
@@ -1246,6 +1252,11 @@ def skip_description(logs: dict[str, float], skipped: list[str]) -> str:
 
 GRADIENT_NORMS = ("grad_norm", "d_grad_norm")  # logged with the losses; not finite exactly when a gradient was not
 CRITIC_TERMS = frozenset({"d_loss", "gp", "d_real", "d_fake"})  # the critic's logged terms (the rest: the generator's)
+
+
+def _finished(summary: dict[str, Any]) -> bool:
+    """Whether ``summary`` (a run's summary.json) is that of a run that trained to its end: some steps and no error."""
+    return isinstance(summary.get("steps"), int) and summary["steps"] > 0 and "error" not in summary
 
 
 def _with_train_bpd(path: Path) -> str:
