@@ -117,3 +117,22 @@ def test_the_factory_context_is_the_one_contributing_documents() -> None:
                   for kind, signature in re.findall(r"^\| (\w+) \| `\(cfg(?:, )?([^)]*)\)` \|", text, flags=re.M)}
     assert set(documented) == set(KINDS) == set(FACTORY_CONTEXT)
     assert documented == FACTORY_CONTEXT
+
+
+class Broken(Brightness):
+    def compute(self, ctx: Any) -> dict[str, float]:
+        raise ValueError("no features")
+
+
+class Unnamed(Brightness):
+    def compute(self, ctx: Any) -> dict[str, float]:
+        return {"other_name": 1.0}
+
+
+@pytest.mark.parametrize("metric", [Broken, Unnamed])
+def test_a_failing_metric_is_one_failed_check_without_the_exception_chained(metric: type) -> None:
+    """As the kit's other checks (_call): the verdict is raised outside the except, so the report shows no
+    "During handling of the above exception, another exception occurred" with the plugin's traceback first."""
+    with pytest.raises(AssertionError, match=r"^metric 'mean-brightness': ") as info:
+        check_module("metric", metric, BrightnessConfig())
+    assert info.value.__context__ is None

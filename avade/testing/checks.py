@@ -877,8 +877,6 @@ def check_metric(name: str, registry: Registry | None = None, **config: Any) -> 
     context (:class:`avade.testing.context.SyntheticEvalContext`, conditional when the metric
     ``needs_conditional``; random features stand in for Inception): a dict of result names to finite
     numbers, none of them a key of the run's own record (as every run requires)."""
-    import warnings
-
     from avade.evaluate import metric_values
     from avade.testing.context import SyntheticEvalContext
 
@@ -893,12 +891,18 @@ def check_metric(name: str, registry: Registry | None = None, **config: Any) -> 
         try:
             result = metric.compute(ctx)
         except Exception as exc:
-            _fail(what, f"compute(ctx) raised {type(exc).__name__}: {exc} on the kit's synthetic context "
-                        "(avade.testing.context.SyntheticEvalContext)")
+            failure = (f"compute(ctx) raised {type(exc).__name__}: {exc} on the kit's synthetic context "
+                       "(avade.testing.context.SyntheticEvalContext)")
+        else:
+            failure = ""
+    if failure:  # failed outside the except, as _call does: no "during handling of..." chain in the report
+        _fail(what, failure)
     try:  # the rule every run applies: named numbers, named after the metric
         values = metric_values(name, result, what)
     except AvadeError as exc:
-        _fail(what, str(exc).removeprefix(f"{what} "))
+        failure = str(exc).removeprefix(f"{what} ")
+    if failure:
+        _fail(what, failure)
     for key, value in values.items():
         if not math.isfinite(value):
             _fail(what, f"result {key!r} is {value} on the kit's synthetic context")
