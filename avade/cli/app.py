@@ -484,23 +484,20 @@ def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")]
     unrun = not check_variants(variants, sweep=variants if recipe.sweep is not None else None, data=False,
                                source=str(file))
     for v in variants:
-        # A statistics file the recipe names ([eval.fid] reference) is read as `recipe run` reads it before
-        # step 0 (without the Inception net): a missing or malformed one fails here too, not only there.
-        fid = v.recipe.eval.settings.get("fid")
-        if fid is not None and getattr(fid.config, "reference", None):
-            from avade.metrics.fid import load_reference_stats
+        try:
+            # A statistics file the recipe names ([eval.fid] reference) is read as `recipe run` reads it before
+            # step 0 (without the Inception net): a missing or malformed one fails here too, not only there.
+            fid = v.recipe.eval.settings.get("fid")
+            if fid is not None and getattr(fid.config, "reference", None):
+                from avade.metrics.fid import load_reference_stats
 
-            try:
                 load_reference_stats(fid.config.reference)
-            except ConfigError as exc:
-                raise exc.located(source=str(file)) from None
-        if v.recipe.train.compile:  # the backend list needs torch._dynamo: only imported when asked for
-            from avade.train.compiling import check_compile_backend
+            if v.recipe.train.compile:  # the backend list needs torch._dynamo: only imported when asked for
+                from avade.train.compiling import check_compile_backend
 
-            try:
                 check_compile_backend(v.recipe.train.compile_backend)
-            except ConfigError as exc:
-                raise exc.located(source=str(file)) from None
+        except ConfigError as exc:  # (named in the recipe file, as its other errors)
+            raise exc.located(source=str(file)) from None
     extra = f", {len(variants)} sweep variant{'s' if len(variants) != 1 else ''}" if recipe.sweep is not None else ""
     out.print(f"[green]ok[/]: {escape(recipe.name)} ({recipe.variant} on {escape(recipe.data.options.name)}{extra})")
     from avade.train.schedule import whole_run_warm_up
