@@ -125,6 +125,12 @@ def locked(lock_file: Path) -> contextlib.AbstractContextManager[None]:
     return _exclusive(lock_file, wait=True)
 
 
+def locked_for(path: Path) -> contextlib.AbstractContextManager[None]:
+    """:func:`locked` on ``path``'s own lock file (``.NAME.lock`` beside it): every writer of ``path`` takes
+    the same one."""
+    return locked(path.with_name(f".{path.name}.lock"))
+
+
 def held_alone(lock_file: Path, busy: str) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock on ``lock_file`` for as long as the block runs, taken without waiting: when another
     process holds it, ``RuntimeError(busy)`` at once (two processes training one run directory would

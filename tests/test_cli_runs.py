@@ -435,7 +435,7 @@ def test_eval_of_a_run_it_cannot_write_to_shows_the_results_it_computed(run_dir:
     def refused(path: Path) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(avade.evaluate.runs, "locked", refused)
+    monkeypatch.setattr(avade.evaluate.runs, "locked_for", refused)
     before = (run_dir / "eval.json").read_bytes() if (run_dir / "eval.json").exists() else None
     result, out = _invoke("eval", str(run_dir), "--metrics", "bpd", "--device", "cpu")
     assert result.exit_code == 2 and out.count("error:") == 1, out

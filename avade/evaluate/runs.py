@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 from rich.console import Console
 
-from avade.atomic_files import locked
+from avade.atomic_files import locked_for
 from avade.errors import AvadeError, CheckpointError, ConfigError, refuse_a_string
 from avade.evaluate.compute import build_metrics, check_inception_weights, compute_each, metric_settings, owns
 from avade.evaluate.loading import checkpoint_steps, load_run
@@ -171,7 +171,7 @@ def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float],
         record["settings"] = {**record.get("settings", {}), **(settings or {})}
         return record
 
-    with locked(run.eval.with_name(f".{run.eval.name}.lock")):
+    with locked_for(run.eval):
         last = read_json_object(run.eval)
         history = read_json_object(run.eval_checkpoints)
         records = history.get("records")

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from avade.atomic_files import held_alone, locked
+from avade.atomic_files import held_alone, locked, locked_for
 from avade.data.base import data_of_model, data_of_trained_model
 from avade.errors import (
     BusyError,
@@ -334,7 +334,7 @@ def _peer_failure(run_dir: Path, held: tuple[int, int, int] | None, wait_s: floa
     summary = run_dir / "summary.json"
     while True:
         if run_dir.is_dir():
-            with locked(run_dir / f".{summary.name}.lock"):  # (as the trainer writes it)
+            with locked_for(summary):  # (as the trainer writes it)
                 recorded = read_json_object(summary) if _summary_file_state(run_dir) != held else {}
             if recorded.get("error"):
                 return recorded

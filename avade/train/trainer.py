@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from avade.atomic_files import drop_stale_temporaries, locked, naming
+from avade.atomic_files import drop_stale_temporaries, locked_for, naming
 from avade.contracts import ModuleLike
 from avade.data.base import class_counts, data_of_trained_model
 from avade.errors import AvadeError, CheckpointError, ConfigError, DataError, StoppedError, TrainingError, argument
@@ -332,7 +332,7 @@ class Trainer:
         last = read_json_object(self.run.eval)
         if last and not (isinstance(last.get("step"), int) and last["step"] <= self.step):
             self.run.eval.unlink(missing_ok=True)
-        with locked(self.run.eval.with_name(f".{self.run.eval.name}.lock")):  # as avade eval writes it
+        with locked_for(self.run.eval):  # as avade eval writes it
             records = read_json_object(self.run.eval_checkpoints).get("records")
             if not (isinstance(records, list) and all(isinstance(r, dict) for r in records)):
                 return  # not a file avade wrote: left as it is
@@ -1144,7 +1144,7 @@ class Trainer:
     def _summary_lock(self) -> contextlib.AbstractContextManager[Any]:
         """The lock under which summary.json is written: the final summary and a failure's (every process may
         record its own) never interleave."""
-        return locked(self.run.root / f".{self.run.summary.name}.lock")
+        return locked_for(self.run.summary)
 
     def _finished_summary(self) -> dict[str, Any] | None:
         """summary.json when a resumed run already finished at ``train.steps`` (e.g. the done variants of an
