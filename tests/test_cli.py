@@ -838,14 +838,14 @@ def test_doctor_checks_the_data_of_every_sweep_variant(write: Write, tmp_path: P
 def test_doctor_is_not_ready_for_a_conditional_model_on_unlabeled_images(write: Write, tmp_path: Path) -> None:
     from PIL import Image
 
-    for i in range(4):  # class folders, and one loose image beside them: no labels
+    for i in range(4):  # class folders, and one loose image beside them: no labels (batch 1: a few images fill it)
         for cls in ("a", "b"):
             (tmp_path / "imgs" / cls).mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "stray.png")
     recipe = write("cond.toml", f'extends = "{QUICKSTART.as_posix()}"\n[data]\nname = "image-folder"\n'
                                 f'root = "{tmp_path.as_posix()}"\nfolder = "imgs"\nresolution = 8\n'
-                                'test_fraction = 0.5\n[model]\nconditional = true\n')
+                                'test_fraction = 0.5\nbatch_size = 1\n[model]\nconditional = true\n')
     result = run("doctor", "--json", "--recipe", str(recipe))
     report = json.loads(result.stdout)
     assert result.exit_code == 2 and not report["recipe"]["ready"], result.output
@@ -854,6 +854,25 @@ def test_doctor_is_not_ready_for_a_conditional_model_on_unlabeled_images(write: 
     assert "stray.png" in problem
     (tmp_path / "imgs" / "stray.png").unlink()
     assert json.loads(run("doctor", "--json", "--recipe", str(recipe)).stdout)["recipe"]["ready"]
+
+
+def test_doctor_is_not_ready_for_a_training_split_smaller_than_one_batch(write: Write, tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split, n in (("train", 3), ("test", 2)):  # 3 training images: a batch of 4 cannot be filled
+        (tmp_path / "imgs" / split).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "imgs" / split / f"{i}.png")
+    recipe = write("few.toml", f'extends = "{QUICKSTART.as_posix()}"\n[data]\nname = "image-folder"\n'
+                               f'root = "{tmp_path.as_posix()}"\nfolder = "imgs"\nresolution = 8\nbatch_size = 4\n')
+    result = run("doctor", "--json", "--recipe", str(recipe))
+    report = json.loads(result.stdout)
+    assert result.exit_code == 2 and not report["recipe"]["ready"], result.output
+    (problem,) = report["recipe"]["problems"]
+    assert problem == ("dataset 'image-folder': the training split has 3 images, fewer than one batch of 4; "
+                       "lower data.batch_size"), problem
+    ready = run("doctor", "--json", "--recipe", str(recipe), "--set", "data.batch_size=3")
+    assert json.loads(ready.stdout)["recipe"]["ready"], ready.output
 
 
 def test_an_unknown_norm_names_the_option_that_asked_for_it() -> None:

@@ -103,11 +103,13 @@ def _datasets(recipe: Any) -> list[dict[str, Any]]:
     rows = []
     wanted = recipe.data.options.name if recipe is not None else None
     conditional = recipe is not None and recipe.model.options.conditional
+    batch_size = recipe.data.options.batch_size if recipe is not None else None
     for info in get_registry().list(kind="dataset"):
         from_recipe = info.name == wanted and recipe.data.dataset is not None
         cfg = recipe.data.dataset.config if from_recipe else None
         try:
-            present, message = dataset_status(info.name, cfg, conditional=from_recipe and conditional)
+            present, message = dataset_status(info.name, cfg, conditional=from_recipe and conditional,
+                                              batch_size=batch_size if from_recipe else None)
         except Exception as exc:  # a plugin's locate() may be buggy: report it, keep going
             present, message = False, f"presence check failed: {type(exc).__name__}: {exc}"
         rows.append({"name": info.name, "dist": info.dist, "config": "recipe" if from_recipe else "default",
@@ -136,7 +138,8 @@ def _variant_datasets(recipe: Any) -> list[dict[str, Any]]:
             continue
         try:
             present, message = dataset_status(data.options.name, data.dataset.config,
-                                              conditional=v.recipe.model.options.conditional)
+                                              conditional=v.recipe.model.options.conditional,
+                                              batch_size=data.options.batch_size)
         except Exception as exc:  # a plugin's locate() may be buggy: report it, keep going
             present, message = False, f"presence check failed: {type(exc).__name__}: {exc}"
         info = get_registry().get("dataset", data.options.name)

@@ -78,14 +78,24 @@ def _unlabeled(found: Any) -> str | None:
     return getattr(found, "unlabeled_reason", "") or "its images are not in class subfolders"
 
 
-def dataset_status(name: str, cfg: Any = None, *, conditional: bool = False) -> tuple[bool, str]:
+def _image_count(found: Any) -> int | None:
+    """How many images a located split holds, where its ``locate`` lists them one file each (an image-folder
+    ``Listing``: an attrs object with ``files``); None where it cannot say without loading (archives, batches)."""
+    if attrs.has(type(found)) and isinstance(getattr(found, "files", None), list):
+        return len(found.files)
+    return None
+
+
+def dataset_status(name: str, cfg: Any = None, *, conditional: bool = False,
+                   batch_size: int | None = None) -> tuple[bool, str]:
     """``(present, one-line message)`` for dataset ``name`` with config ``cfg``.
 
     ``cfg`` is the dataset's config instance, a mapping of its keys (validated, e.g. a recipe's
     ``[data]`` table without ``name``), or None for the defaults. Both splits must be found for
     ``present``; the message says where they are, or what is missing and how to fix it. With
     ``conditional`` (a class-conditional model's data), a split its ``locate`` finds unlabeled is not
-    ``present`` either: the run would stop at its start for want of labels.
+    ``present`` either: the run would stop at its start for want of labels. With ``batch_size`` (the recipe's
+    ``data.batch_size``), a training split that lists fewer images than one batch is not ``present`` either.
     """
     from avade.registry import get_registry
 
@@ -107,6 +117,11 @@ def dataset_status(name: str, cfg: Any = None, *, conditional: bool = False) -> 
         why = _unlabeled(found) if conditional and split == "train" else None
         if why is not None:
             return False, f"dataset '{name}': model.conditional = true needs labels, but it has none: {why}"
+        count = _image_count(found) if batch_size is not None and split == "train" else None
+        if count is not None and batch_size is not None and count < batch_size:
+            # (the run would stop at its start: BatchStream refuses a split that cannot fill one batch)
+            return False, (f"dataset '{name}': the training split has {count} images, fewer than one batch of "
+                           f"{batch_size}; lower data.batch_size")
         unreadable = _unreadable(_paths(found))
         if unreadable is not None:  # (present, but the run would stop at it: at its first batch holding it)
             return False, (f"dataset '{name}': {unreadable} cannot be read by this user; make it readable "
