@@ -878,10 +878,20 @@ class Trainer:
             # from) stays the one raised: not replaced by TensorBoard's, closed on the same full disk
             with contextlib.suppress(Exception):
                 logger.close()
-            if (self.dist.enabled and isinstance(exc, TrainingError | ConfigError | DataError)
-                    and not getattr(exc, "every_process", False)):
-                # under torchrun one process's own failure (an unreadable image in its share of a batch): the
-                # others only lose their partner, so summary.json says why (`avade runs`, a sweep's row)
+            own = isinstance(exc, TrainingError | ConfigError | DataError) and not getattr(exc, "every_process", False)
+            if own and isinstance(exc, DataError):
+                # an image that cannot be read mid-run (a file damaged on disk): fixing it and --resume is the way
+                # on, as after memory run out; recorded as a failure in one process too (`avade runs` shows it)
+                error = DataError(f"{exc}; {self._resume_point()}")
+                with contextlib.suppress(OSError):  # (the error raised stays this one)
+                    self._record_failure(str(error))
+                try:
+                    raise error from exc.__cause__
+                finally:  # (as above: no cycle keeping the trainer alive)
+                    del error
+            if own and self.dist.enabled:
+                # under torchrun one process's own failure: the others only lose their partner, so summary.json
+                # says why (`avade runs`, a sweep's row)
                 with contextlib.suppress(OSError):  # (the error raised stays this one)
                     self._record_failure(str(exc))
             raise
@@ -1036,7 +1046,8 @@ class Trainer:
         bad = [name for name, p in self.model.named_parameters()
                if p.is_floating_point() and not bool(torch.isfinite(p).all())]
         stopped = (f"training stopped at step {self.step}: its update left non-finite weights in {len(bad)} "
-                   f"tensor(s), e.g. {bad[0]} (not checkpointed); {self._divergence_fix()}; "
+                   f"tensor(s), e.g. {bad[0]} (not checkpointed); lower train.lr (an Adam/Adamax update is about "
+                   f"lr in size whatever the gradient: clipping it would not help); "
                    f"{self._last_good_checkpoint()}")
         self._record_failure(stopped, every_process=True)
         raise TrainingError(stopped, every_process=True)

@@ -919,7 +919,9 @@ def test_a_sweep_stopped_by_one_process_has_the_variants_row_with_that_process_s
     run = max((tmp_path / "failing").glob("attempt*")) / "run"
     rows = json.loads((run / "sweep_summary.json").read_text())
     assert [row["name"] for row in rows] == ["tiny-lr0.001"], rows
-    assert rows[0]["error"] == "rank 1: cannot read image /data/broken.png (simulated, on rank 1 only)", rows
+    error = rows[0]["error"]  # (and where --resume goes on: rank 0's checkpoint of step 2, perhaps still written)
+    assert error.startswith("rank 1: cannot read image /data/broken.png (simulated, on rank 1 only); "), rows
+    assert "--resume goes on from" in error and "step 2" in error, rows
     assert rows[0]["steps"] == 2 and rows[0]["train.lr"] == 0.001, rows
     assert "rank 1: cannot read image" in (run / "sweep_summary.csv").read_text()
     failed, not_run = run_record(run / "tiny-lr0.001"), run_record(run / "tiny-lr0.0005", {"train.lr": 0.0005})

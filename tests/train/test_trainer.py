@@ -1082,6 +1082,31 @@ def test_a_run_that_fails_mid_training_closes_its_logger(tmp_path, monkeypatch):
     assert all(logger._tb is None for logger in opened)
 
 
+def test_an_unreadable_image_mid_run_says_where_resume_goes_on_and_is_recorded(tmp_path, monkeypatch):
+    # (it said only which file; summary.json held no failure, so `avade runs` showed the run "unfinished")
+    from avade.errors import DataError
+
+    step = Trainer.train_step
+
+    def failing(self, x, y):
+        if self.step == 3:
+            raise DataError("dataset 'image-folder': cannot read /data/img/7.png (truncated); replace the file")
+        return step(self, x, y)
+
+    monkeypatch.setattr(Trainer, "train_step", failing)
+    with pytest.raises(DataError) as err:
+        Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2"), tmp_path, progress=False).fit()
+    message = str(err.value)
+    assert message == ("dataset 'image-folder': cannot read /data/img/7.png (truncated); replace the file; "
+                       "checkpoint step 2 is kept: --resume goes on from step 2")
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["error"] == message
+    monkeypatch.setattr(Trainer, "train_step", step)  # (the file replaced)
+    Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2"), tmp_path, resume=True, progress=False).fit()
+    assert "error" not in json.loads((tmp_path / "summary.json").read_text())
+
+
 def test_a_resume_removes_the_temporary_files_a_killed_process_left(tmp_path):
     # kill -9 while metrics.jsonl (rewritten by every resume), recipe.toml or summary.json was being replaced
     # leaves ".<name>.<pid>.tmp" beside it; nothing else ever removed them, one more per such kill
@@ -1148,6 +1173,7 @@ def test_an_update_that_leaves_non_finite_weights_is_not_checkpointed(tmp_path):
     with pytest.raises(TrainingError, match=said + r"checkpointed\); lower train.lr") as info:
         trainer.fit()
     assert "step_00000001 (train bpd" in str(info.value)
+    assert "grad_clip" not in str(info.value)  # (Adamax's update is ~lr in size: clipping gradients cannot help)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000001"]
     # recorded as the run's end, failed, as a stop by train.max_bad_steps is (it was shown unfinished, no error)
     from avade.cli.runs import run_record
