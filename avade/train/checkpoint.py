@@ -274,9 +274,17 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
     tmp = directory / f".tmp-{_PREFIX}{step:08d}-{os.getpid()}"
     for stale in directory.glob(".tmp-*"):  # left by a process killed (or a save that failed) while writing
         shutil.rmtree(stale, ignore_errors=True)
+    aside: Path | None = None  # a checkpoint of this step already there (Trainer.save called twice at one step)
     try:
         _write(tmp, model, optimizers, rng, state, step, ema)
+        if final.exists():  # moved aside, deleted only once the new one is in its place
+            os.replace(final, trash := final.with_name(f".tmp-trash-{final.name}-{os.getpid()}"))
+            aside = trash
+        os.replace(tmp, final)
     except (OSError, SafetensorError) as exc:  # e.g. a full disk: the earlier checkpoints stay as they are
+        if aside is not None:
+            with contextlib.suppress(OSError):
+                os.replace(aside, final)
         shutil.rmtree(tmp, ignore_errors=True)
         detail = " ".join(str(getattr(exc, "strerror", None) or exc).split())
         # safetensors' errors carry no errno, only "(os error N)" in their text
@@ -287,10 +295,9 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
         kept = list_checkpoints(directory)
         then = (f"--resume goes on from {kept[-1].name}" if kept else "run it again (no checkpoint was saved yet)")
         raise CheckpointError(f"cannot write checkpoint {final}: {detail}; {fix}, then {then}") from None
-    if final.exists():
-        _discard(final)
-    os.replace(tmp, final)
     sync_folder(directory)  # the rename on disk too: a power loss then leaves this checkpoint, not a gap
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
     for old in list_checkpoints(directory)[:-keep]:
         if not kept_for_good(old, keep_every):
             _discard(old)
@@ -372,8 +379,9 @@ def fallback_hint(path: Path) -> str:
         return f"pick another with --checkpoint STEP (steps: {steps})"
     older = [p for p in others if checkpoint_step(p) < step]
     if older:
+        # (said to `recipe run --resume` and to `avade eval` alike: the option is named with its command)
         return (f"delete {path.name} to resume from {older[-1].name}, the newest older checkpoint (or evaluate "
-                f"that one with --checkpoint {checkpoint_step(older[-1])})")
+                f"that one: avade eval --checkpoint {checkpoint_step(older[-1])})")
     return f"delete {path.name} (no older checkpoint: the run would start again from step 0)"
 
 

@@ -243,3 +243,33 @@ def test_tensor_files_get_the_umasks_mode_as_every_other_file(tmp_path: Path, um
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in checkpoint.iterdir()}
     assert set(modes) >= {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "ema.safetensors"}
     assert set(modes.values()) == {0o666 & ~umask}, {name: oct(m) for name, m in modes.items()}
+
+
+def test_a_second_save_at_one_step_that_fails_keeps_the_first(tmp_path: Path, monkeypatch) -> None:
+    """Trainer.save called twice at one step: the first checkpoint was deleted before the second was renamed into
+    its place, so a rename that failed left that step with none."""
+    import os
+
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    first = ckpt.save_checkpoint(tmp_path, 5, model, {}, [ckpt.rng_bundle({})], {})
+    saved = (first / "model.safetensors").read_bytes()
+    replace = os.replace
+
+    def failing(src, dst):
+        if Path(src).name.startswith(".tmp-step_"):  # the new checkpoint's rename into place
+            raise OSError(5, "Input/output error")
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(CheckpointError, match=r"^cannot write checkpoint .*step_00000005: Input/output error; "):
+        ckpt.save_checkpoint(tmp_path, 5, model, {}, [ckpt.rng_bundle({})], {})
+    assert (first / "model.safetensors").read_bytes() == saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000005"]  # (nothing left aside)
+    monkeypatch.setattr(os, "replace", replace)
+    ckpt.save_checkpoint(tmp_path, 5, model, {}, [ckpt.rng_bundle({})], {})  # and a save that works replaces it
+    assert (first / "model.safetensors").read_bytes() != saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000005"]

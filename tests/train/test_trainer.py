@@ -167,6 +167,9 @@ def test_corrupt_checkpoint_is_refused(tmp_path, damage):
     with pytest.raises(CheckpointError) as info:
         Trainer(tiny_recipe("train.steps=4"), tmp_path, resume=True, progress=False)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+    # (said to a resume: the other way on is named with its own command, --checkpoint being avade eval's option)
+    assert str(info.value).endswith("delete step_00000002 to resume from step_00000001, the newest older "
+                                    "checkpoint (or evaluate that one: avade eval --checkpoint 1)"), info.value
 
 
 def _rename_in_header(file, old: bytes, new: bytes) -> None:
