@@ -1096,7 +1096,14 @@ def _download_worker(rank, store, out, download):
 
         def loading(recipe):  # records when this process read (or fetched) the data
             begin = time.monotonic()
-            time.sleep(1.0 if rank == 0 else 0.0)
+            if rank == 0 and not download:
+                # nothing to fetch: rank 1 reads meanwhile, and rank 0 waits for it to have (up to a minute: a slow
+                # machine's stall is no failure; a barrier, which would hold rank 1 until rank 0 is done, is)
+                deadline = begin + 60.0
+                while not os.path.exists(os.path.join(out, "rank1.json")) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            elif rank == 0:
+                time.sleep(1.0)
             with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
                 json.dump([begin, time.monotonic()], f)
             return "train", "test"
