@@ -17,7 +17,6 @@ as much again in comparison masks), so 50,000 images per side fit on a GPU or in
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -33,6 +32,7 @@ from avade.metrics.stats import check_finite_rows
 __all__ = ["PRDC", "PRDCConfig", "check_counts", "prdc_from_features"]
 
 _CHUNK_ENTRIES = 2**26  # distance-matrix entries computed at once
+_TIE = 1e-5  # squared distances this close to a radius (relative to the norms; rounding: ~3e-7) redone in float64
 
 
 def _squared_distances(a: Tensor, b: Tensor, b_norms: Tensor) -> Tensor:
@@ -46,13 +46,42 @@ def _rows(columns: int) -> int:
     return max(1, _CHUNK_ENTRIES // max(columns, 1))
 
 
-def _ball_radii(x: Tensor, k: int) -> Tensor:
-    """Squared distance of each row of ``x`` to its ``k``-th nearest other row ``[N]`` (itself excluded)."""
+def _exact(a: Tensor, b: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``||a_rows - b_cols||²`` of the index pairs, as direct float64 differences (``d(x, y)`` bit for bit
+    ``d(y, x)``), a few thousand pairs at a time."""
+    step = max(1, _CHUNK_ENTRIES // (8 * max(a.shape[1], 1)))
+    return torch.cat([(a[rows[i:i + step]].double() - b[cols[i:i + step]].double()).square().sum(1)
+                      for i in range(0, len(rows), step)]) if len(rows) else a.new_zeros(0, dtype=torch.float64)
+
+
+def _ball_radii(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Squared distance of each row of ``x`` to its ``k``-th nearest other row ``[N]`` (itself excluded): in
+    float32 (its matrix product), and in float64 (:func:`_exact`, to its float32-nearest row)."""
     norms = x.square().sum(1)
     step = _rows(len(x))
-    # the (k + 1)-th smallest: the row itself is its own nearest, at distance 0
-    return torch.cat([_squared_distances(x[i:i + step], x, norms).topk(k + 1, dim=1, largest=False).values[:, -1]
-                      for i in range(0, len(x), step)])
+    radii, nearest = [], []
+    for i in range(0, len(x), step):
+        # the (k + 1)-th smallest: the row itself is its own nearest, at distance 0
+        top = _squared_distances(x[i:i + step], x, norms).topk(k + 1, dim=1, largest=False)
+        radii.append(top.values[:, -1])
+        nearest.append(top.indices[:, -1])
+    rows = torch.arange(len(x), device=x.device)
+    return torch.cat(radii), _exact(x, x, rows, torch.cat(nearest))
+
+
+def _inside(d: Tensor, radii: Tensor, exact_radii: Tensor, scale: Tensor, a: Tensor, b: Tensor,
+            offset: int) -> Tensor:
+    """``d < radii`` (broadcast), ``d`` the float32 squared distances of ``a[offset:]``'s rows to ``b``; the
+    pairs within float32 rounding of a radius are decided by :func:`_exact` against ``exact_radii``."""
+    inside = d < radii
+    # The matrix product rounds d(x_i, x_j) and d(x_j, x_i) apart, and differently for other shapes or thread
+    # counts: a sample copying a real point (a memorizing model) sits exactly on other balls' edges, at their k-th
+    # neighbours' distance, and was let in by rounding (density 1.001-1.02 for copies, not 1 as defined)
+    near = ((d - radii).abs() <= _TIE * scale).nonzero()
+    if len(near):
+        rows, cols = near[:, 0], near[:, 1]
+        inside[rows, cols] = _exact(a, b, rows + offset, cols) < exact_radii.expand_as(d)[rows, cols]
+    return inside
 
 
 def check_counts(real: int, fake: int, nearest_k: int) -> None:
@@ -79,22 +108,27 @@ def prdc_from_features(real: Tensor, fake: Tensor, nearest_k: int = 5) -> dict[s
     # (distances do not change), they match float64 ones.
     center = real.mean(0)
     real, fake = real - center, fake - center
-    real_radii, fake_radii = _ball_radii(real, nearest_k), _ball_radii(fake, nearest_k)
-    real_norms = real.square().sum(1)
+    (real_radii, real_exact), (fake_radii, fake_exact) = _ball_radii(real, nearest_k), _ball_radii(fake, nearest_k)
+    real_norms, fake_norms = real.square().sum(1), fake.square().sum(1)
     in_real_balls = torch.zeros(len(fake), dtype=torch.long, device=real.device)  # per sample: how many
     recalled = torch.zeros(len(real), dtype=torch.bool, device=real.device)  # per real: in a sample's ball
-    nearest_sample = torch.full((len(real),), math.inf, device=real.device)  # per real: squared distance
-    step = _rows(len(real))
-    for i in range(0, len(fake), step):
-        d = _squared_distances(fake[i:i + step], real, real_norms)  # [samples of the chunk, reals]
-        in_real_balls[i:i + step] = (d < real_radii[None, :]).sum(1)
-        recalled |= (d < fake_radii[i:i + step, None]).any(0)
-        nearest_sample = torch.minimum(nearest_sample, d.min(0).values)
+    covered = torch.zeros(len(real), dtype=torch.bool, device=real.device)  # per real: its ball holds a sample
+    step = _rows(len(fake))
+    for i in range(0, len(real), step):
+        rows = slice(i, i + step)
+        d = _squared_distances(real[rows], fake, fake_norms)  # [reals of the chunk, samples]
+        scale = real_norms[rows, None] + fake_norms[None, :]
+        in_real = _inside(d, real_radii[rows, None], real_exact[rows, None], scale + real_radii[rows, None], real,
+                          fake, i)
+        in_real_balls += in_real.sum(0)
+        covered[rows] = in_real.any(1)
+        recalled[rows] = _inside(d, fake_radii[None, :], fake_exact[None, :], scale + fake_radii[None, :], real,
+                                 fake, i).any(1)
     return {
         "precision": float((in_real_balls > 0).double().mean()),
         "recall": float(recalled.double().mean()),
         "density": float(in_real_balls.double().mean() / nearest_k),
-        "coverage": float((nearest_sample < real_radii).double().mean()),
+        "coverage": float(covered.double().mean()),
     }
 
 

@@ -66,12 +66,28 @@ def test_scores_equal_the_authors_package() -> None:
 def test_identical_sets_score_one_and_disjoint_sets_zero() -> None:
     real, _ = _sets(100, 1, 8, 0.0, seed=3)
     # a sample on each real point: inside its own ball (radius > 0), and each real ball holds k - 1 other
-    # points strictly inside plus its own, so density is 1 (up to the k-th neighbours themselves, on the balls'
-    # edges, which rounding may put inside: d(x_i, x_j) and d(x_j, x_i) round differently)
+    # points strictly inside plus its own, so density is 1 (the k-th neighbours, on the balls' edges, stay out)
     same = prdc_from_features(real, real.clone(), 5)
-    assert same == {"precision": 1.0, "recall": 1.0, "density": pytest.approx(1.0, abs=0.01), "coverage": 1.0}
+    assert same == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
     assert prdc_from_features(real, real + 100.0, 5) == {"precision": 0.0, "recall": 0.0, "density": 0.0,
                                                           "coverage": 0.0}
+
+
+@pytest.mark.parametrize("dim", [8, 64, 2048])
+@pytest.mark.parametrize("chunk", [2**26, 3000])  # one piece, or many rows (and a partial last one) at a time
+def test_copied_real_points_get_the_definition_s_density(dim: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Samples that copy real points (a memorizing model) sit exactly on other real balls' edges, at their k-th
+    neighbours' distances: rounding must not count them inside. Distances of samples as rows rounded d(x_j, x_i)
+    apart from the radii's d(x_i, x_j) and gave density 1.001-1.02 here; the float64 definition (and the authors'
+    package) gives 1 for the copies."""
+    monkeypatch.setattr(prdc_module, "_CHUNK_ENTRIES", chunk)
+    g = torch.Generator().manual_seed(dim)
+    real = torch.randn(200, dim, generator=g)
+    fake = torch.cat([real[:150], torch.randn(30, dim, generator=g) * 3])  # copies, and a few far-off samples
+    expected = _by_definition(real.double().numpy(), fake.double().numpy(), 5)
+    assert prdc_from_features(real, fake, 5) == pytest.approx(expected, abs=1e-12)
+    assert prdc_from_features(real, real.clone(), 5)["density"] == 1.0
 
 
 def test_mode_dropping_lowers_recall_and_coverage_not_precision() -> None:
