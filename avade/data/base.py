@@ -576,7 +576,9 @@ def _one_level_down(root: Path, searched: Sequence[Path | str]) -> Path | None:
         return None
     for relative in wanted:
         for folder in subfolders:
-            if (folder / relative).exists():
+            # os.path.exists, not Path.exists: that raises PermissionError (Python 3.11) for a subfolder this user
+            # cannot read, e.g. lost+found in a file system's root
+            if os.path.exists(folder / relative):
                 return folder
     return None
 

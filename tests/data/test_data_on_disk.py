@@ -900,6 +900,26 @@ def test_a_data_root_one_level_above_the_dataset_names_the_subfolder(tmp_path, n
     assert message.startswith(f"dataset '{name}'") and "\n" not in message
 
 
+def test_an_unreadable_subfolder_of_data_root_still_gives_the_not_found_error(tmp_path, monkeypatch):
+    # a data.root that is a file system's root holds lost+found (mode 700, root's): Python 3.11's Path.exists
+    # raises PermissionError there, which escaped as a traceback instead of the "not found" DataError
+    import os
+
+    (tmp_path / "lost+found").mkdir()
+    (tmp_path / "mine" / "cifar-10-batches-py").mkdir(parents=True)
+    stat = os.stat
+
+    def denied(path, *args, **kwargs):  # (as for a user other than root, whatever user runs the tests)
+        if str(path).startswith(str(tmp_path / "lost+found") + os.sep):
+            raise PermissionError(13, "Permission denied", str(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", denied)
+    with pytest.raises(DataError) as err:
+        avade.create("dataset", "cifar10", split="train", root=str(tmp_path))
+    assert str(err.value).endswith(f"but it is in {tmp_path / 'mine'}: set data.root={tmp_path / 'mine'}"), err.value
+
+
 @pytest.mark.parametrize(("name", "archive", "command"), [
     ("cifar10", "cifar-10-python.tar.gz", "tar xf"),
     ("stl10", "stl10_binary.tar.gz", "tar xf"),
