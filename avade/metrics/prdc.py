@@ -12,7 +12,9 @@ feature; each sample ``y_j`` likewise among the samples. Then, as in the authors
   samples cannot inflate it).
 
 The distance matrices are never held whole: rows of at most ``2**26`` entries at a time (256 MB in float32, and
-as much again in comparison masks), so 50,000 images per side fit on a GPU or in CPU memory alike.
+about twice that again in temporaries and masks), so 50,000 images per side fit on a GPU or in CPU memory alike.
+Pairs within float32 rounding of a ball's edge (a sample copying a real point lies exactly on other real balls'
+edges) are decided again in float64, so that copies get the definition's density of 1.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = ["PRDC", "PRDCConfig", "check_counts", "prdc_from_features"]
 
 _CHUNK_ENTRIES = 2**26  # distance-matrix entries computed at once
 _TIE = 1e-5  # squared distances this close to a radius (relative to the norms; rounding: ~3e-7) redone in float64
+_FLOAT64_ROUNDING = 1e-12  # relative: float64 sums of 2048 squares in any order agree to ~1e-13
 
 
 def _squared_distances(a: Tensor, b: Tensor, b_norms: Tensor) -> Tensor:
@@ -69,18 +72,25 @@ def _ball_radii(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return torch.cat(radii), _exact(x, x, rows, torch.cat(nearest))
 
 
-def _inside(d: Tensor, radii: Tensor, exact_radii: Tensor, scale: Tensor, a: Tensor, b: Tensor,
+def _inside(d: Tensor, radii: Tensor, exact_radii: Tensor, a_norms: Tensor, b_norms: Tensor, a: Tensor, b: Tensor,
             offset: int) -> Tensor:
-    """``d < radii`` (broadcast), ``d`` the float32 squared distances of ``a[offset:]``'s rows to ``b``; the
-    pairs within float32 rounding of a radius are decided by :func:`_exact` against ``exact_radii``."""
+    """``d < radii`` (broadcast), ``d`` the float32 squared distances of ``a[offset:]``'s rows (their squared
+    norms ``a_norms``) to ``b`` (``b_norms``); the pairs within float32 rounding of a radius are decided by
+    :func:`_exact` against ``exact_radii``."""
     inside = d < radii
     # The matrix product rounds d(x_i, x_j) and d(x_j, x_i) apart, and differently for other shapes or thread
     # counts: a sample copying a real point (a memorizing model) sits exactly on other balls' edges, at their k-th
-    # neighbours' distance, and was let in by rounding (density 1.001-1.02 for copies, not 1 as defined)
-    near = ((d - radii).abs() <= _TIE * scale).nonzero()
+    # neighbours' distance, and was let in by rounding (density 1.001-1.02 for copies, not 1 as defined).
+    # (in place, one temporary at a time: chunks are 256 MB each)
+    tolerance = torch.add(a_norms[:, None], b_norms[None, :]).add_(radii).mul_(_TIE)
+    near = torch.sub(d, radii).abs_().le_(tolerance).nonzero()
+    del tolerance
     if len(near):
         rows, cols = near[:, 0], near[:, 1]
-        inside[rows, cols] = _exact(a, b, rows + offset, cols) < exact_radii.expand_as(d)[rows, cols]
+        # strictly inside by more than float64's rounding: a GPU may sum one pair's squares in another order for
+        # another batch of pairs, and the copy of a ball's k-th neighbour is on its edge, not inside
+        bound = exact_radii.expand_as(d)[rows, cols]
+        inside[rows, cols] = _exact(a, b, rows + offset, cols) < bound * (1.0 - _FLOAT64_ROUNDING)
     return inside
 
 
@@ -117,12 +127,12 @@ def prdc_from_features(real: Tensor, fake: Tensor, nearest_k: int = 5) -> dict[s
     for i in range(0, len(real), step):
         rows = slice(i, i + step)
         d = _squared_distances(real[rows], fake, fake_norms)  # [reals of the chunk, samples]
-        scale = real_norms[rows, None] + fake_norms[None, :]
-        in_real = _inside(d, real_radii[rows, None], real_exact[rows, None], scale + real_radii[rows, None], real,
+        in_real = _inside(d, real_radii[rows, None], real_exact[rows, None], real_norms[rows], fake_norms, real,
                           fake, i)
         in_real_balls += in_real.sum(0)
         covered[rows] = in_real.any(1)
-        recalled[rows] = _inside(d, fake_radii[None, :], fake_exact[None, :], scale + fake_radii[None, :], real,
+        del in_real
+        recalled[rows] = _inside(d, fake_radii[None, :], fake_exact[None, :], real_norms[rows], fake_norms, real,
                                  fake, i).any(1)
     return {
         "precision": float((in_real_balls > 0).double().mean()),

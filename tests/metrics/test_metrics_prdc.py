@@ -90,6 +90,20 @@ def test_copied_real_points_get_the_definition_s_density(dim: int, chunk: int, m
     assert prdc_from_features(real, real.clone(), 5)["density"] == 1.0
 
 
+def test_copies_stay_on_the_edge_when_float64_sums_differ_in_their_last_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU may sum a pair's squares in another order for another batch of pairs: the copy's float64 distance then
+    differs from its ball's float64 radius in the last bit, and must still count as on the edge, not inside."""
+    exact = prdc_module._exact
+
+    def reordered(a, b, rows, cols):  # the pairs' sums one ulp below the radii's (which _ball_radii computes)
+        out = exact(a, b, rows, cols)
+        return torch.nextafter(out, torch.zeros_like(out)) if a is not b else out
+
+    monkeypatch.setattr(prdc_module, "_exact", reordered)
+    real = torch.randn(200, 64, generator=torch.Generator().manual_seed(1))
+    assert prdc_from_features(real, real.clone(), 5)["density"] == 1.0
+
+
 def test_mode_dropping_lowers_recall_and_coverage_not_precision() -> None:
     g = torch.Generator().manual_seed(4)
     centers = torch.randn(4, 8, generator=g) * 10
