@@ -278,7 +278,7 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
     try:
         _write(tmp, model, optimizers, rng, state, step, ema)
         if final.exists():  # moved aside, deleted only once the new one is in its place
-            os.replace(final, trash := final.with_name(f".tmp-trash-{final.name}-{os.getpid()}"))
+            os.replace(final, trash := _trash_name(final))
             aside = trash
         os.replace(tmp, final)
     except (OSError, SafetensorError) as exc:  # e.g. a full disk: the earlier checkpoints stay as they are
@@ -356,9 +356,15 @@ def _write(tmp: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.
     sync_folder(tmp)
 
 
+def _trash_name(path: Path) -> Path:
+    """Where a checkpoint is moved out of the ``step_*`` namespace before it is deleted (a ``.tmp-*`` name, which
+    the next save removes if this process is killed first)."""
+    return path.with_name(f".tmp-trash-{path.name}-{os.getpid()}")
+
+
 def _discard(path: Path) -> None:
     """Rename out of the ``step_*`` namespace first, so a kill mid-delete never leaves a partial one."""
-    trash = path.with_name(f".tmp-trash-{path.name}-{os.getpid()}")
+    trash = _trash_name(path)
     os.replace(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
 

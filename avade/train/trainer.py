@@ -885,8 +885,8 @@ class Trainer:
                 error = DataError(f"{exc}; {self._resume_point()}")
                 with contextlib.suppress(OSError):  # (the error raised stays this one)
                     self._record_failure(str(error))
-                try:
-                    raise error from exc.__cause__
+                try:  # (its traceback: where the image failed, for a Python caller)
+                    raise error.with_traceback(exc.__traceback__) from exc.__cause__
                 finally:  # (as above: no cycle keeping the trainer alive)
                     del error
             if own and self.dist.enabled:

@@ -1103,6 +1103,8 @@ def test_an_unreadable_image_mid_run_says_where_resume_goes_on_and_is_recorded(t
     assert message == ("dataset 'image-folder': cannot read /data/img/7.png (truncated); replace the file; "
                        "checkpoint step 2 is kept: --resume goes on from step 2")
     assert err.value.__cause__ is None and err.value.__suppress_context__
+    frames = [frame.name for frame in __import__("traceback").extract_tb(err.value.__traceback__)]
+    assert "failing" in frames, frames  # (where the image failed, not only fit's re-raise)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["error"] == message
     monkeypatch.setattr(Trainer, "train_step", step)  # (the file replaced)
