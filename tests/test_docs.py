@@ -315,3 +315,28 @@ def test_every_set_the_docs_show_is_a_valid_override() -> None:
             pytest.fail(f"{doc}: avade {' '.join(words)}: {exc}")
         checked += 1
     assert checked >= 10
+
+
+def test_help_paragraphs_are_rewrapped_to_the_terminal_not_broken_where_the_source_breaks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command's docstring is wrapped at 120 columns in the source; --help (and its parent's list of commands)
+    shows each paragraph wrapped to the terminal, not broken again at the source's line ends (ragged lines in
+    an 80-column terminal)."""
+    import typer.rich_utils
+    from typer.testing import CliRunner
+
+    from avade.cli.app import app
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 1000)  # room for any paragraph on one line
+
+    def lines(text: str) -> list[str]:
+        return [" ".join(re.sub(r"[│╭╮╰╯─]", " ", ln.replace("\\[", "[")).split()) for ln in text.splitlines()]
+
+    for prefix, command in _commands():
+        shown = lines(CliRunner(env={"COLUMNS": "1000"}).invoke(app, [*prefix, "--help"]).output)
+        for paragraph in (" ".join(p.split()) for p in (command.help or "").split("\n\n")):
+            assert any(paragraph in line for line in shown), (prefix, paragraph)
+        if prefix:  # the parent's list of commands: the first paragraph on one line too
+            parent = lines(CliRunner(env={"COLUMNS": "1000"}).invoke(app, [*prefix[:-1], "--help"]).output)
+            first = " ".join((command.help or "").split("\n\n")[0].split())
+            assert any(first in line for line in parent), (prefix, first)

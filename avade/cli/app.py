@@ -97,8 +97,24 @@ CLI_FLAGS = {
 }
 
 
+def _unwrapped(text: str) -> str:
+    """A docstring's paragraphs each on one line: rich help keeps single line breaks, so the source's wrapping at
+    120 columns would show as ragged lines in an 80-column terminal; the terminal's own wrapping is wanted."""
+    import inspect
+
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
+
 class _Group(typer.core.TyperGroup):
-    """Turns errors into one line and an exit code (the traceback only with ``--debug``)."""
+    """Turns errors into one line and an exit code (the traceback only with ``--debug``); shows each command's
+    help rewrapped to the terminal (:func:`_unwrapped`)."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        # (both the command's own --help and this group's list of commands get it from here)
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and command.help:
+            command.help = _unwrapped(command.help)
+        return command
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
         try:
@@ -430,8 +446,8 @@ def runs_overview(
     """Where each run stands (step, finished or not) and what its newest checkpoint scored, from the run files.
 
     A run file that cannot be read (damaged, edited, a folder, no access) is named below the table (--json: the
-    record's "problems"), with what is wrong and how to mend it, every other run listed as ever; the exit status
-    is then 1 (0 when every file was read, 2 for a PATH that is no folder)."""
+    record's "problems"), with what is wrong and how to mend it, every other run listed as usual; the exit status
+    is then 1 (0 when every file was read, 2 for a PATH that is not a folder)."""
     from avade.cli.runs import columns_for, find_runs, matching_keys, render, run_record
 
     if not paths and not Path("runs").exists():  # nothing trained here yet (not a mistyped PATH): no error

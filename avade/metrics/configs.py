@@ -56,8 +56,8 @@ class KIDConfig:
     split: Literal["train", "test"] = "test"
     real_samples: int | None = attrs.field(
         default=None, validator=ge(2),
-        metadata={"help": "real images used; none = the whole split, or a fixed random subsets x subset_size of it "
-                          "when it has more"})
+        metadata={"help": "real images used; none = the whole split, or a fixed random subset of "
+                          "subsets x subset_size of it when it has more"})
     subsets: int = attrs.field(default=100, validator=ge(1))
     subset_size: int = attrs.field(default=1000, validator=ge(2))
     degree: int = attrs.field(default=3, validator=ge(1))

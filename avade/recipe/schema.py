@@ -266,11 +266,13 @@ class EvalSection:
     """``[eval]``: metrics computed during training (``every``) and at the end; per-metric tables."""
 
     metrics: list[str] = attrs.field(factory=lambda: ["bpd"], metadata={"help": "registered metrics to compute"})
-    every: int = attrs.field(default=0, validator=ge(0), metadata={"help": "0 = only at the end"})
+    every: int = attrs.field(default=0, validator=ge(0), metadata={"help": "steps between evaluations of eval.metrics "
+                                                                             "during training; 0 = only at the end"})
     importance_samples: int = attrs.field(default=1, validator=ge(1),
                                           metadata={"help": "importance samples of the final test bits/dim"})
     inception_weights: str | None = attrs.field(
-        default=None, metadata={"help": "FID-Inception state dict for fid/is/kid/prd (or AVADE_INCEPTION_WEIGHTS)"})
+        default=None, metadata={"help": "Inception weights (a FID-Inception state dict or a TorchScript file) for "
+                                        "fid/kid/is/prd/prdc (or AVADE_INCEPTION_WEIGHTS)"})
     settings: dict[str, ComponentRef] = attrs.Factory(dict)
 
 
