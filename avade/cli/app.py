@@ -345,7 +345,7 @@ RunSetOption = Annotated[list[str] | None, typer.Option(
 @app.command("list-components")
 def list_components(
     pattern: Annotated[str | None, typer.Argument(
-        help="Glob on names, e.g. '*iaf*' or 'flow/*' (case-insensitive).")] = None,
+        metavar="PATTERN", help="Glob on names, e.g. '*iaf*' or 'flow/*' (case-insensitive).")] = None,
     kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only this kind.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     schema: Annotated[bool, typer.Option("--schema", help="With --json: include each config schema (imports "
@@ -488,7 +488,7 @@ def runs_overview(
 
 
 @recipe_app.command("check")
-def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
+def recipe_check(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TOML file.")],
                  overrides: SetOption = None) -> None:
     """Validate a recipe (and every sweep variant): its keys and values, then its model, built and run
     once on two random images of the dataset's shape; exit 0 or one clear error."""
@@ -528,7 +528,7 @@ def recipe_check(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")]
 
 
 @recipe_app.command("show")
-def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
+def recipe_show(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TOML file.")],
                 overrides: SetOption = None,
                 variants: Annotated[bool, typer.Option("--variants", help="List the sweep's variants.")]
                 = False,
@@ -561,8 +561,8 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
 
 @recipe_app.command("keys")
 def recipe_keys(
-    section: Annotated[str | None, typer.Argument(help="top | model | data | train | eval | sweep (default: all).")
-                       ] = None,
+    section: Annotated[str | None, typer.Argument(
+        metavar="SECTION", help="top | model | data | train | eval | sweep (default: all).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The recipe's own keys per section: type, default, help (a component's keys: avade list-components
@@ -622,7 +622,7 @@ def recipe_keys(
 
 @recipe_app.command("run")
 def recipe_run(
-    file: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
+    file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TOML file.")],
     overrides: SetOption = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", "--output", help="Run directory (default "
                                                  "runs/<recipe>/<time>; -2, -3... for runs started in the same "
@@ -648,7 +648,8 @@ def recipe_run(
 
 @app.command("eval")
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory, or a sweep's --out (every variant's run).")],
+    run_dir: Annotated[Path, typer.Argument(
+        metavar="RUN_DIR", help="A run directory, or a sweep's --out (every variant's run).")],
     metrics: Annotated[str | None, typer.Option("--metrics", "-m", help="Comma-separated, e.g. "
                                                 "bpd,fid,kid,prd (default: the recipe's).")] = None,
     samples: Annotated[int | None, typer.Option(
@@ -756,7 +757,7 @@ def evaluate(
 
 @app.command()
 def sample(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory.")],
     n: Annotated[int | None, typer.Option("-n", "--samples", help="Number of images (as eval's --samples); "
                                           "with --interpolations, of rows. \\[default: 64; 8 rows]",
                                           show_default=False)] = None,
