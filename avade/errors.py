@@ -64,8 +64,9 @@ class TrainingError(AvadeError):
 
 
 class StoppedError(AvadeError):
-    """Training was asked to stop (SIGTERM, or a first Ctrl-C) and stopped at a step boundary, checkpoint
-    saved; a sweep stops with it rather than going on to its next variant. ``signal_name`` is the signal
+    """Training was asked to stop (SIGTERM, SIGUSR1 or a first Ctrl-C) and stopped at a step boundary with a
+    checkpoint of that step (none when that step was not finite, nor before the first step); a sweep stops with
+    it rather than going on to its next variant. ``signal_name`` is the signal
     that asked (``"SIGTERM"`` when another process of the job was signalled)."""
 
     def __init__(self, message: str, signal_name: str = "SIGTERM") -> None:
