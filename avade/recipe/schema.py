@@ -152,7 +152,7 @@ class TrainSection:
         default="adamax", metadata={"help": "for the generator and the critic (paper: adamax)"})
     lr: float = attrs.field(default=0.002, validator=gt(0.0), metadata={"help": "learning rate (paper: 0.002)"})
     d_lr: float | None = attrs.field(default=None, validator=gt(0.0),
-                                     metadata={"help": "discriminator lr; defaults to lr"})
+                                     metadata={"help": "the critic's (discriminator's) lr; defaults to lr"})
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas,
                                              metadata={"help": "the optimizer's (beta1, beta2)"})
     # (the trainer derives generator seeds from it, e.g. seed * 100_003 + epoch, which torch takes up to 64 bits)
@@ -175,7 +175,7 @@ class TrainSection:
                                    metadata={"help": "the critic's gradient-penalty coefficient (paper: 100); 0 = off"})
     adv_loss: Literal["paper", "wgan", "nonsaturating", "hinge"] = attrs.field(
         default="paper", metadata={"help": "adversarial loss: paper = logistic critic, generator -E[s(fake)]"})
-    d_steps: int = attrs.field(default=1, validator=ge(1), metadata={"help": "D updates per G update"})
+    d_steps: int = attrs.field(default=1, validator=ge(1), metadata={"help": "critic updates per generator update"})
     flow_adv_grad: bool = attrs.field(
         default=False, metadata={"help": "let L_Q train the flow f too (paper: f gets L_C only)"})
     warmup_steps: int = attrs.field(default=0, validator=ge(0),
