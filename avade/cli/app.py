@@ -830,7 +830,9 @@ def study_subsets(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     output: Annotated[Path | None, typer.Option("-o", "--output", "--out", help="Write JSON here.")] = None,
 ) -> None:
-    """Table 7: FID/IS of random subsets of the real data against the full set."""
+    """Table 7: FID/IS of random subsets of the real data against the full set.
+
+    The Inception runs over the whole split (minutes on a CPU; a CUDA GPU is used when there is one)."""
     from avade.evaluate import subset_study_cli
     from avade.train.run import cell_text
 
