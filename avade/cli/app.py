@@ -581,9 +581,9 @@ def recipe_keys(
         return {"name": name, "type": kind, "default": None, "help": text}
 
     sections: dict[str, list[dict[str, Any]]] = {
-        "top": [row("name", "str", "the run's name (default: the file's stem)"),
-                row("description", "str", "free text, kept with the recipe"),
-                row("extends", "str | list[str]", "recipe file(s) this one deep-merges onto (relative to it)")],
+        "top": [row("name", "string", "the run's name (default: the file's stem)"),
+                row("description", "string", "free text, kept with the recipe"),
+                row("extends", "string | list[string]", "recipe file(s) this one deep-merges onto (relative to it)")],
         "model": [*describe(ModelOptions), *components],
         "data": [*describe(DataOptions), dataset],
         "train": describe(TrainSection),
