@@ -20,6 +20,7 @@ import avade
 from avade import hookimpl
 from avade.errors import ConfigError, RegistryError
 from avade.registry import (
+    BUILTIN_DIST,
     DISABLE_ENV,
     KINDS,
     NAME_PATTERN,
@@ -31,7 +32,7 @@ from avade.registry import (
     is_valid_name,
     list_components,
 )
-from avade.schema import ge
+from avade.schema import describe, ge
 
 
 @attrs.define
@@ -197,6 +198,21 @@ def test_every_installed_component_name_follows_the_rule(fresh_registry: None) -
     except metadata.PackageNotFoundError:
         return
     assert {("flow", "nice"), ("discriminator", "sngan")} <= set(names)
+
+
+# the built-ins, and the example plugin when installed (what plugin authors copy)
+DOCUMENTED = [i for i in get_registry().list() if i.dist in (BUILTIN_DIST, "avade-nice")]
+
+
+@pytest.mark.parametrize("kind, name", [(i.kind, i.name) for i in DOCUMENTED],
+                         ids=[f"{i.kind}/{i.name}" for i in DOCUMENTED])
+def test_every_config_field_of_a_built_in_component_has_a_help_text(kind: str, name: str) -> None:
+    """`list-components --json --schema` and `recipe keys` show each option's help: a built-in option added
+    without ``metadata={"help": ...}`` would show a bare name and type."""
+    config = get_registry().get(kind, name).load_config()
+    rows = describe(config) if config is not None else []
+    assert [r["name"] for r in rows if not r["help"].strip()] == [], \
+        f"{kind} '{name}': give these fields metadata={{'help': ...}} in {getattr(config, '__module__', '')}"
 
 
 def test_a_failed_plugin_keeps_its_exception_and_traceback() -> None:

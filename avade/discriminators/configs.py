@@ -30,9 +30,14 @@ class DCGANDiscriminatorConfig:
     ``slope``: negative slope of the leaky ReLU (0.2 in the paper).
     """
 
-    channels: tuple[int, ...] = attrs.field(default=(64, 128, 256), validator=positive_ints)
-    norm: str = "none"
-    slope: float = attrs.field(default=0.2, validator=between(0.0, 1.0))
+    channels: tuple[int, ...] = attrs.field(
+        default=(64, 128, 256), validator=positive_ints,
+        metadata={"help": "output channels of each stride-2 4x4 conv (each halves the resolution)"})
+    norm: str = attrs.field(
+        default="none", metadata={"help": "registered norm of the hidden convs only; avoid batch-norm with a "
+                                          "gradient penalty"})
+    slope: float = attrs.field(default=0.2, validator=between(0.0, 1.0),
+                               metadata={"help": "negative slope of the leaky ReLUs (DCGAN: 0.2)"})
 
 
 @attrs.define
@@ -45,6 +50,11 @@ class ResNetDiscriminatorConfig:
     ``batch-norm`` with a gradient penalty).
     """
 
-    stem: int = attrs.field(default=16, validator=ge(1))
-    channels: tuple[int, ...] = attrs.field(default=(32, 64, 128, 256), validator=positive_ints)
-    norm: str = "none"
+    stem: int = attrs.field(default=16, validator=ge(1),
+                            metadata={"help": "channels of the first 3x3 conv (the paper's Table 6a: 16)"})
+    channels: tuple[int, ...] = attrs.field(
+        default=(32, 64, 128, 256), validator=positive_ints,
+        metadata={"help": "one residual block each: the first keeps the resolution, each later one halves it"})
+    norm: str = attrs.field(
+        default="none", metadata={"help": "registered norm on every conv (the paper: none); no batch-norm with a "
+                                          "gradient penalty"})

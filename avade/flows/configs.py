@@ -32,15 +32,22 @@ class RealNVPConfig:
     :class:`~avade.flows.st_nets.ReferenceST`).
     """
 
-    scales: int = attrs.field(default=1, validator=ge(1))
-    blocks: int = attrs.field(default=2, validator=ge(1))
-    layers: int = attrs.field(default=3, validator=ge(1))
+    scales: int = attrs.field(default=1, validator=ge(1),
+                              metadata={"help": "scales; H and W divisible by 2**(scales-1) (paper: 1)"})
+    blocks: int = attrs.field(default=2, validator=ge(1),
+                              metadata={"help": "residual blocks of each s/t network (paper: 2)"})
+    layers: int = attrs.field(default=3, validator=ge(1),
+                              metadata={"help": "checkerboard couplings per scale (paper: 3)"})
     final_layers: int | None = attrs.field(
         default=None, validator=ge(1),
         metadata={"help": "checkerboard couplings of the last scale; none = layers (the reference: 4)"})
-    hidden: int = attrs.field(default=64, validator=ge(1))
-    norm: str = "weight-norm"
-    batch_norm: bool = True
+    hidden: int = attrs.field(default=64, validator=ge(1),
+                              metadata={"help": "channels of each s/t network (Real-NVP's CIFAR-10: 64)"})
+    norm: str = attrs.field(
+        default="weight-norm", metadata={"help": "registered norm of the s/t networks' convolutions (Real-NVP: "
+                                                 "weight-norm)"})
+    batch_norm: bool = attrs.field(default=True, metadata={"help": "batch norm inside the s/t networks (Real-NVP: "
+                                                                   "with weight norm)"})
     out_batch_norm: Literal[False, True, "transformed"] = attrs.field(
         default=False, metadata={"help": "batch norm as a flow after each coupling: true = of its whole output, "
                                          "\"transformed\" = of the half it changed (the reference's bn_out)"})
@@ -73,11 +80,17 @@ class GlowConfig:
     4.39/4.51/4.51 with it, 4.68/4.46/4.80 without: a gain on average, within the seed-to-seed spread).
     """
 
-    scales: int = attrs.field(default=3, validator=ge(1))
-    steps: int = attrs.field(default=8, validator=ge(1))
-    hidden: int = attrs.field(default=128, validator=ge(1))
-    lu: bool = True
-    norm: str = "none"
+    scales: int = attrs.field(default=3, validator=ge(1),
+                              metadata={"help": "levels; H and W divisible by 2**scales (Glow's CIFAR-10: 3)"})
+    steps: int = attrs.field(default=8, validator=ge(1),
+                             metadata={"help": "steps per level: actnorm, 1x1 conv, coupling (Glow's CIFAR-10: 32)"})
+    hidden: int = attrs.field(default=128, validator=ge(1),
+                              metadata={"help": "channels of each coupling network (Glow's CIFAR-10: 512)"})
+    lu: bool = attrs.field(default=True, metadata={"help": "LU-decomposed 1x1 convs (cheap exact log-det); false "
+                                                           "= a plain matrix, log-det by slogdet"})
+    norm: str = attrs.field(
+        default="none", metadata={"help": "registered norm of the coupling networks' hidden convs: none (biases "
+                                          "only) or actnorm (Glow's code)"})
     logscale_factor: float = attrs.field(
         default=3.0, validator=ge(0.0),
         metadata={"help": "Glow's log-scale factor for actnorms and zero convs (reference 3; 0 = off)"})
@@ -97,9 +110,13 @@ class ActNormConfig:
     ``logscale_factor``: the learned parameter is ``log s / logscale_factor`` (Glow: 3, so ``log s``
     moves 3x as fast under Adam-type optimisers; 1: ``log s`` itself)."""
 
-    data_init: bool = True
-    eps: float = attrs.field(default=1e-6, validator=gt(0.0))
-    logscale_factor: float = attrs.field(default=1.0, validator=gt(0.0))
+    data_init: bool = attrs.field(
+        default=True, metadata={"help": "set bias and scale from the first training batch; false = start as identity"})
+    eps: float = attrs.field(default=1e-6, validator=gt(0.0),
+                             metadata={"help": "added to the init batch's std before dividing by it"})
+    logscale_factor: float = attrs.field(
+        default=1.0, validator=gt(0.0),
+        metadata={"help": "the parameter learned is log s / this (Glow: 3; 1 = log s itself)"})
 
 
 @attrs.define
@@ -107,15 +124,19 @@ class BatchNormFlowConfig:
     """``momentum`` of the running averages (the reference's decay 0.95 = 0.05); ``eps`` floors the
     variance (the reference's 1e-4)."""
 
-    momentum: float = attrs.field(default=0.05, validator=between(0.0, 1.0))
-    eps: float = attrs.field(default=1e-4, validator=gt(0.0))
+    momentum: float = attrs.field(
+        default=0.05, validator=between(0.0, 1.0),
+        metadata={"help": "weight of each batch in the running averages (the reference's decay 0.95 = 0.05)"})
+    eps: float = attrs.field(default=1e-4, validator=gt(0.0),
+                             metadata={"help": "added to the variance (the reference's 1e-4)"})
 
 
 @attrs.define
 class InvConvConfig:
     """``lu``: parametrize ``W = P L (U + diag(sign(s) exp(log|s|)))`` (cheap, exact log-determinant)."""
 
-    lu: bool = True
+    lu: bool = attrs.field(default=True, metadata={"help": "LU-decomposed W (cheap exact log-det); false = a plain "
+                                                           "matrix, log-det by slogdet"})
 
 
 @attrs.define
@@ -140,13 +161,20 @@ class AffineCouplingConfig:
     norm inside the network (Real-NVP uses both batch norm and weight norm).
     """
 
-    mask: Literal["checkerboard", "checkerboard-packed", "channel"] = "checkerboard"
-    reverse: bool = False
-    net: Literal["resnet", "conv", "reference"] = "resnet"
-    hidden: int = attrs.field(default=64, validator=ge(1))
-    blocks: int = attrs.field(default=2, validator=ge(0))
-    norm: str = "weight-norm"
-    batch_norm: bool = True
+    mask: Literal["checkerboard", "checkerboard-packed", "channel"] = attrs.field(
+        default="checkerboard", metadata={"help": "conditioning half: checkerboard pixels (packed: half the work) "
+                                                  "or the first half of the channels"})
+    reverse: bool = attrs.field(default=False, metadata={"help": "swap the conditioning and the transformed half"})
+    net: Literal["resnet", "conv", "reference"] = attrs.field(
+        default="resnet", metadata={"help": "s/t network: resnet (Real-NVP's), reference (Real-NVP's reference "
+                                            "code) or conv (Glow's 3 convs)"})
+    hidden: int = attrs.field(default=64, validator=ge(1), metadata={"help": "channels of the s/t network"})
+    blocks: int = attrs.field(default=2, validator=ge(0),
+                              metadata={"help": "residual blocks of the s/t network (resnet, reference; conv: unused)"})
+    norm: str = attrs.field(default="weight-norm",
+                            metadata={"help": "registered norm of the s/t network's convolutions"})
+    batch_norm: bool = attrs.field(default=True, metadata={"help": "batch norm inside the s/t network (Real-NVP: "
+                                                                   "with weight norm)"})
     logscale_factor: float = attrs.field(
         default=0.0, validator=ge(0.0),
         metadata={"help": "> 0: the network's zero conv gets Glow's output scale exp(factor * logs)"})

@@ -24,8 +24,11 @@ class BPDConfig:
 
     needs_conditional: ClassVar[bool] = False  # (its factory's; read at recipe load)
 
-    importance_samples: int = attrs.field(default=1, validator=ge(1))
-    split: Literal["train", "test"] = "test"  # "train": reported as bpd_train (training reports it too)
+    importance_samples: int = attrs.field(
+        default=1, validator=ge(1),
+        metadata={"help": "k > 1 also reports bpd_iw<k>, the importance-weighted bound (tighter, k times the cost)"})
+    split: Literal["train", "test"] = attrs.field(
+        default="test", metadata={"help": "real split scored; train: reported as bpd_train (training reports it too)"})
 
 
 @attrs.define
@@ -39,7 +42,8 @@ class FIDConfig:
                                                   metadata={"help": "real split for the reference statistics"})
     real_samples: int | None = attrs.field(default=None, validator=ge(2),
                                            metadata={"help": "real images used; none = the whole split"})
-    batch_size: int = attrs.field(default=100, validator=ge(1))
+    batch_size: int = attrs.field(default=100, validator=ge(1),
+                                  metadata={"help": "images per batch (sampling, Inception features)"})
     reference: str | None = attrs.field(
         default=None, metadata={"help": "a .npz of published real statistics, `mu` [D] and `sigma` [D, D] (as "
                                         "TTUR, pytorch-fid and clean-fid write them); replaces split and "
@@ -52,19 +56,24 @@ class KIDConfig:
 
     needs_conditional: ClassVar[bool] = False  # (its factory's; read at recipe load)
 
-    samples: int = attrs.field(default=10000, validator=ge(2))
-    split: Literal["train", "test"] = "test"
+    samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "model samples"})
+    split: Literal["train", "test"] = attrs.field(default="test", metadata={"help": "real split compared with"})
     real_samples: int | None = attrs.field(
         default=None, validator=ge(2),
         metadata={"help": "real images used; none = the whole split, or a fixed random subset of "
                           "subsets x subset_size of it when it has more"})
-    subsets: int = attrs.field(default=100, validator=ge(1))
-    subset_size: int = attrs.field(default=1000, validator=ge(2))
-    degree: int = attrs.field(default=3, validator=ge(1))
+    subsets: int = attrs.field(default=100, validator=ge(1),
+                               metadata={"help": "random subsets the MMD is averaged over (kid_std: its spread)"})
+    subset_size: int = attrs.field(
+        default=1000, validator=ge(2),
+        metadata={"help": "real and model images per subset (capped at the smaller set, with a warning)"})
+    degree: int = attrs.field(default=3, validator=ge(1),
+                              metadata={"help": "degree of the kernel (gamma <x, y> + coef)^degree (KID: 3)"})
     gamma: float | None = attrs.field(default=None, validator=gt(0), metadata={"help": "none = 1 / dim"})
-    coef: float = attrs.field(default=1.0, validator=gt(0))
-    seed: int = 0
-    batch_size: int = attrs.field(default=100, validator=ge(1))
+    coef: float = attrs.field(default=1.0, validator=gt(0), metadata={"help": "the kernel's constant term (KID: 1)"})
+    seed: int = attrs.field(default=0, metadata={"help": "seeds the subsets' draws"})
+    batch_size: int = attrs.field(default=100, validator=ge(1),
+                                  metadata={"help": "images per batch (sampling, Inception features)"})
 
 
 @attrs.define
@@ -73,9 +82,12 @@ class InceptionScoreConfig:
 
     needs_conditional: ClassVar[bool] = False  # (its factory's; read at recipe load)
 
-    samples: int = attrs.field(default=50000, validator=ge(2))
-    splits: int = attrs.field(default=10, validator=ge(1))
-    batch_size: int = attrs.field(default=100, validator=ge(1))
+    samples: int = attrs.field(default=50000, validator=ge(2), metadata={"help": "model samples"})
+    splits: int = attrs.field(
+        default=10, validator=ge(1),
+        metadata={"help": "consecutive chunks scored apart; mean and std over them (Salimans et al.: 10)"})
+    batch_size: int = attrs.field(default=100, validator=ge(1),
+                                  metadata={"help": "images per batch (sampling, Inception features)"})
 
 
 @attrs.define
@@ -85,16 +97,24 @@ class PRDConfig:
     needs_conditional: ClassVar[bool] = False  # (its factory's; read at recipe load)
 
     samples: int = attrs.field(default=10000, validator=ge(2), metadata={"help": "real images = samples"})
-    split: Literal["train", "test"] = "train"
-    num_clusters: int = attrs.field(default=20, validator=ge(2))
-    num_angles: int = attrs.field(default=1001, validator=ge(3))
-    num_runs: int = attrs.field(default=10, validator=ge(1))
-    beta: float = attrs.field(default=8.0, validator=gt(0))
+    split: Literal["train", "test"] = attrs.field(
+        default="train", metadata={"help": "real split compared with (the paper: the training images)"})
+    num_clusters: int = attrs.field(default=20, validator=ge(2),
+                                    metadata={"help": "k-means clusters of real and sample features (paper: 20)"})
+    num_angles: int = attrs.field(default=1001, validator=ge(3),
+                                  metadata={"help": "points of the curve, slopes over (0, pi/2) (paper: 1001)"})
+    num_runs: int = attrs.field(default=10, validator=ge(1),
+                                metadata={"help": "clusterings whose curves are averaged (paper: 10)"})
+    beta: float = attrs.field(
+        default=8.0, validator=gt(0),
+        metadata={"help": "reports max F_beta and F_1/beta, named after it: prd_f8, prd_f1_8 (paper: 8)"})
     # scikit-learn's random_state takes 0 .. 2**32 - 1; run i uses seed + i
-    seed: int = attrs.field(default=0, validator=between(0, 2**31 - 1))
+    seed: int = attrs.field(default=0, validator=between(0, 2**31 - 1),
+                            metadata={"help": "k-means random_state of the first run; run i uses seed + i"})
     plot: bool = attrs.field(default=True, metadata={"help": "write prd.png and prd_curve.json to out_dir"})
     label: str = attrs.field(default="model", metadata={"help": "legend label of the curve"})
-    batch_size: int = attrs.field(default=100, validator=ge(1))
+    batch_size: int = attrs.field(default=100, validator=ge(1),
+                                  metadata={"help": "images per batch (sampling, Inception features)"})
 
 
 @attrs.define
@@ -109,7 +129,8 @@ class PRDCConfig:
         default=None, validator=ge(2),
         metadata={"help": "real images used (a fixed random subset); none = as many as samples"})
     nearest_k: int = attrs.field(default=5, validator=ge(1), metadata={"help": "k of the nearest-neighbour balls"})
-    batch_size: int = attrs.field(default=100, validator=ge(1))
+    batch_size: int = attrs.field(default=100, validator=ge(1),
+                                  metadata={"help": "images per batch (sampling, Inception features)"})
 
 
 @attrs.define
@@ -118,26 +139,34 @@ class GanTestConfig:
 
     needs_conditional: ClassVar[bool] = True  # (its factory's; read at recipe load)
 
-    epochs: int = attrs.field(default=10, validator=ge(1))
+    epochs: int = attrs.field(default=10, validator=ge(1), metadata={"help": "classifier training epochs"})
     classifier: Literal["small", "resnet"] = attrs.field(
         default="small", metadata={"help": "small: 3-conv CNN; resnet: He et al.'s CIFAR ResNet of `depth` layers"})
     depth: int = attrs.field(default=32, validator=ge(8), metadata={"help": "resnet: 6n+2 layers (20, 32, 56, ...)"})
     width: int | None = attrs.field(default=None, validator=ge(1),
                                     metadata={"help": "channels of the first conv; none = 32 (small), 16 (resnet)"})
     optimizer: Literal["adam", "sgd"] = attrs.field(default="adam", metadata={"help": "sgd: momentum 0.9, Nesterov"})
-    lr: float = attrs.field(default=1e-3, validator=gt(0))
+    lr: float = attrs.field(default=1e-3, validator=gt(0), metadata={"help": "classifier learning rate"})
     lr_schedule: Literal["constant", "cosine"] = attrs.field(
         default="constant", metadata={"help": "cosine: decays lr to 0 over the epochs"})
-    weight_decay: float = attrs.field(default=0.0, validator=ge(0))
+    weight_decay: float = attrs.field(default=0.0, validator=ge(0),
+                                      metadata={"help": "classifier weight decay (the optimizer's L2 term)"})
     augment: bool = attrs.field(default=False, metadata={"help": "random crops (padding H/8: 4 px at 32x32), flips"})
     batch_size: int = attrs.field(default=64, validator=ge(2),
                                   metadata={"help": "classifier training batch (at least 2: batch norm)"})
-    seed: int = 0
+    seed: int = attrs.field(
+        default=0,
+        metadata={"help": "seeds the classifier's init, batch order, augmentation and the labels drawn for samples"})
     samples: int | None = attrs.field(default=None, validator=ge(1),
                                       metadata={"help": "none = as many as the real split's images"})
-    train_split: Literal["train", "test"] = "train"
-    test_split: Literal["train", "test"] = "test"
-    sample_batch_size: int = attrs.field(default=100, validator=ge(1))
+    train_split: Literal["train", "test"] = attrs.field(
+        default="train",
+        metadata={"help": "gan-test: real images its classifier trains on; gan-train: labels the samples take"})
+    test_split: Literal["train", "test"] = attrs.field(
+        default="test",
+        metadata={"help": "gan-train: real images scored; gan-test: labels the samples take, and gan_test_real"})
+    sample_batch_size: int = attrs.field(default=100, validator=ge(1),
+                                         metadata={"help": "images per batch when sampling and reading real images"})
 
     def __attrs_post_init__(self) -> None:
         if self.classifier == "resnet" and (self.depth - 2) % 6:

@@ -34,7 +34,8 @@ class ConditionalWeightNormConfig:
 class BatchNormConfig:
     """``momentum`` of the running statistics."""
 
-    momentum: float = attrs.field(default=0.1, validator=between(0.0, 1.0))
+    momentum: float = attrs.field(default=0.1, validator=between(0.0, 1.0),
+                                  metadata={"help": "weight of each batch in the running statistics (PyTorch's 0.1)"})
 
 
 @attrs.define
@@ -42,5 +43,9 @@ class ActNormLayerConfig:
     """``scale``: the output standard deviation the data-dependent init aims for; ``logscale_factor``:
     the learned parameter is ``log s / logscale_factor`` (Glow's actnorm: 3; 1: ``log s`` itself)."""
 
-    scale: float = attrs.field(default=1.0, validator=gt(0.0))  # its log is taken: 0 would silence the layer
-    logscale_factor: float = attrs.field(default=1.0, validator=gt(0.0))
+    # its log is taken: 0 would silence the layer
+    scale: float = attrs.field(default=1.0, validator=gt(0.0),
+                               metadata={"help": "output std the data-dependent init aims for"})
+    logscale_factor: float = attrs.field(
+        default=1.0, validator=gt(0.0),
+        metadata={"help": "the parameter learned is log s / this (Glow's actnorm: 3; 1 = log s itself)"})

@@ -36,12 +36,21 @@ class NICEConfig:
     coupling at the identity.
     """
 
-    couplings: int = attrs.field(default=4, validator=ge(1))
-    hidden: int = attrs.field(default=64, validator=ge(1))
-    depth: int = attrs.field(default=2, validator=ge(1))
-    mask: Literal["checkerboard", "channel", "alternate"] = "checkerboard"
-    norm: str = "none"
-    zero_init: bool = True
+    couplings: int = attrs.field(
+        default=4, validator=ge(1),
+        metadata={"help": "additive coupling layers (NICE: 4; even: each half is updated equally often)"})
+    hidden: int = attrs.field(default=64, validator=ge(1),
+                              metadata={"help": "channels of each coupling net's hidden convs"})
+    depth: int = attrs.field(default=2, validator=ge(1),
+                             metadata={"help": "hidden 3x3 conv layers of each coupling net"})
+    mask: Literal["checkerboard", "channel", "alternate"] = attrs.field(
+        default="checkerboard", metadata={"help": "checkerboard, channel (needs >= 2 channels) or alternate (two "
+                                                  "of each in turn)"})
+    norm: str = attrs.field(
+        default="none", metadata={"help": "registered norm of the hidden convs (batch-norm: not exactly invertible "
+                                          "in training mode)"})
+    zero_init: bool = attrs.field(default=True, metadata={"help": "zero the output convs: every coupling starts as "
+                                                                  "the identity"})
 
 
 class AdditiveCoupling(nn.Module):

@@ -37,10 +37,14 @@ class SNGANDiscriminatorConfig:
     resolutions). ``power_iterations``: power-method steps per forward for the spectral norm.
     """
 
-    channels: tuple[int, ...] = attrs.field(default=(128, 128, 128, 128), validator=positive_ints)
-    down: tuple[bool, ...] = attrs.field(default=(True, True, False, False), validator=_down)
-    pool: Literal["sum", "mean"] = "sum"
-    power_iterations: int = attrs.field(default=1, validator=ge(1))
+    channels: tuple[int, ...] = attrs.field(default=(128, 128, 128, 128), validator=positive_ints,
+                                            metadata={"help": "output channels of each residual block"})
+    down: tuple[bool, ...] = attrs.field(default=(True, True, False, False), validator=_down,
+                                         metadata={"help": "whether each block halves the resolution (one per block)"})
+    pool: Literal["sum", "mean"] = attrs.field(
+        default="sum", metadata={"help": "global pooling: sum (SNGAN) or mean (scores comparable across resolutions)"})
+    power_iterations: int = attrs.field(default=1, validator=ge(1),
+                                        metadata={"help": "power-method steps per forward of the spectral norm"})
 
 
 class SNBlock(nn.Module):
