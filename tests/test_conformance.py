@@ -323,6 +323,13 @@ def test_kit_looks_beyond_the_first_item() -> None:
         check_module("dataset", TinyData, DataConfig("last-item", in_memory=False), name="late-float")
 
 
+def test_a_dataset_whose_files_are_absent_passes_with_a_warning_that_says_so(tmp_path: Path) -> None:
+    """Its one-line refusal is all that could be checked: a plugin author must not take it for a full pass."""
+    with pytest.warns(UserWarning, match=r"^dataset 'cifar10': only its refusal was checked with \{'root': .*: its "
+                                         r"files are absent \(dataset 'cifar10' not found .*\); give it a tiny copy"):
+        check_component("dataset", "cifar10", root=str(tmp_path))
+
+
 # -- metrics -----------------------------------------------------------------------------------------
 
 
