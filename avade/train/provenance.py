@@ -4,8 +4,13 @@ is read back without the plugin it was trained with."""
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import platform
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from avade.errors import AvadeError, ConfigError
 from avade.recipe.schema import Recipe
@@ -38,6 +43,48 @@ def component_providers(recipe: Recipe) -> dict[str, str]:
         except AvadeError:
             continue
     return out
+
+
+def environment() -> dict[str, Any]:
+    """What a reviewer needs, beside the recipe and the plugins' versions, to reproduce a run: the versions of
+    Python, avade, torch, torchvision and numpy, the platform, the command line, and the git commit of avade's
+    source when it runs from a checkout (``git_dirty``: with local changes). Recorded in each checkpoint."""
+    import numpy
+    import torch
+
+    from avade import __version__
+
+    def dist_version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    env: dict[str, Any] = {"python": platform.python_version(), "avade": __version__, "torch": torch.__version__,
+                           "torchvision": dist_version("torchvision"), "numpy": numpy.__version__,
+                           "cuda": torch.version.cuda, "platform": platform.platform(), "command": list(sys.argv)}
+    env.update(_git_state(Path(__file__).resolve().parents[1]))
+    return env
+
+
+def _git_state(package: Path) -> dict[str, Any]:
+    """``{"git_commit": ..., "git_dirty": ...}`` of the checkout ``package`` is tracked in; {} when it is none
+    (an installed wheel: a virtual environment inside some repository must not report that repository's commit)."""
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10,
+                              check=False)
+
+    try:
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return {}
+        commit = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):  # no git, or a file system that does not answer
+        return {}
+    if commit.returncode != 0:
+        return {}
+    return {"git_commit": commit.stdout.strip(),
+            "git_dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
 
 
 def missing_plugin_hint(checkpoints: Path) -> str:

@@ -81,7 +81,7 @@ from avade.train.ema import WeightAverage, averaged_names, check_fits
 from avade.train.logger import MetricsLogger
 from avade.train.optim import make_optimizer, total_norm
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, StopRequest, stop_on_signals
-from avade.train.provenance import component_providers
+from avade.train.provenance import component_providers, environment
 from avade.train.ranks import alike_on_this_node
 from avade.train.rundir import RunDir, atomic_write_text, read_json_object, write_json
 from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled, whole_run_warm_up
@@ -147,6 +147,7 @@ class Trainer:
         self.recipe_dict = recipe_to_dict(recipe)
         self.fingerprint = ckpt.fingerprint(self.recipe_dict)
         self.providers = component_providers(recipe)  # recorded in checkpoints
+        self.environment = environment()  # (once: git is asked in a subprocess) recorded in checkpoints
         self._check_run_dir(resume)
         if self.cfg.compile:
             check_compile_backend(self.cfg.compile_backend)
@@ -573,6 +574,8 @@ class Trainer:
              "class_counts": self.class_counts,
              # who provided each component, so that a run evaluated without its plugin can name it
              "providers": self.providers,
+             # the versions, command line and commit it was trained with, so that a reviewer can reproduce it
+             "environment": self.environment,
              "collapse": self.collapse.state_dict() if self.collapse is not None else None,
              "mode_collapse": self.mode_collapse.state_dict() if self.mode_collapse is not None else None},
             keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every,
