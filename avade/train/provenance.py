@@ -4,6 +4,7 @@ is read back without the plugin it was trained with."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import platform
 import subprocess
@@ -63,10 +64,11 @@ def environment() -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), "avade": __version__, "torch": torch.__version__,
                            "torchvision": dist_version("torchvision"), "numpy": numpy.__version__,
                            "cuda": torch.version.cuda, "platform": platform.platform(), "command": list(sys.argv)}
-    env.update(_git_state(Path(__file__).resolve().parents[1]))
+    env.update(_git_state(Path(__file__).resolve().parents[1]))  # (a copy: the cached dict stays as it is)
     return env
 
 
+@functools.cache  # (three git subprocesses: asked once per process, not once per sweep variant or Trainer)
 def _git_state(package: Path) -> dict[str, Any]:
     """``{"git_commit": ..., "git_dirty": ...}`` of the checkout ``package`` is tracked in; {} when it is none
     (an installed wheel: a virtual environment inside some repository must not report that repository's commit)."""

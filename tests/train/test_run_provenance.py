@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def test_each_checkpoint_records_the_environment_it_was_trained_in(tmp_path: Pat
     assert env["avade"] == avade.__version__ and env["python"].count(".") == 2
     assert env["command"] == sys.argv and env["platform"]
     # this test runs from a checkout: its commit is named (a wheel's install says nothing, see below)
+    assert "git_commit" in env or shutil.which("git") is None, env
     if "git_commit" in env:
         assert len(env["git_commit"]) == 40 and isinstance(env["git_dirty"], bool)
 
