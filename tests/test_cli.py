@@ -351,6 +351,27 @@ def test_recipe_check_ok() -> None:
     assert result.stdout.startswith("ok: quickstart")
 
 
+def test_recipe_check_sizes_the_model(write: Write) -> None:
+    # what a user sizes a long run by, before it: parameters by component, training state, batch and steps
+    from avade.models.build import build_model
+    from avade.recipe import load_recipe
+
+    model = build_model(load_recipe(QUICKSTART, []), (3, 16, 16))
+    total = sum(p.numel() for p in model.parameters())
+    flow = sum(p.numel() for p in model.flow.parameters())
+    result = run("recipe", "check", str(QUICKSTART))
+    assert result.exit_code == 0, result.output
+    line = " ".join(result.stdout.split())
+    assert f"model: {total / 1e3:.3g} k parameters (flow {flow / 1e3:.3g} k, encoder " in line, line
+    assert f"training state ~{4 * 4 * total / 1e6:.3g} MB (weights, gradients, optimizer state; activations not " \
+        "counted); batch 32 of 3x16x16, 600 steps" in line, line
+    # a sweep over the model: one line per variant, each its own size; over the data only: one line
+    sizes = " ".join(run("recipe", "check", str(write("sweep.toml", SWEEP))).stdout.split())
+    assert len(set(re.findall(r"sweep-scales\d-blocks\d: ([\d.]+ k) parameters", sizes))) == 4, sizes
+    data = write("data.toml", f'extends = "{QUICKSTART.as_posix()}"\n[sweep]\ngrid = {{"train.seed" = [0, 1]}}\n')
+    assert " ".join(run("recipe", "check", str(data)).stdout.split()).count("parameters") == 1
+
+
 def test_recipe_check_says_what_training_would_warn_about_as_it_starts(write: Write) -> None:
     # a hybrid recipe whose MLE warm-up is the whole run: valid (ok, exit 0), but said before the run, not only in it
     result = run("recipe", "check", str(QUICKSTART), "--set", "train.steps=50")

@@ -497,8 +497,9 @@ def recipe_check(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Re
 
     recipe = load_recipe(file, overrides or [])
     variants = expand_sweep(recipe)
+    sizes: dict[str, dict[str, tuple[int, int]]] = {}
     unrun = not check_variants(variants, sweep=variants if recipe.sweep is not None else None, data=False,
-                               source=str(file))
+                               source=str(file), sizes=sizes)
     for v in variants:
         try:
             # A statistics file the recipe names ([eval.fid] reference) is read as `recipe run` reads it before
@@ -516,6 +517,16 @@ def recipe_check(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Re
             raise exc.located(source=str(file)) from None
     extra = f", {len(variants)} sweep variant{'s' if len(variants) != 1 else ''}" if recipe.sweep is not None else ""
     out.print(f"[green]ok[/]: {escape(recipe.name)} ({recipe.variant} on {escape(recipe.data.options.name)}{extra})")
+    from avade.models.build import model_summary
+
+    # what a user sizes a long run by (parameters, training state, batch, steps): one line per distinct model
+    summaries: dict[str, list[str]] = {}
+    for v in variants:
+        if (summary := model_summary(v.recipe, sizes)) is not None:
+            summaries.setdefault(summary, []).append(v.name)
+    for summary, names in summaries.items():
+        who = "model" if len(summaries) == 1 else ", ".join(names)
+        out.print(f"  {escape(who)}: {escape(summary)}", highlight=False)
     from avade.train.schedule import whole_run_warm_up
 
     for v in variants:  # (valid, but what training would only say as it starts)

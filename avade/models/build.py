@@ -260,6 +260,36 @@ def _meta_sizes(recipe: Recipe, data_shape: Any, num_classes: Any) -> dict[str, 
         return None
 
 
+def model_key(recipe: Recipe, num_classes: int = 10) -> str | None:
+    """What tells ``recipe``'s model apart for :func:`check_model` (its settings, image shape and class count: sweep
+    variants that differ only in data.category share one); None where the dataset declares no resolution."""
+    shape, declared_classes = declared_data(recipe)
+    if shape is None:
+        return None
+    classes = num_classes if declared_classes is None else declared_classes
+    return json.dumps([recipe_to_dict(recipe)["model"], shape, classes], sort_keys=True, default=str)
+
+
+def model_summary(recipe: Recipe, sizes: dict[str, dict[str, tuple[int, int]]]) -> str | None:
+    """What a user sizes a long run by, in one line (``avade recipe check``): the model's parameters by component,
+    the memory its training state takes (weights, gradients, the optimizer's two moments, the weight average with
+    ``train.ema_decay``; activations, which grow with the batch and the resolution, are not counted), the batch and
+    the steps. ``sizes``: what :func:`check_model` recorded (by :func:`model_key`); None for a model it did not
+    build (no declared resolution)."""
+    shape, _ = declared_data(recipe)
+    key = model_key(recipe)
+    if shape is None or key is None or key not in sizes:
+        return None
+    of = sizes[key]
+    copies, kept = (5, "weights, gradients, optimizer state, weight average") if recipe.train.ema_decay else (
+        4, "weights, gradients, optimizer state")
+    parts = ", ".join(f"{name} {_count(n)}" for name, (n, _) in of.items() if n)
+    state = copies * sum(b for _, b in of.values())
+    batch, steps = recipe.data.options.batch_size, recipe.train.steps
+    return (f"{_count(sum(n for n, _ in of.values()))} parameters ({parts}); training state ~{_count(state)}B "
+            f"({kept}; activations not counted); batch {batch} of {'x'.join(map(str, shape))}, {steps:,} steps")
+
+
 def build_checked(recipe: Recipe, data_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
                   device: str | None = None) -> GenerativeModel:
     """:func:`build_model`, refusing (:class:`MemoryFitError`, before allocating it) a model whose training state
@@ -324,7 +354,7 @@ def check_memory(recipe: Recipe, data_shape: tuple[int, int, int] | None = None,
 
 
 def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = None,
-                device: str | None = None) -> bool:
+                device: str | None = None, sizes: dict[str, dict[str, tuple[int, int]]] | None = None) -> bool:
     """Build ``recipe``'s model for its dataset's image shape and run it once, without gradients, on two
     random images: likelihood, sampling and the critic. Shape mismatches between components (e.g. a
     resolution the encoder cannot halve) surface as a :class:`ConfigError` here instead of at ``run``.
@@ -335,18 +365,23 @@ def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = N
     count is only known once the dataset is loaded). ``seen`` (shared across a sweep's variants) skips a
     model and shape already checked, e.g. variants that differ only in the dataset's category. Returns
     whether the model was run (False: no ``resolution`` to run it at). A model whose training state cannot fit in
-    the free memory of ``device`` (else ``train.device``) is refused first (:func:`build_checked`).
+    the free memory of ``device`` (else ``train.device``) is refused first (:func:`build_checked`). ``sizes``, where
+    given, gets each model's parameters and their bytes by component, under its :func:`model_key`
+    (:func:`model_summary` says them).
     """
     shape, declared_classes = declared_data(recipe)
     if shape is None:
         return False
     classes = num_classes if declared_classes is None else declared_classes
+    key = model_key(recipe, num_classes)
     if seen is not None:
-        key = json.dumps([recipe_to_dict(recipe)["model"], shape, classes], sort_keys=True, default=str)
+        assert key is not None
         if key in seen:
             return True
         seen.add(key)
     model = build_checked(recipe, shape, classes, device)  # (a training state that cannot fit: refused)
+    if sizes is not None and key is not None:  # (counted on the model built anyway: no second build)
+        sizes[key] = _sizes(model)
     labels = torch.arange(2) % max(model.num_classes, 1) if model.num_classes else None
     x = torch.randint(0, 256, (2, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     step = "likelihood"

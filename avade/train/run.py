@@ -439,12 +439,14 @@ def select_variants(variants: Sequence[_Named], only: Sequence[str]) -> list[_Na
 
 
 def check_variants(variants: Sequence[Variant], *, sweep: Sequence[Variant] | None = None, data: bool = True,
-                   source: str | None = None, device: str | None = None) -> bool:
+                   source: str | None = None, device: str | None = None,
+                   sizes: dict[str, dict[str, tuple[int, int]]] | None = None) -> bool:
     """Every variant's model runs on its image shape (``avade recipe check``) and, with ``data``, its
     dataset's files are found: before a sweep trains anything, a bad variant fails at once, named.
     ``sweep``: the whole sweep (``variants`` may be an --only part of it), for the numbers in messages;
     None for a recipe without one. ``device``: --device, where the training state must fit (else each recipe's
-    train.device). Returns whether every model ran (not: a dataset without resolution)."""
+    train.device). ``sizes``: filled with each model's parameter counts (:func:`avade.models.build.check_model`).
+    Returns whether every model ran (not: a dataset without resolution)."""
     from avade.data.status import dataset_status
     from avade.models.build import check_model
 
@@ -455,7 +457,7 @@ def check_variants(variants: Sequence[Variant], *, sweep: Sequence[Variant] | No
     for variant in variants:
         where = f"sweep variant {index[variant.name]} ({variant.name}): " if sweep is not None else ""
         try:
-            ran &= check_model(variant.recipe, seen=checked, device=device)
+            ran &= check_model(variant.recipe, seen=checked, device=device, sizes=sizes)
         except ConfigError as exc:
             raise ConfigError(where + exc.detail, path=exc.path, source=source or variant.recipe.source) from None
         world, batch = int(os.environ.get("WORLD_SIZE", "1")), variant.recipe.data.options.batch_size
