@@ -71,22 +71,28 @@ def environment() -> dict[str, Any]:
 @functools.cache  # (three git subprocesses: asked once per process, not once per sweep variant or Trainer)
 def _git_state(package: Path) -> dict[str, Any]:
     """``{"git_commit": ..., "git_dirty": ...}`` of the checkout ``package`` is tracked in; {} when it is none
-    (an installed wheel: a virtual environment inside some repository must not report that repository's commit)."""
+    (an installed wheel: a virtual environment inside some repository must not report that repository's commit);
+    ``git_dirty`` None where git status did not answer (a huge or slow checkout: the commit is still known)."""
     def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10,
-                              check=False)
+        # --no-optional-locks: git status would otherwise refresh and rewrite the checkout's index, taking
+        # index.lock, as training starts (every process under torchrun): a user's git command then fails on it
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(package), *args], capture_output=True,
+                              text=True, timeout=10, check=False)
 
     try:
         if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
             return {}
         commit = git("rev-parse", "HEAD")
-        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):  # no git, or a file system that does not answer
         return {}
     if commit.returncode != 0:
         return {}
-    return {"git_commit": commit.stdout.strip(),
-            "git_dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+    try:
+        status = git("status", "--porcelain", "--untracked-files=no")
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        dirty = None
+    return {"git_commit": commit.stdout.strip(), "git_dirty": dirty}
 
 
 def missing_plugin_hint(checkpoints: Path) -> str:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy
+import pytest
 import torch
 from tiny_recipes import tiny_recipe
 
@@ -28,10 +32,15 @@ def test_each_checkpoint_records_the_environment_it_was_trained_in(tmp_path: Pat
     assert env["torch"] == torch.__version__ and env["numpy"] == numpy.__version__
     assert env["avade"] == avade.__version__ and env["python"].count(".") == 2
     assert env["command"] == sys.argv and env["platform"]
-    # this test runs from a checkout: its commit is named (a wheel's install says nothing, see below)
-    assert "git_commit" in env or shutil.which("git") is None, env
-    if "git_commit" in env:
-        assert len(env["git_commit"]) == 40 and isinstance(env["git_dirty"], bool)
+    # run from a checkout, its commit is named (a wheel's install says nothing, see below); not from an sdist's
+    # tree nor where git refuses the checkout (another user's): asked here as provenance asks it
+    source = Path(avade.__file__).resolve().parent
+    head = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=False) if shutil.which("git") else None
+    if head is not None and head.returncode == 0:
+        assert env["git_commit"] == head.stdout.strip() and isinstance(env["git_dirty"], bool), env
+    else:
+        assert "git_commit" not in env, env
 
 
 def test_no_commit_for_a_package_that_no_repository_tracks(tmp_path: Path) -> None:
@@ -40,3 +49,44 @@ def test_no_commit_for_a_package_that_no_repository_tracks(tmp_path: Path) -> No
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     assert _git_state(package) == {}
+
+
+def _checkout(root: Path) -> Path:
+    """A git checkout at ``root`` tracking ``pkg/__init__.py``, committed; returns ``pkg``."""
+    package = root / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "i"]):
+        subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
+    return package
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_asking_git_leaves_the_checkouts_index_alone(tmp_path: Path) -> None:
+    # (a plain git status refreshes the index of a file touched since: it took index.lock and rewrote the index
+    # as training started, in every process under torchrun, and a user's own git command could fail on the lock)
+    package = _checkout(tmp_path)
+    index = tmp_path / ".git" / "index"
+    before = index.stat().st_mtime_ns
+    later = before + 5_000_000_000  # (the file's stat data no longer the index's: what a refresh rewrites)
+    os.utime(package / "__init__.py", ns=(later, later))
+    state = _git_state.__wrapped__(package)
+    assert state["git_dirty"] is False and len(state["git_commit"]) == 40, state
+    assert index.stat().st_mtime_ns == before
+    assert not (tmp_path / ".git" / "index.lock").exists()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_git_status_that_times_out_keeps_the_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (a huge or slow checkout: its commit is known, whether it was dirty is not; it dropped both)
+    package = _checkout(tmp_path)
+    run = subprocess.run
+
+    def slow_status(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        if "status" in args:
+            raise subprocess.TimeoutExpired(args, 10)
+        return run(args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", slow_status)
+    state = _git_state.__wrapped__(package)
+    assert len(state["git_commit"]) == 40 and state["git_dirty"] is None, state
