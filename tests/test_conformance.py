@@ -14,6 +14,7 @@ from fake_datasets import FAKE_DATASETS
 from torch import nn
 
 from avade.data import OFFLINE_DATASETS
+from avade.errors import DataError
 from avade.registry import get_registry
 from avade.testing import check_component, check_module, component_ids
 
@@ -282,6 +283,8 @@ class TinyData:
         self.labels = torch.arange(n) % 2 + (5 if cfg.defect == "labels" else 0)
         if cfg.defect == "missing":
             raise FileNotFoundError("/nowhere/data.bin")
+        if cfg.defect == "train-absent" and split == "train":
+            raise DataError("dataset 'tiny': /nowhere/train.bin not found; download it")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -328,6 +331,18 @@ def test_a_dataset_whose_files_are_absent_passes_with_a_warning_that_says_so(tmp
     with pytest.warns(UserWarning, match=r"^dataset 'cifar10': only its refusal was checked with \{'root': .*: its "
                                          r"files are absent \(dataset 'cifar10' not found .*\); give it a tiny copy"):
         check_component("dataset", "cifar10", root=str(tmp_path))
+
+
+def test_the_absent_files_warning_names_the_dataset_and_the_split_checked() -> None:
+    # (its hint said check_component('dataset', name, ...) literally; and a dataset whose test split was served and
+    # checked, its train split's files absent, was said to have had only its refusal checked)
+    with pytest.warns(UserWarning) as caught:
+        check_module("dataset", TinyData, DataConfig("train-absent"), name="half-there")
+    said = str(caught[0].message)
+    assert said.startswith("dataset 'half-there': only its test split was checked with {'defect': 'train-absent'"), said
+    assert "its train split's files are absent (dataset 'tiny': /nowhere/train.bin not found; download it)" in said
+    assert "check_component('dataset', 'half-there', root=...)" in said
+    assert "configs={('dataset', 'half-there'): {'root': ...}}" in said and "\n" not in said
 
 
 # -- metrics -----------------------------------------------------------------------------------------

@@ -865,9 +865,12 @@ def check_dataset(name: str, registry: Registry | None = None, **config: Any) ->
                 _fail(what, "a missing dataset must be reported in one non-empty line")
             # (a pass that checked nothing it serves must not look like one that did)
             given = f" with {config}" if config else ""
-            warnings.warn(f"{what}: only its refusal was checked{given}: its files are absent ({exc}); give it a tiny "
-                          "copy to check what it serves: check_component('dataset', name, root=...) or "
-                          "check_distribution(dist, configs={('dataset', name): {'root': ...}})", stacklevel=2)
+            # (the test split served and checked, the train split's files absent: not "only its refusal")
+            checked, files = (("only its refusal was checked", "its files") if split == "test" else
+                              ("only its test split was checked", f"its {split} split's files"))
+            warnings.warn(f"{what}: {checked}{given}: {files} are absent ({exc}); give it a tiny "
+                          f"copy to check what it serves: check_component('dataset', {name!r}, root=...) or "
+                          f"check_distribution(dist, configs={{('dataset', {name!r}): {{'root': ...}}}})", stacklevel=2)
             return
         except OSError as exc:
             _fail(what, f"raises {type(exc).__name__}: {exc}; report missing or unreadable files as "
