@@ -1071,7 +1071,11 @@ class Trainer:
     def _resume_point(self) -> str:
         """Where ``--resume`` goes on from, for the error that stopped training: the job's newest checkpoint (not
         the failed step's state), else the start."""
-        step, pending = self._checkpoint_of_job()
+        try:
+            step, pending = self._checkpoint_of_job()
+        except OSError as exc:  # (the disk that failed the step, say: the error raised stays the one that stopped it)
+            return (f"its checkpoints cannot be listed ({exc.strerror or exc}): --resume goes on from the newest "
+                    f"complete one in {self.run.checkpoints}")
         if pending is not None:
             then = f"checkpoint step {step}" if step is not None else "step 0 (no other checkpoint)"
             return (f"rank 0 was still writing checkpoint step {pending} when this process failed: --resume goes on "

@@ -1112,6 +1112,31 @@ def test_an_unreadable_image_mid_run_says_where_resume_goes_on_and_is_recorded(t
     assert "error" not in json.loads((tmp_path / "summary.json").read_text())
 
 
+def test_an_unreadable_image_on_a_disk_whose_checkpoints_cannot_be_listed_stays_the_error(tmp_path, monkeypatch):
+    # (the run's disk failing too: listing the checkpoints for where --resume goes on raised a PermissionError in
+    # place of the DataError that stopped training)
+    from avade.errors import DataError
+    from avade.train import checkpoint as ckpt
+
+    step = Trainer.train_step
+
+    def failing(self, x, y):
+        if self.step == 3:
+            def unlistable(directory):
+                raise PermissionError(13, "Permission denied", str(directory))
+
+            monkeypatch.setattr(ckpt, "list_checkpoints", unlistable)
+            raise DataError("dataset 'image-folder': cannot read /data/img/7.png (truncated); replace the file")
+        return step(self, x, y)
+
+    monkeypatch.setattr(Trainer, "train_step", failing)
+    with pytest.raises(DataError) as err:
+        Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2"), tmp_path, progress=False).fit()
+    assert str(err.value) == ("dataset 'image-folder': cannot read /data/img/7.png (truncated); replace the file; its "
+                              "checkpoints cannot be listed (Permission denied): --resume goes on from the newest "
+                              f"complete one in {tmp_path / 'checkpoints'}")
+
+
 def test_a_resume_removes_the_temporary_files_a_killed_process_left(tmp_path):
     # kill -9 while metrics.jsonl (rewritten by every resume), recipe.toml or summary.json was being replaced
     # leaves ".<name>.<pid>.tmp" beside it; nothing else ever removed them, one more per such kill
