@@ -62,6 +62,16 @@ def test_weight_average_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     check_memory(load_recipe(QUICKSTART, ["model.flow.hidden=500"]))
 
 
+def test_the_weight_average_is_the_generator_s_alone() -> None:
+    # (the critic is not averaged: its weights were counted a fifth time)
+    from avade.models.build import training_state_bytes
+
+    sizes = {"flow": (10, 40), "decoder": (5, 20), "discriminator": (25, 100)}
+    assert training_state_bytes(load_recipe(QUICKSTART), sizes) == (640, "weights, gradients and optimizer state")
+    assert training_state_bytes(load_recipe(QUICKSTART, ["train.ema_decay=0.999"]), sizes) == (
+        640 + 60, "weights, gradients, optimizer state and weight average")
+
+
 def test_the_checked_build_is_the_same_build() -> None:
     recipe = load_recipe(QUICKSTART)
     torch.manual_seed(0)

@@ -281,13 +281,22 @@ def model_summary(recipe: Recipe, sizes: dict[str, dict[str, tuple[int, int]]]) 
     if shape is None or key is None or key not in sizes:
         return None
     of = sizes[key]
-    copies, kept = (5, "weights, gradients, optimizer state, weight average") if recipe.train.ema_decay else (
-        4, "weights, gradients, optimizer state")
+    state, kept = training_state_bytes(recipe, of)
     parts = ", ".join(f"{name} {_count(n)}" for name, (n, _) in of.items() if n)
-    state = copies * sum(b for _, b in of.values())
     batch, steps = recipe.data.options.batch_size, recipe.train.steps
     return (f"{_count(sum(n for n, _ in of.values()))} parameters ({parts}); training state ~{_count(state)}B "
             f"({kept}; activations not counted); batch {batch} of {'x'.join(map(str, shape))}, {steps:,} steps")
+
+
+def training_state_bytes(recipe: Recipe, sizes: dict[str, tuple[int, int]]) -> tuple[int, str]:
+    """The bytes of ``recipe``'s training state for a model of component ``sizes`` (name -> (parameters, bytes)),
+    and what it holds in words: weights, their gradients and the optimizer's two moments (Adam, Adamax), and with
+    ``train.ema_decay`` the weight average, of the generator alone (the critic is not averaged)."""
+    weights = sum(b for _, b in sizes.values())
+    if not recipe.train.ema_decay:
+        return 4 * weights, "weights, gradients and optimizer state"
+    generator = sum(b for name, (_, b) in sizes.items() if name != "discriminator")
+    return 4 * weights + generator, "weights, gradients, optimizer state and weight average"
 
 
 def build_checked(recipe: Recipe, data_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
@@ -302,9 +311,8 @@ def build_checked(recipe: Recipe, data_shape: tuple[int, int, int] | None = None
     from avade.memory import memory_free
 
     where = _run_device(recipe, device)
-    copies, kept = (5, "weights, gradients, optimizer state and weight average") if recipe.train.ema_decay else (
-        4, "weights, gradients and optimizer state")
-    host_copies = copies if where == "cpu" else 1
+    # (while building, sizes unknown: the build stops once the weights pass the free memory's share of one copy)
+    host_copies = (5 if recipe.train.ema_decay else 4) if where == "cpu" else 1
     host_free, _ = memory_free("cpu")
     try:
         with _AllocationGuard(None if host_free is None else host_free // host_copies):
@@ -312,13 +320,16 @@ def build_checked(recipe: Recipe, data_shape: tuple[int, int, int] | None = None
     except _WontFit:
         assert host_free is not None
         sizes = _meta_sizes(recipe, data_shape, num_classes)
-        what = kept if where == "cpu" else "weights"
-        _refuse(recipe, sizes, None if sizes is None else sum(b for _, b in sizes.values()) * host_copies, what,
-                "this machine", host_free)
+        if sizes is None:
+            words = training_state_bytes(recipe, {})[1] if where == "cpu" else "weights"
+            _refuse(recipe, None, None, words, "this machine", host_free)
+        need, what = training_state_bytes(recipe, sizes) if where == "cpu" else (
+            sum(b for _, b in sizes.values()), "weights")
+        _refuse(recipe, sizes, need, what, "this machine", host_free)
     sizes = _sizes(model)
     weights = sum(b for _, b in sizes.values())
-    for need, what, on in [(weights * copies, kept, where)] + ([(weights, "weights", "cpu")] if where != "cpu"
-                                                                else []):
+    state, kept = training_state_bytes(recipe, sizes)
+    for need, what, on in [(state, kept, where)] + ([(weights, "weights", "cpu")] if where != "cpu" else []):
         # (the host's free memory as read before the build: read now it would count the built weights twice)
         free, machine = (host_free, "this machine") if on == "cpu" else memory_free(on)
         if free is not None and need > free:
