@@ -72,12 +72,13 @@ def environment() -> dict[str, Any]:
 def _git_state(package: Path) -> dict[str, Any]:
     """``{"git_commit": ..., "git_dirty": ...}`` of the checkout ``package`` is tracked in; {} when it is none
     (an installed wheel: a virtual environment inside some repository must not report that repository's commit);
-    ``git_dirty`` None where git status did not answer (a huge or slow checkout: the commit is still known)."""
+    ``git_dirty``: whether avade's files there have local changes, None where git status did not answer (a slow
+    file system: the commit is still known)."""
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         # --no-optional-locks: git status would otherwise refresh and rewrite the checkout's index, taking
         # index.lock, as training starts (every process under torchrun): a user's git command then fails on it
         return subprocess.run(["git", "--no-optional-locks", "-C", str(package), *args], capture_output=True,
-                              text=True, timeout=10, check=False)
+                              text=True, errors="replace", timeout=10, check=False)
 
     try:
         if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
@@ -88,7 +89,8 @@ def _git_state(package: Path) -> dict[str, Any]:
     if commit.returncode != 0:
         return {}
     try:
-        status = git("status", "--porcelain", "--untracked-files=no")
+        # (avade's own files: an editable install inside a monorepo would otherwise have all of it scanned)
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         dirty = None

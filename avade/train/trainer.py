@@ -147,7 +147,8 @@ class Trainer:
         self.recipe_dict = recipe_to_dict(recipe)
         self.fingerprint = ckpt.fingerprint(self.recipe_dict)
         self.providers = component_providers(recipe)  # recorded in checkpoints
-        self.environment = environment()  # (once: git is asked in a subprocess) recorded in checkpoints
+        # recorded in the checkpoints, which rank 0 alone writes (git is asked in subprocesses)
+        self.environment = environment() if self.dist.is_main else {}
         self._check_run_dir(resume)
         if self.cfg.compile:
             check_compile_backend(self.cfg.compile_backend)

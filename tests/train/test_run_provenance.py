@@ -90,3 +90,14 @@ def test_a_git_status_that_times_out_keeps_the_commit(tmp_path: Path, monkeypatc
     monkeypatch.setattr(subprocess, "run", slow_status)
     state = _git_state.__wrapped__(package)
     assert len(state["git_commit"]) == 40 and state["git_dirty"] is None, state
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_dirty_is_about_avade_s_own_files(tmp_path: Path) -> None:
+    # (an editable install inside a monorepo: the rest of it was scanned, and its changes called avade's)
+    package = _checkout(tmp_path)
+    (tmp_path / "elsewhere.txt").write_text("a\n")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "elsewhere.txt"], check=True, capture_output=True)
+    assert _git_state.__wrapped__(package)["git_dirty"] is False
+    (package / "__init__.py").write_text("x = 2\n")
+    assert _git_state.__wrapped__(package)["git_dirty"] is True
