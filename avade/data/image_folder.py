@@ -1,11 +1,11 @@
 """``image-folder``: any folder of images (``<root>/<folder>``), optionally with one subfolder per class.
 
 Split: when the folder holds both ``train/`` and ``test/`` subfolders they are the splits (``train/`` beside
-``val/`` or ``valid/`` and no ``test/`` is refused: rename it to ``test/``, rather than have two classes named
-after the splits; so is ``train/`` alone holding class folders, which would be one class named ``train``). Otherwise
-each image goes to the test split when a hash of its path relative to the folder falls below
-``test_fraction`` (SHA-1, so the assignment is stable across runs and machines, and adding images never
-moves the others between splits).
+``val/`` or ``valid/`` and no ``test/`` is refused, with or without labels: rename it to ``test/``, rather than
+have two classes named after the splits or, unlabeled, both pooled and split by hash; so is ``train/`` alone
+holding class folders, which would be one class named ``train``). Otherwise each image goes to the test split
+when a hash of its path relative to the folder falls below ``test_fraction`` (SHA-1, so the assignment is stable
+across runs and machines, and adding images never moves the others between splits).
 
 Labels: when ``labels = true`` and the split folder holds only subfolders (no loose images), each first-level
 subfolder that holds images is a class (sorted by name, label = index, like torchvision's ``ImageFolder``;
@@ -126,14 +126,16 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
     explicit = (base / "train").is_dir() and (base / "test").is_dir()
     train_base = base / "train" if explicit else base
     classes = _classes(train_base, cfg.labels)
-    if not explicit and "train" in classes and len(classes) > 1 and set(classes) <= _SPLIT_NAMES:
-        # (train/ and val/ taken for two classes: a class-conditional model would learn the split as its label,
-        # and the hash split would mix val/'s images into training)
-        others = [c for c in classes if c != "train"]
-        fix = f"rename {others[0]}/ to test/"
-        raise DataError(f"dataset '{NAME}': {base} holds {', '.join(f'{c}/' for c in classes)}, which look like "
-                        f"splits, not classes; avade splits by train/ and test/ folders: {fix} (class folders inside "
-                        "each), or set data.labels=false to use every image unlabeled")
+    # Subfolders named as splits are refused whether or not they would be labels: unlabeled, train/ and val/
+    # would be pooled and hash-split, training on most of val/'s images and measuring test BPD on a few of train/'s.
+    splits = classes if cfg.labels else _classes(train_base, True)
+    if not explicit and "train" in splits and len(splits) > 1 and set(splits) <= _SPLIT_NAMES:
+        # (with labels, train/ and val/ taken for two classes: a class-conditional model would learn the split)
+        others = [c for c in splits if c != "train"]
+        raise DataError(f"dataset '{NAME}': {base} holds {', '.join(f'{c}/' for c in splits)}, which look like "
+                        f"splits, not classes; avade splits by train/ and test/ folders: rename {others[0]}/ to test/ "
+                        f"(class folders inside each, if any), or point data.folder at {base / 'train'} to split its "
+                        "images alone by data.test_fraction")
     if not explicit and classes and set(classes) <= _SPLIT_NAMES and any(_classes(base / c, True) for c in classes):
         # (train/ alone, its class folders inside: one class named "train", the real classes never read)
         lone = classes[0]

@@ -410,12 +410,29 @@ def test_image_folder_split_folders_are_not_taken_for_classes(tmp_path):
         save_png(tmp_path / "d" / split / "0.png", rgb_images(1, 4, 4, seed=0)[0])
     kw = {"root": str(tmp_path), "folder": "d", "resolution": 4}
     with pytest.raises(DataError, match=r"holds train/, val/, which look like splits, not classes; .* rename val/ to "
-                                        r"test/ \(class folders inside each\), or set data.labels=false"):
+                                        r"test/ \(class folders inside each, if any\), or point data.folder at "
+                                        r".*d/train to split its images alone"):
         avade.create("dataset", "image-folder", split="train", **kw)
-    assert len(avade.create("dataset", "image-folder", split="train", labels=False, **kw)) >= 1
     (tmp_path / "d" / "val").rename(tmp_path / "d" / "dog")  # a class of its own beside "train": no split names
     assert avade.create("dataset", "image-folder", split="train", **kw).classes == ["dog", "train"]
 
+
+
+@pytest.mark.parametrize("other", ["val", "valid", "validation"])
+def test_image_folder_unlabeled_train_and_val_folders_are_not_pooled(tmp_path, other):
+    # data.labels=false on d/train/ and d/val/ (no test/): the two official splits would be pooled and split by hash,
+    # so most of val/ would be trained on and test bits/dim measured on a few of train/'s images; refused as with labels
+    for split, n in (("train", 12), (other, 4)):
+        for i in range(n):
+            save_png(tmp_path / "d" / split / f"{i}.png", rgb_images(1, 4, 4, seed=i)[0])
+    kw = {"root": str(tmp_path), "folder": "d", "resolution": 4, "labels": False}
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match=rf"holds train/, {other}/, which look like splits, not classes; .*rename "
+                                            rf"{other}/ to test/"):
+            avade.create("dataset", "image-folder", split=split, **kw)
+    (tmp_path / "d" / other).rename(tmp_path / "d" / "test")  # the fix: the splits are the folders
+    test = avade.create("dataset", "image-folder", split="test", **kw)
+    assert {f.parent.name for f in test.files} == {"test"} and len(test) == 4
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_image_folder_lone_split_folder_with_classes_is_not_one_class(tmp_path, split):
