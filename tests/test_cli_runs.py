@@ -893,8 +893,11 @@ def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path, monkeypat
                           "--device", "cpu")
     single = json.loads(out[out.index("{"):])
     assert single["bpd"] == rows[0]["bpd"] != rows[1]["bpd"]
-    # one checkpoint's JSON says which it scored, as each row of --checkpoint all does (it said only the metrics)
-    assert single == rows[0] == {"step": 1, "weights": "last", "bpd": rows[0]["bpd"]}
+    # one checkpoint's JSON says which it scored, as each row of --checkpoint all does (it said only the metrics),
+    # and, as eval.json does, the checkpoint's name and the settings
+    assert rows[0] == {"step": 1, "weights": "last", "bpd": rows[0]["bpd"]}
+    assert single == {"checkpoint": "step_00000001", **rows[0], "settings": {"bpd": {
+        "importance_samples": 1, "split": "test", "eval_batch_size": 16}}}
     for command in (["eval", str(tmp_path), "--checkpoint", "all"], ["sample", str(tmp_path), "-o",
                                                                       str(tmp_path / "g.png")]):
         # tmp_path holds the run one level down (without a sweep's summary): the error names it
@@ -1793,7 +1796,8 @@ def test_eval_json_is_strict_json_with_null_for_a_non_finite_metric(run_dir: Pat
     result = runner.invoke(app, ["eval", str(run_dir), "--metrics", "bpd", "--json", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     # json.loads accepts NaN: check the text too
-    assert json.loads(result.stdout) == {"step": 3, "weights": "last", "bpd": 5.0, "x_nan": None}
+    assert json.loads(result.stdout) == {"checkpoint": "step_00000003", "step": 3, "weights": "last", "bpd": 5.0,
+                                         "x_nan": None, "settings": {}}
     assert "NaN" not in result.stdout and "x_nan not finite" in result.stderr
 
 

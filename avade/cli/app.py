@@ -688,6 +688,7 @@ def evaluate(
     from avade.evaluate import (
         evaluate_checkpoints,
         evaluate_sweep,
+        owns,
         sweep_eval_failures,
         sweep_eval_warnings,
         sweep_runs,
@@ -755,8 +756,11 @@ def evaluate(
     odd = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
     if odd:
         err.print(f"[yellow]warning:[/] {escape(', '.join(odd))} not finite (null in eval.json and --json)")
-    if as_json:  # which checkpoint and weights, as each row of --checkpoint all (and of a sweep) says
-        _print_json({"step": record.get("step"), "weights": weights, **results})
+    if as_json:  # which checkpoint and weights, as each row of --checkpoint all (and of a sweep) says, and, as
+        # eval.json says, the settings of the metrics computed now (eval.json's of earlier calls are not theirs)
+        settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+        _print_json({"checkpoint": record.get("checkpoint"), "step": record.get("step"), "weights": weights, **results,
+                     "settings": {m: s for m, s in settings.items() if any(owns(m, key) for key in results)}})
     else:
         table = Table(title=escape(f"eval: {run_dir}"), title_justify="left")
         table.add_column("metric", overflow="fold")

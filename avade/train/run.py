@@ -546,7 +546,8 @@ def write_sweep_summary(out_dir: Path, rows: list[dict[str, Any]], console: Cons
         return
     headers = _short_headers(keys)
     table = Table(title=escape(f"sweep: {out_dir}"), title_justify="left")
-    shown = [k for k in keys if k not in ("recipe", "variant", "device")]
+    # (which checkpoint each row's final evaluation is of: in the files, not a column of the table)
+    shown = [k for k in keys if k not in ("recipe", "variant", "device", "checkpoint")]
     for k in shown:
         table.add_column(escape(headers[k]), justify="left" if k == "name" else "right", overflow="fold")
     for row in rows:

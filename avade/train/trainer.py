@@ -83,7 +83,7 @@ from avade.train.optim import make_optimizer, total_norm
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, StopRequest, stop_on_signals
 from avade.train.provenance import component_providers, environment
 from avade.train.ranks import alike_on_this_node
-from avade.train.rundir import RunDir, atomic_write_text, read_json_object, write_json
+from avade.train.rundir import CHECKPOINT_PREFIX, RunDir, atomic_write_text, read_json_object, write_json
 from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled, whole_run_warm_up
 
 #: how long a process other than rank 0 that fails right after a checkpoint waits for rank 0 to put it in place
@@ -205,6 +205,8 @@ class Trainer:
         self._resumed: dict[str, Any] | None = None  # what a resume changed, for resumes.jsonl
         # the step of the newest checkpoint this job saved (every process calls save; rank 0 writes it)
         self._job_checkpoint: int | None = None
+        # what each metric of the last evaluate() ran with (rank 0's; :func:`recorded_settings`): summary.json's
+        self.eval_settings: dict[str, Any] = {}
         if resume:
             self._resume()
         if self.finished is None:
@@ -1009,6 +1011,13 @@ class Trainer:
             initial = self._read_summary().get("bpd_untrained")
         if initial is not None:
             summary["bpd_untrained"] = initial
+        # what the values are of, as eval.json says it of avade eval's: the checkpoint (none when the last steps
+        # were not finite: those weights were not saved) and each metric's settings, e.g. FID's sample count,
+        # sample_seed and feature_extractor (chosen outside the recipe). Last, after the values: a sweep's
+        # columns keep their places, and a table (settings) is left out of its CSV
+        saved = self.run.checkpoints / f"{CHECKPOINT_PREFIX}{self.step:08d}"
+        summary["checkpoint"] = saved.name if self.bad_steps == 0 and saved.is_dir() else None
+        summary["settings"] = self.eval_settings
         # the model's own bound diverging is a failed run; a sample metric's NaN is only that metric's value
         from avade.evaluate import owns
 
@@ -1211,14 +1220,16 @@ class Trainer:
                     results[f"bpd_iw{bpd.importance_samples}{suffix}"] = self.test_bpd(bpd.importance_samples,
                                                                                       split=split)
         others = [m for m in self.recipe.eval.metrics if m != "bpd"]
-        if others and self.dist.is_main:
-            from avade.evaluate import compute_metrics
+        self.eval_settings = {}
+        if (others or results) and self.dist.is_main:
+            from avade.evaluate.compute import compute_metrics_with_settings
             from avade.metrics.features import release_gpu_extractors
 
             try:
-                results.update(compute_metrics(self, others, taken=list(results)))
+                computed, self.eval_settings = compute_metrics_with_settings(self, others, taken=list(results))
+                results.update(computed)
             finally:
-                if self.device.type == "cuda":
+                if others and self.device.type == "cuda":
                     release_gpu_extractors()
         self.model.train()
         return results

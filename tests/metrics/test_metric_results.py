@@ -139,7 +139,9 @@ def test_avade_eval_reports_bpd_as_training_did_with_one_importance_knob(tmp_pat
     cli = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--metrics", "bpd", "--device", "cpu",
                                    "--importance-samples", "4", "--json"])
     assert cli.exit_code == 0, cli.output
-    assert set(json.loads(cli.stdout)) == {"step", "weights", "bpd", "bpd_iw4"}
+    printed = json.loads(cli.stdout)
+    assert set(printed) == {"checkpoint", "step", "weights", "bpd", "bpd_iw4", "settings"}
+    assert printed["settings"]["bpd"]["importance_samples"] == 4  # (the k of bpd_iw4, as eval.json records it)
     evaluate_run(tmp_path / "run", ["bpd"], device="cpu", importance_samples=1)
     record = json.loads((tmp_path / "run" / "eval.json").read_text())
     # the bpd metric ran again with k = 1: its earlier bpd_iw4 goes, so values and settings agree
@@ -158,6 +160,8 @@ def test_training_reports_bpd_as_its_eval_bpd_table_asks(tmp_path):
     assert summary["bpd_train"] != summary["bpd"]
     record = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert record["bpd_train"] == pytest.approx(summary["bpd_train"])
+    # summary.json records [eval.bpd] as eval.json does (bpd itself is the test split's whatever its split)
+    assert summary["settings"]["bpd"] == record["settings"]["bpd"]
 
 
 def test_a_run_whose_metric_plugin_is_gone_still_evaluates_and_samples(odd, tmp_path):
