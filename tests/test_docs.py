@@ -340,3 +340,26 @@ def test_help_paragraphs_are_rewrapped_to_the_terminal_not_broken_where_the_sour
             parent = lines(CliRunner(env={"COLUMNS": "1000"}).invoke(app, [*prefix[:-1], "--help"]).output)
             first = " ".join((command.help or "").split("\n\n")[0].split())
             assert any(first in line for line in parent), (prefix, first)
+
+
+def test_readme_names_every_fact_the_run_records_of_its_data(tmp_path: Path) -> None:
+    # (state.json's data_read: a reviewer reads the run directory's paragraph to know what each key means)
+    from fake_datasets import FAKE_DATASETS
+
+    import avade
+    from avade.data.base import data_source
+
+    tests = Path(__file__).resolve().parent
+
+    text = README.read_text()
+    paragraph = text[text.index("## Run directory"):]
+    paragraph = paragraph[:paragraph.index("\n## ")]
+    assert "`data_read`" in paragraph
+    for name, write in FAKE_DATASETS.items():
+        write(tmp_path / name)
+        cfg = {"root": str(tmp_path / name), **({"resolution": 32} if name == "imagenet" else {})}
+        for key in data_source(avade.create("dataset", name, split="train", **cfg), name, None):
+            assert f"`{key}`" in paragraph, f"README's run-directory paragraph does not name {key!r} ({name})"
+    row = next(line for line in (tests.parent / "CONTRIBUTING.md").read_text().splitlines()
+               if line.startswith("| dataset |"))
+    assert "`data_source`" in row and "`data_read`" in row

@@ -71,6 +71,40 @@ def content_fingerprint(dataset: Any) -> str:
     return own() if callable(own) else f"n{len(dataset)}"
 
 
+def data_source(dataset: Any, name: str, config: Any = None) -> dict[str, Any]:
+    """What a split of dataset ``name`` read, as recorded once per run (``state.json``'s ``data_read``):
+    ``{"dataset": name, "images": len(dataset), "paths": [...]}`` and the dataset's own facts, from its optional
+    ``data_source`` (a dict, or a method returning one: its layout, version, how it was split; small, no file
+    lists). A dataset that says nothing gets its config's ``root``, expanded, as ``paths`` (none without one).
+    Nothing is read from disk here: the facts are what locating the data found."""
+    own = getattr(dataset, "data_source", None)
+    facts = own() if callable(own) else own
+    if facts is None:
+        facts = {}
+    if not isinstance(facts, dict):
+        raise DataError(f"dataset '{name}': its data_source is a {type(facts).__name__}, not a dict; make it a dict "
+                        "of facts about the data read (layout, version, paths)")
+    root = getattr(config, "root", None)
+    record: dict[str, Any] = {"dataset": name, "images": len(dataset),
+                              "paths": [expand_root(root)] if isinstance(root, str) else []}
+    record.update(facts)
+    record.update(dataset=name, images=len(dataset))  # (the dataset's own facts do not rename or recount it)
+    return {str(k): _jsonable(v) for k, v in record.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON holds it: paths absolute strings, tuples lists, anything else unknown its ``str``."""
+    if isinstance(value, Path):
+        return str(value.absolute())
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
 class ImageDataset(Dataset):
     """A dataset of 8-bit images: ``shape`` is (C, H, W); ``num_classes`` is 0 when unlabeled."""
 

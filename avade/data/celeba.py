@@ -40,11 +40,20 @@ def candidates(cfg: CelebAConfig) -> list[Path]:
 
 def locate(cfg: CelebAConfig, split: str) -> list[Path]:
     """The image files of ``split``; :class:`~avade.errors.DataError` naming every folder searched."""
+    return _locate(cfg, split)[1]
+
+
+#: the layout of each folder of :func:`candidates`, in its order (module docstring)
+LAYOUTS = ("torchvision", "kaggle", "plain folder")
+
+
+def _locate(cfg: CelebAConfig, split: str) -> tuple[int, list[Path]]:
+    """(the index in :func:`candidates` of the folder read, the image files of ``split``)."""
     check_split(split)
-    for folder in candidates(cfg):
+    for index, folder in enumerate(candidates(cfg)):
         files = list_images(folder, recursive=False) if folder.is_dir() else []
         if files:
-            return _split(cfg, folder, files, split)
+            return index, _split(cfg, folder, files, split)
     raise missing_data(NAME, candidates(cfg), download=True, root=expand_root(cfg.root))
 
 
@@ -107,14 +116,21 @@ class CelebA(FileImageDataset):
     def __init__(self, cfg: CelebAConfig, *, split: str = "train") -> None:
         check_split(split)
         try:
-            files = locate(cfg, split)
+            index, files = _locate(cfg, split)
         except DataError:
             if not cfg.download:
                 raise
             _download(cfg)
-            files = locate(cfg, split)
+            index, files = _locate(cfg, split)
         super().__init__(files, None, num_classes=0, resolution=cfg.resolution, crop=cfg.crop, in_memory=cfg.in_memory)
         self.split = split
+        # recorded in the run directory (avade.data.base.data_source): the official split or a fraction of the
+        # sorted files, and the crop, decide what test bits/dim are of
+        folder = candidates(cfg)[index]
+        partition = partition_file(folder)
+        how: dict[str, object] = {"split_by": "partition file", "partition_file": partition} if partition.is_file() \
+            else {"split_by": "test_fraction", "test_fraction": cfg.test_fraction}
+        self.data_source = {"paths": [folder], "layout": LAYOUTS[index], **how, "crop": cfg.crop}
 
 
 def _download(cfg: CelebAConfig) -> None:

@@ -131,3 +131,5 @@ class Cifar10(TensorImageDataset):
         super().__init__(resize(images, cfg.resolution), labels, num_classes=10)
         self.split = split
         self.classes: list[str] = _class_names(root)
+        # recorded in the run directory (avade.data.base.data_source)
+        self.data_source = {"paths": [root / FOLDER], "layout": "python batches (cifar-10-python.tar.gz)"}

@@ -51,6 +51,10 @@ class Listing:
     classes: list[str]
     #: why class subfolders are not used as labels although ``labels = true`` ("" when they are, or there are none)
     unlabeled_reason: str = ""
+    #: the folder the split's images were listed in (``<folder>/train``, ``<folder>/test``, or ``<folder>``)
+    folder: Path | None = None
+    #: how the split was made: "train/test folders", or "hash" (of each path, against ``test_fraction``)
+    split_by: str = ""
 
 
 def folder_path(cfg: ImageFolderConfig) -> Path:
@@ -180,7 +184,8 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
             f"dataset '{NAME}': the {split} split of {base} is empty (test_fraction={cfg.test_fraction} leaves it "
             "empty); add images, create train/ and test/ subfolders, or set data.test_fraction"
         )
-    return Listing(files, labels, classes, _unlabeled_reason(train_base, cfg.labels, classes))
+    return Listing(files, labels, classes, _unlabeled_reason(train_base, cfg.labels, classes), folder=split_base,
+                   split_by="train/test folders" if explicit else "hash")
 
 
 class ImageFolder(FileImageDataset):
@@ -200,3 +205,8 @@ class ImageFolder(FileImageDataset):
         self.split = split
         self.classes = listing.classes
         self.unlabeled_reason = listing.unlabeled_reason
+        # recorded in the run directory (avade.data.base.data_source): folders or a hash split, and the classes
+        how: dict[str, object] = {"split_by": listing.split_by}
+        if listing.split_by == "hash":
+            how["test_fraction"] = cfg.test_fraction
+        self.data_source = {"paths": [listing.folder], **how, "classes": len(listing.classes)}

@@ -234,12 +234,29 @@ def _load_batches(files: list[Path], r: int) -> tuple[torch.Tensor, torch.Tensor
 def imagenet_dataset(cfg: ImageNetConfig, *, split: str = "train") -> ImageDataset:
     """Build the split from whichever layout is found (module docstring)."""
     layout, found = locate(cfg, check_split(split))
+    dataset: ImageDataset
     if layout == "batches":
         images, labels = _load_batches(found, cfg.resolution)
-        return TensorImageDataset(images, labels, num_classes=NUM_CLASSES)
-    files = list_images(found[0])
-    if not files:
-        raise DataError(
-            f"dataset 'imagenet': {found[0]} contains no image files; put the downsampled images there or set data.root"
-        )
-    return FileImageDataset(files, None, num_classes=0, resolution=cfg.resolution, in_memory=cfg.in_memory)
+        dataset = TensorImageDataset(images, labels, num_classes=NUM_CLASSES)
+    else:
+        files = list_images(found[0])
+        if not files:
+            raise DataError(f"dataset 'imagenet': {found[0]} contains no image files; put the downsampled images "
+                            "there or set data.root")
+        dataset = FileImageDataset(files, None, num_classes=0, resolution=cfg.resolution, in_memory=cfg.in_memory)
+    dataset.data_source = source_facts(layout, found)  # type: ignore[attr-defined]
+    return dataset
+
+
+#: what each layout is: the two versions are downsampled differently, so their bits/dim do not compare
+VERSIONS = {"batches": "Chrabaszcz et al. 2017 (image-net.org Downsampled ImageNet)",
+            "folder": "van den Oord et al. 2016 (PixelRNN image folders)"}
+
+
+def source_facts(layout: str, found: list[Path]) -> dict[str, object]:
+    """What the run directory records of the data a split read (avade.data.base.data_source): the version, the
+    layout (the batch files' format: npz or pickle) and the folders, not the files."""
+    if layout == "batches":
+        return {"paths": sorted({f.parent for f in found}), "layout": layout, "version": VERSIONS[layout],
+                "format": "npz" if found[0].suffix == ".npz" else "pickle"}
+    return {"paths": found, "layout": layout, "version": VERSIONS[layout]}

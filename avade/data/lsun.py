@@ -180,12 +180,17 @@ def _show(key: bytes) -> str:
 def lsun_dataset(cfg: LsunConfig, *, split: str = "train") -> ImageDataset:
     """Build the LSUN ``category`` split from whichever layout is found (module docstring)."""
     layout, path = locate(cfg, check_split(split))
+    dataset: ImageDataset
     if layout == "lmdb":
-        return LmdbImages(path, cfg.resolution)
-    files = list_images(path)
-    if not files:
-        raise DataError(
-            f"dataset 'lsun': {path} contains no image files (.webp, .jpg, .png, ...); "
-            "put the exported images there or point data.root at the folder holding lsun/"
-        )
-    return FileImageDataset(files, None, num_classes=0, resolution=cfg.resolution)
+        dataset = LmdbImages(path, cfg.resolution)
+    else:
+        files = list_images(path)
+        if not files:
+            raise DataError(
+                f"dataset 'lsun': {path} contains no image files (.webp, .jpg, .png, ...); "
+                "put the exported images there or point data.root at the folder holding lsun/"
+            )
+        dataset = FileImageDataset(files, None, num_classes=0, resolution=cfg.resolution)
+    # recorded in the run directory (avade.data.base.data_source): the export and the databases may differ
+    dataset.data_source = {"paths": [path], "layout": layout, "category": cfg.category}  # type: ignore[attr-defined]
+    return dataset

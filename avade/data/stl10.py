@@ -119,3 +119,6 @@ class Stl10(TensorImageDataset):
                             f"{repair_hint(OSError(), y_file.parent, STL10.filename)}")
         super().__init__(images, labels, num_classes=10 if labeled else 0)
         self.split = split
+        # recorded in the run directory (avade.data.base.data_source): which of STL-10's sets this split serves
+        self.data_source = {"paths": [root / FOLDER], "layout": "binary (stl10_binary.tar.gz)",
+                            "stl10_split": _tv_split(cfg, split)}

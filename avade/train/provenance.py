@@ -46,6 +46,18 @@ def component_providers(recipe: Recipe) -> dict[str, str]:
     return out
 
 
+def data_read(recipe: Recipe, train: Any, test: Any) -> dict[str, Any]:
+    """What data each split read, recorded in each checkpoint (``data_read``): ``{"train": {...}, "test": {...}}``,
+    each :func:`avade.data.base.data_source`'s record (name, paths, image count, the dataset's own facts: bits/dim
+    compare only on the same version and split of a dataset). From what loading found: nothing is read again."""
+    from avade.data.base import data_source
+
+    ref = recipe.data.dataset
+    assert ref is not None
+    return {split: data_source(dataset, ref.name, ref.config)
+            for split, dataset in (("train", train), ("test", test)) if dataset is not None}
+
+
 def environment() -> dict[str, Any]:
     """What a reviewer needs, beside the recipe and the plugins' versions, to reproduce a run: the versions of
     Python, avade, torch, torchvision and numpy, the platform, the command line, and the git commit of avade's

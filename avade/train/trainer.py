@@ -81,7 +81,7 @@ from avade.train.ema import WeightAverage, averaged_names, check_fits
 from avade.train.logger import MetricsLogger
 from avade.train.optim import make_optimizer, total_norm
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, StopRequest, stop_on_signals
-from avade.train.provenance import component_providers, environment
+from avade.train.provenance import component_providers, data_read, environment
 from avade.train.ranks import alike_on_this_node
 from avade.train.rundir import CHECKPOINT_PREFIX, RunDir, atomic_write_text, read_json_object, write_json
 from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled, whole_run_warm_up
@@ -155,6 +155,8 @@ class Trainer:
         seed_everything(self.cfg.seed + self.dist.rank)
         with data_of_trained_model() if resume else contextlib.nullcontext():
             self.train_set, self.test_set = load_datasets_on_node(recipe, self.dist)
+        # recorded in the checkpoints: which version, layout and split of the data were read (rank 0 writes them)
+        self.data_read = data_read(recipe, self.train_set, self.test_set) if self.dist.is_main else {}
         # recorded in checkpoints: a conditional model is then sampled with the data's balance without the data
         self.class_counts = class_counts(self.train_set)
         # (a training state that cannot fit is refused before its weights are allocated: not killed later)
@@ -579,6 +581,8 @@ class Trainer:
              "providers": self.providers,
              # the versions, command line and commit it was trained with, so that a reviewer can reproduce it
              "environment": self.environment,
+             # the data each split read (paths, layout, version, image count): bits/dim compare only on the same
+             "data_read": self.data_read,
              "collapse": self.collapse.state_dict() if self.collapse is not None else None,
              "mode_collapse": self.mode_collapse.state_dict() if self.mode_collapse is not None else None},
             keep=self.cfg.keep_checkpoints, keep_every=self.cfg.keep_every,

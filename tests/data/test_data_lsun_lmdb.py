@@ -142,3 +142,13 @@ def test_a_missing_lmdb_package_gives_the_install_hint(tmp_path, monkeypatch):
     message = str(err.value)
     assert "restaurant_train_lmdb" in message and "pip install lmdb" in message and "avade[lsun]" in message
     assert "\n" not in message
+
+
+def test_the_run_records_that_an_lmdb_database_was_read(tmp_path):
+    from avade.data.base import data_source
+
+    db = tmp_path / "lsun" / "church_outdoor_val_lmdb"
+    write_lmdb(db, {lsun_id(i): encode(rgb_images(1, 8, 8, i)[0], "PNG") for i in range(3)})
+    dataset = avade.create("dataset", "lsun", split="test", root=str(tmp_path), category="church_outdoor")
+    assert data_source(dataset, "lsun", None) == {"dataset": "lsun", "images": 3, "paths": [str(db)],
+                                                  "layout": "lmdb", "category": "church_outdoor"}

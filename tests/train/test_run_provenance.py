@@ -101,3 +101,26 @@ def test_git_dirty_is_about_avade_s_own_files(tmp_path: Path) -> None:
     assert _git_state.__wrapped__(package)["git_dirty"] is False
     (package / "__init__.py").write_text("x = 2\n")
     assert _git_state.__wrapped__(package)["git_dirty"] is True
+
+
+def test_each_checkpoint_records_the_data_each_split_read(tmp_path: Path) -> None:
+    from fake_datasets import FAKE_DATASETS
+
+    FAKE_DATASETS["image-folder"](tmp_path / "data")
+    trainer = Trainer(tiny_recipe("data.name='image-folder'", f"data.root='{tmp_path / 'data'}'",
+                                  "data.folder='images/train'", "data.labels=false", "data.resolution=8",
+                                  "data.test_fraction=0.3", "data.batch_size=2", "data.eval_batch_size=2"),
+                      tmp_path / "run", progress=False)
+    try:
+        trainer.step_once()
+        path = trainer.save()
+    finally:
+        trainer.close()
+    assert path is not None
+    read = json.loads((path / "state.json").read_text())["data_read"]
+    folder = str(tmp_path / "data" / "images" / "train")
+    assert read["train"]["dataset"] == read["test"]["dataset"] == "image-folder", read
+    assert read["train"]["paths"] == read["test"]["paths"] == [folder], read
+    assert read["train"]["split_by"] == "hash" and read["train"]["test_fraction"] == 0.3, read
+    assert read["train"]["images"] + read["test"]["images"] == 4, read
+    assert read["train"]["images"] == len(trainer.train_set) and read["test"]["images"] == len(trainer.test_set)
