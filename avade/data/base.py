@@ -110,6 +110,8 @@ class ImageDataset(Dataset):
 
     shape: tuple[int, int, int]
     num_classes: int = 0
+    #: what locating the data found, recorded in the run directory (:func:`data_source`): layout, version, folders
+    data_source: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError

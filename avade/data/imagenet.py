@@ -244,7 +244,7 @@ def imagenet_dataset(cfg: ImageNetConfig, *, split: str = "train") -> ImageDatas
             raise DataError(f"dataset 'imagenet': {found[0]} contains no image files; put the downsampled images "
                             "there or set data.root")
         dataset = FileImageDataset(files, None, num_classes=0, resolution=cfg.resolution, in_memory=cfg.in_memory)
-    dataset.data_source = source_facts(layout, found)  # type: ignore[attr-defined]
+    dataset.data_source = source_facts(layout, found)
     return dataset
 
 

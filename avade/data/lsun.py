@@ -192,5 +192,5 @@ def lsun_dataset(cfg: LsunConfig, *, split: str = "train") -> ImageDataset:
             )
         dataset = FileImageDataset(files, None, num_classes=0, resolution=cfg.resolution)
     # recorded in the run directory (avade.data.base.data_source): the export and the databases may differ
-    dataset.data_source = {"paths": [path], "layout": layout, "category": cfg.category}  # type: ignore[attr-defined]
+    dataset.data_source = {"paths": [path], "layout": layout, "category": cfg.category}
     return dataset

@@ -59,6 +59,11 @@ class PosterizedDataset(ImageDataset):
         itself (``Preprocess.levels``), so training needs no posterized copy, however large the data."""
         return getattr(self.dataset, "as_tensors", lambda: None)()
 
+    @property
+    def data_source(self) -> Any:  # type: ignore[override]
+        """The wrapped dataset's (what was read; the posterizing is in the recipe's data.n_bits)."""
+        return getattr(self.dataset, "data_source", None)
+
     def __getattr__(self, name: str) -> Any:
         # only reached for attributes this wrapper lacks; "dataset" itself guards against recursion
         # while unpickling (DataLoader workers), before __init__ has set it
