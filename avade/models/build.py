@@ -311,8 +311,11 @@ def build_checked(recipe: Recipe, data_shape: tuple[int, int, int] | None = None
     from avade.memory import memory_free
 
     where = _run_device(recipe, device)
-    # (while building, sizes unknown: the build stops once the weights pass the free memory's share of one copy)
-    host_copies = (5 if recipe.train.ema_decay else 4) if where == "cpu" else 1
+    # (while building, sizes unknown: the build stops once the weights pass the free memory's share of one copy.
+    # On the CPU that share is a quarter whatever train.ema_decay: the state is 4 copies of every weight and, with
+    # the average, one more of the generator's alone, so a fifth would stop the build of an av-ade whose state fits,
+    # and refuse it saying it needs less than is free; a state past 4 copies is refused once the model is built)
+    host_copies = 4 if where == "cpu" else 1
     host_free, _ = memory_free("cpu")
     try:
         with _AllocationGuard(None if host_free is None else host_free // host_copies):
