@@ -132,7 +132,8 @@ def locate(cfg: ImageFolderConfig, split: str) -> Listing:
     classes = _classes(train_base, cfg.labels)
     # Subfolders named as splits are refused whether or not they would be labels: unlabeled, train/ and val/
     # would be pooled and hash-split, training on most of val/'s images and measuring test BPD on a few of train/'s.
-    splits = classes if cfg.labels else _classes(train_base, True)
+    # (unlabeled, the subfolders are looked into only when one is train/: each is listed to its first image)
+    splits = classes if cfg.labels else _classes(train_base, True) if (train_base / "train").is_dir() else []
     if not explicit and "train" in splits and len(splits) > 1 and set(splits) <= _SPLIT_NAMES:
         # (with labels, train/ and val/ taken for two classes: a class-conditional model would learn the split)
         others = [c for c in splits if c != "train"]

@@ -417,7 +417,6 @@ def test_image_folder_split_folders_are_not_taken_for_classes(tmp_path):
     assert avade.create("dataset", "image-folder", split="train", **kw).classes == ["dog", "train"]
 
 
-
 @pytest.mark.parametrize("other", ["val", "valid", "validation"])
 def test_image_folder_unlabeled_train_and_val_folders_are_not_pooled(tmp_path, other):
     # data.labels=false on d/train/ and d/val/ (no test/): the two official splits would be pooled and split by hash,
@@ -433,6 +432,27 @@ def test_image_folder_unlabeled_train_and_val_folders_are_not_pooled(tmp_path, o
     (tmp_path / "d" / other).rename(tmp_path / "d" / "test")  # the fix: the splits are the folders
     test = avade.create("dataset", "image-folder", split="test", **kw)
     assert {f.parent.name for f in test.files} == {"test"} and len(test) == 4
+
+
+def test_image_folder_unlabeled_subfolders_are_not_probed_without_a_train_folder(tmp_path, monkeypatch):
+    # data.labels=false: the train/-beside-val/ refusal looks into each subfolder for images only when a train/
+    # subfolder is there (an unlabeled folder of 1,000 subfolders was otherwise listed through once more per split)
+    import avade.data.image_folder as image_folder
+
+    for sub in ("a", "b", "c"):
+        save_png(tmp_path / "d" / sub / "0.png", rgb_images(1, 4, 4, seed=0)[0])
+    probed = []
+    real = image_folder.has_images
+
+    def has_images(folder, recursive=True):
+        probed.append(folder)
+        return real(folder, recursive)
+
+    monkeypatch.setattr(image_folder, "has_images", has_images)
+    kw = {"root": str(tmp_path), "folder": "d", "resolution": 4, "labels": False}
+    assert len(avade.create("dataset", "image-folder", split="train", **kw)) >= 1
+    assert not [f for f in probed if f.parent == tmp_path / "d"], probed
+
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_image_folder_lone_split_folder_with_classes_is_not_one_class(tmp_path, split):
