@@ -878,7 +878,8 @@ class Trainer:
             with contextlib.suppress(Exception):
                 logger.close()
             error = exc.with_fix(self._resume_point())
-            self._record_failure(str(error))
+            with contextlib.suppress(OSError):  # (a failing disk: the error raised stays this one)
+                self._record_failure(str(error))
             try:
                 raise error from exc.__cause__
             finally:  # (a cycle error -> traceback -> this frame -> error would keep the trainer and its model)

@@ -1137,6 +1137,28 @@ def test_an_unreadable_image_on_a_disk_whose_checkpoints_cannot_be_listed_stays_
                               f"complete one in {tmp_path / 'checkpoints'}")
 
 
+def test_memory_run_out_on_a_disk_that_cannot_take_summary_json_stays_the_error(tmp_path, monkeypatch):
+    # (as an unreadable image's: recording the failure in summary.json on the failing disk raised an OSError in place
+    # of the OutOfMemory that stopped training)
+    from avade.memory import OutOfMemory
+    from avade.train import trainer as trainer_module
+
+    step = Trainer.train_step
+
+    def failing(self, x, y):
+        if self.step == 3:
+            def unwritable(path, data):
+                raise OSError(5, "Input/output error", str(path))
+
+            monkeypatch.setattr(trainer_module, "write_json", unwritable)
+            raise MemoryError()
+        return step(self, x, y)
+
+    monkeypatch.setattr(Trainer, "train_step", failing)
+    with pytest.raises(OutOfMemory, match=r"out of memory at training step 4: .* --resume goes on from step 2"):
+        Trainer(tiny_recipe("train.steps=4", "train.checkpoint_every=2"), tmp_path, progress=False).fit()
+
+
 def test_a_resume_removes_the_temporary_files_a_killed_process_left(tmp_path):
     # kill -9 while metrics.jsonl (rewritten by every resume), recipe.toml or summary.json was being replaced
     # leaves ".<name>.<pid>.tmp" beside it; nothing else ever removed them, one more per such kill
