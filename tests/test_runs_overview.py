@@ -374,3 +374,12 @@ def test_a_newest_checkpoint_without_its_state_json_is_named_as_eval_and_resume_
     assert problem["problem"].startswith("is missing (the checkpoint folder is incomplete"), problem
     assert "delete step_00000003 to fall back to step_00000002" in problem["problem"], problem
     assert CliRunner().invoke(app, ["eval", str(run), "--metrics", "bpd", "--device", "cpu"]).exit_code == 2
+
+
+def test_avade_runs_takes_for_results_exactly_what_a_metric_may_return() -> None:
+    # (two lists, one in the light CLI module and one beside the metrics: a record key added to one and not the
+    # other would show as a result in `avade runs`, or let a metric's result overwrite it)
+    from avade.cli.runs import _EVAL_META, _SUMMARY_META
+    from avade.evaluate.compute import RECORD_KEYS
+
+    assert _SUMMARY_META | _EVAL_META == RECORD_KEYS
