@@ -232,15 +232,24 @@ def test_sweep_run_writes_one_directory_per_variant_and_a_summary(tmp_path: Path
     assert [(r["name"], r["model.flow.blocks"], r["step"]) for r in rows] == [("tiny-blocks1", 1, 1),
                                                                            ("tiny-blocks2", 2, 1)]
     assert json.loads((tmp_path / "runs" / "sweep_eval.json").read_text()) == rows
-    assert rows[0]["bpd"] == json.loads((tmp_path / "runs" / "tiny-blocks1" / "eval.json").read_text())["bpd"]
-    assert "bpd" in (tmp_path / "runs" / "sweep_eval.csv").read_text().splitlines()[0]
-    # metrics evaluated earlier on the same checkpoint stay in the rows (fid, then bpd: both, as eval.json has)
+    recorded = json.loads((tmp_path / "runs" / "tiny-blocks1" / "eval.json").read_text())
+    assert rows[0]["bpd"] == recorded["bpd"]
+    # each row says which checkpoint it scored, with what settings, as the variant's eval.json (they had neither)
+    assert rows[0]["checkpoint"] == recorded["checkpoint"] == "step_00000001"
+    assert rows[0]["settings"] == recorded["settings"] and set(rows[0]["settings"]) == {"bpd"}
+    # ... the CSV the name, but not the settings (a column of JSON text)
+    (header,) = csv.reader((tmp_path / "runs" / "sweep_eval.csv").read_text().splitlines()[:1])
+    assert "bpd" in header and "checkpoint" in header and "settings" not in header, header
+    # metrics evaluated earlier on the same checkpoint stay in the rows (fid, then bpd: both, as eval.json has),
+    # with their settings
     record = json.loads((tmp_path / "runs" / "tiny-blocks2" / "eval.json").read_text())
-    (tmp_path / "runs" / "tiny-blocks2" / "eval.json").write_text(json.dumps({**record, "fid": 12.5}))
+    (tmp_path / "runs" / "tiny-blocks2" / "eval.json").write_text(json.dumps(
+        {**record, "fid": 12.5, "settings": {**record["settings"], "fid": {"samples": 10}}}))
     result, out = _invoke("eval", str(tmp_path / "runs"), "--metrics", "bpd", "--device", "cpu", "--json")
     assert result.exit_code == 0, out
     again = json.loads(result.stdout)
     assert again[1]["fid"] == 12.5 and again[1]["bpd"] == rows[1]["bpd"] and "fid" not in again[0]
+    assert again[1]["settings"] == {"bpd": rows[1]["settings"]["bpd"], "fid": {"samples": 10}}
     result, out = _invoke("eval", str(tmp_path / "runs"), "--checkpoint", "1", "--device", "cpu")
     assert result.exit_code == 2 and "is a sweep's --out" in out, out
     # a variant that cannot be evaluated is a row with its error; the others are evaluated, and it is said
@@ -893,11 +902,15 @@ def test_eval_every_checkpoint_gives_a_metric_per_step(tmp_path: Path, monkeypat
                           "--device", "cpu")
     single = json.loads(out[out.index("{"):])
     assert single["bpd"] == rows[0]["bpd"] != rows[1]["bpd"]
-    # one checkpoint's JSON says which it scored, as each row of --checkpoint all does (it said only the metrics),
-    # and, as eval.json does, the checkpoint's name and the settings
-    assert rows[0] == {"step": 1, "weights": "last", "bpd": rows[0]["bpd"]}
-    assert single == {"checkpoint": "step_00000001", **rows[0], "settings": {"bpd": {
-        "importance_samples": 1, "split": "test", "eval_batch_size": 16}}}
+    # one checkpoint's JSON and each row of --checkpoint all say alike which checkpoint they scored and, as
+    # eval.json and eval_checkpoints.json do, with what settings (the rows had neither the name nor the settings)
+    assert single == rows[0] == {"checkpoint": "step_00000001", "step": 1, "weights": "last", "bpd": rows[0]["bpd"],
+                                 "settings": {"bpd": {"importance_samples": 1, "split": "test", "eval_batch_size": 16}}}
+    assert rows[1]["checkpoint"] == "step_00000002"
+    assert json.loads((tmp_path / "run" / "eval_checkpoints.json").read_text())["records"] == rows
+    # the table: a column per value, not the settings as JSON text (nor the name, which the step says)
+    result, out = _invoke("eval", str(tmp_path / "run"), "--checkpoint", "all", "--metrics", "bpd", "--device", "cpu")
+    assert result.exit_code == 0 and "bpd" in out and "settings" not in out and "{" not in out, out
     for command in (["eval", str(tmp_path), "--checkpoint", "all"], ["sample", str(tmp_path), "-o",
                                                                       str(tmp_path / "g.png")]):
         # tmp_path holds the run one level down (without a sweep's summary): the error names it

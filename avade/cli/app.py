@@ -688,12 +688,11 @@ def evaluate(
     from avade.evaluate import (
         evaluate_checkpoints,
         evaluate_sweep,
-        owns,
         sweep_eval_failures,
         sweep_eval_warnings,
         sweep_runs,
     )
-    from avade.evaluate.runs import evaluate_and_record
+    from avade.evaluate.runs import eval_row, evaluate_and_record
     from avade.train.ranks import is_main_process
     from avade.train.run import cell_text
 
@@ -743,24 +742,24 @@ def evaluate(
             _print_json(rows)
             return
         table = Table(title=escape(f"eval: {run_dir} (every checkpoint)"), title_justify="left")
-        columns = list(dict.fromkeys(key for row in rows for key in row))
+        # the step says which checkpoint, and the settings (a table per metric) are in --json and
+        # eval_checkpoints.json: not a column of JSON text each
+        columns = list(dict.fromkeys(key for row in rows for key in row if key not in ("checkpoint", "settings")))
         for column in columns:
             table.add_column(escape(column), justify="right", overflow="fold")
         for row in rows:
             table.add_row(*(escape(cell_text(row.get(column))) for column in columns))
         out.print(table)
         return
-    results, weights, record = evaluate_and_record(run_dir, names, samples, _device(device, indexed=True),
-                                                   err if as_json else out, checkpoint, ema, importance_samples,
-                                                   overrides or [])
+    results, _, record = evaluate_and_record(run_dir, names, samples, _device(device, indexed=True),
+                                             err if as_json else out, checkpoint, ema, importance_samples,
+                                             overrides or [])
     odd = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
     if odd:
         err.print(f"[yellow]warning:[/] {escape(', '.join(odd))} not finite (null in eval.json and --json)")
-    if as_json:  # which checkpoint and weights, as each row of --checkpoint all (and of a sweep) says, and, as
-        # eval.json says, the settings of the metrics computed now (eval.json's of earlier calls are not theirs)
-        settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
-        _print_json({"checkpoint": record.get("checkpoint"), "step": record.get("step"), "weights": weights, **results,
-                     "settings": {m: s for m, s in settings.items() if any(owns(m, key) for key in results)}})
+    if as_json:  # which checkpoint and weights and, as eval.json says, the settings of the metrics computed now
+        # (eval.json's of earlier calls are not theirs): as each row of --checkpoint all and of a sweep says
+        _print_json(eval_row(record, results))
     else:
         table = Table(title=escape(f"eval: {run_dir}"), title_justify="left")
         table.add_column("metric", overflow="fold")

@@ -44,23 +44,34 @@ def evaluate_checkpoints(run_dir: str | Path, metrics: Sequence[str] | None = No
                          importance_samples: int | None = None, overrides: Sequence[str] = ()
                          ) -> list[dict[str, Any]]:
     """``avade eval --checkpoint all``: :func:`evaluate_run` on every checkpoint kept, oldest first; one row
-    per checkpoint (``step``, ``weights``, the metrics). One removed meanwhile (pruned by a training run
+    per checkpoint (:func:`eval_row`: ``checkpoint``, ``step``, ``weights``, the metrics and their ``settings``,
+    as ``avade eval --json`` prints one checkpoint's). One removed meanwhile (pruned by a training run
     still going) is skipped with a warning rather than losing the rows computed so far. The run's datasets
     are loaded (and checked) once, for every checkpoint."""
     rows = []
     datasets: dict[Any, Any] = {}  # (one run, one recipe: the same data for each checkpoint)
     for step in checkpoint_steps(run_dir):
         try:
-            results, weights, _ = evaluate_and_record(run_dir, metrics, samples, device, console, step, ema,
-                                                      importance_samples, overrides, reuse=datasets)
+            results, _, record = evaluate_and_record(run_dir, metrics, samples, device, console, step, ema,
+                                                     importance_samples, overrides, reuse=datasets)
         except CheckpointError:
             if any(ckpt.checkpoint_step(p) == step for p in ckpt.list_checkpoints(RunDir(Path(run_dir)).checkpoints)):
                 raise
             if console is not None:
                 console.print(f"[yellow]warning:[/] checkpoint of step {step} was removed meanwhile; skipped")
             continue
-        rows.append({"step": step, "weights": weights, **results})
+        rows.append(eval_row(record, results))
     return rows
+
+
+def eval_row(record: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A row of ``avade eval``'s output (``--json`` of one checkpoint, of ``--checkpoint all``, and of a sweep's
+    variants): which checkpoint ``values`` are of, its step and weights, then the values, and under ``settings``
+    those of ``record``'s (a checkpoint's eval record) metrics that have a value among them: the settings of an
+    earlier call's metric belong to values the row does not hold."""
+    settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+    return {"checkpoint": record.get("checkpoint"), "step": record.get("step"), "weights": record.get("weights"),
+            **values, "settings": {m: s for m, s in settings.items() if any(owns(m, key) for key in values)}}
 
 
 def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samples: int | None, device: str,

@@ -15,7 +15,7 @@ from avade.atomic_files import locked
 from avade.errors import AvadeError, CheckpointError
 from avade.evaluate.compute import owns
 from avade.evaluate.loading import not_a_run
-from avade.evaluate.runs import evaluate_and_record
+from avade.evaluate.runs import eval_row, evaluate_and_record
 from avade.train.rundir import read_json_list, read_json_object, sweep_runs
 
 
@@ -24,8 +24,9 @@ def evaluate_sweep(root: str | Path, metrics: Sequence[str] | None = None, sampl
                    importance_samples: int | None = None, overrides: Sequence[str] = (),
                    only: Sequence[str] = ()) -> list[dict[str, Any]]:
     """``avade eval SWEEP_OUT``: :func:`evaluate_run` on every variant's newest checkpoint (each run records
-    its own eval.json), one row each (``name``, the variant's overrides, ``step``, ``weights``, the metrics,
-    with those evaluated earlier on the same checkpoint and weights;
+    its own eval.json), one row each (``name``, the variant's overrides, then as :func:`eval_row`: ``checkpoint``,
+    ``step``, ``weights``, the metrics, with those evaluated earlier on the same checkpoint and weights, and their
+    ``settings``, which sweep_eval.csv leaves out;
     ``error`` for a variant that could not be evaluated, the others go on), written to the sweep's
     ``sweep_eval.{json,csv}`` and shown as sweep_summary is (a two-axis sweep also as a grid of the first
     metric): e.g. FID of the whole scales x blocks ablation after training it with bpd alone. A sweep's
@@ -54,8 +55,8 @@ def evaluate_sweep(root: str | Path, metrics: Sequence[str] | None = None, sampl
             if not (run / "recipe.toml").is_file():
                 raise CheckpointError(f"{run.name} has not started training yet (no {run}); train it with "
                                       f"`avade recipe run ... --out {root} --resume` (or --only {run.name})")
-            results, weights, record = evaluate_and_record(run, metrics, samples, device, console, None, ema,
-                                                           importance_samples, overrides)
+            results, _, record = evaluate_and_record(run, metrics, samples, device, console, None, ema,
+                                                     importance_samples, overrides)
         except AvadeError as exc:
             row["error"] = str(exc)
         except Exception as exc:  # e.g. out of memory on one variant's model: the others are still evaluated
@@ -64,7 +65,9 @@ def evaluate_sweep(root: str | Path, metrics: Sequence[str] | None = None, sampl
             # with the metrics evaluated earlier on the same checkpoint and weights (bpd, then fid: both), as
             # recorded: not eval.json read back, which another `avade eval` of the run may have replaced since
             earlier = {k: v for k, v in record.items() if k not in ("checkpoint", "step", "weights", "settings")}
-            row.update({"step": record.get("step"), "weights": weights, **earlier, **results})
+            # which checkpoint, and the settings of those values (as eval.json's): in sweep_eval.json and --json,
+            # not sweep_eval.csv (write_sweep_summary leaves a table out: one column of JSON text)
+            row.update(eval_row(record, {**earlier, **results}))
         rows.append(row)
     with locked(root / ".sweep_eval.lock"):  # --only jobs of one sweep, run in parallel, all add their rows
         table = _with_earlier_eval_rows(root, rows, every) if only else rows
