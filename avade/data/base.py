@@ -92,6 +92,19 @@ def data_source(dataset: Any, name: str, config: Any = None) -> dict[str, Any]:
     return {str(k): _jsonable(v) for k, v in record.items()}
 
 
+def package_versions(*dists: str) -> dict[str, str]:
+    """``{"scikit-learn": "1.5.2", ...}``: the installed versions of the distributions ``dists`` (one not installed
+    is left out), for the ``data_source`` of a dataset whose images ship inside them: another version may ship
+    other files, or split them otherwise."""
+    import importlib.metadata
+
+    out = {}
+    for dist in dists:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[dist] = importlib.metadata.version(dist)
+    return out
+
+
 def _jsonable(value: Any) -> Any:
     """``value`` as JSON holds it: paths absolute strings, tuples lists, anything else unknown its ``str``."""
     if isinstance(value, Path):

@@ -14,7 +14,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from avade.data.base import TensorImageDataset, check_split, resize
+from avade.data.base import TensorImageDataset, check_split, package_versions, resize
 from avade.data.configs import DigitsConfig
 from avade.errors import DataError
 
@@ -69,3 +69,6 @@ class Digits(TensorImageDataset):
         super().__init__(images.clone(), labels.clone(), num_classes=10)
         self.split = split
         self.indices = indices.clone()
+        # recorded in the run directory (avade.data.base.data_source): the images ship in scikit-learn's wheel,
+        # and its train_test_split draws the split, so its version says which digits each split holds
+        self.data_source = {"source": "sklearn.datasets.data/digits.csv.gz", **package_versions("scikit-learn")}

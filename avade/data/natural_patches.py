@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from avade.data.base import TensorImageDataset, check_split, describe_error
+from avade.data.base import TensorImageDataset, check_split, describe_error, package_versions
 from avade.data.configs import NaturalPatchesConfig
 from avade.data.configs import _check_scale_range as _check_scale_range
 from avade.errors import DataError
@@ -177,3 +177,6 @@ class NaturalPatches(TensorImageDataset):
         super().__init__(images.clone(), None, num_classes=0)
         self.split = split
         self.sources: tuple[str, ...] = sources
+        # recorded in the run directory (avade.data.base.data_source): the photographs used (a version without
+        # one builds the split from fewer) and the versions of the wheels they ship in
+        self.data_source = {"photographs": list(sources), **package_versions("scikit-image", "scikit-learn")}

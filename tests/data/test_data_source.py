@@ -140,3 +140,16 @@ def test_a_plugin_adds_its_own_facts_by_attribute_or_method(tmp_path):
     plain.data_source = ["v1"]
     with pytest.raises(DataError, match=r"dataset 'my-data': its data_source is a list, not a dict"):
         data_source(plain, "my-data", None)
+
+
+def test_the_offline_builtins_record_the_versions_of_the_wheels_their_images_ship_in():
+    import importlib.metadata
+
+    # (another scikit-learn may split the digits otherwise, another scikit-image ship other photographs)
+    digits = record("digits", resolution=8)
+    assert digits["scikit-learn"] == importlib.metadata.version("scikit-learn"), digits
+    assert digits["source"] == "sklearn.datasets.data/digits.csv.gz" and digits["paths"] == [], digits
+    patches = record("natural-patches", "test", resolution=8, test_patches_per_image=2)
+    assert patches["scikit-learn"] == importlib.metadata.version("scikit-learn"), patches
+    assert patches["scikit-image"] == importlib.metadata.version("scikit-image"), patches
+    assert patches["photographs"] == ["chelsea", "flower"] and patches["images"] == 4, patches
