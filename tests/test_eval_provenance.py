@@ -121,3 +121,29 @@ def test_a_final_evaluation_of_weights_never_saved_names_no_checkpoint(tmp_path:
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "error" in summary and summary["checkpoint"] is None and summary["steps"] == 4
     assert summary["settings"]["bpd"]["eval_batch_size"] == 16
+
+
+def test_eval_json_says_which_data_each_split_it_loaded_read(tmp_path: Path) -> None:
+    """A number in eval.json says which test set it is of: the data a --set data.root elsewhere read, as each
+    checkpoint's data_read records it; only the splits the evaluation loaded (bits/dim reads the test split)."""
+    import shutil
+
+    from fake_datasets import FAKE_DATASETS
+
+    FAKE_DATASETS["image-folder"](tmp_path / "data")
+    data = ("data.name='image-folder'", f"data.root='{tmp_path / 'data'}'", "data.folder='images'",
+            "data.labels=false", "data.resolution=8", "data.batch_size=2", "data.eval_batch_size=2")
+    run = tmp_path / "run"
+    run_recipe(tiny_recipe("train.steps=1", *data), run)
+    trained = json.loads((run / "checkpoints" / "step_00000001" / "state.json").read_text())["data_read"]
+    evaluate_run(run, metrics=["bpd"], device="cpu")
+    assert json.loads((run / "eval.json").read_text())["data_read"] == {"test": trained["test"]}
+    shutil.copytree(tmp_path / "data", tmp_path / "moved")
+    evaluate_run(run, metrics=["bpd"], device="cpu", overrides=[f"data.root={tmp_path / 'moved'}"])
+    read = json.loads((run / "eval.json").read_text())["data_read"]
+    assert read == {"test": {**trained["test"], "paths": [str(tmp_path / "moved" / "images" / "test")]}}, read
+    history = json.loads((run / "eval_checkpoints.json").read_text())["records"]
+    assert [r["data_read"] for r in history] == [read]
+    from avade.cli.runs import run_record
+
+    assert "data_read" not in run_record(run)["results"]  # (no result: `avade runs` shows no column of it)

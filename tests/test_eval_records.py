@@ -52,3 +52,17 @@ def test_every_checkpoint_stops_at_a_broken_one_that_is_still_there(tmp_path: Pa
         runs.evaluate_checkpoints(tmp_path)
     monkeypatch.setattr(runs.ckpt, "list_checkpoints", lambda folder: [])  # pruned meanwhile: skipped
     assert runs.evaluate_checkpoints(tmp_path) == []
+
+
+def test_the_data_read_merge_split_by_split(tmp_path: Path) -> None:
+    run, step = RunDir(tmp_path), tmp_path / "checkpoints" / "step_00000002"
+    test = {"dataset": "cifar10", "images": 10000, "paths": ["/data/cifar-10-batches-py"]}
+    runs.record_eval(run, step, {"bpd": 3.0}, "last", {"bpd": {}}, ran=["bpd"], data={"test": test})
+    train = {**test, "images": 50000}
+    runs.record_eval(run, step, {"fid": 9.0}, "last", {"fid": {}}, ran=["fid"], data={"train": train})
+    moved = {**test, "paths": ["/scratch/cifar-10-batches-py"]}
+    runs.record_eval(run, step, {"bpd": 3.0}, "last", {"bpd": {}}, ran=["bpd"], data={"test": moved})
+    last, records = _records(tmp_path)
+    assert last["data_read"] == {"test": moved, "train": train} and records == [last]
+    runs.record_eval(run, tmp_path / "checkpoints" / "step_00000004", {"bpd": 2.0}, "last", {"bpd": {}}, ran=["bpd"])
+    assert "data_read" not in _records(tmp_path)[0]  # (another checkpoint: its record starts over)

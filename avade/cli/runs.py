@@ -36,7 +36,7 @@ from avade.train.rundir import (
 _SUMMARY_META = frozenset({"recipe", "variant", "steps", "train_images_per_s", "first_step_s", "device", "weights",
                            "bpd_untrained", "error", "checkpoint", "settings"})
 #: eval.json keys that say which checkpoint was scored, with what
-_EVAL_META = frozenset({"checkpoint", "step", "weights", "settings"})
+_EVAL_META = frozenset({"checkpoint", "step", "weights", "settings", "data_read"})
 #: the metric columns a table shows by default, those some run has (``--metrics`` picks others)
 DEFAULT_COLUMNS = ("bpd", "fid", "kid_mean", "is_mean")
 #: folders of a run that hold no runs: not searched

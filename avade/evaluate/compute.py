@@ -88,7 +88,7 @@ def run_metrics(ctx: RunContext, names: Sequence[str], recipe: Recipe, samples: 
 
 #: keys of summary.json / eval.json that are not metric values: a metric may not return them
 RECORD_KEYS = frozenset({"recipe", "variant", "steps", "train_images_per_s", "first_step_s", "device", "weights",
-                         "bpd_untrained", "error", "checkpoint", "step", "settings"})
+                         "bpd_untrained", "error", "checkpoint", "step", "settings", "data_read"})
 
 
 def compute_each(ctx: RunContext, metrics: list[tuple[str, Any]], console: Console | None,

@@ -87,6 +87,17 @@ class RunContext:
             raise ConfigError(f"unknown split '{split}'; use train or test")
         return self.train_set if split == "train" else self.test_set
 
+    def data_read(self) -> dict[str, Any]:
+        """What data the splits loaded so far read (:func:`avade.train.provenance.data_read`'s record, as each
+        checkpoint's ``data_read``): the test split, and the training split once a metric (or the checkpoint's
+        want of class counts) loaded it."""
+        from avade.train.provenance import data_read
+
+        loaded = not (callable(self.train) and not isinstance(self.train, torch.utils.data.Dataset))
+        if self.recipe.data.dataset is None:
+            return {}
+        return data_read(self.recipe, self.train if loaded else None, self.test_set)
+
     def split_fingerprint(self, split: str) -> str:
         """What changes when ``split``'s images do (the cache key of its reference features); an optional
         extension of :class:`~avade.metrics.context.EvalContext`."""

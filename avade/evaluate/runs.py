@@ -115,7 +115,7 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
         run = RunDir(Path(run_dir))
         try:
             record = record_eval(run, ctx.checkpoint, results, ctx.weights, settings,
-                                 ran=[name for name, _ in metrics_built])
+                                 ran=[name for name, _ in metrics_built], data=ctx.data_read())
         except OSError as exc:  # a run on a read-only disk, a colleague's, a full disk: the results are not lost
             from avade.train.run import cell_text
 
@@ -148,13 +148,16 @@ def _record_of(checkpoint: Path | None, weights: str, results: dict[str, float])
 
 
 def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float], weights: str = "last",
-                 settings: dict[str, Any] | None = None, ran: Sequence[str] = ()) -> dict[str, Any]:
+                 settings: dict[str, Any] | None = None, ran: Sequence[str] = (),
+                 data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge ``results`` (and the ``settings`` each metric ran with, under ``"settings"``) into eval.json
     when it holds the same checkpoint's (else it starts over: eval.json is the checkpoint evaluated last),
     and into that checkpoint's record in eval_checkpoints.json (every checkpoint evaluated, so evaluating
     an older one loses nothing). Under a lock: two ``avade eval`` at once (say fid and bpd on two GPUs) both
     land. The trainer drops what training since made stale. ``ran``: the metrics computed now (their earlier
-    results are replaced). Returns the checkpoint's record as written to eval.json."""
+    results are replaced); ``data``: what data the splits loaded now read (``{"test": {...}}``, as a
+    checkpoint's ``data_read``), under ``"data_read"``, each split's replacing its earlier record. Returns the
+    checkpoint's record as written to eval.json."""
     name = checkpoint.name if checkpoint is not None else None
 
     def merged(earlier: Any) -> dict[str, Any]:
@@ -165,6 +168,8 @@ def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float],
         record = {k: v for k, v in record.items() if not any(owns(m, k) for m in ran)}
         record.update(_record_of(checkpoint, weights, results))
         record["settings"] = {**record.get("settings", {}), **(settings or {})}
+        if data:  # which test set a number is of (another data.root, version or count than training's)
+            record["data_read"] = {**_table(record.get("data_read")), **data}
         return record
 
     with locked_for(run.eval):
@@ -181,10 +186,16 @@ def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float],
         earlier = dict(same[0]) if same else {}
         if last.get("checkpoint") == name and last.get("weights", "last") == weights:  # (the same, unless edited)
             settings_ = {**(earlier.get("settings") or {}), **(last.get("settings") or {})}
-            earlier = {**earlier, **last, "settings": settings_}
+            data_ = {**_table(earlier.get("data_read")), **_table(last.get("data_read"))}
+            earlier = {**earlier, **last, "settings": settings_, **({"data_read": data_} if data_ else {})}
         record = merged(earlier or None)
         write_json(run.eval, record)
         rows = sorted([*rest, record],
                       key=lambda r: (r.get("step") if isinstance(r.get("step"), int) else -1, str(r.get("weights"))))
         write_json(run.eval_checkpoints, {"records": rows})
     return record
+
+
+def _table(value: Any) -> dict[str, Any]:
+    """``value`` when it is a dict (a record's table as avade wrote it), else {} (one edited into something else)."""
+    return value if isinstance(value, dict) else {}

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from avade.atomic_files import locked
 from avade.errors import AvadeError, CheckpointError
-from avade.evaluate.compute import owns
+from avade.evaluate.compute import RECORD_KEYS, owns
 from avade.evaluate.loading import not_a_run
 from avade.evaluate.runs import eval_row, evaluate_and_record
 from avade.train.rundir import read_json_list, read_json_object, sweep_runs
@@ -64,7 +64,8 @@ def evaluate_sweep(root: str | Path, metrics: Sequence[str] | None = None, sampl
         else:
             # with the metrics evaluated earlier on the same checkpoint and weights (bpd, then fid: both), as
             # recorded: not eval.json read back, which another `avade eval` of the run may have replaced since
-            earlier = {k: v for k, v in record.items() if k not in ("checkpoint", "step", "weights", "settings")}
+            # (not the record's own keys: which checkpoint, settings, data_read)
+            earlier = {k: v for k, v in record.items() if k not in RECORD_KEYS}
             # which checkpoint, and the settings of those values (as eval.json's): in sweep_eval.json and --json,
             # not sweep_eval.csv (write_sweep_summary leaves a table out: one column of JSON text)
             row.update(eval_row(record, {**earlier, **results}))
