@@ -58,6 +58,22 @@ def data_read(recipe: Recipe, train: Any, test: Any) -> dict[str, Any]:
             for split, dataset in (("train", train), ("test", test)) if dataset is not None}
 
 
+def data_read_changes(saved: Any, read: dict[str, Any]) -> dict[str, list[Any]]:
+    """What the data a start read (``read``, :func:`data_read`'s) change from a checkpoint's record (``saved``):
+    ``{"train.images": [old, new], "test.paths": [[...], [...]], ...}``, each split's facts both records hold.
+    A checkpoint written before ``data_read`` was recorded, and a fact the older record lacks (one added to
+    avade since), are no change: nothing says what was read then."""
+    if not isinstance(saved, dict):
+        return {}
+    out: dict[str, list[Any]] = {}
+    for split, now in read.items():
+        then = saved.get(split)
+        if not (isinstance(then, dict) and isinstance(now, dict)):
+            continue
+        out.update({f"{split}.{key}": [then[key], now[key]] for key in now if key in then and then[key] != now[key]})
+    return out
+
+
 def environment() -> dict[str, Any]:
     """What a reviewer needs, beside the recipe and the plugins' versions, to reproduce a run: the versions of
     Python, avade, torch, torchvision and numpy, the platform, the command line, and the git commit of avade's

@@ -124,3 +124,39 @@ def test_each_checkpoint_records_the_data_each_split_read(tmp_path: Path) -> Non
     assert read["train"]["split_by"] == "hash" and read["train"]["test_fraction"] == 0.3, read
     assert read["train"]["images"] + read["test"]["images"] == 4, read
     assert read["train"]["images"] == len(trainer.train_set) and read["test"]["images"] == len(trainer.test_set)
+
+
+def test_a_resume_on_other_data_says_so_and_keeps_it_in_resumes_jsonl(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Data moved to another disk, with images added: resumed (not refused), the difference said once at the start
+    and kept in resumes.jsonl's line; a checkpoint from before data_read was recorded differs in nothing."""
+    from checkpoint_files import edit_state, read_state
+    from fake_datasets import FAKE_DATASETS, _pngs
+
+    FAKE_DATASETS["image-folder"](tmp_path / "data")
+
+    def recipe(root: Path, steps: int) -> Any:
+        return tiny_recipe(f"train.steps={steps}", "train.checkpoint_every=1", "data.name='image-folder'",
+                           f"data.root='{root}'", "data.folder='images'", "data.labels=false",
+                           "data.resolution=8", "data.batch_size=2", "data.eval_batch_size=2")
+
+    Trainer(recipe(tmp_path / "data", 1), tmp_path / "run", progress=False).fit()
+    capsys.readouterr()
+    shutil.copytree(tmp_path / "data", tmp_path / "moved")
+    _pngs(tmp_path / "moved" / "images" / "train" / "bird", 2, 12, 10, seed=40)
+    Trainer(recipe(tmp_path / "moved", 2), tmp_path / "run", resume=True, progress=False).fit()
+    said = "".join(capsys.readouterr().err.split())  # (the console wraps long paths anywhere)
+    old, new = (str(tmp_path / d / "images" / "train") for d in ("data", "moved"))
+    assert said.count("thedatareaddifferfromthecheckpoint's") == 1, said
+    assert f'train.images4->6,train.paths["{old}"]->["{new}"],test.paths' in said, said
+    line = json.loads((tmp_path / "run" / "resumes.jsonl").read_text())
+    assert line["step"] == 1 and line["data_read"]["train.images"] == [4, 6], line
+    assert line["data_read"]["train.paths"] == [[old], [new]] and "test.images" not in line["data_read"], line
+    # a checkpoint written before data_read was recorded: nothing to compare, nothing said nor kept
+    newest = tmp_path / "run" / "checkpoints" / "step_00000002"
+    edit_state(newest, data_read=None)
+    assert "data_read" in read_state(newest)
+    Trainer(recipe(tmp_path / "data", 3), tmp_path / "run", resume=True, progress=False).fit()
+    assert "data read differ" not in capsys.readouterr().err
+    lines = (tmp_path / "run" / "resumes.jsonl").read_text().splitlines()
+    assert all("data_read" not in json.loads(text) for text in lines[1:]), lines
