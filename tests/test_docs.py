@@ -360,7 +360,8 @@ def test_readme_names_every_fact_the_run_records_of_its_data(tmp_path: Path) -> 
         cfg = {"root": str(tmp_path / name), **({"resolution": 32} if name == "imagenet" else {})}
         for key in data_source(avade.create("dataset", name, split="train", **cfg), name, None):
             assert f"`{key}`" in paragraph, f"README's run-directory paragraph does not name {key!r} ({name})"
-    for name in ("digits", "natural-patches"):  # (the offline built-ins: the versions of the wheels they ship in)
+    for name in ("natural-patches", "digits", "synthetic"):  # the built-in data read from no folder (the versions of
+        # the wheels they ship in)
         for key in data_source(avade.create("dataset", name, split="test", resolution=8), name, None):
             assert f"`{key}`" in paragraph, f"README's run-directory paragraph does not name {key!r} ({name})"
     row = next(line for line in (tests.parent / "CONTRIBUTING.md").read_text().splitlines()

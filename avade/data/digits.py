@@ -18,6 +18,9 @@ from avade.data.base import TensorImageDataset, check_split, package_versions, r
 from avade.data.configs import DigitsConfig
 from avade.errors import DataError
 
+#: the bundled file the digits are read from (scikit-learn's package data)
+DIGITS_FILE = "sklearn.datasets.data/digits.csv.gz"
+
 
 def locate(cfg: DigitsConfig, split: str) -> list[str]:
     """Where the digits come from; :class:`~avade.errors.DataError` if scikit-learn lacks them."""
@@ -31,7 +34,7 @@ def locate(cfg: DigitsConfig, split: str) -> list[str]:
             "dataset 'digits': sklearn/datasets/data/digits.csv.gz is missing; "
             "reinstall scikit-learn (`pip install --force-reinstall scikit-learn`)"
         )
-    return ["sklearn.datasets.data/digits.csv.gz"]
+    return [DIGITS_FILE]
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,6 +72,7 @@ class Digits(TensorImageDataset):
         super().__init__(images.clone(), labels.clone(), num_classes=10)
         self.split = split
         self.indices = indices.clone()
-        # recorded in the run directory (avade.data.base.data_source): the images ship in scikit-learn's wheel,
-        # and its train_test_split draws the split, so its version says which digits each split holds
-        self.data_source = {"source": "sklearn.datasets.data/digits.csv.gz", **package_versions("scikit-learn")}
+        # recorded in the run directory (avade.data.base.data_source): scikit-learn's file, not data.root, which
+        # this dataset accepts but never reads; its train_test_split draws the split, so scikit-learn's version says
+        # which digits each split holds
+        self.data_source = {"paths": [], "embedded": [DIGITS_FILE], **package_versions("scikit-learn")}

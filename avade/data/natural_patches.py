@@ -142,11 +142,11 @@ def _patches_of(photo: np.ndarray, name: str, count: int, cfg: NaturalPatchesCon
 
 
 @functools.lru_cache(maxsize=16)
-def _build(key: tuple[Any, ...], split: str) -> tuple[torch.Tensor, tuple[str, ...]]:
+def _build(key: tuple[Any, ...], split: str) -> tuple[torch.Tensor, tuple[str, ...], tuple[str, ...]]:
     cfg = NaturalPatchesConfig(*key)
     sources = TRAIN_SOURCES if split == "train" else TEST_SOURCES
     count = cfg.patches_per_image if split == "train" else cfg.test_patches_per_image
-    parts, used = [], []
+    parts, used, files = [], [], []
     for package, filename, name in sources:
         photo = _photo(package, filename)
         if photo is None:
@@ -155,6 +155,7 @@ def _build(key: tuple[Any, ...], split: str) -> tuple[torch.Tensor, tuple[str, .
         if len(patches):
             parts.append(patches)
             used.append(name)
+            files.append(f"{package}/{filename}")
     if not parts:
         wanted = ", ".join(f"{p}/{f}" for p, f, _ in sources)
         raise DataError(
@@ -164,7 +165,7 @@ def _build(key: tuple[Any, ...], split: str) -> tuple[torch.Tensor, tuple[str, .
     patches = np.concatenate(parts)
     order = np.random.default_rng([cfg.seed, 1 if split == "train" else 2]).permutation(len(patches))
     images = torch.from_numpy(np.ascontiguousarray(patches[order].transpose(0, 3, 1, 2)))
-    return images, tuple(used)
+    return images, tuple(used), tuple(files)
 
 
 class NaturalPatches(TensorImageDataset):
@@ -172,11 +173,13 @@ class NaturalPatches(TensorImageDataset):
 
     def __init__(self, cfg: NaturalPatchesConfig, *, split: str = "train") -> None:
         key = tuple(tuple(v) if isinstance(v, list) else v for v in attrs.astuple(cfg, recurse=False))
-        images, sources = _build(key, check_split(split))
+        images, sources, files = _build(key, check_split(split))
         # A copy, so that a caller writing into the tensors cannot corrupt the shared cache.
         super().__init__(images.clone(), None, num_classes=0)
         self.split = split
         self.sources: tuple[str, ...] = sources
-        # recorded in the run directory (avade.data.base.data_source): the photographs used (a version without
-        # one builds the split from fewer) and the versions of the wheels they ship in
-        self.data_source = {"photographs": list(sources), **package_versions("scikit-image", "scikit-learn")}
+        # recorded in the run directory (avade.data.base.data_source): the wheels' photographs, not data.root,
+        # which this dataset accepts but never reads (a photograph missing from an install is skipped), and the
+        # versions of the wheels they ship in
+        self.data_source = {"paths": [], "embedded": list(files), "photographs": list(sources),
+                            **package_versions("scikit-image", "scikit-learn")}

@@ -76,8 +76,9 @@ def data_read_changes(saved: Any, read: dict[str, Any]) -> dict[str, list[Any]]:
 
 def environment() -> dict[str, Any]:
     """What a reviewer needs, beside the recipe and the plugins' versions, to reproduce a run: the versions of
-    Python, avade, torch, torchvision and numpy, the platform, the command line, and the git commit of avade's
-    source when it runs from a checkout (``git_dirty``: with local changes). Recorded in each checkpoint."""
+    Python, avade, torch, torchvision and numpy, the CUDA torch was built for, the platform, the command line,
+    and the git commit of avade's source when it runs from a checkout (``git_dirty``: with local changes).
+    Recorded in each checkpoint."""
     import numpy
     import torch
 

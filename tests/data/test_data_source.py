@@ -148,8 +148,23 @@ def test_the_offline_builtins_record_the_versions_of_the_wheels_their_images_shi
     # (another scikit-learn may split the digits otherwise, another scikit-image ship other photographs)
     digits = record("digits", resolution=8)
     assert digits["scikit-learn"] == importlib.metadata.version("scikit-learn"), digits
-    assert digits["source"] == "sklearn.datasets.data/digits.csv.gz" and digits["paths"] == [], digits
+    assert digits["embedded"] == ["sklearn.datasets.data/digits.csv.gz"] and digits["paths"] == [], digits
     patches = record("natural-patches", "test", resolution=8, test_patches_per_image=2)
     assert patches["scikit-learn"] == importlib.metadata.version("scikit-learn"), patches
     assert patches["scikit-image"] == importlib.metadata.version("scikit-image"), patches
     assert patches["photographs"] == ["chelsea", "flower"] and patches["images"] == 4, patches
+
+
+@pytest.mark.parametrize("name", ["natural-patches", "digits"])
+def test_embedded_data_record_the_package_files_read_not_the_unused_root(name, tmp_path):
+    # (their config accepts data.root only so that a recipe can switch datasets by data.name: nothing is read there)
+    from avade.data.configs import DigitsConfig, NaturalPatchesConfig
+
+    config = {"natural-patches": NaturalPatchesConfig, "digits": DigitsConfig}[name](root=str(tmp_path))
+    for split in ("train", "test"):
+        dataset = avade.create("dataset", name, split=split, root=str(tmp_path))
+        rec = data_source(dataset, name, config)
+        assert rec["paths"] == [] and rec["images"] == len(dataset) > 0, rec
+        assert rec["embedded"] and all("/" in f for f in rec["embedded"]), rec
+    assert any(f.endswith("chelsea.png") for f in record("natural-patches", split="test")["embedded"])
+    assert record("digits")["embedded"] == ["sklearn.datasets.data/digits.csv.gz"]
