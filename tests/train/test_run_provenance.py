@@ -20,15 +20,20 @@ from avade.train.provenance import _git_state
 from avade.train.trainer import Trainer
 
 
-def test_each_checkpoint_records_the_environment_it_was_trained_in(tmp_path: Path) -> None:
-    trainer = Trainer(tiny_recipe("train.steps=2"), tmp_path / "run", progress=False)
+def _state_after_one_step(recipe: Any, run: Path) -> tuple[dict[str, Any], Trainer]:
+    """The state.json of a checkpoint saved after one training step of ``recipe`` in ``run``, and the trainer."""
+    trainer = Trainer(recipe, run, progress=False)
     try:
         trainer.step_once()
         path = trainer.save()
     finally:
         trainer.close()
     assert path is not None
-    env = json.loads((path / "state.json").read_text())["environment"]
+    return json.loads((path / "state.json").read_text()), trainer
+
+
+def test_each_checkpoint_records_the_environment_it_was_trained_in(tmp_path: Path) -> None:
+    env = _state_after_one_step(tiny_recipe("train.steps=2"), tmp_path / "run")[0]["environment"]
     assert env["torch"] == torch.__version__ and env["numpy"] == numpy.__version__
     assert env["avade"] == avade.__version__ and env["python"].count(".") == 2
     assert env["command"] == sys.argv and env["platform"]
@@ -107,17 +112,11 @@ def test_each_checkpoint_records_the_data_each_split_read(tmp_path: Path) -> Non
     from fake_datasets import FAKE_DATASETS
 
     FAKE_DATASETS["image-folder"](tmp_path / "data")
-    trainer = Trainer(tiny_recipe("data.name='image-folder'", f"data.root='{tmp_path / 'data'}'",
-                                  "data.folder='images/train'", "data.labels=false", "data.resolution=8",
-                                  "data.test_fraction=0.3", "data.batch_size=2", "data.eval_batch_size=2"),
-                      tmp_path / "run", progress=False)
-    try:
-        trainer.step_once()
-        path = trainer.save()
-    finally:
-        trainer.close()
-    assert path is not None
-    read = json.loads((path / "state.json").read_text())["data_read"]
+    recipe = tiny_recipe("data.name='image-folder'", f"data.root='{tmp_path / 'data'}'", "data.folder='images/train'",
+                         "data.labels=false", "data.resolution=8", "data.test_fraction=0.3", "data.batch_size=2",
+                         "data.eval_batch_size=2")
+    state, trainer = _state_after_one_step(recipe, tmp_path / "run")
+    read = state["data_read"]
     folder = str(tmp_path / "data" / "images" / "train")
     assert read["train"]["dataset"] == read["test"]["dataset"] == "image-folder", read
     assert read["train"]["paths"] == read["test"]["paths"] == [folder], read
