@@ -2117,6 +2117,9 @@ def test_a_sweep_row_is_of_the_checkpoint_it_evaluated_even_if_eval_json_changes
     assert result.exit_code == 0, out
     (row,) = json.loads((sweep / "sweep_eval.json").read_text())
     assert row["step"] == 2 and row["bpd"] != 99.0, row
+    # (a row holds values and their settings: the record's data_read stays in the variant's eval records)
+    records = json.loads((sweep / "tiny-seed0" / "eval_checkpoints.json").read_text())["records"]
+    assert "data_read" not in row and "data_read" in records[-1] and records[-1]["step"] == 2, (row, records)
 
 
 def test_eval_checkpoints_json_keeps_a_checkpoints_averaged_and_last_weights_apart(tmp_path: Path) -> None:
