@@ -9,7 +9,7 @@
     <run>/tb/              TensorBoard events (when tensorboard is installed)
     <run>/eval.json        ``avade eval``: the checkpoint (step, weights) evaluated last, its metrics and their settings
     <run>/eval_checkpoints.json  every checkpoint evaluated: ``{"records": [...]}``, one per checkpoint and weights
-    <run>/resumes.jsonl    one line per ``--resume`` that changed settings
+    <run>/resumes.jsonl    one line per ``--resume`` that changed settings, the number of processes or the data read
 """
 
 from __future__ import annotations
