@@ -443,6 +443,28 @@ def test_sample_onto_a_full_disk_keeps_the_earlier_grid_and_names_it(run_dir: Pa
     assert grid.read_bytes() == b"the earlier grid" and [p.name for p in tmp_path.iterdir()] == ["samples.png"]
 
 
+def test_eval_whose_data_record_fails_still_records_its_results(run_dir: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    # (a plugin dataset's data_source that raises: the metrics, computed at length, were lost with it)
+    from avade.evaluate.context import RunContext
+
+    def failing(self: Any) -> dict[str, Any]:
+        raise ValueError("a plugin's data_source failed")
+
+    monkeypatch.setattr(RunContext, "data_read", failing)
+    for name in ("eval.json", "eval_checkpoints.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # (the suite's conftest silences warnings)
+        result, out = _invoke("eval", str(run_dir), "--metrics", "bpd", "--device", "cpu")
+    said = " ".join(result.stderr.split())  # the CLI prints warnings as one "warning:" line on stderr
+    assert result.exit_code == 0, out
+    assert f"warning: what data the evaluation read is not recorded in {run_dir / 'eval.json'} (data_read): " \
+        "ValueError: a plugin's data_source failed" in said, said
+    recorded = json.loads((run_dir / "eval.json").read_text())
+    assert recorded["bpd"] > 0 and "data_read" not in recorded, recorded
+
+
 def test_eval_of_a_run_it_cannot_write_to_shows_the_results_it_computed(run_dir: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A colleague's run (or one on a disk mounted read-only): the metrics, computed at length, are not lost

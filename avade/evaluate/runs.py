@@ -3,6 +3,7 @@ eval_checkpoints.json."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,15 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
     record = _record_of(ctx.checkpoint, ctx.weights, results)  # (what another process than the first returns)
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
         run = RunDir(Path(run_dir))
+        try:  # (a plugin dataset's data_source that fails must not lose the results computed, FID's minutes)
+            data: dict[str, Any] | None = ctx.data_read()
+        except Exception as exc:
+            warnings.warn(f"what data the evaluation read is not recorded in {run.eval} (data_read): "
+                          f"{type(exc).__name__}: {exc}", UserWarning, stacklevel=2)
+            data = None
         try:
             record = record_eval(run, ctx.checkpoint, results, ctx.weights, settings,
-                                 ran=[name for name, _ in metrics_built], data=ctx.data_read())
+                                 ran=[name for name, _ in metrics_built], data=data)
         except OSError as exc:  # a run on a read-only disk, a colleague's, a full disk: the results are not lost
             from avade.train.run import cell_text
 
