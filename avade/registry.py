@@ -92,6 +92,14 @@ def is_valid_name(name: object) -> bool:
     return isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) is not None
 
 
+def dist_version(name: str) -> str | None:
+    """The installed version of distribution ``name`` (a package's name on PyPI), or None when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def normalized_name(name: str) -> str:
     """A distribution name as PEP 503 compares them: ``Avade_My.Plug`` and ``avade-my-plug`` are one."""
     return re.sub(r"[-_.]+", "-", name.strip()).lower()

@@ -22,7 +22,6 @@ Methods (also in benchmarks/README.md):
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import math
 import os
 import platform
@@ -38,6 +37,8 @@ from typing import Any
 import torch
 from rich.markup import escape
 from rich.table import Table
+
+from avade.registry import dist_version
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -341,13 +342,6 @@ def gemm_peak(settings: Settings) -> dict[str, Any]:
 
 
 # -- environment -------------------------------------------------------------------------------------
-
-
-def dist_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _git(*args: str) -> str | None:

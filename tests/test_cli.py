@@ -682,10 +682,11 @@ def test_doctor_reports_a_cuda_device_that_fails_its_query_instead_of_crashing(
 def test_doctor_does_not_say_all_good_without_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
     from rich.console import Console
 
+    import avade.registry
     from avade.cli import doctor
 
-    real = doctor._dist_version
-    monkeypatch.setattr(doctor, "_dist_version", lambda name: None if name == "torchvision" else real(name))
+    real = avade.registry.dist_version
+    monkeypatch.setattr(avade.registry, "dist_version", lambda name: None if name == "torchvision" else real(name))
     console = Console(record=True, width=200)
     doctor.render(doctor.collect(None), console)
     text = console.export_text()

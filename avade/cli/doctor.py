@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,16 @@ from avade.errors import AvadeError
 WEIGHT_METRICS = ("fid", "kid", "is", "prd", "prdc")
 
 
-def _dist_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _versions() -> dict[str, Any]:
     from avade import __version__
+    from avade.registry import dist_version
 
     return {
         "avade": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
-        "torch": _dist_version("torch"),
-        "torchvision": _dist_version("torchvision"),
+        "torch": dist_version("torch"),
+        "torchvision": dist_version("torchvision"),
     }
 
 

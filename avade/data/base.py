@@ -96,13 +96,9 @@ def package_versions(*dists: str) -> dict[str, str]:
     """``{"scikit-learn": "1.5.2", ...}``: the installed versions of the distributions ``dists`` (one not installed
     is left out), for the ``data_source`` of a dataset whose images ship inside them: another version may ship
     other files, or split them otherwise."""
-    import importlib.metadata
+    from avade.registry import dist_version
 
-    out = {}
-    for dist in dists:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            out[dist] = importlib.metadata.version(dist)
-    return out
+    return {dist: version for dist in dists if (version := dist_version(dist)) is not None}
 
 
 def _jsonable(value: Any) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.metadata
 import platform
 import subprocess
 import sys
@@ -83,12 +82,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     from avade import __version__
-
-    def dist_version(name: str) -> str | None:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
+    from avade.registry import dist_version
 
     env: dict[str, Any] = {"python": platform.python_version(), "avade": __version__, "torch": torch.__version__,
                            "torchvision": dist_version("torchvision"), "numpy": numpy.__version__,
