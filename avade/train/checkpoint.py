@@ -28,9 +28,9 @@ from safetensors.torch import load, load_file, save
 
 from avade.atomic_files import save_tensors, sync_file, sync_folder
 from avade.errors import AvadeError, CheckpointError, argument
-from avade.train.rundir import CHECKPOINT_PREFIX as _PREFIX
 from avade.train.rundir import (  # noqa: F401 (parse_step: re-exported, ckpt.parse_step as before)
     STATE_DIGEST,
+    checkpoint_name,
     checkpoint_step,
     list_checkpoints,
     parse_step,
@@ -270,8 +270,8 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
     names (the single-process layout), rank ``r``'s under ``rank{r}.`` names and ``state["rng_ranks"]``.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"{_PREFIX}{step:08d}"
-    tmp = directory / f".tmp-{_PREFIX}{step:08d}-{os.getpid()}"
+    final = directory / checkpoint_name(step)
+    tmp = directory / f".tmp-{final.name}-{os.getpid()}"
     for stale in directory.glob(".tmp-*"):  # left by a process killed (or a save that failed) while writing
         shutil.rmtree(stale, ignore_errors=True)
     aside: Path | None = None  # a checkpoint of this step already there (Trainer.save called twice at one step)

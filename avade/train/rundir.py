@@ -193,6 +193,11 @@ def sweep_layout(root: Path) -> tuple[list[Path], dict[str, dict[str, Any]], lis
 CHECKPOINT_PREFIX = "step_"
 
 
+def checkpoint_name(step: int) -> str:
+    """The name of the checkpoint folder of ``step``: ``step_XXXXXXXX`` (:func:`checkpoint_step` reads it back)."""
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary directories are ignored, and so are other folders
     such as a user's copy ``step_00000400.bak``: pruning must not delete them, nor ``avade eval --checkpoint

@@ -83,7 +83,7 @@ from avade.train.optim import make_optimizer, total_norm
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, StopRequest, stop_on_signals
 from avade.train.provenance import component_providers, data_read, data_read_changes, environment
 from avade.train.ranks import alike_on_this_node
-from avade.train.rundir import CHECKPOINT_PREFIX, RunDir, atomic_write_text, read_json_object, write_json
+from avade.train.rundir import RunDir, atomic_write_text, checkpoint_name, read_json_object, write_json
 from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled, whole_run_warm_up
 
 #: how long a process other than rank 0 that fails right after a checkpoint waits for rank 0 to put it in place
@@ -999,7 +999,7 @@ class Trainer:
                     self.save(job_logs.get("bpd"))
                 if stopping:  # at the last step too: the final evaluation (FID: minutes) is left to --resume,
                     # and a sweep must not go on to its next variant
-                    saved = (f"checkpoint step_{self.step:08d} saved" if save_now
+                    saved = (f"checkpoint {checkpoint_name(self.step)} saved" if save_now
                              else f"no checkpoint: the last step was not finite; {self._last_good_checkpoint()}")
                     then = "" if self.step < cfg.steps else " (training is done: it evaluates the trained model)"
                     raise StoppedError(f"stopped by {stop.signal or 'a signal to another process'} at step "
@@ -1032,7 +1032,7 @@ class Trainer:
         # were not finite: those weights were not saved) and each metric's settings, e.g. FID's sample count,
         # sample_seed and feature_extractor (chosen outside the recipe). Last, after the values: a sweep's
         # columns keep their places, and a table (settings) is left out of its CSV
-        saved = self.run.checkpoints / f"{CHECKPOINT_PREFIX}{self.step:08d}"
+        saved = self.run.checkpoints / checkpoint_name(self.step)
         summary["checkpoint"] = saved.name if self.bad_steps == 0 and saved.is_dir() else None
         summary["settings"] = self.eval_settings
         # the model's own bound diverging is a failed run; a sample metric's NaN is only that metric's value
