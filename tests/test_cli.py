@@ -363,8 +363,8 @@ def test_recipe_check_sizes_the_model(write: Write) -> None:
     assert result.exit_code == 0, result.output
     line = " ".join(result.stdout.split())
     assert f"model: {total / 1e3:.3g} k parameters (flow {flow / 1e3:.3g} k, encoder " in line, line
-    assert f"training state ~{4 * 4 * total / 1e6:.3g} MB (weights, gradients and optimizer state; activations not " \
-        "counted); batch 32 of 3x16x16, 600 steps" in line, line
+    assert f"training state ~{4 * 4 * total / 1e6:.3g} MB (weights, gradients and optimizer state; activations: " \
+        "avade recipe memory); batch 32 of 3x16x16, 600 steps" in line, line
     # a sweep over the model: one line per variant, each its own size; over the data only: one line
     sizes = " ".join(run("recipe", "check", str(write("sweep.toml", SWEEP))).stdout.split())
     assert len(set(re.findall(r"sweep-scales\d-blocks\d: ([\d.]+ k) parameters", sizes))) == 4, sizes

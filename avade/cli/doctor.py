@@ -223,7 +223,10 @@ def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
             metrics.update(m for r in recipes for m in r.eval.metrics)
         except AvadeError as exc:  # a variant the sweep cannot build (`recipe check` shows the same)
             problems.append(f"the sweep: {exc}")
-    problems += dict.fromkeys(p for r in recipes for p in _machine_problems(r.train) + _memory_problems(r))
+    problems += dict.fromkeys(p for r in recipes for p in _machine_problems(r.train))
+    from avade.models.build import distinct_models
+
+    problems += dict.fromkeys(p for group in distinct_models(recipes) for p in _memory_problems(group[0]))
     needing = [m for m in WEIGHT_METRICS if m in metrics]
     if needing and not report["weights"]["available"]:
         problems.append(f"eval.metrics {', '.join(needing)} need Inception weights: {report['weights']['message']}")
@@ -234,14 +237,17 @@ def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
 
 def _memory_problems(recipe: Any) -> list[str]:
     """A model whose weights, gradients and optimizer state alone cannot fit in the free memory of the recipe's
-    device (as `recipe check` and `recipe run` refuse it, before allocating anything)."""
+    device (as `recipe check` and `recipe run` refuse it, before allocating anything), or whose training step at
+    the recipe's batch cannot, its activations estimated (what its first step would run out of memory at)."""
+    from avade.models.activations import step_memory_problem
     from avade.models.build import check_memory
 
     try:
         check_memory(recipe)
     except AvadeError as exc:
         return [str(exc)]
-    return []
+    problem = step_memory_problem(recipe)
+    return [problem] if problem else []
 
 
 def _machine_problems(train: Any) -> list[str]:

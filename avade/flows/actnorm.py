@@ -45,7 +45,7 @@ class ActNorm(Flow):
         self.initialized.fill_(True)
 
     def _maybe_init(self, x: torch.Tensor) -> None:
-        if self._known_initialized:
+        if self._known_initialized or x.is_meta:  # (the meta device, to count activations: no data to init from)
             return
         if not bool(self.initialized):
             self._data_init(x)

@@ -273,9 +273,9 @@ def model_key(recipe: Recipe, num_classes: int = 10) -> str | None:
 def model_summary(recipe: Recipe, sizes: dict[str, dict[str, tuple[int, int]]]) -> str | None:
     """What a user sizes a long run by, in one line (``avade recipe check``): the model's parameters by component,
     the memory its training state takes (weights, gradients, the optimizer's two moments, the weight average with
-    ``train.ema_decay``; activations, which grow with the batch and the resolution, are not counted), the batch and
-    the steps. ``sizes``: what :func:`check_model` recorded (by :func:`model_key`); None for a model it did not
-    build (no declared resolution)."""
+    ``train.ema_decay``; activations, which grow with the batch and the resolution, are left to ``avade recipe
+    memory``: their count takes a second), the batch and the steps. ``sizes``: what :func:`check_model` recorded
+    (by :func:`model_key`); None for a model it did not build (no declared resolution)."""
     shape, _ = declared_data(recipe)
     key = model_key(recipe)
     if shape is None or key is None or key not in sizes:
@@ -285,7 +285,23 @@ def model_summary(recipe: Recipe, sizes: dict[str, dict[str, tuple[int, int]]]) 
     parts = ", ".join(f"{name} {_count(n)}" for name, (n, _) in of.items() if n)
     batch, steps = recipe.data.options.batch_size, recipe.train.steps
     return (f"{_count(sum(n for n, _ in of.values()))} parameters ({parts}); training state ~{_count(state)}B "
-            f"({kept}; activations not counted); batch {batch} of {'x'.join(map(str, shape))}, {steps:,} steps")
+            f"({kept}; activations: avade recipe memory); batch {batch} of {'x'.join(map(str, shape))}, "
+            f"{steps:,} steps")
+
+
+def distinct_models(recipes: list[Recipe]) -> list[list[Recipe]]:
+    """``recipes`` (a sweep's variants) in groups that build the same model and train it alike, at one batch, on one
+    device (a sweep over LSUN's categories or seeds: one group): each group's memory need is one."""
+    groups: dict[str, list[Recipe]] = {}
+    for r in recipes:
+        model = model_key(r)
+        t = r.train  # (what a step's memory depends on: not the seed, the steps or the learning rate)
+        trained = [t.device, t.optimizer, t.precision, t.bf16_coupling_nets, bool(t.ema_decay), t.gp_weight > 0,
+                   t.flow_adv_grad]
+        key = json.dumps([model, r.data.options.batch_size, trained], default=str) \
+            if model is not None else str(id(r))  # (no declared resolution: the model is known only at run)
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
 
 
 def training_state_bytes(recipe: Recipe, sizes: dict[str, tuple[int, int]]) -> tuple[int, str]:

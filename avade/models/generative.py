@@ -134,8 +134,8 @@ class GenerativeModel(nn.Module):
             raise DataError(f"{what}: labels must be integer class ids [{n}], got {_described(labels)}")
         # (on any device: every caller is a public entry, not the training loop, so one host sync is nothing, and a
         # GPU's out-of-range class id is a device-side assert that leaves the process's CUDA context unusable; not
-        # while compiled: a graph break)
-        if n and not torch.compiler.is_compiling() \
+        # while compiled: a graph break; not on the meta device, which has no values)
+        if n and not torch.compiler.is_compiling() and not labels.is_meta \
                 and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise DataError(f"{what}: labels must lie in [0, {self.num_classes}), got {int(labels.min())}.."
                             f"{int(labels.max())}")
@@ -666,4 +666,6 @@ def _lifted(t: torch.Tensor) -> torch.Tensor:
 
 def _full_precision(t: torch.Tensor) -> Any:
     """Flows stay in float32 under bf16 autocast: their log-determinants and inverses need it."""
+    if t.device.type == "meta":  # (a model run on the meta device, to count its activations: no autocast there)
+        return contextlib.nullcontext()
     return torch.autocast(t.device.type, enabled=False)
