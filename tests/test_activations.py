@@ -94,6 +94,15 @@ def test_the_estimate_is_near_a_measured_step() -> None:
     assert 0.75 * peak <= estimate.at(16) <= 1.25 * peak, (estimate.at(16), peak)
 
 
+@pytest.mark.parametrize("overrides", [["model.encoder.norm=actnorm"],
+                                       ["model.norm_options.weight-norm.init_scale=0.1"]],
+                         ids=["actnorm", "weight-norm-init"])
+def test_a_model_whose_norms_init_from_data_is_estimated(overrides: list[str]) -> None:
+    # the norms' data-dependent init skips the meta device (no data to init from), as the actnorm flow's does
+    recipe, shape, classes = _recipe("vae.toml", overrides)
+    assert activation_estimate(recipe, shape, classes) is not None
+
+
 def test_a_model_that_reads_its_values_is_not_estimated(monkeypatch: pytest.MonkeyPatch) -> None:
     # e.g. a plugin's component calling .item() while it runs: no estimate, and the summary says why
     from avade.models.generative import GenerativeModel

@@ -28,7 +28,8 @@ class ActNormed(nn.Module):
         """The layer's output normalized per channel; the first training batch sets the bias and scale."""
         h = self.layer(x)
         shape = (1, -1) + (1,) * (h.dim() - 2)
-        if self.training and not self.initialized.is_set():
+        # (not on the meta device, where `avade recipe memory` counts activations: no data to init from)
+        if self.training and not h.is_meta and not self.initialized.is_set():
             with torch.no_grad():
                 dims = [d for d in range(h.dim()) if d != 1]
                 check_init_batch(h, dims, "actnorm", "use another norm than actnorm there")

@@ -40,7 +40,8 @@ class WeightNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``layer(x)`` with weight norm; the first training batch runs the data-dependent init (``init_scale > 0``)."""
-        if self.training and not self.initialized.is_set():
+        # (not on the meta device, where `avade recipe memory` counts activations: no data to init from)
+        if self.training and not x.is_meta and not self.initialized.is_set():
             self._data_init(x)
         return self.layer(x)
 
