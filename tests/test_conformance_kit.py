@@ -41,6 +41,7 @@ class FlowConfig:
     downcast: bool = False  # returns y in float32 whatever x's dtype (a fixed .float())
     clamp: float = 0.0  # clamps x to [-clamp, clamp] first: not invertible beyond (0: off)
     in_place: str = ""  # "forward": y computed in x's storage; "inverse": x computed in y's
+    reads_values: bool = False  # checks its input's range with .item(): right, but cannot run on the meta device
 
 
 class Affine(nn.Module):
@@ -57,6 +58,8 @@ class Affine(nn.Module):
         self.mix = torch.from_numpy(np.eye(c)) if cfg.float64_mix else None  # (fine in float64, as the kit ran it)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.reads_values and x.abs().max().item() > 1e6:
+            raise ValueError("input out of range")
         if self.mix is not None:
             x = torch.einsum("ij,bjhw->bihw", self.mix, x)
         x = x.clamp(-self.cfg.clamp, self.cfg.clamp) if self.cfg.clamp else x
@@ -193,6 +196,24 @@ def test_the_output_must_have_the_advertised_shape() -> None:
     _fails("flow", Affine, FlowConfig(out_shape_lie=True), "lying-out-shape",
            r"forward maps \(4, 3, 4, 4\) -> \(4, 3, 4, 4\); expected \[batch, \*out_shape\] = \(4, 12, 2, 2\)")
     check_component("flow", "squeeze")  # a building block whose out_shape differs, honestly
+
+
+def test_a_flow_that_cannot_run_on_the_meta_device_passes_with_a_warning_naming_it() -> None:
+    """A flow that reads its tensors' values (here .item()) is right, and passes; but `avade recipe memory` cannot
+    count the activations of a model using it on the meta device: a warning says so, names it and says how to fix."""
+    with pytest.warns(UserWarning, match=r"^flow 'reads-values': does not run on the meta device: forward\(x\) on x of "
+                                         r"shape \(4, 3, 4, 4\) in training mode raised RuntimeError: .*item.* \(at "
+                                         r".*test_conformance_kit.py:\d+\); `avade recipe memory` cannot estimate the "
+                                         r"activations of a model using it: .*no \.item\(\), bool\(tensor\).*"
+                                         r"skip a data-dependent initialisation when x\.is_meta") as caught:
+        check_module("flow", Affine, FlowConfig(reads_values=True), name="reads-values")
+    assert len([w for w in caught if "meta device" in str(w.message)]) == 1
+    assert "\n" not in str(caught[0].message)
+
+
+def test_a_flow_that_runs_on_the_meta_device_gets_no_meta_warning(recwarn: pytest.WarningsRecorder) -> None:
+    check_module("flow", Affine, FlowConfig(), name="good-affine")
+    assert not [str(w.message) for w in recwarn if "meta device" in str(w.message)]
 
 
 # -- posteriors --------------------------------------------------------------------------------------

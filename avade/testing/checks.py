@@ -1,4 +1,4 @@
-"""Per-kind conformance checks (shapes, gradients, invertibility, log-det, safetensors round trip)."""
+"""Per-kind conformance checks (shapes, gradients, invertibility, log-det, safetensors round trip, meta device)."""
 
 from __future__ import annotations
 
@@ -124,6 +124,38 @@ def _perturb(module: nn.Module, seed: int = 0) -> None:
             p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype, device="cpu").to(p.device))
 
 
+def _on_meta(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A meta tensor of ``t``'s shape and dtype (the kit's own input, for :func:`_check_meta`)."""
+    return None if t is None else t.to("meta")
+
+
+def _check_meta(what: str, build: Callable[[], nn.Module], run: Callable[[nn.Module], object]) -> None:
+    """Built (``build()``) and run (``run(module)``, inputs made with :func:`_on_meta`) on torch's meta device,
+    in training mode with gradients on, as ``avade recipe memory`` runs a model to count a training step's
+    activations. A component that reads its tensors' values while running (``.item()``, ``bool(tensor)``, a
+    shape that depends on the data) cannot run there: not a failed check (a plugin may need the values), a
+    warning that the activations of a model using it cannot be estimated. The RNG is left as it was."""
+    failure = ""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"), torch.enable_grad():
+        try:
+            module = build()
+        except Exception as exc:
+            failure = f"building it raised {_raised(exc)}"
+        else:
+            module.train()
+            try:
+                run(module)
+            except AssertionError as exc:  # from _call: "<what>: <call> raised ..."
+                failure = str(exc).removeprefix(f"{what}: ")
+            except Exception as exc:
+                failure = f"running it raised {_raised(exc)}"
+    if failure:
+        warnings.warn(f"{what}: does not run on the meta device: {failure}; `avade recipe memory` cannot estimate the "
+                      "activations of a model using it: read no tensor's values in forward (no .item(), "
+                      "bool(tensor), float(tensor) or data-dependent shapes) and skip a data-dependent "
+                      "initialisation when x.is_meta (as avade/flows/actnorm.py does)", stacklevel=3)
+
+
 # -- flows -------------------------------------------------------------------------------------------
 
 
@@ -191,6 +223,13 @@ def check_flow(name: str, registry: Registry | None = None, **config: Any) -> No
 
     _roundtrip(flow, rebuild, lambda m: torch.cat([m(x)[0].flatten(), m(x)[1]]), what)
     _check_float32(registry.create("flow", name, in_shape=shape, **config), shape, out_shape, what)
+
+    def run_meta(m: nn.Module) -> None:  # (the likelihood runs forward, sampling the inverse)
+        x_meta = cast(torch.Tensor, _on_meta(x.float()))
+        y = _call(what, f"forward(x) on x of shape {tuple(x.shape)} in training mode", m, x_meta)[0]
+        _call(what, f"inverse(y) on y of shape {tuple(y.shape)} in training mode", cast(FlowModule, m).inverse, y)
+
+    _check_meta(what, lambda: registry.create("flow", name, in_shape=shape, **config), run_meta)
 
 
 def _check_float32(flow: nn.Module, shape: Shape, out_shape: tuple[int, ...], what: str) -> None:
@@ -367,9 +406,9 @@ def check_encoder(name: str, registry: Registry | None = None, **config: Any) ->
 
 def _check_encoder_module(enc: nn.Module, x: torch.Tensor, labels: torch.Tensor | None,
                           rebuild: Callable[[], nn.Module], what: str) -> None:
-    def run(m: nn.Module) -> list[torch.Tensor]:  # as the model calls it: labels or None
+    def run(m: nn.Module, x: torch.Tensor = x, labels: torch.Tensor | None = labels) -> list[torch.Tensor]:
         called = f"forward(x, {'y' if labels is not None else 'None'}) on x of shape {tuple(x.shape)}"
-        return _call(what, called, m, x, labels)
+        return _call(what, called, m, x, labels)  # as the model calls it: labels or None
 
     enc.train()
     hs = run(enc)
@@ -386,6 +425,7 @@ def _check_encoder_module(enc: nn.Module, x: torch.Tensor, labels: torch.Tensor 
                   + (f" (batch {h.shape[0]} != {x.shape[0]})" if h.shape[0] != x.shape[0] else ""))
     _gradients(enc, torch.stack([h.pow(2).mean() for h in hs]).sum(), what)
     _roundtrip(enc, rebuild, lambda m: torch.cat([h.flatten() for h in run(m)]), what)
+    _check_meta(what, rebuild, lambda m: run(m, cast(torch.Tensor, _on_meta(x)), _on_meta(labels)))
 
 
 def check_decoder(name: str, registry: Registry | None = None, **config: Any) -> None:
@@ -415,7 +455,7 @@ def _check_decoder_module(dec: nn.Module, stages: list[Shape], shape: Shape, lab
     batch = 2
     y = "y" if labels is not None else "None"
 
-    def run(m: nn.Module) -> torch.Tensor:
+    def run(m: nn.Module, labels: torch.Tensor | None = labels) -> torch.Tensor:
         # The model's top-down pass (avade.models.generative): every stage, 0 included, then the head.
         dm = cast(DecoderModule, m)
         d = _call(what, f"initial_state({batch})", dm.initial_state, batch)
@@ -435,6 +475,7 @@ def _check_decoder_module(dec: nn.Module, stages: list[Shape], shape: Shape, lab
         _fail(what, f"head output {_shape(mean)} != [batch, *out_shape] = {(batch, *shape)}")
     _gradients(dec, mean.pow(2).mean(), what)
     _roundtrip(dec, rebuild, lambda m: run(m).flatten(), what)
+    _check_meta(what, rebuild, lambda m: run(m, _on_meta(labels)))
 
 
 def check_posterior(name: str, registry: Registry | None = None, **config: Any) -> None:
@@ -523,6 +564,15 @@ def _check_posterior_module(post: nn.Module, stages: list[Shape], rebuild: Calla
         return torch.cat([torch.cat([t.flatten() for t in stage(m, i, hs[i], 1.0)]) for i in ids])
 
     _roundtrip(post, rebuild, run, what)
+
+    def run_meta(m: nn.Module) -> None:  # (not stage(): its finiteness checks read values)
+        kwargs = {} if labels is None else {"y": _on_meta(labels)}
+        for i in ids:
+            for h in (_on_meta(hs[i]), None):  # the likelihood's pass, then sampling's
+                called = f"forward_stage({i}, d, {'h' if h is not None else 'None'}, 1.0)"
+                _call(what, called, cast(PosteriorModule, m).forward_stage, i, _on_meta(ds[i]), h, 1.0, **kwargs)
+
+    _check_meta(what, rebuild, run_meta)
 
 
 #: The density check (:func:`_check_densities`): draws of z ~ q per stage; the (d, h) scales tried in turn
@@ -768,9 +818,14 @@ def check_discriminator(name: str, registry: Registry | None = None, **config: A
             _fail(what, f"at {res}x{res} the gradient w.r.t. the input is zero or not finite")
         _gradients(disc, disc(x.detach()).mean() + grad.pow(2).mean(), what)
         _check_per_sample_scores(disc, x.detach(), what)
+    _check_meta(what, lambda: registry.create("discriminator", name, in_shape=shape, **config),
+                lambda m: _call(what, f"forward(x) on x of shape {tuple(x.shape)}", m, _on_meta(x.detach())))
+
+    def build_conditional() -> nn.Module:
+        return registry.create("discriminator", name, in_shape=(3, 32, 32), num_classes=10, **config)
+
     # no class-conditional form: a factory without num_classes, or one refusing a class count (ConfigError)
-    cond = _conditional(registry, "discriminator", name,
-                        lambda: registry.create("discriminator", name, in_shape=(3, 32, 32), num_classes=10, **config))
+    cond = _conditional(registry, "discriminator", name, build_conditional)
     if cond is None:
         return
     x = torch.rand(4, 3, 32, 32)
@@ -782,8 +837,10 @@ def check_discriminator(name: str, registry: Registry | None = None, **config: A
     with torch.no_grad():
         if torch.allclose(cond(x, torch.tensor([0, 1, 2, 3])), cond(x, torch.tensor([4, 5, 6, 7]))):
             _fail(what, "the class-conditional variant gives the same scores whatever the labels y: it ignores them")
-    _roundtrip(cond, lambda: registry.create("discriminator", name, in_shape=(3, 32, 32), num_classes=10,
-                                             **config), lambda m: m(x, torch.tensor([0, 1, 2, 3])), what)
+    _roundtrip(cond, build_conditional, lambda m: m(x, torch.tensor([0, 1, 2, 3])), what)
+    _check_meta(f"{what} (conditional)", build_conditional,
+                lambda m: _call(f"{what} (conditional)", f"forward(x, y) on x of shape {tuple(x.shape)}", m,
+                                _on_meta(x), _on_meta(torch.tensor([0, 1, 2, 3]))))
 
 
 def _check_per_sample_scores(disc: nn.Module, x: torch.Tensor, what: str) -> None:
@@ -819,7 +876,7 @@ def check_norm(name: str, registry: Registry | None = None, **config: Any) -> No
     x = torch.randn(6, 3, 8, 8)
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
 
-    def run(m: nn.Module, y: torch.Tensor | None) -> torch.Tensor:
+    def run(m: nn.Module, y: torch.Tensor | None, x: torch.Tensor = x) -> torch.Tensor:
         try:
             out = m(x, y)
         except TypeError as exc:  # e.g. forward(self, x) without the labels argument
@@ -843,6 +900,8 @@ def check_norm(name: str, registry: Registry | None = None, **config: Any) -> No
     # Every module is saved with safetensors (checkpoints): a norm's state (gains, class embeddings, running
     # statistics, its data-init flag) must live in the state dict.
     _roundtrip(layer, build, lambda m: torch.cat([run(m, None).flatten(), run(m, labels).flatten()]), what)
+    x_meta = cast(torch.Tensor, _on_meta(x))
+    _check_meta(what, build, lambda m: [run(m, y, x_meta) for y in (None, _on_meta(labels))])
 
 
 # -- data and metrics --------------------------------------------------------------------------------
