@@ -585,7 +585,7 @@ def recipe_memory(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="R
         if plan is not None:
             row.update(need_bytes=plan.need(batch), state_bytes=plan.state,
                        activations_bytes=plan.need(batch) - plan.state,
-                       per_image_bytes=int(plan.share * plan.activations.per_image),
+                       per_image_bytes=plan.activations.per_image,
                        largest_batch=plan.largest_batch(free) if free is not None else None,
                        precision=r.train.precision)
         rows.append((row, plan))

@@ -3,7 +3,10 @@
 Activations are the tensors autograd saves for the backward pass. They are counted by running a step's forward
 passes on torch's meta device (shapes and dtypes, no memory, no arithmetic) under a saved-tensors hook, at batch 1
 and at batch 2: what grows with the batch is the difference, and the rest (weight-normalized weights, a flow's
-per-step constants) is fixed. The count is of float32 tensors (autocast does not run on the meta device), with
+per-step constants) is fixed. Under ``train.precision = "bf16"`` the step runs instead on fake CPU tensors (shapes
+and dtypes, as the meta device's) under the CPU's bfloat16 autocast, which casts the same convolutions and matrix
+products as a GPU's: what it saves in bfloat16 and what stays float32 (the flows, an input saved before its cast)
+is counted as it is (0.6 to 0.8 of the float32 count, not half). The count is with
 torch's own kernels as a GPU runs them (on the CPU, avade's ELU saves its output, which the next convolution saves
 too, so a CPU step saves up to ~10 % less). It leaves out the backward pass's own temporaries and the allocator's
 slack, and counts the phases' tensors as alive together. Against measured peaks of a step's memory above its
@@ -80,13 +83,24 @@ def step_saved_bytes(recipe: Recipe, shape: tuple[int, int, int], classes: int, 
     generator's, and the critic on real and generated images with its gradient penalty), then the generator's
     (the likelihood bound and the critic's score of the same samples). On ``device``: the meta device, or a real
     one to check the count against (the same tensors are saved)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     from avade.losses.adversarial import gradient_penalty
     from avade.models.build import build_model
     from avade.models.preprocess import to_unit
+    from avade.nn.precision import Contexts, CouplingNetsInBF16
 
     cfg = recipe.train
     likelihood, adversarial = recipe.variant in LIKELIHOOD_VARIANTS, recipe.variant in ADVERSARIAL_VARIANTS
-    with torch.random.fork_rng(devices=[]), torch.device(device):
+    bf16 = cfg.precision == "bf16"
+    # (the meta device has no autocast: under bf16, fake CPU tensors, which CPU autocast casts and which hold no
+    # memory either)
+    place: Any = FakeTensorMode() if bf16 and device == "meta" else torch.device(device)
+    # as Trainer._autocast: the forward passes under autocast, the dequantization and the gradient penalty outside
+    kind = "cpu" if device == "meta" else torch.device(device).type
+    autocast: Any = contextlib.nullcontext() if not bf16 else Contexts(
+        torch.autocast(kind, dtype=torch.bfloat16), CouplingNetsInBF16(cfg.bf16_coupling_nets))
+    with torch.random.fork_rng(devices=[]), place:
         model = build_model(recipe, shape, classes)
         model.train()
         saved = _SavedTensors(model.parameters())
@@ -96,17 +110,18 @@ def step_saved_bytes(recipe: Recipe, shape: tuple[int, int, int], classes: int, 
         if adversarial:
             disc = model.discriminator
             assert disc is not None
-            with saved.counting("samples"):
+            with saved.counting("samples"), autocast:
                 fake = to_unit(model.generate(batch, labels, flow_grad=cfg.flow_adv_grad, temperature=1.0)).float()
             with saved.counting("critic"):
                 real = to_unit(model.preprocess.dequantize(x))
-                kept += [disc(real, labels), disc(fake.detach(), labels)]
+                with autocast:
+                    kept += [disc(real, labels), disc(fake.detach(), labels)]
                 if cfg.gp_weight > 0:
                     kept.append(gradient_penalty(disc, real, fake.detach(), labels, cfg.gp_weight))
-            with saved.counting("generator"):
+            with saved.counting("generator"), autocast:
                 kept.append(disc(fake, labels))
         if likelihood:
-            with saved.counting("generator"):
+            with saved.counting("generator"), autocast:
                 kept.append(model.log_likelihood(x, labels))
         return max(saved.of("samples", "critic"), saved.of("samples", "generator"))
 
@@ -131,20 +146,19 @@ _MARGIN = 1.25
 @attrs.frozen
 class StepMemory:
     """What one training step of a recipe holds: its training state (``state`` bytes: weights, gradients, optimizer
-    moments, weight average) and its activations, counted in float32 and taken at ``share`` of that (0.5 under
-    ``train.precision = "bf16"``: the least autocast can save)."""
+    moments, weight average) and its activations, counted at the recipe's ``precision`` ("fp32" or "bf16")."""
 
     state: int
     activations: ActivationEstimate
-    share: float
+    precision: str = "fp32"
 
     def need(self, batch: int) -> int:
         """The bytes of a step at ``batch`` images."""
-        return self.state + int(self.share * self.activations.at(batch))
+        return self.state + self.activations.at(batch)
 
     def largest_batch(self, free: int) -> int:
         """The largest batch whose step fits in ``free`` bytes (0: not even one image)."""
-        return self.activations.largest_batch(int((free - self.state) / self.share)) if free > self.state else 0
+        return self.activations.largest_batch(free - self.state) if free > self.state else 0
 
 
 def step_memory(recipe: Recipe) -> StepMemory | None:
@@ -164,7 +178,7 @@ def step_memory(recipe: Recipe) -> StepMemory | None:
     if sizes is None or estimate is None:
         return None
     return StepMemory(state=training_state_bytes(recipe, sizes)[0], activations=estimate,
-                      share=0.5 if recipe.train.precision == "bf16" else 1.0)
+                      precision=recipe.train.precision)
 
 
 def step_memory_problem(recipe: Recipe, device: str | None = None) -> str | None:
@@ -188,7 +202,7 @@ def step_memory_problem(recipe: Recipe, device: str | None = None) -> str | None
 
 def describe(plan: StepMemory, batch: int) -> str:
     """``plan`` at ``batch`` in words: "~15.6 GB (73.9 MB of training state, ~15.5 GB of activations, estimated)"."""
-    bf16 = ", bf16" if plan.share < 1 else ""
+    bf16 = ", bf16" if plan.precision == "bf16" else ""
     return (f"~{_bytes(plan.need(batch))} ({_bytes(plan.state)} of training state, "
             f"~{_bytes(plan.need(batch) - plan.state)} of activations, estimated{bf16})")
 

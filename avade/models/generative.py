@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from avade.contracts import (
     CodedPosterior,
@@ -134,8 +135,8 @@ class GenerativeModel(nn.Module):
             raise DataError(f"{what}: labels must be integer class ids [{n}], got {_described(labels)}")
         # (on any device: every caller is a public entry, not the training loop, so one host sync is nothing, and a
         # GPU's out-of-range class id is a device-side assert that leaves the process's CUDA context unusable; not
-        # while compiled: a graph break; not on the meta device, which has no values)
-        if n and not torch.compiler.is_compiling() and not labels.is_meta \
+        # while compiled: a graph break; not on the meta device or fake tensors, which have no values)
+        if n and not torch.compiler.is_compiling() and not labels.is_meta and not is_fake(labels) \
                 and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise DataError(f"{what}: labels must lie in [0, {self.num_classes}), got {int(labels.min())}.."
                             f"{int(labels.max())}")
