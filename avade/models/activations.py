@@ -6,9 +6,9 @@ and at batch 2: what grows with the batch is the difference, and the rest (weigh
 per-step constants) is fixed. Under ``train.precision = "bf16"`` the step runs instead on fake CPU tensors (shapes
 and dtypes, as the meta device's) under the CPU's bfloat16 autocast, which casts the same convolutions and matrix
 products as a GPU's: what it saves in bfloat16 and what stays float32 (the flows, an input saved before its cast)
-is counted as it is (0.6 to 0.8 of the float32 count, not half). The count is with
-torch's own kernels as a GPU runs them (on the CPU, avade's ELU saves its output, which the next convolution saves
-too, so a CPU step saves up to ~10 % less). It leaves out the backward pass's own temporaries and the allocator's
+is counted as it is (0.6 to 0.8 of the float32 count, not half). The count is with torch's own kernels as a GPU
+runs them (on the CPU, avade's ELU saves its output, which the next convolution saves too, so a CPU step saves up
+to ~10 % less). It leaves out the backward pass's own temporaries and the allocator's
 slack, and counts the phases' tensors as alive together. Against measured peaks of a step's memory above its
 weights it came within 25 %: on the CPU (torch.profiler), 446 MiB measured for 476 counted (av_ade_wg_rd, batch 16
 of 32x32), 194 for 183 (gan_cifar10), 16 for 20 (vae, 16x16); on an H200, av_ade_wg_rd at batch 32 of 32x32
@@ -83,59 +83,83 @@ def step_saved_bytes(recipe: Recipe, shape: tuple[int, int, int], classes: int, 
     generator's, and the critic on real and generated images with its gradient penalty), then the generator's
     (the likelihood bound and the critic's score of the same samples). On ``device``: the meta device, or a real
     one to check the count against (the same tensors are saved)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    return _counted(recipe, shape, classes, [batch], device)[1][0]
 
-    from avade.losses.adversarial import gradient_penalty
-    from avade.models.build import build_model
-    from avade.models.preprocess import to_unit
+
+def _counted(recipe: Recipe, shape: tuple[int, int, int], classes: int, batches: list[int],
+             device: str = "meta") -> tuple[dict[str, tuple[int, int]], list[int]]:
+    """The model built once on ``device`` (without memory on the meta device): its parameters and their bytes by
+    component, and :func:`step_saved_bytes` at each of ``batches``."""
+    from avade.models.build import _sizes, build_model
     from avade.nn.precision import Contexts, CouplingNetsInBF16
 
     cfg = recipe.train
-    likelihood, adversarial = recipe.variant in LIKELIHOOD_VARIANTS, recipe.variant in ADVERSARIAL_VARIANTS
     bf16 = cfg.precision == "bf16"
-    # (the meta device has no autocast: under bf16, fake CPU tensors, which CPU autocast casts and which hold no
-    # memory either)
-    place: Any = FakeTensorMode() if bf16 and device == "meta" else torch.device(device)
+    place: Any = torch.device(device)
+    if bf16 and device == "meta":  # (the meta device has no autocast: fake CPU tensors, which CPU autocast casts
+        from torch._subclasses.fake_tensor import FakeTensorMode  # and which hold no memory either)
+
+        place = FakeTensorMode()
     # as Trainer._autocast: the forward passes under autocast, the dequantization and the gradient penalty outside
     kind = "cpu" if device == "meta" else torch.device(device).type
-    autocast: Any = contextlib.nullcontext() if not bf16 else Contexts(
-        torch.autocast(kind, dtype=torch.bfloat16), CouplingNetsInBF16(cfg.bf16_coupling_nets))
     with torch.random.fork_rng(devices=[]), place:
         model = build_model(recipe, shape, classes)
         model.train()
-        saved = _SavedTensors(model.parameters())
-        x = torch.zeros(batch, *shape, dtype=torch.uint8)
-        labels = torch.zeros(batch, dtype=torch.long) if model.num_classes else None
-        kept = []  # (the graphs stay alive, as in the step, until everything is counted)
-        if adversarial:
-            disc = model.discriminator
-            assert disc is not None
-            with saved.counting("samples"), autocast:
-                fake = to_unit(model.generate(batch, labels, flow_grad=cfg.flow_adv_grad, temperature=1.0)).float()
-            with saved.counting("critic"):
-                real = to_unit(model.preprocess.dequantize(x))
-                with autocast:
-                    kept += [disc(real, labels), disc(fake.detach(), labels)]
-                if cfg.gp_weight > 0:
-                    kept.append(gradient_penalty(disc, real, fake.detach(), labels, cfg.gp_weight))
-            with saved.counting("generator"), autocast:
-                kept.append(disc(fake, labels))
-        if likelihood:
-            with saved.counting("generator"), autocast:
-                kept.append(model.log_likelihood(x, labels))
-        return max(saved.of("samples", "critic"), saved.of("samples", "generator"))
+        counts = []
+        for batch in batches:
+            autocast: Any = contextlib.nullcontext() if not bf16 else Contexts(
+                torch.autocast(kind, dtype=torch.bfloat16), CouplingNetsInBF16(cfg.bf16_coupling_nets))
+            counts.append(_step(model, recipe, shape, batch, autocast))
+        return _sizes(model), counts
+
+
+def _step(model: Any, recipe: Recipe, shape: tuple[int, int, int], batch: int, autocast: Any) -> int:
+    from avade.losses.adversarial import gradient_penalty
+    from avade.models.preprocess import to_unit
+
+    cfg = recipe.train
+    likelihood, adversarial = recipe.variant in LIKELIHOOD_VARIANTS, recipe.variant in ADVERSARIAL_VARIANTS
+    saved = _SavedTensors(model.parameters())
+    x = torch.zeros(batch, *shape, dtype=torch.uint8)
+    labels = torch.zeros(batch, dtype=torch.long) if model.num_classes else None
+    kept = []  # (the graphs stay alive, as in the step, until everything is counted)
+    if adversarial:
+        disc = model.discriminator
+        assert disc is not None
+        with saved.counting("samples"), autocast:
+            fake = to_unit(model.generate(batch, labels, flow_grad=cfg.flow_adv_grad, temperature=1.0)).float()
+        with saved.counting("critic"):
+            real = to_unit(model.preprocess.dequantize(x))
+            with autocast:
+                kept += [disc(real, labels), disc(fake.detach(), labels)]
+            if cfg.gp_weight > 0:
+                kept.append(gradient_penalty(disc, real, fake.detach(), labels, cfg.gp_weight))
+        with saved.counting("generator"), autocast:
+            kept.append(disc(fake, labels))
+    if likelihood:
+        with saved.counting("generator"), autocast:
+            kept.append(model.log_likelihood(x, labels))
+    return max(saved.of("samples", "critic"), saved.of("samples", "generator"))
+
+
+def _estimate(recipe: Recipe, shape: tuple[int, int, int], classes: int
+              ) -> tuple[dict[str, tuple[int, int]], ActivationEstimate] | None:
+    """The model's component sizes and its :class:`ActivationEstimate`, from one build; None where it cannot be
+    built or run on the meta device."""
+    try:
+        sizes, (one, two) = _counted(recipe, shape, classes, [1, 2])
+    except Exception:
+        return None
+    per_image = max(two - one, 0)
+    return sizes, ActivationEstimate(fixed=max(one - per_image, 0), per_image=per_image)
 
 
 def activation_estimate(recipe: Recipe, shape: tuple[int, int, int], classes: int) -> ActivationEstimate | None:
     """The activations of one training step of ``recipe``'s model on ``shape`` images (``classes`` classes, 0:
     unconditional); None where the model cannot run on the meta device (e.g. a plugin's component that reads its
     tensors' values while running)."""
-    try:
-        one, two = (step_saved_bytes(recipe, shape, classes, batch) for batch in (1, 2))
-    except Exception:
-        return None
-    per_image = max(two - one, 0)
-    return ActivationEstimate(fixed=max(one - per_image, 0), per_image=per_image)
+    found = _estimate(recipe, shape, classes)
+    return None if found is None else found[1]
 
 
 #: how far past the memory free an estimate must be before a recipe is called unable to fit (the count's error
@@ -164,19 +188,15 @@ class StepMemory:
 def step_memory(recipe: Recipe) -> StepMemory | None:
     """:class:`StepMemory` of ``recipe`` on its dataset's declared image shape; None where that is not declared or
     the model cannot be built or run on the meta device (`recipe check` says why a recipe cannot be built)."""
-    from avade.models.build import _meta_sizes, declared_data, training_state_bytes
+    from avade.models.build import declared_data, training_state_bytes
 
     shape, classes = declared_data(recipe)
     if shape is None:
         return None
-    classes = 10 if classes is None else classes  # (a stand-in where the dataset declares none, as check_model)
-    try:
-        sizes = _meta_sizes(recipe, shape, classes)
-    except Exception:
+    found = _estimate(recipe, shape, 10 if classes is None else classes)  # (10: a stand-in, as check_model's)
+    if found is None:
         return None
-    estimate = activation_estimate(recipe, shape, classes)
-    if sizes is None or estimate is None:
-        return None
+    sizes, estimate = found
     return StepMemory(state=training_state_bytes(recipe, sizes)[0], activations=estimate,
                       precision=recipe.train.precision)
 
