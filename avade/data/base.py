@@ -76,7 +76,9 @@ def data_source(dataset: Any, name: str, config: Any = None) -> dict[str, Any]:
     ``{"dataset": name, "images": len(dataset), "paths": [...]}`` and the dataset's own facts, from its optional
     ``data_source`` (a dict, or a method returning one: its layout, version, how it was split; small, no file
     lists). A dataset that says nothing gets its config's ``root``, expanded, as ``paths`` (none without one).
-    Nothing is read from disk here: the facts are what locating the data found."""
+    Given paths, ``resolved`` maps each that leads elsewhere (a symlink) to where it really leads ({} when none
+    does): a symlinked folder re-pointed since reads other files under the same path. Nothing is read from
+    disk here: the facts are what locating the data found."""
     own = getattr(dataset, "data_source", None)
     facts = own() if callable(own) else own
     if facts is None:
@@ -89,7 +91,25 @@ def data_source(dataset: Any, name: str, config: Any = None) -> dict[str, Any]:
                               "paths": [expand_root(root)] if isinstance(root, str) else []}
     record.update(facts)
     record.update(dataset=name, images=len(dataset))  # (the dataset's own facts do not rename or recount it)
-    return {str(k): _jsonable(v) for k, v in record.items()}
+    out = {str(k): _jsonable(v) for k, v in record.items()}
+    paths = out.get("paths")
+    if isinstance(paths, list) and paths:
+        out["resolved"] = _resolved([p for p in paths if isinstance(p, str)])
+    return out
+
+
+def _resolved(paths: list[str]) -> dict[str, str]:
+    """``{path: where it really leads}`` for each of ``paths`` that leads elsewhere (through a symlink); one
+    that cannot be resolved is left out."""
+    out = {}
+    for path in paths:
+        try:
+            real = os.path.realpath(path)
+        except (OSError, ValueError):  # (a symlink loop under strict resolution, a NUL in a plugin's path)
+            continue
+        if real != path:
+            out[path] = real
+    return out
 
 
 def package_versions(*dists: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import platform
 import subprocess
 import sys
@@ -60,8 +61,10 @@ def data_read(recipe: Recipe, train: Any, test: Any) -> dict[str, Any]:
 def data_read_changes(saved: Any, read: dict[str, Any]) -> dict[str, list[Any]]:
     """What the data a start read (``read``, :func:`data_read`'s) change from a checkpoint's record (``saved``):
     ``{"train.images": [old, new], "test.paths": [[...], [...]], ...}``, each split's facts both records hold.
+    ``resolved`` is compared for the paths both records name (another path is a ``paths`` change already):
+    ``"train.resolved": [{path: then}, {path: now}]`` for each that leads elsewhere now (a symlink re-pointed).
     A checkpoint written before ``data_read`` was recorded, and a fact the older record lacks (one added to
-    avade since), are no change: nothing says what was read then."""
+    avade since, e.g. ``resolved``), are no change: nothing says what was read then."""
     if not isinstance(saved, dict):
         return {}
     out: dict[str, list[Any]] = {}
@@ -69,8 +72,38 @@ def data_read_changes(saved: Any, read: dict[str, Any]) -> dict[str, list[Any]]:
         then = saved.get(split)
         if not (isinstance(then, dict) and isinstance(now, dict)):
             continue
-        out.update({f"{split}.{key}": [then[key], now[key]] for key in now if key in then and then[key] != now[key]})
+        out.update({f"{split}.{key}": [then[key], now[key]] for key in now
+                    if key != "resolved" and key in then and then[key] != now[key]})
+        led = _targets_changed(then, now)
+        if led:
+            out[f"{split}.resolved"] = led
     return out
+
+
+def data_changes_text(changes: dict[str, list[Any]]) -> str:
+    """:func:`data_read_changes`'s ``changes`` as a resume says them: ``train.images 4 -> 6, ...``, and a path
+    that leads elsewhere now as ``train.paths "/data/x" the same, now leading to "/disk2/x" (was "/disk1/x")``."""
+    parts = []
+    for key, (was, now) in changes.items():
+        if key.endswith(".resolved") and isinstance(was, dict) and isinstance(now, dict):
+            split = key[:-len(".resolved")]
+            parts += [f"{split}.paths {json.dumps(path)} the same, now leading to {json.dumps(now.get(path))} "
+                      f"(was {json.dumps(target)})" for path, target in was.items()]
+        else:
+            parts.append(f"{key} {json.dumps(was)} -> {json.dumps(now)}")
+    return ", ".join(parts)
+
+
+def _targets_changed(then: dict[str, Any], now: dict[str, Any]) -> list[dict[str, str]] | None:
+    """``[{path: target then}, {path: target now}]`` for the paths both records name whose targets differ
+    (a path not in ``resolved`` leads to itself); None when none does or a record has no ``resolved``."""
+    was, is_ = then.get("resolved"), now.get("resolved")
+    if not (isinstance(was, dict) and isinstance(is_, dict)):
+        return None
+    earlier = {p for p in then.get("paths") or [] if isinstance(p, str)}
+    moved = [p for p in now.get("paths") or [] if isinstance(p, str) and p in earlier
+             and was.get(p, p) != is_.get(p, p)]
+    return [{p: was.get(p, p) for p in moved}, {p: is_.get(p, p) for p in moved}] if moved else None
 
 
 def environment() -> dict[str, Any]:

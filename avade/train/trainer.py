@@ -81,7 +81,7 @@ from avade.train.ema import WeightAverage, averaged_names, check_fits
 from avade.train.logger import MetricsLogger
 from avade.train.optim import make_optimizer, total_norm
 from avade.train.preemption import UNRESUMED_STOP, UNSTARTED_STOP, StopRequest, stop_on_signals
-from avade.train.provenance import component_providers, data_read, data_read_changes, environment
+from avade.train.provenance import component_providers, data_changes_text, data_read, data_read_changes, environment
 from avade.train.ranks import alike_on_this_node
 from avade.train.rundir import RunDir, atomic_write_text, checkpoint_name, read_json_object, write_json
 from avade.train.schedule import linear_warmup, lr_factor, schedule_changes, scheduled, whole_run_warm_up
@@ -401,19 +401,19 @@ class Trainer:
             # a finished run trained on: its final results are the evaluation eval.every makes at that step
             MetricsLogger.truncate(self.run.metrics, self.step,
                                    final_as_eval=bool(every) and self.step % every == 0 and self.step < self.cfg.steps)
-        # other data than the checkpoint's (moved to another disk, another version or count): said and kept in
-        # resumes.jsonl, not refused (the fingerprint refuses another dataset; rank 0 alone knows what it read)
+        # other data than the checkpoint's (moved to another disk, another version or count, a symlink re-pointed):
+        # said and kept in resumes.jsonl, not refused (the fingerprint refuses another dataset; rank 0 alone knows
+        # what it read)
         data_changes = data_read_changes(state.get("data_read"), self.data_read) if self.dist.is_main else {}
         if self.dist.is_main:
             self.console.print(f"resumed from {escape(str(path))} (step {self.step})")
             for note in notes if self.finished is None else []:  # a finished run does not train on
                 self.console.print(escape(note))
             if data_changes and self.finished is None:
-                shown = ", ".join(f"{k} {json.dumps(was)} -> {json.dumps(now)}"
-                                  for k, (was, now) in data_changes.items())
                 self.console.print(f"[yellow]warning:[/] the data read differ from the checkpoint's (data_read): "
-                                   f"{escape(shown)}; results before and after step {self.step} are of different "
-                                   "data unless the files are the same (kept in resumes.jsonl once trained with)")
+                                   f"{escape(data_changes_text(data_changes))}; results before and after step "
+                                   f"{self.step} are of different data unless the files are the same (kept in "
+                                   "resumes.jsonl once trained with)")
         self._resumed = {"step": self.step, "checkpoint": path.name, "changed": changed,
                          **({"processes": [world, self.dist.world]} if world != self.dist.world else {}),
                          **({"data_read": data_changes} if data_changes else {})}

@@ -3,6 +3,9 @@ the dataset's own version facts, from what locating the data found; fed tiny fil
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import attrs
 import pytest
 from fake_datasets import FAKE_DATASETS, _pngs
@@ -118,6 +121,7 @@ def test_a_dataset_that_says_nothing_still_records_name_path_and_count(tmp_path)
 
     dataset = _Plain(torch.zeros(3, 1, 4, 4, dtype=torch.uint8))
     rec = data_source(dataset, "my-data", _Config(root=str(tmp_path / "d")))
+    assert rec.pop("resolved") == _led(tmp_path / "d")  # (where the path really leads: {} but through a symlink)
     assert rec == {"dataset": "my-data", "images": 3, "paths": [str(tmp_path / "d")]}
     assert data_source(dataset, "my-data", object()) == {"dataset": "my-data", "images": 3, "paths": []}
 
@@ -132,6 +136,7 @@ def test_a_plugin_adds_its_own_facts_by_attribute_or_method(tmp_path):
     dataset = Own(torch.zeros(3, 1, 4, 4, dtype=torch.uint8))
     rec = data_source(with_bits(dataset, 4), "my-data", _Config())
     # (its facts cannot rename or recount the data; paths become absolute strings)
+    assert rec.pop("resolved") == _led(tmp_path / "v2")
     assert rec == {"dataset": "my-data", "images": 3, "paths": [str(tmp_path / "v2")], "version": "v2",
                    "shards": [1, 2]}
     plain = _Plain(torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
@@ -140,6 +145,25 @@ def test_a_plugin_adds_its_own_facts_by_attribute_or_method(tmp_path):
     plain.data_source = ["v1"]
     with pytest.raises(DataError, match=r"dataset 'my-data': its data_source is a list, not a dict"):
         data_source(plain, "my-data", None)
+
+
+def _led(*paths: Path) -> dict[str, str]:
+    """``resolved`` as data_source records it for ``paths`` (a tmp_path may itself lie under a symlink)."""
+    return {str(p): real for p in paths if (real := os.path.realpath(p)) != str(p)}
+
+
+def test_a_symlinked_folder_records_where_it_really_leads(tmp_path):
+    # (a data folder re-pointed to another disk reads other files under the same path: a resume compares targets)
+    import torch
+
+    (tmp_path / "disk1" / "cifar10").mkdir(parents=True)
+    (tmp_path / "data").symlink_to(tmp_path / "disk1", target_is_directory=True)
+    dataset = _Plain(torch.zeros(3, 1, 4, 4, dtype=torch.uint8))
+    link = tmp_path / "data" / "cifar10"
+    rec = data_source(dataset, "my-data", _Config(root=str(link)))
+    assert rec["paths"] == [str(link)] and rec["resolved"] == {str(link): os.path.realpath(tmp_path / "disk1" /
+                                                                                           "cifar10")}, rec
+    assert "resolved" not in data_source(dataset, "my-data", object())  # (no paths, nothing to resolve)
 
 
 def test_the_offline_builtins_record_the_versions_of_the_wheels_their_images_ship_in():

@@ -159,3 +159,49 @@ def test_a_resume_on_other_data_says_so_and_keeps_it_in_resumes_jsonl(tmp_path: 
     assert "data read differ" not in capsys.readouterr().err
     lines = (tmp_path / "run" / "resumes.jsonl").read_text().splitlines()
     assert all("data_read" not in json.loads(text) for text in lines[1:]), lines
+
+
+def test_a_symlinked_data_folder_re_pointed_is_said_on_resume(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The same data.root, a symlink to the data re-pointed to another copy since: each checkpoint records where its
+    paths really led (``resolved``), and the resume says the path now leads elsewhere (a warning, not refused) and
+    keeps it in resumes.jsonl; a checkpoint from before ``resolved`` was recorded differs in nothing."""
+    from checkpoint_files import edit_state, read_state
+    from fake_datasets import FAKE_DATASETS
+
+    FAKE_DATASETS["image-folder"](tmp_path / "disk1")
+    shutil.copytree(tmp_path / "disk1", tmp_path / "disk2")
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "disk1", target_is_directory=True)
+
+    def recipe(steps: int) -> Any:
+        return tiny_recipe(f"train.steps={steps}", "train.checkpoint_every=1", "data.name='image-folder'",
+                           f"data.root='{link}'", "data.folder='images'", "data.labels=false",
+                           "data.resolution=8", "data.batch_size=2", "data.eval_batch_size=2")
+
+    Trainer(recipe(1), tmp_path / "run", progress=False).fit()
+    path = str(link / "images" / "train")
+    first, second = (os.path.realpath(tmp_path / d / "images" / "train") for d in ("disk1", "disk2"))
+    read = read_state(tmp_path / "run" / "checkpoints" / "step_00000001")["data_read"]
+    assert read["train"]["paths"] == [path] and read["train"]["resolved"] == {path: first}, read
+    capsys.readouterr()
+    link.unlink()
+    link.symlink_to(tmp_path / "disk2", target_is_directory=True)
+    Trainer(recipe(2), tmp_path / "run", resume=True, progress=False).fit()
+    said = "".join(capsys.readouterr().err.split())  # (the console wraps long paths anywhere)
+    assert said.count("thedatareaddifferfromthecheckpoint's") == 1, said
+    assert f'train.paths"{path}"thesame,nowleadingto"{second}"(was"{first}")' in said, said
+    line = json.loads((tmp_path / "run" / "resumes.jsonl").read_text())
+    assert line["data_read"]["train.resolved"] == [{path: first}, {path: second}], line
+    assert "train.paths" not in line["data_read"] and "data.root" not in line["changed"], line
+    # a checkpoint from before resolved was recorded: its paths' targets are unknown, so nothing is said
+    newest = tmp_path / "run" / "checkpoints" / "step_00000002"
+    old = read_state(newest)["data_read"]
+    edit_state(newest, data_read={split: {k: v for k, v in rec.items() if k != "resolved"}
+                                  for split, rec in old.items()})
+    link.unlink()
+    link.symlink_to(tmp_path / "disk1", target_is_directory=True)
+    Trainer(recipe(3), tmp_path / "run", resume=True, progress=False).fit()
+    assert "data read differ" not in capsys.readouterr().err
+    last = json.loads((tmp_path / "run" / "resumes.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 2 and "data_read" not in last, last
