@@ -368,7 +368,11 @@ class Trainer:
         self.rng_restored = ckpt.restore(data, self.model, self.optimizers, self.generators, path,
                                          self.dist.rank)
         self.step = int(state["step"])
-        notes, changed = self._take_recipe_settings(state, wanted)
+        # other data than the checkpoint's (moved to another disk, another version or count, a symlink re-pointed):
+        # said and kept in resumes.jsonl, not refused (the fingerprint refuses another dataset; rank 0 alone knows
+        # what it read)
+        data_changes = data_read_changes(state.get("data_read"), self.data_read) if self.dist.is_main else {}
+        notes, changed = self._take_recipe_settings(state, wanted, with_data=bool(data_changes))
         world = state.get("world", 1)
         if world != self.dist.world:
             notes.append(f"checkpoint written by {world} process(es), resumed with {self.dist.world}: the same "
@@ -401,19 +405,18 @@ class Trainer:
             # a finished run trained on: its final results are the evaluation eval.every makes at that step
             MetricsLogger.truncate(self.run.metrics, self.step,
                                    final_as_eval=bool(every) and self.step % every == 0 and self.step < self.cfg.steps)
-        # other data than the checkpoint's (moved to another disk, another version or count, a symlink re-pointed):
-        # said and kept in resumes.jsonl, not refused (the fingerprint refuses another dataset; rank 0 alone knows
-        # what it read)
-        data_changes = data_read_changes(state.get("data_read"), self.data_read) if self.dist.is_main else {}
         if self.dist.is_main:
             self.console.print(f"resumed from {escape(str(path))} (step {self.step})")
             for note in notes if self.finished is None else []:  # a finished run does not train on
                 self.console.print(escape(note))
             if data_changes and self.finished is None:
-                self.console.print(f"[yellow]warning:[/] the data read differ from the checkpoint's (data_read): "
-                                   f"{escape(data_changes_text(data_changes))}; results before and after step "
-                                   f"{self.step} are of different data unless the files are the same (kept in "
-                                   "resumes.jsonl once trained with)")
+                # (where the data live is said here, once, with what that changed, not again among the settings)
+                moved = [f"{k} {_shown(changed[k][0])} -> {_shown(changed[k][1])}" for k in _DATA_PLACE if k in changed]
+                how = f" after {', '.join(moved)}" if moved else ""
+                self.console.print(f"[yellow]warning:[/] the data read differ from the checkpoint's (data_read)"
+                                   f"{escape(how)}: {escape(data_changes_text(data_changes))}; results before and "
+                                   f"after step {self.step} are of different data unless the files are the same "
+                                   "(kept in resumes.jsonl once trained with)")
         self._resumed = {"step": self.step, "checkpoint": path.name, "changed": changed,
                          **({"processes": [world, self.dist.world]} if world != self.dist.world else {}),
                          **({"data_read": data_changes} if data_changes else {})}
@@ -465,11 +468,12 @@ class Trainer:
                                   f"but the data have {self.model.num_classes} now: its labels would mean other "
                                   "classes; resume it on the data it was trained on (data.root)")
 
-    def _take_recipe_settings(self, state: dict[str, Any], wanted: dict[str, list[dict[str, Any]]]
-                              ) -> tuple[list[str], dict[str, Any]]:
+    def _take_recipe_settings(self, state: dict[str, Any], wanted: dict[str, list[dict[str, Any]]],
+                              with_data: bool = False) -> tuple[list[str], dict[str, Any]]:
         """Put this recipe's optimizer hyper-parameters (``wanted``, per optimizer and group) and learning rates
         in place of the checkpoint's; returns the notes that say what differs from the checkpoint's recipe
-        (``state``), and every setting this resume changes (key -> (old, new))."""
+        (``state``), and every setting this resume changes (key -> (old, new)). ``with_data``: the data read
+        differ too, and that warning names where the data live (``data.root``, ``data.folder``) instead."""
         notes = []
         for name, opt in self.optimizers.items():
             for group, hyper in zip(opt.param_groups, wanted[name], strict=True):
@@ -487,12 +491,8 @@ class Trainer:
         # rewritten recipe.toml holds only the new values)
         changed = ckpt.setting_changes(state.get("recipe"), self.recipe_dict)
         said = {f"train.{k}" for k in ("lr", "d_lr", "lr_schedule", "lr_warmup_steps", "lr_final_ratio", "betas",
-                                      "steps")}
-
-        def shown(value: Any) -> str:
-            return "(unset)" if value is None else "(a table)" if isinstance(value, dict) else json.dumps(value)
-
-        others = [f"{k} {shown(old)} -> {shown(new)}" for k, (old, new) in changed.items() if k not in said]
+                                      "steps")} | (set(_DATA_PLACE) if with_data else set())
+        others = [f"{k} {_shown(old)} -> {_shown(new)}" for k, (old, new) in changed.items() if k not in said]
         if others:
             notes.append(f"settings changed since the checkpoint: {', '.join(others)} (kept in resumes.jsonl once "
                          "trained with)")
@@ -1299,6 +1299,16 @@ def skip_description(logs: dict[str, float], skipped: list[str]) -> str:
 
 GRADIENT_NORMS = ("grad_norm", "d_grad_norm")  # logged with the losses; not finite exactly when a gradient was not
 CRITIC_TERMS = frozenset({"d_loss", "gp", "d_real", "d_fake"})  # the critic's logged terms (the rest: the generator's)
+
+
+#: the settings that say where the data live (the fingerprint leaves them out): a resume that changes them and
+#: reads other data says both in one warning (what data_read changed)
+_DATA_PLACE = ("data.root", "data.folder")
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as a resume's notes show it."""
+    return "(unset)" if value is None else "(a table)" if isinstance(value, dict) else json.dumps(value)
 
 
 def _finished(summary: dict[str, Any]) -> bool:

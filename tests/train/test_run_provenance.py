@@ -148,7 +148,12 @@ def test_a_resume_on_other_data_says_so_and_keeps_it_in_resumes_jsonl(tmp_path: 
     old, new = (str(tmp_path / d / "images" / "train") for d in ("data", "moved"))
     assert said.count("thedatareaddifferfromthecheckpoint's") == 1, said
     assert f'train.images4->6,train.paths["{old}"]->["{new}"],test.paths' in said, said
+    # the new data.root is said once, with what it changed, not again among the settings changed
+    assert said.count("data.root") == 1 and "settingschangedsincethecheckpoint" not in said, said
+    root_change = f'data.root"{tmp_path / "data"}"->"{tmp_path / "moved"}"'
+    assert f"(data_read)after{root_change}:train.images4->6" in said, said
     line = json.loads((tmp_path / "run" / "resumes.jsonl").read_text())
+    assert line["changed"]["data.root"] == [str(tmp_path / "data"), str(tmp_path / "moved")], line
     assert line["step"] == 1 and line["data_read"]["train.images"] == [4, 6], line
     assert line["data_read"]["train.paths"] == [[old], [new]] and "test.images" not in line["data_read"], line
     # a checkpoint written before data_read was recorded: nothing to compare, nothing said nor kept
