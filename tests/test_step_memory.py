@@ -189,7 +189,7 @@ def test_recipe_memory_says_the_step_and_the_batch_that_fits() -> None:
     assert none.endswith("in 1MB: not even one image fits: use a smaller model (model.*) or a device with more "
                          "memory"), none
     rows = json.loads(runner.invoke(app, ["recipe", "memory", str(QUICKSTART), "--json", "--memory", "1GiB"]).stdout)
-    assert rows == [{"variants": ["quickstart"], "batch": 32, "free_bytes": 2**30, "where": "in 1GiB",
+    assert rows == [{"variants": ["quickstart"], "batch": 32, "processes": 1, "free_bytes": 2**30, "where": "in 1GiB",
                      "need_bytes": need, "state_bytes": plan.state, "activations_bytes": need - plan.state,
                      "per_image_bytes": plan.activations.per_image, "largest_batch": plan.largest_batch(2**30),
                      "precision": "fp32"}]
@@ -213,7 +213,49 @@ def test_recipe_memory_of_a_sweep_is_one_line_per_model_and_batch(write) -> None
         "all 3 variants: a step at batch 32 needs ~")
 
 
-@pytest.mark.parametrize("size", ["1xB", "-3GB", "GB", "0", "1.2.3GB"])
+def test_recipe_memory_says_a_step_within_the_estimate_s_error_may_not_fit() -> None:
+    from avade.models.activations import step_memory
+
+    plan = step_memory(_recipe("quickstart.toml", [])[0])
+    assert plan is not None
+    free = int(plan.need(32) / 1.1)
+    line = " ".join(runner.invoke(app, ["recipe", "memory", str(QUICKSTART), "--memory", f"{free}B"]).stdout.split())
+    assert line.endswith(f"in {free}B: may not fit (within the estimate's 25 %): data.batch_size = "
+                         f"{plan.largest_batch(free)} would fit"), line
+
+
+def test_recipe_memory_plans_a_torchrun_job(write) -> None:
+    # each of N processes takes batch / N images and holds its own training state
+    from avade.models.activations import step_memory
+
+    plan = step_memory(_recipe("quickstart.toml", [])[0])
+    assert plan is not None
+    free = plan.need(8) * 2
+    result = runner.invoke(app, ["recipe", "memory", str(QUICKSTART), "--processes", "4", "--memory", f"{free}B"])
+    assert result.exit_code == 0, result.output
+    line = " ".join(result.stdout.split())
+    assert line.startswith(f"model: a step at batch 32 (8 in each of 4 processes) needs ~{plan.need(8) / 1e6:.3g} MB "
+                           f"({plan.state / 1e6:.3g} MB of training state"), line
+    assert line.endswith(f"estimated) in each; in {free}B: fits, up to data.batch_size = "
+                         f"{4 * plan.largest_batch(free)}"), line
+    rows = json.loads(runner.invoke(app, ["recipe", "memory", str(QUICKSTART), "--processes", "4", "--json"]).stdout)
+    assert rows[0]["processes"] == 4 and rows[0]["need_bytes"] == plan.need(8), rows
+    refused = runner.invoke(app, ["recipe", "memory", str(QUICKSTART), "--processes", "3"])
+    assert refused.exit_code == 2, refused.output
+    assert "data.batch_size: 32 is not divisible by --processes 3; set a multiple of 3" in refused.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the note is for a machine without a GPU")
+def test_recipe_memory_says_a_cuda_recipe_is_compared_with_the_host_here() -> None:
+    result = runner.invoke(app, ["recipe", "memory", str(QUICKSTART), "--set", 'train.device="cuda"'])
+    assert result.exit_code == 0, result.output
+    assert "note: train.device = 'cuda', but this machine has no GPU: its host memory is what is compared; give " \
+        "--memory SIZE for the GPU you plan for" in " ".join(result.stderr.split()), result.stderr
+    assert "note" not in runner.invoke(app, ["recipe", "memory", str(QUICKSTART), "--set", 'train.device="cuda"',
+                                             "--memory", "80GB"]).stderr
+
+
+@pytest.mark.parametrize("size", ["1xB", "-3GB", "GB", "0", "1.2.3GB", "16iB", "0.1B", "1e9", ".5"])
 def test_recipe_memory_refuses_a_size_it_cannot_read(size: str) -> None:
     result = runner.invoke(app, ["recipe", "memory", str(QUICKSTART), "--memory", size])
     assert result.exit_code == 2 and "Invalid value for --memory: " in result.output, result.output
@@ -221,7 +263,8 @@ def test_recipe_memory_refuses_a_size_it_cannot_read(size: str) -> None:
 
 
 @pytest.mark.parametrize(("size", "expected"), [("16GB", 16 * GB), ("80GiB", 80 * 2**30), ("512 MiB", 512 * 2**20),
-                                                ("1.5g", int(1.5 * GB)), ("100", 100), ("2kb", 2000)])
+                                                ("1.5g", int(1.5 * GB)), ("100", 100), ("2kb", 2000),
+                                                (".5GB", GB // 2), ("0.5 TB", 500 * GB), ("16 gb", 16 * GB)])
 def test_memory_sizes_in_decimal_and_binary_units(size: str, expected: int) -> None:
     from avade.cli.app import _memory_size
 

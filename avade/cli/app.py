@@ -539,18 +539,16 @@ def recipe_check(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Re
 
 
 def _memory_size(text: str) -> int:
-    """``--memory``'s bytes: "16GB", "80 GiB", "512MiB" (decimal or binary units, B to TB)."""
+    """``--memory``'s bytes: "16GB", "80 GiB", "512MiB", "1.5T" (decimal or binary units, B to TB)."""
     import re
 
-    found = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)(i?)b?\s*", text, re.IGNORECASE)
-    try:
-        number = float(found.group(1)) if found else -1.0
-    except ValueError:
-        number = -1.0
-    if not found or number <= 0:
+    found = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i?)b?|b?)\s*", text, re.IGNORECASE)
+    unit, binary = (found.group(2) or "", found.group(3)) if found else ("", "")
+    size = int(float(found.group(1)) * (1024 if binary else 1000) ** ("_kmgt".find(unit.lower()) if unit else 0)) \
+        if found else 0
+    if size < 1:
         raise typer.BadParameter(f"{text!r} is not a memory size; say e.g. 16GB, 80GiB or 512MB", param_hint="--memory")
-    power = "kmgt".find(found.group(2).lower()) + 1 if found.group(2) else 0
-    return int(number * (1024 if found.group(3) else 1000) ** power)
+    return size
 
 
 @recipe_app.command("memory")
@@ -560,12 +558,17 @@ def recipe_memory(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="R
                       "--memory", metavar="SIZE",
                       help="Plan for a device with this much free memory (16GB, 80GiB) instead of the free memory "
                            "of the recipe's train.device here.")] = None,
+                  processes: Annotated[int, typer.Option(
+                      "--processes", min=1, metavar="N",
+                      help="Plan for a torchrun job of N processes, one per GPU: each takes data.batch_size / N "
+                           "images and holds its own training state.")] = 1,
                   as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
                   ) -> None:
     """Estimate the memory one training step needs (training state and activations, counted without
     allocating them) and the largest batch that fits: on the recipe's device here, or in --memory. One line
-    per distinct model and batch of a sweep. Activations are counted in float32 as the tensors saved for the
-    backward pass; measured peaks came within 25 %."""
+    per distinct model and batch of a sweep. Activations are the tensors saved for the backward pass
+    (float32, or as bf16 autocast keeps them); measured peaks came within 25 %, so a step within 25 % of
+    the memory may not fit."""
     from avade.memory import memory_free
     from avade.models.activations import describe, fits, step_memory
     from avade.models.build import _run_device, distinct_models
@@ -575,23 +578,33 @@ def recipe_memory(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="R
     recipe = load_recipe(file, overrides or [])
     variants = expand_sweep(recipe)
     names = {id(v.recipe): v.name for v in variants}
-    rows = []
+    rows, notes = [], set()
     for group in distinct_models([v.recipe for v in variants]):
         r = group[0]
-        plan, batch = step_memory(r), r.data.options.batch_size
-        free, where = (budget, f"in {memory}") if budget is not None else memory_free(_run_device(r, None))
-        row: dict[str, Any] = {"variants": [names[id(g)] for g in group], "batch": batch, "free_bytes": free,
-                               "where": where}
+        batch = r.data.options.batch_size
+        if batch % processes:  # (as training refuses it)
+            raise ConfigError(f"{batch} is not divisible by --processes {processes}; set a multiple of {processes} "
+                              "(each process takes an equal share)", path="data.batch_size", source=str(file))
+        plan, each = step_memory(r), batch // processes
+        device = _run_device(r, None)
+        if budget is None and device == "cpu" and r.train.device.startswith("cuda"):
+            notes.add(f"train.device = {r.train.device!r}, but this machine has no GPU: its host memory is what is "
+                      "compared; give --memory SIZE for the GPU you plan for")
+        free, where = (budget, f"in {memory}") if budget is not None else memory_free(device)
+        row: dict[str, Any] = {"variants": [names[id(g)] for g in group], "batch": batch, "processes": processes,
+                               "free_bytes": free, "where": where}
         if plan is not None:
-            row.update(need_bytes=plan.need(batch), state_bytes=plan.state,
-                       activations_bytes=plan.need(batch) - plan.state,
+            row.update(need_bytes=plan.need(each), state_bytes=plan.state,
+                       activations_bytes=plan.need(each) - plan.state,
                        per_image_bytes=plan.activations.per_image,
-                       largest_batch=plan.largest_batch(free) if free is not None else None,
+                       largest_batch=plan.largest_batch(free) * processes if free is not None else None,
                        precision=r.train.precision)
         rows.append((row, plan))
     if as_json:
         print(json.dumps([row for row, _ in rows], indent=2))
         return
+    for note in sorted(notes):
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     for row, plan in rows:
         who = ("model" if recipe.sweep is None else f"all {len(variants)} variants" if len(rows) == 1
                else ", ".join(row["variants"]))
@@ -599,12 +612,22 @@ def recipe_memory(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="R
             out.print(f"  {escape(who)}: not estimated (the dataset declares no resolution, or the model does not "
                       "run on torch's meta device)", highlight=False)
             continue
-        line = f"{who}: a step at batch {row['batch']} needs {describe(plan, row['batch'])}"
+        each = row["batch"] // processes
+        step = f"a step at batch {row['batch']}" if processes == 1 else \
+            f"a step at batch {row['batch']} ({each} in each of {processes} processes)"
+        line = f"{who}: {step} needs {describe(plan, each)}{' in each' if processes > 1 else ''}"
         if (free := row["free_bytes"]) is not None:
             where = row["where"] if budget is not None else f"{row['where']} has {free / 1e9:.3g} GB free"
-            largest = plan.largest_batch(free)
-            line += (f"; {where}: fits, up to data.batch_size = {largest}" if row["need_bytes"] <= free else
-                     f"; {where}: does not fit, {fits(plan, free)}" if largest else f"; {where}: {fits(plan, free)}")
+            largest, need = row["largest_batch"], row["need_bytes"]
+            if need <= free:
+                verdict = f"fits, up to data.batch_size = {largest}"
+            elif need <= 1.25 * free:
+                verdict = f"may not fit (within the estimate's 25 %): data.batch_size = {largest} would fit"
+            elif largest:
+                verdict = f"does not fit, data.batch_size = {largest} would fit"
+            else:
+                verdict = fits(plan, free)
+            line += f"; {where}: {verdict}"
         out.print(f"  {escape(line)}", highlight=False)
 
 
