@@ -180,6 +180,24 @@ class ComponentInfo:
         return [n for n in self.context_params() if n in params and params[n].default is inspect.Parameter.empty]
 
 
+def _refuse_signature(info: ComponentInfo, context: dict[str, Any], accepted: list[str] | None = None) -> None:
+    """Refuse, naming the signature avade calls it with, a factory that takes no keyword of ``context`` that avade
+    passes to its kind (e.g. a flow's ``in_shape``): its signature is wrong, not the caller's option."""
+    passed = FACTORY_CONTEXT.get(info.kind, ())
+    if not any(key in passed for key in context):
+        return
+    try:
+        accepted = info.context_params() if accepted is None else accepted
+    except (TypeError, ValueError):  # a factory inspect cannot read (a builtin): calling it says what is wrong
+        return
+    for key in context:
+        if key in passed and key not in accepted:
+            sig = ", ".join(("*", *(f"{n}=None" if n == "num_classes" else n for n in passed)))
+            what, fix = info.blame()
+            raise RegistryError(f"{what}: its factory takes no keyword argument '{key}'; {info.kind} factories are "
+                                f"called as factory(cfg, {sig}){fix}")
+
+
 @attrs.frozen
 class PluginFailure:
     """A plugin that failed to import or to register: ``reason`` is one line; ``exception``, when there is
@@ -385,13 +403,8 @@ class Registry:
         fields = [f.name for f in attrs.fields(cfg_cls)] if cfg_cls is not None else []
         cfg_data = {k: v for k, v in kwargs.items() if k in fields}
         context = {k: v for k, v in kwargs.items() if k not in fields}
+        _refuse_signature(info, context, context_names)
         for key in context:
-            if key not in context_names and key in FACTORY_CONTEXT.get(kind, ()):
-                # avade passes this one: the factory's signature, not the caller's option, is wrong
-                sig = ", ".join(("*", *(f"{n}=None" if n == "num_classes" else n for n in FACTORY_CONTEXT[kind])))
-                what, fix = info.blame()
-                raise RegistryError(f"{what}: its factory takes no keyword argument '{key}'; {kind} factories are "
-                                    f"called as factory(cfg, {sig}){fix}")
             if key not in context_names:
                 raise ConfigError(f"unknown option{did_you_mean(key, fields + context_names)}; "
                                   f"options: {', '.join(fields + context_names)}", path=f"{kind}.{name}.{key}")
@@ -406,6 +419,7 @@ class Registry:
     def build(self, info: ComponentInfo, cfg: Any, **context: Any) -> Any:
         """Call the factory with an already validated config."""
         factory = info.load_factory()
+        _refuse_signature(info, context)  # (the model builder calls build directly, not create)
         try:
             built = factory(**context) if info.load_config() is None else factory(cfg, **context)
         except (AvadeError, OSError):  # a bad setting or a missing/unreadable file: the user's to fix

@@ -66,6 +66,26 @@ def test_a_factory_missing_a_context_keyword_is_told_its_signature(registry: Any
         registry.create("norm", "gain", layer=nn.Linear(2, 2), inti=2.0)
 
 
+class ShapelessCritic(nn.Module):
+    """A discriminator whose factory names its shape argument otherwise than avade passes it."""
+
+    def __init__(self, cfg: GainConfig, shape: tuple[int, int, int] = (3, 8, 8)) -> None:
+        super().__init__()
+        self.head = nn.Linear(shape[0], 1)
+
+    def forward(self, x: torch.Tensor, y: Any = None) -> torch.Tensor:
+        return self.head(x.mean((2, 3))).squeeze(1)
+
+
+def test_a_recipe_using_a_factory_missing_a_context_keyword_is_told_its_signature(registry: Any) -> None:
+    # the model builder, as `recipe check` / `recipe run` build it, says what avade.create says
+    registry.register("discriminator", "shapeless", factory=ShapelessCritic, config=GainConfig)
+    with pytest.raises(RegistryError, match=r"discriminator 'shapeless': its factory takes no keyword argument "
+                                            r"'in_shape'; discriminator factories are called as "
+                                            r"factory\(cfg, \*, in_shape, num_classes=None\)"):
+        build_model(tiny_recipe('model.discriminator.name="shapeless"'))
+
+
 class WrappedEncoder(ConvEncoder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
