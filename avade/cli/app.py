@@ -570,7 +570,7 @@ def recipe_memory(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="R
     (float32, or as bf16 autocast keeps them); measured peaks came within 25 %, so a step within 25 % of
     the memory may not fit."""
     from avade.memory import memory_free
-    from avade.models.activations import describe, fits, step_memory
+    from avade.models.activations import describe, fits, not_estimated, step_memory
     from avade.models.build import _run_device, distinct_models
     from avade.recipe import expand_sweep, load_recipe
 
@@ -609,8 +609,7 @@ def recipe_memory(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="R
         who = ("model" if recipe.sweep is None else f"all {len(variants)} variants" if len(rows) == 1
                else ", ".join(row["variants"]))
         if plan is None:
-            out.print(f"  {escape(who)}: not estimated (the dataset declares no resolution, or the model does not "
-                      "run on torch's meta device)", highlight=False)
+            out.print(f"  {escape(who)}: not estimated: {escape(not_estimated(r))}", highlight=False)
             continue
         each = row["batch"] // processes
         step = f"a step at batch {row['batch']}" if processes == 1 else \

@@ -18,12 +18,14 @@ peaked at 1.1 GiB for 0.92 counted (benchmarks/README.md, scaling).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import torch
 
+from avade.errors import AvadeError
 from avade.recipe import Recipe
 from avade.recipe.schema import ADVERSARIAL_VARIANTS, LIKELIHOOD_VARIANTS
 
@@ -199,6 +201,34 @@ def step_memory(recipe: Recipe) -> StepMemory | None:
     sizes, estimate = found
     return StepMemory(state=training_state_bytes(recipe, sizes)[0], activations=estimate,
                       precision=recipe.train.precision)
+
+
+def not_estimated(recipe: Recipe) -> str:
+    """Why :func:`step_memory` of ``recipe`` is None, in one line: its dataset declares no resolution, or its model
+    cannot be built or run on the meta device (then what raised, where: e.g. a plugin's ``.item()``)."""
+    import traceback
+
+    from avade.blame import plugin_at_fault
+    from avade.models.build import declared_data
+
+    shape, classes = declared_data(recipe)
+    if shape is None:
+        return f"data '{recipe.data.options.name}' declares no resolution"
+    try:
+        _counted(recipe, shape, 10 if classes is None else classes, [1])
+    except AvadeError as exc:  # a model that cannot be built at all: its own one line
+        return f"the model cannot be built: {exc}"
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        # the innermost frame outside torch is the line that read a value (torch's own are .item(), nonzero...)
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if not f.filename.startswith(os.path.dirname(torch.__file__))]
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        culprit = plugin_at_fault(exc)
+        return (f"the model does not run on torch's meta device: {culprit + ' raised ' if culprit else ''}"
+                f"{detail}{where}")
+    return "the model does not run on torch's meta device"
 
 
 def step_memory_problem(recipe: Recipe, device: str | None = None) -> str | None:
