@@ -226,6 +226,20 @@ def test_recipe_memory_says_a_step_within_the_estimate_s_error_may_not_fit() -> 
                          f"{plan.largest_batch(free)} would fit"), line
 
 
+def test_recipe_memory_help_says_what_the_verdicts_are() -> None:
+    # the help said "a step within 25 % of the memory may not fit", but one under the memory fits: only a step
+    # past the memory, by up to the estimate's 25 %, may not
+    from avade.models.activations import step_memory
+
+    shown = " ".join(runner.invoke(app, ["recipe", "memory", "--help"]).stdout.split())
+    assert "a step up to 25 % over the memory may not fit" in shown, shown
+    plan = step_memory(_recipe("quickstart.toml", [])[0])
+    assert plan is not None
+    free = int(plan.need(32) * 1.1)  # the step is within 25 % of the memory, under it
+    line = " ".join(runner.invoke(app, ["recipe", "memory", str(QUICKSTART), "--memory", f"{free}B"]).stdout.split())
+    assert f"in {free}B: fits, up to data.batch_size = " in line, line
+
+
 def test_recipe_memory_plans_a_torchrun_job(write) -> None:
     # each of N processes takes batch / N images and holds its own training state
     from avade.models.activations import step_memory

@@ -567,7 +567,7 @@ def recipe_memory(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="R
     """Estimate the memory one training step needs (training state and activations, counted without
     allocating them) and the largest batch that fits: on the recipe's device here, or in --memory. One line
     per distinct model and batch of a sweep. Activations are the tensors saved for the backward pass
-    (float32, or as bf16 autocast keeps them); measured peaks came within 25 %, so a step within 25 % of
+    (float32, or as bf16 autocast keeps them); measured peaks came within 25 %, so a step up to 25 % over
     the memory may not fit."""
     from avade.memory import memory_free
     from avade.models.activations import describe, fits, not_estimated, step_memory
