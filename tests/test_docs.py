@@ -367,3 +367,28 @@ def test_readme_names_every_fact_the_run_records_of_its_data(tmp_path: Path) -> 
     row = next(line for line in (tests.parent / "CONTRIBUTING.md").read_text().splitlines()
                if line.startswith("| dataset |"))
     assert "`data_source`" in row and "`data_read`" in row
+
+
+def test_readme_names_each_dataset_s_own_facts_in_its_own_item(tmp_path: Path) -> None:
+    # (the list of "the dataset's own facts" named `layout` under three datasets only: cifar10's and stl10's were
+    # left out, so a reader took them for datasets that record none)
+    from fake_datasets import FAKE_DATASETS
+
+    import avade
+    from avade.data.base import data_source
+
+    text = README.read_text()
+    facts = text[text.index("The dataset's own facts:"):]
+    facts = facts[:facts.index("\n\n", facts.index("\n- "))]
+    items = re.split(r"\n- ", facts)[1:]
+    common = {"dataset", "images", "paths", "resolved"}
+    for name, write in FAKE_DATASETS.items():
+        write(tmp_path / name)
+        cfg = {"root": str(tmp_path / name), **({"resolution": 32} if name == "imagenet" else {})}
+        own = set(data_source(avade.create("dataset", name, split="train", **cfg), name, None)) - common
+        (item,) = [i for i in items if i.startswith((f"{name}:", f"`{name}`"))]
+        assert all(f"`{key}`" in item for key in own), (name, own, item)
+    for name in ("natural-patches", "digits"):
+        own = set(data_source(avade.create("dataset", name, split="test", resolution=8), name, None)) - common
+        (item,) = [i for i in items if f"`{name}`" in i.split(":")[0]]
+        assert all(f"`{key}`" in item for key in own), (name, own, item)
