@@ -17,7 +17,7 @@ import avade.memory
 import avade.train.device
 from avade.cli.app import app
 from avade.errors import ConfigError
-from avade.models.build import build_checked, build_model, check_memory
+from avade.models.build import build_checked, build_model
 from avade.recipe.load import load_recipe
 from avade.recipe.sweep import expand_sweep
 from avade.train.trainer import Trainer
@@ -49,7 +49,7 @@ def test_recipe_check_refuses_a_state_larger_than_free_memory(one_gb_free: None)
 def test_widest_option_of_the_largest_component_is_named(one_gb_free: None) -> None:
     recipe = load_recipe(QUICKSTART, ["model.encoder.channels=[16,2000,4000]"])
     with pytest.raises(ConfigError) as caught:
-        check_memory(recipe)
+        build_checked(recipe)
     assert caught.value.path == "model.encoder.channels"
     assert "lower model.encoder.channels ([16, 2000, 4000]): model.encoder is the largest" in str(caught.value)
 
@@ -58,8 +58,8 @@ def test_weight_average_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     # hidden = 500: ~13.5 M parameters, 54 MB of weights: 216 MB of state, 270 MB with the weight average
     monkeypatch.setattr(avade.memory, "host_memory_free", lambda: GB // 4)
     with pytest.raises(ConfigError, match="for weights, gradients, optimizer state and weight average"):
-        check_memory(load_recipe(QUICKSTART, ["model.flow.hidden=500", "train.ema_decay=0.999"]))
-    check_memory(load_recipe(QUICKSTART, ["model.flow.hidden=500"]))
+        build_checked(load_recipe(QUICKSTART, ["model.flow.hidden=500", "train.ema_decay=0.999"]))
+    build_checked(load_recipe(QUICKSTART, ["model.flow.hidden=500"]))
 
 
 def test_the_weight_average_is_the_generator_s_alone() -> None:
@@ -86,10 +86,10 @@ def test_a_state_that_fits_is_not_refused_for_the_critic_s_weight_average(monkey
     free = (need + five_copies) // 2
     assert need < free < five_copies
     monkeypatch.setattr(avade.memory, "host_memory_free", lambda: free)
-    check_memory(recipe, device="cpu")
+    build_checked(recipe, device="cpu")
     monkeypatch.setattr(avade.memory, "host_memory_free", lambda: need - 1)  # (one byte short: refused)
     with pytest.raises(ConfigError, match="for weights, gradients, optimizer state and weight average"):
-        check_memory(recipe, device="cpu")
+        build_checked(recipe, device="cpu")
 
 
 def test_the_checked_build_is_the_same_build() -> None:
@@ -126,19 +126,19 @@ def test_gpu_run_is_checked_against_the_gpu(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (GB // 10, 80 * GB))
     monkeypatch.setattr(avade.memory, "host_memory_free", lambda: 100 * GB)
     with pytest.raises(ConfigError, match=r"state; GPU cuda:0 has 0\.1 GB free"):
-        check_memory(recipe)
+        build_checked(recipe)
     # the host holds the weights once only (built there, then moved)
     monkeypatch.setattr(avade.memory, "host_memory_free", lambda: GB // 100)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (79 * GB, 80 * GB))
     with pytest.raises(ConfigError, match=r"for weights; this machine has 0\.01 GB free"):
-        check_memory(recipe)
+        build_checked(recipe)
     monkeypatch.setattr(avade.memory, "host_memory_free", lambda: GB)
-    check_memory(recipe)
+    build_checked(recipe)
 
 
 def test_unreadable_free_memory_skips_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(avade.memory, "host_memory_free", lambda: None)
-    check_memory(load_recipe(QUICKSTART, ["model.flow.hidden=500"]))
+    build_checked(load_recipe(QUICKSTART, ["model.flow.hidden=500"]))
 
 
 def test_host_memory_free_reads_this_machine() -> None:
@@ -150,7 +150,7 @@ def test_host_memory_free_reads_this_machine() -> None:
 def test_shipped_recipes_fit_an_8_gb_machine(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(avade.memory, "host_memory_free", lambda: 8 * GB)
     for variant in expand_sweep(load_recipe(path)):
-        check_memory(variant.recipe, device="cpu")
+        build_checked(variant.recipe, device="cpu")
 
 
 def test_the_built_weights_are_not_counted_twice_against_the_host(monkeypatch: pytest.MonkeyPatch) -> None:

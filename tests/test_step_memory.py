@@ -307,3 +307,13 @@ def test_bf16_is_counted_as_autocast_saves_it(name: str, overrides: list[str],
     plan, full = step_memory(bf16), step_memory(recipe)
     assert plan is not None and full is not None
     assert plan.need(64) - plan.state > 0.6 * (full.need(64) - full.state)
+
+
+def test_doctor_is_not_ready_for_a_model_that_cannot_run_on_the_images() -> None:
+    # `recipe check` refuses it (exit 2): doctor, asked whether the recipe can start here, said ready
+    result = runner.invoke(app, ["doctor", "--json", "--recipe", str(QUICKSTART), "--set", "data.resolution=15"])
+    report = json.loads(result.stdout)
+    assert result.exit_code == 2 and not report["recipe"]["ready"], result.output
+    assert report["recipe"]["problems"] == [
+        "model.encoder: encoder 'resnet': input resolution 15x15 is not divisible by 4 (= 2**(len(channels)-1) for 3 "
+        "stages); use a resolution divisible by 4 or fewer entries in `channels`"], report

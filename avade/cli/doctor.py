@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from avade.errors import AvadeError
+from avade.errors import AvadeError, one_line
 
 #: Metrics that need Inception weights (the others run without any download or file).
 WEIGHT_METRICS = ("fid", "kid", "is", "prd", "prdc")
@@ -226,7 +226,7 @@ def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
     problems += dict.fromkeys(p for r in recipes for p in _machine_problems(r.train))
     from avade.models.build import distinct_models
 
-    problems += dict.fromkeys(p for group in distinct_models(recipes) for p in _memory_problems(group[0]))
+    problems += dict.fromkeys(p for group in distinct_models(recipes) for p in _model_problems(group[0]))
     needing = [m for m in WEIGHT_METRICS if m in metrics]
     if needing and not report["weights"]["available"]:
         problems.append(f"eval.metrics {', '.join(needing)} need Inception weights: {report['weights']['message']}")
@@ -235,17 +235,25 @@ def _recipe_problems(recipe: Any, report: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _memory_problems(recipe: Any) -> list[str]:
-    """A model whose weights, gradients and optimizer state alone cannot fit in the free memory of the recipe's
-    device (as `recipe check` and `recipe run` refuse it, before allocating anything), or whose training step at
-    the recipe's batch cannot, its activations estimated (what its first step would run out of memory at)."""
+def _model_problems(recipe: Any) -> list[str]:
+    """A model that cannot be built or run on the dataset's image shape (as `recipe check` refuses it), whose
+    weights, gradients and optimizer state alone cannot fit in the free memory of the recipe's device (as `recipe
+    check` and `recipe run` refuse it, before allocating anything), or whose training step at the recipe's batch
+    cannot, its activations estimated (what its first step would run out of memory at)."""
+    import warnings
+
     from avade.models.activations import step_memory_problem
-    from avade.models.build import check_memory
+    from avade.models.build import check_model
 
     try:
-        check_memory(recipe)
+        with warnings.catch_warnings():  # (what runs but may not be meant: `recipe check` says it)
+            warnings.simplefilter("ignore")
+            check_model(recipe)
     except AvadeError as exc:
         return [str(exc)]
+    except Exception as exc:  # (a component failing as avade did not foresee: recipe check's traceback has it)
+        return [f"the model cannot be built: {type(exc).__name__}: {one_line(str(exc))}; `avade --debug recipe "
+                "check` shows where"]
     problem = step_memory_problem(recipe)
     return [problem] if problem else []
 

@@ -371,18 +371,6 @@ def _refuse(recipe: Recipe, sizes: dict[str, tuple[int, int]] | None, need: int 
                          f"component ({_count(sizes[largest][0])} parameters)", path=path, source=recipe.source)
 
 
-def check_memory(recipe: Recipe, data_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
-                 device: str | None = None) -> None:
-    """:func:`build_checked`'s refusal alone (`avade doctor --recipe`): any other failure to build the model is
-    left to `recipe check`."""
-    try:
-        build_checked(recipe, data_shape, num_classes, device)
-    except MemoryFitError:
-        raise
-    except Exception:
-        return
-
-
 def check_model(recipe: Recipe, num_classes: int = 10, seen: set[str] | None = None,
                 device: str | None = None, sizes: dict[str, dict[str, tuple[int, int]]] | None = None) -> bool:
     """Build ``recipe``'s model for its dataset's image shape and run it once, without gradients, on two
