@@ -2,7 +2,8 @@
 
 The same recipe (on synthetic data, warm-up off, see :mod:`benchmarks.train`) at 32², 64² and 128²,
 batch 32: time and peak memory per step, and both normalized per pixel relative to the smallest
-resolution (1.0 = exactly linear in pixels).
+resolution (1.0 = exactly linear in pixels); beside the measured peak, the activations `avade recipe memory`
+estimates for the same step (counted on the meta device, no memory), and the ratio measured / estimated.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ def run(settings: Settings, resolutions: Sequence[int] | None = None, batch: int
                 trainer.train_step(x, y)
 
             flops, memory = characterize(step, settings.device)
+            estimate = _estimated_mb(trainer.recipe, b)
             t = measure({"step": step}, settings, warmup=max(settings.warmup - WARM_CALLS, 0), repeats=repeats)
             t = t["step"]
         rows.append({"resolution": res, "pixels": res * res, "batch": b, "timing": t.to_dict(), "step_s": t.median,
-                     "flops_per_step": flops, "memory": memory})
+                     "flops_per_step": flops, "memory": memory, "estimated_activations_mb": estimate,
+                     "measured_vs_estimated": memory["peak_mb"] / estimate if estimate else None})
     base = rows[0]
     for r in rows:
         scale = r["pixels"] / base["pixels"]
@@ -46,10 +49,19 @@ def run(settings: Settings, resolutions: Sequence[int] | None = None, batch: int
     return {"recipe": recipe, "batch": b, "rows": rows}
 
 
+def _estimated_mb(recipe: Any, batch: int) -> float | None:
+    """The activations avade's estimate counts for one step of ``recipe`` at ``batch`` (MiB), None without one."""
+    from avade.models.activations import step_memory
+
+    plan = step_memory(recipe)
+    return None if plan is None else (plan.need(batch) - plan.state) / 2**20
+
+
 def render(result: dict[str, Any]) -> list[Any]:
-    rows = [[f"{r['resolution']}²", r["step_s"], r["memory"]["peak_mb"], r["flops_per_step"] / 1e9,
-             r["time_vs_pixels"], r["memory_vs_pixels"], r["flops_vs_pixels"]] for r in result["rows"]]
+    rows = [[f"{r['resolution']}²", r["step_s"], r["memory"]["peak_mb"], r.get("estimated_activations_mb"),
+             r.get("measured_vs_estimated"), r["flops_per_step"] / 1e9, r["time_vs_pixels"], r["memory_vs_pixels"],
+             r["flops_vs_pixels"]] for r in result["rows"]]
     return [table(f"scaling: {result['recipe']} train step, batch {result['batch']} "
                   "(x/pixels = growth relative to the first row, divided by the growth in pixels)",
-                  ["resolution", "step s", "peak MiB", "GFLOP/step", "time/pixels", "memory/pixels",
-                   "FLOPs/pixels"], rows)]
+                  ["resolution", "step s", "peak MiB", "estimated MiB", "peak/estimated", "GFLOP/step",
+                   "time/pixels", "memory/pixels", "FLOPs/pixels"], rows)]

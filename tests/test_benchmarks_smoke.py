@@ -309,3 +309,17 @@ def test_the_bf16_nets_case_runs_end_to_end_and_its_caption_names_the_baselines_
     text = " ".join(render_text(flows.render(result)).split())
     expected = "normflows fp32: not the target's" if precision == "fp32" else "normflows bf16 autocast: not the"
     assert "coupling networks in bf16 (train.bf16_coupling_nets)" in text and expected in text, text
+
+
+def test_scaling_sets_the_activation_estimate_beside_the_measured_peak() -> None:
+    from benchmarks import scaling
+
+    settings = make_settings("cpu", quick=True, warmup=0, repeats=1)
+    result = scaling.run(settings, resolutions=[16], batch=4)
+    row = result["rows"][0]
+    assert row["estimated_activations_mb"] > 0, row
+    # the estimate's stated accuracy (avade.models.activations): within 25 % of the measured peak, with slack for a
+    # quick step's allocator noise
+    assert 0.6 < row["measured_vs_estimated"] < 1.5, row
+    rendered = scaling.render(result)
+    assert rendered
