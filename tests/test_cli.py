@@ -215,9 +215,10 @@ def test_debug_shows_a_broken_plugins_file_and_line_in_a_real_process(tmp_path: 
     assert plain.returncode == 0, plain.stderr
     assert "gan-test" in plain.stdout  # the CLI keeps working
     assert sorted(plain.stderr.strip().splitlines()) == [  # one line per broken plugin, nothing else
-        f"plugin fake-bad-name not loaded: invalid component name 'a.b'; {NAME_RULE}{PLUGIN_FIX_HINT}",
-        "plugin fake-import-fails not loaded: import of 'fake_import_fails_mod' failed: RuntimeError: broken at import"
-        + PLUGIN_FIX_HINT]  # ... each saying how to get past it
+        f"warning: plugin 'fake-bad-name' failed to load and is skipped: invalid component name 'a.b'; {NAME_RULE}"
+        f"{PLUGIN_FIX_HINT}",
+        "warning: plugin 'fake-import-fails' failed to load and is skipped: import of 'fake_import_fails_mod' failed: "
+        "RuntimeError: broken at import" + PLUGIN_FIX_HINT]  # ... each saying how to get past it
     debug = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, env=env, timeout=120)
     assert debug.returncode == 0, debug.stderr
     assert f'File "{tmp_path / "fake_import_fails_mod.py"}", line 2, in <module>' in debug.stderr, debug.stderr

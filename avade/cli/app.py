@@ -404,7 +404,9 @@ def list_components(
         hint = f"; to list every {bare}, use --kind {bare}" if bare in registry.kinds() and kind is None else ""
         err.print(f"no component name matches {escape(pattern)!r}{escape(hint)}", highlight=False)
     for failure in registry.failures:
-        err.print(f"[yellow]plugin {escape(failure.dist)} not loaded:[/] {escape(failure.message)}", highlight=False)
+        # (in the words every other command's warning uses for it)
+        err.print(f"[yellow]warning:[/] plugin '{escape(failure.dist)}' failed to load and is skipped: "
+                  f"{escape(failure.message)}", highlight=False)
         _plugin_traceback(failure)
 
 
