@@ -990,8 +990,8 @@ def test_eval_records_under_each_metric_only_the_overrides_it_ran_with(tmp_path:
                  overrides=["eval.bpd.split=train", "eval.fid.samples=10", 'eval."gan-train"={width = 8}',
                             "eval.importance_samples=1", "data.eval_batch_size=16"])
     settings = json.loads((tmp_path / "run" / "eval.json").read_text())["settings"]
-    assert settings["bpd"]["overrides"] == {"eval.bpd.split": "train", "eval.importance_samples": 1,
-                                            "data.eval_batch_size": 16}
+    assert settings["bpd_train"]["overrides"] == {"eval.bpd.split": "train", "eval.importance_samples": 1,
+                                                  "data.eval_batch_size": 16}
 
 
 def test_study_subsets_takes_dataset_keys_with_or_without_data_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

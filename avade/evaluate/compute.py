@@ -155,6 +155,38 @@ def owns(metric: str, key: str) -> bool:
     return key == stem or key.startswith(stem + "_")
 
 
+def record_name(name: str, metric: Any = None) -> str:
+    """What metric ``name`` (built: ``metric``) is recorded as: the key of its settings in eval.json and summary.json,
+    whose earlier results a run of it again replaces. Its name; but bits/dim of a split other than test is that
+    split's own record, ``bpd_train`` (its results ``bpd_train``, ``bpd_iw<k>_train``), so evaluating one split
+    keeps the other's values and settings."""
+    split = getattr(getattr(metric, "cfg", None), "split", None)
+    return f"bpd_{split}" if name == "bpd" and isinstance(split, str) and split != "test" else name
+
+
+def in_record(record: str, key: str) -> bool:
+    """Whether result ``key`` is of ``record`` (a :func:`record_name`): as :func:`owns`, but bits/dim's split by
+    split: ``bpd_iw4_train`` is ``bpd_train``'s, not ``bpd``'s; ``bpd_iw4`` is ``bpd``'s."""
+    if record in ("bpd", "bpd_train"):  # (BPDConfig.split: "test" or "train")
+        return owns("bpd", key) and ("bpd_train" if key.endswith("_train") else "bpd") == record
+    return owns(record, key)
+
+
+def split_records(settings: Any) -> dict[str, Any]:
+    """A record's ``settings`` (eval.json's, summary.json's) by :func:`record_name`: one written before each
+    bits/dim split had its own record keeps the training split's under ``bpd`` (its ``split`` "train"), read
+    here as ``bpd_train``'s (unless that is there too: then ``bpd``'s is stale). Anything but a dict reads as
+    none."""
+    if not isinstance(settings, dict):
+        return {}
+    bpd = settings.get("bpd")
+    split = bpd.get("split") if isinstance(bpd, dict) else None
+    if not (isinstance(split, str) and split != "test"):
+        return settings
+    rest = {k: v for k, v in settings.items() if k != "bpd"}
+    return rest if f"bpd_{split}" in rest else {**rest, f"bpd_{split}": bpd}
+
+
 def metric_values(name: str, returned: Any, what: str = "", fix: str = "") -> dict[str, float]:
     """``compute``'s dict with every value a Python float (numpy / 0-d torch numbers converted) and every
     name its own (starting with the metric's name, so no metric can overwrite another's results, the
@@ -191,19 +223,21 @@ def metric_settings(metrics: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def recorded_settings(ctx: RunContext, metrics: list[tuple[str, Any]]) -> dict[str, Any]:
-    """What each of ``metrics`` (built, and computed on ``ctx``) ran with, as eval.json and summary.json record it:
+    """What each of ``metrics`` (built, and computed on ``ctx``) ran with, as eval.json and summary.json record it
+    (by :func:`record_name`: bits/dim of the training split as ``bpd_train``):
     its config (:func:`metric_settings`); bits/dim's ``eval_batch_size`` and, when ``train.eval_batches`` caps its
     split, ``images`` of ``split_images``; under ``used`` what the data made of the settings (e.g. a KID subset
     capped by the split); a sample metric's ``sample_seed``; an Inception metric's ``feature_extractor`` (the
     network's name and weights hash)."""
     from avade.metrics import features
 
-    settings = metric_settings(metrics)
-    for name, metric in metrics:  # bits/dim of part of the split (train.eval_batches): recorded as such
+    settings = metric_settings([(record_name(name, metric), metric) for name, metric in metrics])
+    for metric_name, metric in metrics:  # bits/dim of part of the split (train.eval_batches): recorded as such
+        name = record_name(metric_name, metric)  # (bits/dim of the training split: bpd_train)
         split = getattr(getattr(metric, "cfg", None), "split", None)
-        if name == "bpd":  # each batch draws its own noise: another eval_batch_size, another (equally good) draw
+        if metric_name == "bpd":  # each batch draws its own noise: another eval_batch_size, another (equally good) draw
             settings[name] = {**settings.get(name, {}), "eval_batch_size": ctx.recipe.data.options.eval_batch_size}
-        if name == "bpd" and isinstance(split, str) and ctx.recipe.train.eval_batches:
+        if metric_name == "bpd" and isinstance(split, str) and ctx.recipe.train.eval_batches:
             used, total = ctx.bpd_images(split)
             if used < total:
                 settings[name] = {**settings.get(name, {}), "images": used, "split_images": total}
@@ -231,9 +265,10 @@ def compute_metrics(trainer: Trainer, names: Sequence[str], taken: Sequence[str]
 
 def compute_metrics_with_settings(trainer: Trainer, names: Sequence[str], taken: Sequence[str] = ()
                                   ) -> tuple[dict[str, float], dict[str, Any]]:
-    """:func:`compute_metrics`, and what each metric ran with (:func:`recorded_settings`, keyed by metric name),
-    for summary.json: bpd's too when ``taken`` holds its results (the trainer computes those itself, with the
-    recipe's ``[eval.bpd]`` as :func:`bpd_config` resolves it)."""
+    """:func:`compute_metrics`, and what each metric ran with (:func:`recorded_settings`, keyed by
+    :func:`record_name`), for summary.json: bpd's too when ``taken`` holds its results (the trainer computes those
+    itself, with the recipe's ``[eval.bpd]`` as :func:`bpd_config` resolves it: ``bpd`` the test split's,
+    ``bpd_train`` the training split's when ``[eval.bpd] split`` asks for it)."""
     # (bits/dim alone reads no cached reference statistics: it must not need a writable cache folder)
     ctx = RunContext(trainer.model, trainer.recipe, trainer.train_set, trainer.test_set, trainer.device,
                      trainer.run.root, cache_dir() if names else trainer.run.root, inception_options(trainer.recipe),
@@ -242,6 +277,9 @@ def compute_metrics_with_settings(trainer: Trainer, names: Sequence[str], taken:
     results = compute_each(ctx, metrics, None, taken)
     described = list(metrics)
     if any(owns("bpd", key) for key in taken):  # (built to be described, not computed: the trainer did that)
-        described.insert(0, ("bpd", get_registry().build(get_registry().get("metric", "bpd"),
-                                                         bpd_config(trainer.recipe))))
+        # the test split always, [eval.bpd]'s too: each split's settings under its results' name (bpd, bpd_train),
+        # as avade eval records them
+        config, info = bpd_config(trainer.recipe), get_registry().get("metric", "bpd")
+        described[:0] = [("bpd", get_registry().build(info, attrs.evolve(config, split=split)))
+                         for split in dict.fromkeys(("test", config.split))]
     return results, recorded_settings(ctx, described)

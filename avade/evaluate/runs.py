@@ -13,7 +13,15 @@ from rich.console import Console
 
 from avade.atomic_files import locked_for
 from avade.errors import AvadeError, CheckpointError, ConfigError, refuse_a_string
-from avade.evaluate.compute import build_metrics, check_inception_weights, compute_each, owns, recorded_settings
+from avade.evaluate.compute import (
+    build_metrics,
+    check_inception_weights,
+    compute_each,
+    in_record,
+    record_name,
+    recorded_settings,
+    split_records,
+)
 from avade.evaluate.loading import checkpoint_steps, load_run
 from avade.recipe.load import key_parts, parse_override
 from avade.recipe.schema import LIKELIHOOD_VARIANTS, EvalSection
@@ -69,10 +77,10 @@ def eval_row(record: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """A row of ``avade eval``'s output (``--json`` of one checkpoint, of ``--checkpoint all``, and of a sweep's
     variants): which checkpoint ``values`` are of, its step and weights, then the values, and under ``settings``
     those of ``record``'s (a checkpoint's eval record) metrics that have a value among them: the settings of an
-    earlier call's metric belong to values the row does not hold."""
-    settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+    earlier call's metric belong to values the row does not hold (bits/dim's split by split: ``bpd``, ``bpd_train``)."""
+    settings = split_records(record.get("settings"))
     return {"checkpoint": record.get("checkpoint"), "step": record.get("step"), "weights": record.get("weights"),
-            **values, "settings": {m: s for m, s in settings.items() if any(owns(m, key) for key in values)}}
+            **values, "settings": {m: s for m, s in settings.items() if any(in_record(m, key) for key in values)}}
 
 
 def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samples: int | None, device: str,
@@ -110,7 +118,8 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
     settings = recorded_settings(ctx, metrics_built)
     if overrides:  # e.g. model.temperature: part of what each value was computed with
         given = dict(parse_override(text) for text in overrides)
-        settings = {name: {**settings.get(name, {}), **_overrides_of(name, given)} for name, _ in metrics_built}
+        settings = {record_name(name, metric): {**settings.get(record_name(name, metric), {}),
+                                                **_overrides_of(name, given)} for name, metric in metrics_built}
     record = _record_of(ctx.checkpoint, ctx.weights, results)  # (what another process than the first returns)
     if is_main_process():  # (the CLI runs it on rank 0 only; a script under torchrun may call it on every rank)
         run = RunDir(Path(run_dir))
@@ -122,7 +131,7 @@ def evaluate_and_record(run_dir: str | Path, metrics: Sequence[str] | None, samp
             data = None
         try:
             record = record_eval(run, ctx.checkpoint, results, ctx.weights, settings,
-                                 ran=[name for name, _ in metrics_built], data=data)
+                                 ran=[record_name(name, metric) for name, metric in metrics_built], data=data)
         except OSError as exc:  # a run on a read-only disk, a colleague's, a full disk: the results are not lost
             from avade.train.run import cell_text
 
@@ -161,8 +170,9 @@ def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float],
     when it holds the same checkpoint's (else it starts over: eval.json is the checkpoint evaluated last),
     and into that checkpoint's record in eval_checkpoints.json (every checkpoint evaluated, so evaluating
     an older one loses nothing). Under a lock: two ``avade eval`` at once (say fid and bpd on two GPUs) both
-    land. The trainer drops what training since made stale. ``ran``: the metrics computed now (their earlier
-    results are replaced); ``data``: what data the splits loaded now read (``{"test": {...}}``, as a
+    land. The trainer drops what training since made stale. ``ran``: the metrics computed now, by
+    :func:`record_name` (their earlier results and settings are replaced; bits/dim's of the other split are
+    kept); ``data``: what data the splits loaded now read (``{"test": {...}}``, as a
     checkpoint's ``data_read``), under ``"data_read"``, each split's replacing its earlier record. Returns the
     checkpoint's record as written to eval.json."""
     name = checkpoint.name if checkpoint is not None else None
@@ -171,10 +181,10 @@ def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float],
         record = dict(earlier) if (isinstance(earlier, dict) and earlier.get("checkpoint") == name
                                    and earlier.get("weights", "last") == weights) else {}
         # a metric run again replaces all its earlier results (bpd_iw4 of an earlier k goes with it), so the
-        # values and its recorded settings agree
-        record = {k: v for k, v in record.items() if not any(owns(m, k) for m in ran)}
+        # values and its recorded settings agree; bits/dim of one split keeps the other's (bpd, bpd_train)
+        record = {k: v for k, v in record.items() if not any(in_record(m, k) for m in ran)}
         record.update(_record_of(checkpoint, weights, results))
-        record["settings"] = {**record.get("settings", {}), **(settings or {})}
+        record["settings"] = {**split_records(record.get("settings")), **(settings or {})}
         if data:  # which test set a number is of (another data.root, version or count than training's)
             record["data_read"] = {**_table(record.get("data_read")), **data}
         return record
@@ -192,7 +202,7 @@ def record_eval(run: RunDir, checkpoint: Path | None, results: dict[str, float],
         # evaluated in between (`--checkpoint all`, say) are back in eval.json with the new ones
         earlier = dict(same[0]) if same else {}
         if last.get("checkpoint") == name and last.get("weights", "last") == weights:  # (the same, unless edited)
-            settings_ = {**(earlier.get("settings") or {}), **(last.get("settings") or {})}
+            settings_ = {**split_records(earlier.get("settings")), **split_records(last.get("settings"))}
             data_ = {**_table(earlier.get("data_read")), **_table(last.get("data_read"))}
             earlier = {**earlier, **last, "settings": settings_, **({"data_read": data_} if data_ else {})}
         record = merged(earlier or None)

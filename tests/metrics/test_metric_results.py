@@ -160,8 +160,18 @@ def test_training_reports_bpd_as_its_eval_bpd_table_asks(tmp_path):
     assert summary["bpd_train"] != summary["bpd"]
     record = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert record["bpd_train"] == pytest.approx(summary["bpd_train"])
-    # summary.json records [eval.bpd] as eval.json does (bpd itself is the test split's whatever its split)
-    assert summary["settings"]["bpd"] == record["settings"]["bpd"]
+    # summary.json records [eval.bpd] as eval.json does, each split under its own results' name (bpd itself is
+    # the test split's whatever its split)
+    assert summary["settings"]["bpd_train"] == record["settings"]["bpd_train"]
+    assert summary["settings"]["bpd_train"]["split"] == "train" and summary["settings"]["bpd"]["split"] == "test"
+    # the test split evaluated after the training split's (or before): each keeps the other's values and settings
+    evaluate_run(tmp_path / "run", ["bpd"], device="cpu", overrides=["eval.bpd.split=test"])
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert {"bpd", "bpd_iw3", "bpd_train", "bpd_iw3_train"} <= set(record)
+    assert record["bpd_iw3"] == pytest.approx(summary["bpd_iw3"])
+    assert record["settings"]["bpd"]["split"] == "test" and record["settings"]["bpd_train"]["split"] == "train"
+    assert {k: v for k, v in summary["settings"]["bpd"].items() if k != "overrides"} == {
+        k: v for k, v in record["settings"]["bpd"].items() if k != "overrides"}
 
 
 def test_a_run_whose_metric_plugin_is_gone_still_evaluates_and_samples(odd, tmp_path):
