@@ -226,6 +226,22 @@ def test_recipe_memory_says_a_step_within_the_estimate_s_error_may_not_fit() -> 
                          f"{plan.largest_batch(free)} would fit"), line
 
 
+@pytest.mark.parametrize("options", [["--set", "data.batch_size=1"],
+                                     ["--set", "data.batch_size=4", "--processes", "4"]])
+def test_a_step_that_may_not_fit_at_one_image_names_no_batch_of_0(options: list[str]) -> None:
+    # one image each, within the estimate's error: no smaller batch exists ("data.batch_size = 0 would fit")
+    from avade.models.activations import step_memory
+
+    plan = step_memory(_recipe("quickstart.toml", [])[0])
+    assert plan is not None
+    free = int(plan.need(1) / 1.1)
+    result = runner.invoke(app, ["recipe", "memory", str(QUICKSTART), *options, "--memory", f"{free}B"])
+    line = " ".join(result.stdout.split())
+    assert result.exit_code == 0 and "= 0" not in line, line
+    assert line.endswith(f"in {free}B: may not fit (within the estimate's 25 %), and no smaller batch is estimated "
+                         "to fit"), line
+
+
 def test_recipe_memory_help_says_what_the_verdicts_are() -> None:
     # the help said "a step within 25 % of the memory may not fit", but one under the memory fits: only a step
     # past the memory, by up to the estimate's 25 %, may not

@@ -623,7 +623,9 @@ def recipe_memory(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="R
             if need <= free:
                 verdict = f"fits, up to data.batch_size = {largest}"
             elif need <= 1.25 * free:
-                verdict = f"may not fit (within the estimate's 25 %): data.batch_size = {largest} would fit"
+                verdict = "may not fit (within the estimate's 25 %)" + (  # (one image each: no smaller batch)
+                    f": data.batch_size = {largest} would fit" if largest else
+                    ", and no smaller batch is estimated to fit")
             elif largest:
                 verdict = f"does not fit, data.batch_size = {largest} would fit"
             else:
