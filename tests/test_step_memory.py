@@ -63,6 +63,16 @@ def test_the_estimate_grows_with_the_batch_as_counted() -> None:
     assert ActivationEstimate(fixed=10, per_image=0).largest_batch(10) == 2**31
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_the_estimate_is_the_same_when_asked_without_gradients(mode: type) -> None:
+    # a caller's no_grad (an evaluation loop, a notebook cell) would save no tensor: activations of ~0 fit anything
+    recipe, shape, classes = _recipe("quickstart.toml", [])
+    estimate = activation_estimate(recipe, shape, classes)
+    with mode():
+        assert activation_estimate(recipe, shape, classes) == estimate
+    assert torch.is_grad_enabled()
+
+
 def test_the_estimate_is_near_a_measured_step() -> None:
     # the calibration the module's docstring states: within 25 % of a real step's peak memory above its weights
     # (torch.profiler's running sum of CPU allocations, as benchmarks/ measures it)

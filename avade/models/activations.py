@@ -104,7 +104,8 @@ def _counted(recipe: Recipe, shape: tuple[int, int, int], classes: int, batches:
         place = FakeTensorMode()
     # as Trainer._autocast: the forward passes under autocast, the dequantization and the gradient penalty outside
     kind = "cpu" if device == "meta" else torch.device(device).type
-    with torch.random.fork_rng(devices=[]), place:
+    # (gradients on whatever the caller's mode: under no_grad or inference_mode autograd saves nothing to count)
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad(), place:
         model = build_model(recipe, shape, classes)
         model.train()
         counts = []
