@@ -100,9 +100,12 @@ def data_source(dataset: Any, name: str, config: Any = None) -> dict[str, Any]:
 
 def _resolved(paths: list[str]) -> dict[str, str]:
     """``{path: where it really leads}`` for each of ``paths`` that leads elsewhere (through a symlink); one
-    that cannot be resolved is left out."""
+    that cannot be resolved is left out, and so is a relative one (paths are recorded absolute: a plugin's
+    "s3://bucket/x" or hub name names no local folder, and resolved against the working directory it would)."""
     out = {}
     for path in paths:
+        if not os.path.isabs(path):
+            continue
         try:
             real = os.path.realpath(path)
         except (OSError, ValueError):  # (a symlink loop under strict resolution, a NUL in a plugin's path)

@@ -192,3 +192,15 @@ def test_embedded_data_record_the_package_files_read_not_the_unused_root(name, t
         assert rec["embedded"] and all("/" in f for f in rec["embedded"]), rec
     assert any(f.endswith("chelsea.png") for f in record("natural-patches", split="test")["embedded"])
     assert record("digits")["embedded"] == ["sklearn.datasets.data/digits.csv.gz"]
+
+
+def test_a_path_that_names_no_local_folder_records_no_target(tmp_path, monkeypatch):
+    # a plugin's remote or hub source ("s3://...", "user/set") resolved against the working directory looked like
+    # a symlink, and a resume from another directory warned its data "now leading to" elsewhere
+    import torch
+
+    remote = _Plain(torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
+    remote.data_source = {"paths": ["s3://bucket/cifar", "user/cifar-set"]}
+    monkeypatch.chdir(tmp_path)
+    rec = data_source(remote, "remote", None)
+    assert rec["paths"] == ["s3://bucket/cifar", "user/cifar-set"] and rec["resolved"] == {}, rec
