@@ -8,11 +8,25 @@ the very module that defines it), so the user knows whom to ask and what to disa
 
 from __future__ import annotations
 
+import os
+import traceback
 from types import TracebackType
 
 from avade.registry import BUILTIN_DIST, ComponentInfo, Registry, get_registry
 
-__all__ = ["broken_import", "plugin_at_fault"]
+__all__ = ["broken_import", "plugin_at_fault", "raised_where"]
+
+
+def raised_where(exc: BaseException) -> str:
+    """``Type: first line (at file:line)`` of an exception raised inside a component: the innermost frame outside
+    torch is the component's own line (torch's are the conv, the matmul, the ``.item()``)."""
+    import torch  # (not at import: blame is read by torch-free commands too)
+
+    lines = str(exc).strip().splitlines()
+    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    torch_dir = os.path.dirname(torch.__file__)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(torch_dir)]
+    return detail + (f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else "")
 
 
 def _module_of(info: ComponentInfo) -> str | None:

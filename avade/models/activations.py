@@ -18,7 +18,6 @@ peaked at 1.1 GiB for 0.92 counted (benchmarks/README.md, scaling).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -167,7 +166,7 @@ def activation_estimate(recipe: Recipe, shape: tuple[int, int, int], classes: in
 
 #: how far past the memory free an estimate must be before a recipe is called unable to fit (the count's error
 #: against measured peaks reached 25 %)
-_MARGIN = 1.25
+MARGIN = 1.25
 
 
 @attrs.frozen
@@ -207,9 +206,7 @@ def step_memory(recipe: Recipe) -> StepMemory | None:
 def not_estimated(recipe: Recipe) -> str:
     """Why :func:`step_memory` of ``recipe`` is None, in one line: its dataset declares no resolution, or its model
     cannot be built or run on the meta device (then what raised, where: e.g. a plugin's ``.item()``)."""
-    import traceback
-
-    from avade.blame import plugin_at_fault
+    from avade.blame import plugin_at_fault, raised_where
     from avade.models.build import declared_data
 
     shape, classes = declared_data(recipe)
@@ -219,16 +216,10 @@ def not_estimated(recipe: Recipe) -> str:
         _counted(recipe, shape, 10 if classes is None else classes, [1])
     except AvadeError as exc:  # a model that cannot be built at all: its own one line
         return f"the model cannot be built: {exc}"
-    except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-        # the innermost frame outside torch is the line that read a value (torch's own are .item(), nonzero...)
-        frames = [f for f in traceback.extract_tb(exc.__traceback__)
-                  if not f.filename.startswith(os.path.dirname(torch.__file__))]
-        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    except Exception as exc:  # (where: the line that read a value, e.g. a plugin's .item())
         culprit = plugin_at_fault(exc)
-        return (f"the model does not run on torch's meta device: {culprit + ' raised ' if culprit else ''}"
-                f"{detail}{where}")
+        return f"the model does not run on torch's meta device: {culprit + ' raised ' if culprit else ''}" \
+               f"{raised_where(exc)}"
     return "the model does not run on torch's meta device"
 
 
@@ -245,7 +236,7 @@ def step_memory_problem(recipe: Recipe, device: str | None = None) -> str | None
     if free is None or plan is None:
         return None
     batch = recipe.data.options.batch_size
-    if plan.need(batch) <= _MARGIN * free:
+    if plan.need(batch) <= MARGIN * free:
         return None
     return f"a training step at data.batch_size = {batch} needs {describe(plan, batch)}; {machine} has " \
            f"{_bytes(free)} free: {fits(plan, free)}"

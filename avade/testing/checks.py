@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from avade.blame import raised_where
 from avade.contracts import CodedPosterior, DecoderModule, EncoderModule, FlowModule, PosteriorModule
 from avade.errors import AvadeError, ConfigError, DataError
 from avade.models.generative import takes_labels
@@ -27,20 +27,10 @@ IMAGE_SHAPES: Sequence[Shape] = ((3, 16, 16), (3, 32, 32))
 #: Class count for the conditional variants (as ``model.conditional = true`` builds them).
 NUM_CLASSES = 10
 _T = TypeVar("_T")
-_TORCH_DIR = str(Path(torch.__file__).parent)
 
 
 def _fail(what: str, message: str) -> NoReturn:
     raise AssertionError(f"{what}: {message}")
-
-
-def _raised(exc: BaseException) -> str:
-    """``Type: first line (at file:line)`` of an exception raised inside a component."""
-    lines = str(exc).strip().splitlines()
-    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    # The innermost frame outside torch is the component's own line (torch's are the conv, matmul...)
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
-    return detail + (f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else "")
 
 
 def _call(what: str, called: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
@@ -50,7 +40,7 @@ def _call(what: str, called: str, fn: Callable[..., _T], *args: Any, **kwargs: A
     try:
         return fn(*args, **kwargs)
     except Exception as exc:  # AssertionError too: a plugin's own assert is no kit verdict
-        message = f"{called} raised {_raised(exc)}"
+        message = f"{called} raised {raised_where(exc)}"
     _fail(what, message)  # outside the except: no "during handling of..." chain in the report
 
 
@@ -140,7 +130,7 @@ def _check_meta(what: str, build: Callable[[], nn.Module], run: Callable[[nn.Mod
         try:
             module = build()
         except Exception as exc:
-            failure = f"building it raised {_raised(exc)}"
+            failure = f"building it raised {raised_where(exc)}"
         else:
             module.train()
             try:
@@ -148,7 +138,7 @@ def _check_meta(what: str, build: Callable[[], nn.Module], run: Callable[[nn.Mod
             except AssertionError as exc:  # from _call: "<what>: <call> raised ..."
                 failure = str(exc).removeprefix(f"{what}: ")
             except Exception as exc:
-                failure = f"running it raised {_raised(exc)}"
+                failure = f"running it raised {raised_where(exc)}"
     if failure:
         warnings.warn(f"{what}: does not run on the meta device: {failure}; `avade recipe memory` cannot estimate the "
                       "activations of a model using it: read no tensor's values in forward (no .item(), "
@@ -612,7 +602,8 @@ def _check_densities(build: Callable[[list[Shape]], nn.Module], layouts: Sequenc
                 module = build(layout).to(dtype).eval()
                 _estimate_densities(module, layout, dtype, what, labelled, samples=2)
             except Exception as exc:  # (the last try's failure is reported)
-                failure = str(exc) if isinstance(exc, AssertionError) else f"{what}: does not build: {_raised(exc)}"
+                failure = str(exc) if isinstance(exc, AssertionError) else \
+                    f"{what}: does not build: {raised_where(exc)}"
                 continue
             _estimate_densities(module, layout, dtype, what, labelled)
             return
@@ -884,7 +875,7 @@ def check_norm(name: str, registry: Registry | None = None, **config: Any) -> No
                        "(ignore them if the norm is not conditional)")
         except Exception as exc:
             message = (f"forward(x, {'y' if y is not None else 'None'}) on x of shape {tuple(x.shape)} raised "
-                       f"{_raised(exc)}")
+                       f"{raised_where(exc)}")
         else:
             message = ""
         if message:
