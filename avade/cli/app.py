@@ -572,7 +572,7 @@ def recipe_memory(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="R
     (float32, or as bf16 autocast keeps them); measured peaks came within 25 %, so a step up to 25 % over
     the memory may not fit."""
     from avade.memory import memory_free
-    from avade.models.activations import describe, fits, not_estimated, step_memory
+    from avade.models.activations import MARGIN, describe, fits, not_estimated, step_memory
     from avade.models.build import _run_device, distinct_models
     from avade.recipe import expand_sweep, load_recipe
 
@@ -622,7 +622,7 @@ def recipe_memory(file: Annotated[Path, typer.Argument(metavar="RECIPE", help="R
             largest, need = row["largest_batch"], row["need_bytes"]
             if need <= free:
                 verdict = f"fits, up to data.batch_size = {largest}"
-            elif need <= 1.25 * free:
+            elif need <= MARGIN * free:
                 verdict = "may not fit (within the estimate's 25 %)" + (  # (one image each: no smaller batch)
                     f": data.batch_size = {largest} would fit" if largest else
                     ", and no smaller batch is estimated to fit")
